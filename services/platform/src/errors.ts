@@ -1,0 +1,341 @@
+/**
+ * Domain errors and their mapping to `google.rpc.Status`.
+ *
+ * Handlers and domain code throw these; the gRPC adapter turns each into a canonical status code,
+ * a developer-facing message and `ErrorInfo` / `BadRequest` details in the `grpc-status-details-bin`
+ * trailer. Clients turn a received status back into the same classes, so an error crosses a gRPC
+ * hop without losing its code, reason or field violations. Anything that is not a `TandemError`
+ * is a bug: it becomes `INTERNAL` with a generic message (the real one is logged, never sent).
+ */
+import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { Any } from '../../../gen/ts/google/protobuf/any';
+import {
+  BadRequest,
+  ErrorInfo,
+  ResourceInfo,
+  RetryInfo,
+} from '../../../gen/ts/google/rpc/error_details';
+import { Status } from '../../../gen/ts/google/rpc/status';
+
+/** The `ErrorInfo.domain` of every error Tandem raises. */
+export const ERROR_DOMAIN = 'tandem.dev';
+
+/** The trailer that carries a serialized `google.rpc.Status`. */
+export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+
+const TYPE_PREFIX = 'type.googleapis.com/';
+
+/** One problem with one request field, as `google.rpc.BadRequest.FieldViolation`. */
+export interface FieldViolation {
+  /** Path to the field, for example `experiment.variants[1].weight`. */
+  readonly field: string;
+  /** What is wrong, for a developer. */
+  readonly description: string;
+  /** Optional machine-readable reason in UPPER_SNAKE_CASE, for example `REQUIRED`. */
+  readonly reason?: string;
+}
+
+/** The resource an error is about, as `google.rpc.ResourceInfo`. */
+export interface ResourceRef {
+  readonly type: string;
+  readonly name: string;
+}
+
+export interface TandemErrorOptions {
+  /** `ErrorInfo.reason`, UPPER_SNAKE_CASE. Defaults to the code's name. */
+  readonly reason?: string;
+  /** `ErrorInfo.metadata`: small string facts a client may branch on. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  readonly resource?: ResourceRef;
+  readonly cause?: unknown;
+}
+
+/** Base class of every error that is safe to report to a caller as it is. */
+export abstract class TandemError extends Error {
+  /** The canonical gRPC status code. */
+  abstract readonly code: GrpcCode;
+  readonly reason: string | undefined;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly resource: ResourceRef | undefined;
+
+  constructor(message: string, options: TandemErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.reason = options.reason;
+    this.metadata = options.metadata ?? {};
+    this.resource = options.resource;
+  }
+}
+
+/** Thrown when a request fails validation. Carries every field violation found, not the first. */
+export class InvalidArgumentError extends TandemError {
+  readonly code = GrpcCode.INVALID_ARGUMENT;
+  readonly violations: readonly FieldViolation[];
+
+  constructor(
+    message: string,
+    violations: readonly FieldViolation[] = [],
+    options: TandemErrorOptions = {},
+  ) {
+    super(message, options);
+    this.violations = violations;
+  }
+}
+
+/** Thrown when a named resource does not exist. */
+export class NotFoundError extends TandemError {
+  readonly code = GrpcCode.NOT_FOUND;
+}
+
+/** Thrown when a create names a resource that already exists. */
+export class AlreadyExistsError extends TandemError {
+  readonly code = GrpcCode.ALREADY_EXISTS;
+}
+
+/** Thrown when the system is not in the state an operation needs (e.g. starting a stopped experiment). */
+export class FailedPreconditionError extends TandemError {
+  readonly code = GrpcCode.FAILED_PRECONDITION;
+}
+
+/** Thrown when a write lost an optimistic-concurrency race: a stale etag or a concurrent change. */
+export class AbortedError extends TandemError {
+  readonly code = GrpcCode.ABORTED;
+}
+
+/** Thrown when a dependency (storage, a peer service) cannot be reached; the caller may retry. */
+export class UnavailableError extends TandemError {
+  readonly code = GrpcCode.UNAVAILABLE;
+  /** How long the caller should wait before retrying, in milliseconds. */
+  readonly retryDelayMs: number | undefined;
+
+  constructor(message: string, options: TandemErrorOptions & { retryDelayMs?: number } = {}) {
+    super(message, options);
+    this.retryDelayMs = options.retryDelayMs;
+  }
+}
+
+/** Thrown when a request exceeds a documented limit (size, count, rate). */
+export class ResourceExhaustedError extends TandemError {
+  readonly code = GrpcCode.RESOURCE_EXHAUSTED;
+}
+
+/** Thrown when an admin RPC is called without credentials. */
+export class UnauthenticatedError extends TandemError {
+  readonly code = GrpcCode.UNAUTHENTICATED;
+}
+
+/** Thrown when the caller's credentials do not allow the operation. */
+export class PermissionDeniedError extends TandemError {
+  readonly code = GrpcCode.PERMISSION_DENIED;
+}
+
+/** Thrown when the caller's deadline passed before the work finished. */
+export class DeadlineExceededError extends TandemError {
+  readonly code = GrpcCode.DEADLINE_EXCEEDED;
+}
+
+/** Thrown when the caller gave up (cancelled the call). */
+export class CancelledError extends TandemError {
+  readonly code = GrpcCode.CANCELLED;
+}
+
+/** Thrown for an invariant broken inside Tandem. The message is not shown to callers. */
+export class InternalError extends TandemError {
+  readonly code = GrpcCode.INTERNAL;
+}
+
+/** Thrown by a client for a status from a peer that has no more specific class (e.g. UNIMPLEMENTED). */
+export class RemoteError extends TandemError {
+  readonly code: GrpcCode;
+
+  constructor(code: GrpcCode, message: string, options: TandemErrorOptions = {}) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** The name of a canonical code, for example `INVALID_ARGUMENT`. */
+export function codeName(code: GrpcCode): string {
+  return GrpcCode[code];
+}
+
+/** The status a caller receives for `error`: code, message and trailer with details. */
+export interface StatusObject {
+  readonly code: GrpcCode;
+  readonly details: string;
+  readonly metadata: Metadata;
+}
+
+/**
+ * Maps any thrown value to the status the caller receives. A `TandemError` keeps its code, message
+ * and details; anything else becomes INTERNAL with a generic message (`exposeInternal` is false).
+ */
+export function toStatus(error: unknown): StatusObject {
+  const tandem = error instanceof TandemError ? error : undefined;
+  const code = tandem?.code ?? GrpcCode.INTERNAL;
+  const message = tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
+  const details: Any[] = [
+    packAny(
+      'google.rpc.ErrorInfo',
+      ErrorInfo.encode({
+        reason: tandem?.reason ?? codeName(code),
+        domain: ERROR_DOMAIN,
+        metadata: { ...(tandem?.metadata ?? {}) },
+      }).finish(),
+    ),
+  ];
+  if (tandem instanceof InvalidArgumentError && tandem.violations.length > 0) {
+    details.push(
+      packAny(
+        'google.rpc.BadRequest',
+        BadRequest.encode({
+          fieldViolations: tandem.violations.map((v) => ({
+            field: v.field,
+            description: v.description,
+            reason: v.reason ?? '',
+            localizedMessage: undefined,
+          })),
+        }).finish(),
+      ),
+    );
+  }
+  if (tandem?.resource) {
+    details.push(
+      packAny(
+        'google.rpc.ResourceInfo',
+        ResourceInfo.encode({
+          resourceType: tandem.resource.type,
+          resourceName: tandem.resource.name,
+          owner: '',
+          description: message,
+        }).finish(),
+      ),
+    );
+  }
+  if (tandem instanceof UnavailableError && tandem.retryDelayMs !== undefined) {
+    const ms = tandem.retryDelayMs;
+    details.push(
+      packAny(
+        'google.rpc.RetryInfo',
+        RetryInfo.encode({
+          retryDelay: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
+        }).finish(),
+      ),
+    );
+  }
+  const metadata = new Metadata();
+  metadata.set(STATUS_DETAILS_KEY, Buffer.from(Status.encode({ code, message, details }).finish()));
+  return { code, details: message, metadata };
+}
+
+/** What a client learns from a failed call's status details. */
+export interface DecodedStatus {
+  readonly code: GrpcCode;
+  readonly message: string;
+  readonly errorInfo: ErrorInfo | undefined;
+  readonly violations: FieldViolation[];
+  readonly resource: ResourceRef | undefined;
+  readonly retryDelayMs: number | undefined;
+}
+
+/** Decodes `grpc-status-details-bin` from a failed call; falls back to the bare code and message. */
+export function decodeStatus(
+  error: Pick<ServiceError, 'code' | 'details' | 'metadata'>,
+): DecodedStatus {
+  const raw = error.metadata.get(STATUS_DETAILS_KEY)[0];
+  const decoded: DecodedStatus = {
+    code: error.code,
+    message: error.details,
+    errorInfo: undefined,
+    violations: [],
+    resource: undefined,
+    retryDelayMs: undefined,
+  };
+  if (!(raw instanceof Buffer)) return decoded;
+  let status: Status;
+  try {
+    status = Status.decode(raw);
+  } catch {
+    return decoded;
+  }
+  let errorInfo: ErrorInfo | undefined;
+  const violations: FieldViolation[] = [];
+  let resource: ResourceRef | undefined;
+  let retryDelayMs: number | undefined;
+  for (const any of status.details) {
+    switch (any.typeUrl) {
+      case `${TYPE_PREFIX}google.rpc.ErrorInfo`:
+        errorInfo = ErrorInfo.decode(any.value);
+        break;
+      case `${TYPE_PREFIX}google.rpc.BadRequest`:
+        for (const v of BadRequest.decode(any.value).fieldViolations) {
+          violations.push({ field: v.field, description: v.description, reason: v.reason });
+        }
+        break;
+      case `${TYPE_PREFIX}google.rpc.ResourceInfo`: {
+        const info = ResourceInfo.decode(any.value);
+        resource = { type: info.resourceType, name: info.resourceName };
+        break;
+      }
+      case `${TYPE_PREFIX}google.rpc.RetryInfo`: {
+        const delay = RetryInfo.decode(any.value).retryDelay;
+        if (delay) retryDelayMs = delay.seconds * 1000 + Math.round(delay.nanos / 1e6);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return {
+    ...decoded,
+    message: status.message || error.details,
+    errorInfo,
+    violations,
+    resource,
+    retryDelayMs,
+  };
+}
+
+/**
+ * Turns a failed outbound call into the matching `TandemError`, with the peer's reason, field
+ * violations and resource, and the original error as `cause`.
+ */
+export function fromServiceError(error: ServiceError): TandemError {
+  const s = decodeStatus(error);
+  const options: TandemErrorOptions = {
+    reason: s.errorInfo?.reason,
+    metadata: s.errorInfo?.metadata ?? {},
+    resource: s.resource,
+    cause: error,
+  };
+  switch (s.code) {
+    case GrpcCode.INVALID_ARGUMENT:
+      return new InvalidArgumentError(s.message, s.violations, options);
+    case GrpcCode.NOT_FOUND:
+      return new NotFoundError(s.message, options);
+    case GrpcCode.ALREADY_EXISTS:
+      return new AlreadyExistsError(s.message, options);
+    case GrpcCode.FAILED_PRECONDITION:
+      return new FailedPreconditionError(s.message, options);
+    case GrpcCode.ABORTED:
+      return new AbortedError(s.message, options);
+    case GrpcCode.UNAVAILABLE:
+      return new UnavailableError(s.message, { ...options, retryDelayMs: s.retryDelayMs });
+    case GrpcCode.RESOURCE_EXHAUSTED:
+      return new ResourceExhaustedError(s.message, options);
+    case GrpcCode.UNAUTHENTICATED:
+      return new UnauthenticatedError(s.message, options);
+    case GrpcCode.PERMISSION_DENIED:
+      return new PermissionDeniedError(s.message, options);
+    case GrpcCode.DEADLINE_EXCEEDED:
+      return new DeadlineExceededError(s.message, options);
+    case GrpcCode.CANCELLED:
+      return new CancelledError(s.message, options);
+    default:
+      return new RemoteError(s.code, s.message, options);
+  }
+}
+
+function packAny(typeName: string, value: Uint8Array): Any {
+  return { typeUrl: `${TYPE_PREFIX}${typeName}`, value: Buffer.from(value) };
+}

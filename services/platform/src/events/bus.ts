@@ -1,0 +1,147 @@
+/**
+ * The event-bus port. Services publish and consume protobuf events through this interface; the
+ * NATS JetStream adapter (`nats-bus.ts`) is used in production and tests, the in-process adapter
+ * (`in-process-bus.ts`) in the single-process dev mode when no NATS server is reachable.
+ *
+ * Semantics both adapters keep:
+ * - at-least-once delivery to each durable consumer; a handler that resolves acks the event, one
+ *   that throws gets it again (after a back-off) until `maxDeliver`, then it is terminated and
+ *   counted as dropped;
+ * - `eventId` is the dedupe key (`Nats-Msg-Id`): publishing the same id twice within the stream's
+ *   duplicate window stores it once;
+ * - the W3C `traceparent` of the publisher's active span travels in the headers, and the handler
+ *   runs inside a consumer span that continues that trace.
+ */
+
+/** The header that carries `eventId`; JetStream deduplicates on it. */
+export const EVENT_ID_HEADER = 'Nats-Msg-Id';
+
+/** The subset of a pino logger the adapters use; `pino()` satisfies it. */
+export interface BusLogger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
+/** The encode/decode pair ts-proto generates for every message (`MessageFns<T>`). */
+export interface EventCodec<T> {
+  encode(message: T): { finish(): Uint8Array };
+  decode(input: Uint8Array): T;
+}
+
+/** A stream and the subjects it captures; declared in code and created/updated at start-up. */
+export interface StreamSpec {
+  /** Stream name, for example `TANDEM_EXPOSURES`. */
+  readonly name: string;
+  /** Subjects (wildcards allowed), for example `tandem.events.v1.exposure`. */
+  readonly subjects: readonly string[];
+  /** How long events are kept. @default 7 days */
+  readonly maxAgeMs?: number;
+  /** Window within which a repeated `eventId` is dropped. @default 2 minutes */
+  readonly duplicateWindowMs?: number;
+  /** Upper bound on stored bytes; oldest events go first. @default unlimited */
+  readonly maxBytes?: number;
+  /** `file` survives a server restart. @default 'file' */
+  readonly storage?: 'file' | 'memory';
+  /** Copies kept by a JetStream cluster (1, 3 or 5); the in-process bus ignores it. @default 1 */
+  readonly replicas?: number;
+}
+
+/** A durable consumer: its position survives restarts of both the service and the server. */
+export interface ConsumerSpec<T> {
+  readonly stream: string;
+  /** Durable consumer name; replicas sharing a name share the work. */
+  readonly durable: string;
+  /** Subjects within the stream this consumer receives. @default all of the stream's subjects */
+  readonly filterSubjects?: readonly string[];
+  readonly codec: EventCodec<T>;
+  /** Time a handler has before the event is redelivered. @default 30 s */
+  readonly ackWaitMs?: number;
+  /** Deliveries before an event is terminated and counted as dropped. @default 5 */
+  readonly maxDeliver?: number;
+  /** Events handed out but not yet acked, across replicas. @default 1000 */
+  readonly maxAckPending?: number;
+  /** Where a new durable starts. @default 'all' */
+  readonly deliverPolicy?: 'all' | 'new';
+  /**
+   * Handlers this subscription runs at once. With 1 events are handled one after another in
+   * stream order, which is the simplest for idempotent consumers; more trades order for throughput.
+   * @default 1
+   */
+  readonly concurrency?: number;
+  /** Back-off before the first redelivery of an event whose handler threw; doubles per delivery. @default 1 s */
+  readonly initialRetryDelayMs?: number;
+  /** Upper bound of that back-off. @default 30 s */
+  readonly maxRetryDelayMs?: number;
+}
+
+/** One delivery of an event to a handler. */
+export interface DeliveredEvent<T> {
+  readonly event: T;
+  /** The publisher's event id (`Nats-Msg-Id`). */
+  readonly eventId: string;
+  readonly subject: string;
+  /** 1 on first delivery, then 2, 3, … */
+  readonly deliveryCount: number;
+  /** The stream's sequence number: unique and increasing within a stream. */
+  readonly streamSequence: number;
+  /** When the stream stored the event. */
+  readonly storedAt: Date;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** Resolving acks the event; throwing asks for redelivery. */
+export type EventHandler<T> = (delivered: DeliveredEvent<T>) => Promise<void>;
+
+export interface PublishOptions {
+  /** Required. Unique per logical event; the stream stores one copy per id. */
+  readonly eventId: string;
+  /** Extra headers. `traceparent` is added from the active context. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Give up waiting for the stream's ack after this long. @default 5 s */
+  readonly timeoutMs?: number;
+}
+
+/** What `publish` learned from the stream. */
+export interface PublishAck {
+  readonly streamSequence: number;
+  /** True when the stream already had this `eventId` and stored nothing. */
+  readonly duplicate: boolean;
+}
+
+/** What a subscription has done with the events it received, since it started. */
+export interface SubscriptionStats {
+  /** Deliveries whose handler resolved, so the event was acked. */
+  readonly acked: number;
+  /** Deliveries whose handler threw or overran `ackWaitMs`; the event comes again. */
+  readonly retried: number;
+  /** Events given up on after `maxDeliver` failed deliveries (terminated, logged). */
+  readonly dropped: number;
+  /** Events that could not be decoded with the consumer's codec (terminated at once, logged). */
+  readonly poison: number;
+}
+
+/** A running consumer. */
+export interface Subscription {
+  /**
+   * Stops fetching, lets in-flight handlers finish, and returns once they have. A handler that
+   * overran `ackWaitMs` has already been given up on (its event is redelivered) and is not awaited.
+   */
+  stop(): Promise<void>;
+  stats(): SubscriptionStats;
+}
+
+export interface EventBus {
+  /** `nats` or `in-process`, for logs and health. */
+  readonly kind: 'nats' | 'in-process';
+  /** Creates the stream or updates it to match `spec`. Idempotent. */
+  declareStream(spec: StreamSpec): Promise<void>;
+  /** Publishes one event and waits for the stream to store it. Throws `UnavailableError` when it cannot. */
+  publish<T>(subject: string, codec: EventCodec<T>, event: T, options: PublishOptions): Promise<PublishAck>;
+  /** Creates (or binds to) the durable consumer and starts handing events to `handler`. */
+  subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription>;
+  /** True while the bus can publish (the connection is up). */
+  isConnected(): boolean;
+  /** Stops all subscriptions, flushes, and closes the connection (NATS `drain`). */
+  close(): Promise<void>;
+}

@@ -1,0 +1,75 @@
+/**
+ * The admin token check and TLS credentials.
+ *
+ * Admin RPCs (creating experiments, registering models, …) require `authorization: Bearer <token>`
+ * when `TANDEM_ADMIN_TOKEN` is set. The comparison is constant-time so the token cannot be guessed
+ * byte by byte from response times. Data-plane RPCs (Resolve, Rank, GetOnlineFeatures) are not
+ * checked here: they are protected at the network layer (mTLS, mesh policy).
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { ChannelCredentials, ServerCredentials, type Metadata } from '@grpc/grpc-js';
+import { PermissionDeniedError, UnauthenticatedError } from '../errors';
+
+/** Checks a call's metadata; throws when the caller may not use an admin RPC. */
+export interface AdminAuth {
+  check(metadata: Metadata): void;
+}
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+/** An `AdminAuth` accepting exactly `token`; undefined (no check) when no token is configured. */
+export function bearerTokenAuth(token: string | undefined): AdminAuth | undefined {
+  if (token === undefined) return undefined;
+  const expected = digest(token);
+  return {
+    check(metadata) {
+      const header = metadata.get('authorization')[0];
+      const value = typeof header === 'string' ? header : header?.toString('utf8');
+      if (!value?.startsWith('Bearer ')) {
+        throw new UnauthenticatedError(
+          'this RPC requires an admin token: send "authorization: Bearer <token>"',
+          {
+            reason: 'ADMIN_TOKEN_MISSING',
+          },
+        );
+      }
+      // Hashing first makes both sides the same length, as timingSafeEqual requires.
+      if (!timingSafeEqual(digest(value.slice('Bearer '.length)), expected)) {
+        throw new PermissionDeniedError('the admin token is not valid', {
+          reason: 'ADMIN_TOKEN_INVALID',
+        });
+      }
+    },
+  };
+}
+
+/** TLS file paths, as in `PlatformConfig.tls`. */
+export interface TlsFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly caFile: string | undefined;
+}
+
+/** Server credentials: TLS when configured (client certificates required when a CA is given). */
+export function serverCredentials(tls: TlsFiles | undefined): ServerCredentials {
+  if (!tls) return ServerCredentials.createInsecure();
+  const ca = tls.caFile ? readFileSync(tls.caFile) : null;
+  return ServerCredentials.createSsl(
+    ca,
+    [{ cert_chain: readFileSync(tls.certFile), private_key: readFileSync(tls.keyFile) }],
+    ca !== null,
+  );
+}
+
+/** Client credentials: TLS verified against the CA when configured, with our certificate for mTLS. */
+export function channelCredentials(tls: TlsFiles | undefined): ChannelCredentials {
+  if (!tls) return ChannelCredentials.createInsecure();
+  return ChannelCredentials.createSsl(
+    tls.caFile ? readFileSync(tls.caFile) : null,
+    readFileSync(tls.keyFile),
+    readFileSync(tls.certFile),
+  );
+}

@@ -1,0 +1,226 @@
+/**
+ * The handler adapter: services write plain `async (request, ctx) => response` functions and
+ * `implement()` turns them into a grpc-js service implementation.
+ *
+ * It exists because grpc-js only catches *synchronous* throws (reporting them as UNKNOWN with the
+ * raw message) and ignores a rejected promise, leaving the call hanging. Here every handler is
+ * awaited, every failure is mapped to a status exactly once (`toStatus`), the call runs inside a
+ * SERVER span continuing the caller's trace, admin methods check the bearer token, and the
+ * inbound call is kept in async-local storage so outbound clients inherit its deadline.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { EventEmitter } from 'node:events';
+import {
+  status as GrpcCode,
+  type Metadata,
+  type ServerUnaryCall,
+  type ServerReadableStream,
+  type ServerWritableStream,
+  type UntypedServiceImplementation,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
+import { context, SpanKind, trace } from '@opentelemetry/api';
+import type { Logger } from '../logging';
+import { CancelledError, toStatus, TandemError } from '../errors';
+import { extractFromMetadata } from '../telemetry/propagation';
+import { endRpcSpan, startRpcSpan } from '../telemetry/rpc-spans';
+import type { AdminAuth } from './auth';
+
+/** A method as ts-proto describes it in `XServiceService`. */
+export interface MethodDefinition<Req, Res> {
+  readonly path: string;
+  readonly requestStream: boolean;
+  readonly responseStream: boolean;
+  readonly requestSerialize: (value: Req) => Buffer;
+  readonly requestDeserialize: (value: Buffer) => Req;
+  readonly responseSerialize: (value: Res) => Buffer;
+  readonly responseDeserialize: (value: Buffer) => Res;
+}
+
+/** Any method definition, whatever its message types. */
+export interface AnyMethodDefinition {
+  readonly path: string;
+  readonly requestStream: boolean;
+  readonly responseStream: boolean;
+  readonly requestSerialize: (value: never) => Buffer;
+  readonly requestDeserialize: (value: Buffer) => unknown;
+  readonly responseSerialize: (value: never) => Buffer;
+  readonly responseDeserialize: (value: Buffer) => unknown;
+}
+
+/** A service as ts-proto describes it: method name → definition. */
+export type ServiceDefinition = Readonly<Record<string, AnyMethodDefinition>>;
+
+export type RequestOf<M> = M extends { requestDeserialize: (value: Buffer) => infer Req }
+  ? Req
+  : never;
+export type ResponseOf<M> = M extends { responseDeserialize: (value: Buffer) => infer Res }
+  ? Res
+  : never;
+
+/** What a handler knows about the call besides the request. */
+export interface CallContext {
+  /** `/package.Service/Method`. */
+  readonly method: string;
+  /** The caller's deadline, when it set one. */
+  readonly deadline: Date | undefined;
+  /** Request metadata (headers). */
+  readonly metadata: Metadata;
+  /** Aborted when the caller cancels or the deadline passes. */
+  readonly signal: AbortSignal;
+  /** A logger whose lines carry the method and the trace id. */
+  readonly logger: Logger;
+  /** The caller's address. */
+  readonly peer: string;
+}
+
+/** The plain function a service writes for each method, chosen by the method's streaming shape. */
+export type Handler<M> = M extends { requestStream: false; responseStream: false }
+  ? (request: RequestOf<M>, ctx: CallContext) => Promise<ResponseOf<M>>
+  : M extends { requestStream: true; responseStream: false }
+    ? (requests: AsyncIterable<RequestOf<M>>, ctx: CallContext) => Promise<ResponseOf<M>>
+    : M extends { requestStream: false; responseStream: true }
+      ? (request: RequestOf<M>, ctx: CallContext) => AsyncIterable<ResponseOf<M>>
+      : (requests: AsyncIterable<RequestOf<M>>, ctx: CallContext) => AsyncIterable<ResponseOf<M>>;
+
+/** One handler per method of the service: leaving one out is a compile error, not UNIMPLEMENTED. */
+export type Handlers<D> = { readonly [K in keyof D]: Handler<D[K]> };
+
+export interface ImplementOptions<D> {
+  readonly logger: Logger;
+  /** Methods that require the admin bearer token. */
+  readonly adminMethods?: readonly (keyof D & string)[];
+  /** The admin token check; admin methods are open when absent. */
+  readonly auth?: AdminAuth;
+}
+
+/** Any server-side call shape; all carry metadata, a deadline, a peer and a `cancelled` event. */
+export type InboundCall =
+  | ServerUnaryCall<unknown, unknown>
+  | ServerReadableStream<unknown, unknown>
+  | ServerWritableStream<unknown, unknown>;
+
+const activeCall = new AsyncLocalStorage<InboundCall>();
+
+/** The inbound call being handled in this async context, if any (for deadline propagation). */
+export function currentInboundCall(): InboundCall | undefined {
+  return activeCall.getStore();
+}
+
+/** Builds the grpc-js implementation of `definition` from plain handlers. */
+export function implement<D extends ServiceDefinition>(
+  definition: D,
+  handlers: Handlers<D>,
+  options: ImplementOptions<D>,
+): UntypedServiceImplementation {
+  const implementation: UntypedServiceImplementation = {};
+  const admin = new Set<string>(options.adminMethods ?? []);
+  for (const name of Object.keys(definition)) {
+    const method = definition[name];
+    const handler = handlers[name] as unknown;
+    if (!method || typeof handler !== 'function') {
+      throw new Error(`no handler for ${method?.path ?? name}`);
+    }
+    const run = wrapCall(method.path, admin.has(name) ? options.auth : undefined, options.logger);
+    const fn = handler as (input: unknown, ctx: CallContext) => unknown;
+    if (!method.requestStream && !method.responseStream) {
+      implementation[name] = (
+        call: ServerUnaryCall<unknown, unknown>,
+        callback: sendUnaryData<unknown>,
+      ) => {
+        run(call, (ctx) => fn(call.request, ctx) as Promise<unknown>, callback);
+      };
+    } else if (method.requestStream && !method.responseStream) {
+      implementation[name] = (
+        call: ServerReadableStream<unknown, unknown>,
+        callback: sendUnaryData<unknown>,
+      ) => {
+        run(call, (ctx) => fn(call, ctx) as Promise<unknown>, callback);
+      };
+    } else {
+      implementation[name] = (call: ServerWritableStream<unknown, unknown>) => {
+        run(
+          call,
+          async (ctx) => {
+            const input = method.requestStream
+              ? call
+              : (call).request;
+            for await (const response of fn(input, ctx) as AsyncIterable<unknown>) {
+              if (!call.write(response))
+                await new Promise((resolve) => call.once('drain', resolve));
+            }
+            return undefined;
+          },
+          (error, _value, trailer) => {
+            if (error) {
+              call.emit('error', error);
+            } else {
+              call.end(trailer);
+            }
+          },
+        );
+      };
+    }
+  }
+  return implementation;
+}
+
+type Finish = (
+  error: ReturnType<typeof toStatus> | null,
+  value?: unknown,
+  trailer?: Metadata,
+) => void;
+
+/** The part every call shape shares: auth, span, context, error mapping. */
+function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
+  return (
+    call: InboundCall,
+    body: (ctx: CallContext) => Promise<unknown>,
+    finish: Finish,
+  ): void => {
+    const span = startRpcSpan(path, SpanKind.SERVER, extractFromMetadata(call.metadata));
+    const spanContext = trace.setSpan(context.active(), span);
+    const abort = new AbortController();
+    (call as EventEmitter).once('cancelled', () => {
+      abort.abort(new CancelledError('the caller cancelled the call'));
+    });
+    const rawDeadline = call.getDeadline();
+    const deadline =
+      rawDeadline instanceof Date
+        ? rawDeadline
+        : Number.isFinite(rawDeadline)
+          ? new Date(rawDeadline)
+          : undefined;
+    const ctx: CallContext = {
+      method: path,
+      deadline,
+      metadata: call.metadata,
+      signal: abort.signal,
+      logger: rootLogger,
+      peer: call.getPeer(),
+    };
+    const execute = async (): Promise<unknown> => {
+      const scoped = { ...ctx, logger: rootLogger.child({ rpc: path }) };
+      auth?.check(call.metadata);
+      return body(scoped);
+    };
+    context.with(spanContext, () => {
+      activeCall.run(call, () => {
+        execute().then(
+          (value) => {
+            endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
+            finish(null, value);
+          },
+          (error: unknown) => {
+            const status = toStatus(error);
+            if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
+              rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
+            }
+            endRpcSpan(span, SpanKind.SERVER, status.code, error);
+            finish(status);
+          },
+        );
+      });
+    });
+  };
+}

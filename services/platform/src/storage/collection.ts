@@ -1,0 +1,366 @@
+/**
+ * The storage port: a collection of JSON-like documents keyed by `id`, with versions for
+ * optimistic concurrency, declared indexes and optional expiry. Each service builds its
+ * repositories on it. Two adapters pass one contract test suite:
+ * - MongoDB (`mongo-store.ts`, production, `MONGODB_URI`): one database per service;
+ * - embedded (`embedded-store.ts`, the default): LMDB files under `TANDEM_DATA_DIR/<service>`.
+ *
+ * Documents must be plain data: strings, finite numbers, booleans, null, Dates, arrays, plain
+ * objects and Uint8Array. Field names must not start with `$` or `_` (the adapters keep `_id`,
+ * `_v` and `_expiresAt` for themselves). `checkDocument` below enforces this for both adapters.
+ */
+import { InvalidArgumentError, type FieldViolation } from '../errors';
+
+/** A document as stored: the caller's data plus its version. */
+export interface Versioned<T> {
+  readonly doc: T;
+  /** Starts at 1 on insert and grows by one on every write. Rendered as the resource's etag. */
+  readonly version: number;
+}
+
+/** A secondary index, declared in code and created at start-up. */
+export interface IndexSpec {
+  /** Top-level (or dotted) field names, ascending. */
+  readonly fields: readonly string[];
+  readonly unique?: boolean;
+}
+
+export interface CollectionSpec {
+  /** Collection name, unique within the service. */
+  readonly name: string;
+  readonly indexes?: readonly IndexSpec[];
+  /**
+   * When set, the document expires at the Date held in this field: reads never return it and it
+   * is removed in the background (a MongoDB TTL index; a sweep in the embedded store).
+   */
+  readonly expireAtField?: string;
+}
+
+/** Equality filters on indexed fields; all must match. */
+export type Where = Readonly<Record<string, string | number | boolean | null>>;
+
+export interface ListOptions {
+  readonly where?: Where;
+  /** Return documents whose id is greater than this (a page token). */
+  readonly afterId?: string;
+  /** At most this many documents. */
+  readonly limit: number;
+}
+
+export interface Page<T> {
+  readonly items: Versioned<T>[];
+  /** The id to pass as `afterId` for the next page; undefined on the last page. */
+  readonly nextAfterId: string | undefined;
+}
+
+/** The outcome of one document of `upsertIfNewer`. */
+export type ConditionalWriteOutcome = 'inserted' | 'updated' | 'skipped';
+
+export interface Collection<T extends { readonly id: string }> {
+  readonly name: string;
+  get(id: string): Promise<Versioned<T> | undefined>;
+  getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>>;
+  /** Stores a new document at version 1. Throws `AlreadyExistsError` when the id is taken. */
+  insert(doc: T): Promise<Versioned<T>>;
+  /**
+   * Replaces the document if its stored version is `expectedVersion`.
+   * Throws `NotFoundError` when it does not exist and `AbortedError` when the version is stale.
+   */
+  replace(doc: T, expectedVersion: number): Promise<Versioned<T>>;
+  /** Stores the document whatever is there, bumping the version. */
+  upsert(doc: T): Promise<Versioned<T>>;
+  /**
+   * Writes each document only if there is no stored one or the stored `field` is smaller than the
+   * new one (late writes lose). Atomic per document; one round trip for the batch.
+   */
+  upsertIfNewer(docs: readonly T[], field: string): Promise<ConditionalWriteOutcome[]>;
+  /**
+   * Atomically adds `deltas` to numeric fields, creating the document with `onInsert` (and the
+   * deltas) when absent. Returns the document after the change.
+   */
+  increment(id: string, deltas: Readonly<Record<string, number>>, onInsert?: Partial<T>): Promise<Versioned<T>>;
+  /**
+   * Deletes the document. With `expectedVersion`, throws `AbortedError` when stale.
+   * Returns false when there was nothing to delete.
+   */
+  delete(id: string, expectedVersion?: number): Promise<boolean>;
+  /** A page of documents in id order. */
+  list(options: ListOptions): Promise<Page<T>>;
+  /** Every live document in id order, streamed in batches (warm caches, exports). */
+  scan(where?: Where): AsyncIterable<Versioned<T>>;
+  /** Number of live documents matching `where`. */
+  count(where?: Where): Promise<number>;
+}
+
+export interface DocumentStore {
+  /** `mongodb` or `embedded`, for logs and health. */
+  readonly kind: 'mongodb' | 'embedded';
+  /** Opens the collection, creating it and its indexes if needed. Idempotent. */
+  collection<T extends { readonly id: string }>(spec: CollectionSpec): Promise<Collection<T>>;
+  /** Resolves when storage answers; throws `UnavailableError` otherwise. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Document rules shared by both adapters. They live beside the port so the two adapters reject
+// exactly the same documents, whatever their engine would have accepted.
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Longest id accepted, in UTF-8 bytes. LMDB keys are limited to 1,978 bytes and an index key holds
+ * the indexed values plus the id, so ids stay well below that.
+ */
+export const MAX_ID_BYTES = 512;
+
+/** Nesting deeper than this is refused (it also stops a cyclic object). */
+const MAX_DEPTH = 64;
+
+/** A value an index or an equality filter can hold. */
+export type IndexValue = string | number | boolean | null;
+
+/** Collection names double as MongoDB collection and LMDB database names. */
+const COLLECTION_NAME = /^[A-Za-z][A-Za-z0-9_-]{0,62}$/;
+
+/** Reads a top-level or dotted field (`stats.count`); undefined when a step is missing. */
+export function fieldValue(doc: unknown, path: string): unknown {
+  let value: unknown = doc;
+  for (const step of path.split('.')) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
+    value = (value as Record<string, unknown>)[step];
+  }
+  return value;
+}
+
+/**
+ * The value an index entry holds for a field: a missing field counts as null (as in MongoDB,
+ * where a unique index also lets only one document lack the field) and a Date as its epoch ms.
+ */
+export function indexValue(value: unknown): IndexValue {
+  if (value === undefined || value === null) return null;
+  if (value instanceof Date) return value.getTime();
+  return value as IndexValue;
+}
+
+/** Throws `InvalidArgumentError` unless `spec` names a valid collection, indexes and expiry. */
+export function checkCollectionSpec(spec: CollectionSpec): void {
+  const violations: FieldViolation[] = [];
+  if (!COLLECTION_NAME.test(spec.name)) {
+    violations.push({
+      field: 'name',
+      description: 'a letter followed by up to 62 letters, digits, "_" or "-"',
+    });
+  }
+  (spec.indexes ?? []).forEach((index, i) => {
+    if (index.fields.length === 0) {
+      violations.push({ field: `indexes[${i}].fields`, description: 'at least one field' });
+    }
+    index.fields.forEach((field, j) => {
+      checkPath(field, `indexes[${i}].fields[${j}]`, violations);
+    });
+  });
+  if (spec.expireAtField !== undefined) checkPath(spec.expireAtField, 'expireAtField', violations);
+  if (violations.length > 0) {
+    throw new InvalidArgumentError(`invalid collection spec "${spec.name}"`, violations);
+  }
+}
+
+/**
+ * Throws `InvalidArgumentError` listing every problem with `doc`: the id, field names, value
+ * types, indexed fields that are not scalars and an expiry field that is not a Date.
+ */
+export function checkDocument(doc: unknown, spec: CollectionSpec): void {
+  const violations: FieldViolation[] = [];
+  if (!isPlainObject(doc)) {
+    throw new InvalidArgumentError('a document must be a plain object', [
+      { field: 'doc', description: 'a plain object' },
+    ]);
+  }
+  checkId(doc.id, violations);
+  for (const [name, value] of Object.entries(doc)) {
+    if (name.startsWith('$') || name.startsWith('_')) {
+      violations.push({ field: name, description: 'field names must not start with "$" or "_"' });
+    }
+    if (name !== 'id') checkValue(value, name, 1, violations);
+  }
+  for (const index of spec.indexes ?? []) {
+    for (const field of index.fields) {
+      const value = fieldValue(doc, field);
+      if (!isScalar(value) && !(value instanceof Date)) {
+        violations.push({ field, description: 'an indexed field holds a string, number, boolean, null or Date' });
+      }
+    }
+  }
+  if (spec.expireAtField !== undefined) {
+    const expiresAt = fieldValue(doc, spec.expireAtField);
+    if (expiresAt !== undefined && expiresAt !== null && !(expiresAt instanceof Date)) {
+      violations.push({ field: spec.expireAtField, description: 'the expiry field holds a Date' });
+    }
+  }
+  if (violations.length > 0) {
+    throw new InvalidArgumentError(`invalid document for collection "${spec.name}"`, violations);
+  }
+}
+
+/** Throws `InvalidArgumentError` unless `id` is a non-empty string of at most `MAX_ID_BYTES`. */
+export function checkIdArgument(id: unknown): asserts id is string {
+  const violations: FieldViolation[] = [];
+  checkId(id, violations);
+  if (violations.length > 0) throw new InvalidArgumentError('invalid document id', violations);
+}
+
+/** Throws `InvalidArgumentError` unless `where` is a set of scalar equality filters on fields. */
+export function checkWhere(where: Where | undefined): void {
+  if (where === undefined) return;
+  const violations: FieldViolation[] = [];
+  for (const [field, value] of Object.entries(where)) {
+    checkPath(field, `where.${field}`, violations);
+    if (field === 'id') {
+      violations.push({ field: 'where.id', description: 'look documents up by id with get()' });
+    }
+    if (!isScalar(value) || value === undefined) {
+      violations.push({ field: `where.${field}`, description: 'a string, number, boolean or null' });
+    }
+  }
+  if (violations.length > 0) throw new InvalidArgumentError('invalid filter', violations);
+}
+
+/** Throws `InvalidArgumentError` unless `options` has a positive integer limit and a valid filter. */
+export function checkListOptions(options: ListOptions): void {
+  if (!Number.isSafeInteger(options.limit) || options.limit < 1) {
+    throw new InvalidArgumentError('limit must be a positive integer', [
+      { field: 'limit', description: 'a positive integer' },
+    ]);
+  }
+  checkWhere(options.where);
+}
+
+/**
+ * Throws `InvalidArgumentError` unless `deltas` adds finite numbers to top-level fields and
+ * `onInsert` is valid data. Counters stay top-level so both engines address them the same way.
+ */
+export function checkIncrement(
+  deltas: Readonly<Record<string, number>>,
+  onInsert: object | undefined,
+): void {
+  const violations: FieldViolation[] = [];
+  for (const [field, delta] of Object.entries(deltas)) {
+    if (!/^[^$_.][^.]*$/.test(field) || field === 'id') {
+      violations.push({ field: `deltas.${field}`, description: 'a top-level field other than id' });
+    }
+    if (typeof delta !== 'number' || !Number.isFinite(delta)) {
+      violations.push({ field: `deltas.${field}`, description: 'a finite number' });
+    }
+  }
+  if (onInsert !== undefined) {
+    if (!isPlainObject(onInsert)) {
+      violations.push({ field: 'onInsert', description: 'a plain object' });
+    } else {
+      for (const [name, value] of Object.entries(onInsert)) {
+        if (name.startsWith('$') || name.startsWith('_')) {
+          violations.push({ field: `onInsert.${name}`, description: 'must not start with "$" or "_"' });
+        }
+        checkValue(value, `onInsert.${name}`, 1, violations);
+      }
+    }
+  }
+  if (violations.length > 0) throw new InvalidArgumentError('invalid increment', violations);
+}
+
+/**
+ * Orders two values of the `upsertIfNewer` field: negative when `stored` is older than `incoming`.
+ * Undefined when they cannot be compared (different types, or not a number, string or Date):
+ * MongoDB's `$lt` matches nothing across types, so such a write is skipped by both adapters.
+ */
+export function compareVersionField(stored: unknown, incoming: unknown): number | undefined {
+  if (typeof stored === 'number' && typeof incoming === 'number') return stored - incoming;
+  if (typeof stored === 'string' && typeof incoming === 'string') {
+    // Byte order of UTF-8, as MongoDB compares strings without a collation.
+    return Buffer.compare(Buffer.from(stored), Buffer.from(incoming));
+  }
+  if (stored instanceof Date && incoming instanceof Date) return stored.getTime() - incoming.getTime();
+  return undefined;
+}
+
+/** Throws `InvalidArgumentError` unless every document carries a comparable `field`. */
+export function checkVersionField(docs: readonly object[], field: string): void {
+  const violations: FieldViolation[] = [];
+  checkPath(field, 'field', violations);
+  docs.forEach((doc, i) => {
+    const value = fieldValue(doc, field);
+    if (typeof value !== 'number' && typeof value !== 'string' && !(value instanceof Date)) {
+      violations.push({ field: `docs[${i}].${field}`, description: 'a number, string or Date' });
+    }
+  });
+  if (violations.length > 0) throw new InvalidArgumentError('invalid conditional write', violations);
+}
+
+function checkId(id: unknown, violations: FieldViolation[]): void {
+  if (typeof id !== 'string' || id.length === 0) {
+    violations.push({ field: 'id', description: 'a non-empty string' });
+  } else if (Buffer.byteLength(id) > MAX_ID_BYTES) {
+    violations.push({ field: 'id', description: `at most ${MAX_ID_BYTES} bytes of UTF-8` });
+  }
+}
+
+/** Field paths: dot-separated names, none empty or starting with "$". */
+function checkPath(path: string, field: string, violations: FieldViolation[]): void {
+  if (path.split('.').some((step) => step.length === 0 || step.startsWith('$'))) {
+    violations.push({ field, description: 'dot-separated names, none empty or starting with "$"' });
+  }
+}
+
+function checkValue(value: unknown, path: string, depth: number, violations: FieldViolation[]): void {
+  if (depth > MAX_DEPTH) {
+    violations.push({ field: path, description: `nested deeper than ${MAX_DEPTH} levels` });
+    return;
+  }
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) violations.push({ field: path, description: 'a finite number' });
+    return;
+  }
+  // undefined is allowed and means "absent" (MongoDB is opened with ignoreUndefined).
+  if (isScalar(value) || value === undefined || value instanceof Uint8Array) return;
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) violations.push({ field: path, description: 'a valid Date' });
+    return;
+  }
+  if (Array.isArray(value)) {
+    value.forEach((item: unknown, i) => {
+      checkValue(item, `${path}[${i}]`, depth + 1, violations);
+    });
+    return;
+  }
+  if (isPlainObject(value)) {
+    for (const [name, nested] of Object.entries(value)) {
+      if (name.startsWith('$') || name.includes('.') || name.includes('\0')) {
+        violations.push({
+          field: `${path}.${name}`,
+          description: 'nested names must not start with "$" or contain "." or NUL',
+        });
+      }
+      checkValue(nested, `${path}.${name}`, depth + 1, violations);
+    }
+    return;
+  }
+  violations.push({
+    field: path,
+    description: 'plain data only: string, number, boolean, null, Date, Uint8Array, array, object',
+  });
+}
+
+function isScalar(value: unknown): value is IndexValue | undefined {
+  return (
+    value === null ||
+    value === undefined ||
+    typeof value === 'string' ||
+    typeof value === 'boolean' ||
+    (typeof value === 'number' && Number.isFinite(value))
+  );
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}

@@ -1,0 +1,138 @@
+import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import {
+  EchoServiceClient,
+  EchoServiceService,
+} from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import {
+  AbortedError,
+  decodeStatus,
+  ERROR_DOMAIN,
+  InvalidArgumentError,
+  NotFoundError,
+  RemoteError,
+  UnavailableError,
+} from '../../src/errors';
+import { createClient, type TypedClient } from '../../src/grpc/client';
+import { failure } from '../support/failure';
+import { startEcho, type RunningEcho } from '../support/echo';
+
+describe('error mapping over a real gRPC hop', () => {
+  let echo: RunningEcho;
+  let client: TypedClient<typeof EchoServiceService>;
+
+  beforeAll(async () => {
+    echo = await startEcho();
+    client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+  });
+
+  afterAll(async () => {
+    client.close();
+    await echo.server.shutdown(1000);
+  });
+
+  const failWith = (code: GrpcCode) =>
+    failure(client.echo({ message: 'x', failWithCode: code, requireMessage: false }));
+
+  it.each([
+    [GrpcCode.INVALID_ARGUMENT, 'message is malformed'],
+    [GrpcCode.NOT_FOUND, 'experiment "checkout" not found'],
+    [GrpcCode.ALREADY_EXISTS, 'layer "home" already exists'],
+    [GrpcCode.FAILED_PRECONDITION, 'experiment is stopped'],
+    [GrpcCode.ABORTED, 'etag "3" is stale; current is "4"'],
+    [GrpcCode.UNAVAILABLE, 'storage is unreachable'],
+    [GrpcCode.RESOURCE_EXHAUSTED, 'at most 1000 entities per call'],
+    [GrpcCode.UNAUTHENTICATED, 'no token'],
+    [GrpcCode.PERMISSION_DENIED, 'bad token'],
+    [GrpcCode.DEADLINE_EXCEEDED, 'too slow'],
+  ])(
+    'a domain error with code %i reaches the client with its code and message',
+    async (code, message) => {
+      const error = await failWith(code);
+      expect(error.code).toBe(code);
+      expect(error.message).toBe(message);
+    },
+  );
+
+  it('reports every field violation of an INVALID_ARGUMENT in BadRequest', async () => {
+    const error = await failWith(GrpcCode.INVALID_ARGUMENT);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error instanceof InvalidArgumentError && error.violations).toEqual([
+      { field: 'message', description: 'must be lower case', reason: 'NOT_LOWER_CASE' },
+      { field: 'delay', description: 'must be under 1 s', reason: 'TOO_LONG' },
+    ]);
+  });
+
+  it('carries ErrorInfo reason, domain and metadata, and ResourceInfo', async () => {
+    const aborted = await failWith(GrpcCode.ABORTED);
+    expect(aborted).toBeInstanceOf(AbortedError);
+    expect(aborted.reason).toBe('STALE_ETAG');
+    expect(aborted.metadata).toEqual({ current_etag: '4' });
+    const missing = await failWith(GrpcCode.NOT_FOUND);
+    expect(missing).toBeInstanceOf(NotFoundError);
+    expect(missing.resource).toEqual({ type: 'tandem.assignment.v1.Experiment', name: 'checkout' });
+  });
+
+  it('carries RetryInfo on UNAVAILABLE', async () => {
+    const error = await failWith(GrpcCode.UNAVAILABLE);
+    expect(error).toBeInstanceOf(UnavailableError);
+    expect(error instanceof UnavailableError && error.retryDelayMs).toBe(1500);
+  });
+
+  it('turns an unexpected exception into INTERNAL without leaking its message', async () => {
+    const error = await failWith(GrpcCode.DATA_LOSS);
+    expect(error).toBeInstanceOf(RemoteError);
+    expect(error.code).toBe(GrpcCode.INTERNAL);
+    expect(error.message).toBe('internal error');
+    expect(error.message).not.toContain('secret');
+  });
+
+  it('validates at the edge with a field violation, never UNKNOWN', async () => {
+    const error = await failure(
+      client.echo({ message: '', failWithCode: 0, requireMessage: true }),
+    );
+    expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(error instanceof InvalidArgumentError && error.violations[0]).toMatchObject({
+      field: 'message',
+      reason: 'REQUIRED',
+    });
+  });
+
+  it('puts google.rpc.Status in grpc-status-details-bin for plain grpc-js clients too', async () => {
+    const raw = new EchoServiceClient(echo.address, credentials.createInsecure());
+    const error = await new Promise<ServiceError>((resolve) => {
+      raw.echo(
+        { message: 'x', failWithCode: GrpcCode.INVALID_ARGUMENT, requireMessage: false },
+        new Metadata(),
+        (e) => {
+          resolve(e!);
+        },
+      );
+    });
+    raw.close();
+    const decoded = decodeStatus(error);
+    expect(decoded.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(decoded.errorInfo).toMatchObject({ domain: ERROR_DOMAIN, reason: 'INVALID_ARGUMENT' });
+    expect(decoded.violations.map((v) => v.field)).toEqual(['message', 'delay']);
+  });
+});
+
+describe('request limits', () => {
+  it('rejects a request over the message-size limit with RESOURCE_EXHAUSTED', async () => {
+    const echo = await startEcho({ maxMessageBytes: 4096 });
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+    const error = await failure(
+      client.echo({ message: 'x'.repeat(10_000), failWithCode: 0, requireMessage: false }),
+    );
+    expect(error.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    const ok = await client.echo({ message: 'small', failWithCode: 0, requireMessage: false });
+    expect(ok.message).toBe('small');
+    client.close();
+    await echo.server.shutdown(1000);
+  });
+});

@@ -1,0 +1,209 @@
+import { credentials, status as GrpcCode } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { loadPackageDefinition, type Client, type ServiceError } from '@grpc/grpc-js';
+import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { bearerTokenAuth } from '../../src/grpc/auth';
+import { createClient } from '../../src/grpc/client';
+import { implement } from '../../src/grpc/handlers';
+import { TandemError } from '../../src/errors';
+import { failure } from '../support/failure';
+import { startEcho } from '../support/echo';
+import { Metadata } from '@grpc/grpc-js';
+
+const insecure = credentials.createInsecure();
+const seconds = (s: number) => ({ seconds: Math.floor(s), nanos: Math.round((s % 1) * 1e9) });
+
+type HealthClient = Client & {
+  check(
+    request: { service: string },
+    callback: (error: ServiceError | null, response?: { status: string }) => void,
+  ): void;
+};
+
+function healthClient(address: string): HealthClient {
+  const definition = loadSync(require.resolve('grpc-health-check/proto/health/v1/health.proto'), {
+    enums: String,
+  });
+  const pkg = loadPackageDefinition(definition) as unknown as {
+    grpc: {
+      health: { v1: { Health: new (address: string, creds: typeof insecure) => HealthClient } };
+    };
+  };
+  return new pkg.grpc.health.v1.Health(address, insecure);
+}
+
+const checkHealth = (client: HealthClient, service: string) =>
+  new Promise<string>((resolve, reject) => {
+    client.check({ service }, (error, response) => {
+      if (error) reject(error);
+      else resolve(response!.status);
+    });
+  });
+
+describe('graceful shutdown', () => {
+  it('lets an in-flight call finish, then refuses new calls', async () => {
+    const echo = await startEcho();
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: insecure,
+    });
+    const inFlight = client.echo({
+      message: 'slow',
+      failWithCode: 0,
+      requireMessage: false,
+      delay: seconds(0.4),
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const stopping = echo.server.shutdown(5000);
+    const late = await failure(
+      client.echo({ message: 'late', failWithCode: 0, requireMessage: false }),
+    );
+    await expect(inFlight).resolves.toMatchObject({ message: 'slow' });
+    await stopping;
+    expect(late.code).toBe(GrpcCode.UNAVAILABLE);
+    client.close();
+  });
+
+  it('cancels calls still running when the deadline passes', async () => {
+    const echo = await startEcho();
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: insecure,
+      defaultTimeoutMs: 10_000,
+    });
+    const stuck = failure(
+      client.echo({ message: 'stuck', failWithCode: 0, requireMessage: false, delay: seconds(5) }),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    await echo.server.shutdown(300);
+    expect(Date.now() - started).toBeLessThan(2000);
+    const error = await stuck;
+    expect([GrpcCode.CANCELLED, GrpcCode.UNAVAILABLE]).toContain(error.code);
+    client.close();
+  });
+});
+
+describe('health', () => {
+  it('says NOT_SERVING until the service is ready, SERVING after, NOT_SERVING while shutting down', async () => {
+    const echo = await startEcho();
+    echo.server.setServing(false);
+    const health = healthClient(echo.address);
+    expect(await checkHealth(health, '')).toBe('NOT_SERVING');
+    expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('NOT_SERVING');
+    echo.server.setServing(true);
+    expect(await checkHealth(health, '')).toBe('SERVING');
+    expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('SERVING');
+    await echo.server.shutdown(1000);
+    health.close();
+  });
+});
+
+describe('server reflection', () => {
+  it('lists the services and describes their files, so grpcurl works without protos', async () => {
+    const echo = await startEcho();
+    const definition = loadSync(
+      require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
+      {
+        keepCase: true,
+      },
+    );
+    type Reflection = Client & {
+      ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean };
+    };
+    const pkg = loadPackageDefinition(definition) as unknown as {
+      grpc: {
+        reflection: { v1: { ServerReflection: new (a: string, c: typeof insecure) => Reflection } };
+      };
+    };
+    const reflection = new pkg.grpc.reflection.v1.ServerReflection(echo.address, insecure);
+    const call = reflection.ServerReflectionInfo();
+    const responses: unknown[] = [];
+    call.on('data', (m: unknown) => responses.push(m));
+    const done = new Promise((resolve) => call.on('end', resolve));
+    call.write({ list_services: '' });
+    call.write({ file_containing_symbol: 'tandem.echo.v1.EchoService' });
+    call.end();
+    await done;
+    const names = (
+      responses[0] as { list_services_response: { service: { name: string }[] } }
+    ).list_services_response.service.map((s) => s.name);
+    expect(names).toContain('tandem.echo.v1.EchoService');
+    const files = (
+      responses[1] as { file_descriptor_response: { file_descriptor_proto: Buffer[] } }
+    ).file_descriptor_response.file_descriptor_proto;
+    expect(files.length).toBeGreaterThan(0);
+    reflection.close();
+    await echo.server.shutdown(1000);
+  });
+});
+
+describe('deadline propagation', () => {
+  it('gives an outbound call no more than what is left of the inbound deadline', async () => {
+    const downstream = await startEcho();
+    const downstreamClient = createClient(EchoServiceService, {
+      address: downstream.address,
+      credentials: insecure,
+      defaultTimeoutMs: 60_000,
+    });
+    let seenDeadline: Date | undefined;
+    const upstream = await startEcho({
+      handlers: {
+        echo: async (request, ctx) => {
+          seenDeadline = ctx.deadline;
+          // Asks downstream to wait 3 s; the inbound budget of 300 ms must cut it short.
+          return downstreamClient.echo({ ...request, delay: seconds(3) });
+        },
+      },
+    });
+    const client = createClient(EchoServiceService, {
+      address: upstream.address,
+      credentials: insecure,
+    });
+    const started = Date.now();
+    const error = await failure(
+      client.echo({ message: 'hop', failWithCode: 0, requireMessage: false }, { timeoutMs: 300 }),
+    );
+    expect(error.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(seenDeadline).toBeInstanceOf(Date);
+    client.close();
+    downstreamClient.close();
+    await Promise.all([upstream.server.shutdown(1000), downstream.server.shutdown(1000)]);
+  });
+});
+
+describe('admin token', () => {
+  it('refuses admin RPCs without the token or with a wrong one, and accepts the right one', async () => {
+    const echo = await startEcho({ auth: bearerTokenAuth('s3cret'), adminMethods: ['echo'] });
+    const call = (token?: string) => {
+      const metadata = new Metadata();
+      if (token !== undefined) metadata.set('authorization', `Bearer ${token}`);
+      const client = createClient(EchoServiceService, {
+        address: echo.address,
+        credentials: insecure,
+        metadata,
+      });
+      return client
+        .echo({ message: 'admin', failWithCode: 0, requireMessage: false })
+        .then(
+          (r) => r.message,
+          (e: unknown) => (e instanceof TandemError ? e.code : 'unexpected'),
+        )
+        .finally(() => {
+          client.close();
+        });
+    };
+    expect(await call()).toBe(GrpcCode.UNAUTHENTICATED);
+    expect(await call('wrong')).toBe(GrpcCode.PERMISSION_DENIED);
+    expect(await call('s3cret')).toBe('admin');
+    await echo.server.shutdown(1000);
+  });
+});
+
+describe('implement()', () => {
+  it('refuses to build a service with a missing handler instead of serving UNIMPLEMENTED', () => {
+    const logger = { error: () => undefined } as never;
+    expect(() => implement(EchoServiceService, {} as never, { logger })).toThrow(/no handler/);
+  });
+});
