@@ -12,6 +12,7 @@ import { Any } from '../../../gen/ts/google/protobuf/any';
 import {
   BadRequest,
   ErrorInfo,
+  PreconditionFailure,
   ResourceInfo,
   RetryInfo,
 } from '../../../gen/ts/google/rpc/error_details';
@@ -92,9 +93,28 @@ export class AlreadyExistsError extends TandemError {
   readonly code = GrpcCode.ALREADY_EXISTS;
 }
 
+/** One unmet precondition, as `google.rpc.PreconditionFailure.Violation`. */
+export interface PreconditionViolation {
+  /** UPPER_SNAKE_CASE kind, for example `TYPE_CHANGE` or `EXPERIMENT_RUNNING`. */
+  readonly type: string;
+  /** What it is about, for example `feature_views/item_stats/features/ctr`. */
+  readonly subject: string;
+  readonly description: string;
+}
+
 /** Thrown when the system is not in the state an operation needs (e.g. starting a stopped experiment). */
 export class FailedPreconditionError extends TandemError {
   readonly code = GrpcCode.FAILED_PRECONDITION;
+  /** Every unmet precondition, sent as `google.rpc.PreconditionFailure`. */
+  readonly violations: readonly PreconditionViolation[];
+
+  constructor(
+    message: string,
+    options: TandemErrorOptions & { violations?: readonly PreconditionViolation[] } = {},
+  ) {
+    super(message, options);
+    this.violations = options.violations ?? [];
+  }
 }
 
 /** Thrown when a write lost an optimistic-concurrency race: a stale etag or a concurrent change. */
@@ -199,6 +219,16 @@ export function toStatus(error: unknown): StatusObject {
       ),
     );
   }
+  if (tandem instanceof FailedPreconditionError && tandem.violations.length > 0) {
+    details.push(
+      packAny(
+        'google.rpc.PreconditionFailure',
+        PreconditionFailure.encode({
+          violations: tandem.violations.map((v) => ({ ...v })),
+        }).finish(),
+      ),
+    );
+  }
   if (tandem?.resource) {
     details.push(
       packAny(
@@ -234,6 +264,7 @@ export interface DecodedStatus {
   readonly message: string;
   readonly errorInfo: ErrorInfo | undefined;
   readonly violations: FieldViolation[];
+  readonly preconditionViolations: PreconditionViolation[];
   readonly resource: ResourceRef | undefined;
   readonly retryDelayMs: number | undefined;
 }
@@ -248,6 +279,7 @@ export function decodeStatus(
     message: error.details,
     errorInfo: undefined,
     violations: [],
+    preconditionViolations: [],
     resource: undefined,
     retryDelayMs: undefined,
   };
@@ -260,6 +292,7 @@ export function decodeStatus(
   }
   let errorInfo: ErrorInfo | undefined;
   const violations: FieldViolation[] = [];
+  const preconditionViolations: PreconditionViolation[] = [];
   let resource: ResourceRef | undefined;
   let retryDelayMs: number | undefined;
   for (const any of status.details) {
@@ -270,6 +303,15 @@ export function decodeStatus(
       case `${TYPE_PREFIX}google.rpc.BadRequest`:
         for (const v of BadRequest.decode(any.value).fieldViolations) {
           violations.push({ field: v.field, description: v.description, reason: v.reason });
+        }
+        break;
+      case `${TYPE_PREFIX}google.rpc.PreconditionFailure`:
+        for (const v of PreconditionFailure.decode(any.value).violations) {
+          preconditionViolations.push({
+            type: v.type,
+            subject: v.subject,
+            description: v.description,
+          });
         }
         break;
       case `${TYPE_PREFIX}google.rpc.ResourceInfo`: {
@@ -291,6 +333,7 @@ export function decodeStatus(
     message: status.message || error.details,
     errorInfo,
     violations,
+    preconditionViolations,
     resource,
     retryDelayMs,
   };
@@ -316,7 +359,10 @@ export function fromServiceError(error: ServiceError): TandemError {
     case GrpcCode.ALREADY_EXISTS:
       return new AlreadyExistsError(s.message, options);
     case GrpcCode.FAILED_PRECONDITION:
-      return new FailedPreconditionError(s.message, options);
+      return new FailedPreconditionError(s.message, {
+        ...options,
+        violations: s.preconditionViolations,
+      });
     case GrpcCode.ABORTED:
       return new AbortedError(s.message, options);
     case GrpcCode.UNAVAILABLE:

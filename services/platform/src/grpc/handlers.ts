@@ -142,9 +142,7 @@ export function implement<D extends ServiceDefinition>(
         run(
           call,
           async (ctx) => {
-            const input = method.requestStream
-              ? call
-              : (call).request;
+            const input = method.requestStream ? call : call.request;
             for await (const response of fn(input, ctx) as AsyncIterable<unknown>) {
               if (!call.write(response))
                 await new Promise((resolve) => call.once('drain', resolve));
@@ -173,6 +171,8 @@ type Finish = (
 
 /** The part every call shape shares: auth, span, context, error mapping. */
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
+  // One child logger per method, not per call: trace ids are added by the mixin at log time.
+  const methodLogger = rootLogger.child({ rpc: path });
   return (
     call: InboundCall,
     body: (ctx: CallContext) => Promise<unknown>,
@@ -196,13 +196,12 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       deadline,
       metadata: call.metadata,
       signal: abort.signal,
-      logger: rootLogger,
+      logger: methodLogger,
       peer: call.getPeer(),
     };
     const execute = async (): Promise<unknown> => {
-      const scoped = { ...ctx, logger: rootLogger.child({ rpc: path }) };
       auth?.check(call.metadata);
-      return body(scoped);
+      return body(ctx);
     };
     context.with(spanContext, () => {
       activeCall.run(call, () => {

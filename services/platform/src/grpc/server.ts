@@ -3,8 +3,8 @@
  * service says it is ready), server reflection from the committed descriptor set, and graceful
  * shutdown with a deadline.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import {
   Server,
   type ServerCredentials,
@@ -16,17 +16,19 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { Logger } from '../logging';
 
-/** The descriptor set `make gen` writes (with comments), served by reflection. */
-export const DESCRIPTOR_SET_PATH = join(
-  __dirname,
-  '..',
-  '..',
-  '..',
-  '..',
-  'gen',
-  'descriptor',
-  'tandem.binpb',
-);
+/**
+ * The descriptor set `make gen` writes (with comments), served by reflection. Found by walking up
+ * from this file, so it resolves both from sources (jest) and from the compiled `dist/` tree.
+ */
+export function findDescriptorSet(from: string = __dirname): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'gen', 'descriptor', 'tandem.binpb');
+    if (existsSync(candidate)) return candidate;
+    if (dirname(dir) === dir) {
+      throw new Error(`gen/descriptor/tandem.binpb not found above ${from}: run make gen`);
+    }
+  }
+}
 
 export interface GrpcServerOptions {
   readonly logger: Logger;
@@ -35,7 +37,7 @@ export interface GrpcServerOptions {
   readonly maxMessageBytes: number;
   readonly keepaliveTimeMs: number;
   readonly keepaliveTimeoutMs: number;
-  /** Serve reflection from this descriptor set. @default DESCRIPTOR_SET_PATH; false disables it */
+  /** Serve reflection from this descriptor set. @default findDescriptorSet(); false disables it */
   readonly reflection?: string | false;
 }
 
@@ -72,7 +74,7 @@ export class GrpcServer {
     this.health = new HealthImplementation({ '': 'NOT_SERVING' });
     this.health.addToServer(this.server);
     if (options.reflection !== false) {
-      const descriptorSet = readFileSync(options.reflection ?? DESCRIPTOR_SET_PATH);
+      const descriptorSet = readFileSync(options.reflection ?? findDescriptorSet());
       new ReflectionService(loadFileDescriptorSetFromBuffer(descriptorSet)).addToServer(
         this.server,
       );

@@ -7,6 +7,7 @@ import {
   AbortedError,
   decodeStatus,
   ERROR_DOMAIN,
+  FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
   RemoteError,
@@ -73,6 +74,13 @@ describe('error mapping over a real gRPC hop', () => {
     const missing = await failWith(GrpcCode.NOT_FOUND);
     expect(missing).toBeInstanceOf(NotFoundError);
     expect(missing.resource).toEqual({ type: 'tandem.assignment.v1.Experiment', name: 'checkout' });
+  });
+
+  it('carries PreconditionFailure violations on FAILED_PRECONDITION', async () => {
+    const error = await failWith(GrpcCode.FAILED_PRECONDITION);
+    expect(error instanceof FailedPreconditionError && error.violations).toEqual([
+      { type: 'STATUS', subject: 'experiments/checkout', description: 'is STOPPED' },
+    ]);
   });
 
   it('carries RetryInfo on UNAVAILABLE', async () => {

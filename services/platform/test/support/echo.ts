@@ -48,7 +48,13 @@ const errorsByCode = new Map<number, () => TandemError>([
   ],
   [
     GrpcCode.FAILED_PRECONDITION,
-    () => new FailedPreconditionError('experiment is stopped', { reason: 'EXPERIMENT_STOPPED' }),
+    () =>
+      new FailedPreconditionError('experiment is stopped', {
+        reason: 'EXPERIMENT_STOPPED',
+        violations: [
+          { type: 'STATUS', subject: 'experiments/checkout', description: 'is STOPPED' },
+        ],
+      }),
   ],
   [
     GrpcCode.ABORTED,
