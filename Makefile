@@ -43,8 +43,9 @@ buf-lint:
 breaking:
 	@bash scripts/check-breaking.sh
 
+## bench: every benchmark in bench/ (BENCH=name runs the ones whose name contains it).
 bench:
-	@echo "benchmarks arrive with the services (see bench/README.md)"
+	@bash bench/run-all.sh
 
 clean:
 	rm -rf dist coverage

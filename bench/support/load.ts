@@ -1,0 +1,91 @@
+/**
+ * A closed-loop load generator: `concurrency` workers each issue a call, wait for it, and issue the
+ * next, for `durationMs` after a warm-up. Latencies are kept exactly (no histogram rounding).
+ */
+import { performance } from 'node:perf_hooks';
+
+export interface LoadOptions {
+  readonly concurrency: number;
+  readonly durationMs: number;
+  readonly warmupMs?: number;
+}
+
+export interface LoadResult {
+  readonly calls: number;
+  readonly errors: number;
+  readonly callsPerSecond: number;
+  readonly p50Ms: number;
+  readonly p90Ms: number;
+  readonly p99Ms: number;
+  readonly maxMs: number;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  const index = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return sorted[Math.max(0, index)] ?? NaN;
+}
+
+/** Runs `call` under closed-loop load and reports throughput and latency percentiles. */
+export async function runLoad(
+  call: () => Promise<unknown>,
+  options: LoadOptions,
+): Promise<LoadResult> {
+  const warmupMs = options.warmupMs ?? Math.min(1000, options.durationMs / 4);
+  let recording = false;
+  let stop = false;
+  const latencies: number[] = [];
+  let errors = 0;
+  const worker = async (): Promise<void> => {
+    while (!stop) {
+      const started = performance.now();
+      try {
+        await call();
+        if (recording) latencies.push(performance.now() - started);
+      } catch {
+        if (recording) errors += 1;
+      }
+    }
+  };
+  const workers = Array.from({ length: options.concurrency }, () => worker());
+  await new Promise((r) => setTimeout(r, warmupMs));
+  recording = true;
+  const began = performance.now();
+  await new Promise((r) => setTimeout(r, options.durationMs));
+  recording = false;
+  const elapsed = performance.now() - began;
+  stop = true;
+  await Promise.all(workers);
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    calls: sorted.length,
+    errors,
+    callsPerSecond: (sorted.length / elapsed) * 1000,
+    p50Ms: percentile(sorted, 50),
+    p90Ms: percentile(sorted, 90),
+    p99Ms: percentile(sorted, 99),
+    maxMs: sorted[sorted.length - 1] ?? NaN,
+  };
+}
+
+/** Latency percentiles of a synchronous or async function called `iterations` times in a row. */
+export async function timeCalls(
+  fn: () => unknown,
+  iterations: number,
+): Promise<{ p50Us: number; p99Us: number; meanUs: number }> {
+  const samples = new Float64Array(iterations);
+  for (let i = 0; i < iterations; i++) {
+    const started = performance.now();
+    const result = fn();
+    if (result instanceof Promise) await result;
+    samples[i] = (performance.now() - started) * 1000;
+  }
+  const mean = samples.reduce((a, b) => a + b, 0) / iterations;
+  samples.sort();
+  return { p50Us: percentile(samples, 50), p99Us: percentile(samples, 99), meanUs: mean };
+}
+
+/** One row of a side-by-side table. */
+export function formatRow(label: string, r: LoadResult): string {
+  return `${label.padEnd(34)} ${r.callsPerSecond.toFixed(0).padStart(8)} calls/s   p50 ${r.p50Ms.toFixed(3)} ms   p99 ${r.p99Ms.toFixed(3)} ms   errors ${r.errors}`;
+}

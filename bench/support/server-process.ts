@@ -1,0 +1,66 @@
+/**
+ * Runs a benchmark server in its own process, as in production, so the load generator and the
+ * server do not share an event loop. The child reports its port, and on request its CPU time, so a
+ * benchmark can print server CPU per call beside client-side latency.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+
+export interface ServerProcess {
+  readonly port: number;
+  readonly address: string;
+  /** Server CPU time (user + system) in microseconds since start. */
+  cpuMicros(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+type ChildMessage = { type: 'ready'; port: number } | { type: 'cpu'; micros: number };
+
+/** Forks `script` (a compiled .js file) with `args` and waits until it says it is listening. */
+export async function startServerProcess(
+  script: string,
+  args: readonly string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<ServerProcess> {
+  const child: ChildProcess = fork(script, [...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`${script} exited with ${code}`)));
+    child.on('message', (m: ChildMessage) => {
+      if (m.type === 'ready') resolve(m.port);
+    });
+  });
+  return {
+    port,
+    address: `127.0.0.1:${port}`,
+    cpuMicros: () =>
+      new Promise((resolve) => {
+        const onMessage = (m: ChildMessage): void => {
+          if (m.type === 'cpu') {
+            child.off('message', onMessage);
+            resolve(m.micros);
+          }
+        };
+        child.on('message', onMessage);
+        child.send({ type: 'cpu' });
+      }),
+    stop: () =>
+      new Promise((resolve) => {
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+/** For the child: announce the port and answer CPU requests. */
+export function serveBenchmarkProcess(port: number): void {
+  process.send?.({ type: 'ready', port } satisfies ChildMessage);
+  process.on('message', (m: { type: string }) => {
+    if (m.type === 'cpu') {
+      const usage = process.cpuUsage();
+      process.send?.({ type: 'cpu', micros: usage.user + usage.system } satisfies ChildMessage);
+    }
+  });
+  process.once('SIGTERM', () => process.exit(0));
+}

@@ -1,0 +1,68 @@
+import { credentials } from '@grpc/grpc-js';
+import { SpanKind, trace } from '@opentelemetry/api';
+import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { createClient } from '../../src/grpc/client';
+import { startEcho, type RunningEcho } from '../support/echo';
+import { failure } from '../support/failure';
+import { installTestTracing, type TestTracing } from '../support/tracing';
+
+describe('tracing across a gRPC hop', () => {
+  let tracing: TestTracing;
+  let echo: RunningEcho;
+
+  beforeAll(async () => {
+    tracing = installTestTracing();
+    echo = await startEcho();
+  });
+
+  afterAll(async () => {
+    await echo.server.shutdown(1000);
+    await tracing.shutdown();
+  });
+
+  beforeEach(() => {
+    tracing.exporter.reset();
+  });
+
+  it('continues the caller trace in a SERVER span that is the child of the CLIENT span', async () => {
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+    const tracer = trace.getTracer('test');
+    const { traceId, response } = await tracer.startActiveSpan('backend request', async (root) => {
+      const r = await client.echo({ message: 'hi', failWithCode: 0, requireMessage: false });
+      root.end();
+      return { traceId: root.spanContext().traceId, response: r };
+    });
+    client.close();
+
+    expect(response.traceId).toBe(traceId);
+    const spans = tracing.exporter.getFinishedSpans();
+    const clientSpan = spans.find((s) => s.kind === SpanKind.CLIENT);
+    const serverSpan = spans.find((s) => s.kind === SpanKind.SERVER);
+    expect(clientSpan?.name).toBe('tandem.echo.v1.EchoService/Echo');
+    expect(serverSpan?.spanContext().traceId).toBe(traceId);
+    expect(serverSpan?.parentSpanContext?.spanId).toBe(clientSpan?.spanContext().spanId);
+    expect(serverSpan?.attributes).toMatchObject({
+      'rpc.system': 'grpc',
+      'rpc.service': 'tandem.echo.v1.EchoService',
+      'rpc.method': 'Echo',
+      'rpc.grpc.status_code': 0,
+    });
+  });
+
+  it('marks a server fault as an error span but not a caller mistake', async () => {
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+    await failure(client.echo({ message: '', failWithCode: 0, requireMessage: true }));
+    await failure(client.echo({ message: 'x', failWithCode: 15, requireMessage: false }));
+    client.close();
+    const servers = tracing.exporter.getFinishedSpans().filter((s) => s.kind === SpanKind.SERVER);
+    expect(servers.map((s) => s.attributes['rpc.grpc.status_code'])).toEqual([3, 13]);
+    expect(servers.map((s) => s.status.code)).toEqual([0, 2]);
+    expect(servers[1]?.events.some((e) => e.name === 'exception')).toBe(true);
+  });
+});
