@@ -137,7 +137,12 @@ export interface EventBus {
   /** Creates the stream or updates it to match `spec`. Idempotent. */
   declareStream(spec: StreamSpec): Promise<void>;
   /** Publishes one event and waits for the stream to store it. Throws `UnavailableError` when it cannot. */
-  publish<T>(subject: string, codec: EventCodec<T>, event: T, options: PublishOptions): Promise<PublishAck>;
+  publish<T>(
+    subject: string,
+    codec: EventCodec<T>,
+    event: T,
+    options: PublishOptions,
+  ): Promise<PublishAck>;
   /** Creates (or binds to) the durable consumer and starts handing events to `handler`. */
   subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription>;
   /** True while the bus can publish (the connection is up). */

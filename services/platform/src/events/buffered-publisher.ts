@@ -1,0 +1,290 @@
+/**
+ * Fire-and-forget publishing for events a request must never wait for or fail on (exposure
+ * logging, decision logging). `enqueue` encodes the event, puts it in a bounded in-memory queue
+ * and returns; a background loop publishes the queue through the bus with JetStream acks. While
+ * the bus is unavailable the loop backs off and retries, then publishes the backlog when it
+ * returns. Retrying is safe because the stream deduplicates on `eventId`.
+ *
+ * Drop policy: when the queue is full the NEW event is dropped (and counted), not the oldest. The
+ * backlog of an outage then holds its earliest events, and for exposures the earliest event is the
+ * one that matters (analysis windows start at a unit's first exposure); dropping the oldest would
+ * silently move first exposures later.
+ */
+import { UnavailableError } from '../errors';
+import type { BusLogger, EventBus, EventCodec } from './bus';
+import { silentLogger } from './delivery';
+import { Signal } from './signal';
+
+export interface BufferedPublisherOptions {
+  /** Events kept while the bus cannot take them; beyond this, new events are dropped. @default 10 000 */
+  readonly capacity?: number;
+  /** Publishes awaiting their ack at once: one at a time is ~5k events/s, 32 several times that. @default 32 */
+  readonly maxInFlight?: number;
+  /** Wait after the first failed attempt; doubles per consecutive failure. @default 100 ms */
+  readonly initialRetryDelayMs?: number;
+  /** Upper bound of that wait, which bounds how late the backlog starts after NATS returns. @default 5 s */
+  readonly maxRetryDelayMs?: number;
+  /** Ack timeout of each publish. @default 5 s */
+  readonly publishTimeoutMs?: number;
+  /** Where drops and outages are logged. @default silent */
+  readonly logger?: BusLogger;
+}
+
+/** What the publisher has done since it was created. */
+export interface BufferedPublisherStats {
+  /** Events waiting to be published now (including those being published). */
+  readonly queued: number;
+  /** Events the stream acked (a duplicate ack counts: the event is stored). */
+  readonly published: number;
+  /** Events given up on: queue full, publisher closed, not encodable or refused by the bus. */
+  readonly dropped: number;
+  /** Publish attempts that failed and were retried. */
+  readonly failedAttempts: number;
+}
+
+const DROP_LOG_INTERVAL_MS = 10_000;
+
+/** An encoded event waiting in the queue. */
+interface QueuedEvent {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly eventId: string;
+}
+
+/** Publishes bytes encoded at enqueue time, so a caller may reuse or change its event object. */
+const ENCODED: EventCodec<Uint8Array> = {
+  encode: (data) => ({ finish: () => data }),
+  decode: (data) => data,
+};
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class BufferedPublisher {
+  private readonly capacity: number;
+  private readonly maxInFlight: number;
+  private readonly initialRetryDelayMs: number;
+  private readonly maxRetryDelayMs: number;
+  private readonly publishTimeoutMs: number;
+  private readonly logger: BusLogger;
+  /** FIFO queue; `head` skips published events without shifting the array each time. */
+  private queue: QueuedEvent[] = [];
+  private head = 0;
+  private published = 0;
+  private dropped = 0;
+  private failedAttempts = 0;
+  private droppedSinceLog = 0;
+  private lastDropLogAt = -Infinity;
+  private consecutiveFailures = 0;
+  /** False once `close()` is called: new events are dropped. */
+  private accepting = true;
+  /** True once the loop should stop. */
+  private loopDone = false;
+  /** Wakes an idle loop when an event arrives. */
+  private readonly arrived = new Signal();
+  /** Cuts a back-off short on close (arrivals must not, or an outage would become a retry storm). */
+  private readonly closing = new Signal();
+  /** Notified after each round, for `flush`. */
+  private readonly progress = new Signal();
+  private readonly loop: Promise<void>;
+
+  constructor(
+    private readonly bus: EventBus,
+    options: BufferedPublisherOptions = {},
+  ) {
+    this.capacity = options.capacity ?? 10_000;
+    this.maxInFlight = options.maxInFlight ?? 32;
+    this.initialRetryDelayMs = options.initialRetryDelayMs ?? 100;
+    this.maxRetryDelayMs = options.maxRetryDelayMs ?? 5_000;
+    this.publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
+    this.logger = options.logger ?? silentLogger;
+    this.loop = this.publishUntilClosed();
+  }
+
+  /**
+   * Queues an event for publishing and returns at once. Never throws: an event that cannot be
+   * queued (full, closed, not encodable, no id) is counted as dropped and logged.
+   */
+  enqueue<T>(subject: string, codec: EventCodec<T>, event: T, eventId: string): void {
+    if (!this.accepting) {
+      this.drop(subject, eventId, 'publisher closed');
+      return;
+    }
+    if (eventId.length === 0) {
+      this.drop(subject, eventId, 'empty event id');
+      return;
+    }
+    if (this.size >= this.capacity) {
+      this.drop(subject, eventId, 'queue full');
+      return;
+    }
+    let data: Uint8Array;
+    try {
+      data = codec.encode(event).finish();
+    } catch (error) {
+      this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
+      return;
+    }
+    this.queue.push({ subject, data, eventId });
+    this.arrived.notify();
+  }
+
+  stats(): BufferedPublisherStats {
+    return {
+      queued: this.size,
+      published: this.published,
+      dropped: this.dropped,
+      failedAttempts: this.failedAttempts,
+    };
+  }
+
+  /** Waits until the queue is empty or `timeoutMs` passes; true when everything was published. */
+  async flush(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.size > 0) {
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      await this.progress.wait(left);
+    }
+    return true;
+  }
+
+  /**
+   * Stops accepting events, publishes what is queued for up to `timeoutMs`, then stops the loop.
+   * Events still queued then are counted as dropped. Does not close the bus, which the caller owns.
+   */
+  async close(timeoutMs = 5_000): Promise<void> {
+    if (this.accepting) {
+      this.accepting = false;
+      await this.flush(timeoutMs);
+      this.loopDone = true;
+      this.arrived.notify();
+      this.closing.notify();
+    }
+    await this.loop;
+  }
+
+  /** A method, not a field, because it changes while the loop awaits. */
+  private isClosed(): boolean {
+    return this.loopDone;
+  }
+
+  private get size(): number {
+    return this.queue.length - this.head;
+  }
+
+  /**
+   * Counts a dropped event. Logged at most once per `DROP_LOG_INTERVAL_MS` with the count since,
+   * because a full queue during an outage drops on every request and must not flood the logs.
+   */
+  private drop(subject: string, eventId: string, reason: string): void {
+    this.dropped++;
+    this.droppedSinceLog++;
+    const now = Date.now();
+    if (now - this.lastDropLogAt < DROP_LOG_INTERVAL_MS) return;
+    this.logger.warn(
+      {
+        subject,
+        eventId,
+        reason,
+        droppedSinceLastLog: this.droppedSinceLog,
+        dropped: this.dropped,
+      },
+      'events dropped by buffered publisher',
+    );
+    this.lastDropLogAt = now;
+    this.droppedSinceLog = 0;
+  }
+
+  private async publishUntilClosed(): Promise<void> {
+    while (!this.isClosed()) {
+      if (this.size === 0) {
+        await this.arrived.wait();
+        continue;
+      }
+      const allPublished = await this.publishRound();
+      this.progress.notify();
+      if (!allPublished && !this.isClosed()) {
+        await this.closing.wait(this.retryDelayMs());
+      }
+    }
+    this.abandonQueue();
+    this.progress.notify();
+  }
+
+  /**
+   * Publishes up to `maxInFlight` events from the head of the queue at once. Failed ones stay at
+   * the head, in order, for the next round. Returns false when any failed and a back-off is due.
+   */
+  private async publishRound(): Promise<boolean> {
+    const batch = this.queue.slice(this.head, this.head + this.maxInFlight);
+    const results = await Promise.allSettled(
+      batch.map((queued) =>
+        this.bus.publish(queued.subject, ENCODED, queued.data, {
+          eventId: queued.eventId,
+          timeoutMs: this.publishTimeoutMs,
+        }),
+      ),
+    );
+    const retry: QueuedEvent[] = [];
+    let lastError: unknown;
+    results.forEach((result, i) => {
+      const queued = batch[i];
+      if (queued === undefined) return;
+      if (result.status === 'fulfilled') {
+        this.published++;
+      } else if (result.reason instanceof UnavailableError) {
+        retry.push(queued);
+        lastError = result.reason;
+      } else {
+        // Anything but "unavailable" would fail the same way again (a bad subject, say).
+        this.drop(queued.subject, queued.eventId, `refused: ${errorMessage(result.reason)}`);
+      }
+    });
+    this.requeueAtHead(batch.length, retry);
+    if (retry.length === 0) {
+      if (this.consecutiveFailures > 0) {
+        this.logger.info({ queued: this.size }, 'event bus available again; publishing backlog');
+      }
+      this.consecutiveFailures = 0;
+      return true;
+    }
+    this.failedAttempts += retry.length;
+    this.consecutiveFailures++;
+    if (this.consecutiveFailures === 1) {
+      this.logger.warn(
+        { queued: this.size, error: errorMessage(lastError) },
+        'event bus unavailable; buffering events',
+      );
+    }
+    return false;
+  }
+
+  /**
+   * Removes a round of `roundSize` events from the head, putting `retry` (in order) back in front.
+   * O(round): the array is only compacted once most of it is spent.
+   */
+  private requeueAtHead(roundSize: number, retry: readonly QueuedEvent[]): void {
+    this.head += roundSize - retry.length;
+    retry.forEach((queued, i) => {
+      this.queue[this.head + i] = queued;
+    });
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private retryDelayMs(): number {
+    const exponent = Math.min(this.consecutiveFailures - 1, 30);
+    return Math.min(this.initialRetryDelayMs * 2 ** exponent, this.maxRetryDelayMs);
+  }
+
+  private abandonQueue(): void {
+    const left = this.queue.slice(this.head);
+    this.queue = [];
+    this.head = 0;
+    for (const queued of left) this.drop(queued.subject, queued.eventId, 'publisher closed');
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * What happens to one delivered event, shared by both adapters so they keep the same semantics:
+ * the handler runs inside a consumer span with the ack wait as its deadline, and its outcome
+ * becomes an ack, a delayed redelivery, or a drop after the last allowed delivery. The adapters
+ * only translate the resulting `Disposition` into their own acknowledgement calls.
+ */
+import { SpanStatusCode } from '@opentelemetry/api';
+import type { BusLogger, DeliveredEvent, EventHandler, SubscriptionStats } from './bus';
+import { recordFailure, withProcessSpan } from './event-spans';
+import { retryDelayMs, type ConsumerSettings } from './event-settings';
+import { extractTraceContext } from './trace-headers';
+
+/** How a handler's run ended. */
+export type HandlerOutcome =
+  | { readonly kind: 'handled' }
+  | { readonly kind: 'failed'; readonly error: unknown }
+  /** Still running when the ack wait ended; the event is already due for redelivery. */
+  | { readonly kind: 'overran' };
+
+/** What to tell the stream about a delivery. */
+export type Disposition =
+  /** Done: ack it. */
+  | { readonly kind: 'ack' }
+  /** Failed: redeliver after `delayMs` (NATS `nak(delay)`). */
+  | { readonly kind: 'retry'; readonly delayMs: number }
+  /** Overran the ack wait: say nothing, the stream redelivers on its own. */
+  | { readonly kind: 'await-redelivery' }
+  /** The last allowed delivery failed: terminate it so it never comes back. */
+  | { readonly kind: 'drop' };
+
+const HANDLED: HandlerOutcome = { kind: 'handled' };
+const OVERRAN: HandlerOutcome = { kind: 'overran' };
+
+/**
+ * Runs `handler` until it settles or `ackWaitMs` passes, whichever is first. A handler past the
+ * ack wait is abandoned rather than awaited: the stream redelivers its event anyway, and waiting
+ * would let one stuck handler stall the subscription (and `stop()`) forever.
+ */
+function runWithinAckWait<T>(
+  handler: EventHandler<T>,
+  delivered: DeliveredEvent<T>,
+  ackWaitMs: number,
+): Promise<HandlerOutcome> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      resolve(OVERRAN);
+    }, ackWaitMs);
+    let running: Promise<void>;
+    try {
+      running = handler(delivered);
+    } catch (error) {
+      // A handler that throws before returning its promise failed all the same.
+      running = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
+    running.then(
+      () => {
+        clearTimeout(timer);
+        resolve(HANDLED);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        resolve({ kind: 'failed', error });
+      },
+    );
+  });
+}
+
+/**
+ * Runs the handler for one delivery inside a CONSUMER span that continues the producer's trace.
+ * Never throws: a failure is an outcome.
+ */
+export async function runHandler<T>(
+  settings: ConsumerSettings,
+  handler: EventHandler<T>,
+  delivered: DeliveredEvent<T>,
+): Promise<HandlerOutcome> {
+  const facts = {
+    subject: delivered.subject,
+    eventId: delivered.eventId,
+    durable: settings.durable,
+    deliveryCount: delivered.deliveryCount,
+  };
+  return withProcessSpan(facts, extractTraceContext(delivered.headers), async (span) => {
+    const outcome = await runWithinAckWait(handler, delivered, settings.ackWaitMs);
+    if (outcome.kind === 'failed') {
+      recordFailure(span, outcome.error);
+    } else if (outcome.kind === 'overran') {
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: `handler overran the ${settings.ackWaitMs} ms ack wait`,
+      });
+    }
+    return outcome;
+  });
+}
+
+/** Decides what a handler's outcome means for the stream; pure. */
+export function dispositionFor(
+  settings: ConsumerSettings,
+  outcome: HandlerOutcome,
+  deliveryCount: number,
+): Disposition {
+  if (outcome.kind === 'handled') return { kind: 'ack' };
+  if (deliveryCount >= settings.maxDeliver) return { kind: 'drop' };
+  if (outcome.kind === 'overran') return { kind: 'await-redelivery' };
+  return { kind: 'retry', delayMs: retryDelayMs(settings, deliveryCount) };
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A subscription's counters and the log lines that go with them. */
+export class SubscriptionCounters {
+  private acked = 0;
+  private retried = 0;
+  private dropped = 0;
+  private poison = 0;
+
+  constructor(
+    private readonly settings: ConsumerSettings,
+    private readonly logger: BusLogger,
+  ) {}
+
+  /** Counts (and logs, when it is news) what became of one delivery. */
+  record(
+    disposition: Disposition,
+    outcome: HandlerOutcome,
+    delivered: Pick<
+      DeliveredEvent<unknown>,
+      'subject' | 'eventId' | 'deliveryCount' | 'streamSequence'
+    >,
+  ): void {
+    if (disposition.kind === 'ack') {
+      this.acked++;
+      return;
+    }
+    const fields = {
+      stream: this.settings.stream,
+      durable: this.settings.durable,
+      subject: delivered.subject,
+      eventId: delivered.eventId,
+      streamSequence: delivered.streamSequence,
+      deliveryCount: delivered.deliveryCount,
+      maxDeliver: this.settings.maxDeliver,
+      error:
+        outcome.kind === 'failed' ? errorMessage(outcome.error) : 'handler overran the ack wait',
+    };
+    if (disposition.kind === 'drop') {
+      this.dropped++;
+      this.logger.error(fields, 'event dropped after its last allowed delivery');
+    } else {
+      this.retried++;
+      this.logger.warn(
+        disposition.kind === 'retry' ? { ...fields, retryInMs: disposition.delayMs } : fields,
+        'event handler failed; the event will be redelivered',
+      );
+    }
+  }
+
+  /** Counts (and logs) an event the codec could not decode. */
+  recordPoison(
+    delivered: Pick<DeliveredEvent<unknown>, 'subject' | 'eventId' | 'streamSequence'>,
+    error: unknown,
+  ): void {
+    this.poison++;
+    this.logger.error(
+      {
+        stream: this.settings.stream,
+        durable: this.settings.durable,
+        subject: delivered.subject,
+        eventId: delivered.eventId,
+        streamSequence: delivered.streamSequence,
+        error: errorMessage(error),
+      },
+      'undecodable event terminated',
+    );
+  }
+
+  snapshot(): SubscriptionStats {
+    return { acked: this.acked, retried: this.retried, dropped: this.dropped, poison: this.poison };
+  }
+}
+
+/**
+ * A counting semaphore for the handlers of one subscription, which also tells when none is
+ * running (for `stop()`).
+ */
+export class HandlerSlots {
+  private running = 0;
+  private readonly waitingForSlot: (() => void)[] = [];
+  private readonly waitingForIdle: (() => void)[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  /** Resolves once a slot is held; pair with `release()`. */
+  async acquire(): Promise<void> {
+    if (this.running < this.limit) {
+      this.running++;
+      return;
+    }
+    // The releasing holder hands its slot straight over, so `running` is unchanged.
+    await new Promise<void>((resolve) => this.waitingForSlot.push(resolve));
+  }
+
+  release(): void {
+    const next = this.waitingForSlot.shift();
+    if (next) {
+      next();
+      return;
+    }
+    this.running--;
+    if (this.running === 0) {
+      for (const resolve of this.waitingForIdle.splice(0)) resolve();
+    }
+  }
+
+  /** Resolves when no slot is held. */
+  async whenIdle(): Promise<void> {
+    if (this.running === 0) return;
+    await new Promise<void>((resolve) => this.waitingForIdle.push(resolve));
+  }
+}
+
+/** A logger that discards everything, the default when none is given. */
+export const silentLogger: BusLogger = {
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+};

@@ -1,0 +1,642 @@
+/**
+ * The event bus on NATS JetStream (production and integration tests).
+ *
+ * - Streams and durable pull consumers are declared from specs: created when missing, updated
+ *   when their config differs, left alone otherwise, so every replica can declare at start-up.
+ * - `publish` waits for the stream's ack, with `eventId` as `Nats-Msg-Id` for deduplication and
+ *   the W3C trace context in the headers. It fails fast with `UnavailableError` while the
+ *   connection is down, so a request path never waits out a publish timeout.
+ * - Each subscription pulls with `consume()` and runs its handlers with a bounded concurrency
+ *   (`ConsumerSpec.concurrency`, default 1: one at a time, in stream order). Handler resolved →
+ *   `ack`; threw → `nak(back-off)`; last allowed delivery failed → `term` (dropped); undecodable →
+ *   `term` (poison). A supervisor restarts consumption (re-declaring the durable) if it ends.
+ * - The connection reconnects forever; `isConnected()` follows its status events.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type ConsumerConfig,
+  type ConsumerMessages,
+  type ConsumerUpdateConfig,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  type StreamConfig,
+} from '@nats-io/jetstream';
+import {
+  connect,
+  headers as natsHeaders,
+  nanos,
+  type NatsConnection,
+} from '@nats-io/transport-node';
+import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
+import {
+  EVENT_ID_HEADER,
+  type BusLogger,
+  type ConsumerSpec,
+  type DeliveredEvent,
+  type EventBus,
+  type EventCodec,
+  type EventHandler,
+  type PublishAck,
+  type PublishOptions,
+  type StreamSpec,
+  type Subscription,
+  type SubscriptionStats,
+} from './bus';
+import {
+  HandlerSlots,
+  SubscriptionCounters,
+  dispositionFor,
+  runHandler,
+  silentLogger,
+  type Disposition,
+} from './delivery';
+import { withPublishSpan } from './event-spans';
+import {
+  checkPublish,
+  consumerSettings,
+  streamSettings,
+  type ConsumerSettings,
+  type StreamSettings,
+} from './event-settings';
+import { Signal } from './signal';
+import { matchesAnySubject } from './subjects';
+import { injectTraceContext } from './trace-headers';
+
+export interface NatsBusOptions {
+  /** Required. Server URL(s), for example `nats://127.0.0.1:4222`; a string may list several, comma-separated. */
+  readonly servers: string | readonly string[];
+  /** Required. The connection name the server shows in its monitoring; use the service name. */
+  readonly name: string;
+  /** Where connection changes, retries and drops are logged. @default silent */
+  readonly logger?: BusLogger;
+  /** How long the first connection may take before `connectNatsBus` throws. @default 5 s */
+  readonly connectTimeoutMs?: number;
+  /** Token authentication. @default none */
+  readonly token?: string;
+  /** User/password authentication. @default none */
+  readonly user?: string;
+  readonly pass?: string;
+}
+
+/** JetStream's own limit value meaning "unlimited". */
+const UNLIMITED = -1;
+const DEFAULT_PUBLISH_TIMEOUT_MS = 5_000;
+/** The first server release that accepts several `filter_subjects` on one consumer. */
+const MULTIPLE_FILTERS_SINCE: readonly [number, number] = [2, 10];
+
+/**
+ * Connects to NATS and returns the bus. Throws `UnavailableError` when no server answers within
+ * `connectTimeoutMs` or JetStream is not enabled; after that it reconnects forever.
+ */
+export async function connectNatsBus(options: NatsBusOptions): Promise<EventBus> {
+  const logger = options.logger ?? silentLogger;
+  let connection: NatsConnection;
+  try {
+    connection = await connect({
+      servers: serverList(options.servers),
+      name: options.name,
+      timeout: options.connectTimeoutMs ?? 5_000,
+      maxReconnectAttempts: -1,
+      token: options.token,
+      user: options.user,
+      pass: options.pass,
+    });
+  } catch (error) {
+    throw new UnavailableError(`cannot connect to NATS at ${String(options.servers)}`, {
+      cause: error,
+    });
+  }
+  try {
+    const manager = await jetstreamManager(connection);
+    logger.info(
+      { server: connection.getServer(), version: connection.info?.version },
+      'connected to NATS',
+    );
+    return new NatsBus(connection, manager, jetstream(connection), logger);
+  } catch (error) {
+    await connection.close();
+    throw new UnavailableError('NATS is reachable but JetStream is not enabled', { cause: error });
+  }
+}
+
+function serverList(servers: string | readonly string[]): string[] {
+  const list = typeof servers === 'string' ? servers.split(',') : [...servers];
+  return list.map((server) => server.trim()).filter((server) => server.length > 0);
+}
+
+/**
+ * Maps a failed JetStream API call to a domain error: an API error is a configuration the server
+ * refused (for example overlapping subjects); anything else means the server could not be reached.
+ */
+function toBusError(error: unknown, what: string): Error {
+  if (error instanceof JetStreamApiError) {
+    return new FailedPreconditionError(`${what}: ${error.message}`, {
+      cause: error,
+      metadata: { jetStreamCode: String(error.code) },
+    });
+  }
+  return new UnavailableError(`${what}: NATS did not answer`, { cause: error });
+}
+
+function isApiError(error: unknown, code: number): boolean {
+  return error instanceof JetStreamApiError && error.code === code;
+}
+
+class NatsBus implements EventBus {
+  readonly kind = 'nats' as const;
+  private connected = true;
+  private closing: Promise<void> | undefined;
+  private readonly subscriptions = new Set<NatsSubscription<unknown>>();
+
+  constructor(
+    private readonly connection: NatsConnection,
+    private readonly manager: JetStreamManager,
+    private readonly client: JetStreamClient,
+    private readonly logger: BusLogger,
+  ) {
+    void this.followStatus();
+  }
+
+  /** Keeps `connected` in step with the connection and logs each change. */
+  private async followStatus(): Promise<void> {
+    const closed = this.connection.closed().then((error) => {
+      this.connected = false;
+      if (error)
+        this.logger.error({ error: error.message }, 'NATS connection closed with an error');
+    });
+    for await (const status of this.connection.status()) {
+      if (status.type === 'disconnect') {
+        this.connected = false;
+        this.logger.warn({ server: status.server }, 'NATS disconnected; reconnecting');
+      } else if (status.type === 'reconnect') {
+        this.connected = true;
+        this.logger.info({ server: status.server }, 'NATS reconnected');
+      } else if (status.type === 'error') {
+        this.logger.error({ error: status.error.message }, 'NATS reported an error');
+      }
+    }
+    await closed;
+  }
+
+  isConnected(): boolean {
+    return this.connected && !this.connection.isClosed();
+  }
+
+  async declareStream(spec: StreamSpec): Promise<void> {
+    const settings = streamSettings(spec);
+    const desired = streamConfigFor(settings);
+    let current: StreamConfig | undefined;
+    try {
+      current = (await this.manager.streams.info(settings.name)).config;
+    } catch (error) {
+      if (!isApiError(error, JetStreamApiCodes.StreamNotFound)) {
+        throw toBusError(error, `cannot read stream ${settings.name}`);
+      }
+    }
+    try {
+      if (current === undefined) {
+        await this.manager.streams.add({ name: settings.name, ...desired });
+        this.logger.info({ stream: settings.name }, 'stream created');
+      } else if (current.storage !== desired.storage) {
+        throw new FailedPreconditionError(
+          `stream ${settings.name} has ${current.storage} storage; JetStream cannot change it, delete the stream to switch to ${desired.storage}`,
+        );
+      } else if (streamConfigDiffers(current, desired)) {
+        await this.manager.streams.update(settings.name, streamUpdateFor(settings));
+        this.logger.info({ stream: settings.name }, 'stream updated');
+      }
+    } catch (error) {
+      if (error instanceof FailedPreconditionError) throw error;
+      throw toBusError(error, `cannot declare stream ${settings.name}`);
+    }
+  }
+
+  async publish<T>(
+    subject: string,
+    codec: EventCodec<T>,
+    event: T,
+    options: PublishOptions,
+  ): Promise<PublishAck> {
+    checkPublish(subject, options.eventId);
+    const data = codec.encode(event).finish();
+    return withPublishSpan(subject, options.eventId, async () => {
+      if (!this.isConnected()) {
+        throw new UnavailableError(`NATS is disconnected; ${subject} not published`, {
+          retryDelayMs: 1_000,
+        });
+      }
+      const carried: Record<string, string> = { ...options.headers };
+      injectTraceContext(carried);
+      const headers = natsHeaders();
+      for (const [name, value] of Object.entries(carried)) headers.set(name, value);
+      try {
+        const ack = await this.client.publish(subject, data, {
+          msgID: options.eventId,
+          headers,
+          timeout: options.timeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS,
+        });
+        return { streamSequence: ack.seq, duplicate: ack.duplicate };
+      } catch (error) {
+        const reason = error instanceof Error ? error.message : String(error);
+        throw new UnavailableError(`cannot publish to ${subject}: ${reason}`, { cause: error });
+      }
+    });
+  }
+
+  async subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription> {
+    const settings = consumerSettings(spec);
+    const clientFilter = await this.declareConsumer(settings);
+    const subscription = new NatsSubscription<T>({
+      settings,
+      codec: spec.codec,
+      handler,
+      clientFilter,
+      client: this.client,
+      connection: this.connection,
+      redeclare: () => this.declareConsumer(settings),
+      logger: this.logger,
+      onStopped: () => this.subscriptions.delete(subscription as NatsSubscription<unknown>),
+    });
+    this.subscriptions.add(subscription as NatsSubscription<unknown>);
+    subscription.start();
+    return subscription;
+  }
+
+  /**
+   * Creates the durable or updates what may change on an existing one (a new durable's start
+   * position cannot change later, so `deliverPolicy` is ignored then). Returns the subjects the
+   * client must filter itself: on servers before 2.10 a consumer takes one filter at most.
+   */
+  private async declareConsumer(settings: ConsumerSettings): Promise<readonly string[]> {
+    const serverFilters = supportsMultipleFilters(this.connection.info?.version);
+    const clientFilter =
+      settings.filterSubjects.length > 1 && !serverFilters ? settings.filterSubjects : [];
+    const desired = consumerConfigFor(
+      settings,
+      clientFilter.length > 0 ? [] : settings.filterSubjects,
+    );
+    let current: ConsumerConfig | undefined;
+    try {
+      current = (await this.manager.consumers.info(settings.stream, settings.durable)).config;
+    } catch (error) {
+      if (isApiError(error, JetStreamApiCodes.StreamNotFound)) {
+        throw new NotFoundError(`stream ${settings.stream} is not declared`, { cause: error });
+      }
+      if (!isApiError(error, JetStreamApiCodes.ConsumerNotFound)) {
+        throw toBusError(error, `cannot read consumer ${settings.stream}/${settings.durable}`);
+      }
+    }
+    try {
+      if (current === undefined) {
+        await this.manager.consumers.add(settings.stream, desired);
+        this.logger.info(
+          { stream: settings.stream, durable: settings.durable },
+          'consumer created',
+        );
+      } else {
+        const changes = consumerChanges(current, desired);
+        if (changes !== undefined) {
+          await this.manager.consumers.update(settings.stream, settings.durable, changes);
+          this.logger.info(
+            { stream: settings.stream, durable: settings.durable },
+            'consumer updated',
+          );
+        }
+      }
+    } catch (error) {
+      throw toBusError(error, `cannot declare consumer ${settings.stream}/${settings.durable}`);
+    }
+    return clientFilter;
+  }
+
+  async close(): Promise<void> {
+    this.closing ??= this.shutDown();
+    return this.closing;
+  }
+
+  private async shutDown(): Promise<void> {
+    await Promise.all([...this.subscriptions].map((subscription) => subscription.stop()));
+    if (!this.connection.isClosed()) {
+      // drain flushes pending publishes and acks before closing.
+      await this.connection.drain();
+    }
+    this.connected = false;
+  }
+}
+
+/** The part of a stream's JetStream config a `StreamSpec` decides and an update may change. */
+type DeclaredStreamUpdate = Pick<
+  StreamConfig,
+  'subjects' | 'max_age' | 'duplicate_window' | 'max_bytes' | 'num_replicas'
+>;
+
+/** All of the JetStream config a `StreamSpec` decides. */
+type DeclaredStreamConfig = DeclaredStreamUpdate & Pick<StreamConfig, 'storage'>;
+
+function streamUpdateFor(settings: StreamSettings): DeclaredStreamUpdate {
+  return {
+    subjects: [...settings.subjects],
+    max_age: nanos(settings.maxAgeMs),
+    duplicate_window: nanos(settings.duplicateWindowMs),
+    max_bytes: settings.maxBytes ?? UNLIMITED,
+    num_replicas: settings.replicas,
+  };
+}
+
+function streamConfigFor(settings: StreamSettings): DeclaredStreamConfig {
+  return {
+    ...streamUpdateFor(settings),
+    storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
+  };
+}
+
+function sameMembers(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((item) => b.includes(item));
+}
+
+function streamConfigDiffers(current: StreamConfig, desired: DeclaredStreamConfig): boolean {
+  return (
+    !sameMembers(current.subjects, desired.subjects) ||
+    current.max_age !== desired.max_age ||
+    current.duplicate_window !== desired.duplicate_window ||
+    current.max_bytes !== desired.max_bytes ||
+    current.num_replicas !== desired.num_replicas
+  );
+}
+
+/** The part of a consumer's JetStream config a `ConsumerSpec` decides. */
+type DeclaredConsumerConfig = Pick<
+  ConsumerConfig,
+  | 'durable_name'
+  | 'ack_policy'
+  | 'deliver_policy'
+  | 'ack_wait'
+  | 'max_deliver'
+  | 'max_ack_pending'
+  | 'filter_subject'
+  | 'filter_subjects'
+>;
+
+function consumerConfigFor(
+  settings: ConsumerSettings,
+  serverFilter: readonly string[],
+): DeclaredConsumerConfig {
+  return {
+    durable_name: settings.durable,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: settings.deliverPolicy === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
+    ack_wait: nanos(settings.ackWaitMs),
+    max_deliver: settings.maxDeliver,
+    max_ack_pending: settings.maxAckPending,
+    // One filter goes in `filter_subject`, which every server version understands.
+    ...(serverFilter.length === 1 ? { filter_subject: serverFilter[0] } : {}),
+    ...(serverFilter.length > 1 ? { filter_subjects: [...serverFilter] } : {}),
+  };
+}
+
+/** The filters a consumer config applies, however they are spelled. */
+function filtersOf(config: Pick<ConsumerConfig, 'filter_subject' | 'filter_subjects'>): string[] {
+  if (config.filter_subjects && config.filter_subjects.length > 0) return config.filter_subjects;
+  return config.filter_subject ? [config.filter_subject] : [];
+}
+
+/** The update that makes `current` match `desired`, or undefined when nothing changes. */
+function consumerChanges(
+  current: ConsumerConfig,
+  desired: DeclaredConsumerConfig,
+): Partial<ConsumerUpdateConfig> | undefined {
+  const filtersChanged = !sameMembers(filtersOf(current), filtersOf(desired));
+  const limitsChanged =
+    current.ack_wait !== desired.ack_wait ||
+    current.max_deliver !== desired.max_deliver ||
+    current.max_ack_pending !== desired.max_ack_pending;
+  if (!filtersChanged && !limitsChanged) return undefined;
+  const filters = filtersOf(desired);
+  return {
+    ack_wait: desired.ack_wait,
+    max_deliver: desired.max_deliver,
+    max_ack_pending: desired.max_ack_pending,
+    // An empty `filter_subject` clears a filter; only sent when filters change, as servers
+    // before 2.10 refuse any filter change.
+    ...(filtersChanged && filters.length <= 1 ? { filter_subject: filters[0] ?? '' } : {}),
+    ...(filtersChanged && filters.length > 1 ? { filter_subjects: filters } : {}),
+  };
+}
+
+/** True when the server version (for example `2.10.4`) accepts several `filter_subjects`. */
+export function supportsMultipleFilters(version: string | undefined): boolean {
+  const [major = 0, minor = 0] = (version ?? '')
+    .split('.')
+    .map((part) => Number.parseInt(part, 10));
+  const [wantMajor, wantMinor] = MULTIPLE_FILTERS_SINCE;
+  return major > wantMajor || (major === wantMajor && minor >= wantMinor);
+}
+
+/** Reads a message's headers as a plain record (the first value of a repeated header). */
+function headersOf(message: JsMsg): Record<string, string> {
+  const record: Record<string, string> = {};
+  if (!message.headers) return record;
+  for (const [name, values] of message.headers) {
+    const first = values[0];
+    if (first !== undefined) record[name] = first;
+  }
+  return record;
+}
+
+/**
+ * The event id of a message. One published outside the bus may lack `Nats-Msg-Id`; its stream
+ * position is then the id, which at least stays the same across redeliveries.
+ */
+function eventIdOf(headers: Readonly<Record<string, string>>, message: JsMsg): string {
+  return headers[EVENT_ID_HEADER] ?? `${message.info.stream}:${message.info.streamSequence}`;
+}
+
+interface NatsSubscriptionParts<T> {
+  readonly settings: ConsumerSettings;
+  readonly codec: EventCodec<T>;
+  readonly handler: EventHandler<T>;
+  /** Subjects to filter on the client; empty when the server filters. */
+  readonly clientFilter: readonly string[];
+  readonly client: JetStreamClient;
+  readonly connection: NatsConnection;
+  /** Declares the durable again, in case it was deleted while consumption was down. */
+  readonly redeclare: () => Promise<unknown>;
+  readonly logger: BusLogger;
+  readonly onStopped: () => void;
+}
+
+const RESTART_INITIAL_DELAY_MS = 1_000;
+const RESTART_MAX_DELAY_MS = 30_000;
+
+class NatsSubscription<T> implements Subscription {
+  private readonly slots: HandlerSlots;
+  private readonly counters: SubscriptionCounters;
+  private readonly stopSignal = new Signal();
+  private stopRequested = false;
+  private messages: ConsumerMessages | undefined;
+  private supervision: Promise<void> = Promise.resolve();
+  private stopped: Promise<void> | undefined;
+
+  constructor(private readonly parts: NatsSubscriptionParts<T>) {
+    this.slots = new HandlerSlots(parts.settings.concurrency);
+    this.counters = new SubscriptionCounters(parts.settings, parts.logger);
+  }
+
+  start(): void {
+    this.supervision = this.supervise();
+  }
+
+  /** A method, not a field, because it changes while the loops await. */
+  private isStopping(): boolean {
+    return this.stopRequested;
+  }
+
+  stats(): SubscriptionStats {
+    return this.counters.snapshot();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped ??= this.shutDown();
+    return this.stopped;
+  }
+
+  private async shutDown(): Promise<void> {
+    this.stopRequested = true;
+    this.stopSignal.notify();
+    // close() ends the iterator once the events already pulled have come out of it (they are
+    // handed back with a nak); the supervisor then returns.
+    const closing = this.messages?.close();
+    await this.supervision;
+    await closing;
+    await this.slots.whenIdle();
+    this.parts.onStopped();
+  }
+
+  /**
+   * Keeps consumption running until `stop()`: if the iterator ends or fails (the durable was
+   * deleted, the stream recreated), it declares the durable again and resumes, backing off.
+   */
+  private async supervise(): Promise<void> {
+    const { settings, logger } = this.parts;
+    let restarts = 0;
+    let first = true;
+    while (!this.isStopping() && !this.parts.connection.isClosed()) {
+      try {
+        if (!first) await this.parts.redeclare();
+        first = false;
+        await this.consumeUntilEnd();
+        restarts = 0;
+      } catch (error) {
+        restarts++;
+        logger.warn(
+          {
+            stream: settings.stream,
+            durable: settings.durable,
+            error: error instanceof Error ? error.message : String(error),
+          },
+          'event consumption failed; restarting',
+        );
+      }
+      if (this.isStopping() || this.parts.connection.isClosed()) break;
+      const delayMs = Math.min(
+        RESTART_INITIAL_DELAY_MS * 2 ** Math.max(0, restarts - 1),
+        RESTART_MAX_DELAY_MS,
+      );
+      await this.stopSignal.wait(delayMs);
+    }
+  }
+
+  /**
+   * Pulls a few events ahead of the handlers: enough to hide the round trip, few enough that
+   * events waiting in the client do not use up much of their ack wait.
+   */
+  private prefetch(): number {
+    const { concurrency, maxAckPending } = this.parts.settings;
+    return Math.min(maxAckPending, Math.max(16, 2 * concurrency));
+  }
+
+  private async consumeUntilEnd(): Promise<void> {
+    const { settings, client } = this.parts;
+    const consumer = await client.consumers.get(settings.stream, settings.durable);
+    const messages = await consumer.consume({
+      max_messages: this.prefetch(),
+      // End the iterator if the durable or stream disappears, so the supervisor recreates it.
+      abort_on_missing_resource: true,
+    });
+    this.messages = messages;
+    if (this.isStopping()) await messages.close();
+    for await (const message of messages) {
+      if (this.isStopping()) {
+        // Pulled but not started: hand it back now rather than after the ack wait.
+        message.nak();
+        continue;
+      }
+      await this.slots.acquire();
+      if (this.isStopping()) {
+        this.slots.release();
+        message.nak();
+        continue;
+      }
+      void this.process(message).finally(() => {
+        this.slots.release();
+      });
+    }
+  }
+
+  /** Decodes, runs the handler and settles one message. Never throws. */
+  private async process(message: JsMsg): Promise<void> {
+    const { settings, codec, handler, clientFilter } = this.parts;
+    const headers = headersOf(message);
+    const facts = {
+      subject: message.subject,
+      eventId: eventIdOf(headers, message),
+      deliveryCount: message.info.deliveryCount,
+      streamSequence: message.info.streamSequence,
+    };
+    if (!matchesAnySubject(clientFilter, message.subject)) {
+      message.ack();
+      return;
+    }
+    let event: T;
+    try {
+      event = codec.decode(message.data);
+    } catch (error) {
+      message.term();
+      this.counters.recordPoison(facts, error);
+      return;
+    }
+    const delivered: DeliveredEvent<T> = {
+      ...facts,
+      event,
+      storedAt: message.time,
+      headers,
+    };
+    const outcome = await runHandler(settings, handler, delivered);
+    const disposition = dispositionFor(settings, outcome, facts.deliveryCount);
+    settle(message, disposition);
+    this.counters.record(disposition, outcome, facts);
+  }
+}
+
+function settle(message: JsMsg, disposition: Disposition): void {
+  switch (disposition.kind) {
+    case 'ack':
+      message.ack();
+      break;
+    case 'retry':
+      message.nak(disposition.delayMs);
+      break;
+    case 'drop':
+      message.term();
+      break;
+    case 'await-redelivery':
+      break;
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * The buffered publisher against an in-process bus behind a switch that plays a NATS outage:
+ * while it is off every publish fails with `UnavailableError`, as the NATS adapter's does.
+ */
+import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { UnavailableError } from '../../src/errors';
+import { BufferedPublisher } from '../../src/events/buffered-publisher';
+import type {
+  EventBus,
+  EventCodec,
+  PublishAck,
+  PublishOptions,
+  Subscription,
+} from '../../src/events/bus';
+import { createInProcessBus } from '../../src/events/in-process-bus';
+import { eventually } from './event-bus-contract';
+
+const SUBJECT = 'tandem.events.v1.exposure';
+
+function echo(message: string): EchoRequest {
+  return { message, failWithCode: 0, delay: undefined, requireMessage: false };
+}
+
+/** An event bus that can be switched off, and can lose the ack of a stored event once. */
+class SwitchableBus implements EventBus {
+  readonly kind = 'in-process' as const;
+  available = true;
+  /** When set, the next publish is stored but its ack is "lost" (the caller sees a failure). */
+  loseNextAck = false;
+  attempts = 0;
+
+  constructor(private readonly inner: EventBus) {}
+
+  declareStream = (spec: Parameters<EventBus['declareStream']>[0]) =>
+    this.inner.declareStream(spec);
+  subscribe: EventBus['subscribe'] = (spec, handler) => this.inner.subscribe(spec, handler);
+  isConnected = () => this.available;
+  close = () => this.inner.close();
+
+  async publish<T>(
+    subject: string,
+    codec: EventCodec<T>,
+    event: T,
+    options: PublishOptions,
+  ): Promise<PublishAck> {
+    this.attempts++;
+    if (!this.available) throw new UnavailableError('NATS is down');
+    const ack = await this.inner.publish(subject, codec, event, options);
+    if (this.loseNextAck) {
+      this.loseNextAck = false;
+      throw new UnavailableError('publish ack timed out');
+    }
+    return ack;
+  }
+}
+
+describe('BufferedPublisher', () => {
+  let bus: SwitchableBus;
+  let received: string[];
+  let subscription: Subscription;
+  let publisher: BufferedPublisher | undefined;
+
+  beforeEach(async () => {
+    bus = new SwitchableBus(createInProcessBus());
+    await bus.declareStream({ name: 'EXPOSURES', subjects: [SUBJECT] });
+    received = [];
+    subscription = await bus.subscribe(
+      { stream: 'EXPOSURES', durable: 'analysis', codec: EchoRequest },
+      (delivered) => {
+        received.push(delivered.event.message);
+        return Promise.resolve();
+      },
+    );
+  });
+
+  afterEach(async () => {
+    await publisher?.close(100);
+    publisher = undefined;
+    await subscription.stop();
+    await bus.close();
+  });
+
+  function create(
+    options: ConstructorParameters<typeof BufferedPublisher>[1] = {},
+  ): BufferedPublisher {
+    publisher = new BufferedPublisher(bus, {
+      initialRetryDelayMs: 10,
+      maxRetryDelayMs: 50,
+      ...options,
+    });
+    return publisher;
+  }
+
+  it('publishes enqueued events in the background', async () => {
+    const events = create();
+    events.enqueue(SUBJECT, EchoRequest, echo('a'), 'a');
+    events.enqueue(SUBJECT, EchoRequest, echo('b'), 'b');
+
+    await expect(events.flush(5_000)).resolves.toBe(true);
+    await eventually(() => {
+      expect(received).toEqual(['a', 'b']);
+    });
+    expect(events.stats()).toEqual({ queued: 0, published: 2, dropped: 0, failedAttempts: 0 });
+  });
+
+  it('buffers events while the bus is unavailable and publishes the backlog when it returns', async () => {
+    bus.available = false;
+    const events = create();
+    for (const id of ['1', '2', '3', '4', '5']) events.enqueue(SUBJECT, EchoRequest, echo(id), id);
+
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBeGreaterThanOrEqual(10);
+    });
+    expect(events.stats()).toMatchObject({ queued: 5, published: 0, dropped: 0 });
+    expect(received).toEqual([]);
+
+    bus.available = true;
+    await expect(events.flush(5_000)).resolves.toBe(true);
+    await eventually(() => {
+      expect(received).toEqual(['1', '2', '3', '4', '5']);
+    });
+    expect(events.stats()).toMatchObject({ queued: 0, published: 5, dropped: 0 });
+  });
+
+  it('drops new events beyond its capacity and counts them, keeping the earliest', async () => {
+    bus.available = false;
+    const events = create({ capacity: 3 });
+    for (const id of ['1', '2', '3', '4', '5']) events.enqueue(SUBJECT, EchoRequest, echo(id), id);
+
+    expect(events.stats()).toMatchObject({ queued: 3, dropped: 2 });
+    bus.available = true;
+    await events.flush(5_000);
+    await eventually(() => {
+      expect(received).toEqual(['1', '2', '3']);
+    });
+  });
+
+  it('stores a retried event once when only its ack was lost', async () => {
+    bus.loseNextAck = true;
+    const events = create();
+    events.enqueue(SUBJECT, EchoRequest, echo('once'), 'exposure-1');
+    events.enqueue(SUBJECT, EchoRequest, echo('fence'), 'exposure-2');
+
+    await events.flush(5_000);
+    await eventually(() => {
+      expect(received).toContain('fence');
+    });
+    expect(received).toEqual(['once', 'fence']);
+    expect(events.stats()).toMatchObject({ published: 2, failedAttempts: 1, dropped: 0 });
+  });
+
+  it('publishes what is queued on close, then drops what is enqueued after', async () => {
+    const events = create();
+    for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`${i}`), `e${i}`);
+
+    await events.close();
+    events.enqueue(SUBJECT, EchoRequest, echo('late'), 'late');
+
+    expect(events.stats()).toEqual({ queued: 0, published: 100, dropped: 1, failedAttempts: 0 });
+    await eventually(() => {
+      expect(received).toHaveLength(100);
+    });
+  });
+
+  it('gives up on close after its timeout and counts what is left as dropped', async () => {
+    bus.available = false;
+    const events = create();
+    events.enqueue(SUBJECT, EchoRequest, echo('stuck 1'), 's1');
+    events.enqueue(SUBJECT, EchoRequest, echo('stuck 2'), 's2');
+
+    await events.close(100);
+
+    expect(events.stats()).toMatchObject({ queued: 0, published: 0, dropped: 2 });
+  });
+
+  it('never throws from enqueue: unencodable events and empty ids are dropped', () => {
+    const events = create();
+    const broken: EventCodec<string> = {
+      encode: () => {
+        throw new Error('cannot encode');
+      },
+      decode: () => '',
+    };
+
+    expect(() => {
+      events.enqueue(SUBJECT, broken, 'x', 'x');
+      events.enqueue(SUBJECT, EchoRequest, echo('no id'), '');
+    }).not.toThrow();
+    expect(events.stats()).toMatchObject({ queued: 0, dropped: 2 });
+  });
+
+  it('drops an event the bus refuses for a reason retrying cannot fix', async () => {
+    const events = create();
+    events.enqueue('tandem.events.v1.*', EchoRequest, echo('wildcard'), 'w');
+
+    await events.flush(5_000);
+    expect(events.stats()).toMatchObject({
+      queued: 0,
+      published: 0,
+      dropped: 1,
+      failedAttempts: 0,
+    });
+  });
+});

@@ -1,0 +1,452 @@
+/**
+ * The behaviour every `EventBus` adapter must show, as one suite run against each adapter (NATS
+ * JetStream in `nats-bus.test.ts`, in-process in `in-process-bus.test.ts`). A behaviour the dev
+ * mode relies on is only trustworthy if the same assertions pass on the production adapter.
+ */
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+  type ReadableSpan,
+} from '@opentelemetry/sdk-trace-base';
+import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { InvalidArgumentError, NotFoundError, UnavailableError } from '../../src/errors';
+import type {
+  ConsumerSpec,
+  DeliveredEvent,
+  EventBus,
+  EventCodec,
+  EventHandler,
+  Subscription,
+} from '../../src/events/bus';
+import { uniqueName } from '../support/integration';
+
+/** How the suite gets a bus for one test and cleans up after it. */
+export interface BusHarness {
+  /** A fresh, connected bus; the suite closes it after each test. */
+  connect(): Promise<EventBus>;
+  /** Deletes a stream the test declared (NATS keeps streams after the bus closes). */
+  removeStream(name: string): Promise<void>;
+}
+
+/** Retries `assertion` until it passes or `timeoutMs` passes (then throws its last error). */
+export async function eventually(assertion: () => void, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      assertion();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+async function pause(ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Publishes bytes that are not an `EchoRequest`, to play a corrupt producer. */
+const CORRUPT: EventCodec<Uint8Array> = {
+  encode: (bytes) => ({ finish: () => bytes }),
+  decode: (bytes) => bytes,
+};
+/** A protobuf field with wire type 7, which does not exist: decoding fails. */
+const UNDECODABLE = Uint8Array.from([0x0f]);
+
+function echo(message: string): EchoRequest {
+  return { message, failWithCode: 0, delay: undefined, requireMessage: false };
+}
+
+/** A handler that records every delivery, then does `more` (which may throw or hang). */
+function recorder(
+  more: (delivered: DeliveredEvent<EchoRequest>) => void | Promise<void> = () => undefined,
+): {
+  handler: EventHandler<EchoRequest>;
+  deliveries: DeliveredEvent<EchoRequest>[];
+} {
+  const deliveries: DeliveredEvent<EchoRequest>[] = [];
+  return {
+    deliveries,
+    handler: async (delivered) => {
+      deliveries.push(delivered);
+      await more(delivered);
+    },
+  };
+}
+
+function messagesOf(deliveries: readonly DeliveredEvent<EchoRequest>[]): string[] {
+  return deliveries.map((d) => d.event.message);
+}
+
+export function describeEventBusContract(harness: BusHarness): void {
+  const exporter = new InMemorySpanExporter();
+  const contextManager = new AsyncLocalStorageContextManager();
+
+  beforeAll(() => {
+    context.setGlobalContextManager(contextManager.enable());
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+    trace.setGlobalTracerProvider(
+      new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+    );
+  });
+
+  afterAll(() => {
+    trace.disable();
+    propagation.disable();
+    context.disable();
+  });
+
+  let bus: EventBus;
+  let stream: string;
+  /** Subjects of this test: `<prefix>.<anything>` is captured by its stream. */
+  let prefix: string;
+  let subscriptions: Subscription[];
+
+  beforeEach(async () => {
+    exporter.reset();
+    bus = await harness.connect();
+    stream = uniqueName('EVENTS');
+    prefix = `test.${stream.toLowerCase()}`;
+    subscriptions = [];
+    await bus.declareStream({ name: stream, subjects: [`${prefix}.>`], storage: 'memory' });
+  });
+
+  afterEach(async () => {
+    await Promise.all(subscriptions.map((s) => s.stop()));
+    await bus.close();
+    await harness.removeStream(stream);
+  });
+
+  /** A consumer on this test's stream with a fresh durable and quick retries. */
+  function consumer(overrides: Partial<ConsumerSpec<EchoRequest>> = {}): ConsumerSpec<EchoRequest> {
+    return {
+      stream,
+      durable: uniqueName('durable'),
+      codec: EchoRequest,
+      initialRetryDelayMs: 50,
+      maxRetryDelayMs: 200,
+      ...overrides,
+    };
+  }
+
+  async function subscribe(
+    spec: ConsumerSpec<EchoRequest>,
+    handler: EventHandler<EchoRequest>,
+  ): Promise<Subscription> {
+    const subscription = await bus.subscribe(spec, handler);
+    subscriptions.push(subscription);
+    return subscription;
+  }
+
+  async function publish(subject: string, message: string, eventId = uniqueName('event')) {
+    return bus.publish(`${prefix}.${subject}`, EchoRequest, echo(message), { eventId });
+  }
+
+  it('delivers a published event with its id, subject, sequence, time and headers', async () => {
+    const { handler, deliveries } = recorder();
+    await subscribe(consumer(), handler);
+    const before = Date.now();
+    const ack = await bus.publish(`${prefix}.exposure`, EchoRequest, echo('hello'), {
+      eventId: 'event-1',
+      headers: { 'tandem-source': 'test' },
+    });
+
+    expect(ack).toEqual({ streamSequence: 1, duplicate: false });
+    await eventually(() => {
+      expect(deliveries).toHaveLength(1);
+    });
+    const delivered = deliveries[0]!;
+    expect(delivered.event).toEqual(echo('hello'));
+    expect(delivered.eventId).toBe('event-1');
+    expect(delivered.subject).toBe(`${prefix}.exposure`);
+    expect(delivered.deliveryCount).toBe(1);
+    expect(delivered.streamSequence).toBe(1);
+    expect(delivered.storedAt.getTime()).toBeGreaterThanOrEqual(before - 1000);
+    expect(delivered.storedAt.getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+    expect(delivered.headers['tandem-source']).toBe('test');
+  });
+
+  it('stores an event id once within the duplicate window', async () => {
+    const first = await publish('exposure', 'once', 'same-id');
+    const second = await publish('exposure', 'once again', 'same-id');
+    await publish('exposure', 'fence');
+    const { handler, deliveries } = recorder();
+    await subscribe(consumer(), handler);
+
+    expect(first.duplicate).toBe(false);
+    expect(second).toEqual({ streamSequence: first.streamSequence, duplicate: true });
+    await eventually(() => {
+      expect(messagesOf(deliveries)).toContain('fence');
+    });
+    expect(messagesOf(deliveries)).toEqual(['once', 'fence']);
+  });
+
+  it('redelivers an event whose handler threw, with the next delivery count', async () => {
+    const { handler, deliveries } = recorder((delivered) => {
+      if (delivered.deliveryCount === 1) throw new Error('peer unavailable');
+    });
+    const subscription = await subscribe(consumer(), handler);
+    await publish('outcome', 'retry me', 'retried-event');
+
+    await eventually(() => {
+      expect(deliveries).toHaveLength(2);
+    });
+    expect(deliveries.map((d) => [d.eventId, d.deliveryCount])).toEqual([
+      ['retried-event', 1],
+      ['retried-event', 2],
+    ]);
+    await eventually(() => {
+      expect(subscription.stats()).toEqual({ acked: 1, retried: 1, dropped: 0, poison: 0 });
+    });
+  });
+
+  it('redelivers an event whose handler overran the ack wait', async () => {
+    const { handler, deliveries } = recorder((delivered) =>
+      // The first delivery never finishes; the bus must give up on it after the ack wait.
+      delivered.deliveryCount === 1 ? new Promise<void>(() => undefined) : Promise.resolve(),
+    );
+    const subscription = await subscribe(consumer({ ackWaitMs: 1_000 }), handler);
+    await publish('outcome', 'slow');
+
+    await eventually(() => {
+      expect(deliveries.map((d) => d.deliveryCount)).toEqual([1, 2]);
+    });
+    await eventually(() => {
+      expect(subscription.stats()).toMatchObject({ acked: 1, retried: 1 });
+    });
+  });
+
+  it('drops an event after maxDeliver failed deliveries and moves on', async () => {
+    const { handler, deliveries } = recorder((delivered) => {
+      if (delivered.event.message === 'bad') throw new Error('always fails');
+    });
+    const subscription = await subscribe(consumer({ maxDeliver: 2 }), handler);
+    await publish('outcome', 'bad');
+    await publish('outcome', 'good');
+
+    await eventually(() => {
+      expect(subscription.stats()).toEqual({ acked: 1, retried: 1, dropped: 1, poison: 0 });
+    });
+    await pause(500);
+    const bad = deliveries.filter((d) => d.event.message === 'bad');
+    expect(bad.map((d) => d.deliveryCount)).toEqual([1, 2]);
+  });
+
+  it('resumes a durable where it left off after stop and subscribe again', async () => {
+    const spec = consumer();
+    const first = recorder();
+    const subscription = await subscribe(spec, first.handler);
+    for (const message of ['a', 'b', 'c']) await publish('exposure', message);
+    await eventually(() => {
+      expect(messagesOf(first.deliveries)).toEqual(['a', 'b', 'c']);
+    });
+    await eventually(() => {
+      expect(subscription.stats().acked).toBe(3);
+    });
+    await subscription.stop();
+
+    for (const message of ['d', 'e']) await publish('exposure', message);
+    const second = recorder();
+    await subscribe(spec, second.handler);
+    await publish('exposure', 'fence');
+
+    await eventually(() => {
+      expect(messagesOf(second.deliveries)).toContain('fence');
+    });
+    expect(messagesOf(second.deliveries)).toEqual(['d', 'e', 'fence']);
+    expect(first.deliveries).toHaveLength(3);
+  });
+
+  it('starts a new durable with deliverPolicy new after the events already stored', async () => {
+    await publish('exposure', 'old');
+    const { handler, deliveries } = recorder();
+    await subscribe(consumer({ deliverPolicy: 'new' }), handler);
+    await publish('exposure', 'new');
+
+    await eventually(() => {
+      expect(messagesOf(deliveries)).toEqual(['new']);
+    });
+  });
+
+  it('terminates and counts an event it cannot decode, then handles the next', async () => {
+    const { handler, deliveries } = recorder();
+    const subscription = await subscribe(consumer(), handler);
+    await bus.publish(`${prefix}.exposure`, CORRUPT, UNDECODABLE, { eventId: 'poison' });
+    await publish('exposure', 'after poison');
+
+    await eventually(() => {
+      expect(messagesOf(deliveries)).toEqual(['after poison']);
+    });
+    await eventually(() => {
+      expect(subscription.stats()).toEqual({ acked: 1, retried: 0, dropped: 0, poison: 1 });
+    });
+  });
+
+  it('delivers only the subjects a consumer filters on', async () => {
+    const { handler, deliveries } = recorder();
+    const filterSubjects = [`${prefix}.exposure`, `${prefix}.outcome.*`];
+    await subscribe(consumer({ filterSubjects }), handler);
+    await publish('exposure', 'exposure');
+    await publish('decision', 'decision');
+    await publish('outcome.play', 'play');
+    await publish('outcome.play.extra', 'too deep');
+    await publish('outcome.skip', 'skip');
+
+    await eventually(() => {
+      expect(messagesOf(deliveries)).toContain('skip');
+    });
+    expect(messagesOf(deliveries)).toEqual(['exposure', 'play', 'skip']);
+  });
+
+  it('runs up to `concurrency` handlers at once', async () => {
+    let running = 0;
+    let mostAtOnce = 0;
+    const { handler, deliveries } = recorder(async () => {
+      running++;
+      mostAtOnce = Math.max(mostAtOnce, running);
+      await pause(150);
+      running--;
+    });
+    const subscription = await subscribe(consumer({ concurrency: 2 }), handler);
+    for (const message of ['1', '2', '3', '4', '5']) await publish('exposure', message);
+
+    await eventually(() => {
+      expect(subscription.stats().acked).toBe(5);
+    });
+    expect(mostAtOnce).toBe(2);
+    expect([...messagesOf(deliveries)].sort()).toEqual(['1', '2', '3', '4', '5']);
+  });
+
+  it('lets an in-flight handler finish before stop resolves, and delivers nothing after', async () => {
+    let release: () => void = () => undefined;
+    let finished = false;
+    const { handler, deliveries } = recorder(async () => {
+      await new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      finished = true;
+    });
+    const subscription = await subscribe(consumer(), handler);
+    await publish('exposure', 'in flight');
+    await eventually(() => {
+      expect(deliveries).toHaveLength(1);
+    });
+
+    const stopping = subscription.stop();
+    await pause(100);
+    expect(finished).toBe(false);
+    release();
+    await stopping;
+    expect(finished).toBe(true);
+    expect(subscription.stats().acked).toBe(1);
+    await publish('exposure', 'after stop');
+    await pause(300);
+    expect(deliveries).toHaveLength(1);
+  });
+
+  it('carries the publisher trace into a consumer span that is a child of the publish span', async () => {
+    const { handler, deliveries } = recorder();
+    await subscribe(consumer(), handler);
+    const tracer = trace.getTracer('test');
+    const request = await tracer.startActiveSpan('request', async (span) => {
+      await publish('exposure', 'traced', 'traced-event');
+      span.end();
+      return span.spanContext();
+    });
+
+    await eventually(() => {
+      expect(deliveries).toHaveLength(1);
+    });
+    expect(deliveries[0]!.headers.traceparent).toMatch(new RegExp(`^00-${request.traceId}-`));
+    let spans: ReadableSpan[] = [];
+    await eventually(() => {
+      spans = exporter.getFinishedSpans();
+      expect(spans.map((s) => s.name)).toContain(`process ${prefix}.exposure`);
+    });
+    const producer = spans.find((s) => s.name === `publish ${prefix}.exposure`)!;
+    const consumerSpan = spans.find((s) => s.name === `process ${prefix}.exposure`)!;
+    expect(producer.kind).toBe(SpanKind.PRODUCER);
+    expect(producer.parentSpanContext?.spanId).toBe(request.spanId);
+    expect(producer.attributes).toMatchObject({
+      'messaging.system': 'nats',
+      'messaging.destination.name': `${prefix}.exposure`,
+      'messaging.message.id': 'traced-event',
+    });
+    expect(consumerSpan.kind).toBe(SpanKind.CONSUMER);
+    expect(consumerSpan.spanContext().traceId).toBe(request.traceId);
+    expect(consumerSpan.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
+  });
+
+  it('records a failed handler on its consumer span', async () => {
+    const { handler, deliveries } = recorder((delivered) => {
+      if (delivered.deliveryCount === 1) throw new Error('handler failed');
+    });
+    await subscribe(consumer(), handler);
+    await publish('exposure', 'fails once');
+
+    await eventually(() => {
+      expect(deliveries).toHaveLength(2);
+    });
+    await eventually(() => {
+      const processed = exporter.getFinishedSpans().filter((s) => s.name.startsWith('process '));
+      expect(processed).toHaveLength(2);
+    });
+    const [failed, succeeded] = exporter
+      .getFinishedSpans()
+      .filter((s) => s.name.startsWith('process '))
+      .sort(
+        (a, b) =>
+          Number(a.attributes['tandem.events.delivery_count']) -
+          Number(b.attributes['tandem.events.delivery_count']),
+      );
+    expect(failed!.status).toEqual({ code: SpanStatusCode.ERROR, message: 'handler failed' });
+    expect(failed!.events.map((e) => e.name)).toContain('exception');
+    expect(succeeded!.status.code).not.toBe(SpanStatusCode.ERROR);
+  });
+
+  it('declares a stream idempotently and applies a changed spec', async () => {
+    const spec = { name: stream, subjects: [`${prefix}.>`], storage: 'memory' as const };
+    await bus.declareStream(spec);
+    await expect(publish('exposure', 'x')).resolves.toMatchObject({ duplicate: false });
+
+    const other = `${prefix}x`;
+    await bus.declareStream({ ...spec, subjects: [`${prefix}.>`, `${other}.*`] });
+    await expect(
+      bus.publish(`${other}.exposure`, EchoRequest, echo('y'), { eventId: 'y' }),
+    ).resolves.toMatchObject({ streamSequence: 2 });
+  });
+
+  it('refuses a publish no stream captures with UnavailableError', async () => {
+    await expect(
+      bus.publish(`nowhere.${prefix}`, EchoRequest, echo('lost'), {
+        eventId: 'lost',
+        timeoutMs: 1_000,
+      }),
+    ).rejects.toBeInstanceOf(UnavailableError);
+  });
+
+  it('refuses an empty event id and a wildcard subject with InvalidArgumentError', async () => {
+    await expect(publish('exposure', 'x', '')).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(
+      bus.publish(`${prefix}.*`, EchoRequest, echo('x'), { eventId: 'x' }),
+    ).rejects.toBeInstanceOf(InvalidArgumentError);
+  });
+
+  it('refuses to subscribe to a stream that was never declared', async () => {
+    await expect(
+      bus.subscribe(consumer({ stream: uniqueName('MISSING') }), () => Promise.resolve()),
+    ).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('reports itself connected until closed, then refuses to publish', async () => {
+    expect(bus.isConnected()).toBe(true);
+    await bus.close();
+    expect(bus.isConnected()).toBe(false);
+    await expect(publish('exposure', 'late')).rejects.toBeInstanceOf(UnavailableError);
+  });
+}

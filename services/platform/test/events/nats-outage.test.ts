@@ -1,0 +1,151 @@
+/**
+ * A NATS outage, played with a nats-server of the test's own that it stops and starts again on
+ * the same port and store: the bus must notice, fail publishes fast, reconnect by itself, and
+ * its subscriptions and a buffered publisher must carry on afterwards.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { UnavailableError } from '../../src/errors';
+import { BufferedPublisher } from '../../src/events/buffered-publisher';
+import { connectNatsBus } from '../../src/events/nats-bus';
+import { eventually } from './event-bus-contract';
+
+const hasServer = spawnSync('nats-server', ['--version']).status === 0;
+const describeWithServerBinary = hasServer ? describe : describe.skip;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => {
+        resolve(port);
+      });
+    });
+  });
+}
+
+/** A nats-server process of this test, restartable on the same port and store. */
+class OwnServer {
+  private process: ChildProcess | undefined;
+
+  constructor(
+    readonly port: number,
+    private readonly storeDir: string,
+  ) {}
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  start(): void {
+    this.process = spawn(
+      'nats-server',
+      ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir],
+      { stdio: 'ignore' },
+    );
+  }
+
+  async stop(): Promise<void> {
+    const running = this.process;
+    this.process = undefined;
+    if (running?.exitCode !== null || running.killed) return;
+    await new Promise<void>((resolve) => {
+      running.once('exit', () => {
+        resolve();
+      });
+      running.kill('SIGTERM');
+    });
+  }
+}
+
+function echo(message: string): EchoRequest {
+  return { message, failWithCode: 0, delay: undefined, requireMessage: false };
+}
+
+describeWithServerBinary('NATS event bus through a server outage', () => {
+  let server: OwnServer;
+  let storeDir: string;
+
+  beforeAll(async () => {
+    storeDir = mkdtempSync(join(tmpdir(), 'tandem-nats-outage-'));
+    server = new OwnServer(await freePort(), storeDir);
+    server.start();
+  });
+
+  afterAll(async () => {
+    await server.stop();
+    rmSync(storeDir, { recursive: true, force: true });
+  });
+
+  it('reconnects by itself, and consumption and buffered publishing resume', async () => {
+    const bus = await eventuallyConnected(server.url);
+    const publisher = new BufferedPublisher(bus, { initialRetryDelayMs: 50, maxRetryDelayMs: 200 });
+    await bus.declareStream({ name: 'OUTAGE', subjects: ['outage.>'] });
+    const received: string[] = [];
+    const subscription = await bus.subscribe(
+      { stream: 'OUTAGE', durable: 'analysis', codec: EchoRequest },
+      (delivered) => {
+        received.push(delivered.event.message);
+        return Promise.resolve();
+      },
+    );
+    await bus.publish('outage.exposure', EchoRequest, echo('before'), { eventId: 'before' });
+    await eventually(() => {
+      expect(received).toEqual(['before']);
+    });
+
+    await server.stop();
+    await eventually(() => {
+      expect(bus.isConnected()).toBe(false);
+    });
+    const startedAt = Date.now();
+    await expect(
+      bus.publish('outage.exposure', EchoRequest, echo('refused'), { eventId: 'refused' }),
+    ).rejects.toBeInstanceOf(UnavailableError);
+    // Fails fast rather than waiting out the 5 s publish timeout.
+    expect(Date.now() - startedAt).toBeLessThan(1_000);
+    publisher.enqueue('outage.exposure', EchoRequest, echo('during'), 'during');
+    await eventually(() => {
+      expect(publisher.stats().failedAttempts).toBeGreaterThan(0);
+    });
+
+    server.start();
+    await eventually(() => {
+      expect(bus.isConnected()).toBe(true);
+    }, 15_000);
+    await expect(publisher.flush(10_000)).resolves.toBe(true);
+    await eventually(() => {
+      expect(received).toEqual(['before', 'during']);
+    }, 15_000);
+
+    await publisher.close();
+    await subscription.stop();
+    await bus.close();
+  }, 60_000);
+});
+
+/** Connects once the freshly spawned server listens. */
+async function eventuallyConnected(
+  url: string,
+): Promise<Awaited<ReturnType<typeof connectNatsBus>>> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await connectNatsBus({
+        servers: url,
+        name: 'tandem-outage-test',
+        connectTimeoutMs: 500,
+      });
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+}
