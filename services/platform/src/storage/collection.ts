@@ -71,14 +71,22 @@ export interface Collection<T extends { readonly id: string }> {
   upsert(doc: T): Promise<Versioned<T>>;
   /**
    * Writes each document only if there is no stored one or the stored `field` is smaller than the
-   * new one (late writes lose). Atomic per document; one round trip for the batch.
+   * new one (late writes lose); a stored value of another type, or null, is never older. Atomic
+   * per document; the batch is one write (on MongoDB one bulk round trip, plus a second for the
+   * documents it skipped, since a skip and a lost creation race look alike at first).
    */
   upsertIfNewer(docs: readonly T[], field: string): Promise<ConditionalWriteOutcome[]>;
   /**
-   * Atomically adds `deltas` to numeric fields, creating the document with `onInsert` (and the
-   * deltas) when absent. Returns the document after the change.
+   * Atomically adds `deltas` to numeric top-level fields (a missing one counts as 0), creating the
+   * document with `onInsert` and the deltas when absent; a counter named in `onInsert` is ignored
+   * there (it starts at its delta). Returns the document after the change. Throws
+   * `InvalidArgumentError` when a stored field is not a number.
    */
-  increment(id: string, deltas: Readonly<Record<string, number>>, onInsert?: Partial<T>): Promise<Versioned<T>>;
+  increment(
+    id: string,
+    deltas: Readonly<Record<string, number>>,
+    onInsert?: Partial<T>,
+  ): Promise<Versioned<T>>;
   /**
    * Deletes the document. With `expectedVersion`, throws `AbortedError` when stale.
    * Returns false when there was nothing to delete.
@@ -186,8 +194,11 @@ export function checkDocument(doc: unknown, spec: CollectionSpec): void {
   for (const index of spec.indexes ?? []) {
     for (const field of index.fields) {
       const value = fieldValue(doc, field);
-      if (!isScalar(value) && !(value instanceof Date)) {
-        violations.push({ field, description: 'an indexed field holds a string, number, boolean, null or Date' });
+      if (value !== undefined && !isScalar(value) && !(value instanceof Date)) {
+        violations.push({
+          field,
+          description: 'an indexed field holds a string, number, boolean, null or Date',
+        });
       }
     }
   }
@@ -217,9 +228,14 @@ export function checkWhere(where: Where | undefined): void {
     checkPath(field, `where.${field}`, violations);
     if (field === 'id') {
       violations.push({ field: 'where.id', description: 'look documents up by id with get()' });
+    } else if (field.startsWith('_')) {
+      violations.push({ field: `where.${field}`, description: 'fields never start with "_"' });
     }
-    if (!isScalar(value) || value === undefined) {
-      violations.push({ field: `where.${field}`, description: 'a string, number, boolean or null' });
+    if (!isScalar(value)) {
+      violations.push({
+        field: `where.${field}`,
+        description: 'a string, number, boolean or null',
+      });
     }
   }
   if (violations.length > 0) throw new InvalidArgumentError('invalid filter', violations);
@@ -258,7 +274,10 @@ export function checkIncrement(
     } else {
       for (const [name, value] of Object.entries(onInsert)) {
         if (name.startsWith('$') || name.startsWith('_')) {
-          violations.push({ field: `onInsert.${name}`, description: 'must not start with "$" or "_"' });
+          violations.push({
+            field: `onInsert.${name}`,
+            description: 'must not start with "$" or "_"',
+          });
         }
         checkValue(value, `onInsert.${name}`, 1, violations);
       }
@@ -278,7 +297,8 @@ export function compareVersionField(stored: unknown, incoming: unknown): number 
     // Byte order of UTF-8, as MongoDB compares strings without a collation.
     return Buffer.compare(Buffer.from(stored), Buffer.from(incoming));
   }
-  if (stored instanceof Date && incoming instanceof Date) return stored.getTime() - incoming.getTime();
+  if (stored instanceof Date && incoming instanceof Date)
+    return stored.getTime() - incoming.getTime();
   return undefined;
 }
 
@@ -292,7 +312,8 @@ export function checkVersionField(docs: readonly object[], field: string): void 
       violations.push({ field: `docs[${i}].${field}`, description: 'a number, string or Date' });
     }
   });
-  if (violations.length > 0) throw new InvalidArgumentError('invalid conditional write', violations);
+  if (violations.length > 0)
+    throw new InvalidArgumentError('invalid conditional write', violations);
 }
 
 function checkId(id: unknown, violations: FieldViolation[]): void {
@@ -310,7 +331,12 @@ function checkPath(path: string, field: string, violations: FieldViolation[]): v
   }
 }
 
-function checkValue(value: unknown, path: string, depth: number, violations: FieldViolation[]): void {
+function checkValue(
+  value: unknown,
+  path: string,
+  depth: number,
+  violations: FieldViolation[],
+): void {
   if (depth > MAX_DEPTH) {
     violations.push({ field: path, description: `nested deeper than ${MAX_DEPTH} levels` });
     return;
@@ -320,9 +346,10 @@ function checkValue(value: unknown, path: string, depth: number, violations: Fie
     return;
   }
   // undefined is allowed and means "absent" (MongoDB is opened with ignoreUndefined).
-  if (isScalar(value) || value === undefined || value instanceof Uint8Array) return;
+  if (value === undefined || isScalar(value) || value instanceof Uint8Array) return;
   if (value instanceof Date) {
-    if (Number.isNaN(value.getTime())) violations.push({ field: path, description: 'a valid Date' });
+    if (Number.isNaN(value.getTime()))
+      violations.push({ field: path, description: 'a valid Date' });
     return;
   }
   if (Array.isArray(value)) {
@@ -349,10 +376,9 @@ function checkValue(value: unknown, path: string, depth: number, violations: Fie
   });
 }
 
-function isScalar(value: unknown): value is IndexValue | undefined {
+function isScalar(value: unknown): value is IndexValue {
   return (
     value === null ||
-    value === undefined ||
     typeof value === 'string' ||
     typeof value === 'boolean' ||
     (typeof value === 'number' && Number.isFinite(value))

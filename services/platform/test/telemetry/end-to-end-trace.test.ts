@@ -64,6 +64,14 @@ describeWithNats('a trace started by a client', () => {
       });
     await consumed;
     client.close();
+    // The consumer span ends once the handler's promise settles, just after it resolved ours.
+    for (
+      let i = 0;
+      i < 100 && !tracing.exporter.getFinishedSpans().some((s) => s.kind === SpanKind.CONSUMER);
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
 
     expect(consumerTraceId).toBe(rootTraceId);
     const spans = tracing.exporter.getFinishedSpans();

@@ -1,0 +1,629 @@
+/**
+ * The embedded adapter of the storage port (the default when `MONGODB_URI` is unset): LMDB files
+ * under `TANDEM_DATA_DIR/<service>`, so one machine runs the whole platform with no server.
+ *
+ * Why LMDB: reads are what the services do most (caches are warmed and refreshed from storage),
+ * and LMDB serves them from a memory-mapped B+tree in-process, with no copy through a server and
+ * no I/O once pages are resident. Writes are ACID transactions that survive restarts and crashes
+ * (copy-on-write pages, a synced commit), and a single writer lock makes every read-check-write
+ * below atomic without extra locking, across processes too.
+ *
+ * Layout, all in one LMDB environment (named sub-databases):
+ * - `d:<collection>`: id → `{ v: version, d: document }` as MessagePack (Dates and Uint8Arrays
+ *   round-trip as such; binary comes back as a Buffer, which is a Uint8Array);
+ * - `i:<collection>:<fields>[:u]`: one per declared index, keys `[value..., id]` (a missing field
+ *   is null, a Date its epoch ms) with no value, so entries for equal values are in id order;
+ * - `x:<collection>`: the expiry index, keys `[expiresAtMs, id]`, read by the sweep;
+ * - `_meta`: per collection, the indexes and expiry field that have been built, so an index
+ *   declared later is backfilled at open and one no longer declared is dropped.
+ *
+ * Versions are an ordinary `v` beside the document (not LMDB's `useVersions`), read and written
+ * in the same transaction as the document and its index entries. Each write runs as an LMDB
+ * child transaction inside the batched asynchronous write transaction: the callback sees
+ * committed state plus earlier writes of the batch, and if it throws (a unique conflict, a stale
+ * version) its own writes are rolled back, never the batch's.
+ *
+ * Expired documents are filtered on every read and deleted by a sweep at open and then every
+ * `sweepIntervalMs` (an unref'd timer, so it never keeps a process alive).
+ */
+import { compareKeys, open, type Database, type Key, type RootDatabase } from 'lmdb';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  InvalidArgumentError,
+  NotFoundError,
+  UnavailableError,
+} from '../errors';
+import {
+  checkCollectionSpec,
+  checkDocument,
+  checkIdArgument,
+  checkIncrement,
+  checkListOptions,
+  checkVersionField,
+  checkWhere,
+  compareVersionField,
+  fieldValue,
+  indexValue,
+  type Collection,
+  type CollectionSpec,
+  type ConditionalWriteOutcome,
+  type DocumentStore,
+  type IndexSpec,
+  type IndexValue,
+  type ListOptions,
+  type Page,
+  type Versioned,
+  type Where,
+} from './collection';
+
+export interface EmbeddedStoreOptions {
+  /** The directory holding the LMDB files; created if missing. */
+  readonly path: string;
+  /** How often expired documents are deleted (reads hide them meanwhile). @default 60000 */
+  readonly sweepIntervalMs?: number;
+}
+
+/** Named databases one environment can hold: a few per collection (documents, expiry, indexes). */
+const MAX_DATABASES = 1000;
+
+/** Documents deleted per sweep transaction, so a large backlog never holds the writer for long. */
+const SWEEP_BATCH = 1000;
+
+/** Documents per page of `scan`: short read transactions, so LMDB can reuse freed pages. */
+const SCAN_PAGE_SIZE = 1000;
+
+/**
+ * Sorts after any key element (it is ordered-binary's MAXIMUM_KEY): `[...prefix, KEY_END]` ends
+ * the range of every key that starts with `prefix`.
+ */
+const KEY_END = new Uint8Array([0xff]);
+
+/** The earliest time a Date can hold; the start of the expiry index. */
+const MIN_DATE_MS = -8.64e15;
+
+/** The value stored under a document's id. */
+interface StoredRecord<T> {
+  readonly v: number;
+  readonly d: T;
+}
+
+/** What `_meta` remembers of a collection: the structures that have been built. */
+interface CollectionMeta {
+  readonly indexes: readonly string[];
+  readonly expireAtField: string | null;
+}
+
+/** A declared index and its LMDB database. */
+interface IndexTable {
+  readonly dbName: string;
+  readonly fields: readonly string[];
+  readonly unique: boolean;
+  readonly db: Database<null>;
+}
+
+/**
+ * Opens (creating if needed) the LMDB environment at `options.path`. Each collection sweeps its
+ * expired documents when it is opened, then every `sweepIntervalMs`.
+ */
+export function openEmbeddedStore(options: EmbeddedStoreOptions): Promise<DocumentStore> {
+  return settle(() => {
+    const root = open({ path: options.path, maxDbs: MAX_DATABASES });
+    return new EmbeddedStore(root, options.sweepIntervalMs ?? 60_000);
+  });
+}
+
+class EmbeddedStore implements DocumentStore {
+  readonly kind = 'embedded';
+  private readonly meta: Database<CollectionMeta, string>;
+  /** Opened collections by name: the ones with expiry are swept by the timer. */
+  private readonly collections = new Map<string, { sweep(): Promise<number> }>();
+  private readonly sweepTimer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    private readonly root: RootDatabase,
+    sweepIntervalMs: number,
+  ) {
+    this.meta = root.openDB<CollectionMeta, string>('_meta', {});
+    this.sweepTimer = setInterval(() => {
+      void this.sweepAll();
+    }, sweepIntervalMs);
+    this.sweepTimer.unref();
+  }
+
+  async collection<T extends { readonly id: string }>(
+    spec: CollectionSpec,
+  ): Promise<Collection<T>> {
+    checkCollectionSpec(spec);
+    this.ensureOpen();
+    const docs = this.root.openDB<StoredRecord<T>, string>(`d:${spec.name}`, {});
+    const expiry = this.root.openDB<null, Key>(`x:${spec.name}`, {});
+    const indexes = (spec.indexes ?? []).map((index) => this.openIndex(spec.name, index));
+    const collection = new EmbeddedCollection<T>(this.root, spec, docs, indexes, expiry, () => {
+      this.ensureOpen();
+    });
+    const dropped = await this.root.childTransaction(() => this.reconcile(collection, indexes));
+    for (const dbName of dropped) await this.root.openDB(dbName, {}).drop();
+    await collection.sweep();
+    this.collections.set(spec.name, collection);
+    return collection;
+  }
+
+  ping(): Promise<void> {
+    return settle(() => {
+      this.ensureOpen();
+      this.meta.get('');
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.sweepTimer);
+    await this.root.close();
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new UnavailableError('the embedded store is closed');
+  }
+
+  private openIndex(collection: string, index: IndexSpec): IndexTable {
+    const dbName = `i:${collection}:${index.fields.join(',')}${index.unique ? ':u' : ''}`;
+    return {
+      dbName,
+      fields: index.fields,
+      unique: index.unique ?? false,
+      db: this.root.openDB<null, Key>(dbName, {}),
+    };
+  }
+
+  /**
+   * Inside a write transaction: builds the indexes (and expiry index) declared since the last
+   * open, forgets those no longer declared and records the new state. Returns the databases to
+   * drop (LMDB cannot drop one inside a transaction). A unique index that the stored documents
+   * already violate throws `AlreadyExistsError`, and nothing changes.
+   */
+  private reconcile<T extends { readonly id: string }>(
+    collection: EmbeddedCollection<T>,
+    indexes: readonly IndexTable[],
+  ): string[] {
+    const name = collection.name;
+    const previous = this.meta.get(name) ?? { indexes: [], expireAtField: null };
+    const wanted = new Set(indexes.map((index) => index.dbName));
+    for (const index of indexes) {
+      if (!previous.indexes.includes(index.dbName)) collection.buildIndex(index);
+    }
+    const expireAtField = collection.spec.expireAtField ?? null;
+    if (previous.expireAtField !== expireAtField) collection.buildExpiryIndex();
+    this.meta.putSync(name, { indexes: [...wanted], expireAtField });
+    return previous.indexes.filter((dbName) => !wanted.has(dbName));
+  }
+
+  /** Sweeps every open collection with expiry. Errors are dropped: reads hide expired data anyway. */
+  private async sweepAll(): Promise<void> {
+    for (const collection of this.collections.values()) {
+      if (this.closed) return;
+      try {
+        await collection.sweep();
+      } catch {
+        // The next tick tries again; until then expired documents only take disk space.
+      }
+    }
+  }
+}
+
+class EmbeddedCollection<T extends { readonly id: string }> implements Collection<T> {
+  readonly name: string;
+
+  constructor(
+    private readonly root: RootDatabase,
+    readonly spec: CollectionSpec,
+    private readonly docs: Database<StoredRecord<T>, string>,
+    private readonly indexes: readonly IndexTable[],
+    private readonly expiry: Database<null>,
+    private readonly ensureOpen: () => void,
+  ) {
+    this.name = spec.name;
+  }
+
+  get(id: string): Promise<Versioned<T> | undefined> {
+    return settle(() => {
+      checkIdArgument(id);
+      this.ensureOpen();
+      const record = this.liveRecord(id);
+      return record && versioned(record);
+    });
+  }
+
+  getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>> {
+    return settle(() => {
+      ids.forEach((id) => {
+        checkIdArgument(id);
+      });
+      this.ensureOpen();
+      const now = Date.now();
+      const found = new Map<string, Versioned<T>>();
+      for (const id of ids) {
+        const record = this.docs.get(id);
+        if (record && this.isLive(record.d, now)) found.set(id, versioned(record));
+      }
+      return found;
+    });
+  }
+
+  async insert(doc: T): Promise<Versioned<T>> {
+    checkDocument(doc, this.spec);
+    return this.write(() => {
+      const previous = this.docs.get(doc.id);
+      if (previous && this.isLive(previous.d, Date.now())) {
+        throw new AlreadyExistsError(`${this.name} "${doc.id}" already exists`);
+      }
+      return this.writeRecord(doc, 1, previous);
+    });
+  }
+
+  async replace(doc: T, expectedVersion: number): Promise<Versioned<T>> {
+    checkDocument(doc, this.spec);
+    return this.write(() => {
+      const previous = this.liveRecord(doc.id);
+      if (!previous) throw new NotFoundError(`${this.name} "${doc.id}" does not exist`);
+      if (previous.v !== expectedVersion) throw this.stale(doc.id, previous.v, expectedVersion);
+      return this.writeRecord(doc, previous.v + 1, previous);
+    });
+  }
+
+  async upsert(doc: T): Promise<Versioned<T>> {
+    checkDocument(doc, this.spec);
+    return this.write(() => {
+      const previous = this.docs.get(doc.id);
+      const live = previous && this.isLive(previous.d, Date.now());
+      return this.writeRecord(doc, live ? previous.v + 1 : 1, previous);
+    });
+  }
+
+  async upsertIfNewer(docs: readonly T[], field: string): Promise<ConditionalWriteOutcome[]> {
+    docs.forEach((doc) => {
+      checkDocument(doc, this.spec);
+    });
+    checkVersionField(docs, field);
+    if (docs.length === 0) return [];
+    // One transaction for the batch: each document is compared with what is stored at that
+    // instant (including earlier documents of the same batch) and written or skipped.
+    return this.write(() => {
+      const now = Date.now();
+      return docs.map((doc): ConditionalWriteOutcome => {
+        const previous = this.docs.get(doc.id);
+        if (!previous || !this.isLive(previous.d, now)) {
+          this.writeRecord(doc, 1, previous);
+          return 'inserted';
+        }
+        const stored = fieldValue(previous.d, field);
+        const order = compareVersionField(stored, fieldValue(doc, field));
+        // As MongoDB's filter `{$or: [{field: {$lt: v}}, {field: {$exists: false}}]}`.
+        if (stored !== undefined && (order === undefined || order >= 0)) return 'skipped';
+        this.writeRecord(doc, previous.v + 1, previous);
+        return 'updated';
+      });
+    });
+  }
+
+  async increment(
+    id: string,
+    deltas: Readonly<Record<string, number>>,
+    onInsert?: Partial<T>,
+  ): Promise<Versioned<T>> {
+    checkIdArgument(id);
+    checkIncrement(deltas, onInsert);
+    checkDocument({ ...insertBase(id, deltas, onInsert), ...deltas }, this.spec);
+    return this.write(() => {
+      const stored = this.docs.get(id);
+      const previous = stored && this.isLive(stored.d, Date.now()) ? stored : undefined;
+      const next: Record<string, unknown> = previous
+        ? { ...previous.d }
+        : insertBase(id, deltas, onInsert);
+      for (const [field, delta] of Object.entries(deltas)) {
+        const current = next[field] ?? 0;
+        if (typeof current !== 'number') {
+          throw new InvalidArgumentError(`${this.name} "${id}" field "${field}" is not a number`, [
+            { field: `deltas.${field}`, description: 'the stored field must hold a number' },
+          ]);
+        }
+        next[field] = current + delta;
+      }
+      return this.writeRecord(next as T, previous ? previous.v + 1 : 1, stored);
+    });
+  }
+
+  async delete(id: string, expectedVersion?: number): Promise<boolean> {
+    checkIdArgument(id);
+    return this.write(() => {
+      const previous = this.docs.get(id);
+      if (!previous) return false;
+      const live = this.isLive(previous.d, Date.now());
+      if (live && expectedVersion !== undefined && previous.v !== expectedVersion) {
+        throw this.stale(id, previous.v, expectedVersion);
+      }
+      // An expired document is removed too, as the sweep would, but was not there to delete.
+      this.removeRecord(previous);
+      return live;
+    });
+  }
+
+  list(options: ListOptions): Promise<Page<T>> {
+    return settle(() => {
+      checkListOptions(options);
+      this.ensureOpen();
+      const items: Versioned<T>[] = [];
+      let more = false;
+      for (const record of this.matching(options.where, options.afterId)) {
+        if (items.length === options.limit) {
+          more = true;
+          break;
+        }
+        items.push(versioned(record));
+      }
+      const last = items[items.length - 1];
+      return { items, nextAfterId: more && last ? last.doc.id : undefined };
+    });
+  }
+
+  async *scan(where?: Where): AsyncIterable<Versioned<T>> {
+    checkWhere(where);
+    let afterId: string | undefined;
+    do {
+      const page = await this.list({ where, afterId, limit: SCAN_PAGE_SIZE });
+      yield* page.items;
+      afterId = page.nextAfterId;
+    } while (afterId !== undefined);
+  }
+
+  count(where?: Where): Promise<number> {
+    return settle(() => {
+      checkWhere(where);
+      this.ensureOpen();
+      if (where === undefined || Object.keys(where).length === 0) {
+        // Keys only: every document minus the expired ones the sweep has not removed yet.
+        const expired = this.spec.expireAtField
+          ? this.expiry.getCount(expiredRange(Date.now()))
+          : 0;
+        return this.docs.getCount() - expired;
+      }
+      let count = 0;
+      const records = this.matching(where, undefined)[Symbol.iterator]();
+      while (!records.next().done) count++;
+      return count;
+    });
+  }
+
+  /** Deletes expired documents, a batch per transaction. Returns how many it deleted. */
+  async sweep(): Promise<number> {
+    if (!this.spec.expireAtField) return 0;
+    let total = 0;
+    for (;;) {
+      const removed = await this.write(() => {
+        const keys = [...this.expiry.getKeys({ ...expiredRange(Date.now()), limit: SWEEP_BATCH })];
+        for (const key of keys) {
+          const id = (key as Key[])[1] as string;
+          const record = this.docs.get(id);
+          // A key whose document moved on is stale; removing the record clears its own keys.
+          if (record && !this.isLive(record.d, Date.now())) this.removeRecord(record);
+          else this.expiry.removeSync(key);
+        }
+        return keys.length;
+      });
+      total += removed;
+      if (removed < SWEEP_BATCH) return total;
+    }
+  }
+
+  /** Inside the open transaction: fills a new index from every document, checking uniqueness. */
+  buildIndex(index: IndexTable): void {
+    index.db.clearSync();
+    for (const { value: record } of this.docs.getRange({})) {
+      if (index.unique) this.checkUnique(index, record.d);
+      index.db.putSync(indexKey(index, record.d), null);
+    }
+  }
+
+  /** Inside the open transaction: refills the expiry index for the declared expiry field. */
+  buildExpiryIndex(): void {
+    this.expiry.clearSync();
+    if (!this.spec.expireAtField) return;
+    for (const { value: record } of this.docs.getRange({})) {
+      const key = this.expiryKey(record.d);
+      if (key) this.expiry.putSync(key, null);
+    }
+  }
+
+  /** Runs `action` in its own child transaction of the next batched write transaction. */
+  private write<R>(action: () => R): Promise<R> {
+    this.ensureOpen();
+    return this.root.childTransaction(action);
+  }
+
+  /**
+   * Inside a write transaction: stores `next` at `version` in place of `previous` (the record
+   * physically there, live or expired) and keeps index and expiry entries in step. Unique
+   * conflicts are checked before anything is written.
+   */
+  private writeRecord(
+    next: T,
+    version: number,
+    previous: StoredRecord<T> | undefined,
+  ): Versioned<T> {
+    for (const index of this.indexes) {
+      if (index.unique) this.checkUnique(index, next);
+    }
+    for (const index of this.indexes) {
+      const key = indexKey(index, next);
+      const oldKey = previous && indexKey(index, previous.d);
+      if (oldKey && compareKeys(oldKey, key) === 0) continue;
+      if (oldKey) index.db.removeSync(oldKey);
+      index.db.putSync(key, null);
+    }
+    const expiryKey = this.expiryKey(next);
+    const oldExpiryKey = previous && this.expiryKey(previous.d);
+    if (oldExpiryKey && !(expiryKey && compareKeys(oldExpiryKey, expiryKey) === 0)) {
+      this.expiry.removeSync(oldExpiryKey);
+    }
+    if (expiryKey) this.expiry.putSync(expiryKey, null);
+    const record = { v: version, d: next };
+    this.docs.putSync(next.id, record);
+    return versioned(record);
+  }
+
+  /** Inside a write transaction: deletes a record and its index and expiry entries. */
+  private removeRecord(record: StoredRecord<T>): void {
+    for (const index of this.indexes) index.db.removeSync(indexKey(index, record.d));
+    const expiryKey = this.expiryKey(record.d);
+    if (expiryKey) this.expiry.removeSync(expiryKey);
+    this.docs.removeSync(record.d.id);
+  }
+
+  /** Throws `AlreadyExistsError` when another document holds `doc`'s values in a unique index. */
+  private checkUnique(index: IndexTable, doc: T): void {
+    const prefix = indexValues(index, doc);
+    const range = { start: prefix as Key[], end: [...prefix, KEY_END] as Key[], limit: 2 };
+    for (const key of index.db.getKeys(range)) {
+      const holder = (key as Key[])[prefix.length];
+      if (holder !== doc.id) {
+        const values = index.fields.map((field, i) => `${field}=${JSON.stringify(prefix[i])}`);
+        throw new AlreadyExistsError(
+          `${this.name} "${String(holder)}" already has ${values.join(', ')} (unique index)`,
+        );
+      }
+    }
+  }
+
+  /** The live record stored under `id`, if any. */
+  private liveRecord(id: string): StoredRecord<T> | undefined {
+    const record = this.docs.get(id);
+    return record && this.isLive(record.d, Date.now()) ? record : undefined;
+  }
+
+  /** Live documents matching `where`, in id order, after `afterId`; within one read snapshot. */
+  private *matching(
+    where: Where | undefined,
+    afterId: string | undefined,
+  ): Iterable<StoredRecord<T>> {
+    const now = Date.now();
+    const filters = Object.entries(where ?? {});
+    if (filters.length === 0) {
+      const range = afterId === undefined ? {} : { start: afterId, exclusiveStart: true };
+      for (const { value } of this.docs.getRange(range)) {
+        if (this.isLive(value.d, now)) yield value;
+      }
+      return;
+    }
+    for (const id of this.idsMatching(filters, afterId)) {
+      const record = this.docs.get(id);
+      if (record && this.isLive(record.d, now)) yield record;
+    }
+  }
+
+  /**
+   * Ids of documents matching the equality filters, in id order. An index on exactly the
+   * filtered fields is read in order; one that starts with them is read and its ids sorted;
+   * without either, every document is read (fine at embedded sizes; declare the index).
+   */
+  private *idsMatching(
+    filters: [string, IndexValue][],
+    afterId: string | undefined,
+  ): Iterable<string> {
+    const fields = new Set(filters.map(([field]) => field));
+    const covers = (index: IndexTable, length: number): boolean =>
+      index.fields.length >= length &&
+      index.fields.slice(0, length).every((field) => fields.has(field));
+    const exact = this.indexes.find(
+      (index) => index.fields.length === fields.size && covers(index, fields.size),
+    );
+    const prefixed = exact ?? this.indexes.find((index) => covers(index, fields.size));
+    if (!prefixed) {
+      const range = afterId === undefined ? {} : { start: afterId, exclusiveStart: true };
+      for (const { key, value } of this.docs.getRange(range)) {
+        if (filters.every(([field, wanted]) => (fieldValue(value.d, field) ?? null) === wanted)) {
+          yield key;
+        }
+      }
+      return;
+    }
+    const values = new Map(filters);
+    const prefix = prefixed.fields
+      .slice(0, fields.size)
+      .map((field) => values.get(field) ?? null) as Key[];
+    const end = [...prefix, KEY_END];
+    if (exact) {
+      const start = afterId === undefined ? prefix : [...prefix, afterId];
+      for (const key of exact.db.getKeys({ start, end, exclusiveStart: afterId !== undefined })) {
+        yield (key as Key[])[prefix.length] as string;
+      }
+      return;
+    }
+    const ids = new Set<string>();
+    for (const key of prefixed.db.getKeys({ start: prefix, end })) {
+      const id = (key as Key[])[prefixed.fields.length] as string;
+      if (afterId === undefined || compareKeys(id, afterId) > 0) ids.add(id);
+    }
+    yield* [...ids].sort(compareKeys);
+  }
+
+  private isLive(doc: T, nowMs: number): boolean {
+    const field = this.spec.expireAtField;
+    if (!field) return true;
+    const expiresAt = fieldValue(doc, field);
+    return !(expiresAt instanceof Date) || expiresAt.getTime() > nowMs;
+  }
+
+  private expiryKey(doc: T): Key[] | undefined {
+    const field = this.spec.expireAtField;
+    const expiresAt = field === undefined ? undefined : fieldValue(doc, field);
+    return expiresAt instanceof Date ? [expiresAt.getTime(), doc.id] : undefined;
+  }
+
+  private stale(id: string, current: number, expected: number): AbortedError {
+    return new AbortedError(`${this.name} "${id}" is at version ${current}, not ${expected}`, {
+      metadata: { currentVersion: String(current) },
+    });
+  }
+}
+
+/**
+ * The document `increment` creates before adding the deltas: `onInsert` without `id` and without
+ * the counters (a counter starts at its delta, as MongoDB's `$setOnInsert` cannot name it).
+ */
+function insertBase(
+  id: string,
+  deltas: Readonly<Record<string, number>>,
+  onInsert: object | undefined,
+): Record<string, unknown> {
+  const base: Record<string, unknown> = { id };
+  for (const [name, value] of Object.entries(onInsert ?? {})) {
+    if (name !== 'id' && !(name in deltas)) base[name] = value;
+  }
+  return base;
+}
+
+/** Runs a synchronous LMDB call as a promise, so a throw reaches the caller as a rejection. */
+function settle<R>(call: () => R): Promise<R> {
+  return new Promise((resolve) => {
+    resolve(call());
+  });
+}
+
+function versioned<T>(record: StoredRecord<T>): Versioned<T> {
+  return { doc: record.d, version: record.v };
+}
+
+function indexValues(index: IndexTable, doc: object): IndexValue[] {
+  return index.fields.map((field) => indexValue(fieldValue(doc, field)));
+}
+
+function indexKey(index: IndexTable, doc: { readonly id: string }): Key[] {
+  return [...indexValues(index, doc), doc.id] as Key[];
+}
+
+/** The keys of the expiry index at or before `nowMs` (a document expires when its time is reached). */
+function expiredRange(nowMs: number): { start: Key; end: Key } {
+  return { start: [MIN_DATE_MS], end: [nowMs, KEY_END] };
+}

@@ -1,0 +1,74 @@
+import { MongoClient } from 'mongodb';
+import { UnavailableError } from '../../src/errors';
+import { openMongoStore } from '../../src/storage/mongo-store';
+import { openStore } from '../../src/storage/open-store';
+import { describeWithMongo, mongodbUri, uniqueName } from '../support/integration';
+import { runCollectionContract } from './collection-contract';
+
+describeWithMongo('the MongoDB store', () => {
+  const uri = mongodbUri ?? '';
+  const database = uniqueName('tandem_storage_test');
+  const service = uniqueName('svc');
+
+  afterAll(async () => {
+    // Data outlives the server's restarts, so every database this file made is dropped.
+    const client = new MongoClient(uri);
+    try {
+      await client.db(database).dropDatabase();
+      await client.db(`tandem_${service}`).dropDatabase();
+    } finally {
+      await client.close();
+    }
+  });
+
+  runCollectionContract('mongodb', () => openMongoStore({ uri, database }));
+
+  it('creates the declared indexes, with a TTL index on the expiry field', async () => {
+    const store = await openMongoStore({ uri, database });
+    await store.collection({
+      name: 'indexed',
+      indexes: [{ fields: ['email'], unique: true }, { fields: ['group', 'rank'] }],
+      expireAtField: 'expiresAt',
+    });
+    await store.close();
+    const client = new MongoClient(uri);
+    try {
+      const indexes = (await client.db(database).collection('indexed').listIndexes().toArray()) as {
+        key: Record<string, number>;
+        unique?: boolean;
+        expireAfterSeconds?: number;
+      }[];
+      const byKey = new Map(indexes.map((index) => [JSON.stringify(index.key), index]));
+      expect(byKey.get('{"email":1}')?.unique).toBe(true);
+      expect(byKey.has('{"group":1,"rank":1}')).toBe(true);
+      expect(byKey.get('{"expiresAt":1}')?.expireAfterSeconds).toBe(0);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('is what openStore picks with a MongoDB URI, in database tandem_<service>', async () => {
+    const store = await openStore({ service, mongodbUri: uri, dataDir: '/nonexistent' });
+    expect(store.kind).toBe('mongodb');
+    const items = await store.collection<{ id: string }>({ name: 'items' });
+    await items.insert({ id: 'a' });
+    await store.close();
+    const client = new MongoClient(uri);
+    try {
+      expect(await client.db(`tandem_${service}`).collection('items').countDocuments()).toBe(1);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+describe('the MongoDB store without a server', () => {
+  it('fails to open with UNAVAILABLE when nothing answers', async () => {
+    const opening = openMongoStore({
+      uri: 'mongodb://127.0.0.1:9/?directConnection=true',
+      database: 'unreachable',
+      serverSelectionTimeoutMs: 300,
+    });
+    await expect(opening).rejects.toBeInstanceOf(UnavailableError);
+  });
+});
