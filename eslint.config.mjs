@@ -53,7 +53,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['**/config.ts', '**/src/main.ts'],
+    files: ['**/config.ts', '**/src/main.ts', '**/src/telemetry.ts'],
     rules: { 'no-restricted-properties': 'off' },
   },
 );
