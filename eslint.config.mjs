@@ -13,11 +13,14 @@ const serviceZones = services.map((name) => ({
   target: `./services/${name}`,
   from: './services',
   except: name === 'platform' ? ['./platform'] : [`./${name}`, './platform'],
-  message: 'Services talk through gRPC contracts and events; import gen/ or services/platform/ only.',
+  message:
+    'Services talk through gRPC contracts and events; import gen/ or services/platform/ only.',
 }));
 
 export default tseslint.config(
-  { ignores: ['gen/**', 'dist/**', 'node_modules/**', 'coverage/**', '*.config.js', '*.config.mjs'] },
+  {
+    ignores: ['gen/**', 'dist/**', 'node_modules/**', 'coverage/**', '*.config.js', '*.config.mjs'],
+  },
   ...tseslint.configs.strictTypeChecked,
   {
     languageOptions: {

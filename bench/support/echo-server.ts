@@ -24,8 +24,10 @@ async function main(): Promise<void> {
       },
     });
     const port = await new Promise<number>((resolve, reject) => {
-      server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => { e ? reject(e) : resolve(p); },
-      );
+      server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => {
+        if (e) reject(e);
+        else resolve(p);
+      });
     });
     serveBenchmarkProcess(port);
     return;

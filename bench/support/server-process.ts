@@ -26,7 +26,9 @@ export async function startServerProcess(
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const port = await new Promise<number>((resolve, reject) => {
-    child.once('exit', (code) => { reject(new Error(`${script} exited with ${code}`)); });
+    child.once('exit', (code) => {
+      reject(new Error(`${script} exited with ${code}`));
+    });
     child.on('message', (m: ChildMessage) => {
       if (m.type === 'ready') resolve(m.port);
     });
@@ -47,7 +49,9 @@ export async function startServerProcess(
       }),
     stop: () =>
       new Promise((resolve) => {
-        child.once('exit', () => { resolve(); });
+        child.once('exit', () => {
+          resolve();
+        });
         child.kill('SIGTERM');
       }),
   };
