@@ -1,0 +1,714 @@
+/**
+ * Sliding-window aggregates over outcome events ("plays of this item in the last hour"), kept per
+ * entity key and maintained as each event arrives, so a read right after an event sees it.
+ *
+ * Why time buckets: a window of length W is the union of W / B buckets of size B aligned to the
+ * Unix epoch (feature_view.proto, StreamSource). Each event touches one bucket per aggregation, so
+ * ingesting is O(1) amortized, and memory per key holds only non-empty buckets inside the horizon.
+ *
+ * Bucket semantics, precisely: bucket id `b = floor(t / B)`. A read at server time `t` covers the
+ * buckets `floor(t / B) − W / B + 1 … floor(t / B)`, the newest being the one containing `t`. So
+ * the window is exact to one bucket: it may include events up to one bucket older than `t − W`,
+ * and events later than `t` inside the current bucket (a producer clock running ahead). An event
+ * in a bucket after the current one counts once its bucket is inside the window.
+ *
+ * Acceptance: the aggregator's clock is the largest `now` it has been given (reads and ingests;
+ * a clock never goes back). An event with `eventTime < clock − allowedLateness` is dropped and
+ * counted as late. An accepted event whose bucket has already left one aggregation's window for
+ * good (the clock only moves forward) is not stored for that aggregation; it could never be read.
+ *
+ * De-duplication: every accepted event id is remembered until `eventTime + allowedLateness`
+ * passes, because after that a redelivery of the same event is dropped as late anyway. The
+ * seen-set is per aggregator (one per stream-sourced view) and bounded by `maxTrackedEventIds`
+ * (default 1,000,000, about 100 MB of 36-character ids): when full, the ids remembered first are
+ * forgotten first and counted in `dedupeEvictions`, since only a redelivery of one of those old
+ * events could then count twice. The seen-set is part of the checkpoint.
+ *
+ * DISTINCT_COUNT is exact: each bucket keeps the set of its distinct values and a read unions the
+ * sets in the window. Memory is bounded by the number of distinct (value, bucket) pairs inside the
+ * window, at most the number of events in it. (The contract allows a HyperLogLog estimate above
+ * 1,000 distinct values per key and window; this module does not switch to one yet.)
+ *
+ * LAST is the value of the event with the latest event time; on a tie, the latest to arrive.
+ *
+ * Reads cost O(buckets in window) per key and aggregation on a cache miss; a per-series cache
+ * keyed by the current bucket makes repeated reads of a key with no new event O(1).
+ */
+
+import { FeatureStatus, type FeatureColumns } from './feature-values';
+
+/** An aggregate function; numbers match `AggregationFunction` in feature_view.proto. */
+export enum AggregationFunction {
+  Unspecified = 0,
+  Count = 1,
+  Sum = 2,
+  Mean = 3,
+  Min = 4,
+  Max = 5,
+  Last = 6,
+  DistinctCount = 7,
+}
+
+/** Which event field keys the aggregate; numbers match `AggregationKey` in feature_view.proto. */
+export enum AggregationKey {
+  Unspecified = 0,
+  UnitId = 1,
+  ItemId = 2,
+}
+
+/** One windowed aggregate, resolved (the bucket is explicit). */
+export interface WindowAggregationSpec {
+  /** The feature the aggregate is served as. */
+  readonly feature: string;
+  /** The aggregate function. */
+  readonly function: AggregationFunction;
+  /** The window length in ms; a whole multiple of `bucketMs`. */
+  readonly windowMs: number;
+  /** The bucket size in ms, the window's time resolution. */
+  readonly bucketMs: number;
+}
+
+/** Options of a {@link WindowAggregator}. */
+export interface WindowAggregatorOptions {
+  /** The aggregates, in feature order. */
+  readonly aggregations: readonly WindowAggregationSpec[];
+  /** How far behind the clock an event's time may be and still be counted, in ms. */
+  readonly allowedLatenessMs: number;
+  /** The view's TTL in ms: a key whose newest event is older reads as EXPIRED. 0 = never. @default 0 */
+  readonly ttlMs?: number;
+  /** The most event ids remembered for de-duplication. @default 1_000_000 */
+  readonly maxTrackedEventIds?: number;
+}
+
+/** A value an aggregate folds or returns. */
+export type AggregatedValue = number | string;
+
+/** One event, reduced to what the aggregates need. */
+export interface AggregationEvent {
+  /** The event's unique id; redeliveries carry the same id. */
+  readonly eventId: string;
+  /** The entity key the event is folded into (its unit id or item id). */
+  readonly key: string;
+  /** When the event happened, in ms since the Unix epoch. */
+  readonly eventTime: number;
+  /**
+   * One entry per aggregation, in order: the value of its value field, or undefined when the
+   * event lacks it. Ignored for COUNT. A value of the wrong type for its function (a string for
+   * SUM, a non-finite number) is skipped and the event is counted as invalid.
+   */
+  readonly values: readonly (AggregatedValue | undefined)[];
+}
+
+/** What happened to one ingested event. */
+export type IngestOutcome = 'accepted' | 'late' | 'duplicate' | 'invalid';
+
+/** Cumulative counters of an aggregator, checkpointed with its state. */
+export interface AggregationCounters {
+  /** Events folded into the state. */
+  eventsProcessed: number;
+  /** Events dropped because their event time was older than the allowed lateness. */
+  eventsDroppedLate: number;
+  /** Events skipped for at least one aggregation because a value was missing or mistyped. */
+  eventsDroppedInvalid: number;
+  /** Redelivered events recognised by id and not counted again. */
+  eventsDuplicate: number;
+  /** Event ids forgotten early because the seen-set was full. */
+  dedupeEvictions: number;
+  /** The newest event time folded in, or null before the first event. */
+  lastEventTime: number | null;
+  /** The clock when the last event was processed, or null before the first event. */
+  lastProcessedTime: number | null;
+}
+
+/** Approximate size of an aggregator's state, for metrics. */
+export interface AggregationMemory {
+  /** Keys held. */
+  readonly keyCount: number;
+  /** Non-empty buckets held, over all keys and aggregations. */
+  readonly bucketCount: number;
+  /** Distinct values held in DISTINCT_COUNT buckets. */
+  readonly distinctValueCount: number;
+  /** Event ids held for de-duplication. */
+  readonly trackedEventIds: number;
+  /** A rough estimate of the heap bytes used. */
+  readonly approximateBytes: number;
+}
+
+/** A bucket as stored in a checkpoint: `[id, count, sum, min, max, lastTime, lastArrival, lastValue, distinct]`. */
+export type CheckpointBucket = [
+  number,
+  number,
+  number,
+  number | null,
+  number | null,
+  number | null,
+  number,
+  AggregatedValue | null,
+  AggregatedValue[] | null,
+];
+
+/** The plain, JSON-serialisable state of an aggregator, from which it can be restored. */
+export interface AggregationCheckpoint {
+  /** The checkpoint format version. */
+  readonly version: 1;
+  /** `function:window:bucket` of each aggregation, to refuse restoring into another definition. */
+  readonly aggregations: readonly string[];
+  /** The aggregator's clock (ms); null before anything was ingested or read. */
+  readonly clock: number | null;
+  /** The arrival sequence number last handed out (orders LAST ties). */
+  readonly arrivals: number;
+  /** The cumulative counters. */
+  readonly counters: AggregationCounters;
+  /** Per key: `[key, newest event time, buckets of each aggregation]`. */
+  readonly keys: readonly (readonly [string, number, readonly (readonly CheckpointBucket[])[]])[];
+  /** The de-duplication seen-set: `[event id, remember until]`, oldest first. */
+  readonly seenEventIds: readonly (readonly [string, number])[];
+}
+
+interface Bucket {
+  readonly id: number;
+  count: number;
+  sum: number;
+  min: number;
+  max: number;
+  lastTime: number;
+  lastArrival: number;
+  lastValue: AggregatedValue | undefined;
+  distinct: Set<AggregatedValue> | undefined;
+}
+
+interface Series {
+  /** Non-empty buckets, ascending by id. */
+  buckets: Bucket[];
+  /** The current bucket id the cached value was computed at, or NaN when stale. */
+  cachedAt: number;
+  cachedValue: AggregatedValue | null;
+}
+
+interface KeyState {
+  eventTime: number;
+  readonly series: Series[];
+}
+
+interface CompiledAggregation {
+  readonly spec: WindowAggregationSpec;
+  readonly bucketCount: number;
+  readonly accepts: (value: AggregatedValue | undefined) => value is AggregatedValue;
+}
+
+const isFiniteNumber = (v: AggregatedValue | undefined): v is number =>
+  typeof v === 'number' && Number.isFinite(v);
+const isNumberOrString = (v: AggregatedValue | undefined): v is AggregatedValue =>
+  typeof v === 'string' || isFiniteNumber(v);
+const acceptsAnything = (_v: AggregatedValue | undefined): _v is AggregatedValue => true;
+
+function compile(spec: WindowAggregationSpec): CompiledAggregation {
+  const { windowMs, bucketMs } = spec;
+  if (!(Number.isInteger(bucketMs) && bucketMs > 0 && Number.isInteger(windowMs))) {
+    throw new RangeError(
+      `aggregation ${spec.feature}: window and bucket must be positive integers`,
+    );
+  }
+  if (windowMs < bucketMs || windowMs % bucketMs !== 0) {
+    throw new RangeError(`aggregation ${spec.feature}: window must be a multiple of the bucket`);
+  }
+  const accepts =
+    spec.function === AggregationFunction.Count
+      ? acceptsAnything
+      : spec.function === AggregationFunction.Last ||
+          spec.function === AggregationFunction.DistinctCount
+        ? isNumberOrString
+        : isFiniteNumber;
+  return { spec, bucketCount: windowMs / bucketMs, accepts };
+}
+
+function newBucket(id: number): Bucket {
+  return {
+    id,
+    count: 0,
+    sum: 0,
+    min: Infinity,
+    max: -Infinity,
+    lastTime: -Infinity,
+    lastArrival: 0,
+    lastValue: undefined,
+    distinct: undefined,
+  };
+}
+
+/** The bucket with id `id` in ascending `buckets`, inserted when missing (in-order events: O(1)). */
+function bucketFor(buckets: Bucket[], id: number): Bucket {
+  let i = buckets.length - 1;
+  while (i >= 0 && (buckets[i] as Bucket).id > id) i--;
+  const found = buckets[i];
+  if (found !== undefined && found.id === id) return found;
+  const bucket = newBucket(id);
+  if (i === buckets.length - 1) buckets.push(bucket);
+  else buckets.splice(i + 1, 0, bucket);
+  return bucket;
+}
+
+/** Drops buckets older than `oldest`, which the monotone clock will never read again. */
+function pruneBefore(series: Series, oldest: number): void {
+  const buckets = series.buckets;
+  let drop = 0;
+  while (drop < buckets.length && (buckets[drop] as Bucket).id < oldest) drop++;
+  if (drop > 0) buckets.splice(0, drop);
+}
+
+/**
+ * The streaming aggregates of one stream-sourced feature view: per entity key, one bucketed
+ * series per aggregation, plus the de-duplication seen-set and the view's counters.
+ */
+export class WindowAggregator {
+  private readonly aggregations: readonly CompiledAggregation[];
+  private readonly features: readonly string[];
+  private readonly lateness: number;
+  private readonly ttl: number;
+  private readonly maxTrackedEventIds: number;
+  private readonly keys = new Map<string, KeyState>();
+  /** Event id → remember until (ms); Map order is insertion order, oldest first. */
+  private readonly seen = new Map<string, number>();
+  private clock = -Infinity;
+  private arrivals = 0;
+  private readonly counters: AggregationCounters = {
+    eventsProcessed: 0,
+    eventsDroppedLate: 0,
+    eventsDroppedInvalid: 0,
+    eventsDuplicate: 0,
+    dedupeEvictions: 0,
+    lastEventTime: null,
+    lastProcessedTime: null,
+  };
+
+  constructor(options: WindowAggregatorOptions) {
+    if (!(options.allowedLatenessMs >= 0)) throw new RangeError('allowedLatenessMs must be ≥ 0');
+    this.aggregations = options.aggregations.map(compile);
+    this.features = options.aggregations.map((a) => a.feature);
+    this.lateness = options.allowedLatenessMs;
+    this.ttl = options.ttlMs ?? 0;
+    this.maxTrackedEventIds = options.maxTrackedEventIds ?? 1_000_000;
+  }
+
+  /** Restores an aggregator from a checkpoint taken with the same aggregation definitions. */
+  static restore(
+    options: WindowAggregatorOptions,
+    checkpoint: AggregationCheckpoint,
+  ): WindowAggregator {
+    const aggregator = new WindowAggregator(options);
+    aggregator.load(checkpoint);
+    return aggregator;
+  }
+
+  /** The features this aggregator serves, in order. */
+  featureNames(): readonly string[] {
+    return this.features;
+  }
+
+  /**
+   * Folds one event into the state at server time `now` (ms). Returns whether it was accepted,
+   * dropped as late, recognised as a redelivery, or dropped as invalid (a non-finite event time).
+   */
+  ingest(event: AggregationEvent, now: number): IngestOutcome {
+    if (now > this.clock) this.clock = now;
+    const clock = this.clock;
+    const eventTime = event.eventTime;
+    if (!Number.isFinite(eventTime)) {
+      this.counters.eventsDroppedInvalid++;
+      return 'invalid';
+    }
+    if (eventTime < clock - this.lateness) {
+      this.counters.eventsDroppedLate++;
+      return 'late';
+    }
+    this.forgetExpiredEventIds(clock);
+    if (this.seen.has(event.eventId)) {
+      this.counters.eventsDuplicate++;
+      return 'duplicate';
+    }
+    this.rememberEventId(event.eventId, eventTime + this.lateness);
+    const arrival = ++this.arrivals;
+
+    let state = this.keys.get(event.key);
+    if (state === undefined) {
+      state = { eventTime, series: this.aggregations.map(newSeries) };
+      this.keys.set(event.key, state);
+    } else if (eventTime > state.eventTime) {
+      state.eventTime = eventTime;
+    }
+
+    let invalid = false;
+    for (let i = 0; i < this.aggregations.length; i++) {
+      const aggregation = this.aggregations[i] as CompiledAggregation;
+      const value = event.values[i];
+      if (!aggregation.accepts(value)) {
+        invalid = true;
+        continue;
+      }
+      const bucketMs = aggregation.spec.bucketMs;
+      const bucketId = Math.floor(eventTime / bucketMs);
+      const oldest = Math.floor(clock / bucketMs) - aggregation.bucketCount + 1;
+      if (bucketId < oldest) continue;
+      const series = state.series[i] as Series;
+      pruneBefore(series, oldest);
+      fold(
+        bucketFor(series.buckets, bucketId),
+        aggregation.spec.function,
+        value,
+        eventTime,
+        arrival,
+      );
+      series.cachedAt = Number.NaN;
+    }
+
+    if (invalid) this.counters.eventsDroppedInvalid++;
+    this.counters.eventsProcessed++;
+    const last = this.counters.lastEventTime;
+    if (last === null || eventTime > last) this.counters.lastEventTime = eventTime;
+    this.counters.lastProcessedTime = clock;
+    return 'accepted';
+  }
+
+  /**
+   * Reads every aggregate for `keys` at server time `now` (ms), column-oriented. A key no event
+   * has been folded into is NOT_FOUND; a key whose newest event is older than the TTL is EXPIRED;
+   * an empty window reads 0 for COUNT, DISTINCT_COUNT and SUM and NULL_VALUE otherwise.
+   */
+  read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue> {
+    if (now > this.clock) this.clock = now;
+    const clock = this.clock;
+    const rowCount = keys.length;
+    const featureCount = this.aggregations.length;
+    const values = new Array<AggregatedValue | null>(rowCount * featureCount).fill(null);
+    const statuses = new Uint8Array(rowCount * featureCount);
+    const eventTimes = new Float64Array(rowCount);
+    for (let row = 0; row < rowCount; row++) {
+      const state = this.keys.get(keys[row] as string);
+      if (state === undefined) {
+        for (let f = 0; f < featureCount; f++)
+          statuses[f * rowCount + row] = FeatureStatus.NotFound;
+        continue;
+      }
+      eventTimes[row] = state.eventTime;
+      if (this.ttl > 0 && state.eventTime + this.ttl < clock) {
+        for (let f = 0; f < featureCount; f++) statuses[f * rowCount + row] = FeatureStatus.Expired;
+        continue;
+      }
+      for (let f = 0; f < featureCount; f++) {
+        const value = this.valueOf(state.series[f] as Series, f, clock);
+        const at = f * rowCount + row;
+        values[at] = value;
+        statuses[at] = value === null ? FeatureStatus.NullValue : FeatureStatus.Present;
+      }
+    }
+    return { rowCount, features: this.features, values, statuses, eventTimes };
+  }
+
+  /** The cumulative counters (a copy). */
+  status(): AggregationCounters {
+    return { ...this.counters };
+  }
+
+  /** Approximate memory held, for metrics. O(keys × aggregations). */
+  memory(): AggregationMemory {
+    let bucketCount = 0;
+    let distinctValueCount = 0;
+    for (const state of this.keys.values()) {
+      for (const series of state.series) {
+        bucketCount += series.buckets.length;
+        for (const bucket of series.buckets) distinctValueCount += bucket.distinct?.size ?? 0;
+      }
+    }
+    const keyCount = this.keys.size;
+    const trackedEventIds = this.seen.size;
+    const approximateBytes =
+      keyCount * (120 + this.aggregations.length * 64) +
+      bucketCount * 120 +
+      distinctValueCount * 48 +
+      trackedEventIds * 100;
+    return { keyCount, bucketCount, distinctValueCount, trackedEventIds, approximateBytes };
+  }
+
+  /**
+   * Forgets keys with no bucket left in any window whose newest event is older than the longest
+   * window, which bounds memory to keys active within the horizon; a forgotten key reads as
+   * NOT_FOUND. Call it periodically (for example once a minute). Returns how many were forgotten.
+   */
+  forgetIdleKeys(now: number): number {
+    if (now > this.clock) this.clock = now;
+    const clock = this.clock;
+    let longest = 0;
+    for (const a of this.aggregations) longest = Math.max(longest, a.spec.windowMs);
+    let forgotten = 0;
+    for (const [key, state] of this.keys) {
+      let empty = true;
+      for (let i = 0; i < this.aggregations.length; i++) {
+        const aggregation = this.aggregations[i] as CompiledAggregation;
+        const series = state.series[i] as Series;
+        pruneBefore(
+          series,
+          Math.floor(clock / aggregation.spec.bucketMs) - aggregation.bucketCount + 1,
+        );
+        if (series.buckets.length > 0) empty = false;
+      }
+      if (empty && state.eventTime < clock - longest) {
+        this.keys.delete(key);
+        forgotten++;
+      }
+    }
+    this.forgetExpiredEventIds(clock);
+    return forgotten;
+  }
+
+  /** The whole state as plain JSON-serialisable data, including the de-duplication seen-set. */
+  checkpoint(): AggregationCheckpoint {
+    const keys: [string, number, CheckpointBucket[][]][] = [];
+    for (const [key, state] of this.keys) {
+      keys.push([key, state.eventTime, state.series.map((s) => s.buckets.map(bucketToCheckpoint))]);
+    }
+    return {
+      version: 1,
+      aggregations: this.aggregations.map(signature),
+      clock: Number.isFinite(this.clock) ? this.clock : null,
+      arrivals: this.arrivals,
+      counters: { ...this.counters },
+      keys,
+      seenEventIds: [...this.seen],
+    };
+  }
+
+  private load(checkpoint: AggregationCheckpoint): void {
+    // Checkpoints come from storage, so the declared type is a hope, not a guarantee.
+    if ((checkpoint.version as number) !== 1) {
+      throw new Error(`unsupported aggregation checkpoint version ${String(checkpoint.version)}`);
+    }
+    const expected = this.aggregations.map(signature);
+    if (
+      checkpoint.aggregations.length !== expected.length ||
+      checkpoint.aggregations.some((s, i) => s !== expected[i])
+    ) {
+      throw new Error('the checkpoint was taken with other aggregation definitions');
+    }
+    this.clock = checkpoint.clock ?? -Infinity;
+    this.arrivals = checkpoint.arrivals;
+    Object.assign(this.counters, checkpoint.counters);
+    for (const [key, eventTime, series] of checkpoint.keys) {
+      this.keys.set(key, {
+        eventTime,
+        series: this.aggregations.map((_, i) => ({
+          buckets: (series[i] ?? []).map(bucketFromCheckpoint),
+          cachedAt: Number.NaN,
+          cachedValue: null,
+        })),
+      });
+    }
+    for (const [id, until] of checkpoint.seenEventIds) this.seen.set(id, until);
+  }
+
+  private valueOf(series: Series, f: number, clock: number): AggregatedValue | null {
+    const aggregation = this.aggregations[f] as CompiledAggregation;
+    const current = Math.floor(clock / aggregation.spec.bucketMs);
+    if (series.cachedAt === current) return series.cachedValue;
+    const oldest = current - aggregation.bucketCount + 1;
+    pruneBefore(series, oldest);
+    const value = combine(series.buckets, current, aggregation.spec.function);
+    series.cachedAt = current;
+    series.cachedValue = value;
+    return value;
+  }
+
+  private rememberEventId(eventId: string, until: number): void {
+    this.seen.set(eventId, until);
+    if (this.seen.size > this.maxTrackedEventIds) {
+      const oldest = this.seen.keys().next();
+      if (oldest.done !== true) {
+        this.seen.delete(oldest.value);
+        this.counters.dedupeEvictions++;
+      }
+    }
+  }
+
+  /**
+   * Drops remembered ids from the front while they are past their horizon. Out-of-order arrival
+   * can leave an expired id behind an unexpired one for a while; that only delays forgetting it.
+   */
+  private forgetExpiredEventIds(clock: number): void {
+    for (const [id, until] of this.seen) {
+      if (until >= clock) break;
+      this.seen.delete(id);
+    }
+  }
+}
+
+function newSeries(): Series {
+  return { buckets: [], cachedAt: Number.NaN, cachedValue: null };
+}
+
+function signature(a: CompiledAggregation): string {
+  return `${a.spec.feature}:${a.spec.function}:${a.spec.windowMs}:${a.spec.bucketMs}`;
+}
+
+function fold(
+  bucket: Bucket,
+  fn: AggregationFunction,
+  value: AggregatedValue,
+  eventTime: number,
+  arrival: number,
+): void {
+  bucket.count++;
+  switch (fn) {
+    case AggregationFunction.Sum:
+    case AggregationFunction.Mean:
+      bucket.sum += value as number;
+      break;
+    case AggregationFunction.Min:
+      if ((value as number) < bucket.min) bucket.min = value as number;
+      break;
+    case AggregationFunction.Max:
+      if ((value as number) > bucket.max) bucket.max = value as number;
+      break;
+    case AggregationFunction.Last:
+      // Arrivals only increase, so an equal event time means this event arrived later: it wins.
+      if (eventTime >= bucket.lastTime) {
+        bucket.lastTime = eventTime;
+        bucket.lastArrival = arrival;
+        bucket.lastValue = value;
+      }
+      break;
+    case AggregationFunction.DistinctCount:
+      (bucket.distinct ??= new Set()).add(value);
+      break;
+    default:
+      break;
+  }
+}
+
+/** Combines the buckets with ids in `current − n + 1 … current` (the caller pruned older ones). */
+function combine(
+  buckets: readonly Bucket[],
+  current: number,
+  fn: AggregationFunction,
+): AggregatedValue | null {
+  let count = 0;
+  let sum = 0;
+  let min = Infinity;
+  let max = -Infinity;
+  let lastTime = -Infinity;
+  let lastArrival = 0;
+  let lastValue: AggregatedValue | undefined;
+  let distinct: Set<AggregatedValue> | undefined;
+  for (const bucket of buckets) {
+    if (bucket.id > current) break;
+    count += bucket.count;
+    switch (fn) {
+      case AggregationFunction.Sum:
+      case AggregationFunction.Mean:
+        sum += bucket.sum;
+        break;
+      case AggregationFunction.Min:
+        if (bucket.min < min) min = bucket.min;
+        break;
+      case AggregationFunction.Max:
+        if (bucket.max > max) max = bucket.max;
+        break;
+      case AggregationFunction.Last:
+        if (
+          bucket.lastTime > lastTime ||
+          (bucket.lastTime === lastTime && bucket.lastArrival > lastArrival)
+        ) {
+          lastTime = bucket.lastTime;
+          lastArrival = bucket.lastArrival;
+          lastValue = bucket.lastValue;
+        }
+        break;
+      case AggregationFunction.DistinctCount:
+        if (bucket.distinct !== undefined) {
+          if (distinct === undefined) distinct = new Set(bucket.distinct);
+          else for (const v of bucket.distinct) distinct.add(v);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  switch (fn) {
+    case AggregationFunction.Count:
+      return count;
+    case AggregationFunction.Sum:
+      return sum;
+    case AggregationFunction.Mean:
+      return count === 0 ? null : sum / count;
+    case AggregationFunction.Min:
+      return count === 0 ? null : min;
+    case AggregationFunction.Max:
+      return count === 0 ? null : max;
+    case AggregationFunction.Last:
+      return lastValue ?? null;
+    case AggregationFunction.DistinctCount:
+      return distinct?.size ?? 0;
+    default:
+      return null;
+  }
+}
+
+function bucketToCheckpoint(b: Bucket): CheckpointBucket {
+  return [
+    b.id,
+    b.count,
+    b.sum,
+    Number.isFinite(b.min) ? b.min : null,
+    Number.isFinite(b.max) ? b.max : null,
+    Number.isFinite(b.lastTime) ? b.lastTime : null,
+    b.lastArrival,
+    b.lastValue ?? null,
+    b.distinct === undefined ? null : [...b.distinct],
+  ];
+}
+
+function bucketFromCheckpoint(c: CheckpointBucket): Bucket {
+  const [id, count, sum, min, max, lastTime, lastArrival, lastValue, distinct] = c;
+  return {
+    id,
+    count,
+    sum,
+    min: min ?? Infinity,
+    max: max ?? -Infinity,
+    lastTime: lastTime ?? -Infinity,
+    lastArrival,
+    lastValue: lastValue ?? undefined,
+    distinct: distinct === null ? undefined : new Set(distinct),
+  };
+}
+
+/**
+ * Reads an aggregation's value field from a decoded OutcomeEvent (plain object, camelCase field
+ * names as ts-proto produces them). The path uses proto field names (`value`, `item_id`) and, past
+ * a `properties` Struct, the struct's keys verbatim (`properties.watch_seconds`). An event without
+ * `value` has the value 1, as OutcomeEvent defines. Anything other than a finite number or a
+ * string reads as undefined (the aggregation skips the event and counts it invalid).
+ */
+export function compileValueField(
+  path: string,
+): (event: Readonly<Record<string, unknown>>) => AggregatedValue | undefined {
+  if (path === '') return () => undefined;
+  const segments = path.split('.');
+  const names = segments.map((segment, i) =>
+    i > 0 && segments[0] === 'properties' ? segment : snakeToCamel(segment),
+  );
+  const defaultsToOne = path === 'value';
+  return (event) => {
+    let current: unknown = event;
+    for (const name of names) {
+      if (current === null || typeof current !== 'object') return undefined;
+      current = (current as Record<string, unknown>)[name];
+    }
+    if (current === undefined && defaultsToOne) return 1;
+    if (typeof current === 'string') return current;
+    if (typeof current === 'number' && Number.isFinite(current)) return current;
+    return undefined;
+  };
+}
+
+function snakeToCamel(name: string): string {
+  return name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}

@@ -1,0 +1,333 @@
+import { ValueType } from '../../src/domain/feature-values';
+import {
+  checkViewEntities,
+  diffEntity,
+  diffFeatureView,
+  validateEntity,
+  validateFeatureView,
+  windowAggregationSpecs,
+  type EntityDefinition,
+  type FeatureViewDefinition,
+  type StreamSource,
+} from '../../src/domain/registry';
+import { AggregationFunction, AggregationKey } from '../../src/domain/window-aggregation';
+
+const hour = 3_600_000;
+
+const user: EntityDefinition = {
+  name: 'user',
+  joinKey: 'user_id',
+  valueType: ValueType.String,
+  description: 'a listener',
+  owner: 'home-team',
+};
+const item: EntityDefinition = { ...user, name: 'item', joinKey: 'item_id' };
+
+const userStats: FeatureViewDefinition = {
+  name: 'user_stats',
+  description: 'per-user engagement',
+  owner: 'home-team',
+  tags: { team: 'home' },
+  entities: ['user'],
+  features: [
+    { name: 'ctr', valueType: ValueType.Double, description: '', vectorLength: 0 },
+    { name: 'embedding', valueType: ValueType.FloatVector, description: '', vectorLength: 64 },
+  ],
+  ttlMs: 24 * hour,
+  source: { kind: 'push' },
+};
+
+const playsSource: StreamSource = {
+  kind: 'stream',
+  subject: 'tandem.events.v1.outcome.play',
+  eventNames: [],
+  key: AggregationKey.ItemId,
+  aggregations: [
+    { feature: 'plays_1h', function: AggregationFunction.Count, valueField: '', windowMs: hour },
+    {
+      feature: 'seconds_1d',
+      function: AggregationFunction.Sum,
+      valueField: 'properties.watch_seconds',
+      windowMs: 24 * hour,
+      bucketMs: hour,
+    },
+  ],
+};
+
+const itemPlays: FeatureViewDefinition = {
+  name: 'item_plays',
+  description: '',
+  owner: '',
+  tags: {},
+  entities: ['item'],
+  features: [
+    { name: 'plays_1h', valueType: ValueType.Int64, description: '', vectorLength: 0 },
+    { name: 'seconds_1d', valueType: ValueType.Double, description: '', vectorLength: 0 },
+  ],
+  ttlMs: 0,
+  source: playsSource,
+};
+
+describe('validateFeatureView', () => {
+  it('accepts well-formed push and stream views', () => {
+    expect(validateFeatureView(userStats)).toEqual([]);
+    expect(validateFeatureView(itemPlays)).toEqual([]);
+  });
+
+  it('reports every problem at once, each with its field path', () => {
+    const broken: FeatureViewDefinition = {
+      ...userStats,
+      name: 'User Stats',
+      entities: [],
+      features: [
+        { name: 'ctr', valueType: ValueType.Double, description: '', vectorLength: 0 },
+        { name: 'ctr', valueType: ValueType.Unspecified, description: '', vectorLength: 3 },
+      ],
+      ttlMs: -1,
+      source: undefined,
+    };
+    expect(validateFeatureView(broken).map((v) => v.field)).toEqual([
+      'name',
+      'entities',
+      'features[1].name',
+      'features[1].value_type',
+      'features[1].vector_length',
+      'ttl',
+      'source',
+    ]);
+  });
+
+  it('checks stream sources: subject, key, aggregation types, windows, buckets, lateness and TTL', () => {
+    const broken: FeatureViewDefinition = {
+      ...itemPlays,
+      entities: ['item', 'user'],
+      ttlMs: hour,
+      features: [
+        ...itemPlays.features,
+        { name: 'orphan', valueType: ValueType.Int64, description: '', vectorLength: 0 },
+      ],
+      source: {
+        ...playsSource,
+        subject: 'tandem.events.v1.exposure',
+        key: AggregationKey.Unspecified,
+        allowedLatenessMs: 48 * hour,
+        aggregations: [
+          {
+            feature: 'plays_1h',
+            function: AggregationFunction.Sum,
+            valueField: 'value',
+            windowMs: hour,
+          },
+          {
+            feature: 'seconds_1d',
+            function: AggregationFunction.Count,
+            valueField: 'value',
+            windowMs: 24 * hour,
+            bucketMs: 7 * 60_000,
+          },
+        ],
+      },
+    };
+    expect(validateFeatureView(broken).map((v) => v.field)).toEqual([
+      'entities',
+      'stream_source.subject',
+      'stream_source.key',
+      'stream_source.aggregations[0].feature',
+      'stream_source.aggregations[1].feature',
+      'stream_source.aggregations[1].value_field',
+      'stream_source.aggregations[1].window',
+      'features[2]',
+      'stream_source.allowed_lateness',
+      'ttl',
+    ]);
+  });
+
+  it('asks for an explicit bucket when window / 60 is under one second', () => {
+    const short: FeatureViewDefinition = {
+      ...itemPlays,
+      features: [itemPlays.features[0]!],
+      source: {
+        ...playsSource,
+        aggregations: [
+          {
+            feature: 'plays_1h',
+            function: AggregationFunction.Count,
+            valueField: '',
+            windowMs: 30_000,
+          },
+        ],
+      },
+    };
+    expect(validateFeatureView(short)).toEqual([
+      {
+        field: 'stream_source.aggregations[0].bucket',
+        description: 'the default (window / 60) is under 1s or not whole ms: set bucket explicitly',
+      },
+    ]);
+  });
+
+  it('resolves aggregation specs in feature order with default buckets', () => {
+    expect(windowAggregationSpecs(itemPlays)).toEqual([
+      {
+        feature: 'plays_1h',
+        function: AggregationFunction.Count,
+        windowMs: hour,
+        bucketMs: 60_000,
+      },
+      {
+        feature: 'seconds_1d',
+        function: AggregationFunction.Sum,
+        windowMs: 24 * hour,
+        bucketMs: hour,
+      },
+    ]);
+  });
+});
+
+describe('checkViewEntities', () => {
+  it('lists missing entities and join-key and type conflicts separately', () => {
+    const entities = new Map([
+      ['user', user],
+      ['listener', { ...user, name: 'listener' }],
+      ['track', { ...item, name: 'track', valueType: ValueType.Int64 }],
+    ]);
+    expect(
+      checkViewEntities({ ...userStats, entities: ['user', 'listener', 'ghost'] }, entities),
+    ).toEqual({
+      missing: ['ghost'],
+      violations: [
+        {
+          field: 'entities[1]',
+          description: 'join key user_id is also the join key of entity user',
+        },
+      ],
+    });
+    expect(
+      checkViewEntities({ ...itemPlays, entities: ['track'] }, entities).violations,
+    ).toHaveLength(1);
+  });
+});
+
+describe('diffFeatureView', () => {
+  it('says an identical definition is unchanged, so apply keeps the etag', () => {
+    expect(diffFeatureView(userStats, { ...userStats, tags: { team: 'home' } })).toEqual({
+      kind: 'unchanged',
+    });
+    expect(diffFeatureView(itemPlays, { ...itemPlays, online: true })).toEqual({
+      kind: 'unchanged',
+    });
+  });
+
+  it('accepts metadata, TTL, online and new features on a push view as compatible', () => {
+    const proposed: FeatureViewDefinition = {
+      ...userStats,
+      description: 'new words',
+      ttlMs: hour,
+      online: false,
+      features: [
+        ...userStats.features,
+        { name: 'skips', valueType: ValueType.Int64, description: '', vectorLength: 0 },
+      ],
+    };
+    expect(diffFeatureView(userStats, proposed)).toEqual({
+      kind: 'compatible',
+      changes: ['features.skips', 'description', 'ttl', 'online'],
+    });
+  });
+
+  it('refuses a type change, a vector length change, a removed feature and new entities, with reasons', () => {
+    const proposed: FeatureViewDefinition = {
+      ...userStats,
+      entities: ['user', 'item'],
+      features: [{ name: 'ctr', valueType: ValueType.Int64, description: '', vectorLength: 0 }],
+    };
+    expect(diffFeatureView(userStats, proposed)).toEqual({
+      kind: 'incompatible',
+      changes: [
+        { subject: 'entities', description: 'the entities cannot change (user → user, item)' },
+        {
+          subject: 'features.ctr.value_type',
+          description: 'the type cannot change (VALUE_TYPE_DOUBLE → VALUE_TYPE_INT64)',
+        },
+        { subject: 'features.embedding', description: 'feature embedding cannot be removed' },
+      ],
+    });
+    const resized: FeatureViewDefinition = {
+      ...userStats,
+      features: [userStats.features[0]!, { ...userStats.features[1]!, vectorLength: 128 }],
+    };
+    const diff = diffFeatureView(userStats, resized);
+    expect(diff.kind === 'incompatible' && diff.changes.map((c) => c.subject)).toEqual([
+      'features.embedding.vector_length',
+    ]);
+  });
+
+  it('refuses switching sources and any change to a stream source', () => {
+    const switched = diffFeatureView(userStats, { ...userStats, source: playsSource });
+    expect(switched.kind === 'incompatible' && switched.changes[0]?.subject).toBe('source');
+
+    const changed: FeatureViewDefinition = {
+      ...itemPlays,
+      source: {
+        ...playsSource,
+        aggregations: [
+          { ...playsSource.aggregations[0]!, windowMs: 2 * hour },
+          { ...playsSource.aggregations[1]!, function: AggregationFunction.Mean },
+        ],
+      },
+    };
+    const diff = diffFeatureView(itemPlays, changed);
+    expect(diff.kind).toBe('incompatible');
+    expect(diff.kind === 'incompatible' && diff.changes.map((c) => c.subject)).toEqual([
+      'stream_source.aggregations.plays_1h.window',
+      'stream_source.aggregations.plays_1h.bucket',
+      'stream_source.aggregations.seconds_1d.function',
+    ]);
+    expect(diff.kind === 'incompatible' && diff.changes[2]?.description).toMatch(
+      /SUM → MEAN.*new view/i,
+    );
+  });
+
+  it('treats a default bucket and the same bucket given explicitly as the same definition', () => {
+    const explicit: FeatureViewDefinition = {
+      ...itemPlays,
+      source: {
+        ...playsSource,
+        aggregations: [
+          { ...playsSource.aggregations[0]!, bucketMs: 60_000 },
+          playsSource.aggregations[1]!,
+        ],
+      },
+    };
+    expect(diffFeatureView(itemPlays, explicit).kind).not.toBe('incompatible');
+  });
+});
+
+describe('entities', () => {
+  it('validates names, join keys and key types', () => {
+    expect(validateEntity(user)).toEqual([]);
+    expect(
+      validateEntity({
+        ...user,
+        name: '9lives',
+        joinKey: 'user-id',
+        valueType: ValueType.Double,
+      }).map((v) => v.field),
+    ).toEqual(['name', 'join_key', 'value_type']);
+  });
+
+  it('refuses changing the join key of a referenced entity and allows it otherwise', () => {
+    const proposed = { ...user, joinKey: 'listener_id' };
+    expect(diffEntity(user, proposed, ['user_stats'])).toEqual({
+      kind: 'incompatible',
+      changes: [
+        {
+          subject: 'join_key',
+          description: 'the entity is referenced by feature views user_stats',
+        },
+      ],
+    });
+    expect(diffEntity(user, proposed, [])).toEqual({ kind: 'compatible', changes: ['join_key'] });
+    expect(diffEntity(user, { ...user }, ['user_stats'])).toEqual({ kind: 'unchanged' });
+  });
+});

@@ -1,0 +1,485 @@
+import fc from 'fast-check';
+
+import { FeatureStatus, type FeatureColumns } from '../../src/domain/feature-values';
+import {
+  AggregationFunction as Fn,
+  compileValueField,
+  WindowAggregator,
+  type AggregatedValue,
+  type AggregationEvent,
+  type WindowAggregationSpec,
+  type WindowAggregatorOptions,
+} from '../../src/domain/window-aggregation';
+
+const second = 1_000;
+
+// ---------------------------------------------------------------------------------------------
+// The brute-force reference: keeps every accepted event and recomputes each aggregate from
+// scratch at read time, with the bucket semantics of feature_view.proto (a read at t covers the
+// buckets floor(t/B) − W/B + 1 … floor(t/B)). It shares no code with the implementation.
+// ---------------------------------------------------------------------------------------------
+
+interface ReferenceEvent extends AggregationEvent {
+  readonly arrival: number;
+}
+
+class ReferenceAggregator {
+  private clock = -Infinity;
+  private arrivals = 0;
+  private readonly accepted: ReferenceEvent[] = [];
+  private readonly seen = new Set<string>();
+  late = 0;
+  duplicate = 0;
+  invalid = 0;
+
+  constructor(private readonly options: WindowAggregatorOptions) {}
+
+  ingest(event: AggregationEvent, now: number): void {
+    this.clock = Math.max(this.clock, now);
+    if (event.eventTime < this.clock - this.options.allowedLatenessMs) {
+      this.late++;
+      return;
+    }
+    if (this.seen.has(event.eventId)) {
+      this.duplicate++;
+      return;
+    }
+    this.seen.add(event.eventId);
+    this.accepted.push({ ...event, arrival: ++this.arrivals });
+    if (this.options.aggregations.some((spec, i) => !validFor(spec.function, event.values[i]))) {
+      this.invalid++;
+    }
+  }
+
+  read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue> {
+    this.clock = Math.max(this.clock, now);
+    const specs = this.options.aggregations;
+    const rowCount = keys.length;
+    const values = new Array<AggregatedValue | null>(rowCount * specs.length).fill(null);
+    const statuses = new Uint8Array(rowCount * specs.length);
+    const eventTimes = new Float64Array(rowCount);
+    keys.forEach((key, row) => {
+      const events = this.accepted.filter((e) => e.key === key);
+      if (events.length === 0) {
+        specs.forEach((_, f) => (statuses[f * rowCount + row] = FeatureStatus.NotFound));
+        return;
+      }
+      const newest = Math.max(...events.map((e) => e.eventTime));
+      eventTimes[row] = newest;
+      const ttl = this.options.ttlMs ?? 0;
+      if (ttl > 0 && newest + ttl < this.clock) {
+        specs.forEach((_, f) => (statuses[f * rowCount + row] = FeatureStatus.Expired));
+        return;
+      }
+      specs.forEach((spec, f) => {
+        const value = referenceValue(spec, f, events, this.clock);
+        values[f * rowCount + row] = value;
+        statuses[f * rowCount + row] =
+          value === null ? FeatureStatus.NullValue : FeatureStatus.Present;
+      });
+    });
+    return { rowCount, features: specs.map((s) => s.feature), values, statuses, eventTimes };
+  }
+}
+
+function validFor(fn: Fn, value: AggregatedValue | undefined): boolean {
+  if (fn === Fn.Count) return true;
+  const finite = typeof value === 'number' && Number.isFinite(value);
+  if (fn === Fn.Last || fn === Fn.DistinctCount) return finite || typeof value === 'string';
+  return finite;
+}
+
+function referenceValue(
+  spec: WindowAggregationSpec,
+  f: number,
+  events: readonly ReferenceEvent[],
+  now: number,
+): AggregatedValue | null {
+  const current = Math.floor(now / spec.bucketMs);
+  const oldest = current - spec.windowMs / spec.bucketMs + 1;
+  const inWindow = events.filter((e) => {
+    const bucket = Math.floor(e.eventTime / spec.bucketMs);
+    return bucket >= oldest && bucket <= current && validFor(spec.function, e.values[f]);
+  });
+  const numbers = inWindow.map((e) => e.values[f] as number);
+  switch (spec.function) {
+    case Fn.Count:
+      return inWindow.length;
+    case Fn.Sum:
+      return numbers.reduce((a, b) => a + b, 0);
+    case Fn.Mean:
+      return numbers.length === 0 ? null : numbers.reduce((a, b) => a + b, 0) / numbers.length;
+    case Fn.Min:
+      return numbers.length === 0 ? null : Math.min(...numbers);
+    case Fn.Max:
+      return numbers.length === 0 ? null : Math.max(...numbers);
+    case Fn.Last: {
+      let best: ReferenceEvent | undefined;
+      for (const e of inWindow) {
+        if (
+          best === undefined ||
+          e.eventTime > best.eventTime ||
+          (e.eventTime === best.eventTime && e.arrival > best.arrival)
+        ) {
+          best = e;
+        }
+      }
+      return best === undefined ? null : (best.values[f] as AggregatedValue);
+    }
+    case Fn.DistinctCount:
+      return new Set(inWindow.map((e) => e.values[f])).size;
+    default:
+      return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random operation streams.
+// ---------------------------------------------------------------------------------------------
+
+const windows = [
+  { windowMs: 10 * second, bucketMs: 1 * second },
+  { windowMs: 60 * second, bucketMs: 5 * second },
+  { windowMs: 30 * second, bucketMs: 30 * second },
+] as const;
+
+/** Each function over `value`, plus LAST and DISTINCT_COUNT over `tag`, for every window. */
+const fields = [
+  [Fn.Count, 'value'],
+  [Fn.Sum, 'value'],
+  [Fn.Mean, 'value'],
+  [Fn.Min, 'value'],
+  [Fn.Max, 'value'],
+  [Fn.Last, 'value'],
+  [Fn.DistinctCount, 'value'],
+  [Fn.Last, 'tag'],
+  [Fn.DistinctCount, 'tag'],
+] as const;
+
+const specs: WindowAggregationSpec[] = windows.flatMap((w, wi) =>
+  fields.map(([fn, field], fi) => ({ feature: `a${wi}_${fi}_${field}`, function: fn, ...w })),
+);
+
+function options(ttlMs: number): WindowAggregatorOptions {
+  return { aggregations: specs, allowedLatenessMs: 40 * second, ttlMs };
+}
+
+const keys = ['k0', 'k1', 'k2', 'k3', 'never-seen'];
+
+type Operation =
+  | {
+      readonly kind: 'event';
+      readonly dt: number;
+      readonly key: number;
+      readonly age: number;
+      readonly value: number | string | undefined;
+      readonly tag: string;
+    }
+  | { readonly kind: 'redeliver'; readonly dt: number; readonly pick: number }
+  | { readonly kind: 'twin'; readonly value: number; readonly tag: string }
+  | { readonly kind: 'read'; readonly dt: number; readonly keys: readonly string[] };
+
+const operation: fc.Arbitrary<Operation> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      kind: fc.constant('event' as const),
+      dt: fc.integer({ min: 0, max: 2_500 }),
+      key: fc.integer({ min: 0, max: 3 }),
+      // Mostly recent, some out of order within the lateness, some too late, some ahead.
+      age: fc.oneof(
+        fc.integer({ min: 0, max: 3_000 }),
+        fc.integer({ min: 0, max: 40_000 }),
+        fc.integer({ min: 40_001, max: 90_000 }),
+        fc.integer({ min: -12_000, max: -1 }),
+      ),
+      value: fc.oneof(
+        { weight: 6, arbitrary: fc.integer({ min: -5, max: 20 }) },
+        { weight: 2, arbitrary: fc.constantFrom('a', 'b', 'c') },
+        { weight: 1, arbitrary: fc.constantFrom(undefined, Number.NaN) },
+      ),
+      tag: fc.constantFrom('x', 'y', 'z', 'w'),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('redeliver' as const),
+      dt: fc.integer({ min: 0, max: 2_500 }),
+      pick: fc.nat(),
+    }),
+  },
+  {
+    // Another event with the same key and event time as the previous one: LAST's tie-break.
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('twin' as const),
+      value: fc.integer({ min: -5, max: 20 }),
+      tag: fc.constantFrom('x', 'y', 'z', 'w'),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('read' as const),
+      dt: fc.integer({ min: 0, max: 20_000 }),
+      keys: fc.subarray(keys, { minLength: 1 }),
+    }),
+  },
+);
+
+interface Runner {
+  ingest(event: AggregationEvent, now: number): unknown;
+  read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue>;
+}
+
+/** Replays operations from `start` against runners in lock-step; returns every read's answers. */
+function replay(
+  operations: readonly Operation[],
+  runners: readonly Runner[],
+  start: { now: number; history: AggregationEvent[] },
+): FeatureColumns<AggregatedValue>[][] {
+  const reads: FeatureColumns<AggregatedValue>[][] = [];
+  for (const op of operations) {
+    start.now += op.kind === 'twin' ? 0 : op.dt;
+    const now = start.now;
+    if (op.kind === 'read') {
+      reads.push(runners.map((r) => r.read(op.keys, now)));
+      continue;
+    }
+    let event: AggregationEvent | undefined;
+    if (op.kind === 'event') {
+      const value = op.value;
+      event = {
+        eventId: `e${start.history.length}`,
+        key: keys[op.key] as string,
+        eventTime: now - op.age,
+        values: specs.map((_, i) => (fields[i % fields.length]?.[1] === 'tag' ? op.tag : value)),
+      };
+      start.history.push(event);
+    } else if (op.kind === 'twin') {
+      const previous = start.history[start.history.length - 1];
+      if (previous !== undefined) {
+        event = {
+          ...previous,
+          eventId: `e${start.history.length}`,
+          values: specs.map((_, i) =>
+            fields[i % fields.length]?.[1] === 'tag' ? op.tag : op.value,
+          ),
+        };
+        start.history.push(event);
+      }
+    } else if (start.history.length > 0) {
+      event = start.history[op.pick % start.history.length];
+    }
+    if (event !== undefined) for (const r of runners) r.ingest(event, now);
+  }
+  return reads;
+}
+
+function plain(columns: FeatureColumns<AggregatedValue>): unknown {
+  return {
+    values: columns.values,
+    statuses: Array.from(columns.statuses),
+    eventTimes: Array.from(columns.eventTimes),
+  };
+}
+
+const startTime = fc.integer({ min: 1_700_000_000_000, max: 1_700_000_120_000 });
+
+describe('WindowAggregator against a brute-force recomputation', () => {
+  it('answers every read exactly like recomputing over the de-duplicated, non-dropped events', () => {
+    fc.assert(
+      fc.property(
+        startTime,
+        fc.constantFrom(0, 70 * second),
+        fc.array(operation, { maxLength: 250 }),
+        (t0, ttlMs, operations) => {
+          const aggregator = new WindowAggregator(options(ttlMs));
+          const reference = new ReferenceAggregator(options(ttlMs));
+          const reads = replay(operations, [aggregator, reference], { now: t0, history: [] });
+          for (const [actual, expected] of reads) {
+            expect(plain(actual!)).toEqual(plain(expected!));
+          }
+          const status = aggregator.status();
+          expect(status.eventsDroppedLate).toBe(reference.late);
+          expect(status.eventsDuplicate).toBe(reference.duplicate);
+          expect(status.eventsDroppedInvalid).toBe(reference.invalid);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('gives the same answers after checkpoint → JSON → restore as without a restart', () => {
+    fc.assert(
+      fc.property(
+        startTime,
+        fc.array(operation, { maxLength: 150 }),
+        fc.array(operation, { maxLength: 150 }),
+        (t0, before, after) => {
+          const clock = { now: t0, history: [] as AggregationEvent[] };
+          const uninterrupted = new WindowAggregator(options(0));
+          const reference = new ReferenceAggregator(options(0));
+          replay(before, [uninterrupted, reference], clock);
+          const checkpoint: unknown = JSON.parse(JSON.stringify(uninterrupted.checkpoint()));
+          const restored = WindowAggregator.restore(
+            options(0),
+            checkpoint as ReturnType<WindowAggregator['checkpoint']>,
+          );
+          const reads = replay(after, [uninterrupted, restored, reference], clock);
+          for (const [a, b, expected] of reads) {
+            expect(plain(b!)).toEqual(plain(a!));
+            expect(plain(b!)).toEqual(plain(expected!));
+          }
+          expect(restored.status()).toEqual(uninterrupted.status());
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+});
+
+describe('WindowAggregator', () => {
+  const t0 = 1_700_000_000_000;
+  const plays = (): WindowAggregator =>
+    new WindowAggregator({
+      aggregations: [
+        { feature: 'plays_1h', function: Fn.Count, windowMs: 3_600_000, bucketMs: 60_000 },
+        { feature: 'seconds_1h', function: Fn.Sum, windowMs: 3_600_000, bucketMs: 60_000 },
+        { feature: 'last_5m', function: Fn.Last, windowMs: 300_000, bucketMs: 5_000 },
+      ],
+      allowedLatenessMs: 3_600_000,
+    });
+  const play = (id: string, eventTime: number, seconds: number): AggregationEvent => ({
+    eventId: id,
+    key: 'item-1',
+    eventTime,
+    values: [undefined, seconds, seconds],
+  });
+  const valuesOf = (a: WindowAggregator, now: number): unknown[] => a.read(['item-1'], now).values;
+
+  it('makes an event readable immediately after it is ingested', () => {
+    const aggregator = plays();
+    expect(aggregator.ingest(play('p1', t0, 30), t0)).toBe('accepted');
+    expect(valuesOf(aggregator, t0)).toEqual([1, 30, 30]);
+    aggregator.ingest(play('p2', t0 + 1, 12), t0 + 1);
+    expect(valuesOf(aggregator, t0 + 1)).toEqual([2, 42, 12]);
+  });
+
+  it('never counts a redelivered event twice, and counts it as a duplicate', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('p1', t0, 30), t0);
+    expect(aggregator.ingest(play('p1', t0, 30), t0 + 10_000)).toBe('duplicate');
+    expect(valuesOf(aggregator, t0 + 10_000)).toEqual([1, 30, 30]);
+    expect(aggregator.status().eventsDuplicate).toBe(1);
+  });
+
+  it('drops and counts events older than the allowed lateness', () => {
+    const aggregator = plays();
+    expect(aggregator.ingest(play('old', t0 - 3_600_001, 5), t0)).toBe('late');
+    expect(aggregator.read(['item-1'], t0).statuses[0]).toBe(FeatureStatus.NotFound);
+    expect(aggregator.status().eventsDroppedLate).toBe(1);
+  });
+
+  it('reads 0 for COUNT and SUM and NULL_VALUE for LAST when a known key has an empty window', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('p1', t0, 30), t0);
+    const later = aggregator.read(['item-1'], t0 + 2 * 3_600_000);
+    expect(later.values).toEqual([0, 0, null]);
+    expect(Array.from(later.statuses)).toEqual([
+      FeatureStatus.Present,
+      FeatureStatus.Present,
+      FeatureStatus.NullValue,
+    ]);
+    expect(later.eventTimes[0]).toBe(t0);
+  });
+
+  it('counts an event from a clock running ahead once its bucket is inside the window', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('ahead', t0 + 120_000, 7), t0);
+    expect(valuesOf(aggregator, t0)).toEqual([0, 0, null]);
+    expect(valuesOf(aggregator, t0 + 120_000)).toEqual([1, 7, 7]);
+  });
+
+  it('keeps LAST by event time, not by arrival, and breaks ties by arrival', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('new', t0, 1), t0);
+    aggregator.ingest(play('older', t0 - 1_000, 2), t0);
+    expect(valuesOf(aggregator, t0)[2]).toBe(1);
+    aggregator.ingest(play('tie', t0, 3), t0);
+    expect(valuesOf(aggregator, t0)[2]).toBe(3);
+  });
+
+  it('reads EXPIRED when the newest event is older than the TTL', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 60_000, bucketMs: 1_000 }],
+      allowedLatenessMs: 60_000,
+      ttlMs: 120_000,
+    });
+    aggregator.ingest({ eventId: 'a', key: 'u', eventTime: t0, values: [] }, t0);
+    expect(aggregator.read(['u'], t0 + 120_000).statuses[0]).toBe(FeatureStatus.Present);
+    expect(aggregator.read(['u'], t0 + 120_001).statuses[0]).toBe(FeatureStatus.Expired);
+  });
+
+  it('forgets idle keys, which then read as NOT_FOUND', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('p1', t0, 30), t0);
+    expect(aggregator.forgetIdleKeys(t0 + 1_000)).toBe(0);
+    expect(aggregator.forgetIdleKeys(t0 + 3 * 3_600_000)).toBe(1);
+    expect(aggregator.read(['item-1'], t0 + 3 * 3_600_000).statuses[0]).toBe(
+      FeatureStatus.NotFound,
+    );
+    expect(aggregator.memory().keyCount).toBe(0);
+  });
+
+  it('bounds the seen-set and counts the ids it had to forget early', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 60_000, bucketMs: 1_000 }],
+      allowedLatenessMs: 60_000,
+      maxTrackedEventIds: 3,
+    });
+    for (let i = 0; i < 5; i++) {
+      aggregator.ingest({ eventId: `e${i}`, key: 'u', eventTime: t0, values: [] }, t0);
+    }
+    expect(aggregator.memory().trackedEventIds).toBe(3);
+    expect(aggregator.status().dedupeEvictions).toBe(2);
+  });
+
+  it('forgets event ids once a redelivery would be dropped as late anyway', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('p1', t0, 30), t0);
+    aggregator.ingest(play('p2', t0 + 3_600_001, 30), t0 + 3_600_001);
+    expect(aggregator.memory().trackedEventIds).toBe(1);
+    expect(aggregator.ingest(play('p1', t0, 30), t0 + 3_600_001)).toBe('late');
+  });
+
+  it('refuses to restore a checkpoint taken with other aggregations', () => {
+    const checkpoint = plays().checkpoint();
+    expect(() =>
+      WindowAggregator.restore(
+        {
+          aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 60_000, bucketMs: 1_000 }],
+          allowedLatenessMs: 0,
+        },
+        checkpoint,
+      ),
+    ).toThrow(/other aggregation definitions/);
+  });
+});
+
+describe('compileValueField', () => {
+  it('reads proto fields by their proto names and struct keys verbatim', () => {
+    const event = { itemId: 'i1', value: 3.5, properties: { watch_seconds: 42, genre: 'jazz' } };
+    expect(compileValueField('item_id')(event)).toBe('i1');
+    expect(compileValueField('value')(event)).toBe(3.5);
+    expect(compileValueField('properties.watch_seconds')(event)).toBe(42);
+    expect(compileValueField('properties.genre')(event)).toBe('jazz');
+  });
+
+  it('gives an event without value the value 1 and anything else missing undefined', () => {
+    expect(compileValueField('value')({})).toBe(1);
+    expect(compileValueField('properties.watch_seconds')({ properties: {} })).toBeUndefined();
+    expect(compileValueField('properties.flag')({ properties: { flag: true } })).toBeUndefined();
+  });
+});
