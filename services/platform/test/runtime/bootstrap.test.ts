@@ -1,0 +1,46 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { credentials } from '@grpc/grpc-js';
+import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { bootstrap } from '../../src/bootstrap';
+import { EnvReader, readPlatformConfig } from '../../src/config';
+import { createClient } from '../../src/grpc/client';
+import { implement } from '../../src/grpc/handlers';
+import { echoHandlers } from '../support/echo';
+
+describe('bootstrap', () => {
+  it('starts a service on embedded storage and the in-process bus, serves, and shuts down in reverse', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'tandem-bootstrap-'));
+    const env = new EnvReader({
+      TANDEM_ECHO_PORT: '0',
+      TANDEM_GRPC_HOST: '127.0.0.1',
+      TANDEM_DATA_DIR: dataDir,
+      LOG_LEVEL: 'silent',
+    });
+    const config = readPlatformConfig(env, 'echo', 0);
+    env.finish();
+
+    const runtime = await bootstrap(config);
+    expect(runtime.store.kind).toBe('embedded');
+    expect(runtime.bus.kind).toBe('in-process');
+    runtime.server.add(
+      EchoServiceService,
+      implement(EchoServiceService, echoHandlers(), { logger: runtime.logger }),
+    );
+    const port = await runtime.serve();
+
+    const client = createClient(EchoServiceService, {
+      address: `127.0.0.1:${port}`,
+      credentials: credentials.createInsecure(),
+    });
+    await expect(
+      client.echo({ message: 'up', failWithCode: 0, requireMessage: false }),
+    ).resolves.toMatchObject({ message: 'up' });
+    client.close();
+
+    await runtime.shutdown.run(2000);
+    await expect(runtime.store.ping()).rejects.toThrow();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+});
