@@ -10,8 +10,10 @@ import { Struct } from "../../../google/protobuf/struct";
 
 /**
  * Why a unit got the variant it got for one experiment. Resolve evaluates an experiment in this
- * order and stops at the first reason that applies: NOT_RUNNING, UNIT_TYPE_MISMATCH, TARGETED_OUT,
- * HOLDOUT, STICKY, NOT_IN_LAYER_RANGE, NOT_IN_COVERAGE, ASSIGNED. A CONCLUDED experiment with a
+ * order and stops at the first reason that applies: NOT_RUNNING, UNIT_TYPE_MISMATCH,
+ * NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY, NOT_IN_COVERAGE, ASSIGNED. Layer membership
+ * comes before targeting (as in the GrowthBook SDK) because it is a hash while a condition may be
+ * costly; a unit with a stored sticky variant skips the layer check. A CONCLUDED experiment with a
  * shipped variant skips the layer, coverage and sticky checks.
  */
 export enum AssignmentReason {

@@ -1,0 +1,350 @@
+/**
+ * Targeting conditions in MongoDB query syntax over a Resolve request's attributes, evaluated by
+ * `sift` (a maintained MongoDB-query engine) and compiled once per configuration version, never per
+ * request.
+ *
+ * Only the operators the contract lists are enabled (`$where`, `$mod`, `$type`, … are not: `$where`
+ * would run arbitrary code), and {@link validateCondition} rejects anything sift would choke on or
+ * silently misread, so create/update can refuse a bad condition with field paths instead of the
+ * evaluator failing at resolve time.
+ *
+ * Semantics are MongoDB's (sift's), which differ from GrowthBook's `evalCondition` in ways a user
+ * porting conditions should know:
+ * - Comparisons are type-strict: `{n: {$gt: 5}}` does not match `n: "8"` and `{n: "1"}` does not
+ *   match `n: 1`; GrowthBook coerces with JavaScript's `<` and `value + ""`.
+ * - A missing attribute fails `$gt/$gte/$lt/$lte` (GrowthBook reads it as null, and `null < 10`).
+ * - `$exists: true` matches an attribute that is present with value null (GrowthBook: null is absent).
+ * - Dotted paths reach into arrays of objects (`a.b` matches `{a: [{b: 1}]}`); GrowthBook does not.
+ * - A literal matches an array attribute that contains it (`{tags: "a"}` matches `tags: ["a", "b"]`);
+ *   GrowthBook compares arrays by JSON equality.
+ * - `$regex` on a non-string fails (GrowthBook tests `String(value)`).
+ * - Empty `$and/$or/$nor` arrays are invalid here (GrowthBook passes an empty `$or`), as in MongoDB.
+ * - A top-level `$not: {query}` is accepted (sift and GrowthBook both support it; MongoDB does not).
+ * For the common shapes (`$in`/`$eq` on strings, numeric comparisons on numbers, `$exists` on absent
+ * attributes, `$elemMatch`, `$size`, `$all`, boolean logic) both agree.
+ */
+import {
+  $all,
+  $and,
+  $elemMatch,
+  $eq,
+  $exists,
+  $gt,
+  $gte,
+  $in,
+  $lt,
+  $lte,
+  $ne,
+  $nin,
+  $nor,
+  $not,
+  $options,
+  $or,
+  $regex,
+  $size,
+  createQueryTester,
+} from 'sift';
+import type { FieldViolation } from './field-violation';
+
+/** The request attributes a condition is evaluated against (JSON-like values). */
+export type Attributes = Readonly<Record<string, unknown>>;
+
+/** A targeting condition: a MongoDB query as a plain JSON object. Empty matches every unit. */
+export type Condition = Readonly<Record<string, unknown>>;
+
+/** A compiled condition. */
+export type AttributePredicate = (attributes: Attributes) => boolean;
+
+/** The operators a condition may use (besides `$options`, the flags of a `$regex`). */
+export const SUPPORTED_OPERATORS = [
+  '$eq',
+  '$ne',
+  '$in',
+  '$nin',
+  '$gt',
+  '$gte',
+  '$lt',
+  '$lte',
+  '$exists',
+  '$regex',
+  '$elemMatch',
+  '$size',
+  '$all',
+  '$and',
+  '$or',
+  '$nor',
+  '$not',
+] as const;
+
+/** How deeply a condition may nest; deeper ones are rejected rather than risking the stack. */
+export const MAX_CONDITION_DEPTH = 32;
+
+// Only these operations are given to sift, so an operator slipping past validation still throws.
+const operations = {
+  $eq,
+  $ne,
+  $in,
+  $nin,
+  $gt,
+  $gte,
+  $lt,
+  $lte,
+  $exists,
+  $regex,
+  $options,
+  $elemMatch,
+  $size,
+  $all,
+  $and,
+  $or,
+  $nor,
+  $not,
+};
+
+const LOGICAL = new Set(['$and', '$or', '$nor']);
+// Flags that keep RegExp#test stateless ('g' and 'y' make it remember lastIndex).
+const REGEX_FLAGS = /^[imsu]*$/;
+
+/** Thrown when compiling a condition that {@link validateCondition} rejects. */
+export class InvalidConditionError extends Error {
+  constructor(readonly violations: readonly FieldViolation[]) {
+    super(`invalid condition: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`);
+    this.name = 'InvalidConditionError';
+  }
+}
+
+const matchAll: AttributePredicate = () => true;
+
+/** Whether a condition is absent or `{}`, which matches every unit. */
+export function isEmptyCondition(condition: Condition | null | undefined): boolean {
+  return condition === undefined || condition === null || Object.keys(condition).length === 0;
+}
+
+/**
+ * Every problem with a condition, with field paths under `path` (for example
+ * `condition.country.$in`): not an object, an unknown or misplaced operator, an operand of the
+ * wrong type, a regex that does not compile, an empty `$and/$or/$nor`, too deep a nesting.
+ */
+export function validateCondition(condition: unknown, path = 'condition'): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  if (condition === undefined || condition === null) return out;
+  validateQuery(condition, path, 0, out);
+  if (out.length === 0) {
+    // Defence in depth: anything sift still refuses is reported, not thrown at resolve time.
+    try {
+      createQueryTester(structuredClone(condition), { operations });
+    } catch (error) {
+      out.push(
+        violation(path, `not a valid query: ${(error as Error).message}`, 'INVALID_CONDITION'),
+      );
+    }
+  }
+  return out;
+}
+
+/**
+ * Compiles a condition into a predicate over attributes. An empty condition compiles to a
+ * predicate that matches every unit without calling sift. The condition is copied, so later
+ * changes to the caller's object do not change the predicate.
+ * @throws InvalidConditionError when {@link validateCondition} reports a problem.
+ */
+export function compileCondition(condition: Condition | null | undefined): AttributePredicate {
+  if (condition === undefined || condition === null || isEmptyCondition(condition)) {
+    return matchAll;
+  }
+  const violations = validateCondition(condition);
+  if (violations.length > 0) throw new InvalidConditionError(violations);
+  const tester = createQueryTester<unknown, unknown>(structuredClone(condition), { operations });
+  return (attributes) => tester(attributes);
+}
+
+function violation(field: string, description: string, reason: string): FieldViolation {
+  return { field, description, reason };
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+function isJsonValue(value: unknown, depth: number): boolean {
+  if (depth > MAX_CONDITION_DEPTH) return false;
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return true;
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (Array.isArray(value)) return value.every((v) => isJsonValue(v, depth + 1));
+  if (isPlainObject(value)) return Object.values(value).every((v) => isJsonValue(v, depth + 1));
+  return false;
+}
+
+function isOperatorObject(value: unknown): value is Record<string, unknown> {
+  if (!isPlainObject(value)) return false;
+  const keys = Object.keys(value);
+  return keys.length > 0 && keys.every((k) => k.startsWith('$'));
+}
+
+function tooDeep(path: string, depth: number, out: FieldViolation[]): boolean {
+  if (depth <= MAX_CONDITION_DEPTH) return false;
+  out.push(
+    violation(path, `nested deeper than ${MAX_CONDITION_DEPTH} levels`, 'CONDITION_TOO_DEEP'),
+  );
+  return true;
+}
+
+// A query: field paths mapped to values or operator objects, plus top-level $and/$or/$nor/$not.
+function validateQuery(query: unknown, path: string, depth: number, out: FieldViolation[]): void {
+  if (tooDeep(path, depth, out)) return;
+  if (!isPlainObject(query)) {
+    out.push(violation(path, 'must be an object (a MongoDB query)', 'INVALID_CONDITION'));
+    return;
+  }
+  for (const [key, value] of Object.entries(query)) {
+    const at = `${path}.${key}`;
+    if (LOGICAL.has(key)) {
+      if (!Array.isArray(value) || value.length === 0) {
+        out.push(violation(at, `${key} takes a non-empty array of conditions`, 'INVALID_OPERAND'));
+        continue;
+      }
+      value.forEach((item, i) => {
+        validateQuery(item, `${at}[${i}]`, depth + 1, out);
+      });
+    } else if (key === '$not') {
+      validateQuery(value, at, depth + 1, out);
+    } else if (key.startsWith('$')) {
+      out.push(
+        SUPPORTED_OPERATORS.includes(key as (typeof SUPPORTED_OPERATORS)[number])
+          ? violation(at, `${key} must be applied to an attribute`, 'MISPLACED_OPERATOR')
+          : violation(at, `unknown operator ${key}`, 'UNKNOWN_OPERATOR'),
+      );
+    } else if (key === '' || key.split('.').some((segment) => segment === '')) {
+      out.push(
+        violation(at, 'attribute paths must be non-empty dot-separated names', 'INVALID_PATH'),
+      );
+    } else {
+      validateFieldValue(value, at, depth + 1, out);
+    }
+  }
+}
+
+// The value of an attribute path: a literal to compare with, or an object of operators.
+function validateFieldValue(
+  value: unknown,
+  path: string,
+  depth: number,
+  out: FieldViolation[],
+): void {
+  if (tooDeep(path, depth, out)) return;
+  if (isPlainObject(value) && Object.keys(value).some((k) => k.startsWith('$'))) {
+    if (!isOperatorObject(value)) {
+      out.push(
+        violation(
+          path,
+          'mixes operators and plain keys; use one or the other',
+          'INVALID_CONDITION',
+        ),
+      );
+      return;
+    }
+    validateOperators(value, path, depth, out);
+    return;
+  }
+  if (!isJsonValue(value, depth)) {
+    out.push(violation(path, 'must be a JSON value or an object of operators', 'INVALID_OPERAND'));
+  }
+}
+
+function validateOperators(
+  operators: Record<string, unknown>,
+  path: string,
+  depth: number,
+  out: FieldViolation[],
+): void {
+  for (const [op, operand] of Object.entries(operators)) {
+    const at = `${path}.${op}`;
+    switch (op) {
+      case '$eq':
+      case '$ne':
+        if (!isJsonValue(operand, depth))
+          out.push(violation(at, `${op} takes a JSON value`, 'INVALID_OPERAND'));
+        break;
+      case '$gt':
+      case '$gte':
+      case '$lt':
+      case '$lte':
+        if (!(
+          typeof operand === 'string' ||
+          (typeof operand === 'number' && Number.isFinite(operand))
+        )) {
+          out.push(violation(at, `${op} takes a number or a string`, 'INVALID_OPERAND'));
+        }
+        break;
+      case '$in':
+      case '$nin':
+      case '$all':
+        if (!Array.isArray(operand) || !isJsonValue(operand, depth)) {
+          out.push(violation(at, `${op} takes an array of values`, 'INVALID_OPERAND'));
+        }
+        break;
+      case '$exists':
+        if (typeof operand !== 'boolean')
+          out.push(violation(at, '$exists takes true or false', 'INVALID_OPERAND'));
+        break;
+      case '$size':
+        if (!(typeof operand === 'number' && Number.isInteger(operand) && operand >= 0)) {
+          out.push(violation(at, '$size takes a non-negative integer', 'INVALID_OPERAND'));
+        }
+        break;
+      case '$regex':
+        validateRegex(operand, operators.$options, at, out);
+        break;
+      case '$options':
+        if (!('$regex' in operators)) {
+          out.push(violation(at, '$options is only allowed beside $regex', 'MISPLACED_OPERATOR'));
+        } else if (typeof operand !== 'string' || !REGEX_FLAGS.test(operand)) {
+          out.push(violation(at, '$options takes regex flags among "imsu"', 'INVALID_OPERAND'));
+        }
+        break;
+      case '$elemMatch':
+        if (isOperatorObject(operand)) validateOperators(operand, at, depth + 1, out);
+        else if (isPlainObject(operand) && Object.keys(operand).length > 0)
+          validateQuery(operand, at, depth + 1, out);
+        else out.push(violation(at, '$elemMatch takes a non-empty object', 'INVALID_OPERAND'));
+        break;
+      case '$not':
+        validateFieldValue(operand, at, depth + 1, out);
+        break;
+      case '$and':
+      case '$or':
+      case '$nor':
+        out.push(
+          violation(
+            at,
+            `${op} is only allowed at the top level of a condition`,
+            'MISPLACED_OPERATOR',
+          ),
+        );
+        break;
+      default:
+        out.push(violation(at, `unknown operator ${op}`, 'UNKNOWN_OPERATOR'));
+    }
+  }
+}
+
+function validateRegex(
+  pattern: unknown,
+  flags: unknown,
+  path: string,
+  out: FieldViolation[],
+): void {
+  if (typeof pattern !== 'string') {
+    out.push(violation(path, '$regex takes a string', 'INVALID_OPERAND'));
+    return;
+  }
+  try {
+    new RegExp(pattern, typeof flags === 'string' && REGEX_FLAGS.test(flags) ? flags : undefined);
+  } catch (error) {
+    out.push(
+      violation(path, `invalid regular expression: ${(error as Error).message}`, 'INVALID_REGEX'),
+    );
+  }
+}

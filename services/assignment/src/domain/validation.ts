@@ -1,0 +1,391 @@
+/**
+ * Validation of layer, experiment, holdout and allocation definitions. Each function returns every
+ * problem at once (never stopping at the first), as field violations in the contract's field names,
+ * so a create or update is rejected with INVALID_ARGUMENT and a complete `BadRequest`.
+ *
+ * {@link checkRunningChange} guards what may change once an experiment has started: anything that
+ * decides which variant a unit hashes into (seed, hash version, unit type, layer, allocation mode,
+ * variant keys and order, and weights unless the experiment is sticky) is frozen, so a unit never
+ * silently moves between variants mid-experiment. Coverage and layer range may change because
+ * ranges only grow or shrink at their ends.
+ */
+import { weightsSumToOne } from './bucketing';
+import {
+  AllocationMode,
+  ExperimentStatus,
+  HoldoutStatus,
+  effectiveHashVersion,
+  effectiveSeed,
+  type ExperimentDefinition,
+  type HoldoutDefinition,
+  type LayerDefinition,
+  type VariantWeight,
+} from './configuration';
+import type { FieldViolation } from './field-violation';
+import { isHashVersion } from './hashing';
+import { validateCondition } from './targeting';
+
+/** Layer, experiment and holdout ids. */
+export const ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
+/** Surface names. */
+export const SURFACE_PATTERN = /^[a-z][a-z0-9_.-]{0,62}$/;
+/** Variant keys. */
+export const VARIANT_KEY_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** What validating an experiment needs to know about the rest of the configuration. */
+export interface ExperimentValidationContext {
+  /** Ids of the layers that exist. */
+  readonly layerIds: ReadonlySet<string>;
+  /**
+   * The other experiments (the one validated, matched by id, is ignored); those in the same layer
+   * and not CONCLUDED must not overlap its range.
+   */
+  readonly otherExperiments: readonly ExperimentDefinition[];
+}
+
+/** What validating a holdout needs to know about the rest of the configuration. */
+export interface HoldoutValidationContext {
+  /** Ids of the layers that exist. */
+  readonly layerIds: ReadonlySet<string>;
+}
+
+class Violations {
+  readonly list: FieldViolation[] = [];
+  add(field: string, description: string, reason: string): void {
+    this.list.push({ field, description, reason });
+  }
+}
+
+function checkId(out: Violations, id: string, what: string): void {
+  if (!ID_PATTERN.test(id)) {
+    out.add(
+      'id',
+      `${what} id must match ${ID_PATTERN.source}`,
+      id === '' ? 'REQUIRED' : 'INVALID_ID',
+    );
+  }
+}
+
+function checkSurfaces(out: Violations, surfaces: readonly string[], required: boolean): void {
+  if (required && surfaces.length === 0)
+    out.add('surfaces', 'at least one surface is required', 'REQUIRED');
+  surfaces.forEach((surface, i) => {
+    if (!SURFACE_PATTERN.test(surface)) {
+      out.add(`surfaces[${i}]`, `surface must match ${SURFACE_PATTERN.source}`, 'INVALID_SURFACE');
+    }
+  });
+  const seen = new Set<string>();
+  surfaces.forEach((surface, i) => {
+    if (seen.has(surface))
+      out.add(`surfaces[${i}]`, `surface "${surface}" is listed twice`, 'DUPLICATE_SURFACE');
+    seen.add(surface);
+  });
+}
+
+function checkHashVersion(out: Violations, version: number | undefined): void {
+  if (!isHashVersion(effectiveHashVersion(version))) {
+    out.add('hash_version', 'hash version must be 1 or 2', 'UNKNOWN_HASH_VERSION');
+  }
+}
+
+function isFiniteIn(value: number, low: number, high: number): boolean {
+  return Number.isFinite(value) && value >= low && value <= high;
+}
+
+/** Every problem with a layer definition. */
+export function validateLayer(layer: LayerDefinition): FieldViolation[] {
+  const out = new Violations();
+  checkId(out, layer.id, 'layer');
+  return out.list;
+}
+
+/** Every problem with an experiment definition, given the rest of the configuration. */
+export function validateExperiment(
+  experiment: ExperimentDefinition,
+  context: ExperimentValidationContext,
+): FieldViolation[] {
+  const out = new Violations();
+  checkId(out, experiment.id, 'experiment');
+  if (experiment.unitType === '') out.add('unit_type', 'the unit type is required', 'REQUIRED');
+  checkSurfaces(out, experiment.surfaces, true);
+  checkVariants(out, experiment);
+  if (experiment.coverage !== undefined && !isFiniteIn(experiment.coverage, 0, 1)) {
+    out.add('coverage', 'coverage must be in [0, 1]', 'OUT_OF_RANGE');
+  }
+  for (const v of validateCondition(experiment.condition)) out.list.push(v);
+  checkLayer(out, experiment, context);
+  checkHashVersion(out, experiment.hashVersion);
+  checkSchedule(out, experiment);
+  checkAllocationMode(out, experiment);
+  if (
+    experiment.shippedVariantKey !== undefined &&
+    experiment.shippedVariantKey !== '' &&
+    !experiment.variants.some((v) => v.key === experiment.shippedVariantKey)
+  ) {
+    out.add(
+      'conclusion.shipped_variant_key',
+      'the shipped variant is not a variant of the experiment',
+      'UNKNOWN_VARIANT',
+    );
+  }
+  return out.list;
+}
+
+function checkVariants(out: Violations, experiment: ExperimentDefinition): void {
+  const { variants } = experiment;
+  if (variants.length < 2) {
+    out.add(
+      'variants',
+      `at least two variants are required, got ${variants.length}`,
+      'TOO_FEW_VARIANTS',
+    );
+  }
+  const seen = new Set<string>();
+  variants.forEach((variant, i) => {
+    if (!VARIANT_KEY_PATTERN.test(variant.key)) {
+      out.add(
+        `variants[${i}].key`,
+        `variant key must match ${VARIANT_KEY_PATTERN.source}`,
+        'INVALID_VARIANT_KEY',
+      );
+    } else if (seen.has(variant.key)) {
+      out.add(
+        `variants[${i}].key`,
+        `variant key "${variant.key}" is used twice`,
+        'DUPLICATE_VARIANT_KEY',
+      );
+    }
+    seen.add(variant.key);
+    if (!isFiniteIn(variant.weight, 0, 1)) {
+      out.add(`variants[${i}].weight`, 'weight must be in [0, 1]', 'OUT_OF_RANGE');
+    }
+  });
+  const weights = variants.map((v) => v.weight);
+  if (variants.length > 0 && !weights.every((w) => w === 0) && !weightsSumToOne(weights)) {
+    const sum = weights.reduce((a, b) => a + b, 0);
+    out.add(
+      'variants',
+      `weights must all be 0 (equal split) or sum to 1 ± 0.01, got ${sum}`,
+      'WEIGHTS_DO_NOT_SUM_TO_ONE',
+    );
+  }
+}
+
+function checkLayer(
+  out: Violations,
+  experiment: ExperimentDefinition,
+  context: ExperimentValidationContext,
+): void {
+  const layerId = experiment.layerId ?? '';
+  const range = experiment.layerRange;
+  if (layerId === '') {
+    if (range !== undefined)
+      out.add('layer_range', 'a layer range needs a layer_id', 'MUST_BE_UNSET');
+    return;
+  }
+  if (!context.layerIds.has(layerId))
+    out.add('layer_id', `layer "${layerId}" does not exist`, 'UNKNOWN_LAYER');
+  if (range === undefined) {
+    out.add('layer_range', 'an experiment in a layer needs a layer range', 'REQUIRED');
+    return;
+  }
+  let valid = true;
+  if (!(Number.isFinite(range.start) && range.start >= 0 && range.start < 1)) {
+    out.add('layer_range.start', 'start must be in [0, 1)', 'OUT_OF_RANGE');
+    valid = false;
+  }
+  if (!(Number.isFinite(range.end) && range.end <= 1 && range.end > range.start)) {
+    out.add('layer_range.end', 'end must be in (start, 1]', 'OUT_OF_RANGE');
+    valid = false;
+  }
+  if (!valid) return;
+  for (const other of context.otherExperiments) {
+    const otherRange = other.layerRange;
+    if (
+      other.id === experiment.id ||
+      other.layerId !== layerId ||
+      other.status === ExperimentStatus.CONCLUDED ||
+      otherRange === undefined
+    ) {
+      continue;
+    }
+    if (range.start < otherRange.end && otherRange.start < range.end) {
+      out.add(
+        'layer_range',
+        `[${range.start}, ${range.end}) overlaps [${otherRange.start}, ${otherRange.end}) owned by experiment "${other.id}" in layer "${layerId}"`,
+        'OVERLAPPING_LAYER_RANGE',
+      );
+    }
+  }
+}
+
+function checkSchedule(out: Violations, experiment: ExperimentDefinition): void {
+  const { scheduledStartTime: start, scheduledEndTime: end } = experiment;
+  if (start !== undefined && end !== undefined && end <= start) {
+    out.add('scheduled_end_time', 'the end must be after the start', 'END_BEFORE_START');
+  }
+}
+
+function checkAllocationMode(out: Violations, experiment: ExperimentDefinition): void {
+  // A plain number: definitions may come from storage or the wire with values outside the enum.
+  const mode: number = experiment.allocationMode ?? AllocationMode.FIXED;
+  if (mode !== AllocationMode.FIXED && mode !== AllocationMode.BANDIT) {
+    out.add(
+      'allocation_mode',
+      'allocation mode must be FIXED or BANDIT',
+      'UNKNOWN_ALLOCATION_MODE',
+    );
+    return;
+  }
+  if (mode === AllocationMode.FIXED) {
+    if (experiment.bandit !== undefined)
+      out.add('bandit', 'bandit settings are only for BANDIT experiments', 'MUST_BE_UNSET');
+    return;
+  }
+  if (experiment.sticky !== true)
+    out.add('sticky', 'a BANDIT experiment must be sticky', 'BANDIT_REQUIRES_STICKY');
+  if (experiment.bandit === undefined) {
+    out.add('bandit', 'a BANDIT experiment needs bandit settings', 'REQUIRED');
+    return;
+  }
+  const k = Math.max(experiment.variants.length, 1);
+  if (!isFiniteIn(experiment.bandit.minArmShare, 0, 1 / k)) {
+    out.add('bandit.min_arm_share', `min_arm_share must be in [0, 1/${k}]`, 'OUT_OF_RANGE');
+  }
+}
+
+/** Every problem with a holdout definition. */
+export function validateHoldout(
+  holdout: HoldoutDefinition,
+  context: HoldoutValidationContext,
+): FieldViolation[] {
+  const out = new Violations();
+  checkId(out, holdout.id, 'holdout');
+  if (holdout.unitType === '') out.add('unit_type', 'the unit type is required', 'REQUIRED');
+  if (!(Number.isFinite(holdout.fraction) && holdout.fraction > 0 && holdout.fraction < 1)) {
+    out.add('fraction', 'fraction must be in (0, 1)', 'OUT_OF_RANGE');
+  }
+  checkHashVersion(out, holdout.hashVersion);
+  if (holdout.surfaces.length === 0 && holdout.layerIds.length === 0) {
+    out.add('surfaces', 'at least one surface or layer is required', 'REQUIRED');
+  }
+  checkSurfaces(out, holdout.surfaces, false);
+  holdout.layerIds.forEach((layerId, i) => {
+    if (!context.layerIds.has(layerId))
+      out.add(`layer_ids[${i}]`, `layer "${layerId}" does not exist`, 'UNKNOWN_LAYER');
+  });
+  const statuses: number[] = Object.values(HoldoutStatus);
+  if (!statuses.includes(holdout.status))
+    out.add('status', 'unknown holdout status', 'UNKNOWN_STATUS');
+  return out.list;
+}
+
+/**
+ * Every problem with a bandit allocation for `experiment`: weights must name every variant exactly
+ * once, each in [0, 1], summing to 1 ± 0.01. Paths are under `path` (`allocation.weights`).
+ */
+export function validateAllocation(
+  experiment: ExperimentDefinition,
+  weights: readonly VariantWeight[],
+  path = 'allocation.weights',
+): FieldViolation[] {
+  const out = new Violations();
+  const keys = new Set(experiment.variants.map((v) => v.key));
+  const seen = new Set<string>();
+  weights.forEach((w, i) => {
+    if (!keys.has(w.variantKey)) {
+      out.add(
+        `${path}[${i}].variant_key`,
+        `"${w.variantKey}" is not a variant of the experiment`,
+        'UNKNOWN_VARIANT',
+      );
+    } else if (seen.has(w.variantKey)) {
+      out.add(
+        `${path}[${i}].variant_key`,
+        `"${w.variantKey}" is named twice`,
+        'DUPLICATE_VARIANT_KEY',
+      );
+    }
+    seen.add(w.variantKey);
+    if (!isFiniteIn(w.weight, 0, 1))
+      out.add(`${path}[${i}].weight`, 'weight must be in [0, 1]', 'OUT_OF_RANGE');
+  });
+  for (const key of keys) {
+    if (!seen.has(key)) out.add(path, `variant "${key}" has no weight`, 'MISSING_VARIANT');
+  }
+  if (!weightsSumToOne(weights.map((w) => w.weight))) {
+    out.add(path, 'weights must sum to 1 ± 0.01', 'WEIGHTS_DO_NOT_SUM_TO_ONE');
+  }
+  return out.list;
+}
+
+/**
+ * The changes from `before` to `after` that the experiment's status forbids (for FAILED_PRECONDITION):
+ * nothing for a DRAFT; for a started one (SCHEDULED, RUNNING, STOPPED) the bucketing-relevant
+ * fields; for a CONCLUDED one everything but description, owner and tags.
+ */
+export function checkRunningChange(
+  before: ExperimentDefinition,
+  after: ExperimentDefinition,
+): FieldViolation[] {
+  const out = new Violations();
+  if (before.status === ExperimentStatus.DRAFT) return out.list;
+  if (before.status === ExperimentStatus.CONCLUDED) {
+    const mutable = new Set(['description', 'owner', 'tags', 'etag', 'status']);
+    const fields = new Set([...Object.keys(before), ...Object.keys(after)]);
+    for (const field of fields) {
+      if (mutable.has(field)) continue;
+      const a = (before as unknown as Record<string, unknown>)[field];
+      const b = (after as unknown as Record<string, unknown>)[field];
+      if (JSON.stringify(a) !== JSON.stringify(b)) {
+        out.add(
+          snakeCase(field),
+          'a concluded experiment only takes description, owner and tags',
+          'IMMUTABLE_WHEN_CONCLUDED',
+        );
+      }
+    }
+    return out.list;
+  }
+  const frozen = (field: string, what: string): void => {
+    out.add(
+      field,
+      `${what} cannot change once the experiment has started: units would move between variants`,
+      'IMMUTABLE_ONCE_STARTED',
+    );
+  };
+  if (before.unitType !== after.unitType) frozen('unit_type', 'the unit type');
+  if (effectiveSeed(before) !== effectiveSeed(after)) frozen('seed', 'the seed');
+  if (effectiveHashVersion(before.hashVersion) !== effectiveHashVersion(after.hashVersion)) {
+    frozen('hash_version', 'the hash version');
+  }
+  if ((before.layerId ?? '') !== (after.layerId ?? '')) frozen('layer_id', 'the layer');
+  const modeBefore = before.allocationMode ?? AllocationMode.FIXED;
+  if (modeBefore !== (after.allocationMode ?? AllocationMode.FIXED))
+    frozen('allocation_mode', 'the allocation mode');
+  const keysBefore = before.variants.map((v) => v.key);
+  const keysAfter = after.variants.map((v) => v.key);
+  if (keysBefore.length !== keysAfter.length || keysBefore.some((k, i) => k !== keysAfter[i])) {
+    frozen('variants', 'the variant keys and their order');
+  } else {
+    const weightsChanged = before.variants.some((v, i) => v.weight !== after.variants[i]?.weight);
+    if (weightsChanged && modeBefore === AllocationMode.BANDIT) {
+      out.add(
+        'variants',
+        "a BANDIT experiment's weights change through UpdateAllocation",
+        'WEIGHTS_IMMUTABLE',
+      );
+    } else if (weightsChanged && before.sticky !== true) {
+      out.add(
+        'variants',
+        "a started experiment's weights may change only when it is sticky",
+        'WEIGHTS_IMMUTABLE',
+      );
+    }
+  }
+  return out.list;
+}
+
+function snakeCase(field: string): string {
+  return field.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase());
+}

@@ -1,0 +1,574 @@
+import { layerHash } from '../../src/domain/bucketing';
+import { AllocationMode, ExperimentStatus, HoldoutStatus } from '../../src/domain/configuration';
+import {
+  AssignmentReason,
+  buildSnapshot,
+  type ResolvedAssignment,
+  type StickyAssignment,
+  type UnitContext,
+} from '../../src/domain/evaluator';
+import { hash } from '../../src/domain/hashing';
+import { configuration, experiment, holdout } from './fixtures';
+
+const NOW = Date.UTC(2025, 0, 15);
+
+function unit(id: string, overrides: Partial<UnitContext> = {}): UnitContext {
+  return { id, type: 'user', attributes: {}, surfaces: ['home'], now: NOW, ...overrides };
+}
+
+/** The first `user-N` id satisfying `predicate`. */
+function findUnit(predicate: (id: string) => boolean): string {
+  for (let i = 0; i < 1_000_000; i++) {
+    const id = `user-${i}`;
+    if (predicate(id)) return id;
+  }
+  throw new Error('no unit found');
+}
+
+function only(assignments: readonly ResolvedAssignment[]): ResolvedAssignment {
+  expect(assignments).toHaveLength(1);
+  return assignments[0]!;
+}
+
+describe('resolve reasons, in the contract order', () => {
+  it.each([
+    ['a draft', { status: ExperimentStatus.DRAFT }],
+    ['a stopped experiment', { status: ExperimentStatus.STOPPED }],
+    ['a concluded experiment without a shipped variant', { status: ExperimentStatus.CONCLUDED }],
+    [
+      'a scheduled experiment before its start',
+      { status: ExperimentStatus.SCHEDULED, scheduledStartTime: NOW + 1 },
+    ],
+    [
+      'a running experiment at its end time',
+      { status: ExperimentStatus.RUNNING, scheduledEndTime: NOW },
+    ],
+  ])('gives the control with NOT_RUNNING for %s', (_name, overrides) => {
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [experiment({ id: 'exp', ...overrides })] }),
+    );
+    const a = only(snapshot.resolve(unit('user-1')).assignments);
+    expect(a).toMatchObject({ reason: AssignmentReason.NOT_RUNNING, inExperiment: false });
+    expect(a.variant.key).toBe('control');
+  });
+
+  it('serves a scheduled experiment from its start time until its end time', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({
+            id: 'exp',
+            status: ExperimentStatus.SCHEDULED,
+            scheduledStartTime: NOW,
+            scheduledEndTime: NOW + 10,
+          }),
+        ],
+      }),
+    );
+    expect(only(snapshot.resolve(unit('user-1')).assignments).reason).toBe(
+      AssignmentReason.ASSIGNED,
+    );
+    expect(only(snapshot.resolve(unit('user-1', { now: NOW + 10 })).assignments).reason).toBe(
+      AssignmentReason.NOT_RUNNING,
+    );
+  });
+
+  it('reports UNIT_TYPE_MISMATCH before targeting', () => {
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [experiment({ id: 'exp', condition: { country: 'SE' } })] }),
+    );
+    const a = only(
+      snapshot.resolve(unit('d-1', { type: 'device', attributes: { country: 'NO' } })).assignments,
+    );
+    expect(a.reason).toBe(AssignmentReason.UNIT_TYPE_MISMATCH);
+  });
+
+  it('reports NOT_IN_LAYER_RANGE before evaluating the condition', () => {
+    const outside = findUnit((id) => layerHash(id, 'l') >= 0.001);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [
+          experiment({
+            id: 'exp',
+            condition: { country: 'SE' },
+            layerId: 'l',
+            layerRange: { start: 0, end: 0.001 },
+          }),
+        ],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(outside, { attributes: { country: 'NO' } })).assignments);
+    expect(a.reason).toBe(AssignmentReason.NOT_IN_LAYER_RANGE);
+    expect(a.variant.key).toBe('control');
+  });
+
+  it('reports TARGETED_OUT when the condition does not match, before holdouts', () => {
+    const heldOut = findUnit((id) => (hash('h', id, 2) ?? 1) < 0.5);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [
+          experiment({
+            id: 'exp',
+            condition: { country: 'SE' },
+            layerId: 'l',
+            layerRange: { start: 0, end: 1 },
+          }),
+        ],
+        holdouts: [holdout({ id: 'h', fraction: 0.5 })],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(heldOut, { attributes: { country: 'NO' } })).assignments);
+    expect(a.reason).toBe(AssignmentReason.TARGETED_OUT);
+    expect(a.variant.key).toBe('control');
+  });
+
+  it('reports NOT_IN_LAYER_RANGE when the unit hashes outside the experiment range of its layer', () => {
+    const id = findUnit((u) => layerHash(u, 'l') >= 0.5);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [experiment({ id: 'exp', layerId: 'l', layerRange: { start: 0, end: 0.5 } })],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(id)).assignments);
+    expect(a).toMatchObject({
+      reason: AssignmentReason.NOT_IN_LAYER_RANGE,
+      inExperiment: false,
+      holdoutId: '',
+    });
+    expect(a.experiment.layerId).toBe('l');
+  });
+
+  it('reports NOT_IN_COVERAGE for a unit outside every variant range', () => {
+    const id = findUnit((u) => {
+      const n = hash('exp', u, 2) ?? 0;
+      return (n >= 0.1 && n < 0.5) || n >= 0.6;
+    });
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [experiment({ id: 'exp', coverage: 0.2 })] }),
+    );
+    expect(only(snapshot.resolve(unit(id)).assignments).reason).toBe(
+      AssignmentReason.NOT_IN_COVERAGE,
+    );
+  });
+
+  it('assigns by the v2 hash of the seed and unit id, with the variant payload and etag', () => {
+    const id = findUnit((u) => (hash('my-seed', u, 2) ?? 0) >= 0.5);
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({
+            id: 'exp',
+            seed: 'my-seed',
+            etag: 'v7',
+            variants: [
+              { key: 'control', weight: 0.5 },
+              { key: 'bandit-policy', weight: 0.5, payload: { policy: 'home-bandit-v3' } },
+            ],
+          }),
+        ],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(id)).assignments);
+    expect(a).toMatchObject({
+      reason: AssignmentReason.ASSIGNED,
+      inExperiment: true,
+      surfaces: ['home'],
+    });
+    expect(a.variant).toEqual({
+      key: 'bandit-policy',
+      index: 1,
+      payload: { policy: 'home-bandit-v3' },
+    });
+    expect(a.experiment.etag).toBe('v7');
+  });
+
+  it('uses hash v1 when asked', () => {
+    const id = findUnit((u) => (hash('exp', u, 1) ?? 0) < 0.5 && (hash('exp', u, 2) ?? 0) >= 0.5);
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [experiment({ id: 'exp', hashVersion: 1 })] }),
+    );
+    expect(only(snapshot.resolve(unit(id)).assignments).variant.key).toBe('control');
+  });
+
+  it('buckets nobody under an unknown hash version', () => {
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [experiment({ id: 'exp', hashVersion: 9 })] }),
+    );
+    expect(only(snapshot.resolve(unit('user-1')).assignments).reason).toBe(
+      AssignmentReason.NOT_IN_COVERAGE,
+    );
+  });
+});
+
+describe('concluded experiments', () => {
+  const shipped = experiment({
+    id: 'exp',
+    status: ExperimentStatus.CONCLUDED,
+    shippedVariantKey: 'treatment',
+    condition: { country: 'SE' },
+    layerId: 'l',
+    layerRange: { start: 0, end: 0.01 },
+    coverage: 0,
+    sticky: true,
+  });
+
+  it('gives every targeted unit the shipped variant, skipping layer, coverage and sticky', () => {
+    const snapshot = buildSnapshot(
+      configuration({ layers: [{ id: 'l' }], experiments: [shipped] }),
+    );
+    const sticky = new Map<string, StickyAssignment>([
+      ['exp', { variantKey: 'control', allocationSequence: 0 }],
+    ]);
+    const a = only(
+      snapshot.resolve(unit('user-1', { attributes: { country: 'SE' }, sticky })).assignments,
+    );
+    expect(a).toMatchObject({ reason: AssignmentReason.CONCLUDED, inExperiment: false });
+    expect(a.variant.key).toBe('treatment');
+  });
+
+  it('still targets', () => {
+    const snapshot = buildSnapshot(
+      configuration({ layers: [{ id: 'l' }], experiments: [shipped] }),
+    );
+    const a = only(snapshot.resolve(unit('user-1', { attributes: { country: 'NO' } })).assignments);
+    expect(a.reason).toBe(AssignmentReason.TARGETED_OUT);
+  });
+
+  it('keeps held-out units on the control', () => {
+    const id = findUnit((u) => (hash('h', u, 2) ?? 1) < 0.5);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [shipped],
+        holdouts: [holdout({ id: 'h', fraction: 0.5 })],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(id, { attributes: { country: 'SE' } })).assignments);
+    expect(a).toMatchObject({ reason: AssignmentReason.HOLDOUT, holdoutId: 'h' });
+    expect(a.variant.key).toBe('control');
+  });
+});
+
+describe('holdouts', () => {
+  const heldByA = findUnit(
+    (u) => (hash('seed-a', u, 2) ?? 1) < 0.3 && (hash('b', u, 2) ?? 1) < 0.3,
+  );
+  const heldByNone = findUnit(
+    (u) => (hash('seed-a', u, 2) ?? 0) >= 0.3 && (hash('b', u, 2) ?? 0) >= 0.3,
+  );
+  const config = configuration({
+    layers: [{ id: 'ranking' }],
+    experiments: [
+      experiment({ id: 'on-home' }),
+      experiment({
+        id: 'in-layer',
+        surfaces: ['search'],
+        layerId: 'ranking',
+        layerRange: { start: 0, end: 1 },
+      }),
+      experiment({ id: 'devices', unitType: 'device' }),
+      experiment({ id: 'elsewhere', surfaces: ['checkout'] }),
+    ],
+    holdouts: [
+      holdout({ id: 'b', fraction: 0.3, surfaces: ['home'] }),
+      holdout({ id: 'a', seed: 'seed-a', fraction: 0.3, surfaces: [], layerIds: ['ranking'] }),
+      holdout({ id: 'draft', fraction: 0.99, status: HoldoutStatus.DRAFT }),
+    ],
+  });
+  const snapshot = buildSnapshot(config);
+
+  it('gives a held-out unit the control of every covered experiment, naming the first holdout by id', () => {
+    const { assignments } = snapshot.resolve(
+      unit(heldByA, { surfaces: ['home', 'search', 'checkout'] }),
+    );
+    const byId = new Map(assignments.map((a) => [a.experiment.id, a]));
+    expect(byId.get('on-home')).toMatchObject({
+      reason: AssignmentReason.HOLDOUT,
+      holdoutId: 'b',
+      inExperiment: false,
+    });
+    expect(byId.get('in-layer')).toMatchObject({
+      reason: AssignmentReason.HOLDOUT,
+      holdoutId: 'a',
+    });
+    expect(byId.get('on-home')!.variant.key).toBe('control');
+    // Not covered: another surface, and another unit type.
+    expect(byId.get('elsewhere')!.reason).toBe(AssignmentReason.ASSIGNED);
+    expect(byId.get('devices')!.reason).toBe(AssignmentReason.UNIT_TYPE_MISMATCH);
+  });
+
+  it('lists the running holdouts covering the requested surfaces, held out or not', () => {
+    const held = snapshot.resolve(unit(heldByA, { surfaces: ['home', 'search'] })).holdouts;
+    expect(held.map((m) => [m.holdout.id, m.heldOut, m.surfaces])).toEqual([
+      ['a', true, ['search']],
+      ['b', true, ['home']],
+    ]);
+    const general = snapshot.resolve(unit(heldByNone, { surfaces: ['home'] }));
+    expect(general.holdouts.map((m) => [m.holdout.id, m.heldOut])).toEqual([['b', false]]);
+    expect(only(general.assignments.filter((a) => a.experiment.id === 'on-home')).reason).toBe(
+      AssignmentReason.ASSIGNED,
+    );
+  });
+
+  it('lists no holdout of another unit type', () => {
+    expect(snapshot.resolve(unit('d-1', { type: 'device' })).holdouts).toEqual([]);
+  });
+});
+
+describe('sticky assignments', () => {
+  const sticky = (variantKey: string, allocationSequence = 0): Map<string, StickyAssignment> =>
+    new Map([['exp', { variantKey, allocationSequence }]]);
+
+  it('keep the stored variant whatever the coverage or layer range now', () => {
+    const id = findUnit((u) => layerHash(u, 'l') >= 0.5);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [
+          experiment({
+            id: 'exp',
+            sticky: true,
+            coverage: 0,
+            layerId: 'l',
+            layerRange: { start: 0, end: 0.5 },
+          }),
+        ],
+      }),
+    );
+    const a = only(snapshot.resolve(unit(id, { sticky: sticky('treatment', 42) })).assignments);
+    expect(a).toMatchObject({
+      reason: AssignmentReason.STICKY,
+      inExperiment: true,
+      allocationSequence: 42,
+    });
+    expect(a.variant.key).toBe('treatment');
+  });
+
+  it('are ignored for experiments that are not sticky, and for unknown variant keys', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'exp', coverage: 0 }),
+          experiment({ id: 'other', sticky: true, coverage: 0 }),
+        ],
+      }),
+    );
+    const stored = new Map([
+      ['exp', { variantKey: 'treatment', allocationSequence: 0 }],
+      ['other', { variantKey: 'gone', allocationSequence: 0 }],
+    ]);
+    const reasons = snapshot
+      .resolve(unit('user-1', { sticky: stored }))
+      .assignments.map((a) => a.reason);
+    expect(reasons).toEqual([AssignmentReason.NOT_IN_COVERAGE, AssignmentReason.NOT_IN_COVERAGE]);
+  });
+
+  it('are listed per surface so the caller can fetch them before resolving', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'exp', sticky: true }),
+          experiment({ id: 'plain' }),
+          experiment({ id: 's2', sticky: true, surfaces: ['search'] }),
+        ],
+      }),
+    );
+    expect(snapshot.stickyExperimentIds(['home'])).toEqual(['exp']);
+    expect(snapshot.stickyExperimentIds(['home', 'search']).sort()).toEqual(['exp', 's2']);
+  });
+});
+
+describe('bandit experiments', () => {
+  const bandit = experiment({
+    id: 'exp',
+    allocationMode: AllocationMode.BANDIT,
+    sticky: true,
+    bandit: { minArmShare: 0.1 },
+    variants: [
+      { key: 'a', weight: 0.5 },
+      { key: 'b', weight: 0.5 },
+    ],
+  });
+
+  it('follow the latest allocation with the minimum arm share enforced', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [bandit],
+        allocations: [
+          {
+            experimentId: 'exp',
+            sequence: 1700000000000,
+            weights: [
+              { variantKey: 'a', weight: 0.98 },
+              { variantKey: 'b', weight: 0.02 },
+            ],
+          },
+        ],
+      }),
+    );
+    const compiled = snapshot.experiment('exp')!;
+    // m + (1 − k·m)·w = 0.1 + 0.8·0.98 = 0.884
+    expect(compiled.ranges[0]![1]).toBeCloseTo(0.884, 12);
+    expect(compiled.allocationSequence).toBe(1700000000000);
+    let b = 0;
+    const sequences = new Set<number>();
+    const n = 40_000;
+    for (let i = 0; i < n; i++) {
+      const a = snapshot.resolve(unit(`user-${i}`)).assignments[0]!;
+      sequences.add(a.allocationSequence);
+      if (a.variant.key === 'b') b++;
+    }
+    expect([...sequences]).toEqual([1700000000000]);
+    // Expected share 0.116; binomial sd ≈ 0.0016, so ±0.008 is 5 sd.
+    expect(Math.abs(b / n - 0.116)).toBeLessThan(0.008);
+  });
+
+  it('start from the variant weights before any allocation (sequence 0)', () => {
+    const snapshot = buildSnapshot(configuration({ experiments: [bandit] }));
+    expect(snapshot.experiment('exp')!.ranges).toEqual([
+      [0, 0.5],
+      [0.5, 1],
+    ]);
+    expect(snapshot.experiment('exp')!.allocationSequence).toBe(0);
+  });
+
+  it('keep sticky units on their variant when the weights move; new units follow the new weights', () => {
+    const before = buildSnapshot(configuration({ experiments: [bandit] }));
+    const after = buildSnapshot(
+      configuration({
+        experiments: [bandit],
+        allocations: [
+          {
+            experimentId: 'exp',
+            sequence: 2,
+            weights: [
+              { variantKey: 'a', weight: 0 },
+              { variantKey: 'b', weight: 1 },
+            ],
+          },
+        ],
+      }),
+    );
+    const id = findUnit(
+      (u) =>
+        only(before.resolve(unit(u)).assignments).variant.key === 'b' &&
+        (hash('exp', u, 2) ?? 0) > 0.5,
+    );
+    const first = only(before.resolve(unit(id)).assignments);
+    const stored = new Map([
+      ['exp', { variantKey: first.variant.key, allocationSequence: first.allocationSequence }],
+    ]);
+    const moved = findUnit((u) => (hash('exp', u, 2) ?? 1) < 0.1);
+    expect(only(after.resolve(unit(moved)).assignments).variant.key).toBe('a'); // the floor keeps arm a at 10%
+    const storedA = new Map([['exp', { variantKey: 'a', allocationSequence: 0 }]]);
+    expect(only(after.resolve(unit(id, { sticky: stored })).assignments).variant.key).toBe('b');
+    expect(only(after.resolve(unit(moved, { sticky: storedA })).assignments)).toMatchObject({
+      reason: AssignmentReason.STICKY,
+      allocationSequence: 0,
+    });
+  });
+});
+
+describe('layers and surfaces', () => {
+  it('puts a unit in at most one experiment of a layer', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'l' }],
+        experiments: [
+          experiment({ id: 'a', layerId: 'l', layerRange: { start: 0, end: 0.4 } }),
+          experiment({ id: 'b', layerId: 'l', layerRange: { start: 0.4, end: 0.7 } }),
+          experiment({ id: 'c', layerId: 'l', layerRange: { start: 0.7, end: 1 } }),
+        ],
+      }),
+    );
+    const counts = new Set<number>();
+    for (let i = 0; i < 5_000; i++) {
+      counts.add(
+        snapshot.resolve(unit(`user-${i}`)).assignments.filter((a) => a.inExperiment).length,
+      );
+    }
+    expect([...counts]).toEqual([1]);
+  });
+
+  it('resolves only the experiments of the requested surfaces, each once, ordered by surface then id', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'z-both', surfaces: ['home', 'search'] }),
+          experiment({ id: 'a-home' }),
+          experiment({ id: 'search-only', surfaces: ['search'] }),
+          experiment({ id: 'checkout', surfaces: ['checkout'] }),
+        ],
+      }),
+    );
+    const { assignments } = snapshot.resolve(
+      unit('user-1', { surfaces: ['home', 'search', 'nowhere'] }),
+    );
+    expect(assignments.map((a) => [a.experiment.id, a.surfaces])).toEqual([
+      ['a-home', ['home']],
+      ['z-both', ['home', 'search']],
+      ['search-only', ['search']],
+    ]);
+    expect(snapshot.hasSurface('nowhere')).toBe(false);
+    expect(snapshot.resolve(unit('user-1', { surfaces: ['nowhere'] })).assignments).toEqual([]);
+  });
+
+  it('evaluates a shared condition once per resolve and keeps the answer per unit', () => {
+    const condition = { country: { $in: ['SE', 'NO'] } };
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'a', condition }),
+          experiment({ id: 'b', condition: { ...condition } }),
+        ],
+      }),
+    );
+    const se = snapshot.resolve(unit('user-1', { attributes: { country: 'SE' } })).assignments;
+    const us = snapshot.resolve(unit('user-1', { attributes: { country: 'US' } })).assignments;
+    expect(se.map((a) => a.reason)).not.toContain(AssignmentReason.TARGETED_OUT);
+    expect(us.map((a) => a.reason)).toEqual([
+      AssignmentReason.TARGETED_OUT,
+      AssignmentReason.TARGETED_OUT,
+    ]);
+  });
+});
+
+describe('coverage changes', () => {
+  it('never move a unit between variants: any unit in a variant at coverage c is in the same variant at c′ > c', () => {
+    const shape = (coverage: number) =>
+      buildSnapshot(
+        configuration({
+          experiments: [
+            experiment({
+              id: 'exp',
+              coverage,
+              variants: [
+                { key: 'a', weight: 0.2 },
+                { key: 'b', weight: 0.3 },
+                { key: 'c', weight: 0.5 },
+              ],
+            }),
+          ],
+        }),
+      );
+    const coverages = [0.05, 0.3, 0.55, 0.8, 1];
+    const snapshots = coverages.map(shape);
+    let checked = 0;
+    const moved: string[] = [];
+    for (let i = 0; i < 20_000; i++) {
+      const results = snapshots.map((s) => s.resolve(unit(`user-${i}`)).assignments[0]!);
+      results.forEach((low, j) => {
+        if (!low.inExperiment) return;
+        for (const high of results.slice(j + 1)) {
+          checked++;
+          if (!high.inExperiment || high.variant.key !== low.variant.key) moved.push(`user-${i}`);
+        }
+      });
+    }
+    expect(checked).toBeGreaterThan(20_000);
+    expect(moved).toEqual([]);
+  });
+});

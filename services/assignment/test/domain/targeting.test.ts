@@ -1,0 +1,174 @@
+import {
+  evalCondition as growthbookEvalCondition,
+  type ConditionInterface,
+} from '@growthbook/growthbook';
+import {
+  InvalidConditionError,
+  compileCondition,
+  validateCondition,
+  type Condition,
+} from '../../src/domain/targeting';
+import { loadGolden, type GrowthBookSpec } from './golden';
+
+const spec = loadGolden<GrowthBookSpec>('growthbook-spec.json');
+
+function evalCondition(
+  attributes: Record<string, unknown>,
+  condition: Record<string, unknown>,
+): boolean {
+  return growthbookEvalCondition(attributes, condition as ConditionInterface);
+}
+
+function matches(condition: Condition, attributes: Record<string, unknown>): boolean {
+  return compileCondition(condition)(attributes);
+}
+
+describe('targeting agrees with the GrowthBook SDK spec where MongoDB semantics do', () => {
+  it.each(spec.evalCondition.agree)('%s', (_name, condition, attributes, expected) => {
+    expect(evalCondition(attributes, condition)).toBe(expected);
+    expect(validateCondition(condition)).toEqual([]);
+    expect(matches(condition, attributes)).toBe(expected);
+  });
+});
+
+describe('targeting follows MongoDB where GrowthBook coerces (documented differences)', () => {
+  it.each(spec.evalCondition.differ)('%s', (_name, condition, attributes, growthbook, tandem) => {
+    expect(evalCondition(attributes, condition)).toBe(growthbook);
+    expect(tandem).not.toBe(growthbook);
+    expect(matches(condition, attributes)).toBe(tandem);
+  });
+});
+
+describe('conditions GrowthBook accepts but Tandem rejects at create/update', () => {
+  it.each(spec.evalCondition.invalidInTandem)('%s', (_name, condition) => {
+    expect(validateCondition(condition).length).toBeGreaterThan(0);
+    expect(() => compileCondition(condition)).toThrow(InvalidConditionError);
+  });
+});
+
+describe('each supported operator', () => {
+  const user = {
+    country: 'SE',
+    age: 34,
+    plan: 'pro',
+    tags: ['beta', 'music'],
+    app: { version: 12, platform: 'ios' },
+    devices: [
+      { kind: 'phone', os: 'ios' },
+      { kind: 'tv', os: 'tizen' },
+    ],
+  };
+  it.each<[string, Condition, boolean]>([
+    ['$eq', { country: { $eq: 'SE' } }, true],
+    ['$eq on a miss', { country: { $eq: 'NO' } }, false],
+    ['$ne', { country: { $ne: 'NO' } }, true],
+    ['$in', { country: { $in: ['SE', 'NO'] } }, true],
+    ['$nin', { country: { $nin: ['SE', 'NO'] } }, false],
+    ['$gt', { age: { $gt: 33 } }, true],
+    ['$gte', { age: { $gte: 34 } }, true],
+    ['$lt', { age: { $lt: 34 } }, false],
+    ['$lte', { age: { $lte: 34 } }, true],
+    ['$exists true', { plan: { $exists: true } }, true],
+    ['$exists false', { trial: { $exists: false } }, true],
+    ['$regex', { plan: { $regex: '^pr' } }, true],
+    ['$regex with $options', { plan: { $regex: '^PR', $options: 'i' } }, true],
+    ['$elemMatch on objects', { devices: { $elemMatch: { kind: 'tv', os: 'tizen' } } }, true],
+    [
+      '$elemMatch on objects, no element matches both',
+      { devices: { $elemMatch: { kind: 'tv', os: 'ios' } } },
+      false,
+    ],
+    ['$size', { tags: { $size: 2 } }, true],
+    ['$all', { tags: { $all: ['music', 'beta'] } }, true],
+    ['$all with a missing element', { tags: { $all: ['music', 'jazz'] } }, false],
+    ['$and', { $and: [{ country: 'SE' }, { age: { $gt: 40 } }] }, false],
+    ['$or', { $or: [{ country: 'NO' }, { age: { $gt: 30 } }] }, true],
+    ['$nor', { $nor: [{ country: 'NO' }, { age: { $gt: 40 } }] }, true],
+    ['$not on a field', { age: { $not: { $gt: 40 } } }, true],
+    ['$not at the top level', { $not: { country: 'SE' } }, false],
+    ['dotted paths', { 'app.version': { $gte: 12 }, 'app.platform': 'ios' }, true],
+    ['dotted paths through arrays of objects', { 'devices.kind': 'tv' }, true],
+    ['a literal against an array attribute (contains)', { tags: 'beta' }, true],
+    ['the empty condition', {}, true],
+  ])('%s', (_name, condition, expected) => {
+    expect(validateCondition(condition)).toEqual([]);
+    expect(matches(condition, user)).toBe(expected);
+  });
+
+  it('compiles once: later changes to the definition do not change the predicate', () => {
+    const condition = { country: { $in: ['SE'] } };
+    const predicate = compileCondition(condition);
+    condition.country.$in.push('NO');
+    expect(predicate({ country: 'NO' })).toBe(false);
+  });
+});
+
+describe('validateCondition', () => {
+  it('reports every problem at once, with field paths', () => {
+    const problems = validateCondition({
+      country: { $in: 'SE' },
+      age: { $gt: [1] },
+      plan: { $regex: '(' },
+      $where: 'sleep(1000)',
+      tags: { $size: -1 },
+      app: { $foo: 1 },
+      seen: { $exists: 'yes' },
+      $or: [],
+      mixed: { $eq: 1, plain: 2 },
+      'a..b': 1,
+      nested: { $or: [{ $eq: 1 }] },
+      flags: { $regex: 'x', $options: 'g' },
+    });
+    expect(problems.map((p) => [p.field, p.reason])).toEqual([
+      ['condition.country.$in', 'INVALID_OPERAND'],
+      ['condition.age.$gt', 'INVALID_OPERAND'],
+      ['condition.plan.$regex', 'INVALID_REGEX'],
+      ['condition.$where', 'UNKNOWN_OPERATOR'],
+      ['condition.tags.$size', 'INVALID_OPERAND'],
+      ['condition.app.$foo', 'UNKNOWN_OPERATOR'],
+      ['condition.seen.$exists', 'INVALID_OPERAND'],
+      ['condition.$or', 'INVALID_OPERAND'],
+      ['condition.mixed', 'INVALID_CONDITION'],
+      ['condition.a..b', 'INVALID_PATH'],
+      ['condition.nested.$or', 'MISPLACED_OPERATOR'],
+      ['condition.flags.$options', 'INVALID_OPERAND'],
+    ]);
+  });
+
+  it('finds problems inside $and/$or/$elemMatch with indexed paths', () => {
+    const problems = validateCondition({
+      $and: [{ a: 1 }, { b: { $gt: {} } }],
+      list: { $elemMatch: { $lt: null } },
+    });
+    expect(problems.map((p) => p.field)).toEqual([
+      'condition.$and[1].b.$gt',
+      'condition.list.$elemMatch.$lt',
+    ]);
+  });
+
+  it('rejects a condition that is not an object', () => {
+    expect(validateCondition(['a'])[0]?.reason).toBe('INVALID_CONDITION');
+    expect(validateCondition('country = SE')[0]?.reason).toBe('INVALID_CONDITION');
+  });
+
+  it('rejects operators sift supports but the contract does not ($where, $mod, $type)', () => {
+    for (const condition of [
+      { $where: 'true' },
+      { a: { $mod: [2, 0] } },
+      { a: { $type: 'string' } },
+    ]) {
+      expect(validateCondition(condition)[0]?.reason).toBe('UNKNOWN_OPERATOR');
+    }
+  });
+
+  it('rejects nesting deeper than the limit', () => {
+    let condition: Record<string, unknown> = { a: 1 };
+    for (let i = 0; i < 40; i++) condition = { $and: [condition] };
+    expect(validateCondition(condition).some((p) => p.reason === 'CONDITION_TOO_DEEP')).toBe(true);
+  });
+
+  it('accepts an absent condition', () => {
+    expect(validateCondition(undefined)).toEqual([]);
+    expect(compileCondition(undefined)({})).toBe(true);
+  });
+});
