@@ -1,0 +1,461 @@
+/**
+ * FeatureStore over gRPC, beside its peers, same client process, same run (Feast's axes:
+ * entities × features):
+ * (a) 1 entity × 50 features vs a bare grpc-js echo, concurrency 1 (budget: p99 ≤ 1.5×);
+ * (b) 100 entities × 50 features and 500 items × 32 features vs the same reads from Redis
+ *     (hashes, HMGET pipelined through ioredis; budget: p99 ≤ 1.5×; Feast's Go server: 22 ms p99
+ *     for 100 × 50);
+ * (c) push ingestion through WriteFeatures (budget: ≥ 100,000 feature values/s);
+ * (d) streaming aggregation rate vs a bare JetStream consumer reading the same events (budget:
+ *     ≥ 70%), when nats-server is installed.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { credentials, Metadata } from '@grpc/grpc-js';
+import { jetstream, jetstreamManager, AckPolicy } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import Redis from 'ioredis';
+import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
+import { OutcomeEvent } from '../gen/ts/tandem/events/v1/outcome_event';
+import {
+  AggregationFunction,
+  AggregationKey,
+  type FeatureView,
+} from '../gen/ts/tandem/featurestore/v1/feature_view';
+import {
+  FeatureStoreServiceService,
+  type FeatureRow,
+} from '../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { ValueType } from '../gen/ts/tandem/featurestore/v1/value';
+import { connectNatsBus } from '../services/platform/src/events/nats-bus';
+import { createClient } from '../services/platform/src/grpc/client';
+import { formatRow, runLoad, type LoadResult } from './support/load';
+import { startServerProcess } from './support/server-process';
+
+const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
+const USERS = 2_000;
+const ITEMS = 2_000;
+const USER_FEATURES = 50;
+const ITEM_FEATURES = 32;
+const STREAM_EVENTS = Number(process.env.BENCH_STREAM_EVENTS ?? 60_000);
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => {
+        resolve(port);
+      });
+    });
+  });
+}
+
+const hasBinary = (name: string): boolean => spawnSync('which', [name]).status === 0;
+const pick = <T>(values: readonly T[], count: number, offset: number): T[] =>
+  Array.from({ length: count }, (_, i) => values[(offset + i) % values.length]!);
+
+function doubleView(name: string, entity: string, features: number): FeatureView {
+  return {
+    name,
+    description: '',
+    owner: 'bench',
+    tags: {},
+    entities: [entity],
+    features: Array.from({ length: features }, (_, f) => ({
+      name: `f${f}`,
+      valueType: ValueType.VALUE_TYPE_DOUBLE,
+      description: '',
+      vectorLength: 0,
+    })),
+    ttl: undefined,
+    online: true,
+    source: { $case: 'pushSource', value: {} },
+    etag: '',
+  };
+}
+
+function rowsFor(
+  joinKey: string,
+  prefix: string,
+  from: number,
+  count: number,
+  features: number,
+): FeatureRow[] {
+  const eventTime = new Date();
+  return Array.from({ length: count }, (_, i) => {
+    const values: FeatureRow['values'] = {};
+    for (let f = 0; f < features; f++)
+      values[`f${f}`] = { kind: { $case: 'doubleValue', value: (from + i) * 0.001 + f } };
+    return {
+      entityKey: { [joinKey]: { kind: { $case: 'stringValue', value: `${prefix}${from + i}` } } },
+      values,
+      eventTime,
+    };
+  });
+}
+
+const ratio = (a: LoadResult, b: LoadResult): string => `${(a.p99Ms / b.p99Ms).toFixed(2)}x`;
+
+async function main(): Promise<void> {
+  console.log(
+    `featurestore online: ${durationMs} ms per run, client and servers in separate processes`,
+  );
+  const userIds = Array.from({ length: USERS }, (_, i) => `u${i}`);
+  const itemIds = Array.from({ length: ITEMS }, (_, i) => `i${i}`);
+
+  // ---- FeatureStore, filled through WriteFeatures ----
+  const store = await startServerProcess(join(__dirname, 'support', 'featurestore-server.js'));
+  const fs = createClient(FeatureStoreServiceService, {
+    address: store.address,
+    credentials: credentials.createInsecure(),
+    defaultTimeoutMs: 30_000,
+    metadata: new Metadata(),
+  });
+  for (const [name, joinKey] of [
+    ['user', 'user_id'],
+    ['item', 'item_id'],
+  ] as const) {
+    await fs.applyEntity({
+      entity: {
+        name,
+        joinKey,
+        valueType: ValueType.VALUE_TYPE_STRING,
+        description: '',
+        owner: '',
+        etag: '',
+      },
+      requestId: '',
+    });
+  }
+  await fs.applyFeatureView({
+    featureView: doubleView('user_stats', 'user', USER_FEATURES),
+    requestId: '',
+    validateOnly: false,
+  });
+  await fs.applyFeatureView({
+    featureView: doubleView('item_stats', 'item', ITEM_FEATURES),
+    requestId: '',
+    validateOnly: false,
+  });
+  for (let from = 0; from < USERS; from += 1000) {
+    await fs.writeFeatures({
+      featureView: 'user_stats',
+      rows: rowsFor('user_id', 'u', from, 1000, USER_FEATURES),
+      requestId: '',
+    });
+    await fs.writeFeatures({
+      featureView: 'item_stats',
+      rows: rowsFor('item_id', 'i', from, 1000, ITEM_FEATURES),
+      requestId: '',
+    });
+  }
+  const str = (value: string) => ({ kind: { $case: 'stringValue' as const, value } });
+  let cursor = 0;
+  const read = (view: string, joinKey: string, ids: readonly string[], count: number) => () =>
+    fs.getOnlineFeatures({
+      features: [`${view}:*`],
+      entityRows: { [joinKey]: { values: pick(ids, count, (cursor += 7)).map(str) } },
+      omitEventTimes: false,
+    });
+
+  // ---- (a) 1 × 50 vs bare echo ----
+  const echo = await startServerProcess(join(__dirname, 'support', 'echo-server.js'), ['bare']);
+  const echoClient = createClient(EchoServiceService, {
+    address: echo.address,
+    credentials: credentials.createInsecure(),
+  });
+  const echoResult = await runLoad(
+    () => echoClient.echo({ message: 'x'.repeat(100), failWithCode: 0, requireMessage: false }),
+    { concurrency: 1, durationMs },
+  );
+  const single = await runLoad(read('user_stats', 'user_id', userIds, 1), {
+    concurrency: 1,
+    durationMs,
+  });
+  echoClient.close();
+  await echo.stop();
+  console.log('\n(a) 1 entity × 50 features, concurrency 1');
+  console.log(formatRow('bare grpc-js echo', echoResult));
+  console.log(formatRow('FeatureStore 1 × 50', single));
+  console.log(`ratio FeatureStore/echo p99: ${ratio(single, echoResult)} (budget ≤ 1.5x)`);
+
+  // ---- (b) vs Redis ----
+  const fs100 = await runLoad(read('user_stats', 'user_id', userIds, 100), {
+    concurrency: 1,
+    durationMs,
+  });
+  const fs500 = await runLoad(read('item_stats', 'item_id', itemIds, 500), {
+    concurrency: 1,
+    durationMs,
+  });
+  console.log('\n(b) ranking-sized reads, concurrency 1');
+  console.log(formatRow('FeatureStore 100 × 50', fs100));
+  console.log(formatRow('FeatureStore 500 × 32', fs500));
+  if (!hasBinary('redis-server')) {
+    console.log('redis-server is not installed: the Redis comparison is skipped');
+  } else {
+    const port = await freePort();
+    const redisServer: ChildProcess = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
+    const redis = new Redis({ port, host: '127.0.0.1', lazyConnect: false });
+    await new Promise((resolve) => redis.once('ready', resolve));
+    const userFields = Array.from({ length: USER_FEATURES }, (_, f) => `f${f}`);
+    const itemFields = Array.from({ length: ITEM_FEATURES }, (_, f) => `f${f}`);
+    const fill = redis.pipeline();
+    userIds.forEach((id, i) =>
+      fill.hset(
+        `user:${id}`,
+        Object.fromEntries(userFields.map((f, j) => [f, String(i * 0.001 + j)])),
+      ),
+    );
+    itemIds.forEach((id, i) =>
+      fill.hset(
+        `item:${id}`,
+        Object.fromEntries(itemFields.map((f, j) => [f, String(i * 0.001 + j)])),
+      ),
+    );
+    await fill.exec();
+    const hmget =
+      (prefix: string, ids: readonly string[], count: number, fields: string[]) => async () => {
+        const pipeline = redis.pipeline();
+        for (const id of pick(ids, count, (cursor += 7)))
+          pipeline.hmget(`${prefix}:${id}`, ...fields);
+        const results = await pipeline.exec();
+        // Decoded to numbers, as a feature server must return typed values.
+        return results?.map(([, values]) => (values as (string | null)[]).map(Number));
+      };
+    const redis100 = await runLoad(hmget('user', userIds, 100, userFields), {
+      concurrency: 1,
+      durationMs,
+    });
+    const redis500 = await runLoad(hmget('item', itemIds, 500, itemFields), {
+      concurrency: 1,
+      durationMs,
+    });
+    redis.disconnect();
+    redisServer.kill('SIGTERM');
+    console.log(formatRow('Redis HMGET pipelined 100 × 50', redis100));
+    console.log(formatRow('Redis HMGET pipelined 500 × 32', redis500));
+    console.log(
+      `ratio FeatureStore/Redis p99: 100 × 50 ${ratio(fs100, redis100)}, 500 × 32 ${ratio(fs500, redis500)} (budget ≤ 1.5x)`,
+    );
+  }
+  console.log(
+    `absolute p99: FeatureStore 100 × 50 ${fs100.p99Ms.toFixed(2)} ms (Feast's published Go server: 22 ms), 500 × 32 ${fs500.p99Ms.toFixed(2)} ms`,
+  );
+
+  // ---- (c) push ingestion ----
+  const batches = Array.from({ length: 8 }, (_, b) =>
+    rowsFor('user_id', 'w', b * 1000, 1000, USER_FEATURES),
+  );
+  let batchIndex = 0;
+  const ingest = await runLoad(
+    () =>
+      fs.writeFeatures({
+        featureView: 'user_stats',
+        rows: batches[batchIndex++ % batches.length]!.map((r) => ({ ...r, eventTime: new Date() })),
+        requestId: '',
+      }),
+    { concurrency: 2, durationMs },
+  );
+  const valuesPerSecond = ingest.callsPerSecond * 1000 * USER_FEATURES;
+  console.log('\n(c) push ingestion: WriteFeatures of 1,000 rows × 50 features, concurrency 2');
+  console.log(formatRow('WriteFeatures', ingest));
+  console.log(
+    `${Math.round(valuesPerSecond).toLocaleString('en')} feature values/s (budget ≥ 100,000/s)`,
+  );
+  fs.close();
+  await store.stop();
+
+  // ---- (d) streaming aggregation vs a bare JetStream consumer ----
+  if (!hasBinary('nats-server')) {
+    console.log('\n(d) nats-server is not installed: the streaming comparison is skipped');
+    return;
+  }
+  await streaming();
+}
+
+async function streaming(): Promise<void> {
+  const port = await freePort();
+  const nats = spawn(
+    'nats-server',
+    [
+      '-js',
+      '-a',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      '-sd',
+      mkdtempSync(join(tmpdir(), 'bench-nats-')),
+    ],
+    { stdio: 'ignore' },
+  );
+  const url = `nats://127.0.0.1:${port}`;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  try {
+    const bus = await connectNatsBus({ servers: url, name: 'bench-publisher' });
+    await bus.declareStream({ name: 'TANDEM_OUTCOMES', subjects: ['tandem.events.v1.outcome.>'] });
+    const publishing: Promise<unknown>[] = [];
+    for (let i = 0; i < STREAM_EVENTS; i++) {
+      const event: OutcomeEvent = {
+        eventId: randomUUID(),
+        eventTime: new Date(),
+        name: 'play',
+        unit: { id: `u${i % 5000}`, type: 'user' },
+        itemId: `i${i % 1000}`,
+        decisionId: '',
+        value: 30,
+        properties: undefined,
+        source: 'bench',
+        surface: 'home',
+      };
+      publishing.push(
+        bus.publish('tandem.events.v1.outcome.play', OutcomeEvent, event, {
+          eventId: event.eventId,
+        }),
+      );
+      if (publishing.length >= 256) await Promise.all(publishing.splice(0));
+    }
+    await Promise.all(publishing);
+    await bus.close();
+
+    // Bare consumer: pull, decode, ack each.
+    const connection = await connect({ servers: url });
+    const manager = await jetstreamManager(connection);
+    await manager.consumers.add('TANDEM_OUTCOMES', {
+      durable_name: 'bench-bare',
+      ack_policy: AckPolicy.Explicit,
+      max_ack_pending: 20_000,
+    });
+    const consumer = await jetstream(connection).consumers.get('TANDEM_OUTCOMES', 'bench-bare');
+    const bareStarted = performance.now();
+    const messages = await consumer.consume({ max_messages: 2_000 });
+    let seen = 0;
+    for await (const message of messages) {
+      OutcomeEvent.decode(message.data);
+      message.ack();
+      if (++seen >= STREAM_EVENTS) break;
+    }
+    const bareRate = STREAM_EVENTS / ((performance.now() - bareStarted) / 1000);
+    await messages.close().catch(() => undefined);
+    await connection.close();
+
+    const server = await startServerProcess(
+      join(__dirname, 'support', 'featurestore-server.js'),
+      [],
+      { NATS_URL: url, TANDEM_FEATURESTORE_REPLICA_ID: 'bench' },
+    );
+    const fs = createClient(FeatureStoreServiceService, {
+      address: server.address,
+      credentials: credentials.createInsecure(),
+      defaultTimeoutMs: 30_000,
+    });
+    await fs.applyEntity({
+      entity: {
+        name: 'item',
+        joinKey: 'item_id',
+        valueType: ValueType.VALUE_TYPE_STRING,
+        description: '',
+        owner: '',
+        etag: '',
+      },
+      requestId: '',
+    });
+    const window = { seconds: 3600, nanos: 0 };
+    const started = performance.now();
+    await fs.applyFeatureView({
+      featureView: {
+        name: 'item_plays',
+        description: '',
+        owner: 'bench',
+        tags: {},
+        entities: ['item'],
+        features: [
+          {
+            name: 'plays_1h',
+            valueType: ValueType.VALUE_TYPE_INT64,
+            description: '',
+            vectorLength: 0,
+          },
+          {
+            name: 'seconds_1h',
+            valueType: ValueType.VALUE_TYPE_DOUBLE,
+            description: '',
+            vectorLength: 0,
+          },
+        ],
+        ttl: undefined,
+        online: true,
+        etag: '',
+        source: {
+          $case: 'streamSource',
+          value: {
+            subject: 'tandem.events.v1.outcome.play',
+            eventNames: [],
+            key: AggregationKey.AGGREGATION_KEY_ITEM_ID,
+            allowedLateness: undefined,
+            aggregations: [
+              {
+                feature: 'plays_1h',
+                function: AggregationFunction.AGGREGATION_FUNCTION_COUNT,
+                valueField: '',
+                window,
+                bucket: undefined,
+              },
+              {
+                feature: 'seconds_1h',
+                function: AggregationFunction.AGGREGATION_FUNCTION_SUM,
+                valueField: 'value',
+                window,
+                bucket: undefined,
+              },
+            ],
+          },
+        },
+      },
+      requestId: '',
+      validateOnly: false,
+    });
+    for (;;) {
+      const status = (await fs.getAggregationStatus({ featureView: 'item_plays' })).status!;
+      if (status.eventsProcessed >= STREAM_EVENTS) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const aggregationRate = STREAM_EVENTS / ((performance.now() - started) / 1000);
+    fs.close();
+    await server.stop();
+    console.log(
+      `\n(d) streaming aggregation: ${STREAM_EVENTS.toLocaleString('en')} OutcomeEvents already in the stream`,
+    );
+    console.log(
+      `bare JetStream consumer (pull, decode, ack)   ${Math.round(bareRate).toLocaleString('en')} events/s`,
+    );
+    console.log(
+      `FeatureStore aggregation (count + sum, 1h)    ${Math.round(aggregationRate).toLocaleString('en')} events/s`,
+    );
+    console.log(
+      `ratio FeatureStore/bare: ${((aggregationRate / bareRate) * 100).toFixed(0)}% (budget ≥ 70%)`,
+    );
+  } finally {
+    nats.kill('SIGTERM');
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,31 @@
+/**
+ * Benchmark server: FeatureStore as in production (its own process, embedded store in a temp
+ * dir, NATS when NATS_URL is set), started through the same `startFeatureStore` as `main.ts`.
+ */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bootstrap } from '../../services/platform/src/bootstrap';
+import { readFeatureStoreConfig } from '../../services/featurestore/src/config';
+import { startFeatureStore } from '../../services/featurestore/src/service';
+import { serveBenchmarkProcess } from './server-process';
+
+async function main(): Promise<void> {
+  const config = readFeatureStoreConfig({
+    ...process.env,
+    TANDEM_FEATURESTORE_PORT: '0',
+    TANDEM_GRPC_HOST: '127.0.0.1',
+    TANDEM_DATA_DIR:
+      process.env.TANDEM_DATA_DIR ?? mkdtempSync(join(tmpdir(), 'bench-featurestore-')),
+    LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+  });
+  const runtime = await bootstrap(config.platform);
+  await startFeatureStore(runtime, config);
+  const port = await runtime.serve();
+  process.once('SIGTERM', () => {
+    void runtime.shutdown.run(5_000).finally(() => process.exit(0));
+  });
+  serveBenchmarkProcess(port);
+}
+
+void main();

@@ -1,0 +1,100 @@
+/**
+ * Command-line bulk loader: `node dist/services/featurestore/src/bulk-load.js <view> [file.ndjson]`
+ * (stdin when no file). Each line is one record as JSON with bare values typed by the view's
+ * definition: `{"entity_key": {"user_id": "u1"}, "values": {"ctr": 0.5}, "event_time": "2024-05-01T00:00:00Z"}`.
+ * Uses the same storage settings as the service (MONGODB_URI or TANDEM_DATA_DIR); memory stays
+ * bounded by the batch size whatever the file's length. Progress goes to stderr.
+ */
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { openStore } from '../../platform/src/storage/open-store';
+import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { FeatureValue } from '../../../gen/ts/tandem/featurestore/v1/value';
+import { readFeatureStoreConfig } from './config';
+import { messageOfStoredValue, type StoredValue } from './contract-mapping';
+import type { ValueType } from './domain/feature-values';
+import { bulkLoad } from './store/bulk-load';
+import { FeatureRowRepository } from './store/feature-rows';
+import { openRegistryRepository } from './store/registry-repository';
+
+interface JsonRow {
+  readonly entity_key?: Record<string, StoredValue>;
+  readonly values?: Record<string, StoredValue>;
+  readonly event_time?: string | number;
+}
+
+async function main(): Promise<void> {
+  const [viewName, file] = process.argv.slice(2);
+  if (viewName === undefined) {
+    console.error('usage: bulk-load <feature view> [file.ndjson]   (reads stdin without a file)');
+    process.exit(2);
+  }
+  // An entry point like main.ts: the environment is read here and handed to config.ts.
+  // eslint-disable-next-line no-restricted-properties
+  const config = readFeatureStoreConfig(process.env);
+  const store = await openStore({
+    service: 'featurestore',
+    mongodbUri: config.platform.mongodbUri,
+    dataDir: config.platform.dataDir,
+  });
+  try {
+    const registry = await openRegistryRepository(store);
+    const view = (await registry.featureViews.get(viewName))?.doc.definition;
+    if (view === undefined) throw new Error(`no feature view named ${viewName}`);
+    const keyColumns = [];
+    for (const name of view.entities) {
+      const entity = (await registry.entities.get(name))?.doc.definition;
+      if (entity === undefined) throw new Error(`no entity named ${name}`);
+      keyColumns.push({ joinKey: entity.joinKey, valueType: entity.valueType });
+    }
+    const featureTypes = new Map(view.features.map((f) => [f.name, f.valueType]));
+    const keyTypes = new Map(keyColumns.map((k) => [k.joinKey, k.valueType]));
+    const typed = (types: Map<string, ValueType>, record: Record<string, StoredValue> = {}) => {
+      const out: Record<string, FeatureValue> = {};
+      for (const [name, value] of Object.entries(record)) {
+        const type = types.get(name);
+        // An unknown name or a mistyped value is kept as a string so validation names it.
+        out[name] = (type === undefined ? undefined : messageOfStoredValue(type, value)) ?? {
+          kind: { $case: 'stringValue', value: JSON.stringify(value) },
+        };
+      }
+      return out;
+    };
+    // Opened before the input: lines read while an await is pending would otherwise be lost.
+    const rowRepository = await FeatureRowRepository.open(store, config.changeLogRetentionMs);
+    const lines = createInterface({
+      input: file ? createReadStream(file) : process.stdin,
+      crlfDelay: Infinity,
+    });
+    async function* rows(): AsyncIterable<FeatureRow> {
+      for await (const line of lines) {
+        if (line.trim() === '') continue;
+        const json = JSON.parse(line) as JsonRow;
+        yield {
+          entityKey: typed(keyTypes, json.entity_key),
+          values: typed(featureTypes, json.values),
+          eventTime: json.event_time === undefined ? undefined : new Date(json.event_time),
+        };
+      }
+    }
+    const started = Date.now();
+    const done = await bulkLoad({ view, keyColumns, rows: rowRepository }, rows(), (p) => {
+      if (p.rowsRead % 100_000 < 1_000) {
+        const seconds = (Date.now() - started) / 1000;
+        console.error(
+          `${p.rowsRead} rows read, ${p.rowsWritten} written, ${p.rowsSkippedOlder} older skipped (${Math.round(p.rowsRead / seconds)} rows/s, heap ${Math.round(process.memoryUsage().heapUsed / 1e6)} MB)`,
+        );
+      }
+    });
+    console.error(
+      `done: ${done.rowsRead} rows read, ${done.rowsWritten} written, ${done.rowsSkippedOlder} older skipped in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
+  } finally {
+    await store.close();
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});

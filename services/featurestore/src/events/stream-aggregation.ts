@@ -1,0 +1,284 @@
+/**
+ * The streaming aggregation of one stream-sourced feature view on this replica: a durable
+ * JetStream consumer on the view's subject feeds the domain's WindowAggregator, whose state is
+ * read by GetOnlineFeatures as soon as an event is folded in, and checkpointed to storage.
+ *
+ * Delivery guarantee (at-least-once in, exactly-once in the state): an event is acked only after
+ * a checkpoint that includes it has been written. Each handler folds its event synchronously and
+ * then waits for the next checkpoint round, so many events are in flight at once and one
+ * checkpoint acks them all. A crash before the checkpoint loses nothing: the event was not acked,
+ * so it is redelivered and folded into the restored (older) state. A crash after the checkpoint
+ * but before the ack is also safe: the redelivered event's id is in the checkpointed seen-set, so
+ * it is recognised as a duplicate. While NATS is down the consumer stops receiving and the
+ * aggregation reports PAUSED; acks lost with the connection become redeliveries, again absorbed by
+ * the seen-set.
+ *
+ * Each replica has its own durable consumer (named after the view and the replica) and its own
+ * checkpoint, because every replica serves every view from memory and so needs every event.
+ */
+import type { Logger } from '../../../platform/src/logging';
+import type { DeliveredEvent, EventBus, Subscription } from '../../../platform/src/events/bus';
+import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
+import {
+  effectiveAllowedLatenessMs,
+  windowAggregationSpecs,
+  type FeatureViewDefinition,
+  type StreamSource,
+} from '../domain/registry';
+import {
+  AggregationKey,
+  WindowAggregator,
+  compileValueField,
+  type AggregatedValue,
+  type AggregationCounters,
+  type WindowAggregatorOptions,
+} from '../domain/window-aggregation';
+import type { FeatureColumns } from '../domain/feature-values';
+import type { CheckpointWriter } from '../store/aggregation-checkpoints';
+
+export type AggregationPhase = 'backfilling' | 'running' | 'paused' | 'failed';
+
+/** What GetAggregationStatus reports about one view on this replica. */
+export interface AggregationProgress {
+  readonly phase: AggregationPhase;
+  readonly message: string;
+  /** Events folded in memory and not yet acked (waiting for their checkpoint). */
+  readonly inFlight: number;
+  readonly counters: AggregationCounters;
+  /** Events whose key field (unit or item id) was missing, counted as invalid. */
+  readonly missingKeys: number;
+  readonly lastCheckpointTime: Date | undefined;
+}
+
+export interface StreamAggregationOptions {
+  readonly view: FeatureViewDefinition;
+  readonly bus: EventBus;
+  readonly checkpoints: CheckpointWriter;
+  readonly logger: Logger;
+  readonly stream: string;
+  readonly durable: string;
+  readonly checkpointIntervalMs: number;
+  readonly inFlight: number;
+}
+
+interface Round {
+  readonly done: Promise<void>;
+  readonly resolve: () => void;
+}
+
+function newRound(): Round {
+  let resolve: () => void = () => undefined;
+  const done = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { done, resolve };
+}
+
+/** How long without events before a replaying view counts as caught up. */
+const BACKFILL_IDLE_MS = 1_000;
+
+export class StreamAggregation {
+  private aggregator: WindowAggregator;
+  private readonly options: WindowAggregatorOptions;
+  private readonly source: StreamSource;
+  private readonly eventNames: ReadonlySet<string>;
+  private readonly valueFields: ((
+    event: Readonly<Record<string, unknown>>,
+  ) => AggregatedValue | undefined)[];
+  private readonly lateness: number;
+  private subscription: Subscription | undefined;
+  private round = newRound();
+  private dirty = false;
+  private newSeenIds: (readonly [string, number])[] = [];
+  private missingKeys = 0;
+  private inFlight = 0;
+  private lastCheckpointTime: Date | undefined;
+  private backfilling = false;
+  private startedAt = Date.now();
+  private lastEventAt = 0;
+  private failure: string | undefined;
+  private checkpointFailure: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private checkpointing: Promise<void> | undefined;
+  private stopping = false;
+
+  constructor(private readonly parts: StreamAggregationOptions) {
+    const source = parts.view.source;
+    if (source?.kind !== 'stream') throw new Error(`${parts.view.name} is not stream-sourced`);
+    this.source = source;
+    this.lateness = effectiveAllowedLatenessMs(source);
+    const specs = windowAggregationSpecs(parts.view);
+    this.options = {
+      aggregations: specs,
+      allowedLatenessMs: this.lateness,
+      ttlMs: parts.view.ttlMs,
+    };
+    this.aggregator = new WindowAggregator(this.options);
+    this.eventNames = new Set(source.eventNames);
+    this.valueFields = specs.map((spec) =>
+      compileValueField(
+        source.aggregations.find((a) => a.feature === spec.feature)?.valueField ?? '',
+      ),
+    );
+  }
+
+  /** Restores the checkpoint, then starts consuming and checkpointing. */
+  async start(): Promise<void> {
+    const { logger, view } = this.parts;
+    const stored = await this.parts.checkpoints.restore();
+    if (stored === undefined) {
+      this.backfilling = true;
+    } else {
+      try {
+        this.aggregator = WindowAggregator.restore(this.options, stored.checkpoint);
+        this.lastCheckpointTime = stored.checkpointTime;
+        this.missingKeys = stored.extraCounters.missingKeys ?? 0;
+      } catch (error) {
+        logger.error(
+          { err: error, view: view.name },
+          'aggregation checkpoint unusable; rebuilding from the stream',
+        );
+        this.backfilling = true;
+      }
+    }
+    this.startedAt = Date.now();
+    this.timer = setInterval(() => {
+      void this.checkpointIfDirty();
+    }, this.parts.checkpointIntervalMs);
+    try {
+      this.subscription = await this.parts.bus.subscribe(
+        {
+          stream: this.parts.stream,
+          durable: this.parts.durable,
+          filterSubjects: [this.source.subject],
+          codec: OutcomeEvent,
+          concurrency: this.parts.inFlight,
+          maxAckPending: this.parts.inFlight,
+          ackWaitMs: Math.max(30_000, this.parts.checkpointIntervalMs * 20),
+          maxDeliver: 100,
+        },
+        (delivered) => this.handle(delivered),
+      );
+    } catch (error) {
+      this.failure = error instanceof Error ? error.message : String(error);
+      logger.error({ err: error, view: view.name }, 'cannot start the aggregation consumer');
+    }
+  }
+
+  /** Reads every aggregate for `keys` at `now`. */
+  read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue> {
+    return this.aggregator.read(keys, now);
+  }
+
+  progress(connected: boolean): AggregationProgress {
+    if (
+      this.backfilling &&
+      this.inFlight === 0 &&
+      Date.now() - this.lastEventAt > BACKFILL_IDLE_MS
+    ) {
+      this.backfilling = false;
+    }
+    const phase: AggregationPhase =
+      this.failure !== undefined
+        ? 'failed'
+        : !connected
+          ? 'paused'
+          : this.backfilling
+            ? 'backfilling'
+            : 'running';
+    const message =
+      this.failure ??
+      (!connected
+        ? 'NATS is unreachable; waiting for it to come back'
+        : (this.checkpointFailure ??
+          (this.backfilling ? 'replaying the stream' : 'following new events')));
+    return {
+      phase,
+      message,
+      inFlight: this.inFlight,
+      counters: this.aggregator.status(),
+      missingKeys: this.missingKeys,
+      lastCheckpointTime: this.lastCheckpointTime,
+    };
+  }
+
+  /** Stops consuming, writes a last checkpoint and stops checkpointing. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    // Handlers wait for a checkpoint round, so rounds keep running while the consumer stops.
+    await this.subscription?.stop();
+    if (this.timer !== undefined) clearInterval(this.timer);
+    await this.checkpointing;
+    if (this.dirty) await this.checkpoint().catch(() => undefined);
+  }
+
+  private async handle(delivered: DeliveredEvent<OutcomeEvent>): Promise<void> {
+    const event = delivered.event;
+    const now = Date.now();
+    this.lastEventAt = now;
+    if (this.backfilling && delivered.storedAt.getTime() >= this.startedAt)
+      this.backfilling = false;
+    if (this.eventNames.size > 0 && !this.eventNames.has(event.name)) return;
+    const key = this.source.key === AggregationKey.ItemId ? event.itemId : (event.unit?.id ?? '');
+    if (key === '') {
+      this.missingKeys++;
+    } else {
+      const record = event as unknown as Readonly<Record<string, unknown>>;
+      const eventId = event.eventId !== '' ? event.eventId : delivered.eventId;
+      const eventTime = event.eventTime?.getTime() ?? Number.NaN;
+      const outcome = this.aggregator.ingest(
+        { eventId, key, eventTime, values: this.valueFields.map((read) => read(record)) },
+        now,
+      );
+      if (outcome === 'accepted') this.newSeenIds.push([eventId, eventTime + this.lateness]);
+    }
+    this.dirty = true;
+    this.inFlight++;
+    try {
+      // Acked (by returning) only once a checkpoint includes this event.
+      await this.round.done;
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private checkpointIfDirty(): Promise<void> {
+    if (!this.dirty || this.checkpointing !== undefined) return Promise.resolve();
+    this.checkpointing = this.checkpoint()
+      .catch((error: unknown) => {
+        this.checkpointFailure = `checkpoint failed: ${error instanceof Error ? error.message : String(error)}`;
+        if (!this.stopping)
+          this.parts.logger.warn(
+            { err: error, view: this.parts.view.name },
+            'aggregation checkpoint failed; retrying',
+          );
+      })
+      .finally(() => {
+        this.checkpointing = undefined;
+      });
+    return this.checkpointing;
+  }
+
+  /** One round: snapshot (synchronously, so it holds every event folded so far), write, ack. */
+  private async checkpoint(): Promise<void> {
+    const round = this.round;
+    this.round = newRound();
+    const seen = this.newSeenIds;
+    this.newSeenIds = [];
+    this.dirty = false;
+    const snapshot = this.aggregator.checkpoint();
+    try {
+      this.lastCheckpointTime = await this.parts.checkpoints.write(snapshot, seen, {
+        missingKeys: this.missingKeys,
+      });
+      this.checkpointFailure = undefined;
+      round.resolve();
+    } catch (error) {
+      // Not written: its events wait for the next round, which must also carry their ids.
+      this.newSeenIds = [...seen, ...this.newSeenIds];
+      this.dirty = true;
+      void this.round.done.then(round.resolve);
+      throw error;
+    }
+  }
+}

@@ -1,0 +1,429 @@
+/**
+ * The registry of entities and feature views: held in memory on every replica (reads never touch
+ * storage), changed through the Apply/Delete RPCs, and reloaded from storage periodically so a
+ * change made on another replica is served here within the reload interval. A change also
+ * publishes a ConfigChangeEvent, for consumers outside FeatureStore.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  AbortedError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../../platform/src/errors';
+import type { EventBus } from '../../platform/src/events/bus';
+import type { Logger } from '../../platform/src/logging';
+import type { Versioned } from '../../platform/src/storage/collection';
+import {
+  ConfigChangeEvent,
+  ConfigChangeType,
+} from '../../../gen/ts/tandem/events/v1/config_change_event';
+import type { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
+import type { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
+import {
+  dateOf,
+  entityDefinitionOf,
+  entityMessageOf,
+  featureViewDefinitionOf,
+  featureViewMessageOf,
+} from './contract-mapping';
+import {
+  checkViewEntities,
+  diffEntity,
+  diffFeatureView,
+  validateEntity,
+  validateFeatureView,
+  type EntityDefinition,
+  type FeatureViewDefinition,
+} from './domain/registry';
+import type {
+  EntityDocument,
+  FeatureViewDocument,
+  RegistryRepository,
+} from './store/registry-repository';
+
+/** A definition as held in memory, with its stored facts. */
+export interface Registered<D> {
+  readonly definition: D;
+  readonly version: number;
+  readonly createTime: Date;
+  readonly updateTime: Date;
+}
+
+export const CONFIG_SUBJECT = 'tandem.events.v1.config.featurestore';
+export const CONFIG_STREAM = { name: 'TANDEM_CONFIG', subjects: ['tandem.events.v1.config.>'] };
+
+const DEFAULT_PAGE_SIZE = 50;
+const MAX_PAGE_SIZE = 1_000;
+
+function registered<D>(
+  stored: Versioned<{ definition: D; createTime: Date; updateTime: Date }>,
+): Registered<D> {
+  return {
+    definition: stored.doc.definition,
+    version: stored.version,
+    createTime: dateOf(stored.doc.createTime),
+    updateTime: dateOf(stored.doc.updateTime),
+  };
+}
+
+function checkEtag(etag: string, stored: { version: number } | undefined, what: string): void {
+  if (etag === '') return;
+  if (stored === undefined || String(stored.version) !== etag) {
+    throw new AbortedError(`${what} has changed since it was read (etag ${etag} is stale)`, {
+      reason: 'ETAG_MISMATCH',
+    });
+  }
+}
+
+function requireName(name: string): void {
+  if (name === '') {
+    throw new InvalidArgumentError('name is required', [
+      { field: 'name', description: 'must not be empty', reason: 'REQUIRED' },
+    ]);
+  }
+}
+
+/** A page of names in order, after the page token's name. */
+export function pageOf<T>(
+  sortedNames: readonly string[],
+  pageSize: number,
+  pageToken: string,
+  lookup: (name: string) => T,
+): { items: T[]; nextPageToken: string } {
+  const violations = [];
+  if (pageSize < 0) violations.push({ field: 'page_size', description: 'must not be negative' });
+  let after = '';
+  if (pageToken !== '') {
+    const decoded = Buffer.from(pageToken, 'base64url').toString('utf8');
+    if (!decoded.startsWith('after:')) {
+      violations.push({ field: 'page_token', description: 'is not a token this method returned' });
+    } else after = decoded.slice('after:'.length);
+  }
+  if (violations.length > 0) throw new InvalidArgumentError('invalid page request', violations);
+  const size = Math.min(pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize, MAX_PAGE_SIZE);
+  const rest = sortedNames.filter((name) => name > after);
+  const page = rest.slice(0, size);
+  const last = page[page.length - 1];
+  return {
+    items: page.map(lookup),
+    nextPageToken:
+      rest.length > size && last !== undefined
+        ? Buffer.from(`after:${last}`).toString('base64url')
+        : '',
+  };
+}
+
+export class FeatureRegistry {
+  private entities = new Map<string, Registered<EntityDefinition>>();
+  private views = new Map<string, Registered<FeatureViewDefinition>>();
+  private readonly listeners: ((
+    views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
+  ) => void)[] = [];
+
+  constructor(
+    private readonly repository: RegistryRepository,
+    private readonly bus: EventBus,
+    private readonly logger: Logger,
+    private readonly replicaId: string,
+  ) {}
+
+  /** Called with every view after each change (local or reloaded). */
+  onViewsChanged(
+    listener: (views: ReadonlyMap<string, Registered<FeatureViewDefinition>>) => void,
+  ): void {
+    this.listeners.push(listener);
+  }
+
+  /** Replaces the in-memory registry with storage's. */
+  async reload(): Promise<void> {
+    const stored = await this.repository.loadAll();
+    const entities = new Map(stored.entities.map((e) => [e.doc.id, registered(e)]));
+    const views = new Map(stored.featureViews.map((v) => [v.doc.id, registered(v)]));
+    const changed = !sameVersions(this.entities, entities) || !sameVersions(this.views, views);
+    this.entities = entities;
+    this.views = views;
+    if (changed) this.notify();
+  }
+
+  entity(name: string): Registered<EntityDefinition> | undefined {
+    return this.entities.get(name);
+  }
+
+  view(name: string): Registered<FeatureViewDefinition> | undefined {
+    return this.views.get(name);
+  }
+
+  allViews(): ReadonlyMap<string, Registered<FeatureViewDefinition>> {
+    return this.views;
+  }
+
+  getEntity(name: string): Entity {
+    requireName(name);
+    const entity = this.entities.get(name);
+    if (entity === undefined) throw entityNotFound(name);
+    return entityMessageOf(entity.definition, entity);
+  }
+
+  listEntities(pageSize: number, pageToken: string): { entities: Entity[]; nextPageToken: string } {
+    const names = [...this.entities.keys()].sort();
+    const page = pageOf(names, pageSize, pageToken, (name) => this.getEntity(name));
+    return { entities: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  getFeatureView(name: string): FeatureView {
+    requireName(name);
+    const view = this.views.get(name);
+    if (view === undefined) throw featureViewNotFound(name);
+    return featureViewMessageOf(view.definition, view);
+  }
+
+  listFeatureViews(
+    pageSize: number,
+    pageToken: string,
+    entity: string,
+  ): { featureViews: FeatureView[]; nextPageToken: string } {
+    const names = [...this.views.values()]
+      .filter((v) => entity === '' || v.definition.entities.includes(entity))
+      .map((v) => v.definition.name)
+      .sort();
+    const page = pageOf(names, pageSize, pageToken, (name) => this.getFeatureView(name));
+    return { featureViews: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  async applyEntity(message: Entity | undefined): Promise<{ entity: Entity; changed: boolean }> {
+    if (message === undefined) {
+      throw new InvalidArgumentError('entity is required', [
+        { field: 'entity', description: 'must be set', reason: 'REQUIRED' },
+      ]);
+    }
+    const proposed = entityDefinitionOf(message);
+    const violations = validateEntity(proposed).map((v) => ({ ...v, field: `entity.${v.field}` }));
+    if (violations.length > 0) throw new InvalidArgumentError('invalid entity', violations);
+    const stored = await this.repository.entities.get(proposed.name);
+    checkEtag(message.etag, stored, `entity ${proposed.name}`);
+    const now = new Date();
+    let result: Versioned<EntityDocument>;
+    if (stored === undefined) {
+      result = await this.repository.entities.insert({
+        id: proposed.name,
+        definition: proposed,
+        createTime: now,
+        updateTime: now,
+      });
+    } else {
+      const referencing = this.viewsReferencing(proposed.name);
+      const diff = diffEntity(stored.doc.definition, proposed, referencing);
+      if (diff.kind === 'incompatible') throw incompatible(`entity ${proposed.name}`, diff.changes);
+      if (diff.kind === 'unchanged') {
+        return {
+          entity: entityMessageOf(stored.doc.definition, registered(stored)),
+          changed: false,
+        };
+      }
+      result = await this.repository.entities.replace(
+        { ...stored.doc, definition: proposed, updateTime: now },
+        stored.version,
+      );
+    }
+    this.entities.set(proposed.name, registered(result));
+    this.announce(
+      'entity',
+      proposed.name,
+      stored === undefined ? 'created' : 'updated',
+      result.version,
+    );
+    return { entity: entityMessageOf(proposed, registered(result)), changed: true };
+  }
+
+  async deleteEntity(name: string, etag: string): Promise<void> {
+    requireName(name);
+    const stored = await this.repository.entities.get(name);
+    if (stored === undefined) throw entityNotFound(name);
+    checkEtag(etag, stored, `entity ${name}`);
+    const referencing = this.viewsReferencing(name);
+    if (referencing.length > 0) {
+      throw new FailedPreconditionError(
+        `entity ${name} is referenced by feature views ${referencing.join(', ')}`,
+        {
+          reason: 'ENTITY_IN_USE',
+          violations: referencing.map((view) => ({
+            type: 'ENTITY_IN_USE',
+            subject: `feature_views/${view}`,
+            description: `feature view ${view} references entity ${name}`,
+          })),
+        },
+      );
+    }
+    await this.repository.entities.delete(name, stored.version);
+    this.entities.delete(name);
+    this.announce('entity', name, 'deleted', undefined);
+  }
+
+  async applyFeatureView(
+    message: FeatureView | undefined,
+    validateOnly: boolean,
+  ): Promise<{ featureView: FeatureView; changed: boolean }> {
+    if (message === undefined) {
+      throw new InvalidArgumentError('feature_view is required', [
+        { field: 'feature_view', description: 'must be set', reason: 'REQUIRED' },
+      ]);
+    }
+    const proposed = featureViewDefinitionOf(message);
+    const violations = validateFeatureView(proposed);
+    const entityCheck = checkViewEntities(proposed, this.entityDefinitions());
+    violations.push(...entityCheck.violations);
+    if (violations.length > 0) {
+      throw new InvalidArgumentError(
+        `invalid feature view ${proposed.name}`,
+        violations.map((v) => ({ ...v, field: `feature_view.${v.field}` })),
+      );
+    }
+    if (entityCheck.missing.length > 0) {
+      throw new NotFoundError(`no entity named ${entityCheck.missing.join(', ')}`, {
+        reason: 'ENTITY_NOT_FOUND',
+        resource: { type: 'tandem.featurestore.v1.Entity', name: entityCheck.missing[0] ?? '' },
+      });
+    }
+    const stored = await this.repository.featureViews.get(proposed.name);
+    checkEtag(message.etag, stored, `feature view ${proposed.name}`);
+    if (stored !== undefined) {
+      const diff = diffFeatureView(stored.doc.definition, proposed);
+      if (diff.kind === 'incompatible') {
+        throw incompatible(`feature view ${proposed.name}`, diff.changes);
+      }
+      if (diff.kind === 'unchanged') {
+        return {
+          featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
+          changed: false,
+        };
+      }
+    }
+    const now = new Date();
+    if (validateOnly) {
+      const facts = stored === undefined ? undefined : { ...registered(stored), updateTime: now };
+      return { featureView: featureViewMessageOf(proposed, facts), changed: true };
+    }
+    const result =
+      stored === undefined
+        ? await this.repository.featureViews.insert({
+            id: proposed.name,
+            definition: proposed,
+            createTime: now,
+            updateTime: now,
+          })
+        : await this.repository.featureViews.replace(
+            { ...stored.doc, definition: proposed, updateTime: now },
+            stored.version,
+          );
+    this.views.set(proposed.name, registered(result));
+    this.notify();
+    this.announce(
+      'feature_view',
+      proposed.name,
+      stored === undefined ? 'created' : 'updated',
+      result.version,
+    );
+    return { featureView: featureViewMessageOf(proposed, registered(result)), changed: true };
+  }
+
+  async deleteFeatureView(name: string, etag: string): Promise<Registered<FeatureViewDefinition>> {
+    requireName(name);
+    const stored = await this.repository.featureViews.get(name);
+    if (stored === undefined) throw featureViewNotFound(name);
+    checkEtag(etag, stored, `feature view ${name}`);
+    await this.repository.featureViews.delete(name, stored.version);
+    this.views.delete(name);
+    this.notify();
+    this.announce('feature_view', name, 'deleted', undefined);
+    return registered(stored);
+  }
+
+  private entityDefinitions(): Map<string, EntityDefinition> {
+    return new Map([...this.entities].map(([name, e]) => [name, e.definition]));
+  }
+
+  private viewsReferencing(entity: string): string[] {
+    return [...this.views.values()]
+      .filter((v) => v.definition.entities.includes(entity))
+      .map((v) => v.definition.name)
+      .sort();
+  }
+
+  private notify(): void {
+    for (const listener of this.listeners) listener(this.views);
+  }
+
+  /** Publishes a ConfigChangeEvent; best effort (storage is the source of truth). */
+  private announce(
+    resourceType: 'entity' | 'feature_view',
+    resourceId: string,
+    change: 'created' | 'updated' | 'deleted',
+    version: number | undefined,
+  ): void {
+    const etag = version === undefined ? '' : String(version);
+    const event: ConfigChangeEvent = {
+      eventId: `featurestore/${resourceType}/${resourceId}/${etag === '' ? `deleted-${randomUUID()}` : etag}`,
+      eventTime: new Date(),
+      domain: 'featurestore',
+      resourceType,
+      resourceId,
+      changeType:
+        change === 'created'
+          ? ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED
+          : change === 'updated'
+            ? ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED
+            : ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+      etag,
+      configVersion: 0,
+      originReplicaId: this.replicaId,
+    };
+    this.bus
+      .publish(CONFIG_SUBJECT, ConfigChangeEvent, event, { eventId: event.eventId })
+      .catch((error: unknown) => {
+        this.logger.warn({ err: error, resourceType, resourceId }, 'config change not announced');
+      });
+  }
+}
+
+function sameVersions<D>(
+  a: ReadonlyMap<string, Registered<D>>,
+  b: ReadonlyMap<string, Registered<D>>,
+): boolean {
+  if (a.size !== b.size) return false;
+  for (const [name, entry] of a) if (b.get(name)?.version !== entry.version) return false;
+  return true;
+}
+
+export function entityNotFound(name: string): NotFoundError {
+  return new NotFoundError(`no entity named ${name}`, {
+    reason: 'ENTITY_NOT_FOUND',
+    resource: { type: 'tandem.featurestore.v1.Entity', name },
+  });
+}
+
+export function featureViewNotFound(name: string): NotFoundError {
+  return new NotFoundError(`no feature view named ${name}`, {
+    reason: 'FEATURE_VIEW_NOT_FOUND',
+    resource: { type: 'tandem.featurestore.v1.FeatureView', name },
+  });
+}
+
+function incompatible(
+  what: string,
+  changes: readonly { subject: string; description: string }[],
+): FailedPreconditionError {
+  return new FailedPreconditionError(
+    `incompatible change to ${what}: ${changes.map((c) => `${c.subject}: ${c.description}`).join('; ')}`,
+    {
+      reason: 'INCOMPATIBLE_CHANGE',
+      violations: changes.map((c) => ({
+        type: 'INCOMPATIBLE_CHANGE',
+        subject: c.subject,
+        description: c.description,
+      })),
+    },
+  );
+}
+
+export type { FeatureViewDocument };

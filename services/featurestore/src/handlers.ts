@@ -1,0 +1,118 @@
+/**
+ * The FeatureStoreService handlers: plain `async (request, ctx) => response` functions over the
+ * registry and the served views; the kit's `implement()` does the gRPC plumbing.
+ */
+import type { Handlers } from '../../platform/src/grpc/handlers';
+import type { EventBus } from '../../platform/src/events/bus';
+import type { Logger } from '../../platform/src/logging';
+import {
+  ApplyEntityResponse,
+  ApplyFeatureViewResponse,
+  DeleteEntityResponse,
+  DeleteFeatureViewResponse,
+  WriteFeaturesResponse,
+  type FeatureStoreServiceService,
+} from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { InvalidArgumentError } from '../../platform/src/errors';
+import type { FeatureRegistry } from './feature-registry';
+import type { OnlineViews } from './online-views';
+import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
+import type { FeatureRowRepository } from './store/feature-rows';
+import type { RequestResults } from './store/request-results';
+
+export interface HandlerParts {
+  readonly registry: FeatureRegistry;
+  readonly views: OnlineViews;
+  readonly requestResults: RequestResults;
+  readonly rows: FeatureRowRepository;
+  readonly checkpoints: AggregationCheckpoints;
+  readonly bus: EventBus;
+  readonly logger: Logger;
+}
+
+function checkRequestId(requestId: string): void {
+  if (requestId.length > 128) {
+    throw new InvalidArgumentError('request_id is too long', [
+      { field: 'request_id', description: 'must be at most 128 characters' },
+    ]);
+  }
+}
+
+export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceService> {
+  const { registry, views, requestResults } = parts;
+  return {
+    applyEntity: async (request) => {
+      checkRequestId(request.requestId);
+      return requestResults.once('ApplyEntity', request.requestId, ApplyEntityResponse, () =>
+        registry.applyEntity(request.entity),
+      );
+    },
+    getEntity: (request) => Promise.resolve({ entity: registry.getEntity(request.name) }),
+    listEntities: (request) =>
+      Promise.resolve(registry.listEntities(request.pageSize, request.pageToken)),
+    deleteEntity: async (request) => {
+      checkRequestId(request.requestId);
+      return requestResults.once(
+        'DeleteEntity',
+        request.requestId,
+        DeleteEntityResponse,
+        async () => {
+          await registry.deleteEntity(request.name, request.etag);
+          return {};
+        },
+      );
+    },
+    applyFeatureView: async (request) => {
+      checkRequestId(request.requestId);
+      if (request.validateOnly) return registry.applyFeatureView(request.featureView, true);
+      const response = await requestResults.once(
+        'ApplyFeatureView',
+        request.requestId,
+        ApplyFeatureViewResponse,
+        () => registry.applyFeatureView(request.featureView, false),
+      );
+      await views.reconcile(registry.allViews());
+      return response;
+    },
+    getFeatureView: (request) =>
+      Promise.resolve({ featureView: registry.getFeatureView(request.name) }),
+    listFeatureViews: (request) =>
+      Promise.resolve(
+        registry.listFeatureViews(request.pageSize, request.pageToken, request.entity),
+      ),
+    deleteFeatureView: async (request) => {
+      checkRequestId(request.requestId);
+      return requestResults.once(
+        'DeleteFeatureView',
+        request.requestId,
+        DeleteFeatureViewResponse,
+        async () => {
+          await registry.deleteFeatureView(request.name, request.etag);
+          await views.reconcile(registry.allViews());
+          // The view is gone from the registry; its stored values go in the background.
+          void Promise.all([
+            parts.rows.deleteView(request.name),
+            parts.checkpoints.deleteView(request.name),
+          ]).catch((error: unknown) => {
+            parts.logger.warn({ err: error, view: request.name }, 'stored values not all deleted');
+          });
+          return {};
+        },
+      );
+    },
+    getOnlineFeatures: (request) => Promise.resolve(views.read(request, Date.now())),
+    writeFeatures: async (request) => {
+      checkRequestId(request.requestId);
+      return requestResults.once('WriteFeatures', request.requestId, WriteFeaturesResponse, () =>
+        views.write(request, Date.now()),
+      );
+    },
+    getAggregationStatus: (request) =>
+      Promise.resolve({
+        status: views.aggregationStatus(
+          request.featureView,
+          parts.bus.kind === 'in-process' || parts.bus.isConnected(),
+        ),
+      }),
+  };
+}

@@ -1,0 +1,23 @@
+/**
+ * FeatureStore's entry point: telemetry → config → dependencies → load and register → serve.
+ * Shutdown runs the same steps in reverse on SIGTERM/SIGINT.
+ */
+import { telemetry } from './telemetry';
+import { bootstrap } from '../../platform/src/bootstrap';
+import { readFeatureStoreConfig } from './config';
+import { startFeatureStore } from './service';
+
+async function main(): Promise<void> {
+  const config = readFeatureStoreConfig(process.env);
+  const runtime = await bootstrap(config.platform);
+  runtime.shutdown.add('telemetry', () => telemetry.shutdown());
+  await startFeatureStore(runtime, config);
+  const port = await runtime.serve();
+  runtime.logger.info({ port }, 'featurestore serving');
+  runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

@@ -1,0 +1,746 @@
+/**
+ * The views this replica serves: a fully resident OnlineTable per push-sourced view and a
+ * StreamAggregation per stream-sourced view, kept in step with the registry. GetOnlineFeatures is
+ * answered from them alone; WriteFeatures writes storage first, then memory; a sync loop applies
+ * the rows other replicas wrote (from the change log) so they are visible here within a second.
+ */
+import { status as GrpcCode } from '@grpc/grpc-js';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  type FieldViolation,
+} from '../../platform/src/errors';
+import type { EventBus } from '../../platform/src/events/bus';
+import type { Logger } from '../../platform/src/logging';
+import {
+  AggregationState,
+  FeatureStatus as FeatureStatusMessage,
+  type AggregationStatus,
+  type FeatureColumn,
+  type GetOnlineFeaturesRequest,
+  type GetOnlineFeaturesResponse,
+  type WriteFeaturesRequest,
+  type WriteFeaturesResponse,
+} from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
+import type { FeatureStoreConfig } from './config';
+import { durationOf, messageOfAggregate, messageOfStoredValue } from './contract-mapping';
+import { FeatureStatus, ValueType } from './domain/feature-values';
+import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
+import type { FeatureViewDefinition } from './domain/registry';
+import { StreamAggregation } from './events/stream-aggregation';
+import { featureViewNotFound, type FeatureRegistry, type Registered } from './feature-registry';
+import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
+import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
+import {
+  rowId,
+  rowVersion,
+  type ChangedRow,
+  type FeatureRowDocument,
+  type FeatureRowRepository,
+} from './store/feature-rows';
+
+/**
+ * NOT_FOUND that also names each unknown reference as a field violation (`features[2]`), as the
+ * contract asks. The kit attaches `BadRequest` only to InvalidArgumentError, so this is one with
+ * the NOT_FOUND code.
+ */
+export class UnknownFeatureError extends InvalidArgumentError {
+  override readonly code = GrpcCode.NOT_FOUND as GrpcCode.INVALID_ARGUMENT;
+}
+
+function limitExceeded(field: string, description: string): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `request over a limit: ${field} ${description}`,
+    [{ field, description, reason: 'LIMIT_EXCEEDED' }],
+    {
+      reason: 'LIMIT_EXCEEDED',
+    },
+  );
+}
+
+type Served =
+  | {
+      readonly kind: 'push';
+      readonly registered: Registered<FeatureViewDefinition>;
+      readonly keyColumns: readonly KeyColumn[];
+      readonly table: OnlineTable<FeatureValueMessage>;
+    }
+  | {
+      readonly kind: 'stream';
+      readonly registered: Registered<FeatureViewDefinition>;
+      readonly keyColumns: readonly KeyColumn[];
+      readonly aggregation: StreamAggregation;
+    };
+
+/** No value: what a column holds for a row whose status is not PRESENT. */
+const NULL_VALUE: FeatureValueMessage = { kind: undefined };
+const EPOCH = new Date(0);
+const PRESENT: number = FeatureStatus.Present;
+/** The contract's status for each domain status (the same numbers, by position). */
+const STATUS_MESSAGES: readonly FeatureStatusMessage[] = [
+  FeatureStatusMessage.FEATURE_STATUS_UNSPECIFIED,
+  FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+  FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND,
+  FeatureStatusMessage.FEATURE_STATUS_EXPIRED,
+  FeatureStatusMessage.FEATURE_STATUS_NULL_VALUE,
+];
+
+/** Rough heap bytes of a served value, for the table's memory metrics. */
+function wireValueBytes(value: FeatureValueMessage): number {
+  const kind = value.kind;
+  if (kind === undefined) return 16;
+  switch (kind.$case) {
+    case 'stringValue':
+      return 64 + kind.value.length * 2;
+    case 'floatVectorValue':
+      return 80 + kind.value.values.length * 8;
+    case 'stringListValue':
+      return kind.value.values.reduce((sum, s) => sum + 24 + s.length * 2, 80);
+    default:
+      return 64;
+  }
+}
+
+export interface OnlineViewsParts {
+  readonly config: FeatureStoreConfig;
+  readonly registry: FeatureRegistry;
+  readonly rows: FeatureRowRepository;
+  readonly checkpoints: AggregationCheckpoints;
+  readonly bus: EventBus;
+  readonly logger: Logger;
+}
+
+/** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
+const CHANGE_LOG_GAP_WAIT_MS = 5_000;
+
+export class OnlineViews {
+  private readonly served = new Map<string, Served>();
+  private reconciling: Promise<void> = Promise.resolve();
+  private position = 0;
+  private readonly appliedAhead = new Set<number>();
+  private gapSince: number | undefined;
+  private lastSyncAt = new Date(0);
+  private syncing = false;
+
+  constructor(private readonly parts: OnlineViewsParts) {}
+
+  /** Loads every registered view into memory; resolves once all are served. */
+  async load(): Promise<void> {
+    // Start the change log a little before its current end: re-applying a change is harmless,
+    // missing one written while the tables load is not.
+    this.position = Math.max(0, (await this.parts.rows.lastSequence()) - 1_000);
+    const syncStarted = new Date();
+    await this.reconcile(this.parts.registry.allViews());
+    this.lastSyncAt = syncStarted;
+  }
+
+  /** Brings the served views in line with the registry (queued behind any reconcile running). */
+  reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
+    const next = this.reconciling.then(() => this.reconcileNow(views));
+    this.reconciling = next.catch((error: unknown) => {
+      this.parts.logger.error({ err: error }, 'cannot load feature views');
+    });
+    return this.reconciling;
+  }
+
+  /** The time up to which this replica is known to hold every stored write. */
+  asOf(): Date {
+    return this.lastSyncAt;
+  }
+
+  private async reconcileNow(
+    views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
+  ): Promise<void> {
+    for (const [name, served] of [...this.served]) {
+      if (!views.has(name)) {
+        this.served.delete(name);
+        if (served.kind === 'stream') await served.aggregation.stop();
+        this.parts.logger.info({ view: name }, 'feature view no longer served');
+      }
+    }
+    for (const [name, registered] of views) {
+      const current = this.served.get(name);
+      if (current?.registered.version === registered.version) continue;
+      const definition = registered.definition;
+      if (current?.kind === 'push' && definition.source?.kind === 'push') {
+        current.table.redefine(
+          definition.features.map((f) => f.name),
+          definition.ttlMs,
+        );
+        this.served.set(name, { ...current, registered });
+        continue;
+      }
+      if (current?.kind === 'stream') {
+        this.served.delete(name);
+        await current.aggregation.stop();
+      }
+      const keyColumns = this.keyColumnsOf(definition);
+      if (keyColumns === undefined) continue;
+      if (definition.source?.kind === 'push') {
+        const table = await this.loadTable(definition);
+        this.served.set(name, { kind: 'push', registered, keyColumns, table });
+      } else if (definition.source?.kind === 'stream') {
+        const aggregation = new StreamAggregation({
+          view: definition,
+          bus: this.parts.bus,
+          checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId),
+          logger: this.parts.logger,
+          stream: this.parts.config.outcomeStream,
+          durable: `featurestore-${name}-${this.parts.config.replicaId}`,
+          checkpointIntervalMs: this.parts.config.checkpointIntervalMs,
+          inFlight: this.parts.config.aggregationInFlight,
+        });
+        await aggregation.start();
+        this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
+      }
+    }
+  }
+
+  private keyColumnsOf(definition: FeatureViewDefinition): KeyColumn[] | undefined {
+    const columns: KeyColumn[] = [];
+    for (const name of definition.entities) {
+      const entity = this.parts.registry.entity(name)?.definition;
+      if (entity === undefined) return undefined;
+      columns.push({ joinKey: entity.joinKey, valueType: entity.valueType });
+    }
+    return columns;
+  }
+
+  private async loadTable(
+    definition: FeatureViewDefinition,
+  ): Promise<OnlineTable<FeatureValueMessage>> {
+    const started = Date.now();
+    const table = new OnlineTable<FeatureValueMessage>({
+      features: definition.features.map((f) => f.name),
+      ttlMs: definition.ttlMs,
+      sizeOf: wireValueBytes,
+    });
+    const types = definition.features.map((f) => [f.name, f.valueType] as const);
+    let batch: OnlineRow<FeatureValueMessage>[] = [];
+    let loaded = 0;
+    for await (const row of this.parts.rows.scanView(definition.name)) {
+      batch.push(onlineRowOf(row, types));
+      if (batch.length === 1_000) {
+        table.write(batch, Date.now());
+        loaded += batch.length;
+        batch = [];
+        if (loaded % 100_000 === 0) {
+          this.parts.logger.info({ view: definition.name, loaded }, 'loading feature view');
+        }
+      }
+    }
+    table.write(batch, Date.now());
+    loaded += batch.length;
+    this.parts.logger.info(
+      { view: definition.name, entities: loaded, ms: Date.now() - started },
+      'feature view loaded into memory',
+    );
+    return table;
+  }
+
+  /** GetOnlineFeatures, from memory. */
+  read(request: GetOnlineFeaturesRequest, now: number): GetOnlineFeaturesResponse {
+    const { limits } = this.parts.config;
+    if (request.features.length === 0) {
+      throw new InvalidArgumentError('features is required', [
+        { field: 'features', description: 'must name at least one feature', reason: 'REQUIRED' },
+      ]);
+    }
+    if (request.features.length > limits.maxFeatureRefs) {
+      throw limitExceeded('features', `must hold at most ${limits.maxFeatureRefs} references`);
+    }
+    const references = this.resolveReferences(request.features);
+
+    // Entity rows: every column the same length, within the limits.
+    const columns = Object.entries(request.entityRows);
+    const rowCount = columns[0]?.[1].values.length ?? 0;
+    const violations: FieldViolation[] = [];
+    if (rowCount === 0) {
+      violations.push({ field: 'entity_rows', description: 'must hold at least one row' });
+    }
+    for (const [joinKey, column] of columns) {
+      if (column.values.length !== rowCount) {
+        violations.push({
+          field: `entity_rows.${joinKey}`,
+          description: `has ${column.values.length} values; every column must have ${rowCount}`,
+        });
+      }
+    }
+    if (violations.length > 0) throw new InvalidArgumentError('invalid entity_rows', violations);
+    if (rowCount > limits.maxEntityRows) {
+      throw limitExceeded('entity_rows', `must hold at most ${limits.maxEntityRows} rows`);
+    }
+    const columnCount = references.reduce((n, r) => n + r.features.length, 0);
+    if (rowCount * columnCount > limits.maxValuesPerRead) {
+      throw limitExceeded(
+        'features',
+        `rows × features must be at most ${limits.maxValuesPerRead} (got ${rowCount} × ${columnCount})`,
+      );
+    }
+
+    // Entity keys per distinct set of join keys (views of the same entities share them).
+    const keysBySignature = new Map<string, string[]>();
+    for (const reference of references) {
+      const signature = reference.served.keyColumns
+        .map((k) => `${k.joinKey}:${k.valueType}`)
+        .join('|');
+      if (keysBySignature.has(signature)) continue;
+      keysBySignature.set(
+        signature,
+        this.entityKeys(request, reference.served.keyColumns, rowCount, violations),
+      );
+    }
+    if (violations.length > 0) throw new InvalidArgumentError('invalid entity_rows', violations);
+
+    const featureNames: string[] = [];
+    const out: FeatureColumn[] = [];
+    let asOf = new Date(now);
+    for (const reference of references) {
+      const { served } = reference;
+      const signature = served.keyColumns.map((k) => `${k.joinKey}:${k.valueType}`).join('|');
+      const keys = keysBySignature.get(signature) ?? [];
+      const types = served.registered.definition.features;
+      let result: {
+        values: (FeatureValueMessage | number | string | null)[];
+        statuses: Uint8Array;
+        eventTimes: Float64Array;
+      };
+      if (served.kind === 'push') {
+        if (this.lastSyncAt < asOf) asOf = this.lastSyncAt;
+        result = served.table.read(keys, reference.indexes, now);
+      } else {
+        result = selectColumns(served.aggregation.read(keys, now), reference.indexes);
+      }
+      const eventTimes: Date[] = [];
+      if (!request.omitEventTimes) {
+        for (let row = 0; row < rowCount; row++) {
+          const ms = result.eventTimes[row] ?? 0;
+          eventTimes.push(ms === 0 ? EPOCH : new Date(ms));
+        }
+      }
+      reference.features.forEach((feature, f) => {
+        featureNames.push(`${reference.view}:${feature}`);
+        const base = f * rowCount;
+        const values: FeatureValueMessage[] = new Array<FeatureValueMessage>(rowCount);
+        const statuses = new Array<FeatureStatusMessage>(rowCount);
+        const type = types[reference.indexes[f] ?? 0]?.valueType ?? ValueType.Unspecified;
+        for (let row = 0; row < rowCount; row++) {
+          const status = result.statuses[base + row] ?? FeatureStatus.NotFound;
+          statuses[row] =
+            STATUS_MESSAGES[status] ?? FeatureStatusMessage.FEATURE_STATUS_UNSPECIFIED;
+          const value = result.values[base + row] ?? null;
+          if (value === null || status !== PRESENT) values[row] = NULL_VALUE;
+          else if (served.kind === 'push') values[row] = value as FeatureValueMessage;
+          else values[row] = messageOfAggregate(type, value as number | string) ?? NULL_VALUE;
+        }
+        out.push({ values, statuses, eventTimes });
+      });
+    }
+    return {
+      metadata: { featureNames, readTime: new Date(now), asOf },
+      columns: out,
+    };
+  }
+
+  private resolveReferences(
+    features: readonly string[],
+  ): { view: string; served: Served; features: string[]; indexes: number[] }[] {
+    const malformed: FieldViolation[] = [];
+    const unknownViews: FieldViolation[] = [];
+    const unknownFeatures: FieldViolation[] = [];
+    const offline: string[] = [];
+    const byView = new Map<
+      string,
+      { view: string; served: Served; features: string[]; indexes: number[] }
+    >();
+    const seen = new Set<string>();
+    features.forEach((reference, i) => {
+      const field = `features[${i}]`;
+      const colon = reference.indexOf(':');
+      const viewName = reference.slice(0, colon);
+      const featureName = reference.slice(colon + 1);
+      if (colon <= 0 || featureName === '' || featureName.includes(':')) {
+        malformed.push({
+          field,
+          description: `"${reference}" is not <view>:<feature> or <view>:*`,
+        });
+        return;
+      }
+      if (seen.has(reference)) {
+        malformed.push({ field, description: `repeats ${reference}` });
+        return;
+      }
+      seen.add(reference);
+      const served = this.served.get(viewName);
+      const registered = this.parts.registry.view(viewName);
+      if (served === undefined || registered === undefined) {
+        unknownViews.push({ field, description: `no feature view named ${viewName}` });
+        return;
+      }
+      const definition = served.registered.definition;
+      if (definition.online === false) {
+        offline.push(viewName);
+        return;
+      }
+      let entry = byView.get(viewName);
+      if (entry === undefined) {
+        entry = { view: viewName, served, features: [], indexes: [] };
+        byView.set(viewName, entry);
+      }
+      const names = definition.features.map((f) => f.name);
+      const wanted = featureName === '*' ? names : [featureName];
+      for (const name of wanted) {
+        const index = names.indexOf(name);
+        if (index < 0) {
+          unknownFeatures.push({
+            field,
+            description: `feature view ${viewName} has no feature ${name}`,
+          });
+        } else {
+          entry.features.push(name);
+          entry.indexes.push(index);
+        }
+      }
+    });
+    if (malformed.length > 0)
+      throw new InvalidArgumentError('invalid feature references', malformed);
+    if (unknownViews.length > 0 || unknownFeatures.length > 0) {
+      const named = [...unknownViews, ...unknownFeatures];
+      throw new UnknownFeatureError(
+        `unknown ${named.map((v) => v.description).join('; ')}`,
+        named,
+        { reason: unknownViews.length > 0 ? 'FEATURE_VIEW_NOT_FOUND' : 'FEATURE_NOT_FOUND' },
+      );
+    }
+    if (offline.length > 0) {
+      throw new FailedPreconditionError(`feature view ${offline.join(', ')} is not online`, {
+        reason: 'FEATURE_VIEW_NOT_ONLINE',
+        violations: [...new Set(offline)].map((view) => ({
+          type: 'FEATURE_VIEW_NOT_ONLINE',
+          subject: `feature_views/${view}`,
+          description: 'the view is registered with online = false',
+        })),
+      });
+    }
+    return [...byView.values()];
+  }
+
+  private entityKeys(
+    request: GetOnlineFeaturesRequest,
+    keyColumns: readonly KeyColumn[],
+    rowCount: number,
+    violations: FieldViolation[],
+  ): string[] {
+    const keys = new Array<string>(rowCount);
+    const single = keyColumns.length === 1 ? keyColumns[0] : undefined;
+    if (single !== undefined) {
+      const column = request.entityRows[single.joinKey];
+      if (column === undefined) {
+        violations.push({
+          field: `entity_rows.${single.joinKey}`,
+          description: 'is required by a requested view',
+        });
+        return keys;
+      }
+      for (let row = 0; row < rowCount; row++) {
+        const kind = column.values[row]?.kind;
+        // The common case, checked inline: a string key of a string entity.
+        if (kind?.$case === 'stringValue' && single.valueType === ValueType.String) {
+          keys[row] = kind.value;
+          continue;
+        }
+        const result = keyPartOf(
+          single.valueType,
+          column.values[row],
+          `entity_rows.${single.joinKey}.values[${row}]`,
+        );
+        if ('violation' in result) violations.push(result.violation);
+        else keys[row] = String(result.part);
+      }
+      return keys;
+    }
+    const parts: (string | number)[][] = Array.from({ length: rowCount }, () => []);
+    for (const key of keyColumns) {
+      const column = request.entityRows[key.joinKey];
+      if (column === undefined) {
+        violations.push({
+          field: `entity_rows.${key.joinKey}`,
+          description: 'is required by a requested view',
+        });
+        continue;
+      }
+      for (let row = 0; row < rowCount; row++) {
+        const result = keyPartOf(
+          key.valueType,
+          column.values[row],
+          `entity_rows.${key.joinKey}.values[${row}]`,
+        );
+        if ('violation' in result) violations.push(result.violation);
+        else parts[row]?.push(result.part);
+      }
+    }
+    return parts.map((p) => JSON.stringify(p));
+  }
+
+  /** WriteFeatures: validate all, store, then serve. */
+  async write(request: WriteFeaturesRequest, now: number): Promise<WriteFeaturesResponse> {
+    const { limits } = this.parts.config;
+    if (request.featureView === '') {
+      throw new InvalidArgumentError('feature_view is required', [
+        { field: 'feature_view', description: 'must not be empty', reason: 'REQUIRED' },
+      ]);
+    }
+    const registered = this.parts.registry.view(request.featureView);
+    if (registered === undefined) throw featureViewNotFound(request.featureView);
+    if (registered.definition.source?.kind !== 'push') {
+      throw new FailedPreconditionError(
+        `feature view ${request.featureView} is stream-sourced: its values come from events`,
+        {
+          reason: 'NOT_PUSH_SOURCED',
+          violations: [
+            {
+              type: 'NOT_PUSH_SOURCED',
+              subject: `feature_views/${request.featureView}`,
+              description: 'WriteFeatures writes to push-sourced views only',
+            },
+          ],
+        },
+      );
+    }
+    if (request.rows.length === 0) {
+      throw new InvalidArgumentError('rows is required', [
+        { field: 'rows', description: 'must hold at least one row', reason: 'REQUIRED' },
+      ]);
+    }
+    if (request.rows.length > limits.maxRowsPerWrite) {
+      throw limitExceeded('rows', `must hold at most ${limits.maxRowsPerWrite} rows`);
+    }
+    if (request.requestId.length > 128) {
+      throw new InvalidArgumentError('request_id is too long', [
+        { field: 'request_id', description: 'must be at most 128 characters' },
+      ]);
+    }
+    await this.reconciling;
+    const served = this.served.get(request.featureView);
+    if (served?.kind !== 'push') throw featureViewNotFound(request.featureView);
+    const definition = served.registered.definition;
+    const prepared = prepareRows(request.rows, served.keyColumns, definition.features, now);
+    if (prepared.violations.length > 0) {
+      throw new InvalidArgumentError(
+        `invalid rows for feature view ${request.featureView}`,
+        prepared.violations,
+      );
+    }
+    const stored = await this.store(definition, prepared.rows, now);
+    served.table.write(stored, now);
+    return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
+  }
+
+  /**
+   * Writes prepared rows to storage (late writes lose) and the change log; returns the rows that
+   * were stored. Also used by the bulk loader.
+   */
+  async store(
+    definition: FeatureViewDefinition,
+    rows: readonly PreparedRow[],
+    now: number,
+  ): Promise<PreparedRow[]> {
+    return storeRows(this.parts.rows, this.parts.config.replicaId, definition, rows, now);
+  }
+
+  /** Applies the change-log entries written since the last sync. */
+  async syncChanges(): Promise<void> {
+    if (this.syncing) return;
+    this.syncing = true;
+    const started = new Date();
+    try {
+      for await (const entry of this.parts.rows.changesAfter(this.position)) {
+        if (entry.sequence <= this.position || this.appliedAhead.has(entry.sequence)) continue;
+        const served = this.served.get(entry.view);
+        if (served?.kind === 'push' && entry.origin !== this.parts.config.replicaId) {
+          const types = served.registered.definition.features.map(
+            (f) => [f.name, f.valueType] as const,
+          );
+          served.table.write(
+            entry.rows.map((row) => onlineRowOf(row, types)),
+            Date.now(),
+          );
+        }
+        this.appliedAhead.add(entry.sequence);
+      }
+      this.advancePosition(started.getTime());
+      this.lastSyncAt = started;
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  private advancePosition(now: number): void {
+    for (;;) {
+      if (this.appliedAhead.delete(this.position + 1)) {
+        this.position++;
+        this.gapSince = undefined;
+        continue;
+      }
+      if (this.appliedAhead.size === 0) return;
+      // A gap: a writer took the sequence number but its entry is not there yet (or never will
+      // be, if it failed in between). Wait a while, then move on.
+      this.gapSince ??= now;
+      if (now - this.gapSince < CHANGE_LOG_GAP_WAIT_MS) return;
+      this.position++;
+      this.gapSince = undefined;
+    }
+  }
+
+  /** Sheds records past their TTL from memory, as storage's TTL index does. */
+  removeExpired(now: number): void {
+    for (const served of this.served.values()) {
+      if (served.kind === 'push') served.table.removeExpired(now);
+    }
+  }
+
+  /** GetAggregationStatus. */
+  aggregationStatus(name: string, connected: boolean): AggregationStatus {
+    if (name === '') {
+      throw new InvalidArgumentError('feature_view is required', [
+        { field: 'feature_view', description: 'must not be empty', reason: 'REQUIRED' },
+      ]);
+    }
+    const registered = this.parts.registry.view(name);
+    if (registered === undefined) throw featureViewNotFound(name);
+    if (registered.definition.source?.kind !== 'stream') {
+      throw new FailedPreconditionError(
+        `feature view ${name} is push-sourced: it has no aggregation`,
+        {
+          reason: 'NOT_STREAM_SOURCED',
+          violations: [
+            {
+              type: 'NOT_STREAM_SOURCED',
+              subject: `feature_views/${name}`,
+              description: 'GetAggregationStatus reports on stream-sourced views only',
+            },
+          ],
+        },
+      );
+    }
+    const served = this.served.get(name);
+    if (served?.kind !== 'stream') {
+      return {
+        featureView: name,
+        state: AggregationState.AGGREGATION_STATE_BACKFILLING,
+        stateMessage: 'starting',
+        pendingEvents: 0,
+        lastEventTime: undefined,
+        lastProcessedTime: undefined,
+        lastCheckpointTime: undefined,
+        processingDelay: undefined,
+        eventsProcessed: 0,
+        eventsDroppedLate: 0,
+        eventsDroppedInvalid: 0,
+        eventsDuplicate: 0,
+      };
+    }
+    const progress = served.aggregation.progress(connected);
+    const c = progress.counters;
+    const state = {
+      backfilling: AggregationState.AGGREGATION_STATE_BACKFILLING,
+      running: AggregationState.AGGREGATION_STATE_RUNNING,
+      paused: AggregationState.AGGREGATION_STATE_PAUSED,
+      failed: AggregationState.AGGREGATION_STATE_FAILED,
+    }[progress.phase];
+    return {
+      featureView: name,
+      state,
+      stateMessage: progress.message,
+      pendingEvents: progress.inFlight,
+      lastEventTime: c.lastEventTime === null ? undefined : new Date(c.lastEventTime),
+      lastProcessedTime: c.lastProcessedTime === null ? undefined : new Date(c.lastProcessedTime),
+      lastCheckpointTime: progress.lastCheckpointTime,
+      processingDelay:
+        c.lastEventTime === null || c.lastProcessedTime === null
+          ? undefined
+          : durationOf(Math.max(0, c.lastProcessedTime - c.lastEventTime)),
+      eventsProcessed: c.eventsProcessed,
+      eventsDroppedLate: c.eventsDroppedLate,
+      eventsDroppedInvalid: c.eventsDroppedInvalid + progress.missingKeys,
+      eventsDuplicate: c.eventsDuplicate,
+    };
+  }
+
+  /** Stops every aggregation (with a last checkpoint). */
+  async stop(): Promise<void> {
+    await this.reconciling;
+    await Promise.all(
+      [...this.served.values()].map((served) =>
+        served.kind === 'stream' ? served.aggregation.stop() : Promise.resolve(),
+      ),
+    );
+  }
+}
+
+function selectColumns<V>(
+  all: { rowCount: number; values: (V | null)[]; statuses: Uint8Array; eventTimes: Float64Array },
+  indexes: readonly number[],
+): { values: (V | null)[]; statuses: Uint8Array; eventTimes: Float64Array } {
+  const rowCount = all.rowCount;
+  const values = new Array<V | null>(rowCount * indexes.length);
+  const statuses = new Uint8Array(rowCount * indexes.length);
+  indexes.forEach((index, f) => {
+    for (let row = 0; row < rowCount; row++) {
+      values[f * rowCount + row] = all.values[index * rowCount + row] ?? null;
+      statuses[f * rowCount + row] = all.statuses[index * rowCount + row] ?? 0;
+    }
+  });
+  return { values, statuses, eventTimes: all.eventTimes };
+}
+
+/** A stored or logged row as served from memory. */
+function onlineRowOf(
+  row: FeatureRowDocument | ChangedRow,
+  types: readonly (readonly [string, ValueType])[],
+): OnlineRow<FeatureValueMessage> {
+  const values: Record<string, FeatureValueMessage | null> = {};
+  for (const [name, type] of types)
+    values[name] = messageOfStoredValue(type, row.values[name]) ?? null;
+  return { entityKey: row.entityKey, eventTime: row.eventTime, values };
+}
+
+/**
+ * Writes prepared rows of a push-sourced view to storage, only where newer than the stored
+ * record, then appends the stored ones to the change log. Returns the rows stored.
+ */
+export async function storeRows(
+  repository: FeatureRowRepository,
+  origin: string,
+  definition: FeatureViewDefinition,
+  rows: readonly PreparedRow[],
+  now: number,
+): Promise<PreparedRow[]> {
+  const winners = latestRowPerKey(rows);
+  const candidates =
+    winners === undefined
+      ? [...rows]
+      : [...winners.values()].sort((a, b) => a - b).map((i) => rows[i] as PreparedRow);
+  const documents: FeatureRowDocument[] = candidates.map((row) => ({
+    id: rowId(definition.name, row.entityKey),
+    view: definition.name,
+    entityKey: row.entityKey,
+    eventTime: row.eventTime,
+    version: rowVersion(row.eventTime, now),
+    values: row.stored,
+    ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
+  }));
+  const outcomes = await repository.write(documents);
+  const stored = candidates.filter((_, i) => outcomes[i] !== 'skipped');
+  await repository.appendChanges(
+    definition.name,
+    origin,
+    stored.map((row) => ({
+      entityKey: row.entityKey,
+      eventTime: row.eventTime,
+      values: row.stored,
+    })),
+  );
+  return stored;
+}

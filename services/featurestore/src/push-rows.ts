@@ -1,0 +1,126 @@
+/**
+ * Checking and preparing the rows written to a push-sourced view, shared by WriteFeatures and the
+ * bulk loader: every problem of every row is reported (all-or-nothing), and a valid row becomes
+ * the encoded entity key, the wire values served from memory and the values stored.
+ */
+import type { FieldViolation } from '../../platform/src/errors';
+import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
+import { domainValueOf, storedValueOf, type StoredValue } from './contract-mapping';
+import { checkValue, type ValueType } from './domain/feature-values';
+import type { FeatureDefinition } from './domain/registry';
+import { encodeEntityKey } from './domain/online-table';
+
+/** The join key and type of each entity of a view, in the view's order. */
+export interface KeyColumn {
+  readonly joinKey: string;
+  readonly valueType: ValueType;
+}
+
+/** A row ready to store and serve. */
+export interface PreparedRow {
+  readonly entityKey: string;
+  readonly eventTime: number;
+  readonly values: Readonly<Record<string, FeatureValueMessage | null>>;
+  readonly stored: Readonly<Record<string, StoredValue>>;
+}
+
+/** How far ahead of the server clock an event time may be. */
+const MAX_FUTURE_MS = 3_600_000;
+/** Longest encoded entity key: it becomes part of a document id. */
+const MAX_ENTITY_KEY_BYTES = 400;
+
+/** The entity key part of `value` for a join key of `type`, or a problem. */
+export function keyPartOf(
+  type: ValueType,
+  value: FeatureValueMessage | undefined,
+  field: string,
+): { part: string | number } | { violation: FieldViolation } {
+  const problem = checkValue(type, domainValueOf(value), { field, nullable: false });
+  if (problem !== undefined) return { violation: problem };
+  const kind = value?.kind;
+  if (kind?.$case === 'stringValue' || kind?.$case === 'int64Value') return { part: kind.value };
+  return { violation: { field, description: 'must be a string or int64 value' } };
+}
+
+/**
+ * Checks every row against the view; returns the prepared rows, or every violation with paths
+ * such as `rows[3].values.ctr`.
+ */
+export function prepareRows(
+  rows: readonly FeatureRow[],
+  keyColumns: readonly KeyColumn[],
+  features: readonly FeatureDefinition[],
+  now: number,
+): { rows: PreparedRow[]; violations: FieldViolation[] } {
+  const violations: FieldViolation[] = [];
+  const prepared: PreparedRow[] = [];
+  const featureByName = new Map(features.map((f) => [f.name, f]));
+  const joinKeys = new Set(keyColumns.map((k) => k.joinKey));
+  rows.forEach((row, i) => {
+    const at = `rows[${i}]`;
+    const before = violations.length;
+    const parts: (string | number)[] = [];
+    for (const column of keyColumns) {
+      const field = `${at}.entity_key.${column.joinKey}`;
+      const value = row.entityKey[column.joinKey];
+      if (value === undefined) {
+        violations.push({ field, description: 'is required' });
+        continue;
+      }
+      const result = keyPartOf(column.valueType, value, field);
+      if ('violation' in result) violations.push(result.violation);
+      else parts.push(result.part);
+    }
+    for (const name of Object.keys(row.entityKey)) {
+      if (!joinKeys.has(name)) {
+        violations.push({
+          field: `${at}.entity_key.${name}`,
+          description: `is not a join key of the view (expected ${[...joinKeys].join(', ')})`,
+        });
+      }
+    }
+    const entityKey = encodeEntityKey(parts);
+    if (Buffer.byteLength(entityKey) > MAX_ENTITY_KEY_BYTES) {
+      violations.push({
+        field: `${at}.entity_key`,
+        description: `must be at most ${MAX_ENTITY_KEY_BYTES} bytes`,
+      });
+    }
+    const values: Record<string, FeatureValueMessage | null> = {};
+    const stored: Record<string, StoredValue> = {};
+    for (const [name, value] of Object.entries(row.values)) {
+      const field = `${at}.values.${name}`;
+      const feature = featureByName.get(name);
+      if (feature === undefined) {
+        violations.push({ field, description: `the view has no feature ${name}` });
+        continue;
+      }
+      const problem = checkValue(feature.valueType, domainValueOf(value), {
+        field,
+        vectorLength: feature.vectorLength,
+      });
+      if (problem !== undefined) violations.push(problem);
+    }
+    const eventTime = row.eventTime?.getTime();
+    if (eventTime === undefined || Number.isNaN(eventTime)) {
+      violations.push({ field: `${at}.event_time`, description: 'is required' });
+    } else if (eventTime < 0) {
+      violations.push({ field: `${at}.event_time`, description: 'must not be before 1970' });
+    } else if (eventTime > now + MAX_FUTURE_MS) {
+      violations.push({
+        field: `${at}.event_time`,
+        description: 'must be at most one hour ahead of the server clock',
+      });
+    }
+    if (violations.length > before || eventTime === undefined) return;
+    for (const feature of features) {
+      const value = row.values[feature.name];
+      const present = value?.kind === undefined ? null : value;
+      values[feature.name] = present;
+      stored[feature.name] = storedValueOf(present ?? undefined);
+    }
+    prepared.push({ entityKey, eventTime, values, stored });
+  });
+  return { rows: violations.length > 0 ? [] : prepared, violations };
+}

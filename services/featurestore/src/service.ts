@@ -1,0 +1,100 @@
+/**
+ * Starts FeatureStore on a runtime from `bootstrap()`: opens its repositories, loads the registry
+ * and every online view fully into memory before serving, registers the gRPC service, and starts
+ * the loops that keep this replica in step with storage (row sync, registry reload, TTL sweep).
+ * `main.ts` calls it, and so does the single-process dev launcher (with a shared in-process bus).
+ */
+import type { ServiceRuntime } from '../../platform/src/bootstrap';
+import { implement } from '../../platform/src/grpc/handlers';
+import { FeatureStoreServiceService } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { FeatureStoreConfig } from './config';
+import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
+import { featureStoreHandlers } from './handlers';
+import { OnlineViews } from './online-views';
+import { AggregationCheckpoints } from './store/aggregation-checkpoints';
+import { FeatureRowRepository } from './store/feature-rows';
+import { openRegistryRepository } from './store/registry-repository';
+import { RequestResults } from './store/request-results';
+
+/** The outcome events streaming views aggregate; every service that reads them declares it alike. */
+export const OUTCOME_SUBJECTS = ['tandem.events.v1.outcome.>'];
+
+const EXPIRY_SWEEP_INTERVAL_MS = 60_000;
+
+export interface RunningFeatureStore {
+  /** Stops the loops and aggregations (also registered as a shutdown step). */
+  stop(): Promise<void>;
+}
+
+export async function startFeatureStore(
+  runtime: ServiceRuntime,
+  config: FeatureStoreConfig,
+): Promise<RunningFeatureStore> {
+  const { logger, bus, store } = runtime;
+  const registryRepository = await openRegistryRepository(store);
+  const rows = await FeatureRowRepository.open(store, config.changeLogRetentionMs);
+  const checkpoints = await AggregationCheckpoints.open(store);
+  const requestResults = await RequestResults.open(store, config.idempotencyRetentionMs);
+
+  await bus.declareStream({ name: config.outcomeStream, subjects: OUTCOME_SUBJECTS });
+  await bus.declareStream(CONFIG_STREAM).catch((error: unknown) => {
+    logger.warn({ err: error }, 'config change stream not declared; changes are not announced');
+  });
+
+  const registry = new FeatureRegistry(registryRepository, bus, logger, config.replicaId);
+  await registry.reload();
+  const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });
+  await views.load();
+  registry.onViewsChanged((changed) => {
+    void views.reconcile(changed);
+  });
+
+  runtime.server.add(
+    FeatureStoreServiceService,
+    implement(
+      FeatureStoreServiceService,
+      featureStoreHandlers({ registry, views, requestResults, rows, checkpoints, bus, logger }),
+      {
+        logger,
+        auth: runtime.auth,
+        adminMethods: ['applyEntity', 'deleteEntity', 'applyFeatureView', 'deleteFeatureView'],
+      },
+    ),
+  );
+
+  let storageReachable = true;
+  const report = (what: string) => (error: unknown) => {
+    if (storageReachable) logger.warn({ err: error }, `${what} failed; serving from memory`);
+    storageReachable = false;
+  };
+  const timers = [
+    setInterval(() => {
+      views.syncChanges().then(() => {
+        if (!storageReachable) logger.info('storage reachable again');
+        storageReachable = true;
+      }, report('feature row sync'));
+    }, config.syncIntervalMs),
+    setInterval(() => {
+      registry.reload().catch(report('registry reload'));
+    }, config.registryReloadIntervalMs),
+    setInterval(() => {
+      views.removeExpired(Date.now());
+    }, EXPIRY_SWEEP_INTERVAL_MS),
+  ];
+  for (const timer of timers) timer.unref();
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      for (const timer of timers) clearInterval(timer);
+      await views.stop();
+    })();
+    return stopping;
+  };
+  runtime.shutdown.add('feature store', stop);
+  logger.info(
+    { replica: config.replicaId, views: registry.allViews().size },
+    'feature store ready',
+  );
+  return { stop };
+}

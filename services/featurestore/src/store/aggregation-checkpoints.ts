@@ -1,0 +1,170 @@
+/**
+ * Checkpoints of streaming aggregation state, one per (view, replica).
+ *
+ * A checkpoint is written in two parts so that its cost does not grow with the de-duplication
+ * seen-set: the aggregate state (per-key buckets and counters) is written whole, in chunks of a
+ * few MB under a new generation, and the event ids accepted since the previous checkpoint are
+ * appended as one small document that expires when the ids are no longer needed. A header
+ * document written last makes the new generation current and says how many seen-id documents
+ * belong to it, so a checkpoint interrupted half-way is simply not used (its events were never
+ * acked and come again).
+ */
+import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import { dateOf } from '../contract-mapping';
+import type { AggregationCheckpoint } from '../domain/window-aggregation';
+
+interface CheckpointDocument {
+  readonly id: string;
+  /** `<view>/<replica>`, which every document of one checkpoint shares. */
+  readonly owner: string;
+  readonly kind: 'header' | 'state' | 'seen';
+  /** header: the current generation; state: the generation the chunk belongs to. */
+  readonly generation?: number;
+  /** header: chunks of the current generation. */
+  readonly chunkCount?: number;
+  /** header: the last seen-id document included; seen: this document's number. */
+  readonly seenSequence?: number;
+  /** header: when it was written. */
+  readonly checkpointTime?: Date;
+  /** header: counters kept beside the aggregator's own. */
+  readonly extraCounters?: Readonly<Record<string, number>>;
+  /** state: one chunk of the JSON of the state. */
+  readonly data?: string;
+  /** seen: `[event id, remember until]`, in acceptance order. */
+  readonly ids?: readonly (readonly [string, number])[];
+  readonly expiresAt?: Date;
+}
+
+/** What a restore finds. */
+export interface StoredCheckpoint {
+  readonly checkpoint: AggregationCheckpoint;
+  readonly checkpointTime: Date;
+  readonly extraCounters: Readonly<Record<string, number>>;
+}
+
+/** Characters of state JSON per document. */
+const CHUNK_CHARS = 4_000_000;
+
+export class AggregationCheckpoints {
+  private constructor(private readonly documents: Collection<CheckpointDocument>) {}
+
+  static async open(store: DocumentStore): Promise<AggregationCheckpoints> {
+    const documents = await store.collection<CheckpointDocument>({
+      name: 'aggregation_checkpoints',
+      indexes: [{ fields: ['owner'] }],
+      expireAtField: 'expiresAt',
+    });
+    return new AggregationCheckpoints(documents);
+  }
+
+  /** The checkpoint writer of one view on one replica. */
+  forOwner(view: string, replicaId: string): CheckpointWriter {
+    return new CheckpointWriter(this.documents, `${view}/${replicaId}`);
+  }
+
+  /** Deletes every checkpoint of a view (all replicas). */
+  async deleteView(view: string): Promise<void> {
+    const ids: string[] = [];
+    for await (const { doc } of this.documents.scan()) {
+      if (doc.owner.startsWith(`${view}/`)) ids.push(doc.id);
+    }
+    for (const id of ids) await this.documents.delete(id);
+  }
+}
+
+export class CheckpointWriter {
+  private generation = 0;
+  private chunkCount = 0;
+  private seenSequence = 0;
+
+  constructor(
+    private readonly documents: Collection<CheckpointDocument>,
+    private readonly owner: string,
+  ) {}
+
+  /** Reads the last complete checkpoint, if any, and continues its numbering. */
+  async restore(): Promise<StoredCheckpoint | undefined> {
+    const header = (await this.documents.get(this.owner))?.doc;
+    if (header === undefined) return undefined;
+    this.generation = header.generation ?? 0;
+    this.chunkCount = header.chunkCount ?? 0;
+    this.seenSequence = header.seenSequence ?? 0;
+    const chunkIds = Array.from({ length: this.chunkCount }, (_, i) => this.chunkId(i));
+    const chunks = await this.documents.getMany(chunkIds);
+    const json = chunkIds.map((id) => chunks.get(id)?.doc.data ?? '').join('');
+    const state = JSON.parse(json) as AggregationCheckpoint;
+    const seen: CheckpointDocument[] = [];
+    for await (const { doc } of this.documents.scan({ owner: this.owner })) {
+      if (doc.kind === 'seen' && (doc.seenSequence ?? 0) <= this.seenSequence) seen.push(doc);
+    }
+    seen.sort((a, b) => (a.seenSequence ?? 0) - (b.seenSequence ?? 0));
+    return {
+      checkpoint: { ...state, seenEventIds: seen.flatMap((doc) => doc.ids ?? []) },
+      checkpointTime: dateOf(header.checkpointTime ?? 0),
+      extraCounters: header.extraCounters ?? {},
+    };
+  }
+
+  /**
+   * Writes `checkpoint` (whose `seenEventIds` are ignored) with the ids accepted since the last
+   * write, then makes it current. Throws when storage fails; the previous checkpoint stays current.
+   */
+  async write(
+    checkpoint: AggregationCheckpoint,
+    newSeenIds: readonly (readonly [string, number])[],
+    extraCounters: Readonly<Record<string, number>>,
+  ): Promise<Date> {
+    // The seen-set goes in the appended seen-id documents, not in the state.
+    const json = JSON.stringify({ ...checkpoint, seenEventIds: [] });
+    const generation = this.generation + 1;
+    const chunkCount = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
+    for (let i = 0; i < chunkCount; i++) {
+      await this.documents.upsert({
+        id: `${this.owner}/state/${generation}/${i}`,
+        owner: this.owner,
+        kind: 'state',
+        generation,
+        data: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS),
+      });
+    }
+    let seenSequence = this.seenSequence;
+    if (newSeenIds.length > 0) {
+      seenSequence++;
+      const until = newSeenIds.reduce((latest, [, u]) => Math.max(latest, u), 0);
+      await this.documents.upsert({
+        id: `${this.owner}/seen/${String(seenSequence).padStart(12, '0')}`,
+        owner: this.owner,
+        kind: 'seen',
+        seenSequence,
+        ids: newSeenIds,
+        // Kept a minute past the last id's horizon; the aggregator forgets them then anyway.
+        expiresAt: new Date(until + 60_000),
+      });
+    }
+    const checkpointTime = new Date();
+    await this.documents.upsert({
+      id: this.owner,
+      owner: this.owner,
+      kind: 'header',
+      generation,
+      chunkCount,
+      seenSequence,
+      checkpointTime,
+      extraCounters: { ...extraCounters },
+    });
+    const previous = { generation: this.generation, chunkCount: this.chunkCount };
+    this.generation = generation;
+    this.chunkCount = chunkCount;
+    this.seenSequence = seenSequence;
+    for (let i = 0; i < previous.chunkCount; i++) {
+      await this.documents
+        .delete(`${this.owner}/state/${previous.generation}/${i}`)
+        .catch(() => false);
+    }
+    return checkpointTime;
+  }
+
+  private chunkId(index: number): string {
+    return `${this.owner}/state/${this.generation}/${index}`;
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * The stored records of push-sourced views: one document per (view, entity key), written with
+ * `upsertIfNewer` so a late write loses, and expiring through a TTL index when the view has a TTL.
+ *
+ * Beside the records, a change log lets every replica pick up the rows other replicas wrote
+ * within its sync interval: each write appends entries with increasing sequence numbers (ids that
+ * sort in sequence order), and a replica reads the entries after the last one it applied. The
+ * log expires after a retention period; a replica that restarts loads the records themselves.
+ */
+import type {
+  Collection,
+  ConditionalWriteOutcome,
+  DocumentStore,
+} from '../../../platform/src/storage/collection';
+import type { StoredValue } from '../contract-mapping';
+
+/** One record of one view. */
+export interface FeatureRowDocument {
+  /** `<view>/<encoded entity key>`; view names contain no `/`. */
+  readonly id: string;
+  readonly view: string;
+  readonly entityKey: string;
+  /** The record's event time, ms since the Unix epoch. */
+  readonly eventTime: number;
+  /**
+   * What `upsertIfNewer` compares: the event time, then the write time, as fixed-width digits, so
+   * an older event never replaces a newer one and an equal event time written later does.
+   */
+  readonly version: string;
+  /** Feature name → value; an absent feature is null. */
+  readonly values: Readonly<Record<string, StoredValue>>;
+  /** Event time + the view's TTL; unset when the view's records never expire. */
+  readonly expiresAt?: Date;
+}
+
+/** A record as the change log carries it. */
+export interface ChangedRow {
+  readonly entityKey: string;
+  readonly eventTime: number;
+  readonly values: Readonly<Record<string, StoredValue>>;
+}
+
+interface ChangeLogDocument {
+  /** The sequence number, zero-padded so ids sort in sequence order. */
+  readonly id: string;
+  readonly view: string;
+  /** The replica that wrote the rows (it already holds them). */
+  readonly origin: string;
+  readonly rows: readonly ChangedRow[];
+  readonly expiresAt: Date;
+}
+
+interface SequenceDocument {
+  readonly id: string;
+  readonly next: number;
+}
+
+/** One batch of changed rows read from the log. */
+export interface ChangeLogEntry {
+  readonly sequence: number;
+  readonly view: string;
+  readonly origin: string;
+  readonly rows: readonly ChangedRow[];
+}
+
+const SEQUENCE_DIGITS = 15;
+/** Rows per change-log document, well under the 16 MB MongoDB document limit. */
+const ROWS_PER_LOG_ENTRY = 500;
+
+export function rowId(view: string, entityKey: string): string {
+  return `${view}/${entityKey}`;
+}
+
+/** The `version` of a record: event time, then write time, both fixed width. */
+export function rowVersion(eventTime: number, writtenAt: number): string {
+  return `${String(eventTime).padStart(SEQUENCE_DIGITS, '0')}:${String(writtenAt).padStart(SEQUENCE_DIGITS, '0')}`;
+}
+
+function sequenceId(sequence: number): string {
+  return String(sequence).padStart(SEQUENCE_DIGITS, '0');
+}
+
+export class FeatureRowRepository {
+  private constructor(
+    private readonly rows: Collection<FeatureRowDocument>,
+    private readonly changes: Collection<ChangeLogDocument>,
+    private readonly sequences: Collection<SequenceDocument>,
+    private readonly retentionMs: number,
+  ) {}
+
+  static async open(store: DocumentStore, retentionMs: number): Promise<FeatureRowRepository> {
+    const rows = await store.collection<FeatureRowDocument>({
+      name: 'feature_rows',
+      indexes: [{ fields: ['view'] }],
+      expireAtField: 'expiresAt',
+    });
+    const changes = await store.collection<ChangeLogDocument>({
+      name: 'feature_changes',
+      expireAtField: 'expiresAt',
+    });
+    const sequences = await store.collection<SequenceDocument>({ name: 'sequences' });
+    return new FeatureRowRepository(rows, changes, sequences, retentionMs);
+  }
+
+  /** Writes records, each only when newer than the stored one; one outcome per document. */
+  write(documents: readonly FeatureRowDocument[]): Promise<ConditionalWriteOutcome[]> {
+    if (documents.length === 0) return Promise.resolve([]);
+    return this.rows.upsertIfNewer(documents, 'version');
+  }
+
+  /** Every live record of a view, streamed. */
+  async *scanView(view: string): AsyncIterable<FeatureRowDocument> {
+    for await (const row of this.rows.scan({ view })) yield row.doc;
+  }
+
+  /** Deletes every record of a view. */
+  async deleteView(view: string): Promise<number> {
+    const ids: string[] = [];
+    for await (const row of this.rows.scan({ view })) ids.push(row.doc.id);
+    for (const id of ids) await this.rows.delete(id);
+    return ids.length;
+  }
+
+  /** Appends rows a replica stored to the change log. */
+  async appendChanges(view: string, origin: string, rows: readonly ChangedRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    const entries = Math.ceil(rows.length / ROWS_PER_LOG_ENTRY);
+    const counter = await this.sequences.increment('feature_changes', { next: entries });
+    const first = counter.doc.next - entries + 1;
+    const expiresAt = new Date(Date.now() + this.retentionMs);
+    for (let i = 0; i < entries; i++) {
+      await this.changes.insert({
+        id: sequenceId(first + i),
+        view,
+        origin,
+        rows: rows.slice(i * ROWS_PER_LOG_ENTRY, (i + 1) * ROWS_PER_LOG_ENTRY),
+        expiresAt,
+      });
+    }
+  }
+
+  /** The last sequence number handed out (0 before the first write). */
+  async lastSequence(): Promise<number> {
+    return (await this.sequences.get('feature_changes'))?.doc.next ?? 0;
+  }
+
+  /** Change-log entries after `sequence`, in sequence order. */
+  async *changesAfter(sequence: number): AsyncIterable<ChangeLogEntry> {
+    let afterId: string | undefined = sequenceId(sequence);
+    while (afterId !== undefined) {
+      const page = await this.changes.list({ afterId, limit: 200 });
+      for (const { doc } of page.items) {
+        yield { sequence: Number(doc.id), view: doc.view, origin: doc.origin, rows: doc.rows };
+      }
+      afterId = page.nextAfterId;
+    }
+  }
+}

@@ -1,0 +1,551 @@
+/**
+ * The behaviour of every FeatureStoreService RPC over gRPC, shared by the embedded-store and the
+ * MongoDB suites so both storage adapters are held to the same contract.
+ */
+import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { decodeStatus, TandemError, type DecodedStatus } from '../../platform/src/errors';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
+import type { RunningHarness } from './support/feature-store-harness';
+import {
+  bool,
+  double,
+  int,
+  itemEntity,
+  itemPlaysView,
+  list,
+  str,
+  userEntity,
+  userRow,
+  users,
+  userStatsView,
+  vector,
+} from './support/fixtures';
+
+/** The status a call failed with, details decoded. */
+export async function failureOf(call: Promise<unknown>): Promise<DecodedStatus> {
+  try {
+    await call;
+  } catch (error) {
+    if (error instanceof TandemError && error.cause !== undefined) {
+      return decodeStatus(error.cause as ServiceError);
+    }
+    throw error;
+  }
+  throw new Error('expected the call to fail');
+}
+
+export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void {
+  let harness: RunningHarness;
+
+  beforeEach(async () => {
+    harness = await start();
+  });
+
+  afterEach(async () => {
+    await harness.stop();
+  });
+
+  const seconds = (n: number) => new Date(Date.now() + n * 1000);
+
+  async function registerUserStats(): Promise<void> {
+    await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+    await harness.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+  }
+
+  describe('registry', () => {
+    it('applies an entity idempotently, keeping its etag when nothing changed', async () => {
+      const first = await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      expect(first.changed).toBe(true);
+      const again = await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      expect(again.changed).toBe(false);
+      expect(again.entity?.etag).toBe(first.entity?.etag);
+      const changed = await harness.client.applyEntity({
+        entity: { ...userEntity, description: 'someone who listens' },
+        requestId: '',
+      });
+      expect(changed.changed).toBe(true);
+      expect(changed.entity?.etag).not.toBe(first.entity?.etag);
+      const got = await harness.client.getEntity({ name: 'user' });
+      expect(got.entity).toMatchObject({ joinKey: 'user_id', description: 'someone who listens' });
+    });
+
+    it('lists entities in name order, one page at a time', async () => {
+      await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
+      const first = await harness.client.listEntities({ pageSize: 1, pageToken: '' });
+      expect(first.entities.map((e) => e.name)).toEqual(['item']);
+      const second = await harness.client.listEntities({
+        pageSize: 1,
+        pageToken: first.nextPageToken,
+      });
+      expect(second.entities.map((e) => e.name)).toEqual(['user']);
+      expect(second.nextPageToken).toBe('');
+      const bad = await failureOf(
+        harness.client.listEntities({ pageSize: 1, pageToken: 'nonsense' }),
+      );
+      expect(bad.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(bad.violations.map((v) => v.field)).toContain('page_token');
+    });
+
+    it('refuses a malformed entity with every field violation', async () => {
+      const failure = await failureOf(
+        harness.client.applyEntity({
+          entity: {
+            ...userEntity,
+            name: 'User!',
+            joinKey: '',
+            valueType: ValueType.VALUE_TYPE_BOOL,
+          },
+          requestId: '',
+        }),
+      );
+      expect(failure.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(failure.violations.map((v) => v.field).sort()).toEqual([
+        'entity.join_key',
+        'entity.name',
+        'entity.value_type',
+      ]);
+    });
+
+    it('refuses an apply or delete with a stale etag with ABORTED', async () => {
+      const applied = await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      await harness.client.applyEntity({
+        entity: { ...userEntity, owner: 'someone' },
+        requestId: '',
+      });
+      const stale = await failureOf(
+        harness.client.applyEntity({
+          entity: { ...userEntity, owner: 'else', etag: applied.entity!.etag },
+          requestId: '',
+        }),
+      );
+      expect(stale.code).toBe(GrpcCode.ABORTED);
+      const staleDelete = await failureOf(
+        harness.client.deleteEntity({ name: 'user', etag: applied.entity!.etag, requestId: '' }),
+      );
+      expect(staleDelete.code).toBe(GrpcCode.ABORTED);
+    });
+
+    it('requires the admin token for changes but not for reads', async () => {
+      const refused = await failureOf(
+        harness.anonymous.applyEntity({ entity: userEntity, requestId: '' }),
+      );
+      expect(refused.code).toBe(GrpcCode.UNAUTHENTICATED);
+      await registerUserStats();
+      const listed = await harness.anonymous.listFeatureViews({
+        pageSize: 0,
+        pageToken: '',
+        entity: '',
+      });
+      expect(listed.featureViews.map((v) => v.name)).toEqual(['user_stats']);
+    });
+
+    it('answers NOT_FOUND naming a missing entity or view', async () => {
+      const entity = await failureOf(harness.client.getEntity({ name: 'nobody' }));
+      expect(entity.code).toBe(GrpcCode.NOT_FOUND);
+      expect(entity.message).toContain('nobody');
+      const view = await failureOf(harness.client.getFeatureView({ name: 'no_view' }));
+      expect(view.code).toBe(GrpcCode.NOT_FOUND);
+      expect(view.errorInfo?.reason).toBe('FEATURE_VIEW_NOT_FOUND');
+      const missingEntity = await failureOf(
+        harness.client.applyFeatureView({
+          featureView: userStatsView(),
+          requestId: '',
+          validateOnly: false,
+        }),
+      );
+      expect(missingEntity.code).toBe(GrpcCode.NOT_FOUND);
+      expect(missingEntity.message).toContain('user');
+    });
+
+    it('refuses an incompatible view change with one precondition violation per change', async () => {
+      await registerUserStats();
+      const view = userStatsView();
+      const changed = {
+        ...view,
+        features: view.features
+          .filter((f) => f.name !== 'plays')
+          .map((f) => (f.name === 'ctr' ? { ...f, valueType: ValueType.VALUE_TYPE_STRING } : f)),
+      };
+      const failure = await failureOf(
+        harness.client.applyFeatureView({
+          featureView: changed,
+          requestId: '',
+          validateOnly: false,
+        }),
+      );
+      expect(failure.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      expect(failure.errorInfo?.reason).toBe('INCOMPATIBLE_CHANGE');
+      expect(failure.preconditionViolations.map((v) => v.subject).sort()).toEqual([
+        'features.ctr.value_type',
+        'features.plays',
+      ]);
+    });
+
+    it('accepts a new feature on a push view, and validate_only stores nothing', async () => {
+      await registerUserStats();
+      const view = userStatsView();
+      const extended = {
+        ...view,
+        features: [
+          ...view.features,
+          { name: 'age', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
+        ],
+      };
+      const dryRun = await harness.client.applyFeatureView({
+        featureView: extended,
+        requestId: '',
+        validateOnly: true,
+      });
+      expect(dryRun.changed).toBe(true);
+      const stored = await harness.client.getFeatureView({ name: 'user_stats' });
+      expect(stored.featureView?.features.map((f) => f.name)).not.toContain('age');
+      const applied = await harness.client.applyFeatureView({
+        featureView: extended,
+        requestId: '',
+        validateOnly: false,
+      });
+      expect(applied.featureView?.etag).not.toBe(stored.featureView?.etag);
+      expect(
+        (await harness.client.getFeatureView({ name: 'user_stats' })).featureView?.features.map(
+          (f) => f.name,
+        ),
+      ).toContain('age');
+    });
+
+    it('refuses to delete a referenced entity, and deletes a view with its values', async () => {
+      await registerUserStats();
+      const inUse = await failureOf(
+        harness.client.deleteEntity({ name: 'user', etag: '', requestId: '' }),
+      );
+      expect(inUse.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      expect(inUse.message).toContain('user_stats');
+      await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+      const gone = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(gone.code).toBe(GrpcCode.NOT_FOUND);
+      await harness.client.deleteEntity({ name: 'user', etag: '', requestId: '' });
+      expect((await failureOf(harness.client.getEntity({ name: 'user' }))).code).toBe(
+        GrpcCode.NOT_FOUND,
+      );
+    });
+
+    it('lists views by entity', async () => {
+      await registerUserStats();
+      await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
+      await harness.client.applyFeatureView({
+        featureView: itemPlaysView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      const byItem = await harness.client.listFeatureViews({
+        pageSize: 0,
+        pageToken: '',
+        entity: 'item',
+      });
+      expect(byItem.featureViews.map((v) => v.name)).toEqual(['item_plays']);
+    });
+  });
+
+  describe('online reads and writes', () => {
+    it('reads back every value type column-oriented, with statuses and event times', async () => {
+      await registerUserStats();
+      const at = seconds(-10);
+      const written = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [
+          userRow('u1', at, {
+            ctr: double(0.25),
+            plays: int(42),
+            country: str('SE'),
+            premium: bool(true),
+            embedding: vector([0.5, 1.5, -2]),
+            genres: list(['jazz', 'pop']),
+          }),
+          userRow('u2', at, { ctr: double(0.1) }),
+        ],
+        requestId: '',
+      });
+      expect(written).toEqual({ rowsWritten: 2, rowsSkippedOlder: 0 });
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:*'],
+        entityRows: users('u1', 'u2', 'nobody'),
+        omitEventTimes: false,
+      });
+      expect(read.metadata?.featureNames).toEqual([
+        'user_stats:ctr',
+        'user_stats:plays',
+        'user_stats:country',
+        'user_stats:premium',
+        'user_stats:embedding',
+        'user_stats:genres',
+      ]);
+      const [ctr, plays, country, premium, embedding, genres] = read.columns;
+      expect(ctr?.values.slice(0, 2)).toEqual([double(0.25), double(0.1)]);
+      expect(ctr?.statuses).toEqual([
+        FeatureStatus.FEATURE_STATUS_PRESENT,
+        FeatureStatus.FEATURE_STATUS_PRESENT,
+        FeatureStatus.FEATURE_STATUS_NOT_FOUND,
+      ]);
+      expect(plays?.values[0]).toEqual(int(42));
+      expect(plays?.statuses[1]).toBe(FeatureStatus.FEATURE_STATUS_NULL_VALUE);
+      expect(country?.values[0]).toEqual(str('SE'));
+      expect(premium?.values[0]).toEqual(bool(true));
+      expect(embedding?.values[0]).toEqual(vector([0.5, 1.5, -2]));
+      expect(genres?.values[0]).toEqual(list(['jazz', 'pop']));
+      expect(ctr?.eventTimes[0]?.getTime()).toBe(at.getTime());
+      expect(ctr?.eventTimes[2]?.getTime()).toBe(0);
+      expect(read.metadata?.asOf).toBeDefined();
+      const lean = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(lean.columns[0]?.eventTimes).toEqual([]);
+    });
+
+    it('lets a late write lose and an equal event time overwrite', async () => {
+      await registerUserStats();
+      const now = seconds(-1);
+      await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', now, { ctr: double(0.5) })],
+        requestId: '',
+      });
+      const late = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', seconds(-60), { ctr: double(0.9) })],
+        requestId: '',
+      });
+      expect(late).toEqual({ rowsWritten: 0, rowsSkippedOlder: 1 });
+      const same = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', now, { ctr: double(0.7) })],
+        requestId: '',
+      });
+      expect(same.rowsWritten).toBe(1);
+      const batch = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [
+          userRow('u2', seconds(-5), { ctr: double(1) }),
+          userRow('u2', seconds(-3), { ctr: double(2) }),
+          userRow('u2', seconds(-4), { ctr: double(3) }),
+        ],
+        requestId: '',
+      });
+      expect(batch).toEqual({ rowsWritten: 1, rowsSkippedOlder: 2 });
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1', 'u2'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.values).toEqual([double(0.7), double(2)]);
+    });
+
+    it('refuses a batch with any bad row, naming every problem and applying nothing', async () => {
+      await registerUserStats();
+      const failure = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [
+            userRow('u1', seconds(-1), { ctr: double(0.5) }),
+            userRow('u2', seconds(-1), { ctr: str('high'), unknown: int(1) }),
+            { entityKey: { user_id: int(3) }, values: {}, eventTime: seconds(7200) },
+            {
+              entityKey: {},
+              values: { embedding: vector([1, 2]), plays: double(Number.NaN) },
+              eventTime: undefined,
+            },
+          ],
+          requestId: '',
+        }),
+      );
+      expect(failure.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(failure.violations.map((v) => v.field).sort()).toEqual([
+        'rows[1].values.ctr',
+        'rows[1].values.unknown',
+        'rows[2].entity_key.user_id',
+        'rows[2].event_time',
+        'rows[3].entity_key.user_id',
+        'rows[3].event_time',
+        'rows[3].values.embedding',
+        'rows[3].values.plays',
+      ]);
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+    });
+
+    it('answers NOT_FOUND naming each unknown view or feature reference', async () => {
+      await registerUserStats();
+      const view = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr', 'nope:x'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(view.code).toBe(GrpcCode.NOT_FOUND);
+      expect(view.errorInfo?.reason).toBe('FEATURE_VIEW_NOT_FOUND');
+      expect(view.violations.map((v) => v.field)).toEqual(['features[1]']);
+      const feature = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr', 'user_stats:nope'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(feature.code).toBe(GrpcCode.NOT_FOUND);
+      expect(feature.errorInfo?.reason).toBe('FEATURE_NOT_FOUND');
+      expect(feature.violations[0]?.field).toBe('features[1]');
+      expect(feature.message).toContain('nope');
+      const write = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'nope',
+          rows: [userRow('u1', seconds(0), {})],
+          requestId: '',
+        }),
+      );
+      expect(write.code).toBe(GrpcCode.NOT_FOUND);
+    });
+
+    it('refuses malformed reads and requests over the limits', async () => {
+      await registerUserStats();
+      const malformed = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats', 'user_stats:ctr', 'user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(malformed.violations.map((v) => v.field)).toEqual(['features[0]', 'features[2]']);
+      const badKey = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: { user_id: { values: [str('u1'), int(3)] } },
+          omitEventTimes: false,
+        }),
+      );
+      expect(badKey.violations.map((v) => v.field)).toEqual(['entity_rows.user_id.values[1]']);
+      const manyRefs = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: Array.from({ length: 1001 }, (_, i) => `user_stats:f${i}`),
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(manyRefs.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(manyRefs.errorInfo?.reason).toBe('LIMIT_EXCEEDED');
+      const manyRows = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: Array.from({ length: 10_001 }, (_, i) => userRow(`u${i}`, seconds(0), {})),
+          requestId: '',
+        }),
+      );
+      expect(manyRows.errorInfo?.reason).toBe('LIMIT_EXCEEDED');
+    });
+
+    it('reads a record older than the TTL as EXPIRED', async () => {
+      await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      await harness.client.applyFeatureView({
+        featureView: userStatsView({ ttl: { seconds: 60, nanos: 0 } }),
+        requestId: '',
+        validateOnly: false,
+      });
+      await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [
+          userRow('old', seconds(-120), { ctr: double(1) }),
+          userRow('fresh', seconds(-30), { ctr: double(2) }),
+        ],
+        requestId: '',
+      });
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('old', 'fresh'),
+        omitEventTimes: false,
+      });
+      expect(read.columns[0]?.statuses).toEqual([
+        FeatureStatus.FEATURE_STATUS_EXPIRED,
+        FeatureStatus.FEATURE_STATUS_PRESENT,
+      ]);
+      expect(read.columns[0]?.values[0]).toEqual({ kind: undefined });
+    });
+
+    it('returns the first response for a repeated request_id without writing again', async () => {
+      await registerUserStats();
+      const first = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', seconds(-5), { ctr: double(1) })],
+        requestId: 'req-1',
+      });
+      const retry = await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', seconds(-1), { ctr: double(2) })],
+        requestId: 'req-1',
+      });
+      expect(retry).toEqual(first);
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.values).toEqual([double(1)]);
+    });
+
+    it('refuses reads of an offline view and writes to a stream view', async () => {
+      await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
+      await harness.client.applyFeatureView({
+        featureView: userStatsView({ online: false }),
+        requestId: '',
+        validateOnly: false,
+      });
+      await harness.client.applyFeatureView({
+        featureView: itemPlaysView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      const offline = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(offline.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      const stream = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'item_plays',
+          rows: [{ entityKey: { item_id: str('i1') }, values: {}, eventTime: seconds(0) }],
+          requestId: '',
+        }),
+      );
+      expect(stream.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      const pushStatus = await failureOf(
+        harness.client.getAggregationStatus({ featureView: 'user_stats' }),
+      );
+      expect(pushStatus.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      const missingStatus = await failureOf(
+        harness.client.getAggregationStatus({ featureView: 'nope' }),
+      );
+      expect(missingStatus.code).toBe(GrpcCode.NOT_FOUND);
+      const status = await harness.client.getAggregationStatus({ featureView: 'item_plays' });
+      expect(status.status?.featureView).toBe('item_plays');
+    });
+  });
+}

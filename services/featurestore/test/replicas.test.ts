@@ -1,0 +1,76 @@
+/**
+ * Replicas sharing one storage: a write or a definition applied on one is served by the other
+ * within one second, with no NATS involved (each replica syncs from storage).
+ */
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+
+/** Another handle on the same store, whose close() leaves it open for its owner. */
+function sharing(store: DocumentStore): () => DocumentStore {
+  return () => ({
+    ...store,
+    collection: (spec) => store.collection(spec),
+    close: () => Promise.resolve(),
+  });
+}
+
+describe('FeatureStore replicas', () => {
+  let first: RunningHarness;
+  let second: RunningHarness;
+
+  beforeEach(async () => {
+    first = await startHarness({ replicaId: 'replica-a' });
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+    });
+  });
+
+  afterEach(async () => {
+    await second.stop();
+    await first.stop();
+  });
+
+  it('serves a view applied on another replica within one second', async () => {
+    await first.client.applyEntity({ entity: userEntity, requestId: '' });
+    await first.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(async () => {
+      const listed = await second.client.listFeatureViews({
+        pageSize: 0,
+        pageToken: '',
+        entity: '',
+      });
+      expect(listed.featureViews.map((v) => v.name)).toEqual(['user_stats']);
+    }, 1_000);
+  });
+
+  it('serves a row written on another replica within one second', async () => {
+    await first.client.applyEntity({ entity: userEntity, requestId: '' });
+    await first.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.3) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      const read = await second.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_PRESENT]);
+      expect(read.columns[0]?.values).toEqual([double(0.3)]);
+    }, 1_000);
+  });
+});

@@ -1,0 +1,112 @@
+/**
+ * While storage is unreachable, reads keep being served from memory and say how fresh they are
+ * (`as_of` stops at the last sync), and writes fail with UNAVAILABLE; both recover with storage.
+ */
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { UnavailableError } from '../../platform/src/errors';
+import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
+import { failureOf } from './feature-store-api';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+
+/** A store whose every operation throws UnavailableError while `down` is set, like an unreachable server. */
+function switchable(): {
+  wrap: (store: DocumentStore) => DocumentStore;
+  setDown: (down: boolean) => void;
+} {
+  let down = false;
+  const guard = <T extends object>(target: T): T =>
+    new Proxy(target, {
+      get(object, property, receiver) {
+        const value: unknown = Reflect.get(object, property, receiver);
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          if (down) throw new UnavailableError('storage is unreachable (test outage)');
+          return (value as (...a: unknown[]) => unknown).apply(object, args);
+        };
+      },
+    });
+  return {
+    setDown: (value) => {
+      down = value;
+    },
+    wrap: (store) => ({
+      kind: store.kind,
+      collection: async <T extends { readonly id: string }>(
+        spec: Parameters<DocumentStore['collection']>[0],
+      ): Promise<Collection<T>> => guard<Collection<T>>(await store.collection<T>(spec)),
+      ping: () => store.ping(),
+      close: () => store.close(),
+    }),
+  };
+}
+
+describe('FeatureStore during a storage outage', () => {
+  let harness: RunningHarness;
+  const storage = switchable();
+
+  beforeEach(async () => {
+    storage.setDown(false);
+    harness = await startHarness({ wrapStore: storage.wrap });
+  });
+
+  afterEach(async () => {
+    storage.setDown(false);
+    await harness.stop();
+  });
+
+  it('serves reads from memory with the as-of time and fails writes with UNAVAILABLE', async () => {
+    await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+    await harness.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    storage.setDown(true);
+    const outageStarted = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 600));
+
+    const read = await harness.client.getOnlineFeatures({
+      features: ['user_stats:ctr'],
+      entityRows: users('u1'),
+      omitEventTimes: false,
+    });
+    expect(read.columns[0]?.values).toEqual([double(0.5)]);
+    expect(read.metadata!.asOf!.getTime()).toBeLessThanOrEqual(outageStarted);
+    expect(read.metadata!.readTime!.getTime()).toBeGreaterThan(outageStarted);
+
+    const write = await failureOf(
+      harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
+        requestId: '',
+      }),
+    );
+    expect(write.code).toBe(GrpcCode.UNAVAILABLE);
+    const apply = await failureOf(
+      harness.client.applyEntity({ entity: { ...userEntity, owner: 'x' }, requestId: '' }),
+    );
+    expect(apply.code).toBe(GrpcCode.UNAVAILABLE);
+
+    storage.setDown(false);
+    await eventually(async () => {
+      const again = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: false,
+      });
+      expect(again.metadata!.asOf!.getTime()).toBeGreaterThan(outageStarted);
+    });
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
+      requestId: '',
+    });
+  });
+});

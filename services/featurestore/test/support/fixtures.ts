@@ -1,0 +1,145 @@
+/** Definitions and values the FeatureStore tests share. */
+import type { Entity } from '../../../../gen/ts/tandem/featurestore/v1/entity';
+import {
+  AggregationFunction,
+  AggregationKey,
+  type FeatureView,
+} from '../../../../gen/ts/tandem/featurestore/v1/feature_view';
+import type { FeatureRow } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { ValueType, type FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
+
+export const userEntity: Entity = {
+  name: 'user',
+  joinKey: 'user_id',
+  valueType: ValueType.VALUE_TYPE_STRING,
+  description: 'a listener',
+  owner: 'team-home',
+  etag: '',
+};
+
+export const itemEntity: Entity = {
+  ...userEntity,
+  name: 'item',
+  joinKey: 'item_id',
+  description: 'a track',
+};
+
+export function userStatsView(overrides: Partial<FeatureView> = {}): FeatureView {
+  return {
+    name: 'user_stats',
+    description: 'per-user statistics',
+    owner: 'team-home',
+    tags: { team: 'home' },
+    entities: ['user'],
+    features: [
+      { name: 'ctr', valueType: ValueType.VALUE_TYPE_DOUBLE, description: '', vectorLength: 0 },
+      { name: 'plays', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
+      { name: 'country', valueType: ValueType.VALUE_TYPE_STRING, description: '', vectorLength: 0 },
+      { name: 'premium', valueType: ValueType.VALUE_TYPE_BOOL, description: '', vectorLength: 0 },
+      {
+        name: 'embedding',
+        valueType: ValueType.VALUE_TYPE_FLOAT_VECTOR,
+        description: '',
+        vectorLength: 3,
+      },
+      {
+        name: 'genres',
+        valueType: ValueType.VALUE_TYPE_STRING_LIST,
+        description: '',
+        vectorLength: 0,
+      },
+    ],
+    ttl: undefined,
+    online: true,
+    source: { $case: 'pushSource', value: {} },
+    etag: '',
+    ...overrides,
+  };
+}
+
+export function itemPlaysView(
+  name = 'item_plays',
+  subject = 'tandem.events.v1.outcome.play',
+): FeatureView {
+  return {
+    name,
+    description: 'plays of each item',
+    owner: 'team-home',
+    tags: {},
+    entities: ['item'],
+    features: [
+      { name: 'plays_1h', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
+      {
+        name: 'seconds_1h',
+        valueType: ValueType.VALUE_TYPE_DOUBLE,
+        description: '',
+        vectorLength: 0,
+      },
+      {
+        name: 'listeners_1h',
+        valueType: ValueType.VALUE_TYPE_INT64,
+        description: '',
+        vectorLength: 0,
+      },
+    ],
+    ttl: undefined,
+    online: true,
+    source: {
+      $case: 'streamSource',
+      value: {
+        subject,
+        eventNames: [],
+        key: AggregationKey.AGGREGATION_KEY_ITEM_ID,
+        aggregations: [
+          {
+            feature: 'plays_1h',
+            function: AggregationFunction.AGGREGATION_FUNCTION_COUNT,
+            valueField: '',
+            window: { seconds: 3600, nanos: 0 },
+            bucket: undefined,
+          },
+          {
+            feature: 'seconds_1h',
+            function: AggregationFunction.AGGREGATION_FUNCTION_SUM,
+            valueField: 'value',
+            window: { seconds: 3600, nanos: 0 },
+            bucket: undefined,
+          },
+          {
+            feature: 'listeners_1h',
+            function: AggregationFunction.AGGREGATION_FUNCTION_DISTINCT_COUNT,
+            valueField: 'unit.id',
+            window: { seconds: 3600, nanos: 0 },
+            bucket: undefined,
+          },
+        ],
+        allowedLateness: undefined,
+      },
+    },
+    etag: '',
+  };
+}
+
+export const double = (value: number): FeatureValue => ({ kind: { $case: 'doubleValue', value } });
+export const int = (value: number): FeatureValue => ({ kind: { $case: 'int64Value', value } });
+export const str = (value: string): FeatureValue => ({ kind: { $case: 'stringValue', value } });
+export const bool = (value: boolean): FeatureValue => ({ kind: { $case: 'boolValue', value } });
+export const vector = (values: number[]): FeatureValue => ({
+  kind: { $case: 'floatVectorValue', value: { values } },
+});
+export const list = (values: string[]): FeatureValue => ({
+  kind: { $case: 'stringListValue', value: { values } },
+});
+
+export function userRow(
+  userId: string,
+  eventTime: Date,
+  values: Record<string, FeatureValue>,
+): FeatureRow {
+  return { entityKey: { user_id: str(userId) }, values, eventTime };
+}
+
+/** The entity_rows of a read of these user ids. */
+export function users(...ids: string[]) {
+  return { user_id: { values: ids.map(str) } };
+}
