@@ -1,0 +1,111 @@
+/**
+ * The Resolve RPC with 1,000 running experiments in 50 layers, each with a targeting condition,
+ * against a bare grpc-js echo server: same client, same run, each server in its own process.
+ * Budget (issue 3): p99 at concurrency 1 within 1.5× of the echo's; throughput at concurrency 64
+ * at least 60% of the echo's. The client is often the bottleneck here, so server CPU per call is
+ * printed too.
+ */
+import { join } from 'node:path';
+import { credentials } from '@grpc/grpc-js';
+import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
+import {
+  AssignmentServiceService,
+  ResolveRequest,
+} from '../gen/ts/tandem/assignment/v1/assignment_service';
+import { createClient } from '../services/platform/src/grpc/client';
+import { formatRow, runLoad, type LoadResult } from './support/load';
+import { startServerProcess, type ServerProcess } from './support/server-process';
+
+const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
+const EXPERIMENTS = 1000;
+const LAYERS = 50;
+
+interface Measured {
+  readonly result: LoadResult;
+  readonly serverCpuUsPerCall: number;
+}
+
+async function measure(
+  server: ServerProcess,
+  call: () => Promise<unknown>,
+  concurrency: number,
+): Promise<Measured> {
+  const cpuBefore = await server.cpuMicros();
+  const result = await runLoad(call, { concurrency, durationMs });
+  const cpuAfter = await server.cpuMicros();
+  // Includes warm-up calls in the CPU window; the same for both servers.
+  return { result, serverCpuUsPerCall: (cpuAfter - cpuBefore) / Math.max(1, result.calls) };
+}
+
+function line(label: string, measured: Measured): string {
+  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call`;
+}
+
+async function main(): Promise<void> {
+  const echoServer = await startServerProcess(join(__dirname, 'support', 'echo-server.js'), [
+    'bare',
+  ]);
+  const assignmentServer = await startServerProcess(
+    join(__dirname, 'support', 'assignment-server.js'),
+    [String(EXPERIMENTS), String(LAYERS)],
+  );
+  const echo = createClient(EchoServiceService, {
+    address: echoServer.address,
+    credentials: credentials.createInsecure(),
+  });
+  const assignment = createClient(AssignmentServiceService, {
+    address: assignmentServer.address,
+    credentials: credentials.createInsecure(),
+  });
+  const echoRequest = {
+    message: 'x'.repeat(100),
+    failWithCode: 0,
+    requireMessage: false,
+    delay: undefined,
+  };
+  let unit = 0;
+  const countries = ['SE', 'US', 'NO', 'DE'];
+  const resolve = (): Promise<unknown> => {
+    unit++;
+    return assignment.resolve(
+      ResolveRequest.fromPartial({
+        unit: { id: `user-${unit}`, type: 'user' },
+        surfaces: ['home'],
+        attributes: {
+          country: countries[unit % 4],
+          platform: unit % 2 ? 'ios' : 'web',
+          app: { version: unit % 30 },
+        },
+      }),
+    );
+  };
+  const sample = (await resolve()) as { assignments: unknown[]; resolveToken: string };
+  console.log(
+    `Resolve: ${EXPERIMENTS} running experiments in ${LAYERS} layers with conditions, surface "home"; ` +
+      `a response carries ~${sample.assignments.length} assignments and a ${sample.resolveToken.length}-char token. ` +
+      `${durationMs} ms per run; client and servers in separate processes.`,
+  );
+  for (const concurrency of [1, 64]) {
+    const bare = await measure(echoServer, () => echo.echo(echoRequest), concurrency);
+    const resolved = await measure(assignmentServer, resolve, concurrency);
+    console.log(`\nconcurrency ${concurrency}`);
+    console.log(line('bare grpc-js echo', bare));
+    console.log(line('Assignment.Resolve', resolved));
+    const p99 = resolved.result.p99Ms / bare.result.p99Ms;
+    const throughput = resolved.result.callsPerSecond / bare.result.callsPerSecond;
+    console.log(
+      concurrency === 1
+        ? `ratio Resolve/echo: p99 ${p99.toFixed(2)}x (target ≤ 1.5x), throughput ${throughput.toFixed(2)}x`
+        : `ratio Resolve/echo: throughput ${(throughput * 100).toFixed(0)}% (target ≥ 60%), p99 ${p99.toFixed(2)}x`,
+    );
+  }
+  echo.close();
+  assignment.close();
+  await echoServer.stop();
+  await assignmentServer.stop();
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

@@ -1,0 +1,25 @@
+/**
+ * What the handlers and consumers of one Assignment replica share: the in-memory configuration,
+ * the repositories, exposure logging and resolve tokens.
+ */
+import type { Logger } from '../../platform/src/logging';
+import type { ConfigurationChanges } from './events/config-changes';
+import type { ExposureLog } from './events/exposure-log';
+import type { LiveConfiguration } from './live-configuration';
+import type { ResolveTokens } from './resolve-token';
+import type { ConfigurationStore } from './store/configuration-store';
+import type { RequestResults } from './store/request-results';
+import type { StickyAssignments } from './store/sticky-assignments';
+
+export interface AssignmentContext {
+  readonly configuration: LiveConfiguration;
+  readonly store: ConfigurationStore;
+  readonly changes: ConfigurationChanges;
+  readonly requests: RequestResults;
+  readonly sticky: StickyAssignments;
+  readonly exposures: ExposureLog;
+  readonly tokens: ResolveTokens;
+  readonly logger: Logger;
+  /** Sticky TTL of experiments that set none. */
+  readonly defaultStickyTtlMs: number;
+}

@@ -1,0 +1,99 @@
+/**
+ * The Assignment service's configuration: the platform's shared settings plus its own, each with a
+ * documented default. Nothing else in the service reads `process.env`.
+ */
+import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
+
+export interface AssignmentConfig {
+  readonly platform: PlatformConfig;
+  /**
+   * The HMAC key resolve tokens are signed with; every replica must share it. When unset, a random
+   * key is created once and kept in the service's own storage, so replicas sharing the storage
+   * agree on it without configuration (dev, and production when the database is trusted).
+   */
+  readonly tokenSecret: string | undefined;
+  /**
+   * How often each replica checks storage for a configuration change. Half a second, so a change
+   * is served everywhere within one second even when the NATS notification is lost.
+   * @default 500 ms
+   */
+  readonly reloadIntervalMs: number;
+  /** Exposures kept in memory while NATS is unavailable; beyond this new ones are dropped. @default 100 000 */
+  readonly exposureBufferCapacity: number;
+  /** (experiment or holdout, unit) pairs remembered as already exposed today. @default 1 000 000 */
+  readonly exposureMemoryCapacity: number;
+  /** Window within which JetStream drops a repeated exposure id (across replicas). @default 1 h */
+  readonly exposureDuplicateWindowMs: number;
+  /** How long a sticky assignment is kept when the experiment does not say. @default 90 d */
+  readonly stickyTtlMs: number;
+  /** Sticky assignments cached in memory (least recently used are evicted). @default 100 000 */
+  readonly stickyCacheCapacity: number;
+  /** How long a request_id keeps returning the first result of a mutation. @default 24 h */
+  readonly idempotencyTtlMs: number;
+  /** This replica's id in config-change events and its config consumer's name. @default host-pid */
+  readonly replicaId: string;
+}
+
+/** Reads the configuration, throwing one `ConfigError` that lists every problem. */
+export function readAssignmentConfig(
+  env: Readonly<Record<string, string | undefined>>,
+  defaults: { readonly replicaId: string },
+): AssignmentConfig {
+  const reader = new EnvReader(env);
+  const platform = readPlatformConfig(reader, 'assignment', 50051);
+  const config: AssignmentConfig = {
+    platform,
+    tokenSecret: reader.optionalString('TANDEM_ASSIGNMENT_TOKEN_SECRET', {
+      description:
+        'HMAC key of resolve tokens, shared by every replica; when unset a random key is created once and kept in storage',
+    }),
+    reloadIntervalMs: reader.durationMs('TANDEM_ASSIGNMENT_RELOAD_INTERVAL', {
+      default: 500,
+      min: 50,
+      description:
+        'How often a replica checks storage for configuration changes (missed NATS notifications)',
+    }),
+    exposureBufferCapacity: reader.integer('TANDEM_ASSIGNMENT_EXPOSURE_BUFFER', {
+      default: 100_000,
+      min: 1,
+      description:
+        'Exposures buffered while NATS is unavailable; further ones are dropped and counted',
+    }),
+    exposureMemoryCapacity: reader.integer('TANDEM_ASSIGNMENT_EXPOSURE_MEMORY', {
+      default: 1_000_000,
+      min: 1,
+      description: '(experiment or holdout, unit) pairs remembered as exposed today, per replica',
+    }),
+    exposureDuplicateWindowMs: reader.durationMs('TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW', {
+      default: 3_600_000,
+      min: 1000,
+      description:
+        'JetStream duplicate window of the exposure stream: repeated exposure ids within it are stored once',
+    }),
+    stickyTtlMs: reader.durationMs('TANDEM_ASSIGNMENT_STICKY_TTL', {
+      default: 90 * 86_400_000,
+      min: 1000,
+      description: 'How long sticky assignments are kept when an experiment sets no sticky_ttl',
+    }),
+    stickyCacheCapacity: reader.integer('TANDEM_ASSIGNMENT_STICKY_CACHE', {
+      default: 100_000,
+      min: 1,
+      description: 'Sticky assignments cached in memory per replica',
+    }),
+    idempotencyTtlMs: reader.durationMs('TANDEM_ASSIGNMENT_REQUEST_ID_TTL', {
+      default: 86_400_000,
+      min: 1000,
+      description: 'How long a mutation request_id returns its first result',
+    }),
+    replicaId: reader.string('TANDEM_ASSIGNMENT_REPLICA_ID', {
+      default: defaults.replicaId,
+      description:
+        'This replica’s id (config-change origin and config consumer name); host-pid by default',
+    }),
+  };
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(config.replicaId)) {
+    reader.problem('TANDEM_ASSIGNMENT_REPLICA_ID must be 1-64 letters, digits, "_" or "-"');
+  }
+  reader.finish();
+  return config;
+}

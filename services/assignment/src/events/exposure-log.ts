@@ -1,0 +1,77 @@
+/**
+ * Exposure logging: one `ExposureEvent` per (experiment or holdout, unit) per UTC day at most.
+ * Two mechanisms keep it at most once:
+ * - this replica remembers which pairs it has logged today (bounded; the oldest are forgotten
+ *   first), which is what `already_logged_count` reports;
+ * - the event id is derived from (kind, id, unit type, unit id, UTC day), so the same exposure
+ *   logged by another replica, or again after a restart, is dropped by JetStream's duplicate window.
+ * Events go through a `BufferedPublisher`: logging never waits for NATS, and while NATS is down
+ * they are buffered (bounded, drops counted) and published when it returns.
+ */
+import { createHash } from 'node:crypto';
+import type { BufferedPublisher } from '../../../platform/src/events/buffered-publisher';
+import { ExposureEvent, ExposureKind } from '../../../../gen/ts/tandem/events/v1/exposure_event';
+import { EXPOSURE_SUBJECT } from './streams';
+
+/** What one call logged. */
+export interface ExposureTally {
+  logged: number;
+  alreadyLogged: number;
+}
+
+const DAY_MS = 86_400_000;
+
+/** The UTC day of a time, as `YYYY-MM-DD`. */
+export function utcDay(time: Date): string {
+  return new Date(Math.floor(time.getTime() / DAY_MS) * DAY_MS).toISOString().slice(0, 10);
+}
+
+/** The deterministic id of an exposure: the same on every replica for the same day. */
+export function exposureEventId(
+  kind: ExposureKind,
+  id: string,
+  unitType: string,
+  unitId: string,
+  day: string,
+): string {
+  const digest = createHash('sha256')
+    .update(`${kind}\u0000${id}\u0000${unitType}\u0000${unitId}\u0000${day}`)
+    .digest('base64url')
+    .slice(0, 32);
+  return `exposure-${day}-${digest}`;
+}
+
+export class ExposureLog {
+  /** Event ids logged recently (they embed the day), oldest first. */
+  private readonly loggedToday = new Set<string>();
+
+  constructor(
+    private readonly publisher: BufferedPublisher,
+    private readonly memoryCapacity: number,
+  ) {}
+
+  /** Logs `event` unless its pair was already logged today; the event id is filled in here. */
+  log(event: Omit<ExposureEvent, 'eventId'>, tally: ExposureTally): void {
+    const eventTime = event.eventTime ?? new Date();
+    const subjectId =
+      event.kind === ExposureKind.EXPOSURE_KIND_HOLDOUT ? event.holdoutId : event.experimentId;
+    const eventId = exposureEventId(
+      event.kind,
+      subjectId,
+      event.unit?.type ?? '',
+      event.unit?.id ?? '',
+      utcDay(eventTime),
+    );
+    if (this.loggedToday.has(eventId)) {
+      tally.alreadyLogged++;
+      return;
+    }
+    this.loggedToday.add(eventId);
+    if (this.loggedToday.size > this.memoryCapacity) {
+      const oldest = this.loggedToday.values().next();
+      if (!oldest.done) this.loggedToday.delete(oldest.value);
+    }
+    this.publisher.enqueue(EXPOSURE_SUBJECT, ExposureEvent, { ...event, eventId }, eventId);
+    tally.logged++;
+  }
+}

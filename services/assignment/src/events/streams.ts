@@ -1,0 +1,34 @@
+/**
+ * The subjects and streams the Assignment service publishes to and consumes from, declared at
+ * start-up. One stream per subject family, named after it, so another service declaring the same
+ * family (FeatureStore's config notifications, say) declares the same stream, not an overlapping one.
+ */
+import type { StreamSpec } from '../../../platform/src/events/bus';
+
+export const EXPOSURE_SUBJECT = 'tandem.events.v1.exposure';
+export const ALLOCATION_SUBJECT = 'tandem.events.v1.allocation';
+export const CONFIG_SUBJECT = 'tandem.events.v1.config.assignment';
+
+const DAY_MS = 86_400_000;
+
+export function exposureStream(duplicateWindowMs: number): StreamSpec {
+  return {
+    name: 'TANDEM_EXPOSURES',
+    subjects: [EXPOSURE_SUBJECT],
+    maxAgeMs: 7 * DAY_MS,
+    duplicateWindowMs,
+  };
+}
+
+export const ALLOCATION_STREAM: StreamSpec = {
+  name: 'TANDEM_ALLOCATIONS',
+  subjects: [ALLOCATION_SUBJECT],
+  maxAgeMs: 7 * DAY_MS,
+};
+
+/** Config notifications of every domain: only a hint to reload, so kept for an hour. */
+export const CONFIG_STREAM: StreamSpec = {
+  name: 'TANDEM_CONFIG',
+  subjects: ['tandem.events.v1.config.>'],
+  maxAgeMs: 3_600_000,
+};

@@ -1,0 +1,165 @@
+/**
+ * Bandit allocations: read the split in effect, and set a BANDIT experiment's weights, by hand
+ * (UpdateAllocation) or from Analysis (`AllocationUpdate` events). Updates are ordered by
+ * `sequence`: a stale one is rejected (RPC) or ignored (event). New units follow the new weights;
+ * sticky units keep their variant.
+ */
+import {
+  UpdateAllocationResponse,
+  type AssignmentServiceService,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import type { Allocation } from '../../../../gen/ts/tandem/assignment/v1/allocation';
+import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  FailedPreconditionError,
+  type FieldViolation,
+} from '../../../platform/src/errors';
+import type { Handlers } from '../../../platform/src/grpc/handlers';
+import { AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
+import type { AssignmentContext } from '../assignment-context';
+import { experimentDefinition, type AllocationDocument } from '../store/documents';
+import { allocationMessage, INITIAL_ALLOCATION_ETAG } from './messages';
+import { notFound, rejectIfAny, required } from './requests';
+
+type AllocationHandlers = Pick<
+  Handlers<typeof AssignmentServiceService>,
+  'getAllocation' | 'updateAllocation'
+>;
+
+/** Where an allocation came from: `admin` (UpdateAllocation) or `analysis` (events). */
+export type AllocationSource = 'admin' | 'analysis';
+
+/**
+ * Stores a new allocation for a BANDIT experiment. Throws INVALID_ARGUMENT, NOT_FOUND,
+ * FAILED_PRECONDITION, or ABORTED for a stale etag or sequence.
+ */
+export async function applyAllocation(
+  context: AssignmentContext,
+  allocation: Allocation,
+  source: AllocationSource,
+): Promise<Allocation> {
+  const violations: FieldViolation[] = [];
+  required('allocation.experiment_id', allocation.experimentId, violations);
+  rejectIfAny('allocation', violations);
+  const experiment = await context.store.experiments.get(allocation.experimentId);
+  if (!experiment) throw notFound('experiment', allocation.experimentId);
+  violations.push(
+    ...validateAllocation(
+      experimentDefinition(experiment.doc, undefined),
+      allocation.weights.map((w) => ({ variantKey: w.variantKey, weight: w.weight })),
+    ),
+  );
+  rejectIfAny('allocation', violations);
+  const doc = experiment.doc;
+  if (doc.allocationMode !== AllocationMode.BANDIT || doc.status === ExperimentStatus.CONCLUDED) {
+    throw new FailedPreconditionError(
+      `experiment "${doc.id}" ${doc.allocationMode !== AllocationMode.BANDIT ? 'is not a BANDIT experiment' : 'is CONCLUDED'}`,
+      {
+        reason: 'NOT_A_RUNNING_BANDIT',
+        violations: [
+          {
+            type: doc.allocationMode !== AllocationMode.BANDIT ? 'ALLOCATION_MODE' : 'STATUS',
+            subject: `experiments/${doc.id}`,
+            description:
+              doc.allocationMode !== AllocationMode.BANDIT
+                ? 'allocation_mode is FIXED'
+                : 'is CONCLUDED',
+          },
+        ],
+      },
+    );
+  }
+  const current = await context.store.allocations.get(doc.id);
+  const currentEtag = current ? String(current.version) : INITIAL_ALLOCATION_ETAG;
+  if (allocation.etag !== '' && allocation.etag !== currentEtag) {
+    throw new AbortedError(
+      `allocation of "${doc.id}": etag "${allocation.etag}" is stale; current is "${currentEtag}"`,
+      {
+        reason: 'STALE_ETAG',
+        metadata: { current_etag: currentEtag },
+      },
+    );
+  }
+  const storedSequence = current?.doc.sequence ?? 0;
+  const now = Date.now();
+  const sequence =
+    allocation.sequence === 0 ? Math.max(storedSequence + 1, now) : allocation.sequence;
+  if (sequence <= storedSequence) {
+    throw new AbortedError(
+      `allocation of "${doc.id}": sequence ${sequence} is not after ${storedSequence}`,
+      {
+        reason: 'STALE_SEQUENCE',
+        metadata: { current_sequence: String(storedSequence) },
+      },
+    );
+  }
+  const next: AllocationDocument = {
+    id: doc.id,
+    weights: allocation.weights.map((w) => ({
+      variantKey: w.variantKey,
+      weight: w.weight,
+      unitCount: w.unitCount,
+      rewardMean: w.rewardMean,
+      probabilityBest: w.probabilityBest,
+    })),
+    sequence,
+    method: allocation.method,
+    computeTime: allocation.computeTime?.getTime() ?? null,
+    analysisPlanId: allocation.analysisPlanId,
+    source,
+    updateTime: now,
+  };
+  let stored;
+  try {
+    stored = current
+      ? await context.store.allocations.replace(next, current.version)
+      : await context.store.allocations.insert(next);
+  } catch (error) {
+    // Another writer got there first: the caller's view is stale, as with an etag.
+    if (error instanceof AlreadyExistsError)
+      throw new AbortedError(`allocation of "${doc.id}" changed concurrently`, {
+        reason: 'CONCURRENT_CHANGE',
+      });
+    throw error;
+  }
+  await context.changes.record(
+    { type: 'allocation', id: doc.id, stored },
+    ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
+  );
+  return allocationMessage(doc, stored);
+}
+
+export function allocationHandlers(context: AssignmentContext): AllocationHandlers {
+  return {
+    getAllocation: (request) => {
+      const violations: FieldViolation[] = [];
+      required('experiment_id', request.experimentId, violations);
+      rejectIfAny('request', violations);
+      const view = context.configuration.current();
+      const experiment = view.experiments.get(request.experimentId);
+      if (!experiment) throw notFound('experiment', request.experimentId);
+      return Promise.resolve({
+        allocation: allocationMessage(experiment.doc, view.allocations.get(request.experimentId)),
+      });
+    },
+
+    updateAllocation: (request) =>
+      context.requests.once(
+        'UpdateAllocation',
+        request.requestId,
+        UpdateAllocationResponse,
+        async () => {
+          if (!request.allocation) {
+            rejectIfAny('request', [
+              { field: 'allocation', description: 'is required', reason: 'REQUIRED' },
+            ]);
+          }
+          return {
+            allocation: await applyAllocation(context, request.allocation as Allocation, 'admin'),
+          };
+        },
+      ),
+  };
+}

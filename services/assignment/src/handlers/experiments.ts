@@ -1,0 +1,562 @@
+/**
+ * Experiments: create (DRAFT), read, list, update with etag, delete, and the lifecycle
+ * DRAFT → SCHEDULED/RUNNING → STOPPED → CONCLUDED. Validation reports every problem at once; once
+ * started, the fields that decide which variant a unit hashes into are frozen (FAILED_PRECONDITION).
+ */
+import {
+  ConcludeExperimentResponse,
+  CreateExperimentResponse,
+  DeleteExperimentResponse,
+  StartExperimentResponse,
+  StopExperimentResponse,
+  UpdateExperimentResponse,
+  type AssignmentServiceService,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import {
+  AllocationMode as AllocationModeMessage,
+  HashVersion,
+  type Experiment,
+} from '../../../../gen/ts/tandem/assignment/v1/experiment';
+import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
+import {
+  AbortedError,
+  FailedPreconditionError,
+  type FieldViolation,
+} from '../../../platform/src/errors';
+import type { Handlers } from '../../../platform/src/grpc/handlers';
+import {
+  AllocationMode,
+  checkRunningChange,
+  ExperimentStatus,
+  validateExperiment,
+} from '../domain';
+import type { AssignmentContext } from '../assignment-context';
+import {
+  experimentDefinition,
+  type ExperimentDocument,
+  type Stored,
+  type VariantDocument,
+} from '../store/documents';
+import { asEnum, durationMs, experimentMessage } from './messages';
+import {
+  checkEtag,
+  maskPaths,
+  notFound,
+  page,
+  pageRequest,
+  rejectIfAny,
+  required,
+  under,
+  versionOf,
+} from './requests';
+
+type Service = typeof AssignmentServiceService;
+type ExperimentHandlers = Pick<
+  Handlers<Service>,
+  | 'createExperiment'
+  | 'getExperiment'
+  | 'listExperiments'
+  | 'updateExperiment'
+  | 'deleteExperiment'
+  | 'startExperiment'
+  | 'stopExperiment'
+  | 'concludeExperiment'
+>;
+
+/** Largest variant payload, encoded as JSON, as the contract says. */
+const MAX_PAYLOAD_BYTES = 64 * 1024;
+
+/** Update-mask path → the document fields it sets. */
+const MUTABLE_PATHS = {
+  description: ['description'],
+  owner: ['owner'],
+  tags: ['tags'],
+  unit_type: ['unitType'],
+  surfaces: ['surfaces'],
+  variants: ['variants'],
+  coverage: ['coverage'],
+  condition: ['conditionJson'],
+  layer_id: ['layerId'],
+  layer_range: ['layerRange'],
+  hash_version: ['hashVersion'],
+  seed: ['seed'],
+  scheduled_start_time: ['scheduledStartTime'],
+  scheduled_end_time: ['scheduledEndTime'],
+  allocation_mode: ['allocationMode'],
+  bandit: ['minArmShare'],
+  sticky: ['sticky'],
+  sticky_ttl: ['stickyTtlMs'],
+} as const satisfies Record<string, readonly (keyof ExperimentDocument)[]>;
+const OUTPUT_OR_IMMUTABLE = [
+  'id',
+  'status',
+  'conclusion',
+  'start_time',
+  'stop_time',
+  'etag',
+  'create_time',
+  'update_time',
+];
+
+type RequestedFields = Pick<
+  ExperimentDocument,
+  (typeof MUTABLE_PATHS)[keyof typeof MUTABLE_PATHS][number]
+>;
+
+/** The caller-settable fields of a requested experiment, with defaults filled in. */
+function requestedFields(experiment: Experiment, violations: FieldViolation[]): RequestedFields {
+  const variants = experiment.variants.map((v, i): VariantDocument => {
+    const payloadJson =
+      v.payload && Object.keys(v.payload).length > 0 ? JSON.stringify(v.payload) : '';
+    if (Buffer.byteLength(payloadJson) > MAX_PAYLOAD_BYTES) {
+      violations.push({
+        field: `experiment.variants[${i}].payload`,
+        description: `at most ${MAX_PAYLOAD_BYTES} bytes encoded`,
+        reason: 'TOO_LARGE',
+      });
+    }
+    return { key: v.key, description: v.description, weight: v.weight, payloadJson };
+  });
+  const stickyTtlMs = durationMs(experiment.stickyTtl);
+  if (stickyTtlMs !== undefined && stickyTtlMs <= 0) {
+    violations.push({
+      field: 'experiment.sticky_ttl',
+      description: 'must be positive',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
+  const condition = experiment.condition;
+  return {
+    description: experiment.description,
+    owner: experiment.owner,
+    tags: experiment.tags,
+    unitType: experiment.unitType,
+    surfaces: experiment.surfaces,
+    variants,
+    coverage: experiment.coverage ?? null,
+    conditionJson: condition && Object.keys(condition).length > 0 ? JSON.stringify(condition) : '',
+    layerId: experiment.layerId,
+    layerRange: experiment.layerRange
+      ? { start: experiment.layerRange.start, end: experiment.layerRange.end }
+      : null,
+    hashVersion:
+      experiment.hashVersion === HashVersion.HASH_VERSION_UNSPECIFIED
+        ? HashVersion.HASH_VERSION_V2
+        : experiment.hashVersion,
+    seed: experiment.seed === '' ? experiment.id : experiment.seed,
+    scheduledStartTime: experiment.scheduledStartTime?.getTime() ?? null,
+    scheduledEndTime: experiment.scheduledEndTime?.getTime() ?? null,
+    allocationMode:
+      experiment.allocationMode === AllocationModeMessage.ALLOCATION_MODE_UNSPECIFIED
+        ? AllocationMode.FIXED
+        : asEnum<AllocationMode>(experiment.allocationMode),
+    minArmShare: experiment.bandit ? experiment.bandit.minArmShare : null,
+    sticky: experiment.sticky,
+    stickyTtlMs: stickyTtlMs ?? null,
+  };
+}
+
+/** Every validation problem of `doc`, as request violations under `experiment.`. */
+function validate(context: AssignmentContext, doc: ExperimentDocument): FieldViolation[] {
+  const view = context.configuration.current();
+  return under(
+    'experiment',
+    validateExperiment(experimentDefinition(doc, undefined), {
+      layerIds: new Set(view.layers.keys()),
+      otherExperiments: view.experimentDefinitions,
+    }),
+  );
+}
+
+function statusName(status: number): string {
+  return (
+    Object.entries(ExperimentStatus).find(([, value]) => value === status)?.[0] ?? String(status)
+  );
+}
+
+function wrongStatus(
+  doc: ExperimentDocument,
+  action: string,
+  allowed: string,
+): FailedPreconditionError {
+  return new FailedPreconditionError(
+    `experiment "${doc.id}" is ${statusName(doc.status)}: only ${allowed} experiments can be ${action}`,
+    {
+      reason: 'EXPERIMENT_STATUS',
+      violations: [
+        {
+          type: 'STATUS',
+          subject: `experiments/${doc.id}`,
+          description: `is ${statusName(doc.status)}; must be ${allowed}`,
+        },
+      ],
+    },
+  );
+}
+
+/** Reads the experiment from storage (not memory: a write must start from the latest state). */
+async function storedExperiment(
+  context: AssignmentContext,
+  id: string,
+): Promise<Stored<ExperimentDocument>> {
+  const stored = await context.store.experiments.get(id);
+  if (!stored) throw notFound('experiment', id);
+  return stored;
+}
+
+/**
+ * A copy whose nested objects are fresh literals. A document read from the embedded store and
+ * written back otherwise carries objects the decoder created, which the storage port's plain-data
+ * check rejects when they come from another JavaScript realm (as under jest, where a worker's
+ * LMDB module outlives the test file that loaded it).
+ */
+function plainExperiment(doc: ExperimentDocument): ExperimentDocument {
+  return {
+    ...doc,
+    tags: [...doc.tags],
+    surfaces: [...doc.surfaces],
+    variants: doc.variants.map((v) => ({
+      key: v.key,
+      description: v.description,
+      weight: v.weight,
+      payloadJson: v.payloadJson,
+    })),
+    layerRange: doc.layerRange ? { start: doc.layerRange.start, end: doc.layerRange.end } : null,
+    conclusion: doc.conclusion
+      ? {
+          shippedVariantKey: doc.conclusion.shippedVariantKey,
+          summary: doc.conclusion.summary,
+          concludeTime: doc.conclusion.concludeTime,
+        }
+      : null,
+  };
+}
+
+/** Writes a changed experiment if `version` is still current, then commits the change. */
+async function saveExperiment(
+  context: AssignmentContext,
+  doc: ExperimentDocument,
+  version: number,
+): Promise<Stored<ExperimentDocument>> {
+  const stored = await context.store.experiments.replace(plainExperiment(doc), version);
+  await context.changes.record(
+    { type: 'experiment', id: doc.id, stored },
+    ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
+  );
+  return stored;
+}
+
+function checkOptionalEtag(doc: ExperimentDocument, etag: string, version: number): void {
+  if (etag !== '') checkEtag('experiment', doc.id, etag, version);
+}
+
+export function experimentHandlers(context: AssignmentContext): ExperimentHandlers {
+  return {
+    createExperiment: (request) =>
+      context.requests.once(
+        'CreateExperiment',
+        request.requestId,
+        CreateExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          if (!request.experiment) {
+            required('experiment', '', violations);
+            rejectIfAny('experiment', violations);
+          }
+          const experiment = request.experiment as Experiment;
+          const now = Date.now();
+          const doc: ExperimentDocument = {
+            id: experiment.id,
+            ...requestedFields(experiment, violations),
+            status: ExperimentStatus.DRAFT,
+            conclusion: null,
+            startTime: null,
+            stopTime: null,
+            createTime: now,
+            updateTime: now,
+          };
+          violations.push(...validate(context, doc));
+          rejectIfAny('experiment', violations);
+          const stored = await context.store.experiments.insert(doc);
+          await context.changes.record(
+            { type: 'experiment', id: doc.id, stored },
+            ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
+          );
+          return { experiment: experimentMessage(stored) };
+        },
+      ),
+
+    getExperiment: (request) => {
+      const violations: FieldViolation[] = [];
+      required('id', request.id, violations);
+      rejectIfAny('request', violations);
+      const stored = context.configuration.current().experiments.get(request.id);
+      if (!stored) throw notFound('experiment', request.id);
+      return Promise.resolve({ experiment: experimentMessage(stored) });
+    },
+
+    listExperiments: (request) => {
+      const violations: FieldViolation[] = [];
+      const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
+      const filters = JSON.stringify([statuses, request.layerId, request.surface]);
+      const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
+      rejectIfAny('request', violations);
+      const matching = [...context.configuration.current().experiments.values()]
+        .filter(
+          (s) =>
+            (statuses.length === 0 || statuses.includes(s.doc.status)) &&
+            (request.layerId === '' || s.doc.layerId === request.layerId) &&
+            (request.surface === '' || s.doc.surfaces.includes(request.surface)),
+        )
+        .map((s) => ({ id: s.doc.id, stored: s }));
+      const result = page(matching, pageOf, filters);
+      return Promise.resolve({
+        experiments: result.items.map((item) => experimentMessage(item.stored)),
+        nextPageToken: result.nextPageToken,
+      });
+    },
+
+    updateExperiment: (request) =>
+      context.requests.once(
+        'UpdateExperiment',
+        request.requestId,
+        UpdateExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          const experiment = request.experiment;
+          required('experiment.id', experiment?.id ?? '', violations);
+          required('experiment.etag', experiment?.etag ?? '', violations);
+          const paths = maskPaths(
+            request.updateMask,
+            Object.keys(MUTABLE_PATHS),
+            [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
+            violations,
+          );
+          rejectIfAny('request', violations);
+          if (!experiment) throw new Error('unreachable: experiment checked above');
+          const before = await storedExperiment(context, experiment.id);
+          checkEtag('experiment', experiment.id, experiment.etag, before.version);
+          const requested = requestedFields({ ...experiment, seed: experiment.seed }, violations);
+          const changed: Record<string, unknown> = { ...before.doc };
+          for (const path of paths) {
+            for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {
+              changed[field] = requested[field];
+            }
+          }
+          const after = { ...(changed as unknown as ExperimentDocument), updateTime: Date.now() };
+          violations.push(...validate(context, after));
+          rejectIfAny('experiment', violations);
+          const forbidden = checkRunningChange(
+            experimentDefinition(before.doc, undefined),
+            experimentDefinition(after, undefined),
+          );
+          if (forbidden.length > 0) {
+            throw new FailedPreconditionError(
+              `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,
+              {
+                reason: 'CHANGE_NOT_ALLOWED',
+                violations: forbidden.map((v) => ({
+                  type: v.reason,
+                  subject: `experiments/${before.doc.id}/${v.field}`,
+                  description: v.description,
+                })),
+              },
+            );
+          }
+          const stored = await saveExperiment(context, after, before.version);
+          return { experiment: experimentMessage(stored) };
+        },
+      ),
+
+    deleteExperiment: (request) =>
+      context.requests.once(
+        'DeleteExperiment',
+        request.requestId,
+        DeleteExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          required('id', request.id, violations);
+          required('etag', request.etag, violations);
+          rejectIfAny('request', violations);
+          const before = await storedExperiment(context, request.id);
+          checkEtag('experiment', request.id, request.etag, before.version);
+          if (
+            before.doc.status === ExperimentStatus.RUNNING ||
+            before.doc.status === ExperimentStatus.SCHEDULED
+          ) {
+            throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
+          }
+          if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
+            throw notFound('experiment', request.id);
+          }
+          await context.store.allocations.delete(request.id);
+          await context.changes.record(
+            { type: 'experiment', id: request.id, stored: undefined },
+            ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+          );
+          // Freeing sticky assignments may take a while; the delete does not wait for it.
+          context.sticky.forget(request.id).catch((error: unknown) => {
+            context.logger.warn(
+              { err: error, experiment: request.id },
+              'could not delete sticky assignments',
+            );
+          });
+          return {};
+        },
+      ),
+
+    startExperiment: (request) =>
+      context.requests.once(
+        'StartExperiment',
+        request.requestId,
+        StartExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          required('id', request.id, violations);
+          rejectIfAny('request', violations);
+          const before = await storedExperiment(context, request.id);
+          checkOptionalEtag(before.doc, request.etag, before.version);
+          const doc = before.doc;
+          if (doc.status !== ExperimentStatus.DRAFT) throw wrongStatus(doc, 'started', 'DRAFT');
+          const now = Date.now();
+          if (doc.scheduledEndTime !== null && doc.scheduledEndTime <= now) {
+            throw new FailedPreconditionError(
+              `experiment "${doc.id}": its scheduled_end_time has passed`,
+              {
+                reason: 'SCHEDULE_PASSED',
+                violations: [
+                  {
+                    type: 'SCHEDULE',
+                    subject: `experiments/${doc.id}`,
+                    description: 'scheduled_end_time has passed',
+                  },
+                ],
+              },
+            );
+          }
+          const scheduled = doc.scheduledStartTime !== null && doc.scheduledStartTime > now;
+          const stored = await saveExperiment(
+            context,
+            {
+              ...doc,
+              status: scheduled ? ExperimentStatus.SCHEDULED : ExperimentStatus.RUNNING,
+              startTime: scheduled ? null : now,
+              updateTime: now,
+            },
+            before.version,
+          );
+          return { experiment: experimentMessage(stored) };
+        },
+      ),
+
+    stopExperiment: (request) =>
+      context.requests.once(
+        'StopExperiment',
+        request.requestId,
+        StopExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          required('id', request.id, violations);
+          rejectIfAny('request', violations);
+          const before = await storedExperiment(context, request.id);
+          checkOptionalEtag(before.doc, request.etag, before.version);
+          const doc = before.doc;
+          const now = Date.now();
+          let next: ExperimentDocument;
+          if (doc.status === ExperimentStatus.RUNNING) {
+            next = { ...doc, status: ExperimentStatus.STOPPED, stopTime: now, updateTime: now };
+          } else if (doc.status === ExperimentStatus.SCHEDULED) {
+            next = { ...doc, status: ExperimentStatus.DRAFT, updateTime: now };
+          } else {
+            throw wrongStatus(doc, 'stopped', 'RUNNING or SCHEDULED');
+          }
+          const stored = await saveExperiment(context, next, before.version);
+          return { experiment: experimentMessage(stored) };
+        },
+      ),
+
+    concludeExperiment: (request) =>
+      context.requests.once(
+        'ConcludeExperiment',
+        request.requestId,
+        ConcludeExperimentResponse,
+        async () => {
+          const violations: FieldViolation[] = [];
+          required('id', request.id, violations);
+          rejectIfAny('request', violations);
+          const before = await storedExperiment(context, request.id);
+          const doc = before.doc;
+          if (
+            request.shippedVariantKey !== '' &&
+            !doc.variants.some((v) => v.key === request.shippedVariantKey)
+          ) {
+            violations.push({
+              field: 'shipped_variant_key',
+              description: `"${request.shippedVariantKey}" is not a variant of experiment "${doc.id}"`,
+              reason: 'UNKNOWN_VARIANT',
+            });
+          }
+          rejectIfAny('request', violations);
+          checkOptionalEtag(doc, request.etag, before.version);
+          if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {
+            throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
+          }
+          const now = Date.now();
+          const stored = await saveExperiment(
+            context,
+            {
+              ...doc,
+              status: ExperimentStatus.CONCLUDED,
+              stopTime: doc.stopTime ?? now,
+              conclusion: {
+                shippedVariantKey: request.shippedVariantKey,
+                summary: request.summary,
+                concludeTime: now,
+              },
+              updateTime: now,
+            },
+            before.version,
+          );
+          return { experiment: experimentMessage(stored) };
+        },
+      ),
+  };
+}
+
+/**
+ * The schedule: SCHEDULED experiments whose start has come become RUNNING, RUNNING ones whose end
+ * has passed become STOPPED. Every replica tries; the etag makes exactly one write win (the
+ * evaluator already serves by the schedule's times, so the status only has to catch up).
+ */
+export async function advanceSchedule(context: AssignmentContext, now: number): Promise<void> {
+  for (const { doc, version } of context.configuration.current().experiments.values()) {
+    let next: ExperimentDocument | undefined;
+    if (
+      doc.status === ExperimentStatus.SCHEDULED &&
+      doc.scheduledStartTime !== null &&
+      doc.scheduledStartTime <= now
+    ) {
+      next = {
+        ...doc,
+        status: ExperimentStatus.RUNNING,
+        startTime: doc.scheduledStartTime,
+        updateTime: now,
+      };
+    }
+    const endTime = next?.scheduledEndTime ?? doc.scheduledEndTime;
+    if ((next ?? doc).status === ExperimentStatus.RUNNING && endTime !== null && endTime <= now) {
+      next = {
+        ...(next ?? doc),
+        status: ExperimentStatus.STOPPED,
+        stopTime: endTime,
+        updateTime: now,
+      };
+    }
+    if (!next) continue;
+    try {
+      await saveExperiment(context, next, version);
+    } catch (error) {
+      if (!(error instanceof AbortedError)) throw error;
+    }
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * Holdouts: create (DRAFT, or RUNNING when asked), read, list, update (including the status,
+ * DRAFT → RUNNING → STOPPED), delete. Once running, what decides who is held out is frozen.
+ */
+import {
+  CreateHoldoutResponse,
+  DeleteHoldoutResponse,
+  UpdateHoldoutResponse,
+  type AssignmentServiceService,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { HashVersion } from '../../../../gen/ts/tandem/assignment/v1/experiment';
+import {
+  HoldoutStatus as HoldoutStatusMessage,
+  type Holdout,
+} from '../../../../gen/ts/tandem/assignment/v1/holdout';
+import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
+import {
+  FailedPreconditionError,
+  type FieldViolation,
+  type PreconditionViolation,
+} from '../../../platform/src/errors';
+import type { Handlers } from '../../../platform/src/grpc/handlers';
+import { HoldoutStatus, validateHoldout } from '../domain';
+import type { AssignmentContext } from '../assignment-context';
+import { holdoutDefinition, type HoldoutDocument, type Stored } from '../store/documents';
+import { asEnum, holdoutMessage } from './messages';
+import {
+  checkEtag,
+  maskPaths,
+  notFound,
+  page,
+  pageRequest,
+  rejectIfAny,
+  required,
+  under,
+  versionOf,
+} from './requests';
+
+type HoldoutHandlers = Pick<
+  Handlers<typeof AssignmentServiceService>,
+  'createHoldout' | 'getHoldout' | 'listHoldouts' | 'updateHoldout' | 'deleteHoldout'
+>;
+
+const MUTABLE_PATHS = {
+  description: 'description',
+  owner: 'owner',
+  tags: 'tags',
+  unit_type: 'unitType',
+  fraction: 'fraction',
+  seed: 'seed',
+  hash_version: 'hashVersion',
+  surfaces: 'surfaces',
+  layer_ids: 'layerIds',
+  status: 'status',
+} as const satisfies Record<string, keyof HoldoutDocument>;
+const FROZEN_ONCE_RUNNING = ['unit_type', 'fraction', 'seed', 'hash_version'] as const;
+const OUTPUT_OR_IMMUTABLE = ['id', 'start_time', 'stop_time', 'etag', 'create_time', 'update_time'];
+
+/** The status transitions UpdateHoldout allows. */
+const NEXT_STATUS: Readonly<Record<number, number>> = {
+  [HoldoutStatus.DRAFT]: HoldoutStatus.RUNNING,
+  [HoldoutStatus.RUNNING]: HoldoutStatus.STOPPED,
+};
+
+function requestedFields(
+  holdout: Holdout,
+): Pick<HoldoutDocument, (typeof MUTABLE_PATHS)[keyof typeof MUTABLE_PATHS]> {
+  return {
+    description: holdout.description,
+    owner: holdout.owner,
+    tags: holdout.tags,
+    unitType: holdout.unitType,
+    fraction: holdout.fraction,
+    seed: holdout.seed === '' ? holdout.id : holdout.seed,
+    hashVersion:
+      holdout.hashVersion === HashVersion.HASH_VERSION_UNSPECIFIED
+        ? HashVersion.HASH_VERSION_V2
+        : holdout.hashVersion,
+    surfaces: holdout.surfaces,
+    layerIds: holdout.layerIds,
+    status:
+      holdout.status === HoldoutStatusMessage.HOLDOUT_STATUS_UNSPECIFIED
+        ? HoldoutStatus.DRAFT
+        : asEnum<HoldoutStatus>(holdout.status),
+  };
+}
+
+function validate(context: AssignmentContext, doc: HoldoutDocument): FieldViolation[] {
+  const layerIds = new Set(context.configuration.current().layers.keys());
+  return under('holdout', validateHoldout(holdoutDefinition(doc, undefined), { layerIds }));
+}
+
+function statusName(status: number): string {
+  return Object.entries(HoldoutStatus).find(([, value]) => value === status)?.[0] ?? String(status);
+}
+
+export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
+  return {
+    createHoldout: (request) =>
+      context.requests.once('CreateHoldout', request.requestId, CreateHoldoutResponse, async () => {
+        const violations: FieldViolation[] = [];
+        const holdout = request.holdout;
+        if (!holdout) {
+          required('holdout', '', violations);
+          rejectIfAny('holdout', violations);
+        }
+        const requested = requestedFields(holdout as Holdout);
+        if (requested.status === HoldoutStatus.STOPPED) {
+          violations.push({
+            field: 'holdout.status',
+            description: 'a holdout is created DRAFT or RUNNING',
+            reason: 'INVALID_STATUS',
+          });
+        }
+        const now = Date.now();
+        const doc: HoldoutDocument = {
+          id: (holdout as Holdout).id,
+          ...requested,
+          startTime: requested.status === HoldoutStatus.RUNNING ? now : null,
+          stopTime: null,
+          createTime: now,
+          updateTime: now,
+        };
+        violations.push(...validate(context, doc));
+        rejectIfAny('holdout', violations);
+        const stored = await context.store.holdouts.insert(doc);
+        await context.changes.record(
+          { type: 'holdout', id: doc.id, stored },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
+        );
+        return { holdout: holdoutMessage(stored) };
+      }),
+
+    getHoldout: (request) => {
+      const violations: FieldViolation[] = [];
+      required('id', request.id, violations);
+      rejectIfAny('request', violations);
+      const stored = context.configuration.current().holdouts.get(request.id);
+      if (!stored) throw notFound('holdout', request.id);
+      return Promise.resolve({ holdout: holdoutMessage(stored) });
+    },
+
+    listHoldouts: (request) => {
+      const violations: FieldViolation[] = [];
+      const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
+      const filters = JSON.stringify([statuses, request.layerId, request.surface]);
+      const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
+      rejectIfAny('request', violations);
+      const matching = [...context.configuration.current().holdouts.values()]
+        .filter(
+          ({ doc }) =>
+            (statuses.length === 0 || statuses.includes(doc.status)) &&
+            (request.layerId === '' || doc.layerIds.includes(request.layerId)) &&
+            (request.surface === '' || doc.surfaces.includes(request.surface)),
+        )
+        .map((stored) => ({ id: stored.doc.id, stored }));
+      const result = page(matching, pageOf, filters);
+      return Promise.resolve({
+        holdouts: result.items.map((item) => holdoutMessage(item.stored)),
+        nextPageToken: result.nextPageToken,
+      });
+    },
+
+    updateHoldout: (request) =>
+      context.requests.once('UpdateHoldout', request.requestId, UpdateHoldoutResponse, async () => {
+        const violations: FieldViolation[] = [];
+        const holdout = request.holdout;
+        required('holdout.id', holdout?.id ?? '', violations);
+        required('holdout.etag', holdout?.etag ?? '', violations);
+        const paths = maskPaths(
+          request.updateMask,
+          Object.keys(MUTABLE_PATHS),
+          [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
+          violations,
+        );
+        rejectIfAny('request', violations);
+        if (!holdout) throw new Error('unreachable: holdout checked above');
+        const before: Stored<HoldoutDocument> | undefined = await context.store.holdouts.get(
+          holdout.id,
+        );
+        if (!before) throw notFound('holdout', holdout.id);
+        checkEtag('holdout', holdout.id, holdout.etag, before.version);
+        const requested = requestedFields(holdout);
+        const changed: Record<string, unknown> = { ...before.doc };
+        for (const path of paths) {
+          const field = MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS];
+          changed[field] = requested[field];
+        }
+        const now = Date.now();
+        let after = { ...(changed as unknown as HoldoutDocument), updateTime: now };
+        violations.push(...validate(context, after));
+        rejectIfAny('holdout', violations);
+
+        const forbidden: PreconditionViolation[] = [];
+        const subject = `holdouts/${holdout.id}`;
+        if (after.status !== before.doc.status) {
+          if (NEXT_STATUS[before.doc.status] !== after.status) {
+            forbidden.push({
+              type: 'STATUS_TRANSITION',
+              subject,
+              description: `${statusName(before.doc.status)} → ${statusName(after.status)} is not allowed (DRAFT → RUNNING → STOPPED)`,
+            });
+          } else if (after.status === HoldoutStatus.RUNNING) {
+            after = { ...after, startTime: now };
+          } else {
+            after = { ...after, stopTime: now };
+          }
+        }
+        if (before.doc.status !== HoldoutStatus.DRAFT) {
+          for (const path of FROZEN_ONCE_RUNNING) {
+            const field = MUTABLE_PATHS[path];
+            if (before.doc[field] !== after[field]) {
+              forbidden.push({
+                type: 'IMMUTABLE_ONCE_RUNNING',
+                subject: `${subject}/${path}`,
+                description: `${path} cannot change once the holdout has run: units would move in or out`,
+              });
+            }
+          }
+        }
+        if (forbidden.length > 0) {
+          throw new FailedPreconditionError(
+            `holdout "${holdout.id}": ${forbidden.map((v) => v.description).join('; ')}`,
+            {
+              reason: 'CHANGE_NOT_ALLOWED',
+              violations: forbidden,
+            },
+          );
+        }
+        const stored = await context.store.holdouts.replace(after, before.version);
+        await context.changes.record(
+          { type: 'holdout', id: holdout.id, stored },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
+        );
+        return { holdout: holdoutMessage(stored) };
+      }),
+
+    deleteHoldout: (request) =>
+      context.requests.once('DeleteHoldout', request.requestId, DeleteHoldoutResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        required('etag', request.etag, violations);
+        rejectIfAny('request', violations);
+        const before = await context.store.holdouts.get(request.id);
+        if (!before) throw notFound('holdout', request.id);
+        checkEtag('holdout', request.id, request.etag, before.version);
+        if (before.doc.status === HoldoutStatus.RUNNING) {
+          throw new FailedPreconditionError(`holdout "${request.id}" is RUNNING: stop it first`, {
+            reason: 'HOLDOUT_RUNNING',
+            violations: [
+              { type: 'STATUS', subject: `holdouts/${request.id}`, description: 'is RUNNING' },
+            ],
+          });
+        }
+        if (!(await context.store.holdouts.delete(request.id, versionOf(request.etag)))) {
+          throw notFound('holdout', request.id);
+        }
+        await context.changes.record(
+          { type: 'holdout', id: request.id, stored: undefined },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+        );
+        return {};
+      }),
+  };
+}

@@ -1,0 +1,160 @@
+/** Layers: create, read (with the ranges their experiments own), list, update, delete. */
+import {
+  CreateLayerResponse,
+  DeleteLayerResponse,
+  UpdateLayerResponse,
+  type AssignmentServiceService,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
+import {
+  FailedPreconditionError,
+  type FieldViolation,
+  type PreconditionViolation,
+} from '../../../platform/src/errors';
+import type { Handlers } from '../../../platform/src/grpc/handlers';
+import { validateLayer } from '../domain';
+import type { AssignmentContext } from '../assignment-context';
+import type { LayerDocument } from '../store/documents';
+import { layerMessage } from './messages';
+import {
+  checkEtag,
+  maskPaths,
+  notFound,
+  page,
+  pageRequest,
+  rejectIfAny,
+  required,
+  under,
+  versionOf,
+} from './requests';
+
+type LayerHandlers = Pick<
+  Handlers<typeof AssignmentServiceService>,
+  'createLayer' | 'getLayer' | 'listLayers' | 'updateLayer' | 'deleteLayer'
+>;
+
+const MUTABLE = ['description', 'owner', 'tags'] as const;
+const KNOWN = [...MUTABLE, 'id', 'allocations', 'etag', 'create_time', 'update_time'];
+
+export function layerHandlers(context: AssignmentContext): LayerHandlers {
+  return {
+    createLayer: (request) =>
+      context.requests.once('CreateLayer', request.requestId, CreateLayerResponse, async () => {
+        const violations: FieldViolation[] = [];
+        const layer = request.layer;
+        if (!layer) required('layer', '', violations);
+        else violations.push(...under('layer', validateLayer(layer)));
+        rejectIfAny('layer', violations);
+        if (!layer) throw new Error('unreachable: layer checked above');
+        const now = Date.now();
+        const stored = await context.store.layers.insert({
+          id: layer.id,
+          description: layer.description,
+          owner: layer.owner,
+          tags: layer.tags,
+          createTime: now,
+          updateTime: now,
+        });
+        await context.changes.record(
+          { type: 'layer', id: layer.id, stored },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
+        );
+        return { layer: layerMessage(stored, context.configuration.current()) };
+      }),
+
+    getLayer: (request) => {
+      const violations: FieldViolation[] = [];
+      required('id', request.id, violations);
+      rejectIfAny('request', violations);
+      const view = context.configuration.current();
+      const stored = view.layers.get(request.id);
+      if (!stored) throw notFound('layer', request.id);
+      return Promise.resolve({ layer: layerMessage(stored, view) });
+    },
+
+    listLayers: (request) => {
+      const violations: FieldViolation[] = [];
+      const pageOf = pageRequest(request.pageSize, request.pageToken, '', violations);
+      rejectIfAny('request', violations);
+      const view = context.configuration.current();
+      const result = page(
+        [...view.layers.values()].map((stored) => ({ id: stored.doc.id, stored })),
+        pageOf,
+        '',
+      );
+      return Promise.resolve({
+        layers: result.items.map((item) => layerMessage(item.stored, view)),
+        nextPageToken: result.nextPageToken,
+      });
+    },
+
+    updateLayer: (request) =>
+      context.requests.once('UpdateLayer', request.requestId, UpdateLayerResponse, async () => {
+        const violations: FieldViolation[] = [];
+        const layer = request.layer;
+        required('layer.id', layer?.id ?? '', violations);
+        required('layer.etag', layer?.etag ?? '', violations);
+        const paths = maskPaths(request.updateMask, MUTABLE, KNOWN, violations);
+        rejectIfAny('request', violations);
+        if (!layer) throw new Error('unreachable: layer checked above');
+        const before = await context.store.layers.get(layer.id);
+        if (!before) throw notFound('layer', layer.id);
+        checkEtag('layer', layer.id, layer.etag, before.version);
+        const after: LayerDocument = {
+          ...before.doc,
+          description: paths.has('description') ? layer.description : before.doc.description,
+          owner: paths.has('owner') ? layer.owner : before.doc.owner,
+          tags: paths.has('tags') ? layer.tags : before.doc.tags,
+          updateTime: Date.now(),
+        };
+        const stored = await context.store.layers.replace(after, before.version);
+        await context.changes.record(
+          { type: 'layer', id: layer.id, stored },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
+        );
+        return { layer: layerMessage(stored, context.configuration.current()) };
+      }),
+
+    deleteLayer: (request) =>
+      context.requests.once('DeleteLayer', request.requestId, DeleteLayerResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        required('etag', request.etag, violations);
+        rejectIfAny('request', violations);
+        const before = await context.store.layers.get(request.id);
+        if (!before) throw notFound('layer', request.id);
+        checkEtag('layer', request.id, request.etag, before.version);
+        const view = context.configuration.current();
+        const references: PreconditionViolation[] = [
+          ...[...view.experiments.values()]
+            .filter((s) => s.doc.layerId === request.id)
+            .map((s) => ({
+              type: 'LAYER_IN_USE',
+              subject: `experiments/${s.doc.id}`,
+              description: `experiment "${s.doc.id}" is in layer "${request.id}"`,
+            })),
+          ...[...view.holdouts.values()]
+            .filter((s) => s.doc.layerIds.includes(request.id))
+            .map((s) => ({
+              type: 'LAYER_IN_USE',
+              subject: `holdouts/${s.doc.id}`,
+              description: `holdout "${s.doc.id}" covers layer "${request.id}"`,
+            })),
+        ];
+        if (references.length > 0) {
+          throw new FailedPreconditionError(`layer "${request.id}" is still referenced`, {
+            reason: 'LAYER_IN_USE',
+            violations: references,
+          });
+        }
+        if (!(await context.store.layers.delete(request.id, versionOf(request.etag)))) {
+          throw notFound('layer', request.id);
+        }
+        await context.changes.record(
+          { type: 'layer', id: request.id, stored: undefined },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+        );
+        return {};
+      }),
+  };
+}

@@ -1,0 +1,178 @@
+/**
+ * What every resource's handlers share: field-violation collection, pagination with opaque page
+ * tokens bound to the filters they were issued for, etags, and update masks.
+ */
+import {
+  AbortedError,
+  InvalidArgumentError,
+  NotFoundError,
+  type FieldViolation,
+} from '../../../platform/src/errors';
+
+/** Throws INVALID_ARGUMENT with every violation when there is any. */
+export function rejectIfAny(what: string, violations: readonly FieldViolation[]): void {
+  if (violations.length > 0) {
+    throw new InvalidArgumentError(
+      `invalid ${what}: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,
+      violations,
+    );
+  }
+}
+
+/** Domain violations (paths relative to the resource) as request violations under `prefix`. */
+export function under(prefix: string, violations: readonly FieldViolation[]): FieldViolation[] {
+  return violations.map((v) => ({ ...v, field: `${prefix}.${v.field}` }));
+}
+
+export function required(field: string, value: string, violations: FieldViolation[]): void {
+  if (value === '') violations.push({ field, description: 'is required', reason: 'REQUIRED' });
+}
+
+export function notFound(type: string, id: string): NotFoundError {
+  return new NotFoundError(`${type} "${id}" does not exist`, {
+    reason: `${type.toUpperCase()}_NOT_FOUND`,
+    resource: {
+      type: `tandem.assignment.v1.${type[0]?.toUpperCase() ?? ''}${type.slice(1)}`,
+      name: id,
+    },
+  });
+}
+
+/** The stored version an etag names; throws ABORTED when it is not the current one. */
+export function checkEtag(type: string, id: string, etag: string, version: number): void {
+  if (etag !== String(version)) {
+    throw new AbortedError(
+      `${type} "${id}": etag "${etag}" is stale; the current one is "${version}"`,
+      { reason: 'STALE_ETAG', metadata: { current_etag: String(version) } },
+    );
+  }
+}
+
+/** The stored version an etag names, for conditional writes. */
+export function versionOf(etag: string): number {
+  const version = Number(etag);
+  return Number.isSafeInteger(version) && version > 0 ? version : -1;
+}
+
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 1000;
+
+interface PageToken {
+  /** The last id of the previous page. */
+  readonly a: string;
+  /** The filters the token was issued for. */
+  readonly f: string;
+}
+
+/** A page request, checked: the size to return and the id to continue after. */
+export interface PageRequest {
+  readonly size: number;
+  readonly afterId: string | undefined;
+}
+
+/** Reads `page_size` and `page_token`, collecting violations. `filters` binds the token. */
+export function pageRequest(
+  pageSize: number,
+  pageToken: string,
+  filters: string,
+  violations: FieldViolation[],
+): PageRequest {
+  if (pageSize < 0) {
+    violations.push({
+      field: 'page_size',
+      description: 'must not be negative',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
+  const size = pageSize <= 0 ? DEFAULT_PAGE_SIZE : Math.min(pageSize, MAX_PAGE_SIZE);
+  if (pageToken === '') return { size, afterId: undefined };
+  let token: PageToken | undefined;
+  try {
+    const parsed = JSON.parse(Buffer.from(pageToken, 'base64url').toString('utf8')) as unknown;
+    if (
+      typeof parsed === 'object' &&
+      parsed !== null &&
+      typeof (parsed as PageToken).a === 'string' &&
+      typeof (parsed as PageToken).f === 'string'
+    ) {
+      token = parsed as PageToken;
+    }
+  } catch {
+    token = undefined;
+  }
+  if (!token) {
+    violations.push({
+      field: 'page_token',
+      description: 'is malformed',
+      reason: 'INVALID_PAGE_TOKEN',
+    });
+    return { size, afterId: undefined };
+  }
+  if (token.f !== filters) {
+    violations.push({
+      field: 'page_token',
+      description: 'was issued for other filters',
+      reason: 'PAGE_TOKEN_FILTER_MISMATCH',
+    });
+  }
+  return { size, afterId: token.a };
+}
+
+/** One page of `items` (sorted by id) after `request.afterId`, and the token for the next one. */
+export function page<T extends { readonly id: string }>(
+  items: Iterable<T>,
+  request: PageRequest,
+  filters: string,
+): { items: T[]; nextPageToken: string } {
+  const out: T[] = [];
+  let more = false;
+  for (const item of items) {
+    if (request.afterId !== undefined && item.id <= request.afterId) continue;
+    if (out.length === request.size) {
+      more = true;
+      break;
+    }
+    out.push(item);
+  }
+  const last = out[out.length - 1];
+  const nextPageToken =
+    more && last
+      ? Buffer.from(JSON.stringify({ a: last.id, f: filters } satisfies PageToken)).toString(
+          'base64url',
+        )
+      : '';
+  return { items: out, nextPageToken };
+}
+
+/**
+ * The fields an update mask names, checked against what may be updated; `*` means all of them.
+ * Names an unknown, immutable or output-only field ⇒ a violation.
+ */
+export function maskPaths(
+  paths: readonly string[] | undefined,
+  mutable: readonly string[],
+  known: readonly string[],
+  violations: FieldViolation[],
+): Set<string> {
+  const selected = new Set<string>();
+  if (!paths || paths.length === 0) {
+    violations.push({ field: 'update_mask', description: 'is required', reason: 'REQUIRED' });
+    return selected;
+  }
+  paths.forEach((path, i) => {
+    if (path === '*') {
+      for (const field of mutable) selected.add(field);
+    } else if (mutable.includes(path)) {
+      selected.add(path);
+    } else {
+      violations.push({
+        field: `update_mask.paths[${i}]`,
+        description: known.includes(path)
+          ? `"${path}" is immutable or output only`
+          : `"${path}" is not a field`,
+        reason: known.includes(path) ? 'FIELD_NOT_UPDATABLE' : 'UNKNOWN_FIELD',
+      });
+    }
+  });
+  return selected;
+}

@@ -1,0 +1,389 @@
+/**
+ * Resolve and Apply: the data plane. Resolve computes a unit's assignments from the in-memory
+ * snapshot (no storage read except sticky lookups for sticky experiments) and returns a signed
+ * resolve token; exposures are logged only when the experience is shown, by `apply` or a later
+ * Apply with the token. The first exposure to a sticky experiment stores the unit's variant.
+ */
+import { randomUUID } from 'node:crypto';
+import { Struct } from '../../../../gen/ts/google/protobuf/struct';
+import type {
+  AssignmentServiceService,
+  ResolveResponse,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import {
+  AssignmentReason as ReasonMessage,
+  type Assignment,
+  type ExposureCounts,
+  type HoldoutMembership,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment';
+import { ExposureKind } from '../../../../gen/ts/tandem/events/v1/exposure_event';
+import { InvalidArgumentError, type FieldViolation } from '../../../platform/src/errors';
+import type { Handlers } from '../../../platform/src/grpc/handlers';
+import {
+  AssignmentReason,
+  SURFACE_PATTERN,
+  type Attributes,
+  type ResolvedAssignment,
+  type StickyAssignment,
+} from '../domain';
+import type { AssignmentContext } from '../assignment-context';
+import type { ExposureTally } from '../events/exposure-log';
+import type { ResolveRecord, TokenAssignment } from '../resolve-token';
+import { asEnum } from './messages';
+import { rejectIfAny } from './requests';
+
+type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
+
+const MAX_UNIT_ID_BYTES = 256;
+const MAX_ATTRIBUTE_BYTES = 64 * 1024;
+const MAX_ATTRIBUTE_DEPTH = 16;
+const MAX_REQUEST_ID_LENGTH = 128;
+/** How far in the future an exposure time may be (client clocks drift). */
+const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
+/** Apply results remembered per replica for request_id retries. */
+const APPLY_RESULTS_CAPACITY = 10_000;
+
+// Read once: through the domain index's re-exports every property read is a getter call, and the
+// loop below runs once per experiment on the surface.
+const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED } = AssignmentReason;
+
+/** The reasons Resolve returns without `explain`: what decides what to serve. */
+function decides(reason: number): boolean {
+  return reason === ASSIGNED || reason === STICKY || reason === HOLDOUT || reason === CONCLUDED;
+}
+
+/**
+ * Walks the attributes: depth, values that are not JSON (NaN, ±Infinity) and a size estimate;
+ * the exact encoded size is computed only when the estimate comes near the limit.
+ */
+function checkAttributes(attributes: Attributes, violations: FieldViolation[]): void {
+  let approximateBytes = 0;
+  const found = { tooDeep: false };
+  const walk = (value: unknown, path: string, depth: number): void => {
+    if (depth > MAX_ATTRIBUTE_DEPTH) {
+      found.tooDeep = true;
+      return;
+    }
+    if (typeof value === 'string') approximateBytes += value.length + 2;
+    else if (typeof value === 'number') {
+      approximateBytes += 9;
+      if (!Number.isFinite(value)) {
+        violations.push({
+          field: path,
+          description: 'must be a finite number',
+          reason: 'INVALID_ATTRIBUTE',
+        });
+      }
+    } else if (Array.isArray(value)) {
+      value.forEach((item, i) => {
+        walk(item, `${path}[${i}]`, depth + 1);
+      });
+    } else if (value !== null && typeof value === 'object') {
+      for (const [key, item] of Object.entries(value)) {
+        approximateBytes += key.length + 4;
+        walk(item, `${path}.${key}`, depth + 1);
+      }
+    } else approximateBytes += 2;
+  };
+  walk(attributes, 'attributes', 0);
+  if (found.tooDeep) {
+    violations.push({
+      field: 'attributes',
+      description: `nested deeper than ${MAX_ATTRIBUTE_DEPTH} levels`,
+      reason: 'TOO_DEEP',
+    });
+  } else if (
+    approximateBytes * 3 > MAX_ATTRIBUTE_BYTES &&
+    Struct.encode(Struct.wrap(attributes)).finish().length > MAX_ATTRIBUTE_BYTES
+  ) {
+    violations.push({
+      field: 'attributes',
+      description: `larger than ${MAX_ATTRIBUTE_BYTES} bytes encoded`,
+      reason: 'TOO_LARGE',
+    });
+  }
+}
+
+/** The shared, frozen results of the evaluator rendered once as messages. */
+const assignmentMessages = new WeakMap<ResolvedAssignment, Assignment>();
+
+function assignmentMessage(resolved: ResolvedAssignment): Assignment {
+  let message = assignmentMessages.get(resolved);
+  if (message === undefined) {
+    message = {
+      experimentId: resolved.experiment.id,
+      variantKey: resolved.variant.key,
+      payload: resolved.variant.payload,
+      inExperiment: resolved.inExperiment,
+      reason: asEnum<ReasonMessage>(resolved.reason),
+      layerId: resolved.experiment.layerId,
+      holdoutId: resolved.holdoutId,
+      surfaces: resolved.surfaces as string[],
+      experimentEtag: resolved.experiment.etag,
+      allocationSequence: resolved.allocationSequence,
+    };
+    assignmentMessages.set(resolved, message);
+  }
+  return message;
+}
+
+function byExperimentId(a: Assignment, b: Assignment): number {
+  return a.experimentId < b.experimentId ? -1 : a.experimentId > b.experimentId ? 1 : 0;
+}
+
+const NO_EXPOSURES: ExposureCounts = {
+  loggedCount: 0,
+  alreadyLoggedCount: 0,
+  notInExperimentCount: 0,
+};
+
+/**
+ * Logs the exposures of a resolve that was shown: the listed in-experiment assignments (all when
+ * `experimentIds` is empty) and every holdout membership; stores first sticky assignments.
+ */
+async function logExposures(
+  context: AssignmentContext,
+  record: ResolveRecord,
+  experimentIds: readonly string[],
+  exposureTime: Date,
+): Promise<ExposureCounts> {
+  const tally: ExposureTally = { logged: 0, alreadyLogged: 0 };
+  let notInExperiment = 0;
+  let shown: readonly TokenAssignment[] = record.assignments;
+  if (experimentIds.length > 0) {
+    const byId = new Map(record.assignments.map((a) => [a.experimentId, a]));
+    const selected: TokenAssignment[] = [];
+    for (const id of new Set(experimentIds)) {
+      const assignment = byId.get(id);
+      if (assignment) selected.push(assignment);
+      else notInExperiment++;
+    }
+    shown = selected;
+  }
+  const unit = { id: record.unitId, type: record.unitType };
+  const resolveTime = new Date(record.resolveTime);
+  const view = context.configuration.current();
+  const stickyWrites: Promise<void>[] = [];
+  for (const assignment of shown) {
+    context.exposures.log(
+      {
+        eventTime: exposureTime,
+        kind: ExposureKind.EXPOSURE_KIND_EXPERIMENT,
+        unit,
+        experimentId: assignment.experimentId,
+        holdoutId: '',
+        variantKey: assignment.variantKey,
+        reason: asEnum<ReasonMessage>(assignment.reason),
+        layerId: assignment.layerId,
+        surfaces: [...assignment.surfaces],
+        configEtag: assignment.etag,
+        configVersion: record.configVersion,
+        allocationSequence: assignment.allocationSequence,
+        resolveTime,
+        resolveId: record.resolveId,
+      },
+      tally,
+    );
+    const experiment = view.experiments.get(assignment.experimentId)?.doc;
+    if (experiment?.sticky && assignment.reason === ASSIGNED) {
+      const sticky: StickyAssignment = {
+        variantKey: assignment.variantKey,
+        allocationSequence: assignment.allocationSequence,
+      };
+      stickyWrites.push(
+        context.sticky.store(
+          experiment.id,
+          unit.type,
+          unit.id,
+          sticky,
+          experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
+          exposureTime.getTime(),
+        ),
+      );
+    }
+  }
+  for (const holdout of record.holdouts) {
+    context.exposures.log(
+      {
+        eventTime: exposureTime,
+        kind: ExposureKind.EXPOSURE_KIND_HOLDOUT,
+        unit,
+        experimentId: '',
+        holdoutId: holdout.holdoutId,
+        variantKey: holdout.heldOut ? 'held_out' : 'not_held_out',
+        reason: holdout.heldOut
+          ? ReasonMessage.ASSIGNMENT_REASON_HOLDOUT
+          : ReasonMessage.ASSIGNMENT_REASON_ASSIGNED,
+        layerId: '',
+        surfaces: [...holdout.surfaces],
+        configEtag: holdout.etag,
+        configVersion: record.configVersion,
+        allocationSequence: 0,
+        resolveTime,
+        resolveId: record.resolveId,
+      },
+      tally,
+    );
+  }
+  await Promise.all(stickyWrites);
+  return {
+    loggedCount: tally.logged,
+    alreadyLoggedCount: tally.alreadyLogged,
+    notInExperimentCount: notInExperiment,
+  };
+}
+
+export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
+  const applyResults = new Map<string, ExposureCounts>();
+
+  return {
+    resolve: async (request) => {
+      const unit = request.unit;
+      const unitId = unit?.id ?? '';
+      const unitType = unit?.type ?? '';
+      const attributes: Attributes = request.attributes ?? {};
+      const violations: FieldViolation[] = [];
+      if (unitId === '')
+        violations.push({ field: 'unit.id', description: 'is required', reason: 'REQUIRED' });
+      else if (
+        unitId.length > MAX_UNIT_ID_BYTES / 3 &&
+        Buffer.byteLength(unitId) > MAX_UNIT_ID_BYTES
+      ) {
+        violations.push({
+          field: 'unit.id',
+          description: `at most ${MAX_UNIT_ID_BYTES} bytes`,
+          reason: 'TOO_LONG',
+        });
+      }
+      if (unitType === '')
+        violations.push({ field: 'unit.type', description: 'is required', reason: 'REQUIRED' });
+      for (let i = 0; i < request.surfaces.length; i++) {
+        if (!SURFACE_PATTERN.test(request.surfaces[i] ?? '')) {
+          violations.push({
+            field: `surfaces[${i}]`,
+            description: `must match ${SURFACE_PATTERN.source}`,
+            reason: 'INVALID_SURFACE',
+          });
+        }
+      }
+      if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
+        violations.push({
+          field: 'request_id',
+          description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
+          reason: 'TOO_LONG',
+        });
+      }
+      checkAttributes(attributes, violations);
+      if (violations.length > 0) rejectIfAny('resolve request', violations);
+
+      const view = context.configuration.current();
+      const now = Date.now();
+      const surfaces = request.surfaces.length > 0 ? request.surfaces : view.surfaces;
+      const unknownSurfaces: string[] = [];
+      for (const surface of request.surfaces) {
+        if (!view.snapshot.hasSurface(surface)) unknownSurfaces.push(surface);
+      }
+      const stickyIds = view.snapshot.stickyExperimentIds(surfaces);
+      const sticky =
+        stickyIds.length > 0
+          ? await context.sticky.lookup(unitType, unitId, stickyIds, now)
+          : undefined;
+      const resolution = view.snapshot.resolve({
+        id: unitId,
+        type: unitType,
+        attributes,
+        surfaces,
+        now,
+        sticky,
+      });
+
+      const assignments: Assignment[] = [];
+      const inExperiment: TokenAssignment[] = [];
+      for (const resolved of resolution.assignments) {
+        if (resolved.inExperiment) {
+          inExperiment.push({
+            experimentId: resolved.experiment.id,
+            variantKey: resolved.variant.key,
+            reason: resolved.reason,
+            etag: resolved.experiment.etag,
+            layerId: resolved.experiment.layerId,
+            surfaces: resolved.surfaces,
+            allocationSequence: resolved.allocationSequence,
+          });
+        }
+        if (request.explain || decides(resolved.reason))
+          assignments.push(assignmentMessage(resolved));
+      }
+      if (surfaces.length > 1) assignments.sort(byExperimentId);
+      const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({
+        holdoutId: m.holdout.id,
+        heldOut: m.heldOut,
+        surfaces: m.surfaces as string[],
+        holdoutEtag: m.holdout.etag,
+      }));
+      const record: ResolveRecord = {
+        unitId,
+        unitType,
+        resolveId: request.requestId === '' ? randomUUID() : request.requestId,
+        resolveTime: now,
+        configVersion: view.version,
+        assignments: inExperiment,
+        holdouts: holdouts.map((h) => ({
+          holdoutId: h.holdoutId,
+          heldOut: h.heldOut,
+          surfaces: h.surfaces,
+          etag: h.holdoutEtag,
+        })),
+      };
+      const response: ResolveResponse = {
+        assignments,
+        holdouts,
+        resolveToken: context.tokens.sign(record),
+        resolveId: record.resolveId,
+        configVersion: view.version,
+        resolveTime: new Date(now),
+        unknownSurfaces,
+        exposures: request.apply
+          ? await logExposures(context, record, [], new Date(now))
+          : NO_EXPOSURES,
+      };
+      return response;
+    },
+
+    apply: async (request) => {
+      const now = Date.now();
+      if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
+        rejectIfAny('apply request', [
+          {
+            field: 'request_id',
+            description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
+            reason: 'TOO_LONG',
+          },
+        ]);
+      }
+      const previous = request.requestId === '' ? undefined : applyResults.get(request.requestId);
+      if (previous) return { exposures: previous };
+      const record = context.tokens.verify(request.resolveToken, now);
+      let exposureTime = request.exposureTime ?? new Date(now);
+      if (exposureTime.getTime() > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {
+        throw new InvalidArgumentError('exposure_time is more than one minute in the future', [
+          {
+            field: 'exposure_time',
+            description: 'must not be more than one minute in the future',
+            reason: 'IN_THE_FUTURE',
+          },
+        ]);
+      }
+      if (exposureTime.getTime() < record.resolveTime) exposureTime = new Date(record.resolveTime);
+      const exposures = await logExposures(context, record, request.experimentIds, exposureTime);
+      if (request.requestId !== '') {
+        applyResults.set(request.requestId, exposures);
+        if (applyResults.size > APPLY_RESULTS_CAPACITY) {
+          const oldest = applyResults.keys().next();
+          if (!oldest.done) applyResults.delete(oldest.value);
+        }
+      }
+      return { exposures };
+    },
+  };
+}

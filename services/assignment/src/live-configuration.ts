@@ -1,0 +1,210 @@
+/**
+ * The configuration held in memory: every stored layer, experiment, holdout and allocation, and the
+ * evaluator snapshot compiled from them. Resolve and the read RPCs are served from here and never
+ * touch storage. It changes in three ways, serialized so a reload never interleaves with a change:
+ * - a change made by this replica is applied at once (when it is the next version; otherwise the
+ *   whole configuration is reloaded, since another replica's change came in between);
+ * - a `ConfigChangeEvent` from another replica triggers a reload;
+ * - a periodic check compares the stored version with the one held, so a replica sees every
+ *   change within one interval even when NATS is down.
+ */
+import type { Logger } from '../../platform/src/logging';
+import { buildSnapshot, type AssignmentSnapshot, type ExperimentDefinition } from './domain';
+import type { ConfigurationRecords, ConfigurationStore } from './store/configuration-store';
+import {
+  allocationDefinition,
+  etagOf,
+  experimentDefinition,
+  holdoutDefinition,
+  layerDefinition,
+  type AllocationDocument,
+  type ExperimentDocument,
+  type HoldoutDocument,
+  type LayerDocument,
+  type Stored,
+} from './store/documents';
+
+/** One stored resource changed by this replica: its new state, or undefined when deleted. */
+export type ConfigurationChange =
+  | {
+      readonly type: 'layer';
+      readonly id: string;
+      readonly stored: Stored<LayerDocument> | undefined;
+    }
+  | {
+      readonly type: 'experiment';
+      readonly id: string;
+      readonly stored: Stored<ExperimentDocument> | undefined;
+    }
+  | {
+      readonly type: 'holdout';
+      readonly id: string;
+      readonly stored: Stored<HoldoutDocument> | undefined;
+    }
+  | {
+      readonly type: 'allocation';
+      readonly id: string;
+      readonly stored: Stored<AllocationDocument> | undefined;
+    };
+
+/** One immutable configuration version: records by id, sorted ids and the compiled snapshot. */
+export interface ConfigurationView {
+  readonly version: number;
+  readonly layers: ReadonlyMap<string, Stored<LayerDocument>>;
+  readonly experiments: ReadonlyMap<string, Stored<ExperimentDocument>>;
+  readonly holdouts: ReadonlyMap<string, Stored<HoldoutDocument>>;
+  readonly allocations: ReadonlyMap<string, Stored<AllocationDocument>>;
+  /** Experiment definitions (with etags), for validation contexts. */
+  readonly experimentDefinitions: readonly ExperimentDefinition[];
+  readonly snapshot: AssignmentSnapshot;
+  /** Every surface an experiment or holdout names, sorted: what an empty Resolve surface list means. */
+  readonly surfaces: readonly string[];
+}
+
+function byId<T extends { readonly id: string }>(
+  items: readonly Stored<T>[],
+): Map<string, Stored<T>> {
+  const sorted = [...items].sort((a, b) =>
+    a.doc.id < b.doc.id ? -1 : a.doc.id > b.doc.id ? 1 : 0,
+  );
+  return new Map(sorted.map((item) => [item.doc.id, item]));
+}
+
+function compile(records: ConfigurationRecords): ConfigurationView {
+  const layers = byId(records.layers);
+  const experiments = byId(records.experiments);
+  const holdouts = byId(records.holdouts);
+  const allocations = byId(records.allocations);
+  const experimentDefinitions = [...experiments.values()].map((s) =>
+    experimentDefinition(s.doc, etagOf(s)),
+  );
+  const snapshot = buildSnapshot({
+    layers: [...layers.values()].map(layerDefinition),
+    experiments: experimentDefinitions,
+    holdouts: [...holdouts.values()].map((s) => holdoutDefinition(s.doc, etagOf(s))),
+    allocations: [...allocations.values()].map((s) => allocationDefinition(s.doc)),
+  });
+  const surfaces = new Set<string>();
+  for (const { doc } of experiments.values()) for (const s of doc.surfaces) surfaces.add(s);
+  for (const { doc } of holdouts.values()) for (const s of doc.surfaces) surfaces.add(s);
+  return {
+    version: records.version,
+    layers,
+    experiments,
+    holdouts,
+    allocations,
+    experimentDefinitions,
+    snapshot,
+    surfaces: [...surfaces].sort(),
+  };
+}
+
+function replaced<T>(
+  map: ReadonlyMap<string, Stored<T>>,
+  id: string,
+  stored: Stored<T> | undefined,
+): Stored<T>[] {
+  const items = [...map.values()].filter((item) => (item.doc as { id: string }).id !== id);
+  if (stored) items.push(stored);
+  return items;
+}
+
+export class LiveConfiguration {
+  private view: ConfigurationView | undefined;
+  private chain: Promise<unknown> = Promise.resolve();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: ConfigurationStore,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The configuration in effect. Throws when nothing has been loaded yet. */
+  current(): ConfigurationView {
+    if (!this.view) throw new Error('the configuration has not been loaded');
+    return this.view;
+  }
+
+  /** Whether a configuration has been loaded. */
+  loaded(): boolean {
+    return this.view !== undefined;
+  }
+
+  /** Loads everything from storage; throws when storage is unreachable. */
+  load(): Promise<void> {
+    return this.exclusive(async () => {
+      this.view = compile(await this.store.readAll());
+    });
+  }
+
+  /** Reloads when the stored version differs from the one held. Returns true when it reloaded. */
+  refresh(): Promise<boolean> {
+    return this.exclusive(async () => {
+      const stored = await this.store.version();
+      if (this.view && stored === this.view.version) return false;
+      this.view = compile(await this.store.readAll());
+      this.logger.debug({ version: this.view.version }, 'configuration reloaded');
+      return true;
+    });
+  }
+
+  /**
+   * Records a change this replica has just written: bumps the stored version and applies the
+   * change in memory when no other change came in between, else reloads everything.
+   */
+  commit(change: ConfigurationChange): Promise<number> {
+    return this.exclusive(async () => {
+      const version = await this.store.bumpVersion();
+      const view = this.view;
+      if (!view || version !== view.version + 1) {
+        this.view = compile(await this.store.readAll());
+        return this.view.version;
+      }
+      this.view = compile({
+        version,
+        layers:
+          change.type === 'layer'
+            ? replaced(view.layers, change.id, change.stored)
+            : [...view.layers.values()],
+        experiments:
+          change.type === 'experiment'
+            ? replaced(view.experiments, change.id, change.stored)
+            : [...view.experiments.values()],
+        holdouts:
+          change.type === 'holdout'
+            ? replaced(view.holdouts, change.id, change.stored)
+            : [...view.holdouts.values()],
+        allocations:
+          change.type === 'allocation'
+            ? replaced(view.allocations, change.id, change.stored)
+            : [...view.allocations.values()],
+      });
+      return version;
+    });
+  }
+
+  /** Starts the periodic check; `onTick` runs after each (the schedule uses it). */
+  startPolling(intervalMs: number, onTick: () => Promise<void>): void {
+    const tick = async (): Promise<void> => {
+      try {
+        await this.refresh();
+        await onTick();
+      } catch (error) {
+        this.logger.warn({ err: error }, 'configuration check failed; serving the last one loaded');
+      }
+      if (this.timer !== undefined) this.timer = setTimeout(() => void tick(), intervalMs).unref();
+    };
+    this.timer = setTimeout(() => void tick(), intervalMs).unref();
+  }
+
+  stopPolling(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(work, work);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * Starts the Assignment service on a runtime from `bootstrap()`: declares its streams, opens its
+ * repositories, loads the configuration (before serving: a replica that cannot read its storage
+ * throws here and never reports SERVING), registers the gRPC service and the event consumers, and
+ * registers each shutdown step as it goes. The single-process dev launcher calls this too, with a
+ * shared in-process bus.
+ */
+import { AssignmentServiceService } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { BufferedPublisher } from '../../platform/src/events/buffered-publisher';
+import type { ServiceRuntime } from '../../platform/src/bootstrap';
+import { implement } from '../../platform/src/grpc/handlers';
+import type { AssignmentContext } from './assignment-context';
+import type { AssignmentConfig } from './config';
+import { followAllocationUpdates } from './events/allocation-updates';
+import { ConfigurationChanges, followConfigurationChanges } from './events/config-changes';
+import { ExposureLog } from './events/exposure-log';
+import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/streams';
+import { ADMIN_METHODS, assignmentHandlers } from './handlers';
+import { advanceSchedule } from './handlers/experiments';
+import { LiveConfiguration } from './live-configuration';
+import { ResolveTokens } from './resolve-token';
+import { ConfigurationStore } from './store/configuration-store';
+import { RequestResults } from './store/request-results';
+import { StickyAssignments } from './store/sticky-assignments';
+
+/** A started Assignment service. */
+export interface RunningAssignment {
+  /** What the handlers share (for tests and the bench seeder). */
+  readonly context: AssignmentContext;
+  /** Exposures published, buffered and dropped so far. */
+  exposureStats(): ReturnType<BufferedPublisher['stats']>;
+  /** Stops consumers and polling and flushes buffered events (also a shutdown step). */
+  stop(): Promise<void>;
+}
+
+export async function startAssignment(
+  runtime: ServiceRuntime,
+  config: AssignmentConfig,
+): Promise<RunningAssignment> {
+  const { bus, logger } = runtime;
+  await bus.declareStream(exposureStream(config.exposureDuplicateWindowMs));
+  await bus.declareStream(ALLOCATION_STREAM);
+  await bus.declareStream(CONFIG_STREAM);
+
+  const store = await ConfigurationStore.open(runtime.store);
+  const configuration = new LiveConfiguration(store, logger);
+  await configuration.load();
+  const tokenSecret = config.tokenSecret ?? (await store.tokenSecret());
+
+  const exposurePublisher = new BufferedPublisher(bus, {
+    capacity: config.exposureBufferCapacity,
+    maxInFlight: 128,
+    logger,
+  });
+  const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
+  const context: AssignmentContext = {
+    configuration,
+    store,
+    changes: new ConfigurationChanges(configuration, configPublisher, config.replicaId),
+    requests: await RequestResults.open(runtime.store, config.idempotencyTtlMs),
+    sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
+    exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),
+    tokens: new ResolveTokens(tokenSecret),
+    logger,
+    defaultStickyTtlMs: config.stickyTtlMs,
+  };
+
+  runtime.server.add(
+    AssignmentServiceService,
+    implement(AssignmentServiceService, assignmentHandlers(context), {
+      logger,
+      auth: runtime.auth,
+      adminMethods: [...ADMIN_METHODS],
+    }),
+  );
+
+  const subscriptions = [
+    await followAllocationUpdates(bus, context),
+    await followConfigurationChanges(bus, configuration, config.replicaId, logger),
+  ];
+  configuration.startPolling(config.reloadIntervalMs, () => advanceSchedule(context, Date.now()));
+  logger.info(
+    {
+      configVersion: configuration.current().version,
+      experiments: configuration.current().experiments.size,
+    },
+    'assignment configuration loaded',
+  );
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      configuration.stopPolling();
+      await Promise.all(subscriptions.map((s) => s.stop()));
+      await Promise.all([exposurePublisher.close(5000), configPublisher.close(1000)]);
+    })();
+    return stopping;
+  };
+  runtime.shutdown.add('assignment consumers and exposure publisher', stop);
+  return { context, exposureStats: () => exposurePublisher.stats(), stop };
+}

@@ -1,0 +1,150 @@
+/**
+ * Sticky assignments: the variant a unit was first exposed to in a sticky experiment, stored at
+ * its first exposure (Apply) with a TTL, so it keeps that variant when weights or coverage change.
+ * Read on Resolve only for the sticky experiments of the requested surfaces, through a bounded
+ * in-memory LRU cache. A stored assignment never changes, so cached hits stay valid; a miss is
+ * cached for one second only, so a unit first exposed on another replica is seen within a second.
+ */
+import { AlreadyExistsError } from '../../../platform/src/errors';
+import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import type { StickyAssignment } from '../domain';
+
+interface StickyDocument {
+  readonly id: string;
+  readonly experimentId: string;
+  readonly unitType: string;
+  readonly unitId: string;
+  readonly variantKey: string;
+  readonly allocationSequence: number;
+  readonly storeTime: number;
+  readonly expiresAt: Date;
+}
+
+/** How long "no sticky assignment stored" is believed, as long as the propagation promise. */
+const ABSENCE_TTL_MS = 1000;
+
+interface CacheEntry {
+  readonly assignment: StickyAssignment | undefined;
+  /** For absences only; stored assignments never go stale (until their TTL). */
+  readonly checkedAt: number;
+}
+
+function stickyId(experimentId: string, unitType: string, unitId: string): string {
+  return `${experimentId}\u0001${unitType}\u0001${unitId}`;
+}
+
+export class StickyAssignments {
+  private readonly cache = new Map<string, CacheEntry>();
+
+  private constructor(
+    private readonly collection: Collection<StickyDocument>,
+    private readonly capacity: number,
+  ) {}
+
+  static async open(store: DocumentStore, capacity: number): Promise<StickyAssignments> {
+    const collection = await store.collection<StickyDocument>({
+      name: 'sticky_assignments',
+      indexes: [{ fields: ['experimentId'] }],
+      expireAtField: 'expiresAt',
+    });
+    return new StickyAssignments(collection, capacity);
+  }
+
+  /** The unit's stored assignments in these experiments (one storage read for the misses). */
+  async lookup(
+    unitType: string,
+    unitId: string,
+    experimentIds: readonly string[],
+    now: number,
+  ): Promise<Map<string, StickyAssignment>> {
+    const found = new Map<string, StickyAssignment>();
+    const missing: string[] = [];
+    for (const experimentId of experimentIds) {
+      const key = stickyId(experimentId, unitType, unitId);
+      const entry = this.cache.get(key);
+      if (entry === undefined || (!entry.assignment && now - entry.checkedAt > ABSENCE_TTL_MS)) {
+        missing.push(key);
+      } else {
+        this.touch(key, entry);
+        if (entry.assignment) found.set(experimentId, entry.assignment);
+      }
+    }
+    if (missing.length === 0) return found;
+    const stored = await this.collection.getMany(missing);
+    for (const key of missing) {
+      const doc = stored.get(key)?.doc;
+      const assignment = doc
+        ? { variantKey: doc.variantKey, allocationSequence: doc.allocationSequence }
+        : undefined;
+      this.remember(key, { assignment, checkedAt: now });
+      if (doc && assignment) found.set(doc.experimentId, assignment);
+    }
+    return found;
+  }
+
+  /**
+   * Stores the unit's first assignment in an experiment; an existing one wins (another replica or
+   * an earlier Apply got there first) and is what gets cached.
+   */
+  async store(
+    experimentId: string,
+    unitType: string,
+    unitId: string,
+    assignment: StickyAssignment,
+    ttlMs: number,
+    now: number,
+  ): Promise<void> {
+    const id = stickyId(experimentId, unitType, unitId);
+    try {
+      await this.collection.insert({
+        id,
+        experimentId,
+        unitType,
+        unitId,
+        variantKey: assignment.variantKey,
+        allocationSequence: assignment.allocationSequence,
+        storeTime: now,
+        expiresAt: new Date(now + ttlMs),
+      });
+      this.remember(id, { assignment, checkedAt: now });
+    } catch (error) {
+      if (!(error instanceof AlreadyExistsError)) throw error;
+      const existing = await this.collection.get(id);
+      if (existing) {
+        this.remember(id, {
+          assignment: {
+            variantKey: existing.doc.variantKey,
+            allocationSequence: existing.doc.allocationSequence,
+          },
+          checkedAt: now,
+        });
+      }
+    }
+  }
+
+  /** Deletes every stored assignment of a deleted experiment. */
+  async forget(experimentId: string): Promise<number> {
+    let deleted = 0;
+    const ids: string[] = [];
+    for await (const item of this.collection.scan({ experimentId })) ids.push(item.doc.id);
+    for (const id of ids) {
+      if (await this.collection.delete(id)) deleted++;
+      this.cache.delete(id);
+    }
+    return deleted;
+  }
+
+  private touch(key: string, entry: CacheEntry): void {
+    this.cache.delete(key);
+    this.cache.set(key, entry);
+  }
+
+  private remember(key: string, entry: CacheEntry): void {
+    this.cache.delete(key);
+    this.cache.set(key, entry);
+    if (this.cache.size > this.capacity) {
+      const oldest = this.cache.keys().next();
+      if (!oldest.done) this.cache.delete(oldest.value);
+    }
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * The service's events on a real NATS JetStream server: exposures published once per day per
+ * (experiment, unit) even across a restart, AllocationUpdate events from Analysis changing a
+ * bandit's weights, and a NATS outage during which Resolve keeps answering and exposures are
+ * buffered, then published.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AllocationMethod } from '../../../gen/ts/tandem/assignment/v1/allocation';
+import {
+  CreateExperimentRequest,
+  StartExperimentRequest,
+} from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment';
+import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
+import { ExposureEvent, ExposureKind } from '../../../gen/ts/tandem/events/v1/exposure_event';
+import type { EventBus, Subscription } from '../../platform/src/events/bus';
+import { connectNatsBus } from '../../platform/src/events/nats-bus';
+import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { ALLOCATION_SUBJECT } from '../src/events/streams';
+import { experiment, resolveRequest } from './support/fixtures';
+import {
+  eventually,
+  startTestAssignment,
+  temporaryDataDir,
+  type TestAssignment,
+} from './support/harness';
+
+/** Collects the exposures of this test's units from the exposure stream. */
+async function watchExposures(
+  bus: EventBus,
+  unitPrefix: string,
+): Promise<{ events: ExposureEvent[]; subscription: Subscription }> {
+  const events: ExposureEvent[] = [];
+  const subscription = await bus.subscribe(
+    {
+      stream: 'TANDEM_EXPOSURES',
+      durable: uniqueName('exposure-watch'),
+      codec: ExposureEvent,
+      deliverPolicy: 'new',
+    },
+    ({ event }) => {
+      if (event.unit?.id.startsWith(unitPrefix)) events.push(event);
+      return Promise.resolve();
+    },
+  );
+  return { events, subscription };
+}
+
+describeWithNats('Assignment events on NATS JetStream', () => {
+  const url = natsUrl ?? '';
+  let dataDir: string;
+  let service: TestAssignment;
+  let bus: EventBus;
+  const surface = uniqueName('s').replace(/_/g, '-').toLowerCase();
+
+  beforeAll(async () => {
+    dataDir = temporaryDataDir();
+    service = await startTestAssignment({ dataDir, natsUrl: url });
+    bus = await connectNatsBus({ servers: url, name: 'assignment-test-observer' });
+    await service.admin.createExperiment(
+      CreateExperimentRequest.fromPartial({
+        experiment: experiment('exposed', { surfaces: [surface] }),
+      }),
+    );
+    await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'exposed' }));
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await bus.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('publishes one exposure per day per experiment and unit, even from a restarted replica', async () => {
+    const unit = uniqueName('unit');
+    const { events, subscription } = await watchExposures(bus, unit);
+    try {
+      for (let i = 0; i < 3; i++) {
+        await service.client.resolve(resolveRequest(unit, { surfaces: [surface], apply: true }));
+      }
+      await eventually(() => {
+        expect(events).toHaveLength(1);
+      });
+      expect(events[0]).toMatchObject({
+        kind: ExposureKind.EXPOSURE_KIND_EXPERIMENT,
+        experimentId: 'exposed',
+        unit: { id: unit, type: 'user' },
+        surfaces: [surface],
+        configEtag: '2',
+      });
+      expect(events[0]?.eventId).toMatch(/^exposure-\d{4}-\d{2}-\d{2}-/);
+
+      // A restarted replica has forgotten what it logged; the deterministic event id still dedupes.
+      await service.stop();
+      service = await startTestAssignment({ dataDir, natsUrl: url });
+      const applied = await service.client.resolve(
+        resolveRequest(unit, { surfaces: [surface], apply: true }),
+      );
+      expect(applied.exposures?.loggedCount).toBe(1);
+      await eventually(() => {
+        expect(service.service.exposureStats().published).toBeGreaterThanOrEqual(1);
+      });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(events).toHaveLength(1);
+    } finally {
+      await subscription.stop();
+    }
+  });
+
+  it('applies an AllocationUpdate from Analysis and ignores a stale one', async () => {
+    await service.admin.createExperiment(
+      CreateExperimentRequest.fromPartial({
+        experiment: experiment('bandit', {
+          surfaces: [surface],
+          allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+          bandit: { minArmShare: 0.05 },
+          sticky: true,
+        }),
+      }),
+    );
+    const update = (sequence: number, control: number): AllocationUpdate =>
+      AllocationUpdate.fromPartial({
+        eventId: `bandit-${sequence}`,
+        eventTime: new Date(),
+        experimentId: 'bandit',
+        weights: [
+          { variantKey: 'control', weight: control, unitCount: 10 },
+          { variantKey: 'treatment', weight: 1 - control, unitCount: 10 },
+        ],
+        minArmShare: 0.05,
+        sequence,
+        method: AllocationMethod.ALLOCATION_METHOD_THOMPSON_SAMPLING,
+        computeTime: new Date(),
+        analysisPlanId: 'plan-1',
+        totalUnitCount: 20,
+      });
+    await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(2000, 0.8), {
+      eventId: 'bandit-2000',
+    });
+    await eventually(async () => {
+      const { allocation } = await service.client.getAllocation({ experimentId: 'bandit' });
+      expect(allocation).toMatchObject({
+        sequence: 2000,
+        source: 'analysis',
+        analysisPlanId: 'plan-1',
+      });
+      expect(allocation?.weights.map((w) => w.weight)).toEqual([0.8, expect.closeTo(0.2, 10)]);
+    });
+    await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(1000, 0.1), {
+      eventId: 'bandit-1000',
+    });
+    await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(3000, 0.3), {
+      eventId: 'bandit-3000',
+    });
+    await eventually(async () => {
+      const { allocation } = await service.client.getAllocation({ experimentId: 'bandit' });
+      expect(allocation?.sequence).toBe(3000);
+    });
+  });
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => {
+        resolve(port);
+      });
+    });
+  });
+}
+
+describeWithNats('Assignment through a NATS outage', () => {
+  let natsProcess: ChildProcess | undefined;
+  let storeDir: string;
+  let port: number;
+
+  const startNats = (): void => {
+    natsProcess = spawn(
+      'nats-server',
+      ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir],
+      { stdio: 'ignore' },
+    );
+  };
+  const stopNats = async (): Promise<void> => {
+    const running = natsProcess;
+    natsProcess = undefined;
+    if (!running || running.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      running.once('exit', () => {
+        resolve();
+      });
+      running.kill('SIGTERM');
+    });
+  };
+
+  beforeAll(async () => {
+    storeDir = mkdtempSync(join(tmpdir(), 'tandem-assignment-nats-'));
+    port = await freePort();
+    startNats();
+  });
+
+  afterAll(async () => {
+    await stopNats();
+    rmSync(storeDir, { recursive: true, force: true });
+  });
+
+  it('keeps resolving while NATS is down, buffers exposures and publishes them when it returns', async () => {
+    const url = `nats://127.0.0.1:${port}`;
+    let service: TestAssignment | undefined;
+    await eventually(async () => {
+      service = await startTestAssignment({ natsUrl: url });
+    });
+    if (!service) throw new Error('the service did not start');
+    const observer = await connectNatsBus({ servers: url, name: 'outage-observer' });
+    const { events, subscription } = await watchExposures(observer, 'outage-');
+    try {
+      await service.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('outage', { surfaces: ['outage'] }),
+        }),
+      );
+      await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'outage' }));
+
+      await stopNats();
+      await eventually(() => {
+        expect(service?.runtime.bus.isConnected()).toBe(false);
+      });
+      for (let i = 0; i < 5; i++) {
+        const response = await service.client.resolve(
+          resolveRequest(`outage-${i}`, { surfaces: ['outage'], apply: true }),
+        );
+        expect(response.assignments).toHaveLength(1);
+        expect(response.exposures?.loggedCount).toBe(1);
+      }
+      await eventually(() => {
+        expect(service?.service.exposureStats().failedAttempts).toBeGreaterThan(0);
+      });
+      expect(service.service.exposureStats()).toMatchObject({ queued: 5, dropped: 0 });
+
+      startNats();
+      await eventually(() => {
+        expect(new Set(events.map((e) => e.unit?.id)).size).toBe(5);
+      }, 20_000);
+      expect(events.every((e) => e.experimentId === 'outage')).toBe(true);
+      expect(service.service.exposureStats().queued).toBe(0);
+    } finally {
+      await subscription.stop();
+      await observer.close();
+      await service.stop();
+    }
+  });
+});

@@ -1,0 +1,864 @@
+/**
+ * The end-to-end suite every storage adapter must pass: each RPC over gRPC against a service started
+ * as in production, with every error path the contract names.
+ */
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
+import { AssignmentReason } from '../../../../gen/ts/tandem/assignment/v1/assignment';
+import {
+  ApplyRequest,
+  ConcludeExperimentRequest,
+  CreateExperimentRequest,
+  CreateHoldoutRequest,
+  CreateLayerRequest,
+  DeleteExperimentRequest,
+  DeleteHoldoutRequest,
+  DeleteLayerRequest,
+  ListExperimentsRequest,
+  ListHoldoutsRequest,
+  ListLayersRequest,
+  StartExperimentRequest,
+  StopExperimentRequest,
+  UpdateAllocationRequest,
+  UpdateExperimentRequest,
+  UpdateHoldoutRequest,
+  UpdateLayerRequest,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import {
+  AllocationMode,
+  ExperimentStatus,
+} from '../../../../gen/ts/tandem/assignment/v1/experiment';
+import { HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  type TandemError,
+} from '../../../platform/src/errors';
+import { failure } from '../../../platform/test/support/failure';
+import { hash } from '../../src/domain';
+import { experiment, holdout, resolveRequest, variant } from './fixtures';
+import {
+  ADMIN_TOKEN,
+  clientFor,
+  startTestAssignment,
+  type StorageChoice,
+  type TestAssignment,
+} from './harness';
+
+function fields(error: TandemError): string[] {
+  return error instanceof InvalidArgumentError ? error.violations.map((v) => v.field).sort() : [];
+}
+
+function preconditions(error: TandemError): string[] {
+  return error instanceof FailedPreconditionError ? error.violations.map((v) => v.type) : [];
+}
+
+/** The variant GrowthBook's v2 hash puts `unitId` in for a 50/50 split seeded by `seed`. */
+function expectedVariant(seed: string, unitId: string): string {
+  return (hash(seed, unitId, 2) ?? 1) < 0.5 ? 'control' : 'treatment';
+}
+
+export function runServiceSuite(label: string, storage: () => StorageChoice): void {
+  describe(`the Assignment service over gRPC (${label})`, () => {
+    let service: TestAssignment;
+    let choice: StorageChoice;
+
+    beforeAll(async () => {
+      choice = storage();
+      service = await startTestAssignment(choice);
+    });
+
+    afterAll(async () => {
+      await service.stop();
+    });
+
+    describe('layers', () => {
+      it('creates, reads, lists by page, updates with etag and deletes a layer', async () => {
+        const { admin, client } = service;
+        const created = await admin.createLayer(
+          CreateLayerRequest.fromPartial({
+            layer: { id: 'home-ranking', description: 'ranking', owner: 'ml' },
+          }),
+        );
+        expect(created.layer).toMatchObject({
+          id: 'home-ranking',
+          description: 'ranking',
+          etag: '1',
+        });
+        for (const id of ['layer-b', 'layer-c']) {
+          await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id } }));
+        }
+        const first = await client.listLayers(ListLayersRequest.fromPartial({ pageSize: 2 }));
+        expect(first.layers.map((l) => l.id)).toEqual(['home-ranking', 'layer-b']);
+        const second = await client.listLayers(
+          ListLayersRequest.fromPartial({ pageSize: 2, pageToken: first.nextPageToken }),
+        );
+        expect(second.layers.map((l) => l.id)).toEqual(['layer-c']);
+        expect(second.nextPageToken).toBe('');
+
+        const updated = await admin.updateLayer(
+          UpdateLayerRequest.fromPartial({
+            layer: { id: 'layer-b', etag: '1', owner: 'growth' },
+            updateMask: ['owner'],
+          }),
+        );
+        expect(updated.layer).toMatchObject({ owner: 'growth', etag: '2' });
+        const stale = await failure(
+          admin.updateLayer(
+            UpdateLayerRequest.fromPartial({
+              layer: { id: 'layer-b', etag: '1', owner: 'x' },
+              updateMask: ['owner'],
+            }),
+          ),
+        );
+        expect(stale.code).toBe(GrpcCode.ABORTED);
+        await admin.deleteLayer(DeleteLayerRequest.fromPartial({ id: 'layer-b', etag: '2' }));
+        expect((await failure(client.getLayer({ id: 'layer-b' }))).code).toBe(GrpcCode.NOT_FOUND);
+        expect((await client.getLayer({ id: 'layer-c' })).layer?.id).toBe('layer-c');
+      });
+
+      it('refuses a duplicate id, a bad id, a bad update mask, a bad page token and a referenced delete', async () => {
+        const { admin, client } = service;
+        const duplicate = await failure(
+          admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'layer-c' } })),
+        );
+        expect(duplicate.code).toBe(GrpcCode.ALREADY_EXISTS);
+        const badId = await failure(
+          admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'Bad Id' } })),
+        );
+        expect(fields(badId)).toEqual(['layer.id']);
+        const mask = await failure(
+          admin.updateLayer(
+            UpdateLayerRequest.fromPartial({
+              layer: { id: 'layer-c', etag: '1' },
+              updateMask: ['id', 'colour'],
+            }),
+          ),
+        );
+        expect(fields(mask)).toEqual(['update_mask.paths[0]', 'update_mask.paths[1]']);
+        const token = await failure(
+          client.listLayers(ListLayersRequest.fromPartial({ pageToken: 'nonsense', pageSize: -1 })),
+        );
+        expect(fields(token)).toEqual(['page_size', 'page_token']);
+
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('uses-layer-c', {
+              layerId: 'layer-c',
+              layerRange: { start: 0, end: 0.5 },
+            }),
+          }),
+        );
+        const inUse = await failure(
+          admin.deleteLayer(DeleteLayerRequest.fromPartial({ id: 'layer-c', etag: '1' })),
+        );
+        expect(inUse.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(preconditions(inUse)).toEqual(['LAYER_IN_USE']);
+        const layer = await client.getLayer({ id: 'layer-c' });
+        expect(layer.layer?.allocations).toEqual([
+          { experimentId: 'uses-layer-c', range: { start: 0, end: 0.5 } },
+        ]);
+      });
+
+      it('returns the first result for a retried request_id', async () => {
+        const request = CreateLayerRequest.fromPartial({
+          layer: { id: 'retried' },
+          requestId: 'req-1',
+        });
+        const first = await service.admin.createLayer(request);
+        const again = await service.admin.createLayer(request);
+        expect(again).toEqual(first);
+      });
+    });
+
+    describe('experiments', () => {
+      it('reports every problem of an invalid experiment at once', async () => {
+        const error = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('broken', {
+                surfaces: [],
+                variants: [variant('a', 0.7), variant('a', 0.7)],
+                coverage: 2,
+                condition: { country: { $bogus: 1 } },
+                layerId: 'no-such-layer',
+                layerRange: { start: 0, end: 0.5 },
+              }),
+            }),
+          ),
+        );
+        expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(error)).toEqual(
+          expect.arrayContaining([
+            'experiment.surfaces',
+            'experiment.variants[1].key',
+            'experiment.variants',
+            'experiment.coverage',
+            'experiment.layer_id',
+          ]),
+        );
+        expect(fields(error).some((f) => f.startsWith('experiment.condition'))).toBe(true);
+      });
+
+      it('refuses an overlapping layer range and a duplicate id', async () => {
+        await service.admin.createLayer(
+          CreateLayerRequest.fromPartial({ layer: { id: 'checkout' } }),
+        );
+        await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('checkout-a', {
+              layerId: 'checkout',
+              layerRange: { start: 0, end: 0.6 },
+            }),
+          }),
+        );
+        const overlap = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('checkout-b', {
+                layerId: 'checkout',
+                layerRange: { start: 0.5, end: 1 },
+              }),
+            }),
+          ),
+        );
+        expect(fields(overlap)).toEqual(['experiment.layer_range']);
+        const duplicate = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('checkout-a', {
+                layerId: 'checkout',
+                layerRange: { start: 0.7, end: 1 },
+              }),
+            }),
+          ),
+        );
+        expect(duplicate.code).toBe(GrpcCode.ALREADY_EXISTS);
+      });
+
+      it('runs the lifecycle DRAFT → RUNNING → STOPPED → CONCLUDED with its preconditions', async () => {
+        const { admin, client } = service;
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('lifecycle') }),
+        );
+        expect(created.experiment).toMatchObject({
+          status: ExperimentStatus.EXPERIMENT_STATUS_DRAFT,
+          seed: 'lifecycle',
+          hashVersion: 2,
+          allocationMode: AllocationMode.ALLOCATION_MODE_FIXED,
+          etag: '1',
+        });
+        const draftResolve = await client.resolve(resolveRequest('u1', { explain: true }));
+        expect(draftResolve.assignments.find((a) => a.experimentId === 'lifecycle')?.reason).toBe(
+          AssignmentReason.ASSIGNMENT_REASON_NOT_RUNNING,
+        );
+
+        const stale = await failure(
+          admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'lifecycle', etag: '7' })),
+        );
+        expect(stale.code).toBe(GrpcCode.ABORTED);
+        const started = await admin.startExperiment(
+          StartExperimentRequest.fromPartial({ id: 'lifecycle' }),
+        );
+        expect(started.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_RUNNING);
+        expect(started.experiment?.startTime).toBeInstanceOf(Date);
+        const again = await failure(
+          admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'lifecycle' })),
+        );
+        expect(again.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(preconditions(again)).toEqual(['STATUS']);
+
+        const frozen = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('lifecycle', { seed: 'other' }),
+                etag: started.experiment?.etag ?? '',
+              },
+              updateMask: ['seed'],
+            }),
+          ),
+        );
+        expect(frozen.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(preconditions(frozen)).toEqual(['IMMUTABLE_ONCE_STARTED']);
+        const coverage = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...experiment('lifecycle', { coverage: 0.5 }),
+              etag: started.experiment?.etag ?? '',
+            },
+            updateMask: ['coverage'],
+          }),
+        );
+        expect(coverage.experiment?.coverage).toBe(0.5);
+        const staleUpdate = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('lifecycle', { coverage: 1 }),
+                etag: started.experiment?.etag ?? '',
+              },
+              updateMask: ['coverage'],
+            }),
+          ),
+        );
+        expect(staleUpdate.code).toBe(GrpcCode.ABORTED);
+
+        const running = await failure(
+          admin.deleteExperiment(
+            DeleteExperimentRequest.fromPartial({
+              id: 'lifecycle',
+              etag: coverage.experiment?.etag ?? '',
+            }),
+          ),
+        );
+        expect(running.code).toBe(GrpcCode.FAILED_PRECONDITION);
+
+        const stopped = await admin.stopExperiment(
+          StopExperimentRequest.fromPartial({ id: 'lifecycle' }),
+        );
+        expect(stopped.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_STOPPED);
+        const stopAgain = await failure(
+          admin.stopExperiment(StopExperimentRequest.fromPartial({ id: 'lifecycle' })),
+        );
+        expect(stopAgain.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        const unknownVariant = await failure(
+          admin.concludeExperiment(
+            ConcludeExperimentRequest.fromPartial({ id: 'lifecycle', shippedVariantKey: 'nope' }),
+          ),
+        );
+        expect(fields(unknownVariant)).toEqual(['shipped_variant_key']);
+        const concluded = await admin.concludeExperiment(
+          ConcludeExperimentRequest.fromPartial({
+            id: 'lifecycle',
+            shippedVariantKey: 'treatment',
+            summary: 'won',
+          }),
+        );
+        expect(concluded.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_CONCLUDED);
+        expect(concluded.experiment?.conclusion).toMatchObject({
+          shippedVariantKey: 'treatment',
+          summary: 'won',
+        });
+        const shipped = await client.resolve(resolveRequest('u1'));
+        expect(shipped.assignments.find((a) => a.experimentId === 'lifecycle')).toMatchObject({
+          variantKey: 'treatment',
+          reason: AssignmentReason.ASSIGNMENT_REASON_CONCLUDED,
+          inExperiment: false,
+          payload: { policy: 'new' },
+        });
+
+        await admin.deleteExperiment(
+          DeleteExperimentRequest.fromPartial({
+            id: 'lifecycle',
+            etag: concluded.experiment?.etag ?? '',
+          }),
+        );
+        expect((await failure(client.getExperiment({ id: 'lifecycle' }))).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
+        expect(
+          (
+            await failure(
+              admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'lifecycle' })),
+            )
+          ).code,
+        ).toBe(GrpcCode.NOT_FOUND);
+      });
+
+      it('lists experiments filtered by status, layer and surface, with tokens bound to the filters', async () => {
+        const { admin, client } = service;
+        for (const id of ['list-a', 'list-b', 'list-c']) {
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment(id, { surfaces: ['search'] }),
+            }),
+          );
+        }
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'list-b' }));
+        const drafts = await client.listExperiments(
+          ListExperimentsRequest.fromPartial({
+            surface: 'search',
+            statuses: [ExperimentStatus.EXPERIMENT_STATUS_DRAFT],
+            pageSize: 1,
+          }),
+        );
+        expect(drafts.experiments.map((e) => e.id)).toEqual(['list-a']);
+        const next = await client.listExperiments(
+          ListExperimentsRequest.fromPartial({
+            surface: 'search',
+            statuses: [ExperimentStatus.EXPERIMENT_STATUS_DRAFT],
+            pageSize: 1,
+            pageToken: drafts.nextPageToken,
+          }),
+        );
+        expect(next.experiments.map((e) => e.id)).toEqual(['list-c']);
+        const mismatch = await failure(
+          client.listExperiments(
+            ListExperimentsRequest.fromPartial({
+              surface: 'home',
+              pageToken: drafts.nextPageToken,
+            }),
+          ),
+        );
+        expect(fields(mismatch)).toEqual(['page_token']);
+        const inLayer = await client.listExperiments(
+          ListExperimentsRequest.fromPartial({ layerId: 'checkout' }),
+        );
+        expect(inLayer.experiments.map((e) => e.id)).toEqual(['checkout-a']);
+      });
+    });
+
+    describe('resolve and apply', () => {
+      beforeAll(async () => {
+        await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('feed', {
+              surfaces: ['feed'],
+              condition: { country: { $in: ['SE', 'NO'] } },
+            }),
+          }),
+        );
+        await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'feed' }));
+      });
+
+      it('assigns what GrowthBook hashing gives, only to targeted units, and explains the others', async () => {
+        for (const unitId of ['u-1', 'u-2', 'u-3', 'u-4']) {
+          const response = await service.client.resolve(
+            resolveRequest(unitId, { surfaces: ['feed'], attributes: { country: 'SE' } }),
+          );
+          expect(response.assignments).toHaveLength(1);
+          expect(response.assignments[0]).toMatchObject({
+            experimentId: 'feed',
+            variantKey: expectedVariant('feed', unitId),
+            inExperiment: true,
+            reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+            surfaces: ['feed'],
+          });
+          expect(response.resolveToken).not.toBe('');
+          expect(response.configVersion).toBeGreaterThan(0);
+        }
+        const outside = await service.client.resolve(
+          resolveRequest('u-1', {
+            surfaces: ['feed', 'nowhere'],
+            attributes: { country: 'US' },
+            explain: true,
+          }),
+        );
+        expect(outside.assignments.map((a) => [a.experimentId, a.reason])).toEqual([
+          ['feed', AssignmentReason.ASSIGNMENT_REASON_TARGETED_OUT],
+        ]);
+        expect(outside.unknownSurfaces).toEqual(['nowhere']);
+        const otherType = await service.client.resolve(
+          resolveRequest('u-1', {
+            unit: { id: 'u-1', type: 'device' },
+            surfaces: ['feed'],
+            explain: true,
+          }),
+        );
+        expect(otherType.assignments[0]?.reason).toBe(
+          AssignmentReason.ASSIGNMENT_REASON_UNIT_TYPE_MISMATCH,
+        );
+      });
+
+      it('rejects an empty unit, malformed surfaces and non-JSON or too deep attributes, all at once', async () => {
+        let deep: Record<string, unknown> = { leaf: 1 };
+        for (let i = 0; i < 20; i++) deep = { nested: deep };
+        const error = await failure(
+          service.client.resolve(
+            resolveRequest('', {
+              unit: { id: '', type: '' },
+              surfaces: ['Bad Surface'],
+              attributes: deep,
+            }),
+          ),
+        );
+        expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(error)).toEqual(['attributes', 'surfaces[0]', 'unit.id', 'unit.type']);
+        const notJson = await failure(
+          service.client.resolve(resolveRequest('u', { attributes: { score: Number.NaN } })),
+        );
+        expect(fields(notJson)).toEqual(['attributes.score']);
+        const long = await failure(service.client.resolve(resolveRequest('é'.repeat(200))));
+        expect(fields(long)).toEqual(['unit.id']);
+      });
+
+      it('logs an exposure once per day per experiment and unit, by Resolve(apply) or Apply', async () => {
+        const request = resolveRequest('exposed-1', {
+          surfaces: ['feed'],
+          attributes: { country: 'NO' },
+        });
+        const applied = await service.client.resolve({ ...request, apply: true });
+        expect(applied.exposures).toEqual({
+          loggedCount: 1,
+          alreadyLoggedCount: 0,
+          notInExperimentCount: 0,
+        });
+        const resolved = await service.client.resolve(request);
+        expect(resolved.exposures).toEqual({
+          loggedCount: 0,
+          alreadyLoggedCount: 0,
+          notInExperimentCount: 0,
+        });
+        const again = await service.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(again.exposures).toEqual({
+          loggedCount: 0,
+          alreadyLoggedCount: 1,
+          notInExperimentCount: 0,
+        });
+
+        const fresh = await service.client.resolve(
+          resolveRequest('exposed-2', { surfaces: ['feed'], attributes: { country: 'NO' } }),
+        );
+        const named = await service.client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: fresh.resolveToken,
+            experimentIds: ['feed', 'not-resolved'],
+            requestId: 'apply-1',
+          }),
+        );
+        expect(named.exposures).toEqual({
+          loggedCount: 1,
+          alreadyLoggedCount: 0,
+          notInExperimentCount: 1,
+        });
+        const retried = await service.client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: fresh.resolveToken,
+            experimentIds: ['feed'],
+            requestId: 'apply-1',
+          }),
+        );
+        expect(retried).toEqual(named);
+      });
+
+      it('refuses a missing, forged or tampered token and an exposure time in the future', async () => {
+        const resolved = await service.client.resolve(
+          resolveRequest('u-9', { surfaces: ['feed'], attributes: { country: 'SE' } }),
+        );
+        const missing = await failure(service.client.apply(ApplyRequest.fromPartial({})));
+        expect(fields(missing)).toEqual(['resolve_token']);
+        const [body, mac] = resolved.resolveToken.split('.');
+        const tampered = `${Buffer.from(
+          Buffer.from(body ?? '', 'base64url')
+            .toString()
+            .replace('u-9', 'u-8'),
+        ).toString('base64url')}.${mac ?? ''}`;
+        const forged = await failure(
+          service.client.apply(ApplyRequest.fromPartial({ resolveToken: tampered })),
+        );
+        expect(forged.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(forged.reason).toBe('RESOLVE_TOKEN_INVALID');
+        const future = await failure(
+          service.client.apply(
+            ApplyRequest.fromPartial({
+              resolveToken: resolved.resolveToken,
+              exposureTime: new Date(Date.now() + 3_600_000),
+            }),
+          ),
+        );
+        expect(fields(future)).toEqual(['exposure_time']);
+      });
+    });
+
+    describe('holdouts', () => {
+      it('holds a fraction of units out of covered experiments, and guards its lifecycle', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('held', { surfaces: ['shelf'] }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'held' }));
+        const invalid = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('bad', { fraction: 1.5, layerIds: ['nope'] }),
+            }),
+          ),
+        );
+        expect(fields(invalid)).toEqual(['holdout.fraction', 'holdout.layer_ids[0]']);
+        const created = await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('long-term', {
+              surfaces: ['shelf'],
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+            }),
+          }),
+        );
+        expect(created.holdout).toMatchObject({
+          status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+          seed: 'long-term',
+          etag: '1',
+        });
+        expect(
+          (
+            await failure(
+              admin.createHoldout(
+                CreateHoldoutRequest.fromPartial({
+                  holdout: holdout('long-term', { surfaces: ['x'] }),
+                }),
+              ),
+            )
+          ).code,
+        ).toBe(GrpcCode.ALREADY_EXISTS);
+
+        for (let i = 0; i < 20; i++) {
+          const unitId = `h-${i}`;
+          const heldOut = (hash('long-term', unitId, 2) ?? 1) < 0.5;
+          const response = await client.resolve(resolveRequest(unitId, { surfaces: ['shelf'] }));
+          expect(response.holdouts).toEqual([
+            { holdoutId: 'long-term', heldOut, surfaces: ['shelf'], holdoutEtag: '1' },
+          ]);
+          expect(response.assignments[0]).toMatchObject(
+            heldOut
+              ? {
+                  reason: AssignmentReason.ASSIGNMENT_REASON_HOLDOUT,
+                  variantKey: 'control',
+                  holdoutId: 'long-term',
+                }
+              : { reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED },
+          );
+        }
+        const listed = await client.listHoldouts(
+          ListHoldoutsRequest.fromPartial({
+            surface: 'shelf',
+            statuses: [HoldoutStatus.HOLDOUT_STATUS_RUNNING],
+          }),
+        );
+        expect(listed.holdouts.map((h) => h.id)).toEqual(['long-term']);
+        expect((await client.getHoldout({ id: 'long-term' })).holdout?.fraction).toBe(0.5);
+
+        const frozen = await failure(
+          admin.updateHoldout(
+            UpdateHoldoutRequest.fromPartial({
+              holdout: holdout('long-term', { fraction: 0.2, etag: '1' }),
+              updateMask: ['fraction'],
+            }),
+          ),
+        );
+        expect(preconditions(frozen)).toEqual(['IMMUTABLE_ONCE_RUNNING']);
+        const backwards = await failure(
+          admin.updateHoldout(
+            UpdateHoldoutRequest.fromPartial({
+              holdout: holdout('long-term', {
+                status: HoldoutStatus.HOLDOUT_STATUS_DRAFT,
+                etag: '1',
+              }),
+              updateMask: ['status'],
+            }),
+          ),
+        );
+        expect(preconditions(backwards)).toEqual(['STATUS_TRANSITION']);
+        const running = await failure(
+          admin.deleteHoldout(DeleteHoldoutRequest.fromPartial({ id: 'long-term', etag: '1' })),
+        );
+        expect(running.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        const stopped = await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('long-term', {
+              status: HoldoutStatus.HOLDOUT_STATUS_STOPPED,
+              etag: '1',
+            }),
+            updateMask: ['status'],
+          }),
+        );
+        expect(stopped.holdout?.stopTime).toBeInstanceOf(Date);
+        await admin.deleteHoldout(
+          DeleteHoldoutRequest.fromPartial({ id: 'long-term', etag: stopped.holdout?.etag ?? '' }),
+        );
+        expect((await failure(client.getHoldout({ id: 'long-term' }))).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
+      });
+    });
+
+    describe('bandit allocations', () => {
+      it('applies weights with the minimum arm share, orders them by sequence, and keeps sticky units', async () => {
+        const { admin, client } = service;
+        const notSticky = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('arms', {
+                allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+                bandit: { minArmShare: 0.1 },
+              }),
+            }),
+          ),
+        );
+        expect(fields(notSticky)).toEqual(['experiment.sticky']);
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('arms', {
+              surfaces: ['arms'],
+              allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+              bandit: { minArmShare: 0.1 },
+              sticky: true,
+            }),
+          }),
+        );
+        const initial = await client.getAllocation({ experimentId: 'arms' });
+        expect(initial.allocation).toMatchObject({
+          sequence: 0,
+          source: 'experiment',
+          method: AllocationMethod.ALLOCATION_METHOD_MANUAL,
+        });
+        expect(initial.allocation?.weights.map((w) => w.weight)).toEqual([0.5, 0.5]);
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'arms' }));
+
+        // Units exposed now keep their variant whatever the weights become.
+        const early = ['s-1', 's-2', 's-3', 's-4', 's-5', 's-6'];
+        const before = new Map<string, string>();
+        for (const unitId of early) {
+          const response = await client.resolve(
+            resolveRequest(unitId, { surfaces: ['arms'], apply: true }),
+          );
+          before.set(unitId, response.assignments[0]?.variantKey ?? '');
+        }
+
+        const invalid = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms',
+                weights: [{ variantKey: 'control', weight: 0.5 }],
+              },
+            }),
+          ),
+        );
+        expect(invalid.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        const updated = await admin.updateAllocation(
+          UpdateAllocationRequest.fromPartial({
+            allocation: {
+              experimentId: 'arms',
+              weights: [
+                { variantKey: 'control', weight: 1 },
+                { variantKey: 'treatment', weight: 0 },
+              ],
+              sequence: 100,
+              etag: '0',
+            },
+          }),
+        );
+        expect(updated.allocation).toMatchObject({
+          sequence: 100,
+          source: 'admin',
+          minArmShare: 0.1,
+        });
+        expect(updated.allocation?.weights.map((w) => w.weight)).toEqual([
+          0.9,
+          expect.closeTo(0.1, 10),
+        ]);
+        const staleSequence = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.5 },
+                  { variantKey: 'treatment', weight: 0.5 },
+                ],
+                sequence: 50,
+              },
+            }),
+          ),
+        );
+        expect(staleSequence.code).toBe(GrpcCode.ABORTED);
+        const staleEtag = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.5 },
+                  { variantKey: 'treatment', weight: 0.5 },
+                ],
+                etag: '0',
+              },
+            }),
+          ),
+        );
+        expect(staleEtag.code).toBe(GrpcCode.ABORTED);
+        const fixed = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'feed',
+                weights: [
+                  { variantKey: 'control', weight: 0.5 },
+                  { variantKey: 'treatment', weight: 0.5 },
+                ],
+              },
+            }),
+          ),
+        );
+        expect(fixed.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect((await failure(client.getAllocation({ experimentId: 'nope' }))).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
+
+        for (const unitId of early) {
+          const response = await client.resolve(resolveRequest(unitId, { surfaces: ['arms'] }));
+          expect(response.assignments[0]).toMatchObject({
+            variantKey: before.get(unitId),
+            reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+          });
+        }
+        let control = 0;
+        for (let i = 0; i < 200; i++) {
+          const response = await client.resolve(resolveRequest(`new-${i}`, { surfaces: ['arms'] }));
+          expect(response.assignments[0]?.allocationSequence).toBe(100);
+          if (response.assignments[0]?.variantKey === 'control') control++;
+        }
+        expect(control).toBeGreaterThan(150);
+      });
+    });
+
+    describe('admin token', () => {
+      it('requires the admin token for admin RPCs only', async () => {
+        const anonymous = await failure(
+          service.client.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'anon' } })),
+        );
+        expect(anonymous.code).toBe(GrpcCode.UNAUTHENTICATED);
+        const wrong = clientFor(service.address, `${ADMIN_TOKEN}-wrong`);
+        try {
+          const denied = await failure(
+            wrong.startExperiment(StartExperimentRequest.fromPartial({ id: 'feed' })),
+          );
+          expect(denied.code).toBe(GrpcCode.PERMISSION_DENIED);
+        } finally {
+          wrong.close();
+        }
+        await expect(service.client.getLayer({ id: 'checkout' })).resolves.toBeDefined();
+      });
+    });
+
+    describe('restart', () => {
+      it('keeps every configured resource and keeps serving the same assignments', async () => {
+        const before = await service.client.resolve(
+          resolveRequest('restart-unit', { surfaces: ['feed'], attributes: { country: 'SE' } }),
+        );
+        const experiments = await service.client.listExperiments(
+          ListExperimentsRequest.fromPartial({ pageSize: 1000 }),
+        );
+        await service.stop();
+        service = await startTestAssignment(choice);
+        const after = await service.client.resolve(
+          resolveRequest('restart-unit', { surfaces: ['feed'], attributes: { country: 'SE' } }),
+        );
+        expect(after.assignments).toEqual(before.assignments);
+        expect(after.configVersion).toBe(before.configVersion);
+        const again = await service.client.listExperiments(
+          ListExperimentsRequest.fromPartial({ pageSize: 1000 }),
+        );
+        expect(again.experiments).toEqual(experiments.experiments);
+        // A token signed before the restart is still accepted (the key is kept in storage).
+        await expect(
+          service.client.apply(ApplyRequest.fromPartial({ resolveToken: before.resolveToken })),
+        ).resolves.toBeDefined();
+      });
+    });
+  });
+}
