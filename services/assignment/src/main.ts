@@ -16,7 +16,7 @@ async function main(): Promise<void> {
       .slice(0, 40)}-${process.pid}`,
   });
   const runtime = await bootstrap(config.platform);
-  runtime.shutdown.add('telemetry', () => telemetry.shutdown());
+  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   await startAssignment(runtime, config);
   await runtime.serve();
   runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs + 5000);

@@ -51,7 +51,7 @@ export interface Registered<D> {
 }
 
 export const CONFIG_SUBJECT = 'tandem.events.v1.config.featurestore';
-export const CONFIG_STREAM = { name: 'TANDEM_CONFIG', subjects: ['tandem.events.v1.config.>'] };
+export { CONFIG_STREAM } from '../../platform/src/events/streams';
 
 const DEFAULT_PAGE_SIZE = 50;
 const MAX_PAGE_SIZE = 1_000;

@@ -10,7 +10,7 @@ import { startFeatureStore } from './service';
 async function main(): Promise<void> {
   const config = readFeatureStoreConfig(process.env);
   const runtime = await bootstrap(config.platform);
-  runtime.shutdown.add('telemetry', () => telemetry.shutdown());
+  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   await startFeatureStore(runtime, config);
   const port = await runtime.serve();
   runtime.logger.info({ port }, 'featurestore serving');

@@ -9,6 +9,7 @@ type Step = { readonly name: string; readonly run: () => Promise<void> };
 
 export class Shutdown {
   private readonly steps: Step[] = [];
+  private readonly finalSteps: Step[] = [];
   private running: Promise<void> | undefined;
 
   constructor(private readonly logger: Logger) {}
@@ -16,6 +17,14 @@ export class Shutdown {
   /** Registers a step; steps run last-registered first. */
   add(name: string, run: () => Promise<void>): void {
     this.steps.push({ name, run });
+  }
+
+  /**
+   * Registers a step that runs after every `add`ed step, whenever it was registered: for what must
+   * outlive the rest, such as flushing telemetry after the last in-flight call's span has ended.
+   */
+  addFinal(name: string, run: () => Promise<void>): void {
+    this.finalSteps.push({ name, run });
   }
 
   /** Runs every step in reverse order, giving up on the remainder after `deadlineMs`. Idempotent. */
@@ -40,7 +49,7 @@ export class Shutdown {
   private async runSteps(deadlineMs: number): Promise<void> {
     const deadline = Date.now() + deadlineMs;
     let failed = false;
-    for (const step of [...this.steps].reverse()) {
+    for (const step of [...[...this.steps].reverse(), ...this.finalSteps]) {
       const remaining = Math.max(0, deadline - Date.now());
       try {
         await withTimeout(step.run(), remaining, step.name);

@@ -26,9 +26,5 @@ export const ALLOCATION_STREAM: StreamSpec = {
   maxAgeMs: 7 * DAY_MS,
 };
 
-/** Config notifications of every domain: only a hint to reload, so kept for an hour. */
-export const CONFIG_STREAM: StreamSpec = {
-  name: 'TANDEM_CONFIG',
-  subjects: ['tandem.events.v1.config.>'],
-  maxAgeMs: 3_600_000,
-};
+/** Config notifications of every domain, shared with the other services (see the kit). */
+export { CONFIG_STREAM } from '../../../platform/src/events/streams';

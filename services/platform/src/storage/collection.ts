@@ -146,7 +146,7 @@ export function fieldValue(doc: unknown, path: string): unknown {
  */
 export function indexValue(value: unknown): IndexValue {
   if (value === undefined || value === null) return null;
-  if (value instanceof Date) return value.getTime();
+  if (isDate(value)) return value.getTime();
   return value as IndexValue;
 }
 
@@ -194,7 +194,7 @@ export function checkDocument(doc: unknown, spec: CollectionSpec): void {
   for (const index of spec.indexes ?? []) {
     for (const field of index.fields) {
       const value = fieldValue(doc, field);
-      if (value !== undefined && !isScalar(value) && !(value instanceof Date)) {
+      if (value !== undefined && !isScalar(value) && !isDate(value)) {
         violations.push({
           field,
           description: 'an indexed field holds a string, number, boolean, null or Date',
@@ -204,7 +204,7 @@ export function checkDocument(doc: unknown, spec: CollectionSpec): void {
   }
   if (spec.expireAtField !== undefined) {
     const expiresAt = fieldValue(doc, spec.expireAtField);
-    if (expiresAt !== undefined && expiresAt !== null && !(expiresAt instanceof Date)) {
+    if (expiresAt !== undefined && expiresAt !== null && !isDate(expiresAt)) {
       violations.push({ field: spec.expireAtField, description: 'the expiry field holds a Date' });
     }
   }
@@ -297,8 +297,7 @@ export function compareVersionField(stored: unknown, incoming: unknown): number 
     // Byte order of UTF-8, as MongoDB compares strings without a collation.
     return Buffer.compare(Buffer.from(stored), Buffer.from(incoming));
   }
-  if (stored instanceof Date && incoming instanceof Date)
-    return stored.getTime() - incoming.getTime();
+  if (isDate(stored) && isDate(incoming)) return stored.getTime() - incoming.getTime();
   return undefined;
 }
 
@@ -308,7 +307,7 @@ export function checkVersionField(docs: readonly object[], field: string): void 
   checkPath(field, 'field', violations);
   docs.forEach((doc, i) => {
     const value = fieldValue(doc, field);
-    if (typeof value !== 'number' && typeof value !== 'string' && !(value instanceof Date)) {
+    if (typeof value !== 'number' && typeof value !== 'string' && !isDate(value)) {
       violations.push({ field: `docs[${i}].${field}`, description: 'a number, string or Date' });
     }
   });
@@ -346,8 +345,8 @@ function checkValue(
     return;
   }
   // undefined is allowed and means "absent" (MongoDB is opened with ignoreUndefined).
-  if (value === undefined || isScalar(value) || value instanceof Uint8Array) return;
-  if (value instanceof Date) {
+  if (value === undefined || isScalar(value) || isBytes(value)) return;
+  if (isDate(value)) {
     if (Number.isNaN(value.getTime()))
       violations.push({ field: path, description: 'a valid Date' });
     return;
@@ -385,8 +384,28 @@ function isScalar(value: unknown): value is IndexValue {
   );
 }
 
+/*
+ * Realm-independent type checks: documents decoded by a driver (or built in another vm context, as
+ * jest does per test file) carry another realm's Object, Date and Uint8Array, which `instanceof`
+ * and prototype identity do not recognise.
+ */
+
+/** True for a Date from any realm. */
+export function isDate(value: unknown): value is Date {
+  return Object.prototype.toString.call(value) === '[object Date]';
+}
+
+/** True for a Uint8Array (or Buffer) from any realm. */
+export function isBytes(value: unknown): value is Uint8Array {
+  return (
+    ArrayBuffer.isView(value) && Object.prototype.toString.call(value) === '[object Uint8Array]'
+  );
+}
+
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (value === null || typeof value !== 'object') return false;
+  if (Object.prototype.toString.call(value) !== '[object Object]') return false;
   const proto: unknown = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
+  // Object.prototype of whichever realm made it: its own prototype is null.
+  return proto === null || Object.getPrototypeOf(proto) === null;
 }

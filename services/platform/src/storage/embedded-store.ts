@@ -55,6 +55,7 @@ import {
   type Page,
   type Versioned,
   type Where,
+  isDate,
 } from './collection';
 
 export interface EmbeddedStoreOptions {
@@ -137,7 +138,9 @@ class EmbeddedStore implements DocumentStore {
   ): Promise<Collection<T>> {
     checkCollectionSpec(spec);
     this.ensureOpen();
-    const docs = this.root.openDB<StoredRecord<T>, string>(`d:${spec.name}`, {});
+    const docs = new DocumentTable<T>(
+      this.root.openDB<StoredRecord<T>, string>(`d:${spec.name}`, {}),
+    );
     const expiry = this.root.openDB<null, Key>(`x:${spec.name}`, {});
     const indexes = (spec.indexes ?? []).map((index) => this.openIndex(spec.name, index));
     const collection = new EmbeddedCollection<T>(this.root, spec, docs, indexes, expiry, () => {
@@ -219,7 +222,7 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
   constructor(
     private readonly root: RootDatabase,
     readonly spec: CollectionSpec,
-    private readonly docs: Database<StoredRecord<T>, string>,
+    private readonly docs: DocumentTable<T>,
     private readonly indexes: readonly IndexTable[],
     private readonly expiry: Database<null>,
     private readonly ensureOpen: () => void,
@@ -572,13 +575,13 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     const field = this.spec.expireAtField;
     if (!field) return true;
     const expiresAt = fieldValue(doc, field);
-    return !(expiresAt instanceof Date) || expiresAt.getTime() > nowMs;
+    return !isDate(expiresAt) || expiresAt.getTime() > nowMs;
   }
 
   private expiryKey(doc: T): Key[] | undefined {
     const field = this.spec.expireAtField;
     const expiresAt = field === undefined ? undefined : fieldValue(doc, field);
-    return expiresAt instanceof Date ? [expiresAt.getTime(), doc.id] : undefined;
+    return isDate(expiresAt) ? [expiresAt.getTime(), doc.id] : undefined;
   }
 
   private stale(id: string, current: number, expected: number): AbortedError {
@@ -609,6 +612,74 @@ function settle<R>(call: () => R): Promise<R> {
   return new Promise((resolve) => {
     resolve(call());
   });
+}
+
+/** A Date as stored: `_` starts no caller's field name, so the tag cannot collide with data. */
+interface StoredDate {
+  readonly _date: number;
+}
+
+function isStoredDate(value: object): value is StoredDate {
+  const keys = Object.keys(value);
+  return (
+    keys.length === 1 && keys[0] === '_date' && typeof (value as StoredDate)._date === 'number'
+  );
+}
+
+/**
+ * Dates are stored as tagged milliseconds rather than left to MessagePack's timestamp extension:
+ * what that extension decodes to depends on the decoder's realm and settings (under jest, a worker's
+ * later test files got values that were no Date at all), while a tag decodes to a Date of the
+ * reader's own realm, always.
+ */
+function encodeValue(value: unknown): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  if (isDate(value)) return { _date: value.getTime() } satisfies StoredDate;
+  if (ArrayBuffer.isView(value)) return value;
+  if (Array.isArray(value)) return value.map(encodeValue);
+  const out: Record<string, unknown> = {};
+  for (const [key, inner] of Object.entries(value)) out[key] = encodeValue(inner);
+  return out;
+}
+
+function decodeValue(value: unknown): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  if (ArrayBuffer.isView(value)) return value;
+  if (Array.isArray(value)) return value.map(decodeValue);
+  if (isStoredDate(value)) return new Date(value._date);
+  const out: Record<string, unknown> = {};
+  for (const [key, inner] of Object.entries(value)) out[key] = decodeValue(inner);
+  return out;
+}
+
+/** The documents database of a collection, encoding and decoding documents on the way. */
+class DocumentTable<T> {
+  constructor(private readonly db: Database<StoredRecord<T>, string>) {}
+
+  get(id: string): StoredRecord<T> | undefined {
+    const raw = this.db.get(id);
+    return raw && { v: raw.v, d: decodeValue(raw.d) as T };
+  }
+
+  *getRange(
+    range: Parameters<Database<StoredRecord<T>, string>['getRange']>[0],
+  ): Generator<{ key: string; value: StoredRecord<T> }> {
+    for (const { key, value } of this.db.getRange(range)) {
+      yield { key, value: { v: value.v, d: decodeValue(value.d) as T } };
+    }
+  }
+
+  getCount(): number {
+    return this.db.getCount();
+  }
+
+  putSync(id: string, record: StoredRecord<T>): void {
+    this.db.putSync(id, { v: record.v, d: encodeValue(record.d) as T });
+  }
+
+  removeSync(id: string): void {
+    this.db.removeSync(id);
+  }
 }
 
 function versioned<T>(record: StoredRecord<T>): Versioned<T> {

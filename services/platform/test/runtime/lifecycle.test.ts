@@ -17,6 +17,20 @@ describe('Shutdown', () => {
     expect(order).toEqual(['gRPC server', 'event bus', 'storage']);
   });
 
+  it('runs final steps after all others, whenever they were registered', async () => {
+    const order: string[] = [];
+    const shutdown = new Shutdown(logger);
+    const step = (name: string) => () => {
+      order.push(name);
+      return Promise.resolve();
+    };
+    shutdown.add('storage', step('storage'));
+    shutdown.addFinal('telemetry', step('telemetry'));
+    shutdown.add('gRPC server', step('gRPC server'));
+    await shutdown.run(1000);
+    expect(order).toEqual(['gRPC server', 'storage', 'telemetry']);
+  });
+
   it('gives up on a hanging step at the deadline and still runs the rest, then reports failure', async () => {
     const order: string[] = [];
     const shutdown = new Shutdown(logger);
