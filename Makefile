@@ -3,7 +3,12 @@ SHELL := /bin/bash
 NPX := npx --no-install
 BUF := $(NPX) buf
 
-.PHONY: test jest lint typecheck build gen check-gen buf-lint breaking bench clean
+## dev: every service in one process on embedded storage (NATS when one answers on localhost:4222,
+## else the in-process bus), with a traffic simulator. Ctrl-C stops it gracefully.
+dev: build
+	node --enable-source-maps dist/dev/main.js
+
+.PHONY: dev test jest lint typecheck build gen check-gen buf-lint breaking bench clean
 
 ## test: everything CI checks: lint, typecheck, generated code, contracts, then all jest suites.
 test: lint typecheck check-gen buf-lint breaking jest

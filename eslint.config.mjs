@@ -56,7 +56,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['**/config.ts', '**/src/main.ts', '**/src/telemetry.ts'],
+    files: ['**/config.ts', '**/src/main.ts', '**/src/telemetry.ts', 'dev/main.ts'],
     rules: { 'no-restricted-properties': 'off' },
   },
 );

@@ -1,0 +1,94 @@
+/**
+ * `make dev`: the platform in one process on embedded defaults. Each service runs as in
+ * production (its own gRPC port, its own store under TANDEM_DATA_DIR) but they share one event bus:
+ * NATS when a server answers, else the in-process bus. A traffic simulator then plays a backend so
+ * the loop is visible within a minute.
+ */
+import { startTelemetry, wantsTraceExport } from '../services/platform/src/telemetry/sdk';
+
+const telemetry = startTelemetry({
+  serviceName: 'tandem-dev',
+  exportTraces: wantsTraceExport(process.env),
+});
+
+import { startAssignment } from '../services/assignment/src/service';
+import { startFeatureStore } from '../services/featurestore/src/service';
+import { bootstrap } from '../services/platform/src/bootstrap';
+import type { EventBus } from '../services/platform/src/events/bus';
+import { createInProcessBus } from '../services/platform/src/events/in-process-bus';
+import { connectNatsBus } from '../services/platform/src/events/nats-bus';
+import { Shutdown } from '../services/platform/src/lifecycle';
+import { createLogger, type Logger } from '../services/platform/src/logging';
+import { readDevConfig } from './config';
+import { runSimulator } from './simulator';
+
+async function connectDevBus(natsUrl: string, logger: Logger): Promise<EventBus> {
+  try {
+    const bus = await connectNatsBus({
+      servers: natsUrl,
+      name: 'tandem-dev',
+      logger,
+      connectTimeoutMs: 1000,
+    });
+    logger.info({ natsUrl }, 'using NATS JetStream');
+    return bus;
+  } catch {
+    logger.info({ natsUrl }, 'no NATS server answered: using the in-process event bus');
+    return createInProcessBus({ logger });
+  }
+}
+
+async function main(): Promise<void> {
+  const config = readDevConfig(process.env);
+  const logger = createLogger({ service: 'dev', level: config.assignment.platform.logLevel });
+  const shutdown = new Shutdown(logger);
+  shutdown.addFinal('telemetry', () => telemetry.shutdown());
+
+  const bus = await connectDevBus(
+    config.assignment.platform.natsUrl ?? config.localNatsUrl,
+    logger,
+  );
+  shutdown.add('event bus', () => bus.close());
+
+  const assignment = await bootstrap(config.assignment.platform, {
+    sharedBus: bus,
+    logger: createLogger({ service: 'assignment', level: config.assignment.platform.logLevel }),
+  });
+  shutdown.add('assignment', () =>
+    assignment.shutdown.run(config.assignment.platform.grpc.shutdownTimeoutMs),
+  );
+  await startAssignment(assignment, config.assignment);
+  const assignmentPort = await assignment.serve();
+
+  const featurestore = await bootstrap(config.featurestore.platform, {
+    sharedBus: bus,
+    logger: createLogger({ service: 'featurestore', level: config.featurestore.platform.logLevel }),
+  });
+  shutdown.add('featurestore', () =>
+    featurestore.shutdown.run(config.featurestore.platform.grpc.shutdownTimeoutMs),
+  );
+  await startFeatureStore(featurestore, config.featurestore);
+  const featurestorePort = await featurestore.serve();
+
+  logger.info(
+    { assignment: `localhost:${assignmentPort}`, featurestore: `localhost:${featurestorePort}` },
+    'Tandem is up',
+  );
+  shutdown.onSignals(config.assignment.platform.grpc.shutdownTimeoutMs + 5000);
+
+  if (config.simulate) {
+    await runSimulator({
+      assignmentAddress: `127.0.0.1:${assignmentPort}`,
+      featurestoreAddress: `127.0.0.1:${featurestorePort}`,
+      bus,
+      logger: logger.child({ component: 'simulator' }),
+      ratePerSecond: config.simulatedRate,
+      adminToken: config.assignment.platform.adminToken,
+    });
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
