@@ -1,7 +1,7 @@
 /** @type {import('jest').Config} */
 module.exports = {
   testEnvironment: 'node',
-  roots: ['<rootDir>/services'],
+  roots: ['<rootDir>/services', '<rootDir>/dev'],
   testMatch: ['**/test/**/*.test.ts'],
   transform: {
     '^.+\\.ts$': [
