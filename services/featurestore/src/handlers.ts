@@ -11,11 +11,11 @@ import {
   DeleteEntityResponse,
   DeleteFeatureViewResponse,
   WriteFeaturesResponse,
-  type FeatureStoreServiceService,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
 import type { FeatureRegistry } from './feature-registry';
 import type { OnlineViews } from './online-views';
+import type { FeatureStoreServiceDefinition } from './online-response';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import type { FeatureRowRepository } from './store/feature-rows';
 import type { RequestResults } from './store/request-results';
@@ -38,7 +38,7 @@ function checkRequestId(requestId: string): void {
   }
 }
 
-export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceService> {
+export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceDefinition> {
   const { registry, views, requestResults } = parts;
   return {
     applyEntity: async (request) => {
@@ -100,7 +100,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         },
       );
     },
-    getOnlineFeatures: (request) => Promise.resolve(views.read(request, Date.now())),
+    getOnlineFeatures: (request) => Promise.resolve(views.readReply(request, Date.now())),
     writeFeatures: async (request) => {
       checkRequestId(request.requestId);
       return requestResults.once('WriteFeatures', request.requestId, WriteFeaturesResponse, () =>

@@ -14,9 +14,7 @@ import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
 import {
   AggregationState,
-  FeatureStatus as FeatureStatusMessage,
   type AggregationStatus,
-  type FeatureColumn,
   type GetOnlineFeaturesRequest,
   type GetOnlineFeaturesResponse,
   type WriteFeaturesRequest,
@@ -24,11 +22,12 @@ import {
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import type { FeatureStoreConfig } from './config';
-import { durationOf, messageOfAggregate, messageOfStoredValue } from './contract-mapping';
-import { FeatureStatus, ValueType } from './domain/feature-values';
+import { durationOf, messageOfStoredValue } from './contract-mapping';
+import { ValueType } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
 import type { FeatureViewDefinition } from './domain/registry';
 import { StreamAggregation } from './events/stream-aggregation';
+import { encodeEventTimes, OnlineFeaturesReply, type ReplyColumn } from './online-response';
 import { featureViewNotFound, type FeatureRegistry, type Registered } from './feature-registry';
 import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
@@ -72,19 +71,6 @@ type Served =
       readonly keyColumns: readonly KeyColumn[];
       readonly aggregation: StreamAggregation;
     };
-
-/** No value: what a column holds for a row whose status is not PRESENT. */
-const NULL_VALUE: FeatureValueMessage = { kind: undefined };
-const EPOCH = new Date(0);
-const PRESENT: number = FeatureStatus.Present;
-/** The contract's status for each domain status (the same numbers, by position). */
-const STATUS_MESSAGES: readonly FeatureStatusMessage[] = [
-  FeatureStatusMessage.FEATURE_STATUS_UNSPECIFIED,
-  FeatureStatusMessage.FEATURE_STATUS_PRESENT,
-  FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND,
-  FeatureStatusMessage.FEATURE_STATUS_EXPIRED,
-  FeatureStatusMessage.FEATURE_STATUS_NULL_VALUE,
-];
 
 /** Rough heap bytes of a served value, for the table's memory metrics. */
 function wireValueBytes(value: FeatureValueMessage): number {
@@ -239,8 +225,13 @@ export class OnlineViews {
     return table;
   }
 
-  /** GetOnlineFeatures, from memory. */
+  /** GetOnlineFeatures, from memory, as the generated message. */
   read(request: GetOnlineFeaturesRequest, now: number): GetOnlineFeaturesResponse {
+    return this.readReply(request, now).toMessage();
+  }
+
+  /** GetOnlineFeatures, from memory, ready to encode (see online-response.ts). */
+  readReply(request: GetOnlineFeaturesRequest, now: number): OnlineFeaturesReply {
     const { limits } = this.parts.config;
     if (request.features.length === 0) {
       throw new InvalidArgumentError('features is required', [
@@ -294,53 +285,40 @@ export class OnlineViews {
     if (violations.length > 0) throw new InvalidArgumentError('invalid entity_rows', violations);
 
     const featureNames: string[] = [];
-    const out: FeatureColumn[] = [];
-    let asOf = new Date(now);
+    const out: ReplyColumn[] = [];
+    let asOf = now;
     for (const reference of references) {
       const { served } = reference;
       const signature = served.keyColumns.map((k) => `${k.joinKey}:${k.valueType}`).join('|');
       const keys = keysBySignature.get(signature) ?? [];
       const types = served.registered.definition.features;
-      let result: {
-        values: (FeatureValueMessage | number | string | null)[];
-        statuses: Uint8Array;
-        eventTimes: Float64Array;
-      };
+      let result: { values: readonly unknown[]; statuses: Uint8Array; eventTimes: Float64Array };
       if (served.kind === 'push') {
-        if (this.lastSyncAt < asOf) asOf = this.lastSyncAt;
+        if (this.lastSyncAt.getTime() < asOf) asOf = this.lastSyncAt.getTime();
         result = served.table.read(keys, reference.indexes, now);
       } else {
         result = selectColumns(served.aggregation.read(keys, now), reference.indexes);
       }
-      const eventTimes: Date[] = [];
-      if (!request.omitEventTimes) {
-        for (let row = 0; row < rowCount; row++) {
-          const ms = result.eventTimes[row] ?? 0;
-          eventTimes.push(ms === 0 ? EPOCH : new Date(ms));
-        }
-      }
+      const eventTimes = request.omitEventTimes ? undefined : result.eventTimes;
+      const encodedEventTimes =
+        eventTimes === undefined ? undefined : encodeEventTimes(eventTimes, rowCount);
       reference.features.forEach((feature, f) => {
         featureNames.push(`${reference.view}:${feature}`);
-        const base = f * rowCount;
-        const values: FeatureValueMessage[] = new Array<FeatureValueMessage>(rowCount);
-        const statuses = new Array<FeatureStatusMessage>(rowCount);
-        const type = types[reference.indexes[f] ?? 0]?.valueType ?? ValueType.Unspecified;
-        for (let row = 0; row < rowCount; row++) {
-          const status = result.statuses[base + row] ?? FeatureStatus.NotFound;
-          statuses[row] =
-            STATUS_MESSAGES[status] ?? FeatureStatusMessage.FEATURE_STATUS_UNSPECIFIED;
-          const value = result.values[base + row] ?? null;
-          if (value === null || status !== PRESENT) values[row] = NULL_VALUE;
-          else if (served.kind === 'push') values[row] = value as FeatureValueMessage;
-          else values[row] = messageOfAggregate(type, value as number | string) ?? NULL_VALUE;
-        }
-        out.push({ values, statuses, eventTimes });
+        out.push({
+          values: result.values,
+          statuses: result.statuses,
+          base: f * rowCount,
+          ...(served.kind === 'stream'
+            ? {
+                aggregateType: types[reference.indexes[f] ?? 0]?.valueType ?? ValueType.Unspecified,
+              }
+            : {}),
+          eventTimes,
+          encodedEventTimes,
+        });
       });
     }
-    return {
-      metadata: { featureNames, readTime: new Date(now), asOf },
-      columns: out,
-    };
+    return new OnlineFeaturesReply(featureNames, now, asOf, rowCount, out);
   }
 
   private resolveReferences(

@@ -6,18 +6,19 @@
  */
 import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
-import { FeatureStoreServiceService } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { FeatureStoreConfig } from './config';
+import { OUTCOME_STREAM } from '../../platform/src/events/streams';
 import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
 import { featureStoreHandlers } from './handlers';
 import { OnlineViews } from './online-views';
+import { FeatureStoreServiceDefinition } from './online-response';
 import { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import { FeatureRowRepository } from './store/feature-rows';
 import { openRegistryRepository } from './store/registry-repository';
 import { RequestResults } from './store/request-results';
 
 /** The outcome events streaming views aggregate; every service that reads them declares it alike. */
-export const OUTCOME_SUBJECTS = ['tandem.events.v1.outcome.>'];
+export const OUTCOME_SUBJECTS = OUTCOME_STREAM.subjects;
 
 const EXPIRY_SWEEP_INTERVAL_MS = 60_000;
 
@@ -36,7 +37,7 @@ export async function startFeatureStore(
   const checkpoints = await AggregationCheckpoints.open(store);
   const requestResults = await RequestResults.open(store, config.idempotencyRetentionMs);
 
-  await bus.declareStream({ name: config.outcomeStream, subjects: OUTCOME_SUBJECTS });
+  await bus.declareStream({ ...OUTCOME_STREAM, name: config.outcomeStream });
   await bus.declareStream(CONFIG_STREAM).catch((error: unknown) => {
     logger.warn({ err: error }, 'config change stream not declared; changes are not announced');
   });
@@ -50,9 +51,9 @@ export async function startFeatureStore(
   });
 
   runtime.server.add(
-    FeatureStoreServiceService,
+    FeatureStoreServiceDefinition,
     implement(
-      FeatureStoreServiceService,
+      FeatureStoreServiceDefinition,
       featureStoreHandlers({ registry, views, requestResults, rows, checkpoints, bus, logger }),
       {
         logger,

@@ -93,6 +93,23 @@ export interface DeliveredEvent<T> {
 /** Resolving acks the event; throwing asks for redelivery. */
 export type EventHandler<T> = (delivered: DeliveredEvent<T>) => Promise<void>;
 
+/** A durable consumer whose handler takes events in batches (see `EventBus.subscribeBatches`). */
+export interface BatchConsumerSpec<T> extends ConsumerSpec<T> {
+  /**
+   * The most events in one batch. A batch holds the events that have arrived and are not yet
+   * handed out, so under light load batches are small and nothing waits to fill one.
+   * `concurrency` counts batches, and `maxAckPending` still counts events. @default 1000
+   */
+  readonly maxBatchSize?: number;
+}
+
+/**
+ * Takes a batch of decoded events (never empty; undecodable ones are terminated before, as with
+ * `subscribe`). Resolving acks every event of the batch; throwing (or overrunning the ack wait)
+ * asks for every one of them again, each by its own delivery count and back-off.
+ */
+export type BatchHandler<T> = (batch: readonly DeliveredEvent<T>[]) => Promise<void>;
+
 export interface PublishOptions {
   /** Required. Unique per logical event; the stream stores one copy per id. */
   readonly eventId: string;
@@ -145,6 +162,15 @@ export interface EventBus {
   ): Promise<PublishAck>;
   /** Creates (or binds to) the durable consumer and starts handing events to `handler`. */
   subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription>;
+  /**
+   * Like `subscribe`, with the same durable, delivery and retry semantics per event, but hands
+   * events to `handler` in batches: one handler run, one consumer span and one ack-wait timer
+   * per batch instead of per event, for consumers that process many small events (aggregations).
+   * The batch's span continues the producer's trace when the batch holds one event, and links to
+   * every producer's span otherwise (when a tracer records). Optional so that test doubles of the
+   * port need not implement it; both adapters do.
+   */
+  subscribeBatches?<T>(spec: BatchConsumerSpec<T>, handler: BatchHandler<T>): Promise<Subscription>;
   /** True while the bus can publish (the connection is up). */
   isConnected(): boolean;
   /** Stops all subscriptions, flushes, and closes the connection (NATS `drain`). */

@@ -4,8 +4,14 @@
  * becomes an ack, a delayed redelivery, or a drop after the last allowed delivery. The adapters
  * only translate the resulting `Disposition` into their own acknowledgement calls.
  */
-import { SpanStatusCode } from '@opentelemetry/api';
-import type { BusLogger, DeliveredEvent, EventHandler, SubscriptionStats } from './bus';
+import { ROOT_CONTEXT, SpanStatusCode, trace, type Link } from '@opentelemetry/api';
+import type {
+  BatchHandler,
+  BusLogger,
+  DeliveredEvent,
+  EventHandler,
+  SubscriptionStats,
+} from './bus';
 import { recordFailure, withProcessSpan } from './event-spans';
 import { retryDelayMs, type ConsumerSettings } from './event-settings';
 import { extractTraceContext } from './trace-headers';
@@ -36,18 +42,14 @@ const OVERRAN: HandlerOutcome = { kind: 'overran' };
  * ack wait is abandoned rather than awaited: the stream redelivers its event anyway, and waiting
  * would let one stuck handler stall the subscription (and `stop()`) forever.
  */
-function runWithinAckWait<T>(
-  handler: EventHandler<T>,
-  delivered: DeliveredEvent<T>,
-  ackWaitMs: number,
-): Promise<HandlerOutcome> {
+function runWithinAckWait(run: () => Promise<void>, ackWaitMs: number): Promise<HandlerOutcome> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       resolve(OVERRAN);
     }, ackWaitMs);
     let running: Promise<void>;
     try {
-      running = handler(delivered);
+      running = run();
     } catch (error) {
       // A handler that throws before returning its promise failed all the same.
       running = Promise.reject(error instanceof Error ? error : new Error(String(error)));
@@ -81,7 +83,52 @@ export async function runHandler<T>(
     deliveryCount: delivered.deliveryCount,
   };
   return withProcessSpan(facts, extractTraceContext(delivered.headers), async (span) => {
-    const outcome = await runWithinAckWait(handler, delivered, settings.ackWaitMs);
+    const outcome = await runWithinAckWait(() => handler(delivered), settings.ackWaitMs);
+    if (outcome.kind === 'failed') {
+      recordFailure(span, outcome.error);
+    } else if (outcome.kind === 'overran') {
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: `handler overran the ${settings.ackWaitMs} ms ack wait`,
+      });
+    }
+    return outcome;
+  });
+}
+
+/**
+ * Runs a batch handler inside one CONSUMER span: for a single event it continues the producer's
+ * trace, as `runHandler` does; for several it starts a new trace linking to every producer's span
+ * (the messaging conventions' batch shape), the links built only when the span records.
+ * Never throws: a failure is an outcome, which applies to every event of the batch.
+ */
+export async function runBatchHandler<T>(
+  settings: ConsumerSettings,
+  handler: BatchHandler<T>,
+  batch: readonly DeliveredEvent<T>[],
+): Promise<HandlerOutcome> {
+  const first = batch[0];
+  if (first === undefined) return HANDLED;
+  let deliveryCount = 0;
+  for (const delivered of batch) deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
+  const facts = {
+    subject: first.subject,
+    eventId: first.eventId,
+    durable: settings.durable,
+    deliveryCount,
+  };
+  const parent = batch.length === 1 ? extractTraceContext(first.headers) : ROOT_CONTEXT;
+  return withProcessSpan(facts, parent, async (span) => {
+    if (batch.length > 1 && span.isRecording()) {
+      span.setAttribute('messaging.batch.message_count', batch.length);
+      const links: Link[] = [];
+      for (const delivered of batch) {
+        const producer = trace.getSpanContext(extractTraceContext(delivered.headers));
+        if (producer !== undefined) links.push({ context: producer });
+      }
+      span.addLinks(links);
+    }
+    const outcome = await runWithinAckWait(() => handler(batch), settings.ackWaitMs);
     if (outcome.kind === 'failed') {
       recordFailure(span, outcome.error);
     } else if (outcome.kind === 'overran') {

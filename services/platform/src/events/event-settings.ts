@@ -161,3 +161,16 @@ export function retryDelayMs(settings: ConsumerSettings, deliveryCount: number):
   const delay = settings.initialRetryDelayMs * 2 ** Math.min(exponent, 30);
   return Math.min(delay, settings.maxRetryDelayMs);
 }
+
+/** The `maxBatchSize` of a batch consumer spec, defaulted and checked; throws `InvalidArgumentError`. */
+export function batchSizeOf(spec: {
+  readonly stream: string;
+  readonly durable: string;
+  readonly maxBatchSize?: number;
+}): number {
+  const size = spec.maxBatchSize ?? 1000;
+  const violations: FieldViolation[] = [];
+  checkWholeAtLeast('maxBatchSize', size, 1, violations);
+  throwIfAny(`consumer spec ${spec.stream}/${spec.durable}`, violations);
+  return size;
+}

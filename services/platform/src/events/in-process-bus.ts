@@ -13,6 +13,8 @@
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
 import {
   EVENT_ID_HEADER,
+  type BatchConsumerSpec,
+  type BatchHandler,
   type BusLogger,
   type ConsumerSpec,
   type DeliveredEvent,
@@ -29,12 +31,14 @@ import {
   HandlerSlots,
   SubscriptionCounters,
   dispositionFor,
+  runBatchHandler,
   runHandler,
   silentLogger,
   type Disposition,
 } from './delivery';
 import { withPublishSpan } from './event-spans';
 import {
+  batchSizeOf,
   checkPublish,
   consumerSettings,
   streamSettings,
@@ -304,6 +308,21 @@ class InProcessBus implements EventBus {
   }
 
   async subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription> {
+    return this.startSubscription(spec, { kind: 'each', handler });
+  }
+
+  async subscribeBatches<T>(
+    spec: BatchConsumerSpec<T>,
+    handler: BatchHandler<T>,
+  ): Promise<Subscription> {
+    const maxBatchSize = batchSizeOf(spec);
+    return this.startSubscription(spec, { kind: 'batch', handler, maxBatchSize });
+  }
+
+  private async startSubscription<T>(
+    spec: ConsumerSpec<T>,
+    mode: HandlingMode<T>,
+  ): Promise<Subscription> {
     await Promise.resolve();
     this.throwIfClosed();
     const settings = consumerSettings(spec);
@@ -326,7 +345,7 @@ class InProcessBus implements EventBus {
       cursor,
       settings,
       codec: spec.codec,
-      handler,
+      mode,
       logger: this.logger,
       onStopped: () => this.subscriptions.delete(subscription as InProcessSubscription<unknown>),
     });
@@ -345,12 +364,17 @@ class InProcessBus implements EventBus {
   }
 }
 
+/** Whether a subscription's handler takes one event or a batch. */
+type HandlingMode<T> =
+  | { readonly kind: 'each'; readonly handler: EventHandler<T> }
+  | { readonly kind: 'batch'; readonly handler: BatchHandler<T>; readonly maxBatchSize: number };
+
 interface InProcessSubscriptionParts<T> {
   readonly stream: InProcessStream;
   readonly cursor: DurableCursor;
   readonly settings: ConsumerSettings;
   readonly codec: EventCodec<T>;
-  readonly handler: EventHandler<T>;
+  readonly mode: HandlingMode<T>;
   readonly logger: BusLogger;
   readonly onStopped: () => void;
 }
@@ -403,6 +427,26 @@ class InProcessSubscription<T> implements Subscription {
         break;
       }
       const now = Date.now();
+      const mode = this.parts.mode;
+      if (mode.kind === 'batch') {
+        const batch: TakenEvent[] = [];
+        for (let next = cursor.take(stream, now); next !== undefined;) {
+          batch.push(next);
+          if (batch.length >= mode.maxBatchSize) break;
+          next = cursor.take(stream, now);
+        }
+        if (batch.length === 0) {
+          this.slots.release();
+          const dueAt = cursor.nextDueAt();
+          await stream.changed.wait(dueAt === undefined ? undefined : dueAt - now);
+          continue;
+        }
+        void this.processBatch(mode.handler, batch).finally(() => {
+          this.slots.release();
+          stream.changed.notify();
+        });
+        continue;
+      }
       const taken = cursor.take(stream, now);
       if (taken === undefined) {
         this.slots.release();
@@ -418,9 +462,48 @@ class InProcessSubscription<T> implements Subscription {
     }
   }
 
+  /** Decodes every delivery, runs the batch handler and settles each by its outcome. Never throws. */
+  private async processBatch(
+    handler: BatchHandler<T>,
+    taken: readonly TakenEvent[],
+  ): Promise<void> {
+    const { settings, codec, cursor } = this.parts;
+    const batch: DeliveredEvent<T>[] = [];
+    for (const { stored, deliveryCount } of taken) {
+      const facts = {
+        subject: stored.subject,
+        eventId: stored.eventId,
+        deliveryCount,
+        streamSequence: stored.sequence,
+      };
+      try {
+        const event = codec.decode(stored.data);
+        batch.push({
+          ...facts,
+          event,
+          storedAt: new Date(stored.storedAt),
+          headers: { ...stored.headers },
+        });
+      } catch (error) {
+        cursor.settle(stored.sequence, { kind: 'drop' }, Date.now());
+        this.counters.recordPoison(facts, error);
+      }
+    }
+    if (batch.length === 0) return;
+    const outcome = await runBatchHandler(settings, handler, batch);
+    const now = Date.now();
+    for (const delivered of batch) {
+      const disposition = dispositionFor(settings, outcome, delivered.deliveryCount);
+      cursor.settle(delivered.streamSequence, disposition, now);
+      this.counters.record(disposition, outcome, delivered);
+    }
+  }
+
   /** Decodes, runs the handler and settles one delivery. Never throws. */
   private async process({ stored, deliveryCount }: TakenEvent): Promise<void> {
-    const { settings, codec, handler, cursor } = this.parts;
+    const { settings, codec, mode, cursor } = this.parts;
+    if (mode.kind !== 'each') return;
+    const handler = mode.handler;
     const facts = {
       subject: stored.subject,
       eventId: stored.eventId,

@@ -37,6 +37,8 @@ import {
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
 import {
   EVENT_ID_HEADER,
+  type BatchConsumerSpec,
+  type BatchHandler,
   type BusLogger,
   type ConsumerSpec,
   type DeliveredEvent,
@@ -53,12 +55,15 @@ import {
   HandlerSlots,
   SubscriptionCounters,
   dispositionFor,
+  runBatchHandler,
   runHandler,
   silentLogger,
   type Disposition,
+  type HandlerOutcome,
 } from './delivery';
 import { withPublishSpan } from './event-spans';
 import {
+  batchSizeOf,
   checkPublish,
   consumerSettings,
   streamSettings,
@@ -251,12 +256,30 @@ class NatsBus implements EventBus {
   }
 
   async subscribe<T>(spec: ConsumerSpec<T>, handler: EventHandler<T>): Promise<Subscription> {
+    return this.startSubscription(spec, { kind: 'each', handler });
+  }
+
+  async subscribeBatches<T>(
+    spec: BatchConsumerSpec<T>,
+    handler: BatchHandler<T>,
+  ): Promise<Subscription> {
+    return this.startSubscription(spec, {
+      kind: 'batch',
+      handler,
+      maxBatchSize: batchSizeOf(spec),
+    });
+  }
+
+  private async startSubscription<T>(
+    spec: ConsumerSpec<T>,
+    mode: HandlingMode<T>,
+  ): Promise<Subscription> {
     const settings = consumerSettings(spec);
     const clientFilter = await this.declareConsumer(settings);
     const subscription = new NatsSubscription<T>({
       settings,
       codec: spec.codec,
-      handler,
+      mode,
       clientFilter,
       client: this.client,
       connection: this.connection,
@@ -458,10 +481,21 @@ function eventIdOf(headers: Readonly<Record<string, string>>, message: JsMsg): s
   return headers[EVENT_ID_HEADER] ?? `${message.info.stream}:${message.info.streamSequence}`;
 }
 
+/** Whether a subscription's handler takes one event or a batch. */
+type HandlingMode<T> =
+  | { readonly kind: 'each'; readonly handler: EventHandler<T> }
+  | { readonly kind: 'batch'; readonly handler: BatchHandler<T>; readonly maxBatchSize: number };
+
+/** A decoded message waiting for its batch. */
+interface Prepared<T> {
+  readonly message: JsMsg;
+  readonly delivered: DeliveredEvent<T>;
+}
+
 interface NatsSubscriptionParts<T> {
   readonly settings: ConsumerSettings;
   readonly codec: EventCodec<T>;
-  readonly handler: EventHandler<T>;
+  readonly mode: HandlingMode<T>;
   /** Subjects to filter on the client; empty when the server filters. */
   readonly clientFilter: readonly string[];
   readonly client: JetStreamClient;
@@ -559,7 +593,8 @@ class NatsSubscription<T> implements Subscription {
    */
   private prefetch(): number {
     const { concurrency, maxAckPending } = this.parts.settings;
-    return Math.min(maxAckPending, Math.max(16, 2 * concurrency));
+    const perHandler = this.parts.mode.kind === 'batch' ? this.parts.mode.maxBatchSize : 1;
+    return Math.min(maxAckPending, Math.max(16, 2 * concurrency * perHandler));
   }
 
   private async consumeUntilEnd(): Promise<void> {
@@ -572,6 +607,10 @@ class NatsSubscription<T> implements Subscription {
     });
     this.messages = messages;
     if (this.isStopping()) await messages.close();
+    if (this.parts.mode.kind === 'batch') {
+      await this.consumeBatches(messages, this.parts.mode);
+      return;
+    }
     for await (const message of messages) {
       if (this.isStopping()) {
         // Pulled but not started: hand it back now rather than after the ack wait.
@@ -590,9 +629,121 @@ class NatsSubscription<T> implements Subscription {
     }
   }
 
+  /**
+   * Batch mode: decoded messages gather in a batch, which is handed out when it is full or when
+   * the messages that have arrived so far are all in it (the next macrotask), each batch holding
+   * one of `concurrency` slots while its handler runs.
+   */
+  private async consumeBatches(
+    messages: ConsumerMessages,
+    mode: Extract<HandlingMode<T>, { kind: 'batch' }>,
+  ): Promise<void> {
+    let batch: Prepared<T>[] = [];
+    let flushScheduled = false;
+    const dispatch = (): void => {
+      flushScheduled = false;
+      if (batch.length === 0) return;
+      const taken = batch;
+      batch = [];
+      void this.slots.acquire().then(() => {
+        if (this.isStopping()) {
+          for (const { message } of taken) message.nak();
+          this.slots.release();
+          return;
+        }
+        void this.processBatch(mode.handler, taken).finally(() => {
+          this.slots.release();
+        });
+      });
+    };
+    for await (const message of messages) {
+      if (this.isStopping()) {
+        message.nak();
+        continue;
+      }
+      const prepared = this.prepare(message);
+      if (prepared === undefined) continue;
+      batch.push(prepared);
+      if (batch.length >= mode.maxBatchSize) dispatch();
+      else if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(dispatch);
+      }
+    }
+    dispatch();
+  }
+
+  /**
+   * Reads one message's facts and decodes it; settles it at once (and returns undefined) when a
+   * client-side filter skips it or it cannot be decoded.
+   */
+  private prepare(message: JsMsg): Prepared<T> | undefined {
+    const { codec, clientFilter } = this.parts;
+    if (!matchesAnySubject(clientFilter, message.subject)) {
+      message.ack();
+      return undefined;
+    }
+    const info = message.info;
+    const facts = {
+      subject: message.subject,
+      // As eventIdOf, without building the headers record.
+      eventId:
+        message.headers?.has(EVENT_ID_HEADER) === true
+          ? message.headers.get(EVENT_ID_HEADER)
+          : `${info.stream}:${info.streamSequence}`,
+      deliveryCount: info.deliveryCount,
+      streamSequence: info.streamSequence,
+    };
+    let event: T;
+    try {
+      event = codec.decode(message.data);
+    } catch (error) {
+      message.term();
+      this.counters.recordPoison(facts, error);
+      return undefined;
+    }
+    // The stored time and the headers record are built when first read: most batch consumers
+    // read neither, and at tens of thousands of events a second each allocation shows.
+    let storedAt: Date | undefined;
+    let headers: Record<string, string> | undefined;
+    const delivered: DeliveredEvent<T> = {
+      ...facts,
+      event,
+      get storedAt(): Date {
+        storedAt ??= message.time;
+        return storedAt;
+      },
+      get headers(): Readonly<Record<string, string>> {
+        headers ??= headersOf(message);
+        return headers;
+      },
+    };
+    return { message, delivered };
+  }
+
+  /** Runs the batch handler and settles every message of the batch by its outcome. Never throws. */
+  private async processBatch(
+    handler: BatchHandler<T>,
+    batch: readonly Prepared<T>[],
+  ): Promise<void> {
+    const { settings } = this.parts;
+    const outcome: HandlerOutcome = await runBatchHandler(
+      settings,
+      handler,
+      batch.map((prepared) => prepared.delivered),
+    );
+    for (const { message, delivered } of batch) {
+      const disposition = dispositionFor(settings, outcome, delivered.deliveryCount);
+      settle(message, disposition);
+      this.counters.record(disposition, outcome, delivered);
+    }
+  }
+
   /** Decodes, runs the handler and settles one message. Never throws. */
   private async process(message: JsMsg): Promise<void> {
-    const { settings, codec, handler, clientFilter } = this.parts;
+    const { settings, codec, mode, clientFilter } = this.parts;
+    if (mode.kind !== 'each') return;
+    const handler = mode.handler;
     const headers = headersOf(message);
     const facts = {
       subject: message.subject,
