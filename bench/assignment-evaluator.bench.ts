@@ -12,6 +12,7 @@ import {
   ExperimentStatus,
   buildSnapshot,
   type ExperimentDefinition,
+  type ResolvedAssignment,
   type UnitContext,
 } from '../services/assignment/src/domain';
 
@@ -136,6 +137,14 @@ for (const distinct of [false, true]) {
     return inExperiment;
   }
 
+  // What Resolve without `explain` runs: only the assignments that change what is served, with
+  // the per-layer range index instead of evaluating every experiment.
+  function resolveServedWithTandem(unit: UnitContext): number {
+    let inExperiment = 0;
+    for (const a of snapshot.resolveServed(unit).assignments) if (a.inExperiment) inExperiment++;
+    return inExperiment;
+  }
+
   interface Measurement {
     readonly opsPerSecond: number;
     readonly microsPerResolve: number;
@@ -172,9 +181,17 @@ for (const distinct of [false, true]) {
       const theirs = growthbook.run(e);
       if ((theirs.inExperiment ? theirs.variationId : -1) !== byId.get(e.key)) disagreements++;
     }
+    // The served-only path must enter exactly the experiments the full evaluation enters.
+    const entered = (assignments: readonly ResolvedAssignment[]): string =>
+      assignments
+        .filter((a) => a.inExperiment)
+        .map((a) => `${a.experiment.id}=${a.variant.key}`)
+        .join();
+    if (entered(snapshot.resolveServed(unit).assignments) !== entered(ours)) disagreements++;
   }
 
   const tandem = measure(resolveWithTandem);
+  const served = measure(resolveServedWithTandem);
   const peer = measure(resolveWithGrowthBook);
   growthbook.destroy();
 
@@ -198,6 +215,7 @@ for (const distinct of [false, true]) {
       (disagreements === 0 ? '100% identical' : `${disagreements} disagreements`),
   );
   console.log(row('tandem evaluator', tandem));
+  console.log(row('tandem, served only', served));
   console.log(row('@growthbook/growthbook', peer));
   const ratio = tandem.opsPerSecond / peer.opsPerSecond;
   console.log(

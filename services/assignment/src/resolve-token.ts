@@ -4,7 +4,7 @@
  * version, the in-experiment assignments and holdout memberships; never the attributes), HMAC-SHA256
  * signed with the deployment's key, valid for 24 hours. Format: base64url(JSON) "." base64url(MAC).
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { InvalidArgumentError } from '../../platform/src/errors';
 
 /** One in-experiment assignment recorded in a token. */
@@ -16,6 +16,8 @@ export interface TokenAssignment {
   readonly layerId: string;
   readonly surfaces: readonly string[];
   readonly allocationSequence: number;
+  /** Its packed JSON in a token body, when made by {@link sharedTokenAssignment}. */
+  readonly packed?: string;
 }
 
 /** One holdout membership recorded in a token. */
@@ -58,28 +60,58 @@ function invalid(description: string, reason = 'RESOLVE_TOKEN_INVALID'): Invalid
   );
 }
 
+function pack(a: TokenAssignment): PackedAssignment {
+  return [
+    a.experimentId,
+    a.variantKey,
+    a.reason,
+    a.etag,
+    a.layerId,
+    a.surfaces,
+    a.allocationSequence,
+  ];
+}
+
+/**
+ * A frozen TokenAssignment carrying its packed JSON, for assignments recorded in many tokens (the
+ * evaluator's shared results): signing then copies the text instead of serializing it again.
+ */
+export function sharedTokenAssignment(assignment: TokenAssignment): TokenAssignment {
+  const surfaces = Object.isFrozen(assignment.surfaces)
+    ? assignment.surfaces
+    : Object.freeze([...assignment.surfaces]);
+  const fields: TokenAssignment = { ...assignment, surfaces, packed: undefined };
+  return Object.freeze({ ...fields, packed: JSON.stringify(pack(fields)) });
+}
+
 export class ResolveTokens {
-  constructor(private readonly key: string) {}
+  private readonly key: KeyObject;
+
+  constructor(key: string) {
+    // A KeyObject is imported once; a string key would be imported on every HMAC.
+    this.key = createSecretKey(Buffer.from(key, 'utf8'));
+  }
 
   sign(record: ResolveRecord): string {
-    const packed: Packed = {
-      u: record.unitId,
-      t: record.unitType,
-      r: record.resolveId,
-      rt: record.resolveTime,
-      cv: record.configVersion,
-      a: record.assignments.map((a) => [
-        a.experimentId,
-        a.variantKey,
-        a.reason,
-        a.etag,
-        a.layerId,
-        a.surfaces,
-        a.allocationSequence,
-      ]),
-      h: record.holdouts.map((h) => [h.holdoutId, h.heldOut ? 1 : 0, h.surfaces, h.etag]),
-    };
-    const body = Buffer.from(JSON.stringify(packed)).toString('base64url');
+    // Exactly `JSON.stringify(packed)` for the `Packed` layout, with the assignments' parts cached.
+    let assignments = '';
+    for (let i = 0; i < record.assignments.length; i++) {
+      const a = record.assignments[i];
+      if (a === undefined) continue;
+      assignments += (i === 0 ? '' : ',') + (a.packed ?? JSON.stringify(pack(a)));
+    }
+    const holdouts: PackedHoldout[] = record.holdouts.map((h) => [
+      h.holdoutId,
+      h.heldOut ? 1 : 0,
+      h.surfaces,
+      h.etag,
+    ]);
+    const json =
+      `{"u":${JSON.stringify(record.unitId)},"t":${JSON.stringify(record.unitType)}` +
+      `,"r":${JSON.stringify(record.resolveId)},"rt":${JSON.stringify(record.resolveTime)}` +
+      `,"cv":${JSON.stringify(record.configVersion)},"a":[${assignments}]` +
+      `,"h":${JSON.stringify(holdouts)}}`;
+    const body = Buffer.from(json).toString('base64url');
     return `${body}.${this.mac(body).toString('base64url')}`;
   }
 

@@ -5,7 +5,6 @@
  * registers each shutdown step as it goes. The single-process dev launcher calls this too, with a
  * shared in-process bus.
  */
-import { AssignmentServiceService } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { BufferedPublisher } from '../../platform/src/events/buffered-publisher';
 import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
@@ -17,6 +16,7 @@ import { ExposureLog } from './events/exposure-log';
 import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/streams';
 import { ADMIN_METHODS, assignmentHandlers } from './handlers';
 import { advanceSchedule } from './handlers/experiments';
+import { resolveServiceDefinition } from './handlers/resolve-response';
 import { LiveConfiguration } from './live-configuration';
 import { ResolveTokens } from './resolve-token';
 import { ConfigurationStore } from './store/configuration-store';
@@ -65,9 +65,10 @@ export async function startAssignment(
     defaultStickyTtlMs: config.stickyTtlMs,
   };
 
+  // The generated definition with a Resolve serializer that reuses pre-encoded assignments.
   runtime.server.add(
-    AssignmentServiceService,
-    implement(AssignmentServiceService, assignmentHandlers(context), {
+    resolveServiceDefinition,
+    implement(resolveServiceDefinition, assignmentHandlers(context), {
       logger,
       auth: runtime.auth,
       adminMethods: [...ADMIN_METHODS],

@@ -10,6 +10,15 @@
  * per distinct condition, per holdout and per experiment hash actually needed, memoised in scratch
  * arrays stamped with a resolve generation so nothing is cleared or allocated per experiment.
  *
+ * `resolveServed` returns only the assignments that change what is served (the reasons of
+ * {@link isServedReason}), as Resolve without `explain` does, without evaluating every experiment:
+ * experiments in a layer own disjoint ranges of the unit's layer point, so per layer one hash and a
+ * table lookup (the binary search over the sorted range bounds, done at build time for each of the
+ * 1,000 points a layer hash can take) pick the (at most one) experiment the unit can be in.
+ * Only those, plus experiments with no layer, shipped ones and sticky ones with a stored variant for
+ * the unit, are evaluated, with the same code and in the same order as `resolve`; every experiment
+ * left out would have been NOT_RUNNING or NOT_IN_LAYER_RANGE.
+ *
  * Resolve follows assignment.proto's order and stops at the first reason that applies:
  * NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by a unit's sticky variant) →
  * TARGETED_OUT → HOLDOUT → STICKY → NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it (reason
@@ -31,6 +40,8 @@ import {
 import {
   FNV_OFFSET_BASIS,
   HashVersion,
+  V1_BUCKETS,
+  bucketV1FromValueState,
   fnvContinue,
   hashV1FromValueState,
   hashV2FromSeedState,
@@ -56,6 +67,17 @@ export const AssignmentReason = {
 } as const;
 /** Why a unit got its variant. */
 export type AssignmentReason = (typeof AssignmentReason)[keyof typeof AssignmentReason];
+
+/**
+ * Whether an assignment with this reason changes what is served (ASSIGNED, STICKY, HOLDOUT,
+ * CONCLUDED): what Resolve returns without `explain`, and all `resolveServed` returns.
+ */
+export function isServedReason(reason: number): boolean {
+  return reason === ASSIGNED || reason === STICKY || reason === HOLDOUT || reason === CONCLUDED;
+}
+
+// Module constants: `AssignmentReason.X` compiles to a property read through `exports`.
+const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED } = AssignmentReason;
 
 /** A variant stored for a unit at its first exposure to a sticky experiment. */
 export interface StickyAssignment {
@@ -177,7 +199,6 @@ interface ExperimentPlan extends CompiledExperiment {
   /** One frozen `[surface]` per entry of `surfaceNames`. */
   readonly singleSurfaces: readonly (readonly string[])[];
   readonly cacheStride: number;
-  readonly resultCache: (ResolvedAssignment | undefined)[];
 }
 
 interface HoldoutPlan extends CompiledHoldout {
@@ -189,12 +210,36 @@ interface HoldoutPlan extends CompiledHoldout {
   readonly seedState: number;
 }
 
+/**
+ * What `resolveServed` evaluates on a surface; positions are into the surface's `experiments`.
+ * Laid out flat (typed arrays, no object per layer) because a resolve touches one entry per layer
+ * and per candidate, and on a busy server those reads are cache misses, not computation.
+ */
+interface ServedIndex {
+  /** Experiments evaluated for every unit: no layer, shipped, or a range no point can be in. */
+  readonly always: Int32Array;
+  /** The layers with experiments that can serve (not NOT_RUNNING for good), one table each. */
+  readonly layerSlots: Int32Array;
+  /**
+   * Per table t and each of the V1_BUCKETS points a layer hash takes (`bucket / V1_BUCKETS`), at
+   * `t * V1_BUCKETS + bucket`: the position + 1 of the one experiment whose range holds the point,
+   * 0 for none, or -(k + 1) when several do (overlapping ranges): their positions are `overlaps[k]`.
+   */
+  readonly buckets: Int32Array;
+  readonly overlaps: readonly Int32Array[];
+  /** The layered sticky experiments: a stored variant skips the layer check. */
+  readonly stickyLayered: Int32Array;
+}
+
 interface SurfaceIndex {
   readonly experiments: readonly ExperimentPlan[];
+  /** For each experiment above, its `index` (contiguous, for the served path's dedupe). */
+  readonly planIndexes: Int32Array;
   /** For each experiment above, its slot in the experiment's `surfaceNames`. */
   readonly surfaceSlots: Int32Array;
   readonly holdouts: readonly HoldoutPlan[];
   readonly stickyExperimentIds: readonly string[];
+  readonly served: ServedIndex;
 }
 
 const NO_HOLDOUTS = new Int32Array(0);
@@ -223,10 +268,33 @@ export class AssignmentSnapshot {
   private readonly conditionStamp: Uint32Array;
   private readonly conditionMatch: Uint8Array;
   private readonly layerStamp: Uint32Array;
-  private readonly layerPoint: Float64Array;
+  private readonly layerBucket: Int32Array;
   private readonly holdoutStamp: Uint32Array;
   private readonly holdoutHeld: Uint8Array;
   private readonly seenStamp: Uint32Array;
+  /** Scratch for `resolveServed`: candidate positions on the surface being resolved. */
+  private readonly candidates: Int32Array;
+
+  // Every experiment, by `index` (id order), and the shared results of each: results for plan i
+  // start at resultBase[i], laid out as `result()` describes.
+  private readonly plans: readonly ExperimentPlan[];
+  private readonly results: (ResolvedAssignment | undefined)[] = [];
+  private readonly resultBase: Int32Array;
+
+  // What `resolveSimple` reads, flat by experiment index (see `ServedIndex` for why).
+  private readonly unitTypeIds = new Map<string, number>();
+  private readonly simple: Uint8Array;
+  private readonly startMs: Float64Array;
+  private readonly endMs: Float64Array;
+  private readonly unitTypes: Int32Array;
+  private readonly conditionSlots: Int32Array;
+  private readonly hashVersions: Uint8Array;
+  private readonly seedStates: Int32Array;
+  private readonly seeds: readonly string[];
+  private readonly cacheStrides: Int32Array;
+  /** Variant ranges of experiment i: pairs (start, end) r ∈ [rangeOffsets[i], rangeOffsets[i+1]). */
+  private readonly rangeOffsets: Int32Array;
+  private readonly rangeBounds: Float64Array;
 
   // The unit being resolved and its FNV prefix state (for v1 hashes), set per resolve.
   private unitId = '';
@@ -288,10 +356,49 @@ export class AssignmentSnapshot {
     this.conditionStamp = new Uint32Array(this.predicates.length);
     this.conditionMatch = new Uint8Array(this.predicates.length);
     this.layerStamp = new Uint32Array(this.layerSuffixes.length);
-    this.layerPoint = new Float64Array(this.layerSuffixes.length);
+    this.layerBucket = new Int32Array(this.layerSuffixes.length);
     this.holdoutStamp = new Uint32Array(holdouts.length);
     this.holdoutHeld = new Uint8Array(holdouts.length);
     this.seenStamp = new Uint32Array(plans.length);
+    let widest = 0;
+    for (const index of this.surfaces.values()) widest = Math.max(widest, index.experiments.length);
+    this.candidates = new Int32Array(widest);
+
+    this.plans = plans;
+    this.resultBase = new Int32Array(plans.length);
+    let results = 0;
+    for (const plan of plans) {
+      this.resultBase[plan.index] = results;
+      results += plan.surfaceNames.length * plan.cacheStride;
+    }
+    this.results = new Array<ResolvedAssignment | undefined>(results).fill(undefined);
+    for (const plan of plans) {
+      if (!this.unitTypeIds.has(plan.unitType)) {
+        this.unitTypeIds.set(plan.unitType, this.unitTypeIds.size);
+      }
+    }
+    this.simple = Uint8Array.from(plans, (p) => (isSimple(p) ? 1 : 0));
+    this.startMs = Float64Array.from(plans, (p) => p.startMs);
+    this.endMs = Float64Array.from(plans, (p) => p.endMs);
+    this.unitTypes = Int32Array.from(plans, (p) => this.unitTypeIds.get(p.unitType) ?? -1);
+    this.conditionSlots = Int32Array.from(plans, (p) => p.conditionSlot);
+    this.hashVersions = Uint8Array.from(plans, (p) => p.hashVersion);
+    this.seedStates = Int32Array.from(plans, (p) => p.seedState | 0);
+    this.seeds = plans.map((p) => p.seed);
+    this.cacheStrides = Int32Array.from(plans, (p) => p.cacheStride);
+    this.rangeOffsets = new Int32Array(plans.length + 1);
+    for (const plan of plans) {
+      this.rangeOffsets[plan.index + 1] =
+        (this.rangeOffsets[plan.index] ?? 0) + plan.rangeStarts.length;
+    }
+    this.rangeBounds = new Float64Array(2 * (this.rangeOffsets[plans.length] ?? 0));
+    for (const plan of plans) {
+      const offset = this.rangeOffsets[plan.index] ?? 0;
+      for (let r = 0; r < plan.rangeStarts.length; r++) {
+        this.rangeBounds[2 * (offset + r)] = plan.rangeStarts[r] ?? 1;
+        this.rangeBounds[2 * (offset + r) + 1] = plan.rangeEnds[r] ?? 0;
+      }
+    }
   }
 
   /** The compiled experiment with this id, if the configuration has it. */
@@ -342,6 +449,147 @@ export class AssignmentSnapshot {
       }
     }
     return { assignments, holdouts: this.holdoutMemberships(unit) };
+  }
+
+  /**
+   * Exactly the assignments of {@link resolve} whose reason {@link isServedReason}, in the same
+   * order, with the same holdout memberships; see the module comment for how the rest is skipped.
+   */
+  resolveServed(unit: UnitContext): Resolution {
+    this.beginResolve(unit);
+    const assignments: ResolvedAssignment[] = [];
+    const single = unit.surfaces.length === 1;
+    const sticky = unit.sticky;
+    const hasSticky = sticky !== undefined && sticky.size > 0;
+    const candidates = this.candidates;
+    const seen = this.seenStamp;
+    const generation = this.generation;
+    const unitType = this.unitTypeIds.get(unit.type) ?? -1;
+    for (const surface of unit.surfaces) {
+      const index = this.surfaces.get(surface);
+      if (index === undefined) continue;
+      const { experiments, surfaceSlots, served, planIndexes } = index;
+      let count = 0;
+      // Each experiment is evaluated once per resolve: at its first requested surface, and once
+      // even when both its layer range and a sticky variant make it a candidate.
+      const always = served.always;
+      for (let i = 0; i < always.length; i++) {
+        const position = always[i] ?? 0;
+        const planIndex = planIndexes[position] ?? 0;
+        if (seen[planIndex] === generation) continue;
+        seen[planIndex] = generation;
+        candidates[count++] = position;
+      }
+      const { layerSlots, buckets } = served;
+      for (let t = 0; t < layerSlots.length; t++) {
+        const entry = buckets[t * V1_BUCKETS + this.layerBucketOf(layerSlots[t] ?? 0)] ?? 0;
+        if (entry > 0) {
+          const position = entry - 1;
+          const planIndex = planIndexes[position] ?? 0;
+          if (seen[planIndex] === generation) continue;
+          seen[planIndex] = generation;
+          candidates[count++] = position;
+        } else if (entry < 0) {
+          const overlap = served.overlaps[-entry - 1] ?? NO_HOLDOUTS;
+          for (let i = 0; i < overlap.length; i++) {
+            const position = overlap[i] ?? 0;
+            const planIndex = planIndexes[position] ?? 0;
+            if (seen[planIndex] === generation) continue;
+            seen[planIndex] = generation;
+            candidates[count++] = position;
+          }
+        }
+      }
+      if (hasSticky) {
+        const stickyLayered = served.stickyLayered;
+        for (let i = 0; i < stickyLayered.length; i++) {
+          const position = stickyLayered[i] ?? 0;
+          const plan = experiments[position];
+          if (plan === undefined || seen[plan.index] === generation) continue;
+          if (!hasStickyVariant(plan, unit)) continue;
+          seen[plan.index] = generation;
+          candidates[count++] = position;
+        }
+      }
+      // Positions ascend with experiment ids, the order `resolve` returns. An insertion sort: the
+      // candidates are a few dozen, and the typed array's own sort costs more at this size.
+      for (let i = 1; i < count; i++) {
+        const position = candidates[i] ?? 0;
+        let j = i - 1;
+        while (j >= 0 && (candidates[j] ?? 0) > position) {
+          candidates[j + 1] = candidates[j] ?? 0;
+          j--;
+        }
+        candidates[j + 1] = position;
+      }
+      for (let i = 0; i < count; i++) {
+        const position = candidates[i] ?? 0;
+        const planIndex = planIndexes[position] ?? 0;
+        if (single && this.simple[planIndex] === 1) {
+          const resolved = this.resolveSimple(
+            planIndex,
+            surfaceSlots[position] ?? 0,
+            unit,
+            unitType,
+          );
+          if (resolved !== undefined) assignments.push(resolved);
+          continue;
+        }
+        const plan = experiments[position];
+        if (plan === undefined) continue;
+        const slot = single
+          ? (surfaceSlots[position] ?? 0)
+          : this.surfaceSlotFor(plan, unit.surfaces);
+        const resolved = this.evaluate(plan, unit, slot);
+        if (isServedReason(resolved.reason)) assignments.push(resolved);
+      }
+    }
+    return { assignments, holdouts: this.holdoutMemberships(unit) };
+  }
+
+  /**
+   * `evaluate` for a "simple" experiment (see `isSimple`) that is a candidate of `resolveServed`,
+   * from the flat per-experiment arrays: the served result, or undefined when the reason would be
+   * one that is not served. The candidate is in its layer range (the bucket table put it there) or
+   * has no layer; no holdout covers it, it is not sticky and not shipped, so the remaining steps
+   * are the schedule, the unit type, the condition and the variant ranges, in `evaluate`'s order.
+   */
+  private resolveSimple(
+    planIndex: number,
+    slot: number,
+    unit: UnitContext,
+    unitType: number,
+  ): ResolvedAssignment | undefined {
+    const now = unit.now;
+    if (now < (this.startMs[planIndex] ?? 0) || now >= (this.endMs[planIndex] ?? 0))
+      return undefined;
+    if (this.unitTypes[planIndex] !== unitType) return undefined;
+    const condition = this.conditionSlots[planIndex] ?? -1;
+    if (condition >= 0 && !this.conditionMatches(condition)) return undefined;
+    const n =
+      this.hashVersions[planIndex] === HashVersion.V2
+        ? hashV2FromSeedState(this.seedStates[planIndex] ?? 0, this.unitId)
+        : hashV1FromValueState(this.unitState, this.seeds[planIndex] ?? '');
+    const first = this.rangeOffsets[planIndex] ?? 0;
+    const last = this.rangeOffsets[planIndex + 1] ?? 0;
+    const bounds = this.rangeBounds;
+    for (let r = first; r < last; r++) {
+      if (n >= (bounds[2 * r] ?? 1) && n < (bounds[2 * r + 1] ?? 0)) {
+        const variant = r - first;
+        const key =
+          (this.resultBase[planIndex] ?? 0) +
+          slot * (this.cacheStrides[planIndex] ?? 0) +
+          REASON_SLOTS +
+          variant;
+        const cached = this.results[key];
+        if (cached !== undefined) return cached;
+        const plan = this.plans[planIndex];
+        return plan === undefined
+          ? undefined
+          : this.result(plan, slot, AssignmentReason.ASSIGNED, unit, variant);
+      }
+    }
+    return undefined; // NOT_IN_COVERAGE
   }
 
   private beginResolve(unit: UnitContext): void {
@@ -443,12 +691,20 @@ export class AssignmentSnapshot {
     return this.conditionMatch[slot] === 1;
   }
 
-  private layerPointOf(slot: number): number {
+  // The layer hash `hash("__" + layerId, unitId, v1)` is `bucket / V1_BUCKETS`.
+  private layerBucketOf(slot: number): number {
     if (this.layerStamp[slot] !== this.generation) {
       this.layerStamp[slot] = this.generation;
-      this.layerPoint[slot] = hashV1FromValueState(this.unitState, this.layerSuffixes[slot] ?? '');
+      this.layerBucket[slot] = bucketV1FromValueState(
+        this.unitState,
+        this.layerSuffixes[slot] ?? '',
+      );
     }
-    return this.layerPoint[slot] ?? 0;
+    return this.layerBucket[slot] ?? 0;
+  }
+
+  private layerPointOf(slot: number): number {
+    return this.layerBucketOf(slot) / V1_BUCKETS;
   }
 
   private heldOut(slot: number): boolean {
@@ -488,8 +744,8 @@ export class AssignmentSnapshot {
         : reason === AssignmentReason.HOLDOUT
           ? REASON_SLOTS + plan.variants.length + position
           : reason;
-    const key = slot * plan.cacheStride + offset;
-    const cached = slot >= 0 ? plan.resultCache[key] : undefined;
+    const key = (this.resultBase[plan.index] ?? 0) + slot * plan.cacheStride + offset;
+    const cached = slot >= 0 ? this.results[key] : undefined;
     if (cached !== undefined) return cached;
     const created = freeze({
       experiment: plan,
@@ -508,7 +764,7 @@ export class AssignmentSnapshot {
       allocationSequence: reason === AssignmentReason.ASSIGNED ? plan.allocationSequence : 0,
       surfaces: this.surfacesOf(plan, slot, unit),
     });
-    if (slot >= 0) plan.resultCache[key] = created;
+    if (slot >= 0) this.results[key] = created;
     return created;
   }
 
@@ -563,9 +819,93 @@ export class AssignmentSnapshot {
             h.definition.layerIds.some((id) => layersHere.has(id)),
         ),
         stickyExperimentIds: entry.experiments.filter((p) => p.sticky).map((p) => p.id),
+        planIndexes: Int32Array.from(entry.experiments.map((p) => p.index)),
+        served: servedIndex(entry.experiments),
       });
     }
   }
+}
+
+/**
+ * The interval of `bounds` holding `point`: i with bounds[i] ≤ point < bounds[i + 1], or -1 when
+ * the point is outside [bounds[0], bounds[n - 1]).
+ */
+function intervalOf(bounds: Float64Array, point: number): number {
+  let low = 0;
+  let high = bounds.length; // the first bound greater than the point is in [low, high]
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((bounds[middle] ?? 0) <= point) low = middle + 1;
+    else high = middle;
+  }
+  return low === 0 || low === bounds.length ? -1 : low - 1;
+}
+
+function servedIndex(experiments: readonly ExperimentPlan[]): ServedIndex {
+  const always: number[] = [];
+  const stickyLayered: number[] = [];
+  const byLayer = new Map<number, number[]>();
+  experiments.forEach((plan, position) => {
+    if (plan.serving === Serving.OFF) return; // NOT_RUNNING for every unit
+    const { layerStart: start, layerEnd: end } = plan;
+    // A shipped variant skips the layer check; a range that is empty or not a pair of numbers is
+    // left to the full evaluation, which gives such ranges whatever meaning `resolve` does.
+    if (plan.layerSlot < 0 || plan.serving === Serving.SHIPPED || !(start < end)) {
+      always.push(position);
+      return;
+    }
+    let positions = byLayer.get(plan.layerSlot);
+    if (positions === undefined) byLayer.set(plan.layerSlot, (positions = []));
+    positions.push(position);
+    if (plan.sticky) stickyLayered.push(position);
+  });
+  const buckets = new Int32Array(byLayer.size * V1_BUCKETS);
+  const overlaps: Int32Array[] = [];
+  const overlapIds = new Map<string, number>();
+  let table = 0;
+  for (const positions of byLayer.values()) {
+    const bounds = Float64Array.from(
+      new Set(
+        positions.flatMap((p) => [experiments[p]?.layerStart ?? 0, experiments[p]?.layerEnd ?? 0]),
+      ),
+    ).sort();
+    // For each interval [bounds[i], bounds[i + 1]): the experiments whose range covers it.
+    const covering: number[][] = [];
+    for (let i = 0; i + 1 < bounds.length; i++) {
+      const low = bounds[i] ?? 0;
+      const high = bounds[i + 1] ?? 0;
+      covering.push(
+        positions.filter((p) => {
+          const plan = experiments[p];
+          return plan !== undefined && plan.layerStart <= low && high <= plan.layerEnd;
+        }),
+      );
+    }
+    for (let bucket = 0; bucket < V1_BUCKETS; bucket++) {
+      const here = covering[intervalOf(bounds, bucket / V1_BUCKETS)] ?? [];
+      let entry = 0;
+      if (here.length === 1) entry = (here[0] ?? 0) + 1;
+      else if (here.length > 1) {
+        const key = here.join(',');
+        let k = overlapIds.get(key);
+        if (k === undefined) {
+          k = overlaps.length;
+          overlaps.push(Int32Array.from(here));
+          overlapIds.set(key, k);
+        }
+        entry = -(k + 1);
+      }
+      buckets[table * V1_BUCKETS + bucket] = entry;
+    }
+    table++;
+  }
+  return {
+    always: Int32Array.from(always),
+    layerSlots: Int32Array.from(byLayer.keys()),
+    buckets,
+    overlaps,
+    stickyLayered: Int32Array.from(stickyLayered),
+  };
 }
 
 function compareIds(a: string, b: string): number {
@@ -692,8 +1032,22 @@ function compileExperiment(
     surfaceNames,
     singleSurfaces: surfaceNames.map((s) => Object.freeze([s])),
     cacheStride: REASON_SLOTS + variants.length + links.holdoutSlots.length,
-    resultCache: [],
   };
+}
+
+/**
+ * Whether `resolveSimple` may stand in for `evaluate`: a running (or scheduled) experiment with a
+ * known hash version, not sticky, covered by no holdout, with no layer or a proper layer range
+ * (so it is a candidate only when the unit's layer point is in it).
+ */
+function isSimple(plan: ExperimentPlan): boolean {
+  return (
+    plan.serving === Serving.WINDOW &&
+    !plan.sticky &&
+    plan.holdoutSlots.length === 0 &&
+    (plan.hashVersion === HashVersion.V1 || plan.hashVersion === HashVersion.V2) &&
+    (plan.layerSlot < 0 || plan.layerStart < plan.layerEnd)
+  );
 }
 
 /** True when a sticky experiment has a stored, still-valid variant for this unit. */

@@ -22,18 +22,19 @@ export type HashVersion = (typeof HashVersion)[keyof typeof HashVersion];
 /** The default hash version for new experiments and holdouts. */
 export const DEFAULT_HASH_VERSION: HashVersion = HashVersion.V2;
 
+/** The FNV-1a 32-bit prime. */
+const FNV_PRIME = 16777619;
+// Bound once: inside a VM context (Jest) every read of the global `Math` is an interceptor call.
+const imul = Math.imul;
+
 /**
- * Continues an FNV-1a 32-bit hash from `state` over the UTF-16 code units of `text`. The multiply
- * by the FNV prime 16777619 = 2^24 + 2^8 + 0x93 is done with shifts and adds as in the SDK (exact:
- * the sum stays below 2^35, and the next `^=` reduces it mod 2^32). This form also stays fast
- * inside Jest's VM contexts, where `Math.imul` is not inlined. Finish the state with `>>> 0`.
+ * Continues an FNV-1a 32-bit hash from `state` over the UTF-16 code units of `text`. `Math.imul`
+ * is the multiply modulo 2^32 the algorithm specifies, in one machine instruction. The result is a
+ * signed 32-bit state; finish it with `>>> 0`.
  */
 export function fnvContinue(state: number, text: string): number {
-  let h = state;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h += (h << 1) + (h << 4) + (h << 7) + (h << 8) + (h << 24);
-  }
+  let h = state | 0;
+  for (let i = 0; i < text.length; i++) h = imul(h ^ text.charCodeAt(i), FNV_PRIME);
   return h;
 }
 
@@ -51,15 +52,16 @@ export function fnv1a32OfDecimal(n: number): number {
   let count = 0;
   let rest = n;
   do {
-    const digit = rest % 10;
-    digits[count++] = digit;
-    rest = (rest - digit) / 10; // exact, and avoids Math.floor
+    // Exact for a uint32: the correctly rounded quotient truncates to the integer quotient, and a
+    // division is far cheaper than the floating-point remainder `%` would be here.
+    const quotient = (rest / 10) >>> 0;
+    digits[count++] = rest - quotient * 10;
+    rest = quotient;
   } while (rest > 0);
-  let h = FNV_OFFSET_BASIS;
+  let h = FNV_OFFSET_BASIS | 0;
   while (count > 0) {
     // '0' is code unit 48.
-    h ^= 48 + (digits[--count] ?? 0);
-    h += (h << 1) + (h << 4) + (h << 7) + (h << 8) + (h << 24);
+    h = imul(h ^ (48 + (digits[--count] ?? 0)), FNV_PRIME);
   }
   return h >>> 0;
 }
@@ -77,7 +79,15 @@ export function hashV2FromSeedState(seedState: number, value: string): number {
  * value)`: `fnv(value + suffix) % 1000 / 1000`. Every v1 hash of one unit shares its prefix.
  */
 export function hashV1FromValueState(valueState: number, suffix: string): number {
-  return ((fnvContinue(valueState, suffix) >>> 0) % 1000) / 1000;
+  return bucketV1FromValueState(valueState, suffix) / V1_BUCKETS;
+}
+
+/** The number of distinct v1 buckets: a v1 hash is `bucket / V1_BUCKETS`. */
+export const V1_BUCKETS = 1000;
+
+/** The integer bucket in [0, V1_BUCKETS) of {@link hashV1FromValueState}. */
+export function bucketV1FromValueState(valueState: number, suffix: string): number {
+  return (fnvContinue(valueState, suffix) >>> 0) % V1_BUCKETS;
 }
 
 /**

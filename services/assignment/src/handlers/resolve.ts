@@ -28,8 +28,9 @@ import {
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import type { ExposureTally } from '../events/exposure-log';
-import type { ResolveRecord, TokenAssignment } from '../resolve-token';
+import { sharedTokenAssignment, type ResolveRecord, type TokenAssignment } from '../resolve-token';
 import { asEnum } from './messages';
+import { sharedAssignment } from './resolve-response';
 import { rejectIfAny } from './requests';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
@@ -43,14 +44,7 @@ const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
 /** Apply results remembered per replica for request_id retries. */
 const APPLY_RESULTS_CAPACITY = 10_000;
 
-// Read once: through the domain index's re-exports every property read is a getter call, and the
-// loop below runs once per experiment on the surface.
-const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED } = AssignmentReason;
-
-/** The reasons Resolve returns without `explain`: what decides what to serve. */
-function decides(reason: number): boolean {
-  return reason === ASSIGNED || reason === STICKY || reason === HOLDOUT || reason === CONCLUDED;
-}
+const { ASSIGNED, STICKY } = AssignmentReason;
 
 /**
  * Walks the attributes: depth, values that are not JSON (NaN, ±Infinity) and a size estimate;
@@ -104,27 +98,63 @@ function checkAttributes(attributes: Attributes, violations: FieldViolation[]): 
   }
 }
 
-/** The shared, frozen results of the evaluator rendered once as messages. */
-const assignmentMessages = new WeakMap<ResolvedAssignment, Assignment>();
+/** What a served result becomes in a response and in its token, made once per shared result. */
+interface Rendered {
+  readonly message: Assignment;
+  /** Set when the result is in the experiment (only those are recorded in the token). */
+  readonly token: TokenAssignment | undefined;
+}
 
-function assignmentMessage(resolved: ResolvedAssignment): Assignment {
-  let message = assignmentMessages.get(resolved);
-  if (message === undefined) {
-    message = {
-      experimentId: resolved.experiment.id,
-      variantKey: resolved.variant.key,
-      payload: resolved.variant.payload,
-      inExperiment: resolved.inExperiment,
-      reason: asEnum<ReasonMessage>(resolved.reason),
-      layerId: resolved.experiment.layerId,
-      holdoutId: resolved.holdoutId,
-      surfaces: resolved.surfaces as string[],
-      experimentEtag: resolved.experiment.etag,
-      allocationSequence: resolved.allocationSequence,
+/**
+ * The evaluator's shared, frozen results rendered once: the message (pre-encoded for the wire, see
+ * resolve-response.ts) and the token record (with its JSON). STICKY results are made per resolve,
+ * so they are rendered per resolve and not kept.
+ */
+const rendered = new WeakMap<ResolvedAssignment, Rendered>();
+
+function toMessage(resolved: ResolvedAssignment): Assignment {
+  return {
+    experimentId: resolved.experiment.id,
+    variantKey: resolved.variant.key,
+    payload: resolved.variant.payload,
+    inExperiment: resolved.inExperiment,
+    reason: asEnum<ReasonMessage>(resolved.reason),
+    layerId: resolved.experiment.layerId,
+    holdoutId: resolved.holdoutId,
+    surfaces: resolved.surfaces as string[],
+    experimentEtag: resolved.experiment.etag,
+    allocationSequence: resolved.allocationSequence,
+  };
+}
+
+function toTokenAssignment(resolved: ResolvedAssignment): TokenAssignment {
+  return {
+    experimentId: resolved.experiment.id,
+    variantKey: resolved.variant.key,
+    reason: resolved.reason,
+    etag: resolved.experiment.etag,
+    layerId: resolved.experiment.layerId,
+    surfaces: resolved.surfaces,
+    allocationSequence: resolved.allocationSequence,
+  };
+}
+
+function render(resolved: ResolvedAssignment): Rendered {
+  if (resolved.reason === STICKY) {
+    return {
+      message: toMessage(resolved),
+      token: resolved.inExperiment ? toTokenAssignment(resolved) : undefined,
     };
-    assignmentMessages.set(resolved, message);
   }
-  return message;
+  let result = rendered.get(resolved);
+  if (result === undefined) {
+    result = {
+      message: sharedAssignment(toMessage(resolved)),
+      token: resolved.inExperiment ? sharedTokenAssignment(toTokenAssignment(resolved)) : undefined,
+    };
+    rendered.set(resolved, result);
+  }
+  return result;
 }
 
 function byExperimentId(a: Assignment, b: Assignment): number {
@@ -288,31 +318,19 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         stickyIds.length > 0
           ? await context.sticky.lookup(unitType, unitId, stickyIds, now)
           : undefined;
-      const resolution = view.snapshot.resolve({
-        id: unitId,
-        type: unitType,
-        attributes,
-        surfaces,
-        now,
-        sticky,
-      });
+      const unitContext = { id: unitId, type: unitType, attributes, surfaces, now, sticky };
+      // Without `explain`, only what decides what is served: the snapshot's index skips the
+      // experiments whose layer range the unit is not in instead of evaluating each.
+      const resolution = request.explain
+        ? view.snapshot.resolve(unitContext)
+        : view.snapshot.resolveServed(unitContext);
 
       const assignments: Assignment[] = [];
       const inExperiment: TokenAssignment[] = [];
       for (const resolved of resolution.assignments) {
-        if (resolved.inExperiment) {
-          inExperiment.push({
-            experimentId: resolved.experiment.id,
-            variantKey: resolved.variant.key,
-            reason: resolved.reason,
-            etag: resolved.experiment.etag,
-            layerId: resolved.experiment.layerId,
-            surfaces: resolved.surfaces,
-            allocationSequence: resolved.allocationSequence,
-          });
-        }
-        if (request.explain || decides(resolved.reason))
-          assignments.push(assignmentMessage(resolved));
+        const { message, token } = render(resolved);
+        if (token !== undefined) inExperiment.push(token);
+        assignments.push(message);
       }
       if (surfaces.length > 1) assignments.sort(byExperimentId);
       const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({

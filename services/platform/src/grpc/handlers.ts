@@ -181,9 +181,12 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
     const span = startRpcSpan(path, SpanKind.SERVER, extractFromMetadata(call.metadata));
     const spanContext = trace.setSpan(context.active(), span);
     const abort = new AbortController();
-    (call as EventEmitter).once('cancelled', () => {
+    const onCancelled = (): void => {
       abort.abort(new CancelledError('the caller cancelled the call'));
-    });
+    };
+    // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
+    // is removed once the handler settles, so a finished call does not build an error for nobody.
+    (call as EventEmitter).once('cancelled', onCancelled);
     const rawDeadline = call.getDeadline();
     const deadline =
       rawDeadline instanceof Date
@@ -207,10 +210,12 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       activeCall.run(call, () => {
         execute().then(
           (value) => {
+            (call as EventEmitter).removeListener('cancelled', onCancelled);
             endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
             finish(null, value);
           },
           (error: unknown) => {
+            (call as EventEmitter).removeListener('cancelled', onCancelled);
             const status = toStatus(error);
             if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
               rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');

@@ -1,0 +1,207 @@
+/**
+ * ResolveResponse on the wire without re-encoding what does not change between calls.
+ *
+ * The evaluator's results are shared per (experiment, reason, variant), and so are the `Assignment`
+ * messages made from them; their protobuf bytes (payload Structs included, the costly part) are
+ * encoded once, when such a message is registered with {@link sharedAssignment}. The serializer
+ * then writes a response as one buffer: the registered assignments' bytes copied as they are and
+ * the few per-call fields (token, ids, time, counts) written directly. The output is byte for byte
+ * what the generated `ResolveResponse.encode` produces (fields in number order, defaults omitted),
+ * which the tests check over random responses; anything the fast path does not cover (negative or
+ * non-integer numbers) goes through the generated encoder.
+ *
+ * {@link resolveServiceDefinition} is `AssignmentServiceService` with this serializer for Resolve;
+ * the message types are unchanged, so the handlers stay typed against the generated definition.
+ */
+import {
+  Assignment,
+  HoldoutMembership,
+  type ExposureCounts,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment';
+import {
+  AssignmentServiceService,
+  ResolveResponse,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+
+/** Registered assignments: their complete field-1 entry (tag, length, message bytes). */
+const encodedAssignments = new WeakMap<Assignment, Buffer>();
+
+/**
+ * Freezes `message` and encodes it once for every response that will carry it. The message must
+ * never change afterwards (its arrays included), since its bytes are reused as they are.
+ */
+export function sharedAssignment(message: Assignment): Assignment {
+  encodedAssignments.set(message, entry(1, Assignment.encode(message).finish()));
+  return Object.freeze(message);
+}
+
+function varintSize(value: number): number {
+  let size = 1;
+  while (value >= 128) {
+    value = Math.floor(value / 128);
+    size++;
+  }
+  return size;
+}
+
+function writeVarint(buffer: Buffer, offset: number, value: number): number {
+  while (value >= 128) {
+    buffer[offset++] = (value % 128) | 128;
+    value = Math.floor(value / 128);
+  }
+  buffer[offset++] = value;
+  return offset;
+}
+
+/** A complete length-delimited entry: tag, length, bytes. */
+function entry(field: number, bytes: Uint8Array): Buffer {
+  const tag = (field << 3) | 2;
+  const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(bytes.length) + bytes.length);
+  const offset = writeVarint(out, writeVarint(out, 0, tag), bytes.length);
+  out.set(bytes, offset);
+  return out;
+}
+
+/** A number the fast path writes as the generated encoder does: a non-negative safe integer. */
+function plain(value: number): boolean {
+  return Number.isSafeInteger(value) && value >= 0;
+}
+
+function stringEntrySize(value: string): number {
+  const bytes = value.length < 128 && isAscii(value) ? value.length : Buffer.byteLength(value);
+  return 1 + varintSize(bytes) + bytes;
+}
+
+function isAscii(value: string): boolean {
+  for (let i = 0; i < value.length; i++) if (value.charCodeAt(i) > 127) return false;
+  return true;
+}
+
+function writeStringEntry(buffer: Buffer, offset: number, tag: number, value: string): number {
+  buffer[offset++] = tag;
+  const bytes = Buffer.byteLength(value);
+  offset = writeVarint(buffer, offset, bytes);
+  return offset + buffer.write(value, offset, bytes, 'utf8');
+}
+
+function timestampFields(date: Date): { seconds: number; nanos: number } | undefined {
+  // As the generated toTimestamp.
+  const ms = date.getTime();
+  const seconds = Math.trunc(ms / 1_000);
+  const nanos = (ms % 1_000) * 1_000_000;
+  return plain(seconds) && plain(nanos) ? { seconds, nanos } : undefined;
+}
+
+function countsSize(counts: ExposureCounts): number {
+  return (
+    (counts.loggedCount !== 0 ? 1 + varintSize(counts.loggedCount) : 0) +
+    (counts.alreadyLoggedCount !== 0 ? 1 + varintSize(counts.alreadyLoggedCount) : 0) +
+    (counts.notInExperimentCount !== 0 ? 1 + varintSize(counts.notInExperimentCount) : 0)
+  );
+}
+
+function generated(response: ResolveResponse): Buffer {
+  return Buffer.from(ResolveResponse.encode(response).finish());
+}
+
+/** `ResolveResponse.encode(response)`, reusing the bytes of registered assignments. */
+export function serializeResolveResponse(response: ResolveResponse): Buffer {
+  const { assignments, holdouts, resolveToken, resolveId, configVersion, resolveTime, exposures } =
+    response;
+  const time = resolveTime === undefined ? undefined : timestampFields(resolveTime);
+  if (
+    !plain(configVersion) ||
+    (resolveTime !== undefined && time === undefined) ||
+    (exposures !== undefined &&
+      !(
+        plain(exposures.loggedCount) &&
+        plain(exposures.alreadyLoggedCount) &&
+        plain(exposures.notInExperimentCount) &&
+        exposures.loggedCount < 2 ** 31 &&
+        exposures.alreadyLoggedCount < 2 ** 31 &&
+        exposures.notInExperimentCount < 2 ** 31
+      ))
+  ) {
+    return generated(response);
+  }
+
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for (const assignment of assignments) {
+    const bytes =
+      encodedAssignments.get(assignment) ?? entry(1, Assignment.encode(assignment).finish());
+    parts.push(bytes);
+    size += bytes.length;
+  }
+  for (const holdout of holdouts) {
+    const bytes = entry(2, HoldoutMembership.encode(holdout).finish());
+    parts.push(bytes);
+    size += bytes.length;
+  }
+  if (resolveToken !== '') size += stringEntrySize(resolveToken);
+  if (resolveId !== '') size += stringEntrySize(resolveId);
+  if (configVersion !== 0) size += 1 + varintSize(configVersion);
+  let timeSize = 0;
+  if (time !== undefined) {
+    timeSize =
+      (time.seconds !== 0 ? 1 + varintSize(time.seconds) : 0) +
+      (time.nanos !== 0 ? 1 + varintSize(time.nanos) : 0);
+    size += 1 + varintSize(timeSize) + timeSize;
+  }
+  for (const surface of response.unknownSurfaces) size += stringEntrySize(surface);
+  let exposuresSize = 0;
+  if (exposures !== undefined) {
+    exposuresSize = countsSize(exposures);
+    size += 1 + varintSize(exposuresSize) + exposuresSize;
+  }
+
+  const out = Buffer.allocUnsafe(size);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  if (resolveToken !== '') offset = writeStringEntry(out, offset, 26, resolveToken);
+  if (resolveId !== '') offset = writeStringEntry(out, offset, 34, resolveId);
+  if (configVersion !== 0) {
+    out[offset++] = 40;
+    offset = writeVarint(out, offset, configVersion);
+  }
+  if (time !== undefined) {
+    out[offset++] = 50;
+    offset = writeVarint(out, offset, timeSize);
+    if (time.seconds !== 0) {
+      out[offset++] = 8;
+      offset = writeVarint(out, offset, time.seconds);
+    }
+    if (time.nanos !== 0) {
+      out[offset++] = 16;
+      offset = writeVarint(out, offset, time.nanos);
+    }
+  }
+  for (const surface of response.unknownSurfaces)
+    offset = writeStringEntry(out, offset, 58, surface);
+  if (exposures !== undefined) {
+    out[offset++] = 66;
+    offset = writeVarint(out, offset, exposuresSize);
+    if (exposures.loggedCount !== 0) {
+      out[offset++] = 8;
+      offset = writeVarint(out, offset, exposures.loggedCount);
+    }
+    if (exposures.alreadyLoggedCount !== 0) {
+      out[offset++] = 16;
+      offset = writeVarint(out, offset, exposures.alreadyLoggedCount);
+    }
+    if (exposures.notInExperimentCount !== 0) {
+      out[offset++] = 24;
+      offset = writeVarint(out, offset, exposures.notInExperimentCount);
+    }
+  }
+  return offset === size ? out : generated(response);
+}
+
+/** The Assignment service definition with Resolve serialized by {@link serializeResolveResponse}. */
+export const resolveServiceDefinition: typeof AssignmentServiceService = {
+  ...AssignmentServiceService,
+  resolve: { ...AssignmentServiceService.resolve, responseSerialize: serializeResolveResponse },
+};
