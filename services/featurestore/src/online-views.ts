@@ -4,10 +4,10 @@
  * answered from them alone; WriteFeatures writes storage first, then memory; a sync loop applies
  * the rows other replicas wrote (from the change log) so they are visible here within a second.
  */
-import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   FailedPreconditionError,
   InvalidArgumentError,
+  NotFoundError,
   type FieldViolation,
 } from '../../platform/src/errors';
 import type { EventBus } from '../../platform/src/events/bus';
@@ -44,10 +44,6 @@ import {
  * contract asks. The kit attaches `BadRequest` only to InvalidArgumentError, so this is one with
  * the NOT_FOUND code.
  */
-export class UnknownFeatureError extends InvalidArgumentError {
-  override readonly code = GrpcCode.NOT_FOUND as GrpcCode.INVALID_ARGUMENT;
-}
-
 function limitExceeded(field: string, description: string): InvalidArgumentError {
   return new InvalidArgumentError(
     `request over a limit: ${field} ${description}`,
@@ -385,11 +381,10 @@ export class OnlineViews {
       throw new InvalidArgumentError('invalid feature references', malformed);
     if (unknownViews.length > 0 || unknownFeatures.length > 0) {
       const named = [...unknownViews, ...unknownFeatures];
-      throw new UnknownFeatureError(
-        `unknown ${named.map((v) => v.description).join('; ')}`,
-        named,
-        { reason: unknownViews.length > 0 ? 'FEATURE_VIEW_NOT_FOUND' : 'FEATURE_NOT_FOUND' },
-      );
+      throw new NotFoundError(`unknown ${named.map((v) => v.description).join('; ')}`, {
+        violations: named,
+        reason: unknownViews.length > 0 ? 'FEATURE_VIEW_NOT_FOUND' : 'FEATURE_NOT_FOUND',
+      });
     }
     if (offline.length > 0) {
       throw new FailedPreconditionError(`feature view ${offline.join(', ')} is not online`, {

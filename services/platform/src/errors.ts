@@ -83,9 +83,21 @@ export class InvalidArgumentError extends TandemError {
   }
 }
 
-/** Thrown when a named resource does not exist. */
+/**
+ * Thrown when a named resource does not exist. When the request named it in a field (for example
+ * the second of several feature references), `violations` say which, sent as `BadRequest`.
+ */
 export class NotFoundError extends TandemError {
   readonly code = GrpcCode.NOT_FOUND;
+  readonly violations: readonly FieldViolation[];
+
+  constructor(
+    message: string,
+    options: TandemErrorOptions & { violations?: readonly FieldViolation[] } = {},
+  ) {
+    super(message, options);
+    this.violations = options.violations ?? [];
+  }
 }
 
 /** Thrown when a create names a resource that already exists. */
@@ -204,12 +216,16 @@ export function toStatus(error: unknown): StatusObject {
       }).finish(),
     ),
   ];
-  if (tandem instanceof InvalidArgumentError && tandem.violations.length > 0) {
+  const fieldViolations =
+    tandem instanceof InvalidArgumentError || tandem instanceof NotFoundError
+      ? tandem.violations
+      : [];
+  if (fieldViolations.length > 0) {
     details.push(
       packAny(
         'google.rpc.BadRequest',
         BadRequest.encode({
-          fieldViolations: tandem.violations.map((v) => ({
+          fieldViolations: fieldViolations.map((v) => ({
             field: v.field,
             description: v.description,
             reason: v.reason ?? '',
@@ -355,7 +371,7 @@ export function fromServiceError(error: ServiceError): TandemError {
     case GrpcCode.INVALID_ARGUMENT:
       return new InvalidArgumentError(s.message, s.violations, options);
     case GrpcCode.NOT_FOUND:
-      return new NotFoundError(s.message, options);
+      return new NotFoundError(s.message, { ...options, violations: s.violations });
     case GrpcCode.ALREADY_EXISTS:
       return new AlreadyExistsError(s.message, options);
     case GrpcCode.FAILED_PRECONDITION:

@@ -83,6 +83,32 @@ describe('error mapping over a real gRPC hop', () => {
     ]);
   });
 
+  it('carries the field that named a missing resource on NOT_FOUND', async () => {
+    const echo2 = await startEcho({
+      handlers: {
+        echo: () =>
+          Promise.reject(
+            new NotFoundError('unknown feature view "nope"', {
+              violations: [{ field: 'features[1]', description: 'no feature view "nope"' }],
+            }),
+          ),
+      },
+    });
+    const other = createClient(EchoServiceService, {
+      address: echo2.address,
+      credentials: credentials.createInsecure(),
+    });
+    const error = await failure(
+      other.echo({ message: 'x', failWithCode: 0, requireMessage: false }),
+    );
+    other.close();
+    await echo2.server.shutdown(1000);
+    expect(error).toBeInstanceOf(NotFoundError);
+    expect(error instanceof NotFoundError && error.violations.map((v) => v.field)).toEqual([
+      'features[1]',
+    ]);
+  });
+
   it('carries RetryInfo on UNAVAILABLE', async () => {
     const error = await failWith(GrpcCode.UNAVAILABLE);
     expect(error).toBeInstanceOf(UnavailableError);
