@@ -290,17 +290,7 @@ export function messageOfAggregate(
   return { kind: { $case: 'doubleValue', value } };
 }
 
-/**
- * A stored time as a Date. Defensive: under jest, the embedded store was seen handing back a
- * non-Date for a stored Date in a worker's second test file (one native LMDB module serving
- * several module registries), so anything else is rebuilt from its value.
- */
-export function dateOf(value: unknown): Date {
-  if (value instanceof Date) return value;
-  if (typeof value === 'number' || typeof value === 'string') return new Date(value);
-  if (typeof value === 'object' && value !== null && 'getTime' in value) {
-    const getTime: unknown = value.getTime;
-    if (typeof getTime === 'function') return new Date(Number(getTime.call(value)));
-  }
-  return new Date(Number.NaN);
+/** A stored time (a Date, or epoch milliseconds for an absent one) as a Date. */
+export function dateOf(value: Date | number): Date {
+  return value instanceof Date ? value : new Date(value);
 }

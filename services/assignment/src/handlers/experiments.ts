@@ -204,41 +204,13 @@ async function storedExperiment(
   return stored;
 }
 
-/**
- * A copy whose nested objects are fresh literals. A document read from the embedded store and
- * written back otherwise carries objects the decoder created, which the storage port's plain-data
- * check rejects when they come from another JavaScript realm (as under jest, where a worker's
- * LMDB module outlives the test file that loaded it).
- */
-function plainExperiment(doc: ExperimentDocument): ExperimentDocument {
-  return {
-    ...doc,
-    tags: [...doc.tags],
-    surfaces: [...doc.surfaces],
-    variants: doc.variants.map((v) => ({
-      key: v.key,
-      description: v.description,
-      weight: v.weight,
-      payloadJson: v.payloadJson,
-    })),
-    layerRange: doc.layerRange ? { start: doc.layerRange.start, end: doc.layerRange.end } : null,
-    conclusion: doc.conclusion
-      ? {
-          shippedVariantKey: doc.conclusion.shippedVariantKey,
-          summary: doc.conclusion.summary,
-          concludeTime: doc.conclusion.concludeTime,
-        }
-      : null,
-  };
-}
-
 /** Writes a changed experiment if `version` is still current, then commits the change. */
 async function saveExperiment(
   context: AssignmentContext,
   doc: ExperimentDocument,
   version: number,
 ): Promise<Stored<ExperimentDocument>> {
-  const stored = await context.store.experiments.replace(plainExperiment(doc), version);
+  const stored = await context.store.experiments.replace(doc, version);
   await context.changes.record(
     { type: 'experiment', id: doc.id, stored },
     ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
