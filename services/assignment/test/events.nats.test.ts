@@ -4,11 +4,7 @@
  * bandit's weights, and a NATS outage during which Resolve keeps answering and exposures are
  * buffered, then published.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { AllocationMethod } from '../../../gen/ts/tandem/assignment/v1/allocation';
 import {
   CreateExperimentRequest,
@@ -20,6 +16,7 @@ import { ExposureEvent, ExposureKind } from '../../../gen/ts/tandem/events/v1/ex
 import type { EventBus, Subscription } from '../../platform/src/events/bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { TestNatsServer } from '../../platform/test/support/nats-server';
 import { ALLOCATION_SUBJECT } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
@@ -163,57 +160,20 @@ describeWithNats('Assignment events on NATS JetStream', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => {
-        resolve(port);
-      });
-    });
-  });
-}
-
 describeWithNats('Assignment through a NATS outage', () => {
-  let natsProcess: ChildProcess | undefined;
-  let storeDir: string;
-  let port: number;
-
-  const startNats = (): void => {
-    natsProcess = spawn(
-      'nats-server',
-      ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir],
-      { stdio: 'ignore' },
-    );
-  };
-  const stopNats = async (): Promise<void> => {
-    const running = natsProcess;
-    natsProcess = undefined;
-    if (!running || running.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      running.once('exit', () => {
-        resolve();
-      });
-      running.kill('SIGTERM');
-    });
-  };
+  let server: TestNatsServer;
 
   beforeAll(async () => {
-    storeDir = mkdtempSync(join(tmpdir(), 'tandem-assignment-nats-'));
-    port = await freePort();
-    startNats();
+    server = await TestNatsServer.create();
+    server.start();
   });
 
   afterAll(async () => {
-    await stopNats();
-    rmSync(storeDir, { recursive: true, force: true });
+    await server.dispose();
   });
 
   it('keeps resolving while NATS is down, buffers exposures and publishes them when it returns', async () => {
-    const url = `nats://127.0.0.1:${port}`;
+    const { url } = server;
     let service: TestAssignment | undefined;
     await eventually(async () => {
       service = await startTestAssignment({ natsUrl: url });
@@ -229,7 +189,7 @@ describeWithNats('Assignment through a NATS outage', () => {
       );
       await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'outage' }));
 
-      await stopNats();
+      await server.stop();
       await eventually(() => {
         expect(service?.runtime.bus.isConnected()).toBe(false);
       });
@@ -245,7 +205,7 @@ describeWithNats('Assignment through a NATS outage', () => {
       });
       expect(service.service.exposureStats()).toMatchObject({ queued: 5, dropped: 0 });
 
-      startNats();
+      server.start();
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(5);
       }, 20_000);

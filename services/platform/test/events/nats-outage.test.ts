@@ -3,85 +3,31 @@
  * the same port and store: the bus must notice, fail publishes fast, reconnect by itself, and
  * its subscriptions and a buffered publisher must carry on afterwards.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
 import { BufferedPublisher } from '../../src/events/buffered-publisher';
 import { connectNatsBus } from '../../src/events/nats-bus';
+import { TestNatsServer } from '../support/nats-server';
 import { eventually } from './event-bus-contract';
 
 const hasServer = spawnSync('nats-server', ['--version']).status === 0;
 const describeWithServerBinary = hasServer ? describe : describe.skip;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => {
-        resolve(port);
-      });
-    });
-  });
-}
-
-/** A nats-server process of this test, restartable on the same port and store. */
-class OwnServer {
-  private process: ChildProcess | undefined;
-
-  constructor(
-    readonly port: number,
-    private readonly storeDir: string,
-  ) {}
-
-  get url(): string {
-    return `nats://127.0.0.1:${this.port}`;
-  }
-
-  start(): void {
-    this.process = spawn(
-      'nats-server',
-      ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir],
-      { stdio: 'ignore' },
-    );
-  }
-
-  async stop(): Promise<void> {
-    const running = this.process;
-    this.process = undefined;
-    if (running?.exitCode !== null || running.killed) return;
-    await new Promise<void>((resolve) => {
-      running.once('exit', () => {
-        resolve();
-      });
-      running.kill('SIGTERM');
-    });
-  }
-}
 
 function echo(message: string): EchoRequest {
   return { message, failWithCode: 0, delay: undefined, requireMessage: false };
 }
 
 describeWithServerBinary('NATS event bus through a server outage', () => {
-  let server: OwnServer;
-  let storeDir: string;
+  let server: TestNatsServer;
 
   beforeAll(async () => {
-    storeDir = mkdtempSync(join(tmpdir(), 'tandem-nats-outage-'));
-    server = new OwnServer(await freePort(), storeDir);
+    server = await TestNatsServer.create();
     server.start();
   });
 
   afterAll(async () => {
-    await server.stop();
-    rmSync(storeDir, { recursive: true, force: true });
+    await server.dispose();
   });
 
   it('reconnects by itself, and consumption and buffered publishing resume', async () => {
