@@ -24,6 +24,7 @@ import { Timestamp } from '../../../gen/ts/google/protobuf/timestamp';
 import { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { messageOfAggregate } from './contract-mapping';
 import { FeatureStatus, ValueType } from './domain/feature-values';
+import { varintSize, writeVarint } from '../../platform/src/grpc/wire';
 
 /** One column of a reply: a window of a flat, column-major read result. */
 export interface ReplyColumn {
@@ -172,29 +173,6 @@ function writeTimestamp(out: Buffer, pos: number, ms: number): number {
     out[at++] = 16;
     at = writeVarint(out, at, nanos);
   }
-  return at;
-}
-
-/** Bytes of the varint of a non-negative safe integer. */
-function varintSize(value: number): number {
-  let size = 1;
-  let rest = value;
-  while (rest >= 128) {
-    rest = Math.floor(rest / 128);
-    size++;
-  }
-  return size;
-}
-
-/** Writes the varint of a non-negative safe integer; returns the position after it. */
-function writeVarint(out: Buffer, pos: number, value: number): number {
-  let at = pos;
-  let rest = value;
-  while (rest >= 128) {
-    out[at++] = (rest % 128) | 128;
-    rest = Math.floor(rest / 128);
-  }
-  out[at++] = rest;
   return at;
 }
 

@@ -22,6 +22,13 @@ import {
   AssignmentServiceService,
   ResolveResponse,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import {
+  isPlainCount,
+  lengthDelimited,
+  varintSize,
+  writeString,
+  writeVarint,
+} from '../../../platform/src/grpc/wire';
 
 /** Registered assignments: their complete field-1 entry (tag, length, message bytes). */
 const encodedAssignments = new WeakMap<Assignment, Buffer>();
@@ -31,40 +38,8 @@ const encodedAssignments = new WeakMap<Assignment, Buffer>();
  * never change afterwards (its arrays included), since its bytes are reused as they are.
  */
 export function sharedAssignment(message: Assignment): Assignment {
-  encodedAssignments.set(message, entry(1, Assignment.encode(message).finish()));
+  encodedAssignments.set(message, lengthDelimited(1, Assignment.encode(message).finish()));
   return Object.freeze(message);
-}
-
-function varintSize(value: number): number {
-  let size = 1;
-  while (value >= 128) {
-    value = Math.floor(value / 128);
-    size++;
-  }
-  return size;
-}
-
-function writeVarint(buffer: Buffer, offset: number, value: number): number {
-  while (value >= 128) {
-    buffer[offset++] = (value % 128) | 128;
-    value = Math.floor(value / 128);
-  }
-  buffer[offset++] = value;
-  return offset;
-}
-
-/** A complete length-delimited entry: tag, length, bytes. */
-function entry(field: number, bytes: Uint8Array): Buffer {
-  const tag = (field << 3) | 2;
-  const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(bytes.length) + bytes.length);
-  const offset = writeVarint(out, writeVarint(out, 0, tag), bytes.length);
-  out.set(bytes, offset);
-  return out;
-}
-
-/** A number the fast path writes as the generated encoder does: a non-negative safe integer. */
-function plain(value: number): boolean {
-  return Number.isSafeInteger(value) && value >= 0;
 }
 
 function stringEntrySize(value: string): number {
@@ -78,10 +53,8 @@ function isAscii(value: string): boolean {
 }
 
 function writeStringEntry(buffer: Buffer, offset: number, tag: number, value: string): number {
-  buffer[offset++] = tag;
-  const bytes = Buffer.byteLength(value);
-  offset = writeVarint(buffer, offset, bytes);
-  return offset + buffer.write(value, offset, bytes, 'utf8');
+  buffer[offset] = tag;
+  return writeString(buffer, offset + 1, value);
 }
 
 function timestampFields(date: Date): { seconds: number; nanos: number } | undefined {
@@ -89,7 +62,7 @@ function timestampFields(date: Date): { seconds: number; nanos: number } | undef
   const ms = date.getTime();
   const seconds = Math.trunc(ms / 1_000);
   const nanos = (ms % 1_000) * 1_000_000;
-  return plain(seconds) && plain(nanos) ? { seconds, nanos } : undefined;
+  return isPlainCount(seconds) && isPlainCount(nanos) ? { seconds, nanos } : undefined;
 }
 
 function countsSize(counts: ExposureCounts): number {
@@ -110,13 +83,13 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
     response;
   const time = resolveTime === undefined ? undefined : timestampFields(resolveTime);
   if (
-    !plain(configVersion) ||
+    !isPlainCount(configVersion) ||
     (resolveTime !== undefined && time === undefined) ||
     (exposures !== undefined &&
       !(
-        plain(exposures.loggedCount) &&
-        plain(exposures.alreadyLoggedCount) &&
-        plain(exposures.notInExperimentCount) &&
+        isPlainCount(exposures.loggedCount) &&
+        isPlainCount(exposures.alreadyLoggedCount) &&
+        isPlainCount(exposures.notInExperimentCount) &&
         exposures.loggedCount < 2 ** 31 &&
         exposures.alreadyLoggedCount < 2 ** 31 &&
         exposures.notInExperimentCount < 2 ** 31
@@ -129,12 +102,13 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
   let size = 0;
   for (const assignment of assignments) {
     const bytes =
-      encodedAssignments.get(assignment) ?? entry(1, Assignment.encode(assignment).finish());
+      encodedAssignments.get(assignment) ??
+      lengthDelimited(1, Assignment.encode(assignment).finish());
     parts.push(bytes);
     size += bytes.length;
   }
   for (const holdout of holdouts) {
-    const bytes = entry(2, HoldoutMembership.encode(holdout).finish());
+    const bytes = lengthDelimited(2, HoldoutMembership.encode(holdout).finish());
     parts.push(bytes);
     size += bytes.length;
   }

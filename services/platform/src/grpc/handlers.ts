@@ -169,6 +169,37 @@ type Finish = (
   trailer?: Metadata,
 ) => void;
 
+/** A call's context; its signal is made only when read (most handlers never do). */
+class ServerCallContext implements CallContext {
+  private controller: AbortController | undefined;
+  private cancelled = false;
+
+  constructor(
+    readonly method: string,
+    readonly deadline: Date | undefined,
+    readonly metadata: Metadata,
+    readonly logger: Logger,
+    readonly peer: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.cancelled) this.controller.abort(cancelledError());
+    }
+    return this.controller.signal;
+  }
+
+  cancel(): void {
+    this.cancelled = true;
+    this.controller?.abort(cancelledError());
+  }
+}
+
+function cancelledError(): CancelledError {
+  return new CancelledError('the caller cancelled the call');
+}
+
 /** The part every call shape shares: auth, span, context, error mapping. */
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
@@ -180,13 +211,6 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
   ): void => {
     const span = startRpcSpan(path, SpanKind.SERVER, extractFromMetadata(call.metadata));
     const spanContext = trace.setSpan(context.active(), span);
-    const abort = new AbortController();
-    const onCancelled = (): void => {
-      abort.abort(new CancelledError('the caller cancelled the call'));
-    };
-    // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
-    // is removed once the handler settles, so a finished call does not build an error for nobody.
-    (call as EventEmitter).once('cancelled', onCancelled);
     const rawDeadline = call.getDeadline();
     const deadline =
       rawDeadline instanceof Date
@@ -194,14 +218,13 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         : Number.isFinite(rawDeadline)
           ? new Date(rawDeadline)
           : undefined;
-    const ctx: CallContext = {
-      method: path,
-      deadline,
-      metadata: call.metadata,
-      signal: abort.signal,
-      logger: methodLogger,
-      peer: call.getPeer(),
+    const ctx = new ServerCallContext(path, deadline, call.metadata, methodLogger, call.getPeer());
+    const onCancelled = (): void => {
+      ctx.cancel();
     };
+    // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
+    // is removed once the handler settles, so a finished call does not build an error for nobody.
+    (call as EventEmitter).once('cancelled', onCancelled);
     const execute = async (): Promise<unknown> => {
       auth?.check(call.metadata);
       return body(ctx);

@@ -64,6 +64,70 @@ describe('graceful shutdown', () => {
     client.close();
   });
 
+  it("aborts the handler's signal when the caller cancels, whether read before or after", async () => {
+    const seen: { early?: AbortSignal; late?: AbortSignal } = {};
+    let entered!: () => void;
+    const bothEntered = new Promise<void>((resolve) => {
+      let count = 0;
+      entered = () => {
+        if (++count === 2) resolve();
+      };
+    });
+    let cancelledSeen!: () => void;
+    const afterCancel = new Promise<void>((resolve) => (cancelledSeen = resolve));
+    const echo = await startEcho({
+      handlers: {
+        echo: async (request, ctx) => {
+          if (request.message === 'early') {
+            seen.early = ctx.signal;
+            entered();
+            await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+          } else {
+            entered();
+            await afterCancel;
+            seen.late = ctx.signal;
+          }
+          return { message: request.message, traceId: '' };
+        },
+      },
+    });
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: insecure,
+    });
+    const early = new AbortController();
+    const late = new AbortController();
+    const calls = [
+      failure(
+        client.echo(
+          { message: 'early', failWithCode: 0, requireMessage: false },
+          { signal: early.signal },
+        ),
+      ),
+      failure(
+        client.echo(
+          { message: 'late', failWithCode: 0, requireMessage: false },
+          { signal: late.signal },
+        ),
+      ),
+    ];
+    await bothEntered;
+    early.abort();
+    late.abort();
+    expect((await calls[0])?.code).toBe(GrpcCode.CANCELLED);
+    expect((await calls[1])?.code).toBe(GrpcCode.CANCELLED);
+    await new Promise((r) => setTimeout(r, 50));
+    cancelledSeen();
+    await new Promise((r) => setTimeout(r, 50));
+    for (const signal of [seen.early, seen.late]) {
+      expect(signal?.aborted).toBe(true);
+      expect(signal?.reason).toBeInstanceOf(TandemError);
+      expect((signal?.reason as TandemError).code).toBe(GrpcCode.CANCELLED);
+    }
+    client.close();
+    await echo.server.shutdown(1000);
+  });
+
   it('cancels calls still running when the deadline passes', async () => {
     const echo = await startEcho();
     const client = createClient(EchoServiceService, {
