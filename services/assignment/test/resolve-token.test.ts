@@ -1,19 +1,27 @@
 /**
- * The resolve token's format does not depend on how it is produced: a body that is exactly
- * base64url(JSON.stringify(packed record)) and an HMAC-SHA256 of it with the deployment's key,
- * whether assignments carry their precomputed JSON (shared ones) or not.
+ * The resolve token's format, checked against what it is documented to be rather than against the
+ * signer's own output: base64url of a `ResolveTokenBody`, byte for byte what the generated encoder
+ * makes (whether assignments were encoded once, as shared ones are, or not), followed by the first
+ * 16 bytes of its HMAC-SHA256 with the deployment's key. Tokens round-trip, and anything
+ * tampered with or malformed is refused with INVALID_ARGUMENT.
  */
 import { createHmac } from 'node:crypto';
 import fc from 'fast-check';
+import { ResolveTokenBody } from '../../../gen/ts/tandem/assignment/internal/v1/resolve_token';
+import { InvalidArgumentError } from '../../platform/src/errors';
 import {
   ResolveTokens,
   sharedTokenAssignment,
+  TOKEN_VALIDITY_MS,
   type ResolveRecord,
-  type TokenAssignment,
 } from '../src/resolve-token';
 
 const KEY = 'a-deployment-secret-ü';
-const text = fc.oneof(fc.string({ maxLength: 16 }), fc.string({ unit: 'binary', maxLength: 8 }));
+const text = fc.oneof(
+  fc.string({ maxLength: 16 }),
+  fc.string({ unit: 'binary', maxLength: 8 }),
+  fc.constantFrom('home', 'control', 'treatment', '1'),
+);
 
 const assignment = fc.record({
   experimentId: text,
@@ -23,16 +31,24 @@ const assignment = fc.record({
   layerId: text,
   surfaces: fc.array(text, { maxLength: 3 }),
   allocationSequence: fc.nat(),
-  shared: fc.boolean(),
 });
 
-const record = fc.record({
+const record: fc.Arbitrary<ResolveRecord> = fc.record({
   unitId: text,
   unitType: text,
-  resolveId: fc.oneof(fc.uuid(), text),
+  resolveId: fc.oneof(
+    fc.uuid(),
+    fc.uuid().map((u) => u.toUpperCase()),
+    text,
+  ),
   resolveTime: fc.integer({ min: 0, max: 4e12 }),
   configVersion: fc.nat(),
-  assignments: fc.array(assignment, { maxLength: 12 }),
+  assignments: fc.array(
+    fc
+      .tuple(assignment, fc.boolean())
+      .map(([a, shared]) => (shared ? sharedTokenAssignment(a) : a)),
+    { maxLength: 12 },
+  ),
   holdouts: fc.array(
     fc.record({
       holdoutId: text,
@@ -44,42 +60,105 @@ const record = fc.record({
   ),
 });
 
+function expectRefused(run: () => unknown, reason: string): void {
+  let caught: unknown;
+  try {
+    run();
+  } catch (error) {
+    caught = error;
+  }
+  expect(caught).toBeInstanceOf(InvalidArgumentError);
+  expect((caught as InvalidArgumentError).violations[0]).toMatchObject({
+    field: 'resolve_token',
+    reason,
+  });
+}
+
+function mac(body: Uint8Array): Buffer {
+  return createHmac('sha256', KEY).update(body).digest().subarray(0, 16);
+}
+
+/** A token over arbitrary body bytes, signed as the service signs (for malformed bodies). */
+function signBytes(body: Uint8Array): string {
+  return Buffer.concat([body, mac(body)]).toString('base64url');
+}
+
 describe('ResolveTokens', () => {
-  it('signs base64url(JSON of the packed record) with HMAC-SHA256, and verifies it back', () => {
-    const tokens = new ResolveTokens(KEY);
+  const tokens = new ResolveTokens(KEY);
+
+  it('is base64url(ResolveTokenBody) with a 128-bit HMAC-SHA256 and verifies back', () => {
     fc.assert(
-      fc.property(record, (generated) => {
-        const assignments: TokenAssignment[] = generated.assignments.map(({ shared, ...a }) =>
-          shared ? sharedTokenAssignment(a) : a,
-        );
-        const input: ResolveRecord = { ...generated, assignments };
+      fc.property(record, (input) => {
         const token = tokens.sign(input);
-        const [body = '', mac = ''] = token.split('.');
-        const packed = {
-          u: input.unitId,
-          t: input.unitType,
-          r: input.resolveId,
-          rt: input.resolveTime,
-          cv: input.configVersion,
-          a: generated.assignments.map((a) => [
-            a.experimentId,
-            a.variantKey,
-            a.reason,
-            a.etag,
-            a.layerId,
-            a.surfaces,
-            a.allocationSequence,
-          ]),
-          h: input.holdouts.map((h) => [h.holdoutId, h.heldOut ? 1 : 0, h.surfaces, h.etag]),
+        expect(token).toMatch(/^[A-Za-z0-9_-]+$/);
+        const bytes = Buffer.from(token, 'base64url');
+        const body = bytes.subarray(0, bytes.length - 16);
+        expect(bytes.subarray(body.length)).toEqual(mac(body));
+        const uuid = /^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$/.test(input.resolveId);
+        const expected: ResolveTokenBody = {
+          unitId: input.unitId,
+          unitType: input.unitType,
+          resolveUuid: Buffer.from(uuid ? input.resolveId.replaceAll('-', '') : '', 'hex'),
+          resolveId: uuid ? '' : input.resolveId,
+          resolveTimeMs: input.resolveTime,
+          configVersion: input.configVersion,
+          assignments: input.assignments.map((a) => ({ ...a, surfaces: [...a.surfaces] })),
+          holdouts: input.holdouts.map((h) => ({ ...h, surfaces: [...h.surfaces] })),
         };
-        expect(Buffer.from(body, 'base64url').toString('utf8')).toBe(JSON.stringify(packed));
-        expect(mac).toBe(createHmac('sha256', KEY).update(body).digest('base64url'));
-        expect(tokens.verify(token, input.resolveTime)).toEqual({
-          ...generated,
-          assignments: generated.assignments.map(({ shared: _shared, ...a }) => a),
-        });
+        expect(body).toEqual(Buffer.from(ResolveTokenBody.encode(expected).finish()));
+        expect(tokens.verify(token, input.resolveTime)).toEqual(
+          JSON.parse(JSON.stringify(input)) as ResolveRecord,
+        );
       }),
       { numRuns: 500 },
+    );
+  });
+
+  it('refuses a token signed with another key, or with any character changed', () => {
+    fc.assert(
+      fc.property(record, fc.nat(), (input, position) => {
+        const token = tokens.sign(input);
+        expectRefused(
+          () => new ResolveTokens('another-secret').verify(token, input.resolveTime),
+          'RESOLVE_TOKEN_INVALID',
+        );
+        const at = position % token.length;
+        const changed = token.charAt(at) === 'A' ? 'B' : 'A';
+        const tampered = token.slice(0, at) + changed + token.slice(at + 1);
+        // Changing the last base64url character may only touch padding bits, leaving the bytes
+        // (and so the token) the same; anything else must be refused.
+        if (Buffer.from(tampered, 'base64url').equals(Buffer.from(token, 'base64url'))) return;
+        expectRefused(() => tokens.verify(tampered, input.resolveTime), 'RESOLVE_TOKEN_INVALID');
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses empty, too short, expired and signed-but-malformed tokens', () => {
+    expectRefused(() => tokens.verify('', 0), 'REQUIRED');
+    expectRefused(() => tokens.verify('too-short', 0), 'RESOLVE_TOKEN_INVALID');
+    const input: ResolveRecord = {
+      unitId: 'u',
+      unitType: 'user',
+      resolveId: 'r',
+      resolveTime: 1_000,
+      configVersion: 3,
+      assignments: [],
+      holdouts: [],
+    };
+    const token = tokens.sign(input);
+    expect(tokens.verify(token, 1_000 + TOKEN_VALIDITY_MS)).toEqual(input);
+    expectRefused(() => tokens.verify(token, 1_001 + TOKEN_VALIDITY_MS), 'RESOLVE_TOKEN_EXPIRED');
+
+    const bytes = ResolveTokenBody.encode({
+      ...ResolveTokenBody.fromPartial({ unitId: 'u', resolveTimeMs: 1_000 }),
+      resolveUuid: Buffer.alloc(5),
+    }).finish();
+    expectRefused(() => tokens.verify(signBytes(bytes), 1_000), 'RESOLVE_TOKEN_INVALID');
+    // Bytes that are not a ResolveTokenBody at all (a truncated varint).
+    expectRefused(
+      () => tokens.verify(signBytes(Buffer.from([0x10, 0xff])), 0),
+      'RESOLVE_TOKEN_INVALID',
     );
   });
 });

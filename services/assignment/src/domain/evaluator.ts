@@ -420,7 +420,9 @@ export class AssignmentSnapshot {
    * The sticky experiments on these surfaces, so the caller can fetch the unit's stored sticky
    * assignments (one storage read) before resolving.
    */
-  stickyExperimentIds(surfaces: readonly string[]): string[] {
+  stickyExperimentIds(surfaces: readonly string[]): readonly string[] {
+    if (surfaces.length === 1)
+      return this.surfaces.get(surfaces[0] ?? '')?.stickyExperimentIds ?? [];
     const ids = new Set<string>();
     for (const surface of surfaces) {
       for (const id of this.surfaces.get(surface)?.stickyExperimentIds ?? []) ids.add(id);

@@ -73,9 +73,10 @@ function checkAttributes(attributes: Attributes, violations: FieldViolation[]): 
         walk(item, `${path}[${i}]`, depth + 1);
       });
     } else if (value !== null && typeof value === 'object') {
-      for (const [key, item] of Object.entries(value)) {
+      const object = value as Record<string, unknown>;
+      for (const key of Object.keys(object)) {
         approximateBytes += key.length + 4;
-        walk(item, `${path}.${key}`, depth + 1);
+        walk(object[key], `${path}.${key}`, depth + 1);
       }
     } else approximateBytes += 2;
   };
@@ -107,7 +108,7 @@ interface Rendered {
 
 /**
  * The evaluator's shared, frozen results rendered once: the message (pre-encoded for the wire, see
- * resolve-response.ts) and the token record (with its JSON). STICKY results are made per resolve,
+ * resolve-response.ts) and the token record (encoded once too, see resolve-token.ts). STICKY results are made per resolve,
  * so they are rendered per resolve and not kept.
  */
 const rendered = new WeakMap<ResolvedAssignment, Rendered>();

@@ -377,7 +377,7 @@ describe('sticky assignments', () => {
       }),
     );
     expect(snapshot.stickyExperimentIds(['home'])).toEqual(['exp']);
-    expect(snapshot.stickyExperimentIds(['home', 'search']).sort()).toEqual(['exp', 's2']);
+    expect([...snapshot.stickyExperimentIds(['home', 'search'])].sort()).toEqual(['exp', 's2']);
   });
 });
 
