@@ -81,7 +81,9 @@ describe('graceful shutdown', () => {
           if (request.message === 'early') {
             seen.early = ctx.signal;
             entered();
-            await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+            await new Promise((resolve) => {
+              ctx.signal.addEventListener('abort', resolve);
+            });
           } else {
             entered();
             await afterCancel;
