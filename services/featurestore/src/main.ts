@@ -14,7 +14,9 @@ async function main(): Promise<void> {
   await startFeatureStore(runtime, config);
   const port = await runtime.serve();
   runtime.logger.info({ port }, 'featurestore serving');
-  runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs);
+  // In-flight calls may take the gRPC server's whole timeout; the last aggregation checkpoints
+  // and closing the store need a little more.
+  runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs + 5_000);
 }
 
 main().catch((error: unknown) => {

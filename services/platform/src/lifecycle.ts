@@ -33,22 +33,44 @@ export class Shutdown {
     return this.running;
   }
 
-  /** Runs `run(deadlineMs)` on SIGTERM or SIGINT, then exits (1 if a step failed or timed out). */
+  /** Runs `runAndEnd(deadlineMs)` on SIGTERM or SIGINT. */
   onSignals(deadlineMs: number): void {
     const handler = (signal: NodeJS.Signals): void => {
       this.logger.info({ signal }, 'shutting down');
-      this.run(deadlineMs).then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
+      void this.runAndEnd(deadlineMs);
     };
     process.once('SIGTERM', handler);
     process.once('SIGINT', handler);
   }
 
+  /**
+   * Runs every step, then ends the process: exit code 0, or 1 if a step failed. When a step
+   * overran the deadline it is still running, and if it is writing to the embedded store, exiting
+   * would wait for it forever (lmdb-js's writer thread waits for the JavaScript thread to run the
+   * transaction, while `process.exit` stops that thread and then waits for the writer). So the
+   * process is killed then; the store survives that, as an unfinished transaction never commits.
+   */
+  async runAndEnd(deadlineMs: number, end: ProcessEnd = PROCESS_END): Promise<void> {
+    try {
+      await this.run(deadlineMs);
+      end.exit(0);
+    } catch (error) {
+      if (error instanceof ShutdownIncompleteError && error.overran.length > 0) {
+        this.logger.error(
+          { steps: error.overran },
+          'shutdown steps overran the deadline and may still be writing; killing the process',
+        );
+        end.kill();
+      } else {
+        end.exit(1);
+      }
+    }
+  }
+
   private async runSteps(deadlineMs: number): Promise<void> {
     const deadline = Date.now() + deadlineMs;
     let failed = false;
+    const overran: string[] = [];
     for (const step of [...[...this.steps].reverse(), ...this.finalSteps]) {
       const remaining = Math.max(0, deadline - Date.now());
       try {
@@ -56,17 +78,48 @@ export class Shutdown {
         this.logger.debug({ step: step.name }, 'shutdown step done');
       } catch (error) {
         failed = true;
+        if (error instanceof StepOverranError) overran.push(step.name);
         this.logger.error({ err: error, step: step.name }, 'shutdown step failed');
       }
     }
-    if (failed) throw new Error('shutdown did not complete cleanly');
+    if (failed) throw new ShutdownIncompleteError(overran);
+  }
+}
+
+/** How `runAndEnd` ends the process. */
+export interface ProcessEnd {
+  exit(code: number): void;
+  kill(): void;
+}
+
+const PROCESS_END: ProcessEnd = {
+  exit: (code) => process.exit(code),
+  kill: () => process.kill(process.pid, 'SIGKILL'),
+};
+
+/** Thrown by `run` when a step failed or overran the deadline. */
+export class ShutdownIncompleteError extends Error {
+  constructor(
+    /** The steps that were still running at the deadline. */
+    readonly overran: readonly string[],
+  ) {
+    super('shutdown did not complete cleanly');
+    this.name = 'ShutdownIncompleteError';
+  }
+}
+
+/** Thrown when a step is still running at the deadline. */
+class StepOverranError extends Error {
+  constructor(step: string) {
+    super(`${step} did not finish within the shutdown deadline`);
+    this.name = 'StepOverranError';
   }
 }
 
 function withTimeout(promise: Promise<void>, ms: number, name: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new Error(`${name} did not finish within the shutdown deadline`));
+      reject(new StepOverranError(name));
     }, ms);
     timer.unref();
     promise.then(

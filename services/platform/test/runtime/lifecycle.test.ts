@@ -44,4 +44,40 @@ describe('Shutdown', () => {
     expect(Date.now() - started).toBeLessThan(1000);
     expect(order).toEqual(['storage']);
   });
+
+  describe('runAndEnd', () => {
+    function recordingEnd(): { ends: string[]; end: { exit(code: number): void; kill(): void } } {
+      const ends: string[] = [];
+      return {
+        ends,
+        end: {
+          exit: (code) => ends.push(`exit ${code}`),
+          kill: () => ends.push('kill'),
+        },
+      };
+    }
+
+    it('exits with 0 after a clean shutdown and with 1 after a step failed', async () => {
+      const clean = new Shutdown(logger);
+      clean.add('storage', () => Promise.resolve());
+      const failing = new Shutdown(logger);
+      failing.add('event bus', () => Promise.reject(new Error('NATS is down')));
+      const { ends, end } = recordingEnd();
+
+      await clean.runAndEnd(1000, end);
+      await failing.runAndEnd(1000, end);
+
+      expect(ends).toEqual(['exit 0', 'exit 1']);
+    });
+
+    it('kills the process when a step is still running at the deadline, as exiting could wait for it forever', async () => {
+      const shutdown = new Shutdown(logger);
+      shutdown.add('storage', () => new Promise<void>(() => undefined));
+      const { ends, end } = recordingEnd();
+
+      await shutdown.runAndEnd(100, end);
+
+      expect(ends).toEqual(['kill']);
+    });
+  });
 });
