@@ -28,6 +28,7 @@ import {
   type FeatureView,
 } from '../gen/ts/tandem/featurestore/v1/feature_view';
 import {
+  AggregationState,
   FeatureStoreServiceService,
   type FeatureRow,
 } from '../gen/ts/tandem/featurestore/v1/featurestore_service';
@@ -43,6 +44,8 @@ const ITEMS = 2_000;
 const USER_FEATURES = 50;
 const ITEM_FEATURES = 32;
 const STREAM_EVENTS = Number(process.env.BENCH_STREAM_EVENTS ?? 60_000);
+/** (d) fails when the aggregation processes no event for this long: a hang, not a slow run. */
+const STALL_TIMEOUT_MS = 30_000;
 /** Rounds of each comparison (peers alternating); the median ratio is reported. */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** Sections to run (BENCH_SECTIONS=a,b,d); all by default. */
@@ -475,9 +478,21 @@ async function streaming(): Promise<void> {
       requestId: '',
       validateOnly: false,
     });
+    let processed = -1;
+    let progressAt = performance.now();
     for (;;) {
       const status = (await fs.getAggregationStatus({ featureView: 'item_plays' })).status!;
       if (status.eventsProcessed >= STREAM_EVENTS) break;
+      if (status.eventsProcessed > processed) {
+        processed = status.eventsProcessed;
+        progressAt = performance.now();
+      } else if (performance.now() - progressAt > STALL_TIMEOUT_MS) {
+        fs.close();
+        await server.stop();
+        throw new Error(
+          `(d) round ${round}: the aggregation processed no event for ${STALL_TIMEOUT_MS / 1000} s, at ${processed.toLocaleString('en')} of ${STREAM_EVENTS.toLocaleString('en')} (${status.pendingEvents} awaiting a checkpoint; ${AggregationState[status.state]}: ${status.stateMessage})`,
+        );
+      }
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     const aggregationRate = STREAM_EVENTS / ((performance.now() - started) / 1000);

@@ -21,11 +21,7 @@ async function main(): Promise<void> {
   });
   const runtime = await bootstrap(config.platform);
   await startFeatureStore(runtime, config);
-  const port = await runtime.serve();
-  process.once('SIGTERM', () => {
-    void runtime.shutdown.run(5_000).finally(() => process.exit(0));
-  });
-  serveBenchmarkProcess(port);
+  serveBenchmarkProcess(await runtime.serve(), () => runtime.shutdown.runAndEnd(5_000));
 }
 
 void main();

@@ -13,6 +13,9 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
+/** How long a server has to exit after SIGTERM before it is killed. */
+const STOP_TIMEOUT_MS = 15_000;
+
 type ChildMessage = { type: 'ready'; port: number } | { type: 'cpu'; micros: number };
 
 /** Forks `script` (a compiled .js file) with `args` and waits until it says it is listening. */
@@ -49,7 +52,20 @@ export async function startServerProcess(
       }),
     stop: () =>
       new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) {
+          resolve();
+          return;
+        }
+        // A server that does not exit in time is killed, so one stuck shutdown cannot stall a
+        // benchmark run; it is reported, since it is a defect.
+        const timer = setTimeout(() => {
+          console.error(
+            `${script} (pid ${child.pid}) did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; killed`,
+          );
+          child.kill('SIGKILL');
+        }, STOP_TIMEOUT_MS);
         child.once('exit', () => {
+          clearTimeout(timer);
           resolve();
         });
         child.kill('SIGTERM');
@@ -57,8 +73,12 @@ export async function startServerProcess(
   };
 }
 
-/** For the child: announce the port and answer CPU requests. */
-export function serveBenchmarkProcess(port: number): void {
+/**
+ * For the child: announce the port and answer CPU requests. On SIGTERM, `shutDown` (a server's
+ * ordered shutdown) runs before the process exits: exiting with an embedded-store write in flight
+ * would hang the process (lmdb-js's write thread waits for the JavaScript thread, which exit stops).
+ */
+export function serveBenchmarkProcess(port: number, shutDown?: () => Promise<void>): void {
   process.send?.({ type: 'ready', port } satisfies ChildMessage);
   process.on('message', (m: { type: string }) => {
     if (m.type === 'cpu') {
@@ -66,5 +86,8 @@ export function serveBenchmarkProcess(port: number): void {
       process.send?.({ type: 'cpu', micros: usage.user + usage.system } satisfies ChildMessage);
     }
   });
-  process.once('SIGTERM', () => process.exit(0));
+  process.once('SIGTERM', () => {
+    if (shutDown === undefined) process.exit(0);
+    else void shutDown().finally(() => process.exit(0));
+  });
 }
