@@ -109,17 +109,22 @@ export async function runBatchHandler<T>(
 ): Promise<HandlerOutcome> {
   const first = batch[0];
   if (first === undefined) return HANDLED;
-  let deliveryCount = 0;
-  for (const delivered of batch) deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
   const facts = {
     subject: first.subject,
     eventId: first.eventId,
     durable: settings.durable,
-    deliveryCount,
+    deliveryCount: first.deliveryCount,
   };
   const parent = batch.length === 1 ? extractTraceContext(first.headers) : ROOT_CONTEXT;
   return withProcessSpan(facts, parent, async (span) => {
     if (batch.length > 1 && span.isRecording()) {
+      // The batch's delivery count is its most delivered event's; read only when recorded, as
+      // reading it costs a parse per event on NATS.
+      let deliveryCount = 0;
+      for (const delivered of batch) {
+        deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
+      }
+      span.setAttribute('tandem.events.delivery_count', deliveryCount);
       span.setAttribute('messaging.batch.message_count', batch.length);
       const links: Link[] = [];
       for (const delivered of batch) {
@@ -203,6 +208,11 @@ export class SubscriptionCounters {
         'event handler failed; the event will be redelivered',
       );
     }
+  }
+
+  /** Counts `count` deliveries acked at once. */
+  recordAcked(count: number): void {
+    this.acked += count;
   }
 
   /** Counts (and logs) an event the codec could not decode. */

@@ -481,16 +481,52 @@ function eventIdOf(headers: Readonly<Record<string, string>>, message: JsMsg): s
   return headers[EVENT_ID_HEADER] ?? `${message.info.stream}:${message.info.streamSequence}`;
 }
 
+/**
+ * One delivery of a batch, whose facts are read from the message when first asked for: most
+ * batch consumers read only the event, and at tens of thousands of events a second parsing each
+ * message's reply subject and headers shows.
+ */
+class NatsDelivery<T> implements DeliveredEvent<T> {
+  private headerRecord: Record<string, string> | undefined;
+
+  constructor(
+    readonly message: JsMsg,
+    readonly event: T,
+  ) {}
+
+  get subject(): string {
+    return this.message.subject;
+  }
+
+  get eventId(): string {
+    const headers = this.message.headers;
+    if (headers?.has(EVENT_ID_HEADER) === true) return headers.get(EVENT_ID_HEADER);
+    const info = this.message.info;
+    return `${info.stream}:${info.streamSequence}`;
+  }
+
+  get deliveryCount(): number {
+    return this.message.info.deliveryCount;
+  }
+
+  get streamSequence(): number {
+    return this.message.info.streamSequence;
+  }
+
+  get storedAt(): Date {
+    return this.message.time;
+  }
+
+  get headers(): Readonly<Record<string, string>> {
+    this.headerRecord ??= headersOf(this.message);
+    return this.headerRecord;
+  }
+}
+
 /** Whether a subscription's handler takes one event or a batch. */
 type HandlingMode<T> =
   | { readonly kind: 'each'; readonly handler: EventHandler<T> }
   | { readonly kind: 'batch'; readonly handler: BatchHandler<T>; readonly maxBatchSize: number };
-
-/** A decoded message waiting for its batch. */
-interface Prepared<T> {
-  readonly message: JsMsg;
-  readonly delivered: DeliveredEvent<T>;
-}
 
 interface NatsSubscriptionParts<T> {
   readonly settings: ConsumerSettings;
@@ -638,7 +674,7 @@ class NatsSubscription<T> implements Subscription {
     messages: ConsumerMessages,
     mode: Extract<HandlingMode<T>, { kind: 'batch' }>,
   ): Promise<void> {
-    let batch: Prepared<T>[] = [];
+    let batch: NatsDelivery<T>[] = [];
     let flushScheduled = false;
     const dispatch = (): void => {
       flushScheduled = false;
@@ -674,67 +710,49 @@ class NatsSubscription<T> implements Subscription {
   }
 
   /**
-   * Reads one message's facts and decodes it; settles it at once (and returns undefined) when a
-   * client-side filter skips it or it cannot be decoded.
+   * Decodes one message; settles it at once (and returns undefined) when a client-side filter
+   * skips it or it cannot be decoded.
    */
-  private prepare(message: JsMsg): Prepared<T> | undefined {
+  private prepare(message: JsMsg): NatsDelivery<T> | undefined {
     const { codec, clientFilter } = this.parts;
-    if (!matchesAnySubject(clientFilter, message.subject)) {
+    if (clientFilter.length > 0 && !matchesAnySubject(clientFilter, message.subject)) {
       message.ack();
       return undefined;
     }
-    const info = message.info;
-    const facts = {
-      subject: message.subject,
-      // As eventIdOf, without building the headers record.
-      eventId:
-        message.headers?.has(EVENT_ID_HEADER) === true
-          ? message.headers.get(EVENT_ID_HEADER)
-          : `${info.stream}:${info.streamSequence}`,
-      deliveryCount: info.deliveryCount,
-      streamSequence: info.streamSequence,
-    };
     let event: T;
     try {
       event = codec.decode(message.data);
     } catch (error) {
       message.term();
-      this.counters.recordPoison(facts, error);
+      this.counters.recordPoison(
+        {
+          subject: message.subject,
+          eventId: eventIdOf(headersOf(message), message),
+          streamSequence: message.info.streamSequence,
+        },
+        error,
+      );
       return undefined;
     }
-    // The stored time and the headers record are built when first read: most batch consumers
-    // read neither, and at tens of thousands of events a second each allocation shows.
-    let storedAt: Date | undefined;
-    let headers: Record<string, string> | undefined;
-    const delivered: DeliveredEvent<T> = {
-      ...facts,
-      event,
-      get storedAt(): Date {
-        storedAt ??= message.time;
-        return storedAt;
-      },
-      get headers(): Readonly<Record<string, string>> {
-        headers ??= headersOf(message);
-        return headers;
-      },
-    };
-    return { message, delivered };
+    return new NatsDelivery(message, event);
   }
 
   /** Runs the batch handler and settles every message of the batch by its outcome. Never throws. */
   private async processBatch(
     handler: BatchHandler<T>,
-    batch: readonly Prepared<T>[],
+    batch: readonly NatsDelivery<T>[],
   ): Promise<void> {
     const { settings } = this.parts;
-    const outcome: HandlerOutcome = await runBatchHandler(
-      settings,
-      handler,
-      batch.map((prepared) => prepared.delivered),
-    );
-    for (const { message, delivered } of batch) {
+    const outcome: HandlerOutcome = await runBatchHandler(settings, handler, batch);
+    if (outcome.kind === 'handled') {
+      // The common case, without reading each message's delivery count.
+      for (const delivered of batch) delivered.message.ack();
+      this.counters.recordAcked(batch.length);
+      return;
+    }
+    for (const delivered of batch) {
       const disposition = dispositionFor(settings, outcome, delivered.deliveryCount);
-      settle(message, disposition);
+      settle(delivered.message, disposition);
       this.counters.record(disposition, outcome, delivered);
     }
   }
