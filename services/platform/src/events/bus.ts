@@ -101,6 +101,24 @@ export interface BatchConsumerSpec<T> extends ConsumerSpec<T> {
    * `concurrency` counts batches, and `maxAckPending` still counts events. @default 1000
    */
   readonly maxBatchSize?: number;
+  /**
+   * How the events of resolved batches are acknowledged:
+   * - `each`: every event by itself, as `subscribe` does;
+   * - `cumulative`: one acknowledgement per resolved batch covers every event delivered up to the
+   *   batch's last one (JetStream `AckPolicy.All`), so the server and the client handle one
+   *   acknowledgement per batch instead of one per event. The price: when a batch fails or overruns
+   *   `ackWaitMs`, when a delivery went missing (lost with a connection), or when a subscription
+   *   starts while events of the durable are unacknowledged (after a crash), the durable is rewound
+   *   to its first unacknowledged event and everything after it comes again, including events
+   *   already handled. For idempotent consumers with one subscriber per durable. A failing batch
+   *   comes again after the usual back-off, and is dropped as a whole once one of its events has
+   *   failed `maxDeliver` deliveries.
+   * A durable declared with the other policy is replaced at its acknowledged position. The
+   * in-process bus acknowledges each event either way: nothing is lost with a connection there,
+   * so handlers see the same contract with fewer redeliveries.
+   * @default 'each'
+   */
+  readonly acknowledgement?: 'each' | 'cumulative';
 }
 
 /**

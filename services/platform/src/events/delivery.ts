@@ -174,7 +174,10 @@ export class SubscriptionCounters {
     private readonly logger: BusLogger,
   ) {}
 
-  /** Counts (and logs, when it is news) what became of one delivery. */
+  /**
+   * Counts (and logs, when it is news) what became of one delivery, or of `count` deliveries of
+   * one batch that share its fate (logged once, naming the first).
+   */
   record(
     disposition: Disposition,
     outcome: HandlerOutcome,
@@ -182,9 +185,10 @@ export class SubscriptionCounters {
       DeliveredEvent<unknown>,
       'subject' | 'eventId' | 'deliveryCount' | 'streamSequence'
     >,
+    count = 1,
   ): void {
     if (disposition.kind === 'ack') {
-      this.acked++;
+      this.acked += count;
       return;
     }
     const fields = {
@@ -195,14 +199,15 @@ export class SubscriptionCounters {
       streamSequence: delivered.streamSequence,
       deliveryCount: delivered.deliveryCount,
       maxDeliver: this.settings.maxDeliver,
+      ...(count > 1 ? { events: count } : {}),
       error:
         outcome.kind === 'failed' ? errorMessage(outcome.error) : 'handler overran the ack wait',
     };
     if (disposition.kind === 'drop') {
-      this.dropped++;
+      this.dropped += count;
       this.logger.error(fields, 'event dropped after its last allowed delivery');
     } else {
-      this.retried++;
+      this.retried += count;
       this.logger.warn(
         disposition.kind === 'retry' ? { ...fields, retryInMs: disposition.delayMs } : fields,
         'event handler failed; the event will be redelivered',

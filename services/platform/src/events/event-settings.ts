@@ -162,15 +162,30 @@ export function retryDelayMs(settings: ConsumerSettings, deliveryCount: number):
   return Math.min(delay, settings.maxRetryDelayMs);
 }
 
-/** The `maxBatchSize` of a batch consumer spec, defaulted and checked; throws `InvalidArgumentError`. */
-export function batchSizeOf(spec: {
+/** What a batch consumer spec adds to `ConsumerSettings`, with its defaults applied. */
+export interface BatchSettings {
+  readonly maxBatchSize: number;
+  readonly acknowledgement: 'each' | 'cumulative';
+}
+
+/** Applies the defaults of `BatchConsumerSpec`'s own fields; throws `InvalidArgumentError` listing every problem. */
+export function batchSettings(spec: {
   readonly stream: string;
   readonly durable: string;
   readonly maxBatchSize?: number;
-}): number {
-  const size = spec.maxBatchSize ?? 1000;
+  readonly acknowledgement?: string;
+}): BatchSettings {
+  const maxBatchSize = spec.maxBatchSize ?? 1000;
+  const acknowledgement = spec.acknowledgement ?? 'each';
   const violations: FieldViolation[] = [];
-  checkWholeAtLeast('maxBatchSize', size, 1, violations);
+  checkWholeAtLeast('maxBatchSize', maxBatchSize, 1, violations);
+  if (acknowledgement !== 'each' && acknowledgement !== 'cumulative') {
+    violations.push({
+      field: 'acknowledgement',
+      description: 'must be "each" or "cumulative"',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
   throwIfAny(`consumer spec ${spec.stream}/${spec.durable}`, violations);
-  return size;
+  return { maxBatchSize, acknowledgement: acknowledgement as BatchSettings['acknowledgement'] };
 }

@@ -38,7 +38,7 @@ import {
 } from './delivery';
 import { withPublishSpan } from './event-spans';
 import {
-  batchSizeOf,
+  batchSettings,
   checkPublish,
   consumerSettings,
   streamSettings,
@@ -315,7 +315,8 @@ class InProcessBus implements EventBus {
     spec: BatchConsumerSpec<T>,
     handler: BatchHandler<T>,
   ): Promise<Subscription> {
-    const maxBatchSize = batchSizeOf(spec);
+    // Cumulative acknowledgement changes nothing here (see `BatchConsumerSpec.acknowledgement`).
+    const { maxBatchSize } = batchSettings(spec);
     return this.startSubscription(spec, { kind: 'batch', handler, maxBatchSize });
   }
 

@@ -35,6 +35,7 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
+import { AckFrontier, type FrontierBatch } from './ack-frontier';
 import {
   EVENT_ID_HEADER,
   type BatchConsumerSpec,
@@ -63,10 +64,11 @@ import {
 } from './delivery';
 import { withPublishSpan } from './event-spans';
 import {
-  batchSizeOf,
+  batchSettings,
   checkPublish,
   consumerSettings,
   streamSettings,
+  type BatchSettings,
   type ConsumerSettings,
   type StreamSettings,
 } from './event-settings';
@@ -263,11 +265,7 @@ class NatsBus implements EventBus {
     spec: BatchConsumerSpec<T>,
     handler: BatchHandler<T>,
   ): Promise<Subscription> {
-    return this.startSubscription(spec, {
-      kind: 'batch',
-      handler,
-      maxBatchSize: batchSizeOf(spec),
-    });
+    return this.startSubscription(spec, { kind: 'batch', handler, ...batchSettings(spec) });
   }
 
   private async startSubscription<T>(
@@ -275,7 +273,8 @@ class NatsBus implements EventBus {
     mode: HandlingMode<T>,
   ): Promise<Subscription> {
     const settings = consumerSettings(spec);
-    const clientFilter = await this.declareConsumer(settings);
+    const acknowledgement = mode.kind === 'batch' ? mode.acknowledgement : 'each';
+    const clientFilter = await this.declareConsumer(settings, acknowledgement);
     const subscription = new NatsSubscription<T>({
       settings,
       codec: spec.codec,
@@ -283,7 +282,8 @@ class NatsBus implements EventBus {
       clientFilter,
       client: this.client,
       connection: this.connection,
-      redeclare: () => this.declareConsumer(settings),
+      redeclare: () => this.declareConsumer(settings, acknowledgement),
+      rewind: (reason) => this.replaceConsumer(settings, acknowledgement, reason),
       logger: this.logger,
       onStopped: () => this.subscriptions.delete(subscription as NatsSubscription<unknown>),
     });
@@ -293,18 +293,35 @@ class NatsBus implements EventBus {
   }
 
   /**
-   * Creates the durable or updates what may change on an existing one (a new durable's start
-   * position cannot change later, so `deliverPolicy` is ignored then). Returns the subjects the
-   * client must filter itself: on servers before 2.10 a consumer takes one filter at most.
+   * The consumer config `settings` ask for, and the subjects the client must filter itself: on
+   * servers before 2.10 a consumer takes one filter at most.
    */
-  private async declareConsumer(settings: ConsumerSettings): Promise<readonly string[]> {
+  private desiredConsumer(
+    settings: ConsumerSettings,
+    acknowledgement: Acknowledgement,
+  ): { readonly desired: DeclaredConsumerConfig; readonly clientFilter: readonly string[] } {
     const serverFilters = supportsMultipleFilters(this.connection.info?.version);
     const clientFilter =
       settings.filterSubjects.length > 1 && !serverFilters ? settings.filterSubjects : [];
     const desired = consumerConfigFor(
       settings,
       clientFilter.length > 0 ? [] : settings.filterSubjects,
+      acknowledgement,
     );
+    return { desired, clientFilter };
+  }
+
+  /**
+   * Creates the durable or updates what may change on an existing one (a new durable's start
+   * position cannot change later, so `deliverPolicy` is ignored then); one with another
+   * acknowledgement policy, which JetStream cannot change, is replaced at its acknowledged
+   * position. Returns the subjects the client must filter itself.
+   */
+  private async declareConsumer(
+    settings: ConsumerSettings,
+    acknowledgement: Acknowledgement,
+  ): Promise<readonly string[]> {
+    const { desired, clientFilter } = this.desiredConsumer(settings, acknowledgement);
     let current: ConsumerConfig | undefined;
     try {
       current = (await this.manager.consumers.info(settings.stream, settings.durable)).config;
@@ -315,6 +332,14 @@ class NatsBus implements EventBus {
       if (!isApiError(error, JetStreamApiCodes.ConsumerNotFound)) {
         throw toBusError(error, `cannot read consumer ${settings.stream}/${settings.durable}`);
       }
+    }
+    if (current !== undefined && current.ack_policy !== desired.ack_policy) {
+      await this.replaceConsumer(
+        settings,
+        acknowledgement,
+        `acknowledgement policy ${current.ack_policy} changed to ${desired.ack_policy}`,
+      );
+      return clientFilter;
     }
     try {
       if (current === undefined) {
@@ -337,6 +362,36 @@ class NatsBus implements EventBus {
       throw toBusError(error, `cannot declare consumer ${settings.stream}/${settings.durable}`);
     }
     return clientFilter;
+  }
+
+  /**
+   * Replaces the durable with one that starts at its first unacknowledged event, which is then
+   * delivered again with everything after it: how a cumulatively acknowledged durable is rewound,
+   * and how a durable changes its acknowledgement policy. Only for a durable with one subscriber.
+   */
+  private async replaceConsumer(
+    settings: ConsumerSettings,
+    acknowledgement: Acknowledgement,
+    reason: string,
+  ): Promise<void> {
+    const { stream, durable } = settings;
+    const { desired } = this.desiredConsumer(settings, acknowledgement);
+    try {
+      const current = await this.manager.consumers.info(stream, durable);
+      const resumeAt = current.ack_floor.stream_seq + 1;
+      await this.manager.consumers.delete(stream, durable);
+      await this.manager.consumers.add(stream, {
+        ...desired,
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: resumeAt,
+      });
+      this.logger.warn(
+        { stream, durable, resumeAt, reason },
+        'consumer replaced at its first unacknowledged event',
+      );
+    } catch (error) {
+      throw toBusError(error, `cannot replace consumer ${stream}/${durable}`);
+    }
   }
 
   async close(): Promise<void> {
@@ -410,10 +465,11 @@ type DeclaredConsumerConfig = Pick<
 function consumerConfigFor(
   settings: ConsumerSettings,
   serverFilter: readonly string[],
+  acknowledgement: Acknowledgement,
 ): DeclaredConsumerConfig {
   return {
     durable_name: settings.durable,
-    ack_policy: AckPolicy.Explicit,
+    ack_policy: acknowledgement === 'cumulative' ? AckPolicy.All : AckPolicy.Explicit,
     deliver_policy: settings.deliverPolicy === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
     ack_wait: nanos(settings.ackWaitMs),
     max_deliver: settings.maxDeliver,
@@ -482,6 +538,13 @@ function eventIdOf(headers: Readonly<Record<string, string>>, message: JsMsg): s
 }
 
 /**
+ * Deliveries of events before the durable was last rewound, by stream sequence, for the events
+ * of batches that failed: a rewound durable counts deliveries from 1 again, while `maxDeliver` and
+ * the retry back-off go by every delivery of the event.
+ */
+type EarlierDeliveries = Map<number, number>;
+
+/**
  * One delivery of a batch, whose facts are read from the message when first asked for: most
  * batch consumers read only the event, and at tens of thousands of events a second parsing each
  * message's reply subject and headers shows.
@@ -492,6 +555,7 @@ class NatsDelivery<T> implements DeliveredEvent<T> {
   constructor(
     readonly message: JsMsg,
     readonly event: T,
+    private readonly earlier: EarlierDeliveries,
   ) {}
 
   get subject(): string {
@@ -506,7 +570,9 @@ class NatsDelivery<T> implements DeliveredEvent<T> {
   }
 
   get deliveryCount(): number {
-    return this.message.info.deliveryCount;
+    const info = this.message.info;
+    if (this.earlier.size === 0) return info.deliveryCount;
+    return info.deliveryCount + (this.earlier.get(info.streamSequence) ?? 0);
   }
 
   get streamSequence(): number {
@@ -523,10 +589,12 @@ class NatsDelivery<T> implements DeliveredEvent<T> {
   }
 }
 
+type Acknowledgement = BatchSettings['acknowledgement'];
+
 /** Whether a subscription's handler takes one event or a batch. */
 type HandlingMode<T> =
   | { readonly kind: 'each'; readonly handler: EventHandler<T> }
-  | { readonly kind: 'batch'; readonly handler: BatchHandler<T>; readonly maxBatchSize: number };
+  | ({ readonly kind: 'batch'; readonly handler: BatchHandler<T> } & BatchSettings);
 
 interface NatsSubscriptionParts<T> {
   readonly settings: ConsumerSettings;
@@ -538,12 +606,28 @@ interface NatsSubscriptionParts<T> {
   readonly connection: NatsConnection;
   /** Declares the durable again, in case it was deleted while consumption was down. */
   readonly redeclare: () => Promise<unknown>;
+  /** Replaces the durable at its first unacknowledged event (cumulative acknowledgement). */
+  readonly rewind: (reason: string) => Promise<void>;
   readonly logger: BusLogger;
   readonly onStopped: () => void;
 }
 
+/** Why a cumulatively acknowledging consumption stopped to rewind, and when to resume. */
+interface RewindRequest {
+  readonly reason: string;
+  readonly delayMs: number;
+}
+
 const RESTART_INITIAL_DELAY_MS = 1_000;
 const RESTART_MAX_DELAY_MS = 30_000;
+
+/**
+ * A cumulatively acknowledging subscription that starts while events of its durable await
+ * acknowledgement looks again this often, this far apart (acknowledgements sent just before may
+ * still be on their way), before it rewinds the durable.
+ */
+const UNACKNOWLEDGED_CHECKS = 3;
+const UNACKNOWLEDGED_CHECK_INTERVAL_MS = 100;
 
 class NatsSubscription<T> implements Subscription {
   private readonly slots: HandlerSlots;
@@ -553,6 +637,12 @@ class NatsSubscription<T> implements Subscription {
   private messages: ConsumerMessages | undefined;
   private supervision: Promise<void> = Promise.resolve();
   private stopped: Promise<void> | undefined;
+  /** Cumulative acknowledgement: the batches of the current consumption, in delivery order. */
+  private frontier: AckFrontier<JsMsg> | undefined;
+  /** Cumulative acknowledgement: the durable's delivery sequence when consumption started. */
+  private deliveredBefore = 0;
+  private rewindRequest: RewindRequest | undefined;
+  private readonly earlier: EarlierDeliveries = new Map();
 
   constructor(private readonly parts: NatsSubscriptionParts<T>) {
     this.slots = new HandlerSlots(parts.settings.concurrency);
@@ -566,6 +656,10 @@ class NatsSubscription<T> implements Subscription {
   /** A method, not a field, because it changes while the loops await. */
   private isStopping(): boolean {
     return this.stopRequested;
+  }
+
+  private isCumulative(): boolean {
+    return this.parts.mode.kind === 'batch' && this.parts.mode.acknowledgement === 'cumulative';
   }
 
   stats(): SubscriptionStats {
@@ -591,18 +685,25 @@ class NatsSubscription<T> implements Subscription {
 
   /**
    * Keeps consumption running until `stop()`: if the iterator ends or fails (the durable was
-   * deleted, the stream recreated), it declares the durable again and resumes, backing off.
+   * deleted, the stream recreated), it declares the durable again and resumes, backing off; when
+   * a cumulatively acknowledging consumption asks for a rewind, it rewinds the durable and resumes
+   * after the requested delay.
    */
   private async supervise(): Promise<void> {
     const { settings, logger } = this.parts;
     let restarts = 0;
     let first = true;
     while (!this.isStopping() && !this.parts.connection.isClosed()) {
+      let delayMs: number | undefined;
       try {
         if (!first) await this.parts.redeclare();
         first = false;
-        await this.consumeUntilEnd();
+        const rewind = await this.consumeUntilEnd();
         restarts = 0;
+        if (rewind !== undefined && !this.isStopping()) {
+          await this.parts.rewind(rewind.reason);
+          delayMs = rewind.delayMs;
+        }
       } catch (error) {
         restarts++;
         logger.warn(
@@ -615,7 +716,7 @@ class NatsSubscription<T> implements Subscription {
         );
       }
       if (this.isStopping() || this.parts.connection.isClosed()) break;
-      const delayMs = Math.min(
+      delayMs ??= Math.min(
         RESTART_INITIAL_DELAY_MS * 2 ** Math.max(0, restarts - 1),
         RESTART_MAX_DELAY_MS,
       );
@@ -633,8 +734,12 @@ class NatsSubscription<T> implements Subscription {
     return Math.min(maxAckPending, Math.max(16, 2 * concurrency * perHandler));
   }
 
-  private async consumeUntilEnd(): Promise<void> {
+  /** Consumes until the iterator ends; returns the rewind a cumulative consumption asked for. */
+  private async consumeUntilEnd(): Promise<RewindRequest | undefined> {
     const { settings, client } = this.parts;
+    this.rewindRequest = undefined;
+    this.frontier = undefined;
+    if (this.isCumulative()) this.deliveredBefore = await this.settledDeliveries();
     const consumer = await client.consumers.get(settings.stream, settings.durable);
     const messages = await consumer.consume({
       max_messages: this.prefetch(),
@@ -644,8 +749,11 @@ class NatsSubscription<T> implements Subscription {
     this.messages = messages;
     if (this.isStopping()) await messages.close();
     if (this.parts.mode.kind === 'batch') {
-      await this.consumeBatches(messages, this.parts.mode);
-      return;
+      // Kept after the iterator ends, so that batches still running when the subscription stops
+      // are acknowledged as they finish; the next consumption or a rewind replaces it.
+      if (this.isCumulative()) this.frontier = new AckFrontier();
+      await this.consumeBatches(messages, this.parts.mode, this.frontier);
+      return this.rewindRequest;
     }
     for await (const message of messages) {
       if (this.isStopping()) {
@@ -663,43 +771,79 @@ class NatsSubscription<T> implements Subscription {
         this.slots.release();
       });
     }
+    return undefined;
+  }
+
+  /**
+   * Cumulative acknowledgement: returns the durable's delivery sequence once none of its events
+   * awaits acknowledgement, rewinding it when some still do. A cumulative acknowledgement covers
+   * every earlier event, so one delivered to an earlier subscriber (a crashed process) and not
+   * handled would otherwise be covered by the first acknowledgement of this one, and lost.
+   */
+  private async settledDeliveries(): Promise<number> {
+    const { settings, client } = this.parts;
+    for (let check = 1; ; check++) {
+      const info = await (await client.consumers.get(settings.stream, settings.durable)).info();
+      if (info.num_ack_pending === 0 || this.isStopping()) return info.delivered.consumer_seq;
+      if (check >= UNACKNOWLEDGED_CHECKS) {
+        await this.parts.rewind(`${info.num_ack_pending} events awaited acknowledgement`);
+        return 0;
+      }
+      await this.stopSignal.wait(UNACKNOWLEDGED_CHECK_INTERVAL_MS);
+    }
   }
 
   /**
    * Batch mode: decoded messages gather in a batch, which is handed out when it is full or when
    * the messages that have arrived so far are all in it (the next macrotask), each batch holding
-   * one of `concurrency` slots while its handler runs.
+   * one of `concurrency` slots while its handler runs. With cumulative acknowledgement each batch
+   * also takes its place in `frontier`, skipped messages (filtered, undecodable) included, so that
+   * acknowledging a later batch settles them.
    */
   private async consumeBatches(
     messages: ConsumerMessages,
     mode: Extract<HandlingMode<T>, { kind: 'batch' }>,
+    frontier: AckFrontier<JsMsg> | undefined,
   ): Promise<void> {
     let batch: NatsDelivery<T>[] = [];
+    let received = 0;
+    let last: JsMsg | undefined;
     let flushScheduled = false;
+    /** True once this consumption should hand nothing more out: stopping, or rewinding. */
+    const ending = (): boolean => this.isStopping() || this.frontier !== frontier;
     const dispatch = (): void => {
       flushScheduled = false;
-      if (batch.length === 0) return;
       const taken = batch;
+      const deliveries = received;
       batch = [];
+      received = 0;
+      if (deliveries === 0 || last === undefined || (frontier !== undefined && ending())) return;
+      const position = frontier?.add(deliveries, last);
+      if (taken.length === 0) {
+        if (frontier !== undefined && position !== undefined) this.acknowledge(frontier, position);
+        return;
+      }
       void this.slots.acquire().then(() => {
-        if (this.isStopping()) {
-          for (const { message } of taken) message.nak();
+        if (ending()) {
+          // Handed back: now (each) or by the rewind or next start (cumulative).
+          if (frontier === undefined) for (const { message } of taken) message.nak();
           this.slots.release();
           return;
         }
-        void this.processBatch(mode.handler, taken).finally(() => {
+        void this.processBatch(mode.handler, taken, frontier, position).finally(() => {
           this.slots.release();
         });
       });
     };
     for await (const message of messages) {
-      if (this.isStopping()) {
-        message.nak();
+      if (ending()) {
+        if (frontier === undefined) message.nak();
         continue;
       }
-      const prepared = this.prepare(message);
-      if (prepared === undefined) continue;
-      batch.push(prepared);
+      received++;
+      last = message;
+      const prepared = this.prepare(message, frontier !== undefined);
+      if (prepared !== undefined) batch.push(prepared);
       if (batch.length >= mode.maxBatchSize) dispatch();
       else if (!flushScheduled) {
         flushScheduled = true;
@@ -710,20 +854,21 @@ class NatsSubscription<T> implements Subscription {
   }
 
   /**
-   * Decodes one message; settles it at once (and returns undefined) when a client-side filter
-   * skips it or it cannot be decoded.
+   * Decodes one message; returns undefined when a client-side filter skips it or it cannot be
+   * decoded, after settling it at once (acknowledged each, so not when acknowledging
+   * cumulatively: the acknowledgement of a later batch covers it).
    */
-  private prepare(message: JsMsg): NatsDelivery<T> | undefined {
+  private prepare(message: JsMsg, cumulative: boolean): NatsDelivery<T> | undefined {
     const { codec, clientFilter } = this.parts;
     if (clientFilter.length > 0 && !matchesAnySubject(clientFilter, message.subject)) {
-      message.ack();
+      if (!cumulative) message.ack();
       return undefined;
     }
     let event: T;
     try {
       event = codec.decode(message.data);
     } catch (error) {
-      message.term();
+      if (!cumulative) message.term();
       this.counters.recordPoison(
         {
           subject: message.subject,
@@ -734,16 +879,22 @@ class NatsSubscription<T> implements Subscription {
       );
       return undefined;
     }
-    return new NatsDelivery(message, event);
+    return new NatsDelivery(message, event, this.earlier);
   }
 
-  /** Runs the batch handler and settles every message of the batch by its outcome. Never throws. */
+  /** Runs the batch handler and settles the batch by its outcome. Never throws. */
   private async processBatch(
     handler: BatchHandler<T>,
     batch: readonly NatsDelivery<T>[],
+    frontier: AckFrontier<JsMsg> | undefined,
+    position: FrontierBatch<JsMsg> | undefined,
   ): Promise<void> {
     const { settings } = this.parts;
     const outcome: HandlerOutcome = await runBatchHandler(settings, handler, batch);
+    if (frontier !== undefined && position !== undefined) {
+      this.settleCumulatively(outcome, batch, frontier, position);
+      return;
+    }
     if (outcome.kind === 'handled') {
       // The common case, without reading each message's delivery count.
       for (const delivered of batch) delivered.message.ack();
@@ -755,6 +906,75 @@ class NatsSubscription<T> implements Subscription {
       settle(delivered.message, disposition);
       this.counters.record(disposition, outcome, delivered);
     }
+  }
+
+  /**
+   * Cumulative acknowledgement: a handled batch (or one given up on after `maxDeliver`) takes the
+   * acknowledgement point forward; any other outcome rewinds the durable, after the back-off.
+   */
+  private settleCumulatively(
+    outcome: HandlerOutcome,
+    batch: readonly NatsDelivery<T>[],
+    frontier: AckFrontier<JsMsg>,
+    position: FrontierBatch<JsMsg>,
+  ): void {
+    // Rewound meanwhile: these events come again, whatever this run made of them.
+    if (this.frontier !== frontier) return;
+    if (outcome.kind === 'handled') {
+      this.counters.recordAcked(batch.length);
+    } else {
+      let deliveryCount = 0;
+      for (const delivered of batch) {
+        deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
+      }
+      const disposition = dispositionFor(this.parts.settings, outcome, deliveryCount);
+      const first = batch[0];
+      if (first !== undefined) this.counters.record(disposition, outcome, first, batch.length);
+      if (disposition.kind !== 'drop') {
+        for (const delivered of batch) {
+          this.earlier.set(delivered.streamSequence, delivered.deliveryCount);
+        }
+        this.requestRewind(
+          outcome.kind === 'failed' ? 'a batch handler failed' : 'a batch overran the ack wait',
+          disposition.kind === 'retry' ? disposition.delayMs : 0,
+        );
+        return;
+      }
+    }
+    this.acknowledge(frontier, position);
+  }
+
+  /**
+   * Cumulative acknowledgement: marks `position` finished and acknowledges the new
+   * acknowledgement point, if it moved, once sure that no delivery before it went missing.
+   */
+  private acknowledge(frontier: AckFrontier<JsMsg>, position: FrontierBatch<JsMsg>): void {
+    const point = frontier.finish(position);
+    if (point === undefined) return;
+    const info = point.last.info;
+    if (info.deliverySequence !== this.deliveredBefore + point.through) {
+      // A delivery never reached this client (lost with a connection): acknowledging past it
+      // would lose it.
+      this.requestRewind(
+        `deliveries went missing: delivery ${info.deliverySequence} was the ${point.through}th to arrive after delivery ${this.deliveredBefore}`,
+        0,
+      );
+      return;
+    }
+    point.last.ack();
+    if (this.earlier.size > 0) {
+      for (const sequence of this.earlier.keys()) {
+        if (sequence <= info.streamSequence) this.earlier.delete(sequence);
+      }
+    }
+  }
+
+  /** Cumulative acknowledgement: ends this consumption so the supervisor rewinds the durable. */
+  private requestRewind(reason: string, delayMs: number): void {
+    if (this.rewindRequest !== undefined || this.isStopping()) return;
+    this.rewindRequest = { reason, delayMs };
+    this.frontier = undefined;
+    void this.messages?.close();
   }
 
   /** Decodes, runs the handler and settles one message. Never throws. */

@@ -454,129 +454,163 @@ export function describeEventBusContract(harness: BusHarness): void {
     await expect(publish('exposure', 'late')).rejects.toBeInstanceOf(UnavailableError);
   });
 
-  describe('subscribeBatches', () => {
-    async function subscribeBatches(
-      spec: BatchConsumerSpec<EchoRequest>,
-      handler: BatchHandler<EchoRequest>,
-    ): Promise<Subscription> {
-      if (bus.subscribeBatches === undefined) throw new Error('the adapter has no batches');
-      const subscription = await bus.subscribeBatches(spec, handler);
-      subscriptions.push(subscription);
-      return subscription;
-    }
+  describe.each(['each', 'cumulative'] as const)(
+    'subscribeBatches, acknowledging %s',
+    (acknowledgement) => {
+      /** A batch consumer acknowledging as this block says. */
+      function batchConsumer(
+        overrides: Partial<BatchConsumerSpec<EchoRequest>> = {},
+      ): BatchConsumerSpec<EchoRequest> {
+        return consumer({ acknowledgement, ...overrides });
+      }
 
-    it('hands events over in batches of at most maxBatchSize, in stream order, and acks them', async () => {
-      for (let i = 0; i < 25; i++) await publish('outcome', `m${i}`);
-      const batches: DeliveredEvent<EchoRequest>[][] = [];
-      const subscription = await subscribeBatches(consumer({ maxBatchSize: 10 }), (batch) => {
-        batches.push([...batch]);
-        return Promise.resolve();
-      });
+      async function subscribeBatches(
+        spec: BatchConsumerSpec<EchoRequest>,
+        handler: BatchHandler<EchoRequest>,
+      ): Promise<Subscription> {
+        if (bus.subscribeBatches === undefined) throw new Error('the adapter has no batches');
+        const subscription = await bus.subscribeBatches(spec, handler);
+        subscriptions.push(subscription);
+        return subscription;
+      }
 
-      await eventually(() => {
-        expect(subscription.stats()).toEqual({ acked: 25, retried: 0, dropped: 0, poison: 0 });
-      });
-      expect(batches.every((b) => b.length >= 1 && b.length <= 10)).toBe(true);
-      const all = batches.flat();
-      expect(messagesOf(all)).toEqual(Array.from({ length: 25 }, (_, i) => `m${i}`));
-      expect(all[0]).toMatchObject({ subject: `${prefix}.outcome`, deliveryCount: 1 });
-      expect(all[0]?.storedAt).toBeInstanceOf(Date);
-      expect(all[0]?.eventId).toEqual(all[0]?.headers['Nats-Msg-Id']);
-      // Acked: a new subscription of the same durable gets nothing again.
-    });
-
-    it('redelivers every event of a batch whose handler threw, then moves on', async () => {
-      const seen: [string, number][] = [];
-      const subscription = await subscribeBatches(consumer({ maxBatchSize: 5 }), (batch) => {
-        for (const d of batch) seen.push([d.event.message, d.deliveryCount]);
-        if (batch.some((d) => d.deliveryCount === 1)) throw new Error('checkpoint failed');
-        return Promise.resolve();
-      });
-      await publish('outcome', 'a');
-      await publish('outcome', 'b');
-
-      await eventually(() => {
-        expect(subscription.stats()).toMatchObject({ acked: 2, dropped: 0 });
-      });
-      expect(
-        seen
-          .filter(([, count]) => count === 1)
-          .map(([m]) => m)
-          .sort(),
-      ).toEqual(['a', 'b']);
-      expect(
-        seen
-          .filter(([, count]) => count === 2)
-          .map(([m]) => m)
-          .sort(),
-      ).toEqual(['a', 'b']);
-      expect(subscription.stats().retried).toBe(2);
-    });
-
-    it('resumes after stop without redelivering acked events', async () => {
-      const spec = consumer({ maxBatchSize: 4 });
-      const first: string[] = [];
-      for (let i = 0; i < 6; i++) await publish('outcome', `first${i}`);
-      const one = await subscribeBatches(spec, (batch) => {
-        first.push(...messagesOf(batch));
-        return Promise.resolve();
-      });
-      await eventually(() => {
-        expect(one.stats().acked).toBe(6);
-      });
-      await one.stop();
-      await publish('outcome', 'later');
-      const second: string[] = [];
-      await subscribeBatches(spec, (batch) => {
-        second.push(...messagesOf(batch));
-        return Promise.resolve();
-      });
-      await eventually(() => {
-        expect(second).toEqual(['later']);
-      });
-      await pause(300);
-      expect(second).toEqual(['later']);
-      expect(first).toHaveLength(6);
-    });
-
-    it('terminates an event it cannot decode and hands the rest over', async () => {
-      await bus.publish(`${prefix}.outcome`, CORRUPT, UNDECODABLE, { eventId: 'corrupt' });
-      await publish('outcome', 'fine');
-      const got: string[] = [];
-      const subscription = await subscribeBatches(consumer(), (batch) => {
-        got.push(...messagesOf(batch));
-        return Promise.resolve();
-      });
-      await eventually(() => {
-        expect(subscription.stats()).toEqual({ acked: 1, retried: 0, dropped: 0, poison: 1 });
-      });
-      expect(got).toEqual(['fine']);
-    });
-
-    it("runs a batch inside a consumer span that continues a single event's trace", async () => {
-      const tracer = trace.getTracer('test');
-      await tracer.startActiveSpan('producer', async (span) => {
-        await publish('outcome', 'traced');
-        span.end();
-      });
-      const subscription = await subscribeBatches(consumer(), () => Promise.resolve());
-      await eventually(() => {
-        expect(subscription.stats().acked).toBe(1);
-      });
-      await eventually(() => {
-        const spans = exporter.getFinishedSpans();
-        const producer = spans.find((s) => s.name === 'producer');
-        const consumerSpan = spans.find(
-          (s) => s.kind === SpanKind.CONSUMER && s.name === `process ${prefix}.outcome`,
+      it('hands events over in batches of at most maxBatchSize, in stream order, and acks them', async () => {
+        for (let i = 0; i < 25; i++) await publish('outcome', `m${i}`);
+        const batches: DeliveredEvent<EchoRequest>[][] = [];
+        const subscription = await subscribeBatches(
+          batchConsumer({ maxBatchSize: 10 }),
+          (batch) => {
+            batches.push([...batch]);
+            return Promise.resolve();
+          },
         );
-        expect(consumerSpan?.spanContext().traceId).toBe(producer?.spanContext().traceId);
-      });
-    });
 
-    it('refuses a maxBatchSize below 1', async () => {
-      await expect(
-        subscribeBatches(consumer({ maxBatchSize: 0 }), () => Promise.resolve()),
-      ).rejects.toBeInstanceOf(InvalidArgumentError);
-    });
-  });
+        await eventually(() => {
+          expect(subscription.stats()).toEqual({ acked: 25, retried: 0, dropped: 0, poison: 0 });
+        });
+        expect(batches.every((b) => b.length >= 1 && b.length <= 10)).toBe(true);
+        const all = batches.flat();
+        expect(messagesOf(all)).toEqual(Array.from({ length: 25 }, (_, i) => `m${i}`));
+        expect(all[0]).toMatchObject({ subject: `${prefix}.outcome`, deliveryCount: 1 });
+        expect(all[0]?.storedAt).toBeInstanceOf(Date);
+        expect(all[0]?.eventId).toEqual(all[0]?.headers['Nats-Msg-Id']);
+        // Acked: a new subscription of the same durable gets nothing again.
+      });
+
+      it('redelivers every event of a batch whose handler threw, then moves on', async () => {
+        const seen: [string, number][] = [];
+        const subscription = await subscribeBatches(batchConsumer({ maxBatchSize: 5 }), (batch) => {
+          for (const d of batch) seen.push([d.event.message, d.deliveryCount]);
+          if (batch.some((d) => d.deliveryCount === 1)) throw new Error('checkpoint failed');
+          return Promise.resolve();
+        });
+        await publish('outcome', 'a');
+        await publish('outcome', 'b');
+
+        await eventually(() => {
+          expect(subscription.stats()).toMatchObject({ acked: 2, dropped: 0 });
+        });
+        expect(
+          seen
+            .filter(([, count]) => count === 1)
+            .map(([m]) => m)
+            .sort(),
+        ).toEqual(['a', 'b']);
+        expect(
+          seen
+            .filter(([, count]) => count === 2)
+            .map(([m]) => m)
+            .sort(),
+        ).toEqual(['a', 'b']);
+        expect(subscription.stats().retried).toBe(2);
+      });
+
+      it('resumes after stop without redelivering acked events', async () => {
+        const spec = batchConsumer({ maxBatchSize: 4 });
+        const first: string[] = [];
+        for (let i = 0; i < 6; i++) await publish('outcome', `first${i}`);
+        const one = await subscribeBatches(spec, (batch) => {
+          first.push(...messagesOf(batch));
+          return Promise.resolve();
+        });
+        await eventually(() => {
+          expect(one.stats().acked).toBe(6);
+        });
+        await one.stop();
+        await publish('outcome', 'later');
+        const second: string[] = [];
+        await subscribeBatches(spec, (batch) => {
+          second.push(...messagesOf(batch));
+          return Promise.resolve();
+        });
+        await eventually(() => {
+          expect(second).toEqual(['later']);
+        });
+        await pause(300);
+        expect(second).toEqual(['later']);
+        expect(first).toHaveLength(6);
+      });
+
+      it('terminates an event it cannot decode and hands the rest over', async () => {
+        await bus.publish(`${prefix}.outcome`, CORRUPT, UNDECODABLE, { eventId: 'corrupt' });
+        await publish('outcome', 'fine');
+        const got: string[] = [];
+        const subscription = await subscribeBatches(batchConsumer(), (batch) => {
+          got.push(...messagesOf(batch));
+          return Promise.resolve();
+        });
+        await eventually(() => {
+          expect(subscription.stats()).toEqual({ acked: 1, retried: 0, dropped: 0, poison: 1 });
+        });
+        expect(got).toEqual(['fine']);
+      });
+
+      it("runs a batch inside a consumer span that continues a single event's trace", async () => {
+        const tracer = trace.getTracer('test');
+        await tracer.startActiveSpan('producer', async (span) => {
+          await publish('outcome', 'traced');
+          span.end();
+        });
+        const subscription = await subscribeBatches(batchConsumer(), () => Promise.resolve());
+        await eventually(() => {
+          expect(subscription.stats().acked).toBe(1);
+        });
+        await eventually(() => {
+          const spans = exporter.getFinishedSpans();
+          const producer = spans.find((s) => s.name === 'producer');
+          const consumerSpan = spans.find(
+            (s) => s.kind === SpanKind.CONSUMER && s.name === `process ${prefix}.outcome`,
+          );
+          expect(consumerSpan?.spanContext().traceId).toBe(producer?.spanContext().traceId);
+        });
+      });
+
+      it('drops a batch after maxDeliver failed deliveries and moves on', async () => {
+        const seen: [string, number][] = [];
+        const subscription = await subscribeBatches(
+          batchConsumer({ maxBatchSize: 1, maxDeliver: 2 }),
+          (batch) => {
+            for (const d of batch) seen.push([d.event.message, d.deliveryCount]);
+            if (batch.some((d) => d.event.message === 'bad')) throw new Error('always fails');
+            return Promise.resolve();
+          },
+        );
+        await publish('outcome', 'bad');
+        await publish('outcome', 'good');
+
+        await eventually(() => {
+          expect(subscription.stats()).toEqual({ acked: 1, retried: 1, dropped: 1, poison: 0 });
+        });
+        await pause(500);
+        expect(seen.filter(([m]) => m === 'bad').map(([, count]) => count)).toEqual([1, 2]);
+        expect(subscription.stats()).toEqual({ acked: 1, retried: 1, dropped: 1, poison: 0 });
+      });
+
+      it('refuses a maxBatchSize below 1', async () => {
+        await expect(
+          subscribeBatches(batchConsumer({ maxBatchSize: 0 }), () => Promise.resolve()),
+        ).rejects.toBeInstanceOf(InvalidArgumentError);
+      });
+    },
+  );
 }

@@ -2,11 +2,11 @@
  * The event-bus contract against a real NATS JetStream server, plus what only NATS has: streams
  * and durables declared from specs as server config, and the connection lifecycle.
  */
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
-import type { EventBus } from '../../src/events/bus';
+import type { BatchConsumerSpec, EventBus } from '../../src/events/bus';
 import { connectNatsBus, supportsMultipleFilters } from '../../src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../support/integration';
 import { describeEventBusContract } from './event-bus-contract';
@@ -113,6 +113,182 @@ describeWithNats('NATS JetStream event bus', () => {
     });
   });
 
+  describe('cumulative acknowledgement', () => {
+    let bus: EventBus;
+    let stream: string;
+    const durable = 'aggregation';
+
+    beforeEach(async () => {
+      bus = await connectNatsBus({ servers: natsUrl!, name: 'tandem-test' });
+      stream = uniqueName('CUMULATIVE');
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+    });
+
+    afterEach(async () => {
+      await bus.close();
+      await removeStream(stream);
+    });
+
+    async function publish(...messages: string[]): Promise<void> {
+      for (const message of messages) {
+        await bus.publish(
+          `${stream}.outcome`,
+          EchoRequest,
+          { message, failWithCode: 0, requireMessage: false },
+          { eventId: `${message}-${uniqueName('id')}` },
+        );
+      }
+    }
+
+    function spec(overrides: Partial<BatchConsumerSpec<EchoRequest>> = {}) {
+      return {
+        stream,
+        durable,
+        codec: EchoRequest,
+        acknowledgement: 'cumulative' as const,
+        initialRetryDelayMs: 50,
+        ...overrides,
+      };
+    }
+
+    /** The durable's acknowledgement floor and what still awaits acknowledgement. */
+    async function position(): Promise<{ ackFloor: number; unacknowledged: number }> {
+      const info = await manager.consumers.info(stream, durable);
+      return { ackFloor: info.ack_floor.stream_seq, unacknowledged: info.num_ack_pending };
+    }
+
+    it('acknowledges the events of a resolved batch with one acknowledgement of its last', async () => {
+      await publish('a', 'b', 'c', 'd');
+      const seen: string[] = [];
+      const subscription = await bus.subscribeBatches!(spec(), (batch) => {
+        seen.push(...batch.map((d) => d.event.message));
+        return Promise.resolve();
+      });
+
+      await waitFor(() => subscription.stats().acked === 4);
+      expect(seen).toEqual(['a', 'b', 'c', 'd']);
+      expect((await manager.consumers.info(stream, durable)).config.ack_policy).toBe('all');
+      await eventuallyEqual(position, { ackFloor: 4, unacknowledged: 0 });
+      await subscription.stop();
+    });
+
+    it('acknowledges nothing past a batch still running, and all of it once that one resolves', async () => {
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const handled: string[] = [];
+      const subscription = await bus.subscribeBatches!(
+        spec({ maxBatchSize: 1, concurrency: 3 }),
+        async (batch) => {
+          const message = batch[0]!.event.message;
+          if (message === 'first') await held;
+          handled.push(message);
+        },
+      );
+      await publish('first', 'second', 'third');
+
+      await waitFor(() => handled.length === 2);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(await position()).toEqual({ ackFloor: 0, unacknowledged: 3 });
+      release();
+      await eventuallyEqual(position, { ackFloor: 3, unacknowledged: 0 });
+      await subscription.stop();
+    });
+
+    it('acknowledges a batch that finishes while the subscription stops', async () => {
+      await publish('a', 'b', 'c');
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let started = false;
+      const subscription = await bus.subscribeBatches!(spec(), async () => {
+        started = true;
+        await held;
+      });
+      await waitFor(() => started);
+      const stopping = subscription.stop();
+      release();
+      await stopping;
+
+      await eventuallyEqual(position, { ackFloor: 3, unacknowledged: 0 });
+    });
+
+    it('rewinds to events a crashed subscriber took without acknowledging them', async () => {
+      const first = await bus.subscribeBatches!(spec(), () => Promise.resolve());
+      await publish('a', 'b');
+      await waitFor(() => first.stats().acked === 2);
+      await first.stop();
+      await eventuallyEqual(position, { ackFloor: 2, unacknowledged: 0 });
+      await publish('c', 'd', 'e');
+      // A subscriber that dies holding c and d: they await acknowledgement until the ack wait.
+      const consumer = await jetstream(admin).consumers.get(stream, durable);
+      const taken = await consumer.fetch({ max_messages: 2, expires: 1_000 });
+      for await (const message of taken) expect(message.info.streamSequence).toBeLessThan(5);
+      expect((await position()).unacknowledged).toBe(2);
+
+      const seen: string[] = [];
+      const second = await bus.subscribeBatches!(spec(), (batch) => {
+        seen.push(...batch.map((d) => d.event.message));
+        return Promise.resolve();
+      });
+      await waitFor(() => seen.length >= 3);
+      expect(seen).toEqual(['c', 'd', 'e']);
+      await eventuallyEqual(position, { ackFloor: 5, unacknowledged: 0 });
+      await second.stop();
+    });
+
+    it('replaces a durable acknowledged event by event at its acknowledged position', async () => {
+      const each = await bus.subscribeBatches!(spec({ acknowledgement: 'each' }), () =>
+        Promise.resolve(),
+      );
+      await publish('a', 'b');
+      await waitFor(() => each.stats().acked === 2);
+      await each.stop();
+      expect((await manager.consumers.info(stream, durable)).config.ack_policy).toBe('explicit');
+      await publish('c');
+
+      const seen: string[] = [];
+      const cumulative = await bus.subscribeBatches!(spec(), (batch) => {
+        seen.push(...batch.map((d) => d.event.message));
+        return Promise.resolve();
+      });
+      await waitFor(() => seen.length >= 1);
+      expect(seen).toEqual(['c']);
+      expect((await manager.consumers.info(stream, durable)).config.ack_policy).toBe('all');
+      await eventuallyEqual(position, { ackFloor: 3, unacknowledged: 0 });
+      await cumulative.stop();
+    });
+
+    it('comes back to a failed batch with everything after it, counting its deliveries on', async () => {
+      const seen: [string, number][] = [];
+      let failed = false;
+      const subscription = await bus.subscribeBatches!(
+        spec({ maxBatchSize: 1, concurrency: 2 }),
+        (batch) => {
+          const d = batch[0]!;
+          seen.push([d.event.message, d.deliveryCount]);
+          if (d.event.message === 'b' && !failed) {
+            failed = true;
+            return Promise.reject(new Error('checkpoint failed'));
+          }
+          return Promise.resolve();
+        },
+      );
+      await publish('a', 'b', 'c');
+
+      await eventuallyEqual(position, { ackFloor: 3, unacknowledged: 0 });
+      expect(seen.filter(([m]) => m === 'b')).toEqual([
+        ['b', 1],
+        ['b', 2],
+      ]);
+      expect(seen.filter(([m]) => m === 'c').length).toBeGreaterThanOrEqual(1);
+      expect(subscription.stats()).toMatchObject({ retried: 1, dropped: 0 });
+      await subscription.stop();
+    });
+  });
+
   it('fails to connect with UnavailableError when no server answers', async () => {
     await expect(
       connectNatsBus({ servers: 'nats://127.0.0.1:1', name: 'tandem-test', connectTimeoutMs: 500 }),
@@ -137,5 +313,26 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
   while (!condition()) {
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * Retries `read` until it resolves to `expected` (deeply) or `timeoutMs` passes; a read that
+ * fails (the durable is being replaced) counts as not yet.
+ */
+async function eventuallyEqual<V>(
+  read: () => Promise<V>,
+  expected: V,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      expect(await read()).toEqual(expected);
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   }
 }

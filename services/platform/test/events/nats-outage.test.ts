@@ -4,6 +4,8 @@
  * its subscriptions and a buffered publisher must carry on afterwards.
  */
 import { spawnSync } from 'node:child_process';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
 import { BufferedPublisher } from '../../src/events/buffered-publisher';
@@ -72,6 +74,58 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     }, 15_000);
 
     await publisher.close();
+    await subscription.stop();
+    await bus.close();
+  }, 60_000);
+
+  it('loses no event of a cumulatively acknowledged batch subscription', async () => {
+    const bus = await eventuallyConnected(server.url);
+    await bus.declareStream({ name: 'OUTAGE_BATCHES', subjects: ['batches.>'] });
+    const received = new Set<string>();
+    const subscription = await bus.subscribeBatches!(
+      {
+        stream: 'OUTAGE_BATCHES',
+        durable: 'aggregation',
+        codec: EchoRequest,
+        acknowledgement: 'cumulative',
+        maxBatchSize: 10,
+        concurrency: 2,
+        ackWaitMs: 2_000,
+      },
+      async (batch) => {
+        for (const delivered of batch) received.add(delivered.event.message);
+        // Slow enough that batches are in flight, and acknowledgements on their way, when the
+        // server goes.
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      },
+    );
+    for (let i = 0; i < 100; i++) {
+      await bus.publish('batches.play', EchoRequest, echo(`e${i}`), { eventId: `e${i}` });
+    }
+    expect(received.size).toBeLessThan(100);
+    await server.stop();
+    server.start();
+    await eventually(() => {
+      expect(bus.isConnected()).toBe(true);
+    }, 15_000);
+    await bus.publish('batches.play', EchoRequest, echo('after'), { eventId: 'after' });
+
+    await eventually(() => {
+      expect(received.size).toBe(101);
+    }, 20_000);
+    const admin = await connect({ servers: server.url });
+    const manager = await jetstreamManager(admin);
+    // Everything acknowledged in the end: nothing is left to come again.
+    let position: number[] = [];
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      const info = await manager.consumers.info('OUTAGE_BATCHES', 'aggregation');
+      position = [info.ack_floor.stream_seq, info.num_ack_pending];
+      if (position[0] === 101 && position[1] === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(position).toEqual([101, 0]);
+    await admin.close();
     await subscription.stop();
     await bus.close();
   }, 60_000);
