@@ -460,8 +460,12 @@ export class WindowAggregator {
     return forgotten;
   }
 
-  /** The whole state as plain JSON-serialisable data, including the de-duplication seen-set. */
-  checkpoint(): AggregationCheckpoint {
+  /**
+   * The whole state as plain JSON-serialisable data, including the de-duplication seen-set unless
+   * `seenEventIds` is false (for a caller that stores the seen ids incrementally: copying up to a
+   * million of them at every checkpoint would cost more than the rest).
+   */
+  checkpoint(options: { readonly seenEventIds?: boolean } = {}): AggregationCheckpoint {
     const keys: [string, number, CheckpointBucket[][]][] = [];
     for (const [key, state] of this.keys) {
       keys.push([key, state.eventTime, state.series.map((s) => s.buckets.map(bucketToCheckpoint))]);
@@ -473,7 +477,7 @@ export class WindowAggregator {
       arrivals: this.arrivals,
       counters: { ...this.counters },
       keys,
-      seenEventIds: [...this.seen],
+      seenEventIds: options.seenEventIds === false ? [] : [...this.seen],
     };
   }
 

@@ -4,14 +4,15 @@
  * read by GetOnlineFeatures as soon as an event is folded in, and checkpointed to storage.
  *
  * Delivery guarantee (at-least-once in, exactly-once in the state): an event is acked only after
- * a checkpoint that includes it has been written. Each handler folds its event synchronously and
- * then waits for the next checkpoint round, so many events are in flight at once and one
- * checkpoint acks them all. A crash before the checkpoint loses nothing: the event was not acked,
- * so it is redelivered and folded into the restored (older) state. A crash after the checkpoint
- * but before the ack is also safe: the redelivered event's id is in the checkpointed seen-set, so
- * it is recognised as a duplicate. While NATS is down the consumer stops receiving and the
- * aggregation reports PAUSED; acks lost with the connection become redeliveries, again absorbed by
- * the seen-set.
+ * a checkpoint that includes it has been written. Each handler folds its batch synchronously and
+ * then waits for the next checkpoint round (every interval, or at once when half the in-flight
+ * limit is waiting), so many events are in flight at once and one checkpoint acks them all, with
+ * one cumulative acknowledgement per batch. A crash before the checkpoint loses nothing: the
+ * events were not acked, so the durable is rewound to them and they are folded into the restored
+ * (older) state. A crash after the checkpoint but before the ack is also safe: the redelivered
+ * event's id is in the checkpointed seen-set, so it is recognised as a duplicate. While NATS is
+ * down the consumer stops receiving and the aggregation reports PAUSED; acks lost with the
+ * connection become redeliveries, again absorbed by the seen-set.
  *
  * Each replica has its own durable consumer (named after the view and the replica) and its own
  * checkpoint, because every replica serves every view from memory and so needs every event.
@@ -76,6 +77,9 @@ function newRound(): Round {
 
 /** Events per batch handed to the aggregation. */
 const BATCH_SIZE = 500;
+
+/** The share of the in-flight limit at which a checkpoint is written without waiting for the timer. */
+const EARLY_CHECKPOINT_SHARE = 0.5;
 
 /** How long without events before a replaying view counts as caught up. */
 const BACKFILL_IDLE_MS = 1_000;
@@ -159,7 +163,8 @@ export class StreamAggregation {
         maxDeliver: 100,
       };
       // In batches where the bus offers them: one handler run, span and ack-wait timer per batch
-      // rather than per event (the per-event machinery cost more than the aggregation itself).
+      // rather than per event (the per-event machinery cost more than the aggregation itself),
+      // and one cumulative acknowledgement per batch, since a redelivery is recognised anyway.
       const bus = this.parts.bus;
       this.subscription =
         bus.subscribeBatches === undefined
@@ -170,6 +175,7 @@ export class StreamAggregation {
               {
                 ...spec,
                 maxBatchSize: BATCH_SIZE,
+                acknowledgement: 'cumulative',
                 concurrency: Math.max(1, Math.ceil(this.parts.inFlight / BATCH_SIZE)),
               },
               (batch) => this.handleBatch(batch),
@@ -231,8 +237,15 @@ export class StreamAggregation {
   private async handleBatch(batch: readonly DeliveredEvent<OutcomeEvent>[]): Promise<void> {
     const now = Date.now();
     for (const delivered of batch) this.fold(delivered, now);
+    this.lastEventAt = now;
+    // Events come in stream order: the batch's newest tells whether the replay has caught up.
+    const newest = batch[batch.length - 1];
+    if (this.backfilling && newest !== undefined && newest.storedAt.getTime() >= this.startedAt) {
+      this.backfilling = false;
+    }
     this.dirty = true;
     this.inFlight += batch.length;
+    if (this.checkpointDueEarly()) void this.checkpointIfDirty();
     try {
       // Acked (by returning) only once a checkpoint includes these events.
       await this.round.done;
@@ -241,11 +254,21 @@ export class StreamAggregation {
     }
   }
 
+  /**
+   * True when so many events await their checkpoint that waiting for the timer would stall the
+   * consumer: JetStream hands out no more than `inFlight` (max ack pending) unacknowledged events.
+   * Not after a failed checkpoint: the timer paces the retries.
+   */
+  private checkpointDueEarly(): boolean {
+    return (
+      this.inFlight >= this.parts.inFlight * EARLY_CHECKPOINT_SHARE &&
+      this.checkpointFailure === undefined &&
+      !this.stopping
+    );
+  }
+
   private fold(delivered: DeliveredEvent<OutcomeEvent>, now: number): void {
     const event = delivered.event;
-    this.lastEventAt = now;
-    if (this.backfilling && delivered.storedAt.getTime() >= this.startedAt)
-      this.backfilling = false;
     if (this.eventNames.size > 0 && !this.eventNames.has(event.name)) return;
     const key = this.source.key === AggregationKey.ItemId ? event.itemId : (event.unit?.id ?? '');
     if (key === '') {
@@ -275,6 +298,7 @@ export class StreamAggregation {
       })
       .finally(() => {
         this.checkpointing = undefined;
+        if (this.checkpointDueEarly()) void this.checkpointIfDirty();
       });
     return this.checkpointing;
   }
@@ -286,7 +310,7 @@ export class StreamAggregation {
     const seen = this.newSeenIds;
     this.newSeenIds = [];
     this.dirty = false;
-    const snapshot = this.aggregator.checkpoint();
+    const snapshot = this.aggregator.checkpoint({ seenEventIds: false });
     try {
       this.lastCheckpointTime = await this.parts.checkpoints.write(snapshot, seen, {
         missingKeys: this.missingKeys,

@@ -1,0 +1,144 @@
+/**
+ * Aggregation checkpoints on both storage adapters: what a replica writes is what it restores
+ * after a restart, seen ids of every write included, and checkpoints written by earlier versions
+ * (seen ids stored as arrays) still restore.
+ */
+import { mkdtempSync } from 'node:fs';
+import { MongoClient } from 'mongodb';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
+import { openMongoStore } from '../../platform/src/storage/mongo-store';
+import { describeWithMongo, mongodbUri, uniqueName } from '../../platform/test/support/integration';
+import { AggregationFunction, WindowAggregator } from '../src/domain/window-aggregation';
+import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
+
+const options = {
+  aggregations: [
+    {
+      feature: 'plays_1h',
+      function: AggregationFunction.Count,
+      windowMs: 3_600_000,
+      bucketMs: 60_000,
+    },
+  ],
+  allowedLatenessMs: 600_000,
+};
+
+function checkpointSuite(open: () => Promise<DocumentStore>): void {
+  let store: DocumentStore;
+  /** A replica of its own per test, as tests may share a database. */
+  let replica: string;
+
+  beforeEach(async () => {
+    store = await open();
+    replica = uniqueName('r');
+  });
+
+  afterEach(async () => {
+    await store.close();
+  });
+
+  it('restores the last checkpoint written, with the seen ids of every write in order', async () => {
+    const now = Date.now();
+    const aggregator = new WindowAggregator(options);
+    const writer = (await AggregationCheckpoints.open(store)).forOwner('item_plays', replica);
+    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
+    await writer.write(aggregator.checkpoint(), [['e1', now + 600_000]], { missingKeys: 0 });
+    aggregator.ingest({ eventId: 'e2', key: 'i1', eventTime: now, values: [undefined] }, now);
+    aggregator.ingest({ eventId: 'e3', key: 'i2', eventTime: now, values: [undefined] }, now);
+    await writer.write(
+      aggregator.checkpoint(),
+      [
+        ['e2', now + 600_000],
+        ['e3', now + 600_000],
+      ],
+      { missingKeys: 2 },
+    );
+
+    const restored = await (
+      await AggregationCheckpoints.open(store)
+    )
+      .forOwner('item_plays', replica)
+      .restore();
+
+    expect(restored?.extraCounters).toEqual({ missingKeys: 2 });
+    expect(restored?.checkpoint.seenEventIds).toEqual([
+      ['e1', now + 600_000],
+      ['e2', now + 600_000],
+      ['e3', now + 600_000],
+    ]);
+    const again = WindowAggregator.restore(options, restored!.checkpoint);
+    expect(again.read(['i1', 'i2'], now).values).toEqual([2, 1]);
+    expect(
+      again.ingest({ eventId: 'e2', key: 'i1', eventTime: now, values: [undefined] }, now),
+    ).toBe('duplicate');
+  });
+
+  it('restores a checkpoint whose seen ids an earlier version stored as arrays', async () => {
+    const now = Date.now();
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'old', key: 'i1', eventTime: now, values: [undefined] }, now);
+    const documents = await store.collection<{ readonly id: string }>({
+      name: 'aggregation_checkpoints',
+      indexes: [{ fields: ['owner'] }],
+      expireAtField: 'expiresAt',
+    });
+    const owner = `item_plays/${replica}`;
+    await documents.upsert({
+      id: `${owner}/state/1/0`,
+      owner,
+      kind: 'state',
+      generation: 1,
+      data: JSON.stringify({ ...aggregator.checkpoint(), seenEventIds: [] }),
+    } as { readonly id: string });
+    await documents.upsert({
+      id: `${owner}/seen/000000000001`,
+      owner,
+      kind: 'seen',
+      seenSequence: 1,
+      ids: [['old', now + 600_000]],
+      expiresAt: new Date(now + 660_000),
+    } as { readonly id: string });
+    await documents.upsert({
+      id: owner,
+      owner,
+      kind: 'header',
+      generation: 1,
+      chunkCount: 1,
+      seenSequence: 1,
+      checkpointTime: new Date(now),
+      extraCounters: {},
+    } as { readonly id: string });
+
+    const restored = await (
+      await AggregationCheckpoints.open(store)
+    )
+      .forOwner('item_plays', replica)
+      .restore();
+
+    expect(restored?.checkpoint.seenEventIds).toEqual([['old', now + 600_000]]);
+  });
+}
+
+describe('aggregation checkpoints on the embedded store', () => {
+  checkpointSuite(() =>
+    openEmbeddedStore({ path: mkdtempSync(join(tmpdir(), 'tandem-checkpoints-')) }),
+  );
+});
+
+describeWithMongo('aggregation checkpoints on MongoDB', () => {
+  const database = uniqueName('tandem_checkpoints_test');
+
+  afterAll(async () => {
+    const client = new MongoClient(mongodbUri!);
+    try {
+      await client.db(database).dropDatabase();
+    } finally {
+      await client.close();
+    }
+  });
+
+  checkpointSuite(() => openMongoStore({ uri: mongodbUri!, database }));
+});
