@@ -75,7 +75,7 @@ function assignmentMessage(a: TokenAssignment): AssignmentMessage {
 }
 
 /** The generated message for a record (the reference the fast path must equal). */
-export function tokenBody(record: ResolveRecord): ResolveTokenBody {
+function tokenBody(record: ResolveRecord): ResolveTokenBody {
   const uuid = CANONICAL_UUID.test(record.resolveId);
   return {
     unitId: record.unitId,

@@ -25,6 +25,7 @@ import {
 import {
   isPlainCount,
   lengthDelimited,
+  stringSize,
   varintSize,
   writeString,
   writeVarint,
@@ -43,13 +44,7 @@ export function sharedAssignment(message: Assignment): Assignment {
 }
 
 function stringEntrySize(value: string): number {
-  const bytes = value.length < 128 && isAscii(value) ? value.length : Buffer.byteLength(value);
-  return 1 + varintSize(bytes) + bytes;
-}
-
-function isAscii(value: string): boolean {
-  for (let i = 0; i < value.length; i++) if (value.charCodeAt(i) > 127) return false;
-  return true;
+  return 1 + stringSize(value);
 }
 
 function writeStringEntry(buffer: Buffer, offset: number, tag: number, value: string): number {

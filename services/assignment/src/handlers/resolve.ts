@@ -108,8 +108,8 @@ interface Rendered {
 
 /**
  * The evaluator's shared, frozen results rendered once: the message (pre-encoded for the wire, see
- * resolve-response.ts) and the token record (encoded once too, see resolve-token.ts). STICKY results are made per resolve,
- * so they are rendered per resolve and not kept.
+ * resolve-response.ts) and the token record (encoded once too, see resolve-token.ts). STICKY
+ * results are made per resolve, so they are rendered per resolve and not kept.
  */
 const rendered = new WeakMap<ResolvedAssignment, Rendered>();
 

@@ -41,6 +41,17 @@ export function isPlainCount(value: number): boolean {
   return Number.isSafeInteger(value) && value >= 0;
 }
 
+/** Exactly how many bytes {@link writeString} writes for `value` (length prefix included). */
+export function stringSize(value: string): number {
+  const bytes = value.length < 128 && isAscii(value) ? value.length : Buffer.byteLength(value);
+  return varintSize(bytes) + bytes;
+}
+
+function isAscii(value: string): boolean {
+  for (let i = 0; i < value.length; i++) if (value.charCodeAt(i) > 127) return false;
+  return true;
+}
+
 /** At most how many bytes {@link writeString} writes for `value` (length prefix included). */
 export function maxStringSize(value: string): number {
   return 5 + 3 * value.length;
