@@ -26,6 +26,8 @@ export async function startServerProcess(
 ): Promise<ServerProcess> {
   const child: ChildProcess = fork(script, [...args], {
     env: { ...process.env, ...env },
+    // Profiling and similar flags are inherited; the load generator's heap size is not.
+    execArgv: process.execArgv.filter((flag) => !flag.startsWith('--max-semi-space-size')),
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const port = await new Promise<number>((resolve, reject) => {
