@@ -747,7 +747,9 @@ class NatsSubscription<T> implements Subscription {
       abort_on_missing_resource: true,
     });
     this.messages = messages;
-    if (this.isStopping()) await messages.close();
+    // Stopped while consumption was starting: close without awaiting, since close() settles only
+    // once the iterator has been drained, which the loop below does.
+    if (this.isStopping()) void messages.close();
     if (this.parts.mode.kind === 'batch') {
       // Kept after the iterator ends, so that batches still running when the subscription stops
       // are acknowledged as they finish; the next consumption or a rewind replaces it.

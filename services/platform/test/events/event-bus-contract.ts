@@ -266,6 +266,36 @@ export function describeEventBusContract(harness: BusHarness): void {
     expect(first.deliveries).toHaveLength(3);
   });
 
+  it('stops at once when stopped right after subscribing, one by one or in batches', async () => {
+    /** Resolves `stop()` or fails after `ms`, so a hang fails this test, not a later hook. */
+    const stopsWithin = async (subscription: Subscription, ms: number): Promise<void> => {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          reject(new Error(`stop() did not resolve within ${ms} ms`));
+        }, ms);
+      });
+      try {
+        await Promise.race([subscription.stop(), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    const each = consumer();
+    await stopsWithin(await bus.subscribe(each, recorder().handler), 5_000);
+    const batched = consumer({ acknowledgement: 'cumulative' });
+    if (bus.subscribeBatches === undefined) throw new Error('the adapter has no batches');
+    await stopsWithin(await bus.subscribeBatches(batched, () => Promise.resolve()), 5_000);
+
+    // Nothing was lost: the durable hands the next subscriber what was published meanwhile.
+    await publish('exposure', 'a');
+    const next = recorder();
+    await subscribe(each, next.handler);
+    await eventually(() => {
+      expect(messagesOf(next.deliveries)).toEqual(['a']);
+    });
+  });
+
   it('starts a new durable with deliverPolicy new after the events already stored', async () => {
     await publish('exposure', 'old');
     const { handler, deliveries } = recorder();
