@@ -5,6 +5,8 @@
  * buffered, then published.
  */
 import { rmSync } from 'node:fs';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, nanos } from '@nats-io/transport-node';
 import { AllocationMethod } from '../../../gen/ts/tandem/assignment/v1/allocation';
 import {
   CreateExperimentRequest,
@@ -17,7 +19,7 @@ import type { EventBus, Subscription } from '../../platform/src/events/bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { TestNatsServer } from '../../platform/test/support/nats-server';
-import { ALLOCATION_SUBJECT } from '../src/events/streams';
+import { ALLOCATION_SUBJECT, CONFIG_STREAM } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
   eventually,
@@ -70,6 +72,21 @@ describeWithNats('Assignment events on NATS JetStream', () => {
     await service.stop();
     await bus.close();
     rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('names its configuration-change durable after the replica and lets NATS delete it an hour after the replica is gone', async () => {
+    const connection = await connect({ servers: url });
+    try {
+      const manager = await jetstreamManager(connection);
+      const { config } = await manager.consumers.info(
+        CONFIG_STREAM.name,
+        `assignment-config-${service.config.replicaId}`,
+      );
+      expect(config.inactive_threshold).toBe(nanos(3_600_000));
+      expect(config.deliver_policy).toBe('new');
+    } finally {
+      await connection.close();
+    }
   });
 
   it('publishes one exposure per day per experiment and unit, even from a restarted replica', async () => {

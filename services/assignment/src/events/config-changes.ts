@@ -50,6 +50,14 @@ export class ConfigurationChanges {
 }
 
 /**
+ * How long a replica's notification durable outlives the replica: replica ids change with every
+ * pod, so NATS deletes durables idle this long rather than keep one per replica ever started. A
+ * replica cut off from NATS for longer declares its durable again when it reconnects; the periodic
+ * reload covers what it missed.
+ */
+const NOTIFICATION_DURABLE_IDLE_MS = 3_600_000;
+
+/**
  * Reloads on other replicas' notifications. Each replica needs every notification, so each has
  * its own durable (named after the replica id) starting at new events.
  */
@@ -66,6 +74,7 @@ export function followConfigurationChanges(
       filterSubjects: [CONFIG_SUBJECT],
       codec: ConfigChangeEvent,
       deliverPolicy: 'new',
+      inactiveThresholdMs: NOTIFICATION_DURABLE_IDLE_MS,
       initialRetryDelayMs: 100,
       maxRetryDelayMs: 1000,
     },

@@ -73,6 +73,13 @@ export interface ConsumerSpec<T> {
   readonly initialRetryDelayMs?: number;
   /** Upper bound of that back-off. @default 30 s */
   readonly maxRetryDelayMs?: number;
+  /**
+   * How long the durable may go without a subscriber before NATS deletes it: for durables named
+   * after a replica, which would otherwise pile up as replicas come and go. A subscription whose
+   * durable was deleted (an outage longer than this) declares it again. The in-process bus ignores
+   * it: its durables end with the process. @default never deleted
+   */
+  readonly inactiveThresholdMs?: number;
 }
 
 /** One delivery of an event to a handler. */

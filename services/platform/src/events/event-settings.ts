@@ -34,6 +34,8 @@ export interface ConsumerSettings {
   readonly concurrency: number;
   readonly initialRetryDelayMs: number;
   readonly maxRetryDelayMs: number;
+  /** Undefined: the durable is never deleted for inactivity. */
+  readonly inactiveThresholdMs: number | undefined;
 }
 
 /** Stream and durable names become NATS subject tokens, so they cannot hold these. */
@@ -119,6 +121,7 @@ export function consumerSettings(spec: ConsumerSpec<unknown>): ConsumerSettings 
     concurrency: spec.concurrency ?? 1,
     initialRetryDelayMs: spec.initialRetryDelayMs ?? SECOND_MS,
     maxRetryDelayMs: spec.maxRetryDelayMs ?? 30 * SECOND_MS,
+    inactiveThresholdMs: spec.inactiveThresholdMs,
   };
   const violations: FieldViolation[] = [];
   checkName('stream', settings.stream, violations);
@@ -129,6 +132,8 @@ export function consumerSettings(spec: ConsumerSpec<unknown>): ConsumerSettings 
   checkWholeAtLeast('concurrency', settings.concurrency, 1, violations);
   checkWholeAtLeast('initialRetryDelayMs', settings.initialRetryDelayMs, 0, violations);
   checkWholeAtLeast('maxRetryDelayMs', settings.maxRetryDelayMs, 0, violations);
+  if (settings.inactiveThresholdMs !== undefined)
+    checkWholeAtLeast('inactiveThresholdMs', settings.inactiveThresholdMs, 1, violations);
   if (settings.maxRetryDelayMs < settings.initialRetryDelayMs) {
     violations.push({
       field: 'maxRetryDelayMs',

@@ -460,6 +460,7 @@ type DeclaredConsumerConfig = Pick<
   | 'max_ack_pending'
   | 'filter_subject'
   | 'filter_subjects'
+  | 'inactive_threshold'
 >;
 
 function consumerConfigFor(
@@ -477,6 +478,9 @@ function consumerConfigFor(
     // One filter goes in `filter_subject`, which every server version understands.
     ...(serverFilter.length === 1 ? { filter_subject: serverFilter[0] } : {}),
     ...(serverFilter.length > 1 ? { filter_subjects: [...serverFilter] } : {}),
+    ...(settings.inactiveThresholdMs !== undefined
+      ? { inactive_threshold: nanos(settings.inactiveThresholdMs) }
+      : {}),
   };
 }
 
@@ -495,13 +499,16 @@ function consumerChanges(
   const limitsChanged =
     current.ack_wait !== desired.ack_wait ||
     current.max_deliver !== desired.max_deliver ||
-    current.max_ack_pending !== desired.max_ack_pending;
+    current.max_ack_pending !== desired.max_ack_pending ||
+    (current.inactive_threshold ?? 0) !== (desired.inactive_threshold ?? 0);
   if (!filtersChanged && !limitsChanged) return undefined;
   const filters = filtersOf(desired);
   return {
     ack_wait: desired.ack_wait,
     max_deliver: desired.max_deliver,
     max_ack_pending: desired.max_ack_pending,
+    // Zero removes a threshold.
+    inactive_threshold: desired.inactive_threshold ?? 0,
     // An empty `filter_subject` clears a filter; only sent when filters change, as servers
     // before 2.10 refuse any filter change.
     ...(filtersChanged && filters.length <= 1 ? { filter_subject: filters[0] ?? '' } : {}),

@@ -41,7 +41,14 @@ describe('consumerSettings', () => {
   it('reports every invalid field at once', () => {
     let caught: unknown;
     try {
-      consumerSettings({ stream: 'a.b', durable: '', codec, maxDeliver: 0, concurrency: 1.5 });
+      consumerSettings({
+        stream: 'a.b',
+        durable: '',
+        codec,
+        maxDeliver: 0,
+        concurrency: 1.5,
+        inactiveThresholdMs: 0,
+      });
     } catch (error) {
       caught = error;
     }
@@ -51,6 +58,17 @@ describe('consumerSettings', () => {
       'durable',
       'maxDeliver',
       'concurrency',
+      'inactiveThresholdMs',
     ]);
+  });
+
+  it('leaves a durable without an inactivity threshold unless the spec sets one', () => {
+    expect(consumerSettings({ stream: 'S', durable: 'd', codec }).inactiveThresholdMs).toBe(
+      undefined,
+    );
+    expect(
+      consumerSettings({ stream: 'S', durable: 'd', codec, inactiveThresholdMs: 60_000 })
+        .inactiveThresholdMs,
+    ).toBe(60_000);
   });
 });

@@ -111,6 +111,69 @@ describeWithNats('NATS JetStream event bus', () => {
       await waitFor(() => second.stats().acked === 1);
       expect(delivered).toEqual(['a', 'b']);
     });
+
+    /** Whether the durable exists on the server. */
+    async function exists(durable: string): Promise<boolean> {
+      try {
+        await manager.consumers.info(stream, durable);
+        return true;
+      } catch {
+        return false;
+      }
+    }
+
+    it('keeps a durable with an inactivity threshold while subscribed, and NATS deletes it once idle that long', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      const delivered: string[] = [];
+      const subscription = await bus.subscribe(
+        { stream, durable: 'replica-1', codec: EchoRequest, inactiveThresholdMs: 1_000 },
+        (d) => {
+          delivered.push(d.event.message);
+          return Promise.resolve();
+        },
+      );
+      expect((await manager.consumers.info(stream, 'replica-1')).config.inactive_threshold).toBe(
+        nanos(1_000),
+      );
+      // Twice the threshold with a subscriber but no events: still there, still delivering.
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      expect(await exists('replica-1')).toBe(true);
+      await bus.publish(
+        `${stream}.change`,
+        EchoRequest,
+        { message: 'a', failWithCode: 0, requireMessage: false },
+        { eventId: 'a' },
+      );
+      await waitFor(() => subscription.stats().acked === 1);
+      expect(delivered).toEqual(['a']);
+
+      await subscription.stop();
+      const deadline = Date.now() + 15_000;
+      while ((await exists('replica-1')) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      expect(await exists('replica-1')).toBe(false);
+    });
+
+    it('adds an inactivity threshold to an existing durable, and removes it again', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      const spec = { stream, durable: 'replica-2', codec: EchoRequest };
+      const handler = (): Promise<void> => Promise.resolve();
+      await (await bus.subscribe(spec, handler)).stop();
+      expect(
+        (await manager.consumers.info(stream, 'replica-2')).config.inactive_threshold ?? 0,
+      ).toBe(0);
+
+      await (await bus.subscribe({ ...spec, inactiveThresholdMs: 60_000 }, handler)).stop();
+      expect((await manager.consumers.info(stream, 'replica-2')).config.inactive_threshold).toBe(
+        nanos(60_000),
+      );
+
+      await (await bus.subscribe(spec, handler)).stop();
+      expect(
+        (await manager.consumers.info(stream, 'replica-2')).config.inactive_threshold ?? 0,
+      ).toBe(0);
+    });
   });
 
   describe('cumulative acknowledgement', () => {
