@@ -44,47 +44,56 @@ async function main(): Promise<void> {
   const shutdown = new Shutdown(logger);
   shutdown.addFinal('telemetry', () => telemetry.shutdown());
 
-  const bus = await connectDevBus(
-    config.assignment.platform.natsUrl ?? config.localNatsUrl,
-    logger,
-  );
-  shutdown.add('event bus', () => bus.close());
+  const deadlineMs = config.assignment.platform.grpc.shutdownTimeoutMs + 5000;
+  try {
+    const bus = await connectDevBus(
+      config.assignment.platform.natsUrl ?? config.localNatsUrl,
+      logger,
+    );
+    shutdown.add('event bus', () => bus.close());
 
-  const assignment = await bootstrap(config.assignment.platform, {
-    sharedBus: bus,
-    logger: createLogger({ service: 'assignment', level: config.assignment.platform.logLevel }),
-  });
-  shutdown.add('assignment', () =>
-    assignment.shutdown.run(config.assignment.platform.grpc.shutdownTimeoutMs),
-  );
-  await startAssignment(assignment, config.assignment);
-  const assignmentPort = await assignment.serve();
-
-  const featurestore = await bootstrap(config.featurestore.platform, {
-    sharedBus: bus,
-    logger: createLogger({ service: 'featurestore', level: config.featurestore.platform.logLevel }),
-  });
-  shutdown.add('featurestore', () =>
-    featurestore.shutdown.run(config.featurestore.platform.grpc.shutdownTimeoutMs),
-  );
-  await startFeatureStore(featurestore, config.featurestore);
-  const featurestorePort = await featurestore.serve();
-
-  logger.info(
-    { assignment: `localhost:${assignmentPort}`, featurestore: `localhost:${featurestorePort}` },
-    'Tandem is up',
-  );
-  shutdown.onSignals(config.assignment.platform.grpc.shutdownTimeoutMs + 5000);
-
-  if (config.simulate) {
-    await runSimulator({
-      assignmentAddress: `127.0.0.1:${assignmentPort}`,
-      featurestoreAddress: `127.0.0.1:${featurestorePort}`,
-      bus,
-      logger: logger.child({ component: 'simulator' }),
-      ratePerSecond: config.simulatedRate,
-      adminToken: config.assignment.platform.adminToken,
+    const assignment = await bootstrap(config.assignment.platform, {
+      sharedBus: bus,
+      logger: createLogger({ service: 'assignment', level: config.assignment.platform.logLevel }),
     });
+    shutdown.add('assignment', () =>
+      assignment.shutdown.run(config.assignment.platform.grpc.shutdownTimeoutMs),
+    );
+    await startAssignment(assignment, config.assignment);
+    const assignmentPort = await assignment.serve();
+
+    const featurestore = await bootstrap(config.featurestore.platform, {
+      sharedBus: bus,
+      logger: createLogger({
+        service: 'featurestore',
+        level: config.featurestore.platform.logLevel,
+      }),
+    });
+    shutdown.add('featurestore', () =>
+      featurestore.shutdown.run(config.featurestore.platform.grpc.shutdownTimeoutMs),
+    );
+    await startFeatureStore(featurestore, config.featurestore);
+    const featurestorePort = await featurestore.serve();
+
+    logger.info(
+      { assignment: `localhost:${assignmentPort}`, featurestore: `localhost:${featurestorePort}` },
+      'Tandem is up',
+    );
+    shutdown.onSignals(deadlineMs);
+
+    if (config.simulate) {
+      await runSimulator({
+        assignmentAddress: `127.0.0.1:${assignmentPort}`,
+        featurestoreAddress: `127.0.0.1:${featurestorePort}`,
+        bus,
+        logger: logger.child({ component: 'simulator' }),
+        ratePerSecond: config.simulatedRate,
+        adminToken: config.assignment.platform.adminToken,
+      });
+    }
+  } catch (error) {
+    // Stores may be open: close everything before exiting rather than exit from under a write.
+    await shutdown.abortStartup(error, deadlineMs);
   }
 }
 

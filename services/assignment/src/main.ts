@@ -17,9 +17,16 @@ async function main(): Promise<void> {
   });
   const runtime = await bootstrap(config.platform);
   runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
-  await startAssignment(runtime, config);
-  await runtime.serve();
-  runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs + 5000);
+  const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5000;
+  try {
+    await startAssignment(runtime, config);
+    await runtime.serve();
+  } catch (error) {
+    // Storage is open by now: close it before exiting rather than exit from under a write.
+    await runtime.shutdown.abortStartup(error, deadlineMs);
+    return;
+  }
+  runtime.shutdown.onSignals(deadlineMs);
 }
 
 main().catch((error: unknown) => {

@@ -11,12 +11,20 @@ async function main(): Promise<void> {
   const config = readFeatureStoreConfig(process.env);
   const runtime = await bootstrap(config.platform);
   runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
-  await startFeatureStore(runtime, config);
-  const port = await runtime.serve();
-  runtime.logger.info({ port }, 'featurestore serving');
   // In-flight calls may take the gRPC server's whole timeout; the last aggregation checkpoints
   // and closing the store need a little more.
-  runtime.shutdown.onSignals(config.platform.grpc.shutdownTimeoutMs + 5_000);
+  const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5_000;
+  try {
+    await startFeatureStore(runtime, config);
+    const port = await runtime.serve();
+    runtime.logger.info({ port }, 'featurestore serving');
+  } catch (error) {
+    // Storage is open and aggregations may be checkpointing: close them before exiting rather
+    // than exit from under a write.
+    await runtime.shutdown.abortStartup(error, deadlineMs);
+    return;
+  }
+  runtime.shutdown.onSignals(deadlineMs);
 }
 
 main().catch((error: unknown) => {

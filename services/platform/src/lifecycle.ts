@@ -67,6 +67,27 @@ export class Shutdown {
     }
   }
 
+  /**
+   * Ends a process whose start-up failed after resources were opened: runs the steps registered
+   * so far, as `runAndEnd` does (so the embedded store is closed, not exited from mid-write), and
+   * exits with 1 even when they all succeed.
+   */
+  async abortStartup(
+    error: unknown,
+    deadlineMs: number,
+    end: ProcessEnd = PROCESS_END,
+  ): Promise<void> {
+    this.logger.error({ err: error }, 'start-up failed; closing what was opened');
+    await this.runAndEnd(deadlineMs, {
+      exit: () => {
+        end.exit(1);
+      },
+      kill: () => {
+        end.kill();
+      },
+    });
+  }
+
   private async runSteps(deadlineMs: number): Promise<void> {
     const deadline = Date.now() + deadlineMs;
     let failed = false;

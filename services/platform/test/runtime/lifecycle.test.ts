@@ -80,4 +80,41 @@ describe('Shutdown', () => {
       expect(ends).toEqual(['kill']);
     });
   });
+
+  describe('abortStartup', () => {
+    it('closes what start-up opened, in reverse, and exits with 1 even when closing succeeds', async () => {
+      const order: string[] = [];
+      const shutdown = new Shutdown(logger);
+      shutdown.add('event bus', () => {
+        order.push('event bus');
+        return Promise.resolve();
+      });
+      shutdown.add('storage', () => {
+        order.push('storage');
+        return Promise.resolve();
+      });
+      const ends: string[] = [];
+
+      await shutdown.abortStartup(new Error('port in use'), 1000, {
+        exit: (code) => ends.push(`exit ${code}`),
+        kill: () => ends.push('kill'),
+      });
+
+      expect(order).toEqual(['storage', 'event bus']);
+      expect(ends).toEqual(['exit 1']);
+    });
+
+    it('kills the process when closing overruns, as runAndEnd does', async () => {
+      const shutdown = new Shutdown(logger);
+      shutdown.add('storage', () => new Promise<void>(() => undefined));
+      const ends: string[] = [];
+
+      await shutdown.abortStartup(new Error('port in use'), 100, {
+        exit: (code) => ends.push(`exit ${code}`),
+        kill: () => ends.push('kill'),
+      });
+
+      expect(ends).toEqual(['kill']);
+    });
+  });
 });
