@@ -31,10 +31,10 @@ import {
 } from '../gen/ts/tandem/featurestore/v1/feature_view';
 import {
   AggregationState,
-  FeatureStoreServiceService,
   type FeatureRow,
 } from '../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../gen/ts/tandem/featurestore/v1/value';
+import { FeatureStoreClientDefinition } from '../services/featurestore/src/online-response-decoder';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
 import { createClient } from '../services/platform/src/grpc/client';
 import { formatRow, runLoad, type LoadResult } from './support/load';
@@ -169,7 +169,7 @@ async function main(): Promise<void> {
 
   // ---- FeatureStore, filled through WriteFeatures ----
   const store = await startServerProcess(join(__dirname, 'support', 'featurestore-server.js'));
-  const fs = createClient(FeatureStoreServiceService, {
+  const fs = createClient(FeatureStoreClientDefinition, {
     address: store.address,
     credentials: credentials.createInsecure(),
     defaultTimeoutMs: 30_000,
@@ -440,7 +440,7 @@ async function streaming(): Promise<void> {
       [],
       { NATS_URL: url, TANDEM_FEATURESTORE_REPLICA_ID: `bench${round}` },
     );
-    const fs = createClient(FeatureStoreServiceService, {
+    const fs = createClient(FeatureStoreClientDefinition, {
       address: server.address,
       credentials: credentials.createInsecure(),
       defaultTimeoutMs: 30_000,

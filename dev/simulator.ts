@@ -14,11 +14,9 @@ import {
 } from '../gen/ts/tandem/assignment/v1/experiment';
 import { OutcomeEvent } from '../gen/ts/tandem/events/v1/outcome_event';
 import { AggregationFunction, AggregationKey } from '../gen/ts/tandem/featurestore/v1/feature_view';
-import {
-  FeatureStatus,
-  FeatureStoreServiceService,
-} from '../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { FeatureStatus } from '../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType, type FeatureValue } from '../gen/ts/tandem/featurestore/v1/value';
+import { FeatureStoreClientDefinition } from '../services/featurestore/src/online-response-decoder';
 import { AlreadyExistsError } from '../services/platform/src/errors';
 import type { EventBus } from '../services/platform/src/events/bus';
 import { createClient } from '../services/platform/src/grpc/client';
@@ -50,7 +48,7 @@ export async function runSimulator(options: SimulatorOptions): Promise<void> {
     credentials: insecure,
     metadata,
   });
-  const features = createClient(FeatureStoreServiceService, {
+  const features = createClient(FeatureStoreClientDefinition, {
     address: options.featurestoreAddress,
     credentials: insecure,
     metadata,
@@ -119,7 +117,7 @@ export async function runSimulator(options: SimulatorOptions): Promise<void> {
 }
 
 type AssignmentClient = ReturnType<typeof createClient<typeof AssignmentServiceService>>;
-type FeatureStoreClient = ReturnType<typeof createClient<typeof FeatureStoreServiceService>>;
+type FeatureStoreClient = ReturnType<typeof createClient<typeof FeatureStoreClientDefinition>>;
 
 /** Creates the layer, experiment and feature views unless they exist (a restart keeps them). */
 async function configure(

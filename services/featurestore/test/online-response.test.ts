@@ -1,15 +1,23 @@
 /**
  * The hand-written GetOnlineFeatures encoder against the generated one: for many random replies
  * (push and stream columns, every value shape and status, odd times, omitted event times), the
- * bytes are the generated encoder's bytes, and they decode to the same message.
+ * bytes are the generated encoder's bytes, and they decode to the same message. The client-side
+ * decoder against the generated decoder: the same message for the same bytes, including bytes no
+ * Tandem server writes (unknown fields, unpacked statuses, timestamps in other encodings).
  */
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import fc from 'fast-check';
 import {
+  FeatureStatus as FeatureStatusMessage,
   FeatureStoreServiceService,
   GetOnlineFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { FeatureStatus, ValueType } from '../src/domain/feature-values';
+import {
+  decodeOnlineFeaturesResponse,
+  FeatureStoreClientDefinition,
+} from '../src/online-response-decoder';
 import {
   encodeEventTimes,
   FeatureStoreServiceDefinition,
@@ -179,5 +187,145 @@ describe('the GetOnlineFeatures encoder', () => {
     const method = FeatureStoreServiceDefinition.getOnlineFeatures;
     expect(method.path).toBe(FeatureStoreServiceService.getOnlineFeatures.path);
     expect(method.responseSerialize(r)).toEqual(method.responseSerialize(r.toMessage()));
+  });
+});
+
+describe('the GetOnlineFeatures client decoder', () => {
+  /** Dates as their time, so that two invalid dates (NaN) compare equal. */
+  function comparable(response: GetOnlineFeaturesResponse): unknown {
+    return {
+      ...response,
+      columns: response.columns.map((c) => ({
+        ...c,
+        eventTimes: c.eventTimes.map((d) => ({ date: d instanceof Date ? d.getTime() : d })),
+      })),
+    };
+  }
+
+  /** Both decoders' results, or that both threw. */
+  function expectSameDecoding(bytes: Uint8Array): void {
+    let expected: GetOnlineFeaturesResponse;
+    try {
+      expected = GetOnlineFeaturesResponse.decode(bytes);
+    } catch {
+      expect(() => decodeOnlineFeaturesResponse(bytes)).toThrow();
+      return;
+    }
+    expect(comparable(decodeOnlineFeaturesResponse(bytes))).toStrictEqual(comparable(expected));
+  }
+
+  it('decodes random replies exactly as the generated decoder does', () => {
+    fc.assert(
+      fc.property(reply, (r) => {
+        let bytes: Buffer;
+        try {
+          bytes = r.encode();
+        } catch {
+          return; // a value the encoders refuse (see above)
+        }
+        expectSameDecoding(bytes);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  /** A column written field by field, as another implementation might. */
+  function column(write: (w: BinaryWriter) => void): Uint8Array {
+    const w = new BinaryWriter();
+    w.uint32(18).fork();
+    write(w);
+    w.join();
+    return w.finish();
+  }
+
+  const timestamp = fc.record({
+    order: fc.constantFrom('seconds first', 'nanos first', 'seconds only', 'nanos only', 'empty'),
+    seconds: fc.oneof(
+      fc.integer({ min: 0, max: 4_102_444_800 }),
+      fc.integer({ min: -100_000_000_000, max: -1 }),
+      fc.constantFrom(2 ** 49 - 1, 2 ** 49, Number.MAX_SAFE_INTEGER),
+    ),
+    nanos: fc.oneof(
+      fc.integer({ min: 0, max: 999_999_999 }),
+      fc.constantFrom(2 ** 28, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 5, -1),
+    ),
+  });
+
+  /** Nanos as a varint, also beyond int32 (which only a foreign writer would send). */
+  function writeNanos(w: BinaryWriter, nanos: number): void {
+    w.uint32(16);
+    if (nanos >= 2 ** 31) w.uint64(nanos);
+    else w.int32(nanos);
+  }
+
+  it('reads timestamps in any field order and size, and unpacked statuses and unknown fields, as the generated decoder does', () => {
+    fc.assert(
+      fc.property(
+        fc.array(timestamp, { maxLength: 6 }),
+        fc.array(fc.integer({ min: -2, max: 6 }), { maxLength: 6 }),
+        fc.boolean(),
+        fc.double(),
+        (times, statuses, unknownFields, value) => {
+          const bytes = column((w) => {
+            if (unknownFields) w.uint32(7 << 3).uint64(12345);
+            w.uint32(10).fork().uint32(9).double(value).join();
+            w.uint32(10).fork().uint32(16).int64(-3).join();
+            for (const status of statuses) w.uint32(16).int32(status);
+            for (const t of times) {
+              w.uint32(26).fork();
+              if (t.order === 'nanos first') writeNanos(w, t.nanos);
+              if (
+                t.order === 'seconds first' ||
+                t.order === 'nanos first' ||
+                t.order === 'seconds only'
+              )
+                w.uint32(8).int64(t.seconds);
+              if (t.order === 'seconds first' || t.order === 'nanos only') writeNanos(w, t.nanos);
+              if (unknownFields) w.uint32((9 << 3) | 2).string('ignored');
+              w.join();
+            }
+            if (unknownFields) w.uint32((15 << 3) | 5).fixed32(7);
+          });
+          expectSameDecoding(bytes);
+        },
+      ),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it('refuses truncated responses, as the generated decoder does', () => {
+    const full = GetOnlineFeaturesResponse.encode({
+      metadata: { featureNames: ['v:f'], readTime: new Date(1_767_225_601_000), asOf: undefined },
+      columns: [
+        {
+          values: [{ kind: { $case: 'doubleValue', value: 0.25 } }],
+          statuses: [FeatureStatusMessage.FEATURE_STATUS_PRESENT],
+          eventTimes: [new Date(1_767_225_600_123)],
+        },
+      ],
+    }).finish();
+    for (let length = 1; length < full.length; length++) {
+      expectSameDecoding(full.subarray(0, length));
+    }
+  });
+
+  it('is what the client definition deserializes GetOnlineFeatures with', () => {
+    const method = FeatureStoreClientDefinition.getOnlineFeatures;
+    expect(method.path).toBe(FeatureStoreServiceService.getOnlineFeatures.path);
+    const bytes = Buffer.from(
+      GetOnlineFeaturesResponse.encode({
+        metadata: undefined,
+        columns: [
+          {
+            values: [],
+            statuses: [FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND],
+            eventTimes: [new Date(0)],
+          },
+        ],
+      }).finish(),
+    );
+    expect(method.responseDeserialize(bytes)).toStrictEqual(
+      GetOnlineFeaturesResponse.decode(bytes),
+    );
   });
 });
