@@ -1,6 +1,8 @@
 /**
  * The start-up every service shares, in the order DESIGN.md gives: config → logger → event bus →
- * storage → gRPC server (health NOT_SERVING). The service then registers its handlers and
+ * storage → gRPC server (health NOT_SERVING). The gRPC server object is made first, unbound: it
+ * reads the TLS files and the reflection descriptor set, so a bad path fails before anything is
+ * opened. The service then registers its handlers and
  * consumers, loads what it serves from memory, and calls `serve()`: bind (checking the error),
  * SERVING. Each resource registers its shutdown step as it is created, so shutdown is the same
  * list in reverse: health NOT_SERVING → drain in-flight calls → stop consumers and drain NATS →
@@ -54,6 +56,17 @@ export async function bootstrap(
     options.logger ?? createLogger({ service: config.service, level: config.logLevel });
   const shutdown = new Shutdown(logger);
 
+  // What can fail on configuration alone (TLS files, the reflection descriptor set) comes before
+  // anything is opened, so such a failure never exits from under an open store.
+  const server = new GrpcServer({
+    logger,
+    credentials: serverCredentials(config.tls),
+    maxMessageBytes: config.grpc.maxMessageBytes,
+    keepaliveTimeMs: config.grpc.keepaliveTimeMs,
+    keepaliveTimeoutMs: config.grpc.keepaliveTimeoutMs,
+  });
+  const clientCredentials = channelCredentials(config.tls);
+
   const bus = options.sharedBus ?? (await connectBus(config, logger));
   if (!options.sharedBus) shutdown.add('event bus', () => bus.close());
 
@@ -64,14 +77,6 @@ export async function bootstrap(
   });
   shutdown.add('storage', () => store.close());
   logger.info({ storage: store.kind, bus: bus.kind }, 'dependencies connected');
-
-  const server = new GrpcServer({
-    logger,
-    credentials: serverCredentials(config.tls),
-    maxMessageBytes: config.grpc.maxMessageBytes,
-    keepaliveTimeMs: config.grpc.keepaliveTimeMs,
-    keepaliveTimeoutMs: config.grpc.keepaliveTimeoutMs,
-  });
   shutdown.add('gRPC server', () => server.shutdown(config.grpc.shutdownTimeoutMs));
 
   return {
@@ -81,7 +86,7 @@ export async function bootstrap(
     store,
     server,
     auth: bearerTokenAuth(config.adminToken),
-    clientCredentials: channelCredentials(config.tls),
+    clientCredentials,
     shutdown,
     async serve() {
       const port = await server.listen(config.grpc.host, config.grpc.port);
