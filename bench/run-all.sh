@@ -9,7 +9,7 @@ for bench in dist/bench/*.bench.js; do
   name=$(basename "$bench" .bench.js)
   if [ -n "${BENCH:-}" ] && [[ "$name" != *"$BENCH"* ]]; then continue; fi
   printf '\n##### %s\n' "$name"
-  # The load generator (this process) gets a larger young generation; the servers it forks run
+  # The benchmark process (the load generator) gets a larger young generation; the servers it forks run
   # with the default heap, as in production (see bench/support/server-process.ts). Node's HTTP/2
   # client keeps part of every call alive through young-generation collections, so with the
   # default size its own multi-millisecond pauses land in every peer's tail latency.

@@ -27,7 +27,7 @@ export async function startServerProcess(
   const child: ChildProcess = fork(script, [...args], {
     env: { ...process.env, ...env },
     // Profiling and similar flags are inherited; the load generator's heap size is not.
-    execArgv: process.execArgv.filter((flag) => !flag.startsWith('--max-semi-space-size')),
+    execArgv: process.execArgv.filter((flag) => !/^--max[-_]semi[-_]space[-_]size/.test(flag)),
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const port = await new Promise<number>((resolve, reject) => {
