@@ -30,9 +30,13 @@ function dateOf(seconds: number, nanos: number): Date {
   return new Date(millis);
 }
 
+/** Where the varint {@link shortVarint} last read ends (a field, to spare an object per call). */
+let varintEnd = 0;
+
 /**
- * A varint of at most `maxBytes` bytes at `pos`, or -1 when it is longer (the caller then takes
- * the generated path, which also handles negative and out-of-range numbers).
+ * A varint of at most `maxBytes` bytes at `pos`, ending before `end`, with {@link varintEnd} set
+ * after it; -1 when it is longer (the caller then takes the generated path, which also handles
+ * negative and out-of-range numbers).
  */
 function shortVarint(bytes: Uint8Array, pos: number, end: number, maxBytes: number): number {
   let value = 0;
@@ -40,17 +44,13 @@ function shortVarint(bytes: Uint8Array, pos: number, end: number, maxBytes: numb
   for (let i = 0; i < maxBytes && pos + i < end; i++) {
     const byte = bytes[pos + i] ?? 0;
     value += (byte & 0x7f) * scale;
-    if (byte < 0x80) return value;
+    if (byte < 0x80) {
+      varintEnd = pos + i + 1;
+      return value;
+    }
     scale *= 128;
   }
   return -1;
-}
-
-/** Bytes the varint at `pos` takes (at most 10). */
-function varintLength(bytes: Uint8Array, pos: number): number {
-  let length = 1;
-  while (length < 10 && ((bytes[pos + length - 1] ?? 0) & 0x80) !== 0) length++;
-  return length;
 }
 
 /**
@@ -67,14 +67,14 @@ function eventTime(reader: BinaryReader, bytes: Uint8Array, end: number): Date {
   else if (pos < end && bytes[pos] === 8) {
     // 7 varint bytes hold 49 bits: whole seconds far beyond any date, and always a safe integer.
     seconds = shortVarint(bytes, pos + 1, end, 7);
-    if (seconds >= 0) pos += 1 + varintLength(bytes, pos + 1);
+    if (seconds >= 0) pos = varintEnd;
   }
   if (seconds >= 0 && pos < end && bytes[pos] === 16) {
     // 5 varint bytes hold every valid nanos value (< 10^9); beyond int32 (which the generated
     // decoder wraps) and negative values take the generated path.
     nanos = shortVarint(bytes, pos + 1, end, 5);
     if (nanos >= 2 ** 31) nanos = -1;
-    if (nanos >= 0) pos += 1 + varintLength(bytes, pos + 1);
+    if (nanos >= 0) pos = varintEnd;
   }
   if (seconds >= 0 && nanos >= 0 && pos === end) {
     reader.pos = end;
