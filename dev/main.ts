@@ -45,6 +45,8 @@ async function main(): Promise<void> {
   shutdown.addFinal('telemetry', () => telemetry.shutdown());
 
   const deadlineMs = config.assignment.platform.grpc.shutdownTimeoutMs + 5000;
+  // A signal at any point closes what is open so far (Ctrl-C while the simulator sets up, too).
+  shutdown.onSignals(deadlineMs);
   try {
     const bus = await connectDevBus(
       config.assignment.platform.natsUrl ?? config.localNatsUrl,
@@ -79,7 +81,6 @@ async function main(): Promise<void> {
       { assignment: `localhost:${assignmentPort}`, featurestore: `localhost:${featurestorePort}` },
       'Tandem is up',
     );
-    shutdown.onSignals(deadlineMs);
 
     if (config.simulate) {
       await runSimulator({

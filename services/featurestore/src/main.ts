@@ -14,6 +14,8 @@ async function main(): Promise<void> {
   // In-flight calls may take the gRPC server's whole timeout; the last aggregation checkpoints
   // and closing the store need a little more.
   const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5_000;
+  // From here on a signal closes what is open, also while views are still loading or backfilling.
+  runtime.shutdown.onSignals(deadlineMs);
   try {
     await startFeatureStore(runtime, config);
     const port = await runtime.serve();
@@ -22,9 +24,7 @@ async function main(): Promise<void> {
     // Storage is open and aggregations may be checkpointing: close them before exiting rather
     // than exit from under a write.
     await runtime.shutdown.abortStartup(error, deadlineMs);
-    return;
   }
-  runtime.shutdown.onSignals(deadlineMs);
 }
 
 main().catch((error: unknown) => {

@@ -33,7 +33,11 @@ export class Shutdown {
     return this.running;
   }
 
-  /** Runs `runAndEnd(deadlineMs)` on SIGTERM or SIGINT. */
+  /**
+   * Runs `runAndEnd(deadlineMs)` on SIGTERM or SIGINT. Entry points call it as soon as there is
+   * something to close, before start-up finishes: a signal during start-up then closes what was
+   * opened so far (see `abortStartup`) instead of killing the process with Node's default action.
+   */
   onSignals(deadlineMs: number): void {
     const handler = (signal: NodeJS.Signals): void => {
       this.logger.info({ signal }, 'shutting down');
@@ -70,13 +74,23 @@ export class Shutdown {
   /**
    * Ends a process whose start-up failed after resources were opened: runs the steps registered
    * so far, as `runAndEnd` does (so the embedded store is closed, not exited from mid-write), and
-   * exits with 1 even when they all succeed.
+   * exits with 1 even when they all succeed. When a shutdown is already running (a signal arrived
+   * during start-up), the error is its consequence: this waits for it and leaves ending the
+   * process to it.
    */
   async abortStartup(
     error: unknown,
     deadlineMs: number,
     end: ProcessEnd = PROCESS_END,
   ): Promise<void> {
+    if (this.running !== undefined) {
+      // A signal arrived during start-up and its shutdown closed what start-up was using: the
+      // error is a consequence of stopping, not a failure. Whoever started the shutdown ends the
+      // process (the signal handler, with 0 when every step succeeded).
+      this.logger.info({ err: error }, 'start-up interrupted by shutdown');
+      await this.running.catch(() => undefined);
+      return;
+    }
     this.logger.error({ err: error }, 'start-up failed; closing what was opened');
     await this.runAndEnd(deadlineMs, {
       exit: () => {

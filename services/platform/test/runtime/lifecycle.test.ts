@@ -104,6 +104,37 @@ describe('Shutdown', () => {
       expect(ends).toEqual(['exit 1']);
     });
 
+    it('leaves ending the process to a shutdown already running, after waiting for it', async () => {
+      const order: string[] = [];
+      const shutdown = new Shutdown(logger);
+      let closeStorage = (): void => undefined;
+      shutdown.add('storage', () => {
+        order.push('storage');
+        return new Promise<void>((resolve) => {
+          closeStorage = resolve;
+        });
+      });
+      const ends: string[] = [];
+      const end = {
+        exit: (code: number) => ends.push(`exit ${code}`),
+        kill: () => ends.push('kill'),
+      };
+      // A signal arrives during start-up, then start-up fails because its storage is closing.
+      const signalled = shutdown.runAndEnd(1000, end);
+      let aborted = false;
+      const aborting = shutdown
+        .abortStartup(new Error('store is closed'), 1000, end)
+        .then(() => (aborted = true));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(aborted).toBe(false);
+
+      closeStorage();
+      await Promise.all([signalled, aborting]);
+
+      expect(order).toEqual(['storage']);
+      expect(ends).toEqual(['exit 0']);
+    });
+
     it('kills the process when closing overruns, as runAndEnd does', async () => {
       const shutdown = new Shutdown(logger);
       shutdown.add('storage', () => new Promise<void>(() => undefined));
