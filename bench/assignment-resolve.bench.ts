@@ -29,6 +29,8 @@ const LAYERS = 50;
 interface Measured {
   readonly result: LoadResult;
   readonly serverCpuUsPerCall: number;
+  /** The load generator's CPU per call (this process: encoding, HTTP/2, decoding, GC). */
+  readonly clientCpuUsPerCall: number;
 }
 
 async function measure(
@@ -37,10 +39,17 @@ async function measure(
   concurrency: number,
 ): Promise<Measured> {
   const cpuBefore = await server.cpuMicros();
+  const clientBefore = process.cpuUsage();
   const result = await runLoad(call, { concurrency, durationMs });
+  const client = process.cpuUsage(clientBefore);
   const cpuAfter = await server.cpuMicros();
-  // Includes warm-up calls in the CPU window; the same for both servers.
-  return { result, serverCpuUsPerCall: (cpuAfter - cpuBefore) / Math.max(1, result.calls) };
+  // Both include warm-up calls in the CPU window; the same for both servers.
+  const calls = Math.max(1, result.calls);
+  return {
+    result,
+    serverCpuUsPerCall: (cpuAfter - cpuBefore) / calls,
+    clientCpuUsPerCall: (client.user + client.system) / calls,
+  };
 }
 
 function median(values: readonly number[]): number {
@@ -52,7 +61,7 @@ function median(values: readonly number[]): number {
 }
 
 function line(label: string, measured: Measured): string {
-  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call`;
+  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call, client ~${measured.clientCpuUsPerCall.toFixed(0)}`;
 }
 
 async function main(): Promise<void> {
