@@ -44,10 +44,14 @@ async function main(): Promise<void> {
   const shutdown = new Shutdown(logger);
   shutdown.addFinal('telemetry', () => telemetry.shutdown());
 
-  const deadlineMs = config.assignment.platform.grpc.shutdownTimeoutMs + 5000;
-  // A signal at any point closes what is open so far (Ctrl-C while the simulator sets up, too).
-  shutdown.onSignals(deadlineMs);
-  try {
+  // The two services drain one after the other, each within its own timeout.
+  const deadlineMs =
+    config.assignment.platform.grpc.shutdownTimeoutMs +
+    config.featurestore.platform.grpc.shutdownTimeoutMs +
+    5000;
+  // A signal at any point closes what is open so far (Ctrl-C while the simulator sets up, too), and
+  // a failure closes it too, rather than exit from under a store write.
+  await shutdown.startUp(deadlineMs, async () => {
     const bus = await connectDevBus(
       config.assignment.platform.natsUrl ?? config.localNatsUrl,
       logger,
@@ -92,10 +96,7 @@ async function main(): Promise<void> {
         adminToken: config.assignment.platform.adminToken,
       });
     }
-  } catch (error) {
-    // Stores may be open: close everything before exiting rather than exit from under a write.
-    await shutdown.abortStartup(error, deadlineMs);
-  }
+  });
 }
 
 main().catch((error: unknown) => {

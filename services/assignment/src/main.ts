@@ -18,15 +18,12 @@ async function main(): Promise<void> {
   const runtime = await bootstrap(config.platform);
   runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5000;
-  // From here on a signal closes what is open, also while the configuration is still loading.
-  runtime.shutdown.onSignals(deadlineMs);
-  try {
+  // Storage is open by now: a signal or a failure from here on closes it rather than exit from
+  // under a write.
+  await runtime.shutdown.startUp(deadlineMs, async () => {
     await startAssignment(runtime, config);
     await runtime.serve();
-  } catch (error) {
-    // Storage is open by now: close it before exiting rather than exit from under a write.
-    await runtime.shutdown.abortStartup(error, deadlineMs);
-  }
+  });
 }
 
 main().catch((error: unknown) => {

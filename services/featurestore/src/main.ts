@@ -14,17 +14,14 @@ async function main(): Promise<void> {
   // In-flight calls may take the gRPC server's whole timeout; the last aggregation checkpoints
   // and closing the store need a little more.
   const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5_000;
-  // From here on a signal closes what is open, also while views are still loading or backfilling.
-  runtime.shutdown.onSignals(deadlineMs);
-  try {
+  // Storage is open and aggregations may be checkpointing: a signal or a failure from here on
+  // (also while views are still loading or backfilling) closes them rather than exit from under a
+  // write.
+  await runtime.shutdown.startUp(deadlineMs, async () => {
     await startFeatureStore(runtime, config);
     const port = await runtime.serve();
     runtime.logger.info({ port }, 'featurestore serving');
-  } catch (error) {
-    // Storage is open and aggregations may be checkpointing: close them before exiting rather
-    // than exit from under a write.
-    await runtime.shutdown.abortStartup(error, deadlineMs);
-  }
+  });
 }
 
 main().catch((error: unknown) => {

@@ -14,7 +14,11 @@ export class Shutdown {
 
   constructor(private readonly logger: Logger) {}
 
-  /** Registers a step; steps run last-registered first. */
+  /**
+   * Registers a step; steps run last-registered first. A step registered while the shutdown is
+   * already running (start-up went on after a signal) runs next, before the steps registered
+   * earlier, so what start-up opened late is still closed.
+   */
   add(name: string, run: () => Promise<void>): void {
     this.steps.push({ name, run });
   }
@@ -54,10 +58,14 @@ export class Shutdown {
    * transaction, while `process.exit` stops that thread and then waits for the writer). So the
    * process is killed then; the store survives that, as an unfinished transaction never commits.
    */
-  async runAndEnd(deadlineMs: number, end: ProcessEnd = PROCESS_END): Promise<void> {
+  async runAndEnd(
+    deadlineMs: number,
+    end: ProcessEnd = PROCESS_END,
+    successCode = 0,
+  ): Promise<void> {
     try {
       await this.run(deadlineMs);
-      end.exit(0);
+      end.exit(successCode);
     } catch (error) {
       if (error instanceof ShutdownIncompleteError && error.overran.length > 0) {
         this.logger.error(
@@ -92,21 +100,36 @@ export class Shutdown {
       return;
     }
     this.logger.error({ err: error }, 'start-up failed; closing what was opened');
-    await this.runAndEnd(deadlineMs, {
-      exit: () => {
-        end.exit(1);
-      },
-      kill: () => {
-        end.kill();
-      },
-    });
+    await this.runAndEnd(deadlineMs, end, 1);
+  }
+
+  /**
+   * An entry point's start-up: signals are handled from now on (see `onSignals`), and a failure
+   * of `start` ends the process through `abortStartup`.
+   */
+  async startUp(
+    deadlineMs: number,
+    start: () => Promise<void>,
+    end: ProcessEnd = PROCESS_END,
+  ): Promise<void> {
+    this.onSignals(deadlineMs);
+    try {
+      await start();
+    } catch (error) {
+      await this.abortStartup(error, deadlineMs, end);
+    }
   }
 
   private async runSteps(deadlineMs: number): Promise<void> {
     const deadline = Date.now() + deadlineMs;
     let failed = false;
     const overran: string[] = [];
-    for (const step of [...[...this.steps].reverse(), ...this.finalSteps]) {
+    // Taken from the end one at a time, so a step added meanwhile (see `add`) runs next.
+    for (
+      let step = this.steps.pop() ?? this.finalSteps.shift();
+      step !== undefined;
+      step = this.steps.pop() ?? this.finalSteps.shift()
+    ) {
       const remaining = Math.max(0, deadline - Date.now());
       try {
         await withTimeout(step.run(), remaining, step.name);
@@ -114,6 +137,11 @@ export class Shutdown {
       } catch (error) {
         failed = true;
         if (error instanceof StepOverranError) overran.push(step.name);
+        // A step that is itself a shutdown (`make dev` runs each service's) passes on what overran
+        // in it, so the process is killed rather than exited from under a write there too.
+        else if (error instanceof ShutdownIncompleteError) {
+          overran.push(...error.overran.map((name) => `${step.name}: ${name}`));
+        }
         this.logger.error({ err: error, step: step.name }, 'shutdown step failed');
       }
     }

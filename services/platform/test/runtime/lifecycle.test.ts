@@ -45,6 +45,26 @@ describe('Shutdown', () => {
     expect(order).toEqual(['storage']);
   });
 
+  it('runs a step registered while it is running next, before the earlier ones', async () => {
+    const order: string[] = [];
+    const shutdown = new Shutdown(logger);
+    shutdown.add('storage', () => {
+      order.push('storage');
+      return Promise.resolve();
+    });
+    shutdown.add('gRPC server', () => {
+      order.push('gRPC server');
+      // Start-up, still running after a signal, opens one more thing.
+      shutdown.add('aggregations', () => {
+        order.push('aggregations');
+        return Promise.resolve();
+      });
+      return Promise.resolve();
+    });
+    await shutdown.run(1000);
+    expect(order).toEqual(['gRPC server', 'aggregations', 'storage']);
+  });
+
   describe('runAndEnd', () => {
     function recordingEnd(): { ends: string[]; end: { exit(code: number): void; kill(): void } } {
       const ends: string[] = [];
@@ -78,6 +98,45 @@ describe('Shutdown', () => {
       await shutdown.runAndEnd(100, end);
 
       expect(ends).toEqual(['kill']);
+    });
+
+    it('also kills the process when a step of a nested shutdown overran', async () => {
+      // As `make dev` runs each service's own shutdown as one step.
+      const service = new Shutdown(logger);
+      service.add('storage', () => new Promise<void>(() => undefined));
+      const shutdown = new Shutdown(logger);
+      shutdown.add('assignment', () => service.run(100));
+      const { ends, end } = recordingEnd();
+
+      await shutdown.runAndEnd(1000, end);
+
+      expect(ends).toEqual(['kill']);
+    });
+  });
+
+  describe('startUp', () => {
+    it('ends the process through abortStartup when start-up fails', async () => {
+      const order: string[] = [];
+      const shutdown = new Shutdown(logger);
+      shutdown.add('storage', () => {
+        order.push('storage');
+        return Promise.resolve();
+      });
+      const ends: string[] = [];
+      const before = { SIGTERM: process.listeners('SIGTERM'), SIGINT: process.listeners('SIGINT') };
+
+      await shutdown.startUp(1000, () => Promise.reject(new Error('port in use')), {
+        exit: (code) => ends.push(`exit ${code}`),
+        kill: () => ends.push('kill'),
+      });
+
+      for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+        const added = process.listeners(signal).filter((l) => !before[signal].includes(l));
+        expect(added).toHaveLength(1);
+        for (const listener of added) process.off(signal, listener);
+      }
+      expect(order).toEqual(['storage']);
+      expect(ends).toEqual(['exit 1']);
     });
   });
 
