@@ -18,7 +18,7 @@ import {
   ResolveRequest,
 } from '../gen/ts/tandem/assignment/v1/assignment_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, runLoad, type LoadResult } from './support/load';
+import { formatRow, median, runLoad, type LoadResult } from './support/load';
 import { startServerProcess, type ServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
@@ -50,14 +50,6 @@ async function measure(
     serverCpuUsPerCall: (cpuAfter - cpuBefore) / calls,
     clientCpuUsPerCall: (client.user + client.system) / calls,
   };
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? NaN)
-    : ((sorted[middle - 1] ?? NaN) + (sorted[middle] ?? NaN)) / 2;
 }
 
 function line(label: string, measured: Measured): string {

@@ -37,7 +37,7 @@ import { ValueType } from '../gen/ts/tandem/featurestore/v1/value';
 import { FeatureStoreClientDefinition } from '../services/featurestore/src/online-response-decoder';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, runLoad, type LoadResult } from './support/load';
+import { formatRow, median, runLoad, type LoadResult } from './support/load';
 import { startServerProcess, type ServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
@@ -109,14 +109,6 @@ function rowsFor(
       eventTime,
     };
   });
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((x, y) => x - y);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? NaN)
-    : ((sorted[middle - 1] ?? NaN) + (sorted[middle] ?? NaN)) / 2;
 }
 
 /** A load run with its server's CPU time per call (all calls, warm-up included). */

@@ -99,7 +99,7 @@ async function main(): Promise<void> {
     await store.experiments.insert(benchmarkExperiment(i, layers, perLayer));
   await store.bumpVersion();
   await startAssignment(runtime, config);
-  serveBenchmarkProcess(await runtime.serve(), () => runtime.shutdown.runAndEnd(5_000));
+  serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 
 void main();

@@ -21,7 +21,7 @@ async function main(): Promise<void> {
   });
   const runtime = await bootstrap(config.platform);
   await startFeatureStore(runtime, config);
-  serveBenchmarkProcess(await runtime.serve(), () => runtime.shutdown.runAndEnd(5_000));
+  serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 
 void main();

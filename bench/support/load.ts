@@ -85,6 +85,15 @@ export async function timeCalls(
   return { p50Us: percentile(samples, 50), p99Us: percentile(samples, 99), meanUs: mean };
 }
 
+/** The median of `values` (the mean of the middle two when there is an even number). */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? (sorted[middle] ?? NaN)
+    : ((sorted[middle - 1] ?? NaN) + (sorted[middle] ?? NaN)) / 2;
+}
+
 /** One row of a side-by-side table. */
 export function formatRow(label: string, r: LoadResult): string {
   return `${label.padEnd(34)} ${r.callsPerSecond.toFixed(0).padStart(8)} calls/s   p50 ${r.p50Ms.toFixed(3)} ms   p99 ${r.p99Ms.toFixed(3)} ms   errors ${r.errors}`;

@@ -4,6 +4,7 @@
  * benchmark can print server CPU per call beside client-side latency.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import type { Shutdown } from '../../services/platform/src/lifecycle';
 
 export interface ServerProcess {
   readonly port: number;
@@ -76,11 +77,12 @@ export async function startServerProcess(
 }
 
 /**
- * For the child: announce the port and answer CPU requests. On SIGTERM, `shutDown` (a server's
- * ordered shutdown) runs before the process exits: exiting with an embedded-store write in flight
- * would hang the process (lmdb-js's write thread waits for the JavaScript thread, which exit stops).
+ * For the child: announce the port and answer CPU requests. A server with an ordered shutdown
+ * passes it, and SIGTERM runs it as in production (`Shutdown.onSignals`): exiting with an
+ * embedded-store write in flight would hang the process (lmdb-js's write thread waits for the
+ * JavaScript thread, which exit stops). Others exit at once.
  */
-export function serveBenchmarkProcess(port: number, shutDown?: () => Promise<void>): void {
+export function serveBenchmarkProcess(port: number, shutdown?: Shutdown): void {
   process.send?.({ type: 'ready', port } satisfies ChildMessage);
   process.on('message', (m: { type: string }) => {
     if (m.type === 'cpu') {
@@ -88,8 +90,10 @@ export function serveBenchmarkProcess(port: number, shutDown?: () => Promise<voi
       process.send?.({ type: 'cpu', micros: usage.user + usage.system } satisfies ChildMessage);
     }
   });
-  process.once('SIGTERM', () => {
-    if (shutDown === undefined) process.exit(0);
-    else void shutDown().finally(() => process.exit(0));
-  });
+  if (shutdown !== undefined) shutdown.onSignals(5_000);
+  else {
+    process.once('SIGTERM', () => {
+      process.exit(0);
+    });
+  }
 }
