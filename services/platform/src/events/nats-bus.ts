@@ -646,6 +646,12 @@ class NatsSubscription<T> implements Subscription {
   private stopped: Promise<void> | undefined;
   /** Cumulative acknowledgement: the batches of the current consumption, in delivery order. */
   private frontier: AckFrontier<JsMsg> | undefined;
+  /**
+   * Cumulative acknowledgement: how finished batches of the current frontier count (acked or
+   * dropped), applied once an acknowledgement covers them. A rewind discards them with the
+   * frontier, since those events come again and are counted then.
+   */
+  private uncounted: { readonly through: number; readonly count: () => void }[] = [];
   /** Cumulative acknowledgement: the durable's delivery sequence when consumption started. */
   private deliveredBefore = 0;
   private rewindRequest: RewindRequest | undefined;
@@ -746,6 +752,7 @@ class NatsSubscription<T> implements Subscription {
     const { settings, client } = this.parts;
     this.rewindRequest = undefined;
     this.frontier = undefined;
+    this.uncounted = [];
     if (this.isCumulative()) this.deliveredBefore = await this.settledDeliveries();
     const consumer = await client.consumers.get(settings.stream, settings.durable);
     const messages = await consumer.consume({
@@ -930,7 +937,12 @@ class NatsSubscription<T> implements Subscription {
     // Rewound meanwhile: these events come again, whatever this run made of them.
     if (this.frontier !== frontier) return;
     if (outcome.kind === 'handled') {
-      this.counters.recordAcked(batch.length);
+      this.uncounted.push({
+        through: position.through,
+        count: () => {
+          this.counters.recordAcked(batch.length);
+        },
+      });
     } else {
       let deliveryCount = 0;
       for (const delivered of batch) {
@@ -938,8 +950,16 @@ class NatsSubscription<T> implements Subscription {
       }
       const disposition = dispositionFor(this.parts.settings, outcome, deliveryCount);
       const first = batch[0];
-      if (first !== undefined) this.counters.record(disposition, outcome, first, batch.length);
-      if (disposition.kind !== 'drop') {
+      if (disposition.kind === 'drop') {
+        this.uncounted.push({
+          through: position.through,
+          count: () => {
+            if (first !== undefined)
+              this.counters.record(disposition, outcome, first, batch.length);
+          },
+        });
+      } else {
+        if (first !== undefined) this.counters.record(disposition, outcome, first, batch.length);
         for (const delivered of batch) {
           this.earlier.set(delivered.streamSequence, delivered.deliveryCount);
         }
@@ -971,6 +991,12 @@ class NatsSubscription<T> implements Subscription {
       return;
     }
     point.last.ack();
+    const counting = this.uncounted;
+    this.uncounted = [];
+    for (const entry of counting) {
+      if (entry.through <= point.through) entry.count();
+      else this.uncounted.push(entry);
+    }
     if (this.earlier.size > 0) {
       for (const sequence of this.earlier.keys()) {
         if (sequence <= info.streamSequence) this.earlier.delete(sequence);
@@ -983,6 +1009,7 @@ class NatsSubscription<T> implements Subscription {
     if (this.rewindRequest !== undefined || this.isStopping()) return;
     this.rewindRequest = { reason, delayMs };
     this.frontier = undefined;
+    this.uncounted = [];
     void this.messages?.close();
   }
 

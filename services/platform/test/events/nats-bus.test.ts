@@ -350,6 +350,30 @@ describeWithNats('NATS JetStream event bus', () => {
       expect(subscription.stats()).toMatchObject({ retried: 1, dropped: 0 });
       await subscription.stop();
     });
+
+    it('counts a batch held behind a failed one as acked once, when an acknowledgement covers it', async () => {
+      let failed = false;
+      let handledB = 0;
+      const subscription = await bus.subscribeBatches!(
+        spec({ maxBatchSize: 1, concurrency: 2 }),
+        async (batch) => {
+          const message = batch[0]!.event.message;
+          if (message === 'b') handledB++;
+          if (message === 'a' && !failed) {
+            // Fails after 'b' has finished: 'b' is handled but not yet acknowledgeable.
+            await waitFor(() => handledB > 0);
+            failed = true;
+            throw new Error('checkpoint failed');
+          }
+        },
+      );
+      await publish('a', 'b');
+
+      await eventuallyEqual(position, { ackFloor: 2, unacknowledged: 0 });
+      expect(handledB).toBe(2);
+      expect(subscription.stats()).toMatchObject({ acked: 2, retried: 1, dropped: 0 });
+      await subscription.stop();
+    });
   });
 
   it('fails to connect with UnavailableError when no server answers', async () => {
