@@ -24,7 +24,12 @@ import { Timestamp } from '../../../gen/ts/google/protobuf/timestamp';
 import { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { messageOfAggregate } from './contract-mapping';
 import { FeatureStatus, ValueType } from './domain/feature-values';
-import { varintSize, writeVarint } from '../../platform/src/grpc/wire';
+import {
+  timestampSize,
+  varintSize,
+  writeTimestamp,
+  writeVarint,
+} from '../../platform/src/grpc/wire';
 
 /** One column of a reply: a window of a flat, column-major read result. */
 export interface ReplyColumn {
@@ -153,27 +158,6 @@ function secondsAndNanos(ms: number): { seconds: number; nanos: number } {
 function timestampBody(ms: number): Uint8Array | number {
   if (Number.isInteger(ms) && ms >= 0 && ms <= 8.64e15) return 0;
   return Timestamp.encode(secondsAndNanos(ms)).finish();
-}
-
-function timestampSize(ms: number): number {
-  const seconds = Math.trunc(ms / 1_000);
-  const nanos = (ms % 1_000) * 1_000_000;
-  return (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
-}
-
-function writeTimestamp(out: Buffer, pos: number, ms: number): number {
-  const seconds = Math.trunc(ms / 1_000);
-  const nanos = (ms % 1_000) * 1_000_000;
-  let at = pos;
-  if (seconds !== 0) {
-    out[at++] = 8;
-    at = writeVarint(out, at, seconds);
-  }
-  if (nanos !== 0) {
-    out[at++] = 16;
-    at = writeVarint(out, at, nanos);
-  }
-  return at;
 }
 
 const DOUBLE = 1;

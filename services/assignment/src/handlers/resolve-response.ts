@@ -26,7 +26,9 @@ import {
   isPlainCount,
   lengthDelimited,
   stringSize,
+  timestampSize,
   varintSize,
+  writeTimestamp,
   writeString,
   writeVarint,
 } from '../../../platform/src/grpc/wire';
@@ -52,14 +54,6 @@ function writeStringEntry(buffer: Buffer, offset: number, tag: number, value: st
   return writeString(buffer, offset + 1, value);
 }
 
-function timestampFields(date: Date): { seconds: number; nanos: number } | undefined {
-  // As the generated toTimestamp.
-  const ms = date.getTime();
-  const seconds = Math.trunc(ms / 1_000);
-  const nanos = (ms % 1_000) * 1_000_000;
-  return isPlainCount(seconds) && isPlainCount(nanos) ? { seconds, nanos } : undefined;
-}
-
 function countsSize(counts: ExposureCounts): number {
   return (
     (counts.loggedCount !== 0 ? 1 + varintSize(counts.loggedCount) : 0) +
@@ -76,10 +70,11 @@ function generated(response: ResolveResponse): Buffer {
 export function serializeResolveResponse(response: ResolveResponse): Buffer {
   const { assignments, holdouts, resolveToken, resolveId, configVersion, resolveTime, exposures } =
     response;
-  const time = resolveTime === undefined ? undefined : timestampFields(resolveTime);
+  // Written directly when a whole non-negative time, as nearly always; else by the generated encoder.
+  const timeMs = resolveTime?.getTime();
   if (
     !isPlainCount(configVersion) ||
-    (resolveTime !== undefined && time === undefined) ||
+    (timeMs !== undefined && !isPlainCount(timeMs)) ||
     (exposures !== undefined &&
       !(
         isPlainCount(exposures.loggedCount) &&
@@ -111,10 +106,8 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
   if (resolveId !== '') size += stringEntrySize(resolveId);
   if (configVersion !== 0) size += 1 + varintSize(configVersion);
   let timeSize = 0;
-  if (time !== undefined) {
-    timeSize =
-      (time.seconds !== 0 ? 1 + varintSize(time.seconds) : 0) +
-      (time.nanos !== 0 ? 1 + varintSize(time.nanos) : 0);
+  if (timeMs !== undefined) {
+    timeSize = timestampSize(timeMs);
     size += 1 + varintSize(timeSize) + timeSize;
   }
   for (const surface of response.unknownSurfaces) size += stringEntrySize(surface);
@@ -136,17 +129,10 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
     out[offset++] = 40;
     offset = writeVarint(out, offset, configVersion);
   }
-  if (time !== undefined) {
+  if (timeMs !== undefined) {
     out[offset++] = 50;
     offset = writeVarint(out, offset, timeSize);
-    if (time.seconds !== 0) {
-      out[offset++] = 8;
-      offset = writeVarint(out, offset, time.seconds);
-    }
-    if (time.nanos !== 0) {
-      out[offset++] = 16;
-      offset = writeVarint(out, offset, time.nanos);
-    }
+    offset = writeTimestamp(out, offset, timeMs);
   }
   for (const surface of response.unknownSurfaces)
     offset = writeStringEntry(out, offset, 58, surface);

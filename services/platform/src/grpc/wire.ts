@@ -28,6 +28,32 @@ export function writeVarint(out: Buffer, pos: number, value: number): number {
   return at;
 }
 
+/**
+ * Bytes of the body of the `google.protobuf.Timestamp` of `ms`, a whole non-negative number of
+ * milliseconds since the epoch, with the seconds and nanos ts-proto's `toTimestamp` computes.
+ */
+export function timestampSize(ms: number): number {
+  const seconds = Math.trunc(ms / 1_000);
+  const nanos = (ms % 1_000) * 1_000_000;
+  return (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
+}
+
+/** Writes the body {@link timestampSize} measures; returns the position after it. */
+export function writeTimestamp(out: Buffer, pos: number, ms: number): number {
+  const seconds = Math.trunc(ms / 1_000);
+  const nanos = (ms % 1_000) * 1_000_000;
+  let at = pos;
+  if (seconds !== 0) {
+    out[at++] = 8;
+    at = writeVarint(out, at, seconds);
+  }
+  if (nanos !== 0) {
+    out[at++] = 16;
+    at = writeVarint(out, at, nanos);
+  }
+  return at;
+}
+
 /** A complete length-delimited field: tag, length, bytes. */
 export function lengthDelimited(field: number, bytes: Uint8Array): Buffer {
   const tag = (field << 3) | 2;
