@@ -34,12 +34,18 @@ export interface BusHarness {
   removeStream(name: string): Promise<void>;
 }
 
-/** Retries `assertion` until it passes or `timeoutMs` passes (then throws its last error). */
-export async function eventually(assertion: () => void, timeoutMs = 10_000): Promise<void> {
+/**
+ * Retries `assertion` (which may be async; a rejection counts as not yet) until it passes or
+ * `timeoutMs` passes, then throws its last error.
+ */
+export async function eventually(
+  assertion: () => void | Promise<void>,
+  timeoutMs = 10_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
-      assertion();
+      await assertion();
       return;
     } catch (error) {
       if (Date.now() > deadline) throw error;

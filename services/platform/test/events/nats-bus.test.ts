@@ -9,7 +9,7 @@ import { UnavailableError } from '../../src/errors';
 import type { BatchConsumerSpec, EventBus } from '../../src/events/bus';
 import { connectNatsBus, supportsMultipleFilters } from '../../src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../support/integration';
-import { describeEventBusContract } from './event-bus-contract';
+import { describeEventBusContract, eventually } from './event-bus-contract';
 
 describeWithNats('NATS JetStream event bus', () => {
   let admin: NatsConnection;
@@ -396,30 +396,14 @@ describe('supportsMultipleFilters', () => {
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  await eventually(() => {
+    expect(condition()).toBe(true);
+  }, timeoutMs);
 }
 
-/**
- * Retries `read` until it resolves to `expected` (deeply) or `timeoutMs` passes; a read that
- * fails (the durable is being replaced) counts as not yet.
- */
-async function eventuallyEqual<V>(
-  read: () => Promise<V>,
-  expected: V,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      expect(await read()).toEqual(expected);
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
+/** Retries `read` until it resolves to `expected`; a read that fails (the durable is being replaced) counts as not yet. */
+async function eventuallyEqual<V>(read: () => Promise<V>, expected: V): Promise<void> {
+  await eventually(async () => {
+    expect(await read()).toEqual(expected);
+  });
 }

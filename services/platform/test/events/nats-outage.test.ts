@@ -116,15 +116,10 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     const admin = await connect({ servers: server.url });
     const manager = await jetstreamManager(admin);
     // Everything acknowledged in the end: nothing is left to come again.
-    let position: number[] = [];
-    const deadline = Date.now() + 20_000;
-    while (Date.now() < deadline) {
+    await eventually(async () => {
       const info = await manager.consumers.info('OUTAGE_BATCHES', 'aggregation');
-      position = [info.ack_floor.stream_seq, info.num_ack_pending];
-      if (position[0] === 101 && position[1] === 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    expect(position).toEqual([101, 0]);
+      expect([info.ack_floor.stream_seq, info.num_ack_pending]).toEqual([101, 0]);
+    }, 20_000);
     await admin.close();
     await subscription.stop();
     await bus.close();
