@@ -36,15 +36,24 @@ interface Example {
   readonly json: string;
 }
 
+/**
+ * The one shell substitution examples may use inside their JSON: the current UTC time, so that an
+ * example's event time is never older than its view's TTL, whenever it is run.
+ */
+const NOW_IN_SHELL = `'"$(date -u +%FT%TZ)"'`;
+
 /** The grpcurl calls with a request body in the README's shell blocks, in order. */
 function examplesOf(file: string): Example[] {
   const text = readFileSync(join(ROOT, file), 'utf8');
   const examples: Example[] = [];
   for (const block of text.matchAll(/```sh\n([\s\S]*?)```/g)) {
     const call =
-      /grpcurl\s+-plaintext\s+(?:-H\s+'[^']*'\s+)*-d\s+'([^']*)'\s*\\?\s*localhost:(\d+)\s+([\w.]+)\/(\w+)/g;
+      /grpcurl\s+-plaintext\s+(?:-H\s+'[^']*'\s+)*-d\s+'((?:[^']|'"\$\(date -u \+%FT%TZ\)"')*)'\s*\\?\s*localhost:(\d+)\s+([\w.]+)\/(\w+)/g;
     for (const m of (block[1] ?? '').matchAll(call)) {
-      const [, json = '', port = '0', service = '', method = ''] = m;
+      const [, body = '', port = '0', service = '', method = ''] = m;
+      // What the shell makes of it: `date -u +%FT%TZ` prints the time to the second.
+      const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      const json = body.replaceAll(NOW_IN_SHELL, now);
       examples.push({ file, port: Number(port), service, method, json });
     }
   }
@@ -120,8 +129,10 @@ describe('the README examples', () => {
     }
   }
 
-  it('exist for both services', () => {
+  it('exist for both services, and read the time from the shell where they need it', () => {
     const all = READMES.flatMap(examplesOf);
+    const write = all.find((e) => e.file === 'README.md' && e.method === 'WriteFeatures');
+    expect(write?.json).toMatch(/"event_time": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"/);
     expect(all.filter((e) => e.port === 50051).length).toBeGreaterThanOrEqual(4);
     expect(all.filter((e) => e.port === 50052).length).toBeGreaterThanOrEqual(4);
   });
@@ -133,14 +144,12 @@ describe('the README examples', () => {
     if (file === 'README.md') {
       const resolved = JSON.stringify(responses.get('Resolve'));
       expect(resolved).toContain('one-click-buy');
-      const read = responses.get('GetOnlineFeatures') as {
-        results?: unknown;
-        columns?: { statuses?: string[] }[];
-      };
-      expect(read.columns?.[0]?.statuses).toEqual([
-        'FEATURE_STATUS_PRESENT',
-        'FEATURE_STATUS_NOT_FOUND',
-      ]);
     }
+    // The first entity was just written, within the view's TTL; the second never was.
+    const read = responses.get('GetOnlineFeatures') as { columns?: { statuses?: string[] }[] };
+    expect(read.columns?.[0]?.statuses).toEqual([
+      'FEATURE_STATUS_PRESENT',
+      'FEATURE_STATUS_NOT_FOUND',
+    ]);
   });
 });
