@@ -1,8 +1,8 @@
 /**
  * The hand-written ResolveResponse serializer against the generated encoder: byte for byte equal
- * over random responses (shared pre-encoded assignments and ad-hoc ones, payload Structs, unicode
- * strings, odd numbers that take the fallback), and decoded by the generated decoder to the same
- * message.
+ * over random responses (with assignment entries handed over as ranges of shared arenas or not,
+ * payload Structs, unicode strings, odd numbers that take the fallback), and decoded by the
+ * generated decoder to the same message.
  */
 import fc from 'fast-check';
 import { AssignmentReason, type Assignment } from '../../../gen/ts/tandem/assignment/v1/assignment';
@@ -13,8 +13,15 @@ import {
 import {
   resolveServiceDefinition,
   serializeResolveResponse,
-  sharedAssignment,
+  withEncodedAssignments,
 } from '../src/handlers/resolve-response';
+
+/** The `assignments` entry of `a` as the generated encoder writes it in a response. */
+function generatedEntry(a: Assignment): Buffer {
+  return Buffer.from(
+    ResolveResponse.encode(ResolveResponse.fromPartial({ assignments: [a] })).finish(),
+  );
+}
 
 const text = fc.oneof(fc.string({ maxLength: 20 }), fc.string({ unit: 'binary', maxLength: 12 }));
 // Negative numbers are rare in practice and take the generated encoder; mostly test the fast path.
@@ -76,14 +83,30 @@ const response = fc.record({
 describe('serializeResolveResponse', () => {
   it('writes exactly the bytes of the generated encoder', () => {
     fc.assert(
-      fc.property(response, (generated) => {
-        const message: ResolveResponse = {
-          ...generated,
-          assignments: generated.assignments.map(({ shared, ...fields }): Assignment => {
-            const a: Assignment = { ...fields };
-            return shared ? sharedAssignment(a) : a;
-          }),
-        };
+      fc.property(response, fc.boolean(), fc.nat(40), (generated, handedOver, padding) => {
+        const assignments = generated.assignments.map(({ shared: _, ...fields }) => fields);
+        const message: ResolveResponse = { ...generated, assignments };
+        if (handedOver) {
+          // Shared entries sit in one arena after some other bytes, the rest in their own buffers.
+          const arena = Buffer.alloc(padding + 64 * 1024, 0xee);
+          let used = padding;
+          const sources: Buffer[] = [];
+          const ranges: number[] = [];
+          generated.assignments.forEach((a, i) => {
+            const entry = generatedEntry(assignments[i]!);
+            if (a.shared) {
+              entry.copy(arena, used);
+              sources.push(arena);
+              ranges.push(used, used + entry.length);
+              used += entry.length;
+              used += 3;
+            } else {
+              sources.push(entry);
+              ranges.push(0, entry.length);
+            }
+          });
+          withEncodedAssignments(message, { sources, ranges });
+        }
         const expected = Buffer.from(ResolveResponse.encode(message).finish());
         const actual = serializeResolveResponse(message);
         expect(actual.equals(expected)).toBe(true);
@@ -93,8 +116,8 @@ describe('serializeResolveResponse', () => {
     );
   });
 
-  it('reuses a shared assignment as it was when registered', () => {
-    const shared = sharedAssignment({
+  it('copies the entries handed over instead of encoding the messages', () => {
+    const shared: Assignment = {
       experimentId: 'exp',
       variantKey: 'treatment',
       payload: { policy: 'p1', nested: { list: [1, 'two', null, true] } },
@@ -105,11 +128,21 @@ describe('serializeResolveResponse', () => {
       surfaces: ['home'],
       experimentEtag: '7',
       allocationSequence: 0,
-    });
-    expect(Object.isFrozen(shared)).toBe(true);
+    };
+    const entry = generatedEntry(shared);
     const message = ResolveResponse.fromPartial({ assignments: [shared, shared], resolveId: 'r' });
+    withEncodedAssignments(message, {
+      sources: [entry, entry],
+      ranges: [0, entry.length, 0, entry.length],
+    });
+    // A message changed after its entry was made is still sent as the entry says.
+    shared.variantKey = 'changed';
     const decoded = ResolveResponse.decode(serializeResolveResponse(message));
-    expect(decoded.assignments).toEqual([shared, shared]);
+    expect(decoded.assignments.map((a) => a.variantKey)).toEqual(['treatment', 'treatment']);
+    expect(decoded.assignments[0]?.payload).toEqual({
+      policy: 'p1',
+      nested: { list: [1, 'two', null, true] },
+    });
   });
 
   it('is what the registered definition serializes Resolve with, and nothing else changes', () => {

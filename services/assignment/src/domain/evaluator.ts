@@ -144,6 +144,13 @@ export interface ResolvedAssignment {
   readonly allocationSequence: number;
   /** The requested surfaces this experiment runs on. */
   readonly surfaces: readonly string[];
+  /**
+   * The result's number among the snapshot's shared results (below `resultKeys`): every unit that
+   * gets this result gets this very object, so callers can keep what they derive from it in arrays
+   * indexed by it. -1 for a result made for one resolve only (STICKY, or an experiment on several
+   * of the requested surfaces).
+   */
+  readonly key: number;
 }
 
 /** Whether the unit is held out by a running holdout covering requested surfaces. */
@@ -399,6 +406,11 @@ export class AssignmentSnapshot {
         this.rangeBounds[2 * (offset + r) + 1] = plan.rangeEnds[r] ?? 0;
       }
     }
+  }
+
+  /** How many shared results the snapshot can make: every `ResolvedAssignment.key` is below it. */
+  get resultKeys(): number {
+    return this.results.length;
   }
 
   /** The compiled experiment with this id, if the configuration has it. */
@@ -662,6 +674,7 @@ export class AssignmentSnapshot {
           holdoutId: '',
           allocationSequence: stored.allocationSequence,
           surfaces: this.surfacesOf(plan, slot, unit),
+          key: -1,
         });
       }
     }
@@ -765,6 +778,7 @@ export class AssignmentSnapshot {
           : '',
       allocationSequence: reason === AssignmentReason.ASSIGNED ? plan.allocationSequence : 0,
       surfaces: this.surfacesOf(plan, slot, unit),
+      key: slot >= 0 ? key : -1,
     });
     if (slot >= 0) this.results[key] = created;
     return created;

@@ -2,13 +2,14 @@
  * ResolveResponse on the wire without re-encoding what does not change between calls.
  *
  * The evaluator's results are shared per (experiment, reason, variant), and so are the `Assignment`
- * messages made from them; their protobuf bytes (payload Structs included, the costly part) are
- * encoded once, when such a message is registered with {@link sharedAssignment}. The serializer
- * then writes a response as one buffer: the registered assignments' bytes copied as they are and
- * the few per-call fields (token, ids, time, counts) written directly. The output is byte for byte
- * what the generated `ResolveResponse.encode` produces (fields in number order, defaults omitted),
- * which the tests check over random responses; anything the fast path does not cover (negative or
- * non-integer numbers) goes through the generated encoder.
+ * messages made from them; the Resolve handler keeps their protobuf bytes (payload Structs
+ * included, the costly part) in an arena per configuration snapshot and hands each response's
+ * entries over with {@link withEncodedAssignments}. The serializer then writes a response as one
+ * buffer: those bytes copied as they are and the few per-call fields (token, ids, time, counts)
+ * written directly. The output is byte for byte what the generated `ResolveResponse.encode`
+ * produces (fields in number order, defaults omitted), which the tests check over random
+ * responses; anything the fast path does not cover (negative or non-integer numbers) goes through
+ * the generated encoder.
  *
  * {@link resolveServiceDefinition} is `AssignmentServiceService` with this serializer for Resolve;
  * the message types are unchanged, so the handlers stay typed against the generated definition.
@@ -23,26 +24,38 @@ import {
   ResolveResponse,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import {
+  encodedFieldsOf,
+  encodedFieldsSize,
   isPlainCount,
   lengthDelimited,
   stringSize,
   timestampSize,
   varintSize,
+  writeEncodedFields,
   writeTimestamp,
   writeString,
   writeVarint,
+  type EncodedFields,
 } from '../../../platform/src/grpc/wire';
 
-/** Registered assignments: their complete field-1 entry (tag, length, message bytes). */
-const encodedAssignments = new WeakMap<Assignment, Buffer>();
+/** The complete `assignments` entry (tag, length, message) of `assignment` in a response. */
+export function encodeResponseAssignment(assignment: Assignment): Buffer {
+  return lengthDelimited(1, Assignment.encode(assignment).finish());
+}
+
+/** The encoded `assignments` entries of the responses a handler registered. */
+const encodedAssignments = new WeakMap<ResolveResponse, EncodedFields>();
 
 /**
- * Freezes `message` and encodes it once for every response that will carry it. The message must
- * never change afterwards (its arrays included), since its bytes are reused as they are.
+ * Records that `entries` are the encoded `assignments` entries of `response`, in order (see
+ * {@link encodeResponseAssignment}), so serializing copies them. Neither may change afterwards.
  */
-export function sharedAssignment(message: Assignment): Assignment {
-  encodedAssignments.set(message, lengthDelimited(1, Assignment.encode(message).finish()));
-  return Object.freeze(message);
+export function withEncodedAssignments(
+  response: ResolveResponse,
+  entries: EncodedFields,
+): ResolveResponse {
+  encodedAssignments.set(response, entries);
+  return response;
 }
 
 function stringEntrySize(value: string): number {
@@ -88,15 +101,10 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
     return generated(response);
   }
 
+  const entries =
+    encodedAssignments.get(response) ?? encodedFieldsOf(assignments.map(encodeResponseAssignment));
   const parts: Uint8Array[] = [];
-  let size = 0;
-  for (const assignment of assignments) {
-    const bytes =
-      encodedAssignments.get(assignment) ??
-      lengthDelimited(1, Assignment.encode(assignment).finish());
-    parts.push(bytes);
-    size += bytes.length;
-  }
+  let size = encodedFieldsSize(entries);
   for (const holdout of holdouts) {
     const bytes = lengthDelimited(2, HoldoutMembership.encode(holdout).finish());
     parts.push(bytes);
@@ -118,7 +126,7 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
   }
 
   const out = Buffer.allocUnsafe(size);
-  let offset = 0;
+  let offset = writeEncodedFields(out, 0, entries);
   for (const part of parts) {
     out.set(part, offset);
     offset += part.length;

@@ -12,7 +12,6 @@ import type {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import {
   AssignmentReason as ReasonMessage,
-  type Assignment,
   type ExposureCounts,
   type HoldoutMembership,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment';
@@ -22,15 +21,17 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
   AssignmentReason,
   SURFACE_PATTERN,
+  type AssignmentSnapshot,
   type Attributes,
   type ResolvedAssignment,
   type StickyAssignment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import type { ExposureTally } from '../events/exposure-log';
-import { sharedTokenAssignment, type ResolveRecord, type TokenAssignment } from '../resolve-token';
+import type { ResolveRecord, TokenAssignment } from '../resolve-token';
 import { asEnum } from './messages';
-import { sharedAssignment } from './resolve-response';
+import { RenderedResults } from './rendered-results';
+import { withEncodedAssignments } from './resolve-response';
 import { rejectIfAny } from './requests';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
@@ -44,7 +45,7 @@ const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
 /** Apply results remembered per replica for request_id retries. */
 const APPLY_RESULTS_CAPACITY = 10_000;
 
-const { ASSIGNED, STICKY } = AssignmentReason;
+const { ASSIGNED } = AssignmentReason;
 
 /**
  * Walks the attributes: depth, values that are not JSON (NaN, ±Infinity) and a size estimate;
@@ -99,67 +100,10 @@ function checkAttributes(attributes: Attributes, violations: FieldViolation[]): 
   }
 }
 
-/** What a served result becomes in a response and in its token, made once per shared result. */
-interface Rendered {
-  readonly message: Assignment;
-  /** Set when the result is in the experiment (only those are recorded in the token). */
-  readonly token: TokenAssignment | undefined;
-}
-
-/**
- * The evaluator's shared, frozen results rendered once: the message (pre-encoded for the wire, see
- * resolve-response.ts) and the token record (encoded once too, see resolve-token.ts). STICKY
- * results are made per resolve, so they are rendered per resolve and not kept.
- */
-const rendered = new WeakMap<ResolvedAssignment, Rendered>();
-
-function toMessage(resolved: ResolvedAssignment): Assignment {
-  return {
-    experimentId: resolved.experiment.id,
-    variantKey: resolved.variant.key,
-    payload: resolved.variant.payload,
-    inExperiment: resolved.inExperiment,
-    reason: asEnum<ReasonMessage>(resolved.reason),
-    layerId: resolved.experiment.layerId,
-    holdoutId: resolved.holdoutId,
-    surfaces: resolved.surfaces as string[],
-    experimentEtag: resolved.experiment.etag,
-    allocationSequence: resolved.allocationSequence,
-  };
-}
-
-function toTokenAssignment(resolved: ResolvedAssignment): TokenAssignment {
-  return {
-    experimentId: resolved.experiment.id,
-    variantKey: resolved.variant.key,
-    reason: resolved.reason,
-    etag: resolved.experiment.etag,
-    layerId: resolved.experiment.layerId,
-    surfaces: resolved.surfaces,
-    allocationSequence: resolved.allocationSequence,
-  };
-}
-
-function render(resolved: ResolvedAssignment): Rendered {
-  if (resolved.reason === STICKY) {
-    return {
-      message: toMessage(resolved),
-      token: resolved.inExperiment ? toTokenAssignment(resolved) : undefined,
-    };
-  }
-  let result = rendered.get(resolved);
-  if (result === undefined) {
-    result = {
-      message: sharedAssignment(toMessage(resolved)),
-      token: resolved.inExperiment ? sharedTokenAssignment(toTokenAssignment(resolved)) : undefined,
-    };
-    rendered.set(resolved, result);
-  }
-  return result;
-}
-
-function byExperimentId(a: Assignment, b: Assignment): number {
-  return a.experimentId < b.experimentId ? -1 : a.experimentId > b.experimentId ? 1 : 0;
+function byExperimentId(a: ResolvedAssignment, b: ResolvedAssignment): number {
+  const x = a.experiment.id;
+  const y = b.experiment.id;
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 const NO_EXPOSURES: ExposureCounts = {
@@ -266,6 +210,16 @@ async function logExposures(
 
 export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
   const applyResults = new Map<string, ExposureCounts>();
+  // The rendered results of the snapshot in use; a new configuration version starts a new table.
+  let renderedSnapshot: AssignmentSnapshot | undefined;
+  let renderedTable: RenderedResults | undefined;
+  const renderedResults = (snapshot: AssignmentSnapshot): RenderedResults => {
+    if (snapshot !== renderedSnapshot || renderedTable === undefined) {
+      renderedTable = new RenderedResults(snapshot);
+      renderedSnapshot = snapshot;
+    }
+    return renderedTable;
+  };
 
   return {
     resolve: async (request) => {
@@ -326,14 +280,11 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         ? view.snapshot.resolve(unitContext)
         : view.snapshot.resolveServed(unitContext);
 
-      const assignments: Assignment[] = [];
-      const inExperiment: TokenAssignment[] = [];
-      for (const resolved of resolution.assignments) {
-        const { message, token } = render(resolved);
-        if (token !== undefined) inExperiment.push(token);
-        assignments.push(message);
-      }
-      if (surfaces.length > 1) assignments.sort(byExperimentId);
+      const rendered = renderedResults(view.snapshot).render(
+        surfaces.length > 1
+          ? [...resolution.assignments].sort(byExperimentId)
+          : resolution.assignments,
+      );
       const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({
         holdoutId: m.holdout.id,
         heldOut: m.heldOut,
@@ -346,7 +297,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         resolveId: request.requestId === '' ? randomUUID() : request.requestId,
         resolveTime: now,
         configVersion: view.version,
-        assignments: inExperiment,
+        assignments: rendered.inExperiment,
         holdouts: holdouts.map((h) => ({
           holdoutId: h.holdoutId,
           heldOut: h.heldOut,
@@ -355,9 +306,9 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         })),
       };
       const response: ResolveResponse = {
-        assignments,
+        assignments: rendered.assignments,
         holdouts,
-        resolveToken: context.tokens.sign(record),
+        resolveToken: context.tokens.sign(record, rendered.tokenEntries),
         resolveId: record.resolveId,
         configVersion: view.version,
         resolveTime: new Date(now),
@@ -366,7 +317,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           ? await logExposures(context, record, [], new Date(now))
           : NO_EXPOSURES,
       };
-      return response;
+      return withEncodedAssignments(response, rendered.responseEntries);
     },
 
     apply: async (request) => {
