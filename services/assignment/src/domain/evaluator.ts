@@ -41,7 +41,9 @@ import {
   FNV_OFFSET_BASIS,
   HashVersion,
   V1_BUCKETS,
+  V2_BUCKETS,
   bucketV1FromValueState,
+  bucketV2FromSeedState,
   fnvContinue,
   hashV1FromValueState,
   hashV2FromSeedState,
@@ -238,8 +240,48 @@ interface ServedIndex {
   readonly stickyLayered: Int32Array;
 }
 
+/**
+ * The served path's record of each experiment of a surface, `RECORD_INTS` int32s at
+ * `position * RECORD_INTS` of `SurfaceIndex.records`: everything `resolveRecord` reads about a
+ * candidate, so a candidate costs one or two cache lines (on a busy server these reads miss the
+ * caches, and a resolve has one candidate per layer). Offsets within a record:
+ */
+const Rec = {
+  /** The experiment's `index`. */
+  PLAN: 0,
+  /** `RecFlag` bits. */
+  FLAGS: 1,
+  /** The unit type's number in the snapshot (`unitTypeIds`). */
+  UNIT_TYPE: 2,
+  /** The condition's slot, -1 for none. */
+  CONDITION: 3,
+  /** FNV state after the seed (v2). */
+  SEED_STATE: 4,
+  /** The result key of the ASSIGNED result of variant 0 (variant v: + v). */
+  ASSIGNED_KEY: 5,
+  /** How many variant ranges follow. */
+  RANGES: 6,
+  /** The experiment's slot for this surface (in its `surfaceNames`). */
+  SLOT: 7,
+  /** Variant v is served for integer buckets [lo, hi) at RANGE + 2v, RANGE + 2v + 1. */
+  RANGE: 8,
+} as const;
+const RECORD_INTS = 16;
+/** Ranges a record holds; experiments with more variants are not served from records. */
+const RECORD_RANGES = (RECORD_INTS - Rec.RANGE) / 2;
+const RecFlag = {
+  /** `resolveRecord` may stand in for `evaluate` (see `isSimple`). */
+  SIMPLE: 1,
+  /** A scheduled start or end: the window is checked. */
+  WINDOW: 2,
+  /** Hash version 2 (else 1). */
+  V2: 4,
+} as const;
+
 interface SurfaceIndex {
   readonly experiments: readonly ExperimentPlan[];
+  /** One record per experiment above, see `Rec`. */
+  readonly records: Int32Array;
   /** For each experiment above, its `index` (contiguous, for the served path's dedupe). */
   readonly planIndexes: Int32Array;
   /** For each experiment above, its slot in the experiment's `surfaceNames`. */
@@ -288,20 +330,11 @@ export class AssignmentSnapshot {
   private readonly results: (ResolvedAssignment | undefined)[] = [];
   private readonly resultBase: Int32Array;
 
-  // What `resolveSimple` reads, flat by experiment index (see `ServedIndex` for why).
   private readonly unitTypeIds = new Map<string, number>();
-  private readonly simple: Uint8Array;
+  // Schedules by experiment index, read only for records flagged WINDOW.
   private readonly startMs: Float64Array;
   private readonly endMs: Float64Array;
-  private readonly unitTypes: Int32Array;
-  private readonly conditionSlots: Int32Array;
-  private readonly hashVersions: Uint8Array;
-  private readonly seedStates: Int32Array;
   private readonly seeds: readonly string[];
-  private readonly cacheStrides: Int32Array;
-  /** Variant ranges of experiment i: pairs (start, end) r ∈ [rangeOffsets[i], rangeOffsets[i+1]). */
-  private readonly rangeOffsets: Int32Array;
-  private readonly rangeBounds: Float64Array;
 
   // The unit being resolved and its FNV prefix state (for v1 hashes), set per resolve.
   private unitId = '';
@@ -384,28 +417,10 @@ export class AssignmentSnapshot {
         this.unitTypeIds.set(plan.unitType, this.unitTypeIds.size);
       }
     }
-    this.simple = Uint8Array.from(plans, (p) => (isSimple(p) ? 1 : 0));
     this.startMs = Float64Array.from(plans, (p) => p.startMs);
     this.endMs = Float64Array.from(plans, (p) => p.endMs);
-    this.unitTypes = Int32Array.from(plans, (p) => this.unitTypeIds.get(p.unitType) ?? -1);
-    this.conditionSlots = Int32Array.from(plans, (p) => p.conditionSlot);
-    this.hashVersions = Uint8Array.from(plans, (p) => p.hashVersion);
-    this.seedStates = Int32Array.from(plans, (p) => p.seedState | 0);
     this.seeds = plans.map((p) => p.seed);
-    this.cacheStrides = Int32Array.from(plans, (p) => p.cacheStride);
-    this.rangeOffsets = new Int32Array(plans.length + 1);
-    for (const plan of plans) {
-      this.rangeOffsets[plan.index + 1] =
-        (this.rangeOffsets[plan.index] ?? 0) + plan.rangeStarts.length;
-    }
-    this.rangeBounds = new Float64Array(2 * (this.rangeOffsets[plans.length] ?? 0));
-    for (const plan of plans) {
-      const offset = this.rangeOffsets[plan.index] ?? 0;
-      for (let r = 0; r < plan.rangeStarts.length; r++) {
-        this.rangeBounds[2 * (offset + r)] = plan.rangeStarts[r] ?? 1;
-        this.rangeBounds[2 * (offset + r) + 1] = plan.rangeEnds[r] ?? 0;
-      }
-    }
+    for (const index of this.surfaces.values()) this.fillRecords(index);
   }
 
   /** How many shared results the snapshot can make: every `ResolvedAssignment.key` is below it. */
@@ -475,6 +490,10 @@ export class AssignmentSnapshot {
     const single = unit.surfaces.length === 1;
     const sticky = unit.sticky;
     const hasSticky = sticky !== undefined && sticky.size > 0;
+    // Within one surface an experiment is a candidate once (in `always` or in one layer table,
+    // once per bucket), unless a sticky variant makes it one again: only then, or across
+    // surfaces, are candidates deduplicated.
+    const dedupe = !single || hasSticky;
     const candidates = this.candidates;
     const seen = this.seenStamp;
     const generation = this.generation;
@@ -482,16 +501,18 @@ export class AssignmentSnapshot {
     for (const surface of unit.surfaces) {
       const index = this.surfaces.get(surface);
       if (index === undefined) continue;
-      const { experiments, surfaceSlots, served, planIndexes } = index;
+      const { experiments, surfaceSlots, served, planIndexes, records } = index;
       let count = 0;
       // Each experiment is evaluated once per resolve: at its first requested surface, and once
       // even when both its layer range and a sticky variant make it a candidate.
       const always = served.always;
       for (let i = 0; i < always.length; i++) {
         const position = always[i] ?? 0;
-        const planIndex = planIndexes[position] ?? 0;
-        if (seen[planIndex] === generation) continue;
-        seen[planIndex] = generation;
+        if (dedupe) {
+          const planIndex = planIndexes[position] ?? 0;
+          if (seen[planIndex] === generation) continue;
+          seen[planIndex] = generation;
+        }
         candidates[count++] = position;
       }
       const { layerSlots, buckets } = served;
@@ -499,17 +520,21 @@ export class AssignmentSnapshot {
         const entry = buckets[t * V1_BUCKETS + this.layerBucketOf(layerSlots[t] ?? 0)] ?? 0;
         if (entry > 0) {
           const position = entry - 1;
-          const planIndex = planIndexes[position] ?? 0;
-          if (seen[planIndex] === generation) continue;
-          seen[planIndex] = generation;
+          if (dedupe) {
+            const planIndex = planIndexes[position] ?? 0;
+            if (seen[planIndex] === generation) continue;
+            seen[planIndex] = generation;
+          }
           candidates[count++] = position;
         } else if (entry < 0) {
           const overlap = served.overlaps[-entry - 1] ?? NO_HOLDOUTS;
           for (let i = 0; i < overlap.length; i++) {
             const position = overlap[i] ?? 0;
-            const planIndex = planIndexes[position] ?? 0;
-            if (seen[planIndex] === generation) continue;
-            seen[planIndex] = generation;
+            if (dedupe) {
+              const planIndex = planIndexes[position] ?? 0;
+              if (seen[planIndex] === generation) continue;
+              seen[planIndex] = generation;
+            }
             candidates[count++] = position;
           }
         }
@@ -538,14 +563,9 @@ export class AssignmentSnapshot {
       }
       for (let i = 0; i < count; i++) {
         const position = candidates[i] ?? 0;
-        const planIndex = planIndexes[position] ?? 0;
-        if (single && this.simple[planIndex] === 1) {
-          const resolved = this.resolveSimple(
-            planIndex,
-            surfaceSlots[position] ?? 0,
-            unit,
-            unitType,
-          );
+        const record = position * RECORD_INTS;
+        if (single && ((records[record + Rec.FLAGS] ?? 0) & RecFlag.SIMPLE) !== 0) {
+          const resolved = this.resolveRecord(records, record, unit, unitType);
           if (resolved !== undefined) assignments.push(resolved);
           continue;
         }
@@ -562,48 +582,78 @@ export class AssignmentSnapshot {
   }
 
   /**
-   * `evaluate` for a "simple" experiment (see `isSimple`) that is a candidate of `resolveServed`,
-   * from the flat per-experiment arrays: the served result, or undefined when the reason would be
-   * one that is not served. The candidate is in its layer range (the bucket table put it there) or
-   * has no layer; no holdout covers it, it is not sticky and not shipped, so the remaining steps
-   * are the schedule, the unit type, the condition and the variant ranges, in `evaluate`'s order.
+   * `evaluate` for a "simple" experiment (see `isSimple`) that is a candidate of `resolveServed`
+   * on a single requested surface, from its record: the served result, or undefined when the
+   * reason would be one that is not served. The candidate is in its layer range (the bucket table
+   * put it there) or has no layer; no holdout covers it, it is not sticky and not shipped, so the
+   * remaining steps are the schedule, the unit type, the condition and the variant ranges, in
+   * `evaluate`'s order.
    */
-  private resolveSimple(
-    planIndex: number,
-    slot: number,
+  private resolveRecord(
+    records: Int32Array,
+    at: number,
     unit: UnitContext,
     unitType: number,
   ): ResolvedAssignment | undefined {
-    const now = unit.now;
-    if (now < (this.startMs[planIndex] ?? 0) || now >= (this.endMs[planIndex] ?? 0))
-      return undefined;
-    if (this.unitTypes[planIndex] !== unitType) return undefined;
-    const condition = this.conditionSlots[planIndex] ?? -1;
+    const flags = records[at + Rec.FLAGS] ?? 0;
+    if ((flags & RecFlag.WINDOW) !== 0) {
+      const planIndex = records[at + Rec.PLAN] ?? 0;
+      if (unit.now < (this.startMs[planIndex] ?? 0) || unit.now >= (this.endMs[planIndex] ?? 0))
+        return undefined;
+    }
+    if (records[at + Rec.UNIT_TYPE] !== unitType) return undefined;
+    const condition = records[at + Rec.CONDITION] ?? -1;
     if (condition >= 0 && !this.conditionMatches(condition)) return undefined;
-    const n =
-      this.hashVersions[planIndex] === HashVersion.V2
-        ? hashV2FromSeedState(this.seedStates[planIndex] ?? 0, this.unitId)
-        : hashV1FromValueState(this.unitState, this.seeds[planIndex] ?? '');
-    const first = this.rangeOffsets[planIndex] ?? 0;
-    const last = this.rangeOffsets[planIndex + 1] ?? 0;
-    const bounds = this.rangeBounds;
-    for (let r = first; r < last; r++) {
-      if (n >= (bounds[2 * r] ?? 1) && n < (bounds[2 * r + 1] ?? 0)) {
-        const variant = r - first;
-        const key =
-          (this.resultBase[planIndex] ?? 0) +
-          slot * (this.cacheStrides[planIndex] ?? 0) +
-          REASON_SLOTS +
-          variant;
+    const bucket =
+      (flags & RecFlag.V2) !== 0
+        ? bucketV2FromSeedState(records[at + Rec.SEED_STATE] ?? 0, this.unitId)
+        : bucketV1FromValueState(this.unitState, this.seeds[records[at + Rec.PLAN] ?? 0] ?? '');
+    const ranges = records[at + Rec.RANGES] ?? 0;
+    for (let v = 0; v < ranges; v++) {
+      const range = at + Rec.RANGE + 2 * v;
+      if (bucket >= (records[range] ?? 0) && bucket < (records[range + 1] ?? 0)) {
+        const key = (records[at + Rec.ASSIGNED_KEY] ?? 0) + v;
         const cached = this.results[key];
         if (cached !== undefined) return cached;
-        const plan = this.plans[planIndex];
+        const plan = this.plans[records[at + Rec.PLAN] ?? 0];
         return plan === undefined
           ? undefined
-          : this.result(plan, slot, AssignmentReason.ASSIGNED, unit, variant);
+          : this.result(plan, records[at + Rec.SLOT] ?? 0, AssignmentReason.ASSIGNED, unit, v);
       }
     }
     return undefined; // NOT_IN_COVERAGE
+  }
+
+  /** Fills the served-path record of every experiment of a surface (see `Rec`). */
+  private fillRecords(index: SurfaceIndex): void {
+    const { experiments, surfaceSlots, records } = index;
+    experiments.forEach((plan, position) => {
+      const at = position * RECORD_INTS;
+      const buckets = plan.hashVersion === HashVersion.V2 ? V2_BUCKETS : V1_BUCKETS;
+      const simple = isSimple(plan) && plan.rangeStarts.length <= RECORD_RANGES;
+      records[at + Rec.PLAN] = plan.index;
+      records[at + Rec.FLAGS] =
+        (simple ? RecFlag.SIMPLE : 0) |
+        (plan.startMs !== -Infinity || plan.endMs !== Infinity ? RecFlag.WINDOW : 0) |
+        (plan.hashVersion === HashVersion.V2 ? RecFlag.V2 : 0);
+      records[at + Rec.UNIT_TYPE] = this.unitTypeIds.get(plan.unitType) ?? -1;
+      records[at + Rec.CONDITION] = plan.conditionSlot;
+      records[at + Rec.SEED_STATE] = plan.seedState | 0;
+      records[at + Rec.SLOT] = surfaceSlots[position] ?? 0;
+      records[at + Rec.ASSIGNED_KEY] =
+        (this.resultBase[plan.index] ?? 0) +
+        (surfaceSlots[position] ?? 0) * plan.cacheStride +
+        REASON_SLOTS;
+      if (!simple) return;
+      records[at + Rec.RANGES] = plan.rangeStarts.length;
+      for (let v = 0; v < plan.rangeStarts.length; v++) {
+        const start = plan.rangeStarts[v] ?? 1;
+        const end = plan.rangeEnds[v] ?? 0;
+        // The hash is `bucket / buckets`: the buckets whose hash is in [start, end).
+        records[at + Rec.RANGE + 2 * v] = firstBucket(buckets, (h) => h >= start);
+        records[at + Rec.RANGE + 2 * v + 1] = firstBucket(buckets, (h) => !(h < end));
+      }
+    });
   }
 
   private beginResolve(unit: UnitContext): void {
@@ -836,10 +886,28 @@ export class AssignmentSnapshot {
         ),
         stickyExperimentIds: entry.experiments.filter((p) => p.sticky).map((p) => p.id),
         planIndexes: Int32Array.from(entry.experiments.map((p) => p.index)),
+        // Filled once result keys and unit type numbers are known (see `fillRecords`).
+        records: new Int32Array(entry.experiments.length * RECORD_INTS),
         served: servedIndex(entry.experiments),
       });
     }
   }
+}
+
+/**
+ * The first integer bucket b in [0, buckets] whose hash `b / buckets` satisfies `test`, which is
+ * false then true as b grows (`buckets` when none in [0, buckets) does): with it, a hash in a
+ * range is found by comparing integers, exactly as comparing the hash with the bounds would.
+ */
+function firstBucket(buckets: number, test: (hash: number) => boolean): number {
+  let low = 0;
+  let high = buckets;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (test(middle / buckets)) high = middle;
+    else low = middle + 1;
+  }
+  return low;
 }
 
 /**
@@ -1052,7 +1120,7 @@ function compileExperiment(
 }
 
 /**
- * Whether `resolveSimple` may stand in for `evaluate`: a running (or scheduled) experiment with a
+ * Whether `resolveRecord` may stand in for `evaluate`: a running (or scheduled) experiment with a
  * known hash version, not sticky, covered by no holdout, with no layer or a proper layer range
  * (so it is a candidate only when the unit's layer point is in it).
  */

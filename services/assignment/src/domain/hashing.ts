@@ -71,7 +71,15 @@ export function fnv1a32OfDecimal(n: number): number {
  * `fnv(String(fnv(seed + value))) % 10000 / 10000`.
  */
 export function hashV2FromSeedState(seedState: number, value: string): number {
-  return (fnv1a32OfDecimal(fnvContinue(seedState, value) >>> 0) % 10000) / 10000;
+  return bucketV2FromSeedState(seedState, value) / V2_BUCKETS;
+}
+
+/** The number of distinct v2 buckets: a v2 hash is `bucket / V2_BUCKETS`. */
+export const V2_BUCKETS = 10000;
+
+/** The integer bucket in [0, V2_BUCKETS) of {@link hashV2FromSeedState}. */
+export function bucketV2FromSeedState(seedState: number, value: string): number {
+  return fnv1a32OfDecimal(fnvContinue(seedState, value) >>> 0) % V2_BUCKETS;
 }
 
 /**

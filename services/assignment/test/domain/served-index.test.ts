@@ -58,7 +58,8 @@ function rarely<T>(arbitrary: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> {
 const experimentShape = fc.record({
   unitType: fc.constantFrom('user', 'user', 'user', 'device'),
   surfaces: fc.array(fc.constantFrom(...SURFACES), { minLength: 1, maxLength: 3 }),
-  weights: fc.array(fc.integer({ min: 0, max: 4 }), { minLength: 2, maxLength: 3 }),
+  // Up to 6 variants: more than a served-path record holds (4) take the general evaluation.
+  weights: fc.array(fc.integer({ min: 0, max: 4 }), { minLength: 2, maxLength: 6 }),
   coverage: fc.option(bound, { nil: undefined }),
   condition: fc.option(fc.constantFrom(...CONDITIONS), { nil: undefined, freq: 2 }),
   layer: fc.option(fc.record({ id: fc.constantFrom(...LAYERS, 'ghost'), range: layerRange }), {
