@@ -232,14 +232,17 @@ async function main(): Promise<void> {
     console.log(
       `\n(a) 1 entity × 50 features, concurrency 1 (${ROUNDS} rounds, peers alternating)`,
     );
+    const echoCall = () =>
+      echoClient.echo({ message: 'x'.repeat(100), failWithCode: 0, requireMessage: false });
+    const singleRead = read('user_stats', 'user_id', userIds, 1);
+    // Both servers and both client paths warm (JIT, young-generation sizing) before any round: a
+    // cold peer's first round measures its start-up, not its steady state.
+    await runLoad(echoCall, { concurrency: 1, durationMs: 1500, warmupMs: 500 });
+    await runLoad(singleRead, { concurrency: 1, durationMs: 1500, warmupMs: 500 });
     const ratios: number[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      const echoResult = await measure(
-        () => echoClient.echo({ message: 'x'.repeat(100), failWithCode: 0, requireMessage: false }),
-        1,
-        echo,
-      );
-      const single = await measure(read('user_stats', 'user_id', userIds, 1), 1, store);
+      const echoResult = await measure(echoCall, 1, echo);
+      const single = await measure(singleRead, 1, store);
       console.log(row(`#${round} bare grpc-js echo`, echoResult));
       console.log(row(`#${round} FeatureStore 1 × 50`, single));
       ratios.push(single.p99Ms / echoResult.p99Ms);
