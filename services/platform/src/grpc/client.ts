@@ -3,9 +3,11 @@
  *
  * Each unary method becomes `(request, options?) => Promise<response>`, client-streaming methods
  * take an iterable of requests, server-streaming ones return an async iterable. Every call:
- * - gets a deadline: the smaller of its own timeout and the inbound call's deadline when made while
- *   handling a call (so a caller's budget is never exceeded downstream), and cancels with it;
- * - runs in a CLIENT span whose context travels in `traceparent`;
+ * - gets a deadline: its own timeout, and when made on behalf of an inbound call (`parent`), no
+ *   later than that call's deadline, so a caller's budget is never exceeded downstream; it is
+ *   cancelled when the inbound call is;
+ * - runs in a CLIENT span whose context travels in `traceparent`, when there is a trace to
+ *   continue or a tracer provider to record one;
  * - fails with the `TandemError` matching the peer's status, details decoded.
  */
 import {
@@ -22,17 +24,17 @@ import {
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import { fromServiceError } from '../errors';
 import { injectIntoMetadata } from '../telemetry/propagation';
-import { endRpcSpan, startRpcSpan } from '../telemetry/rpc-spans';
-import {
-  currentInboundCall,
-  type RequestOf,
-  type ResponseOf,
-  type ServiceDefinition,
-} from './handlers';
+import { endRpcSpan, startRpcSpan, tracingRecords } from '../telemetry/rpc-spans';
+import type { CallContext, RequestOf, ResponseOf, ServiceDefinition } from './handlers';
 
 export interface CallSettings {
   /** This call's own timeout. @default the client's `defaultTimeoutMs` */
   readonly timeoutMs?: number;
+  /**
+   * The inbound call this one is made for (a handler's `ctx`): the call ends no later than its
+   * deadline and is cancelled when it is.
+   */
+  readonly parent?: CallContext;
   /** Extra request metadata (for example `authorization`). */
   readonly metadata?: Metadata;
   /** Cancels the call when aborted. */
@@ -69,8 +71,14 @@ export interface ClientOptions {
   readonly channelOptions?: ChannelOptions;
 }
 
-/** Starts a CLIENT span per call and sends its context in the metadata. */
+/**
+ * Starts a CLIENT span per call and sends its context in the metadata; a call with no trace to
+ * continue and no provider to record one goes through untouched.
+ */
 const tracingInterceptor: Interceptor = (options, nextCall) => {
+  if (!tracingRecords() && !trace.getSpanContext(context.active())) {
+    return new InterceptingCall(nextCall(options));
+  }
   const path = options.method_definition.path;
   const span = startRpcSpan(path, SpanKind.CLIENT, context.active());
   return new InterceptingCall(nextCall(options), {
@@ -87,12 +95,21 @@ const tracingInterceptor: Interceptor = (options, nextCall) => {
 };
 
 /** The deadline of a call: its own timeout, capped by the inbound call's deadline. */
-function deadlineFor(timeoutMs: number): Date {
+function deadlineFor(timeoutMs: number, parent: CallContext | undefined): Date {
   const own = Date.now() + timeoutMs;
-  const inbound = currentInboundCall()?.getDeadline();
-  const inboundMs =
-    inbound instanceof Date ? inbound.getTime() : typeof inbound === 'number' ? inbound : Infinity;
-  return new Date(Math.min(own, inboundMs));
+  return new Date(Math.min(own, parent?.deadline?.getTime() ?? Infinity));
+}
+
+/** Cancels `call` when `settings` has a signal or a parent call that aborts. */
+function cancelWith(call: { cancel(): void }, settings: CallSettings | undefined): void {
+  for (const signal of [settings?.signal, settings?.parent?.signal]) {
+    if (signal === undefined) continue;
+    if (signal.aborted) call.cancel();
+    else
+      signal.addEventListener('abort', () => {
+        call.cancel();
+      });
+  }
 }
 
 function asError(error: ServiceError): Error {
@@ -117,7 +134,9 @@ export function createClient<D extends ServiceDefinition>(
     if (settings?.metadata) metadata.merge(settings.metadata);
     return {
       metadata,
-      callOptions: { deadline: deadlineFor(settings?.timeoutMs ?? defaultTimeoutMs) },
+      callOptions: {
+        deadline: deadlineFor(settings?.timeoutMs ?? defaultTimeoutMs, settings?.parent),
+      },
     };
   };
 
@@ -153,9 +172,7 @@ export function createClient<D extends ServiceDefinition>(
               else resolve(value);
             },
           );
-          settings?.signal?.addEventListener('abort', () => {
-            call.cancel();
-          });
+          cancelWith(call, settings);
         });
     } else if (method.requestStream && !method.responseStream) {
       typed[name] = (
@@ -175,9 +192,7 @@ export function createClient<D extends ServiceDefinition>(
               else resolve(value);
             },
           );
-          settings?.signal?.addEventListener('abort', () => {
-            call.cancel();
-          });
+          cancelWith(call, settings);
           void (async () => {
             try {
               for await (const request of requests) {
@@ -202,9 +217,7 @@ export function createClient<D extends ServiceDefinition>(
           metadata,
           callOptions,
         );
-        settings?.signal?.addEventListener('abort', () => {
-          call.cancel();
-        });
+        cancelWith(call, settings);
         return (async function* stream() {
           try {
             for await (const item of call) yield item;

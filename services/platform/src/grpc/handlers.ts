@@ -4,11 +4,13 @@
  *
  * It exists because grpc-js only catches *synchronous* throws (reporting them as UNKNOWN with the
  * raw message) and ignores a rejected promise, leaving the call hanging. Here every handler is
- * awaited, every failure is mapped to a status exactly once (`toStatus`), the call runs inside a
- * SERVER span continuing the caller's trace, admin methods check the bearer token, and the
- * inbound call is kept in async-local storage so outbound clients inherit its deadline.
+ * awaited, every failure is mapped to a status exactly once (`toStatus`), admin methods check the
+ * bearer token, and the call runs inside a SERVER span continuing the caller's trace — when there
+ * is a trace: with no tracer provider registered and no trace context from the caller, no span or
+ * context is made, since nothing would record or propagate it (on a busy server that work was a
+ * fifth of a bare echo call's CPU). Outbound calls inherit the caller's deadline and cancellation
+ * when made with `{ parent: ctx }` (see `CallSettings.parent`).
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type { EventEmitter } from 'node:events';
 import {
   status as GrpcCode,
@@ -22,8 +24,8 @@ import {
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
 import { CancelledError, toStatus, TandemError } from '../errors';
-import { extractFromMetadata } from '../telemetry/propagation';
-import { endRpcSpan, startRpcSpan } from '../telemetry/rpc-spans';
+import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
+import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
 
 /** A method as ts-proto describes it in `XServiceService`. */
@@ -100,13 +102,6 @@ export type InboundCall =
   | ServerReadableStream<unknown, unknown>
   | ServerWritableStream<unknown, unknown>;
 
-const activeCall = new AsyncLocalStorage<InboundCall>();
-
-/** The inbound call being handled in this async context, if any (for deadline propagation). */
-export function currentInboundCall(): InboundCall | undefined {
-  return activeCall.getStore();
-}
-
 /** Builds the grpc-js implementation of `definition` from plain handlers. */
 export function implement<D extends ServiceDefinition>(
   definition: D,
@@ -169,7 +164,7 @@ type Finish = (
   trailer?: Metadata,
 ) => void;
 
-/** A call's context; its signal is made only when read (most handlers never do). */
+/** A call's context; its signal and peer are made only when read (most handlers never do). */
 class ServerCallContext implements CallContext {
   private controller: AbortController | undefined;
   private cancelled = false;
@@ -179,8 +174,12 @@ class ServerCallContext implements CallContext {
     readonly deadline: Date | undefined,
     readonly metadata: Metadata,
     readonly logger: Logger,
-    readonly peer: string,
+    private readonly call: InboundCall,
   ) {}
+
+  get peer(): string {
+    return this.call.getPeer();
+  }
 
   get signal(): AbortSignal {
     if (this.controller === undefined) {
@@ -204,13 +203,12 @@ function cancelledError(): CancelledError {
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
   const methodLogger = rootLogger.child({ rpc: path });
+  const startSpan = rpcSpanStarter(path, SpanKind.SERVER);
   return (
     call: InboundCall,
     body: (ctx: CallContext) => Promise<unknown>,
     finish: Finish,
   ): void => {
-    const span = startRpcSpan(path, SpanKind.SERVER, extractFromMetadata(call.metadata));
-    const spanContext = trace.setSpan(context.active(), span);
     const rawDeadline = call.getDeadline();
     const deadline =
       rawDeadline instanceof Date
@@ -218,36 +216,40 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         : Number.isFinite(rawDeadline)
           ? new Date(rawDeadline)
           : undefined;
-    const ctx = new ServerCallContext(path, deadline, call.metadata, methodLogger, call.getPeer());
+    const ctx = new ServerCallContext(path, deadline, call.metadata, methodLogger, call);
     const onCancelled = (): void => {
       ctx.cancel();
     };
     // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
     // is removed once the handler settles, so a finished call does not build an error for nobody.
     (call as EventEmitter).once('cancelled', onCancelled);
+    const span =
+      tracingRecords() || carriesTraceContext(call.metadata)
+        ? startSpan(extractFromMetadata(call.metadata))
+        : undefined;
     const execute = async (): Promise<unknown> => {
       auth?.check(call.metadata);
       return body(ctx);
     };
-    context.with(spanContext, () => {
-      activeCall.run(call, () => {
-        execute().then(
-          (value) => {
-            (call as EventEmitter).removeListener('cancelled', onCancelled);
-            endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
-            finish(null, value);
-          },
-          (error: unknown) => {
-            (call as EventEmitter).removeListener('cancelled', onCancelled);
-            const status = toStatus(error);
-            if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
-              rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
-            }
-            endRpcSpan(span, SpanKind.SERVER, status.code, error);
-            finish(status);
-          },
-        );
-      });
-    });
+    const run = (): void => {
+      execute().then(
+        (value) => {
+          (call as EventEmitter).removeListener('cancelled', onCancelled);
+          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
+          finish(null, value);
+        },
+        (error: unknown) => {
+          (call as EventEmitter).removeListener('cancelled', onCancelled);
+          const status = toStatus(error);
+          if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
+            rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
+          }
+          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, status.code, error);
+          finish(status);
+        },
+      );
+    };
+    if (span === undefined) run();
+    else context.with(trace.setSpan(context.active(), span), run);
   };
 }

@@ -29,6 +29,12 @@ const metadataSetter: TextMapSetter<Metadata> = {
   },
 };
 
+/** Whether the caller sent any of the headers the global propagator reads (`traceparent`, …). */
+export function carriesTraceContext(metadata: Metadata): boolean {
+  for (const field of propagation.fields()) if (metadata.get(field).length > 0) return true;
+  return false;
+}
+
 /** The trace context a caller sent in `traceparent` / `tracestate`. */
 export function extractFromMetadata(metadata: Metadata): Context {
   return propagation.extract(context.active(), metadata, metadataGetter);

@@ -204,8 +204,8 @@ describe('server reflection', () => {
   });
 });
 
-describe('deadline propagation', () => {
-  it('gives an outbound call no more than what is left of the inbound deadline', async () => {
+describe('deadline and cancellation propagation', () => {
+  it('gives an outbound call made for an inbound one no more than what is left of its deadline', async () => {
     const downstream = await startEcho();
     const downstreamClient = createClient(EchoServiceService, {
       address: downstream.address,
@@ -218,7 +218,7 @@ describe('deadline propagation', () => {
         echo: async (request, ctx) => {
           seenDeadline = ctx.deadline;
           // Asks downstream to wait 3 s; the inbound budget of 300 ms must cut it short.
-          return downstreamClient.echo({ ...request, delay: seconds(3) });
+          return downstreamClient.echo({ ...request, delay: seconds(3) }, { parent: ctx });
         },
       },
     });
@@ -233,6 +233,54 @@ describe('deadline propagation', () => {
     expect(error.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
     expect(Date.now() - started).toBeLessThan(2000);
     expect(seenDeadline).toBeInstanceOf(Date);
+    client.close();
+    downstreamClient.close();
+    await Promise.all([upstream.server.shutdown(1000), downstream.server.shutdown(1000)]);
+  });
+  it('cancels an outbound call made for an inbound one when its caller cancels', async () => {
+    let downstreamCancelled!: () => void;
+    const cancelledDownstream = new Promise<void>((resolve) => {
+      downstreamCancelled = resolve;
+    });
+    const downstream = await startEcho({
+      handlers: {
+        echo: async (request, ctx) => {
+          ctx.signal.addEventListener('abort', () => {
+            downstreamCancelled();
+          });
+          await new Promise((resolve) => setTimeout(resolve, 3000));
+          return { message: request.message, traceId: '' };
+        },
+      },
+    });
+    const downstreamClient = createClient(EchoServiceService, {
+      address: downstream.address,
+      credentials: insecure,
+      defaultTimeoutMs: 60_000,
+    });
+    const upstream = await startEcho({
+      handlers: {
+        echo: (request, ctx) => downstreamClient.echo(request, { parent: ctx }),
+      },
+    });
+    const client = createClient(EchoServiceService, {
+      address: upstream.address,
+      credentials: insecure,
+      defaultTimeoutMs: 60_000,
+    });
+    const caller = new AbortController();
+    const call = failure(
+      client.echo(
+        { message: 'hop', failWithCode: 0, requireMessage: false },
+        { signal: caller.signal },
+      ),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const started = Date.now();
+    caller.abort();
+    expect((await call).code).toBe(GrpcCode.CANCELLED);
+    await cancelledDownstream;
+    expect(Date.now() - started).toBeLessThan(2000);
     client.close();
     downstreamClient.close();
     await Promise.all([upstream.server.shutdown(1000), downstream.server.shutdown(1000)]);
