@@ -16,41 +16,16 @@ import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
 import {
   AssignmentServiceService,
   ResolveRequest,
+  ResolveResponse,
 } from '../gen/ts/tandem/assignment/v1/assignment_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, median, runLoad, type LoadResult } from './support/load';
-import { startServerProcess, type ServerProcess } from './support/server-process';
+import { formatRow, median, runLoad } from './support/load';
+import { measureAgainst, startServerProcess, type Measured } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const EXPERIMENTS = 1000;
 const LAYERS = 50;
-
-interface Measured {
-  readonly result: LoadResult;
-  readonly serverCpuUsPerCall: number;
-  /** The load generator's CPU per call (this process: encoding, HTTP/2, decoding, GC). */
-  readonly clientCpuUsPerCall: number;
-}
-
-async function measure(
-  server: ServerProcess,
-  call: () => Promise<unknown>,
-  concurrency: number,
-): Promise<Measured> {
-  const cpuBefore = await server.cpuMicros();
-  const clientBefore = process.cpuUsage();
-  const result = await runLoad(call, { concurrency, durationMs });
-  const client = process.cpuUsage(clientBefore);
-  const cpuAfter = await server.cpuMicros();
-  // Both include warm-up calls in the CPU window; the same for both servers.
-  const calls = Math.max(1, result.calls);
-  return {
-    result,
-    serverCpuUsPerCall: (cpuAfter - cpuBefore) / calls,
-    clientCpuUsPerCall: (client.user + client.system) / calls,
-  };
-}
 
 function line(label: string, measured: Measured): string {
   return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call, client ~${measured.clientCpuUsPerCall.toFixed(0)}`;
@@ -94,11 +69,23 @@ async function main(): Promise<void> {
       }),
     );
   };
-  const sample = (await resolve()) as { assignments: unknown[]; resolveToken: string };
+  // What a response carries, averaged over units (one unit's response says little: how many
+  // conditions its attributes meet decides how many assignments it gets).
+  const SAMPLE = 200;
+  let assignments = 0;
+  let bytes = 0;
+  let tokenChars = 0;
+  for (let i = 0; i < SAMPLE; i++) {
+    const response = (await resolve()) as ResolveResponse;
+    assignments += response.assignments.length;
+    bytes += ResolveResponse.encode(response).finish().length;
+    tokenChars += response.resolveToken.length;
+  }
   console.log(
     `Resolve: ${EXPERIMENTS} running experiments in ${LAYERS} layers with conditions, surface "home"; ` +
-      `a response carries ~${sample.assignments.length} assignments and a ${sample.resolveToken.length}-char token. ` +
-      `${durationMs} ms per run; client and servers in separate processes.`,
+      `a response carries ${(assignments / SAMPLE).toFixed(1)} assignments on average, ` +
+      `${(bytes / SAMPLE).toFixed(0)} bytes with a ${(tokenChars / SAMPLE).toFixed(0)}-character token ` +
+      `(the echo: ~100 bytes). ${durationMs} ms per run; client and servers in separate processes.`,
   );
   const echoCall = (): Promise<unknown> => echo.echo(echoRequest);
   for (const concurrency of [64, 1]) {
@@ -111,8 +98,8 @@ async function main(): Promise<void> {
     const throughputRatios: number[] = [];
     const cpuRatios: number[] = [];
     for (let round = 1; round <= rounds; round++) {
-      const bare = await measure(echoServer, echoCall, concurrency);
-      const resolved = await measure(assignmentServer, resolve, concurrency);
+      const bare = await measureAgainst(echoServer, echoCall, { concurrency, durationMs });
+      const resolved = await measureAgainst(assignmentServer, resolve, { concurrency, durationMs });
       console.log(line(`round ${round}: bare grpc-js echo`, bare));
       console.log(line(`round ${round}: Assignment.Resolve`, resolved));
       p99Ratios.push(resolved.result.p99Ms / bare.result.p99Ms);

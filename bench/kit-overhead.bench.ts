@@ -2,49 +2,68 @@
  * The runtime kit's cost per call: the echo service served by a bare grpc-js server vs through the
  * kit (handler adapter, error mapping, trace propagation hooks), same client, same run. Every
  * service's latency budget is stated against the bare echo, so this is the kit's share of it.
+ *
+ * Both servers run at once, are warmed first, and each concurrency is measured in BENCH_ROUNDS
+ * alternating rounds (3 by default); the ratios reported are the medians of the rounds' ratios.
+ * One cold round per server, as this benchmark first did, gave ratios from 0.72x to 1.56x on the
+ * same build.
  */
 import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
 import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, runLoad } from './support/load';
-import { startServerProcess } from './support/server-process';
+import { formatRow, median, runLoad } from './support/load';
+import { measureAgainst, startServerProcess, type Measured } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
+const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 
-async function measure(mode: 'bare' | 'kit', concurrency: number) {
-  const server = await startServerProcess(join(__dirname, 'support', 'echo-server.js'), [mode]);
-  const client = createClient(EchoServiceService, {
-    address: server.address,
-    credentials: credentials.createInsecure(),
-  });
-  const request = { message: 'x'.repeat(100), failWithCode: 0, requireMessage: false };
-  const cpuBefore = await server.cpuMicros();
-  const result = await runLoad(() => client.echo(request), { concurrency, durationMs });
-  const cpuAfter = await server.cpuMicros();
-  client.close();
-  await server.stop();
-  // Includes warm-up calls in the CPU window; close enough to compare the two modes.
-  return { result, serverCpuUsPerCall: (cpuAfter - cpuBefore) / Math.max(1, result.calls) };
+function line(label: string, measured: Measured): string {
+  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call`;
 }
 
 async function main(): Promise<void> {
   console.log(
-    `kit overhead: echo, ~100-byte messages, ${durationMs} ms per run, client and server in separate processes`,
+    `kit overhead: echo, ~100-byte messages, ${durationMs} ms per run, client and servers in separate processes`,
   );
+  const request = { message: 'x'.repeat(100), failWithCode: 0, requireMessage: false };
+  const peers = await Promise.all(
+    (['bare', 'kit'] as const).map(async (mode) => {
+      const server = await startServerProcess(join(__dirname, 'support', 'echo-server.js'), [mode]);
+      const client = createClient(EchoServiceService, {
+        address: server.address,
+        credentials: credentials.createInsecure(),
+      });
+      return { server, client, call: () => client.echo(request) };
+    }),
+  );
+  const [bare, kit] = peers as [(typeof peers)[0], (typeof peers)[0]];
+  for (const concurrency of [64, 1]) {
+    for (const peer of peers) {
+      await runLoad(peer.call, { concurrency, durationMs: 1500, warmupMs: 500 });
+    }
+  }
   for (const concurrency of [1, 64]) {
-    const bare = await measure('bare', concurrency);
-    const kit = await measure('kit', concurrency);
     console.log(`\nconcurrency ${concurrency}`);
+    const p99Ratios: number[] = [];
+    const throughputRatios: number[] = [];
+    const cpuRatios: number[] = [];
+    for (let round = 1; round <= rounds; round++) {
+      const viaBare = await measureAgainst(bare.server, bare.call, { concurrency, durationMs });
+      const viaKit = await measureAgainst(kit.server, kit.call, { concurrency, durationMs });
+      console.log(line(`round ${round}: bare grpc-js echo`, viaBare));
+      console.log(line(`round ${round}: echo through the kit`, viaKit));
+      p99Ratios.push(viaKit.result.p99Ms / viaBare.result.p99Ms);
+      throughputRatios.push(viaKit.result.callsPerSecond / viaBare.result.callsPerSecond);
+      cpuRatios.push(viaKit.serverCpuUsPerCall / viaBare.serverCpuUsPerCall);
+    }
     console.log(
-      `${formatRow('bare grpc-js echo', bare.result)}   server CPU ~${bare.serverCpuUsPerCall.toFixed(0)} µs/call`,
+      `ratio kit/bare (median of ${rounds}): p99 ${median(p99Ratios).toFixed(2)}x, throughput ${median(throughputRatios).toFixed(2)}x, server CPU per call ${median(cpuRatios).toFixed(2)}x`,
     );
-    console.log(
-      `${formatRow('echo through the kit', kit.result)}   server CPU ~${kit.serverCpuUsPerCall.toFixed(0)} µs/call`,
-    );
-    console.log(
-      `ratio kit/bare: p99 ${(kit.result.p99Ms / bare.result.p99Ms).toFixed(2)}x, throughput ${(kit.result.callsPerSecond / bare.result.callsPerSecond).toFixed(2)}x`,
-    );
+  }
+  for (const peer of peers) {
+    peer.client.close();
+    await peer.server.stop();
   }
 }
 

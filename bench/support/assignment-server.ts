@@ -1,9 +1,11 @@
 /**
- * Benchmark server: the Assignment service started as `main.ts` does (bootstrap → startAssignment →
- * serve) on an embedded store in a temporary directory and the in-process bus, seeded with
+ * Benchmark server: the Assignment service started as `main.ts` does (telemetry → bootstrap →
+ * startAssignment → serve) on an embedded store in a temporary directory and the in-process bus, seeded with
  * `experiments` running experiments spread over `layers` layers, all on surface `home`, each with
  * a targeting condition. Usage: node assignment-server.js [experiments] [layers]
  */
+// Telemetry first, as main.ts starts it (OpenTelemetry SDK; spans exported only when OTEL_* ask).
+import { telemetry } from '../../services/assignment/src/telemetry';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -99,6 +101,7 @@ async function main(): Promise<void> {
     await store.experiments.insert(benchmarkExperiment(i, layers, perLayer));
   await store.bumpVersion();
   await startAssignment(runtime, config);
+  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 

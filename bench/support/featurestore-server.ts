@@ -1,7 +1,10 @@
 /**
  * Benchmark server: FeatureStore as in production (its own process, embedded store in a temp
- * dir, NATS when NATS_URL is set), started through the same `startFeatureStore` as `main.ts`.
+ * dir, NATS when NATS_URL is set), started as `main.ts` does: telemetry first, then the same
+ * `startFeatureStore`.
  */
+// Telemetry first, as main.ts starts it (OpenTelemetry SDK; spans exported only when OTEL_* ask).
+import { telemetry } from '../../services/featurestore/src/telemetry';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +24,7 @@ async function main(): Promise<void> {
   });
   const runtime = await bootstrap(config.platform);
   await startFeatureStore(runtime, config);
+  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 

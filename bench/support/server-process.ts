@@ -5,6 +5,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Shutdown } from '../../services/platform/src/lifecycle';
+import { runLoad, type LoadOptions, type LoadResult } from './load';
 
 export interface ServerProcess {
   readonly port: number;
@@ -96,4 +97,32 @@ export function serveBenchmarkProcess(port: number, shutdown?: Shutdown): void {
       process.exit(0);
     });
   }
+}
+
+/** A load run against one server, with both sides' CPU time per call. */
+export interface Measured {
+  readonly result: LoadResult;
+  /** The server's CPU per call (all its threads; warm-up calls are in the window, not counted). */
+  readonly serverCpuUsPerCall: number;
+  /** The load generator's CPU per call (this process: encoding, HTTP/2, decoding, GC). */
+  readonly clientCpuUsPerCall: number;
+}
+
+/** Runs `call` under load against `server` and reports the latencies and CPU per call. */
+export async function measureAgainst(
+  server: ServerProcess,
+  call: () => Promise<unknown>,
+  options: LoadOptions,
+): Promise<Measured> {
+  const cpuBefore = await server.cpuMicros();
+  const clientBefore = process.cpuUsage();
+  const result = await runLoad(call, options);
+  const client = process.cpuUsage(clientBefore);
+  const cpuAfter = await server.cpuMicros();
+  const calls = Math.max(1, result.calls);
+  return {
+    result,
+    serverCpuUsPerCall: (cpuAfter - cpuBefore) / calls,
+    clientCpuUsPerCall: (client.user + client.system) / calls,
+  };
 }
