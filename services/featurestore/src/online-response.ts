@@ -18,6 +18,7 @@ import {
   FeatureStatus as FeatureStatusMessage,
   FeatureStoreServiceService,
   GetOnlineFeaturesResponse,
+  OnlineFeaturesMetadata,
   type FeatureColumn,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { Timestamp } from '../../../gen/ts/google/protobuf/timestamp';
@@ -63,14 +64,27 @@ const STATUS_MESSAGES: readonly FeatureStatusMessage[] = [
 const statusMessage = (status: number): FeatureStatusMessage =>
   STATUS_MESSAGES[status] ?? FeatureStatusMessage.FEATURE_STATUS_UNSPECIFIED;
 
+/**
+ * The `feature_names` entries of a response's metadata (tag, length, name each), for a reader that
+ * returns the same names many times (see {@link OnlineFeaturesReply}).
+ */
+export function encodeFeatureNames(names: readonly string[]): Buffer {
+  return Buffer.from(OnlineFeaturesMetadata.encode({ featureNames: [...names] }).finish());
+}
+
 /** A GetOnlineFeatures answer, ready to encode (fast) or to turn into the generated message. */
 export class OnlineFeaturesReply {
+  /**
+   * @param encodedFeatureNames when given, `encodeFeatureNames(featureNames)`, copied instead of
+   *   encoding the names again
+   */
   constructor(
     readonly featureNames: readonly string[],
     readonly readTime: number,
     readonly asOf: number,
     readonly rowCount: number,
     readonly columns: readonly ReplyColumn[],
+    readonly encodedFeatureNames?: Uint8Array,
   ) {}
 
   /** The generated message with the same content (the reference the encoder is tested against). */
@@ -188,8 +202,10 @@ class ReplyEncoder {
     const { reply } = this;
     const rowCount = reply.rowCount;
     // Sizes.
-    let metadataSize = 0;
-    const nameLengths = reply.featureNames.map((name) => Buffer.byteLength(name));
+    const encodedNames = reply.encodedFeatureNames;
+    const nameLengths =
+      encodedNames === undefined ? reply.featureNames.map((name) => Buffer.byteLength(name)) : [];
+    let metadataSize = encodedNames?.length ?? 0;
     for (const length of nameLengths) metadataSize += 1 + varintSize(length) + length;
     const readTimeSize = timestampSize(reply.readTime);
     const asOfSize = timestampSize(reply.asOf);
@@ -221,12 +237,17 @@ class ReplyEncoder {
     let pos = 0;
     out[pos++] = 10;
     pos = writeVarint(out, pos, metadataSize);
-    reply.featureNames.forEach((name, i) => {
-      const length = nameLengths[i] as number;
-      out[pos++] = 10;
-      pos = writeVarint(out, pos, length);
-      pos += out.write(name, pos, length, 'utf8');
-    });
+    if (encodedNames !== undefined) {
+      out.set(encodedNames, pos);
+      pos += encodedNames.length;
+    } else {
+      reply.featureNames.forEach((name, i) => {
+        const length = nameLengths[i] as number;
+        out[pos++] = 10;
+        pos = writeVarint(out, pos, length);
+        pos += out.write(name, pos, length, 'utf8');
+      });
+    }
     out[pos++] = 18;
     pos = writeVarint(out, pos, readTimeSize);
     pos = writeTimestamp(out, pos, reply.readTime);

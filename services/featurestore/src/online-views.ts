@@ -27,7 +27,12 @@ import { ValueType } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
 import type { FeatureViewDefinition } from './domain/registry';
 import { StreamAggregation } from './events/stream-aggregation';
-import { encodeEventTimes, OnlineFeaturesReply, type ReplyColumn } from './online-response';
+import {
+  encodeEventTimes,
+  encodeFeatureNames,
+  OnlineFeaturesReply,
+  type ReplyColumn,
+} from './online-response';
 import { featureViewNotFound, type FeatureRegistry, type Registered } from './feature-registry';
 import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
@@ -68,6 +73,33 @@ type Served =
       readonly aggregation: StreamAggregation;
     };
 
+/** The features of one view a read asks for. */
+interface Reference {
+  readonly view: string;
+  readonly served: Served;
+  /** The registry's entry the reference was resolved against (the plan is valid while it is). */
+  readonly registered: Registered<FeatureViewDefinition>;
+  readonly features: string[];
+  readonly indexes: number[];
+  /** The view's join keys and their types, as a string: views with the same share entity keys. */
+  readonly signature: string;
+}
+
+/**
+ * What a list of feature references resolves to, kept between reads of the same list (a ranking
+ * service asks for the same features every time): the references, the response's feature names
+ * and their encoding. Resolving `view:*` per read made and compared every feature name and, for the
+ * response, encoded each one with two native calls.
+ */
+interface ReadPlan {
+  readonly references: readonly Reference[];
+  readonly featureNames: readonly string[];
+  readonly encodedFeatureNames: Buffer;
+}
+
+/** Read plans kept per replica; the cache is emptied when full (feature lists are few). */
+const READ_PLAN_CAPACITY = 1024;
+
 /** Rough heap bytes of a served value, for the table's memory metrics. */
 function wireValueBytes(value: FeatureValueMessage): number {
   const kind = value.kind;
@@ -104,6 +136,7 @@ export class OnlineViews {
   private gapSince: number | undefined;
   private lastSyncAt = new Date(0);
   private syncing = false;
+  private readonly readPlans = new Map<string, ReadPlan>();
 
   constructor(private readonly parts: OnlineViewsParts) {}
 
@@ -237,7 +270,7 @@ export class OnlineViews {
     if (request.features.length > limits.maxFeatureRefs) {
       throw limitExceeded('features', `must hold at most ${limits.maxFeatureRefs} references`);
     }
-    const references = this.resolveReferences(request.features);
+    const { references, featureNames, encodedFeatureNames } = this.readPlan(request.features);
 
     // Entity rows: every column the same length, within the limits.
     const columns = Object.entries(request.entityRows);
@@ -269,24 +302,19 @@ export class OnlineViews {
     // Entity keys per distinct set of join keys (views of the same entities share them).
     const keysBySignature = new Map<string, string[]>();
     for (const reference of references) {
-      const signature = reference.served.keyColumns
-        .map((k) => `${k.joinKey}:${k.valueType}`)
-        .join('|');
-      if (keysBySignature.has(signature)) continue;
+      if (keysBySignature.has(reference.signature)) continue;
       keysBySignature.set(
-        signature,
+        reference.signature,
         this.entityKeys(request, reference.served.keyColumns, rowCount, violations),
       );
     }
     if (violations.length > 0) throw new InvalidArgumentError('invalid entity_rows', violations);
 
-    const featureNames: string[] = [];
     const out: ReplyColumn[] = [];
     let asOf = now;
     for (const reference of references) {
       const { served } = reference;
-      const signature = served.keyColumns.map((k) => `${k.joinKey}:${k.valueType}`).join('|');
-      const keys = keysBySignature.get(signature) ?? [];
+      const keys = keysBySignature.get(reference.signature) ?? [];
       const types = served.registered.definition.features;
       let result: { values: readonly unknown[]; statuses: Uint8Array; eventTimes: Float64Array };
       if (served.kind === 'push') {
@@ -298,36 +326,57 @@ export class OnlineViews {
       const eventTimes = request.omitEventTimes ? undefined : result.eventTimes;
       const encodedEventTimes =
         eventTimes === undefined ? undefined : encodeEventTimes(eventTimes, rowCount);
-      reference.features.forEach((feature, f) => {
-        featureNames.push(`${reference.view}:${feature}`);
+      for (let f = 0; f < reference.features.length; f++) {
         out.push({
           values: result.values,
           statuses: result.statuses,
           base: f * rowCount,
-          ...(served.kind === 'stream'
-            ? {
-                aggregateType: types[reference.indexes[f] ?? 0]?.valueType ?? ValueType.Unspecified,
-              }
-            : {}),
+          aggregateType:
+            served.kind === 'stream'
+              ? (types[reference.indexes[f] ?? 0]?.valueType ?? ValueType.Unspecified)
+              : undefined,
           eventTimes,
           encodedEventTimes,
         });
-      });
+      }
     }
-    return new OnlineFeaturesReply(featureNames, now, asOf, rowCount, out);
+    return new OnlineFeaturesReply(featureNames, now, asOf, rowCount, out, encodedFeatureNames);
   }
 
-  private resolveReferences(
-    features: readonly string[],
-  ): { view: string; served: Served; features: string[]; indexes: number[] }[] {
+  /**
+   * The read plan of a feature list: kept from an earlier read while every view it names is still
+   * served as it was then, else resolved (and validated) again.
+   */
+  private readPlan(features: readonly string[]): ReadPlan {
+    const key = features.length === 1 ? (features[0] ?? '') : features.join('\n');
+    const kept = this.readPlans.get(key);
+    if (
+      kept !== undefined &&
+      kept.references.every(
+        (r) =>
+          this.served.get(r.view) === r.served && this.parts.registry.view(r.view) === r.registered,
+      )
+    ) {
+      return kept;
+    }
+    const references = this.resolveReferences(features);
+    const featureNames = references.flatMap((r) => r.features.map((f) => `${r.view}:${f}`));
+    const plan: ReadPlan = {
+      references,
+      featureNames: Object.freeze(featureNames),
+      encodedFeatureNames: encodeFeatureNames(featureNames),
+    };
+    if (this.readPlans.size >= READ_PLAN_CAPACITY) this.readPlans.clear();
+    this.readPlans.set(key, plan);
+    return plan;
+  }
+
+  private resolveReferences(features: readonly string[]): Reference[] {
     const malformed: FieldViolation[] = [];
     const unknownViews: FieldViolation[] = [];
     const unknownFeatures: FieldViolation[] = [];
     const offline: string[] = [];
-    const byView = new Map<
-      string,
-      { view: string; served: Served; features: string[]; indexes: number[] }
-    >();
+    const byView = new Map<string, Reference>();
     const seen = new Set<string>();
     features.forEach((reference, i) => {
       const field = `features[${i}]`;
@@ -359,7 +408,14 @@ export class OnlineViews {
       }
       let entry = byView.get(viewName);
       if (entry === undefined) {
-        entry = { view: viewName, served, features: [], indexes: [] };
+        entry = {
+          view: viewName,
+          served,
+          registered,
+          features: [],
+          indexes: [],
+          signature: served.keyColumns.map((k) => `${k.joinKey}:${k.valueType}`).join('|'),
+        };
         byView.set(viewName, entry);
       }
       const names = definition.features.map((f) => f.name);

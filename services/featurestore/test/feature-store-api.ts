@@ -6,7 +6,7 @@ import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { decodeStatus, TandemError, type DecodedStatus } from '../../platform/src/errors';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
-import type { RunningHarness } from './support/feature-store-harness';
+import { eventually, type RunningHarness } from './support/feature-store-harness';
 import {
   bool,
   double,
@@ -189,6 +189,14 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
 
     it('accepts a new feature on a push view, and validate_only stores nothing', async () => {
       await registerUserStats();
+      const readAll = () =>
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:*'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        });
+      // A read before the change, so a read after it must not reuse what this one resolved.
+      expect((await readAll()).metadata?.featureNames).not.toContain('user_stats:age');
       const view = userStatsView();
       const extended = {
         ...view,
@@ -216,6 +224,11 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
           (f) => f.name,
         ),
       ).toContain('age');
+      await eventually(async () => {
+        const read = await readAll();
+        expect(read.metadata?.featureNames).toContain('user_stats:age');
+        expect(read.columns).toHaveLength(read.metadata?.featureNames.length ?? -1);
+      }, 2_000);
     });
 
     it('refuses to delete a referenced entity, and deletes a view with its values', async () => {

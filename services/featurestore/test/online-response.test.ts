@@ -20,6 +20,7 @@ import {
 } from '../src/online-response-decoder';
 import {
   encodeEventTimes,
+  encodeFeatureNames,
   FeatureStoreServiceDefinition,
   OnlineFeaturesReply,
   type ReplyColumn,
@@ -155,6 +156,16 @@ describe('the GetOnlineFeatures encoder', () => {
           GetOnlineFeaturesResponse.decode(slow),
         );
         expect(fast.equals(slow)).toBe(true);
+        // The same reply with its feature names encoded beforehand, as repeated reads send them.
+        const withNames = new OnlineFeaturesReply(
+          r.featureNames,
+          r.readTime,
+          r.asOf,
+          r.rowCount,
+          r.columns,
+          encodeFeatureNames(r.featureNames),
+        );
+        expect(withNames.encode().equals(slow)).toBe(true);
       }),
       { numRuns: 2_000 },
     );
