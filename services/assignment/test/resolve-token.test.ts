@@ -56,6 +56,17 @@ const record: fc.Arbitrary<ResolveRecord> = fc.record({
   ),
 });
 
+/** A resolve with nothing in it, resolved at 1,000 ms. */
+const SMALL_RECORD: ResolveRecord = {
+  unitId: 'u',
+  unitType: 'user',
+  resolveId: 'r',
+  resolveTime: 1_000,
+  configVersion: 3,
+  assignments: [],
+  holdouts: [],
+};
+
 function expectRefused(run: () => unknown, reason: string): void {
   let caught: unknown;
   try {
@@ -185,15 +196,7 @@ describe('ResolveTokens', () => {
     // A key longer than SHA-256's 64-byte block is hashed first (RFC 2104); Node's createHmac is
     // the reference.
     const longKey = 'k'.repeat(64) + '-and-then-some-ü';
-    const input: ResolveRecord = {
-      unitId: 'u',
-      unitType: 'user',
-      resolveId: 'r',
-      resolveTime: 1_000,
-      configVersion: 3,
-      assignments: [],
-      holdouts: [],
-    };
+    const input = SMALL_RECORD;
     const signed = Buffer.from(new ResolveTokens(longKey).sign(input), 'base64url');
     const body = signed.subarray(0, signed.length - 16);
     expect(signed.subarray(body.length)).toEqual(
@@ -204,15 +207,7 @@ describe('ResolveTokens', () => {
   it('refuses empty, too short, expired and signed-but-malformed tokens', () => {
     expectRefused(() => tokens.verify('', 0), 'REQUIRED');
     expectRefused(() => tokens.verify('too-short', 0), 'RESOLVE_TOKEN_INVALID');
-    const input: ResolveRecord = {
-      unitId: 'u',
-      unitType: 'user',
-      resolveId: 'r',
-      resolveTime: 1_000,
-      configVersion: 3,
-      assignments: [],
-      holdouts: [],
-    };
+    const input = SMALL_RECORD;
     const token = tokens.sign(input);
     expect(tokens.verify(token, 1_000 + TOKEN_VALIDITY_MS)).toEqual(input);
     expectRefused(() => tokens.verify(token, 1_001 + TOKEN_VALIDITY_MS), 'RESOLVE_TOKEN_EXPIRED');
