@@ -6,8 +6,8 @@
  * printed too.
  *
  * Both servers are warmed up first (JIT, young-generation sizing) and each concurrency is measured
- * in BENCH_ROUNDS alternating rounds (3 by default); the ratio reported is the median of the
- * rounds' ratios. Measuring the echo cold once, as this benchmark first did, doubled the echo's p99
+ * in BENCH_ROUNDS rounds (3 by default), each interleaving the two servers in half-second slices
+ * (`measureInterleaved`); the ratio reported is the median of the rounds' ratios. Measuring the echo cold once, as this benchmark first did, doubled the echo's p99
  * and flattered the ratio.
  */
 import { join } from 'node:path';
@@ -19,17 +19,13 @@ import {
   ResolveResponse,
 } from '../gen/ts/tandem/assignment/v1/assignment_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, median, runLoad } from './support/load';
-import { measureAgainst, startServerProcess, type Measured } from './support/server-process';
+import { median, runLoad } from './support/load';
+import { measureInterleaved, measuredRow, startServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const EXPERIMENTS = 1000;
 const LAYERS = 50;
-
-function line(label: string, measured: Measured): string {
-  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call, client ~${measured.clientCpuUsPerCall.toFixed(0)}`;
-}
 
 async function main(): Promise<void> {
   const echoServer = await startServerProcess(join(__dirname, 'support', 'echo-server.js'), [
@@ -98,13 +94,18 @@ async function main(): Promise<void> {
     const throughputRatios: number[] = [];
     const cpuRatios: number[] = [];
     for (let round = 1; round <= rounds; round++) {
-      const bare = await measureAgainst(echoServer, echoCall, { concurrency, durationMs });
-      const resolved = await measureAgainst(assignmentServer, resolve, { concurrency, durationMs });
-      console.log(line(`round ${round}: bare grpc-js echo`, bare));
-      console.log(line(`round ${round}: Assignment.Resolve`, resolved));
+      const [bare, resolved] = await measureInterleaved(
+        [
+          { server: echoServer, call: echoCall },
+          { server: assignmentServer, call: resolve },
+        ],
+        { concurrency, durationMs },
+      );
+      console.log(measuredRow(`round ${round}: bare grpc-js echo`, bare));
+      console.log(measuredRow(`round ${round}: Assignment.Resolve`, resolved));
       p99Ratios.push(resolved.result.p99Ms / bare.result.p99Ms);
       throughputRatios.push(resolved.result.callsPerSecond / bare.result.callsPerSecond);
-      cpuRatios.push(resolved.serverCpuUsPerCall / bare.serverCpuUsPerCall);
+      cpuRatios.push((resolved.serverCpuUsPerCall ?? NaN) / (bare.serverCpuUsPerCall ?? NaN));
     }
     const rounded = (values: number[], digits: number): string =>
       values.map((v) => v.toFixed(digits)).join(', ');

@@ -37,8 +37,13 @@ import { ValueType } from '../gen/ts/tandem/featurestore/v1/value';
 import { FeatureStoreClientDefinition } from '../services/featurestore/src/online-response-decoder';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, median, runLoad, type LoadResult } from './support/load';
-import { startServerProcess, type ServerProcess } from './support/server-process';
+import { median, runLoad } from './support/load';
+import {
+  measureInterleaved,
+  measuredRow,
+  startServerProcess,
+  type Contender,
+} from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
 const USERS = 2_000;
@@ -48,7 +53,10 @@ const ITEM_FEATURES = 32;
 const STREAM_EVENTS = Number(process.env.BENCH_STREAM_EVENTS ?? 60_000);
 /** (d) fails when the aggregation processes no event for this long: a hang, not a slow run. */
 const STALL_TIMEOUT_MS = 30_000;
-/** Rounds of each comparison (peers alternating); the median ratio is reported. */
+/**
+ * Rounds of each comparison, each interleaving the peers in half-second slices
+ * (`measureInterleaved`); the median ratio is reported.
+ */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** Sections to run (BENCH_SECTIONS=a,b,d); all by default. */
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'a,b,c,d').split(',').map((s) => s.trim()));
@@ -109,41 +117,6 @@ function rowsFor(
       eventTime,
     };
   });
-}
-
-/** A load run with its server's CPU time per call (all calls, warm-up included). */
-interface Measured extends LoadResult {
-  readonly serverCpuUsPerCall: number | undefined;
-}
-
-async function measure(
-  call: () => Promise<unknown>,
-  concurrency: number,
-  server?: ServerProcess,
-): Promise<Measured> {
-  let issued = 0;
-  const counted = () => {
-    issued++;
-    return call();
-  };
-  const cpuBefore = await server?.cpuMicros();
-  const result = await runLoad(counted, { concurrency, durationMs });
-  const cpuAfter = await server?.cpuMicros();
-  return {
-    ...result,
-    serverCpuUsPerCall:
-      cpuBefore === undefined || cpuAfter === undefined
-        ? undefined
-        : (cpuAfter - cpuBefore) / issued,
-  };
-}
-
-function row(label: string, r: Measured): string {
-  const cpu =
-    r.serverCpuUsPerCall === undefined
-      ? ''
-      : `   server CPU ${r.serverCpuUsPerCall.toFixed(0)} µs/call`;
-  return `${formatRow(label, r).replace(/ {3}p99/, `   p90 ${r.p90Ms.toFixed(3)} ms   p99`)}${cpu}`;
 }
 
 async function main(): Promise<void> {
@@ -230,7 +203,7 @@ async function main(): Promise<void> {
       credentials: credentials.createInsecure(),
     });
     console.log(
-      `\n(a) 1 entity × 50 features, concurrency 1 (${ROUNDS} rounds, peers alternating)`,
+      `\n(a) 1 entity × 50 features, concurrency 1 (${ROUNDS} rounds, peers interleaved)`,
     );
     const echoCall = () =>
       echoClient.echo({ message: 'x'.repeat(100), failWithCode: 0, requireMessage: false });
@@ -241,11 +214,16 @@ async function main(): Promise<void> {
     await runLoad(singleRead, { concurrency: 1, durationMs: 1500, warmupMs: 500 });
     const ratios: number[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      const echoResult = await measure(echoCall, 1, echo);
-      const single = await measure(singleRead, 1, store);
-      console.log(row(`#${round} bare grpc-js echo`, echoResult));
-      console.log(row(`#${round} FeatureStore 1 × 50`, single));
-      ratios.push(single.p99Ms / echoResult.p99Ms);
+      const [echoResult, single] = await measureInterleaved(
+        [
+          { server: echo, call: echoCall },
+          { server: store, call: singleRead },
+        ],
+        { concurrency: 1, durationMs },
+      );
+      console.log(measuredRow(`#${round} bare grpc-js echo`, echoResult));
+      console.log(measuredRow(`#${round} FeatureStore 1 × 50`, single));
+      ratios.push(single.result.p99Ms / echoResult.result.p99Ms);
     }
     echoClient.close();
     await echo.stop();
@@ -256,7 +234,7 @@ async function main(): Promise<void> {
 
   // ---- (b) vs Redis ----
   if (SECTIONS.has('b')) {
-    console.log(`\n(b) ranking-sized reads, concurrency 1 (${ROUNDS} rounds, peers alternating)`);
+    console.log(`\n(b) ranking-sized reads, concurrency 1 (${ROUNDS} rounds, peers interleaved)`);
     let redis: Redis | undefined;
     let redisServer: ChildProcess | undefined;
     if (!hasBinary('redis-server')) {
@@ -312,28 +290,26 @@ async function main(): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const [i, shape] of shapes.entries()) {
         const figure = figures[i]!;
-        const values = await measure(
-          read(shape.view, shape.joinKey, shape.ids, shape.count, true),
-          1,
-          store,
-        );
-        const full = await measure(
-          read(shape.view, shape.joinKey, shape.ids, shape.count),
-          1,
-          store,
-        );
-        console.log(row(`#${round} FeatureStore ${shape.label}`, values));
-        console.log(row(`#${round} FeatureStore ${shape.label} +times`, full));
-        figure.p99.push(values.p99Ms);
-        if (redis === undefined) continue;
         const prefix = shape.view === 'user_stats' ? 'user' : 'item';
-        const peer = await measure(
-          hmget(redis, prefix, shape.ids, shape.count, fields[shape.view]),
-          1,
-        );
-        console.log(row(`#${round} Redis HMGET pipelined ${shape.label}`, peer));
-        figure.ratio.push(values.p99Ms / peer.p99Ms);
-        figure.full.push(full.p99Ms / peer.p99Ms);
+        const contenders: Contender[] = [
+          { server: store, call: read(shape.view, shape.joinKey, shape.ids, shape.count, true) },
+          { server: store, call: read(shape.view, shape.joinKey, shape.ids, shape.count) },
+        ];
+        if (redis !== undefined)
+          contenders.push({
+            call: hmget(redis, prefix, shape.ids, shape.count, fields[shape.view]),
+          });
+        const [values, full, peer] = await measureInterleaved(contenders, {
+          concurrency: 1,
+          durationMs,
+        });
+        console.log(measuredRow(`#${round} FeatureStore ${shape.label}`, values!));
+        console.log(measuredRow(`#${round} FeatureStore ${shape.label} +times`, full!));
+        figure.p99.push(values!.result.p99Ms);
+        if (peer === undefined) continue;
+        console.log(measuredRow(`#${round} Redis HMGET pipelined ${shape.label}`, peer));
+        figure.ratio.push(values!.result.p99Ms / peer.result.p99Ms);
+        figure.full.push(full!.result.p99Ms / peer.result.p99Ms);
       }
     }
     redis?.disconnect();
@@ -357,22 +333,26 @@ async function main(): Promise<void> {
       rowsFor('user_id', 'w', b * 1000, 1000, USER_FEATURES),
     );
     let batchIndex = 0;
-    const ingest = await measure(
-      () =>
-        fs.writeFeatures({
-          featureView: 'user_stats',
-          rows: batches[batchIndex++ % batches.length]!.map((r) => ({
-            ...r,
-            eventTime: new Date(),
-          })),
-          requestId: '',
-        }),
-      2,
-      store,
+    const [ingest] = await measureInterleaved(
+      [
+        {
+          server: store,
+          call: () =>
+            fs.writeFeatures({
+              featureView: 'user_stats',
+              rows: batches[batchIndex++ % batches.length]!.map((r) => ({
+                ...r,
+                eventTime: new Date(),
+              })),
+              requestId: '',
+            }),
+        },
+      ],
+      { concurrency: 2, durationMs, sliceMs: durationMs, warmupMs: 1000 },
     );
-    const valuesPerSecond = ingest.callsPerSecond * 1000 * USER_FEATURES;
+    const valuesPerSecond = ingest.result.callsPerSecond * 1000 * USER_FEATURES;
     console.log('\n(c) push ingestion: WriteFeatures of 1,000 rows × 50 features, concurrency 2');
-    console.log(row('WriteFeatures', ingest));
+    console.log(measuredRow('WriteFeatures', ingest));
     console.log(
       `${Math.round(valuesPerSecond).toLocaleString('en')} feature values/s (budget ≥ 100,000/s)`,
     );

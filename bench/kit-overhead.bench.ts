@@ -4,7 +4,8 @@
  * service's latency budget is stated against the bare echo, so this is the kit's share of it.
  *
  * Both servers run at once, are warmed first, and each concurrency is measured in BENCH_ROUNDS
- * alternating rounds (3 by default); the ratios reported are the medians of the rounds' ratios.
+ * rounds (3 by default), each interleaving the two servers in half-second slices
+ * (`measureInterleaved`); the ratios reported are the medians of the rounds' ratios.
  * One cold round per server, as this benchmark first did, gave ratios from 0.72x to 1.56x on the
  * same build.
  */
@@ -12,15 +13,11 @@ import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
 import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { formatRow, median, runLoad } from './support/load';
-import { measureAgainst, startServerProcess, type Measured } from './support/server-process';
+import { median, runLoad } from './support/load';
+import { measureInterleaved, measuredRow, startServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
-
-function line(label: string, measured: Measured): string {
-  return `${formatRow(label, measured.result)}   server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call`;
-}
 
 async function main(): Promise<void> {
   console.log(
@@ -49,13 +46,12 @@ async function main(): Promise<void> {
     const throughputRatios: number[] = [];
     const cpuRatios: number[] = [];
     for (let round = 1; round <= rounds; round++) {
-      const viaBare = await measureAgainst(bare.server, bare.call, { concurrency, durationMs });
-      const viaKit = await measureAgainst(kit.server, kit.call, { concurrency, durationMs });
-      console.log(line(`round ${round}: bare grpc-js echo`, viaBare));
-      console.log(line(`round ${round}: echo through the kit`, viaKit));
+      const [viaBare, viaKit] = await measureInterleaved([bare, kit], { concurrency, durationMs });
+      console.log(measuredRow(`round ${round}: bare grpc-js echo`, viaBare));
+      console.log(measuredRow(`round ${round}: echo through the kit`, viaKit));
       p99Ratios.push(viaKit.result.p99Ms / viaBare.result.p99Ms);
       throughputRatios.push(viaKit.result.callsPerSecond / viaBare.result.callsPerSecond);
-      cpuRatios.push(viaKit.serverCpuUsPerCall / viaBare.serverCpuUsPerCall);
+      cpuRatios.push((viaKit.serverCpuUsPerCall ?? NaN) / (viaBare.serverCpuUsPerCall ?? NaN));
     }
     console.log(
       `ratio kit/bare (median of ${rounds}): p99 ${median(p99Ratios).toFixed(2)}x, throughput ${median(throughputRatios).toFixed(2)}x, server CPU per call ${median(cpuRatios).toFixed(2)}x`,

@@ -26,16 +26,28 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.max(0, index)] ?? NaN;
 }
 
-/** Runs `call` under closed-loop load and reports throughput and latency percentiles. */
-export async function runLoad(
+/** What one closed-loop run recorded, before it is summarised (see {@link summarize}). */
+export interface LoadSamples {
+  /** Latencies of the calls completed after the warm-up, in milliseconds. */
+  readonly latencies: number[];
+  readonly errors: number;
+  /** How long recording lasted, in milliseconds. */
+  readonly elapsedMs: number;
+  /** Every call completed, warm-up included: what the server's CPU time covers. */
+  readonly issued: number;
+}
+
+/** Runs `call` under closed-loop load and keeps every latency recorded after the warm-up. */
+export async function sampleLoad(
   call: () => Promise<unknown>,
   options: LoadOptions,
-): Promise<LoadResult> {
+): Promise<LoadSamples> {
   const warmupMs = options.warmupMs ?? Math.min(1000, options.durationMs / 4);
   let recording = false;
   let stop = false;
   const latencies: number[] = [];
   let errors = 0;
+  let issued = 0;
   const worker = async (): Promise<void> => {
     while (!stop) {
       const started = performance.now();
@@ -45,6 +57,7 @@ export async function runLoad(
       } catch {
         if (recording) errors += 1;
       }
+      issued += 1;
     }
   };
   const workers = Array.from({ length: options.concurrency }, () => worker());
@@ -53,19 +66,33 @@ export async function runLoad(
   const began = performance.now();
   await new Promise((r) => setTimeout(r, options.durationMs));
   recording = false;
-  const elapsed = performance.now() - began;
+  const elapsedMs = performance.now() - began;
   stop = true;
   await Promise.all(workers);
-  const sorted = Float64Array.from(latencies).sort();
+  return { latencies, errors, elapsedMs, issued };
+}
+
+/** Throughput and latency percentiles of one or more runs' samples, pooled. */
+export function summarize(runs: readonly LoadSamples[]): LoadResult {
+  const sorted = Float64Array.from(runs.flatMap((run) => run.latencies)).sort();
+  const elapsed = runs.reduce((sum, run) => sum + run.elapsedMs, 0);
   return {
     calls: sorted.length,
-    errors,
+    errors: runs.reduce((sum, run) => sum + run.errors, 0),
     callsPerSecond: (sorted.length / elapsed) * 1000,
     p50Ms: percentile(sorted, 50),
     p90Ms: percentile(sorted, 90),
     p99Ms: percentile(sorted, 99),
     maxMs: sorted[sorted.length - 1] ?? NaN,
   };
+}
+
+/** Runs `call` under closed-loop load and reports throughput and latency percentiles. */
+export async function runLoad(
+  call: () => Promise<unknown>,
+  options: LoadOptions,
+): Promise<LoadResult> {
+  return summarize([await sampleLoad(call, options)]);
 }
 
 /** Latency percentiles of a synchronous or async function called `iterations` times in a row. */

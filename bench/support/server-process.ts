@@ -5,7 +5,14 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Shutdown } from '../../services/platform/src/lifecycle';
-import { runLoad, type LoadOptions, type LoadResult } from './load';
+import {
+  formatRow,
+  sampleLoad,
+  summarize,
+  type LoadOptions,
+  type LoadResult,
+  type LoadSamples,
+} from './load';
 
 export interface ServerProcess {
   readonly port: number;
@@ -102,27 +109,87 @@ export function serveBenchmarkProcess(port: number, shutdown?: Shutdown): void {
 /** A load run against one server, with both sides' CPU time per call. */
 export interface Measured {
   readonly result: LoadResult;
-  /** The server's CPU per call (all its threads; warm-up calls are in the window, not counted). */
-  readonly serverCpuUsPerCall: number;
+  /** The server's CPU per call (all its threads), when its process is known. */
+  readonly serverCpuUsPerCall: number | undefined;
   /** The load generator's CPU per call (this process: encoding, HTTP/2, decoding, GC). */
   readonly clientCpuUsPerCall: number;
 }
 
-/** Runs `call` under load against `server` and reports the latencies and CPU per call. */
-export async function measureAgainst(
-  server: ServerProcess,
-  call: () => Promise<unknown>,
-  options: LoadOptions,
-): Promise<Measured> {
-  const cpuBefore = await server.cpuMicros();
-  const clientBefore = process.cpuUsage();
-  const result = await runLoad(call, options);
-  const client = process.cpuUsage(clientBefore);
-  const cpuAfter = await server.cpuMicros();
-  const calls = Math.max(1, result.calls);
-  return {
-    result,
-    serverCpuUsPerCall: (cpuAfter - cpuBefore) / calls,
-    clientCpuUsPerCall: (client.user + client.system) / calls,
+/** One side of a comparison: its call, and its server's process when the benchmark started it. */
+export interface Contender {
+  readonly call: () => Promise<unknown>;
+  readonly server?: ServerProcess;
+}
+
+export interface InterleaveOptions {
+  readonly concurrency: number;
+  /** Recorded time per contender, split into slices. */
+  readonly durationMs: number;
+  /** One slice's recorded time (default 500 ms, at most `durationMs`). */
+  readonly sliceMs?: number;
+  /** Each slice's warm-up (default a fifth of the slice, at most 100 ms). */
+  readonly warmupMs?: number;
+}
+
+/**
+ * Measures the contenders in alternating slices (A B, then B A, and so on) and pools each one's
+ * latencies, so that the slow and fast spells of a shared host fall on all of them alike. Measured
+ * one after the other for seconds each, the same two servers' p99 ratio moved by 1.5x between
+ * rounds here, because the host's speed changed between them. Every slice starts with a short
+ * warm-up, excluded from the latencies but not from the CPU per call.
+ */
+export async function measureInterleaved<const T extends readonly Contender[]>(
+  contenders: T,
+  options: InterleaveOptions,
+): Promise<{ -readonly [K in keyof T]: Measured }> {
+  const sliceMs = Math.min(options.durationMs, options.sliceMs ?? 500);
+  const slices = Math.max(1, Math.round(options.durationMs / sliceMs));
+  const slice: LoadOptions = {
+    concurrency: options.concurrency,
+    durationMs: sliceMs,
+    warmupMs: options.warmupMs ?? Math.min(100, sliceMs / 5),
   };
+  const totals = contenders.map(() => ({
+    samples: [] as LoadSamples[],
+    issued: 0,
+    serverMicros: 0,
+    clientMicros: 0,
+  }));
+  for (let s = 0; s < slices; s++) {
+    const order = contenders.map((_, i) => i);
+    if (s % 2 === 1) order.reverse();
+    for (const i of order) {
+      const { call, server } = contenders[i] as Contender;
+      const total = totals[i] as (typeof totals)[0];
+      const serverBefore = await server?.cpuMicros();
+      const clientBefore = process.cpuUsage();
+      const samples = await sampleLoad(call, slice);
+      const client = process.cpuUsage(clientBefore);
+      const serverAfter = await server?.cpuMicros();
+      total.samples.push(samples);
+      total.issued += samples.issued;
+      total.clientMicros += client.user + client.system;
+      if (serverBefore !== undefined && serverAfter !== undefined)
+        total.serverMicros += serverAfter - serverBefore;
+    }
+  }
+  return contenders.map((contender, i): Measured => {
+    const total = totals[i] as (typeof totals)[0];
+    const calls = Math.max(1, total.issued);
+    return {
+      result: summarize(total.samples),
+      serverCpuUsPerCall: contender.server === undefined ? undefined : total.serverMicros / calls,
+      clientCpuUsPerCall: total.clientMicros / calls,
+    };
+  }) as { -readonly [K in keyof T]: Measured };
+}
+
+/** One row of a side-by-side table: throughput, latencies, and CPU per call on both sides. */
+export function measuredRow(label: string, measured: Measured): string {
+  const r = measured.result;
+  const server =
+    measured.serverCpuUsPerCall === undefined
+      ? ''
+      : `server CPU ~${measured.serverCpuUsPerCall.toFixed(0)} µs/call, `;
+  return `${formatRow(label, r).replace(/ {3}p99/, `   p90 ${r.p90Ms.toFixed(3)} ms   p99`)}   ${server}client ~${measured.clientCpuUsPerCall.toFixed(0)}`;
 }
