@@ -64,7 +64,21 @@ function condition(i: number): Record<string, unknown> {
 }
 const CONDITIONS = Array.from({ length: 60 }, (_, i) => condition(i));
 
-for (const distinct of [false, true]) {
+/**
+ * How the experiments' conditions relate, from the best case to the worst:
+ * - `shared`: drawn from the pool, as teams reuse targeting across experiments;
+ * - `distinct`: every condition different, a pool rule AND a clause of its own (the evaluator
+ *   still evaluates the rule once per unit: it shares conjuncts, see `conjunctsOf`);
+ * - `indivisible`: every condition different and one conjunct (a pool rule OR a clause of its own),
+ *   so no condition's result can be reused within a resolve.
+ */
+const WORKLOADS = {
+  shared: 'conditions shared from a pool',
+  distinct: 'every condition distinct: a shared rule AND a clause of its own',
+  indivisible: 'every condition distinct and indivisible: a shared rule OR a clause of its own',
+} as const;
+
+for (const workload of Object.keys(WORKLOADS) as (keyof typeof WORKLOADS)[]) {
   const experiments: ExperimentDefinition[] = [];
   for (let l = 0; l < LAYERS; l++) {
     for (let j = 0; j < PER_LAYER; j++) {
@@ -76,11 +90,14 @@ for (const distinct of [false, true]) {
         surfaces: ['home'],
         variants: weights.map((weight, k) => ({ key: `v${k}`, weight })),
         coverage: 0.5 + Math.round(rand() * 50) / 100,
-        // Either drawn from the shared pool, or made unique per experiment (the worst case: no
-        // condition result can be reused within a resolve).
-        condition: distinct
-          ? { $and: [pick(CONDITIONS), { 'app.version': { $lte: 100 + l * PER_LAYER + j } }] }
-          : pick(CONDITIONS),
+        // The clause of its own never decides the result (every unit's app.version is below 20),
+        // so the three workloads enter the same share of experiments.
+        condition:
+          workload === 'shared'
+            ? pick(CONDITIONS)
+            : workload === 'distinct'
+              ? { $and: [pick(CONDITIONS), { 'app.version': { $lte: 100 + l * PER_LAYER + j } }] }
+              : { $or: [pick(CONDITIONS), { 'app.version': { $gt: 100 + l * PER_LAYER + j } }] },
         layerId: `layer-${l}`,
         layerRange: { start: j / PER_LAYER, end: (j + 1) / PER_LAYER },
         hashVersion: rand() < 0.8 ? 2 : 1,
@@ -202,9 +219,7 @@ for (const distinct of [false, true]) {
         10,
       )} µs/resolve   (${m.inExperimentPerResolve.toFixed(1)} experiments entered per unit)`;
 
-  console.log(
-    `\nassignment evaluator: resolve one unit on a surface (${distinct ? 'every condition distinct' : 'conditions shared from a pool'})`,
-  );
+  console.log(`\nassignment evaluator: resolve one unit on a surface (${WORKLOADS[workload]})`);
   console.log(
     `  workload: ${experiments.length} running experiments, ${LAYERS} layers × ${PER_LAYER}, ` +
       `${new Set(experiments.map((e) => JSON.stringify(e.condition))).size} distinct conditions, ` +

@@ -3,11 +3,12 @@
  * version, which resolves a unit into one assignment per experiment on the requested surfaces.
  *
  * Everything that does not depend on the unit is done when the snapshot is built: experiments are
- * indexed by surface, conditions are compiled (and identical ones shared), bucket ranges computed
+ * indexed by surface, conditions are compiled conjunct by conjunct (identical ones shared, even
+ * between different conditions: see `conjunctsOf`), bucket ranges computed
  * (with a bandit's minimum arm share applied), seeds pre-hashed, holdout coverage resolved and even
  * the result objects are created once and shared, since an assignment depends on the unit only
  * through which reason and variant it gets. Per resolve, the work left is one FNV pass per layer,
- * per distinct condition, per holdout and per experiment hash actually needed, memoised in scratch
+ * per distinct conjunct, per holdout and per experiment hash actually needed, memoised in scratch
  * arrays stamped with a resolve generation so nothing is cleared or allocated per experiment.
  *
  * `resolveServed` returns only the assignments that change what is served (the reasons of
@@ -49,10 +50,14 @@ import {
   hashV2FromSeedState,
 } from './hashing';
 import {
+  InvalidConditionError,
   compileCondition,
+  conjunctsOf,
   isEmptyCondition,
+  validateCondition,
   type AttributePredicate,
   type Attributes,
+  type Condition,
 } from './targeting';
 
 /** Why a unit got its variant (`tandem.assignment.v1.AssignmentReason`, same numbers). */
@@ -309,13 +314,18 @@ export class AssignmentSnapshot {
   private readonly holdoutsById = new Map<string, HoldoutPlan>();
   private readonly holdoutPlans: readonly HoldoutPlan[];
   private readonly surfaces = new Map<string, SurfaceIndex>();
+  /** The compiled conjuncts of every condition, shared between conditions (see `conjunctsOf`). */
   private readonly predicates: AttributePredicate[] = [];
+  /** Per distinct condition, the slots in `predicates` of its conjuncts. */
+  private readonly conditionParts: (readonly number[])[] = [];
   private readonly layerSuffixes: string[] = [];
 
   // Per-resolve memos, valid when their generation stamp equals `generation`.
   private generation = 0;
   private readonly conditionStamp: Uint32Array;
   private readonly conditionMatch: Uint8Array;
+  private readonly partStamp: Uint32Array;
+  private readonly partMatch: Uint8Array;
   private readonly layerStamp: Uint32Array;
   private readonly layerBucket: Int32Array;
   private readonly holdoutStamp: Uint32Array;
@@ -358,13 +368,27 @@ export class AssignmentSnapshot {
     for (const a of configuration.allocations) allocations.set(a.experimentId, a);
 
     const conditionSlots = new Map<string, number>();
-    const conditionSlot = (definition: ExperimentDefinition): number => {
-      if (isEmptyCondition(definition.condition)) return -1;
-      const key = JSON.stringify(definition.condition);
-      let slot = conditionSlots.get(key);
+    const partSlots = new Map<string, number>();
+    const partSlot = (part: Condition): number => {
+      const key = JSON.stringify(part);
+      let slot = partSlots.get(key);
       if (slot === undefined) {
         slot = this.predicates.length;
-        this.predicates.push(compileCondition(definition.condition));
+        this.predicates.push(compileCondition(part));
+        partSlots.set(key, slot);
+      }
+      return slot;
+    };
+    const conditionSlot = (definition: ExperimentDefinition): number => {
+      const condition = definition.condition;
+      if (condition === undefined || isEmptyCondition(condition)) return -1;
+      const key = JSON.stringify(condition);
+      let slot = conditionSlots.get(key);
+      if (slot === undefined) {
+        const violations = validateCondition(condition);
+        if (violations.length > 0) throw new InvalidConditionError(violations);
+        slot = this.conditionParts.length;
+        this.conditionParts.push(conjunctsOf(condition).map(partSlot));
         conditionSlots.set(key, slot);
       }
       return slot;
@@ -393,8 +417,10 @@ export class AssignmentSnapshot {
 
     this.indexSurfaces(plans, holdouts);
 
-    this.conditionStamp = new Uint32Array(this.predicates.length);
-    this.conditionMatch = new Uint8Array(this.predicates.length);
+    this.conditionStamp = new Uint32Array(this.conditionParts.length);
+    this.conditionMatch = new Uint8Array(this.conditionParts.length);
+    this.partStamp = new Uint32Array(this.predicates.length);
+    this.partMatch = new Uint8Array(this.predicates.length);
     this.layerStamp = new Uint32Array(this.layerSuffixes.length);
     this.layerBucket = new Int32Array(this.layerSuffixes.length);
     this.holdoutStamp = new Uint32Array(holdouts.length);
@@ -661,6 +687,7 @@ export class AssignmentSnapshot {
     if (this.generation === 0) {
       // Wrapped after 2^32 resolves: clear the stamps once so none looks current.
       this.conditionStamp.fill(0);
+      this.partStamp.fill(0);
       this.layerStamp.fill(0);
       this.holdoutStamp.fill(0);
       this.seenStamp.fill(0);
@@ -750,10 +777,23 @@ export class AssignmentSnapshot {
   private conditionMatches(slot: number): boolean {
     if (this.conditionStamp[slot] !== this.generation) {
       this.conditionStamp[slot] = this.generation;
-      const predicate = this.predicates[slot];
-      this.conditionMatch[slot] = predicate !== undefined && predicate(this.attributes) ? 1 : 0;
+      this.conditionMatch[slot] = this.partsMatch(this.conditionParts[slot] ?? []) ? 1 : 0;
     }
     return this.conditionMatch[slot] === 1;
+  }
+
+  /** Whether every conjunct matches, each evaluated at most once per resolve. */
+  private partsMatch(parts: readonly number[]): boolean {
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i] ?? 0;
+      if (this.partStamp[part] !== this.generation) {
+        this.partStamp[part] = this.generation;
+        const predicate = this.predicates[part];
+        this.partMatch[part] = predicate !== undefined && predicate(this.attributes) ? 1 : 0;
+      }
+      if (this.partMatch[part] !== 1) return false;
+    }
+    return true;
   }
 
   // The layer hash `hash("__" + layerId, unitId, v1)` is `bucket / V1_BUCKETS`.

@@ -158,6 +158,27 @@ export function compileCondition(condition: Condition | null | undefined): Attri
   return (attributes) => tester(attributes);
 }
 
+/**
+ * The conjuncts of a condition: the queries that must all match for it to match. MongoDB reads a
+ * query's top-level fields, and the members of a top-level `$and`, as a conjunction, so
+ * `{country: "SE", $and: [{plan: "premium"}, {"app.version": {$gte: 10}}]}` has the three conjuncts
+ * `{country: "SE"}`, `{plan: "premium"}` and `{"app.version": {$gte: 10}}`. An evaluator that
+ * compiles conjuncts rather than whole conditions evaluates a rule that many conditions share
+ * ("Nordics on iOS") once per unit. Field operators (`{age: {$gte: 18, $lt: 65}}`) and
+ * `$or/$nor/$not` stay whole. The condition must be valid (see {@link validateCondition}).
+ */
+export function conjunctsOf(condition: Condition): Condition[] {
+  const out: Condition[] = [];
+  for (const [key, value] of Object.entries(condition)) {
+    if (key === '$and' && Array.isArray(value)) {
+      for (const member of value) out.push(...conjunctsOf(member as Condition));
+    } else {
+      out.push({ [key]: value });
+    }
+  }
+  return out;
+}
+
 function violation(field: string, description: string, reason: string): FieldViolation {
   return { field, description, reason };
 }

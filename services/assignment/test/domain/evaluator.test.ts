@@ -1,3 +1,5 @@
+import fc from 'fast-check';
+import sift from 'sift';
 import { layerHash } from '../../src/domain/bucketing';
 import { AllocationMode, ExperimentStatus, HoldoutStatus } from '../../src/domain/configuration';
 import {
@@ -8,6 +10,7 @@ import {
   type UnitContext,
 } from '../../src/domain/evaluator';
 import { hash } from '../../src/domain/hashing';
+import type { Condition } from '../../src/domain/targeting';
 import { configuration, experiment, holdout } from './fixtures';
 
 const NOW = Date.UTC(2025, 0, 15);
@@ -29,6 +32,77 @@ function only(assignments: readonly ResolvedAssignment[]): ResolvedAssignment {
   expect(assignments).toHaveLength(1);
   return assignments[0]!;
 }
+
+describe('conditions sharing conjuncts', () => {
+  // Rules a configuration shares between conditions; each condition combines a few of them with
+  // fields and nested `$and`s, so the snapshot evaluates some conjuncts for several conditions.
+  const RULES: Condition[] = [
+    { country: 'SE' },
+    { country: { $in: ['SE', 'NO'] } },
+    { 'app.version': { $gte: 10 } },
+    { plan: 'premium' },
+    { tags: 'beta' },
+    { age: { $gte: 18, $lt: 65 } },
+    { $or: [{ country: 'US' }, { plan: 'premium' }] },
+    { $nor: [{ platform: 'tv' }] },
+    { platform: { $ne: 'web' } },
+  ];
+  const rule = fc.constantFrom(...RULES);
+  const { condition } = fc.letrec<{ condition: Condition }>((tie) => ({
+    condition: fc.oneof(
+      { depthSize: 'small' },
+      rule,
+      fc
+        .array(tie('condition'), { minLength: 1, maxLength: 3 })
+        .map((members): Condition => ({ $and: members })),
+      fc
+        .tuple(rule, fc.array(tie('condition'), { minLength: 1, maxLength: 2 }))
+        .map(([first, members]): Condition => ({ ...first, $and: members })),
+    ),
+  }));
+  const attributes = fc.record(
+    {
+      country: fc.constantFrom('SE', 'NO', 'US'),
+      plan: fc.constantFrom('premium', 'free'),
+      app: fc.record({ version: fc.integer({ min: 5, max: 15 }) }),
+      tags: fc.constantFrom(['beta'], ['kids', 'music'], []),
+      age: fc.integer({ min: 13, max: 80 }),
+      platform: fc.constantFrom('ios', 'web', 'tv'),
+    },
+    { requiredKeys: [] },
+  );
+
+  it('target exactly the units sift matches with each whole condition', () => {
+    fc.assert(
+      fc.property(
+        fc.array(condition, { minLength: 1, maxLength: 8 }),
+        fc.array(attributes, { minLength: 1, maxLength: 6 }),
+        (conditions, units) => {
+          const snapshot = buildSnapshot(
+            configuration({
+              experiments: conditions.map((c, i) =>
+                experiment({ id: `exp-${i}`, condition: c, coverage: 1 }),
+              ),
+            }),
+          );
+          // The reference: sift with every operator, on the condition as written.
+          const references = conditions.map((c) => sift(structuredClone(c)));
+          units.forEach((unitAttributes, u) => {
+            const { assignments } = snapshot.resolve(
+              unit(`user-${u}`, { attributes: unitAttributes }),
+            );
+            assignments.forEach((a, i) => {
+              expect(a.reason !== AssignmentReason.TARGETED_OUT).toBe(
+                references[i]?.(unitAttributes),
+              );
+            });
+          });
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
 
 describe('resolve reasons, in the contract order', () => {
   it.each([

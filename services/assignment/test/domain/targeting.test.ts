@@ -5,6 +5,7 @@ import {
 import {
   InvalidConditionError,
   compileCondition,
+  conjunctsOf,
   validateCondition,
   type Condition,
 } from '../../src/domain/targeting';
@@ -100,6 +101,31 @@ describe('each supported operator', () => {
     const predicate = compileCondition(condition);
     condition.country.$in.push('NO');
     expect(predicate({ country: 'NO' })).toBe(false);
+  });
+});
+
+describe('conjunctsOf', () => {
+  it('splits top-level fields and top-level $and members, recursively, in order', () => {
+    expect(
+      conjunctsOf({
+        country: 'SE',
+        $and: [{ plan: 'premium', $and: [{ 'app.version': { $gte: 10 } }] }, { tags: 'beta' }],
+        $or: [{ a: 1 }, { b: 2 }],
+      }),
+    ).toEqual([
+      { country: 'SE' },
+      { plan: 'premium' },
+      { 'app.version': { $gte: 10 } },
+      { tags: 'beta' },
+      { $or: [{ a: 1 }, { b: 2 }] },
+    ]);
+  });
+
+  it('keeps field operators, $or, $nor and $not whole', () => {
+    expect(conjunctsOf({ age: { $gte: 18, $lt: 65 } })).toEqual([{ age: { $gte: 18, $lt: 65 } }]);
+    expect(conjunctsOf({ $nor: [{ a: 1 }] })).toEqual([{ $nor: [{ a: 1 }] }]);
+    expect(conjunctsOf({ $not: { a: 1 } })).toEqual([{ $not: { a: 1 } }]);
+    expect(conjunctsOf({ $and: [{}] })).toEqual([]);
   });
 });
 
