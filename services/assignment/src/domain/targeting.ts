@@ -165,9 +165,15 @@ export function compileCondition(condition: Condition | null | undefined): Attri
  * `{country: "SE"}`, `{plan: "premium"}` and `{"app.version": {$gte: 10}}`. An evaluator that
  * compiles conjuncts rather than whole conditions evaluates a rule that many conditions share
  * ("Nordics on iOS") once per unit. Field operators (`{age: {$gte: 18, $lt: 65}}`) and
- * `$or/$nor/$not` stay whole. The condition must be valid (see {@link validateCondition}).
+ * `$or/$nor/$not` stay whole, and so does an object sift would not read as a query. The condition
+ * must be valid (see {@link validateCondition}).
  */
 export function conjunctsOf(condition: Condition): Condition[] {
+  // sift reads an object with a `constructor` or a truthy `toJSON` key as a value to compare with,
+  // not as a query (its `isVanillaObject`); split, the pieces would be read differently.
+  if (Object.hasOwn(condition, 'constructor') || Object.hasOwn(condition, 'toJSON')) {
+    return [condition];
+  }
   const out: Condition[] = [];
   for (const [key, value] of Object.entries(condition)) {
     if (key === '$and' && Array.isArray(value)) {

@@ -46,6 +46,13 @@ describe('conditions sharing conjuncts', () => {
     { $or: [{ country: 'US' }, { plan: 'premium' }] },
     { $nor: [{ platform: 'tv' }] },
     { platform: { $ne: 'web' } },
+    { $not: { platform: 'web' } },
+    { tags: { $elemMatch: { $eq: 'beta' } } },
+    { plan: { $exists: false } },
+    {},
+    // sift compares an object with these keys as a value instead of reading it as a query.
+    { constructor: 'x' },
+    { toJSON: 'x' },
   ];
   const rule = fc.constantFrom(...RULES);
   const { condition } = fc.letrec<{ condition: Condition }>((tie) => ({
@@ -55,21 +62,28 @@ describe('conditions sharing conjuncts', () => {
       fc
         .array(tie('condition'), { minLength: 1, maxLength: 3 })
         .map((members): Condition => ({ $and: members })),
+      fc.tuple(rule, rule).map(([first, second]): Condition => ({ ...first, ...second })),
       fc
         .tuple(rule, fc.array(tie('condition'), { minLength: 1, maxLength: 2 }))
         .map(([first, members]): Condition => ({ ...first, $and: members })),
     ),
   }));
-  const attributes = fc.record(
-    {
-      country: fc.constantFrom('SE', 'NO', 'US'),
-      plan: fc.constantFrom('premium', 'free'),
-      app: fc.record({ version: fc.integer({ min: 5, max: 15 }) }),
-      tags: fc.constantFrom(['beta'], ['kids', 'music'], []),
-      age: fc.integer({ min: 13, max: 80 }),
-      platform: fc.constantFrom('ios', 'web', 'tv'),
-    },
-    { requiredKeys: [] },
+  const attributes = fc.oneof(
+    // Equal to conditions that sift compares as values (see the last two rules).
+    fc.constantFrom({ constructor: 'x', plan: 'premium' }, { toJSON: 'x', country: 'SE' }),
+    fc.record(
+      {
+        country: fc.constantFrom('SE', 'NO', 'US'),
+        plan: fc.constantFrom('premium', 'free'),
+        app: fc.record({ version: fc.integer({ min: 5, max: 15 }) }),
+        tags: fc.constantFrom(['beta'], ['kids', 'music'], []),
+        age: fc.integer({ min: 13, max: 80 }),
+        platform: fc.constantFrom('ios', 'web', 'tv'),
+        constructor: fc.constant('x'),
+        toJSON: fc.constant('x'),
+      },
+      { requiredKeys: [] },
+    ),
   );
 
   it('target exactly the units sift matches with each whole condition', () => {
@@ -88,14 +102,16 @@ describe('conditions sharing conjuncts', () => {
           // The reference: sift with every operator, on the condition as written.
           const references = conditions.map((c) => sift(structuredClone(c)));
           units.forEach((unitAttributes, u) => {
-            const { assignments } = snapshot.resolve(
-              unit(`user-${u}`, { attributes: unitAttributes }),
+            const context = unit(`user-${u}`, { attributes: unitAttributes });
+            const expected = references.map((matches) => matches(unitAttributes));
+            const { assignments } = snapshot.resolve(context);
+            expect(assignments.map((a) => a.reason !== AssignmentReason.TARGETED_OUT)).toEqual(
+              expected,
             );
-            assignments.forEach((a, i) => {
-              expect(a.reason !== AssignmentReason.TARGETED_OUT).toBe(
-                references[i]?.(unitAttributes),
-              );
-            });
+            // Every experiment covers all units, so the served path enters exactly the targeted.
+            expect(snapshot.resolveServed(context).assignments.map((a) => a.experiment.id)).toEqual(
+              conditions.map((_, i) => `exp-${i}`).filter((_, i) => expected[i]),
+            );
           });
         },
       ),

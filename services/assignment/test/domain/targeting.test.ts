@@ -127,6 +127,14 @@ describe('conjunctsOf', () => {
     expect(conjunctsOf({ $not: { a: 1 } })).toEqual([{ $not: { a: 1 } }]);
     expect(conjunctsOf({ $and: [{}] })).toEqual([]);
   });
+
+  it('keeps whole an object sift compares as a value rather than reads as a query', () => {
+    expect(conjunctsOf({ constructor: 'x', a: 1 })).toEqual([{ constructor: 'x', a: 1 }]);
+    expect(conjunctsOf({ b: 2, $and: [{ toJSON: 'x', a: 1 }] })).toEqual([
+      { b: 2 },
+      { toJSON: 'x', a: 1 },
+    ]);
+  });
 });
 
 describe('validateCondition', () => {
