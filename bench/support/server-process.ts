@@ -125,7 +125,10 @@ export interface InterleaveOptions {
   readonly concurrency: number;
   /** Recorded time per contender, split into slices. */
   readonly durationMs: number;
-  /** One slice's recorded time (default 500 ms, at most `durationMs`). */
+  /**
+   * About one slice's recorded time (default 500 ms): `durationMs` is split into an even number
+   * of equal slices (or one), so that each contender goes first equally often.
+   */
   readonly sliceMs?: number;
   /** Each slice's warm-up (default a fifth of the slice, at most 100 ms). */
   readonly warmupMs?: number;
@@ -142,8 +145,9 @@ export async function measureInterleaved<const T extends readonly Contender[]>(
   contenders: T,
   options: InterleaveOptions,
 ): Promise<{ -readonly [K in keyof T]: Measured }> {
-  const sliceMs = Math.min(options.durationMs, options.sliceMs ?? 500);
-  const slices = Math.max(1, Math.round(options.durationMs / sliceMs));
+  let slices = Math.max(1, Math.round(options.durationMs / (options.sliceMs ?? 500)));
+  if (slices > 1 && slices % 2 === 1) slices += 1;
+  const sliceMs = options.durationMs / slices;
   const slice: LoadOptions = {
     concurrency: options.concurrency,
     durationMs: sliceMs,
