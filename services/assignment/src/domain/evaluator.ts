@@ -51,7 +51,7 @@ import {
 } from './hashing';
 import {
   InvalidConditionError,
-  compileCondition,
+  compileConjunct,
   conjunctsOf,
   isEmptyCondition,
   validateCondition,
@@ -374,7 +374,8 @@ export class AssignmentSnapshot {
       let slot = partSlots.get(key);
       if (slot === undefined) {
         slot = this.predicates.length;
-        this.predicates.push(compileCondition(part));
+        // Validated with its whole condition (below), so compiled without validating again.
+        this.predicates.push(compileConjunct(part));
         partSlots.set(key, slot);
       }
       return slot;

@@ -154,7 +154,16 @@ export function compileCondition(condition: Condition | null | undefined): Attri
   }
   const violations = validateCondition(condition);
   if (violations.length > 0) throw new InvalidConditionError(violations);
-  const tester = createQueryTester<unknown, unknown>(structuredClone(condition), { operations });
+  return compileConjunct(condition);
+}
+
+/**
+ * Compiles, without validating it again, a condition {@link validateCondition} accepted or one of
+ * its {@link conjunctsOf}. Like {@link compileCondition}, it copies the condition.
+ */
+export function compileConjunct(conjunct: Condition): AttributePredicate {
+  if (isEmptyCondition(conjunct)) return matchAll;
+  const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), { operations });
   return (attributes) => tester(attributes);
 }
 
