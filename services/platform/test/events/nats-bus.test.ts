@@ -302,6 +302,56 @@ describeWithNats('NATS JetStream event bus', () => {
       await second.stop();
     });
 
+    it('rewinds when a delivery never reached it, rather than acknowledging past it', async () => {
+      const warnings: string[] = [];
+      const logger = {
+        info: () => undefined,
+        warn: (fields: object) => {
+          warnings.push(String((fields as { reason?: unknown }).reason));
+        },
+        error: () => undefined,
+      };
+      const watched = await connectNatsBus({ servers: natsUrl!, name: 'tandem-test', logger });
+      try {
+        const seen: string[] = [];
+        const subscription = await watched.subscribeBatches!(spec(), (batch) => {
+          seen.push(...batch.map((d) => d.event.message));
+          return Promise.resolve();
+        });
+        await publish('a');
+        await eventuallyEqual(position, { ackFloor: 1, unacknowledged: 0 });
+
+        // Another client of the durable takes one delivery and never acknowledges it: to the
+        // subscription, a delivery lost on the way (as one is with a dropped connection).
+        const consumer = await jetstream(admin).consumers.get(stream, durable);
+        let stolen: string | undefined;
+        const taking = (async () => {
+          for await (const message of await consumer.fetch({ max_messages: 1, expires: 5_000 })) {
+            stolen = EchoRequest.decode(message.data).message;
+          }
+        })();
+        const published = ['a'];
+        for (let i = 0; stolen === undefined && i < 40; i++) {
+          published.push(`m${i}`);
+          await publish(`m${i}`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        await taking;
+        expect(stolen).toBeDefined();
+        // The subscription sees the gap at the first delivery after the stolen one, at the latest.
+        published.push('z');
+        await publish('z');
+
+        await waitFor(() => published.every((m) => seen.includes(m)));
+        expect(seen.filter((m) => m === stolen).length).toBeGreaterThanOrEqual(1);
+        expect(warnings.some((reason) => reason.startsWith('deliveries went missing'))).toBe(true);
+        await eventuallyEqual(position, { ackFloor: published.length, unacknowledged: 0 });
+        await subscription.stop();
+      } finally {
+        await watched.close();
+      }
+    });
+
     it('replaces a durable acknowledged event by event at its acknowledged position', async () => {
       const each = await bus.subscribeBatches!(spec({ acknowledgement: 'each' }), () =>
         Promise.resolve(),
