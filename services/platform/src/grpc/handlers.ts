@@ -23,7 +23,7 @@ import {
 } from '@grpc/grpc-js';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
-import { CancelledError, toStatus, TandemError } from '../errors';
+import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
@@ -123,21 +123,23 @@ export function implement<D extends ServiceDefinition>(
         call: ServerUnaryCall<unknown, unknown>,
         callback: sendUnaryData<unknown>,
       ) => {
-        run(call, (ctx) => fn(call.request, ctx) as Promise<unknown>, callback);
+        run(call, (ctx) => fn(decoded(call.request), ctx) as Promise<unknown>, callback);
       };
     } else if (method.requestStream && !method.responseStream) {
       implementation[name] = (
         call: ServerReadableStream<unknown, unknown>,
         callback: sendUnaryData<unknown>,
       ) => {
-        run(call, (ctx) => fn(call, ctx) as Promise<unknown>, callback);
+        run(call, (ctx) => fn(decodedStream(call), ctx) as Promise<unknown>, callback);
       };
     } else {
       implementation[name] = (call: ServerWritableStream<unknown, unknown>) => {
         run(
           call,
           async (ctx) => {
-            const input = method.requestStream ? call : call.request;
+            const input = method.requestStream
+              ? decodedStream(call as unknown as AsyncIterable<unknown>)
+              : decoded(call.request);
             for await (const response of fn(input, ctx) as AsyncIterable<unknown>) {
               if (!call.write(response))
                 await new Promise((resolve) => call.once('drain', resolve));
@@ -156,6 +158,59 @@ export function implement<D extends ServiceDefinition>(
     }
   }
   return implementation;
+}
+
+/** What a request decoder wrapped by {@link decodingRequestsSafely} returns instead of throwing. */
+class UndecodableRequest {
+  constructor(readonly cause: unknown) {}
+}
+
+/**
+ * `definition` with request decoders that return {@link UndecodableRequest} instead of throwing,
+ * for `GrpcServer.add`. grpc-js answers a decoder's throw with INTERNAL, but the cause is the
+ * caller's message: bytes that are not the message, or valid protobuf this server cannot hold
+ * (an int64 beyond ±2^53, as the code is generated with `forceLong=number`; nesting deeper than
+ * the decoder's recursion limit). The handlers of {@link implement} answer it with
+ * INVALID_ARGUMENT.
+ */
+export function decodingRequestsSafely<
+  D extends Readonly<Record<string, { readonly requestDeserialize: (value: Buffer) => unknown }>>,
+>(definition: D): D {
+  const safe: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const decode = method.requestDeserialize;
+    safe[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer): unknown => {
+        try {
+          return decode(bytes);
+        } catch (error) {
+          return new UndecodableRequest(error);
+        }
+      },
+    };
+  }
+  return safe as D;
+}
+
+/** The request, or INVALID_ARGUMENT when its decoder failed. */
+function decoded(request: unknown): unknown {
+  if (request instanceof UndecodableRequest) throw undecodable(request);
+  return request;
+}
+
+/** The request stream, ending with INVALID_ARGUMENT at a message its decoder failed on. */
+async function* decodedStream(requests: AsyncIterable<unknown>): AsyncIterable<unknown> {
+  for await (const request of requests) yield decoded(request);
+}
+
+function undecodable(request: UndecodableRequest): InvalidArgumentError {
+  const why = request.cause instanceof Error ? request.cause.message : String(request.cause);
+  return new InvalidArgumentError(
+    `the request is not a message this server can decode: ${why}`,
+    [],
+    { reason: 'UNDECODABLE_REQUEST' },
+  );
 }
 
 type Finish = (

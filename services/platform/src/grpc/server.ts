@@ -15,6 +15,7 @@ import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { Logger } from '../logging';
+import { decodingRequestsSafely } from './handlers';
 
 /**
  * The descriptor set `make gen` writes (with comments), served by reflection. Found by walking up
@@ -85,7 +86,7 @@ export class GrpcServer {
   add(definition: ServiceDefinition, implementation: UntypedServiceImplementation): void {
     const first = Object.values(definition)[0];
     const name = first ? (first.path.split('/')[1] ?? '') : '';
-    this.server.addService(definition, implementation);
+    this.server.addService(decodingRequestsSafely(definition), implementation);
     this.services.push({ name });
     this.health.setStatus(name, 'NOT_SERVING');
   }

@@ -1,4 +1,10 @@
-import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  status as GrpcCode,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import {
   EchoServiceClient,
   EchoServiceService,
@@ -150,6 +156,48 @@ describe('error mapping over a real gRPC hop', () => {
     expect(decoded.code).toBe(GrpcCode.INVALID_ARGUMENT);
     expect(decoded.errorInfo).toMatchObject({ domain: ERROR_DOMAIN, reason: 'INVALID_ARGUMENT' });
     expect(decoded.violations.map((v) => v.field)).toEqual(['message', 'delay']);
+  });
+});
+
+describe('requests the server cannot decode', () => {
+  let echo: RunningEcho;
+
+  beforeAll(async () => {
+    echo = await startEcho();
+  });
+
+  afterAll(async () => {
+    await echo.server.shutdown(1000);
+  });
+
+  it('answers bytes that are not the request message with INVALID_ARGUMENT, not INTERNAL', async () => {
+    // A client that sends its bytes as they are: field 1 (a string) announcing 5 bytes, then 1.
+    const Raw = makeGenericClientConstructor(
+      {
+        echo: {
+          ...EchoServiceService.echo,
+          requestSerialize: (bytes: Buffer) => bytes,
+        },
+      },
+      'EchoService',
+    );
+    const raw = new Raw(echo.address, credentials.createInsecure());
+    const error = await new Promise<ServiceError>((resolve) => {
+      raw.makeUnaryRequest(
+        EchoServiceService.echo.path,
+        (bytes: Buffer) => bytes,
+        EchoServiceService.echo.responseDeserialize,
+        Buffer.from([0x0a, 0x05, 0x78]),
+        (e) => {
+          resolve(e!);
+        },
+      );
+    });
+    raw.close();
+    const decoded = decodeStatus(error);
+    expect(decoded.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(decoded.errorInfo).toMatchObject({ reason: 'UNDECODABLE_REQUEST' });
+    expect(error.details).toMatch(/^the request is not a message this server can decode: /);
   });
 });
 
