@@ -335,6 +335,16 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       if (previous) return { exposures: previous };
       const record = context.tokens.verify(request.resolveToken, now);
       let exposureTime = request.exposureTime ?? new Date(now);
+      if (Number.isNaN(exposureTime.getTime())) {
+        // A Timestamp beyond what a Date holds (±8.64e15 ms), as its decoder makes it.
+        throw new InvalidArgumentError('exposure_time is out of range', [
+          {
+            field: 'exposure_time',
+            description: 'must be a time a Timestamp can hold',
+            reason: 'OUT_OF_RANGE',
+          },
+        ]);
+      }
       if (exposureTime.getTime() > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {
         throw new InvalidArgumentError('exposure_time is more than one minute in the future', [
           {

@@ -2,11 +2,13 @@
  * The end-to-end suite every storage adapter must pass: each RPC over gRPC against a service started
  * as in production, with every error path the contract names.
  */
-import { status as GrpcCode } from '@grpc/grpc-js';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { Client, credentials, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
 import { AssignmentReason } from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import {
   ApplyRequest,
+  AssignmentServiceService,
   ConcludeExperimentRequest,
   CreateExperimentRequest,
   CreateHoldoutRequest,
@@ -34,6 +36,7 @@ import {
   InvalidArgumentError,
   type TandemError,
 } from '../../../platform/src/errors';
+import { decodeStatus } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
 import { hash } from '../../src/domain';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
@@ -481,6 +484,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(notJson)).toEqual(['attributes.score']);
         const long = await failure(service.client.resolve(resolveRequest('é'.repeat(200))));
         expect(fields(long)).toEqual(['unit.id']);
+        // Deeper than the protobuf decoder goes: refused before the handler, still as bad input.
+        let deeper: Record<string, unknown> = { leaf: 1 };
+        for (let i = 0; i < 60; i++) deeper = { nested: deeper };
+        const undecodable = await failure(
+          service.client.resolve(resolveRequest('u', { attributes: deeper })),
+        );
+        expect(undecodable.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(undecodable.reason).toBe('UNDECODABLE_REQUEST');
       });
 
       it('logs an exposure once per day per experiment and unit, by Resolve(apply) or Apply', async () => {
@@ -560,6 +571,30 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(future)).toEqual(['exposure_time']);
+        // Seconds past what a Date holds (a Timestamp's own limit is the year 9999): only a
+        // hand-made request sends them, so it is sent as bytes.
+        const tooLate = new BinaryWriter();
+        tooLate.uint32(26).fork().uint32(8).int64(10_000_000_000_000).join();
+        const bytes = Buffer.concat([
+          ApplyRequest.encode(
+            ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+          ).finish(),
+          tooLate.finish(),
+        ]);
+        const raw = new Client(service.address, credentials.createInsecure());
+        const outOfRange = await new Promise<ServiceError>((resolve) => {
+          raw.makeUnaryRequest(
+            AssignmentServiceService.apply.path,
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            bytes,
+            (e) => {
+              resolve(e!);
+            },
+          );
+        });
+        raw.close();
+        expect(decodeStatus(outOfRange).violations.map((v) => v.field)).toEqual(['exposure_time']);
       });
     });
 
