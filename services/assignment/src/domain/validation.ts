@@ -5,7 +5,7 @@
  *
  * {@link checkRunningChange} guards what may change once an experiment has started: anything that
  * decides which variant a unit hashes into (seed, hash version, unit type, layer, allocation mode,
- * variant keys and order, and weights unless the experiment is sticky) is frozen, so a unit never
+ * variant keys and order, stickiness, and weights unless the experiment is sticky) is frozen, so a unit never
  * silently moves between variants mid-experiment. Coverage and layer range may change because
  * ranges only grow or shrink at their ends.
  */
@@ -360,6 +360,11 @@ export function checkRunningChange(
     frozen('hash_version', 'the hash version');
   }
   if ((before.layerId ?? '') !== (after.layerId ?? '')) frozen('layer_id', 'the layer');
+  // Stickiness guards the weights: turned on, units exposed before hold no stored variant when
+  // the weights then move; turned off, stored variants give way to weights that moved meanwhile.
+  if ((before.sticky === true) !== (after.sticky === true)) {
+    frozen('sticky', 'whether assignments are sticky');
+  }
   const modeBefore = before.allocationMode ?? AllocationMode.FIXED;
   if (modeBefore !== (after.allocationMode ?? AllocationMode.FIXED))
     frozen('allocation_mode', 'the allocation mode');

@@ -279,6 +279,14 @@ describe('checkRunningChange', () => {
     ]);
     const sticky = { ...running, sticky: true };
     expect(checkRunningChange(sticky, reweighted(sticky))).toEqual([]);
+    // Weights could move around stickiness turned on or off: units exposed while it was off
+    // have no stored variant to keep.
+    expect(fieldsAndReasons(checkRunningChange(running, { ...running, sticky: true }))).toEqual([
+      ['sticky', 'IMMUTABLE_ONCE_STARTED'],
+    ]);
+    expect(fieldsAndReasons(checkRunningChange(sticky, { ...sticky, sticky: false }))).toEqual([
+      ['sticky', 'IMMUTABLE_ONCE_STARTED'],
+    ]);
     const bandit = {
       ...sticky,
       allocationMode: AllocationMode.BANDIT,

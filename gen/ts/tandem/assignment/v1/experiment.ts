@@ -268,7 +268,7 @@ export interface Experiment {
   /**
    * Optional. When true, a unit keeps the variant it was first exposed to even when weights or
    * coverage change (stored per experiment and unit at its first exposure, for `sticky_ttl`).
-   * Required to be true for BANDIT experiments.
+   * Required to be true for BANDIT experiments. Immutable once started.
    */
   sticky: boolean;
   /** Optional. How long a stored sticky assignment is kept after it was stored; 90 days when unset. */
