@@ -193,7 +193,7 @@ describeWithNats('Assignment through a NATS outage', () => {
     const { url } = server;
     let service: TestAssignment | undefined;
     await eventually(async () => {
-      service = await startTestAssignment({ natsUrl: url });
+      service = await startTestAssignment({ natsUrl: url, exposureBuffer: 3 });
     });
     if (!service) throw new Error('the service did not start');
     const observer = await connectNatsBus({ servers: url, name: 'outage-observer' });
@@ -210,19 +210,32 @@ describeWithNats('Assignment through a NATS outage', () => {
       await eventually(() => {
         expect(service?.runtime.bus.isConnected()).toBe(false);
       });
+      // Three fit the buffer; the other two are dropped, and say so.
       for (let i = 0; i < 5; i++) {
         const response = await service.client.resolve(
           resolveRequest(`outage-${i}`, { surfaces: ['outage'], apply: true }),
         );
         expect(response.assignments).toHaveLength(1);
-        expect(response.exposures?.loggedCount).toBe(1);
+        expect(response.exposures).toMatchObject(
+          i < 3 ? { loggedCount: 1, droppedCount: 0 } : { loggedCount: 0, droppedCount: 1 },
+        );
       }
       await eventually(() => {
         expect(service?.service.exposureStats().failedAttempts).toBeGreaterThan(0);
       });
-      expect(service.service.exposureStats()).toMatchObject({ queued: 5, dropped: 0 });
+      expect(service.service.exposureStats()).toMatchObject({ queued: 3, dropped: 2 });
 
       server.start();
+      await eventually(() => {
+        expect(new Set(events.map((e) => e.unit?.id)).size).toBe(3);
+      }, 20_000);
+      // A dropped exposure was not remembered as logged: showing it again logs it.
+      for (const unit of ['outage-3', 'outage-4']) {
+        const again = await service.client.resolve(
+          resolveRequest(unit, { surfaces: ['outage'], apply: true }),
+        );
+        expect(again.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+      }
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(5);
       }, 20_000);

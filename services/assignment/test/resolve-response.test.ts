@@ -75,7 +75,12 @@ const response = fc.record({
   ),
   unknownSurfaces: fc.array(text, { maxLength: 3 }),
   exposures: fc.option(
-    fc.record({ loggedCount: count, alreadyLoggedCount: count, notInExperimentCount: count }),
+    fc.record({
+      loggedCount: count,
+      alreadyLoggedCount: count,
+      notInExperimentCount: count,
+      droppedCount: count,
+    }),
     { nil: undefined },
   ),
 });

@@ -6,7 +6,8 @@
  * - the event id is derived from (kind, id, unit type, unit id, UTC day), so the same exposure
  *   logged by another replica, or again after a restart, is dropped by JetStream's duplicate window.
  * Events go through a `BufferedPublisher`: logging never waits for NATS, and while NATS is down
- * they are buffered (bounded, drops counted) and published when it returns.
+ * they are buffered (bounded, drops counted) and published when it returns. An exposure the full
+ * buffer drops is reported as dropped, not logged, and is not remembered as logged today.
  */
 import { createHash } from 'node:crypto';
 import type { BufferedPublisher } from '../../../platform/src/events/buffered-publisher';
@@ -17,6 +18,8 @@ import { EXPOSURE_SUBJECT } from './streams';
 export interface ExposureTally {
   logged: number;
   alreadyLogged: number;
+  /** Not logged: the publishing buffer was full (or closing). */
+  dropped: number;
 }
 
 const DAY_MS = 86_400_000;
@@ -66,12 +69,16 @@ export class ExposureLog {
       tally.alreadyLogged++;
       return;
     }
+    // Remembered only once queued: a dropped exposure is logged by the next apply that shows it.
+    if (!this.publisher.enqueue(EXPOSURE_SUBJECT, ExposureEvent, { ...event, eventId }, eventId)) {
+      tally.dropped++;
+      return;
+    }
     this.loggedToday.add(eventId);
     if (this.loggedToday.size > this.memoryCapacity) {
       const oldest = this.loggedToday.values().next();
       if (!oldest.done) this.loggedToday.delete(oldest.value);
     }
-    this.publisher.enqueue(EXPOSURE_SUBJECT, ExposureEvent, { ...event, eventId }, eventId);
     tally.logged++;
   }
 }

@@ -67,12 +67,30 @@ function writeStringEntry(buffer: Buffer, offset: number, tag: number, value: st
   return writeString(buffer, offset + 1, value);
 }
 
+/** The fields of `ExposureCounts` with their tags (field number << 3, varint), in field order. */
+const COUNT_FIELDS = [
+  ['loggedCount', 8],
+  ['alreadyLoggedCount', 16],
+  ['notInExperimentCount', 24],
+  ['droppedCount', 32],
+] as const satisfies readonly (readonly [keyof ExposureCounts, number])[];
+
+/** Whether every count is written directly: a non-negative int32. */
+function plainCounts(counts: ExposureCounts): boolean {
+  for (const [field] of COUNT_FIELDS) {
+    const count = counts[field];
+    if (!isPlainCount(count) || count >= 2 ** 31) return false;
+  }
+  return true;
+}
+
 function countsSize(counts: ExposureCounts): number {
-  return (
-    (counts.loggedCount !== 0 ? 1 + varintSize(counts.loggedCount) : 0) +
-    (counts.alreadyLoggedCount !== 0 ? 1 + varintSize(counts.alreadyLoggedCount) : 0) +
-    (counts.notInExperimentCount !== 0 ? 1 + varintSize(counts.notInExperimentCount) : 0)
-  );
+  let size = 0;
+  for (const [field] of COUNT_FIELDS) {
+    const count = counts[field];
+    if (count !== 0) size += 1 + varintSize(count);
+  }
+  return size;
 }
 
 function generated(response: ResolveResponse): Buffer {
@@ -88,15 +106,7 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
   if (
     !isPlainCount(configVersion) ||
     (timeMs !== undefined && !isPlainCount(timeMs)) ||
-    (exposures !== undefined &&
-      !(
-        isPlainCount(exposures.loggedCount) &&
-        isPlainCount(exposures.alreadyLoggedCount) &&
-        isPlainCount(exposures.notInExperimentCount) &&
-        exposures.loggedCount < 2 ** 31 &&
-        exposures.alreadyLoggedCount < 2 ** 31 &&
-        exposures.notInExperimentCount < 2 ** 31
-      ))
+    (exposures !== undefined && !plainCounts(exposures))
   ) {
     return generated(response);
   }
@@ -147,17 +157,11 @@ export function serializeResolveResponse(response: ResolveResponse): Buffer {
   if (exposures !== undefined) {
     out[offset++] = 66;
     offset = writeVarint(out, offset, exposuresSize);
-    if (exposures.loggedCount !== 0) {
-      out[offset++] = 8;
-      offset = writeVarint(out, offset, exposures.loggedCount);
-    }
-    if (exposures.alreadyLoggedCount !== 0) {
-      out[offset++] = 16;
-      offset = writeVarint(out, offset, exposures.alreadyLoggedCount);
-    }
-    if (exposures.notInExperimentCount !== 0) {
-      out[offset++] = 24;
-      offset = writeVarint(out, offset, exposures.notInExperimentCount);
+    for (const [field, tag] of COUNT_FIELDS) {
+      const count = exposures[field];
+      if (count === 0) continue;
+      out[offset++] = tag;
+      offset = writeVarint(out, offset, count);
     }
   }
   return offset === size ? out : generated(response);

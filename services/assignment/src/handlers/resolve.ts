@@ -110,6 +110,7 @@ const NO_EXPOSURES: ExposureCounts = {
   loggedCount: 0,
   alreadyLoggedCount: 0,
   notInExperimentCount: 0,
+  droppedCount: 0,
 };
 
 /**
@@ -122,7 +123,7 @@ async function logExposures(
   experimentIds: readonly string[],
   exposureTime: Date,
 ): Promise<ExposureCounts> {
-  const tally: ExposureTally = { logged: 0, alreadyLogged: 0 };
+  const tally: ExposureTally = { logged: 0, alreadyLogged: 0, dropped: 0 };
   let notInExperiment = 0;
   let shown: readonly TokenAssignment[] = record.assignments;
   if (experimentIds.length > 0) {
@@ -205,6 +206,7 @@ async function logExposures(
     loggedCount: tally.logged,
     alreadyLoggedCount: tally.alreadyLogged,
     notInExperimentCount: notInExperiment,
+    droppedCount: tally.dropped,
   };
 }
 

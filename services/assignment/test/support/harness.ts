@@ -31,6 +31,8 @@ export interface StartOptions extends StorageChoice {
   readonly reloadInterval?: string;
   readonly replicaId?: string;
   readonly tokenSecret?: string;
+  /** Exposures buffered while NATS is unavailable (the service's default when unset). */
+  readonly exposureBuffer?: number;
 }
 
 export interface TestAssignment {
@@ -63,6 +65,7 @@ export function testConfig(options: StartOptions): AssignmentConfig {
       TANDEM_SHUTDOWN_TIMEOUT: '2s',
       TANDEM_ASSIGNMENT_RELOAD_INTERVAL: options.reloadInterval,
       TANDEM_ASSIGNMENT_TOKEN_SECRET: options.tokenSecret,
+      TANDEM_ASSIGNMENT_EXPOSURE_BUFFER: options.exposureBuffer?.toString(),
     },
     { replicaId: options.replicaId ?? `test-${Math.random().toString(36).slice(2, 10)}` },
   );

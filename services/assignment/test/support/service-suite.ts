@@ -504,12 +504,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           loggedCount: 1,
           alreadyLoggedCount: 0,
           notInExperimentCount: 0,
+          droppedCount: 0,
         });
         const resolved = await service.client.resolve(request);
         expect(resolved.exposures).toEqual({
           loggedCount: 0,
           alreadyLoggedCount: 0,
           notInExperimentCount: 0,
+          droppedCount: 0,
         });
         const again = await service.client.apply(
           ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
@@ -518,6 +520,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           loggedCount: 0,
           alreadyLoggedCount: 1,
           notInExperimentCount: 0,
+          droppedCount: 0,
         });
 
         const fresh = await service.client.resolve(
@@ -534,6 +537,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           loggedCount: 1,
           alreadyLoggedCount: 0,
           notInExperimentCount: 1,
+          droppedCount: 0,
         });
         const retried = await service.client.apply(
           ApplyRequest.fromPartial({

@@ -103,31 +103,23 @@ export class BufferedPublisher {
   }
 
   /**
-   * Queues an event for publishing and returns at once. Never throws: an event that cannot be
-   * queued (full, closed, not encodable, no id) is counted as dropped and logged.
+   * Queues an event for publishing and returns at once; false when it was not queued. Never
+   * throws: an event that cannot be queued (full, closed, not encodable, no id) is counted as
+   * dropped and logged.
    */
-  enqueue<T>(subject: string, codec: EventCodec<T>, event: T, eventId: string): void {
-    if (!this.accepting) {
-      this.drop(subject, eventId, 'publisher closed');
-      return;
-    }
-    if (eventId.length === 0) {
-      this.drop(subject, eventId, 'empty event id');
-      return;
-    }
-    if (this.size >= this.capacity) {
-      this.drop(subject, eventId, 'queue full');
-      return;
-    }
+  enqueue<T>(subject: string, codec: EventCodec<T>, event: T, eventId: string): boolean {
+    if (!this.accepting) return this.drop(subject, eventId, 'publisher closed');
+    if (eventId.length === 0) return this.drop(subject, eventId, 'empty event id');
+    if (this.size >= this.capacity) return this.drop(subject, eventId, 'queue full');
     let data: Uint8Array;
     try {
       data = codec.encode(event).finish();
     } catch (error) {
-      this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
-      return;
+      return this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
     }
     this.queue.push({ subject, data, eventId });
     this.arrived.notify();
+    return true;
   }
 
   stats(): BufferedPublisherStats {
@@ -177,12 +169,13 @@ export class BufferedPublisher {
   /**
    * Counts a dropped event. Logged at most once per `DROP_LOG_INTERVAL_MS` with the count since,
    * because a full queue during an outage drops on every request and must not flood the logs.
+   * Returns false, for `enqueue` to return.
    */
-  private drop(subject: string, eventId: string, reason: string): void {
+  private drop(subject: string, eventId: string, reason: string): false {
     this.dropped++;
     this.droppedSinceLog++;
     const now = Date.now();
-    if (now - this.lastDropLogAt < DROP_LOG_INTERVAL_MS) return;
+    if (now - this.lastDropLogAt < DROP_LOG_INTERVAL_MS) return false;
     this.logger.warn(
       {
         subject,
@@ -195,6 +188,7 @@ export class BufferedPublisher {
     );
     this.lastDropLogAt = now;
     this.droppedSinceLog = 0;
+    return false;
   }
 
   private async publishUntilClosed(): Promise<void> {

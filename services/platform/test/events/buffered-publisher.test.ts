@@ -125,8 +125,11 @@ describe('BufferedPublisher', () => {
   it('drops new events beyond its capacity and counts them, keeping the earliest', async () => {
     bus.available = false;
     const events = create({ capacity: 3 });
-    for (const id of ['1', '2', '3', '4', '5']) events.enqueue(SUBJECT, EchoRequest, echo(id), id);
+    const queued = ['1', '2', '3', '4', '5'].map((id) =>
+      events.enqueue(SUBJECT, EchoRequest, echo(id), id),
+    );
 
+    expect(queued).toEqual([true, true, true, false, false]);
     expect(events.stats()).toMatchObject({ queued: 3, dropped: 2 });
     bus.available = true;
     await events.flush(5_000);

@@ -192,6 +192,11 @@ export interface ExposureCounts {
    * assignment for (the unit was not in them, or they were not resolved); nothing is logged.
    */
   notInExperimentCount: number;
+  /**
+   * Output only. Exposures not logged because the buffer that holds them while NATS is unavailable
+   * was full; the next apply that shows the same experience logs them.
+   */
+  droppedCount: number;
 }
 
 function createBaseAssignment(): Assignment {
@@ -578,7 +583,7 @@ export const HoldoutMembership: MessageFns<HoldoutMembership> = {
 };
 
 function createBaseExposureCounts(): ExposureCounts {
-  return { loggedCount: 0, alreadyLoggedCount: 0, notInExperimentCount: 0 };
+  return { loggedCount: 0, alreadyLoggedCount: 0, notInExperimentCount: 0, droppedCount: 0 };
 }
 
 export const ExposureCounts: MessageFns<ExposureCounts> = {
@@ -591,6 +596,9 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     }
     if (message.notInExperimentCount !== 0) {
       writer.uint32(24).int32(message.notInExperimentCount);
+    }
+    if (message.droppedCount !== 0) {
+      writer.uint32(32).int32(message.droppedCount);
     }
     return writer;
   },
@@ -632,6 +640,14 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
             message.notInExperimentCount = reader.int32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.droppedCount = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -661,6 +677,11 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
         : isSet(object.not_in_experiment_count)
         ? globalThis.Number(object.not_in_experiment_count)
         : 0,
+      droppedCount: isSet(object.droppedCount)
+        ? globalThis.Number(object.droppedCount)
+        : isSet(object.dropped_count)
+        ? globalThis.Number(object.dropped_count)
+        : 0,
     };
   },
 
@@ -675,6 +696,9 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     if (message.notInExperimentCount !== 0) {
       obj.notInExperimentCount = Math.round(message.notInExperimentCount);
     }
+    if (message.droppedCount !== 0) {
+      obj.droppedCount = Math.round(message.droppedCount);
+    }
     return obj;
   },
 
@@ -686,6 +710,7 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     message.loggedCount = object.loggedCount ?? 0;
     message.alreadyLoggedCount = object.alreadyLoggedCount ?? 0;
     message.notInExperimentCount = object.notInExperimentCount ?? 0;
+    message.droppedCount = object.droppedCount ?? 0;
     return message;
   },
 };
