@@ -80,6 +80,7 @@ const response = fc.record({
       alreadyLoggedCount: count,
       notInExperimentCount: count,
       droppedCount: count,
+      notRunningCount: count,
     }),
     { nil: undefined },
   ),

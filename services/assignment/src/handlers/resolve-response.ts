@@ -73,6 +73,7 @@ const COUNT_FIELDS = [
   ['alreadyLoggedCount', 16],
   ['notInExperimentCount', 24],
   ['droppedCount', 32],
+  ['notRunningCount', 40],
 ] as const satisfies readonly (readonly [keyof ExposureCounts, number])[];
 
 /** Whether every count is written directly: a non-negative int32. */

@@ -29,6 +29,7 @@ import {
 import type { AssignmentContext } from '../assignment-context';
 import type { ExposureTally } from '../events/exposure-log';
 import type { ResolveRecord, TokenAssignment } from '../resolve-token';
+import type { ExperimentDocument } from '../store/documents';
 import { asEnum } from './messages';
 import { RenderedResults } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
@@ -111,7 +112,19 @@ const NO_EXPOSURES: ExposureCounts = {
   alreadyLoggedCount: 0,
   notInExperimentCount: 0,
   droppedCount: 0,
+  notRunningCount: 0,
 };
+
+/**
+ * Whether `experiment` had stopped serving by `time` (by StopExperiment, its schedule or
+ * conclusion): an exposure shown after that is not logged.
+ */
+function stoppedBy(experiment: ExperimentDocument, time: number): boolean {
+  return (
+    (experiment.stopTime !== null && experiment.stopTime <= time) ||
+    (experiment.scheduledEndTime !== null && experiment.scheduledEndTime <= time)
+  );
+}
 
 /**
  * Logs the exposures of a resolve that was shown: the listed in-experiment assignments (all when
@@ -125,6 +138,7 @@ async function logExposures(
 ): Promise<ExposureCounts> {
   const tally: ExposureTally = { logged: 0, alreadyLogged: 0, dropped: 0 };
   let notInExperiment = 0;
+  let notRunning = 0;
   let shown: readonly TokenAssignment[] = record.assignments;
   if (experimentIds.length > 0) {
     const byId = new Map(record.assignments.map((a) => [a.experimentId, a]));
@@ -140,7 +154,13 @@ async function logExposures(
   const resolveTime = new Date(record.resolveTime);
   const view = context.configuration.current();
   const stickyWrites: Promise<void>[] = [];
+  const shownAt = exposureTime.getTime();
   for (const assignment of shown) {
+    const experiment = view.experiments.get(assignment.experimentId)?.doc;
+    if (experiment === undefined || stoppedBy(experiment, shownAt)) {
+      notRunning++;
+      continue;
+    }
     context.exposures.log(
       {
         eventTime: exposureTime,
@@ -160,8 +180,7 @@ async function logExposures(
       },
       tally,
     );
-    const experiment = view.experiments.get(assignment.experimentId)?.doc;
-    if (experiment?.sticky && assignment.reason === ASSIGNED) {
+    if (experiment.sticky && assignment.reason === ASSIGNED) {
       const sticky: StickyAssignment = {
         variantKey: assignment.variantKey,
         allocationSequence: assignment.allocationSequence,
@@ -207,6 +226,7 @@ async function logExposures(
     alreadyLoggedCount: tally.alreadyLogged,
     notInExperimentCount: notInExperiment,
     droppedCount: tally.dropped,
+    notRunningCount: notRunning,
   };
 }
 

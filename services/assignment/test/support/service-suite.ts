@@ -505,6 +505,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           alreadyLoggedCount: 0,
           notInExperimentCount: 0,
           droppedCount: 0,
+          notRunningCount: 0,
         });
         const resolved = await service.client.resolve(request);
         expect(resolved.exposures).toEqual({
@@ -512,6 +513,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           alreadyLoggedCount: 0,
           notInExperimentCount: 0,
           droppedCount: 0,
+          notRunningCount: 0,
         });
         const again = await service.client.apply(
           ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
@@ -521,6 +523,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           alreadyLoggedCount: 1,
           notInExperimentCount: 0,
           droppedCount: 0,
+          notRunningCount: 0,
         });
 
         const fresh = await service.client.resolve(
@@ -538,6 +541,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           alreadyLoggedCount: 0,
           notInExperimentCount: 1,
           droppedCount: 0,
+          notRunningCount: 0,
         });
         const retried = await service.client.apply(
           ApplyRequest.fromPartial({
@@ -547,6 +551,31 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(retried).toEqual(named);
+      });
+
+      it('logs no exposure shown after the experiment stopped, and one shown before', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('stops', { surfaces: ['stops'] }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'stops' }));
+        const resolved = await client.resolve(resolveRequest('late-1', { surfaces: ['stops'] }));
+        expect(resolved.assignments.map((a) => a.inExperiment)).toEqual([true]);
+        await admin.stopExperiment(StopExperimentRequest.fromPartial({ id: 'stops' }));
+
+        const late = await client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(late.exposures).toMatchObject({ loggedCount: 0, notRunningCount: 1 });
+        const shownBefore = await client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: resolved.resolveToken,
+            exposureTime: resolved.resolveTime,
+          }),
+        );
+        expect(shownBefore.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
       });
 
       it('refuses a missing, forged or tampered token and an exposure time in the future', async () => {

@@ -197,6 +197,12 @@ export interface ExposureCounts {
    * was full; the next apply that shows the same experience logs them.
    */
   droppedCount: number;
+  /**
+   * Output only. In-experiment assignments of the resolve not logged because their experiment had
+   * stopped serving (or was deleted) by the exposure time: a stopped experiment logs no more
+   * exposures.
+   */
+  notRunningCount: number;
 }
 
 function createBaseAssignment(): Assignment {
@@ -583,7 +589,7 @@ export const HoldoutMembership: MessageFns<HoldoutMembership> = {
 };
 
 function createBaseExposureCounts(): ExposureCounts {
-  return { loggedCount: 0, alreadyLoggedCount: 0, notInExperimentCount: 0, droppedCount: 0 };
+  return { loggedCount: 0, alreadyLoggedCount: 0, notInExperimentCount: 0, droppedCount: 0, notRunningCount: 0 };
 }
 
 export const ExposureCounts: MessageFns<ExposureCounts> = {
@@ -599,6 +605,9 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     }
     if (message.droppedCount !== 0) {
       writer.uint32(32).int32(message.droppedCount);
+    }
+    if (message.notRunningCount !== 0) {
+      writer.uint32(40).int32(message.notRunningCount);
     }
     return writer;
   },
@@ -648,6 +657,14 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
             message.droppedCount = reader.int32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.notRunningCount = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -682,6 +699,11 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
         : isSet(object.dropped_count)
         ? globalThis.Number(object.dropped_count)
         : 0,
+      notRunningCount: isSet(object.notRunningCount)
+        ? globalThis.Number(object.notRunningCount)
+        : isSet(object.not_running_count)
+        ? globalThis.Number(object.not_running_count)
+        : 0,
     };
   },
 
@@ -699,6 +721,9 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     if (message.droppedCount !== 0) {
       obj.droppedCount = Math.round(message.droppedCount);
     }
+    if (message.notRunningCount !== 0) {
+      obj.notRunningCount = Math.round(message.notRunningCount);
+    }
     return obj;
   },
 
@@ -711,6 +736,7 @@ export const ExposureCounts: MessageFns<ExposureCounts> = {
     message.alreadyLoggedCount = object.alreadyLoggedCount ?? 0;
     message.notInExperimentCount = object.notInExperimentCount ?? 0;
     message.droppedCount = object.droppedCount ?? 0;
+    message.notRunningCount = object.notRunningCount ?? 0;
     return message;
   },
 };
