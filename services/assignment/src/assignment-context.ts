@@ -3,19 +3,20 @@
  * the repositories, exposure logging and resolve tokens.
  */
 import type { Logger } from '../../platform/src/logging';
+import type { ConfigurationWrites } from './configuration-writes';
 import type { ConfigurationChanges } from './events/config-changes';
 import type { ExposureLog } from './events/exposure-log';
 import type { LiveConfiguration } from './live-configuration';
 import type { ResolveTokens } from './resolve-token';
 import type { ConfigurationStore } from './store/configuration-store';
-import type { RequestResults } from './store/request-results';
 import type { StickyAssignments } from './store/sticky-assignments';
 
 export interface AssignmentContext {
   readonly configuration: LiveConfiguration;
   readonly store: ConfigurationStore;
   readonly changes: ConfigurationChanges;
-  readonly requests: RequestResults;
+  /** Configuration writes, one at a time and idempotent by request id. */
+  readonly writes: ConfigurationWrites;
   readonly sticky: StickyAssignments;
   readonly exposures: ExposureLog;
   readonly tokens: ResolveTokens;

@@ -10,6 +10,7 @@ import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
 import type { AssignmentContext } from './assignment-context';
 import type { AssignmentConfig } from './config';
+import { ConfigurationWrites } from './configuration-writes';
 import { followAllocationUpdates } from './events/allocation-updates';
 import { ConfigurationChanges, followConfigurationChanges } from './events/config-changes';
 import { ExposureLog } from './events/exposure-log';
@@ -57,7 +58,9 @@ export async function startAssignment(
     configuration,
     store,
     changes: new ConfigurationChanges(configuration, configPublisher, config.replicaId),
-    requests: await RequestResults.open(runtime.store, config.idempotencyTtlMs),
+    writes: new ConfigurationWrites(
+      await RequestResults.open(runtime.store, config.idempotencyTtlMs),
+    ),
     sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
     exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),
     tokens: new ResolveTokens(tokenSecret),
@@ -79,7 +82,9 @@ export async function startAssignment(
     await followAllocationUpdates(bus, context),
     await followConfigurationChanges(bus, configuration, config.replicaId, logger),
   ];
-  configuration.startPolling(config.reloadIntervalMs, () => advanceSchedule(context, Date.now()));
+  configuration.startPolling(config.reloadIntervalMs, () =>
+    context.writes.serially(() => advanceSchedule(context, Date.now())),
+  );
   logger.info(
     {
       configVersion: configuration.current().version,

@@ -25,21 +25,23 @@ export function followAllocationUpdates(
     },
     async ({ event, eventId }) => {
       try {
-        await applyAllocation(
-          context,
-          {
-            experimentId: event.experimentId,
-            weights: event.weights,
-            minArmShare: event.minArmShare,
-            sequence: event.sequence,
-            method: event.method,
-            computeTime: event.computeTime,
-            analysisPlanId: event.analysisPlanId,
-            source: 'analysis',
-            etag: '',
-            updateTime: undefined,
-          },
-          'analysis',
+        await context.writes.serially(() =>
+          applyAllocation(
+            context,
+            {
+              experimentId: event.experimentId,
+              weights: event.weights,
+              minArmShare: event.minArmShare,
+              sequence: event.sequence,
+              method: event.method,
+              computeTime: event.computeTime,
+              analysisPlanId: event.analysisPlanId,
+              source: 'analysis',
+              etag: '',
+              updateTime: undefined,
+            },
+            'analysis',
+          ),
         );
       } catch (error) {
         if (error instanceof UnavailableError || !(error instanceof TandemError)) throw error;

@@ -146,7 +146,7 @@ export function allocationHandlers(context: AssignmentContext): AllocationHandle
     },
 
     updateAllocation: (request) =>
-      context.requests.once(
+      context.writes.once(
         'UpdateAllocation',
         request.requestId,
         UpdateAllocationResponse,

@@ -225,7 +225,7 @@ function checkOptionalEtag(doc: ExperimentDocument, etag: string, version: numbe
 export function experimentHandlers(context: AssignmentContext): ExperimentHandlers {
   return {
     createExperiment: (request) =>
-      context.requests.once(
+      context.writes.once(
         'CreateExperiment',
         request.requestId,
         CreateExperimentResponse,
@@ -289,7 +289,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
     },
 
     updateExperiment: (request) =>
-      context.requests.once(
+      context.writes.once(
         'UpdateExperiment',
         request.requestId,
         UpdateExperimentResponse,
@@ -341,7 +341,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       ),
 
     deleteExperiment: (request) =>
-      context.requests.once(
+      context.writes.once(
         'DeleteExperiment',
         request.requestId,
         DeleteExperimentResponse,
@@ -378,7 +378,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       ),
 
     startExperiment: (request) =>
-      context.requests.once(
+      context.writes.once(
         'StartExperiment',
         request.requestId,
         StartExperimentResponse,
@@ -422,33 +422,28 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       ),
 
     stopExperiment: (request) =>
-      context.requests.once(
-        'StopExperiment',
-        request.requestId,
-        StopExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          required('id', request.id, violations);
-          rejectIfAny('request', violations);
-          const before = await storedExperiment(context, request.id);
-          checkOptionalEtag(before.doc, request.etag, before.version);
-          const doc = before.doc;
-          const now = Date.now();
-          let next: ExperimentDocument;
-          if (doc.status === ExperimentStatus.RUNNING) {
-            next = { ...doc, status: ExperimentStatus.STOPPED, stopTime: now, updateTime: now };
-          } else if (doc.status === ExperimentStatus.SCHEDULED) {
-            next = { ...doc, status: ExperimentStatus.DRAFT, updateTime: now };
-          } else {
-            throw wrongStatus(doc, 'stopped', 'RUNNING or SCHEDULED');
-          }
-          const stored = await saveExperiment(context, next, before.version);
-          return { experiment: experimentMessage(stored) };
-        },
-      ),
+      context.writes.once('StopExperiment', request.requestId, StopExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        rejectIfAny('request', violations);
+        const before = await storedExperiment(context, request.id);
+        checkOptionalEtag(before.doc, request.etag, before.version);
+        const doc = before.doc;
+        const now = Date.now();
+        let next: ExperimentDocument;
+        if (doc.status === ExperimentStatus.RUNNING) {
+          next = { ...doc, status: ExperimentStatus.STOPPED, stopTime: now, updateTime: now };
+        } else if (doc.status === ExperimentStatus.SCHEDULED) {
+          next = { ...doc, status: ExperimentStatus.DRAFT, updateTime: now };
+        } else {
+          throw wrongStatus(doc, 'stopped', 'RUNNING or SCHEDULED');
+        }
+        const stored = await saveExperiment(context, next, before.version);
+        return { experiment: experimentMessage(stored) };
+      }),
 
     concludeExperiment: (request) =>
-      context.requests.once(
+      context.writes.once(
         'ConcludeExperiment',
         request.requestId,
         ConcludeExperimentResponse,

@@ -97,7 +97,7 @@ function statusName(status: number): string {
 export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
   return {
     createHoldout: (request) =>
-      context.requests.once('CreateHoldout', request.requestId, CreateHoldoutResponse, async () => {
+      context.writes.once('CreateHoldout', request.requestId, CreateHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         const holdout = request.holdout;
         if (!holdout) {
@@ -162,7 +162,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
     },
 
     updateHoldout: (request) =>
-      context.requests.once('UpdateHoldout', request.requestId, UpdateHoldoutResponse, async () => {
+      context.writes.once('UpdateHoldout', request.requestId, UpdateHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         const holdout = request.holdout;
         required('holdout.id', holdout?.id ?? '', violations);
@@ -236,7 +236,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
       }),
 
     deleteHoldout: (request) =>
-      context.requests.once('DeleteHoldout', request.requestId, DeleteHoldoutResponse, async () => {
+      context.writes.once('DeleteHoldout', request.requestId, DeleteHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
         required('etag', request.etag, violations);

@@ -39,7 +39,7 @@ const KNOWN = [...MUTABLE, 'id', 'allocations', 'etag', 'create_time', 'update_t
 export function layerHandlers(context: AssignmentContext): LayerHandlers {
   return {
     createLayer: (request) =>
-      context.requests.once('CreateLayer', request.requestId, CreateLayerResponse, async () => {
+      context.writes.once('CreateLayer', request.requestId, CreateLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         const layer = request.layer;
         if (!layer) required('layer', '', violations);
@@ -89,7 +89,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
     },
 
     updateLayer: (request) =>
-      context.requests.once('UpdateLayer', request.requestId, UpdateLayerResponse, async () => {
+      context.writes.once('UpdateLayer', request.requestId, UpdateLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         const layer = request.layer;
         required('layer.id', layer?.id ?? '', violations);
@@ -116,7 +116,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
       }),
 
     deleteLayer: (request) =>
-      context.requests.once('DeleteLayer', request.requestId, DeleteLayerResponse, async () => {
+      context.writes.once('DeleteLayer', request.requestId, DeleteLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
         required('etag', request.etag, violations);

@@ -13,6 +13,7 @@ import {
   CreateExperimentRequest,
   CreateHoldoutRequest,
   CreateLayerRequest,
+  GetLayerRequest,
   DeleteExperimentRequest,
   DeleteHoldoutRequest,
   DeleteLayerRequest,
@@ -237,6 +238,28 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(duplicate.code).toBe(GrpcCode.ALREADY_EXISTS);
+      });
+
+      it('lets only one of two overlapping experiments created at once into a layer', async () => {
+        await service.admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'race' } }));
+        const create = (id: string, start: number, end: number) =>
+          service.admin
+            .createExperiment(
+              CreateExperimentRequest.fromPartial({
+                experiment: experiment(id, { layerId: 'race', layerRange: { start, end } }),
+              }),
+            )
+            .then(
+              () => 'created',
+              (error: unknown) =>
+                error instanceof InvalidArgumentError
+                  ? error.violations.map((v) => v.field).join()
+                  : error,
+            );
+        const outcomes = await Promise.all([create('race-a', 0, 0.6), create('race-b', 0.4, 1)]);
+        expect(outcomes.sort()).toEqual(['created', 'experiment.layer_range']);
+        const layer = await service.client.getLayer(GetLayerRequest.fromPartial({ id: 'race' }));
+        expect(layer.layer?.allocations).toHaveLength(1);
       });
 
       it('runs the lifecycle DRAFT → RUNNING → STOPPED → CONCLUDED with its preconditions', async () => {
