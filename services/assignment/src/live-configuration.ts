@@ -113,6 +113,11 @@ export class LiveConfiguration {
   private view: ConfigurationView | undefined;
   private chain: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  /**
+   * A change of this replica is stored but its version bump failed, so no replica would reload
+   * for it (nor this one: its view is the one before). The next check bumps the version.
+   */
+  private unannounced = false;
 
   constructor(
     private readonly store: ConfigurationStore,
@@ -137,9 +142,17 @@ export class LiveConfiguration {
     });
   }
 
-  /** Reloads when the stored version differs from the one held. Returns true when it reloaded. */
+  /**
+   * Reloads when the stored version differs from the one held, after announcing a change whose
+   * version bump failed. Returns true when it reloaded.
+   */
   refresh(): Promise<boolean> {
     return this.exclusive(async () => {
+      if (this.unannounced) {
+        await this.store.bumpVersion();
+        this.unannounced = false;
+        this.logger.info({}, 'configuration change announced after its version bump had failed');
+      }
       const stored = await this.store.version();
       if (this.view && stored === this.view.version) return false;
       this.view = compile(await this.store.readAll());
@@ -150,11 +163,18 @@ export class LiveConfiguration {
 
   /**
    * Records a change this replica has just written: bumps the stored version and applies the
-   * change in memory when no other change came in between, else reloads everything.
+   * change in memory when no other change came in between, else reloads everything. When the
+   * bump fails, the next periodic check makes it (see {@link refresh}).
    */
   commit(change: ConfigurationChange): Promise<number> {
     return this.exclusive(async () => {
-      const version = await this.store.bumpVersion();
+      let version: number;
+      try {
+        version = await this.store.bumpVersion();
+      } catch (error) {
+        this.unannounced = true;
+        throw error;
+      }
       const view = this.view;
       if (!view || version !== view.version + 1) {
         this.view = compile(await this.store.readAll());

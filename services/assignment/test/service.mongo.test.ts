@@ -2,10 +2,13 @@
  * The same end-to-end suite against MongoDB, and configuration propagation between two replicas
  * sharing one database: through NATS notifications, and by the periodic reload alone.
  */
+import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   CreateExperimentRequest,
+  GetExperimentRequest,
   StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { UnavailableError } from '../../platform/src/errors';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import {
   describeWithMongo,
@@ -13,6 +16,7 @@ import {
   natsUrl,
   uniqueName,
 } from '../../platform/test/support/integration';
+import { failure } from '../../platform/test/support/failure';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
   dropDatabases,
@@ -81,6 +85,35 @@ describeWithMongo('Assignment on MongoDB', () => {
     const second = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
     try {
       expect(await propagationMs(first, second, 'via-polling')).toBeLessThan(1000);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('announces a change whose version bump failed at the next check, so every replica serves it', async () => {
+    const mongo = { uri, service: database() };
+    const first = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
+    const second = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
+    try {
+      // The document is stored, then the bump that announces it fails.
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const refused = await failure(
+        first.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('unannounced') }),
+        ),
+      );
+      expect(refused.code).toBe(GrpcCode.UNAVAILABLE);
+      await eventually(async () => {
+        for (const replica of [first, second]) {
+          const got = await replica.client.getExperiment(
+            GetExperimentRequest.fromPartial({ id: 'unannounced' }),
+          );
+          expect(got.experiment?.id).toBe('unannounced');
+        }
+      }, 5000);
     } finally {
       await first.stop();
       await second.stop();
