@@ -153,14 +153,37 @@ async function logExposures(
   const unit = { id: record.unitId, type: record.unitType };
   const resolveTime = new Date(record.resolveTime);
   const view = context.configuration.current();
-  const stickyWrites: Promise<void>[] = [];
   const shownAt = exposureTime.getTime();
+  const running: TokenAssignment[] = [];
+  const stickyWrites: Promise<void>[] = [];
   for (const assignment of shown) {
     const experiment = view.experiments.get(assignment.experimentId)?.doc;
     if (experiment === undefined || stoppedBy(experiment, shownAt)) {
       notRunning++;
       continue;
     }
+    running.push(assignment);
+    if (experiment.sticky && assignment.reason === ASSIGNED) {
+      const sticky: StickyAssignment = {
+        variantKey: assignment.variantKey,
+        allocationSequence: assignment.allocationSequence,
+      };
+      stickyWrites.push(
+        context.sticky.store(
+          experiment.id,
+          unit.type,
+          unit.id,
+          sticky,
+          experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
+          shownAt,
+        ),
+      );
+    }
+  }
+  // Sticky variants are stored before anything is logged: when storing fails, the call fails
+  // with nothing logged, and its retry logs the exposures instead of finding them logged.
+  await Promise.all(stickyWrites);
+  for (const assignment of running) {
     context.exposures.log(
       {
         eventTime: exposureTime,
@@ -180,22 +203,6 @@ async function logExposures(
       },
       tally,
     );
-    if (experiment.sticky && assignment.reason === ASSIGNED) {
-      const sticky: StickyAssignment = {
-        variantKey: assignment.variantKey,
-        allocationSequence: assignment.allocationSequence,
-      };
-      stickyWrites.push(
-        context.sticky.store(
-          experiment.id,
-          unit.type,
-          unit.id,
-          sticky,
-          experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
-          exposureTime.getTime(),
-        ),
-      );
-    }
   }
   for (const holdout of record.holdouts) {
     context.exposures.log(
@@ -220,7 +227,6 @@ async function logExposures(
       tally,
     );
   }
-  await Promise.all(stickyWrites);
   return {
     loggedCount: tally.logged,
     alreadyLoggedCount: tally.alreadyLogged,

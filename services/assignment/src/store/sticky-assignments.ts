@@ -27,6 +27,15 @@ interface CacheEntry {
   readonly assignment: StickyAssignment | undefined;
   /** For absences only; stored assignments never go stale (until their TTL). */
   readonly checkedAt: number;
+  /** When a stored assignment expires (ms); a cached one is not served past it. */
+  readonly expiresAt: number;
+}
+
+/** A stored assignment's expiry in ms, or undefined once it has expired (storage's TTL sweep runs late). */
+function liveUntil(doc: StickyDocument | undefined, now: number): number | undefined {
+  if (doc === undefined) return undefined;
+  const expiresAt = doc.expiresAt.getTime();
+  return expiresAt > now ? expiresAt : undefined;
 }
 
 function stickyId(experimentId: string, unitType: string, unitId: string): string {
@@ -62,7 +71,10 @@ export class StickyAssignments {
     for (const experimentId of experimentIds) {
       const key = stickyId(experimentId, unitType, unitId);
       const entry = this.cache.get(key);
-      if (entry === undefined || (!entry.assignment && now - entry.checkedAt > ABSENCE_TTL_MS)) {
+      if (
+        entry === undefined ||
+        (entry.assignment ? entry.expiresAt <= now : now - entry.checkedAt > ABSENCE_TTL_MS)
+      ) {
         missing.push(key);
       } else {
         this.touch(key, entry);
@@ -73,10 +85,12 @@ export class StickyAssignments {
     const stored = await this.collection.getMany(missing);
     for (const key of missing) {
       const doc = stored.get(key)?.doc;
-      const assignment = doc
-        ? { variantKey: doc.variantKey, allocationSequence: doc.allocationSequence }
-        : undefined;
-      this.remember(key, { assignment, checkedAt: now });
+      const expiresAt = liveUntil(doc, now);
+      const assignment =
+        doc && expiresAt !== undefined
+          ? { variantKey: doc.variantKey, allocationSequence: doc.allocationSequence }
+          : undefined;
+      this.remember(key, { assignment, checkedAt: now, expiresAt: expiresAt ?? 0 });
       if (doc && assignment) found.set(doc.experimentId, assignment);
     }
     return found;
@@ -95,28 +109,36 @@ export class StickyAssignments {
     now: number,
   ): Promise<void> {
     const id = stickyId(experimentId, unitType, unitId);
+    const doc: StickyDocument = {
+      id,
+      experimentId,
+      unitType,
+      unitId,
+      variantKey: assignment.variantKey,
+      allocationSequence: assignment.allocationSequence,
+      storeTime: now,
+      expiresAt: new Date(now + ttlMs),
+    };
     try {
-      await this.collection.insert({
-        id,
-        experimentId,
-        unitType,
-        unitId,
-        variantKey: assignment.variantKey,
-        allocationSequence: assignment.allocationSequence,
-        storeTime: now,
-        expiresAt: new Date(now + ttlMs),
-      });
-      this.remember(id, { assignment, checkedAt: now });
+      await this.collection.insert(doc);
+      this.remember(id, { assignment, checkedAt: now, expiresAt: now + ttlMs });
     } catch (error) {
       if (!(error instanceof AlreadyExistsError)) throw error;
       const existing = await this.collection.get(id);
-      if (existing) {
+      const expiresAt = liveUntil(existing?.doc, now);
+      if (existing && expiresAt === undefined) {
+        // Expired but not yet swept: this exposure starts a new sticky period. A replica
+        // replacing it at the same moment makes this one fail with ABORTED, and the call retries.
+        await this.collection.replace(doc, existing.version);
+        this.remember(id, { assignment, checkedAt: now, expiresAt: now + ttlMs });
+      } else if (existing && expiresAt !== undefined) {
         this.remember(id, {
           assignment: {
             variantKey: existing.doc.variantKey,
             allocationSequence: existing.doc.allocationSequence,
           },
           checkedAt: now,
+          expiresAt,
         });
       }
     }

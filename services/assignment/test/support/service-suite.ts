@@ -33,11 +33,12 @@ import {
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import {
+  decodeStatus,
   FailedPreconditionError,
   InvalidArgumentError,
+  UnavailableError,
   type TandemError,
 } from '../../../platform/src/errors';
-import { decodeStatus } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
 import { hash } from '../../src/domain';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
@@ -574,6 +575,30 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(retried).toEqual(named);
+      });
+
+      it('logs nothing when storing a sticky variant fails, so the retry logs the exposure', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('sticky-fails', { surfaces: ['sticky-fails'], sticky: true }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-fails' }));
+        const resolved = await client.resolve(
+          resolveRequest('sticky-1', { surfaces: ['sticky-fails'] }),
+        );
+        const apply = () =>
+          client.apply(ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }));
+        const store = jest
+          .spyOn(service.service.context.sticky, 'store')
+          .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+        try {
+          expect((await failure(apply())).code).toBe(GrpcCode.UNAVAILABLE);
+        } finally {
+          store.mockRestore();
+        }
+        expect((await apply()).exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
       });
 
       it('logs no exposure shown after the experiment stopped, and one shown before', async () => {

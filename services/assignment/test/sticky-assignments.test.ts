@@ -1,0 +1,62 @@
+/**
+ * Sticky assignments past their TTL: storage removes expired documents only when its sweep runs,
+ * and the replica's cache holds them too, so expiry is checked on every read.
+ */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
+import { StickyAssignments } from '../src/store/sticky-assignments';
+
+const HOUR = 3_600_000;
+// Times ahead of the clock: the store hides documents whose expiry has passed by the real clock,
+// so these stay stored and readable while the service's own `now` moves past their TTL.
+const T0 = Date.now() + 24 * HOUR;
+
+describe('sticky assignments', () => {
+  let store: DocumentStore;
+
+  beforeEach(async () => {
+    // No sweep during the test: expired documents stay stored, as between two sweeps.
+    store = await openEmbeddedStore({
+      path: mkdtempSync(join(tmpdir(), 'tandem-sticky-')),
+      sweepIntervalMs: 24 * HOUR,
+    });
+  });
+
+  afterEach(async () => {
+    await store.close();
+  });
+
+  const variant = (key: string) => ({ variantKey: key, allocationSequence: 1 });
+
+  it('serves a stored variant until its TTL, from the cache and from storage', async () => {
+    const writer = await StickyAssignments.open(store, 100);
+    await writer.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0);
+    const reader = await StickyAssignments.open(store, 100);
+    for (const sticky of [writer, reader]) {
+      expect(await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR - 1)).toEqual(
+        new Map([['exp', variant('treatment')]]),
+      );
+      expect(await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR)).toEqual(new Map());
+    }
+  });
+
+  it('starts a new sticky period at the first exposure after the TTL', async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    await sticky.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0);
+    await sticky.store('exp', 'user', 'u1', variant('control'), HOUR, T0 + 30 * 60_000);
+    expect(await sticky.lookup('user', 'u1', ['exp'], T0 + 2)).toEqual(
+      new Map([['exp', variant('treatment')]]),
+    );
+
+    await sticky.store('exp', 'user', 'u1', variant('control'), HOUR, T0 + 2 * HOUR);
+    const fresh = await StickyAssignments.open(store, 100);
+    for (const reader of [sticky, fresh]) {
+      expect(await reader.lookup('user', 'u1', ['exp'], T0 + 2 * HOUR + 1)).toEqual(
+        new Map([['exp', variant('control')]]),
+      );
+    }
+  });
+});
