@@ -64,8 +64,66 @@ export interface ChangeLogEntry {
 }
 
 const SEQUENCE_DIGITS = 15;
-/** Rows per change-log document, well under the 16 MB MongoDB document limit. */
+/** At most this many rows per change-log document. */
 const ROWS_PER_LOG_ENTRY = 500;
+/**
+ * At most this many bytes of rows (as {@link changedRowBytes} bounds them) per change-log
+ * document: a quarter of MongoDB's 16 MiB document limit. 500 rows of 4,096-float vectors
+ * would be 27 MiB of BSON.
+ */
+const BYTES_PER_LOG_ENTRY = 4 * 1024 * 1024;
+
+/** An upper bound of a string's size in BSON (length prefix, UTF-8 bytes, terminator). */
+function stringBytes(text: string): number {
+  return 5 + 3 * text.length;
+}
+
+/** An upper bound of a stored value's size in BSON, without its element header. */
+function valueBytes(value: StoredValue): number {
+  if (typeof value === 'string') return stringBytes(value);
+  if (typeof value === 'number') return 8;
+  if (typeof value === 'boolean') return 1;
+  if (value === null) return 0;
+  // An array is a document keyed "0", "1", …: type byte, key, terminator per element.
+  let bytes = 5;
+  for (let i = 0; i < value.length; i++) {
+    const item = value[i];
+    bytes += 2 + String(i).length + (typeof item === 'string' ? stringBytes(item) : 8);
+  }
+  return bytes;
+}
+
+/** An upper bound of a changed row's size in BSON, within a change-log document's `rows`. */
+export function changedRowBytes(row: ChangedRow): number {
+  // Element header and document framing, `entityKey`, `eventTime` and the `values` header.
+  let bytes = 64 + stringBytes(row.entityKey);
+  for (const [feature, value] of Object.entries(row.values)) {
+    bytes += 2 + 3 * feature.length + valueBytes(value);
+  }
+  return bytes;
+}
+
+/** `rows` cut into change-log documents: in order, each within both per-document limits. */
+export function logEntriesOf(rows: readonly ChangedRow[]): ChangedRow[][] {
+  const entries: ChangedRow[][] = [];
+  let current: ChangedRow[] = [];
+  let bytes = 0;
+  for (const row of rows) {
+    const size = changedRowBytes(row);
+    if (
+      current.length > 0 &&
+      (current.length === ROWS_PER_LOG_ENTRY || bytes + size > BYTES_PER_LOG_ENTRY)
+    ) {
+      entries.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(row);
+    bytes += size;
+  }
+  if (current.length > 0) entries.push(current);
+  return entries;
+}
 
 export function rowId(view: string, entityKey: string): string {
   return `${view}/${entityKey}`;
@@ -124,16 +182,16 @@ export class FeatureRowRepository {
   /** Appends rows a replica stored to the change log. */
   async appendChanges(view: string, origin: string, rows: readonly ChangedRow[]): Promise<void> {
     if (rows.length === 0) return;
-    const entries = Math.ceil(rows.length / ROWS_PER_LOG_ENTRY);
-    const counter = await this.sequences.increment('feature_changes', { next: entries });
-    const first = counter.doc.next - entries + 1;
+    const entries = logEntriesOf(rows);
+    const counter = await this.sequences.increment('feature_changes', { next: entries.length });
+    const first = counter.doc.next - entries.length + 1;
     const expiresAt = new Date(Date.now() + this.retentionMs);
-    for (let i = 0; i < entries; i++) {
+    for (const [i, entryRows] of entries.entries()) {
       await this.changes.insert({
         id: sequenceId(first + i),
         view,
         origin,
-        rows: rows.slice(i * ROWS_PER_LOG_ENTRY, (i + 1) * ROWS_PER_LOG_ENTRY),
+        rows: entryRows,
         expiresAt,
       });
     }
