@@ -13,7 +13,7 @@ import type { FeatureValue } from '../../../gen/ts/tandem/featurestore/v1/value'
 import { readFeatureStoreConfig } from './config';
 import { messageOfStoredValue, type StoredValue } from './contract-mapping';
 import type { ValueType } from './domain/feature-values';
-import { bulkLoad } from './store/bulk-load';
+import { bulkLoad, parseJsonLines } from './store/bulk-load';
 import { FeatureRowRepository } from './store/feature-rows';
 import { openRegistryRepository } from './store/registry-repository';
 
@@ -67,9 +67,8 @@ async function main(): Promise<void> {
       crlfDelay: Infinity,
     });
     async function* rows(): AsyncIterable<FeatureRow> {
-      for await (const line of lines) {
-        if (line.trim() === '') continue;
-        const json = JSON.parse(line) as JsonRow;
+      for await (const value of parseJsonLines(lines, file ?? 'stdin')) {
+        const json = value as JsonRow;
         yield {
           entityKey: typed(keyTypes, json.entity_key),
           values: typed(featureTypes, json.values),

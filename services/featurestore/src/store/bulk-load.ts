@@ -24,6 +24,30 @@ export interface BulkLoadTarget {
   readonly batchSize?: number;
 }
 
+/**
+ * The JSON value of each non-blank line of newline-delimited JSON, in order. A line that is not
+ * JSON throws an error that names `source` and the line number (from 1), which JSON.parse's own
+ * message lacks; the parse error is its cause.
+ */
+export async function* parseJsonLines(
+  lines: AsyncIterable<string>,
+  source: string,
+): AsyncIterable<unknown> {
+  let lineNumber = 0;
+  for await (const line of lines) {
+    lineNumber++;
+    if (line.trim() === '') continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new Error(`${source}:${lineNumber}: ${reason}`, { cause: error });
+    }
+    yield value;
+  }
+}
+
 /** Stores every row; throws InvalidArgumentError (with the row numbers) on the first bad batch. */
 export async function bulkLoad(
   target: BulkLoadTarget,
