@@ -386,12 +386,23 @@ export class FeatureRegistry {
   }
 }
 
+/**
+ * Whether two entries are the same write of a definition. The version alone cannot tell: one
+ * deleted and applied again starts over at version 1, so the creation time is compared too.
+ */
+export function sameRegistration<D>(a: Registered<D>, b: Registered<D>): boolean {
+  return a.version === b.version && a.createTime.getTime() === b.createTime.getTime();
+}
+
 function sameVersions<D>(
   a: ReadonlyMap<string, Registered<D>>,
   b: ReadonlyMap<string, Registered<D>>,
 ): boolean {
   if (a.size !== b.size) return false;
-  for (const [name, entry] of a) if (b.get(name)?.version !== entry.version) return false;
+  for (const [name, entry] of a) {
+    const other = b.get(name);
+    if (other === undefined || !sameRegistration(entry, other)) return false;
+  }
   return true;
 }
 

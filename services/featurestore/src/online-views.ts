@@ -33,7 +33,12 @@ import {
   OnlineFeaturesReply,
   type ReplyColumn,
 } from './online-response';
-import { featureViewNotFound, type FeatureRegistry, type Registered } from './feature-registry';
+import {
+  featureViewNotFound,
+  sameRegistration,
+  type FeatureRegistry,
+  type Registered,
+} from './feature-registry';
 import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import {
@@ -65,6 +70,13 @@ type Served =
       readonly registered: Registered<FeatureViewDefinition>;
       readonly keyColumns: readonly KeyColumn[];
       readonly table: OnlineTable<FeatureValueMessage>;
+      /**
+       * The change log's last sequence when the table was loaded from storage. Entries up to it
+       * are not applied: their rows were stored before their sequence was taken, so the load read
+       * them (or newer ones), and applying them again could only bring back rows deleted since
+       * with the view (an entry names a view, not which creation of it).
+       */
+      readonly loadedAfter: number;
     }
   | {
       readonly kind: 'stream';
@@ -81,6 +93,8 @@ interface Reference {
   readonly registered: Registered<FeatureViewDefinition>;
   readonly features: string[];
   readonly indexes: number[];
+  /** Where each of `features` goes in the response, which is in request order, not by view. */
+  readonly columns: number[];
   /** The view's join keys and their types, as a string: views with the same share entity keys. */
   readonly signature: string;
 }
@@ -142,9 +156,9 @@ export class OnlineViews {
 
   /** Loads every registered view into memory; resolves once all are served. */
   async load(): Promise<void> {
-    // Start the change log a little before its current end: re-applying a change is harmless,
-    // missing one written while the tables load is not.
-    this.position = Math.max(0, (await this.parts.rows.lastSequence()) - 1_000);
+    // Follow the change log from its current end: entries up to it are in the tables about to be
+    // loaded (see `loadedAfter`), later ones are applied as they come.
+    this.position = await this.parts.rows.lastSequence();
     const syncStarted = new Date();
     await this.reconcile(this.parts.registry.allViews());
     this.lastSyncAt = syncStarted;
@@ -176,9 +190,14 @@ export class OnlineViews {
     }
     for (const [name, registered] of views) {
       const current = this.served.get(name);
-      if (current?.registered.version === registered.version) continue;
+      if (current !== undefined && sameRegistration(current.registered, registered)) continue;
       const definition = registered.definition;
-      if (current?.kind === 'push' && definition.source?.kind === 'push') {
+      // A view deleted and applied again (between two registry reloads) is another view: its
+      // values are loaded anew rather than kept.
+      const recreated =
+        current !== undefined &&
+        current.registered.createTime.getTime() !== registered.createTime.getTime();
+      if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
         current.table.redefine(
           definition.features.map((f) => f.name),
           definition.ttlMs,
@@ -193,13 +212,16 @@ export class OnlineViews {
       const keyColumns = this.keyColumnsOf(definition);
       if (keyColumns === undefined) continue;
       if (definition.source?.kind === 'push') {
+        const loadedAfter = await this.parts.rows.lastSequence();
         const table = await this.loadTable(definition);
-        this.served.set(name, { kind: 'push', registered, keyColumns, table });
+        this.served.set(name, { kind: 'push', registered, keyColumns, table, loadedAfter });
       } else if (definition.source?.kind === 'stream') {
         const aggregation = new StreamAggregation({
           view: definition,
           bus: this.parts.bus,
-          checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId),
+          checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId, {
+            logger: this.parts.logger,
+          }),
           logger: this.parts.logger,
           stream: this.parts.config.outcomeStream,
           durable: `featurestore-${name}-${this.parts.config.replicaId}`,
@@ -310,7 +332,7 @@ export class OnlineViews {
     }
     if (violations.length > 0) throw new InvalidArgumentError('invalid entity_rows', violations);
 
-    const out: ReplyColumn[] = [];
+    const out = new Array<ReplyColumn>(columnCount);
     let asOf = now;
     for (const reference of references) {
       const { served } = reference;
@@ -327,7 +349,7 @@ export class OnlineViews {
       const encodedEventTimes =
         eventTimes === undefined ? undefined : encodeEventTimes(eventTimes, rowCount);
       for (let f = 0; f < reference.features.length; f++) {
-        out.push({
+        out[reference.columns[f] as number] = {
           values: result.values,
           statuses: result.statuses,
           base: f * rowCount,
@@ -337,7 +359,7 @@ export class OnlineViews {
               : undefined,
           eventTimes,
           encodedEventTimes,
-        });
+        };
       }
     }
     return new OnlineFeaturesReply(featureNames, now, asOf, rowCount, out, encodedFeatureNames);
@@ -359,8 +381,7 @@ export class OnlineViews {
     ) {
       return kept;
     }
-    const references = this.resolveReferences(features);
-    const featureNames = references.flatMap((r) => r.features.map((f) => `${r.view}:${f}`));
+    const { references, featureNames } = this.resolveReferences(features);
     const plan: ReadPlan = {
       references,
       featureNames: Object.freeze(featureNames),
@@ -371,12 +392,20 @@ export class OnlineViews {
     return plan;
   }
 
-  private resolveReferences(features: readonly string[]): Reference[] {
+  /**
+   * The references of a feature list, one per view, and the response's feature names in request
+   * order (`view:*` expanded in place).
+   */
+  private resolveReferences(features: readonly string[]): {
+    references: Reference[];
+    featureNames: string[];
+  } {
     const malformed: FieldViolation[] = [];
     const unknownViews: FieldViolation[] = [];
     const unknownFeatures: FieldViolation[] = [];
     const offline: string[] = [];
     const byView = new Map<string, Reference>();
+    const featureNames: string[] = [];
     const seen = new Set<string>();
     features.forEach((reference, i) => {
       const field = `features[${i}]`;
@@ -414,6 +443,7 @@ export class OnlineViews {
           registered,
           features: [],
           indexes: [],
+          columns: [],
           signature: served.keyColumns.map((k) => `${k.joinKey}:${k.valueType}`).join('|'),
         };
         byView.set(viewName, entry);
@@ -430,6 +460,8 @@ export class OnlineViews {
         } else {
           entry.features.push(name);
           entry.indexes.push(index);
+          entry.columns.push(featureNames.length);
+          featureNames.push(`${viewName}:${name}`);
         }
       }
     });
@@ -452,7 +484,7 @@ export class OnlineViews {
         })),
       });
     }
-    return [...byView.values()];
+    return { references: [...byView.values()], featureNames };
   }
 
   private entityKeys(
@@ -587,7 +619,11 @@ export class OnlineViews {
       for await (const entry of this.parts.rows.changesAfter(this.position)) {
         if (entry.sequence <= this.position || this.appliedAhead.has(entry.sequence)) continue;
         const served = this.served.get(entry.view);
-        if (served?.kind === 'push' && entry.origin !== this.parts.config.replicaId) {
+        if (
+          served?.kind === 'push' &&
+          entry.sequence > served.loadedAfter &&
+          entry.origin !== this.parts.config.replicaId
+        ) {
           const types = served.registered.definition.features.map(
             (f) => [f.name, f.valueType] as const,
           );

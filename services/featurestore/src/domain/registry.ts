@@ -204,6 +204,7 @@ export function windowAggregationSpecs(view: FeatureViewDefinition): WindowAggre
             function: aggregation.function,
             windowMs: aggregation.windowMs,
             bucketMs: effectiveBucketMs(aggregation),
+            valueType: feature.valueType,
           },
         ];
   });

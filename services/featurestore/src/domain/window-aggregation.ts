@@ -22,20 +22,24 @@
  * seen-set is per aggregator (one per stream-sourced view) and bounded by `maxTrackedEventIds`
  * (default 1,000,000, about 100 MB of 36-character ids): when full, the ids remembered first are
  * forgotten first and counted in `dedupeEvictions`, since only a redelivery of one of those old
- * events could then count twice. The seen-set is part of the checkpoint.
+ * events could then count twice. The seen-set is part of the checkpoint; restoring one that holds
+ * more ids than the cap keeps the newest and counts the others in `dedupeEvictions` too.
  *
  * DISTINCT_COUNT is exact: each bucket keeps the set of its distinct values and a read unions the
  * sets in the window. Memory is bounded by the number of distinct (value, bucket) pairs inside the
  * window, at most the number of events in it. (The contract allows a HyperLogLog estimate above
  * 1,000 distinct values per key and window; this module does not switch to one yet.)
  *
- * LAST is the value of the event with the latest event time; on a tie, the latest to arrive.
+ * LAST is the value of the event with the latest event time; on a tie, the latest to arrive. A
+ * LAST of a DOUBLE feature takes numbers only and of a STRING feature strings only: an event whose
+ * value has the other type is skipped for that aggregation and counted as invalid, as a string for
+ * SUM is, rather than served as a value of the wrong type.
  *
  * Reads cost O(buckets in window) per key and aggregation on a cache miss; a per-series cache
  * keyed by the current bucket makes repeated reads of a key with no new event O(1).
  */
 
-import { FeatureStatus, type FeatureColumns } from './feature-values';
+import { FeatureStatus, ValueType, type FeatureColumns } from './feature-values';
 
 /** An aggregate function; numbers match `AggregationFunction` in feature_view.proto. */
 export enum AggregationFunction {
@@ -66,7 +70,15 @@ export interface WindowAggregationSpec {
   readonly windowMs: number;
   /** The bucket size in ms, the window's time resolution. */
   readonly bucketMs: number;
+  /**
+   * The feature's declared type, which LAST's values must have (DOUBLE: numbers, STRING: strings).
+   * Unset: LAST takes either.
+   */
+  readonly valueType?: ValueType;
 }
+
+/** The default of {@link WindowAggregatorOptions.maxTrackedEventIds}. */
+export const DEFAULT_MAX_TRACKED_EVENT_IDS = 1_000_000;
 
 /** Options of a {@link WindowAggregator}. */
 export interface WindowAggregatorOptions {
@@ -76,7 +88,7 @@ export interface WindowAggregatorOptions {
   readonly allowedLatenessMs: number;
   /** The view's TTL in ms: a key whose newest event is older reads as EXPIRED. 0 = never. @default 0 */
   readonly ttlMs?: number;
-  /** The most event ids remembered for de-duplication. @default 1_000_000 */
+  /** The most event ids remembered for de-duplication. @default DEFAULT_MAX_TRACKED_EVENT_IDS */
   readonly maxTrackedEventIds?: number;
 }
 
@@ -198,6 +210,7 @@ interface CompiledAggregation {
 
 const isFiniteNumber = (v: AggregatedValue | undefined): v is number =>
   typeof v === 'number' && Number.isFinite(v);
+const isString = (v: AggregatedValue | undefined): v is string => typeof v === 'string';
 const isNumberOrString = (v: AggregatedValue | undefined): v is AggregatedValue =>
   typeof v === 'string' || isFiniteNumber(v);
 const acceptsAnything = (_v: AggregatedValue | undefined): _v is AggregatedValue => true;
@@ -212,14 +225,25 @@ function compile(spec: WindowAggregationSpec): CompiledAggregation {
   if (windowMs < bucketMs || windowMs % bucketMs !== 0) {
     throw new RangeError(`aggregation ${spec.feature}: window must be a multiple of the bucket`);
   }
-  const accepts =
-    spec.function === AggregationFunction.Count
-      ? acceptsAnything
-      : spec.function === AggregationFunction.Last ||
-          spec.function === AggregationFunction.DistinctCount
-        ? isNumberOrString
-        : isFiniteNumber;
-  return { spec, bucketCount: windowMs / bucketMs, accepts };
+  return { spec, bucketCount: windowMs / bucketMs, accepts: acceptorOf(spec) };
+}
+
+/** Which values an aggregation folds in; any other makes the event invalid for it. */
+function acceptorOf(
+  spec: WindowAggregationSpec,
+): (value: AggregatedValue | undefined) => value is AggregatedValue {
+  switch (spec.function) {
+    case AggregationFunction.Count:
+      return acceptsAnything;
+    case AggregationFunction.DistinctCount:
+      return isNumberOrString;
+    case AggregationFunction.Last:
+      if (spec.valueType === ValueType.Double) return isFiniteNumber;
+      if (spec.valueType === ValueType.String) return isString;
+      return isNumberOrString;
+    default:
+      return isFiniteNumber;
+  }
 }
 
 function newBucket(id: number): Bucket {
@@ -287,7 +311,7 @@ export class WindowAggregator {
     this.features = options.aggregations.map((a) => a.feature);
     this.lateness = options.allowedLatenessMs;
     this.ttl = options.ttlMs ?? 0;
-    this.maxTrackedEventIds = options.maxTrackedEventIds ?? 1_000_000;
+    this.maxTrackedEventIds = options.maxTrackedEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
   }
 
   /** Restores an aggregator from a checkpoint taken with the same aggregation definitions. */
@@ -499,14 +523,24 @@ export class WindowAggregator {
     for (const [key, eventTime, series] of checkpoint.keys) {
       this.keys.set(key, {
         eventTime,
-        series: this.aggregations.map((_, i) => ({
-          buckets: (series[i] ?? []).map(bucketFromCheckpoint),
+        series: this.aggregations.map((aggregation, i) => ({
+          buckets: (series[i] ?? []).map((bucket) =>
+            bucketFromCheckpoint(bucket, aggregation.accepts),
+          ),
           cachedAt: Number.NaN,
           cachedValue: null,
         })),
       });
     }
-    for (const [id, until] of checkpoint.seenEventIds) this.seen.set(id, until);
+    // The newest ids only, as if remembered one by one: a checkpoint may hold more than the cap
+    // (one taken with a larger cap), and restoring them all would leave the seen-set over it.
+    const ids = checkpoint.seenEventIds;
+    const evicted = Math.max(0, ids.length - this.maxTrackedEventIds);
+    for (let i = evicted; i < ids.length; i++) {
+      const [id, until] = ids[i] as readonly [string, number];
+      this.seen.set(id, until);
+    }
+    this.counters.dedupeEvictions += evicted;
   }
 
   private valueOf(series: Series, f: number, clock: number): AggregatedValue | null {
@@ -669,17 +703,25 @@ function bucketToCheckpoint(b: Bucket): CheckpointBucket {
   ];
 }
 
-function bucketFromCheckpoint(c: CheckpointBucket): Bucket {
+/**
+ * A bucket from a checkpoint. A LAST value its aggregation does not accept (one taken before LAST
+ * checked the feature's type) is dropped, as its event would be now.
+ */
+function bucketFromCheckpoint(
+  c: CheckpointBucket,
+  accepts: (value: AggregatedValue | undefined) => boolean,
+): Bucket {
   const [id, count, sum, min, max, lastTime, lastArrival, lastValue, distinct] = c;
+  const keepsLast = lastValue !== null && accepts(lastValue);
   return {
     id,
     count,
     sum,
     min: min ?? Infinity,
     max: max ?? -Infinity,
-    lastTime: lastTime ?? -Infinity,
-    lastArrival,
-    lastValue: lastValue ?? undefined,
+    lastTime: keepsLast ? (lastTime ?? -Infinity) : -Infinity,
+    lastArrival: keepsLast ? lastArrival : 0,
+    lastValue: keepsLast ? lastValue : undefined,
     distinct: distinct === null ? undefined : new Set(distinct),
   };
 }

@@ -8,10 +8,18 @@
  * document written last makes the new generation current and says how many seen-id documents
  * belong to it, so a checkpoint interrupted half-way is simply not used (its events were never
  * acked and come again).
+ *
+ * A restore returns at most the aggregator's cap of seen ids, the newest: the seen-id documents
+ * live as long as their ids' lateness horizon, which at a high event rate is far more ids than the
+ * aggregator keeps, and reading them all would make start-up memory grow with the event rate.
  */
+import type { Logger } from '../../../platform/src/logging';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
 import { dateOf } from '../contract-mapping';
-import type { AggregationCheckpoint } from '../domain/window-aggregation';
+import {
+  DEFAULT_MAX_TRACKED_EVENT_IDS,
+  type AggregationCheckpoint,
+} from '../domain/window-aggregation';
 
 interface CheckpointDocument {
   readonly id: string;
@@ -51,6 +59,17 @@ export interface StoredCheckpoint {
 /** Characters of state JSON per document. */
 const CHUNK_CHARS = 4_000_000;
 
+/** Options of {@link AggregationCheckpoints.forOwner}. */
+export interface CheckpointWriterOptions {
+  /**
+   * The most seen event ids a restore returns (the newest): the aggregator's `maxTrackedEventIds`.
+   * @default DEFAULT_MAX_TRACKED_EVENT_IDS
+   */
+  readonly maxSeenEventIds?: number;
+  /** Where a restore that leaves older seen ids out says so. Unset: it is not logged. */
+  readonly logger?: Logger;
+}
+
 export class AggregationCheckpoints {
   private constructor(private readonly documents: Collection<CheckpointDocument>) {}
 
@@ -64,8 +83,12 @@ export class AggregationCheckpoints {
   }
 
   /** The checkpoint writer of one view on one replica. */
-  forOwner(view: string, replicaId: string): CheckpointWriter {
-    return new CheckpointWriter(this.documents, `${view}/${replicaId}`);
+  forOwner(
+    view: string,
+    replicaId: string,
+    options: CheckpointWriterOptions = {},
+  ): CheckpointWriter {
+    return new CheckpointWriter(this.documents, `${view}/${replicaId}`, options);
   }
 
   /** Deletes every checkpoint of a view (all replicas). */
@@ -92,9 +115,13 @@ export class CheckpointWriter {
   constructor(
     private readonly documents: Collection<CheckpointDocument>,
     private readonly owner: string,
+    private readonly options: CheckpointWriterOptions = {},
   ) {}
 
-  /** Reads the last complete checkpoint, if any, and continues its numbering. */
+  /**
+   * Reads the last complete checkpoint, if any, and continues its numbering. Seen ids past the cap
+   * are left out, oldest first, and counted in the checkpoint's `dedupeEvictions`.
+   */
   async restore(): Promise<StoredCheckpoint | undefined> {
     const header = (await this.documents.get(this.owner))?.doc;
     if (header === undefined) return undefined;
@@ -105,13 +132,19 @@ export class CheckpointWriter {
     const chunks = await this.documents.getMany(chunkIds);
     const json = chunkIds.map((id) => chunks.get(id)?.doc.data ?? '').join('');
     const state = JSON.parse(json) as AggregationCheckpoint;
-    const seen: CheckpointDocument[] = [];
-    for await (const { doc } of this.documents.scan({ owner: this.owner })) {
-      if (doc.kind === 'seen' && (doc.seenSequence ?? 0) <= this.seenSequence) seen.push(doc);
+    const { ids, left } = await this.newestSeenIds();
+    if (left > 0) {
+      this.options.logger?.warn(
+        { owner: this.owner, restored: ids.length, forgotten: left },
+        'more seen event ids stored than the de-duplication cap; the oldest are forgotten',
+      );
     }
-    seen.sort((a, b) => (a.seenSequence ?? 0) - (b.seenSequence ?? 0));
     return {
-      checkpoint: { ...state, seenEventIds: seen.flatMap(seenIdsOf) },
+      checkpoint: {
+        ...state,
+        counters: { ...state.counters, dedupeEvictions: state.counters.dedupeEvictions + left },
+        seenEventIds: ids,
+      },
       checkpointTime: dateOf(header.checkpointTime ?? 0),
       extraCounters: header.extraCounters ?? {},
     };
@@ -174,6 +207,30 @@ export class CheckpointWriter {
         .catch(() => false);
     }
     return checkpointTime;
+  }
+
+  /**
+   * The newest seen ids (up to the cap) of the documents the header includes, oldest first, and
+   * how many older ones were left out. Documents are scanned in id order, which is their sequence
+   * order (the number is zero-padded), so holding at most twice the cap is enough.
+   */
+  private async newestSeenIds(): Promise<{ ids: (readonly [string, number])[]; left: number }> {
+    const max = this.options.maxSeenEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
+    let ids: (readonly [string, number])[] = [];
+    let left = 0;
+    const leaveOldest = (): void => {
+      const excess = ids.length - max;
+      if (excess <= 0) return;
+      ids = ids.slice(excess);
+      left += excess;
+    };
+    for await (const { doc } of this.documents.scan({ owner: this.owner })) {
+      if (doc.kind !== 'seen' || (doc.seenSequence ?? 0) > this.seenSequence) continue;
+      for (const id of seenIdsOf(doc)) ids.push(id);
+      if (ids.length >= 2 * max) leaveOldest();
+    }
+    leaveOldest();
+    return { ids, left };
   }
 
   private chunkId(index: number): string {

@@ -166,19 +166,21 @@ describe('validateFeatureView', () => {
     ]);
   });
 
-  it('resolves aggregation specs in feature order with default buckets', () => {
+  it('resolves aggregation specs in feature order with default buckets and feature types', () => {
     expect(windowAggregationSpecs(itemPlays)).toEqual([
       {
         feature: 'plays_1h',
         function: AggregationFunction.Count,
         windowMs: hour,
         bucketMs: 60_000,
+        valueType: ValueType.Int64,
       },
       {
         feature: 'seconds_1d',
         function: AggregationFunction.Sum,
         windowMs: 24 * hour,
         bucketMs: hour,
+        valueType: ValueType.Double,
       },
     ]);
   });

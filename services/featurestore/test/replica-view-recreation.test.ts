@@ -1,0 +1,111 @@
+/**
+ * A push-sourced view deleted and applied again starts empty on every replica sharing the storage:
+ * one started afterwards does not replay the old view's change-log entries into the new one, and
+ * one that was serving the old view drops its values even when both changes fell between two of
+ * its registry reloads.
+ */
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { FeatureRowRepository } from '../src/store/feature-rows';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+
+/** Another handle on the same store, whose close() leaves it open for its owner. */
+function sharing(store: DocumentStore): () => DocumentStore {
+  return () => ({
+    ...store,
+    collection: (spec) => store.collection(spec),
+    close: () => Promise.resolve(),
+  });
+}
+
+describe('a push view deleted and applied again', () => {
+  let first: RunningHarness;
+  let second: RunningHarness | undefined;
+
+  beforeEach(async () => {
+    first = await startHarness({ replicaId: 'replica-a' });
+    await first.client.applyEntity({ entity: userEntity, requestId: '' });
+    await applyUserStats();
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.3) })],
+      requestId: '',
+    });
+  });
+
+  afterEach(async () => {
+    await second?.stop();
+    second = undefined;
+    await first.stop();
+  });
+
+  async function applyUserStats(): Promise<void> {
+    await first.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+  }
+
+  /** Deletes user_stats, waits until storage holds none of its rows, and applies it again. */
+  async function recreateUserStats(): Promise<void> {
+    await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+    const rows = await FeatureRowRepository.open(first.runtime.store, 3_600_000);
+    await eventually(async () => {
+      for await (const row of rows.scanView('user_stats')) throw new Error(`${row.id} is left`);
+    });
+    await applyUserStats();
+  }
+
+  async function ctrOf(replica: RunningHarness, since: number) {
+    const read = await replica.client.getOnlineFeatures({
+      features: ['user_stats:ctr'],
+      entityRows: users('u1', 'u2'),
+      omitEventTimes: true,
+    });
+    // As of a sync after `since`: the change log has been read by then.
+    expect(read.metadata?.asOf?.getTime()).toBeGreaterThan(since);
+    return read.columns[0];
+  }
+
+  it('is not given the old values by the change log on a replica started afterwards', async () => {
+    await recreateUserStats();
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u2', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+    });
+    const started = Date.now();
+    const replica = second;
+    const ctr = await eventually(() => ctrOf(replica, started));
+    expect(ctr?.statuses).toEqual([
+      FeatureStatus.FEATURE_STATUS_NOT_FOUND,
+      FeatureStatus.FEATURE_STATUS_PRESENT,
+    ]);
+    expect(ctr?.values[1]).toEqual(double(0.5));
+  });
+
+  it('drops the old values on a replica that did not reload in between', async () => {
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+      env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '2s' },
+    });
+    const replica = second;
+    expect((await ctrOf(replica, 0))?.values[0]).toEqual(double(0.3));
+
+    await recreateUserStats();
+    const recreated = Date.now();
+    await eventually(async () => {
+      expect((await ctrOf(replica, recreated))?.statuses[0]).toBe(
+        FeatureStatus.FEATURE_STATUS_NOT_FOUND,
+      );
+    }, 5_000);
+  });
+});
