@@ -196,6 +196,13 @@ export interface EventBus {
    * port need not implement it; both adapters do.
    */
   subscribeBatches?<T>(spec: BatchConsumerSpec<T>, handler: BatchHandler<T>): Promise<Subscription>;
+  /**
+   * Deletes a durable consumer, so that one subscribed again under its name starts afresh (from
+   * its `deliverPolicy`) instead of where the old one left off. Resolves false when there was
+   * none. Stop its subscriptions first: a running one declares it again. Optional so that test
+   * doubles of the port need not implement it; both adapters do.
+   */
+  deleteConsumer?(stream: string, durable: string): Promise<boolean>;
   /** True while the bus can publish (the connection is up). */
   isConnected(): boolean;
   /** Stops all subscriptions, flushes, and closes the connection (NATS `drain`). */

@@ -355,6 +355,13 @@ class InProcessBus implements EventBus {
     return subscription;
   }
 
+  deleteConsumer(stream: string, durable: string): Promise<boolean> {
+    return Promise.resolve().then(() => {
+      this.throwIfClosed();
+      return this.streams.get(stream)?.durables.delete(durable) ?? false;
+    });
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all([...this.subscriptions].map((subscription) => subscription.stop()));

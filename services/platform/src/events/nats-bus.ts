@@ -394,6 +394,22 @@ class NatsBus implements EventBus {
     }
   }
 
+  async deleteConsumer(stream: string, durable: string): Promise<boolean> {
+    try {
+      await this.manager.consumers.delete(stream, durable);
+    } catch (error) {
+      if (
+        isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
+        isApiError(error, JetStreamApiCodes.StreamNotFound)
+      ) {
+        return false;
+      }
+      throw toBusError(error, `cannot delete consumer ${stream}/${durable}`);
+    }
+    this.logger.info({ stream, durable }, 'consumer deleted');
+    return true;
+  }
+
   async close(): Promise<void> {
     this.closing ??= this.shutDown();
     return this.closing;
