@@ -13,6 +13,7 @@ import {
   WriteFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
+import type { AggregationDurables } from './events/aggregation-durables';
 import type { FeatureRegistry } from './feature-registry';
 import type { OnlineViews } from './online-views';
 import type { FeatureStoreServiceDefinition } from './online-response';
@@ -23,6 +24,7 @@ import type { RequestResults } from './store/request-results';
 export interface HandlerParts {
   readonly registry: FeatureRegistry;
   readonly views: OnlineViews;
+  readonly durables: AggregationDurables;
   readonly requestResults: RequestResults;
   readonly rows: FeatureRowRepository;
   readonly checkpoints: AggregationCheckpoints;
@@ -87,15 +89,24 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         request.requestId,
         DeleteFeatureViewResponse,
         async () => {
-          await registry.deleteFeatureView(request.name, request.etag);
+          const deleted = await registry.deleteFeatureView(request.name, request.etag);
           await views.reconcile(registry.allViews());
+          const warn = (what: string) => (error: unknown) => {
+            parts.logger.warn({ err: error, view: request.name }, what);
+          };
+          if (deleted.definition.source?.kind === 'stream') {
+            // Before the answer, so that the view applied again right away replays the stream
+            // into an empty state: its aggregation state, and this replica's durable consumer
+            // (other replicas delete theirs when they see the view go).
+            await Promise.all([
+              parts.durables.deleteRetired(registry.allViews()),
+              parts.checkpoints
+                .deleteView(request.name)
+                .catch(warn('aggregation state not all deleted')),
+            ]);
+          }
           // The view is gone from the registry; its stored values go in the background.
-          void Promise.all([
-            parts.rows.deleteView(request.name),
-            parts.checkpoints.deleteView(request.name),
-          ]).catch((error: unknown) => {
-            parts.logger.warn({ err: error, view: request.name }, 'stored values not all deleted');
-          });
+          void parts.rows.deleteView(request.name).catch(warn('stored values not all deleted'));
           return {};
         },
       );

@@ -26,7 +26,7 @@ import { durationOf, messageOfStoredValue } from './contract-mapping';
 import { ValueType } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
 import type { FeatureViewDefinition } from './domain/registry';
-import { StreamAggregation } from './events/stream-aggregation';
+import { aggregationDurable, StreamAggregation } from './events/stream-aggregation';
 import {
   encodeEventTimes,
   encodeFeatureNames,
@@ -224,7 +224,7 @@ export class OnlineViews {
           }),
           logger: this.parts.logger,
           stream: this.parts.config.outcomeStream,
-          durable: `featurestore-${name}-${this.parts.config.replicaId}`,
+          durable: aggregationDurable(name, this.parts.config.replicaId),
           checkpointIntervalMs: this.parts.config.checkpointIntervalMs,
           inFlight: this.parts.config.aggregationInFlight,
         });

@@ -12,13 +12,20 @@
  * (older) state. A crash after the checkpoint but before the ack is also safe: the redelivered
  * event's id is in the checkpointed seen-set, so it is recognised as a duplicate. While NATS is
  * down the consumer stops receiving and the aggregation reports PAUSED; acks lost with the
- * connection become redeliveries, again absorbed by the seen-set.
+ * connection become redeliveries, again absorbed by the seen-set. A consumer that cannot be
+ * started (NATS down when the view is applied or the replica starts) is retried in the
+ * background, also reported as PAUSED, so that nothing waits for NATS.
  *
  * Each replica has its own durable consumer (named after the view and the replica) and its own
- * checkpoint, because every replica serves every view from memory and so needs every event.
+ * checkpoint, because every replica serves every view from memory and so needs every event. The
+ * two go together: without a checkpoint to resume from, the durable is deleted before subscribing,
+ * so the stream is replayed into the empty state rather than resumed after events the state never
+ * held (a view deleted and applied again under the same name, or a checkpoint lost).
  */
+import { UnavailableError } from '../../../platform/src/errors';
 import type { Logger } from '../../../platform/src/logging';
 import type { DeliveredEvent, EventBus, Subscription } from '../../../platform/src/events/bus';
+import { Signal } from '../../../platform/src/events/signal';
 import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
 import {
   effectiveAllowedLatenessMs,
@@ -84,6 +91,15 @@ const EARLY_CHECKPOINT_SHARE = 0.5;
 /** How long without events before a replaying view counts as caught up. */
 const BACKFILL_IDLE_MS = 1_000;
 
+/** Back-off between attempts to start the consumer while NATS is unavailable, doubling to a cap. */
+const START_RETRY_INITIAL_MS = 500;
+const START_RETRY_MAX_MS = 10_000;
+
+/** The durable consumer of a stream-sourced view on one replica. */
+export function aggregationDurable(view: string, replicaId: string): string {
+  return `featurestore-${view}-${replicaId}`;
+}
+
 export class StreamAggregation {
   private aggregator: WindowAggregator;
   private readonly options: WindowAggregatorOptions;
@@ -103,7 +119,12 @@ export class StreamAggregation {
   private backfilling = false;
   private startedAt = Date.now();
   private lastEventAt = 0;
-  private failure: string | undefined;
+  /** Why the consumer has not started (the last attempt's error); unset once it has. */
+  private startFailure: Error | undefined;
+  /** Set when there is no state to resume: the durable is deleted before subscribing. */
+  private resetDurable = false;
+  private starting: Promise<void> = Promise.resolve();
+  private readonly stopSignal = new Signal();
   private checkpointFailure: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private checkpointing: Promise<void> | undefined;
@@ -129,12 +150,16 @@ export class StreamAggregation {
     );
   }
 
-  /** Restores the checkpoint, then starts consuming and checkpointing. */
+  /**
+   * Restores the checkpoint, then starts checkpointing, and the consumer in the background: while
+   * NATS is unavailable it is retried with a capped back-off, so applying a view never waits.
+   */
   async start(): Promise<void> {
     const { logger, view } = this.parts;
     const stored = await this.parts.checkpoints.restore();
     if (stored === undefined) {
       this.backfilling = true;
+      this.resetDurable = true;
     } else {
       try {
         this.aggregator = WindowAggregator.restore(this.options, stored.checkpoint);
@@ -146,44 +171,86 @@ export class StreamAggregation {
           'aggregation checkpoint unusable; rebuilding from the stream',
         );
         this.backfilling = true;
+        this.resetDurable = true;
       }
     }
-    this.startedAt = Date.now();
     this.timer = setInterval(() => {
       void this.checkpointIfDirty();
     }, this.parts.checkpointIntervalMs);
-    try {
-      const spec = {
-        stream: this.parts.stream,
-        durable: this.parts.durable,
-        filterSubjects: [this.source.subject],
-        codec: OutcomeEvent,
-        maxAckPending: this.parts.inFlight,
-        ackWaitMs: Math.max(30_000, this.parts.checkpointIntervalMs * 20),
-        maxDeliver: 100,
-      };
-      // In batches where the bus offers them: one handler run, span and ack-wait timer per batch
-      // rather than per event (the per-event machinery cost more than the aggregation itself),
-      // and one cumulative acknowledgement per batch, since a redelivery is recognised anyway.
-      const bus = this.parts.bus;
-      this.subscription =
-        bus.subscribeBatches === undefined
-          ? await bus.subscribe({ ...spec, concurrency: this.parts.inFlight }, (delivered) =>
-              this.handleBatch([delivered]),
-            )
-          : await bus.subscribeBatches(
-              {
-                ...spec,
-                maxBatchSize: BATCH_SIZE,
-                acknowledgement: 'cumulative',
-                concurrency: Math.max(1, Math.ceil(this.parts.inFlight / BATCH_SIZE)),
-              },
-              (batch) => this.handleBatch(batch),
-            );
-    } catch (error) {
-      this.failure = error instanceof Error ? error.message : String(error);
-      logger.error({ err: error, view: view.name }, 'cannot start the aggregation consumer');
+    this.starting = this.startConsumer();
+  }
+
+  /**
+   * Subscribes, retrying while NATS is unavailable until it succeeds or the aggregation stops.
+   * Any other error (the server refused the consumer) is final: the aggregation reports FAILED.
+   */
+  private async startConsumer(): Promise<void> {
+    const { logger, view } = this.parts;
+    for (let attempt = 0; !this.stopping; attempt++) {
+      try {
+        this.subscription = await this.subscribe();
+        if (this.startFailure !== undefined) {
+          logger.info({ view: view.name }, 'aggregation consumer started');
+        }
+        this.startFailure = undefined;
+        return;
+      } catch (error) {
+        this.startFailure = error instanceof Error ? error : new Error(String(error));
+        if (!(error instanceof UnavailableError)) {
+          logger.error({ err: error, view: view.name }, 'cannot start the aggregation consumer');
+          return;
+        }
+        if (attempt === 0) {
+          logger.warn(
+            { err: error, view: view.name },
+            'cannot start the aggregation consumer; retrying until NATS is back',
+          );
+        }
+      }
+      await this.stopSignal.wait(
+        Math.min(START_RETRY_INITIAL_MS * 2 ** attempt, START_RETRY_MAX_MS),
+      );
     }
+  }
+
+  private async subscribe(): Promise<Subscription> {
+    const { bus, stream, durable, logger, view } = this.parts;
+    if (this.resetDurable) {
+      if (await bus.deleteConsumer?.(stream, durable)) {
+        logger.info(
+          { view: view.name, durable },
+          'no aggregation state to resume: consumer deleted, the stream is replayed',
+        );
+      }
+      this.resetDurable = false;
+    }
+    // Events stored from now on are new: the replay has caught up when it reaches one.
+    this.startedAt = Date.now();
+    const spec = {
+      stream,
+      durable,
+      filterSubjects: [this.source.subject],
+      codec: OutcomeEvent,
+      maxAckPending: this.parts.inFlight,
+      ackWaitMs: Math.max(30_000, this.parts.checkpointIntervalMs * 20),
+      maxDeliver: 100,
+    };
+    // In batches where the bus offers them: one handler run, span and ack-wait timer per batch
+    // rather than per event (the per-event machinery cost more than the aggregation itself),
+    // and one cumulative acknowledgement per batch, since a redelivery is recognised anyway.
+    return bus.subscribeBatches === undefined
+      ? bus.subscribe({ ...spec, concurrency: this.parts.inFlight }, (delivered) =>
+          this.handleBatch([delivered]),
+        )
+      : bus.subscribeBatches(
+          {
+            ...spec,
+            maxBatchSize: BATCH_SIZE,
+            acknowledgement: 'cumulative',
+            concurrency: Math.max(1, Math.ceil(this.parts.inFlight / BATCH_SIZE)),
+          },
+          (batch) => this.handleBatch(batch),
+        );
   }
 
   /** Reads every aggregate for `keys` at `now`. */
@@ -194,25 +261,29 @@ export class StreamAggregation {
   progress(connected: boolean): AggregationProgress {
     if (
       this.backfilling &&
+      this.subscription !== undefined &&
       this.inFlight === 0 &&
       Date.now() - this.lastEventAt > BACKFILL_IDLE_MS
     ) {
       this.backfilling = false;
     }
+    const notStarted = this.startFailure;
     const phase: AggregationPhase =
-      this.failure !== undefined
+      notStarted !== undefined && !(notStarted instanceof UnavailableError)
         ? 'failed'
-        : !connected
+        : notStarted !== undefined || !connected
           ? 'paused'
           : this.backfilling
             ? 'backfilling'
             : 'running';
     const message =
-      this.failure ??
-      (!connected
-        ? 'NATS is unreachable; waiting for it to come back'
-        : (this.checkpointFailure ??
-          (this.backfilling ? 'replaying the stream' : 'following new events')));
+      notStarted instanceof UnavailableError
+        ? `waiting for NATS to start the consumer: ${notStarted.message}`
+        : (notStarted?.message ??
+          (!connected
+            ? 'NATS is unreachable; waiting for it to come back'
+            : (this.checkpointFailure ??
+              (this.backfilling ? 'replaying the stream' : 'following new events'))));
     return {
       phase,
       message,
@@ -226,6 +297,9 @@ export class StreamAggregation {
   /** Stops consuming, writes a last checkpoint and stops checkpointing. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.stopSignal.notify();
+    // An attempt to start the consumer under way ends first (it may still succeed).
+    await this.starting;
     // Handlers wait for a checkpoint round, so rounds keep running while the consumer stops.
     await this.subscription?.stop();
     if (this.timer !== undefined) clearInterval(this.timer);

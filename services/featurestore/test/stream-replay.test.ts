@@ -1,0 +1,207 @@
+/**
+ * An aggregation without state to resume replays the stream from its start rather than resuming
+ * its durable consumer after events the state does not hold: a view deleted and applied again
+ * under the same name (deleting removes its aggregation state and every replica's durable), or a
+ * replica whose checkpoint is gone. Run on the in-process bus and on NATS JetStream; what is left
+ * on the server, on NATS only.
+ */
+import { randomUUID } from 'node:crypto';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { EventBus } from '../../platform/src/events/bus';
+import { createInProcessBus } from '../../platform/src/events/in-process-bus';
+import { connectNatsBus } from '../../platform/src/events/nats-bus';
+import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import { int, itemEntity, itemPlaysView, str } from './support/fixtures';
+
+const VIEW = 'item_plays';
+
+function play(name: string, itemId: string, unitId: string): OutcomeEvent {
+  return {
+    eventId: randomUUID(),
+    eventTime: new Date(),
+    name,
+    unit: { id: unitId, type: 'user' },
+    itemId,
+    decisionId: '',
+    value: 1,
+    properties: undefined,
+    source: 'test',
+    surface: 'home',
+  };
+}
+
+async function playsOf(h: RunningHarness, item: string) {
+  const read = await h.client.getOnlineFeatures({
+    features: [`${VIEW}:plays_1h`],
+    entityRows: { item_id: { values: [str(item)] } },
+    omitEventTimes: true,
+  });
+  return read.columns[0];
+}
+
+interface BusSetup {
+  publisher(): Promise<EventBus>;
+  harnessOptions(): { sharedBus?: EventBus; natsUrl?: string; replicaId?: string };
+}
+
+function replaySuite(setup: BusSetup): void {
+  let bus: EventBus;
+  let harness: RunningHarness | undefined;
+  /** A subject of its own, so events of other tests in a shared stream do not count here. */
+  let name: string;
+
+  beforeEach(async () => {
+    bus = await setup.publisher();
+    name = uniqueName('play').toLowerCase();
+  });
+
+  afterEach(async () => {
+    await harness?.stop();
+    harness = undefined;
+    if (bus.kind === 'nats') await bus.close();
+  });
+
+  /** Applies the view, publishes three plays of i1 and waits until they are checkpointed. */
+  async function applyAndPlay(h: RunningHarness): Promise<void> {
+    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
+    await h.client.applyFeatureView({ featureView: view(), requestId: '', validateOnly: false });
+    for (const unit of ['u1', 'u2', 'u3']) {
+      const event = play(name, 'i1', unit);
+      await bus.publish(`tandem.events.v1.outcome.${name}`, OutcomeEvent, event, {
+        eventId: event.eventId,
+      });
+    }
+    await eventually(async () => {
+      expect((await playsOf(h, 'i1'))?.values).toEqual([int(3)]);
+      const status = (await h.client.getAggregationStatus({ featureView: VIEW })).status!;
+      expect(status.lastCheckpointTime).toBeDefined();
+      expect(status.pendingEvents).toBe(0);
+    });
+  }
+
+  async function expectReplayed(h: RunningHarness): Promise<void> {
+    await eventually(async () => {
+      const plays = await playsOf(h, 'i1');
+      expect(plays?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_PRESENT]);
+      expect(plays?.values).toEqual([int(3)]);
+    });
+    const status = (await h.client.getAggregationStatus({ featureView: VIEW })).status!;
+    expect(status.eventsProcessed).toBe(3);
+  }
+
+  const view = () => itemPlaysView(VIEW, `tandem.events.v1.outcome.${name}`);
+
+  it('replays the stream into a view deleted and applied again under the same name', async () => {
+    const h = await startHarness(setup.harnessOptions());
+    harness = h;
+    await applyAndPlay(h);
+
+    await h.client.deleteFeatureView({ name: VIEW, etag: '', requestId: '' });
+    await h.client.applyFeatureView({ featureView: view(), requestId: '', validateOnly: false });
+
+    await expectReplayed(h);
+  });
+
+  it('replays the stream into a replica whose checkpoint is gone', async () => {
+    const options = setup.harnessOptions();
+    const before = await startHarness(options);
+    harness = before;
+    await applyAndPlay(before);
+    await before.stop();
+    harness = undefined;
+
+    // The same replica (and so the same durable) on empty storage.
+    const h = await startHarness(options);
+    harness = h;
+    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
+    await h.client.applyFeatureView({ featureView: view(), requestId: '', validateOnly: false });
+
+    await expectReplayed(h);
+  });
+}
+
+describe('a deleted stream view on the in-process bus', () => {
+  let shared: EventBus;
+  replaySuite({
+    publisher: () => {
+      shared = createInProcessBus();
+      return Promise.resolve(shared);
+    },
+    harnessOptions: () => ({ sharedBus: shared }),
+  });
+});
+
+describeWithNats('a deleted stream view on NATS JetStream', () => {
+  replaySuite({
+    publisher: () => connectNatsBus({ servers: natsUrl!, name: 'featurestore-test' }),
+    harnessOptions: () => ({ natsUrl: natsUrl!, replicaId: uniqueName('r') }),
+  });
+
+  describe('with two replicas', () => {
+    let admin: NatsConnection;
+    let manager: JetStreamManager;
+    let first: RunningHarness;
+    let second: RunningHarness;
+    const firstReplica = uniqueName('a');
+
+    beforeEach(async () => {
+      admin = await connect({ servers: natsUrl! });
+      manager = await jetstreamManager(admin);
+      first = await startHarness({ natsUrl: natsUrl!, replicaId: firstReplica });
+      second = await startHarness({
+        natsUrl: natsUrl!,
+        replicaId: uniqueName('b'),
+        wrapStore: sharing(first.runtime.store),
+      });
+    });
+
+    afterEach(async () => {
+      await second.stop();
+      await first.stop();
+      await admin.drain();
+    });
+
+    async function durablesOf(view: string): Promise<string[]> {
+      const names: string[] = [];
+      for await (const consumer of manager.consumers.list('TANDEM_OUTCOMES')) {
+        if (consumer.name.startsWith(`featurestore-${view}-`)) names.push(consumer.name);
+      }
+      return names.sort();
+    }
+
+    it('deletes the durable consumer of every replica', async () => {
+      const view = uniqueName('plays').toLowerCase();
+      await first.client.applyEntity({ entity: itemEntity, requestId: '' });
+      await first.client.applyFeatureView({
+        featureView: itemPlaysView(view, `tandem.events.v1.outcome.${view}`),
+        requestId: '',
+        validateOnly: false,
+      });
+      await eventually(async () => {
+        expect(await durablesOf(view)).toHaveLength(2);
+      });
+
+      await first.client.deleteFeatureView({ name: view, etag: '', requestId: '' });
+
+      // The replica that deleted the view has deleted its durable before answering.
+      expect(await durablesOf(view)).not.toContain(`featurestore-${view}-${firstReplica}`);
+      await eventually(async () => {
+        expect(await durablesOf(view)).toEqual([]);
+      });
+    });
+  });
+});
+
+/** Another handle on the same store, whose close() leaves it open for its owner. */
+function sharing(store: DocumentStore): () => DocumentStore {
+  return () => ({
+    ...store,
+    collection: (spec) => store.collection(spec),
+    close: () => Promise.resolve(),
+  });
+}
