@@ -1,9 +1,9 @@
 /**
  * The traffic simulator of `make dev`: it plays a backend in front of Tandem so a newcomer sees the
- * loop turn. It configures (idempotently) an A/B test on the `home` surface and two feature views,
- * then, at a steady rate, resolves users into variants (logging exposures), publishes the `play`
- * outcomes they cause on the event bus, and every few seconds reads the streaming features those
- * plays maintain and prints what the platform sees.
+ * loop turn. It configures (idempotently) an A/B test on the `home` surface and a streaming feature
+ * view, then, at a steady rate, resolves users into variants (logging exposures), publishes the
+ * `play` outcomes they cause on the event bus, and every few seconds reads the streaming features
+ * those plays maintain and prints what the platform sees.
  */
 import { Metadata, credentials } from '@grpc/grpc-js';
 import { AssignmentServiceService } from '../gen/ts/tandem/assignment/v1/assignment_service';
@@ -119,8 +119,11 @@ export async function runSimulator(options: SimulatorOptions): Promise<void> {
 type AssignmentClient = ReturnType<typeof createClient<typeof AssignmentServiceService>>;
 type FeatureStoreClient = ReturnType<typeof createClient<typeof FeatureStoreClientDefinition>>;
 
-/** Creates the layer, experiment and feature views unless they exist (a restart keeps them). */
-async function configure(
+/**
+ * Creates the layer, the experiment and the feature view unless they exist (a restart keeps them).
+ * The README examples must work after it too, as dev/test/readme-examples.test.ts checks.
+ */
+export async function configure(
   assignment: AssignmentClient,
   features: FeatureStoreClient,
 ): Promise<void> {
@@ -196,6 +199,8 @@ async function configure(
     },
     requestId: '',
   });
+  // The streaming example of services/featurestore/README.md applies this view too: a stream
+  // source cannot change, so the two stay alike.
   await features.applyFeatureView({
     featureView: {
       name: 'item_plays',

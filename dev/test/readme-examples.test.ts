@@ -1,8 +1,10 @@
 /**
  * Every `grpcurl -d '<json>' localhost:<port> <service>/<method>` example in the READMEs, replayed
- * in order against freshly started services. The JSON is read with the descriptor set the servers
- * serve through reflection — exactly what grpcurl does — so an example that would fail for a user
- * (a misspelt field, a wrong enum name, a call that errors) fails here.
+ * in order against freshly started services, once as they start and once after the `make dev`
+ * simulator has configured them, since the README promises the examples work either way. The JSON
+ * is read with the descriptor set the servers serve through reflection — exactly what grpcurl
+ * does — so an example that would fail for a user (a misspelt field, a wrong enum name, a call
+ * that errors, a definition that clashes with the simulator's) fails here.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,13 +19,17 @@ import {
   type JsonValue,
 } from '@bufbuild/protobuf';
 import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
+import { AssignmentServiceService } from '../../gen/ts/tandem/assignment/v1/assignment_service';
 import { readAssignmentConfig } from '../../services/assignment/src/config';
 import { startAssignment } from '../../services/assignment/src/service';
 import { readFeatureStoreConfig } from '../../services/featurestore/src/config';
+import { FeatureStoreClientDefinition } from '../../services/featurestore/src/online-response-decoder';
 import { startFeatureStore } from '../../services/featurestore/src/service';
 import { bootstrap, type ServiceRuntime } from '../../services/platform/src/bootstrap';
 import { createInProcessBus } from '../../services/platform/src/events/in-process-bus';
+import { createClient } from '../../services/platform/src/grpc/client';
 import { findDescriptorSet } from '../../services/platform/src/grpc/server';
+import { configure } from '../simulator';
 
 const ROOT = join(__dirname, '..', '..');
 const READMES = ['README.md', 'services/featurestore/README.md'];
@@ -61,6 +67,19 @@ function examplesOf(file: string): Example[] {
 }
 
 describe('the README examples', () => {
+  it('exist for both services, and read the time from the shell where they need it', () => {
+    const all = READMES.flatMap(examplesOf);
+    const write = all.find((e) => e.file === 'README.md' && e.method === 'WriteFeatures');
+    expect(write?.json).toMatch(/"event_time": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"/);
+    expect(all.filter((e) => e.port === 50051).length).toBeGreaterThanOrEqual(4);
+    expect(all.filter((e) => e.port === 50052).length).toBeGreaterThanOrEqual(4);
+  });
+});
+
+describe.each([
+  ['on services as they start', false],
+  ['after the simulator has configured the services', true],
+])('the README examples %s', (_, simulator) => {
   const registry = createFileRegistry(
     fromBinary(FileDescriptorSetSchema, readFileSync(findDescriptorSet())),
   );
@@ -87,6 +106,23 @@ describe('the README examples', () => {
     await startFeatureStore(featurestore, featurestoreConfig);
     ports.set(50052, await featurestore.serve());
     runtimes.push(assignment, featurestore);
+    if (simulator) {
+      const address = (port: number) => `127.0.0.1:${ports.get(port) ?? 0}`;
+      const assignmentClient = createClient(AssignmentServiceService, {
+        address: address(50051),
+        credentials: credentials.createInsecure(),
+      });
+      const featuresClient = createClient(FeatureStoreClientDefinition, {
+        address: address(50052),
+        credentials: credentials.createInsecure(),
+      });
+      try {
+        await configure(assignmentClient, featuresClient);
+      } finally {
+        assignmentClient.close();
+        featuresClient.close();
+      }
+    }
   });
 
   afterAll(async () => {
@@ -128,14 +164,6 @@ describe('the README examples', () => {
       client.close();
     }
   }
-
-  it('exist for both services, and read the time from the shell where they need it', () => {
-    const all = READMES.flatMap(examplesOf);
-    const write = all.find((e) => e.file === 'README.md' && e.method === 'WriteFeatures');
-    expect(write?.json).toMatch(/"event_time": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"/);
-    expect(all.filter((e) => e.port === 50051).length).toBeGreaterThanOrEqual(4);
-    expect(all.filter((e) => e.port === 50052).length).toBeGreaterThanOrEqual(4);
-  });
 
   it.each(READMES)('in %s all succeed, in order, and answer what the text says', async (file) => {
     const responses = new Map<string, JsonValue>();
