@@ -118,12 +118,11 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         views.write(request, Date.now()),
       );
     },
-    getAggregationStatus: (request) =>
-      Promise.resolve({
-        status: views.aggregationStatus(
-          request.featureView,
-          parts.bus.kind === 'in-process' || parts.bus.isConnected(),
-        ),
-      }),
+    getAggregationStatus: async (request) => ({
+      status: await views.aggregationStatus(
+        request.featureView,
+        parts.bus.kind === 'in-process' || parts.bus.isConnected(),
+      ),
+    }),
   };
 }

@@ -666,7 +666,7 @@ export class OnlineViews {
   }
 
   /** GetAggregationStatus. */
-  aggregationStatus(name: string, connected: boolean): AggregationStatus {
+  async aggregationStatus(name: string, connected: boolean): Promise<AggregationStatus> {
     if (name === '') {
       throw new InvalidArgumentError('feature_view is required', [
         { field: 'feature_view', description: 'must not be empty', reason: 'REQUIRED' },
@@ -706,6 +706,10 @@ export class OnlineViews {
         eventsDuplicate: 0,
       };
     }
+    // The lag as NATS counts it; unknown while NATS is unreachable (the state says so).
+    const pending = connected
+      ? await served.aggregation.pending().catch(() => undefined)
+      : undefined;
     const progress = served.aggregation.progress(connected);
     const c = progress.counters;
     const state = {
@@ -718,7 +722,7 @@ export class OnlineViews {
       featureView: name,
       state,
       stateMessage: progress.message,
-      pendingEvents: progress.inFlight,
+      pendingEvents: pending ?? 0,
       lastEventTime: c.lastEventTime === null ? undefined : new Date(c.lastEventTime),
       lastProcessedTime: c.lastProcessedTime === null ? undefined : new Date(c.lastProcessedTime),
       lastCheckpointTime: progress.lastCheckpointTime,

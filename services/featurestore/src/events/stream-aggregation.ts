@@ -50,8 +50,6 @@ export type AggregationPhase = 'backfilling' | 'running' | 'paused' | 'failed';
 export interface AggregationProgress {
   readonly phase: AggregationPhase;
   readonly message: string;
-  /** Events folded in memory and not yet acked (waiting for their checkpoint). */
-  readonly inFlight: number;
   readonly counters: AggregationCounters;
   /** Events whose key field (unit or item id) was missing, counted as invalid. */
   readonly missingKeys: number;
@@ -253,6 +251,12 @@ export class StreamAggregation {
         );
   }
 
+  /** The events on the view's subject its durable has not been delivered yet (its lag). */
+  async pending(): Promise<number | undefined> {
+    const { bus, stream, durable } = this.parts;
+    return bus.consumerPending?.(stream, durable);
+  }
+
   /** Reads every aggregate for `keys` at `now`. */
   read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue> {
     return this.aggregator.read(keys, now);
@@ -263,7 +267,8 @@ export class StreamAggregation {
       this.backfilling &&
       this.subscription !== undefined &&
       this.inFlight === 0 &&
-      Date.now() - this.lastEventAt > BACKFILL_IDLE_MS
+      // Idle since the last event, or since subscribing when none has come yet.
+      Date.now() - Math.max(this.lastEventAt, this.startedAt) > BACKFILL_IDLE_MS
     ) {
       this.backfilling = false;
     }
@@ -287,7 +292,6 @@ export class StreamAggregation {
     return {
       phase,
       message,
-      inFlight: this.inFlight,
       counters: this.aggregator.status(),
       missingKeys: this.missingKeys,
       lastCheckpointTime: this.lastCheckpointTime,

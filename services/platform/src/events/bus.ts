@@ -203,6 +203,11 @@ export interface EventBus {
    * doubles of the port need not implement it; both adapters do.
    */
   deleteConsumer?(stream: string, durable: string): Promise<boolean>;
+  /**
+   * The events of `stream` that match the durable's filter and have not been delivered to it yet
+   * (its lag); undefined when there is no such durable. Optional, as `deleteConsumer`.
+   */
+  consumerPending?(stream: string, durable: string): Promise<number | undefined>;
   /** True while the bus can publish (the connection is up). */
   isConnected(): boolean;
   /** Stops all subscriptions, flushes, and closes the connection (NATS `drain`). */

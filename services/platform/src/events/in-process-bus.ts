@@ -205,6 +205,22 @@ class DurableCursor {
     return undefined;
   }
 
+  /** The stream's events after those handed out that match the filter: not delivered yet. */
+  undelivered(stream: InProcessStream): number {
+    let count = 0;
+    for (
+      let sequence = Math.max(this.nextSequence, stream.firstSequence);
+      sequence <= stream.lastSequence;
+      sequence++
+    ) {
+      const stored = stream.eventAt(sequence);
+      if (stored !== undefined && matchesAnySubject(this.settings.filterSubjects, stored.subject)) {
+        count++;
+      }
+    }
+    return count;
+  }
+
   /** When the earliest waiting redelivery falls due; undefined when none waits. */
   nextDueAt(): number | undefined {
     let earliest: number | undefined;
@@ -359,6 +375,14 @@ class InProcessBus implements EventBus {
     return Promise.resolve().then(() => {
       this.throwIfClosed();
       return this.streams.get(stream)?.durables.delete(durable) ?? false;
+    });
+  }
+
+  consumerPending(stream: string, durable: string): Promise<number | undefined> {
+    return Promise.resolve().then(() => {
+      this.throwIfClosed();
+      const held = this.streams.get(stream);
+      return held?.durables.get(durable)?.undelivered(held);
     });
   }
 

@@ -410,6 +410,20 @@ class NatsBus implements EventBus {
     return true;
   }
 
+  async consumerPending(stream: string, durable: string): Promise<number | undefined> {
+    try {
+      return (await this.manager.consumers.info(stream, durable)).num_pending;
+    } catch (error) {
+      if (
+        isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
+        isApiError(error, JetStreamApiCodes.StreamNotFound)
+      ) {
+        return undefined;
+      }
+      throw toBusError(error, `cannot read consumer ${stream}/${durable}`);
+    }
+  }
+
   async close(): Promise<void> {
     this.closing ??= this.shutDown();
     return this.closing;

@@ -1,6 +1,7 @@
 /**
  * `EventBus.deleteConsumer` on both adapters: a durable subscribed again after its deletion starts
- * afresh from its deliver policy instead of where the deleted one left off.
+ * afresh from its deliver policy instead of where the deleted one left off. And
+ * `EventBus.consumerPending`, a durable's lag.
  */
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
@@ -60,6 +61,17 @@ function deleteConsumerSuite(harness: BusHarness): void {
     await expect(bus.deleteConsumer!(stream, 'aggregation')).resolves.toBe(true);
 
     expect(await receive('aggregation', 3)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('counts the events a durable has not been delivered yet', async () => {
+    await bus.publish(subject, EchoRequest, echo('a'), { eventId: uniqueName('a') });
+    expect(await receive('lagging', 1)).toEqual(['a']);
+    await expect(bus.consumerPending!(stream, 'lagging')).resolves.toBe(0);
+    for (const message of ['b', 'c', 'd']) {
+      await bus.publish(subject, EchoRequest, echo(message), { eventId: uniqueName(message) });
+    }
+    await expect(bus.consumerPending!(stream, 'lagging')).resolves.toBe(3);
+    await expect(bus.consumerPending!(stream, 'never-subscribed')).resolves.toBeUndefined();
   });
 
   it('resolves false for a durable that does not exist', async () => {
