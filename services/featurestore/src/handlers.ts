@@ -67,6 +67,8 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
     applyFeatureView: async (request) => {
       checkRequestId(request.requestId);
       if (request.validateOnly) return registry.applyFeatureView(request.featureView, true);
+      const name = request.featureView?.name ?? '';
+      const before = registry.view(name)?.definition;
       const response = await requestResults.once(
         'ApplyFeatureView',
         request.requestId,
@@ -74,6 +76,27 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         () => registry.applyFeatureView(request.featureView, false),
       );
       await views.reconcile(registry.allViews());
+      const after = registry.view(name)?.definition;
+      if (
+        before !== undefined &&
+        after !== undefined &&
+        before.source?.kind !== 'stream' &&
+        after.ttlMs !== before.ttlMs
+      ) {
+        // Stored records expire by the TTL they were written under; in the background, since a
+        // view may hold millions (reads apply the new TTL at once).
+        void parts.rows
+          .restampExpiry(name, after.ttlMs)
+          .then((changed) => {
+            parts.logger.info({ view: name, changed }, 'records re-timed to the new TTL');
+          })
+          .catch((error: unknown) => {
+            parts.logger.warn(
+              { err: error, view: name },
+              'records not all re-timed to the new TTL',
+            );
+          });
+      }
       return response;
     },
     getFeatureView: (request) =>

@@ -7,6 +7,7 @@
  * sort in sequence order), and a replica reads the entries after the last one it applied. The
  * log expires after a retention period; a replica that restarts loads the records themselves.
  */
+import { AbortedError } from '../../../platform/src/errors';
 import type {
   Collection,
   ConditionalWriteOutcome,
@@ -169,6 +170,29 @@ export class FeatureRowRepository {
   /** Every live record of a view, streamed. */
   async *scanView(view: string): AsyncIterable<FeatureRowDocument> {
     for await (const row of this.rows.scan({ view })) yield row.doc;
+  }
+
+  /**
+   * Sets the expiry of every stored record of a view to its event time + `ttlMs` (no expiry when
+   * 0), after the view's TTL changed. Otherwise storage drops each record at the expiry of the TTL
+   * it was written under while replicas serve it under the new one, and a replica started later
+   * misses it. A record written meanwhile keeps what its writer set. Returns how many changed.
+   */
+  async restampExpiry(view: string, ttlMs: number): Promise<number> {
+    let changed = 0;
+    for await (const { doc, version } of this.rows.scan({ view })) {
+      const { expiresAt, ...rest } = doc;
+      const next: FeatureRowDocument =
+        ttlMs > 0 ? { ...rest, expiresAt: new Date(doc.eventTime + ttlMs) } : rest;
+      if (expiresAt?.getTime() === next.expiresAt?.getTime()) continue;
+      try {
+        await this.rows.replace(next, version);
+        changed++;
+      } catch (error) {
+        if (!(error instanceof AbortedError)) throw error;
+      }
+    }
+    return changed;
   }
 
   /** Deletes every record of a view. */
