@@ -221,6 +221,7 @@ export class OnlineViews {
           bus: this.parts.bus,
           checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId, {
             logger: this.parts.logger,
+            registration: registered.createTime.getTime(),
           }),
           logger: this.parts.logger,
           stream: this.parts.config.outcomeStream,

@@ -120,6 +120,49 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
 
     expect(restored?.checkpoint.seenEventIds).toEqual([['old', now + 600_000]]);
   });
+
+  it('discards a checkpoint of an earlier view of the same name, seen ids and all', async () => {
+    const now = Date.now();
+    const checkpoints = await AggregationCheckpoints.open(store);
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
+    // The old view's replica writes its last checkpoint after the view was applied again.
+    await checkpoints
+      .forOwner('item_plays', replica, { registration: 1 })
+      .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
+
+    const recreated = checkpoints.forOwner('item_plays', replica, { registration: 2 });
+    await expect(recreated.restore()).resolves.toBeUndefined();
+    const rebuilt = new WindowAggregator(options);
+    rebuilt.ingest({ eventId: 'e2', key: 'i2', eventTime: now, values: [undefined] }, now);
+    await recreated.write(rebuilt.checkpoint(), [['e2', now + 600_000]], {});
+
+    const restored = await checkpoints
+      .forOwner('item_plays', replica, { registration: 2 })
+      .restore();
+    expect(restored?.checkpoint.seenEventIds).toEqual([['e2', now + 600_000]]);
+    const again = WindowAggregator.restore(options, restored!.checkpoint);
+    expect(again.read(['i1', 'i2'], now).values).toEqual([null, 1]);
+  });
+
+  it('discards a checkpoint part of whose state is missing, rather than failing to start', async () => {
+    const now = Date.now();
+    const checkpoints = await AggregationCheckpoints.open(store);
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
+    await checkpoints
+      .forOwner('item_plays', replica)
+      .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
+    const documents = await store.collection<{ readonly id: string }>({
+      name: 'aggregation_checkpoints',
+      indexes: [{ fields: ['owner'] }],
+      expireAtField: 'expiresAt',
+    });
+    await documents.delete(`item_plays/${replica}/state/1/0`);
+
+    await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
+    await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
+  });
 }
 
 describe('aggregation checkpoints on the embedded store', () => {

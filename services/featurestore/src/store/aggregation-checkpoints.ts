@@ -34,6 +34,8 @@ interface CheckpointDocument {
   readonly seenSequence?: number;
   /** header: when it was written. */
   readonly checkpointTime?: Date;
+  /** header: the creation time of the view it was written for (unset before it was recorded). */
+  readonly registration?: number;
   /** header: counters kept beside the aggregator's own. */
   readonly extraCounters?: Readonly<Record<string, number>>;
   /** state: one chunk of the JSON of the state. */
@@ -68,6 +70,12 @@ export interface CheckpointWriterOptions {
   readonly maxSeenEventIds?: number;
   /** Where a restore that leaves older seen ids out says so. Unset: it is not logged. */
   readonly logger?: Logger;
+  /**
+   * The view's creation time. A checkpoint written for another one (the view deleted and applied
+   * again, with a replica writing its last checkpoint of the old view after the deletion) is
+   * discarded on restore rather than restored into the new view.
+   */
+  readonly registration?: number;
 }
 
 export class AggregationCheckpoints {
@@ -125,11 +133,22 @@ export class CheckpointWriter {
   async restore(): Promise<StoredCheckpoint | undefined> {
     const header = (await this.documents.get(this.owner))?.doc;
     if (header === undefined) return undefined;
+    const { registration } = this.options;
+    if (
+      registration !== undefined &&
+      header.registration !== undefined &&
+      header.registration !== registration
+    ) {
+      return this.discard('it was written for an earlier view of the same name');
+    }
     this.generation = header.generation ?? 0;
     this.chunkCount = header.chunkCount ?? 0;
     this.seenSequence = header.seenSequence ?? 0;
     const chunkIds = Array.from({ length: this.chunkCount }, (_, i) => this.chunkId(i));
     const chunks = await this.documents.getMany(chunkIds);
+    if (chunkIds.some((id) => chunks.get(id)?.doc.data === undefined)) {
+      return this.discard('part of its state is missing');
+    }
     const json = chunkIds.map((id) => chunks.get(id)?.doc.data ?? '').join('');
     const state = JSON.parse(json) as AggregationCheckpoint;
     const { ids, left } = await this.newestSeenIds();
@@ -195,6 +214,9 @@ export class CheckpointWriter {
       chunkCount,
       seenSequence,
       checkpointTime,
+      ...(this.options.registration === undefined
+        ? {}
+        : { registration: this.options.registration }),
       extraCounters: { ...extraCounters },
     });
     const previous = { generation: this.generation, chunkCount: this.chunkCount };
@@ -231,6 +253,25 @@ export class CheckpointWriter {
     }
     leaveOldest();
     return { ids, left };
+  }
+
+  /**
+   * Deletes every document of this checkpoint, which cannot be restored: its seen ids belong to
+   * the state it was written with, and restored into a rebuilt state they would make the replayed
+   * events count as duplicates. Numbering starts again; returns undefined, as for no checkpoint.
+   */
+  private async discard(why: string): Promise<undefined> {
+    this.options.logger?.warn(
+      { owner: this.owner },
+      `aggregation checkpoint discarded: ${why}; the state is rebuilt from the stream`,
+    );
+    const ids: string[] = [];
+    for await (const { doc } of this.documents.scan({ owner: this.owner })) ids.push(doc.id);
+    for (const id of ids) await this.documents.delete(id);
+    this.generation = 0;
+    this.chunkCount = 0;
+    this.seenSequence = 0;
+    return undefined;
   }
 
   private chunkId(index: number): string {
