@@ -51,7 +51,7 @@ export async function* parseJsonLines(
 /** Stores every row; throws InvalidArgumentError (with the row numbers) on the first bad batch. */
 export async function bulkLoad(
   target: BulkLoadTarget,
-  source: AsyncIterable<FeatureRow>,
+  source: AsyncIterable<FeatureRow> | Iterable<FeatureRow>,
   onProgress: (progress: BulkLoadProgress) => void,
 ): Promise<BulkLoadProgress> {
   if (target.view.source?.kind !== 'push') {
