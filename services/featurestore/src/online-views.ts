@@ -49,11 +49,7 @@ import {
   type FeatureRowRepository,
 } from './store/feature-rows';
 
-/**
- * NOT_FOUND that also names each unknown reference as a field violation (`features[2]`), as the
- * contract asks. The kit attaches `BadRequest` only to InvalidArgumentError, so this is one with
- * the NOT_FOUND code.
- */
+/** INVALID_ARGUMENT with reason LIMIT_EXCEEDED, naming the field over the limit. */
 function limitExceeded(field: string, description: string): InvalidArgumentError {
   return new InvalidArgumentError(
     `request over a limit: ${field} ${description}`,

@@ -470,6 +470,16 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         }),
       );
       expect(manyRows.errorInfo?.reason).toBe('LIMIT_EXCEEDED');
+      const manyEntities = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users(...Array.from({ length: 10_001 }, (_, i) => `u${i}`)),
+          omitEventTimes: false,
+        }),
+      );
+      expect(manyEntities.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity_rows', 'LIMIT_EXCEEDED'],
+      ]);
     });
 
     it('reads a record older than the TTL as EXPIRED', async () => {
