@@ -12,7 +12,7 @@ import { bulkLoad, type BulkLoadProgress } from '../src/store/bulk-load';
 import { FeatureRowRepository } from '../src/store/feature-rows';
 import { openRegistryRepository } from '../src/store/registry-repository';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+import { applyUserStats, double, userRow, users } from './support/fixtures';
 
 const ENTITIES = 1_000_000;
 const BATCH = 1_000;
@@ -22,12 +22,7 @@ describe('bulk loading a push view', () => {
 
   beforeAll(async () => {
     harness = await startHarness({ replicaId: 'replica-a' });
-    await harness.client.applyEntity({ entity: userEntity, requestId: '' });
-    await harness.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyUserStats(harness.client);
   });
 
   afterAll(async () => {

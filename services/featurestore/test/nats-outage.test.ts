@@ -11,27 +11,12 @@ import { TestNatsServer } from '../../platform/test/support/nats-server';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { AggregationState } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { int, itemEntity, itemPlaysView, str } from './support/fixtures';
+import { int, itemEntity, itemPlaysView, str, outcome } from './support/fixtures';
 
 const hasServer = spawnSync('nats-server', ['--version']).status === 0;
 const describeWithServerBinary = hasServer ? describe : describe.skip;
 
 const SUBJECT = 'tandem.events.v1.outcome.play';
-
-function play(itemId: string, unitId: string): OutcomeEvent {
-  return {
-    eventId: randomUUID(),
-    eventTime: new Date(),
-    name: 'play',
-    unit: { id: unitId, type: 'user' },
-    itemId,
-    decisionId: '',
-    value: 1,
-    properties: undefined,
-    source: 'test',
-    surface: 'home',
-  };
-}
 
 /** Connects once the freshly spawned server listens (the bus then reconnects by itself). */
 async function connectWhenUp(url: string): Promise<EventBus> {
@@ -74,7 +59,7 @@ describeWithServerBinary('FeatureStore through a NATS outage', () => {
     harness = h;
     await h.client.applyEntity({ entity: itemEntity, requestId: '' });
     // Stored before the view exists: counted all the same (a new view replays the stream).
-    await bus.publish(SUBJECT, OutcomeEvent, play('i1', 'u1'), { eventId: randomUUID() });
+    await bus.publish(SUBJECT, OutcomeEvent, outcome('i1', 'u1'), { eventId: randomUUID() });
 
     await server.stop();
     await untilConnected(h.runtime.bus, false);
@@ -90,7 +75,7 @@ describeWithServerBinary('FeatureStore through a NATS outage', () => {
     server.start();
     await untilConnected(bus, true);
     for (const unit of ['u2', 'u3']) {
-      await bus.publish(SUBJECT, OutcomeEvent, play('i1', unit), { eventId: randomUUID() });
+      await bus.publish(SUBJECT, OutcomeEvent, outcome('i1', unit), { eventId: randomUUID() });
     }
     await eventually(async () => {
       const read = await h.client.getOnlineFeatures({

@@ -1,19 +1,14 @@
 /** The cap on rows × features of one read, set low to be reached with a few rows. */
 import { failureOf } from './feature-store-api';
 import { startHarness, type RunningHarness } from './support/feature-store-harness';
-import { userEntity, users, userStatsView } from './support/fixtures';
+import { applyUserStats, users } from './support/fixtures';
 
 describe('a read over the values-per-read limit', () => {
   let harness: RunningHarness;
 
   beforeAll(async () => {
     harness = await startHarness({ env: { TANDEM_FEATURESTORE_MAX_VALUES_PER_READ: '10' } });
-    await harness.client.applyEntity({ entity: userEntity, requestId: '' });
-    await harness.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyUserStats(harness.client);
   });
 
   afterAll(async () => {

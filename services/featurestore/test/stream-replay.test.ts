@@ -5,7 +5,6 @@
  * replica whose checkpoint is gone. Run on the in-process bus and on NATS JetStream; what is left
  * on the server, on NATS only.
  */
-import { randomUUID } from 'node:crypto';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { EventBus } from '../../platform/src/events/bus';
@@ -16,24 +15,9 @@ import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { int, itemEntity, itemPlaysView, str } from './support/fixtures';
+import { int, itemEntity, itemPlaysView, str, outcome } from './support/fixtures';
 
 const VIEW = 'item_plays';
-
-function play(name: string, itemId: string, unitId: string): OutcomeEvent {
-  return {
-    eventId: randomUUID(),
-    eventTime: new Date(),
-    name,
-    unit: { id: unitId, type: 'user' },
-    itemId,
-    decisionId: '',
-    value: 1,
-    properties: undefined,
-    source: 'test',
-    surface: 'home',
-  };
-}
 
 async function playsOf(h: RunningHarness, item: string) {
   const read = await h.client.getOnlineFeatures({
@@ -71,7 +55,7 @@ function replaySuite(setup: BusSetup): void {
     await h.client.applyEntity({ entity: itemEntity, requestId: '' });
     await h.client.applyFeatureView({ featureView: view(), requestId: '', validateOnly: false });
     for (const unit of ['u1', 'u2', 'u3']) {
-      const event = play(name, 'i1', unit);
+      const event = outcome('i1', unit, { name });
       await bus.publish(`tandem.events.v1.outcome.${name}`, OutcomeEvent, event, {
         eventId: event.eventId,
       });

@@ -2,7 +2,6 @@
  * A stream-sourced view's LAST of an event property is served as the feature's declared type: an
  * event whose property has the other type is counted as invalid and not served.
  */
-import { randomUUID } from 'node:crypto';
 import type { EventBus } from '../../platform/src/events/bus';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
@@ -14,7 +13,7 @@ import {
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { double, itemEntity, str } from './support/fixtures';
+import { double, itemEntity, str, outcome } from './support/fixtures';
 
 const subject = 'tandem.events.v1.outcome.mood';
 
@@ -49,21 +48,6 @@ const itemMoodView: FeatureView = {
   etag: '',
 };
 
-function mood(itemId: string, properties: Record<string, unknown>): OutcomeEvent {
-  return {
-    eventId: randomUUID(),
-    eventTime: new Date(),
-    name: 'mood',
-    unit: { id: 'u1', type: 'user' },
-    itemId,
-    decisionId: '',
-    value: undefined,
-    properties,
-    source: 'test',
-    surface: 'home',
-  };
-}
-
 describe('LAST of an event property on a stream-sourced view', () => {
   let bus: EventBus;
   let harness: RunningHarness;
@@ -87,8 +71,20 @@ describe('LAST of an event property on a stream-sourced view', () => {
     bus.publish(subject, OutcomeEvent, event, { eventId: event.eventId });
 
   it('serves the declared type and counts a property of the other type as invalid', async () => {
-    await publish(mood('i1', { level: 7, score: 'high' }));
-    await publish(mood('i2', { level: 'high', score: 7 }));
+    await publish(
+      outcome('i1', 'u1', {
+        name: 'mood',
+        value: undefined,
+        properties: { level: 7, score: 'high' },
+      }),
+    );
+    await publish(
+      outcome('i2', 'u1', {
+        name: 'mood',
+        value: undefined,
+        properties: { level: 'high', score: 7 },
+      }),
+    );
     await eventually(async () => {
       const status = (await harness.client.getAggregationStatus({ featureView: 'item_mood' }))
         .status!;

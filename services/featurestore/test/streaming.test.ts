@@ -4,7 +4,6 @@
  * resumes from the checkpoint and the durable consumer without losing or double-counting events.
  * Run on the in-process bus and, when a server is available, on real NATS JetStream.
  */
-import { randomUUID } from 'node:crypto';
 import type { EventBus } from '../../platform/src/events/bus';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
@@ -17,7 +16,7 @@ import {
   temporaryDataDir,
   type RunningHarness,
 } from './support/feature-store-harness';
-import { double, int, itemEntity, itemPlaysView, str } from './support/fixtures';
+import { double, int, itemEntity, itemPlaysView, str, outcome } from './support/fixtures';
 
 interface BusSetup {
   /** A bus for publishing test events. */
@@ -33,18 +32,7 @@ function play(
   seconds: number,
   eventTime = new Date(),
 ): OutcomeEvent {
-  return {
-    eventId: randomUUID(),
-    eventTime,
-    name: eventName,
-    unit: { id: unitId, type: 'user' },
-    itemId,
-    decisionId: '',
-    value: seconds,
-    properties: undefined,
-    source: 'test',
-    surface: 'home',
-  };
+  return outcome(itemId, unitId, { name: eventName, value: seconds, eventTime });
 }
 
 function streamingSuite(setup: BusSetup): void {

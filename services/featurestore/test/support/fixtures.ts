@@ -1,12 +1,18 @@
 /** Definitions and values the FeatureStore tests share. */
+import { randomUUID } from 'node:crypto';
+import type { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
 import type { Entity } from '../../../../gen/ts/tandem/featurestore/v1/entity';
 import {
   AggregationFunction,
   AggregationKey,
   type FeatureView,
 } from '../../../../gen/ts/tandem/featurestore/v1/feature_view';
-import type { FeatureRow } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type {
+  FeatureRow,
+  FeatureStoreServiceService,
+} from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType, type FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
+import type { TypedClient } from '../../../platform/src/grpc/client';
 
 export const userEntity: Entity = {
   name: 'user',
@@ -142,4 +148,38 @@ export function userRow(
 /** The entity_rows of a read of these user ids. */
 export function users(...ids: string[]) {
   return { user_id: { values: ids.map(str) } };
+}
+
+/** A `play` outcome of a user on an item now, with a fresh event id; `overrides` set the rest. */
+export function outcome(
+  itemId: string,
+  unitId: string,
+  overrides: Partial<OutcomeEvent> = {},
+): OutcomeEvent {
+  return {
+    eventId: randomUUID(),
+    eventTime: new Date(),
+    name: 'play',
+    unit: { id: unitId, type: 'user' },
+    itemId,
+    decisionId: '',
+    value: 1,
+    properties: undefined,
+    source: 'test',
+    surface: 'home',
+    ...overrides,
+  };
+}
+
+/** Applies the `user` entity and the `user_stats` view (with `overrides`) through `client`. */
+export async function applyUserStats(
+  client: TypedClient<typeof FeatureStoreServiceService>,
+  overrides: Partial<FeatureView> = {},
+): Promise<void> {
+  await client.applyEntity({ entity: userEntity, requestId: '' });
+  await client.applyFeatureView({
+    featureView: userStatsView(overrides),
+    requestId: '',
+    validateOnly: false,
+  });
 }
