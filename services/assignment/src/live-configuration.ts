@@ -176,7 +176,9 @@ export class LiveConfiguration {
         throw error;
       }
       const view = this.view;
-      if (!view || version !== view.version + 1) {
+      // After a failed bump, this bump announces that change too, and the view lacks it.
+      if (!view || version !== view.version + 1 || this.unannounced) {
+        this.unannounced = false;
         this.view = compile(await this.store.readAll());
         return this.view.version;
       }

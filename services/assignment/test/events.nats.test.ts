@@ -9,6 +9,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, nanos } from '@nats-io/transport-node';
 import { AllocationMethod } from '../../../gen/ts/tandem/assignment/v1/allocation';
 import {
+  ApplyRequest,
   CreateExperimentRequest,
   StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
@@ -211,7 +212,7 @@ describeWithNats('Assignment through a NATS outage', () => {
         expect(service?.runtime.bus.isConnected()).toBe(false);
       });
       // Three fit the buffer; the other two are dropped, and say so.
-      for (let i = 0; i < 5; i++) {
+      for (let i = 0; i < 4; i++) {
         const response = await service.client.resolve(
           resolveRequest(`outage-${i}`, { surfaces: ['outage'], apply: true }),
         );
@@ -220,6 +221,14 @@ describeWithNats('Assignment through a NATS outage', () => {
           i < 3 ? { loggedCount: 1, droppedCount: 0 } : { loggedCount: 0, droppedCount: 1 },
         );
       }
+      const last = await service.client.resolve(
+        resolveRequest('outage-4', { surfaces: ['outage'] }),
+      );
+      const applyLast = () =>
+        service!.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: last.resolveToken, requestId: 'apply-last' }),
+        );
+      expect((await applyLast()).exposures).toMatchObject({ loggedCount: 0, droppedCount: 1 });
       await eventually(() => {
         expect(service?.service.exposureStats().failedAttempts).toBeGreaterThan(0);
       });
@@ -229,13 +238,13 @@ describeWithNats('Assignment through a NATS outage', () => {
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(3);
       }, 20_000);
-      // A dropped exposure was not remembered as logged: showing it again logs it.
-      for (const unit of ['outage-3', 'outage-4']) {
-        const again = await service.client.resolve(
-          resolveRequest(unit, { surfaces: ['outage'], apply: true }),
-        );
-        expect(again.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
-      }
+      // A dropped exposure was not remembered as logged: showing it again logs it, and so does
+      // a retry of the Apply that dropped it (its result was not kept for its request id).
+      const again = await service.client.resolve(
+        resolveRequest('outage-3', { surfaces: ['outage'], apply: true }),
+      );
+      expect(again.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+      expect((await applyLast()).exposures).toMatchObject({ loggedCount: 1, droppedCount: 0 });
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(5);
       }, 20_000);

@@ -6,7 +6,14 @@ import { UnavailableError } from '../../platform/src/errors';
 import { bootstrap } from '../../platform/src/bootstrap';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { startAssignment } from '../src/service';
-import { temporaryDataDir, testConfig } from './support/harness';
+import { status as GrpcCode } from '@grpc/grpc-js';
+import {
+  CreateExperimentRequest,
+  ListExperimentsRequest,
+} from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { failure } from '../../platform/test/support/failure';
+import { experiment } from './support/fixtures';
+import { startTestAssignment, temporaryDataDir, testConfig } from './support/harness';
 import { runServiceSuite } from './support/service-suite';
 
 runServiceSuite('embedded store, in-process bus', () => ({ dataDir: temporaryDataDir() }));
@@ -27,6 +34,28 @@ describe('a replica whose storage is down at start', () => {
       );
     } finally {
       await runtime.shutdown.run(5000);
+    }
+  });
+});
+
+describe('a replica whose version bump failed once', () => {
+  it('serves that change after its next write, before any periodic check', async () => {
+    const service = await startTestAssignment({ reloadInterval: '1h' });
+    try {
+      jest
+        .spyOn(service.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const create = (id: string) =>
+        service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment(id) }),
+        );
+      expect((await failure(create('unannounced'))).code).toBe(GrpcCode.UNAVAILABLE);
+      await create('next');
+      // The next bump announced both; this replica's view must hold both too.
+      const listed = await service.client.listExperiments(ListExperimentsRequest.fromPartial({}));
+      expect(listed.experiments.map((e) => e.id).sort()).toEqual(['next', 'unannounced']);
+    } finally {
+      await service.stop();
     }
   });
 });

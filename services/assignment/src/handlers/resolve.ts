@@ -384,7 +384,8 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       if (exposureTime.getTime() < record.resolveTime) exposureTime = new Date(record.resolveTime);
       const exposures = await logExposures(context, record, request.experimentIds, exposureTime);
-      if (request.requestId !== '') {
+      // Not remembered when some were dropped: the retry logs them.
+      if (request.requestId !== '' && exposures.droppedCount === 0) {
         applyResults.set(request.requestId, exposures);
         if (applyResults.size > APPLY_RESULTS_CAPACITY) {
           const oldest = applyResults.keys().next();

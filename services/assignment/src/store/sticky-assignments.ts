@@ -31,7 +31,11 @@ interface CacheEntry {
   readonly expiresAt: number;
 }
 
-/** A stored assignment's expiry in ms, or undefined once it has expired (storage's TTL sweep runs late). */
+/**
+ * A stored assignment's expiry in ms, or undefined once it has expired at `now`. Both stores hide
+ * a document past its expiry (an insert replaces it), whenever their sweep runs; this also holds
+ * for a `now` a little ahead of the clock (an exposure time set by the client).
+ */
 function liveUntil(doc: StickyDocument | undefined, now: number): number | undefined {
   if (doc === undefined) return undefined;
   const expiresAt = doc.expiresAt.getTime();
@@ -126,12 +130,7 @@ export class StickyAssignments {
       if (!(error instanceof AlreadyExistsError)) throw error;
       const existing = await this.collection.get(id);
       const expiresAt = liveUntil(existing?.doc, now);
-      if (existing && expiresAt === undefined) {
-        // Expired but not yet swept: this exposure starts a new sticky period. A replica
-        // replacing it at the same moment makes this one fail with ABORTED, and the call retries.
-        await this.collection.replace(doc, existing.version);
-        this.remember(id, { assignment, checkedAt: now, expiresAt: now + ttlMs });
-      } else if (existing && expiresAt !== undefined) {
+      if (existing && expiresAt !== undefined) {
         this.remember(id, {
           assignment: {
             variantKey: existing.doc.variantKey,

@@ -4829,11 +4829,14 @@ export const AssignmentServiceService = {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. Publishing is asynchronous: while NATS is
-   * down, exposures are buffered (bounded) and published when it returns.
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
+   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
+   * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
-   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future.
+   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
    */
   apply: {
     path: "/tandem.assignment.v1.AssignmentService/Apply" as const,
@@ -5033,11 +5036,14 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. Publishing is asynchronous: while NATS is
-   * down, exposures are buffered (bounded) and published when it returns.
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
+   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
+   * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
-   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future.
+   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
    */
   apply: handleUnaryCall<ApplyRequest, ApplyResponse>;
   /**
@@ -5476,11 +5482,14 @@ export interface AssignmentServiceClient extends Client {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. Publishing is asynchronous: while NATS is
-   * down, exposures are buffered (bounded) and published when it returns.
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
+   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
+   * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
-   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future.
+   * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
    */
   apply(
     request: ApplyRequest,
