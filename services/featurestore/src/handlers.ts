@@ -42,6 +42,9 @@ function checkRequestId(requestId: string): void {
 
 export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceDefinition> {
   const { registry, views, requestResults } = parts;
+  // The re-timing of each view's records under way (see applyFeatureView): a newer TTL change or
+  // the view's deletion supersedes it, and it stops.
+  const retiming = new Map<string, { readonly run: symbol; readonly done: Promise<void> }>();
   return {
     applyEntity: async (request) => {
       checkRequestId(request.requestId);
@@ -85,12 +88,28 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       ) {
         // Stored records expire by the TTL they were written under; in the background, since a
         // view may hold millions (reads apply the new TTL at once).
-        void parts.rows
-          .restampExpiry(name, after.ttlMs)
+        const run = Symbol(name);
+        const previous = retiming.get(name)?.done ?? Promise.resolve();
+        const current = (): boolean => retiming.get(name)?.run === run;
+        // After the run it supersedes has stopped (at its next record), so the two never
+        // write the same record at once.
+        const done = previous.then(() =>
+          current() ? parts.rows.restampExpiry(name, after.ttlMs, current) : 0,
+        );
+        retiming.set(name, {
+          run,
+          done: done.then(
+            () => undefined,
+            () => undefined,
+          ),
+        });
+        void done
           .then((changed) => {
+            if (current()) retiming.delete(name);
             parts.logger.info({ view: name, changed }, 'records re-timed to the new TTL');
           })
           .catch((error: unknown) => {
+            if (current()) retiming.delete(name);
             parts.logger.warn(
               { err: error, view: name },
               'records not all re-timed to the new TTL',
@@ -113,6 +132,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         DeleteFeatureViewResponse,
         async () => {
           const deleted = await registry.deleteFeatureView(request.name, request.etag);
+          retiming.delete(request.name);
           await views.reconcile(registry.allViews());
           const warn = (what: string) => (error: unknown) => {
             parts.logger.warn({ err: error, view: request.name }, what);

@@ -184,7 +184,7 @@ export class StreamAggregation {
    */
   private async startConsumer(): Promise<void> {
     const { logger, view } = this.parts;
-    for (let attempt = 0; !this.stopping; attempt++) {
+    for (let attempt = 0; !this.isStopping(); attempt++) {
       try {
         this.subscription = await this.subscribe();
         if (this.startFailure !== undefined) {
@@ -205,6 +205,8 @@ export class StreamAggregation {
           );
         }
       }
+      // The signal wakes only a wait under way: a stop during the attempt is seen here.
+      if (this.isStopping()) return;
       await this.stopSignal.wait(
         Math.min(START_RETRY_INITIAL_MS * 2 ** attempt, START_RETRY_MAX_MS),
       );
@@ -257,6 +259,11 @@ export class StreamAggregation {
     return bus.consumerPending?.(stream, durable);
   }
 
+  /** A method, not a field read, because it changes while the start loop awaits. */
+  private isStopping(): boolean {
+    return this.stopping;
+  }
+
   /** Reads every aggregate for `keys` at `now`. */
   read(keys: readonly string[], now: number): FeatureColumns<AggregatedValue> {
     return this.aggregator.read(keys, now);
@@ -276,7 +283,7 @@ export class StreamAggregation {
     const phase: AggregationPhase =
       notStarted !== undefined && !(notStarted instanceof UnavailableError)
         ? 'failed'
-        : notStarted !== undefined || !connected
+        : notStarted !== undefined || !connected || this.subscription === undefined
           ? 'paused'
           : this.backfilling
             ? 'backfilling'
@@ -287,8 +294,10 @@ export class StreamAggregation {
         : (notStarted?.message ??
           (!connected
             ? 'NATS is unreachable; waiting for it to come back'
-            : (this.checkpointFailure ??
-              (this.backfilling ? 'replaying the stream' : 'following new events'))));
+            : this.subscription === undefined
+              ? 'starting the consumer'
+              : (this.checkpointFailure ??
+                (this.backfilling ? 'replaying the stream' : 'following new events'))));
     return {
       phase,
       message,

@@ -176,11 +176,17 @@ export class FeatureRowRepository {
    * Sets the expiry of every stored record of a view to its event time + `ttlMs` (no expiry when
    * 0), after the view's TTL changed. Otherwise storage drops each record at the expiry of the TTL
    * it was written under while replicas serve it under the new one, and a replica started later
-   * misses it. A record written meanwhile keeps what its writer set. Returns how many changed.
+   * misses it. A record written meanwhile keeps what its writer set. Stops early once `proceed`
+   * says no (another TTL change or the view's deletion superseded it). Returns how many changed.
    */
-  async restampExpiry(view: string, ttlMs: number): Promise<number> {
+  async restampExpiry(
+    view: string,
+    ttlMs: number,
+    proceed: () => boolean = () => true,
+  ): Promise<number> {
     let changed = 0;
     for await (const { doc, version } of this.rows.scan({ view })) {
+      if (!proceed()) break;
       const { expiresAt, ...rest } = doc;
       const next: FeatureRowDocument =
         ttlMs > 0 ? { ...rest, expiresAt: new Date(doc.eventTime + ttlMs) } : rest;
