@@ -77,7 +77,7 @@ describe('bulk loading a push view', () => {
         double((ENTITIES - 1) / ENTITIES),
       ]);
     });
-  }, 120_000);
+  }, 300_000);
 
   it('skips rows older than those stored, and names the row of a bad value', async () => {
     const older = new Date(Date.now() - 60_000);

@@ -4,20 +4,15 @@
  * one that was serving the old view drops its values even when both changes fell between two of
  * its registry reloads.
  */
-import type { DocumentStore } from '../../platform/src/storage/collection';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { FeatureRowRepository } from '../src/store/feature-rows';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import {
+  eventually,
+  startHarness,
+  type RunningHarness,
+  sharing,
+} from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
-
-/** Another handle on the same store, whose close() leaves it open for its owner. */
-function sharing(store: DocumentStore): () => DocumentStore {
-  return () => ({
-    ...store,
-    collection: (spec) => store.collection(spec),
-    close: () => Promise.resolve(),
-  });
-}
 
 describe('a push view deleted and applied again', () => {
   let first: RunningHarness;

@@ -2,19 +2,14 @@
  * Replicas sharing one storage: a write or a definition applied on one is served by the other
  * within one second, with no NATS involved (each replica syncs from storage).
  */
-import type { DocumentStore } from '../../platform/src/storage/collection';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import {
+  eventually,
+  startHarness,
+  type RunningHarness,
+  sharing,
+} from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
-
-/** Another handle on the same store, whose close() leaves it open for its owner. */
-function sharing(store: DocumentStore): () => DocumentStore {
-  return () => ({
-    ...store,
-    collection: (spec) => store.collection(spec),
-    close: () => Promise.resolve(),
-  });
-}
 
 describe('FeatureStore replicas', () => {
   let first: RunningHarness;

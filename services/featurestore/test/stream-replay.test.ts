@@ -13,8 +13,12 @@ import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import type { DocumentStore } from '../../platform/src/storage/collection';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import {
+  eventually,
+  startHarness,
+  type RunningHarness,
+  sharing,
+} from './support/feature-store-harness';
 import { int, itemEntity, itemPlaysView, str, outcome } from './support/fixtures';
 
 const VIEW = 'item_plays';
@@ -180,12 +184,3 @@ describeWithNats('a deleted stream view on NATS JetStream', () => {
     });
   });
 });
-
-/** Another handle on the same store, whose close() leaves it open for its owner. */
-function sharing(store: DocumentStore): () => DocumentStore {
-  return () => ({
-    ...store,
-    collection: (spec) => store.collection(spec),
-    close: () => Promise.resolve(),
-  });
-}

@@ -56,4 +56,28 @@ describe('a push view whose TTL changes', () => {
       expect(await storedExpiry()).toEqual([undefined]);
     });
   });
+
+  it('ends with the last of two quick TTL changes, the first one stopping', async () => {
+    await apply(3600);
+    const eventTime = Date.now() - 10 * MINUTE;
+    for (let from = 0; from < 1_000; from += 500) {
+      await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: Array.from({ length: 500 }, (_, i) =>
+          userRow(`u${from + i}`, new Date(eventTime), { ctr: double(0.4) }),
+        ),
+        requestId: '',
+      });
+    }
+    await apply(2 * 3600);
+    await apply(3 * 3600);
+    await eventually(async () => {
+      const expiries = await storedExpiry();
+      expect(expiries).toHaveLength(1_000);
+      expect(new Set(expiries)).toEqual(new Set([eventTime + 180 * MINUTE]));
+    });
+    // Settled: nothing re-times them afterwards.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(new Set(await storedExpiry())).toEqual(new Set([eventTime + 180 * MINUTE]));
+  });
 });

@@ -105,3 +105,15 @@ export async function eventually<T>(check: () => Promise<T>, timeoutMs = 5_000):
     }
   }
 }
+
+/**
+ * A `wrapStore` that gives a second replica another handle on `store`, whose close() leaves it
+ * open for its owner: replicas sharing one storage, as they would share a database.
+ */
+export function sharing(store: DocumentStore): () => DocumentStore {
+  return () => ({
+    ...store,
+    collection: (spec) => store.collection(spec),
+    close: () => Promise.resolve(),
+  });
+}
