@@ -13,7 +13,6 @@ import {
   WriteFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
-import type { AggregationDurables } from './events/aggregation-durables';
 import type { FeatureRegistry } from './feature-registry';
 import type { OnlineViews } from './online-views';
 import type { FeatureStoreServiceDefinition } from './online-response';
@@ -24,7 +23,6 @@ import type { RequestResults } from './store/request-results';
 export interface HandlerParts {
   readonly registry: FeatureRegistry;
   readonly views: OnlineViews;
-  readonly durables: AggregationDurables;
   readonly requestResults: RequestResults;
   readonly rows: FeatureRowRepository;
   readonly checkpoints: AggregationCheckpoints;
@@ -139,14 +137,11 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
           };
           if (deleted.definition.source?.kind === 'stream') {
             // Before the answer, so that the view applied again right away replays the stream
-            // into an empty state: its aggregation state, and this replica's durable consumer
-            // (other replicas delete theirs when they see the view go).
-            await Promise.all([
-              parts.durables.deleteRetired(registry.allViews()),
-              parts.checkpoints
-                .deleteView(request.name)
-                .catch(warn('aggregation state not all deleted')),
-            ]);
+            // into an empty state. (Reconciling has deleted this replica's durable consumer;
+            // other replicas delete theirs when they see the view go.)
+            await parts.checkpoints
+              .deleteView(request.name)
+              .catch(warn('aggregation state not all deleted'));
           }
           // The view is gone from the registry; its stored values go in the background.
           void parts.rows.deleteView(request.name).catch(warn('stored values not all deleted'));

@@ -180,7 +180,10 @@ export class OnlineViews {
     for (const [name, served] of [...this.served]) {
       if (!views.has(name)) {
         this.served.delete(name);
-        if (served.kind === 'stream') await served.aggregation.stop();
+        if (served.kind === 'stream') {
+          await served.aggregation.stop();
+          await this.deleteDurable(name);
+        }
         this.parts.logger.info({ view: name }, 'feature view no longer served');
       }
     }
@@ -228,6 +231,25 @@ export class OnlineViews {
         await aggregation.start();
         this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
       }
+    }
+  }
+
+  /**
+   * Deletes this replica's durable consumer of a stream view that is gone, deleted here or on
+   * another replica, as DeleteFeatureView promises: left behind, it would keep its place in the
+   * stream for nothing. Called once the aggregation has stopped (a running subscription would
+   * declare it again). A failure is logged: applied again, the view deletes its durable before
+   * subscribing anyway (see StreamAggregation).
+   */
+  private async deleteDurable(view: string): Promise<void> {
+    const durable = aggregationDurable(view, this.parts.config.replicaId);
+    try {
+      await this.parts.bus.deleteConsumer?.(this.parts.config.outcomeStream, durable);
+    } catch (error) {
+      this.parts.logger.warn(
+        { err: error, view, durable },
+        'aggregation consumer of a deleted view remains',
+      );
     }
   }
 

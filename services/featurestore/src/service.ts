@@ -8,7 +8,6 @@ import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
 import type { FeatureStoreConfig } from './config';
 import { OUTCOME_STREAM } from '../../platform/src/events/streams';
-import { AggregationDurables } from './events/aggregation-durables';
 import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
 import { featureStoreHandlers } from './handlers';
 import { OnlineViews } from './online-views';
@@ -47,28 +46,15 @@ export async function startFeatureStore(
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });
   await views.load();
-  const durables = new AggregationDurables(
-    { bus, stream: config.outcomeStream, replicaId: config.replicaId, logger },
-    registry.allViews(),
-  );
   registry.onViewsChanged((changed) => {
-    void views.reconcile(changed).then(() => durables.deleteRetired(changed));
+    void views.reconcile(changed);
   });
 
   runtime.server.add(
     FeatureStoreServiceDefinition,
     implement(
       FeatureStoreServiceDefinition,
-      featureStoreHandlers({
-        registry,
-        views,
-        durables,
-        requestResults,
-        rows,
-        checkpoints,
-        bus,
-        logger,
-      }),
+      featureStoreHandlers({ registry, views, requestResults, rows, checkpoints, bus, logger }),
       {
         logger,
         auth: runtime.auth,
