@@ -1,12 +1,14 @@
 /**
  * The Assignment service process: telemetry first (before grpc-js and mongodb load), then config,
- * dependencies, the service itself (configuration loaded before serving), bind, SERVING. SIGTERM
+ * dependencies (waiting for storage, NOT_SERVING, when it is unreachable), the service itself
+ * (configuration loaded before serving), bind, SERVING. SIGTERM
  * runs the shutdown steps in reverse.
  */
 import { telemetry } from './telemetry';
 import { hostname } from 'node:os';
 import { bootstrap } from '../../platform/src/bootstrap';
 import { readAssignmentConfig } from './config';
+import { resolveServiceDefinition } from './handlers/resolve-response';
 import { startAssignment } from './service';
 
 async function main(): Promise<void> {
@@ -15,12 +17,12 @@ async function main(): Promise<void> {
       .replace(/[^A-Za-z0-9_-]/g, '-')
       .slice(0, 40)}-${process.pid}`,
   });
-  const runtime = await bootstrap(config.platform);
+  // Storage unreachable: NOT_SERVING (calls get UNAVAILABLE) until it answers.
+  const runtime = await bootstrap(config.platform, { services: [resolveServiceDefinition] });
   runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
-  const deadlineMs = config.platform.grpc.shutdownTimeoutMs + 5000;
   // Storage is open by now: a signal or a failure from here on closes it rather than exit from
   // under a write.
-  await runtime.shutdown.startUp(deadlineMs, async () => {
+  await runtime.shutdown.startUp(runtime.shutdownDeadlineMs, async () => {
     await startAssignment(runtime, config);
     await runtime.serve();
   });

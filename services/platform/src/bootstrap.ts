@@ -4,12 +4,15 @@
  * reads the TLS files and the reflection descriptor set, so a bad path fails before anything is
  * opened. The service then registers its handlers and
  * consumers, loads what it serves from memory, and calls `serve()`: bind (checking the error),
- * SERVING. Each resource registers its shutdown step as it is created, so shutdown is the same
+ * SERVING. A service that names its gRPC services does not exit when MongoDB is unreachable at
+ * start-up: it binds early, reports NOT_SERVING and waits for storage (`openStoreOrWait`). Each resource registers its shutdown step as it is created, so shutdown is the same
  * list in reverse: health NOT_SERVING → drain in-flight calls → stop consumers and drain NATS →
  * close storage.
  */
-import type { ChannelCredentials } from '@grpc/grpc-js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ChannelCredentials, ServiceDefinition } from '@grpc/grpc-js';
 import type { PlatformConfig } from './config';
+import { UnavailableError } from './errors';
 import type { EventBus } from './events/bus';
 import { createInProcessBus } from './events/in-process-bus';
 import { connectNatsBus } from './events/nats-bus';
@@ -37,7 +40,12 @@ export interface ServiceRuntime {
   /** Credentials for clients of peer services (TLS when configured). */
   readonly clientCredentials: ChannelCredentials;
   readonly shutdown: Shutdown;
-  /** Binds the gRPC server, reports SERVING and returns the bound port. */
+  /**
+   * How long a shutdown may take: the gRPC server's drain timeout, plus time for the steps after
+   * it (flushing events, checkpoints, closing storage).
+   */
+  readonly shutdownDeadlineMs: number;
+  /** Binds the gRPC server (unless it is bound already), reports SERVING, returns the port. */
   serve(): Promise<number>;
 }
 
@@ -45,7 +53,21 @@ export interface BootstrapOptions {
   /** A bus shared by several services in one process (dev mode); not closed by this service. */
   readonly sharedBus?: EventBus;
   readonly logger?: Logger;
+  /**
+   * The services the process will host. When they are given and MongoDB cannot be reached at
+   * start-up, the process does not exit: the gRPC server binds with health NOT_SERVING, calls to
+   * these services get UNAVAILABLE, and the connection is retried with back-off until it succeeds
+   * (start-up then goes on) or a signal shuts the process down. Without them, an unreachable
+   * store fails start-up.
+   */
+  readonly services?: readonly ServiceDefinition[];
 }
+
+/** Margin after the gRPC drain timeout for the shutdown steps that follow it. */
+const SHUTDOWN_MARGIN_MS = 5_000;
+/** Back-off between attempts to reach storage at start-up: doubling from the first to the cap. */
+const STORAGE_RETRY_FIRST_MS = 1_000;
+const STORAGE_RETRY_CAP_MS = 30_000;
 
 /** Connects the service's dependencies and creates its (not yet serving) gRPC server. */
 export async function bootstrap(
@@ -70,13 +92,17 @@ export async function bootstrap(
   const bus = options.sharedBus ?? (await connectBus(config, logger));
   if (!options.sharedBus) shutdown.add('event bus', () => bus.close());
 
-  const store = await openStore({
-    service: config.service,
-    mongodbUri: config.mongodbUri,
-    dataDir: config.dataDir,
+  const shutdownDeadlineMs = config.grpc.shutdownTimeoutMs + SHUTDOWN_MARGIN_MS;
+  const store = await openStoreOrWait(config, options.services ?? [], {
+    server,
+    shutdown,
+    logger,
+    shutdownDeadlineMs,
   });
   shutdown.add('storage', () => store.close());
   logger.info({ storage: store.kind, bus: bus.kind }, 'dependencies connected');
+  // After storage, so it runs before storage closes (when the server was bound while waiting
+  // for storage, the step registered then finds this one done).
   shutdown.add('gRPC server', () => server.shutdown(config.grpc.shutdownTimeoutMs));
 
   return {
@@ -88,12 +114,86 @@ export async function bootstrap(
     auth: bearerTokenAuth(config.adminToken),
     clientCredentials,
     shutdown,
+    shutdownDeadlineMs,
     async serve() {
-      const port = await server.listen(config.grpc.host, config.grpc.port);
+      const port = server.boundPort ?? (await server.listen(config.grpc.host, config.grpc.port));
       server.setServing(true);
       return port;
     },
   };
+}
+
+interface Waiting {
+  readonly server: GrpcServer;
+  readonly shutdown: Shutdown;
+  readonly logger: Logger;
+  readonly shutdownDeadlineMs: number;
+}
+
+/**
+ * Opens the service's store. When MongoDB is unreachable and the process names its `services`,
+ * binds the server first (NOT_SERVING; calls get UNAVAILABLE) and retries until the store opens.
+ * Once a signal has started the shutdown, the returned promise never settles: the shutdown closes
+ * what is open and ends the process.
+ */
+async function openStoreOrWait(
+  config: PlatformConfig,
+  services: readonly ServiceDefinition[],
+  { server, shutdown, logger, shutdownDeadlineMs }: Waiting,
+): Promise<DocumentStore> {
+  const open = (): Promise<DocumentStore> =>
+    openStore({ service: config.service, mongodbUri: config.mongodbUri, dataDir: config.dataDir });
+  let failure: unknown;
+  try {
+    return await open();
+  } catch (error) {
+    if (!(error instanceof UnavailableError) || services.length === 0) throw error;
+    failure = error;
+  }
+  for (const definition of services) {
+    server.reserve(
+      definition,
+      () => `${config.service} is not serving yet: its storage cannot be reached (retrying)`,
+    );
+  }
+  await server.listen(config.grpc.host, config.grpc.port);
+  shutdown.add('gRPC server', () => server.shutdown(config.grpc.shutdownTimeoutMs));
+  shutdown.onSignals(shutdownDeadlineMs);
+  for (
+    let delayMs = STORAGE_RETRY_FIRST_MS;
+    ;
+    delayMs = Math.min(delayMs * 2, STORAGE_RETRY_CAP_MS)
+  ) {
+    logger.warn(
+      { err: failure, retryInMs: delayMs },
+      'storage unreachable: NOT_SERVING until it answers',
+    );
+    await sleep(delayMs, undefined, { ref: false });
+    if (shutdown.started) return abandoned();
+    let store: DocumentStore;
+    try {
+      store = await open();
+    } catch (error) {
+      if (!(error instanceof UnavailableError)) throw error;
+      failure = error;
+      continue;
+    }
+    // A signal during the attempt: the shutdown already ran without this store.
+    if (!stillStarting(shutdown)) {
+      await store.close();
+      return abandoned();
+    }
+    return store;
+  }
+}
+
+/** A start-up overtaken by the shutdown: it never goes on, the shutdown ends the process. */
+function abandoned(): Promise<never> {
+  return new Promise<never>(() => undefined);
+}
+
+function stillStarting(shutdown: Shutdown): boolean {
+  return !shutdown.started;
 }
 
 /** NATS when configured (failing fast when it cannot be reached), else the in-process bus. */

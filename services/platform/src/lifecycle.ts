@@ -11,6 +11,7 @@ export class Shutdown {
   private readonly steps: Step[] = [];
   private readonly finalSteps: Step[] = [];
   private running: Promise<void> | undefined;
+  private handlingSignals = false;
 
   constructor(private readonly logger: Logger) {}
 
@@ -31,6 +32,11 @@ export class Shutdown {
     this.finalSteps.push({ name, run });
   }
 
+  /** Whether the shutdown has begun. */
+  get started(): boolean {
+    return this.running !== undefined;
+  }
+
   /** Runs every step in reverse order, giving up on the remainder after `deadlineMs`. Idempotent. */
   run(deadlineMs: number): Promise<void> {
     this.running ??= this.runSteps(deadlineMs);
@@ -41,8 +47,11 @@ export class Shutdown {
    * Runs `runAndEnd(deadlineMs)` on SIGTERM or SIGINT. Entry points call it as soon as there is
    * something to close, before start-up finishes: a signal during start-up then closes what was
    * opened so far (see `abortStartup`) instead of killing the process with Node's default action.
+   * Calling it again does nothing.
    */
   onSignals(deadlineMs: number): void {
+    if (this.handlingSignals) return;
+    this.handlingSignals = true;
     const handler = (signal: NodeJS.Signals): void => {
       this.logger.info({ signal }, 'shutting down');
       void this.runAndEnd(deadlineMs);

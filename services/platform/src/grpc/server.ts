@@ -7,6 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   Server,
+  status as GrpcStatus,
+  type handleUnaryCall,
   type ServerCredentials,
   type ServiceDefinition,
   type UntypedServiceImplementation,
@@ -45,6 +47,13 @@ export interface GrpcServerOptions {
 /** A registered service, named as in health checks (`tandem.echo.v1.EchoService`). */
 interface Registered {
   readonly name: string;
+  /** The definition registered by `reserve`, replaced when `add` supplies the implementation. */
+  reserved?: ServiceDefinition;
+}
+
+function serviceName(definition: ServiceDefinition): string {
+  const first = Object.values(definition)[0];
+  return first ? (first.path.split('/')[1] ?? '') : '';
 }
 
 /**
@@ -58,6 +67,7 @@ export class GrpcServer {
   private readonly logger: Logger;
   private readonly credentials: ServerCredentials;
   private port: number | undefined;
+  private stopping: Promise<void> | undefined;
 
   constructor(private readonly options: GrpcServerOptions) {
     this.logger = options.logger;
@@ -82,13 +92,46 @@ export class GrpcServer {
     }
   }
 
-  /** Registers a service; it reports NOT_SERVING until `setServing(true)`. */
+  /**
+   * Registers a service; it reports NOT_SERVING until `setServing(true)`. A service `reserve`d
+   * earlier gets its implementation now, in place of the one answering UNAVAILABLE.
+   */
   add(definition: ServiceDefinition, implementation: UntypedServiceImplementation): void {
-    const first = Object.values(definition)[0];
-    const name = first ? (first.path.split('/')[1] ?? '') : '';
+    const name = serviceName(definition);
+    const registered = this.services.find((service) => service.name === name);
+    if (registered?.reserved) {
+      // Both synchronous: no call can arrive in between and find the method missing.
+      this.server.removeService(registered.reserved);
+      registered.reserved = undefined;
+    } else {
+      this.services.push({ name });
+    }
     this.server.addService(decodingRequestsSafely(definition), implementation);
-    this.services.push({ name });
     this.health.setStatus(name, 'NOT_SERVING');
+  }
+
+  /**
+   * Registers a service whose implementation does not exist yet (the server is bound before its
+   * dependencies are ready): until `add` supplies it, every call gets UNAVAILABLE with `details`
+   * rather than UNIMPLEMENTED, and health reports the service NOT_SERVING. Unary methods only,
+   * which is all the services served so far have.
+   */
+  reserve(definition: ServiceDefinition, details: () => string): void {
+    const name = serviceName(definition);
+    const unavailable: handleUnaryCall<unknown, unknown> = (_call, callback) => {
+      callback({ code: GrpcStatus.UNAVAILABLE, details: details() });
+    };
+    const implementation: UntypedServiceImplementation = {};
+    for (const method of Object.keys(definition)) implementation[method] = unavailable;
+    const reserved = decodingRequestsSafely(definition);
+    this.server.addService(reserved, implementation);
+    this.services.push({ name, reserved });
+    this.health.setStatus(name, 'NOT_SERVING');
+  }
+
+  /** The bound port; undefined before `listen`. */
+  get boundPort(): number | undefined {
+    return this.port;
   }
 
   /** Binds and starts serving; returns the bound port (useful with port 0). */
@@ -120,8 +163,14 @@ export class GrpcServer {
   /**
    * Graceful shutdown: health goes NOT_SERVING (so balancers stop routing), no new calls are
    * accepted, in-flight calls get until `deadlineMs` to finish, then remaining ones are cancelled.
+   * Idempotent: a second call waits for the first.
    */
-  async shutdown(deadlineMs: number): Promise<void> {
+  shutdown(deadlineMs: number): Promise<void> {
+    this.stopping ??= this.stop(deadlineMs);
+    return this.stopping;
+  }
+
+  private async stop(deadlineMs: number): Promise<void> {
     this.setServing(false);
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {

@@ -92,7 +92,11 @@ interface StoredDocument extends Document {
 export async function openMongoStore(options: MongoStoreOptions): Promise<DocumentStore> {
   const client = new MongoClient(options.uri, {
     appName: options.appName ?? 'tandem',
-    serverSelectionTimeoutMS: options.serverSelectionTimeoutMs ?? 10_000,
+    // A `serverSelectionTimeoutMS` in the URI wins over the default (options given here would win
+    // over the URI's).
+    serverSelectionTimeoutMS:
+      options.serverSelectionTimeoutMs ??
+      (/[?&]serverSelectionTimeoutMS=/i.test(options.uri) ? undefined : 10_000),
     // An `undefined` field means "absent", as in the embedded store, not null.
     ignoreUndefined: true,
     // Binary comes back as a Buffer (a Uint8Array), not as bson's Binary wrapper.

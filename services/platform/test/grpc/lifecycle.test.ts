@@ -1,44 +1,20 @@
-import { credentials, status as GrpcCode } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
-import { loadPackageDefinition, type Client, type ServiceError } from '@grpc/grpc-js';
+import { credentials, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { bearerTokenAuth } from '../../src/grpc/auth';
 import { createClient } from '../../src/grpc/client';
 import { implement } from '../../src/grpc/handlers';
 import { TandemError } from '../../src/errors';
 import { failure } from '../support/failure';
-import { startEcho } from '../support/echo';
+import { checkHealth, healthClient } from '../support/health';
+import { echoHandlers, startEcho } from '../support/echo';
+import { GrpcServer } from '../../src/grpc/server';
+import { createLogger } from '../../src/logging';
 import { Metadata } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { loadPackageDefinition, type Client } from '@grpc/grpc-js';
 
 const insecure = credentials.createInsecure();
 const seconds = (s: number) => ({ seconds: Math.floor(s), nanos: Math.round((s % 1) * 1e9) });
-
-type HealthClient = Client & {
-  check(
-    request: { service: string },
-    callback: (error: ServiceError | null, response?: { status: string }) => void,
-  ): void;
-};
-
-function healthClient(address: string): HealthClient {
-  const definition = loadSync(require.resolve('grpc-health-check/proto/health/v1/health.proto'), {
-    enums: String,
-  });
-  const pkg = loadPackageDefinition(definition) as unknown as {
-    grpc: {
-      health: { v1: { Health: new (address: string, creds: typeof insecure) => HealthClient } };
-    };
-  };
-  return new pkg.grpc.health.v1.Health(address, insecure);
-}
-
-const checkHealth = (client: HealthClient, service: string) =>
-  new Promise<string>((resolve, reject) => {
-    client.check({ service }, (error, response) => {
-      if (error) reject(error);
-      else resolve(response!.status);
-    });
-  });
 
 describe('graceful shutdown', () => {
   it('lets an in-flight call finish, then refuses new calls', async () => {
@@ -162,6 +138,40 @@ describe('health', () => {
     expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('SERVING');
     await echo.server.shutdown(1000);
     health.close();
+  });
+
+  it('answers a reserved service with UNAVAILABLE until its implementation is added', async () => {
+    const logger = createLogger({ service: 'echo-test', level: 'silent' });
+    const server = new GrpcServer({
+      logger,
+      credentials: ServerCredentials.createInsecure(),
+      maxMessageBytes: 4 * 1024 * 1024,
+      keepaliveTimeMs: 30_000,
+      keepaliveTimeoutMs: 10_000,
+    });
+    server.reserve(EchoServiceService, () => 'echo is not serving yet: waiting');
+    const port = await server.listen('127.0.0.1', 0);
+    const client = createClient(EchoServiceService, {
+      address: `127.0.0.1:${port}`,
+      credentials: insecure,
+    });
+    const health = healthClient(`127.0.0.1:${port}`);
+    try {
+      const request = { message: 'hi', failWithCode: 0, requireMessage: false };
+      const early = await failure(client.echo(request));
+      expect(early.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(early.message).toContain('echo is not serving yet: waiting');
+      expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('NOT_SERVING');
+
+      server.add(EchoServiceService, implement(EchoServiceService, echoHandlers(), { logger }));
+      server.setServing(true);
+      await expect(client.echo(request)).resolves.toMatchObject({ message: 'hi' });
+      expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('SERVING');
+    } finally {
+      client.close();
+      health.close();
+      await server.shutdown(1000);
+    }
   });
 });
 
