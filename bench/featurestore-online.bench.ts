@@ -6,7 +6,10 @@
  *     (hashes, HMGET pipelined through ioredis; budget: p99 ≤ 1.5×; Feast's Go server: 22 ms p99
  *     for 100 × 50). HMGET returns values only, so the compared reads ask for values and
  *     statuses (`omit_event_times`, as a ranking request does); the full read with an event time
- *     per value is measured and printed beside them;
+ *     per value is measured and printed beside them. Reads are decoded as a Node service that
+ *     feeds a model reads them, into plain values (`FeatureStorePlainClientDefinition`: one array
+ *     of numbers per column, as ioredis's strings become numbers); the same read decoded into
+ *     generated `FeatureValue` messages (two objects per value) is printed beside them too;
  * (c) push ingestion through WriteFeatures (budget: ≥ 100,000 feature values/s);
  * (d) streaming aggregation rate vs a bare JetStream consumer reading the same events (budget:
  *     ≥ 70%), when nats-server is installed.
@@ -34,7 +37,10 @@ import {
   type FeatureRow,
 } from '../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../gen/ts/tandem/featurestore/v1/value';
-import { FeatureStoreClientDefinition } from '../services/featurestore/src/online-response-decoder';
+import {
+  FeatureStoreClientDefinition,
+  FeatureStorePlainClientDefinition,
+} from '../services/featurestore/src/online-response-decoder';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
 import { createClient } from '../services/platform/src/grpc/client';
 import { median, runLoad } from './support/load';
@@ -178,6 +184,15 @@ async function main(): Promise<void> {
       requestId: '',
     });
   }
+  // Reads go through the plain-values client, as a Node service feeding a model would read (one
+  // array of numbers per column); `messages` reads decode into the generated FeatureValue
+  // messages, two objects per value, and are printed beside them.
+  const plain = createClient(FeatureStorePlainClientDefinition, {
+    address: store.address,
+    credentials: credentials.createInsecure(),
+    defaultTimeoutMs: 30_000,
+    metadata: new Metadata(),
+  });
   const str = (value: string) => ({ kind: { $case: 'stringValue' as const, value } });
   let cursor = 0;
   const read =
@@ -187,13 +202,16 @@ async function main(): Promise<void> {
       ids: readonly string[],
       count: number,
       omitEventTimes = false,
+      form: 'plain' | 'messages' = 'plain',
     ) =>
-    () =>
-      fs.getOnlineFeatures({
+    () => {
+      const request = {
         features: [`${view}:*`],
         entityRows: { [joinKey]: { values: pick(ids, count, (cursor += 7)).map(str) } },
         omitEventTimes,
-      });
+      };
+      return form === 'plain' ? plain.getOnlineFeatures(request) : fs.getOnlineFeatures(request);
+    };
 
   // ---- (a) 1 × 50 vs bare echo ----
   if (SECTIONS.has('a')) {
@@ -285,6 +303,7 @@ async function main(): Promise<void> {
     const figures = shapes.map(() => ({
       ratio: [] as number[],
       full: [] as number[],
+      messages: [] as number[],
       p99: [] as number[],
     }));
     for (let round = 1; round <= ROUNDS; round++) {
@@ -307,16 +326,30 @@ async function main(): Promise<void> {
         };
         const values = await beside(read(shape.view, shape.joinKey, shape.ids, shape.count, true));
         const full = await beside(read(shape.view, shape.joinKey, shape.ids, shape.count));
+        const messages = await beside(
+          read(shape.view, shape.joinKey, shape.ids, shape.count, true, 'messages'),
+        );
         console.log(measuredRow(`#${round} FeatureStore ${shape.label}`, values.ours));
         if (values.theirs !== undefined)
           console.log(measuredRow(`#${round} Redis HMGET pipelined ${shape.label}`, values.theirs));
         console.log(measuredRow(`#${round} FeatureStore ${shape.label} +times`, full.ours));
         if (full.theirs !== undefined)
           console.log(measuredRow(`#${round} Redis HMGET pipelined ${shape.label}`, full.theirs));
+        console.log(measuredRow(`#${round} FeatureStore ${shape.label} messages`, messages.ours));
+        if (messages.theirs !== undefined)
+          console.log(
+            measuredRow(`#${round} Redis HMGET pipelined ${shape.label}`, messages.theirs),
+          );
         figure.p99.push(values.ours.result.p99Ms);
-        if (values.theirs === undefined || full.theirs === undefined) continue;
+        if (
+          values.theirs === undefined ||
+          full.theirs === undefined ||
+          messages.theirs === undefined
+        )
+          continue;
         figure.ratio.push(values.ours.result.p99Ms / values.theirs.result.p99Ms);
         figure.full.push(full.ours.result.p99Ms / full.theirs.result.p99Ms);
+        figure.messages.push(messages.ours.result.p99Ms / messages.theirs.result.p99Ms);
       }
     }
     redis?.disconnect();
@@ -326,7 +359,7 @@ async function main(): Promise<void> {
       const figure = figures[i]!;
       if (redis !== undefined)
         console.log(
-          `ratio FeatureStore/Redis p99, ${shape.label}: median ${median(figure.ratio).toFixed(2)}x (${list(figure.ratio)}) (budget ≤ 1.5x); with event times ${median(figure.full).toFixed(2)}x (${list(figure.full)})`,
+          `ratio FeatureStore/Redis p99, ${shape.label}: median ${median(figure.ratio).toFixed(2)}x (${list(figure.ratio)}) (budget ≤ 1.5x); with event times ${median(figure.full).toFixed(2)}x (${list(figure.full)}); decoded into messages ${median(figure.messages).toFixed(2)}x (${list(figure.messages)})`,
         );
     }
     console.log(
@@ -365,6 +398,7 @@ async function main(): Promise<void> {
     );
   }
   fs.close();
+  plain.close();
   await store.stop();
 
   // ---- (d) streaming aggregation vs a bare JetStream consumer ----

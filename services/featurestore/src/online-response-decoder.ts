@@ -11,23 +11,30 @@
  * (other value kinds, negative or huge times, unknown fields) goes through the generated decoders
  * or the same skipping rules. {@link FeatureStoreClientDefinition} is the generated service
  * definition with this decoder, for `createClient`.
+ *
+ * {@link decodeOnlineFeaturesPlain} (and {@link FeatureStorePlainClientDefinition}) reads the same
+ * bytes into plain values instead of `FeatureValue` messages, for clients that feed models.
  */
 import { BinaryReader } from '@bufbuild/protobuf/wire';
 import {
   FeatureStoreServiceService,
   OnlineFeaturesMetadata,
-  type FeatureColumn,
   type FeatureStatus,
   type GetOnlineFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { Timestamp } from '../../../gen/ts/google/protobuf/timestamp';
 import { FeatureValue } from '../../../gen/ts/tandem/featurestore/v1/value';
 
-/** As the generated `fromTimestamp`. */
-function dateOf(seconds: number, nanos: number): Date {
+/** The time value the generated `fromTimestamp` gives `new Date`. */
+function millisOf(seconds: number, nanos: number): number {
   let millis = (seconds || 0) * 1_000;
   millis += (nanos || 0) / 1_000_000;
-  return new Date(millis);
+  return millis;
+}
+
+/** `new Date(millis).getTime()` without the Date (ECMAScript TimeClip). */
+function timeClip(millis: number): number {
+  return Math.abs(millis) > 8.64e15 ? NaN : Math.trunc(millis) + 0;
 }
 
 /** Where the varint {@link shortVarint} last read ends (a field, to spare an object per call). */
@@ -57,7 +64,7 @@ function shortVarint(bytes: Uint8Array, pos: number, end: number, maxBytes: numb
  * The event time whose `Timestamp` body is `bytes[start, end)`: read directly when it is fields 1
  * and 2 in order with short varints (what servers write), else by the generated decoder.
  */
-function eventTime(reader: BinaryReader, bytes: Uint8Array, end: number): Date {
+function eventTime(reader: BinaryReader, bytes: Uint8Array, end: number): number {
   const start = reader.pos;
   let pos = start;
   let seconds = 0;
@@ -78,11 +85,11 @@ function eventTime(reader: BinaryReader, bytes: Uint8Array, end: number): Date {
   }
   if (seconds >= 0 && nanos >= 0 && pos === end) {
     reader.pos = end;
-    return dateOf(seconds, nanos);
+    return millisOf(seconds, nanos);
   }
   reader.pos = start;
   const timestamp = Timestamp.decode(reader, end - start);
-  return dateOf(timestamp.seconds, timestamp.nanos);
+  return millisOf(timestamp.seconds, timestamp.nanos);
 }
 
 /** A status as sent: any int32, values this version does not know included, as generated code keeps them. */
@@ -97,18 +104,63 @@ function skipField(reader: BinaryReader, tag: number): void {
   reader.skip(tag & 7);
 }
 
-function decodeColumn(reader: BinaryReader, bytes: Uint8Array, length: number): FeatureColumn {
+/** A column as {@link decodeColumn} builds it, with values of type `V` and times of type `T`. */
+interface Column<V, T> {
+  values: V[];
+  statuses: FeatureStatus[];
+  eventTimes: T[];
+}
+
+/**
+ * How a column's values and times are kept: `double` takes the common case (a double, read by
+ * the caller), `decoded` any other value, from the generated decoder; `time` an event time, given
+ * as the time value the generated decoder makes its Date of.
+ */
+interface ValueForm<V, T> {
+  double(value: number): V;
+  decoded(value: FeatureValue): V;
+  time(millis: number): T;
+}
+
+const MESSAGES: ValueForm<FeatureValue, Date> = {
+  double: (value) => ({ kind: { $case: 'doubleValue', value } }),
+  decoded: (value) => value,
+  time: (millis) => new Date(millis),
+};
+
+const PLAIN: ValueForm<PlainFeatureValue, number> = {
+  time: timeClip,
+  double: (value) => value,
+  decoded: (value) => {
+    const kind = value.kind;
+    if (kind === undefined) return undefined;
+    switch (kind.$case) {
+      case 'floatVectorValue':
+      case 'stringListValue':
+        return kind.value.values;
+      default:
+        return kind.value;
+    }
+  },
+};
+
+function decodeColumn<V, T>(
+  reader: BinaryReader,
+  bytes: Uint8Array,
+  length: number,
+  form: ValueForm<V, T>,
+): Column<V, T> {
   const end = reader.pos + length;
-  const column: FeatureColumn = { values: [], statuses: [], eventTimes: [] };
+  const column: Column<V, T> = { values: [], statuses: [], eventTimes: [] };
   while (reader.pos < end) {
     const tag = reader.uint32();
     if (tag === 10) {
       const valueLength = reader.uint32();
       if (valueLength === 9 && bytes[reader.pos] === 9) {
         reader.pos += 1;
-        column.values.push({ kind: { $case: 'doubleValue', value: reader.double() } });
+        column.values.push(form.double(reader.double()));
       } else {
-        column.values.push(FeatureValue.decode(reader, valueLength));
+        column.values.push(form.decoded(FeatureValue.decode(reader, valueLength)));
       }
       continue;
     }
@@ -123,7 +175,7 @@ function decodeColumn(reader: BinaryReader, bytes: Uint8Array, length: number): 
     }
     if (tag === 26) {
       const timeLength = reader.uint32();
-      column.eventTimes.push(eventTime(reader, bytes, reader.pos + timeLength));
+      column.eventTimes.push(form.time(eventTime(reader, bytes, reader.pos + timeLength)));
       continue;
     }
     // As the generated decoder: an end-group or zero tag ends the message, others are skipped.
@@ -133,10 +185,15 @@ function decodeColumn(reader: BinaryReader, bytes: Uint8Array, length: number): 
   return column;
 }
 
-/** `GetOnlineFeaturesResponse.decode(bytes)`, faster on the shapes reads return. */
-export function decodeOnlineFeaturesResponse(bytes: Uint8Array): GetOnlineFeaturesResponse {
+function decodeResponse<V, T>(
+  bytes: Uint8Array,
+  form: ValueForm<V, T>,
+): { metadata: OnlineFeaturesMetadata | undefined; columns: Column<V, T>[] } {
   const reader = new BinaryReader(bytes);
-  const response: GetOnlineFeaturesResponse = { metadata: undefined, columns: [] };
+  const response: { metadata: OnlineFeaturesMetadata | undefined; columns: Column<V, T>[] } = {
+    metadata: undefined,
+    columns: [],
+  };
   while (reader.pos < reader.len) {
     const tag = reader.uint32();
     if (tag === 10) {
@@ -144,13 +201,56 @@ export function decodeOnlineFeaturesResponse(bytes: Uint8Array): GetOnlineFeatur
       continue;
     }
     if (tag === 18) {
-      response.columns.push(decodeColumn(reader, bytes, reader.uint32()));
+      response.columns.push(decodeColumn(reader, bytes, reader.uint32(), form));
       continue;
     }
     if ((tag & 7) === 4 || tag === 0) break;
     skipField(reader, tag);
   }
   return response;
+}
+
+/** `GetOnlineFeaturesResponse.decode(bytes)`, faster on the shapes reads return. */
+export function decodeOnlineFeaturesResponse(bytes: Uint8Array): GetOnlineFeaturesResponse {
+  return decodeResponse(bytes, MESSAGES) satisfies GetOnlineFeaturesResponse;
+}
+
+/**
+ * A feature value as plain JavaScript: a number (DOUBLE, INT64), string, boolean, `number[]`
+ * (FLOAT_VECTOR), `string[]` (STRING_LIST), or `undefined` when the row has none (its status is
+ * not PRESENT).
+ */
+export type PlainFeatureValue = number | string | boolean | number[] | string[] | undefined;
+
+/** A `FeatureColumn` with plain values. */
+export interface PlainFeatureColumn {
+  /** One value per entity row, in row order. */
+  readonly values: PlainFeatureValue[];
+  readonly statuses: FeatureStatus[];
+  /**
+   * One event time per entity row, in milliseconds since the Unix epoch (what `getTime()` of the
+   * message form's Date returns); empty when the request set `omit_event_times`.
+   */
+  readonly eventTimes: number[];
+}
+
+/** A GetOnlineFeatures response with plain values: see {@link decodeOnlineFeaturesPlain}. */
+export interface PlainOnlineFeatures {
+  readonly metadata: OnlineFeaturesMetadata | undefined;
+  readonly columns: PlainFeatureColumn[];
+}
+
+/**
+ * A GetOnlineFeatures response with each value as plain JavaScript ({@link PlainFeatureValue})
+ * instead of a `FeatureValue` message, and each event time as milliseconds instead of a Date:
+ * what a Node client that feeds a model wants, at a fraction of the cost. The message form takes
+ * two objects per value and one per event time, so a ranking-sized read (500 items × 32
+ * features) makes 32,000 to 48,000 objects; a column of doubles here is one array of unboxed
+ * numbers. Everything else (metadata, statuses, what is refused) is as
+ * {@link decodeOnlineFeaturesResponse}.
+ */
+export function decodeOnlineFeaturesPlain(bytes: Uint8Array): PlainOnlineFeatures {
+  return decodeResponse(bytes, PLAIN);
 }
 
 const getOnlineFeatures = FeatureStoreServiceService.getOnlineFeatures;
@@ -169,3 +269,17 @@ export const FeatureStoreClientDefinition = {
   },
 } as const;
 export type FeatureStoreClientDefinition = typeof FeatureStoreClientDefinition;
+
+/**
+ * FeatureStoreService for Node clients that want plain values: as
+ * {@link FeatureStoreClientDefinition}, except that GetOnlineFeatures answers with
+ * {@link PlainOnlineFeatures} (see {@link decodeOnlineFeaturesPlain}).
+ */
+export const FeatureStorePlainClientDefinition = {
+  ...FeatureStoreServiceService,
+  getOnlineFeatures: {
+    ...getOnlineFeatures,
+    responseDeserialize: (value: Buffer): PlainOnlineFeatures => decodeOnlineFeaturesPlain(value),
+  },
+} as const;
+export type FeatureStorePlainClientDefinition = typeof FeatureStorePlainClientDefinition;

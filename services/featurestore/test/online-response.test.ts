@@ -3,7 +3,8 @@
  * (push and stream columns, every value shape and status, odd times, omitted event times), the
  * bytes are the generated encoder's bytes, and they decode to the same message. The client-side
  * decoder against the generated decoder: the same message for the same bytes, including bytes no
- * Tandem server writes (unknown fields, unpacked statuses, timestamps in other encodings).
+ * Tandem server writes (unknown fields, unpacked statuses, timestamps in other encodings); and
+ * the plain-values decoder against the generated decoder's message with its values unwrapped.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import fc from 'fast-check';
@@ -15,8 +16,12 @@ import {
 import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { FeatureStatus, ValueType } from '../src/domain/feature-values';
 import {
+  decodeOnlineFeaturesPlain,
   decodeOnlineFeaturesResponse,
   FeatureStoreClientDefinition,
+  FeatureStorePlainClientDefinition,
+  type PlainFeatureValue,
+  type PlainOnlineFeatures,
 } from '../src/online-response-decoder';
 import {
   encodeEventTimes,
@@ -203,7 +208,7 @@ describe('the GetOnlineFeatures encoder', () => {
 
 describe('the GetOnlineFeatures client decoder', () => {
   /** Dates as their time, so that two invalid dates (NaN) compare equal. */
-  function comparable(response: GetOnlineFeaturesResponse): unknown {
+  function comparable(response: GetOnlineFeaturesResponse | PlainOnlineFeatures): unknown {
     return {
       ...response,
       columns: response.columns.map((c) => ({
@@ -213,17 +218,85 @@ describe('the GetOnlineFeatures client decoder', () => {
     };
   }
 
-  /** Both decoders' results, or that both threw. */
+  /**
+   * The generated decoder's message with each value unwrapped and each Date as its time, as the
+   * plain form documents them.
+   */
+  function plainOf(response: GetOnlineFeaturesResponse): PlainOnlineFeatures {
+    const plain = (value: FeatureValueMessage): PlainFeatureValue => {
+      const kind = value.kind;
+      if (kind === undefined) return undefined;
+      if (kind.$case === 'floatVectorValue' || kind.$case === 'stringListValue') {
+        return kind.value.values;
+      }
+      return kind.value;
+    };
+    return {
+      metadata: response.metadata,
+      columns: response.columns.map((c) => ({
+        ...c,
+        values: c.values.map(plain),
+        eventTimes: c.eventTimes.map((d) => d.getTime()),
+      })),
+    };
+  }
+
+  /** Both decoders' results (and the plain decoder's), or that all of them threw. */
   function expectSameDecoding(bytes: Uint8Array): void {
     let expected: GetOnlineFeaturesResponse;
     try {
       expected = GetOnlineFeaturesResponse.decode(bytes);
     } catch {
       expect(() => decodeOnlineFeaturesResponse(bytes)).toThrow();
+      expect(() => decodeOnlineFeaturesPlain(bytes)).toThrow();
       return;
     }
     expect(comparable(decodeOnlineFeaturesResponse(bytes))).toStrictEqual(comparable(expected));
+    expect(comparable(decodeOnlineFeaturesPlain(bytes))).toStrictEqual(
+      comparable(plainOf(expected)),
+    );
   }
+
+  it('reads plain values: numbers, strings, booleans, arrays, and undefined for a row without one', () => {
+    const bytes = GetOnlineFeaturesResponse.encode({
+      metadata: { featureNames: ['v:a', 'v:b'], readTime: new Date(1_000), asOf: new Date(900) },
+      columns: [
+        {
+          values: [
+            { kind: { $case: 'doubleValue', value: 0.5 } },
+            { kind: undefined },
+            { kind: { $case: 'int64Value', value: 7 } },
+          ],
+          statuses: [
+            FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+            FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND,
+            FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+          ],
+          eventTimes: [new Date(1_767_225_600_123), new Date(0), new Date(1_767_225_600_123)],
+        },
+        {
+          values: [
+            { kind: { $case: 'floatVectorValue', value: { values: [1, 2.5] } } },
+            { kind: { $case: 'stringListValue', value: { values: ['x', 'y'] } } },
+            { kind: { $case: 'boolValue', value: true } },
+          ],
+          statuses: [
+            FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+            FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+            FeatureStatusMessage.FEATURE_STATUS_PRESENT,
+          ],
+          eventTimes: [],
+        },
+      ],
+    }).finish();
+    const plain = decodeOnlineFeaturesPlain(bytes);
+    expect(plain.columns.map((c) => c.values)).toStrictEqual([
+      [0.5, undefined, 7],
+      [[1, 2.5], ['x', 'y'], true],
+    ]);
+    expect(plain.columns[0]?.eventTimes).toStrictEqual([1_767_225_600_123, 0, 1_767_225_600_123]);
+    expect(plain.metadata?.asOf).toEqual(new Date(900));
+  });
 
   it('decodes random replies exactly as the generated decoder does', () => {
     fc.assert(
@@ -318,6 +391,24 @@ describe('the GetOnlineFeatures client decoder', () => {
     for (let length = 1; length < full.length; length++) {
       expectSameDecoding(full.subarray(0, length));
     }
+  });
+
+  it('is what the plain client definition deserializes GetOnlineFeatures with', () => {
+    const method = FeatureStorePlainClientDefinition.getOnlineFeatures;
+    expect(method.path).toBe(FeatureStoreServiceService.getOnlineFeatures.path);
+    const bytes = Buffer.from(
+      GetOnlineFeaturesResponse.encode({
+        metadata: undefined,
+        columns: [
+          {
+            values: [{ kind: { $case: 'doubleValue', value: 3 } }],
+            statuses: [FeatureStatusMessage.FEATURE_STATUS_PRESENT],
+            eventTimes: [],
+          },
+        ],
+      }).finish(),
+    );
+    expect(method.responseDeserialize(bytes).columns[0]?.values).toStrictEqual([3]);
   });
 
   it('is what the client definition deserializes GetOnlineFeatures with', () => {
