@@ -220,6 +220,59 @@ function decodeColumn<V, T>(
   return { values, statuses, eventTimes };
 }
 
+/** Whether `bytes[start, end)` is ASCII, where Latin-1 and UTF-8 read the same. */
+function isAscii(bytes: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) if ((bytes[i] ?? 0) > 0x7f) return false;
+  return true;
+}
+
+/**
+ * `OnlineFeaturesMetadata.decode(reader, length)`, reading ASCII feature names straight from the
+ * buffer: the generated reader makes an array of char codes per string, and a read's metadata
+ * names every column. Anything else (a non-ASCII name, a field running past the message) is
+ * decoded again from the start by the generated decoder.
+ */
+function decodeMetadata(
+  reader: BinaryReader,
+  bytes: Uint8Array,
+  length: number,
+): OnlineFeaturesMetadata {
+  const start = reader.pos;
+  const end = start + length;
+  const text = Buffer.isBuffer(bytes)
+    ? bytes
+    : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const metadata: OnlineFeaturesMetadata = {
+    featureNames: [],
+    readTime: undefined,
+    asOf: undefined,
+  };
+  while (reader.pos < end) {
+    const tag = reader.uint32();
+    if (tag === 10) {
+      const nameEnd = reader.uint32() + reader.pos;
+      if (nameEnd > end || !isAscii(bytes, reader.pos, nameEnd)) break;
+      metadata.featureNames.push(text.toString('latin1', reader.pos, nameEnd));
+      reader.pos = nameEnd;
+      continue;
+    }
+    if (tag === 18 || tag === 26) {
+      const timeEnd = reader.uint32() + reader.pos;
+      if (timeEnd > end) break;
+      const time = new Date(eventTime(reader, bytes, timeEnd));
+      if (tag === 18) metadata.readTime = time;
+      else metadata.asOf = time;
+      continue;
+    }
+    // As the generated decoder: an end-group or zero tag ends the message where it is.
+    if ((tag & 7) === 4 || tag === 0) return metadata;
+    skipField(reader, tag);
+  }
+  if (reader.pos === end) return metadata;
+  reader.pos = start;
+  return OnlineFeaturesMetadata.decode(reader, length);
+}
+
 function decodeResponse<V, T>(
   bytes: Uint8Array,
   form: ValueForm<V, T>,
@@ -233,7 +286,7 @@ function decodeResponse<V, T>(
   while (reader.pos < reader.len) {
     const tag = reader.uint32();
     if (tag === 10) {
-      response.metadata = OnlineFeaturesMetadata.decode(reader, reader.uint32());
+      response.metadata = decodeMetadata(reader, bytes, reader.uint32());
       continue;
     }
     if (tag === 18) {
