@@ -242,6 +242,10 @@ function decodeMetadata(
   const text = Buffer.isBuffer(bytes)
     ? bytes
     : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const fallBack = (): OnlineFeaturesMetadata => {
+    reader.pos = start;
+    return OnlineFeaturesMetadata.decode(reader, length);
+  };
   const metadata: OnlineFeaturesMetadata = {
     featureNames: [],
     readTime: undefined,
@@ -251,14 +255,16 @@ function decodeMetadata(
     const tag = reader.uint32();
     if (tag === 10) {
       const nameEnd = reader.uint32() + reader.pos;
-      if (nameEnd > end || !isAscii(bytes, reader.pos, nameEnd)) break;
+      if (nameEnd > end || nameEnd > bytes.length || !isAscii(bytes, reader.pos, nameEnd)) {
+        return fallBack();
+      }
       metadata.featureNames.push(text.toString('latin1', reader.pos, nameEnd));
       reader.pos = nameEnd;
       continue;
     }
     if (tag === 18 || tag === 26) {
       const timeEnd = reader.uint32() + reader.pos;
-      if (timeEnd > end) break;
+      if (timeEnd > end) return fallBack();
       const time = new Date(eventTime(reader, bytes, timeEnd));
       if (tag === 18) metadata.readTime = time;
       else metadata.asOf = time;
@@ -268,9 +274,7 @@ function decodeMetadata(
     if ((tag & 7) === 4 || tag === 0) return metadata;
     skipField(reader, tag);
   }
-  if (reader.pos === end) return metadata;
-  reader.pos = start;
-  return OnlineFeaturesMetadata.decode(reader, length);
+  return reader.pos === end ? metadata : fallBack();
 }
 
 function decodeResponse<V, T>(

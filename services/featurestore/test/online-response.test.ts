@@ -425,6 +425,15 @@ describe('the GetOnlineFeatures client decoder', () => {
     );
   });
 
+  it('decodes metadata whose last name is cut off, or whose field runs past its end, as the generated decoder does', () => {
+    // Cut inside the last feature name: the generated decoder refuses it.
+    expectSameDecoding(Buffer.from('0a110a0f76696577733a636c6963', 'hex'));
+    // A name, then a time, whose length runs past the metadata's end: the generated decoder reads
+    // on into the response's next bytes.
+    expectSameDecoding(Buffer.from('0a020a021200', 'hex'));
+    expectSameDecoding(Buffer.from('0a0212020805', 'hex'));
+  });
+
   it('refuses truncated responses, as the generated decoder does', () => {
     const full = GetOnlineFeaturesResponse.encode({
       metadata: { featureNames: ['v:f'], readTime: new Date(1_767_225_601_000), asOf: undefined },
