@@ -174,13 +174,15 @@ async function openStoreOrWait(
     try {
       store = await open();
     } catch (error) {
+      // A signal during the attempt: the shutdown ends the process, whatever the attempt did.
+      if (!stillStarting(shutdown)) return abandoned();
       if (!(error instanceof UnavailableError)) throw error;
       failure = error;
       continue;
     }
     // A signal during the attempt: the shutdown already ran without this store.
     if (!stillStarting(shutdown)) {
-      await store.close();
+      await store.close().catch(() => undefined);
       return abandoned();
     }
     return store;
