@@ -2,6 +2,7 @@
  * The FeatureStoreService handlers: plain `async (request, ctx) => response` functions over the
  * registry and the served views; the kit's `implement()` does the gRPC plumbing.
  */
+import type { ExpiryRetiming } from './expiry-retiming';
 import type { Handlers } from '../../platform/src/grpc/handlers';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
@@ -26,6 +27,7 @@ export interface HandlerParts {
   readonly requestResults: RequestResults;
   readonly rows: FeatureRowRepository;
   readonly checkpoints: AggregationCheckpoints;
+  readonly retiming: ExpiryRetiming;
   readonly bus: EventBus;
   readonly logger: Logger;
 }
@@ -40,9 +42,6 @@ function checkRequestId(requestId: string): void {
 
 export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceDefinition> {
   const { registry, views, requestResults } = parts;
-  // The re-timing of each view's records under way (see applyFeatureView): a newer TTL change or
-  // the view's deletion supersedes it, and it stops.
-  const retiming = new Map<string, { readonly run: symbol; readonly done: Promise<void> }>();
   return {
     applyEntity: async (request) => {
       checkRequestId(request.requestId);
@@ -86,33 +85,8 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       ) {
         // Stored records expire by the TTL they were written under; in the background, since a
         // view may hold millions (reads apply the new TTL at once).
-        const run = Symbol(name);
-        const previous = retiming.get(name)?.done ?? Promise.resolve();
-        const current = (): boolean => retiming.get(name)?.run === run;
-        // After the run it supersedes has stopped (at its next record), so the two never
-        // write the same record at once.
-        const done = previous.then(() =>
-          current() ? parts.rows.restampExpiry(name, after.ttlMs, current) : 0,
-        );
-        retiming.set(name, {
-          run,
-          done: done.then(
-            () => undefined,
-            () => undefined,
-          ),
-        });
-        void done
-          .then((changed) => {
-            if (current()) retiming.delete(name);
-            parts.logger.info({ view: name, changed }, 'records re-timed to the new TTL');
-          })
-          .catch((error: unknown) => {
-            if (current()) retiming.delete(name);
-            parts.logger.warn(
-              { err: error, view: name },
-              'records not all re-timed to the new TTL',
-            );
-          });
+        const registration = registry.view(name)?.createTime.getTime() ?? 0;
+        await parts.retiming.start(name, after.ttlMs, registration);
       }
       return response;
     },
@@ -130,11 +104,13 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         DeleteFeatureViewResponse,
         async () => {
           const deleted = await registry.deleteFeatureView(request.name, request.etag);
-          retiming.delete(request.name);
           await views.reconcile(registry.allViews());
           const warn = (what: string) => (error: unknown) => {
             parts.logger.warn({ err: error, view: request.name }, what);
           };
+          await parts.retiming
+            .forget(request.name)
+            .catch(warn('the re-timing of its records to a TTL not forgotten'));
           if (deleted.definition.source?.kind === 'stream') {
             // Before the answer, so that the view applied again right away replays the stream
             // into an empty state. (Reconciling has deleted this replica's durable consumer;

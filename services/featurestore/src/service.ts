@@ -1,7 +1,8 @@
 /**
  * Starts FeatureStore on a runtime from `bootstrap()`: opens its repositories, loads the registry
  * and every online view fully into memory before serving, registers the gRPC service, and starts
- * the loops that keep this replica in step with storage (row sync, registry reload, TTL sweep).
+ * the loops that keep this replica in step with storage (row sync, registry reload, TTL sweep),
+ * and resumes re-timings of records to a changed TTL that a stopped replica left unfinished.
  * `main.ts` calls it, and so does the single-process dev launcher (with a shared in-process bus).
  */
 import type { ServiceRuntime } from '../../platform/src/bootstrap';
@@ -9,6 +10,7 @@ import { implement } from '../../platform/src/grpc/handlers';
 import type { FeatureStoreConfig } from './config';
 import { OUTCOME_STREAM } from '../../platform/src/events/streams';
 import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
+import { ExpiryRetiming } from './expiry-retiming';
 import { featureStoreHandlers } from './handlers';
 import { OnlineViews } from './online-views';
 import { FeatureStoreServiceDefinition } from './online-response';
@@ -46,6 +48,11 @@ export async function startFeatureStore(
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });
   await views.load();
+  const retiming = await ExpiryRetiming.open(store, rows, registry, logger);
+  // Re-timings of records to a changed TTL that a stopped replica left unfinished.
+  retiming.resume().catch((error: unknown) => {
+    logger.warn({ err: error }, 'unfinished re-timings of records to a TTL not resumed');
+  });
   registry.onViewsChanged((changed) => {
     void views.reconcile(changed);
   });
@@ -54,7 +61,16 @@ export async function startFeatureStore(
     FeatureStoreServiceDefinition,
     implement(
       FeatureStoreServiceDefinition,
-      featureStoreHandlers({ registry, views, requestResults, rows, checkpoints, bus, logger }),
+      featureStoreHandlers({
+        registry,
+        views,
+        requestResults,
+        rows,
+        checkpoints,
+        retiming,
+        bus,
+        logger,
+      }),
       {
         logger,
         auth: runtime.auth,
@@ -88,7 +104,7 @@ export async function startFeatureStore(
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       for (const timer of timers) clearInterval(timer);
-      await views.stop();
+      await Promise.all([views.stop(), retiming.stop()]);
     })();
     return stopping;
   };

@@ -2,7 +2,10 @@
  * A view's TTL changed on a live view: the stored records follow it, so that storage keeps (or
  * drops) them as long as replicas serve them, and a replica started later loads the same records.
  */
+import { openStore } from '../../platform/src/storage/open-store';
+import type { RetimingMarker } from '../src/expiry-retiming';
 import { FeatureRowRepository } from '../src/store/feature-rows';
+import { openRegistryRepository } from '../src/store/registry-repository';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
 import { double, userEntity, userRow, userStatsView } from './support/fixtures';
 
@@ -54,6 +57,56 @@ describe('a push view whose TTL changes', () => {
     await apply(undefined);
     await eventually(async () => {
       expect(await storedExpiry()).toEqual([undefined]);
+    });
+  });
+
+  it('resumes at the next start a re-timing that a stopped replica left unfinished', async () => {
+    await apply(3600);
+    const eventTime = Date.now() - 10 * MINUTE;
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: Array.from({ length: 200 }, (_, i) =>
+        userRow(`u${i}`, new Date(eventTime), { ctr: double(0.4) }),
+      ),
+      requestId: '',
+    });
+    await harness.stop();
+
+    // What a replica stopped right after a TTL change leaves: the view under its new TTL, its
+    // records under the old one, and the re-timing's marker.
+    const store = await openStore({ service: 'featurestore', dataDir: harness.dataDir });
+    try {
+      const registry = await openRegistryRepository(store);
+      const stored = await registry.featureViews.get('user_stats');
+      if (stored === undefined) throw new Error('the view is not stored');
+      const view = stored.doc;
+      await registry.featureViews.replace(
+        { ...view, definition: { ...view.definition, ttlMs: 120 * MINUTE } },
+        stored.version,
+      );
+      const markers = await store.collection<RetimingMarker>({ name: 'expiry_retiming' });
+      await markers.insert({
+        id: 'user_stats',
+        ttlMs: 120 * MINUTE,
+        registration: new Date(view.createTime).getTime(),
+      });
+      // And one for a view that is gone: dropped, not run.
+      await markers.insert({ id: 'gone', ttlMs: MINUTE, registration: 1 });
+    } finally {
+      await store.close();
+    }
+
+    harness = await startHarness({ dataDir: harness.dataDir, replicaId: 'replica-b' });
+    await eventually(async () => {
+      const expiries = await storedExpiry();
+      expect(expiries).toHaveLength(200);
+      expect(new Set(expiries)).toEqual(new Set([eventTime + 120 * MINUTE]));
+    });
+    const markers = await harness.runtime.store.collection<RetimingMarker>({
+      name: 'expiry_retiming',
+    });
+    await eventually(async () => {
+      expect(await markers.count()).toBe(0);
     });
   });
 
