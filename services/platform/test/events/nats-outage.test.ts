@@ -108,7 +108,12 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     await eventually(() => {
       expect(bus.isConnected()).toBe(true);
     }, 15_000);
-    await bus.publish('batches.play', EchoRequest, echo('after'), { eventId: 'after' });
+    // Connected is not yet JetStream ready: the restarted server may still be recovering the
+    // stream (seconds on a loaded machine), so the publish is retried, as a publisher would; the
+    // event id makes a repeat harmless.
+    await eventually(async () => {
+      await bus.publish('batches.play', EchoRequest, echo('after'), { eventId: 'after' });
+    }, 30_000);
 
     await eventually(() => {
       expect(received.size).toBe(101);
@@ -123,7 +128,7 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     await admin.close();
     await subscription.stop();
     await bus.close();
-  }, 60_000);
+  }, 90_000);
 });
 
 /** Connects once the freshly spawned server listens. */
