@@ -1,16 +1,31 @@
 /**
- * The configuration writes of one replica, one at a time. Every write validates against the
- * configuration in memory, then stores its document and records the change; two writes run side
- * by side would each validate against a configuration without the other (two creates in one
- * layer could each pass the overlap check and then own the same units). In a queue, each
- * validates against what the previous one left.
+ * Configuration writes, one at a time. Every write validates against the configuration in
+ * memory, then stores its document and records the change; two writes run side by side would
+ * each validate against a configuration without the other (two creates in one layer could each
+ * pass the overlap check and then own the same units). In a queue, each validates against what
+ * the previous one left.
+ *
+ * Within a replica, a queue does it. Across the replicas sharing a storage, the admin writes
+ * (`once`) also hold a lease stored beside the configuration, and reload the configuration
+ * under it when another replica changed it, so that they validate against every replica's writes.
  */
 import type { RequestResults, ResponseCodec } from './store/request-results';
+
+/** What makes admin writes one at a time across replicas. */
+export interface AcrossReplicas {
+  /** Takes the storage lease; resolves with its release. */
+  lease(): Promise<() => Promise<void>>;
+  /** Brings the configuration in memory up to the stored one. */
+  refresh(): Promise<unknown>;
+}
 
 export class ConfigurationWrites {
   private chain: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly results: RequestResults) {}
+  constructor(
+    private readonly results: RequestResults,
+    private readonly acrossReplicas?: AcrossReplicas,
+  ) {}
 
   /** Runs `write` once every write this replica started before it has finished. */
   serially<T>(write: () => Promise<T>): Promise<T> {
@@ -19,13 +34,27 @@ export class ConfigurationWrites {
     return run;
   }
 
-  /** {@link RequestResults.once} (idempotent by `request_id`), as one write of the queue. */
+  /**
+   * {@link RequestResults.once} (idempotent by `request_id`), as one write of the queue, holding
+   * the lease across replicas when there is one.
+   */
   once<T>(
     method: string,
     requestId: string,
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
   ): Promise<T> {
-    return this.serially(() => this.results.once(method, requestId, codec, mutation));
+    const write = (): Promise<T> => this.results.once(method, requestId, codec, mutation);
+    const across = this.acrossReplicas;
+    if (across === undefined) return this.serially(write);
+    return this.serially(async () => {
+      const release = await across.lease();
+      try {
+        await across.refresh();
+        return await write();
+      } finally {
+        await release();
+      }
+    });
   }
 }

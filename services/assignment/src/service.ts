@@ -24,6 +24,13 @@ import { ConfigurationStore } from './store/configuration-store';
 import { RequestResults } from './store/request-results';
 import { StickyAssignments } from './store/sticky-assignments';
 
+/**
+ * How long an admin write may hold the configuration-write lease before another replica may
+ * take it over (its holder died), and how long a write waits for it before answering ABORTED.
+ */
+const WRITE_LEASE_TTL_MS = 30_000;
+const WRITE_LEASE_WAIT_MS = 10_000;
+
 /** A started Assignment service. */
 export interface RunningAssignment {
   /** What the handlers share (for tests and the bench seeder). */
@@ -60,6 +67,14 @@ export async function startAssignment(
     changes: new ConfigurationChanges(configuration, configPublisher, config.replicaId),
     writes: new ConfigurationWrites(
       await RequestResults.open(runtime.store, config.idempotencyTtlMs),
+      {
+        lease: () =>
+          store.acquireWriteLease(config.replicaId, {
+            ttlMs: WRITE_LEASE_TTL_MS,
+            waitMs: WRITE_LEASE_WAIT_MS,
+          }),
+        refresh: () => configuration.refresh(),
+      },
     ),
     sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
     exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),

@@ -5,10 +5,11 @@
 import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   CreateExperimentRequest,
+  CreateLayerRequest,
   GetExperimentRequest,
   StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
-import { UnavailableError } from '../../platform/src/errors';
+import { InvalidArgumentError, UnavailableError } from '../../platform/src/errors';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import {
   describeWithMongo,
@@ -85,6 +86,62 @@ describeWithMongo('Assignment on MongoDB', () => {
     const second = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
     try {
       expect(await propagationMs(first, second, 'via-polling')).toBeLessThan(1000);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('lets only one of two overlapping experiments created at once on two replicas into a layer', async () => {
+    const mongo = { uri, service: database() };
+    // No notifications between them, and no reload in between: only the write lease (and the
+    // reload under it) can make the second write see the first.
+    const first = await startTestAssignment({
+      mongo,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    const layers = ['race-0', 'race-1', 'race-2'];
+    for (const id of layers) {
+      await first.admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id } }));
+    }
+    // Started after the layers exist, so both replicas know them.
+    const second = await startTestAssignment({
+      mongo,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    try {
+      const create = (
+        replica: TestAssignment,
+        layer: string,
+        id: string,
+        range: [number, number],
+      ) =>
+        replica.admin
+          .createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment(id, {
+                layerId: layer,
+                layerRange: { start: range[0], end: range[1] },
+              }),
+            }),
+          )
+          .then(
+            () => 'created',
+            (error: unknown) =>
+              error instanceof InvalidArgumentError
+                ? error.violations.map((v) => v.field).join()
+                : String(error),
+          );
+      for (const layer of layers) {
+        // Without the lease, each replica validated against a layer without the other's.
+        const outcomes = await Promise.all([
+          create(first, layer, `${layer}-a`, [0, 0.6]),
+          create(second, layer, `${layer}-b`, [0.4, 1]),
+        ]);
+        expect(outcomes.sort()).toEqual(['created', 'experiment.layer_range']);
+      }
     } finally {
       await first.stop();
       await second.stop();
