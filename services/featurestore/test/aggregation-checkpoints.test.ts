@@ -11,20 +11,11 @@ import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { openMongoStore } from '../../platform/src/storage/mongo-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../../platform/test/support/integration';
-import { AggregationFunction, WindowAggregator } from '../src/domain/window-aggregation';
+import { WindowAggregator } from '../src/domain/window-aggregation';
 import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
+import { playsCountOptions } from './support/fixtures';
 
-const options = {
-  aggregations: [
-    {
-      feature: 'plays_1h',
-      function: AggregationFunction.Count,
-      windowMs: 3_600_000,
-      bucketMs: 60_000,
-    },
-  ],
-  allowedLatenessMs: 600_000,
-};
+const options = playsCountOptions();
 
 function checkpointSuite(open: () => Promise<DocumentStore>): void {
   let store: DocumentStore;

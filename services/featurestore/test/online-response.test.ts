@@ -450,39 +450,31 @@ describe('the GetOnlineFeatures client decoder', () => {
     }
   });
 
+  /** A response of one column, as the generated encoder writes it. */
+  const oneColumn = (column: GetOnlineFeaturesResponse['columns'][number]): Buffer =>
+    Buffer.from(
+      GetOnlineFeaturesResponse.encode({ metadata: undefined, columns: [column] }).finish(),
+    );
+
   it('is what the plain client definition deserializes GetOnlineFeatures with', () => {
     const method = FeatureStorePlainClientDefinition.getOnlineFeatures;
     expect(method.path).toBe(FeatureStoreServiceService.getOnlineFeatures.path);
-    const bytes = Buffer.from(
-      GetOnlineFeaturesResponse.encode({
-        metadata: undefined,
-        columns: [
-          {
-            values: [{ kind: { $case: 'doubleValue', value: 3 } }],
-            statuses: [FeatureStatusMessage.FEATURE_STATUS_PRESENT],
-            eventTimes: [],
-          },
-        ],
-      }).finish(),
-    );
+    const bytes = oneColumn({
+      values: [{ kind: { $case: 'doubleValue', value: 3 } }],
+      statuses: [FeatureStatusMessage.FEATURE_STATUS_PRESENT],
+      eventTimes: [],
+    });
     expect(method.responseDeserialize(bytes).columns[0]?.values).toStrictEqual([3]);
   });
 
   it('is what the client definition deserializes GetOnlineFeatures with', () => {
     const method = FeatureStoreClientDefinition.getOnlineFeatures;
     expect(method.path).toBe(FeatureStoreServiceService.getOnlineFeatures.path);
-    const bytes = Buffer.from(
-      GetOnlineFeaturesResponse.encode({
-        metadata: undefined,
-        columns: [
-          {
-            values: [],
-            statuses: [FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND],
-            eventTimes: [new Date(0)],
-          },
-        ],
-      }).finish(),
-    );
+    const bytes = oneColumn({
+      values: [],
+      statuses: [FeatureStatusMessage.FEATURE_STATUS_NOT_FOUND],
+      eventTimes: [new Date(0)],
+    });
     expect(method.responseDeserialize(bytes)).toStrictEqual(
       GetOnlineFeaturesResponse.decode(bytes),
     );

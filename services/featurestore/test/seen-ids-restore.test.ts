@@ -9,26 +9,12 @@ import { join } from 'node:path';
 import { createLogger } from '../../platform/src/logging';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
-import { AggregationFunction, WindowAggregator } from '../src/domain/window-aggregation';
+import { WindowAggregator } from '../src/domain/window-aggregation';
 import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
+import { playsCountOptions } from './support/fixtures';
 
 const now = Date.now();
 const until = now + 600_000;
-
-function countOfPlays(maxTrackedEventIds: number) {
-  return {
-    aggregations: [
-      {
-        feature: 'plays_1h',
-        function: AggregationFunction.Count,
-        windowMs: 3_600_000,
-        bucketMs: 60_000,
-      },
-    ],
-    allowedLatenessMs: 600_000,
-    maxTrackedEventIds,
-  };
-}
 
 const play = (eventId: string) => ({ eventId, key: 'i1', eventTime: now, values: [undefined] });
 
@@ -44,7 +30,7 @@ describe('restoring the seen-set of an aggregation', () => {
   });
 
   it('reads back only the newest ids up to the cap, counting and logging the others', async () => {
-    const aggregator = new WindowAggregator(countOfPlays(1_000));
+    const aggregator = new WindowAggregator(playsCountOptions(1_000));
     const writer = (await AggregationCheckpoints.open(store)).forOwner('item_plays', 'r1');
     // Three checkpoints of two ids each: e1 … e6, oldest first.
     for (let i = 1; i <= 6; i += 2) {
@@ -78,16 +64,16 @@ describe('restoring the seen-set of an aggregation', () => {
     ]);
     expect(restored?.checkpoint.counters.dedupeEvictions).toBe(4);
     expect(lines).toEqual([expect.objectContaining({ forgotten: 4 })]);
-    const again = WindowAggregator.restore(countOfPlays(2), restored!.checkpoint);
+    const again = WindowAggregator.restore(playsCountOptions(2), restored!.checkpoint);
     expect(again.ingest(play('e6'), now)).toBe('duplicate');
     expect(again.ingest(play('e1'), now)).toBe('accepted');
   });
 
   it('keeps the aggregator within its cap when a checkpoint holds more ids', () => {
-    const large = new WindowAggregator(countOfPlays(1_000));
+    const large = new WindowAggregator(playsCountOptions(1_000));
     for (let i = 1; i <= 5; i++) large.ingest(play(`e${i}`), now);
 
-    const restored = WindowAggregator.restore(countOfPlays(3), large.checkpoint());
+    const restored = WindowAggregator.restore(playsCountOptions(3), large.checkpoint());
 
     expect(restored.memory().trackedEventIds).toBe(3);
     expect(restored.status().dedupeEvictions).toBe(2);

@@ -13,6 +13,10 @@ import type {
 } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType, type FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
 import type { TypedClient } from '../../../platform/src/grpc/client';
+import {
+  AggregationFunction as WindowFunction,
+  type WindowAggregatorOptions,
+} from '../../src/domain/window-aggregation';
 
 export const userEntity: Entity = {
   name: 'user',
@@ -182,4 +186,23 @@ export async function applyUserStats(
     requestId: '',
     validateOnly: false,
   });
+}
+
+/**
+ * Aggregator options with one feature, plays in the last hour (minute buckets, 10 minutes of
+ * allowed lateness), keeping at most `maxTrackedEventIds` seen ids when given.
+ */
+export function playsCountOptions(maxTrackedEventIds?: number): WindowAggregatorOptions {
+  return {
+    aggregations: [
+      {
+        feature: 'plays_1h',
+        function: WindowFunction.Count,
+        windowMs: 3_600_000,
+        bucketMs: 60_000,
+      },
+    ],
+    allowedLatenessMs: 600_000,
+    ...(maxTrackedEventIds === undefined ? {} : { maxTrackedEventIds }),
+  };
 }

@@ -1,4 +1,4 @@
-import { credentials, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
+import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { bearerTokenAuth } from '../../src/grpc/auth';
 import { createClient } from '../../src/grpc/client';
@@ -6,9 +6,7 @@ import { implement } from '../../src/grpc/handlers';
 import { TandemError } from '../../src/errors';
 import { failure } from '../support/failure';
 import { checkHealth, healthClient } from '../support/health';
-import { echoHandlers, startEcho } from '../support/echo';
-import { GrpcServer } from '../../src/grpc/server';
-import { createLogger } from '../../src/logging';
+import { echoHandlers, startEcho, testServer } from '../support/echo';
 import { Metadata } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { loadPackageDefinition, type Client } from '@grpc/grpc-js';
@@ -141,14 +139,7 @@ describe('health', () => {
   });
 
   it('answers a reserved service with UNAVAILABLE until its implementation is added', async () => {
-    const logger = createLogger({ service: 'echo-test', level: 'silent' });
-    const server = new GrpcServer({
-      logger,
-      credentials: ServerCredentials.createInsecure(),
-      maxMessageBytes: 4 * 1024 * 1024,
-      keepaliveTimeMs: 30_000,
-      keepaliveTimeoutMs: 10_000,
-    });
+    const { server, logger } = testServer();
     server.reserve(EchoServiceService, () => 'echo is not serving yet: waiting');
     const port = await server.listen('127.0.0.1', 0);
     const client = createClient(EchoServiceService, {

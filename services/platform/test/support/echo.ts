@@ -111,6 +111,22 @@ export interface RunningEcho {
 }
 
 /** Starts the echo service through the kit on localhost:0, serving. */
+/** A kit server for tests (insecure, silent, unbound), with its logger. */
+export function testServer(maxMessageBytes = 4 * 1024 * 1024): {
+  server: GrpcServer;
+  logger: Logger;
+} {
+  const logger = createLogger({ service: 'echo-test', level: 'silent' });
+  const server = new GrpcServer({
+    logger,
+    credentials: ServerCredentials.createInsecure(),
+    maxMessageBytes,
+    keepaliveTimeMs: 30_000,
+    keepaliveTimeoutMs: 10_000,
+  });
+  return { server, logger };
+}
+
 export async function startEcho(
   options: {
     auth?: AdminAuth;
@@ -119,14 +135,7 @@ export async function startEcho(
     handlers?: Handlers<typeof EchoServiceService>;
   } = {},
 ): Promise<RunningEcho> {
-  const logger = createLogger({ service: 'echo-test', level: 'silent' });
-  const server = new GrpcServer({
-    logger,
-    credentials: ServerCredentials.createInsecure(),
-    maxMessageBytes: options.maxMessageBytes ?? 4 * 1024 * 1024,
-    keepaliveTimeMs: 30_000,
-    keepaliveTimeoutMs: 10_000,
-  });
+  const { server, logger } = testServer(options.maxMessageBytes);
   server.add(
     EchoServiceService,
     implement(EchoServiceService, options.handlers ?? echoHandlers(), {
