@@ -21,6 +21,7 @@ import { resolveServiceDefinition } from './handlers/resolve-response';
 import { LiveConfiguration } from './live-configuration';
 import { ResolveTokens } from './resolve-token';
 import { ConfigurationStore } from './store/configuration-store';
+import { ExposureLedger } from './store/exposure-ledger';
 import { RequestResults } from './store/request-results';
 import { StickyAssignments } from './store/sticky-assignments';
 
@@ -59,6 +60,7 @@ export async function startAssignment(
     capacity: config.exposureBufferCapacity,
     maxInFlight: 128,
     logger,
+    gate: await ExposureLedger.open(runtime.store),
   });
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
   const context: AssignmentContext = {

@@ -92,6 +92,47 @@ describeWithMongo('Assignment on MongoDB', () => {
     }
   });
 
+  it('publishes an exposure once a day when replicas with no shared event stream both show it', async () => {
+    const mongo = { uri, service: database() };
+    // Separate in-process buses: no duplicate window is shared, only the ledger in MongoDB.
+    const first = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
+    const second = await startTestAssignment({ mongo, sharedBus: createInProcessBus() });
+    try {
+      await first.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('ledger', { surfaces: ['ledger'] }),
+        }),
+      );
+      await first.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'ledger' }));
+      const show = (replica: TestAssignment, unit: string) =>
+        eventually(async () => {
+          const response = await replica.client.resolve(
+            resolveRequest(unit, { surfaces: ['ledger'], apply: true }),
+          );
+          expect(response.exposures?.loggedCount).toBe(1);
+        });
+      for (const unit of ['ledger-1', 'ledger-2', 'ledger-3']) await show(first, unit);
+      await eventually(() => {
+        expect(first.service.exposureStats()).toMatchObject({ published: 3, queued: 0 });
+      });
+      // The second replica has not logged these itself, so it counts them logged, and its
+      // publisher finds them in the ledger and skips them.
+      for (const unit of ['ledger-1', 'ledger-2', 'ledger-3', 'ledger-4']) {
+        await show(second, unit);
+      }
+      await eventually(() => {
+        expect(second.service.exposureStats()).toMatchObject({
+          published: 1,
+          skipped: 3,
+          queued: 0,
+        });
+      });
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
   it('lets only one of two overlapping experiments created at once on two replicas into a layer', async () => {
     const mongo = { uri, service: database() };
     // No notifications between them, and no reload in between: only the write lease (and the

@@ -1,10 +1,13 @@
 /**
  * Exposure logging: one `ExposureEvent` per (experiment or holdout, unit) per UTC day at most.
- * Two mechanisms keep it at most once:
+ * Three mechanisms keep it at most once:
  * - this replica remembers which pairs it has logged today (bounded; the oldest are forgotten
  *   first), which is what `already_logged_count` reports;
- * - the event id is derived from (kind, id, unit type, unit id, UTC day), so the same exposure
- *   logged by another replica, or again after a restart, is dropped by JetStream's duplicate window.
+ * - the publisher checks the exposure ledger in storage (`store/exposure-ledger.ts`) before
+ *   publishing, and skips a pair another replica, or this one before a restart, logged today;
+ * - the event id is derived from (kind, id, unit type, unit id, UTC day), so JetStream's duplicate
+ *   window drops a repeat the ledger could not catch (two replicas at the same moment, storage
+ *   unreachable).
  * Events go through a `BufferedPublisher`: logging never waits for NATS, and while NATS is down
  * they are buffered (bounded, drops counted) and published when it returns. An exposure the full
  * buffer drops is reported as dropped, not logged, and is not remembered as logged today.

@@ -9,6 +9,12 @@
  * backlog of an outage then holds its earliest events, and for exposures the earliest event is the
  * one that matters (analysis windows start at a unit's first exposure); dropping the oldest would
  * silently move first exposures later.
+ *
+ * A {@link PublishGate} extends the stream's duplicate window: each round first asks it which of
+ * its events were already published (by another replica, or before a restart, however long ago)
+ * and skips those, and tells it which ones the stream acked. A gate that fails is logged and
+ * bypassed for that round: the events are published, and the stream's duplicate window is what
+ * deduplicates them.
  */
 import { UnavailableError } from '../errors';
 import type { BusLogger, EventBus, EventCodec } from './bus';
@@ -28,6 +34,16 @@ export interface BufferedPublisherOptions {
   readonly publishTimeoutMs?: number;
   /** Where drops and outages are logged. @default silent */
   readonly logger?: BusLogger;
+  /** Consulted before and told after each round (see the class comment). @default none */
+  readonly gate?: PublishGate;
+}
+
+/** A durable record of the events published, shared by every publisher of the same stream. */
+export interface PublishGate {
+  /** Which of `eventIds` were already published: they are skipped. */
+  alreadyPublished(eventIds: readonly string[]): Promise<ReadonlySet<string>>;
+  /** Records that the stream acked `eventIds`. */
+  published(eventIds: readonly string[]): Promise<void>;
 }
 
 /** What the publisher has done since it was created. */
@@ -36,6 +52,8 @@ export interface BufferedPublisherStats {
   readonly queued: number;
   /** Events the stream acked (a duplicate ack counts: the event is stored). */
   readonly published: number;
+  /** Events not published because the gate said they already were. */
+  readonly skipped: number;
   /** Events given up on: queue full, publisher closed, not encodable or refused by the bus. */
   readonly dropped: number;
   /** Publish attempts that failed and were retried. */
@@ -43,6 +61,14 @@ export interface BufferedPublisherStats {
 }
 
 const DROP_LOG_INTERVAL_MS = 10_000;
+/** A failing gate is logged at most this often. */
+const GATE_LOG_INTERVAL_MS = 10_000;
+/**
+ * How long one gate call may take, and how long the gate is bypassed after it failed, so a storage
+ * outage slows the queue by one timeout every few seconds, not by one per round.
+ */
+const GATE_TIMEOUT_MS = 2_000;
+const GATE_BYPASS_MS = 5_000;
 
 /** An encoded event waiting in the queue. */
 interface QueuedEvent {
@@ -57,6 +83,21 @@ const ENCODED: EventCodec<Uint8Array> = {
   decode: (data) => data,
 };
 
+const EMPTY: ReadonlySet<string> = new Set();
+
+/** `promise`, or a rejection after {@link GATE_TIMEOUT_MS} (the call itself is not cancelled). */
+function withTimeout<T>(promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`no answer within ${GATE_TIMEOUT_MS} ms`));
+    }, GATE_TIMEOUT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => {
+    clearTimeout(timer);
+  });
+}
+
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -68,15 +109,19 @@ export class BufferedPublisher {
   private readonly maxRetryDelayMs: number;
   private readonly publishTimeoutMs: number;
   private readonly logger: BusLogger;
+  private readonly gate: PublishGate | undefined;
   /** FIFO queue; `head` skips published events without shifting the array each time. */
   private queue: QueuedEvent[] = [];
   private head = 0;
   private published = 0;
+  private skipped = 0;
   private dropped = 0;
   private failedAttempts = 0;
   private droppedSinceLog = 0;
   private lastDropLogAt = -Infinity;
   private consecutiveFailures = 0;
+  private lastGateLogAt = -Infinity;
+  private gateBypassedUntil = -Infinity;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -99,6 +144,7 @@ export class BufferedPublisher {
     this.maxRetryDelayMs = options.maxRetryDelayMs ?? 5_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
     this.logger = options.logger ?? silentLogger;
+    this.gate = options.gate;
     this.loop = this.publishUntilClosed();
   }
 
@@ -126,6 +172,7 @@ export class BufferedPublisher {
     return {
       queued: this.size,
       published: this.published,
+      skipped: this.skipped,
       dropped: this.dropped,
       failedAttempts: this.failedAttempts,
     };
@@ -213,21 +260,28 @@ export class BufferedPublisher {
    */
   private async publishRound(): Promise<boolean> {
     const batch = this.queue.slice(this.head, this.head + this.maxInFlight);
+    const skip = await this.alreadyPublished(batch);
     const results = await Promise.allSettled(
       batch.map((queued) =>
-        this.bus.publish(queued.subject, ENCODED, queued.data, {
-          eventId: queued.eventId,
-          timeoutMs: this.publishTimeoutMs,
-        }),
+        skip.has(queued.eventId)
+          ? Promise.resolve(undefined)
+          : this.bus.publish(queued.subject, ENCODED, queued.data, {
+              eventId: queued.eventId,
+              timeoutMs: this.publishTimeoutMs,
+            }),
       ),
     );
     const retry: QueuedEvent[] = [];
+    const acked: string[] = [];
     let lastError: unknown;
     results.forEach((result, i) => {
       const queued = batch[i];
       if (queued === undefined) return;
-      if (result.status === 'fulfilled') {
+      if (skip.has(queued.eventId)) {
+        this.skipped++;
+      } else if (result.status === 'fulfilled') {
         this.published++;
+        acked.push(queued.eventId);
       } else if (result.reason instanceof UnavailableError) {
         retry.push(queued);
         lastError = result.reason;
@@ -236,6 +290,7 @@ export class BufferedPublisher {
         this.drop(queued.subject, queued.eventId, `refused: ${errorMessage(result.reason)}`);
       }
     });
+    await this.recordPublished(acked);
     this.requeueAtHead(batch.length, retry);
     if (retry.length === 0) {
       if (this.consecutiveFailures > 0) {
@@ -268,6 +323,43 @@ export class BufferedPublisher {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /** The round's events the gate knows were published; none without a gate or when it fails. */
+  private async alreadyPublished(batch: readonly QueuedEvent[]): Promise<ReadonlySet<string>> {
+    const gate = this.usableGate();
+    if (!gate || batch.length === 0) return EMPTY;
+    try {
+      return await withTimeout(gate.alreadyPublished(batch.map((queued) => queued.eventId)));
+    } catch (error) {
+      this.gateFailed('checking', batch.length, error);
+      return EMPTY;
+    }
+  }
+
+  private async recordPublished(eventIds: readonly string[]): Promise<void> {
+    const gate = this.usableGate();
+    if (!gate || eventIds.length === 0) return;
+    try {
+      await withTimeout(gate.published(eventIds));
+    } catch (error) {
+      this.gateFailed('recording', eventIds.length, error);
+    }
+  }
+
+  private usableGate(): PublishGate | undefined {
+    return Date.now() < this.gateBypassedUntil ? undefined : this.gate;
+  }
+
+  private gateFailed(step: string, events: number, error: unknown): void {
+    const now = Date.now();
+    this.gateBypassedUntil = now + GATE_BYPASS_MS;
+    if (now - this.lastGateLogAt < GATE_LOG_INTERVAL_MS) return;
+    this.lastGateLogAt = now;
+    this.logger.warn(
+      { step, events, error: errorMessage(error), bypassMs: GATE_BYPASS_MS },
+      'publish gate failed; the stream duplicate window alone deduplicates events meanwhile',
+    );
   }
 
   private retryDelayMs(): number {

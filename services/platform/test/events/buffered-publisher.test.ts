@@ -4,7 +4,7 @@
  */
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
-import { BufferedPublisher } from '../../src/events/buffered-publisher';
+import { BufferedPublisher, type PublishGate } from '../../src/events/buffered-publisher';
 import type {
   EventBus,
   EventCodec,
@@ -100,7 +100,13 @@ describe('BufferedPublisher', () => {
     await eventually(() => {
       expect(received).toEqual(['a', 'b']);
     });
-    expect(events.stats()).toEqual({ queued: 0, published: 2, dropped: 0, failedAttempts: 0 });
+    expect(events.stats()).toEqual({
+      queued: 0,
+      published: 2,
+      skipped: 0,
+      dropped: 0,
+      failedAttempts: 0,
+    });
   });
 
   it('buffers events while the bus is unavailable and publishes the backlog when it returns', async () => {
@@ -159,7 +165,13 @@ describe('BufferedPublisher', () => {
     await events.close();
     events.enqueue(SUBJECT, EchoRequest, echo('late'), 'late');
 
-    expect(events.stats()).toEqual({ queued: 0, published: 100, dropped: 1, failedAttempts: 0 });
+    expect(events.stats()).toEqual({
+      queued: 0,
+      published: 100,
+      skipped: 0,
+      dropped: 1,
+      failedAttempts: 0,
+    });
     await eventually(() => {
       expect(received).toHaveLength(100);
     });
@@ -202,6 +214,105 @@ describe('BufferedPublisher', () => {
       published: 0,
       dropped: 1,
       failedAttempts: 0,
+    });
+  });
+
+  describe('with a publish gate', () => {
+    /** A gate over a set, as the exposure ledger is over a collection; it can be made to fail. */
+    class SetGate implements PublishGate {
+      readonly recorded = new Set<string>();
+      checks = 0;
+      failing: 'no' | 'reject' | 'hang' = 'no';
+
+      alreadyPublished(eventIds: readonly string[]): Promise<ReadonlySet<string>> {
+        this.checks++;
+        if (this.failing === 'reject') return Promise.reject(new UnavailableError('storage down'));
+        if (this.failing === 'hang') return new Promise(() => undefined);
+        return Promise.resolve(new Set(eventIds.filter((id) => this.recorded.has(id))));
+      }
+
+      published(eventIds: readonly string[]): Promise<void> {
+        if (this.failing !== 'no') return Promise.reject(new UnavailableError('storage down'));
+        for (const id of eventIds) this.recorded.add(id);
+        return Promise.resolve();
+      }
+    }
+
+    it('skips the events the gate knows were published and records those the stream acked', async () => {
+      const gate = new SetGate();
+      gate.recorded.add('seen-elsewhere');
+      const events = create({ gate });
+      events.enqueue(SUBJECT, EchoRequest, echo('new'), 'new');
+      events.enqueue(SUBJECT, EchoRequest, echo('repeat'), 'seen-elsewhere');
+
+      await expect(events.flush(5_000)).resolves.toBe(true);
+      await eventually(() => {
+        expect(received).toEqual(['new']);
+      });
+      expect(events.stats()).toMatchObject({ queued: 0, published: 1, skipped: 1, dropped: 0 });
+      expect([...gate.recorded].sort()).toEqual(['new', 'seen-elsewhere']);
+
+      // A later publisher (another replica, a restart) sharing the gate skips it too.
+      await events.close();
+      const later = create({ gate });
+      later.enqueue(SUBJECT, EchoRequest, echo('new again'), 'new');
+      await later.flush(5_000);
+      expect(later.stats()).toMatchObject({ published: 0, skipped: 1 });
+      expect(received).toEqual(['new']);
+    });
+
+    it('records nothing for an event the bus failed to take, and checks it again on the retry', async () => {
+      const gate = new SetGate();
+      bus.available = false;
+      const events = create({ gate });
+      events.enqueue(SUBJECT, EchoRequest, echo('late'), 'late');
+      await eventually(() => {
+        expect(events.stats().failedAttempts).toBeGreaterThanOrEqual(2);
+      });
+      expect(gate.recorded.size).toBe(0);
+      const checksDuringOutage = gate.checks;
+      expect(checksDuringOutage).toBeGreaterThanOrEqual(2);
+
+      bus.available = true;
+      await events.flush(5_000);
+      await eventually(() => {
+        expect(received).toEqual(['late']);
+      });
+      expect([...gate.recorded]).toEqual(['late']);
+    });
+
+    it('publishes everything when the gate fails, and leaves it alone for a while after', async () => {
+      const gate = new SetGate();
+      gate.recorded.add('would-be-skipped');
+      gate.failing = 'reject';
+      const events = create({ gate });
+      events.enqueue(SUBJECT, EchoRequest, echo('a'), 'would-be-skipped');
+      await events.flush(5_000);
+      await eventually(() => {
+        expect(received).toEqual(['a']);
+      });
+      expect(gate.checks).toBe(1);
+
+      // Bypassed: no second check right after a failure, even once the gate works again.
+      gate.failing = 'no';
+      events.enqueue(SUBJECT, EchoRequest, echo('b'), 'b');
+      await events.flush(5_000);
+      await eventually(() => {
+        expect(received).toEqual(['a', 'b']);
+      });
+      expect(gate.checks).toBe(1);
+      expect(events.stats()).toMatchObject({ published: 2, skipped: 0, dropped: 0 });
+    });
+
+    it('does not wait on a gate that never answers', async () => {
+      const gate = new SetGate();
+      gate.failing = 'hang';
+      const events = create({ gate });
+      events.enqueue(SUBJECT, EchoRequest, echo('stalled storage'), 'x');
+      await expect(events.flush(10_000)).resolves.toBe(true);
+      await eventually(() => {
+        expect(received).toEqual(['stalled storage']);
+      });
     });
   });
 });

@@ -179,12 +179,14 @@ export interface HoldoutMembership {
 export interface ExposureCounts {
   /**
    * Output only. Exposures logged: published to `tandem.events.v1.exposure`, or buffered for
-   * publishing while NATS is unavailable. Experiment and holdout exposures together.
+   * publishing while NATS is unavailable. Experiment and holdout exposures together. One that
+   * another replica (or this one before a restart) logged the same UTC day counts here too; the
+   * publisher finds it in the exposure ledger and does not publish it again.
    */
   loggedCount: number;
   /**
-   * Output only. Exposures skipped because the same (experiment or holdout, unit) was already
-   * logged on the same UTC day.
+   * Output only. Exposures skipped because this replica already logged the same (experiment or
+   * holdout, unit) on the same UTC day.
    */
   alreadyLoggedCount: number;
   /**

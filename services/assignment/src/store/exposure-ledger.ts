@@ -1,0 +1,59 @@
+/**
+ * The exposure ledger: the ids of the exposure events published today, stored beside the
+ * configuration and shared by every replica. The exposure publisher consults it before publishing
+ * (as its `PublishGate`), so an (experiment, unit) pair logged by another replica, or by this one
+ * before a restart, is not published again later the same day, whatever the stream's duplicate
+ * window. That window still covers what the ledger cannot see: two replicas publishing the same
+ * exposure within the same moment, and the time storage is unreachable.
+ *
+ * One small document per exposure, kept until its UTC day is over (plus an hour for clocks and
+ * exposure times set by clients), then removed by the store's expiry.
+ */
+import type { PublishGate } from '../../../platform/src/events/buffered-publisher';
+import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+
+interface LedgerEntry {
+  /** The exposure event id (it embeds the UTC day). */
+  readonly id: string;
+  /** When this entry was written (ms); `upsertIfNewer` compares it, so rewriting one is harmless. */
+  readonly recordedAt: number;
+  readonly expiresAt: Date;
+}
+
+const DAY_MS = 86_400_000;
+const GRACE_MS = 3_600_000;
+/** The day in an exposure event id: `exposure-YYYY-MM-DD-<digest>`. */
+const DAY_IN_ID = /^exposure-(\d{4}-\d{2}-\d{2})-/;
+
+/** When the ledger may forget `eventId`: after its day is over, or a day from `now` for another id. */
+export function ledgerExpiry(eventId: string, now: number): Date {
+  const day = DAY_IN_ID.exec(eventId)?.[1];
+  const dayStart = day === undefined ? NaN : Date.parse(`${day}T00:00:00Z`);
+  return new Date(Number.isNaN(dayStart) ? now + DAY_MS : dayStart + DAY_MS + GRACE_MS);
+}
+
+export class ExposureLedger implements PublishGate {
+  private constructor(private readonly entries: Collection<LedgerEntry>) {}
+
+  static async open(store: DocumentStore): Promise<ExposureLedger> {
+    return new ExposureLedger(
+      await store.collection<LedgerEntry>({ name: 'exposure_ledger', expireAtField: 'expiresAt' }),
+    );
+  }
+
+  async alreadyPublished(eventIds: readonly string[]): Promise<ReadonlySet<string>> {
+    return new Set((await this.entries.getMany(eventIds)).keys());
+  }
+
+  async published(eventIds: readonly string[]): Promise<void> {
+    const now = Date.now();
+    await this.entries.upsertIfNewer(
+      [...new Set(eventIds)].map((id) => ({
+        id,
+        recordedAt: now,
+        expiresAt: ledgerExpiry(id, now),
+      })),
+      'recordedAt',
+    );
+  }
+}
