@@ -394,6 +394,19 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         'rows[3].values.embedding',
         'rows[3].values.plays',
       ]);
+      // An integer beyond 2^53 is refused before the handler (the server cannot hold it), by path.
+      const huge = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [
+            userRow('u1', seconds(-1), { ctr: double(0.5) }),
+            userRow('u2', seconds(-1), { unknown: int(2 ** 60) }),
+          ],
+          requestId: '',
+        }),
+      );
+      expect(huge.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(huge.violations.map((v) => v.field)).toEqual(['rows[1].values.unknown.int64_value']);
       const read = await harness.client.getOnlineFeatures({
         features: ['user_stats:ctr'],
         entityRows: users('u1'),

@@ -845,6 +845,23 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(invalid.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        // A sequence beyond 2^53 cannot be held exactly: refused before the handler, by field.
+        const huge = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.5 },
+                  { variantKey: 'treatment', weight: 0.5 },
+                ],
+                sequence: 2 ** 60,
+              },
+            }),
+          ),
+        );
+        expect(huge.reason).toBe('UNDECODABLE_REQUEST');
+        expect(fields(huge)).toEqual(['allocation.sequence']);
         const updated = await admin.updateAllocation(
           UpdateAllocationRequest.fromPartial({
             allocation: {

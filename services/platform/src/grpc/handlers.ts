@@ -27,6 +27,7 @@ import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
+import { undecodableFields } from './undecodable-fields';
 
 /** A method as ts-proto describes it in `XServiceService`. */
 export interface MethodDefinition<Req, Res> {
@@ -162,7 +163,11 @@ export function implement<D extends ServiceDefinition>(
 
 /** What a request decoder wrapped by {@link decodingRequestsSafely} returns instead of throwing. */
 class UndecodableRequest {
-  constructor(readonly cause: unknown) {}
+  constructor(
+    readonly cause: unknown,
+    readonly methodPath: string,
+    readonly bytes: Buffer,
+  ) {}
 }
 
 /**
@@ -174,7 +179,12 @@ class UndecodableRequest {
  * INVALID_ARGUMENT.
  */
 export function decodingRequestsSafely<
-  D extends Readonly<Record<string, { readonly requestDeserialize: (value: Buffer) => unknown }>>,
+  D extends Readonly<
+    Record<
+      string,
+      { readonly path: string; readonly requestDeserialize: (value: Buffer) => unknown }
+    >
+  >,
 >(definition: D): D {
   const safe: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
@@ -185,7 +195,7 @@ export function decodingRequestsSafely<
         try {
           return decode(bytes);
         } catch (error) {
-          return new UndecodableRequest(error);
+          return new UndecodableRequest(error, method.path, bytes);
         }
       },
     };
@@ -206,9 +216,12 @@ async function* decodedStream(requests: AsyncIterable<unknown>): AsyncIterable<u
 
 function undecodable(request: UndecodableRequest): InvalidArgumentError {
   const why = request.cause instanceof Error ? request.cause.message : String(request.cause);
+  const violations = undecodableFields(request.methodPath, request.bytes);
   return new InvalidArgumentError(
-    `the request is not a message this server can decode: ${why}`,
-    [],
+    violations.length > 0
+      ? `the request holds integers this server cannot hold exactly: ${violations.map((v) => v.field).join(', ')}`
+      : `the request is not a message this server can decode: ${why}`,
+    violations,
     { reason: 'UNDECODABLE_REQUEST' },
   );
 }

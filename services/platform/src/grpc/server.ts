@@ -3,8 +3,7 @@
  * service says it is ready), server reflection from the committed descriptor set, and graceful
  * shutdown with a deadline.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import {
   Server,
   status as GrpcStatus,
@@ -17,21 +16,10 @@ import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { Logger } from '../logging';
+import { findDescriptorSet } from './descriptor-set';
 import { decodingRequestsSafely } from './handlers';
 
-/**
- * The descriptor set `make gen` writes (with comments), served by reflection. Found by walking up
- * from this file, so it resolves both from sources (jest) and from the compiled `dist/` tree.
- */
-export function findDescriptorSet(from: string = __dirname): string {
-  for (let dir = from; ; dir = dirname(dir)) {
-    const candidate = join(dir, 'gen', 'descriptor', 'tandem.binpb');
-    if (existsSync(candidate)) return candidate;
-    if (dirname(dir) === dir) {
-      throw new Error(`gen/descriptor/tandem.binpb not found above ${from}: run make gen`);
-    }
-  }
-}
+export { findDescriptorSet };
 
 export interface GrpcServerOptions {
   readonly logger: Logger;

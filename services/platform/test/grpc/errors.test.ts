@@ -199,6 +199,28 @@ describe('requests the server cannot decode', () => {
     expect(decoded.errorInfo).toMatchObject({ reason: 'UNDECODABLE_REQUEST' });
     expect(error.details).toMatch(/^the request is not a message this server can decode: /);
   });
+
+  it('names the field of an integer beyond what the server can hold exactly', async () => {
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+    // 2^60 is exact as a double, so the client encodes it; the server's int64 fields hold ±2^53.
+    const error = await failure(
+      client.echo({
+        message: 'x',
+        failWithCode: 0,
+        requireMessage: false,
+        delay: { seconds: 2 ** 60, nanos: 0 },
+      }),
+    );
+    client.close();
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error.reason).toBe('UNDECODABLE_REQUEST');
+    expect(error instanceof InvalidArgumentError && error.violations.map((v) => v.field)).toEqual([
+      'delay.seconds',
+    ]);
+  });
 });
 
 describe('request limits', () => {

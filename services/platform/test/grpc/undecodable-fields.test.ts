@@ -1,0 +1,83 @@
+/**
+ * The field paths reported for a request the generated decoder refuses: 64-bit integers beyond
+ * ±(2^53 − 1), found by decoding the bytes again from the contracts' descriptor set. The requests
+ * are written with bufbuild's own writer, so the bytes do not depend on the code under test.
+ */
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { undecodableFields } from '../../src/grpc/undecodable-fields';
+
+const TOO_BIG = 2n ** 60n;
+const SAFE = 2n ** 53n - 1n;
+
+/** A `tandem.featurestore.v1.FeatureValue` holding an int64. */
+function int64Value(value: bigint): Uint8Array {
+  return new BinaryWriter()
+    .uint32((2 << 3) | 0)
+    .int64(value)
+    .finish();
+}
+
+/** A `RepeatedValue` (field 1: repeated FeatureValue). */
+function repeated(values: readonly Uint8Array[]): Uint8Array {
+  const writer = new BinaryWriter();
+  for (const value of values) writer.uint32((1 << 3) | 2).bytes(value);
+  return writer.finish();
+}
+
+/** A `GetOnlineFeaturesRequest` with one feature and one entity-row column. */
+function onlineRequest(joinKey: string, values: readonly Uint8Array[]): Uint8Array {
+  const entry = new BinaryWriter()
+    .uint32((1 << 3) | 2)
+    .string(joinKey)
+    .uint32((2 << 3) | 2)
+    .bytes(repeated(values))
+    .finish();
+  return new BinaryWriter()
+    .uint32((1 << 3) | 2)
+    .string('user_stats:*')
+    .uint32((2 << 3) | 2)
+    .bytes(entry)
+    .finish();
+}
+
+const GET_ONLINE = '/tandem.featurestore.v1.FeatureStoreService/GetOnlineFeatures';
+const ECHO = '/tandem.echo.v1.EchoService/Echo';
+
+describe('undecodableFields', () => {
+  it('names a nested message field: the seconds of a Duration', () => {
+    const duration = new BinaryWriter()
+      .uint32((1 << 3) | 0)
+      .int64(-TOO_BIG)
+      .finish();
+    const request = new BinaryWriter()
+      .uint32((3 << 3) | 2)
+      .bytes(duration)
+      .finish();
+    const violations = undecodableFields(ECHO, request);
+    expect(violations.map((v) => v.field)).toEqual(['delay.seconds']);
+    expect(violations[0]?.description).toContain('9007199254740991');
+  });
+
+  it('names every offending entry of a map of lists, and only those', () => {
+    const request = onlineRequest('user_id', [
+      int64Value(1n),
+      int64Value(TOO_BIG),
+      int64Value(SAFE),
+      int64Value(-SAFE - 1n),
+    ]);
+    expect(undecodableFields(GET_ONLINE, request).map((v) => v.field)).toEqual([
+      'entity_rows.user_id.values[1].int64_value',
+      'entity_rows.user_id.values[3].int64_value',
+    ]);
+  });
+
+  it('finds nothing in a request the generated decoder holds, or in bytes that are no message', () => {
+    expect(undecodableFields(GET_ONLINE, onlineRequest('user_id', [int64Value(SAFE)]))).toEqual([]);
+    expect(undecodableFields(ECHO, Uint8Array.from([0x0a, 0x05, 0x78]))).toEqual([]);
+  });
+
+  it('finds nothing for a method outside the contracts', () => {
+    expect(undecodableFields('/other.v1.Service/Method', int64Value(TOO_BIG))).toEqual([]);
+    expect(undecodableFields('not a path', int64Value(TOO_BIG))).toEqual([]);
+  });
+});
