@@ -6,7 +6,7 @@
  * printed too.
  *
  * Both servers are warmed up first (JIT, young-generation sizing) and each concurrency is measured
- * in BENCH_ROUNDS rounds (3 by default), each interleaving the two servers in half-second slices
+ * in BENCH_ROUNDS rounds (7 by default, see `benchRounds`), each interleaving the two servers in half-second slices
  * (`measureInterleaved`); the ratio reported is the median of the rounds' ratios. Measuring the echo cold once, as this benchmark first did, doubled the echo's p99
  * and flattered the ratio.
  */
@@ -19,11 +19,11 @@ import {
   ResolveResponse,
 } from '../gen/ts/tandem/assignment/v1/assignment_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { median, runLoad } from './support/load';
+import { benchRounds, median, runLoad } from './support/load';
 import { measureInterleaved, measuredRow, startServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
-const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+const rounds = benchRounds();
 const EXPERIMENTS = 1000;
 const LAYERS = 50;
 

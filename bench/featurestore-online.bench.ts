@@ -43,7 +43,7 @@ import {
 } from '../services/featurestore/src/online-response-decoder';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
 import { createClient } from '../services/platform/src/grpc/client';
-import { median, runLoad } from './support/load';
+import { benchRounds, median, runLoad } from './support/load';
 import {
   measureInterleaved,
   measuredRow,
@@ -63,7 +63,9 @@ const STALL_TIMEOUT_MS = 30_000;
  * Rounds of each comparison, each interleaving the peers in half-second slices
  * (`measureInterleaved`); the median ratio is reported.
  */
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = benchRounds();
+/** The streaming comparison's rounds each replay the whole stream: three are enough there. */
+const STREAM_ROUNDS = benchRounds(3);
 /** Sections to run (BENCH_SECTIONS=a,b,d); all by default. */
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'a,b,c,d').split(',').map((s) => s.trim()));
 
@@ -578,10 +580,10 @@ async function streaming(): Promise<void> {
     await bus.close();
 
     console.log(
-      `\n(d) streaming aggregation: ${STREAM_EVENTS.toLocaleString('en')} OutcomeEvents already in the stream (${ROUNDS} rounds, a fresh durable each)`,
+      `\n(d) streaming aggregation: ${STREAM_EVENTS.toLocaleString('en')} OutcomeEvents already in the stream (${STREAM_ROUNDS} rounds, a fresh durable each)`,
     );
     const ratios: number[] = [];
-    for (let r = 1; r <= ROUNDS; r++) {
+    for (let r = 1; r <= STREAM_ROUNDS; r++) {
       const { bareRate, aggregationRate } = await round(r);
       console.log(
         `#${r} bare JetStream consumer (pull, decode, ack) ${Math.round(bareRate).toLocaleString('en').padStart(8)} events/s   FeatureStore aggregation (count + sum, 1h) ${Math.round(aggregationRate).toLocaleString('en').padStart(8)} events/s   ${((aggregationRate / bareRate) * 100).toFixed(0)}%`,

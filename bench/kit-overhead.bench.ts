@@ -4,7 +4,7 @@
  * service's latency budget is stated against the bare echo, so this is the kit's share of it.
  *
  * Both servers run at once, are warmed first, and each concurrency is measured in BENCH_ROUNDS
- * rounds (3 by default), each interleaving the two servers in half-second slices
+ * rounds (7 by default, see `benchRounds`), each interleaving the two servers in half-second slices
  * (`measureInterleaved`); the ratios reported are the medians of the rounds' ratios.
  * One cold round per server, as this benchmark first did, gave ratios from 0.72x to 1.56x on the
  * same build.
@@ -13,11 +13,11 @@ import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
 import { EchoServiceService } from '../gen/ts/tandem/echo/v1/echo_service';
 import { createClient } from '../services/platform/src/grpc/client';
-import { median, runLoad } from './support/load';
+import { benchRounds, median, runLoad } from './support/load';
 import { measureInterleaved, measuredRow, startServerProcess } from './support/server-process';
 
 const durationMs = Number(process.env.BENCH_DURATION_MS ?? 4000);
-const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+const rounds = benchRounds();
 
 async function main(): Promise<void> {
   console.log(
