@@ -2,7 +2,12 @@
  * After a push view's TTL changes, its stored records are re-timed to the new TTL in the
  * background (`FeatureRowRepository.restampExpiry`: one conditional write per record, so minutes
  * for millions), one run per view at a time: a newer TTL change or the view's deletion
- * supersedes a run, which stops at its next record.
+ * supersedes a run, which stops at its next record, on whichever replica it runs. Each run checks
+ * before every record that the view is still as the run was started for (the registry, which
+ * every replica brings up to date within a second), and a run for a change starts
+ * {@link SETTLE_MS} after it, once a run for an earlier TTL on another replica has seen the change
+ * and stopped. Otherwise a slower run for the earlier TTL could overwrite records the later run
+ * had already re-timed, and storage would drop them by the wrong TTL.
  *
  * A run is recorded by a marker document (view, TTL, the view's creation time) written before it
  * starts and deleted when it ends. A replica that stops mid-run leaves the marker, and every
@@ -25,6 +30,9 @@ export interface RetimingMarker {
   readonly registration: number;
 }
 
+/** Twice the propagation promise (a change reaches every replica within one second). */
+export const SETTLE_MS = 2_000;
+
 interface Run {
   readonly run: symbol;
   readonly done: Promise<void>;
@@ -32,12 +40,15 @@ interface Run {
 
 export class ExpiryRetiming {
   private readonly runs = new Map<string, Run>();
+  /** Aborted by `stop()`, which cuts a run's settling wait short. */
+  private readonly stopping = new AbortController();
 
   private constructor(
     private readonly markers: Collection<RetimingMarker>,
     private readonly rows: FeatureRowRepository,
     private readonly registry: FeatureRegistry,
     private readonly logger: Logger,
+    private readonly settleMs: number,
   ) {}
 
   static async open(
@@ -45,9 +56,10 @@ export class ExpiryRetiming {
     rows: FeatureRowRepository,
     registry: FeatureRegistry,
     logger: Logger,
+    settleMs = SETTLE_MS,
   ): Promise<ExpiryRetiming> {
     const markers = await store.collection<RetimingMarker>({ name: 'expiry_retiming' });
-    return new ExpiryRetiming(markers, rows, registry, logger);
+    return new ExpiryRetiming(markers, rows, registry, logger, settleMs);
   }
 
   /**
@@ -65,7 +77,7 @@ export class ExpiryRetiming {
         'the re-timing of records to the new TTL is not recorded; a restart does not resume it',
       );
     }
-    this.run(view, ttlMs, markerVersion);
+    this.run(view, ttlMs, registration, markerVersion, this.settleMs);
   }
 
   /** Stops the run for a deleted view and drops its marker. */
@@ -76,6 +88,7 @@ export class ExpiryRetiming {
 
   /** Stops every run at its next record, leaving the markers for the next start. */
   stop(): Promise<void> {
+    this.stopping.abort();
     const runs = [...this.runs.values()].map((r) => r.done);
     this.runs.clear();
     return Promise.all(runs).then(() => undefined);
@@ -87,33 +100,50 @@ export class ExpiryRetiming {
    */
   async resume(): Promise<void> {
     for await (const { doc, version } of this.markers.scan()) {
-      const view = this.registry.view(doc.id);
-      if (
-        view === undefined ||
-        view.definition.source?.kind === 'stream' ||
-        view.createTime.getTime() !== doc.registration ||
-        view.definition.ttlMs !== doc.ttlMs
-      ) {
+      if (!this.viewIsStill(doc.id, doc.ttlMs, doc.registration)) {
         await this.markers.delete(doc.id, version).catch(ignoreStale);
         continue;
       }
       if (this.runs.has(doc.id)) continue;
       this.logger.info({ view: doc.id }, 'resuming the re-timing of records to the TTL');
-      this.run(doc.id, doc.ttlMs, version);
+      // No settling: a run for the same TTL elsewhere only repeats work.
+      this.run(doc.id, doc.ttlMs, doc.registration, version, 0);
     }
   }
 
-  private run(view: string, ttlMs: number, markerVersion: number | undefined): void {
+  /** True while `view` is the push view registered at `registration` with `ttlMs`. */
+  private viewIsStill(view: string, ttlMs: number, registration: number): boolean {
+    const registered = this.registry.view(view);
+    return (
+      registered !== undefined &&
+      registered.definition.source?.kind !== 'stream' &&
+      registered.createTime.getTime() === registration &&
+      registered.definition.ttlMs === ttlMs
+    );
+  }
+
+  private run(
+    view: string,
+    ttlMs: number,
+    registration: number,
+    markerVersion: number | undefined,
+    settleMs: number,
+  ): void {
     const run = Symbol(view);
     const previous = this.runs.get(view)?.done ?? Promise.resolve();
-    const current = (): boolean => this.runs.get(view)?.run === run;
-    // After the run it supersedes has stopped (at its next record), so the two never write the
-    // same record at once.
+    const current = (): boolean =>
+      this.runs.get(view)?.run === run && this.viewIsStill(view, ttlMs, registration);
+    // After the run it supersedes here has stopped (at its next record), so the two never write
+    // the same record at once; and after the settling wait, for runs on other replicas.
+    const settled = Date.now() + settleMs;
     const done = previous
+      .then(() => settle(settled - Date.now(), this.stopping.signal))
       .then(() => (current() ? this.rows.restampExpiry(view, ttlMs, current) : undefined))
       .then(async (changed) => {
-        if (!current()) return;
+        if (this.runs.get(view)?.run !== run) return;
         this.runs.delete(view);
+        // Superseded by a change made elsewhere: the marker is that change's to remove.
+        if (!this.viewIsStill(view, ttlMs, registration)) return;
         // Only this run's marker: a later change has stored its own.
         if (markerVersion !== undefined) {
           await this.markers.delete(view, markerVersion).catch(ignoreStale);
@@ -121,7 +151,7 @@ export class ExpiryRetiming {
         this.logger.info({ view, changed }, 'records re-timed to the new TTL');
       })
       .catch((error: unknown) => {
-        if (current()) this.runs.delete(view);
+        if (this.runs.get(view)?.run === run) this.runs.delete(view);
         this.logger.warn(
           { err: error, view },
           'records not all re-timed to the new TTL; a replica resumes it at its next start',
@@ -129,6 +159,20 @@ export class ExpiryRetiming {
       });
     this.runs.set(view, { run, done });
   }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function settle(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0 || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 function ignoreStale(error: unknown): void {

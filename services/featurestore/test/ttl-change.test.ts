@@ -6,10 +6,22 @@ import { openStore } from '../../platform/src/storage/open-store';
 import type { RetimingMarker } from '../src/expiry-retiming';
 import { FeatureRowRepository } from '../src/store/feature-rows';
 import { openRegistryRepository } from '../src/store/registry-repository';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import type {
+  Collection,
+  CollectionSpec,
+  DocumentStore,
+} from '../../platform/src/storage/collection';
+import {
+  eventually,
+  sharing,
+  startHarness,
+  type RunningHarness,
+} from './support/feature-store-harness';
 import { double, userEntity, userRow, userStatsView } from './support/fixtures';
 
 const MINUTE = 60_000;
+/** Re-timing runs start two seconds after the change (`SETTLE_MS`), then take their time. */
+const RUN_TIMEOUT_MS = 15_000;
 
 describe('a push view whose TTL changes', () => {
   let harness: RunningHarness;
@@ -53,11 +65,11 @@ describe('a push view whose TTL changes', () => {
     await apply(2 * 3600);
     await eventually(async () => {
       expect(await storedExpiry()).toEqual([eventTime + 120 * MINUTE]);
-    });
+    }, RUN_TIMEOUT_MS);
     await apply(undefined);
     await eventually(async () => {
       expect(await storedExpiry()).toEqual([undefined]);
-    });
+    }, RUN_TIMEOUT_MS);
   });
 
   it('resumes at the next start a re-timing that a stopped replica left unfinished', async () => {
@@ -101,13 +113,13 @@ describe('a push view whose TTL changes', () => {
       const expiries = await storedExpiry();
       expect(expiries).toHaveLength(200);
       expect(new Set(expiries)).toEqual(new Set([eventTime + 120 * MINUTE]));
-    });
+    }, RUN_TIMEOUT_MS);
     const markers = await harness.runtime.store.collection<RetimingMarker>({
       name: 'expiry_retiming',
     });
     await eventually(async () => {
       expect(await markers.count()).toBe(0);
-    });
+    }, RUN_TIMEOUT_MS);
   });
 
   it('ends with the last of two quick TTL changes, the first one stopping', async () => {
@@ -128,9 +140,93 @@ describe('a push view whose TTL changes', () => {
       const expiries = await storedExpiry();
       expect(expiries).toHaveLength(1_000);
       expect(new Set(expiries)).toEqual(new Set([eventTime + 180 * MINUTE]));
-    });
+    }, RUN_TIMEOUT_MS);
     // Settled: nothing re-times them afterwards.
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(new Set(await storedExpiry())).toEqual(new Set([eventTime + 180 * MINUTE]));
   });
+
+  it('ends with a TTL changed on another replica: the run there for the earlier TTL stops', async () => {
+    await apply(3600);
+    const eventTime = Date.now() - 10 * MINUTE;
+    const ROWS = 1_000;
+    for (let from = 0; from < ROWS; from += 500) {
+      await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: Array.from({ length: 500 }, (_, i) =>
+          userRow(`u${from + i}`, new Date(eventTime), { ctr: double(0.4) }),
+        ),
+        requestId: '',
+      });
+    }
+    // A second replica on the same storage whose record writes are slow (a loaded replica), so
+    // its run for the earlier TTL would still be going when the later run has finished.
+    const slow = slowRecordWrites(sharing(harness.runtime.store)(), 5);
+    const other = await startHarness({ replicaId: 'replica-slow', wrapStore: () => slow.store });
+    try {
+      await other.client.applyFeatureView({
+        featureView: userStatsView({ ttl: { seconds: 2 * 3600, nanos: 0 } }),
+        requestId: '',
+        validateOnly: false,
+      });
+      // Let its run get going, then change the TTL again on the first replica.
+      await eventually(() => {
+        expect(slow.writes()).toBeGreaterThan(20);
+        return Promise.resolve();
+      }, RUN_TIMEOUT_MS);
+      await apply(3 * 3600);
+      await eventually(async () => {
+        expect(new Set(await storedExpiry())).toEqual(new Set([eventTime + 180 * MINUTE]));
+      }, RUN_TIMEOUT_MS);
+      // Once the slow replica has stopped writing (without the check, its run goes on for
+      // seconds, overwriting records with the two-hour expiry), every record keeps the last TTL.
+      await quiet(slow.writes, 1_000);
+      expect(slow.writes()).toBeLessThan(ROWS);
+      const expiries = await storedExpiry();
+      expect(expiries).toHaveLength(ROWS);
+      expect(new Set(expiries)).toEqual(new Set([eventTime + 180 * MINUTE]));
+    } finally {
+      await other.stop();
+    }
+  }, 60_000);
 });
+
+/** `store` with every record write (`replace` in `feature_rows`) delayed by `delayMs`, counted. */
+function slowRecordWrites(
+  store: DocumentStore,
+  delayMs: number,
+): { store: DocumentStore; writes: () => number } {
+  let writes = 0;
+  const slowed: DocumentStore = {
+    ...store,
+    collection: async <T extends { readonly id: string }>(spec: CollectionSpec) => {
+      const collection = await store.collection<T>(spec);
+      if (spec.name !== 'feature_rows') return collection;
+      const replace: Collection<T>['replace'] = async (doc, version) => {
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        writes++;
+        return collection.replace(doc, version);
+      };
+      // A proxy, not a spread: the store's collections keep their methods on a prototype.
+      return new Proxy(collection, {
+        get: (target, property): unknown => {
+          if (property === 'replace') return replace;
+          const value: unknown = Reflect.get(target, property, target);
+          return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+        },
+      });
+    },
+  };
+  return { store: slowed, writes: () => writes };
+}
+
+/** Resolves once `count()` has not changed for `forMs`. */
+async function quiet(count: () => number, forMs: number): Promise<void> {
+  let last = count();
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, forMs));
+    const now = count();
+    if (now === last) return;
+    last = now;
+  }
+}
