@@ -10,20 +10,20 @@ import { ExposureLedger, ledgerExpiry } from '../src/store/exposure-ledger';
 import { dropDatabases, temporaryDataDir } from './support/harness';
 
 describe('ledgerExpiry', () => {
-  it('keeps an exposure until an hour after its UTC day ends', () => {
+  it('keeps an exposure a day and an hour past its UTC day (a token applied late, clocks)', () => {
     const now = Date.parse('2026-12-05T23:59:00Z');
     expect(ledgerExpiry('exposure-2026-12-05-AbC_d', now).toISOString()).toBe(
-      '2026-12-06T01:00:00.000Z',
+      '2026-12-07T01:00:00.000Z',
     );
     expect(ledgerExpiry('exposure-2024-02-29-x', now).toISOString()).toBe(
-      '2024-03-01T01:00:00.000Z',
+      '2024-03-02T01:00:00.000Z',
     );
   });
 
-  it('keeps an id without a day for a day from now', () => {
+  it('keeps an id without a day for two days and an hour from now', () => {
     const now = Date.parse('2026-12-05T12:00:00Z');
     for (const id of ['other-id', 'exposure-2026-13-45-x', 'exposure-20261205-x']) {
-      expect(ledgerExpiry(id, now).toISOString()).toBe('2026-12-06T12:00:00.000Z');
+      expect(ledgerExpiry(id, now).toISOString()).toBe('2026-12-07T13:00:00.000Z');
     }
   });
 });
@@ -88,10 +88,13 @@ describe.each(stores)('the exposure ledger on %s', (_name, open) => {
     expect([...(await one.alreadyPublished([b, a, 'unrelated'])).values()].sort()).toEqual([a, b]);
   });
 
-  it('forgets an exposure once its day is over', async () => {
+  it("keeps yesterday's exposures (an apply may come a day late), not older ones", async () => {
     const ledger = await ExposureLedger.open(store);
-    const past = 'exposure-2020-01-01-old';
-    await ledger.published([past]);
-    expect([...(await ledger.alreadyPublished([past]))]).toEqual([]);
+    const day = (offset: number): string =>
+      new Date(Date.now() + offset * 86_400_000).toISOString().slice(0, 10);
+    const yesterday = `exposure-${day(-1)}-late`;
+    const older = `exposure-${day(-3)}-old`;
+    await ledger.published([yesterday, older]);
+    expect([...(await ledger.alreadyPublished([yesterday, older]))]).toEqual([yesterday]);
   });
 });

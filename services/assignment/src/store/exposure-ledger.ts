@@ -6,11 +6,18 @@
  * window. That window still covers what the ledger cannot see: two replicas publishing the same
  * exposure within the same moment, and the time storage is unreachable.
  *
- * One small document per exposure, kept until its UTC day is over (plus an hour for clocks and
- * exposure times set by clients), then removed by the store's expiry.
+ * One small document per exposure, kept until its UTC day is over, plus the 24 hours a resolve
+ * token stays valid (an exposure may be applied that late, with its own time) and an hour for
+ * clocks, then removed by the store's expiry.
+ *
+ * What it decides is which copy of a pair is published: the first one acked, not necessarily the
+ * one with the earliest exposure time (a replica that buffered an earlier exposure through a NATS
+ * outage finds the pair published by another and skips its own). The stream's duplicate window
+ * made the same choice before, within its hour.
  */
 import type { PublishGate } from '../../../platform/src/events/buffered-publisher';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import { TOKEN_VALIDITY_MS } from '../resolve-token';
 
 interface LedgerEntry {
   /** The exposure event id (it embeds the UTC day). */
@@ -25,11 +32,17 @@ const GRACE_MS = 3_600_000;
 /** The day in an exposure event id: `exposure-YYYY-MM-DD-<digest>`. */
 const DAY_IN_ID = /^exposure-(\d{4}-\d{2}-\d{2})-/;
 
-/** When the ledger may forget `eventId`: after its day is over, or a day from `now` for another id. */
+/** How long after its day an exposure may still be logged, plus the grace for clocks. */
+const KEEP_AFTER_DAY_MS = TOKEN_VALIDITY_MS + GRACE_MS;
+
+/**
+ * When the ledger may forget `eventId`: {@link KEEP_AFTER_DAY_MS} after its day is over, or
+ * after a day and that from `now` for an id without a day.
+ */
 export function ledgerExpiry(eventId: string, now: number): Date {
   const day = DAY_IN_ID.exec(eventId)?.[1];
   const dayStart = day === undefined ? NaN : Date.parse(`${day}T00:00:00Z`);
-  return new Date(Number.isNaN(dayStart) ? now + DAY_MS : dayStart + DAY_MS + GRACE_MS);
+  return new Date((Number.isNaN(dayStart) ? now : dayStart) + DAY_MS + KEEP_AFTER_DAY_MS);
 }
 
 export class ExposureLedger implements PublishGate {

@@ -12,9 +12,10 @@
  *
  * A {@link PublishGate} extends the stream's duplicate window: each round first asks it which of
  * its events were already published (by another replica, or before a restart, however long ago)
- * and skips those, and tells it which ones the stream acked. A gate that fails is logged and
- * bypassed for that round: the events are published, and the stream's duplicate window is what
- * deduplicates them.
+ * and skips those, and tells it which ones the stream acked. A gate that fails or does not answer
+ * within {@link GATE_TIMEOUT_MS} is logged and not asked for {@link GATE_BYPASS_MS}: meanwhile
+ * the events are published unchecked (the stream's duplicate window deduplicates them), and the
+ * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
  */
 import { UnavailableError } from '../errors';
 import type { BusLogger, EventBus, EventCodec } from './bus';
@@ -36,6 +37,8 @@ export interface BufferedPublisherOptions {
   readonly logger?: BusLogger;
   /** Consulted before and told after each round (see the class comment). @default none */
   readonly gate?: PublishGate;
+  /** How long a failed gate is left alone. @default 5 s */
+  readonly gateBypassMs?: number;
 }
 
 /** A durable record of the events published, shared by every publisher of the same stream. */
@@ -69,6 +72,8 @@ const GATE_LOG_INTERVAL_MS = 10_000;
  */
 const GATE_TIMEOUT_MS = 2_000;
 const GATE_BYPASS_MS = 5_000;
+/** Acked ids kept for a gate that could not be told (the oldest are forgotten beyond this). */
+const MAX_UNRECORDED = 100_000;
 
 /** An encoded event waiting in the queue. */
 interface QueuedEvent {
@@ -110,6 +115,7 @@ export class BufferedPublisher {
   private readonly publishTimeoutMs: number;
   private readonly logger: BusLogger;
   private readonly gate: PublishGate | undefined;
+  private readonly gateBypassMs: number;
   /** FIFO queue; `head` skips published events without shifting the array each time. */
   private queue: QueuedEvent[] = [];
   private head = 0;
@@ -122,6 +128,8 @@ export class BufferedPublisher {
   private consecutiveFailures = 0;
   private lastGateLogAt = -Infinity;
   private gateBypassedUntil = -Infinity;
+  /** Acked ids the gate has not been told yet (it failed or was bypassed). */
+  private unrecorded: string[] = [];
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -145,6 +153,7 @@ export class BufferedPublisher {
     this.publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
     this.logger = options.logger ?? silentLogger;
     this.gate = options.gate;
+    this.gateBypassMs = options.gateBypassMs ?? GATE_BYPASS_MS;
     this.loop = this.publishUntilClosed();
   }
 
@@ -250,6 +259,8 @@ export class BufferedPublisher {
         await this.closing.wait(this.retryDelayMs());
       }
     }
+    // What a bypassed gate was not told, once more before stopping.
+    await this.recordPublished([]);
     this.abandonQueue();
     this.progress.notify();
   }
@@ -337,14 +348,23 @@ export class BufferedPublisher {
     }
   }
 
+  /** Tells the gate what was acked, with what it could not be told before. */
   private async recordPublished(eventIds: readonly string[]): Promise<void> {
+    if (!this.gate) return;
+    const pending = this.unrecorded.length > 0 ? [...this.unrecorded, ...eventIds] : eventIds;
+    if (pending.length === 0) return;
     const gate = this.usableGate();
-    if (!gate || eventIds.length === 0) return;
-    try {
-      await withTimeout(gate.published(eventIds));
-    } catch (error) {
-      this.gateFailed('recording', eventIds.length, error);
+    if (gate !== undefined) {
+      try {
+        await withTimeout(gate.published(pending));
+        this.unrecorded = [];
+        return;
+      } catch (error) {
+        this.gateFailed('recording', pending.length, error);
+      }
     }
+    this.unrecorded =
+      pending.length > MAX_UNRECORDED ? pending.slice(-MAX_UNRECORDED) : [...pending];
   }
 
   private usableGate(): PublishGate | undefined {
@@ -353,11 +373,11 @@ export class BufferedPublisher {
 
   private gateFailed(step: string, events: number, error: unknown): void {
     const now = Date.now();
-    this.gateBypassedUntil = now + GATE_BYPASS_MS;
+    this.gateBypassedUntil = now + this.gateBypassMs;
     if (now - this.lastGateLogAt < GATE_LOG_INTERVAL_MS) return;
     this.lastGateLogAt = now;
     this.logger.warn(
-      { step, events, error: errorMessage(error), bypassMs: GATE_BYPASS_MS },
+      { step, events, error: errorMessage(error), bypassMs: this.gateBypassMs },
       'publish gate failed; the stream duplicate window alone deduplicates events meanwhile',
     );
   }

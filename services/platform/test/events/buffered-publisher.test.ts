@@ -304,6 +304,30 @@ describe('BufferedPublisher', () => {
       expect(events.stats()).toMatchObject({ published: 2, skipped: 0, dropped: 0 });
     });
 
+    it('tells the gate what it published while the gate was failing, once it answers again', async () => {
+      const gate = new SetGate();
+      gate.failing = 'reject';
+      const events = create({ gate, gateBypassMs: 100 });
+      events.enqueue(SUBJECT, EchoRequest, echo('during'), 'during');
+      await events.flush(5_000);
+      expect(gate.recorded.size).toBe(0);
+
+      gate.failing = 'no';
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      events.enqueue(SUBJECT, EchoRequest, echo('after'), 'after');
+      await events.flush(5_000);
+      expect([...gate.recorded].sort()).toEqual(['after', 'during']);
+
+      // And on close, what is still untold.
+      gate.failing = 'reject';
+      events.enqueue(SUBJECT, EchoRequest, echo('late'), 'late');
+      await events.flush(5_000);
+      gate.failing = 'no';
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      await events.close();
+      expect([...gate.recorded].sort()).toEqual(['after', 'during', 'late']);
+    });
+
     it('does not wait on a gate that never answers', async () => {
       const gate = new SetGate();
       gate.failing = 'hang';
