@@ -27,7 +27,7 @@ import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
-import { undecodableFields } from './undecodable-fields';
+import { undecodableFields, warmContractRegistry } from './undecodable-fields';
 
 /** A method as ts-proto describes it in `XServiceService`. */
 export interface MethodDefinition<Req, Res> {
@@ -186,6 +186,8 @@ export function decodingRequestsSafely<
     >
   >,
 >(definition: D): D {
+  // Loaded now (~0.1 s, once per process), not by the first request that needs it.
+  warmContractRegistry();
   const safe: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const decode = method.requestDeserialize;

@@ -19,7 +19,7 @@ const SIXTY_FOUR_BIT = new Set([
 ]);
 const LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 const DESCRIPTION = `an integer beyond ±${Number.MAX_SAFE_INTEGER} (2^53 − 1), the largest this server holds exactly`;
-/** Stops a walk over a pathological message long before the stack would. */
+/** Violations reported at most (a status must fit in the trailers). */
 const MAX_VIOLATIONS = 20;
 
 /** The request message of a gRPC method path (`/tandem.x.v1.Service/Method`), if it is a contract's. */
@@ -54,6 +54,7 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
       case 'list': {
         let index = 0;
         for (const item of message.get(field)) {
+          if (out.length >= MAX_VIOLATIONS) return;
           if (field.listKind === 'message') walk(item as ReflectMessage, `${path}[${index}].`, out);
           else if (beyondSafe(field.scalar, item)) {
             out.push({ field: `${path}[${index}]`, description: DESCRIPTION });
@@ -64,6 +65,7 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
       }
       case 'map':
         for (const [key, value] of message.get(field)) {
+          if (out.length >= MAX_VIOLATIONS) return;
           // A map entry as the other violations name it: `field.key` (AIP-161).
           const entry = `${path}.${String(key)}`;
           if (beyondSafe(field.mapKey, key)) {
@@ -93,5 +95,14 @@ export function undecodableFields(methodPath: string, bytes: Uint8Array): FieldV
     return violations;
   } catch {
     return [];
+  }
+}
+
+/** Loads the descriptor set now if it can be found; a request that needs it later tries again. */
+export function warmContractRegistry(): void {
+  try {
+    contractRegistry();
+  } catch {
+    // Not found (a build without `make gen`): violations are then reported without paths.
   }
 }

@@ -71,6 +71,31 @@ describe('undecodableFields', () => {
     ]);
   });
 
+  it('reports at most twenty, even from one long list (a status has to fit in the trailers)', () => {
+    // RegisterModelRequest.header.model.inputs[0].shape: a packed repeated int64.
+    const shape = new BinaryWriter();
+    for (let i = 0; i < 1_000; i++) shape.int64(TOO_BIG);
+    const input = new BinaryWriter()
+      .uint32((4 << 3) | 2)
+      .bytes(shape.finish())
+      .finish();
+    const model = new BinaryWriter()
+      .uint32((5 << 3) | 2)
+      .bytes(input)
+      .finish();
+    const header = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(model)
+      .finish();
+    const request = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(header)
+      .finish();
+    const violations = undecodableFields('/tandem.ranker.v1.RankerService/RegisterModel', request);
+    expect(violations).toHaveLength(20);
+    expect(violations[0]?.field).toBe('header.model.inputs[0].shape[0]');
+  });
+
   it('finds nothing in a request the generated decoder holds, or in bytes that are no message', () => {
     expect(undecodableFields(GET_ONLINE, onlineRequest('user_id', [int64Value(SAFE)]))).toEqual([]);
     expect(undecodableFields(ECHO, Uint8Array.from([0x0a, 0x05, 0x78]))).toEqual([]);
