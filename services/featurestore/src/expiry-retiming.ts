@@ -68,6 +68,8 @@ export class ExpiryRetiming {
    * still starts, but a restart does not resume it.
    */
   async start(view: string, ttlMs: number, registration: number): Promise<void> {
+    // A start overtaken by a later change (two applies at once) leaves the run to the later one.
+    if (!this.viewIsStill(view, ttlMs, registration)) return;
     let markerVersion: number | undefined;
     try {
       markerVersion = (await this.markers.upsert({ id: view, ttlMs, registration })).version;
@@ -106,8 +108,8 @@ export class ExpiryRetiming {
       }
       if (this.runs.has(doc.id)) continue;
       this.logger.info({ view: doc.id }, 'resuming the re-timing of records to the TTL');
-      // No settling: a run for the same TTL elsewhere only repeats work.
-      this.run(doc.id, doc.ttlMs, doc.registration, version, 0);
+      // Settling too: the change may be a second old, with a run for the earlier TTL still going.
+      this.run(doc.id, doc.ttlMs, doc.registration, version, this.settleMs);
     }
   }
 
@@ -129,6 +131,7 @@ export class ExpiryRetiming {
     markerVersion: number | undefined,
     settleMs: number,
   ): void {
+    if (!this.viewIsStill(view, ttlMs, registration)) return;
     const run = Symbol(view);
     const previous = this.runs.get(view)?.done ?? Promise.resolve();
     const current = (): boolean =>

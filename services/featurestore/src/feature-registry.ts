@@ -117,6 +117,10 @@ export function pageOf<T>(
 export class FeatureRegistry {
   private entities = new Map<string, Registered<EntityDefinition>>();
   private views = new Map<string, Registered<FeatureViewDefinition>>();
+  /** Changes this replica made to the maps, and the reloads started and applied (see `reload`). */
+  private localChanges = 0;
+  private reloadsStarted = 0;
+  private reloadApplied = 0;
   private readonly listeners: ((
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ) => void)[] = [];
@@ -135,9 +139,18 @@ export class FeatureRegistry {
     this.listeners.push(listener);
   }
 
-  /** Replaces the in-memory registry with storage's. */
+  /**
+   * Replaces the in-memory registry with storage's, unless the snapshot is older than what the
+   * registry holds: a change this replica made while it was being read (the snapshot may predate
+   * it), or a later reload already applied. Skipping it leaves the change to the next reload;
+   * applying it would serve the earlier definition until then.
+   */
   async reload(): Promise<void> {
+    const sequence = ++this.reloadsStarted;
+    const changesBefore = this.localChanges;
     const stored = await this.repository.loadAll();
+    if (this.localChanges !== changesBefore || sequence < this.reloadApplied) return;
+    this.reloadApplied = sequence;
     const entities = new Map(stored.entities.map((e) => [e.doc.id, registered(e)]));
     const views = new Map(stored.featureViews.map((v) => [v.doc.id, registered(v)]));
     const changed = !sameVersions(this.entities, entities) || !sameVersions(this.views, views);
@@ -227,6 +240,7 @@ export class FeatureRegistry {
       );
     }
     this.entities.set(proposed.name, registered(result));
+    this.localChanges++;
     this.announce(
       'entity',
       proposed.name,
@@ -257,6 +271,7 @@ export class FeatureRegistry {
     }
     await this.repository.entities.delete(name, stored.version);
     this.entities.delete(name);
+    this.localChanges++;
     this.announce('entity', name, 'deleted', undefined);
   }
 
@@ -317,6 +332,7 @@ export class FeatureRegistry {
             stored.version,
           );
     this.views.set(proposed.name, registered(result));
+    this.localChanges++;
     this.notify();
     this.announce(
       'feature_view',
@@ -334,6 +350,7 @@ export class FeatureRegistry {
     checkEtag(etag, stored, `feature view ${name}`);
     await this.repository.featureViews.delete(name, stored.version);
     this.views.delete(name);
+    this.localChanges++;
     this.notify();
     this.announce('feature_view', name, 'deleted', undefined);
     return registered(stored);
