@@ -112,7 +112,6 @@ export async function timeCalls(
   return { p50Us: percentile(samples, 50), p99Us: percentile(samples, 99), meanUs: mean };
 }
 
-/** The median of `values` (the mean of the middle two when there is an even number). */
 /**
  * How many rounds a comparison measures (`BENCH_ROUNDS` overrides `fallback`). A p99 from a few
  * seconds of calls on this shared 2-core host moves by ±40% from one round to the next, so the
@@ -123,6 +122,7 @@ export function benchRounds(fallback = 7): number {
   return Math.max(1, Number(process.env.BENCH_ROUNDS ?? fallback));
 }
 
+/** The median of `values` (the mean of the middle two when there is an even number). */
 export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const middle = Math.floor(sorted.length / 2);
