@@ -9,10 +9,6 @@
  * in BENCH_ROUNDS rounds (7 by default, see `benchRounds`), each interleaving the two servers in half-second slices
  * (`measureInterleaved`); the ratio reported is the median of the rounds' ratios. Measuring the echo cold once, as this benchmark first did, doubled the echo's p99
  * and flattered the ratio.
- *
- * The client reads responses through `AssignmentClientDefinition` (the decoder Node callers get,
- * see services/assignment/src/resolve-response-decoder.ts); the same calls through the generated
- * definition are measured in the same slices and printed beside them.
  */
 import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
@@ -22,7 +18,6 @@ import {
   ResolveRequest,
   ResolveResponse,
 } from '../gen/ts/tandem/assignment/v1/assignment_service';
-import { AssignmentClientDefinition } from '../services/assignment/src/resolve-response-decoder';
 import { createClient } from '../services/platform/src/grpc/client';
 import { benchRounds, median, runLoad } from './support/load';
 import { measureInterleaved, measuredRow, startServerProcess } from './support/server-process';
@@ -44,11 +39,7 @@ async function main(): Promise<void> {
     address: echoServer.address,
     credentials: credentials.createInsecure(),
   });
-  const assignment = createClient(AssignmentClientDefinition, {
-    address: assignmentServer.address,
-    credentials: credentials.createInsecure(),
-  });
-  const generatedClient = createClient(AssignmentServiceService, {
+  const assignment = createClient(AssignmentServiceService, {
     address: assignmentServer.address,
     credentials: credentials.createInsecure(),
   });
@@ -60,23 +51,20 @@ async function main(): Promise<void> {
   };
   let unit = 0;
   const countries = ['SE', 'US', 'NO', 'DE'];
-  const resolveWith =
-    (client: typeof assignment | typeof generatedClient) => (): Promise<unknown> => {
-      unit++;
-      return client.resolve(
-        ResolveRequest.fromPartial({
-          unit: { id: `user-${unit}`, type: 'user' },
-          surfaces: ['home'],
-          attributes: {
-            country: countries[unit % 4],
-            platform: unit % 2 ? 'ios' : 'web',
-            app: { version: unit % 30 },
-          },
-        }),
-      );
-    };
-  const resolve = resolveWith(assignment);
-  const resolveGenerated = resolveWith(generatedClient);
+  const resolve = (): Promise<unknown> => {
+    unit++;
+    return assignment.resolve(
+      ResolveRequest.fromPartial({
+        unit: { id: `user-${unit}`, type: 'user' },
+        surfaces: ['home'],
+        attributes: {
+          country: countries[unit % 4],
+          platform: unit % 2 ? 'ios' : 'web',
+          app: { version: unit % 30 },
+        },
+      }),
+    );
+  };
   // What a response carries, averaged over units (one unit's response says little: how many
   // conditions its attributes meet decides how many assignments it gets).
   const SAMPLE = 200;
@@ -99,32 +87,25 @@ async function main(): Promise<void> {
   for (const concurrency of [64, 1]) {
     await runLoad(echoCall, { concurrency, durationMs: 1500, warmupMs: 500 });
     await runLoad(resolve, { concurrency, durationMs: 1500, warmupMs: 500 });
-    await runLoad(resolveGenerated, { concurrency, durationMs: 1500, warmupMs: 500 });
   }
   for (const concurrency of [1, 64]) {
     console.log(`\nconcurrency ${concurrency}`);
     const p99Ratios: number[] = [];
     const throughputRatios: number[] = [];
     const cpuRatios: number[] = [];
-    const generatedP99Ratios: number[] = [];
-    const generatedThroughputRatios: number[] = [];
     for (let round = 1; round <= rounds; round++) {
-      const [bare, resolved, generated] = await measureInterleaved(
+      const [bare, resolved] = await measureInterleaved(
         [
           { server: echoServer, call: echoCall },
           { server: assignmentServer, call: resolve },
-          { server: assignmentServer, call: resolveGenerated },
         ],
         { concurrency, durationMs },
       );
       console.log(measuredRow(`round ${round}: bare grpc-js echo`, bare));
       console.log(measuredRow(`round ${round}: Assignment.Resolve`, resolved));
-      console.log(measuredRow(`round ${round}: (generated decoder)`, generated));
       p99Ratios.push(resolved.result.p99Ms / bare.result.p99Ms);
       throughputRatios.push(resolved.result.callsPerSecond / bare.result.callsPerSecond);
       cpuRatios.push((resolved.serverCpuUsPerCall ?? NaN) / (bare.serverCpuUsPerCall ?? NaN));
-      generatedP99Ratios.push(generated.result.p99Ms / bare.result.p99Ms);
-      generatedThroughputRatios.push(generated.result.callsPerSecond / bare.result.callsPerSecond);
     }
     const rounded = (values: number[], digits: number): string =>
       values.map((v) => v.toFixed(digits)).join(', ');
@@ -136,16 +117,9 @@ async function main(): Promise<void> {
             0,
           )}), p99 ${median(p99Ratios).toFixed(2)}x, server CPU per call ${median(cpuRatios).toFixed(2)}x`,
     );
-    console.log(
-      `  with the generated decoder: p99 ${median(generatedP99Ratios).toFixed(2)}x, throughput ${(median(generatedThroughputRatios) * 100).toFixed(0)}% (rounds ${rounded(
-        generatedThroughputRatios.map((r) => r * 100),
-        0,
-      )})`,
-    );
   }
   echo.close();
   assignment.close();
-  generatedClient.close();
   await echoServer.stop();
   await assignmentServer.stop();
 }
