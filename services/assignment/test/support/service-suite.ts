@@ -846,35 +846,21 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(invalid.code).toBe(GrpcCode.INVALID_ARGUMENT);
         // A sequence beyond 2^53 cannot be held exactly: refused before the handler, by field.
-        const huge = await failure(
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms',
-                weights: [
-                  { variantKey: 'control', weight: 0.5 },
-                  { variantKey: 'treatment', weight: 0.5 },
-                ],
-                sequence: 2 ** 60,
-              },
-            }),
-          ),
-        );
-        expect(huge.reason).toBe('UNDECODABLE_REQUEST');
-        expect(fields(huge)).toEqual(['allocation.sequence']);
-        const updated = await admin.updateAllocation(
+        const split = (control: number, fields: { sequence?: number; etag?: string } = {}) =>
           UpdateAllocationRequest.fromPartial({
             allocation: {
               experimentId: 'arms',
               weights: [
-                { variantKey: 'control', weight: 1 },
-                { variantKey: 'treatment', weight: 0 },
+                { variantKey: 'control', weight: control },
+                { variantKey: 'treatment', weight: 1 - control },
               ],
-              sequence: 100,
-              etag: '0',
+              ...fields,
             },
-          }),
-        );
+          });
+        const huge = await failure(admin.updateAllocation(split(0.5, { sequence: 2 ** 60 })));
+        expect(huge.reason).toBe('UNDECODABLE_REQUEST');
+        expect(fields(huge)).toEqual(['allocation.sequence']);
+        const updated = await admin.updateAllocation(split(1, { sequence: 100, etag: '0' }));
         expect(updated.allocation).toMatchObject({
           sequence: 100,
           source: 'admin',
@@ -884,35 +870,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           0.9,
           expect.closeTo(0.1, 10),
         ]);
-        const staleSequence = await failure(
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms',
-                weights: [
-                  { variantKey: 'control', weight: 0.5 },
-                  { variantKey: 'treatment', weight: 0.5 },
-                ],
-                sequence: 50,
-              },
-            }),
-          ),
-        );
+        const staleSequence = await failure(admin.updateAllocation(split(0.5, { sequence: 50 })));
         expect(staleSequence.code).toBe(GrpcCode.ABORTED);
-        const staleEtag = await failure(
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms',
-                weights: [
-                  { variantKey: 'control', weight: 0.5 },
-                  { variantKey: 'treatment', weight: 0.5 },
-                ],
-                etag: '0',
-              },
-            }),
-          ),
-        );
+        const staleEtag = await failure(admin.updateAllocation(split(0.5, { etag: '0' })));
         expect(staleEtag.code).toBe(GrpcCode.ABORTED);
         const fixed = await failure(
           admin.updateAllocation(
