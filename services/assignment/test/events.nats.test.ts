@@ -240,6 +240,8 @@ describeWithNats('Assignment through a NATS outage', () => {
       server.start();
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(3);
+        // Seen by the observer is not yet acked to the publisher: wait for the room too.
+        expect(service?.service.exposureStats().queued).toBe(0);
       }, 20_000);
       // A dropped exposure was not remembered as logged: showing it again logs it, and so does
       // a retry of the Apply that dropped it (its result was not kept for its request id).

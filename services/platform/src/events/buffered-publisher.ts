@@ -301,8 +301,9 @@ export class BufferedPublisher {
         this.drop(queued.subject, queued.eventId, `refused: ${errorMessage(result.reason)}`);
       }
     });
-    await this.recordPublished(acked);
+    // Out of the queue before the gate is told, so the room is free as soon as the stream acked.
     this.requeueAtHead(batch.length, retry);
+    await this.recordPublished(acked);
     if (retry.length === 0) {
       if (this.consecutiveFailures > 0) {
         this.logger.info({ queued: this.size }, 'event bus available again; publishing backlog');
