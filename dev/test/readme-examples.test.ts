@@ -10,15 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Metadata, credentials, type ServiceError } from '@grpc/grpc-js';
-import {
-  createFileRegistry,
-  fromBinary,
-  fromJsonString,
-  toBinary,
-  toJson,
-  type JsonValue,
-} from '@bufbuild/protobuf';
-import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
+import { fromBinary, fromJsonString, toBinary, toJson, type JsonValue } from '@bufbuild/protobuf';
 import { AssignmentServiceService } from '../../gen/ts/tandem/assignment/v1/assignment_service';
 import { readAssignmentConfig } from '../../services/assignment/src/config';
 import { startAssignment } from '../../services/assignment/src/service';
@@ -28,7 +20,7 @@ import { startFeatureStore } from '../../services/featurestore/src/service';
 import { bootstrap, type ServiceRuntime } from '../../services/platform/src/bootstrap';
 import { createInProcessBus } from '../../services/platform/src/events/in-process-bus';
 import { createClient } from '../../services/platform/src/grpc/client';
-import { findDescriptorSet } from '../../services/platform/src/grpc/server';
+import { contractRegistry } from '../../services/platform/src/grpc/descriptor-set';
 import { configure } from '../simulator';
 
 const ROOT = join(__dirname, '..', '..');
@@ -80,9 +72,7 @@ describe.each([
   ['on services as they start', false],
   ['after the simulator has configured the services', true],
 ])('the README examples %s', (_, simulator) => {
-  const registry = createFileRegistry(
-    fromBinary(FileDescriptorSetSchema, readFileSync(findDescriptorSet())),
-  );
+  const registry = contractRegistry();
   const runtimes: ServiceRuntime[] = [];
   const ports = new Map<number, number>();
   let dataDir: string;

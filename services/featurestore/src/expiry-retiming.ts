@@ -17,6 +17,7 @@
  */
 import type { Logger } from '../../platform/src/logging';
 import { AbortedError } from '../../platform/src/errors';
+import { Signal } from '../../platform/src/events/signal';
 import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import type { FeatureRegistry } from './feature-registry';
 import type { FeatureRowRepository } from './store/feature-rows';
@@ -40,8 +41,8 @@ interface Run {
 
 export class ExpiryRetiming {
   private readonly runs = new Map<string, Run>();
-  /** Aborted by `stop()`, which cuts a run's settling wait short. */
-  private readonly stopping = new AbortController();
+  /** Notified by `stop()`, which cuts a run's settling wait short. */
+  private readonly stopping = new Signal();
 
   private constructor(
     private readonly markers: Collection<RetimingMarker>,
@@ -79,7 +80,7 @@ export class ExpiryRetiming {
         'the re-timing of records to the new TTL is not recorded; a restart does not resume it',
       );
     }
-    this.run(view, ttlMs, registration, markerVersion, this.settleMs);
+    this.run(view, ttlMs, registration, markerVersion);
   }
 
   /** Stops the run for a deleted view and drops its marker. */
@@ -90,7 +91,7 @@ export class ExpiryRetiming {
 
   /** Stops every run at its next record, leaving the markers for the next start. */
   stop(): Promise<void> {
-    this.stopping.abort();
+    this.stopping.notify();
     const runs = [...this.runs.values()].map((r) => r.done);
     this.runs.clear();
     return Promise.all(runs).then(() => undefined);
@@ -109,7 +110,7 @@ export class ExpiryRetiming {
       if (this.runs.has(doc.id)) continue;
       this.logger.info({ view: doc.id }, 'resuming the re-timing of records to the TTL');
       // Settling too: the change may be a second old, with a run for the earlier TTL still going.
-      this.run(doc.id, doc.ttlMs, doc.registration, version, this.settleMs);
+      this.run(doc.id, doc.ttlMs, doc.registration, version);
     }
   }
 
@@ -129,7 +130,6 @@ export class ExpiryRetiming {
     ttlMs: number,
     registration: number,
     markerVersion: number | undefined,
-    settleMs: number,
   ): void {
     if (!this.viewIsStill(view, ttlMs, registration)) return;
     const run = Symbol(view);
@@ -138,9 +138,9 @@ export class ExpiryRetiming {
       this.runs.get(view)?.run === run && this.viewIsStill(view, ttlMs, registration);
     // After the run it supersedes here has stopped (at its next record), so the two never write
     // the same record at once; and after the settling wait, for runs on other replicas.
-    const settled = Date.now() + settleMs;
+    const settled = Date.now() + this.settleMs;
     const done = previous
-      .then(() => settle(settled - Date.now(), this.stopping.signal))
+      .then(() => (current() ? this.stopping.wait(settled - Date.now()) : undefined))
       .then(() => (current() ? this.rows.restampExpiry(view, ttlMs, current) : undefined))
       .then(async (changed) => {
         if (this.runs.get(view)?.run !== run) return;
@@ -162,20 +162,6 @@ export class ExpiryRetiming {
       });
     this.runs.set(view, { run, done });
   }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function settle(ms: number, signal: AbortSignal): Promise<void> {
-  if (ms <= 0 || signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 function ignoreStale(error: unknown): void {

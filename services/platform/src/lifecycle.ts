@@ -4,6 +4,7 @@
  * so the process exits even when a step hangs.
  */
 import type { Logger } from './logging';
+import { withTimeout } from './timeout';
 
 type Step = { readonly name: string; readonly run: () => Promise<void> };
 
@@ -141,7 +142,7 @@ export class Shutdown {
     ) {
       const remaining = Math.max(0, deadline - Date.now());
       try {
-        await withTimeout(step.run(), remaining, step.name);
+        await withTimeout(step.run(), remaining, () => new StepOverranError(step.name));
         this.logger.debug({ step: step.name }, 'shutdown step done');
       } catch (error) {
         failed = true;
@@ -186,23 +187,4 @@ class StepOverranError extends Error {
     super(`${step} did not finish within the shutdown deadline`);
     this.name = 'StepOverranError';
   }
-}
-
-function withTimeout(promise: Promise<void>, ms: number, name: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      reject(new StepOverranError(name));
-    }, ms);
-    timer.unref();
-    promise.then(
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      (error: unknown) => {
-        clearTimeout(timer);
-        reject(error instanceof Error ? error : new Error(String(error)));
-      },
-    );
-  });
 }

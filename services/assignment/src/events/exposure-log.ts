@@ -47,6 +47,13 @@ export function exposureEventId(
   return `exposure-${day}-${digest}`;
 }
 
+/** The start of the UTC day an exposure event id names (ms), or undefined for another id. */
+export function exposureDayStart(eventId: string): number | undefined {
+  const day = /^exposure-(\d{4}-\d{2}-\d{2})-/.exec(eventId)?.[1];
+  const start = day === undefined ? NaN : Date.parse(`${day}T00:00:00Z`);
+  return Number.isNaN(start) ? undefined : start;
+}
+
 export class ExposureLog {
   /** Event ids logged recently (they embed the day), oldest first. */
   private readonly loggedToday = new Set<string>();

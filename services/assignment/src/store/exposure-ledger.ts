@@ -17,6 +17,7 @@
  */
 import type { PublishGate } from '../../../platform/src/events/buffered-publisher';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import { exposureDayStart } from '../events/exposure-log';
 import { TOKEN_VALIDITY_MS } from '../resolve-token';
 
 interface LedgerEntry {
@@ -29,8 +30,6 @@ interface LedgerEntry {
 
 const DAY_MS = 86_400_000;
 const GRACE_MS = 3_600_000;
-/** The day in an exposure event id: `exposure-YYYY-MM-DD-<digest>`. */
-const DAY_IN_ID = /^exposure-(\d{4}-\d{2}-\d{2})-/;
 
 /** How long after its day an exposure may still be logged, plus the grace for clocks. */
 const KEEP_AFTER_DAY_MS = TOKEN_VALIDITY_MS + GRACE_MS;
@@ -40,9 +39,7 @@ const KEEP_AFTER_DAY_MS = TOKEN_VALIDITY_MS + GRACE_MS;
  * after a day and that from `now` for an id without a day.
  */
 export function ledgerExpiry(eventId: string, now: number): Date {
-  const day = DAY_IN_ID.exec(eventId)?.[1];
-  const dayStart = day === undefined ? NaN : Date.parse(`${day}T00:00:00Z`);
-  return new Date((Number.isNaN(dayStart) ? now : dayStart) + DAY_MS + KEEP_AFTER_DAY_MS);
+  return new Date((exposureDayStart(eventId) ?? now) + DAY_MS + KEEP_AFTER_DAY_MS);
 }
 
 export class ExposureLedger implements PublishGate {

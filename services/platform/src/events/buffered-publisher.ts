@@ -18,6 +18,7 @@
  * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
  */
 import { UnavailableError } from '../errors';
+import { withTimeout } from '../timeout';
 import type { BusLogger, EventBus, EventCodec } from './bus';
 import { silentLogger } from './delivery';
 import { Signal } from './signal';
@@ -90,18 +91,7 @@ const ENCODED: EventCodec<Uint8Array> = {
 
 const EMPTY: ReadonlySet<string> = new Set();
 
-/** `promise`, or a rejection after {@link GATE_TIMEOUT_MS} (the call itself is not cancelled). */
-function withTimeout<T>(promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      reject(new Error(`no answer within ${GATE_TIMEOUT_MS} ms`));
-    }, GATE_TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => {
-    clearTimeout(timer);
-  });
-}
+const gateTimedOut = (): Error => new Error(`no answer within ${GATE_TIMEOUT_MS} ms`);
 
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -342,7 +332,11 @@ export class BufferedPublisher {
     const gate = this.usableGate();
     if (!gate || batch.length === 0) return EMPTY;
     try {
-      return await withTimeout(gate.alreadyPublished(batch.map((queued) => queued.eventId)));
+      return await withTimeout(
+        gate.alreadyPublished(batch.map((queued) => queued.eventId)),
+        GATE_TIMEOUT_MS,
+        gateTimedOut,
+      );
     } catch (error) {
       this.gateFailed('checking', batch.length, error);
       return EMPTY;
@@ -357,7 +351,7 @@ export class BufferedPublisher {
     const gate = this.usableGate();
     if (gate !== undefined) {
       try {
-        await withTimeout(gate.published(pending));
+        await withTimeout(gate.published(pending), GATE_TIMEOUT_MS, gateTimedOut);
         this.unrecorded = [];
         return;
       } catch (error) {

@@ -19,8 +19,6 @@ import type { Logger } from '../logging';
 import { findDescriptorSet } from './descriptor-set';
 import { decodingRequestsSafely } from './handlers';
 
-export { findDescriptorSet };
-
 export interface GrpcServerOptions {
   readonly logger: Logger;
   readonly credentials: ServerCredentials;
