@@ -56,6 +56,9 @@ describeWithNats('Assignment events on NATS JetStream', () => {
   let service: TestAssignment;
   let bus: EventBus;
   const surface = uniqueName('s').replace(/_/g, '-').toLowerCase();
+  // Unique per run: the allocation stream, its shared durable and the duplicate window outlive a
+  // run on a NATS server that is not started afresh.
+  const banditId = uniqueName('bandit').replace(/_/g, '-').toLowerCase();
 
   beforeAll(async () => {
     dataDir = temporaryDataDir();
@@ -132,7 +135,7 @@ describeWithNats('Assignment events on NATS JetStream', () => {
   it('applies an AllocationUpdate from Analysis and ignores a stale one', async () => {
     await service.admin.createExperiment(
       CreateExperimentRequest.fromPartial({
-        experiment: experiment('bandit', {
+        experiment: experiment(banditId, {
           surfaces: [surface],
           allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
           bandit: { minArmShare: 0.05 },
@@ -142,9 +145,9 @@ describeWithNats('Assignment events on NATS JetStream', () => {
     );
     const update = (sequence: number, control: number): AllocationUpdate =>
       AllocationUpdate.fromPartial({
-        eventId: `bandit-${sequence}`,
+        eventId: `${banditId}-${sequence}`,
         eventTime: new Date(),
-        experimentId: 'bandit',
+        experimentId: banditId,
         weights: [
           { variantKey: 'control', weight: control, unitCount: 10 },
           { variantKey: 'treatment', weight: 1 - control, unitCount: 10 },
@@ -157,10 +160,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
         totalUnitCount: 20,
       });
     await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(2000, 0.8), {
-      eventId: 'bandit-2000',
+      eventId: `${banditId}-2000`,
     });
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: 'bandit' });
+      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
       expect(allocation).toMatchObject({
         sequence: 2000,
         source: 'analysis',
@@ -169,13 +172,13 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.8, expect.closeTo(0.2, 10)]);
     });
     await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(1000, 0.1), {
-      eventId: 'bandit-1000',
+      eventId: `${banditId}-1000`,
     });
     await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(3000, 0.3), {
-      eventId: 'bandit-3000',
+      eventId: `${banditId}-3000`,
     });
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: 'bandit' });
+      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
       expect(allocation?.sequence).toBe(3000);
     });
   });
