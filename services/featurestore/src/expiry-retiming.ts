@@ -13,7 +13,9 @@
  * starts and deleted when it ends. A replica that stops mid-run leaves the marker, and every
  * replica resumes the runs whose markers it finds at start-up (several may run one at once:
  * each write is conditional, so they only repeat work). A marker whose view was deleted, applied
- * again, or given another TTL since is dropped.
+ * again, or given another TTL since is dropped. Markers are written in the order of the changes
+ * (`change`, compared by the store), so of two changes applied at once, on one replica or two, the
+ * later one's marker is what a restart finds, whichever write lands last.
  */
 import type { Logger } from '../../platform/src/logging';
 import { AbortedError } from '../../platform/src/errors';
@@ -29,6 +31,17 @@ export interface RetimingMarker {
   readonly ttlMs: number;
   /** The view's creation time, in milliseconds: which registration of the name it is for. */
   readonly registration: number;
+  /**
+   * Which change of the view the run is for: the registration, then the view's stored version,
+   * each zero-padded, so that a later change compares greater as a string. Absent from markers
+   * written before it existed, which any change replaces.
+   */
+  readonly change?: string;
+}
+
+/** {@link RetimingMarker.change} of the view registered at `registration`, at `version`. */
+export function retimingChange(registration: number, version: number): string {
+  return `${String(registration).padStart(16, '0')}:${String(version).padStart(16, '0')}`;
 }
 
 /** Twice the propagation promise (a change reaches every replica within one second). */
@@ -65,22 +78,29 @@ export class ExpiryRetiming {
 
   /**
    * Records, then starts in the background, the re-timing of `view`'s records to `ttlMs` (0: no
-   * expiry), superseding a run under way for the view. When the marker cannot be stored the run
-   * still starts, but a restart does not resume it.
+   * expiry) for the change that left the view at `version`, superseding a run under way for the
+   * view. When the marker cannot be stored the run still starts, but a restart does not resume it.
    */
-  async start(view: string, ttlMs: number, registration: number): Promise<void> {
+  async start(view: string, ttlMs: number, registration: number, version: number): Promise<void> {
     // A start overtaken by a later change (two applies at once) leaves the run to the later one.
     if (!this.viewIsStill(view, ttlMs, registration)) return;
-    let markerVersion: number | undefined;
+    const change = retimingChange(registration, version);
+    let recorded = false;
     try {
-      markerVersion = (await this.markers.upsert({ id: view, ttlMs, registration })).version;
+      const [outcome] = await this.markers.upsertIfNewer(
+        [{ id: view, ttlMs, registration, change }],
+        'change',
+      );
+      // Skipped: the marker of this change or a later one is stored, and its start runs it.
+      if (outcome === 'skipped') return;
+      recorded = true;
     } catch (error) {
       this.logger.warn(
         { err: error, view },
         'the re-timing of records to the new TTL is not recorded; a restart does not resume it',
       );
     }
-    this.run(view, ttlMs, registration, markerVersion);
+    this.run(view, ttlMs, registration, recorded ? change : undefined);
   }
 
   /** Stops the run for a deleted view and drops its marker. */
@@ -110,7 +130,7 @@ export class ExpiryRetiming {
       if (this.runs.has(doc.id)) continue;
       this.logger.info({ view: doc.id }, 'resuming the re-timing of records to the TTL');
       // Settling too: the change may be a second old, with a run for the earlier TTL still going.
-      this.run(doc.id, doc.ttlMs, doc.registration, version);
+      this.run(doc.id, doc.ttlMs, doc.registration, doc.change ?? version);
     }
   }
 
@@ -125,11 +145,15 @@ export class ExpiryRetiming {
     );
   }
 
+  /**
+   * `marker` says which stored marker is this run's, to delete when it ends: its `change`, or for
+   * a marker written before `change` existed, its stored version.
+   */
   private run(
     view: string,
     ttlMs: number,
     registration: number,
-    markerVersion: number | undefined,
+    marker: string | number | undefined,
   ): void {
     if (!this.viewIsStill(view, ttlMs, registration)) return;
     const run = Symbol(view);
@@ -148,9 +172,7 @@ export class ExpiryRetiming {
         // Superseded by a change made elsewhere: the marker is that change's to remove.
         if (!this.viewIsStill(view, ttlMs, registration)) return;
         // Only this run's marker: a later change has stored its own.
-        if (markerVersion !== undefined) {
-          await this.markers.delete(view, markerVersion).catch(ignoreStale);
-        }
+        if (marker !== undefined) await this.deleteMarker(view, marker);
         this.logger.info({ view, changed }, 'records re-timed to the new TTL');
       })
       .catch((error: unknown) => {
@@ -161,6 +183,19 @@ export class ExpiryRetiming {
         );
       });
     this.runs.set(view, { run, done });
+  }
+
+  /** Deletes `view`'s marker if it is still the one `marker` names (see `run`). */
+  private async deleteMarker(view: string, marker: string | number): Promise<void> {
+    if (typeof marker === 'number') {
+      await this.markers.delete(view, marker).catch(ignoreStale);
+      return;
+    }
+    const stored = await this.markers.get(view);
+    // Deleted at the version read: a marker stored for a later change in between is kept.
+    if (stored?.doc.change === marker) {
+      await this.markers.delete(view, stored.version).catch(ignoreStale);
+    }
   }
 }
 

@@ -85,8 +85,13 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       ) {
         // Stored records expire by the TTL they were written under; in the background, since a
         // view may hold millions (reads apply the new TTL at once).
-        const registration = registry.view(name)?.createTime.getTime() ?? 0;
-        await parts.retiming.start(name, after.ttlMs, registration);
+        const registered = registry.view(name);
+        await parts.retiming.start(
+          name,
+          after.ttlMs,
+          registered?.createTime.getTime() ?? 0,
+          registered?.version ?? 0,
+        );
       }
       return response;
     },

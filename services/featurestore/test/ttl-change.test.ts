@@ -189,7 +189,84 @@ describe('a push view whose TTL changes', () => {
       await other.stop();
     }
   }, 60_000);
+
+  it('keeps the marker of the later of two changes applied at once, whichever write lands last', async () => {
+    await apply(3600);
+    // A replica whose marker write for the two-hour TTL is slow: it lands after the marker of the
+    // three-hour change applied while it was under way.
+    const slow = slowMarkerWrite(sharing(harness.runtime.store)(), 2 * 3600_000, 300);
+    const other = await startHarness({ replicaId: 'replica-b', wrapStore: () => slow.store });
+    const applyThere = (hours: number) =>
+      other.client.applyFeatureView({
+        featureView: userStatsView({ ttl: { seconds: hours * 3600, nanos: 0 } }),
+        requestId: '',
+        validateOnly: false,
+      });
+    try {
+      const earlier = applyThere(2);
+      await slow.started;
+      await applyThere(3);
+      await earlier;
+      // The runs wait two seconds before they start: the marker is there to read meanwhile. A
+      // restart now resumes the three-hour run; with the two-hour marker it would drop it.
+      const markers = await harness.runtime.store.collection<RetimingMarker>({
+        name: 'expiry_retiming',
+      });
+      expect((await markers.get('user_stats'))?.doc).toMatchObject({ ttlMs: 3 * 3600_000 });
+      await eventually(async () => {
+        expect(await markers.count()).toBe(0);
+      }, RUN_TIMEOUT_MS);
+    } finally {
+      await other.stop();
+    }
+  });
 });
+
+/**
+ * `store` with the re-timing marker write for `ttlMs` delayed by `delayMs`; `started` resolves
+ * when that write begins.
+ */
+function slowMarkerWrite(
+  store: DocumentStore,
+  ttlMs: number,
+  delayMs: number,
+): { store: DocumentStore; started: Promise<void> } {
+  let begin = (): void => undefined;
+  const started = new Promise<void>((resolve) => {
+    begin = resolve;
+  });
+  const delayed = async (docs: readonly RetimingMarker[]): Promise<void> => {
+    if (docs.some((doc) => doc.ttlMs === ttlMs)) {
+      begin();
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  };
+  const slowed: DocumentStore = {
+    ...store,
+    collection: async <T extends { readonly id: string }>(spec: CollectionSpec) => {
+      const collection = await store.collection<T>(spec);
+      if (spec.name !== 'expiry_retiming') return collection;
+      const markers = collection as unknown as Collection<RetimingMarker>;
+      const upsert: Collection<RetimingMarker>['upsert'] = async (doc) => {
+        await delayed([doc]);
+        return markers.upsert(doc);
+      };
+      const upsertIfNewer: Collection<RetimingMarker>['upsertIfNewer'] = async (docs, field) => {
+        await delayed(docs);
+        return markers.upsertIfNewer(docs, field);
+      };
+      const replaced: Record<string | symbol, unknown> = { upsert, upsertIfNewer };
+      return new Proxy(collection, {
+        get: (target, property): unknown => {
+          if (property in replaced) return replaced[property];
+          const value: unknown = Reflect.get(target, property, target);
+          return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+        },
+      });
+    },
+  };
+  return { store: slowed, started };
+}
 
 /** `store` with every record write (`replace` in `feature_rows`) delayed by `delayMs`, counted. */
 function slowRecordWrites(

@@ -35,6 +35,13 @@ interface FeatureValue {
   readonly eventTime: number;
 }
 
+/** A document versioned by a string, written before it had one (`change` absent). */
+interface Marker {
+  readonly id: string;
+  readonly ttl: number;
+  readonly change?: string;
+}
+
 interface Counter {
   readonly id: string;
   readonly plays?: number;
@@ -387,6 +394,39 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         const stored = await features.get('hot');
         expect(stored?.doc).toEqual({ id: 'hot', value: 500, eventTime: 50 });
         expect(stored?.version).toBe(written);
+      });
+
+      it('compares strings in byte order and replaces a stored document without the field', async () => {
+        const markers = await fresh<Marker>();
+        await markers.upsert({ id: 'legacy', ttl: 1 });
+        expect(
+          await markers.upsertIfNewer(
+            [
+              { id: 'legacy', ttl: 2, change: '0001:0002' },
+              { id: 'marker', ttl: 1, change: '0001:0010' },
+            ],
+            'change',
+          ),
+        ).toEqual(['updated', 'inserted']);
+        expect(
+          await markers.upsertIfNewer(
+            [
+              { id: 'marker', ttl: 2, change: '0001:0009' }, // older: '0009' sorts before '0010'
+              { id: 'legacy', ttl: 3, change: '0002:0000' }, // newer in the first part
+            ],
+            'change',
+          ),
+        ).toEqual(['skipped', 'updated']);
+        expect((await markers.get('marker'))?.doc).toEqual({
+          id: 'marker',
+          ttl: 1,
+          change: '0001:0010',
+        });
+        expect((await markers.get('legacy'))?.doc).toEqual({
+          id: 'legacy',
+          ttl: 3,
+          change: '0002:0000',
+        });
       });
 
       it('refuses documents without a comparable field', async () => {
