@@ -12,7 +12,9 @@
  *
  * A {@link PublishGate} extends the stream's duplicate window: each round first asks it which of
  * its events were already published (by another replica, or before a restart, however long ago)
- * and skips those, and tells it which ones the stream acked. A gate that fails or does not answer
+ * and skips those, and tells it which ones the stream acked. The telling goes on in the background
+ * while the next rounds publish (one call at a time, each with every id acked since the previous
+ * one), so a gate slower to write than to read costs the queue little. A gate that fails or does not answer
  * within {@link GATE_TIMEOUT_MS} is logged and not asked for {@link GATE_BYPASS_MS}: meanwhile
  * the events are published unchecked (the stream's duplicate window deduplicates them), and the
  * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
@@ -120,6 +122,10 @@ export class BufferedPublisher {
   private gateBypassedUntil = -Infinity;
   /** Acked ids the gate has not been told yet (it failed or was bypassed). */
   private unrecorded: string[] = [];
+  /** Acked ids waiting for the gate call under way to end. */
+  private toRecord: string[] = [];
+  /** The gate being told what was acked, while the loop goes on; undefined when idle. */
+  private recording: Promise<void> | undefined;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -128,7 +134,7 @@ export class BufferedPublisher {
   private readonly arrived = new Signal();
   /** Cuts a back-off short on close (arrivals must not, or an outage would become a retry storm). */
   private readonly closing = new Signal();
-  /** Notified after each round, for `flush`. */
+  /** Notified after each round and each recording, for `flush`. */
   private readonly progress = new Signal();
   private readonly loop: Promise<void>;
 
@@ -177,10 +183,13 @@ export class BufferedPublisher {
     };
   }
 
-  /** Waits until the queue is empty or `timeoutMs` passes; true when everything was published. */
+  /**
+   * Waits until the queue is empty and the gate has been told (or has failed) or `timeoutMs`
+   * passes; true when everything was published.
+   */
   async flush(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (this.size > 0) {
+    while (this.size > 0 || this.recording !== undefined) {
       const left = deadline - Date.now();
       if (left <= 0) return false;
       await this.progress.wait(left);
@@ -249,7 +258,8 @@ export class BufferedPublisher {
         await this.closing.wait(this.retryDelayMs());
       }
     }
-    // What a bypassed gate was not told, once more before stopping.
+    // The recording under way, then what a bypassed gate was not told, once more before stopping.
+    while (this.recording !== undefined) await this.recording;
     await this.recordPublished([]);
     this.abandonQueue();
     this.progress.notify();
@@ -293,7 +303,7 @@ export class BufferedPublisher {
     });
     // Out of the queue before the gate is told, so the room is free as soon as the stream acked.
     this.requeueAtHead(batch.length, retry);
-    await this.recordPublished(acked);
+    this.recordInBackground(acked);
     if (retry.length === 0) {
       if (this.consecutiveFailures > 0) {
         this.logger.info({ queued: this.size }, 'event bus available again; publishing backlog');
@@ -340,6 +350,31 @@ export class BufferedPublisher {
     } catch (error) {
       this.gateFailed('checking', batch.length, error);
       return EMPTY;
+    }
+  }
+
+  /**
+   * Hands `eventIds` (acked) to the recording under way, or starts one. Beyond
+   * {@link MAX_UNRECORDED} waiting, the oldest are not recorded (the stream's duplicate window
+   * still covers them for its duration).
+   */
+  private recordInBackground(eventIds: readonly string[]): void {
+    if (!this.gate || eventIds.length === 0) return;
+    for (const id of eventIds) this.toRecord.push(id);
+    if (this.toRecord.length > MAX_UNRECORDED) this.toRecord = this.toRecord.slice(-MAX_UNRECORDED);
+    this.recording ??= this.recordWhilePending();
+  }
+
+  private async recordWhilePending(): Promise<void> {
+    try {
+      while (this.toRecord.length > 0) {
+        const eventIds = this.toRecord;
+        this.toRecord = [];
+        await this.recordPublished(eventIds);
+      }
+    } finally {
+      this.recording = undefined;
+      this.progress.notify();
     }
   }
 

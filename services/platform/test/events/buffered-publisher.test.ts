@@ -328,6 +328,47 @@ describe('BufferedPublisher', () => {
       expect([...gate.recorded].sort()).toEqual(['after', 'during', 'late']);
     });
 
+    it('goes on publishing while the gate records, and tells it in order what was acked meanwhile', async () => {
+      const gate = new SetGate();
+      const calls: string[][] = [];
+      let finishFirst = (): void => undefined;
+      const firstRecording = new Promise<void>((resolve) => {
+        finishFirst = resolve;
+      });
+      const record = gate.published.bind(gate);
+      gate.published = async (eventIds) => {
+        calls.push([...eventIds]);
+        // The first recording is held until the test lets it go.
+        if (calls.length === 1) await firstRecording;
+        return record(eventIds);
+      };
+      const events = create({ gate, maxInFlight: 1 });
+      events.enqueue(SUBJECT, EchoRequest, echo('a'), 'a');
+      await eventually(() => {
+        expect(calls).toEqual([['a']]);
+      });
+      events.enqueue(SUBJECT, EchoRequest, echo('b'), 'b');
+      events.enqueue(SUBJECT, EchoRequest, echo('c'), 'c');
+      // Published while the first recording is still under way.
+      await eventually(() => {
+        expect(received).toEqual(['a', 'b', 'c']);
+      });
+      expect(calls).toEqual([['a']]);
+      let flushed = false;
+      const flushing = events.flush(5_000).then((done) => {
+        flushed = done;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(flushed).toBe(false); // flush waits for the gate to be told
+
+      finishFirst();
+      await flushing;
+      expect(flushed).toBe(true);
+      expect(calls).toEqual([['a'], ['b', 'c']]);
+      expect([...gate.recorded].sort()).toEqual(['a', 'b', 'c']);
+      await events.close();
+    });
+
     it('does not wait on a gate that never answers', async () => {
       const gate = new SetGate();
       gate.failing = 'hang';
