@@ -84,7 +84,7 @@ async function main(): Promise<void> {
     },
     { replicaId: `bench-${process.pid}` },
   );
-  const runtime = await bootstrap(config.platform);
+  const runtime = await bootstrap(config.platform, { flushTelemetry: () => telemetry.shutdown() });
   const store = await ConfigurationStore.open(runtime.store);
   const now = Date.now();
   for (let l = 0; l < layers; l++) {
@@ -101,7 +101,6 @@ async function main(): Promise<void> {
     await store.experiments.insert(benchmarkExperiment(i, layers, perLayer));
   await store.bumpVersion();
   await startAssignment(runtime, config);
-  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 

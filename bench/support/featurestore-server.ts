@@ -22,9 +22,8 @@ async function main(): Promise<void> {
       process.env.TANDEM_DATA_DIR ?? mkdtempSync(join(tmpdir(), 'bench-featurestore-')),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
   });
-  const runtime = await bootstrap(config.platform);
+  const runtime = await bootstrap(config.platform, { flushTelemetry: () => telemetry.shutdown() });
   await startFeatureStore(runtime, config);
-  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
   serveBenchmarkProcess(await runtime.serve(), runtime.shutdown);
 }
 

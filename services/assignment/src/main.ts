@@ -18,8 +18,10 @@ async function main(): Promise<void> {
       .slice(0, 40)}-${process.pid}`,
   });
   // Storage unreachable: NOT_SERVING (calls get UNAVAILABLE) until it answers.
-  const runtime = await bootstrap(config.platform, { services: [resolveServiceDefinition] });
-  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
+  const runtime = await bootstrap(config.platform, {
+    services: [resolveServiceDefinition],
+    flushTelemetry: () => telemetry.shutdown(),
+  });
   // Storage is open by now: a signal or a failure from here on closes it rather than exit from
   // under a write.
   await runtime.shutdown.startUp(runtime.shutdownDeadlineMs, async () => {

@@ -11,8 +11,10 @@ import { startFeatureStore } from './service';
 async function main(): Promise<void> {
   const config = readFeatureStoreConfig(process.env);
   // Storage unreachable: NOT_SERVING (calls get UNAVAILABLE) until it answers.
-  const runtime = await bootstrap(config.platform, { services: [FeatureStoreServiceDefinition] });
-  runtime.shutdown.addFinal('telemetry', () => telemetry.shutdown());
+  const runtime = await bootstrap(config.platform, {
+    services: [FeatureStoreServiceDefinition],
+    flushTelemetry: () => telemetry.shutdown(),
+  });
   // In-flight calls may take the gRPC server's whole timeout; the last aggregation checkpoints
   // and closing the store need a little more (runtime.shutdownDeadlineMs allows for both).
   // Storage is open and aggregations may be checkpointing: a signal or a failure from here on

@@ -61,6 +61,12 @@ export interface BootstrapOptions {
    * store fails start-up.
    */
   readonly services?: readonly ServiceDefinition[];
+  /**
+   * Flushes and stops telemetry: registered as the last shutdown step before anything is opened,
+   * so a signal at any point of start-up (while waiting for storage too) still exports what was
+   * recorded.
+   */
+  readonly flushTelemetry?: () => Promise<void>;
 }
 
 /** Margin after the gRPC drain timeout for the shutdown steps that follow it. */
@@ -77,6 +83,7 @@ export async function bootstrap(
   const logger =
     options.logger ?? createLogger({ service: config.service, level: config.logLevel });
   const shutdown = new Shutdown(logger);
+  if (options.flushTelemetry) shutdown.addFinal('telemetry', options.flushTelemetry);
 
   // What can fail on configuration alone (TLS files, the reflection descriptor set) comes before
   // anything is opened, so such a failure never exits from under an open store.

@@ -85,6 +85,21 @@ function laterProxy(port: number, target: { host: string; port: number }) {
   };
 }
 
+/** The shutdown steps a process logged as done, in order (pino JSON lines at debug). */
+function shutdownSteps(output: string): string[] {
+  const steps: string[] = [];
+  for (const line of output.split('\n')) {
+    if (!line.includes('shutdown step done')) continue;
+    try {
+      const { step } = JSON.parse(line) as { step?: unknown };
+      if (typeof step === 'string') steps.push(step);
+    } catch {
+      // Not a log line.
+    }
+  }
+  return steps;
+}
+
 describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-up', (entry) => {
   let dataDir: string;
   let health: HealthClient | undefined;
@@ -100,12 +115,14 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  it('reports NOT_SERVING, answers UNAVAILABLE, and exits with 0 on SIGTERM', async () => {
+  it('reports NOT_SERVING, answers UNAVAILABLE, and exits with 0 on SIGTERM, flushing telemetry', async () => {
     const grpcPort = await freePort();
     const running = startEntryPoint(entry.main, {
       [entry.portVariable]: String(grpcPort),
       TANDEM_DATA_DIR: dataDir,
       MONGODB_URI: mongoAt(await freePort()),
+      // Shutdown steps are logged at debug.
+      LOG_LEVEL: 'debug',
     });
     try {
       const address = `127.0.0.1:${grpcPort}`;
@@ -124,6 +141,8 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
     }
     expect(await running.exited).toBe(0);
     expect(running.output()).not.toContain('start-up failed');
+    // Spans recorded while it waited (none here, but the step is what would export them).
+    expect(shutdownSteps(running.output())).toContain('telemetry');
   }, 30_000);
 
   (MONGODB_URI ? it : it.skip)(
