@@ -75,8 +75,13 @@ const GATE_LOG_INTERVAL_MS = 10_000;
  */
 const GATE_TIMEOUT_MS = 2_000;
 const GATE_BYPASS_MS = 5_000;
-/** Acked ids kept for a gate that could not be told (the oldest are forgotten beyond this). */
+/**
+ * Acked ids kept for the gate while it cannot be told or is being told (the oldest are forgotten
+ * beyond this, and counted in the log: the stream's duplicate window still covers them).
+ */
 const MAX_UNRECORDED = 100_000;
+/** The most ids in one call of the gate, so that a backlog does not make a call overrun its time. */
+const GATE_CHUNK = 1_024;
 
 /** An encoded event waiting in the queue. */
 interface QueuedEvent {
@@ -119,6 +124,9 @@ export class BufferedPublisher {
   private lastDropLogAt = -Infinity;
   private consecutiveFailures = 0;
   private lastGateLogAt = -Infinity;
+  /** Acked ids forgotten by the caps of `unrecorded` and `toRecord` since the last log of it. */
+  private forgottenSinceLog = 0;
+  private lastForgottenLogAt = -Infinity;
   private gateBypassedUntil = -Infinity;
   /** Acked ids the gate has not been told yet (it failed or was bypassed). */
   private unrecorded: string[] = [];
@@ -361,7 +369,7 @@ export class BufferedPublisher {
   private recordInBackground(eventIds: readonly string[]): void {
     if (!this.gate || eventIds.length === 0) return;
     for (const id of eventIds) this.toRecord.push(id);
-    if (this.toRecord.length > MAX_UNRECORDED) this.toRecord = this.toRecord.slice(-MAX_UNRECORDED);
+    this.toRecord = this.capped(this.toRecord);
     this.recording ??= this.recordWhilePending();
   }
 
@@ -370,7 +378,13 @@ export class BufferedPublisher {
       while (this.toRecord.length > 0) {
         const eventIds = this.toRecord;
         this.toRecord = [];
-        await this.recordPublished(eventIds);
+        try {
+          await this.recordPublished(eventIds);
+        } catch (error) {
+          // Not expected (gate failures are handled there); the ids are kept for the next call.
+          this.unrecorded = this.capped([...this.unrecorded, ...eventIds]);
+          this.logger.warn({ error: errorMessage(error) }, 'publish gate recording failed');
+        }
       }
     } finally {
       this.recording = undefined;
@@ -378,23 +392,45 @@ export class BufferedPublisher {
     }
   }
 
-  /** Tells the gate what was acked, with what it could not be told before. */
+  /**
+   * Tells the gate what was acked, with what it could not be told before, in calls of at most
+   * {@link GATE_CHUNK} ids; what a failing or bypassed gate was not told is kept for the next time.
+   */
   private async recordPublished(eventIds: readonly string[]): Promise<void> {
     if (!this.gate) return;
     const pending = this.unrecorded.length > 0 ? [...this.unrecorded, ...eventIds] : eventIds;
     if (pending.length === 0) return;
+    let told = 0;
     const gate = this.usableGate();
     if (gate !== undefined) {
       try {
-        await withTimeout(gate.published(pending), GATE_TIMEOUT_MS, gateTimedOut);
+        for (; told < pending.length; told += GATE_CHUNK) {
+          const chunk = pending.slice(told, told + GATE_CHUNK);
+          await withTimeout(gate.published(chunk), GATE_TIMEOUT_MS, gateTimedOut);
+        }
         this.unrecorded = [];
         return;
       } catch (error) {
-        this.gateFailed('recording', pending.length, error);
+        this.gateFailed('recording', pending.length - told, error);
       }
     }
-    this.unrecorded =
-      pending.length > MAX_UNRECORDED ? pending.slice(-MAX_UNRECORDED) : [...pending];
+    this.unrecorded = this.capped(pending.slice(told));
+  }
+
+  /** `ids` without its oldest beyond {@link MAX_UNRECORDED}, which are counted and logged. */
+  private capped(ids: string[]): string[] {
+    if (ids.length <= MAX_UNRECORDED) return ids;
+    this.forgottenSinceLog += ids.length - MAX_UNRECORDED;
+    const now = Date.now();
+    if (now - this.lastForgottenLogAt >= GATE_LOG_INTERVAL_MS) {
+      this.logger.warn(
+        { forgotten: this.forgottenSinceLog },
+        'acked event ids not recorded by the publish gate; the stream duplicate window alone deduplicates them',
+      );
+      this.lastForgottenLogAt = now;
+      this.forgottenSinceLog = 0;
+    }
+    return ids.slice(-MAX_UNRECORDED);
   }
 
   private usableGate(): PublishGate | undefined {

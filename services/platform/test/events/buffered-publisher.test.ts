@@ -369,6 +369,36 @@ describe('BufferedPublisher', () => {
       await events.close();
     });
 
+    it('tells the gate a backlog in calls of at most 1,024 ids', async () => {
+      const gate = new SetGate();
+      const sizes: number[] = [];
+      let release = (): void => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const record = gate.published.bind(gate);
+      gate.published = async (eventIds) => {
+        sizes.push(eventIds.length);
+        if (sizes.length === 1) await held;
+        return record(eventIds);
+      };
+      const events = create({ gate, maxInFlight: 256 });
+      events.enqueue(SUBJECT, EchoRequest, echo('first'), 'first');
+      await eventually(() => {
+        expect(sizes).toEqual([1]);
+      });
+      // Acked while the first call is held: 2,500 ids wait for the gate.
+      for (let i = 0; i < 2_500; i++) events.enqueue(SUBJECT, EchoRequest, echo('x'), `e${i}`);
+      await eventually(() => {
+        expect(events.stats().published).toBe(2_501);
+      });
+      release();
+      await expect(events.flush(5_000)).resolves.toBe(true);
+      expect(sizes.slice(1)).toEqual([1_024, 1_024, 452]);
+      expect(gate.recorded.size).toBe(2_501);
+      await events.close();
+    });
+
     it('does not wait on a gate that never answers', async () => {
       const gate = new SetGate();
       gate.failing = 'hang';
