@@ -87,12 +87,7 @@ export class ExpiryRetiming {
     const change = retimingChange(registration, version);
     let recorded = false;
     try {
-      const [outcome] = await this.markers.upsertIfNewer(
-        [{ id: view, ttlMs, registration, change }],
-        'change',
-      );
-      // Skipped: the marker of this change or a later one is stored, and its start runs it.
-      if (outcome === 'skipped') return;
+      if (!(await this.storeMarker({ id: view, ttlMs, registration, change }))) return;
       recorded = true;
     } catch (error) {
       this.logger.warn(
@@ -101,6 +96,31 @@ export class ExpiryRetiming {
       );
     }
     this.run(view, ttlMs, registration, recorded ? change : undefined);
+  }
+
+  /**
+   * Stores `marker` unless the marker of the same or a later change of the view is stored (that
+   * change's start runs it): false then. A marker left by an earlier registration of the name (the
+   * view was deleted and created again, and its creation time, read from another replica's clock,
+   * may even sort later) is replaced.
+   */
+  private async storeMarker(marker: Required<RetimingMarker>): Promise<boolean> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const [outcome] = await this.markers.upsertIfNewer([marker], 'change');
+      if (outcome !== 'skipped') return true;
+      const stored = await this.markers.get(marker.id);
+      if (stored !== undefined) {
+        // Another registration's marker is stale only while this one is the view's current one.
+        if (
+          stored.doc.registration === marker.registration ||
+          !this.viewIsStill(marker.id, marker.ttlMs, marker.registration)
+        ) {
+          return false;
+        }
+        await this.markers.delete(marker.id, stored.version).catch(ignoreStale);
+      }
+    }
+    return false;
   }
 
   /** Stops the run for a deleted view and drops its marker. */
@@ -172,7 +192,14 @@ export class ExpiryRetiming {
         // Superseded by a change made elsewhere: the marker is that change's to remove.
         if (!this.viewIsStill(view, ttlMs, registration)) return;
         // Only this run's marker: a later change has stored its own.
-        if (marker !== undefined) await this.deleteMarker(view, marker);
+        if (marker !== undefined) {
+          await this.deleteMarker(view, marker).catch((error: unknown) => {
+            this.logger.warn(
+              { err: error, view },
+              'the re-timing marker was not removed; the next start repeats the (finished) run',
+            );
+          });
+        }
         this.logger.info({ view, changed }, 'records re-timed to the new TTL');
       })
       .catch((error: unknown) => {

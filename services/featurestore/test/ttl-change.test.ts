@@ -3,7 +3,7 @@
  * drops) them as long as replicas serve them, and a replica started later loads the same records.
  */
 import { openStore } from '../../platform/src/storage/open-store';
-import type { RetimingMarker } from '../src/expiry-retiming';
+import { retimingChange, type RetimingMarker } from '../src/expiry-retiming';
 import { FeatureRowRepository } from '../src/store/feature-rows';
 import { openRegistryRepository } from '../src/store/registry-repository';
 import type {
@@ -194,7 +194,11 @@ describe('a push view whose TTL changes', () => {
     await apply(3600);
     // A replica whose marker write for the two-hour TTL is slow: it lands after the marker of the
     // three-hour change applied while it was under way.
-    const slow = slowMarkerWrite(sharing(harness.runtime.store)(), 2 * 3600_000, 300);
+    let letGo = (): void => undefined;
+    const released = new Promise<void>((resolve) => {
+      letGo = resolve;
+    });
+    const slow = slowMarkerWrite(sharing(harness.runtime.store)(), 2 * 3600_000, released);
     const other = await startHarness({ replicaId: 'replica-b', wrapStore: () => slow.store });
     const applyThere = (hours: number) =>
       other.client.applyFeatureView({
@@ -206,6 +210,7 @@ describe('a push view whose TTL changes', () => {
       const earlier = applyThere(2);
       await slow.started;
       await applyThere(3);
+      letGo();
       await earlier;
       // The runs wait two seconds before they start: the marker is there to read meanwhile. A
       // restart now resumes the three-hour run; with the two-hour marker it would drop it.
@@ -220,16 +225,43 @@ describe('a push view whose TTL changes', () => {
       await other.stop();
     }
   });
+
+  it('replaces a marker left by an earlier registration of the view, even one that sorts later', async () => {
+    await apply(3600);
+    const eventTime = Date.now() - 10 * MINUTE;
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(eventTime), { ctr: double(0.4) })],
+      requestId: '',
+    });
+    // Left by the view's previous registration, created by a replica whose clock ran a day ahead.
+    const markers = await harness.runtime.store.collection<RetimingMarker>({
+      name: 'expiry_retiming',
+    });
+    const ahead = Date.now() + 24 * 3_600_000;
+    await markers.insert({
+      id: 'user_stats',
+      ttlMs: MINUTE,
+      registration: ahead,
+      change: retimingChange(ahead, 7),
+    });
+    await apply(2 * 3600);
+    expect((await markers.get('user_stats'))?.doc).toMatchObject({ ttlMs: 2 * 3_600_000 });
+    await eventually(async () => {
+      expect(await storedExpiry()).toEqual([eventTime + 120 * MINUTE]);
+      expect(await markers.count()).toBe(0);
+    }, RUN_TIMEOUT_MS);
+  });
 });
 
 /**
- * `store` with the re-timing marker write for `ttlMs` delayed by `delayMs`; `started` resolves
+ * `store` with the re-timing marker write for `ttlMs` held until `released`; `started` resolves
  * when that write begins.
  */
 function slowMarkerWrite(
   store: DocumentStore,
   ttlMs: number,
-  delayMs: number,
+  released: Promise<void>,
 ): { store: DocumentStore; started: Promise<void> } {
   let begin = (): void => undefined;
   const started = new Promise<void>((resolve) => {
@@ -238,7 +270,7 @@ function slowMarkerWrite(
   const delayed = async (docs: readonly RetimingMarker[]): Promise<void> => {
     if (docs.some((doc) => doc.ttlMs === ttlMs)) {
       begin();
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      await released;
     }
   };
   const slowed: DocumentStore = {
