@@ -71,7 +71,8 @@ export interface Collection<T extends { readonly id: string }> {
   upsert(doc: T): Promise<Versioned<T>>;
   /**
    * Writes each document only if there is no stored one or the stored `field` is smaller than the
-   * new one (late writes lose); a stored value of another type, or null, is never older. Atomic
+   * new one (late writes lose); a stored value of another type, or null, is never older, and a
+   * stored document without the field is replaced. Strings compare by their UTF-8 bytes. Atomic
    * per document; the batch is one write (on MongoDB one bulk round trip, plus a second for the
    * documents it skipped, since a skip and a lost creation race look alike at first).
    */

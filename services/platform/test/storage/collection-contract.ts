@@ -417,6 +417,23 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
             'change',
           ),
         ).toEqual(['skipped', 'updated']);
+        // Byte order, not locale order ('B' < 'a') nor UTF-16 order (U+FFFF < U+10000 in UTF-8).
+        await markers.upsertIfNewer(
+          [
+            { id: 'case', ttl: 1, change: 'a' },
+            { id: 'plane', ttl: 1, change: '\uFFFF' },
+          ],
+          'change',
+        );
+        expect(
+          await markers.upsertIfNewer(
+            [
+              { id: 'case', ttl: 2, change: 'B' },
+              { id: 'plane', ttl: 2, change: '\u{10000}' },
+            ],
+            'change',
+          ),
+        ).toEqual(['skipped', 'updated']);
         expect((await markers.get('marker'))?.doc).toEqual({
           id: 'marker',
           ttl: 1,
