@@ -84,6 +84,11 @@ export async function bootstrap(
     options.logger ?? createLogger({ service: config.service, level: config.logLevel });
   const shutdown = new Shutdown(logger);
   if (options.flushTelemetry) shutdown.addFinal('telemetry', options.flushTelemetry);
+  const shutdownDeadlineMs = config.grpc.shutdownTimeoutMs + SHUTDOWN_MARGIN_MS;
+  // A service process handles signals from here on: connecting to NATS and the first attempt to
+  // reach storage (the driver's whole server-selection timeout) are then ended by a signal
+  // through the shutdown, which closes what is open, instead of by Node's default action.
+  if ((options.services ?? []).length > 0) shutdown.onSignals(shutdownDeadlineMs);
 
   // What can fail on configuration alone (TLS files, the reflection descriptor set) comes before
   // anything is opened, so such a failure never exits from under an open store.
@@ -99,12 +104,10 @@ export async function bootstrap(
   const bus = options.sharedBus ?? (await connectBus(config, logger));
   if (!options.sharedBus) shutdown.add('event bus', () => bus.close());
 
-  const shutdownDeadlineMs = config.grpc.shutdownTimeoutMs + SHUTDOWN_MARGIN_MS;
   const store = await openStoreOrWait(config, options.services ?? [], {
     server,
     shutdown,
     logger,
-    shutdownDeadlineMs,
   });
   shutdown.add('storage', () => store.close());
   logger.info({ storage: store.kind, bus: bus.kind }, 'dependencies connected');
@@ -134,7 +137,6 @@ interface Waiting {
   readonly server: GrpcServer;
   readonly shutdown: Shutdown;
   readonly logger: Logger;
-  readonly shutdownDeadlineMs: number;
 }
 
 /**
@@ -146,16 +148,24 @@ interface Waiting {
 async function openStoreOrWait(
   config: PlatformConfig,
   services: readonly ServiceDefinition[],
-  { server, shutdown, logger, shutdownDeadlineMs }: Waiting,
+  { server, shutdown, logger }: Waiting,
 ): Promise<DocumentStore> {
   const open = (): Promise<DocumentStore> =>
     openStore({ service: config.service, mongodbUri: config.mongodbUri, dataDir: config.dataDir });
   let failure: unknown;
+  let first: DocumentStore | undefined;
   try {
-    return await open();
+    first = await open();
   } catch (error) {
+    if (!stillStarting(shutdown)) return abandoned();
     if (!(error instanceof UnavailableError) || services.length === 0) throw error;
     failure = error;
+  }
+  if (first !== undefined) {
+    if (stillStarting(shutdown)) return first;
+    // A signal during the attempt: the shutdown already ran without this store.
+    await first.close().catch(() => undefined);
+    return abandoned();
   }
   for (const definition of services) {
     server.reserve(
@@ -165,7 +175,6 @@ async function openStoreOrWait(
   }
   await server.listen(config.grpc.host, config.grpc.port);
   shutdown.add('gRPC server', () => server.shutdown(config.grpc.shutdownTimeoutMs));
-  shutdown.onSignals(shutdownDeadlineMs);
   for (
     let delayMs = STORAGE_RETRY_FIRST_MS;
     ;

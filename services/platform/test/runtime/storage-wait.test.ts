@@ -12,7 +12,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ENTRY_POINTS, freePort, startEntryPoint } from '../support/entry-points';
+import { ENTRY_POINTS, freePort, runEntryPoint, startEntryPoint } from '../support/entry-points';
 import { checkHealth, healthClient, type HealthClient } from '../support/health';
 
 const MONGODB_URI = process.env.MONGODB_URI;
@@ -121,8 +121,6 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
       [entry.portVariable]: String(grpcPort),
       TANDEM_DATA_DIR: dataDir,
       MONGODB_URI: mongoAt(await freePort()),
-      // Shutdown steps are logged at debug.
-      LOG_LEVEL: 'debug',
     });
     try {
       const address = `127.0.0.1:${grpcPort}`;
@@ -143,6 +141,24 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
     expect(running.output()).not.toContain('start-up failed');
     // Spans recorded while it waited (none here, but the step is what would export them).
     expect(shutdownSteps(running.output())).toContain('telemetry');
+  }, 30_000);
+
+  it('exits with 0 on a SIGTERM during its first attempt to reach storage', async () => {
+    // Nothing answers, and the first attempt waits 20 s for a server: the signal comes during it.
+    const unreachable = `mongodb://127.0.0.1:${await freePort()}/?directConnection=true&serverSelectionTimeoutMS=20000`;
+    const { code, output } = await runEntryPoint(
+      entry.main,
+      {
+        [entry.portVariable]: String(await freePort()),
+        TANDEM_DATA_DIR: dataDir,
+        MONGODB_URI: unreachable,
+      },
+      'NATS_URL is not set',
+    );
+    expect(code).toBe(0);
+    expect(output).toContain('shutting down');
+    expect(output).not.toContain('storage unreachable');
+    expect(shutdownSteps(output)).toContain('telemetry');
   }, 30_000);
 
   (MONGODB_URI ? it : it.skip)(
