@@ -134,6 +134,11 @@ export class BufferedPublisher {
   private toRecord: string[] = [];
   /** The gate being told what was acked, while the loop goes on; undefined when idle. */
   private recording: Promise<void> | undefined;
+  /**
+   * Set by `close()`: past it, a recording makes one more gate call at most, so a slow gate
+   * cannot hold the close up for the whole backlog.
+   */
+  private recordUntil = Infinity;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -206,12 +211,14 @@ export class BufferedPublisher {
   }
 
   /**
-   * Stops accepting events, publishes what is queued for up to `timeoutMs`, then stops the loop.
-   * Events still queued then are counted as dropped. Does not close the bus, which the caller owns.
+   * Stops accepting events, publishes what is queued and tells the gate for up to `timeoutMs`
+   * (past it, one more gate call at most), then stops the loop. Events still queued then are
+   * counted as dropped. Does not close the bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
       this.accepting = false;
+      this.recordUntil = Date.now() + timeoutMs;
       await this.flush(timeoutMs);
       this.loopDone = true;
       this.arrived.notify();
@@ -405,10 +412,11 @@ export class BufferedPublisher {
     if (gate !== undefined) {
       try {
         for (; told < pending.length; told += GATE_CHUNK) {
+          if (told > 0 && Date.now() >= this.recordUntil) break;
           const chunk = pending.slice(told, told + GATE_CHUNK);
           await withTimeout(gate.published(chunk), GATE_TIMEOUT_MS, gateTimedOut);
         }
-        this.unrecorded = [];
+        this.unrecorded = this.capped(pending.slice(told));
         return;
       } catch (error) {
         this.gateFailed('recording', pending.length - told, error);

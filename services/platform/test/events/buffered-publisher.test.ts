@@ -399,6 +399,37 @@ describe('BufferedPublisher', () => {
       await events.close();
     });
 
+    it('stops telling a slow gate its backlog once close() has run out of time', async () => {
+      const gate = new SetGate();
+      const sizes: number[] = [];
+      let release = (): void => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const record = gate.published.bind(gate);
+      gate.published = async (eventIds) => {
+        sizes.push(eventIds.length);
+        if (sizes.length === 1) await held;
+        return record(eventIds);
+      };
+      const events = create({ gate, maxInFlight: 256 });
+      events.enqueue(SUBJECT, EchoRequest, echo('first'), 'first');
+      await eventually(() => {
+        expect(sizes).toEqual([1]);
+      });
+      for (let i = 0; i < 2_500; i++) events.enqueue(SUBJECT, EchoRequest, echo('x'), `e${i}`);
+      await eventually(() => {
+        expect(events.stats().published).toBe(2_501);
+      });
+      const closing = events.close(50);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      release();
+      await closing;
+      // Past the deadline: one call for the waiting ids, one for what is left over, not three.
+      expect(sizes).toEqual([1, 1_024, 1_024]);
+      expect(gate.recorded.size).toBe(2_049);
+    });
+
     it('does not wait on a gate that never answers', async () => {
       const gate = new SetGate();
       gate.failing = 'hang';
