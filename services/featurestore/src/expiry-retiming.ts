@@ -102,7 +102,9 @@ export class ExpiryRetiming {
    * Stores `marker` unless the marker of the same or a later change of the view is stored (that
    * change's start runs it): false then. A marker left by an earlier registration of the name (the
    * view was deleted and created again, and its creation time, read from another replica's clock,
-   * may even sort later) is replaced.
+   * may even sort later) is replaced, once storage confirms that the marker's registration is the
+   * view's current one (this replica's registry may be a reload behind). Throws when the marker
+   * keeps changing under it.
    */
   private async storeMarker(marker: Required<RetimingMarker>): Promise<boolean> {
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -110,17 +112,15 @@ export class ExpiryRetiming {
       if (outcome !== 'skipped') return true;
       const stored = await this.markers.get(marker.id);
       if (stored !== undefined) {
-        // Another registration's marker is stale only while this one is the view's current one.
-        if (
-          stored.doc.registration === marker.registration ||
-          !this.viewIsStill(marker.id, marker.ttlMs, marker.registration)
-        ) {
+        if (stored.doc.registration === marker.registration) return false;
+        // Another registration's marker is stale only if this one is the view's current one.
+        if ((await this.registry.storedRegistration(marker.id)) !== marker.registration) {
           return false;
         }
         await this.markers.delete(marker.id, stored.version).catch(ignoreStale);
       }
     }
-    return false;
+    throw new Error(`the re-timing marker of ${marker.id} kept changing while it was stored`);
   }
 
   /** Stops the run for a deleted view and drops its marker. */
