@@ -101,13 +101,15 @@ export async function bootstrap(
   });
   const clientCredentials = channelCredentials(config.tls);
 
-  const bus = options.sharedBus ?? (await connectBus(config, logger));
-  if (!options.sharedBus) shutdown.add('event bus', () => bus.close());
-
-  const store = await openStoreOrWait(config, options.services ?? [], {
-    server,
-    shutdown,
-    logger,
+  const { bus, store } = await unlessShutDown(shutdown, async () => {
+    const connected = options.sharedBus ?? (await connectBus(config, logger));
+    if (!options.sharedBus) shutdown.add('event bus', () => connected.close());
+    const opened = await openStoreOrWait(config, options.services ?? [], {
+      server,
+      shutdown,
+      logger,
+    });
+    return { bus: connected, store: opened };
   });
   shutdown.add('storage', () => store.close());
   logger.info({ storage: store.kind, bus: bus.kind }, 'dependencies connected');
@@ -163,8 +165,9 @@ async function openStoreOrWait(
   }
   if (first !== undefined) {
     if (stillStarting(shutdown)) return first;
-    // A signal during the attempt: the shutdown already ran without this store.
-    await first.close().catch(() => undefined);
+    // A signal during the attempt: the shutdown under way closes this store next.
+    const late = first;
+    shutdown.add('storage', () => late.close());
     return abandoned();
   }
   for (const definition of services) {
@@ -196,12 +199,27 @@ async function openStoreOrWait(
       failure = error;
       continue;
     }
-    // A signal during the attempt: the shutdown already ran without this store.
+    // A signal during the attempt: the shutdown under way closes this store next.
     if (!stillStarting(shutdown)) {
-      await store.close().catch(() => undefined);
+      const late = store;
+      shutdown.add('storage', () => late.close());
       return abandoned();
     }
     return store;
+  }
+}
+
+/**
+ * `work`, unless a signal started the shutdown first: then a failure of `work` (NATS refusing a
+ * connection the shutdown closed, the port taken while waiting) is the shutdown's to report, and
+ * start-up never goes on (the shutdown ends the process with its own exit code).
+ */
+async function unlessShutDown<T>(shutdown: Shutdown, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (shutdown.started) return abandoned();
+    throw error;
   }
 }
 
