@@ -135,8 +135,8 @@ export class BufferedPublisher {
   /** The gate being told what was acked, while the loop goes on; undefined when idle. */
   private recording: Promise<void> | undefined;
   /**
-   * Set by `close()`: past it, a recording makes one more gate call at most, so a slow gate
-   * cannot hold the close up for the whole backlog.
+   * Set by `close()`: past it, the recording makes one more gate call at most after the one under
+   * way, so a slow gate cannot hold the close up for the whole backlog.
    */
   private recordUntil = Infinity;
   /** False once `close()` is called: new events are dropped. */
@@ -212,7 +212,7 @@ export class BufferedPublisher {
 
   /**
    * Stops accepting events, publishes what is queued and tells the gate for up to `timeoutMs`
-   * (past it, one more gate call at most), then stops the loop. Events still queued then are
+   * (past it, the gate call under way and one more at most), then stops the loop. Events still queued then are
    * counted as dropped. Does not close the bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
@@ -273,9 +273,10 @@ export class BufferedPublisher {
         await this.closing.wait(this.retryDelayMs());
       }
     }
-    // The recording under way, then what a bypassed gate was not told, once more before stopping.
+    // The recording under way, then what a bypassed gate was not told, once more before stopping
+    // (unless close() is out of time).
     while (this.recording !== undefined) await this.recording;
-    await this.recordPublished([]);
+    if (Date.now() < this.recordUntil) await this.recordPublished([]);
     this.abandonQueue();
     this.progress.notify();
   }
