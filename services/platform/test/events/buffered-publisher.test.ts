@@ -369,7 +369,11 @@ describe('BufferedPublisher', () => {
       await events.close();
     });
 
-    it('tells the gate a backlog in calls of at most 1,024 ids', async () => {
+    /**
+     * A publisher whose gate holds its first call (for one event) until `release`, while 2,500
+     * more events are published and their ids wait for the gate; `sizes` are the calls' sizes.
+     */
+    async function backlogBehindAHeldGateCall() {
       const gate = new SetGate();
       const sizes: number[] = [];
       let release = (): void => undefined;
@@ -387,11 +391,15 @@ describe('BufferedPublisher', () => {
       await eventually(() => {
         expect(sizes).toEqual([1]);
       });
-      // Acked while the first call is held: 2,500 ids wait for the gate.
       for (let i = 0; i < 2_500; i++) events.enqueue(SUBJECT, EchoRequest, echo('x'), `e${i}`);
       await eventually(() => {
         expect(events.stats().published).toBe(2_501);
       });
+      return { gate, sizes, release, events };
+    }
+
+    it('tells the gate a backlog in calls of at most 1,024 ids', async () => {
+      const { gate, sizes, release, events } = await backlogBehindAHeldGateCall();
       release();
       await expect(events.flush(5_000)).resolves.toBe(true);
       expect(sizes.slice(1)).toEqual([1_024, 1_024, 452]);
@@ -400,27 +408,7 @@ describe('BufferedPublisher', () => {
     });
 
     it('stops telling a slow gate its backlog once close() has run out of time', async () => {
-      const gate = new SetGate();
-      const sizes: number[] = [];
-      let release = (): void => undefined;
-      const held = new Promise<void>((resolve) => {
-        release = resolve;
-      });
-      const record = gate.published.bind(gate);
-      gate.published = async (eventIds) => {
-        sizes.push(eventIds.length);
-        if (sizes.length === 1) await held;
-        return record(eventIds);
-      };
-      const events = create({ gate, maxInFlight: 256 });
-      events.enqueue(SUBJECT, EchoRequest, echo('first'), 'first');
-      await eventually(() => {
-        expect(sizes).toEqual([1]);
-      });
-      for (let i = 0; i < 2_500; i++) events.enqueue(SUBJECT, EchoRequest, echo('x'), `e${i}`);
-      await eventually(() => {
-        expect(events.stats().published).toBe(2_501);
-      });
+      const { gate, sizes, release, events } = await backlogBehindAHeldGateCall();
       const closing = events.close(50);
       await new Promise((resolve) => setTimeout(resolve, 100));
       release();
