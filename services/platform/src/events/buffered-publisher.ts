@@ -13,8 +13,8 @@
  * A {@link PublishGate} extends the stream's duplicate window: each round first asks it which of
  * its events were already published (by another replica, or before a restart, however long ago)
  * and skips those, and tells it which ones the stream acked. The telling goes on in the background
- * while the next rounds publish (one call at a time, each with every id acked since the previous
- * one), so a gate slower to write than to read costs the queue little. A gate that fails or does not answer
+ * while the next rounds publish (one call of at most {@link GATE_CHUNK} ids at a time, oldest
+ * first), so a gate slower to write than to read costs the queue little. A gate that fails or does not answer
  * within {@link GATE_TIMEOUT_MS} is logged and not asked for {@link GATE_BYPASS_MS}: meanwhile
  * the events are published unchecked (the stream's duplicate window deduplicates them), and the
  * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
@@ -124,21 +124,20 @@ export class BufferedPublisher {
   private lastDropLogAt = -Infinity;
   private consecutiveFailures = 0;
   private lastGateLogAt = -Infinity;
-  /** Acked ids forgotten by the caps of `unrecorded` and `toRecord` since the last log of it. */
+  /** Acked ids forgotten by the cap of `unrecorded` since the last log of it. */
   private forgottenSinceLog = 0;
   private lastForgottenLogAt = -Infinity;
   private gateBypassedUntil = -Infinity;
-  /** Acked ids the gate has not been told yet (it failed or was bypassed). */
+  /** Acked ids the gate has not been told yet, oldest first (those of a call under way excepted). */
   private unrecorded: string[] = [];
-  /** Acked ids waiting for the gate call under way to end. */
-  private toRecord: string[] = [];
   /** The gate being told what was acked, while the loop goes on; undefined when idle. */
   private recording: Promise<void> | undefined;
   /**
-   * Set by `close()`: past it, the recording makes one more gate call at most after the one under
-   * way, so a slow gate cannot hold the close up for the whole backlog.
+   * Set by `close()`: past it, one more gate call at most starts after the one under way, so a
+   * slow gate cannot hold the close up for the whole backlog.
    */
   private recordUntil = Infinity;
+  private callsPastRecordUntil = 0;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -273,10 +272,9 @@ export class BufferedPublisher {
         await this.closing.wait(this.retryDelayMs());
       }
     }
-    // The recording under way, then what a bypassed gate was not told, once more before stopping
-    // (unless close() is out of time).
+    // The recording under way, then what a bypassed gate was not told, once more before stopping.
     while (this.recording !== undefined) await this.recording;
-    if (Date.now() < this.recordUntil) await this.recordPublished([]);
+    await this.recordUnrecorded();
     this.abandonQueue();
     this.progress.notify();
   }
@@ -369,61 +367,37 @@ export class BufferedPublisher {
     }
   }
 
-  /**
-   * Hands `eventIds` (acked) to the recording under way, or starts one. Beyond
-   * {@link MAX_UNRECORDED} waiting, the oldest are not recorded (the stream's duplicate window
-   * still covers them for its duration).
-   */
+  /** Adds `eventIds` (acked) to what the gate is to be told, and starts telling it if idle. */
   private recordInBackground(eventIds: readonly string[]): void {
     if (!this.gate || eventIds.length === 0) return;
-    for (const id of eventIds) this.toRecord.push(id);
-    this.toRecord = this.capped(this.toRecord);
-    this.recording ??= this.recordWhilePending();
-  }
-
-  private async recordWhilePending(): Promise<void> {
-    try {
-      while (this.toRecord.length > 0) {
-        const eventIds = this.toRecord;
-        this.toRecord = [];
-        try {
-          await this.recordPublished(eventIds);
-        } catch (error) {
-          // Not expected (gate failures are handled there); the ids are kept for the next call.
-          this.unrecorded = this.capped([...this.unrecorded, ...eventIds]);
-          this.logger.warn({ error: errorMessage(error) }, 'publish gate recording failed');
-        }
-      }
-    } finally {
+    for (const id of eventIds) this.unrecorded.push(id);
+    this.unrecorded = this.capped(this.unrecorded);
+    this.recording ??= this.recordUnrecorded().finally(() => {
       this.recording = undefined;
       this.progress.notify();
-    }
+    });
   }
 
   /**
-   * Tells the gate what was acked, with what it could not be told before, in calls of at most
-   * {@link GATE_CHUNK} ids; what a failing or bypassed gate was not told is kept for the next time.
+   * Tells the gate the unrecorded ids, a call of at most {@link GATE_CHUNK} at a time, until none
+   * are left, the gate fails or is bypassed, or close() is out of time. A failed call's ids go back
+   * in front, for the next time.
    */
-  private async recordPublished(eventIds: readonly string[]): Promise<void> {
-    if (!this.gate) return;
-    const pending = this.unrecorded.length > 0 ? [...this.unrecorded, ...eventIds] : eventIds;
-    if (pending.length === 0) return;
-    let told = 0;
-    const gate = this.usableGate();
-    if (gate !== undefined) {
+  private async recordUnrecorded(): Promise<void> {
+    while (this.unrecorded.length > 0) {
+      const gate = this.usableGate();
+      if (gate === undefined) return;
+      if (Date.now() >= this.recordUntil && this.callsPastRecordUntil++ > 0) return;
+      const chunk = this.unrecorded.slice(0, GATE_CHUNK);
+      this.unrecorded = this.unrecorded.slice(chunk.length);
       try {
-        for (; told < pending.length; told += GATE_CHUNK) {
-          if (told > 0 && Date.now() >= this.recordUntil) break;
-          const chunk = pending.slice(told, told + GATE_CHUNK);
-          await withTimeout(gate.published(chunk), GATE_TIMEOUT_MS, gateTimedOut);
-        }
-        this.unrecorded = this.capped(pending.slice(told));
-        return;
+        await withTimeout(gate.published(chunk), GATE_TIMEOUT_MS, gateTimedOut);
       } catch (error) {
-        this.gateFailed('recording', pending.length - told, error);
+        this.unrecorded = this.capped([...chunk, ...this.unrecorded]);
+        this.gateFailed('recording', this.unrecorded.length, error);
+        return;
       }
     }
-    this.unrecorded = this.capped(pending.slice(told));
   }
 
   /** `ids` without its oldest beyond {@link MAX_UNRECORDED}, which are counted and logged. */
