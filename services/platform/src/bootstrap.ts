@@ -152,24 +152,30 @@ async function openStoreOrWait(
   services: readonly ServiceDefinition[],
   { server, shutdown, logger }: Waiting,
 ): Promise<DocumentStore> {
-  const open = (): Promise<DocumentStore> =>
-    openStore({ service: config.service, mongodbUri: config.mongodbUri, dataDir: config.dataDir });
-  let failure: unknown;
-  let first: DocumentStore | undefined;
-  try {
-    first = await open();
-  } catch (error) {
-    if (!stillStarting(shutdown)) return abandoned();
-    if (!(error instanceof UnavailableError) || services.length === 0) throw error;
-    failure = error;
-  }
-  if (first !== undefined) {
-    if (stillStarting(shutdown)) return first;
-    // A signal during the attempt: the shutdown under way closes this store next.
-    const late = first;
-    shutdown.add('storage', () => late.close());
+  /**
+   * One attempt: the store, or why storage cannot be reached when the process waits for it. A
+   * signal during the attempt ends start-up there: the shutdown ends the process, and closes a
+   * store the attempt opened.
+   */
+  const attempt = async (): Promise<DocumentStore | UnavailableError> => {
+    let store: DocumentStore;
+    try {
+      store = await openStore({
+        service: config.service,
+        mongodbUri: config.mongodbUri,
+        dataDir: config.dataDir,
+      });
+    } catch (error) {
+      if (shutdown.started) return abandoned();
+      if (error instanceof UnavailableError && services.length > 0) return error;
+      throw error;
+    }
+    if (!shutdown.started) return store;
+    shutdown.add('storage', () => store.close());
     return abandoned();
-  }
+  };
+  let outcome = await attempt();
+  if (!(outcome instanceof UnavailableError)) return outcome;
   for (const definition of services) {
     server.reserve(
       definition,
@@ -184,28 +190,13 @@ async function openStoreOrWait(
     delayMs = Math.min(delayMs * 2, STORAGE_RETRY_CAP_MS)
   ) {
     logger.warn(
-      { err: failure, retryInMs: delayMs },
+      { err: outcome, retryInMs: delayMs },
       'storage unreachable: NOT_SERVING until it answers',
     );
     await sleep(delayMs, undefined, { ref: false });
     if (shutdown.started) return abandoned();
-    let store: DocumentStore;
-    try {
-      store = await open();
-    } catch (error) {
-      // A signal during the attempt: the shutdown ends the process, whatever the attempt did.
-      if (!stillStarting(shutdown)) return abandoned();
-      if (!(error instanceof UnavailableError)) throw error;
-      failure = error;
-      continue;
-    }
-    // A signal during the attempt: the shutdown under way closes this store next.
-    if (!stillStarting(shutdown)) {
-      const late = store;
-      shutdown.add('storage', () => late.close());
-      return abandoned();
-    }
-    return store;
+    outcome = await attempt();
+    if (!(outcome instanceof UnavailableError)) return outcome;
   }
 }
 
@@ -226,10 +217,6 @@ async function unlessShutDown<T>(shutdown: Shutdown, work: () => Promise<T>): Pr
 /** A start-up overtaken by the shutdown: it never goes on, the shutdown ends the process. */
 function abandoned(): Promise<never> {
   return new Promise<never>(() => undefined);
-}
-
-function stillStarting(shutdown: Shutdown): boolean {
-  return !shutdown.started;
 }
 
 /** NATS when configured (failing fast when it cannot be reached), else the in-process bus. */
