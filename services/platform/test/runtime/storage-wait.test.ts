@@ -12,7 +12,13 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ENTRY_POINTS, freePort, runEntryPoint, startEntryPoint } from '../support/entry-points';
+import {
+  ENTRY_POINTS,
+  freePort,
+  runEntryPoint,
+  shutdownSteps,
+  startEntryPoint,
+} from '../support/entry-points';
 import { checkHealth, healthClient, type HealthClient } from '../support/health';
 
 const MONGODB_URI = process.env.MONGODB_URI;
@@ -83,21 +89,6 @@ function laterProxy(port: number, target: { host: string; port: number }) {
         else resolve();
       }),
   };
-}
-
-/** The shutdown steps a process logged as done, in order (pino JSON lines at debug). */
-function shutdownSteps(output: string): string[] {
-  const steps: string[] = [];
-  for (const line of output.split('\n')) {
-    if (!line.includes('shutdown step done')) continue;
-    try {
-      const { step } = JSON.parse(line) as { step?: unknown };
-      if (typeof step === 'string') steps.push(step);
-    } catch {
-      // Not a log line.
-    }
-  }
-  return steps;
 }
 
 describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-up', (entry) => {

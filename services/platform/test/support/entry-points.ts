@@ -112,3 +112,18 @@ export async function runEntryPoint(
   const code = await running.exited;
   return { code, output: running.output() };
 }
+
+/** The shutdown steps a process logged as done, in order (pino JSON lines at debug). */
+export function shutdownSteps(output: string): string[] {
+  const steps: string[] = [];
+  for (const line of output.split('\n')) {
+    if (!line.includes('shutdown step done')) continue;
+    try {
+      const { step } = JSON.parse(line) as { step?: unknown };
+      if (typeof step === 'string') steps.push(step);
+    } catch {
+      // Not a log line.
+    }
+  }
+  return steps;
+}
