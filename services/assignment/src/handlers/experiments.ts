@@ -67,6 +67,12 @@ type ExperimentHandlers = Pick<
 const MAX_PAYLOAD_BYTES = 64 * 1024;
 
 /** Update-mask path → the document fields it sets. */
+/**
+ * The longest sticky TTL: ten years, far beyond any experiment, and well within what a stored
+ * expiry time (a Date) holds.
+ */
+const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
+
 const MUTABLE_PATHS = {
   description: ['description'],
   owner: ['owner'],
@@ -118,10 +124,10 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     return { key: v.key, description: v.description, weight: v.weight, payloadJson };
   });
   const stickyTtlMs = durationMs(experiment.stickyTtl);
-  if (stickyTtlMs !== undefined && stickyTtlMs <= 0) {
+  if (stickyTtlMs !== undefined && !(stickyTtlMs > 0 && stickyTtlMs <= MAX_STICKY_TTL_MS)) {
     violations.push({
       field: 'experiment.sticky_ttl',
-      description: 'must be positive',
+      description: `must be positive and at most ${MAX_STICKY_TTL_MS / 86_400_000} days`,
       reason: 'OUT_OF_RANGE',
     });
   }
@@ -322,6 +328,17 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             experimentDefinition(before.doc, undefined),
             experimentDefinition(after, undefined),
           );
+          // The domain definition has no sticky TTL (the evaluator does not read it).
+          if (
+            before.doc.status === ExperimentStatus.CONCLUDED &&
+            before.doc.stickyTtlMs !== after.stickyTtlMs
+          ) {
+            forbidden.push({
+              field: 'sticky_ttl',
+              description: 'a concluded experiment only takes description, owner and tags',
+              reason: 'IMMUTABLE_WHEN_CONCLUDED',
+            });
+          }
           if (forbidden.length > 0) {
             throw new FailedPreconditionError(
               `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,

@@ -188,6 +188,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
                 condition: { country: { $bogus: 1 } },
                 layerId: 'no-such-layer',
                 layerRange: { start: 0, end: 0.5 },
+                // Beyond ten years (an expiry time past what storage holds is never reached).
+                stickyTtl: { seconds: 3651 * 86_400, nanos: 0 },
               }),
             }),
           ),
@@ -195,6 +197,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(fields(error)).toEqual(
           expect.arrayContaining([
+            'experiment.sticky_ttl',
             'experiment.surfaces',
             'experiment.variants[1].key',
             'experiment.variants',
@@ -367,6 +370,20 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           shippedVariantKey: 'treatment',
           summary: 'won',
         });
+        // Not even the sticky TTL, which the evaluator does not read.
+        const concludedTtl = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('lifecycle', { stickyTtl: { seconds: 86_400, nanos: 0 } }),
+                etag: concluded.experiment?.etag ?? '',
+              },
+              updateMask: ['sticky_ttl'],
+            }),
+          ),
+        );
+        expect(concludedTtl.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(preconditions(concludedTtl)).toEqual(['IMMUTABLE_WHEN_CONCLUDED']);
         const shipped = await client.resolve(resolveRequest('u1'));
         expect(shipped.assignments.find((a) => a.experimentId === 'lifecycle')).toMatchObject({
           variantKey: 'treatment',

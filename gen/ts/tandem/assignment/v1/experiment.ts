@@ -271,7 +271,10 @@ export interface Experiment {
    * Required to be true for BANDIT experiments. Immutable once started.
    */
   sticky: boolean;
-  /** Optional. How long a stored sticky assignment is kept after it was stored; 90 days when unset. */
+  /**
+   * Optional. How long a stored sticky assignment is kept after it was stored; 90 days when unset,
+   * at most 3,650 days.
+   */
   stickyTtl?:
     | Duration
     | undefined;
