@@ -6,8 +6,9 @@
  * {@link checkRunningChange} guards what may change once an experiment has started: anything that
  * decides which variant a unit hashes into (seed, hash version, unit type, layer, allocation mode,
  * variant keys and order, stickiness, and weights unless the experiment is sticky) is frozen, so a unit never
- * silently moves between variants mid-experiment. Coverage and layer range may change because
- * ranges only grow or shrink at their ends.
+ * silently moves between variants mid-experiment. Coverage and the end of the layer range may
+ * change because ranges only grow or shrink at their ends (a sticky experiment's layer range only
+ * grows).
  */
 import { weightsSumToOne } from './bucketing';
 import {
@@ -360,6 +361,7 @@ export function checkRunningChange(
     frozen('hash_version', 'the hash version');
   }
   if ((before.layerId ?? '') !== (after.layerId ?? '')) frozen('layer_id', 'the layer');
+  else checkRangeChange(out, before, after);
   // Stickiness guards the weights: turned on, units exposed before hold no stored variant when
   // the weights then move; turned off, stored variants give way to weights that moved meanwhile.
   if ((before.sticky === true) !== (after.sticky === true)) {
@@ -389,6 +391,35 @@ export function checkRunningChange(
     }
   }
   return out.list;
+}
+
+/**
+ * A started experiment's layer range grows or shrinks at its end only: moving its start would
+ * swap the units in it for others. A sticky experiment's range only grows: a unit holding a stored
+ * variant keeps it outside the range, so a released part would be shared with the experiment that
+ * takes it next.
+ */
+function checkRangeChange(
+  out: Violations,
+  before: ExperimentDefinition,
+  after: ExperimentDefinition,
+): void {
+  const a = before.layerRange;
+  const b = after.layerRange;
+  if (a === undefined || b === undefined) return;
+  if (a.start !== b.start) {
+    out.add(
+      'layer_range.start',
+      'the start of the layer range cannot change once the experiment has started: the range grows or shrinks at its end',
+      'IMMUTABLE_ONCE_STARTED',
+    );
+  } else if (before.sticky === true && b.end < a.end) {
+    out.add(
+      'layer_range.end',
+      "a sticky experiment's layer range can only grow: units keep their stored variants outside it",
+      'RANGE_ONLY_GROWS',
+    );
+  }
 }
 
 function snakeCase(field: string): string {

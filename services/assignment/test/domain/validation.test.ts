@@ -238,6 +238,19 @@ describe('checkRunningChange', () => {
     ).toEqual([]);
   });
 
+  it("keeps a started experiment's layer range start, and a sticky one's range from shrinking", () => {
+    const range = (start: number, end: number) => ({ layerRange: { start, end } });
+    expect(fieldsAndReasons(checkRunningChange(running, { ...running, ...range(0.5, 1) }))).toEqual(
+      [['layer_range.start', 'IMMUTABLE_ONCE_STARTED']],
+    );
+    expect(checkRunningChange(running, { ...running, ...range(0, 0.4) })).toEqual([]);
+    const sticky = { ...running, sticky: true };
+    expect(fieldsAndReasons(checkRunningChange(sticky, { ...sticky, ...range(0, 0.4) }))).toEqual([
+      ['layer_range.end', 'RANGE_ONLY_GROWS'],
+    ]);
+    expect(checkRunningChange(sticky, { ...sticky, ...range(0, 0.7) })).toEqual([]);
+  });
+
   it('rejects every bucketing-relevant change at once', () => {
     const after: ExperimentDefinition = {
       ...running,
