@@ -71,11 +71,14 @@ function checkAttributes(attributes: Attributes, violations: FieldViolation[]): 
         });
       }
     } else if (Array.isArray(value)) {
+      // A list and each of its entries cost bytes of their own, empty or not.
+      approximateBytes += 4 + 2 * value.length;
       value.forEach((item, i) => {
         walk(item, `${path}[${i}]`, depth + 1);
       });
     } else if (value !== null && typeof value === 'object') {
       const object = value as Record<string, unknown>;
+      approximateBytes += 4;
       for (const key of Object.keys(object)) {
         approximateBytes += key.length + 4;
         walk(object[key], `${path}.${key}`, depth + 1);

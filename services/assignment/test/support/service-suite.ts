@@ -535,6 +535,20 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(undecodable.reason).toBe('UNDECODABLE_REQUEST');
       });
 
+      it('rejects attributes over 64 KiB encoded, also when made of empty lists and objects', async () => {
+        for (const attributes of [
+          { text: 'x'.repeat(70_000) },
+          // ~4 bytes encoded per entry (the entry and its empty Struct): ~120 KB.
+          { items: Array.from({ length: 30_000 }, () => ({})) },
+        ]) {
+          const error = await failure(service.client.resolve(resolveRequest('u', { attributes })));
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(
+            error instanceof InvalidArgumentError ? error.violations.map((v) => v.reason) : [],
+          ).toEqual(['TOO_LARGE']);
+        }
+      });
+
       it('logs an exposure once per day per experiment and unit, by Resolve(apply) or Apply', async () => {
         const request = resolveRequest('exposed-1', {
           surfaces: ['feed'],
