@@ -89,6 +89,8 @@ export interface ExperimentDefinition {
   readonly bandit?: { readonly minArmShare: number };
   /** Units keep the variant stored at their first exposure. Required for BANDIT. */
   readonly sticky?: boolean;
+  /** How long a stored sticky variant is kept (ms); the store's default when undefined. */
+  readonly stickyTtl?: number;
   /** For CONCLUDED experiments: the variant shipped to every targeted unit, if any. */
   readonly shippedVariantKey?: string;
   /** The configuration version, echoed in assignments. */

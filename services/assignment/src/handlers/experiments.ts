@@ -66,13 +66,13 @@ type ExperimentHandlers = Pick<
 /** Largest variant payload, encoded as JSON, as the contract says. */
 const MAX_PAYLOAD_BYTES = 64 * 1024;
 
-/** Update-mask path → the document fields it sets. */
 /**
  * The longest sticky TTL: ten years, far beyond any experiment, and well within what a stored
  * expiry time (a Date) holds.
  */
 const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
 
+/** Update-mask path → the document fields it sets. */
 const MUTABLE_PATHS = {
   description: ['description'],
   owner: ['owner'],
@@ -328,17 +328,6 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             experimentDefinition(before.doc, undefined),
             experimentDefinition(after, undefined),
           );
-          // The domain definition has no sticky TTL (the evaluator does not read it).
-          if (
-            before.doc.status === ExperimentStatus.CONCLUDED &&
-            before.doc.stickyTtlMs !== after.stickyTtlMs
-          ) {
-            forbidden.push({
-              field: 'sticky_ttl',
-              description: 'a concluded experiment only takes description, owner and tags',
-              reason: 'IMMUTABLE_WHEN_CONCLUDED',
-            });
-          }
           if (forbidden.length > 0) {
             throw new FailedPreconditionError(
               `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,

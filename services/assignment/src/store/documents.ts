@@ -161,6 +161,7 @@ export function experimentDefinition(
           : { minArmShare: doc.minArmShare }
         : undefined,
     sticky: doc.sticky,
+    stickyTtl: doc.stickyTtlMs ?? undefined,
     shippedVariantKey: doc.conclusion?.shippedVariantKey ?? undefined,
     etag,
   };
