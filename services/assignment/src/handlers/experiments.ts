@@ -46,6 +46,7 @@ import {
   pageRequest,
   rejectIfAny,
   required,
+  retiredId,
   under,
   versionOf,
 } from './requests';
@@ -255,6 +256,8 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           };
           violations.push(...validate(context, doc));
           rejectIfAny('experiment', violations);
+          if (await context.store.isRetired('experiment', doc.id))
+            throw retiredId('experiment', doc.id);
           const stored = await context.store.experiments.insert(doc);
           await context.changes.record(
             { type: 'experiment', id: doc.id, stored },
@@ -364,6 +367,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           ) {
             throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
           }
+          if (before.doc.startTime !== null) await context.store.retire('experiment', request.id);
           if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
             throw notFound('experiment', request.id);
           }

@@ -32,6 +32,7 @@ import {
   pageRequest,
   rejectIfAny,
   required,
+  retiredId,
   under,
   versionOf,
 } from './requests';
@@ -123,6 +124,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         };
         violations.push(...validate(context, doc));
         rejectIfAny('holdout', violations);
+        if (await context.store.isRetired('holdout', doc.id)) throw retiredId('holdout', doc.id);
         const stored = await context.store.holdouts.insert(doc);
         await context.changes.record(
           { type: 'holdout', id: doc.id, stored },
@@ -252,6 +254,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
             ],
           });
         }
+        if (before.doc.startTime !== null) await context.store.retire('holdout', request.id);
         if (!(await context.store.holdouts.delete(request.id, versionOf(request.etag)))) {
           throw notFound('holdout', request.id);
         }

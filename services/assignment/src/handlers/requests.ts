@@ -4,6 +4,7 @@
  */
 import {
   AbortedError,
+  AlreadyExistsError,
   InvalidArgumentError,
   NotFoundError,
   type FieldViolation,
@@ -31,11 +32,23 @@ export function required(field: string, value: string, violations: FieldViolatio
 export function notFound(type: string, id: string): NotFoundError {
   return new NotFoundError(`${type} "${id}" does not exist`, {
     reason: `${type.toUpperCase()}_NOT_FOUND`,
-    resource: {
-      type: `tandem.assignment.v1.${type[0]?.toUpperCase() ?? ''}${type.slice(1)}`,
-      name: id,
-    },
+    resource: { type: resourceType(type), name: id },
   });
+}
+
+/**
+ * ALREADY_EXISTS for the id of a deleted experiment or holdout that served: such an id is never
+ * given out again (see `ConfigurationStore.retire`).
+ */
+export function retiredId(type: 'experiment' | 'holdout', id: string): AlreadyExistsError {
+  return new AlreadyExistsError(
+    `${type} id "${id}" belonged to a deleted ${type} that served; such an id is never reused, so that its sticky assignments and exposures stay its own`,
+    { reason: 'ID_RETIRED', resource: { type: resourceType(type), name: id } },
+  );
+}
+
+function resourceType(type: string): string {
+  return `tandem.assignment.v1.${type[0]?.toUpperCase() ?? ''}${type.slice(1)}`;
 }
 
 /** The stored version an etag names; throws ABORTED when it is not the current one. */

@@ -36,6 +36,21 @@ interface LeaseDocument {
   readonly expiresAt: number;
 }
 
+/**
+ * The id of an experiment or holdout that served and was deleted. Such an id is never given out
+ * again: sticky assignments and once-a-day exposure ids are keyed by it, and Analysis would mix
+ * two experiments under one name.
+ */
+interface RetiredIdDocument {
+  /** `<kind>/<resource id>`. */
+  readonly id: string;
+  /** Milliseconds since the epoch. */
+  readonly retireTime: number;
+}
+
+/** The kinds of resource whose ids are retired on delete. */
+export type RetiredKind = 'experiment' | 'holdout';
+
 const WRITE_LEASE_ID = 'configuration-writes';
 /** How often a replica waiting for the write lease looks again. */
 const LEASE_POLL_MS = 20;
@@ -61,6 +76,7 @@ export class ConfigurationStore {
     private readonly counters: Collection<CounterDocument>,
     private readonly secrets: Collection<SecretDocument>,
     private readonly leases: Collection<LeaseDocument>,
+    private readonly retiredIds: Collection<RetiredIdDocument>,
   ) {}
 
   /** Opens (and creates) the collections. Throws `UnavailableError` when storage is down. */
@@ -73,6 +89,7 @@ export class ConfigurationStore {
       await store.collection<CounterDocument>({ name: 'counters' }),
       await store.collection<SecretDocument>({ name: 'secrets' }),
       await store.collection<LeaseDocument>({ name: 'leases' }),
+      await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
     );
   }
 
@@ -120,6 +137,19 @@ export class ConfigurationStore {
       }
       await new Promise((resolve) => setTimeout(resolve, LEASE_POLL_MS));
     }
+  }
+
+  /**
+   * Records that `id` served and is being deleted, so that it is never created again. Call it
+   * before deleting the resource: a crash in between leaves both, and the delete can be retried.
+   */
+  async retire(kind: RetiredKind, id: string): Promise<void> {
+    await this.retiredIds.upsert({ id: `${kind}/${id}`, retireTime: Date.now() });
+  }
+
+  /** Whether `id` belonged to a resource that served and was deleted. */
+  async isRetired(kind: RetiredKind, id: string): Promise<boolean> {
+    return (await this.retiredIds.get(`${kind}/${id}`)) !== undefined;
   }
 
   /** The stored configuration version; 0 before the first change. */

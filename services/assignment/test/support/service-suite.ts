@@ -401,6 +401,27 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect((await failure(client.getExperiment({ id: 'lifecycle' }))).code).toBe(
           GrpcCode.NOT_FOUND,
         );
+        // Its sticky assignments and today's exposure ids are keyed by the id: never reused.
+        const reused = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: experiment('lifecycle') }),
+          ),
+        );
+        expect(reused.code).toBe(GrpcCode.ALREADY_EXISTS);
+        expect(reused.reason).toBe('ID_RETIRED');
+        // An experiment that never started leaves nothing behind; its id is free again.
+        const draft = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('never-started') }),
+        );
+        await admin.deleteExperiment(
+          DeleteExperimentRequest.fromPartial({
+            id: 'never-started',
+            etag: draft.experiment?.etag ?? '',
+          }),
+        );
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('never-started') }),
+        );
         expect(
           (
             await failure(
@@ -819,6 +840,15 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect((await failure(client.getHoldout({ id: 'long-term' }))).code).toBe(
           GrpcCode.NOT_FOUND,
         );
+        const reused = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('long-term', { surfaces: ['shelf'] }),
+            }),
+          ),
+        );
+        expect(reused.code).toBe(GrpcCode.ALREADY_EXISTS);
+        expect(reused.reason).toBe('ID_RETIRED');
       });
     });
 

@@ -4587,7 +4587,9 @@ export const AssignmentServiceService = {
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
-   * experiment with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
+   * an id is never reused, so its sticky assignments and logged exposures stay its own);
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   createExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/CreateExperiment" as const,
@@ -4655,7 +4657,8 @@ export const AssignmentServiceService = {
   },
   /**
    * DeleteExperiment deletes an experiment that is not serving, freeing its layer range and its
-   * sticky assignments. Exposures already logged stay with Analysis.
+   * sticky assignments. Exposures already logged stay with Analysis. The id of an experiment that
+   * ever started is retired: CreateExperiment refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -4731,7 +4734,8 @@ export const AssignmentServiceService = {
    * CreateHoldout creates a holdout, in status DRAFT unless `holdout.status` says RUNNING.
    * Errors: INVALID_ARGUMENT when the id, fraction, unit type or another field is invalid, neither
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
-   * the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
+   * PERMISSION_DENIED as for every admin RPC.
    */
   createHoldout: {
     path: "/tandem.assignment.v1.AssignmentService/CreateHoldout" as const,
@@ -4792,7 +4796,8 @@ export const AssignmentServiceService = {
     responseDeserialize: (value: Buffer): UpdateHoldoutResponse => UpdateHoldoutResponse.decode(value),
   },
   /**
-   * DeleteHoldout deletes a holdout that is not running.
+   * DeleteHoldout deletes a holdout that is not running. The id of a holdout that ever ran is
+   * retired: CreateHoldout refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -4925,7 +4930,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
-   * experiment with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
+   * an id is never reused, so its sticky assignments and logged exposures stay its own);
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   createExperiment: handleUnaryCall<CreateExperimentRequest, CreateExperimentResponse>;
   /**
@@ -4954,7 +4961,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   updateExperiment: handleUnaryCall<UpdateExperimentRequest, UpdateExperimentResponse>;
   /**
    * DeleteExperiment deletes an experiment that is not serving, freeing its layer range and its
-   * sticky assignments. Exposures already logged stay with Analysis.
+   * sticky assignments. Exposures already logged stay with Analysis. The id of an experiment that
+   * ever started is retired: CreateExperiment refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -4990,7 +4998,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * CreateHoldout creates a holdout, in status DRAFT unless `holdout.status` says RUNNING.
    * Errors: INVALID_ARGUMENT when the id, fraction, unit type or another field is invalid, neither
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
-   * the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
+   * PERMISSION_DENIED as for every admin RPC.
    */
   createHoldout: handleUnaryCall<CreateHoldoutRequest, CreateHoldoutResponse>;
   /**
@@ -5016,7 +5025,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    */
   updateHoldout: handleUnaryCall<UpdateHoldoutRequest, UpdateHoldoutResponse>;
   /**
-   * DeleteHoldout deletes a holdout that is not running.
+   * DeleteHoldout deletes a holdout that is not running. The id of a holdout that ever ran is
+   * retired: CreateHoldout refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5175,7 +5185,9 @@ export interface AssignmentServiceClient extends Client {
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
-   * experiment with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
+   * an id is never reused, so its sticky assignments and logged exposures stay its own);
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   createExperiment(
     request: CreateExperimentRequest,
@@ -5260,7 +5272,8 @@ export interface AssignmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * DeleteExperiment deletes an experiment that is not serving, freeing its layer range and its
-   * sticky assignments. Exposures already logged stay with Analysis.
+   * sticky assignments. Exposures already logged stay with Analysis. The id of an experiment that
+   * ever started is retired: CreateExperiment refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5352,7 +5365,8 @@ export interface AssignmentServiceClient extends Client {
    * CreateHoldout creates a holdout, in status DRAFT unless `holdout.status` says RUNNING.
    * Errors: INVALID_ARGUMENT when the id, fraction, unit type or another field is invalid, neither
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
-   * the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
+   * PERMISSION_DENIED as for every admin RPC.
    */
   createHoldout(
     request: CreateHoldoutRequest,
@@ -5434,7 +5448,8 @@ export interface AssignmentServiceClient extends Client {
     callback: (error: ServiceError | null, response: UpdateHoldoutResponse) => void,
   ): ClientUnaryCall;
   /**
-   * DeleteHoldout deletes a holdout that is not running.
+   * DeleteHoldout deletes a holdout that is not running. The id of a holdout that ever ran is
+   * retired: CreateHoldout refuses it from then on.
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
