@@ -205,14 +205,25 @@ export class LiveConfiguration {
     });
   }
 
-  /** Starts the periodic check; `onTick` runs after each (the schedule uses it). */
+  /**
+   * Starts the periodic check. `onTick` (the schedule) starts after each check, one run at a time;
+   * the checks do not wait for it, since it queues behind this replica's configuration writes.
+   */
   startPolling(intervalMs: number, onTick: () => Promise<void>): void {
+    let ticking = false;
     const tick = async (): Promise<void> => {
       try {
         await this.refresh();
-        await onTick();
       } catch (error) {
         this.logger.warn({ err: error }, 'configuration check failed; serving the last one loaded');
+      }
+      if (!ticking) {
+        ticking = true;
+        onTick()
+          .catch((error: unknown) => {
+            this.logger.warn({ err: error }, 'the schedule step failed; it runs again next check');
+          })
+          .finally(() => (ticking = false));
       }
       if (this.timer !== undefined) this.timer = setTimeout(() => void tick(), intervalMs).unref();
     };

@@ -1,0 +1,59 @@
+/**
+ * The in-memory configuration's periodic check: it keeps picking up stored changes while the
+ * schedule step it starts is held up (that step queues behind this replica's admin writes, which
+ * may wait for another replica's write lease).
+ */
+import { rmSync } from 'node:fs';
+import { createLogger } from '../../platform/src/logging';
+import type { DocumentStore } from '../../platform/src/storage/collection';
+import { openStore } from '../../platform/src/storage/open-store';
+import { LiveConfiguration } from '../src/live-configuration';
+import { ConfigurationStore } from '../src/store/configuration-store';
+import { eventually, temporaryDataDir } from './support/harness';
+
+describe('the live configuration', () => {
+  let dataDir: string;
+  let store: DocumentStore;
+  let configuration: ConfigurationStore;
+  let live: LiveConfiguration;
+
+  beforeEach(async () => {
+    dataDir = temporaryDataDir();
+    store = await openStore({ service: 'assignment', dataDir });
+    configuration = await ConfigurationStore.open(store);
+    live = new LiveConfiguration(configuration, createLogger({ service: 'test', level: 'silent' }));
+    await live.load();
+  });
+
+  afterEach(async () => {
+    live.stopPolling();
+    await store.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('reloads stored changes while the schedule step is still waiting', async () => {
+    let ticks = 0;
+    live.startPolling(20, () => {
+      ticks++;
+      return new Promise(() => undefined); // never finishes, like a step stuck behind a lease
+    });
+    await eventually(() => {
+      expect(ticks).toBe(1);
+    }, 2000);
+    const now = Date.now();
+    await configuration.layers.insert({
+      id: 'late',
+      description: '',
+      owner: '',
+      tags: [],
+      createTime: now,
+      updateTime: now,
+    });
+    await configuration.bumpVersion();
+    await eventually(() => {
+      expect(live.current().layers.has('late')).toBe(true);
+    }, 2000);
+    // One schedule run at a time: the stuck one is not piled on.
+    expect(ticks).toBe(1);
+  });
+});
