@@ -1,11 +1,14 @@
 /**
  * Scheduled experiments: StartExperiment with a future start makes the experiment SCHEDULED, it
- * serves only within [scheduled_start_time, scheduled_end_time), and oversized requests are refused
- * with a clear status.
+ * serves only within [scheduled_start_time, scheduled_end_time) while its status follows (RUNNING,
+ * then STOPPED), the schedule cannot be edited to contradict what was served, and oversized
+ * requests are refused with a clear status.
  */
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { ExperimentStatus } from '../../../gen/ts/tandem/assignment/v1/experiment';
 import { AssignmentReason } from '../../../gen/ts/tandem/assignment/v1/assignment';
+import { ApplyRequest } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { FailedPreconditionError, type TandemError } from '../../platform/src/errors';
 import { failure } from '../../platform/test/support/failure';
 import { eventually, startTestAssignment, type TestAssignment } from './support/harness';
 import { experiment, resolveRequest } from './support/fixtures';
@@ -44,9 +47,136 @@ describe('scheduled experiments', () => {
     await eventually(async () => {
       expect([AssignmentReason.ASSIGNMENT_REASON_ASSIGNED]).toContain(await reasonFor('timed'));
     }, 5000);
+    // The status catches up with the schedule, dated by it.
+    await eventually(async () => {
+      const { experiment: running } = await assignment.client.getExperiment({ id: 'timed' });
+      expect(running).toMatchObject({
+        status: ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+        startTime: start,
+      });
+    }, 5000);
     await eventually(async () => {
       expect(await reasonFor('timed')).toBe(AssignmentReason.ASSIGNMENT_REASON_NOT_RUNNING);
     }, 5000);
+    await eventually(async () => {
+      const { experiment: stopped } = await assignment.client.getExperiment({ id: 'timed' });
+      expect(stopped).toMatchObject({
+        status: ExperimentStatus.EXPERIMENT_STATUS_STOPPED,
+        startTime: start,
+        stopTime: end,
+      });
+    }, 5000);
+  });
+
+  it('refuses schedule edits that contradict what was served', async () => {
+    const hour = 3_600_000;
+    const update = (
+      id: string,
+      etag: string,
+      times: { scheduledStartTime?: Date; scheduledEndTime?: Date },
+    ) =>
+      assignment.admin.updateExperiment({
+        experiment: { ...experiment(id, times), etag },
+        updateMask: ['scheduled_start_time', 'scheduled_end_time'],
+        requestId: '',
+      });
+    const preconditions = async (call: Promise<unknown>): Promise<string[]> => {
+      const error: TandemError = await failure(call);
+      expect(error.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      return error instanceof FailedPreconditionError ? error.violations.map((v) => v.type) : [];
+    };
+
+    // SCHEDULED: the start may move within the future; cleared, it would have to start now.
+    const start = new Date(Date.now() + hour);
+    const end = new Date(Date.now() + 2 * hour);
+    await assignment.admin.createExperiment({
+      experiment: experiment('later', { scheduledStartTime: start, scheduledEndTime: end }),
+      requestId: '',
+    });
+    const scheduled = await assignment.admin.startExperiment({
+      id: 'later',
+      etag: '',
+      requestId: '',
+    });
+    const scheduledEtag = scheduled.experiment?.etag ?? '';
+    expect(await preconditions(update('later', scheduledEtag, { scheduledEndTime: end }))).toEqual([
+      'SCHEDULE_PASSED',
+    ]);
+    const moved = await update('later', scheduledEtag, {
+      scheduledStartTime: new Date(start.getTime() + hour),
+      scheduledEndTime: new Date(end.getTime() + hour),
+    });
+    expect(moved.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_SCHEDULED);
+
+    // RUNNING: the start is history; the end moves only within the future.
+    await assignment.admin.createExperiment({
+      experiment: experiment('now-on', { scheduledEndTime: end }),
+      requestId: '',
+    });
+    const running = await assignment.admin.startExperiment({
+      id: 'now-on',
+      etag: '',
+      requestId: '',
+    });
+    const runningEtag = running.experiment?.etag ?? '';
+    expect(running.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_RUNNING);
+    expect(
+      await preconditions(
+        update('now-on', runningEtag, {
+          scheduledStartTime: new Date(Date.now() - hour),
+          scheduledEndTime: new Date(Date.now() - 1000),
+        }),
+      ),
+    ).toEqual(['IMMUTABLE_ONCE_STARTED', 'SCHEDULE_PASSED']);
+    const extended = await update('now-on', runningEtag, {
+      scheduledEndTime: new Date(end.getTime() + hour),
+    });
+    expect(extended.experiment?.scheduledEndTime).toEqual(new Date(end.getTime() + hour));
+
+    // STOPPED: the schedule is closed.
+    const stopped = await assignment.admin.stopExperiment({
+      id: 'now-on',
+      etag: '',
+      requestId: '',
+    });
+    expect(
+      await preconditions(
+        update('now-on', stopped.experiment?.etag ?? '', { scheduledEndTime: end }),
+      ),
+    ).toEqual(['IMMUTABLE_ONCE_STOPPED']);
+  });
+
+  it('stops a SCHEDULED experiment whose start has come as a running one', async () => {
+    // No periodic step: the status stays SCHEDULED after the start, while the window serves.
+    const paused = await startTestAssignment({ reloadInterval: '1h' });
+    try {
+      const start = new Date(Date.now() + 300);
+      await paused.admin.createExperiment({
+        experiment: experiment('due', { scheduledStartTime: start }),
+        requestId: '',
+      });
+      await paused.admin.startExperiment({ id: 'due', etag: '', requestId: '' });
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      const resolved = await paused.client.resolve(resolveRequest('user-1'));
+      expect(resolved.assignments.find((a) => a.experimentId === 'due')?.reason).toBe(
+        AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+      );
+      const { experiment: stopped } = await paused.admin.stopExperiment({
+        id: 'due',
+        etag: '',
+        requestId: '',
+      });
+      expect(stopped?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_STOPPED);
+      expect(stopped?.startTime).toEqual(start);
+      expect(stopped?.stopTime).toBeInstanceOf(Date);
+      // Shown before the stop but applied after it: not logged.
+      const applied = await paused.client.apply(
+        ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+      );
+      expect(applied.exposures).toMatchObject({ loggedCount: 0, notRunningCount: 1 });
+    } finally {
+      await paused.stop();
+    }
   });
 
   it('refuses an end before the start', async () => {

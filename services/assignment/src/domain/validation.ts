@@ -8,7 +8,7 @@
  * variant keys and order, stickiness, and weights unless the experiment is sticky) is frozen, so a unit never
  * silently moves between variants mid-experiment. Coverage and the end of the layer range may
  * change because ranges only grow or shrink at their ends (a sticky experiment's layer range only
- * grows).
+ * grows). {@link checkScheduleChange} keeps the schedule from rewriting what was already served.
  */
 import { weightsSumToOne } from './bucketing';
 import {
@@ -420,6 +420,75 @@ function checkRangeChange(
       'RANGE_ONLY_GROWS',
     );
   }
+}
+
+/**
+ * Guards the schedule against edits that would contradict what was served: a started
+ * experiment's start is history, an end may not be moved into the past (StopExperiment stops it
+ * now), and a stopped experiment's schedule is closed. A SCHEDULED experiment's start may move
+ * while it is still in the future. `now` is the update's time, in milliseconds since the epoch.
+ */
+export function checkScheduleChange(
+  before: ExperimentDefinition,
+  after: ExperimentDefinition,
+  now: number,
+): FieldViolation[] {
+  const out = new Violations();
+  const startBefore = before.scheduledStartTime;
+  const startAfter = after.scheduledStartTime;
+  const endBefore = before.scheduledEndTime;
+  const endAfter = after.scheduledEndTime;
+  const startChanged = startBefore !== startAfter;
+  const endChanged = endBefore !== endAfter;
+  switch (before.status) {
+    case ExperimentStatus.SCHEDULED:
+    case ExperimentStatus.RUNNING: {
+      // A SCHEDULED experiment whose start has come is serving; its status catches up shortly.
+      const started =
+        before.status === ExperimentStatus.RUNNING ||
+        (startBefore !== undefined && startBefore <= now);
+      if (startChanged && started) {
+        out.add(
+          'scheduled_start_time',
+          'the start cannot change once the experiment has started',
+          'IMMUTABLE_ONCE_STARTED',
+        );
+      } else if (startChanged && (startAfter === undefined || startAfter <= now)) {
+        out.add(
+          'scheduled_start_time',
+          "a SCHEDULED experiment's start must stay in the future: to run it now, stop it (back to DRAFT) and start it",
+          'SCHEDULE_PASSED',
+        );
+      }
+      if (endChanged && endBefore !== undefined && endBefore <= now) {
+        out.add(
+          'scheduled_end_time',
+          'the scheduled end has passed: the experiment has stopped serving',
+          'SCHEDULE_PASSED',
+        );
+      } else if (endChanged && endAfter !== undefined && endAfter <= now) {
+        out.add(
+          'scheduled_end_time',
+          'a new end must be in the future: StopExperiment stops the experiment now',
+          'SCHEDULE_PASSED',
+        );
+      }
+      break;
+    }
+    case ExperimentStatus.STOPPED:
+      if (startChanged || endChanged) {
+        out.add(
+          startChanged ? 'scheduled_start_time' : 'scheduled_end_time',
+          "a stopped experiment's schedule cannot change",
+          'IMMUTABLE_ONCE_STOPPED',
+        );
+      }
+      break;
+    default:
+      // DRAFT: anything valid; CONCLUDED: checkRunningChange freezes everything.
+      break;
+  }
+  return out.list;
 }
 
 function snakeCase(field: string): string {

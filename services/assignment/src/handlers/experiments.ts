@@ -27,6 +27,7 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
   AllocationMode,
   checkRunningChange,
+  checkScheduleChange,
   ExperimentStatus,
   validateExperiment,
 } from '../domain';
@@ -324,13 +325,16 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
               changed[field] = requested[field];
             }
           }
-          const after = { ...(changed as unknown as ExperimentDocument), updateTime: Date.now() };
+          const now = Date.now();
+          const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
           violations.push(...validate(context, after));
           rejectIfAny('experiment', violations);
-          const forbidden = checkRunningChange(
-            experimentDefinition(before.doc, undefined),
-            experimentDefinition(after, undefined),
-          );
+          const definitionBefore = experimentDefinition(before.doc, undefined);
+          const definitionAfter = experimentDefinition(after, undefined);
+          const forbidden = [
+            ...checkRunningChange(definitionBefore, definitionAfter),
+            ...checkScheduleChange(definitionBefore, definitionAfter, now),
+          ];
           if (forbidden.length > 0) {
             throw new FailedPreconditionError(
               `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,
@@ -443,6 +447,19 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         let next: ExperimentDocument;
         if (doc.status === ExperimentStatus.RUNNING) {
           next = { ...doc, status: ExperimentStatus.STOPPED, stopTime: now, updateTime: now };
+        } else if (
+          doc.status === ExperimentStatus.SCHEDULED &&
+          doc.scheduledStartTime !== null &&
+          doc.scheduledStartTime <= now
+        ) {
+          // Its start has come, so it has been serving: it stops like a running one.
+          next = {
+            ...doc,
+            status: ExperimentStatus.STOPPED,
+            startTime: doc.scheduledStartTime,
+            stopTime: now,
+            updateTime: now,
+          };
         } else if (doc.status === ExperimentStatus.SCHEDULED) {
           next = { ...doc, status: ExperimentStatus.DRAFT, updateTime: now };
         } else {

@@ -20,6 +20,7 @@ import { InvalidArgumentError, type FieldViolation } from '../../../platform/src
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
   AssignmentReason,
+  ExperimentStatus,
   SURFACE_PATTERN,
   type AssignmentSnapshot,
   type Attributes,
@@ -120,10 +121,11 @@ const NO_EXPOSURES: ExposureCounts = {
 
 /**
  * Whether `experiment` had stopped serving by `time` (by StopExperiment, its schedule or
- * conclusion): an exposure shown after that is not logged.
+ * conclusion), or is a DRAFT that never served: an exposure shown after that is not logged.
  */
 function stoppedBy(experiment: ExperimentDocument, time: number): boolean {
   return (
+    experiment.status === ExperimentStatus.DRAFT ||
     (experiment.stopTime !== null && experiment.stopTime <= time) ||
     (experiment.scheduledEndTime !== null && experiment.scheduledEndTime <= time)
   );

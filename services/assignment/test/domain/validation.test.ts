@@ -5,6 +5,7 @@ import {
 } from '../../src/domain/configuration';
 import {
   checkRunningChange,
+  checkScheduleChange,
   validateAllocation,
   validateExperiment,
   validateHoldout,
@@ -322,5 +323,74 @@ describe('checkRunningChange', () => {
     expect(
       fieldsAndReasons(checkRunningChange(concluded, { ...concluded, coverage: 0.5 })),
     ).toEqual([['coverage', 'IMMUTABLE_WHEN_CONCLUDED']]);
+  });
+});
+
+describe('checkScheduleChange', () => {
+  const now = Date.UTC(2026, 0, 10);
+  const hour = 3_600_000;
+  const at = (
+    status: ExperimentStatus,
+    scheduledStartTime?: number,
+    scheduledEndTime?: number,
+  ): ExperimentDefinition => ({
+    ...experiment({ id: 'exp' }),
+    status,
+    scheduledStartTime,
+    scheduledEndTime,
+  });
+  const check = (before: ExperimentDefinition, after: ExperimentDefinition): string[][] =>
+    fieldsAndReasons(checkScheduleChange(before, after, now));
+
+  it('lets a draft take any schedule', () => {
+    const draft = at(ExperimentStatus.DRAFT, now + hour, now + 2 * hour);
+    expect(check(draft, at(ExperimentStatus.DRAFT, now - hour, now - 1))).toEqual([]);
+    expect(check(draft, at(ExperimentStatus.DRAFT))).toEqual([]);
+  });
+
+  it("moves a scheduled experiment's start only within the future", () => {
+    const scheduled = at(ExperimentStatus.SCHEDULED, now + hour, now + 3 * hour);
+    const moved = (start?: number) => at(ExperimentStatus.SCHEDULED, start, now + 3 * hour);
+    expect(check(scheduled, moved(now + 2 * hour))).toEqual([]);
+    expect(check(scheduled, moved(undefined))).toEqual([
+      ['scheduled_start_time', 'SCHEDULE_PASSED'],
+    ]);
+    expect(check(scheduled, moved(now))).toEqual([['scheduled_start_time', 'SCHEDULE_PASSED']]);
+    // Its start has come: it is serving, and its status is about to say RUNNING.
+    const due = at(ExperimentStatus.SCHEDULED, now - 1, now + hour);
+    expect(check(due, at(ExperimentStatus.SCHEDULED, now + hour, now + 2 * hour))).toEqual([
+      ['scheduled_start_time', 'IMMUTABLE_ONCE_STARTED'],
+    ]);
+  });
+
+  it("keeps a running experiment's start, and moves its end only within the future", () => {
+    const running = at(ExperimentStatus.RUNNING, now - hour, now + hour);
+    const ended = (end?: number) => at(ExperimentStatus.RUNNING, now - hour, end);
+    expect(check(running, ended(now + 5 * hour))).toEqual([]);
+    expect(check(running, ended(now + 1))).toEqual([]);
+    expect(check(running, ended(undefined))).toEqual([]);
+    expect(check(running, ended(now))).toEqual([['scheduled_end_time', 'SCHEDULE_PASSED']]);
+    expect(check(running, at(ExperimentStatus.RUNNING, undefined, now + hour))).toEqual([
+      ['scheduled_start_time', 'IMMUTABLE_ONCE_STARTED'],
+    ]);
+    // Its end has passed: it has stopped serving; a later end would not revive it quietly.
+    const over = at(ExperimentStatus.RUNNING, now - hour, now - 1);
+    expect(check(over, at(ExperimentStatus.RUNNING, now - hour, now + hour))).toEqual([
+      ['scheduled_end_time', 'SCHEDULE_PASSED'],
+    ]);
+    // A running experiment without a scheduled start has none to keep.
+    const unscheduled = at(ExperimentStatus.RUNNING);
+    expect(check(unscheduled, at(ExperimentStatus.RUNNING, undefined, now + hour))).toEqual([]);
+  });
+
+  it("closes a stopped experiment's schedule", () => {
+    const stopped = at(ExperimentStatus.STOPPED, now - 2 * hour, now - hour);
+    expect(check(stopped, at(ExperimentStatus.STOPPED, now - 2 * hour, now + hour))).toEqual([
+      ['scheduled_end_time', 'IMMUTABLE_ONCE_STOPPED'],
+    ]);
+    expect(check(stopped, at(ExperimentStatus.STOPPED, undefined, now - hour))).toEqual([
+      ['scheduled_start_time', 'IMMUTABLE_ONCE_STOPPED'],
+    ]);
+    expect(check(stopped, stopped)).toEqual([]);
   });
 });
