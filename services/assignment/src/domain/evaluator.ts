@@ -22,8 +22,9 @@
  *
  * Resolve follows assignment.proto's order and stops at the first reason that applies:
  * NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by a unit's sticky variant) →
- * TARGETED_OUT → HOLDOUT → STICKY → NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it (reason
- * CONCLUDED) right after the holdout check, skipping sticky, layer and coverage.
+ * TARGETED_OUT → HOLDOUT → STICKY (STICKY_UNAVAILABLE when the unit's stored variants could not be
+ * read) → NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it
+ * (reason CONCLUDED) right after the holdout check, skipping sticky, layer and coverage.
  */
 import { applyMinArmShare, bucketRanges } from './bucketing';
 import {
@@ -71,20 +72,28 @@ export const AssignmentReason = {
   NOT_IN_LAYER_RANGE: 7,
   NOT_IN_COVERAGE: 8,
   CONCLUDED: 9,
+  STICKY_UNAVAILABLE: 10,
 } as const;
 /** Why a unit got its variant. */
 export type AssignmentReason = (typeof AssignmentReason)[keyof typeof AssignmentReason];
 
 /**
- * Whether an assignment with this reason changes what is served (ASSIGNED, STICKY, HOLDOUT,
- * CONCLUDED): what Resolve returns without `explain`, and all `resolveServed` returns.
+ * Whether an assignment with this reason changes what is served or says why it could not
+ * (ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE): what Resolve returns without
+ * `explain`, and all `resolveServed` returns.
  */
 export function isServedReason(reason: number): boolean {
-  return reason === ASSIGNED || reason === STICKY || reason === HOLDOUT || reason === CONCLUDED;
+  return (
+    reason === ASSIGNED ||
+    reason === STICKY ||
+    reason === HOLDOUT ||
+    reason === CONCLUDED ||
+    reason === STICKY_UNAVAILABLE
+  );
 }
 
 // Module constants: `AssignmentReason.X` compiles to a property read through `exports`.
-const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED } = AssignmentReason;
+const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE } = AssignmentReason;
 
 /** A variant stored for a unit at its first exposure to a sticky experiment. */
 export interface StickyAssignment {
@@ -107,6 +116,11 @@ export interface UnitContext {
   readonly now: number;
   /** Stored sticky assignments of this unit, by experiment id. */
   readonly sticky?: ReadonlyMap<string, StickyAssignment>;
+  /**
+   * True when the stored sticky assignments could not be read: sticky experiments then serve the
+   * control with reason STICKY_UNAVAILABLE instead of a variant the unit may not hold.
+   */
+  readonly stickyUnavailable?: boolean;
 }
 
 /** A variant as the evaluator serves it. */
@@ -180,9 +194,9 @@ export interface Resolution {
 const Serving = { OFF: 0, WINDOW: 1, SHIPPED: 2 } as const;
 type Serving = (typeof Serving)[keyof typeof Serving];
 
-// Result cache layout per (experiment, surface slot): reasons 1..9 at their code, then one ASSIGNED
-// entry per variant, then one HOLDOUT entry per covering holdout.
-const REASON_SLOTS = 10;
+// Result cache layout per (experiment, surface slot): reasons 1..10 at their code, then one
+// ASSIGNED entry per variant, then one HOLDOUT entry per covering holdout.
+const REASON_SLOTS = 11;
 
 interface ExperimentPlan extends CompiledExperiment {
   readonly index: number;
@@ -471,8 +485,8 @@ export class AssignmentSnapshot {
   }
 
   /**
-   * The sticky experiments on these surfaces, so the caller can fetch the unit's stored sticky
-   * assignments (one storage read) before resolving.
+   * The serving sticky experiments on these surfaces, so the caller can fetch the unit's stored
+   * sticky assignments (one storage read) before resolving.
    */
   stickyExperimentIds(surfaces: readonly string[]): readonly string[] {
     if (surfaces.length === 1)
@@ -740,6 +754,8 @@ export class AssignmentSnapshot {
     }
     if (plan.serving === Serving.SHIPPED)
       return this.result(plan, slot, AssignmentReason.CONCLUDED, unit);
+    if (plan.sticky && unit.stickyUnavailable === true)
+      return this.result(plan, slot, AssignmentReason.STICKY_UNAVAILABLE, unit);
     if (plan.sticky && unit.sticky !== undefined) {
       const stored = unit.sticky.get(plan.id);
       const variant = stored === undefined ? undefined : plan.variantsByKey.get(stored.variantKey);
@@ -925,7 +941,10 @@ export class AssignmentSnapshot {
             h.definition.surfaces.includes(surface) ||
             h.definition.layerIds.some((id) => layersHere.has(id)),
         ),
-        stickyExperimentIds: entry.experiments.filter((p) => p.sticky).map((p) => p.id),
+        // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
+        stickyExperimentIds: entry.experiments
+          .filter((p) => p.sticky && p.serving === Serving.WINDOW)
+          .map((p) => p.id),
         planIndexes: Int32Array.from(entry.experiments.map((p) => p.index)),
         // Filled once result keys and unit type numbers are known (see `fillRecords`).
         records: new Int32Array(entry.experiments.length * RECORD_INTS),

@@ -26,6 +26,7 @@ import {
   type Attributes,
   type ResolvedAssignment,
   type StickyAssignment,
+  type UnitContext,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import type { ExposureTally } from '../events/exposure-log';
@@ -241,6 +242,9 @@ async function logExposures(
   };
 }
 
+/** How often a failing sticky lookup is logged at most. */
+const STICKY_WARNING_INTERVAL_MS = 10_000;
+
 export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
   const applyResults = new Map<string, ExposureCounts>();
   // The rendered results of the snapshot in use; a new configuration version starts a new table.
@@ -252,6 +256,21 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       renderedSnapshot = snapshot;
     }
     return renderedTable;
+  };
+
+  // A failing sticky lookup is logged at most once per interval, with the count since the last.
+  let stickyFailures = 0;
+  let stickyWarnedAt = -Infinity;
+  const stickyLookupFailed = (error: unknown): void => {
+    stickyFailures++;
+    const now = Date.now();
+    if (now - stickyWarnedAt < STICKY_WARNING_INTERVAL_MS) return;
+    context.logger.warn(
+      { err: error, failedLookups: stickyFailures },
+      'sticky assignments could not be read; sticky experiments serve STICKY_UNAVAILABLE',
+    );
+    stickyWarnedAt = now;
+    stickyFailures = 0;
   };
 
   return {
@@ -302,11 +321,27 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         if (!view.snapshot.hasSurface(surface)) unknownSurfaces.push(surface);
       }
       const stickyIds = view.snapshot.stickyExperimentIds(surfaces);
-      const sticky =
-        stickyIds.length > 0
-          ? await context.sticky.lookup(unitType, unitId, stickyIds, now)
-          : undefined;
-      const unitContext = { id: unitId, type: unitType, attributes, surfaces, now, sticky };
+      let sticky: ReadonlyMap<string, StickyAssignment> | undefined;
+      let stickyUnavailable = false;
+      if (stickyIds.length > 0) {
+        try {
+          sticky = await context.sticky.lookup(unitType, unitId, stickyIds, now);
+        } catch (error) {
+          // Only the sticky experiments depend on it: they serve STICKY_UNAVAILABLE, the rest
+          // as usual.
+          stickyUnavailable = true;
+          stickyLookupFailed(error);
+        }
+      }
+      const unitContext: UnitContext = {
+        id: unitId,
+        type: unitType,
+        attributes,
+        surfaces,
+        now,
+        sticky,
+        stickyUnavailable,
+      };
       // Without `explain`, only what decides what is served: the snapshot's index skips the
       // experiments whose layer range the unit is not in instead of evaluating each.
       const resolution = request.explain

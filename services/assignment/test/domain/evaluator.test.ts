@@ -469,6 +469,53 @@ describe('sticky assignments', () => {
     expect(snapshot.stickyExperimentIds(['home'])).toEqual(['exp']);
     expect([...snapshot.stickyExperimentIds(['home', 'search'])].sort()).toEqual(['exp', 's2']);
   });
+
+  it('are listed only for experiments that may serve a hashed variant', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'running', sticky: true }),
+          experiment({ id: 'scheduled', sticky: true, status: ExperimentStatus.SCHEDULED }),
+          experiment({ id: 'draft', sticky: true, status: ExperimentStatus.DRAFT }),
+          experiment({ id: 'stopped', sticky: true, status: ExperimentStatus.STOPPED }),
+          experiment({
+            id: 'shipped',
+            sticky: true,
+            status: ExperimentStatus.CONCLUDED,
+            shippedVariantKey: 'treatment',
+          }),
+        ],
+      }),
+    );
+    expect([...snapshot.stickyExperimentIds(['home'])].sort()).toEqual(['running', 'scheduled']);
+  });
+
+  it('unreadable, give sticky experiments the control without exposure, and leave the rest', () => {
+    // A unit both unconditioned experiments would put in treatment.
+    const id = findUnit(
+      (u) => (hash('plain', u, 2) ?? 0) >= 0.5 && (hash('sticky', u, 2) ?? 0) >= 0.5,
+    );
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'plain', coverage: 1 }),
+          experiment({ id: 'sticky', sticky: true, coverage: 1 }),
+          experiment({ id: 'targeted', sticky: true, condition: { country: 'NO' } }),
+        ],
+      }),
+    );
+    const resolved = snapshot.resolve(
+      unit(id, { attributes: { country: 'SE' }, stickyUnavailable: true }),
+    ).assignments;
+    expect(resolved.map((a) => [a.experiment.id, a.reason, a.variant.key, a.inExperiment])).toEqual(
+      [
+        ['plain', AssignmentReason.ASSIGNED, 'treatment', true],
+        ['sticky', AssignmentReason.STICKY_UNAVAILABLE, 'control', false],
+        // Targeting comes first: a unit targeted out is out, stored variant or not.
+        ['targeted', AssignmentReason.TARGETED_OUT, 'control', false],
+      ],
+    );
+  });
 });
 
 describe('bandit experiments', () => {

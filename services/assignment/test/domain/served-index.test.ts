@@ -110,6 +110,8 @@ const unitShape = fc.record({
   sticky: fc.array(fc.tuple(fc.nat(40), fc.constantFrom('v0', 'v1', 'v2', 'gone'), fc.nat(3)), {
     maxLength: 6,
   }),
+  // The sticky lookup failed, one unit in four.
+  stickyUnavailable: fc.constantFrom(false, false, false, true),
 });
 
 const scenario = fc.record({
@@ -205,7 +207,8 @@ describe('resolveServed', () => {
             attributes: u.attributes,
             surfaces: u.surfaces,
             now: NOW,
-            ...(sticky.size > 0 ? { sticky } : {}),
+            ...(u.stickyUnavailable ? { stickyUnavailable: true } : {}),
+            ...(sticky.size > 0 && !u.stickyUnavailable ? { sticky } : {}),
           };
           // Alternate the order, so no memo of one call leaks into the other.
           const first = snapshot.resolveServed(unit);
@@ -223,11 +226,14 @@ describe('resolveServed', () => {
       { numRuns: 500 },
     );
     // The generator must reach every reason, served or skipped, or the property says little.
+    // Floors at about half the rarest count seen over 30 runs of 500 scenarios (STICKY_UNAVAILABLE
+    // 91-131, HOLDOUT 155-220, ASSIGNED 331-376): a run varies a lot, since scenarios differ in
+    // size, and a floor near the mean fails now and then without anything being wrong.
     for (const reason of Object.values(AssignmentReason)) {
-      expect(reasons.get(reason) ?? 0).toBeGreaterThan(50);
+      expect(reasons.get(reason) ?? 0).toBeGreaterThan(40);
     }
-    expect(reasons.get(AssignmentReason.ASSIGNED)).toBeGreaterThan(300);
-    expect(reasons.get(AssignmentReason.HOLDOUT)).toBeGreaterThan(100);
+    expect(reasons.get(AssignmentReason.ASSIGNED)).toBeGreaterThan(160);
+    expect(reasons.get(AssignmentReason.HOLDOUT)).toBeGreaterThan(75);
   });
 
   it('evaluates one experiment per layer on a full layer instead of all of them', () => {

@@ -653,6 +653,70 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect((await apply()).exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
       });
 
+      it('serves the rest of a resolve when the sticky lookup fails, and looks up only serving sticky experiments', async () => {
+        const { admin, client } = service;
+        const surfaces = ['sticky-down'];
+        for (const [id, sticky] of [
+          ['sticky-down-a', true],
+          ['plain-down-b', false],
+          ['draft-sticky-c', true],
+        ] as const) {
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment(id, { surfaces, sticky }),
+            }),
+          );
+        }
+        const lookup = jest.spyOn(service.service.context.sticky, 'lookup');
+        try {
+          // Only the DRAFT one is sticky: nothing to look up.
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'plain-down-b' }));
+          await client.resolve(resolveRequest('down-1', { surfaces }));
+          expect(lookup).not.toHaveBeenCalled();
+
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-down-a' }));
+          lookup.mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+          const resolved = await client.resolve(
+            resolveRequest('down-1', { surfaces, apply: true }),
+          );
+          expect(lookup).toHaveBeenCalledWith(
+            'user',
+            'down-1',
+            ['sticky-down-a'],
+            expect.any(Number),
+          );
+          expect(
+            resolved.assignments.map((a) => [
+              a.experimentId,
+              a.reason,
+              a.variantKey,
+              a.inExperiment,
+            ]),
+          ).toEqual([
+            [
+              'plain-down-b',
+              AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+              expectedVariant('plain-down-b', 'down-1'),
+              true,
+            ],
+            [
+              'sticky-down-a',
+              AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE,
+              'control',
+              false,
+            ],
+          ]);
+          // Nothing was stored for the sticky experiment: once storage answers, the unit is assigned.
+          const again = await client.resolve(resolveRequest('down-1', { surfaces }));
+          expect(again.assignments.find((a) => a.experimentId === 'sticky-down-a')).toMatchObject({
+            reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+            inExperiment: true,
+          });
+        } finally {
+          lookup.mockRestore();
+        }
+      });
+
       it('logs no exposure shown after the experiment stopped, and one shown before', async () => {
         const { admin, client } = service;
         await admin.createExperiment(

@@ -11,9 +11,9 @@ import { Struct } from "../../../google/protobuf/struct";
 /**
  * Why a unit got the variant it got for one experiment. Resolve evaluates an experiment in this
  * order and stops at the first reason that applies: NOT_RUNNING, UNIT_TYPE_MISMATCH,
- * NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY, NOT_IN_COVERAGE, ASSIGNED. Layer membership
- * comes before targeting (as in the GrowthBook SDK) because it is a hash while a condition may be
- * costly; a unit with a stored sticky variant skips the layer check. A CONCLUDED experiment with a
+ * NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY (or STICKY_UNAVAILABLE), NOT_IN_COVERAGE,
+ * ASSIGNED. Layer membership comes before targeting (as in the GrowthBook SDK) because it is a
+ * hash while a condition may be costly; a unit with a stored sticky variant skips the layer check. A CONCLUDED experiment with a
  * shipped variant skips the layer, coverage and sticky checks.
  */
 export enum AssignmentReason {
@@ -46,6 +46,13 @@ export enum AssignmentReason {
    * (no exposure is logged).
    */
   ASSIGNMENT_REASON_CONCLUDED = 9,
+  /**
+   * ASSIGNMENT_REASON_STICKY_UNAVAILABLE - The experiment is sticky and the unit's stored variant could not be read (storage
+   * unavailable), so it is unknown whether the unit already holds one: it gets the control, and no
+   * exposure is logged or variant stored, so that no unit silently changes variant. The other
+   * experiments of the request are served as usual.
+   */
+  ASSIGNMENT_REASON_STICKY_UNAVAILABLE = 10,
   UNRECOGNIZED = -1,
 }
 
@@ -81,6 +88,9 @@ export function assignmentReasonFromJSON(object: any): AssignmentReason {
     case 9:
     case "ASSIGNMENT_REASON_CONCLUDED":
       return AssignmentReason.ASSIGNMENT_REASON_CONCLUDED;
+    case 10:
+    case "ASSIGNMENT_REASON_STICKY_UNAVAILABLE":
+      return AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -110,6 +120,8 @@ export function assignmentReasonToJSON(object: AssignmentReason): string {
       return "ASSIGNMENT_REASON_NOT_IN_COVERAGE";
     case AssignmentReason.ASSIGNMENT_REASON_CONCLUDED:
       return "ASSIGNMENT_REASON_CONCLUDED";
+    case AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE:
+      return "ASSIGNMENT_REASON_STICKY_UNAVAILABLE";
     case AssignmentReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -397,9 +397,10 @@ export interface ResolveRequest {
 export interface ResolveResponse {
   /**
    * The assignments that decide what to serve, ordered by experiment id: those the unit is in
-   * (ASSIGNED, STICKY), held out of (HOLDOUT, with the control), or that shipped a variant
-   * (CONCLUDED). An experiment that is missing serves its control, which should be the client's
-   * default. With `explain`, every experiment on the surfaces appears.
+   * (ASSIGNED, STICKY), held out of (HOLDOUT, with the control), that shipped a variant
+   * (CONCLUDED), or whose sticky lookup failed (STICKY_UNAVAILABLE, with the control). An
+   * experiment that is missing serves its control, which should be the client's default. With
+   * `explain`, every experiment on the surfaces appears.
    */
   assignments: Assignment[];
   /**
@@ -4819,9 +4820,10 @@ export const AssignmentServiceService = {
   },
   /**
    * Resolve computes the unit's assignments for every experiment on the requested surfaces, from
-   * the in-memory configuration (no storage read except sticky lookups). It logs nothing unless
-   * `apply` is set; otherwise pass the returned `resolve_token` to Apply once the experience is
-   * actually shown.
+   * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
+   * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
+   * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
@@ -5044,9 +5046,10 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   deleteHoldout: handleUnaryCall<DeleteHoldoutRequest, DeleteHoldoutResponse>;
   /**
    * Resolve computes the unit's assignments for every experiment on the requested surfaces, from
-   * the in-memory configuration (no storage read except sticky lookups). It logs nothing unless
-   * `apply` is set; otherwise pass the returned `resolve_token` to Apply once the experience is
-   * actually shown.
+   * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
+   * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
+   * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
@@ -5486,9 +5489,10 @@ export interface AssignmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Resolve computes the unit's assignments for every experiment on the requested surfaces, from
-   * the in-memory configuration (no storage read except sticky lookups). It logs nothing unless
-   * `apply` is set; otherwise pass the returned `resolve_token` to Apply once the experience is
-   * actually shown.
+   * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
+   * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
+   * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
