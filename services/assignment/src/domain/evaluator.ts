@@ -933,13 +933,17 @@ export class AssignmentSnapshot {
     for (const surface of surfaceNames) {
       const entry = bySurface.get(surface) ?? { experiments: [], slots: [] };
       const layersHere = new Set(entry.experiments.map((p) => p.layerId).filter((id) => id !== ''));
+      // A holdout covers an experiment on all of its surfaces, so one that covers an experiment
+      // here through another surface acts here too: its membership is listed (and logged).
+      const coveringHere = new Set(entry.experiments.flatMap((p) => [...p.holdoutSlots]));
       this.surfaces.set(surface, {
         experiments: entry.experiments,
         surfaceSlots: Int32Array.from(entry.slots),
         holdouts: holdouts.filter(
           (h) =>
             h.definition.surfaces.includes(surface) ||
-            h.definition.layerIds.some((id) => layersHere.has(id)),
+            h.definition.layerIds.some((id) => layersHere.has(id)) ||
+            coveringHere.has(h.index),
         ),
         // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
         stickyExperimentIds: entry.experiments

@@ -408,6 +408,30 @@ describe('holdouts', () => {
   });
 });
 
+describe('a holdout covering an experiment through another of its surfaces', () => {
+  const snapshot = buildSnapshot(
+    configuration({
+      experiments: [experiment({ id: 'both', surfaces: ['feed', 'search'] })],
+      holdouts: [holdout({ id: 'feed-only', fraction: 0.5, surfaces: ['feed'] })],
+    }),
+  );
+
+  it('lists its membership on that surface too, held out or not, as it decides what is served', () => {
+    for (const [id, heldOut] of [
+      [findUnit((u) => (hash('feed-only', u, 2) ?? 1) < 0.5), true],
+      [findUnit((u) => (hash('feed-only', u, 2) ?? 0) >= 0.5), false],
+    ] as const) {
+      const resolved = snapshot.resolve(unit(id, { surfaces: ['search'] }));
+      expect(only(resolved.assignments).reason).toBe(
+        heldOut ? AssignmentReason.HOLDOUT : AssignmentReason.ASSIGNED,
+      );
+      expect(resolved.holdouts.map((m) => [m.holdout.id, m.heldOut, m.surfaces])).toEqual([
+        ['feed-only', heldOut, ['search']],
+      ]);
+    }
+  });
+});
+
 describe('sticky assignments', () => {
   const sticky = (variantKey: string, allocationSequence = 0): Map<string, StickyAssignment> =>
     new Map([['exp', { variantKey, allocationSequence }]]);

@@ -181,7 +181,10 @@ export interface HoldoutMembership {
    * experiment's control; false when it is in the general population.
    */
   heldOut: boolean;
-  /** Output only. The requested surfaces the holdout covers (directly or through a layer). */
+  /**
+   * Output only. The requested surfaces the holdout covers: directly, through a layer, or through
+   * an experiment on the surface that it covers on another surface.
+   */
   surfaces: string[];
   /** Output only. The holdout's etag at the time of the resolve. */
   holdoutEtag: string;

@@ -405,7 +405,7 @@ export interface ResolveResponse {
   assignments: Assignment[];
   /**
    * The unit's membership in every running holdout of the unit's type that covers a requested
-   * surface, held out or not.
+   * surface (see Holdout), held out or not.
    */
   holdouts: HoldoutMembership[];
   /**

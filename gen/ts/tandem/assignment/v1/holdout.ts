@@ -66,7 +66,8 @@ export function holdoutStatusToJSON(object: HoldoutStatus): string {
  * covered experiment (reason HOLDOUT), including the shipped variant of a CONCLUDED one. The
  * holdout is analysed like a two-variant experiment: applying a resolve logs a holdout exposure
  * with variant `held_out` or `not_held_out` for every running holdout covering the resolved
- * surfaces.
+ * surfaces. A holdout covers an experiment on all of the experiment's surfaces, so it also covers
+ * a resolved surface that holds an experiment it covers through another surface.
  */
 export interface Holdout {
   /**
