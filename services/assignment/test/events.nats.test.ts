@@ -182,6 +182,41 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       expect(allocation?.sequence).toBe(3000);
     });
   });
+
+  it('carries a change to a second replica on the same embedded store within one second, by notification', async () => {
+    // Two replicas sharing one embedded store, as two processes on one machine do; with polling
+    // effectively off, only the ConfigChangeEvent can carry the change.
+    const shared = temporaryDataDir();
+    const writer = await startTestAssignment({
+      dataDir: shared,
+      natsUrl: url,
+      reloadInterval: '1h',
+    });
+    const reader = await startTestAssignment({
+      dataDir: shared,
+      natsUrl: url,
+      reloadInterval: '1h',
+    });
+    try {
+      const id = uniqueName('notified').replace(/_/g, '-').toLowerCase();
+      await writer.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
+      );
+      await writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+      const started = Date.now();
+      await eventually(async () => {
+        const response = await reader.client.resolve(
+          resolveRequest('replica-unit', { surfaces: [id] }),
+        );
+        expect(response.assignments.map((a) => a.experimentId)).toEqual([id]);
+      }, 5000);
+      expect(Date.now() - started).toBeLessThan(1000);
+    } finally {
+      await writer.stop();
+      await reader.stop();
+      rmSync(shared, { recursive: true, force: true });
+    }
+  });
 });
 
 describeWithNats('Assignment through a NATS outage', () => {

@@ -1,6 +1,8 @@
 /**
  * In-process gRPC tests on the embedded store and the in-process bus, as `make dev` runs it, plus
- * what only that set-up shows: a replica whose storage fails at start refuses to serve.
+ * what only that set-up shows: a replica whose storage fails at start refuses to serve, and two
+ * replicas on one embedded store see each other's changes by polling when no notification reaches
+ * them.
  */
 import { UnavailableError } from '../../platform/src/errors';
 import { bootstrap } from '../../platform/src/bootstrap';
@@ -10,10 +12,12 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   CreateExperimentRequest,
   ListExperimentsRequest,
+  StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { failure } from '../../platform/test/support/failure';
-import { experiment } from './support/fixtures';
-import { startTestAssignment, temporaryDataDir, testConfig } from './support/harness';
+import { experiment, resolveRequest } from './support/fixtures';
+import { eventually, startTestAssignment, temporaryDataDir, testConfig } from './support/harness';
 import { runServiceSuite } from './support/service-suite';
 
 runServiceSuite('embedded store, in-process bus', () => ({ dataDir: temporaryDataDir() }));
@@ -56,6 +60,34 @@ describe('a replica whose version bump failed once', () => {
       expect(listed.experiments.map((e) => e.id).sort()).toEqual(['next', 'unannounced']);
     } finally {
       await service.stop();
+    }
+  });
+});
+
+describe('two replicas on one embedded store, with no notification between them', () => {
+  it("serve each other's changes within one second by the periodic check", async () => {
+    const dataDir = temporaryDataDir();
+    // Separate in-process buses: no ConfigChangeEvent crosses; the default interval (500 ms) does.
+    const writer = await startTestAssignment({ dataDir, sharedBus: createInProcessBus() });
+    const reader = await startTestAssignment({ dataDir, sharedBus: createInProcessBus() });
+    try {
+      await writer.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('polled', { surfaces: ['polled'] }),
+        }),
+      );
+      await writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'polled' }));
+      const started = Date.now();
+      await eventually(async () => {
+        const response = await reader.client.resolve(
+          resolveRequest('replica-unit', { surfaces: ['polled'] }),
+        );
+        expect(response.assignments.map((a) => a.experimentId)).toEqual(['polled']);
+      }, 5000);
+      expect(Date.now() - started).toBeLessThan(1000);
+    } finally {
+      await writer.stop();
+      await reader.stop();
     }
   });
 });

@@ -208,6 +208,36 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(error).some((f) => f.startsWith('experiment.condition'))).toBe(true);
       });
 
+      it('refuses an invalid condition on update, and keeps the stored one', async () => {
+        const created = await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('retargeted', { condition: { country: 'SE' } }),
+          }),
+        );
+        const update = (condition: Record<string, unknown>) =>
+          service.admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('retargeted', { condition }),
+                etag: created.experiment?.etag ?? '',
+              },
+              updateMask: ['condition'],
+            }),
+          );
+        for (const condition of [
+          { country: { $bogus: 1 } },
+          { $where: 'true' },
+          { n: { $regex: '(' } },
+        ]) {
+          const error = await failure(update(condition));
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(fields(error).every((f) => f.startsWith('experiment.condition'))).toBe(true);
+          expect(fields(error)).not.toEqual([]);
+        }
+        const stored = await service.client.getExperiment({ id: 'retargeted' });
+        expect(stored.experiment).toMatchObject({ condition: { country: 'SE' }, etag: '1' });
+      });
+
       it('refuses an overlapping layer range and a duplicate id', async () => {
         await service.admin.createLayer(
           CreateLayerRequest.fromPartial({ layer: { id: 'checkout' } }),
