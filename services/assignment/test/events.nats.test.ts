@@ -24,6 +24,7 @@ import { ALLOCATION_SUBJECT, CONFIG_STREAM } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
   eventually,
+  propagationMs,
   startTestAssignment,
   temporaryDataDir,
   type TestAssignment,
@@ -199,18 +200,7 @@ describeWithNats('Assignment events on NATS JetStream', () => {
     });
     try {
       const id = uniqueName('notified').replace(/_/g, '-').toLowerCase();
-      await writer.admin.createExperiment(
-        CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
-      );
-      await writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
-      const started = Date.now();
-      await eventually(async () => {
-        const response = await reader.client.resolve(
-          resolveRequest('replica-unit', { surfaces: [id] }),
-        );
-        expect(response.assignments.map((a) => a.experimentId)).toEqual([id]);
-      }, 5000);
-      expect(Date.now() - started).toBeLessThan(1000);
+      expect(await propagationMs(writer, reader, id)).toBeLessThan(1000);
     } finally {
       await writer.stop();
       await reader.stop();

@@ -22,6 +22,7 @@ import { experiment, resolveRequest } from './support/fixtures';
 import {
   dropDatabases,
   eventually,
+  propagationMs,
   startTestAssignment,
   type TestAssignment,
 } from './support/harness';
@@ -42,26 +43,6 @@ describeWithMongo('Assignment on MongoDB', () => {
 
   const suiteService = database();
   runServiceSuite('MongoDB', () => ({ mongo: { uri, service: suiteService } }));
-
-  /** Creates and starts an experiment on `writer`; resolves when `reader` serves it. */
-  async function propagationMs(
-    writer: TestAssignment,
-    reader: TestAssignment,
-    id: string,
-  ): Promise<number> {
-    await writer.admin.createExperiment(
-      CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
-    );
-    await writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
-    const started = Date.now();
-    await eventually(async () => {
-      const response = await reader.client.resolve(
-        resolveRequest('replica-unit', { surfaces: [id] }),
-      );
-      expect(response.assignments.map((a) => a.experimentId)).toEqual([id]);
-    }, 5000);
-    return Date.now() - started;
-  }
 
   (natsUrl ? it : it.skip)(
     'a second replica serves a change within one second through NATS',

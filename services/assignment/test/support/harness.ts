@@ -7,12 +7,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata } from '@grpc/grpc-js';
 import { MongoClient } from 'mongodb';
-import { AssignmentServiceService } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import {
+  AssignmentServiceService,
+  CreateExperimentRequest,
+  StartExperimentRequest,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { bootstrap, type ServiceRuntime } from '../../../platform/src/bootstrap';
 import type { EventBus } from '../../../platform/src/events/bus';
 import { createClient, type TypedClient } from '../../../platform/src/grpc/client';
 import { readAssignmentConfig, type AssignmentConfig } from '../../src/config';
 import { startAssignment, type RunningAssignment } from '../../src/service';
+import { experiment, resolveRequest } from './fixtures';
 
 export const ADMIN_TOKEN = 'test-admin-token';
 
@@ -141,4 +146,27 @@ export async function eventually(
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
+}
+
+/**
+ * Creates and starts an experiment `id` (on surface `id`) on `writer`; resolves with how long
+ * after the start `reader` first served it.
+ */
+export async function propagationMs(
+  writer: TestAssignment,
+  reader: TestAssignment,
+  id: string,
+): Promise<number> {
+  await writer.admin.createExperiment(
+    CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
+  );
+  await writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+  const started = Date.now();
+  await eventually(async () => {
+    const response = await reader.client.resolve(
+      resolveRequest('replica-unit', { surfaces: [id] }),
+    );
+    expect(response.assignments.map((a) => a.experimentId)).toEqual([id]);
+  }, 5000);
+  return Date.now() - started;
 }
