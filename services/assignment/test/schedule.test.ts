@@ -10,6 +10,7 @@ import { AssignmentReason } from '../../../gen/ts/tandem/assignment/v1/assignmen
 import { ApplyRequest } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { FailedPreconditionError, type TandemError } from '../../platform/src/errors';
 import { failure } from '../../platform/test/support/failure';
+import { START_MARGIN_MS } from '../src/domain';
 import { eventually, startTestAssignment, type TestAssignment } from './support/harness';
 import { experiment, resolveRequest } from './support/fixtures';
 
@@ -150,13 +151,15 @@ describe('scheduled experiments', () => {
     // No periodic step: the status stays SCHEDULED after the start, while the window serves.
     const paused = await startTestAssignment({ reloadInterval: '1h' });
     try {
-      const start = new Date(Date.now() + 300);
+      // Far enough ahead that it is still in the future when StartExperiment runs.
+      const start = new Date(Date.now() + 1500);
       await paused.admin.createExperiment({
         experiment: experiment('due', { scheduledStartTime: start }),
         requestId: '',
       });
-      await paused.admin.startExperiment({ id: 'due', etag: '', requestId: '' });
-      await new Promise((resolve) => setTimeout(resolve, 400));
+      const started = await paused.admin.startExperiment({ id: 'due', etag: '', requestId: '' });
+      expect(started.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_SCHEDULED);
+      await new Promise((resolve) => setTimeout(resolve, start.getTime() - Date.now() + 50));
       const resolved = await paused.client.resolve(resolveRequest('user-1'));
       expect(resolved.assignments.find((a) => a.experimentId === 'due')?.reason).toBe(
         AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
@@ -177,6 +180,25 @@ describe('scheduled experiments', () => {
     } finally {
       await paused.stop();
     }
+  });
+
+  it('returns a SCHEDULED experiment to DRAFT only while its start is far enough away', async () => {
+    const stopScheduled = async (id: string, startInMs: number) => {
+      await assignment.admin.createExperiment({
+        experiment: experiment(id, { scheduledStartTime: new Date(Date.now() + startInMs) }),
+        requestId: '',
+      });
+      await assignment.admin.startExperiment({ id, etag: '', requestId: '' });
+      return (await assignment.admin.stopExperiment({ id, etag: '', requestId: '' })).experiment;
+    };
+    const far = await stopScheduled('far-off', 3_600_000);
+    expect(far).toMatchObject({ status: ExperimentStatus.EXPERIMENT_STATUS_DRAFT });
+    expect(far?.startTime).toBeUndefined();
+    // Within the margin: another replica may start serving it before it learns of the stop.
+    const near = await stopScheduled('imminent', START_MARGIN_MS - 500);
+    expect(near?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_STOPPED);
+    expect(near?.startTime).toEqual(near?.scheduledStartTime);
+    expect(near?.stopTime).toEqual(near?.scheduledStartTime);
   });
 
   it('refuses an end before the start', async () => {

@@ -423,6 +423,13 @@ function checkRangeChange(
 }
 
 /**
+ * How close a scheduled start counts as come: a replica learns of a change up to a second after
+ * it is made (notification or periodic check), plus clock skew between replicas. A SCHEDULED
+ * experiment within this of its start may already serve somewhere.
+ */
+export const START_MARGIN_MS = 2_000;
+
+/**
  * Guards the schedule against edits that would contradict what was served: a started
  * experiment's start is history, an end may not be moved into the past (StopExperiment stops it
  * now), and a stopped experiment's schedule is closed. A SCHEDULED experiment's start may move
@@ -443,20 +450,24 @@ export function checkScheduleChange(
   switch (before.status) {
     case ExperimentStatus.SCHEDULED:
     case ExperimentStatus.RUNNING: {
-      // A SCHEDULED experiment whose start has come is serving; its status catches up shortly.
+      // A SCHEDULED experiment whose start has come (or nearly: START_MARGIN_MS) may be serving;
+      // its status catches up shortly.
       const started =
         before.status === ExperimentStatus.RUNNING ||
-        (startBefore !== undefined && startBefore <= now);
+        (startBefore !== undefined && startBefore <= now + START_MARGIN_MS);
       if (startChanged && started) {
         out.add(
           'scheduled_start_time',
           'the start cannot change once the experiment has started',
           'IMMUTABLE_ONCE_STARTED',
         );
-      } else if (startChanged && (startAfter === undefined || startAfter <= now)) {
+      } else if (
+        startChanged &&
+        (startAfter === undefined || startAfter <= now + START_MARGIN_MS)
+      ) {
         out.add(
           'scheduled_start_time',
-          "a SCHEDULED experiment's start must stay in the future: to run it now, stop it (back to DRAFT) and start it",
+          `a SCHEDULED experiment's start must stay more than ${START_MARGIN_MS / 1000} s in the future: to run it now, stop it (back to DRAFT) and start it`,
           'SCHEDULE_PASSED',
         );
       }
@@ -476,12 +487,12 @@ export function checkScheduleChange(
       break;
     }
     case ExperimentStatus.STOPPED:
-      if (startChanged || endChanged) {
-        out.add(
-          startChanged ? 'scheduled_start_time' : 'scheduled_end_time',
-          "a stopped experiment's schedule cannot change",
-          'IMMUTABLE_ONCE_STOPPED',
-        );
+      for (const [field, changed] of [
+        ['scheduled_start_time', startChanged],
+        ['scheduled_end_time', endChanged],
+      ] as const) {
+        if (changed)
+          out.add(field, "a stopped experiment's schedule cannot change", 'IMMUTABLE_ONCE_STOPPED');
       }
       break;
     default:

@@ -29,6 +29,7 @@ import {
   checkRunningChange,
   checkScheduleChange,
   ExperimentStatus,
+  START_MARGIN_MS,
   validateExperiment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
@@ -444,20 +445,23 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         checkOptionalEtag(before.doc, request.etag, before.version);
         const doc = before.doc;
         const now = Date.now();
+        // Dated by the schedule when its end has passed and the status has not caught up yet.
+        const stopTime = Math.min(now, doc.scheduledEndTime ?? now);
         let next: ExperimentDocument;
         if (doc.status === ExperimentStatus.RUNNING) {
-          next = { ...doc, status: ExperimentStatus.STOPPED, stopTime: now, updateTime: now };
+          next = { ...doc, status: ExperimentStatus.STOPPED, stopTime, updateTime: now };
         } else if (
           doc.status === ExperimentStatus.SCHEDULED &&
           doc.scheduledStartTime !== null &&
-          doc.scheduledStartTime <= now
+          doc.scheduledStartTime <= now + START_MARGIN_MS
         ) {
-          // Its start has come, so it has been serving: it stops like a running one.
+          // Its start has come, or is too close for every replica to learn of the stop first: it
+          // may have served, so it stops like a running one (never back to an editable DRAFT).
           next = {
             ...doc,
             status: ExperimentStatus.STOPPED,
             startTime: doc.scheduledStartTime,
-            stopTime: now,
+            stopTime: Math.max(doc.scheduledStartTime, stopTime),
             updateTime: now,
           };
         } else if (doc.status === ExperimentStatus.SCHEDULED) {

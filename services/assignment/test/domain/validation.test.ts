@@ -6,6 +6,7 @@ import {
 import {
   checkRunningChange,
   checkScheduleChange,
+  START_MARGIN_MS,
   validateAllocation,
   validateExperiment,
   validateHoldout,
@@ -356,11 +357,18 @@ describe('checkScheduleChange', () => {
       ['scheduled_start_time', 'SCHEDULE_PASSED'],
     ]);
     expect(check(scheduled, moved(now))).toEqual([['scheduled_start_time', 'SCHEDULE_PASSED']]);
-    // Its start has come: it is serving, and its status is about to say RUNNING.
-    const due = at(ExperimentStatus.SCHEDULED, now - 1, now + hour);
-    expect(check(due, at(ExperimentStatus.SCHEDULED, now + hour, now + 2 * hour))).toEqual([
-      ['scheduled_start_time', 'IMMUTABLE_ONCE_STARTED'],
+    // Too close for every replica to learn of the move before the old or new start.
+    expect(check(scheduled, moved(now + START_MARGIN_MS))).toEqual([
+      ['scheduled_start_time', 'SCHEDULE_PASSED'],
     ]);
+    expect(check(scheduled, moved(now + START_MARGIN_MS + 1))).toEqual([]);
+    // Its start has come, or nearly: it may be serving, and its status is about to say RUNNING.
+    for (const start of [now - 1, now + START_MARGIN_MS]) {
+      const due = at(ExperimentStatus.SCHEDULED, start, now + hour);
+      expect(check(due, at(ExperimentStatus.SCHEDULED, now + hour, now + 2 * hour))).toEqual([
+        ['scheduled_start_time', 'IMMUTABLE_ONCE_STARTED'],
+      ]);
+    }
   });
 
   it("keeps a running experiment's start, and moves its end only within the future", () => {
@@ -390,6 +398,10 @@ describe('checkScheduleChange', () => {
     ]);
     expect(check(stopped, at(ExperimentStatus.STOPPED, undefined, now - hour))).toEqual([
       ['scheduled_start_time', 'IMMUTABLE_ONCE_STOPPED'],
+    ]);
+    expect(check(stopped, at(ExperimentStatus.STOPPED))).toEqual([
+      ['scheduled_start_time', 'IMMUTABLE_ONCE_STOPPED'],
+      ['scheduled_end_time', 'IMMUTABLE_ONCE_STOPPED'],
     ]);
     expect(check(stopped, stopped)).toEqual([]);
   });

@@ -4640,10 +4640,10 @@ export const AssignmentServiceService = {
    * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
    * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
    * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed) `scheduled_start_time` is
-   * immutable, and a SCHEDULED experiment's start may only move within the future; a new
-   * `scheduled_end_time` must be in the future and cannot revive an end that has passed; a
-   * STOPPED experiment's schedule is closed.
+   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
+   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
+   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
+   * has passed; a STOPPED experiment's schedule is closed.
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -4699,8 +4699,8 @@ export const AssignmentServiceService = {
   },
   /**
    * StopExperiment stops a RUNNING experiment (STOPPED: everyone gets the control, no more
-   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, once its
-   * scheduled start has passed).
+   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, when its
+   * scheduled start has passed or is less than 2 s away, since a replica may already serve it).
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -4960,10 +4960,10 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
    * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
    * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed) `scheduled_start_time` is
-   * immutable, and a SCHEDULED experiment's start may only move within the future; a new
-   * `scheduled_end_time` must be in the future and cannot revive an end that has passed; a
-   * STOPPED experiment's schedule is closed.
+   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
+   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
+   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
+   * has passed; a STOPPED experiment's schedule is closed.
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -4989,8 +4989,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   startExperiment: handleUnaryCall<StartExperimentRequest, StartExperimentResponse>;
   /**
    * StopExperiment stops a RUNNING experiment (STOPPED: everyone gets the control, no more
-   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, once its
-   * scheduled start has passed).
+   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, when its
+   * scheduled start has passed or is less than 2 s away, since a replica may already serve it).
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5263,10 +5263,10 @@ export interface AssignmentServiceClient extends Client {
    * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
    * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
    * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed) `scheduled_start_time` is
-   * immutable, and a SCHEDULED experiment's start may only move within the future; a new
-   * `scheduled_end_time` must be in the future and cannot revive an end that has passed; a
-   * STOPPED experiment's schedule is closed.
+   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
+   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
+   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
+   * has passed; a STOPPED experiment's schedule is closed.
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -5334,8 +5334,8 @@ export interface AssignmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * StopExperiment stops a RUNNING experiment (STOPPED: everyone gets the control, no more
-   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, once its
-   * scheduled start has passed).
+   * exposures), or returns a SCHEDULED one to DRAFT (STOPPED, like a running one, when its
+   * scheduled start has passed or is less than 2 s away, since a replica may already serve it).
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.

@@ -242,14 +242,16 @@ export interface Experiment {
   seed: string;
   /**
    * Optional. When a started experiment begins serving; StartExperiment with a future time makes
-   * it SCHEDULED.
+   * it SCHEDULED. Immutable once the experiment has started (or is within 2 s of its start); a
+   * SCHEDULED experiment's start may move to another time more than 2 s ahead.
    */
   scheduledStartTime?:
     | Date
     | undefined;
   /**
    * Optional. When the experiment stops serving on its own (becomes STOPPED). Must be after
-   * `scheduled_start_time`.
+   * `scheduled_start_time`; once started, a new value must be in the future, and it cannot change
+   * after the end has passed or the experiment has stopped.
    */
   scheduledEndTime?:
     | Date
