@@ -212,12 +212,15 @@ export class LiveConfiguration {
   startPolling(intervalMs: number, onTick: () => Promise<void>): void {
     let ticking = false;
     const tick = async (): Promise<void> => {
+      let checked = false;
       try {
         await this.refresh();
+        checked = true;
       } catch (error) {
         this.logger.warn({ err: error }, 'configuration check failed; serving the last one loaded');
       }
-      if (!ticking) {
+      // After a failed check storage is likely down, and the step would only fail too.
+      if (checked && !ticking) {
         ticking = true;
         onTick()
           .catch((error: unknown) => {
