@@ -36,10 +36,10 @@ describe('sticky assignments', () => {
     await writer.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0);
     const reader = await StickyAssignments.open(store, 100);
     for (const sticky of [writer, reader]) {
-      expect(await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR - 1)).toEqual(
+      expect((await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR - 1)).found).toEqual(
         new Map([['exp', variant('treatment')]]),
       );
-      expect(await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR)).toEqual(new Map());
+      expect((await sticky.lookup('user', 'u1', ['exp'], T0 + HOUR)).found).toEqual(new Map());
     }
   });
 
@@ -49,7 +49,7 @@ describe('sticky assignments', () => {
     const first = Date.now();
     await sticky.store('exp', 'user', 'u1', variant('treatment'), 300, first);
     await sticky.store('exp', 'user', 'u1', variant('control'), 300, first + 1);
-    expect(await sticky.lookup('user', 'u1', ['exp'], first + 2)).toEqual(
+    expect((await sticky.lookup('user', 'u1', ['exp'], first + 2)).found).toEqual(
       new Map([['exp', variant('treatment')]]),
     );
 
@@ -58,9 +58,20 @@ describe('sticky assignments', () => {
     await sticky.store('exp', 'user', 'u1', variant('control'), HOUR, later);
     const fresh = await StickyAssignments.open(store, 100);
     for (const reader of [sticky, fresh]) {
-      expect(await reader.lookup('user', 'u1', ['exp'], later + 1)).toEqual(
+      expect((await reader.lookup('user', 'u1', ['exp'], later + 1)).found).toEqual(
         new Map([['exp', variant('control')]]),
       );
     }
+  });
+
+  it('still serves cached variants when storage fails, naming the experiments it could not read', async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    await sticky.store('cached', 'user', 'u1', variant('treatment'), HOUR, T0);
+    await store.close(); // every read fails from here on
+    const lookup = await sticky.lookup('user', 'u1', ['cached', 'missed'], T0 + 1);
+    expect(lookup.found).toEqual(new Map([['cached', variant('treatment')]]));
+    expect(lookup.unavailable).toEqual(['missed']);
+    expect(lookup.error).toBeInstanceOf(Error);
+    store = await openEmbeddedStore({ path: mkdtempSync(join(tmpdir(), 'tandem-sticky-')) });
   });
 });

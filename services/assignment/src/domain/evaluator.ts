@@ -117,10 +117,10 @@ export interface UnitContext {
   /** Stored sticky assignments of this unit, by experiment id. */
   readonly sticky?: ReadonlyMap<string, StickyAssignment>;
   /**
-   * True when the stored sticky assignments could not be read: sticky experiments then serve the
+   * Sticky experiments whose stored assignment for the unit could not be read: they serve the
    * control with reason STICKY_UNAVAILABLE instead of a variant the unit may not hold.
    */
-  readonly stickyUnavailable?: boolean;
+  readonly stickyUnavailable?: ReadonlySet<string>;
 }
 
 /** A variant as the evaluator serves it. */
@@ -306,6 +306,10 @@ interface SurfaceIndex {
   /** For each experiment above, its slot in the experiment's `surfaceNames`. */
   readonly surfaceSlots: Int32Array;
   readonly holdouts: readonly HoldoutPlan[];
+  /** The serving sticky experiments here (see `stickyExperimentIds`). */
+  readonly stickyPlans: readonly ExperimentPlan[];
+  /** Whether one of them has a scheduled window, so `now` decides which are serving. */
+  readonly stickyWindowed: boolean;
   readonly stickyExperimentIds: readonly string[];
   readonly served: ServedIndex;
 }
@@ -485,15 +489,24 @@ export class AssignmentSnapshot {
   }
 
   /**
-   * The serving sticky experiments on these surfaces, so the caller can fetch the unit's stored
-   * sticky assignments (one storage read) before resolving.
+   * The sticky experiments on these surfaces serving at `now` (RUNNING or SCHEDULED, within their
+   * scheduled window), so the caller can fetch the unit's stored sticky assignments (one storage
+   * read) before resolving.
    */
-  stickyExperimentIds(surfaces: readonly string[]): readonly string[] {
-    if (surfaces.length === 1)
-      return this.surfaces.get(surfaces[0] ?? '')?.stickyExperimentIds ?? [];
+  stickyExperimentIds(surfaces: readonly string[], now: number): readonly string[] {
+    if (surfaces.length === 1) {
+      const index = this.surfaces.get(surfaces[0] ?? '');
+      if (index === undefined) return [];
+      return index.stickyWindowed ? servingIds(index.stickyPlans, now) : index.stickyExperimentIds;
+    }
     const ids = new Set<string>();
     for (const surface of surfaces) {
-      for (const id of this.surfaces.get(surface)?.stickyExperimentIds ?? []) ids.add(id);
+      const index = this.surfaces.get(surface);
+      if (index === undefined) continue;
+      const here = index.stickyWindowed
+        ? servingIds(index.stickyPlans, now)
+        : index.stickyExperimentIds;
+      for (const id of here) ids.add(id);
     }
     return [...ids];
   }
@@ -754,7 +767,7 @@ export class AssignmentSnapshot {
     }
     if (plan.serving === Serving.SHIPPED)
       return this.result(plan, slot, AssignmentReason.CONCLUDED, unit);
-    if (plan.sticky && unit.stickyUnavailable === true)
+    if (plan.sticky && unit.stickyUnavailable?.has(plan.id) === true)
       return this.result(plan, slot, AssignmentReason.STICKY_UNAVAILABLE, unit);
     if (plan.sticky && unit.sticky !== undefined) {
       const stored = unit.sticky.get(plan.id);
@@ -933,9 +946,16 @@ export class AssignmentSnapshot {
     for (const surface of surfaceNames) {
       const entry = bySurface.get(surface) ?? { experiments: [], slots: [] };
       const layersHere = new Set(entry.experiments.map((p) => p.layerId).filter((id) => id !== ''));
-      // A holdout covers an experiment on all of its surfaces, so one that covers an experiment
-      // here through another surface acts here too: its membership is listed (and logged).
-      const coveringHere = new Set(entry.experiments.flatMap((p) => [...p.holdoutSlots]));
+      // A holdout covers an experiment on all of its surfaces, so one that covers a serving
+      // experiment here through another surface acts here too: its membership is listed (and
+      // logged). A draft or stopped experiment changes nothing here, so it does not widen it.
+      // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
+      const stickyPlans = entry.experiments.filter((p) => p.sticky && p.serving === Serving.WINDOW);
+      const coveringHere = new Set(
+        entry.experiments
+          .filter((p) => p.serving !== Serving.OFF)
+          .flatMap((p) => [...p.holdoutSlots]),
+      );
       this.surfaces.set(surface, {
         experiments: entry.experiments,
         surfaceSlots: Int32Array.from(entry.slots),
@@ -945,10 +965,9 @@ export class AssignmentSnapshot {
             h.definition.layerIds.some((id) => layersHere.has(id)) ||
             coveringHere.has(h.index),
         ),
-        // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
-        stickyExperimentIds: entry.experiments
-          .filter((p) => p.sticky && p.serving === Serving.WINDOW)
-          .map((p) => p.id),
+        stickyPlans,
+        stickyWindowed: stickyPlans.some((p) => p.startMs !== -Infinity || p.endMs !== Infinity),
+        stickyExperimentIds: stickyPlans.map((p) => p.id),
         planIndexes: Int32Array.from(entry.experiments.map((p) => p.index)),
         // Filled once result keys and unit type numbers are known (see `fillRecords`).
         records: new Int32Array(entry.experiments.length * RECORD_INTS),
@@ -1196,6 +1215,13 @@ function isSimple(plan: ExperimentPlan): boolean {
     (plan.hashVersion === HashVersion.V1 || plan.hashVersion === HashVersion.V2) &&
     (plan.layerSlot < 0 || plan.layerStart < plan.layerEnd)
   );
+}
+
+/** The ids of the plans serving at `now` (within their scheduled window). */
+function servingIds(plans: readonly ExperimentPlan[], now: number): string[] {
+  const ids: string[] = [];
+  for (const plan of plans) if (now >= plan.startMs && now < plan.endMs) ids.push(plan.id);
+  return ids;
 }
 
 /** True when a sticky experiment has a stored, still-valid variant for this unit. */

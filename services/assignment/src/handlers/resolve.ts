@@ -320,17 +320,16 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       for (const surface of request.surfaces) {
         if (!view.snapshot.hasSurface(surface)) unknownSurfaces.push(surface);
       }
-      const stickyIds = view.snapshot.stickyExperimentIds(surfaces);
+      const stickyIds = view.snapshot.stickyExperimentIds(surfaces, now);
       let sticky: ReadonlyMap<string, StickyAssignment> | undefined;
-      let stickyUnavailable = false;
+      let stickyUnavailable: ReadonlySet<string> | undefined;
       if (stickyIds.length > 0) {
-        try {
-          sticky = await context.sticky.lookup(unitType, unitId, stickyIds, now);
-        } catch (error) {
-          // Only the sticky experiments depend on it: they serve STICKY_UNAVAILABLE, the rest
-          // as usual.
-          stickyUnavailable = true;
-          stickyLookupFailed(error);
+        const lookup = await context.sticky.lookup(unitType, unitId, stickyIds, now);
+        sticky = lookup.found;
+        if (lookup.unavailable.length > 0) {
+          // Only those experiments depend on it: they serve STICKY_UNAVAILABLE, the rest as usual.
+          stickyUnavailable = new Set(lookup.unavailable);
+          stickyLookupFailed(lookup.error);
         }
       }
       const unitContext: UnitContext = {

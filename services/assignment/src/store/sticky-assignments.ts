@@ -6,7 +6,11 @@
  * cached for one second only, so a unit first exposed on another replica is seen within a second.
  */
 import { AlreadyExistsError } from '../../../platform/src/errors';
-import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import type {
+  Collection,
+  DocumentStore,
+  Versioned,
+} from '../../../platform/src/storage/collection';
 import type { StickyAssignment } from '../domain';
 
 interface StickyDocument {
@@ -42,6 +46,18 @@ function liveUntil(doc: StickyDocument | undefined, now: number): number | undef
   return expiresAt > now ? expiresAt : undefined;
 }
 
+/** What {@link StickyAssignments.lookup} found. */
+export interface StickyLookup {
+  /** Stored assignments by experiment id. */
+  readonly found: Map<string, StickyAssignment>;
+  /** Experiments whose stored assignment could not be read (storage failed); usually none. */
+  readonly unavailable: readonly string[];
+  /** Why they could not be read. */
+  readonly error?: unknown;
+}
+
+const NONE: readonly string[] = [];
+
 function stickyId(experimentId: string, unitType: string, unitId: string): string {
   return `${experimentId}\u0001${unitType}\u0001${unitId}`;
 }
@@ -63,15 +79,19 @@ export class StickyAssignments {
     return new StickyAssignments(collection, capacity);
   }
 
-  /** The unit's stored assignments in these experiments (one storage read for the misses). */
+  /**
+   * The unit's stored assignments in these experiments (one storage read for the misses). When
+   * that read fails, the misses are `unavailable` (with the `error`): the cached hits still count.
+   */
   async lookup(
     unitType: string,
     unitId: string,
     experimentIds: readonly string[],
     now: number,
-  ): Promise<Map<string, StickyAssignment>> {
+  ): Promise<StickyLookup> {
     const found = new Map<string, StickyAssignment>();
     const missing: string[] = [];
+    const missingIds: string[] = [];
     for (const experimentId of experimentIds) {
       const key = stickyId(experimentId, unitType, unitId);
       const entry = this.cache.get(key);
@@ -80,13 +100,19 @@ export class StickyAssignments {
         (entry.assignment ? entry.expiresAt <= now : now - entry.checkedAt > ABSENCE_TTL_MS)
       ) {
         missing.push(key);
+        missingIds.push(experimentId);
       } else {
         this.touch(key, entry);
         if (entry.assignment) found.set(experimentId, entry.assignment);
       }
     }
-    if (missing.length === 0) return found;
-    const stored = await this.collection.getMany(missing);
+    if (missing.length === 0) return { found, unavailable: NONE };
+    let stored: Map<string, Versioned<StickyDocument>>;
+    try {
+      stored = await this.collection.getMany(missing);
+    } catch (error) {
+      return { found, unavailable: missingIds, error };
+    }
     for (const key of missing) {
       const doc = stored.get(key)?.doc;
       const expiresAt = liveUntil(doc, now);
@@ -97,7 +123,7 @@ export class StickyAssignments {
       this.remember(key, { assignment, checkedAt: now, expiresAt: expiresAt ?? 0 });
       if (doc && assignment) found.set(doc.experimentId, assignment);
     }
-    return found;
+    return { found, unavailable: NONE };
   }
 
   /**

@@ -490,16 +490,21 @@ describe('sticky assignments', () => {
         ],
       }),
     );
-    expect(snapshot.stickyExperimentIds(['home'])).toEqual(['exp']);
-    expect([...snapshot.stickyExperimentIds(['home', 'search'])].sort()).toEqual(['exp', 's2']);
+    expect(snapshot.stickyExperimentIds(['home'], NOW)).toEqual(['exp']);
+    expect([...snapshot.stickyExperimentIds(['home', 'search'], NOW)].sort()).toEqual([
+      'exp',
+      's2',
+    ]);
   });
 
-  it('are listed only for experiments that may serve a hashed variant', () => {
+  it('are listed only for experiments that may serve a hashed variant at the time', () => {
     const snapshot = buildSnapshot(
       configuration({
         experiments: [
           experiment({ id: 'running', sticky: true }),
           experiment({ id: 'scheduled', sticky: true, status: ExperimentStatus.SCHEDULED }),
+          experiment({ id: 'not-yet', sticky: true, scheduledStartTime: NOW + 1 }),
+          experiment({ id: 'ended', sticky: true, scheduledEndTime: NOW }),
           experiment({ id: 'draft', sticky: true, status: ExperimentStatus.DRAFT }),
           experiment({ id: 'stopped', sticky: true, status: ExperimentStatus.STOPPED }),
           experiment({
@@ -511,10 +516,18 @@ describe('sticky assignments', () => {
         ],
       }),
     );
-    expect([...snapshot.stickyExperimentIds(['home'])].sort()).toEqual(['running', 'scheduled']);
+    expect([...snapshot.stickyExperimentIds(['home'], NOW)].sort()).toEqual([
+      'running',
+      'scheduled',
+    ]);
+    expect([...snapshot.stickyExperimentIds(['home', 'search'], NOW + 1)].sort()).toEqual([
+      'not-yet',
+      'running',
+      'scheduled',
+    ]);
   });
 
-  it('unreadable, give sticky experiments the control without exposure, and leave the rest', () => {
+  it('unreadable, give those sticky experiments the control without exposure, and leave the rest', () => {
     // A unit both unconditioned experiments would put in treatment.
     const id = findUnit(
       (u) => (hash('plain', u, 2) ?? 0) >= 0.5 && (hash('sticky', u, 2) ?? 0) >= 0.5,
@@ -522,6 +535,7 @@ describe('sticky assignments', () => {
     const snapshot = buildSnapshot(
       configuration({
         experiments: [
+          experiment({ id: 'known', sticky: true, coverage: 0 }),
           experiment({ id: 'plain', coverage: 1 }),
           experiment({ id: 'sticky', sticky: true, coverage: 1 }),
           experiment({ id: 'targeted', sticky: true, condition: { country: 'NO' } }),
@@ -529,10 +543,16 @@ describe('sticky assignments', () => {
       }),
     );
     const resolved = snapshot.resolve(
-      unit(id, { attributes: { country: 'SE' }, stickyUnavailable: true }),
+      unit(id, {
+        attributes: { country: 'SE' },
+        // `known` was read (from the cache); the read of the others failed.
+        sticky: new Map([['known', { variantKey: 'treatment', allocationSequence: 0 }]]),
+        stickyUnavailable: new Set(['sticky', 'targeted']),
+      }),
     ).assignments;
     expect(resolved.map((a) => [a.experiment.id, a.reason, a.variant.key, a.inExperiment])).toEqual(
       [
+        ['known', AssignmentReason.STICKY, 'treatment', true],
         ['plain', AssignmentReason.ASSIGNED, 'treatment', true],
         ['sticky', AssignmentReason.STICKY_UNAVAILABLE, 'control', false],
         // Targeting comes first: a unit targeted out is out, stored variant or not.

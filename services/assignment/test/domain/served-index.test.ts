@@ -110,7 +110,7 @@ const unitShape = fc.record({
   sticky: fc.array(fc.tuple(fc.nat(40), fc.constantFrom('v0', 'v1', 'v2', 'gone'), fc.nat(3)), {
     maxLength: 6,
   }),
-  // The sticky lookup failed, one unit in four.
+  // The sticky lookup failed for some experiments (those it had not cached), one unit in four.
   stickyUnavailable: fc.constantFrom(false, false, false, true),
 });
 
@@ -207,8 +207,14 @@ describe('resolveServed', () => {
             attributes: u.attributes,
             surfaces: u.surfaces,
             now: NOW,
-            ...(u.stickyUnavailable ? { stickyUnavailable: true } : {}),
-            ...(sticky.size > 0 && !u.stickyUnavailable ? { sticky } : {}),
+            ...(u.stickyUnavailable
+              ? {
+                  stickyUnavailable: new Set(
+                    experiments.filter((e, i) => i % 2 === 0 && !sticky.has(e.id)).map((e) => e.id),
+                  ),
+                }
+              : {}),
+            ...(sticky.size > 0 ? { sticky } : {}),
           };
           // Alternate the order, so no memo of one call leaks into the other.
           const first = snapshot.resolveServed(unit);

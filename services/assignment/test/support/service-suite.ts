@@ -698,6 +698,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           );
         }
         const lookup = jest.spyOn(service.service.context.sticky, 'lookup');
+        // The storage read behind the lookup's cache, made to fail once.
+        const read = jest.spyOn(service.service.context.sticky['collection'], 'getMany');
         try {
           // Only the DRAFT one is sticky: nothing to look up.
           await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'plain-down-b' }));
@@ -705,7 +707,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           expect(lookup).not.toHaveBeenCalled();
 
           await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-down-a' }));
-          lookup.mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+          read.mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
           const resolved = await client.resolve(
             resolveRequest('down-1', { surfaces, apply: true }),
           );
@@ -744,6 +746,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           });
         } finally {
           lookup.mockRestore();
+          read.mockRestore();
         }
       });
 
