@@ -430,6 +430,19 @@ describe('a holdout covering an experiment through another of its surfaces', () 
       ]);
     }
   });
+
+  it('does not widen through an experiment that is not serving', () => {
+    for (const status of [ExperimentStatus.DRAFT, ExperimentStatus.STOPPED]) {
+      const idle = buildSnapshot(
+        configuration({
+          experiments: [experiment({ id: 'both', surfaces: ['feed', 'search'], status })],
+          holdouts: [holdout({ id: 'feed-only', fraction: 0.5, surfaces: ['feed'] })],
+        }),
+      );
+      expect(idle.resolve(unit('user-1', { surfaces: ['search'] })).holdouts).toEqual([]);
+      expect(idle.resolve(unit('user-1', { surfaces: ['feed'] })).holdouts).toHaveLength(1);
+    }
+  });
 });
 
 describe('sticky assignments', () => {
