@@ -199,7 +199,9 @@ export class LiveConfiguration {
         allocations:
           change.type === 'allocation'
             ? replaced(view.allocations, change.id, change.stored)
-            : [...view.allocations.values()],
+            : change.type === 'experiment' && change.stored === undefined
+              ? replaced(view.allocations, change.id, undefined) // deleted with its experiment
+              : [...view.allocations.values()],
       });
       return version;
     });

@@ -172,15 +172,22 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       });
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.8, expect.closeTo(0.2, 10)]);
     });
-    await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(1000, 0.1), {
-      eventId: `${banditId}-1000`,
-    });
+    // Stale, without a sequence (0 is "the next one" only on UpdateAllocation), and far ahead of
+    // the clock (it would order every later update as stale): all ignored, in stream order.
+    for (const [sequence, eventId] of [
+      [1000, `${banditId}-1000`],
+      [0, `${banditId}-none`],
+      [Date.now() + 30 * 86_400_000, `${banditId}-ahead`],
+    ] as const) {
+      await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(sequence, 0.1), { eventId });
+    }
     await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(3000, 0.3), {
       eventId: `${banditId}-3000`,
     });
     await eventually(async () => {
       const { allocation } = await service.client.getAllocation({ experimentId: banditId });
       expect(allocation?.sequence).toBe(3000);
+      expect(allocation?.weights.map((w) => w.weight)).toEqual([0.3, 0.7]);
     });
   });
 

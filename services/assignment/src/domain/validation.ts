@@ -199,7 +199,8 @@ function checkLayer(
     out.add('layer_range.end', 'end must be in (start, 1]', 'OUT_OF_RANGE');
     valid = false;
   }
-  if (!valid) return;
+  // A concluded experiment has given its range up (others may own it now).
+  if (!valid || experiment.status === ExperimentStatus.CONCLUDED) return;
   for (const other of context.otherExperiments) {
     const otherRange = other.layerRange;
     if (
@@ -274,6 +275,8 @@ export function validateHoldout(
   holdout.layerIds.forEach((layerId, i) => {
     if (!context.layerIds.has(layerId))
       out.add(`layer_ids[${i}]`, `layer "${layerId}" does not exist`, 'UNKNOWN_LAYER');
+    else if (holdout.layerIds.indexOf(layerId) < i)
+      out.add(`layer_ids[${i}]`, `layer "${layerId}" is listed twice`, 'DUPLICATE_LAYER');
   });
   const statuses: number[] = Object.values(HoldoutStatus);
   if (!statuses.includes(holdout.status))

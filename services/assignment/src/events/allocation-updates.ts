@@ -2,12 +2,12 @@
  * Consumes `AllocationUpdate` events from Analysis: new weights for a BANDIT experiment. Replicas
  * share one durable, so each update is applied once; the stored allocation and the config version
  * then carry it to every replica. A stale update (sequence not after the stored one) is ignored,
- * as is one that can never apply (unknown experiment, not a bandit, invalid weights); only an
- * unavailable store makes the event come again.
+ * as is one that can never apply (no sequence, unknown experiment, not a bandit, invalid weights);
+ * an unavailable store, or a concurrent write on another replica, makes the event come again.
  */
 import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import type { EventBus, Subscription } from '../../../platform/src/events/bus';
-import { TandemError, UnavailableError } from '../../../platform/src/errors';
+import { AbortedError, TandemError, UnavailableError } from '../../../platform/src/errors';
 import type { AssignmentContext } from '../assignment-context';
 import { applyAllocation } from '../handlers/allocations';
 import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
@@ -24,6 +24,15 @@ export function followAllocationUpdates(
       codec: AllocationUpdate,
     },
     async ({ event, eventId }) => {
+      if (event.sequence <= 0) {
+        // Required on events: 0 would mean "the next one" to applyAllocation (an RPC rule) and
+        // order this update after newer ones.
+        context.logger.info(
+          { eventId, experiment: event.experimentId, sequence: event.sequence },
+          'allocation update ignored: no sequence',
+        );
+        return;
+      }
       try {
         await context.writes.serially(() =>
           applyAllocation(
@@ -45,6 +54,8 @@ export function followAllocationUpdates(
         );
       } catch (error) {
         if (error instanceof UnavailableError || !(error instanceof TandemError)) throw error;
+        // Lost a race with a write on another replica: try again (it may be stale by then).
+        if (error instanceof AbortedError && error.reason !== 'STALE_SEQUENCE') throw error;
         context.logger.info(
           {
             eventId,

@@ -28,6 +28,13 @@ type AllocationHandlers = Pick<
   'getAllocation' | 'updateAllocation'
 >;
 
+/**
+ * How far ahead of the clock a sequence may be. Producers use the computation time in Unix
+ * milliseconds, so a day covers any clock skew; more is a mistake that would order every later
+ * update before it.
+ */
+const MAX_SEQUENCE_AHEAD_MS = 86_400_000;
+
 /** Where an allocation came from: `admin` (UpdateAllocation) or `analysis` (events). */
 export type AllocationSource = 'admin' | 'analysis';
 
@@ -42,6 +49,23 @@ export async function applyAllocation(
 ): Promise<Allocation> {
   const violations: FieldViolation[] = [];
   required('allocation.experiment_id', allocation.experimentId, violations);
+  const now = Date.now();
+  if (allocation.sequence > now + MAX_SEQUENCE_AHEAD_MS) {
+    // A sequence far ahead would lock out every later update (and past 2^53 it could not even be
+    // stored and served back exactly).
+    violations.push({
+      field: 'allocation.sequence',
+      description: 'at most a day ahead of now in Unix milliseconds',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
+  if (allocation.computeTime !== undefined && Number.isNaN(allocation.computeTime.getTime())) {
+    violations.push({
+      field: 'allocation.compute_time',
+      description: 'must be a time a Timestamp can hold',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
   rejectIfAny('allocation', violations);
   const experiment = await context.store.experiments.get(allocation.experimentId);
   if (!experiment) throw notFound('experiment', allocation.experimentId);
@@ -83,7 +107,6 @@ export async function applyAllocation(
     );
   }
   const storedSequence = current?.doc.sequence ?? 0;
-  const now = Date.now();
   const sequence =
     allocation.sequence === 0 ? Math.max(storedSequence + 1, now) : allocation.sequence;
   if (sequence <= storedSequence) {

@@ -134,6 +134,19 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
       reason: 'OUT_OF_RANGE',
     });
   }
+  for (const [field, time] of [
+    ['scheduled_start_time', experiment.scheduledStartTime],
+    ['scheduled_end_time', experiment.scheduledEndTime],
+  ] as const) {
+    // A Timestamp beyond what a Date holds (±8.64e15 ms) decodes to an invalid Date.
+    if (time !== undefined && Number.isNaN(time.getTime())) {
+      violations.push({
+        field: `experiment.${field}`,
+        description: 'must be a time a Timestamp can hold',
+        reason: 'OUT_OF_RANGE',
+      });
+    }
+  }
   const condition = experiment.condition;
   return {
     description: experiment.description,
@@ -227,6 +240,12 @@ async function saveExperiment(
   return stored;
 }
 
+/** Whether a stored bandit allocation no longer fits the experiment: other arms, or no bandit. */
+function allocationObsolete(before: ExperimentDocument, after: ExperimentDocument): boolean {
+  const keys = (doc: ExperimentDocument): string => JSON.stringify(doc.variants.map((v) => v.key));
+  return before.allocationMode !== after.allocationMode || keys(before) !== keys(after);
+}
+
 function checkOptionalEtag(doc: ExperimentDocument, etag: string, version: number): void {
   if (etag !== '') checkEtag('experiment', doc.id, etag, version);
 }
@@ -281,7 +300,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
     listExperiments: (request) => {
       const violations: FieldViolation[] = [];
       const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
-      const filters = JSON.stringify([statuses, request.layerId, request.surface]);
+      const filters = JSON.stringify(['experiments', statuses, request.layerId, request.surface]);
       const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
       rejectIfAny('request', violations);
       const matching = [...context.configuration.current().experiments.values()]
@@ -350,6 +369,17 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             );
           }
           const stored = await saveExperiment(context, after, before.version);
+          if (
+            allocationObsolete(before.doc, after) &&
+            (await context.store.allocations.get(after.id))
+          ) {
+            // Set for the old arms (only a DRAFT's can change); the variants' weights apply again.
+            await context.store.allocations.delete(after.id);
+            await context.changes.record(
+              { type: 'allocation', id: after.id, stored: undefined },
+              ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+            );
+          }
           return { experiment: experimentMessage(stored) };
         },
       ),

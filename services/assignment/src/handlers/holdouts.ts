@@ -145,7 +145,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
     listHoldouts: (request) => {
       const violations: FieldViolation[] = [];
       const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
-      const filters = JSON.stringify([statuses, request.layerId, request.surface]);
+      const filters = JSON.stringify(['holdouts', statuses, request.layerId, request.surface]);
       const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
       rejectIfAny('request', violations);
       const matching = [...context.configuration.current().holdouts.values()]

@@ -211,6 +211,11 @@ async function logExposures(
     );
   }
   for (const holdout of record.holdouts) {
+    const stored = view.holdouts.get(holdout.holdoutId)?.doc;
+    if (stored === undefined || (stored.stopTime !== null && stored.stopTime <= shownAt)) {
+      notRunning++;
+      continue;
+    }
     context.exposures.log(
       {
         eventTime: exposureTime,
@@ -318,7 +323,8 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const surfaces = request.surfaces.length > 0 ? request.surfaces : view.surfaces;
       const unknownSurfaces: string[] = [];
       for (const surface of request.surfaces) {
-        if (!view.snapshot.hasSurface(surface)) unknownSurfaces.push(surface);
+        if (!view.snapshot.hasSurface(surface) && !unknownSurfaces.includes(surface))
+          unknownSurfaces.push(surface);
       }
       const stickyIds = view.snapshot.stickyExperimentIds(surfaces, now);
       let sticky: ReadonlyMap<string, StickyAssignment> | undefined;
@@ -398,9 +404,14 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           },
         ]);
       }
-      const previous = request.requestId === '' ? undefined : applyResults.get(request.requestId);
-      if (previous) return { exposures: previous };
       const record = context.tokens.verify(request.resolveToken, now);
+      // A request id names one Apply of one resolve: reused with another token, it is another call.
+      const resultKey =
+        request.requestId === ''
+          ? undefined
+          : `${request.requestId}\u0001${record.resolveId}\u0001${record.unitType}\u0001${record.unitId}`;
+      const previous = resultKey === undefined ? undefined : applyResults.get(resultKey);
+      if (previous) return { exposures: previous };
       let exposureTime = request.exposureTime ?? new Date(now);
       if (Number.isNaN(exposureTime.getTime())) {
         // A Timestamp beyond what a Date holds (±8.64e15 ms), as its decoder makes it.
@@ -424,8 +435,8 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       if (exposureTime.getTime() < record.resolveTime) exposureTime = new Date(record.resolveTime);
       const exposures = await logExposures(context, record, request.experimentIds, exposureTime);
       // Not remembered when some were dropped: the retry logs them.
-      if (request.requestId !== '' && exposures.droppedCount === 0) {
-        applyResults.set(request.requestId, exposures);
+      if (resultKey !== undefined && exposures.droppedCount === 0) {
+        applyResults.set(resultKey, exposures);
         if (applyResults.size > APPLY_RESULTS_CAPACITY) {
           const oldest = applyResults.keys().next();
           if (!oldest.done) applyResults.delete(oldest.value);

@@ -170,7 +170,7 @@ describe('validateLayer and validateHoldout', () => {
         fraction: 1,
         hashVersion: 5,
         surfaces: ['Bad'],
-        layerIds: ['ranking', 'nope'],
+        layerIds: ['ranking', 'nope', 'ranking'],
       }),
       context,
     );
@@ -181,6 +181,7 @@ describe('validateLayer and validateHoldout', () => {
       ['hash_version', 'UNKNOWN_HASH_VERSION'],
       ['surfaces[0]', 'INVALID_SURFACE'],
       ['layer_ids[1]', 'UNKNOWN_LAYER'],
+      ['layer_ids[2]', 'DUPLICATE_LAYER'],
     ]);
     expect(fieldsAndReasons(validateHoldout(holdout({ id: 'h', surfaces: [] }), context))).toEqual([
       ['surfaces', 'REQUIRED'],

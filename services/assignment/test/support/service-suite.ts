@@ -3,7 +3,13 @@
  * as in production, with every error path the contract names.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
-import { Client, credentials, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import {
+  Client,
+  credentials,
+  Metadata,
+  status as GrpcCode,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
 import { AssignmentReason } from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import {
@@ -29,6 +35,7 @@ import {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import {
   AllocationMode,
+  Experiment,
   ExperimentStatus,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
@@ -208,6 +215,37 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(error).some((f) => f.startsWith('experiment.condition'))).toBe(true);
       });
 
+      it('names the field of a schedule time past what a Timestamp holds', async () => {
+        // Seconds past what a Date holds: only a hand-made request sends them, so as bytes.
+        const tooLate = new BinaryWriter().uint32(122).fork().uint32(8).int64(1e13).join().finish();
+        const bytes = Buffer.from(
+          new BinaryWriter()
+            .uint32(10)
+            .bytes(Buffer.concat([Experiment.encode(experiment('far-future')).finish(), tooLate]))
+            .finish(),
+        );
+        const raw = new Client(service.address, credentials.createInsecure());
+        const admin = new Metadata();
+        admin.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+        const error = await new Promise<ServiceError>((resolve) => {
+          raw.makeUnaryRequest(
+            AssignmentServiceService.createExperiment.path,
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            bytes,
+            admin,
+            (e) => {
+              resolve(e!);
+            },
+          );
+        });
+        raw.close();
+        expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(decodeStatus(error).violations.map((v) => v.field)).toEqual([
+          'experiment.scheduled_end_time',
+        ]);
+      });
+
       it('refuses an invalid condition on update, and keeps the stored one', async () => {
         const created = await service.admin.createExperiment(
           CreateExperimentRequest.fromPartial({
@@ -272,6 +310,34 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(duplicate.code).toBe(GrpcCode.ALREADY_EXISTS);
+      });
+
+      it('keeps a concluded experiment editable once another takes its layer range', async () => {
+        const { admin } = service;
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'handover' } }));
+        const inRange = (id: string) =>
+          experiment(id, { layerId: 'handover', layerRange: { start: 0.5, end: 1 } });
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: inRange('handover-old') }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'handover-old' }));
+        const concluded = await admin.concludeExperiment(
+          ConcludeExperimentRequest.fromPartial({ id: 'handover-old' }),
+        );
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: inRange('handover-new') }),
+        );
+        const described = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...inRange('handover-old'),
+              description: 'lost to handover-new',
+              etag: concluded.experiment?.etag ?? '',
+            },
+            updateMask: ['description'],
+          }),
+        );
+        expect(described.experiment?.description).toBe('lost to handover-new');
       });
 
       it('lets only one of two overlapping experiments created at once into a layer', async () => {
@@ -497,6 +563,18 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(mismatch)).toEqual(['page_token']);
+        // Nor does another list take it.
+        const otherList = await failure(
+          client.listHoldouts(
+            ListHoldoutsRequest.fromPartial({
+              surface: 'search',
+              statuses: [HoldoutStatus.HOLDOUT_STATUS_DRAFT],
+              pageSize: 1,
+              pageToken: drafts.nextPageToken,
+            }),
+          ),
+        );
+        expect(fields(otherList)).toEqual(['page_token']);
         const inLayer = await client.listExperiments(
           ListExperimentsRequest.fromPartial({ layerId: 'checkout' }),
         );
@@ -535,7 +613,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         }
         const outside = await service.client.resolve(
           resolveRequest('u-1', {
-            surfaces: ['feed', 'nowhere'],
+            surfaces: ['feed', 'nowhere', 'nowhere'],
             attributes: { country: 'US' },
             explain: true,
           }),
@@ -657,6 +735,21 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(retried).toEqual(named);
+        // The same request id with another resolve's token is another call; with a bad one, an
+        // error, not the first call's result.
+        const other = await service.client.resolve(
+          resolveRequest('exposed-3', { surfaces: ['feed'], attributes: { country: 'NO' } }),
+        );
+        const reused = await service.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: other.resolveToken, requestId: 'apply-1' }),
+        );
+        expect(reused.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+        const garbage = await failure(
+          service.client.apply(
+            ApplyRequest.fromPartial({ resolveToken: 'garbage', requestId: 'apply-1' }),
+          ),
+        );
+        expect(garbage.reason).toBe('RESOLVE_TOKEN_INVALID');
       });
 
       it('logs nothing when storing a sticky variant fails, so the retry logs the exposure', async () => {
@@ -829,6 +922,42 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('holdouts', () => {
+      it('logs no holdout exposure shown after the holdout stopped', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('under-ending', { surfaces: ['ending'] }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'under-ending' }));
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('ending', {
+              surfaces: ['ending'],
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+            }),
+          }),
+        );
+        // A unit in the general population: in the experiment and a member of the holdout.
+        const unitId = ['e-1', 'e-2', 'e-3', 'e-4', 'e-5', 'e-6'].find(
+          (u) => (hash('ending', u, 2) ?? 0) >= 0.5,
+        );
+        const resolved = await client.resolve(
+          resolveRequest(unitId ?? '', { surfaces: ['ending'] }),
+        );
+        expect(resolved.holdouts.map((h) => [h.holdoutId, h.heldOut])).toEqual([['ending', false]]);
+        await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('ending', { status: HoldoutStatus.HOLDOUT_STATUS_STOPPED, etag: '1' }),
+            updateMask: ['status'],
+          }),
+        );
+        const applied = await client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 1 });
+      });
+
       it('holds a fraction of units out of covered experiments, and guards its lifecycle', async () => {
         const { admin, client } = service;
         await admin.createExperiment(
@@ -1018,6 +1147,12 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const huge = await failure(admin.updateAllocation(split(0.5, { sequence: 2 ** 60 })));
         expect(huge.reason).toBe('UNDECODABLE_REQUEST');
         expect(fields(huge)).toEqual(['allocation.sequence']);
+        // Held exactly, but more than a day ahead: it would order every later update as stale.
+        const ahead = await failure(
+          admin.updateAllocation(split(0.5, { sequence: Number.MAX_SAFE_INTEGER })),
+        );
+        expect(ahead.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(ahead)).toEqual(['allocation.sequence']);
         const updated = await admin.updateAllocation(split(1, { sequence: 100, etag: '0' }));
         expect(updated.allocation).toMatchObject({
           sequence: 100,
@@ -1064,6 +1199,71 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           if (response.assignments[0]?.variantKey === 'control') control++;
         }
         expect(control).toBeGreaterThan(150);
+      });
+
+      it("drops a draft bandit's allocation when its arms change or it is deleted", async () => {
+        const { admin, client } = service;
+        const bandit = (variants = [variant('control', 0.5), variant('treatment', 0.5)]) =>
+          experiment('arms-draft', {
+            surfaces: ['arms-draft'],
+            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+            bandit: { minArmShare: 0 },
+            sticky: true,
+            variants,
+          });
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: bandit() }),
+        );
+        const allocate = () =>
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms-draft',
+                weights: [
+                  { variantKey: 'control', weight: 0.9 },
+                  { variantKey: 'treatment', weight: 0.1 },
+                ],
+                sequence: 10,
+              },
+            }),
+          );
+        await allocate();
+        const initialWeights = { sequence: 0, source: 'experiment', etag: '0' };
+        // Other arms: the allocation named the old ones.
+        const rearmed = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...bandit([variant('control', 0.5), variant('t2', 0.5)]),
+              etag: created.experiment?.etag ?? '',
+            },
+            updateMask: ['variants'],
+          }),
+        );
+        const afterRearm = await client.getAllocation({ experimentId: 'arms-draft' });
+        expect(afterRearm.allocation).toMatchObject(initialWeights);
+        expect(afterRearm.allocation?.weights.map((w) => [w.variantKey, w.weight])).toEqual([
+          ['control', 0.5],
+          ['t2', 0.5],
+        ]);
+        // Deleted: a draft's id may be used again, without the old allocation.
+        await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: { ...bandit(), etag: rearmed.experiment?.etag ?? '' },
+            updateMask: ['variants'],
+          }),
+        );
+        await allocate();
+        const current = await client.getExperiment({ id: 'arms-draft' });
+        await admin.deleteExperiment(
+          DeleteExperimentRequest.fromPartial({
+            id: 'arms-draft',
+            etag: current.experiment?.etag ?? '',
+          }),
+        );
+        await admin.createExperiment(CreateExperimentRequest.fromPartial({ experiment: bandit() }));
+        expect(
+          (await client.getAllocation({ experimentId: 'arms-draft' })).allocation,
+        ).toMatchObject(initialWeights);
       });
     });
 

@@ -215,9 +215,9 @@ export interface ExposureCounts {
    */
   droppedCount: number;
   /**
-   * Output only. In-experiment assignments of the resolve not logged because their experiment had
-   * stopped serving (or was deleted) by the exposure time: a stopped experiment logs no more
-   * exposures.
+   * Output only. In-experiment assignments and holdout memberships of the resolve not logged
+   * because their experiment or holdout had stopped (or was deleted) by the exposure time: a
+   * stopped experiment or holdout logs no more exposures.
    */
   notRunningCount: number;
 }

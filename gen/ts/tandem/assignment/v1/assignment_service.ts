@@ -451,7 +451,10 @@ export interface ApplyRequest {
   exposureTime?:
     | Date
     | undefined;
-  /** Optional. Idempotency key: a retry with the same value returns the first result. */
+  /**
+   * Optional. Idempotency key: a retry with the same value and the same resolve token returns the
+   * first result (the token is verified first; another token makes it another call).
+   */
   requestId: string;
 }
 
@@ -4841,8 +4844,9 @@ export const AssignmentServiceService = {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
-   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment, or a membership
+   * whose holdout, had stopped by the exposure time (or was deleted) is not logged
+   * (`not_running_count`). Publishing is asynchronous:
    * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
    * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
@@ -4881,7 +4885,8 @@ export const AssignmentServiceService = {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1] or they do not sum to 1 (± 0.01); NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
+   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5059,8 +5064,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
-   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment, or a membership
+   * whose holdout, had stopped by the exposure time (or was deleted) is not logged
+   * (`not_running_count`). Publishing is asynchronous:
    * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
    * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
@@ -5082,7 +5088,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1] or they do not sum to 1 (± 0.01); NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
+   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5516,8 +5523,9 @@ export interface AssignmentServiceClient extends Client {
   /**
    * Apply logs exposures for a resolve whose experiences were shown: one ExposureEvent per shown
    * in-experiment assignment, plus one per holdout membership of the resolve, each at most once
-   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment had stopped
-   * serving by the exposure time is not logged (`not_running_count`). Publishing is asynchronous:
+   * per (experiment or holdout, unit) per UTC day. An assignment whose experiment, or a membership
+   * whose holdout, had stopped by the exposure time (or was deleted) is not logged
+   * (`not_running_count`). Publishing is asynchronous:
    * while NATS is down, exposures are buffered (bounded) and published when it returns; beyond
    * the bound they are dropped (`dropped_count`), and a retry with the same `request_id` logs them.
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
@@ -5567,7 +5575,8 @@ export interface AssignmentServiceClient extends Client {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1] or they do not sum to 1 (± 0.01); NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
+   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
