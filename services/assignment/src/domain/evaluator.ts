@@ -1135,6 +1135,21 @@ function servingOf(definition: ExperimentDefinition): Serving {
 }
 
 /** The weights an experiment buckets with: a bandit's latest allocation, floored, or its own. */
+/**
+ * Whether an allocation names exactly the experiment's arms. One that does not was set for other
+ * arms (a DRAFT's variants changed since) and is ignored: the variants' own weights apply.
+ */
+export function allocationFits(
+  definition: Pick<ExperimentDefinition, 'variants'>,
+  allocation: Pick<AllocationDefinition, 'weights'>,
+): boolean {
+  const keys = new Set(definition.variants.map((v) => v.key));
+  return (
+    allocation.weights.length === keys.size &&
+    allocation.weights.every((w) => keys.has(w.variantKey))
+  );
+}
+
 function effectiveWeights(
   definition: ExperimentDefinition,
   allocation: AllocationDefinition | undefined,
@@ -1142,7 +1157,7 @@ function effectiveWeights(
   const own = definition.variants.map((v) => v.weight);
   if (definition.allocationMode !== AllocationMode.BANDIT) return own;
   let weights = own;
-  if (allocation !== undefined) {
+  if (allocation !== undefined && allocationFits(definition, allocation)) {
     const byKey = new Map(allocation.weights.map((w) => [w.variantKey, w.weight]));
     weights = definition.variants.map((v) => byKey.get(v.key) ?? 0);
   }

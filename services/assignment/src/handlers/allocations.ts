@@ -106,7 +106,10 @@ export async function applyAllocation(
       },
     );
   }
-  const storedSequence = current?.doc.sequence ?? 0;
+  // One stored before sequences were bounded, beyond the bound, orders nothing: otherwise no
+  // later update could ever pass it.
+  const held = current?.doc.sequence ?? 0;
+  const storedSequence = held > now + MAX_SEQUENCE_AHEAD_MS ? 0 : held;
   const sequence =
     allocation.sequence === 0 ? Math.max(storedSequence + 1, now) : allocation.sequence;
   if (sequence <= storedSequence) {

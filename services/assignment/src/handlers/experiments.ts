@@ -242,7 +242,9 @@ async function saveExperiment(
 
 /** Whether a stored bandit allocation no longer fits the experiment: other arms, or no bandit. */
 function allocationObsolete(before: ExperimentDocument, after: ExperimentDocument): boolean {
-  const keys = (doc: ExperimentDocument): string => JSON.stringify(doc.variants.map((v) => v.key));
+  // Weights are matched by key, so a reordering keeps them.
+  const keys = (doc: ExperimentDocument): string =>
+    JSON.stringify(doc.variants.map((v) => v.key).sort());
   return before.allocationMode !== after.allocationMode || keys(before) !== keys(after);
 }
 
@@ -368,18 +370,20 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
               },
             );
           }
-          const stored = await saveExperiment(context, after, before.version);
           if (
             allocationObsolete(before.doc, after) &&
             (await context.store.allocations.get(after.id))
           ) {
             // Set for the old arms (only a DRAFT's can change); the variants' weights apply again.
+            // Dropped first: should the save then fail, nothing serves the old arms' weights (and
+            // the evaluator ignores an allocation that does not name the arms anyway).
             await context.store.allocations.delete(after.id);
             await context.changes.record(
               { type: 'allocation', id: after.id, stored: undefined },
               ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
             );
           }
+          const stored = await saveExperiment(context, after, before.version);
           return { experiment: experimentMessage(stored) };
         },
       ),

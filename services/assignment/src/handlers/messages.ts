@@ -15,7 +15,7 @@ import type {
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import type { Holdout, HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import type { Layer } from '../../../../gen/ts/tandem/assignment/v1/layer';
-import { applyMinArmShare, AllocationMode, ExperimentStatus } from '../domain';
+import { allocationFits, applyMinArmShare, AllocationMode, ExperimentStatus } from '../domain';
 import type { ConfigurationView } from '../live-configuration';
 import {
   etagOf,
@@ -151,7 +151,8 @@ export function allocationMessage(
 ): Allocation {
   const minArmShare = experiment.minArmShare ?? 0;
   const bandit = experiment.allocationMode === AllocationMode.BANDIT;
-  if (bandit && stored) {
+  const fits = stored !== undefined && allocationFits(experiment, stored.doc);
+  if (bandit && stored && fits) {
     const { doc } = stored;
     const floored = applyMinArmShare(
       doc.weights.map((w) => w.weight),
@@ -188,7 +189,8 @@ export function allocationMessage(
     computeTime: undefined,
     analysisPlanId: '',
     source: 'experiment',
-    etag: INITIAL_ALLOCATION_ETAG,
+    // A stored allocation for other arms is ignored, but its version is what an update must name.
+    etag: stored && !fits ? etagOf(stored) : INITIAL_ALLOCATION_ETAG,
     updateTime: new Date(experiment.updateTime),
   };
 }

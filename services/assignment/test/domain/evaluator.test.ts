@@ -587,6 +587,35 @@ describe('bandit experiments', () => {
     ],
   });
 
+  it("ignore an allocation that names other arms, and split by the variants' weights", () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          {
+            ...bandit,
+            variants: [
+              { key: 'a', weight: 0.2 },
+              { key: 'c', weight: 0.8 },
+            ],
+          },
+        ],
+        allocations: [
+          {
+            experimentId: 'exp',
+            sequence: 5,
+            weights: [
+              { variantKey: 'a', weight: 0.9 },
+              { variantKey: 'b', weight: 0.1 },
+            ],
+          },
+        ],
+      }),
+    );
+    // The variants' 0.2 / 0.8, both above the floor. Read by key, the allocation would have
+    // given `a` 0.1 + 0.8·0.9 = 0.82 (and `c` the floor).
+    expect(snapshot.experiment('exp')!.ranges[0]![1]).toBeCloseTo(0.2, 12);
+  });
+
   it('follow the latest allocation with the minimum arm share enforced', () => {
     const snapshot = buildSnapshot(
       configuration({

@@ -743,7 +743,13 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const reused = await service.client.apply(
           ApplyRequest.fromPartial({ resolveToken: other.resolveToken, requestId: 'apply-1' }),
         );
-        expect(reused.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+        expect(reused.exposures).toEqual({
+          loggedCount: 1,
+          alreadyLoggedCount: 0,
+          notInExperimentCount: 0,
+          droppedCount: 0,
+          notRunningCount: 0,
+        });
         const garbage = await failure(
           service.client.apply(
             ApplyRequest.fromPartial({ resolveToken: 'garbage', requestId: 'apply-1' }),
@@ -1264,6 +1270,39 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(
           (await client.getAllocation({ experimentId: 'arms-draft' })).allocation,
         ).toMatchObject(initialWeights);
+
+        // A sequence stored before sequences were bounded orders nothing: the next one is now.
+        const now = Date.now();
+        const weight = (variantKey: string) => ({
+          variantKey,
+          weight: 0.5,
+          unitCount: 0,
+          rewardMean: 0,
+          probabilityBest: 0,
+        });
+        await service.service.context.store.allocations.upsert({
+          id: 'arms-draft',
+          weights: [weight('control'), weight('treatment')],
+          sequence: Number.MAX_SAFE_INTEGER,
+          method: AllocationMethod.ALLOCATION_METHOD_MANUAL,
+          computeTime: null,
+          analysisPlanId: '',
+          source: 'admin',
+          updateTime: now,
+        });
+        const next = await admin.updateAllocation(
+          UpdateAllocationRequest.fromPartial({
+            allocation: {
+              experimentId: 'arms-draft',
+              weights: [
+                { variantKey: 'control', weight: 0.7 },
+                { variantKey: 'treatment', weight: 0.3 },
+              ],
+            },
+          }),
+        );
+        expect(next.allocation?.sequence).toBeGreaterThanOrEqual(now);
+        expect(next.allocation?.sequence).toBeLessThan(now + 60_000);
       });
     });
 

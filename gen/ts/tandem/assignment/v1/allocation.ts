@@ -97,7 +97,8 @@ export interface Allocation {
    * is stale and ignored (events) or rejected with ABORTED (UpdateAllocation). Producers use the
    * computation time in Unix milliseconds, so updates from Analysis and from operators order by
    * time. 0 on update means "the next one": max(stored + 1, now in Unix milliseconds). At most a
-   * day ahead of now (INVALID_ARGUMENT): a later one would order every update after it as stale.
+   * day ahead of now (INVALID_ARGUMENT): a later one would order every update after it as stale
+   * (one stored before this limit existed is disregarded when ordering).
    */
   sequence: number;
   /** Optional. How the weights were computed. */

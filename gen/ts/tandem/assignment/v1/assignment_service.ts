@@ -4885,8 +4885,9 @@ export const AssignmentServiceService = {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
-   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), `allocation.sequence` is more than a day ahead
+   * of now in Unix milliseconds, or `allocation.compute_time` is out of range; NOT_FOUND when no
+   * experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5088,8 +5089,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
-   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), `allocation.sequence` is more than a day ahead
+   * of now in Unix milliseconds, or `allocation.compute_time` is out of range; NOT_FOUND when no
+   * experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5575,8 +5577,9 @@ export interface AssignmentServiceClient extends Client {
    * Analysis would; new units follow them, sticky units keep their variant. The experiment's
    * minimum arm share is enforced (see Allocation.min_arm_share).
    * Errors: INVALID_ARGUMENT when the weights do not name every variant exactly once, a weight is
-   * outside [0, 1], they do not sum to 1 (± 0.01), or `allocation.sequence` is more than a day
-   * ahead of now in Unix milliseconds; NOT_FOUND when no experiment has the id;
+   * outside [0, 1], they do not sum to 1 (± 0.01), `allocation.sequence` is more than a day ahead
+   * of now in Unix milliseconds, or `allocation.compute_time` is out of range; NOT_FOUND when no
+   * experiment has the id;
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.

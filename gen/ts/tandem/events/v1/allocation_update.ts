@@ -43,8 +43,8 @@ export interface AllocationUpdate {
   minArmShare: number;
   /**
    * Required. Orders updates for this experiment: Assignment ignores an update whose sequence is
-   * not greater than the one it holds, is 0, or is more than a day ahead of its clock. Analysis
-   * uses the computation time in Unix milliseconds.
+   * not greater than the one it holds, is not positive, or is more than a day ahead of its clock.
+   * Analysis uses the computation time in Unix milliseconds.
    */
   sequence: number;
   /** Required. How the weights were computed, for example THOMPSON_SAMPLING. */
