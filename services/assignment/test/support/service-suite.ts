@@ -65,6 +65,33 @@ function preconditions(error: TandemError): string[] {
   return error instanceof FailedPreconditionError ? error.violations.map((v) => v.type) : [];
 }
 
+/**
+ * Sends hand-made request bytes (what a generated client cannot encode) to `path`, with the admin
+ * token; resolves with the call's error.
+ */
+async function rawCallError(address: string, path: string, bytes: Buffer): Promise<ServiceError> {
+  const raw = new Client(address, credentials.createInsecure());
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+  try {
+    return await new Promise<ServiceError>((resolve, reject) => {
+      raw.makeUnaryRequest(
+        path,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        bytes,
+        metadata,
+        (error) => {
+          if (error) resolve(error);
+          else reject(new Error(`${path} succeeded`));
+        },
+      );
+    });
+  } finally {
+    raw.close();
+  }
+}
+
 /** The variant GrowthBook's v2 hash puts `unitId` in for a 50/50 split seeded by `seed`. */
 function expectedVariant(seed: string, unitId: string): string {
   return (hash(seed, unitId, 2) ?? 1) < 0.5 ? 'control' : 'treatment';
@@ -224,22 +251,11 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             .bytes(Buffer.concat([Experiment.encode(experiment('far-future')).finish(), tooLate]))
             .finish(),
         );
-        const raw = new Client(service.address, credentials.createInsecure());
-        const admin = new Metadata();
-        admin.set('authorization', `Bearer ${ADMIN_TOKEN}`);
-        const error = await new Promise<ServiceError>((resolve) => {
-          raw.makeUnaryRequest(
-            AssignmentServiceService.createExperiment.path,
-            (b: Buffer) => b,
-            (b: Buffer) => b,
-            bytes,
-            admin,
-            (e) => {
-              resolve(e!);
-            },
-          );
-        });
-        raw.close();
+        const error = await rawCallError(
+          service.address,
+          AssignmentServiceService.createExperiment.path,
+          bytes,
+        );
         expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(decodeStatus(error).violations.map((v) => v.field)).toEqual([
           'experiment.scheduled_end_time',
@@ -910,19 +926,11 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ).finish(),
           tooLate.finish(),
         ]);
-        const raw = new Client(service.address, credentials.createInsecure());
-        const outOfRange = await new Promise<ServiceError>((resolve) => {
-          raw.makeUnaryRequest(
-            AssignmentServiceService.apply.path,
-            (b: Buffer) => b,
-            (b: Buffer) => b,
-            bytes,
-            (e) => {
-              resolve(e!);
-            },
-          );
-        });
-        raw.close();
+        const outOfRange = await rawCallError(
+          service.address,
+          AssignmentServiceService.apply.path,
+          bytes,
+        );
         expect(decodeStatus(outOfRange).violations.map((v) => v.field)).toEqual(['exposure_time']);
       });
     });
