@@ -17,6 +17,7 @@ import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment'
 import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { ExposureEvent, ExposureKind } from '../../../gen/ts/tandem/events/v1/exposure_event';
 import type { EventBus, Subscription } from '../../platform/src/events/bus';
+import { AbortedError } from '../../platform/src/errors';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { TestNatsServer } from '../../platform/test/support/nats-server';
@@ -189,6 +190,23 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       expect(allocation?.sequence).toBe(3000);
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.3, 0.7]);
     });
+
+    // A write that loses a race with another replica's is not dropped: the event comes again.
+    const replace = jest
+      .spyOn(service.service.context.store.allocations, 'replace')
+      .mockRejectedValueOnce(new AbortedError('allocations "bandit" is at version 5, not 4'));
+    try {
+      await bus.publish(ALLOCATION_SUBJECT, AllocationUpdate, update(4000, 0.6), {
+        eventId: `${banditId}-4000`,
+      });
+      await eventually(async () => {
+        const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+        expect(allocation?.sequence).toBe(4000);
+      });
+      expect(replace).toHaveBeenCalledTimes(2);
+    } finally {
+      replace.mockRestore();
+    }
   });
 
   it('carries a change to a second replica on the same embedded store within one second, by notification', async () => {
