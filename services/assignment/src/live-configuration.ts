@@ -199,9 +199,7 @@ export class LiveConfiguration {
         allocations:
           change.type === 'allocation'
             ? replaced(view.allocations, change.id, change.stored)
-            : change.type === 'experiment' && change.stored === undefined
-              ? replaced(view.allocations, change.id, undefined) // deleted with its experiment
-              : [...view.allocations.values()],
+            : [...view.allocations.values()],
       });
       return version;
     });

@@ -946,11 +946,11 @@ export class AssignmentSnapshot {
     for (const surface of surfaceNames) {
       const entry = bySurface.get(surface) ?? { experiments: [], slots: [] };
       const layersHere = new Set(entry.experiments.map((p) => p.layerId).filter((id) => id !== ''));
+      // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
+      const stickyPlans = entry.experiments.filter((p) => p.sticky && p.serving === Serving.WINDOW);
       // A holdout covers an experiment on all of its surfaces, so one that covers a serving
       // experiment here through another surface acts here too: its membership is listed (and
       // logged). A draft or stopped experiment changes nothing here, so it does not widen it.
-      // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
-      const stickyPlans = entry.experiments.filter((p) => p.sticky && p.serving === Serving.WINDOW);
       const coveringHere = new Set(
         entry.experiments
           .filter((p) => p.serving !== Serving.OFF)
@@ -1134,7 +1134,6 @@ function servingOf(definition: ExperimentDefinition): Serving {
   }
 }
 
-/** The weights an experiment buckets with: a bandit's latest allocation, floored, or its own. */
 /**
  * Whether an allocation names exactly the experiment's arms. One that does not was set for other
  * arms (a DRAFT's variants changed since) and is ignored: the variants' own weights apply.
@@ -1150,6 +1149,7 @@ export function allocationFits(
   );
 }
 
+/** The weights an experiment buckets with: a bandit's latest allocation, floored, or its own. */
 function effectiveWeights(
   definition: ExperimentDefinition,
   allocation: AllocationDefinition | undefined,

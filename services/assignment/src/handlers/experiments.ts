@@ -25,6 +25,7 @@ import {
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
+  allocationFits,
   AllocationMode,
   checkRunningChange,
   checkScheduleChange,
@@ -240,12 +241,13 @@ async function saveExperiment(
   return stored;
 }
 
-/** Whether a stored bandit allocation no longer fits the experiment: other arms, or no bandit. */
-function allocationObsolete(before: ExperimentDocument, after: ExperimentDocument): boolean {
-  // Weights are matched by key, so a reordering keeps them.
-  const keys = (doc: ExperimentDocument): string =>
-    JSON.stringify(doc.variants.map((v) => v.key).sort());
-  return before.allocationMode !== after.allocationMode || keys(before) !== keys(after);
+/** Drops an experiment's stored bandit allocation, when it has one, and announces the change. */
+async function dropAllocation(context: AssignmentContext, id: string): Promise<void> {
+  if (!(await context.store.allocations.delete(id))) return;
+  await context.changes.record(
+    { type: 'allocation', id, stored: undefined },
+    ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+  );
 }
 
 function checkOptionalEtag(doc: ExperimentDocument, etag: string, version: number): void {
@@ -370,18 +372,19 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
               },
             );
           }
+          // A bandit allocation set for other arms (only a DRAFT's arms can change), or for a
+          // bandit no more, is dropped: the variants' weights apply again. Dropped first: should the
+          // save then fail, nothing serves it (the evaluator ignores one that does not fit anyway).
+          const allocation =
+            before.doc.allocationMode === AllocationMode.BANDIT
+              ? await context.store.allocations.get(after.id)
+              : undefined;
           if (
-            allocationObsolete(before.doc, after) &&
-            (await context.store.allocations.get(after.id))
+            allocation !== undefined &&
+            (after.allocationMode !== AllocationMode.BANDIT ||
+              !allocationFits(after, allocation.doc))
           ) {
-            // Set for the old arms (only a DRAFT's can change); the variants' weights apply again.
-            // Dropped first: should the save then fail, nothing serves the old arms' weights (and
-            // the evaluator ignores an allocation that does not name the arms anyway).
-            await context.store.allocations.delete(after.id);
-            await context.changes.record(
-              { type: 'allocation', id: after.id, stored: undefined },
-              ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
-            );
+            await dropAllocation(context, after.id);
           }
           const stored = await saveExperiment(context, after, before.version);
           return { experiment: experimentMessage(stored) };
@@ -410,7 +413,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
             throw notFound('experiment', request.id);
           }
-          await context.store.allocations.delete(request.id);
+          await dropAllocation(context, request.id);
           await context.changes.record(
             { type: 'experiment', id: request.id, stored: undefined },
             ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
