@@ -188,6 +188,9 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           const field = MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS];
           changed[field] = requested[field];
         }
+        // A holdout stored before layers listed twice were refused (DUPLICATE_LAYER) loses the
+        // repeat on its next update that leaves layer_ids alone, instead of failing it.
+        if (!paths.has('layer_ids')) changed.layerIds = [...new Set(before.doc.layerIds)];
         const now = Date.now();
         let after = { ...(changed as unknown as HoldoutDocument), updateTime: now };
         violations.push(...validate(context, after));

@@ -48,6 +48,7 @@ import {
 } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
 import { hash } from '../../src/domain';
+import { ConfigurationStore } from '../../src/store/configuration-store';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
@@ -970,6 +971,52 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
         );
         expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 1 });
+      });
+
+      it('updates a holdout stored with a layer listed twice, dropping the repeat', async () => {
+        const { admin, client } = service;
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'repeated' } }));
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('legacy', { layerIds: ['repeated'] }),
+          }),
+        );
+        // As a holdout created before DUPLICATE_LAYER was checked is stored.
+        const store = await ConfigurationStore.open(service.runtime.store);
+        const stored = await store.holdouts.get('legacy');
+        if (stored === undefined) throw new Error('the holdout was not stored');
+        const legacy = await store.holdouts.replace(
+          { ...stored.doc, layerIds: ['repeated', 'repeated'] },
+          stored.version,
+        );
+        await store.bumpVersion();
+        const started = await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('legacy', {
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+              etag: String(legacy.version),
+            }),
+            updateMask: ['status'],
+          }),
+        );
+        expect(started.holdout).toMatchObject({
+          status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+          layerIds: ['repeated'],
+        });
+        expect((await client.getHoldout({ id: 'legacy' })).holdout?.layerIds).toEqual(['repeated']);
+        // Naming the layer twice in the request is still refused.
+        const twice = await failure(
+          admin.updateHoldout(
+            UpdateHoldoutRequest.fromPartial({
+              holdout: holdout('legacy', {
+                layerIds: ['repeated', 'repeated'],
+                etag: started.holdout?.etag ?? '',
+              }),
+              updateMask: ['layer_ids'],
+            }),
+          ),
+        );
+        expect(fields(twice)).toEqual(['holdout.layer_ids[1]']);
       });
 
       it('holds a fraction of units out of covered experiments, and guards its lifecycle', async () => {
