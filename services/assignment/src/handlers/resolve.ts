@@ -43,6 +43,8 @@ const MAX_UNIT_ID_BYTES = 256;
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
 const MAX_ATTRIBUTE_DEPTH = 16;
 const MAX_REQUEST_ID_LENGTH = 128;
+/** Surfaces one Resolve may name: a page shows a handful; thousands would only cost the replica. */
+const MAX_SURFACES = 256;
 /** How far in the future an exposure time may be (client clocks drift). */
 const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
 /** Apply results remembered per replica for request_id retries. */
@@ -299,13 +301,21 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       if (unitType === '')
         violations.push({ field: 'unit.type', description: 'is required', reason: 'REQUIRED' });
-      for (let i = 0; i < request.surfaces.length; i++) {
-        if (!SURFACE_PATTERN.test(request.surfaces[i] ?? '')) {
-          violations.push({
-            field: `surfaces[${i}]`,
-            description: `must match ${SURFACE_PATTERN.source}`,
-            reason: 'INVALID_SURFACE',
-          });
+      if (request.surfaces.length > MAX_SURFACES) {
+        violations.push({
+          field: 'surfaces',
+          description: `at most ${MAX_SURFACES} surfaces`,
+          reason: 'TOO_MANY',
+        });
+      } else {
+        for (let i = 0; i < request.surfaces.length; i++) {
+          if (!SURFACE_PATTERN.test(request.surfaces[i] ?? '')) {
+            violations.push({
+              field: `surfaces[${i}]`,
+              description: `must match ${SURFACE_PATTERN.source}`,
+              reason: 'INVALID_SURFACE',
+            });
+          }
         }
       }
       if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
@@ -321,11 +331,8 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const view = context.configuration.current();
       const now = Date.now();
       const surfaces = request.surfaces.length > 0 ? request.surfaces : view.surfaces;
-      const unknownSurfaces: string[] = [];
-      for (const surface of request.surfaces) {
-        if (!view.snapshot.hasSurface(surface) && !unknownSurfaces.includes(surface))
-          unknownSurfaces.push(surface);
-      }
+      const unknown = request.surfaces.filter((surface) => !view.snapshot.hasSurface(surface));
+      const unknownSurfaces = unknown.length > 1 ? [...new Set(unknown)] : unknown;
       const stickyIds = view.snapshot.stickyExperimentIds(surfaces, now);
       let sticky: ReadonlyMap<string, StickyAssignment> | undefined;
       let stickyUnavailable: ReadonlySet<string> | undefined;

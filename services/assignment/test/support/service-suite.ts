@@ -671,6 +671,17 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(notJson)).toEqual(['attributes.score']);
         const long = await failure(service.client.resolve(resolveRequest('é'.repeat(200))));
         expect(fields(long)).toEqual(['unit.id']);
+        const surfaces = Array.from({ length: 257 }, (_, i) => `s${i}`);
+        const tooMany = await failure(service.client.resolve(resolveRequest('u', { surfaces })));
+        expect(
+          tooMany instanceof InvalidArgumentError
+            ? tooMany.violations.map((v) => [v.field, v.reason])
+            : [],
+        ).toEqual([['surfaces', 'TOO_MANY']]);
+        const most = await service.client.resolve(
+          resolveRequest('u', { surfaces: surfaces.slice(1, 256).concat('s1') }),
+        );
+        expect(most.unknownSurfaces).toEqual(surfaces.slice(1, 256));
         // Deeper than the protobuf decoder goes: refused before the handler, still as bad input.
         let deeper: Record<string, unknown> = { leaf: 1 };
         for (let i = 0; i < 60; i++) deeper = { nested: deeper };

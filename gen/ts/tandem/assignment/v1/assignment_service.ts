@@ -373,7 +373,10 @@ export interface ResolveRequest {
   attributes?:
     | { [key: string]: any }
     | undefined;
-  /** Optional. The surfaces being rendered, for example `home`; every surface when empty. */
+  /**
+   * Optional. The surfaces being rendered, for example `home`; every surface when empty. At most
+   * 256 (INVALID_ARGUMENT, reason TOO_MANY, beyond).
+   */
   surfaces: string[];
   /**
    * Optional. When true, log exposures for the result right away, as Apply with every experiment
