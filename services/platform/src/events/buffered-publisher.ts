@@ -5,6 +5,9 @@
  * the bus is unavailable the loop backs off and retries, then publishes the backlog when it
  * returns. Retrying is safe because the stream deduplicates on `eventId`.
  *
+ * Each event is published in the trace context that was active when it was enqueued, so its publish
+ * span and `traceparent` belong to the request that produced it, not to the background loop.
+ *
  * Drop policy: when the queue is full the NEW event is dropped (and counted), not the oldest. The
  * backlog of an outage then holds its earliest events, and for exposures the earliest event is the
  * one that matters (analysis windows start at a unit's first exposure); dropping the oldest would
@@ -19,6 +22,7 @@
  * the events are published unchecked (the stream's duplicate window deduplicates them), and the
  * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
  */
+import { context as traceContext, type Context } from '@opentelemetry/api';
 import { UnavailableError } from '../errors';
 import { withTimeout } from '../timeout';
 import type { BusLogger, EventBus, EventCodec } from './bus';
@@ -88,6 +92,8 @@ interface QueuedEvent {
   readonly subject: string;
   readonly data: Uint8Array;
   readonly eventId: string;
+  /** The trace context active at enqueue (the request's), for the publish span and headers. */
+  readonly context: Context;
 }
 
 /** Publishes bytes encoded at enqueue time, so a caller may reuse or change its event object. */
@@ -180,7 +186,7 @@ export class BufferedPublisher {
     } catch (error) {
       return this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
     }
-    this.queue.push({ subject, data, eventId });
+    this.queue.push({ subject, data, eventId, context: traceContext.active() });
     this.arrived.notify();
     return true;
   }
@@ -290,10 +296,12 @@ export class BufferedPublisher {
       batch.map((queued) =>
         skip.has(queued.eventId)
           ? Promise.resolve(undefined)
-          : this.bus.publish(queued.subject, ENCODED, queued.data, {
-              eventId: queued.eventId,
-              timeoutMs: this.publishTimeoutMs,
-            }),
+          : traceContext.with(queued.context, () =>
+              this.bus.publish(queued.subject, ENCODED, queued.data, {
+                eventId: queued.eventId,
+                timeoutMs: this.publishTimeoutMs,
+              }),
+            ),
       ),
     );
     const retry: QueuedEvent[] = [];
@@ -436,10 +444,20 @@ export class BufferedPublisher {
     return Math.min(this.initialRetryDelayMs * 2 ** exponent, this.maxRetryDelayMs);
   }
 
+  /**
+   * Counts what is still queued at close as dropped, and says how many were lost in one log line
+   * whatever the drop log's rate limit, since nothing will report them later.
+   */
   private abandonQueue(): void {
     const left = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;
-    for (const queued of left) this.drop(queued.subject, queued.eventId, 'publisher closed');
+    if (left.length === 0) return;
+    this.dropped += left.length;
+    const subjects = [...new Set(left.map((queued) => queued.subject))];
+    this.logger.error(
+      { lost: left.length, subjects, dropped: this.dropped },
+      'publisher closed with events not published; they are lost',
+    );
   }
 }

@@ -2,6 +2,14 @@
  * The buffered publisher against an in-process bus behind a switch that plays a NATS outage:
  * while it is off every publish fails with `UnavailableError`, as the NATS adapter's does.
  */
+import { context, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
 import { BufferedPublisher, type PublishGate } from '../../src/events/buffered-publisher';
@@ -177,15 +185,90 @@ describe('BufferedPublisher', () => {
     });
   });
 
-  it('gives up on close after its timeout and counts what is left as dropped', async () => {
+  it('gives up on close after its timeout, counts what is left as dropped and logs how many', async () => {
     bus.available = false;
-    const events = create();
-    events.enqueue(SUBJECT, EchoRequest, echo('stuck 1'), 's1');
-    events.enqueue(SUBJECT, EchoRequest, echo('stuck 2'), 's2');
+    const logged: { level: string; fields: object; message: string }[] = [];
+    const record =
+      (level: string) =>
+      (fields: object, message: string): void => {
+        logged.push({ level, fields, message });
+      };
+    const events = create({
+      capacity: 3,
+      logger: { info: record('info'), warn: record('warn'), error: record('error') },
+    });
+    for (const id of ['s1', 's2', 's3', 's4']) events.enqueue(SUBJECT, EchoRequest, echo(id), id);
+    // The fourth was dropped (queue full) and logged: the drop log is quiet for a while now.
+    expect(logged.filter((l) => l.message.includes('dropped'))).toHaveLength(1);
 
     await events.close(100);
 
-    expect(events.stats()).toMatchObject({ queued: 0, published: 0, dropped: 2 });
+    expect(events.stats()).toMatchObject({ queued: 0, published: 0, dropped: 4 });
+    expect(logged.filter((l) => l.level === 'error')).toEqual([
+      {
+        level: 'error',
+        fields: { lost: 3, subjects: [SUBJECT], dropped: 4 },
+        message: 'publisher closed with events not published; they are lost',
+      },
+    ]);
+  });
+
+  describe('with tracing', () => {
+    const exporter = new InMemorySpanExporter();
+
+    beforeAll(() => {
+      context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+      propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+      trace.setGlobalTracerProvider(
+        new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+      );
+    });
+
+    afterAll(() => {
+      trace.disable();
+      propagation.disable();
+      context.disable();
+    });
+
+    it('publishes each event in the trace of the request that enqueued it', async () => {
+      const headers: Record<string, string>[] = [];
+      const traced = await bus.subscribe(
+        { stream: 'EXPOSURES', durable: 'traced', codec: EchoRequest },
+        (delivered) => {
+          headers.push({ ...delivered.headers });
+          return Promise.resolve();
+        },
+      );
+      bus.available = false;
+      const events = create();
+      const tracer = trace.getTracer('test');
+      const requests = ['first', 'second'].map((name) =>
+        tracer.startActiveSpan(name, (span) => {
+          events.enqueue(SUBJECT, EchoRequest, echo(name), name);
+          span.end();
+          return span.spanContext();
+        }),
+      );
+      // Published later, from the background loop, once the bus is back.
+      await eventually(() => {
+        expect(events.stats().failedAttempts).toBeGreaterThan(0);
+      });
+      bus.available = true;
+      await expect(events.flush(5_000)).resolves.toBe(true);
+      await eventually(() => {
+        expect(headers).toHaveLength(2);
+      });
+      await traced.stop();
+      expect(headers.map((h) => h.traceparent?.split('-')[1])).toEqual(
+        requests.map((r) => r.traceId),
+      );
+      const publishes = exporter
+        .getFinishedSpans()
+        .filter((span) => span.name === `publish ${SUBJECT}`);
+      expect(publishes.map((span) => span.parentSpanContext?.spanId).sort()).toEqual(
+        requests.map((r) => r.spanId).sort(),
+      );
+    });
   });
 
   it('never throws from enqueue: unencodable events and empty ids are dropped', () => {

@@ -1,0 +1,107 @@
+/**
+ * An exposure event continues the trace of the call that applied it (DESIGN.md, Events): the
+ * caller's span → the service's Resolve span → the publish span, whose context travels in the
+ * event's `traceparent` header. The exposure is published later, from the buffered publisher's
+ * background loop, so this holds only because the event keeps the context it was logged in.
+ */
+import { rmSync } from 'node:fs';
+import { context, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import {
+  CreateExperimentRequest,
+  StartExperimentRequest,
+} from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { ExposureEvent } from '../../../gen/ts/tandem/events/v1/exposure_event';
+import type { EventBus } from '../../platform/src/events/bus';
+import { connectNatsBus } from '../../platform/src/events/nats-bus';
+import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { exposureStream } from '../src/events/streams';
+import { experiment, resolveRequest } from './support/fixtures';
+import {
+  eventually,
+  startTestAssignment,
+  temporaryDataDir,
+  type TestAssignment,
+} from './support/harness';
+
+describeWithNats('Exposure events and tracing on NATS JetStream', () => {
+  const url = natsUrl ?? '';
+  const exporter = new InMemorySpanExporter();
+  const surface = uniqueName('traced').replace(/_/g, '-').toLowerCase();
+  let dataDir: string;
+  let service: TestAssignment;
+  let bus: EventBus;
+
+  beforeAll(async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+    trace.setGlobalTracerProvider(
+      new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+    );
+    dataDir = temporaryDataDir();
+    service = await startTestAssignment({ dataDir, natsUrl: url });
+    bus = await connectNatsBus({ servers: url, name: 'assignment-trace-observer' });
+    await service.admin.createExperiment(
+      CreateExperimentRequest.fromPartial({
+        experiment: experiment('traced', { surfaces: [surface] }),
+      }),
+    );
+    await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'traced' }));
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await bus.close();
+    rmSync(dataDir, { recursive: true, force: true });
+    trace.disable();
+    propagation.disable();
+    context.disable();
+  });
+
+  it('publishes the exposure of Resolve(apply) in the caller’s trace', async () => {
+    const unit = uniqueName('traced-unit');
+    const received: { headers: Readonly<Record<string, string>> }[] = [];
+    const subscription = await bus.subscribe(
+      {
+        stream: exposureStream(0).name,
+        durable: uniqueName('trace-watch'),
+        codec: ExposureEvent,
+        deliverPolicy: 'new',
+      },
+      (delivered) => {
+        if (delivered.event.unit?.id === unit) received.push({ headers: delivered.headers });
+        return Promise.resolve();
+      },
+    );
+    try {
+      const caller = await trace.getTracer('test').startActiveSpan('caller', async (span) => {
+        const response = await service.client.resolve(
+          resolveRequest(unit, { surfaces: [surface], apply: true }),
+        );
+        expect(response.exposures?.loggedCount).toBe(1);
+        span.end();
+        return span.spanContext();
+      });
+      await eventually(() => {
+        expect(received).toHaveLength(1);
+      });
+      const [, traceId, spanId] = (received[0]?.headers.traceparent ?? '').split('-');
+      expect(traceId).toBe(caller.traceId);
+      const spans = exporter.getFinishedSpans();
+      const publish = spans.find((span) => span.spanContext().spanId === spanId);
+      expect(publish?.name).toMatch(/^publish /);
+      const resolve = spans.find(
+        (span) => span.spanContext().spanId === publish?.parentSpanContext?.spanId,
+      );
+      expect(resolve?.name).toBe('tandem.assignment.v1.AssignmentService/Resolve');
+    } finally {
+      await subscription.stop();
+    }
+  });
+});
