@@ -27,11 +27,13 @@ typecheck: build
 build:
 	$(NPX) tsc -b
 
-## gen: regenerate TypeScript stubs and the reflection descriptor set from proto/.
+## gen: regenerate TypeScript stubs and the reflection descriptor sets from proto/ (and the
+## health contract grpc-health-check serves, so reflection describes it too).
 gen:
 	$(BUF) generate
 	mkdir -p gen/descriptor
 	$(BUF) build proto -o gen/descriptor/tandem.binpb
+	$(BUF) build node_modules/grpc-health-check/proto -o gen/descriptor/health.binpb
 
 ## check-gen: fail when gen/ is not what `make gen` produces from proto/.
 check-gen: gen

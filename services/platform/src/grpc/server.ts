@@ -1,9 +1,11 @@
 /**
  * gRPC server bootstrap: message-size limits, keepalive, `grpc.health.v1` (NOT_SERVING until the
- * service says it is ready), server reflection from the committed descriptor set, and graceful
- * shutdown with a deadline.
+ * service says it is ready), server reflection from the committed descriptor set (listing the
+ * services this server hosts and health, not every contract in the set), and graceful shutdown
+ * with a deadline.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import {
   Server,
   status as GrpcStatus,
@@ -12,7 +14,8 @@ import {
   type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
+import type { PackageDefinition, ProtobufTypeDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { Logger } from '../logging';
@@ -37,14 +40,35 @@ interface Registered {
   reserved?: ServiceDefinition;
 }
 
+const HEALTH_SERVICE = 'grpc.health.v1.Health';
+
+/**
+ * The `FileDescriptorProto`s of a serialized `FileDescriptorSet`, byte for byte (its field 1). The
+ * package definition proto-loader makes re-encodes them without their `dependency` lists, and
+ * reflection clients that link what they receive (grpcurl, buf curl) then cannot resolve a single
+ * service, so reflection is given these instead.
+ */
+function fileDescriptors(descriptorSet: Uint8Array): Buffer[] {
+  const files: Buffer[] = [];
+  const reader = new BinaryReader(descriptorSet);
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 1 && wireType === WireType.LengthDelimited)
+      files.push(Buffer.from(reader.bytes()));
+    else reader.skip(wireType);
+  }
+  return files;
+}
+
 function serviceName(definition: ServiceDefinition): string {
   const first = Object.values(definition)[0];
   return first ? (first.path.split('/')[1] ?? '') : '';
 }
 
 /**
- * One gRPC server hosting one or more services. Lifecycle: `add` every service (health says
- * NOT_SERVING), `listen`, `setServing(true)` once dependencies are ready; `shutdown` reverses it.
+ * One gRPC server hosting one or more services. Lifecycle: `add` (or `reserve`) every service
+ * (health says NOT_SERVING), `listen`, `setServing(true)` once dependencies are ready; `shutdown`
+ * reverses it. Reflection lists the services registered when `listen` is called.
  */
 export class GrpcServer {
   private readonly server: Server;
@@ -70,12 +94,26 @@ export class GrpcServer {
     // The empty name is the whole server's status, which load balancers and kubelets probe.
     this.health = new HealthImplementation({ '': 'NOT_SERVING' });
     this.health.addToServer(this.server);
-    if (options.reflection !== false) {
-      const descriptorSet = readFileSync(options.reflection ?? findDescriptorSet());
-      new ReflectionService(loadFileDescriptorSetFromBuffer(descriptorSet)).addToServer(
-        this.server,
-      );
-    }
+  }
+
+  /**
+   * Serves reflection for the services registered so far and health: the descriptor set holds
+   * every Tandem contract, and a client listing a server's services must see only what it serves.
+   */
+  private addReflection(): void {
+    if (this.options.reflection === false) return;
+    const descriptorSet = readFileSync(this.options.reflection ?? findDescriptorSet());
+    // grpc-health-check's contract, built beside the default descriptor set by `make gen`.
+    const health = readFileSync(join(dirname(findDescriptorSet()), 'health.binpb'));
+    // Reflection reads nothing of a definition's entries but their file descriptors.
+    const files: ProtobufTypeDefinition = {
+      format: 'FileDescriptorSet',
+      type: {},
+      fileDescriptorProtos: [...fileDescriptors(descriptorSet), ...fileDescriptors(health)],
+    };
+    const contracts = { tandem: files } as PackageDefinition;
+    const services = [...this.services.map((service) => service.name), HEALTH_SERVICE];
+    new ReflectionService(contracts, { services }).addToServer(this.server);
   }
 
   /**
@@ -85,6 +123,9 @@ export class GrpcServer {
   add(definition: ServiceDefinition, implementation: UntypedServiceImplementation): void {
     const name = serviceName(definition);
     const registered = this.services.find((service) => service.name === name);
+    if (registered === undefined && this.port !== undefined) {
+      throw new Error(`${name} added after listen(): reserve it before, so reflection lists it`);
+    }
     if (registered?.reserved) {
       // Both synchronous: no call can arrive in between and find the method missing.
       this.server.removeService(registered.reserved);
@@ -122,6 +163,7 @@ export class GrpcServer {
 
   /** Binds and starts serving; returns the bound port (useful with port 0). */
   async listen(host: string, port: number): Promise<number> {
+    this.addReflection();
     this.port = await new Promise<number>((resolve, reject) => {
       this.server.bindAsync(
         `${host.includes(':') ? `[${host}]` : host}:${port}`,

@@ -1,3 +1,5 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { bearerTokenAuth } from '../../src/grpc/auth';
@@ -10,6 +12,8 @@ import { echoHandlers, startEcho, testServer } from '../support/echo';
 import { Metadata } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { loadPackageDefinition, type Client } from '@grpc/grpc-js';
+
+const run = promisify(execFile);
 
 const insecure = credentials.createInsecure();
 const seconds = (s: number) => ({ seconds: Math.floor(s), nanos: Math.round((s % 1) * 1e9) });
@@ -167,7 +171,7 @@ describe('health', () => {
 });
 
 describe('server reflection', () => {
-  it('lists the services and describes their files, so grpcurl works without protos', async () => {
+  it('lists the services it serves and health, and describes their files, so grpcurl works without protos', async () => {
     const echo = await startEcho();
     const definition = loadSync(
       require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
@@ -190,18 +194,47 @@ describe('server reflection', () => {
     const done = new Promise((resolve) => call.on('end', resolve));
     call.write({ list_services: '' });
     call.write({ file_containing_symbol: 'tandem.echo.v1.EchoService' });
+    call.write({ file_containing_symbol: 'grpc.health.v1.Health' });
     call.end();
     await done;
     const names = (
       responses[0] as { list_services_response: { service: { name: string }[] } }
     ).list_services_response.service.map((s) => s.name);
-    expect(names).toContain('tandem.echo.v1.EchoService');
-    const files = (
-      responses[1] as { file_descriptor_response: { file_descriptor_proto: Buffer[] } }
-    ).file_descriptor_response.file_descriptor_proto;
-    expect(files.length).toBeGreaterThan(0);
+    // Not the other contracts of the descriptor set (AssignmentService, …): this server does not
+    // serve them.
+    expect(names.sort()).toEqual(['grpc.health.v1.Health', 'tandem.echo.v1.EchoService']);
+    for (const response of responses.slice(1)) {
+      const files = (response as { file_descriptor_response?: { file_descriptor_proto: Buffer[] } })
+        .file_descriptor_response?.file_descriptor_proto;
+      expect(files?.length).toBeGreaterThan(0);
+    }
     reflection.close();
     await echo.server.shutdown(1000);
+  });
+
+  it('is enough for buf curl to call a method and check health, with no proto files', async () => {
+    const echo = await startEcho();
+    const curl = async (path: string, body?: string): Promise<unknown> => {
+      const { stdout } = await run(require.resolve('@bufbuild/buf/bin/buf'), [
+        'curl',
+        '--protocol',
+        'grpc',
+        '--http2-prior-knowledge',
+        ...(body === undefined ? [] : ['-d', body]),
+        `http://${echo.address}/${path}`,
+      ]);
+      return JSON.parse(stdout);
+    };
+    try {
+      // Linking the echo contract needs its imports (google/protobuf/duration.proto): reflection
+      // must serve each file with its dependency list.
+      expect(
+        await curl('tandem.echo.v1.EchoService/Echo', '{"message": "hi", "delay": "0.001s"}'),
+      ).toMatchObject({ message: 'hi' });
+      expect(await curl('grpc.health.v1.Health/Check')).toEqual({ status: 'SERVING' });
+    } finally {
+      await echo.server.shutdown(1000);
+    }
   });
 });
 
