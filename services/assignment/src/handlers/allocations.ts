@@ -20,7 +20,7 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import { experimentDefinition, type AllocationDocument } from '../store/documents';
-import { allocationMessage, INITIAL_ALLOCATION_ETAG } from './messages';
+import { allocationMessage, INITIAL_ALLOCATION_ETAG, timestampViolation } from './messages';
 import { notFound, rejectIfAny, required } from './requests';
 
 type AllocationHandlers = Pick<
@@ -59,13 +59,8 @@ export async function applyAllocation(
       reason: 'OUT_OF_RANGE',
     });
   }
-  if (allocation.computeTime !== undefined && Number.isNaN(allocation.computeTime.getTime())) {
-    violations.push({
-      field: 'allocation.compute_time',
-      description: 'must be a time a Timestamp can hold',
-      reason: 'OUT_OF_RANGE',
-    });
-  }
+  const computeTime = timestampViolation('allocation.compute_time', allocation.computeTime);
+  if (computeTime) violations.push(computeTime);
   rejectIfAny('allocation', violations);
   const experiment = await context.store.experiments.get(allocation.experimentId);
   if (!experiment) throw notFound('experiment', allocation.experimentId);

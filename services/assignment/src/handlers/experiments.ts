@@ -40,7 +40,7 @@ import {
   type Stored,
   type VariantDocument,
 } from '../store/documents';
-import { asEnum, durationMs, experimentMessage } from './messages';
+import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
   maskPaths,
@@ -139,14 +139,8 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     ['scheduled_start_time', experiment.scheduledStartTime],
     ['scheduled_end_time', experiment.scheduledEndTime],
   ] as const) {
-    // A Timestamp beyond what a Date holds (±8.64e15 ms) decodes to an invalid Date.
-    if (time !== undefined && Number.isNaN(time.getTime())) {
-      violations.push({
-        field: `experiment.${field}`,
-        description: 'must be a time a Timestamp can hold',
-        reason: 'OUT_OF_RANGE',
-      });
-    }
+    const violation = timestampViolation(`experiment.${field}`, time);
+    if (violation) violations.push(violation);
   }
   const condition = experiment.condition;
   return {

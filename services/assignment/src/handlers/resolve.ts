@@ -32,7 +32,7 @@ import type { AssignmentContext } from '../assignment-context';
 import type { ExposureTally } from '../events/exposure-log';
 import type { ResolveRecord, TokenAssignment } from '../resolve-token';
 import type { ExperimentDocument } from '../store/documents';
-import { asEnum } from './messages';
+import { asEnum, timestampViolation } from './messages';
 import { RenderedResults } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
 import { rejectIfAny } from './requests';
@@ -420,16 +420,8 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const previous = resultKey === undefined ? undefined : applyResults.get(resultKey);
       if (previous) return { exposures: previous };
       let exposureTime = request.exposureTime ?? new Date(now);
-      if (Number.isNaN(exposureTime.getTime())) {
-        // A Timestamp beyond what a Date holds (±8.64e15 ms), as its decoder makes it.
-        throw new InvalidArgumentError('exposure_time is out of range', [
-          {
-            field: 'exposure_time',
-            description: 'must be a time a Timestamp can hold',
-            reason: 'OUT_OF_RANGE',
-          },
-        ]);
-      }
+      const outOfRange = timestampViolation('exposure_time', request.exposureTime);
+      if (outOfRange) throw new InvalidArgumentError('exposure_time is out of range', [outOfRange]);
       if (exposureTime.getTime() > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {
         throw new InvalidArgumentError('exposure_time is more than one minute in the future', [
           {

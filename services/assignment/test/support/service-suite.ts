@@ -48,7 +48,6 @@ import {
 } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
 import { hash } from '../../src/domain';
-import { ConfigurationStore } from '../../src/store/configuration-store';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
@@ -261,6 +260,18 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(decodeStatus(error).violations.map((v) => v.field)).toEqual([
           'experiment.scheduled_end_time',
         ]);
+        // Within what a Date holds but past a Timestamp's 9999-12-31, which standard clients
+        // (protojson: grpcurl, buf curl) refuse to read back.
+        const year20000 = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('far-future', {
+                scheduledStartTime: new Date(Date.UTC(20_000, 0, 1)),
+              }),
+            }),
+          ),
+        );
+        expect(fields(year20000)).toEqual(['experiment.scheduled_start_time']);
       });
 
       it('refuses an invalid condition on update, and keeps the stored one', async () => {
@@ -944,6 +955,15 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           bytes,
         );
         expect(decodeStatus(outOfRange).violations.map((v) => v.field)).toEqual(['exposure_time']);
+        const beforeYearOne = await failure(
+          service.client.apply(
+            ApplyRequest.fromPartial({
+              resolveToken: resolved.resolveToken,
+              exposureTime: new Date('0000-06-01T00:00:00Z'),
+            }),
+          ),
+        );
+        expect(fields(beforeYearOne)).toEqual(['exposure_time']);
       });
     });
 
@@ -993,7 +1013,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         // As a holdout created before DUPLICATE_LAYER was checked is stored.
-        const store = await ConfigurationStore.open(service.runtime.store);
+        const store = service.service.context.store;
         const stored = await store.holdouts.get('legacy');
         if (stored === undefined) throw new Error('the holdout was not stored');
         const legacy = await store.holdouts.replace(
@@ -1368,6 +1388,22 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(next.allocation?.sequence).toBeGreaterThanOrEqual(now);
+        // A Date can hold the year 20000; a Timestamp cannot, and protojson clients refuse it.
+        const farComputeTime = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms-draft',
+                weights: [
+                  { variantKey: 'control', weight: 0.6 },
+                  { variantKey: 'treatment', weight: 0.4 },
+                ],
+                computeTime: new Date(Date.UTC(20_000, 0, 1)),
+              },
+            }),
+          ),
+        );
+        expect(fields(farComputeTime)).toEqual(['allocation.compute_time']);
         expect(next.allocation?.sequence).toBeLessThan(now + 60_000);
       });
     });
