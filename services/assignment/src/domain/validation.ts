@@ -32,6 +32,14 @@ export const ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
 export const SURFACE_PATTERN = /^[a-z][a-z0-9_.-]{0,62}$/;
 /** Variant keys. */
 export const VARIANT_KEY_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+/**
+ * The most variants, surfaces or layers one definition may list. Far above real use; they bound
+ * what one resource costs to store (a MongoDB document holds 16 MiB), serve and validate, and a
+ * longer list gets one violation rather than one per entry.
+ */
+export const MAX_VARIANTS = 100;
+export const MAX_SURFACES = 100;
+export const MAX_LAYERS = 100;
 
 /** What validating an experiment needs to know about the rest of the configuration. */
 export interface ExperimentValidationContext {
@@ -70,6 +78,10 @@ function checkId(out: Violations, id: string, what: string): void {
 function checkSurfaces(out: Violations, surfaces: readonly string[], required: boolean): void {
   if (required && surfaces.length === 0)
     out.add('surfaces', 'at least one surface is required', 'REQUIRED');
+  if (surfaces.length > MAX_SURFACES) {
+    out.add('surfaces', `at most ${MAX_SURFACES} surfaces`, 'TOO_MANY');
+    return;
+  }
   surfaces.forEach((surface, i) => {
     if (!SURFACE_PATTERN.test(surface)) {
       out.add(`surfaces[${i}]`, `surface must match ${SURFACE_PATTERN.source}`, 'INVALID_SURFACE');
@@ -140,6 +152,10 @@ function checkVariants(out: Violations, experiment: ExperimentDefinition): void 
       `at least two variants are required, got ${variants.length}`,
       'TOO_FEW_VARIANTS',
     );
+  }
+  if (variants.length > MAX_VARIANTS) {
+    out.add('variants', `at most ${MAX_VARIANTS} variants, got ${variants.length}`, 'TOO_MANY');
+    return;
   }
   const seen = new Set<string>();
   variants.forEach((variant, i) => {
@@ -272,12 +288,16 @@ export function validateHoldout(
     out.add('surfaces', 'at least one surface or layer is required', 'REQUIRED');
   }
   checkSurfaces(out, holdout.surfaces, false);
-  holdout.layerIds.forEach((layerId, i) => {
-    if (!context.layerIds.has(layerId))
-      out.add(`layer_ids[${i}]`, `layer "${layerId}" does not exist`, 'UNKNOWN_LAYER');
-    else if (holdout.layerIds.indexOf(layerId) < i)
-      out.add(`layer_ids[${i}]`, `layer "${layerId}" is listed twice`, 'DUPLICATE_LAYER');
-  });
+  if (holdout.layerIds.length > MAX_LAYERS) {
+    out.add('layer_ids', `at most ${MAX_LAYERS} layers`, 'TOO_MANY');
+  } else {
+    holdout.layerIds.forEach((layerId, i) => {
+      if (!context.layerIds.has(layerId))
+        out.add(`layer_ids[${i}]`, `layer "${layerId}" does not exist`, 'UNKNOWN_LAYER');
+      else if (holdout.layerIds.indexOf(layerId) < i)
+        out.add(`layer_ids[${i}]`, `layer "${layerId}" is listed twice`, 'DUPLICATE_LAYER');
+    });
+  }
   const statuses: number[] = Object.values(HoldoutStatus);
   if (!statuses.includes(holdout.status))
     out.add('status', 'unknown holdout status', 'UNKNOWN_STATUS');

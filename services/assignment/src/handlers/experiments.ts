@@ -14,8 +14,8 @@ import {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import {
   AllocationMode as AllocationModeMessage,
+  Experiment,
   HashVersion,
-  type Experiment,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
@@ -40,6 +40,7 @@ import {
   type Stored,
   type VariantDocument,
 } from '../store/documents';
+import { experimentSizeViolations } from './limits';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
@@ -176,13 +177,13 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
 /** Every validation problem of `doc`, as request violations under `experiment.`. */
 function validate(context: AssignmentContext, doc: ExperimentDocument): FieldViolation[] {
   const view = context.configuration.current();
-  return under(
-    'experiment',
-    validateExperiment(experimentDefinition(doc, undefined), {
+  return under('experiment', [
+    ...validateExperiment(experimentDefinition(doc, undefined), {
       layerIds: new Set(view.layers.keys()),
       otherExperiments: view.experimentDefinitions,
     }),
-  );
+    ...experimentSizeViolations(doc),
+  ]);
 }
 
 function statusName(status: number): string {
@@ -309,7 +310,12 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             (request.surface === '' || s.doc.surfaces.includes(request.surface)),
         )
         .map((s) => ({ id: s.doc.id, stored: s }));
-      const result = page(matching, pageOf, filters);
+      const result = page(
+        matching,
+        pageOf,
+        filters,
+        (item) => Experiment.encode(experimentMessage(item.stored)).finish().length,
+      );
       return Promise.resolve({
         experiments: result.items.map((item) => experimentMessage(item.stored)),
         nextPageToken: result.nextPageToken,

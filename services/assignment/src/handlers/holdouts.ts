@@ -10,8 +10,8 @@ import {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { HashVersion } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import {
+  Holdout,
   HoldoutStatus as HoldoutStatusMessage,
-  type Holdout,
 } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
@@ -23,6 +23,7 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { HoldoutStatus, validateHoldout } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import { holdoutDefinition, type HoldoutDocument, type Stored } from '../store/documents';
+import { holdoutSizeViolations } from './limits';
 import { asEnum, holdoutMessage } from './messages';
 import {
   checkEtag,
@@ -88,7 +89,10 @@ function requestedFields(
 
 function validate(context: AssignmentContext, doc: HoldoutDocument): FieldViolation[] {
   const layerIds = new Set(context.configuration.current().layers.keys());
-  return under('holdout', validateHoldout(holdoutDefinition(doc, undefined), { layerIds }));
+  return under('holdout', [
+    ...validateHoldout(holdoutDefinition(doc, undefined), { layerIds }),
+    ...holdoutSizeViolations(doc),
+  ]);
 }
 
 function statusName(status: number): string {
@@ -156,7 +160,12 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
             (request.surface === '' || doc.surfaces.includes(request.surface)),
         )
         .map((stored) => ({ id: stored.doc.id, stored }));
-      const result = page(matching, pageOf, filters);
+      const result = page(
+        matching,
+        pageOf,
+        filters,
+        (item) => Holdout.encode(holdoutMessage(item.stored)).finish().length,
+      );
       return Promise.resolve({
         holdouts: result.items.map((item) => holdoutMessage(item.stored)),
         nextPageToken: result.nextPageToken,

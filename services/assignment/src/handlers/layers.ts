@@ -5,6 +5,7 @@ import {
   UpdateLayerResponse,
   type AssignmentServiceService,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { Layer } from '../../../../gen/ts/tandem/assignment/v1/layer';
 import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
   FailedPreconditionError,
@@ -15,6 +16,7 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { validateLayer } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import type { LayerDocument } from '../store/documents';
+import { layerSizeViolations } from './limits';
 import { layerMessage } from './messages';
 import {
   checkEtag,
@@ -42,19 +44,24 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
       context.writes.once('CreateLayer', request.requestId, CreateLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         const layer = request.layer;
-        if (!layer) required('layer', '', violations);
-        else violations.push(...under('layer', validateLayer(layer)));
-        rejectIfAny('layer', violations);
-        if (!layer) throw new Error('unreachable: layer checked above');
+        if (!layer) {
+          required('layer', '', violations);
+          rejectIfAny('layer', violations);
+          throw new Error('unreachable: layer checked above');
+        }
+        violations.push(...under('layer', validateLayer(layer)));
         const now = Date.now();
-        const stored = await context.store.layers.insert({
+        const doc: LayerDocument = {
           id: layer.id,
           description: layer.description,
           owner: layer.owner,
           tags: layer.tags,
           createTime: now,
           updateTime: now,
-        });
+        };
+        violations.push(...under('layer', layerSizeViolations(doc)));
+        rejectIfAny('layer', violations);
+        const stored = await context.store.layers.insert(doc);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },
           ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
@@ -81,6 +88,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         [...view.layers.values()].map((stored) => ({ id: stored.doc.id, stored })),
         pageOf,
         '',
+        (item) => Layer.encode(layerMessage(item.stored, view)).finish().length,
       );
       return Promise.resolve({
         layers: result.items.map((item) => layerMessage(item.stored, view)),
@@ -107,6 +115,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
           tags: paths.has('tags') ? layer.tags : before.doc.tags,
           updateTime: Date.now(),
         };
+        rejectIfAny('layer', under('layer', layerSizeViolations(after)));
         const stored = await context.store.layers.replace(after, before.version);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },

@@ -69,6 +69,11 @@ export function versionOf(etag: string): number {
 
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;
+/**
+ * The most bytes of resources one page holds (it ends early, with a next page token, rather than
+ * outgrow the message limit); a page always holds at least one.
+ */
+export const MAX_PAGE_BYTES = 4 * 1024 * 1024;
 
 interface PageToken {
   /** The last id of the previous page. */
@@ -131,19 +136,31 @@ export function pageRequest(
   return { size, afterId: token.a };
 }
 
-/** One page of `items` (sorted by id) after `request.afterId`, and the token for the next one. */
+/**
+ * One page of `items` (sorted by id) after `request.afterId`, and the token for the next one.
+ * `sizeOf` (an item's encoded size) ends the page early at {@link MAX_PAGE_BYTES}.
+ */
 export function page<T extends { readonly id: string }>(
   items: Iterable<T>,
   request: PageRequest,
   filters: string,
+  sizeOf?: (item: T) => number,
 ): { items: T[]; nextPageToken: string } {
   const out: T[] = [];
   let more = false;
+  let bytes = 0;
   for (const item of items) {
     if (request.afterId !== undefined && item.id <= request.afterId) continue;
     if (out.length === request.size) {
       more = true;
       break;
+    }
+    if (sizeOf !== undefined) {
+      bytes += sizeOf(item);
+      if (bytes > MAX_PAGE_BYTES && out.length > 0) {
+        more = true;
+        break;
+      }
     }
     out.push(item);
   }

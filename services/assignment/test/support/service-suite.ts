@@ -24,6 +24,7 @@ import {
   DeleteHoldoutRequest,
   DeleteLayerRequest,
   ListExperimentsRequest,
+  ListExperimentsResponse,
   ListHoldoutsRequest,
   ListLayersRequest,
   StartExperimentRequest,
@@ -240,6 +241,99 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ]),
         );
         expect(fields(error).some((f) => f.startsWith('experiment.condition'))).toBe(true);
+      });
+
+      it('refuses resources too large to store or list, with the same answer on every store', async () => {
+        const { admin } = service;
+        const reasons = (error: TandemError): string[][] =>
+          error instanceof InvalidArgumentError
+            ? error.violations.map((v) => [v.field, v.reason ?? ''])
+            : [];
+        // 3 MB of empty tags is ~20 MB as a MongoDB document: the driver refused it (INTERNAL).
+        const tags = await failure(
+          admin.createLayer(
+            CreateLayerRequest.fromPartial({
+              layer: { id: 'tagged', tags: Array.from({ length: 1_500_000 }, () => '') },
+            }),
+          ),
+        );
+        expect(reasons(tags)).toEqual([['layer.tags', 'TOO_MANY']]);
+        const texts = await failure(
+          admin.createLayer(
+            CreateLayerRequest.fromPartial({
+              layer: { id: 'wordy', description: 'é'.repeat(5_000), owner: 'o'.repeat(300) },
+            }),
+          ),
+        );
+        expect(reasons(texts)).toEqual([
+          ['layer.description', 'TOO_LONG'],
+          ['layer.owner', 'TOO_LONG'],
+        ]);
+        // One violation for a list that is too long, not one per entry.
+        const many = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('many-arms', {
+                variants: Array.from({ length: 400 }, () => variant('same')),
+              }),
+            }),
+          ),
+        );
+        expect(reasons(many)).toEqual([['experiment.variants', 'TOO_MANY']]);
+        const payload = { blob: 'x'.repeat(60_000) };
+        const heavy = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('heavy', {
+                variants: Array.from({ length: 20 }, (_, i) => variant(`v${i}`, 0, payload)),
+              }),
+            }),
+          ),
+        );
+        expect(reasons(heavy)).toEqual([['experiment.variants', 'TOO_LARGE']]);
+        const wide = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('wide', {
+                layerIds: Array.from({ length: 101 }, (_, i) => `l${i}`),
+              }),
+            }),
+          ),
+        );
+        expect(reasons(wide)).toEqual([['holdout.layer_ids', 'TOO_MANY']]);
+      });
+
+      it('ends a list page early rather than outgrow a message, and pages on from there', async () => {
+        const { admin, client } = service;
+        // Six experiments of ~960 KB each: the default page (50) would be ~5.8 MB.
+        const payload = { blob: 'x'.repeat(64_000) };
+        const ids = ['big-1', 'big-2', 'big-3', 'big-4', 'big-5', 'big-6'];
+        for (const id of ids) {
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment(id, {
+                surfaces: ['big'],
+                variants: Array.from({ length: 15 }, (_, i) => variant(`v${i}`, 0, payload)),
+              }),
+            }),
+          );
+        }
+        const listed: string[] = [];
+        let pageToken = '';
+        let pages = 0;
+        do {
+          const response = await client.listExperiments(
+            ListExperimentsRequest.fromPartial({ surface: 'big', pageToken }),
+          );
+          expect(ListExperimentsResponse.encode(response).finish().length).toBeLessThanOrEqual(
+            4 * 1024 * 1024 + 64 * 1024,
+          );
+          listed.push(...response.experiments.map((e) => e.id));
+          pageToken = response.nextPageToken;
+          pages++;
+        } while (pageToken !== '');
+        expect(listed).toEqual(ids);
+        expect(pages).toBe(2);
       });
 
       it('names the field of a schedule time past what a Timestamp holds', async () => {
