@@ -18,6 +18,10 @@
  * - A literal matches an array attribute that contains it (`{tags: "a"}` matches `tags: ["a", "b"]`);
  *   GrowthBook compares arrays by JSON equality.
  * - `$regex` on a non-string fails (GrowthBook tests `String(value)`).
+ * - `$regex` is RE2 syntax, matched in time linear in the attribute's length (`re2js`): no
+ *   backreferences or lookaround (refused when the condition is written), and no pattern such as
+ *   `^(a|aa)+$` that backtracking engines (JavaScript's, PCRE in MongoDB, GrowthBook's) take
+ *   exponential time over, which would let one attribute value stall a replica.
  * - Empty `$and/$or/$nor` arrays are invalid here (GrowthBook passes an empty `$or`), as in MongoDB.
  * - A top-level `$not: {query}` is accepted (sift and GrowthBook both support it; MongoDB does not).
  * For the common shapes (`$in`/`$eq` on strings, numeric comparisons on numbers, `$exists` on absent
@@ -40,10 +44,11 @@ import {
   $not,
   $options,
   $or,
-  $regex,
   $size,
+  createEqualsOperation,
   createQueryTester,
 } from 'sift';
+import { RE2JS } from 're2js';
 import type { FieldViolation } from './field-violation';
 
 /** The request attributes a condition is evaluated against (JSON-like values). */
@@ -102,8 +107,35 @@ const operations = {
 };
 
 const LOGICAL = new Set(['$and', '$or', '$nor']);
-// Flags that keep RegExp#test stateless ('g' and 'y' make it remember lastIndex).
+/** MongoDB's `$options` flags that mean something here ('u': RE2 is Unicode-aware anyway). */
 const REGEX_FLAGS = /^[imsu]*$/;
+const RE2_FLAGS: Readonly<Record<string, number>> = {
+  i: RE2JS.CASE_INSENSITIVE,
+  m: RE2JS.MULTILINE,
+  s: RE2JS.DOTALL,
+  u: 0,
+};
+
+/** Compiles a `$regex` with its `$options`; throws on what RE2 does not accept. */
+function compileRegex(pattern: string, flags: unknown): RE2JS {
+  let bits = 0;
+  if (typeof flags === 'string') for (const flag of flags) bits |= RE2_FLAGS[flag] ?? 0;
+  return RE2JS.compile(pattern, bits);
+}
+
+/** sift's `$regex`, matched by RE2 instead of a backtracking RegExp (a string value, found anywhere). */
+function $regex(
+  pattern: string,
+  ownerQuery: { $options?: unknown },
+  options: Parameters<typeof createEqualsOperation>[2],
+) {
+  const regex = compileRegex(pattern, ownerQuery.$options);
+  return createEqualsOperation(
+    (value: unknown) => typeof value === 'string' && regex.test(value),
+    ownerQuery,
+    options,
+  );
+}
 
 /** Thrown when compiling a condition that {@link validateCondition} rejects. */
 export class InvalidConditionError extends Error {
@@ -377,7 +409,7 @@ function validateRegex(
     return;
   }
   try {
-    new RegExp(pattern, typeof flags === 'string' && REGEX_FLAGS.test(flags) ? flags : undefined);
+    compileRegex(pattern, flags);
   } catch (error) {
     out.push(
       violation(path, `invalid regular expression: ${(error as Error).message}`, 'INVALID_REGEX'),

@@ -96,6 +96,34 @@ describe('each supported operator', () => {
     expect(matches(condition, user)).toBe(expected);
   });
 
+  it.each<[string, Condition, Record<string, unknown>, boolean]>([
+    [
+      'found anywhere, as MongoDB and RegExp#test do',
+      { ua: { $regex: 'Mobile' } },
+      { ua: 'x Mobile y' },
+      true,
+    ],
+    ['anchored', { ua: { $regex: '^Mobile' } }, { ua: 'x Mobile' }, false],
+    ['m: ^ at a line start', { ua: { $regex: '^b', $options: 'm' } }, { ua: 'a\nb' }, true],
+    ['without m: ^ at the start only', { ua: { $regex: '^b' } }, { ua: 'a\nb' }, false],
+    ['s: . matches a newline', { ua: { $regex: 'a.b', $options: 's' } }, { ua: 'a\nb' }, true],
+    ['without s: . does not', { ua: { $regex: 'a.b' } }, { ua: 'a\nb' }, false],
+    ['classes and escapes', { v: { $regex: '^\\d+\\.\\w+$' } }, { v: '12.beta' }, true],
+    ['non-ASCII text', { city: { $regex: '^Malmö$', $options: 'i' } }, { city: 'MALMÖ' }, true],
+    ['a number is not a string', { v: { $regex: '1' } }, { v: 1 }, false],
+    ['an array holding a match', { tags: { $regex: '^be' } }, { tags: ['music', 'beta'] }, true],
+  ])('$regex (RE2): %s', (_name, condition, attributes, expected) => {
+    expect(validateCondition(condition)).toEqual([]);
+    expect(matches(condition, attributes)).toBe(expected);
+  });
+
+  it('matches in linear time a $regex that backtracking engines take exponential time over', () => {
+    // JavaScript's RegExp needs ~1.5 s for 41 characters of this and doubles about every 1.5 more.
+    const condition = { ua: { $regex: '^(a|aa)+$' } };
+    expect(matches(condition, { ua: `${'a'.repeat(5_000)}!` })).toBe(false);
+    expect(matches(condition, { ua: 'a'.repeat(5_000) })).toBe(true);
+  });
+
   it('compiles once: later changes to the definition do not change the predicate', () => {
     const condition = { country: { $in: ['SE'] } };
     const predicate = compileCondition(condition);
@@ -167,6 +195,14 @@ describe('validateCondition', () => {
       ['condition.nested.$or', 'MISPLACED_OPERATOR'],
       ['condition.flags.$options', 'INVALID_OPERAND'],
     ]);
+  });
+
+  it('refuses what RE2 does not accept (backreferences, lookaround) as INVALID_REGEX', () => {
+    for (const pattern of ['(a)\\1', 'a(?=b)', 'a(?!b)']) {
+      expect(
+        validateCondition({ ua: { $regex: pattern } }).map((p) => [p.field, p.reason]),
+      ).toEqual([['condition.ua.$regex', 'INVALID_REGEX']]);
+    }
   });
 
   it('finds problems inside $and/$or/$elemMatch with indexed paths', () => {
