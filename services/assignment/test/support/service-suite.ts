@@ -303,6 +303,19 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(reasons(wide)).toEqual([['holdout.layer_ids', 'TOO_MANY']]);
       });
 
+      it('answers NOT_FOUND for an id no resource can have, as for any other missing one', async () => {
+        const id = 'x'.repeat(2_000);
+        for (const call of [
+          service.client.getExperiment({ id }),
+          service.admin.deleteExperiment(DeleteExperimentRequest.fromPartial({ id, etag: '1' })),
+          service.admin.startExperiment(StartExperimentRequest.fromPartial({ id })),
+          service.admin.deleteLayer(DeleteLayerRequest.fromPartial({ id, etag: '1' })),
+          service.admin.deleteHoldout(DeleteHoldoutRequest.fromPartial({ id, etag: '1' })),
+        ]) {
+          expect((await failure(call)).code).toBe(GrpcCode.NOT_FOUND);
+        }
+      });
+
       it('ends a list page early rather than outgrow a message, and pages on from there', async () => {
         const { admin, client } = service;
         // Six experiments of ~960 KB each: the default page (50) would be ~5.8 MB.

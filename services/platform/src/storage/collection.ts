@@ -214,6 +214,15 @@ export function checkDocument(doc: unknown, spec: CollectionSpec): void {
   }
 }
 
+/**
+ * Whether a document could be stored under `id` (see {@link checkIdArgument}). Reads and deletes
+ * find nothing under any other id, rather than fail: no document has it (a 2,000-character id in
+ * a Get is a miss, not a bad request).
+ */
+export function isStorableId(id: string): boolean {
+  return id.length > 0 && Buffer.byteLength(id) <= MAX_ID_BYTES;
+}
+
 /** Throws `InvalidArgumentError` unless `id` is a non-empty string of at most `MAX_ID_BYTES`. */
 export function checkIdArgument(id: unknown): asserts id is string {
   const violations: FieldViolation[] = [];

@@ -38,6 +38,7 @@ import {
   checkCollectionSpec,
   checkDocument,
   checkIdArgument,
+  isStorableId,
   checkIncrement,
   checkListOptions,
   checkVersionField,
@@ -232,8 +233,8 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
 
   get(id: string): Promise<Versioned<T> | undefined> {
     return settle(() => {
-      checkIdArgument(id);
       this.ensureOpen();
+      if (!isStorableId(id)) return undefined;
       const record = this.liveRecord(id);
       return record && versioned(record);
     });
@@ -241,9 +242,6 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
 
   getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>> {
     return settle(() => {
-      ids.forEach((id) => {
-        checkIdArgument(id);
-      });
       this.ensureOpen();
       const now = Date.now();
       const found = new Map<string, Versioned<T>>();
@@ -339,7 +337,7 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
   }
 
   async delete(id: string, expectedVersion?: number): Promise<boolean> {
-    checkIdArgument(id);
+    if (!isStorableId(id)) return false;
     return this.write(() => {
       const previous = this.docs.get(id);
       if (!previous) return false;

@@ -44,6 +44,7 @@ import {
   checkCollectionSpec,
   checkDocument,
   checkIdArgument,
+  isStorableId,
   checkIncrement,
   checkListOptions,
   checkVersionField,
@@ -168,18 +169,15 @@ class MongoDocumentCollection<T extends { readonly id: string }> implements Coll
   }
 
   async get(id: string): Promise<Versioned<T> | undefined> {
-    checkIdArgument(id);
+    if (!isStorableId(id)) return undefined;
     const stored = await guard(() => this.collection.findOne(this.live({ _id: id })));
     return stored ? fromStored<T>(stored) : undefined;
   }
 
   async getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>> {
-    ids.forEach((id) => {
-      checkIdArgument(id);
-    });
     const found = new Map<string, Versioned<T>>();
-    if (ids.length === 0) return found;
-    const unique = [...new Set(ids)];
+    const unique = [...new Set(ids.filter(isStorableId))];
+    if (unique.length === 0) return found;
     const stored = await guard(() =>
       this.collection
         .find(this.live({ _id: { $in: unique } }), { batchSize: unique.length })
@@ -278,7 +276,7 @@ class MongoDocumentCollection<T extends { readonly id: string }> implements Coll
   }
 
   async delete(id: string, expectedVersion?: number): Promise<boolean> {
-    checkIdArgument(id);
+    if (!isStorableId(id)) return false;
     const filter = this.live(
       expectedVersion === undefined ? { _id: id } : { _id: id, _v: expectedVersion },
     );

@@ -214,6 +214,18 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         await expect(items.insert({ id: '' })).rejects.toBeInstanceOf(InvalidArgumentError);
         await expect(items.list({ limit: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
       });
+
+      it('finds nothing under an id no document can have, where it refuses to store one', async () => {
+        const items = await fresh<Item>();
+        await items.insert({ id: 'kept' });
+        const long = 'x'.repeat(2_000);
+        await expect(items.insert({ id: long })).rejects.toBeInstanceOf(InvalidArgumentError);
+        expect(await items.get(long)).toBeUndefined();
+        expect(await items.get('')).toBeUndefined();
+        expect([...(await items.getMany([long, 'kept', ''])).keys()]).toEqual(['kept']);
+        expect(await items.delete(long)).toBe(false);
+        expect(await items.delete(long, 1)).toBe(false);
+      });
     });
 
     describe('listing, scanning and counting', () => {
