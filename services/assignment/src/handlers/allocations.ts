@@ -8,7 +8,10 @@ import {
   UpdateAllocationResponse,
   type AssignmentServiceService,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
-import type { Allocation } from '../../../../gen/ts/tandem/assignment/v1/allocation';
+import {
+  AllocationMethod,
+  type Allocation,
+} from '../../../../gen/ts/tandem/assignment/v1/allocation';
 import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
   AbortedError,
@@ -34,6 +37,61 @@ type AllocationHandlers = Pick<
  * update before it.
  */
 const MAX_SEQUENCE_AHEAD_MS = 86_400_000;
+const MAX_ANALYSIS_PLAN_ID_BYTES = 256;
+/** The contract's methods (ts-proto adds UNRECOGNIZED = -1 for numbers it does not know). */
+const METHODS: ReadonlySet<number> = new Set(
+  Object.values(AllocationMethod).filter(
+    (value): value is AllocationMethod =>
+      typeof value === 'number' && value !== AllocationMethod.UNRECOGNIZED,
+  ),
+);
+
+/**
+ * Problems with what an allocation records beside its weights (informational, but stored and
+ * served back): counts, means and probabilities must be numbers a client can read.
+ */
+function recordViolations(allocation: Allocation): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  allocation.weights.forEach((w, i) => {
+    const at = `allocation.weights[${i}]`;
+    if (!(Number.isSafeInteger(w.unitCount) && w.unitCount >= 0)) {
+      out.push({
+        field: `${at}.unit_count`,
+        description: 'must not be negative',
+        reason: 'OUT_OF_RANGE',
+      });
+    }
+    if (!Number.isFinite(w.rewardMean)) {
+      out.push({
+        field: `${at}.reward_mean`,
+        description: 'must be a finite number',
+        reason: 'OUT_OF_RANGE',
+      });
+    }
+    if (!(w.probabilityBest >= 0 && w.probabilityBest <= 1)) {
+      out.push({
+        field: `${at}.probability_best`,
+        description: 'must be in [0, 1]',
+        reason: 'OUT_OF_RANGE',
+      });
+    }
+  });
+  if (!METHODS.has(allocation.method)) {
+    out.push({
+      field: 'allocation.method',
+      description: 'unknown method',
+      reason: 'UNKNOWN_METHOD',
+    });
+  }
+  if (Buffer.byteLength(allocation.analysisPlanId) > MAX_ANALYSIS_PLAN_ID_BYTES) {
+    out.push({
+      field: 'allocation.analysis_plan_id',
+      description: `at most ${MAX_ANALYSIS_PLAN_ID_BYTES} bytes`,
+      reason: 'TOO_LONG',
+    });
+  }
+  return out;
+}
 
 /** Where an allocation came from: `admin` (UpdateAllocation) or `analysis` (events). */
 export type AllocationSource = 'admin' | 'analysis';
@@ -61,6 +119,7 @@ export async function applyAllocation(
   }
   const computeTime = timestampViolation('allocation.compute_time', allocation.computeTime);
   if (computeTime) violations.push(computeTime);
+  violations.push(...recordViolations(allocation));
   rejectIfAny('allocation', violations);
   const experiment = await context.store.experiments.get(allocation.experimentId);
   if (!experiment) throw notFound('experiment', allocation.experimentId);

@@ -1511,6 +1511,34 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(farComputeTime)).toEqual(['allocation.compute_time']);
+        // What an allocation records beside its weights is stored and served back: it must be
+        // readable, and the violations name the contract's fields.
+        const unreadable = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms-draft',
+                weights: [
+                  { variantKey: 'control', weight: 0.6, unitCount: -1, rewardMean: Number.NaN },
+                  { variantKey: 'treatment', weight: 0.4, probabilityBest: Infinity },
+                ],
+                // A number the contract does not define, as a newer producer might send.
+                // eslint-disable-next-line @typescript-eslint/no-unsafe-enum-assignment -- on purpose
+                method: 77 as AllocationMethod,
+              },
+            }),
+          ),
+        );
+        expect(
+          unreadable instanceof InvalidArgumentError
+            ? unreadable.violations.map((v) => [v.field, v.reason])
+            : [],
+        ).toEqual([
+          ['allocation.weights[0].unit_count', 'OUT_OF_RANGE'],
+          ['allocation.weights[0].reward_mean', 'OUT_OF_RANGE'],
+          ['allocation.weights[1].probability_best', 'OUT_OF_RANGE'],
+          ['allocation.method', 'UNKNOWN_METHOD'],
+        ]);
         expect(next.allocation?.sequence).toBeLessThan(now + 60_000);
       });
     });
