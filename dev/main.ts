@@ -29,6 +29,8 @@ async function connectDevBus(natsUrl: string, logger: Logger): Promise<EventBus>
       name: 'tandem-dev',
       logger,
       connectTimeoutMs: 1000,
+      // No server: the in-process bus below rather than a bus waiting for one.
+      whenUnreachable: 'fail',
     });
     logger.info({ natsUrl }, 'using NATS JetStream');
     return bus;

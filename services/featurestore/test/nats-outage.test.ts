@@ -21,7 +21,8 @@ const SUBJECT = 'tandem.events.v1.outcome.play';
 /** Connects once the freshly spawned server listens (the bus then reconnects by itself). */
 async function connectWhenUp(url: string): Promise<EventBus> {
   return eventually(
-    () => connectNatsBus({ servers: url, name: 'featurestore-outage-test' }),
+    () =>
+      connectNatsBus({ servers: url, name: 'featurestore-outage-test', whenUnreachable: 'fail' }),
     15_000,
   );
 }

@@ -11,6 +11,13 @@
  *   `ack`; threw → `nak(back-off)`; last allowed delivery failed → `term` (dropped); undecodable →
  *   `term` (poison). A supervisor restarts consumption (re-declaring the durable) if it ends.
  * - The connection reconnects forever; `isConnected()` follows its status events.
+ * - A bus whose server cannot be reached at start-up keeps connecting in the background (see
+ *   `connectNatsBus`): declarations and subscriptions made meanwhile are carried out, in call
+ *   order, once it connects.
+ * - The bus remembers the streams it declared and declares them again when NATS has lost them (a
+ *   server back on an empty store): after each reconnection, and when a publish finds no stream
+ *   for a subject of one of them or a consumer's declaration finds its stream missing. Consumers
+ *   are then created again by their supervisor's re-declaration.
  */
 import {
   AckPolicy,
@@ -29,6 +36,8 @@ import {
   type StreamConfig,
 } from '@nats-io/jetstream';
 import {
+  ConnectionError,
+  TimeoutError,
   connect,
   headers as natsHeaders,
   nanos,
@@ -83,8 +92,15 @@ export interface NatsBusOptions {
   readonly name: string;
   /** Where connection changes, retries and drops are logged. @default silent */
   readonly logger?: BusLogger;
-  /** How long the first connection may take before `connectNatsBus` throws. @default 5 s */
+  /** How long one attempt to connect (the first one included) may take. @default 5 s */
   readonly connectTimeoutMs?: number;
+  /**
+   * What `connectNatsBus` does when its first attempt finds no server to connect to:
+   * `'connect-in-background'` returns a bus that keeps trying (services: degraded, never down);
+   * `'fail'` throws `UnavailableError` (a caller with somewhere else to go, such as the dev
+   * launcher's in-process bus). @default 'connect-in-background'
+   */
+  readonly whenUnreachable?: 'connect-in-background' | 'fail';
   /** Token authentication. @default none */
   readonly token?: string;
   /** User/password authentication. @default none */
@@ -95,47 +111,145 @@ export interface NatsBusOptions {
 /** JetStream's own limit value meaning "unlimited". */
 const UNLIMITED = -1;
 const DEFAULT_PUBLISH_TIMEOUT_MS = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 /** The first server release that accepts several `filter_subjects` on one consumer. */
 const MULTIPLE_FILTERS_SINCE: readonly [number, number] = [2, 10];
+/**
+ * Back-off between attempts to connect in the background, and between attempts to declare again
+ * the streams NATS lost: doubling from the first to the cap.
+ */
+const RETRY_FIRST_DELAY_MS = 500;
+const RETRY_MAX_DELAY_MS = 5_000;
+/** Error codes of a socket or name lookup that mean "nothing to connect to (yet)". */
+const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
 
 /**
- * Connects to NATS and returns the bus. Throws `UnavailableError` when no server answers within
- * `connectTimeoutMs` or JetStream is not enabled; after that it reconnects forever.
+ * Connects to NATS and returns the bus, which reconnects forever once it has connected.
+ *
+ * When the first attempt finds no server (refused, timed out after `connectTimeoutMs`, host name
+ * not resolved, or JetStream not answering in time), it logs a warning and returns a bus that
+ * keeps connecting in the background (back-off 0.5 s doubling to 5 s), unless `whenUnreachable`
+ * is `'fail'`, which throws `UnavailableError`. Until that bus connects, `isConnected()` is false,
+ * `publish`, `deleteConsumer` and `consumerPending` throw `UnavailableError`, and `declareStream`,
+ * `subscribe` and `subscribeBatches` resolve at once: they are carried out in call order once
+ * connected, a failure then being logged and retried (streams by the re-declaration of lost
+ * streams, consumers by their supervisor).
+ *
+ * What a reachable server says is not retried: an invalid URL or option, or a server that refuses
+ * the connection (authentication, TLS), throws `FailedPreconditionError`; a server answering that
+ * JetStream is not enabled throws `UnavailableError`, as before. Such an answer to a bus already
+ * connecting in the background is logged as an error and retried.
  */
 export async function connectNatsBus(options: NatsBusOptions): Promise<EventBus> {
   const logger = options.logger ?? silentLogger;
+  const attempt = await attemptConnection(options);
+  if (attempt.kind === 'connected') {
+    logConnected(logger, attempt.link);
+    return new NatsBus(options, logger, attempt.link);
+  }
+  if (attempt.kind === 'refused' || options.whenUnreachable === 'fail') throw attempt.error;
+  logger.warn(
+    { servers: serverList(options.servers), error: attempt.error.message },
+    'NATS unreachable: no events are published or consumed until it answers; connecting in the background',
+  );
+  return new NatsBus(options, logger);
+}
+
+function serverList(servers: string | readonly string[]): string[] {
+  const list = typeof servers === 'string' ? servers.split(',') : [...servers];
+  return list.map((server) => server.trim()).filter((server) => server.length > 0);
+}
+
+/** What the bus talks to NATS through once connected. */
+interface Link {
+  readonly connection: NatsConnection;
+  readonly manager: JetStreamManager;
+  readonly client: JetStreamClient;
+}
+
+/** One attempt to connect: connected, nothing to connect to (yet), or refused by what answered. */
+type Attempt =
+  | { readonly kind: 'connected'; readonly link: Link }
+  | { readonly kind: 'unreachable' | 'refused'; readonly error: Error };
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** True when `error` means no server could be talked to, rather than one saying no. */
+function isUnreachable(error: unknown): boolean {
+  if (error instanceof ConnectionError || error instanceof TimeoutError) return true;
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && UNREACHABLE_CODES.has(code);
+}
+
+/** Connects once (each server of the list once) and checks that JetStream answers. */
+async function attemptConnection(options: NatsBusOptions): Promise<Attempt> {
+  const servers = serverList(options.servers);
   let connection: NatsConnection;
   try {
     connection = await connect({
-      servers: serverList(options.servers),
+      servers,
       name: options.name,
-      timeout: options.connectTimeoutMs ?? 5_000,
+      timeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       maxReconnectAttempts: -1,
       token: options.token,
       user: options.user,
       pass: options.pass,
     });
   } catch (error) {
-    throw new UnavailableError(`cannot connect to NATS at ${String(options.servers)}`, {
-      cause: error,
-    });
+    const where = `NATS at ${servers.join(',')}`;
+    return isUnreachable(error)
+      ? {
+          kind: 'unreachable',
+          error: new UnavailableError(`cannot connect to ${where}: ${messageOf(error)}`, {
+            cause: error,
+          }),
+        }
+      : {
+          kind: 'refused',
+          error: new FailedPreconditionError(
+            `cannot connect to ${where} (not retried): ${messageOf(error)}`,
+            { cause: error },
+          ),
+        };
   }
   try {
     const manager = await jetstreamManager(connection);
-    logger.info(
-      { server: connection.getServer(), version: connection.info?.version },
-      'connected to NATS',
-    );
-    return new NatsBus(connection, manager, jetstream(connection), logger);
+    return { kind: 'connected', link: { connection, manager, client: jetstream(connection) } };
   } catch (error) {
-    await connection.close();
-    throw new UnavailableError('NATS is reachable but JetStream is not enabled', { cause: error });
+    await connection.close().catch(() => undefined);
+    // Enabled but not answering in time (a cluster electing its leader): not there yet.
+    const notEnabled = error instanceof Error && error.name === 'JetStreamNotEnabled';
+    return {
+      kind: notEnabled ? 'refused' : 'unreachable',
+      error: new UnavailableError(
+        notEnabled
+          ? 'NATS is reachable but JetStream is not enabled'
+          : `NATS is reachable but JetStream did not answer: ${messageOf(error)}`,
+        { cause: error },
+      ),
+    };
   }
 }
 
-function serverList(servers: string | readonly string[]): string[] {
-  const list = typeof servers === 'string' ? servers.split(',') : [...servers];
-  return list.map((server) => server.trim()).filter((server) => server.length > 0);
+function logConnected(logger: BusLogger, link: Link): void {
+  logger.info(
+    { server: link.connection.getServer(), version: link.connection.info?.version },
+    'connected to NATS',
+  );
 }
 
 /**
@@ -156,35 +270,160 @@ function isApiError(error: unknown, code: number): boolean {
   return error instanceof JetStreamApiError && error.code === code;
 }
 
+/** A publish that found nothing listening on its subject: no stream captures it (or no JetStream). */
+function isNoStream(error: unknown): boolean {
+  return error instanceof Error && error.name === 'JetStreamNotEnabled';
+}
+
+/** What a declaration did. */
+type Declared = 'created' | 'updated' | 'unchanged';
+
+/** A declaration or subscription made before the first connection, carried out once connected. */
+type PendingOperation =
+  | { readonly kind: 'stream'; readonly spec: StreamSpec }
+  | { readonly kind: 'subscription'; readonly begin: () => void };
+
 class NatsBus implements EventBus {
   readonly kind = 'nats' as const;
-  private connected = true;
+  /** Set once connected; undefined while the first connection is being made in the background. */
+  private link: Link | undefined;
+  private connected = false;
   private closing: Promise<void> | undefined;
+  private closeRequested = false;
+  /** Wakes the background loops when the bus closes. */
+  private readonly closeSignal = new Signal();
   private readonly subscriptions = new Set<NatsSubscription<unknown>>();
+  /**
+   * Declarations and subscriptions waiting for the first connection, in call order; undefined
+   * once they have been carried out (or for a bus connected from the start).
+   */
+  private pending: PendingOperation[] | undefined;
+  /** The background connection loop, while there is one. */
+  private connecting: Promise<void> | undefined;
+  /** Every stream this bus was asked to declare, by name: declared again when NATS lost them. */
+  private readonly streams = new Map<string, StreamSpec>();
+  /** The declaration of the remembered streams under way, which callers share. */
+  private restoring: Promise<void> | undefined;
+  /** Whether a background loop is declaring the remembered streams again. */
+  private restoringInBackground = false;
+  /** Why declaring the remembered streams last failed, logged once until it changes. */
+  private restoreProblem: string | undefined;
 
   constructor(
-    private readonly connection: NatsConnection,
-    private readonly manager: JetStreamManager,
-    private readonly client: JetStreamClient,
+    private readonly options: NatsBusOptions,
     private readonly logger: BusLogger,
+    link?: Link,
   ) {
-    void this.followStatus();
+    if (link === undefined) {
+      this.pending = [];
+      this.connecting = this.connectInBackground();
+    } else {
+      this.attach(link);
+    }
+  }
+
+  private attach(link: Link): void {
+    this.link = link;
+    this.connected = true;
+    void this.followStatus(link.connection);
+  }
+
+  /** The connection, or `UnavailableError` while there has not been one yet. */
+  private live(): Link {
+    if (this.link === undefined) {
+      throw new UnavailableError('NATS has not been reached yet (connecting in the background)', {
+        retryDelayMs: 1_000,
+      });
+    }
+    return this.link;
+  }
+
+  /**
+   * Tries to connect until it succeeds or the bus closes, then carries out what was asked for
+   * meanwhile. Each failure is logged when its reason differs from the last one's.
+   */
+  private async connectInBackground(): Promise<void> {
+    let lastReason: string | undefined;
+    for (let delayMs = RETRY_FIRST_DELAY_MS; ;) {
+      await this.closeSignal.wait(delayMs);
+      if (this.isClosing()) return;
+      const attempt = await attemptConnection(this.options);
+      if (attempt.kind === 'connected') {
+        if (this.isClosing()) {
+          await attempt.link.connection.close().catch(() => undefined);
+          return;
+        }
+        this.attach(attempt.link);
+        logConnected(this.logger, attempt.link);
+        await this.carryOutPending();
+        return;
+      }
+      if (this.isClosing()) return;
+      if (attempt.error.message !== lastReason) {
+        lastReason = attempt.error.message;
+        const fields = { servers: serverList(this.options.servers), error: lastReason };
+        if (attempt.kind === 'refused') {
+          this.logger.error(fields, 'NATS answered but refused; retrying in the background');
+        } else {
+          this.logger.warn(fields, 'NATS still unreachable; retrying in the background');
+        }
+      }
+      delayMs = Math.min(delayMs * 2, RETRY_MAX_DELAY_MS);
+    }
+  }
+
+  /**
+   * Carries out the declarations and subscriptions made before the first connection, in call
+   * order (those made meanwhile join the queue). A stream that cannot be declared now is logged
+   * and declared again in the background; a subscription declares its durable in its supervisor,
+   * which retries.
+   */
+  private async carryOutPending(): Promise<void> {
+    const queue = this.pending ?? [];
+    let streamsMissing = false;
+    for (
+      let operation = queue.shift();
+      operation !== undefined && !this.isClosing();
+      operation = queue.shift()
+    ) {
+      if (operation.kind === 'subscription') {
+        operation.begin();
+        continue;
+      }
+      try {
+        await this.declareStreamNow(this.live(), operation.spec);
+      } catch (error) {
+        const fields = { stream: operation.spec.name, error: messageOf(error) };
+        if (error instanceof FailedPreconditionError) {
+          // The server refuses this config: retrying would not change its mind.
+          this.streams.delete(operation.spec.name);
+          this.logger.error(fields, 'stream refused by NATS; not declared');
+        } else {
+          streamsMissing = true;
+          this.logger.warn(fields, 'stream not declared on connecting; retrying in the background');
+        }
+      }
+    }
+    this.pending = undefined;
+    if (streamsMissing) this.restoreInBackground('declared before NATS answered');
   }
 
   /** Keeps `connected` in step with the connection and logs each change. */
-  private async followStatus(): Promise<void> {
-    const closed = this.connection.closed().then((error) => {
+  private async followStatus(connection: NatsConnection): Promise<void> {
+    const closed = connection.closed().then((error) => {
       this.connected = false;
       if (error)
         this.logger.error({ error: error.message }, 'NATS connection closed with an error');
     });
-    for await (const status of this.connection.status()) {
+    for await (const status of connection.status()) {
       if (status.type === 'disconnect') {
         this.connected = false;
         this.logger.warn({ server: status.server }, 'NATS disconnected; reconnecting');
       } else if (status.type === 'reconnect') {
         this.connected = true;
         this.logger.info({ server: status.server }, 'NATS reconnected');
+        // The server may be back without its JetStream state (an empty store).
+        this.restoreInBackground('reconnected');
       } else if (status.type === 'error') {
         this.logger.error({ error: status.error.message }, 'NATS reported an error');
       }
@@ -193,15 +432,41 @@ class NatsBus implements EventBus {
   }
 
   isConnected(): boolean {
-    return this.connected && !this.connection.isClosed();
+    return this.connected && this.link !== undefined && !this.link.connection.isClosed();
+  }
+
+  /** A method, not a field read, because it changes while the background loops await. */
+  private isClosing(): boolean {
+    return this.closeRequested;
+  }
+
+  private checkOpen(): void {
+    if (this.closeRequested) throw new UnavailableError('the NATS event bus is closed');
   }
 
   async declareStream(spec: StreamSpec): Promise<void> {
+    streamSettings(spec);
+    this.checkOpen();
+    this.streams.set(spec.name, spec);
+    if (this.pending !== undefined) {
+      this.pending.push({ kind: 'stream', spec });
+      return;
+    }
+    try {
+      await this.declareStreamNow(this.live(), spec);
+    } catch (error) {
+      // A config the server refuses is not declared again; one NATS did not answer for is.
+      if (error instanceof FailedPreconditionError) this.streams.delete(spec.name);
+      throw error;
+    }
+  }
+
+  private async declareStreamNow(link: Link, spec: StreamSpec): Promise<Declared> {
     const settings = streamSettings(spec);
     const desired = streamConfigFor(settings);
     let current: StreamConfig | undefined;
     try {
-      current = (await this.manager.streams.info(settings.name)).config;
+      current = (await link.manager.streams.info(settings.name)).config;
     } catch (error) {
       if (!isApiError(error, JetStreamApiCodes.StreamNotFound)) {
         throw toBusError(error, `cannot read stream ${settings.name}`);
@@ -209,20 +474,95 @@ class NatsBus implements EventBus {
     }
     try {
       if (current === undefined) {
-        await this.manager.streams.add({ name: settings.name, ...desired });
+        await link.manager.streams.add({ name: settings.name, ...desired });
         this.logger.info({ stream: settings.name }, 'stream created');
+        return 'created';
       } else if (current.storage !== desired.storage) {
         throw new FailedPreconditionError(
           `stream ${settings.name} has ${current.storage} storage; JetStream cannot change it, delete the stream to switch to ${desired.storage}`,
         );
       } else if (streamConfigDiffers(current, desired)) {
-        await this.manager.streams.update(settings.name, streamUpdateFor(settings));
+        await link.manager.streams.update(settings.name, streamUpdateFor(settings));
         this.logger.info({ stream: settings.name }, 'stream updated');
+        return 'updated';
       }
+      return 'unchanged';
     } catch (error) {
       if (error instanceof FailedPreconditionError) throw error;
       throw toBusError(error, `cannot declare stream ${settings.name}`);
     }
+  }
+
+  /**
+   * Declares every remembered stream again, logging those NATS had lost; callers at the same time
+   * share one run. Throws when a declaration fails (logged once per distinct reason).
+   */
+  private restoreStreams(trigger: string): Promise<void> {
+    this.restoring ??= this.declareRemembered(trigger).finally(() => {
+      this.restoring = undefined;
+    });
+    return this.restoring;
+  }
+
+  private async declareRemembered(trigger: string): Promise<void> {
+    const link = this.live();
+    const recreated: string[] = [];
+    let failure: Error | undefined;
+    for (const spec of [...this.streams.values()]) {
+      try {
+        if ((await this.declareStreamNow(link, spec)) === 'created') recreated.push(spec.name);
+      } catch (error) {
+        // The others are declared all the same.
+        failure ??= error instanceof Error ? error : new Error(String(error));
+      }
+    }
+    if (recreated.length > 0) {
+      this.logger.warn(
+        { streams: recreated, trigger },
+        'NATS had lost streams this service declared (JetStream state gone): declared them again, empty',
+      );
+    }
+    if (failure === undefined) {
+      this.restoreProblem = undefined;
+      return;
+    }
+    const reason = messageOf(failure);
+    if (reason !== this.restoreProblem) {
+      this.restoreProblem = reason;
+      this.logger.warn({ trigger, error: reason }, 'cannot declare the streams again; retrying');
+    }
+    throw failure;
+  }
+
+  /**
+   * Declares the remembered streams again in the background, retrying with back-off while
+   * connected, until it succeeds or the bus closes (a later reconnection starts it again).
+   */
+  private restoreInBackground(trigger: string): void {
+    if (this.streams.size === 0 || this.restoringInBackground) return;
+    this.restoringInBackground = true;
+    void (async () => {
+      for (let delayMs = RETRY_FIRST_DELAY_MS; !this.closeRequested && this.isConnected();) {
+        try {
+          await this.restoreStreams(trigger);
+          return;
+        } catch {
+          // Logged by restoreStreams.
+        }
+        await this.closeSignal.wait(delayMs);
+        delayMs = Math.min(delayMs * 2, RETRY_MAX_DELAY_MS);
+      }
+    })().finally(() => {
+      this.restoringInBackground = false;
+    });
+  }
+
+  /** True when `subject` belongs to a stream this bus declared. */
+  private declaresStreamFor(subject: string): boolean {
+    for (const spec of this.streams.values()) {
+      if (matchesAnySubject(spec.subjects, subject)) return true;
+    }
+    return false;
   }
 
   async publish<T>(
@@ -239,21 +579,35 @@ class NatsBus implements EventBus {
           retryDelayMs: 1_000,
         });
       }
+      const { client } = this.live();
       const carried: Record<string, string> = { ...options.headers };
       injectTraceContext(carried);
       const headers = natsHeaders();
       for (const [name, value] of Object.entries(carried)) headers.set(name, value);
-      try {
-        const ack = await this.client.publish(subject, data, {
+      const send = () =>
+        client.publish(subject, data, {
           msgID: options.eventId,
           headers,
           timeout: options.timeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS,
         });
-        return { streamSequence: ack.seq, duplicate: ack.duplicate };
+      const failed = (error: unknown): UnavailableError =>
+        new UnavailableError(`cannot publish to ${subject}: ${messageOf(error)}`, {
+          cause: error,
+        });
+      let ack: Awaited<ReturnType<typeof send>>;
+      try {
+        ack = await send();
       } catch (error) {
-        const reason = error instanceof Error ? error.message : String(error);
-        throw new UnavailableError(`cannot publish to ${subject}: ${reason}`, { cause: error });
+        if (!isNoStream(error) || !this.declaresStreamFor(subject)) throw failed(error);
+        // The stream this bus declared for the subject is gone: declare it again, then retry once.
+        try {
+          await this.restoreStreams(`publish to ${subject} found no stream`);
+          ack = await send();
+        } catch (retryError) {
+          throw failed(retryError);
+        }
       }
+      return { streamSequence: ack.seq, duplicate: ack.duplicate };
     });
   }
 
@@ -273,22 +627,50 @@ class NatsBus implements EventBus {
     mode: HandlingMode<T>,
   ): Promise<Subscription> {
     const settings = consumerSettings(spec);
+    this.checkOpen();
     const acknowledgement = mode.kind === 'batch' ? mode.acknowledgement : 'each';
+    if (this.pending !== undefined) {
+      // Not connected yet: started once connected, its supervisor declaring the durable.
+      const deferred = new DeferredSubscription();
+      this.pending.push({
+        kind: 'subscription',
+        begin: () => {
+          deferred.begin(() => {
+            const { clientFilter } = this.desiredConsumer(settings, acknowledgement);
+            return this.runSubscription(spec, mode, settings, clientFilter, false);
+          });
+        },
+      });
+      return deferred;
+    }
     const clientFilter = await this.declareConsumer(settings, acknowledgement);
+    return this.runSubscription(spec, mode, settings, clientFilter, true);
+  }
+
+  /** Starts consuming; `declared` tells whether the durable was declared already. */
+  private runSubscription<T>(
+    spec: ConsumerSpec<T>,
+    mode: HandlingMode<T>,
+    settings: ConsumerSettings,
+    clientFilter: readonly string[],
+    declared: boolean,
+  ): NatsSubscription<T> {
+    const acknowledgement = mode.kind === 'batch' ? mode.acknowledgement : 'each';
+    const link = this.live();
     const subscription = new NatsSubscription<T>({
       settings,
       codec: spec.codec,
       mode,
       clientFilter,
-      client: this.client,
-      connection: this.connection,
+      client: link.client,
+      connection: link.connection,
       redeclare: () => this.declareConsumer(settings, acknowledgement),
       rewind: (reason) => this.replaceConsumer(settings, acknowledgement, reason),
       logger: this.logger,
       onStopped: () => this.subscriptions.delete(subscription as NatsSubscription<unknown>),
     });
     this.subscriptions.add(subscription as NatsSubscription<unknown>);
-    subscription.start();
+    subscription.start(declared);
     return subscription;
   }
 
@@ -300,7 +682,7 @@ class NatsBus implements EventBus {
     settings: ConsumerSettings,
     acknowledgement: Acknowledgement,
   ): { readonly desired: DeclaredConsumerConfig; readonly clientFilter: readonly string[] } {
-    const serverFilters = supportsMultipleFilters(this.connection.info?.version);
+    const serverFilters = supportsMultipleFilters(this.live().connection.info?.version);
     const clientFilter =
       settings.filterSubjects.length > 1 && !serverFilters ? settings.filterSubjects : [];
     const desired = consumerConfigFor(
@@ -315,18 +697,27 @@ class NatsBus implements EventBus {
    * Creates the durable or updates what may change on an existing one (a new durable's start
    * position cannot change later, so `deliverPolicy` is ignored then); one with another
    * acknowledgement policy, which JetStream cannot change, is replaced at its acknowledged
-   * position. Returns the subjects the client must filter itself.
+   * position. A stream this bus declared and NATS lost is declared again first. Returns the
+   * subjects the client must filter itself.
    */
   private async declareConsumer(
     settings: ConsumerSettings,
     acknowledgement: Acknowledgement,
+    streamRestored = false,
   ): Promise<readonly string[]> {
+    const { manager } = this.live();
     const { desired, clientFilter } = this.desiredConsumer(settings, acknowledgement);
     let current: ConsumerConfig | undefined;
     try {
-      current = (await this.manager.consumers.info(settings.stream, settings.durable)).config;
+      current = (await manager.consumers.info(settings.stream, settings.durable)).config;
     } catch (error) {
       if (isApiError(error, JetStreamApiCodes.StreamNotFound)) {
+        if (!streamRestored && this.streams.has(settings.stream)) {
+          await this.restoreStreams(
+            `consumer ${settings.stream}/${settings.durable} found its stream missing`,
+          );
+          return this.declareConsumer(settings, acknowledgement, true);
+        }
         throw new NotFoundError(`stream ${settings.stream} is not declared`, { cause: error });
       }
       if (!isApiError(error, JetStreamApiCodes.ConsumerNotFound)) {
@@ -343,7 +734,7 @@ class NatsBus implements EventBus {
     }
     try {
       if (current === undefined) {
-        await this.manager.consumers.add(settings.stream, desired);
+        await manager.consumers.add(settings.stream, desired);
         this.logger.info(
           { stream: settings.stream, durable: settings.durable },
           'consumer created',
@@ -351,7 +742,7 @@ class NatsBus implements EventBus {
       } else {
         const changes = consumerChanges(current, desired);
         if (changes !== undefined) {
-          await this.manager.consumers.update(settings.stream, settings.durable, changes);
+          await manager.consumers.update(settings.stream, settings.durable, changes);
           this.logger.info(
             { stream: settings.stream, durable: settings.durable },
             'consumer updated',
@@ -375,12 +766,13 @@ class NatsBus implements EventBus {
     reason: string,
   ): Promise<void> {
     const { stream, durable } = settings;
+    const { manager } = this.live();
     const { desired } = this.desiredConsumer(settings, acknowledgement);
     try {
-      const current = await this.manager.consumers.info(stream, durable);
+      const current = await manager.consumers.info(stream, durable);
       const resumeAt = current.ack_floor.stream_seq + 1;
-      await this.manager.consumers.delete(stream, durable);
-      await this.manager.consumers.add(stream, {
+      await manager.consumers.delete(stream, durable);
+      await manager.consumers.add(stream, {
         ...desired,
         deliver_policy: DeliverPolicy.StartSequence,
         opt_start_seq: resumeAt,
@@ -395,8 +787,9 @@ class NatsBus implements EventBus {
   }
 
   async deleteConsumer(stream: string, durable: string): Promise<boolean> {
+    const { manager } = this.live();
     try {
-      await this.manager.consumers.delete(stream, durable);
+      await manager.consumers.delete(stream, durable);
     } catch (error) {
       if (
         isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
@@ -411,8 +804,9 @@ class NatsBus implements EventBus {
   }
 
   async consumerPending(stream: string, durable: string): Promise<number | undefined> {
+    const { manager } = this.live();
     try {
-      return (await this.manager.consumers.info(stream, durable)).num_pending;
+      return (await manager.consumers.info(stream, durable)).num_pending;
     } catch (error) {
       if (
         isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
@@ -430,12 +824,42 @@ class NatsBus implements EventBus {
   }
 
   private async shutDown(): Promise<void> {
+    this.closeRequested = true;
+    this.closeSignal.notify();
+    // Ends the background connection loop (after an attempt under way, at most connectTimeoutMs).
+    await this.connecting;
     await Promise.all([...this.subscriptions].map((subscription) => subscription.stop()));
-    if (!this.connection.isClosed()) {
-      // drain flushes pending publishes and acks before closing.
-      await this.connection.drain();
+    const connection = this.link?.connection;
+    if (connection !== undefined && !connection.isClosed()) {
+      if (this.connected) {
+        // drain flushes pending publishes and acks before closing; it fails when the connection
+        // drops meanwhile.
+        await connection.drain().catch(() => connection.close());
+      } else {
+        // Disconnected: nothing can be flushed, and drain would fail.
+        await connection.close();
+      }
     }
     this.connected = false;
+  }
+}
+
+/** A subscription made before the first connection: started once connected, unless stopped. */
+class DeferredSubscription implements Subscription {
+  private running: Subscription | undefined;
+  private stopped: Promise<void> | undefined;
+
+  begin(start: () => Subscription): void {
+    if (this.stopped === undefined) this.running = start();
+  }
+
+  stop(): Promise<void> {
+    this.stopped ??= this.running?.stop() ?? Promise.resolve();
+    return this.stopped;
+  }
+
+  stats(): SubscriptionStats {
+    return this.running?.stats() ?? { acked: 0, retried: 0, dropped: 0, poison: 0 };
   }
 }
 
@@ -692,8 +1116,9 @@ class NatsSubscription<T> implements Subscription {
     this.counters = new SubscriptionCounters(parts.settings, parts.logger);
   }
 
-  start(): void {
-    this.supervision = this.supervise();
+  /** Starts consuming; with `declared` false the supervisor declares the durable first. */
+  start(declared: boolean): void {
+    this.supervision = this.supervise(declared);
   }
 
   /** A method, not a field, because it changes while the loops await. */
@@ -732,10 +1157,10 @@ class NatsSubscription<T> implements Subscription {
    * a cumulatively acknowledging consumption asks for a rewind, it rewinds the durable and resumes
    * after the requested delay.
    */
-  private async supervise(): Promise<void> {
+  private async supervise(declared: boolean): Promise<void> {
     const { settings, logger } = this.parts;
     let restarts = 0;
-    let first = true;
+    let first = declared;
     while (!this.isStopping() && !this.parts.connection.isClosed()) {
       let delayMs: number | undefined;
       try {

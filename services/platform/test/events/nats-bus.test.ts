@@ -426,9 +426,14 @@ describeWithNats('NATS JetStream event bus', () => {
     });
   });
 
-  it('fails to connect with UnavailableError when no server answers', async () => {
+  it('fails to connect with UnavailableError when no server answers and it is told to', async () => {
     await expect(
-      connectNatsBus({ servers: 'nats://127.0.0.1:1', name: 'tandem-test', connectTimeoutMs: 500 }),
+      connectNatsBus({
+        servers: 'nats://127.0.0.1:1',
+        name: 'tandem-test',
+        connectTimeoutMs: 500,
+        whenUnreachable: 'fail',
+      }),
     ).rejects.toBeInstanceOf(UnavailableError);
   });
 });

@@ -142,6 +142,7 @@ async function eventuallyConnected(
         servers: url,
         name: 'tandem-outage-test',
         connectTimeoutMs: 500,
+        whenUnreachable: 'fail',
       });
     } catch (error) {
       if (Date.now() > deadline) throw error;

@@ -1,9 +1,10 @@
 /**
  * A nats-server a test owns, so it can stop and restart it (outage tests), on a fixed loopback
- * port and JetStream store so streams and durables survive the restart.
+ * port and JetStream store so streams and durables survive the restart (unless the test clears
+ * the store).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,6 +59,16 @@ export class TestNatsServer {
       });
       running.kill('SIGTERM');
     });
+  }
+
+  /**
+   * Empties the store of the stopped server: started again, it has no streams or durables, as a
+   * server restarted on a new volume.
+   */
+  clearStore(): void {
+    if (this.process) throw new Error('stop the server before clearing its store');
+    rmSync(this.storeDir, { recursive: true, force: true });
+    mkdirSync(this.storeDir);
   }
 
   /** Stops the server and removes its store. */
