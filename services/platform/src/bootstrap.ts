@@ -5,9 +5,13 @@
  * opened. The service then registers its handlers and
  * consumers, loads what it serves from memory, and calls `serve()`: bind (checking the error),
  * SERVING. A service that names its gRPC services does not exit when MongoDB is unreachable at
- * start-up: it binds early, reports NOT_SERVING and waits for storage (`openStoreOrWait`). Each resource registers its shutdown step as it is created, so shutdown is the same
- * list in reverse: health NOT_SERVING → drain in-flight calls → stop consumers and drain NATS →
- * close storage.
+ * start-up: it binds early, reports NOT_SERVING and waits for storage (`openStoreOrWait`). Nor
+ * does any service exit when NATS is unreachable at start-up: the bus keeps connecting in the
+ * background (see `connectNatsBus`) and the service serves meanwhile, SERVING included, since
+ * its answers do not wait for events (publishes are buffered or fail with UNAVAILABLE,
+ * consumers start once NATS answers). Each resource registers its shutdown step as it is
+ * created, so shutdown is the same list in reverse: health NOT_SERVING → drain in-flight calls →
+ * stop consumers and drain NATS → close storage.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChannelCredentials, ServiceDefinition } from '@grpc/grpc-js';
@@ -219,11 +223,21 @@ function abandoned(): Promise<never> {
   return new Promise<never>(() => undefined);
 }
 
-/** NATS when configured (failing fast when it cannot be reached), else the in-process bus. */
+/**
+ * NATS when configured, else the in-process bus. An unreachable NATS does not fail start-up: the
+ * bus connects in the background (health stays independent of it: taking every replica out of
+ * service during a NATS outage is what "degraded, never down" rules out). A URL that cannot be
+ * used, a server refusing the credentials, or one without JetStream still fails start-up.
+ */
 async function connectBus(config: PlatformConfig, logger: Logger): Promise<EventBus> {
   if (config.natsUrl === undefined) {
     logger.warn('NATS_URL is not set: events stay inside this process (in-process bus)');
     return createInProcessBus({ logger });
   }
-  return connectNatsBus({ servers: config.natsUrl, name: `tandem-${config.service}`, logger });
+  return connectNatsBus({
+    servers: config.natsUrl,
+    name: `tandem-${config.service}`,
+    logger,
+    whenUnreachable: 'connect-in-background',
+  });
 }
