@@ -6,7 +6,7 @@
  * - a server restarted on an empty store gets the bus's streams declared again, and publishing
  *   and consumption resume without restarting the bus.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
@@ -14,7 +14,7 @@ import { FailedPreconditionError, UnavailableError } from '../../src/errors';
 import { BufferedPublisher } from '../../src/events/buffered-publisher';
 import type { BusLogger, EventBus, Subscription } from '../../src/events/bus';
 import { connectNatsBus } from '../../src/events/nats-bus';
-import { TestNatsServer } from '../support/nats-server';
+import { TestNatsServer, freePort } from '../support/nats-server';
 import { eventually } from './event-bus-contract';
 
 const hasServer = spawnSync('nats-server', ['--version']).status === 0;
@@ -132,6 +132,38 @@ describeWithServerBinary('NATS event bus started before its server', () => {
     await expect(
       bus.declareStream({ name: 'NEVER', subjects: ['never.>'] }),
     ).rejects.toBeInstanceOf(UnavailableError);
+  });
+
+  it('fails at once, not retried, when the server refuses it or has no JetStream', async () => {
+    const port = await freePort();
+    // Token authentication, and no JetStream (-js not given).
+    const plain = spawn(
+      'nats-server',
+      ['-a', '127.0.0.1', '-p', String(port), '--auth', 's3cret'],
+      {
+        stdio: 'ignore',
+      },
+    );
+    try {
+      const url = `nats://127.0.0.1:${port}`;
+      let refusal: unknown;
+      await eventually(async () => {
+        refusal = await connectNatsBus({
+          servers: url,
+          name: 'tandem-refused-test',
+          token: 'wrong',
+        })
+          .then((refusedBus) => refusedBus.close())
+          .catch((error: unknown) => error);
+        expect(refusal).toBeInstanceOf(FailedPreconditionError);
+      }, 15_000);
+      expect((refusal as Error).message).toContain('Authorization Violation');
+      await expect(
+        connectNatsBus({ servers: url, name: 'tandem-no-jetstream-test', token: 's3cret' }),
+      ).rejects.toThrow('JetStream is not enabled');
+    } finally {
+      plain.kill('SIGTERM');
+    }
   });
 
   it('fails at once, not retried, on a server URL it cannot use', async () => {
