@@ -174,6 +174,12 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
   };
 }
 
+/** Whether a violation of `field` (`experiment.variants[2].payload`) is about a masked path. */
+function inMask(field: string, paths: ReadonlySet<string>): boolean {
+  const path = /^experiment\.([a-z_]+)/.exec(field)?.[1];
+  return path !== undefined && paths.has(path);
+}
+
 /** Every validation problem of `doc`, as request violations under `experiment.`. */
 function validate(context: AssignmentContext, doc: ExperimentDocument): FieldViolation[] {
   const view = context.configuration.current();
@@ -342,7 +348,10 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           if (!experiment) throw new Error('unreachable: experiment checked above');
           const before = await storedExperiment(context, experiment.id);
           checkEtag('experiment', experiment.id, experiment.etag, before.version);
-          const requested = requestedFields({ ...experiment, seed: experiment.seed }, violations);
+          // Fields outside the mask are ignored, so are their problems (AIP-134).
+          const read: FieldViolation[] = [];
+          const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
+          violations.push(...read.filter((v) => inMask(v.field, paths)));
           const changed: Record<string, unknown> = { ...before.doc };
           for (const path of paths) {
             for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {

@@ -475,6 +475,38 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(described.experiment?.description).toBe('lost to handover-new');
       });
 
+      it('ignores what the request says of fields outside the update mask, problems included', async () => {
+        const { admin } = service;
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('masked') }),
+        );
+        const body = {
+          ...experiment('masked', {
+            description: 'only this changes',
+            stickyTtl: { seconds: -5, nanos: 0 },
+            scheduledEndTime: new Date(Date.UTC(20_000, 0, 1)),
+          }),
+          etag: created.experiment?.etag ?? '',
+        };
+        const updated = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({ experiment: body, updateMask: ['description'] }),
+        );
+        expect(updated.experiment).toMatchObject({
+          description: 'only this changes',
+          stickyTtl: created.experiment?.stickyTtl,
+          scheduledEndTime: undefined,
+        });
+        const masked = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: { ...body, etag: updated.experiment?.etag ?? '' },
+              updateMask: ['sticky_ttl'],
+            }),
+          ),
+        );
+        expect(fields(masked)).toEqual(['experiment.sticky_ttl']);
+      });
+
       it('lets only one of two overlapping experiments created at once into a layer', async () => {
         await service.admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'race' } }));
         const create = (id: string, start: number, end: number) =>
