@@ -248,13 +248,16 @@ describeWithNats('Assignment through a NATS outage', () => {
 
   it('keeps resolving while NATS is down, buffers exposures and publishes them when it returns', async () => {
     const { url } = server;
-    let service: TestAssignment | undefined;
-    await eventually(async () => {
-      service = await startTestAssignment({ natsUrl: url, exposureBuffer: 3 });
-    });
-    if (!service) throw new Error('the service did not start');
+    const service = await startTestAssignment({ natsUrl: url, exposureBuffer: 3 });
     const observer = await connectNatsBus({ servers: url, name: 'outage-observer' });
-    const { events, subscription } = await watchExposures(observer, 'outage-');
+    // The service serves before its bus has reached the freshly started NATS and declared the
+    // exposure stream: the observer's durable can be declared once it has.
+    let watched: Awaited<ReturnType<typeof watchExposures>> | undefined;
+    await eventually(async () => {
+      watched = await watchExposures(observer, 'outage-');
+    });
+    if (!watched) throw new Error('the exposure stream was never declared');
+    const { events, subscription } = watched;
     try {
       await service.admin.createExperiment(
         CreateExperimentRequest.fromPartial({
@@ -265,7 +268,7 @@ describeWithNats('Assignment through a NATS outage', () => {
 
       await server.stop();
       await eventually(() => {
-        expect(service?.runtime.bus.isConnected()).toBe(false);
+        expect(service.runtime.bus.isConnected()).toBe(false);
       });
       // Three fit the buffer; the other two are dropped, and say so.
       for (let i = 0; i < 4; i++) {
@@ -281,12 +284,12 @@ describeWithNats('Assignment through a NATS outage', () => {
         resolveRequest('outage-4', { surfaces: ['outage'] }),
       );
       const applyLast = () =>
-        service!.client.apply(
+        service.client.apply(
           ApplyRequest.fromPartial({ resolveToken: last.resolveToken, requestId: 'apply-last' }),
         );
       expect((await applyLast()).exposures).toMatchObject({ loggedCount: 0, droppedCount: 1 });
       await eventually(() => {
-        expect(service?.service.exposureStats().failedAttempts).toBeGreaterThan(0);
+        expect(service.service.exposureStats().failedAttempts).toBeGreaterThan(0);
       });
       expect(service.service.exposureStats()).toMatchObject({ queued: 3, dropped: 2 });
 
@@ -294,7 +297,7 @@ describeWithNats('Assignment through a NATS outage', () => {
       await eventually(() => {
         expect(new Set(events.map((e) => e.unit?.id)).size).toBe(3);
         // Seen by the observer is not yet acked to the publisher: wait for the room too.
-        expect(service?.service.exposureStats().queued).toBe(0);
+        expect(service.service.exposureStats().queued).toBe(0);
       }, 20_000);
       // A dropped exposure was not remembered as logged: showing it again logs it, and so does
       // a retry of the Apply that dropped it (its result was not kept for its request id).

@@ -95,10 +95,11 @@ export interface NatsBusOptions {
   /** How long one attempt to connect (the first one included) may take. @default 5 s */
   readonly connectTimeoutMs?: number;
   /**
-   * What `connectNatsBus` does when its first attempt finds no server to connect to:
-   * `'connect-in-background'` returns a bus that keeps trying (services: degraded, never down);
-   * `'fail'` throws `UnavailableError` (a caller with somewhere else to go, such as the dev
-   * launcher's in-process bus). @default 'connect-in-background'
+   * What `connectNatsBus` does when its first attempt finds no server to connect to: `'fail'`
+   * throws `UnavailableError` (a caller with somewhere else to go, such as the dev launcher's
+   * in-process bus, or a test or tool that needs NATS now); `'connect-in-background'` returns a
+   * bus that keeps trying, which is what a service's bootstrap asks for (degraded, never down).
+   * @default 'fail'
    */
   readonly whenUnreachable?: 'connect-in-background' | 'fail';
   /** Token authentication. @default none */
@@ -139,13 +140,13 @@ const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
  * Connects to NATS and returns the bus, which reconnects forever once it has connected.
  *
  * When the first attempt finds no server (refused, timed out after `connectTimeoutMs`, host name
- * not resolved, or JetStream not answering in time), it logs a warning and returns a bus that
- * keeps connecting in the background (back-off 0.5 s doubling to 5 s), unless `whenUnreachable`
- * is `'fail'`, which throws `UnavailableError`. Until that bus connects, `isConnected()` is false,
- * `publish`, `deleteConsumer` and `consumerPending` throw `UnavailableError`, and `declareStream`,
- * `subscribe` and `subscribeBatches` resolve at once: they are carried out in call order once
- * connected, a failure then being logged and retried (streams by the re-declaration of lost
- * streams, consumers by their supervisor).
+ * not resolved, or JetStream not answering in time), it throws `UnavailableError`, or, when
+ * `whenUnreachable` is `'connect-in-background'`, logs a warning and returns a bus that keeps
+ * connecting in the background (back-off 0.5 s doubling to 5 s). Until that bus connects,
+ * `isConnected()` is false, `publish`, `deleteConsumer` and `consumerPending` throw
+ * `UnavailableError`, and `declareStream`, `subscribe` and `subscribeBatches` resolve at once:
+ * they are carried out in call order once connected, a failure then being logged and retried
+ * (streams by the re-declaration of lost streams, consumers by their supervisor).
  *
  * What a reachable server says is not retried: an invalid URL or option, or a server that refuses
  * the connection (authentication, TLS), throws `FailedPreconditionError`; a server answering that
@@ -159,7 +160,9 @@ export async function connectNatsBus(options: NatsBusOptions): Promise<EventBus>
     logConnected(logger, attempt.link);
     return new NatsBus(options, logger, attempt.link);
   }
-  if (attempt.kind === 'refused' || options.whenUnreachable === 'fail') throw attempt.error;
+  if (attempt.kind === 'refused' || options.whenUnreachable !== 'connect-in-background') {
+    throw attempt.error;
+  }
   logger.warn(
     { servers: serverList(options.servers), error: attempt.error.message },
     'NATS unreachable: no events are published or consumed until it answers; connecting in the background',

@@ -73,6 +73,7 @@ describeWithServerBinary('NATS event bus started before its server', () => {
       name: 'tandem-late-server-test',
       logger,
       connectTimeoutMs: 1_000,
+      whenUnreachable: 'connect-in-background',
     });
     expect(bus.isConnected()).toBe(false);
     expect(logger.lines).toContainEqual({
@@ -119,8 +120,18 @@ describeWithServerBinary('NATS event bus started before its server', () => {
     expect(await bus.consumerPending!('LATE', 'abandoned')).toBeUndefined();
   }, 90_000);
 
+  it('fails by default when nothing listens: connecting in the background is asked for', async () => {
+    await expect(
+      connectNatsBus({ servers: server.url, name: 'tandem-default-test', connectTimeoutMs: 500 }),
+    ).rejects.toBeInstanceOf(UnavailableError);
+  });
+
   it('closes at once before its server ever answered', async () => {
-    bus = await connectNatsBus({ servers: server.url, name: 'tandem-never-test' });
+    bus = await connectNatsBus({
+      servers: server.url,
+      name: 'tandem-never-test',
+      whenUnreachable: 'connect-in-background',
+    });
     await bus.declareStream({ name: 'NEVER', subjects: ['never.>'] });
     const never = await bus.subscribe(
       { stream: 'NEVER', durable: 'never', codec: EchoRequest },
