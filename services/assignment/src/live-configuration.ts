@@ -9,7 +9,13 @@
  *   change within one interval even when NATS is down.
  */
 import type { Logger } from '../../platform/src/logging';
-import { buildSnapshot, type AssignmentSnapshot, type ExperimentDefinition } from './domain';
+import {
+  buildSnapshot,
+  UNSUPPORTED_REGEX,
+  validateCondition,
+  type AssignmentSnapshot,
+  type ExperimentDefinition,
+} from './domain';
 import type { ConfigurationRecords, ConfigurationStore } from './store/configuration-store';
 import {
   allocationDefinition,
@@ -59,6 +65,20 @@ export interface ConfigurationView {
   readonly snapshot: AssignmentSnapshot;
   /** Every surface an experiment or holdout names, sorted: what an empty Resolve surface list means. */
   readonly surfaces: readonly string[];
+  /**
+   * Experiments whose condition has a `$regex` stored before conditions were RE2 (see
+   * `UNSUPPORTED_REGEX`): still evaluated as before, but no write may store such a pattern again.
+   */
+  readonly legacyRegexExperiments: readonly string[];
+}
+
+function hasLegacyRegex(definition: ExperimentDefinition): boolean {
+  const { condition } = definition;
+  return (
+    condition !== undefined &&
+    JSON.stringify(condition).includes('$regex') &&
+    validateCondition(condition).some((v) => v.reason === UNSUPPORTED_REGEX)
+  );
 }
 
 function byId<T extends { readonly id: string }>(
@@ -96,6 +116,7 @@ function compile(records: ConfigurationRecords): ConfigurationView {
     experimentDefinitions,
     snapshot,
     surfaces: [...surfaces].sort(),
+    legacyRegexExperiments: experimentDefinitions.filter(hasLegacyRegex).map((d) => d.id),
   };
 }
 
@@ -118,6 +139,8 @@ export class LiveConfiguration {
    * for it (nor this one: its view is the one before). The next check bumps the version.
    */
   private unannounced = false;
+  /** The legacy-regex experiments last warned about, to warn again only when they change. */
+  private legacyWarned = '';
 
   constructor(
     private readonly store: ConfigurationStore,
@@ -138,7 +161,7 @@ export class LiveConfiguration {
   /** Loads everything from storage; throws when storage is unreachable. */
   load(): Promise<void> {
     return this.exclusive(async () => {
-      this.view = compile(await this.store.readAll());
+      this.adopt(compile(await this.store.readAll()));
     });
   }
 
@@ -155,8 +178,8 @@ export class LiveConfiguration {
       }
       const stored = await this.store.version();
       if (this.view && stored === this.view.version) return false;
-      this.view = compile(await this.store.readAll());
-      this.logger.debug({ version: this.view.version }, 'configuration reloaded');
+      const view = this.adopt(compile(await this.store.readAll()));
+      this.logger.debug({ version: view.version }, 'configuration reloaded');
       return true;
     });
   }
@@ -179,30 +202,47 @@ export class LiveConfiguration {
       // After a failed bump, this bump announces that change too, and the view lacks it.
       if (!view || version !== view.version + 1 || this.unannounced) {
         this.unannounced = false;
-        this.view = compile(await this.store.readAll());
-        return this.view.version;
+        return this.adopt(compile(await this.store.readAll())).version;
       }
-      this.view = compile({
-        version,
-        layers:
-          change.type === 'layer'
-            ? replaced(view.layers, change.id, change.stored)
-            : [...view.layers.values()],
-        experiments:
-          change.type === 'experiment'
-            ? replaced(view.experiments, change.id, change.stored)
-            : [...view.experiments.values()],
-        holdouts:
-          change.type === 'holdout'
-            ? replaced(view.holdouts, change.id, change.stored)
-            : [...view.holdouts.values()],
-        allocations:
-          change.type === 'allocation'
-            ? replaced(view.allocations, change.id, change.stored)
-            : [...view.allocations.values()],
-      });
+      this.adopt(
+        compile({
+          version,
+          layers:
+            change.type === 'layer'
+              ? replaced(view.layers, change.id, change.stored)
+              : [...view.layers.values()],
+          experiments:
+            change.type === 'experiment'
+              ? replaced(view.experiments, change.id, change.stored)
+              : [...view.experiments.values()],
+          holdouts:
+            change.type === 'holdout'
+              ? replaced(view.holdouts, change.id, change.stored)
+              : [...view.holdouts.values()],
+          allocations:
+            change.type === 'allocation'
+              ? replaced(view.allocations, change.id, change.stored)
+              : [...view.allocations.values()],
+        }),
+      );
       return version;
     });
+  }
+
+  /** Takes `view` as the one in effect, warning when its legacy-regex experiments changed. */
+  private adopt(view: ConfigurationView): ConfigurationView {
+    this.view = view;
+    const legacy = view.legacyRegexExperiments.join(',');
+    if (legacy !== this.legacyWarned) {
+      this.legacyWarned = legacy;
+      if (legacy !== '') {
+        this.logger.warn(
+          { experiments: view.legacyRegexExperiments },
+          'conditions with a $regex RE2 does not accept (stored before $regex was RE2) are evaluated with JavaScript RegExp, which can backtrack for seconds; rewrite them in RE2 syntax',
+        );
+      }
+    }
+    return view;
   }
 
   /**

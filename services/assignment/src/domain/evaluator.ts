@@ -55,6 +55,7 @@ import {
   compileConjunct,
   conjunctsOf,
   isEmptyCondition,
+  UNSUPPORTED_REGEX,
   validateCondition,
   type AttributePredicate,
   type Attributes,
@@ -404,7 +405,10 @@ export class AssignmentSnapshot {
       const key = JSON.stringify(condition);
       let slot = conditionSlots.get(key);
       if (slot === undefined) {
-        const violations = validateCondition(condition);
+        // A pattern stored before `$regex` was RE2 is evaluated as it was (see UNSUPPORTED_REGEX).
+        const violations = validateCondition(condition).filter(
+          (v) => v.reason !== UNSUPPORTED_REGEX,
+        );
         if (violations.length > 0) throw new InvalidConditionError(violations);
         slot = this.conditionParts.length;
         this.conditionParts.push(conjunctsOf(condition).map(partSlot));

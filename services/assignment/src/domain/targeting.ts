@@ -116,11 +116,35 @@ const RE2_FLAGS: Readonly<Record<string, number>> = {
   u: 0,
 };
 
+/**
+ * The reason of a `$regex` that JavaScript's RegExp accepts and RE2 does not (a backreference,
+ * lookaround). Refused when a condition is written; a condition stored before `$regex` was RE2
+ * keeps being evaluated, with RegExp for that pattern, so upgrading does not change who an
+ * experiment targets (the service logs which experiments have one).
+ */
+export const UNSUPPORTED_REGEX = 'UNSUPPORTED_REGEX';
+
 /** Compiles a `$regex` with its `$options`; throws on what RE2 does not accept. */
-function compileRegex(pattern: string, flags: unknown): RE2JS {
+function compileRe2(pattern: string, flags: unknown): RE2JS {
   let bits = 0;
   if (typeof flags === 'string') for (const flag of flags) bits |= RE2_FLAGS[flag] ?? 0;
   return RE2JS.compile(pattern, bits);
+}
+
+/** JavaScript's RegExp for a pattern RE2 refuses (see {@link UNSUPPORTED_REGEX}). */
+function compileRegExp(pattern: string, flags: unknown): RegExp {
+  return new RegExp(pattern, typeof flags === 'string' && REGEX_FLAGS.test(flags) ? flags : '');
+}
+
+/** A `$regex` as a test of a string: RE2, or RegExp for a pattern stored before RE2. */
+function regexTest(pattern: string, flags: unknown): (value: string) => boolean {
+  try {
+    const regex = compileRe2(pattern, flags);
+    return (value) => regex.test(value);
+  } catch {
+    const regex = compileRegExp(pattern, flags);
+    return (value) => regex.test(value);
+  }
 }
 
 /** sift's `$regex`, matched by RE2 instead of a backtracking RegExp (a string value, found anywhere). */
@@ -129,9 +153,9 @@ function $regex(
   ownerQuery: { $options?: unknown },
   options: Parameters<typeof createEqualsOperation>[2],
 ) {
-  const regex = compileRegex(pattern, ownerQuery.$options);
+  const test = regexTest(pattern, ownerQuery.$options);
   return createEqualsOperation(
-    (value: unknown) => typeof value === 'string' && regex.test(value),
+    (value: unknown) => typeof value === 'string' && test(value),
     ownerQuery,
     options,
   );
@@ -409,10 +433,23 @@ function validateRegex(
     return;
   }
   try {
-    compileRegex(pattern, flags);
+    compileRe2(pattern, flags);
   } catch (error) {
+    const problem = (error as Error).message;
+    let javascript = true;
+    try {
+      compileRegExp(pattern, flags);
+    } catch {
+      javascript = false;
+    }
     out.push(
-      violation(path, `invalid regular expression: ${(error as Error).message}`, 'INVALID_REGEX'),
+      javascript
+        ? violation(
+            path,
+            `not RE2 syntax (no backreferences or lookaround): ${problem}`,
+            UNSUPPORTED_REGEX,
+          )
+        : violation(path, `invalid regular expression: ${problem}`, 'INVALID_REGEX'),
     );
   }
 }

@@ -31,6 +31,7 @@ import {
   checkScheduleChange,
   ExperimentStatus,
   START_MARGIN_MS,
+  UNSUPPORTED_REGEX,
   validateExperiment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
@@ -360,7 +361,13 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           }
           const now = Date.now();
           const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
-          violations.push(...validate(context, after));
+          const problems = validate(context, after);
+          // A condition stored before `$regex` was RE2 may stay as it is until it is changed.
+          violations.push(
+            ...(after.conditionJson === before.doc.conditionJson
+              ? problems.filter((v) => v.reason !== UNSUPPORTED_REGEX)
+              : problems),
+          );
           rejectIfAny('experiment', violations);
           const definitionBefore = experimentDefinition(before.doc, undefined);
           const definitionAfter = experimentDefinition(after, undefined);

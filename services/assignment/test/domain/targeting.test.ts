@@ -4,7 +4,9 @@ import {
 } from '@growthbook/growthbook';
 import {
   InvalidConditionError,
+  UNSUPPORTED_REGEX,
   compileCondition,
+  compileConjunct,
   conjunctsOf,
   validateCondition,
   type Condition,
@@ -197,12 +199,22 @@ describe('validateCondition', () => {
     ]);
   });
 
-  it('refuses what RE2 does not accept (backreferences, lookaround) as INVALID_REGEX', () => {
-    for (const pattern of ['(a)\\1', 'a(?=b)', 'a(?!b)']) {
-      expect(
-        validateCondition({ ua: { $regex: pattern } }).map((p) => [p.field, p.reason]),
-      ).toEqual([['condition.ua.$regex', 'INVALID_REGEX']]);
+  it('refuses what RE2 does not accept (backreferences, lookaround), saying so', () => {
+    for (const pattern of ['(a)\\1', 'a(?=b)', 'a(?!b)', 'a(?<=b)']) {
+      const problems = validateCondition({ ua: { $regex: pattern } });
+      expect(problems.map((p) => [p.field, p.reason])).toEqual([
+        ['condition.ua.$regex', UNSUPPORTED_REGEX],
+      ]);
+      expect(problems[0]?.description).toMatch(
+        /^not RE2 syntax \(no backreferences or lookaround\)/,
+      );
     }
+  });
+
+  it('evaluates a $regex stored before RE2 (a lookahead) as JavaScript did', () => {
+    const notABot = compileConjunct({ ua: { $regex: '^(?!.*bot)', $options: 'i' } });
+    expect(notABot({ ua: 'Mozilla/5.0' })).toBe(true);
+    expect(notABot({ ua: 'GoogleBot/2.1' })).toBe(false);
   });
 
   it('finds problems inside $and/$or/$elemMatch with indexed paths', () => {

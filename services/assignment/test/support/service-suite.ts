@@ -475,6 +475,65 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(described.experiment?.description).toBe('lost to handover-new');
       });
 
+      it('keeps serving a $regex stored before conditions were RE2, until a write changes it', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('legacy-regex', {
+              surfaces: ['legacy'],
+              condition: { ua: { $regex: 'Mozilla' } },
+            }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'legacy-regex' }));
+        // As a lookahead was stored when JavaScript's RegExp judged conditions.
+        const store = service.service.context.store;
+        const stored = await store.experiments.get('legacy-regex');
+        if (stored === undefined) throw new Error('the experiment was not stored');
+        const legacy = await store.experiments.replace(
+          { ...stored.doc, conditionJson: JSON.stringify({ ua: { $regex: '^(?!.*bot)' } }) },
+          stored.version,
+        );
+        await store.bumpVersion();
+        await service.service.context.configuration.refresh();
+        const reasonFor = async (ua: string) =>
+          (
+            await client.resolve(
+              resolveRequest('u-1', { surfaces: ['legacy'], attributes: { ua }, explain: true }),
+            )
+          ).assignments[0]?.reason;
+        expect(await reasonFor('Mozilla/5.0')).toBe(AssignmentReason.ASSIGNMENT_REASON_ASSIGNED);
+        expect(await reasonFor('a crawler bot')).toBe(
+          AssignmentReason.ASSIGNMENT_REASON_TARGETED_OUT,
+        );
+        const described = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...experiment('legacy-regex', { description: 'condition untouched' }),
+              etag: String(legacy.version),
+            },
+            updateMask: ['description'],
+          }),
+        );
+        expect(described.experiment?.description).toBe('condition untouched');
+        const rewritten = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('legacy-regex', { condition: { ua: { $regex: '^(?!.*spider)' } } }),
+                etag: described.experiment?.etag ?? '',
+              },
+              updateMask: ['condition'],
+            }),
+          ),
+        );
+        expect(
+          rewritten instanceof InvalidArgumentError
+            ? rewritten.violations.map((v) => [v.field, v.reason])
+            : [],
+        ).toEqual([['experiment.condition.ua.$regex', 'UNSUPPORTED_REGEX']]);
+      });
+
       it('ignores what the request says of fields outside the update mask, problems included', async () => {
         const { admin } = service;
         const created = await admin.createExperiment(
