@@ -207,6 +207,31 @@ describeWithNats('Assignment events on NATS JetStream', () => {
     } finally {
       replace.mockRestore();
     }
+
+    // A newer producer's method and an arm with no mean reward do not cost the weights.
+    const unreadable = update(5000, 0.45);
+    await bus.publish(
+      ALLOCATION_SUBJECT,
+      AllocationUpdate,
+      {
+        ...unreadable,
+        // eslint-disable-next-line @typescript-eslint/no-unsafe-enum-assignment -- on purpose
+        method: 77 as AllocationMethod,
+        weights: unreadable.weights.map((w, i) => (i === 0 ? { ...w, rewardMean: Number.NaN } : w)),
+      },
+      { eventId: `${banditId}-5000` },
+    );
+    await eventually(async () => {
+      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      expect(allocation).toMatchObject({
+        sequence: 5000,
+        method: AllocationMethod.ALLOCATION_METHOD_UNSPECIFIED,
+      });
+      expect(allocation?.weights.map((w) => [w.weight, w.rewardMean])).toEqual([
+        [0.45, 0],
+        [0.55, 0],
+      ]);
+    });
   });
 
   it('carries a change to a second replica on the same embedded store within one second, by notification', async () => {

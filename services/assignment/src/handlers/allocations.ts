@@ -100,11 +100,40 @@ export type AllocationSource = 'admin' | 'analysis';
  * Stores a new allocation for a BANDIT experiment. Throws INVALID_ARGUMENT, NOT_FOUND,
  * FAILED_PRECONDITION, or ABORTED for a stale etag or sequence.
  */
+/**
+ * An allocation from Analysis with its informational fields made readable: an event cannot be
+ * answered with INVALID_ARGUMENT, and its weights must not be lost because a newer producer sent a
+ * method this build does not know or an arm with no units had no mean reward (NaN). Unknown
+ * methods become UNSPECIFIED, other unreadable values 0.
+ */
+function readableRecord(allocation: Allocation): Allocation {
+  return {
+    ...allocation,
+    method: METHODS.has(allocation.method)
+      ? allocation.method
+      : AllocationMethod.ALLOCATION_METHOD_UNSPECIFIED,
+    weights: allocation.weights.map((w) => ({
+      ...w,
+      unitCount: Number.isSafeInteger(w.unitCount) && w.unitCount >= 0 ? w.unitCount : 0,
+      rewardMean: Number.isFinite(w.rewardMean) ? w.rewardMean : 0,
+      probabilityBest: w.probabilityBest >= 0 && w.probabilityBest <= 1 ? w.probabilityBest : 0,
+    })),
+  };
+}
+
 export async function applyAllocation(
   context: AssignmentContext,
-  allocation: Allocation,
+  requested: Allocation,
   source: AllocationSource,
 ): Promise<Allocation> {
+  let allocation = requested;
+  if (source === 'analysis' && recordViolations(requested).length > 0) {
+    allocation = readableRecord(requested);
+    context.logger.warn(
+      { experiment: requested.experimentId, problems: recordViolations(requested) },
+      'allocation update applied with unreadable informational fields set to 0 / UNSPECIFIED',
+    );
+  }
   const violations: FieldViolation[] = [];
   required('allocation.experiment_id', allocation.experimentId, violations);
   const now = Date.now();
