@@ -70,10 +70,13 @@ export function versionOf(etag: string): number {
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;
 /**
- * The most bytes of resources one page holds (it ends early, with a next page token, rather than
- * outgrow the message limit); a page always holds at least one.
+ * The most bytes of resources one page holds: it ends early, with a next page token, rather than
+ * outgrow the 4 MiB most gRPC clients accept by default (grpc-js, grpc-go, grpcurl), leaving
+ * room for the token; a page always holds at least one.
  */
-export const MAX_PAGE_BYTES = 4 * 1024 * 1024;
+export const MAX_PAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024;
+/** An item's field tag and length prefix in the response, beside its own bytes. */
+const ITEM_OVERHEAD_BYTES = 6;
 
 interface PageToken {
   /** The last id of the previous page. */
@@ -156,7 +159,7 @@ export function page<T extends { readonly id: string }>(
       break;
     }
     if (sizeOf !== undefined) {
-      bytes += sizeOf(item);
+      bytes += sizeOf(item) + ITEM_OVERHEAD_BYTES;
       if (bytes > MAX_PAGE_BYTES && out.length > 0) {
         more = true;
         break;
