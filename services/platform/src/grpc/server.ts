@@ -4,7 +4,7 @@
  * services this server hosts and health, not every contract in the set), and graceful shutdown
  * with a deadline.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   Server,
@@ -29,7 +29,10 @@ export interface GrpcServerOptions {
   readonly maxMessageBytes: number;
   readonly keepaliveTimeMs: number;
   readonly keepaliveTimeoutMs: number;
-  /** Serve reflection from this descriptor set. @default findDescriptorSet(); false disables it */
+  /**
+   * Serve reflection from this descriptor set (and `health.binpb` beside it, when there is one).
+   * @default findDescriptorSet(); false disables it
+   */
   readonly reflection?: string | false;
 }
 
@@ -78,6 +81,11 @@ export class GrpcServer {
   private readonly credentials: ServerCredentials;
   private port: number | undefined;
   private stopping: Promise<void> | undefined;
+  /**
+   * The contracts reflection serves: the descriptor set's files byte for byte, and
+   * grpc-health-check's (built beside it by `make gen`); undefined when reflection is off.
+   */
+  private readonly descriptorFiles: Buffer[] | undefined;
 
   constructor(private readonly options: GrpcServerOptions) {
     this.logger = options.logger;
@@ -94,6 +102,15 @@ export class GrpcServer {
     // The empty name is the whole server's status, which load balancers and kubelets probe.
     this.health = new HealthImplementation({ '': 'NOT_SERVING' });
     this.health.addToServer(this.server);
+    // Read now, so that a missing descriptor set fails start-up before anything is opened.
+    if (options.reflection !== false) {
+      const path = options.reflection ?? findDescriptorSet();
+      const health = join(dirname(path), 'health.binpb');
+      this.descriptorFiles = [
+        ...fileDescriptors(readFileSync(path)),
+        ...(existsSync(health) ? fileDescriptors(readFileSync(health)) : []),
+      ];
+    }
   }
 
   /**
@@ -101,15 +118,12 @@ export class GrpcServer {
    * every Tandem contract, and a client listing a server's services must see only what it serves.
    */
   private addReflection(): void {
-    if (this.options.reflection === false) return;
-    const descriptorSet = readFileSync(this.options.reflection ?? findDescriptorSet());
-    // grpc-health-check's contract, built beside the default descriptor set by `make gen`.
-    const health = readFileSync(join(dirname(findDescriptorSet()), 'health.binpb'));
+    if (this.descriptorFiles === undefined) return;
     // Reflection reads nothing of a definition's entries but their file descriptors.
     const files: ProtobufTypeDefinition = {
       format: 'FileDescriptorSet',
       type: {},
-      fileDescriptorProtos: [...fileDescriptors(descriptorSet), ...fileDescriptors(health)],
+      fileDescriptorProtos: this.descriptorFiles,
     };
     const contracts = { tandem: files } as PackageDefinition;
     const services = [...this.services.map((service) => service.name), HEALTH_SERVICE];
