@@ -121,6 +121,8 @@ const MULTIPLE_FILTERS_SINCE: readonly [number, number] = [2, 10];
  */
 const RETRY_FIRST_DELAY_MS = 500;
 const RETRY_MAX_DELAY_MS = 5_000;
+/** How long close() waits for a connection attempt under way in the background. */
+const CLOSE_WAIT_FOR_ATTEMPT_MS = 1_000;
 /** Error codes of a socket or name lookup that mean "nothing to connect to (yet)". */
 const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
@@ -390,7 +392,12 @@ class NatsBus implements EventBus {
       operation = queue.shift()
     ) {
       if (operation.kind === 'subscription') {
-        operation.begin();
+        try {
+          operation.begin();
+        } catch (error) {
+          // Nothing it throws may escape the background loop (close() awaits it).
+          this.logger.error({ error: messageOf(error) }, 'a subscription could not start');
+        }
         continue;
       }
       try {
@@ -829,8 +836,14 @@ class NatsBus implements EventBus {
   private async shutDown(): Promise<void> {
     this.closeRequested = true;
     this.closeSignal.notify();
-    // Ends the background connection loop (after an attempt under way, at most connectTimeoutMs).
-    await this.connecting;
+    // Ends the background connection loop. An attempt under way (up to connectTimeoutMs and the
+    // JetStream check) is not waited for past a second: the loop closes what it then connects.
+    if (this.connecting !== undefined) {
+      await Promise.race([
+        this.connecting,
+        new Promise((resolve) => setTimeout(resolve, CLOSE_WAIT_FOR_ATTEMPT_MS).unref()),
+      ]);
+    }
     await Promise.all([...this.subscriptions].map((subscription) => subscription.stop()));
     const connection = this.link?.connection;
     if (connection !== undefined && !connection.isClosed()) {
