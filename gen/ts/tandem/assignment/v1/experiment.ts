@@ -218,7 +218,8 @@ export interface Experiment {
    * example `{"country": {"$in": ["SE", "NO"]}, "app.version": {"$gte": 12}}`. Supported
    * operators: `$eq $ne $in $nin $gt $gte $lt $lte $exists $regex $elemMatch $size $all $and
    * $or $nor $not`, with dotted paths. Empty matches every unit. An invalid condition is rejected
-   * with INVALID_ARGUMENT.
+   * with INVALID_ARGUMENT. `$regex` takes RE2 syntax, matched in linear time (no backreferences or
+   * lookaround: reason UNSUPPORTED_REGEX). At most 64 KiB as JSON.
    */
   condition?:
     | { [key: string]: any }
