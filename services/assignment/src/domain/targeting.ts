@@ -136,8 +136,28 @@ function compileRegExp(pattern: string, flags: unknown): RegExp {
   return new RegExp(pattern, typeof flags === 'string' && REGEX_FLAGS.test(flags) ? flags : '');
 }
 
+const REGEX_META = /[\\^$.|?*+()[\]{}]/;
+
+/**
+ * A `$regex` that is plain text, optionally anchored (`Mobile`, `^ios`, `beta$`, `^SE$`) and
+ * without the `i` or `m` flag, as a string test: the same answer as RE2 at a hundredth of its cost.
+ */
+function literalTest(pattern: string, flags: unknown): ((value: string) => boolean) | undefined {
+  if (typeof flags === 'string' && /[im]/.test(flags)) return undefined;
+  const atStart = pattern.startsWith('^');
+  const atEnd = pattern.length > (atStart ? 1 : 0) && pattern.endsWith('$');
+  const text = pattern.slice(atStart ? 1 : 0, atEnd ? -1 : undefined);
+  if (REGEX_META.test(text)) return undefined;
+  if (atStart && atEnd) return (value) => value === text;
+  if (atStart) return (value) => value.startsWith(text);
+  if (atEnd) return (value) => value.endsWith(text);
+  return (value) => value.includes(text);
+}
+
 /** A `$regex` as a test of a string: RE2, or RegExp for a pattern stored before RE2. */
 function regexTest(pattern: string, flags: unknown): (value: string) => boolean {
+  const literal = literalTest(pattern, flags);
+  if (literal !== undefined) return literal;
   try {
     const regex = compileRe2(pattern, flags);
     return (value) => regex.test(value);

@@ -113,6 +113,12 @@ describe('each supported operator', () => {
     ['classes and escapes', { v: { $regex: '^\\d+\\.\\w+$' } }, { v: '12.beta' }, true],
     ['non-ASCII text', { city: { $regex: '^Malmö$', $options: 'i' } }, { city: 'MALMÖ' }, true],
     ['a number is not a string', { v: { $regex: '1' } }, { v: 1 }, false],
+    ['plain text at both anchors: the whole value', { c: { $regex: '^SE$' } }, { c: 'SE' }, true],
+    ['plain text at both anchors, not a part', { c: { $regex: '^SE$' } }, { c: 'SEK' }, false],
+    ['plain text at the end', { v: { $regex: 'beta$' } }, { v: '2.0-beta' }, true],
+    ['plain text at the end, elsewhere', { v: { $regex: 'beta$' } }, { v: 'beta-2' }, false],
+    ['an empty pattern', { v: { $regex: '' } }, { v: 'anything' }, true],
+    ['an escaped dollar is text', { p: { $regex: '5\\$' } }, { p: 'costs 5$ now' }, true],
     ['an array holding a match', { tags: { $regex: '^be' } }, { tags: ['music', 'beta'] }, true],
   ])('$regex (RE2): %s', (_name, condition, attributes, expected) => {
     expect(validateCondition(condition)).toEqual([]);
