@@ -5,14 +5,7 @@
  * background loop, so this holds only because the event keeps the context it was logged in.
  */
 import { rmSync } from 'node:fs';
-import { context, propagation, trace } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import {
-  BasicTracerProvider,
-  InMemorySpanExporter,
-  SimpleSpanProcessor,
-} from '@opentelemetry/sdk-trace-base';
+import { trace } from '@opentelemetry/api';
 import {
   CreateExperimentRequest,
   StartExperimentRequest,
@@ -21,6 +14,7 @@ import { ExposureEvent } from '../../../gen/ts/tandem/events/v1/exposure_event';
 import type { EventBus } from '../../platform/src/events/bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { installTestTracing, type TestTracing } from '../../platform/test/support/tracing';
 import { exposureStream } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
@@ -32,18 +26,14 @@ import {
 
 describeWithNats('Exposure events and tracing on NATS JetStream', () => {
   const url = natsUrl ?? '';
-  const exporter = new InMemorySpanExporter();
+  let tracing: TestTracing;
   const surface = uniqueName('traced').replace(/_/g, '-').toLowerCase();
   let dataDir: string;
   let service: TestAssignment;
   let bus: EventBus;
 
   beforeAll(async () => {
-    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-    trace.setGlobalTracerProvider(
-      new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
-    );
+    tracing = installTestTracing();
     dataDir = temporaryDataDir();
     service = await startTestAssignment({ dataDir, natsUrl: url });
     bus = await connectNatsBus({ servers: url, name: 'assignment-trace-observer' });
@@ -59,9 +49,7 @@ describeWithNats('Exposure events and tracing on NATS JetStream', () => {
     await service.stop();
     await bus.close();
     rmSync(dataDir, { recursive: true, force: true });
-    trace.disable();
-    propagation.disable();
-    context.disable();
+    await tracing.shutdown();
   });
 
   it('publishes the exposure of Resolve(apply) in the caller’s trace', async () => {
@@ -93,7 +81,7 @@ describeWithNats('Exposure events and tracing on NATS JetStream', () => {
       });
       const [, traceId, spanId] = (received[0]?.headers.traceparent ?? '').split('-');
       expect(traceId).toBe(caller.traceId);
-      const spans = exporter.getFinishedSpans();
+      const spans = tracing.exporter.getFinishedSpans();
       const publish = spans.find((span) => span.spanContext().spanId === spanId);
       expect(publish?.name).toMatch(/^publish /);
       const resolve = spans.find(

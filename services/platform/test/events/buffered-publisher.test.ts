@@ -2,14 +2,7 @@
  * The buffered publisher against an in-process bus behind a switch that plays a NATS outage:
  * while it is off every publish fails with `UnavailableError`, as the NATS adapter's does.
  */
-import { context, propagation, trace } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import {
-  BasicTracerProvider,
-  InMemorySpanExporter,
-  SimpleSpanProcessor,
-} from '@opentelemetry/sdk-trace-base';
+import { trace } from '@opentelemetry/api';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
 import { BufferedPublisher, type PublishGate } from '../../src/events/buffered-publisher';
@@ -21,6 +14,7 @@ import type {
   Subscription,
 } from '../../src/events/bus';
 import { createInProcessBus } from '../../src/events/in-process-bus';
+import { installTestTracing, type TestTracing } from '../support/tracing';
 import { eventually } from './event-bus-contract';
 
 const SUBJECT = 'tandem.events.v1.exposure';
@@ -214,20 +208,14 @@ describe('BufferedPublisher', () => {
   });
 
   describe('with tracing', () => {
-    const exporter = new InMemorySpanExporter();
+    let tracing: TestTracing;
 
     beforeAll(() => {
-      context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-      propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-      trace.setGlobalTracerProvider(
-        new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
-      );
+      tracing = installTestTracing();
     });
 
-    afterAll(() => {
-      trace.disable();
-      propagation.disable();
-      context.disable();
+    afterAll(async () => {
+      await tracing.shutdown();
     });
 
     it('publishes each event in the trace of the request that enqueued it', async () => {
@@ -262,7 +250,7 @@ describe('BufferedPublisher', () => {
       expect(headers.map((h) => h.traceparent?.split('-')[1])).toEqual(
         requests.map((r) => r.traceId),
       );
-      const publishes = exporter
+      const publishes = tracing.exporter
         .getFinishedSpans()
         .filter((span) => span.name === `publish ${SUBJECT}`);
       expect(publishes.map((span) => span.parentSpanContext?.spanId).sort()).toEqual(
