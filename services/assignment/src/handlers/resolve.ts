@@ -44,7 +44,7 @@ const MAX_ATTRIBUTE_BYTES = 64 * 1024;
 const MAX_ATTRIBUTE_DEPTH = 16;
 const MAX_REQUEST_ID_LENGTH = 128;
 /** Surfaces one Resolve may name: a page shows a handful; thousands would only cost the replica. */
-const MAX_SURFACES = 256;
+const MAX_RESOLVE_SURFACES = 256;
 /** How far in the future an exposure time may be (client clocks drift). */
 const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
 /** Apply results remembered per replica for request_id retries. */
@@ -301,10 +301,10 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       if (unitType === '')
         violations.push({ field: 'unit.type', description: 'is required', reason: 'REQUIRED' });
-      if (request.surfaces.length > MAX_SURFACES) {
+      if (request.surfaces.length > MAX_RESOLVE_SURFACES) {
         violations.push({
           field: 'surfaces',
-          description: `at most ${MAX_SURFACES} surfaces`,
+          description: `at most ${MAX_RESOLVE_SURFACES} surfaces`,
           reason: 'TOO_MANY',
         });
       } else {
