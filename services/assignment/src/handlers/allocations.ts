@@ -97,10 +97,6 @@ function recordViolations(allocation: Allocation): FieldViolation[] {
 export type AllocationSource = 'admin' | 'analysis';
 
 /**
- * Stores a new allocation for a BANDIT experiment. Throws INVALID_ARGUMENT, NOT_FOUND,
- * FAILED_PRECONDITION, or ABORTED for a stale etag or sequence.
- */
-/**
  * An allocation from Analysis with its informational fields made readable: an event cannot be
  * answered with INVALID_ARGUMENT, and its weights must not be lost because a newer producer sent a
  * method this build does not know or an arm with no units had no mean reward (NaN). Unknown
@@ -121,16 +117,21 @@ function readableRecord(allocation: Allocation): Allocation {
   };
 }
 
+/**
+ * Stores a new allocation for a BANDIT experiment. Throws INVALID_ARGUMENT, NOT_FOUND,
+ * FAILED_PRECONDITION, or ABORTED for a stale etag or sequence.
+ */
 export async function applyAllocation(
   context: AssignmentContext,
   requested: Allocation,
   source: AllocationSource,
 ): Promise<Allocation> {
   let allocation = requested;
-  if (source === 'analysis' && recordViolations(requested).length > 0) {
+  const unreadable = source === 'analysis' ? recordViolations(requested) : [];
+  if (unreadable.length > 0) {
     allocation = readableRecord(requested);
     context.logger.warn(
-      { experiment: requested.experimentId, problems: recordViolations(requested) },
+      { experiment: requested.experimentId, problems: unreadable },
       'allocation update applied with unreadable informational fields set to 0 / UNSPECIFIED',
     );
   }
