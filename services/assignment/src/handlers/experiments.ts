@@ -317,14 +317,12 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             (request.surface === '' || s.doc.surfaces.includes(request.surface)),
         )
         .map((s) => ({ id: s.doc.id, stored: s }));
-      const result = page(
-        matching,
-        pageOf,
-        filters,
-        (item) => Experiment.encode(experimentMessage(item.stored)).finish().length,
-      );
+      const result = page(matching, pageOf, filters, {
+        render: (item) => experimentMessage(item.stored),
+        encode: (message) => Experiment.encode(message),
+      });
       return Promise.resolve({
-        experiments: result.items.map((item) => experimentMessage(item.stored)),
+        experiments: result.items,
         nextPageToken: result.nextPageToken,
       });
     },

@@ -160,14 +160,12 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
             (request.surface === '' || doc.surfaces.includes(request.surface)),
         )
         .map((stored) => ({ id: stored.doc.id, stored }));
-      const result = page(
-        matching,
-        pageOf,
-        filters,
-        (item) => Holdout.encode(holdoutMessage(item.stored)).finish().length,
-      );
+      const result = page(matching, pageOf, filters, {
+        render: (item) => holdoutMessage(item.stored),
+        encode: (message) => Holdout.encode(message),
+      });
       return Promise.resolve({
-        holdouts: result.items.map((item) => holdoutMessage(item.stored)),
+        holdouts: result.items,
         nextPageToken: result.nextPageToken,
       });
     },

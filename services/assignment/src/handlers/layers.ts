@@ -88,10 +88,13 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         [...view.layers.values()].map((stored) => ({ id: stored.doc.id, stored })),
         pageOf,
         '',
-        (item) => Layer.encode(layerMessage(item.stored, view)).finish().length,
+        {
+          render: (item) => layerMessage(item.stored, view),
+          encode: (message) => Layer.encode(message),
+        },
       );
       return Promise.resolve({
-        layers: result.items.map((item) => layerMessage(item.stored, view)),
+        layers: result.items,
         nextPageToken: result.nextPageToken,
       });
     },

@@ -139,17 +139,24 @@ export function pageRequest(
   return { size, afterId: token.a };
 }
 
+/** How a list renders its resources: as messages, and their encoded size. */
+export interface PageRendering<T, M> {
+  readonly render: (item: T) => M;
+  readonly encode: (message: M) => { finish(): Uint8Array };
+}
+
 /**
- * One page of `items` (sorted by id) after `request.afterId`, and the token for the next one.
- * `sizeOf` (an item's encoded size) ends the page early at {@link MAX_PAGE_BYTES}.
+ * One page of `items` (sorted by id) after `request.afterId`, rendered, and the token for the next
+ * one. The page ends early once its messages would pass {@link MAX_PAGE_BYTES}.
  */
-export function page<T extends { readonly id: string }>(
+export function page<T extends { readonly id: string }, M>(
   items: Iterable<T>,
   request: PageRequest,
   filters: string,
-  sizeOf?: (item: T) => number,
-): { items: T[]; nextPageToken: string } {
-  const out: T[] = [];
+  { render, encode }: PageRendering<T, M>,
+): { items: M[]; nextPageToken: string } {
+  const out: M[] = [];
+  let lastId: string | undefined;
   let more = false;
   let bytes = 0;
   for (const item of items) {
@@ -158,19 +165,18 @@ export function page<T extends { readonly id: string }>(
       more = true;
       break;
     }
-    if (sizeOf !== undefined) {
-      bytes += sizeOf(item) + ITEM_OVERHEAD_BYTES;
-      if (bytes > MAX_PAGE_BYTES && out.length > 0) {
-        more = true;
-        break;
-      }
+    const message = render(item);
+    bytes += encode(message).finish().length + ITEM_OVERHEAD_BYTES;
+    if (bytes > MAX_PAGE_BYTES && out.length > 0) {
+      more = true;
+      break;
     }
-    out.push(item);
+    out.push(message);
+    lastId = item.id;
   }
-  const last = out[out.length - 1];
   const nextPageToken =
-    more && last
-      ? Buffer.from(JSON.stringify({ a: last.id, f: filters } satisfies PageToken)).toString(
+    more && lastId !== undefined
+      ? Buffer.from(JSON.stringify({ a: lastId, f: filters } satisfies PageToken)).toString(
           'base64url',
         )
       : '';
