@@ -14,7 +14,8 @@ import {
   type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import type { PackageDefinition, ProtobufTypeDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
@@ -46,21 +47,15 @@ interface Registered {
 const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
 /**
- * The `FileDescriptorProto`s of a serialized `FileDescriptorSet`, byte for byte (its field 1). The
+ * The `FileDescriptorProto`s of a serialized `FileDescriptorSet`, each encoded on its own. The
  * package definition proto-loader makes re-encodes them without their `dependency` lists, and
  * reflection clients that link what they receive (grpcurl, buf curl) then cannot resolve a single
  * service, so reflection is given these instead.
  */
 function fileDescriptors(descriptorSet: Uint8Array): Buffer[] {
-  const files: Buffer[] = [];
-  const reader = new BinaryReader(descriptorSet);
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field === 1 && wireType === WireType.LengthDelimited)
-      files.push(Buffer.from(reader.bytes()));
-    else reader.skip(wireType);
-  }
-  return files;
+  return fromBinary(FileDescriptorSetSchema, descriptorSet).file.map((file) =>
+    Buffer.from(toBinary(FileDescriptorProtoSchema, file)),
+  );
 }
 
 function serviceName(definition: ServiceDefinition): string {
