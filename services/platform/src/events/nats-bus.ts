@@ -81,6 +81,7 @@ import {
   type ConsumerSettings,
   type StreamSettings,
 } from './event-settings';
+import { serverList, withoutCredentials } from './server-urls';
 import { Signal } from './signal';
 import { matchesAnySubject } from './subjects';
 import { injectTraceContext } from './trace-headers';
@@ -166,15 +167,24 @@ export async function connectNatsBus(options: NatsBusOptions): Promise<EventBus>
     throw attempt.error;
   }
   logger.warn(
-    { servers: serverList(options.servers), error: attempt.error.message },
+    { servers: shownServers(options.servers), error: attempt.error.message },
     'NATS unreachable: no events are published or consumed until it answers; connecting in the background',
   );
   return new NatsBus(options, logger);
 }
 
-function serverList(servers: string | readonly string[]): string[] {
-  const list = typeof servers === 'string' ? servers.split(',') : [...servers];
-  return list.map((server) => server.trim()).filter((server) => server.length > 0);
+/** The servers as logs and errors show them, without credentials. */
+function shownServers(servers: string | readonly string[]): string[] {
+  return serverList(servers).map(withoutCredentials);
+}
+
+/** `error`'s message with any of `servers` in it shown without credentials. */
+function messageWithout(error: unknown, servers: readonly string[]): string {
+  let message = messageOf(error);
+  for (const server of servers) {
+    if (server.includes('@')) message = message.replaceAll(server, withoutCredentials(server));
+  }
+  return message;
 }
 
 /** What the bus talks to NATS through once connected. */
@@ -215,18 +225,21 @@ async function attemptConnection(options: NatsBusOptions): Promise<Attempt> {
       pass: options.pass,
     });
   } catch (error) {
-    const where = `NATS at ${servers.join(',')}`;
+    const where = `NATS at ${servers.map(withoutCredentials).join(',')}`;
     return isUnreachable(error)
       ? {
           kind: 'unreachable',
-          error: new UnavailableError(`cannot connect to ${where}: ${messageOf(error)}`, {
-            cause: error,
-          }),
+          error: new UnavailableError(
+            `cannot connect to ${where}: ${messageWithout(error, servers)}`,
+            {
+              cause: error,
+            },
+          ),
         }
       : {
           kind: 'refused',
           error: new FailedPreconditionError(
-            `cannot connect to ${where} (not retried): ${messageOf(error)}`,
+            `cannot connect to ${where} (not retried): ${messageWithout(error, servers)}`,
             { cause: error },
           ),
         };
@@ -243,7 +256,7 @@ async function attemptConnection(options: NatsBusOptions): Promise<Attempt> {
       error: new UnavailableError(
         notEnabled
           ? 'NATS is reachable but JetStream is not enabled'
-          : `NATS is reachable but JetStream did not answer: ${messageOf(error)}`,
+          : `NATS is reachable but JetStream did not answer: ${messageWithout(error, servers)}`,
         { cause: error },
       ),
     };
@@ -366,7 +379,7 @@ class NatsBus implements EventBus {
       if (this.isClosing()) return;
       if (attempt.error.message !== lastReason) {
         lastReason = attempt.error.message;
-        const fields = { servers: serverList(this.options.servers), error: lastReason };
+        const fields = { servers: shownServers(this.options.servers), error: lastReason };
         if (attempt.kind === 'refused') {
           this.logger.error(fields, 'NATS answered but refused; retrying in the background');
         } else {

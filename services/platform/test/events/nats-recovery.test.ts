@@ -24,15 +24,20 @@ function echo(message: string): EchoRequest {
   return { message, failWithCode: 0, delay: undefined, requireMessage: false };
 }
 
-/** A logger that keeps the messages it was given, by level. */
-function recordingLogger(): BusLogger & { readonly lines: { level: string; message: string }[] } {
+/** A logger that keeps the messages it was given, by level, and everything it logged as text. */
+function recordingLogger(): BusLogger & {
+  readonly lines: { level: string; message: string }[];
+  readonly text: string[];
+} {
   const lines: { level: string; message: string }[] = [];
+  const text: string[] = [];
   const record =
     (level: string) =>
-    (_fields: object, message: string): void => {
+    (fields: object, message: string): void => {
       lines.push({ level, message });
+      text.push(`${message} ${JSON.stringify(fields)}`);
     };
-  return { lines, info: record('info'), warn: record('warn'), error: record('error') };
+  return { lines, text, info: record('info'), warn: record('warn'), error: record('error') };
 }
 
 /** Stream names the server holds now. */
@@ -175,6 +180,34 @@ describeWithServerBinary('NATS event bus started before its server', () => {
     } finally {
       plain.kill('SIGTERM');
     }
+  });
+
+  it('never shows the credentials in a server URL, in its logs or its errors', async () => {
+    const secret = 'pa55word-in-url';
+    const withCredentials = `nats://alice:${secret}@127.0.0.1:${server.port}`;
+    const logger = recordingLogger();
+    bus = await connectNatsBus({
+      servers: withCredentials,
+      name: 'tandem-credentials-test',
+      logger,
+      connectTimeoutMs: 500,
+      whenUnreachable: 'connect-in-background',
+    });
+    const unreachable = await connectNatsBus({
+      servers: withCredentials,
+      name: 'tandem-credentials-test',
+      connectTimeoutMs: 500,
+    }).catch((error: unknown) => error);
+    const unusable = await connectNatsBus({
+      servers: `nats://alice:${secret}@127.0.0.1:port`,
+      name: 'tandem-credentials-test',
+    }).catch((error: unknown) => error);
+    expect(unreachable).toBeInstanceOf(UnavailableError);
+    expect(unusable).toBeInstanceOf(FailedPreconditionError);
+    const shown = [...logger.text, (unreachable as Error).message, (unusable as Error).message];
+    expect(shown.join('\n')).not.toContain(secret);
+    expect(logger.text.join('\n')).toContain(`nats://***@127.0.0.1:${server.port}`);
+    expect((unreachable as Error).message).toContain(`nats://***@127.0.0.1:${server.port}`);
   });
 
   it('fails at once, not retried, on a server URL it cannot use', async () => {
