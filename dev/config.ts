@@ -3,7 +3,8 @@
  * (each on its default port), plus the launcher's settings.
  */
 import { hostname } from 'node:os';
-import { EnvReader } from '../services/platform/src/config';
+import { ConfigError, EnvReader } from '../services/platform/src/config';
+import { serverUrlProblems } from '../services/platform/src/events/server-urls';
 import { readAssignmentConfig, type AssignmentConfig } from '../services/assignment/src/config';
 import {
   readFeatureStoreConfig,
@@ -21,11 +22,33 @@ export interface DevConfig {
   readonly simulatedRate: number;
 }
 
+/**
+ * Reads every service's configuration and the launcher's, throwing one `ConfigError` with every
+ * problem of all of them (a shared variable's once).
+ */
 export function readDevConfig(env: NodeJS.ProcessEnv): DevConfig {
+  const problems = new Set<string>();
+  const collect = <T>(read: () => T): T | undefined => {
+    try {
+      return read();
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      error.problems.forEach((problem) => problems.add(problem));
+      return undefined;
+    }
+  };
+  const assignment = collect(() => readAssignmentConfig(env, { replicaId: `dev-${hostname()}` }));
+  const featurestore = collect(() => readFeatureStoreConfig(env));
+  const launcher = collect(() => readLauncherConfig(env));
+  if (!assignment || !featurestore || !launcher) throw new ConfigError([...problems]);
+  return { assignment, featurestore, ...launcher };
+}
+
+function readLauncherConfig(
+  env: NodeJS.ProcessEnv,
+): Pick<DevConfig, 'localNatsUrl' | 'simulate' | 'simulatedRate'> {
   const reader = new EnvReader(env);
-  const config: DevConfig = {
-    assignment: readAssignmentConfig(env, { replicaId: `dev-${hostname()}` }),
-    featurestore: readFeatureStoreConfig(env),
+  const config = {
     localNatsUrl: reader.string('TANDEM_DEV_NATS_URL', {
       default: 'nats://127.0.0.1:4222',
       description:
@@ -42,6 +65,9 @@ export function readDevConfig(env: NodeJS.ProcessEnv): DevConfig {
       description: 'make dev: simulated backend requests per second',
     }),
   };
+  for (const problem of serverUrlProblems(config.localNatsUrl)) {
+    reader.problem(`TANDEM_DEV_NATS_URL: ${problem}`);
+  }
   reader.finish();
   return config;
 }

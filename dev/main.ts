@@ -17,25 +17,43 @@ import { bootstrap } from '../services/platform/src/bootstrap';
 import type { EventBus } from '../services/platform/src/events/bus';
 import { createInProcessBus } from '../services/platform/src/events/in-process-bus';
 import { connectNatsBus } from '../services/platform/src/events/nats-bus';
-import { Shutdown } from '../services/platform/src/lifecycle';
+import { exitBeforeStartup, Shutdown } from '../services/platform/src/lifecycle';
 import { createLogger, type Logger } from '../services/platform/src/logging';
-import { readDevConfig } from './config';
+import { readDevConfig, type DevConfig } from './config';
 import { runSimulator } from './simulator';
 
-async function connectDevBus(natsUrl: string, logger: Logger): Promise<EventBus> {
+/**
+ * The bus the services share. `NATS_URL` set: that NATS, as a service connects to it (started in
+ * the background while it does not answer; refused credentials, an unusable URL or a server
+ * without JetStream fail start-up). Unset: the local NATS when it answers with JetStream, else
+ * the in-process bus, saying why.
+ */
+async function connectDevBus(config: DevConfig, logger: Logger): Promise<EventBus> {
+  const natsUrl = config.assignment.platform.natsUrl;
+  if (natsUrl !== undefined) {
+    return connectNatsBus({
+      servers: natsUrl,
+      name: 'tandem-dev',
+      logger,
+      whenUnreachable: 'connect-in-background',
+    });
+  }
   try {
     const bus = await connectNatsBus({
-      servers: natsUrl,
+      servers: config.localNatsUrl,
       name: 'tandem-dev',
       logger,
       connectTimeoutMs: 1000,
       // No server: the in-process bus below rather than a bus waiting for one.
       whenUnreachable: 'fail',
     });
-    logger.info({ natsUrl }, 'using NATS JetStream');
+    logger.info('using NATS JetStream');
     return bus;
-  } catch {
-    logger.info({ natsUrl }, 'no NATS server answered: using the in-process event bus');
+  } catch (error) {
+    logger.info(
+      { reason: error instanceof Error ? error.message : String(error) },
+      'no usable NATS JetStream (NATS_URL is unset): using the in-process event bus',
+    );
     return createInProcessBus({ logger });
   }
 }
@@ -54,10 +72,7 @@ async function main(): Promise<void> {
   // A signal at any point closes what is open so far (Ctrl-C while the simulator sets up, too), and
   // a failure closes it too, rather than exit from under a store write.
   await shutdown.startUp(deadlineMs, async () => {
-    const bus = await connectDevBus(
-      config.assignment.platform.natsUrl ?? config.localNatsUrl,
-      logger,
-    );
+    const bus = await connectDevBus(config, logger);
     shutdown.add('event bus', () => bus.close());
 
     const assignment = await bootstrap(config.assignment.platform, {
@@ -102,6 +117,5 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
+  exitBeforeStartup('dev', error);
 });

@@ -3,6 +3,10 @@
  * documented default. Nothing else in the service reads `process.env`.
  */
 import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
+import { MAX_STICKY_TTL_MS } from './domain/configuration';
+
+/** The longest a request_id's first result is kept (stored with an expiry; not a timer). */
+const MAX_REQUEST_ID_TTL_MS = 365 * 86_400_000;
 
 export interface AssignmentConfig {
   readonly platform: PlatformConfig;
@@ -73,6 +77,7 @@ export function readAssignmentConfig(
     stickyTtlMs: reader.durationMs('TANDEM_ASSIGNMENT_STICKY_TTL', {
       default: 90 * 86_400_000,
       min: 1000,
+      max: MAX_STICKY_TTL_MS,
       description: 'How long sticky assignments are kept when an experiment sets no sticky_ttl',
     }),
     stickyCacheCapacity: reader.integer('TANDEM_ASSIGNMENT_STICKY_CACHE', {
@@ -83,6 +88,7 @@ export function readAssignmentConfig(
     idempotencyTtlMs: reader.durationMs('TANDEM_ASSIGNMENT_REQUEST_ID_TTL', {
       default: 86_400_000,
       min: 1000,
+      max: MAX_REQUEST_ID_TTL_MS,
       description: 'How long a mutation request_id returns its first result',
     }),
     replicaId: reader.string('TANDEM_ASSIGNMENT_REPLICA_ID', {

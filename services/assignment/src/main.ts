@@ -7,6 +7,7 @@
 import { telemetry } from './telemetry';
 import { hostname } from 'node:os';
 import { bootstrap } from '../../platform/src/bootstrap';
+import { exitBeforeStartup } from '../../platform/src/lifecycle';
 import { readAssignmentConfig } from './config';
 import { resolveServiceDefinition } from './handlers/resolve-response';
 import { startAssignment } from './service';
@@ -31,6 +32,5 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
+  exitBeforeStartup('assignment', error);
 });

@@ -5,6 +5,9 @@
 import { hostname } from 'node:os';
 import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
 
+/** The longest the row change log and request_id results are kept (stored; not timers). */
+const MAX_RETENTION_MS = 365 * 86_400_000;
+
 export interface FeatureStoreConfig {
   readonly platform: PlatformConfig;
   /**
@@ -76,11 +79,13 @@ export function readFeatureStoreConfig(
     changeLogRetentionMs: reader.durationMs('TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION', {
       default: 3_600_000,
       min: 10_000,
+      max: MAX_RETENTION_MS,
       description: 'How long the log of written rows that replicas sync from is kept',
     }),
     idempotencyRetentionMs: reader.durationMs('TANDEM_FEATURESTORE_REQUEST_ID_RETENTION', {
       default: 86_400_000,
       min: 1_000,
+      max: MAX_RETENTION_MS,
       description: 'How long the response to a request_id is remembered for retries',
     }),
     outcomeStream: reader.string('TANDEM_FEATURESTORE_OUTCOME_STREAM', {

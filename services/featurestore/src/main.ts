@@ -4,6 +4,7 @@
  */
 import { telemetry } from './telemetry';
 import { bootstrap } from '../../platform/src/bootstrap';
+import { exitBeforeStartup } from '../../platform/src/lifecycle';
 import { readFeatureStoreConfig } from './config';
 import { FeatureStoreServiceDefinition } from './online-response';
 import { startFeatureStore } from './service';
@@ -28,6 +29,5 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
+  exitBeforeStartup('featurestore', error);
 });

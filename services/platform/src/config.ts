@@ -6,6 +6,9 @@
  * Every variable has a description and a documented default; `describe()` lists them for the
  * README's configuration table. Nothing outside a `config.ts` reads `process.env`.
  */
+import { accessSync, constants } from 'node:fs';
+import { MongoClient } from 'mongodb';
+import { serverUrlProblems } from './events/server-urls';
 
 /** Thrown by `EnvReader.finish()` when any variable is missing or malformed. */
 export class ConfigError extends Error {
@@ -39,6 +42,13 @@ const DURATION_UNITS_MS: Readonly<Record<string, number>> = {
   h: 3_600_000,
   d: 86_400_000,
 };
+
+/**
+ * The longest duration a timer can wait: Node.js runs a longer `setTimeout`/`setInterval` after
+ * 1 ms instead (with a warning), so a longer interval would busy-loop. The default maximum of
+ * {@link EnvReader.durationMs}; durations that are not timers (retention, TTLs) give their own.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Parses `250ms`, `5s`, `1.5m`, `2h`, `7d` or a bare number of milliseconds. */
 export function parseDurationMs(text: string): number | undefined {
@@ -131,14 +141,29 @@ export class EnvReader {
     return spec.default;
   }
 
-  /** A duration such as `5s` or `250ms`, returned in milliseconds. */
-  durationMs(name: string, spec: Spec<number> & { default: number; min?: number }): number {
+  /**
+   * A duration such as `5s` or `250ms`, returned in milliseconds; at most `max`, which is
+   * {@link MAX_TIMER_MS} unless given.
+   */
+  durationMs(
+    name: string,
+    spec: Spec<number> & { default: number; min?: number; max?: number },
+  ): number {
     this.document(name, spec.description, formatDurationMs(spec.default), false);
     const raw = this.raw(name);
     if (raw === undefined) return spec.default;
     const value = parseDurationMs(raw);
     if (value === undefined) {
       this.problems.push(`${name} must be a duration like 500ms, 5s, 1m, 2h; got "${raw}"`);
+      return spec.default;
+    }
+    const max = spec.max ?? MAX_TIMER_MS;
+    if (value > max) {
+      this.problems.push(
+        max === MAX_TIMER_MS
+          ? `${name} must be at most ${MAX_TIMER_MS}ms (about 24.8 days, the longest a timer waits), got "${raw}"`
+          : `${name} must be at most ${formatDurationMs(max)}, got "${raw}"`,
+      );
       return spec.default;
     }
     return this.inRange(name, value, spec.min, undefined) ? value : spec.default;
@@ -230,6 +255,29 @@ export interface PlatformConfig {
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 }
 
+/** Why `path` cannot be read (an error code such as ENOENT), or undefined when it can. */
+function unreadable(path: string): string | undefined {
+  try {
+    accessSync(path, constants.R_OK);
+    return undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code ?? String(error);
+  }
+}
+
+/**
+ * What the MongoDB driver finds wrong with `uri` (it parses and checks every option when a client
+ * is made, without connecting), or undefined. Its messages name hosts, never credentials.
+ */
+function connectionStringProblem(uri: string): string | undefined {
+  try {
+    new MongoClient(uri);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
+
 /** Reads the shared settings; `defaultPort` is the service's own default port. */
 export function readPlatformConfig(
   env: EnvReader,
@@ -249,6 +297,31 @@ export function readPlatformConfig(
   });
   if ((certFile === undefined) !== (keyFile === undefined)) {
     env.problem('TANDEM_TLS_CERT_FILE and TANDEM_TLS_KEY_FILE must be set together');
+  } else if (caFile !== undefined && certFile === undefined) {
+    // Alone it would change nothing: the server would run in plaintext, not require certificates.
+    env.problem('TANDEM_TLS_CA_FILE needs TANDEM_TLS_CERT_FILE and TANDEM_TLS_KEY_FILE');
+  }
+  for (const [name, path] of [
+    ['TANDEM_TLS_CERT_FILE', certFile],
+    ['TANDEM_TLS_KEY_FILE', keyFile],
+    ['TANDEM_TLS_CA_FILE', caFile],
+  ] as const) {
+    const problem = path === undefined ? undefined : unreadable(path);
+    if (problem !== undefined) env.problem(`${name}: cannot read "${path}" (${problem})`);
+  }
+  const natsUrl = env.optionalString('NATS_URL', {
+    description: 'NATS server URL(s), comma-separated; the in-process event bus is used when unset',
+  });
+  for (const problem of natsUrl === undefined ? [] : serverUrlProblems(natsUrl)) {
+    env.problem(`NATS_URL: ${problem}`);
+  }
+  const mongodbUri = env.optionalString('MONGODB_URI', {
+    description:
+      'MongoDB connection string; the embedded LMDB store under TANDEM_DATA_DIR is used when unset',
+  });
+  const mongodbProblem = mongodbUri === undefined ? undefined : connectionStringProblem(mongodbUri);
+  if (mongodbProblem !== undefined) {
+    env.problem(`MONGODB_URI is not a MongoDB connection string: ${mongodbProblem}`);
   }
   return {
     service,
@@ -289,14 +362,8 @@ export function readPlatformConfig(
       description:
         'Bearer token admin RPCs require (`authorization: Bearer <token>`); admin RPCs are open when unset',
     }),
-    natsUrl: env.optionalString('NATS_URL', {
-      description:
-        'NATS server URL(s), comma-separated; the in-process event bus is used when unset',
-    }),
-    mongodbUri: env.optionalString('MONGODB_URI', {
-      description:
-        'MongoDB connection string; the embedded LMDB store under TANDEM_DATA_DIR is used when unset',
-    }),
+    natsUrl,
+    mongodbUri,
     dataDir: env.string('TANDEM_DATA_DIR', {
       default: './.tandem-data',
       description: 'Directory of the embedded store (one sub-directory per service)',

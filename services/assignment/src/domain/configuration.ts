@@ -22,6 +22,12 @@ export type ExperimentStatus = (typeof ExperimentStatus)[keyof typeof Experiment
 
 /** How an experiment splits traffic (`tandem.assignment.v1.AllocationMode`). */
 export const AllocationMode = { FIXED: 1, BANDIT: 2 } as const;
+
+/**
+ * The longest sticky TTL, an experiment's or the service's default: ten years, far beyond any
+ * experiment, and well within what a stored expiry time (a Date) holds.
+ */
+export const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
 /** How an experiment splits traffic. */
 export type AllocationMode = (typeof AllocationMode)[keyof typeof AllocationMode];
 

@@ -30,6 +30,7 @@ import {
   checkRunningChange,
   checkScheduleChange,
   ExperimentStatus,
+  MAX_STICKY_TTL_MS,
   START_MARGIN_MS,
   UNSUPPORTED_REGEX,
   validateExperiment,
@@ -71,12 +72,6 @@ type ExperimentHandlers = Pick<
 
 /** Largest variant payload, encoded as JSON, as the contract says. */
 const MAX_PAYLOAD_BYTES = 64 * 1024;
-
-/**
- * The longest sticky TTL: ten years, far beyond any experiment, and well within what a stored
- * expiry time (a Date) holds.
- */
-const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
 
 /** Update-mask path → the document fields it sets. */
 const MUTABLE_PATHS = {

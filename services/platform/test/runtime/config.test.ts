@@ -1,4 +1,26 @@
-import { ConfigError, EnvReader, parseDurationMs, readPlatformConfig } from '../../src/config';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  ConfigError,
+  EnvReader,
+  MAX_TIMER_MS,
+  parseDurationMs,
+  readPlatformConfig,
+} from '../../src/config';
+
+/** The problems `finish()` reports for `env` read as the platform's settings. */
+function platformProblems(env: Record<string, string>): readonly string[] {
+  const reader = new EnvReader(env);
+  readPlatformConfig(reader, 'assignment', 50051);
+  try {
+    reader.finish();
+    return [];
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return error.problems;
+  }
+}
 
 describe('EnvReader', () => {
   it('returns documented defaults when variables are unset or blank', () => {
@@ -42,6 +64,24 @@ describe('EnvReader', () => {
     expect(problems.join('\n')).toMatch(/SECRET is required/);
   });
 
+  it('refuses a duration longer than a timer can wait, unless the variable allows more', () => {
+    // Node.js would run a longer interval after 1 ms, again and again.
+    const env = new EnvReader({ POLL: '30d', JUST_FITS: `${MAX_TIMER_MS}`, TTL: '400d' });
+    expect(env.durationMs('POLL', { default: 500, description: '' })).toBe(500);
+    expect(env.durationMs('JUST_FITS', { default: 500, description: '' })).toBe(MAX_TIMER_MS);
+    expect(env.durationMs('TTL', { default: 1, max: 3650 * 86_400_000, description: '' })).toBe(
+      400 * 86_400_000,
+    );
+    expect(() => {
+      env.finish();
+    }).toThrow(/POLL must be at most 2147483647ms \(about 24.8 days.*got "30d"/);
+    const capped = new EnvReader({ TTL: '400d' });
+    capped.durationMs('TTL', { default: 1, max: 365 * 86_400_000, description: '' });
+    expect(() => {
+      capped.finish();
+    }).toThrow('TTL must be at most 365d, got "400d"');
+  });
+
   it.each([
     ['250ms', 250],
     ['5s', 5000],
@@ -72,5 +112,79 @@ describe('readPlatformConfig', () => {
     expect(() => {
       env.finish();
     }).toThrow(/TANDEM_TLS_CERT_FILE and TANDEM_TLS_KEY_FILE must be set together/);
+  });
+
+  it('refuses a CA bundle without a certificate and key: the server would run in plaintext', () => {
+    expect(platformProblems({ TANDEM_TLS_CA_FILE: __filename })).toEqual([
+      'TANDEM_TLS_CA_FILE needs TANDEM_TLS_CERT_FILE and TANDEM_TLS_KEY_FILE',
+    ]);
+  });
+
+  it('names each TLS file it cannot read, and takes the ones it can', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-config-tls-'));
+    try {
+      const cert = join(dir, 'cert.pem');
+      writeFileSync(cert, 'not checked here: grpc-js reads it');
+      expect(
+        platformProblems({
+          TANDEM_TLS_CERT_FILE: cert,
+          TANDEM_TLS_KEY_FILE: join(dir, 'key.pem'),
+          TANDEM_TLS_CA_FILE: join(dir, 'ca.pem'),
+        }),
+      ).toEqual([
+        `TANDEM_TLS_KEY_FILE: cannot read "${join(dir, 'key.pem')}" (ENOENT)`,
+        `TANDEM_TLS_CA_FILE: cannot read "${join(dir, 'ca.pem')}" (ENOENT)`,
+      ]);
+      expect(platformProblems({ TANDEM_TLS_CERT_FILE: cert, TANDEM_TLS_KEY_FILE: cert })).toEqual(
+        [],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.each([
+    'nats://127.0.0.1:4222',
+    '127.0.0.1:4222',
+    'nats://a:4222, tls://b:4222',
+    'nats://alice:secret@nats.internal:4222',
+    'token@nats.internal',
+    'nats://[::1]:4222',
+  ])('takes the NATS_URL %s', (url) => {
+    expect(platformProblems({ NATS_URL: url })).toEqual([]);
+  });
+
+  it.each([
+    ['nats://alice:secret@127.0.0.1:ab', 'NATS_URL: "nats://***@127.0.0.1:ab" is not a server URL'],
+    ['nats://exa mple:4222', 'NATS_URL: "nats://exa mple:4222" is not a server URL'],
+    ['ws://127.0.0.1:8080', 'NATS_URL: "ws://127.0.0.1:8080" must use nats:// or tls://'],
+    [',', 'NATS_URL: names no server'],
+  ])('refuses the NATS_URL %s, without showing its credentials', (url, problem) => {
+    const problems = platformProblems({ NATS_URL: url });
+    expect(problems).toEqual([expect.stringContaining(problem)]);
+    expect(problems.join('\n')).not.toContain('secret');
+  });
+
+  it.each([
+    'mongodb://127.0.0.1:27017/?directConnection=true',
+    'mongodb://alice:secret@db-0,db-1:27018/tandem?replicaSet=rs0',
+    'mongodb+srv://alice:secret@cluster0.example.net/tandem',
+  ])('takes the MONGODB_URI %s', (uri) => {
+    expect(platformProblems({ MONGODB_URI: uri })).toEqual([]);
+  });
+
+  it.each([
+    ['not-a-uri', 'Invalid scheme'],
+    ['mongodb://', 'host list are required'],
+    ['mongodb://alice:secret@db:port/', 'Unable to parse db:port'],
+    ['mongodb://db/?retryWritez=true', 'option retrywritez is not supported'],
+  ])('refuses the MONGODB_URI %s as the driver would, without its credentials', (uri, reason) => {
+    const problems = platformProblems({ MONGODB_URI: uri });
+    expect(problems).toEqual([
+      expect.stringMatching(
+        new RegExp(`^MONGODB_URI is not a MongoDB connection string: .*${reason}`),
+      ),
+    ]);
+    expect(problems.join('\n')).not.toContain('secret');
   });
 });
