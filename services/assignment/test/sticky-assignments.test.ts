@@ -43,6 +43,24 @@ describe('sticky assignments', () => {
     }
   });
 
+  it('returns the variant in force: its own when first, the one stored before otherwise', async () => {
+    const first = await StickyAssignments.open(store, 100);
+    const second = await StickyAssignments.open(store, 100);
+    expect(await first.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0)).toEqual(
+      variant('treatment'),
+    );
+    expect(await second.store('exp', 'user', 'u1', variant('control'), HOUR, T0 + 1)).toEqual(
+      variant('treatment'),
+    );
+    // Expired by the service's clock though still stored: the new first exposure replaces it.
+    expect(await second.store('exp', 'user', 'u1', variant('control'), HOUR, T0 + HOUR)).toEqual(
+      variant('control'),
+    );
+    expect((await first.lookup('user', 'u1', ['exp'], T0 + HOUR + 1)).found).toEqual(
+      new Map([['exp', variant('control')]]),
+    );
+  });
+
   it('starts a new sticky period at the first exposure after the TTL', async () => {
     // Real times: the store itself treats a document past its expiry as gone.
     const sticky = await StickyAssignments.open(store, 100);

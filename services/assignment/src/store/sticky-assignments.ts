@@ -5,7 +5,7 @@
  * in-memory LRU cache. A stored assignment never changes, so cached hits stay valid; a miss is
  * cached for one second only, so a unit first exposed on another replica is seen within a second.
  */
-import { AlreadyExistsError } from '../../../platform/src/errors';
+import { AbortedError, AlreadyExistsError, NotFoundError } from '../../../platform/src/errors';
 import type {
   Collection,
   DocumentStore,
@@ -127,8 +127,10 @@ export class StickyAssignments {
   }
 
   /**
-   * Stores the unit's first assignment in an experiment; an existing one wins (another replica or
-   * an earlier Apply got there first) and is what gets cached.
+   * Stores the unit's first assignment in an experiment and returns the one in force: `assignment`,
+   * or the live one stored before it (another replica or an earlier Apply got there first), which
+   * wins and is what gets cached. An expired one still stored (the store's expiry runs later) is
+   * replaced.
    */
   async store(
     experimentId: string,
@@ -137,7 +139,7 @@ export class StickyAssignments {
     assignment: StickyAssignment,
     ttlMs: number,
     now: number,
-  ): Promise<void> {
+  ): Promise<StickyAssignment> {
     const id = stickyId(experimentId, unitType, unitId);
     const doc: StickyDocument = {
       id,
@@ -149,22 +151,35 @@ export class StickyAssignments {
       storeTime: now,
       expiresAt: new Date(now + ttlMs),
     };
-    try {
-      await this.collection.insert(doc);
+    const stored = (): StickyAssignment => {
       this.remember(id, { assignment, checkedAt: now, expiresAt: now + ttlMs });
-    } catch (error) {
-      if (!(error instanceof AlreadyExistsError)) throw error;
+      return assignment;
+    };
+    // Each pass loses only to another writer's change of the same document, so a few suffice.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.collection.insert(doc);
+        return stored();
+      } catch (error) {
+        if (!(error instanceof AlreadyExistsError) || attempt >= 3) throw error;
+      }
       const existing = await this.collection.get(id);
-      const expiresAt = liveUntil(existing?.doc, now);
-      if (existing && expiresAt !== undefined) {
-        this.remember(id, {
-          assignment: {
-            variantKey: existing.doc.variantKey,
-            allocationSequence: existing.doc.allocationSequence,
-          },
-          checkedAt: now,
-          expiresAt,
-        });
+      if (existing === undefined) continue; // expired and removed meanwhile
+      const expiresAt = liveUntil(existing.doc, now);
+      if (expiresAt !== undefined) {
+        const kept = {
+          variantKey: existing.doc.variantKey,
+          allocationSequence: existing.doc.allocationSequence,
+        };
+        this.remember(id, { assignment: kept, checkedAt: now, expiresAt });
+        return kept;
+      }
+      try {
+        await this.collection.replace(doc, existing.version);
+        return stored();
+      } catch (error) {
+        const lostRace = error instanceof AbortedError || error instanceof NotFoundError;
+        if (!lostRace || attempt >= 3) throw error;
       }
     }
   }
