@@ -10,12 +10,14 @@ import type { DocumentStore } from '../../platform/src/storage/collection';
 import { startAssignment } from '../src/service';
 import { status as GrpcCode } from '@grpc/grpc-js';
 import {
+  ApplyRequest,
   CreateExperimentRequest,
   ListExperimentsRequest,
+  StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { failure } from '../../platform/test/support/failure';
-import { experiment } from './support/fixtures';
+import { experiment, resolveRequest } from './support/fixtures';
 import {
   propagationMs,
   startTestAssignment,
@@ -79,6 +81,47 @@ describe('two replicas on one embedded store, with no notification between them'
     } finally {
       await writer.stop();
       await reader.stop();
+    }
+  });
+});
+
+describe('Apply on a replica that has not yet loaded the configuration its token was resolved with', () => {
+  it('loads it, and logs the exposure of an experiment started since its last check', async () => {
+    const dataDir = temporaryDataDir();
+    // No notification between them and no periodic check within the test.
+    const resolver = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    const applier = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    try {
+      await resolver.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('just-started', { surfaces: ['just-started'] }),
+        }),
+      );
+      await resolver.admin.startExperiment(
+        StartExperimentRequest.fromPartial({ id: 'just-started' }),
+      );
+      const resolved = await resolver.client.resolve(
+        resolveRequest('lagging-1', { surfaces: ['just-started'] }),
+      );
+      expect(resolved.assignments[0]?.inExperiment).toBe(true);
+      expect(applier.service.context.configuration.current().version).toBeLessThan(
+        resolved.configVersion,
+      );
+      const applied = await applier.client.apply(
+        ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+      );
+      expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
+    } finally {
+      await resolver.stop();
+      await applier.stop();
     }
   });
 });

@@ -50,7 +50,7 @@ const MAX_EXPOSURE_CLOCK_SKEW_MS = 60_000;
 /** Apply results remembered per replica for request_id retries. */
 const APPLY_RESULTS_CAPACITY = 10_000;
 
-const { ASSIGNED } = AssignmentReason;
+const { ASSIGNED, STICKY } = AssignmentReason;
 
 /**
  * Walks the attributes: depth, values that are not JSON (NaN, ±Infinity) and a size estimate;
@@ -160,6 +160,11 @@ async function logExposures(
   }
   const unit = { id: record.unitId, type: record.unitType };
   const resolveTime = new Date(record.resolveTime);
+  // A token from a replica that has seen a newer configuration (an experiment just started)
+  // is judged against that configuration or a later one, never against an older one.
+  if (record.configVersion > context.configuration.current().version) {
+    await context.configuration.refresh();
+  }
   const view = context.configuration.current();
   const shownAt = exposureTime.getTime();
   const running: TokenAssignment[] = [];
@@ -170,21 +175,32 @@ async function logExposures(
       notRunning++;
       continue;
     }
-    running.push(assignment);
+    const index = running.push(assignment) - 1;
     if (experiment.sticky && assignment.reason === ASSIGNED) {
       const sticky: StickyAssignment = {
         variantKey: assignment.variantKey,
         allocationSequence: assignment.allocationSequence,
       };
       stickyWrites.push(
-        context.sticky.store(
-          experiment.id,
-          unit.type,
-          unit.id,
-          sticky,
-          experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
-          shownAt,
-        ),
+        context.sticky
+          .store(
+            experiment.id,
+            unit.type,
+            unit.id,
+            sticky,
+            experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
+            shownAt,
+          )
+          .then((kept) => {
+            // Another resolve's variant was stored first (weights moved between the two): the
+            // unit is served that one from now on, so that is the variant its exposure names.
+            if (
+              kept.variantKey !== sticky.variantKey ||
+              kept.allocationSequence !== sticky.allocationSequence
+            ) {
+              running[index] = { ...assignment, ...kept, reason: STICKY };
+            }
+          }),
       );
     }
   }

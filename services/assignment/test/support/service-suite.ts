@@ -49,6 +49,7 @@ import {
 } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
 import { hash } from '../../src/domain';
+import { StickyAssignments } from '../../src/store/sticky-assignments';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
@@ -1018,6 +1019,53 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           store.mockRestore();
         }
         expect((await apply()).exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+      });
+
+      it("names the variant stored first in a sticky unit's exposure: another resolve's, when it was applied first", async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('sticky-race', { surfaces: ['sticky-race'], sticky: true }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-race' }));
+        const resolved = await client.resolve(
+          resolveRequest('race-1', { surfaces: ['sticky-race'] }),
+        );
+        const served = resolved.assignments[0];
+        expect(served).toMatchObject({ reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED });
+        const other = served?.variantKey === 'control' ? 'treatment' : 'control';
+        // Another replica's resolve of the same unit, made when the weights favoured the other
+        // variant, was applied first: its variant is the one stored.
+        const otherReplica = await StickyAssignments.open(service.runtime.store, 10);
+        await otherReplica.store(
+          'sticky-race',
+          'user',
+          'race-1',
+          { variantKey: other, allocationSequence: 0 },
+          3_600_000,
+          Date.now(),
+        );
+        const log = jest.spyOn(service.service.context.exposures, 'log');
+        try {
+          const applied = await client.apply(
+            ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+          );
+          expect(applied.exposures).toMatchObject({ loggedCount: 1 });
+          expect(log).toHaveBeenCalledTimes(1);
+          expect(log.mock.calls[0]?.[0]).toMatchObject({
+            experimentId: 'sticky-race',
+            variantKey: other,
+            reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+          });
+        } finally {
+          log.mockRestore();
+        }
+        const again = await client.resolve(resolveRequest('race-1', { surfaces: ['sticky-race'] }));
+        expect(again.assignments[0]).toMatchObject({
+          variantKey: other,
+          reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+        });
       });
 
       it('serves the rest of a resolve when the sticky lookup fails, and looks up only serving sticky experiments', async () => {
