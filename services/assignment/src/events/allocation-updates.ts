@@ -3,7 +3,8 @@
  * share one durable, so each update is applied once; the stored allocation and the config version
  * then carry it to every replica. A stale update (sequence not after the stored one) is ignored,
  * as is one that can never apply (no sequence, unknown experiment, not a bandit, invalid weights);
- * an unavailable store, or a concurrent write on another replica, makes the event come again.
+ * an unavailable store, or a concurrent write on another replica, makes the event come again,
+ * for as long as {@link ALLOCATION_RETRY_SPAN_MS}: a storage outage must not lose an update.
  */
 import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import type { EventBus, Subscription } from '../../../platform/src/events/bus';
@@ -11,6 +12,12 @@ import { AbortedError, TandemError, UnavailableError } from '../../../platform/s
 import type { AssignmentContext } from '../assignment-context';
 import { applyAllocation } from '../handlers/allocations';
 import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
+
+/** How long a failing update keeps coming again (at the bus's 30 s back-off cap) before it is dropped. */
+export const ALLOCATION_RETRY_SPAN_MS = 24 * 3_600_000;
+
+/** Deliveries that span {@link ALLOCATION_RETRY_SPAN_MS}: the first ones back off from 1 s. */
+const ALLOCATION_MAX_DELIVER = Math.ceil(ALLOCATION_RETRY_SPAN_MS / 30_000) + 10;
 
 export function followAllocationUpdates(
   bus: EventBus,
@@ -22,6 +29,8 @@ export function followAllocationUpdates(
       durable: 'assignment-allocations',
       filterSubjects: [ALLOCATION_SUBJECT],
       codec: AllocationUpdate,
+      maxDeliver: ALLOCATION_MAX_DELIVER,
+      maxRetryDelayMs: 30_000,
     },
     async ({ event, eventId }) => {
       if (event.sequence <= 0) {
