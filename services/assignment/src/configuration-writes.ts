@@ -6,8 +6,10 @@
  * the previous one left.
  *
  * Within a replica, a queue does it. Across the replicas sharing a storage, the admin writes
- * (`once`) also hold a lease stored beside the configuration, and reload the configuration
- * under it when another replica changed it, so that they validate against every replica's writes.
+ * (`once`) and Analysis' allocation updates (`exclusively`) also hold a lease stored beside the
+ * configuration, and reload the configuration under it when another replica changed it, so that
+ * they validate against every replica's writes (an update cannot land between another replica's
+ * deletion of its experiment and of the experiment's allocation).
  */
 import type { RequestResults, ResponseCodec } from './store/request-results';
 
@@ -35,8 +37,7 @@ export class ConfigurationWrites {
   }
 
   /**
-   * {@link RequestResults.once} (idempotent by `request_id`), as one write of the queue, holding
-   * the lease across replicas when there is one.
+   * {@link RequestResults.once} (idempotent by `request_id`), as one write of {@link exclusively}.
    */
   once<T>(
     method: string,
@@ -44,7 +45,15 @@ export class ConfigurationWrites {
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
   ): Promise<T> {
-    const write = (): Promise<T> => this.results.once(method, requestId, codec, mutation);
+    return this.exclusively(() => this.results.once(method, requestId, codec, mutation));
+  }
+
+  /**
+   * Runs `write` as one write of the queue, holding the lease across replicas when there is one
+   * and validating against the configuration brought up to the stored one under it: for every
+   * write that checks the configuration before storing (an admin RPC, an AllocationUpdate event).
+   */
+  exclusively<T>(write: () => Promise<T>): Promise<T> {
     const across = this.acrossReplicas;
     if (across === undefined) return this.serially(write);
     return this.serially(async () => {

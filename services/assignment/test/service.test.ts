@@ -17,8 +17,12 @@ import {
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { failure } from '../../platform/test/support/failure';
+import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment';
+import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
+import { ALLOCATION_SUBJECT } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
+  eventually,
   propagationMs,
   startTestAssignment,
   temporaryDataDir,
@@ -122,6 +126,53 @@ describe('Apply on a replica that has not yet loaded the configuration its token
     } finally {
       await resolver.stop();
       await applier.stop();
+    }
+  });
+});
+
+describe('an AllocationUpdate event while another replica holds the configuration-write lease', () => {
+  it('waits for the lease, as an admin write does, and is applied once it is released', async () => {
+    const service = await startTestAssignment({});
+    try {
+      await service.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('leased-bandit', {
+            surfaces: ['leased-bandit'],
+            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+            bandit: { minArmShare: 0.1 },
+            sticky: true,
+          }),
+        }),
+      );
+      // Another replica's write (say, deleting this experiment) is in progress.
+      const release = await service.service.context.store.acquireWriteLease('other-replica', {
+        ttlMs: 60_000,
+        waitMs: 0,
+      });
+      await service.runtime.bus.publish(
+        ALLOCATION_SUBJECT,
+        AllocationUpdate,
+        AllocationUpdate.fromPartial({
+          eventId: 'leased-bandit-7',
+          experimentId: 'leased-bandit',
+          weights: [
+            { variantKey: 'control', weight: 0.7 },
+            { variantKey: 'treatment', weight: 0.3 },
+          ],
+          sequence: 7,
+        }),
+        { eventId: 'leased-bandit-7' },
+      );
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const during = await service.client.getAllocation({ experimentId: 'leased-bandit' });
+      expect(during.allocation?.sequence).toBe(0);
+      await release();
+      await eventually(async () => {
+        const after = await service.client.getAllocation({ experimentId: 'leased-bandit' });
+        expect(after.allocation?.sequence).toBe(7);
+      });
+    } finally {
+      await service.stop();
     }
   });
 });

@@ -43,7 +43,7 @@ export function followAllocationUpdates(
         return;
       }
       try {
-        await context.writes.serially(() =>
+        await context.writes.exclusively(() =>
           applyAllocation(
             context,
             {
