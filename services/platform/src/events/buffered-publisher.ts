@@ -20,7 +20,8 @@
  * first), so a gate slower to write than to read costs the queue little. A gate that fails or does not answer
  * within {@link GATE_TIMEOUT_MS} is logged and not asked for {@link GATE_BYPASS_MS}: meanwhile
  * the events are published unchecked (the stream's duplicate window deduplicates them), and the
- * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once it answers again.
+ * ids acked are kept (up to {@link MAX_UNRECORDED}) and told to the gate once the bypass is over
+ * and it answers again.
  */
 import { context as traceContext, type Context } from '@opentelemetry/api';
 import { UnavailableError } from '../errors';
@@ -138,6 +139,8 @@ export class BufferedPublisher {
   private unrecorded: string[] = [];
   /** The gate being told what was acked, while the loop goes on; undefined when idle. */
   private recording: Promise<void> | undefined;
+  /** Tells the gate again once its bypass is over (see `recordAfterBypass`). */
+  private recordTimer: NodeJS.Timeout | undefined;
   /**
    * Set by `close()`: past it, one more gate call at most starts after the one under way, so a
    * slow gate cannot hold the close up for the whole backlog.
@@ -279,6 +282,8 @@ export class BufferedPublisher {
       }
     }
     // The recording under way, then what a bypassed gate was not told, once more before stopping.
+    clearTimeout(this.recordTimer);
+    this.recordTimer = undefined;
     while (this.recording !== undefined) await this.recording;
     await this.recordUnrecorded();
     this.abandonQueue();
@@ -380,10 +385,30 @@ export class BufferedPublisher {
     if (!this.gate || eventIds.length === 0) return;
     for (const id of eventIds) this.unrecorded.push(id);
     this.unrecorded = this.capped(this.unrecorded);
-    this.recording ??= this.recordUnrecorded().finally(() => {
+    this.startRecording();
+  }
+
+  private startRecording(): void {
+    if (this.unrecorded.length === 0 || this.recording !== undefined) return;
+    this.recording = this.recordUnrecorded().finally(() => {
       this.recording = undefined;
       this.progress.notify();
+      this.recordAfterBypass();
     });
+  }
+
+  /**
+   * Ids left untold (the gate failed or was bypassed) are told once the bypass is over, even when
+   * nothing else is published meanwhile: a quiet publisher's ids must not wait for its close.
+   */
+  private recordAfterBypass(): void {
+    if (this.unrecorded.length === 0 || this.loopDone || this.recordTimer !== undefined) return;
+    const delayMs = Math.max(0, this.gateBypassedUntil - Date.now()) + 1;
+    this.recordTimer = setTimeout(() => {
+      this.recordTimer = undefined;
+      if (!this.loopDone) this.startRecording();
+    }, delayMs);
+    this.recordTimer.unref();
   }
 
   /**

@@ -399,6 +399,22 @@ describe('BufferedPublisher', () => {
       expect([...gate.recorded].sort()).toEqual(['after', 'during', 'late']);
     });
 
+    it('tells the gate what it published while the gate was failing even when nothing is published after', async () => {
+      const gate = new SetGate();
+      gate.failing = 'reject';
+      const events = create({ gate, gateBypassMs: 100 });
+      events.enqueue(SUBJECT, EchoRequest, echo('quiet'), 'quiet');
+      await events.flush(5_000);
+      expect(gate.recorded.size).toBe(0);
+      // Still failing when the bypass first ends: tried again after the next one.
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      gate.failing = 'no';
+      await eventually(() => {
+        expect([...gate.recorded]).toEqual(['quiet']);
+      }, 2_000);
+      await events.close();
+    });
+
     it('goes on publishing while the gate records, and tells it in order what was acked meanwhile', async () => {
       const gate = new SetGate();
       const calls: string[][] = [];
