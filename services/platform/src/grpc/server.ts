@@ -11,6 +11,7 @@ import {
   status as GrpcStatus,
   type handleUnaryCall,
   type ServerCredentials,
+  type ServerWritableStream,
   type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
@@ -76,6 +77,8 @@ export class GrpcServer {
   private readonly credentials: ServerCredentials;
   private port: number | undefined;
   private stopping: Promise<void> | undefined;
+  /** Open `Health/Watch` streams, ended on shutdown (each would hold the server open). */
+  private readonly healthWatches = new Set<ServerWritableStream<unknown, unknown>>();
   /**
    * The contracts reflection serves: the descriptor set's files byte for byte, and
    * grpc-health-check's (built beside it by `make gen`); undefined when reflection is off.
@@ -96,7 +99,7 @@ export class GrpcServer {
     });
     // The empty name is the whole server's status, which load balancers and kubelets probe.
     this.health = new HealthImplementation({ '': 'NOT_SERVING' });
-    this.health.addToServer(this.server);
+    this.health.addToServer(this.healthWatchesTracked());
     // Read now, so that a missing descriptor set fails start-up before anything is opened.
     if (options.reflection !== false) {
       const path = options.reflection ?? findDescriptorSet();
@@ -190,6 +193,33 @@ export class GrpcServer {
     return this.port;
   }
 
+  /**
+   * The server as grpc-health-check's `addToServer` sees it: its `Watch` handler runs as it is,
+   * with each stream kept in {@link healthWatches} until it ends.
+   */
+  private healthWatchesTracked(): Pick<Server, 'addService'> {
+    return {
+      addService: (service, implementation) => {
+        const watch = implementation.watch as
+          ((call: ServerWritableStream<unknown, unknown>) => void) | undefined;
+        this.server.addService(service, {
+          ...implementation,
+          ...(watch && {
+            watch: (call: ServerWritableStream<unknown, unknown>) => {
+              this.healthWatches.add(call);
+              const forget = (): void => {
+                this.healthWatches.delete(call);
+              };
+              call.on('cancelled', forget);
+              call.on('finish', forget);
+              watch(call);
+            },
+          }),
+        });
+      },
+    };
+  }
+
   /** Sets the health of every registered service and of the server as a whole. */
   setServing(serving: boolean): void {
     const status: ServingStatus = serving ? 'SERVING' : 'NOT_SERVING';
@@ -198,8 +228,9 @@ export class GrpcServer {
   }
 
   /**
-   * Graceful shutdown: health goes NOT_SERVING (so balancers stop routing), no new calls are
-   * accepted, in-flight calls get until `deadlineMs` to finish, then remaining ones are cancelled.
+   * Graceful shutdown: health goes NOT_SERVING (watchers are told, then their streams end), new
+   * connections and calls are refused, in-flight calls get until `deadlineMs` to finish, then
+   * remaining ones are cancelled.
    * Idempotent: a second call waits for the first.
    */
   shutdown(deadlineMs: number): Promise<void> {
@@ -209,6 +240,10 @@ export class GrpcServer {
 
   private async stop(deadlineMs: number): Promise<void> {
     this.setServing(false);
+    // Watchers have been told NOT_SERVING; their streams end (OK) rather than hold the server
+    // open until the deadline cancels them.
+    for (const call of this.healthWatches) call.end();
+    this.healthWatches.clear();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.logger.warn(

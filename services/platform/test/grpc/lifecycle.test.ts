@@ -11,7 +11,7 @@ import { checkHealth, healthClient } from '../support/health';
 import { echoHandlers, startEcho, testServer } from '../support/echo';
 import { Metadata } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { loadPackageDefinition, type Client } from '@grpc/grpc-js';
+import { loadPackageDefinition, type Client, type ClientReadableStream } from '@grpc/grpc-js';
 
 const run = promisify(execFile);
 
@@ -40,6 +40,27 @@ describe('graceful shutdown', () => {
     await stopping;
     expect(late.code).toBe(GrpcCode.UNAVAILABLE);
     client.close();
+  });
+
+  it('tells health watchers NOT_SERVING and ends their streams, rather than wait for the deadline', async () => {
+    const echo = await startEcho();
+    const health = healthClient(echo.address) as ReturnType<typeof healthClient> & {
+      watch(request: { service: string }): ClientReadableStream<{ status: string }>;
+    };
+    const watch = health.watch({ service: '' });
+    const statuses: string[] = [];
+    watch.on('data', (response: { status: string }) => statuses.push(response.status));
+    const ended = new Promise<GrpcCode>((resolve) => {
+      watch.on('status', (status: { code: GrpcCode }) => {
+        resolve(status.code);
+      });
+    });
+    watch.on('error', () => undefined);
+    while (statuses.length === 0) await new Promise((r) => setTimeout(r, 10));
+    await echo.server.shutdown(5000);
+    expect(await ended).toBe(GrpcCode.OK);
+    expect(statuses).toEqual(['SERVING', 'NOT_SERVING']);
+    health.close();
   });
 
   it("aborts the handler's signal when the caller cancels, whether read before or after", async () => {
