@@ -23,4 +23,6 @@ export interface AssignmentContext {
   readonly logger: Logger;
   /** Sticky TTL of experiments that set none. */
   readonly defaultStickyTtlMs: number;
+  /** The most bytes a list response may take (see `maxPageBytes`). */
+  readonly maxPageBytes: number;
 }

@@ -18,6 +18,7 @@ import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/strea
 import { ADMIN_METHODS, assignmentHandlers } from './handlers';
 import { advanceSchedule } from './handlers/experiments';
 import { resolveServiceDefinition } from './handlers/resolve-response';
+import { maxPageBytes } from './handlers/requests';
 import { LiveConfiguration } from './live-configuration';
 import { ResolveTokens } from './resolve-token';
 import { ConfigurationStore } from './store/configuration-store';
@@ -83,6 +84,7 @@ export async function startAssignment(
     tokens: new ResolveTokens(tokenSecret),
     logger,
     defaultStickyTtlMs: config.stickyTtlMs,
+    maxPageBytes: maxPageBytes(config.platform.grpc.maxMessageBytes),
   };
 
   // The generated definition with a Resolve serializer that reuses pre-encoded assignments.

@@ -13,6 +13,7 @@ import {
   ApplyRequest,
   CreateExperimentRequest,
   ListExperimentsRequest,
+  ListExperimentsResponse,
   StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
@@ -171,6 +172,35 @@ describe('an AllocationUpdate event while another replica holds the configuratio
         const after = await service.client.getAllocation({ experimentId: 'leased-bandit' });
         expect(after.allocation?.sequence).toBe(7);
       });
+    } finally {
+      await service.stop();
+    }
+  });
+});
+
+describe('a replica sending messages of 4 KiB at most (TANDEM_GRPC_MAX_MESSAGE_BYTES)', () => {
+  it('ends its list pages within that limit, and pages on from there', async () => {
+    const service = await startTestAssignment({ maxMessageBytes: 4096 });
+    try {
+      const ids = ['small-1', 'small-2', 'small-3'];
+      for (const id of ids) {
+        await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment(id, { description: 'd'.repeat(2_000) }),
+          }),
+        );
+      }
+      const listed: string[] = [];
+      let pageToken = '';
+      do {
+        const response = await service.client.listExperiments(
+          ListExperimentsRequest.fromPartial({ pageToken }),
+        );
+        expect(ListExperimentsResponse.encode(response).finish().length).toBeLessThanOrEqual(4096);
+        listed.push(...response.experiments.map((e) => e.id));
+        pageToken = response.nextPageToken;
+      } while (pageToken !== '');
+      expect(listed).toEqual(ids);
     } finally {
       await service.stop();
     }

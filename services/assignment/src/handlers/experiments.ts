@@ -315,6 +315,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       const result = page(matching, pageOf, filters, {
         render: (item) => experimentMessage(item.stored),
         encode: (message) => Experiment.encode(message),
+        maxBytes: context.maxPageBytes,
       });
       return Promise.resolve({
         experiments: result.items,

@@ -163,6 +163,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
       const result = page(matching, pageOf, filters, {
         render: (item) => holdoutMessage(item.stored),
         encode: (message) => Holdout.encode(message),
+        maxBytes: context.maxPageBytes,
       });
       return Promise.resolve({
         holdouts: result.items,

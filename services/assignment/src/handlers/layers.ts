@@ -91,6 +91,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         {
           render: (item) => layerMessage(item.stored, view),
           encode: (message) => Layer.encode(message),
+          maxBytes: context.maxPageBytes,
         },
       );
       return Promise.resolve({

@@ -70,13 +70,18 @@ export function versionOf(etag: string): number {
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;
 /**
- * The most bytes of resources one page holds: it ends early, with a next page token, rather than
- * outgrow the 4 MiB most gRPC clients accept by default (grpc-js, grpc-go, grpcurl), leaving
- * room for the token; a page always holds at least one.
+ * The largest message most gRPC clients accept by default (grpc-js, grpc-go, grpcurl): a list page
+ * ends early, with a next page token, rather than outgrow it or the server's own limit
+ * (`TANDEM_GRPC_MAX_MESSAGE_BYTES`), whichever is smaller; see {@link maxPageBytes}.
  */
-export const MAX_PAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024;
+const CLIENT_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 /** An item's field tag and length prefix in the response, beside its own bytes. */
 const ITEM_OVERHEAD_BYTES = 6;
+
+/** The most bytes a list response may take on a server sending at most `maxMessageBytes`. */
+export function maxPageBytes(maxMessageBytes: number): number {
+  return Math.min(CLIENT_DEFAULT_MAX_MESSAGE_BYTES, maxMessageBytes);
+}
 
 interface PageToken {
   /** The last id of the previous page. */
@@ -139,21 +144,30 @@ export function pageRequest(
   return { size, afterId: token.a };
 }
 
-/** How a list renders its resources: as messages, and their encoded size. */
+/** How a list renders its resources: as messages, their encoded size, and the response's limit. */
 export interface PageRendering<T, M> {
   readonly render: (item: T) => M;
   readonly encode: (message: M) => { finish(): Uint8Array };
+  /** The most bytes the response may take (see {@link maxPageBytes}). */
+  readonly maxBytes: number;
+}
+
+function pageToken(lastId: string, filters: string): string {
+  return Buffer.from(JSON.stringify({ a: lastId, f: filters } satisfies PageToken)).toString(
+    'base64url',
+  );
 }
 
 /**
  * One page of `items` (sorted by id) after `request.afterId`, rendered, and the token for the next
- * one. The page ends early once its messages would pass {@link MAX_PAGE_BYTES}.
+ * one. The page ends early once its messages and the token would pass `maxBytes`; it always holds
+ * one resource at least.
  */
 export function page<T extends { readonly id: string }, M>(
   items: Iterable<T>,
   request: PageRequest,
   filters: string,
-  { render, encode }: PageRendering<T, M>,
+  { render, encode, maxBytes }: PageRendering<T, M>,
 ): { items: M[]; nextPageToken: string } {
   const out: M[] = [];
   let lastId: string | undefined;
@@ -167,20 +181,19 @@ export function page<T extends { readonly id: string }, M>(
     }
     const message = render(item);
     bytes += encode(message).finish().length + ITEM_OVERHEAD_BYTES;
-    if (bytes > MAX_PAGE_BYTES && out.length > 0) {
+    // Room for the token that would follow were the page to end with this resource.
+    const tokenBytes = pageToken(item.id, filters).length + ITEM_OVERHEAD_BYTES;
+    if (bytes + tokenBytes > maxBytes && out.length > 0) {
       more = true;
       break;
     }
     out.push(message);
     lastId = item.id;
   }
-  const nextPageToken =
-    more && lastId !== undefined
-      ? Buffer.from(JSON.stringify({ a: lastId, f: filters } satisfies PageToken)).toString(
-          'base64url',
-        )
-      : '';
-  return { items: out, nextPageToken };
+  return {
+    items: out,
+    nextPageToken: more && lastId !== undefined ? pageToken(lastId, filters) : '',
+  };
 }
 
 /**

@@ -38,6 +38,8 @@ export interface StartOptions extends StorageChoice {
   readonly tokenSecret?: string;
   /** Exposures buffered while NATS is unavailable (the service's default when unset). */
   readonly exposureBuffer?: number;
+  /** TANDEM_GRPC_MAX_MESSAGE_BYTES (the default when unset). */
+  readonly maxMessageBytes?: number;
 }
 
 export interface TestAssignment {
@@ -71,6 +73,7 @@ export function testConfig(options: StartOptions): AssignmentConfig {
       TANDEM_ASSIGNMENT_RELOAD_INTERVAL: options.reloadInterval,
       TANDEM_ASSIGNMENT_TOKEN_SECRET: options.tokenSecret,
       TANDEM_ASSIGNMENT_EXPOSURE_BUFFER: options.exposureBuffer?.toString(),
+      TANDEM_GRPC_MAX_MESSAGE_BYTES: options.maxMessageBytes?.toString(),
     },
     { replicaId: options.replicaId ?? `test-${Math.random().toString(36).slice(2, 10)}` },
   );
