@@ -446,7 +446,11 @@ export class OnlineViews {
       const served = this.served.get(viewName);
       const registered = this.parts.registry.view(viewName);
       if (served === undefined || registered === undefined) {
-        unknownViews.push({ field, description: `no feature view named ${viewName}` });
+        unknownViews.push({
+          field,
+          description: `no feature view named ${viewName}`,
+          reason: 'FEATURE_VIEW_NOT_FOUND',
+        });
         return;
       }
       const definition = served.registered.definition;
@@ -475,6 +479,7 @@ export class OnlineViews {
           unknownFeatures.push({
             field,
             description: `feature view ${viewName} has no feature ${name}`,
+            reason: 'FEATURE_NOT_FOUND',
           });
         } else {
           entry.features.push(name);
@@ -488,7 +493,7 @@ export class OnlineViews {
       throw new InvalidArgumentError('invalid feature references', malformed);
     if (unknownViews.length > 0 || unknownFeatures.length > 0) {
       const named = [...unknownViews, ...unknownFeatures];
-      throw new NotFoundError(`unknown ${named.map((v) => v.description).join('; ')}`, {
+      throw new NotFoundError(named.map((v) => v.description).join('; '), {
         violations: named,
         reason: unknownViews.length > 0 ? 'FEATURE_VIEW_NOT_FOUND' : 'FEATURE_NOT_FOUND',
       });

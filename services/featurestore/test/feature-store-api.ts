@@ -426,7 +426,10 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       );
       expect(view.code).toBe(GrpcCode.NOT_FOUND);
       expect(view.errorInfo?.reason).toBe('FEATURE_VIEW_NOT_FOUND');
-      expect(view.violations.map((v) => v.field)).toEqual(['features[1]']);
+      expect(view.message).toBe('no feature view named nope');
+      expect(view.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['features[1]', 'FEATURE_VIEW_NOT_FOUND'],
+      ]);
       const feature = await failureOf(
         harness.client.getOnlineFeatures({
           features: ['user_stats:ctr', 'user_stats:nope'],
@@ -437,7 +440,8 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(feature.code).toBe(GrpcCode.NOT_FOUND);
       expect(feature.errorInfo?.reason).toBe('FEATURE_NOT_FOUND');
       expect(feature.violations[0]?.field).toBe('features[1]');
-      expect(feature.message).toContain('nope');
+      expect(feature.violations[0]?.reason).toBe('FEATURE_NOT_FOUND');
+      expect(feature.message).toBe('feature view user_stats has no feature nope');
       const write = await failureOf(
         harness.client.writeFeatures({
           featureView: 'nope',
