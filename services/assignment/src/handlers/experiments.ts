@@ -46,6 +46,7 @@ import { experimentSizeViolations } from './limits';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
+  insertNew,
   maskPaths,
   notFound,
   page,
@@ -280,7 +281,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           rejectIfAny('experiment', violations);
           if (await context.store.isRetired('experiment', doc.id))
             throw retiredId('experiment', doc.id);
-          const stored = await context.store.experiments.insert(doc);
+          const stored = await insertNew(context.store.experiments, 'experiment', doc);
           await context.changes.record(
             { type: 'experiment', id: doc.id, stored },
             ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,

@@ -27,6 +27,7 @@ import { holdoutSizeViolations } from './limits';
 import { asEnum, holdoutMessage } from './messages';
 import {
   checkEtag,
+  insertNew,
   maskPaths,
   notFound,
   page,
@@ -129,7 +130,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         violations.push(...validate(context, doc));
         rejectIfAny('holdout', violations);
         if (await context.store.isRetired('holdout', doc.id)) throw retiredId('holdout', doc.id);
-        const stored = await context.store.holdouts.insert(doc);
+        const stored = await insertNew(context.store.holdouts, 'holdout', doc);
         await context.changes.record(
           { type: 'holdout', id: doc.id, stored },
           ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,

@@ -20,6 +20,7 @@ import { layerSizeViolations } from './limits';
 import { layerMessage } from './messages';
 import {
   checkEtag,
+  insertNew,
   maskPaths,
   notFound,
   page,
@@ -61,7 +62,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         };
         violations.push(...under('layer', layerSizeViolations(doc)));
         rejectIfAny('layer', violations);
-        const stored = await context.store.layers.insert(doc);
+        const stored = await insertNew(context.store.layers, 'layer', doc);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },
           ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,

@@ -9,6 +9,7 @@ import {
   NotFoundError,
   type FieldViolation,
 } from '../../../platform/src/errors';
+import type { Collection, Versioned } from '../../../platform/src/storage/collection';
 
 /** Throws INVALID_ARGUMENT with every violation when there is any. */
 export function rejectIfAny(what: string, violations: readonly FieldViolation[]): void {
@@ -45,6 +46,24 @@ export function retiredId(type: 'experiment' | 'holdout', id: string): AlreadyEx
     `${type} id "${id}" belonged to a deleted ${type} that served; such an id is never reused, so that its sticky assignments and exposures stay its own`,
     { reason: 'ID_RETIRED', resource: { type: resourceType(type), name: id } },
   );
+}
+
+/** Stores a new resource's document; ALREADY_EXISTS naming the resource when its id is taken. */
+export async function insertNew<T extends { readonly id: string }>(
+  collection: Collection<T>,
+  type: 'layer' | 'experiment' | 'holdout',
+  doc: T,
+): Promise<Versioned<T>> {
+  try {
+    return await collection.insert(doc);
+  } catch (error) {
+    if (!(error instanceof AlreadyExistsError)) throw error;
+    throw new AlreadyExistsError(`${type} "${doc.id}" already exists`, {
+      reason: `${type.toUpperCase()}_ALREADY_EXISTS`,
+      resource: { type: resourceType(type), name: doc.id },
+      cause: error,
+    });
+  }
 }
 
 function resourceType(type: string): string {

@@ -164,6 +164,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'layer-c' } })),
         );
         expect(duplicate.code).toBe(GrpcCode.ALREADY_EXISTS);
+        expect(duplicate.message).toBe('layer "layer-c" already exists');
+        expect(duplicate.reason).toBe('LAYER_ALREADY_EXISTS');
+        expect(duplicate.resource).toEqual({ type: 'tandem.assignment.v1.Layer', name: 'layer-c' });
         const badId = await failure(
           admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'Bad Id' } })),
         );
