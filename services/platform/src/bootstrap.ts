@@ -180,10 +180,18 @@ async function openStoreOrWait(
   };
   let outcome = await attempt();
   if (!(outcome instanceof UnavailableError)) return outcome;
+  let retryAt = Date.now();
   for (const definition of services) {
     server.reserve(
       definition,
-      () => `${config.service} is not serving yet: its storage cannot be reached (retrying)`,
+      () =>
+        new UnavailableError(
+          `${config.service} is not serving yet: its storage cannot be reached (retrying)`,
+          {
+            reason: 'STORAGE_UNAVAILABLE',
+            retryDelayMs: Math.max(STORAGE_RETRY_FIRST_MS, retryAt - Date.now()),
+          },
+        ),
     );
   }
   await server.listen(config.grpc.host, config.grpc.port);
@@ -197,6 +205,7 @@ async function openStoreOrWait(
       { err: outcome, retryInMs: delayMs },
       'storage unreachable: NOT_SERVING until it answers',
     );
+    retryAt = Date.now() + delayMs;
     await sleep(delayMs, undefined, { ref: false });
     if (shutdown.started) return abandoned();
     outcome = await attempt();

@@ -8,7 +8,6 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   Server,
-  status as GrpcStatus,
   type handleUnaryCall,
   type ServerCredentials,
   type ServerWritableStream,
@@ -20,6 +19,7 @@ import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/pr
 import type { PackageDefinition, ProtobufTypeDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import { toStatus, type UnavailableError } from '../errors';
 import type { Logger } from '../logging';
 import { findDescriptorSet } from './descriptor-set';
 import { decodingRequestsSafely } from './handlers';
@@ -151,14 +151,14 @@ export class GrpcServer {
 
   /**
    * Registers a service whose implementation does not exist yet (the server is bound before its
-   * dependencies are ready): until `add` supplies it, every call gets UNAVAILABLE with `details`
-   * rather than UNIMPLEMENTED, and health reports the service NOT_SERVING. Unary methods only,
-   * which is all the services served so far have.
+   * dependencies are ready): until `add` supplies it, every call gets the UNAVAILABLE `why` makes
+   * (with its ErrorInfo and RetryInfo) rather than UNIMPLEMENTED, and health reports the service
+   * NOT_SERVING. Unary methods only, which is all the services served so far have.
    */
-  reserve(definition: ServiceDefinition, details: () => string): void {
+  reserve(definition: ServiceDefinition, why: () => UnavailableError): void {
     const name = serviceName(definition);
     const unavailable: handleUnaryCall<unknown, unknown> = (_call, callback) => {
-      callback({ code: GrpcStatus.UNAVAILABLE, details: details() });
+      callback(toStatus(why()));
     };
     const implementation: UntypedServiceImplementation = {};
     for (const method of Object.keys(definition)) implementation[method] = unavailable;

@@ -5,7 +5,7 @@ import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_servi
 import { bearerTokenAuth } from '../../src/grpc/auth';
 import { createClient } from '../../src/grpc/client';
 import { implement } from '../../src/grpc/handlers';
-import { TandemError } from '../../src/errors';
+import { TandemError, UnavailableError } from '../../src/errors';
 import { failure } from '../support/failure';
 import { checkHealth, healthClient } from '../support/health';
 import { echoHandlers, startEcho, testServer } from '../support/echo';
@@ -165,7 +165,14 @@ describe('health', () => {
 
   it('answers a reserved service with UNAVAILABLE until its implementation is added', async () => {
     const { server, logger } = testServer();
-    server.reserve(EchoServiceService, () => 'echo is not serving yet: waiting');
+    server.reserve(
+      EchoServiceService,
+      () =>
+        new UnavailableError('echo is not serving yet: waiting', {
+          reason: 'WAITING',
+          retryDelayMs: 1500,
+        }),
+    );
     const port = await server.listen('127.0.0.1', 0);
     const client = createClient(EchoServiceService, {
       address: `127.0.0.1:${port}`,
@@ -177,6 +184,8 @@ describe('health', () => {
       const early = await failure(client.echo(request));
       expect(early.code).toBe(GrpcCode.UNAVAILABLE);
       expect(early.message).toContain('echo is not serving yet: waiting');
+      expect(early.reason).toBe('WAITING');
+      expect(early instanceof UnavailableError && early.retryDelayMs).toBe(1500);
       expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('NOT_SERVING');
 
       server.add(EchoServiceService, implement(EchoServiceService, echoHandlers(), { logger }));

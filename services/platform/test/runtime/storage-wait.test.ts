@@ -8,6 +8,7 @@
  * is pointed at a local port where a proxy to that server starts listening only later.
  */
 import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
+import { fromServiceError, UnavailableError, type TandemError } from '../../src/errors';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,8 +47,11 @@ async function eventually<T>(read: () => Promise<T>, expected: T, timeoutMs: num
   throw new Error(`still ${String(last)} after ${timeoutMs} ms, expected ${String(expected)}`);
 }
 
-/** Calls a unary method with an empty request; resolves with the status code (0 = OK). */
-function callEmpty(client: Client, path: string): Promise<{ code: number; details: string }> {
+/** Calls a unary method with an empty request; resolves with the status (code 0 = OK). */
+function callEmpty(
+  client: Client,
+  path: string,
+): Promise<{ code: number; details: string; error?: TandemError }> {
   return new Promise((resolve) => {
     client.makeUnaryRequest(
       path,
@@ -55,7 +59,11 @@ function callEmpty(client: Client, path: string): Promise<{ code: number; detail
       (value: Buffer) => value,
       Buffer.alloc(0),
       (error: ServiceError | null) => {
-        resolve(error ? { code: error.code, details: error.details } : { code: 0, details: '' });
+        resolve(
+          error
+            ? { code: error.code, details: error.details, error: fromServiceError(error) }
+            : { code: 0, details: '' },
+        );
       },
     );
   });
@@ -124,6 +132,10 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
       const answer = await callEmpty(client, entry.listMethod);
       expect(answer.code).toBe(14); // UNAVAILABLE
       expect(answer.details).toContain('storage cannot be reached');
+      // With the reason, and when to try again: the next attempt to reach storage.
+      expect(answer.error?.reason).toBe('STORAGE_UNAVAILABLE');
+      const retryDelayMs = answer.error instanceof UnavailableError && answer.error.retryDelayMs;
+      expect(retryDelayMs).toBeGreaterThan(0);
       expect(running.output()).toContain('storage unreachable: NOT_SERVING until it answers');
     } finally {
       running.child.kill('SIGTERM');
