@@ -9,8 +9,14 @@ export function serverList(servers: string | readonly string[]): string[] {
   return list.map((server) => server.trim()).filter((server) => server.length > 0);
 }
 
-/** Credentials in a server URL (`nats://user:password@host`, `token@host`). */
-const URL_CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)?[^/@]*@/i;
+/** A URL's scheme and `//`. */
+const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/**
+ * Credentials in a server URL (`nats://user:password@host`, `token@host`): everything up to the
+ * last `@`, since a password may hold `@` or `/` (a server URL has no path to hold one).
+ */
+const URL_CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)?.*@/i;
 
 /** A server URL as it may be logged: its credentials replaced by `***`. */
 export function withoutCredentials(server: string): string {
@@ -32,7 +38,7 @@ export function serverUrlProblems(servers: string): string[] {
     const shown = withoutCredentials(entry);
     let url: URL;
     try {
-      url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(entry) ? entry : `nats://${entry}`);
+      url = new URL(SCHEME.test(entry) ? entry : `nats://${entry}`);
     } catch {
       problems.push(`"${shown}" is not a server URL like nats://host:4222`);
       continue;

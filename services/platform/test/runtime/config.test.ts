@@ -148,6 +148,7 @@ describe('readPlatformConfig', () => {
     '127.0.0.1:4222',
     'nats://a:4222, tls://b:4222',
     'nats://alice:secret@nats.internal:4222',
+    'nats://alice:p@ss@nats.internal:4222',
     'token@nats.internal',
     'nats://[::1]:4222',
   ])('takes the NATS_URL %s', (url) => {
@@ -157,6 +158,7 @@ describe('readPlatformConfig', () => {
   it.each([
     ['nats://alice:secret@127.0.0.1:ab', 'NATS_URL: "nats://***@127.0.0.1:ab" is not a server URL'],
     ['nats://exa mple:4222', 'NATS_URL: "nats://exa mple:4222" is not a server URL'],
+    ['nats://alice:se/cret@127.0.0.1:4222', 'NATS_URL: "nats://***@127.0.0.1:4222" is not a'],
     ['ws://127.0.0.1:8080', 'NATS_URL: "ws://127.0.0.1:8080" must use nats:// or tls://'],
     [',', 'NATS_URL: names no server'],
   ])('refuses the NATS_URL %s, without showing its credentials', (url, problem) => {
