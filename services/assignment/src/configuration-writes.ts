@@ -15,8 +15,11 @@ import type { RequestResults, ResponseCodec } from './store/request-results';
 
 /** What makes admin writes one at a time across replicas. */
 export interface AcrossReplicas {
-  /** Takes the storage lease; resolves with its release. */
-  lease(): Promise<() => Promise<void>>;
+  /**
+   * Takes the storage lease, waiting for another holder up to `waitMs` (the replica's default
+   * when not given); resolves with its release.
+   */
+  lease(waitMs?: number): Promise<() => Promise<void>>;
   /** Brings the configuration in memory up to the stored one. */
   refresh(): Promise<unknown>;
 }
@@ -52,12 +55,14 @@ export class ConfigurationWrites {
    * Runs `write` as one write of the queue, holding the lease across replicas when there is one
    * and validating against the configuration brought up to the stored one under it: for every
    * write that checks the configuration before storing (an admin RPC, an AllocationUpdate event).
+   * `leaseWaitMs` bounds the wait for another replica's lease, during which this replica's queue
+   * waits too: an event, which comes again anyway, waits less than a caller's RPC.
    */
-  exclusively<T>(write: () => Promise<T>): Promise<T> {
+  exclusively<T>(write: () => Promise<T>, leaseWaitMs?: number): Promise<T> {
     const across = this.acrossReplicas;
     if (across === undefined) return this.serially(write);
     return this.serially(async () => {
-      const release = await across.lease();
+      const release = await across.lease(leaseWaitMs);
       try {
         await across.refresh();
         return await write();

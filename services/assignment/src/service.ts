@@ -71,11 +71,8 @@ export async function startAssignment(
     writes: new ConfigurationWrites(
       await RequestResults.open(runtime.store, config.idempotencyTtlMs),
       {
-        lease: () =>
-          store.acquireWriteLease(config.replicaId, {
-            ttlMs: WRITE_LEASE_TTL_MS,
-            waitMs: WRITE_LEASE_WAIT_MS,
-          }),
+        lease: (waitMs = WRITE_LEASE_WAIT_MS) =>
+          store.acquireWriteLease(config.replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),
         refresh: () => configuration.refresh(),
       },
     ),

@@ -16,6 +16,12 @@ import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
 /** How long a failing update keeps coming again (at the bus's 30 s back-off cap) before it is dropped. */
 export const ALLOCATION_RETRY_SPAN_MS = 24 * 3_600_000;
 
+/**
+ * How long an update waits for another replica's configuration-write lease before it is left for
+ * its next delivery: the replica's admin writes queue behind it meanwhile.
+ */
+const LEASE_WAIT_MS = 1_000;
+
 /** Deliveries that span {@link ALLOCATION_RETRY_SPAN_MS}: the first ones back off from 1 s. */
 const ALLOCATION_MAX_DELIVER = Math.ceil(ALLOCATION_RETRY_SPAN_MS / 30_000) + 10;
 
@@ -43,27 +49,30 @@ export function followAllocationUpdates(
         return;
       }
       try {
-        await context.writes.exclusively(() =>
-          applyAllocation(
-            context,
-            {
-              experimentId: event.experimentId,
-              weights: event.weights,
-              minArmShare: event.minArmShare,
-              sequence: event.sequence,
-              method: event.method,
-              computeTime: event.computeTime,
-              analysisPlanId: event.analysisPlanId,
-              source: 'analysis',
-              etag: '',
-              updateTime: undefined,
-            },
-            'analysis',
-          ),
+        await context.writes.exclusively(
+          () =>
+            applyAllocation(
+              context,
+              {
+                experimentId: event.experimentId,
+                weights: event.weights,
+                minArmShare: event.minArmShare,
+                sequence: event.sequence,
+                method: event.method,
+                computeTime: event.computeTime,
+                analysisPlanId: event.analysisPlanId,
+                source: 'analysis',
+                etag: '',
+                updateTime: undefined,
+              },
+              'analysis',
+            ),
+          LEASE_WAIT_MS,
         );
       } catch (error) {
         if (error instanceof UnavailableError || !(error instanceof TandemError)) throw error;
-        // Lost a race with a write on another replica: try again (it may be stale by then).
+        // Lost a race with a write on another replica, or its lease is held: try again (it may
+        // be stale by then).
         if (error instanceof AbortedError && error.reason !== 'STALE_SEQUENCE') throw error;
         context.logger.info(
           {
