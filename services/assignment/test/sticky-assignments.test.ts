@@ -5,6 +5,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { AbortedError, AlreadyExistsError } from '../../platform/src/errors';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { StickyAssignments } from '../src/store/sticky-assignments';
@@ -59,6 +60,20 @@ describe('sticky assignments', () => {
     expect((await first.lookup('user', 'u1', ['exp'], T0 + HOUR + 1)).found).toEqual(
       new Map([['exp', variant('control')]]),
     );
+  });
+
+  it('answers ABORTED, to be retried, when the stored assignment keeps changing under it', async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    const collection = sticky['collection'];
+    // Taken each time it inserts, and gone each time it reads: another writer and the expiry.
+    const insert = jest
+      .spyOn(collection, 'insert')
+      .mockRejectedValue(new AlreadyExistsError('sticky_assignments "x" already exists'));
+    jest.spyOn(collection, 'get').mockResolvedValue(undefined);
+    const write = sticky.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0);
+    await expect(write).rejects.toBeInstanceOf(AbortedError);
+    await expect(write).rejects.toMatchObject({ reason: 'STICKY_WRITE_CONFLICT' });
+    expect(insert).toHaveBeenCalledTimes(3);
   });
 
   it('starts a new sticky period at the first exposure after the TTL', async () => {

@@ -46,6 +46,9 @@ function liveUntil(doc: StickyDocument | undefined, now: number): number | undef
   return expiresAt > now ? expiresAt : undefined;
 }
 
+/** Tries at storing a first assignment while other writers change the same document. */
+const STORE_ATTEMPTS = 3;
+
 /** What {@link StickyAssignments.lookup} found. */
 export interface StickyLookup {
   /** Stored assignments by experiment id. */
@@ -156,12 +159,12 @@ export class StickyAssignments {
       return assignment;
     };
     // Each pass loses only to another writer's change of the same document, so a few suffice.
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1; attempt <= STORE_ATTEMPTS; attempt++) {
       try {
         await this.collection.insert(doc);
         return stored();
       } catch (error) {
-        if (!(error instanceof AlreadyExistsError) || attempt >= 3) throw error;
+        if (!(error instanceof AlreadyExistsError)) throw error;
       }
       const existing = await this.collection.get(id);
       if (existing === undefined) continue; // expired and removed meanwhile
@@ -178,10 +181,13 @@ export class StickyAssignments {
         await this.collection.replace(doc, existing.version);
         return stored();
       } catch (error) {
-        const lostRace = error instanceof AbortedError || error instanceof NotFoundError;
-        if (!lostRace || attempt >= 3) throw error;
+        if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
       }
     }
+    throw new AbortedError(
+      `the sticky assignment of ${unitType} "${unitId}" in experiment "${experimentId}" kept changing while it was stored; try again`,
+      { reason: 'STICKY_WRITE_CONFLICT' },
+    );
   }
 
   /** Deletes every stored assignment of a deleted experiment. */
