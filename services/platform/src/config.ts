@@ -344,6 +344,9 @@ export function readPlatformConfig(
       }),
       shutdownTimeoutMs: env.durationMs('TANDEM_SHUTDOWN_TIMEOUT', {
         default: 10_000,
+        // The process's own deadline adds margins (and `make dev` adds the services'): an hour
+        // leaves them far within what a timer can wait.
+        max: 3_600_000,
         description:
           'Graceful shutdown deadline: in-flight calls get this long before being cancelled',
       }),

@@ -137,7 +137,7 @@ describe.each(ENTRY_POINTS)('$service process with a wrong configuration', (entr
       expect.stringMatching(/^NATS_URL: "nats:\/\/\*\*\*@127.0.0.1:port" is not a server URL/),
       expect.stringMatching(/^MONGODB_URI is not a MongoDB connection string/),
       expect.stringMatching(new RegExp(`^${entry.portVariable} must be an integer`)),
-      expect.stringMatching(/^TANDEM_SHUTDOWN_TIMEOUT must be at most/),
+      expect.stringMatching(/^TANDEM_SHUTDOWN_TIMEOUT must be at most 1h, got "30d"/),
     ]);
     expect(output).not.toContain('pa55word');
   }, 30_000);
