@@ -7,7 +7,7 @@
 import { telemetry } from './telemetry';
 import { hostname } from 'node:os';
 import { bootstrap } from '../../platform/src/bootstrap';
-import { exitBeforeStartup } from '../../platform/src/lifecycle';
+import { exitBeforeStartup } from '../../platform/src/startup-failure';
 import { readAssignmentConfig } from './config';
 import { resolveServiceDefinition } from './handlers/resolve-response';
 import { startAssignment } from './service';

@@ -4,7 +4,7 @@
  */
 import { telemetry } from './telemetry';
 import { bootstrap } from '../../platform/src/bootstrap';
-import { exitBeforeStartup } from '../../platform/src/lifecycle';
+import { exitBeforeStartup } from '../../platform/src/startup-failure';
 import { readFeatureStoreConfig } from './config';
 import { FeatureStoreServiceDefinition } from './online-response';
 import { startFeatureStore } from './service';

@@ -3,8 +3,7 @@
  * run in reverse order (gRPC server first, storage and telemetry last), all within one deadline,
  * so the process exits even when a step hangs.
  */
-import { ConfigError } from './config';
-import { createLogger, type Logger } from './logging';
+import type { Logger } from './logging';
 import { withTimeout } from './timeout';
 
 type Step = { readonly name: string; readonly run: () => Promise<void> };
@@ -166,7 +165,7 @@ export interface ProcessEnd {
   kill(): void;
 }
 
-const PROCESS_END: ProcessEnd = {
+export const PROCESS_END: ProcessEnd = {
   exit: (code) => process.exit(code),
   kill: () => process.kill(process.pid, 'SIGKILL'),
 };
@@ -188,23 +187,4 @@ class StepOverranError extends Error {
     super(`${step} did not finish within the shutdown deadline`);
     this.name = 'StepOverranError';
   }
-}
-
-/**
- * Ends an entry point that failed before it had a runtime to shut down (its configuration, or
- * what `bootstrap` opens first): one JSON log line like every other, naming each configuration
- * problem or the error, then exit code 1.
- */
-export function exitBeforeStartup(
-  service: string,
-  error: unknown,
-  end: Pick<ProcessEnd, 'exit'> = PROCESS_END,
-): void {
-  const logger = createLogger({ service, level: 'info' });
-  if (error instanceof ConfigError) {
-    logger.fatal({ problems: error.problems }, 'invalid configuration');
-  } else {
-    logger.fatal({ err: error }, 'could not start');
-  }
-  end.exit(1);
 }

@@ -23,11 +23,6 @@ export type ExperimentStatus = (typeof ExperimentStatus)[keyof typeof Experiment
 /** How an experiment splits traffic (`tandem.assignment.v1.AllocationMode`). */
 export const AllocationMode = { FIXED: 1, BANDIT: 2 } as const;
 
-/**
- * The longest sticky TTL, an experiment's or the service's default: ten years, far beyond any
- * experiment, and well within what a stored expiry time (a Date) holds.
- */
-export const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
 /** How an experiment splits traffic. */
 export type AllocationMode = (typeof AllocationMode)[keyof typeof AllocationMode];
 
@@ -35,6 +30,12 @@ export type AllocationMode = (typeof AllocationMode)[keyof typeof AllocationMode
 export const HoldoutStatus = { DRAFT: 1, RUNNING: 2, STOPPED: 3 } as const;
 /** A holdout's lifecycle state. */
 export type HoldoutStatus = (typeof HoldoutStatus)[keyof typeof HoldoutStatus];
+
+/**
+ * The longest sticky TTL, an experiment's or the service's default: ten years, far beyond any
+ * experiment, and well within what a stored expiry time (a Date) holds.
+ */
+export const MAX_STICKY_TTL_MS = 3650 * 86_400_000;
 
 /** A JSON object, as a variant payload. */
 export type Payload = Readonly<Record<string, unknown>>;
