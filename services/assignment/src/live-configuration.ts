@@ -130,6 +130,9 @@ function replaced<T>(
   return items;
 }
 
+/** How long a version storage did not hold is not looked for again (see `catchUp`). */
+const CATCH_UP_INTERVAL_MS = 1_000;
+
 export class LiveConfiguration {
   private view: ConfigurationView | undefined;
   private chain: Promise<unknown> = Promise.resolve();
@@ -141,6 +144,10 @@ export class LiveConfiguration {
   private unannounced = false;
   /** The legacy-regex experiments last warned about, to warn again only when they change. */
   private legacyWarned = '';
+  /** The refresh `catchUp` callers share, while one runs. */
+  private catchingUp: Promise<boolean> | undefined;
+  /** When a catch-up last found storage holding no newer version than the one asked for. */
+  private caughtUpAt = -Infinity;
 
   constructor(
     private readonly store: ConfigurationStore,
@@ -182,6 +189,23 @@ export class LiveConfiguration {
       this.logger.debug({ version: view.version }, 'configuration reloaded');
       return true;
     });
+  }
+
+  /**
+   * Brings the configuration up to `version` when a newer one is stored: for a caller holding a
+   * version another replica has seen (a resolve token's). Callers share one refresh at a time, and
+   * a version storage does not hold (a token from another deployment, a store restored from a
+   * backup) is not looked for again within {@link CATCH_UP_INTERVAL_MS}; the periodic check
+   * brings any later change.
+   */
+  async catchUp(version: number): Promise<void> {
+    if (version <= this.current().version) return;
+    if (Date.now() - this.caughtUpAt < CATCH_UP_INTERVAL_MS) return;
+    this.catchingUp ??= this.refresh().finally(() => {
+      this.catchingUp = undefined;
+    });
+    await this.catchingUp;
+    if (version > this.current().version) this.caughtUpAt = Date.now();
   }
 
   /**

@@ -56,4 +56,24 @@ describe('the live configuration', () => {
     // One schedule run at a time: the stuck one is not piled on.
     expect(ticks).toBe(1);
   });
+
+  it('catches up to a version another replica has seen, sharing one refresh between callers', async () => {
+    const refresh = jest.spyOn(live, 'refresh');
+    await live.catchUp(live.current().version); // held already: nothing to read
+    expect(refresh).not.toHaveBeenCalled();
+
+    await configuration.bumpVersion();
+    const seen = live.current().version + 1;
+    await Promise.all([live.catchUp(seen), live.catchUp(seen), live.catchUp(seen)]);
+    expect(live.current().version).toBe(seen);
+    expect(refresh).toHaveBeenCalledTimes(1);
+
+    // A version storage does not hold (a token from another deployment): looked for once, then
+    // left to the periodic check for a while.
+    refresh.mockClear();
+    await live.catchUp(seen + 100);
+    await live.catchUp(seen + 100);
+    expect(refresh).toHaveBeenCalledTimes(1);
+    expect(live.current().version).toBe(seen);
+  });
 });

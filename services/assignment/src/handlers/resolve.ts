@@ -29,11 +29,12 @@ import {
   type UnitContext,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
+import type { ConfigurationView } from '../live-configuration';
 import type { ExposureTally } from '../events/exposure-log';
 import type { ResolveRecord, TokenAssignment } from '../resolve-token';
 import type { ExperimentDocument } from '../store/documents';
 import { asEnum, timestampViolation } from './messages';
-import { RenderedResults } from './rendered-results';
+import { RenderedResults, type RenderedAssignments } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
 import { rejectIfAny } from './requests';
 
@@ -134,6 +135,16 @@ function stoppedBy(experiment: ExperimentDocument, time: number): boolean {
   );
 }
 
+/** What logging a resolve's exposures did. */
+interface LoggedExposures {
+  readonly counts: ExposureCounts;
+  /**
+   * The sticky experiments whose stored variant is not the resolve's (another resolve's was
+   * stored first), with that variant: what their exposures named.
+   */
+  readonly restuck: ReadonlyMap<string, StickyAssignment>;
+}
+
 /**
  * Logs the exposures of a resolve that was shown: the listed in-experiment assignments (all when
  * `experimentIds` is empty) and every holdout membership; stores first sticky assignments.
@@ -143,7 +154,7 @@ async function logExposures(
   record: ResolveRecord,
   experimentIds: readonly string[],
   exposureTime: Date,
-): Promise<ExposureCounts> {
+): Promise<LoggedExposures> {
   const tally: ExposureTally = { logged: 0, alreadyLogged: 0, dropped: 0 };
   let notInExperiment = 0;
   let notRunning = 0;
@@ -161,14 +172,14 @@ async function logExposures(
   const unit = { id: record.unitId, type: record.unitType };
   const resolveTime = new Date(record.resolveTime);
   // A token from a replica that has seen a newer configuration (an experiment just started)
-  // is judged against that configuration or a later one, never against an older one.
-  if (record.configVersion > context.configuration.current().version) {
-    await context.configuration.refresh();
-  }
+  // is judged against that configuration or a later one, not against an older one that may not
+  // hold its experiments yet.
+  await context.configuration.catchUp(record.configVersion);
   const view = context.configuration.current();
   const shownAt = exposureTime.getTime();
   const running: TokenAssignment[] = [];
   const stickyWrites: Promise<void>[] = [];
+  const restuck = new Map<string, StickyAssignment>();
   for (const assignment of shown) {
     const experiment = view.experiments.get(assignment.experimentId)?.doc;
     if (experiment === undefined || stoppedBy(experiment, shownAt)) {
@@ -199,6 +210,7 @@ async function logExposures(
               kept.allocationSequence !== sticky.allocationSequence
             ) {
               running[index] = { ...assignment, ...kept, reason: STICKY };
+              restuck.set(experiment.id, kept);
             }
           }),
       );
@@ -257,12 +269,63 @@ async function logExposures(
     );
   }
   return {
-    loggedCount: tally.logged,
-    alreadyLoggedCount: tally.alreadyLogged,
-    notInExperimentCount: notInExperiment,
-    droppedCount: tally.dropped,
-    notRunningCount: notRunning,
+    counts: {
+      loggedCount: tally.logged,
+      alreadyLoggedCount: tally.alreadyLogged,
+      notInExperimentCount: notInExperiment,
+      droppedCount: tally.dropped,
+      notRunningCount: notRunning,
+    },
+    restuck,
   };
+}
+
+/** A unit's resolution as a response holds it and a token records it. */
+interface ResolvedUnit {
+  readonly rendered: RenderedAssignments;
+  readonly holdouts: HoldoutMembership[];
+  readonly record: ResolveRecord;
+}
+
+/** Resolves `unit` against `view` and renders the result (see {@link RenderedResults}). */
+function resolveUnit(
+  view: ConfigurationView,
+  table: RenderedResults,
+  unit: UnitContext,
+  request: { readonly explain: boolean },
+  resolveId: string,
+): ResolvedUnit {
+  // Without `explain`, only what decides what is served: the snapshot's index skips the
+  // experiments whose layer range the unit is not in instead of evaluating each.
+  const resolution = request.explain
+    ? view.snapshot.resolve(unit)
+    : view.snapshot.resolveServed(unit);
+  const rendered = table.render(
+    unit.surfaces.length > 1
+      ? [...resolution.assignments].sort(byExperimentId)
+      : resolution.assignments,
+  );
+  const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({
+    holdoutId: m.holdout.id,
+    heldOut: m.heldOut,
+    surfaces: m.surfaces as string[],
+    holdoutEtag: m.holdout.etag,
+  }));
+  const record: ResolveRecord = {
+    unitId: unit.id,
+    unitType: unit.type,
+    resolveId,
+    resolveTime: unit.now,
+    configVersion: view.version,
+    assignments: rendered.inExperiment,
+    holdouts: holdouts.map((h) => ({
+      holdoutId: h.holdoutId,
+      heldOut: h.heldOut,
+      surfaces: h.surfaces,
+      etag: h.holdoutEtag,
+    })),
+  };
+  return { rendered, holdouts, record };
 }
 
 /** How often a failing sticky lookup is logged at most. */
@@ -370,48 +433,37 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         sticky,
         stickyUnavailable,
       };
-      // Without `explain`, only what decides what is served: the snapshot's index skips the
-      // experiments whose layer range the unit is not in instead of evaluating each.
-      const resolution = request.explain
-        ? view.snapshot.resolve(unitContext)
-        : view.snapshot.resolveServed(unitContext);
-
-      const rendered = renderedResults(view.snapshot).render(
-        surfaces.length > 1
-          ? [...resolution.assignments].sort(byExperimentId)
-          : resolution.assignments,
+      const resolveId = request.requestId === '' ? randomUUID() : request.requestId;
+      let result = resolveUnit(
+        view,
+        renderedResults(view.snapshot),
+        unitContext,
+        request,
+        resolveId,
       );
-      const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({
-        holdoutId: m.holdout.id,
-        heldOut: m.heldOut,
-        surfaces: m.surfaces as string[],
-        holdoutEtag: m.holdout.etag,
-      }));
-      const record: ResolveRecord = {
-        unitId,
-        unitType,
-        resolveId: request.requestId === '' ? randomUUID() : request.requestId,
-        resolveTime: now,
-        configVersion: view.version,
-        assignments: rendered.inExperiment,
-        holdouts: holdouts.map((h) => ({
-          holdoutId: h.holdoutId,
-          heldOut: h.heldOut,
-          surfaces: h.surfaces,
-          etag: h.holdoutEtag,
-        })),
-      };
+      let exposures = NO_EXPOSURES;
+      if (request.apply) {
+        const logged = await logExposures(context, result.record, [], new Date(now));
+        exposures = logged.counts;
+        if (logged.restuck.size > 0) {
+          // Another resolve's variant was stored first (between the lookup and now): it is what
+          // the exposure names and what the unit is served from now on, so this response too.
+          const stored = new Map(sticky);
+          for (const [id, assignment] of logged.restuck) stored.set(id, assignment);
+          const restuck = { ...unitContext, sticky: stored };
+          result = resolveUnit(view, renderedResults(view.snapshot), restuck, request, resolveId);
+        }
+      }
+      const { rendered, holdouts, record } = result;
       const response: ResolveResponse = {
         assignments: rendered.assignments,
         holdouts,
         resolveToken: context.tokens.sign(record, rendered.tokenEntries),
-        resolveId: record.resolveId,
+        resolveId,
         configVersion: view.version,
         resolveTime: new Date(now),
         unknownSurfaces,
-        exposures: request.apply
-          ? await logExposures(context, record, [], new Date(now))
-          : NO_EXPOSURES,
+        exposures,
       };
       return withEncodedAssignments(response, rendered.responseEntries);
     },
@@ -448,7 +500,12 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         ]);
       }
       if (exposureTime.getTime() < record.resolveTime) exposureTime = new Date(record.resolveTime);
-      const exposures = await logExposures(context, record, request.experimentIds, exposureTime);
+      const { counts: exposures } = await logExposures(
+        context,
+        record,
+        request.experimentIds,
+        exposureTime,
+      );
       // Not remembered when some were dropped: the retry logs them.
       if (resultKey !== undefined && exposures.droppedCount === 0) {
         applyResults.set(resultKey, exposures);

@@ -1071,6 +1071,39 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         });
       });
 
+      it('serves and logs the stored variant when a Resolve with apply finds another stored since its lookup', async () => {
+        const { client } = service;
+        const first = await client.resolve(resolveRequest('race-2', { surfaces: ['sticky-race'] }));
+        const served = first.assignments[0];
+        expect(served).toMatchObject({ reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED });
+        const other = served?.variantKey === 'control' ? 'treatment' : 'control';
+        // Another replica stores its variant after this resolve looked (and found nothing).
+        const otherReplica = await StickyAssignments.open(service.runtime.store, 10);
+        await otherReplica.store(
+          'sticky-race',
+          'user',
+          'race-2',
+          { variantKey: other, allocationSequence: 0 },
+          3_600_000,
+          Date.now(),
+        );
+        const lookup = jest
+          .spyOn(service.service.context.sticky, 'lookup')
+          .mockResolvedValueOnce({ found: new Map(), unavailable: [] });
+        try {
+          const applied = await client.resolve(
+            resolveRequest('race-2', { surfaces: ['sticky-race'], apply: true }),
+          );
+          expect(applied.exposures).toMatchObject({ loggedCount: 1 });
+          expect(applied.assignments[0]).toMatchObject({
+            variantKey: other,
+            reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+          });
+        } finally {
+          lookup.mockRestore();
+        }
+      });
+
       it('serves the rest of a resolve when the sticky lookup fails, and looks up only serving sticky experiments', async () => {
         const { admin, client } = service;
         const surfaces = ['sticky-down'];
