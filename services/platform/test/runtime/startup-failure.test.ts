@@ -170,7 +170,9 @@ async function listening(port: number): Promise<void> {
         socket.destroy();
         resolve(true);
       });
-      socket.once('error', () => { resolve(false); });
+      socket.once('error', () => {
+        resolve(false);
+      });
     });
     if (open) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
