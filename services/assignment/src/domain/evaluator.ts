@@ -55,7 +55,7 @@ import {
   compileConjunct,
   conjunctsOf,
   isEmptyCondition,
-  UNSUPPORTED_REGEX,
+  toleratedWhenStored,
   validateCondition,
   type AttributePredicate,
   type Attributes,
@@ -405,10 +405,9 @@ export class AssignmentSnapshot {
       const key = JSON.stringify(condition);
       let slot = conditionSlots.get(key);
       if (slot === undefined) {
-        // A pattern stored before `$regex` was RE2 is evaluated as it was (see UNSUPPORTED_REGEX).
-        const violations = validateCondition(condition).filter(
-          (v) => v.reason !== UNSUPPORTED_REGEX,
-        );
+        // A condition stored before a rule tightened (a `$regex` from before RE2, say) is
+        // evaluated as it was (see `toleratedWhenStored`).
+        const violations = validateCondition(condition).filter((v) => !toleratedWhenStored(v));
         if (violations.length > 0) throw new InvalidConditionError(violations);
         slot = this.conditionParts.length;
         this.conditionParts.push(conjunctsOf(condition).map(partSlot));

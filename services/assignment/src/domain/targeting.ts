@@ -124,6 +124,24 @@ const RE2_FLAGS: Readonly<Record<string, number>> = {
  */
 export const UNSUPPORTED_REGEX = 'UNSUPPORTED_REGEX';
 
+/**
+ * Reasons of rules tightened after conditions were first stored: `$all` of an empty array (sift
+ * matches every unit, MongoDB none) and `$not` of a plain value (MongoDB refuses it; sift reads it
+ * as "not equal"). Refused when a condition is written; a stored one keeps being evaluated as it
+ * was, like an {@link UNSUPPORTED_REGEX}.
+ */
+export const EMPTY_ALL = 'EMPTY_ALL';
+export const NOT_OF_VALUE = 'NOT_OF_VALUE';
+
+/** Whether a stored condition with this problem is still evaluated (as it was when stored). */
+export function toleratedWhenStored(violation: FieldViolation): boolean {
+  return (
+    violation.reason === UNSUPPORTED_REGEX ||
+    violation.reason === EMPTY_ALL ||
+    violation.reason === NOT_OF_VALUE
+  );
+}
+
 /** Compiles a `$regex` with its `$options`; throws on what RE2 does not accept. */
 function compileRe2(pattern: string, flags: unknown): RE2JS {
   let bits = 0;
@@ -392,9 +410,16 @@ function validateOperators(
         break;
       case '$in':
       case '$nin':
-      case '$all':
         if (!Array.isArray(operand) || !isJsonValue(operand, depth)) {
           out.push(violation(at, `${op} takes an array of values`, 'INVALID_OPERAND'));
+        }
+        break;
+      case '$all':
+        // MongoDB matches nothing with an empty `$all`, sift everything: neither is meant.
+        if (!Array.isArray(operand) || !isJsonValue(operand, depth)) {
+          out.push(violation(at, '$all takes an array of values', 'INVALID_OPERAND'));
+        } else if (operand.length === 0) {
+          out.push(violation(at, '$all takes a non-empty array of values', EMPTY_ALL));
         }
         break;
       case '$exists':
@@ -423,7 +448,17 @@ function validateOperators(
         else out.push(violation(at, '$elemMatch takes a non-empty object', 'INVALID_OPERAND'));
         break;
       case '$not':
-        validateFieldValue(operand, at, depth + 1, out);
+        // As MongoDB: `{$not: 5}` is refused there, not read as "not equal to 5".
+        if (isOperatorObject(operand)) validateOperators(operand, at, depth + 1, out);
+        else if (isJsonValue(operand, depth)) {
+          out.push(
+            violation(
+              at,
+              '$not takes an object of operators, such as {"$gt": 5} or {"$regex": "^a"}',
+              NOT_OF_VALUE,
+            ),
+          );
+        } else validateFieldValue(operand, at, depth + 1, out);
         break;
       case '$and':
       case '$or':

@@ -32,7 +32,6 @@ import {
   ExperimentStatus,
   MAX_STICKY_TTL_MS,
   START_MARGIN_MS,
-  UNSUPPORTED_REGEX,
   validateExperiment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
@@ -187,6 +186,11 @@ function validate(context: AssignmentContext, doc: ExperimentDocument): FieldVio
     }),
     ...experimentSizeViolations(doc),
   ]);
+}
+
+/** Whether a violation's field is the experiment's condition or within it. */
+function isConditionField(field: string): boolean {
+  return field === 'experiment.condition' || field.startsWith('experiment.condition.');
 }
 
 function statusName(status: number): string {
@@ -357,10 +361,11 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           const now = Date.now();
           const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
           const problems = validate(context, after);
-          // A condition stored before `$regex` was RE2 may stay as it is until it is changed.
+          // A stored condition passed the rules of its day: one they have tightened since (a
+          // `$regex` from before RE2, a `$not` of a plain value) may stay until it is changed.
           violations.push(
             ...(after.conditionJson === before.doc.conditionJson
-              ? problems.filter((v) => v.reason !== UNSUPPORTED_REGEX)
+              ? problems.filter((v) => !isConditionField(v.field))
               : problems),
           );
           rejectIfAny('experiment', violations);

@@ -188,6 +188,10 @@ describe('validateCondition', () => {
       'a..b': 1,
       nested: { $or: [{ $eq: 1 }] },
       flags: { $regex: 'x', $options: 'g' },
+      // MongoDB matches nothing with an empty $all (sift everything); it refuses $not of a value.
+      labels: { $all: [] },
+      negated: { $not: 5 },
+      negatedQuery: { $not: { b: 1 } },
     });
     expect(problems.map((p) => [p.field, p.reason])).toEqual([
       ['condition.country.$in', 'INVALID_OPERAND'],
@@ -202,6 +206,9 @@ describe('validateCondition', () => {
       ['condition.a..b', 'INVALID_PATH'],
       ['condition.nested.$or', 'MISPLACED_OPERATOR'],
       ['condition.flags.$options', 'INVALID_OPERAND'],
+      ['condition.labels.$all', 'EMPTY_ALL'],
+      ['condition.negated.$not', 'NOT_OF_VALUE'],
+      ['condition.negatedQuery.$not', 'NOT_OF_VALUE'],
     ]);
   });
 

@@ -539,6 +539,55 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         ).toEqual([['experiment.condition.ua.$regex', 'UNSUPPORTED_REGEX']]);
       });
 
+      it('keeps a condition stored before a rule tightened ($not of a value) until a write changes it', async () => {
+        const { admin } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('legacy-not', {
+              condition: { plan: { $not: { $eq: 'free' } } },
+            }),
+          }),
+        );
+        const store = service.service.context.store;
+        const stored = await store.experiments.get('legacy-not');
+        if (stored === undefined) throw new Error('the experiment was not stored');
+        const legacy = await store.experiments.replace(
+          { ...stored.doc, conditionJson: JSON.stringify({ plan: { $not: 'free' } }) },
+          stored.version,
+        );
+        await store.bumpVersion();
+        await service.service.context.configuration.refresh();
+        const described = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...experiment('legacy-not', { description: 'condition untouched' }),
+              etag: String(legacy.version),
+            },
+            updateMask: ['description'],
+          }),
+        );
+        expect(described.experiment?.description).toBe('condition untouched');
+        const rewritten = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...experiment('legacy-not', {
+                  surfaces: ['legacy-not'],
+                  condition: { plan: { $not: 'trial' } },
+                }),
+                etag: described.experiment?.etag ?? '',
+              },
+              updateMask: ['condition'],
+            }),
+          ),
+        );
+        expect(
+          rewritten instanceof InvalidArgumentError
+            ? rewritten.violations.map((v) => [v.field, v.reason])
+            : [],
+        ).toEqual([['experiment.condition.plan.$not', 'NOT_OF_VALUE']]);
+      });
+
       it('ignores what the request says of fields outside the update mask, problems included', async () => {
         const { admin } = service;
         const created = await admin.createExperiment(
