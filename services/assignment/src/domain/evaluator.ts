@@ -948,17 +948,15 @@ export class AssignmentSnapshot {
     ]);
     for (const surface of surfaceNames) {
       const entry = bySurface.get(surface) ?? { experiments: [], slots: [] };
-      const layersHere = new Set(entry.experiments.map((p) => p.layerId).filter((id) => id !== ''));
       // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
       const stickyPlans = entry.experiments.filter((p) => p.sticky && p.serving === Serving.WINDOW);
       // A holdout covers an experiment on all of its surfaces, so one that covers a serving
-      // experiment here through another surface acts here too: its membership is listed (and
-      // logged). A draft or stopped experiment changes nothing here, so it does not widen it.
-      const coveringHere = new Set(
-        entry.experiments
-          .filter((p) => p.serving !== Serving.OFF)
-          .flatMap((p) => [...p.holdoutSlots]),
-      );
+      // experiment here through another surface, or through its layer, acts here too: its
+      // membership is listed (and logged). A draft or stopped experiment changes nothing here,
+      // so it does not widen it.
+      const servingHere = entry.experiments.filter((p) => p.serving !== Serving.OFF);
+      const layersHere = new Set(servingHere.map((p) => p.layerId).filter((id) => id !== ''));
+      const coveringHere = new Set(servingHere.flatMap((p) => [...p.holdoutSlots]));
       this.surfaces.set(surface, {
         experiments: entry.experiments,
         surfaceSlots: Int32Array.from(entry.slots),

@@ -443,6 +443,31 @@ describe('a holdout covering an experiment through another of its surfaces', () 
       expect(idle.resolve(unit('user-1', { surfaces: ['feed'] })).holdouts).toHaveLength(1);
     }
   });
+
+  it('covers a surface through a layer only where an experiment of that layer serves', () => {
+    for (const status of [ExperimentStatus.DRAFT, ExperimentStatus.STOPPED]) {
+      const inLayer = { layerId: 'ranking', layerRange: { start: 0, end: 0.5 } };
+      const layered = buildSnapshot(
+        configuration({
+          layers: [{ id: 'ranking' }],
+          experiments: [
+            experiment({ id: 'idle', surfaces: ['p'], status, ...inLayer }),
+            experiment({
+              id: 'live',
+              surfaces: ['q'],
+              layerId: 'ranking',
+              layerRange: { start: 0.5, end: 1 },
+            }),
+          ],
+          holdouts: [
+            holdout({ id: 'by-layer', fraction: 0.5, surfaces: [], layerIds: ['ranking'] }),
+          ],
+        }),
+      );
+      expect(layered.resolve(unit('user-1', { surfaces: ['p'] })).holdouts).toEqual([]);
+      expect(layered.resolve(unit('user-1', { surfaces: ['q'] })).holdouts).toHaveLength(1);
+    }
+  });
 });
 
 describe('sticky assignments', () => {
