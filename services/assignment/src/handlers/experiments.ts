@@ -252,8 +252,12 @@ async function dropAllocation(context: AssignmentContext, id: string): Promise<v
   );
 }
 
-function checkOptionalEtag(doc: ExperimentDocument, etag: string, version: number): void {
-  if (etag !== '') checkEtag('experiment', doc.id, etag, version);
+function checkOptionalEtag(
+  doc: ExperimentDocument,
+  etag: string,
+  before: Stored<ExperimentDocument>,
+): void {
+  if (etag !== '') checkEtag('experiment', doc.id, etag, before);
 }
 
 export function experimentHandlers(context: AssignmentContext): ExperimentHandlers {
@@ -285,7 +289,12 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           rejectIfAny('experiment', violations);
           if (await context.store.isRetired('experiment', doc.id))
             throw retiredId('experiment', doc.id);
-          const stored = await insertNew(context.store.experiments, 'experiment', doc);
+          const stored = await insertNew(
+            context.store,
+            context.store.experiments,
+            'experiment',
+            doc,
+          );
           await context.changes.record(
             { type: 'experiment', id: doc.id, stored },
             ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
@@ -347,7 +356,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           rejectIfAny('request', violations);
           if (!experiment) throw new Error('unreachable: experiment checked above');
           const before = await storedExperiment(context, experiment.id);
-          checkEtag('experiment', experiment.id, experiment.etag, before.version);
+          checkEtag('experiment', experiment.id, experiment.etag, before);
           // Fields outside the mask are ignored, so are their problems (AIP-134).
           const read: FieldViolation[] = [];
           const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
@@ -418,7 +427,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           required('etag', request.etag, violations);
           rejectIfAny('request', violations);
           const before = await storedExperiment(context, request.id);
-          checkEtag('experiment', request.id, request.etag, before.version);
+          checkEtag('experiment', request.id, request.etag, before);
           if (
             before.doc.status === ExperimentStatus.RUNNING ||
             before.doc.status === ExperimentStatus.SCHEDULED
@@ -426,6 +435,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
           }
           if (before.doc.startTime !== null) await context.store.retire('experiment', request.id);
+          await context.store.recordDeletion('experiment', request.id);
           if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
             throw notFound('experiment', request.id);
           }
@@ -455,7 +465,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           required('id', request.id, violations);
           rejectIfAny('request', violations);
           const before = await storedExperiment(context, request.id);
-          checkOptionalEtag(before.doc, request.etag, before.version);
+          checkOptionalEtag(before.doc, request.etag, before);
           const doc = before.doc;
           if (doc.status !== ExperimentStatus.DRAFT) throw wrongStatus(doc, 'started', 'DRAFT');
           const now = Date.now();
@@ -495,7 +505,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         required('id', request.id, violations);
         rejectIfAny('request', violations);
         const before = await storedExperiment(context, request.id);
-        checkOptionalEtag(before.doc, request.etag, before.version);
+        checkOptionalEtag(before.doc, request.etag, before);
         const doc = before.doc;
         const now = Date.now();
         // Dated by the schedule when its end has passed and the status has not caught up yet.
@@ -548,7 +558,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             });
           }
           rejectIfAny('request', violations);
-          checkOptionalEtag(doc, request.etag, before.version);
+          checkOptionalEtag(doc, request.etag, before);
           if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {
             throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
           }

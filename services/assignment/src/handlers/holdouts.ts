@@ -130,7 +130,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         violations.push(...validate(context, doc));
         rejectIfAny('holdout', violations);
         if (await context.store.isRetired('holdout', doc.id)) throw retiredId('holdout', doc.id);
-        const stored = await insertNew(context.store.holdouts, 'holdout', doc);
+        const stored = await insertNew(context.store, context.store.holdouts, 'holdout', doc);
         await context.changes.record(
           { type: 'holdout', id: doc.id, stored },
           ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
@@ -190,7 +190,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           holdout.id,
         );
         if (!before) throw notFound('holdout', holdout.id);
-        checkEtag('holdout', holdout.id, holdout.etag, before.version);
+        checkEtag('holdout', holdout.id, holdout.etag, before);
         const requested = requestedFields(holdout);
         const changed: Record<string, unknown> = { ...before.doc };
         for (const path of paths) {
@@ -257,7 +257,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         rejectIfAny('request', violations);
         const before = await context.store.holdouts.get(request.id);
         if (!before) throw notFound('holdout', request.id);
-        checkEtag('holdout', request.id, request.etag, before.version);
+        checkEtag('holdout', request.id, request.etag, before);
         if (before.doc.status === HoldoutStatus.RUNNING) {
           throw new FailedPreconditionError(`holdout "${request.id}" is RUNNING: stop it first`, {
             reason: 'HOLDOUT_RUNNING',
@@ -267,6 +267,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           });
         }
         if (before.doc.startTime !== null) await context.store.retire('holdout', request.id);
+        await context.store.recordDeletion('holdout', request.id);
         if (!(await context.store.holdouts.delete(request.id, versionOf(request.etag)))) {
           throw notFound('holdout', request.id);
         }

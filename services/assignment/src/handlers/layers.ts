@@ -62,7 +62,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         };
         violations.push(...under('layer', layerSizeViolations(doc)));
         rejectIfAny('layer', violations);
-        const stored = await insertNew(context.store.layers, 'layer', doc);
+        const stored = await insertNew(context.store, context.store.layers, 'layer', doc);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },
           ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
@@ -112,7 +112,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         if (!layer) throw new Error('unreachable: layer checked above');
         const before = await context.store.layers.get(layer.id);
         if (!before) throw notFound('layer', layer.id);
-        checkEtag('layer', layer.id, layer.etag, before.version);
+        checkEtag('layer', layer.id, layer.etag, before);
         const after: LayerDocument = {
           ...before.doc,
           description: paths.has('description') ? layer.description : before.doc.description,
@@ -137,7 +137,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         rejectIfAny('request', violations);
         const before = await context.store.layers.get(request.id);
         if (!before) throw notFound('layer', request.id);
-        checkEtag('layer', request.id, request.etag, before.version);
+        checkEtag('layer', request.id, request.etag, before);
         const view = context.configuration.current();
         const references: PreconditionViolation[] = [
           ...[...view.experiments.values()]
@@ -161,6 +161,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
             violations: references,
           });
         }
+        await context.store.recordDeletion('layer', request.id);
         if (!(await context.store.layers.delete(request.id, versionOf(request.etag)))) {
           throw notFound('layer', request.id);
         }

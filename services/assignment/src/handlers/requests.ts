@@ -10,6 +10,8 @@ import {
   type FieldViolation,
 } from '../../../platform/src/errors';
 import type { Collection, Versioned } from '../../../platform/src/storage/collection';
+import type { ConfigurationStore, ResourceKind } from '../store/configuration-store';
+import { etagOf, type Stored } from '../store/documents';
 
 /** Throws INVALID_ARGUMENT with every violation when there is any. */
 export function rejectIfAny(what: string, violations: readonly FieldViolation[]): void {
@@ -48,14 +50,19 @@ export function retiredId(type: 'experiment' | 'holdout', id: string): AlreadyEx
   );
 }
 
-/** Stores a new resource's document; ALREADY_EXISTS naming the resource when its id is taken. */
-export async function insertNew<T extends { readonly id: string }>(
+/**
+ * Stores a new resource's document, as the next incarnation of its id when one was deleted before
+ * (see `etagOf`); ALREADY_EXISTS naming the resource when its id is taken.
+ */
+export async function insertNew<T extends { readonly id: string; readonly incarnation?: number }>(
+  store: ConfigurationStore,
   collection: Collection<T>,
-  type: 'layer' | 'experiment' | 'holdout',
+  type: ResourceKind,
   doc: T,
 ): Promise<Versioned<T>> {
+  const incarnation = await store.incarnationOf(type, doc.id);
   try {
-    return await collection.insert(doc);
+    return await collection.insert(incarnation > 1 ? { ...doc, incarnation } : doc);
   } catch (error) {
     if (!(error instanceof AlreadyExistsError)) throw error;
     throw new AlreadyExistsError(`${type} "${doc.id}" already exists`, {
@@ -70,19 +77,23 @@ function resourceType(type: string): string {
   return `tandem.assignment.v1.${type[0]?.toUpperCase() ?? ''}${type.slice(1)}`;
 }
 
-/** The stored version an etag names; throws ABORTED when it is not the current one. */
-export function checkEtag(type: string, id: string, etag: string, version: number): void {
-  if (etag !== String(version)) {
+/** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */
+export function checkEtag(type: string, id: string, etag: string, stored: Stored<unknown>): void {
+  const current = etagOf(stored);
+  if (etag !== current) {
     throw new AbortedError(
-      `${type} "${id}": etag "${etag}" is stale; the current one is "${version}"`,
-      { reason: 'STALE_ETAG', metadata: { current_etag: String(version) } },
+      `${type} "${id}": etag "${etag}" is stale; the current one is "${current}"`,
+      {
+        reason: 'STALE_ETAG',
+        metadata: { current_etag: current },
+      },
     );
   }
 }
 
-/** The stored version an etag names, for conditional writes. */
+/** The stored version a current etag names (see `etagOf`), for conditional writes. */
 export function versionOf(etag: string): number {
-  const version = Number(etag);
+  const version = Number(etag.slice(etag.lastIndexOf('.') + 1));
   return Number.isSafeInteger(version) && version > 0 ? version : -1;
 }
 

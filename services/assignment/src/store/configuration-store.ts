@@ -51,6 +51,19 @@ interface RetiredIdDocument {
 /** The kinds of resource whose ids are retired on delete. */
 export type RetiredKind = 'experiment' | 'holdout';
 
+/**
+ * How many times a layer, experiment or holdout id was deleted: a resource created again under
+ * it is its next incarnation, whose etags differ from every earlier one's (see `etagOf`).
+ */
+interface DeletedIdDocument {
+  /** `<kind>/<resource id>`. */
+  readonly id: string;
+  readonly deletions: number;
+}
+
+/** The kinds of resource whose etags must not repeat across deletions. */
+export type ResourceKind = 'layer' | 'experiment' | 'holdout';
+
 const WRITE_LEASE_ID = 'configuration-writes';
 /** How often a replica waiting for the write lease looks again. */
 const LEASE_POLL_MS = 20;
@@ -77,6 +90,7 @@ export class ConfigurationStore {
     private readonly secrets: Collection<SecretDocument>,
     private readonly leases: Collection<LeaseDocument>,
     private readonly retiredIds: Collection<RetiredIdDocument>,
+    private readonly deletedIds: Collection<DeletedIdDocument>,
   ) {}
 
   /** Opens (and creates) the collections. Throws `UnavailableError` when storage is down. */
@@ -90,6 +104,7 @@ export class ConfigurationStore {
       await store.collection<SecretDocument>({ name: 'secrets' }),
       await store.collection<LeaseDocument>({ name: 'leases' }),
       await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
+      await store.collection<DeletedIdDocument>({ name: 'deleted_ids' }),
     );
   }
 
@@ -145,6 +160,19 @@ export class ConfigurationStore {
    */
   async retire(kind: RetiredKind, id: string): Promise<void> {
     await this.retiredIds.upsert({ id: `${kind}/${id}`, retireTime: Date.now() });
+  }
+
+  /**
+   * Counts a deletion of `id`. Call it before deleting the resource: a crash in between only
+   * makes the next incarnation's number skip one.
+   */
+  async recordDeletion(kind: ResourceKind, id: string): Promise<void> {
+    await this.deletedIds.increment(`${kind}/${id}`, { deletions: 1 });
+  }
+
+  /** The incarnation a resource created now under `id` is: 1, plus one per earlier deletion. */
+  async incarnationOf(kind: ResourceKind, id: string): Promise<number> {
+    return 1 + ((await this.deletedIds.get(`${kind}/${id}`))?.doc.deletions ?? 0);
   }
 
   /** Whether `id` belonged to a resource that served and was deleted. */

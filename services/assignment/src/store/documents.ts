@@ -16,6 +16,8 @@ import {
 
 export interface LayerDocument {
   readonly id: string;
+  /** Which resource of this id it is, when one was deleted before (see `etagOf`). */
+  readonly incarnation?: number;
   readonly description: string;
   readonly owner: string;
   readonly tags: readonly string[];
@@ -33,6 +35,8 @@ export interface VariantDocument {
 
 export interface ExperimentDocument {
   readonly id: string;
+  /** Which resource of this id it is, when one was deleted before (see `etagOf`). */
+  readonly incarnation?: number;
   readonly description: string;
   readonly owner: string;
   readonly tags: readonly string[];
@@ -68,6 +72,8 @@ export interface ExperimentDocument {
 
 export interface HoldoutDocument {
   readonly id: string;
+  /** Which resource of this id it is, when one was deleted before (see `etagOf`). */
+  readonly incarnation?: number;
   readonly description: string;
   readonly owner: string;
   readonly tags: readonly string[];
@@ -111,9 +117,15 @@ export interface Stored<T> {
   readonly version: number;
 }
 
-/** The etag of a stored resource: its version. */
+/**
+ * The etag of a stored resource: its version, preceded by its incarnation (`2.1`) when its id was
+ * deleted before, so that an etag of a deleted resource is stale for the one created again.
+ */
 export function etagOf(stored: Stored<unknown>): string {
-  return String(stored.version);
+  const { incarnation } = stored.doc as { incarnation?: unknown };
+  return typeof incarnation === 'number' && incarnation > 1
+    ? `${incarnation}.${stored.version}`
+    : String(stored.version);
 }
 
 function parseJson(text: string): Record<string, unknown> | undefined {

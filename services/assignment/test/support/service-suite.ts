@@ -588,6 +588,66 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         ).toEqual([['experiment.condition.plan.$not', 'NOT_OF_VALUE']]);
       });
 
+      it('never takes an etag of a deleted resource for the one created again under its id', async () => {
+        const { admin } = service;
+        const stale = async (call: Promise<unknown>) => (await failure(call)).reason;
+
+        const layer = () => CreateLayerRequest.fromPartial({ layer: { id: 'reborn-layer' } });
+        await admin.createLayer(layer());
+        await admin.deleteLayer(DeleteLayerRequest.fromPartial({ id: 'reborn-layer', etag: '1' }));
+        const again = await admin.createLayer(layer());
+        expect(again.layer?.etag).toBe('2.1');
+        const update = (etag: string) =>
+          admin.updateLayer(
+            UpdateLayerRequest.fromPartial({
+              layer: { id: 'reborn-layer', etag, owner: 'someone' },
+              updateMask: ['owner'],
+            }),
+          );
+        expect(await stale(update('1'))).toBe('STALE_ETAG');
+        expect(
+          await stale(
+            admin.deleteLayer(DeleteLayerRequest.fromPartial({ id: 'reborn-layer', etag: '1' })),
+          ),
+        ).toBe('STALE_ETAG');
+        expect((await update('2.1')).layer?.etag).toBe('2.2');
+
+        const created = () =>
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('reborn', { surfaces: ['reborn'] }),
+            }),
+          );
+        await created();
+        await admin.deleteExperiment(
+          DeleteExperimentRequest.fromPartial({ id: 'reborn', etag: '1' }),
+        );
+        expect((await created()).experiment?.etag).toBe('2.1');
+        expect(
+          await stale(
+            admin.updateExperiment(
+              UpdateExperimentRequest.fromPartial({
+                experiment: { ...experiment('reborn', { surfaces: ['reborn'] }), etag: '1' },
+                updateMask: ['description'],
+              }),
+            ),
+          ),
+        ).toBe('STALE_ETAG');
+
+        const held = () =>
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({ holdout: holdout('reborn', { surfaces: ['x'] }) }),
+          );
+        await held();
+        await admin.deleteHoldout(DeleteHoldoutRequest.fromPartial({ id: 'reborn', etag: '1' }));
+        expect((await held()).holdout?.etag).toBe('2.1');
+        expect(
+          await stale(
+            admin.deleteHoldout(DeleteHoldoutRequest.fromPartial({ id: 'reborn', etag: '1' })),
+          ),
+        ).toBe('STALE_ETAG');
+      });
+
       it('ignores what the request says of fields outside the update mask, problems included', async () => {
         const { admin } = service;
         const created = await admin.createExperiment(
