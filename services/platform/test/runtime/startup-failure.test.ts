@@ -11,10 +11,10 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ENTRY_POINTS, freePort, runEntryPoint, takePort } from '../support/entry-points';
+import { waitForPort } from '../support/nats-server';
 
 /** The `make dev` process and, per service entry point, a line it logs during start-up. */
 const STARTING = [
@@ -161,25 +161,6 @@ describe('make dev with a wrong configuration', () => {
   }, 30_000);
 });
 
-/** Resolves once something accepts connections on the local `port`. */
-async function listening(port: number): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => {
-        resolve(false);
-      });
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`nothing listens on port ${port}`);
-}
-
 (hasNatsServer ? describe : describe.skip)('make dev with NATS_URL set', () => {
   let dataDir: string;
 
@@ -197,7 +178,7 @@ async function listening(port: number): Promise<void> {
       stdio: 'ignore',
     });
     try {
-      await listening(port);
+      await waitForPort(port, 10_000);
       const { code, output } = await runEntryPoint(
         DEV_MAIN,
         {
