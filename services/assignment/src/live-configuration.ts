@@ -146,8 +146,9 @@ export class LiveConfiguration {
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
   private catchingUp: Promise<boolean> | undefined;
-  /** When a catch-up last found storage holding no newer version than the one asked for. */
-  private caughtUpAt = -Infinity;
+  /** The last version a catch-up found storage not to hold, and when (see `catchUp`). */
+  private missingFrom = Infinity;
+  private missingAt = -Infinity;
 
   constructor(
     private readonly store: ConfigurationStore,
@@ -193,19 +194,30 @@ export class LiveConfiguration {
 
   /**
    * Brings the configuration up to `version` when a newer one is stored: for a caller holding a
-   * version another replica has seen (a resolve token's). Callers share one refresh at a time, and
-   * a version storage does not hold (a token from another deployment, a store restored from a
-   * backup) is not looked for again within {@link CATCH_UP_INTERVAL_MS}; the periodic check
-   * brings any later change.
+   * version another replica has seen (a resolve token's). Callers share a refresh under way; one
+   * that joined a refresh begun before it came, and is still behind after it, refreshes once more
+   * (that refresh may have read the stored version before the caller's was stored). A version
+   * storage does not hold (a token from another deployment, a store restored from a backup) is
+   * not looked for again, nor any later one, within {@link CATCH_UP_INTERVAL_MS}; the periodic
+   * check brings any later change.
    */
   async catchUp(version: number): Promise<void> {
     if (version <= this.current().version) return;
-    if (Date.now() - this.caughtUpAt < CATCH_UP_INTERVAL_MS) return;
+    if (version >= this.missingFrom && Date.now() - this.missingAt < CATCH_UP_INTERVAL_MS) return;
+    const joined = this.catchingUp !== undefined;
+    await this.sharedRefresh();
+    if (joined && version > this.current().version) await this.sharedRefresh();
+    if (version > this.current().version) {
+      this.missingFrom = version;
+      this.missingAt = Date.now();
+    }
+  }
+
+  private sharedRefresh(): Promise<boolean> {
     this.catchingUp ??= this.refresh().finally(() => {
       this.catchingUp = undefined;
     });
-    await this.catchingUp;
-    if (version > this.current().version) this.caughtUpAt = Date.now();
+    return this.catchingUp;
   }
 
   /**

@@ -75,5 +75,32 @@ describe('the live configuration', () => {
     await live.catchUp(seen + 100);
     expect(refresh).toHaveBeenCalledTimes(1);
     expect(live.current().version).toBe(seen);
+    // Not a version storage does hold, though.
+    await configuration.bumpVersion();
+    await live.catchUp(seen + 1);
+    expect(live.current().version).toBe(seen + 1);
+  });
+
+  it('refreshes once more for a caller that joined a refresh which read the stored version before its own was stored', async () => {
+    const storedVersion = configuration.version.bind(configuration);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let read!: () => void;
+    const hasRead = new Promise<void>((resolve) => (read = resolve));
+    jest.spyOn(configuration, 'version').mockImplementationOnce(async () => {
+      const version = await storedVersion();
+      read();
+      await held;
+      return version;
+    });
+    const first = await configuration.bumpVersion();
+    const early = live.catchUp(first);
+    await hasRead;
+    // Another replica stores the next version, and a token resolved with it arrives.
+    const second = await configuration.bumpVersion();
+    const late = live.catchUp(second);
+    release();
+    await Promise.all([early, late]);
+    expect(live.current().version).toBe(second);
   });
 });
