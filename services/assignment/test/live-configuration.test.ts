@@ -87,12 +87,16 @@ describe('the live configuration', () => {
     const held = new Promise<void>((resolve) => (release = resolve));
     let read!: () => void;
     const hasRead = new Promise<void>((resolve) => (read = resolve));
-    jest.spyOn(configuration, 'version').mockImplementationOnce(async () => {
-      const version = await storedVersion();
-      read();
-      await held;
-      return version;
-    });
+    // A refresh reads the version twice: to see whether it changed, then as part of reading all.
+    jest
+      .spyOn(configuration, 'version')
+      .mockImplementationOnce(storedVersion)
+      .mockImplementationOnce(async () => {
+        const version = await storedVersion();
+        read();
+        await held;
+        return version;
+      });
     const first = await configuration.bumpVersion();
     const early = live.catchUp(first);
     await hasRead;
