@@ -13,6 +13,7 @@ import type { EventBus, Subscription } from '../../../platform/src/events/bus';
 import type { BufferedPublisher } from '../../../platform/src/events/buffered-publisher';
 import type { Logger } from '../../../platform/src/logging';
 import type { ConfigurationChange, LiveConfiguration } from '../live-configuration';
+import { etagOf } from '../store/documents';
 import { CONFIG_STREAM, CONFIG_SUBJECT } from './streams';
 
 const DOMAIN = 'assignment';
@@ -27,7 +28,7 @@ export class ConfigurationChanges {
   /** Commits a change this replica wrote and tells the others. Returns the new version. */
   async record(change: ConfigurationChange, changeType: ConfigChangeType): Promise<number> {
     const configVersion = await this.configuration.commit(change);
-    const etag = change.stored ? String(change.stored.version) : '';
+    const etag = change.stored ? etagOf(change.stored) : '';
     const eventId = `${DOMAIN}/${change.type}/${change.id}/${etag === '' ? `deleted@${configVersion}` : etag}`;
     this.publisher.enqueue(
       CONFIG_SUBJECT,

@@ -40,6 +40,7 @@ import {
   ExperimentStatus,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
+import type { ConfigChangeEvent } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
   decodeStatus,
   FailedPreconditionError,
@@ -593,10 +594,19 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const stale = async (call: Promise<unknown>) => (await failure(call)).reason;
 
         const layer = () => CreateLayerRequest.fromPartial({ layer: { id: 'reborn-layer' } });
+        const announced = jest.spyOn(service.service.context.changes['publisher'], 'enqueue');
         await admin.createLayer(layer());
         await admin.deleteLayer(DeleteLayerRequest.fromPartial({ id: 'reborn-layer', etag: '1' }));
         const again = await admin.createLayer(layer());
         expect(again.layer?.etag).toBe('2.1');
+        // Its change event names that etag, under an id of its own (not the first one's again).
+        const events = announced.mock.calls.map(([, , event]) => event as ConfigChangeEvent);
+        announced.mockRestore();
+        expect(events.map((e) => [e.resourceId, e.etag, e.eventId])).toEqual([
+          ['reborn-layer', '1', 'assignment/layer/reborn-layer/1'],
+          ['reborn-layer', '', expect.stringMatching(/^assignment\/layer\/reborn-layer\/deleted@/)],
+          ['reborn-layer', '2.1', 'assignment/layer/reborn-layer/2.1'],
+        ]);
         const update = (etag: string) =>
           admin.updateLayer(
             UpdateLayerRequest.fromPartial({
