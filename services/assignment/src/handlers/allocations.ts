@@ -22,7 +22,7 @@ import {
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
-import { experimentDefinition, type AllocationDocument } from '../store/documents';
+import { etagOf, experimentDefinition, type AllocationDocument } from '../store/documents';
 import { allocationMessage, INITIAL_ALLOCATION_ETAG, timestampViolation } from './messages';
 import { notFound, rejectIfAny, required } from './requests';
 
@@ -180,7 +180,7 @@ export async function applyAllocation(
     );
   }
   const current = await context.store.allocations.get(doc.id);
-  const currentEtag = current ? String(current.version) : INITIAL_ALLOCATION_ETAG;
+  const currentEtag = current ? etagOf(current) : INITIAL_ALLOCATION_ETAG;
   if (allocation.etag !== '' && allocation.etag !== currentEtag) {
     throw new AbortedError(
       `allocation of "${doc.id}": etag "${allocation.etag}" is stale; current is "${currentEtag}"`,
@@ -223,9 +223,14 @@ export async function applyAllocation(
   };
   let stored;
   try {
-    stored = current
-      ? await context.store.allocations.replace(next, current.version)
-      : await context.store.allocations.insert(next);
+    if (current) stored = await context.store.allocations.replace(next, current.version);
+    else {
+      // Etags of its own when an allocation of this experiment was dropped before.
+      const incarnation = await context.store.incarnationOf('allocation', doc.id);
+      stored = await context.store.allocations.insert(
+        incarnation > 1 ? { ...next, incarnation } : next,
+      );
+    }
   } catch (error) {
     // Another writer got there first: the caller's view is stale, as with an etag.
     if (error instanceof AlreadyExistsError)

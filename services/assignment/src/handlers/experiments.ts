@@ -245,6 +245,8 @@ async function saveExperiment(
 
 /** Drops an experiment's stored bandit allocation, when it has one, and announces the change. */
 async function dropAllocation(context: AssignmentContext, id: string): Promise<void> {
+  if ((await context.store.allocations.get(id)) === undefined) return;
+  await context.store.recordDeletion('allocation', id);
   if (!(await context.store.allocations.delete(id))) return;
   await context.changes.record(
     { type: 'allocation', id, stored: undefined },

@@ -62,7 +62,7 @@ interface DeletedIdDocument {
 }
 
 /** The kinds of resource whose etags must not repeat across deletions. */
-export type ResourceKind = 'layer' | 'experiment' | 'holdout';
+export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
 const WRITE_LEASE_ID = 'configuration-writes';
 /** How often a replica waiting for the write lease looks again. */

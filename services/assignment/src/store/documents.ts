@@ -101,6 +101,8 @@ export interface VariantWeightDocument {
 /** A BANDIT experiment's latest allocation; the document id is the experiment id. */
 export interface AllocationDocument {
   readonly id: string;
+  /** Which allocation of this experiment it is, when one was dropped before (see `etagOf`). */
+  readonly incarnation?: number;
   readonly weights: readonly VariantWeightDocument[];
   readonly sequence: number;
   readonly method: number;
