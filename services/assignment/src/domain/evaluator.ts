@@ -951,20 +951,19 @@ export class AssignmentSnapshot {
       // Only where a stored variant can matter: a shipped or stopped experiment never reads it.
       const stickyPlans = entry.experiments.filter((p) => p.sticky && p.serving === Serving.WINDOW);
       // A holdout covers an experiment on all of its surfaces, so one that covers a serving
-      // experiment here through another surface, or through its layer, acts here too: its
+      // experiment here (through its layer, or through another surface) acts here too: its
       // membership is listed (and logged). A draft or stopped experiment changes nothing here,
       // so it does not widen it.
-      const servingHere = entry.experiments.filter((p) => p.serving !== Serving.OFF);
-      const layersHere = new Set(servingHere.map((p) => p.layerId).filter((id) => id !== ''));
-      const coveringHere = new Set(servingHere.flatMap((p) => [...p.holdoutSlots]));
+      const coveringHere = new Set(
+        entry.experiments
+          .filter((p) => p.serving !== Serving.OFF)
+          .flatMap((p) => [...p.holdoutSlots]),
+      );
       this.surfaces.set(surface, {
         experiments: entry.experiments,
         surfaceSlots: Int32Array.from(entry.slots),
         holdouts: holdouts.filter(
-          (h) =>
-            h.definition.surfaces.includes(surface) ||
-            h.definition.layerIds.some((id) => layersHere.has(id)) ||
-            coveringHere.has(h.index),
+          (h) => h.definition.surfaces.includes(surface) || coveringHere.has(h.index),
         ),
         stickyPlans,
         stickyWindowed: stickyPlans.some((p) => p.startMs !== -Infinity || p.endMs !== Infinity),

@@ -134,7 +134,7 @@ export const EMPTY_ALL = 'EMPTY_ALL';
 export const NOT_OF_VALUE = 'NOT_OF_VALUE';
 
 /** Whether a stored condition with this problem is still evaluated (as it was when stored). */
-export function toleratedWhenStored(violation: FieldViolation): boolean {
+export function toleratedWhenStored(violation: { readonly reason?: string }): boolean {
   return (
     violation.reason === UNSUPPORTED_REGEX ||
     violation.reason === EMPTY_ALL ||
@@ -449,8 +449,9 @@ function validateOperators(
         break;
       case '$not':
         // As MongoDB: `{$not: 5}` is refused there, not read as "not equal to 5".
-        if (isOperatorObject(operand)) validateOperators(operand, at, depth + 1, out);
-        else if (isJsonValue(operand, depth)) {
+        if (isPlainObject(operand) && Object.keys(operand).some((k) => k.startsWith('$'))) {
+          validateFieldValue(operand, at, depth + 1, out);
+        } else if (isJsonValue(operand, depth)) {
           out.push(
             violation(
               at,

@@ -32,6 +32,7 @@ import {
   ExperimentStatus,
   MAX_STICKY_TTL_MS,
   START_MARGIN_MS,
+  toleratedWhenStored,
   validateExperiment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
@@ -186,11 +187,6 @@ function validate(context: AssignmentContext, doc: ExperimentDocument): FieldVio
     }),
     ...experimentSizeViolations(doc),
   ]);
-}
-
-/** Whether a violation's field is the experiment's condition or within it. */
-function isConditionField(field: string): boolean {
-  return field === 'experiment.condition' || field.startsWith('experiment.condition.');
 }
 
 function statusName(status: number): string {
@@ -376,7 +372,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           // `$regex` from before RE2, a `$not` of a plain value) may stay until it is changed.
           violations.push(
             ...(after.conditionJson === before.doc.conditionJson
-              ? problems.filter((v) => !isConditionField(v.field))
+              ? problems.filter((v) => !toleratedWhenStored(v))
               : problems),
           );
           rejectIfAny('experiment', violations);

@@ -192,6 +192,7 @@ describe('validateCondition', () => {
       labels: { $all: [] },
       negated: { $not: 5 },
       negatedQuery: { $not: { b: 1 } },
+      negatedMixed: { $not: { $gt: 5, b: 1 } },
     });
     expect(problems.map((p) => [p.field, p.reason])).toEqual([
       ['condition.country.$in', 'INVALID_OPERAND'],
@@ -209,6 +210,7 @@ describe('validateCondition', () => {
       ['condition.labels.$all', 'EMPTY_ALL'],
       ['condition.negated.$not', 'NOT_OF_VALUE'],
       ['condition.negatedQuery.$not', 'NOT_OF_VALUE'],
+      ['condition.negatedMixed.$not', 'INVALID_CONDITION'],
     ]);
   });
 
