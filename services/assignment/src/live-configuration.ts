@@ -11,6 +11,8 @@
 import type { Logger } from '../../platform/src/logging';
 import {
   buildSnapshot,
+  EMPTY_ALL,
+  NOT_OF_VALUE,
   UNSUPPORTED_REGEX,
   validateCondition,
   type AssignmentSnapshot,
@@ -70,6 +72,11 @@ export interface ConfigurationView {
    * `UNSUPPORTED_REGEX`): still evaluated as before, but no write may store such a pattern again.
    */
   readonly legacyRegexExperiments: readonly string[];
+  /**
+   * Experiments whose condition has an empty `$all` or a `$not` of a plain value, stored before
+   * those were refused (see `toleratedWhenStored`): evaluated as sift reads them.
+   */
+  readonly legacyOperatorExperiments: readonly string[];
 }
 
 function hasLegacyRegex(definition: ExperimentDefinition): boolean {
@@ -78,6 +85,16 @@ function hasLegacyRegex(definition: ExperimentDefinition): boolean {
     condition !== undefined &&
     JSON.stringify(condition).includes('$regex') &&
     validateCondition(condition).some((v) => v.reason === UNSUPPORTED_REGEX)
+  );
+}
+
+function hasLegacyOperator(definition: ExperimentDefinition): boolean {
+  const { condition } = definition;
+  if (condition === undefined) return false;
+  const text = JSON.stringify(condition);
+  return (
+    (text.includes('$all') || text.includes('$not')) &&
+    validateCondition(condition).some((v) => v.reason === EMPTY_ALL || v.reason === NOT_OF_VALUE)
   );
 }
 
@@ -117,6 +134,7 @@ function compile(records: ConfigurationRecords): ConfigurationView {
     snapshot,
     surfaces: [...surfaces].sort(),
     legacyRegexExperiments: experimentDefinitions.filter(hasLegacyRegex).map((d) => d.id),
+    legacyOperatorExperiments: experimentDefinitions.filter(hasLegacyOperator).map((d) => d.id),
   };
 }
 
@@ -265,16 +283,22 @@ export class LiveConfiguration {
     });
   }
 
-  /** Takes `view` as the one in effect, warning when its legacy-regex experiments changed. */
+  /** Takes `view` as the one in effect, warning when its legacy-condition experiments changed. */
   private adopt(view: ConfigurationView): ConfigurationView {
     this.view = view;
-    const legacy = view.legacyRegexExperiments.join(',');
+    const legacy = `${view.legacyRegexExperiments.join(',')};${view.legacyOperatorExperiments.join(',')}`;
     if (legacy !== this.legacyWarned) {
       this.legacyWarned = legacy;
-      if (legacy !== '') {
+      if (view.legacyRegexExperiments.length > 0) {
         this.logger.warn(
           { experiments: view.legacyRegexExperiments },
           'conditions with a $regex RE2 does not accept (stored before $regex was RE2) are evaluated with JavaScript RegExp, which can backtrack for seconds; rewrite them in RE2 syntax',
+        );
+      }
+      if (view.legacyOperatorExperiments.length > 0) {
+        this.logger.warn(
+          { experiments: view.legacyOperatorExperiments },
+          'conditions with an empty $all (matching every unit) or a $not of a plain value (read as "not equal"), stored before those were refused, are evaluated as they were; rewrite them',
         );
       }
     }

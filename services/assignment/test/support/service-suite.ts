@@ -556,8 +556,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           { ...stored.doc, conditionJson: JSON.stringify({ plan: { $not: 'free' } }) },
           stored.version,
         );
+        const warn = jest.spyOn(service.service.context.configuration['logger'], 'warn');
         await store.bumpVersion();
         await service.service.context.configuration.refresh();
+        expect(warn).toHaveBeenCalledWith(
+          { experiments: ['legacy-not'] },
+          expect.stringContaining('a $not of a plain value'),
+        );
+        warn.mockRestore();
         const described = await admin.updateExperiment(
           UpdateExperimentRequest.fromPartial({
             experiment: {
