@@ -33,6 +33,7 @@ import {
   MAX_STICKY_TTL_MS,
   START_MARGIN_MS,
   toleratedWhenStored,
+  validateCondition,
   validateExperiment,
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
@@ -466,6 +467,25 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           checkOptionalEtag(before.doc, request.etag, before);
           const doc = before.doc;
           if (doc.status !== ExperimentStatus.DRAFT) throw wrongStatus(doc, 'started', 'DRAFT');
+          // A condition stored before a rule it breaks is kept for a population that exists; a
+          // draft has none yet, so it starts only under today's rules.
+          const outdated = validateCondition(
+            experimentDefinition(doc, undefined).condition,
+            'condition',
+          ).filter(toleratedWhenStored);
+          if (outdated.length > 0) {
+            throw new FailedPreconditionError(
+              `experiment "${doc.id}": its condition breaks rules made since it was stored; update it before starting`,
+              {
+                reason: 'CONDITION_OUTDATED',
+                violations: outdated.map((v) => ({
+                  type: v.reason,
+                  subject: `experiments/${doc.id}/${v.field}`,
+                  description: v.description,
+                })),
+              },
+            );
+          }
           const now = Date.now();
           if (doc.scheduledEndTime !== null && doc.scheduledEndTime <= now) {
             throw new FailedPreconditionError(

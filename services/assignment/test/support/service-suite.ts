@@ -574,6 +574,13 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(described.experiment?.description).toBe('condition untouched');
+        // A draft has no population to keep: it starts only once its condition is rewritten.
+        const started = await failure(
+          admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'legacy-not' })),
+        );
+        expect(started.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(started.reason).toBe('CONDITION_OUTDATED');
+        expect(preconditions(started)).toEqual(['NOT_OF_VALUE']);
         const rewritten = await failure(
           admin.updateExperiment(
             UpdateExperimentRequest.fromPartial({
