@@ -14,7 +14,6 @@ import {
   EMPTY_ALL,
   NOT_OF_VALUE,
   UNSUPPORTED_REGEX,
-  validateCondition,
   type AssignmentSnapshot,
   type ExperimentDefinition,
 } from './domain';
@@ -67,36 +66,21 @@ export interface ConfigurationView {
   readonly snapshot: AssignmentSnapshot;
   /** Every surface an experiment or holdout names, sorted: what an empty Resolve surface list means. */
   readonly surfaces: readonly string[];
-  /**
-   * Experiments whose condition has a `$regex` stored before conditions were RE2 (see
-   * `UNSUPPORTED_REGEX`): still evaluated as before, but no write may store such a pattern again.
-   */
-  readonly legacyRegexExperiments: readonly string[];
-  /**
-   * Experiments whose condition has an empty `$all` or a `$not` of a plain value, stored before
-   * those were refused (see `toleratedWhenStored`): evaluated as sift reads them.
-   */
-  readonly legacyOperatorExperiments: readonly string[];
 }
 
-function hasLegacyRegex(definition: ExperimentDefinition): boolean {
-  const { condition } = definition;
-  return (
-    condition !== undefined &&
-    JSON.stringify(condition).includes('$regex') &&
-    validateCondition(condition).some((v) => v.reason === UNSUPPORTED_REGEX)
-  );
-}
-
-function hasLegacyOperator(definition: ExperimentDefinition): boolean {
-  const { condition } = definition;
-  if (condition === undefined) return false;
-  const text = JSON.stringify(condition);
-  return (
-    (text.includes('$all') || text.includes('$not')) &&
-    validateCondition(condition).some((v) => v.reason === EMPTY_ALL || v.reason === NOT_OF_VALUE)
-  );
-}
+/** What a load says of conditions stored before a rule they break (see `outdatedConditions`). */
+const OUTDATED_CONDITION_WARNINGS: readonly { reasons: readonly string[]; message: string }[] = [
+  {
+    reasons: [UNSUPPORTED_REGEX],
+    message:
+      'conditions with a $regex RE2 does not accept (stored before $regex was RE2) are evaluated with JavaScript RegExp, which can backtrack for seconds; rewrite them in RE2 syntax',
+  },
+  {
+    reasons: [EMPTY_ALL, NOT_OF_VALUE],
+    message:
+      'conditions with an empty $all (matching every unit) or a $not of a plain value (read as "not equal"), stored before those were refused, are evaluated as they were; rewrite them',
+  },
+];
 
 function byId<T extends { readonly id: string }>(
   items: readonly Stored<T>[],
@@ -133,8 +117,6 @@ function compile(records: ConfigurationRecords): ConfigurationView {
     experimentDefinitions,
     snapshot,
     surfaces: [...surfaces].sort(),
-    legacyRegexExperiments: experimentDefinitions.filter(hasLegacyRegex).map((d) => d.id),
-    legacyOperatorExperiments: experimentDefinitions.filter(hasLegacyOperator).map((d) => d.id),
   };
 }
 
@@ -160,7 +142,7 @@ export class LiveConfiguration {
    * for it (nor this one: its view is the one before). The next check bumps the version.
    */
   private unannounced = false;
-  /** The legacy-regex experiments last warned about, to warn again only when they change. */
+  /** The outdated conditions last warned about, to warn again only when they change. */
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
   private catchingUp: Promise<boolean> | undefined;
@@ -283,23 +265,18 @@ export class LiveConfiguration {
     });
   }
 
-  /** Takes `view` as the one in effect, warning when its legacy-condition experiments changed. */
+  /** Takes `view` as the one in effect, warning when its outdated conditions changed. */
   private adopt(view: ConfigurationView): ConfigurationView {
     this.view = view;
-    const legacy = `${view.legacyRegexExperiments.join(',')};${view.legacyOperatorExperiments.join(',')}`;
-    if (legacy !== this.legacyWarned) {
-      this.legacyWarned = legacy;
-      if (view.legacyRegexExperiments.length > 0) {
-        this.logger.warn(
-          { experiments: view.legacyRegexExperiments },
-          'conditions with a $regex RE2 does not accept (stored before $regex was RE2) are evaluated with JavaScript RegExp, which can backtrack for seconds; rewrite them in RE2 syntax',
-        );
-      }
-      if (view.legacyOperatorExperiments.length > 0) {
-        this.logger.warn(
-          { experiments: view.legacyOperatorExperiments },
-          'conditions with an empty $all (matching every unit) or a $not of a plain value (read as "not equal"), stored before those were refused, are evaluated as they were; rewrite them',
-        );
+    const outdated = view.snapshot.outdatedConditions;
+    const key = JSON.stringify([...outdated]);
+    if (key !== this.legacyWarned) {
+      this.legacyWarned = key;
+      for (const { reasons, message } of OUTDATED_CONDITION_WARNINGS) {
+        const experiments = [...outdated]
+          .filter(([, broken]) => broken.some((r) => reasons.includes(r)))
+          .map(([id]) => id);
+        if (experiments.length > 0) this.logger.warn({ experiments }, message);
       }
     }
     return view;

@@ -337,6 +337,11 @@ export class AssignmentSnapshot {
   private readonly predicates: AttributePredicate[] = [];
   /** Per distinct condition, the slots in `predicates` of its conjuncts. */
   private readonly conditionParts: (readonly number[])[] = [];
+  /**
+   * The experiments whose stored condition breaks a rule made since it was stored, by id (sorted),
+   * with the rules' reasons (see `toleratedWhenStored`): evaluated as they were.
+   */
+  readonly outdatedConditions = new Map<string, readonly string[]>();
   private readonly layerSuffixes: string[] = [];
 
   // Per-resolve memos, valid when their generation stamp equals `generation`.
@@ -387,6 +392,8 @@ export class AssignmentSnapshot {
     for (const a of configuration.allocations) allocations.set(a.experimentId, a);
 
     const conditionSlots = new Map<string, number>();
+    /** Per distinct condition, the reasons of the tightened rules it breaks. */
+    const outdatedReasons = new Map<string, readonly string[]>();
     const partSlots = new Map<string, number>();
     const partSlot = (part: Condition): number => {
       const key = JSON.stringify(part);
@@ -407,12 +414,16 @@ export class AssignmentSnapshot {
       if (slot === undefined) {
         // A condition stored before a rule tightened (a `$regex` from before RE2, say) is
         // evaluated as it was (see `toleratedWhenStored`).
-        const violations = validateCondition(condition).filter((v) => !toleratedWhenStored(v));
-        if (violations.length > 0) throw new InvalidConditionError(violations);
+        const violations = validateCondition(condition);
+        const refused = violations.filter((v) => !toleratedWhenStored(v));
+        if (refused.length > 0) throw new InvalidConditionError(refused);
+        outdatedReasons.set(key, [...new Set(violations.map((v) => v.reason))]);
         slot = this.conditionParts.length;
         this.conditionParts.push(conjunctsOf(condition).map(partSlot));
         conditionSlots.set(key, slot);
       }
+      const outdated = outdatedReasons.get(key) ?? [];
+      if (outdated.length > 0) this.outdatedConditions.set(definition.id, outdated);
       return slot;
     };
     const layerSlotOf = (layerId: string): number => {
