@@ -4,49 +4,25 @@
  * and a signal shuts it down cleanly. When nats-server is installed, a server started later on
  * that port is connected to and gets the service's streams declared, without a restart.
  */
-import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
+import { Client, credentials } from '@grpc/grpc-js';
 import { spawnSync } from 'node:child_process';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ENTRY_POINTS, freePort, shutdownSteps, startEntryPoint } from '../support/entry-points';
+import {
+  callEmpty,
+  ENTRY_POINTS,
+  freePort,
+  pollUntil,
+  shutdownSteps,
+  startEntryPoint,
+} from '../support/entry-points';
 import { checkHealth, healthClient, type HealthClient } from '../support/health';
 import { TestNatsServer } from '../support/nats-server';
 
 const hasNatsServer = spawnSync('nats-server', ['--version']).status === 0;
-
-/** Polls `read` until it returns `expected` (a read that throws counts as not yet). */
-async function eventually<T>(read: () => Promise<T>, expected: T, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | string = 'no answer';
-  while (Date.now() < deadline) {
-    try {
-      last = await read();
-      if (last === expected) return last;
-    } catch (error) {
-      last = (error as Error).message;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`still ${String(last)} after ${timeoutMs} ms, expected ${String(expected)}`);
-}
-
-/** Calls a unary method with an empty request; resolves with the status code (0 = OK). */
-function callEmpty(client: Client, path: string): Promise<number> {
-  return new Promise((resolve) => {
-    client.makeUnaryRequest(
-      path,
-      (value: Buffer) => value,
-      (value: Buffer) => value,
-      Buffer.alloc(0),
-      (error: ServiceError | null) => {
-        resolve(error ? error.code : 0);
-      },
-    );
-  });
-}
 
 /** How many streams the server holds. */
 async function streamCount(url: string): Promise<number> {
@@ -94,17 +70,17 @@ describe.each(ENTRY_POINTS)('$service process with NATS unreachable at start-up'
     try {
       const address = `127.0.0.1:${grpcPort}`;
       health = healthClient(address);
-      await eventually(() => checkHealth(health!, ''), 'SERVING', 30_000);
+      await pollUntil(() => checkHealth(health!, ''), 'SERVING', 30_000);
       expect(await checkHealth(health, entry.grpcService)).toBe('SERVING');
       client = new Client(address, credentials.createInsecure());
-      expect(await callEmpty(client, entry.listMethod)).toBe(0);
+      expect((await callEmpty(client, entry.listMethod)).code).toBe(0);
       expect(running.output()).toContain('NATS unreachable');
 
       if (hasNatsServer) {
         nats.start();
         // The streams the service declared while NATS was down are declared once it answers.
-        await eventually(async () => (await streamCount(nats.url)) > 0, true, 30_000);
-        await eventually(
+        await pollUntil(async () => (await streamCount(nats.url)) > 0, true, 30_000);
+        await pollUntil(
           () => Promise.resolve(running.output().includes('connected to NATS')),
           true,
           10_000,
@@ -129,7 +105,7 @@ describe.each(ENTRY_POINTS)('$service process with NATS unreachable at start-up'
     });
     try {
       health = healthClient(`127.0.0.1:${grpcPort}`);
-      await eventually(() => checkHealth(health!, ''), 'SERVING', 30_000);
+      await pollUntil(() => checkHealth(health!, ''), 'SERVING', 30_000);
     } finally {
       running.child.kill('SIGTERM');
     }

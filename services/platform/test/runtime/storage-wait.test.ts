@@ -7,15 +7,17 @@
  * The unreachable case needs no MongoDB. The recovery case needs one (`MONGODB_URI`): the process
  * is pointed at a local port where a proxy to that server starts listening only later.
  */
-import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
-import { fromServiceError, UnavailableError, type TandemError } from '../../src/errors';
+import { Client, credentials } from '@grpc/grpc-js';
+import { UnavailableError } from '../../src/errors';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  callEmpty,
   ENTRY_POINTS,
   freePort,
+  pollUntil,
   runEntryPoint,
   shutdownSteps,
   startEntryPoint,
@@ -30,44 +32,6 @@ if (!MONGODB_URI) {
 /** A MongoDB URI for a local port, failing server selection quickly while nothing answers. */
 const mongoAt = (port: number): string =>
   `mongodb://127.0.0.1:${port}/?directConnection=true&serverSelectionTimeoutMS=300`;
-
-/** Polls `read` until it returns `expected` (a read that throws counts as not yet). */
-async function eventually<T>(read: () => Promise<T>, expected: T, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | string = 'no answer';
-  while (Date.now() < deadline) {
-    try {
-      last = await read();
-      if (last === expected) return last;
-    } catch (error) {
-      last = (error as Error).message;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`still ${String(last)} after ${timeoutMs} ms, expected ${String(expected)}`);
-}
-
-/** Calls a unary method with an empty request; resolves with the status (code 0 = OK). */
-function callEmpty(
-  client: Client,
-  path: string,
-): Promise<{ code: number; details: string; error?: TandemError }> {
-  return new Promise((resolve) => {
-    client.makeUnaryRequest(
-      path,
-      (value: Buffer) => value,
-      (value: Buffer) => value,
-      Buffer.alloc(0),
-      (error: ServiceError | null) => {
-        resolve(
-          error
-            ? { code: error.code, details: error.details, error: fromServiceError(error) }
-            : { code: 0, details: '' },
-        );
-      },
-    );
-  });
-}
 
 /** A TCP proxy from a local port to `target` (host:port), listening only once `start` is called. */
 function laterProxy(port: number, target: { host: string; port: number }) {
@@ -125,7 +89,7 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
       const address = `127.0.0.1:${grpcPort}`;
       health = healthClient(address);
       const healthOf = (service: string) => () => checkHealth(health!, service);
-      await eventually(healthOf(''), 'NOT_SERVING', 15_000);
+      await pollUntil(healthOf(''), 'NOT_SERVING', 15_000);
       expect(await checkHealth(health, entry.grpcService)).toBe('NOT_SERVING');
 
       client = new Client(address, credentials.createInsecure());
@@ -186,10 +150,10 @@ describe.each(ENTRY_POINTS)('$service process with storage unreachable at start-
       try {
         const address = `127.0.0.1:${grpcPort}`;
         health = healthClient(address);
-        await eventually(() => checkHealth(health!, ''), 'NOT_SERVING', 15_000);
+        await pollUntil(() => checkHealth(health!, ''), 'NOT_SERVING', 15_000);
 
         await proxy.start();
-        await eventually(() => checkHealth(health!, ''), 'SERVING', 30_000);
+        await pollUntil(() => checkHealth(health!, ''), 'SERVING', 30_000);
         expect(await checkHealth(health, entry.grpcService)).toBe('SERVING');
         client = new Client(address, credentials.createInsecure());
         expect(await callEmpty(client, entry.listMethod)).toEqual({ code: 0, details: '' });

@@ -3,6 +3,8 @@
  * (`make test` builds them first), on the embedded store and in-process bus unless told otherwise.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { Client, ServiceError } from '@grpc/grpc-js';
+import { fromServiceError, type TandemError } from '../../src/errors';
 import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -126,4 +128,46 @@ export function shutdownSteps(output: string): string[] {
     }
   }
   return steps;
+}
+
+/** Polls `read` until it returns `expected` (a read that throws counts as not yet). */
+export async function pollUntil<T>(
+  read: () => Promise<T>,
+  expected: T,
+  timeoutMs: number,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | string = 'no answer';
+  while (Date.now() < deadline) {
+    try {
+      last = await read();
+      if (last === expected) return last;
+    } catch (error) {
+      last = (error as Error).message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`still ${String(last)} after ${timeoutMs} ms, expected ${String(expected)}`);
+}
+
+/** Calls a unary method with an empty request; resolves with the status (code 0 = OK). */
+export function callEmpty(
+  client: Client,
+  path: string,
+): Promise<{ code: number; details: string; error?: TandemError }> {
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(
+      path,
+      (value: Buffer) => value,
+      (value: Buffer) => value,
+      Buffer.alloc(0),
+      (error: ServiceError | null) => {
+        resolve(
+          error
+            ? { code: error.code, details: error.details, error: fromServiceError(error) }
+            : { code: 0, details: '' },
+        );
+      },
+    );
+  });
 }
