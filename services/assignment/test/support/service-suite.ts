@@ -100,6 +100,27 @@ function expectedVariant(seed: string, unitId: string): string {
   return (hash(seed, unitId, 2) ?? 1) < 0.5 ? 'control' : 'treatment';
 }
 
+/**
+ * Stores `condition` in experiment `id` as an earlier version of the service could have (past
+ * today's checks), then loads it, as a replica finding it in storage would.
+ */
+async function storeConditionAsBefore(
+  service: TestAssignment,
+  id: string,
+  condition: unknown,
+): Promise<{ version: number }> {
+  const store = service.service.context.store;
+  const stored = await store.experiments.get(id);
+  if (stored === undefined) throw new Error(`experiment ${id} was not stored`);
+  const legacy = await store.experiments.replace(
+    { ...stored.doc, conditionJson: JSON.stringify(condition) },
+    stored.version,
+  );
+  await store.bumpVersion();
+  await service.service.context.configuration.refresh();
+  return legacy;
+}
+
 export function runServiceSuite(label: string, storage: () => StorageChoice): void {
   describe(`the Assignment service over gRPC (${label})`, () => {
     let service: TestAssignment;
@@ -493,15 +514,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'legacy-regex' }));
         // As a lookahead was stored when JavaScript's RegExp judged conditions.
-        const store = service.service.context.store;
-        const stored = await store.experiments.get('legacy-regex');
-        if (stored === undefined) throw new Error('the experiment was not stored');
-        const legacy = await store.experiments.replace(
-          { ...stored.doc, conditionJson: JSON.stringify({ ua: { $regex: '^(?!.*bot)' } }) },
-          stored.version,
-        );
-        await store.bumpVersion();
-        await service.service.context.configuration.refresh();
+        const legacy = await storeConditionAsBefore(service, 'legacy-regex', {
+          ua: { $regex: '^(?!.*bot)' },
+        });
         const reasonFor = async (ua: string) =>
           (
             await client.resolve(
@@ -549,16 +564,10 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           }),
         );
-        const store = service.service.context.store;
-        const stored = await store.experiments.get('legacy-not');
-        if (stored === undefined) throw new Error('the experiment was not stored');
-        const legacy = await store.experiments.replace(
-          { ...stored.doc, conditionJson: JSON.stringify({ plan: { $not: 'free' } }) },
-          stored.version,
-        );
         const warn = jest.spyOn(service.service.context.configuration['logger'], 'warn');
-        await store.bumpVersion();
-        await service.service.context.configuration.refresh();
+        const legacy = await storeConditionAsBefore(service, 'legacy-not', {
+          plan: { $not: 'free' },
+        });
         expect(warn).toHaveBeenCalledWith(
           { experiments: ['legacy-not'] },
           expect.stringContaining('a $not of a plain value'),
