@@ -64,6 +64,13 @@ function fields(error: TandemError): string[] {
   return error instanceof InvalidArgumentError ? error.violations.map((v) => v.field).sort() : [];
 }
 
+/** Each field violation of an INVALID_ARGUMENT error as [field, reason]; none for another error. */
+function fieldReasons(error: TandemError): string[][] {
+  return error instanceof InvalidArgumentError
+    ? error.violations.map((v) => [v.field, v.reason ?? ''])
+    : [];
+}
+
 function preconditions(error: TandemError): string[] {
   return error instanceof FailedPreconditionError ? error.violations.map((v) => v.type) : [];
 }
@@ -271,10 +278,6 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it('refuses resources too large to store or list, with the same answer on every store', async () => {
         const { admin } = service;
-        const reasons = (error: TandemError): string[][] =>
-          error instanceof InvalidArgumentError
-            ? error.violations.map((v) => [v.field, v.reason ?? ''])
-            : [];
         // 3 MB of empty tags is ~20 MB as a MongoDB document: the driver refused it (INTERNAL).
         const tags = await failure(
           admin.createLayer(
@@ -283,7 +286,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(reasons(tags)).toEqual([['layer.tags', 'TOO_MANY']]);
+        expect(fieldReasons(tags)).toEqual([['layer.tags', 'TOO_MANY']]);
         const texts = await failure(
           admin.createLayer(
             CreateLayerRequest.fromPartial({
@@ -291,7 +294,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(reasons(texts)).toEqual([
+        expect(fieldReasons(texts)).toEqual([
           ['layer.description', 'TOO_LONG'],
           ['layer.owner', 'TOO_LONG'],
         ]);
@@ -305,7 +308,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(reasons(many)).toEqual([['experiment.variants', 'TOO_MANY']]);
+        expect(fieldReasons(many)).toEqual([['experiment.variants', 'TOO_MANY']]);
         const payload = { blob: 'x'.repeat(60_000) };
         const heavy = await failure(
           admin.createExperiment(
@@ -316,7 +319,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(reasons(heavy)).toEqual([['experiment.variants', 'TOO_LARGE']]);
+        expect(fieldReasons(heavy)).toEqual([['experiment.variants', 'TOO_LARGE']]);
         const wide = await failure(
           admin.createHoldout(
             CreateHoldoutRequest.fromPartial({
@@ -326,7 +329,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(reasons(wide)).toEqual([['holdout.layer_ids', 'TOO_MANY']]);
+        expect(fieldReasons(wide)).toEqual([['holdout.layer_ids', 'TOO_MANY']]);
       });
 
       it('answers NOT_FOUND for an id no resource can have, as for any other missing one', async () => {
@@ -548,11 +551,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(
-          rewritten instanceof InvalidArgumentError
-            ? rewritten.violations.map((v) => [v.field, v.reason])
-            : [],
-        ).toEqual([['experiment.condition.ua.$regex', 'UNSUPPORTED_REGEX']]);
+        expect(fieldReasons(rewritten)).toEqual([
+          ['experiment.condition.ua.$regex', 'UNSUPPORTED_REGEX'],
+        ]);
       });
 
       it('keeps a condition stored before a rule tightened ($not of a value) until a write changes it', async () => {
@@ -604,11 +605,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(
-          rewritten instanceof InvalidArgumentError
-            ? rewritten.violations.map((v) => [v.field, v.reason])
-            : [],
-        ).toEqual([['experiment.condition.plan.$not', 'NOT_OF_VALUE']]);
+        expect(fieldReasons(rewritten)).toEqual([
+          ['experiment.condition.plan.$not', 'NOT_OF_VALUE'],
+        ]);
       });
 
       it('never takes an etag of a deleted resource for the one created again under its id', async () => {
@@ -1028,11 +1027,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(long)).toEqual(['unit.id']);
         const surfaces = Array.from({ length: 257 }, (_, i) => `s${i}`);
         const tooMany = await failure(service.client.resolve(resolveRequest('u', { surfaces })));
-        expect(
-          tooMany instanceof InvalidArgumentError
-            ? tooMany.violations.map((v) => [v.field, v.reason])
-            : [],
-        ).toEqual([['surfaces', 'TOO_MANY']]);
+        expect(fieldReasons(tooMany)).toEqual([['surfaces', 'TOO_MANY']]);
         const most = await service.client.resolve(
           resolveRequest('u', { surfaces: surfaces.slice(1, 256).concat('s1') }),
         );
@@ -1863,11 +1858,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           ),
         );
-        expect(
-          unreadable instanceof InvalidArgumentError
-            ? unreadable.violations.map((v) => [v.field, v.reason])
-            : [],
-        ).toEqual([
+        expect(fieldReasons(unreadable)).toEqual([
           ['allocation.weights[0].unit_count', 'OUT_OF_RANGE'],
           ['allocation.weights[0].reward_mean', 'OUT_OF_RANGE'],
           ['allocation.weights[1].probability_best', 'OUT_OF_RANGE'],
