@@ -1,6 +1,7 @@
 /**
  * pino logging with the active trace: every line logged inside a traced call carries `trace_id`
- * and `span_id`, so a log line leads to its trace and back.
+ * and `span_id`, so a log line leads to its trace and back. Logged errors (`err`) have the
+ * credentials of any URL in them replaced, causes included.
  */
 import { trace } from '@opentelemetry/api';
 import { pino, type Logger, type LevelWithSilent, type DestinationStream } from 'pino';
@@ -14,6 +15,56 @@ export interface LoggerOptions {
   readonly destination?: DestinationStream;
 }
 
+/**
+ * A URL's credentials in free text: from a scheme's `//` to the last `@` before the next
+ * whitespace, since a password may hold `@` or `/`.
+ */
+const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)\S*@/gi;
+
+/** `text` with the credentials of every URL in it (`mongodb://user:password@host`) as `***`. */
+export function withoutUrlCredentials(text: string): string {
+  return text.replace(URL_CREDENTIALS, '$1***@');
+}
+
+/** How deep `redacted` looks into an error's serialized properties. */
+const MAX_REDACTION_DEPTH = 4;
+
+/**
+ * `value` with `withoutUrlCredentials` applied to every string in it, to `depth` levels, through
+ * arrays and plain objects (copied: they may be the error's own). Other objects are left as they
+ * are.
+ */
+function redacted(value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return withoutUrlCredentials(value);
+  if (depth === 0 || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map((item) => redacted(item, depth - 1));
+  const prototype: unknown = Object.getPrototypeOf(value);
+  if (prototype !== Object.prototype && prototype !== null) return value;
+  return redactedProperties({ ...(value as Record<string, unknown>) }, depth);
+}
+
+/** `target` (a fresh object) with its own enumerable properties redacted in place. */
+function redactedProperties<T extends object>(target: T, depth: number): T {
+  const properties = target as Record<string, unknown>;
+  for (const key of Object.keys(properties)) {
+    properties[key] = redacted(properties[key], depth - 1);
+  }
+  return target;
+}
+
+/**
+ * pino's error serializer (message and stack with their causes', the error's own properties),
+ * then the credentials of URLs taken out: a driver's error may quote a connection string, and a
+ * cause's message is appended to the logged one.
+ */
+function serializeError(error: unknown): unknown {
+  const serialized: unknown = pino.stdSerializers.err(error as Error);
+  // Not an error: logged as it is, strings redacted all the same.
+  if (serialized === error) return redacted(error, MAX_REDACTION_DEPTH);
+  // A fresh object (pino's error prototype, with a hidden `raw`).
+  return redactedProperties(serialized as object, MAX_REDACTION_DEPTH);
+}
+
 /** The service's root logger; handlers get children of it. */
 export function createLogger(options: LoggerOptions): Logger {
   const base = { service: options.service };
@@ -22,6 +73,7 @@ export function createLogger(options: LoggerOptions): Logger {
     base,
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label: string) => ({ level: label }) },
+    serializers: { err: serializeError },
     mixin() {
       const span = trace.getActiveSpan();
       if (!span) return {};
