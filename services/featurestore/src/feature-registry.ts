@@ -36,6 +36,7 @@ import {
   type EntityDefinition,
   type FeatureViewDefinition,
 } from './domain/registry';
+import type { FieldViolation } from './domain/feature-values';
 import type {
   EntityDocument,
   FeatureViewDocument,
@@ -91,13 +92,23 @@ export function pageOf<T>(
   pageToken: string,
   lookup: (name: string) => T,
 ): { items: T[]; nextPageToken: string } {
-  const violations = [];
-  if (pageSize < 0) violations.push({ field: 'page_size', description: 'must not be negative' });
+  const violations: FieldViolation[] = [];
+  if (pageSize < 0) {
+    violations.push({
+      field: 'page_size',
+      description: 'must not be negative',
+      reason: 'OUT_OF_RANGE',
+    });
+  }
   let after = '';
   if (pageToken !== '') {
     const decoded = Buffer.from(pageToken, 'base64url').toString('utf8');
     if (!decoded.startsWith('after:')) {
-      violations.push({ field: 'page_token', description: 'is not a token this method returned' });
+      violations.push({
+        field: 'page_token',
+        description: 'is not a token this method returned',
+        reason: 'INVALID_PAGE_TOKEN',
+      });
     } else after = decoded.slice('after:'.length);
   }
   if (violations.length > 0) throw new InvalidArgumentError('invalid page request', violations);

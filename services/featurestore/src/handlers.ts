@@ -35,7 +35,7 @@ export interface HandlerParts {
 function checkRequestId(requestId: string): void {
   if (requestId.length > 128) {
     throw new InvalidArgumentError('request_id is too long', [
-      { field: 'request_id', description: 'must be at most 128 characters' },
+      { field: 'request_id', description: 'must be at most 128 characters', reason: 'TOO_LONG' },
     ]);
   }
 }

@@ -8,7 +8,6 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
-  type FieldViolation,
 } from '../../platform/src/errors';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
@@ -23,7 +22,7 @@ import {
 import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import type { FeatureStoreConfig } from './config';
 import { durationOf, messageOfStoredValue } from './contract-mapping';
-import { ValueType } from './domain/feature-values';
+import { ValueType, type FieldViolation } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
 import type { FeatureViewDefinition } from './domain/registry';
 import { aggregationDurable, StreamAggregation } from './events/stream-aggregation';
@@ -318,13 +317,18 @@ export class OnlineViews {
     const rowCount = columns[0]?.[1].values.length ?? 0;
     const violations: FieldViolation[] = [];
     if (rowCount === 0) {
-      violations.push({ field: 'entity_rows', description: 'must hold at least one row' });
+      violations.push({
+        field: 'entity_rows',
+        description: 'must hold at least one row',
+        reason: 'REQUIRED',
+      });
     }
     for (const [joinKey, column] of columns) {
       if (column.values.length !== rowCount) {
         violations.push({
           field: `entity_rows.${joinKey}`,
           description: `has ${column.values.length} values; every column must have ${rowCount}`,
+          reason: 'COLUMN_LENGTH_MISMATCH',
         });
       }
     }
@@ -435,11 +439,16 @@ export class OnlineViews {
         malformed.push({
           field,
           description: `"${reference}" is not <view>:<feature> or <view>:*`,
+          reason: 'INVALID_REFERENCE',
         });
         return;
       }
       if (seen.has(reference)) {
-        malformed.push({ field, description: `repeats ${reference}` });
+        malformed.push({
+          field,
+          description: `repeats ${reference}`,
+          reason: 'DUPLICATE_REFERENCE',
+        });
         return;
       }
       seen.add(reference);
@@ -525,6 +534,7 @@ export class OnlineViews {
         violations.push({
           field: `entity_rows.${single.joinKey}`,
           description: 'is required by a requested view',
+          reason: 'REQUIRED',
         });
         return keys;
       }
@@ -552,6 +562,7 @@ export class OnlineViews {
         violations.push({
           field: `entity_rows.${key.joinKey}`,
           description: 'is required by a requested view',
+          reason: 'REQUIRED',
         });
         continue;
       }
@@ -603,7 +614,7 @@ export class OnlineViews {
     }
     if (request.requestId.length > 128) {
       throw new InvalidArgumentError('request_id is too long', [
-        { field: 'request_id', description: 'must be at most 128 characters' },
+        { field: 'request_id', description: 'must be at most 128 characters', reason: 'TOO_LONG' },
       ]);
     }
     await this.reconciling;

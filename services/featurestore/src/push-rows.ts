@@ -3,7 +3,7 @@
  * bulk loader: every problem of every row is reported (all-or-nothing), and a valid row becomes
  * the encoded entity key, the wire values served from memory and the values stored.
  */
-import type { FieldViolation } from '../../platform/src/errors';
+import type { FieldViolation } from './domain/feature-values';
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { domainValueOf, storedValueOf, type StoredValue } from './contract-mapping';
@@ -40,7 +40,13 @@ export function keyPartOf(
   if (problem !== undefined) return { violation: problem };
   const kind = value?.kind;
   if (kind?.$case === 'stringValue' || kind?.$case === 'int64Value') return { part: kind.value };
-  return { violation: { field, description: 'must be a string or int64 value' } };
+  return {
+    violation: {
+      field,
+      description: 'must be a string or int64 value',
+      reason: 'WRONG_VALUE_TYPE',
+    },
+  };
 }
 
 /**
@@ -65,7 +71,7 @@ export function prepareRows(
       const field = `${at}.entity_key.${column.joinKey}`;
       const value = row.entityKey[column.joinKey];
       if (value === undefined) {
-        violations.push({ field, description: 'is required' });
+        violations.push({ field, description: 'is required', reason: 'REQUIRED' });
         continue;
       }
       const result = keyPartOf(column.valueType, value, field);
@@ -77,6 +83,7 @@ export function prepareRows(
         violations.push({
           field: `${at}.entity_key.${name}`,
           description: `is not a join key of the view (expected ${[...joinKeys].join(', ')})`,
+          reason: 'UNKNOWN_JOIN_KEY',
         });
       }
     }
@@ -85,6 +92,7 @@ export function prepareRows(
       violations.push({
         field: `${at}.entity_key`,
         description: `must be at most ${MAX_ENTITY_KEY_BYTES} bytes`,
+        reason: 'TOO_LONG',
       });
     }
     const values: Record<string, FeatureValueMessage | null> = {};
@@ -93,7 +101,11 @@ export function prepareRows(
       const field = `${at}.values.${name}`;
       const feature = featureByName.get(name);
       if (feature === undefined) {
-        violations.push({ field, description: `the view has no feature ${name}` });
+        violations.push({
+          field,
+          description: `the view has no feature ${name}`,
+          reason: 'UNKNOWN_FEATURE',
+        });
         continue;
       }
       const problem = checkValue(feature.valueType, domainValueOf(value), {
@@ -104,13 +116,22 @@ export function prepareRows(
     }
     const eventTime = row.eventTime?.getTime();
     if (eventTime === undefined || Number.isNaN(eventTime)) {
-      violations.push({ field: `${at}.event_time`, description: 'is required' });
+      violations.push({
+        field: `${at}.event_time`,
+        description: 'is required',
+        reason: 'REQUIRED',
+      });
     } else if (eventTime < 0) {
-      violations.push({ field: `${at}.event_time`, description: 'must not be before 1970' });
+      violations.push({
+        field: `${at}.event_time`,
+        description: 'must not be before 1970',
+        reason: 'OUT_OF_RANGE',
+      });
     } else if (eventTime > now + MAX_FUTURE_MS) {
       violations.push({
         field: `${at}.event_time`,
         description: 'must be at most one hour ahead of the server clock',
+        reason: 'IN_THE_FUTURE',
       });
     }
     if (violations.length > before || eventTime === undefined) return;

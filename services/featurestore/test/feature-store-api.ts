@@ -89,7 +89,9 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         harness.client.listEntities({ pageSize: 1, pageToken: 'nonsense' }),
       );
       expect(bad.code).toBe(GrpcCode.INVALID_ARGUMENT);
-      expect(bad.violations.map((v) => v.field)).toContain('page_token');
+      expect(bad.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['page_token', 'INVALID_PAGE_TOKEN'],
+      ]);
     });
 
     it('refuses a malformed entity with every field violation', async () => {
@@ -105,10 +107,10 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         }),
       );
       expect(failure.code).toBe(GrpcCode.INVALID_ARGUMENT);
-      expect(failure.violations.map((v) => v.field).sort()).toEqual([
-        'entity.join_key',
-        'entity.name',
-        'entity.value_type',
+      expect(failure.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity.name', 'INVALID_NAME'],
+        ['entity.join_key', 'INVALID_NAME'],
+        ['entity.value_type', 'UNSUPPORTED_VALUE_TYPE'],
       ]);
     });
 
@@ -384,15 +386,15 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         }),
       );
       expect(failure.code).toBe(GrpcCode.INVALID_ARGUMENT);
-      expect(failure.violations.map((v) => v.field).sort()).toEqual([
-        'rows[1].values.ctr',
-        'rows[1].values.unknown',
-        'rows[2].entity_key.user_id',
-        'rows[2].event_time',
-        'rows[3].entity_key.user_id',
-        'rows[3].event_time',
-        'rows[3].values.embedding',
-        'rows[3].values.plays',
+      expect(failure.violations.map((v) => [v.field, v.reason]).sort()).toEqual([
+        ['rows[1].values.ctr', 'WRONG_VALUE_TYPE'],
+        ['rows[1].values.unknown', 'UNKNOWN_FEATURE'],
+        ['rows[2].entity_key.user_id', 'WRONG_VALUE_TYPE'],
+        ['rows[2].event_time', 'IN_THE_FUTURE'],
+        ['rows[3].entity_key.user_id', 'REQUIRED'],
+        ['rows[3].event_time', 'REQUIRED'],
+        ['rows[3].values.embedding', 'WRONG_LENGTH'],
+        ['rows[3].values.plays', 'WRONG_VALUE_TYPE'],
       ]);
       // An integer beyond 2^53 is refused before the handler (the server cannot hold it), by path.
       const huge = await failureOf(
@@ -461,7 +463,10 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
           omitEventTimes: false,
         }),
       );
-      expect(malformed.violations.map((v) => v.field)).toEqual(['features[0]', 'features[2]']);
+      expect(malformed.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['features[0]', 'INVALID_REFERENCE'],
+        ['features[2]', 'DUPLICATE_REFERENCE'],
+      ]);
       const badKey = await failureOf(
         harness.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
@@ -469,7 +474,9 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
           omitEventTimes: false,
         }),
       );
-      expect(badKey.violations.map((v) => v.field)).toEqual(['entity_rows.user_id.values[1]']);
+      expect(badKey.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity_rows.user_id.values[1]', 'WRONG_VALUE_TYPE'],
+      ]);
       const manyRefs = await failureOf(
         harness.client.getOnlineFeatures({
           features: Array.from({ length: 1001 }, (_, i) => `user_stats:f${i}`),

@@ -74,6 +74,8 @@ export interface FieldViolation {
   readonly field: string;
   /** What is wrong, for a developer. */
   readonly description: string;
+  /** What is wrong, for a program: UPPER_SNAKE_CASE, for example `REQUIRED`. */
+  readonly reason: string;
 }
 
 /** Options of {@link checkValue}. */
@@ -135,28 +137,39 @@ export function checkValue(
   options: CheckValueOptions = {},
 ): FieldViolation | undefined {
   const field = options.field ?? '';
-  const problem = (description: string): FieldViolation => ({ field, description });
+  const problem = (description: string, reason: string): FieldViolation => ({
+    field,
+    description,
+    reason,
+  });
   if (value === null || value === undefined) {
-    return options.nullable === false ? problem('must not be null') : undefined;
+    return options.nullable === false ? problem('must not be null', 'NULL_VALUE') : undefined;
   }
   const expected = kindOfValueType[type];
-  if (expected === undefined) return problem('the declared value type is VALUE_TYPE_UNSPECIFIED');
+  if (expected === undefined)
+    return problem('the declared value type is VALUE_TYPE_UNSPECIFIED', 'UNSPECIFIED_VALUE_TYPE');
   if (value.kind !== expected) {
-    return problem(`must be a ${valueTypeName(type)} value, not a ${value.kind} value`);
+    return problem(
+      `must be a ${valueTypeName(type)} value, not a ${value.kind} value`,
+      'WRONG_VALUE_TYPE',
+    );
   }
   switch (value.kind) {
     case 'double':
       return Number.isFinite(value.value)
         ? undefined
-        : problem(`must be a finite number, not ${String(value.value)}`);
+        : problem(`must be a finite number, not ${String(value.value)}`, 'NOT_FINITE');
     case 'int64':
       return Number.isSafeInteger(value.value)
         ? undefined
-        : problem(`must be an integer within ±(2^53 − 1), not ${String(value.value)}`);
+        : problem(
+            `must be an integer within ±(2^53 − 1), not ${String(value.value)}`,
+            'OUT_OF_RANGE',
+          );
     case 'string':
       return utf8Length(value.value) <= valueLimits.maxStringBytes
         ? undefined
-        : problem(`must be at most ${valueLimits.maxStringBytes} UTF-8 bytes`);
+        : problem(`must be at most ${valueLimits.maxStringBytes} UTF-8 bytes`, 'TOO_LONG');
     case 'bool':
       return undefined;
     case 'floatVector':
@@ -169,18 +182,27 @@ export function checkValue(
 function checkVector(
   values: readonly number[] | Float32Array,
   vectorLength: number,
-  problem: (description: string) => FieldViolation,
+  problem: (description: string, reason: string) => FieldViolation,
 ): FieldViolation | undefined {
   if (vectorLength > 0 && values.length !== vectorLength) {
-    return problem(`must hold exactly ${vectorLength} floats, not ${values.length}`);
+    return problem(
+      `must hold exactly ${vectorLength} floats, not ${values.length}`,
+      'WRONG_LENGTH',
+    );
   }
   if (values.length > valueLimits.maxVectorLength) {
-    return problem(`must hold at most ${valueLimits.maxVectorLength} floats, not ${values.length}`);
+    return problem(
+      `must hold at most ${valueLimits.maxVectorLength} floats, not ${values.length}`,
+      'TOO_MANY',
+    );
   }
   for (let i = 0; i < values.length; i++) {
     const x = values[i] ?? Number.NaN;
     if (!Number.isFinite(x) || Math.abs(x) > valueLimits.maxFloat32) {
-      return problem(`element ${i} must be a finite 32-bit float, not ${String(x)}`);
+      return problem(
+        `element ${i} must be a finite 32-bit float, not ${String(x)}`,
+        'OUT_OF_RANGE',
+      );
     }
   }
   return undefined;
@@ -188,16 +210,20 @@ function checkVector(
 
 function checkStringList(
   values: readonly string[],
-  problem: (description: string) => FieldViolation,
+  problem: (description: string, reason: string) => FieldViolation,
 ): FieldViolation | undefined {
   if (values.length > valueLimits.maxStringListLength) {
     return problem(
       `must hold at most ${valueLimits.maxStringListLength} strings, not ${values.length}`,
+      'TOO_MANY',
     );
   }
   for (let i = 0; i < values.length; i++) {
     if (utf8Length(values[i] ?? '') > valueLimits.maxStringBytes) {
-      return problem(`element ${i} must be at most ${valueLimits.maxStringBytes} UTF-8 bytes`);
+      return problem(
+        `element ${i} must be at most ${valueLimits.maxStringBytes} UTF-8 bytes`,
+        'TOO_LONG',
+      );
     }
   }
   return undefined;

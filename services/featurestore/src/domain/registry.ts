@@ -125,20 +125,20 @@ export const registryLimits = {
 /** Every problem with an entity definition (INVALID_ARGUMENT). */
 export function validateEntity(entity: EntityDefinition): FieldViolation[] {
   const violations: FieldViolation[] = [];
-  const add = (field: string, description: string): void => {
-    violations.push({ field, description });
+  const add = (field: string, description: string, reason: string): void => {
+    violations.push({ field, description, reason });
   };
   if (!registryLimits.resourceName.test(entity.name)) {
-    add('name', 'must match ^[a-z][a-z0-9_-]{0,62}$');
+    add('name', 'must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
   }
   if (!registryLimits.identifier.test(entity.joinKey)) {
-    add('join_key', 'must match ^[a-z][a-z0-9_]{0,62}$');
+    add('join_key', 'must match ^[a-z][a-z0-9_]{0,62}$', 'INVALID_NAME');
   }
   if (entity.valueType !== ValueType.String && entity.valueType !== ValueType.Int64) {
-    add('value_type', 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64');
+    add('value_type', 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64', 'UNSUPPORTED_VALUE_TYPE');
   }
   if (entity.description.length > registryLimits.maxDescription) {
-    add('description', `must be at most ${registryLimits.maxDescription} characters`);
+    add('description', `must be at most ${registryLimits.maxDescription} characters`, 'TOO_LONG');
   }
   return violations;
 }
@@ -217,46 +217,52 @@ export function windowAggregationSpecs(view: FeatureViewDefinition): WindowAggre
  */
 export function validateFeatureView(view: FeatureViewDefinition): FieldViolation[] {
   const violations: FieldViolation[] = [];
-  const add = (field: string, description: string): void => {
-    violations.push({ field, description });
+  const add = (field: string, description: string, reason: string): void => {
+    violations.push({ field, description, reason });
   };
 
   if (!registryLimits.resourceName.test(view.name))
-    add('name', 'must match ^[a-z][a-z0-9_-]{0,62}$');
+    add('name', 'must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
   if (view.description.length > registryLimits.maxDescription) {
-    add('description', `must be at most ${registryLimits.maxDescription} characters`);
+    add('description', `must be at most ${registryLimits.maxDescription} characters`, 'TOO_LONG');
   }
   const tagKeys = Object.keys(view.tags);
   if (tagKeys.length > registryLimits.maxTags) {
-    add('tags', `must hold at most ${registryLimits.maxTags} entries`);
+    add('tags', `must hold at most ${registryLimits.maxTags} entries`, 'TOO_MANY');
   }
   for (const key of tagKeys) {
     if (!registryLimits.resourceName.test(key)) {
-      add(`tags.${key}`, 'the key must match ^[a-z][a-z0-9_-]{0,62}$');
+      add(`tags.${key}`, 'the key must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
     }
     if ((view.tags[key] ?? '').length > registryLimits.maxTagValue) {
-      add(`tags.${key}`, `the value must be at most ${registryLimits.maxTagValue} characters`);
+      add(
+        `tags.${key}`,
+        `the value must be at most ${registryLimits.maxTagValue} characters`,
+        'TOO_LONG',
+      );
     }
   }
 
-  if (view.entities.length === 0) add('entities', 'must name at least one entity');
+  if (view.entities.length === 0) add('entities', 'must name at least one entity', 'REQUIRED');
   if (view.entities.length > registryLimits.maxEntities) {
-    add('entities', `must name at most ${registryLimits.maxEntities} entities`);
+    add('entities', `must name at most ${registryLimits.maxEntities} entities`, 'TOO_MANY');
   }
   view.entities.forEach((entity, i) => {
-    if (view.entities.indexOf(entity) !== i) add(`entities[${i}]`, `repeats entity ${entity}`);
+    if (view.entities.indexOf(entity) !== i)
+      add(`entities[${i}]`, `repeats entity ${entity}`, 'DUPLICATE_ENTITY');
   });
 
   validateFeatures(view.features, add);
 
-  if (!(Number.isFinite(view.ttlMs) && view.ttlMs >= 0)) add('ttl', 'must not be negative');
+  if (!(Number.isFinite(view.ttlMs) && view.ttlMs >= 0))
+    add('ttl', 'must not be negative', 'OUT_OF_RANGE');
 
   const source = view.source;
   if (source === undefined) {
-    add('source', 'is required: set push_source or stream_source');
+    add('source', 'is required: set push_source or stream_source', 'REQUIRED');
   } else if (source.kind === 'stream') {
     if (view.entities.length !== 1) {
-      add('entities', 'a stream-sourced view must have exactly one entity');
+      add('entities', 'a stream-sourced view must have exactly one entity', 'ONE_ENTITY_REQUIRED');
     }
     validateStreamSource(view, source, add);
   }
@@ -265,37 +271,45 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
 
 function validateFeatures(
   features: readonly FeatureDefinition[],
-  add: (field: string, description: string) => void,
+  add: (field: string, description: string, reason: string) => void,
 ): void {
-  if (features.length === 0) add('features', 'must hold at least one feature');
+  if (features.length === 0) add('features', 'must hold at least one feature', 'REQUIRED');
   if (features.length > registryLimits.maxFeatures) {
-    add('features', `must hold at most ${registryLimits.maxFeatures} features`);
+    add('features', `must hold at most ${registryLimits.maxFeatures} features`, 'TOO_MANY');
   }
   const seen = new Set<string>();
   features.forEach((feature, i) => {
     const at = `features[${i}]`;
     if (!registryLimits.identifier.test(feature.name)) {
-      add(`${at}.name`, 'must match ^[a-z][a-z0-9_]{0,62}$');
+      add(`${at}.name`, 'must match ^[a-z][a-z0-9_]{0,62}$', 'INVALID_NAME');
     } else if (seen.has(feature.name)) {
-      add(`${at}.name`, `repeats feature ${feature.name}`);
+      add(`${at}.name`, `repeats feature ${feature.name}`, 'DUPLICATE_FEATURE');
     }
     seen.add(feature.name);
     if (!isConcreteValueType(feature.valueType)) {
-      add(`${at}.value_type`, 'must be set to a concrete value type');
+      add(`${at}.value_type`, 'must be set to a concrete value type', 'REQUIRED');
     }
     if (feature.vectorLength !== 0) {
       if (feature.valueType !== ValueType.FloatVector) {
-        add(`${at}.vector_length`, 'may be set only for VALUE_TYPE_FLOAT_VECTOR');
+        add(`${at}.vector_length`, 'may be set only for VALUE_TYPE_FLOAT_VECTOR', 'MUST_BE_UNSET');
       } else if (
         !Number.isInteger(feature.vectorLength) ||
         feature.vectorLength < 0 ||
         feature.vectorLength > valueLimits.maxVectorLength
       ) {
-        add(`${at}.vector_length`, `must be between 0 and ${valueLimits.maxVectorLength}`);
+        add(
+          `${at}.vector_length`,
+          `must be between 0 and ${valueLimits.maxVectorLength}`,
+          'OUT_OF_RANGE',
+        );
       }
     }
     if (feature.description.length > registryLimits.maxDescription) {
-      add(`${at}.description`, `must be at most ${registryLimits.maxDescription} characters`);
+      add(
+        `${at}.description`,
+        `must be at most ${registryLimits.maxDescription} characters`,
+        'TOO_LONG',
+      );
     }
   });
 }
@@ -305,26 +319,27 @@ const valuePathPattern = /^[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)*$/;
 function validateStreamSource(
   view: FeatureViewDefinition,
   source: StreamSource,
-  add: (field: string, description: string) => void,
+  add: (field: string, description: string, reason: string) => void,
 ): void {
   const at = 'stream_source';
   validateSubject(source.subject, (d) => {
-    add(`${at}.subject`, d);
+    add(`${at}.subject`, d, 'INVALID_SUBJECT');
   });
   if (source.eventNames.length > registryLimits.maxEventNames) {
-    add(`${at}.event_names`, `must hold at most ${registryLimits.maxEventNames} names`);
+    add(`${at}.event_names`, `must hold at most ${registryLimits.maxEventNames} names`, 'TOO_MANY');
   }
   source.eventNames.forEach((name, i) => {
     if (!registryLimits.identifier.test(name)) {
-      add(`${at}.event_names[${i}]`, 'must match ^[a-z][a-z0-9_]{0,62}$');
+      add(`${at}.event_names[${i}]`, 'must match ^[a-z][a-z0-9_]{0,62}$', 'INVALID_NAME');
     }
   });
   if (source.key !== AggregationKey.UnitId && source.key !== AggregationKey.ItemId) {
-    add(`${at}.key`, 'must be AGGREGATION_KEY_UNIT_ID or AGGREGATION_KEY_ITEM_ID');
+    add(`${at}.key`, 'must be AGGREGATION_KEY_UNIT_ID or AGGREGATION_KEY_ITEM_ID', 'REQUIRED');
   }
-  if (source.aggregations.length === 0) add(`${at}.aggregations`, 'must hold at least one');
+  if (source.aggregations.length === 0)
+    add(`${at}.aggregations`, 'must hold at least one', 'REQUIRED');
   if (source.aggregations.length > registryLimits.maxAggregations) {
-    add(`${at}.aggregations`, `must hold at most ${registryLimits.maxAggregations}`);
+    add(`${at}.aggregations`, `must hold at most ${registryLimits.maxAggregations}`, 'TOO_MANY');
   }
 
   const features = new Map(view.features.map((f) => [f.name, f]));
@@ -333,31 +348,43 @@ function validateStreamSource(
     const path = `${at}.aggregations[${i}]`;
     const feature = features.get(aggregation.feature);
     if (feature === undefined) {
-      add(`${path}.feature`, `names no feature of the view: ${aggregation.feature}`);
+      add(
+        `${path}.feature`,
+        `names no feature of the view: ${aggregation.feature}`,
+        'UNKNOWN_FEATURE',
+      );
     } else if (produced.has(aggregation.feature)) {
-      add(`${path}.feature`, `feature ${aggregation.feature} is produced by another aggregation`);
+      add(
+        `${path}.feature`,
+        `feature ${aggregation.feature} is produced by another aggregation`,
+        'DUPLICATE_FEATURE',
+      );
     } else {
       const problem = featureTypeProblem(aggregation, feature.valueType);
-      if (problem !== undefined) add(`${path}.feature`, problem);
+      if (problem !== undefined) add(`${path}.feature`, problem, 'WRONG_VALUE_TYPE');
     }
     produced.add(aggregation.feature);
     validateAggregation(aggregation, path, add);
   });
   view.features.forEach((feature, i) => {
     if (!produced.has(feature.name)) {
-      add(`features[${i}]`, `is not produced by any aggregation of the stream source`);
+      add(
+        `features[${i}]`,
+        `is not produced by any aggregation of the stream source`,
+        'NOT_AGGREGATED',
+      );
     }
   });
 
   const longest = longestWindowMs(source);
   const lateness = source.allowedLatenessMs ?? 0;
   if (!(Number.isFinite(lateness) && lateness >= 0)) {
-    add(`${at}.allowed_lateness`, 'must not be negative');
+    add(`${at}.allowed_lateness`, 'must not be negative', 'OUT_OF_RANGE');
   } else if (longest > 0 && lateness > longest) {
-    add(`${at}.allowed_lateness`, 'may not exceed the longest window');
+    add(`${at}.allowed_lateness`, 'may not exceed the longest window', 'OUT_OF_RANGE');
   }
   if (view.ttlMs > 0 && view.ttlMs < longest) {
-    add('ttl', 'must be zero or at least the longest window of the stream source');
+    add('ttl', 'must be zero or at least the longest window of the stream source', 'OUT_OF_RANGE');
   }
 }
 
@@ -408,16 +435,21 @@ function featureTypeProblem(
 function validateAggregation(
   aggregation: AggregationDefinition,
   path: string,
-  add: (field: string, description: string) => void,
+  add: (field: string, description: string, reason: string) => void,
 ): void {
   const fn = aggregation.function;
   if (!(fn >= AggregationFunction.Count && fn <= AggregationFunction.DistinctCount)) {
-    add(`${path}.function`, 'must be set');
+    add(`${path}.function`, 'must be set', 'REQUIRED');
   }
   if (fn === AggregationFunction.Count) {
-    if (aggregation.valueField !== '') add(`${path}.value_field`, 'must be empty for COUNT');
+    if (aggregation.valueField !== '')
+      add(`${path}.value_field`, 'must be empty for COUNT', 'MUST_BE_UNSET');
   } else if (!valuePathPattern.test(aggregation.valueField)) {
-    add(`${path}.value_field`, 'must be a dotted path of OutcomeEvent fields, for example value');
+    add(
+      `${path}.value_field`,
+      'must be a dotted path of OutcomeEvent fields, for example value',
+      'INVALID_PATH',
+    );
   }
   const window = aggregation.windowMs;
   if (
@@ -425,7 +457,7 @@ function validateAggregation(
     window < registryLimits.minWindowMs ||
     window > registryLimits.maxWindowMs
   ) {
-    add(`${path}.window`, 'must be a whole number of ms between 1s and 30d');
+    add(`${path}.window`, 'must be a whole number of ms between 1s and 30d', 'OUT_OF_RANGE');
     return;
   }
   const bucket = effectiveBucketMs(aggregation);
@@ -436,11 +468,16 @@ function validateAggregation(
       (aggregation.bucketMs ?? 0) > 0
         ? 'must be a whole number of ms, at least 1s'
         : 'the default (window / 60) is under 1s or not whole ms: set bucket explicitly',
+      'OUT_OF_RANGE',
     );
   } else if (window % bucket !== 0) {
-    add(`${path}.window`, 'must be a whole multiple of the bucket');
+    add(`${path}.window`, 'must be a whole multiple of the bucket', 'NOT_A_MULTIPLE');
   } else if (window / bucket > registryLimits.maxBucketsPerWindow) {
-    add(bucketField, `makes more than ${registryLimits.maxBucketsPerWindow} buckets per window`);
+    add(
+      bucketField,
+      `makes more than ${registryLimits.maxBucketsPerWindow} buckets per window`,
+      'TOO_MANY',
+    );
   }
 }
 
@@ -467,6 +504,7 @@ export function checkViewEntities(
       violations.push({
         field: `entities[${i}]`,
         description: `join key ${entity.joinKey} is also the join key of entity ${other}`,
+        reason: 'DUPLICATE_JOIN_KEY',
       });
     }
     joinKeys.set(entity.joinKey, name);
@@ -474,6 +512,7 @@ export function checkViewEntities(
       violations.push({
         field: `entities[${i}]`,
         description: 'the entity of a stream-sourced view must be of VALUE_TYPE_STRING',
+        reason: 'UNSUPPORTED_VALUE_TYPE',
       });
     }
   });

@@ -25,6 +25,7 @@ describe('checkValue', () => {
     expect(checkValue(ValueType.Double, { kind: 'string', value: '0.1' }, at)).toEqual({
       field: 'rows[3].values.ctr',
       description: 'must be a VALUE_TYPE_DOUBLE value, not a string value',
+      reason: 'WRONG_VALUE_TYPE',
     });
   });
 
@@ -85,6 +86,7 @@ describe('checkValue', () => {
     ).toEqual({
       field: 'rows[0].entity_key.user_id',
       description: 'must not be null',
+      reason: 'NULL_VALUE',
     });
     expect(checkValue(ValueType.Unspecified, { kind: 'bool', value: true })).toBeDefined();
   });

@@ -74,7 +74,7 @@ describe('validateFeatureView', () => {
     expect(validateFeatureView(itemPlays)).toEqual([]);
   });
 
-  it('reports every problem at once, each with its field path', () => {
+  it('reports every problem at once, each with its field path and reason', () => {
     const broken: FeatureViewDefinition = {
       ...userStats,
       name: 'User Stats',
@@ -86,14 +86,14 @@ describe('validateFeatureView', () => {
       ttlMs: -1,
       source: undefined,
     };
-    expect(validateFeatureView(broken).map((v) => v.field)).toEqual([
-      'name',
-      'entities',
-      'features[1].name',
-      'features[1].value_type',
-      'features[1].vector_length',
-      'ttl',
-      'source',
+    expect(validateFeatureView(broken).map((v) => [v.field, v.reason])).toEqual([
+      ['name', 'INVALID_NAME'],
+      ['entities', 'REQUIRED'],
+      ['features[1].name', 'DUPLICATE_FEATURE'],
+      ['features[1].value_type', 'REQUIRED'],
+      ['features[1].vector_length', 'MUST_BE_UNSET'],
+      ['ttl', 'OUT_OF_RANGE'],
+      ['source', 'REQUIRED'],
     ]);
   });
 
@@ -128,17 +128,17 @@ describe('validateFeatureView', () => {
         ],
       },
     };
-    expect(validateFeatureView(broken).map((v) => v.field)).toEqual([
-      'entities',
-      'stream_source.subject',
-      'stream_source.key',
-      'stream_source.aggregations[0].feature',
-      'stream_source.aggregations[1].feature',
-      'stream_source.aggregations[1].value_field',
-      'stream_source.aggregations[1].window',
-      'features[2]',
-      'stream_source.allowed_lateness',
-      'ttl',
+    expect(validateFeatureView(broken).map((v) => [v.field, v.reason])).toEqual([
+      ['entities', 'ONE_ENTITY_REQUIRED'],
+      ['stream_source.subject', 'INVALID_SUBJECT'],
+      ['stream_source.key', 'REQUIRED'],
+      ['stream_source.aggregations[0].feature', 'WRONG_VALUE_TYPE'],
+      ['stream_source.aggregations[1].feature', 'WRONG_VALUE_TYPE'],
+      ['stream_source.aggregations[1].value_field', 'MUST_BE_UNSET'],
+      ['stream_source.aggregations[1].window', 'NOT_A_MULTIPLE'],
+      ['features[2]', 'NOT_AGGREGATED'],
+      ['stream_source.allowed_lateness', 'OUT_OF_RANGE'],
+      ['ttl', 'OUT_OF_RANGE'],
     ]);
   });
 
@@ -162,6 +162,7 @@ describe('validateFeatureView', () => {
       {
         field: 'stream_source.aggregations[0].bucket',
         description: 'the default (window / 60) is under 1s or not whole ms: set bucket explicitly',
+        reason: 'OUT_OF_RANGE',
       },
     ]);
   });
@@ -201,6 +202,7 @@ describe('checkViewEntities', () => {
         {
           field: 'entities[1]',
           description: 'join key user_id is also the join key of entity user',
+          reason: 'DUPLICATE_JOIN_KEY',
         },
       ],
     });
@@ -314,8 +316,12 @@ describe('entities', () => {
         name: '9lives',
         joinKey: 'user-id',
         valueType: ValueType.Double,
-      }).map((v) => v.field),
-    ).toEqual(['name', 'join_key', 'value_type']);
+      }).map((v) => [v.field, v.reason]),
+    ).toEqual([
+      ['name', 'INVALID_NAME'],
+      ['join_key', 'INVALID_NAME'],
+      ['value_type', 'UNSUPPORTED_VALUE_TYPE'],
+    ]);
   });
 
   it('refuses changing the join key of a referenced entity and allows it otherwise', () => {
