@@ -19,6 +19,8 @@ const SIXTY_FOUR_BIT = new Set([
 ]);
 const LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 const DESCRIPTION = `an integer beyond ±${Number.MAX_SAFE_INTEGER} (2^53 − 1), the largest this server holds exactly`;
+/** The violations' reason, as for any other number out of range. */
+const REASON = 'OUT_OF_RANGE';
 /** Violations reported at most (a status must fit in the trailers). */
 const MAX_VIOLATIONS = 20;
 
@@ -46,7 +48,7 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
     switch (field.fieldKind) {
       case 'scalar':
         if (beyondSafe(field.scalar, message.get(field)))
-          out.push({ field: path, description: DESCRIPTION });
+          out.push({ field: path, description: DESCRIPTION, reason: REASON });
         break;
       case 'message':
         walk(message.get(field), `${path}.`, out);
@@ -57,7 +59,7 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
           if (out.length >= MAX_VIOLATIONS) return;
           if (field.listKind === 'message') walk(item as ReflectMessage, `${path}[${index}].`, out);
           else if (beyondSafe(field.scalar, item)) {
-            out.push({ field: `${path}[${index}]`, description: DESCRIPTION });
+            out.push({ field: `${path}[${index}]`, description: DESCRIPTION, reason: REASON });
           }
           index++;
         }
@@ -69,11 +71,11 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
           // A map entry as the other violations name it: `field.key` (AIP-161).
           const entry = `${path}.${String(key)}`;
           if (beyondSafe(field.mapKey, key)) {
-            out.push({ field: entry, description: `${DESCRIPTION} (the key)` });
+            out.push({ field: entry, description: `${DESCRIPTION} (the key)`, reason: REASON });
           }
           if (field.mapKind === 'message') walk(value as ReflectMessage, `${entry}.`, out);
           else if (beyondSafe(field.scalar, value))
-            out.push({ field: entry, description: DESCRIPTION });
+            out.push({ field: entry, description: DESCRIPTION, reason: REASON });
         }
         break;
       default:

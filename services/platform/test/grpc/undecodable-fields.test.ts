@@ -54,7 +54,7 @@ describe('undecodableFields', () => {
       .bytes(duration)
       .finish();
     const violations = undecodableFields(ECHO, request);
-    expect(violations.map((v) => v.field)).toEqual(['delay.seconds']);
+    expect(violations.map((v) => [v.field, v.reason])).toEqual([['delay.seconds', 'OUT_OF_RANGE']]);
     expect(violations[0]?.description).toContain('9007199254740991');
   });
 
@@ -65,9 +65,9 @@ describe('undecodableFields', () => {
       int64Value(SAFE),
       int64Value(-SAFE - 1n),
     ]);
-    expect(undecodableFields(GET_ONLINE, request).map((v) => v.field)).toEqual([
-      'entity_rows.user_id.values[1].int64_value',
-      'entity_rows.user_id.values[3].int64_value',
+    expect(undecodableFields(GET_ONLINE, request).map((v) => [v.field, v.reason])).toEqual([
+      ['entity_rows.user_id.values[1].int64_value', 'OUT_OF_RANGE'],
+      ['entity_rows.user_id.values[3].int64_value', 'OUT_OF_RANGE'],
     ]);
   });
 
