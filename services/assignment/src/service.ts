@@ -18,7 +18,7 @@ import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/strea
 import { ADMIN_METHODS, assignmentHandlers } from './handlers';
 import { advanceSchedule } from './handlers/experiments';
 import { resolveServiceDefinition } from './handlers/resolve-response';
-import { maxPageBytes } from './handlers/requests';
+import { maxPageBytes } from '../../platform/src/grpc/pages';
 import { LiveConfiguration } from './live-configuration';
 import { ResolveTokens } from './resolve-token';
 import { ConfigurationStore } from './store/configuration-store';

@@ -12,14 +12,15 @@ import {
   NotFoundError,
 } from '../../platform/src/errors';
 import type { EventBus } from '../../platform/src/events/bus';
+import { fillPage } from '../../platform/src/grpc/pages';
 import type { Logger } from '../../platform/src/logging';
 import type { Versioned } from '../../platform/src/storage/collection';
 import {
   ConfigChangeEvent,
   ConfigChangeType,
 } from '../../../gen/ts/tandem/events/v1/config_change_event';
-import type { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
-import type { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
+import { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
+import { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
 import {
   dateOf,
   entityDefinitionOf,
@@ -85,13 +86,28 @@ function requireName(name: string): void {
   }
 }
 
-/** A page of names in order, after the page token's name. */
-export function pageOf<T>(
+/** How a list renders its resources, and the most bytes its response may take. */
+export interface PageRendering<M> {
+  readonly encode: (message: M) => { finish(): Uint8Array };
+  /** See the kit's `maxPageBytes`. */
+  readonly maxBytes: number;
+}
+
+function pageTokenAfter(name: string): string {
+  return Buffer.from(`after:${name}`).toString('base64url');
+}
+
+/**
+ * A page of names in order, after the page token's name, rendered by `lookup`. The page ends
+ * early once its messages and the token would pass `maxBytes`; it always holds one at least.
+ */
+export function pageOf<M>(
   sortedNames: readonly string[],
   pageSize: number,
   pageToken: string,
-  lookup: (name: string) => T,
-): { items: T[]; nextPageToken: string } {
+  lookup: (name: string) => M,
+  { encode, maxBytes }: PageRendering<M>,
+): { items: M[]; nextPageToken: string } {
   const violations: FieldViolation[] = [];
   if (pageSize < 0) {
     violations.push({
@@ -112,16 +128,19 @@ export function pageOf<T>(
     } else after = decoded.slice('after:'.length);
   }
   if (violations.length > 0) throw new InvalidArgumentError('invalid page request', violations);
-  const size = Math.min(pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize, MAX_PAGE_SIZE);
-  const rest = sortedNames.filter((name) => name > after);
-  const page = rest.slice(0, size);
-  const last = page[page.length - 1];
+  const filled = fillPage(
+    sortedNames.filter((name) => name > after),
+    {
+      size: Math.min(pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize, MAX_PAGE_SIZE),
+      render: lookup,
+      encodedBytes: (message) => encode(message).finish().length,
+      tokenAfter: pageTokenAfter,
+      maxBytes,
+    },
+  );
   return {
-    items: page.map(lookup),
-    nextPageToken:
-      rest.length > size && last !== undefined
-        ? Buffer.from(`after:${last}`).toString('base64url')
-        : '',
+    items: filled.messages,
+    nextPageToken: filled.more && filled.last !== undefined ? pageTokenAfter(filled.last) : '',
   };
 }
 
@@ -198,9 +217,17 @@ export class FeatureRegistry {
     return entityMessageOf(entity.definition, entity);
   }
 
-  listEntities(pageSize: number, pageToken: string): { entities: Entity[]; nextPageToken: string } {
+  /** A page of entities, within `maxBytes` (see the kit's `maxPageBytes`). */
+  listEntities(
+    pageSize: number,
+    pageToken: string,
+    maxBytes: number,
+  ): { entities: Entity[]; nextPageToken: string } {
     const names = [...this.entities.keys()].sort();
-    const page = pageOf(names, pageSize, pageToken, (name) => this.getEntity(name));
+    const page = pageOf(names, pageSize, pageToken, (name) => this.getEntity(name), {
+      encode: (entity: Entity) => Entity.encode(entity),
+      maxBytes,
+    });
     return { entities: page.items, nextPageToken: page.nextPageToken };
   }
 
@@ -211,16 +238,21 @@ export class FeatureRegistry {
     return featureViewMessageOf(view.definition, view);
   }
 
+  /** A page of feature views (of `entity`, unless empty), within `maxBytes`. */
   listFeatureViews(
     pageSize: number,
     pageToken: string,
     entity: string,
+    maxBytes: number,
   ): { featureViews: FeatureView[]; nextPageToken: string } {
     const names = [...this.views.values()]
       .filter((v) => entity === '' || v.definition.entities.includes(entity))
       .map((v) => v.definition.name)
       .sort();
-    const page = pageOf(names, pageSize, pageToken, (name) => this.getFeatureView(name));
+    const page = pageOf(names, pageSize, pageToken, (name) => this.getFeatureView(name), {
+      encode: (view: FeatureView) => FeatureView.encode(view),
+      maxBytes,
+    });
     return { featureViews: page.items, nextPageToken: page.nextPageToken };
   }
 

@@ -30,6 +30,8 @@ export interface HandlerParts {
   readonly retiming: ExpiryRetiming;
   readonly bus: EventBus;
   readonly logger: Logger;
+  /** The most bytes a list response may take (the kit's `maxPageBytes`). */
+  readonly maxPageBytes: number;
 }
 
 function checkRequestId(requestId: string): void {
@@ -51,7 +53,9 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
     },
     getEntity: (request) => Promise.resolve({ entity: registry.getEntity(request.name) }),
     listEntities: (request) =>
-      Promise.resolve(registry.listEntities(request.pageSize, request.pageToken)),
+      Promise.resolve(
+        registry.listEntities(request.pageSize, request.pageToken, parts.maxPageBytes),
+      ),
     deleteEntity: async (request) => {
       checkRequestId(request.requestId);
       return requestResults.once(
@@ -99,7 +103,12 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       Promise.resolve({ featureView: registry.getFeatureView(request.name) }),
     listFeatureViews: (request) =>
       Promise.resolve(
-        registry.listFeatureViews(request.pageSize, request.pageToken, request.entity),
+        registry.listFeatureViews(
+          request.pageSize,
+          request.pageToken,
+          request.entity,
+          parts.maxPageBytes,
+        ),
       ),
     deleteFeatureView: async (request) => {
       checkRequestId(request.requestId);

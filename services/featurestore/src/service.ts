@@ -12,6 +12,7 @@ import { OUTCOME_STREAM } from '../../platform/src/events/streams';
 import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
 import { ExpiryRetiming } from './expiry-retiming';
 import { featureStoreHandlers } from './handlers';
+import { maxPageBytes } from '../../platform/src/grpc/pages';
 import { OnlineViews } from './online-views';
 import { FeatureStoreServiceDefinition } from './online-response';
 import { AggregationCheckpoints } from './store/aggregation-checkpoints';
@@ -70,6 +71,7 @@ export async function startFeatureStore(
         retiming,
         bus,
         logger,
+        maxPageBytes: maxPageBytes(runtime.config.grpc.maxMessageBytes),
       }),
       {
         logger,

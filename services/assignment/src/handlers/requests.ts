@@ -9,6 +9,7 @@ import {
   NotFoundError,
   type FieldViolation,
 } from '../../../platform/src/errors';
+import { fillPage } from '../../../platform/src/grpc/pages';
 import type { Collection, Versioned } from '../../../platform/src/storage/collection';
 import type { ConfigurationStore, ResourceKind } from '../store/configuration-store';
 import { etagOf, type Stored } from '../store/documents';
@@ -99,20 +100,6 @@ export function versionOf(etag: string): number {
 
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;
-/**
- * The largest message most gRPC clients accept by default (grpc-js, grpc-go, grpcurl): a list page
- * ends early, with a next page token, rather than outgrow it or the server's own limit
- * (`TANDEM_GRPC_MAX_MESSAGE_BYTES`), whichever is smaller; see {@link maxPageBytes}.
- */
-const CLIENT_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
-/** An item's field tag and length prefix in the response, beside its own bytes. */
-const ITEM_OVERHEAD_BYTES = 6;
-
-/** The most bytes a list response may take on a server sending at most `maxMessageBytes`. */
-export function maxPageBytes(maxMessageBytes: number): number {
-  return Math.min(CLIENT_DEFAULT_MAX_MESSAGE_BYTES, maxMessageBytes);
-}
-
 interface PageToken {
   /** The last id of the previous page. */
   readonly a: string;
@@ -178,7 +165,7 @@ export function pageRequest(
 export interface PageRendering<T, M> {
   readonly render: (item: T) => M;
   readonly encode: (message: M) => { finish(): Uint8Array };
-  /** The most bytes the response may take (see {@link maxPageBytes}). */
+  /** The most bytes the response may take (see the kit's `maxPageBytes`). */
   readonly maxBytes: number;
 }
 
@@ -199,31 +186,27 @@ export function page<T extends { readonly id: string }, M>(
   filters: string,
   { render, encode, maxBytes }: PageRendering<T, M>,
 ): { items: M[]; nextPageToken: string } {
-  const out: M[] = [];
-  let lastId: string | undefined;
-  let more = false;
-  let bytes = 0;
-  for (const item of items) {
-    if (request.afterId !== undefined && item.id <= request.afterId) continue;
-    if (out.length === request.size) {
-      more = true;
-      break;
-    }
-    const message = render(item);
-    bytes += encode(message).finish().length + ITEM_OVERHEAD_BYTES;
-    // Room for the token that would follow were the page to end with this resource.
-    const tokenBytes = pageToken(item.id, filters).length + ITEM_OVERHEAD_BYTES;
-    if (bytes + tokenBytes > maxBytes && out.length > 0) {
-      more = true;
-      break;
-    }
-    out.push(message);
-    lastId = item.id;
-  }
+  const { afterId } = request;
+  const filled = fillPage(
+    afterId === undefined ? items : only(items, (item) => item.id > afterId),
+    {
+      size: request.size,
+      render,
+      encodedBytes: (message) => encode(message).finish().length,
+      tokenAfter: (item) => pageToken(item.id, filters),
+      maxBytes,
+    },
+  );
   return {
-    items: out,
-    nextPageToken: more && lastId !== undefined ? pageToken(lastId, filters) : '',
+    items: filled.messages,
+    nextPageToken:
+      filled.more && filled.last !== undefined ? pageToken(filled.last.id, filters) : '',
   };
+}
+
+/** The items of `items` that `keep` accepts, lazily. */
+function* only<T>(items: Iterable<T>, keep: (item: T) => boolean): Iterable<T> {
+  for (const item of items) if (keep(item)) yield item;
 }
 
 /**
