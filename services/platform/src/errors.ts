@@ -11,8 +11,10 @@ import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { Any } from '../../../gen/ts/google/protobuf/any';
 import {
   BadRequest,
+  BadRequest_FieldViolation,
   ErrorInfo,
   PreconditionFailure,
+  PreconditionFailure_Violation,
   ResourceInfo,
   RetryInfo,
 } from '../../../gen/ts/google/rpc/error_details';
@@ -199,49 +201,132 @@ export interface StatusObject {
 }
 
 /**
+ * Bounds of what a status carries. The message and the details travel in HTTP/2 trailers, which
+ * clients cap (grpc-js and Node refuse a header block over 64 KiB and the call then hangs until
+ * its deadline; C-core clients accept 8 KiB by default), and a message may quote the caller's
+ * input (an unknown id of any length, hundreds of violations): each text is cut short and the
+ * violations listed stop at a byte budget, so that a status stays within about 8 KiB however
+ * large the request was. What is left out is counted in the message and in ErrorInfo
+ * (`omitted_violations`).
+ */
+const STATUS_LIMITS = {
+  /** The message, in UTF-8 bytes (sent percent-encoded: up to three times as many). */
+  messageBytes: 1_024,
+  /** A violation's field path or subject, a resource name, an ErrorInfo metadata value. */
+  nameChars: 256,
+  /** A violation's description. */
+  descriptionChars: 512,
+  /** The violations of one kind together, encoded. */
+  violationBytes: 2_048,
+} as const;
+
+/** `text`, cut to at most `maxBytes` UTF-8 bytes (whole code points) and marked `…` if cut. */
+function clippedBytes(text: string, maxBytes: number): string {
+  if (text.length <= maxBytes / 3 || Buffer.byteLength(text) <= maxBytes) return text;
+  const room = maxBytes - 3; // '…' is three bytes
+  let end = 0;
+  let bytes = 0;
+  for (const char of text) {
+    const size = Buffer.byteLength(char);
+    if (bytes + size > room) break;
+    bytes += size;
+    end += char.length;
+  }
+  return `${text.slice(0, end)}…`;
+}
+
+/** `text`, cut to at most `maxChars` UTF-16 code units (whole code points), marked `…` if cut. */
+function clipped(text: string, maxChars: number): string {
+  if (text.length <= maxChars) return text;
+  let end = maxChars - 1;
+  // Not between the two halves of a surrogate pair.
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end -= 1;
+  return `${text.slice(0, end)}…`;
+}
+
+/** The first of `items` whose encodings fit in `budget` bytes together, and how many did not. */
+function withinBudget<T>(
+  items: readonly T[],
+  encodedBytes: (item: T) => number,
+  budget: number,
+): { kept: T[]; omitted: number } {
+  const kept: T[] = [];
+  let used = 0;
+  for (const item of items) {
+    // A repeated field's tag and length prefix beside the item itself.
+    used += encodedBytes(item) + 4;
+    if (used > budget) break;
+    kept.push(item);
+  }
+  return { kept, omitted: items.length - kept.length };
+}
+
+/**
  * Maps any thrown value to the status the caller receives. A `TandemError` keeps its code, message
- * and details; anything else becomes INTERNAL with a generic message (`exposeInternal` is false).
+ * and details, within the bounds above; anything else becomes INTERNAL with a generic message
+ * (`exposeInternal` is false).
  */
 export function toStatus(error: unknown): StatusObject {
   const tandem = error instanceof TandemError ? error : undefined;
   const code = tandem?.code ?? GrpcCode.INTERNAL;
-  const message = tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
+  const fieldViolations = withinBudget(
+    (tandem instanceof InvalidArgumentError || tandem instanceof NotFoundError
+      ? tandem.violations
+      : []
+    ).map((v) => ({
+      field: clipped(v.field, STATUS_LIMITS.nameChars),
+      description: clipped(v.description, STATUS_LIMITS.descriptionChars),
+      reason: v.reason ?? '',
+      localizedMessage: undefined,
+    })),
+    (v) => BadRequest_FieldViolation.encode(v).finish().length,
+    STATUS_LIMITS.violationBytes,
+  );
+  const preconditionViolations = withinBudget(
+    (tandem instanceof FailedPreconditionError ? tandem.violations : []).map((v) => ({
+      type: clipped(v.type, STATUS_LIMITS.nameChars),
+      subject: clipped(v.subject, STATUS_LIMITS.nameChars),
+      description: clipped(v.description, STATUS_LIMITS.descriptionChars),
+    })),
+    (v) => PreconditionFailure_Violation.encode(v).finish().length,
+    STATUS_LIMITS.violationBytes,
+  );
+  const omitted = fieldViolations.omitted + preconditionViolations.omitted;
+  const fullMessage =
+    tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
+  const message = clippedBytes(
+    omitted > 0 ? `${fullMessage} (${omitted} more violations not listed)` : fullMessage,
+    STATUS_LIMITS.messageBytes,
+  );
+  const errorMetadata: Record<string, string> = {};
+  for (const [key, value] of Object.entries(tandem?.metadata ?? {})) {
+    errorMetadata[clipped(key, STATUS_LIMITS.nameChars)] = clipped(value, STATUS_LIMITS.nameChars);
+  }
+  if (omitted > 0) errorMetadata.omitted_violations = String(omitted);
   const details: Any[] = [
     packAny(
       'google.rpc.ErrorInfo',
       ErrorInfo.encode({
         reason: tandem?.reason ?? codeName(code),
         domain: ERROR_DOMAIN,
-        metadata: { ...(tandem?.metadata ?? {}) },
+        metadata: errorMetadata,
       }).finish(),
     ),
   ];
-  const fieldViolations =
-    tandem instanceof InvalidArgumentError || tandem instanceof NotFoundError
-      ? tandem.violations
-      : [];
-  if (fieldViolations.length > 0) {
+  if (fieldViolations.kept.length > 0) {
     details.push(
       packAny(
         'google.rpc.BadRequest',
-        BadRequest.encode({
-          fieldViolations: fieldViolations.map((v) => ({
-            field: v.field,
-            description: v.description,
-            reason: v.reason ?? '',
-            localizedMessage: undefined,
-          })),
-        }).finish(),
+        BadRequest.encode({ fieldViolations: fieldViolations.kept }).finish(),
       ),
     );
   }
-  if (tandem instanceof FailedPreconditionError && tandem.violations.length > 0) {
+  if (preconditionViolations.kept.length > 0) {
     details.push(
       packAny(
         'google.rpc.PreconditionFailure',
-        PreconditionFailure.encode({
-          violations: tandem.violations.map((v) => ({ ...v })),
-        }).finish(),
+        PreconditionFailure.encode({ violations: preconditionViolations.kept }).finish(),
       ),
     );
   }
@@ -250,10 +335,10 @@ export function toStatus(error: unknown): StatusObject {
       packAny(
         'google.rpc.ResourceInfo',
         ResourceInfo.encode({
-          resourceType: tandem.resource.type,
-          resourceName: tandem.resource.name,
+          resourceType: clipped(tandem.resource.type, STATUS_LIMITS.nameChars),
+          resourceName: clipped(tandem.resource.name, STATUS_LIMITS.nameChars),
           owner: '',
-          description: message,
+          description: clipped(message, STATUS_LIMITS.descriptionChars),
         }).finish(),
       ),
     );

@@ -240,3 +240,98 @@ describe('request limits', () => {
     await echo.server.shutdown(1000);
   });
 });
+
+describe('an error quoting a large request', () => {
+  // The handler echoes the caller's input into its error, as a NOT_FOUND for an unknown id does.
+  const hugeId = 'x'.repeat(30_000);
+  const handlers = {
+    echo: (request: { message: string }): Promise<never> => {
+      if (request.message === 'not-found') {
+        throw new NotFoundError(`no layer named ${hugeId}`, {
+          reason: 'LAYER_NOT_FOUND',
+          resource: { type: 'tandem.assignment.v1.Layer', name: hugeId },
+          metadata: { id: hugeId },
+        });
+      }
+      if (request.message === 'violations') {
+        throw new InvalidArgumentError(
+          'invalid rows',
+          Array.from({ length: 2_000 }, (_, i) => ({
+            field: `rows[${i}].values.${'k'.repeat(1_000)}`,
+            description: `must be finite, not ${'é'.repeat(2_000)}`,
+            reason: 'NOT_FINITE',
+          })),
+        );
+      }
+      throw new FailedPreconditionError('in use', {
+        violations: Array.from({ length: 500 }, (_, i) => ({
+          type: 'IN_USE',
+          subject: `views/${i}-${'v'.repeat(500)}`,
+          description: 'references it',
+        })),
+      });
+    },
+  };
+  let echo: RunningEcho;
+  let client: TypedClient<typeof EchoServiceService>;
+
+  beforeAll(async () => {
+    echo = await startEcho({ handlers });
+    client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+  });
+
+  afterAll(async () => {
+    client.close();
+    await echo.server.shutdown(1000);
+  });
+
+  /** The failure of an echo of `message`, within a deadline a hung call would miss. */
+  const failureOf = (message: string) =>
+    failure(client.echo({ message, failWithCode: 0, requireMessage: false }, { timeoutMs: 5_000 }));
+
+  it('reaches the client with its code and reason, the message and names cut short', async () => {
+    const error = await failureOf('not-found');
+    expect(error.code).toBe(GrpcCode.NOT_FOUND);
+    expect(error.reason).toBe('LAYER_NOT_FOUND');
+    expect(error.message.startsWith(`no layer named ${'x'.repeat(900)}`)).toBe(true);
+    expect(error.message.endsWith('…')).toBe(true);
+    expect(Buffer.byteLength(error.message)).toBeLessThanOrEqual(1_024);
+    expect(error.resource?.name).toHaveLength(256);
+    expect(error.metadata.id).toHaveLength(256);
+  });
+
+  it('lists the violations that fit, and says how many it left out', async () => {
+    const error = await failureOf('violations');
+    expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    const listed = error instanceof InvalidArgumentError ? error.violations : [];
+    expect(listed.length).toBeGreaterThan(0);
+    expect(listed.length).toBeLessThan(2_000);
+    expect(listed[0]).toMatchObject({ reason: 'NOT_FINITE' });
+    expect(listed[0]?.field.startsWith('rows[0].values.kkk')).toBe(true);
+    expect(listed[0]?.field).toHaveLength(256);
+    expect(listed[0]?.description).toHaveLength(512);
+    const omitted = 2_000 - listed.length;
+    expect(error.metadata.omitted_violations).toBe(String(omitted));
+    expect(error.message).toBe(`invalid rows (${omitted} more violations not listed)`);
+
+    const precondition = await failureOf('precondition');
+    expect(precondition.code).toBe(GrpcCode.FAILED_PRECONDITION);
+    expect(precondition).toBeInstanceOf(FailedPreconditionError);
+    const violations =
+      precondition instanceof FailedPreconditionError ? precondition.violations : [];
+    expect(violations.length).toBeGreaterThan(0);
+    expect(violations.length).toBeLessThan(500);
+    expect(precondition.metadata.omitted_violations).toBe(String(500 - violations.length));
+  });
+
+  it('leaves the connection serving the calls after it', async () => {
+    await failureOf('not-found');
+    await failureOf('violations');
+    const again = await failureOf('not-found');
+    expect(again.code).toBe(GrpcCode.NOT_FOUND);
+  });
+});
