@@ -27,6 +27,7 @@ import {
   ListExperimentsResponse,
   ListHoldoutsRequest,
   ListLayersRequest,
+  ResolveRequest,
   StartExperimentRequest,
   StopExperimentRequest,
   UpdateAllocationRequest,
@@ -439,6 +440,62 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         }
         const stored = await service.client.getExperiment({ id: 'retargeted' });
         expect(stored.experiment).toMatchObject({ condition: { country: 'SE' }, etag: '1' });
+      });
+
+      it('refuses a map key "__proto__" (in a condition, a payload or attributes) by its path', async () => {
+        // A generated client drops such a key (assigning it sets an object's prototype), so the
+        // request is encoded with a stand-in key of the same length, then the bytes are edited.
+        const STAND_IN = '__PROTO__';
+        const withReservedKey = (bytes: Uint8Array): Buffer => {
+          const edited = Buffer.from(bytes);
+          const at = edited.indexOf(STAND_IN);
+          expect(at).toBeGreaterThanOrEqual(0);
+          edited.write('__proto__', at);
+          return edited;
+        };
+        const create = (overrides: Parameters<typeof experiment>[1]) =>
+          rawCallError(
+            service.address,
+            AssignmentServiceService.createExperiment.path,
+            withReservedKey(
+              CreateExperimentRequest.encode(
+                CreateExperimentRequest.fromPartial({
+                  experiment: experiment('proto-key', overrides),
+                }),
+              ).finish(),
+            ),
+          );
+        const condition = await create({
+          condition: { plan: 'pro', nested: { [STAND_IN]: { country: { $in: ['SE'] } } } },
+        });
+        expect(condition.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(decodeStatus(condition).violations.map((v) => [v.field, v.reason])).toEqual([
+          ['experiment.condition.nested.__proto__', 'RESERVED_KEY'],
+        ]);
+        const payload = await create({
+          variants: [variant('control', 0.5), variant('treatment', 0.5, { [STAND_IN]: 'x' })],
+        });
+        expect(decodeStatus(payload).violations.map((v) => [v.field, v.reason])).toEqual([
+          ['experiment.variants[1].payload.__proto__', 'RESERVED_KEY'],
+        ]);
+        await expect(service.client.getExperiment({ id: 'proto-key' })).rejects.toMatchObject({
+          code: GrpcCode.NOT_FOUND,
+        });
+        const attributes = await rawCallError(
+          service.address,
+          AssignmentServiceService.resolve.path,
+          withReservedKey(
+            ResolveRequest.encode(
+              resolveRequest('u-1', {
+                surfaces: ['home'],
+                attributes: { [STAND_IN]: { tier: 'x' } },
+              }),
+            ).finish(),
+          ),
+        );
+        expect(decodeStatus(attributes).violations.map((v) => [v.field, v.reason])).toEqual([
+          ['attributes.__proto__', 'RESERVED_KEY'],
+        ]);
       });
 
       it('refuses an overlapping layer range and a duplicate id', async () => {

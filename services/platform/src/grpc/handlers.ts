@@ -27,7 +27,12 @@ import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
-import { undecodableFields, warmContractRegistry } from './undecodable-fields';
+import {
+  mayHoldReservedMapKey,
+  reservedMapKeys,
+  undecodableFields,
+  warmContractRegistry,
+} from './undecodable-fields';
 
 /** A method as ts-proto describes it in `XServiceService`. */
 export interface MethodDefinition<Req, Res> {
@@ -170,13 +175,19 @@ class UndecodableRequest {
   ) {}
 }
 
+/** What such a decoder returns for a request it refuses without decoding it. */
+class RefusedRequest {
+  constructor(readonly error: InvalidArgumentError) {}
+}
+
 /**
  * `definition` with request decoders that return {@link UndecodableRequest} instead of throwing,
  * for `GrpcServer.add`. grpc-js answers a decoder's throw with INTERNAL, but the cause is the
  * caller's message: bytes that are not the message, or valid protobuf this server cannot hold
  * (an int64 beyond ±2^53, as the code is generated with `forceLong=number`; nesting deeper than
  * the decoder's recursion limit). The handlers of {@link implement} answer it with
- * INVALID_ARGUMENT.
+ * INVALID_ARGUMENT. So they do a request with a map key the decoder would lose (`__proto__`; see
+ * `reservedMapKeys`), found by a byte search before decoding.
  */
 export function decodingRequestsSafely<
   D extends Readonly<
@@ -194,6 +205,18 @@ export function decodingRequestsSafely<
     safe[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer): unknown => {
+        if (mayHoldReservedMapKey(bytes)) {
+          const reserved = reservedMapKeys(method.path, bytes);
+          if (reserved.length > 0) {
+            return new RefusedRequest(
+              new InvalidArgumentError(
+                `the request has map keys this server cannot hold: ${reserved.map((v) => v.field).join(', ')}`,
+                reserved,
+                { reason: 'RESERVED_KEY' },
+              ),
+            );
+          }
+        }
         try {
           return decode(bytes);
         } catch (error) {
@@ -208,6 +231,7 @@ export function decodingRequestsSafely<
 /** The request, or INVALID_ARGUMENT when its decoder failed. */
 function decoded(request: unknown): unknown {
   if (request instanceof UndecodableRequest) throw undecodable(request);
+  if (request instanceof RefusedRequest) throw request.error;
   return request;
 }
 

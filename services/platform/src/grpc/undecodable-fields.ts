@@ -40,27 +40,65 @@ function beyondSafe(scalar: ScalarType | undefined, value: unknown): boolean {
   return integer > LIMIT || integer < -LIMIT;
 }
 
-function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): void {
+/** What a walk looks for: scalar values, map keys; each returns the violation, if any. */
+interface Checks {
+  readonly scalar?: (
+    scalar: ScalarType | undefined,
+    value: unknown,
+    path: string,
+  ) => FieldViolation | undefined;
+  readonly mapKey?: (
+    keyScalar: ScalarType,
+    key: unknown,
+    path: string,
+  ) => FieldViolation | undefined;
+}
+
+/** A path's next segment: `.name`, or nothing at the start. */
+const joined = (prefix: string, name: string): string =>
+  prefix === '' ? name : `${prefix}.${name}`;
+
+/** Well-known messages whose fields add no segment to a path: a Struct's entries are its keys. */
+const TRANSPARENT = new Set([
+  'google.protobuf.Struct',
+  'google.protobuf.Value',
+  'google.protobuf.ListValue',
+]);
+
+/**
+ * Collects `checks`' violations over `message`, named by field path as the handlers name them:
+ * `rows[3].values.ctr`, and a `google.protobuf.Struct`'s entries by their keys
+ * (`experiment.condition.country`, not `...condition.fields.country.struct_value`).
+ */
+function walk(
+  message: ReflectMessage,
+  prefix: string,
+  checks: Checks,
+  out: FieldViolation[],
+): void {
+  const transparent = TRANSPARENT.has(message.desc.typeName);
   for (const field of message.fields) {
     if (out.length >= MAX_VIOLATIONS) return;
     if (!message.isSet(field)) continue;
-    const path = `${prefix}${field.name}`;
+    const path = transparent ? prefix : joined(prefix, field.name);
+    const scalar = (scalarType: ScalarType | undefined, value: unknown, at: string): void => {
+      const violation = checks.scalar?.(scalarType, value, at);
+      if (violation) out.push(violation);
+    };
     switch (field.fieldKind) {
       case 'scalar':
-        if (beyondSafe(field.scalar, message.get(field)))
-          out.push({ field: path, description: DESCRIPTION, reason: REASON });
+        scalar(field.scalar, message.get(field), path);
         break;
       case 'message':
-        walk(message.get(field), `${path}.`, out);
+        walk(message.get(field), path, checks, out);
         break;
       case 'list': {
         let index = 0;
         for (const item of message.get(field)) {
           if (out.length >= MAX_VIOLATIONS) return;
-          if (field.listKind === 'message') walk(item as ReflectMessage, `${path}[${index}].`, out);
-          else if (beyondSafe(field.scalar, item)) {
-            out.push({ field: `${path}[${index}]`, description: DESCRIPTION, reason: REASON });
-          }
+          const at = `${path}[${index}]`;
+          if (field.listKind === 'message') walk(item as ReflectMessage, at, checks, out);
+          else scalar(field.scalar, item, at);
           index++;
         }
         break;
@@ -69,13 +107,11 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
         for (const [key, value] of message.get(field)) {
           if (out.length >= MAX_VIOLATIONS) return;
           // A map entry as the other violations name it: `field.key` (AIP-161).
-          const entry = `${path}.${String(key)}`;
-          if (beyondSafe(field.mapKey, key)) {
-            out.push({ field: entry, description: `${DESCRIPTION} (the key)`, reason: REASON });
-          }
-          if (field.mapKind === 'message') walk(value as ReflectMessage, `${entry}.`, out);
-          else if (beyondSafe(field.scalar, value))
-            out.push({ field: entry, description: DESCRIPTION, reason: REASON });
+          const entry = joined(path, String(key));
+          const keyViolation = checks.mapKey?.(field.mapKey, key, entry);
+          if (keyViolation) out.push(keyViolation);
+          if (field.mapKind === 'message') walk(value as ReflectMessage, entry, checks, out);
+          else scalar(field.scalar, value, entry);
         }
         break;
       default:
@@ -84,20 +120,59 @@ function walk(message: ReflectMessage, prefix: string, out: FieldViolation[]): v
   }
 }
 
+/** The violations `checks` find in `bytes`, a request of `methodPath`; none when not a contract's. */
+function violationsIn(methodPath: string, bytes: Uint8Array, checks: Checks): FieldViolation[] {
+  try {
+    const schema = requestMessage(methodPath);
+    if (schema === undefined) return [];
+    const violations: FieldViolation[] = [];
+    walk(reflect(schema, fromBinary(schema, bytes)), '', checks, violations);
+    return violations;
+  } catch {
+    return [];
+  }
+}
+
 /**
  * The fields of `bytes`, a request of `methodPath`, that this server cannot hold; empty when the
  * method is not a contract's or the bytes are not that message at all.
  */
 export function undecodableFields(methodPath: string, bytes: Uint8Array): FieldViolation[] {
-  try {
-    const schema = requestMessage(methodPath);
-    if (schema === undefined) return [];
-    const violations: FieldViolation[] = [];
-    walk(reflect(schema, fromBinary(schema, bytes)), '', violations);
-    return violations;
-  } catch {
-    return [];
-  }
+  return violationsIn(methodPath, bytes, {
+    scalar: (scalar, value, field) =>
+      beyondSafe(scalar, value) ? { field, description: DESCRIPTION, reason: REASON } : undefined,
+    mapKey: (scalar, key, field) =>
+      beyondSafe(scalar, key)
+        ? { field, description: `${DESCRIPTION} (the key)`, reason: REASON }
+        : undefined,
+  });
+}
+
+/**
+ * The key a JavaScript object cannot hold as its own: the generated decoders build a map as an
+ * object, where assigning `__proto__` sets the prototype and the entry is lost (a condition's
+ * `{"__proto__": {...}}` would vanish, and the experiment target everyone).
+ */
+const RESERVED_MAP_KEY = '__proto__';
+const RESERVED_KEY_BYTES = Buffer.from(RESERVED_MAP_KEY);
+
+/** Whether `bytes` may hold a map key {@link reservedMapKeys} refuses: a cheap byte search. */
+export function mayHoldReservedMapKey(bytes: Buffer): boolean {
+  return bytes.includes(RESERVED_KEY_BYTES);
+}
+
+/** The map entries of `bytes`, a request of `methodPath`, keyed `__proto__`, by field path. */
+export function reservedMapKeys(methodPath: string, bytes: Uint8Array): FieldViolation[] {
+  return violationsIn(methodPath, bytes, {
+    mapKey: (_scalar, key, field) =>
+      key === RESERVED_MAP_KEY
+        ? {
+            field,
+            description: `"${RESERVED_MAP_KEY}" cannot be a key: JavaScript objects reserve it`,
+            reason: 'RESERVED_KEY',
+          }
+        : undefined,
+  });
 }
 
 /** Loads the descriptor set now if it can be found; a request that needs it later tries again. */

@@ -4,7 +4,11 @@
  * are written with bufbuild's own writer, so the bytes do not depend on the code under test.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
-import { undecodableFields } from '../../src/grpc/undecodable-fields';
+import {
+  mayHoldReservedMapKey,
+  reservedMapKeys,
+  undecodableFields,
+} from '../../src/grpc/undecodable-fields';
 
 const TOO_BIG = 2n ** 60n;
 const SAFE = 2n ** 53n - 1n;
@@ -104,5 +108,30 @@ describe('undecodableFields', () => {
   it('finds nothing for a method outside the contracts', () => {
     expect(undecodableFields('/other.v1.Service/Method', int64Value(TOO_BIG))).toEqual([]);
     expect(undecodableFields('not a path', int64Value(TOO_BIG))).toEqual([]);
+  });
+});
+
+describe('reservedMapKeys', () => {
+  it('names a map entry keyed __proto__, which a decoded object would lose', () => {
+    const request = Buffer.from(onlineRequest('__proto__', [int64Value(1n)]));
+    expect(mayHoldReservedMapKey(request)).toBe(true);
+    expect(reservedMapKeys(GET_ONLINE, request).map((v) => [v.field, v.reason])).toEqual([
+      ['entity_rows.__proto__', 'RESERVED_KEY'],
+    ]);
+  });
+
+  it('finds nothing in a request without one, and the byte search skips it', () => {
+    const request = Buffer.from(onlineRequest('user_id', [int64Value(1n)]));
+    expect(mayHoldReservedMapKey(request)).toBe(false);
+    expect(reservedMapKeys(GET_ONLINE, request)).toEqual([]);
+    // `__proto__` in a value (the same length, so the bytes stay a message): nothing refused.
+    const asValue = Buffer.from(
+      Buffer.from(onlineRequest('user_id', []))
+        .toString('latin1')
+        .replace('user_stats:*', '__proto__s:*'),
+      'latin1',
+    );
+    expect(mayHoldReservedMapKey(asValue)).toBe(true);
+    expect(reservedMapKeys(GET_ONLINE, asValue)).toEqual([]);
   });
 });
