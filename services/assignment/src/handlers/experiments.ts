@@ -43,7 +43,7 @@ import {
   type Stored,
   type VariantDocument,
 } from '../store/documents';
-import { experimentSizeViolations } from './limits';
+import { experimentSizeViolations, MAX_SUMMARY_BYTES, tooLong } from './limits';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
@@ -112,9 +112,33 @@ type RequestedFields = Pick<
   (typeof MUTABLE_PATHS)[keyof typeof MUTABLE_PATHS][number]
 >;
 
+/**
+ * Adds a NOT_FINITE violation for every NaN or ±Infinity in `value` (a Struct's contents), by
+ * path: JSON has no such numbers, so stored they would become `null` and mean something else
+ * (`{"a": NaN}` would match every unit without `a`).
+ */
+function nonFiniteNumbers(value: unknown, path: string, out: FieldViolation[]): void {
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) {
+      out.push({
+        field: path,
+        description: `must be a finite number, not ${value}`,
+        reason: 'NOT_FINITE',
+      });
+    }
+  } else if (Array.isArray(value)) {
+    value.forEach((item, i) => {
+      nonFiniteNumbers(item, `${path}[${i}]`, out);
+    });
+  } else if (typeof value === 'object' && value !== null) {
+    for (const [key, item] of Object.entries(value)) nonFiniteNumbers(item, `${path}.${key}`, out);
+  }
+}
+
 /** The caller-settable fields of a requested experiment, with defaults filled in. */
 function requestedFields(experiment: Experiment, violations: FieldViolation[]): RequestedFields {
   const variants = experiment.variants.map((v, i): VariantDocument => {
+    nonFiniteNumbers(v.payload, `experiment.variants[${i}].payload`, violations);
     const payloadJson =
       v.payload && Object.keys(v.payload).length > 0 ? JSON.stringify(v.payload) : '';
     if (Buffer.byteLength(payloadJson) > MAX_PAYLOAD_BYTES) {
@@ -142,6 +166,7 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     if (violation) violations.push(violation);
   }
   const condition = experiment.condition;
+  nonFiniteNumbers(condition, 'experiment.condition', violations);
   return {
     description: experiment.description,
     owner: experiment.owner,
@@ -575,6 +600,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
               reason: 'UNKNOWN_VARIANT',
             });
           }
+          tooLong('summary', request.summary, MAX_SUMMARY_BYTES, violations);
           rejectIfAny('request', violations);
           checkOptionalEtag(doc, request.etag, before);
           if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {

@@ -14,11 +14,21 @@ export const MAX_OWNER_BYTES = 256;
 export const MAX_TAGS = 64;
 export const MAX_TAG_BYTES = 128;
 export const MAX_UNIT_TYPE_BYTES = 128;
+/** A bucketing seed (an experiment's or a holdout's): it is hashed with every unit id. */
+export const MAX_SEED_BYTES = 256;
+/** A concluded experiment's summary, as a description. */
+export const MAX_SUMMARY_BYTES = MAX_DESCRIPTION_BYTES;
 export const MAX_CONDITION_BYTES = 64 * 1024;
 /** All of an experiment's variant payloads together (each is at most 64 KiB on its own). */
 export const MAX_PAYLOADS_BYTES = 1024 * 1024;
 
-function tooLong(field: string, value: string, maxBytes: number, out: FieldViolation[]): void {
+/** Adds a TOO_LONG violation of `field` to `out` when `value` is over `maxBytes` in UTF-8. */
+export function tooLong(
+  field: string,
+  value: string,
+  maxBytes: number,
+  out: FieldViolation[],
+): void {
   // Under maxBytes / 3 characters, UTF-8 cannot exceed maxBytes: most values skip the count.
   if (value.length * 3 <= maxBytes || Buffer.byteLength(value) <= maxBytes) return;
   out.push({ field, description: `at most ${maxBytes} bytes`, reason: 'TOO_LONG' });
@@ -48,12 +58,14 @@ export function layerSizeViolations(doc: LayerDocument): FieldViolation[] {
 export function holdoutSizeViolations(doc: HoldoutDocument): FieldViolation[] {
   const out = labelViolations(doc);
   tooLong('unit_type', doc.unitType, MAX_UNIT_TYPE_BYTES, out);
+  tooLong('seed', doc.seed, MAX_SEED_BYTES, out);
   return out;
 }
 
 export function experimentSizeViolations(doc: ExperimentDocument): FieldViolation[] {
   const out = labelViolations(doc);
   tooLong('unit_type', doc.unitType, MAX_UNIT_TYPE_BYTES, out);
+  tooLong('seed', doc.seed, MAX_SEED_BYTES, out);
   tooLong('condition', doc.conditionJson, MAX_CONDITION_BYTES, out);
   let payloads = 0;
   doc.variants.forEach((variant, i) => {

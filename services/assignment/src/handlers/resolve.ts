@@ -37,6 +37,7 @@ import { asEnum, timestampViolation } from './messages';
 import { RenderedResults, type RenderedAssignments } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
 import { rejectIfAny } from './requests';
+import { MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
 
@@ -380,6 +381,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       if (unitType === '')
         violations.push({ field: 'unit.type', description: 'is required', reason: 'REQUIRED' });
+      else tooLong('unit.type', unitType, MAX_UNIT_TYPE_BYTES, violations);
       if (request.surfaces.length > MAX_RESOLVE_SURFACES) {
         violations.push({
           field: 'surfaces',

@@ -331,6 +331,47 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fieldReasons(wide)).toEqual([['holdout.layer_ids', 'TOO_MANY']]);
+        // A seed is hashed with every unit id, and a 10 MB one broke every list page it fell on.
+        const seeded = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('long-seed', { seed: 's'.repeat(257) }),
+            }),
+          ),
+        );
+        expect(fieldReasons(seeded)).toEqual([['experiment.seed', 'TOO_LONG']]);
+        const seededHoldout = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('long-seed', { seed: 's'.repeat(257), surfaces: ['home'] }),
+            }),
+          ),
+        );
+        expect(fieldReasons(seededHoldout)).toEqual([['holdout.seed', 'TOO_LONG']]);
+      });
+
+      it('refuses NaN and infinite numbers in a condition or payload, which JSON would store as null', async () => {
+        const error = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('not-finite', {
+                condition: { a: Number.NaN, b: { $in: [1, Number.POSITIVE_INFINITY] } },
+                variants: [
+                  variant('control', 0.5),
+                  variant('treatment', 0.5, { score: Number.NEGATIVE_INFINITY }),
+                ],
+              }),
+            }),
+          ),
+        );
+        expect(fieldReasons(error)).toEqual([
+          ['experiment.variants[1].payload.score', 'NOT_FINITE'],
+          ['experiment.condition.a', 'NOT_FINITE'],
+          ['experiment.condition.b.$in[1]', 'NOT_FINITE'],
+        ]);
+        await expect(service.client.getExperiment({ id: 'not-finite' })).rejects.toMatchObject({
+          code: GrpcCode.NOT_FOUND,
+        });
       });
 
       it('answers NOT_FOUND for an id no resource can have, as for any other missing one', async () => {
@@ -882,6 +923,16 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(unknownVariant)).toEqual(['shipped_variant_key']);
+        const essay = await failure(
+          admin.concludeExperiment(
+            ConcludeExperimentRequest.fromPartial({
+              id: 'lifecycle',
+              shippedVariantKey: 'treatment',
+              summary: 'w'.repeat(8 * 1024 + 1),
+            }),
+          ),
+        );
+        expect(fieldReasons(essay)).toEqual([['summary', 'TOO_LONG']]);
         const concluded = await admin.concludeExperiment(
           ConcludeExperimentRequest.fromPartial({
             id: 'lifecycle',
@@ -1082,6 +1133,11 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(fields(notJson)).toEqual(['attributes.score']);
         const long = await failure(service.client.resolve(resolveRequest('é'.repeat(200))));
         expect(fields(long)).toEqual(['unit.id']);
+        // No experiment has a unit type over 128 bytes; a longer one is a mistake, not a miss.
+        const longType = await failure(
+          service.client.resolve(resolveRequest('u', { unit: { id: 'u', type: 't'.repeat(129) } })),
+        );
+        expect(fieldReasons(longType)).toEqual([['unit.type', 'TOO_LONG']]);
         const surfaces = Array.from({ length: 257 }, (_, i) => `s${i}`);
         const tooMany = await failure(service.client.resolve(resolveRequest('u', { surfaces })));
         expect(fieldReasons(tooMany)).toEqual([['surfaces', 'TOO_MANY']]);
