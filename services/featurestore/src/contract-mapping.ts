@@ -14,7 +14,7 @@ import {
   ValueType as ValueTypeMessage,
   type FeatureValue as FeatureValueMessage,
 } from '../../../gen/ts/tandem/featurestore/v1/value';
-import { ValueType, type FeatureValue } from './domain/feature-values';
+import { ValueType, type FeatureValue, type FieldViolation } from './domain/feature-values';
 import { AggregationFunction, AggregationKey } from './domain/window-aggregation';
 import type {
   AggregationDefinition,
@@ -68,6 +68,34 @@ export const messageValueType = (type: ValueType): ValueTypeMessage =>
 export function durationMs(duration: Duration | undefined): number {
   if (duration === undefined) return 0;
   return duration.seconds * 1000 + Math.floor(duration.nanos / 1e6);
+}
+
+/**
+ * The Durations of a view request that are not valid protobuf Durations of zero or more (nanos
+ * outside [0, 999,999,999], or negative seconds), by path under `feature_view`: converted to
+ * milliseconds they would silently mean something else (`{seconds: 1, nanos: -5}` as 999 ms).
+ */
+export function invalidDurations(view: FeatureView): FieldViolation[] {
+  const durations: [string, Duration | undefined][] = [['ttl', view.ttl]];
+  if (view.source?.$case === 'streamSource') {
+    const stream = view.source.value;
+    durations.push(['stream_source.allowed_lateness', stream.allowedLateness]);
+    stream.aggregations.forEach((aggregation, i) => {
+      durations.push([`stream_source.aggregations[${i}].window`, aggregation.window]);
+      durations.push([`stream_source.aggregations[${i}].bucket`, aggregation.bucket]);
+    });
+  }
+  return durations
+    .filter(
+      ([, d]) =>
+        d !== undefined &&
+        !(d.seconds >= 0 && Number.isInteger(d.nanos) && d.nanos >= 0 && d.nanos < 1e9),
+    )
+    .map(([field]) => ({
+      field,
+      description: 'must be a Duration of zero or more, with nanos between 0 and 999,999,999',
+      reason: 'INVALID_DURATION',
+    }));
 }
 
 /** A Duration of `ms` milliseconds. */

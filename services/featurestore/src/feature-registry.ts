@@ -27,6 +27,7 @@ import {
   entityMessageOf,
   featureViewDefinitionOf,
   featureViewMessageOf,
+  invalidDurations,
 } from './contract-mapping';
 import {
   checkViewEntities,
@@ -337,7 +338,7 @@ export class FeatureRegistry {
       ]);
     }
     const proposed = featureViewDefinitionOf(message);
-    const violations = validateFeatureView(proposed);
+    const violations = [...invalidDurations(message), ...validateFeatureView(proposed)];
     const entityCheck = checkViewEntities(proposed, this.entityDefinitions());
     violations.push(...entityCheck.violations);
     if (violations.length > 0) {

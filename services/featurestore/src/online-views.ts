@@ -393,7 +393,9 @@ export class OnlineViews {
    * served as it was then, else resolved (and validated) again.
    */
   private readPlan(features: readonly string[]): ReadPlan {
-    const key = features.length === 1 ? (features[0] ?? '') : features.join('\n');
+    // The count first: a valid reference holds no newline, so no other list (a malformed
+    // reference that does, say) has the key of a valid one.
+    const key = `${features.length}\n${features.join('\n')}`;
     const kept = this.readPlans.get(key);
     if (
       kept !== undefined &&

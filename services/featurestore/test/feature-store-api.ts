@@ -6,6 +6,7 @@ import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { decodeStatus, TandemError, type DecodedStatus } from '../../platform/src/errors';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
+import type { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
 import { eventually, type RunningHarness } from './support/feature-store-harness';
 import {
   bool,
@@ -102,6 +103,7 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
             name: 'User!',
             joinKey: '',
             valueType: ValueType.VALUE_TYPE_BOOL,
+            owner: 'o'.repeat(257),
           },
           requestId: '',
         }),
@@ -111,7 +113,32 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         ['entity.name', 'INVALID_NAME'],
         ['entity.join_key', 'INVALID_NAME'],
         ['entity.value_type', 'UNSUPPORTED_VALUE_TYPE'],
+        ['entity.owner', 'TOO_LONG'],
       ]);
+    });
+
+    it('refuses a TTL past what an expiry date holds and Durations with invalid nanos', async () => {
+      await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      const apply = (view: Partial<FeatureView>) =>
+        failureOf(
+          harness.client.applyFeatureView({
+            featureView: userStatsView(view),
+            requestId: '',
+            validateOnly: false,
+          }),
+        );
+      // 9e12 s: every write's expiry (event time + TTL) would be past the last date.
+      const forever = await apply({ ttl: { seconds: 9e12, nanos: 0 } });
+      expect(forever.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['feature_view.ttl', 'OUT_OF_RANGE'],
+      ]);
+      const negativeNanos = await apply({ ttl: { seconds: 1, nanos: -5 } });
+      expect(negativeNanos.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['feature_view.ttl', 'INVALID_DURATION'],
+      ]);
+      await expect(harness.client.getFeatureView({ name: 'user_stats' })).rejects.toMatchObject({
+        code: GrpcCode.NOT_FOUND,
+      });
     });
 
     it('refuses an apply or delete with a stale etag with ABORTED', async () => {
@@ -466,6 +493,23 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(malformed.violations.map((v) => [v.field, v.reason])).toEqual([
         ['features[0]', 'INVALID_REFERENCE'],
         ['features[2]', 'DUPLICATE_REFERENCE'],
+      ]);
+      // A read plan is kept per feature list: one malformed reference that joins two valid ones
+      // with a newline is not the list of those two.
+      await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr', 'user_stats:plays'],
+        entityRows: users('u1'),
+        omitEventTimes: false,
+      });
+      const joined = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr\nuser_stats:plays'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(joined.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['features[0]', 'INVALID_REFERENCE'],
       ]);
       const badKey = await failureOf(
         harness.client.getOnlineFeatures({

@@ -109,6 +109,9 @@ export const registryLimits = {
   resourceName: /^[a-z][a-z0-9_-]{0,62}$/,
   identifier: /^[a-z][a-z0-9_]{0,62}$/,
   maxDescription: 1_024,
+  maxOwner: 256,
+  /** A hundred years: a record's expiry (event time + TTL) must stay a date. */
+  maxTtlMs: 100 * 365 * 86_400_000,
   maxTags: 64,
   maxTagValue: 256,
   maxEntities: 4,
@@ -139,6 +142,9 @@ export function validateEntity(entity: EntityDefinition): FieldViolation[] {
   }
   if (entity.description.length > registryLimits.maxDescription) {
     add('description', `must be at most ${registryLimits.maxDescription} characters`, 'TOO_LONG');
+  }
+  if (entity.owner.length > registryLimits.maxOwner) {
+    add('owner', `must be at most ${registryLimits.maxOwner} characters`, 'TOO_LONG');
   }
   return violations;
 }
@@ -254,8 +260,11 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
 
   validateFeatures(view.features, add);
 
-  if (!(Number.isFinite(view.ttlMs) && view.ttlMs >= 0))
-    add('ttl', 'must not be negative', 'OUT_OF_RANGE');
+  if (!(Number.isFinite(view.ttlMs) && view.ttlMs >= 0 && view.ttlMs <= registryLimits.maxTtlMs))
+    add('ttl', 'must be between zero (no expiry) and 100 years', 'OUT_OF_RANGE');
+  if (view.owner.length > registryLimits.maxOwner) {
+    add('owner', `must be at most ${registryLimits.maxOwner} characters`, 'TOO_LONG');
+  }
 
   const source = view.source;
   if (source === undefined) {
