@@ -6,8 +6,9 @@
  * fails the write with ABORTED.
  */
 import { randomBytes } from 'node:crypto';
-import { AbortedError, AlreadyExistsError } from '../../../platform/src/errors';
+import { AlreadyExistsError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import { WriteLease } from '../../../platform/src/storage/write-lease';
 import type {
   AllocationDocument,
   ExperimentDocument,
@@ -24,16 +25,6 @@ interface CounterDocument {
 interface SecretDocument {
   readonly id: string;
   readonly secret: string;
-}
-
-/** Who may write the configuration until when (see {@link ConfigurationStore.acquireWriteLease}). */
-interface LeaseDocument {
-  readonly id: string;
-  readonly holder: string;
-  /** Unique to one taking of the lease, so that only that taking releases it. */
-  readonly token: string;
-  /** Milliseconds since the epoch. */
-  readonly expiresAt: number;
 }
 
 /**
@@ -65,8 +56,6 @@ interface DeletedIdDocument {
 export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
 const WRITE_LEASE_ID = 'configuration-writes';
-/** How often a replica waiting for the write lease looks again. */
-const LEASE_POLL_MS = 20;
 
 const VERSION_ID = 'configuration';
 const TOKEN_SECRET_ID = 'resolve-token';
@@ -88,7 +77,7 @@ export class ConfigurationStore {
     readonly allocations: Collection<AllocationDocument>,
     private readonly counters: Collection<CounterDocument>,
     private readonly secrets: Collection<SecretDocument>,
-    private readonly leases: Collection<LeaseDocument>,
+    private readonly writeLease: WriteLease,
     private readonly retiredIds: Collection<RetiredIdDocument>,
     private readonly deletedIds: Collection<DeletedIdDocument>,
   ) {}
@@ -102,7 +91,10 @@ export class ConfigurationStore {
       await store.collection<AllocationDocument>({ name: 'allocations' }),
       await store.collection<CounterDocument>({ name: 'counters' }),
       await store.collection<SecretDocument>({ name: 'secrets' }),
-      await store.collection<LeaseDocument>({ name: 'leases' }),
+      await WriteLease.open(store, WRITE_LEASE_ID, {
+        what: 'the configuration',
+        reason: 'CONFIGURATION_WRITE_IN_PROGRESS',
+      }),
       await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
       await store.collection<DeletedIdDocument>({ name: 'deleted_ids' }),
     );
@@ -114,44 +106,11 @@ export class ConfigurationStore {
    * A lease not released (its holder died) is taken over once `ttlMs` has passed since it was
    * taken. Throws `AbortedError` when it could not be had in time.
    */
-  async acquireWriteLease(
+  acquireWriteLease(
     holder: string,
-    { ttlMs, waitMs }: { readonly ttlMs: number; readonly waitMs: number },
+    options: { readonly ttlMs: number; readonly waitMs: number },
   ): Promise<() => Promise<void>> {
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      const token = randomBytes(12).toString('base64url');
-      try {
-        await this.leases.insert({
-          id: WRITE_LEASE_ID,
-          holder,
-          token,
-          expiresAt: Date.now() + ttlMs,
-        });
-        return async () => {
-          // Only this taking's: a lease taken over after it expired is someone else's now.
-          const current = await this.leases.get(WRITE_LEASE_ID);
-          if (current?.doc.token !== token) return;
-          await this.leases.delete(WRITE_LEASE_ID, current.version).catch(() => undefined);
-        };
-      } catch (error) {
-        if (!(error instanceof AlreadyExistsError)) throw error;
-      }
-      const held = await this.leases.get(WRITE_LEASE_ID);
-      if (held !== undefined && held.doc.expiresAt < Date.now()) {
-        await this.leases.delete(WRITE_LEASE_ID, held.version).catch((error: unknown) => {
-          if (!(error instanceof AbortedError)) throw error;
-        });
-        continue;
-      }
-      if (Date.now() >= deadline) {
-        throw new AbortedError(
-          `another replica (${held?.doc.holder ?? 'unknown'}) is writing the configuration; retry`,
-          { reason: 'CONFIGURATION_WRITE_IN_PROGRESS' },
-        );
-      }
-      await new Promise((resolve) => setTimeout(resolve, LEASE_POLL_MS));
-    }
+    return this.writeLease.acquire(holder, options);
   }
 
   /**
