@@ -13,6 +13,7 @@ import {
 } from '../../platform/src/errors';
 import type { EventBus } from '../../platform/src/events/bus';
 import { fillPage } from '../../platform/src/grpc/pages';
+import { SerialWrites, type WriteLease } from '../../platform/src/storage/write-lease';
 import type { Logger } from '../../platform/src/logging';
 import type { Versioned } from '../../platform/src/storage/collection';
 import {
@@ -145,6 +146,12 @@ export function pageOf<M>(
   };
 }
 
+/** How long a registry write waits for another replica's, and how long a lease lasts at most. */
+const WRITE_LEASE_WAIT_MS = 5_000;
+const WRITE_LEASE_TTL_MS = 30_000;
+/** The registry's write lease (see `SerialWrites`). */
+export const REGISTRY_WRITE_LEASE = 'registry-writes';
+
 export class FeatureRegistry {
   private entities = new Map<string, Registered<EntityDefinition>>();
   private views = new Map<string, Registered<FeatureViewDefinition>>();
@@ -156,12 +163,30 @@ export class FeatureRegistry {
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ) => void)[] = [];
 
+  /**
+   * Entity and view writes, one at a time: each validates against the registry in memory (a view
+   * names existing entities; an entity in use is not deleted) and then stores. With a lease, also
+   * across replicas, with the registry reloaded under it.
+   */
+  private readonly writes: SerialWrites;
+
   constructor(
     private readonly repository: RegistryRepository,
     private readonly bus: EventBus,
     private readonly logger: Logger,
     private readonly replicaId: string,
-  ) {}
+    lease?: WriteLease,
+  ) {
+    this.writes = new SerialWrites(
+      lease === undefined
+        ? undefined
+        : {
+            lease: (waitMs = WRITE_LEASE_WAIT_MS) =>
+              lease.acquire(replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),
+            refresh: () => this.reload(),
+          },
+    );
+  }
 
   /** Called with every view after each change (local or reloaded). */
   onViewsChanged(
@@ -257,7 +282,13 @@ export class FeatureRegistry {
     return { featureViews: page.items, nextPageToken: page.nextPageToken };
   }
 
-  async applyEntity(message: Entity | undefined): Promise<{ entity: Entity; changed: boolean }> {
+  applyEntity(message: Entity | undefined): Promise<{ entity: Entity; changed: boolean }> {
+    return this.writes.exclusively(() => this.applyEntityNow(message));
+  }
+
+  private async applyEntityNow(
+    message: Entity | undefined,
+  ): Promise<{ entity: Entity; changed: boolean }> {
     if (message === undefined) {
       throw new InvalidArgumentError('entity is required', [
         { field: 'entity', description: 'must be set', reason: 'REQUIRED' },
@@ -303,7 +334,11 @@ export class FeatureRegistry {
     return { entity: entityMessageOf(proposed, registered(result)), changed: true };
   }
 
-  async deleteEntity(name: string, etag: string): Promise<void> {
+  deleteEntity(name: string, etag: string): Promise<void> {
+    return this.writes.exclusively(() => this.deleteEntityNow(name, etag));
+  }
+
+  private async deleteEntityNow(name: string, etag: string): Promise<void> {
     requireName(name);
     const stored = await this.repository.entities.get(name);
     if (stored === undefined) throw entityNotFound(name);
@@ -328,7 +363,14 @@ export class FeatureRegistry {
     this.announce('entity', name, 'deleted', undefined);
   }
 
-  async applyFeatureView(
+  applyFeatureView(
+    message: FeatureView | undefined,
+    validateOnly: boolean,
+  ): Promise<{ featureView: FeatureView; changed: boolean }> {
+    return this.writes.exclusively(() => this.applyFeatureViewNow(message, validateOnly));
+  }
+
+  private async applyFeatureViewNow(
     message: FeatureView | undefined,
     validateOnly: boolean,
   ): Promise<{ featureView: FeatureView; changed: boolean }> {
@@ -396,7 +438,14 @@ export class FeatureRegistry {
     return { featureView: featureViewMessageOf(proposed, registered(result)), changed: true };
   }
 
-  async deleteFeatureView(name: string, etag: string): Promise<Registered<FeatureViewDefinition>> {
+  deleteFeatureView(name: string, etag: string): Promise<Registered<FeatureViewDefinition>> {
+    return this.writes.exclusively(() => this.deleteFeatureViewNow(name, etag));
+  }
+
+  private async deleteFeatureViewNow(
+    name: string,
+    etag: string,
+  ): Promise<Registered<FeatureViewDefinition>> {
     requireName(name);
     const stored = await this.repository.featureViews.get(name);
     if (stored === undefined) throw featureViewNotFound(name);

@@ -9,7 +9,8 @@ import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
 import type { FeatureStoreConfig } from './config';
 import { OUTCOME_STREAM } from '../../platform/src/events/streams';
-import { CONFIG_STREAM, FeatureRegistry } from './feature-registry';
+import { CONFIG_STREAM, FeatureRegistry, REGISTRY_WRITE_LEASE } from './feature-registry';
+import { WriteLease } from '../../platform/src/storage/write-lease';
 import { ExpiryRetiming } from './expiry-retiming';
 import { featureStoreHandlers } from './handlers';
 import { maxPageBytes } from '../../platform/src/grpc/pages';
@@ -45,7 +46,16 @@ export async function startFeatureStore(
     logger.warn({ err: error }, 'config change stream not declared; changes are not announced');
   });
 
-  const registry = new FeatureRegistry(registryRepository, bus, logger, config.replicaId);
+  const registry = new FeatureRegistry(
+    registryRepository,
+    bus,
+    logger,
+    config.replicaId,
+    await WriteLease.open(store, REGISTRY_WRITE_LEASE, {
+      what: 'the registry',
+      reason: 'REGISTRY_WRITE_IN_PROGRESS',
+    }),
+  );
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });
   await views.load();

@@ -1,0 +1,134 @@
+/**
+ * Registry writes that depend on each other, at the same time: a feature view applied while its
+ * entity is deleted, and the same definition applied many times at once, on one replica and on
+ * two sharing a storage. One wins and the registry stays whole: never a view naming a deleted
+ * entity (which survived restarts, could not be read or applied again, and let the entity come
+ * back with another join key).
+ */
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { failureOf } from './feature-store-api';
+import { startHarness, sharing, type RunningHarness } from './support/feature-store-harness';
+import { userEntity, userStatsView } from './support/fixtures';
+
+/** Whether the registry `harness` serves is whole: every view's entities exist. */
+async function expectWhole(harness: RunningHarness): Promise<void> {
+  const entities = new Set(
+    (await harness.client.listEntities({ pageSize: 1000, pageToken: '' })).entities.map(
+      (e) => e.name,
+    ),
+  );
+  const views = await harness.client.listFeatureViews({
+    pageSize: 1000,
+    pageToken: '',
+    entity: '',
+  });
+  for (const view of views.featureViews) {
+    for (const entity of view.entities) expect(entities).toContain(entity);
+  }
+}
+
+/** Applies a view of entity `user` on `viewSide` while `entitySide` deletes `user`, `rounds` times. */
+async function raceApplyAndDelete(
+  viewSide: RunningHarness,
+  entitySide: RunningHarness,
+  rounds: number,
+): Promise<{ viewsApplied: number; entitiesDeleted: number }> {
+  let viewsApplied = 0;
+  let entitiesDeleted = 0;
+  for (let round = 0; round < rounds; round++) {
+    await entitySide.client.applyEntity({ entity: userEntity, requestId: '' });
+    const [applied, deleted] = await Promise.allSettled([
+      viewSide.client.applyFeatureView({
+        featureView: userStatsView(),
+        requestId: '',
+        validateOnly: false,
+      }),
+      entitySide.client.deleteEntity({ name: 'user', etag: '', requestId: '' }),
+    ]);
+    if (applied.status === 'fulfilled') viewsApplied++;
+    if (deleted.status === 'fulfilled') entitiesDeleted++;
+    // Exactly one wins: the view (then the entity is in use) or the deletion (then it is gone).
+    expect([applied.status, deleted.status].sort()).toEqual(['fulfilled', 'rejected']);
+    await expectWhole(viewSide);
+    await expectWhole(entitySide);
+    if (applied.status === 'fulfilled') {
+      await viewSide.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+    }
+  }
+  return { viewsApplied, entitiesDeleted };
+}
+
+describe('registry writes at the same time on one replica', () => {
+  let harness: RunningHarness;
+
+  beforeEach(async () => {
+    harness = await startHarness();
+  });
+
+  afterEach(async () => {
+    await harness.stop();
+  });
+
+  it('never leave a view naming a deleted entity', async () => {
+    const { viewsApplied, entitiesDeleted } = await raceApplyAndDelete(harness, harness, 10);
+    expect(viewsApplied + entitiesDeleted).toBe(10);
+  });
+
+  it('apply one definition eight times at once as one change, without ABORTED', async () => {
+    await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+    const creates = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        harness.client.applyFeatureView({
+          featureView: userStatsView(),
+          requestId: '',
+          validateOnly: false,
+        }),
+      ),
+    );
+    expect(new Set(creates.map((c) => c.featureView?.etag))).toEqual(new Set(['1']));
+    const updates = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        harness.client.applyFeatureView({
+          featureView: userStatsView({ description: 'changed' }),
+          requestId: '',
+          validateOnly: false,
+        }),
+      ),
+    );
+    expect(new Set(updates.map((u) => u.featureView?.etag))).toEqual(new Set(['2']));
+  });
+});
+
+describe('registry writes at the same time on two replicas sharing a storage', () => {
+  let first: RunningHarness;
+  let second: RunningHarness;
+
+  beforeEach(async () => {
+    first = await startHarness({ replicaId: 'replica-a' });
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+    });
+  });
+
+  afterEach(async () => {
+    await second.stop();
+    await first.stop();
+  });
+
+  it('never leave a view naming a deleted entity', async () => {
+    const { viewsApplied, entitiesDeleted } = await raceApplyAndDelete(first, second, 10);
+    expect(viewsApplied + entitiesDeleted).toBe(10);
+    // A view applied on one replica is in use on the other at once, before its next reload.
+    await first.client.applyEntity({ entity: userEntity, requestId: '' });
+    await first.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    const inUse = await failureOf(
+      second.client.deleteEntity({ name: 'user', etag: '', requestId: '' }),
+    );
+    expect(inUse.code).toBe(GrpcCode.FAILED_PRECONDITION);
+  });
+});
