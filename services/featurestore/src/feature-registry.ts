@@ -176,6 +176,12 @@ export class FeatureRegistry {
     private readonly logger: Logger,
     private readonly replicaId: string,
     lease?: WriteLease,
+    /**
+     * Deletes the stored values of a view name, before a view is created under it: values of an
+     * earlier view of that name may remain (their deletion runs in the background after a delete,
+     * and a write in flight during it may store more), and the new view must start empty.
+     */
+    private readonly purgeValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
   ) {
     this.writes = new SerialWrites(
       lease === undefined
@@ -414,6 +420,7 @@ export class FeatureRegistry {
       const facts = stored === undefined ? undefined : { ...registered(stored), updateTime: now };
       return { featureView: featureViewMessageOf(proposed, facts), changed: true };
     }
+    if (stored === undefined) await this.purgeValues(proposed.name);
     const result =
       stored === undefined
         ? await this.repository.featureViews.insert({

@@ -55,6 +55,7 @@ export async function startFeatureStore(
       what: 'the registry',
       reason: 'REGISTRY_WRITE_IN_PROGRESS',
     }),
+    (view) => rows.deleteView(view),
   );
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });

@@ -7,8 +7,22 @@
  */
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { failureOf } from './feature-store-api';
-import { startHarness, sharing, type RunningHarness } from './support/feature-store-harness';
-import { userEntity, userStatsView } from './support/fixtures';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { FeatureRowRepository, type FeatureRowDocument } from '../src/store/feature-rows';
+import {
+  eventually,
+  startHarness,
+  sharing,
+  type RunningHarness,
+} from './support/feature-store-harness';
+import {
+  applyUserStats,
+  double,
+  userEntity,
+  userRow,
+  users,
+  userStatsView,
+} from './support/fixtures';
 
 /** Whether the registry `harness` serves is whole: every view's entities exist. */
 async function expectWhole(harness: RunningHarness): Promise<void> {
@@ -130,5 +144,50 @@ describe('registry writes at the same time on two replicas sharing a storage', (
       second.client.deleteEntity({ name: 'user', etag: '', requestId: '' }),
     );
     expect(inUse.code).toBe(GrpcCode.FAILED_PRECONDITION);
+  });
+});
+
+describe('a view created under the name of a deleted one', () => {
+  let harness: RunningHarness;
+
+  beforeEach(async () => {
+    harness = await startHarness();
+  });
+
+  afterEach(async () => {
+    await harness.stop();
+  });
+
+  it('starts empty, even when values of the deleted one were stored after its deletion', async () => {
+    await applyUserStats(harness.client);
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
+    const written: FeatureRowDocument[] = [];
+    for await (const row of rows.scanView('user_stats')) written.push(row);
+    expect(written).toHaveLength(1);
+    await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+    // The deletion of its values runs in the background; a write in flight during it lands late.
+    await eventually(async () => {
+      const left: FeatureRowDocument[] = [];
+      for await (const row of rows.scanView('user_stats')) left.push(row);
+      expect(left).toEqual([]);
+    });
+    await rows.write(written);
+
+    await harness.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    const read = await harness.client.getOnlineFeatures({
+      features: ['user_stats:ctr'],
+      entityRows: users('u1'),
+      omitEventTimes: false,
+    });
+    expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
   });
 });
