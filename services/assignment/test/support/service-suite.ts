@@ -1153,6 +1153,18 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(undecodable.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(undecodable.reason).toBe('UNDECODABLE_REQUEST');
+        expect(fieldReasons(undecodable)).toEqual([['attributes', 'TOO_DEEP']]);
+        // So is a condition: each $and level is five messages deep to the decoder.
+        let condition: Record<string, unknown> = { country: 'SE' };
+        for (let i = 0; i < 25; i++) condition = { $and: [condition] };
+        const deepCondition = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('deep-condition', { condition }),
+            }),
+          ),
+        );
+        expect(fieldReasons(deepCondition)).toEqual([['experiment.condition', 'TOO_DEEP']]);
       });
 
       it('rejects attributes over 64 KiB encoded, also when made of empty lists and objects', async () => {

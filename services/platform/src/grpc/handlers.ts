@@ -30,6 +30,7 @@ import type { AdminAuth } from './auth';
 import {
   mayHoldReservedMapKey,
   reservedMapKeys,
+  tooDeepFields,
   undecodableFields,
   warmContractRegistry,
 } from './undecodable-fields';
@@ -243,6 +244,16 @@ async function* decodedStream(requests: AsyncIterable<unknown>): AsyncIterable<u
 function undecodable(request: UndecodableRequest): InvalidArgumentError {
   const why = request.cause instanceof Error ? request.cause.message : String(request.cause);
   const violations = undecodableFields(request.methodPath, request.bytes);
+  if (violations.length === 0 && /recursion limit/.test(why)) {
+    const tooDeep = tooDeepFields(request.methodPath, request.bytes);
+    if (tooDeep.length > 0) {
+      return new InvalidArgumentError(
+        `the request is nested too deep to decode: ${tooDeep.map((v) => v.field).join(', ')}`,
+        tooDeep,
+        { reason: 'UNDECODABLE_REQUEST' },
+      );
+    }
+  }
   return new InvalidArgumentError(
     violations.length > 0
       ? `the request holds integers this server cannot hold exactly: ${violations.map((v) => v.field).join(', ')}`

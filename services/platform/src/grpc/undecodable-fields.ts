@@ -183,3 +183,66 @@ export function warmContractRegistry(): void {
     // Not found (a build without `make gen`): violations are then reported without paths.
   }
 }
+
+/**
+ * Where `bytes`, a request of `methodPath` the generated decoder refused as nested too deep, goes
+ * deepest: the field holding that JSON value (`experiment.condition`, `attributes`), or the
+ * message field when no JSON value is on the way. Empty when it cannot tell (not a contract's
+ * method, or deeper still than this decode goes).
+ */
+export function tooDeepFields(methodPath: string, bytes: Uint8Array): FieldViolation[] {
+  try {
+    const schema = requestMessage(methodPath);
+    if (schema === undefined) return [];
+    const message = reflect(schema, fromBinary(schema, bytes, { recursionLimit: 1_000 }));
+    const deepest = { depth: -1, field: '' };
+    descend(message, '', 0, undefined, deepest);
+    if (deepest.field === '') return [];
+    return [
+      {
+        field: deepest.field,
+        description: `nested deeper than this server decodes (${GENERATED_DECODE_DEPTH} messages; each level of a JSON value takes two or three)`,
+        reason: 'TOO_DEEP',
+      },
+    ];
+  } catch {
+    return [];
+  }
+}
+
+/** The nesting of messages at which the generated decoders stop (ts-proto's limit). */
+const GENERATED_DECODE_DEPTH = 100;
+
+/** Finds the deepest message under `message`, recording the field that leads there. */
+function descend(
+  message: ReflectMessage,
+  path: string,
+  depth: number,
+  jsonField: string | undefined,
+  deepest: { depth: number; field: string },
+): void {
+  const transparent = TRANSPARENT.has(message.desc.typeName);
+  // The first Struct, Value or ListValue on the way: the caller's JSON value starts there.
+  const json = jsonField ?? (transparent ? path : undefined);
+  if (depth > deepest.depth) {
+    deepest.depth = depth;
+    deepest.field = json ?? path;
+  }
+  for (const field of message.fields) {
+    if (!message.isSet(field)) continue;
+    const at = transparent ? path : joined(path, field.name);
+    if (field.fieldKind === 'message') descend(message.get(field), at, depth + 1, json, deepest);
+    else if (field.fieldKind === 'list' && field.listKind === 'message') {
+      let index = 0;
+      for (const item of message.get(field)) {
+        descend(item as ReflectMessage, `${at}[${index}]`, depth + 1, json, deepest);
+        index++;
+      }
+    } else if (field.fieldKind === 'map' && field.mapKind === 'message') {
+      for (const [key, value] of message.get(field)) {
+        // The entry is a message of its own to the generated decoder, and so is its value.
+        descend(value as ReflectMessage, joined(at, String(key)), depth + 2, json, deepest);
+      }
+    }
+  }
+}
