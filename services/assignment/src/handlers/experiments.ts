@@ -150,8 +150,19 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     }
     return { key: v.key, description: v.description, weight: v.weight, payloadJson };
   });
-  const stickyTtlMs = durationMs(experiment.stickyTtl);
-  if (stickyTtlMs !== undefined && !(stickyTtlMs > 0 && stickyTtlMs <= MAX_STICKY_TTL_MS)) {
+  const stickyTtl = experiment.stickyTtl;
+  const stickyTtlMs = durationMs(stickyTtl);
+  if (
+    stickyTtl &&
+    !(Number.isInteger(stickyTtl.nanos) && stickyTtl.nanos >= 0 && stickyTtl.nanos < 1e9)
+  ) {
+    // Converted, {1 s, 2e9 ns} would silently be 3 s.
+    violations.push({
+      field: 'experiment.sticky_ttl',
+      description: 'must be a Duration with nanos between 0 and 999,999,999',
+      reason: 'INVALID_DURATION',
+    });
+  } else if (stickyTtlMs !== undefined && !(stickyTtlMs > 0 && stickyTtlMs <= MAX_STICKY_TTL_MS)) {
     violations.push({
       field: 'experiment.sticky_ttl',
       description: `must be positive and at most ${MAX_STICKY_TTL_MS / 86_400_000} days`,

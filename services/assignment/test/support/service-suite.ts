@@ -275,6 +275,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ]),
         );
         expect(fields(error).some((f) => f.startsWith('experiment.condition'))).toBe(true);
+        const nanos = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('odd-ttl', { stickyTtl: { seconds: 1, nanos: 2e9 } }),
+            }),
+          ),
+        );
+        expect(fieldReasons(nanos)).toEqual([['experiment.sticky_ttl', 'INVALID_DURATION']]);
       });
 
       it('refuses resources too large to store or list, with the same answer on every store', async () => {
