@@ -44,14 +44,50 @@ describe('the configuration-write lease', () => {
     await expect(refused).rejects.toThrow(/replica-a/);
   });
 
-  it('is taken over once a holder that never released it is past its time', async () => {
-    const releaseLate = await configuration.acquireWriteLease('stalled', { ttlMs: 50, waitMs: 0 });
+  it('is taken over once a holder that died is past its time', async () => {
+    // What a replica that died holding the lease leaves behind: a lease nobody renews.
+    const leases = await store.collection<{
+      id: string;
+      holder: string;
+      token: string;
+      expiresAt: number;
+    }>({
+      name: 'leases',
+    });
+    await leases.insert({
+      id: 'configuration-writes',
+      holder: 'stalled',
+      token: 'dead',
+      expiresAt: Date.now() + 50,
+    });
     const release = await configuration.acquireWriteLease('next', { ttlMs: 60_000, waitMs: 2_000 });
-    // The late release of the holder that was taken over does not free the new holder's lease.
-    await releaseLate();
+    await release();
+  });
+
+  it('is kept while its holder writes, past its time, and freed only by its own release', async () => {
+    const release = await configuration.acquireWriteLease('slow', { ttlMs: 150, waitMs: 0 });
+    // Three times its time: renewed meanwhile, so no other replica takes it over.
+    await new Promise((resolve) => setTimeout(resolve, 450));
+    await expect(
+      configuration.acquireWriteLease('other', { ttlMs: 60_000, waitMs: 0 }),
+    ).rejects.toThrow(AbortedError);
+    // Taken over meanwhile (its renewal failed, say): its release leaves the new holder's.
+    const leases = await store.collection<{
+      id: string;
+      holder: string;
+      token: string;
+      expiresAt: number;
+    }>({
+      name: 'leases',
+    });
+    const held = await leases.get('configuration-writes');
+    await leases.replace(
+      { id: 'configuration-writes', holder: 'new', token: 'other', expiresAt: Date.now() + 60_000 },
+      held?.version ?? 0,
+    );
+    await release();
     await expect(
       configuration.acquireWriteLease('third', { ttlMs: 60_000, waitMs: 0 }),
-    ).rejects.toThrow(AbortedError);
-    await release();
+    ).rejects.toThrow(/new/);
   });
 });

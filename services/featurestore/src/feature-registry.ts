@@ -373,7 +373,9 @@ export class FeatureRegistry {
     message: FeatureView | undefined,
     validateOnly: boolean,
   ): Promise<{ featureView: FeatureView; changed: boolean }> {
-    return this.writes.exclusively(() => this.applyFeatureViewNow(message, validateOnly));
+    // A dry run stores nothing: it waits for this replica's writes, not for another replica's.
+    const apply = () => this.applyFeatureViewNow(message, validateOnly);
+    return validateOnly ? this.writes.serially(apply) : this.writes.exclusively(apply);
   }
 
   private async applyFeatureViewNow(

@@ -46,8 +46,10 @@ export class WriteLease {
 
   /**
    * Takes the lease, waiting up to `waitMs` for another holder to release it; returns its
-   * release. A lease not released (its holder died) is taken over once `ttlMs` has passed since
-   * it was taken. Throws `AbortedError` when it could not be had in time.
+   * release. While held, it is renewed every third of `ttlMs`, so a long write keeps it; a lease
+   * not renewed (its holder died) is taken over once `ttlMs` has passed. Throws `AbortedError`
+   * when it could not be had in time. The release never throws: a lease it could not delete
+   * expires.
    */
   async acquire(
     holder: string,
@@ -57,12 +59,33 @@ export class WriteLease {
     for (;;) {
       const token = randomBytes(12).toString('base64url');
       try {
-        await this.leases.insert({ id: this.id, holder, token, expiresAt: Date.now() + ttlMs });
+        const taken = await this.leases.insert({
+          id: this.id,
+          holder,
+          token,
+          expiresAt: Date.now() + ttlMs,
+        });
+        let version = taken.version;
+        const renewal = setInterval(() => {
+          this.leases
+            .replace({ ...taken.doc, expiresAt: Date.now() + ttlMs }, version)
+            .then((renewed) => {
+              version = renewed.version;
+            })
+            // Taken over or storage down: the write goes on; the lease expires as it would.
+            .catch(() => undefined);
+        }, ttlMs / 3);
+        renewal.unref();
         return async () => {
-          // Only this taking's: a lease taken over after it expired is someone else's now.
-          const current = await this.leases.get(this.id);
-          if (current?.doc.token !== token) return;
-          await this.leases.delete(this.id, current.version).catch(() => undefined);
+          clearInterval(renewal);
+          try {
+            // Only this taking's: a lease taken over after it expired is someone else's now.
+            const current = await this.leases.get(this.id);
+            if (current?.doc.token !== token) return;
+            await this.leases.delete(this.id, current.version);
+          } catch {
+            // It expires after `ttlMs`; the write it guarded is done either way.
+          }
         };
       } catch (error) {
         if (!(error instanceof AlreadyExistsError)) throw error;
