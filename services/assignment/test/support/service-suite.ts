@@ -545,6 +545,26 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(decodeStatus(attributes).violations.map((v) => [v.field, v.reason])).toEqual([
           ['attributes.__proto__', 'RESERVED_KEY'],
         ]);
+        // With a field only the generated decoder takes (request_id as a varint), the key cannot
+        // be looked for: refused too, rather than decoded without it.
+        const unchecked = await rawCallError(
+          service.address,
+          AssignmentServiceService.createExperiment.path,
+          Buffer.concat([
+            withReservedKey(
+              CreateExperimentRequest.encode(
+                CreateExperimentRequest.fromPartial({
+                  experiment: experiment('proto-key', {
+                    condition: { nested: { [STAND_IN]: { country: 'SE' } } },
+                  }),
+                }),
+              ).finish(),
+            ),
+            Buffer.from([0x10, 0x05]),
+          ]),
+        );
+        expect(unchecked.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(decodeStatus(unchecked).errorInfo?.reason).toBe('UNDECODABLE_REQUEST');
       });
 
       it('refuses an overlapping layer range and a duplicate id', async () => {

@@ -208,6 +208,16 @@ export function decodingRequestsSafely<
       requestDeserialize: (bytes: Buffer): unknown => {
         if (mayHoldReservedMapKey(bytes)) {
           const reserved = reservedMapKeys(method.path, bytes);
+          if (reserved === undefined) {
+            // Not checkable, so not decoded: the generated decoder would drop such a key.
+            return new RefusedRequest(
+              new InvalidArgumentError(
+                'the request holds "__proto__" and is not a message this server can check',
+                [],
+                { reason: 'UNDECODABLE_REQUEST' },
+              ),
+            );
+          }
           if (reserved.length > 0) {
             return new RefusedRequest(
               new InvalidArgumentError(

@@ -120,16 +120,28 @@ function walk(
   }
 }
 
-/** The violations `checks` find in `bytes`, a request of `methodPath`; none when not a contract's. */
-function violationsIn(methodPath: string, bytes: Uint8Array, checks: Checks): FieldViolation[] {
+/**
+ * The violations `checks` find in `bytes`, a request of `methodPath`: none when the method is not
+ * a contract's, undefined when the bytes are not its request message (or no descriptor set).
+ */
+function violationsIn(
+  methodPath: string,
+  bytes: Uint8Array,
+  checks: Checks,
+): FieldViolation[] | undefined {
+  let schema: DescMessage | undefined;
   try {
-    const schema = requestMessage(methodPath);
-    if (schema === undefined) return [];
+    schema = requestMessage(methodPath);
+  } catch {
+    return undefined;
+  }
+  if (schema === undefined) return [];
+  try {
     const violations: FieldViolation[] = [];
     walk(reflect(schema, fromBinary(schema, bytes)), '', checks, violations);
     return violations;
   } catch {
-    return [];
+    return undefined;
   }
 }
 
@@ -138,14 +150,16 @@ function violationsIn(methodPath: string, bytes: Uint8Array, checks: Checks): Fi
  * method is not a contract's or the bytes are not that message at all.
  */
 export function undecodableFields(methodPath: string, bytes: Uint8Array): FieldViolation[] {
-  return violationsIn(methodPath, bytes, {
-    scalar: (scalar, value, field) =>
-      beyondSafe(scalar, value) ? { field, description: DESCRIPTION, reason: REASON } : undefined,
-    mapKey: (scalar, key, field) =>
-      beyondSafe(scalar, key)
-        ? { field, description: `${DESCRIPTION} (the key)`, reason: REASON }
-        : undefined,
-  });
+  return (
+    violationsIn(methodPath, bytes, {
+      scalar: (scalar, value, field) =>
+        beyondSafe(scalar, value) ? { field, description: DESCRIPTION, reason: REASON } : undefined,
+      mapKey: (scalar, key, field) =>
+        beyondSafe(scalar, key)
+          ? { field, description: `${DESCRIPTION} (the key)`, reason: REASON }
+          : undefined,
+    }) ?? []
+  );
 }
 
 /**
@@ -161,8 +175,15 @@ export function mayHoldReservedMapKey(bytes: Buffer): boolean {
   return bytes.includes(RESERVED_KEY_BYTES);
 }
 
-/** The map entries of `bytes`, a request of `methodPath`, keyed `__proto__`, by field path. */
-export function reservedMapKeys(methodPath: string, bytes: Uint8Array): FieldViolation[] {
+/**
+ * The map entries of `bytes`, a request of `methodPath`, keyed `__proto__`, by field path; none
+ * for a method that is not a contract's; undefined when the bytes cannot be checked (not a
+ * message the descriptor set's decoder accepts, though the generated one may: refuse them).
+ */
+export function reservedMapKeys(
+  methodPath: string,
+  bytes: Uint8Array,
+): FieldViolation[] | undefined {
   return violationsIn(methodPath, bytes, {
     mapKey: (_scalar, key, field) =>
       key === RESERVED_MAP_KEY

@@ -115,9 +115,23 @@ describe('reservedMapKeys', () => {
   it('names a map entry keyed __proto__, which a decoded object would lose', () => {
     const request = Buffer.from(onlineRequest('__proto__', [int64Value(1n)]));
     expect(mayHoldReservedMapKey(request)).toBe(true);
-    expect(reservedMapKeys(GET_ONLINE, request).map((v) => [v.field, v.reason])).toEqual([
+    expect(reservedMapKeys(GET_ONLINE, request)?.map((v) => [v.field, v.reason])).toEqual([
       ['entity_rows.__proto__', 'RESERVED_KEY'],
     ]);
+  });
+
+  it('cannot tell for bytes only the generated decoder takes, which are then refused', () => {
+    // The string field `features` sent as a varint: the generated decoder skips it, the
+    // descriptor set's refuses the message, so the __proto__ entry cannot be found.
+    const request = Buffer.concat([
+      onlineRequest('__proto__', [int64Value(1n)]),
+      new BinaryWriter()
+        .uint32((1 << 3) | 0)
+        .uint32(5)
+        .finish(),
+    ]);
+    expect(reservedMapKeys(GET_ONLINE, request)).toBeUndefined();
+    expect(reservedMapKeys('/other.v1.Service/Method', request)).toEqual([]);
   });
 
   it('finds nothing in a request without one, and the byte search skips it', () => {
