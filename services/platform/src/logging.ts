@@ -36,12 +36,18 @@ const MAX_REDACTION_DEPTH = 4;
  */
 function redacted(value: unknown, depth: number): unknown {
   if (typeof value === 'string') return withoutUrlCredentials(value);
+  if (value instanceof URL) return withoutUrlCredentials(value.href);
   if (depth === 0 || value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return value.map((item) => redacted(item, depth - 1));
   const prototype: unknown = Object.getPrototypeOf(value);
+  // A nested error pino serialized (an AggregateError's, or a property holding one): fresh.
+  if (prototype === SERIALIZED_ERROR) return redactedProperties(value, depth);
   if (prototype !== Object.prototype && prototype !== null) return value;
   return redactedProperties({ ...(value as Record<string, unknown>) }, depth);
 }
+
+/** The prototype of the objects pino's error serializer makes. */
+const SERIALIZED_ERROR: unknown = Object.getPrototypeOf(pino.stdSerializers.err(new Error()));
 
 /** `target` (a fresh object) with its own enumerable properties redacted in place. */
 function redactedProperties<T extends object>(target: T, depth: number): T {

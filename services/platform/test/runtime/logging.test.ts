@@ -85,3 +85,29 @@ describe('logged errors', () => {
     });
   });
 });
+
+describe('logged errors nested in a logged error', () => {
+  it('carry no URL credentials either: aggregated errors, errors and URLs as properties', async () => {
+    const { logger, lines } = capturingLogger();
+    const inner = new Error('cannot reach mongodb://admin:hunter2@db:27017');
+    logger.error(
+      {
+        err: Object.assign(new AggregateError([inner], 'all failed'), {
+          original: new Error('via nats://op:s3cret@nats:4222'),
+          url: new URL('https://user:t0ken@example.com/path'),
+        }),
+      },
+      'failed',
+    );
+    await flushed();
+    const line = lines[0] as string;
+    for (const secret of ['hunter2', 's3cret', 't0ken']) expect(line).not.toContain(secret);
+    expect(JSON.parse(line)).toMatchObject({
+      err: {
+        aggregateErrors: [{ message: 'cannot reach mongodb://***@db:27017' }],
+        original: { message: 'via nats://***@nats:4222' },
+        url: 'https://***@example.com/path',
+      },
+    });
+  });
+});
