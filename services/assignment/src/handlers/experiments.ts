@@ -407,10 +407,13 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           const problems = validate(context, after);
           // A stored condition passed the rules of its day: one they have tightened since (a
           // `$regex` from before RE2, a `$not` of a plain value) may stay until it is changed.
+          // So may a seed longer than today's limit: it cannot change once the experiment ran.
           violations.push(
-            ...(after.conditionJson === before.doc.conditionJson
-              ? problems.filter((v) => !toleratedWhenStored(v))
-              : problems),
+            ...problems.filter(
+              (v) =>
+                !(after.conditionJson === before.doc.conditionJson && toleratedWhenStored(v)) &&
+                !(v.field === 'experiment.seed' && after.seed === before.doc.seed),
+            ),
           );
           rejectIfAny('experiment', violations);
           const definitionBefore = experimentDefinition(before.doc, undefined);

@@ -202,7 +202,12 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         if (!paths.has('layer_ids')) changed.layerIds = [...new Set(before.doc.layerIds)];
         const now = Date.now();
         let after = { ...(changed as unknown as HoldoutDocument), updateTime: now };
-        violations.push(...validate(context, after));
+        // A seed stored before its size limit may stay: it cannot change once the holdout ran.
+        violations.push(
+          ...validate(context, after).filter(
+            (v) => !(v.field === 'holdout.seed' && after.seed === before.doc.seed),
+          ),
+        );
         rejectIfAny('holdout', violations);
 
         const forbidden: PreconditionViolation[] = [];

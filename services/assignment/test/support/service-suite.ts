@@ -1576,6 +1576,63 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 1 });
       });
 
+      it('keeps updating a holdout and an experiment stored with a seed over 256 bytes', async () => {
+        const { admin, client } = service;
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('long-seeded', { surfaces: ['home'] }),
+          }),
+        );
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('long-seeded') }),
+        );
+        // As stored before seeds had a limit; a seed cannot change once it served.
+        const store = service.service.context.store;
+        const seed = 's'.repeat(300);
+        const storedHoldout = await store.holdouts.get('long-seeded');
+        const storedExperiment = await store.experiments.get('long-seeded');
+        if (storedHoldout === undefined || storedExperiment === undefined) {
+          throw new Error('not stored');
+        }
+        const legacyHoldout = await store.holdouts.replace(
+          { ...storedHoldout.doc, seed },
+          storedHoldout.version,
+        );
+        await store.experiments.replace(
+          { ...storedExperiment.doc, seed },
+          storedExperiment.version,
+        );
+        await store.bumpVersion();
+        let etag = String(legacyHoldout.version);
+        for (const status of [
+          HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+          HoldoutStatus.HOLDOUT_STATUS_STOPPED,
+        ]) {
+          const updated = await admin.updateHoldout(
+            UpdateHoldoutRequest.fromPartial({
+              holdout: holdout('long-seeded', { status, etag }),
+              updateMask: ['status'],
+            }),
+          );
+          expect(updated.holdout).toMatchObject({ status, seed });
+          etag = updated.holdout?.etag ?? '';
+        }
+        const started = await admin.startExperiment(
+          StartExperimentRequest.fromPartial({ id: 'long-seeded' }),
+        );
+        const described = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              ...experiment('long-seeded', { description: 'still editable' }),
+              etag: started.experiment?.etag ?? '',
+            },
+            updateMask: ['description'],
+          }),
+        );
+        expect(described.experiment).toMatchObject({ description: 'still editable', seed });
+        expect((await client.getHoldout({ id: 'long-seeded' })).holdout?.seed).toBe(seed);
+      });
+
       it('updates a holdout stored with a layer listed twice, dropping the repeat', async () => {
         const { admin, client } = service;
         await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'repeated' } }));
