@@ -146,6 +146,24 @@ export function pageOf<M>(
   };
 }
 
+/**
+ * Whether violation `v` of `proposed` is of a limit made after `stored` (its earlier definition)
+ * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years. So
+ * that applying the same definition again, as declarative clients do, is not refused.
+ */
+function keptAsStored(
+  v: FieldViolation,
+  proposed: { readonly owner: string; readonly ttlMs?: number },
+  stored: { readonly owner: string; readonly ttlMs?: number } | undefined,
+): boolean {
+  if (stored === undefined) return false;
+  if (v.field === 'owner' && v.reason === 'TOO_LONG') return proposed.owner === stored.owner;
+  if (v.field === 'ttl' && v.reason === 'OUT_OF_RANGE') {
+    return proposed.ttlMs !== undefined && proposed.ttlMs > 0 && proposed.ttlMs === stored.ttlMs;
+  }
+  return false;
+}
+
 /** How long a registry write waits for another replica's, and how long a lease lasts at most. */
 const WRITE_LEASE_WAIT_MS = 5_000;
 const WRITE_LEASE_TTL_MS = 30_000;
@@ -301,9 +319,11 @@ export class FeatureRegistry {
       ]);
     }
     const proposed = entityDefinitionOf(message);
-    const violations = validateEntity(proposed).map((v) => ({ ...v, field: `entity.${v.field}` }));
-    if (violations.length > 0) throw new InvalidArgumentError('invalid entity', violations);
     const stored = await this.repository.entities.get(proposed.name);
+    const violations = validateEntity(proposed)
+      .filter((v) => !keptAsStored(v, proposed, stored?.doc.definition))
+      .map((v) => ({ ...v, field: `entity.${v.field}` }));
+    if (violations.length > 0) throw new InvalidArgumentError('invalid entity', violations);
     checkEtag(message.etag, stored, `entity ${proposed.name}`);
     const now = new Date();
     let result: Versioned<EntityDocument>;
@@ -388,7 +408,13 @@ export class FeatureRegistry {
       ]);
     }
     const proposed = featureViewDefinitionOf(message);
-    const violations = [...invalidDurations(message), ...validateFeatureView(proposed)];
+    const stored = await this.repository.featureViews.get(proposed.name);
+    const violations = [
+      ...invalidDurations(message),
+      ...validateFeatureView(proposed).filter(
+        (v) => !keptAsStored(v, proposed, stored?.doc.definition),
+      ),
+    ];
     const entityCheck = checkViewEntities(proposed, this.entityDefinitions());
     violations.push(...entityCheck.violations);
     if (violations.length > 0) {
@@ -403,7 +429,6 @@ export class FeatureRegistry {
         resource: { type: 'tandem.featurestore.v1.Entity', name: entityCheck.missing[0] ?? '' },
       });
     }
-    const stored = await this.repository.featureViews.get(proposed.name);
     checkEtag(message.etag, stored, `feature view ${proposed.name}`);
     if (stored !== undefined) {
       const diff = diffFeatureView(stored.doc.definition, proposed);

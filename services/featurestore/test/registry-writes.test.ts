@@ -9,6 +9,7 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { failureOf } from './feature-store-api';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { FeatureRowRepository, type FeatureRowDocument } from '../src/store/feature-rows';
+import { openRegistryRepository } from '../src/store/registry-repository';
 import {
   eventually,
   startHarness,
@@ -189,5 +190,62 @@ describe('a view created under the name of a deleted one', () => {
       omitEventTimes: false,
     });
     expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+  });
+});
+
+describe('a definition stored before a limit it breaks', () => {
+  let harness: RunningHarness;
+
+  beforeEach(async () => {
+    harness = await startHarness();
+  });
+
+  afterEach(async () => {
+    await harness.stop();
+  });
+
+  it('is applied again unchanged, as declarative clients do, and changed only within it', async () => {
+    await applyUserStats(harness.client);
+    // As stored before owners had a limit and TTLs a ceiling of 100 years.
+    const repository = await openRegistryRepository(harness.runtime.store);
+    const owner = 'o'.repeat(300);
+    const ttlMs = 200 * 365 * 86_400_000;
+    const entity = await repository.entities.get('user');
+    const view = await repository.featureViews.get('user_stats');
+    if (entity === undefined || view === undefined) throw new Error('not stored');
+    await repository.entities.replace(
+      { ...entity.doc, definition: { ...entity.doc.definition, owner } },
+      entity.version,
+    );
+    await repository.featureViews.replace(
+      { ...view.doc, definition: { ...view.doc.definition, owner, ttlMs } },
+      view.version,
+    );
+    const ttl = { seconds: ttlMs / 1000, nanos: 0 };
+
+    const sameEntity = await harness.client.applyEntity({
+      entity: { ...userEntity, owner },
+      requestId: '',
+    });
+    expect(sameEntity.entity?.owner).toBe(owner);
+    const sameView = await harness.client.applyFeatureView({
+      featureView: userStatsView({ owner, ttl }),
+      requestId: '',
+      validateOnly: false,
+    });
+    expect(sameView.featureView?.ttl).toEqual(ttl);
+    const described = await harness.client.applyFeatureView({
+      featureView: userStatsView({ owner, ttl, description: 'still editable' }),
+      requestId: '',
+      validateOnly: false,
+    });
+    expect(described.featureView?.description).toBe('still editable');
+    // A new owner or TTL must keep to today's limits.
+    const longer = await failureOf(
+      harness.client.applyEntity({ entity: { ...userEntity, owner: `${owner}!` }, requestId: '' }),
+    );
+    expect(longer.violations.map((v) => [v.field, v.reason])).toEqual([
+      ['entity.owner', 'TOO_LONG'],
+    ]);
   });
 });
