@@ -210,14 +210,14 @@ export interface StatusObject {
  * (`omitted_violations`).
  */
 const STATUS_LIMITS = {
-  /** The message, in UTF-8 bytes (sent percent-encoded: up to three times as many). */
-  messageBytes: 1_024,
-  /** A violation's field path or subject, a resource name, an ErrorInfo metadata value. */
-  nameChars: 256,
+  /** The message (sent again percent-encoded in `grpc-message`: up to three times as many). */
+  messageBytes: 512,
+  /** A violation's field path, type or subject; a resource's type and name; ErrorInfo metadata. */
+  nameBytes: 256,
   /** A violation's description. */
-  descriptionChars: 512,
-  /** The violations of one kind together, encoded. */
-  violationBytes: 2_048,
+  descriptionBytes: 512,
+  /** The violations of one kind together, encoded: at least one always fits. */
+  violationBytes: 1_536,
 } as const;
 
 /** `text`, cut to at most `maxBytes` UTF-8 bytes (whole code points) and marked `…` if cut. */
@@ -235,17 +235,10 @@ function clippedBytes(text: string, maxBytes: number): string {
   return `${text.slice(0, end)}…`;
 }
 
-/** `text`, cut to at most `maxChars` UTF-16 code units (whole code points), marked `…` if cut. */
-function clipped(text: string, maxChars: number): string {
-  if (text.length <= maxChars) return text;
-  let end = maxChars - 1;
-  // Not between the two halves of a surrogate pair.
-  const last = text.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end -= 1;
-  return `${text.slice(0, end)}…`;
-}
-
-/** The first of `items` whose encodings fit in `budget` bytes together, and how many did not. */
+/**
+ * The first of `items` whose encodings fit in `budget` bytes together (the first one whatever its
+ * size), and how many did not.
+ */
 function withinBudget<T>(
   items: readonly T[],
   encodedBytes: (item: T) => number,
@@ -256,7 +249,7 @@ function withinBudget<T>(
   for (const item of items) {
     // A repeated field's tag and length prefix beside the item itself.
     used += encodedBytes(item) + 4;
-    if (used > budget) break;
+    if (used > budget && kept.length > 0) break;
     kept.push(item);
   }
   return { kept, omitted: items.length - kept.length };
@@ -275,8 +268,8 @@ export function toStatus(error: unknown): StatusObject {
       ? tandem.violations
       : []
     ).map((v) => ({
-      field: clipped(v.field, STATUS_LIMITS.nameChars),
-      description: clipped(v.description, STATUS_LIMITS.descriptionChars),
+      field: clippedBytes(v.field, STATUS_LIMITS.nameBytes),
+      description: clippedBytes(v.description, STATUS_LIMITS.descriptionBytes),
       reason: v.reason ?? '',
       localizedMessage: undefined,
     })),
@@ -285,9 +278,9 @@ export function toStatus(error: unknown): StatusObject {
   );
   const preconditionViolations = withinBudget(
     (tandem instanceof FailedPreconditionError ? tandem.violations : []).map((v) => ({
-      type: clipped(v.type, STATUS_LIMITS.nameChars),
-      subject: clipped(v.subject, STATUS_LIMITS.nameChars),
-      description: clipped(v.description, STATUS_LIMITS.descriptionChars),
+      type: clippedBytes(v.type, STATUS_LIMITS.nameBytes),
+      subject: clippedBytes(v.subject, STATUS_LIMITS.nameBytes),
+      description: clippedBytes(v.description, STATUS_LIMITS.descriptionBytes),
     })),
     (v) => PreconditionFailure_Violation.encode(v).finish().length,
     STATUS_LIMITS.violationBytes,
@@ -295,13 +288,16 @@ export function toStatus(error: unknown): StatusObject {
   const omitted = fieldViolations.omitted + preconditionViolations.omitted;
   const fullMessage =
     tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
-  const message = clippedBytes(
-    omitted > 0 ? `${fullMessage} (${omitted} more violations not listed)` : fullMessage,
-    STATUS_LIMITS.messageBytes,
-  );
+  // The count of what was left out is kept whole: the message is cut before it.
+  const omission = omitted > 0 ? ` (${omitted} more violations not listed)` : '';
+  const message =
+    clippedBytes(fullMessage, STATUS_LIMITS.messageBytes - Buffer.byteLength(omission)) + omission;
   const errorMetadata: Record<string, string> = {};
   for (const [key, value] of Object.entries(tandem?.metadata ?? {})) {
-    errorMetadata[clipped(key, STATUS_LIMITS.nameChars)] = clipped(value, STATUS_LIMITS.nameChars);
+    errorMetadata[clippedBytes(key, STATUS_LIMITS.nameBytes)] = clippedBytes(
+      value,
+      STATUS_LIMITS.nameBytes,
+    );
   }
   if (omitted > 0) errorMetadata.omitted_violations = String(omitted);
   const details: Any[] = [
@@ -335,10 +331,10 @@ export function toStatus(error: unknown): StatusObject {
       packAny(
         'google.rpc.ResourceInfo',
         ResourceInfo.encode({
-          resourceType: clipped(tandem.resource.type, STATUS_LIMITS.nameChars),
-          resourceName: clipped(tandem.resource.name, STATUS_LIMITS.nameChars),
+          resourceType: clippedBytes(tandem.resource.type, STATUS_LIMITS.nameBytes),
+          resourceName: clippedBytes(tandem.resource.name, STATUS_LIMITS.nameBytes),
           owner: '',
-          description: clipped(message, STATUS_LIMITS.descriptionChars),
+          description: clippedBytes(message, STATUS_LIMITS.nameBytes),
         }).finish(),
       ),
     );

@@ -17,6 +17,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   RemoteError,
+  toStatus,
   UnavailableError,
 } from '../../src/errors';
 import { createClient, type TypedClient } from '../../src/grpc/client';
@@ -296,11 +297,12 @@ describe('an error quoting a large request', () => {
     const error = await failureOf('not-found');
     expect(error.code).toBe(GrpcCode.NOT_FOUND);
     expect(error.reason).toBe('LAYER_NOT_FOUND');
-    expect(error.message.startsWith(`no layer named ${'x'.repeat(900)}`)).toBe(true);
+    expect(error.message.startsWith(`no layer named ${'x'.repeat(400)}`)).toBe(true);
     expect(error.message.endsWith('…')).toBe(true);
-    expect(Buffer.byteLength(error.message)).toBeLessThanOrEqual(1_024);
-    expect(error.resource?.name).toHaveLength(256);
-    expect(error.metadata.id).toHaveLength(256);
+    expect(Buffer.byteLength(error.message)).toBeLessThanOrEqual(512);
+    expect(error.resource?.name.startsWith('x'.repeat(200))).toBe(true);
+    expect(Buffer.byteLength(error.resource?.name ?? '')).toBeLessThanOrEqual(256);
+    expect(Buffer.byteLength(error.metadata.id ?? '')).toBeLessThanOrEqual(256);
   });
 
   it('lists the violations that fit, and says how many it left out', async () => {
@@ -312,8 +314,10 @@ describe('an error quoting a large request', () => {
     expect(listed.length).toBeLessThan(2_000);
     expect(listed[0]).toMatchObject({ reason: 'NOT_FINITE' });
     expect(listed[0]?.field.startsWith('rows[0].values.kkk')).toBe(true);
-    expect(listed[0]?.field).toHaveLength(256);
-    expect(listed[0]?.description).toHaveLength(512);
+    expect(listed[0]?.field.endsWith('…')).toBe(true);
+    expect(Buffer.byteLength(listed[0]?.field ?? '')).toBeLessThanOrEqual(256);
+    expect(listed[0]?.description.startsWith('must be finite, not éé')).toBe(true);
+    expect(Buffer.byteLength(listed[0]?.description ?? '')).toBeLessThanOrEqual(512);
     const omitted = 2_000 - listed.length;
     expect(error.metadata.omitted_violations).toBe(String(omitted));
     expect(error.message).toBe(`invalid rows (${omitted} more violations not listed)`);
@@ -333,5 +337,45 @@ describe('an error quoting a large request', () => {
     await failureOf('violations');
     const again = await failureOf('not-found');
     expect(again.code).toBe(GrpcCode.NOT_FOUND);
+  });
+});
+
+describe('the trailers of a status', () => {
+  it('stay within 8 KiB for the largest error, in any script', () => {
+    const cjk = (n: number): string => '漢'.repeat(n);
+    for (const error of [
+      new NotFoundError(cjk(5_000), {
+        reason: 'LAYER_NOT_FOUND',
+        resource: { type: cjk(1_000), name: cjk(1_000) },
+        metadata: { id: cjk(1_000), etag: cjk(1_000) },
+        violations: Array.from({ length: 1_000 }, () => ({
+          field: cjk(1_000),
+          description: cjk(1_000),
+          reason: 'NOT_FOUND',
+        })),
+      }),
+      new FailedPreconditionError(cjk(5_000), {
+        violations: Array.from({ length: 1_000 }, () => ({
+          type: cjk(1_000),
+          subject: cjk(1_000),
+          description: cjk(1_000),
+        })),
+      }),
+    ]) {
+      const status = toStatus(error);
+      const details = status.metadata.get('grpc-status-details-bin')[0] as Buffer;
+      // grpc-message is percent-encoded (at most what encodeURIComponent makes), details base64.
+      const trailerBytes =
+        encodeURIComponent(status.details).length + Math.ceil(details.length / 3) * 4;
+      expect(trailerBytes).toBeLessThanOrEqual(8 * 1024);
+      const decoded = decodeStatus({
+        code: status.code,
+        details: status.details,
+        metadata: status.metadata,
+      });
+      // One violation at least, and the count of the rest.
+      expect(decoded.violations.length + decoded.preconditionViolations.length).toBeGreaterThan(0);
+      expect(decoded.message).toMatch(/\(\d+ more violations not listed\)$/);
+    }
   });
 });
