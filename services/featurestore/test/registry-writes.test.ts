@@ -13,7 +13,7 @@ import { openRegistryRepository } from '../src/store/registry-repository';
 import {
   eventually,
   startHarness,
-  sharing,
+  startReplicaPair,
   type RunningHarness,
 } from './support/feature-store-harness';
 import {
@@ -117,18 +117,15 @@ describe('registry writes at the same time on one replica', () => {
 describe('registry writes at the same time on two replicas sharing a storage', () => {
   let first: RunningHarness;
   let second: RunningHarness;
+  let pair: Awaited<ReturnType<typeof startReplicaPair>>;
 
   beforeEach(async () => {
-    first = await startHarness({ replicaId: 'replica-a' });
-    second = await startHarness({
-      replicaId: 'replica-b',
-      wrapStore: sharing(first.runtime.store),
-    });
+    pair = await startReplicaPair();
+    ({ first, second } = pair);
   });
 
   afterEach(async () => {
-    await second.stop();
-    await first.stop();
+    await pair.stop();
   });
 
   it('never leave a view naming a deleted entity', async () => {

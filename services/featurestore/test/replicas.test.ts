@@ -3,29 +3,21 @@
  * within one second, with no NATS involved (each replica syncs from storage).
  */
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import {
-  eventually,
-  startHarness,
-  type RunningHarness,
-  sharing,
-} from './support/feature-store-harness';
+import { eventually, startReplicaPair, type RunningHarness } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
 
 describe('FeatureStore replicas', () => {
   let first: RunningHarness;
   let second: RunningHarness;
+  let pair: Awaited<ReturnType<typeof startReplicaPair>>;
 
   beforeEach(async () => {
-    first = await startHarness({ replicaId: 'replica-a' });
-    second = await startHarness({
-      replicaId: 'replica-b',
-      wrapStore: sharing(first.runtime.store),
-    });
+    pair = await startReplicaPair();
+    ({ first, second } = pair);
   });
 
   afterEach(async () => {
-    await second.stop();
-    await first.stop();
+    await pair.stop();
   });
 
   it('serves a view applied on another replica within one second', async () => {

@@ -117,3 +117,24 @@ export function sharing(store: DocumentStore): () => DocumentStore {
     close: () => Promise.resolve(),
   });
 }
+
+/** Two replicas, `replica-a` and `replica-b`, sharing one storage (the first's). */
+export async function startReplicaPair(): Promise<{
+  first: RunningHarness;
+  second: RunningHarness;
+  stop(): Promise<void>;
+}> {
+  const first = await startHarness({ replicaId: 'replica-a' });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  return {
+    first,
+    second,
+    async stop() {
+      await second.stop();
+      await first.stop();
+    },
+  };
+}
