@@ -204,9 +204,10 @@ export interface StatusObject {
  * Bounds of what a status carries. The message and the details travel in HTTP/2 trailers, which
  * clients cap (grpc-js and Node refuse a header block over 64 KiB and the call then hangs until
  * its deadline; C-core clients accept 8 KiB by default), and a message may quote the caller's
- * input (an unknown id of any length, hundreds of violations): each text is cut short and the
- * violations listed stop at a byte budget, so that a status stays within about 8 KiB however
- * large the request was. What is left out is counted in the message and in ErrorInfo
+ * input (an unknown id of any length, hundreds of violations): each text is cut short by UTF-8
+ * bytes and the violations listed stop at a byte budget, so that the trailers (the message twice,
+ * once percent-encoded; the details in base64) stay within 8 KiB however large the request was,
+ * in any script. What is left out is counted in the message and in ErrorInfo
  * (`omitted_violations`).
  */
 const STATUS_LIMITS = {
