@@ -92,6 +92,10 @@ export interface WindowAggregatorOptions {
   readonly maxTrackedEventIds?: number;
 }
 
+/** The range of a protobuf Timestamp, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, in ms. */
+const MIN_TIMESTAMP_MS = -62_135_596_800_000;
+const MAX_TIMESTAMP_MS = 253_402_300_799_999;
+
 /** A value an aggregate folds or returns. */
 export type AggregatedValue = number | string;
 
@@ -146,11 +150,15 @@ export interface AggregationMemory {
   readonly approximateBytes: number;
 }
 
-/** A bucket as stored in a checkpoint: `[id, count, sum, min, max, lastTime, lastArrival, lastValue, distinct]`. */
+/**
+ * A bucket as stored in a checkpoint: `[id, count, sum, min, max, lastTime, lastArrival, lastValue,
+ * distinct]`. A sum past a double's range (`Infinity`, or `NaN` after both signs) is stored as
+ * its string, which JSON has no number for: as `null` it would come back as 0.
+ */
 export type CheckpointBucket = [
   number,
   number,
-  number,
+  number | string,
   number | null,
   number | null,
   number | null,
@@ -331,13 +339,16 @@ export class WindowAggregator {
 
   /**
    * Folds one event into the state at server time `now` (ms). Returns whether it was accepted,
-   * dropped as late, recognised as a redelivery, or dropped as invalid (a non-finite event time).
+   * dropped as late, recognised as a redelivery, or dropped as invalid (an event time that is not
+   * a Timestamp's: missing, or outside 0001-01-01 to 9999-12-31).
    */
   ingest(event: AggregationEvent, now: number): IngestOutcome {
     if (now > this.clock) this.clock = now;
     const clock = this.clock;
     const eventTime = event.eventTime;
-    if (!Number.isFinite(eventTime)) {
+    // Past 9999 the expiry of its remembered id (event time + lateness) is no date storage holds,
+    // and every checkpoint after it would fail.
+    if (!(eventTime >= MIN_TIMESTAMP_MS && eventTime <= MAX_TIMESTAMP_MS)) {
       this.counters.eventsDroppedInvalid++;
       return 'invalid';
     }
@@ -693,7 +704,7 @@ function bucketToCheckpoint(b: Bucket): CheckpointBucket {
   return [
     b.id,
     b.count,
-    b.sum,
+    Number.isFinite(b.sum) ? b.sum : String(b.sum),
     Number.isFinite(b.min) ? b.min : null,
     Number.isFinite(b.max) ? b.max : null,
     Number.isFinite(b.lastTime) ? b.lastTime : null,
@@ -716,7 +727,7 @@ function bucketFromCheckpoint(
   return {
     id,
     count,
-    sum,
+    sum: typeof sum === 'string' ? Number(sum) : sum,
     min: min ?? Infinity,
     max: max ?? -Infinity,
     lastTime: keepsLast ? (lastTime ?? -Infinity) : -Infinity,

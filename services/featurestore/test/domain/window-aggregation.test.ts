@@ -342,15 +342,15 @@ describe('WindowAggregator against a brute-force recomputation', () => {
 
 describe('WindowAggregator', () => {
   const t0 = 1_700_000_000_000;
-  const plays = (): WindowAggregator =>
-    new WindowAggregator({
-      aggregations: [
-        { feature: 'plays_1h', function: Fn.Count, windowMs: 3_600_000, bucketMs: 60_000 },
-        { feature: 'seconds_1h', function: Fn.Sum, windowMs: 3_600_000, bucketMs: 60_000 },
-        { feature: 'last_5m', function: Fn.Last, windowMs: 300_000, bucketMs: 5_000 },
-      ],
-      allowedLatenessMs: 3_600_000,
-    });
+  const playsOptions = {
+    aggregations: [
+      { feature: 'plays_1h', function: Fn.Count, windowMs: 3_600_000, bucketMs: 60_000 },
+      { feature: 'seconds_1h', function: Fn.Sum, windowMs: 3_600_000, bucketMs: 60_000 },
+      { feature: 'last_5m', function: Fn.Last, windowMs: 300_000, bucketMs: 5_000 },
+    ],
+    allowedLatenessMs: 3_600_000,
+  };
+  const plays = (): WindowAggregator => new WindowAggregator(playsOptions);
   const play = (id: string, eventTime: number, seconds: number): AggregationEvent => ({
     eventId: id,
     key: 'item-1',
@@ -380,6 +380,33 @@ describe('WindowAggregator', () => {
     expect(aggregator.ingest(play('old', t0 - 3_600_001, 5), t0)).toBe('late');
     expect(aggregator.read(['item-1'], t0).statuses[0]).toBe(FeatureStatus.NotFound);
     expect(aggregator.status().eventsDroppedLate).toBe(1);
+  });
+
+  it('drops and counts an event time outside a Timestamp, and checkpoints after it', () => {
+    const aggregator = plays();
+    // 275760-09-13: a date, but past a Timestamp's 9999-12-31; its id's expiry is no date.
+    for (const eventTime of [8.64e15, -62_135_596_800_001, Number.NaN]) {
+      expect(aggregator.ingest(play(`t${eventTime}`, eventTime, 5), t0)).toBe('invalid');
+    }
+    expect(aggregator.ingest(play('last-day', 253_402_300_799_999, 5), t0)).toBe('accepted');
+    expect(aggregator.status().eventsDroppedInvalid).toBe(3);
+    const expiries = aggregator.checkpoint().seenEventIds?.map(([, until]) => until) ?? [];
+    expect(expiries).toHaveLength(1);
+    for (const until of expiries) expect(Number.isFinite(new Date(until).getTime())).toBe(true);
+  });
+
+  it('keeps a SUM past the range of a double through a checkpoint, rather than reading 0', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('big-1', t0, 1.7e308), t0);
+    aggregator.ingest(play('big-2', t0 + 1, 1.7e308), t0 + 1);
+    expect(valuesOf(aggregator, t0 + 1)[1]).toBe(Infinity);
+    const restored = WindowAggregator.restore(
+      playsOptions,
+      JSON.parse(JSON.stringify(aggregator.checkpoint())) as ReturnType<
+        WindowAggregator['checkpoint']
+      >,
+    );
+    expect(valuesOf(restored, t0 + 1)).toEqual(valuesOf(aggregator, t0 + 1));
   });
 
   it('reads 0 for COUNT and SUM and NULL_VALUE for LAST when a known key has an empty window', () => {
