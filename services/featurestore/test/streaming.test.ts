@@ -90,11 +90,16 @@ function streamingSuite(setup: BusSetup): void {
     await publish(first, `${first.eventId}-again`);
     await publish(play('i1', 'u3', 99, new Date(Date.now() - 2 * 3_600_000)));
     await publish({ ...play('', 'u1', 1) });
+    // Invalid too: no event id (each copy published again would count again), or one too long.
+    const anonymous = { ...play('i2', 'u9', 1), eventId: '' };
+    await publish(anonymous, 'message-1');
+    await publish(anonymous, 'message-2');
+    await publish({ ...play('i2', 'u9', 1), eventId: 'e'.repeat(129) });
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.eventsDuplicate).toBe(1);
       expect(status.eventsDroppedLate).toBe(1);
-      expect(status.eventsDroppedInvalid).toBe(1);
+      expect(status.eventsDroppedInvalid).toBe(4);
       expect(status.eventsProcessed).toBe(3);
     });
     const [plays, seconds, listeners] = await readItems(h, 'i1', 'i2', 'i3');

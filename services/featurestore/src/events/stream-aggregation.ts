@@ -51,7 +51,10 @@ export interface AggregationProgress {
   readonly phase: AggregationPhase;
   readonly message: string;
   readonly counters: AggregationCounters;
-  /** Events whose key field (unit or item id) was missing, counted as invalid. */
+  /**
+   * Events dropped as invalid before aggregation: without their key field (unit or item id), or
+   * without a usable event id. (Stored under this name since it counted only the former.)
+   */
   readonly missingKeys: number;
   readonly lastCheckpointTime: Date | undefined;
 }
@@ -92,6 +95,8 @@ const BACKFILL_IDLE_MS = 1_000;
 /** Back-off between attempts to start the consumer while NATS is unavailable, doubling to a cap. */
 const START_RETRY_INITIAL_MS = 500;
 const START_RETRY_MAX_MS = 10_000;
+/** The longest event id an event may have (OutcomeEvent.event_id). */
+const MAX_EVENT_ID_LENGTH = 128;
 
 /** The durable consumer of a stream-sourced view on one replica. */
 export function aggregationDurable(view: string, replicaId: string): string {
@@ -358,11 +363,14 @@ export class StreamAggregation {
     const event = delivered.event;
     if (this.eventNames.size > 0 && !this.eventNames.has(event.name)) return;
     const key = this.source.key === AggregationKey.ItemId ? event.itemId : (event.unit?.id ?? '');
-    if (key === '') {
+    // The event's own id is what makes a copy published again a duplicate (a stream sequence,
+    // which a publish without one falls back to, differs for every copy): required, as the
+    // contract says, and at most 128 characters.
+    const eventId = event.eventId;
+    if (key === '' || eventId === '' || eventId.length > MAX_EVENT_ID_LENGTH) {
       this.missingKeys++;
     } else {
       const record = event as unknown as Readonly<Record<string, unknown>>;
-      const eventId = event.eventId !== '' ? event.eventId : delivered.eventId;
       const eventTime = event.eventTime?.getTime() ?? Number.NaN;
       const outcome = this.aggregator.ingest(
         { eventId, key, eventTime, values: this.valueFields.map((read) => read(record)) },

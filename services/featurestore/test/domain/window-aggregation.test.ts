@@ -390,7 +390,7 @@ describe('WindowAggregator', () => {
     }
     expect(aggregator.ingest(play('last-day', 253_402_300_799_999, 5), t0)).toBe('accepted');
     expect(aggregator.status().eventsDroppedInvalid).toBe(3);
-    const expiries = aggregator.checkpoint().seenEventIds?.map(([, until]) => until) ?? [];
+    const expiries = aggregator.checkpoint().seenEventIds.map(([, until]) => until);
     expect(expiries).toHaveLength(1);
     for (const until of expiries) expect(Number.isFinite(new Date(until).getTime())).toBe(true);
   });
