@@ -1182,6 +1182,18 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(undecodable.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(undecodable.reason).toBe('UNDECODABLE_REQUEST');
         expect(fieldReasons(undecodable)).toEqual([['attributes', 'TOO_DEEP']]);
+        // Also with "__proto__" among its bytes (as a value), which has it decoded again first.
+        const deepAndProto = await failure(
+          service.client.resolve(resolveRequest('__proto__', { attributes: deeper })),
+        );
+        expect(fieldReasons(deepAndProto)).toEqual([['attributes', 'TOO_DEEP']]);
+        // And far deeper (600 levels, some 1,800 messages).
+        let deepest: Record<string, unknown> = { leaf: 1 };
+        for (let i = 0; i < 600; i++) deepest = { nested: deepest };
+        const farTooDeep = await failure(
+          service.client.resolve(resolveRequest('u', { attributes: deepest })),
+        );
+        expect(fieldReasons(farTooDeep)).toEqual([['attributes', 'TOO_DEEP']]);
         // So is a condition: each $and level is five messages deep to the decoder.
         let condition: Record<string, unknown> = { country: 'SE' };
         for (let i = 0; i < 25; i++) condition = { $and: [condition] };

@@ -21,6 +21,11 @@ const LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 const DESCRIPTION = `an integer beyond ±${Number.MAX_SAFE_INTEGER} (2^53 − 1), the largest this server holds exactly`;
 /** The violations' reason, as for any other number out of range. */
 const REASON = 'OUT_OF_RANGE';
+/**
+ * How deep the descriptor set's decoder goes here: past the generated decoders' 100, so that a
+ * request they refuse as too deep can still be looked into (which field; any `__proto__` key).
+ */
+const DIAGNOSTIC_RECURSION_LIMIT = 2_000;
 /** Violations reported at most (a status must fit in the trailers). */
 const MAX_VIOLATIONS = 20;
 
@@ -138,7 +143,8 @@ function violationsIn(
   if (schema === undefined) return [];
   try {
     const violations: FieldViolation[] = [];
-    walk(reflect(schema, fromBinary(schema, bytes)), '', checks, violations);
+    const decoded = fromBinary(schema, bytes, { recursionLimit: DIAGNOSTIC_RECURSION_LIMIT });
+    walk(reflect(schema, decoded), '', checks, violations);
     return violations;
   } catch {
     return undefined;
@@ -215,7 +221,10 @@ export function tooDeepFields(methodPath: string, bytes: Uint8Array): FieldViola
   try {
     const schema = requestMessage(methodPath);
     if (schema === undefined) return [];
-    const message = reflect(schema, fromBinary(schema, bytes, { recursionLimit: 1_000 }));
+    const message = reflect(
+      schema,
+      fromBinary(schema, bytes, { recursionLimit: DIAGNOSTIC_RECURSION_LIMIT }),
+    );
     const deepest = { depth: -1, field: '' };
     descend(message, '', 0, undefined, deepest);
     if (deepest.field === '') return [];
