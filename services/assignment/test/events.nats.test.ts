@@ -232,6 +232,23 @@ describeWithNats('Assignment events on NATS JetStream', () => {
         [0.55, 0],
       ]);
     });
+    // Nor an analysis plan id too long to store, or a compute time no Timestamp holds: cleared.
+    await bus.publish(
+      ALLOCATION_SUBJECT,
+      AllocationUpdate,
+      {
+        ...update(6000, 0.35),
+        analysisPlanId: 'p'.repeat(300),
+        computeTime: new Date(Date.UTC(10_000, 0, 1)),
+      },
+      { eventId: `${banditId}-6000` },
+    );
+    await eventually(async () => {
+      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      expect(allocation).toMatchObject({ sequence: 6000, analysisPlanId: '' });
+      expect(allocation?.computeTime).toBeUndefined();
+      expect(allocation?.weights.map((w) => w.weight)).toEqual([0.35, 0.65]);
+    });
   });
 
   it('carries a change to a second replica on the same embedded store within one second, by notification', async () => {

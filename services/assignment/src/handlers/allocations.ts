@@ -90,6 +90,8 @@ function recordViolations(allocation: Allocation): FieldViolation[] {
       reason: 'TOO_LONG',
     });
   }
+  const computeTime = timestampViolation('allocation.compute_time', allocation.computeTime);
+  if (computeTime) out.push(computeTime);
   return out;
 }
 
@@ -100,11 +102,20 @@ export type AllocationSource = 'admin' | 'analysis';
  * An allocation from Analysis with its informational fields made readable: an event cannot be
  * answered with INVALID_ARGUMENT, and its weights must not be lost because a newer producer sent a
  * method this build does not know or an arm with no units had no mean reward (NaN). Unknown
- * methods become UNSPECIFIED, other unreadable values 0.
+ * methods become UNSPECIFIED, other unreadable values 0; an analysis plan id too long to store is
+ * cleared, and so is a compute time no Timestamp holds.
  */
 function readableRecord(allocation: Allocation): Allocation {
   return {
     ...allocation,
+    analysisPlanId:
+      Buffer.byteLength(allocation.analysisPlanId) > MAX_ANALYSIS_PLAN_ID_BYTES
+        ? ''
+        : allocation.analysisPlanId,
+    computeTime:
+      timestampViolation('allocation.compute_time', allocation.computeTime) === undefined
+        ? allocation.computeTime
+        : undefined,
     method: METHODS.has(allocation.method)
       ? allocation.method
       : AllocationMethod.ALLOCATION_METHOD_UNSPECIFIED,
@@ -132,7 +143,7 @@ export async function applyAllocation(
     allocation = readableRecord(requested);
     context.logger.warn(
       { experiment: requested.experimentId, problems: unreadable },
-      'allocation update applied with unreadable informational fields set to 0 / UNSPECIFIED',
+      'allocation update applied with unreadable informational fields set to 0 / UNSPECIFIED / empty',
     );
   }
   const violations: FieldViolation[] = [];
@@ -147,8 +158,6 @@ export async function applyAllocation(
       reason: 'OUT_OF_RANGE',
     });
   }
-  const computeTime = timestampViolation('allocation.compute_time', allocation.computeTime);
-  if (computeTime) violations.push(computeTime);
   violations.push(...recordViolations(allocation));
   rejectIfAny('allocation', violations);
   const experiment = await context.store.experiments.get(allocation.experimentId);
