@@ -9,19 +9,11 @@ import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { openStore } from '../../platform/src/storage/open-store';
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import type { FeatureValue } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { readFeatureStoreConfig } from './config';
-import { messageOfStoredValue, type StoredValue } from './contract-mapping';
-import type { ValueType } from './domain/feature-values';
-import { bulkLoad, parseJsonLines } from './store/bulk-load';
+import { InvalidArgumentError } from '../../platform/src/errors';
+import { bulkLoad, parseJsonLines, rowOfJson, type BulkLoadProgress } from './store/bulk-load';
 import { FeatureRowRepository } from './store/feature-rows';
 import { openRegistryRepository } from './store/registry-repository';
-
-interface JsonRow {
-  readonly entity_key?: Record<string, StoredValue>;
-  readonly values?: Record<string, StoredValue>;
-  readonly event_time?: string | number;
-}
 
 async function main(): Promise<void> {
   const [viewName, file] = process.argv.slice(2);
@@ -47,18 +39,9 @@ async function main(): Promise<void> {
       if (entity === undefined) throw new Error(`no entity named ${name}`);
       keyColumns.push({ joinKey: entity.joinKey, valueType: entity.valueType });
     }
-    const featureTypes = new Map(view.features.map((f) => [f.name, f.valueType]));
-    const keyTypes = new Map(keyColumns.map((k) => [k.joinKey, k.valueType]));
-    const typed = (types: Map<string, ValueType>, record: Record<string, StoredValue> = {}) => {
-      const out: Record<string, FeatureValue> = {};
-      for (const [name, value] of Object.entries(record)) {
-        const type = types.get(name);
-        // An unknown name or a mistyped value is kept as a string so validation names it.
-        out[name] = (type === undefined ? undefined : messageOfStoredValue(type, value)) ?? {
-          kind: { $case: 'stringValue', value: JSON.stringify(value) },
-        };
-      }
-      return out;
+    const types = {
+      keys: new Map(keyColumns.map((k) => [k.joinKey, k.valueType])),
+      features: new Map(view.features.map((f) => [f.name, f.valueType])),
     };
     // Opened before the input: lines read while an await is pending would otherwise be lost.
     const rowRepository = await FeatureRowRepository.open(store, config.changeLogRetentionMs);
@@ -67,24 +50,29 @@ async function main(): Promise<void> {
       crlfDelay: Infinity,
     });
     async function* rows(): AsyncIterable<FeatureRow> {
-      for await (const value of parseJsonLines(lines, file ?? 'stdin')) {
-        const json = value as JsonRow;
-        yield {
-          entityKey: typed(keyTypes, json.entity_key),
-          values: typed(featureTypes, json.values),
-          eventTime: json.event_time === undefined ? undefined : new Date(json.event_time),
-        };
+      for await (const line of parseJsonLines(lines, file ?? 'stdin')) {
+        yield rowOfJson(line, types);
       }
     }
     const started = Date.now();
-    const done = await bulkLoad({ view, keyColumns, rows: rowRepository }, rows(), (p) => {
+    let written = 0;
+    const progress = (p: BulkLoadProgress): void => {
+      written = p.rowsWritten;
       if (p.rowsRead % 100_000 < 1_000) {
         const seconds = (Date.now() - started) / 1000;
         console.error(
           `${p.rowsRead} rows read, ${p.rowsWritten} written, ${p.rowsSkippedOlder} older skipped (${Math.round(p.rowsRead / seconds)} rows/s, heap ${Math.round(process.memoryUsage().heapUsed / 1e6)} MB)`,
         );
       }
-    });
+    };
+    let done: BulkLoadProgress;
+    try {
+      done = await bulkLoad({ view, keyColumns, rows: rowRepository }, rows(), progress);
+    } catch (error) {
+      // The batches stored before the failure stay stored: say how many rows they held.
+      console.error(`stopped with ${written} rows written:`);
+      throw error;
+    }
     console.error(
       `done: ${done.rowsRead} rows read, ${done.rowsWritten} written, ${done.rowsSkippedOlder} older skipped in ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
@@ -95,5 +83,9 @@ async function main(): Promise<void> {
 
 main().catch((error: unknown) => {
   console.error(error instanceof Error ? error.message : error);
+  if (error instanceof InvalidArgumentError) {
+    for (const v of error.violations.slice(0, 20)) console.error(`  ${v.field}: ${v.description}`);
+    if (error.violations.length > 20) console.error(`  … ${error.violations.length - 20} more`);
+  }
   process.exit(1);
 });

@@ -5,6 +5,9 @@
  */
 import { InvalidArgumentError } from '../../../platform/src/errors';
 import type { FeatureRow } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import type { FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
+import { messageOfStoredValue, type StoredValue } from '../contract-mapping';
+import { ValueType, valueTypeName } from '../domain/feature-values';
 import type { FeatureViewDefinition } from '../domain/registry';
 import { storeRows } from '../online-views';
 import { prepareRows, type KeyColumn } from '../push-rows';
@@ -24,15 +27,21 @@ export interface BulkLoadTarget {
   readonly batchSize?: number;
 }
 
+/** One line's JSON value, and where it was read (`rows.ndjson:12`). */
+export interface JsonLine {
+  readonly value: unknown;
+  readonly where: string;
+}
+
 /**
- * The JSON value of each non-blank line of newline-delimited JSON, in order. A line that is not
- * JSON throws an error that names `source` and the line number (from 1), which JSON.parse's own
- * message lacks; the parse error is its cause.
+ * The JSON value of each non-blank line of newline-delimited JSON, in order, with where it was
+ * read. A line that is not JSON throws an error that names `source` and the line number (from 1),
+ * which JSON.parse's own message lacks; the parse error is its cause.
  */
 export async function* parseJsonLines(
   lines: AsyncIterable<string>,
   source: string,
-): AsyncIterable<unknown> {
+): AsyncIterable<JsonLine> {
   let lineNumber = 0;
   for await (const line of lines) {
     lineNumber++;
@@ -44,8 +53,85 @@ export async function* parseJsonLines(
       const reason = error instanceof Error ? error.message : String(error);
       throw new Error(`${source}:${lineNumber}: ${reason}`, { cause: error });
     }
-    yield value;
+    yield { value, where: `${source}:${lineNumber}` };
   }
+}
+
+/** The types of a view's join keys and features, by name, for {@link rowOfJson}. */
+export interface RowTypes {
+  readonly keys: ReadonlyMap<string, ValueType>;
+  readonly features: ReadonlyMap<string, ValueType>;
+}
+
+/**
+ * A record of the bulk loader's input (`{"entity_key": {...}, "values": {...}, "event_time": ...}`,
+ * bare values typed by the view) as the row WriteFeatures would take. What JSON cannot say as the
+ * view's type throws, naming the line and the field: a key or value of another type (never turned
+ * into a string that would pass as one), a null key, an event time that is not a time. A null
+ * value is a null; an unknown name is left for the row's validation to name.
+ */
+export function rowOfJson({ value, where }: JsonLine, types: RowTypes): FeatureRow {
+  const fail = (message: string): never => {
+    throw new Error(`${where}: ${message}`);
+  };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return fail('a record must be a JSON object');
+  }
+  const json = value as Record<string, unknown>;
+  const eventTime = json.event_time;
+  let time: Date | undefined;
+  if (eventTime !== undefined) {
+    if (typeof eventTime !== 'string' && typeof eventTime !== 'number') {
+      return fail('event_time must be an RFC 3339 string or milliseconds since the epoch');
+    }
+    time = new Date(eventTime);
+    if (Number.isNaN(time.getTime()))
+      return fail(`event_time ${JSON.stringify(eventTime)} is not a time`);
+  }
+  return {
+    entityKey: typedValues(json.entity_key, 'entity_key', types.keys, false, fail),
+    values: typedValues(json.values, 'values', types.features, true, fail),
+    eventTime: time,
+  };
+}
+
+function typedValues(
+  record: unknown,
+  field: string,
+  types: ReadonlyMap<string, ValueType>,
+  nullable: boolean,
+  fail: (message: string) => never,
+): Record<string, FeatureValue> {
+  // Without a prototype, so that a key `__proto__` stays a key (and is refused as unknown).
+  const out = Object.create(null) as Record<string, FeatureValue>;
+  if (record === undefined) return out;
+  if (typeof record !== 'object' || record === null || Array.isArray(record)) {
+    return fail(`${field} must be a JSON object`);
+  }
+  for (const [name, raw] of Object.entries(record as Record<string, unknown>)) {
+    const type = types.get(name);
+    if (type === undefined) {
+      // Not the view's: the row's validation names it.
+      out[name] = { kind: { $case: 'stringValue', value: JSON.stringify(raw) } };
+      continue;
+    }
+    if (raw === null) {
+      if (!nullable) fail(`${field}.${name} must not be null`);
+      out[name] = { kind: undefined };
+      continue;
+    }
+    const elements =
+      type === ValueType.FloatVector ? 'number' : type === ValueType.StringList ? 'string' : '';
+    const message =
+      elements !== '' && !(Array.isArray(raw) && raw.every((x) => typeof x === elements))
+        ? undefined
+        : messageOfStoredValue(type, raw as StoredValue);
+    if (message === undefined) {
+      fail(`${field}.${name} must be a ${valueTypeName(type)} value, not ${JSON.stringify(raw)}`);
+    }
+    out[name] = message;
+  }
+  return out;
 }
 
 /** Stores every row; throws InvalidArgumentError (with the row numbers) on the first bad batch. */
