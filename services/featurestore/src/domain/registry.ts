@@ -323,7 +323,25 @@ function validateFeatures(
   });
 }
 
-const valuePathPattern = /^[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)*$/;
+/** The OutcomeEvent fields an aggregation can read (`properties.<key>` besides). */
+const OUTCOME_FIELDS = new Set([
+  'value',
+  'event_id',
+  'name',
+  'unit.id',
+  'unit.type',
+  'item_id',
+  'decision_id',
+  'source',
+  'surface',
+]);
+/** A key path into `properties`, a Struct: its keys verbatim, one per segment. */
+const propertiesPathPattern = /^properties(\.[A-Za-z0-9_-]+)+$/;
+
+/** Whether `path` names a field of OutcomeEvent (any other would make every event invalid). */
+function isOutcomeField(path: string): boolean {
+  return OUTCOME_FIELDS.has(path) || propertiesPathPattern.test(path);
+}
 
 function validateStreamSource(
   view: FeatureViewDefinition,
@@ -403,13 +421,16 @@ function validateSubject(subject: string, add: (description: string) => void): v
     add(`must start with ${prefix} followed by an event name or a wildcard`);
     return;
   }
+  // An outcome's name is the subject's last token and holds no dot: one token after the prefix.
   const tokens = subject.slice(prefix.length).split('.');
-  tokens.forEach((token, i) => {
-    if (token === '>' && i !== tokens.length - 1) add('`>` may only be the last token');
-    else if (token !== '*' && token !== '>' && !registryLimits.identifier.test(token)) {
-      add(`token ${JSON.stringify(token)} is not an event name, * or >`);
-    }
-  });
+  if (tokens.length > 1) {
+    add(`must be ${prefix} followed by one event name, * or > (an event name is one token)`);
+    return;
+  }
+  const [token = ''] = tokens;
+  if (token !== '*' && token !== '>' && !registryLimits.identifier.test(token)) {
+    add(`token ${JSON.stringify(token)} is not an event name, * or >`);
+  }
 }
 
 function featureTypeProblem(
@@ -453,10 +474,10 @@ function validateAggregation(
   if (fn === AggregationFunction.Count) {
     if (aggregation.valueField !== '')
       add(`${path}.value_field`, 'must be empty for COUNT', 'MUST_BE_UNSET');
-  } else if (!valuePathPattern.test(aggregation.valueField)) {
+  } else if (!isOutcomeField(aggregation.valueField)) {
     add(
       `${path}.value_field`,
-      'must be a dotted path of OutcomeEvent fields, for example value',
+      'must name an OutcomeEvent field (value, item_id, unit.id, …) or properties.<key>',
       'INVALID_PATH',
     );
   }

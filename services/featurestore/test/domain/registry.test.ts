@@ -142,6 +142,40 @@ describe('validateFeatureView', () => {
     ]);
   });
 
+  it('reads only OutcomeEvent fields, and takes one event name (or a wildcard) as the subject', () => {
+    const withSum = (valueField: string): FeatureViewDefinition => ({
+      ...itemPlays,
+      source: {
+        ...playsSource,
+        aggregations: [
+          playsSource.aggregations[0]!,
+          { ...playsSource.aggregations[1]!, valueField },
+        ],
+      },
+    });
+    for (const field of ['value', 'properties.watch_seconds', 'properties.a.b-c']) {
+      expect(validateFeatureView(withSum(field))).toEqual([]);
+    }
+    // Each would make every event invalid: no such field, or not a value of it.
+    for (const field of ['foo', 'unit.foo', 'constructor', 'to_string', 'value.x', 'properties']) {
+      expect(validateFeatureView(withSum(field)).map((v) => [v.field, v.reason])).toEqual([
+        ['stream_source.aggregations[1].value_field', 'INVALID_PATH'],
+      ]);
+    }
+    const subject = (s: string): FeatureViewDefinition => ({
+      ...itemPlays,
+      source: { ...playsSource, subject: s },
+    });
+    for (const ok of ['play', '*', '>']) {
+      expect(validateFeatureView(subject(`tandem.events.v1.outcome.${ok}`))).toEqual([]);
+    }
+    for (const never of ['a.b.c', 'play.>', '*.play']) {
+      expect(
+        validateFeatureView(subject(`tandem.events.v1.outcome.${never}`)).map((v) => v.field),
+      ).toEqual(['stream_source.subject']);
+    }
+  });
+
   it('asks for an explicit bucket when window / 60 is under one second', () => {
     const short: FeatureViewDefinition = {
       ...itemPlays,
