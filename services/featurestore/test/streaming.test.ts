@@ -95,11 +95,18 @@ function streamingSuite(setup: BusSetup): void {
     await publish(anonymous, 'message-1');
     await publish(anonymous, 'message-2');
     await publish({ ...play('i2', 'u9', 1), eventId: 'e'.repeat(129) });
+    // And bytes that are no OutcomeEvent at all (terminated by the bus, counted all the same).
+    await bus.publish(
+      `tandem.events.v1.outcome.${eventName}`,
+      { encode: () => ({ finish: () => Uint8Array.from([0xff, 0xff, 0xff]) }), decode: () => 0 },
+      0,
+      { eventId: 'garbage' },
+    );
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.eventsDuplicate).toBe(1);
       expect(status.eventsDroppedLate).toBe(1);
-      expect(status.eventsDroppedInvalid).toBe(4);
+      expect(status.eventsDroppedInvalid).toBe(5);
       expect(status.eventsProcessed).toBe(3);
     });
     const [plays, seconds, listeners] = await readItems(h, 'i1', 'i2', 'i3');

@@ -52,8 +52,9 @@ export interface AggregationProgress {
   readonly message: string;
   readonly counters: AggregationCounters;
   /**
-   * Events dropped as invalid before aggregation: without their key field (unit or item id), or
-   * without a usable event id. (Stored under this name since it counted only the former.)
+   * Events dropped as invalid before aggregation: without their key field (unit or item id),
+   * without a usable event id, or undecodable. (Stored under this name since it counted only the
+   * first.)
    */
   readonly missingKeys: number;
   readonly lastCheckpointTime: Date | undefined;
@@ -117,6 +118,8 @@ export class StreamAggregation {
   private dirty = false;
   private newSeenIds: (readonly [string, number])[] = [];
   private missingKeys = 0;
+  /** The undecodable events of the current subscription already added to `missingKeys`. */
+  private poisonCounted = 0;
   private inFlight = 0;
   private lastCheckpointTime: Date | undefined;
   private backfilling = false;
@@ -192,6 +195,7 @@ export class StreamAggregation {
     for (let attempt = 0; !this.isStopping(); attempt++) {
       try {
         this.subscription = await this.subscribe();
+        this.poisonCounted = 0;
         if (this.startFailure !== undefined) {
           logger.info({ view: view.name }, 'aggregation consumer started');
         }
@@ -303,6 +307,7 @@ export class StreamAggregation {
               ? 'starting the consumer'
               : (this.checkpointFailure ??
                 (this.backfilling ? 'replaying the stream' : 'following new events'))));
+    this.countUndecodable();
     return {
       phase,
       message,
@@ -398,6 +403,16 @@ export class StreamAggregation {
     return this.checkpointing;
   }
 
+  /**
+   * Adds the events the bus terminated as undecodable since the last call to the invalid ones:
+   * they never reach `fold`, and count as invalid all the same.
+   */
+  private countUndecodable(): void {
+    const poison = this.subscription?.stats().poison ?? 0;
+    this.missingKeys += Math.max(0, poison - this.poisonCounted);
+    this.poisonCounted = poison;
+  }
+
   /** One round: snapshot (synchronously, so it holds every event folded so far), write, ack. */
   private async checkpoint(): Promise<void> {
     const round = this.round;
@@ -406,6 +421,7 @@ export class StreamAggregation {
     this.newSeenIds = [];
     this.dirty = false;
     const snapshot = this.aggregator.checkpoint({ seenEventIds: false });
+    this.countUndecodable();
     try {
       this.lastCheckpointTime = await this.parts.checkpoints.write(snapshot, seen, {
         missingKeys: this.missingKeys,
