@@ -164,7 +164,10 @@ function keptAsStored(
   return false;
 }
 
-/** How long a registry write waits for another replica's, and how long a lease lasts at most. */
+/**
+ * How long a registry write waits for another replica's, and how long a lease nobody renews (its
+ * holder died) lasts.
+ */
 const WRITE_LEASE_WAIT_MS = 5_000;
 const WRITE_LEASE_TTL_MS = 30_000;
 /** The registry's write lease (see `SerialWrites`). */
