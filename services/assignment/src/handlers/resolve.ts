@@ -501,7 +501,11 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           },
         ]);
       }
-      if (exposureTime.getTime() < record.resolveTime) exposureTime = new Date(record.resolveTime);
+      // Not shown before it was resolved; but a resolve time from a replica whose clock runs
+      // ahead is not taken past the skew allowed to the caller's own exposure time.
+      if (exposureTime.getTime() < record.resolveTime) {
+        exposureTime = new Date(Math.min(record.resolveTime, now + MAX_EXPOSURE_CLOCK_SKEW_MS));
+      }
       const { counts: exposures } = await logExposures(
         context,
         record,

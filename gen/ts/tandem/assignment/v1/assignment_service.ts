@@ -449,7 +449,8 @@ export interface ApplyRequest {
   experimentIds: string[];
   /**
    * Optional. When the experiences were shown; the time the request arrives when unset. A time
-   * before the resolve time is raised to it.
+   * before the resolve time is raised to it, though not past one minute after the request arrives
+   * (should the clock of the replica that resolved run ahead).
    */
   exposureTime?:
     | Date
