@@ -75,6 +75,10 @@ describe('the configuration-write lease', () => {
       expiresAt = (await leases.get('configuration-writes'))?.doc.expiresAt ?? 0;
     }
     expect(expiresAt).toBeGreaterThan(taken + 300);
+    // Past its first time, so held only because it was renewed: no one else takes it.
+    await expect(
+      configuration.acquireWriteLease('other', { ttlMs: 60_000, waitMs: 0 }),
+    ).rejects.toThrow(AbortedError);
     // Taken over meanwhile (its renewal failed, say): its release leaves the new holder's.
     const held = await leases.get('configuration-writes');
     await leases.replace(

@@ -165,6 +165,21 @@ function keptAsStored(
 }
 
 /**
+ * Whether violation `v` is of a stream source rule made after `stored` was stored (a value field
+ * OutcomeEvent lacks, a subject of several tokens) on a source left as it was: a stream source
+ * cannot change, so refusing it would leave its view impossible to apply again unchanged.
+ */
+function streamSourceAsStored(
+  v: FieldViolation,
+  proposed: FeatureViewDefinition,
+  stored: FeatureViewDefinition | undefined,
+): boolean {
+  if (stored === undefined || !v.field.startsWith('stream_source.')) return false;
+  if (v.reason !== 'INVALID_SUBJECT' && v.reason !== 'INVALID_PATH') return false;
+  return JSON.stringify(proposed.source) === JSON.stringify(stored.source);
+}
+
+/**
  * How long a registry write waits for another replica's, and how long a lease nobody renews (its
  * holder died) lasts.
  */
@@ -415,7 +430,9 @@ export class FeatureRegistry {
     const violations = [
       ...invalidDurations(message),
       ...validateFeatureView(proposed).filter(
-        (v) => !keptAsStored(v, proposed, stored?.doc.definition),
+        (v) =>
+          !keptAsStored(v, proposed, stored?.doc.definition) &&
+          !streamSourceAsStored(v, proposed, stored?.doc.definition),
       ),
     ];
     const entityCheck = checkViewEntities(proposed, this.entityDefinitions());

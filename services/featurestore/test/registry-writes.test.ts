@@ -19,6 +19,8 @@ import {
 import {
   applyUserStats,
   double,
+  itemEntity,
+  itemPlaysView,
   userEntity,
   userRow,
   users,
@@ -244,5 +246,64 @@ describe('a definition stored before a limit it breaks', () => {
     expect(longer.violations.map((v) => [v.field, v.reason])).toEqual([
       ['entity.owner', 'TOO_LONG'],
     ]);
+  });
+
+  it('is a stream view stored with a value field OutcomeEvent lacks, applied again unchanged', async () => {
+    await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
+    const subject = 'tandem.events.v1.outcome.play';
+    await harness.client.applyFeatureView({
+      featureView: itemPlaysView('old_plays', subject),
+      requestId: '',
+      validateOnly: false,
+    });
+    // As stored before value fields were checked against OutcomeEvent (a stream source never
+    // changes, so it could not be brought within the rule).
+    const repository = await openRegistryRepository(harness.runtime.store);
+    const stored = await repository.featureViews.get('old_plays');
+    if (stored === undefined || stored.doc.definition.source?.kind !== 'stream') {
+      throw new Error('not stored');
+    }
+    const source = stored.doc.definition.source;
+    const legacy = {
+      ...source,
+      aggregations: source.aggregations.map((a) =>
+        a.valueField === '' ? a : { ...a, valueField: 'foo' },
+      ),
+    };
+    await repository.featureViews.replace(
+      { ...stored.doc, definition: { ...stored.doc.definition, source: legacy } },
+      stored.version,
+    );
+    const view = itemPlaysView('old_plays', subject);
+    const asStored = {
+      ...view,
+      source:
+        view.source?.$case === 'streamSource'
+          ? {
+              $case: 'streamSource' as const,
+              value: {
+                ...view.source.value,
+                aggregations: view.source.value.aggregations.map((a) =>
+                  a.valueField === '' ? a : { ...a, valueField: 'foo' },
+                ),
+              },
+            }
+          : view.source,
+    };
+    const again = await harness.client.applyFeatureView({
+      featureView: asStored,
+      requestId: '',
+      validateOnly: false,
+    });
+    expect(again.featureView?.name).toBe('old_plays');
+    // A new view may not.
+    const fresh = await failureOf(
+      harness.client.applyFeatureView({
+        featureView: { ...asStored, name: 'new_plays' },
+        requestId: '',
+        validateOnly: false,
+      }),
+    );
+    expect(fresh.violations.map((v) => v.reason)).toContain('INVALID_PATH');
   });
 });

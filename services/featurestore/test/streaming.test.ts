@@ -65,6 +65,16 @@ function streamingSuite(setup: BusSetup): void {
     });
   }
 
+  /** Publishes bytes that are no OutcomeEvent on the view's subject. */
+  async function publishUndecodable(): Promise<void> {
+    await bus.publish(
+      `tandem.events.v1.outcome.${eventName}`,
+      { encode: () => ({ finish: () => Uint8Array.from([0xff, 0xff, 0xff]) }), decode: () => 0 },
+      0,
+      { eventId: uniqueName('garbage') },
+    );
+  }
+
   async function readItems(h: RunningHarness, ...items: string[]) {
     const read = await h.client.getOnlineFeatures({
       features: [`${view}:*`],
@@ -96,12 +106,7 @@ function streamingSuite(setup: BusSetup): void {
     await publish(anonymous, 'message-2');
     await publish({ ...play('i2', 'u9', 1), eventId: 'e'.repeat(129) });
     // And bytes that are no OutcomeEvent at all (terminated by the bus, counted all the same).
-    await bus.publish(
-      `tandem.events.v1.outcome.${eventName}`,
-      { encode: () => ({ finish: () => Uint8Array.from([0xff, 0xff, 0xff]) }), decode: () => 0 },
-      0,
-      { eventId: 'garbage' },
-    );
+    await publishUndecodable();
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.eventsDuplicate).toBe(1);
@@ -148,6 +153,35 @@ function streamingSuite(setup: BusSetup): void {
     const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
     expect(status.eventsProcessed).toBe(30);
     expect(status.eventsDuplicate).toBe(1);
+  });
+
+  it('still counts an undecodable event as invalid after a restart, when it came last', async () => {
+    let h = await start();
+    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
+    await h.client.applyFeatureView({
+      featureView: itemPlaysView(view, `tandem.events.v1.outcome.${eventName}`),
+      requestId: '',
+      validateOnly: false,
+    });
+    await publish(play('i1', 'u1', 1));
+    await eventually(async () => {
+      const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
+      expect(status.eventsProcessed).toBe(1);
+      expect(status.pendingEvents).toBe(0);
+    });
+    await publishUndecodable();
+    await eventually(async () => {
+      const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
+      expect(status.eventsDroppedInvalid).toBe(1);
+    });
+    await h.stop();
+    harness = undefined;
+    h = await start();
+    await eventually(async () => {
+      const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
+      expect(status.eventsProcessed).toBe(1);
+      expect(status.eventsDroppedInvalid).toBe(1);
+    });
   });
 }
 

@@ -169,8 +169,11 @@ export type CheckpointBucket = [
 
 /** The plain, JSON-serialisable state of an aggregator, from which it can be restored. */
 export interface AggregationCheckpoint {
-  /** The checkpoint format version. */
-  readonly version: 1;
+  /**
+   * The checkpoint format version: 2 when a bucket's sum is stored as a string (past a double's
+   * range), which a build that knows only 1 would add to as text; else 1, which every build reads.
+   */
+  readonly version: 1 | 2;
   /** `function:window:bucket` of each aggregation, to refuse restoring into another definition. */
   readonly aggregations: readonly string[];
   /** The aggregator's clock (ms); null before anything was ingested or read. */
@@ -502,11 +505,14 @@ export class WindowAggregator {
    */
   checkpoint(options: { readonly seenEventIds?: boolean } = {}): AggregationCheckpoint {
     const keys: [string, number, CheckpointBucket[][]][] = [];
+    let version: 1 | 2 = 1;
     for (const [key, state] of this.keys) {
-      keys.push([key, state.eventTime, state.series.map((s) => s.buckets.map(bucketToCheckpoint))]);
+      const series = state.series.map((s) => s.buckets.map(bucketToCheckpoint));
+      if (series.some((buckets) => buckets.some((b) => typeof b[2] === 'string'))) version = 2;
+      keys.push([key, state.eventTime, series]);
     }
     return {
-      version: 1,
+      version,
       aggregations: this.aggregations.map(signature),
       clock: Number.isFinite(this.clock) ? this.clock : null,
       arrivals: this.arrivals,
@@ -518,7 +524,7 @@ export class WindowAggregator {
 
   private load(checkpoint: AggregationCheckpoint): void {
     // Checkpoints come from storage, so the declared type is a hope, not a guarantee.
-    if ((checkpoint.version as number) !== 1) {
+    if ((checkpoint.version as number) !== 1 && (checkpoint.version as number) !== 2) {
       throw new Error(`unsupported aggregation checkpoint version ${String(checkpoint.version)}`);
     }
     const expected = this.aggregations.map(signature);

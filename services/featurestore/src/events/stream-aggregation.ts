@@ -120,6 +120,8 @@ export class StreamAggregation {
   private missingKeys = 0;
   /** The undecodable events of the current subscription already added to `missingKeys`. */
   private poisonCounted = 0;
+  /** Whether an event dropped for its event id was logged (once per view and process). */
+  private warnedOfEventIds = false;
   private inFlight = 0;
   private lastCheckpointTime: Date | undefined;
   private backfilling = false;
@@ -327,6 +329,7 @@ export class StreamAggregation {
     await this.subscription?.stop();
     if (this.timer !== undefined) clearInterval(this.timer);
     await this.checkpointing;
+    this.countUndecodable();
     if (this.dirty) await this.checkpoint().catch(() => undefined);
   }
 
@@ -368,11 +371,19 @@ export class StreamAggregation {
     const event = delivered.event;
     if (this.eventNames.size > 0 && !this.eventNames.has(event.name)) return;
     const key = this.source.key === AggregationKey.ItemId ? event.itemId : (event.unit?.id ?? '');
-    // The event's own id is what makes a copy published again a duplicate (a stream sequence,
-    // which a publish without one falls back to, differs for every copy): required, as the
-    // contract says, and at most 128 characters.
+    // The event's own id is what makes a copy published again a duplicate: required, as the
+    // contract says, and at most 128 characters. (The message id is not used instead: a message
+    // published without one has its stream sequence there, different for every copy.)
     const eventId = event.eventId;
-    if (key === '' || eventId === '' || eventId.length > MAX_EVENT_ID_LENGTH) {
+    const badId = eventId === '' || eventId.length > MAX_EVENT_ID_LENGTH;
+    if (badId && !this.warnedOfEventIds) {
+      this.warnedOfEventIds = true;
+      this.parts.logger.warn(
+        { view: this.parts.view.name, subject: delivered.subject, eventId: delivered.eventId },
+        'outcome events without an event_id (or one over 128 characters) are dropped as invalid',
+      );
+    }
+    if (key === '' || badId) {
       this.missingKeys++;
     } else {
       const record = event as unknown as Readonly<Record<string, unknown>>;
@@ -386,6 +397,7 @@ export class StreamAggregation {
   }
 
   private checkpointIfDirty(): Promise<void> {
+    this.countUndecodable();
     if (!this.dirty || this.checkpointing !== undefined) return Promise.resolve();
     this.checkpointing = this.checkpoint()
       .catch((error: unknown) => {
@@ -409,7 +421,11 @@ export class StreamAggregation {
    */
   private countUndecodable(): void {
     const poison = this.subscription?.stats().poison ?? 0;
-    this.missingKeys += Math.max(0, poison - this.poisonCounted);
+    if (poison > this.poisonCounted) {
+      this.missingKeys += poison - this.poisonCounted;
+      // A count the next checkpoint must store: the event is not delivered again.
+      this.dirty = true;
+    }
     this.poisonCounted = poison;
   }
 

@@ -398,7 +398,10 @@ describe('WindowAggregator', () => {
   it('keeps a SUM past the range of a double through a checkpoint, rather than reading 0', () => {
     const aggregator = plays();
     aggregator.ingest(play('big-1', t0, 1.7e308), t0);
+    // Version 1 while every sum is a number, which every build reads; 2 once one is not.
+    expect(aggregator.checkpoint().version).toBe(1);
     aggregator.ingest(play('big-2', t0 + 1, 1.7e308), t0 + 1);
+    expect(aggregator.checkpoint().version).toBe(2);
     expect(valuesOf(aggregator, t0 + 1)[1]).toBe(Infinity);
     const restored = WindowAggregator.restore(
       playsOptions,

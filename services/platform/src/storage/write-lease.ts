@@ -66,8 +66,9 @@ export class WriteLease {
           expiresAt: Date.now() + ttlMs,
         });
         let version = taken.version;
+        let renewing: Promise<void> = Promise.resolve();
         const renewal = setInterval(() => {
-          this.leases
+          renewing = this.leases
             .replace({ ...taken.doc, expiresAt: Date.now() + ttlMs }, version)
             .then((renewed) => {
               version = renewed.version;
@@ -78,6 +79,8 @@ export class WriteLease {
         renewal.unref();
         return async () => {
           clearInterval(renewal);
+          // A renewal under way would change the version the delete below expects.
+          await renewing;
           try {
             // Only this taking's: a lease taken over after it expired is someone else's now.
             const current = await this.leases.get(this.id);

@@ -479,8 +479,10 @@ export interface AggregationStatus {
   /** Events dropped because their event time was older than the allowed lateness. */
   eventsDroppedLate: number;
   /**
-   * Events skipped, entirely or for some aggregations, because they could not be decoded or lacked
-   * the key or a value field of the right type.
+   * Events skipped, entirely or for some aggregations, because they could not be decoded, lacked
+   * the key, an `event_id` (at most 128 characters) or a value field of the right type, or had an
+   * `event_time` outside a Timestamp's range. Counted at least once: an event delivered again after
+   * a crash may count again.
    */
   eventsDroppedInvalid: number;
   /** Redelivered or re-published events recognised by `event_id` and not counted again. */
