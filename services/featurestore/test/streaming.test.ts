@@ -65,6 +65,16 @@ function streamingSuite(setup: BusSetup): void {
     });
   }
 
+  /** Applies the `item` entity and the stream view on this test's subject. */
+  async function applyItemPlays(h: RunningHarness): Promise<void> {
+    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
+    await h.client.applyFeatureView({
+      featureView: itemPlaysView(view, `tandem.events.v1.outcome.${eventName}`),
+      requestId: '',
+      validateOnly: false,
+    });
+  }
+
   /** Publishes bytes that are no OutcomeEvent on the view's subject. */
   async function publishUndecodable(): Promise<void> {
     await bus.publish(
@@ -86,12 +96,7 @@ function streamingSuite(setup: BusSetup): void {
 
   it('makes published events readable at once, counting duplicates and late events apart', async () => {
     const h = await start();
-    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
-    await h.client.applyFeatureView({
-      featureView: itemPlaysView(view, `tandem.events.v1.outcome.${eventName}`),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyItemPlays(h);
     const first = play('i1', 'u1', 30);
     await publish(first);
     await publish(play('i1', 'u2', 10));
@@ -128,12 +133,7 @@ function streamingSuite(setup: BusSetup): void {
 
   it('resumes after a restart from its checkpoint without losing or double-counting', async () => {
     let h = await start();
-    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
-    await h.client.applyFeatureView({
-      featureView: itemPlaysView(view, `tandem.events.v1.outcome.${eventName}`),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyItemPlays(h);
     const before = Array.from({ length: 20 }, (_, i) => play('i1', `u${i}`, 1));
     for (const event of before) await publish(event);
     await eventually(async () => {
@@ -157,12 +157,7 @@ function streamingSuite(setup: BusSetup): void {
 
   it('still counts an undecodable event as invalid after a restart, when it came last', async () => {
     let h = await start();
-    await h.client.applyEntity({ entity: itemEntity, requestId: '' });
-    await h.client.applyFeatureView({
-      featureView: itemPlaysView(view, `tandem.events.v1.outcome.${eventName}`),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyItemPlays(h);
     await publish(play('i1', 'u1', 1));
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
