@@ -3,6 +3,7 @@
  * values. The domain depends on no generated code; this is the one place the two meet.
  */
 import type { Duration } from '../../../gen/ts/google/protobuf/duration';
+import { hasValidNanos } from '../../platform/src/grpc/well-known';
 import type { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
 import {
   AggregationFunction as AggregationFunctionMessage,
@@ -70,11 +71,7 @@ export function durationMs(duration: Duration | undefined): number {
   return duration.seconds * 1000 + Math.floor(duration.nanos / 1e6);
 }
 
-/**
- * The Durations of a view request that are not valid protobuf Durations of zero or more (nanos
- * outside [0, 999,999,999], or negative seconds), by path under `feature_view`: converted to
- * milliseconds they would silently mean something else (`{seconds: 1, nanos: -5}` as 999 ms).
- */
+/** The Durations of a view request whose nanos are not a Duration's (see `hasValidNanos`), by path. */
 export function invalidDurations(view: FeatureView): FieldViolation[] {
   const durations: [string, Duration | undefined][] = [['ttl', view.ttl]];
   if (view.source?.$case === 'streamSource') {
@@ -86,14 +83,10 @@ export function invalidDurations(view: FeatureView): FieldViolation[] {
     });
   }
   return durations
-    .filter(
-      ([, d]) =>
-        d !== undefined &&
-        !(d.seconds >= 0 && Number.isInteger(d.nanos) && d.nanos >= 0 && d.nanos < 1e9),
-    )
+    .filter(([, d]) => d !== undefined && !hasValidNanos(d))
     .map(([field]) => ({
       field,
-      description: 'must be a Duration of zero or more, with nanos between 0 and 999,999,999',
+      description: 'must be a Duration with nanos between 0 and 999,999,999',
       reason: 'INVALID_DURATION',
     }));
 }

@@ -147,36 +147,30 @@ export function pageOf<M>(
 }
 
 /**
- * Whether violation `v` of `proposed` is of a limit made after `stored` (its earlier definition)
- * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years. So
- * that applying the same definition again, as declarative clients do, is not refused.
+ * Whether violation `v` of `proposed` is of a rule made after `stored` (its earlier definition)
+ * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years, a
+ * stream source reading a field OutcomeEvent lacks or naming several subject tokens (a stream
+ * source cannot change at all). So that applying the same definition again, as declarative
+ * clients do, is not refused.
  */
 function keptAsStored(
   v: FieldViolation,
-  proposed: { readonly owner: string; readonly ttlMs?: number },
-  stored: { readonly owner: string; readonly ttlMs?: number } | undefined,
+  proposed: { readonly owner: string; readonly ttlMs?: number; readonly source?: unknown },
+  stored:
+    { readonly owner: string; readonly ttlMs?: number; readonly source?: unknown } | undefined,
 ): boolean {
   if (stored === undefined) return false;
   if (v.field === 'owner' && v.reason === 'TOO_LONG') return proposed.owner === stored.owner;
   if (v.field === 'ttl' && v.reason === 'OUT_OF_RANGE') {
     return proposed.ttlMs !== undefined && proposed.ttlMs > 0 && proposed.ttlMs === stored.ttlMs;
   }
+  if (
+    v.field.startsWith('stream_source.') &&
+    (v.reason === 'INVALID_SUBJECT' || v.reason === 'INVALID_PATH')
+  ) {
+    return JSON.stringify(proposed.source) === JSON.stringify(stored.source);
+  }
   return false;
-}
-
-/**
- * Whether violation `v` is of a stream source rule made after `stored` was stored (a value field
- * OutcomeEvent lacks, a subject of several tokens) on a source left as it was: a stream source
- * cannot change, so refusing it would leave its view impossible to apply again unchanged.
- */
-function streamSourceAsStored(
-  v: FieldViolation,
-  proposed: FeatureViewDefinition,
-  stored: FeatureViewDefinition | undefined,
-): boolean {
-  if (stored === undefined || !v.field.startsWith('stream_source.')) return false;
-  if (v.reason !== 'INVALID_SUBJECT' && v.reason !== 'INVALID_PATH') return false;
-  return JSON.stringify(proposed.source) === JSON.stringify(stored.source);
 }
 
 /**
@@ -430,9 +424,7 @@ export class FeatureRegistry {
     const violations = [
       ...invalidDurations(message),
       ...validateFeatureView(proposed).filter(
-        (v) =>
-          !keptAsStored(v, proposed, stored?.doc.definition) &&
-          !streamSourceAsStored(v, proposed, stored?.doc.definition),
+        (v) => !keptAsStored(v, proposed, stored?.doc.definition),
       ),
     ];
     const entityCheck = checkViewEntities(proposed, this.entityDefinitions());

@@ -44,6 +44,7 @@ import {
   type VariantDocument,
 } from '../store/documents';
 import { experimentSizeViolations, MAX_SUMMARY_BYTES, tooLong } from './limits';
+import { hasValidNanos } from '../../../platform/src/grpc/well-known';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
@@ -152,11 +153,7 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
   });
   const stickyTtl = experiment.stickyTtl;
   const stickyTtlMs = durationMs(stickyTtl);
-  if (
-    stickyTtl &&
-    !(Number.isInteger(stickyTtl.nanos) && stickyTtl.nanos >= 0 && stickyTtl.nanos < 1e9)
-  ) {
-    // Converted, {1 s, 2e9 ns} would silently be 3 s.
+  if (stickyTtl && !hasValidNanos(stickyTtl)) {
     violations.push({
       field: 'experiment.sticky_ttl',
       description: 'must be a Duration with nanos between 0 and 999,999,999',

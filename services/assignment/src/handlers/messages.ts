@@ -17,6 +17,7 @@ import type { Holdout, HoldoutStatus } from '../../../../gen/ts/tandem/assignmen
 import type { Layer } from '../../../../gen/ts/tandem/assignment/v1/layer';
 import { allocationFits, applyMinArmShare, AllocationMode, ExperimentStatus } from '../domain';
 import type { FieldViolation } from '../../../platform/src/errors';
+import { isTimestampMs } from '../../../platform/src/grpc/well-known';
 import type { ConfigurationView } from '../live-configuration';
 import {
   etagOf,
@@ -40,10 +41,6 @@ function time(ms: number | null): Date | undefined {
   return ms === null ? undefined : new Date(ms);
 }
 
-/** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: the range of a google.protobuf.Timestamp. */
-const MIN_TIMESTAMP_MS = -62_135_596_800_000;
-const MAX_TIMESTAMP_MS = 253_402_300_799_999;
-
 /**
  * A request's time that is not a valid Timestamp (outside 0001–9999, or beyond what a Date holds,
  * which the decoder turns into an invalid Date), as a violation of `field`; undefined when valid.
@@ -54,8 +51,7 @@ export function timestampViolation(
   time: Date | undefined,
 ): FieldViolation | undefined {
   if (time === undefined) return undefined;
-  const ms = time.getTime();
-  if (ms >= MIN_TIMESTAMP_MS && ms <= MAX_TIMESTAMP_MS) return undefined;
+  if (isTimestampMs(time.getTime())) return undefined;
   return {
     field,
     description: 'must be between 0001-01-01 and 9999-12-31 (a Timestamp)',

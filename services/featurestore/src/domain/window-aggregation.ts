@@ -39,6 +39,7 @@
  * keyed by the current bucket makes repeated reads of a key with no new event O(1).
  */
 
+import { isTimestampMs } from '../../../platform/src/grpc/well-known';
 import { FeatureStatus, ValueType, type FeatureColumns } from './feature-values';
 
 /** An aggregate function; numbers match `AggregationFunction` in feature_view.proto. */
@@ -91,10 +92,6 @@ export interface WindowAggregatorOptions {
   /** The most event ids remembered for de-duplication. @default DEFAULT_MAX_TRACKED_EVENT_IDS */
   readonly maxTrackedEventIds?: number;
 }
-
-/** The range of a protobuf Timestamp, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, in ms. */
-const MIN_TIMESTAMP_MS = -62_135_596_800_000;
-const MAX_TIMESTAMP_MS = 253_402_300_799_999;
 
 /** A value an aggregate folds or returns. */
 export type AggregatedValue = number | string;
@@ -351,7 +348,7 @@ export class WindowAggregator {
     const eventTime = event.eventTime;
     // Past 9999 the expiry of its remembered id (event time + lateness) is no date storage holds,
     // and every checkpoint after it would fail.
-    if (!(eventTime >= MIN_TIMESTAMP_MS && eventTime <= MAX_TIMESTAMP_MS)) {
+    if (!isTimestampMs(eventTime)) {
       this.counters.eventsDroppedInvalid++;
       return 'invalid';
     }

@@ -437,7 +437,6 @@ export class StreamAggregation {
     this.newSeenIds = [];
     this.dirty = false;
     const snapshot = this.aggregator.checkpoint({ seenEventIds: false });
-    this.countUndecodable();
     try {
       this.lastCheckpointTime = await this.parts.checkpoints.write(snapshot, seen, {
         missingKeys: this.missingKeys,
