@@ -4,10 +4,16 @@
  */
 import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { decodeStatus, TandemError, type DecodedStatus } from '../../platform/src/errors';
-import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import {
+  FeatureStatus,
+  FeatureStoreServiceService,
+  WriteFeaturesRequest,
+} from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { rawCallError } from '../../platform/test/support/raw-call';
+import { withTimestampNanos } from '../../platform/test/support/timestamps';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import type { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
-import { eventually, type RunningHarness } from './support/feature-store-harness';
+import { ADMIN_TOKEN, eventually, type RunningHarness } from './support/feature-store-harness';
 import {
   bool,
   double,
@@ -436,6 +442,31 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       );
       expect(huge.code).toBe(GrpcCode.INVALID_ARGUMENT);
       expect(huge.violations.map((v) => v.field)).toEqual(['rows[1].values.unknown.int64_value']);
+      // So is an event time whose nanos are out of range, which would move it by seconds.
+      const badNanos = decodeStatus(
+        await rawCallError(
+          harness.address,
+          FeatureStoreServiceService.writeFeatures.path,
+          withTimestampNanos(
+            'tandem.featurestore.v1.WriteFeaturesRequest',
+            WriteFeaturesRequest.encode({
+              featureView: 'user_stats',
+              rows: [
+                userRow('u1', seconds(-1), { ctr: double(0.5) }),
+                userRow('u2', seconds(-1), { ctr: double(0.6) }),
+              ],
+              requestId: '',
+            }).finish(),
+            'rows[1].event_time',
+            -1,
+          ),
+          ADMIN_TOKEN,
+        ),
+      );
+      expect(badNanos.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(badNanos.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['rows[1].event_time', 'INVALID_TIMESTAMP'],
+      ]);
       const read = await harness.client.getOnlineFeatures({
         features: ['user_stats:ctr'],
         entityRows: users('u1'),

@@ -8,6 +8,7 @@ import type { EventBus } from '../../platform/src/events/bus';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
+import { withTimestampNanos } from '../../platform/test/support/timestamps';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import {
@@ -75,14 +76,19 @@ function streamingSuite(setup: BusSetup): void {
     });
   }
 
-  /** Publishes bytes that are no OutcomeEvent on the view's subject. */
-  async function publishUndecodable(): Promise<void> {
+  /** Publishes `bytes` as they are on the view's subject. */
+  async function publishBytes(bytes: Uint8Array, eventId: string): Promise<void> {
     await bus.publish(
       `tandem.events.v1.outcome.${eventName}`,
-      { encode: () => ({ finish: () => Uint8Array.from([0xff, 0xff, 0xff]) }), decode: () => 0 },
+      { encode: () => ({ finish: () => bytes }), decode: () => 0 },
       0,
-      { eventId: uniqueName('garbage') },
+      { eventId },
     );
+  }
+
+  /** Publishes bytes that are no OutcomeEvent on the view's subject. */
+  async function publishUndecodable(): Promise<void> {
+    await publishBytes(Uint8Array.from([0xff, 0xff, 0xff]), uniqueName('garbage'));
   }
 
   async function readItems(h: RunningHarness, ...items: string[]) {
@@ -110,13 +116,24 @@ function streamingSuite(setup: BusSetup): void {
     await publish(anonymous, 'message-1');
     await publish(anonymous, 'message-2');
     await publish({ ...play('i2', 'u9', 1), eventId: 'e'.repeat(129) });
-    // And bytes that are no OutcomeEvent at all (terminated by the bus, counted all the same).
+    // And bytes that are no OutcomeEvent at all (terminated by the bus, counted all the same),
+    // or whose event time has nanos out of range (decoded, it would be up to 2 s off).
     await publishUndecodable();
+    const badNanos = play('i3', 'u1', 7);
+    await publishBytes(
+      withTimestampNanos(
+        'tandem.events.v1.OutcomeEvent',
+        OutcomeEvent.encode(badNanos).finish(),
+        'event_time',
+        1_200_000_000,
+      ),
+      badNanos.eventId,
+    );
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.eventsDuplicate).toBe(1);
       expect(status.eventsDroppedLate).toBe(1);
-      expect(status.eventsDroppedInvalid).toBe(5);
+      expect(status.eventsDroppedInvalid).toBe(6);
       expect(status.eventsProcessed).toBe(3);
     });
     const [plays, seconds, listeners] = await readItems(h, 'i1', 'i2', 'i3');

@@ -3,13 +3,7 @@
  * as in production, with every error path the contract names.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
-import {
-  Client,
-  credentials,
-  Metadata,
-  status as GrpcCode,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
 import { AssignmentReason } from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import {
@@ -50,6 +44,8 @@ import {
   type TandemError,
 } from '../../../platform/src/errors';
 import { failure } from '../../../platform/test/support/failure';
+import { rawCallError as rawCall } from '../../../platform/test/support/raw-call';
+import { withTimestampNanos } from '../../../platform/test/support/timestamps';
 import { hash } from '../../src/domain';
 import { StickyAssignments } from '../../src/store/sticky-assignments';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
@@ -76,31 +72,9 @@ function preconditions(error: TandemError): string[] {
   return error instanceof FailedPreconditionError ? error.violations.map((v) => v.type) : [];
 }
 
-/**
- * Sends hand-made request bytes (what a generated client cannot encode) to `path`, with the admin
- * token; resolves with the call's error.
- */
-async function rawCallError(address: string, path: string, bytes: Buffer): Promise<ServiceError> {
-  const raw = new Client(address, credentials.createInsecure());
-  const metadata = new Metadata();
-  metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
-  try {
-    return await new Promise<ServiceError>((resolve, reject) => {
-      raw.makeUnaryRequest(
-        path,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        bytes,
-        metadata,
-        (error) => {
-          if (error) resolve(error);
-          else reject(new Error(`${path} succeeded`));
-        },
-      );
-    });
-  } finally {
-    raw.close();
-  }
+/** {@link rawCall} with the admin token. */
+function rawCallError(address: string, path: string, bytes: Buffer): Promise<ServiceError> {
+  return rawCall(address, path, bytes, ADMIN_TOKEN);
 }
 
 /** The variant GrowthBook's v2 hash puts `unitId` in for a 50/50 split seeded by `seed`. */
@@ -565,6 +539,34 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(unchecked.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(decodeStatus(unchecked).errorInfo?.reason).toBe('UNDECODABLE_REQUEST');
+      });
+
+      it('refuses a Timestamp whose nanos are out of range, rather than moving it by seconds', async () => {
+        const start = new Date(Date.now() + 3_600_000);
+        for (const nanos of [2_000_000_000, -1]) {
+          const error = await rawCallError(
+            service.address,
+            AssignmentServiceService.createExperiment.path,
+            withTimestampNanos(
+              'tandem.assignment.v1.CreateExperimentRequest',
+              CreateExperimentRequest.encode(
+                CreateExperimentRequest.fromPartial({
+                  experiment: experiment('bad-nanos', { scheduledStartTime: start }),
+                }),
+              ).finish(),
+              'experiment.scheduled_start_time',
+              nanos,
+            ),
+          );
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(decodeStatus(error).violations.map((v) => [v.field, v.reason])).toEqual([
+            ['experiment.scheduled_start_time', 'INVALID_TIMESTAMP'],
+          ]);
+          expect(decodeStatus(error).errorInfo?.reason).toBe('INVALID_TIMESTAMP');
+        }
+        await expect(service.client.getExperiment({ id: 'bad-nanos' })).rejects.toMatchObject({
+          code: GrpcCode.NOT_FOUND,
+        });
       });
 
       it('refuses an overlapping layer range and a duplicate id', async () => {
@@ -1548,6 +1550,26 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(beforeYearOne)).toEqual(['exposure_time']);
+        // Nanos past a second would move the time by seconds once decoded into a Date.
+        const badNanos = await rawCallError(
+          service.address,
+          AssignmentServiceService.apply.path,
+          withTimestampNanos(
+            'tandem.assignment.v1.ApplyRequest',
+            ApplyRequest.encode(
+              ApplyRequest.fromPartial({
+                resolveToken: resolved.resolveToken,
+                exposureTime: resolved.resolveTime,
+              }),
+            ).finish(),
+            'exposure_time',
+            1_500_000_000,
+          ),
+        );
+        expect(badNanos.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(decodeStatus(badNanos).violations.map((v) => [v.field, v.reason])).toEqual([
+          ['exposure_time', 'INVALID_TIMESTAMP'],
+        ]);
       });
     });
 

@@ -27,6 +27,7 @@ import type { Logger } from '../../../platform/src/logging';
 import type { DeliveredEvent, EventBus, Subscription } from '../../../platform/src/events/bus';
 import { Signal } from '../../../platform/src/events/signal';
 import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
+import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
 import {
   effectiveAllowedLatenessMs,
   windowAggregationSpecs,
@@ -98,6 +99,11 @@ const START_RETRY_INITIAL_MS = 500;
 const START_RETRY_MAX_MS = 10_000;
 /** The longest event id an event may have (OutcomeEvent.event_id). */
 const MAX_EVENT_ID_LENGTH = 128;
+/**
+ * Outcome events as the aggregations read them: one whose `event_time` has nanos out of range is
+ * undecodable (dropped and counted as invalid), not taken as a time up to two seconds off.
+ */
+const OUTCOME_EVENTS = checkingTimestamps(OutcomeEvent, 'tandem.events.v1.OutcomeEvent');
 
 /** The durable consumer of a stream-sourced view on one replica. */
 export function aggregationDurable(view: string, replicaId: string): string {
@@ -241,7 +247,7 @@ export class StreamAggregation {
       stream,
       durable,
       filterSubjects: [this.source.subject],
-      codec: OutcomeEvent,
+      codec: OUTCOME_EVENTS,
       maxAckPending: this.parts.inFlight,
       ackWaitMs: Math.max(30_000, this.parts.checkpointIntervalMs * 20),
       maxDeliver: 100,

@@ -30,6 +30,8 @@ export interface HarnessOptions {
 
 export interface RunningHarness {
   readonly client: TypedClient<typeof FeatureStoreServiceService>;
+  /** Where the service listens (`127.0.0.1:port`). */
+  readonly address: string;
   /** A client without the admin token. */
   readonly anonymous: TypedClient<typeof FeatureStoreServiceService>;
   readonly runtime: ServiceRuntime;
@@ -82,6 +84,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Runnin
   });
   return {
     client,
+    address: `127.0.0.1:${port}`,
     anonymous,
     runtime,
     dataDir,

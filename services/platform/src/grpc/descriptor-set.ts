@@ -4,7 +4,12 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { createFileRegistry, fromBinary, type FileRegistry } from '@bufbuild/protobuf';
+import {
+  createFileRegistry,
+  fromBinary,
+  type DescMessage,
+  type FileRegistry,
+} from '@bufbuild/protobuf';
 import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 
 /**
@@ -29,4 +34,15 @@ export function contractRegistry(): FileRegistry {
     fromBinary(FileDescriptorSetSchema, readFileSync(findDescriptorSet())),
   );
   return registry;
+}
+
+/**
+ * The request message of a gRPC method path (`/tandem.x.v1.Service/Method`), if it is a
+ * contract's. Throws when the descriptor set cannot be found.
+ */
+export function requestMessage(methodPath: string): DescMessage | undefined {
+  const [, serviceName, methodName] = methodPath.split('/');
+  if (serviceName === undefined || methodName === undefined) return undefined;
+  const service = contractRegistry().getService(serviceName);
+  return service?.methods.find((method) => method.name === methodName)?.input;
 }

@@ -23,10 +23,18 @@ import {
 } from '@grpc/grpc-js';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
-import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../errors';
+import {
+  CancelledError,
+  InvalidArgumentError,
+  toStatus,
+  TandemError,
+  type FieldViolation,
+} from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
+import { requestMessage } from './descriptor-set';
+import { timestampNanosCheck } from './timestamp-nanos';
 import {
   mayHoldReservedMapKey,
   reservedMapKeys,
@@ -188,7 +196,9 @@ class RefusedRequest {
  * (an int64 beyond ±2^53, as the code is generated with `forceLong=number`; nesting deeper than
  * the decoder's recursion limit). The handlers of {@link implement} answer it with
  * INVALID_ARGUMENT. So they do a request with a map key the decoder would lose (`__proto__`; see
- * `reservedMapKeys`), found by a byte search before decoding.
+ * `reservedMapKeys`), found by a byte search before decoding, and one with a Timestamp whose
+ * nanos the decoder would add to its seconds (see `timestampNanosCheck`; only methods whose
+ * request can hold a Timestamp are read for it).
  */
 export function decodingRequestsSafely<
   D extends Readonly<
@@ -203,6 +213,7 @@ export function decodingRequestsSafely<
   const safe: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const decode = method.requestDeserialize;
+    const checkTimestamps = timestampCheckOf(method.path);
     safe[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer): unknown => {
@@ -228,6 +239,16 @@ export function decodingRequestsSafely<
             );
           }
         }
+        const invalidTimes = checkTimestamps?.(bytes) ?? [];
+        if (invalidTimes.length > 0) {
+          return new RefusedRequest(
+            new InvalidArgumentError(
+              `the request has Timestamps with nanos out of range: ${invalidTimes.map((v) => v.field).join(', ')}`,
+              invalidTimes,
+              { reason: 'INVALID_TIMESTAMP' },
+            ),
+          );
+        }
         try {
           return decode(bytes);
         } catch (error) {
@@ -237,6 +258,18 @@ export function decodingRequestsSafely<
     };
   }
   return safe as D;
+}
+
+/** The Timestamp check of a method's requests; none when they hold none (or no descriptor set). */
+function timestampCheckOf(
+  methodPath: string,
+): ((bytes: Uint8Array) => FieldViolation[]) | undefined {
+  try {
+    const schema = requestMessage(methodPath);
+    return schema === undefined ? undefined : timestampNanosCheck(schema);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The request, or INVALID_ARGUMENT when its decoder failed. */

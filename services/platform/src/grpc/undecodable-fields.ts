@@ -8,7 +8,7 @@
 import { fromBinary, ScalarType, type DescMessage } from '@bufbuild/protobuf';
 import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
 import type { FieldViolation } from '../errors';
-import { contractRegistry } from './descriptor-set';
+import { contractRegistry, requestMessage } from './descriptor-set';
 
 const SIXTY_FOUR_BIT = new Set([
   ScalarType.INT64,
@@ -28,14 +28,6 @@ const REASON = 'OUT_OF_RANGE';
 const DIAGNOSTIC_RECURSION_LIMIT = 2_000;
 /** Violations reported at most (a status must fit in the trailers). */
 const MAX_VIOLATIONS = 20;
-
-/** The request message of a gRPC method path (`/tandem.x.v1.Service/Method`), if it is a contract's. */
-function requestMessage(methodPath: string): DescMessage | undefined {
-  const [, serviceName, methodName] = methodPath.split('/');
-  if (serviceName === undefined || methodName === undefined) return undefined;
-  const service = contractRegistry().getService(serviceName);
-  return service?.methods.find((method) => method.name === methodName)?.input;
-}
 
 /** True for a 64-bit integer (bigint, or a string where the field asks for one) beyond ±2^53. */
 function beyondSafe(scalar: ScalarType | undefined, value: unknown): boolean {

@@ -1,0 +1,245 @@
+/**
+ * Timestamps whose nanos lie outside [0, 999,999,999], which the generated decoder would add to
+ * the seconds. The messages are written with bufbuild's own writer and the contracts' descriptor
+ * set, so the bytes do not depend on the code under test.
+ */
+import { create, createFileRegistry, type DescMessage } from '@bufbuild/protobuf';
+import {
+  file_google_protobuf_timestamp,
+  FileDescriptorProtoSchema,
+  FieldDescriptorProto_Label,
+  FieldDescriptorProto_Type,
+} from '@bufbuild/protobuf/wkt';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { requestMessage } from '../../src/grpc/descriptor-set';
+import { timestampNanosCheck } from '../../src/grpc/timestamp-nanos';
+
+/** A google.protobuf.Timestamp's bytes. */
+function timestamp(seconds: bigint, nanos: number): Uint8Array {
+  const writer = new BinaryWriter();
+  if (seconds !== 0n) writer.uint32((1 << 3) | 0).int64(seconds);
+  if (nanos !== 0) writer.uint32((2 << 3) | 0).int32(nanos);
+  return writer.finish();
+}
+
+function messageOf(methodPath: string): DescMessage {
+  const message = requestMessage(methodPath);
+  if (message === undefined) throw new Error(`no request message for ${methodPath}`);
+  return message;
+}
+
+const CREATE_EXPERIMENT = '/tandem.assignment.v1.AssignmentService/CreateExperiment';
+const WRITE_FEATURES = '/tandem.featurestore.v1.FeatureStoreService/WriteFeatures';
+
+/** A CreateExperimentRequest whose experiment has an id and a scheduled start (field 14). */
+function createExperiment(start: Uint8Array): Uint8Array {
+  const experiment = new BinaryWriter()
+    .uint32((1 << 3) | 2)
+    .string('exp-1')
+    .uint32((14 << 3) | 2)
+    .bytes(start)
+    .finish();
+  return new BinaryWriter()
+    .uint32((1 << 3) | 2)
+    .bytes(experiment)
+    .uint32((2 << 3) | 2)
+    .string('request-1')
+    .finish();
+}
+
+/** A WriteFeaturesRequest with one row per event time (FeatureRow.event_time is field 3). */
+function writeFeatures(eventTimes: readonly Uint8Array[]): Uint8Array {
+  const writer = new BinaryWriter().uint32((1 << 3) | 2).string('user_stats');
+  for (const eventTime of eventTimes) {
+    const entityKey = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .string('user_id')
+      .uint32((2 << 3) | 2)
+      .bytes(
+        new BinaryWriter()
+          .uint32((1 << 3) | 2)
+          .string('u-1')
+          .finish(),
+      )
+      .finish();
+    const row = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(entityKey)
+      .uint32((3 << 3) | 2)
+      .bytes(eventTime)
+      .finish();
+    writer.uint32((2 << 3) | 2).bytes(row);
+  }
+  return writer.finish();
+}
+
+describe('timestampNanosCheck', () => {
+  const checkCreate = timestampNanosCheck(messageOf(CREATE_EXPERIMENT));
+  const checkWrite = timestampNanosCheck(messageOf(WRITE_FEATURES));
+
+  it('names a Timestamp with nanos past a second, or negative, by its field path', () => {
+    expect(checkCreate).toBeDefined();
+    for (const nanos of [1_000_000_000, 2_000_000_000, -1, -999_999_999]) {
+      expect(checkCreate?.(createExperiment(timestamp(1_700_000_000n, nanos)))).toEqual([
+        {
+          field: 'experiment.scheduled_start_time',
+          description: 'nanos must be in [0, 999,999,999] (a Timestamp)',
+          reason: 'INVALID_TIMESTAMP',
+        },
+      ]);
+    }
+  });
+
+  it('accepts nanos from 0 to 999,999,999, and Timestamps before 1970', () => {
+    for (const nanos of [0, 1, 500_000_000, 999_999_999]) {
+      expect(checkCreate?.(createExperiment(timestamp(1_700_000_000n, nanos)))).toEqual([]);
+      expect(checkCreate?.(createExperiment(timestamp(-1n, nanos)))).toEqual([]);
+    }
+  });
+
+  it('names each offending row of a list by its index, and only those', () => {
+    const valid = timestamp(1_700_000_000n, 5);
+    const invalid = timestamp(1_700_000_000n, 1_500_000_000);
+    expect(
+      checkWrite?.(writeFeatures([valid, invalid, valid, invalid])).map((v) => v.field),
+    ).toEqual(['rows[1].event_time', 'rows[3].event_time']);
+    expect(checkWrite?.(writeFeatures([valid, valid]))).toEqual([]);
+  });
+
+  it('reports at most twenty (a status has to fit in the trailers)', () => {
+    const invalid = timestamp(1n, -5);
+    const violations = checkWrite?.(writeFeatures(Array.from({ length: 50 }, () => invalid)));
+    expect(violations).toHaveLength(20);
+    expect(violations?.[19]?.field).toBe('rows[19].event_time');
+  });
+
+  it('has no check for a request no Timestamp can be in, so it costs nothing', () => {
+    expect(timestampNanosCheck(messageOf('/tandem.assignment.v1.AssignmentService/Resolve'))).toBe(
+      undefined,
+    );
+    expect(timestampNanosCheck(messageOf('/tandem.echo.v1.EchoService/Echo'))).toBe(undefined);
+  });
+
+  it('leaves bytes that are no message to the decoder', () => {
+    expect(checkCreate?.(Uint8Array.of(0x0a, 0x50, 0x01))).toEqual([]);
+  });
+
+  it('follows maps, naming an entry by its key', () => {
+    // message Holder { map<string, Timestamp> times = 1; map<int64, Inner> inner = 2; }
+    // message Inner { Timestamp at = 1; }
+    const { OPTIONAL, REPEATED } = FieldDescriptorProto_Label;
+    const { MESSAGE, STRING, INT64 } = FieldDescriptorProto_Type;
+    const file = create(FileDescriptorProtoSchema, {
+      name: 'test/holder.proto',
+      package: 'test',
+      syntax: 'proto3',
+      dependency: ['google/protobuf/timestamp.proto'],
+      messageType: [
+        {
+          name: 'Holder',
+          field: [
+            {
+              name: 'times',
+              number: 1,
+              label: REPEATED,
+              type: MESSAGE,
+              typeName: '.test.Holder.TimesEntry',
+              jsonName: 'times',
+            },
+            {
+              name: 'inner',
+              number: 2,
+              label: REPEATED,
+              type: MESSAGE,
+              typeName: '.test.Holder.InnerEntry',
+              jsonName: 'inner',
+            },
+          ],
+          nestedType: [
+            {
+              name: 'TimesEntry',
+              options: { mapEntry: true },
+              field: [
+                { name: 'key', number: 1, label: OPTIONAL, type: STRING, jsonName: 'key' },
+                {
+                  name: 'value',
+                  number: 2,
+                  label: OPTIONAL,
+                  type: MESSAGE,
+                  typeName: '.google.protobuf.Timestamp',
+                  jsonName: 'value',
+                },
+              ],
+            },
+            {
+              name: 'InnerEntry',
+              options: { mapEntry: true },
+              field: [
+                { name: 'key', number: 1, label: OPTIONAL, type: INT64, jsonName: 'key' },
+                {
+                  name: 'value',
+                  number: 2,
+                  label: OPTIONAL,
+                  type: MESSAGE,
+                  typeName: '.test.Inner',
+                  jsonName: 'value',
+                },
+              ],
+            },
+          ],
+        },
+        {
+          name: 'Inner',
+          field: [
+            {
+              name: 'at',
+              number: 1,
+              label: OPTIONAL,
+              type: MESSAGE,
+              typeName: '.google.protobuf.Timestamp',
+              jsonName: 'at',
+            },
+          ],
+        },
+      ],
+    });
+    const registry = createFileRegistry(file, (name) =>
+      name === 'google/protobuf/timestamp.proto' ? file_google_protobuf_timestamp : undefined,
+    );
+    const holder = registry.getMessage('test.Holder');
+    if (holder === undefined) throw new Error('test.Holder not in the registry');
+    const timesEntry = (key: string, value: Uint8Array): Uint8Array =>
+      new BinaryWriter()
+        .uint32((1 << 3) | 2)
+        .string(key)
+        .uint32((2 << 3) | 2)
+        .bytes(value)
+        .finish();
+    const innerEntry = (key: bigint, at: Uint8Array): Uint8Array =>
+      new BinaryWriter()
+        .uint32((1 << 3) | 0)
+        .int64(key)
+        .uint32((2 << 3) | 2)
+        .bytes(
+          new BinaryWriter()
+            .uint32((1 << 3) | 2)
+            .bytes(at)
+            .finish(),
+        )
+        .finish();
+    const bytes = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(timesEntry('ok', timestamp(10n, 1)))
+      .uint32((1 << 3) | 2)
+      .bytes(timesEntry('late', timestamp(10n, 1_000_000_000)))
+      .uint32((2 << 3) | 2)
+      .bytes(innerEntry(-7n, timestamp(10n, -3)))
+      .uint32((2 << 3) | 2)
+      .bytes(innerEntry(8n, timestamp(10n, 3)))
+      .finish();
+    expect(timestampNanosCheck(holder)?.(bytes).map((v) => v.field)).toEqual([
+      'times.late',
+      'inner.-7.at',
+    ]);
+  });
+});
