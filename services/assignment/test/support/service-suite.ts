@@ -1570,6 +1570,26 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(decodeStatus(badNanos).violations.map((v) => [v.field, v.reason])).toEqual([
           ['exposure_time', 'INVALID_TIMESTAMP'],
         ]);
+        // With a stray end-group tag after it, which the generated decoder takes (Timestamp
+        // and all) but which is not well-formed protobuf: refused rather than decoded unchecked.
+        const unchecked = await rawCallError(
+          service.address,
+          AssignmentServiceService.apply.path,
+          withTimestampNanos(
+            'tandem.assignment.v1.ApplyRequest',
+            ApplyRequest.encode(
+              ApplyRequest.fromPartial({
+                resolveToken: resolved.resolveToken,
+                exposureTime: resolved.resolveTime,
+              }),
+            ).finish(),
+            'exposure_time',
+            1_500_000_000,
+            [0x0c],
+          ),
+        );
+        expect(unchecked.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(decodeStatus(unchecked).errorInfo?.reason).toBe('UNDECODABLE_REQUEST');
       });
     });
 

@@ -10,7 +10,7 @@ import type { EventCodec } from './bus';
 
 /** `codec` for `typeName` (a contract message), checking Timestamps before decoding. */
 export function checkingTimestamps<T>(codec: EventCodec<T>, typeName: string): EventCodec<T> {
-  let check: ((bytes: Uint8Array) => { field: string; description: string }[]) | undefined;
+  let check: ReturnType<typeof timestampNanosCheck>;
   try {
     const schema = contractRegistry().getMessage(typeName);
     check = schema === undefined ? undefined : timestampNanosCheck(schema);
@@ -23,6 +23,8 @@ export function checkingTimestamps<T>(codec: EventCodec<T>, typeName: string): E
     encode: (message) => codec.encode(message),
     decode: (input) => {
       const violations = invalid(input);
+      // Not well-formed: the generated decoder may take it anyway, its Timestamps unchecked.
+      if (violations === undefined) throw new Error('not well-formed protobuf');
       if (violations.length > 0) {
         throw new Error(
           `invalid Timestamp: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,

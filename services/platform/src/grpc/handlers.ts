@@ -23,13 +23,7 @@ import {
 } from '@grpc/grpc-js';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
-import {
-  CancelledError,
-  InvalidArgumentError,
-  toStatus,
-  TandemError,
-  type FieldViolation,
-} from '../errors';
+import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
@@ -239,7 +233,17 @@ export function decodingRequestsSafely<
             );
           }
         }
-        const invalidTimes = checkTimestamps?.(bytes) ?? [];
+        const invalidTimes = checkTimestamps === undefined ? [] : checkTimestamps(bytes);
+        if (invalidTimes === undefined) {
+          // Not well-formed: the generated decoder may still take it, Timestamps unchecked.
+          return new RefusedRequest(
+            new InvalidArgumentError(
+              'the request is not well-formed protobuf, so its Timestamps cannot be checked',
+              [],
+              { reason: 'UNDECODABLE_REQUEST' },
+            ),
+          );
+        }
         if (invalidTimes.length > 0) {
           return new RefusedRequest(
             new InvalidArgumentError(
@@ -261,9 +265,7 @@ export function decodingRequestsSafely<
 }
 
 /** The Timestamp check of a method's requests; none when they hold none (or no descriptor set). */
-function timestampCheckOf(
-  methodPath: string,
-): ((bytes: Uint8Array) => FieldViolation[]) | undefined {
+function timestampCheckOf(methodPath: string): ReturnType<typeof timestampNanosCheck> {
   try {
     const schema = requestMessage(methodPath);
     return schema === undefined ? undefined : timestampNanosCheck(schema);

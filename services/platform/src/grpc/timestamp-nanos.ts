@@ -206,25 +206,71 @@ function pathOf(place: Place, bytes: Uint8Array): string {
   return place.parent === undefined ? segment : `${pathOf(place.parent, bytes)}.${segment}`;
 }
 
-/** A map entry's key as a path segment (its default when absent). */
+/** A map entry's key as a path segment (its default when absent; `?` when unreadable). */
 function mapKeyOf(
   bytes: Uint8Array,
   entry: { readonly from: number; readonly to: number; readonly keyType?: ScalarType },
 ): string {
-  const reader = new BinaryReader(bytes.subarray(entry.from, entry.to));
-  let key: string | undefined;
-  while (reader.pos < reader.len) {
-    const [number, wireType] = reader.tag();
-    if (number !== 1) {
-      reader.skip(wireType, number);
-      continue;
+  try {
+    const reader = new BinaryReader(bytes.subarray(entry.from, entry.to));
+    let key: string | undefined;
+    while (reader.pos < reader.len) {
+      const [number, wireType] = reader.tag();
+      if (number === 1 && wireType === keyWireType(entry.keyType))
+        key = readKey(reader, entry.keyType);
+      else reader.skip(wireType, number);
     }
-    if (entry.keyType === ScalarType.STRING) key = reader.string();
-    else if (entry.keyType === ScalarType.BOOL) key = String(reader.bool());
-    else if (wireType === WireType.Varint) key = String(reader.int64());
-    else reader.skip(wireType, number);
+    return (
+      key ??
+      (entry.keyType === ScalarType.STRING ? '' : entry.keyType === ScalarType.BOOL ? 'false' : '0')
+    );
+  } catch {
+    return '?';
   }
-  return key ?? (entry.keyType === ScalarType.STRING ? '' : '0');
+}
+
+function keyWireType(keyType: ScalarType | undefined): WireType {
+  switch (keyType) {
+    case ScalarType.STRING:
+      return WireType.LengthDelimited;
+    case ScalarType.FIXED32:
+    case ScalarType.SFIXED32:
+      return WireType.Bit32;
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return WireType.Bit64;
+    default:
+      return WireType.Varint;
+  }
+}
+
+function readKey(reader: BinaryReader, keyType: ScalarType | undefined): string {
+  switch (keyType) {
+    case ScalarType.STRING:
+      return reader.string();
+    case ScalarType.BOOL:
+      return String(reader.bool());
+    case ScalarType.SINT32:
+      return String(reader.sint32());
+    case ScalarType.SINT64:
+      return String(reader.sint64());
+    case ScalarType.UINT32:
+      return String(reader.uint32());
+    case ScalarType.UINT64:
+      return String(reader.uint64());
+    case ScalarType.FIXED32:
+      return String(reader.fixed32());
+    case ScalarType.SFIXED32:
+      return String(reader.sfixed32());
+    case ScalarType.FIXED64:
+      return String(reader.fixed64());
+    case ScalarType.SFIXED64:
+      return String(reader.sfixed64());
+    case ScalarType.INT32:
+      return String(reader.int32());
+    default:
+      return String(reader.int64());
+  }
 }
 
 /** Whether the Timestamp from `from` to `to` holds nanos outside its range (the last counts). */
@@ -310,7 +356,7 @@ function walkEntryValue(
   depth: number,
 ): void {
   const scan = new Scan(state.bytes, from, to);
-  while (scan.pos < to) {
+  while (scan.pos < to && state.out.length < MAX_VIOLATIONS) {
     const tag = scan.varint32() >>> 0;
     if (tag !== ((2 << 3) | LENGTH_DELIMITED)) {
       scan.skip(tag & 7, tag >>> 3);
@@ -326,12 +372,14 @@ function walkEntryValue(
 
 /**
  * A check of encoded `type` messages for Timestamps with invalid nanos, or undefined when no
- * Timestamp can be reached from `type` (nothing to check). The check returns the violations,
- * none for bytes it cannot read (the decoder that follows reports those).
+ * Timestamp can be reached from `type` (nothing to check). The check returns the violations, or
+ * undefined for bytes that are not well-formed protobuf: refuse those rather than decode them,
+ * since the generated decoder takes some such bytes (a stray end-group tag, a nested message
+ * running past its parent) and the Timestamp in them unchecked.
  */
 export function timestampNanosCheck(
   type: DescMessage,
-): ((bytes: Uint8Array) => FieldViolation[]) | undefined {
+): ((bytes: Uint8Array) => FieldViolation[] | undefined) | undefined {
   const plan = planOf(type);
   if (plan === null) return undefined;
   return (bytes) => {
@@ -339,7 +387,7 @@ export function timestampNanosCheck(
     try {
       walk({ bytes, out }, 0, bytes.length, plan, undefined, 0);
     } catch {
-      return [];
+      return undefined;
     }
     return out;
   };

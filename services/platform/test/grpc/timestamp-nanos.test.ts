@@ -101,7 +101,7 @@ describe('timestampNanosCheck', () => {
     const valid = timestamp(1_700_000_000n, 5);
     const invalid = timestamp(1_700_000_000n, 1_500_000_000);
     expect(
-      checkWrite?.(writeFeatures([valid, invalid, valid, invalid])).map((v) => v.field),
+      checkWrite?.(writeFeatures([valid, invalid, valid, invalid]))?.map((v) => v.field),
     ).toEqual(['rows[1].event_time', 'rows[3].event_time']);
     expect(checkWrite?.(writeFeatures([valid, valid]))).toEqual([]);
   });
@@ -120,8 +120,41 @@ describe('timestampNanosCheck', () => {
     expect(timestampNanosCheck(messageOf('/tandem.echo.v1.EchoService/Echo'))).toBe(undefined);
   });
 
-  it('leaves bytes that are no message to the decoder', () => {
-    expect(checkCreate?.(Uint8Array.of(0x0a, 0x50, 0x01))).toEqual([]);
+  it('cannot check bytes that are not well-formed protobuf, though a lenient decoder takes some', () => {
+    // An ApplyRequest {resolve_token: "tok", exposure_time: <Timestamp>} (fields 1 and 3).
+    const apply = (exposureTime: Uint8Array, ...tail: number[]): Uint8Array =>
+      Uint8Array.from([
+        ...new BinaryWriter()
+          .uint32((1 << 3) | 2)
+          .string('tok')
+          .uint32((3 << 3) | 2)
+          .bytes(exposureTime)
+          .finish(),
+        ...tail,
+      ]);
+    const check = timestampNanosCheck(messageOf('/tandem.assignment.v1.AssignmentService/Apply'));
+    const late = timestamp(1_700_000_000n, 1_500_000_000);
+    expect(check?.(apply(late))?.map((v) => v.field)).toEqual(['exposure_time']);
+    // Each of these the generated decoder (ts-proto over bufbuild's reader) takes, with nanos of
+    // 1.5e9: a stray end-group tag after the message and a group closed by another field's end
+    // tag (read as 1.5 s late); a Timestamp whose length ends inside its nanos varint (read as
+    // 1.5 s past 1970).
+    expect(check?.(apply(late, 0x0c))).toBeUndefined();
+    expect(check?.(apply(late, 0x2b, 0x34))).toBeUndefined();
+    const cut = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .string('tok')
+      .uint32((3 << 3) | 2)
+      .uint32(2)
+      .finish();
+    const nanos = new BinaryWriter()
+      .uint32((2 << 3) | 0)
+      .int32(1_500_000_000)
+      .finish();
+    expect(check?.(Uint8Array.from([...cut, ...nanos]))).toBeUndefined();
+    expect(check?.(Uint8Array.of(0x0a, 0x50, 0x01))).toBeUndefined();
+    // Wire types 6 and 7 do not exist.
+    expect(check?.(Uint8Array.of(0x0e))).toBeUndefined();
   });
 
   it('follows maps, naming an entry by its key', () => {
@@ -237,7 +270,7 @@ describe('timestampNanosCheck', () => {
       .uint32((2 << 3) | 2)
       .bytes(innerEntry(8n, timestamp(10n, 3)))
       .finish();
-    expect(timestampNanosCheck(holder)?.(bytes).map((v) => v.field)).toEqual([
+    expect(timestampNanosCheck(holder)?.(bytes)?.map((v) => v.field)).toEqual([
       'times.late',
       'inner.-7.at',
     ]);

@@ -16,13 +16,15 @@ function fieldOf(message: ReflectMessage, name: string) {
 
 /**
  * `bytes`, a `typeName` message, with the nanos of the Timestamp at `path` (proto field names,
- * list items as `rows[1]`; the Timestamp must be set) replaced by `nanos`.
+ * list items as `rows[1]`; the Timestamp must be set) replaced by `nanos`, and `trailing` bytes
+ * appended (to make it malformed in ways a lenient decoder accepts).
  */
 export function withTimestampNanos(
   typeName: string,
   bytes: Uint8Array,
   path: string,
   nanos: number,
+  trailing: readonly number[] = [],
 ): Buffer {
   const schema = contractRegistry().getMessage(typeName);
   if (schema === undefined) throw new Error(`no message ${typeName} in the contracts`);
@@ -38,5 +40,5 @@ export function withTimestampNanos(
         : ((value as ReflectList).get(Number(index)) as ReflectMessage);
   }
   message.set(fieldOf(message, 'nanos'), nanos);
-  return Buffer.from(toBinary(schema, root.message));
+  return Buffer.concat([toBinary(schema, root.message), Uint8Array.from(trailing)]);
 }
