@@ -86,6 +86,24 @@ function streamingSuite(setup: BusSetup): void {
     );
   }
 
+  /** Publishes `event` with its event time's nanos set to `nanos` (and `trailing` bytes after). */
+  async function publishWithNanos(
+    event: OutcomeEvent,
+    nanos: number,
+    trailing: number[] = [],
+  ): Promise<void> {
+    await publishBytes(
+      withTimestampNanos(
+        'tandem.events.v1.OutcomeEvent',
+        OutcomeEvent.encode(event).finish(),
+        'event_time',
+        nanos,
+        trailing,
+      ),
+      event.eventId,
+    );
+  }
+
   /** Publishes bytes that are no OutcomeEvent on the view's subject. */
   async function publishUndecodable(): Promise<void> {
     await publishBytes(Uint8Array.from([0xff, 0xff, 0xff]), uniqueName('garbage'));
@@ -119,29 +137,10 @@ function streamingSuite(setup: BusSetup): void {
     // And bytes that are no OutcomeEvent at all (terminated by the bus, counted all the same),
     // or whose event time has nanos out of range (decoded, it would be up to 2 s off).
     await publishUndecodable();
-    const badNanos = play('i3', 'u1', 7);
-    await publishBytes(
-      withTimestampNanos(
-        'tandem.events.v1.OutcomeEvent',
-        OutcomeEvent.encode(badNanos).finish(),
-        'event_time',
-        1_200_000_000,
-      ),
-      badNanos.eventId,
-    );
+    await publishWithNanos(play('i3', 'u1', 7), 1_200_000_000);
     // So is one whose bad nanos come with a stray end-group tag after the message: the generated
     // decoder would take it (1.2 s late), and the bytes are not protobuf the check can read.
-    const malformed = play('i3', 'u2', 8);
-    await publishBytes(
-      withTimestampNanos(
-        'tandem.events.v1.OutcomeEvent',
-        OutcomeEvent.encode(malformed).finish(),
-        'event_time',
-        1_200_000_000,
-        [0x0c],
-      ),
-      malformed.eventId,
-    );
+    await publishWithNanos(play('i3', 'u2', 8), 1_200_000_000, [0x0c]);
     await eventually(async () => {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.eventsDuplicate).toBe(1);

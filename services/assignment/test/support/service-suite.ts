@@ -1551,43 +1551,31 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(fields(beforeYearOne)).toEqual(['exposure_time']);
         // Nanos past a second would move the time by seconds once decoded into a Date.
-        const badNanos = await rawCallError(
-          service.address,
-          AssignmentServiceService.apply.path,
-          withTimestampNanos(
-            'tandem.assignment.v1.ApplyRequest',
-            ApplyRequest.encode(
-              ApplyRequest.fromPartial({
-                resolveToken: resolved.resolveToken,
-                exposureTime: resolved.resolveTime,
-              }),
-            ).finish(),
-            'exposure_time',
-            1_500_000_000,
-          ),
-        );
+        const withBadNanos = (trailing: number[] = []) =>
+          rawCallError(
+            service.address,
+            AssignmentServiceService.apply.path,
+            withTimestampNanos(
+              'tandem.assignment.v1.ApplyRequest',
+              ApplyRequest.encode(
+                ApplyRequest.fromPartial({
+                  resolveToken: resolved.resolveToken,
+                  exposureTime: resolved.resolveTime,
+                }),
+              ).finish(),
+              'exposure_time',
+              1_500_000_000,
+              trailing,
+            ),
+          );
+        const badNanos = await withBadNanos();
         expect(badNanos.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(decodeStatus(badNanos).violations.map((v) => [v.field, v.reason])).toEqual([
           ['exposure_time', 'INVALID_TIMESTAMP'],
         ]);
         // With a stray end-group tag after it, which the generated decoder takes (Timestamp
         // and all) but which is not well-formed protobuf: refused rather than decoded unchecked.
-        const unchecked = await rawCallError(
-          service.address,
-          AssignmentServiceService.apply.path,
-          withTimestampNanos(
-            'tandem.assignment.v1.ApplyRequest',
-            ApplyRequest.encode(
-              ApplyRequest.fromPartial({
-                resolveToken: resolved.resolveToken,
-                exposureTime: resolved.resolveTime,
-              }),
-            ).finish(),
-            'exposure_time',
-            1_500_000_000,
-            [0x0c],
-          ),
-        );
+        const unchecked = await withBadNanos([0x0c]);
         expect(unchecked.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(decodeStatus(unchecked).errorInfo?.reason).toBe('UNDECODABLE_REQUEST');
       });

@@ -23,7 +23,13 @@ import {
 } from '@grpc/grpc-js';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
-import { CancelledError, InvalidArgumentError, toStatus, TandemError } from '../errors';
+import {
+  CancelledError,
+  InvalidArgumentError,
+  toStatus,
+  TandemError,
+  type FieldViolation,
+} from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
@@ -211,48 +217,8 @@ export function decodingRequestsSafely<
     safe[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer): unknown => {
-        if (mayHoldReservedMapKey(bytes)) {
-          const reserved = reservedMapKeys(method.path, bytes);
-          if (reserved === undefined) {
-            // Not checkable, so not decoded: the generated decoder would drop such a key.
-            return new RefusedRequest(
-              new InvalidArgumentError(
-                'the request holds "__proto__" and is not a message this server can check',
-                [],
-                { reason: 'UNDECODABLE_REQUEST' },
-              ),
-            );
-          }
-          if (reserved.length > 0) {
-            return new RefusedRequest(
-              new InvalidArgumentError(
-                `the request has map keys this server cannot hold: ${reserved.map((v) => v.field).join(', ')}`,
-                reserved,
-                { reason: 'RESERVED_KEY' },
-              ),
-            );
-          }
-        }
-        const invalidTimes = checkTimestamps === undefined ? [] : checkTimestamps(bytes);
-        if (invalidTimes === undefined) {
-          // Not well-formed: the generated decoder may still take it, Timestamps unchecked.
-          return new RefusedRequest(
-            new InvalidArgumentError(
-              'the request is not well-formed protobuf, so its Timestamps cannot be checked',
-              [],
-              { reason: 'UNDECODABLE_REQUEST' },
-            ),
-          );
-        }
-        if (invalidTimes.length > 0) {
-          return new RefusedRequest(
-            new InvalidArgumentError(
-              `the request has Timestamps with nanos out of range: ${invalidTimes.map((v) => v.field).join(', ')}`,
-              invalidTimes,
-              { reason: 'INVALID_TIMESTAMP' },
-            ),
-          );
-        }
+        const refused = refusal(method.path, bytes, checkTimestamps);
+        if (refused !== undefined) return new RefusedRequest(refused);
         try {
           return decode(bytes);
         } catch (error) {
@@ -262,6 +228,56 @@ export function decodingRequestsSafely<
     };
   }
   return safe as D;
+}
+
+/** INVALID_ARGUMENT with `violations`, listed after `message` when there are any. */
+function invalid(message: string, violations: FieldViolation[], reason: string) {
+  const listed = violations.length > 0 ? `: ${violations.map((v) => v.field).join(', ')}` : '';
+  return new InvalidArgumentError(`${message}${listed}`, violations, { reason });
+}
+
+/**
+ * Why `bytes`, a request of `methodPath`, is refused before decoding, if it is: a map key the
+ * generated decoder would lose (`__proto__`, found by a byte search first), or a Timestamp whose
+ * nanos it would add to the seconds; either way also when the bytes cannot be checked.
+ */
+function refusal(
+  methodPath: string,
+  bytes: Buffer,
+  checkTimestamps: ReturnType<typeof timestampNanosCheck>,
+): InvalidArgumentError | undefined {
+  if (mayHoldReservedMapKey(bytes)) {
+    const reserved = reservedMapKeys(methodPath, bytes);
+    // Not checkable, so not decoded: the generated decoder would drop such a key.
+    if (reserved === undefined) {
+      return invalid(
+        'the request holds "__proto__" and is not a message this server can check',
+        [],
+        'UNDECODABLE_REQUEST',
+      );
+    }
+    if (reserved.length > 0) {
+      return invalid('the request has map keys this server cannot hold', reserved, 'RESERVED_KEY');
+    }
+  }
+  if (checkTimestamps === undefined) return undefined;
+  const invalidTimes = checkTimestamps(bytes);
+  // Not well-formed: the generated decoder may still take it, its Timestamps unchecked.
+  if (invalidTimes === undefined) {
+    return invalid(
+      'the request is not well-formed protobuf, so its Timestamps cannot be checked',
+      [],
+      'UNDECODABLE_REQUEST',
+    );
+  }
+  if (invalidTimes.length > 0) {
+    return invalid(
+      'the request has Timestamps with nanos out of range',
+      invalidTimes,
+      'INVALID_TIMESTAMP',
+    );
+  }
+  return undefined;
 }
 
 /** The Timestamp check of a method's requests; none when they hold none (or no descriptor set). */
