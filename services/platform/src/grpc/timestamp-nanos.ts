@@ -22,7 +22,7 @@ const MAX_VIOLATIONS = 20;
 /** Nesting followed at most: deeper than any contract goes, and than the generated decoders do. */
 const MAX_DEPTH = 100;
 
-export const INVALID_TIMESTAMP_DESCRIPTION = 'nanos must be in [0, 999,999,999] (a Timestamp)';
+const INVALID_TIMESTAMP_DESCRIPTION = 'nanos must be in [0, 999,999,999] (a Timestamp)';
 
 /** How to walk one message type: its fields that can lead to a Timestamp, by number. */
 interface Plan {
