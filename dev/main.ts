@@ -4,11 +4,16 @@
  * NATS when a server answers, else the in-process bus. A traffic simulator then plays a backend so
  * the loop is visible within a minute.
  */
-import { startTelemetry, wantsTraceExport } from '../services/platform/src/telemetry/sdk';
+import {
+  startTelemetry,
+  wantsMetricExport,
+  wantsTraceExport,
+} from '../services/platform/src/telemetry/sdk';
 
 const telemetry = startTelemetry({
   serviceName: 'tandem-dev',
   exportTraces: wantsTraceExport(process.env),
+  exportMetrics: wantsMetricExport(process.env),
 });
 
 import { startAssignment } from '../services/assignment/src/service';

@@ -1,10 +1,15 @@
 /**
  * Loaded first by `main.ts`, before grpc-js and the MongoDB driver, so instrumentation can patch
- * them. Spans are exported only when the standard OTEL_* variables ask for it.
+ * them. Spans and metrics are exported only when the standard OTEL_* variables ask for it.
  */
-import { startTelemetry, wantsTraceExport } from '../../platform/src/telemetry/sdk';
+import {
+  startTelemetry,
+  wantsMetricExport,
+  wantsTraceExport,
+} from '../../platform/src/telemetry/sdk';
 
 export const telemetry = startTelemetry({
   serviceName: 'tandem-assignment',
   exportTraces: wantsTraceExport(process.env),
+  exportMetrics: wantsMetricExport(process.env),
 });

@@ -4,10 +4,11 @@
  * instrumentation can patch the driver. gRPC and NATS spans come from the kit itself
  * (`rpc-spans.ts`, the event bus), which needs no patching.
  *
- * Export is configured by the standard variables (`OTEL_TRACES_EXPORTER`,
+ * Export is configured by the standard variables (`OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`,
  * `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_TRACES_SAMPLER`, …). When
- * none names an exporter, spans are not exported, but trace context still propagates across
- * gRPC and NATS so a traced caller's trace continues through Tandem.
+ * none names an exporter, nothing is exported (the SDK's own default would send metrics to
+ * `localhost:4318` every minute), but trace context still propagates across gRPC and NATS so a
+ * traced caller's trace continues through Tandem. Logs are pino's JSON on stdout, not OTel's.
  */
 import { MongoDBInstrumentation } from '@opentelemetry/instrumentation-mongodb';
 import { NodeSDK } from '@opentelemetry/sdk-node';
@@ -16,6 +17,8 @@ export interface TelemetryOptions {
   readonly serviceName: string;
   /** Export spans through the exporter the OTEL_* variables configure. */
   readonly exportTraces: boolean;
+  /** Export metrics through the exporter (or Prometheus endpoint) the OTEL_* variables configure. */
+  readonly exportMetrics: boolean;
 }
 
 export interface Telemetry {
@@ -32,13 +35,33 @@ export function wantsTraceExport(env: Readonly<Record<string, string | undefined
   );
 }
 
-/** Starts the SDK (context manager, W3C propagator, exporter when asked for, Mongo instrumentation). */
+/**
+ * True when the standard OTEL_* variables ask for metric export: an exporter named
+ * (`otlp`, `prometheus`, `console`), or an OTLP endpoint for every signal or for metrics.
+ */
+export function wantsMetricExport(env: Readonly<Record<string, string | undefined>>): boolean {
+  const exporters = (env.OTEL_METRICS_EXPORTER ?? '')
+    .split(',')
+    .map((name) => name.trim())
+    .filter((name) => name !== '');
+  if (exporters.includes('none')) return false;
+  return (
+    exporters.length > 0 ||
+    Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)
+  );
+}
+
+/** Starts the SDK (context manager, W3C propagator, exporters when asked for, Mongo instrumentation). */
 export function startTelemetry(options: TelemetryOptions): Telemetry {
   const sdk = new NodeSDK({
     serviceName: options.serviceName,
     instrumentations: [new MongoDBInstrumentation({ enhancedDatabaseReporting: false })],
     // An empty list registers no tracer provider: nothing is recorded or exported.
     ...(options.exportTraces ? {} : { spanProcessors: [] }),
+    // No readers registers no meter provider: instruments are no-ops and nothing is sent.
+    ...(options.exportMetrics ? {} : { metricReaders: [] }),
+    // Nothing in Tandem writes OpenTelemetry log records (logs are pino's, on stdout).
+    logRecordProcessors: [],
   });
   sdk.start();
   return { shutdown: () => sdk.shutdown() };
