@@ -8,6 +8,7 @@
 import { BufferedPublisher } from '../../platform/src/events/buffered-publisher';
 import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
+import { observePublisher } from '../../platform/src/telemetry/publisher-metrics';
 import type { AssignmentContext } from './assignment-context';
 import type { AssignmentConfig } from './config';
 import { ConfigurationWrites } from './configuration-writes';
@@ -64,6 +65,10 @@ export async function startAssignment(
     gate: await ExposureLedger.open(runtime.store),
   });
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
+  const unobserve = [
+    observePublisher('exposures', exposurePublisher),
+    observePublisher('config-changes', configPublisher),
+  ];
   const context: AssignmentContext = {
     configuration,
     store,
@@ -115,6 +120,7 @@ export async function startAssignment(
       configuration.stopPolling();
       await Promise.all(subscriptions.map((s) => s.stop()));
       await Promise.all([exposurePublisher.close(5000), configPublisher.close(1000)]);
+      for (const unregister of unobserve) unregister();
     })();
     return stopping;
   };

@@ -31,6 +31,7 @@ import {
   type FieldViolation,
 } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
+import { rpcDurationRecorder } from '../telemetry/rpc-metrics';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
 import { requestMessage } from './descriptor-set';
@@ -370,11 +371,13 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
   const methodLogger = rootLogger.child({ rpc: path });
   const startSpan = rpcSpanStarter(path, SpanKind.SERVER);
+  const recordDuration = rpcDurationRecorder(path);
   return (
     call: InboundCall,
     body: (ctx: CallContext) => Promise<unknown>,
     finish: Finish,
   ): void => {
+    const started = performance.now();
     const rawDeadline = call.getDeadline();
     const deadline =
       rawDeadline instanceof Date
@@ -402,6 +405,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         (value) => {
           (call as EventEmitter).removeListener('cancelled', onCancelled);
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
+          recordDuration(started, GrpcCode.OK);
           finish(null, value);
         },
         (error: unknown) => {
@@ -411,6 +415,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
             rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
           }
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, status.code, error);
+          recordDuration(started, status.code);
           finish(status);
         },
       );

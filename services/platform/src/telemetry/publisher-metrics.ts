@@ -1,0 +1,48 @@
+/**
+ * A buffered publisher's counts as OpenTelemetry metrics, read when the SDK collects (nothing is
+ * done per event): `tandem.events.publisher.queued` (events waiting, as a gauge) and the counters
+ * `….published`, `….dropped` and `….failed_attempts`, each with `tandem.publisher` naming the
+ * publisher (`exposures`). Exported only when telemetry exports metrics (see `sdk.ts`).
+ */
+import { metrics, type BatchObservableResult } from '@opentelemetry/api';
+import type { BufferedPublisherStats } from '../events/buffered-publisher';
+
+/**
+ * Reports `publisher`'s stats under `name` from now on; returns the function that stops it
+ * (call it when the publisher closes).
+ */
+export function observePublisher(
+  name: string,
+  publisher: { stats(): BufferedPublisherStats },
+): () => void {
+  const meter = metrics.getMeter('tandem.events');
+  const queued = meter.createObservableGauge('tandem.events.publisher.queued', {
+    description: 'Events waiting to be published (NATS unreachable, or a backlog being sent)',
+    unit: '{event}',
+  });
+  const published = meter.createObservableCounter('tandem.events.publisher.published', {
+    description: 'Events the stream acknowledged',
+    unit: '{event}',
+  });
+  const dropped = meter.createObservableCounter('tandem.events.publisher.dropped', {
+    description: 'Events given up on: buffer full, publisher closed, not encodable or refused',
+    unit: '{event}',
+  });
+  const failedAttempts = meter.createObservableCounter('tandem.events.publisher.failed_attempts', {
+    description: 'Publish attempts that failed and were retried',
+    unit: '{attempt}',
+  });
+  const attributes = { 'tandem.publisher': name };
+  const observe = (result: BatchObservableResult): void => {
+    const stats = publisher.stats();
+    result.observe(queued, stats.queued, attributes);
+    result.observe(published, stats.published, attributes);
+    result.observe(dropped, stats.dropped, attributes);
+    result.observe(failedAttempts, stats.failedAttempts, attributes);
+  };
+  const instruments = [queued, published, dropped, failedAttempts];
+  meter.addBatchObservableCallback(observe, instruments);
+  return () => {
+    meter.removeBatchObservableCallback(observe, instruments);
+  };
+}
