@@ -702,6 +702,11 @@ export class OnlineViews {
     }
   }
 
+  /** The stream-sourced views being aggregated here. */
+  streamViewNames(): string[] {
+    return [...this.served].filter(([, served]) => served.kind === 'stream').map(([name]) => name);
+  }
+
   /** GetAggregationStatus. */
   async aggregationStatus(name: string, connected: boolean): Promise<AggregationStatus> {
     if (name === '') {

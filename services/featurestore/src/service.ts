@@ -17,6 +17,7 @@ import { maxPageBytes } from '../../platform/src/grpc/pages';
 import { OnlineViews } from './online-views';
 import { FeatureStoreServiceDefinition } from './online-response';
 import { AggregationCheckpoints } from './store/aggregation-checkpoints';
+import { observeAggregations } from './aggregation-metrics';
 import { FeatureRowRepository } from './store/feature-rows';
 import { openRegistryRepository } from './store/registry-repository';
 import { RequestResults } from './store/request-results';
@@ -68,6 +69,10 @@ export async function startFeatureStore(
   registry.onViewsChanged((changed) => {
     void views.reconcile(changed);
   });
+  const unobserve = observeAggregations(
+    views,
+    () => bus.kind === 'in-process' || bus.isConnected(),
+  );
 
   runtime.server.add(
     FeatureStoreServiceDefinition,
@@ -117,6 +122,7 @@ export async function startFeatureStore(
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       for (const timer of timers) clearInterval(timer);
+      unobserve();
       await Promise.all([views.stop(), retiming.stop()]);
     })();
     return stopping;

@@ -1,0 +1,54 @@
+/**
+ * The stream aggregations' figures as metrics, read through a real OpenTelemetry metrics SDK
+ * registered before the service starts: the same counts GetAggregationStatus gives, per view.
+ */
+import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
+import { createInProcessBus } from '../../platform/src/events/in-process-bus';
+import { installTestMetrics, type TestMetrics } from '../../platform/test/support/metrics';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import { itemEntity, itemPlaysView, outcome } from './support/fixtures';
+
+describe('the stream aggregation metrics', () => {
+  const bus = createInProcessBus();
+  const subject = 'tandem.events.v1.outcome.metered';
+  let testMetrics: TestMetrics;
+  let harness: RunningHarness;
+
+  beforeAll(async () => {
+    testMetrics = installTestMetrics();
+    harness = await startHarness({ sharedBus: bus });
+    await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
+    await harness.client.applyFeatureView({
+      featureView: itemPlaysView('item_plays', subject),
+      requestId: '',
+      validateOnly: false,
+    });
+  });
+
+  afterAll(async () => {
+    await harness.stop();
+    await testMetrics.shutdown();
+  });
+
+  it('counts events by view and outcome, and reports the pending events', async () => {
+    const publish = (event: OutcomeEvent) =>
+      bus.publish(subject, OutcomeEvent, event, { eventId: event.eventId });
+    await publish(outcome('i1', 'u1', { name: 'metered', value: 3 }));
+    await publish(outcome('i1', 'u2', { name: 'metered', value: 4 }));
+    // No item id: invalid for a view keyed by it.
+    await publish(outcome('', 'u3', { name: 'metered', value: 5 }));
+    await eventually(async () => {
+      const points = await testMetrics.points('tandem.featurestore.aggregation.events');
+      const counts = Object.fromEntries(
+        points
+          .filter((p) => p.attributes['tandem.feature_view'] === 'item_plays')
+          .map((p): [string, unknown] => [String(p.attributes['tandem.outcome']), p.value]),
+      );
+      expect(counts).toEqual({ processed: 2, duplicate: 0, dropped_late: 0, dropped_invalid: 1 });
+    });
+    const pending = await testMetrics.points('tandem.featurestore.aggregation.pending');
+    expect(pending.map((p) => [p.attributes['tandem.feature_view'], p.value])).toEqual([
+      ['item_plays', 0],
+    ]);
+  });
+});
