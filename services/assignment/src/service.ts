@@ -65,10 +65,9 @@ export async function startAssignment(
     gate: await ExposureLedger.open(runtime.store),
   });
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
-  const unobserve = [
-    observePublisher('exposures', exposurePublisher),
-    observePublisher('config-changes', configPublisher),
-  ];
+  // Kept to the end: the last export at shutdown reads what closing the publishers dropped.
+  observePublisher('exposures', exposurePublisher);
+  observePublisher('config-changes', configPublisher);
   const context: AssignmentContext = {
     configuration,
     store,
@@ -120,7 +119,6 @@ export async function startAssignment(
       configuration.stopPolling();
       await Promise.all(subscriptions.map((s) => s.stop()));
       await Promise.all([exposurePublisher.close(5000), configPublisher.close(1000)]);
-      for (const unregister of unobserve) unregister();
     })();
     return stopping;
   };

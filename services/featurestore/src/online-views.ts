@@ -134,6 +134,17 @@ export interface OnlineViewsParts {
   readonly logger: Logger;
 }
 
+/** One stream view's counts (see {@link OnlineViews.aggregationCounts}). */
+export interface AggregationCounts {
+  readonly view: string;
+  readonly processed: number;
+  readonly duplicate: number;
+  readonly droppedLate: number;
+  readonly droppedInvalid: number;
+  /** From the last processed event's time to its processing; undefined before the first. */
+  readonly delayMs: number | undefined;
+}
+
 /** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
 const CHANGE_LOG_GAP_WAIT_MS = 5_000;
 
@@ -702,9 +713,28 @@ export class OnlineViews {
     }
   }
 
-  /** The stream-sourced views being aggregated here. */
-  streamViewNames(): string[] {
-    return [...this.served].filter(([, served]) => served.kind === 'stream').map(([name]) => name);
+  /**
+   * Each stream view's event counts and processing delay, as GetAggregationStatus reports them,
+   * without the pending count (which asks NATS).
+   */
+  aggregationCounts(): AggregationCounts[] {
+    const counts: AggregationCounts[] = [];
+    for (const [view, served] of this.served) {
+      if (served.kind !== 'stream') continue;
+      const { counters: c, missingKeys } = served.aggregation.progress(true);
+      counts.push({
+        view,
+        processed: c.eventsProcessed,
+        duplicate: c.eventsDuplicate,
+        droppedLate: c.eventsDroppedLate,
+        droppedInvalid: c.eventsDroppedInvalid + missingKeys,
+        delayMs:
+          c.lastEventTime === null || c.lastProcessedTime === null
+            ? undefined
+            : Math.max(0, c.lastProcessedTime - c.lastEventTime),
+      });
+    }
+    return counts;
   }
 
   /** GetAggregationStatus. */

@@ -69,10 +69,8 @@ export async function startFeatureStore(
   registry.onViewsChanged((changed) => {
     void views.reconcile(changed);
   });
-  const unobserve = observeAggregations(
-    views,
-    () => bus.kind === 'in-process' || bus.isConnected(),
-  );
+  // Kept to the end: the last export at shutdown reads the final counts.
+  observeAggregations(views);
 
   runtime.server.add(
     FeatureStoreServiceDefinition,
@@ -122,7 +120,6 @@ export async function startFeatureStore(
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       for (const timer of timers) clearInterval(timer);
-      unobserve();
       await Promise.all([views.stop(), retiming.stop()]);
     })();
     return stopping;

@@ -366,6 +366,12 @@ function cancelledError(): CancelledError {
   return new CancelledError('the caller cancelled the call');
 }
 
+/**
+ * How early before its deadline a cancellation still counts as the deadline's: grpc-js's timer
+ * and this clock round differently.
+ */
+const DEADLINE_TOLERANCE_MS = 10;
+
 /** The part every call shape shares: auth, span, context, error mapping. */
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
@@ -386,8 +392,18 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           ? new Date(rawDeadline)
           : undefined;
     const ctx = new ServerCallContext(path, deadline, call.metadata, methodLogger, call);
+    let cancelledAt: number | undefined;
     const onCancelled = (): void => {
+      cancelledAt = Date.now();
       ctx.cancel();
+    };
+    // What the caller got: grpc-js answers a call cancelled or past its deadline itself, whatever
+    // the handler returns after; spans and metrics record that, not the handler's late result.
+    const answered = (code: GrpcCode): GrpcCode => {
+      if (cancelledAt === undefined) return code;
+      return deadline !== undefined && cancelledAt >= deadline.getTime() - DEADLINE_TOLERANCE_MS
+        ? GrpcCode.DEADLINE_EXCEEDED
+        : GrpcCode.CANCELLED;
     };
     // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
     // is removed once the handler settles, so a finished call does not build an error for nobody.
@@ -404,8 +420,9 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       execute().then(
         (value) => {
           (call as EventEmitter).removeListener('cancelled', onCancelled);
-          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, GrpcCode.OK);
-          recordDuration(started, GrpcCode.OK);
+          const code = answered(GrpcCode.OK);
+          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code);
+          recordDuration(started, code);
           finish(null, value);
         },
         (error: unknown) => {
@@ -414,8 +431,9 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
             rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
           }
-          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, status.code, error);
-          recordDuration(started, status.code);
+          const code = answered(status.code);
+          if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code, error);
+          recordDuration(started, code);
           finish(status);
         },
       );

@@ -8,8 +8,8 @@ import { metrics, type BatchObservableResult } from '@opentelemetry/api';
 import type { BufferedPublisherStats } from '../events/buffered-publisher';
 
 /**
- * Reports `publisher`'s stats under `name` from now on; returns the function that stops it
- * (call it when the publisher closes).
+ * Reports `publisher`'s stats under `name` from now on; returns the function that stops it. A
+ * service keeps it to the end, so the last export at shutdown has what closing it dropped.
  */
 export function observePublisher(
   name: string,

@@ -40,15 +40,17 @@ export function wantsTraceExport(env: Readonly<Record<string, string | undefined
  * (`otlp`, `prometheus`, `console`), or an OTLP endpoint for every signal or for metrics.
  */
 export function wantsMetricExport(env: Readonly<Record<string, string | undefined>>): boolean {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return false;
   const exporters = (env.OTEL_METRICS_EXPORTER ?? '')
     .split(',')
     .map((name) => name.trim())
     .filter((name) => name !== '');
   if (exporters.includes('none')) return false;
-  return (
-    exporters.length > 0 ||
-    Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)
+  // A blank endpoint is no endpoint: the SDK would fall back to its default, localhost:4318.
+  const endpoint = [env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT].some(
+    (value) => (value ?? '').trim() !== '',
   );
+  return exporters.length > 0 || endpoint;
 }
 
 /** Starts the SDK (context manager, W3C propagator, exporters when asked for, Mongo instrumentation). */

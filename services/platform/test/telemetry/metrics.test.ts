@@ -22,17 +22,21 @@ describe('the kit metrics', () => {
     await testMetrics.shutdown();
   });
 
-  it('records each call in rpc.server.call.duration, by method and status code', async () => {
+  it('records each call in rpc.server.call.duration, in seconds, by method and status code', async () => {
     const echo = await startEcho();
     const client = createClient(EchoServiceService, {
       address: echo.address,
       credentials: credentials.createInsecure(),
     });
+    const request = { message: 'a', failWithCode: 0, requireMessage: false };
     try {
-      await client.echo({ message: 'a', failWithCode: 0, requireMessage: false });
-      await client.echo({ message: 'b', failWithCode: 0, requireMessage: false });
+      await client.echo(request);
+      await client.echo({ ...request, delay: { seconds: 0, nanos: 100_000_000 } });
+      await expect(client.echo({ ...request, failWithCode: GrpcCode.NOT_FOUND })).rejects.toThrow();
+      // The handler sleeps on past the caller's deadline (it stops at the cancellation and
+      // returns): the caller got DEADLINE_EXCEEDED from grpc-js, and that is what is recorded.
       await expect(
-        client.echo({ message: 'c', failWithCode: GrpcCode.NOT_FOUND, requireMessage: false }),
+        client.echo({ ...request, delay: { seconds: 1, nanos: 0 } }, { timeoutMs: 100 }),
       ).rejects.toThrow();
     } finally {
       client.close();
@@ -40,9 +44,13 @@ describe('the kit metrics', () => {
     }
     const points = await testMetrics.points('rpc.server.call.duration');
     const byCode = new Map(
-      points.map((point) => [point.attributes['rpc.grpc.status_code'], point]),
+      points.map((point) => [point.attributes['rpc.grpc.status_code'], point.value as Histogram]),
     );
-    expect([...byCode.keys()].sort()).toEqual([GrpcCode.OK, GrpcCode.NOT_FOUND]);
+    expect([...byCode.keys()].sort()).toEqual([
+      GrpcCode.OK,
+      GrpcCode.DEADLINE_EXCEEDED,
+      GrpcCode.NOT_FOUND,
+    ]);
     for (const point of points) {
       expect(point.attributes).toMatchObject({
         'rpc.system': 'grpc',
@@ -50,12 +58,13 @@ describe('the kit metrics', () => {
         'rpc.method': 'Echo',
       });
     }
-    const ok = byCode.get(GrpcCode.OK)?.value as Histogram;
-    expect(ok.count).toBe(2);
-    // Seconds, not milliseconds: two local calls take well under a second.
-    expect(ok.sum).toBeGreaterThan(0);
-    expect(ok.sum).toBeLessThan(1);
-    expect((byCode.get(GrpcCode.NOT_FOUND)?.value as Histogram).count).toBe(1);
+    const ok = byCode.get(GrpcCode.OK);
+    expect(ok?.count).toBe(2);
+    // Seconds: the slower call slept 100 ms.
+    expect(ok?.max).toBeGreaterThanOrEqual(0.09);
+    expect(ok?.max).toBeLessThan(1);
+    expect(byCode.get(GrpcCode.NOT_FOUND)?.count).toBe(1);
+    expect(byCode.get(GrpcCode.DEADLINE_EXCEEDED)?.count).toBe(1);
   });
 
   it("reports a publisher's counts under its name until it is unregistered", async () => {

@@ -25,6 +25,18 @@ describe('wantsMetricExport', () => {
     ).toBe(false);
     // The traces' variable alone asks for traces only.
     expect(wantsMetricExport({ OTEL_TRACES_EXPORTER: 'otlp' })).toBe(false);
+    // A blank endpoint would be the SDK's default, localhost:4318: not asked.
+    expect(wantsMetricExport({ OTEL_EXPORTER_OTLP_ENDPOINT: ' ' })).toBe(false);
+    expect(
+      wantsMetricExport({
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: '',
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
+      }),
+    ).toBe(true);
+    // The SDK turned off: no exporter either (its Prometheus one would open its port anyway).
+    expect(
+      wantsMetricExport({ OTEL_SDK_DISABLED: 'true', OTEL_METRICS_EXPORTER: 'prometheus' }),
+    ).toBe(false);
   });
 });
 
