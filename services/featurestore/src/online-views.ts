@@ -25,7 +25,11 @@ import { durationOf, messageOfStoredValue } from './contract-mapping';
 import { ValueType, type FieldViolation } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
 import type { FeatureViewDefinition } from './domain/registry';
-import { aggregationDurable, StreamAggregation } from './events/stream-aggregation';
+import {
+  aggregationDurable,
+  StreamAggregation,
+  type AggregationProgress,
+} from './events/stream-aggregation';
 import {
   encodeEventTimes,
   encodeFeatureNames,
@@ -143,6 +147,22 @@ export interface AggregationCounts {
   readonly droppedInvalid: number;
   /** From the last processed event's time to its processing; undefined before the first. */
   readonly delayMs: number | undefined;
+}
+
+/** A stream view's counts from its aggregation's progress. */
+function countsOf(view: string, progress: AggregationProgress): AggregationCounts {
+  const { counters: c, missingKeys } = progress;
+  return {
+    view,
+    processed: c.eventsProcessed,
+    duplicate: c.eventsDuplicate,
+    droppedLate: c.eventsDroppedLate,
+    droppedInvalid: c.eventsDroppedInvalid + missingKeys,
+    delayMs:
+      c.lastEventTime === null || c.lastProcessedTime === null
+        ? undefined
+        : Math.max(0, c.lastProcessedTime - c.lastEventTime),
+  };
 }
 
 /** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
@@ -720,19 +740,7 @@ export class OnlineViews {
   aggregationCounts(): AggregationCounts[] {
     const counts: AggregationCounts[] = [];
     for (const [view, served] of this.served) {
-      if (served.kind !== 'stream') continue;
-      const { counters: c, missingKeys } = served.aggregation.progress(true);
-      counts.push({
-        view,
-        processed: c.eventsProcessed,
-        duplicate: c.eventsDuplicate,
-        droppedLate: c.eventsDroppedLate,
-        droppedInvalid: c.eventsDroppedInvalid + missingKeys,
-        delayMs:
-          c.lastEventTime === null || c.lastProcessedTime === null
-            ? undefined
-            : Math.max(0, c.lastProcessedTime - c.lastEventTime),
-      });
+      if (served.kind === 'stream') counts.push(countsOf(view, served.aggregation.progress(true)));
     }
     return counts;
   }
@@ -784,6 +792,7 @@ export class OnlineViews {
       : undefined;
     const progress = served.aggregation.progress(connected);
     const c = progress.counters;
+    const counts = countsOf(name, progress);
     const state = {
       backfilling: AggregationState.AGGREGATION_STATE_BACKFILLING,
       running: AggregationState.AGGREGATION_STATE_RUNNING,
@@ -798,14 +807,11 @@ export class OnlineViews {
       lastEventTime: c.lastEventTime === null ? undefined : new Date(c.lastEventTime),
       lastProcessedTime: c.lastProcessedTime === null ? undefined : new Date(c.lastProcessedTime),
       lastCheckpointTime: progress.lastCheckpointTime,
-      processingDelay:
-        c.lastEventTime === null || c.lastProcessedTime === null
-          ? undefined
-          : durationOf(Math.max(0, c.lastProcessedTime - c.lastEventTime)),
-      eventsProcessed: c.eventsProcessed,
-      eventsDroppedLate: c.eventsDroppedLate,
-      eventsDroppedInvalid: c.eventsDroppedInvalid + progress.missingKeys,
-      eventsDuplicate: c.eventsDuplicate,
+      processingDelay: counts.delayMs === undefined ? undefined : durationOf(counts.delayMs),
+      eventsProcessed: counts.processed,
+      eventsDroppedLate: counts.droppedLate,
+      eventsDroppedInvalid: counts.droppedInvalid,
+      eventsDuplicate: counts.duplicate,
     };
   }
 

@@ -334,7 +334,8 @@ type Finish = (
 /** A call's context; its signal and peer are made only when read (most handlers never do). */
 class ServerCallContext implements CallContext {
   private controller: AbortController | undefined;
-  private cancelled = false;
+  /** When grpc-js reported the call cancelled (by the caller, or its deadline). */
+  private cancelledAt: number | undefined;
 
   constructor(
     readonly method: string,
@@ -351,14 +352,27 @@ class ServerCallContext implements CallContext {
   get signal(): AbortSignal {
     if (this.controller === undefined) {
       this.controller = new AbortController();
-      if (this.cancelled) this.controller.abort(cancelledError());
+      if (this.cancelledAt !== undefined) this.controller.abort(cancelledError());
     }
     return this.controller.signal;
   }
 
   cancel(): void {
-    this.cancelled = true;
+    this.cancelledAt = Date.now();
     this.controller?.abort(cancelledError());
+  }
+
+  /**
+   * What the caller got for a handler that settled with `code`: grpc-js answers a call cancelled
+   * or past its deadline itself, whatever the handler returns after, so spans and metrics record
+   * that rather than the handler's late result.
+   */
+  answered(code: GrpcCode): GrpcCode {
+    if (this.cancelledAt === undefined) return code;
+    const deadline = this.deadline?.getTime();
+    return deadline !== undefined && this.cancelledAt >= deadline - DEADLINE_TOLERANCE_MS
+      ? GrpcCode.DEADLINE_EXCEEDED
+      : GrpcCode.CANCELLED;
   }
 }
 
@@ -392,18 +406,8 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           ? new Date(rawDeadline)
           : undefined;
     const ctx = new ServerCallContext(path, deadline, call.metadata, methodLogger, call);
-    let cancelledAt: number | undefined;
     const onCancelled = (): void => {
-      cancelledAt = Date.now();
       ctx.cancel();
-    };
-    // What the caller got: grpc-js answers a call cancelled or past its deadline itself, whatever
-    // the handler returns after; spans and metrics record that, not the handler's late result.
-    const answered = (code: GrpcCode): GrpcCode => {
-      if (cancelledAt === undefined) return code;
-      return deadline !== undefined && cancelledAt >= deadline.getTime() - DEADLINE_TOLERANCE_MS
-        ? GrpcCode.DEADLINE_EXCEEDED
-        : GrpcCode.CANCELLED;
     };
     // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
     // is removed once the handler settles, so a finished call does not build an error for nobody.
@@ -420,7 +424,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       execute().then(
         (value) => {
           (call as EventEmitter).removeListener('cancelled', onCancelled);
-          const code = answered(GrpcCode.OK);
+          const code = ctx.answered(GrpcCode.OK);
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code);
           recordDuration(started, code);
           finish(null, value);
@@ -431,7 +435,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
             rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
           }
-          const code = answered(status.code);
+          const code = ctx.answered(status.code);
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code, error);
           recordDuration(started, code);
           finish(status);
