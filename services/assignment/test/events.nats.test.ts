@@ -21,6 +21,7 @@ import { AbortedError } from '../../platform/src/errors';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { TestNatsServer } from '../../platform/test/support/nats-server';
+import { withTimestampNanos } from '../../platform/test/support/timestamps';
 import { ALLOCATION_SUBJECT, CONFIG_STREAM } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
@@ -248,6 +249,30 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       expect(allocation).toMatchObject({ sequence: 6000, analysisPlanId: '' });
       expect(allocation?.computeTime).toBeUndefined();
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.35, 0.65]);
+    });
+    // Nor Timestamps with nanos out of range, which the generated decoder would move by two
+    // seconds: cleared too, and the weights kept.
+    const sent = AllocationUpdate.encode({
+      ...update(7000, 0.3),
+      computeTime: new Date(Date.UTC(2026, 0, 1)),
+    }).finish();
+    const badNanos = withTimestampNanos(
+      'tandem.events.v1.AllocationUpdate',
+      withTimestampNanos('tandem.events.v1.AllocationUpdate', sent, 'compute_time', 2_000_000_000),
+      'event_time',
+      -1,
+    );
+    await bus.publish(
+      ALLOCATION_SUBJECT,
+      { encode: () => ({ finish: () => badNanos }), decode: (b) => AllocationUpdate.decode(b) },
+      AllocationUpdate.decode(badNanos),
+      { eventId: `${banditId}-7000` },
+    );
+    await eventually(async () => {
+      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      expect(allocation).toMatchObject({ sequence: 7000, analysisPlanId: 'plan-1' });
+      expect(allocation?.computeTime).toBeUndefined();
+      expect(allocation?.weights.map((w) => w.weight)).toEqual([0.3, 0.7]);
     });
   });
 

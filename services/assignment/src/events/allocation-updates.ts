@@ -8,10 +8,31 @@
  */
 import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import type { EventBus, Subscription } from '../../../platform/src/events/bus';
+import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
 import { AbortedError, TandemError, UnavailableError } from '../../../platform/src/errors';
 import type { AssignmentContext } from '../assignment-context';
 import { applyAllocation } from '../handlers/allocations';
 import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
+
+/**
+ * The updates' codec. Their Timestamps are informational (`event_time` is not read; the stored
+ * allocation keeps `compute_time`), so one with nanos out of range, which the generated decoder
+ * would move by up to two seconds, is cleared, as a compute time no Timestamp holds is, rather
+ * than losing the weights.
+ */
+const ALLOCATION_UPDATES = checkingTimestamps(
+  AllocationUpdate,
+  'tandem.events.v1.AllocationUpdate',
+  (event, paths) => {
+    const cleared = { ...event };
+    for (const path of paths) {
+      if (path === 'compute_time') cleared.computeTime = undefined;
+      else if (path === 'event_time') cleared.eventTime = undefined;
+      else return undefined;
+    }
+    return cleared;
+  },
+);
 
 /** How long a failing update keeps coming again (at the bus's 30 s back-off cap) before it is dropped. */
 export const ALLOCATION_RETRY_SPAN_MS = 24 * 3_600_000;
@@ -34,7 +55,7 @@ export function followAllocationUpdates(
       stream: ALLOCATION_STREAM.name,
       durable: 'assignment-allocations',
       filterSubjects: [ALLOCATION_SUBJECT],
-      codec: AllocationUpdate,
+      codec: ALLOCATION_UPDATES,
       maxDeliver: ALLOCATION_MAX_DELIVER,
       maxRetryDelayMs: 30_000,
     },
