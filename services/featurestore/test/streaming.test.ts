@@ -9,8 +9,12 @@ import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { withTimestampNanos } from '../../platform/test/support/timestamps';
+import { StreamAggregation } from '../src/events/stream-aggregation';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
-import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import {
+  AggregationState,
+  FeatureStatus,
+} from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import {
   eventually,
   startHarness,
@@ -157,7 +161,23 @@ function streamingSuite(setup: BusSetup): void {
       const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
       expect(status.lastCheckpointTime).toBeDefined();
       expect(status.pendingEvents).toBe(0);
+      expect(status.pendingEventsUnknown).toBe(false);
     });
+    // NATS reachable but its answer about the consumer lost: the lag is unknown, not 0 pending.
+    const pending = jest
+      .spyOn(StreamAggregation.prototype, 'pending')
+      .mockRejectedValue(new Error('consumer info timed out'));
+    try {
+      const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
+      expect(pending).toHaveBeenCalled();
+      expect(status).toMatchObject({
+        state: AggregationState.AGGREGATION_STATE_RUNNING,
+        pendingEvents: 0,
+        pendingEventsUnknown: true,
+      });
+    } finally {
+      pending.mockRestore();
+    }
   });
 
   it('resumes after a restart from its checkpoint without losing or double-counting', async () => {

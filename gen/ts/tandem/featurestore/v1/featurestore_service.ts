@@ -453,7 +453,10 @@ export interface AggregationStatus {
   state: AggregationState;
   /** A human-readable explanation of `state`, for example the NATS error that paused it. */
   stateMessage: string;
-  /** The consumer lag: events on the subject the view has not processed yet. */
+  /**
+   * The consumer lag: events on the subject the view has not processed yet. 0 when
+   * `pending_events_unknown`.
+   */
   pendingEvents: number;
   /** The event time of the newest event folded into the state; unset before the first event. */
   lastEventTime?:
@@ -487,6 +490,12 @@ export interface AggregationStatus {
   eventsDroppedInvalid: number;
   /** Redelivered or re-published events recognised by `event_id` and not counted again. */
   eventsDuplicate: number;
+  /**
+   * True when the replica that answered could not learn the lag from NATS (NATS unreachable, its
+   * consumer query failed, or the aggregation still starting): `pending_events` then says nothing,
+   * rather than that nothing is pending.
+   */
+  pendingEventsUnknown: boolean;
 }
 
 function createBaseApplyEntityRequest(): ApplyEntityRequest {
@@ -3121,6 +3130,7 @@ function createBaseAggregationStatus(): AggregationStatus {
     eventsDroppedLate: 0,
     eventsDroppedInvalid: 0,
     eventsDuplicate: 0,
+    pendingEventsUnknown: false,
   };
 }
 
@@ -3161,6 +3171,9 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
     }
     if (message.eventsDuplicate !== 0) {
       writer.uint32(96).int64(message.eventsDuplicate);
+    }
+    if (message.pendingEventsUnknown !== false) {
+      writer.uint32(104).bool(message.pendingEventsUnknown);
     }
     return writer;
   },
@@ -3274,6 +3287,14 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
             message.eventsDuplicate = longToNumber(reader.int64());
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.pendingEventsUnknown = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3344,6 +3365,11 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
         : isSet(object.events_duplicate)
         ? globalThis.Number(object.events_duplicate)
         : 0,
+      pendingEventsUnknown: isSet(object.pendingEventsUnknown)
+        ? globalThis.Boolean(object.pendingEventsUnknown)
+        : isSet(object.pending_events_unknown)
+        ? globalThis.Boolean(object.pending_events_unknown)
+        : false,
     };
   },
 
@@ -3385,6 +3411,9 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
     if (message.eventsDuplicate !== 0) {
       obj.eventsDuplicate = Math.round(message.eventsDuplicate);
     }
+    if (message.pendingEventsUnknown !== false) {
+      obj.pendingEventsUnknown = message.pendingEventsUnknown;
+    }
     return obj;
   },
 
@@ -3407,6 +3436,7 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
     message.eventsDroppedLate = object.eventsDroppedLate ?? 0;
     message.eventsDroppedInvalid = object.eventsDroppedInvalid ?? 0;
     message.eventsDuplicate = object.eventsDuplicate ?? 0;
+    message.pendingEventsUnknown = object.pendingEventsUnknown ?? false;
     return message;
   },
 };
