@@ -8,7 +8,6 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   Server,
-  type handleUnaryCall,
   type ServerCredentials,
   type ServerWritableStream,
   type ServiceDefinition,
@@ -19,10 +18,10 @@ import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/pr
 import type { PackageDefinition, ProtobufTypeDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
-import { toStatus, type UnavailableError } from '../errors';
+import type { UnavailableError } from '../errors';
 import type { Logger } from '../logging';
 import { findDescriptorSet } from './descriptor-set';
-import { decodingRequestsSafely } from './handlers';
+import { decodingRequestsSafely, implement, type Handlers } from './handlers';
 
 export interface GrpcServerOptions {
   readonly logger: Logger;
@@ -153,15 +152,23 @@ export class GrpcServer {
    * Registers a service whose implementation does not exist yet (the server is bound before its
    * dependencies are ready): until `add` supplies it, every call gets the UNAVAILABLE `why` makes
    * (with its ErrorInfo and RetryInfo) rather than UNIMPLEMENTED, and health reports the service
-   * NOT_SERVING. Unary methods only, which is all the services served so far have.
+   * NOT_SERVING.
    */
   reserve(definition: ServiceDefinition, why: () => UnavailableError): void {
     const name = serviceName(definition);
-    const unavailable: handleUnaryCall<unknown, unknown> = (_call, callback) => {
-      callback(toStatus(why()));
-    };
-    const implementation: UntypedServiceImplementation = {};
-    for (const method of Object.keys(definition)) implementation[method] = unavailable;
+    // Through the kit's own call handling, so these calls have their spans and are counted in
+    // `rpc.server.call.duration` like any other.
+    const handlers: Record<string, unknown> = {};
+    for (const [method, { responseStream }] of Object.entries(definition)) {
+      handlers[method] = responseStream
+        ? (): AsyncIterable<never> => ({
+            [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(why()) }),
+          })
+        : () => Promise.reject(why());
+    }
+    const implementation = implement(definition, handlers as Handlers<typeof definition>, {
+      logger: this.logger,
+    });
     const reserved = decodingRequestsSafely(definition);
     this.server.addService(reserved, implementation);
     this.services.push({ name, reserved });

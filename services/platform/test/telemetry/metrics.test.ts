@@ -8,7 +8,8 @@ import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_servi
 import type { BufferedPublisherStats } from '../../src/events/buffered-publisher';
 import { createClient } from '../../src/grpc/client';
 import { observePublisher } from '../../src/telemetry/publisher-metrics';
-import { startEcho } from '../support/echo';
+import { UnavailableError } from '../../src/errors';
+import { startEcho, testServer } from '../support/echo';
 import { installTestMetrics, type TestMetrics } from '../support/metrics';
 
 describe('the kit metrics', () => {
@@ -65,6 +66,32 @@ describe('the kit metrics', () => {
     expect(ok?.max).toBeLessThan(1);
     expect(byCode.get(GrpcCode.NOT_FOUND)?.count).toBe(1);
     expect(byCode.get(GrpcCode.DEADLINE_EXCEEDED)?.count).toBe(1);
+  });
+
+  it('counts the calls a reserved service refuses while it starts', async () => {
+    const { server } = testServer();
+    server.reserve(EchoServiceService, () => new UnavailableError('starting'));
+    const port = await server.listen('127.0.0.1', 0);
+    const client = createClient(EchoServiceService, {
+      address: `127.0.0.1:${port}`,
+      credentials: credentials.createInsecure(),
+    });
+    try {
+      const request = { message: 'a', failWithCode: 0, requireMessage: false };
+      await expect(client.echo(request)).rejects.toMatchObject({ code: GrpcCode.UNAVAILABLE });
+      await expect(client.echo(request)).rejects.toMatchObject({ code: GrpcCode.UNAVAILABLE });
+    } finally {
+      client.close();
+      await server.shutdown(1000);
+    }
+    const points = await testMetrics.points('rpc.server.call.duration');
+    expect(
+      points.map((point) => [
+        point.attributes['rpc.method'],
+        point.attributes['rpc.grpc.status_code'],
+        (point.value as Histogram).count,
+      ]),
+    ).toEqual([['Echo', GrpcCode.UNAVAILABLE, 2]]);
   });
 
   it("reports a publisher's counts under its name until it is unregistered", async () => {
