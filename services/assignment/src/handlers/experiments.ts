@@ -273,7 +273,15 @@ async function saveExperiment(
   return stored;
 }
 
-/** Drops an experiment's stored bandit allocation, when it has one, and announces the change. */
+/**
+ * Drops an experiment's stored bandit allocation, when it has one, and announces the change.
+ *
+ * An allocation and its experiment are two documents, so a write to both can fail halfway. The
+ * rule that keeps that harmless: an allocation is dropped only once it is out of effect (its
+ * experiment deleted, not a bandit or for other arms: the evaluator and GetAllocation ignore it),
+ * and one left stored by a failed drop is dropped before the next write that could bring it back
+ * into effect (an update of its experiment, a create under its id), never revived.
+ */
 async function dropAllocation(context: AssignmentContext, id: string): Promise<void> {
   if ((await context.store.allocations.get(id)) === undefined) return;
   await context.store.recordDeletion('allocation', id);
@@ -282,6 +290,22 @@ async function dropAllocation(context: AssignmentContext, id: string): Promise<v
     { type: 'allocation', id, stored: undefined },
     ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
   );
+}
+
+/**
+ * {@link dropAllocation} after the write that put the allocation out of effect: that write is
+ * done, so a failure here is logged rather than answered (the caller's change took), and the
+ * allocation, ignored meanwhile, is dropped by the next write that needs it gone.
+ */
+async function dropIgnoredAllocation(context: AssignmentContext, id: string): Promise<void> {
+  try {
+    await dropAllocation(context, id);
+  } catch (error) {
+    context.logger.warn(
+      { err: error, experiment: id },
+      'could not drop an allocation no longer in effect; it is ignored, and dropped at the next write',
+    );
+  }
 }
 
 function checkOptionalEtag(
@@ -321,6 +345,10 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           rejectIfAny('experiment', violations);
           if (await context.store.isRetired('experiment', doc.id))
             throw retiredId('experiment', doc.id);
+          // A deleted experiment's allocation that a failed drop left stored is not this one's.
+          // (Writes run one at a time, so no experiment can appear under the id meanwhile.)
+          if ((await context.store.experiments.get(doc.id)) === undefined)
+            await dropAllocation(context, doc.id);
           const stored = await insertNew(
             context.store,
             context.store.experiments,
@@ -433,20 +461,18 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             );
           }
           // A bandit allocation set for other arms (only a DRAFT's arms can change), or for a
-          // bandit no more, is dropped: the variants' weights apply again. Dropped first: should the
-          // save then fail, nothing serves it (the evaluator ignores one that does not fit anyway).
-          const allocation =
-            before.doc.allocationMode === AllocationMode.BANDIT
-              ? await context.store.allocations.get(after.id)
-              : undefined;
-          if (
+          // bandit no more, is dropped: the variants' weights apply again. One in effect is dropped
+          // after the save, so a failed save loses nothing; one that was not in effect (its drop
+          // failed earlier) before it, so the save cannot bring it back (see `dropAllocation`).
+          const allocation = await context.store.allocations.get(after.id);
+          const inEffect = (doc: ExperimentDocument): boolean =>
             allocation !== undefined &&
-            (after.allocationMode !== AllocationMode.BANDIT ||
-              !allocationFits(after, allocation.doc))
-          ) {
-            await dropAllocation(context, after.id);
-          }
+            doc.allocationMode === AllocationMode.BANDIT &&
+            allocationFits(doc, allocation.doc);
+          const wasInEffect = inEffect(before.doc);
+          if (allocation !== undefined && !wasInEffect) await dropAllocation(context, after.id);
           const stored = await saveExperiment(context, after, before.version);
+          if (wasInEffect && !inEffect(after)) await dropIgnoredAllocation(context, after.id);
           return { experiment: experimentMessage(stored) };
         },
       ),
@@ -474,7 +500,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
             throw notFound('experiment', request.id);
           }
-          await dropAllocation(context, request.id);
+          await dropIgnoredAllocation(context, request.id);
           await context.changes.record(
             { type: 'experiment', id: request.id, stored: undefined },
             ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,

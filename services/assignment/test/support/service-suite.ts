@@ -2118,6 +2118,96 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         ]);
         expect(next.allocation?.sequence).toBeLessThan(now + 60_000);
       });
+
+      it('loses no allocation when a write fails halfway, and revives none a failed drop left', async () => {
+        const { admin, client } = service;
+        const store = service.service.context.store;
+        const arms = (...keys: string[]) => keys.map((key) => variant(key, 1 / keys.length));
+        const bandit = (variants = arms('control', 'treatment')) =>
+          experiment('arms-halfway', {
+            surfaces: ['arms-halfway'],
+            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+            bandit: { minArmShare: 0 },
+            sticky: true,
+            variants,
+          });
+        const allocate = () =>
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms-halfway',
+                weights: [
+                  { variantKey: 'control', weight: 0.9 },
+                  { variantKey: 'treatment', weight: 0.1 },
+                ],
+                sequence: 10,
+              },
+            }),
+          );
+        const allocation = async () =>
+          (await client.getAllocation({ experimentId: 'arms-halfway' })).allocation;
+        const rearm = (etag: string, variants: ReturnType<typeof arms>) =>
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: { ...bandit(variants), etag },
+              updateMask: ['variants'],
+            }),
+          );
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: bandit() }),
+        );
+        await allocate();
+        const unavailable = () => Promise.reject(new UnavailableError('storage is unreachable'));
+
+        // The experiment's save fails: nothing changed, the operator's weights included.
+        const save = jest.spyOn(store.experiments, 'replace').mockImplementationOnce(unavailable);
+        try {
+          const failed = await failure(
+            rearm(created.experiment?.etag ?? '', arms('control', 't2')),
+          );
+          expect(failed.code).toBe(GrpcCode.UNAVAILABLE);
+        } finally {
+          save.mockRestore();
+        }
+        expect(await allocation()).toMatchObject({ sequence: 10, source: 'admin' });
+        expect((await allocation())?.weights.map((w) => w.weight)).toEqual([0.9, 0.1]);
+
+        // Saved, but the allocation's drop fails: the change took, and the allocation for the old
+        // arms is ignored; changing the arms back does not bring it back.
+        const drop = jest.spyOn(store.allocations, 'delete').mockImplementationOnce(unavailable);
+        let rearmed;
+        try {
+          rearmed = await rearm(created.experiment?.etag ?? '', arms('control', 't2'));
+          expect(drop).toHaveBeenCalled();
+        } finally {
+          drop.mockRestore();
+        }
+        expect(await allocation()).toMatchObject({ sequence: 0, source: 'experiment' });
+        await rearm(rearmed.experiment?.etag ?? '', arms('control', 'treatment'));
+        expect(await allocation()).toMatchObject({ sequence: 0, source: 'experiment' });
+        expect((await allocation())?.weights.map((w) => w.weight)).toEqual([0.5, 0.5]);
+
+        // Deleted, with the allocation's drop failing: deleted all the same, and an experiment
+        // created again under the id does not inherit the allocation.
+        await allocate();
+        const current = await client.getExperiment({ id: 'arms-halfway' });
+        const dropOnDelete = jest
+          .spyOn(store.allocations, 'delete')
+          .mockImplementationOnce(unavailable);
+        try {
+          await admin.deleteExperiment(
+            DeleteExperimentRequest.fromPartial({
+              id: 'arms-halfway',
+              etag: current.experiment?.etag ?? '',
+            }),
+          );
+          expect(dropOnDelete).toHaveBeenCalled();
+        } finally {
+          dropOnDelete.mockRestore();
+        }
+        await admin.createExperiment(CreateExperimentRequest.fromPartial({ experiment: bandit() }));
+        expect(await allocation()).toMatchObject({ sequence: 0, source: 'experiment' });
+      });
     });
 
     describe('admin token', () => {
