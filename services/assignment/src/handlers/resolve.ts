@@ -483,10 +483,11 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       const record = context.tokens.verify(request.resolveToken, now);
       // A request id names one Apply of one resolve: reused with another token, it is another call.
+      // As JSON, since any of these strings may hold any character a separator could be.
       const resultKey =
         request.requestId === ''
           ? undefined
-          : `${request.requestId}\u0001${record.resolveId}\u0001${record.unitType}\u0001${record.unitId}`;
+          : JSON.stringify([request.requestId, record.resolveId, record.unitType, record.unitId]);
       const previous = resultKey === undefined ? undefined : applyResults.get(resultKey);
       if (previous) return { exposures: previous };
       let exposureTime = request.exposureTime ?? new Date(now);

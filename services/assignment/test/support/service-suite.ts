@@ -1295,6 +1295,25 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           droppedCount: 0,
           notRunningCount: 0,
         });
+        // Ids that would run together into one key if joined with a separator they may hold.
+        const joined = async (resolveId: string) =>
+          service.client.resolve({
+            ...resolveRequest('exposed-4', { surfaces: ['feed'], attributes: { country: 'NO' } }),
+            requestId: resolveId,
+          });
+        const [first, second] = [await joined('r2'), await joined('r1\u0001r2')];
+        const nothingShown = await service.client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: first.resolveToken,
+            requestId: 'x\u0001r1',
+            experimentIds: ['not-resolved'],
+          }),
+        );
+        expect(nothingShown.exposures).toMatchObject({ loggedCount: 0, notInExperimentCount: 1 });
+        const shown = await service.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: second.resolveToken, requestId: 'x' }),
+        );
+        expect(shown.exposures).toMatchObject({ loggedCount: 1, notInExperimentCount: 0 });
         const garbage = await failure(
           service.client.apply(
             ApplyRequest.fromPartial({ resolveToken: 'garbage', requestId: 'apply-1' }),
