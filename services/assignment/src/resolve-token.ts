@@ -248,7 +248,11 @@ export class ResolveTokens {
   verify(token: string, now: number): ResolveRecord {
     if (token === '') throw invalid('is required', 'REQUIRED');
     const bytes = Buffer.from(token, 'base64url');
-    if (bytes.length < MAC_BYTES) throw invalid('is malformed');
+    // Node's decoder skips characters outside the alphabet and ignores unused trailing bits, so
+    // many strings read as one token; only the one the service wrote is taken.
+    if (bytes.length < MAC_BYTES || bytes.toString('base64url') !== token) {
+      throw invalid('is malformed');
+    }
     const body = bytes.subarray(0, bytes.length - MAC_BYTES);
     const expected = this.mac(Buffer.concat([this.innerKeyBlock, body])).subarray(0, MAC_BYTES);
     if (!timingSafeEqual(bytes.subarray(body.length), expected)) {

@@ -159,13 +159,33 @@ describe('ResolveTokens', () => {
         const at = position % token.length;
         const changed = token.charAt(at) === 'A' ? 'B' : 'A';
         const tampered = token.slice(0, at) + changed + token.slice(at + 1);
-        // Changing the last base64url character may only touch padding bits, leaving the bytes
-        // (and so the token) the same; anything else must be refused.
-        if (Buffer.from(tampered, 'base64url').equals(Buffer.from(token, 'base64url'))) return;
+        // Also where the change only touches the last character's unused bits, leaving the bytes
+        // the same: not the token the service made.
         expectRefused(() => tokens.verify(tampered, input.resolveTime), 'RESOLVE_TOKEN_INVALID');
       }),
       { numRuns: 200 },
     );
+  });
+
+  it('refuses a token that is not exactly base64url as the service writes it', () => {
+    const token = tokens.sign(SMALL_RECORD);
+    expect(tokens.verify(token, SMALL_RECORD.resolveTime)).toEqual(SMALL_RECORD);
+    // Each of these decodes, leniently, to the same signed bytes.
+    const variants = [
+      `${token}=`,
+      `${token}!!==`,
+      `${token.slice(0, 8)} \n${token.slice(8)}`,
+      ` ${token}`,
+      token.replace(/-/g, '+').replace(/_/g, '/'),
+    ].filter((variant) => variant !== token);
+    expect(variants.length).toBeGreaterThanOrEqual(4);
+    for (const variant of variants) {
+      expect(Buffer.from(variant, 'base64url')).toEqual(Buffer.from(token, 'base64url'));
+      expectRefused(
+        () => tokens.verify(variant, SMALL_RECORD.resolveTime),
+        'RESOLVE_TOKEN_INVALID',
+      );
+    }
   });
 
   it('computes HMAC-SHA256 as RFC 4231 gives it, for short and longer-than-a-block keys', () => {
