@@ -472,16 +472,34 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
 
     apply: async (request) => {
       const now = Date.now();
+      // Every problem at once: the request's own fields, then the token's.
+      const violations: FieldViolation[] = [];
       if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
-        rejectIfAny('apply request', [
-          {
-            field: 'request_id',
-            description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
-            reason: 'TOO_LONG',
-          },
-        ]);
+        violations.push({
+          field: 'request_id',
+          description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
+          reason: 'TOO_LONG',
+        });
       }
-      const record = context.tokens.verify(request.resolveToken, now);
+      const outOfRange = timestampViolation('exposure_time', request.exposureTime);
+      if (outOfRange) violations.push(outOfRange);
+      else if ((request.exposureTime?.getTime() ?? now) > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {
+        violations.push({
+          field: 'exposure_time',
+          description: 'must not be more than one minute in the future',
+          reason: 'IN_THE_FUTURE',
+        });
+      }
+      let record: ResolveRecord | undefined;
+      try {
+        record = context.tokens.verify(request.resolveToken, now);
+      } catch (error) {
+        // Alone, the token's own error (its reason says whether it expired); else with the rest.
+        if (violations.length === 0 || !(error instanceof InvalidArgumentError)) throw error;
+        violations.push(...error.violations);
+      }
+      rejectIfAny('apply request', violations);
+      if (record === undefined) throw new Error('unreachable: a refused token is a violation');
       // A request id names one Apply of one resolve: reused with another token, it is another call.
       // As JSON, since any of these strings may hold any character a separator could be.
       const resultKey =
@@ -491,17 +509,6 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const previous = resultKey === undefined ? undefined : applyResults.get(resultKey);
       if (previous) return { exposures: previous };
       let exposureTime = request.exposureTime ?? new Date(now);
-      const outOfRange = timestampViolation('exposure_time', request.exposureTime);
-      if (outOfRange) throw new InvalidArgumentError('exposure_time is out of range', [outOfRange]);
-      if (exposureTime.getTime() > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {
-        throw new InvalidArgumentError('exposure_time is more than one minute in the future', [
-          {
-            field: 'exposure_time',
-            description: 'must not be more than one minute in the future',
-            reason: 'IN_THE_FUTURE',
-          },
-        ]);
-      }
       // Not shown before it was resolved; but a resolve time from a replica whose clock runs
       // ahead is not taken past the skew allowed to the caller's own exposure time.
       if (exposureTime.getTime() < record.resolveTime) {

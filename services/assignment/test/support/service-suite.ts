@@ -1544,6 +1544,18 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fields(future)).toEqual(['exposure_time']);
+        // Every problem at once: the request's fields and the token.
+        const everything = await failure(
+          service.client.apply(
+            ApplyRequest.fromPartial({
+              resolveToken: tampered,
+              exposureTime: new Date(Date.now() + 3_600_000),
+              requestId: 'r'.repeat(129),
+            }),
+          ),
+        );
+        expect(everything.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(everything)).toEqual(['exposure_time', 'request_id', 'resolve_token']);
         // Seconds past what a Date holds (a Timestamp's own limit is the year 9999): only a
         // hand-made request sends them, so it is sent as bytes.
         const tooLate = new BinaryWriter();
