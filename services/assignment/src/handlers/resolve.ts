@@ -54,6 +54,17 @@ const APPLY_RESULTS_CAPACITY = 10_000;
 
 const { ASSIGNED, STICKY } = AssignmentReason;
 
+/** A request id (of Resolve or Apply) longer than {@link MAX_REQUEST_ID_LENGTH} characters. */
+function checkRequestId(requestId: string, violations: FieldViolation[]): void {
+  if (requestId.length > MAX_REQUEST_ID_LENGTH) {
+    violations.push({
+      field: 'request_id',
+      description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
+      reason: 'TOO_LONG',
+    });
+  }
+}
+
 /**
  * Walks the attributes: depth, values that are not JSON (NaN, ±Infinity) and a size estimate;
  * the exact encoded size is computed only when the estimate comes near the limit.
@@ -399,13 +410,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           }
         }
       }
-      if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
-        violations.push({
-          field: 'request_id',
-          description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
-          reason: 'TOO_LONG',
-        });
-      }
+      checkRequestId(request.requestId, violations);
       checkAttributes(attributes, violations);
       if (violations.length > 0) rejectIfAny('resolve request', violations);
 
@@ -474,13 +479,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const now = Date.now();
       // Every problem at once: the request's own fields, then the token's.
       const violations: FieldViolation[] = [];
-      if (request.requestId.length > MAX_REQUEST_ID_LENGTH) {
-        violations.push({
-          field: 'request_id',
-          description: `at most ${MAX_REQUEST_ID_LENGTH} characters`,
-          reason: 'TOO_LONG',
-        });
-      }
+      checkRequestId(request.requestId, violations);
       const outOfRange = timestampViolation('exposure_time', request.exposureTime);
       if (outOfRange) violations.push(outOfRange);
       else if ((request.exposureTime?.getTime() ?? now) > now + MAX_EXPOSURE_CLOCK_SKEW_MS) {

@@ -78,6 +78,31 @@ function rawCallError(address: string, path: string, bytes: Buffer): Promise<Ser
 }
 
 /** The variant GrowthBook's v2 hash puts `unitId` in for a 50/50 split seeded by `seed`. */
+/** A draft sticky bandit on its own surface (named as the experiment), split equally. */
+function draftBandit(id: string, variants = [variant('control', 0.5), variant('treatment', 0.5)]) {
+  return experiment(id, {
+    surfaces: [id],
+    allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+    bandit: { minArmShare: 0 },
+    sticky: true,
+    variants,
+  });
+}
+
+/** UpdateAllocation of 90% control, 10% treatment at sequence 10 for experiment `id`. */
+function allocateNinetyTen(id: string): UpdateAllocationRequest {
+  return UpdateAllocationRequest.fromPartial({
+    allocation: {
+      experimentId: id,
+      weights: [
+        { variantKey: 'control', weight: 0.9 },
+        { variantKey: 'treatment', weight: 0.1 },
+      ],
+      sequence: 10,
+    },
+  });
+}
+
 function expectedVariant(seed: string, unitId: string): string {
   return (hash(seed, unitId, 2) ?? 1) < 0.5 ? 'control' : 'treatment';
 }
@@ -1997,30 +2022,12 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it("drops a draft bandit's allocation when its arms change or it is deleted", async () => {
         const { admin, client } = service;
-        const bandit = (variants = [variant('control', 0.5), variant('treatment', 0.5)]) =>
-          experiment('arms-draft', {
-            surfaces: ['arms-draft'],
-            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
-            bandit: { minArmShare: 0 },
-            sticky: true,
-            variants,
-          });
+        const bandit = (variants?: ReturnType<typeof variant>[]) =>
+          draftBandit('arms-draft', variants);
         const created = await admin.createExperiment(
           CreateExperimentRequest.fromPartial({ experiment: bandit() }),
         );
-        const allocate = () =>
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms-draft',
-                weights: [
-                  { variantKey: 'control', weight: 0.9 },
-                  { variantKey: 'treatment', weight: 0.1 },
-                ],
-                sequence: 10,
-              },
-            }),
-          );
+        const allocate = () => admin.updateAllocation(allocateNinetyTen('arms-draft'));
         await allocate();
         const initialWeights = { sequence: 0, source: 'experiment', etag: '0' };
         // Other arms: the allocation named the old ones.
@@ -2155,26 +2162,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const store = service.service.context.store;
         const arms = (...keys: string[]) => keys.map((key) => variant(key, 1 / keys.length));
         const bandit = (variants = arms('control', 'treatment')) =>
-          experiment('arms-halfway', {
-            surfaces: ['arms-halfway'],
-            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
-            bandit: { minArmShare: 0 },
-            sticky: true,
-            variants,
-          });
-        const allocate = () =>
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms-halfway',
-                weights: [
-                  { variantKey: 'control', weight: 0.9 },
-                  { variantKey: 'treatment', weight: 0.1 },
-                ],
-                sequence: 10,
-              },
-            }),
-          );
+          draftBandit('arms-halfway', variants);
+        const allocate = () => admin.updateAllocation(allocateNinetyTen('arms-halfway'));
         const allocation = async () =>
           (await client.getAllocation({ experimentId: 'arms-halfway' })).allocation;
         const rearm = (etag: string, variants: ReturnType<typeof arms>) =>
