@@ -149,9 +149,9 @@ export function pageOf<M>(
 /**
  * Whether violation `v` of `proposed` is of a rule made after `stored` (its earlier definition)
  * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years, a
- * stream source reading a field OutcomeEvent lacks or naming several subject tokens (a stream
- * source cannot change at all). So that applying the same definition again, as declarative
- * clients do, is not refused.
+ * stream source reading a field OutcomeEvent lacks, naming several subject tokens, aggregating a
+ * string field as a number or declaring a negative bucket (a stream source cannot change at all).
+ * So that applying the same definition again, as declarative clients do, is not refused.
  */
 function keptAsStored(
   v: FieldViolation,
@@ -166,7 +166,10 @@ function keptAsStored(
   }
   if (
     v.field.startsWith('stream_source.') &&
-    (v.reason === 'INVALID_SUBJECT' || v.reason === 'INVALID_PATH')
+    (v.reason === 'INVALID_SUBJECT' ||
+      v.reason === 'INVALID_PATH' ||
+      v.reason === 'VALUE_FIELD_TYPE' ||
+      (v.reason === 'OUT_OF_RANGE' && v.field.endsWith('.bucket')))
   ) {
     return JSON.stringify(proposed.source) === JSON.stringify(stored.source);
   }

@@ -248,7 +248,10 @@ describe('a definition stored before a limit it breaks', () => {
     ]);
   });
 
-  it('is a stream view stored with a value field OutcomeEvent lacks, applied again unchanged', async () => {
+  it.each([
+    ['a value field OutcomeEvent lacks', 'foo', 'INVALID_PATH'],
+    ['a string field summed as a number', 'item_id', 'VALUE_FIELD_TYPE'],
+  ])('is a stream view stored with %s, applied again unchanged', async (_, field, reason) => {
     await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
     const subject = 'tandem.events.v1.outcome.play';
     await harness.client.applyFeatureView({
@@ -267,7 +270,7 @@ describe('a definition stored before a limit it breaks', () => {
     const legacy = {
       ...source,
       aggregations: source.aggregations.map((a) =>
-        a.valueField === '' ? a : { ...a, valueField: 'foo' },
+        a.valueField === '' ? a : { ...a, valueField: field },
       ),
     };
     await repository.featureViews.replace(
@@ -284,7 +287,7 @@ describe('a definition stored before a limit it breaks', () => {
               value: {
                 ...view.source.value,
                 aggregations: view.source.value.aggregations.map((a) =>
-                  a.valueField === '' ? a : { ...a, valueField: 'foo' },
+                  a.valueField === '' ? a : { ...a, valueField: field },
                 ),
               },
             }
@@ -304,6 +307,6 @@ describe('a definition stored before a limit it breaks', () => {
         validateOnly: false,
       }),
     );
-    expect(fresh.violations.map((v) => v.reason)).toContain('INVALID_PATH');
+    expect(fresh.violations.map((v) => v.reason)).toContain(reason);
   });
 });

@@ -391,7 +391,7 @@ function validateStreamSource(
       if (problem !== undefined) add(`${path}.feature`, problem, 'WRONG_VALUE_TYPE');
     }
     produced.add(aggregation.feature);
-    validateAggregation(aggregation, path, add);
+    validateAggregation(aggregation, path, add, feature?.valueType);
   });
   view.features.forEach((feature, i) => {
     if (!produced.has(feature.name)) {
@@ -462,10 +462,37 @@ function featureTypeProblem(
   }
 }
 
+/**
+ * What is wrong with aggregating `value_field` as declared, when its type is known: every
+ * OutcomeEvent field but `value` is a string, so SUM, MEAN, MIN and MAX of one would skip every
+ * event, and LAST of one needs a string feature. (`properties.<key>` may hold either.)
+ */
+function valueFieldTypeProblem(
+  aggregation: AggregationDefinition,
+  featureType: ValueType | undefined,
+): string | undefined {
+  const field = aggregation.valueField;
+  if (field === 'value' || !OUTCOME_FIELDS.has(field)) return undefined;
+  switch (aggregation.function) {
+    case AggregationFunction.Sum:
+    case AggregationFunction.Mean:
+    case AggregationFunction.Min:
+    case AggregationFunction.Max:
+      return `SUM, MEAN, MIN and MAX need a number; ${field} is a string`;
+    case AggregationFunction.Last:
+      return featureType === undefined || featureType === ValueType.String
+        ? undefined
+        : `${field} is a string: LAST of it needs a VALUE_TYPE_STRING feature`;
+    default:
+      return undefined;
+  }
+}
+
 function validateAggregation(
   aggregation: AggregationDefinition,
   path: string,
   add: (field: string, description: string, reason: string) => void,
+  featureType: ValueType | undefined,
 ): void {
   const fn = aggregation.function;
   if (!(fn >= AggregationFunction.Count && fn <= AggregationFunction.DistinctCount)) {
@@ -480,6 +507,9 @@ function validateAggregation(
       'must name an OutcomeEvent field (value, item_id, unit.id, …) or properties.<key>',
       'INVALID_PATH',
     );
+  } else {
+    const problem = valueFieldTypeProblem(aggregation, featureType);
+    if (problem !== undefined) add(`${path}.value_field`, problem, 'VALUE_FIELD_TYPE');
   }
   const window = aggregation.windowMs;
   if (
@@ -492,7 +522,9 @@ function validateAggregation(
   }
   const bucket = effectiveBucketMs(aggregation);
   const bucketField = `${path}.bucket`;
-  if (!Number.isInteger(bucket) || bucket < registryLimits.minBucketMs) {
+  if ((aggregation.bucketMs ?? 0) < 0) {
+    add(bucketField, 'must be a whole number of ms, at least 1s', 'OUT_OF_RANGE');
+  } else if (!Number.isInteger(bucket) || bucket < registryLimits.minBucketMs) {
     add(
       bucketField,
       (aggregation.bucketMs ?? 0) > 0

@@ -162,6 +162,46 @@ describe('validateFeatureView', () => {
         ['stream_source.aggregations[1].value_field', 'INVALID_PATH'],
       ]);
     }
+    // Every OutcomeEvent field but `value` is a string: no number to sum, and LAST of one is a
+    // string (properties may hold either, so they are not judged).
+    const withFunction = (
+      fn: AggregationFunction,
+      valueField: string,
+      valueType: ValueType,
+    ): FeatureViewDefinition => ({
+      ...itemPlays,
+      features: itemPlays.features.map((f) => (f.name === 'seconds_1d' ? { ...f, valueType } : f)),
+      source: {
+        ...playsSource,
+        aggregations: [
+          playsSource.aggregations[0]!,
+          { ...playsSource.aggregations[1]!, function: fn, valueField },
+        ],
+      },
+    });
+    const { Sum, Mean, Min, Max, Last, DistinctCount } = AggregationFunction;
+    for (const fn of [Sum, Mean, Min, Max]) {
+      for (const field of ['item_id', 'unit.id', 'unit.type', 'name', 'surface']) {
+        expect(
+          validateFeatureView(withFunction(fn, field, ValueType.Double)).map((v) => [
+            v.field,
+            v.reason,
+          ]),
+        ).toEqual([['stream_source.aggregations[1].value_field', 'VALUE_FIELD_TYPE']]);
+      }
+    }
+    expect(
+      validateFeatureView(withFunction(Last, 'item_id', ValueType.Double)).map((v) => v.reason),
+    ).toEqual(['VALUE_FIELD_TYPE']);
+    for (const ok of [
+      withFunction(Last, 'item_id', ValueType.String),
+      withFunction(Last, 'properties.genre', ValueType.String),
+      withFunction(Last, 'properties.rating', ValueType.Double),
+      withFunction(DistinctCount, 'unit.id', ValueType.Int64),
+      withFunction(Max, 'value', ValueType.Double),
+    ]) {
+      expect(validateFeatureView(ok)).toEqual([]);
+    }
     const subject = (s: string): FeatureViewDefinition => ({
       ...itemPlays,
       source: { ...playsSource, subject: s },
@@ -174,6 +214,22 @@ describe('validateFeatureView', () => {
         validateFeatureView(subject(`tandem.events.v1.outcome.${never}`)).map((v) => v.field),
       ).toEqual(['stream_source.subject']);
     }
+  });
+
+  it('refuses a negative bucket rather than taking the default for it', () => {
+    const negative: FeatureViewDefinition = {
+      ...itemPlays,
+      source: {
+        ...playsSource,
+        aggregations: [
+          playsSource.aggregations[0]!,
+          { ...playsSource.aggregations[1]!, bucketMs: -hour },
+        ],
+      },
+    };
+    expect(validateFeatureView(negative).map((v) => [v.field, v.reason])).toEqual([
+      ['stream_source.aggregations[1].bucket', 'OUT_OF_RANGE'],
+    ]);
   });
 
   it('asks for an explicit bucket when window / 60 is under one second', () => {
