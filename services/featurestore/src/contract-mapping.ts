@@ -287,12 +287,14 @@ export function messageOfStoredValue(
       return typeof value === 'string' ? { kind: { $case: 'stringValue', value } } : undefined;
     case ValueType.Bool:
       return typeof value === 'boolean' ? { kind: { $case: 'boolValue', value } } : undefined;
+    // Elements of another type (a value stored for an earlier view of the same name that had
+    // another type) make it no value of this one, as for the scalar types: never coerced.
     case ValueType.FloatVector:
-      return Array.isArray(value)
-        ? { kind: { $case: 'floatVectorValue', value: { values: value.map(Number) } } }
+      return Array.isArray(value) && value.every((v) => typeof v === 'number')
+        ? { kind: { $case: 'floatVectorValue', value: { values: value as number[] } } }
         : undefined;
     case ValueType.StringList:
-      return Array.isArray(value)
+      return Array.isArray(value) && value.every((v) => typeof v === 'string')
         ? { kind: { $case: 'stringListValue', value: { values: value as string[] } } }
         : undefined;
     default:
