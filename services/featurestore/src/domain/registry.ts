@@ -125,6 +125,25 @@ export const registryLimits = {
   subjectPrefix: 'tandem.events.v1.outcome.',
 } as const;
 
+/**
+ * Whether `text` has more than `max` characters, counted as Unicode code points (an emoji is one,
+ * not the two UTF-16 units of `length`), as the contracts' limits are stated.
+ */
+function longerThan(text: string, max: number): boolean {
+  if (text.length <= max) return false;
+  let count = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    // A high surrogate followed by a low one is one code point.
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+    if (++count > max) return true;
+  }
+  return false;
+}
+
 /** Every problem with an entity definition (INVALID_ARGUMENT). */
 export function validateEntity(entity: EntityDefinition): FieldViolation[] {
   const violations: FieldViolation[] = [];
@@ -140,10 +159,10 @@ export function validateEntity(entity: EntityDefinition): FieldViolation[] {
   if (entity.valueType !== ValueType.String && entity.valueType !== ValueType.Int64) {
     add('value_type', 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64', 'UNSUPPORTED_VALUE_TYPE');
   }
-  if (entity.description.length > registryLimits.maxDescription) {
+  if (longerThan(entity.description, registryLimits.maxDescription)) {
     add('description', `must be at most ${registryLimits.maxDescription} characters`, 'TOO_LONG');
   }
-  if (entity.owner.length > registryLimits.maxOwner) {
+  if (longerThan(entity.owner, registryLimits.maxOwner)) {
     add('owner', `must be at most ${registryLimits.maxOwner} characters`, 'TOO_LONG');
   }
   return violations;
@@ -229,7 +248,7 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
 
   if (!registryLimits.resourceName.test(view.name))
     add('name', 'must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
-  if (view.description.length > registryLimits.maxDescription) {
+  if (longerThan(view.description, registryLimits.maxDescription)) {
     add('description', `must be at most ${registryLimits.maxDescription} characters`, 'TOO_LONG');
   }
   const tagKeys = Object.keys(view.tags);
@@ -240,7 +259,7 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
     if (!registryLimits.resourceName.test(key)) {
       add(`tags.${key}`, 'the key must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
     }
-    if ((view.tags[key] ?? '').length > registryLimits.maxTagValue) {
+    if (longerThan(view.tags[key] ?? '', registryLimits.maxTagValue)) {
       add(
         `tags.${key}`,
         `the value must be at most ${registryLimits.maxTagValue} characters`,
@@ -262,7 +281,7 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
 
   if (!(Number.isFinite(view.ttlMs) && view.ttlMs >= 0 && view.ttlMs <= registryLimits.maxTtlMs))
     add('ttl', 'must be between zero (no expiry) and 100 years', 'OUT_OF_RANGE');
-  if (view.owner.length > registryLimits.maxOwner) {
+  if (longerThan(view.owner, registryLimits.maxOwner)) {
     add('owner', `must be at most ${registryLimits.maxOwner} characters`, 'TOO_LONG');
   }
 
@@ -313,7 +332,7 @@ function validateFeatures(
         );
       }
     }
-    if (feature.description.length > registryLimits.maxDescription) {
+    if (longerThan(feature.description, registryLimits.maxDescription)) {
       add(
         `${at}.description`,
         `must be at most ${registryLimits.maxDescription} characters`,

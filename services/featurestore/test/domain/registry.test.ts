@@ -414,6 +414,23 @@ describe('entities', () => {
     ]);
   });
 
+  it('counts text limits in characters (code points), not UTF-16 units', () => {
+    const emoji = '\u{1F3B5}'; // one character, two UTF-16 units
+    expect(emoji.length).toBe(2);
+    const described = (n: number) => validateEntity({ ...user, description: emoji.repeat(n) });
+    expect(described(1_024)).toEqual([]);
+    expect(described(1_025).map((v) => [v.field, v.reason])).toEqual([['description', 'TOO_LONG']]);
+    const owned = (n: number) => validateEntity({ ...user, owner: emoji.repeat(n) });
+    expect(owned(256)).toEqual([]);
+    expect(owned(257).map((v) => v.field)).toEqual(['owner']);
+    const tagged = (n: number) =>
+      validateFeatureView({ ...userStats, tags: { team: emoji.repeat(n) } });
+    expect(tagged(256)).toEqual([]);
+    expect(tagged(257).map((v) => v.field)).toEqual(['tags.team']);
+    // A lone surrogate is a character of its own.
+    expect(validateEntity({ ...user, description: '\ud83c'.repeat(1_025) })).toHaveLength(1);
+  });
+
   it('refuses changing the join key of a referenced entity and allows it otherwise', () => {
     const proposed = { ...user, joinKey: 'listener_id' };
     expect(diffEntity(user, proposed, ['user_stats'])).toEqual({
