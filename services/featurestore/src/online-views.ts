@@ -343,11 +343,28 @@ export class OnlineViews {
     }
     const { references, featureNames, encodedFeatureNames } = this.readPlan(request.features);
 
-    // Entity rows: every column the same length, within the limits.
-    const columns = Object.entries(request.entityRows);
-    const rowCount = columns[0]?.[1].values.length ?? 0;
+    // Entity rows: every column a requested view uses present and of the same length, within the
+    // limits; the others are ignored.
     const violations: FieldViolation[] = [];
-    if (rowCount === 0) {
+    const columns: [string, { readonly values: readonly unknown[] }][] = [];
+    const seen = new Set<string>();
+    for (const reference of references) {
+      for (const { joinKey } of reference.served.keyColumns) {
+        if (seen.has(joinKey)) continue;
+        seen.add(joinKey);
+        const column = request.entityRows[joinKey];
+        if (column !== undefined) columns.push([joinKey, column]);
+        else {
+          violations.push({
+            field: `entity_rows.${joinKey}`,
+            description: 'is required by a requested view',
+            reason: 'REQUIRED',
+          });
+        }
+      }
+    }
+    const rowCount = columns[0]?.[1].values.length ?? 0;
+    if (rowCount === 0 && columns.length > 0) {
       violations.push({
         field: 'entity_rows',
         description: 'must hold at least one row',

@@ -552,6 +552,34 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(badKey.violations.map((v) => [v.field, v.reason])).toEqual([
         ['entity_rows.user_id.values[1]', 'WRONG_VALUE_TYPE'],
       ]);
+      // Columns no requested view uses are ignored, whatever their length; the ones it uses must
+      // be there and of one length.
+      const extraColumns = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: { aaa: { values: [] }, ...users('u1'), zzz: { values: [str('a'), str('b')] } },
+        omitEventTimes: false,
+      });
+      expect(extraColumns.columns[0]?.values).toHaveLength(1);
+      const missingKey = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: { item_id: { values: [str('i1')] } },
+          omitEventTimes: false,
+        }),
+      );
+      expect(missingKey.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity_rows.user_id', 'REQUIRED'],
+      ]);
+      const noRows = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users(),
+          omitEventTimes: false,
+        }),
+      );
+      expect(noRows.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity_rows', 'REQUIRED'],
+      ]);
       const manyRefs = await failureOf(
         harness.client.getOnlineFeatures({
           features: Array.from({ length: 1001 }, (_, i) => `user_stats:f${i}`),

@@ -307,9 +307,9 @@ export interface GetOnlineFeaturesRequest {
   /**
    * Required. The entity keys, column-oriented: join key → one value per entity row, for example
    * `{"item_id": ["i1", "i2", "i3"]}`; for a composite key, one column per join key with row i
-   * formed by the i-th value of each. All columns have the same length, which is the number of
-   * rows. Every join key of every requested view must be present; columns no requested view uses
-   * are ignored. Rows may repeat.
+   * formed by the i-th value of each. Every join key of every requested view must be present,
+   * and those columns have the same length, which is the number of rows; columns no requested
+   * view uses are ignored, whatever their length. Rows may repeat.
    */
   entityRows: { [key: string]: RepeatedValue };
   /**
