@@ -34,6 +34,7 @@ import {
   checkViewEntities,
   diffEntity,
   diffFeatureView,
+  registryLimits,
   validateEntity,
   validateFeatureView,
   type EntityDefinition,
@@ -95,15 +96,52 @@ export interface PageRendering<M> {
   readonly maxBytes: number;
 }
 
-function pageTokenAfter(name: string): string {
-  return Buffer.from(`after:${name}`).toString('base64url');
+/**
+ * A page token: the list it belongs to (`entities`, or `feature_views` with its entity filter)
+ * and the last name of the page, as base64url JSON. Only a token of the same list, written as this
+ * server writes it, is taken back.
+ */
+function pageTokenOf(list: readonly [string, string], after: string): string {
+  return Buffer.from(JSON.stringify([...list, after])).toString('base64url');
+}
+
+function pageTokenViolation(
+  token: string,
+  list: readonly [string, string],
+): { violation: FieldViolation } | { after: string } {
+  const refused = (description: string, reason: string) => ({
+    violation: { field: 'page_token', description, reason },
+  });
+  const bytes = Buffer.from(token, 'base64url');
+  let parsed: unknown;
+  try {
+    parsed = bytes.toString('base64url') === token ? JSON.parse(bytes.toString('utf8')) : null;
+  } catch {
+    parsed = null;
+  }
+  if (
+    !Array.isArray(parsed) ||
+    parsed.length !== 3 ||
+    parsed[0] !== list[0] ||
+    typeof parsed[1] !== 'string' ||
+    typeof parsed[2] !== 'string' ||
+    !registryLimits.resourceName.test(parsed[2])
+  ) {
+    return refused('is not a token this method returned', 'INVALID_PAGE_TOKEN');
+  }
+  if (parsed[1] !== list[1]) {
+    return refused('was issued for another entity filter', 'PAGE_TOKEN_FILTER_MISMATCH');
+  }
+  return { after: parsed[2] };
 }
 
 /**
  * A page of names in order, after the page token's name, rendered by `lookup`. The page ends
  * early once its messages and the token would pass `maxBytes`; it always holds one at least.
+ * `list` names the list and its filter (see {@link pageTokenOf}).
  */
 export function pageOf<M>(
+  list: readonly [string, string],
   sortedNames: readonly string[],
   pageSize: number,
   pageToken: string,
@@ -120,14 +158,9 @@ export function pageOf<M>(
   }
   let after = '';
   if (pageToken !== '') {
-    const decoded = Buffer.from(pageToken, 'base64url').toString('utf8');
-    if (!decoded.startsWith('after:')) {
-      violations.push({
-        field: 'page_token',
-        description: 'is not a token this method returned',
-        reason: 'INVALID_PAGE_TOKEN',
-      });
-    } else after = decoded.slice('after:'.length);
+    const read = pageTokenViolation(pageToken, list);
+    if ('violation' in read) violations.push(read.violation);
+    else after = read.after;
   }
   if (violations.length > 0) throw new InvalidArgumentError('invalid page request', violations);
   const filled = fillPage(
@@ -136,13 +169,13 @@ export function pageOf<M>(
       size: Math.min(pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize, MAX_PAGE_SIZE),
       render: lookup,
       encodedBytes: (message) => encode(message).finish().length,
-      tokenAfter: pageTokenAfter,
+      tokenAfter: (name: string) => pageTokenOf(list, name),
       maxBytes,
     },
   );
   return {
     items: filled.messages,
-    nextPageToken: filled.more && filled.last !== undefined ? pageTokenAfter(filled.last) : '',
+    nextPageToken: filled.more && filled.last !== undefined ? pageTokenOf(list, filled.last) : '',
   };
 }
 
@@ -289,10 +322,17 @@ export class FeatureRegistry {
     maxBytes: number,
   ): { entities: Entity[]; nextPageToken: string } {
     const names = [...this.entities.keys()].sort();
-    const page = pageOf(names, pageSize, pageToken, (name) => this.getEntity(name), {
-      encode: (entity: Entity) => Entity.encode(entity),
-      maxBytes,
-    });
+    const page = pageOf(
+      ['entities', ''],
+      names,
+      pageSize,
+      pageToken,
+      (name) => this.getEntity(name),
+      {
+        encode: (entity: Entity) => Entity.encode(entity),
+        maxBytes,
+      },
+    );
     return { entities: page.items, nextPageToken: page.nextPageToken };
   }
 
@@ -314,7 +354,8 @@ export class FeatureRegistry {
       .filter((v) => entity === '' || v.definition.entities.includes(entity))
       .map((v) => v.definition.name)
       .sort();
-    const page = pageOf(names, pageSize, pageToken, (name) => this.getFeatureView(name), {
+    const list = ['feature_views', entity] as const;
+    const page = pageOf(list, names, pageSize, pageToken, (name) => this.getFeatureView(name), {
       encode: (view: FeatureView) => FeatureView.encode(view),
       maxBytes,
     });

@@ -302,6 +302,35 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         entity: 'item',
       });
       expect(byItem.featureViews.map((v) => v.name)).toEqual(['item_plays']);
+
+      // Page tokens are taken back only by the list that returned them, as it wrote them.
+      const firstPage = await harness.client.listFeatureViews({
+        pageSize: 1,
+        pageToken: '',
+        entity: '',
+      });
+      expect(firstPage.featureViews.map((v) => v.name)).toEqual(['item_plays']);
+      const secondPage = await harness.client.listFeatureViews({
+        pageSize: 1,
+        pageToken: firstPage.nextPageToken,
+        entity: '',
+      });
+      expect(secondPage.featureViews.map((v) => v.name)).toEqual(['user_stats']);
+      const entitiesPage = await harness.client.listEntities({ pageSize: 1, pageToken: '' });
+      const refusal = async (pageToken: string, entity = '') =>
+        (
+          await failureOf(harness.client.listFeatureViews({ pageSize: 1, pageToken, entity }))
+        ).violations.map((v) => [v.field, v.reason]);
+      const invalid = [['page_token', 'INVALID_PAGE_TOKEN']];
+      const encoded = (text: string) => Buffer.from(text).toString('base64url');
+      expect(await refusal(entitiesPage.nextPageToken)).toEqual(invalid);
+      expect(await refusal(`${firstPage.nextPageToken}=`)).toEqual(invalid);
+      expect(await refusal(`${firstPage.nextPageToken}!`)).toEqual(invalid);
+      expect(await refusal(encoded('after:item_plays'))).toEqual(invalid);
+      expect(await refusal(encoded('["feature_views","","a\\u0000b"]'))).toEqual(invalid);
+      expect(await refusal(firstPage.nextPageToken, 'item')).toEqual([
+        ['page_token', 'PAGE_TOKEN_FILTER_MISMATCH'],
+      ]);
     });
   });
 
