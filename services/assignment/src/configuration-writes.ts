@@ -12,7 +12,7 @@
  * deletion of its experiment and of the experiment's allocation).
  */
 import { SerialWrites, type AcrossReplicas } from '../../platform/src/storage/write-lease';
-import type { RequestResults, ResponseCodec } from './store/request-results';
+import type { IdentifiedRequest, RequestResults, ResponseCodec } from './store/request-results';
 
 export type { AcrossReplicas };
 
@@ -30,10 +30,10 @@ export class ConfigurationWrites extends SerialWrites {
    */
   once<T>(
     method: string,
-    requestId: string,
+    request: IdentifiedRequest,
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
   ): Promise<T> {
-    return this.exclusively(() => this.results.once(method, requestId, codec, mutation));
+    return this.exclusively(() => this.results.once(method, request, codec, mutation));
   }
 }

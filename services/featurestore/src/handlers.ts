@@ -47,7 +47,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
   return {
     applyEntity: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once('ApplyEntity', request.requestId, ApplyEntityResponse, () =>
+      return requestResults.once('ApplyEntity', request, ApplyEntityResponse, () =>
         registry.applyEntity(request.entity),
       );
     },
@@ -58,15 +58,10 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       ),
     deleteEntity: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once(
-        'DeleteEntity',
-        request.requestId,
-        DeleteEntityResponse,
-        async () => {
-          await registry.deleteEntity(request.name, request.etag);
-          return {};
-        },
-      );
+      return requestResults.once('DeleteEntity', request, DeleteEntityResponse, async () => {
+        await registry.deleteEntity(request.name, request.etag);
+        return {};
+      });
     },
     applyFeatureView: async (request) => {
       checkRequestId(request.requestId);
@@ -75,7 +70,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       const before = registry.view(name)?.definition;
       const response = await requestResults.once(
         'ApplyFeatureView',
-        request.requestId,
+        request,
         ApplyFeatureViewResponse,
         () => registry.applyFeatureView(request.featureView, false),
       );
@@ -114,7 +109,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       checkRequestId(request.requestId);
       return requestResults.once(
         'DeleteFeatureView',
-        request.requestId,
+        request,
         DeleteFeatureViewResponse,
         async () => {
           const deleted = await registry.deleteFeatureView(request.name, request.etag);
@@ -142,7 +137,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
     getOnlineFeatures: (request) => Promise.resolve(views.readReply(request, Date.now())),
     writeFeatures: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once('WriteFeatures', request.requestId, WriteFeaturesResponse, () =>
+      return requestResults.once('WriteFeatures', request, WriteFeaturesResponse, () =>
         views.write(request, Date.now()),
       );
     },

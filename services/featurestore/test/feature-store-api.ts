@@ -665,25 +665,39 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(read.columns[0]?.values[0]).toEqual({ kind: undefined });
     });
 
-    it('returns the first response for a repeated request_id without writing again', async () => {
+    it('returns the first response to a retried request_id, and refuses the id reused', async () => {
       await registerUserStats();
-      const first = await harness.client.writeFeatures({
+      const request = {
         featureView: 'user_stats',
         rows: [userRow('u1', seconds(-5), { ctr: double(1) })],
         requestId: 'req-1',
-      });
-      const retry = await harness.client.writeFeatures({
+      };
+      const first = await harness.client.writeFeatures(request);
+      // The row written meanwhile must not be overwritten by the retry.
+      await harness.client.writeFeatures({
         featureView: 'user_stats',
-        rows: [userRow('u1', seconds(-1), { ctr: double(2) })],
-        requestId: 'req-1',
+        rows: [userRow('u1', seconds(-3), { ctr: double(3) })],
+        requestId: '',
       });
+      const retry = await harness.client.writeFeatures(request);
       expect(retry).toEqual(first);
+      // Another request under the same id would otherwise be answered as written, and dropped.
+      const reused = await failureOf(
+        harness.client.writeFeatures({
+          ...request,
+          rows: [userRow('u1', seconds(-1), { ctr: double(2) })],
+        }),
+      );
+      expect(reused.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(reused.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['request_id', 'REQUEST_ID_REUSED'],
+      ]);
       const read = await harness.client.getOnlineFeatures({
         features: ['user_stats:ctr'],
         entityRows: users('u1'),
         omitEventTimes: true,
       });
-      expect(read.columns[0]?.values).toEqual([double(1)]);
+      expect(read.columns[0]?.values).toEqual([double(3)]);
     });
 
     it('refuses reads of an offline view and writes to a stream view', async () => {

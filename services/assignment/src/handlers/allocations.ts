@@ -270,20 +270,15 @@ export function allocationHandlers(context: AssignmentContext): AllocationHandle
     },
 
     updateAllocation: (request) =>
-      context.writes.once(
-        'UpdateAllocation',
-        request.requestId,
-        UpdateAllocationResponse,
-        async () => {
-          if (!request.allocation) {
-            rejectIfAny('request', [
-              { field: 'allocation', description: 'is required', reason: 'REQUIRED' },
-            ]);
-          }
-          return {
-            allocation: await applyAllocation(context, request.allocation as Allocation, 'admin'),
-          };
-        },
-      ),
+      context.writes.once('UpdateAllocation', request, UpdateAllocationResponse, async () => {
+        if (!request.allocation) {
+          rejectIfAny('request', [
+            { field: 'allocation', description: 'is required', reason: 'REQUIRED' },
+          ]);
+        }
+        return {
+          allocation: await applyAllocation(context, request.allocation as Allocation, 'admin'),
+        };
+      }),
   };
 }

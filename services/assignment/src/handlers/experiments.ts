@@ -319,49 +319,39 @@ function checkOptionalEtag(
 export function experimentHandlers(context: AssignmentContext): ExperimentHandlers {
   return {
     createExperiment: (request) =>
-      context.writes.once(
-        'CreateExperiment',
-        request.requestId,
-        CreateExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          if (!request.experiment) {
-            required('experiment', '', violations);
-            rejectIfAny('experiment', violations);
-          }
-          const experiment = request.experiment as Experiment;
-          const now = Date.now();
-          const doc: ExperimentDocument = {
-            id: experiment.id,
-            ...requestedFields(experiment, violations),
-            status: ExperimentStatus.DRAFT,
-            conclusion: null,
-            startTime: null,
-            stopTime: null,
-            createTime: now,
-            updateTime: now,
-          };
-          violations.push(...validate(context, doc));
+      context.writes.once('CreateExperiment', request, CreateExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        if (!request.experiment) {
+          required('experiment', '', violations);
           rejectIfAny('experiment', violations);
-          if (await context.store.isRetired('experiment', doc.id))
-            throw retiredId('experiment', doc.id);
-          // A deleted experiment's allocation that a failed drop left stored is not this one's.
-          // (Writes run one at a time, so no experiment can appear under the id meanwhile.)
-          if ((await context.store.experiments.get(doc.id)) === undefined)
-            await dropAllocation(context, doc.id);
-          const stored = await insertNew(
-            context.store,
-            context.store.experiments,
-            'experiment',
-            doc,
-          );
-          await context.changes.record(
-            { type: 'experiment', id: doc.id, stored },
-            ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
-          );
-          return { experiment: experimentMessage(stored) };
-        },
-      ),
+        }
+        const experiment = request.experiment as Experiment;
+        const now = Date.now();
+        const doc: ExperimentDocument = {
+          id: experiment.id,
+          ...requestedFields(experiment, violations),
+          status: ExperimentStatus.DRAFT,
+          conclusion: null,
+          startTime: null,
+          stopTime: null,
+          createTime: now,
+          updateTime: now,
+        };
+        violations.push(...validate(context, doc));
+        rejectIfAny('experiment', violations);
+        if (await context.store.isRetired('experiment', doc.id))
+          throw retiredId('experiment', doc.id);
+        // A deleted experiment's allocation that a failed drop left stored is not this one's.
+        // (Writes run one at a time, so no experiment can appear under the id meanwhile.)
+        if ((await context.store.experiments.get(doc.id)) === undefined)
+          await dropAllocation(context, doc.id);
+        const stored = await insertNew(context.store, context.store.experiments, 'experiment', doc);
+        await context.changes.record(
+          { type: 'experiment', id: doc.id, stored },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_CREATED,
+        );
+        return { experiment: experimentMessage(stored) };
+      }),
 
     getExperiment: (request) => {
       const violations: FieldViolation[] = [];
@@ -398,189 +388,174 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
     },
 
     updateExperiment: (request) =>
-      context.writes.once(
-        'UpdateExperiment',
-        request.requestId,
-        UpdateExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          const experiment = request.experiment;
-          required('experiment.id', experiment?.id ?? '', violations);
-          required('experiment.etag', experiment?.etag ?? '', violations);
-          const paths = maskPaths(
-            request.updateMask,
-            Object.keys(MUTABLE_PATHS),
-            [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
-            violations,
-          );
-          rejectIfAny('request', violations);
-          if (!experiment) throw new Error('unreachable: experiment checked above');
-          const before = await storedExperiment(context, experiment.id);
-          checkEtag('experiment', experiment.id, experiment.etag, before);
-          // Fields outside the mask are ignored, so are their problems (AIP-134).
-          const read: FieldViolation[] = [];
-          const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
-          violations.push(...read.filter((v) => inMask(v.field, paths)));
-          const changed: Record<string, unknown> = { ...before.doc };
-          for (const path of paths) {
-            for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {
-              changed[field] = requested[field];
-            }
+      context.writes.once('UpdateExperiment', request, UpdateExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        const experiment = request.experiment;
+        required('experiment.id', experiment?.id ?? '', violations);
+        required('experiment.etag', experiment?.etag ?? '', violations);
+        const paths = maskPaths(
+          request.updateMask,
+          Object.keys(MUTABLE_PATHS),
+          [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
+          violations,
+        );
+        rejectIfAny('request', violations);
+        if (!experiment) throw new Error('unreachable: experiment checked above');
+        const before = await storedExperiment(context, experiment.id);
+        checkEtag('experiment', experiment.id, experiment.etag, before);
+        // Fields outside the mask are ignored, so are their problems (AIP-134).
+        const read: FieldViolation[] = [];
+        const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
+        violations.push(...read.filter((v) => inMask(v.field, paths)));
+        const changed: Record<string, unknown> = { ...before.doc };
+        for (const path of paths) {
+          for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {
+            changed[field] = requested[field];
           }
-          const now = Date.now();
-          const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
-          const problems = validate(context, after);
-          // A stored condition passed the rules of its day: one they have tightened since (a
-          // `$regex` from before RE2, a `$not` of a plain value) may stay until it is changed.
-          // So may a seed longer than today's limit: it cannot change once the experiment ran.
-          violations.push(
-            ...problems.filter(
-              (v) =>
-                !(after.conditionJson === before.doc.conditionJson && toleratedWhenStored(v)) &&
-                !(v.field === 'experiment.seed' && after.seed === before.doc.seed),
-            ),
+        }
+        const now = Date.now();
+        const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
+        const problems = validate(context, after);
+        // A stored condition passed the rules of its day: one they have tightened since (a
+        // `$regex` from before RE2, a `$not` of a plain value) may stay until it is changed.
+        // So may a seed longer than today's limit: it cannot change once the experiment ran.
+        violations.push(
+          ...problems.filter(
+            (v) =>
+              !(after.conditionJson === before.doc.conditionJson && toleratedWhenStored(v)) &&
+              !(v.field === 'experiment.seed' && after.seed === before.doc.seed),
+          ),
+        );
+        rejectIfAny('experiment', violations);
+        const definitionBefore = experimentDefinition(before.doc, undefined);
+        const definitionAfter = experimentDefinition(after, undefined);
+        const forbidden = [
+          ...checkRunningChange(definitionBefore, definitionAfter),
+          ...checkScheduleChange(definitionBefore, definitionAfter, now),
+        ];
+        if (forbidden.length > 0) {
+          throw new FailedPreconditionError(
+            `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,
+            {
+              reason: 'CHANGE_NOT_ALLOWED',
+              violations: forbidden.map((v) => ({
+                type: v.reason,
+                subject: `experiments/${before.doc.id}/${v.field}`,
+                description: v.description,
+              })),
+            },
           );
-          rejectIfAny('experiment', violations);
-          const definitionBefore = experimentDefinition(before.doc, undefined);
-          const definitionAfter = experimentDefinition(after, undefined);
-          const forbidden = [
-            ...checkRunningChange(definitionBefore, definitionAfter),
-            ...checkScheduleChange(definitionBefore, definitionAfter, now),
-          ];
-          if (forbidden.length > 0) {
-            throw new FailedPreconditionError(
-              `experiment "${before.doc.id}" is ${statusName(before.doc.status)}: ${forbidden.map((v) => v.description).join('; ')}`,
-              {
-                reason: 'CHANGE_NOT_ALLOWED',
-                violations: forbidden.map((v) => ({
-                  type: v.reason,
-                  subject: `experiments/${before.doc.id}/${v.field}`,
-                  description: v.description,
-                })),
-              },
-            );
-          }
-          // A bandit allocation set for other arms (only a DRAFT's arms can change), or for a
-          // bandit no more, is dropped: the variants' weights apply again. One in effect is dropped
-          // after the save, so a failed save loses nothing; one that was not in effect (its drop
-          // failed earlier) before it, so the save cannot bring it back (see `dropAllocation`).
-          const allocation = await context.store.allocations.get(after.id);
-          const inEffect = (doc: ExperimentDocument): boolean =>
-            allocation !== undefined &&
-            doc.allocationMode === AllocationMode.BANDIT &&
-            allocationFits(doc, allocation.doc);
-          const wasInEffect = inEffect(before.doc);
-          if (allocation !== undefined && !wasInEffect) await dropAllocation(context, after.id);
-          const stored = await saveExperiment(context, after, before.version);
-          if (wasInEffect && !inEffect(after)) await dropIgnoredAllocation(context, after.id);
-          return { experiment: experimentMessage(stored) };
-        },
-      ),
+        }
+        // A bandit allocation set for other arms (only a DRAFT's arms can change), or for a
+        // bandit no more, is dropped: the variants' weights apply again. One in effect is dropped
+        // after the save, so a failed save loses nothing; one that was not in effect (its drop
+        // failed earlier) before it, so the save cannot bring it back (see `dropAllocation`).
+        const allocation = await context.store.allocations.get(after.id);
+        const inEffect = (doc: ExperimentDocument): boolean =>
+          allocation !== undefined &&
+          doc.allocationMode === AllocationMode.BANDIT &&
+          allocationFits(doc, allocation.doc);
+        const wasInEffect = inEffect(before.doc);
+        if (allocation !== undefined && !wasInEffect) await dropAllocation(context, after.id);
+        const stored = await saveExperiment(context, after, before.version);
+        if (wasInEffect && !inEffect(after)) await dropIgnoredAllocation(context, after.id);
+        return { experiment: experimentMessage(stored) };
+      }),
 
     deleteExperiment: (request) =>
-      context.writes.once(
-        'DeleteExperiment',
-        request.requestId,
-        DeleteExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          required('id', request.id, violations);
-          required('etag', request.etag, violations);
-          rejectIfAny('request', violations);
-          const before = await storedExperiment(context, request.id);
-          checkEtag('experiment', request.id, request.etag, before);
-          if (
-            before.doc.status === ExperimentStatus.RUNNING ||
-            before.doc.status === ExperimentStatus.SCHEDULED
-          ) {
-            throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
-          }
-          if (before.doc.startTime !== null) await context.store.retire('experiment', request.id);
-          await context.store.recordDeletion('experiment', request.id);
-          if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
-            throw notFound('experiment', request.id);
-          }
-          await dropIgnoredAllocation(context, request.id);
-          await context.changes.record(
-            { type: 'experiment', id: request.id, stored: undefined },
-            ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+      context.writes.once('DeleteExperiment', request, DeleteExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        required('etag', request.etag, violations);
+        rejectIfAny('request', violations);
+        const before = await storedExperiment(context, request.id);
+        checkEtag('experiment', request.id, request.etag, before);
+        if (
+          before.doc.status === ExperimentStatus.RUNNING ||
+          before.doc.status === ExperimentStatus.SCHEDULED
+        ) {
+          throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
+        }
+        if (before.doc.startTime !== null) await context.store.retire('experiment', request.id);
+        await context.store.recordDeletion('experiment', request.id);
+        if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
+          throw notFound('experiment', request.id);
+        }
+        await dropIgnoredAllocation(context, request.id);
+        await context.changes.record(
+          { type: 'experiment', id: request.id, stored: undefined },
+          ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
+        );
+        // Freeing sticky assignments may take a while; the delete does not wait for it.
+        context.sticky.forget(request.id).catch((error: unknown) => {
+          context.logger.warn(
+            { err: error, experiment: request.id },
+            'could not delete sticky assignments',
           );
-          // Freeing sticky assignments may take a while; the delete does not wait for it.
-          context.sticky.forget(request.id).catch((error: unknown) => {
-            context.logger.warn(
-              { err: error, experiment: request.id },
-              'could not delete sticky assignments',
-            );
-          });
-          return {};
-        },
-      ),
+        });
+        return {};
+      }),
 
     startExperiment: (request) =>
-      context.writes.once(
-        'StartExperiment',
-        request.requestId,
-        StartExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          required('id', request.id, violations);
-          rejectIfAny('request', violations);
-          const before = await storedExperiment(context, request.id);
-          checkOptionalEtag(before.doc, request.etag, before);
-          const doc = before.doc;
-          if (doc.status !== ExperimentStatus.DRAFT) throw wrongStatus(doc, 'started', 'DRAFT');
-          // A condition stored before a rule it breaks is kept for a population that exists; a
-          // draft has none yet, so it starts only under today's rules.
-          const outdated = validateCondition(
-            experimentDefinition(doc, undefined).condition,
-            'condition',
-          ).filter(toleratedWhenStored);
-          if (outdated.length > 0) {
-            throw new FailedPreconditionError(
-              `experiment "${doc.id}": its condition breaks rules made since it was stored; update it before starting`,
-              {
-                reason: 'CONDITION_OUTDATED',
-                violations: outdated.map((v) => ({
-                  type: v.reason,
-                  subject: `experiments/${doc.id}/${v.field}`,
-                  description: v.description,
-                })),
-              },
-            );
-          }
-          const now = Date.now();
-          if (doc.scheduledEndTime !== null && doc.scheduledEndTime <= now) {
-            throw new FailedPreconditionError(
-              `experiment "${doc.id}": its scheduled_end_time has passed`,
-              {
-                reason: 'SCHEDULE_PASSED',
-                violations: [
-                  {
-                    type: 'SCHEDULE',
-                    subject: `experiments/${doc.id}`,
-                    description: 'scheduled_end_time has passed',
-                  },
-                ],
-              },
-            );
-          }
-          const scheduled = doc.scheduledStartTime !== null && doc.scheduledStartTime > now;
-          const stored = await saveExperiment(
-            context,
+      context.writes.once('StartExperiment', request, StartExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        rejectIfAny('request', violations);
+        const before = await storedExperiment(context, request.id);
+        checkOptionalEtag(before.doc, request.etag, before);
+        const doc = before.doc;
+        if (doc.status !== ExperimentStatus.DRAFT) throw wrongStatus(doc, 'started', 'DRAFT');
+        // A condition stored before a rule it breaks is kept for a population that exists; a
+        // draft has none yet, so it starts only under today's rules.
+        const outdated = validateCondition(
+          experimentDefinition(doc, undefined).condition,
+          'condition',
+        ).filter(toleratedWhenStored);
+        if (outdated.length > 0) {
+          throw new FailedPreconditionError(
+            `experiment "${doc.id}": its condition breaks rules made since it was stored; update it before starting`,
             {
-              ...doc,
-              status: scheduled ? ExperimentStatus.SCHEDULED : ExperimentStatus.RUNNING,
-              startTime: scheduled ? null : now,
-              updateTime: now,
+              reason: 'CONDITION_OUTDATED',
+              violations: outdated.map((v) => ({
+                type: v.reason,
+                subject: `experiments/${doc.id}/${v.field}`,
+                description: v.description,
+              })),
             },
-            before.version,
           );
-          return { experiment: experimentMessage(stored) };
-        },
-      ),
+        }
+        const now = Date.now();
+        if (doc.scheduledEndTime !== null && doc.scheduledEndTime <= now) {
+          throw new FailedPreconditionError(
+            `experiment "${doc.id}": its scheduled_end_time has passed`,
+            {
+              reason: 'SCHEDULE_PASSED',
+              violations: [
+                {
+                  type: 'SCHEDULE',
+                  subject: `experiments/${doc.id}`,
+                  description: 'scheduled_end_time has passed',
+                },
+              ],
+            },
+          );
+        }
+        const scheduled = doc.scheduledStartTime !== null && doc.scheduledStartTime > now;
+        const stored = await saveExperiment(
+          context,
+          {
+            ...doc,
+            status: scheduled ? ExperimentStatus.SCHEDULED : ExperimentStatus.RUNNING,
+            startTime: scheduled ? null : now,
+            updateTime: now,
+          },
+          before.version,
+        );
+        return { experiment: experimentMessage(stored) };
+      }),
 
     stopExperiment: (request) =>
-      context.writes.once('StopExperiment', request.requestId, StopExperimentResponse, async () => {
+      context.writes.once('StopExperiment', request, StopExperimentResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
         rejectIfAny('request', violations);
@@ -617,51 +592,46 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       }),
 
     concludeExperiment: (request) =>
-      context.writes.once(
-        'ConcludeExperiment',
-        request.requestId,
-        ConcludeExperimentResponse,
-        async () => {
-          const violations: FieldViolation[] = [];
-          required('id', request.id, violations);
-          rejectIfAny('request', violations);
-          const before = await storedExperiment(context, request.id);
-          const doc = before.doc;
-          if (
-            request.shippedVariantKey !== '' &&
-            !doc.variants.some((v) => v.key === request.shippedVariantKey)
-          ) {
-            violations.push({
-              field: 'shipped_variant_key',
-              description: `"${request.shippedVariantKey}" is not a variant of experiment "${doc.id}"`,
-              reason: 'UNKNOWN_VARIANT',
-            });
-          }
-          tooLong('summary', request.summary, MAX_SUMMARY_BYTES, violations);
-          rejectIfAny('request', violations);
-          checkOptionalEtag(doc, request.etag, before);
-          if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {
-            throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
-          }
-          const now = Date.now();
-          const stored = await saveExperiment(
-            context,
-            {
-              ...doc,
-              status: ExperimentStatus.CONCLUDED,
-              stopTime: doc.stopTime ?? now,
-              conclusion: {
-                shippedVariantKey: request.shippedVariantKey,
-                summary: request.summary,
-                concludeTime: now,
-              },
-              updateTime: now,
+      context.writes.once('ConcludeExperiment', request, ConcludeExperimentResponse, async () => {
+        const violations: FieldViolation[] = [];
+        required('id', request.id, violations);
+        rejectIfAny('request', violations);
+        const before = await storedExperiment(context, request.id);
+        const doc = before.doc;
+        if (
+          request.shippedVariantKey !== '' &&
+          !doc.variants.some((v) => v.key === request.shippedVariantKey)
+        ) {
+          violations.push({
+            field: 'shipped_variant_key',
+            description: `"${request.shippedVariantKey}" is not a variant of experiment "${doc.id}"`,
+            reason: 'UNKNOWN_VARIANT',
+          });
+        }
+        tooLong('summary', request.summary, MAX_SUMMARY_BYTES, violations);
+        rejectIfAny('request', violations);
+        checkOptionalEtag(doc, request.etag, before);
+        if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {
+          throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
+        }
+        const now = Date.now();
+        const stored = await saveExperiment(
+          context,
+          {
+            ...doc,
+            status: ExperimentStatus.CONCLUDED,
+            stopTime: doc.stopTime ?? now,
+            conclusion: {
+              shippedVariantKey: request.shippedVariantKey,
+              summary: request.summary,
+              concludeTime: now,
             },
-            before.version,
-          );
-          return { experiment: experimentMessage(stored) };
-        },
-      ),
+            updateTime: now,
+          },
+          before.version,
+        );
+        return { experiment: experimentMessage(stored) };
+      }),
   };
 }
 

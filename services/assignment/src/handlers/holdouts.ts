@@ -103,7 +103,7 @@ function statusName(status: number): string {
 export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
   return {
     createHoldout: (request) =>
-      context.writes.once('CreateHoldout', request.requestId, CreateHoldoutResponse, async () => {
+      context.writes.once('CreateHoldout', request, CreateHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         const holdout = request.holdout;
         if (!holdout) {
@@ -173,7 +173,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
     },
 
     updateHoldout: (request) =>
-      context.writes.once('UpdateHoldout', request.requestId, UpdateHoldoutResponse, async () => {
+      context.writes.once('UpdateHoldout', request, UpdateHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         const holdout = request.holdout;
         required('holdout.id', holdout?.id ?? '', violations);
@@ -255,7 +255,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
       }),
 
     deleteHoldout: (request) =>
-      context.writes.once('DeleteHoldout', request.requestId, DeleteHoldoutResponse, async () => {
+      context.writes.once('DeleteHoldout', request, DeleteHoldoutResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
         required('etag', request.etag, violations);

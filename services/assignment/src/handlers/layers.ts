@@ -42,7 +42,7 @@ const KNOWN = [...MUTABLE, 'id', 'allocations', 'etag', 'create_time', 'update_t
 export function layerHandlers(context: AssignmentContext): LayerHandlers {
   return {
     createLayer: (request) =>
-      context.writes.once('CreateLayer', request.requestId, CreateLayerResponse, async () => {
+      context.writes.once('CreateLayer', request, CreateLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         const layer = request.layer;
         if (!layer) {
@@ -102,7 +102,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
     },
 
     updateLayer: (request) =>
-      context.writes.once('UpdateLayer', request.requestId, UpdateLayerResponse, async () => {
+      context.writes.once('UpdateLayer', request, UpdateLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         const layer = request.layer;
         required('layer.id', layer?.id ?? '', violations);
@@ -130,7 +130,7 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
       }),
 
     deleteLayer: (request) =>
-      context.writes.once('DeleteLayer', request.requestId, DeleteLayerResponse, async () => {
+      context.writes.once('DeleteLayer', request, DeleteLayerResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
         required('etag', request.etag, violations);

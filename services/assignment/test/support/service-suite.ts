@@ -241,6 +241,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const first = await service.admin.createLayer(request);
         const again = await service.admin.createLayer(request);
         expect(again).toEqual(first);
+        // The id reused for another layer: refused, not answered with the first and dropped.
+        const reused = await failure(
+          service.admin.createLayer({ ...request, layer: { ...request.layer!, id: 'other' } }),
+        );
+        expect(fieldReasons(reused)).toEqual([['request_id', 'REQUEST_ID_REUSED']]);
+        expect((await failure(service.client.getLayer({ id: 'other' }))).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
       });
     });
 

@@ -26,31 +26,62 @@ describe('RequestResults', () => {
   it('runs a mutation once per request id and returns the first response to retries', async () => {
     let runs = 0;
     const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
-    const first = await results.once('Create', 'r-1', EchoResponse, mutation);
-    const retry = await results.once('Create', 'r-1', EchoResponse, mutation);
+    const first = await results.once('Create', { requestId: 'r-1' }, EchoResponse, mutation);
+    const retry = await results.once('Create', { requestId: 'r-1' }, EchoResponse, mutation);
     expect(runs).toBe(1);
     expect(retry).toEqual(first);
     // The same id on another method is another request.
-    await results.once('Update', 'r-1', EchoResponse, mutation);
+    await results.once('Update', { requestId: 'r-1' }, EchoResponse, mutation);
     expect(runs).toBe(2);
   });
 
   it('runs every time without a request id, and again after a failure', async () => {
     let runs = 0;
     const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
-    await results.once('Create', '', EchoResponse, mutation);
-    await results.once('Create', '', EchoResponse, mutation);
+    await results.once('Create', { requestId: '' }, EchoResponse, mutation);
+    await results.once('Create', { requestId: '' }, EchoResponse, mutation);
     expect(runs).toBe(2);
     await expect(
-      results.once('Create', 'r-2', EchoResponse, () => Promise.reject(new Error('boom'))),
+      results.once('Create', { requestId: 'r-2' }, EchoResponse, () =>
+        Promise.reject(new Error('boom')),
+      ),
     ).rejects.toThrow('boom');
-    await results.once('Create', 'r-2', EchoResponse, mutation);
+    await results.once('Create', { requestId: 'r-2' }, EchoResponse, mutation);
     expect(runs).toBe(3);
+  });
+
+  it('refuses the id reused for a different request, whatever order its maps came in', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    const request = {
+      requestId: 'r-3',
+      view: 'a',
+      tags: { x: '1', y: '2' },
+      rows: [{ at: new Date(0), bytes: Uint8Array.of(1, 2) }],
+    };
+    const first = await results.once('Write', request, EchoResponse, mutation);
+    // The same request again, its map keys in another order: a retry.
+    const again = { ...request, tags: { y: '2', x: '1' } };
+    expect(await results.once('Write', again, EchoResponse, mutation)).toEqual(first);
+    expect(runs).toBe(1);
+    for (const other of [
+      { ...request, view: 'b' },
+      { ...request, rows: [{ at: new Date(1), bytes: Uint8Array.of(1, 2) }] },
+      { ...request, rows: [{ at: new Date(0), bytes: Uint8Array.of(1, 3) }] },
+    ]) {
+      const refused = results.once('Write', other, EchoResponse, mutation);
+      await expect(refused).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(refused).rejects.toMatchObject({
+        reason: 'REQUEST_ID_REUSED',
+        violations: [expect.objectContaining({ field: 'request_id' })],
+      });
+    }
+    expect(runs).toBe(1);
   });
 
   it('refuses a request id longer than the contract allows', async () => {
     await expect(
-      results.once('Create', 'x'.repeat(129), EchoResponse, () =>
+      results.once('Create', { requestId: 'x'.repeat(129) }, EchoResponse, () =>
         Promise.resolve({ message: '', traceId: '' }),
       ),
     ).rejects.toBeInstanceOf(InvalidArgumentError);
