@@ -395,6 +395,17 @@ describe('diffFeatureView', () => {
     };
     expect(diffFeatureView(itemPlays, explicit).kind).not.toBe('incompatible');
   });
+
+  it('reads event names as a set: order and repeats change nothing, another name does', () => {
+    const named = (...eventNames: string[]): FeatureViewDefinition => ({
+      ...itemPlays,
+      source: { ...playsSource, eventNames },
+    });
+    expect(diffFeatureView(named('play', 'skip'), named('skip', 'play', 'play')).kind).toBe(
+      'unchanged',
+    );
+    expect(diffFeatureView(named('play', 'skip'), named('play', 'stop')).kind).toBe('incompatible');
+  });
 });
 
 describe('entities', () => {
