@@ -291,11 +291,11 @@ export function messageOfStoredValue(
     // another type) make it no value of this one, as for the scalar types: never coerced.
     case ValueType.FloatVector:
       return Array.isArray(value) && value.every((v) => typeof v === 'number')
-        ? { kind: { $case: 'floatVectorValue', value: { values: value as number[] } } }
+        ? { kind: { $case: 'floatVectorValue', value: { values: value } } }
         : undefined;
     case ValueType.StringList:
       return Array.isArray(value) && value.every((v) => typeof v === 'string')
-        ? { kind: { $case: 'stringListValue', value: { values: value as string[] } } }
+        ? { kind: { $case: 'stringListValue', value: { values: value } } }
         : undefined;
     default:
       return undefined;
