@@ -5,7 +5,7 @@ import { EchoResponse } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { InvalidArgumentError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
-import { RequestResults } from '../../src/storage/request-results';
+import { MAX_FINGERPRINT_VALUES, RequestResults } from '../../src/storage/request-results';
 
 describe('RequestResults', () => {
   let dir: string;
@@ -77,6 +77,24 @@ describe('RequestResults', () => {
       });
     }
     expect(runs).toBe(1);
+  });
+
+  it('does not compare requests too large to fingerprint cheaply, as before fingerprints', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    const large = (value: number) => ({
+      requestId: 'r-4',
+      rows: Array.from({ length: MAX_FINGERPRINT_VALUES }, () => value),
+    });
+    const first = await results.once('Write', large(1), EchoResponse, mutation);
+    expect(await results.once('Write', large(2), EchoResponse, mutation)).toEqual(first);
+    expect(runs).toBe(1);
+    // Just within the bound, it is compared.
+    const within = (value: number) => ({ requestId: 'r-5', rows: Array(1_990).fill(value) });
+    await results.once('Write', within(1), EchoResponse, mutation);
+    await expect(results.once('Write', within(2), EchoResponse, mutation)).rejects.toMatchObject({
+      reason: 'REQUEST_ID_REUSED',
+    });
   });
 
   it('refuses a request id longer than the contract allows', async () => {
