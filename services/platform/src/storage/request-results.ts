@@ -8,7 +8,7 @@
  * written, another experiment created) is refused with INVALID_ARGUMENT (`REQUEST_ID_REUSED`)
  * rather than answered with the first request's response while doing nothing, which a caller
  * would take for success: each stored response keeps a fingerprint of its request (SHA-256 of
- * the request with sorted keys, so a map sent in another order is the same request). Responses
+ * the request with sorted keys and without default values, see `canonicalText`). Responses
  * stored before fingerprints were kept, and requests too large to fingerprint cheaply (see
  * {@link MAX_FINGERPRINT_VALUES}), match any request.
  */
@@ -45,44 +45,64 @@ const TOO_LARGE = new Error('too large to fingerprint');
 
 /**
  * `value` as text that is the same for the same request: object keys sorted (a map sent in
- * another order is the same map), strings length-prefixed, bytes in base64, times in ms.
+ * another order is the same map), strings length-prefixed, bytes in base64, times in ms. Fields
+ * holding their proto3 default (unset, '', 0, false, empty list or map, or a message of nothing
+ * but defaults) are left out, so the same bytes decoded by a build that knows one more field
+ * (a replica upgraded between a call and its retry) are the same request. Returns whether it
+ * wrote anything: false for a default.
  */
-function canonicalText(value: unknown, out: string[], budget: { left: number }): void {
+function canonicalText(value: unknown, out: string[], budget: { left: number }): boolean {
   if (--budget.left < 0) throw TOO_LARGE;
-  if (value === null || value === undefined) {
-    out.push('n');
-    return;
-  }
+  if (value === null || value === undefined) return false;
   switch (typeof value) {
     case 'string':
+      if (value === '') return false;
       out.push(`s${value.length}:`, value);
-      return;
+      return true;
     case 'number':
     case 'boolean':
     case 'bigint':
+      // -0 is 0 on the wire too.
+      if (!value) return false;
       out.push(`${typeof value}:${String(value)};`);
-      return;
+      return true;
     default:
       break;
   }
   if (value instanceof Uint8Array) {
+    if (value.length === 0) return false;
     out.push(`b${Buffer.from(value).toString('base64')};`);
-  } else if (value instanceof Date) {
-    out.push(`d${value.getTime()};`);
-  } else if (Array.isArray(value)) {
-    out.push('[');
-    for (const item of value) canonicalText(item, out, budget);
-    out.push(']');
-  } else {
-    const keys = Object.keys(value);
-    if (keys.length > 1) keys.sort();
-    out.push('{');
-    for (const key of keys) {
-      out.push(`k${key.length}:`, key);
-      canonicalText((value as Record<string, unknown>)[key], out, budget);
-    }
-    out.push('}');
+    return true;
   }
+  if (value instanceof Date) {
+    out.push(`d${value.getTime()};`);
+    return true;
+  }
+  const start = out.length;
+  if (Array.isArray(value)) {
+    if (value.length === 0) return false;
+    out.push('[');
+    // Positions matter: a default item is written as one.
+    for (const item of value) if (!canonicalText(item, out, budget)) out.push('_;');
+    out.push(']');
+    return true;
+  }
+  const keys = Object.keys(value);
+  if (keys.length > 1) keys.sort();
+  out.push('{');
+  let written = false;
+  for (const key of keys) {
+    const at = out.length;
+    out.push(`k${key.length}:`, key);
+    if (canonicalText((value as Record<string, unknown>)[key], out, budget)) written = true;
+    else out.length = at;
+  }
+  if (!written) {
+    out.length = start;
+    return false;
+  }
+  out.push('}');
+  return true;
 }
 
 /** What tells two requests under one id apart; undefined for one too large to walk. */

@@ -79,6 +79,54 @@ describe('RequestResults', () => {
     expect(runs).toBe(1);
   });
 
+  it('takes the same bytes decoded by a build that knows more fields as the same request', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    // What an older build decodes, and what one with new fields (left at their defaults by the
+    // caller) decodes from the same bytes.
+    const older = { requestId: 'r-6', view: 'a', rows: [{ key: 'k', at: new Date(5) }] };
+    const newer = {
+      ...older,
+      rows: [{ key: 'k', at: new Date(5), weight: 0, labels: [], extra: { note: '', on: false } }],
+      validateOnly: false,
+      reason: undefined,
+      bytes: new Uint8Array(0),
+      tags: {},
+    };
+    const first = await results.once('Write', older, EchoResponse, mutation);
+    expect(await results.once('Write', newer, EchoResponse, mutation)).toEqual(first);
+    expect(runs).toBe(1);
+    // A value that is not the default is another request; so is an item moved in a list.
+    const refused = { reason: 'REQUEST_ID_REUSED' };
+    const changedRow = { ...newer, rows: [{ ...newer.rows[0], weight: 1 }] };
+    await expect(results.once('Write', changedRow, EchoResponse, mutation)).rejects.toMatchObject(
+      refused,
+    );
+    const listed = { requestId: 'r-7', ids: ['', 'b'] };
+    await results.once('Write', listed, EchoResponse, mutation);
+    const shifted = { ...listed, ids: ['b'] };
+    await expect(results.once('Write', shifted, EchoResponse, mutation)).rejects.toMatchObject(
+      refused,
+    );
+  });
+
+  it('answers a response stored before fingerprints were kept to any request under its id', async () => {
+    const collection = await store.collection<{
+      id: string;
+      response: Uint8Array;
+      expiresAt: Date;
+    }>({ name: 'request_results', expireAtField: 'expiresAt' });
+    const stored = { message: 'stored earlier', traceId: '' };
+    await collection.upsert({
+      id: 'Write/r-8',
+      response: EchoResponse.encode(stored).finish(),
+      expiresAt: new Date(Date.now() + 60_000),
+    });
+    const mutation = () => Promise.reject(new Error('must not run'));
+    const request = { requestId: 'r-8', view: 'x' };
+    expect(await results.once('Write', request, EchoResponse, mutation)).toEqual(stored);
+  });
+
   it('does not compare requests too large to fingerprint cheaply, as before fingerprints', async () => {
     let runs = 0;
     const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
