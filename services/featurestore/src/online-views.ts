@@ -352,7 +352,7 @@ export class OnlineViews {
       for (const { joinKey } of reference.served.keyColumns) {
         if (seen.has(joinKey)) continue;
         seen.add(joinKey);
-        const column = request.entityRows[joinKey];
+        const column = ownColumn(request, joinKey);
         if (column !== undefined) columns.push([joinKey, column]);
         else {
           violations.push({
@@ -579,7 +579,7 @@ export class OnlineViews {
     const keys = new Array<string>(rowCount);
     const single = keyColumns.length === 1 ? keyColumns[0] : undefined;
     if (single !== undefined) {
-      const column = request.entityRows[single.joinKey];
+      const column = ownColumn(request, single.joinKey);
       if (column === undefined) {
         violations.push({
           field: `entity_rows.${single.joinKey}`,
@@ -607,7 +607,7 @@ export class OnlineViews {
     }
     const parts: (string | number)[][] = Array.from({ length: rowCount }, () => []);
     for (const key of keyColumns) {
-      const column = request.entityRows[key.joinKey];
+      const column = ownColumn(request, key.joinKey);
       if (column === undefined) {
         violations.push({
           field: `entity_rows.${key.joinKey}`,
@@ -859,6 +859,17 @@ function selectColumns<V>(
     }
   });
   return { values, statuses, eventTimes: all.eventTimes };
+}
+
+/**
+ * The request's column for `joinKey`, if it sent one. Not a plain index: the decoded map is an
+ * object, where a join key such as `constructor` would find Object's own property.
+ */
+function ownColumn(
+  request: GetOnlineFeaturesRequest,
+  joinKey: string,
+): GetOnlineFeaturesRequest['entityRows'][string] | undefined {
+  return Object.hasOwn(request.entityRows, joinKey) ? request.entityRows[joinKey] : undefined;
 }
 
 /** A stored or logged row as served from memory. */

@@ -599,6 +599,27 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(missingKey.violations.map((v) => [v.field, v.reason])).toEqual([
         ['entity_rows.user_id', 'REQUIRED'],
       ]);
+      // A join key that is also a property every object inherits, not sent: REQUIRED, not a
+      // TypeError on Object's `constructor` (INTERNAL).
+      await harness.client.applyEntity({
+        entity: { ...userEntity, name: 'ctor', joinKey: 'constructor' },
+        requestId: '',
+      });
+      await harness.client.applyFeatureView({
+        featureView: userStatsView({ name: 'ctor_stats', entities: ['ctor'], tags: {} }),
+        requestId: '',
+        validateOnly: false,
+      });
+      const inherited = await failureOf(
+        harness.client.getOnlineFeatures({
+          features: ['ctor_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: false,
+        }),
+      );
+      expect(inherited.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['entity_rows.constructor', 'REQUIRED'],
+      ]);
       const noRows = await failureOf(
         harness.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
