@@ -69,7 +69,10 @@ export function prepareRows(
     const parts: (string | number)[] = [];
     for (const column of keyColumns) {
       const field = `${at}.entity_key.${column.joinKey}`;
-      const value = row.entityKey[column.joinKey];
+      // Own properties only: a join key such as `constructor` is inherited by every object.
+      const value = Object.hasOwn(row.entityKey, column.joinKey)
+        ? row.entityKey[column.joinKey]
+        : undefined;
       if (value === undefined) {
         violations.push({ field, description: 'is required', reason: 'REQUIRED' });
         continue;
@@ -136,7 +139,7 @@ export function prepareRows(
     }
     if (violations.length > before || eventTime === undefined) return;
     for (const feature of features) {
-      const value = row.values[feature.name];
+      const value = Object.hasOwn(row.values, feature.name) ? row.values[feature.name] : undefined;
       const present = value?.kind === undefined ? null : value;
       values[feature.name] = present;
       stored[feature.name] = storedValueOf(present ?? undefined);

@@ -620,6 +620,17 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(inherited.violations.map((v) => [v.field, v.reason])).toEqual([
         ['entity_rows.constructor', 'REQUIRED'],
       ]);
+      const unkeyed = await failureOf(
+        harness.client.writeFeatures({
+          featureView: 'ctor_stats',
+          rows: [userRow('u1', seconds(-1), { ctr: double(1) })],
+          requestId: '',
+        }),
+      );
+      expect(unkeyed.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['rows[0].entity_key.constructor', 'REQUIRED'],
+        ['rows[0].entity_key.user_id', 'UNKNOWN_JOIN_KEY'],
+      ]);
       const noRows = await failureOf(
         harness.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
