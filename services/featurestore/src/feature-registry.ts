@@ -99,7 +99,8 @@ export interface PageRendering<M> {
 /**
  * A page token: the list it belongs to (`entities`, or `feature_views` with its entity filter)
  * and the last name of the page, as base64url JSON. Only a token of the same list, written as this
- * server writes it, is taken back.
+ * server writes it, is taken back (and, during a rolling upgrade, the `after:<name>` form earlier
+ * replicas wrote; they refuse this form, so a client paging through one may start again once).
  */
 function pageTokenOf(list: readonly [string, string], after: string): string {
   return Buffer.from(JSON.stringify([...list, after])).toString('base64url');
@@ -113,9 +114,14 @@ function pageTokenViolation(
     violation: { field: 'page_token', description, reason },
   });
   const bytes = Buffer.from(token, 'base64url');
+  const text = bytes.toString('base64url') === token ? bytes.toString('utf8') : '';
+  // The form replicas before this one wrote (`after:<name>`, for either list): still taken, so
+  // a client paging through a rolling upgrade does not have to start again.
+  const legacy = text.startsWith('after:') ? text.slice('after:'.length) : undefined;
+  if (legacy !== undefined && registryLimits.resourceName.test(legacy)) return { after: legacy };
   let parsed: unknown;
   try {
-    parsed = bytes.toString('base64url') === token ? JSON.parse(bytes.toString('utf8')) : null;
+    parsed = text === '' ? null : JSON.parse(text);
   } catch {
     parsed = null;
   }
