@@ -35,6 +35,7 @@ import {
   diffEntity,
   diffFeatureView,
   registryLimits,
+  sameStreamSource,
   validateEntity,
   validateFeatureView,
   type EntityDefinition,
@@ -185,6 +186,13 @@ export function pageOf<M>(
   };
 }
 
+/** What {@link keptAsStored} compares of an entity or a feature view. */
+interface StoredRules {
+  readonly owner: string;
+  readonly ttlMs?: number;
+  readonly source?: FeatureViewDefinition['source'];
+}
+
 /**
  * Whether violation `v` of `proposed` is of a rule made after `stored` (its earlier definition)
  * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years, a
@@ -194,9 +202,8 @@ export function pageOf<M>(
  */
 function keptAsStored(
   v: FieldViolation,
-  proposed: { readonly owner: string; readonly ttlMs?: number; readonly source?: unknown },
-  stored:
-    { readonly owner: string; readonly ttlMs?: number; readonly source?: unknown } | undefined,
+  proposed: StoredRules,
+  stored: StoredRules | undefined,
 ): boolean {
   if (stored === undefined) return false;
   if (v.field === 'owner' && v.reason === 'TOO_LONG') return proposed.owner === stored.owner;
@@ -210,7 +217,11 @@ function keptAsStored(
       v.reason === 'VALUE_FIELD_TYPE' ||
       (v.reason === 'OUT_OF_RANGE' && v.field.endsWith('.bucket')))
   ) {
-    return JSON.stringify(proposed.source) === JSON.stringify(stored.source);
+    // The same source as the diff judges it (event names as a set, a default bucket given).
+    const [a, b] = [proposed.source, stored.source];
+    return a?.kind === 'stream' && b?.kind === 'stream'
+      ? sameStreamSource(a, b)
+      : JSON.stringify(a) === JSON.stringify(b);
   }
   return false;
 }

@@ -269,6 +269,7 @@ describe('a definition stored before a limit it breaks', () => {
     const source = stored.doc.definition.source;
     const legacy = {
       ...source,
+      eventNames: ['play', 'skip'],
       aggregations: source.aggregations.map((a) =>
         a.valueField === '' ? a : { ...a, valueField: field },
       ),
@@ -286,6 +287,8 @@ describe('a definition stored before a limit it breaks', () => {
               $case: 'streamSource' as const,
               value: {
                 ...view.source.value,
+                // The same names as stored, as a set: order and repeats change nothing.
+                eventNames: ['skip', 'play', 'play'],
                 aggregations: view.source.value.aggregations.map((a) =>
                   a.valueField === '' ? a : { ...a, valueField: field },
                 ),

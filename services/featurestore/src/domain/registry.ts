@@ -676,6 +676,15 @@ export function diffFeatureView(
   return changes.length === 0 ? { kind: 'unchanged' } : { kind: 'compatible', changes };
 }
 
+/** Whether two stream sources read and aggregate the same events the same way (see the diff). */
+export function sameStreamSource(a: StreamSource, b: StreamSource): boolean {
+  let same = true;
+  diffStreamSource(a, b, () => {
+    same = false;
+  });
+  return same;
+}
+
 function diffStreamSource(
   live: StreamSource,
   proposed: StreamSource,
