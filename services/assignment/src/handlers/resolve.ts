@@ -489,16 +489,21 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           reason: 'IN_THE_FUTURE',
         });
       }
-      let record: ResolveRecord | undefined;
+      let record: ResolveRecord;
       try {
         record = context.tokens.verify(request.resolveToken, now);
       } catch (error) {
-        // Alone, the token's own error (its reason says whether it expired); else with the rest.
+        // Alone, the token's own error; else with the rest, keeping its reason (whether the
+        // token expired, which tells the caller to resolve again).
         if (violations.length === 0 || !(error instanceof InvalidArgumentError)) throw error;
         violations.push(...error.violations);
+        throw new InvalidArgumentError(
+          `invalid apply request: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,
+          violations,
+          { reason: error.reason },
+        );
       }
       rejectIfAny('apply request', violations);
-      if (record === undefined) throw new Error('unreachable: a refused token is a violation');
       // A request id names one Apply of one resolve: reused with another token, it is another call.
       // As JSON, since any of these strings may hold any character a separator could be.
       const resultKey =

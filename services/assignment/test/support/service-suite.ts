@@ -1589,6 +1589,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(everything.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(fields(everything)).toEqual(['exposure_time', 'request_id', 'resolve_token']);
+        // With the token's own reason, which says whether to resolve again.
+        expect(everything.reason).toBe('RESOLVE_TOKEN_INVALID');
         // Seconds past what a Date holds (a Timestamp's own limit is the year 9999): only a
         // hand-made request sends them, so it is sent as bytes.
         const tooLate = new BinaryWriter();
