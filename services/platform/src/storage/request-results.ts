@@ -36,7 +36,8 @@ export interface IdentifiedRequest {
  * Requests with more values than this are not fingerprinted. Walking one costs ~0.5 µs per value
  * on the event loop, so this bounds the cost at about a millisecond: every configuration write
  * is compared, and a WriteFeatures batch of up to ~15 rows of 32 features; a larger batch sent
- * again under its id is not compared, and gets the first response as before fingerprints.
+ * again under its id is not compared, and gets the first response as before fingerprints (its
+ * size is judged from its first row, so passing over it costs microseconds).
  */
 export const MAX_FINGERPRINT_VALUES = 2_000;
 
@@ -105,8 +106,35 @@ function canonicalText(value: unknown, out: string[], budget: { left: number }):
   return true;
 }
 
+/** The values in `value`, counted up to `limit` (past it, `limit + 1`). */
+function valuesIn(value: unknown, limit: number): number {
+  let count = 1;
+  if (value === null || typeof value !== 'object' || value instanceof Date) return count;
+  if (value instanceof Uint8Array) return count;
+  for (const item of Array.isArray(value) ? value : Object.values(value)) {
+    count += valuesIn(item, limit - count);
+    if (count > limit) return count;
+  }
+  return count;
+}
+
+/**
+ * Whether a list of the request (a `WriteFeatures` batch's rows) holds more values than are
+ * fingerprinted, judged by its first item: so that a large batch costs microseconds to pass over,
+ * not the walk of {@link MAX_FINGERPRINT_VALUES} values before giving up.
+ */
+function clearlyTooLarge(request: IdentifiedRequest): boolean {
+  for (const field of Object.values(request)) {
+    if (!Array.isArray(field) || field.length === 0) continue;
+    const perItem = valuesIn(field[0], MAX_FINGERPRINT_VALUES);
+    if (field.length * perItem > MAX_FINGERPRINT_VALUES) return true;
+  }
+  return false;
+}
+
 /** What tells two requests under one id apart; undefined for one too large to walk. */
 function fingerprintOf(request: IdentifiedRequest): string | undefined {
+  if (clearlyTooLarge(request)) return undefined;
   const out: string[] = [];
   try {
     canonicalText(request, out, { left: MAX_FINGERPRINT_VALUES });
