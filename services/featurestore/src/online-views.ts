@@ -108,6 +108,8 @@ interface ReadPlan {
   readonly references: readonly Reference[];
   readonly featureNames: readonly string[];
   readonly encodedFeatureNames: Buffer;
+  /** The join keys of the views read, each once, in reference order. */
+  readonly joinKeys: readonly string[];
 }
 
 /** Read plans kept per replica; the cache is emptied when full (feature lists are few). */
@@ -341,26 +343,23 @@ export class OnlineViews {
     if (request.features.length > limits.maxFeatureRefs) {
       throw limitExceeded('features', `must hold at most ${limits.maxFeatureRefs} references`);
     }
-    const { references, featureNames, encodedFeatureNames } = this.readPlan(request.features);
+    const { references, featureNames, encodedFeatureNames, joinKeys } = this.readPlan(
+      request.features,
+    );
 
     // Entity rows: every column a requested view uses present and of the same length, within the
     // limits; the others are ignored.
     const violations: FieldViolation[] = [];
     const columns: [string, { readonly values: readonly unknown[] }][] = [];
-    const seen = new Set<string>();
-    for (const reference of references) {
-      for (const { joinKey } of reference.served.keyColumns) {
-        if (seen.has(joinKey)) continue;
-        seen.add(joinKey);
-        const column = ownColumn(request, joinKey);
-        if (column !== undefined) columns.push([joinKey, column]);
-        else {
-          violations.push({
-            field: `entity_rows.${joinKey}`,
-            description: 'is required by a requested view',
-            reason: 'REQUIRED',
-          });
-        }
+    for (const joinKey of joinKeys) {
+      const column = ownColumn(request, joinKey);
+      if (column !== undefined) columns.push([joinKey, column]);
+      else {
+        violations.push({
+          field: `entity_rows.${joinKey}`,
+          description: 'is required by a requested view',
+          reason: 'REQUIRED',
+        });
       }
     }
     const rowCount = columns[0]?.[1].values.length ?? 0;
@@ -459,6 +458,7 @@ export class OnlineViews {
       references,
       featureNames: Object.freeze(featureNames),
       encodedFeatureNames: encodeFeatureNames(featureNames),
+      joinKeys: [...new Set(references.flatMap((r) => r.served.keyColumns.map((k) => k.joinKey)))],
     };
     if (this.readPlans.size >= READ_PLAN_CAPACITY) this.readPlans.clear();
     this.readPlans.set(key, plan);
