@@ -14,14 +14,22 @@ import type { Collection, Versioned } from '../../../platform/src/storage/collec
 import type { ConfigurationStore, ResourceKind } from '../store/configuration-store';
 import { etagOf, type Stored } from '../store/documents';
 
+/** INVALID_ARGUMENT listing `violations`, with ErrorInfo `reason` when given. */
+export function invalidRequest(
+  what: string,
+  violations: readonly FieldViolation[],
+  reason?: string,
+): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `invalid ${what}: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,
+    violations,
+    { reason },
+  );
+}
+
 /** Throws INVALID_ARGUMENT with every violation when there is any. */
 export function rejectIfAny(what: string, violations: readonly FieldViolation[]): void {
-  if (violations.length > 0) {
-    throw new InvalidArgumentError(
-      `invalid ${what}: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,
-      violations,
-    );
-  }
+  if (violations.length > 0) throw invalidRequest(what, violations);
 }
 
 /** Domain violations (paths relative to the resource) as request violations under `prefix`. */

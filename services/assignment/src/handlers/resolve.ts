@@ -36,7 +36,7 @@ import type { ExperimentDocument } from '../store/documents';
 import { asEnum, timestampViolation } from './messages';
 import { RenderedResults, type RenderedAssignments } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
-import { rejectIfAny } from './requests';
+import { invalidRequest, rejectIfAny } from './requests';
 import { MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
@@ -497,11 +497,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         // token expired, which tells the caller to resolve again).
         if (violations.length === 0 || !(error instanceof InvalidArgumentError)) throw error;
         violations.push(...error.violations);
-        throw new InvalidArgumentError(
-          `invalid apply request: ${violations.map((v) => `${v.field}: ${v.description}`).join('; ')}`,
-          violations,
-          { reason: error.reason },
-        );
+        throw invalidRequest('apply request', violations, error.reason);
       }
       rejectIfAny('apply request', violations);
       // A request id names one Apply of one resolve: reused with another token, it is another call.
