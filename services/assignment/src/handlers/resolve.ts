@@ -37,6 +37,7 @@ import { asEnum, timestampViolation } from './messages';
 import { RenderedResults, type RenderedAssignments } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
 import { invalidRequest, rejectIfAny } from './requests';
+import { MAX_REQUEST_ID_LENGTH } from '../store/request-results';
 import { MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
@@ -44,7 +45,6 @@ type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve'
 const MAX_UNIT_ID_BYTES = 256;
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
 const MAX_ATTRIBUTE_DEPTH = 16;
-const MAX_REQUEST_ID_LENGTH = 128;
 /** Surfaces one Resolve may name: a page shows a handful; thousands would only cost the replica. */
 const MAX_RESOLVE_SURFACES = 256;
 /** How far in the future an exposure time may be (client clocks drift). */

@@ -1,5 +1,6 @@
 /** Mutations are idempotent by `request_id` through the kit's store of first responses. */
 export {
+  MAX_REQUEST_ID_LENGTH,
   RequestResults,
   type IdentifiedRequest,
   type ResponseCodec,
