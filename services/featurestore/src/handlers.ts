@@ -19,7 +19,7 @@ import type { OnlineViews } from './online-views';
 import type { FeatureStoreServiceDefinition } from './online-response';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import type { FeatureRowRepository } from './store/feature-rows';
-import type { RequestResults } from './store/request-results';
+import { MAX_REQUEST_ID_LENGTH, type RequestResults } from './store/request-results';
 
 export interface HandlerParts {
   readonly registry: FeatureRegistry;
@@ -34,10 +34,15 @@ export interface HandlerParts {
   readonly maxPageBytes: number;
 }
 
+/** Also before what does not reach `once()` (validate_only), which checks it as well. */
 function checkRequestId(requestId: string): void {
-  if (requestId.length > 128) {
+  if (requestId.length > MAX_REQUEST_ID_LENGTH) {
     throw new InvalidArgumentError('request_id is too long', [
-      { field: 'request_id', description: 'must be at most 128 characters', reason: 'TOO_LONG' },
+      {
+        field: 'request_id',
+        description: `must be at most ${MAX_REQUEST_ID_LENGTH} characters`,
+        reason: 'TOO_LONG',
+      },
     ]);
   }
 }

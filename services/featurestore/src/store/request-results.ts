@@ -1,2 +1,6 @@
 /** Mutations are idempotent by `request_id` through the kit's store of first responses. */
-export { RequestResults, type ResponseCodec } from '../../../platform/src/storage/request-results';
+export {
+  MAX_REQUEST_ID_LENGTH,
+  RequestResults,
+  type ResponseCodec,
+} from '../../../platform/src/storage/request-results';
