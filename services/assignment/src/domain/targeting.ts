@@ -24,6 +24,9 @@
  *   exponential time over, which would let one attribute value stall a replica.
  * - Empty `$and/$or/$nor` arrays are invalid here (GrowthBook passes an empty `$or`), as in MongoDB.
  * - A top-level `$not: {query}` is accepted (sift and GrowthBook both support it; MongoDB does not).
+ * - An attribute named like a JavaScript property (`constructor`, `toString`, `length`, …) is an
+ *   ordinary field, as in MongoDB: `{toString: {$exists: true}}` does not match `{}` and
+ *   `{"a.length": 3}` does not match `{a: "abc"}`. GrowthBook reads such names from prototypes.
  * For the common shapes (`$in`/`$eq` on strings, numeric comparisons on numbers, `$exists` on absent
  * attributes, `$elemMatch`, `$size`, `$all`, boolean logic) both agree.
  */
@@ -257,8 +260,98 @@ export function compileCondition(condition: Condition | null | undefined): Attri
  */
 export function compileConjunct(conjunct: Condition): AttributePredicate {
   if (isEmptyCondition(conjunct)) return matchAll;
-  const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), { operations });
-  return (attributes) => tester(attributes);
+  const escaped = escapeQuery(conjunct);
+  if (JSON.stringify(escaped) === JSON.stringify(conjunct)) {
+    const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), { operations });
+    return (attributes) => tester(attributes);
+  }
+  // Rare: the conjunct names something sift would read from a prototype or misread (see
+  // `escapeName`), so it reads a copy of the attributes with the same names escaped.
+  const tester = createQueryTester<unknown, unknown>(escaped, { operations });
+  return (attributes) => tester(escapeValue(attributes));
+}
+
+/**
+ * Names that JSON values inherit from their prototypes (`toString`, `constructor`, an array's or a
+ * string's `length`, `hasOwnProperty`, …) and `toJSON`. sift reads a path through `value[name]`,
+ * so `{"a.length": 3}` matched the string `"abc"` and `{toString: {$ne: null}}` a unit without
+ * that attribute; and it reads a query object with its own `constructor` or `toJSON` key as a
+ * value to compare with, so `{constructor: "x"}` matched only attributes equal to exactly that.
+ * MongoDB has none of this: an attribute of any of these names is an ordinary field.
+ */
+const INHERITED_NAMES: ReadonlySet<string> = new Set([
+  ...[
+    Object.prototype,
+    Array.prototype,
+    String.prototype,
+    Number.prototype,
+    Boolean.prototype,
+  ].flatMap((prototype) => Object.getOwnPropertyNames(prototype)),
+  'toJSON',
+]);
+
+/**
+ * A field name as the escaped copies of conditions and attributes hold it: an inherited name
+ * (or one starting with `~`, so the mapping stays one-to-one) prefixed with `~`, which no
+ * prototype has. Numeric segments (array indexes in a path) are never inherited names.
+ */
+function escapeName(name: string): string {
+  return INHERITED_NAMES.has(name) || name.startsWith('~') ? `~${name}` : name;
+}
+
+/** A JSON value (attributes, or a literal in a condition) with every object key escaped. */
+function escapeValue(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(escapeValue);
+  if (typeof value !== 'object' || value === null) return value;
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) out[escapeName(key)] = escapeValue(item);
+  return out;
+}
+
+/** A valid query with its field paths and literals escaped; operators and operands kept. */
+function escapeQuery(query: Condition): Condition {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(query)) {
+    if (LOGICAL.has(key) && Array.isArray(value)) {
+      out[key] = value.map((member) => escapeQuery(member as Condition));
+    } else if (key === '$not' && isPlainObject(value)) {
+      out[key] = escapeQuery(value);
+    } else if (key.startsWith('$')) {
+      out[key] = value;
+    } else {
+      out[key.split('.').map(escapeName).join('.')] = escapeFieldValue(value);
+    }
+  }
+  return out;
+}
+
+function escapeFieldValue(value: unknown): unknown {
+  if (!isPlainObject(value) || !Object.keys(value).some((k) => k.startsWith('$'))) {
+    return escapeValue(value);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [op, operand] of Object.entries(value)) {
+    switch (op) {
+      case '$eq':
+      case '$ne':
+      case '$in':
+      case '$nin':
+      case '$all':
+        out[op] = escapeValue(operand);
+        break;
+      case '$elemMatch':
+        out[op] = isOperatorObject(operand)
+          ? escapeFieldValue(operand)
+          : escapeQuery(operand as Condition);
+        break;
+      case '$not':
+        out[op] = escapeFieldValue(operand);
+        break;
+      default:
+        out[op] = operand;
+    }
+  }
+  return out;
 }
 
 /**
@@ -268,15 +361,9 @@ export function compileConjunct(conjunct: Condition): AttributePredicate {
  * `{country: "SE"}`, `{plan: "premium"}` and `{"app.version": {$gte: 10}}`. An evaluator that
  * compiles conjuncts rather than whole conditions evaluates a rule that many conditions share
  * ("Nordics on iOS") once per unit. Field operators (`{age: {$gte: 18, $lt: 65}}`) and
- * `$or/$nor/$not` stay whole, and so does an object sift would not read as a query. The condition
- * must be valid (see {@link validateCondition}).
+ * `$or/$nor/$not` stay whole. The condition must be valid (see {@link validateCondition}).
  */
 export function conjunctsOf(condition: Condition): Condition[] {
-  // sift reads an object with a `constructor` or a truthy `toJSON` key as a value to compare with,
-  // not as a query (its `isVanillaObject`); split, the pieces would be read differently.
-  if (Object.hasOwn(condition, 'constructor') || Object.hasOwn(condition, 'toJSON')) {
-    return [condition];
-  }
   const out: Condition[] = [];
   for (const [key, value] of Object.entries(condition)) {
     if (key === '$and' && Array.isArray(value)) {

@@ -164,12 +164,78 @@ describe('conjunctsOf', () => {
     expect(conjunctsOf({ $and: [{}] })).toEqual([]);
   });
 
-  it('keeps whole an object sift compares as a value rather than reads as a query', () => {
-    expect(conjunctsOf({ constructor: 'x', a: 1 })).toEqual([{ constructor: 'x', a: 1 }]);
+  it('splits fields named constructor or toJSON like any other, and the pieces still match', () => {
+    const expected: Condition[] = [{ constructor: 'x' }, { a: 1 }];
+    expect(conjunctsOf({ constructor: 'x', a: 1 })).toEqual(expected);
     expect(conjunctsOf({ b: 2, $and: [{ toJSON: 'x', a: 1 }] })).toEqual([
       { b: 2 },
-      { toJSON: 'x', a: 1 },
+      { toJSON: 'x' },
+      { a: 1 },
     ]);
+    const all = (condition: Condition, attributes: Record<string, unknown>): boolean =>
+      conjunctsOf(condition).every((part) => compileConjunct(part)(attributes));
+    expect(all({ constructor: 'x', a: 1 }, { constructor: 'x', a: 1, b: 2 })).toBe(true);
+    expect(all({ constructor: 'x', a: 1 }, { constructor: 'y', a: 1 })).toBe(false);
+  });
+});
+
+// MongoDB's semantics, from its manual: a field is present only when the document has it
+// ($exists, $ne/$in with null: "Query for Null or Missing Fields"), a dotted path reaches into
+// embedded documents and array elements, never into a string, and a query document's fields are
+// all conditions. These names are inherited from JavaScript prototypes or read specially by sift.
+describe('attributes named like JavaScript properties are ordinary fields, as in MongoDB', () => {
+  it.each<[string, Condition, Record<string, unknown>, boolean]>([
+    ['$exists false, absent', { constructor: { $exists: false } }, {}, true],
+    ['$exists true, present', { constructor: { $exists: true } }, { constructor: 'x' }, true],
+    ['equality beside other attributes', { constructor: 'x' }, { constructor: 'x', b: 1 }, true],
+    ['equality, another value', { constructor: 'x' }, { constructor: 'y' }, false],
+    ['beside another field', { constructor: 'x', b: 1 }, { constructor: 'x', b: 1, c: 2 }, true],
+    ['$ne null, absent', { toString: { $ne: null } }, {}, false],
+    ['$exists true, absent', { valueOf: { $exists: true } }, {}, false],
+    ['$in [null], absent', { hasOwnProperty: { $in: [null] } }, {}, true],
+    ['nested, $ne null, absent', { 'a.constructor': { $ne: null } }, { a: {} }, false],
+    ['nested, present', { 'a.isPrototypeOf': 1 }, { a: { isPrototypeOf: 1 } }, true],
+    ['a string has no fields', { 'a.length': 3 }, { a: 'abc' }, false],
+    ['a string method is no field', { 'a.toUpperCase': { $ne: null } }, { a: 'abc' }, false],
+    ['an array length is no field', { 'a.length': { $exists: true } }, { a: [1] }, false],
+    ['an array element field named length', { 'a.length': 2 }, { a: [{ length: 2 }] }, true],
+    [
+      'an array index still works beside one',
+      { 'a.0': 1, 'a.length': { $exists: false } },
+      { a: [1] },
+      true,
+    ],
+    ['$or', { $or: [{ constructor: 'x' }] }, { constructor: 'x', b: 1 }, true],
+    ['$nor', { $nor: [{ toString: { $exists: true } }] }, {}, true],
+    ['$not at the top level', { $not: { constructor: 'x' } }, { constructor: 'x', b: 1 }, false],
+    [
+      '$elemMatch over objects',
+      { a: { $elemMatch: { constructor: 'x' } } },
+      { a: [{ constructor: 'x', b: 1 }] },
+      true,
+    ],
+    [
+      '$elemMatch, no element matches',
+      { a: { $elemMatch: { toJSON: 1 } } },
+      { a: [{ toJSON: 2 }] },
+      false,
+    ],
+    ['an object literal', { a: { toJSON: 1 } }, { a: { toJSON: 1 } }, true],
+    ['an object literal, another value', { a: { toJSON: 1 } }, { a: { toJSON: 2 } }, false],
+    [
+      '$in of object literals',
+      { a: { $in: [{ constructor: 1 }] } },
+      { a: { constructor: 1 } },
+      true,
+    ],
+    ['$eq of an object literal', { a: { $eq: { valueOf: [1] } } }, { a: { valueOf: [1] } }, true],
+    ['$regex', { constructor: { $regex: '^x' } }, { constructor: 'xy' }, true],
+    ['$not of operators', { toString: { $not: { $eq: 'x' } } }, { toString: 'x' }, false],
+    ['names starting with ~ stay distinct', { '~constructor': 1 }, { constructor: 1 }, false],
+    ['a name starting with ~', { '~x': 1, constructor: { $exists: false } }, { '~x': 1 }, true],
+  ])('%s', (_name, condition, attributes, expected) => {
+    expect(validateCondition(condition)).toEqual([]);
+    expect(matches(condition, attributes)).toBe(expected);
   });
 });
 
