@@ -11,6 +11,10 @@
  * the request with sorted keys and without default values, see `canonicalText`). Responses
  * stored before fingerprints were kept, and requests too large to fingerprint cheaply (see
  * {@link MAX_FINGERPRINT_VALUES}), match any request.
+ *
+ * A retry that arrives while its first call is still running in the same process waits for it and
+ * gets its response (or runs after its failure). On another replica it runs beside it: replicas
+ * share only the stored responses.
  */
 import { createHash } from 'node:crypto';
 import { InvalidArgumentError } from '../errors';
@@ -155,6 +159,13 @@ export interface ResponseCodec<T> {
 export const MAX_REQUEST_ID_LENGTH = 128;
 
 export class RequestResults {
+  /**
+   * The calls of this process still running, by key: a retry that arrives while its first call
+   * runs (a client's deadline shorter than the write) waits for it instead of running the
+   * mutation a second time beside it. Replicas do not share this; see the module comment.
+   */
+  private readonly running = new Map<string, Promise<unknown>>();
+
   private constructor(
     private readonly collection: Collection<RequestResultDocument>,
     private readonly ttlMs: number,
@@ -191,6 +202,10 @@ export class RequestResults {
     if (requestId === '') return mutation();
     const id = `${method}/${requestId}`;
     const fingerprint = fingerprintOf(request);
+    for (let running = this.running.get(id); running; running = this.running.get(id)) {
+      // Its outcome is read from the store below: a stored response, or none after a failure.
+      await running.catch(() => undefined);
+    }
     const previous = await this.collection.get(id);
     if (previous) {
       const stored = previous.doc.fingerprint;
@@ -209,13 +224,22 @@ export class RequestResults {
       }
       return codec.decode(previous.doc.response);
     }
-    const response = await mutation();
-    await this.collection.upsert({
-      id,
-      response: codec.encode(response).finish(),
-      expiresAt: new Date(Date.now() + this.ttlMs),
-      fingerprint,
-    });
-    return response;
+    if (this.running.has(id)) return this.once(method, request, codec, mutation);
+    const call = (async () => {
+      const response = await mutation();
+      await this.collection.upsert({
+        id,
+        response: codec.encode(response).finish(),
+        expiresAt: new Date(Date.now() + this.ttlMs),
+        fingerprint,
+      });
+      return response;
+    })();
+    this.running.set(id, call);
+    try {
+      return await call;
+    } finally {
+      this.running.delete(id);
+    }
   }
 }

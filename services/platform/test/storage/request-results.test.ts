@@ -50,6 +50,53 @@ describe('RequestResults', () => {
     expect(runs).toBe(3);
   });
 
+  it('has a retry that arrives while its first call runs wait for it, not run beside it', async () => {
+    let runs = 0;
+    let release = (): void => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const slow = async () => {
+      const run = ++runs;
+      await gate;
+      return { message: `run ${run}`, traceId: '' };
+    };
+    const request = { requestId: 'r-concurrent', view: 'a' };
+    const first = results.once('Write', request, EchoResponse, slow);
+    const retry = results.once('Write', { ...request }, EchoResponse, slow);
+    const changed = { ...request, view: 'b' };
+    const other = results.once('Write', changed, EchoResponse, slow);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(runs).toBe(1);
+    release();
+    expect(await first).toEqual({ message: 'run 1', traceId: '' });
+    expect(await retry).toEqual({ message: 'run 1', traceId: '' });
+    await expect(other).rejects.toMatchObject({ reason: 'REQUEST_ID_REUSED' });
+    expect(runs).toBe(1);
+  });
+
+  it('runs a retry that waited for a first call that failed', async () => {
+    let runs = 0;
+    let fail = (): void => undefined;
+    const gate = new Promise<void>(
+      (_resolve, reject) =>
+        (fail = () => {
+          reject(new Error('boom'));
+        }),
+    );
+    const first = results.once('Write', { requestId: 'r-failed' }, EchoResponse, async () => {
+      runs++;
+      await gate;
+      return { message: 'never', traceId: '' };
+    });
+    const retry = results.once('Write', { requestId: 'r-failed' }, EchoResponse, () =>
+      Promise.resolve({ message: `run ${++runs}`, traceId: '' }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(runs).toBe(1);
+    fail();
+    await expect(first).rejects.toThrow('boom');
+    expect(await retry).toEqual({ message: 'run 2', traceId: '' });
+  });
+
   it('refuses the id reused for a different request, whatever order its maps came in', async () => {
     let runs = 0;
     const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
