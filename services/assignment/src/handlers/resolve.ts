@@ -345,6 +345,8 @@ const STICKY_WARNING_INTERVAL_MS = 10_000;
 
 export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
   const applyResults = new Map<string, ExposureCounts>();
+  /** The Apply calls with a request_id still logging, by the same key as `applyResults`. */
+  const applying = new Map<string, Promise<unknown>>();
   // The rendered results of the snapshot in use; a new configuration version starts a new table.
   let renderedSnapshot: AssignmentSnapshot | undefined;
   let renderedTable: RenderedResults | undefined;
@@ -501,25 +503,35 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       rejectIfAny('apply request', violations);
       // A request id names one Apply of one resolve: reused with another token, it is another call.
-      // As JSON, since any of these strings may hold any character a separator could be.
+      // The token itself, not its resolve id: a caller's Resolve request_id, reused for another
+      // resolve of the unit, would make two tokens one. (Verified, so in its one canonical form.)
+      // As JSON, since either string may hold any character a separator could be.
       const resultKey =
         request.requestId === ''
           ? undefined
-          : JSON.stringify([request.requestId, record.resolveId, record.unitType, record.unitId]);
-      const previous = resultKey === undefined ? undefined : applyResults.get(resultKey);
-      if (previous) return { exposures: previous };
+          : JSON.stringify([request.requestId, request.resolveToken]);
+      if (resultKey !== undefined) {
+        // A retry arriving while its first call runs waits for it rather than logging beside it.
+        for (let first = applying.get(resultKey); first; first = applying.get(resultKey)) {
+          await first.catch(() => undefined);
+        }
+        const previous = applyResults.get(resultKey);
+        if (previous) return { exposures: previous };
+      }
       let exposureTime = request.exposureTime ?? new Date(now);
       // Not shown before it was resolved; but a resolve time from a replica whose clock runs
       // ahead is not taken past the skew allowed to the caller's own exposure time.
       if (exposureTime.getTime() < record.resolveTime) {
         exposureTime = new Date(Math.min(record.resolveTime, now + MAX_EXPOSURE_CLOCK_SKEW_MS));
       }
-      const { counts: exposures } = await logExposures(
-        context,
-        record,
-        request.experimentIds,
-        exposureTime,
-      );
+      const logging = logExposures(context, record, request.experimentIds, exposureTime);
+      if (resultKey !== undefined) applying.set(resultKey, logging);
+      let exposures: ExposureCounts;
+      try {
+        ({ counts: exposures } = await logging);
+      } finally {
+        if (resultKey !== undefined) applying.delete(resultKey);
+      }
       // Not remembered when some were dropped: the retry logs them.
       if (resultKey !== undefined && exposures.droppedCount === 0) {
         applyResults.set(resultKey, exposures);

@@ -52,6 +52,7 @@ import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
   clientFor,
+  eventually,
   startTestAssignment,
   type StorageChoice,
   type TestAssignment,
@@ -1377,6 +1378,77 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           store.mockRestore();
         }
         expect((await apply()).exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+      });
+
+      it('takes an Apply request_id with another token as another call, though both resolves shared a request_id', async () => {
+        const { admin, client } = service;
+        for (const id of ['shared-id-a', 'shared-id-b']) {
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
+          );
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+        }
+        // The caller's view id, reused for two resolves of the unit on two surfaces.
+        const resolveOn = (surface: string) =>
+          client.resolve(resolveRequest('shared-1', { surfaces: [surface], requestId: 'view-1' }));
+        const [onA, onB] = [await resolveOn('shared-id-a'), await resolveOn('shared-id-b')];
+        expect(onA.resolveId).toBe(onB.resolveId);
+        for (const resolved of [onA, onB]) {
+          const applied = await client.apply(
+            ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken, requestId: 'apply-9' }),
+          );
+          expect(applied.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+        }
+        // Both were logged: applied again without a request_id, each is already.
+        for (const resolved of [onA, onB]) {
+          const again = await client.apply(
+            ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+          );
+          expect(again.exposures).toMatchObject({ loggedCount: 0, alreadyLoggedCount: 1 });
+        }
+      });
+
+      it('has an Apply retry that arrives while the first call logs wait for it and get its result', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('slow-apply', { surfaces: ['slow-apply'], sticky: true }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'slow-apply' }));
+        const resolved = await client.resolve(
+          resolveRequest('slow-1', { surfaces: ['slow-apply'] }),
+        );
+        const sticky = service.service.context.sticky;
+        const storeSticky = sticky.store.bind(sticky);
+        let release = (): void => undefined;
+        const gate = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        const store = jest.spyOn(sticky, 'store').mockImplementation(async (...args) => {
+          await gate;
+          return storeSticky(...args);
+        });
+        try {
+          const request = ApplyRequest.fromPartial({
+            resolveToken: resolved.resolveToken,
+            requestId: 'slow-apply-1',
+          });
+          const first = client.apply(request);
+          await eventually(() => {
+            expect(store).toHaveBeenCalledTimes(1);
+          });
+          const retry = client.apply(request);
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          release();
+          const [answered, retried] = await Promise.all([first, retry]);
+          expect(answered.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+          expect(retried).toEqual(answered);
+          expect(await client.apply(request)).toEqual(answered);
+          expect(store).toHaveBeenCalledTimes(1);
+        } finally {
+          store.mockRestore();
+        }
       });
 
       it("names the variant stored first in a sticky unit's exposure: another resolve's, when it was applied first", async () => {
