@@ -33,6 +33,13 @@ import { StickyAssignments } from './store/sticky-assignments';
  */
 const WRITE_LEASE_TTL_MS = 30_000;
 const WRITE_LEASE_WAIT_MS = 10_000;
+/**
+ * How long a shutdown waits, after the last call, for buffered exposures and configuration
+ * changes to be published: within the kit's margin after the gRPC drain, leaving time to close
+ * storage. What is still buffered then (NATS unreachable throughout) is counted as dropped.
+ */
+const EXPOSURE_FLUSH_MS = 3_000;
+const CONFIG_CHANGE_FLUSH_MS = 1_000;
 
 /** A started Assignment service. */
 export interface RunningAssignment {
@@ -40,7 +47,10 @@ export interface RunningAssignment {
   readonly context: AssignmentContext;
   /** Exposures published, buffered and dropped so far. */
   exposureStats(): ReturnType<BufferedPublisher['stats']>;
-  /** Stops consumers and polling and flushes buffered events (also a shutdown step). */
+  /**
+   * Stops serving (drains the gRPC server), then consumers and polling, then flushes buffered
+   * events (also a shutdown step).
+   */
   stop(): Promise<void>;
 }
 
@@ -116,9 +126,16 @@ export async function startAssignment(
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
+      // Serving ends first (NOT_SERVING, in-flight calls finished): registered after the kit's
+      // gRPC server step, this step runs before it, and closing the publishers while calls were
+      // still answered would drop every exposure they applied, each answered as dropped.
+      await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       configuration.stopPolling();
       await Promise.all(subscriptions.map((s) => s.stop()));
-      await Promise.all([exposurePublisher.close(5000), configPublisher.close(1000)]);
+      await Promise.all([
+        exposurePublisher.close(EXPOSURE_FLUSH_MS),
+        configPublisher.close(CONFIG_CHANGE_FLUSH_MS),
+      ]);
     })();
     return stopping;
   };

@@ -25,6 +25,7 @@ import { withTimestampNanos } from '../../platform/test/support/timestamps';
 import { ALLOCATION_SUBJECT, CONFIG_STREAM } from '../src/events/streams';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
+  clientFor,
   eventually,
   propagationMs,
   startTestAssignment,
@@ -382,6 +383,61 @@ describeWithNats('Assignment through a NATS outage', () => {
     } finally {
       await subscription.stop();
       await observer.close();
+      await service.stop();
+    }
+  });
+
+  it('stops answering before it stops buffering: no call during a shutdown has its exposure dropped', async () => {
+    // Running, whatever the test before left.
+    await server.stop();
+    server.start();
+    const service = await startTestAssignment({ natsUrl: server.url });
+    const client = clientFor(service.address);
+    try {
+      await service.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('shutdown', { surfaces: ['shutdown'] }),
+        }),
+      );
+      await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'shutdown' }));
+      await server.stop();
+      await eventually(() => {
+        expect(service.runtime.bus.isConnected()).toBe(false);
+      });
+      // Callers applying exposures without pause until the service refuses them.
+      const answers: { droppedCount: number; loggedCount: number }[] = [];
+      let unit = 0;
+      const caller = async (): Promise<void> => {
+        for (;;) {
+          const request = resolveRequest(`shutdown-${unit++}`, {
+            surfaces: ['shutdown'],
+            apply: true,
+          });
+          let response;
+          try {
+            response = await client.resolve(request);
+          } catch {
+            return;
+          }
+          answers.push({
+            droppedCount: response.exposures?.droppedCount ?? 0,
+            loggedCount: response.exposures?.loggedCount ?? 0,
+          });
+        }
+      };
+      const callers = [caller(), caller(), caller()];
+      await eventually(() => {
+        expect(answers.length).toBeGreaterThan(20);
+      });
+      await service.stop();
+      await Promise.all(callers);
+      // Every answer said its exposure was buffered; those still buffered when the flush gave up
+      // are counted as dropped by the publisher, not reported to callers as done.
+      expect(answers.filter((a) => a.droppedCount > 0)).toEqual([]);
+      expect(answers.every((a) => a.loggedCount === 1)).toBe(true);
+      expect(service.service.exposureStats().dropped).toBe(answers.length);
+    } finally {
+      client.close();
       await service.stop();
     }
   });
