@@ -29,6 +29,21 @@
  *   `{"a.length": 3}` does not match `{a: "abc"}`. GrowthBook reads such names from prototypes.
  * For the common shapes (`$in`/`$eq` on strings, numeric comparisons on numbers, `$exists` on absent
  * attributes, `$elemMatch`, `$size`, `$all`, boolean logic) both agree.
+ *
+ * Where this evaluator still differs from MongoDB itself (found by comparing it with DocumentDB,
+ * another MongoDB-compatible engine, over generated conditions; they come from sift's path walk
+ * and arise only with arrays inside arrays, scalars where documents are expected, numeric path
+ * segments or `$all` of documents):
+ * - Objects compare as maps: `{a: {b: 1, c: 2}}` matches `{a: {c: 2, b: 1}}` (MongoDB compares
+ *   field order too; a Struct has none).
+ * - A literal also matches inside an array nested in an array (`{a: 1}` matches `a: [[1]]`;
+ *   MongoDB looks one level deep).
+ * - A path through an array's scalars reads them as missing: `{"a.b": null}` matches `a: [1]`.
+ * - A numeric segment indexes a string (`{"a.0": "x"}` matches `a: "x"`), does not reach a field
+ *   named `0` of an array's documents, and past an array's end is null to `$in: [null]`.
+ * - `$elemMatch` stops at an element that is itself an array (`{$elemMatch: {$eq: 1}}` fails
+ *   `[1, []]`), and its query form also tests scalar elements; `$size` is tried on arrays nested
+ *   in the array; `$all` reads a document among its values as a query (`[{}]` matches anything).
  */
 import {
   $all,
@@ -36,11 +51,7 @@ import {
   $elemMatch,
   $eq,
   $exists,
-  $gt,
-  $gte,
   $in,
-  $lt,
-  $lte,
   $ne,
   $nin,
   $nor,
@@ -93,10 +104,10 @@ const operations = {
   $ne,
   $in,
   $nin,
-  $gt,
-  $gte,
-  $lt,
-  $lte,
+  $gt: comparison((order) => order > 0),
+  $gte: comparison((order) => order >= 0),
+  $lt: comparison((order) => order < 0),
+  $lte: comparison((order) => order <= 0),
   $exists,
   $regex,
   $options,
@@ -108,6 +119,33 @@ const operations = {
   $nor,
   $not,
 };
+
+/**
+ * Equality as MongoDB's for JSON values, given to sift for literals, `$eq`, `$ne`, `$in` and
+ * `$nin`: `null` in a condition matches a missing attribute, but inside an object a key holding
+ * null is not a missing key (sift's own `equals` took `{b: null}` for equal to `{c: 1}`). Objects
+ * are compared as maps, whatever the order of their keys (see the module comment).
+ */
+function equalsValue(expected: unknown, actual: unknown): boolean {
+  if (expected === null || expected === undefined) return actual === null || actual === undefined;
+  return sameValue(expected, actual);
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a) || Array.isArray(b)) {
+    if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length) return false;
+    return a.every((item, i) => sameValue(item, b[i]));
+  }
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every(
+    (key) =>
+      Object.hasOwn(b, key) &&
+      sameValue((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key]),
+  );
+}
 
 const LOGICAL = new Set(['$and', '$or', '$nor']);
 /** MongoDB's `$options` flags that mean something here ('u': RE2 is Unicode-aware anyway). */
@@ -175,8 +213,21 @@ function literalTest(pattern: string, flags: unknown): ((value: string) => boole
   return (value) => value.includes(text);
 }
 
-/** A `$regex` as a test of a string: RE2, or RegExp for a pattern stored before RE2. */
+/**
+ * A `$regex` as a test of a string: RE2, or RegExp for a pattern stored before RE2. Without the
+ * `m` flag, MongoDB's engine (PCRE) lets `$` match before a newline that ends the string as well
+ * as at its end, and RE2 and RegExp do not; so a pattern with a `$` (and no `\z`, which only
+ * matches at the very end) is tried again on a value without its final newline: what can match
+ * there and not in the whole value is a `$` matching at that newline.
+ */
 function regexTest(pattern: string, flags: unknown): (value: string) => boolean {
+  const test = engineTest(pattern, flags);
+  const multiline = typeof flags === 'string' && flags.includes('m');
+  if (multiline || !pattern.includes('$') || pattern.includes('\\z')) return test;
+  return (value) => test(value) || (value.endsWith('\n') && test(value.slice(0, -1)));
+}
+
+function engineTest(pattern: string, flags: unknown): (value: string) => boolean {
   const literal = literalTest(pattern, flags);
   if (literal !== undefined) return literal;
   try {
@@ -186,6 +237,51 @@ function regexTest(pattern: string, flags: unknown): (value: string) => boolean 
     const regex = compileRegExp(pattern, flags);
     return (value) => regex.test(value);
   }
+}
+
+/**
+ * Order of two strings by code point, which is the order of their UTF-8 bytes, as MongoDB
+ * compares them. JavaScript's `<` compares UTF-16 units, which puts a character past U+FFFF (a
+ * surrogate pair, 0xD800–0xDFFF) before U+E000–U+FFFF.
+ */
+function compareStrings(a: string, b: string): number {
+  const length = Math.min(a.length, b.length);
+  for (let i = 0; i < length; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    const xPair = x >= 0xd800 && x <= 0xdfff;
+    const yPair = y >= 0xd800 && y <= 0xdfff;
+    if (xPair !== yPair) return xPair ? 1 : -1;
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+/**
+ * `$gt`, `$gte`, `$lt` and `$lte`: a number against a number, a string against a string (by code
+ * point), anything else (missing, null, another type) no match, as in MongoDB. Validation allows
+ * only a number or a string as the operand.
+ */
+function comparison(accepts: (order: number) => boolean) {
+  return (
+    operand: unknown,
+    ownerQuery: unknown,
+    options: Parameters<typeof createEqualsOperation>[2],
+  ) =>
+    createEqualsOperation(
+      (value: unknown) => {
+        if (typeof value === 'number' && typeof operand === 'number') {
+          return accepts(value < operand ? -1 : value > operand ? 1 : 0);
+        }
+        if (typeof value === 'string' && typeof operand === 'string') {
+          return accepts(compareStrings(value, operand));
+        }
+        return false;
+      },
+      ownerQuery,
+      options,
+    );
 }
 
 /** sift's `$regex`, matched by RE2 instead of a backtracking RegExp (a string value, found anywhere). */
@@ -229,7 +325,7 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
   if (out.length === 0) {
     // Defence in depth: anything sift still refuses is reported, not thrown at resolve time.
     try {
-      createQueryTester(structuredClone(condition), { operations });
+      createQueryTester(structuredClone(condition), { operations, compare: equalsValue });
     } catch (error) {
       out.push(
         violation(path, `not a valid query: ${(error as Error).message}`, 'INVALID_CONDITION'),
@@ -262,12 +358,15 @@ export function compileConjunct(conjunct: Condition): AttributePredicate {
   if (isEmptyCondition(conjunct)) return matchAll;
   const escaped = escapeQuery(conjunct);
   if (JSON.stringify(escaped) === JSON.stringify(conjunct)) {
-    const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), { operations });
+    const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), {
+      operations,
+      compare: equalsValue,
+    });
     return (attributes) => tester(attributes);
   }
   // Rare: the conjunct names something sift would read from a prototype or misread (see
   // `escapeName`), so it reads a copy of the attributes with the same names escaped.
-  const tester = createQueryTester<unknown, unknown>(escaped, { operations });
+  const tester = createQueryTester<unknown, unknown>(escaped, { operations, compare: equalsValue });
   return (attributes) => tester(escapeValue(attributes));
 }
 

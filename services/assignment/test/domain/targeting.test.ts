@@ -179,6 +179,39 @@ describe('conjunctsOf', () => {
   });
 });
 
+// Found by comparing with another MongoDB-compatible engine (DocumentDB) over generated
+// conditions and documents; the expected results are MongoDB's, from its manual: an embedded
+// document equals only a document with the same fields ("Query on Embedded/Nested Documents"),
+// strings compare by simple binary comparison of their UTF-8 bytes ("Comparison/Sort Order"),
+// and `$regex` is PCRE, whose `$` also matches before a newline that ends the string.
+describe('equality, order and $regex as MongoDB, where sift or JavaScript differ', () => {
+  it.each<[string, Condition, Record<string, unknown>, boolean]>([
+    ['a null field is not a missing one', { a: { b: null } }, { a: { c: 1 } }, false],
+    ['a null field equals a null field', { a: { b: null } }, { a: { b: null } }, true],
+    ['$in of a document with a null field', { a: { $in: [{ b: null }] } }, { a: {} }, false],
+    ['$ne of a document with a null field', { a: { $ne: { b: null } } }, { a: { c: 1 } }, true],
+    ['null still matches a missing attribute', { a: null }, {}, true],
+    ['null in $in still matches a missing attribute', { a: { $in: [null] } }, {}, true],
+    ['documents inside arrays', { a: [{ b: null }] }, { a: [{}] }, false],
+    ['a character past U+FFFF sorts after U+FF61', { a: { $gt: '\uFF61' } }, { a: '😀' }, true],
+    ['and U+FF61 before it', { a: { $lt: '\uFF61' } }, { a: '😀' }, false],
+    ['between two such characters', { a: { $gte: '😀' } }, { a: '😁' }, true],
+    ['plain strings as before', { a: { $lte: 'b' } }, { a: 'ab' }, true],
+    ['a number and a string do not compare', { a: { $gt: 1 } }, { a: '2' }, false],
+    ['comparisons reach into arrays', { a: { $gt: 5 } }, { a: [1, 10] }, true],
+    ['$ before a final newline', { a: { $regex: 'a$' } }, { a: 'a\n' }, true],
+    ['anchored text before a final newline', { a: { $regex: '^SE$' } }, { a: 'SE\n' }, true],
+    ['not before two', { a: { $regex: '^SE$' } }, { a: 'SE\n\n' }, false],
+    ['not before a newline inside', { a: { $regex: 'a$' } }, { a: 'a\nb' }, false],
+    ['a pattern through the newline', { a: { $regex: 'a\\n$' } }, { a: 'a\n' }, true],
+    ['\\z only at the very end', { a: { $regex: 'a\\z' } }, { a: 'a\n' }, false],
+    ['with m, before any newline', { a: { $regex: 'a$', $options: 'm' } }, { a: 'a\nb' }, true],
+  ])('%s', (_name, condition, attributes, expected) => {
+    expect(validateCondition(condition)).toEqual([]);
+    expect(matches(condition, attributes)).toBe(expected);
+  });
+});
+
 // MongoDB's semantics, from its manual: a field is present only when the document has it
 // ($exists, $ne/$in with null: "Query for Null or Missing Fields"), a dotted path reaches into
 // embedded documents and array elements, never into a string, and a query document's fields are
