@@ -465,15 +465,24 @@ export class WindowAggregator {
   }
 
   /**
-   * Forgets keys with no bucket left in any window whose newest event is older than the longest
-   * window, which bounds memory to keys active within the horizon; a forgotten key reads as
-   * NOT_FOUND. Call it periodically (for example once a minute). Returns how many were forgotten.
+   * How long after its newest event a key is forgotten (see {@link forgetIdleKeys}): the longest
+   * window, or the TTL when that is longer, so a key reads EXPIRED for its whole TTL first.
+   */
+  get idleHorizonMs(): number {
+    let longest = this.ttl;
+    for (const a of this.aggregations) longest = Math.max(longest, a.spec.windowMs);
+    return longest;
+  }
+
+  /**
+   * Forgets keys with no bucket left in any window whose newest event is older than
+   * {@link idleHorizonMs}, which bounds memory to keys active within the horizon; a forgotten key
+   * reads as NOT_FOUND. Call it periodically. Returns how many were forgotten.
    */
   forgetIdleKeys(now: number): number {
     if (now > this.clock) this.clock = now;
     const clock = this.clock;
-    let longest = 0;
-    for (const a of this.aggregations) longest = Math.max(longest, a.spec.windowMs);
+    const longest = this.idleHorizonMs;
     let forgotten = 0;
     for (const [key, state] of this.keys) {
       let empty = true;

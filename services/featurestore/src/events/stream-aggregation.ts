@@ -93,6 +93,9 @@ const EARLY_CHECKPOINT_SHARE = 0.5;
 
 /** How long without events before a replaying view counts as caught up. */
 const BACKFILL_IDLE_MS = 1_000;
+/** Bounds of how often idle entities are looked for (see `forgetIdleKeysIfDue`). */
+const FORGET_IDLE_KEYS_MIN_MS = 5_000;
+const FORGET_IDLE_KEYS_MAX_MS = 60_000;
 
 /** Back-off between attempts to start the consumer while NATS is unavailable, doubling to a cap. */
 const START_RETRY_INITIAL_MS = 500;
@@ -122,6 +125,8 @@ export class StreamAggregation {
   private subscription: Subscription | undefined;
   private round = newRound();
   private dirty = false;
+  /** When idle entities were last forgotten (see `forgetIdleKeysIfDue`); start-up counts. */
+  private idleKeysForgottenAt = Date.now();
   private newSeenIds: (readonly [string, number])[] = [];
   private missingKeys = 0;
   /** The undecodable events of the current subscription already added to `missingKeys`. */
@@ -189,6 +194,7 @@ export class StreamAggregation {
       }
     }
     this.timer = setInterval(() => {
+      this.forgetIdleKeysIfDue();
       void this.checkpointIfDirty();
     }, this.parts.checkpointIntervalMs);
     this.starting = this.startConsumer();
@@ -400,6 +406,22 @@ export class StreamAggregation {
       );
       if (outcome === 'accepted') this.newSeenIds.push([eventId, eventTime + this.lateness]);
     }
+  }
+
+  /**
+   * Forgets the entities with no event within the longest window (or the TTL), at most once per
+   * that horizon clamped to 5–60 s: otherwise every entity ever seen stays in memory and in every
+   * checkpoint. The next checkpoint stores the smaller state.
+   */
+  private forgetIdleKeysIfDue(): void {
+    const now = Date.now();
+    const every = Math.min(
+      FORGET_IDLE_KEYS_MAX_MS,
+      Math.max(FORGET_IDLE_KEYS_MIN_MS, this.aggregator.idleHorizonMs),
+    );
+    if (now - this.idleKeysForgottenAt < every) return;
+    this.idleKeysForgottenAt = now;
+    if (this.aggregator.forgetIdleKeys(now) > 0) this.dirty = true;
   }
 
   private checkpointIfDirty(): Promise<void> {
