@@ -24,7 +24,7 @@ import type { FeatureStoreConfig } from './config';
 import { durationOf, messageOfStoredValue } from './contract-mapping';
 import { ValueType, type FieldViolation } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
-import type { FeatureViewDefinition } from './domain/registry';
+import { sameStreamSource, type FeatureViewDefinition } from './domain/registry';
 import {
   aggregationDurable,
   StreamAggregation,
@@ -233,6 +233,17 @@ export class OnlineViews {
           definition.features.map((f) => f.name),
           definition.ttlMs,
         );
+        this.served.set(name, { ...current, registered });
+        continue;
+      }
+      if (
+        current?.kind === 'stream' &&
+        !recreated &&
+        sameStreamView(current.registered.definition, definition)
+      ) {
+        // Only what does not change the aggregation changed: it goes on serving (restarting it
+        // left the view unknown to reads until its checkpoint was restored).
+        current.aggregation.redefine(definition);
         this.served.set(name, { ...current, registered });
         continue;
       }
@@ -920,4 +931,18 @@ export async function storeRows(
     })),
   );
   return stored;
+}
+
+/**
+ * Whether a stream view's new definition aggregates what its current one does: the same stream
+ * source (every field of which is immutable, but a registry written by another build may differ)
+ * and the same entities, so the same key columns.
+ */
+function sameStreamView(current: FeatureViewDefinition, next: FeatureViewDefinition): boolean {
+  return (
+    current.source?.kind === 'stream' &&
+    next.source?.kind === 'stream' &&
+    sameStreamSource(current.source, next.source) &&
+    JSON.stringify(current.entities) === JSON.stringify(next.entities)
+  );
 }

@@ -296,7 +296,7 @@ export class WindowAggregator {
   private readonly aggregations: readonly CompiledAggregation[];
   private readonly features: readonly string[];
   private readonly lateness: number;
-  private readonly ttl: number;
+  private ttl: number;
   private readonly maxTrackedEventIds: number;
   private readonly keys = new Map<string, KeyState>();
   /** Event id → remember until (ms); Map order is insertion order, oldest first. */
@@ -462,6 +462,11 @@ export class WindowAggregator {
       distinctValueCount * 48 +
       trackedEventIds * 100;
     return { keyCount, bucketCount, distinctValueCount, trackedEventIds, approximateBytes };
+  }
+
+  /** Applies a view's new TTL to reads from now on (the windows and their state are kept). */
+  setTtl(ttlMs: number): void {
+    this.ttl = ttlMs;
   }
 
   /**

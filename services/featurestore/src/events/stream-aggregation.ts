@@ -115,7 +115,7 @@ export function aggregationDurable(view: string, replicaId: string): string {
 
 export class StreamAggregation {
   private aggregator: WindowAggregator;
-  private readonly options: WindowAggregatorOptions;
+  private options: WindowAggregatorOptions;
   private readonly source: StreamSource;
   private readonly eventNames: ReadonlySet<string>;
   private readonly valueFields: ((
@@ -285,6 +285,15 @@ export class StreamAggregation {
   /** A method, not a field read, because it changes while the start loop awaits. */
   private isStopping(): boolean {
     return this.stopping;
+  }
+
+  /**
+   * Takes a new registration of the view whose stream source is unchanged (its description,
+   * owner, tags or TTL changed): the aggregation goes on, and the TTL applies to reads at once.
+   */
+  redefine(view: FeatureViewDefinition): void {
+    this.options = { ...this.options, ttlMs: view.ttlMs };
+    this.aggregator.setTtl(view.ttlMs);
   }
 
   /** Reads every aggregate for `keys` at `now`. */
