@@ -81,6 +81,12 @@ export interface WindowAggregationSpec {
 /** The default of {@link WindowAggregatorOptions.maxTrackedEventIds}. */
 export const DEFAULT_MAX_TRACKED_EVENT_IDS = 1_000_000;
 
+/**
+ * How far ahead of the clock (beyond the allowed lateness) an event may be dated and have its id
+ * remembered with the others; a later one's is kept apart (see `WindowAggregator.later`).
+ */
+const FUTURE_SLACK_MS = 60_000;
+
 /** Options of a {@link WindowAggregator}. */
 export interface WindowAggregatorOptions {
   /** The aggregates, in feature order. */
@@ -301,6 +307,12 @@ export class WindowAggregator {
   private readonly keys = new Map<string, KeyState>();
   /** Event id → remember until (ms); Map order is insertion order, oldest first. */
   private readonly seen = new Map<string, number>();
+  /**
+   * The ids of events dated more than {@link FUTURE_SLACK_MS} ahead of the clock when they came:
+   * kept apart, because in `seen` one such id (remembered until its distant event time) would
+   * hold up forgetting every id after it. Swept by `forgetIdleKeys`.
+   */
+  private readonly later = new Map<string, number>();
   private clock = -Infinity;
   private arrivals = 0;
   private readonly counters: AggregationCounters = {
@@ -357,7 +369,7 @@ export class WindowAggregator {
       return 'late';
     }
     this.forgetExpiredEventIds(clock);
-    if (this.seen.has(event.eventId)) {
+    if (this.seen.has(event.eventId) || this.later.has(event.eventId)) {
       this.counters.eventsDuplicate++;
       return 'duplicate';
     }
@@ -455,7 +467,7 @@ export class WindowAggregator {
       }
     }
     const keyCount = this.keys.size;
-    const trackedEventIds = this.seen.size;
+    const trackedEventIds = this.seen.size + this.later.size;
     const approximateBytes =
       keyCount * (120 + this.aggregations.length * 64) +
       bucketCount * 120 +
@@ -505,6 +517,7 @@ export class WindowAggregator {
         forgotten++;
       }
     }
+    for (const [id, until] of this.later) if (until < clock) this.later.delete(id);
     this.forgetExpiredEventIds(clock);
     return forgotten;
   }
@@ -529,7 +542,7 @@ export class WindowAggregator {
       arrivals: this.arrivals,
       counters: { ...this.counters },
       keys,
-      seenEventIds: options.seenEventIds === false ? [] : [...this.seen],
+      seenEventIds: options.seenEventIds === false ? [] : [...this.seen, ...this.later],
     };
   }
 
@@ -560,13 +573,15 @@ export class WindowAggregator {
         })),
       });
     }
-    // The newest ids only, as if remembered one by one: a checkpoint may hold more than the cap
-    // (one taken with a larger cap), and restoring them all would leave the seen-set over it.
-    const ids = checkpoint.seenEventIds;
+    // In the order they expire, far-future ones apart (as `rememberEventId` does), so that none
+    // holds up forgetting the others; and those that expire last only: a checkpoint may hold more
+    // than the cap (one taken with a larger cap).
+    const ids = [...checkpoint.seenEventIds].sort((a, b) => a[1] - b[1]);
     const evicted = Math.max(0, ids.length - this.maxTrackedEventIds);
+    const far = this.clock + this.lateness + FUTURE_SLACK_MS;
     for (let i = evicted; i < ids.length; i++) {
       const [id, until] = ids[i] as readonly [string, number];
-      this.seen.set(id, until);
+      (until > far ? this.later : this.seen).set(id, until);
     }
     this.counters.dedupeEvictions += evicted;
   }
@@ -577,18 +592,22 @@ export class WindowAggregator {
     if (series.cachedAt === current) return series.cachedValue;
     const oldest = current - aggregation.bucketCount + 1;
     pruneBefore(series, oldest);
-    const value = combine(series.buckets, current, aggregation.spec.function);
+    const combined = combine(series.buckets, current, aggregation.spec.function);
+    // A SUM or MEAN past the double range (Infinity, or NaN from overflows both ways) is no
+    // value: doubles on the wire are finite.
+    const value = typeof combined === 'number' && !Number.isFinite(combined) ? null : combined;
     series.cachedAt = current;
     series.cachedValue = value;
     return value;
   }
 
   private rememberEventId(eventId: string, until: number): void {
-    this.seen.set(eventId, until);
-    if (this.seen.size > this.maxTrackedEventIds) {
-      const oldest = this.seen.keys().next();
+    const ids = until > this.clock + this.lateness + FUTURE_SLACK_MS ? this.later : this.seen;
+    ids.set(eventId, until);
+    if (ids.size > this.maxTrackedEventIds) {
+      const oldest = ids.keys().next();
       if (oldest.done !== true) {
-        this.seen.delete(oldest.value);
+        ids.delete(oldest.value);
         this.counters.dedupeEvictions++;
       }
     }

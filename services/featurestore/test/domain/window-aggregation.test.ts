@@ -395,14 +395,15 @@ describe('WindowAggregator', () => {
     for (const until of expiries) expect(Number.isFinite(new Date(until).getTime())).toBe(true);
   });
 
-  it('keeps a SUM past the range of a double through a checkpoint, rather than reading 0', () => {
+  it('keeps a SUM past the range of a double through a checkpoint (no value), rather than reading 0', () => {
     const aggregator = plays();
     aggregator.ingest(play('big-1', t0, 1.7e308), t0);
     // Version 1 while every sum is a number, which every build reads; 2 once one is not.
     expect(aggregator.checkpoint().version).toBe(1);
     aggregator.ingest(play('big-2', t0 + 1, 1.7e308), t0 + 1);
     expect(aggregator.checkpoint().version).toBe(2);
-    expect(valuesOf(aggregator, t0 + 1)[1]).toBe(Infinity);
+    // Infinity is kept in the state but read as no value (doubles on the wire are finite).
+    expect(valuesOf(aggregator, t0 + 1)[1]).toBeNull();
     const restored = WindowAggregator.restore(
       playsOptions,
       JSON.parse(JSON.stringify(aggregator.checkpoint())) as ReturnType<
@@ -495,6 +496,87 @@ describe('WindowAggregator', () => {
         checkpoint,
       ),
     ).toThrow(/other aggregation definitions/);
+  });
+});
+
+// Found by a helper's adversarial tests.
+describe('WindowAggregator at the edges', () => {
+  const hour = 3_600 * second;
+
+  it('forgets expired event ids behind one dated far ahead, and still recognises that one', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 60 * second, bucketMs: second }],
+      allowedLatenessMs: 60 * second,
+    });
+    let now = 1_700_000_000_000;
+    const event = (eventId: string, eventTime: number): AggregationEvent => ({
+      eventId,
+      key: 'k',
+      eventTime,
+      values: [1],
+    });
+    aggregator.ingest(event('early', now), now);
+    aggregator.ingest(event('next-year', now + 365 * 24 * hour), now);
+    for (let i = 0; i < 2_000; i++) {
+      now += second;
+      aggregator.ingest(event(`e${i}`, now), now);
+    }
+    // With 60 s of lateness, ~61 ids are still needed, and the one from next year.
+    expect(aggregator.memory().trackedEventIds).toBeLessThan(100);
+    expect(aggregator.ingest(event('next-year', now + 365 * 24 * hour), now)).toBe('duplicate');
+    expect(aggregator.ingest(event('e1999', now), now)).toBe('duplicate');
+    // After a checkpoint too: restored in the order they expire.
+    const restored = WindowAggregator.restore(
+      {
+        aggregations: [
+          { feature: 'n', function: Fn.Count, windowMs: 60 * second, bucketMs: second },
+        ],
+        allowedLatenessMs: 60 * second,
+      },
+      aggregator.checkpoint(),
+    );
+    for (let i = 0; i < 200; i++) {
+      now += second;
+      restored.ingest(event(`f${i}`, now), now);
+    }
+    expect(restored.memory().trackedEventIds).toBeLessThan(100);
+    expect(restored.ingest(event('next-year', now + 365 * 24 * hour), now)).toBe('duplicate');
+  });
+
+  it('reads a SUM or MEAN past the double range as no value, not Infinity or NaN', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [
+        { feature: 's', function: Fn.Sum, windowMs: hour, bucketMs: 60 * second },
+        { feature: 'm', function: Fn.Mean, windowMs: hour, bucketMs: 60 * second },
+      ],
+      allowedLatenessMs: hour,
+    });
+    const now = 1_700_000_000_000;
+    const big = 1.7e308;
+    aggregator.ingest({ eventId: '1', key: 'up', eventTime: now, values: [big, big] }, now);
+    aggregator.ingest({ eventId: '2', key: 'up', eventTime: now, values: [big, big] }, now);
+    // Overflowing both ways in two buckets: NaN.
+    aggregator.ingest(
+      { eventId: '3', key: 'both', eventTime: now - 120 * second, values: [big, big] },
+      now,
+    );
+    aggregator.ingest(
+      { eventId: '4', key: 'both', eventTime: now - 120 * second, values: [big, big] },
+      now,
+    );
+    aggregator.ingest({ eventId: '5', key: 'both', eventTime: now, values: [-big, -big] }, now);
+    aggregator.ingest({ eventId: '6', key: 'both', eventTime: now, values: [-big, -big] }, now);
+    aggregator.ingest({ eventId: '7', key: 'fine', eventTime: now, values: [big, big] }, now);
+    const read = aggregator.read(['up', 'both', 'fine'], now);
+    expect(read.values).toEqual([null, null, big, null, null, big]);
+    expect([...read.statuses]).toEqual([
+      FeatureStatus.NullValue,
+      FeatureStatus.NullValue,
+      FeatureStatus.Present,
+      FeatureStatus.NullValue,
+      FeatureStatus.NullValue,
+      FeatureStatus.Present,
+    ]);
   });
 });
 

@@ -258,7 +258,8 @@ export interface PushSource {
  * A record's event time is the event time of the newest event folded into it. An entity no event
  * has been folded into reads as FEATURE_STATUS_NOT_FOUND. For a known entity, a window that holds
  * no events reads as 0 for COUNT, DISTINCT_COUNT and SUM and as FEATURE_STATUS_NULL_VALUE for
- * MEAN, MIN, MAX and LAST. An entity with no event within the longest window (or the view's TTL,
+ * MEAN, MIN, MAX and LAST, as does a SUM or MEAN past the range of a double (no value on the wire
+ * is infinite or NaN). An entity with no event within the longest window (or the view's TTL,
  * when longer) is forgotten within a minute after, and reads as FEATURE_STATUS_NOT_FOUND again,
  * so memory and checkpoints hold only the entities active within that horizon.
  *
