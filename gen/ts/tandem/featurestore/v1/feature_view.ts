@@ -289,7 +289,10 @@ export interface StreamSource {
    * Optional. How far behind the server clock an event's time may be and still be counted; an
    * older event is dropped and counted as late (AggregationStatus.events_dropped_late). Defaults to
    * the longest window and may not exceed it. Event times ahead of the server clock are kept as
-   * they are: such an event counts once its bucket is inside the window.
+   * they are: such an event counts once its bucket is inside the window. The server clock is the
+   * time an event is processed, so with a lateness shorter than the longest window, a consumer
+   * behind the stream by more than the lateness (a new view's replay, a replica that was down)
+   * drops events another replica counted, and the replicas differ until the window passes.
    */
   allowedLateness?: Duration | undefined;
 }
