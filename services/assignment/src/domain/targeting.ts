@@ -32,8 +32,8 @@
  *
  * Where this evaluator still differs from MongoDB itself (found by comparing it with DocumentDB,
  * another MongoDB-compatible engine, over generated conditions; they come from sift's path walk
- * and arise only with arrays inside arrays, scalars where documents are expected, numeric path
- * segments or `$all` of documents):
+ * and arise only with arrays inside arrays, scalars where documents are expected or numeric path
+ * segments):
  * - Objects compare as maps: `{a: {b: 1, c: 2}}` matches `{a: {c: 2, b: 1}}` (MongoDB compares
  *   field order too; a Struct has none).
  * - A literal also matches inside an array nested in an array (`{a: 1}` matches `a: [[1]]`;
@@ -41,14 +41,11 @@
  * - A path through an array's scalars reads them as missing: `{"a.b": null}` matches `a: [1]`.
  * - A numeric segment indexes a string (`{"a.0": "x"}` matches `a: "x"`), does not reach a field
  *   named `0` of an array's documents, and past an array's end is null to `$in: [null]`.
- * - `$elemMatch` stops at an element that is itself an array (`{$elemMatch: {$eq: 1}}` fails
- *   `[1, []]`), and its query form also tests scalar elements; `$size` is tried on arrays nested
- *   in the array; `$all` reads a document among its values as a query (`[{}]` matches anything).
+ * - `$elemMatch`'s operator form reaches into an element that is itself an array
+ *   (`{$elemMatch: {$gt: 1}}` matches `[1, [2]]`).
  */
 import {
-  $all,
   $and,
-  $elemMatch,
   $eq,
   $exists,
   $in,
@@ -58,9 +55,10 @@ import {
   $not,
   $options,
   $or,
-  $size,
   createEqualsOperation,
+  createQueryOperation,
   createQueryTester,
+  EqualsOperation,
 } from 'sift';
 import { RE2JS } from 're2js';
 import type { FieldViolation } from './field-violation';
@@ -98,6 +96,135 @@ export const SUPPORTED_OPERATORS = [
 /** How deeply a condition may nest; deeper ones are rejected rather than risking the stack. */
 export const MAX_CONDITION_DEPTH = 32;
 
+type SiftOptions = Parameters<typeof createEqualsOperation>[2];
+
+/** What sift asks of an operation (its `Operation`, which it does not export). */
+interface ValueOperation {
+  readonly keep: boolean;
+  readonly done: boolean;
+  readonly propop: boolean;
+  reset(): void;
+  next(item: unknown, key?: unknown, owner?: unknown, root?: boolean, leaf?: boolean): void;
+}
+
+/**
+ * Whether sift's path walk reached `item` by expanding an array at the end of the path (each
+ * element is visited, then the array itself). MongoDB applies `$size` and `$elemMatch` to the
+ * array at the path only, never to an array inside it. An element that `$elemMatch` hands to its
+ * query is visited at the query's root, and an explicit index (`a.0`) has a string key.
+ */
+function expandedElement(key: unknown, owner: unknown, root: boolean | undefined): boolean {
+  return root !== true && typeof key === 'number' && Array.isArray(owner);
+}
+
+/** Whether `value` is an object (not an array) whose keys are all operators, from any realm. */
+function operatorKeysOnly(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const keys = Object.keys(value);
+  return keys.length > 0 && keys.every((k) => k.startsWith('$'));
+}
+
+/** `$size`: the array at the path has `size` elements (sift's also tried arrays inside it). */
+class SizeOperation implements ValueOperation {
+  keep = false;
+  done = false;
+  readonly propop = true;
+
+  constructor(private readonly size: unknown) {}
+
+  reset(): void {
+    this.keep = false;
+    this.done = false;
+  }
+
+  next(item: unknown, key?: unknown, owner?: unknown, root?: boolean): void {
+    if (expandedElement(key, owner, root)) return;
+    if (Array.isArray(item) && item.length === this.size) {
+      this.keep = true;
+      this.done = true;
+    }
+  }
+}
+
+/**
+ * `$elemMatch`: an element of the array at the path matches. Its query form (fields) takes only
+ * documents and arrays, as MongoDB's does, and an array inside the array does not stop the
+ * search (sift's did both: `{a: {$elemMatch: {$eq: 1}}}` failed `[1, []]`).
+ */
+class ElemMatchOperation implements ValueOperation {
+  keep = false;
+  done = false;
+  readonly propop = true;
+  private readonly query: ValueOperation;
+  private readonly documentsOnly: boolean;
+
+  constructor(params: unknown, ownerQuery: unknown, options: SiftOptions) {
+    this.query = createQueryOperation(params as Condition, ownerQuery, options);
+    // Not `isOperatorObject`: sift is handed a structured clone, which may come from another
+    // realm (jest's), whose objects have another Object.prototype.
+    this.documentsOnly = !operatorKeysOnly(params);
+  }
+
+  reset(): void {
+    this.keep = false;
+    this.done = false;
+    this.query.reset();
+  }
+
+  next(item: unknown, key?: unknown, owner?: unknown, root?: boolean): void {
+    if (this.done || !Array.isArray(item) || expandedElement(key, owner, root)) return;
+    for (let i = 0; i < item.length; i++) {
+      const element: unknown = item[i];
+      if (this.documentsOnly && (typeof element !== 'object' || element === null)) continue;
+      this.query.reset();
+      this.query.next(element, i, item, false);
+      if (this.query.keep) {
+        this.keep = true;
+        this.done = true;
+        return;
+      }
+    }
+  }
+}
+
+/**
+ * `$all`: every value matches the path as an equality would (a value, or an element of the
+ * array), and a `{$elemMatch: …}` as that operator would. sift read a document or an array among
+ * the values as a query (`{$all: [{}]}` matched anything). Other operator objects (which MongoDB
+ * refuses there) are read as sift read them, so a stored condition keeps its meaning.
+ */
+class AllOperation implements ValueOperation {
+  keep = false;
+  done = false;
+  readonly propop = true;
+  private readonly children: ValueOperation[];
+
+  constructor(params: unknown, ownerQuery: unknown, options: SiftOptions) {
+    const values = Array.isArray(params) ? (params as unknown[]) : [params];
+    this.children = values.map((value) =>
+      operatorKeysOnly(value)
+        ? (createQueryOperation(value, ownerQuery, options) as ValueOperation)
+        : (new EqualsOperation(value, ownerQuery, options) as ValueOperation),
+    );
+  }
+
+  reset(): void {
+    this.keep = false;
+    this.done = false;
+    for (const child of this.children) child.reset();
+  }
+
+  next(item: unknown, key?: unknown, owner?: unknown, root?: boolean, leaf?: boolean): void {
+    let all = true;
+    for (const child of this.children) {
+      if (!child.done) child.next(item, key, owner, root, leaf);
+      if (!child.keep) all = false;
+    }
+    this.keep = all;
+    this.done = all;
+  }
+}
+
 // Only these operations are given to sift, so an operator slipping past validation still throws.
 const operations = {
   $eq,
@@ -111,9 +238,11 @@ const operations = {
   $exists,
   $regex,
   $options,
-  $elemMatch,
-  $size,
-  $all,
+  $elemMatch: (params: unknown, ownerQuery: unknown, options: SiftOptions) =>
+    new ElemMatchOperation(params, ownerQuery, options),
+  $size: (params: unknown) => new SizeOperation(params),
+  $all: (params: unknown, ownerQuery: unknown, options: SiftOptions) =>
+    new AllOperation(params, ownerQuery, options),
   $and,
   $or,
   $nor,

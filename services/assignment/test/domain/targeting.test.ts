@@ -183,8 +183,10 @@ describe('conjunctsOf', () => {
 // conditions and documents; the expected results are MongoDB's, from its manual: an embedded
 // document equals only a document with the same fields ("Query on Embedded/Nested Documents"),
 // strings compare by simple binary comparison of their UTF-8 bytes ("Comparison/Sort Order"),
-// and `$regex` is PCRE, whose `$` also matches before a newline that ends the string.
-describe('equality, order and $regex as MongoDB, where sift or JavaScript differ', () => {
+// `$regex` is PCRE, whose `$` also matches before a newline that ends the string, and `$size`,
+// `$elemMatch` (whose query form takes documents) and `$all` (equalities) apply to the array at
+// the path.
+describe('equality, order, $regex and array operators as MongoDB, where sift or JavaScript differ', () => {
   it.each<[string, Condition, Record<string, unknown>, boolean]>([
     ['a null field is not a missing one', { a: { b: null } }, { a: { c: 1 } }, false],
     ['a null field equals a null field', { a: { b: null } }, { a: { b: null } }, true],
@@ -206,6 +208,40 @@ describe('equality, order and $regex as MongoDB, where sift or JavaScript differ
     ['a pattern through the newline', { a: { $regex: 'a\\n$' } }, { a: 'a\n' }, true],
     ['\\z only at the very end', { a: { $regex: 'a\\z' } }, { a: 'a\n' }, false],
     ['with m, before any newline', { a: { $regex: 'a$', $options: 'm' } }, { a: 'a\nb' }, true],
+    [
+      '$elemMatch past an element that is an array',
+      { a: { $elemMatch: { $eq: 1 } } },
+      { a: [[], 1] },
+      true,
+    ],
+    ['$elemMatch after one', { a: { $elemMatch: { $eq: 1 } } }, { a: [1, []] }, true],
+    [
+      '$elemMatch fields test documents only',
+      { a: { $elemMatch: { c: null } } },
+      { a: [false] },
+      false,
+    ],
+    [
+      '$elemMatch fields on a document',
+      { a: { $elemMatch: { c: null } } },
+      { a: [false, {}] },
+      true,
+    ],
+    [
+      '$elemMatch through a path',
+      { 'a.b': { $elemMatch: { $gt: 1 } } },
+      { a: [{ b: [0] }, { b: [2] }] },
+      true,
+    ],
+    ['$size of the array, not one inside it', { a: { $size: 0 } }, { a: [1, []] }, false],
+    ['$size of the array itself', { a: { $size: 2 } }, { a: [1, []] }, true],
+    ['$size at an index', { 'a.1': { $size: 0 } }, { a: [1, []] }, true],
+    ['$all of an empty document matches only it', { a: { $all: [{}] } }, {}, false],
+    ['$all of a document', { a: { $all: [{ b: 1 }] } }, { a: { b: 1, c: 2 } }, false],
+    ['$all of a document, in the array', { a: { $all: [{ b: 1 }] } }, { a: [{ b: 1 }, 2] }, true],
+    ['$all of an array is not its elements', { a: { $all: [[1]] } }, { a: [1, 2] }, false],
+    ['$all of an array, in the array', { a: { $all: [[1], 2] } }, { a: [[1], 2] }, true],
+    ['$all with $elemMatch', { a: { $all: [{ $elemMatch: { b: 1 } }] } }, { a: [{ b: 1 }] }, true],
   ])('%s', (_name, condition, attributes, expected) => {
     expect(validateCondition(condition)).toEqual([]);
     expect(matches(condition, attributes)).toBe(expected);
