@@ -6,6 +6,7 @@
  * shared in-process bus.
  */
 import { BufferedPublisher } from '../../platform/src/events/buffered-publisher';
+import { openEventSpool } from '../../platform/src/events/event-spool';
 import type { ServiceRuntime } from '../../platform/src/bootstrap';
 import { implement } from '../../platform/src/grpc/handlers';
 import { observePublisher } from '../../platform/src/telemetry/publisher-metrics';
@@ -36,10 +37,13 @@ const WRITE_LEASE_WAIT_MS = 10_000;
 /**
  * How long a shutdown waits, after the last call, for buffered exposures and configuration
  * changes to be published: within the kit's margin after the gRPC drain, leaving time to close
- * storage. What is still buffered then (NATS unreachable throughout) is counted as dropped.
+ * storage. What is still buffered then (NATS unreachable throughout) is kept in storage for the
+ * next replica to start (see `openEventSpool`).
  */
 const EXPOSURE_FLUSH_MS = 3_000;
 const CONFIG_CHANGE_FLUSH_MS = 1_000;
+/** How long exposures kept at a shutdown wait for a replica to start and publish them. */
+const EXPOSURE_SPOOL_TTL_MS = 24 * 60 * 60 * 1000;
 
 /** A started Assignment service. */
 export interface RunningAssignment {
@@ -73,6 +77,15 @@ export async function startAssignment(
     maxInFlight: 128,
     logger,
     gate: await ExposureLedger.open(runtime.store),
+    // What a shutdown could not publish (NATS unreachable) is kept, and queued again by the next
+    // replica to start; a token may be applied for a day, so an exposure is kept for as long.
+    spool: await openEventSpool(runtime.store, 'exposures', EXPOSURE_SPOOL_TTL_MS),
+  });
+  exposurePublisher.restoreSpooled().catch((error: unknown) => {
+    logger.warn(
+      { err: error },
+      'could not queue the exposures a stopped replica kept; left for the next start',
+    );
   });
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
   // Kept to the end: the last export at shutdown reads what closing the publishers dropped.

@@ -47,6 +47,28 @@ export interface BufferedPublisherOptions {
   readonly gate?: PublishGate;
   /** How long a failed gate is left alone. @default 5 s */
   readonly gateBypassMs?: number;
+  /**
+   * Keeps the events still queued when the publisher closes, for the next publisher to take
+   * (`restoreSpooled`), instead of dropping them. @default none: they are dropped and counted
+   */
+  readonly spool?: EventSpool;
+  /** How long keeping them may take; past it, the rest are dropped. @default 1.5 s */
+  readonly spoolTimeoutMs?: number;
+}
+
+/** An encoded event a closing publisher could not publish. */
+export interface SpooledEvent {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly eventId: string;
+}
+
+/** Durable storage for the events a closing publisher could not publish. */
+export interface EventSpool {
+  /** Stores them (an event already kept is kept once). */
+  keep(events: readonly SpooledEvent[]): Promise<void>;
+  /** Returns the kept events and forgets them (any replica's: publishing is idempotent). */
+  take(): Promise<SpooledEvent[]>;
 }
 
 /** A durable record of the events published, shared by every publisher of the same stream. */
@@ -69,6 +91,10 @@ export interface BufferedPublisherStats {
   readonly dropped: number;
   /** Publish attempts that failed and were retried. */
   readonly failedAttempts: number;
+  /** Events still queued at close, kept in the spool for the next start rather than dropped. */
+  readonly spooled: number;
+  /** Events taken from the spool and queued again (`restoreSpooled`). */
+  readonly restored: number;
 }
 
 const DROP_LOG_INTERVAL_MS = 10_000;
@@ -127,6 +153,10 @@ export class BufferedPublisher {
   private skipped = 0;
   private dropped = 0;
   private failedAttempts = 0;
+  private spooled = 0;
+  private restored = 0;
+  private readonly spool: EventSpool | undefined;
+  private readonly spoolTimeoutMs: number;
   private droppedSinceLog = 0;
   private lastDropLogAt = -Infinity;
   private consecutiveFailures = 0;
@@ -171,6 +201,8 @@ export class BufferedPublisher {
     this.logger = options.logger ?? silentLogger;
     this.gate = options.gate;
     this.gateBypassMs = options.gateBypassMs ?? GATE_BYPASS_MS;
+    this.spool = options.spool;
+    this.spoolTimeoutMs = options.spoolTimeoutMs ?? 1_500;
     this.loop = this.publishUntilClosed();
   }
 
@@ -180,18 +212,35 @@ export class BufferedPublisher {
    * dropped and logged.
    */
   enqueue<T>(subject: string, codec: EventCodec<T>, event: T, eventId: string): boolean {
-    if (!this.accepting) return this.drop(subject, eventId, 'publisher closed');
-    if (eventId.length === 0) return this.drop(subject, eventId, 'empty event id');
-    if (this.size >= this.capacity) return this.drop(subject, eventId, 'queue full');
+    // Checked before encoding, which a full queue through an outage would otherwise pay for.
+    if (!this.admits(subject, eventId)) return false;
     let data: Uint8Array;
     try {
       data = codec.encode(event).finish();
     } catch (error) {
       return this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
     }
+    this.push(subject, data, eventId);
+    return true;
+  }
+
+  private enqueueEncoded(subject: string, data: Uint8Array, eventId: string): boolean {
+    if (!this.admits(subject, eventId)) return false;
+    this.push(subject, data, eventId);
+    return true;
+  }
+
+  /** Whether an event may be queued now; if not, it is counted as dropped. */
+  private admits(subject: string, eventId: string): boolean {
+    if (!this.accepting) return this.drop(subject, eventId, 'publisher closed');
+    if (eventId.length === 0) return this.drop(subject, eventId, 'empty event id');
+    if (this.size >= this.capacity) return this.drop(subject, eventId, 'queue full');
+    return true;
+  }
+
+  private push(subject: string, data: Uint8Array, eventId: string): void {
     this.queue.push({ subject, data, eventId, context: traceContext.active() });
     this.arrived.notify();
-    return true;
   }
 
   stats(): BufferedPublisherStats {
@@ -201,6 +250,8 @@ export class BufferedPublisher {
       skipped: this.skipped,
       dropped: this.dropped,
       failedAttempts: this.failedAttempts,
+      spooled: this.spooled,
+      restored: this.restored,
     };
   }
 
@@ -233,6 +284,27 @@ export class BufferedPublisher {
       this.closing.notify();
     }
     await this.loop;
+  }
+
+  /**
+   * Queues again the events a publisher closed before it could publish them (see `spool`), this
+   * replica's or another's. Returns how many were queued; beyond the capacity they are dropped.
+   */
+  async restoreSpooled(): Promise<number> {
+    if (this.spool === undefined) return 0;
+    const events = await this.spool.take();
+    let queued = 0;
+    for (const { subject, data, eventId } of events) {
+      if (this.enqueueEncoded(subject, data, eventId)) queued++;
+    }
+    this.restored += queued;
+    if (events.length > 0) {
+      this.logger.info(
+        { restored: queued, spooled: events.length },
+        'events kept by a closed publisher queued again',
+      );
+    }
+    return queued;
   }
 
   /** A method, not a field, because it changes while the loop awaits. */
@@ -286,7 +358,7 @@ export class BufferedPublisher {
     this.recordTimer = undefined;
     while (this.recording !== undefined) await this.recording;
     await this.recordUnrecorded();
-    this.abandonQueue();
+    await this.spillQueue();
     this.progress.notify();
   }
 
@@ -473,11 +545,33 @@ export class BufferedPublisher {
    * Counts what is still queued at close as dropped, and says how many were lost in one log line
    * whatever the drop log's rate limit, since nothing will report them later.
    */
-  private abandonQueue(): void {
+  /** The events still queued at close: kept in the spool when there is one, else dropped. */
+  private async spillQueue(): Promise<void> {
     const left = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;
     if (left.length === 0) return;
+    if (this.spool !== undefined) {
+      try {
+        const events = left.map(({ subject, data, eventId }) => ({ subject, data, eventId }));
+        await withTimeout(
+          this.spool.keep(events),
+          this.spoolTimeoutMs,
+          () => new Error(`not kept within ${this.spoolTimeoutMs} ms`),
+        );
+        this.spooled += left.length;
+        this.logger.warn(
+          { kept: left.length, subjects: [...new Set(left.map((queued) => queued.subject))] },
+          'publisher closed with events not published; kept for the next start',
+        );
+        return;
+      } catch (error) {
+        this.logger.error(
+          { err: error, events: left.length },
+          'could not keep the events not published',
+        );
+      }
+    }
     this.dropped += left.length;
     const subjects = [...new Set(left.map((queued) => queued.subject))];
     this.logger.error(

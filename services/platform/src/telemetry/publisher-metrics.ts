@@ -32,6 +32,15 @@ export function observePublisher(
     description: 'Publish attempts that failed and were retried',
     unit: '{attempt}',
   });
+  const spooled = meter.createObservableCounter('tandem.events.publisher.spooled', {
+    description:
+      'Events still queued when the publisher closed, kept in storage for the next start',
+    unit: '{event}',
+  });
+  const restored = meter.createObservableCounter('tandem.events.publisher.restored', {
+    description: 'Events taken from storage at start, kept by a publisher that closed',
+    unit: '{event}',
+  });
   const attributes = { 'tandem.publisher': name };
   const observe = (result: BatchObservableResult): void => {
     const stats = publisher.stats();
@@ -39,8 +48,10 @@ export function observePublisher(
     result.observe(published, stats.published, attributes);
     result.observe(dropped, stats.dropped, attributes);
     result.observe(failedAttempts, stats.failedAttempts, attributes);
+    result.observe(spooled, stats.spooled, attributes);
+    result.observe(restored, stats.restored, attributes);
   };
-  const instruments = [queued, published, dropped, failedAttempts];
+  const instruments = [queued, published, dropped, failedAttempts, spooled, restored];
   meter.addBatchObservableCallback(observe, instruments);
   return () => {
     meter.removeBatchObservableCallback(observe, instruments);

@@ -2,6 +2,9 @@
  * The buffered publisher against an in-process bus behind a switch that plays a NATS outage:
  * while it is off every publish fails with `UnavailableError`, as the NATS adapter's does.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { trace } from '@opentelemetry/api';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
@@ -13,7 +16,9 @@ import type {
   PublishOptions,
   Subscription,
 } from '../../src/events/bus';
+import { openEventSpool } from '../../src/events/event-spool';
 import { createInProcessBus } from '../../src/events/in-process-bus';
+import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import { installTestTracing, type TestTracing } from '../support/tracing';
 import { eventually } from './event-bus-contract';
 
@@ -108,6 +113,8 @@ describe('BufferedPublisher', () => {
       skipped: 0,
       dropped: 0,
       failedAttempts: 0,
+      spooled: 0,
+      restored: 0,
     });
   });
 
@@ -173,6 +180,8 @@ describe('BufferedPublisher', () => {
       skipped: 0,
       dropped: 1,
       failedAttempts: 0,
+      spooled: 0,
+      restored: 0,
     });
     await eventually(() => {
       expect(received).toHaveLength(100);
@@ -205,6 +214,44 @@ describe('BufferedPublisher', () => {
         message: 'publisher closed with events not published; they are lost',
       },
     ]);
+  });
+
+  it('keeps what is left at close in a spool, for the next publisher to queue again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-spool-'));
+    const store = await openEmbeddedStore({ path: dir });
+    try {
+      const spool = await openEventSpool(store, 'exposures', 60_000);
+      bus.available = false;
+      const first = create({ spool });
+      for (const id of ['k1', 'k2', 'k3']) first.enqueue(SUBJECT, EchoRequest, echo(id), id);
+      await first.close(100);
+      expect(first.stats()).toMatchObject({ queued: 0, dropped: 0, spooled: 3 });
+
+      bus.available = true;
+      const next = create({ spool });
+      expect(await next.restoreSpooled()).toBe(3);
+      await eventually(() => {
+        expect([...received].sort()).toEqual(['k1', 'k2', 'k3']);
+      });
+      expect(next.stats()).toMatchObject({ restored: 3, published: 3 });
+      // Taken once: a third publisher finds nothing.
+      expect(await create({ spool }).restoreSpooled()).toBe(0);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('drops what is left at close when the spool cannot keep it', async () => {
+    bus.available = false;
+    const failing = {
+      keep: () => Promise.reject(new Error('storage is down')),
+      take: () => Promise.resolve([]),
+    };
+    const events = create({ spool: failing });
+    events.enqueue(SUBJECT, EchoRequest, echo('x'), 'x');
+    await events.close(100);
+    expect(events.stats()).toMatchObject({ dropped: 1, spooled: 0 });
   });
 
   describe('with tracing', () => {
@@ -285,6 +332,8 @@ describe('BufferedPublisher', () => {
       published: 0,
       dropped: 1,
       failedAttempts: 0,
+      spooled: 0,
+      restored: 0,
     });
   });
 

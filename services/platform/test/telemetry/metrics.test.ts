@@ -101,6 +101,8 @@ describe('the kit metrics', () => {
       skipped: 0,
       dropped: 2,
       failedAttempts: 5,
+      spooled: 7,
+      restored: 4,
     };
     const stop = observePublisher('exposures', { stats: () => stats });
     const value = async (name: string) => {
@@ -111,6 +113,8 @@ describe('the kit metrics', () => {
     expect(await value('tandem.events.publisher.published')).toEqual([['exposures', 10]]);
     expect(await value('tandem.events.publisher.dropped')).toEqual([['exposures', 2]]);
     expect(await value('tandem.events.publisher.failed_attempts')).toEqual([['exposures', 5]]);
+    expect(await value('tandem.events.publisher.spooled')).toEqual([['exposures', 7]]);
+    expect(await value('tandem.events.publisher.restored')).toEqual([['exposures', 4]]);
     stats = { ...stats, queued: 0, published: 13 };
     expect(await value('tandem.events.publisher.queued')).toEqual([['exposures', 0]]);
     expect(await value('tandem.events.publisher.published')).toEqual([['exposures', 13]]);
