@@ -303,12 +303,21 @@ export const UNSUPPORTED_REGEX = 'UNSUPPORTED_REGEX';
 export const EMPTY_ALL = 'EMPTY_ALL';
 export const NOT_OF_VALUE = 'NOT_OF_VALUE';
 
+/**
+ * A condition sift cannot compile as it is compiled: split into conjuncts, each with the names
+ * of `escapeName` escaped (a field named `constructor` beside `{$in: [{$gt: 1}]}`, say, which
+ * the whole condition had hidden). Refused when written; one stored before this check matches
+ * no unit, as it effectively did (sift read it as a value no attributes equal).
+ */
+export const UNCOMPILABLE_CONDITION = 'UNCOMPILABLE_CONDITION';
+
 /** Whether a stored condition with this problem is still evaluated (as it was when stored). */
 export function toleratedWhenStored(violation: { readonly reason?: string }): boolean {
   return (
     violation.reason === UNSUPPORTED_REGEX ||
     violation.reason === EMPTY_ALL ||
-    violation.reason === NOT_OF_VALUE
+    violation.reason === NOT_OF_VALUE ||
+    violation.reason === UNCOMPILABLE_CONDITION
   );
 }
 
@@ -436,6 +445,7 @@ export class InvalidConditionError extends Error {
 }
 
 const matchAll: AttributePredicate = () => true;
+const matchNone: AttributePredicate = () => false;
 
 /** Whether a condition is absent or `{}`, which matches every unit. */
 export function isEmptyCondition(condition: Condition | null | undefined): boolean {
@@ -453,15 +463,27 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
   validateQuery(condition, path, 0, out);
   if (out.length === 0) {
     // Defence in depth: anything sift still refuses is reported, not thrown at resolve time.
-    try {
-      createQueryTester(structuredClone(condition), { operations, compare: equalsValue });
-    } catch (error) {
-      out.push(
-        violation(path, `not a valid query: ${(error as Error).message}`, 'INVALID_CONDITION'),
-      );
+    // What is compiled, exactly: the whole condition and each conjunct, escaped as they are.
+    const whole = condition as Condition;
+    for (const part of [whole, ...conjunctsOf(whole)]) {
+      const problem = compileProblem(part);
+      if (problem !== undefined) {
+        out.push(violation(path, `not a valid query: ${problem}`, UNCOMPILABLE_CONDITION));
+        break;
+      }
     }
   }
   return out;
+}
+
+/** Why sift refuses to compile a (valid-looking) conjunct as {@link compileConjunct} would. */
+function compileProblem(conjunct: Condition): string | undefined {
+  try {
+    testerOf(conjunct);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
 }
 
 /**
@@ -485,7 +507,17 @@ export function compileCondition(condition: Condition | null | undefined): Attri
  */
 export function compileConjunct(conjunct: Condition): AttributePredicate {
   if (isEmptyCondition(conjunct)) return matchAll;
-  const escaped = escapeQuery(conjunct);
+  try {
+    return testerOf(conjunct);
+  } catch {
+    // Only a condition stored before validation compiled what is compiled (see
+    // UNCOMPILABLE_CONDITION): sift had read it as a value no attributes equal.
+    return matchNone;
+  }
+}
+
+function testerOf(conjunct: Condition): AttributePredicate {
+  const escaped = escapeQuery(conjunct, false);
   if (JSON.stringify(escaped) === JSON.stringify(conjunct)) {
     const tester = createQueryTester<unknown, unknown>(structuredClone(conjunct), {
       operations,
@@ -494,9 +526,22 @@ export function compileConjunct(conjunct: Condition): AttributePredicate {
     return (attributes) => tester(attributes);
   }
   // Rare: the conjunct names something sift would read from a prototype or misread (see
-  // `escapeName`), so it reads a copy of the attributes with the same names escaped.
+  // `escapeName`), so it reads a copy of the attributes with the same names escaped, made once
+  // per attributes object whatever the number of such conjuncts.
   const tester = createQueryTester<unknown, unknown>(escaped, { operations, compare: equalsValue });
-  return (attributes) => tester(escapeValue(attributes));
+  return (attributes) => tester(escapedAttributes(attributes));
+}
+
+/** The escaped copy of each attributes object, while it lives (one resolve). */
+const escapedCopies = new WeakMap<object, unknown>();
+
+function escapedAttributes(attributes: Attributes): unknown {
+  let copy = escapedCopies.get(attributes);
+  if (copy === undefined) {
+    copy = escapeValue(attributes, true);
+    escapedCopies.set(attributes, copy);
+  }
+  return copy;
 }
 
 /**
@@ -519,61 +564,90 @@ const INHERITED_NAMES: ReadonlySet<string> = new Set([
 ]);
 
 /**
+ * The names to escape at the attributes' root, which is always a plain object: those of
+ * Object.prototype and `toJSON`, not a string's or an array's (so `sub` or `link` at the root
+ * costs nothing).
+ */
+const ROOT_INHERITED_NAMES: ReadonlySet<string> = new Set([
+  ...Object.getOwnPropertyNames(Object.prototype),
+  'toJSON',
+]);
+
+/**
  * A field name as the escaped copies of conditions and attributes hold it: an inherited name
  * (or one starting with `~`, so the mapping stays one-to-one) prefixed with `~`, which no
- * prototype has. Numeric segments (array indexes in a path) are never inherited names.
+ * prototype has. Numeric segments (array indexes in a path) are never inherited names. At the
+ * root, only Object.prototype's names are inherited.
  */
-function escapeName(name: string): string {
-  return INHERITED_NAMES.has(name) || name.startsWith('~') ? `~${name}` : name;
+function escapeName(name: string, root: boolean): string {
+  const inherited = root ? ROOT_INHERITED_NAMES : INHERITED_NAMES;
+  return inherited.has(name) || name.startsWith('~') ? `~${name}` : name;
 }
 
-/** A JSON value (attributes, or a literal in a condition) with every object key escaped. */
-function escapeValue(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(escapeValue);
+/**
+ * A JSON value (the attributes, at the root, or a literal in a condition, never at the root) with
+ * every object key escaped.
+ */
+function escapeValue(value: unknown, root = false): unknown {
+  if (Array.isArray(value)) return value.map((item) => escapeValue(item));
   if (typeof value !== 'object' || value === null) return value;
   const out: Record<string, unknown> = {};
-  for (const [key, item] of Object.entries(value)) out[escapeName(key)] = escapeValue(item);
+  for (const [key, item] of Object.entries(value)) out[escapeName(key, root)] = escapeValue(item);
   return out;
 }
 
-/** A valid query with its field paths and literals escaped; operators and operands kept. */
-function escapeQuery(query: Condition): Condition {
+/**
+ * A valid query with its field paths and literals escaped; operators and operands kept. `nested`
+ * for a query over values below the root (`$elemMatch`'s, `$not`'s under a field).
+ */
+function escapeQuery(query: Condition, nested: boolean): Condition {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(query)) {
     if (LOGICAL.has(key) && Array.isArray(value)) {
-      out[key] = value.map((member) => escapeQuery(member as Condition));
+      out[key] = value.map((member) => escapeQuery(member as Condition, nested));
     } else if (key === '$not' && isPlainObject(value)) {
-      out[key] = escapeQuery(value);
+      out[key] = escapeQuery(value, nested);
     } else if (key.startsWith('$')) {
       out[key] = value;
     } else {
-      out[key.split('.').map(escapeName).join('.')] = escapeFieldValue(value);
+      const segments = key.split('.').map((segment, i) => escapeName(segment, !nested && i === 0));
+      out[segments.join('.')] = escapeFieldValue(value);
     }
   }
   return out;
 }
 
 function escapeFieldValue(value: unknown): unknown {
-  if (!isPlainObject(value) || !Object.keys(value).some((k) => k.startsWith('$'))) {
-    return escapeValue(value);
-  }
+  if (!operatorKeysOnly(value)) return escapeValue(value);
   const out: Record<string, unknown> = {};
-  for (const [op, operand] of Object.entries(value)) {
+  for (const [op, operand] of Object.entries(value as Record<string, unknown>)) {
     switch (op) {
       case '$eq':
       case '$ne':
       case '$in':
       case '$nin':
-      case '$all':
         out[op] = escapeValue(operand);
         break;
+      case '$all':
+        // Values, or operators (`$elemMatch`) that read fields below this one.
+        out[op] = Array.isArray(operand)
+          ? operand.map((item) =>
+              operatorKeysOnly(item) ? escapeFieldValue(item) : escapeValue(item),
+            )
+          : escapeValue(operand);
+        break;
       case '$elemMatch':
-        out[op] = isOperatorObject(operand)
+        out[op] = operatorKeysOnly(operand)
           ? escapeFieldValue(operand)
-          : escapeQuery(operand as Condition);
+          : escapeQuery(operand as Condition, true);
         break;
       case '$not':
-        out[op] = escapeFieldValue(operand);
+        // Operators, or (stored before NOT_OF_VALUE) a document sift reads as a query below.
+        out[op] = operatorKeysOnly(operand)
+          ? escapeFieldValue(operand)
+          : isPlainObject(operand)
+            ? escapeQuery(operand, true)
+            : escapeValue(operand);
         break;
       default:
         out[op] = operand;

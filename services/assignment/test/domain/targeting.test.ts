@@ -4,10 +4,12 @@ import {
 } from '@growthbook/growthbook';
 import {
   InvalidConditionError,
+  UNCOMPILABLE_CONDITION,
   UNSUPPORTED_REGEX,
   compileCondition,
   compileConjunct,
   conjunctsOf,
+  toleratedWhenStored,
   validateCondition,
   type Condition,
 } from '../../src/domain/targeting';
@@ -359,6 +361,38 @@ describe('validateCondition', () => {
         /^not RE2 syntax \(no backreferences or lookaround\)/,
       );
     }
+  });
+
+  it('refuses what sift cannot compile once split and escaped, which the whole condition hid', () => {
+    // sift reads an object with its own `constructor` or `toJSON` as a value, so it never looked
+    // at the `$in` of operators beside it; split into conjuncts, it refuses that `$in`.
+    for (const condition of [
+      { constructor: 1, a: { $in: [{ $gt: 1 }] } },
+      { toJSON: 1, $or: [{ a: { $in: [{ $gt: 1 }] } }] },
+      { a: { $in: [{ $gt: 1 }] } },
+    ]) {
+      expect(validateCondition(condition).map((p) => p.reason)).toEqual([UNCOMPILABLE_CONDITION]);
+      expect(() => compileCondition(condition)).toThrow(InvalidConditionError);
+    }
+    // Stored before this check, it matches no unit, as it effectively did, instead of failing
+    // the load of every configuration that holds it.
+    expect(toleratedWhenStored({ reason: UNCOMPILABLE_CONDITION })).toBe(true);
+    for (const part of conjunctsOf({ constructor: 1, a: { $in: [{ $gt: 1 }] } })) {
+      expect(() => compileConjunct(part)).not.toThrow();
+    }
+    expect(compileConjunct({ a: { $in: [{ $gt: 1 }] } })({ a: 2 })).toBe(false);
+  });
+
+  it('escapes names below the root that strings and arrays inherit, there only', () => {
+    expect(matches({ 'a.sub': { $ne: null } }, { a: 'abc' })).toBe(false);
+    expect(matches({ 'a.sub': 1 }, { a: { sub: 1 } })).toBe(true);
+    expect(matches({ sub: 'x', 'a.length': 2 }, { sub: 'x', a: [{ length: 2 }] })).toBe(true);
+    expect(matches({ a: { $all: [{ $elemMatch: { 'b.length': 1 } }] } }, { a: [{ b: 'x' }] })).toBe(
+      false,
+    );
+    expect(
+      matches({ a: { $all: [{ $elemMatch: { 'b.length': 1 } }] } }, { a: [{ b: { length: 1 } }] }),
+    ).toBe(true);
   });
 
   it('evaluates a $regex stored before RE2 (a lookahead) as JavaScript did', () => {
