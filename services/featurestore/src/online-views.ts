@@ -24,7 +24,11 @@ import type { FeatureStoreConfig } from './config';
 import { durationOf, messageOfStoredValue } from './contract-mapping';
 import { ValueType, type FieldViolation } from './domain/feature-values';
 import { latestRowPerKey, OnlineTable, type OnlineRow } from './domain/online-table';
-import { sameStreamSource, type FeatureViewDefinition } from './domain/registry';
+import {
+  sameStreamSource,
+  windowAggregationSpecs,
+  type FeatureViewDefinition,
+} from './domain/registry';
 import {
   aggregationDurable,
   StreamAggregation,
@@ -934,15 +938,18 @@ export async function storeRows(
 }
 
 /**
- * Whether a stream view's new definition aggregates what its current one does: the same stream
- * source (every field of which is immutable, but a registry written by another build may differ)
- * and the same entities, so the same key columns.
+ * Whether a stream view's new definition aggregates what its current one does, column for column:
+ * the same stream source (every field of which is immutable, but a registry written by another
+ * build may differ), the same entities (so the same key columns) and the same aggregations in
+ * the same feature order with the same value types (the running aggregator's columns, which
+ * reads index by the new definition; features may be reordered).
  */
 function sameStreamView(current: FeatureViewDefinition, next: FeatureViewDefinition): boolean {
   return (
     current.source?.kind === 'stream' &&
     next.source?.kind === 'stream' &&
     sameStreamSource(current.source, next.source) &&
-    JSON.stringify(current.entities) === JSON.stringify(next.entities)
+    JSON.stringify(current.entities) === JSON.stringify(next.entities) &&
+    JSON.stringify(windowAggregationSpecs(current)) === JSON.stringify(windowAggregationSpecs(next))
   );
 }

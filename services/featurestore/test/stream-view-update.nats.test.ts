@@ -143,4 +143,73 @@ describeWithNats('a stream view applied again', () => {
     });
     expect((await read())?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_EXPIRED]);
   });
+  it('serves each feature its own values after its features are reordered', async () => {
+    const name = uniqueName('reorder')
+      .toLowerCase()
+      .replace(/[^a-z0-9_]/g, '_');
+    const subject = `tandem.events.v1.outcome.${name}`;
+    harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
+    const { client } = harness;
+    await client.applyEntity({ entity: itemEntity, requestId: '' });
+    const base = countView(name, subject);
+    if (base.source?.$case !== 'streamSource') throw new Error('not a stream view');
+    const count = base.source.value.aggregations[0];
+    if (!count) throw new Error('no aggregation');
+    const view: FeatureView = {
+      ...base,
+      features: [
+        ...base.features,
+        { name: 's', valueType: ValueType.VALUE_TYPE_DOUBLE, description: '', vectorLength: 0 },
+      ],
+      source: {
+        $case: 'streamSource',
+        value: {
+          ...base.source.value,
+          aggregations: [
+            { ...count, window: { seconds: 600, nanos: 0 } },
+            {
+              ...count,
+              feature: 's',
+              function: AggregationFunction.AGGREGATION_FUNCTION_SUM,
+              valueField: 'value',
+              window: { seconds: 600, nanos: 0 },
+            },
+          ],
+        },
+      },
+    };
+    await client.applyFeatureView({ featureView: view, requestId: '', validateOnly: false });
+    for (let i = 0; i < 4; i++) {
+      const event = outcome('item-0', 'u', { name, value: 2.5 });
+      await bus.publish(subject, OutcomeEvent, event, { eventId: event.eventId });
+    }
+    const read = async () =>
+      (
+        await client.getOnlineFeatures({
+          features: [`${name}:n`, `${name}:s`],
+          entityRows: { item_id: { values: [str('item-0')] } },
+          omitEventTimes: true,
+        })
+      ).columns.map((column) => column.values[0]?.kind);
+    const expected = [
+      { $case: 'int64Value', value: 4 },
+      { $case: 'doubleValue', value: 10 },
+    ];
+    await eventually(async () => {
+      expect(await read()).toEqual(expected);
+    });
+    const current = (await client.getFeatureView({ name })).featureView;
+    if (!current) throw new Error('the view is gone');
+    await client.applyFeatureView({
+      featureView: { ...current, features: [...current.features].reverse() },
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(async () => {
+      expect(await read()).toEqual(expected);
+    });
+    expect(
+      (await client.getFeatureView({ name })).featureView?.features.map((f) => f.name),
+    ).toEqual(['s', 'n']);
+  });
 });
