@@ -70,11 +70,12 @@ async function main(): Promise<void> {
   const shutdown = new Shutdown(logger);
   shutdown.addFinal('telemetry', () => telemetry.shutdown());
 
-  // The two services drain one after the other, each within its own timeout.
+  // The two services shut down one after the other, each within its own deadline (its drain
+  // timeout and the kit's margin for the steps after it: flushing events, closing storage).
   const deadlineMs =
     config.assignment.platform.grpc.shutdownTimeoutMs +
     config.featurestore.platform.grpc.shutdownTimeoutMs +
-    5000;
+    15_000;
   // A signal at any point closes what is open so far (Ctrl-C while the simulator sets up, too), and
   // a failure closes it too, rather than exit from under a store write.
   await shutdown.startUp(deadlineMs, async () => {
@@ -85,9 +86,7 @@ async function main(): Promise<void> {
       sharedBus: bus,
       logger: createLogger({ service: 'assignment', level: config.assignment.platform.logLevel }),
     });
-    shutdown.add('assignment', () =>
-      assignment.shutdown.run(config.assignment.platform.grpc.shutdownTimeoutMs),
-    );
+    shutdown.add('assignment', () => assignment.shutdown.run(assignment.shutdownDeadlineMs));
     await startAssignment(assignment, config.assignment);
     const assignmentPort = await assignment.serve();
 
@@ -98,9 +97,7 @@ async function main(): Promise<void> {
         level: config.featurestore.platform.logLevel,
       }),
     });
-    shutdown.add('featurestore', () =>
-      featurestore.shutdown.run(config.featurestore.platform.grpc.shutdownTimeoutMs),
-    );
+    shutdown.add('featurestore', () => featurestore.shutdown.run(featurestore.shutdownDeadlineMs));
     await startFeatureStore(featurestore, config.featurestore);
     const featurestorePort = await featurestore.serve();
 

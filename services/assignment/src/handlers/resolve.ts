@@ -4,7 +4,7 @@
  * resolve token; exposures are logged only when the experience is shown, by `apply` or a later
  * Apply with the token. The first exposure to a sticky experiment stores the unit's variant.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { Struct } from '../../../../gen/ts/google/protobuf/struct';
 import type {
   AssignmentServiceService,
@@ -504,12 +504,16 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       rejectIfAny('apply request', violations);
       // A request id names one Apply of one resolve: reused with another token, it is another call.
       // The token itself, not its resolve id: a caller's Resolve request_id, reused for another
-      // resolve of the unit, would make two tokens one. (Verified, so in its one canonical form.)
-      // As JSON, since either string may hold any character a separator could be.
+      // resolve of the unit, would make two tokens one. (Verified, so in its one canonical form;
+      // hashed, since a token grows with its assignments and 10,000 keys are kept.) As JSON,
+      // since the request id may hold any character a separator could be.
       const resultKey =
         request.requestId === ''
           ? undefined
-          : JSON.stringify([request.requestId, request.resolveToken]);
+          : JSON.stringify([
+              request.requestId,
+              createHash('sha256').update(request.resolveToken).digest('base64url'),
+            ]);
       if (resultKey !== undefined) {
         // A retry arriving while its first call runs waits for it rather than logging beside it.
         for (let first = applying.get(resultKey); first; first = applying.get(resultKey)) {

@@ -96,6 +96,8 @@ const BACKFILL_IDLE_MS = 1_000;
 /** Bounds of how often idle entities are looked for (see `forgetIdleKeysIfDue`). */
 const FORGET_IDLE_KEYS_MIN_MS = 5_000;
 const FORGET_IDLE_KEYS_MAX_MS = 60_000;
+/** Keys looked at per checkpoint tick by a sweep for idle entities (~5 ms with two aggregations). */
+const FORGET_IDLE_KEYS_PER_TICK = 10_000;
 
 /** Back-off between attempts to start the consumer while NATS is unavailable, doubling to a cap. */
 const START_RETRY_INITIAL_MS = 500;
@@ -424,13 +426,16 @@ export class StreamAggregation {
    */
   private forgetIdleKeysIfDue(): void {
     const now = Date.now();
-    const every = Math.min(
-      FORGET_IDLE_KEYS_MAX_MS,
-      Math.max(FORGET_IDLE_KEYS_MIN_MS, this.aggregator.idleHorizonMs),
-    );
-    if (now - this.idleKeysForgottenAt < every) return;
-    this.idleKeysForgottenAt = now;
-    if (this.aggregator.forgetIdleKeys(now) > 0) this.dirty = true;
+    if (!this.aggregator.sweeping) {
+      const every = Math.min(
+        FORGET_IDLE_KEYS_MAX_MS,
+        Math.max(FORGET_IDLE_KEYS_MIN_MS, this.aggregator.idleHorizonMs),
+      );
+      if (now - this.idleKeysForgottenAt < every) return;
+      this.idleKeysForgottenAt = now;
+    }
+    // A slice of the keys per tick: a million would hold the event loop for about half a second.
+    if (this.aggregator.forgetIdleKeys(now, FORGET_IDLE_KEYS_PER_TICK) > 0) this.dirty = true;
   }
 
   private checkpointIfDirty(): Promise<void> {

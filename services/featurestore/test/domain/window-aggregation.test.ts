@@ -543,6 +543,47 @@ describe('WindowAggregator at the edges', () => {
     expect(restored.ingest(event('next-year', now + 365 * 24 * hour), now)).toBe('duplicate');
   });
 
+  it('caps the event ids it remembers over both near and far-future ones, the far ones first', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: hour, bucketMs: 60 * second }],
+      allowedLatenessMs: hour,
+      maxTrackedEventIds: 10,
+    });
+    const now = 1_700_000_000_000;
+    for (let i = 0; i < 5; i++) {
+      aggregator.ingest(
+        { eventId: `far-${i}`, key: 'k', eventTime: now + 48 * hour, values: [1] },
+        now,
+      );
+    }
+    for (let i = 0; i < 10; i++) {
+      aggregator.ingest({ eventId: `near-${i}`, key: 'k', eventTime: now, values: [1] }, now);
+    }
+    expect(aggregator.memory().trackedEventIds).toBe(10);
+    expect(
+      aggregator.ingest({ eventId: 'near-0', key: 'k', eventTime: now, values: [1] }, now),
+    ).toBe('duplicate');
+  });
+
+  it('spreads a sweep for idle keys over calls of at most maxKeys keys', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 10 * second, bucketMs: second }],
+      allowedLatenessMs: 10 * second,
+    });
+    const now = 1_700_000_000_000;
+    for (let i = 0; i < 25; i++) {
+      aggregator.ingest({ eventId: `e${i}`, key: `k${i}`, eventTime: now, values: [1] }, now);
+    }
+    const later = now + 60 * second;
+    expect(aggregator.forgetIdleKeys(later, 10)).toBe(10);
+    expect(aggregator.sweeping).toBe(true);
+    expect(aggregator.memory().keyCount).toBe(15);
+    expect(aggregator.forgetIdleKeys(later, 10)).toBe(10);
+    expect(aggregator.forgetIdleKeys(later, 10)).toBe(5);
+    expect(aggregator.sweeping).toBe(false);
+    expect(aggregator.memory().keyCount).toBe(0);
+  });
+
   it('reads a SUM or MEAN past the double range as no value, not Infinity or NaN', () => {
     const aggregator = new WindowAggregator({
       aggregations: [
