@@ -13,11 +13,17 @@
  * in a bucket after the current one counts once its bucket is inside the window.
  *
  * Acceptance: the aggregator's clock is the largest `now` it has been given (reads and ingests;
- * a clock never goes back). An event with `eventTime < clock − allowedLateness` is dropped and
- * counted as late. An accepted event whose bucket has already left one aggregation's window for
- * good (the clock only moves forward) is not stored for that aggregation; it could never be read.
+ * a clock never goes back), and its progress the latest event time it has accepted, but never
+ * past the clock then (so an event dated ahead does not move it). An event older than the
+ * progress by more than `allowedLateness`, or older than the clock by more than the longest window
+ * (it could count in no window), is dropped and counted as late. Lateness is measured against the
+ * stream's progress rather than the clock so that a consumer behind the stream (a new view's
+ * replay, a replica that was down) takes the same events as one that is not; with the default
+ * lateness (the longest window) the two rules agree. An accepted event whose bucket has already
+ * left one aggregation's window for good (the clock only moves forward) is not stored for that
+ * aggregation; it could never be read.
  *
- * De-duplication: every accepted event id is remembered until `eventTime + allowedLateness`
+ * De-duplication: every accepted event id is remembered until `eventTime + ` the longest window
  * passes, because after that a redelivery of the same event is dropped as late anyway. The
  * seen-set is per aggregator (one per stream-sourced view) and bounded by `maxTrackedEventIds`
  * (default 1,000,000, about 100 MB of 36-character ids): when full, the ids remembered first are
@@ -82,7 +88,7 @@ export interface WindowAggregationSpec {
 export const DEFAULT_MAX_TRACKED_EVENT_IDS = 1_000_000;
 
 /**
- * How far ahead of the clock (beyond the allowed lateness) an event may be dated and have its id
+ * How far ahead of the clock (beyond the longest window) an event may be dated and have its id
  * remembered with the others; a later one's is kept apart (see `WindowAggregator.later`).
  */
 const FUTURE_SLACK_MS = 60_000;
@@ -181,6 +187,8 @@ export interface AggregationCheckpoint {
   readonly aggregations: readonly string[];
   /** The aggregator's clock (ms); null before anything was ingested or read. */
   readonly clock: number | null;
+  /** The stream's progress (ms; see the module comment); null or absent before any event. */
+  readonly progress?: number | null;
   /** The arrival sequence number last handed out (orders LAST ties). */
   readonly arrivals: number;
   /** The cumulative counters. */
@@ -302,6 +310,8 @@ export class WindowAggregator {
   private readonly aggregations: readonly CompiledAggregation[];
   private readonly features: readonly string[];
   private readonly lateness: number;
+  /** The longest window (or the lateness, were it longer): how long an event may count. */
+  private readonly horizon: number;
   private ttl: number;
   private readonly maxTrackedEventIds: number;
   private readonly keys = new Map<string, KeyState>();
@@ -316,6 +326,8 @@ export class WindowAggregator {
   /** Where `forgetIdleKeys` stopped, when it stopped at its `maxKeys`. */
   private sweep: MapIterator<[string, KeyState]> | undefined;
   private clock = -Infinity;
+  /** The stream's progress: the latest accepted event time, never past the clock then. */
+  private progress = -Infinity;
   private arrivals = 0;
   private readonly counters: AggregationCounters = {
     eventsProcessed: 0,
@@ -332,8 +344,17 @@ export class WindowAggregator {
     this.aggregations = options.aggregations.map(compile);
     this.features = options.aggregations.map((a) => a.feature);
     this.lateness = options.allowedLatenessMs;
+    this.horizon = Math.max(this.lateness, ...options.aggregations.map((a) => a.windowMs));
     this.ttl = options.ttlMs ?? 0;
     this.maxTrackedEventIds = options.maxTrackedEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
+  }
+
+  /**
+   * Until when the id of an accepted event dated `eventTime` must be remembered: a redelivery
+   * after that is late whatever the progress. A caller that stores ids keeps them as long.
+   */
+  rememberUntil(eventTime: number): number {
+    return eventTime + this.horizon;
   }
 
   /** Restores an aggregator from a checkpoint taken with the same aggregation definitions. */
@@ -366,7 +387,7 @@ export class WindowAggregator {
       this.counters.eventsDroppedInvalid++;
       return 'invalid';
     }
-    if (eventTime < clock - this.lateness) {
+    if (eventTime < Math.max(this.progress - this.lateness, clock - this.horizon)) {
       this.counters.eventsDroppedLate++;
       return 'late';
     }
@@ -375,7 +396,9 @@ export class WindowAggregator {
       this.counters.eventsDuplicate++;
       return 'duplicate';
     }
-    this.rememberEventId(event.eventId, eventTime + this.lateness);
+    this.rememberEventId(event.eventId, this.rememberUntil(eventTime));
+    const progress = Math.min(eventTime, clock);
+    if (progress > this.progress) this.progress = progress;
     const arrival = ++this.arrivals;
 
     let state = this.keys.get(event.key);
@@ -558,6 +581,7 @@ export class WindowAggregator {
       version,
       aggregations: this.aggregations.map(signature),
       clock: Number.isFinite(this.clock) ? this.clock : null,
+      progress: Number.isFinite(this.progress) ? this.progress : null,
       arrivals: this.arrivals,
       counters: { ...this.counters },
       keys,
@@ -578,6 +602,8 @@ export class WindowAggregator {
       throw new Error('the checkpoint was taken with other aggregation definitions');
     }
     this.clock = checkpoint.clock ?? -Infinity;
+    // Absent from checkpoints taken before it was kept: the next events set it.
+    this.progress = checkpoint.progress ?? -Infinity;
     this.arrivals = checkpoint.arrivals;
     Object.assign(this.counters, checkpoint.counters);
     for (const [key, eventTime, series] of checkpoint.keys) {
@@ -597,7 +623,7 @@ export class WindowAggregator {
     // than the cap (one taken with a larger cap).
     const ids = [...checkpoint.seenEventIds].sort((a, b) => a[1] - b[1]);
     const evicted = Math.max(0, ids.length - this.maxTrackedEventIds);
-    const far = this.clock + this.lateness + FUTURE_SLACK_MS;
+    const far = this.clock + this.horizon + FUTURE_SLACK_MS;
     for (let i = evicted; i < ids.length; i++) {
       const [id, until] = ids[i] as readonly [string, number];
       (until > far ? this.later : this.seen).set(id, until);
@@ -621,7 +647,7 @@ export class WindowAggregator {
   }
 
   private rememberEventId(eventId: string, until: number): void {
-    const ids = until > this.clock + this.lateness + FUTURE_SLACK_MS ? this.later : this.seen;
+    const ids = until > this.clock + this.horizon + FUTURE_SLACK_MS ? this.later : this.seen;
     ids.set(eventId, until);
     // The cap counts both; the far-future ids go first.
     if (this.seen.size + this.later.size > this.maxTrackedEventIds) {

@@ -415,7 +415,9 @@ export class StreamAggregation {
         { eventId, key, eventTime, values: this.valueFields.map((read) => read(record)) },
         now,
       );
-      if (outcome === 'accepted') this.newSeenIds.push([eventId, eventTime + this.lateness]);
+      if (outcome === 'accepted') {
+        this.newSeenIds.push([eventId, this.aggregator.rememberUntil(eventTime)]);
+      }
     }
   }
 

@@ -25,6 +25,8 @@ interface ReferenceEvent extends AggregationEvent {
 
 class ReferenceAggregator {
   private clock = -Infinity;
+  /** The latest accepted event time, capped at the clock then. */
+  private progress = -Infinity;
   private arrivals = 0;
   private readonly accepted: ReferenceEvent[] = [];
   private readonly seen = new Set<string>();
@@ -36,7 +38,17 @@ class ReferenceAggregator {
 
   ingest(event: AggregationEvent, now: number): void {
     this.clock = Math.max(this.clock, now);
-    if (event.eventTime < this.clock - this.options.allowedLatenessMs) {
+    // Late: behind the stream's progress by more than the lateness, or behind the clock by more
+    // than the longest window (feature_view.proto, StreamSource.allowed_lateness).
+    const longest = Math.max(
+      this.options.allowedLatenessMs,
+      ...this.options.aggregations.map((spec) => spec.windowMs),
+    );
+    const lateBefore = Math.max(
+      this.progress - this.options.allowedLatenessMs,
+      this.clock - longest,
+    );
+    if (event.eventTime < lateBefore) {
       this.late++;
       return;
     }
@@ -45,6 +57,7 @@ class ReferenceAggregator {
       return;
     }
     this.seen.add(event.eventId);
+    this.progress = Math.max(this.progress, Math.min(event.eventTime, this.clock));
     this.accepted.push({ ...event, arrival: ++this.arrivals });
     if (this.options.aggregations.some((spec, i) => !validFor(spec.function, event.values[i]))) {
       this.invalid++;
@@ -541,6 +554,34 @@ describe('WindowAggregator at the edges', () => {
     }
     expect(restored.memory().trackedEventIds).toBeLessThan(100);
     expect(restored.ingest(event('next-year', now + 365 * 24 * hour), now)).toBe('duplicate');
+  });
+
+  it('measures lateness against the stream, so a consumer behind it takes the same events', () => {
+    const lateness = (now0: number) => {
+      const aggregator = new WindowAggregator({
+        aggregations: [
+          { feature: 'n', function: Fn.Count, windowMs: 60 * second, bucketMs: second },
+        ],
+        allowedLatenessMs: 5 * second,
+      });
+      const t0 = 1_700_000_000_000;
+      const outcomes: string[] = [];
+      const ingest = (id: string, eventTime: number, now: number) =>
+        outcomes.push(aggregator.ingest({ eventId: id, key: 'k', eventTime, values: [1] }, now));
+      // Ten events a second apart, then one 7 s behind the newest, and one older than the window.
+      for (let i = 0; i < 10; i++) ingest(`e${i}`, t0 + i * second, now0 + i * second);
+      ingest('behind', t0 + 2 * second, now0 + 10 * second);
+      ingest('ancient', now0 - 61 * second, now0 + 10 * second);
+      return { outcomes, count: aggregator.read(['k'], now0 + 10 * second).values[0] };
+    };
+    const live = lateness(1_700_000_000_000);
+    // 30 s behind: a new view replaying the stream, or a replica that was down.
+    const behind = lateness(1_700_000_030_000);
+    const expected = [...Array<string>(10).fill('accepted'), 'late', 'late'];
+    expect(live.outcomes).toEqual(expected);
+    expect(behind.outcomes).toEqual(expected);
+    expect(live.count).toBe(10);
+    expect(behind.count).toBe(10);
   });
 
   it('caps the event ids it remembers over both near and far-future ones, the far ones first', () => {

@@ -286,13 +286,14 @@ export interface StreamSource {
    */
   aggregations: Aggregation[];
   /**
-   * Optional. How far behind the server clock an event's time may be and still be counted; an
-   * older event is dropped and counted as late (AggregationStatus.events_dropped_late). Defaults to
-   * the longest window and may not exceed it. Event times ahead of the server clock are kept as
-   * they are: such an event counts once its bucket is inside the window. The server clock is the
-   * time an event is processed, so with a lateness shorter than the longest window, a consumer
-   * behind the stream by more than the lateness (a new view's replay, a replica that was down)
-   * drops events another replica counted, and the replicas differ until the window passes.
+   * Optional. How far behind the stream's progress an event's time may be and still be counted:
+   * the progress is the latest event time counted so far (never past the server clock when it was
+   * counted). An older event, or one older than the longest window by the server clock, is
+   * dropped and counted as late (AggregationStatus.events_dropped_late). Measured against the
+   * stream rather than the clock, so a consumer behind the stream (a new view's replay, a replica
+   * that was down) counts what one that was not would. Defaults to the longest window and may not
+   * exceed it. Event times ahead of the server clock are kept as they are: such an event counts
+   * once its bucket is inside the window.
    */
   allowedLateness?: Duration | undefined;
 }
