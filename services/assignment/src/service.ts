@@ -42,8 +42,10 @@ const WRITE_LEASE_WAIT_MS = 10_000;
  */
 const EXPOSURE_FLUSH_MS = 3_000;
 const CONFIG_CHANGE_FLUSH_MS = 1_000;
-/** How long exposures kept at a shutdown wait for a replica to start and publish them. */
+/** How long exposures kept at a shutdown wait for a replica to publish them. */
 const EXPOSURE_SPOOL_TTL_MS = 24 * 60 * 60 * 1000;
+/** How often a running replica looks for exposures another one kept at its shutdown. */
+const SPOOL_RESTORE_INTERVAL_MS = 60_000;
 
 /** A started Assignment service. */
 export interface RunningAssignment {
@@ -81,12 +83,19 @@ export async function startAssignment(
     // replica to start; a token may be applied for a day, so an exposure is kept for as long.
     spool: await openEventSpool(runtime.store, 'exposures', EXPOSURE_SPOOL_TTL_MS),
   });
-  exposurePublisher.restoreSpooled().catch((error: unknown) => {
-    logger.warn(
-      { err: error },
-      'could not queue the exposures a stopped replica kept; left for the next start',
-    );
-  });
+  // At start, and every minute after: a replica stopped during a rolling update spills after
+  // its successors have started, and one of them takes what it kept.
+  const restoreSpooled = (): void => {
+    exposurePublisher.restoreSpooled().catch((error: unknown) => {
+      logger.warn(
+        { err: error },
+        'could not queue the exposures a stopped replica kept; trying again',
+      );
+    });
+  };
+  restoreSpooled();
+  const spoolTimer = setInterval(restoreSpooled, SPOOL_RESTORE_INTERVAL_MS);
+  spoolTimer.unref();
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
   // Kept to the end: the last export at shutdown reads what closing the publishers dropped.
   observePublisher('exposures', exposurePublisher);
@@ -144,6 +153,7 @@ export async function startAssignment(
       // still answered would drop every exposure they applied, each answered as dropped.
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       configuration.stopPolling();
+      clearInterval(spoolTimer);
       await Promise.all(subscriptions.map((s) => s.stop()));
       await Promise.all([
         exposurePublisher.close(EXPOSURE_FLUSH_MS),

@@ -63,12 +63,18 @@ export interface SpooledEvent {
   readonly eventId: string;
 }
 
-/** Durable storage for the events a closing publisher could not publish. */
+/**
+ * Durable storage for the events a closing publisher could not publish. Any replica's may be
+ * taken by any other: publishing one twice is skipped by the gate and the stream's duplicate
+ * window.
+ */
 export interface EventSpool {
   /** Stores them (an event already kept is kept once). */
   keep(events: readonly SpooledEvent[]): Promise<void>;
-  /** Returns the kept events and forgets them (any replica's: publishing is idempotent). */
-  take(): Promise<SpooledEvent[]>;
+  /** The first `limit` kept events, in the order they were kept; they stay kept. */
+  peek(limit: number): Promise<SpooledEvent[]>;
+  /** Forgets kept events, once they are queued again. */
+  forget(eventIds: readonly string[]): Promise<void>;
 }
 
 /** A durable record of the events published, shared by every publisher of the same stream. */
@@ -111,6 +117,8 @@ const GATE_BYPASS_MS = 5_000;
  * beyond this, and counted in the log: the stream's duplicate window still covers them).
  */
 const MAX_UNRECORDED = 100_000;
+/** Events taken from the spool at a time by `restoreSpooled`. */
+const RESTORE_BATCH = 1_000;
 /** The most ids in one call of the gate, so that a backlog does not make a call overrun its time. */
 const GATE_CHUNK = 1_024;
 
@@ -156,6 +164,8 @@ export class BufferedPublisher {
   private spooled = 0;
   private restored = 0;
   private readonly spool: EventSpool | undefined;
+  /** The `restoreSpooled` under way, if any. */
+  private restoring: Promise<number> | undefined;
   private readonly spoolTimeoutMs: number;
   private droppedSinceLog = 0;
   private lastDropLogAt = -Infinity;
@@ -277,6 +287,8 @@ export class BufferedPublisher {
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
       this.accepting = false;
+      // A restore under way stops at its next event; what it queued is published or spilled.
+      await this.restoring?.catch(() => undefined);
       this.recordUntil = Date.now() + timeoutMs;
       await this.flush(timeoutMs);
       this.loopDone = true;
@@ -290,21 +302,45 @@ export class BufferedPublisher {
    * Queues again the events a publisher closed before it could publish them (see `spool`), this
    * replica's or another's. Returns how many were queued; beyond the capacity they are dropped.
    */
-  async restoreSpooled(): Promise<number> {
-    if (this.spool === undefined) return 0;
-    const events = await this.spool.take();
-    let queued = 0;
-    for (const { subject, data, eventId } of events) {
-      if (this.enqueueEncoded(subject, data, eventId)) queued++;
+  restoreSpooled(): Promise<number> {
+    this.restoring ??= this.restoreFromSpool().finally(() => {
+      this.restoring = undefined;
+    });
+    return this.restoring;
+  }
+
+  /**
+   * Takes what fits in the queue, oldest first, and forgets it from the spool only once queued:
+   * what does not fit, or comes after a close, stays kept. (A close waits for this, so what it
+   * queued is spilled again after it was forgotten, not before.)
+   */
+  private async restoreFromSpool(): Promise<number> {
+    const spool = this.spool;
+    if (spool === undefined) return 0;
+    let total = 0;
+    while (this.isAccepting()) {
+      const room = Math.min(this.capacity - this.size, RESTORE_BATCH);
+      if (room <= 0) break;
+      const events = await spool.peek(room);
+      const queued: string[] = [];
+      for (const { subject, data, eventId } of events) {
+        if (!this.isAccepting() || this.size >= this.capacity || eventId.length === 0) break;
+        this.push(subject, data, eventId);
+        queued.push(eventId);
+      }
+      if (queued.length > 0) await spool.forget(queued);
+      total += queued.length;
+      this.restored += queued.length;
+      if (queued.length < room) break;
     }
-    this.restored += queued;
-    if (events.length > 0) {
-      this.logger.info(
-        { restored: queued, spooled: events.length },
-        'events kept by a closed publisher queued again',
-      );
-    }
-    return queued;
+    if (total > 0)
+      this.logger.info({ restored: total }, 'events kept by a closed publisher queued again');
+    return total;
+  }
+
+  /** A method, not a field, because it changes while a restore awaits. */
+  private isAccepting(): boolean {
+    return this.accepting;
   }
 
   /** A method, not a field, because it changes while the loop awaits. */

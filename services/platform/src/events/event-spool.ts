@@ -13,6 +13,8 @@ interface SpooledEventDocument {
   readonly data: Uint8Array;
   /** When it was kept (ms): a later keep of the same event replaces it. */
   readonly keptAt: number;
+  /** Its place among the events kept at `keptAt`, so they are queued again in their order. */
+  readonly position: number;
   readonly expiresAt: Date;
 }
 
@@ -34,26 +36,29 @@ export async function openEventSpool(
       const expiresAt = new Date(keptAt + ttlMs);
       for (let i = 0; i < events.length; i += BATCH) {
         await collection.upsertIfNewer(
-          events.slice(i, i + BATCH).map(({ subject, data, eventId }) => ({
+          events.slice(i, i + BATCH).map(({ subject, data, eventId }, j) => ({
             id: eventId,
             subject,
             data,
             keptAt,
+            position: i + j,
             expiresAt,
           })),
           'keptAt',
         );
       }
     },
-    async take(): Promise<SpooledEvent[]> {
-      const events: SpooledEvent[] = [];
-      for await (const { doc } of collection.scan()) {
-        events.push({ subject: doc.subject, data: doc.data, eventId: doc.id });
+    async peek(limit: number): Promise<SpooledEvent[]> {
+      if (limit <= 0) return [];
+      const docs: SpooledEventDocument[] = [];
+      for await (const { doc } of collection.scan()) docs.push(doc);
+      docs.sort((a, b) => a.keptAt - b.keptAt || a.position - b.position);
+      return docs.slice(0, limit).map(({ subject, data, id }) => ({ subject, data, eventId: id }));
+    },
+    async forget(eventIds: readonly string[]): Promise<void> {
+      for (let i = 0; i < eventIds.length; i += BATCH) {
+        await Promise.all(eventIds.slice(i, i + BATCH).map((id) => collection.delete(id)));
       }
-      for (let i = 0; i < events.length; i += BATCH) {
-        await Promise.all(events.slice(i, i + BATCH).map((e) => collection.delete(e.eventId)));
-      }
-      return events;
     },
   };
 }

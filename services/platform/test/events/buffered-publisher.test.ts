@@ -242,11 +242,67 @@ describe('BufferedPublisher', () => {
     }
   });
 
+  it('takes from the spool only what fits, in the order it was kept, leaving the rest kept', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-spool-'));
+    const store = await openEmbeddedStore({ path: dir });
+    try {
+      const spool = await openEventSpool(store, 'exposures', 60_000);
+      bus.available = false;
+      // Two replicas stop with three events each.
+      for (const ids of [
+        ['z1', 'z2', 'z3'],
+        ['a1', 'a2', 'a3'],
+      ]) {
+        const stopping = new BufferedPublisher(bus, { spool, initialRetryDelayMs: 10 });
+        for (const id of ids) stopping.enqueue(SUBJECT, EchoRequest, echo(id), id);
+        await stopping.close(50);
+      }
+      const next = create({ spool, capacity: 3 });
+      expect(await next.restoreSpooled()).toBe(3);
+      expect(next.stats()).toMatchObject({ queued: 3, dropped: 0 });
+      bus.available = true;
+      await eventually(() => {
+        expect(received).toEqual(['z1', 'z2', 'z3']);
+      });
+      // The rest was left kept, and is taken once there is room.
+      expect(await next.restoreSpooled()).toBe(3);
+      await eventually(() => {
+        expect(received).toEqual(['z1', 'z2', 'z3', 'a1', 'a2', 'a3']);
+      });
+      expect(await next.restoreSpooled()).toBe(0);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('loses nothing when it closes while restoring: what it queued is kept again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-spool-'));
+    const store = await openEmbeddedStore({ path: dir });
+    try {
+      const spool = await openEventSpool(store, 'exposures', 60_000);
+      bus.available = false;
+      const first = create({ spool });
+      for (const id of ['r1', 'r2', 'r3']) first.enqueue(SUBJECT, EchoRequest, echo(id), id);
+      await first.close(50);
+      const second = new BufferedPublisher(bus, { spool, initialRetryDelayMs: 10 });
+      const restoring = second.restoreSpooled();
+      await second.close(50);
+      await restoring;
+      expect(second.stats().dropped).toBe(0);
+      expect((await spool.peek(10)).map((e) => e.eventId).sort()).toEqual(['r1', 'r2', 'r3']);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('drops what is left at close when the spool cannot keep it', async () => {
     bus.available = false;
     const failing = {
       keep: () => Promise.reject(new Error('storage is down')),
-      take: () => Promise.resolve([]),
+      peek: () => Promise.resolve([]),
+      forget: () => Promise.resolve(),
     };
     const events = create({ spool: failing });
     events.enqueue(SUBJECT, EchoRequest, echo('x'), 'x');
