@@ -191,6 +191,11 @@ export class StreamAggregation {
           { err: error, view: view.name },
           'aggregation checkpoint unusable; rebuilding from the stream',
         );
+        // Its seen ids, restored after a restart during the rebuild, would make the events not
+        // yet replayed count as duplicates.
+        await this.parts.checkpoints.discardUnusable(
+          error instanceof Error ? error.message : String(error),
+        );
         this.backfilling = true;
         this.resetDurable = true;
       }

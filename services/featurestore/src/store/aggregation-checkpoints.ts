@@ -260,6 +260,14 @@ export class CheckpointWriter {
    * the state it was written with, and restored into a rebuilt state they would make the replayed
    * events count as duplicates. Numbering starts again; returns undefined, as for no checkpoint.
    */
+  /**
+   * Discards a checkpoint the caller could not restore (taken with other aggregation
+   * definitions: the view's features reordered, say), for the same reason as `restore` does.
+   */
+  async discardUnusable(why: string): Promise<void> {
+    await this.discard(why);
+  }
+
   private async discard(why: string): Promise<undefined> {
     this.options.logger?.warn(
       { owner: this.owner },
