@@ -14,7 +14,8 @@
  *
  * Acceptance: the aggregator's clock is the largest `now` it has been given (reads and ingests;
  * a clock never goes back), and its progress the latest event time it has accepted, but never
- * past the clock then (so an event dated ahead does not move it). An event older than the
+ * past the time the stream stored that event (so an event dated ahead does not move it, and every
+ * replica, however far behind, moves it alike). An event older than the
  * progress by more than `allowedLateness`, or older than the clock by more than the longest window
  * (it could count in no window), is dropped and counted as late. Lateness is measured against the
  * stream's progress rather than the clock so that a consumer behind the stream (a new view's
@@ -23,8 +24,9 @@
  * left one aggregation's window for good (the clock only moves forward) is not stored for that
  * aggregation; it could never be read.
  *
- * De-duplication: every accepted event id is remembered until `eventTime + ` the longest window
- * passes, because after that a redelivery of the same event is dropped as late anyway. The
+ * De-duplication: every accepted event id is remembered until a redelivery of it would be late
+ * anyway: until the progress passes `eventTime + allowedLateness`, or the clock
+ * `eventTime + ` the longest window, whichever comes first. The
  * seen-set is per aggregator (one per stream-sourced view) and bounded by `maxTrackedEventIds`
  * (default 1,000,000, about 100 MB of 36-character ids): when full, the ids remembered first are
  * forgotten first and counted in `dedupeEvictions`, since only a redelivery of one of those old
@@ -97,7 +99,10 @@ const FUTURE_SLACK_MS = 60_000;
 export interface WindowAggregatorOptions {
   /** The aggregates, in feature order. */
   readonly aggregations: readonly WindowAggregationSpec[];
-  /** How far behind the clock an event's time may be and still be counted, in ms. */
+  /**
+   * How far behind the stream's progress an event's time may be and still be counted, in ms (see
+   * the module comment).
+   */
   readonly allowedLatenessMs: number;
   /** The view's TTL in ms: a key whose newest event is older reads as EXPIRED. 0 = never. @default 0 */
   readonly ttlMs?: number;
@@ -122,6 +127,11 @@ export interface AggregationEvent {
    * SUM, a non-finite number) is skipped and the event is counted as invalid.
    */
   readonly values: readonly (AggregatedValue | undefined)[];
+  /**
+   * When the stream stored the event (ms), the same on every replica: the stream's progress is
+   * not moved past it (see the module comment). Unset: the clock is used instead.
+   */
+  readonly storedAt?: number;
 }
 
 /** What happened to one ingested event. */
@@ -397,7 +407,7 @@ export class WindowAggregator {
       return 'duplicate';
     }
     this.rememberEventId(event.eventId, this.rememberUntil(eventTime));
-    const progress = Math.min(eventTime, clock);
+    const progress = Math.min(eventTime, event.storedAt ?? clock);
     if (progress > this.progress) this.progress = progress;
     const arrival = ++this.arrivals;
 
@@ -541,7 +551,8 @@ export class WindowAggregator {
       const next = sweep.next();
       if (next.done === true) {
         this.sweep = undefined;
-        for (const [id, until] of this.later) if (until < clock) this.later.delete(id);
+        const threshold = this.forgetBefore(clock);
+        for (const [id, until] of this.later) if (until < threshold) this.later.delete(id);
         break;
       }
       const [key, state] = next.value;
@@ -602,8 +613,12 @@ export class WindowAggregator {
       throw new Error('the checkpoint was taken with other aggregation definitions');
     }
     this.clock = checkpoint.clock ?? -Infinity;
-    // Absent from checkpoints taken before it was kept: the next events set it.
-    this.progress = checkpoint.progress ?? -Infinity;
+    // Absent from checkpoints taken before it was kept, whose ids were remembered until their
+    // event time plus the lateness by the clock: the clock, which keeps that rule for them.
+    this.progress =
+      checkpoint.progress === undefined
+        ? (checkpoint.clock ?? -Infinity)
+        : (checkpoint.progress ?? -Infinity);
     this.arrivals = checkpoint.arrivals;
     Object.assign(this.counters, checkpoint.counters);
     for (const [key, eventTime, series] of checkpoint.keys) {
@@ -624,8 +639,13 @@ export class WindowAggregator {
     const ids = [...checkpoint.seenEventIds].sort((a, b) => a[1] - b[1]);
     const evicted = Math.max(0, ids.length - this.maxTrackedEventIds);
     const far = this.clock + this.horizon + FUTURE_SLACK_MS;
+    // Ids stored before lateness was measured against the progress were remembered until their
+    // event time plus the lateness, not the longest window: extended so that none is forgotten
+    // early (a newer one is then kept longer than it must be, until the progress passes it).
+    const extension = this.horizon - this.lateness;
     for (let i = evicted; i < ids.length; i++) {
-      const [id, until] = ids[i] as readonly [string, number];
+      const [id, stored] = ids[i] as readonly [string, number];
+      const until = stored + extension;
       (until > far ? this.later : this.seen).set(id, until);
     }
     this.counters.dedupeEvictions += evicted;
@@ -665,10 +685,19 @@ export class WindowAggregator {
    * can leave an expired id behind an unexpired one for a while; that only delays forgetting it.
    */
   private forgetExpiredEventIds(clock: number): void {
+    const threshold = this.forgetBefore(clock);
     for (const [id, until] of this.seen) {
-      if (until >= clock) break;
+      if (until >= threshold) break;
       this.seen.delete(id);
     }
+  }
+
+  /**
+   * Ids remembered until before this are dead: their event (`until − horizon`) is late by the
+   * clock, or by the progress (`eventTime < progress − lateness`).
+   */
+  private forgetBefore(clock: number): number {
+    return Math.max(clock, this.progress - this.lateness + this.horizon);
   }
 }
 

@@ -417,7 +417,13 @@ export class StreamAggregation {
       const record = event as unknown as Readonly<Record<string, unknown>>;
       const eventTime = event.eventTime?.getTime() ?? Number.NaN;
       const outcome = this.aggregator.ingest(
-        { eventId, key, eventTime, values: this.valueFields.map((read) => read(record)) },
+        {
+          eventId,
+          key,
+          eventTime,
+          values: this.valueFields.map((read) => read(record)),
+          storedAt: delivered.storedAt.getTime(),
+        },
         now,
       );
       if (outcome === 'accepted') {

@@ -10,8 +10,9 @@
  * acked and come again).
  *
  * A restore returns at most the aggregator's cap of seen ids, the newest: the seen-id documents
- * live as long as their ids' lateness horizon, which at a high event rate is far more ids than the
- * aggregator keeps, and reading them all would make start-up memory grow with the event rate.
+ * live as long as their ids may be needed (the longest window, by the clock), which at a high
+ * event rate is far more ids than the aggregator keeps, and reading them all would make start-up
+ * memory grow with the event rate.
  */
 import type { Logger } from '../../../platform/src/logging';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';

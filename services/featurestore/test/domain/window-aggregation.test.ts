@@ -584,6 +584,82 @@ describe('WindowAggregator at the edges', () => {
     expect(behind.count).toBe(10);
   });
 
+  it('moves the progress by when the stream stored an event, so an event dated ahead moves it alike', () => {
+    const outcomesAt = (delay: number) => {
+      const aggregator = new WindowAggregator({
+        aggregations: [
+          { feature: 'n', function: Fn.Count, windowMs: 60 * second, bucketMs: second },
+        ],
+        allowedLatenessMs: 5 * second,
+      });
+      const t0 = 1_700_000_000_000;
+      // A producer clock 20 s ahead, then events on time; each stored as it was published.
+      const events = [
+        { id: 'ahead', eventTime: t0 + 20 * second, storedAt: t0 },
+        ...[1, 2, 3, 4, 5].map((i) => ({
+          id: `e${i}`,
+          eventTime: t0 + i * second,
+          storedAt: t0 + i * second,
+        })),
+      ];
+      return events.map(({ id, eventTime, storedAt }) =>
+        aggregator.ingest(
+          { eventId: id, key: 'k', eventTime, values: [1], storedAt },
+          storedAt + delay,
+        ),
+      );
+    };
+    expect(outcomesAt(0)).toEqual(Array<string>(6).fill('accepted'));
+    expect(outcomesAt(30 * second)).toEqual(outcomesAt(0));
+  });
+
+  it('forgets an event id once the progress makes a redelivery late, not only the window', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 24 * hour, bucketMs: hour }],
+      allowedLatenessMs: 60 * second,
+    });
+    const t0 = 1_700_000_000_000;
+    for (let i = 0; i < 10_000; i++) {
+      const at = t0 + i * 100;
+      aggregator.ingest(
+        { eventId: `e${i}`, key: 'k', eventTime: at, values: [1], storedAt: at },
+        at,
+      );
+    }
+    // 60 s of lateness at 10 events a second: ~600 ids still needed, not 10,000.
+    expect(aggregator.memory().trackedEventIds).toBeLessThan(700);
+    const last = t0 + 9_999 * 100;
+    expect(aggregator.ingest({ eventId: 'e0', key: 'k', eventTime: t0, values: [1] }, last)).toBe(
+      'late',
+    );
+    expect(
+      aggregator.ingest({ eventId: 'e9999', key: 'k', eventTime: last, values: [1] }, last),
+    ).toBe('duplicate');
+  });
+
+  it('restores a checkpoint taken before the progress was kept without counting a redelivery twice', () => {
+    const options = {
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: hour, bucketMs: 60 * second }],
+      allowedLatenessMs: 5 * second,
+    };
+    const t0 = 1_700_000_000_000;
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'x', key: 'k', eventTime: t0, values: [1] }, t0);
+    // As an older build wrote it: no progress, the id remembered until its time plus the lateness.
+    const older = JSON.parse(JSON.stringify(aggregator.checkpoint())) as Record<string, unknown>;
+    delete older.progress;
+    const restored = WindowAggregator.restore(options, {
+      ...(older as unknown as ReturnType<WindowAggregator['checkpoint']>),
+      seenEventIds: [['x', t0 + 5 * second]],
+    });
+    expect(
+      restored.ingest({ eventId: 'x', key: 'k', eventTime: t0, values: [1] }, t0 + 10 * second),
+    ).not.toBe('accepted');
+    expect(
+      restored.ingest({ eventId: 'x', key: 'k', eventTime: t0, values: [1] }, t0 + 2 * second),
+    ).toBe('duplicate');
+  });
+
   it('caps the event ids it remembers over both near and far-future ones, the far ones first', () => {
     const aggregator = new WindowAggregator({
       aggregations: [{ feature: 'n', function: Fn.Count, windowMs: hour, bucketMs: 60 * second }],

@@ -287,8 +287,8 @@ export interface StreamSource {
   aggregations: Aggregation[];
   /**
    * Optional. How far behind the stream's progress an event's time may be and still be counted:
-   * the progress is the latest event time counted so far (never past the server clock when it was
-   * counted). An older event, or one older than the longest window by the server clock, is
+   * the progress is the latest event time counted so far (never past the time the stream stored
+   * that event). An older event, or one older than the longest window by the server clock, is
    * dropped and counted as late (AggregationStatus.events_dropped_late). Measured against the
    * stream rather than the clock, so a consumer behind the stream (a new view's replay, a replica
    * that was down) counts what one that was not would. Defaults to the longest window and may not
