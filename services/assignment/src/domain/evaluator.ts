@@ -56,6 +56,7 @@ import {
   conjunctsOf,
   isEmptyCondition,
   toleratedWhenStored,
+  UNCOMPILABLE_CONDITION,
   validateCondition,
   type AttributePredicate,
   type Attributes,
@@ -406,6 +407,14 @@ export class AssignmentSnapshot {
       }
       return slot;
     };
+    let none = -1;
+    const noneSlot = (): number => {
+      if (none === -1) {
+        none = this.predicates.length;
+        this.predicates.push(() => false);
+      }
+      return none;
+    };
     const conditionSlot = (definition: ExperimentDefinition): number => {
       const condition = definition.condition;
       if (condition === undefined || isEmptyCondition(condition)) return -1;
@@ -417,9 +426,16 @@ export class AssignmentSnapshot {
         const violations = validateCondition(condition);
         const refused = violations.filter((v) => !toleratedWhenStored(v));
         if (refused.length > 0) throw new InvalidConditionError(refused);
-        outdatedReasons.set(key, [...new Set(violations.map((v) => v.reason))]);
+        const reasons = [...new Set(violations.map((v) => v.reason))];
+        outdatedReasons.set(key, reasons);
         slot = this.conditionParts.length;
-        this.conditionParts.push(conjunctsOf(condition).map(partSlot));
+        // One sift cannot compile as it is evaluated matches no unit, as it effectively did
+        // (see UNCOMPILABLE_CONDITION).
+        this.conditionParts.push(
+          reasons.includes(UNCOMPILABLE_CONDITION)
+            ? [noneSlot()]
+            : conjunctsOf(condition).map(partSlot),
+        );
         conditionSlots.set(key, slot);
       }
       const outdated = outdatedReasons.get(key) ?? [];

@@ -445,7 +445,6 @@ export class InvalidConditionError extends Error {
 }
 
 const matchAll: AttributePredicate = () => true;
-const matchNone: AttributePredicate = () => false;
 
 /** Whether a condition is absent or `{}`, which matches every unit. */
 export function isEmptyCondition(condition: Condition | null | undefined): boolean {
@@ -503,17 +502,14 @@ export function compileCondition(condition: Condition | null | undefined): Attri
 
 /**
  * Compiles, without validating it again, a condition {@link validateCondition} accepted or one of
- * its {@link conjunctsOf}. Like {@link compileCondition}, it copies the condition.
+ * its {@link conjunctsOf}. Like {@link compileCondition}, it copies the condition. The predicate
+ * may keep an escaped copy of an attributes object it was given while that object lives: do not
+ * change an attributes object between evaluations (the service makes one per request).
+ * @throws when sift cannot compile it (`UNCOMPILABLE_CONDITION`, which validation reports).
  */
 export function compileConjunct(conjunct: Condition): AttributePredicate {
   if (isEmptyCondition(conjunct)) return matchAll;
-  try {
-    return testerOf(conjunct);
-  } catch {
-    // Only a condition stored before validation compiled what is compiled (see
-    // UNCOMPILABLE_CONDITION): sift had read it as a value no attributes equal.
-    return matchNone;
-  }
+  return testerOf(conjunct);
 }
 
 function testerOf(conjunct: Condition): AttributePredicate {

@@ -142,6 +142,27 @@ describe('resolve reasons, in the contract order', () => {
     expect(a.variant.key).toBe('control');
   });
 
+  it('loads a stored condition sift cannot compile as evaluated, and targets no unit with it', () => {
+    // Validation refuses it now (UNCOMPILABLE_CONDITION); one stored before must not stop the
+    // configuration from loading on every replica.
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'hidden', condition: { constructor: 1, a: { $in: [{ $gt: 1 }] } } }),
+          experiment({ id: 'plain', condition: { a: 2 } }),
+        ],
+      }),
+    );
+    const reasons = snapshot
+      .resolve(unit('user-1', { attributes: { constructor: 1, a: 2 } }))
+      .assignments.map((a) => [a.experiment.id, a.reason]);
+    expect(reasons).toEqual([
+      ['hidden', AssignmentReason.TARGETED_OUT],
+      ['plain', AssignmentReason.ASSIGNED],
+    ]);
+    expect(snapshot.outdatedConditions.get('hidden')).toEqual(['UNCOMPILABLE_CONDITION']);
+  });
+
   it('serves a scheduled experiment from its start time until its end time', () => {
     const snapshot = buildSnapshot(
       configuration({
