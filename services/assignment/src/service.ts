@@ -37,8 +37,8 @@ const WRITE_LEASE_WAIT_MS = 10_000;
 /**
  * How long a shutdown waits, after the last call, for buffered exposures and configuration
  * changes to be published: within the kit's margin after the gRPC drain, leaving time to close
- * storage. What is still buffered then (NATS unreachable throughout) is kept in storage for the
- * next replica to start (see `openEventSpool`).
+ * storage. What is still buffered then (NATS unreachable throughout) is kept in storage for a
+ * running replica to queue again (see `openEventSpool`).
  */
 const EXPOSURE_FLUSH_MS = 3_000;
 const CONFIG_CHANGE_FLUSH_MS = 1_000;
@@ -79,23 +79,10 @@ export async function startAssignment(
     maxInFlight: 128,
     logger,
     gate: await ExposureLedger.open(runtime.store),
-    // What a shutdown could not publish (NATS unreachable) is kept, and queued again by the next
-    // replica to start; a token may be applied for a day, so an exposure is kept for as long.
+    // What a shutdown could not publish (NATS unreachable) is kept, and queued again by a running
+    // replica; a token may be applied for a day, so an exposure is kept for as long.
     spool: await openEventSpool(runtime.store, 'exposures', EXPOSURE_SPOOL_TTL_MS),
   });
-  // At start, and every minute after: a replica stopped during a rolling update spills after
-  // its successors have started, and one of them takes what it kept.
-  const restoreSpooled = (): void => {
-    exposurePublisher.restoreSpooled().catch((error: unknown) => {
-      logger.warn(
-        { err: error },
-        'could not queue the exposures a stopped replica kept; trying again',
-      );
-    });
-  };
-  restoreSpooled();
-  const spoolTimer = setInterval(restoreSpooled, SPOOL_RESTORE_INTERVAL_MS);
-  spoolTimer.unref();
   const configPublisher = new BufferedPublisher(bus, { capacity: 1000, logger });
   // Kept to the end: the last export at shutdown reads what closing the publishers dropped.
   observePublisher('exposures', exposurePublisher);
@@ -163,5 +150,19 @@ export async function startAssignment(
     return stopping;
   };
   runtime.shutdown.add('assignment consumers and exposure publisher', stop);
+  // Once the publisher is sure to be closed (what it queued is then spilled again), at start and
+  // every minute after: a replica stopped during a rolling update spills after its successors
+  // have started, and one of them takes what it kept (while NATS takes events).
+  const restoreSpooled = (): void => {
+    exposurePublisher.restoreSpooled().catch((error: unknown) => {
+      logger.warn(
+        { err: error },
+        'could not queue the exposures a stopped replica kept; trying again',
+      );
+    });
+  };
+  restoreSpooled();
+  const spoolTimer = setInterval(restoreSpooled, SPOOL_RESTORE_INTERVAL_MS);
+  spoolTimer.unref();
   return { context, exposureStats: () => exposurePublisher.stats(), stop };
 }

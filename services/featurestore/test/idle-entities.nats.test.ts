@@ -7,14 +7,9 @@ import type { EventBus } from '../../platform/src/events/bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
-import {
-  AggregationFunction,
-  AggregationKey,
-} from '../../../gen/ts/tandem/featurestore/v1/feature_view';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { itemEntity, outcome, str } from './support/fixtures';
+import { itemCountView, itemEntity, outcome, str } from './support/fixtures';
 
 jest.setTimeout(60_000);
 
@@ -40,37 +35,7 @@ describeWithNats('a streaming view with idle entities', () => {
     const { client } = harness;
     await client.applyEntity({ entity: itemEntity, requestId: '' });
     await client.applyFeatureView({
-      featureView: {
-        name,
-        description: '',
-        owner: 'tests',
-        tags: {},
-        entities: ['item'],
-        features: [
-          { name: 'n', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
-        ],
-        ttl: undefined,
-        online: true,
-        source: {
-          $case: 'streamSource',
-          value: {
-            subject,
-            eventNames: [],
-            key: AggregationKey.AGGREGATION_KEY_ITEM_ID,
-            aggregations: [
-              {
-                feature: 'n',
-                function: AggregationFunction.AGGREGATION_FUNCTION_COUNT,
-                valueField: '',
-                window: { seconds: 2, nanos: 0 },
-                bucket: { seconds: 1, nanos: 0 },
-              },
-            ],
-            allowedLateness: undefined,
-          },
-        },
-        etag: '',
-      },
+      featureView: itemCountView(name, subject, 2),
       requestId: '',
       validateOnly: false,
     });

@@ -9,49 +9,14 @@ import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/suppo
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import {
   AggregationFunction,
-  AggregationKey,
   type FeatureView,
 } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
-import { itemEntity, outcome, str } from './support/fixtures';
+import { itemCountView, itemEntity, outcome, str } from './support/fixtures';
 
 jest.setTimeout(60_000);
-
-function countView(name: string, subject: string): FeatureView {
-  return {
-    name,
-    description: '',
-    owner: 'tests',
-    tags: {},
-    entities: ['item'],
-    features: [
-      { name: 'n', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
-    ],
-    ttl: undefined,
-    online: true,
-    source: {
-      $case: 'streamSource',
-      value: {
-        subject,
-        eventNames: [],
-        key: AggregationKey.AGGREGATION_KEY_ITEM_ID,
-        aggregations: [
-          {
-            feature: 'n',
-            function: AggregationFunction.AGGREGATION_FUNCTION_COUNT,
-            valueField: '',
-            window: { seconds: 2, nanos: 0 },
-            bucket: { seconds: 1, nanos: 0 },
-          },
-        ],
-        allowedLateness: undefined,
-      },
-    },
-    etag: '',
-  };
-}
 
 describeWithNats('a stream view applied again', () => {
   let bus: EventBus;
@@ -75,7 +40,7 @@ describeWithNats('a stream view applied again', () => {
     const { client } = harness;
     await client.applyEntity({ entity: itemEntity, requestId: '' });
     await client.applyFeatureView({
-      featureView: countView(name, subject),
+      featureView: itemCountView(name, subject, 2),
       requestId: '',
       validateOnly: false,
     });
@@ -151,7 +116,7 @@ describeWithNats('a stream view applied again', () => {
     harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
     const { client } = harness;
     await client.applyEntity({ entity: itemEntity, requestId: '' });
-    const base = countView(name, subject);
+    const base = itemCountView(name, subject, 2);
     if (base.source?.$case !== 'streamSource') throw new Error('not a stream view');
     const count = base.source.value.aggregations[0];
     if (!count) throw new Error('no aggregation');

@@ -460,7 +460,9 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
   const out: FieldViolation[] = [];
   if (condition === undefined || condition === null) return out;
   validateQuery(condition, path, 0, out);
-  if (out.length === 0) {
+  // Also beside problems a stored condition may have (EMPTY_ALL, …): it is then evaluated, and
+  // what cannot be compiled must be known.
+  if (out.every(toleratedWhenStored)) {
     // Defence in depth: anything sift still refuses is reported, not thrown at resolve time.
     // What is compiled, exactly: the whole condition and each conjunct, escaped as they are.
     const whole = condition as Condition;

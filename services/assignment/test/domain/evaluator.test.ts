@@ -149,6 +149,11 @@ describe('resolve reasons, in the contract order', () => {
       configuration({
         experiments: [
           experiment({ id: 'hidden', condition: { constructor: 1, a: { $in: [{ $gt: 1 }] } } }),
+          // Beside a problem a stored condition may have, too.
+          experiment({
+            id: 'hidden-too',
+            condition: { constructor: 1, a: { $in: [{ $gt: 1 }] }, b: { $all: [] } },
+          }),
           experiment({ id: 'plain', condition: { a: 2 } }),
         ],
       }),
@@ -158,9 +163,14 @@ describe('resolve reasons, in the contract order', () => {
       .assignments.map((a) => [a.experiment.id, a.reason]);
     expect(reasons).toEqual([
       ['hidden', AssignmentReason.TARGETED_OUT],
+      ['hidden-too', AssignmentReason.TARGETED_OUT],
       ['plain', AssignmentReason.ASSIGNED],
     ]);
     expect(snapshot.outdatedConditions.get('hidden')).toEqual(['UNCOMPILABLE_CONDITION']);
+    expect(snapshot.outdatedConditions.get('hidden-too')).toEqual([
+      'EMPTY_ALL',
+      'UNCOMPILABLE_CONDITION',
+    ]);
   });
 
   it('serves a scheduled experiment from its start time until its end time', () => {

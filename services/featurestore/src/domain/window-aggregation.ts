@@ -336,8 +336,10 @@ export class WindowAggregator {
   /** Where `forgetIdleKeys` stopped, when it stopped at its `maxKeys`. */
   private sweep: MapIterator<[string, KeyState]> | undefined;
   private clock = -Infinity;
-  /** The stream's progress: the latest accepted event time, never past the clock then. */
+  /** The stream's progress: the latest accepted event time, never past when it was stored. */
   private progress = -Infinity;
+  /** Restored from a checkpoint that had no progress: it starts at the first event's clock. */
+  private progressFromClock = false;
   private arrivals = 0;
   private readonly counters: AggregationCounters = {
     eventsProcessed: 0,
@@ -396,6 +398,10 @@ export class WindowAggregator {
     if (!isTimestampMs(eventTime)) {
       this.counters.eventsDroppedInvalid++;
       return 'invalid';
+    }
+    if (this.progressFromClock) {
+      this.progressFromClock = false;
+      if (clock > this.progress) this.progress = clock;
     }
     if (eventTime < Math.max(this.progress - this.lateness, clock - this.horizon)) {
       this.counters.eventsDroppedLate++;
@@ -613,12 +619,12 @@ export class WindowAggregator {
       throw new Error('the checkpoint was taken with other aggregation definitions');
     }
     this.clock = checkpoint.clock ?? -Infinity;
-    // Absent from checkpoints taken before it was kept, whose ids were remembered until their
-    // event time plus the lateness by the clock: the clock, which keeps that rule for them.
-    this.progress =
-      checkpoint.progress === undefined
-        ? (checkpoint.clock ?? -Infinity)
-        : (checkpoint.progress ?? -Infinity);
+    // Absent from checkpoints taken before it was kept, whose ids were remembered (and stored)
+    // until their event time plus the lateness by the clock: the clock at the first event after
+    // the restore, which keeps that rule for them (see `ingest`).
+    const legacy = checkpoint.progress === undefined;
+    this.progressFromClock = legacy;
+    this.progress = legacy ? (checkpoint.clock ?? -Infinity) : (checkpoint.progress ?? -Infinity);
     this.arrivals = checkpoint.arrivals;
     Object.assign(this.counters, checkpoint.counters);
     for (const [key, eventTime, series] of checkpoint.keys) {
@@ -641,8 +647,8 @@ export class WindowAggregator {
     const far = this.clock + this.horizon + FUTURE_SLACK_MS;
     // Ids stored before lateness was measured against the progress were remembered until their
     // event time plus the lateness, not the longest window: extended so that none is forgotten
-    // early (a newer one is then kept longer than it must be, until the progress passes it).
-    const extension = this.horizon - this.lateness;
+    // early by the progress rule.
+    const extension = legacy ? this.horizon - this.lateness : 0;
     for (let i = evicted; i < ids.length; i++) {
       const [id, stored] = ids[i] as readonly [string, number];
       const until = stored + extension;

@@ -67,6 +67,41 @@ export function userStatsView(overrides: Partial<FeatureView> = {}): FeatureView
   };
 }
 
+/** A stream view `name` counting the events on `subject` per item (`n`) over a short window. */
+export function itemCountView(name: string, subject: string, windowSeconds: number): FeatureView {
+  return {
+    name,
+    description: '',
+    owner: 'tests',
+    tags: {},
+    entities: ['item'],
+    features: [
+      { name: 'n', valueType: ValueType.VALUE_TYPE_INT64, description: '', vectorLength: 0 },
+    ],
+    ttl: undefined,
+    online: true,
+    source: {
+      $case: 'streamSource',
+      value: {
+        subject,
+        eventNames: [],
+        key: AggregationKey.AGGREGATION_KEY_ITEM_ID,
+        aggregations: [
+          {
+            feature: 'n',
+            function: AggregationFunction.AGGREGATION_FUNCTION_COUNT,
+            valueField: '',
+            window: { seconds: windowSeconds, nanos: 0 },
+            bucket: { seconds: 1, nanos: 0 },
+          },
+        ],
+        allowedLateness: undefined,
+      },
+    },
+    etag: '',
+  };
+}
+
 export function itemPlaysView(
   name = 'item_plays',
   subject = 'tandem.events.v1.outcome.play',

@@ -61,6 +61,8 @@ export interface SpooledEvent {
   readonly subject: string;
   readonly data: Uint8Array;
   readonly eventId: string;
+  /** Set by `peek`: which keeping of the event it returned (see `forget`). */
+  readonly version?: number;
 }
 
 /**
@@ -73,8 +75,11 @@ export interface EventSpool {
   keep(events: readonly SpooledEvent[]): Promise<void>;
   /** The first `limit` kept events, in the order they were kept; they stay kept. */
   peek(limit: number): Promise<SpooledEvent[]>;
-  /** Forgets kept events, once they are queued again. */
-  forget(eventIds: readonly string[]): Promise<void>;
+  /**
+   * Forgets events `peek` returned, once they are queued again; one kept again since (by a
+   * publisher that closed meanwhile) stays.
+   */
+  forget(events: readonly SpooledEvent[]): Promise<void>;
 }
 
 /** A durable record of the events published, shared by every publisher of the same stream. */
@@ -287,8 +292,13 @@ export class BufferedPublisher {
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
       this.accepting = false;
-      // A restore under way stops at its next event; what it queued is published or spilled.
-      await this.restoring?.catch(() => undefined);
+      // A restore under way stops at its next event; what it queued is published or spilled. Not
+      // waited for past the timeout (storage slow): `forget` spares an event kept again since.
+      if (this.restoring) {
+        await withTimeout(this.restoring, timeoutMs, () => new Error('restore')).catch(
+          () => undefined,
+        );
+      }
       this.recordUntil = Date.now() + timeoutMs;
       await this.flush(timeoutMs);
       this.loopDone = true;
@@ -300,7 +310,8 @@ export class BufferedPublisher {
 
   /**
    * Queues again the events a publisher closed before it could publish them (see `spool`), this
-   * replica's or another's. Returns how many were queued; beyond the capacity they are dropped.
+   * replica's or another's, while the bus takes events, into at most half the free room: the rest
+   * stay kept for a later call. Returns how many were queued.
    */
   restoreSpooled(): Promise<number> {
     this.restoring ??= this.restoreFromSpool().finally(() => {
@@ -318,20 +329,24 @@ export class BufferedPublisher {
     const spool = this.spool;
     if (spool === undefined) return 0;
     let total = 0;
-    while (this.isAccepting()) {
-      const room = Math.min(this.capacity - this.size, RESTORE_BATCH);
+    // Only while the bus takes events: kept in storage they are safe from a kill, and in the
+    // buffer they would take the room of new events. Half the free room at most, for those.
+    while (this.isAccepting() && this.bus.isConnected() && this.consecutiveFailures === 0) {
+      const room = Math.min(Math.floor((this.capacity - this.size) / 2), RESTORE_BATCH);
       if (room <= 0) break;
       const events = await spool.peek(room);
-      const queued: string[] = [];
-      for (const { subject, data, eventId } of events) {
-        if (!this.isAccepting() || this.size >= this.capacity || eventId.length === 0) break;
-        this.push(subject, data, eventId);
-        queued.push(eventId);
+      const taken: SpooledEvent[] = [];
+      for (const event of events) {
+        if (!this.isAccepting() || this.size >= this.capacity) break;
+        // One without an id cannot be queued: forgotten, so that it does not block the rest.
+        if (event.eventId.length > 0) this.push(event.subject, event.data, event.eventId);
+        taken.push(event);
       }
-      if (queued.length > 0) await spool.forget(queued);
+      if (taken.length > 0) await spool.forget(taken);
+      const queued = taken.filter((event) => event.eventId.length > 0);
       total += queued.length;
       this.restored += queued.length;
-      if (queued.length < room) break;
+      if (taken.length < room) break;
     }
     if (total > 0)
       this.logger.info({ restored: total }, 'events kept by a closed publisher queued again');

@@ -1,10 +1,11 @@
 /**
  * An {@link EventSpool} in the service's store (MongoDB, or the embedded one): one document per
- * event, its id the event id, removed when taken or `ttlMs` after it was kept. Every replica of a
- * service shares it: a replica that starts takes what any replica kept, and publishing twice is
- * harmless (the stream's duplicate window and the publisher's gate skip a published event).
+ * event, its id the event id, removed once queued again or `ttlMs` after it was kept. Every
+ * replica of a service shares it: any replica queues what any replica kept, and publishing twice
+ * is harmless (the stream's duplicate window and the publisher's gate skip a published event).
  */
-import type { DocumentStore } from '../storage/collection';
+import { AbortedError } from '../errors';
+import type { DocumentStore, Versioned } from '../storage/collection';
 import type { EventSpool, SpooledEvent } from './buffered-publisher';
 
 interface SpooledEventDocument {
@@ -50,14 +51,27 @@ export async function openEventSpool(
     },
     async peek(limit: number): Promise<SpooledEvent[]> {
       if (limit <= 0) return [];
-      const docs: SpooledEventDocument[] = [];
-      for await (const { doc } of collection.scan()) docs.push(doc);
-      docs.sort((a, b) => a.keptAt - b.keptAt || a.position - b.position);
-      return docs.slice(0, limit).map(({ subject, data, id }) => ({ subject, data, eventId: id }));
+      const docs: Versioned<SpooledEventDocument>[] = [];
+      for await (const stored of collection.scan()) docs.push(stored);
+      docs.sort((a, b) => a.doc.keptAt - b.doc.keptAt || a.doc.position - b.doc.position);
+      return docs.slice(0, limit).map(({ doc, version }) => ({
+        subject: doc.subject,
+        data: doc.data,
+        eventId: doc.id,
+        version,
+      }));
     },
-    async forget(eventIds: readonly string[]): Promise<void> {
-      for (let i = 0; i < eventIds.length; i += BATCH) {
-        await Promise.all(eventIds.slice(i, i + BATCH).map((id) => collection.delete(id)));
+    async forget(events: readonly SpooledEvent[]): Promise<void> {
+      const forgetOne = async ({ eventId, version }: SpooledEvent): Promise<void> => {
+        try {
+          await collection.delete(eventId, version);
+        } catch (error) {
+          // Kept again since it was peeked: that keeping stays.
+          if (!(error instanceof AbortedError)) throw error;
+        }
+      };
+      for (let i = 0; i < events.length; i += BATCH) {
+        await Promise.all(events.slice(i, i + BATCH).map(forgetOne));
       }
     },
   };
