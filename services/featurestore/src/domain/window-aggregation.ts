@@ -646,13 +646,15 @@ export class WindowAggregator {
     const evicted = Math.max(0, ids.length - this.maxTrackedEventIds);
     const far = this.clock + this.horizon + FUTURE_SLACK_MS;
     // Ids stored before lateness was measured against the progress were remembered until their
-    // event time plus the lateness, not the longest window: extended so that none is forgotten
-    // early by the progress rule.
-    const extension = legacy ? this.horizon - this.lateness : 0;
+    // event time plus the lateness, not the longest window, and nothing tells them from newer
+    // ones (a header written since may come with seen ids written before): every restored id is
+    // extended by the difference, so that none is forgotten early by the progress rule. A newer
+    // one is then kept until the progress passes its event time plus the window, not the lateness.
+    const extension = this.horizon - this.lateness;
     for (let i = evicted; i < ids.length; i++) {
       const [id, stored] = ids[i] as readonly [string, number];
-      const until = stored + extension;
-      (until > far ? this.later : this.seen).set(id, until);
+      // Far-future or not by what was stored: extended, every id would look far.
+      (stored > far ? this.later : this.seen).set(id, stored + extension);
     }
     this.counters.dedupeEvictions += evicted;
   }
