@@ -598,7 +598,13 @@ export class WindowAggregator {
       version,
       aggregations: this.aggregations.map(signature),
       clock: Number.isFinite(this.clock) ? this.clock : null,
-      progress: Number.isFinite(this.progress) ? this.progress : null,
+      // Still as an older build measured it until the first event (see `load`): left out, so
+      // that a restore of this checkpoint does the same.
+      progress: this.progressFromClock
+        ? undefined
+        : Number.isFinite(this.progress)
+          ? this.progress
+          : null,
       arrivals: this.arrivals,
       counters: { ...this.counters },
       keys,
@@ -653,8 +659,10 @@ export class WindowAggregator {
     const extension = this.horizon - this.lateness;
     for (let i = evicted; i < ids.length; i++) {
       const [id, stored] = ids[i] as readonly [string, number];
-      // Far-future or not by what was stored: extended, every id would look far.
-      (stored > far ? this.later : this.seen).set(id, stored + extension);
+      // Extended, most look far-future: in `later` they do not hold up forgetting the ids after
+      // them in `seen`, and `forgetIdleKeys` sweeps them.
+      const until = stored + extension;
+      (until > far ? this.later : this.seen).set(id, until);
     }
     this.counters.dedupeEvictions += evicted;
   }

@@ -292,15 +292,17 @@ export class BufferedPublisher {
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
       this.accepting = false;
+      // One deadline for all of it, so a close takes `timeoutMs` (and the spill its own).
+      const deadline = Date.now() + timeoutMs;
+      this.recordUntil = deadline;
       // A restore under way stops at its next event; what it queued is published or spilled. Not
-      // waited for past the timeout (storage slow): `forget` spares an event kept again since.
+      // waited for past the deadline (storage slow): `forget` spares an event kept again since.
       if (this.restoring) {
         await withTimeout(this.restoring, timeoutMs, () => new Error('restore')).catch(
           () => undefined,
         );
       }
-      this.recordUntil = Date.now() + timeoutMs;
-      await this.flush(timeoutMs);
+      await this.flush(Math.max(0, deadline - Date.now()));
       this.loopDone = true;
       this.arrived.notify();
       this.closing.notify();

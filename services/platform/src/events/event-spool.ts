@@ -12,7 +12,7 @@ interface SpooledEventDocument {
   readonly id: string;
   readonly subject: string;
   readonly data: Uint8Array;
-  /** When it was kept (ms): a later keep of the same event replaces it. */
+  /** When it was kept (ms), for the order of `peek`. */
   readonly keptAt: number;
   /** Its place among the events kept at `keptAt`, so they are queued again in their order. */
   readonly position: number;
@@ -35,17 +35,15 @@ export async function openEventSpool(
     async keep(events: readonly SpooledEvent[]): Promise<void> {
       const keptAt = Date.now();
       const expiresAt = new Date(keptAt + ttlMs);
+      // Every keeping is written, bumping the version, even of an event kept before: a restore
+      // that peeked the earlier version must not forget this one (see `forget`).
       for (let i = 0; i < events.length; i += BATCH) {
-        await collection.upsertIfNewer(
-          events.slice(i, i + BATCH).map(({ subject, data, eventId }, j) => ({
-            id: eventId,
-            subject,
-            data,
-            keptAt,
-            position: i + j,
-            expiresAt,
-          })),
-          'keptAt',
+        await Promise.all(
+          events
+            .slice(i, i + BATCH)
+            .map(({ subject, data, eventId }, j) =>
+              collection.upsert({ id: eventId, subject, data, keptAt, position: i + j, expiresAt }),
+            ),
         );
       }
     },

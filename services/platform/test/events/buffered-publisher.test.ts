@@ -298,6 +298,30 @@ describe('BufferedPublisher', () => {
     });
   });
 
+  it('keeps an event kept again after it was peeked, whatever the clocks', async () => {
+    await withSpool(async (spool) => {
+      const event = {
+        subject: SUBJECT,
+        data: EchoRequest.encode(echo('e')).finish(),
+        eventId: 'e',
+      };
+      await spool.keep([event]);
+      const [peeked] = await spool.peek(10);
+      // Kept again (a publisher that had queued it closed), by a replica whose clock is behind.
+      const now = Date.now;
+      const behind = jest.spyOn(Date, 'now').mockImplementation(() => now() - 10_000);
+      try {
+        await spool.keep([event]);
+      } finally {
+        behind.mockRestore();
+      }
+      // The restore that peeked it forgets the version it peeked: the new keeping stays.
+      if (!peeked) throw new Error('nothing kept');
+      await spool.forget([peeked]);
+      expect((await spool.peek(10)).map((e) => e.eventId)).toEqual(['e']);
+    });
+  });
+
   it('drops what is left at close when the spool cannot keep it', async () => {
     bus.available = false;
     const failing = {
