@@ -16,6 +16,7 @@ import {
   type HoldoutMembership,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import { ExposureKind } from '../../../../gen/ts/tandem/events/v1/exposure_event';
+import { CallsInFlight } from '../../../platform/src/calls-in-flight';
 import { InvalidArgumentError, type FieldViolation } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
@@ -346,7 +347,7 @@ const STICKY_WARNING_INTERVAL_MS = 10_000;
 export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
   const applyResults = new Map<string, ExposureCounts>();
   /** The Apply calls with a request_id still logging, by the same key as `applyResults`. */
-  const applying = new Map<string, Promise<unknown>>();
+  const applying = new CallsInFlight();
   // The rendered results of the snapshot in use; a new configuration version starts a new table.
   let renderedSnapshot: AssignmentSnapshot | undefined;
   let renderedTable: RenderedResults | undefined;
@@ -516,9 +517,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
             ]);
       if (resultKey !== undefined) {
         // A retry arriving while its first call runs waits for it rather than logging beside it.
-        for (let first = applying.get(resultKey); first; first = applying.get(resultKey)) {
-          await first.catch(() => undefined);
-        }
+        await applying.settled(resultKey);
         const previous = applyResults.get(resultKey);
         if (previous) return { exposures: previous };
       }
@@ -528,14 +527,9 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       if (exposureTime.getTime() < record.resolveTime) {
         exposureTime = new Date(Math.min(record.resolveTime, now + MAX_EXPOSURE_CLOCK_SKEW_MS));
       }
-      const logging = logExposures(context, record, request.experimentIds, exposureTime);
-      if (resultKey !== undefined) applying.set(resultKey, logging);
-      let exposures: ExposureCounts;
-      try {
-        ({ counts: exposures } = await logging);
-      } finally {
-        if (resultKey !== undefined) applying.delete(resultKey);
-      }
+      const log = () => logExposures(context, record, request.experimentIds, exposureTime);
+      const { counts: exposures } =
+        resultKey === undefined ? await log() : await applying.run(resultKey, log);
       // Not remembered when some were dropped: the retry logs them.
       if (resultKey !== undefined && exposures.droppedCount === 0) {
         applyResults.set(resultKey, exposures);

@@ -17,6 +17,7 @@
  * share only the stored responses.
  */
 import { createHash } from 'node:crypto';
+import { CallsInFlight } from '../calls-in-flight';
 import { InvalidArgumentError } from '../errors';
 import type { Collection, DocumentStore } from './collection';
 
@@ -159,12 +160,8 @@ export interface ResponseCodec<T> {
 export const MAX_REQUEST_ID_LENGTH = 128;
 
 export class RequestResults {
-  /**
-   * The calls of this process still running, by key: a retry that arrives while its first call
-   * runs (a client's deadline shorter than the write) waits for it instead of running the
-   * mutation a second time beside it. Replicas do not share this; see the module comment.
-   */
-  private readonly running = new Map<string, Promise<unknown>>();
+  /** The calls of this process still running (see the module comment). */
+  private readonly running = new CallsInFlight();
 
   private constructor(
     private readonly collection: Collection<RequestResultDocument>,
@@ -202,10 +199,8 @@ export class RequestResults {
     if (requestId === '') return mutation();
     const id = `${method}/${requestId}`;
     const fingerprint = fingerprintOf(request);
-    for (let running = this.running.get(id); running; running = this.running.get(id)) {
-      // Its outcome is read from the store below: a stored response, or none after a failure.
-      await running.catch(() => undefined);
-    }
+    // A first call's outcome is read from the store below: a response, or none after a failure.
+    await this.running.settled(id);
     const previous = await this.collection.get(id);
     if (previous) {
       const stored = previous.doc.fingerprint;
@@ -225,7 +220,7 @@ export class RequestResults {
       return codec.decode(previous.doc.response);
     }
     if (this.running.has(id)) return this.once(method, request, codec, mutation);
-    const call = (async () => {
+    return this.running.run(id, async () => {
       const response = await mutation();
       await this.collection.upsert({
         id,
@@ -234,12 +229,6 @@ export class RequestResults {
         fingerprint,
       });
       return response;
-    })();
-    this.running.set(id, call);
-    try {
-      return await call;
-    } finally {
-      this.running.delete(id);
-    }
+    });
   }
 }
