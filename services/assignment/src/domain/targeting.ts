@@ -695,9 +695,7 @@ function isJsonValue(value: unknown, depth: number): boolean {
 }
 
 function isOperatorObject(value: unknown): value is Record<string, unknown> {
-  if (!isPlainObject(value)) return false;
-  const keys = Object.keys(value);
-  return keys.length > 0 && keys.every((k) => k.startsWith('$'));
+  return isPlainObject(value) && operatorKeysOnly(value);
 }
 
 function tooDeep(path: string, depth: number, out: FieldViolation[]): boolean {
