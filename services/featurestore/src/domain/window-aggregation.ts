@@ -129,9 +129,11 @@ export interface AggregationEvent {
   readonly values: readonly (AggregatedValue | undefined)[];
   /**
    * When the stream stored the event (ms), the same on every replica: the stream's progress is
-   * not moved past it (see the module comment). Unset: the clock is used instead.
+   * not moved past it (see the module comment). Unset: the clock is used instead. May be a
+   * function returning it, called only for an event dated past the progress (the only one that
+   * can move it), for a caller to whom reading it costs.
    */
-  readonly storedAt?: number;
+  readonly storedAt?: number | (() => number);
 }
 
 /** What happened to one ingested event. */
@@ -413,8 +415,14 @@ export class WindowAggregator {
       return 'duplicate';
     }
     this.rememberEventId(event.eventId, this.rememberUntil(eventTime));
-    const progress = Math.min(eventTime, event.storedAt ?? clock);
-    if (progress > this.progress) this.progress = progress;
+    if (eventTime > this.progress) {
+      const storedAt = event.storedAt;
+      const progress = Math.min(
+        eventTime,
+        storedAt === undefined ? clock : typeof storedAt === 'number' ? storedAt : storedAt(),
+      );
+      if (progress > this.progress) this.progress = progress;
+    }
     const arrival = ++this.arrivals;
 
     let state = this.keys.get(event.key);

@@ -422,7 +422,9 @@ export class StreamAggregation {
           key,
           eventTime,
           values: this.valueFields.map((read) => read(record)),
-          storedAt: delivered.storedAt.getTime(),
+          // Read from the message's reply subject, which only the rare event dated past the
+          // stream's progress needs.
+          storedAt: () => delivered.storedAt.getTime(),
         },
         now,
       );

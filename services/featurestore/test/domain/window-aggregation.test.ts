@@ -613,6 +613,38 @@ describe('WindowAggregator at the edges', () => {
     expect(outcomesAt(30 * second)).toEqual(outcomesAt(0));
   });
 
+  it('reads a storedAt given as a function only for an event dated past the progress', () => {
+    const aggregator = new WindowAggregator({
+      aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 60 * second, bucketMs: second }],
+      allowedLatenessMs: 5 * second,
+    });
+    const t0 = 1_700_000_000_000;
+    const read: string[] = [];
+    const ingest = (id: string, eventTime: number, storedAt: number) =>
+      aggregator.ingest(
+        {
+          eventId: id,
+          key: 'k',
+          eventTime,
+          values: [1],
+          storedAt: () => {
+            read.push(id);
+            return storedAt;
+          },
+        },
+        t0 + 3 * second,
+      );
+    // Progress: t0 (capped by storage), then t0 + 1 s, then t0 + 2 s; never read for `c`.
+    expect(ingest('a', t0 + 10 * second, t0)).toBe('accepted');
+    expect(ingest('b', t0 + second, t0 + second)).toBe('accepted');
+    expect(ingest('c', t0 + second / 2, t0 + 2 * second)).toBe('accepted');
+    expect(ingest('d', t0 + 20 * second, t0 + 2 * second)).toBe('accepted');
+    expect(read).toEqual(['a', 'b', 'd']);
+    // Lateness counts from t0 + 2 s, the progress the stored times allowed: t0 − 3 s is the line.
+    expect(ingest('e', t0 - 2.5 * second, t0 + 2 * second)).toBe('accepted');
+    expect(ingest('f', t0 - 3.5 * second, t0 + 2 * second)).toBe('late');
+    expect(read).toEqual(['a', 'b', 'd']);
+  });
   it('forgets an event id once the progress makes a redelivery late, not only the window', () => {
     const aggregator = new WindowAggregator({
       aggregations: [{ feature: 'n', function: Fn.Count, windowMs: 24 * hour, bucketMs: hour }],
