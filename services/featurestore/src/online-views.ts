@@ -495,6 +495,8 @@ export class OnlineViews {
     const byView = new Map<string, Reference>();
     const featureNames: string[] = [];
     const seen = new Set<string>();
+    /** The features read so far, as `<view>:<feature>` (with `<view>:*` expanded). */
+    const read = new Set<string>();
     features.forEach((reference, i) => {
       const field = `features[${i}]`;
       const colon = reference.indexOf(':');
@@ -555,7 +557,15 @@ export class OnlineViews {
             description: `feature view ${viewName} has no feature ${name}`,
             reason: 'FEATURE_NOT_FOUND',
           });
+        } else if (read.has(`${viewName}:${name}`)) {
+          // `v:*` beside `v:f`: the response would name the column twice.
+          malformed.push({
+            field,
+            description: `repeats ${viewName}:${name}, which another reference reads`,
+            reason: 'DUPLICATE_REFERENCE',
+          });
         } else {
+          read.add(`${viewName}:${name}`);
           entry.features.push(name);
           entry.indexes.push(index);
           entry.columns.push(featureNames.length);

@@ -561,6 +561,23 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
         ['features[0]', 'INVALID_REFERENCE'],
         ['features[2]', 'DUPLICATE_REFERENCE'],
       ]);
+      // A feature a `<view>:*` also reads, before or after it, would be a column named twice.
+      for (const features of [
+        ['user_stats:*', 'user_stats:ctr'],
+        ['user_stats:ctr', 'user_stats:*'],
+      ]) {
+        const overlapping = await failureOf(
+          harness.client.getOnlineFeatures({
+            features,
+            entityRows: users('u1'),
+            omitEventTimes: false,
+          }),
+        );
+        expect(overlapping.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(overlapping.violations.map((v) => [v.field, v.reason])).toEqual([
+          ['features[1]', 'DUPLICATE_REFERENCE'],
+        ]);
+      }
       // A read plan is kept per feature list: one malformed reference that joins two valid ones
       // with a newline is not the list of those two.
       await harness.client.getOnlineFeatures({

@@ -301,7 +301,8 @@ export interface GetOnlineFeaturesRequest {
   /**
    * Required. The features to read, as `<view>:<feature>` (for example `item_plays:plays_1h`), or
    * `<view>:*` for every feature of a view in the view's order. Features of several views may be
-   * mixed. Each reference at most once.
+   * mixed. Each feature at most once, counting those a `<view>:*` reads (INVALID_ARGUMENT,
+   * reason DUPLICATE_REFERENCE, otherwise).
    */
   features: string[];
   /**
