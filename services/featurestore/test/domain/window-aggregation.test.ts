@@ -25,7 +25,7 @@ interface ReferenceEvent extends AggregationEvent {
 
 class ReferenceAggregator {
   private clock = -Infinity;
-  /** The latest accepted event time, capped at the clock then. */
+  /** The latest accepted event time, capped at when it was stored (the clock when unknown). */
   private progress = -Infinity;
   private arrivals = 0;
   private readonly accepted: ReferenceEvent[] = [];
@@ -57,7 +57,8 @@ class ReferenceAggregator {
       return;
     }
     this.seen.add(event.eventId);
-    this.progress = Math.max(this.progress, Math.min(event.eventTime, this.clock));
+    const storedAt = typeof event.storedAt === 'function' ? event.storedAt() : event.storedAt;
+    this.progress = Math.max(this.progress, Math.min(event.eventTime, storedAt ?? this.clock));
     this.accepted.push({ ...event, arrival: ++this.arrivals });
     if (this.options.aggregations.some((spec, i) => !validFor(spec.function, event.values[i]))) {
       this.invalid++;
@@ -187,6 +188,10 @@ type Operation =
       readonly age: number;
       readonly value: number | string | undefined;
       readonly tag: string;
+      /** How long before `now` the stream stored it; unset: the aggregator's clock stands in. */
+      readonly storedAgo: number | undefined;
+      /** Whether its stored time is given as a function (read only when needed). */
+      readonly lazy: boolean;
     }
   | { readonly kind: 'redeliver'; readonly dt: number; readonly pick: number }
   | { readonly kind: 'twin'; readonly value: number; readonly tag: string }
@@ -212,6 +217,9 @@ const operation: fc.Arbitrary<Operation> = fc.oneof(
         { weight: 1, arbitrary: fc.constantFrom(undefined, Number.NaN) },
       ),
       tag: fc.constantFrom('x', 'y', 'z', 'w'),
+      // A consumer behind the stream (a replay) sees events stored well before it reads them.
+      storedAgo: fc.option(fc.integer({ min: 0, max: 60_000 }), { nil: undefined }),
+      lazy: fc.boolean(),
     }),
   },
   {
@@ -269,6 +277,10 @@ function replay(
         eventTime: now - op.age,
         values: specs.map((_, i) => (fields[i % fields.length]?.[1] === 'tag' ? op.tag : value)),
       };
+      if (op.storedAgo !== undefined) {
+        const storedAt = now - op.storedAgo;
+        event = { ...event, storedAt: op.lazy ? () => storedAt : storedAt };
+      }
       start.history.push(event);
     } else if (op.kind === 'twin') {
       const previous = start.history[start.history.length - 1];
