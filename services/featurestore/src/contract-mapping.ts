@@ -113,6 +113,15 @@ export interface StoredFacts {
   readonly updateTime: Date;
 }
 
+/**
+ * The etag of a stored entity or feature view: its version and, in base 36, its creation time
+ * (`3.lq2x1k3c`). The version alone starts again at 1 when a name is deleted and applied again,
+ * and an etag read before would then be current for a resource its reader never saw.
+ */
+export function etagOf(facts: Pick<StoredFacts, 'version' | 'createTime'>): string {
+  return `${facts.version}.${facts.createTime.getTime().toString(36)}`;
+}
+
 export function entityMessageOf(definition: EntityDefinition, facts: StoredFacts): Entity {
   return {
     name: definition.name,
@@ -120,7 +129,7 @@ export function entityMessageOf(definition: EntityDefinition, facts: StoredFacts
     valueType: messageValueType(definition.valueType),
     description: definition.description,
     owner: definition.owner,
-    etag: String(facts.version),
+    etag: etagOf(facts),
     createTime: facts.createTime,
     updateTime: facts.updateTime,
   };
@@ -227,7 +236,7 @@ export function featureViewMessageOf(
                     : undefined,
               },
             },
-    etag: facts === undefined ? '' : String(facts.version),
+    etag: facts === undefined ? '' : etagOf(facts),
     createTime: facts?.createTime,
     updateTime: facts?.updateTime,
   };

@@ -24,6 +24,8 @@ import { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
 import { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
 import {
   dateOf,
+  etagOf,
+  type StoredFacts,
   entityDefinitionOf,
   entityMessageOf,
   featureViewDefinitionOf,
@@ -73,9 +75,16 @@ function registered<D>(
   };
 }
 
-function checkEtag(etag: string, stored: { version: number } | undefined, what: string): void {
+function checkEtag(
+  etag: string,
+  stored: Versioned<{ readonly createTime: Date }> | undefined,
+  what: string,
+): void {
   if (etag === '') return;
-  if (stored === undefined || String(stored.version) !== etag) {
+  if (
+    stored === undefined ||
+    etagOf({ version: stored.version, createTime: dateOf(stored.doc.createTime) }) !== etag
+  ) {
     throw new AbortedError(`${what} has changed since it was read (etag ${etag} is stale)`, {
       reason: 'ETAG_MISMATCH',
     });
@@ -428,7 +437,7 @@ export class FeatureRegistry {
       'entity',
       proposed.name,
       stored === undefined ? 'created' : 'updated',
-      result.version,
+      registered(result),
     );
     return { entity: entityMessageOf(proposed, registered(result)), changed: true };
   }
@@ -540,7 +549,7 @@ export class FeatureRegistry {
       'feature_view',
       proposed.name,
       stored === undefined ? 'created' : 'updated',
-      result.version,
+      registered(result),
     );
     return { featureView: featureViewMessageOf(proposed, registered(result)), changed: true };
   }
@@ -585,9 +594,9 @@ export class FeatureRegistry {
     resourceType: 'entity' | 'feature_view',
     resourceId: string,
     change: 'created' | 'updated' | 'deleted',
-    version: number | undefined,
+    facts: Pick<StoredFacts, 'version' | 'createTime'> | undefined,
   ): void {
-    const etag = version === undefined ? '' : String(version);
+    const etag = facts === undefined ? '' : etagOf(facts);
     const event: ConfigChangeEvent = {
       eventId: `featurestore/${resourceType}/${resourceId}/${etag === '' ? `deleted-${randomUUID()}` : etag}`,
       eventTime: new Date(),

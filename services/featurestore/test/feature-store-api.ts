@@ -166,6 +166,46 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(staleDelete.code).toBe(GrpcCode.ABORTED);
     });
 
+    it('takes an etag read before a delete as stale for the resource applied again under its name', async () => {
+      // The version starts again at 1; a conditional call holding the old etag must not act on a
+      // resource its caller never saw.
+      const entity = await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      const view = await harness.client.applyFeatureView({
+        featureView: userStatsView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      const oldView = view.featureView!.etag;
+      await harness.client.deleteFeatureView({ name: 'user_stats', etag: oldView, requestId: '' });
+      await harness.client.deleteEntity({ name: 'user', etag: entity.entity!.etag, requestId: '' });
+      // Creation times in ms: a re-creation within the same one would keep the etag.
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const entityAgain = await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      const viewAgain = await harness.client.applyFeatureView({
+        featureView: userStatsView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      expect(entityAgain.entity!.etag).not.toBe(entity.entity!.etag);
+      expect(viewAgain.featureView!.etag).not.toBe(oldView);
+      const staleDelete = await failureOf(
+        harness.client.deleteFeatureView({ name: 'user_stats', etag: oldView, requestId: '' }),
+      );
+      expect(staleDelete.code).toBe(GrpcCode.ABORTED);
+      const staleApply = await failureOf(
+        harness.client.applyEntity({
+          entity: { ...userEntity, owner: 'else', etag: entity.entity!.etag },
+          requestId: '',
+        }),
+      );
+      expect(staleApply.code).toBe(GrpcCode.ABORTED);
+      await harness.client.deleteFeatureView({
+        name: 'user_stats',
+        etag: viewAgain.featureView!.etag,
+        requestId: '',
+      });
+    });
+
     it('requires the admin token for changes but not for reads', async () => {
       const refused = await failureOf(
         harness.anonymous.applyEntity({ entity: userEntity, requestId: '' }),
