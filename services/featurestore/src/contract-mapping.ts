@@ -290,8 +290,12 @@ export function messageOfStoredValue(
   switch (type) {
     case ValueType.Double:
       return typeof value === 'number' ? { kind: { $case: 'doubleValue', value } } : undefined;
+    // A fraction (a DOUBLE stored for an earlier view of the same name) is no INT64: encoded, it
+    // would fail the whole response.
     case ValueType.Int64:
-      return typeof value === 'number' ? { kind: { $case: 'int64Value', value } } : undefined;
+      return Number.isSafeInteger(value)
+        ? { kind: { $case: 'int64Value', value: value as number } }
+        : undefined;
     case ValueType.String:
       return typeof value === 'string' ? { kind: { $case: 'stringValue', value } } : undefined;
     case ValueType.Bool:

@@ -5,6 +5,7 @@
  * the rows other replicas wrote (from the change log) so they are visible here within a second.
  */
 import {
+  AbortedError,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
@@ -655,7 +656,11 @@ export class OnlineViews {
   }
 
   /** WriteFeatures: validate all, store, then serve. */
-  async write(request: WriteFeaturesRequest, now: number): Promise<WriteFeaturesResponse> {
+  async write(
+    request: WriteFeaturesRequest,
+    now: number,
+    reloaded = false,
+  ): Promise<WriteFeaturesResponse> {
     const { limits } = this.parts.config;
     if (request.featureView === '') {
       throw new InvalidArgumentError('feature_view is required', [
@@ -702,6 +707,21 @@ export class OnlineViews {
         `invalid rows for feature view ${request.featureView}`,
         prepared.violations,
       );
+    }
+    // This replica's registry may be a reload behind storage's: a view deleted and applied again
+    // on another replica meanwhile is another view, perhaps with other types, and rows checked
+    // against the old one would land among its values. Asked of storage at every write (one read).
+    const registration = await this.parts.registry.storedRegistration(request.featureView);
+    if (registration !== served.registered.createTime.getTime()) {
+      if (reloaded) {
+        throw new AbortedError(
+          `feature view ${request.featureView} changed while being written; retry`,
+          { reason: 'FEATURE_VIEW_CHANGED' },
+        );
+      }
+      await this.parts.registry.reload();
+      await this.reconciling;
+      return this.write(request, now, true);
     }
     const stored = await this.store(definition, prepared.rows, now);
     served.table.write(stored, now);

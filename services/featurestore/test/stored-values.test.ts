@@ -16,6 +16,9 @@ it('serves a stored value of the declared type', () => {
   expect(messageOfStoredValue(ValueType.Double, 0.25)).toEqual({
     kind: { $case: 'doubleValue', value: 0.25 },
   });
+  expect(messageOfStoredValue(ValueType.Int64, -42)).toEqual({
+    kind: { $case: 'int64Value', value: -42 },
+  });
 });
 
 it.each([
@@ -26,6 +29,9 @@ it.each([
   ['a string read as a double', ValueType.Double, '1'],
   ['a list read as a string', ValueType.String, ['a']],
   ['a number read as a bool', ValueType.Bool, 1],
+  // A DOUBLE column read as INT64: encoding a fraction as an int64 throws, failing the response.
+  ['a fraction read as an int64', ValueType.Int64, 0.75],
+  ['a double past 2^53 read as an int64', ValueType.Int64, 2 ** 60],
 ])('serves no value for %s', (_, type, stored) => {
   // What storage may hold, whatever the types say: the values of an earlier view's writes.
   expect(messageOfStoredValue(type, stored as StoredValue)).toBeUndefined();
