@@ -174,6 +174,9 @@ function countsOf(view: string, progress: AggregationProgress): AggregationCount
 
 /** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
 const CHANGE_LOG_GAP_WAIT_MS = 5_000;
+/** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
+const RECONCILE_RETRY_MIN_MS = 500;
+const RECONCILE_RETRY_MAX_MS = 30_000;
 
 export class OnlineViews {
   private readonly served = new Map<string, Served>();
@@ -183,26 +186,54 @@ export class OnlineViews {
   private gapSince: number | undefined;
   private lastSyncAt = new Date(0);
   private syncing = false;
+  /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
+  private syncRun: Promise<void> = Promise.resolve();
+  /**
+   * When the views the last reconcile could not load (a storage failure) are tried again, by a
+   * sync; undefined when it loaded all. The wait doubles from 0.5 s to 30 s while they fail.
+   */
+  private retryReconcileAt: number | undefined;
+  private retryReconcileMs = 0;
   private readonly readPlans = new Map<string, ReadPlan>();
 
   constructor(private readonly parts: OnlineViewsParts) {}
 
-  /** Loads every registered view into memory; resolves once all are served. */
+  /**
+   * Loads every registered view into memory; resolves once all are served, and throws when one
+   * cannot be loaded (a replica missing a view would answer NOT_FOUND for it).
+   */
   async load(): Promise<void> {
     // Follow the change log from its current end: entries up to it are in the tables about to be
     // loaded (see `loadedAfter`), later ones are applied as they come.
     this.position = await this.parts.rows.lastSequence();
     const syncStarted = new Date();
-    await this.reconcile(this.parts.registry.allViews());
+    const loading = this.reconcileNow(this.parts.registry.allViews());
+    this.reconciling = loading.then(
+      () => undefined,
+      () => undefined,
+    );
+    const failures = await loading;
+    if (failures.length > 0) throw failures[0];
     this.lastSyncAt = syncStarted;
   }
 
-  /** Brings the served views in line with the registry (queued behind any reconcile running). */
+  /**
+   * Brings the served views in line with the registry: queued behind any reconcile running, and
+   * after the sync running, since a table replaced under a sync would miss what it applies.
+   */
   reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
-    const next = this.reconciling.then(() => this.reconcileNow(views));
-    this.reconciling = next.catch((error: unknown) => {
-      this.parts.logger.error({ err: error }, 'cannot load feature views');
-    });
+    this.reconciling = this.reconciling
+      .then(() => this.syncRun)
+      .then(() => this.reconcileNow(views))
+      .then(
+        (failures) => {
+          this.scheduleRetry(failures.length > 0);
+        },
+        (error: unknown) => {
+          this.scheduleRetry(true);
+          this.parts.logger.error({ err: error }, 'cannot load feature views');
+        },
+      );
     return this.reconciling;
   }
 
@@ -211,9 +242,23 @@ export class OnlineViews {
     return this.lastSyncAt;
   }
 
+  private scheduleRetry(failed: boolean): void {
+    if (!failed) {
+      this.retryReconcileAt = undefined;
+      this.retryReconcileMs = 0;
+      return;
+    }
+    this.retryReconcileMs = Math.min(
+      RECONCILE_RETRY_MAX_MS,
+      Math.max(RECONCILE_RETRY_MIN_MS, 2 * this.retryReconcileMs),
+    );
+    this.retryReconcileAt = Date.now() + this.retryReconcileMs;
+  }
+
+  /** {@link reconcile}'s work; returns the failure of each view it could not load, logged. */
   private async reconcileNow(
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
-  ): Promise<void> {
+  ): Promise<unknown[]> {
     for (const [name, served] of [...this.served]) {
       if (!views.has(name)) {
         this.served.delete(name);
@@ -224,61 +269,79 @@ export class OnlineViews {
         this.parts.logger.info({ view: name }, 'feature view no longer served');
       }
     }
+    const failures: unknown[] = [];
     for (const [name, registered] of views) {
-      const current = this.served.get(name);
-      if (current !== undefined && sameRegistration(current.registered, registered)) continue;
-      const definition = registered.definition;
-      // A view deleted and applied again (between two registry reloads) is another view: its
-      // values are loaded anew rather than kept.
-      const recreated =
-        current !== undefined &&
-        current.registered.createTime.getTime() !== registered.createTime.getTime();
-      if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
-        current.table.redefine(
-          definition.features.map((f) => f.name),
-          definition.ttlMs,
-        );
+      try {
+        await this.reconcileView(name, registered);
+      } catch (error) {
+        // The others are still loaded; this one is tried again by the next sync.
+        this.parts.logger.error({ err: error, view: name }, 'cannot load feature view');
+        failures.push(error);
+      }
+    }
+    return failures;
+  }
+
+  private async reconcileView(
+    name: string,
+    registered: Registered<FeatureViewDefinition>,
+  ): Promise<void> {
+    const current = this.served.get(name);
+    if (current !== undefined && sameRegistration(current.registered, registered)) return;
+    const definition = registered.definition;
+    // A view deleted and applied again (between two registry reloads) is another view: its
+    // values are loaded anew rather than kept.
+    const recreated =
+      current !== undefined &&
+      current.registered.createTime.getTime() !== registered.createTime.getTime();
+    if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
+      // A feature added is loaded from storage, not added empty: rows written with it on
+      // another replica may have been synced here, without it, before this replica knew it.
+      const features = definition.features.map((f) => f.name);
+      const known = current.table.features();
+      if (features.every((f) => known.includes(f))) {
+        current.table.redefine(features, definition.ttlMs);
         this.served.set(name, { ...current, registered });
-        continue;
+        return;
       }
-      if (
-        current?.kind === 'stream' &&
-        !recreated &&
-        sameStreamView(current.registered.definition, definition)
-      ) {
-        // Only what does not change the aggregation changed: it goes on serving (restarting it
-        // left the view unknown to reads until its checkpoint was restored).
-        current.aggregation.redefine(definition);
-        this.served.set(name, { ...current, registered });
-        continue;
-      }
-      if (current?.kind === 'stream') {
-        this.served.delete(name);
-        await current.aggregation.stop();
-      }
-      const keyColumns = this.keyColumnsOf(definition);
-      if (keyColumns === undefined) continue;
-      if (definition.source?.kind === 'push') {
-        const loadedAfter = await this.parts.rows.lastSequence();
-        const table = await this.loadTable(definition);
-        this.served.set(name, { kind: 'push', registered, keyColumns, table, loadedAfter });
-      } else if (definition.source?.kind === 'stream') {
-        const aggregation = new StreamAggregation({
-          view: definition,
-          bus: this.parts.bus,
-          checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId, {
-            logger: this.parts.logger,
-            registration: registered.createTime.getTime(),
-          }),
+    }
+    if (
+      current?.kind === 'stream' &&
+      !recreated &&
+      sameStreamView(current.registered.definition, definition)
+    ) {
+      // Only what does not change the aggregation changed: it goes on serving (restarting it
+      // left the view unknown to reads until its checkpoint was restored).
+      current.aggregation.redefine(definition);
+      this.served.set(name, { ...current, registered });
+      return;
+    }
+    if (current?.kind === 'stream') {
+      this.served.delete(name);
+      await current.aggregation.stop();
+    }
+    const keyColumns = this.keyColumnsOf(definition);
+    if (keyColumns === undefined) return;
+    if (definition.source?.kind === 'push') {
+      const loadedAfter = await this.parts.rows.lastSequence();
+      const table = await this.loadTable(definition);
+      this.served.set(name, { kind: 'push', registered, keyColumns, table, loadedAfter });
+    } else if (definition.source?.kind === 'stream') {
+      const aggregation = new StreamAggregation({
+        view: definition,
+        bus: this.parts.bus,
+        checkpoints: this.parts.checkpoints.forOwner(name, this.parts.config.replicaId, {
           logger: this.parts.logger,
-          stream: this.parts.config.outcomeStream,
-          durable: aggregationDurable(name, this.parts.config.replicaId),
-          checkpointIntervalMs: this.parts.config.checkpointIntervalMs,
-          inFlight: this.parts.config.aggregationInFlight,
-        });
-        await aggregation.start();
-        this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
-      }
+          registration: registered.createTime.getTime(),
+        }),
+        logger: this.parts.logger,
+        stream: this.parts.config.outcomeStream,
+        durable: aggregationDurable(name, this.parts.config.replicaId),
+        checkpointIntervalMs: this.parts.config.checkpointIntervalMs,
+        inFlight: this.parts.config.aggregationInFlight,
+      });
+      await aggregation.start();
+      this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
     }
   }
 
@@ -740,35 +803,53 @@ export class OnlineViews {
     return storeRows(this.parts.rows, this.parts.config.replicaId, definition, rows, now);
   }
 
-  /** Applies the change-log entries written since the last sync. */
+  /**
+   * Applies the change-log entries written since the last sync, once the reconcile running (if
+   * any) is done: a table it loads takes the entries after its own start (`loadedAfter`), which a
+   * sync running beside it would have applied to the table it replaces. First loads again the
+   * views the last reconcile could not.
+   */
   async syncChanges(): Promise<void> {
     if (this.syncing) return;
     this.syncing = true;
-    const started = new Date();
     try {
-      for await (const entry of this.parts.rows.changesAfter(this.position)) {
-        if (entry.sequence <= this.position || this.appliedAhead.has(entry.sequence)) continue;
-        const served = this.served.get(entry.view);
-        if (
-          served?.kind === 'push' &&
-          entry.sequence > served.loadedAfter &&
-          entry.origin !== this.parts.config.replicaId
-        ) {
-          const types = served.registered.definition.features.map(
-            (f) => [f.name, f.valueType] as const,
-          );
-          served.table.write(
-            entry.rows.map((row) => onlineRowOf(row, types)),
-            Date.now(),
-          );
-        }
-        this.appliedAhead.add(entry.sequence);
+      if (this.retryReconcileAt !== undefined && Date.now() >= this.retryReconcileAt) {
+        await this.reconcile(this.parts.registry.allViews());
       }
-      this.advancePosition(started.getTime());
-      this.lastSyncAt = started;
+      await this.reconciling;
+      const run = this.syncNow();
+      this.syncRun = run.then(
+        () => undefined,
+        () => undefined,
+      );
+      await run;
     } finally {
       this.syncing = false;
     }
+  }
+
+  private async syncNow(): Promise<void> {
+    const started = new Date();
+    for await (const entry of this.parts.rows.changesAfter(this.position)) {
+      if (entry.sequence <= this.position || this.appliedAhead.has(entry.sequence)) continue;
+      const served = this.served.get(entry.view);
+      if (
+        served?.kind === 'push' &&
+        entry.sequence > served.loadedAfter &&
+        entry.origin !== this.parts.config.replicaId
+      ) {
+        const types = served.registered.definition.features.map(
+          (f) => [f.name, f.valueType] as const,
+        );
+        served.table.write(
+          entry.rows.map((row) => onlineRowOf(row, types)),
+          Date.now(),
+        );
+      }
+      this.appliedAhead.add(entry.sequence);
+    }
+    this.advancePosition(started.getTime());
+    this.lastSyncAt = started;
   }
 
   private advancePosition(now: number): void {

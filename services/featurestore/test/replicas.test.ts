@@ -6,7 +6,15 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { failureOf } from './feature-store-api';
-import { eventually, startReplicaPair, type RunningHarness } from './support/feature-store-harness';
+import { UnavailableError } from '../../platform/src/errors';
+import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
+import {
+  eventually,
+  sharing,
+  startHarness,
+  startReplicaPair,
+  type RunningHarness,
+} from './support/feature-store-harness';
 import {
   applyUserStats,
   double,
@@ -100,6 +108,94 @@ describe('FeatureStore replicas', () => {
         omitEventTimes: true,
       });
       expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+    }
+  });
+
+  it('serves a feature added on another replica with the values written right after', async () => {
+    await applyUserStats(first.client);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    const features = [
+      ...userStatsView().features,
+      { name: 'ctr_7d', valueType: ValueType.VALUE_TYPE_DOUBLE, description: '', vectorLength: 0 },
+    ];
+    await first.client.applyFeatureView({
+      featureView: userStatsView({ features }),
+      requestId: '',
+      validateOnly: false,
+    });
+    // Backfilled at once, as a pipeline does: the second replica may sync the row before it
+    // learns of the feature.
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5), ctr_7d: double(0.25) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      const read = await second.client.getOnlineFeatures({
+        features: ['user_stats:ctr', 'user_stats:ctr_7d'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns.map((c) => [c.statuses[0], c.values[0]])).toEqual([
+        [FeatureStatus.FEATURE_STATUS_PRESENT, double(0.5)],
+        [FeatureStatus.FEATURE_STATUS_PRESENT, double(0.25)],
+      ]);
+    }, 2_000);
+  });
+});
+
+describe('a FeatureStore replica whose load of a view fails once', () => {
+  /** The store, with the next scan of stored rows failing when `failNextScan` is set. */
+  function failingOnce(store: DocumentStore): { store: DocumentStore; failNextScan: boolean } {
+    const control = { store, failNextScan: false };
+    control.store = {
+      ...store,
+      collection: async <T extends { readonly id: string }>(
+        spec: Parameters<DocumentStore['collection']>[0],
+      ): Promise<Collection<T>> => {
+        const collection = await store.collection<T>(spec);
+        if (spec.name !== 'feature_rows') return collection;
+        const scan: Collection<T>['scan'] = (where) => {
+          if (control.failNextScan) {
+            control.failNextScan = false;
+            throw new UnavailableError('storage is unreachable (a blip)');
+          }
+          return collection.scan(where);
+        };
+        return new Proxy(collection, {
+          get: (target, property) =>
+            property === 'scan' ? scan : (Reflect.get(target, property) as unknown),
+        });
+      },
+      close: () => Promise.resolve(),
+    };
+    return control;
+  }
+
+  it('loads it again once storage answers, rather than leave it unserved', async () => {
+    const first = await startHarness({ replicaId: 'replica-a' });
+    const storage = failingOnce(sharing(first.runtime.store)());
+    const second = await startHarness({ replicaId: 'replica-b', wrapStore: () => storage.store });
+    try {
+      storage.failNextScan = true;
+      await applyUserStats(first.client);
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      });
+      await eventually(async () => {
+        expect(storage.failNextScan).toBe(false);
+        const read = await second.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        });
+        expect(read.columns[0]?.values).toEqual([double(0.5)]);
+      }, 3_000);
+    } finally {
+      await second.stop();
+      await first.stop();
     }
   });
 });
