@@ -50,6 +50,8 @@ import {
 import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import {
+  logEntriesOf,
+  orderOfVersion,
   rowId,
   rowVersion,
   type ChangedRow,
@@ -387,7 +389,7 @@ export class OnlineViews {
     let batch: OnlineRow<FeatureValueMessage>[] = [];
     let loaded = 0;
     for await (const row of this.parts.rows.scanView(definition.name)) {
-      batch.push(onlineRowOf(row, types));
+      batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
       if (batch.length === 1_000) {
         table.write(batch, Date.now());
         loaded += batch.length;
@@ -786,21 +788,14 @@ export class OnlineViews {
       await this.reconciling;
       return this.write(request, now, true);
     }
-    const stored = await this.store(definition, prepared.rows, now);
+    const stored = await storeRows(
+      this.parts.rows,
+      this.parts.config.replicaId,
+      definition,
+      prepared.rows,
+    );
     served.table.write(stored, now);
     return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
-  }
-
-  /**
-   * Writes prepared rows to storage (late writes lose) and the change log; returns the rows that
-   * were stored. Also used by the bulk loader.
-   */
-  async store(
-    definition: FeatureViewDefinition,
-    rows: readonly PreparedRow[],
-    now: number,
-  ): Promise<PreparedRow[]> {
-    return storeRows(this.parts.rows, this.parts.config.replicaId, definition, rows, now);
   }
 
   /**
@@ -842,7 +837,7 @@ export class OnlineViews {
           (f) => [f.name, f.valueType] as const,
         );
         served.table.write(
-          entry.rows.map((row) => onlineRowOf(row, types)),
+          entry.rows.map((row) => onlineRowOf(row, types, entry.sequence)),
           Date.now(),
         );
       }
@@ -998,54 +993,70 @@ function ownColumn(
   return Object.hasOwn(request.entityRows, joinKey) ? request.entityRows[joinKey] : undefined;
 }
 
-/** A stored or logged row as served from memory. */
+/** A stored or logged row as served from memory, `order` its change-log sequence. */
 function onlineRowOf(
   row: FeatureRowDocument | ChangedRow,
   types: readonly (readonly [string, ValueType])[],
+  order: number,
 ): OnlineRow<FeatureValueMessage> {
   const values: Record<string, FeatureValueMessage | null> = {};
   for (const [name, type] of types)
     values[name] = messageOfStoredValue(type, row.values[name]) ?? null;
-  return { entityKey: row.entityKey, eventTime: row.eventTime, values };
+  return { entityKey: row.entityKey, eventTime: row.eventTime, values, order };
 }
+
+/** A row stored by {@link storeRows}, with its place among writes of its event time. */
+export type StoredRow = PreparedRow & { readonly order: number };
 
 /**
  * Writes prepared rows of a push-sourced view to storage, only where newer than the stored
- * record, then appends the stored ones to the change log. Returns the rows stored.
+ * record, then appends the stored ones to the change log. The change log's sequence numbers are
+ * taken first: they order writes of equal event times (see `rowVersion`). Returns the rows stored.
  */
 export async function storeRows(
   repository: FeatureRowRepository,
   origin: string,
   definition: FeatureViewDefinition,
   rows: readonly PreparedRow[],
-  now: number,
-): Promise<PreparedRow[]> {
+): Promise<StoredRow[]> {
   const winners = latestRowPerKey(rows);
   const candidates =
     winners === undefined
       ? [...rows]
       : [...winners.values()].sort((a, b) => a - b).map((i) => rows[i] as PreparedRow);
-  const documents: FeatureRowDocument[] = candidates.map((row) => ({
+  if (candidates.length === 0) return [];
+  const entries = logEntriesOf(candidates.map(changedRowOf));
+  const first = await repository.takeSequences(entries.length);
+  const ordered: StoredRow[] = [];
+  entries.forEach((entry, i) => {
+    for (let j = 0; j < entry.length; j++) {
+      ordered.push({ ...(candidates[ordered.length] as PreparedRow), order: first + i });
+    }
+  });
+  const documents: FeatureRowDocument[] = ordered.map((row) => ({
     id: rowId(definition.name, row.entityKey),
     view: definition.name,
     entityKey: row.entityKey,
     eventTime: row.eventTime,
-    version: rowVersion(row.eventTime, now),
+    version: rowVersion(row.eventTime, row.order),
     values: row.stored,
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
   }));
   const outcomes = await repository.write(documents);
-  const stored = candidates.filter((_, i) => outcomes[i] !== 'skipped');
+  const stored = ordered.filter((_, i) => outcomes[i] !== 'skipped');
+  // Every sequence number taken gets its entry, empty when all its rows lost: a missing one is a
+  // gap replicas wait at.
   await repository.appendChanges(
     definition.name,
     origin,
-    stored.map((row) => ({
-      entityKey: row.entityKey,
-      eventTime: row.eventTime,
-      values: row.stored,
-    })),
+    first,
+    entries.map((_, i) => stored.filter((row) => row.order === first + i).map(changedRowOf)),
   );
   return stored;
+}
+
+function changedRowOf(row: PreparedRow): ChangedRow {
+  return { entityKey: row.entityKey, eventTime: row.eventTime, values: row.stored };
 }
 
 /**

@@ -476,6 +476,31 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(read.columns[0]?.values).toEqual([double(0.7), double(2)]);
     });
 
+    it('lets an equal event time overwrite also within the same millisecond', async () => {
+      await registerUserStats();
+      const at = seconds(-1);
+      // Two calls handled in the same millisecond, as back-to-back calls on a busy server are.
+      const frozen = jest.spyOn(Date, 'now').mockReturnValue(Date.now());
+      try {
+        for (const ctr of [0.1, 0.9]) {
+          const written = await harness.client.writeFeatures({
+            featureView: 'user_stats',
+            rows: [userRow('u1', at, { ctr: double(ctr) })],
+            requestId: '',
+          });
+          expect(written).toEqual({ rowsWritten: 1, rowsSkippedOlder: 0 });
+        }
+      } finally {
+        frozen.mockRestore();
+      }
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.values).toEqual([double(0.9)]);
+    });
+
     it('refuses a batch with any bad row, naming every problem and applying nothing', async () => {
       await registerUserStats();
       const failure = await failureOf(

@@ -144,6 +144,58 @@ describe('FeatureStore replicas', () => {
   });
 });
 
+describe('FeatureStore replicas writing one event time', () => {
+  it('keep the later write, as storage does, whatever their clocks say', async () => {
+    const pair = await startReplicaPair();
+    const { first, second } = pair;
+    try {
+      await applyUserStats(first.client);
+      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+      const at = new Date(Date.now() - 60_000);
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', at, { ctr: double(0.1) })],
+        requestId: '',
+      });
+      // The correction, on the other replica, whose clock is 50 ms behind the first's.
+      const real = Date.now.bind(Date);
+      const behind = jest.spyOn(Date, 'now').mockImplementation(() => real() - 50);
+      try {
+        const written = await second.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', at, { ctr: double(0.9) })],
+          requestId: '',
+        });
+        expect(written).toEqual({ rowsWritten: 1, rowsSkippedOlder: 0 });
+      } finally {
+        behind.mockRestore();
+      }
+      for (const replica of [first, second]) {
+        await eventually(async () => {
+          const read = await replica.client.getOnlineFeatures({
+            features: ['user_stats:ctr'],
+            entityRows: users('u1'),
+            omitEventTimes: true,
+          });
+          expect(read.columns[0]?.values).toEqual([double(0.9)]);
+        }, 1_000);
+      }
+      // And they stay so once both have synced what the other wrote.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      for (const replica of [first, second]) {
+        const read = await replica.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        });
+        expect(read.columns[0]?.values).toEqual([double(0.9)]);
+      }
+    } finally {
+      await pair.stop();
+    }
+  });
+});
+
 describe('a FeatureStore replica whose load of a view fails once', () => {
   /** The store, with the next scan of stored rows failing when `failNextScan` is set. */
   function failingOnce(store: DocumentStore): { store: DocumentStore; failNextScan: boolean } {

@@ -16,8 +16,10 @@
  * flat arrays allocated once per read: no object is allocated per value.
  *
  * Write rule: a row whose event time is older than the stored record's is skipped (late events
- * lose). An equal event time overwrites (the contract's rule): writing the same row twice is
- * harmless, and a correction published with the same event time takes effect. Within a batch,
+ * lose). An equal event time overwrites (the contract's rule), unless the row's `order` (the
+ * place storage gave its write) is lower than the record's: writing the same row twice is
+ * harmless, a correction published with the same event time takes effect, and replicas that
+ * apply two such writes in different orders keep the same one, as storage does. Within a batch,
  * for rows with the same key the later event time wins, and on a tie the later row.
  *
  * The table does not look inside values (`V` is whatever the caller stores, by default a domain
@@ -40,6 +42,11 @@ export interface OnlineRow<V> {
   readonly values: Readonly<Record<string, V | null | undefined>>;
   /** When the values were observed, in ms since the Unix epoch. */
   readonly eventTime: number;
+  /**
+   * The write's place among writes of the same event time (storage's change-log sequence): of two
+   * rows with equal event times, one of a lower order is skipped. 0 when unset.
+   */
+  readonly order?: number;
 }
 
 /** What a write did. */
@@ -90,7 +97,7 @@ export function encodeEntityKey(parts: readonly (string | number)[]): string {
 
 const notFoundSlot = -1;
 const expiredSlot = -2;
-const perEntityBytes = 48 /* Map entry */ + 40 /* key string header */ + 16; /* times */
+const perEntityBytes = 48 /* Map entry */ + 40 /* key string header */ + 24; /* times, order */
 
 /** The serving table of one feature view. */
 export class OnlineTable<V = FeatureValue> {
@@ -103,6 +110,7 @@ export class OnlineTable<V = FeatureValue> {
   private keyOfSlot: (string | undefined)[] = [];
   private eventTimes = new Float64Array(1024);
   private writtenAts = new Float64Array(1024);
+  private orders = new Float64Array(1024);
   private readonly freeSlots: number[] = [];
   private ttl: number;
   private readonly sizeOf: (value: V) => number;
@@ -155,7 +163,15 @@ export class OnlineTable<V = FeatureValue> {
       const row = rows[i] as OnlineRow<V>;
       if (winners !== undefined && winners.get(row.entityKey) !== i) continue;
       let slot = this.slotOf.get(row.entityKey);
-      if (slot !== undefined && (this.eventTimes[slot] as number) > row.eventTime) continue;
+      if (slot !== undefined) {
+        const eventTime = this.eventTimes[slot] as number;
+        if (
+          eventTime > row.eventTime ||
+          (eventTime === row.eventTime && (this.orders[slot] as number) > (row.order ?? 0))
+        ) {
+          continue;
+        }
+      }
       slot ??= this.allocate(row.entityKey);
       this.store(slot, row, writtenAt);
       storedRows.push(i);
@@ -310,6 +326,9 @@ export class OnlineTable<V = FeatureValue> {
         const grownWritten = new Float64Array(this.writtenAts.length * 2);
         grownWritten.set(this.writtenAts);
         this.writtenAts = grownWritten;
+        const grownOrders = new Float64Array(this.orders.length * 2);
+        grownOrders.set(this.orders);
+        this.orders = grownOrders;
       }
     }
     this.keyOfSlot[slot] = entityKey;
@@ -335,6 +354,7 @@ export class OnlineTable<V = FeatureValue> {
     }
     this.eventTimes[slot] = row.eventTime;
     this.writtenAts[slot] = writtenAt;
+    this.orders[slot] = row.order ?? 0;
   }
 
   private release(entityKey: string, slot: number): void {

@@ -160,7 +160,7 @@ export async function bulkLoad(
         })),
       );
     }
-    const stored = await storeRows(target.rows, 'bulk-load', target.view, prepared.rows, now);
+    const stored = await storeRows(target.rows, 'bulk-load', target.view, prepared.rows);
     progress = {
       rowsRead: progress.rowsRead,
       rowsWritten: progress.rowsWritten + stored.length,

@@ -24,8 +24,9 @@ export interface FeatureRowDocument {
   /** The record's event time, ms since the Unix epoch. */
   readonly eventTime: number;
   /**
-   * What `upsertIfNewer` compares: the event time, then the write time, as fixed-width digits, so
-   * an older event never replaces a newer one and an equal event time written later does.
+   * What `upsertIfNewer` compares: the event time, then the write's place in the change log, as
+   * fixed-width digits (see {@link rowVersion}), so an older event never replaces a newer one and
+   * an equal event time written later does.
    */
   readonly version: string;
   /** Feature name → value; an absent feature is null. */
@@ -130,9 +131,23 @@ export function rowId(view: string, entityKey: string): string {
   return `${view}/${entityKey}`;
 }
 
-/** The `version` of a record: event time, then write time, both fixed width. */
-export function rowVersion(eventTime: number, writtenAt: number): string {
-  return `${String(eventTime).padStart(SEQUENCE_DIGITS, '0')}:${String(writtenAt).padStart(SEQUENCE_DIGITS, '0')}`;
+/**
+ * The `version` of a record: its event time, then the change-log sequence number of the entry
+ * that carries it, both fixed width. The sequence is taken from storage before the write, so of
+ * two writes with the same event time the one that took it later wins, whichever lands first and
+ * whatever the writers' clocks say; replicas order rows synced from the log alike (see
+ * {@link orderOfVersion}). Versions of earlier builds held the wall-clock write time (15 digits):
+ * the `1` before the sequence makes every version of this build later than those at equal event
+ * time.
+ */
+export function rowVersion(eventTime: number, sequence: number): string {
+  return `${String(eventTime).padStart(SEQUENCE_DIGITS, '0')}:1${sequenceId(sequence)}`;
+}
+
+/** The change-log sequence in a record's version; 0 for a version of an earlier build. */
+export function orderOfVersion(version: string): number {
+  const order = version.slice(version.indexOf(':') + 1);
+  return order.length === SEQUENCE_DIGITS + 1 && order.startsWith('1') ? Number(order.slice(1)) : 0;
 }
 
 function sequenceId(sequence: number): string {
@@ -209,12 +224,26 @@ export class FeatureRowRepository {
     return ids.length;
   }
 
-  /** Appends rows a replica stored to the change log. */
-  async appendChanges(view: string, origin: string, rows: readonly ChangedRow[]): Promise<void> {
-    if (rows.length === 0) return;
-    const entries = logEntriesOf(rows);
-    const counter = await this.sequences.increment('feature_changes', { next: entries.length });
-    const first = counter.doc.next - entries.length + 1;
+  /**
+   * Takes `count` change-log sequence numbers, before the rows they order are written (see
+   * {@link rowVersion}); returns the first. Each must then get its entry ({@link appendChanges}),
+   * or replicas wait a while at the gap.
+   */
+  async takeSequences(count: number): Promise<number> {
+    const counter = await this.sequences.increment('feature_changes', { next: count });
+    return counter.doc.next - count + 1;
+  }
+
+  /**
+   * Writes the change-log entries of sequence numbers taken with {@link takeSequences}, from
+   * `first` on, one per element of `entries` (the rows stored of each; an entry may be empty).
+   */
+  async appendChanges(
+    view: string,
+    origin: string,
+    first: number,
+    entries: readonly (readonly ChangedRow[])[],
+  ): Promise<void> {
     const expiresAt = new Date(Date.now() + this.retentionMs);
     for (const [i, entryRows] of entries.entries()) {
       await this.changes.insert({

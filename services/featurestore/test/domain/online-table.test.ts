@@ -80,6 +80,25 @@ describe('OnlineTable', () => {
     expect(table.memory()).toEqual(memory);
   });
 
+  it('on an equal event time, keeps the write of the higher order, in whichever order they come', () => {
+    // Two replicas applying storage's writes 7 and 9 (same event time) in opposite orders.
+    const tables = [userStats(), userStats()];
+    const earlier = { ...row('u1', t0, { ctr: double(0.1) }), order: 7 };
+    const later = { ...row('u1', t0, { ctr: double(0.9) }), order: 9 };
+    tables[0]!.write([earlier], t0);
+    tables[0]!.write([later], t0);
+    tables[1]!.write([later], t0);
+    expect(tables[1]!.write([earlier], t0)).toEqual({
+      written: 0,
+      skippedOlder: 1,
+      storedRows: [],
+    });
+    for (const table of tables) expect(table.get('u1')?.values.ctr).toEqual(double(0.9));
+    // A newer event time wins whatever its order.
+    tables[0]!.write([{ ...row('u1', t0 + 1, { ctr: double(0.5) }), order: 1 }], t0);
+    expect(tables[0]!.get('u1')?.values.ctr).toEqual(double(0.5));
+  });
+
   it('replaces the whole record: a feature left out of the newer row reads as NULL_VALUE', () => {
     const table = userStats();
     table.write([row('u1', t0, { ctr: double(0.5), plays: double(2) })], t0);

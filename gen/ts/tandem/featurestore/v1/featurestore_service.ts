@@ -404,7 +404,7 @@ export interface FeatureRow {
   /**
    * Required. When the values were observed. A row older than the stored record is skipped;
    * within one batch, of two rows with the same key the later event time wins, and on a tie the
-   * later row. At most one hour ahead of the server clock.
+   * later row. At most one hour ahead of the server clock. Kept to the millisecond.
    */
   eventTime?: Date | undefined;
 }
@@ -3634,7 +3634,10 @@ export const FeatureStoreServiceService = {
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless. Stored rows are visible to reads on every replica within one second.
+   * harmless: of two writes with the same event time, on any replicas, the one that reached
+   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * replica within one second. Event times are kept to the millisecond: two differing by less
+   * are equal.
    *
    * Limits: at most 10,000 rows per call.
    *
@@ -3766,7 +3769,10 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless. Stored rows are visible to reads on every replica within one second.
+   * harmless: of two writes with the same event time, on any replicas, the one that reached
+   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * replica within one second. Event times are kept to the millisecond: two differing by less
+   * are equal.
    *
    * Limits: at most 10,000 rows per call.
    *
@@ -4005,7 +4011,10 @@ export interface FeatureStoreServiceClient extends Client {
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless. Stored rows are visible to reads on every replica within one second.
+   * harmless: of two writes with the same event time, on any replicas, the one that reached
+   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * replica within one second. Event times are kept to the millisecond: two differing by less
+   * are equal.
    *
    * Limits: at most 10,000 rows per call.
    *
