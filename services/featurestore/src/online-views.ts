@@ -795,6 +795,16 @@ export class OnlineViews {
       prepared.rows,
     );
     served.table.write(stored, now);
+    // The table may have been loaded again while the rows were stored (a reconcile, a reload),
+    // perhaps before them; and the sync skips this replica's own entries.
+    const current = this.served.get(request.featureView);
+    if (
+      current !== served &&
+      current?.kind === 'push' &&
+      current.registered.createTime.getTime() === served.registered.createTime.getTime()
+    ) {
+      current.table.write(stored, now);
+    }
     return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
   }
 
@@ -812,7 +822,12 @@ export class OnlineViews {
         await this.reconcile(this.parts.registry.allViews());
       }
       await this.reconciling;
-      const run = this.syncNow();
+      // Entries older than the change log's retention are gone: after as long without a sync
+      // (storage unreachable), following the log would miss the writes in them.
+      const run =
+        Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2
+          ? this.reloadPushTables()
+          : this.syncNow();
       this.syncRun = run.then(
         () => undefined,
         () => undefined,
@@ -821,6 +836,29 @@ export class OnlineViews {
     } finally {
       this.syncing = false;
     }
+  }
+
+  /**
+   * Loads every push-sourced view from storage again, and follows the change log from its current
+   * end, as at start-up (see `load`).
+   */
+  private async reloadPushTables(): Promise<void> {
+    const position = await this.parts.rows.lastSequence();
+    const started = new Date();
+    this.parts.logger.warn(
+      { lastSync: this.lastSyncAt },
+      'no sync for half the change log retention; loading push-sourced views again',
+    );
+    for (const [name, served] of [...this.served]) {
+      if (served.kind !== 'push') continue;
+      const loadedAfter = await this.parts.rows.lastSequence();
+      const table = await this.loadTable(served.registered.definition);
+      this.served.set(name, { ...served, table, loadedAfter });
+    }
+    this.position = position;
+    this.appliedAhead.clear();
+    this.gapSince = undefined;
+    this.lastSyncAt = started;
   }
 
   private async syncNow(): Promise<void> {

@@ -251,3 +251,140 @@ describe('a FeatureStore replica whose load of a view fails once', () => {
     }
   });
 });
+
+describe('a FeatureStore replica cut off from storage for longer than the change log is kept', () => {
+  it('loads its push-sourced views again once storage answers, with what was written meanwhile', async () => {
+    // The shortest retention allowed (10 s) keeps the test short; the default is one hour.
+    const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
+    const cut = { off: false };
+    const first = await startHarness({ replicaId: 'replica-a', env });
+    const shared = sharing(first.runtime.store)();
+    const second = await startHarness({
+      replicaId: 'replica-b',
+      env,
+      wrapStore: () => ({
+        ...shared,
+        collection: async <T extends { readonly id: string }>(
+          spec: Parameters<DocumentStore['collection']>[0],
+        ): Promise<Collection<T>> => {
+          const collection = await shared.collection<T>(spec);
+          return new Proxy(collection, {
+            get: (target, property) => {
+              const value = Reflect.get(target, property) as unknown;
+              if (typeof value !== 'function') return value;
+              return (...args: unknown[]): unknown => {
+                if (cut.off) throw new UnavailableError('storage is unreachable (a partition)');
+                return (value as (...a: unknown[]) => unknown).apply(target, args);
+              };
+            },
+          });
+        },
+      }),
+    });
+    try {
+      await applyUserStats(first.client);
+      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+      cut.off = true;
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      });
+      // Past the retention: the entry of that write is gone from the change log.
+      await new Promise((resolve) => setTimeout(resolve, 11_000));
+      cut.off = false;
+      await eventually(async () => {
+        const read = await second.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        });
+        expect(read.columns[0]?.values).toEqual([double(0.5)]);
+        const { readTime, asOf } = read.metadata!;
+        expect(readTime!.getTime() - asOf!.getTime()).toBeLessThan(1_000);
+      }, 2_000);
+    } finally {
+      cut.off = false;
+      await second.stop();
+      await first.stop();
+    }
+  }, 30_000);
+});
+
+describe('a FeatureStore write in flight while its view is loaded again', () => {
+  it('is served from the table loaded, which may have been read before it was stored', async () => {
+    const release: { write?: () => void } = {};
+    let blockNextWrite = false;
+    const harness = await startHarness({
+      wrapStore: (store) => ({
+        ...store,
+        collection: async <T extends { readonly id: string }>(
+          spec: Parameters<DocumentStore['collection']>[0],
+        ): Promise<Collection<T>> => {
+          const collection = await store.collection<T>(spec);
+          if (spec.name !== 'feature_rows') return collection;
+          const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
+            if (blockNextWrite) {
+              blockNextWrite = false;
+              await new Promise<void>((resolve) => (release.write = resolve));
+            }
+            return collection.upsertIfNewer(docs, field);
+          };
+          return new Proxy(collection, {
+            get: (target, property) =>
+              property === 'upsertIfNewer'
+                ? upsertIfNewer
+                : (Reflect.get(target, property) as unknown),
+          });
+        },
+      }),
+    });
+    try {
+      await applyUserStats(harness.client);
+      blockNextWrite = true;
+      const writing = harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      });
+      await eventually(async () => {
+        await Promise.resolve();
+        expect(release.write).toBeDefined();
+      }, 1_000);
+      // A feature added: the view's table is loaded again from storage, without the row yet.
+      const features = [
+        ...userStatsView().features,
+        {
+          name: 'ctr_7d',
+          valueType: ValueType.VALUE_TYPE_DOUBLE,
+          description: '',
+          vectorLength: 0,
+        },
+      ];
+      await harness.client.applyFeatureView({
+        featureView: userStatsView({ features }),
+        requestId: '',
+        validateOnly: false,
+      });
+      await eventually(
+        () =>
+          harness.client.getOnlineFeatures({
+            features: ['user_stats:ctr_7d'],
+            entityRows: users('u1'),
+            omitEventTimes: true,
+          }),
+        1_000,
+      );
+      release.write!();
+      expect((await writing).rowsWritten).toBe(1);
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.values).toEqual([double(0.5)]);
+    } finally {
+      await harness.stop();
+    }
+  });
+});
