@@ -264,10 +264,7 @@ export class OnlineViews {
     for (const [name, served] of [...this.served]) {
       if (!views.has(name)) {
         this.served.delete(name);
-        if (served.kind === 'stream') {
-          await served.aggregation.stop();
-          await this.deleteDurable(name);
-        }
+        if (served.kind === 'stream') await this.retire(name, served.aggregation);
         this.parts.logger.info({ view: name }, 'feature view no longer served');
       }
     }
@@ -320,7 +317,10 @@ export class OnlineViews {
     }
     if (current?.kind === 'stream') {
       this.served.delete(name);
-      await current.aggregation.stop();
+      // A stream view again resets the durable and discards the checkpoint itself (see
+      // StreamAggregation.start); a push view of that name leaves them to nobody.
+      if (definition.source?.kind === 'stream') await current.aggregation.stop();
+      else await this.retire(name, current.aggregation);
     }
     const keyColumns = this.keyColumnsOf(definition);
     if (keyColumns === undefined) return;
@@ -345,6 +345,22 @@ export class OnlineViews {
       await aggregation.start();
       this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
     }
+  }
+
+  /**
+   * Stops the aggregation of a stream view that is gone, deleting this replica's checkpoint and
+   * durable consumer (a failure to is logged, and leaves them behind).
+   */
+  private async retire(view: string, aggregation: StreamAggregation): Promise<void> {
+    try {
+      await aggregation.retire();
+    } catch (error) {
+      this.parts.logger.warn(
+        { err: error, view },
+        'aggregation checkpoint of a deleted view remains',
+      );
+    }
+    await this.deleteDurable(view);
   }
 
   /**

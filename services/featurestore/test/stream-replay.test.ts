@@ -19,7 +19,7 @@ import {
   type RunningHarness,
   sharing,
 } from './support/feature-store-harness';
-import { int, itemEntity, itemPlaysView, str, outcome } from './support/fixtures';
+import { int, itemEntity, itemPlaysView, str, outcome, userStatsView } from './support/fixtures';
 
 const VIEW = 'item_plays';
 
@@ -182,5 +182,79 @@ describeWithNats('a deleted stream view on NATS JetStream', () => {
         expect(await durablesOf(view)).toEqual([]);
       });
     });
+
+    /** The ids of every checkpoint document of `view`, on every replica. */
+    async function checkpointsOf(view: string): Promise<string[]> {
+      const documents = await first.runtime.store.collection<{ id: string; owner: string }>({
+        name: 'aggregation_checkpoints',
+        indexes: [{ fields: ['owner'] }],
+        expireAtField: 'expiresAt',
+      });
+      const ids: string[] = [];
+      for await (const { doc } of documents.scan()) {
+        if (doc.owner.startsWith(`${view}/`)) ids.push(doc.id);
+      }
+      return ids;
+    }
+
+    it.each([
+      ['deleted', false],
+      ['replaced by a push view of its name', true],
+    ])(
+      'leaves no checkpoint or durable of any replica when %s while events flow',
+      async (_, replaced) => {
+        const view = uniqueName('plays')
+          .toLowerCase()
+          .replace(/[^a-z0-9_]/g, '_');
+        const subject = `tandem.events.v1.outcome.${view}`;
+        const publisher = await connectNatsBus({ servers: natsUrl!, name: 'featurestore-test' });
+        const flowing = { on: true };
+        let publishing: Promise<void> | undefined;
+        try {
+          await first.client.applyEntity({ entity: itemEntity, requestId: '' });
+          await first.client.applyFeatureView({
+            featureView: itemPlaysView(view, subject),
+            requestId: '',
+            validateOnly: false,
+          });
+          await eventually(async () => {
+            expect(await durablesOf(view)).toHaveLength(2);
+          });
+          publishing = (async () => {
+            while (flowing.on) {
+              const event = outcome('i1', 'u1', { name: view });
+              await publisher.publish(subject, OutcomeEvent, event, { eventId: event.eventId });
+              await new Promise((resolve) => setTimeout(resolve, 5));
+            }
+          })();
+          // Both replicas aggregate (and so checkpoint) before the view goes.
+          await eventually(async () => {
+            for (const replica of [first, second]) {
+              const { status } = await replica.client.getAggregationStatus({ featureView: view });
+              expect(status?.eventsProcessed).toBeGreaterThan(0);
+            }
+          });
+          await first.client.deleteFeatureView({ name: view, etag: '', requestId: '' });
+          if (replaced) {
+            await first.client.applyFeatureView({
+              featureView: userStatsView({ name: view, entities: ['item'] }),
+              requestId: '',
+              validateOnly: false,
+            });
+          }
+          await eventually(async () => {
+            expect(await durablesOf(view)).toEqual([]);
+            expect(await checkpointsOf(view)).toEqual([]);
+          });
+          // And none comes back (a last checkpoint of a replica stopping its aggregation).
+          await new Promise((resolve) => setTimeout(resolve, 1_000));
+          expect(await checkpointsOf(view)).toEqual([]);
+        } finally {
+          flowing.on = false;
+          await publishing;
+          await publisher.close();
+        }
+      },
+    );
   });
 });

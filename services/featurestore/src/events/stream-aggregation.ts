@@ -347,8 +347,18 @@ export class StreamAggregation {
     };
   }
 
-  /** Stops consuming, writes a last checkpoint and stops checkpointing. */
-  async stop(): Promise<void> {
+  /**
+   * Stops for good a view that is gone (deleted, or no longer stream-sourced): as {@link stop},
+   * without a last checkpoint, and deletes this replica's checkpoint. Another replica deleting
+   * the view deletes every checkpoint of it, but this one's last would come after.
+   */
+  async retire(): Promise<void> {
+    await this.stop(false);
+    await this.parts.checkpoints.delete();
+  }
+
+  /** Stops consuming, writes a last checkpoint (when `checkpoint`) and stops checkpointing. */
+  async stop(checkpoint = true): Promise<void> {
     this.stopping = true;
     this.stopSignal.notify();
     // An attempt to start the consumer under way ends first (it may still succeed).
@@ -358,7 +368,7 @@ export class StreamAggregation {
     if (this.timer !== undefined) clearInterval(this.timer);
     await this.checkpointing;
     this.countUndecodable();
-    if (this.dirty) await this.checkpoint().catch(() => undefined);
+    if (checkpoint && this.dirty) await this.checkpoint().catch(() => undefined);
   }
 
   /** Folds a batch at once (readable immediately), then waits for a checkpoint to include it. */

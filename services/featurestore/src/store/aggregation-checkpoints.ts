@@ -274,13 +274,18 @@ export class CheckpointWriter {
       { owner: this.owner },
       `aggregation checkpoint discarded: ${why}; the state is rebuilt from the stream`,
     );
+    await this.delete();
+    return undefined;
+  }
+
+  /** Deletes this owner's checkpoint, every document of it: its view is gone. */
+  async delete(): Promise<void> {
     const ids: string[] = [];
     for await (const { doc } of this.documents.scan({ owner: this.owner })) ids.push(doc.id);
     for (const id of ids) await this.documents.delete(id);
     this.generation = 0;
     this.chunkCount = 0;
     this.seenSequence = 0;
-    return undefined;
   }
 
   private chunkId(index: number): string {
