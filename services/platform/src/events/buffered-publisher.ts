@@ -61,8 +61,8 @@ export interface SpooledEvent {
   readonly subject: string;
   readonly data: Uint8Array;
   readonly eventId: string;
-  /** Set by `peek`: which keeping of the event it returned (see `forget`). */
-  readonly version?: number;
+  /** Set by `peek`: the spool's reference to the keeping of the event it returned (see `forget`). */
+  readonly handle?: string;
 }
 
 /**
@@ -71,13 +71,13 @@ export interface SpooledEvent {
  * window.
  */
 export interface EventSpool {
-  /** Stores them (an event already kept is kept once). */
+  /** Stores them (an event kept again is kept again: it may be queued twice). */
   keep(events: readonly SpooledEvent[]): Promise<void>;
   /** The first `limit` kept events, in the order they were kept; they stay kept. */
   peek(limit: number): Promise<SpooledEvent[]>;
   /**
-   * Forgets events `peek` returned, once they are queued again; one kept again since (by a
-   * publisher that closed meanwhile) stays.
+   * Forgets the keepings `peek` returned, once they are queued again; the same event kept again
+   * since (by a publisher that closed meanwhile) stays.
    */
   forget(events: readonly SpooledEvent[]): Promise<void>;
 }

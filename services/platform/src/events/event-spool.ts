@@ -1,20 +1,29 @@
 /**
  * An {@link EventSpool} in the service's store (MongoDB, or the embedded one): one document per
- * event, its id the event id, removed once queued again or `ttlMs` after it was kept. Every
- * replica of a service shares it: any replica queues what any replica kept, and publishing twice
- * is harmless (the stream's duplicate window and the publisher's gate skip a published event).
+ * keeping of an event, removed once queued again or `ttlMs` after it was kept. Every replica of a
+ * service shares it: any replica queues what any replica kept, and publishing twice is harmless
+ * (the stream's duplicate window and the publisher's gate skip a published event).
+ *
+ * A document's id is its place in the order of keeping (when, which keeping, which position in
+ * it), so `peek` reads the first ones in id order: a page, not the whole spool, which holds up to
+ * a buffer's worth of events (100,000 by default) per replica that stopped while NATS was down.
+ * An event kept twice (queued again, then kept by a publisher that closed before publishing it)
+ * has two documents and is queued twice; `forget` removes only the document it peeked.
  */
-import { AbortedError } from '../errors';
-import type { DocumentStore, Versioned } from '../storage/collection';
+import { randomBytes } from 'node:crypto';
+import type { DocumentStore } from '../storage/collection';
 import type { EventSpool, SpooledEvent } from './buffered-publisher';
 
 interface SpooledEventDocument {
+  /** `<kept at, ms, 15 digits>-<keeping, 8 hex digits>-<position in it, 9 digits>`. */
   readonly id: string;
+  /** Absent from documents of earlier builds, whose id is the event id. */
+  readonly eventId?: string;
   readonly subject: string;
   readonly data: Uint8Array;
-  /** When it was kept (ms), for the order of `peek`. */
+  /** When it was kept (ms). */
   readonly keptAt: number;
-  /** Its place among the events kept at `keptAt`, so they are queued again in their order. */
+  /** Its place among the events of its keeping. */
   readonly position: number;
   readonly expiresAt: Date;
 }
@@ -35,41 +44,38 @@ export async function openEventSpool(
     async keep(events: readonly SpooledEvent[]): Promise<void> {
       const keptAt = Date.now();
       const expiresAt = new Date(keptAt + ttlMs);
-      // Every keeping is written, bumping the version, even of an event kept before: a restore
-      // that peeked the earlier version must not forget this one (see `forget`).
+      // Two replicas may keep in the same millisecond.
+      const prefix = `${String(keptAt).padStart(15, '0')}-${randomBytes(4).toString('hex')}-`;
       for (let i = 0; i < events.length; i += BATCH) {
         await Promise.all(
-          events
-            .slice(i, i + BATCH)
-            .map(({ subject, data, eventId }, j) =>
-              collection.upsert({ id: eventId, subject, data, keptAt, position: i + j, expiresAt }),
-            ),
+          events.slice(i, i + BATCH).map(({ subject, data, eventId }, j) =>
+            collection.insert({
+              id: `${prefix}${String(i + j).padStart(9, '0')}`,
+              eventId,
+              subject,
+              data,
+              keptAt,
+              position: i + j,
+              expiresAt,
+            }),
+          ),
         );
       }
     },
     async peek(limit: number): Promise<SpooledEvent[]> {
       if (limit <= 0) return [];
-      const docs: Versioned<SpooledEventDocument>[] = [];
-      for await (const stored of collection.scan()) docs.push(stored);
-      docs.sort((a, b) => a.doc.keptAt - b.doc.keptAt || a.doc.position - b.doc.position);
-      return docs.slice(0, limit).map(({ doc, version }) => ({
+      const page = await collection.list({ limit });
+      return page.items.map(({ doc }) => ({
         subject: doc.subject,
         data: doc.data,
-        eventId: doc.id,
-        version,
+        eventId: doc.eventId ?? doc.id,
+        handle: doc.id,
       }));
     },
     async forget(events: readonly SpooledEvent[]): Promise<void> {
-      const forgetOne = async ({ eventId, version }: SpooledEvent): Promise<void> => {
-        try {
-          await collection.delete(eventId, version);
-        } catch (error) {
-          // Kept again since it was peeked: that keeping stays.
-          if (!(error instanceof AbortedError)) throw error;
-        }
-      };
-      for (let i = 0; i < events.length; i += BATCH) {
-        await Promise.all(events.slice(i, i + BATCH).map(forgetOne));
+      const handles = events.flatMap((event) => (event.handle === undefined ? [] : [event.handle]));
+      for (let i = 0; i < handles.length; i += BATCH) {
+        await Promise.all(handles.slice(i, i + BATCH).map((id) => collection.delete(id)));
       }
     },
   };

@@ -22,6 +22,7 @@ import type {
 } from '../../src/events/bus';
 import { openEventSpool } from '../../src/events/event-spool';
 import { createInProcessBus } from '../../src/events/in-process-bus';
+import type { Collection, DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import { installTestTracing, type TestTracing } from '../support/tracing';
 import { eventually } from './event-bus-contract';
@@ -66,11 +67,13 @@ class SwitchableBus implements EventBus {
 }
 
 /** Runs `run` with a spool in a fresh embedded store. */
-async function withSpool(run: (spool: EventSpool) => Promise<void>): Promise<void> {
+async function withSpool(
+  run: (spool: EventSpool, store: DocumentStore) => Promise<void>,
+): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'tandem-spool-'));
   const store = await openEmbeddedStore({ path: dir });
   try {
-    await run(await openEventSpool(store, 'exposures', 60_000));
+    await run(await openEventSpool(store, 'exposures', 60_000), store);
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
@@ -319,6 +322,79 @@ describe('BufferedPublisher', () => {
       if (!peeked) throw new Error('nothing kept');
       await spool.forget([peeked]);
       expect((await spool.peek(10)).map((e) => e.eventId)).toEqual(['e']);
+    });
+  });
+
+  it('peeks a page of the spool, not all of it', async () => {
+    await withSpool(async (_, store) => {
+      // Documents the spool reads from storage, counted.
+      let read = 0;
+      const counting: DocumentStore = {
+        ...store,
+        collection: async <T extends { readonly id: string }>(
+          spec: Parameters<DocumentStore['collection']>[0],
+        ): Promise<Collection<T>> => {
+          const collection = await store.collection<T>(spec);
+          return new Proxy(collection, {
+            get: (target, property) => {
+              if (property === 'list') {
+                return async (options: Parameters<Collection<T>['list']>[0]) => {
+                  const page = await target.list(options);
+                  read += page.items.length;
+                  return page;
+                };
+              }
+              if (property === 'scan') {
+                return async function* (where?: Parameters<Collection<T>['scan']>[0]) {
+                  for await (const item of target.scan(where)) {
+                    read++;
+                    yield item;
+                  }
+                };
+              }
+              return Reflect.get(target, property) as unknown;
+            },
+          });
+        },
+      };
+      const spool = await openEventSpool(counting, 'exposures', 60_000);
+      const data = EchoRequest.encode(echo('e')).finish();
+      await spool.keep(
+        Array.from({ length: 2_000 }, (_, i) => ({ subject: SUBJECT, data, eventId: `e${i}` })),
+      );
+      const peeked = await spool.peek(10);
+      expect(peeked.map((e) => e.eventId)).toEqual(Array.from({ length: 10 }, (_, i) => `e${i}`));
+      expect(read).toBeLessThanOrEqual(10);
+    });
+  });
+
+  it('keeps what two publishers keep in the same millisecond, and what an earlier build kept', async () => {
+    await withSpool(async (spool, store) => {
+      const data = EchoRequest.encode(echo('e')).finish();
+      const frozen = jest.spyOn(Date, 'now').mockReturnValue(Date.now());
+      try {
+        await spool.keep([{ subject: SUBJECT, data, eventId: 'a' }]);
+        await spool.keep([{ subject: SUBJECT, data, eventId: 'b' }]);
+      } finally {
+        frozen.mockRestore();
+      }
+      // A document as the previous build kept it: the event id as its id.
+      const documents = await store.collection<{ id: string } & Record<string, unknown>>({
+        name: 'spooled_exposures',
+        expireAtField: 'expiresAt',
+      });
+      await documents.insert({
+        id: 'legacy',
+        subject: SUBJECT,
+        data,
+        keptAt: 0,
+        position: 0,
+        expiresAt: new Date(Date.now() + 60_000),
+      });
+      const peeked = await spool.peek(10);
+      expect(peeked.map((e) => e.eventId).sort()).toEqual(['a', 'b', 'legacy']);
+      await spool.forget(peeked);
+      expect(await spool.peek(10)).toEqual([]);
     });
   });
 
