@@ -166,6 +166,11 @@ export class LiveConfiguration {
     return this.view !== undefined;
   }
 
+  /** Whether a change of this replica is stored but its version bump failed (see `commit`). */
+  hasUnannouncedChange(): boolean {
+    return this.unannounced;
+  }
+
   /** Loads everything from storage; throws when storage is unreachable. */
   load(): Promise<void> {
     return this.exclusive(async () => {
@@ -176,16 +181,23 @@ export class LiveConfiguration {
   /**
    * Reloads when the stored version differs from the one held, after announcing a change whose
    * version bump failed. Returns true when it reloaded.
+   *
+   * `everything`: under a write lease taken over from a writer that may have stored a change
+   * without bumping the version (it died, or its bump failed; see `HeldLease.takenOver`), the
+   * version cannot tell, so this reloads whatever it says, and bumps it so that every other
+   * replica reloads that change too.
    */
-  refresh(): Promise<boolean> {
+  refresh(everything = false): Promise<boolean> {
     return this.exclusive(async () => {
-      if (this.unannounced) {
+      if (this.unannounced || everything) {
         await this.store.bumpVersion();
+        if (this.unannounced) {
+          this.logger.info({}, 'configuration change announced after its version bump had failed');
+        }
         this.unannounced = false;
-        this.logger.info({}, 'configuration change announced after its version bump had failed');
       }
       const stored = await this.store.version();
-      if (this.view && stored === this.view.version) return false;
+      if (!everything && this.view && stored === this.view.version) return false;
       const view = this.adopt(compile(await this.store.readAll()));
       this.logger.debug({ version: view.version }, 'configuration reloaded');
       return true;

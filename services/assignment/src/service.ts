@@ -12,7 +12,7 @@ import { implement } from '../../platform/src/grpc/handlers';
 import { observePublisher } from '../../platform/src/telemetry/publisher-metrics';
 import type { AssignmentContext } from './assignment-context';
 import type { AssignmentConfig } from './config';
-import { ConfigurationWrites } from './configuration-writes';
+import { ConfigurationWrites, leftUnannounced } from './configuration-writes';
 import { followAllocationUpdates } from './events/allocation-updates';
 import { ConfigurationChanges, followConfigurationChanges } from './events/config-changes';
 import { ExposureLog } from './events/exposure-log';
@@ -96,7 +96,8 @@ export async function startAssignment(
       {
         lease: (waitMs = WRITE_LEASE_WAIT_MS) =>
           store.acquireWriteLease(config.replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),
-        refresh: () => configuration.refresh(),
+        refresh: (everything) => configuration.refresh(everything),
+        unsettled: (failure) => leftUnannounced(configuration, failure),
       },
     ),
     sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),

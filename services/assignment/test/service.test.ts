@@ -12,6 +12,9 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   ApplyRequest,
   CreateExperimentRequest,
+  CreateLayerRequest,
+  DeleteLayerRequest,
+  GetLayerRequest,
   ListExperimentsRequest,
   ListExperimentsResponse,
   StartExperimentRequest,
@@ -71,6 +74,118 @@ describe('a replica whose version bump failed once', () => {
       expect(listed.experiments.map((e) => e.id).sort()).toEqual(['next', 'unannounced']);
     } finally {
       await service.stop();
+    }
+  });
+});
+
+describe('two replicas, after a write on one stored its change but could not announce it', () => {
+  // Separate buses and a slow check on the first replica: the change stays unannounced (no
+  // notification, no version bump) while the second replica writes.
+  const startReplicas = async () => {
+    const dataDir = temporaryDataDir();
+    const first = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    const layer = await first.admin.createLayer(
+      CreateLayerRequest.fromPartial({ layer: { id: 'checkout' } }),
+    );
+    const second = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    return { first, second, layerEtag: layer.layer?.etag ?? '' };
+  };
+  const inCheckout = (id: string, start: number, end: number) =>
+    CreateExperimentRequest.fromPartial({
+      experiment: experiment(id, { layerId: 'checkout', layerRange: { start, end } }),
+    });
+
+  it('refuses on the other replica a layer range overlapping it (its version bump failed)', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const unannounced = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
+      const overlapping = await failure(second.admin.createExperiment(inCheckout('right', 0.4, 1)));
+      expect(overlapping.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      // Once announced, every replica serves the stored experiment alone in the layer.
+      await first.service.context.configuration.refresh();
+      for (const replica of [first, second]) {
+        const layer = await replica.client.getLayer(
+          GetLayerRequest.fromPartial({ id: 'checkout' }),
+        );
+        expect(layer.layer?.allocations.map((a) => a.experimentId)).toEqual(['left']);
+      }
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('refuses on the other replica to delete the layer it put an experiment in (its version bump failed)', async () => {
+    const { first, second, layerEtag } = await startReplicas();
+    try {
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const unannounced = await failure(
+        first.admin.createExperiment(inCheckout('in-layer', 0, 0.5)),
+      );
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
+      const deleted = await failure(
+        second.admin.deleteLayer(
+          DeleteLayerRequest.fromPartial({ id: 'checkout', etag: layerEtag }),
+        ),
+      );
+      expect(deleted.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      expect((await second.client.getExperiment({ id: 'in-layer' })).experiment?.layerId).toBe(
+        'checkout',
+      );
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('refuses on the other replica a layer range overlapping it (storage failed after storing it)', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      // A write storage made but answered as failed (a timeout after the write landed, say).
+      const experiments = first.service.context.store.experiments;
+      const insert = experiments.insert.bind(experiments);
+      jest.spyOn(experiments, 'insert').mockImplementationOnce(async (doc) => {
+        await insert(doc);
+        throw new UnavailableError('storage did not answer in time');
+      });
+      const unanswered = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
+      expect(unanswered.code).toBe(GrpcCode.UNAVAILABLE);
+      const overlapping = await failure(second.admin.createExperiment(inCheckout('right', 0.4, 1)));
+      expect(overlapping.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('lets the other replica write as usual after a write refused for what it asked', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      await first.admin.createExperiment(inCheckout('left', 0, 0.5));
+      const refused = await failure(first.admin.createExperiment(inCheckout('right', 0.4, 1)));
+      expect(refused.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      const version = second.service.context.configuration.current().version;
+      const created = await second.admin.createExperiment(inCheckout('right', 0.5, 1));
+      expect(created.experiment?.layerRange).toEqual({ start: 0.5, end: 1 });
+      // One reload for the first replica's change (its version moved) and one bump for this one's.
+      expect(second.service.context.configuration.current().version).toBe(version + 2);
+    } finally {
+      await first.stop();
+      await second.stop();
     }
   });
 });

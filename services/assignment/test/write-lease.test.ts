@@ -1,6 +1,7 @@
 /**
  * The configuration-write lease that makes admin writes one at a time across replicas: one
- * holder at a time, released or taken over once its holder's time is up, ABORTED after waiting.
+ * holder at a time, released or taken over once its holder's time is up, ABORTED after waiting;
+ * a holder that takes it over is told so (its last holder may have left a change unannounced).
  */
 import { rmSync } from 'node:fs';
 import { AbortedError } from '../../platform/src/errors';
@@ -60,7 +61,25 @@ describe('the configuration-write lease', () => {
       expiresAt: Date.now() + 50,
     });
     const release = await configuration.acquireWriteLease('next', { ttlMs: 60_000, waitMs: 2_000 });
+    // What the dead holder stored may not have been announced: the next holder is told.
+    expect(release.takenOver).toBe(true);
     await release();
+    const after = await configuration.acquireWriteLease('after', { ttlMs: 60_000, waitMs: 0 });
+    expect(after.takenOver).toBe(false);
+    await after();
+  });
+
+  it('released unsettled, is taken over at once, by one of the replicas waiting for it', async () => {
+    const release = await configuration.acquireWriteLease('failed', { ttlMs: 60_000, waitMs: 0 });
+    await release({ unsettled: true });
+    const taken = await Promise.allSettled(
+      ['b', 'c'].map((holder) =>
+        configuration.acquireWriteLease(holder, { ttlMs: 60_000, waitMs: 200 }),
+      ),
+    );
+    const held = taken.flatMap((t) => (t.status === 'fulfilled' ? [t.value] : []));
+    expect(held.map((lease) => lease.takenOver)).toEqual([true]);
+    await held[0]?.();
   });
 
   it('is kept while its holder writes, past its time, and freed only by its own release', async () => {

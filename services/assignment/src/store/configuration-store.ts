@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
-import { WriteLease } from '../../../platform/src/storage/write-lease';
+import { WriteLease, type HeldLease } from '../../../platform/src/storage/write-lease';
 import type {
   AllocationDocument,
   ExperimentDocument,
@@ -109,7 +109,7 @@ export class ConfigurationStore {
   acquireWriteLease(
     holder: string,
     options: { readonly ttlMs: number; readonly waitMs: number },
-  ): Promise<() => Promise<void>> {
+  ): Promise<HeldLease> {
     return this.writeLease.acquire(holder, options);
   }
 

@@ -5,10 +5,15 @@
  * deleted, two experiments created at once in one layer range). Within a replica a queue orders
  * them; across replicas a lease document does, and the state in memory is brought up to the
  * stored one under it, so that every write validates against every replica's writes.
+ *
+ * How far a holder brings it up is the service's business (a version compared, say), except after
+ * a holder that may have stored a change without telling the other replicas of it: one that died
+ * holding the lease, or whose write failed after storing. Such a holder leaves the lease to be
+ * taken over, and the next holder, told so, reloads everything.
  */
 import { randomBytes } from 'node:crypto';
-import { AbortedError, AlreadyExistsError } from '../errors';
-import type { Collection, DocumentStore } from './collection';
+import { AbortedError, AlreadyExistsError, NotFoundError } from '../errors';
+import type { Collection, DocumentStore, Versioned } from './collection';
 
 /** Who may write until when (see {@link WriteLease.acquire}). */
 interface LeaseDocument {
@@ -31,7 +36,26 @@ export interface LeaseBusy {
 /** How often a replica waiting for a lease looks again. */
 const LEASE_POLL_MS = 20;
 
-/** A lease stored as one document of a `leases` collection, taken by inserting it. */
+/** A lease taken by {@link WriteLease.acquire}: called, it releases the lease. */
+export interface HeldLease {
+  /**
+   * Releases the lease; never throws (a lease it could not release expires). `unsettled`: the
+   * write it guarded may have stored a change the other replicas were not told of (a failure
+   * after storing). The lease is then left expired rather than deleted, so that the next holder
+   * takes it over and knows (see {@link takenOver}).
+   */
+  (options?: { readonly unsettled?: boolean }): Promise<void>;
+  /**
+   * Whether it was taken over from a holder that did not release it: one that died or stalled
+   * past its time, or released it unsettled. What that holder stored may not have been announced.
+   */
+  readonly takenOver: boolean;
+}
+
+/**
+ * A lease stored as one document of a `leases` collection, taken by inserting it (or by replacing
+ * one past its time).
+ */
 export class WriteLease {
   private constructor(
     private readonly leases: Collection<LeaseDocument>,
@@ -45,59 +69,33 @@ export class WriteLease {
   }
 
   /**
-   * Takes the lease, waiting up to `waitMs` for another holder to release it; returns its
-   * release. While held, it is renewed every third of `ttlMs`, so a long write keeps it; a lease
-   * not renewed (its holder died) is taken over once `ttlMs` has passed. Throws `AbortedError`
-   * when it could not be had in time. The release never throws: a lease it could not delete
-   * expires.
+   * Takes the lease, waiting up to `waitMs` for another holder to release it. While held, it is
+   * renewed every third of `ttlMs`, so a long write keeps it; a lease not renewed (its holder
+   * died) is taken over once `ttlMs` has passed. Throws `AbortedError` when it could not be had
+   * in time.
    */
   async acquire(
     holder: string,
     { ttlMs, waitMs }: { readonly ttlMs: number; readonly waitMs: number },
-  ): Promise<() => Promise<void>> {
+  ): Promise<HeldLease> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       const token = randomBytes(12).toString('base64url');
+      const lease = { id: this.id, holder, token, expiresAt: Date.now() + ttlMs };
       try {
-        const taken = await this.leases.insert({
-          id: this.id,
-          holder,
-          token,
-          expiresAt: Date.now() + ttlMs,
-        });
-        let version = taken.version;
-        let renewing: Promise<void> = Promise.resolve();
-        const renewal = setInterval(() => {
-          renewing = this.leases
-            .replace({ ...taken.doc, expiresAt: Date.now() + ttlMs }, version)
-            .then((renewed) => {
-              version = renewed.version;
-            })
-            // Taken over or storage down: the write goes on; the lease expires as it would.
-            .catch(() => undefined);
-        }, ttlMs / 3);
-        renewal.unref();
-        return async () => {
-          clearInterval(renewal);
-          // A renewal under way would change the version the delete below expects.
-          await renewing;
-          try {
-            // Only this taking's: a lease taken over after it expired is someone else's now.
-            const current = await this.leases.get(this.id);
-            if (current?.doc.token !== token) return;
-            await this.leases.delete(this.id, current.version);
-          } catch {
-            // It expires after `ttlMs`; the write it guarded is done either way.
-          }
-        };
+        return this.held(await this.leases.insert(lease), ttlMs, false);
       } catch (error) {
         if (!(error instanceof AlreadyExistsError)) throw error;
       }
       const held = await this.leases.get(this.id);
       if (held !== undefined && held.doc.expiresAt < Date.now()) {
-        await this.leases.delete(this.id, held.version).catch((error: unknown) => {
-          if (!(error instanceof AbortedError)) throw error;
-        });
+        // Replaced rather than deleted and taken again: only the replica that takes it over
+        // knows it did, so no other one may take it in between, unaware.
+        try {
+          return this.held(await this.leases.replace(lease, held.version), ttlMs, true);
+        } catch (error) {
+          if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
+        }
         continue;
       }
       if (Date.now() >= deadline) {
@@ -109,17 +107,57 @@ export class WriteLease {
       await new Promise((resolve) => setTimeout(resolve, LEASE_POLL_MS));
     }
   }
+
+  /** The lease just taken as `taken`: renewed until released. */
+  private held(taken: Versioned<LeaseDocument>, ttlMs: number, takenOver: boolean): HeldLease {
+    let version = taken.version;
+    let renewing: Promise<void> = Promise.resolve();
+    const renewal = setInterval(() => {
+      renewing = this.leases
+        .replace({ ...taken.doc, expiresAt: Date.now() + ttlMs }, version)
+        .then((renewed) => {
+          version = renewed.version;
+        })
+        // Taken over or storage down: the write goes on; the lease expires as it would.
+        .catch(() => undefined);
+    }, ttlMs / 3);
+    renewal.unref();
+    const release = async ({ unsettled = false } = {}): Promise<void> => {
+      clearInterval(renewal);
+      // A renewal under way would change the version the write below expects.
+      await renewing;
+      try {
+        // Only this taking's: a lease taken over after it expired is someone else's now.
+        const current = await this.leases.get(this.id);
+        if (current?.doc.token !== taken.doc.token) return;
+        if (unsettled) await this.leases.replace({ ...current.doc, expiresAt: 0 }, current.version);
+        else await this.leases.delete(this.id, current.version);
+      } catch {
+        // It expires after `ttlMs` (and is then taken over); the write it guarded is done.
+      }
+    };
+    return Object.assign(release, { takenOver });
+  }
 }
 
 /** What makes writes one at a time across replicas. */
 export interface AcrossReplicas {
   /**
    * Takes the storage lease, waiting for another holder up to `waitMs` (the replica's default
-   * when not given); resolves with its release.
+   * when not given).
    */
-  lease(waitMs?: number): Promise<() => Promise<void>>;
-  /** Brings the state in memory up to the stored one. */
-  refresh(): Promise<unknown>;
+  lease(waitMs?: number): Promise<HeldLease>;
+  /**
+   * Brings the state in memory up to the stored one. `everything`: the lease was taken over (see
+   * {@link HeldLease.takenOver}), so storage may hold a change no version or notice tells of.
+   */
+  refresh(everything: boolean): Promise<unknown>;
+  /**
+   * Whether the write just made may have stored a change the other replicas were not told of;
+   * `failure` is what it threw, undefined when it succeeded. The lease is then released
+   * unsettled. When not given, never.
+   */
+  unsettled?(failure: unknown): boolean;
 }
 
 /** A replica's writes, one at a time; also across replicas when given a lease. */
@@ -145,12 +183,20 @@ export class SerialWrites {
     const across = this.acrossReplicas;
     if (across === undefined) return this.serially(write);
     return this.serially(async () => {
-      const release = await across.lease(leaseWaitMs);
+      const lease = await across.lease(leaseWaitMs);
+      // Until the refresh has taken it in, what a holder before left unannounced is this one's.
+      let unsettled = lease.takenOver;
       try {
-        await across.refresh();
-        return await write();
+        await across.refresh(lease.takenOver);
+        unsettled = false;
+        const result = await write();
+        unsettled = across.unsettled?.(undefined) ?? false;
+        return result;
+      } catch (error) {
+        unsettled ||= across.unsettled?.(error) ?? false;
+        throw error;
       } finally {
-        await release();
+        await lease({ unsettled });
       }
     });
   }
