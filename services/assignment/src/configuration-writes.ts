@@ -24,10 +24,62 @@ import {
   NotFoundError,
 } from '../../platform/src/errors';
 import { SerialWrites, type AcrossReplicas } from '../../platform/src/storage/write-lease';
+import {
+  ConcludeExperimentRequest,
+  CreateExperimentRequest,
+  CreateHoldoutRequest,
+  CreateLayerRequest,
+  DeleteExperimentRequest,
+  DeleteHoldoutRequest,
+  DeleteLayerRequest,
+  StartExperimentRequest,
+  StopExperimentRequest,
+  UpdateAllocationRequest,
+  UpdateExperimentRequest,
+  UpdateHoldoutRequest,
+  UpdateLayerRequest,
+} from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import type { LiveConfiguration } from './live-configuration';
-import type { IdentifiedRequest, RequestResults, ResponseCodec } from './store/request-results';
+import type { RequestResults, RequestType, ResponseCodec } from './store/request-results';
 
 export type { AcrossReplicas };
+
+/** The request message of every write, by method. */
+interface WriteRequests {
+  readonly CreateLayer: CreateLayerRequest;
+  readonly UpdateLayer: UpdateLayerRequest;
+  readonly DeleteLayer: DeleteLayerRequest;
+  readonly CreateExperiment: CreateExperimentRequest;
+  readonly UpdateExperiment: UpdateExperimentRequest;
+  readonly DeleteExperiment: DeleteExperimentRequest;
+  readonly StartExperiment: StartExperimentRequest;
+  readonly StopExperiment: StopExperimentRequest;
+  readonly ConcludeExperiment: ConcludeExperimentRequest;
+  readonly CreateHoldout: CreateHoldoutRequest;
+  readonly UpdateHoldout: UpdateHoldoutRequest;
+  readonly DeleteHoldout: DeleteHoldoutRequest;
+  readonly UpdateAllocation: UpdateAllocationRequest;
+}
+
+/**
+ * The request types, so that a `request_id` reused for another request is told apart from a
+ * retry by every value the write sees (see `RequestResults`).
+ */
+const REQUEST_TYPES: { readonly [M in keyof WriteRequests]: RequestType<WriteRequests[M]> } = {
+  CreateLayer: CreateLayerRequest,
+  UpdateLayer: UpdateLayerRequest,
+  DeleteLayer: DeleteLayerRequest,
+  CreateExperiment: CreateExperimentRequest,
+  UpdateExperiment: UpdateExperimentRequest,
+  DeleteExperiment: DeleteExperimentRequest,
+  StartExperiment: StartExperimentRequest,
+  StopExperiment: StopExperimentRequest,
+  ConcludeExperiment: ConcludeExperimentRequest,
+  CreateHoldout: CreateHoldoutRequest,
+  UpdateHoldout: UpdateHoldoutRequest,
+  DeleteHoldout: DeleteHoldoutRequest,
+  UpdateAllocation: UpdateAllocationRequest,
+};
 
 /** The admin writes and allocation updates: {@link SerialWrites}, idempotent by `request_id`. */
 export class ConfigurationWrites extends SerialWrites {
@@ -41,13 +93,14 @@ export class ConfigurationWrites extends SerialWrites {
   /**
    * {@link RequestResults.once} (idempotent by `request_id`), as one write of `exclusively`.
    */
-  once<T>(
-    method: string,
-    request: IdentifiedRequest,
+  once<M extends keyof WriteRequests, T>(
+    method: M,
+    request: WriteRequests[M],
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
   ): Promise<T> {
-    return this.exclusively(() => this.results.once(method, request, codec, mutation));
+    const requestType: RequestType<WriteRequests[M]> = REQUEST_TYPES[method];
+    return this.exclusively(() => this.results.once(method, request, codec, mutation, requestType));
   }
 }
 

@@ -3,5 +3,6 @@ export {
   MAX_REQUEST_ID_LENGTH,
   RequestResults,
   type IdentifiedRequest,
+  type RequestType,
   type ResponseCodec,
 } from '../../../platform/src/storage/request-results';

@@ -254,6 +254,45 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('experiments', () => {
+      it('refuses a request_id reused for a request differing only in a value set to a default', async () => {
+        const created = await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('fp-coverage', { surfaces: ['fp-coverage'], coverage: 0.5 }),
+          }),
+        );
+        // Coverage unset (everyone) and coverage 0 (nobody) under one id: not a retry.
+        const cleared = UpdateExperimentRequest.fromPartial({
+          experiment: { ...created.experiment, coverage: undefined },
+          updateMask: ['coverage'],
+          requestId: 'fp-coverage-1',
+        });
+        const first = await service.admin.updateExperiment(cleared);
+        expect(first.experiment?.coverage).toBeUndefined();
+        expect(await service.admin.updateExperiment(cleared)).toEqual(first);
+        const nobody = await failure(
+          service.admin.updateExperiment({
+            ...cleared,
+            experiment: { ...cleared.experiment!, coverage: 0 },
+          }),
+        );
+        expect(fieldReasons(nobody)).toEqual([['request_id', 'REQUEST_ID_REUSED']]);
+        // Values in a condition (a Struct) that proto3 JSON tells apart, each another request.
+        const withBeta = (beta: unknown) =>
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('fp-condition', {
+              surfaces: ['fp-condition'],
+              condition: { beta },
+            }),
+            requestId: 'fp-condition-1',
+          });
+        const created2 = await service.admin.createExperiment(withBeta(false));
+        expect(await service.admin.createExperiment(withBeta(false))).toEqual(created2);
+        for (const beta of [0, '', null, [], {}, true]) {
+          const reused = await failure(service.admin.createExperiment(withBeta(beta)));
+          expect(fieldReasons(reused)).toEqual([['request_id', 'REQUEST_ID_REUSED']]);
+        }
+      });
+
       it('reports every problem of an invalid experiment at once', async () => {
         const error = await failure(
           service.admin.createExperiment(

@@ -8,9 +8,14 @@
  * written, another experiment created) is refused with INVALID_ARGUMENT (`REQUEST_ID_REUSED`)
  * rather than answered with the first request's response while doing nothing, which a caller
  * would take for success: each stored response keeps a fingerprint of its request (SHA-256 of
- * the request with sorted keys and without default values, see `canonicalText`). Responses
- * stored before fingerprints were kept, and requests too large to fingerprint cheaply (see
- * {@link MAX_FINGERPRINT_VALUES}), match any request.
+ * the request's proto3 JSON form with sorted keys, see `exactText`), which tells apart whatever
+ * the service can tell apart: an `optional` field set to 0 and one left unset, 0, false, "",
+ * null, [] and {} inside a `google.protobuf.Struct`. Services that do not name their request
+ * types, and builds before this one, keep only a coarser fingerprint that leaves every default
+ * value out (see `canonicalText`); it is still stored, and compared, so that a retry reaching a
+ * replica of the previous build during a rolling update, or a first call answered by one, is
+ * still recognized. Responses stored before fingerprints were kept, and requests too large to
+ * fingerprint cheaply (see {@link MAX_FINGERPRINT_VALUES}), match any request.
  *
  * A retry that arrives while its first call is still running in the same process waits for it and
  * gets its response (or runs after its failure). On another replica it runs beside it: replicas
@@ -26,10 +31,17 @@ interface RequestResultDocument {
   readonly response: Uint8Array;
   readonly expiresAt: Date;
   /**
-   * The request's fingerprint (see {@link fingerprintOf}); absent on older documents and for
-   * requests too large to fingerprint.
+   * The request's fingerprint without default values (see {@link fingerprintOf}), which builds
+   * before {@link exactFingerprint} compare; absent on older documents and for requests too
+   * large to fingerprint.
    */
   readonly fingerprint?: string;
+  /**
+   * The request's fingerprint with every value present (see {@link exactFingerprintOf}); absent
+   * on documents of earlier builds, of services that do not name their request types, and for
+   * requests too large to fingerprint.
+   */
+  readonly exactFingerprint?: string;
 }
 
 /** A mutation's request: what its `request_id` names. */
@@ -111,6 +123,47 @@ function canonicalText(value: unknown, out: string[], budget: { left: number }):
   return true;
 }
 
+/**
+ * `value`, a message's proto3 JSON form (ts-proto's `toJSON`), as text that is the same for the
+ * same request: object keys sorted, strings length-prefixed, every value written with its type.
+ * That form already leaves out fields holding their proto3 default, and only those (an
+ * `optional` field set to 0 and a Struct's values are kept), so a build that knows one more field
+ * writes the same text for the same bytes.
+ */
+function exactText(value: unknown, out: string[], budget: { left: number }): void {
+  if (--budget.left < 0) throw TOO_LARGE;
+  if (value === null) {
+    out.push('n;');
+    return;
+  }
+  switch (typeof value) {
+    case 'string':
+      out.push(`s${value.length}:`, value);
+      return;
+    case 'number':
+    case 'boolean':
+      out.push(`${typeof value}:${String(value)};`);
+      return;
+    default:
+      break;
+  }
+  if (Array.isArray(value)) {
+    out.push('[');
+    for (const item of value) exactText(item, out, budget);
+    out.push(']');
+    return;
+  }
+  const record = value as Record<string, unknown>;
+  const keys = Object.keys(record).filter((key) => record[key] !== undefined);
+  if (keys.length > 1) keys.sort();
+  out.push('{');
+  for (const key of keys) {
+    out.push(`k${key.length}:`, key);
+    exactText(record[key], out, budget);
+  }
+  out.push('}');
+}
+
 /** The values in `value`, counted up to `limit` (past it, `limit + 1`). */
 function valuesIn(value: unknown, limit: number): number {
   let count = 1;
@@ -137,17 +190,43 @@ function clearlyTooLarge(request: IdentifiedRequest): boolean {
   return false;
 }
 
-/** What tells two requests under one id apart; undefined for one too large to walk. */
-function fingerprintOf(request: IdentifiedRequest): string | undefined {
-  if (clearlyTooLarge(request)) return undefined;
+/** The SHA-256 of what `write` writes; undefined past {@link MAX_FINGERPRINT_VALUES}. */
+function digestOf(write: (out: string[], budget: { left: number }) => void): string | undefined {
   const out: string[] = [];
   try {
-    canonicalText(request, out, { left: MAX_FINGERPRINT_VALUES });
+    write(out, { left: MAX_FINGERPRINT_VALUES });
   } catch (error) {
     if (error === TOO_LARGE) return undefined;
     throw error;
   }
   return createHash('sha256').update(out.join('')).digest('base64url');
+}
+
+/**
+ * What tells two requests under one id apart, save defaults (see {@link canonicalText}), as
+ * every build computes it; undefined for one too large to walk.
+ */
+function fingerprintOf(request: IdentifiedRequest): string | undefined {
+  if (clearlyTooLarge(request)) return undefined;
+  return digestOf((out, budget) => {
+    canonicalText(request, out, budget);
+  });
+}
+
+/** What tells two requests under one id apart (see {@link exactText}); undefined when too large. */
+function exactFingerprintOf<R extends IdentifiedRequest>(
+  request: R,
+  type: RequestType<R>,
+): string | undefined {
+  if (clearlyTooLarge(request)) return undefined;
+  return digestOf((out, budget) => {
+    exactText(type.toJSON(request), out, budget);
+  });
+}
+
+/** The message type ts-proto generates for a request: its proto3 JSON form. */
+export interface RequestType<R> {
+  toJSON(message: R): unknown;
 }
 
 /** The encode/decode pair ts-proto generates for a response message. */
@@ -178,13 +257,16 @@ export class RequestResults {
 
   /**
    * Runs `mutation` once per (method, `request.requestId`); without a request id, every time. The
-   * same id with a different request is refused (see the module comment).
+   * same id with a different request is refused (see the module comment); `requestType`, the
+   * request's message type, tells apart requests that differ only in values present but equal
+   * to a default.
    */
-  async once<T>(
+  async once<T, R extends IdentifiedRequest>(
     method: string,
-    request: IdentifiedRequest,
+    request: R,
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
+    requestType?: RequestType<R>,
   ): Promise<T> {
     const { requestId } = request;
     if (requestId.length > MAX_REQUEST_ID_LENGTH) {
@@ -199,12 +281,16 @@ export class RequestResults {
     if (requestId === '') return mutation();
     const id = `${method}/${requestId}`;
     const fingerprint = fingerprintOf(request);
+    const exactFingerprint =
+      requestType === undefined ? undefined : exactFingerprintOf(request, requestType);
     // A first call's outcome is read from the store below: a response, or none after a failure.
     await this.running.settled(id);
     const previous = await this.collection.get(id);
     if (previous) {
-      const stored = previous.doc.fingerprint;
-      if (stored !== undefined && fingerprint !== undefined && stored !== fingerprint) {
+      if (
+        differ(previous.doc.fingerprint, fingerprint) ||
+        differ(previous.doc.exactFingerprint, exactFingerprint)
+      ) {
         throw new InvalidArgumentError(
           `request_id ${requestId} was used for another ${method} request`,
           [
@@ -219,7 +305,7 @@ export class RequestResults {
       }
       return codec.decode(previous.doc.response);
     }
-    if (this.running.has(id)) return this.once(method, request, codec, mutation);
+    if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
     return this.running.run(id, async () => {
       const response = await mutation();
       await this.collection.upsert({
@@ -227,8 +313,14 @@ export class RequestResults {
         response: codec.encode(response).finish(),
         expiresAt: new Date(Date.now() + this.ttlMs),
         fingerprint,
+        exactFingerprint,
       });
       return response;
     });
   }
+}
+
+/** Whether two fingerprints both known tell two requests apart. */
+function differ(stored: string | undefined, computed: string | undefined): boolean {
+  return stored !== undefined && computed !== undefined && stored !== computed;
 }

@@ -5,7 +5,11 @@ import { EchoResponse } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { InvalidArgumentError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
-import { MAX_FINGERPRINT_VALUES, RequestResults } from '../../src/storage/request-results';
+import {
+  MAX_FINGERPRINT_VALUES,
+  RequestResults,
+  type RequestType,
+} from '../../src/storage/request-results';
 
 describe('RequestResults', () => {
   let dir: string;
@@ -155,6 +159,61 @@ describe('RequestResults', () => {
     await expect(results.once('Write', shifted, EchoResponse, mutation)).rejects.toMatchObject(
       refused,
     );
+  });
+
+  /** A request with an `optional double share` and a `google.protobuf.Struct condition`. */
+  interface ShareRequest {
+    readonly requestId: string;
+    readonly view: string;
+    readonly share?: number | undefined;
+    readonly condition?: { [key: string]: unknown } | undefined;
+  }
+  /** Its type's `toJSON`, as ts-proto generates it: defaults left out where they are unset. */
+  const ShareRequest: RequestType<ShareRequest> = {
+    toJSON: (message) => ({
+      ...(message.requestId !== '' && { requestId: message.requestId }),
+      ...(message.view !== '' && { view: message.view }),
+      ...(message.share !== undefined && { share: message.share }),
+      ...(message.condition !== undefined && { condition: message.condition }),
+    }),
+  };
+
+  it('tells apart, given the request type, requests differing only in values set to a default', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    const once = (request: ShareRequest) =>
+      results.once('Share', request, EchoResponse, mutation, ShareRequest);
+    const unset: ShareRequest = { requestId: 'r-share', view: 'a', condition: { beta: false } };
+    const first = await once(unset);
+    expect(await once({ ...unset, condition: { beta: false }, share: undefined })).toEqual(first);
+    const refused = { reason: 'REQUEST_ID_REUSED' };
+    await expect(once({ ...unset, share: 0 })).rejects.toMatchObject(refused);
+    for (const beta of [0, '', null, [], {}]) {
+      await expect(once({ ...unset, condition: { beta } })).rejects.toMatchObject(refused);
+    }
+    await expect(once({ ...unset, condition: {} })).rejects.toMatchObject(refused);
+    await expect(once({ ...unset, condition: undefined })).rejects.toMatchObject(refused);
+    expect(runs).toBe(1);
+  });
+
+  it('recognizes a retry answered by a build that did not take the request type, and the reverse', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    const request: ShareRequest = { requestId: 'r-rolling', view: 'a', share: 0 };
+    // The first call answered by the previous build (or a service that names no request type),
+    // the retry by this one; then the other way round, under another id.
+    const first = await results.once('Share', request, EchoResponse, mutation);
+    expect(await results.once('Share', request, EchoResponse, mutation, ShareRequest)).toEqual(
+      first,
+    );
+    const other = { ...request, requestId: 'r-rolling-2' };
+    const second = await results.once('Share', other, EchoResponse, mutation, ShareRequest);
+    expect(await results.once('Share', other, EchoResponse, mutation)).toEqual(second);
+    expect(runs).toBe(2);
+    // What the previous build told apart, it still tells apart.
+    await expect(
+      results.once('Share', { ...request, view: 'b' }, EchoResponse, mutation, ShareRequest),
+    ).rejects.toMatchObject({ reason: 'REQUEST_ID_REUSED' });
   });
 
   it('answers a response stored before fingerprints were kept to any request under its id', async () => {
