@@ -62,13 +62,13 @@ describeWithNats('Holdout exposures on NATS JetStream', () => {
   let unitCount = 0;
 
   /**
-   * A fresh unit of this run that the holdout `holdoutId` (fraction 0.5, seed = id, hash v2)
-   * holds out, or does not.
+   * A fresh unit of this run that the holdout `holdoutId` (fraction 0.5, the default seed
+   * `holdout:<id>`, hash v2) holds out, or does not.
    */
   function unitWhere(holdoutId: string, heldOut: boolean): string {
     for (;;) {
       const unit = `${unitPrefix}-${unitCount++}`;
-      if ((hash(holdoutId, unit, 2) ?? 1) < 0.5 === heldOut) return unit;
+      if ((hash(`holdout:${holdoutId}`, unit, 2) ?? 1) < 0.5 === heldOut) return unit;
     }
   }
 
@@ -183,7 +183,7 @@ describeWithNats('Holdout exposures on NATS JetStream', () => {
     );
     expect(running.holdout).toMatchObject({
       status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
-      seed: HOLDOUT_ID,
+      seed: `holdout:${HOLDOUT_ID}`,
       etag: '1',
     });
     const draft = await admin.createHoldout(

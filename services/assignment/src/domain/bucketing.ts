@@ -94,7 +94,7 @@ export function inLayerRange(unitId: string, layerId: string, range: LayerRange)
 
 /**
  * Whether a holdout holds the unit out: `hash(seed, unitId, version) < fraction`, with the holdout's
- * own seed (its id by default) and hash v2 by default, as holdout.proto specifies. Seeding by the
+ * own seed (`holdout:<id>` by default) and hash v2 by default, as holdout.proto specifies. Seeding by the
  * holdout alone makes the held-out population the same on every surface and layer it covers and
  * independent of every experiment's bucketing (experiments use other seeds). An unknown hash
  * version holds nobody out.

@@ -113,7 +113,7 @@ export interface HoldoutDefinition {
   readonly unitType: string;
   /** Fraction held out, in (0, 1). */
   readonly fraction: number;
-  /** The holdout's own salt; its id when undefined or empty. */
+  /** The holdout's own salt; `holdout:<id>` when undefined or empty (see {@link holdoutSeed}). */
   readonly seed?: string;
   /** 1 or 2; 2 when undefined or 0. */
   readonly hashVersion?: number;
@@ -147,9 +147,22 @@ export interface AssignmentConfiguration {
   readonly allocations: readonly AllocationDefinition[];
 }
 
-/** The seed an experiment or holdout hashes with: its own, or its id when empty. */
+/** The seed an experiment hashes with: its own, or its id when empty. */
 export function effectiveSeed(definition: { readonly id: string; readonly seed?: string }): string {
   return definition.seed !== undefined && definition.seed !== '' ? definition.seed : definition.id;
+}
+
+/**
+ * The seed a holdout hashes with: its own, or `holdout:<id>` when empty. Not its bare id: holdout
+ * and experiment ids are separate namespaces, and a holdout hashing with the seed of an
+ * experiment it covers (one of the same id, seeded by default) would hold out exactly the units
+ * at the start of that experiment's buckets, its control, rather than an even share of each
+ * variant. A `:` is in no id, so this is no experiment's default seed.
+ */
+export function holdoutSeed(definition: { readonly id: string; readonly seed?: string }): string {
+  return definition.seed !== undefined && definition.seed !== ''
+    ? definition.seed
+    : `holdout:${definition.id}`;
 }
 
 /** The hash version in effect: 2 when unset (undefined or 0). */

@@ -33,6 +33,7 @@ import {
   HoldoutStatus,
   effectiveHashVersion,
   effectiveSeed,
+  holdoutSeed,
   type AllocationDefinition,
   type AssignmentConfiguration,
   type ExperimentDefinition,
@@ -1111,7 +1112,7 @@ function freeze(assignment: ResolvedAssignment): ResolvedAssignment {
 }
 
 function compileHoldout(definition: HoldoutDefinition, index: number): HoldoutPlan {
-  const seed = effectiveSeed(definition);
+  const seed = holdoutSeed(definition);
   return {
     id: definition.id,
     definition,

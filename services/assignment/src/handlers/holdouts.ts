@@ -20,7 +20,7 @@ import {
   type PreconditionViolation,
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
-import { HoldoutStatus, validateHoldout } from '../domain';
+import { holdoutSeed, HoldoutStatus, validateHoldout } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import { holdoutDefinition, type HoldoutDocument, type Stored } from '../store/documents';
 import { holdoutSizeViolations } from './limits';
@@ -74,7 +74,9 @@ function requestedFields(
     tags: holdout.tags,
     unitType: holdout.unitType,
     fraction: holdout.fraction,
-    seed: holdout.seed === '' ? holdout.id : holdout.seed,
+    // Stored resolved, so that a holdout keeps the seed it was created with (those created
+    // before `holdoutSeed` prefixed the id keep the bare id).
+    seed: holdoutSeed(holdout),
     hashVersion:
       holdout.hashVersion === HashVersion.HASH_VERSION_UNSPECIFIED
         ? HashVersion.HASH_VERSION_V2

@@ -359,7 +359,7 @@ describe('concluded experiments', () => {
   });
 
   it('keeps held-out units on the control', () => {
-    const id = findUnit((u) => (hash('h', u, 2) ?? 1) < 0.5);
+    const id = findUnit((u) => (hash('holdout:h', u, 2) ?? 1) < 0.5);
     const snapshot = buildSnapshot(
       configuration({
         layers: [{ id: 'l' }],
@@ -375,10 +375,10 @@ describe('concluded experiments', () => {
 
 describe('holdouts', () => {
   const heldByA = findUnit(
-    (u) => (hash('seed-a', u, 2) ?? 1) < 0.3 && (hash('b', u, 2) ?? 1) < 0.3,
+    (u) => (hash('seed-a', u, 2) ?? 1) < 0.3 && (hash('holdout:b', u, 2) ?? 1) < 0.3,
   );
   const heldByNone = findUnit(
-    (u) => (hash('seed-a', u, 2) ?? 0) >= 0.3 && (hash('b', u, 2) ?? 0) >= 0.3,
+    (u) => (hash('seed-a', u, 2) ?? 0) >= 0.3 && (hash('holdout:b', u, 2) ?? 0) >= 0.3,
   );
   const config = configuration({
     layers: [{ id: 'ranking' }],
@@ -439,6 +439,38 @@ describe('holdouts', () => {
   });
 });
 
+describe('a holdout with no seed, named like an experiment it covers', () => {
+  const snapshot = buildSnapshot(
+    configuration({
+      experiments: [experiment({ id: 'promo' })],
+      holdouts: [holdout({ id: 'promo', fraction: 0.5 })],
+    }),
+  );
+
+  it('hashes with `holdout:<id>`, not the seed the experiment hashes with by default', () => {
+    // GrowthBook v2, computed independently (Python, FNV-1a 32 of the decimal FNV-1a 32 of
+    // seed + unit, mod 10,000): user-1 is 0.3342 under "holdout:promo" and 0.6921 under
+    // "promo"; user-5 is 0.5546 and 0.4274.
+    const heldOut = (id: string) => snapshot.resolve(unit(id)).holdouts[0]?.heldOut;
+    expect([heldOut('user-1'), heldOut('user-5')]).toEqual([true, false]);
+  });
+
+  it('splits the units it does not hold out as the experiment says', () => {
+    const counts = { control: 0, treatment: 0 };
+    for (let i = 0; i < 10_000; i++) {
+      const assignment = only(snapshot.resolve(unit(`user-${i}`)).assignments);
+      if (assignment.reason === AssignmentReason.ASSIGNED) {
+        counts[assignment.variant.key as keyof typeof counts]++;
+      }
+    }
+    // χ² of a 50/50 split on 1 degree of freedom: 10.83 at p = 0.001. With the experiment's
+    // seed, every held-out unit came from the control (χ² in the hundreds).
+    const n = counts.control + counts.treatment;
+    const chi2 = ((counts.control - n / 2) ** 2 + (counts.treatment - n / 2) ** 2) / (n / 2);
+    expect(chi2).toBeLessThan(10.83);
+  });
+});
+
 describe('a holdout covering an experiment through another of its surfaces', () => {
   const snapshot = buildSnapshot(
     configuration({
@@ -449,8 +481,8 @@ describe('a holdout covering an experiment through another of its surfaces', () 
 
   it('lists its membership on that surface too, held out or not, as it decides what is served', () => {
     for (const [id, heldOut] of [
-      [findUnit((u) => (hash('feed-only', u, 2) ?? 1) < 0.5), true],
-      [findUnit((u) => (hash('feed-only', u, 2) ?? 0) >= 0.5), false],
+      [findUnit((u) => (hash('holdout:feed-only', u, 2) ?? 1) < 0.5), true],
+      [findUnit((u) => (hash('holdout:feed-only', u, 2) ?? 0) >= 0.5), false],
     ] as const) {
       const resolved = snapshot.resolve(unit(id, { surfaces: ['search'] }));
       expect(only(resolved.assignments).reason).toBe(

@@ -1759,6 +1759,46 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('holdouts', () => {
+      it('keeps the seed stored by an earlier version (the bare id), and the units it held out', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('kept-seed', { surfaces: ['kept-seed'] }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'kept-seed' }));
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('kept-seed', {
+              surfaces: ['kept-seed'],
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+            }),
+          }),
+        );
+        // What an earlier version stored for a holdout created without a seed.
+        const store = service.service.context.store;
+        const stored = await store.holdouts.get('kept-seed');
+        await store.holdouts.replace({ ...stored!.doc, seed: 'kept-seed' }, stored?.version ?? 0);
+        await store.bumpVersion();
+        await service.service.context.configuration.refresh();
+        const updated = await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('kept-seed', { description: 'touched', etag: '2' }),
+            updateMask: ['description'],
+          }),
+        );
+        expect(updated.holdout?.seed).toBe('kept-seed');
+        for (let i = 0; i < 10; i++) {
+          const unitId = `kept-${i}`;
+          const resolved = await client.resolve(
+            resolveRequest(unitId, { surfaces: ['kept-seed'] }),
+          );
+          expect(resolved.holdouts.map((h) => h.heldOut)).toEqual([
+            (hash('kept-seed', unitId, 2) ?? 1) < 0.5,
+          ]);
+        }
+      });
+
       it('logs no holdout exposure shown after the holdout stopped', async () => {
         const { admin, client } = service;
         await admin.createExperiment(
@@ -1777,7 +1817,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         // A unit in the general population: in the experiment and a member of the holdout.
         const unitId = ['e-1', 'e-2', 'e-3', 'e-4', 'e-5', 'e-6'].find(
-          (u) => (hash('ending', u, 2) ?? 0) >= 0.5,
+          (u) => (hash('holdout:ending', u, 2) ?? 0) >= 0.5,
         );
         const resolved = await client.resolve(
           resolveRequest(unitId ?? '', { surfaces: ['ending'] }),
@@ -1924,7 +1964,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(created.holdout).toMatchObject({
           status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
-          seed: 'long-term',
+          // No seed given: its id, prefixed so that no experiment hashes with it by default.
+          seed: 'holdout:long-term',
           etag: '1',
         });
         expect(
@@ -1941,7 +1982,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
         for (let i = 0; i < 20; i++) {
           const unitId = `h-${i}`;
-          const heldOut = (hash('long-term', unitId, 2) ?? 1) < 0.5;
+          const heldOut = (hash('holdout:long-term', unitId, 2) ?? 1) < 0.5;
           const response = await client.resolve(resolveRequest(unitId, { surfaces: ['shelf'] }));
           expect(response.holdouts).toEqual([
             { holdoutId: 'long-term', heldOut, surfaces: ['shelf'], holdoutEtag: '1' },

@@ -89,8 +89,10 @@ export interface Holdout {
   /** Required. The fraction of units held out, in (0, 1). Immutable once running. */
   fraction: number;
   /**
-   * Optional. The holdout's own salt, independent of every experiment's; the holdout id when
-   * empty. Immutable once running.
+   * Optional. The holdout's own salt, independent of every experiment's; when empty, `holdout:`
+   * followed by the holdout id (never an experiment's default seed, its id), stored and returned
+   * as the seed. Holdouts created before this default keep the holdout id as their seed.
+   * Immutable once running.
    */
   seed: string;
   /** Optional. The hash version; HASH_VERSION_V2 when unset. Immutable once running. */
