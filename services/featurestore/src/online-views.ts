@@ -50,7 +50,6 @@ import {
 import { keyPartOf, prepareRows, type KeyColumn, type PreparedRow } from './push-rows';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import {
-  logEntriesOf,
   orderOfVersion,
   rowId,
   rowVersion,
@@ -188,6 +187,17 @@ export class OnlineViews {
   private gapSince: number | undefined;
   private lastSyncAt = new Date(0);
   private syncing = false;
+  /** The rows this replica writes to a push view while its table is loaded (see `loadPushTable`). */
+  private readonly writesDuringLoad = new Map<
+    string,
+    { readonly createTime: number; readonly rows: StoredRow[][] }
+  >();
+  /** When a failed `reloadPushTables` may be tried again, and the wait before that. */
+  private reloadRetry = { at: 0, waitMs: 0 };
+  /** Set by `stop`: nothing is loaded or started afterwards. */
+  private stopped = false;
+  /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
+  private readonly refilling = new Set<Promise<void>>();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
   private syncRun: Promise<void> = Promise.resolve();
   /**
@@ -261,6 +271,7 @@ export class OnlineViews {
   private async reconcileNow(
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ): Promise<unknown[]> {
+    if (this.stopped) return [];
     for (const [name, served] of [...this.served]) {
       if (!views.has(name)) {
         this.served.delete(name);
@@ -294,15 +305,15 @@ export class OnlineViews {
       current !== undefined &&
       current.registered.createTime.getTime() !== registered.createTime.getTime();
     if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
-      // A feature added is loaded from storage, not added empty: rows written with it on
-      // another replica may have been synced here, without it, before this replica knew it.
       const features = definition.features.map((f) => f.name);
-      const known = current.table.features();
-      if (features.every((f) => known.includes(f))) {
-        current.table.redefine(features, definition.ttlMs);
-        this.served.set(name, { ...current, registered });
-        return;
-      }
+      const added = features.some((f) => current.table.featureIndex(f) < 0);
+      current.table.redefine(features, definition.ttlMs);
+      this.served.set(name, { ...current, registered });
+      // A feature added gets its values from storage, in the background (a view may hold
+      // millions of records, and writes wait for a reconcile): rows written with it on another
+      // replica may have been synced here, without it, before this replica knew of it.
+      if (added) this.refill(name, current.table, definition);
+      return;
     }
     if (
       current?.kind === 'stream' &&
@@ -315,19 +326,19 @@ export class OnlineViews {
       this.served.set(name, { ...current, registered });
       return;
     }
+    // Another view, or one of another source: the one served is gone (a push view's table
+    // would otherwise go on serving the deleted view's values should the load below fail).
+    this.served.delete(name);
     if (current?.kind === 'stream') {
-      this.served.delete(name);
       // A stream view again resets the durable and discards the checkpoint itself (see
       // StreamAggregation.start); a push view of that name leaves them to nobody.
       if (definition.source?.kind === 'stream') await current.aggregation.stop();
       else await this.retire(name, current.aggregation);
     }
     const keyColumns = this.keyColumnsOf(definition);
-    if (keyColumns === undefined) return;
+    if (keyColumns === undefined || this.stopped) return;
     if (definition.source?.kind === 'push') {
-      const loadedAfter = await this.parts.rows.lastSequence();
-      const table = await this.loadTable(definition);
-      this.served.set(name, { kind: 'push', registered, keyColumns, table, loadedAfter });
+      await this.loadPushTable({ kind: 'push', registered, keyColumns });
     } else if (definition.source?.kind === 'stream') {
       const aggregation = new StreamAggregation({
         view: definition,
@@ -364,6 +375,48 @@ export class OnlineViews {
   }
 
   /**
+   * Writes every stored record of a push view into its table again, through the table's rule: a
+   * record the table holds newer is kept, the same write (equal event time and order) is written
+   * again with the features the table has now. Stops once the table is no longer served; tried
+   * again in 5 s when storage fails.
+   */
+  private refill(
+    name: string,
+    table: OnlineTable<FeatureValueMessage>,
+    definition: FeatureViewDefinition,
+  ): void {
+    const serving = () => {
+      const served = this.served.get(name);
+      return !this.stopped && served?.kind === 'push' && served.table === table;
+    };
+    const run = async (): Promise<void> => {
+      const types = definition.features.map((f) => [f.name, f.valueType] as const);
+      let batch: OnlineRow<FeatureValueMessage>[] = [];
+      for await (const row of this.parts.rows.scanView(name)) {
+        if (!serving()) return;
+        batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
+        if (batch.length === 1_000) {
+          table.write(batch, Date.now());
+          batch = [];
+        }
+      }
+      if (serving()) table.write(batch, Date.now());
+    };
+    const refilling = run().catch((error: unknown) => {
+      this.parts.logger.warn(
+        { err: error, view: name },
+        'new features not loaded; trying again in 5 s',
+      );
+      const retry = setTimeout(() => {
+        if (serving()) this.refill(name, table, definition);
+      }, 5_000);
+      retry.unref();
+    });
+    this.refilling.add(refilling);
+    void refilling.finally(() => this.refilling.delete(refilling));
+  }
+
+  /**
    * Deletes this replica's durable consumer of a stream view that is gone, deleted here or on
    * another replica, as DeleteFeatureView promises: left behind, it would keep its place in the
    * stream for nothing. Called once the aggregation has stopped (a running subscription would
@@ -390,6 +443,29 @@ export class OnlineViews {
       columns.push({ joinKey: entity.joinKey, valueType: entity.valueType });
     }
     return columns;
+  }
+
+  /**
+   * Loads a push view's table from storage and serves it. The rows this replica writes to the
+   * view meanwhile are applied to it too: the scan may have passed them, and the sync skips this
+   * replica's own entries.
+   */
+  private async loadPushTable(
+    served: Pick<Extract<Served, { kind: 'push' }>, 'kind' | 'registered' | 'keyColumns'>,
+  ): Promise<void> {
+    const { definition, createTime } = served.registered;
+    const writes = { createTime: createTime.getTime(), rows: [] as StoredRow[][] };
+    this.writesDuringLoad.set(definition.name, writes);
+    try {
+      const loadedAfter = await this.parts.rows.lastSequence();
+      const table = await this.loadTable(definition);
+      for (const rows of writes.rows) table.write(rows, Date.now());
+      this.served.set(definition.name, { ...served, table, loadedAfter });
+    } finally {
+      if (this.writesDuringLoad.get(definition.name) === writes) {
+        this.writesDuringLoad.delete(definition.name);
+      }
+    }
   }
 
   private async loadTable(
@@ -811,8 +887,10 @@ export class OnlineViews {
       prepared.rows,
     );
     served.table.write(stored, now);
-    // The table may have been loaded again while the rows were stored (a reconcile, a reload),
-    // perhaps before them; and the sync skips this replica's own entries.
+    // The table may be being loaded again (a reconcile, a reload), or have been while the rows
+    // were stored, from a scan that passed them; and the sync skips this replica's own entries.
+    const loading = this.writesDuringLoad.get(request.featureView);
+    if (loading?.createTime === served.registered.createTime.getTime()) loading.rows.push(stored);
     const current = this.served.get(request.featureView);
     if (
       current !== served &&
@@ -831,7 +909,7 @@ export class OnlineViews {
    * views the last reconcile could not.
    */
   async syncChanges(): Promise<void> {
-    if (this.syncing) return;
+    if (this.syncing || this.stopped) return;
     this.syncing = true;
     try {
       if (this.retryReconcileAt !== undefined && Date.now() >= this.retryReconcileAt) {
@@ -840,15 +918,25 @@ export class OnlineViews {
       await this.reconciling;
       // Entries older than the change log's retention are gone: after as long without a sync
       // (storage unreachable), following the log would miss the writes in them.
-      const run =
-        Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2
-          ? this.reloadPushTables()
-          : this.syncNow();
+      const reload =
+        Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2;
+      // A reload that failed is tried again after a wait (1 s doubling to 30 s): each is a scan.
+      if (reload && Date.now() < this.reloadRetry.at) return;
+      const run = reload ? this.reloadPushTables() : this.syncNow();
       this.syncRun = run.then(
         () => undefined,
         () => undefined,
       );
-      await run;
+      try {
+        await run;
+        if (reload) this.reloadRetry = { at: 0, waitMs: 0 };
+      } catch (error) {
+        if (reload) {
+          const waitMs = Math.min(30_000, Math.max(1_000, 2 * this.reloadRetry.waitMs));
+          this.reloadRetry = { at: Date.now() + waitMs, waitMs };
+        }
+        throw error;
+      }
     } finally {
       this.syncing = false;
     }
@@ -865,11 +953,8 @@ export class OnlineViews {
       { lastSync: this.lastSyncAt },
       'no sync for half the change log retention; loading push-sourced views again',
     );
-    for (const [name, served] of [...this.served]) {
-      if (served.kind !== 'push') continue;
-      const loadedAfter = await this.parts.rows.lastSequence();
-      const table = await this.loadTable(served.registered.definition);
-      this.served.set(name, { ...served, table, loadedAfter });
+    for (const served of [...this.served.values()]) {
+      if (served.kind === 'push') await this.loadPushTable(served);
     }
     this.position = position;
     this.appliedAhead.clear();
@@ -891,7 +976,7 @@ export class OnlineViews {
           (f) => [f.name, f.valueType] as const,
         );
         served.table.write(
-          entry.rows.map((row) => onlineRowOf(row, types, entry.sequence)),
+          entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
           Date.now(),
         );
       }
@@ -1011,7 +1096,9 @@ export class OnlineViews {
 
   /** Stops every aggregation (with a last checkpoint). */
   async stop(): Promise<void> {
+    this.stopped = true;
     await this.reconciling;
+    await Promise.all(this.refilling);
     await Promise.all(
       [...this.served.values()].map((served) =>
         served.kind === 'stream' ? served.aggregation.stop() : Promise.resolve(),
@@ -1064,8 +1151,8 @@ export type StoredRow = PreparedRow & { readonly order: number };
 
 /**
  * Writes prepared rows of a push-sourced view to storage, only where newer than the stored
- * record, then appends the stored ones to the change log. The change log's sequence numbers are
- * taken first: they order writes of equal event times (see `rowVersion`). Returns the rows stored.
+ * record, then appends the stored ones to the change log. The write's order is taken first: it
+ * orders writes of equal event times (see `rowVersion`). Returns the rows stored.
  */
 export async function storeRows(
   repository: FeatureRowRepository,
@@ -1079,34 +1166,20 @@ export async function storeRows(
       ? [...rows]
       : [...winners.values()].sort((a, b) => a - b).map((i) => rows[i] as PreparedRow);
   if (candidates.length === 0) return [];
-  const entries = logEntriesOf(candidates.map(changedRowOf));
-  const first = await repository.takeSequences(entries.length);
-  const ordered: StoredRow[] = [];
-  entries.forEach((entry, i) => {
-    for (let j = 0; j < entry.length; j++) {
-      ordered.push({ ...(candidates[ordered.length] as PreparedRow), order: first + i });
-    }
-  });
-  const documents: FeatureRowDocument[] = ordered.map((row) => ({
+  const order = await repository.takeWriteOrder();
+  const documents: FeatureRowDocument[] = candidates.map((row) => ({
     id: rowId(definition.name, row.entityKey),
     view: definition.name,
     entityKey: row.entityKey,
     eventTime: row.eventTime,
-    version: rowVersion(row.eventTime, row.order),
+    version: rowVersion(row.eventTime, order),
     values: row.stored,
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
   }));
   const outcomes = await repository.write(documents);
-  const stored = ordered.filter((_, i) => outcomes[i] !== 'skipped');
-  // Every sequence number taken gets its entry, empty when all its rows lost: a missing one is a
-  // gap replicas wait at.
-  await repository.appendChanges(
-    definition.name,
-    origin,
-    first,
-    entries.map((_, i) => stored.filter((row) => row.order === first + i).map(changedRowOf)),
-  );
-  return stored;
+  const stored = candidates.filter((_, i) => outcomes[i] !== 'skipped');
+  await repository.appendChanges(definition.name, origin, stored.map(changedRowOf), order);
+  return stored.map((row) => ({ ...row, order }));
 }
 
 function changedRowOf(row: PreparedRow): ChangedRow {

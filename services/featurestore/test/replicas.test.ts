@@ -257,6 +257,8 @@ describe('a FeatureStore replica cut off from storage for longer than the change
     // The shortest retention allowed (10 s) keeps the test short; the default is one hour.
     const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
     const cut = { off: false };
+    /** The next scan of stored rows reads them all, then waits for `release` (a slow load). */
+    const slowScan: { armed: boolean; release?: () => void } = { armed: false };
     const first = await startHarness({ replicaId: 'replica-a', env });
     const shared = sharing(first.runtime.store)();
     const second = await startHarness({
@@ -268,8 +270,19 @@ describe('a FeatureStore replica cut off from storage for longer than the change
           spec: Parameters<DocumentStore['collection']>[0],
         ): Promise<Collection<T>> => {
           const collection = await shared.collection<T>(spec);
+          const slowly = (where?: Parameters<Collection<T>['scan']>[0]) =>
+            (async function* () {
+              const read = [];
+              for await (const item of collection.scan(where)) read.push(item);
+              await new Promise<void>((resolve) => (slowScan.release = resolve));
+              yield* read;
+            })();
           return new Proxy(collection, {
             get: (target, property) => {
+              if (spec.name === 'feature_rows' && property === 'scan' && slowScan.armed) {
+                slowScan.armed = false;
+                return slowly;
+              }
               const value = Reflect.get(target, property) as unknown;
               if (typeof value !== 'function') return value;
               return (...args: unknown[]): unknown => {
@@ -292,14 +305,26 @@ describe('a FeatureStore replica cut off from storage for longer than the change
       });
       // Past the retention: the entry of that write is gone from the change log.
       await new Promise((resolve) => setTimeout(resolve, 11_000));
+      slowScan.armed = true;
       cut.off = false;
+      // While the view is loaded again, past its scan, a write on this replica itself.
+      await eventually(async () => {
+        await Promise.resolve();
+        expect(slowScan.release).toBeDefined();
+      }, 2_000);
+      await second.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u2', new Date(), { ctr: double(0.7) })],
+        requestId: '',
+      });
+      slowScan.release!();
       await eventually(async () => {
         const read = await second.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
-          entityRows: users('u1'),
+          entityRows: users('u1', 'u2'),
           omitEventTimes: true,
         });
-        expect(read.columns[0]?.values).toEqual([double(0.5)]);
+        expect(read.columns[0]?.values).toEqual([double(0.5), double(0.7)]);
         const { readTime, asOf } = read.metadata!;
         expect(readTime!.getTime() - asOf!.getTime()).toBeLessThan(1_000);
       }, 2_000);
@@ -311,8 +336,8 @@ describe('a FeatureStore replica cut off from storage for longer than the change
   }, 30_000);
 });
 
-describe('a FeatureStore write in flight while its view is loaded again', () => {
-  it('is served from the table loaded, which may have been read before it was stored', async () => {
+describe('a FeatureStore write in flight while a feature is added to its view', () => {
+  it('is served, though the records were read again from storage before it was stored', async () => {
     const release: { write?: () => void } = {};
     let blockNextWrite = false;
     const harness = await startHarness({
@@ -351,7 +376,7 @@ describe('a FeatureStore write in flight while its view is loaded again', () => 
         await Promise.resolve();
         expect(release.write).toBeDefined();
       }, 1_000);
-      // A feature added: the view's table is loaded again from storage, without the row yet.
+      // A feature added: the view's records are read from storage again, without the row yet.
       const features = [
         ...userStatsView().features,
         {

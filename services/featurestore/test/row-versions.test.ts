@@ -1,6 +1,6 @@
 /**
  * What storage compares to keep the newer of two records of one key (`upsertIfNewer`, strings by
- * their bytes): the event time first, then the write's change-log sequence; and versions written
+ * their bytes): the event time first, then the write's order; and versions written
  * by earlier builds, which held the wall-clock write time, lose to any of this build at an equal
  * event time.
  */
@@ -11,7 +11,7 @@ const t = 1_733_000_000_000;
 const legacy = (eventTime: number, writtenAt: number) =>
   `${String(eventTime).padStart(15, '0')}:${String(writtenAt).padStart(15, '0')}`;
 
-it('orders by event time, then by sequence, as strings', () => {
+it('orders by event time, then by write order, as strings', () => {
   const ordered = [
     rowVersion(t - 1, 999_999),
     rowVersion(t, 1),
@@ -30,7 +30,7 @@ it('puts every version of an earlier build first at an equal event time, and onl
   expect(rowVersion(t, 1) > legacy(t - 1, 9_999_999_999_999)).toBe(true);
 });
 
-it('reads the sequence back, and 0 from an earlier build', () => {
+it('reads the write order back, and 0 from an earlier build', () => {
   expect(orderOfVersion(rowVersion(t, 42))).toBe(42);
   expect(orderOfVersion(rowVersion(t, 123_456_789_012))).toBe(123_456_789_012);
   expect(orderOfVersion(legacy(t, t + 5))).toBe(0);

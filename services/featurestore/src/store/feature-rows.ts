@@ -24,9 +24,9 @@ export interface FeatureRowDocument {
   /** The record's event time, ms since the Unix epoch. */
   readonly eventTime: number;
   /**
-   * What `upsertIfNewer` compares: the event time, then the write's place in the change log, as
-   * fixed-width digits (see {@link rowVersion}), so an older event never replaces a newer one and
-   * an equal event time written later does.
+   * What `upsertIfNewer` compares: the event time, then the write's order, as fixed-width digits
+   * (see {@link rowVersion}), so an older event never replaces a newer one and an equal event
+   * time written later does.
    */
   readonly version: string;
   /** Feature name → value; an absent feature is null. */
@@ -49,6 +49,8 @@ interface ChangeLogDocument {
   /** The replica that wrote the rows (it already holds them). */
   readonly origin: string;
   readonly rows: readonly ChangedRow[];
+  /** The write's order (see {@link rowVersion}); absent from entries of earlier builds. */
+  readonly order?: number;
   readonly expiresAt: Date;
 }
 
@@ -63,6 +65,8 @@ export interface ChangeLogEntry {
   readonly view: string;
   readonly origin: string;
   readonly rows: readonly ChangedRow[];
+  /** The write's order (see {@link rowVersion}); 0 for an entry of an earlier build. */
+  readonly order: number;
 }
 
 const SEQUENCE_DIGITS = 15;
@@ -132,19 +136,19 @@ export function rowId(view: string, entityKey: string): string {
 }
 
 /**
- * The `version` of a record: its event time, then the change-log sequence number of the entry
- * that carries it, both fixed width. The sequence is taken from storage before the write, so of
- * two writes with the same event time the one that took it later wins, whichever lands first and
- * whatever the writers' clocks say; replicas order rows synced from the log alike (see
- * {@link orderOfVersion}). Versions of earlier builds held the wall-clock write time (15 digits):
- * the `1` before the sequence makes every version of this build later than those at equal event
- * time.
+ * The `version` of a record: its event time, then its write's order, both fixed width. The order
+ * is a number storage hands out before the write (see {@link FeatureRowRepository.takeWriteOrder}),
+ * so of two writes with the same event time the one that took it later wins, whichever lands
+ * first and whatever the writers' clocks say; replicas order the rows they sync alike (the change
+ * log carries it). Versions of earlier builds held the wall-clock write time (15 digits): the `1`
+ * before the order makes every version of this build later than those at an equal event time,
+ * and entries of earlier builds are applied with order 0 to match.
  */
-export function rowVersion(eventTime: number, sequence: number): string {
-  return `${String(eventTime).padStart(SEQUENCE_DIGITS, '0')}:1${sequenceId(sequence)}`;
+export function rowVersion(eventTime: number, order: number): string {
+  return `${String(eventTime).padStart(SEQUENCE_DIGITS, '0')}:1${sequenceId(order)}`;
 }
 
-/** The change-log sequence in a record's version; 0 for a version of an earlier build. */
+/** The write order in a record's version; 0 for a version of an earlier build. */
 export function orderOfVersion(version: string): number {
   const order = version.slice(version.indexOf(':') + 1);
   return order.length === SEQUENCE_DIGITS + 1 && order.startsWith('1') ? Number(order.slice(1)) : 0;
@@ -225,25 +229,25 @@ export class FeatureRowRepository {
   }
 
   /**
-   * Takes `count` change-log sequence numbers, before the rows they order are written (see
-   * {@link rowVersion}); returns the first. Each must then get its entry ({@link appendChanges}),
-   * or replicas wait a while at the gap.
+   * A write's order, taken before its rows are written (see {@link rowVersion}). Its own counter,
+   * not the change log's: an entry's sequence is taken after its rows are stored, so that entries
+   * up to a sequence are in storage by then (see `loadedAfter` in online-views.ts).
    */
-  async takeSequences(count: number): Promise<number> {
-    const counter = await this.sequences.increment('feature_changes', { next: count });
-    return counter.doc.next - count + 1;
+  async takeWriteOrder(): Promise<number> {
+    return (await this.sequences.increment('feature_writes', { next: 1 })).doc.next;
   }
 
-  /**
-   * Writes the change-log entries of sequence numbers taken with {@link takeSequences}, from
-   * `first` on, one per element of `entries` (the rows stored of each; an entry may be empty).
-   */
+  /** Appends rows a replica stored, written with `order`, to the change log. */
   async appendChanges(
     view: string,
     origin: string,
-    first: number,
-    entries: readonly (readonly ChangedRow[])[],
+    rows: readonly ChangedRow[],
+    order: number,
   ): Promise<void> {
+    if (rows.length === 0) return;
+    const entries = logEntriesOf(rows);
+    const counter = await this.sequences.increment('feature_changes', { next: entries.length });
+    const first = counter.doc.next - entries.length + 1;
     const expiresAt = new Date(Date.now() + this.retentionMs);
     for (const [i, entryRows] of entries.entries()) {
       await this.changes.insert({
@@ -251,6 +255,7 @@ export class FeatureRowRepository {
         view,
         origin,
         rows: entryRows,
+        order,
         expiresAt,
       });
     }
@@ -267,7 +272,13 @@ export class FeatureRowRepository {
     while (afterId !== undefined) {
       const page = await this.changes.list({ afterId, limit: 200 });
       for (const { doc } of page.items) {
-        yield { sequence: Number(doc.id), view: doc.view, origin: doc.origin, rows: doc.rows };
+        yield {
+          sequence: Number(doc.id),
+          view: doc.view,
+          origin: doc.origin,
+          rows: doc.rows,
+          order: doc.order ?? 0,
+        };
       }
       afterId = page.nextAfterId;
     }

@@ -3634,8 +3634,8 @@ export const FeatureStoreServiceService = {
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless: of two writes with the same event time, on any replicas, the one that reached
-   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * harmless: of two writes with the same event time, on any replicas, the one that took its
+   * place in storage's order of writes later (as it began storing) is kept everywhere. Stored rows are visible to reads on every
    * replica within one second. Event times are kept to the millisecond: two differing by less
    * are equal.
    *
@@ -3646,6 +3646,8 @@ export const FeatureStoreServiceService = {
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
+   * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
+   * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
    * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
    * the request exceeds the message-size limit.
@@ -3769,8 +3771,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless: of two writes with the same event time, on any replicas, the one that reached
-   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * harmless: of two writes with the same event time, on any replicas, the one that took its
+   * place in storage's order of writes later (as it began storing) is kept everywhere. Stored rows are visible to reads on every
    * replica within one second. Event times are kept to the millisecond: two differing by less
    * are equal.
    *
@@ -3781,6 +3783,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
+   * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
+   * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
    * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
    * the request exceeds the message-size limit.
@@ -4011,8 +4015,8 @@ export interface FeatureStoreServiceClient extends Client {
    * the whole batch, with a field violation for every problem in every row. A row whose event time
    * is older than the stored record's loses (it is skipped and counted), so late data never
    * overwrites fresh data; an equal event time overwrites, which makes writing a row twice
-   * harmless: of two writes with the same event time, on any replicas, the one that reached
-   * storage's change log later is kept everywhere. Stored rows are visible to reads on every
+   * harmless: of two writes with the same event time, on any replicas, the one that took its
+   * place in storage's order of writes later (as it began storing) is kept everywhere. Stored rows are visible to reads on every
    * replica within one second. Event times are kept to the millisecond: two differing by less
    * are equal.
    *
@@ -4023,6 +4027,8 @@ export interface FeatureStoreServiceClient extends Client {
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
+   * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
+   * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
    * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
    * the request exceeds the message-size limit.

@@ -1,0 +1,303 @@
+/**
+ * Replicas that load a view's table from storage while rows are being written, here or on
+ * another replica, serve every row once stored: a replica starting, a view gaining a feature, a
+ * local write ending while its table is loaded, a write slower than the change log's gap wait.
+ * And a feature added to a big view does not hold up writes to others while it is filled in.
+ * Storage is slowed at exact points (a write held, a scan that waits after reading).
+ */
+import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
+import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
+import {
+  eventually,
+  sharing,
+  startHarness,
+  type RunningHarness,
+} from './support/feature-store-harness';
+import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
+
+interface Gates {
+  blockNextWrite: boolean;
+  releaseWrite?: () => void;
+  /** The next scan of feature_rows reads its snapshot, then waits for `releaseScan`. */
+  gateNextScan: boolean;
+  releaseScan?: () => void;
+}
+
+function gated(store: DocumentStore, gates: Gates): DocumentStore {
+  return {
+    ...store,
+    collection: async <T extends { readonly id: string }>(
+      spec: Parameters<DocumentStore['collection']>[0],
+    ): Promise<Collection<T>> => {
+      const collection = await store.collection<T>(spec);
+      if (spec.name !== 'feature_rows') return collection;
+      const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
+        if (gates.blockNextWrite) {
+          gates.blockNextWrite = false;
+          await new Promise<void>((resolve) => (gates.releaseWrite = resolve));
+        }
+        return collection.upsertIfNewer(docs, field);
+      };
+      const scan = ((where: Parameters<Collection<T>['scan']>[0]) => {
+        if (!gates.gateNextScan) return collection.scan(where);
+        gates.gateNextScan = false;
+        return (async function* () {
+          const snapshot = [];
+          for await (const item of collection.scan(where)) snapshot.push(item);
+          await new Promise<void>((resolve) => (gates.releaseScan = resolve));
+          yield* snapshot;
+        })();
+      }) as Collection<T>['scan'];
+      return new Proxy(collection, {
+        get: (target, property) =>
+          property === 'upsertIfNewer'
+            ? upsertIfNewer
+            : property === 'scan'
+              ? scan
+              : (Reflect.get(target, property) as unknown),
+      });
+    },
+  };
+}
+
+async function ctrOf(replica: RunningHarness, user: string): Promise<unknown> {
+  const read = await replica.client.getOnlineFeatures({
+    features: ['user_stats:ctr'],
+    entityRows: users(user),
+    omitEventTimes: true,
+  });
+  return read.columns[0]?.values[0];
+}
+
+const ctr7d = {
+  name: 'ctr_7d',
+  valueType: ValueType.VALUE_TYPE_DOUBLE,
+  description: '',
+  vectorLength: 0,
+};
+
+it('a replica started while another replica writes serves the row once stored', async () => {
+  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => gated(store, gates),
+  });
+  let second: RunningHarness | undefined;
+  try {
+    await applyUserStats(first.client);
+    gates.blockNextWrite = true;
+    // Its sequence is taken; the row is not stored yet.
+    const writing = first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseWrite).toBeDefined();
+    }, 2_000);
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+    });
+    gates.releaseWrite!();
+    expect((await writing).rowsWritten).toBe(1);
+    expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
+    await eventually(async () => {
+      expect(await ctrOf(second!, 'u1')).toEqual(double(0.5));
+    }, 3_000);
+  } finally {
+    await second?.stop();
+    await first.stop();
+  }
+});
+
+it('a replica loading a view again (feature added) while another writes serves the row', async () => {
+  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => gated(store, gates),
+  });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  try {
+    await applyUserStats(first.client);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    gates.blockNextWrite = true;
+    const writing = first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseWrite).toBeDefined();
+    }, 2_000);
+    // The second replica adds a feature: it loads the view again (after the sequence was taken).
+    await second.client.applyFeatureView({
+      featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(
+      () =>
+        second.client.getOnlineFeatures({
+          features: ['user_stats:ctr_7d'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        }),
+      2_000,
+    );
+    gates.releaseWrite!();
+    expect((await writing).rowsWritten).toBe(1);
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
+    }, 3_000);
+  } finally {
+    await second.stop();
+    await first.stop();
+  }
+});
+
+it('a local write that completes while its view is being loaded again is served', async () => {
+  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const harness = await startHarness({ wrapStore: (store) => gated(store, gates) });
+  try {
+    await applyUserStats(harness.client);
+    gates.blockNextWrite = true;
+    const writing = harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseWrite).toBeDefined();
+    }, 2_000);
+    // A feature added: the table is loaded again; its scan has read storage (without the row).
+    gates.gateNextScan = true;
+    const applying = harness.client.applyFeatureView({
+      featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseScan).toBeDefined();
+    }, 2_000);
+    // The write ends while the load is still running: the new table is not served yet.
+    gates.releaseWrite!();
+    expect((await writing).rowsWritten).toBe(1);
+    gates.releaseScan!();
+    await applying;
+    await eventually(
+      () =>
+        harness.client.getOnlineFeatures({
+          features: ['user_stats:ctr_7d'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        }),
+      2_000,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(await ctrOf(harness, 'u1')).toEqual(double(0.5));
+  } finally {
+    await harness.stop();
+  }
+});
+
+it('a write slower than the change-log gap wait is still synced by other replicas', async () => {
+  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => gated(store, gates),
+  });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  try {
+    await applyUserStats(first.client);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    gates.blockNextWrite = true;
+    // A slow write (a primary election, a 10,000-row batch): its sequence is taken first.
+    const writing = first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseWrite).toBeDefined();
+    }, 2_000);
+    // Another write, after it, goes through at once.
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u2')).toEqual(double(0.25));
+    }, 2_000);
+    // The client's 5 s deadline passes; the server goes on with the write.
+    const outcome = writing.catch((error: unknown) => error);
+    await new Promise((resolve) => setTimeout(resolve, 6_500));
+    gates.releaseWrite!();
+    await outcome;
+    // Stored, and served by the replica that wrote it.
+    await eventually(async () => {
+      expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
+    }, 2_000);
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
+    }, 3_000);
+  } finally {
+    await second.stop();
+    await first.stop();
+  }
+}, 30_000);
+
+it('a write to another view does not wait for a feature added to a big view to load', async () => {
+  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const harness = await startHarness({ wrapStore: (store) => gated(store, gates) });
+  try {
+    await applyUserStats(harness.client);
+    await harness.client.applyFeatureView({
+      featureView: userStatsView({ name: 'other_stats' }),
+      requestId: '',
+      validateOnly: false,
+    });
+    // A feature added to user_stats: its table is loaded again (a big one takes a while).
+    gates.gateNextScan = true;
+    const applying = harness.client
+      .applyFeatureView({
+        featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
+        requestId: '',
+        validateOnly: false,
+      })
+      .catch((error: unknown) => error);
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.releaseScan).toBeDefined();
+    }, 2_000);
+    const started = Date.now();
+    const write = harness.client
+      .writeFeatures({
+        featureView: 'other_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      })
+      .then(
+        () => Date.now() - started,
+        (error: unknown) => error,
+      );
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    gates.releaseScan!();
+    await applying;
+    expect(await write).toBeLessThan(1_000);
+  } finally {
+    await harness.stop();
+  }
+});
