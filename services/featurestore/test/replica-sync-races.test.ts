@@ -6,59 +6,14 @@
  * Storage is slowed at exact points (a write held, a scan that waits after reading).
  */
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
-import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import {
   eventually,
   sharing,
   startHarness,
   type RunningHarness,
 } from './support/feature-store-harness';
+import { gatedStore, storageGates, untilHeld } from './support/gated-store';
 import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
-
-interface Gates {
-  blockNextWrite: boolean;
-  releaseWrite?: () => void;
-  /** The next scan of feature_rows reads its snapshot, then waits for `releaseScan`. */
-  gateNextScan: boolean;
-  releaseScan?: () => void;
-}
-
-function gated(store: DocumentStore, gates: Gates): DocumentStore {
-  return {
-    ...store,
-    collection: async <T extends { readonly id: string }>(
-      spec: Parameters<DocumentStore['collection']>[0],
-    ): Promise<Collection<T>> => {
-      const collection = await store.collection<T>(spec);
-      if (spec.name !== 'feature_rows') return collection;
-      const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
-        if (gates.blockNextWrite) {
-          gates.blockNextWrite = false;
-          await new Promise<void>((resolve) => (gates.releaseWrite = resolve));
-        }
-        return collection.upsertIfNewer(docs, field);
-      };
-      const scan = ((where: Parameters<Collection<T>['scan']>[0]) => {
-        if (!gates.gateNextScan) return collection.scan(where);
-        gates.gateNextScan = false;
-        return (async function* () {
-          const snapshot = [];
-          for await (const item of collection.scan(where)) snapshot.push(item);
-          await new Promise<void>((resolve) => (gates.releaseScan = resolve));
-          yield* snapshot;
-        })();
-      }) as Collection<T>['scan'];
-      return new Proxy(collection, {
-        get: (target, property) =>
-          property === 'upsertIfNewer'
-            ? upsertIfNewer
-            : property === 'scan'
-              ? scan
-              : (Reflect.get(target, property) as unknown),
-      });
-    },
-  };
-}
 
 async function ctrOf(replica: RunningHarness, user: string): Promise<unknown> {
   const read = await replica.client.getOnlineFeatures({
@@ -77,25 +32,22 @@ const ctr7d = {
 };
 
 it('a replica started while another replica writes serves the row once stored', async () => {
-  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const gates = storageGates();
   const first = await startHarness({
     replicaId: 'replica-a',
-    wrapStore: (store) => gated(store, gates),
+    wrapStore: (store) => gatedStore(store, gates),
   });
   let second: RunningHarness | undefined;
   try {
     await applyUserStats(first.client);
-    gates.blockNextWrite = true;
-    // Its sequence is taken; the row is not stored yet.
+    gates.holdNextWrite = true;
+    // Its order is taken; the row is not stored yet.
     const writing = first.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
       requestId: '',
     });
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseWrite).toBeDefined();
-    }, 2_000);
+    await untilHeld(gates, 'write');
     second = await startHarness({
       replicaId: 'replica-b',
       wrapStore: sharing(first.runtime.store),
@@ -113,10 +65,10 @@ it('a replica started while another replica writes serves the row once stored', 
 });
 
 it('a replica loading a view again (feature added) while another writes serves the row', async () => {
-  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const gates = storageGates();
   const first = await startHarness({
     replicaId: 'replica-a',
-    wrapStore: (store) => gated(store, gates),
+    wrapStore: (store) => gatedStore(store, gates),
   });
   const second = await startHarness({
     replicaId: 'replica-b',
@@ -125,17 +77,14 @@ it('a replica loading a view again (feature added) while another writes serves t
   try {
     await applyUserStats(first.client);
     await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
-    gates.blockNextWrite = true;
+    gates.holdNextWrite = true;
     const writing = first.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
       requestId: '',
     });
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseWrite).toBeDefined();
-    }, 2_000);
-    // The second replica adds a feature: it loads the view again (after the sequence was taken).
+    await untilHeld(gates, 'write');
+    // The second replica adds a feature, which it fills in from storage.
     await second.client.applyFeatureView({
       featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
       requestId: '',
@@ -161,32 +110,26 @@ it('a replica loading a view again (feature added) while another writes serves t
   }
 });
 
-it('a local write that completes while its view is being loaded again is served', async () => {
-  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
-  const harness = await startHarness({ wrapStore: (store) => gated(store, gates) });
+it('a local write that completes while its view is read again from storage is served', async () => {
+  const gates = storageGates();
+  const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
   try {
     await applyUserStats(harness.client);
-    gates.blockNextWrite = true;
+    gates.holdNextWrite = true;
     const writing = harness.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
       requestId: '',
     });
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseWrite).toBeDefined();
-    }, 2_000);
-    // A feature added: the table is loaded again; its scan has read storage (without the row).
-    gates.gateNextScan = true;
+    await untilHeld(gates, 'write');
+    // A feature added: its records are read again; the scan has read storage (without the row).
+    gates.holdNextScan = true;
     const applying = harness.client.applyFeatureView({
       featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
       requestId: '',
       validateOnly: false,
     });
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseScan).toBeDefined();
-    }, 2_000);
+    await untilHeld(gates, 'scan');
     // The write ends while the load is still running: the new table is not served yet.
     gates.releaseWrite!();
     expect((await writing).rowsWritten).toBe(1);
@@ -209,10 +152,10 @@ it('a local write that completes while its view is being loaded again is served'
 });
 
 it('a write slower than the change-log gap wait is still synced by other replicas', async () => {
-  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
+  const gates = storageGates();
   const first = await startHarness({
     replicaId: 'replica-a',
-    wrapStore: (store) => gated(store, gates),
+    wrapStore: (store) => gatedStore(store, gates),
   });
   const second = await startHarness({
     replicaId: 'replica-b',
@@ -221,17 +164,14 @@ it('a write slower than the change-log gap wait is still synced by other replica
   try {
     await applyUserStats(first.client);
     await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
-    gates.blockNextWrite = true;
-    // A slow write (a primary election, a 10,000-row batch): its sequence is taken first.
+    gates.holdNextWrite = true;
+    // A slow write (a primary election, a 10,000-row batch), its order taken first.
     const writing = first.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
       requestId: '',
     });
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseWrite).toBeDefined();
-    }, 2_000);
+    await untilHeld(gates, 'write');
     // Another write, after it, goes through at once.
     await first.client.writeFeatures({
       featureView: 'user_stats',
@@ -260,8 +200,8 @@ it('a write slower than the change-log gap wait is still synced by other replica
 }, 30_000);
 
 it('a write to another view does not wait for a feature added to a big view to load', async () => {
-  const gates: Gates = { blockNextWrite: false, gateNextScan: false };
-  const harness = await startHarness({ wrapStore: (store) => gated(store, gates) });
+  const gates = storageGates();
+  const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
   try {
     await applyUserStats(harness.client);
     await harness.client.applyFeatureView({
@@ -269,8 +209,8 @@ it('a write to another view does not wait for a feature added to a big view to l
       requestId: '',
       validateOnly: false,
     });
-    // A feature added to user_stats: its table is loaded again (a big one takes a while).
-    gates.gateNextScan = true;
+    // A feature added to user_stats: its records are read again (a big view takes a while).
+    gates.holdNextScan = true;
     const applying = harness.client
       .applyFeatureView({
         featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
@@ -278,10 +218,7 @@ it('a write to another view does not wait for a feature added to a big view to l
         validateOnly: false,
       })
       .catch((error: unknown) => error);
-    await eventually(async () => {
-      await Promise.resolve();
-      expect(gates.releaseScan).toBeDefined();
-    }, 2_000);
+    await untilHeld(gates, 'scan');
     const started = Date.now();
     const write = harness.client
       .writeFeatures({

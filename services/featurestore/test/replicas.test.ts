@@ -6,8 +6,6 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { failureOf } from './feature-store-api';
-import { UnavailableError } from '../../platform/src/errors';
-import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import {
   eventually,
   sharing,
@@ -15,6 +13,7 @@ import {
   startReplicaPair,
   type RunningHarness,
 } from './support/feature-store-harness';
+import { gatedStore, storageGates, untilHeld } from './support/gated-store';
 import {
   applyUserStats,
   double,
@@ -197,39 +196,15 @@ describe('FeatureStore replicas writing one event time', () => {
 });
 
 describe('a FeatureStore replica whose load of a view fails once', () => {
-  /** The store, with the next scan of stored rows failing when `failNextScan` is set. */
-  function failingOnce(store: DocumentStore): { store: DocumentStore; failNextScan: boolean } {
-    const control = { store, failNextScan: false };
-    control.store = {
-      ...store,
-      collection: async <T extends { readonly id: string }>(
-        spec: Parameters<DocumentStore['collection']>[0],
-      ): Promise<Collection<T>> => {
-        const collection = await store.collection<T>(spec);
-        if (spec.name !== 'feature_rows') return collection;
-        const scan: Collection<T>['scan'] = (where) => {
-          if (control.failNextScan) {
-            control.failNextScan = false;
-            throw new UnavailableError('storage is unreachable (a blip)');
-          }
-          return collection.scan(where);
-        };
-        return new Proxy(collection, {
-          get: (target, property) =>
-            property === 'scan' ? scan : (Reflect.get(target, property) as unknown),
-        });
-      },
-      close: () => Promise.resolve(),
-    };
-    return control;
-  }
-
   it('loads it again once storage answers, rather than leave it unserved', async () => {
     const first = await startHarness({ replicaId: 'replica-a' });
-    const storage = failingOnce(sharing(first.runtime.store)());
-    const second = await startHarness({ replicaId: 'replica-b', wrapStore: () => storage.store });
+    const gates = storageGates();
+    const second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+    });
     try {
-      storage.failNextScan = true;
+      gates.failNextScan = true;
       await applyUserStats(first.client);
       await first.client.writeFeatures({
         featureView: 'user_stats',
@@ -237,7 +212,7 @@ describe('a FeatureStore replica whose load of a view fails once', () => {
         requestId: '',
       });
       await eventually(async () => {
-        expect(storage.failNextScan).toBe(false);
+        expect(gates.failNextScan).toBe(false);
         const read = await second.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
           entityRows: users('u1'),
@@ -256,48 +231,17 @@ describe('a FeatureStore replica cut off from storage for longer than the change
   it('loads its push-sourced views again once storage answers, with what was written meanwhile', async () => {
     // The shortest retention allowed (10 s) keeps the test short; the default is one hour.
     const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
-    const cut = { off: false };
-    /** The next scan of stored rows reads them all, then waits for `release` (a slow load). */
-    const slowScan: { armed: boolean; release?: () => void } = { armed: false };
+    const gates = storageGates();
     const first = await startHarness({ replicaId: 'replica-a', env });
-    const shared = sharing(first.runtime.store)();
     const second = await startHarness({
       replicaId: 'replica-b',
       env,
-      wrapStore: () => ({
-        ...shared,
-        collection: async <T extends { readonly id: string }>(
-          spec: Parameters<DocumentStore['collection']>[0],
-        ): Promise<Collection<T>> => {
-          const collection = await shared.collection<T>(spec);
-          const slowly = (where?: Parameters<Collection<T>['scan']>[0]) =>
-            (async function* () {
-              const read = [];
-              for await (const item of collection.scan(where)) read.push(item);
-              await new Promise<void>((resolve) => (slowScan.release = resolve));
-              yield* read;
-            })();
-          return new Proxy(collection, {
-            get: (target, property) => {
-              if (spec.name === 'feature_rows' && property === 'scan' && slowScan.armed) {
-                slowScan.armed = false;
-                return slowly;
-              }
-              const value = Reflect.get(target, property) as unknown;
-              if (typeof value !== 'function') return value;
-              return (...args: unknown[]): unknown => {
-                if (cut.off) throw new UnavailableError('storage is unreachable (a partition)');
-                return (value as (...a: unknown[]) => unknown).apply(target, args);
-              };
-            },
-          });
-        },
-      }),
+      wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
     });
     try {
       await applyUserStats(first.client);
       await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
-      cut.off = true;
+      gates.cutOff = true;
       await first.client.writeFeatures({
         featureView: 'user_stats',
         rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
@@ -305,19 +249,16 @@ describe('a FeatureStore replica cut off from storage for longer than the change
       });
       // Past the retention: the entry of that write is gone from the change log.
       await new Promise((resolve) => setTimeout(resolve, 11_000));
-      slowScan.armed = true;
-      cut.off = false;
+      gates.holdNextScan = true;
+      gates.cutOff = false;
       // While the view is loaded again, past its scan, a write on this replica itself.
-      await eventually(async () => {
-        await Promise.resolve();
-        expect(slowScan.release).toBeDefined();
-      }, 2_000);
+      await untilHeld(gates, 'scan');
       await second.client.writeFeatures({
         featureView: 'user_stats',
         rows: [userRow('u2', new Date(), { ctr: double(0.7) })],
         requestId: '',
       });
-      slowScan.release!();
+      gates.releaseScan!();
       await eventually(async () => {
         const read = await second.client.getOnlineFeatures({
           features: ['user_stats:ctr'],
@@ -329,87 +270,9 @@ describe('a FeatureStore replica cut off from storage for longer than the change
         expect(readTime!.getTime() - asOf!.getTime()).toBeLessThan(1_000);
       }, 2_000);
     } finally {
-      cut.off = false;
+      gates.cutOff = false;
       await second.stop();
       await first.stop();
     }
   }, 30_000);
-});
-
-describe('a FeatureStore write in flight while a feature is added to its view', () => {
-  it('is served, though the records were read again from storage before it was stored', async () => {
-    const release: { write?: () => void } = {};
-    let blockNextWrite = false;
-    const harness = await startHarness({
-      wrapStore: (store) => ({
-        ...store,
-        collection: async <T extends { readonly id: string }>(
-          spec: Parameters<DocumentStore['collection']>[0],
-        ): Promise<Collection<T>> => {
-          const collection = await store.collection<T>(spec);
-          if (spec.name !== 'feature_rows') return collection;
-          const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
-            if (blockNextWrite) {
-              blockNextWrite = false;
-              await new Promise<void>((resolve) => (release.write = resolve));
-            }
-            return collection.upsertIfNewer(docs, field);
-          };
-          return new Proxy(collection, {
-            get: (target, property) =>
-              property === 'upsertIfNewer'
-                ? upsertIfNewer
-                : (Reflect.get(target, property) as unknown),
-          });
-        },
-      }),
-    });
-    try {
-      await applyUserStats(harness.client);
-      blockNextWrite = true;
-      const writing = harness.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-        requestId: '',
-      });
-      await eventually(async () => {
-        await Promise.resolve();
-        expect(release.write).toBeDefined();
-      }, 1_000);
-      // A feature added: the view's records are read from storage again, without the row yet.
-      const features = [
-        ...userStatsView().features,
-        {
-          name: 'ctr_7d',
-          valueType: ValueType.VALUE_TYPE_DOUBLE,
-          description: '',
-          vectorLength: 0,
-        },
-      ];
-      await harness.client.applyFeatureView({
-        featureView: userStatsView({ features }),
-        requestId: '',
-        validateOnly: false,
-      });
-      await eventually(
-        () =>
-          harness.client.getOnlineFeatures({
-            features: ['user_stats:ctr_7d'],
-            entityRows: users('u1'),
-            omitEventTimes: true,
-          }),
-        1_000,
-      );
-      release.write!();
-      expect((await writing).rowsWritten).toBe(1);
-      const read = await harness.client.getOnlineFeatures({
-        features: ['user_stats:ctr'],
-        entityRows: users('u1'),
-        omitEventTimes: true,
-      });
-      expect(read.columns[0]?.values).toEqual([double(0.5)]);
-    } finally {
-      await harness.stop();
-    }
-  });
 });
