@@ -12,7 +12,7 @@ import {
   startHarness,
   type RunningHarness,
 } from './support/feature-store-harness';
-import { gatedStore, storageGates, untilHeld } from './support/gated-store';
+import { gatedStore, storageGates, untilHeld, type StorageGates } from './support/gated-store';
 import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
 
 async function ctrOf(replica: RunningHarness, user: string): Promise<unknown> {
@@ -31,6 +31,45 @@ const ctr7d = {
   vectorLength: 0,
 };
 
+/**
+ * Starts writing u1's ctr = 0.5 through `replica` and waits until the row's write is held; the
+ * call's answer is `writing` (in an object: a promise returned would be awaited with this one).
+ */
+async function heldWrite(gates: StorageGates, replica: RunningHarness) {
+  gates.holdNextWrite = true;
+  const writing = replica.client.writeFeatures({
+    featureView: 'user_stats',
+    rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+    requestId: '',
+  });
+  await untilHeld(gates, 'write');
+  return { writing };
+}
+
+/** Two replicas sharing storage, the first's gated, both serving user_stats. */
+async function gatedPair() {
+  const gates = storageGates();
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => gatedStore(store, gates),
+  });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  await applyUserStats(first.client);
+  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+  return {
+    gates,
+    first,
+    second,
+    stop: async () => {
+      await second.stop();
+      await first.stop();
+    },
+  };
+}
+
 it('a replica started while another replica writes serves the row once stored', async () => {
   const gates = storageGates();
   const first = await startHarness({
@@ -40,14 +79,8 @@ it('a replica started while another replica writes serves the row once stored', 
   let second: RunningHarness | undefined;
   try {
     await applyUserStats(first.client);
-    gates.holdNextWrite = true;
     // Its order is taken; the row is not stored yet.
-    const writing = first.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-      requestId: '',
-    });
-    await untilHeld(gates, 'write');
+    const { writing } = await heldWrite(gates, first);
     second = await startHarness({
       replicaId: 'replica-b',
       wrapStore: sharing(first.runtime.store),
@@ -65,25 +98,9 @@ it('a replica started while another replica writes serves the row once stored', 
 });
 
 it('a replica loading a view again (feature added) while another writes serves the row', async () => {
-  const gates = storageGates();
-  const first = await startHarness({
-    replicaId: 'replica-a',
-    wrapStore: (store) => gatedStore(store, gates),
-  });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    wrapStore: sharing(first.runtime.store),
-  });
+  const { gates, first, second, stop } = await gatedPair();
   try {
-    await applyUserStats(first.client);
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
-    gates.holdNextWrite = true;
-    const writing = first.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-      requestId: '',
-    });
-    await untilHeld(gates, 'write');
+    const { writing } = await heldWrite(gates, first);
     // The second replica adds a feature, which it fills in from storage.
     await second.client.applyFeatureView({
       featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
@@ -105,8 +122,7 @@ it('a replica loading a view again (feature added) while another writes serves t
       expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
     }, 3_000);
   } finally {
-    await second.stop();
-    await first.stop();
+    await stop();
   }
 });
 
@@ -115,13 +131,7 @@ it('a local write that completes while its view is read again from storage is se
   const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
   try {
     await applyUserStats(harness.client);
-    gates.holdNextWrite = true;
-    const writing = harness.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-      requestId: '',
-    });
-    await untilHeld(gates, 'write');
+    const { writing } = await heldWrite(gates, harness);
     // A feature added: its records are read again; the scan has read storage (without the row).
     gates.holdNextScan = true;
     const applying = harness.client.applyFeatureView({
@@ -152,26 +162,10 @@ it('a local write that completes while its view is read again from storage is se
 });
 
 it('a write slower than the change-log gap wait is still synced by other replicas', async () => {
-  const gates = storageGates();
-  const first = await startHarness({
-    replicaId: 'replica-a',
-    wrapStore: (store) => gatedStore(store, gates),
-  });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    wrapStore: sharing(first.runtime.store),
-  });
+  const { gates, first, second, stop } = await gatedPair();
   try {
-    await applyUserStats(first.client);
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
-    gates.holdNextWrite = true;
     // A slow write (a primary election, a 10,000-row batch), its order taken first.
-    const writing = first.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-      requestId: '',
-    });
-    await untilHeld(gates, 'write');
+    const { writing } = await heldWrite(gates, first);
     // Another write, after it, goes through at once.
     await first.client.writeFeatures({
       featureView: 'user_stats',
@@ -194,8 +188,7 @@ it('a write slower than the change-log gap wait is still synced by other replica
       expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
     }, 3_000);
   } finally {
-    await second.stop();
-    await first.stop();
+    await stop();
   }
 }, 30_000);
 
