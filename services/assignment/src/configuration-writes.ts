@@ -100,9 +100,26 @@ export class ConfigurationWrites extends SerialWrites {
     mutation: () => Promise<T>,
   ): Promise<T> {
     const requestType: RequestType<WriteRequests[M]> = REQUEST_TYPES[method];
-    return this.exclusively(() => this.results.once(method, request, codec, mutation, requestType));
+    return this.exclusively(async () => {
+      const state = { started: false };
+      const run = () => {
+        state.started = true;
+        return mutation();
+      };
+      try {
+        return await this.results.once(method, request, codec, run, requestType);
+      } catch (error) {
+        // Before the write began (the request_id's stored answer, its fingerprint): nothing of
+        // the configuration was stored, whatever the failure.
+        if (!state.started && typeof error === 'object' && error !== null) beforeStoring.add(error);
+        throw error;
+      }
+    });
   }
 }
+
+/** Failures of writes that ended before storing anything (see `ConfigurationWrites.once`). */
+const beforeStoring = new WeakSet<object>();
 
 /**
  * Whether a configuration write may have stored a change the other replicas will not reload for:
@@ -113,6 +130,7 @@ export class ConfigurationWrites extends SerialWrites {
 export function leftUnannounced(configuration: LiveConfiguration, failure: unknown): boolean {
   if (configuration.hasUnannouncedChange()) return true;
   if (failure === undefined) return false;
+  if (typeof failure === 'object' && failure !== null && beforeStoring.has(failure)) return false;
   return !(
     failure instanceof InvalidArgumentError ||
     failure instanceof FailedPreconditionError ||

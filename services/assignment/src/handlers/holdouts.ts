@@ -65,8 +65,10 @@ const NEXT_STATUS: Readonly<Record<number, number>> = {
   [HoldoutStatus.RUNNING]: HoldoutStatus.STOPPED,
 };
 
+/** The fields `holdout` asks for; `stored`, on an update, is the holdout as it is. */
 function requestedFields(
   holdout: Holdout,
+  stored?: HoldoutDocument,
 ): Pick<HoldoutDocument, (typeof MUTABLE_PATHS)[keyof typeof MUTABLE_PATHS]> {
   return {
     description: holdout.description,
@@ -75,8 +77,9 @@ function requestedFields(
     unitType: holdout.unitType,
     fraction: holdout.fraction,
     // Stored resolved, so that a holdout keeps the seed it was created with (those created
-    // before `holdoutSeed` prefixed the id keep the bare id).
-    seed: holdoutSeed(holdout),
+    // before `holdoutSeed` prefixed the id keep the bare id); an update asking for no seed
+    // keeps it too, as it did when the default was the bare id.
+    seed: holdout.seed === '' && stored !== undefined ? stored.seed : holdoutSeed(holdout),
     hashVersion:
       holdout.hashVersion === HashVersion.HASH_VERSION_UNSPECIFIED
         ? HashVersion.HASH_VERSION_V2
@@ -193,7 +196,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         );
         if (!before) throw notFound('holdout', holdout.id);
         checkEtag('holdout', holdout.id, holdout.etag, before);
-        const requested = requestedFields(holdout);
+        const requested = requestedFields(holdout, before.doc);
         const changed: Record<string, unknown> = { ...before.doc };
         for (const path of paths) {
           const field = MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS];

@@ -1788,6 +1788,19 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }),
         );
         expect(updated.holdout?.seed).toBe('kept-seed');
+        // A declarative client applying its spec (no seed) whole keeps it as well.
+        const whole = await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('kept-seed', {
+              surfaces: ['kept-seed'],
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+              description: 'applied',
+              etag: updated.holdout?.etag ?? '',
+            }),
+            updateMask: ['*'],
+          }),
+        );
+        expect(whole.holdout?.seed).toBe('kept-seed');
         for (let i = 0; i < 10; i++) {
           const unitId = `kept-${i}`;
           const resolved = await client.resolve(

@@ -136,6 +136,11 @@ function exactText(value: unknown, out: string[], budget: { left: number }): voi
     out.push('n;');
     return;
   }
+  // A list item that is no value (a `Value` with no kind set decodes to undefined).
+  if (value === undefined) {
+    out.push('u;');
+    return;
+  }
   switch (typeof value) {
     case 'string':
       out.push(`s${value.length}:`, value);
@@ -213,14 +218,24 @@ function fingerprintOf(request: IdentifiedRequest): string | undefined {
   });
 }
 
-/** What tells two requests under one id apart (see {@link exactText}); undefined when too large. */
+/**
+ * What tells two requests under one id apart (see {@link exactText}); undefined when too large,
+ * or when the request has no JSON form (a Timestamp past what a Date holds, which the write
+ * itself refuses): the fingerprint of {@link fingerprintOf} still tells those apart.
+ */
 function exactFingerprintOf<R extends IdentifiedRequest>(
   request: R,
   type: RequestType<R>,
 ): string | undefined {
   if (clearlyTooLarge(request)) return undefined;
+  let json: unknown;
+  try {
+    json = type.toJSON(request);
+  } catch {
+    return undefined;
+  }
   return digestOf((out, budget) => {
-    exactText(type.toJSON(request), out, budget);
+    exactText(json, out, budget);
   });
 }
 

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CreateExperimentRequest } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { EchoResponse } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { InvalidArgumentError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
@@ -194,6 +195,46 @@ describe('RequestResults', () => {
     await expect(once({ ...unset, condition: {} })).rejects.toMatchObject(refused);
     await expect(once({ ...unset, condition: undefined })).rejects.toMatchObject(refused);
     expect(runs).toBe(1);
+  });
+
+  it('fingerprints any request that decodes, with or without a JSON form', async () => {
+    let runs = 0;
+    const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+    // A list item that is a Value with no kind (it decodes to undefined), and a Timestamp past
+    // what a Date holds (no JSON form): the write refuses what it must, not the fingerprint.
+    const requests = [
+      CreateExperimentRequest.decode(
+        CreateExperimentRequest.encode(
+          CreateExperimentRequest.fromPartial({
+            requestId: 'r-empty-value',
+            experiment: { id: 'e', condition: { tags: { $in: [undefined, 'a'] } } },
+          }),
+        ).finish(),
+      ),
+      CreateExperimentRequest.fromPartial({
+        requestId: 'r-far-time',
+        experiment: { id: 'e', scheduledStartTime: new Date(Number.NaN) },
+      }),
+    ];
+    for (const request of requests) {
+      const first = await results.once(
+        'CreateExperiment',
+        request,
+        EchoResponse,
+        mutation,
+        CreateExperimentRequest,
+      );
+      expect(
+        await results.once(
+          'CreateExperiment',
+          request,
+          EchoResponse,
+          mutation,
+          CreateExperimentRequest,
+        ),
+      ).toEqual(first);
+    }
+    expect(runs).toBe(2);
   });
 
   it('recognizes a retry answered by a build that did not take the request type, and the reverse', async () => {

@@ -91,8 +91,8 @@ export interface Holdout {
   /**
    * Optional. The holdout's own salt, independent of every experiment's; when empty, `holdout:`
    * followed by the holdout id (never an experiment's default seed, its id), stored and returned
-   * as the seed. Holdouts created before this default keep the holdout id as their seed.
-   * Immutable once running.
+   * as the seed. Holdouts created before this default keep the holdout id as their seed, and an
+   * update with an empty seed keeps the stored one. Immutable once running.
    */
   seed: string;
   /** Optional. The hash version; HASH_VERSION_V2 when unset. Immutable once running. */
