@@ -9,6 +9,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  UnavailableError,
 } from '../../platform/src/errors';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
@@ -198,6 +199,8 @@ export class OnlineViews {
   private stopped = false;
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
+  /** The refill of each view that is current: an older one stops at its next row. */
+  private readonly refills = new Map<string, object>();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
   private syncRun: Promise<void> = Promise.resolve();
   /**
@@ -377,43 +380,60 @@ export class OnlineViews {
   /**
    * Writes every stored record of a push view into its table again, through the table's rule: a
    * record the table holds newer is kept, the same write (equal event time and order) is written
-   * again with the features the table has now. Stops once the table is no longer served; tried
-   * again in 5 s when storage fails.
+   * again with the features the table has now. One per view at a time: a newer one (another
+   * feature added) supersedes it, since it would write the records without that feature. Stops
+   * once the table is no longer served; tried again when storage fails, after 5 s doubling to
+   * 60 s.
    */
   private refill(
     name: string,
     table: OnlineTable<FeatureValueMessage>,
     definition: FeatureViewDefinition,
+    retryMs = 5_000,
   ): void {
-    const serving = () => {
+    const mine = {};
+    this.refills.set(name, mine);
+    const current = () => {
       const served = this.served.get(name);
-      return !this.stopped && served?.kind === 'push' && served.table === table;
+      return (
+        !this.stopped &&
+        this.refills.get(name) === mine &&
+        served?.kind === 'push' &&
+        served.table === table
+      );
     };
     const run = async (): Promise<void> => {
       const types = definition.features.map((f) => [f.name, f.valueType] as const);
       let batch: OnlineRow<FeatureValueMessage>[] = [];
       for await (const row of this.parts.rows.scanView(name)) {
-        if (!serving()) return;
+        if (!current()) return;
         batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
         if (batch.length === 1_000) {
           table.write(batch, Date.now());
           batch = [];
         }
       }
-      if (serving()) table.write(batch, Date.now());
+      if (current()) table.write(batch, Date.now());
     };
-    const refilling = run().catch((error: unknown) => {
-      this.parts.logger.warn(
-        { err: error, view: name },
-        'new features not loaded; trying again in 5 s',
-      );
-      const retry = setTimeout(() => {
-        if (serving()) this.refill(name, table, definition);
-      }, 5_000);
-      retry.unref();
-    });
+    let retrying = false;
+    const refilling = run()
+      .catch((error: unknown) => {
+        if (!current()) return;
+        retrying = true;
+        this.parts.logger.warn(
+          { err: error, view: name },
+          `new features not loaded; trying again in ${retryMs / 1000} s`,
+        );
+        const retry = setTimeout(() => {
+          if (current()) this.refill(name, table, definition, Math.min(60_000, 2 * retryMs));
+        }, retryMs);
+        retry.unref();
+      })
+      .finally(() => {
+        this.refilling.delete(refilling);
+        if (!retrying && this.refills.get(name) === mine) this.refills.delete(name);
+      });
     this.refilling.add(refilling);
-    void refilling.finally(() => this.refilling.delete(refilling));
   }
 
   /**
@@ -459,6 +479,7 @@ export class OnlineViews {
     try {
       const loadedAfter = await this.parts.rows.lastSequence();
       const table = await this.loadTable(definition);
+      if (this.stopped) return;
       for (const rows of writes.rows) table.write(rows, Date.now());
       this.served.set(definition.name, { ...served, table, loadedAfter });
     } finally {
@@ -854,7 +875,12 @@ export class OnlineViews {
         { field: 'request_id', description: 'must be at most 128 characters', reason: 'TOO_LONG' },
       ]);
     }
-    await this.reconciling;
+    // Only a view not yet served as the registry has it waits for the reconcile: one queued
+    // behind a long load (of another view, or all after a long outage) would hold every write.
+    const before = this.served.get(request.featureView);
+    if (before === undefined || !sameRegistration(before.registered, registered)) {
+      await this.reconciling;
+    }
     const served = this.served.get(request.featureView);
     if (served?.kind !== 'push') throw featureViewNotFound(request.featureView);
     const definition = served.registered.definition;
@@ -921,7 +947,10 @@ export class OnlineViews {
       const reload =
         Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2;
       // A reload that failed is tried again after a wait (1 s doubling to 30 s): each is a scan.
-      if (reload && Date.now() < this.reloadRetry.at) return;
+      // Meanwhile this replica is not in sync, which the caller hears.
+      if (reload && Date.now() < this.reloadRetry.at) {
+        throw new UnavailableError('push-sourced views not loaded again yet after a failure');
+      }
       const run = reload ? this.reloadPushTables() : this.syncNow();
       this.syncRun = run.then(
         () => undefined,
@@ -1098,6 +1127,7 @@ export class OnlineViews {
   async stop(): Promise<void> {
     this.stopped = true;
     await this.reconciling;
+    await this.syncRun;
     await Promise.all(this.refilling);
     await Promise.all(
       [...this.served.values()].map((served) =>
@@ -1166,7 +1196,7 @@ export async function storeRows(
       ? [...rows]
       : [...winners.values()].sort((a, b) => a - b).map((i) => rows[i] as PreparedRow);
   if (candidates.length === 0) return [];
-  const order = await repository.takeWriteOrder();
+  const order = await repository.takeWriteOrder(definition.name);
   const documents: FeatureRowDocument[] = candidates.map((row) => ({
     id: rowId(definition.name, row.entityKey),
     view: definition.name,

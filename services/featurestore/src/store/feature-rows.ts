@@ -229,12 +229,14 @@ export class FeatureRowRepository {
   }
 
   /**
-   * A write's order, taken before its rows are written (see {@link rowVersion}). Its own counter,
-   * not the change log's: an entry's sequence is taken after its rows are stored, so that entries
-   * up to a sequence are in storage by then (see `loadedAfter` in online-views.ts).
+   * The order of a write to `view`, taken before its rows are written (see {@link rowVersion}).
+   * A counter of its own, not the change log's: an entry's sequence is taken after its rows are
+   * stored, so that entries up to a sequence are in storage by then (see `loadedAfter` in
+   * online-views.ts). One per view, since it orders writes of one record: views' writes do not
+   * contend for it.
    */
-  async takeWriteOrder(): Promise<number> {
-    return (await this.sequences.increment('feature_writes', { next: 1 })).doc.next;
+  async takeWriteOrder(view: string): Promise<number> {
+    return (await this.sequences.increment(`feature_writes/${view}`, { next: 1 })).doc.next;
   }
 
   /** Appends rows a replica stored, written with `order`, to the change log. */
