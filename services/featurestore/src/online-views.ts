@@ -176,6 +176,8 @@ function countsOf(view: string, progress: AggregationProgress): AggregationCount
 
 /** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
 const CHANGE_LOG_GAP_WAIT_MS = 5_000;
+/** How long `stop` waits for a sync or refill still reading storage. */
+const STOP_WAIT_FOR_READS_MS = 2_000;
 /** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
 const RECONCILE_RETRY_MIN_MS = 500;
 const RECONCILE_RETRY_MAX_MS = 30_000;
@@ -187,7 +189,8 @@ export class OnlineViews {
   private readonly appliedAhead = new Set<number>();
   private gapSince: number | undefined;
   private lastSyncAt = new Date(0);
-  private syncing = false;
+  /** The sync running, as its callers see it (see `syncChanges`). */
+  private syncing: Promise<void> | undefined;
   /** The rows this replica writes to a push view while its table is loaded (see `loadPushTable`). */
   private readonly writesDuringLoad = new Map<
     string,
@@ -504,6 +507,7 @@ export class OnlineViews {
     for await (const row of this.parts.rows.scanView(definition.name)) {
       batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
       if (batch.length === 1_000) {
+        if (this.stopped) throw new UnavailableError('stopping: feature view not loaded');
         table.write(batch, Date.now());
         loaded += batch.length;
         batch = [];
@@ -934,40 +938,44 @@ export class OnlineViews {
    * sync running beside it would have applied to the table it replaces. First loads again the
    * views the last reconcile could not.
    */
-  async syncChanges(): Promise<void> {
-    if (this.syncing || this.stopped) return;
-    this.syncing = true;
+  syncChanges(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    // A call while one runs (a long reload) shares its outcome.
+    this.syncing ??= this.syncOnce().finally(() => {
+      this.syncing = undefined;
+    });
+    return this.syncing;
+  }
+
+  private async syncOnce(): Promise<void> {
+    if (this.retryReconcileAt !== undefined && Date.now() >= this.retryReconcileAt) {
+      await this.reconcile(this.parts.registry.allViews());
+    }
+    await this.reconciling;
+    if (this.stopped) return;
+    // Entries older than the change log's retention are gone: after as long without a sync
+    // (storage unreachable), following the log would miss the writes in them.
+    const reload =
+      Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2;
+    // A reload that failed is tried again after a wait (1 s doubling to 30 s): each is a scan.
+    // Meanwhile this replica is not in sync, which the caller hears.
+    if (reload && Date.now() < this.reloadRetry.at) {
+      throw new UnavailableError('push-sourced views not loaded again yet after a failure');
+    }
+    const run = reload ? this.reloadPushTables() : this.syncNow();
+    this.syncRun = run.then(
+      () => undefined,
+      () => undefined,
+    );
     try {
-      if (this.retryReconcileAt !== undefined && Date.now() >= this.retryReconcileAt) {
-        await this.reconcile(this.parts.registry.allViews());
+      await run;
+      if (reload) this.reloadRetry = { at: 0, waitMs: 0 };
+    } catch (error) {
+      if (reload) {
+        const waitMs = Math.min(30_000, Math.max(1_000, 2 * this.reloadRetry.waitMs));
+        this.reloadRetry = { at: Date.now() + waitMs, waitMs };
       }
-      await this.reconciling;
-      // Entries older than the change log's retention are gone: after as long without a sync
-      // (storage unreachable), following the log would miss the writes in them.
-      const reload =
-        Date.now() - this.lastSyncAt.getTime() > this.parts.config.changeLogRetentionMs / 2;
-      // A reload that failed is tried again after a wait (1 s doubling to 30 s): each is a scan.
-      // Meanwhile this replica is not in sync, which the caller hears.
-      if (reload && Date.now() < this.reloadRetry.at) {
-        throw new UnavailableError('push-sourced views not loaded again yet after a failure');
-      }
-      const run = reload ? this.reloadPushTables() : this.syncNow();
-      this.syncRun = run.then(
-        () => undefined,
-        () => undefined,
-      );
-      try {
-        await run;
-        if (reload) this.reloadRetry = { at: 0, waitMs: 0 };
-      } catch (error) {
-        if (reload) {
-          const waitMs = Math.min(30_000, Math.max(1_000, 2 * this.reloadRetry.waitMs));
-          this.reloadRetry = { at: Date.now() + waitMs, waitMs };
-        }
-        throw error;
-      }
-    } finally {
-      this.syncing = false;
+      throw error;
     }
   }
 
@@ -983,6 +991,7 @@ export class OnlineViews {
       'no sync for half the change log retention; loading push-sourced views again',
     );
     for (const served of [...this.served.values()]) {
+      if (this.stopped) throw new UnavailableError('stopping: feature views not loaded again');
       if (served.kind === 'push') await this.loadPushTable(served);
     }
     this.position = position;
@@ -1126,14 +1135,21 @@ export class OnlineViews {
   /** Stops every aggregation (with a last checkpoint). */
   async stop(): Promise<void> {
     this.stopped = true;
+    // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records.
     await this.reconciling;
-    await this.syncRun;
-    await Promise.all(this.refilling);
     await Promise.all(
       [...this.served.values()].map((served) =>
         served.kind === 'stream' ? served.aggregation.stop() : Promise.resolve(),
       ),
     );
+    // The aggregations' last checkpoints are taken; a sync or refill still reading storage (a
+    // slow one) is waited for a little, so that it does not outlive the storage it reads.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([this.syncRun, ...this.refilling]),
+      new Promise((resolve) => (timer = setTimeout(resolve, STOP_WAIT_FOR_READS_MS))),
+    ]);
+    clearTimeout(timer);
   }
 }
 

@@ -315,8 +315,34 @@ it('writes do not wait for the reload after a long outage when the registry chan
     const outcome = await doneWithin(write, 2_000);
     gates.releaseScan!();
     expect(outcome).toBe('done');
+    // And the row is served once the reload is done.
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
+    }, 3_000);
   } finally {
     await second.stop();
     await first.stop();
+  }
+}, 30_000);
+
+it('a replica stopping while it loads its views again after a long outage stops', async () => {
+  const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
+  const gates = storageGates();
+  const harness = await startHarness({ env, wrapStore: (store) => gatedStore(store, gates) });
+  let stopped = false;
+  try {
+    await applyUserStats(harness.client);
+    gates.cutOff = true;
+    await new Promise((resolve) => setTimeout(resolve, 6_000));
+    // The reload's scan reads, then hangs (a cursor that never answers).
+    gates.holdNextScan = true;
+    gates.cutOff = false;
+    await untilHeld(gates, 'scan');
+    // Within its shutdown deadline (10 s), not after the reload.
+    expect(await doneWithin(harness.stop(), 5_000)).toBe('done');
+    stopped = true;
+  } finally {
+    gates.releaseScan?.();
+    if (!stopped) await harness.stop();
   }
 }, 30_000);
