@@ -54,6 +54,7 @@ import {
   orderOfVersion,
   rowId,
   rowVersion,
+  type ChangeLogEntry,
   type ChangedRow,
   type FeatureRowDocument,
   type FeatureRowRepository,
@@ -176,6 +177,14 @@ function countsOf(view: string, progress: AggregationProgress): AggregationCount
 
 /** How long a gap in the change log is waited for (a writer between its sequence and its entry). */
 const CHANGE_LOG_GAP_WAIT_MS = 5_000;
+/**
+ * How long an entry passed over at a gap is still looked for: its writer may have stalled
+ * between taking the sequence and storing the entry (a primary election, a long pause), and its
+ * rows are in storage. One not stored by then never will be (its writer failed).
+ */
+const PASSED_OVER_WINDOW_MS = 10 * 60_000;
+/** The most passed-over entries looked for at once (each sync reads them by id); oldest go. */
+const PASSED_OVER_MAX = 1_000;
 /** How long `stop` waits for a sync or refill still reading storage. */
 const STOP_WAIT_FOR_READS_MS = 2_000;
 /** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
@@ -188,6 +197,8 @@ export class OnlineViews {
   private position = 0;
   private readonly appliedAhead = new Set<number>();
   private gapSince: number | undefined;
+  /** Sequences the position moved past without their entry, and when (see `applyPassedOver`). */
+  private readonly passedOver = new Map<number, number>();
   private lastSyncAt = new Date(0);
   /** The sync running, as its callers see it (see `syncChanges`). */
   private syncing: Promise<void> | undefined;
@@ -996,32 +1007,57 @@ export class OnlineViews {
     }
     this.position = position;
     this.appliedAhead.clear();
+    this.passedOver.clear();
     this.gapSince = undefined;
     this.lastSyncAt = started;
   }
 
   private async syncNow(): Promise<void> {
     const started = new Date();
+    if (this.passedOver.size > 0) await this.applyPassedOver(started.getTime());
     for await (const entry of this.parts.rows.changesAfter(this.position)) {
       if (entry.sequence <= this.position || this.appliedAhead.has(entry.sequence)) continue;
-      const served = this.served.get(entry.view);
-      if (
-        served?.kind === 'push' &&
-        entry.sequence > served.loadedAfter &&
-        entry.origin !== this.parts.config.replicaId
-      ) {
-        const types = served.registered.definition.features.map(
-          (f) => [f.name, f.valueType] as const,
-        );
-        served.table.write(
-          entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
-          Date.now(),
-        );
-      }
+      this.applyEntry(entry);
       this.appliedAhead.add(entry.sequence);
     }
     this.advancePosition(started.getTime());
     this.lastSyncAt = started;
+  }
+
+  /** Writes another replica's rows of `entry` to the table it is newer than. */
+  private applyEntry(entry: ChangeLogEntry): void {
+    const served = this.served.get(entry.view);
+    if (
+      served?.kind !== 'push' ||
+      entry.sequence <= served.loadedAfter ||
+      entry.origin === this.parts.config.replicaId
+    ) {
+      return;
+    }
+    const types = served.registered.definition.features.map((f) => [f.name, f.valueType] as const);
+    served.table.write(
+      entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
+      Date.now(),
+    );
+  }
+
+  /**
+   * Applies the entries the position moved past at a gap that have been stored since (a writer
+   * that stalled between its sequence and its entry): following the log from the position alone
+   * would never read them, and their rows would be missing here until written again. Looked for
+   * at every sync for {@link PASSED_OVER_WINDOW_MS}. Applying one late is safe: a table keeps the
+   * newer of two writes of a record, whatever the order they arrive in.
+   */
+  private async applyPassedOver(now: number): Promise<void> {
+    for (const [sequence, at] of this.passedOver) {
+      if (now - at <= PASSED_OVER_WINDOW_MS) break;
+      this.passedOver.delete(sequence);
+    }
+    if (this.passedOver.size === 0) return;
+    for (const entry of await this.parts.rows.changesAmong([...this.passedOver.keys()])) {
+      this.passedOver.delete(entry.sequence);
+      this.applyEntry(entry);
+    }
   }
 
   private advancePosition(now: number): void {
@@ -1038,6 +1074,15 @@ export class OnlineViews {
       if (now - this.gapSince < CHANGE_LOG_GAP_WAIT_MS) return;
       this.position++;
       this.gapSince = undefined;
+      this.passedOver.delete(this.position); // re-inserted last: the map is in time order
+      this.passedOver.set(this.position, now);
+      if (this.passedOver.size > PASSED_OVER_MAX) {
+        this.passedOver.delete(this.passedOver.keys().next().value as number);
+      }
+      this.parts.logger.warn(
+        { sequence: this.position },
+        `change-log entry missing ${CHANGE_LOG_GAP_WAIT_MS / 1000} s after its sequence was taken; following the later ones, and looking for it for ${PASSED_OVER_WINDOW_MS / 60_000} min`,
+      );
     }
   }
 

@@ -1,7 +1,8 @@
 /**
  * Replicas that load a view's table from storage while rows are being written, here or on
  * another replica, serve every row once stored: a replica starting, a view gaining a feature, a
- * local write ending while its table is loaded, a write slower than the change log's gap wait.
+ * local write ending while its table is loaded, a write slower than the change log's gap wait,
+ * a change-log entry stored after it.
  * And a feature added to a big view does not hold up writes to others while it is filled in.
  * Storage is slowed at exact points (a write held, a scan that waits after reading).
  */
@@ -199,6 +200,42 @@ it('a write slower than the change-log gap wait is still synced by other replica
     await eventually(async () => {
       expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
     }, 2_000);
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
+    }, 3_000);
+  } finally {
+    await stop();
+  }
+}, 30_000);
+
+it('a change-log entry stored after the gap wait is still applied by other replicas', async () => {
+  const { gates, first, second, stop } = await gatedPair();
+  try {
+    // A write whose rows are stored and whose sequence is taken, its writer then stalled before
+    // storing the entry (a primary election between the two).
+    gates.holdNextEntry = true;
+    const writing = first.client
+      .writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      })
+      .catch((error: unknown) => error);
+    await untilHeld(gates, 'entry');
+    // A later write lands after the gap: the second replica applies it and, once the gap wait
+    // is over, follows the log past the missing entry.
+    await first.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
+      requestId: '',
+    });
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u2')).toEqual(double(0.25));
+    }, 2_000);
+    await new Promise((resolve) => setTimeout(resolve, 6_500));
+    expect(await ctrOf(second, 'u1')).not.toEqual(double(0.5));
+    gates.releaseEntry!();
+    await writing;
     await eventually(async () => {
       expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
     }, 3_000);

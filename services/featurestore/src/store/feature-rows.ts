@@ -273,16 +273,26 @@ export class FeatureRowRepository {
     let afterId: string | undefined = sequenceId(sequence);
     while (afterId !== undefined) {
       const page = await this.changes.list({ afterId, limit: 200 });
-      for (const { doc } of page.items) {
-        yield {
-          sequence: Number(doc.id),
-          view: doc.view,
-          origin: doc.origin,
-          rows: doc.rows,
-          order: doc.order ?? 0,
-        };
-      }
+      for (const { doc } of page.items) yield entryOf(doc);
       afterId = page.nextAfterId;
     }
   }
+
+  /** The entries of `sequences` that are stored, in sequence order (one read). */
+  async changesAmong(sequences: readonly number[]): Promise<ChangeLogEntry[]> {
+    const found = await this.changes.getMany(sequences.map(sequenceId));
+    return [...found.values()]
+      .map(({ doc }) => entryOf(doc))
+      .sort((a, b) => a.sequence - b.sequence);
+  }
+}
+
+function entryOf(doc: ChangeLogDocument): ChangeLogEntry {
+  return {
+    sequence: Number(doc.id),
+    view: doc.view,
+    origin: doc.origin,
+    rows: doc.rows,
+    order: doc.order ?? 0,
+  };
 }

@@ -1,6 +1,6 @@
 /**
  * A store slowed or failed at exact points, for tests of what replicas do meanwhile: a write of
- * rows held until released, a scan of rows that waits once it has read them (a slow load), a
+ * rows or of a change-log entry held until released, a scan of rows that waits once it has read them (a slow load), a
  * scan that fails once (a blip), or every call failing (a partition).
  */
 import { UnavailableError } from '../../../platform/src/errors';
@@ -11,6 +11,9 @@ export interface StorageGates {
   /** The next write of rows (`upsertIfNewer` of `feature_rows`) waits for `releaseWrite`. */
   holdNextWrite: boolean;
   releaseWrite?: () => void;
+  /** The next change-log entry stored (`insert` of `feature_changes`) waits for `releaseEntry`. */
+  holdNextEntry: boolean;
+  releaseEntry?: () => void;
   /** The next scan of rows reads them all, then waits for `releaseScan` to yield them. */
   holdNextScan: boolean;
   releaseScan?: () => void;
@@ -21,7 +24,13 @@ export interface StorageGates {
 }
 
 export function storageGates(): StorageGates {
-  return { holdNextWrite: false, holdNextScan: false, failNextScan: false, cutOff: false };
+  return {
+    holdNextWrite: false,
+    holdNextEntry: false,
+    holdNextScan: false,
+    failNextScan: false,
+    cutOff: false,
+  };
 }
 
 /** `store` with `gates` applied. */
@@ -33,6 +42,14 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
     ): Promise<Collection<T>> => {
       const collection = await store.collection<T>(spec);
       const rows = spec.name === 'feature_rows';
+      const changes = spec.name === 'feature_changes';
+      const insert: Collection<T>['insert'] = async (doc) => {
+        if (gates.holdNextEntry) {
+          gates.holdNextEntry = false;
+          await new Promise<void>((resolve) => (gates.releaseEntry = resolve));
+        }
+        return collection.insert(doc);
+      };
       const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
         if (gates.holdNextWrite) {
           gates.holdNextWrite = false;
@@ -60,6 +77,7 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
           if (typeof value !== 'function') return value;
           if (rows && property === 'upsertIfNewer') return guarded(upsertIfNewer);
           if (rows && property === 'scan') return guarded(scan);
+          if (changes && property === 'insert') return guarded(insert);
           return guarded((...args: unknown[]) =>
             (value as (...a: unknown[]) => unknown).apply(target, args),
           );
@@ -76,10 +94,14 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
   }
 }
 
-/** Waits until the write or scan held by `gates` has reached its gate. */
-export async function untilHeld(gates: StorageGates, what: 'write' | 'scan'): Promise<void> {
+/** Waits until the write, entry or scan held by `gates` has reached its gate. */
+export async function untilHeld(
+  gates: StorageGates,
+  what: 'write' | 'entry' | 'scan',
+): Promise<void> {
+  const release = { write: 'releaseWrite', entry: 'releaseEntry', scan: 'releaseScan' } as const;
   await eventually(async () => {
     await Promise.resolve();
-    expect(what === 'write' ? gates.releaseWrite : gates.releaseScan).toBeDefined();
+    expect(gates[release[what]]).toBeDefined();
   }, 2_000);
 }
