@@ -62,6 +62,18 @@ async function heldWrite(gates: StorageGates, replica: RunningHarness) {
   return { writing };
 }
 
+/** Writes u2's ctr = 0.25 through `writer` and waits until `reader` serves it. */
+async function writeLaterRow(writer: RunningHarness, reader: RunningHarness): Promise<void> {
+  await writer.client.writeFeatures({
+    featureView: 'user_stats',
+    rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
+    requestId: '',
+  });
+  await eventually(async () => {
+    expect(await ctrOf(reader, 'u2')).toEqual(double(0.25));
+  }, 2_000);
+}
+
 /** Two replicas sharing storage, the first's gated, both serving user_stats. */
 async function gatedPair() {
   const gates = storageGates();
@@ -183,14 +195,7 @@ it('a write slower than the change-log gap wait is still synced by other replica
     // A slow write (a primary election, a 10,000-row batch), its order taken first.
     const { writing } = await heldWrite(gates, first);
     // Another write, after it, goes through at once.
-    await first.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
-      requestId: '',
-    });
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u2')).toEqual(double(0.25));
-    }, 2_000);
+    await writeLaterRow(first, second);
     // The client's 5 s deadline passes; the server goes on with the write.
     const outcome = writing.catch((error: unknown) => error);
     await new Promise((resolve) => setTimeout(resolve, 6_500));
@@ -224,14 +229,7 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     await untilHeld(gates, 'entry');
     // A later write lands after the gap: the second replica applies it and, once the gap wait
     // is over, follows the log past the missing entry.
-    await first.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
-      requestId: '',
-    });
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u2')).toEqual(double(0.25));
-    }, 2_000);
+    await writeLaterRow(first, second);
     await new Promise((resolve) => setTimeout(resolve, 6_500));
     expect(await ctrOf(second, 'u1')).not.toEqual(double(0.5));
     gates.releaseEntry!();
