@@ -92,6 +92,8 @@ type Served =
       readonly aggregation: StreamAggregation;
     };
 
+type ServedPush = Extract<Served, { readonly kind: 'push' }>;
+
 /** The features of one view a read asks for. */
 interface Reference {
   readonly view: string;
@@ -213,6 +215,8 @@ export class OnlineViews {
   private stopped = false;
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
+  /** The timers of stored rows' change-log entries to append again (see `announceLater`). */
+  private readonly announcing = new Set<NodeJS.Timeout>();
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
@@ -921,18 +925,33 @@ export class OnlineViews {
       await this.reconciling;
       return this.write(request, now, true);
     }
-    const stored = await storeRows(
-      this.parts.rows,
-      this.parts.config.replicaId,
-      definition,
-      prepared.rows,
-    );
+    let stored: StoredRow[];
+    try {
+      stored = await storeRows(
+        this.parts.rows,
+        this.parts.config.replicaId,
+        definition,
+        prepared.rows,
+      );
+    } catch (error) {
+      if (!(error instanceof RowsNotAnnouncedError)) throw error;
+      // Stored: served here as storage holds them, and announced to the others once it can be.
+      this.serveWritten(request.featureView, served, error.rows, now);
+      this.announceLater(error, served.registered.createTime.getTime());
+      throw error;
+    }
+    this.serveWritten(request.featureView, served, stored, now);
+    return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
+  }
+
+  /** Writes rows this replica stored to the view's table. */
+  private serveWritten(view: string, served: ServedPush, stored: StoredRow[], now: number): void {
     served.table.write(stored, now);
     // The table may be being loaded again (a reconcile, a reload), or have been while the rows
     // were stored, from a scan that passed them; and the sync skips this replica's own entries.
-    const loading = this.writesDuringLoad.get(request.featureView);
+    const loading = this.writesDuringLoad.get(view);
     if (loading?.createTime === served.registered.createTime.getTime()) loading.rows.push(stored);
-    const current = this.served.get(request.featureView);
+    const current = this.served.get(view);
     if (
       current !== served &&
       current?.kind === 'push' &&
@@ -940,7 +959,41 @@ export class OnlineViews {
     ) {
       current.table.write(stored, now);
     }
-    return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
+  }
+
+  /**
+   * Appends the change-log entry of rows stored without one (see {@link RowsNotAnnouncedError}),
+   * trying again after 0.5 s, doubling to 30 s, while storage fails; until this replica stops
+   * (the others then serve the rows after their next load of the view). Not once the view was
+   * deleted: the rows went with it, and a view of the same name created since is another one.
+   */
+  private announceLater(pending: RowsNotAnnouncedError, createTime: number, waitMs = 500): void {
+    const timer = setTimeout(() => {
+      this.announcing.delete(timer);
+      const { view, origin, rows } = pending;
+      const attempt = async () => {
+        if ((await this.parts.registry.storedRegistration(view)) !== createTime) return;
+        await this.parts.rows.appendChanges(
+          view,
+          origin,
+          rows.map(changedRowOf),
+          rows[0]?.order ?? 0,
+        );
+        this.parts.logger.info(
+          { view, rows: rows.length },
+          'stored rows announced after a failure',
+        );
+      };
+      attempt().catch((error: unknown) => {
+        if (this.stopped) return;
+        this.parts.logger.warn(
+          { err: error, view, rows: rows.length },
+          'stored rows not announced to the other replicas yet; trying again',
+        );
+        this.announceLater(pending, createTime, Math.min(30_000, 2 * waitMs));
+      });
+    }, waitMs);
+    this.announcing.add(timer);
   }
 
   /**
@@ -1180,6 +1233,14 @@ export class OnlineViews {
   /** Stops every aggregation (with a last checkpoint). */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.announcing.size > 0) {
+      this.parts.logger.warn(
+        { writes: this.announcing.size },
+        'stopping with stored rows not announced: other replicas serve them after their next load',
+      );
+    }
+    for (const timer of this.announcing) clearTimeout(timer);
+    this.announcing.clear();
     // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records.
     await this.reconciling;
     await Promise.all(
@@ -1241,9 +1302,29 @@ function onlineRowOf(
 export type StoredRow = PreparedRow & { readonly order: number };
 
 /**
+ * Rows were stored but their change-log entry could not be appended (storage failed between the
+ * two): the other replicas would not learn of them until they load the view again. UNAVAILABLE,
+ * since a retry is safe (it writes them again, as a newer write, and announces that).
+ */
+export class RowsNotAnnouncedError extends UnavailableError {
+  constructor(
+    readonly view: string,
+    readonly origin: string,
+    readonly rows: StoredRow[],
+    cause: unknown,
+  ) {
+    super(
+      `rows of feature view ${view} stored, but not announced to the other replicas yet; retrying is safe`,
+      { cause },
+    );
+  }
+}
+
+/**
  * Writes prepared rows of a push-sourced view to storage, only where newer than the stored
  * record, then appends the stored ones to the change log. The write's order is taken first: it
- * orders writes of equal event times (see `rowVersion`). Returns the rows stored.
+ * orders writes of equal event times (see `rowVersion`). Returns the rows stored; throws
+ * {@link RowsNotAnnouncedError} when they were stored but the change log could not be written.
  */
 export async function storeRows(
   repository: FeatureRowRepository,
@@ -1268,9 +1349,15 @@ export async function storeRows(
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
   }));
   const outcomes = await repository.write(documents);
-  const stored = candidates.filter((_, i) => outcomes[i] !== 'skipped');
-  await repository.appendChanges(definition.name, origin, stored.map(changedRowOf), order);
-  return stored.map((row) => ({ ...row, order }));
+  const stored = candidates
+    .filter((_, i) => outcomes[i] !== 'skipped')
+    .map((row) => ({ ...row, order }));
+  try {
+    await repository.appendChanges(definition.name, origin, stored.map(changedRowOf), order);
+  } catch (error) {
+    throw new RowsNotAnnouncedError(definition.name, origin, stored, error);
+  }
+  return stored;
 }
 
 function changedRowOf(row: PreparedRow): ChangedRow {

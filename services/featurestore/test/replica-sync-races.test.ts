@@ -2,11 +2,13 @@
  * Replicas that load a view's table from storage while rows are being written, here or on
  * another replica, serve every row once stored: a replica starting, a view gaining a feature, a
  * local write ending while its table is loaded, a write slower than the change log's gap wait,
- * a change-log entry stored after it.
+ * a change-log entry stored after it, or failing after its rows were stored.
  * And a feature added to a big view does not hold up writes to others while it is filled in.
  * Storage is slowed at exact points (a write held, a scan that waits after reading).
  */
+import { status as GrpcCode } from '@grpc/grpc-js';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
+import { failureOf } from './feature-store-api';
 import {
   eventually,
   sharing,
@@ -241,6 +243,30 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     await stop();
   }
 }, 30_000);
+
+it('rows stored when their change-log entry fails are announced once storage takes it', async () => {
+  const { gates, first, second, stop } = await gatedPair();
+  try {
+    // Storage fails right after the rows are stored: for the entry, then for its first retry.
+    gates.failEntries = 2;
+    const write = await failureOf(
+      first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      }),
+    );
+    expect(write.code).toBe(GrpcCode.UNAVAILABLE);
+    // Served as storage holds it, by the replica that wrote it and, once announced, the other.
+    expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
+    await eventually(async () => {
+      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
+    }, 5_000);
+    expect(gates.failEntries).toBe(0);
+  } finally {
+    await stop();
+  }
+});
 
 it('a write to another view does not wait for a feature added to a big view to load', async () => {
   const gates = storageGates();

@@ -1,6 +1,6 @@
 /**
  * A store slowed or failed at exact points, for tests of what replicas do meanwhile: a write of
- * rows or of a change-log entry held until released, a scan of rows that waits once it has read them (a slow load), a
+ * rows or of a change-log entry held until released, change-log entries that fail, a scan of rows that waits once it has read them (a slow load), a
  * scan that fails once (a blip), or every call failing (a partition).
  */
 import { UnavailableError } from '../../../platform/src/errors';
@@ -14,6 +14,8 @@ export interface StorageGates {
   /** The next change-log entry stored (`insert` of `feature_changes`) waits for `releaseEntry`. */
   holdNextEntry: boolean;
   releaseEntry?: () => void;
+  /** The next `count` change-log entries stored fail with UNAVAILABLE. */
+  failEntries: number;
   /** The next scan of rows reads them all, then waits for `releaseScan` to yield them. */
   holdNextScan: boolean;
   releaseScan?: () => void;
@@ -27,6 +29,7 @@ export function storageGates(): StorageGates {
   return {
     holdNextWrite: false,
     holdNextEntry: false,
+    failEntries: 0,
     holdNextScan: false,
     failNextScan: false,
     cutOff: false,
@@ -44,6 +47,10 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
       const rows = spec.name === 'feature_rows';
       const changes = spec.name === 'feature_changes';
       const insert: Collection<T>['insert'] = async (doc) => {
+        if (gates.failEntries > 0) {
+          gates.failEntries--;
+          throw new UnavailableError('storage is unreachable (a blip)');
+        }
         if (gates.holdNextEntry) {
           gates.holdNextEntry = false;
           await new Promise<void>((resolve) => (gates.releaseEntry = resolve));
