@@ -187,7 +187,7 @@ const CHANGE_LOG_GAP_WAIT_MS = 5_000;
 const PASSED_OVER_WINDOW_MS = 10 * 60_000;
 /** The most passed-over entries looked for at once (each sync reads them by id); oldest go. */
 const PASSED_OVER_MAX = 1_000;
-/** How long `stop` waits for a sync or refill still reading storage. */
+/** How long `stop` waits for loads, syncs and refills still reading storage, all together. */
 const STOP_WAIT_FOR_READS_MS = 2_000;
 /** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
 const RECONCILE_RETRY_MIN_MS = 500;
@@ -213,6 +213,14 @@ export class OnlineViews {
   private reloadRetry = { at: 0, waitMs: 0 };
   /** Set by `stop`: nothing is loaded or started afterwards. */
   private stopped = false;
+  /** `stopped`, read where a check before an `await` would narrow it for the compiler. */
+  private isStopping(): boolean {
+    return this.stopped;
+  }
+  /** Resolves `stopRequested`. */
+  private signalStop: () => void = () => undefined;
+  /** Settles when `stop` is called: a reconcile queued behind a sync stops waiting for it. */
+  private readonly stopRequested = new Promise<void>((resolve) => (this.signalStop = resolve));
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
   /** The timers of stored rows' change-log entries to append again (see `announceLater`). */
@@ -256,7 +264,7 @@ export class OnlineViews {
    */
   reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
     this.reconciling = this.reconciling
-      .then(() => this.syncRun)
+      .then(() => Promise.race([this.syncRun, this.stopRequested]))
       .then(() => this.reconcileNow(views))
       .then(
         (failures) => {
@@ -317,6 +325,7 @@ export class OnlineViews {
     name: string,
     registered: Registered<FeatureViewDefinition>,
   ): Promise<void> {
+    if (this.isStopping()) return;
     const current = this.served.get(name);
     if (current !== undefined && sameRegistration(current.registered, registered)) return;
     const definition = registered.definition;
@@ -357,7 +366,7 @@ export class OnlineViews {
       else await this.retire(name, current.aggregation);
     }
     const keyColumns = this.keyColumnsOf(definition);
-    if (keyColumns === undefined || this.stopped) return;
+    if (keyColumns === undefined || this.isStopping()) return;
     if (definition.source?.kind === 'push') {
       await this.loadPushTable({ kind: 'push', registered, keyColumns });
     } else if (definition.source?.kind === 'stream') {
@@ -375,6 +384,11 @@ export class OnlineViews {
         inFlight: this.parts.config.aggregationInFlight,
       });
       await aggregation.start();
+      // Stopping meanwhile: `stop` stopped the aggregations served when it began.
+      if (this.isStopping()) {
+        await aggregation.stop();
+        return;
+      }
       this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
     }
   }
@@ -1241,22 +1255,35 @@ export class OnlineViews {
     }
     for (const timer of this.announcing) clearTimeout(timer);
     this.announcing.clear();
-    // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records.
-    await this.reconciling;
+    this.signalStop();
+    // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records, and
+    // a reconcile starts nothing more (an aggregation it was starting is stopped once started).
+    // Storage that does not answer is waited for only so long: the aggregations' last checkpoints
+    // must be taken within the shutdown deadline.
+    const deadline = Date.now() + STOP_WAIT_FOR_READS_MS;
+    await settledBy(this.reconciling, deadline);
     await Promise.all(
       [...this.served.values()].map((served) =>
         served.kind === 'stream' ? served.aggregation.stop() : Promise.resolve(),
       ),
     );
-    // The aggregations' last checkpoints are taken; a sync or refill still reading storage (a
-    // slow one) is waited for a little, so that it does not outlive the storage it reads.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all([this.syncRun, ...this.refilling]),
-      new Promise((resolve) => (timer = setTimeout(resolve, STOP_WAIT_FOR_READS_MS))),
-    ]);
-    clearTimeout(timer);
+    // A sync or refill still reading storage (a slow one) is waited for a little more, so that
+    // it does not outlive the storage it reads.
+    await settledBy(Promise.all([this.syncRun, ...this.refilling]), deadline);
   }
+}
+
+/** Waits for `promise` to settle, or for `deadline` (ms since the epoch) to pass. */
+async function settledBy(promise: Promise<unknown>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    promise.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now())))),
+  ]);
+  clearTimeout(timer);
 }
 
 function selectColumns<V>(

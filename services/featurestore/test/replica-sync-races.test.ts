@@ -407,3 +407,65 @@ it('a replica stopping while it loads its views again after a long outage stops'
     if (!stopped) await harness.stop();
   }
 }, 30_000);
+
+/** Two replicas sharing storage, the second's gated, both serving user_stats. */
+async function secondGated(env: Record<string, string> = {}) {
+  const gates = storageGates();
+  const first = await startHarness({ replicaId: 'replica-a', env });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    env,
+    wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+  });
+  await applyUserStats(first.client);
+  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 2_000);
+  return { gates, first, second };
+}
+
+/** A view applied on `replica`, which the other replica's reconcile then loads. */
+async function applyOtherStats(replica: RunningHarness): Promise<void> {
+  await replica.client.applyFeatureView({
+    featureView: userStatsView({ name: 'other_stats' }),
+    requestId: '',
+    validateOnly: false,
+  });
+}
+
+it('a replica stopping while a reconcile waits behind a hung reload stops', async () => {
+  const { gates, first, second } = await secondGated({
+    TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s',
+  });
+  let stopped = false;
+  try {
+    gates.cutOff = true;
+    await new Promise((resolve) => setTimeout(resolve, 6_000));
+    // The reload after the outage hangs; a registry change queues a reconcile behind it.
+    gates.holdNextScan = true;
+    gates.cutOff = false;
+    await untilHeld(gates, 'scan');
+    await applyOtherStats(first);
+    await eventually(() => second.client.getFeatureView({ name: 'other_stats' }), 2_000);
+    expect(await doneWithin(second.stop(), 5_000)).toBe('done');
+    stopped = true;
+  } finally {
+    gates.releaseScan?.();
+    if (!stopped) await second.stop();
+    await first.stop();
+  }
+}, 40_000);
+
+it('a replica stopping while its reconcile loads a view from a hung scan stops', async () => {
+  const { gates, first, second } = await secondGated();
+  let stopped = false;
+  try {
+    gates.holdNextScan = true;
+    await applyOtherStats(first);
+    await untilHeld(gates, 'scan');
+    expect(await doneWithin(second.stop(), 5_000)).toBe('done');
+    stopped = true;
+  } finally {
+    gates.releaseScan?.();
+    if (!stopped) await second.stop();
+    await first.stop();
+  }
+}, 30_000);
