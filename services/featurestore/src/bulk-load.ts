@@ -9,6 +9,7 @@ import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { openStore } from '../../platform/src/storage/open-store';
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { dateOf } from './contract-mapping';
 import { readFeatureStoreConfig } from './config';
 import { InvalidArgumentError } from '../../platform/src/errors';
 import { bulkLoad, parseJsonLines, rowOfJson, type BulkLoadProgress } from './store/bulk-load';
@@ -31,8 +32,9 @@ async function main(): Promise<void> {
   });
   try {
     const registry = await openRegistryRepository(store);
-    const view = (await registry.featureViews.get(viewName))?.doc.definition;
-    if (view === undefined) throw new Error(`no feature view named ${viewName}`);
+    const stored = (await registry.featureViews.get(viewName))?.doc;
+    if (stored === undefined) throw new Error(`no feature view named ${viewName}`);
+    const view = stored.definition;
     const keyColumns = [];
     for (const name of view.entities) {
       const entity = (await registry.entities.get(name))?.doc.definition;
@@ -67,7 +69,11 @@ async function main(): Promise<void> {
     };
     let done: BulkLoadProgress;
     try {
-      done = await bulkLoad({ view, keyColumns, rows: rowRepository }, rows(), progress);
+      done = await bulkLoad(
+        { view, createTime: dateOf(stored.createTime), keyColumns, rows: rowRepository },
+        rows(),
+        progress,
+      );
     } catch (error) {
       // The batches stored before the failure stay stored: say how many rows they held.
       console.error(`stopped with ${written} rows written:`);

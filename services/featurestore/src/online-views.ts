@@ -59,6 +59,7 @@ import {
   type ChangedRow,
   type FeatureRowDocument,
   type FeatureRowRepository,
+  type WriteOrigin,
 } from './store/feature-rows';
 
 /** INVALID_ARGUMENT with reason LIMIT_EXCEEDED, naming the field over the limit. */
@@ -188,6 +189,8 @@ const CHANGE_LOG_GAP_WAIT_MS = 5_000;
 const PASSED_OVER_WINDOW_MS = 10 * 60_000;
 /** The most passed-over entries looked for at once (each sync reads them by id); oldest go. */
 const PASSED_OVER_MAX = 1_000;
+/** The most writes whose change-log entry waits to be appended again (see `announceLater`). */
+const ANNOUNCING_MAX = 1_000;
 /** How long `stop` waits for loads, syncs and refills still reading storage, all together. */
 const STOP_WAIT_FOR_READS_MS = 2_000;
 /** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
@@ -224,8 +227,8 @@ export class OnlineViews {
   private readonly stopRequested = new Promise<void>((resolve) => (this.signalStop = resolve));
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
-  /** The timers of stored rows' change-log entries to append again (see `announceLater`). */
-  private readonly announcing = new Set<NodeJS.Timeout>();
+  /** Stored rows whose change-log entry is appended again at their timer (see `announceLater`). */
+  private readonly announcing = new Map<NodeJS.Timeout, RowsNotAnnouncedError>();
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
   /** The start-up sweep of durable consumers left behind (see `sweepDurables`). */
@@ -340,6 +343,8 @@ export class OnlineViews {
   ): Promise<unknown[]> {
     if (this.stopped) return [];
     for (const [name, served] of [...this.served]) {
+      // Stopping: `stop` stops the aggregations still served (the rest is left to the next start).
+      if (this.isStopping()) return [];
       if (!views.has(name)) {
         this.served.delete(name);
         if (served.kind === 'stream') await this.retire(name, served.aggregation);
@@ -982,14 +987,14 @@ export class OnlineViews {
       stored = await storeRows(
         this.parts.rows,
         this.parts.config.replicaId,
-        definition,
+        served.registered,
         prepared.rows,
       );
     } catch (error) {
       if (!(error instanceof RowsNotAnnouncedError)) throw error;
       // Stored: served here as storage holds them, and announced to the others once it can be.
       this.serveWritten(request.featureView, served, error.rows, now);
-      this.announceLater(error, served.registered.createTime.getTime());
+      this.announceLater(error);
       throw error;
     }
     this.serveWritten(request.featureView, served, stored, now);
@@ -1017,35 +1022,52 @@ export class OnlineViews {
    * Appends the change-log entry of rows stored without one (see {@link RowsNotAnnouncedError}),
    * trying again after 0.5 s, doubling to 30 s, while storage fails; until this replica stops
    * (the others then serve the rows after their next load of the view). Not once the view was
-   * deleted: the rows went with it, and a view of the same name created since is another one.
+   * deleted: the rows went with it (and replicas serving a view created since under its name
+   * skip the entry, which names the view's creation). At most {@link ANNOUNCING_MAX} writes wait;
+   * beyond, the oldest is given up.
    */
-  private announceLater(pending: RowsNotAnnouncedError, createTime: number, waitMs = 500): void {
+  private announceLater(pending: RowsNotAnnouncedError, waitMs = 500): void {
+    const { write, rows } = pending;
+    if (this.stopped) {
+      this.parts.logger.warn(
+        { view: write.view, rows: rows.length },
+        'stopping with stored rows not announced: other replicas serve them after their next load',
+      );
+      return;
+    }
     const timer = setTimeout(() => {
       this.announcing.delete(timer);
-      const { view, origin, rows } = pending;
       const attempt = async () => {
-        if ((await this.parts.registry.storedRegistration(view)) !== createTime) return;
-        await this.parts.rows.appendChanges(
-          view,
-          origin,
-          rows.map(changedRowOf),
-          rows[0]?.order ?? 0,
-        );
+        const registration = await this.parts.registry.storedRegistration(write.view);
+        if (registration !== write.registration) return;
+        await this.parts.rows.appendChanges(write, rows.map(changedRowOf));
         this.parts.logger.info(
-          { view, rows: rows.length },
+          { view: write.view, rows: rows.length },
           'stored rows announced after a failure',
         );
       };
       attempt().catch((error: unknown) => {
         if (this.stopped) return;
         this.parts.logger.warn(
-          { err: error, view, rows: rows.length },
+          { err: error, view: write.view, rows: rows.length },
           'stored rows not announced to the other replicas yet; trying again',
         );
-        this.announceLater(pending, createTime, Math.min(30_000, 2 * waitMs));
+        this.announceLater(pending, Math.min(30_000, 2 * waitMs));
       });
     }, waitMs);
-    this.announcing.add(timer);
+    this.announcing.set(timer, pending);
+    if (this.announcing.size > ANNOUNCING_MAX) {
+      const [oldest, given] = this.announcing.entries().next().value as [
+        NodeJS.Timeout,
+        RowsNotAnnouncedError,
+      ];
+      clearTimeout(oldest);
+      this.announcing.delete(oldest);
+      this.parts.logger.error(
+        { view: given.write.view, rows: given.rows.length },
+        'too many stored writes not announced: given up; other replicas serve them after their next load',
+      );
+    }
   }
 
   /**
@@ -1135,7 +1157,10 @@ export class OnlineViews {
     if (
       served?.kind !== 'push' ||
       entry.sequence <= served.loadedAfter ||
-      entry.origin === this.parts.config.replicaId
+      entry.origin === this.parts.config.replicaId ||
+      // Rows of a view deleted since (the entry written late, after its sequence was taken).
+      (entry.registration !== undefined &&
+        entry.registration !== served.registered.createTime.getTime())
     ) {
       return;
     }
@@ -1291,7 +1316,7 @@ export class OnlineViews {
         'stopping with stored rows not announced: other replicas serve them after their next load',
       );
     }
-    for (const timer of this.announcing) clearTimeout(timer);
+    for (const timer of this.announcing.keys()) clearTimeout(timer);
     this.announcing.clear();
     this.signalStop();
     // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records, and
@@ -1300,9 +1325,16 @@ export class OnlineViews {
     // must be taken within the shutdown deadline.
     const deadline = Date.now() + STOP_WAIT_FOR_READS_MS;
     await settledBy(this.reconciling, deadline);
+    // A view deleted (or applied again) that a reconcile stalled in storage did not retire yet
+    // takes no last checkpoint (its checkpoints are deleted), as a retired one.
     await Promise.all(
-      [...this.served.values()].map((served) =>
-        served.kind === 'stream' ? served.aggregation.stop() : Promise.resolve(),
+      [...this.served].map(([name, served]) =>
+        served.kind === 'stream'
+          ? served.aggregation.stop(
+              this.parts.registry.view(name)?.createTime.getTime() ===
+                served.registered.createTime.getTime(),
+            )
+          : Promise.resolve(),
       ),
     );
     // A sync or refill still reading storage (a slow one) is waited for a little more, so that
@@ -1373,13 +1405,12 @@ export type StoredRow = PreparedRow & { readonly order: number };
  */
 export class RowsNotAnnouncedError extends UnavailableError {
   constructor(
-    readonly view: string,
-    readonly origin: string,
+    readonly write: WriteOrigin,
     readonly rows: StoredRow[],
     cause: unknown,
   ) {
     super(
-      `rows of feature view ${view} stored, but not announced to the other replicas yet; retrying is safe`,
+      `rows of feature view ${write.view} stored, but not announced to the other replicas yet; writing them again is safe`,
       { cause },
     );
   }
@@ -1394,9 +1425,10 @@ export class RowsNotAnnouncedError extends UnavailableError {
 export async function storeRows(
   repository: FeatureRowRepository,
   origin: string,
-  definition: FeatureViewDefinition,
+  registered: Pick<Registered<FeatureViewDefinition>, 'definition' | 'createTime'>,
   rows: readonly PreparedRow[],
 ): Promise<StoredRow[]> {
+  const definition = registered.definition;
   const winners = latestRowPerKey(rows);
   const candidates =
     winners === undefined
@@ -1417,10 +1449,16 @@ export async function storeRows(
   const stored = candidates
     .filter((_, i) => outcomes[i] !== 'skipped')
     .map((row) => ({ ...row, order }));
+  const write = {
+    view: definition.name,
+    registration: registered.createTime.getTime(),
+    origin,
+    order,
+  };
   try {
-    await repository.appendChanges(definition.name, origin, stored.map(changedRowOf), order);
+    await repository.appendChanges(write, stored.map(changedRowOf));
   } catch (error) {
-    throw new RowsNotAnnouncedError(definition.name, origin, stored, error);
+    throw new RowsNotAnnouncedError(write, stored, error);
   }
   return stored;
 }

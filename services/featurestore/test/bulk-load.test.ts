@@ -7,6 +7,7 @@
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
+import { dateOf } from '../src/contract-mapping';
 import { ValueType } from '../src/domain/feature-values';
 import { bulkLoad, type BulkLoadProgress } from '../src/store/bulk-load';
 import { FeatureRowRepository } from '../src/store/feature-rows';
@@ -31,10 +32,11 @@ describe('bulk loading a push view', () => {
 
   async function target() {
     const registry = await openRegistryRepository(harness.runtime.store);
-    const view = (await registry.featureViews.get('user_stats'))?.doc.definition;
-    if (view === undefined) throw new Error('user_stats is not registered');
+    const stored = (await registry.featureViews.get('user_stats'))?.doc;
+    if (stored === undefined) throw new Error('user_stats is not registered');
     return {
-      view,
+      view: stored.definition,
+      createTime: dateOf(stored.createTime),
       keyColumns: [{ joinKey: 'user_id', valueType: ValueType.String }],
       rows: await FeatureRowRepository.open(harness.runtime.store, 3_600_000),
       batchSize: BATCH,

@@ -16,7 +16,16 @@ import {
   type RunningHarness,
 } from './support/feature-store-harness';
 import { gatedStore, storageGates, untilHeld, type StorageGates } from './support/gated-store';
-import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
+import {
+  applyUserStats,
+  double,
+  itemCountView,
+  itemEntity,
+  userRow,
+  users,
+  userStatsView,
+} from './support/fixtures';
+import { StreamAggregation } from '../src/events/stream-aggregation';
 
 /** Whether `call` settles within `ms` (the scan it must not wait for is held meanwhile). */
 async function doneWithin(call: Promise<unknown>, ms: number): Promise<'done' | 'waiting'> {
@@ -268,6 +277,39 @@ it('rows stored when their change-log entry fails are announced once storage tak
   }
 });
 
+it("a late announcement does not put a deleted view's rows into the view applied again", async () => {
+  const { gates, first, second, stop } = await gatedPair();
+  try {
+    gates.failEntries = 1;
+    await failureOf(
+      first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+        requestId: '',
+      }),
+    );
+    // The announcement finds the view as it was, then stalls taking its sequence; meanwhile the
+    // view is deleted and applied again, and the other replica serves the new, empty one.
+    gates.holdNextSequence = true;
+    await untilHeld(gates, 'sequence');
+    const before = (await second.client.getFeatureView({ name: 'user_stats' })).featureView!.etag;
+    await second.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+    await applyUserStats(second.client);
+    await eventually(async () => {
+      const now = await second.client.getFeatureView({ name: 'user_stats' });
+      expect(now.featureView!.etag).not.toBe(before);
+      expect(await ctrOf(second, 'u1')).toEqual({ kind: undefined });
+    }, 3_000);
+    gates.releaseSequence!();
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(await ctrOf(second, 'u1')).toEqual({ kind: undefined });
+    expect(await ctrOf(first, 'u1')).toEqual({ kind: undefined });
+  } finally {
+    gates.releaseSequence?.();
+    await stop();
+  }
+}, 30_000);
+
 it('a write to another view does not wait for a feature added to a big view to load', async () => {
   const gates = storageGates();
   const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
@@ -469,3 +511,56 @@ it('a replica stopping while its reconcile loads a view from a hung scan stops',
     await first.stop();
   }
 }, 30_000);
+
+it('a replica stopping while it retires deleted stream views takes no checkpoint of them', async () => {
+  const gates = storageGates();
+  const first = await startHarness({ replicaId: 'replica-a' });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '2s' },
+    wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+  });
+  const stops = jest.spyOn(StreamAggregation.prototype, 'stop');
+  const retires = jest.spyOn(StreamAggregation.prototype, 'retire');
+  let stopped = false;
+  try {
+    await first.client.applyEntity({ entity: itemEntity, requestId: '' });
+    for (const name of ['s1', 's2']) {
+      await first.client.applyFeatureView({
+        featureView: itemCountView(name, `tandem.events.v1.outcome.${name}`, 60),
+        requestId: '',
+        validateOnly: false,
+      });
+    }
+    await eventually(async () => {
+      await second.client.getAggregationStatus({ featureView: 's1' });
+      await second.client.getAggregationStatus({ featureView: 's2' });
+    }, 8_000);
+    // Both deleted between two registry reloads of the second replica: one reconcile retires
+    // both, and its first retirement stalls in storage (deleting the checkpoints).
+    gates.holdNextCheckpointScan = true;
+    await first.client.deleteFeatureView({ name: 's1', etag: '', requestId: '' });
+    await first.client.deleteFeatureView({ name: 's2', etag: '', requestId: '' });
+    await untilHeld(gates, 'checkpointScan');
+    const [stopsBefore, retiresBefore] = [stops.mock.calls.length, retires.mock.calls.length];
+    await second.stop();
+    stopped = true;
+    const [stopsAtStop, retiresAtStop] = [stops.mock.calls.length, retires.mock.calls.length];
+    gates.releaseCheckpointScan!();
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    // The deleted view not yet retired is stopped without a last checkpoint, and nothing of
+    // the reconcile runs once stop has returned.
+    expect(stops.mock.calls.slice(stopsBefore)).toEqual([[false]]);
+    expect(retires.mock.calls.length).toBe(retiresBefore);
+    expect([stops.mock.calls.length, retires.mock.calls.length]).toEqual([
+      stopsAtStop,
+      retiresAtStop,
+    ]);
+  } finally {
+    gates.releaseCheckpointScan?.();
+    stops.mockRestore();
+    retires.mockRestore();
+    if (!stopped) await second.stop();
+    await first.stop();
+  }
+}, 40_000);

@@ -21,6 +21,8 @@ export interface BulkLoadProgress {
 
 export interface BulkLoadTarget {
   readonly view: FeatureViewDefinition;
+  /** The view's creation time: which view of its name the rows are for. */
+  readonly createTime: Date;
   readonly keyColumns: readonly KeyColumn[];
   readonly rows: FeatureRowRepository;
   /** Rows per storage round trip. @default 1000 */
@@ -160,7 +162,12 @@ export async function bulkLoad(
         })),
       );
     }
-    const stored = await storeRows(target.rows, 'bulk-load', target.view, prepared.rows);
+    const stored = await storeRows(
+      target.rows,
+      'bulk-load',
+      { definition: target.view, createTime: target.createTime },
+      prepared.rows,
+    );
     progress = {
       rowsRead: progress.rowsRead,
       rowsWritten: progress.rowsWritten + stored.length,

@@ -51,6 +51,11 @@ interface ChangeLogDocument {
   readonly rows: readonly ChangedRow[];
   /** The write's order (see {@link rowVersion}); absent from entries of earlier builds. */
   readonly order?: number;
+  /**
+   * The creation time (ms) of the view the rows were written to: a view deleted and applied
+   * again under its name is another one. Absent from entries of earlier builds.
+   */
+  readonly registration?: number;
   readonly expiresAt: Date;
 }
 
@@ -66,6 +71,19 @@ export interface ChangeLogEntry {
   readonly origin: string;
   readonly rows: readonly ChangedRow[];
   /** The write's order (see {@link rowVersion}); 0 for an entry of an earlier build. */
+  readonly order: number;
+  /** The view's creation time (ms) when written; undefined for an entry of an earlier build. */
+  readonly registration: number | undefined;
+}
+
+/** What a change-log entry says of the write that stored its rows. */
+export interface WriteOrigin {
+  readonly view: string;
+  /** The view's creation time (ms): which view of that name. */
+  readonly registration: number;
+  /** The replica that wrote the rows (it already holds them). */
+  readonly origin: string;
+  /** The write's order (see {@link rowVersion}). */
   readonly order: number;
 }
 
@@ -239,12 +257,10 @@ export class FeatureRowRepository {
     return (await this.sequences.increment(`feature_writes/${view}`, { next: 1 })).doc.next;
   }
 
-  /** Appends rows a replica stored, written with `order`, to the change log. */
+  /** Appends rows a replica stored to the change log. */
   async appendChanges(
-    view: string,
-    origin: string,
+    { view, registration, origin, order }: WriteOrigin,
     rows: readonly ChangedRow[],
-    order: number,
   ): Promise<void> {
     if (rows.length === 0) return;
     const entries = logEntriesOf(rows);
@@ -258,6 +274,7 @@ export class FeatureRowRepository {
         origin,
         rows: entryRows,
         order,
+        registration,
         expiresAt,
       });
     }
@@ -294,5 +311,6 @@ function entryOf(doc: ChangeLogDocument): ChangeLogEntry {
     origin: doc.origin,
     rows: doc.rows,
     order: doc.order ?? 0,
+    registration: doc.registration,
   };
 }

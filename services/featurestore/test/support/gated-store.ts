@@ -1,7 +1,8 @@
 /**
  * A store slowed or failed at exact points, for tests of what replicas do meanwhile: a write of
- * rows or of a change-log entry held until released, change-log entries that fail, a scan of rows that waits once it has read them (a slow load), a
- * scan that fails once (a blip), or every call failing (a partition).
+ * rows, of a change-log entry or of its sequence held until released, entries that fail, a scan
+ * of checkpoints that waits to begin, a scan of rows that waits once it has read them (a slow
+ * load), a scan that fails once (a blip), or every call failing (a partition).
  */
 import { UnavailableError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
@@ -16,9 +17,15 @@ export interface StorageGates {
   releaseEntry?: () => void;
   /** The next `count` change-log entries stored fail with UNAVAILABLE. */
   failEntries: number;
+  /** The next change-log sequence taken (`increment` of `feature_changes`) waits for `releaseSequence`. */
+  holdNextSequence: boolean;
+  releaseSequence?: () => void;
   /** The next scan of rows reads them all, then waits for `releaseScan` to yield them. */
   holdNextScan: boolean;
   releaseScan?: () => void;
+  /** The next scan of aggregation checkpoints waits for `releaseCheckpointScan` to begin. */
+  holdNextCheckpointScan: boolean;
+  releaseCheckpointScan?: () => void;
   /** The next scan of rows fails with UNAVAILABLE. */
   failNextScan: boolean;
   /** Every call of every collection fails with UNAVAILABLE. */
@@ -30,7 +37,9 @@ export function storageGates(): StorageGates {
     holdNextWrite: false,
     holdNextEntry: false,
     failEntries: 0,
+    holdNextSequence: false,
     holdNextScan: false,
+    holdNextCheckpointScan: false,
     failNextScan: false,
     cutOff: false,
   };
@@ -46,6 +55,23 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
       const collection = await store.collection<T>(spec);
       const rows = spec.name === 'feature_rows';
       const changes = spec.name === 'feature_changes';
+      const sequences = spec.name === 'sequences';
+      const checkpoints = spec.name === 'aggregation_checkpoints';
+      const checkpointScan = (where?: Parameters<Collection<T>['scan']>[0]) => {
+        if (!gates.holdNextCheckpointScan) return collection.scan(where);
+        gates.holdNextCheckpointScan = false;
+        return (async function* () {
+          await new Promise<void>((resolve) => (gates.releaseCheckpointScan = resolve));
+          yield* collection.scan(where);
+        })();
+      };
+      const increment: Collection<T>['increment'] = async (id, deltas) => {
+        if (id === 'feature_changes' && gates.holdNextSequence) {
+          gates.holdNextSequence = false;
+          await new Promise<void>((resolve) => (gates.releaseSequence = resolve));
+        }
+        return collection.increment(id, deltas);
+      };
       const insert: Collection<T>['insert'] = async (doc) => {
         if (gates.failEntries > 0) {
           gates.failEntries--;
@@ -85,6 +111,8 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
           if (rows && property === 'upsertIfNewer') return guarded(upsertIfNewer);
           if (rows && property === 'scan') return guarded(scan);
           if (changes && property === 'insert') return guarded(insert);
+          if (sequences && property === 'increment') return guarded(increment);
+          if (checkpoints && property === 'scan') return guarded(checkpointScan);
           return guarded((...args: unknown[]) =>
             (value as (...a: unknown[]) => unknown).apply(target, args),
           );
@@ -101,12 +129,18 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
   }
 }
 
-/** Waits until the write, entry or scan held by `gates` has reached its gate. */
+/** Waits until the call held by `gates` has reached its gate. */
 export async function untilHeld(
   gates: StorageGates,
-  what: 'write' | 'entry' | 'scan',
+  what: 'write' | 'entry' | 'sequence' | 'scan' | 'checkpointScan',
 ): Promise<void> {
-  const release = { write: 'releaseWrite', entry: 'releaseEntry', scan: 'releaseScan' } as const;
+  const release = {
+    write: 'releaseWrite',
+    entry: 'releaseEntry',
+    sequence: 'releaseSequence',
+    scan: 'releaseScan',
+    checkpointScan: 'releaseCheckpointScan',
+  } as const;
   await eventually(async () => {
     await Promise.resolve();
     expect(gates[release[what]]).toBeDefined();
