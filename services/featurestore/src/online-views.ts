@@ -34,7 +34,6 @@ import {
 import {
   aggregationDurable,
   StreamAggregation,
-  viewOfDurable,
   type AggregationProgress,
 } from './events/stream-aggregation';
 import {
@@ -231,8 +230,6 @@ export class OnlineViews {
   private readonly announcing = new Map<NodeJS.Timeout, RowsNotAnnouncedError>();
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
-  /** The start-up sweep of durable consumers left behind (see `sweepDurables`). */
-  private sweeping: Promise<void> = Promise.resolve();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
   private syncRun: Promise<void> = Promise.resolve();
   /**
@@ -262,41 +259,6 @@ export class OnlineViews {
     const failures = await loading;
     if (failures.length > 0) throw failures[0];
     this.lastSyncAt = syncStarted;
-    this.sweeping = this.sweepDurables();
-  }
-
-  /**
-   * Deletes this replica's durable consumers of stream views that no longer exist, or are push
-   * views now: deleted or replaced while this replica was down, a view leaves its durable here
-   * (DeleteFeatureView deletes those of the replicas running, see `deleteDurable`). Once, after
-   * start-up, in the background; a failure (NATS not connected yet) is logged and leaves the
-   * rest to the next start.
-   */
-  private async sweepDurables(): Promise<void> {
-    const { bus, config, registry, logger } = this.parts;
-    if (bus.durableNames === undefined) return;
-    try {
-      for (const durable of await bus.durableNames(config.outcomeStream)) {
-        if (this.stopped) return;
-        const view = viewOfDurable(durable, config.replicaId);
-        if (view === undefined) continue;
-        const served = this.served.get(view);
-        if (served?.kind === 'stream') continue;
-        // Not served (or as a push view): unless applied since the registry was loaded, which
-        // the reconcile that serves it sees to.
-        if (served === undefined && (await registry.storedRegistration(view)) !== undefined) {
-          continue;
-        }
-        if (await bus.deleteConsumer?.(config.outcomeStream, durable)) {
-          logger.info(
-            { view, durable },
-            'aggregation consumer of a view deleted while this replica was down: deleted',
-          );
-        }
-      }
-    } catch (error) {
-      logger.warn({ err: error }, 'aggregation consumers of deleted views not looked for');
-    }
   }
 
   /**
@@ -1339,7 +1301,7 @@ export class OnlineViews {
     );
     // A sync or refill still reading storage (a slow one) is waited for a little more, so that
     // it does not outlive the storage it reads.
-    await settledBy(Promise.all([this.syncRun, this.sweeping, ...this.refilling]), deadline);
+    await settledBy(Promise.all([this.syncRun, ...this.refilling]), deadline);
   }
 }
 

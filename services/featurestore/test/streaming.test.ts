@@ -9,7 +9,7 @@ import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { withTimestampNanos } from '../../platform/test/support/timestamps';
-import { aggregationDurable, StreamAggregation } from '../src/events/stream-aggregation';
+import { StreamAggregation } from '../src/events/stream-aggregation';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import {
   AggregationState,
@@ -26,12 +26,7 @@ import { double, int, itemEntity, itemPlaysView, str, outcome } from './support/
 interface BusSetup {
   /** A bus for publishing test events. */
   publisher(): Promise<EventBus>;
-  harnessOptions(): {
-    sharedBus?: EventBus;
-    natsUrl?: string;
-    replicaId?: string;
-    env?: Record<string, string>;
-  };
+  harnessOptions(): { sharedBus?: EventBus; natsUrl?: string; env?: Record<string, string> };
 }
 
 let eventName = 'play';
@@ -207,27 +202,6 @@ function streamingSuite(setup: BusSetup): void {
     const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
     expect(status.eventsProcessed).toBe(30);
     expect(status.eventsDuplicate).toBe(1);
-  });
-
-  it('deletes its durable of a view deleted while it was down when it starts again', async () => {
-    const options = setup.harnessOptions();
-    const durable = aggregationDurable(view, options.replicaId ?? 'replica-a');
-    const durables = () => bus.durableNames!('TANDEM_OUTCOMES');
-    const first = await startHarness({ dataDir, ...options });
-    await applyItemPlays(first);
-    await eventually(async () => {
-      expect(await durables()).toContain(durable);
-    });
-    await first.stop();
-    // Deleted through another replica meanwhile: that one deletes only its own durable.
-    const other = await startHarness({ dataDir, ...options, replicaId: uniqueName('other') });
-    await other.client.deleteFeatureView({ name: view, etag: '', requestId: '' });
-    await other.stop();
-    expect(await durables()).toContain(durable);
-    harness = await startHarness({ dataDir, ...options });
-    await eventually(async () => {
-      expect(await durables()).not.toContain(durable);
-    });
   });
 
   it('still counts an undecodable event as invalid after a restart, when it came last', async () => {

@@ -115,18 +115,6 @@ export function aggregationDurable(view: string, replicaId: string): string {
   return `featurestore-${view}-${replicaId}`;
 }
 
-/**
- * The view whose {@link aggregationDurable} of `replicaId` is `durable`; undefined for another
- * replica's, or another service's. Unambiguous: view names hold no `-`.
- */
-export function viewOfDurable(durable: string, replicaId: string): string | undefined {
-  const prefix = 'featurestore-';
-  const suffix = `-${replicaId}`;
-  if (!durable.startsWith(prefix) || !durable.endsWith(suffix)) return undefined;
-  const view = durable.slice(prefix.length, durable.length - suffix.length);
-  return /^[a-z][a-z0-9_]*$/.test(view) ? view : undefined;
-}
-
 export class StreamAggregation {
   private aggregator: WindowAggregator;
   private options: WindowAggregatorOptions;

@@ -208,11 +208,6 @@ export interface EventBus {
    * (its lag); undefined when there is no such durable. Optional, as `deleteConsumer`.
    */
   consumerPending?(stream: string, durable: string): Promise<number | undefined>;
-  /**
-   * The names of `stream`'s durable consumers (none when there is no such stream): to find those
-   * left behind by what no longer runs. Optional, as `deleteConsumer`.
-   */
-  durableNames?(stream: string): Promise<string[]>;
   /** True while the bus can publish (the connection is up). */
   isConnected(): boolean;
   /** Stops all subscriptions, flushes, and closes the connection (NATS `drain`). */

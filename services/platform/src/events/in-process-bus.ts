@@ -386,13 +386,6 @@ class InProcessBus implements EventBus {
     });
   }
 
-  durableNames(stream: string): Promise<string[]> {
-    return Promise.resolve().then(() => {
-      this.throwIfClosed();
-      return [...(this.streams.get(stream)?.durables.keys() ?? [])];
-    });
-  }
-
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all([...this.subscriptions].map((subscription) => subscription.stop()));

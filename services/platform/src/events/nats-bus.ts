@@ -841,20 +841,6 @@ class NatsBus implements EventBus {
     }
   }
 
-  async durableNames(stream: string): Promise<string[]> {
-    const { manager } = this.live();
-    const names: string[] = [];
-    try {
-      for await (const consumer of manager.consumers.list(stream)) {
-        if (consumer.config.durable_name !== undefined) names.push(consumer.config.durable_name);
-      }
-    } catch (error) {
-      if (isApiError(error, JetStreamApiCodes.StreamNotFound)) return [];
-      throw toBusError(error, `cannot list the consumers of ${stream}`);
-    }
-    return names;
-  }
-
   async close(): Promise<void> {
     this.closing ??= this.shutDown();
     return this.closing;
