@@ -58,28 +58,36 @@ const ctr7d = {
   vectorLength: 0,
 };
 
+/** Waits until `replica` serves u1's ctr = 0.5 (the held or failed write's). */
+async function untilServed(replica: RunningHarness, ms: number): Promise<void> {
+  await eventually(async () => {
+    expect(await ctrOf(replica, 'u1')).toEqual(double(0.5));
+  }, ms);
+}
+
+/** Writes `user`'s ctr through `replica`. */
+function writeCtr(replica: RunningHarness, user = 'u1', ctr = 0.5) {
+  return replica.client.writeFeatures({
+    featureView: 'user_stats',
+    rows: [userRow(user, new Date(), { ctr: double(ctr) })],
+    requestId: '',
+  });
+}
+
 /**
  * Starts writing u1's ctr = 0.5 through `replica` and waits until the row's write is held; the
  * call's answer is `writing` (in an object: a promise returned would be awaited with this one).
  */
 async function heldWrite(gates: StorageGates, replica: RunningHarness) {
   gates.holdNextWrite = true;
-  const writing = replica.client.writeFeatures({
-    featureView: 'user_stats',
-    rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-    requestId: '',
-  });
+  const writing = writeCtr(replica);
   await untilHeld(gates, 'write');
   return { writing };
 }
 
 /** Writes u2's ctr = 0.25 through `writer` and waits until `reader` serves it. */
 async function writeLaterRow(writer: RunningHarness, reader: RunningHarness): Promise<void> {
-  await writer.client.writeFeatures({
-    featureView: 'user_stats',
-    rows: [userRow('u2', new Date(), { ctr: double(0.25) })],
-    requestId: '',
-  });
+  await writeCtr(writer, 'u2', 0.25);
   await eventually(async () => {
     expect(await ctrOf(reader, 'u2')).toEqual(double(0.25));
   }, 2_000);
@@ -157,9 +165,7 @@ it('a replica loading a view again (feature added) while another writes serves t
     );
     gates.releaseWrite!();
     expect((await writing).rowsWritten).toBe(1);
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
-    }, 3_000);
+    await untilServed(second, 3_000);
   } finally {
     await stop();
   }
@@ -213,12 +219,8 @@ it('a write slower than the change-log gap wait is still synced by other replica
     gates.releaseWrite!();
     await outcome;
     // Stored, and served by the replica that wrote it.
-    await eventually(async () => {
-      expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
-    }, 2_000);
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
-    }, 3_000);
+    await untilServed(first, 2_000);
+    await untilServed(second, 3_000);
   } finally {
     await stop();
   }
@@ -230,13 +232,7 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     // A write whose rows are stored and whose sequence is taken, its writer then stalled before
     // storing the entry (a primary election between the two).
     gates.holdNextEntry = true;
-    const writing = first.client
-      .writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-        requestId: '',
-      })
-      .catch((error: unknown) => error);
+    const writing = writeCtr(first).catch((error: unknown) => error);
     await untilHeld(gates, 'entry');
     // A later write lands after the gap: the second replica applies it and, once the gap wait
     // is over, follows the log past the missing entry.
@@ -245,9 +241,7 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     expect(await ctrOf(second, 'u1')).not.toEqual(double(0.5));
     gates.releaseEntry!();
     await writing;
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
-    }, 3_000);
+    await untilServed(second, 3_000);
   } finally {
     await stop();
   }
@@ -258,19 +252,11 @@ it('rows stored when their change-log entry fails are announced once storage tak
   try {
     // Storage fails right after the rows are stored: for the entry, then for its first retry.
     gates.failEntries = 2;
-    const write = await failureOf(
-      first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-        requestId: '',
-      }),
-    );
+    const write = await failureOf(writeCtr(first));
     expect(write.code).toBe(GrpcCode.UNAVAILABLE);
     // Served as storage holds it, by the replica that wrote it and, once announced, the other.
     expect(await ctrOf(first, 'u1')).toEqual(double(0.5));
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
-    }, 5_000);
+    await untilServed(second, 5_000);
     expect(gates.failEntries).toBe(0);
   } finally {
     await stop();
@@ -281,13 +267,7 @@ it("a late announcement does not put a deleted view's rows into the view applied
   const { gates, first, second, stop } = await gatedPair();
   try {
     gates.failEntries = 1;
-    await failureOf(
-      first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-        requestId: '',
-      }),
-    );
+    await failureOf(writeCtr(first));
     // The announcement finds the view as it was, then stalls taking its sequence; meanwhile the
     // view is deleted and applied again, and the other replica serves the new, empty one.
     gates.holdNextSequence = true;
@@ -410,44 +390,58 @@ it('writes do not wait for the reload after a long outage when the registry chan
       validateOnly: false,
     });
     await eventually(() => second.client.getFeatureView({ name: 'other_stats' }), 2_000);
-    const write = second.client.writeFeatures({
-      featureView: 'user_stats',
-      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
-      requestId: '',
-    });
+    const write = writeCtr(second);
     const outcome = await doneWithin(write, 2_000);
     gates.releaseScan!();
     expect(outcome).toBe('done');
     // And the row is served once the reload is done.
-    await eventually(async () => {
-      expect(await ctrOf(second, 'u1')).toEqual(double(0.5));
-    }, 3_000);
+    await untilServed(second, 3_000);
   } finally {
     await second.stop();
     await first.stop();
   }
 }, 30_000);
 
+/**
+ * Runs `hold` (which leaves a scan of `replica`'s held), then expects `replica` to stop within
+ * 5 s: within its shutdown deadline (10 s), not after the scan. Stops `others` last.
+ */
+async function stopsWhileScanHeld(
+  gates: StorageGates,
+  replica: RunningHarness,
+  others: readonly RunningHarness[],
+  hold: () => Promise<void>,
+): Promise<void> {
+  let stopped = false;
+  try {
+    await hold();
+    expect(await doneWithin(replica.stop(), 5_000)).toBe('done');
+    stopped = true;
+  } finally {
+    gates.releaseScan?.();
+    if (!stopped) await replica.stop();
+    for (const other of others) await other.stop();
+  }
+}
+
+/** Cuts storage off past half the change log's retention, then holds the reload's scan. */
+async function holdReloadAfterOutage(gates: StorageGates): Promise<void> {
+  gates.cutOff = true;
+  await new Promise((resolve) => setTimeout(resolve, 6_000));
+  // The reload's scan reads, then hangs (a cursor that never answers).
+  gates.holdNextScan = true;
+  gates.cutOff = false;
+  await untilHeld(gates, 'scan');
+}
+
 it('a replica stopping while it loads its views again after a long outage stops', async () => {
   const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
   const gates = storageGates();
   const harness = await startHarness({ env, wrapStore: (store) => gatedStore(store, gates) });
-  let stopped = false;
-  try {
+  await stopsWhileScanHeld(gates, harness, [], async () => {
     await applyUserStats(harness.client);
-    gates.cutOff = true;
-    await new Promise((resolve) => setTimeout(resolve, 6_000));
-    // The reload's scan reads, then hangs (a cursor that never answers).
-    gates.holdNextScan = true;
-    gates.cutOff = false;
-    await untilHeld(gates, 'scan');
-    // Within its shutdown deadline (10 s), not after the reload.
-    expect(await doneWithin(harness.stop(), 5_000)).toBe('done');
-    stopped = true;
-  } finally {
-    gates.releaseScan?.();
-    if (!stopped) await harness.stop();
-  }
+    await holdReloadAfterOutage(gates);
+  });
 }, 30_000);
 
 /** Two replicas sharing storage, the second's gated, both serving user_stats. */
@@ -477,39 +471,21 @@ it('a replica stopping while a reconcile waits behind a hung reload stops', asyn
   const { gates, first, second } = await secondGated({
     TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s',
   });
-  let stopped = false;
-  try {
-    gates.cutOff = true;
-    await new Promise((resolve) => setTimeout(resolve, 6_000));
+  await stopsWhileScanHeld(gates, second, [first], async () => {
     // The reload after the outage hangs; a registry change queues a reconcile behind it.
-    gates.holdNextScan = true;
-    gates.cutOff = false;
-    await untilHeld(gates, 'scan');
+    await holdReloadAfterOutage(gates);
     await applyOtherStats(first);
     await eventually(() => second.client.getFeatureView({ name: 'other_stats' }), 2_000);
-    expect(await doneWithin(second.stop(), 5_000)).toBe('done');
-    stopped = true;
-  } finally {
-    gates.releaseScan?.();
-    if (!stopped) await second.stop();
-    await first.stop();
-  }
+  });
 }, 40_000);
 
 it('a replica stopping while its reconcile loads a view from a hung scan stops', async () => {
   const { gates, first, second } = await secondGated();
-  let stopped = false;
-  try {
+  await stopsWhileScanHeld(gates, second, [first], async () => {
     gates.holdNextScan = true;
     await applyOtherStats(first);
     await untilHeld(gates, 'scan');
-    expect(await doneWithin(second.stop(), 5_000)).toBe('done');
-    stopped = true;
-  } finally {
-    gates.releaseScan?.();
-    if (!stopped) await second.stop();
-    await first.stop();
-  }
+  });
 }, 30_000);
 
 it('a replica stopping while it retires deleted stream views takes no checkpoint of them', async () => {
