@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { openStore } from '../../platform/src/storage/open-store';
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { dateOf } from './contract-mapping';
+import { RowsNotAnnouncedError } from './online-views';
 import { readFeatureStoreConfig } from './config';
 import { InvalidArgumentError } from '../../platform/src/errors';
 import { bulkLoad, parseJsonLines, rowOfJson, type BulkLoadProgress } from './store/bulk-load';
@@ -76,7 +77,13 @@ async function main(): Promise<void> {
       );
     } catch (error) {
       // The batches stored before the failure stay stored: say how many rows they held.
-      console.error(`stopped with ${written} rows written:`);
+      if (error instanceof RowsNotAnnouncedError) {
+        console.error(
+          `stopped with ${written + error.rows.length} rows written; the last ${error.rows.length} are not announced to running replicas (they serve them after loading the view again, or once the load is run again):`,
+        );
+      } else {
+        console.error(`stopped with ${written} rows written:`);
+      }
       throw error;
     }
     console.error(

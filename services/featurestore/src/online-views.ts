@@ -202,6 +202,8 @@ export class OnlineViews {
   private position = 0;
   private readonly appliedAhead = new Set<number>();
   private gapSince: number | undefined;
+  /** The highest sequence seen ahead when `gapSince` was set (see `advancePosition`). */
+  private gapCovers = 0;
   /** Sequences the position moved past without their entry, and when (see `applyPassedOver`). */
   private readonly passedOver = new Map<number, number>();
   private lastSyncAt = new Date(0);
@@ -220,10 +222,8 @@ export class OnlineViews {
   private isStopping(): boolean {
     return this.stopped;
   }
-  /** Resolves `stopRequested`. */
-  private signalStop: () => void = () => undefined;
-  /** Settles when `stop` is called: a reconcile queued behind a sync stops waiting for it. */
-  private readonly stopRequested = new Promise<void>((resolve) => (this.signalStop = resolve));
+  /** Resolves the waits of `untilSynced` when `stop` is called. */
+  private readonly stopWaiters = new Set<() => void>();
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
   /** Stored rows whose change-log entry is appended again at their timer (see `announceLater`). */
@@ -267,7 +267,7 @@ export class OnlineViews {
    */
   reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
     this.reconciling = this.reconciling
-      .then(() => Promise.race([this.syncRun, this.stopRequested]))
+      .then(() => this.untilSynced())
       .then(() => this.reconcileNow(views))
       .then(
         (failures) => {
@@ -279,6 +279,22 @@ export class OnlineViews {
         },
       );
     return this.reconciling;
+  }
+
+  /**
+   * Settles when the sync running settles, or `stop` is called: a reconcile queued behind a
+   * hung sync must not hold up stopping. (Not a race with a promise settled by `stop`, which
+   * would keep a reaction per call for the life of the process.)
+   */
+  private untilSynced(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.stopWaiters.add(resolve);
+      void this.syncRun.then(() => {
+        this.stopWaiters.delete(resolve);
+        resolve();
+      });
+    });
   }
 
   /** The time up to which this replica is known to hold every stored write. */
@@ -1154,18 +1170,25 @@ export class OnlineViews {
 
   private advancePosition(now: number): void {
     for (;;) {
+      // The sequences up to the highest seen when the wait began were all taken by then: one
+      // still missing has been waited for as long, and is passed at once.
+      if (this.position >= this.gapCovers) this.gapSince = undefined;
       if (this.appliedAhead.delete(this.position + 1)) {
         this.position++;
-        this.gapSince = undefined;
         continue;
       }
       if (this.appliedAhead.size === 0) return;
       // A gap: a writer took the sequence number but its entry is not there yet (or never will
       // be, if it failed in between). Wait a while, then move on.
-      this.gapSince ??= now;
+      if (this.gapSince === undefined) {
+        this.gapSince = now;
+        this.gapCovers = 0;
+        for (const sequence of this.appliedAhead) {
+          if (sequence > this.gapCovers) this.gapCovers = sequence;
+        }
+      }
       if (now - this.gapSince < CHANGE_LOG_GAP_WAIT_MS) return;
       this.position++;
-      this.gapSince = undefined;
       this.passedOver.delete(this.position); // re-inserted last: the map is in time order
       this.passedOver.set(this.position, now);
       if (this.passedOver.size > PASSED_OVER_MAX) {
@@ -1280,7 +1303,8 @@ export class OnlineViews {
     }
     for (const timer of this.announcing.keys()) clearTimeout(timer);
     this.announcing.clear();
-    this.signalStop();
+    for (const release of this.stopWaiters) release();
+    this.stopWaiters.clear();
     // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records, and
     // a reconcile starts nothing more (an aggregation it was starting is stopped once started).
     // Storage that does not answer is waited for only so long: the aggregations' last checkpoints

@@ -26,6 +26,7 @@ import {
   userStatsView,
 } from './support/fixtures';
 import { StreamAggregation } from '../src/events/stream-aggregation';
+import { FeatureRowRepository } from '../src/store/feature-rows';
 
 /** Whether `call` settles within `ms` (the scan it must not wait for is held meanwhile). */
 async function doneWithin(call: Promise<unknown>, ms: number): Promise<'done' | 'waiting'> {
@@ -236,13 +237,49 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     await untilHeld(gates, 'entry');
     // A later write lands after the gap: the second replica applies it and, once the gap wait
     // is over, follows the log past the missing entry.
-    await writeLaterRow(first, second);
-    await new Promise((resolve) => setTimeout(resolve, 6_500));
+    const lookedFor = jest.spyOn(FeatureRowRepository.prototype, 'changesAmong');
+    try {
+      await writeLaterRow(first, second);
+      // Passed over (the replicas look for it by id): applied late, not by following the log.
+      await eventually(() => {
+        expect(lookedFor).toHaveBeenCalled();
+        return Promise.resolve();
+      }, 10_000);
+    } finally {
+      lookedFor.mockRestore();
+    }
     expect(await ctrOf(second, 'u1')).not.toEqual(double(0.5));
     gates.releaseEntry!();
     await writing;
     await untilServed(second, 3_000);
   } finally {
+    await stop();
+  }
+}, 30_000);
+
+it('consecutive missing change-log entries are passed over after one gap wait', async () => {
+  const { gates, first, second, stop } = await gatedPair();
+  const follows = jest.spyOn(FeatureRowRepository.prototype, 'changesAfter');
+  try {
+    const base = await (
+      await FeatureRowRepository.open(first.runtime.store, 3_600_000)
+    ).lastSequence();
+    // One blip: three writes' entries refused; announced again later, after the gap.
+    gates.failEntries = 3;
+    for (const user of ['u1', 'u2', 'u3']) await failureOf(writeCtr(first, user, 0.5));
+    await eventually(async () => {
+      for (const user of ['u1', 'u2', 'u3']) {
+        expect(await ctrOf(second, user)).toEqual(double(0.5));
+      }
+    }, 5_000);
+    // The three sequences were all missing from the start: one wait (5 s) passes them all.
+    await eventually(() => {
+      const positions = follows.mock.calls.slice(-4).map(([sequence]) => sequence);
+      expect(Math.min(...positions)).toBeGreaterThanOrEqual(base + 3);
+      return Promise.resolve();
+    }, 8_000);
+  } finally {
+    follows.mockRestore();
     await stop();
   }
 }, 30_000);
@@ -517,7 +554,7 @@ it('a replica stopping while it retires deleted stream views takes no checkpoint
     gates.holdNextCheckpointScan = true;
     await first.client.deleteFeatureView({ name: 's1', etag: '', requestId: '' });
     await first.client.deleteFeatureView({ name: 's2', etag: '', requestId: '' });
-    await untilHeld(gates, 'checkpointScan');
+    await untilHeld(gates, 'checkpointScan', 6_000);
     const [stopsBefore, retiresBefore] = [stops.mock.calls.length, retires.mock.calls.length];
     await second.stop();
     stopped = true;

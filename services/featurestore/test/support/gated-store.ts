@@ -133,6 +133,7 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
 export async function untilHeld(
   gates: StorageGates,
   what: 'write' | 'entry' | 'sequence' | 'scan' | 'checkpointScan',
+  timeoutMs = 2_000,
 ): Promise<void> {
   const release = {
     write: 'releaseWrite',
@@ -144,5 +145,5 @@ export async function untilHeld(
   await eventually(async () => {
     await Promise.resolve();
     expect(gates[release[what]]).toBeDefined();
-  }, 2_000);
+  }, timeoutMs);
 }
