@@ -319,7 +319,6 @@ export class OnlineViews {
   private async reconcileNow(
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ): Promise<unknown[]> {
-    if (this.stopped) return [];
     for (const [name, served] of [...this.served]) {
       // Stopping: `stop` stops the aggregations still served (the rest is left to the next start).
       if (this.isStopping()) return [];
@@ -456,7 +455,7 @@ export class OnlineViews {
       );
     };
     const run = async (): Promise<void> => {
-      const types = definition.features.map((f) => [f.name, f.valueType] as const);
+      const types = featureTypes(definition);
       let batch: OnlineRow<FeatureValueMessage>[] = [];
       for await (const row of this.parts.rows.scanView(name)) {
         if (!current()) return;
@@ -551,7 +550,7 @@ export class OnlineViews {
       ttlMs: definition.ttlMs,
       sizeOf: wireValueBytes,
     });
-    const types = definition.features.map((f) => [f.name, f.valueType] as const);
+    const types = featureTypes(definition);
     let batch: OnlineRow<FeatureValueMessage>[] = [];
     let loaded = 0;
     for await (const row of this.parts.rows.scanView(definition.name)) {
@@ -1142,7 +1141,7 @@ export class OnlineViews {
     ) {
       return;
     }
-    const types = served.registered.definition.features.map((f) => [f.name, f.valueType] as const);
+    const types = featureTypes(served.registered.definition);
     served.table.write(
       entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
       Date.now(),
@@ -1189,7 +1188,7 @@ export class OnlineViews {
       }
       if (now - this.gapSince < CHANGE_LOG_GAP_WAIT_MS) return;
       this.position++;
-      this.passedOver.delete(this.position); // re-inserted last: the map is in time order
+      // The position only grows (a reload clears the map): the map is in time order.
       this.passedOver.set(this.position, now);
       if (this.passedOver.size > PASSED_OVER_MAX) {
         this.passedOver.delete(this.passedOver.keys().next().value as number);
@@ -1369,7 +1368,12 @@ function ownColumn(
   return Object.hasOwn(request.entityRows, joinKey) ? request.entityRows[joinKey] : undefined;
 }
 
-/** A stored or logged row as served from memory, `order` its change-log sequence. */
+/** Each feature's name and value type, as {@link onlineRowOf} reads a row's values. */
+function featureTypes(definition: FeatureViewDefinition): (readonly [string, ValueType])[] {
+  return definition.features.map((f) => [f.name, f.valueType] as const);
+}
+
+/** A stored or logged row as served from memory, `order` its write's order (see `rowVersion`). */
 function onlineRowOf(
   row: FeatureRowDocument | ChangedRow,
   types: readonly (readonly [string, ValueType])[],

@@ -15,7 +15,13 @@ import {
   startHarness,
   type RunningHarness,
 } from './support/feature-store-harness';
-import { gatedStore, storageGates, untilHeld, type StorageGates } from './support/gated-store';
+import {
+  gatedSecondReplica,
+  gatedStore,
+  storageGates,
+  untilHeld,
+  type StorageGates,
+} from './support/gated-store';
 import {
   applyUserStats,
   double,
@@ -404,28 +410,13 @@ it('a refill of a feature added, retried after another was added, leaves the new
 
 it('writes do not wait for the reload after a long outage when the registry changes', async () => {
   // Half the shortest retention allowed (10 s) without a sync: the push views are loaded again.
-  const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
-  const gates = storageGates();
-  const first = await startHarness({ replicaId: 'replica-a', env });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    env,
-    wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+  const { gates, first, second } = await gatedSecondReplica({
+    TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s',
   });
   try {
-    await applyUserStats(first.client);
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 2_000);
-    gates.cutOff = true;
-    await new Promise((resolve) => setTimeout(resolve, 6_000));
-    gates.holdNextScan = true;
-    gates.cutOff = false;
-    await untilHeld(gates, 'scan');
+    await holdReloadAfterOutage(gates);
     // A registry change queues a reconcile behind the reload.
-    await first.client.applyFeatureView({
-      featureView: userStatsView({ name: 'other_stats' }),
-      requestId: '',
-      validateOnly: false,
-    });
+    await applyOtherStats(first);
     await eventually(() => second.client.getFeatureView({ name: 'other_stats' }), 2_000);
     const write = writeCtr(second);
     const outcome = await doneWithin(write, 2_000);
@@ -481,20 +472,6 @@ it('a replica stopping while it loads its views again after a long outage stops'
   });
 }, 30_000);
 
-/** Two replicas sharing storage, the second's gated, both serving user_stats. */
-async function secondGated(env: Record<string, string> = {}) {
-  const gates = storageGates();
-  const first = await startHarness({ replicaId: 'replica-a', env });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    env,
-    wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
-  });
-  await applyUserStats(first.client);
-  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 2_000);
-  return { gates, first, second };
-}
-
 /** A view applied on `replica`, which the other replica's reconcile then loads. */
 async function applyOtherStats(replica: RunningHarness): Promise<void> {
   await replica.client.applyFeatureView({
@@ -505,7 +482,7 @@ async function applyOtherStats(replica: RunningHarness): Promise<void> {
 }
 
 it('a replica stopping while a reconcile waits behind a hung reload stops', async () => {
-  const { gates, first, second } = await secondGated({
+  const { gates, first, second } = await gatedSecondReplica({
     TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s',
   });
   await stopsWhileScanHeld(gates, second, [first], async () => {
@@ -517,7 +494,7 @@ it('a replica stopping while a reconcile waits behind a hung reload stops', asyn
 }, 40_000);
 
 it('a replica stopping while its reconcile loads a view from a hung scan stops', async () => {
-  const { gates, first, second } = await secondGated();
+  const { gates, first, second } = await gatedSecondReplica();
   await stopsWhileScanHeld(gates, second, [first], async () => {
     gates.holdNextScan = true;
     await applyOtherStats(first);

@@ -13,7 +13,7 @@ import {
   startReplicaPair,
   type RunningHarness,
 } from './support/feature-store-harness';
-import { gatedStore, storageGates, untilHeld } from './support/gated-store';
+import { gatedSecondReplica, gatedStore, storageGates, untilHeld } from './support/gated-store';
 import {
   applyUserStats,
   double,
@@ -230,17 +230,10 @@ describe('a FeatureStore replica whose load of a view fails once', () => {
 describe('a FeatureStore replica cut off from storage for longer than the change log is kept', () => {
   it('loads its push-sourced views again once storage answers, with what was written meanwhile', async () => {
     // The shortest retention allowed (10 s) keeps the test short; the default is one hour.
-    const env = { TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s' };
-    const gates = storageGates();
-    const first = await startHarness({ replicaId: 'replica-a', env });
-    const second = await startHarness({
-      replicaId: 'replica-b',
-      env,
-      wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+    const { gates, first, second } = await gatedSecondReplica({
+      TANDEM_FEATURESTORE_CHANGE_LOG_RETENTION: '10s',
     });
     try {
-      await applyUserStats(first.client);
-      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
       gates.cutOff = true;
       await first.client.writeFeatures({
         featureView: 'user_stats',

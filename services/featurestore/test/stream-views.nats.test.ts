@@ -34,14 +34,22 @@ describeWithNats('stream views', () => {
     await bus.close();
   });
 
-  it('keeps serving reads while its description and TTL change, and applies the TTL at once', async () => {
-    const name = uniqueName('upd')
+  /**
+   * A view name and subject of this test's own (events of other tests stay in the shared
+   * stream), on the shared harness (started by the first test), with the item entity applied.
+   */
+  async function onFreshSubject(prefix: string) {
+    const name = uniqueName(prefix)
       .toLowerCase()
       .replace(/[^a-z0-9_]/g, '_');
-    const subject = `tandem.events.v1.outcome.${name}`;
     harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
     const { client } = harness;
     await client.applyEntity({ entity: itemEntity, requestId: '' });
+    return { name, subject: `tandem.events.v1.outcome.${name}`, client, running: harness };
+  }
+
+  it('keeps serving reads while its description and TTL change, and applies the TTL at once', async () => {
+    const { name, subject, client } = await onFreshSubject('upd');
     await client.applyFeatureView({
       featureView: itemCountView(name, subject, 2),
       requestId: '',
@@ -112,13 +120,7 @@ describeWithNats('stream views', () => {
     expect((await read())?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_EXPIRED]);
   });
   it('serves each feature its own values after its features are reordered', async () => {
-    const name = uniqueName('reorder')
-      .toLowerCase()
-      .replace(/[^a-z0-9_]/g, '_');
-    const subject = `tandem.events.v1.outcome.${name}`;
-    harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
-    const { client } = harness;
-    await client.applyEntity({ entity: itemEntity, requestId: '' });
+    const { name, subject, client } = await onFreshSubject('reorder');
     const base = itemCountView(name, subject, 2);
     if (base.source?.$case !== 'streamSource') throw new Error('not a stream view');
     const count = base.source.value.aggregations[0];
@@ -182,13 +184,7 @@ describeWithNats('stream views', () => {
   });
 
   it('forgets entities once their window has passed, in memory and in the checkpoint', async () => {
-    const name = uniqueName('idle')
-      .toLowerCase()
-      .replace(/[^a-z0-9_]/g, '_');
-    const subject = `tandem.events.v1.outcome.${name}`;
-    harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
-    const { client } = harness;
-    await client.applyEntity({ entity: itemEntity, requestId: '' });
+    const { name, subject, client, running } = await onFreshSubject('idle');
     await client.applyFeatureView({
       featureView: itemCountView(name, subject, 2),
       requestId: '',
@@ -219,7 +215,7 @@ describeWithNats('stream views', () => {
         FeatureStatus.FEATURE_STATUS_NOT_FOUND,
       ]);
     }, 20_000);
-    const checkpoints = await harness.runtime.store.collection<{
+    const checkpoints = await running.runtime.store.collection<{
       id: string;
       kind: string;
       data?: string;

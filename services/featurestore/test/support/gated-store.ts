@@ -6,7 +6,8 @@
  */
 import { UnavailableError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
-import { eventually } from './feature-store-harness';
+import { eventually, sharing, startHarness } from './feature-store-harness';
+import { applyUserStats } from './fixtures';
 
 export interface StorageGates {
   /** The next write of rows (`upsertIfNewer` of `feature_rows`) waits for `releaseWrite`. */
@@ -146,4 +147,21 @@ export async function untilHeld(
     await Promise.resolve();
     expect(gates[release[what]]).toBeDefined();
   }, timeoutMs);
+}
+
+/**
+ * Two replicas sharing storage, the second's gated, both serving user_stats (applied through
+ * the first).
+ */
+export async function gatedSecondReplica(env: Readonly<Record<string, string>> = {}) {
+  const gates = storageGates();
+  const first = await startHarness({ replicaId: 'replica-a', env });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    env,
+    wrapStore: () => gatedStore(sharing(first.runtime.store)(), gates),
+  });
+  await applyUserStats(first.client);
+  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 2_000);
+  return { gates, first, second };
 }
