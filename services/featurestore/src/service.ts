@@ -27,6 +27,21 @@ export const OUTCOME_SUBJECTS = OUTCOME_STREAM.subjects;
 
 const EXPIRY_SWEEP_INTERVAL_MS = 60_000;
 
+/**
+ * Runs `run` every `intervalMs`, skipping the ticks while its last run is unsettled: storage that
+ * hangs (a half-open connection) then holds one read, not one more per tick.
+ */
+function everyInterval(intervalMs: number, run: () => Promise<void>): NodeJS.Timeout {
+  let running = false;
+  return setInterval(() => {
+    if (running) return;
+    running = true;
+    void run().finally(() => {
+      running = false;
+    });
+  }, intervalMs);
+}
+
 export interface RunningFeatureStore {
   /** Stops the loops and aggregations (also registered as a shutdown step). */
   stop(): Promise<void>;
@@ -101,15 +116,15 @@ export async function startFeatureStore(
     storageReachable = false;
   };
   const timers = [
-    setInterval(() => {
+    everyInterval(config.syncIntervalMs, () =>
       views.syncChanges().then(() => {
         if (!storageReachable) logger.info('storage reachable again');
         storageReachable = true;
-      }, report('feature row sync'));
-    }, config.syncIntervalMs),
-    setInterval(() => {
-      registry.reload().catch(report('registry reload'));
-    }, config.registryReloadIntervalMs),
+      }, report('feature row sync')),
+    ),
+    everyInterval(config.registryReloadIntervalMs, () =>
+      registry.reload().catch(report('registry reload')),
+    ),
     setInterval(() => {
       views.removeExpired(Date.now());
     }, EXPIRY_SWEEP_INTERVAL_MS),
@@ -119,6 +134,10 @@ export async function startFeatureStore(
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
+      // Serving ends first (NOT_SERVING, in-flight calls finished): registered after the kit's
+      // gRPC server step, this step runs before it, and a write waiting for its view's load would
+      // otherwise be answered NOT_FOUND when stopping ends that load.
+      await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       for (const timer of timers) clearInterval(timer);
       await Promise.all([views.stop(), retiming.stop()]);
     })();

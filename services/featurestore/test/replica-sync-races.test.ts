@@ -502,6 +502,35 @@ it('a replica stopping while its reconcile loads a view from a hung scan stops',
   });
 }, 30_000);
 
+it('a write waiting for its view to load when the replica stops is answered once it loads', async () => {
+  const { gates, first, second } = await gatedSecondReplica();
+  let stopped = false;
+  try {
+    gates.holdNextScan = true;
+    await applyOtherStats(first);
+    await untilHeld(gates, 'scan', 5_000);
+    // The write waits for the reconcile loading other_stats (the view is not served yet).
+    const write = second.client.writeFeatures({
+      featureView: 'other_stats',
+      rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+      requestId: '',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Shutdown begins: the server drains (the write is in flight) before the views stop.
+    const stopping = second.runtime.shutdown.run(10_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    gates.releaseScan!();
+    await expect(write).resolves.toMatchObject({ rowsWritten: 1 });
+    await stopping;
+    stopped = true;
+  } finally {
+    gates.releaseScan?.();
+    if (!stopped) await second.runtime.shutdown.run(10_000);
+    await second.stop();
+    await first.stop();
+  }
+}, 30_000);
+
 it('a replica stopping while it retires deleted stream views takes no checkpoint of them', async () => {
   const gates = storageGates();
   const first = await startHarness({ replicaId: 'replica-a' });

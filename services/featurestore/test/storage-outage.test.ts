@@ -1,6 +1,7 @@
 /**
  * While storage is unreachable, reads keep being served from memory and say how fresh they are
  * (`as_of` stops at the last sync), and writes fail with UNAVAILABLE; both recover with storage.
+ * Storage that hangs instead holds one sync and one registry reload, not one more per tick.
  */
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { UnavailableError } from '../../platform/src/errors';
@@ -8,6 +9,9 @@ import type { Collection, DocumentStore } from '../../platform/src/storage/colle
 import { failureOf } from './feature-store-api';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+import { gatedStore, storageGates } from './support/gated-store';
+import { FeatureRegistry } from '../src/feature-registry';
+import { OnlineViews } from '../src/online-views';
 
 /** A store whose every operation throws UnavailableError while `down` is set, like an unreachable server. */
 function switchable(): {
@@ -109,4 +113,42 @@ describe('FeatureStore during a storage outage', () => {
       requestId: '',
     });
   });
+});
+
+it('a sync or registry reload that hangs in storage is not started again on each tick', async () => {
+  const gates = storageGates();
+  const harness = await startHarness({
+    env: {
+      TANDEM_FEATURESTORE_SYNC_INTERVAL: '20ms',
+      TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '20ms',
+    },
+    wrapStore: (store) => gatedStore(store, gates),
+  });
+  const syncs = jest.spyOn(OnlineViews.prototype, 'syncChanges');
+  const reloads = jest.spyOn(FeatureRegistry.prototype, 'reload');
+  const calls = () => [syncs.mock.calls.length, reloads.mock.calls.length];
+  try {
+    // Storage stops answering (a half-open connection): the next sync and reload hang.
+    gates.stallReads = true;
+    await eventually(async () => {
+      await Promise.resolve();
+      expect(gates.stalledReads).toBeGreaterThanOrEqual(2);
+    });
+    const whileHung = calls();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(calls()).toEqual(whileHung);
+    // Once storage answers, the ticks go on.
+    gates.releaseStalledReads();
+    await eventually(async () => {
+      await Promise.resolve();
+      const [syncsNow, reloadsNow] = calls();
+      expect(syncsNow).toBeGreaterThan(whileHung[0]! + 2);
+      expect(reloadsNow).toBeGreaterThan(whileHung[1]! + 2);
+    });
+  } finally {
+    gates.releaseStalledReads();
+    syncs.mockRestore();
+    reloads.mockRestore();
+    await harness.stop();
+  }
 });

@@ -29,12 +29,20 @@ export interface StorageGates {
   releaseCheckpointScan?: () => void;
   /** The next scan of rows fails with UNAVAILABLE. */
   failNextScan: boolean;
+  /**
+   * While set, reads of the change log (`list` of `feature_changes`) and of the registry (`scan`
+   * of `entities`) wait, counted in `stalledReads`, until `releaseStalledReads` (a hung storage).
+   */
+  stallReads: boolean;
+  stalledReads: number;
+  releaseStalledReads(): void;
   /** Every call of every collection fails with UNAVAILABLE. */
   cutOff: boolean;
 }
 
 export function storageGates(): StorageGates {
-  return {
+  const stalled: (() => void)[] = [];
+  const gates: StorageGates = {
     holdNextWrite: false,
     holdNextEntry: false,
     failEntries: 0,
@@ -42,8 +50,26 @@ export function storageGates(): StorageGates {
     holdNextScan: false,
     holdNextCheckpointScan: false,
     failNextScan: false,
+    stallReads: false,
+    stalledReads: 0,
+    releaseStalledReads() {
+      gates.stallReads = false;
+      for (const release of stalled.splice(0)) release();
+    },
     cutOff: false,
   };
+  stallers.set(gates, stalled);
+  return gates;
+}
+
+/** The waits of each `storageGates()`'s stalled reads. */
+const stallers = new WeakMap<StorageGates, (() => void)[]>();
+
+/** Waits while `gates.stallReads` is set (see {@link StorageGates.stallReads}). */
+async function unlessStalled(gates: StorageGates): Promise<void> {
+  if (!gates.stallReads) return;
+  gates.stalledReads++;
+  await new Promise<void>((resolve) => stallers.get(gates)?.push(resolve));
 }
 
 /** `store` with `gates` applied. */
@@ -58,6 +84,7 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
       const changes = spec.name === 'feature_changes';
       const sequences = spec.name === 'sequences';
       const checkpoints = spec.name === 'aggregation_checkpoints';
+      const entities = spec.name === 'entities';
       const checkpointScan = (where?: Parameters<Collection<T>['scan']>[0]) => {
         if (!gates.holdNextCheckpointScan) return collection.scan(where);
         gates.holdNextCheckpointScan = false;
@@ -105,6 +132,15 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
           yield* read;
         })() as AsyncIterable<never>;
       };
+      const list: Collection<T>['list'] = async (options) => {
+        await unlessStalled(gates);
+        return collection.list(options);
+      };
+      const entityScan = (where?: Parameters<Collection<T>['scan']>[0]) =>
+        (async function* () {
+          await unlessStalled(gates);
+          yield* collection.scan(where);
+        })();
       return new Proxy(collection, {
         get: (target, property) => {
           const value = Reflect.get(target, property) as unknown;
@@ -114,6 +150,8 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
           if (changes && property === 'insert') return guarded(insert);
           if (sequences && property === 'increment') return guarded(increment);
           if (checkpoints && property === 'scan') return guarded(checkpointScan);
+          if (changes && property === 'list') return guarded(list);
+          if (entities && property === 'scan') return guarded(entityScan);
           return guarded((...args: unknown[]) =>
             (value as (...a: unknown[]) => unknown).apply(target, args),
           );
