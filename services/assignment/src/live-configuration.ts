@@ -184,21 +184,36 @@ export class LiveConfiguration {
    *
    * `everything`: under a write lease taken over from a writer that may have stored a change
    * without bumping the version (it died, or its bump failed; see `HeldLease.takenOver`), the
-   * version cannot tell, so this reloads whatever it says, and bumps it so that every other
-   * replica reloads that change too.
+   * version cannot tell, so this reloads whatever it says, and then bumps it so that every other
+   * replica reloads that change too. Only once read: a read that keeps failing (each next holder
+   * tries again) would otherwise make every replica reload at each takeover.
    */
   refresh(everything = false): Promise<boolean> {
     return this.exclusive(async () => {
-      if (this.unannounced || everything) {
+      if (this.unannounced && !everything) {
         await this.store.bumpVersion();
-        if (this.unannounced) {
-          this.logger.info({}, 'configuration change announced after its version bump had failed');
-        }
+        this.logger.info({}, 'configuration change announced after its version bump had failed');
         this.unannounced = false;
       }
-      const stored = await this.store.version();
-      if (!everything && this.view && stored === this.view.version) return false;
-      const view = this.adopt(compile(await this.store.readAll()));
+      if (!everything && this.view && (await this.store.version()) === this.view.version) {
+        return false;
+      }
+      let records = await this.store.readAll();
+      if (everything) {
+        let version: number;
+        try {
+          version = await this.store.bumpVersion();
+        } catch (error) {
+          // What was read is served; the next periodic check announces it.
+          this.adopt(compile(records));
+          this.unannounced = true;
+          throw error;
+        }
+        this.unannounced = false;
+        // Nothing stored in between: what was read is that version (as `commit` takes it).
+        if (version === records.version + 1) records = { ...records, version };
+      }
+      const view = this.adopt(compile(records));
       this.logger.debug({ version: view.version }, 'configuration reloaded');
       return true;
     });

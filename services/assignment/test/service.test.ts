@@ -172,6 +172,48 @@ describe('two replicas, after a write on one stored its change but could not ann
     }
   });
 
+  it('does not announce a change at each takeover while reading the configuration fails', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      // A write storage made but answered as failed: the next holder reads everything again.
+      const experiments = first.service.context.store.experiments;
+      const insert = experiments.insert.bind(experiments);
+      jest.spyOn(experiments, 'insert').mockImplementationOnce(async (doc) => {
+        await insert(doc);
+        throw new UnavailableError('storage did not answer in time');
+      });
+      const unanswered = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
+      expect(unanswered.code).toBe(GrpcCode.UNAVAILABLE);
+      // That read keeps failing on the other replica: each of its writes takes the lease over
+      // again, and none bumps the version (every replica would reload for nothing).
+      const store = second.service.context.store;
+      const version = await store.version();
+      const readAll = jest
+        .spyOn(store, 'readAll')
+        .mockRejectedValue(new UnavailableError('storage did not answer in time'));
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const failed = await failure(second.admin.createExperiment(inCheckout('right', 0.6, 1)));
+        expect(failed.code).toBe(GrpcCode.UNAVAILABLE);
+      }
+      expect(readAll).toHaveBeenCalledTimes(3);
+      expect(await store.version()).toBe(version);
+      // Once it reads, the change is announced and the write validated against it.
+      readAll.mockRestore();
+      await second.admin.createExperiment(inCheckout('right', 0.6, 1));
+      expect(await store.version()).toBe(version + 2);
+      for (const replica of [first, second]) {
+        await replica.service.context.configuration.refresh();
+        const layer = await replica.client.getLayer(
+          GetLayerRequest.fromPartial({ id: 'checkout' }),
+        );
+        expect(layer.layer?.allocations.map((a) => a.experimentId)).toEqual(['left', 'right']);
+      }
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
   it('lets the other replica write as usual after a write refused for what it asked', async () => {
     const { first, second } = await startReplicas();
     try {
