@@ -2,7 +2,8 @@
  * A store slowed or failed at exact points, for tests of what replicas do meanwhile: a write of
  * rows, of a change-log entry or of its sequence held until released, entries that fail, a scan
  * of checkpoints that waits to begin, a scan of rows that waits once it has read them (a slow
- * load), a scan that fails once (a blip), or every call failing (a partition).
+ * load), a scan that fails once (a blip), reads of the change log and registry that hang (a
+ * half-open connection), or every call failing (a partition).
  */
 import { UnavailableError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
