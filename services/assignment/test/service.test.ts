@@ -31,6 +31,7 @@ import {
   startTestAssignment,
   temporaryDataDir,
   testConfig,
+  type TestAssignment,
 } from './support/harness';
 import { runServiceSuite } from './support/service-suite';
 
@@ -152,18 +153,25 @@ describe('two replicas, after a write on one stored its change but could not ann
     }
   });
 
+  /**
+   * Creates experiment `left` through `replica`, which storage makes but answers as failed (a
+   * timeout after the write landed, say).
+   */
+  const createLeftUnanswered = async (replica: TestAssignment) => {
+    const experiments = replica.service.context.store.experiments;
+    const insert = experiments.insert.bind(experiments);
+    jest.spyOn(experiments, 'insert').mockImplementationOnce(async (doc) => {
+      await insert(doc);
+      throw new UnavailableError('storage did not answer in time');
+    });
+    const unanswered = await failure(replica.admin.createExperiment(inCheckout('left', 0, 0.6)));
+    expect(unanswered.code).toBe(GrpcCode.UNAVAILABLE);
+  };
+
   it('refuses on the other replica a layer range overlapping it (storage failed after storing it)', async () => {
     const { first, second } = await startReplicas();
     try {
-      // A write storage made but answered as failed (a timeout after the write landed, say).
-      const experiments = first.service.context.store.experiments;
-      const insert = experiments.insert.bind(experiments);
-      jest.spyOn(experiments, 'insert').mockImplementationOnce(async (doc) => {
-        await insert(doc);
-        throw new UnavailableError('storage did not answer in time');
-      });
-      const unanswered = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
-      expect(unanswered.code).toBe(GrpcCode.UNAVAILABLE);
+      await createLeftUnanswered(first);
       const overlapping = await failure(second.admin.createExperiment(inCheckout('right', 0.4, 1)));
       expect(overlapping.code).toBe(GrpcCode.INVALID_ARGUMENT);
     } finally {
@@ -175,15 +183,8 @@ describe('two replicas, after a write on one stored its change but could not ann
   it('does not announce a change at each takeover while reading the configuration fails', async () => {
     const { first, second } = await startReplicas();
     try {
-      // A write storage made but answered as failed: the next holder reads everything again.
-      const experiments = first.service.context.store.experiments;
-      const insert = experiments.insert.bind(experiments);
-      jest.spyOn(experiments, 'insert').mockImplementationOnce(async (doc) => {
-        await insert(doc);
-        throw new UnavailableError('storage did not answer in time');
-      });
-      const unanswered = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
-      expect(unanswered.code).toBe(GrpcCode.UNAVAILABLE);
+      // The next holder of the lease reads everything again.
+      await createLeftUnanswered(first);
       // That read keeps failing on the other replica: each of its writes takes the lease over
       // again, and none bumps the version (every replica would reload for nothing).
       const store = second.service.context.store;
