@@ -251,6 +251,10 @@ export class FeatureRegistry {
   private localChanges = 0;
   private reloadsStarted = 0;
   private reloadApplied = 0;
+  /** The reload of `reloadShared` that has not begun reading, joined by its callers. */
+  private queuedReload: Promise<void> | undefined;
+  /** The last reload of `reloadShared`, settled or not. */
+  private sharedReloading: Promise<void> = Promise.resolve();
   private readonly listeners: ((
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ) => void)[] = [];
@@ -311,6 +315,26 @@ export class FeatureRegistry {
     this.entities = entities;
     this.views = views;
     if (changed) this.notify();
+  }
+
+  /**
+   * {@link reload}, shared by concurrent callers (writes that found a view changed in storage): a
+   * reload not reading yet is joined; one already reading may have read before the caller's
+   * reason to reload, so another follows it, shared by the callers meanwhile.
+   */
+  reloadShared(): Promise<void> {
+    if (this.queuedReload === undefined) {
+      const queued = this.sharedReloading.then(() => {
+        this.queuedReload = undefined;
+        return this.reload();
+      });
+      this.queuedReload = queued;
+      this.sharedReloading = queued.then(
+        () => undefined,
+        () => undefined,
+      );
+    }
+    return this.queuedReload;
   }
 
   entity(name: string): Registered<EntityDefinition> | undefined {

@@ -955,7 +955,7 @@ export class OnlineViews {
           { reason: 'FEATURE_VIEW_CHANGED' },
         );
       }
-      await this.parts.registry.reload();
+      await this.parts.registry.reloadShared();
       await this.reconciling;
       return this.write(request, now, true);
     }

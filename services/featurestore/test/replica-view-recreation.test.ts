@@ -2,9 +2,10 @@
  * A push-sourced view deleted and applied again starts empty on every replica sharing the storage:
  * one started afterwards does not replay the old view's change-log entries into the new one, and
  * one that was serving the old view drops its values even when both changes fell between two of
- * its registry reloads.
+ * its registry reloads; the writes that find it changed share one reload.
  */
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { FeatureRegistry } from '../src/feature-registry';
 import { FeatureRowRepository } from '../src/store/feature-rows';
 import {
   eventually,
@@ -19,7 +20,12 @@ describe('a push view deleted and applied again', () => {
   let second: RunningHarness | undefined;
 
   beforeEach(async () => {
-    first = await startHarness({ replicaId: 'replica-a' });
+    // Every change is made through this replica: it has no reason to reload (which would count
+    // among the other replica's reloads below).
+    first = await startHarness({
+      replicaId: 'replica-a',
+      env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '10m' },
+    });
     await first.client.applyEntity({ entity: userEntity, requestId: '' });
     await applyUserStats();
     await first.client.writeFeatures({
@@ -102,5 +108,39 @@ describe('a push view deleted and applied again', () => {
         FeatureStatus.FEATURE_STATUS_NOT_FOUND,
       );
     }, 5_000);
+  });
+
+  it('is reloaded once for many writes on a replica that did not reload in between', async () => {
+    second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+      env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '10m' },
+    });
+    const replica = second;
+    await recreateUserStats();
+    // Each write finds storage's view newer than the replica's: they share a reload (a slow
+    // one, as a big registry's in MongoDB).
+    const { reload } = Object.getOwnPropertyDescriptors(FeatureRegistry.prototype);
+    const reloads = jest
+      .spyOn(FeatureRegistry.prototype, 'reload')
+      .mockImplementation(async function (this: FeatureRegistry) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        return (reload.value as () => Promise<void>).call(this);
+      });
+    try {
+      const written = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          replica.client.writeFeatures({
+            featureView: 'user_stats',
+            rows: [userRow(`u${i}`, new Date(), { ctr: double(0.5) })],
+            requestId: '',
+          }),
+        ),
+      );
+      expect(written.map((w) => w.rowsWritten)).toEqual(Array(20).fill(1));
+      expect(reloads.mock.calls.length).toBeLessThanOrEqual(2);
+    } finally {
+      reloads.mockRestore();
+    }
   });
 });
