@@ -43,7 +43,10 @@ function everyInterval(intervalMs: number, run: () => Promise<void>): NodeJS.Tim
 }
 
 export interface RunningFeatureStore {
-  /** Stops the loops and aggregations (also registered as a shutdown step). */
+  /**
+   * Stops serving (the gRPC server drains), then the loops and aggregations (also registered as
+   * a shutdown step).
+   */
   stop(): Promise<void>;
 }
 
