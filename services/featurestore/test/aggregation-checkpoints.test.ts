@@ -1,13 +1,15 @@
 /**
  * Aggregation checkpoints on both storage adapters: what a replica writes is what it restores
  * after a restart, seen ids of every write included, and checkpoints written by earlier versions
- * (seen ids stored as arrays) still restore.
+ * (seen ids stored as arrays) still restore. A write that failed part-way, even after storage
+ * took its header, never leaves a state restored with another write's seen ids.
  */
 import { mkdtempSync } from 'node:fs';
 import { MongoClient } from 'mongodb';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DocumentStore } from '../../platform/src/storage/collection';
+import { UnavailableError } from '../../platform/src/errors';
+import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { openMongoStore } from '../../platform/src/storage/mongo-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../../platform/test/support/integration';
@@ -16,6 +18,39 @@ import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
 import { playsCountOptions } from './support/fixtures';
 
 const options = playsCountOptions();
+
+/** How the next upsert of a checkpoint document of a kind fails (once). */
+type Faults = Map<'header' | 'state' | 'seen', 'taken, then failed' | 'failed'>;
+
+/** `store` whose checkpoint upserts fail as `faults` says: before, or after storage took them. */
+function faulty(store: DocumentStore, faults: Faults): DocumentStore {
+  return {
+    ...store,
+    collection: async <T extends { readonly id: string }>(
+      spec: Parameters<DocumentStore['collection']>[0],
+    ): Promise<Collection<T>> => {
+      const collection = await store.collection<T>(spec);
+      const upsert: Collection<T>['upsert'] = async (doc) => {
+        const kind = (doc as unknown as { kind: 'header' | 'state' | 'seen' }).kind;
+        const fault = faults.get(kind);
+        faults.delete(kind);
+        if (fault === 'failed') throw new UnavailableError('storage is unreachable (a blip)');
+        const written = await collection.upsert(doc);
+        if (fault === 'taken, then failed') throw new UnavailableError('no answer in time');
+        return written;
+      };
+      return new Proxy(collection, {
+        get: (target, property) => {
+          if (property === 'upsert') return upsert;
+          const value = Reflect.get(target, property) as unknown;
+          return typeof value === 'function'
+            ? (value as (...args: unknown[]) => unknown).bind(target)
+            : value;
+        },
+      });
+    },
+  };
+}
 
 function checkpointSuite(open: () => Promise<DocumentStore>): void {
   let store: DocumentStore;
@@ -152,6 +187,60 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     await documents.delete(`item_plays/${replica}/state/1/0`);
 
     await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
+    await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
+  });
+
+  it('restores a state and seen ids of one write after writes that failed part-way', async () => {
+    const now = Date.now();
+    const until = now + 600_000;
+    const faults: Faults = new Map();
+    const writer = (await AggregationCheckpoints.open(faulty(store, faults))).forOwner(
+      'item_plays',
+      replica,
+    );
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
+    // Storage takes the header but answers as failed (a timeout).
+    faults.set('header', 'taken, then failed');
+    await expect(writer.write(aggregator.checkpoint(), [['e1', until]], {})).rejects.toThrow();
+    // The next write (its events not acked, e1 with them) fails on its seen ids.
+    aggregator.ingest({ eventId: 'e2', key: 'i1', eventTime: now, values: [undefined] }, now);
+    faults.set('seen', 'failed');
+    const both: [string, number][] = [
+      ['e1', until],
+      ['e2', until],
+    ];
+    await expect(writer.write(aggregator.checkpoint(), both, {})).rejects.toThrow();
+
+    // The header storage took is current, and its state counts e1 alone, as its seen ids say:
+    // e2, delivered again, is counted once.
+    const restored = await (
+      await AggregationCheckpoints.open(store)
+    )
+      .forOwner('item_plays', replica)
+      .restore();
+    expect(restored?.checkpoint.seenEventIds.map(([id]) => id)).toEqual(['e1']);
+    const again = WindowAggregator.restore(options, restored!.checkpoint);
+    expect(again.read(['i1'], now).values).toEqual([1]);
+  });
+
+  it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {
+    const now = Date.now();
+    const checkpoints = await AggregationCheckpoints.open(store);
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
+    await checkpoints
+      .forOwner('item_plays', replica)
+      .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
+    const documents = await store.collection<{ readonly id: string; readonly data?: string }>({
+      name: 'aggregation_checkpoints',
+      indexes: [{ fields: ['owner'] }],
+      expireAtField: 'expiresAt',
+    });
+    const chunk = `item_plays/${replica}/state/1/0`;
+    const stored = await documents.get(chunk);
+    await documents.upsert({ ...stored!.doc, data: stored!.doc.data!.slice(0, 10) });
+
     await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
   });
 }

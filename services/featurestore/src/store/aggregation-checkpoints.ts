@@ -116,10 +116,26 @@ function seenIdsOf(doc: CheckpointDocument): readonly (readonly [string, number]
   return doc.ids ?? [];
 }
 
+/** How many failed writes' state chunks a writer deletes after its next write (see `abandoned`). */
+const ABANDONED_KEPT = 16;
+
 export class CheckpointWriter {
+  /** The current checkpoint, as far as this writer knows: the last it restored or wrote. */
   private generation = 0;
   private chunkCount = 0;
   private seenSequence = 0;
+  /**
+   * The highest generation and seen-document number any write has used, failed ones included:
+   * never used again, since a write may fail after storage took it (a timeout), and its header,
+   * current in storage, must not be given another state or other seen ids.
+   */
+  private lastGeneration = 0;
+  private lastSeenSequence = 0;
+  /**
+   * The state chunks of the last writes that failed (at most {@link ABANDONED_KEPT}), deleted
+   * once a write succeeds. Older ones, from a long outage, were almost surely never stored.
+   */
+  private abandoned: { readonly generation: number; readonly chunkCount: number }[] = [];
 
   constructor(
     private readonly documents: Collection<CheckpointDocument>,
@@ -145,13 +161,20 @@ export class CheckpointWriter {
     this.generation = header.generation ?? 0;
     this.chunkCount = header.chunkCount ?? 0;
     this.seenSequence = header.seenSequence ?? 0;
+    this.lastGeneration = this.generation;
+    this.lastSeenSequence = this.seenSequence;
     const chunkIds = Array.from({ length: this.chunkCount }, (_, i) => this.chunkId(i));
     const chunks = await this.documents.getMany(chunkIds);
     if (chunkIds.some((id) => chunks.get(id)?.doc.data === undefined)) {
       return this.discard('part of its state is missing');
     }
     const json = chunkIds.map((id) => chunks.get(id)?.doc.data ?? '').join('');
-    const state = JSON.parse(json) as AggregationCheckpoint;
+    let state: AggregationCheckpoint;
+    try {
+      state = JSON.parse(json) as AggregationCheckpoint;
+    } catch {
+      return this.discard('its state cannot be read');
+    }
     const { ids, left } = await this.newestSeenIds();
     if (left > 0) {
       this.options.logger?.warn(
@@ -181,8 +204,24 @@ export class CheckpointWriter {
   ): Promise<Date> {
     // The seen-set goes in the appended seen-id documents, not in the state.
     const json = JSON.stringify({ ...checkpoint, seenEventIds: [] });
-    const generation = this.generation + 1;
+    const generation = ++this.lastGeneration;
     const chunkCount = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
+    try {
+      return await this.writeGeneration(json, generation, chunkCount, newSeenIds, extraCounters);
+    } catch (error) {
+      this.abandoned.push({ generation, chunkCount });
+      if (this.abandoned.length > ABANDONED_KEPT) this.abandoned.shift();
+      throw error;
+    }
+  }
+
+  private async writeGeneration(
+    json: string,
+    generation: number,
+    chunkCount: number,
+    newSeenIds: readonly (readonly [string, number])[],
+    extraCounters: Readonly<Record<string, number>>,
+  ): Promise<Date> {
     for (let i = 0; i < chunkCount; i++) {
       await this.documents.upsert({
         id: `${this.owner}/state/${generation}/${i}`,
@@ -194,7 +233,7 @@ export class CheckpointWriter {
     }
     let seenSequence = this.seenSequence;
     if (newSeenIds.length > 0) {
-      seenSequence++;
+      seenSequence = ++this.lastSeenSequence;
       const until = newSeenIds.reduce((latest, [, u]) => Math.max(latest, u), 0);
       await this.documents.upsert({
         id: `${this.owner}/seen/${String(seenSequence).padStart(12, '0')}`,
@@ -220,14 +259,19 @@ export class CheckpointWriter {
         : { registration: this.options.registration }),
       extraCounters: { ...extraCounters },
     });
-    const previous = { generation: this.generation, chunkCount: this.chunkCount };
+    const replaced = [
+      { generation: this.generation, chunkCount: this.chunkCount },
+      ...this.abandoned.splice(0),
+    ];
     this.generation = generation;
     this.chunkCount = chunkCount;
     this.seenSequence = seenSequence;
-    for (let i = 0; i < previous.chunkCount; i++) {
-      await this.documents
-        .delete(`${this.owner}/state/${previous.generation}/${i}`)
-        .catch(() => false);
+    for (const previous of replaced) {
+      for (let i = 0; i < previous.chunkCount; i++) {
+        await this.documents
+          .delete(`${this.owner}/state/${previous.generation}/${i}`)
+          .catch(() => false);
+      }
     }
     return checkpointTime;
   }
@@ -286,6 +330,9 @@ export class CheckpointWriter {
     this.generation = 0;
     this.chunkCount = 0;
     this.seenSequence = 0;
+    this.lastGeneration = 0;
+    this.lastSeenSequence = 0;
+    this.abandoned = [];
   }
 
   private chunkId(index: number): string {
