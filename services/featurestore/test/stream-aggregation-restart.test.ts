@@ -2,8 +2,9 @@
  * A stream aggregation whose checkpoint cannot be restored (taken with its features in another
  * order) rebuilds from the stream, and discards that checkpoint: its seen ids, restored after a
  * restart during the rebuild, made the events not yet replayed count as duplicates (found by a
- * helper's review). Runs the real aggregation and checkpoints on the embedded store, with a bus
- * double that hands batches to the aggregation as a replay would.
+ * helper's review). And a batch that makes a checkpoint due at once is acked by it (it waited
+ * for the round after, which no event might start). Runs the real aggregation and checkpoints on
+ * the embedded store, with a bus double that hands batches to the aggregation as a replay would.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,6 +47,51 @@ function view(order: readonly string[]): FeatureViewDefinition {
   };
 }
 
+const logger = createLogger({ service: 'featurestore', level: 'silent' });
+
+/** A bus that hands the batches a test passes to `handler()` to the aggregation subscribed. */
+function busDouble(): { bus: EventBus; handler: () => BatchHandler<OutcomeEvent> } {
+  let subscribed: BatchHandler<OutcomeEvent> | undefined;
+  const bus = {
+    kind: 'in-process',
+    isConnected: () => true,
+    subscribeBatches: (_spec: unknown, batches: BatchHandler<OutcomeEvent>) => {
+      subscribed = batches;
+      return Promise.resolve({ stop: () => Promise.resolve(), stats: () => ({ poison: 0 }) });
+    },
+    deleteConsumer: () => Promise.resolve(true),
+  } as unknown as EventBus;
+  const handler = () => {
+    if (!subscribed) throw new Error('not subscribed');
+    return subscribed;
+  };
+  return { bus, handler };
+}
+
+/** A play of item-1 (value 2) at `time`, stored in the stream at `storedAt`. */
+function deliveredAt(eventId: string, time: number, storedAt = time): DeliveredEvent<OutcomeEvent> {
+  return {
+    event: {
+      eventId,
+      eventTime: new Date(time),
+      name: 'play',
+      unit: { id: 'u', type: 'user' },
+      itemId: 'item-1',
+      decisionId: '',
+      value: 2,
+      properties: undefined,
+      source: 'test',
+      surface: 'home',
+    },
+    eventId,
+    subject: 'tandem.events.v1.outcome.play',
+    deliveryCount: 1,
+    streamSequence: 1,
+    storedAt: new Date(storedAt),
+    headers: {},
+  };
+}
+
 describe('a stream aggregation restarted while it rebuilds from the stream', () => {
   let dir: string;
   let store: DocumentStore;
@@ -62,38 +108,9 @@ describe('a stream aggregation restarted while it rebuilds from the stream', () 
 
   it('counts the events it had not replayed yet, after its features were reordered', async () => {
     const checkpoints = await AggregationCheckpoints.open(store);
-    const logger = createLogger({ service: 'featurestore', level: 'silent' });
-    let handler: BatchHandler<OutcomeEvent> | undefined;
-    const bus = {
-      kind: 'in-process',
-      isConnected: () => true,
-      subscribeBatches: (_spec: unknown, batches: BatchHandler<OutcomeEvent>) => {
-        handler = batches;
-        return Promise.resolve({ stop: () => Promise.resolve(), stats: () => ({ poison: 0 }) });
-      },
-      deleteConsumer: () => Promise.resolve(true),
-    } as unknown as EventBus;
+    const { bus, handler } = busDouble();
     const now = Date.now();
-    const delivered = (eventId: string): DeliveredEvent<OutcomeEvent> => ({
-      event: {
-        eventId,
-        eventTime: new Date(now),
-        name: 'play',
-        unit: { id: 'u', type: 'user' },
-        itemId: 'item-1',
-        decisionId: '',
-        value: 2,
-        properties: undefined,
-        source: 'test',
-        surface: 'home',
-      },
-      eventId,
-      subject: 'tandem.events.v1.outcome.play',
-      deliveryCount: 1,
-      streamSequence: 1,
-      storedAt: new Date(now),
-      headers: {},
-    });
+    const delivered = (eventId: string) => deliveredAt(eventId, now);
     const start = async (order: readonly string[]) => {
       const aggregation = new StreamAggregation({
         view: view(order),
@@ -107,8 +124,7 @@ describe('a stream aggregation restarted while it rebuilds from the stream', () 
       });
       await aggregation.start();
       await new Promise((resolve) => setTimeout(resolve, 20));
-      if (!handler) throw new Error('not subscribed');
-      return { aggregation, handle: handler };
+      return { aggregation, handle: handler() };
     };
 
     const first = await start(['n', 's']);
@@ -124,5 +140,54 @@ describe('a stream aggregation restarted while it rebuilds from the stream', () 
     await resumed.aggregation.stop();
     expect(read.values[read.features.indexOf('n')]).toBe(3);
     expect(read.values[read.features.indexOf('s')]).toBe(6);
+  });
+});
+
+describe('a batch that makes a checkpoint due at once', () => {
+  let dir: string;
+  let store: DocumentStore;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-early-'));
+    store = await openEmbeddedStore({ path: dir });
+  });
+
+  afterAll(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is acked by that checkpoint, and a replay ending with it is caught up', async () => {
+    const { bus, handler } = busDouble();
+    const aggregation = new StreamAggregation({
+      view: view(['n', 's']),
+      bus,
+      checkpoints: (await AggregationCheckpoints.open(store)).forOwner('plays', 'replica-0', {
+        logger,
+      }),
+      logger,
+      stream: 'TANDEM_OUTCOMES',
+      durable: 'plays-replica-0',
+      checkpointIntervalMs: 20,
+      inFlight: 10,
+    });
+    await aggregation.start();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    try {
+      // The stream's backlog, stored a minute ago, in one batch of 6: over half the 10 events
+      // JetStream hands out unacked, so a checkpoint is written at once. Nothing comes after.
+      const stored = Date.now() - 60_000;
+      const ids = ['a', 'b', 'c', 'd', 'e', 'f'];
+      const acked = handler()(ids.map((id) => deliveredAt(id, Date.now(), stored)));
+      let outcome = 'waiting';
+      void acked.then(() => (outcome = 'acked'));
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(outcome).toBe('acked');
+      // Idle a second after the replay with nothing waiting for a checkpoint: caught up.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(aggregation.progress(true).phase).toBe('running');
+    } finally {
+      await aggregation.stop();
+    }
   });
 });

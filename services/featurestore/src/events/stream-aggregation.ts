@@ -383,10 +383,12 @@ export class StreamAggregation {
     }
     this.dirty = true;
     this.inFlight += batch.length;
+    // The round these events are in: a checkpoint made due below swaps in the next at once.
+    const round = this.round;
     if (this.checkpointDueEarly()) void this.checkpointIfDirty();
     try {
       // Acked (by returning) only once a checkpoint includes these events.
-      await this.round.done;
+      await round.done;
     } finally {
       this.inFlight -= batch.length;
     }
