@@ -70,9 +70,20 @@ export interface SpooledEvent {
  * taken by any other: publishing one twice is skipped by the gate and the stream's duplicate
  * window.
  */
+/** How a caller follows and ends a keeping (see {@link EventSpool.keep}). */
+export interface KeepOptions {
+  /** Once aborted, no more batches are started (one under way may still be stored). */
+  readonly signal?: AbortSignal;
+  /** Called with the number of events of each batch once stored. */
+  readonly onKept?: (count: number) => void;
+}
+
 export interface EventSpool {
-  /** Stores them (an event kept again is kept again: it may be queued twice). */
-  keep(events: readonly SpooledEvent[]): Promise<void>;
+  /**
+   * Stores them, in batches (an event kept again is kept again: it may be queued twice). Throws
+   * when storage fails: the batches reported to `onKept` are stored.
+   */
+  keep(events: readonly SpooledEvent[], options?: KeepOptions): Promise<void>;
   /** The first `limit` kept events, in the order they were kept; they stay kept. */
   peek(limit: number): Promise<SpooledEvent[]>;
   /**
@@ -312,8 +323,9 @@ export class BufferedPublisher {
 
   /**
    * Queues again the events a publisher closed before it could publish them (see `spool`), this
-   * replica's or another's, while the bus takes events, into at most half the free room: the rest
-   * stay kept for a later call. Returns how many were queued.
+   * replica's or another's, while the bus takes events and the queue is less than half full: the
+   * other half stays for new events, and the rest stay kept for a later call. Returns how many
+   * were queued.
    */
   restoreSpooled(): Promise<number> {
     this.restoring ??= this.restoreFromSpool().finally(() => {
@@ -332,9 +344,10 @@ export class BufferedPublisher {
     if (spool === undefined) return 0;
     let total = 0;
     // Only while the bus takes events: kept in storage they are safe from a kill, and in the
-    // buffer they would take the room of new events. Half the free room at most, for those.
+    // buffer they would take the room of new events. Up to half the queue at most, for those
+    // (as it drains, more are taken; a bus slow to ack leaves the other half free).
     while (this.isAccepting() && this.bus.isConnected() && this.consecutiveFailures === 0) {
-      const room = Math.min(Math.floor((this.capacity - this.size) / 2), RESTORE_BATCH);
+      const room = Math.min(Math.floor(this.capacity / 2) - this.size, RESTORE_BATCH);
       if (room <= 0) break;
       const events = await spool.peek(room);
       const taken: SpooledEvent[] = [];
@@ -598,37 +611,48 @@ export class BufferedPublisher {
    * Counts what is still queued at close as dropped, and says how many were lost in one log line
    * whatever the drop log's rate limit, since nothing will report them later.
    */
-  /** The events still queued at close: kept in the spool when there is one, else dropped. */
+  /**
+   * The events still queued at close: kept in the spool when there is one, as many as it stores
+   * within `spoolTimeoutMs`, the rest dropped (a batch under way at the timeout may still be
+   * stored, and taken by a later start though counted as dropped).
+   */
   private async spillQueue(): Promise<void> {
     const left = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;
     if (left.length === 0) return;
+    const subjects = [...new Set(left.map((queued) => queued.subject))];
+    let kept = 0;
     if (this.spool !== undefined) {
+      const stop = new AbortController();
       try {
         const events = left.map(({ subject, data, eventId }) => ({ subject, data, eventId }));
         await withTimeout(
-          this.spool.keep(events),
+          this.spool.keep(events, { signal: stop.signal, onKept: (count) => (kept += count) }),
           this.spoolTimeoutMs,
           () => new Error(`not kept within ${this.spoolTimeoutMs} ms`),
         );
-        this.spooled += left.length;
-        this.logger.warn(
-          { kept: left.length, subjects: [...new Set(left.map((queued) => queued.subject))] },
-          'publisher closed with events not published; kept for the next start',
-        );
-        return;
+        kept = left.length;
       } catch (error) {
+        stop.abort();
         this.logger.error(
-          { err: error, events: left.length },
-          'could not keep the events not published',
+          { err: error, events: left.length, kept },
+          'could not keep all the events not published',
+        );
+      }
+      this.spooled += kept;
+      if (kept > 0) {
+        this.logger.warn(
+          { kept, subjects },
+          'publisher closed with events not published; kept for the next start',
         );
       }
     }
-    this.dropped += left.length;
-    const subjects = [...new Set(left.map((queued) => queued.subject))];
+    const lost = left.length - kept;
+    if (lost === 0) return;
+    this.dropped += lost;
     this.logger.error(
-      { lost: left.length, subjects, dropped: this.dropped },
+      { lost, subjects, dropped: this.dropped },
       'publisher closed with events not published; they are lost',
     );
   }

@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { DocumentStore } from '../storage/collection';
-import type { EventSpool, SpooledEvent } from './buffered-publisher';
+import type { EventSpool, KeepOptions, SpooledEvent } from './buffered-publisher';
 
 interface SpooledEventDocument {
   /** `<kept at, ms, 15 digits>-<keeping, 8 hex digits>-<position in it, 9 digits>`. */
@@ -41,25 +41,26 @@ export async function openEventSpool(
     expireAtField: 'expiresAt',
   });
   return {
-    async keep(events: readonly SpooledEvent[]): Promise<void> {
+    async keep(events: readonly SpooledEvent[], options: KeepOptions = {}): Promise<void> {
       const keptAt = Date.now();
       const expiresAt = new Date(keptAt + ttlMs);
       // Two replicas may keep in the same millisecond.
       const prefix = `${String(keptAt).padStart(15, '0')}-${randomBytes(4).toString('hex')}-`;
       for (let i = 0; i < events.length; i += BATCH) {
-        await Promise.all(
-          events.slice(i, i + BATCH).map(({ subject, data, eventId }, j) =>
-            collection.insert({
-              id: `${prefix}${String(i + j).padStart(9, '0')}`,
-              eventId,
-              subject,
-              data,
-              keptAt,
-              position: i + j,
-              expiresAt,
-            }),
-          ),
-        );
+        if (options.signal?.aborted) return;
+        const batch = events.slice(i, i + BATCH).map(({ subject, data, eventId }, j) => ({
+          id: `${prefix}${String(i + j).padStart(9, '0')}`,
+          eventId,
+          subject,
+          data,
+          keptAt,
+          position: i + j,
+          expiresAt,
+        }));
+        // One write per batch (the ids are new: every document is created), not one per event:
+        // a closing publisher has a second or so for a whole buffer.
+        await collection.upsertIfNewer(batch, 'keptAt');
+        options.onKept?.(batch.length);
       }
     },
     async peek(limit: number): Promise<SpooledEvent[]> {

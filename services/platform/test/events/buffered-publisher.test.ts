@@ -39,6 +39,8 @@ class SwitchableBus implements EventBus {
   available = true;
   /** When set, the next publish is stored but its ack is "lost" (the caller sees a failure). */
   loseNextAck = false;
+  /** When set, publishes wait for it (NATS connected, but slow to ack). */
+  slow: Promise<void> | undefined;
   attempts = 0;
 
   constructor(private readonly inner: EventBus) {}
@@ -57,6 +59,7 @@ class SwitchableBus implements EventBus {
   ): Promise<PublishAck> {
     this.attempts++;
     if (!this.available) throw new UnavailableError('NATS is down');
+    await this.slow;
     const ack = await this.inner.publish(subject, codec, event, options);
     if (this.loseNextAck) {
       this.loseNextAck = false;
@@ -255,6 +258,35 @@ describe('BufferedPublisher', () => {
     });
   });
 
+  it('counts what its spool kept before the spill timed out as kept, the rest as dropped', async () => {
+    // A spool taking 2 events per 40 ms: 3 batches of the 10 fit in the spill's 100 ms.
+    const kept: string[] = [];
+    const slowSpool: EventSpool = {
+      async keep(events, options) {
+        for (let i = 0; i < events.length; i += 2) {
+          if (options?.signal?.aborted) return;
+          await new Promise((resolve) => setTimeout(resolve, 40));
+          const batch = events.slice(i, i + 2);
+          kept.push(...batch.map((event) => event.eventId));
+          options?.onKept?.(batch.length);
+        }
+      },
+      peek: () => Promise.resolve([]),
+      forget: () => Promise.resolve(),
+    };
+    bus.available = false;
+    const events = create({ spool: slowSpool, spoolTimeoutMs: 100 });
+    for (let i = 0; i < 10; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    await events.close(10);
+    // The batch in flight at the timeout may still land; none is started after it.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const stats = events.stats();
+    expect(stats.spooled + stats.dropped).toBe(10);
+    expect(kept.length).toBeLessThanOrEqual(stats.spooled + 2);
+    expect(stats.spooled).toBeGreaterThan(0);
+    expect(kept.length).toBeLessThan(10);
+  });
+
   it('takes from the spool in the order it was kept, only while the bus takes events', async () => {
     await withSpool(async (spool) => {
       bus.available = false;
@@ -282,6 +314,34 @@ describe('BufferedPublisher', () => {
         expect(received).toEqual(['z1', 'z2', 'z3', 'a1', 'a2', 'a3']);
       });
       expect(await next.restoreSpooled()).toBe(0);
+    });
+  });
+
+  it('restores into half the buffer at most while the bus is slow: new events keep the rest', async () => {
+    await withSpool(async (spool) => {
+      await spool.keep(
+        Array.from({ length: 40 }, (_, i) => ({
+          subject: SUBJECT,
+          data: EchoRequest.encode(echo(`old${i}`)).finish(),
+          eventId: `old${i}`,
+        })),
+      );
+      let release = () => {};
+      bus.slow = new Promise((resolve) => (release = resolve));
+      const next = create({ spool, capacity: 10 });
+      try {
+        expect(await next.restoreSpooled()).toBeLessThanOrEqual(5);
+        const fresh = ['n1', 'n2', 'n3', 'n4', 'n5'];
+        expect(fresh.map((id) => next.enqueue(SUBJECT, EchoRequest, echo(id), id))).toEqual(
+          fresh.map(() => true),
+        );
+      } finally {
+        bus.slow = undefined;
+        release();
+      }
+      await eventually(() => {
+        expect(received).toEqual(expect.arrayContaining(['n1', 'n2', 'n3', 'n4', 'n5']));
+      });
     });
   });
 
