@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import type { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import type { BatchHandler, DeliveredEvent, EventBus } from '../../platform/src/events/bus';
 import { createLogger } from '../../platform/src/logging';
-import type { DocumentStore } from '../../platform/src/storage/collection';
+import { UnavailableError } from '../../platform/src/errors';
+import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { ValueType } from '../src/domain/feature-values';
 import type { FeatureViewDefinition } from '../src/domain/registry';
@@ -186,6 +187,78 @@ describe('a batch that makes a checkpoint due at once', () => {
       // Idle a second after the replay with nothing waiting for a checkpoint: caught up.
       await new Promise((resolve) => setTimeout(resolve, 1_000));
       expect(aggregation.progress(true).phase).toBe('running');
+    } finally {
+      await aggregation.stop();
+    }
+  });
+});
+
+describe('a stream aggregation whose checkpoints fail', () => {
+  let dir: string;
+  let store: DocumentStore;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-failing-'));
+    store = await openEmbeddedStore({ path: dir });
+  });
+
+  afterAll(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('hands a batch back for a later delivery instead of holding it until storage returns', async () => {
+    const storage = { down: false };
+    const failing: DocumentStore = {
+      ...store,
+      collection: async <T extends { readonly id: string }>(
+        spec: Parameters<DocumentStore['collection']>[0],
+      ): Promise<Collection<T>> => {
+        const collection = await store.collection<T>(spec);
+        return new Proxy(collection, {
+          get: (target, property) => {
+            const value = Reflect.get(target, property) as unknown;
+            if (typeof value !== 'function') return value;
+            return (...args: unknown[]) => {
+              if (storage.down) throw new UnavailableError('storage is unreachable');
+              return (value as (...a: unknown[]) => unknown).apply(target, args);
+            };
+          },
+        });
+      },
+    };
+    const { bus, handler } = busDouble();
+    const aggregation = new StreamAggregation({
+      view: view(['n', 's']),
+      bus,
+      checkpoints: (await AggregationCheckpoints.open(failing)).forOwner('plays', 'replica-0', {
+        logger,
+      }),
+      logger,
+      stream: 'TANDEM_OUTCOMES',
+      durable: 'plays-replica-0',
+      checkpointIntervalMs: 20,
+      inFlight: 1_000,
+    });
+    await aggregation.start();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    try {
+      storage.down = true;
+      const now = Date.now();
+      const batch = ['a', 'b', 'c'].map((id) => deliveredAt(id, now));
+      // Not acked (no checkpoint holds the events), but not held either: an outage of an hour
+      // would otherwise hold every delivery of every batch in memory.
+      let outcome = 'waiting';
+      handler()(batch).then(
+        () => (outcome = 'acked'),
+        () => (outcome = 'handed back'),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      expect(outcome).toBe('handed back');
+      // Storage returns; the batch, delivered again, is acked and counted once.
+      storage.down = false;
+      await handler()(batch.map((delivered) => ({ ...delivered, deliveryCount: 2 })));
+      expect(aggregation.read(['item-1'], Date.now()).values[0]).toBe(3);
     } finally {
       await aggregation.stop();
     }

@@ -88,6 +88,24 @@ function newRound(): Round {
 /** Events per batch handed to the aggregation. */
 const BATCH_SIZE = 500;
 
+/** Deliveries of an event before the bus gives up on it (see `subscribe`). */
+const MAX_DELIVERIES = 10_000;
+
+/** Whether `promise` settles within `ms`. */
+async function settlesWithin(promise: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => {
+      resolve(false);
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The share of the in-flight limit at which a checkpoint is written without waiting for the timer. */
 const EARLY_CHECKPOINT_SHARE = 0.5;
 
@@ -262,8 +280,11 @@ export class StreamAggregation {
       filterSubjects: [this.source.subject],
       codec: OUTCOME_EVENTS,
       maxAckPending: this.parts.inFlight,
-      ackWaitMs: Math.max(30_000, this.parts.checkpointIntervalMs * 20),
-      maxDeliver: 100,
+      ackWaitMs: this.ackWaitMs(),
+      // A batch fails only while checkpoints do (folding never throws), so it is not given up
+      // on (acked, though no checkpoint holds it) after a few dozen deliveries: at the bus's
+      // 30 s back-off, these last days.
+      maxDeliver: MAX_DELIVERIES,
     };
     // In batches where the bus offers them: one handler run, span and ack-wait timer per batch
     // rather than per event (the per-event machinery cost more than the aggregation itself),
@@ -287,6 +308,16 @@ export class StreamAggregation {
   async pending(): Promise<number | undefined> {
     const { bus, stream, durable } = this.parts;
     return bus.consumerPending?.(stream, durable);
+  }
+
+  /** How long the bus waits for a batch before delivering it again. */
+  private ackWaitMs(): number {
+    return Math.max(30_000, this.parts.checkpointIntervalMs * 20);
+  }
+
+  /** How long a batch waits for its checkpoint before asking whether checkpoints fail. */
+  private checkpointWaitMs(): number {
+    return Math.min(this.ackWaitMs() / 3, 40 * this.parts.checkpointIntervalMs);
   }
 
   /** A method, not a field read, because it changes while the start loop awaits. */
@@ -387,8 +418,16 @@ export class StreamAggregation {
     const round = this.round;
     if (this.checkpointDueEarly()) void this.checkpointIfDirty();
     try {
-      // Acked (by returning) only once a checkpoint includes these events.
-      await round.done;
+      // Acked (by returning) only once a checkpoint includes these events. While checkpoints
+      // fail, handed back for a later delivery (the bus's back-off): held here instead, a batch
+      // and each of its deliveries at every ack wait would stay in memory for the whole outage.
+      // (Storage that is only slow is waited for.)
+      while (!(await settlesWithin(round.done, this.checkpointWaitMs()))) {
+        const failure = this.checkpointFailure;
+        if (failure !== undefined) {
+          throw new UnavailableError(`${failure}; the events are delivered again later`);
+        }
+      }
     } finally {
       this.inFlight -= batch.length;
     }
