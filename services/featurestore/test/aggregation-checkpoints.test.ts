@@ -9,10 +9,11 @@ import { MongoClient } from 'mongodb';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UnavailableError } from '../../platform/src/errors';
-import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
+import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { openMongoStore } from '../../platform/src/storage/mongo-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../../platform/test/support/integration';
+import { overridingCollections } from '../../platform/test/support/wrapped-store';
 import { WindowAggregator } from '../src/domain/window-aggregation';
 import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
 import { playsCountOptions } from './support/fixtures';
@@ -24,32 +25,17 @@ type Faults = Map<'header' | 'state' | 'seen', 'taken, then failed' | 'failed'>;
 
 /** `store` whose checkpoint upserts fail as `faults` says: before, or after storage took them. */
 function faulty(store: DocumentStore, faults: Faults): DocumentStore {
-  return {
-    ...store,
-    collection: async <T extends { readonly id: string }>(
-      spec: Parameters<DocumentStore['collection']>[0],
-    ): Promise<Collection<T>> => {
-      const collection = await store.collection<T>(spec);
-      const upsert: Collection<T>['upsert'] = async (doc) => {
-        const kind = (doc as unknown as { kind: 'header' | 'state' | 'seen' }).kind;
-        const fault = faults.get(kind);
-        faults.delete(kind);
-        if (fault === 'failed') throw new UnavailableError('storage is unreachable (a blip)');
-        const written = await collection.upsert(doc);
-        if (fault === 'taken, then failed') throw new UnavailableError('no answer in time');
-        return written;
-      };
-      return new Proxy(collection, {
-        get: (target, property) => {
-          if (property === 'upsert') return upsert;
-          const value = Reflect.get(target, property) as unknown;
-          return typeof value === 'function'
-            ? (value as (...args: unknown[]) => unknown).bind(target)
-            : value;
-        },
-      });
+  return overridingCollections(store, (collection) => ({
+    upsert: async (doc) => {
+      const kind = (doc as unknown as { kind: 'header' | 'state' | 'seen' }).kind;
+      const fault = faults.get(kind);
+      faults.delete(kind);
+      if (fault === 'failed') throw new UnavailableError('storage is unreachable (a blip)');
+      const written = await collection.upsert(doc);
+      if (fault === 'taken, then failed') throw new UnavailableError('no answer in time');
+      return written;
     },
-  };
+  }));
 }
 
 function checkpointSuite(open: () => Promise<DocumentStore>): void {
@@ -171,7 +157,8 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     expect(again.read(['i1', 'i2'], now).values).toEqual([null, 1]);
   });
 
-  it('discards a checkpoint part of whose state is missing, rather than failing to start', async () => {
+  /** Writes a checkpoint of one event; returns the checkpoints and their stored documents. */
+  async function oneEventCheckpoint() {
     const now = Date.now();
     const checkpoints = await AggregationCheckpoints.open(store);
     const aggregator = new WindowAggregator(options);
@@ -179,12 +166,17 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     await checkpoints
       .forOwner('item_plays', replica)
       .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
-    const documents = await store.collection<{ readonly id: string }>({
+    const documents = await store.collection<{ readonly id: string; readonly data?: string }>({
       name: 'aggregation_checkpoints',
       indexes: [{ fields: ['owner'] }],
       expireAtField: 'expiresAt',
     });
-    await documents.delete(`item_plays/${replica}/state/1/0`);
+    return { checkpoints, documents, chunk: `item_plays/${replica}/state/1/0` };
+  }
+
+  it('discards a checkpoint part of whose state is missing, rather than failing to start', async () => {
+    const { checkpoints, documents, chunk } = await oneEventCheckpoint();
+    await documents.delete(chunk);
 
     await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
     await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
@@ -225,19 +217,7 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
   });
 
   it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {
-    const now = Date.now();
-    const checkpoints = await AggregationCheckpoints.open(store);
-    const aggregator = new WindowAggregator(options);
-    aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [undefined] }, now);
-    await checkpoints
-      .forOwner('item_plays', replica)
-      .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
-    const documents = await store.collection<{ readonly id: string; readonly data?: string }>({
-      name: 'aggregation_checkpoints',
-      indexes: [{ fields: ['owner'] }],
-      expireAtField: 'expiresAt',
-    });
-    const chunk = `item_plays/${replica}/state/1/0`;
+    const { checkpoints, documents, chunk } = await oneEventCheckpoint();
     const stored = await documents.get(chunk);
     await documents.upsert({ ...stored!.doc, data: stored!.doc.data!.slice(0, 10) });
 

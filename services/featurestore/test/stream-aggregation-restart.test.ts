@@ -13,8 +13,9 @@ import type { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_even
 import type { BatchHandler, DeliveredEvent, EventBus } from '../../platform/src/events/bus';
 import { createLogger } from '../../platform/src/logging';
 import { UnavailableError } from '../../platform/src/errors';
-import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
+import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
+import { guardedStore } from '../../platform/test/support/wrapped-store';
 import { ValueType } from '../src/domain/feature-values';
 import type { FeatureViewDefinition } from '../src/domain/registry';
 import { AggregationFunction, AggregationKey } from '../src/domain/window-aggregation';
@@ -93,38 +94,63 @@ function deliveredAt(eventId: string, time: number, storedAt = time): DeliveredE
   };
 }
 
+let dir: string;
+let store: DocumentStore;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'tandem-aggregation-'));
+  store = await openEmbeddedStore({ path: dir });
+});
+
+afterAll(async () => {
+  await store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * Starts an aggregation of `view(order)` subscribed to `bus`, checkpointed as `replica` in
+ * `checkpointStore` (the test file's store by default), and waits for its subscription.
+ */
+async function startAggregation(
+  bus: EventBus,
+  replica: string,
+  settings: {
+    readonly order?: readonly string[];
+    readonly checkpointIntervalMs: number;
+    readonly inFlight: number;
+    readonly checkpointStore?: DocumentStore;
+  },
+): Promise<StreamAggregation> {
+  const aggregation = new StreamAggregation({
+    view: view(settings.order ?? ['n', 's']),
+    bus,
+    checkpoints: (await AggregationCheckpoints.open(settings.checkpointStore ?? store)).forOwner(
+      'plays',
+      replica,
+      { logger },
+    ),
+    logger,
+    stream: 'TANDEM_OUTCOMES',
+    durable: `plays-${replica}`,
+    checkpointIntervalMs: settings.checkpointIntervalMs,
+    inFlight: settings.inFlight,
+  });
+  await aggregation.start();
+  await new Promise((resolve) => setTimeout(resolve, 2 * settings.checkpointIntervalMs));
+  return aggregation;
+}
+
 describe('a stream aggregation restarted while it rebuilds from the stream', () => {
-  let dir: string;
-  let store: DocumentStore;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tandem-rebuild-'));
-    store = await openEmbeddedStore({ path: dir });
-  });
-
-  afterAll(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('counts the events it had not replayed yet, after its features were reordered', async () => {
-    const checkpoints = await AggregationCheckpoints.open(store);
     const { bus, handler } = busDouble();
     const now = Date.now();
     const delivered = (eventId: string) => deliveredAt(eventId, now);
     const start = async (order: readonly string[]) => {
-      const aggregation = new StreamAggregation({
-        view: view(order),
-        bus,
-        checkpoints: checkpoints.forOwner('plays', 'replica-0', { logger }),
-        logger,
-        stream: 'TANDEM_OUTCOMES',
-        durable: 'plays-replica-0',
+      const aggregation = await startAggregation(bus, 'replica-0', {
+        order,
         checkpointIntervalMs: 10,
         inFlight: 100,
       });
-      await aggregation.start();
-      await new Promise((resolve) => setTimeout(resolve, 20));
       return { aggregation, handle: handler() };
     };
 
@@ -145,35 +171,12 @@ describe('a stream aggregation restarted while it rebuilds from the stream', () 
 });
 
 describe('a batch that makes a checkpoint due at once', () => {
-  let dir: string;
-  let store: DocumentStore;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tandem-early-'));
-    store = await openEmbeddedStore({ path: dir });
-  });
-
-  afterAll(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('is acked by that checkpoint, and a replay ending with it is caught up', async () => {
     const { bus, handler } = busDouble();
-    const aggregation = new StreamAggregation({
-      view: view(['n', 's']),
-      bus,
-      checkpoints: (await AggregationCheckpoints.open(store)).forOwner('plays', 'replica-0', {
-        logger,
-      }),
-      logger,
-      stream: 'TANDEM_OUTCOMES',
-      durable: 'plays-replica-0',
+    const aggregation = await startAggregation(bus, 'replica-1', {
       checkpointIntervalMs: 20,
       inFlight: 10,
     });
-    await aggregation.start();
-    await new Promise((resolve) => setTimeout(resolve, 30));
     try {
       // The stream's backlog, stored a minute ago, in one batch of 6: over half the 10 events
       // JetStream hands out unacked, so a checkpoint is written at once. Nothing comes after.
@@ -194,54 +197,16 @@ describe('a batch that makes a checkpoint due at once', () => {
 });
 
 describe('a stream aggregation whose checkpoints fail', () => {
-  let dir: string;
-  let store: DocumentStore;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tandem-failing-'));
-    store = await openEmbeddedStore({ path: dir });
-  });
-
-  afterAll(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('hands a batch back for a later delivery instead of holding it until storage returns', async () => {
     const storage = { down: false };
-    const failing: DocumentStore = {
-      ...store,
-      collection: async <T extends { readonly id: string }>(
-        spec: Parameters<DocumentStore['collection']>[0],
-      ): Promise<Collection<T>> => {
-        const collection = await store.collection<T>(spec);
-        return new Proxy(collection, {
-          get: (target, property) => {
-            const value = Reflect.get(target, property) as unknown;
-            if (typeof value !== 'function') return value;
-            return (...args: unknown[]) => {
-              if (storage.down) throw new UnavailableError('storage is unreachable');
-              return (value as (...a: unknown[]) => unknown).apply(target, args);
-            };
-          },
-        });
-      },
-    };
     const { bus, handler } = busDouble();
-    const aggregation = new StreamAggregation({
-      view: view(['n', 's']),
-      bus,
-      checkpoints: (await AggregationCheckpoints.open(failing)).forOwner('plays', 'replica-0', {
-        logger,
-      }),
-      logger,
-      stream: 'TANDEM_OUTCOMES',
-      durable: 'plays-replica-0',
+    const aggregation = await startAggregation(bus, 'replica-2', {
       checkpointIntervalMs: 20,
       inFlight: 1_000,
+      checkpointStore: guardedStore(store, () => {
+        if (storage.down) throw new UnavailableError('storage is unreachable');
+      }),
     });
-    await aggregation.start();
-    await new Promise((resolve) => setTimeout(resolve, 30));
     try {
       storage.down = true;
       const now = Date.now();
