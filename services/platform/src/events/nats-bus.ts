@@ -946,6 +946,19 @@ type DeclaredConsumerConfig = Pick<
   | 'inactive_threshold'
 >;
 
+/** An undecodable message, counted once acknowledged (see `prepare`). */
+interface Undecodable {
+  readonly facts: {
+    readonly subject: string;
+    readonly eventId: string;
+    readonly streamSequence: number;
+  };
+  readonly error: unknown;
+}
+
+/** A consumer's `max_deliver` on the server: unlimited (see `consumerConfigFor`). */
+const SERVER_MAX_DELIVER = -1;
+
 function consumerConfigFor(
   settings: ConsumerSettings,
   serverFilter: readonly string[],
@@ -956,7 +969,10 @@ function consumerConfigFor(
     ack_policy: acknowledgement === 'cumulative' ? AckPolicy.All : AckPolicy.Explicit,
     deliver_policy: settings.deliverPolicy === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
     ack_wait: nanos(settings.ackWaitMs),
-    max_deliver: settings.maxDeliver,
+    // Unlimited on the server: the client gives up after `maxDeliver` (terminating the event,
+    // counting and logging it). The server counts every delivery, the events a stopping
+    // subscription hands back unhandled too, and at its limit stops delivering without a word.
+    max_deliver: SERVER_MAX_DELIVER,
     max_ack_pending: settings.maxAckPending,
     // One filter goes in `filter_subject`, which every server version understands.
     ...(serverFilter.length === 1 ? { filter_subject: serverFilter[0] } : {}),
@@ -992,10 +1008,15 @@ function consumerChanges(
     max_ack_pending: desired.max_ack_pending,
     // Zero removes a threshold.
     inactive_threshold: desired.inactive_threshold ?? 0,
-    // An empty `filter_subject` clears a filter; only sent when filters change, as servers
-    // before 2.10 refuse any filter change.
-    ...(filtersChanged && filters.length <= 1 ? { filter_subject: filters[0] ?? '' } : {}),
-    ...(filtersChanged && filters.length > 1 ? { filter_subjects: filters } : {}),
+    // Only sent when filters change. The update is merged into the current config: a field
+    // left out keeps its value, one set to `undefined` is removed (the client names a single
+    // filter in the API subject it sends to, and an empty one there reaches no server).
+    ...(filtersChanged && filters.length <= 1
+      ? { filter_subject: filters[0], filter_subjects: undefined }
+      : {}),
+    ...(filtersChanged && filters.length > 1
+      ? { filter_subject: undefined, filter_subjects: filters }
+      : {}),
   };
 }
 
@@ -1309,16 +1330,28 @@ class NatsSubscription<T> implements Subscription {
     let received = 0;
     let last: JsMsg | undefined;
     let flushScheduled = false;
+    /** Acknowledging cumulatively, the undecodable messages among those `received`. */
+    let undecodable: Undecodable[] | undefined = frontier === undefined ? undefined : [];
     /** True once this consumption should hand nothing more out: stopping, or rewinding. */
     const ending = (): boolean => this.isStopping() || this.frontier !== frontier;
     const dispatch = (): void => {
       flushScheduled = false;
       const taken = batch;
       const deliveries = received;
+      const skipped = undecodable;
       batch = [];
       received = 0;
+      if (undecodable !== undefined) undecodable = [];
       if (deliveries === 0 || last === undefined || (frontier !== undefined && ending())) return;
       const position = frontier?.add(deliveries, last);
+      if (position !== undefined && skipped !== undefined && skipped.length > 0) {
+        this.uncounted.push({
+          through: position.through,
+          count: () => {
+            for (const { facts, error } of skipped) this.counters.recordPoison(facts, error);
+          },
+        });
+      }
       if (taken.length === 0) {
         if (frontier !== undefined && position !== undefined) this.acknowledge(frontier, position);
         return;
@@ -1342,7 +1375,7 @@ class NatsSubscription<T> implements Subscription {
       }
       received++;
       last = message;
-      const prepared = this.prepare(message, frontier !== undefined);
+      const prepared = this.prepare(message, undecodable);
       if (prepared !== undefined) batch.push(prepared);
       if (batch.length >= mode.maxBatchSize) dispatch();
       else if (!flushScheduled) {
@@ -1356,27 +1389,32 @@ class NatsSubscription<T> implements Subscription {
   /**
    * Decodes one message; returns undefined when a client-side filter skips it or it cannot be
    * decoded, after settling it at once (acknowledged each, so not when acknowledging
-   * cumulatively: the acknowledgement of a later batch covers it).
+   * cumulatively: the acknowledgement of a later batch covers it). An undecodable one is counted
+   * at once, or, acknowledging cumulatively, added to `undecodable`, counted once acknowledged
+   * (a rewind before that brings it again).
    */
-  private prepare(message: JsMsg, cumulative: boolean): NatsDelivery<T> | undefined {
+  private prepare(
+    message: JsMsg,
+    undecodable: Undecodable[] | undefined,
+  ): NatsDelivery<T> | undefined {
     const { codec, clientFilter } = this.parts;
     if (clientFilter.length > 0 && !matchesAnySubject(clientFilter, message.subject)) {
-      if (!cumulative) message.ack();
+      if (undecodable === undefined) message.ack();
       return undefined;
     }
     let event: T;
     try {
       event = codec.decode(message.data);
     } catch (error) {
-      if (!cumulative) message.term();
-      this.counters.recordPoison(
-        {
-          subject: message.subject,
-          eventId: eventIdOf(headersOf(message), message),
-          streamSequence: message.info.streamSequence,
-        },
-        error,
-      );
+      const facts = {
+        subject: message.subject,
+        eventId: eventIdOf(headersOf(message), message),
+        streamSequence: message.info.streamSequence,
+      };
+      if (undecodable === undefined) {
+        message.term();
+        this.counters.recordPoison(facts, error);
+      } else undecodable.push({ facts, error });
       return undefined;
     }
     return new NatsDelivery(message, event, this.earlier);

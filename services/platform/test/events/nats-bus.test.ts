@@ -100,7 +100,8 @@ describeWithNats('NATS JetStream event bus', () => {
       });
       const { config } = await manager.consumers.info(stream, 'analysis');
       expect(config.ack_wait).toBe(nanos(7_000));
-      expect(config.max_deliver).toBe(4);
+      // The client enforces maxDeliver: unlimited on the server.
+      expect(config.max_deliver).toBe(-1);
       expect(config.ack_policy).toBe('explicit');
       await bus.publish(
         `${stream}.exposure`,
@@ -153,6 +154,74 @@ describeWithNats('NATS JetStream event bus', () => {
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
       expect(await exists('replica-1')).toBe(false);
+    });
+
+    it("changes an existing durable's filters: to another, to none, to several and back", async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      const handler = (): Promise<void> => Promise.resolve();
+      const several = supportsMultipleFilters(admin.info?.version);
+      // Several filters on a server before 2.10 are applied by the client: none on the server.
+      const steps: [string[], string[]][] = [
+        [[`${stream}.a`], [`${stream}.a`]],
+        [[`${stream}.b`], [`${stream}.b`]],
+        [[], []],
+        [[`${stream}.a`, `${stream}.b`], several ? [`${stream}.a`, `${stream}.b`] : []],
+        [[`${stream}.a`], [`${stream}.a`]],
+      ];
+      for (const [filterSubjects, onServer] of steps) {
+        const spec = { stream, durable: 'filtered', codec: EchoRequest, filterSubjects };
+        await (await bus.subscribe(spec, handler)).stop();
+        const { config } = await manager.consumers.info(stream, 'filtered');
+        const filters = config.filter_subjects?.length
+          ? config.filter_subjects
+          : [config.filter_subject ?? ''].filter((f) => f !== '');
+        expect([...filters].sort()).toEqual(onServer);
+      }
+    });
+
+    it('never loses an event handed back unhandled at stop, however often that happens', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      for (const message of ['e1', 'e2', 'e3', 'e4']) {
+        await bus.publish(
+          `${stream}.x`,
+          EchoRequest,
+          { message, failWithCode: 0, requireMessage: false },
+          { eventId: message },
+        );
+      }
+      const handled = new Set<string>();
+      // (One fetched as the subscription stops is not handed back: it comes after the ack wait.)
+      const spec = {
+        stream,
+        durable: 'restarted',
+        codec: EchoRequest,
+        maxDeliver: 2,
+        ackWaitMs: 1_000,
+      };
+      // Two restarts while one event is being handled and the next are fetched: those are
+      // handed back, each time counted by JetStream as a delivery.
+      for (let run = 0; run < 2; run++) {
+        let release = () => {};
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const subscription = await bus.subscribe(spec, async (d) => {
+          handled.add(d.event.message);
+          await gate;
+        });
+        await waitFor(() => handled.size > run);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const stopping = subscription.stop();
+        release();
+        await stopping;
+      }
+      const last = await bus.subscribe(spec, (d) => {
+        handled.add(d.event.message);
+        return Promise.resolve();
+      });
+      try {
+        await waitFor(() => handled.size === 4);
+      } finally {
+        await last.stop();
+      }
     });
 
     it('adds an inactivity threshold to an existing durable, and removes it again', async () => {
@@ -399,6 +468,26 @@ describeWithNats('NATS JetStream event bus', () => {
       expect(seen.filter(([m]) => m === 'c').length).toBeGreaterThanOrEqual(1);
       expect(subscription.stats()).toMatchObject({ retried: 1, dropped: 0 });
       await subscription.stop();
+    });
+
+    it('counts an undecodable event once, however often a rewind brings it back', async () => {
+      await bus.publish(
+        `${stream}.outcome`,
+        { encode: (bytes: Uint8Array) => ({ finish: () => bytes }), decode: (b: Uint8Array) => b },
+        Uint8Array.from([0x0f]),
+        { eventId: 'undecodable' },
+      );
+      await publish('ok');
+      let failures = 0;
+      const subscription = await bus.subscribeBatches!(spec(), () =>
+        failures++ < 2 ? Promise.reject(new Error('checkpoint failed')) : Promise.resolve(),
+      );
+      try {
+        await waitFor(() => subscription.stats().acked === 1);
+        expect(subscription.stats()).toMatchObject({ acked: 1, retried: 2, poison: 1 });
+      } finally {
+        await subscription.stop();
+      }
     });
 
     it('counts a batch held behind a failed one as acked once, when an acknowledgement covers it', async () => {
