@@ -157,6 +157,56 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     expect(again.read(['i1', 'i2'], now).values).toEqual([null, 1]);
   });
 
+  it('restores each seen id once after a write that failed once its seen ids were stored', async () => {
+    const now = Date.now();
+    const until = now + 600_000;
+    const faults: Faults = new Map();
+    const capped = { maxSeenEventIds: 3 };
+    const writer = (await AggregationCheckpoints.open(faulty(store, faults))).forOwner(
+      'item_plays',
+      replica,
+      capped,
+    );
+    const aggregator = new WindowAggregator(options);
+    const play = (id: string) =>
+      aggregator.ingest({ eventId: id, key: 'i1', eventTime: now, values: [undefined] }, now);
+    play('d1');
+    play('d2');
+    await writer.write(
+      aggregator.checkpoint(),
+      [
+        ['d1', until],
+        ['d2', until],
+      ],
+      {},
+    );
+    play('a1');
+    faults.set('header', 'failed');
+    await expect(writer.write(aggregator.checkpoint(), [['a1', until]], {})).rejects.toThrow();
+    // The failed write's ids come again in the next.
+    play('a2');
+    await writer.write(
+      aggregator.checkpoint(),
+      [
+        ['a1', until],
+        ['a2', until],
+      ],
+      {},
+    );
+
+    const restored = await (
+      await AggregationCheckpoints.open(store)
+    )
+      .forOwner('item_plays', replica, capped)
+      .restore();
+    // Four ids for three places: the oldest goes, and d2, published again, is a duplicate.
+    expect(restored?.checkpoint.seenEventIds.map(([id]) => id)).toEqual(['d2', 'a1', 'a2']);
+    expect(restored?.checkpoint.counters.dedupeEvictions).toBe(1);
+    const again = WindowAggregator.restore(options, restored!.checkpoint);
+    again.ingest({ eventId: 'd2', key: 'i1', eventTime: now, values: [undefined] }, now);
+    expect(again.read(['i1'], now).values).toEqual([4]);
+  });
+
   /** Writes a checkpoint of one event; returns the checkpoints and their stored documents. */
   async function oneEventCheckpoint() {
     const now = Date.now();

@@ -135,7 +135,11 @@ export class CheckpointWriter {
    * The state chunks of the last writes that failed (at most {@link ABANDONED_KEPT}), deleted
    * once a write succeeds. Older ones, from a long outage, were almost surely never stored.
    */
-  private abandoned: { readonly generation: number; readonly chunkCount: number }[] = [];
+  private abandoned: {
+    readonly generation: number;
+    readonly chunkCount: number;
+    readonly seenSequence: number | undefined;
+  }[] = [];
 
   constructor(
     private readonly documents: Collection<CheckpointDocument>,
@@ -206,10 +210,22 @@ export class CheckpointWriter {
     const json = JSON.stringify({ ...checkpoint, seenEventIds: [] });
     const generation = ++this.lastGeneration;
     const chunkCount = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
+    const seenSequence = newSeenIds.length > 0 ? ++this.lastSeenSequence : this.seenSequence;
     try {
-      return await this.writeGeneration(json, generation, chunkCount, newSeenIds, extraCounters);
+      return await this.writeGeneration(
+        json,
+        { generation, chunkCount, seenSequence },
+        newSeenIds,
+        extraCounters,
+      );
     } catch (error) {
-      this.abandoned.push({ generation, chunkCount });
+      // Its seen ids come again in the next write (they were accepted since the last one that
+      // succeeded), so its seen-id document, if stored, is deleted with its chunks.
+      this.abandoned.push({
+        generation,
+        chunkCount,
+        seenSequence: newSeenIds.length > 0 ? seenSequence : undefined,
+      });
       if (this.abandoned.length > ABANDONED_KEPT) this.abandoned.shift();
       throw error;
     }
@@ -217,11 +233,11 @@ export class CheckpointWriter {
 
   private async writeGeneration(
     json: string,
-    generation: number,
-    chunkCount: number,
+    numbers: { generation: number; chunkCount: number; seenSequence: number },
     newSeenIds: readonly (readonly [string, number])[],
     extraCounters: Readonly<Record<string, number>>,
   ): Promise<Date> {
+    const { generation, chunkCount, seenSequence } = numbers;
     for (let i = 0; i < chunkCount; i++) {
       await this.documents.upsert({
         id: `${this.owner}/state/${generation}/${i}`,
@@ -231,12 +247,10 @@ export class CheckpointWriter {
         data: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS),
       });
     }
-    let seenSequence = this.seenSequence;
     if (newSeenIds.length > 0) {
-      seenSequence = ++this.lastSeenSequence;
       const until = newSeenIds.reduce((latest, [, u]) => Math.max(latest, u), 0);
       await this.documents.upsert({
-        id: `${this.owner}/seen/${String(seenSequence).padStart(12, '0')}`,
+        id: this.seenId(seenSequence),
         owner: this.owner,
         kind: 'seen',
         seenSequence,
@@ -260,7 +274,7 @@ export class CheckpointWriter {
       extraCounters: { ...extraCounters },
     });
     const replaced = [
-      { generation: this.generation, chunkCount: this.chunkCount },
+      { generation: this.generation, chunkCount: this.chunkCount, seenSequence: undefined },
       ...this.abandoned.splice(0),
     ];
     this.generation = generation;
@@ -271,6 +285,9 @@ export class CheckpointWriter {
         await this.documents
           .delete(`${this.owner}/state/${previous.generation}/${i}`)
           .catch(() => false);
+      }
+      if (previous.seenSequence !== undefined) {
+        await this.documents.delete(this.seenId(previous.seenSequence)).catch(() => false);
       }
     }
     return checkpointTime;
@@ -283,21 +300,27 @@ export class CheckpointWriter {
    */
   private async newestSeenIds(): Promise<{ ids: (readonly [string, number])[]; left: number }> {
     const max = this.options.maxSeenEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
-    let ids: (readonly [string, number])[] = [];
+    // By id, in order of the newest copy: an id stored twice (a write that failed after storing
+    // its seen ids, written again by the next) takes one place.
+    const ids = new Map<string, number>();
     let left = 0;
     const leaveOldest = (): void => {
-      const excess = ids.length - max;
-      if (excess <= 0) return;
-      ids = ids.slice(excess);
-      left += excess;
+      for (const id of ids.keys()) {
+        if (ids.size <= max) return;
+        ids.delete(id);
+        left++;
+      }
     };
     for await (const { doc } of this.documents.scan({ owner: this.owner })) {
       if (doc.kind !== 'seen' || (doc.seenSequence ?? 0) > this.seenSequence) continue;
-      for (const id of seenIdsOf(doc)) ids.push(id);
-      if (ids.length >= 2 * max) leaveOldest();
+      for (const [id, until] of seenIdsOf(doc)) {
+        ids.delete(id);
+        ids.set(id, until);
+      }
+      if (ids.size >= 2 * max) leaveOldest();
     }
     leaveOldest();
-    return { ids, left };
+    return { ids: [...ids], left };
   }
 
   /**
@@ -333,6 +356,10 @@ export class CheckpointWriter {
     this.lastGeneration = 0;
     this.lastSeenSequence = 0;
     this.abandoned = [];
+  }
+
+  private seenId(sequence: number): string {
+    return `${this.owner}/seen/${String(sequence).padStart(12, '0')}`;
   }
 
   private chunkId(index: number): string {
