@@ -232,8 +232,14 @@ export async function applyAllocation(
   };
   let stored;
   try {
-    if (current) stored = await context.store.allocations.replace(next, current.version);
-    else {
+    if (current) {
+      // Its incarnation stays: without it the etag would read as one of a dropped allocation.
+      const { incarnation } = current.doc;
+      stored = await context.store.allocations.replace(
+        incarnation === undefined ? next : { ...next, incarnation },
+        current.version,
+      );
+    } else {
       // Etags of its own when an allocation of this experiment was dropped before.
       const incarnation = await context.store.incarnationOf('allocation', doc.id);
       stored = await context.store.allocations.insert(

@@ -2240,23 +2240,32 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(
           (await client.getAllocation({ experimentId: 'arms-draft' })).allocation,
         ).toMatchObject(initialWeights);
-        // Allocated again, it has etags of its own: one of a dropped allocation is stale.
+        // Allocated again, it has etags of its own, update after update: one of a dropped
+        // allocation is stale.
         expect((await allocate()).allocation?.etag).toBe('3.1');
-        const stale = await failure(
-          admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'arms-draft',
-                weights: [
-                  { variantKey: 'control', weight: 0.2 },
-                  { variantKey: 'treatment', weight: 0.8 },
-                ],
-                etag: '1',
-              },
-            }),
-          ),
-        );
-        expect(stale.reason).toBe('STALE_ETAG');
+        const later = allocateNinetyTen('arms-draft');
+        const reallocated = await admin.updateAllocation({
+          ...later,
+          allocation: { ...later.allocation!, sequence: 11 },
+        });
+        expect(reallocated.allocation?.etag).toBe('3.2');
+        for (const etag of ['1', '2']) {
+          const stale = await failure(
+            admin.updateAllocation(
+              UpdateAllocationRequest.fromPartial({
+                allocation: {
+                  experimentId: 'arms-draft',
+                  weights: [
+                    { variantKey: 'control', weight: 0.2 },
+                    { variantKey: 'treatment', weight: 0.8 },
+                  ],
+                  etag,
+                },
+              }),
+            ),
+          );
+          expect(stale.reason).toBe('STALE_ETAG');
+        }
 
         // A sequence stored before sequences were bounded orders nothing: the next one is now.
         const now = Date.now();
