@@ -146,6 +146,9 @@ export class LiveConfiguration {
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
   private catchingUp: Promise<boolean> | undefined;
+  /** The full read `readAgain` callers share, while one runs, and when the last began. */
+  private readingAgain: Promise<void> | undefined;
+  private readAgainAt = -Infinity;
   /** The last version a catch-up found storage not to hold, and when (see `catchUp`). */
   private missingFrom = Infinity;
   private missingAt = -Infinity;
@@ -238,6 +241,23 @@ export class LiveConfiguration {
       this.missingFrom = version;
       this.missingAt = Date.now();
     }
+  }
+
+  /**
+   * Reads everything again, whatever the stored version says: for a caller that found this view
+   * behind a version it holds, though at that version (a resolve token naming as assigned an
+   * experiment this view has not started: the replica that resolved it read the start before its
+   * version was bumped, and labelled it with the version before). Shared by concurrent callers,
+   * and at most once per {@link CATCH_UP_INTERVAL_MS}.
+   */
+  readAgain(): Promise<void> {
+    if (this.readingAgain !== undefined) return this.readingAgain;
+    if (Date.now() - this.readAgainAt < CATCH_UP_INTERVAL_MS) return Promise.resolve();
+    this.readAgainAt = Date.now();
+    this.readingAgain = this.load().finally(() => {
+      this.readingAgain = undefined;
+    });
+    return this.readingAgain;
   }
 
   private sharedRefresh(): Promise<boolean> {

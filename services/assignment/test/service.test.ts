@@ -287,6 +287,57 @@ describe('Apply on a replica that has not yet loaded the configuration its token
       await applier.stop();
     }
   });
+
+  it('reads it again when the token was labelled with the version before a start (read before its bump)', async () => {
+    const dataDir = temporaryDataDir();
+    const start = () =>
+      startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval: '1h' });
+    const writer = await start();
+    const resolver = await start();
+    const applier = await start();
+    try {
+      await writer.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('half-announced', { surfaces: ['half-announced'] }),
+        }),
+      );
+      // The applier has the experiment as a DRAFT.
+      await applier.service.context.configuration.refresh();
+      // The start's document is stored; its version bump waits.
+      const store = writer.service.context.store;
+      const bump = store.bumpVersion.bind(store);
+      let stored = () => {};
+      const startStored = new Promise<void>((resolve) => (stored = resolve));
+      let release = () => {};
+      const held = new Promise<void>((resolve) => (release = resolve));
+      jest.spyOn(store, 'bumpVersion').mockImplementationOnce(async () => {
+        stored();
+        await held;
+        return bump();
+      });
+      const started = writer.admin.startExperiment(
+        StartExperimentRequest.fromPartial({ id: 'half-announced' }),
+      );
+      await startStored;
+      // The resolver reads the version before the start, then the started experiment.
+      await resolver.service.context.configuration.refresh();
+      release();
+      await started;
+      const resolved = await resolver.client.resolve(
+        resolveRequest('u-1', { surfaces: ['half-announced'] }),
+      );
+      expect(resolved.assignments[0]?.inExperiment).toBe(true);
+      expect(resolved.configVersion).toBe(applier.service.context.configuration.current().version);
+      const applied = await applier.client.apply(
+        ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+      );
+      expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
+    } finally {
+      await writer.stop();
+      await resolver.stop();
+      await applier.stop();
+    }
+  });
 });
 
 describe('an AllocationUpdate event while another replica holds the configuration-write lease', () => {

@@ -188,7 +188,18 @@ async function logExposures(
   // is judged against that configuration or a later one, not against an older one that may not
   // hold its experiments yet.
   await context.configuration.catchUp(record.configVersion);
-  const view = context.configuration.current();
+  let view = context.configuration.current();
+  // An experiment the token has the unit in, not started here though this view is as new as the
+  // token's: the resolving replica read the start before its version was bumped (see
+  // `readAgain`). Read again before judging, rather than find it not running.
+  const behind = (assignment: TokenAssignment): boolean => {
+    const status = view.experiments.get(assignment.experimentId)?.doc.status;
+    return status === undefined || status === ExperimentStatus.DRAFT;
+  };
+  if (record.configVersion >= view.version && shown.some(behind)) {
+    await context.configuration.readAgain();
+    view = context.configuration.current();
+  }
   const shownAt = exposureTime.getTime();
   const running: TokenAssignment[] = [];
   const stickyWrites: Promise<void>[] = [];
