@@ -146,9 +146,10 @@ export class LiveConfiguration {
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
   private catchingUp: Promise<boolean> | undefined;
-  /** The full read `readAgain` callers share, while one runs, and when the last began. */
+  /** The full read `readAgain` callers share, while one runs. */
   private readingAgain: Promise<void> | undefined;
-  private readAgainAt = -Infinity;
+  /** When the last full read that completed began (ms). */
+  private lastFullReadAt = -Infinity;
   /** The last version a catch-up found storage not to hold, and when (see `catchUp`). */
   private missingFrom = Infinity;
   private missingAt = -Infinity;
@@ -177,8 +178,16 @@ export class LiveConfiguration {
   /** Loads everything from storage; throws when storage is unreachable. */
   load(): Promise<void> {
     return this.exclusive(async () => {
-      this.adopt(compile(await this.store.readAll()));
+      this.adopt(compile(await this.readAll()));
     });
+  }
+
+  /** Everything stored, noting when a read that completed began (see `readAgain`). */
+  private async readAll(): Promise<ConfigurationRecords> {
+    const began = Date.now();
+    const records = await this.store.readAll();
+    this.lastFullReadAt = Math.max(this.lastFullReadAt, began);
+    return records;
   }
 
   /**
@@ -201,7 +210,7 @@ export class LiveConfiguration {
       if (!everything && this.view && (await this.store.version()) === this.view.version) {
         return false;
       }
-      let records = await this.store.readAll();
+      let records = await this.readAll();
       if (everything) {
         let version: number;
         try {
@@ -244,20 +253,21 @@ export class LiveConfiguration {
   }
 
   /**
-   * Reads everything again, whatever the stored version says: for a caller that found this view
-   * behind a version it holds, though at that version (a resolve token naming as assigned an
-   * experiment this view has not started: the replica that resolved it read the start before its
-   * version was bumped, and labelled it with the version before). Shared by concurrent callers,
-   * and at most once per {@link CATCH_UP_INTERVAL_MS}.
+   * Reads everything again, whatever the stored version says, unless a read that began after
+   * `since` (ms) has completed: for a caller that found this view behind what another replica
+   * saw at `since` at the same version (a resolve token naming as assigned an experiment this
+   * view has not started: the replica that resolved it read the start before its version was
+   * bumped, and labelled it with the version before). Concurrent callers share a read; one that
+   * joined a read begun before `since` waits for one more.
    */
-  readAgain(): Promise<void> {
-    if (this.readingAgain !== undefined) return this.readingAgain;
-    if (Date.now() - this.readAgainAt < CATCH_UP_INTERVAL_MS) return Promise.resolve();
-    this.readAgainAt = Date.now();
-    this.readingAgain = this.load().finally(() => {
-      this.readingAgain = undefined;
-    });
-    return this.readingAgain;
+  async readAgain(since: number): Promise<void> {
+    const from = Math.min(since, Date.now());
+    for (let attempt = 0; attempt < 2 && this.lastFullReadAt < from; attempt++) {
+      this.readingAgain ??= this.load().finally(() => {
+        this.readingAgain = undefined;
+      });
+      await this.readingAgain;
+    }
   }
 
   private sharedRefresh(): Promise<boolean> {
@@ -285,7 +295,7 @@ export class LiveConfiguration {
       // After a failed bump, this bump announces that change too, and the view lacks it.
       if (!view || version !== view.version + 1 || this.unannounced) {
         this.unannounced = false;
-        return this.adopt(compile(await this.store.readAll())).version;
+        return this.adopt(compile(await this.readAll())).version;
       }
       this.adopt(
         compile({

@@ -288,7 +288,34 @@ describe('Apply on a replica that has not yet loaded the configuration its token
     }
   });
 
-  it('reads it again when the token was labelled with the version before a start (read before its bump)', async () => {
+  /**
+   * Starts experiment `id` through `writer` while `resolver` reads the configuration between the
+   * start's document and its version bump (so it holds the start under the version before), then
+   * resolves a unit into it there.
+   */
+  async function halfAnnounced(writer: TestAssignment, resolver: TestAssignment, id: string) {
+    const store = writer.service.context.store;
+    const bump = store.bumpVersion.bind(store);
+    let stored = () => {};
+    const startStored = new Promise<void>((resolve) => (stored = resolve));
+    let release = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    jest.spyOn(store, 'bumpVersion').mockImplementationOnce(async () => {
+      stored();
+      await held;
+      return bump();
+    });
+    const started = writer.admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+    await startStored;
+    await resolver.service.context.configuration.refresh();
+    release();
+    await started;
+    const resolved = await resolver.client.resolve(resolveRequest(`u-${id}`, { surfaces: [id] }));
+    expect(resolved.assignments[0]?.inExperiment).toBe(true);
+    return resolved;
+  }
+
+  it('reads it again for tokens labelled with the version before a start (read before its bump)', async () => {
     const dataDir = temporaryDataDir();
     const start = () =>
       startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval: '1h' });
@@ -296,42 +323,36 @@ describe('Apply on a replica that has not yet loaded the configuration its token
     const resolver = await start();
     const applier = await start();
     try {
-      await writer.admin.createExperiment(
-        CreateExperimentRequest.fromPartial({
-          experiment: experiment('half-announced', { surfaces: ['half-announced'] }),
-        }),
-      );
-      // The applier has the experiment as a DRAFT.
+      const ids = ['first', 'second', 'third'];
+      for (const id of ids) {
+        await writer.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
+        );
+      }
+      // The applier has them as DRAFTs.
       await applier.service.context.configuration.refresh();
-      // The start's document is stored; its version bump waits.
-      const store = writer.service.context.store;
-      const bump = store.bumpVersion.bind(store);
-      let stored = () => {};
-      const startStored = new Promise<void>((resolve) => (stored = resolve));
-      let release = () => {};
-      const held = new Promise<void>((resolve) => (release = resolve));
-      jest.spyOn(store, 'bumpVersion').mockImplementationOnce(async () => {
-        stored();
-        await held;
-        return bump();
-      });
-      const started = writer.admin.startExperiment(
-        StartExperimentRequest.fromPartial({ id: 'half-announced' }),
-      );
-      await startStored;
-      // The resolver reads the version before the start, then the started experiment.
-      await resolver.service.context.configuration.refresh();
-      release();
-      await started;
-      const resolved = await resolver.client.resolve(
-        resolveRequest('u-1', { surfaces: ['half-announced'] }),
-      );
-      expect(resolved.assignments[0]?.inExperiment).toBe(true);
-      expect(resolved.configVersion).toBe(applier.service.context.configuration.current().version);
-      const applied = await applier.client.apply(
-        ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
-      );
-      expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
+      const apply = async (id: string) => {
+        const resolved = await halfAnnounced(writer, resolver, id);
+        expect(resolved.configVersion).toBe(
+          applier.service.context.configuration.current().version,
+        );
+        return () =>
+          applier.client.apply(ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }));
+      };
+      // Two in quick succession: the second needs a read of its own.
+      for (const id of ['first', 'second']) {
+        expect((await (await apply(id))()).exposures).toMatchObject({
+          loggedCount: 1,
+          notRunningCount: 0,
+        });
+      }
+      // A read that fails answers UNAVAILABLE, and the retry reads.
+      const third = await apply('third');
+      jest
+        .spyOn(applier.service.context.store, 'readAll')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      expect((await failure(third())).code).toBe(GrpcCode.UNAVAILABLE);
+      expect((await third()).exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
     } finally {
       await writer.stop();
       await resolver.stop();

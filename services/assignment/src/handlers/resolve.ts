@@ -197,7 +197,7 @@ async function logExposures(
     return status === undefined || status === ExperimentStatus.DRAFT;
   };
   if (record.configVersion >= view.version && shown.some(behind)) {
-    await context.configuration.readAgain();
+    await context.configuration.readAgain(record.resolveTime);
     view = context.configuration.current();
   }
   const shownAt = exposureTime.getTime();
