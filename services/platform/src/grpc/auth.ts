@@ -16,6 +16,9 @@ export interface AdminAuth {
   check(metadata: Metadata): void;
 }
 
+/** The scheme of `authorization`, lowercased, with the space after it. */
+const SCHEME = 'bearer ';
+
 function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
@@ -28,7 +31,8 @@ export function bearerTokenAuth(token: string | undefined): AdminAuth | undefine
     check(metadata) {
       const header = metadata.get('authorization')[0];
       const value = typeof header === 'string' ? header : header?.toString('utf8');
-      if (!value?.startsWith('Bearer ')) {
+      // The scheme is case-insensitive (RFC 7235 §2.1): proxies and clients may lowercase it.
+      if (value === undefined || value.slice(0, SCHEME.length).toLowerCase() !== SCHEME) {
         throw new UnauthenticatedError(
           'this RPC requires an admin token: send "authorization: Bearer <token>"',
           {
@@ -37,7 +41,7 @@ export function bearerTokenAuth(token: string | undefined): AdminAuth | undefine
         );
       }
       // Hashing first makes both sides the same length, as timingSafeEqual requires.
-      if (!timingSafeEqual(digest(value.slice('Bearer '.length)), expected)) {
+      if (!timingSafeEqual(digest(value.slice(SCHEME.length)), expected)) {
         throw new PermissionDeniedError('the admin token is not valid', {
           reason: 'ADMIN_TOKEN_INVALID',
         });

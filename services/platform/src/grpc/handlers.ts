@@ -412,10 +412,12 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
     // grpc-js emits 'cancelled' when the stream closes, also after a completed call; the listener
     // is removed once the handler settles, so a finished call does not build an error for nobody.
     (call as EventEmitter).once('cancelled', onCancelled);
-    const span =
+    // What the caller sent (trace context, baggage) is the context the handler runs in.
+    const sent =
       tracingRecords() || carriesTraceContext(call.metadata)
-        ? startSpan(extractFromMetadata(call.metadata))
+        ? extractFromMetadata(call.metadata)
         : undefined;
+    const span = sent === undefined ? undefined : startSpan(sent);
     const execute = async (): Promise<unknown> => {
       auth?.check(call.metadata);
       return body(ctx);
@@ -442,7 +444,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         },
       );
     };
-    if (span === undefined) run();
-    else context.with(trace.setSpan(context.active(), span), run);
+    if (sent === undefined || span === undefined) run();
+    else context.with(trace.setSpan(sent, span), run);
   };
 }

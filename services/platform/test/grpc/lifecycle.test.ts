@@ -354,9 +354,9 @@ describe('deadline and cancellation propagation', () => {
 describe('admin token', () => {
   it('refuses admin RPCs without the token or with a wrong one, and accepts the right one', async () => {
     const echo = await startEcho({ auth: bearerTokenAuth('s3cret'), adminMethods: ['echo'] });
-    const call = (token?: string) => {
+    const call = (token?: string, scheme = 'Bearer') => {
       const metadata = new Metadata();
-      if (token !== undefined) metadata.set('authorization', `Bearer ${token}`);
+      if (token !== undefined) metadata.set('authorization', `${scheme} ${token}`);
       const client = createClient(EchoServiceService, {
         address: echo.address,
         credentials: insecure,
@@ -372,10 +372,17 @@ describe('admin token', () => {
           client.close();
         });
     };
-    expect(await call()).toBe(GrpcCode.UNAUTHENTICATED);
-    expect(await call('wrong')).toBe(GrpcCode.PERMISSION_DENIED);
-    expect(await call('s3cret')).toBe('admin');
-    await echo.server.shutdown(1000);
+    try {
+      expect(await call()).toBe(GrpcCode.UNAUTHENTICATED);
+      expect(await call('wrong')).toBe(GrpcCode.PERMISSION_DENIED);
+      expect(await call('s3cret')).toBe('admin');
+      // The scheme is case-insensitive (RFC 7235 §2.1); the token is not.
+      expect(await call('s3cret', 'bearer')).toBe('admin');
+      expect(await call('S3CRET', 'BEARER')).toBe(GrpcCode.PERMISSION_DENIED);
+      expect(await call('s3cret', 'Basic')).toBe(GrpcCode.UNAUTHENTICATED);
+    } finally {
+      await echo.server.shutdown(1000);
+    }
   });
 });
 

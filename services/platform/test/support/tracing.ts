@@ -1,10 +1,15 @@
 /**
  * A real OpenTelemetry SDK for tests: spans are recorded in memory, context flows through
- * AsyncLocalStorage and crosses process boundaries with the W3C propagator, as in production.
+ * AsyncLocalStorage and crosses process boundaries with the W3C propagators (trace context and
+ * baggage), as in production.
  */
 import { context, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import {
+  CompositePropagator,
+  W3CBaggagePropagator,
+  W3CTraceContextPropagator,
+} from '@opentelemetry/core';
 import {
   BasicTracerProvider,
   InMemorySpanExporter,
@@ -22,7 +27,12 @@ export function installTestTracing(): TestTracing {
   const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
   const contextManager = new AsyncLocalStorageContextManager().enable();
   context.setGlobalContextManager(contextManager);
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  // The NodeSDK's default propagators (OTEL_PROPAGATORS `tracecontext,baggage`).
+  propagation.setGlobalPropagator(
+    new CompositePropagator({
+      propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()],
+    }),
+  );
   trace.setGlobalTracerProvider(provider);
   return {
     exporter,

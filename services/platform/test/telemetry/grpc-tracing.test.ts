@@ -1,5 +1,5 @@
 import { credentials } from '@grpc/grpc-js';
-import { SpanKind, trace } from '@opentelemetry/api';
+import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { createClient } from '../../src/grpc/client';
 import { startEcho, type RunningEcho } from '../support/echo';
@@ -50,6 +50,35 @@ describe('tracing across a gRPC hop', () => {
       'rpc.method': 'Echo',
       'rpc.grpc.status_code': 0,
     });
+  });
+
+  it("hands the caller's baggage to the handler, with the trace", async () => {
+    let seen: string | undefined;
+    const echoing = await startEcho({
+      handlers: {
+        echo: (request) => {
+          seen = propagation.getBaggage(context.active())?.getEntry('tenant')?.value;
+          return Promise.resolve({ message: request.message, traceId: '' });
+        },
+      },
+    });
+    const client = createClient(EchoServiceService, {
+      address: echoing.address,
+      credentials: credentials.createInsecure(),
+    });
+    try {
+      const baggage = propagation.createBaggage({ tenant: { value: 'acme' } });
+      await context.with(propagation.setBaggage(context.active(), baggage), () =>
+        trace.getTracer('test').startActiveSpan('backend request', async (root) => {
+          await client.echo({ message: 'hi', failWithCode: 0, requireMessage: false });
+          root.end();
+        }),
+      );
+      expect(seen).toBe('acme');
+    } finally {
+      client.close();
+      await echoing.server.shutdown(1000);
+    }
   });
 
   it('marks a server fault as an error span but not a caller mistake', async () => {
