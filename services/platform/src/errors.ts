@@ -188,6 +188,13 @@ export class RemoteError extends TandemError {
   }
 }
 
+/** Codes of a peer's answer that `toStatus` does not pass on to this service's caller. */
+const NOT_PASSED_ON: ReadonlySet<GrpcCode> = new Set([
+  GrpcCode.UNKNOWN,
+  GrpcCode.UNIMPLEMENTED,
+  GrpcCode.DATA_LOSS,
+]);
+
 /** The name of a canonical code, for example `INVALID_ARGUMENT`. */
 export function codeName(code: GrpcCode): string {
   return GrpcCode[code];
@@ -262,7 +269,12 @@ function withinBudget<T>(
  * (`exposeInternal` is false).
  */
 export function toStatus(error: unknown): StatusObject {
-  const tandem = error instanceof TandemError ? error : undefined;
+  // A peer's UNKNOWN, UNIMPLEMENTED or DATA_LOSS, let through by a handler, is this service's
+  // internal error: its callers never get UNKNOWN, nor a method they called reported missing.
+  const tandem =
+    error instanceof TandemError && !(error instanceof RemoteError && NOT_PASSED_ON.has(error.code))
+      ? error
+      : undefined;
   const code = tandem?.code ?? GrpcCode.INTERNAL;
   const fieldViolations = withinBudget(
     (tandem instanceof InvalidArgumentError || tandem instanceof NotFoundError

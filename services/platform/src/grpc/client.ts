@@ -100,15 +100,27 @@ function deadlineFor(timeoutMs: number, parent: CallContext | undefined): Date {
   return new Date(Math.min(own, parent?.deadline?.getTime() ?? Infinity));
 }
 
-/** Cancels `call` when `settings` has a signal or a parent call that aborts. */
-function cancelWith(call: { cancel(): void }, settings: CallSettings | undefined): void {
+/**
+ * Cancels `call` when `settings` has a signal or a parent call that aborts; stops listening once
+ * the call has its status (a long-lived signal would otherwise keep a listener per call).
+ */
+function cancelWith(
+  call: { cancel(): void; once(event: 'status', listener: () => void): unknown },
+  settings: CallSettings | undefined,
+): void {
   for (const signal of [settings?.signal, settings?.parent?.signal]) {
     if (signal === undefined) continue;
-    if (signal.aborted) call.cancel();
-    else
-      signal.addEventListener('abort', () => {
-        call.cancel();
-      });
+    if (signal.aborted) {
+      call.cancel();
+      continue;
+    }
+    const cancel = (): void => {
+      call.cancel();
+    };
+    signal.addEventListener('abort', cancel, { once: true });
+    call.once('status', () => {
+      signal.removeEventListener('abort', cancel);
+    });
   }
 }
 

@@ -130,6 +130,31 @@ describe('error mapping over a real gRPC hop', () => {
     expect(error.message).not.toContain('secret');
   });
 
+  it.each([GrpcCode.UNKNOWN, GrpcCode.UNIMPLEMENTED, GrpcCode.DATA_LOSS])(
+    "answers INTERNAL, not a peer's code %i, for a peer's failure a handler let through",
+    async (peerCode) => {
+      const relay = await startEcho({
+        handlers: {
+          echo: () => Promise.reject(new RemoteError(peerCode, 'the peer failed: secret')),
+        },
+      });
+      const relayed = createClient(EchoServiceService, {
+        address: relay.address,
+        credentials: credentials.createInsecure(),
+      });
+      try {
+        const error = await failure(
+          relayed.echo({ message: 'x', failWithCode: 0, requireMessage: false }),
+        );
+        expect(error.code).toBe(GrpcCode.INTERNAL);
+        expect(error.message).toBe('internal error');
+      } finally {
+        relayed.close();
+        await relay.server.shutdown(1000);
+      }
+    },
+  );
+
   it('validates at the edge with a field violation, never UNKNOWN', async () => {
     const error = await failure(
       client.echo({ message: '', failWithCode: 0, requireMessage: true }),

@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { getEventListeners } from 'node:events';
 import { promisify } from 'node:util';
 import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
@@ -269,6 +270,33 @@ describe('server reflection', () => {
 });
 
 describe('deadline and cancellation propagation', () => {
+  it('keeps no listener on a long-lived signal once its calls are done', async () => {
+    const echo = await startEcho();
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: insecure,
+    });
+    const shutdown = new AbortController();
+    try {
+      for (let i = 0; i < 20; i++) {
+        await client
+          .echo(
+            {
+              message: 'm',
+              failWithCode: i % 2 === 0 ? 0 : GrpcCode.NOT_FOUND,
+              requireMessage: false,
+            },
+            { signal: shutdown.signal },
+          )
+          .catch(() => undefined);
+      }
+      expect(getEventListeners(shutdown.signal, 'abort')).toHaveLength(0);
+    } finally {
+      client.close();
+      await echo.server.shutdown(1000);
+    }
+  });
+
   it('gives an outbound call made for an inbound one no more than what is left of its deadline', async () => {
     const downstream = await startEcho();
     const downstreamClient = createClient(EchoServiceService, {
