@@ -148,8 +148,9 @@ export class LiveConfiguration {
   private catchingUp: Promise<boolean> | undefined;
   /** The full read `readAgain` callers share, while one runs. */
   private readingAgain: Promise<void> | undefined;
-  /** When the last full read that completed began (ms). */
-  private lastFullReadAt = -Infinity;
+  /** Full reads begun, and the number of the last that completed (see `readAgain`). */
+  private readsBegun = 0;
+  private lastReadCompleted = 0;
   /** The last version a catch-up found storage not to hold, and when (see `catchUp`). */
   private missingFrom = Infinity;
   private missingAt = -Infinity;
@@ -182,11 +183,11 @@ export class LiveConfiguration {
     });
   }
 
-  /** Everything stored, noting when a read that completed began (see `readAgain`). */
+  /** Everything stored, numbering the reads as they begin and complete (see `readAgain`). */
   private async readAll(): Promise<ConfigurationRecords> {
-    const began = Date.now();
+    const begun = ++this.readsBegun;
     const records = await this.store.readAll();
-    this.lastFullReadAt = Math.max(this.lastFullReadAt, began);
+    this.lastReadCompleted = Math.max(this.lastReadCompleted, begun);
     return records;
   }
 
@@ -253,16 +254,17 @@ export class LiveConfiguration {
   }
 
   /**
-   * Reads everything again, whatever the stored version says, unless a read that began after
-   * `since` (ms) has completed: for a caller that found this view behind what another replica
-   * saw at `since` at the same version (a resolve token naming as assigned an experiment this
-   * view has not started: the replica that resolved it read the start before its version was
-   * bumped, and labelled it with the version before). Concurrent callers share a read; one that
-   * joined a read begun before `since` waits for one more.
+   * Reads everything again, whatever the stored version says, in a read that begins after this
+   * call (concurrent callers share one): for a caller that found this view behind another
+   * replica's at the same version (a resolve token naming as assigned an experiment this view has
+   * not started: the replica that resolved it read the start before its version was bumped, and
+   * labelled it with the version before). Times of the two replicas are not compared: their
+   * clocks may differ.
    */
-  async readAgain(since: number): Promise<void> {
-    const from = Math.min(since, Date.now());
-    for (let attempt = 0; attempt < 2 && this.lastFullReadAt < from; attempt++) {
+  async readAgain(): Promise<void> {
+    const begunBefore = this.readsBegun;
+    // A shared read may have begun before this call: then one more.
+    while (this.lastReadCompleted <= begunBefore) {
       this.readingAgain ??= this.load().finally(() => {
         this.readingAgain = undefined;
       });

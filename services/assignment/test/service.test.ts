@@ -291,9 +291,14 @@ describe('Apply on a replica that has not yet loaded the configuration its token
   /**
    * Starts experiment `id` through `writer` while `resolver` reads the configuration between the
    * start's document and its version bump (so it holds the start under the version before), then
-   * resolves a unit into it there.
+   * resolves a unit into it there, with the resolver's clock `clockLagMs` behind.
    */
-  async function halfAnnounced(writer: TestAssignment, resolver: TestAssignment, id: string) {
+  async function halfAnnounced(
+    writer: TestAssignment,
+    resolver: TestAssignment,
+    id: string,
+    clockLagMs = 0,
+  ) {
     const store = writer.service.context.store;
     const bump = store.bumpVersion.bind(store);
     let stored = () => {};
@@ -310,7 +315,10 @@ describe('Apply on a replica that has not yet loaded the configuration its token
     await resolver.service.context.configuration.refresh();
     release();
     await started;
+    const now = Date.now.bind(Date);
+    const clock = jest.spyOn(Date, 'now').mockImplementation(() => now() - clockLagMs);
     const resolved = await resolver.client.resolve(resolveRequest(`u-${id}`, { surfaces: [id] }));
+    clock.mockRestore();
     expect(resolved.assignments[0]?.inExperiment).toBe(true);
     return resolved;
   }
@@ -323,7 +331,7 @@ describe('Apply on a replica that has not yet loaded the configuration its token
     const resolver = await start();
     const applier = await start();
     try {
-      const ids = ['first', 'second', 'third'];
+      const ids = ['first', 'second', 'third', 'fourth'];
       for (const id of ids) {
         await writer.admin.createExperiment(
           CreateExperimentRequest.fromPartial({ experiment: experiment(id, { surfaces: [id] }) }),
@@ -331,8 +339,8 @@ describe('Apply on a replica that has not yet loaded the configuration its token
       }
       // The applier has them as DRAFTs.
       await applier.service.context.configuration.refresh();
-      const apply = async (id: string) => {
-        const resolved = await halfAnnounced(writer, resolver, id);
+      const apply = async (id: string, clockLagMs = 0) => {
+        const resolved = await halfAnnounced(writer, resolver, id, clockLagMs);
         expect(resolved.configVersion).toBe(
           applier.service.context.configuration.current().version,
         );
@@ -353,10 +361,45 @@ describe('Apply on a replica that has not yet loaded the configuration its token
         .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
       expect((await failure(third())).code).toBe(GrpcCode.UNAVAILABLE);
       expect((await third()).exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
+      // The resolver's clock 2 s behind: its resolve time before the applier's last read.
+      expect((await (await apply('fourth', 2_000))()).exposures).toMatchObject({
+        loggedCount: 1,
+        notRunningCount: 0,
+      });
     } finally {
       await writer.stop();
       await resolver.stop();
       await applier.stop();
+    }
+  });
+
+  it('does not read everything for each token of a version storage does not hold', async () => {
+    // Two deployments with the same token secret: the second's storage is behind the first's (a
+    // restore from a backup, say) and has no experiment "ahead".
+    const tokenSecret = 'a-secret-both-deployments-share-0123456789';
+    const ahead = await startTestAssignment({ tokenSecret, reloadInterval: '1h' });
+    const behind = await startTestAssignment({ tokenSecret, reloadInterval: '1h' });
+    try {
+      await ahead.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('ahead', { surfaces: ['ahead'] }),
+        }),
+      );
+      await ahead.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'ahead' }));
+      const readAll = jest.spyOn(behind.service.context.store, 'readAll');
+      for (let i = 0; i < 20; i++) {
+        const resolved = await ahead.client.resolve(
+          resolveRequest(`u-${i}`, { surfaces: ['ahead'] }),
+        );
+        const applied = await behind.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(applied.exposures).toMatchObject({ loggedCount: 0, notRunningCount: 1 });
+      }
+      expect(readAll.mock.calls.length).toBeLessThanOrEqual(2);
+    } finally {
+      await ahead.stop();
+      await behind.stop();
     }
   });
 });

@@ -188,8 +188,12 @@ export class RemoteError extends TandemError {
   }
 }
 
-/** Codes of a peer's answer that `toStatus` does not pass on to this service's caller. */
+/**
+ * Codes of a peer's answer that `toStatus` does not pass on to this service's caller (an
+ * INTERNAL's message is the peer's own, which a caller does not see either).
+ */
 const NOT_PASSED_ON: ReadonlySet<GrpcCode> = new Set([
+  GrpcCode.INTERNAL,
   GrpcCode.UNKNOWN,
   GrpcCode.UNIMPLEMENTED,
   GrpcCode.DATA_LOSS,
@@ -269,8 +273,9 @@ function withinBudget<T>(
  * (`exposeInternal` is false).
  */
 export function toStatus(error: unknown): StatusObject {
-  // A peer's UNKNOWN, UNIMPLEMENTED or DATA_LOSS, let through by a handler, is this service's
-  // internal error: its callers never get UNKNOWN, nor a method they called reported missing.
+  // A peer's UNKNOWN, UNIMPLEMENTED, DATA_LOSS or INTERNAL, let through by a handler, is this
+  // service's internal error: its callers never get UNKNOWN, nor a method they called reported
+  // missing, nor a peer's own message for its internal error.
   const tandem =
     error instanceof TandemError && !(error instanceof RemoteError && NOT_PASSED_ON.has(error.code))
       ? error

@@ -196,8 +196,8 @@ async function logExposures(
     const status = view.experiments.get(assignment.experimentId)?.doc.status;
     return status === undefined || status === ExperimentStatus.DRAFT;
   };
-  if (record.configVersion >= view.version && shown.some(behind)) {
-    await context.configuration.readAgain(record.resolveTime);
+  if (record.configVersion === view.version && shown.some(behind)) {
+    await context.configuration.readAgain();
     view = context.configuration.current();
   }
   const shownAt = exposureTime.getTime();

@@ -130,8 +130,8 @@ describe('error mapping over a real gRPC hop', () => {
     expect(error.message).not.toContain('secret');
   });
 
-  it.each([GrpcCode.UNKNOWN, GrpcCode.UNIMPLEMENTED, GrpcCode.DATA_LOSS])(
-    "answers INTERNAL, not a peer's code %i, for a peer's failure a handler let through",
+  it.each([GrpcCode.UNKNOWN, GrpcCode.UNIMPLEMENTED, GrpcCode.DATA_LOSS, GrpcCode.INTERNAL])(
+    "answers INTERNAL without the peer's message, not its code %i, for a peer's failure let through",
     async (peerCode) => {
       const relay = await startEcho({
         handlers: {
