@@ -18,6 +18,7 @@ import {
   type ExperimentDefinition,
 } from './domain';
 import type { ConfigurationRecords, ConfigurationStore } from './store/configuration-store';
+import { FreshRuns } from '../../platform/src/fresh-runs';
 import {
   allocationDefinition,
   etagOf,
@@ -146,11 +147,8 @@ export class LiveConfiguration {
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
   private catchingUp: Promise<boolean> | undefined;
-  /** The full read `readAgain` callers share, while one runs. */
-  private readingAgain: Promise<void> | undefined;
-  /** Full reads begun, and the number of the last that completed (see `readAgain`). */
-  private readsBegun = 0;
-  private lastReadCompleted = 0;
+  /** The full reads `readAgain` callers share. */
+  private readonly fullReads = new FreshRuns(() => this.load());
   /** The last version a catch-up found storage not to hold, and when (see `catchUp`). */
   private missingFrom = Infinity;
   private missingAt = -Infinity;
@@ -179,16 +177,8 @@ export class LiveConfiguration {
   /** Loads everything from storage; throws when storage is unreachable. */
   load(): Promise<void> {
     return this.exclusive(async () => {
-      this.adopt(compile(await this.readAll()));
+      this.adopt(compile(await this.store.readAll()));
     });
-  }
-
-  /** Everything stored, numbering the reads as they begin and complete (see `readAgain`). */
-  private async readAll(): Promise<ConfigurationRecords> {
-    const begun = ++this.readsBegun;
-    const records = await this.store.readAll();
-    this.lastReadCompleted = Math.max(this.lastReadCompleted, begun);
-    return records;
   }
 
   /**
@@ -211,7 +201,7 @@ export class LiveConfiguration {
       if (!everything && this.view && (await this.store.version()) === this.view.version) {
         return false;
       }
-      let records = await this.readAll();
+      let records = await this.store.readAll();
       if (everything) {
         let version: number;
         try {
@@ -254,22 +244,14 @@ export class LiveConfiguration {
   }
 
   /**
-   * Reads everything again, whatever the stored version says, in a read that begins after this
-   * call (concurrent callers share one): for a caller that found this view behind another
-   * replica's at the same version (a resolve token naming as assigned an experiment this view has
-   * not started: the replica that resolved it read the start before its version was bumped, and
-   * labelled it with the version before). Times of the two replicas are not compared: their
-   * clocks may differ.
+   * Reads everything again, whatever the stored version says, in a read begun after this call
+   * (see {@link FreshRuns}): for a caller that found this view behind another replica's at the
+   * same version (a resolve token naming as assigned an experiment this view has not started:
+   * the replica that resolved it read the start before its version was bumped, and labelled it
+   * with the version before).
    */
-  async readAgain(): Promise<void> {
-    const begunBefore = this.readsBegun;
-    // A shared read may have begun before this call: then one more.
-    while (this.lastReadCompleted <= begunBefore) {
-      this.readingAgain ??= this.load().finally(() => {
-        this.readingAgain = undefined;
-      });
-      await this.readingAgain;
-    }
+  readAgain(): Promise<void> {
+    return this.fullReads.afterNow();
   }
 
   private sharedRefresh(): Promise<boolean> {
@@ -297,7 +279,7 @@ export class LiveConfiguration {
       // After a failed bump, this bump announces that change too, and the view lacks it.
       if (!view || version !== view.version + 1 || this.unannounced) {
         this.unannounced = false;
-        return this.adopt(compile(await this.readAll())).version;
+        return this.adopt(compile(await this.store.readAll())).version;
       }
       this.adopt(
         compile({

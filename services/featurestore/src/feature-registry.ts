@@ -11,6 +11,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from '../../platform/src/errors';
+import { FreshRuns } from '../../platform/src/fresh-runs';
 import type { EventBus } from '../../platform/src/events/bus';
 import { fillPage } from '../../platform/src/grpc/pages';
 import { SerialWrites, type WriteLease } from '../../platform/src/storage/write-lease';
@@ -251,10 +252,7 @@ export class FeatureRegistry {
   private localChanges = 0;
   private reloadsStarted = 0;
   private reloadApplied = 0;
-  /** The reload of `reloadShared` that has not begun reading, joined by its callers. */
-  private queuedReload: Promise<void> | undefined;
-  /** The last reload of `reloadShared`, settled or not. */
-  private sharedReloading: Promise<void> = Promise.resolve();
+  private readonly sharedReloads = new FreshRuns(() => this.reload());
   private readonly listeners: ((
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ) => void)[] = [];
@@ -318,23 +316,11 @@ export class FeatureRegistry {
   }
 
   /**
-   * {@link reload}, shared by concurrent callers (writes that found a view changed in storage): a
-   * reload not reading yet is joined; one already reading may have read before the caller's
-   * reason to reload, so another follows it, shared by the callers meanwhile.
+   * {@link reload}, shared by concurrent callers (writes that found a view changed in storage):
+   * a reload begun after the call (see {@link FreshRuns}).
    */
   reloadShared(): Promise<void> {
-    if (this.queuedReload === undefined) {
-      const queued = this.sharedReloading.then(() => {
-        this.queuedReload = undefined;
-        return this.reload();
-      });
-      this.queuedReload = queued;
-      this.sharedReloading = queued.then(
-        () => undefined,
-        () => undefined,
-      );
-    }
-    return this.queuedReload;
+    return this.sharedReloads.afterNow();
   }
 
   entity(name: string): Registered<EntityDefinition> | undefined {
