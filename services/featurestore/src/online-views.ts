@@ -11,6 +11,7 @@ import {
   NotFoundError,
   UnavailableError,
 } from '../../platform/src/errors';
+import { withTimeout } from '../../platform/src/timeout';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
 import {
@@ -1330,15 +1331,8 @@ export class OnlineViews {
 
 /** Waits for `promise` to settle, or for `deadline` (ms since the epoch) to pass. */
 async function settledBy(promise: Promise<unknown>, deadline: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    promise.then(
-      () => undefined,
-      () => undefined,
-    ),
-    new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now())))),
-  ]);
-  clearTimeout(timer);
+  const left = Math.max(0, deadline - Date.now());
+  await withTimeout(promise, left, () => new Error('deadline')).catch(() => undefined);
 }
 
 function selectColumns<V>(

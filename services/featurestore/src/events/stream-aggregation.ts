@@ -23,6 +23,7 @@
  * held (a view deleted and applied again under the same name, or a checkpoint lost).
  */
 import { UnavailableError } from '../../../platform/src/errors';
+import { withTimeout } from '../../../platform/src/timeout';
 import type { Logger } from '../../../platform/src/logging';
 import type { DeliveredEvent, EventBus, Subscription } from '../../../platform/src/events/bus';
 import { Signal } from '../../../platform/src/events/signal';
@@ -90,21 +91,6 @@ const BATCH_SIZE = 500;
 
 /** Deliveries of an event before the bus gives up on it (see `subscribe`). */
 const MAX_DELIVERIES = 10_000;
-
-/** Whether `promise` settles within `ms`. */
-async function settlesWithin(promise: Promise<void>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => {
-    timer = setTimeout(() => {
-      resolve(false);
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise.then(() => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The share of the in-flight limit at which a checkpoint is written without waiting for the timer. */
 const EARLY_CHECKPOINT_SHARE = 0.5;
@@ -422,7 +408,11 @@ export class StreamAggregation {
       // fail, handed back for a later delivery (the bus's back-off): held here instead, a batch
       // and each of its deliveries at every ack wait would stay in memory for the whole outage.
       // (Storage that is only slow is waited for.)
-      while (!(await settlesWithin(round.done, this.checkpointWaitMs()))) {
+      const checkpointed = round.done.then(() => true);
+      const waitMs = this.checkpointWaitMs();
+      while (
+        !(await withTimeout(checkpointed, waitMs, () => new Error('waiting')).catch(() => false))
+      ) {
         const failure = this.checkpointFailure;
         if (failure !== undefined) {
           throw new UnavailableError(`${failure}; the events are delivered again later`);
