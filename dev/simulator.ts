@@ -7,6 +7,7 @@
  */
 import { Metadata, credentials } from '@grpc/grpc-js';
 import { AssignmentServiceService } from '../gen/ts/tandem/assignment/v1/assignment_service';
+import { AssignmentView } from '../gen/ts/tandem/assignment/v1/assignment';
 import {
   AllocationMode,
   ExperimentStatus,
@@ -72,6 +73,7 @@ export async function runSimulator(options: SimulatorOptions): Promise<void> {
       apply: true,
       explain: false,
       requestId: '',
+      view: AssignmentView.ASSIGNMENT_VIEW_BASIC,
     });
     tally.resolved += 1;
     const variant =

@@ -1,7 +1,8 @@
 /**
  * The rendered results Resolve sends: for every result, the message a response carries and the
  * record a token carries, and entries that are exactly the generated encoders' bytes for them,
- * whether the result is shared (kept in the snapshot's arena) or made for one resolve (STICKY).
+ * whether the result is shared (kept in the snapshot's arena) or made for one resolve (STICKY),
+ * in either view.
  */
 import { ResolveTokenBody } from '../../../gen/ts/tandem/assignment/internal/v1/resolve_token';
 import { AssignmentReason } from '../../../gen/ts/tandem/assignment/v1/assignment';
@@ -30,6 +31,7 @@ const snapshot = buildSnapshot(
     experiments: [
       experiment({
         id: 'a-payload',
+        etag: '3',
         variants: [
           { key: 'control', weight: 0.5 },
           { key: 'treatment', weight: 0.5, payload: { policy: 'bandit-v2', depth: [1, 2] } },
@@ -39,6 +41,7 @@ const snapshot = buildSnapshot(
       experiment({
         id: 'c-half-covered',
         coverage: 0.5,
+        etag: '2.5',
         layerId: 'l',
         layerRange: { start: 0, end: 1 },
       }),
@@ -59,10 +62,30 @@ describe('RenderedResults', () => {
             : undefined,
       });
       const resolution = i % 5 === 0 ? snapshot.resolve(context) : snapshot.resolveServed(context);
-      const result = rendered.render(resolution.assignments);
+      // The FULL view on every other unit, so that each view renders after the other.
+      const full = i % 2 === 1;
+      const result = rendered.render(resolution.assignments, full);
 
-      expect(result.assignments.map((a) => [a.experimentId, a.variantKey, a.reason])).toEqual(
-        resolution.assignments.map((r) => [r.experiment.id, r.variant.key, r.reason]),
+      expect(
+        result.assignments.map((a) => [
+          a.experimentId,
+          a.variantKey,
+          a.reason,
+          a.payloadJson,
+          a.layerId,
+          a.experimentEtag,
+        ]),
+      ).toEqual(
+        resolution.assignments.map((r) => [
+          r.experiment.id,
+          r.variant.key,
+          r.reason,
+          r.variant.key === 'treatment' && r.experiment.id === 'a-payload'
+            ? '{"policy":"bandit-v2","depth":[1,2]}'
+            : '',
+          full ? r.experiment.layerId : '',
+          full ? r.experiment.etag : '',
+        ]),
       );
       expect(bytesOf(result.responseEntries)).toEqual(
         Buffer.from(

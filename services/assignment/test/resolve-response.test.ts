@@ -1,7 +1,7 @@
 /**
  * The hand-written ResolveResponse serializer against the generated encoder: byte for byte equal
  * over random responses (with assignment entries handed over as ranges of shared arenas or not,
- * payload Structs, unicode strings, odd numbers that take the fallback), and decoded by the
+ * payloads, unicode strings, odd numbers that take the fallback), and decoded by the
  * generated decoder to the same message.
  */
 import fc from 'fast-check';
@@ -40,9 +40,6 @@ const int64 = fc.oneof(
 const assignment = fc.record({
   experimentId: text,
   variantKey: text,
-  payload: fc.option(fc.dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 2 })), {
-    nil: undefined,
-  }),
   inExperiment: fc.boolean(),
   reason: fc.constantFrom(
     ...Object.values(AssignmentReason).filter((v): v is AssignmentReason => typeof v === 'number'),
@@ -52,6 +49,12 @@ const assignment = fc.record({
   surfaces: fc.array(text, { maxLength: 3 }),
   experimentEtag: text,
   allocationSequence: int64,
+  payloadJson: fc.oneof(
+    fc.constant(''),
+    fc
+      .dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 2 }))
+      .map((payload) => JSON.stringify(payload)),
+  ),
   shared: fc.boolean(),
 });
 
@@ -126,7 +129,6 @@ describe('serializeResolveResponse', () => {
     const shared: Assignment = {
       experimentId: 'exp',
       variantKey: 'treatment',
-      payload: { policy: 'p1', nested: { list: [1, 'two', null, true] } },
       inExperiment: true,
       reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
       layerId: 'layer-1',
@@ -134,6 +136,7 @@ describe('serializeResolveResponse', () => {
       surfaces: ['home'],
       experimentEtag: '7',
       allocationSequence: 0,
+      payloadJson: '{"policy":"p1","nested":{"list":[1,"two",null,true]}}',
     };
     const entry = generatedEntry(shared);
     const message = ResolveResponse.fromPartial({ assignments: [shared, shared], resolveId: 'r' });
@@ -145,7 +148,7 @@ describe('serializeResolveResponse', () => {
     shared.variantKey = 'changed';
     const decoded = ResolveResponse.decode(serializeResolveResponse(message));
     expect(decoded.assignments.map((a) => a.variantKey)).toEqual(['treatment', 'treatment']);
-    expect(decoded.assignments[0]?.payload).toEqual({
+    expect(JSON.parse(decoded.assignments[0]?.payloadJson ?? '')).toEqual({
       policy: 'p1',
       nested: { list: [1, 'two', null, true] },
     });

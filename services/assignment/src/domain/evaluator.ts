@@ -131,6 +131,8 @@ export interface CompiledVariant {
   readonly key: string;
   readonly index: number;
   readonly payload: Payload | undefined;
+  /** The payload as JSON text, empty when the variant has none (what Resolve returns). */
+  readonly payloadJson: string;
 }
 
 /** An experiment as compiled into a snapshot (the parts callers read back). */
@@ -1200,9 +1202,15 @@ function compileExperiment(
   links: ExperimentLinks,
 ): ExperimentPlan {
   const variants = definition.variants.map((v, i): CompiledVariant =>
-    Object.freeze({ key: v.key, index: i, payload: v.payload }),
+    Object.freeze({
+      key: v.key,
+      index: i,
+      payload: v.payload,
+      payloadJson: v.payload === undefined ? '' : JSON.stringify(v.payload),
+    }),
   );
-  const control = variants[0] ?? Object.freeze({ key: '', index: 0, payload: undefined });
+  const control =
+    variants[0] ?? Object.freeze({ key: '', index: 0, payload: undefined, payloadJson: '' });
   const ranges = bucketRanges(
     variants.length,
     definition.coverage,

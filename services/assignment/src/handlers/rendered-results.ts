@@ -10,7 +10,8 @@
  * cold cache lines per assignment; here both encodings of an assignment are adjacent bytes of one
  * buffer, at offsets read from one typed array.
  *
- * Results made for one resolve only (STICKY, several surfaces; `key` -1) are rendered per call.
+ * Results made for one resolve only (STICKY, several surfaces; `key` -1) are rendered per call, and
+ * so are the response entries of the FULL view (a debugging view; the arena holds the BASIC ones).
  */
 import {
   AssignmentReason as ReasonMessage,
@@ -36,18 +37,19 @@ export interface RenderedAssignments {
 
 const INITIAL_ARENA_BYTES = 64 * 1024;
 
-function toMessage(resolved: ResolvedAssignment): Assignment {
+/** The `Assignment` of `resolved`; the layer and etag only for the FULL view. */
+function toMessage(resolved: ResolvedAssignment, full: boolean): Assignment {
   return {
     experimentId: resolved.experiment.id,
     variantKey: resolved.variant.key,
-    payload: resolved.variant.payload,
     inExperiment: resolved.inExperiment,
     reason: asEnum<ReasonMessage>(resolved.reason),
-    layerId: resolved.experiment.layerId,
+    layerId: full ? resolved.experiment.layerId : '',
     holdoutId: resolved.holdoutId,
     surfaces: resolved.surfaces as string[],
-    experimentEtag: resolved.experiment.etag,
+    experimentEtag: full ? resolved.experiment.etag : '',
     allocationSequence: resolved.allocationSequence,
+    payloadJson: resolved.variant.payloadJson,
   };
 }
 
@@ -82,8 +84,11 @@ export class RenderedResults {
     this.records = new Array<TokenAssignment | undefined>(snapshot.resultKeys).fill(undefined);
   }
 
-  /** The response and token form of `results`, in their order. */
-  render(results: readonly ResolvedAssignment[]): RenderedAssignments {
+  /**
+   * The response and token form of `results`, in their order; the response's in the FULL view
+   * when `full` (see `AssignmentView`), else the BASIC one.
+   */
+  render(results: readonly ResolvedAssignment[], full = false): RenderedAssignments {
     const offsets = this.offsets;
     const assignments: Assignment[] = [];
     const responseSources: Buffer[] = [];
@@ -99,9 +104,17 @@ export class RenderedResults {
         // the arena read here, which is never written again.
         const arena = this.arena;
         const tokenStart = offsets[3 * key + 1] ?? 0;
-        assignments.push(this.messages[key] as Assignment);
-        responseSources.push(arena);
-        responseRanges.push(offsets[3 * key] ?? 0, tokenStart);
+        if (full) {
+          const message = toMessage(resolved, true);
+          const bytes = encodeResponseAssignment(message);
+          assignments.push(message);
+          responseSources.push(bytes);
+          responseRanges.push(0, bytes.length);
+        } else {
+          assignments.push(this.messages[key] as Assignment);
+          responseSources.push(arena);
+          responseRanges.push(offsets[3 * key] ?? 0, tokenStart);
+        }
         if (resolved.inExperiment) {
           inExperiment.push(this.records[key] as TokenAssignment);
           tokenSources.push(arena);
@@ -109,7 +122,7 @@ export class RenderedResults {
         }
         continue;
       }
-      const message = toMessage(resolved);
+      const message = toMessage(resolved, full);
       const bytes = encodeResponseAssignment(message);
       assignments.push(message);
       responseSources.push(bytes);
@@ -131,7 +144,7 @@ export class RenderedResults {
   }
 
   private add(key: number, resolved: ResolvedAssignment): void {
-    const message = Object.freeze(toMessage(resolved));
+    const message = Object.freeze(toMessage(resolved, false));
     const record = resolved.inExperiment ? Object.freeze(toTokenAssignment(resolved)) : undefined;
     const response = encodeResponseAssignment(message);
     const token = record === undefined ? undefined : encodeTokenAssignment(record);

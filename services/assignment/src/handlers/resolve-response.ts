@@ -2,8 +2,8 @@
  * ResolveResponse on the wire without re-encoding what does not change between calls.
  *
  * The evaluator's results are shared per (experiment, reason, variant), and so are the `Assignment`
- * messages made from them; the Resolve handler keeps their protobuf bytes (payload Structs
- * included, the costly part) in an arena per configuration snapshot and hands each response's
+ * messages made from them; the Resolve handler keeps their protobuf bytes (in the BASIC
+ * view) in an arena per configuration snapshot and hands each response's
  * entries over with {@link withEncodedAssignments}. The serializer then writes a response as one
  * buffer: those bytes copied as they are and the few per-call fields (token, ids, time, counts)
  * written directly. The output is byte for byte what the generated `ResolveResponse.encode`

@@ -12,6 +12,7 @@ import type {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import {
   AssignmentReason as ReasonMessage,
+  AssignmentView,
   type ExposureCounts,
   type HoldoutMembership,
 } from '../../../../gen/ts/tandem/assignment/v1/assignment';
@@ -316,9 +317,10 @@ function resolveUnit(
   view: ConfigurationView,
   table: RenderedResults,
   unit: UnitContext,
-  request: { readonly explain: boolean },
+  request: { readonly explain: boolean; readonly view: AssignmentView },
   resolveId: string,
 ): ResolvedUnit {
+  const full = request.view === AssignmentView.ASSIGNMENT_VIEW_FULL;
   // Without `explain`, only what decides what is served: the snapshot's index skips the
   // experiments whose layer range the unit is not in instead of evaluating each.
   const resolution = request.explain
@@ -328,12 +330,13 @@ function resolveUnit(
     unit.surfaces.length > 1
       ? [...resolution.assignments].sort(byExperimentId)
       : resolution.assignments,
+    full,
   );
   const holdouts: HoldoutMembership[] = resolution.holdouts.map((m) => ({
     holdoutId: m.holdout.id,
     heldOut: m.heldOut,
     surfaces: m.surfaces as string[],
-    holdoutEtag: m.holdout.etag,
+    holdoutEtag: full ? m.holdout.etag : '',
   }));
   const record: ResolveRecord = {
     unitId: unit.id,
@@ -342,15 +345,21 @@ function resolveUnit(
     resolveTime: unit.now,
     configVersion: view.version,
     assignments: rendered.inExperiment,
-    holdouts: holdouts.map((h) => ({
-      holdoutId: h.holdoutId,
-      heldOut: h.heldOut,
-      surfaces: h.surfaces,
-      etag: h.holdoutEtag,
+    holdouts: resolution.holdouts.map((m) => ({
+      holdoutId: m.holdout.id,
+      heldOut: m.heldOut,
+      surfaces: m.surfaces,
+      etag: m.holdout.etag,
     })),
   };
   return { rendered, holdouts, record };
 }
+
+const KNOWN_VIEWS: ReadonlySet<AssignmentView> = new Set([
+  AssignmentView.ASSIGNMENT_VIEW_UNSPECIFIED,
+  AssignmentView.ASSIGNMENT_VIEW_BASIC,
+  AssignmentView.ASSIGNMENT_VIEW_FULL,
+]);
 
 /** How often a failing sticky lookup is logged at most. */
 const STICKY_WARNING_INTERVAL_MS = 10_000;
@@ -426,6 +435,14 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       }
       checkRequestId(request.requestId, violations);
       checkAttributes(attributes, violations);
+      // A newer client may send a view this build does not know (decoded as its number).
+      if (!KNOWN_VIEWS.has(request.view)) {
+        violations.push({
+          field: 'view',
+          description: 'must be ASSIGNMENT_VIEW_BASIC or ASSIGNMENT_VIEW_FULL',
+          reason: 'UNKNOWN_VIEW',
+        });
+      }
       if (violations.length > 0) rejectIfAny('resolve request', violations);
 
       const view = context.configuration.current();

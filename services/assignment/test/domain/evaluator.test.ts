@@ -302,6 +302,7 @@ describe('resolve reasons, in the contract order', () => {
       key: 'bandit-policy',
       index: 1,
       payload: { policy: 'home-bandit-v3' },
+      payloadJson: '{"policy":"home-bandit-v3"}',
     });
     expect(a.experiment.etag).toBe('v7');
   });

@@ -5,7 +5,10 @@
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
-import { AssignmentReason } from '../../../../gen/ts/tandem/assignment/v1/assignment';
+import {
+  AssignmentReason,
+  AssignmentView,
+} from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import {
   ApplyRequest,
   AssignmentServiceService,
@@ -1067,7 +1070,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           variantKey: 'treatment',
           reason: AssignmentReason.ASSIGNMENT_REASON_CONCLUDED,
           inExperiment: false,
-          payload: { policy: 'new' },
+          payloadJson: '{"policy":"new"}',
         });
 
         await admin.deleteExperiment(
@@ -1214,6 +1217,91 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(otherType.assignments[0]?.reason).toBe(
           AssignmentReason.ASSIGNMENT_REASON_UNIT_TYPE_MISMATCH,
         );
+      });
+
+      it('returns payloads as JSON text, and the layer and etags only in the FULL view', async () => {
+        const payload = {
+          policy: 'ranker-v2',
+          weights: [1, 0.5],
+          nested: { on: true, none: null },
+        };
+        await service.admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'views' } }));
+        await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('views', {
+              surfaces: ['views', 'views-2'],
+              layerId: 'views',
+              layerRange: { start: 0, end: 1 },
+              variants: [variant('control', 0.5), variant('treatment', 0.5, payload)],
+            }),
+          }),
+        );
+        const started = await service.admin.startExperiment(
+          StartExperimentRequest.fromPartial({ id: 'views' }),
+        );
+        const etag = started.experiment?.etag ?? '';
+        expect(etag).not.toBe('');
+        const treated = ['v-1', 'v-2', 'v-3', 'v-4', 'v-5', 'v-6'].find(
+          (unitId) => expectedVariant('views', unitId) === 'treatment',
+        );
+        const control = ['v-1', 'v-2', 'v-3', 'v-4', 'v-5', 'v-6'].find(
+          (unitId) => expectedVariant('views', unitId) === 'control',
+        );
+        if (treated === undefined || control === undefined) throw new Error('no unit of a variant');
+        const basic = {
+          experimentId: 'views',
+          inExperiment: true,
+          reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+          holdoutId: '',
+          allocationSequence: 0,
+          layerId: '',
+          experimentEtag: '',
+        };
+        // One surface (the shared, pre-encoded entries) and two (rendered for the call); each
+        // twice, the second from what the first left behind.
+        for (const surfaces of [['views'], ['views'], ['views', 'views-2'], ['views', 'views-2']]) {
+          for (const view of [
+            AssignmentView.ASSIGNMENT_VIEW_UNSPECIFIED,
+            AssignmentView.ASSIGNMENT_VIEW_BASIC,
+            AssignmentView.ASSIGNMENT_VIEW_FULL,
+          ]) {
+            const full = view === AssignmentView.ASSIGNMENT_VIEW_FULL;
+            const details = full ? { layerId: 'views', experimentEtag: etag } : {};
+            const [inTreatment, inControl] = await Promise.all(
+              [treated, control].map((unitId) =>
+                service.client.resolve(resolveRequest(unitId, { surfaces, view })),
+              ),
+            );
+            expect(inTreatment?.assignments).toEqual([
+              {
+                ...basic,
+                ...details,
+                variantKey: 'treatment',
+                surfaces,
+                payloadJson: JSON.stringify(payload),
+              },
+            ]);
+            expect(JSON.parse(inTreatment?.assignments[0]?.payloadJson ?? '')).toEqual(payload);
+            expect(inControl?.assignments).toEqual([
+              { ...basic, ...details, variantKey: 'control', surfaces, payloadJson: '' },
+            ]);
+          }
+        }
+        // The view decides what the response shows, not what Apply logs: a BASIC token still
+        // records the etag and layer, which the exposure carries.
+        const resolved = await service.client.resolve(
+          resolveRequest(treated, { surfaces: ['views'] }),
+        );
+        const applied = await service.client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(applied.exposures?.loggedCount).toBe(1);
+        // A view a newer client could send: decoded as its number.
+        const newer = resolveRequest(treated);
+        (newer as { view: number }).view = 7;
+        const unknown = await failure(service.client.resolve(newer));
+        expect(unknown.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fieldReasons(unknown)).toEqual([['view', 'UNKNOWN_VIEW']]);
       });
 
       it('rejects an empty unit, malformed surfaces and non-JSON or too deep attributes, all at once', async () => {
@@ -1998,8 +2086,19 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           const heldOut = (hash('holdout:long-term', unitId, 2) ?? 1) < 0.5;
           const response = await client.resolve(resolveRequest(unitId, { surfaces: ['shelf'] }));
           expect(response.holdouts).toEqual([
-            { holdoutId: 'long-term', heldOut, surfaces: ['shelf'], holdoutEtag: '1' },
+            { holdoutId: 'long-term', heldOut, surfaces: ['shelf'], holdoutEtag: '' },
           ]);
+          if (i === 0) {
+            const full = await client.resolve(
+              resolveRequest(unitId, {
+                surfaces: ['shelf'],
+                view: AssignmentView.ASSIGNMENT_VIEW_FULL,
+              }),
+            );
+            expect(full.holdouts).toEqual([
+              { holdoutId: 'long-term', heldOut, surfaces: ['shelf'], holdoutEtag: '1' },
+            ]);
+          }
           expect(response.assignments[0]).toMatchObject(
             heldOut
               ? {

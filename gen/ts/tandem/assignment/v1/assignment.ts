@@ -6,7 +6,6 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { Struct } from "../../../google/protobuf/struct";
 
 /**
  * Why a unit got the variant it got for one experiment. Resolve evaluates an experiment in this
@@ -128,6 +127,59 @@ export function assignmentReasonToJSON(object: AssignmentReason): string {
   }
 }
 
+/**
+ * How much of each assignment and holdout membership a Resolve returns (see AIP-157). Every call
+ * carries its response, and the client decodes every field of it, so the default holds what
+ * serving needs and the configuration details are asked for.
+ */
+export enum AssignmentView {
+  /** ASSIGNMENT_VIEW_UNSPECIFIED - Not set: the same as ASSIGNMENT_VIEW_BASIC. */
+  ASSIGNMENT_VIEW_UNSPECIFIED = 0,
+  /**
+   * ASSIGNMENT_VIEW_BASIC - What serving needs: the experiment, variant, payload, whether the unit is in the experiment
+   * and why, the holdout that held it out, the surfaces and the bandit allocation's sequence.
+   */
+  ASSIGNMENT_VIEW_BASIC = 1,
+  /**
+   * ASSIGNMENT_VIEW_FULL - BASIC plus the configuration each came from: each assignment's `layer_id` and
+   * `experiment_etag` and each holdout membership's `holdout_etag`.
+   */
+  ASSIGNMENT_VIEW_FULL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function assignmentViewFromJSON(object: any): AssignmentView {
+  switch (object) {
+    case 0:
+    case "ASSIGNMENT_VIEW_UNSPECIFIED":
+      return AssignmentView.ASSIGNMENT_VIEW_UNSPECIFIED;
+    case 1:
+    case "ASSIGNMENT_VIEW_BASIC":
+      return AssignmentView.ASSIGNMENT_VIEW_BASIC;
+    case 2:
+    case "ASSIGNMENT_VIEW_FULL":
+      return AssignmentView.ASSIGNMENT_VIEW_FULL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AssignmentView.UNRECOGNIZED;
+  }
+}
+
+export function assignmentViewToJSON(object: AssignmentView): string {
+  switch (object) {
+    case AssignmentView.ASSIGNMENT_VIEW_UNSPECIFIED:
+      return "ASSIGNMENT_VIEW_UNSPECIFIED";
+    case AssignmentView.ASSIGNMENT_VIEW_BASIC:
+      return "ASSIGNMENT_VIEW_BASIC";
+    case AssignmentView.ASSIGNMENT_VIEW_FULL:
+      return "ASSIGNMENT_VIEW_FULL";
+    case AssignmentView.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** The outcome of resolving one experiment for one unit. */
 export interface Assignment {
   /** Output only. The experiment's identifier. */
@@ -138,20 +190,13 @@ export interface Assignment {
    */
   variantKey: string;
   /**
-   * Output only. The served variant's payload (for example the ranking policy to use); empty when
-   * the variant has none.
-   */
-  payload?:
-    | { [key: string]: any }
-    | undefined;
-  /**
    * Output only. Whether the unit is part of the experiment's randomized population (reasons
    * ASSIGNED and STICKY). Only such assignments produce exposures.
    */
   inExperiment: boolean;
   /** Output only. Why the unit got this variant. */
   reason: AssignmentReason;
-  /** Output only. The experiment's layer, empty when it has none. */
+  /** Output only. The experiment's layer, empty when it has none. Set only in the FULL view. */
   layerId: string;
   /**
    * Output only. The holdout that held the unit out (the first by id when several did), set only
@@ -162,7 +207,8 @@ export interface Assignment {
   surfaces: string[];
   /**
    * Output only. The experiment's etag at the time of the resolve: the configuration the
-   * assignment was computed from.
+   * assignment was computed from. Set only in the FULL view (the resolve token records it, and
+   * exposures carry it, in every view).
    */
   experimentEtag: string;
   /**
@@ -170,6 +216,14 @@ export interface Assignment {
    * from (or stored under, for STICKY); 0 for FIXED experiments.
    */
   allocationSequence: number;
+  /**
+   * Output only. The served variant's payload (for example the ranking policy to use) as the JSON
+   * text of an object, `{"policy":"p7"}`; empty when the variant has none. Text rather than a
+   * `google.protobuf.Struct` (as the variant's `payload` is written): a response carries every
+   * assignment's payload and a Struct decodes into several objects per field, while text is one
+   * string that a caller parses, into its own types, only for the experiments it serves.
+   */
+  payloadJson: string;
 }
 
 /** Whether a unit is held out by one holdout whose scope covers the resolved surfaces. */
@@ -186,7 +240,7 @@ export interface HoldoutMembership {
    * an experiment on the surface that it covers on another surface.
    */
   surfaces: string[];
-  /** Output only. The holdout's etag at the time of the resolve. */
+  /** Output only. The holdout's etag at the time of the resolve. Set only in the FULL view. */
   holdoutEtag: string;
 }
 
@@ -226,7 +280,6 @@ function createBaseAssignment(): Assignment {
   return {
     experimentId: "",
     variantKey: "",
-    payload: undefined,
     inExperiment: false,
     reason: 0,
     layerId: "",
@@ -234,6 +287,7 @@ function createBaseAssignment(): Assignment {
     surfaces: [],
     experimentEtag: "",
     allocationSequence: 0,
+    payloadJson: "",
   };
 }
 
@@ -244,9 +298,6 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.variantKey !== "") {
       writer.uint32(18).string(message.variantKey);
-    }
-    if (message.payload !== undefined) {
-      Struct.encode(Struct.wrap(message.payload), writer.uint32(26).fork()).join();
     }
     if (message.inExperiment !== false) {
       writer.uint32(32).bool(message.inExperiment);
@@ -268,6 +319,9 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.allocationSequence !== 0) {
       writer.uint32(80).int64(message.allocationSequence);
+    }
+    if (message.payloadJson !== "") {
+      writer.uint32(90).string(message.payloadJson);
     }
     return writer;
   },
@@ -299,14 +353,6 @@ export const Assignment: MessageFns<Assignment> = {
             }
 
             message.variantKey = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.payload = Struct.unwrap(Struct.decode(reader, reader.uint32()));
             continue;
           }
           case 4: {
@@ -365,6 +411,14 @@ export const Assignment: MessageFns<Assignment> = {
             message.allocationSequence = longToNumber(reader.int64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.payloadJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -389,7 +443,6 @@ export const Assignment: MessageFns<Assignment> = {
         : isSet(object.variant_key)
         ? globalThis.String(object.variant_key)
         : "",
-      payload: isObject(object.payload) ? object.payload : undefined,
       inExperiment: isSet(object.inExperiment)
         ? globalThis.Boolean(object.inExperiment)
         : isSet(object.in_experiment)
@@ -419,6 +472,11 @@ export const Assignment: MessageFns<Assignment> = {
         : isSet(object.allocation_sequence)
         ? globalThis.Number(object.allocation_sequence)
         : 0,
+      payloadJson: isSet(object.payloadJson)
+        ? globalThis.String(object.payloadJson)
+        : isSet(object.payload_json)
+        ? globalThis.String(object.payload_json)
+        : "",
     };
   },
 
@@ -429,9 +487,6 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.variantKey !== "") {
       obj.variantKey = message.variantKey;
-    }
-    if (message.payload !== undefined) {
-      obj.payload = message.payload;
     }
     if (message.inExperiment !== false) {
       obj.inExperiment = message.inExperiment;
@@ -454,6 +509,9 @@ export const Assignment: MessageFns<Assignment> = {
     if (message.allocationSequence !== 0) {
       obj.allocationSequence = Math.round(message.allocationSequence);
     }
+    if (message.payloadJson !== "") {
+      obj.payloadJson = message.payloadJson;
+    }
     return obj;
   },
 
@@ -464,7 +522,6 @@ export const Assignment: MessageFns<Assignment> = {
     const message = createBaseAssignment();
     message.experimentId = object.experimentId ?? "";
     message.variantKey = object.variantKey ?? "";
-    message.payload = object.payload ?? undefined;
     message.inExperiment = object.inExperiment ?? false;
     message.reason = object.reason ?? 0;
     message.layerId = object.layerId ?? "";
@@ -472,6 +529,7 @@ export const Assignment: MessageFns<Assignment> = {
     message.surfaces = object.surfaces?.map((e) => e) || [];
     message.experimentEtag = object.experimentEtag ?? "";
     message.allocationSequence = object.allocationSequence ?? 0;
+    message.payloadJson = object.payloadJson ?? "";
     return message;
   },
 };
@@ -780,10 +838,6 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
-}
-
-function isObject(value: any): boolean {
-  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

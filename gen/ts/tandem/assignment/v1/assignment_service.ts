@@ -23,7 +23,14 @@ import { Struct } from "../../../google/protobuf/struct";
 import { Timestamp } from "../../../google/protobuf/timestamp";
 import { UnitRef } from "../../common/v1/common";
 import { Allocation } from "./allocation";
-import { Assignment, ExposureCounts, HoldoutMembership } from "./assignment";
+import {
+  Assignment,
+  AssignmentView,
+  assignmentViewFromJSON,
+  assignmentViewToJSON,
+  ExposureCounts,
+  HoldoutMembership,
+} from "./assignment";
 import { Experiment, ExperimentStatus, experimentStatusFromJSON, experimentStatusToJSON } from "./experiment";
 import { Holdout, HoldoutStatus, holdoutStatusFromJSON, holdoutStatusToJSON } from "./holdout";
 import { Layer } from "./layer";
@@ -394,6 +401,11 @@ export interface ResolveRequest {
    * `resolve_id` that exposures carry. Generated when empty.
    */
   requestId: string;
+  /**
+   * Optional. Which fields of the assignments and holdout memberships to return; BASIC when
+   * unset. FULL adds the layer and etags, for debugging and audit.
+   */
+  view: AssignmentView;
 }
 
 /** The response of AssignmentService.Resolve. */
@@ -3634,7 +3646,7 @@ export const DeleteHoldoutResponse: MessageFns<DeleteHoldoutResponse> = {
 };
 
 function createBaseResolveRequest(): ResolveRequest {
-  return { unit: undefined, attributes: undefined, surfaces: [], apply: false, explain: false, requestId: "" };
+  return { unit: undefined, attributes: undefined, surfaces: [], apply: false, explain: false, requestId: "", view: 0 };
 }
 
 export const ResolveRequest: MessageFns<ResolveRequest> = {
@@ -3656,6 +3668,9 @@ export const ResolveRequest: MessageFns<ResolveRequest> = {
     }
     if (message.requestId !== "") {
       writer.uint32(50).string(message.requestId);
+    }
+    if (message.view !== 0) {
+      writer.uint32(56).int32(message.view);
     }
     return writer;
   },
@@ -3721,6 +3736,14 @@ export const ResolveRequest: MessageFns<ResolveRequest> = {
             message.requestId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3745,6 +3768,7 @@ export const ResolveRequest: MessageFns<ResolveRequest> = {
         : isSet(object.request_id)
         ? globalThis.String(object.request_id)
         : "",
+      view: isSet(object.view) ? assignmentViewFromJSON(object.view) : 0,
     };
   },
 
@@ -3768,6 +3792,9 @@ export const ResolveRequest: MessageFns<ResolveRequest> = {
     if (message.requestId !== "") {
       obj.requestId = message.requestId;
     }
+    if (message.view !== 0) {
+      obj.view = assignmentViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -3782,6 +3809,7 @@ export const ResolveRequest: MessageFns<ResolveRequest> = {
     message.apply = object.apply ?? false;
     message.explain = object.explain ?? false;
     message.requestId = object.requestId ?? "";
+    message.view = object.view ?? 0;
     return message;
   },
 };
