@@ -16,6 +16,7 @@ import {
   CreateExperimentRequest,
   CreateHoldoutRequest,
   CreateLayerRequest,
+  GetExperimentRequest,
   GetLayerRequest,
   DeleteExperimentRequest,
   DeleteHoldoutRequest,
@@ -1292,10 +1293,23 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         const resolved = await service.client.resolve(
           resolveRequest(treated, { surfaces: ['views'] }),
         );
-        const applied = await service.client.apply(
-          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
-        );
-        expect(applied.exposures?.loggedCount).toBe(1);
+        const log = jest.spyOn(service.service.context.exposures, 'log');
+        try {
+          const applied = await service.client.apply(
+            ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+          );
+          expect(applied.exposures?.loggedCount).toBe(1);
+          expect(log).toHaveBeenCalledTimes(1);
+          expect(log.mock.calls[0]?.[0]).toMatchObject({
+            experimentId: 'views',
+            variantKey: 'treatment',
+            layerId: 'views',
+            surfaces: ['views'],
+            configEtag: etag,
+          });
+        } finally {
+          log.mockRestore();
+        }
         // A view a newer client could send: decoded as its number.
         const newer = resolveRequest(treated);
         (newer as { view: number }).view = 7;
@@ -1645,14 +1659,25 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           .spyOn(service.service.context.sticky, 'lookup')
           .mockResolvedValueOnce({ found: new Map(), unavailable: [] });
         try {
+          // In the FULL view, which the response resolved again keeps.
           const applied = await client.resolve(
-            resolveRequest('race-2', { surfaces: ['sticky-race'], apply: true }),
+            resolveRequest('race-2', {
+              surfaces: ['sticky-race'],
+              apply: true,
+              view: AssignmentView.ASSIGNMENT_VIEW_FULL,
+            }),
           );
           expect(applied.exposures).toMatchObject({ loggedCount: 1 });
+          const stored = await service.admin.getExperiment(
+            GetExperimentRequest.fromPartial({ id: 'sticky-race' }),
+          );
           expect(applied.assignments[0]).toMatchObject({
             variantKey: other,
             reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+            experimentEtag: stored.experiment?.etag,
+            payloadJson: other === 'treatment' ? '{"policy":"new"}' : '',
           });
+          expect(applied.assignments[0]?.experimentEtag).not.toBe('');
         } finally {
           lookup.mockRestore();
         }

@@ -207,8 +207,8 @@ export interface Assignment {
   surfaces: string[];
   /**
    * Output only. The experiment's etag at the time of the resolve: the configuration the
-   * assignment was computed from. Set only in the FULL view (the resolve token records it, and
-   * exposures carry it, in every view).
+   * assignment was computed from. Set only in the FULL view; for the assignments the unit is in
+   * (ASSIGNED, STICKY) the resolve token records it, and their exposures carry it, in every view.
    */
   experimentEtag: string;
   /**

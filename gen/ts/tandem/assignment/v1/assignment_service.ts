@@ -403,7 +403,8 @@ export interface ResolveRequest {
   requestId: string;
   /**
    * Optional. Which fields of the assignments and holdout memberships to return; BASIC when
-   * unset. FULL adds the layer and etags, for debugging and audit.
+   * unset. FULL adds the layer and etags, for debugging and audit. A value this service does not
+   * know is INVALID_ARGUMENT (reason UNKNOWN_VIEW).
    */
   view: AssignmentView;
 }
@@ -4863,8 +4864,8 @@ export const AssignmentServiceService = {
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
+   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
    * UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve: {
@@ -5092,8 +5093,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
+   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
    * UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve: handleUnaryCall<ResolveRequest, ResolveResponse>;
@@ -5538,8 +5539,8 @@ export interface AssignmentServiceClient extends Client {
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, or `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting; RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
+   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
    * UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve(
