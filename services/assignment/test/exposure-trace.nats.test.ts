@@ -81,9 +81,16 @@ describeWithNats('Exposure events and tracing on NATS JetStream', () => {
       });
       const [, traceId, spanId] = (received[0]?.headers.traceparent ?? '').split('-');
       expect(traceId).toBe(caller.traceId);
+      // The publish span ends when the publisher has the stream's ack, which may come after the
+      // observer (on another connection) has the message.
+      await eventually(() => {
+        const ended = tracing.exporter.getFinishedSpans();
+        expect(ended.find((span) => span.spanContext().spanId === spanId)?.name).toMatch(
+          /^publish /,
+        );
+      });
       const spans = tracing.exporter.getFinishedSpans();
       const publish = spans.find((span) => span.spanContext().spanId === spanId);
-      expect(publish?.name).toMatch(/^publish /);
       const resolve = spans.find(
         (span) => span.spanContext().spanId === publish?.parentSpanContext?.spanId,
       );
