@@ -48,6 +48,7 @@ import { hasValidNanos } from '../../../platform/src/grpc/well-known';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
+  storedToChange,
   insertNew,
   maskPaths,
   notFound,
@@ -399,10 +400,15 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
           violations,
         );
-        rejectIfAny('request', violations);
+        // Every problem of the request at once, the mask's and the fields' values together;
+        // then whether it is stale (ABORTED).
+        const before = await storedToChange(
+          'experiment',
+          experiment?.id ?? '',
+          (id) => context.store.experiments.get(id),
+          violations,
+        );
         if (!experiment) throw new Error('unreachable: experiment checked above');
-        const before = await storedExperiment(context, experiment.id);
-        checkEtag('experiment', experiment.id, experiment.etag, before);
         // Fields outside the mask are ignored, so are their problems (AIP-134).
         const read: FieldViolation[] = [];
         const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
@@ -427,6 +433,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           ),
         );
         rejectIfAny('experiment', violations);
+        checkEtag('experiment', experiment.id, experiment.etag, before);
         const definitionBefore = experimentDefinition(before.doc, undefined);
         const definitionAfter = experimentDefinition(after, undefined);
         const forbidden = [
@@ -595,8 +602,13 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
       context.writes.once('ConcludeExperiment', request, ConcludeExperimentResponse, async () => {
         const violations: FieldViolation[] = [];
         required('id', request.id, violations);
-        rejectIfAny('request', violations);
-        const before = await storedExperiment(context, request.id);
+        tooLong('summary', request.summary, MAX_SUMMARY_BYTES, violations);
+        const before = await storedToChange(
+          'experiment',
+          request.id,
+          (id) => context.store.experiments.get(id),
+          violations,
+        );
         const doc = before.doc;
         if (
           request.shippedVariantKey !== '' &&
@@ -608,7 +620,6 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             reason: 'UNKNOWN_VARIANT',
           });
         }
-        tooLong('summary', request.summary, MAX_SUMMARY_BYTES, violations);
         rejectIfAny('request', violations);
         checkOptionalEtag(doc, request.etag, before);
         if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {

@@ -22,11 +22,12 @@ import {
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { holdoutSeed, HoldoutStatus, validateHoldout } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
-import { holdoutDefinition, type HoldoutDocument, type Stored } from '../store/documents';
+import { holdoutDefinition, type HoldoutDocument } from '../store/documents';
 import { holdoutSizeViolations } from './limits';
 import { asEnum, holdoutMessage } from './messages';
 import {
   checkEtag,
+  storedToChange,
   insertNew,
   maskPaths,
   notFound,
@@ -189,13 +190,14 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
           violations,
         );
-        rejectIfAny('request', violations);
-        if (!holdout) throw new Error('unreachable: holdout checked above');
-        const before: Stored<HoldoutDocument> | undefined = await context.store.holdouts.get(
-          holdout.id,
+        // Every problem of the request at once; then whether it is stale (ABORTED).
+        const before = await storedToChange(
+          'holdout',
+          holdout?.id ?? '',
+          (id) => context.store.holdouts.get(id),
+          violations,
         );
-        if (!before) throw notFound('holdout', holdout.id);
-        checkEtag('holdout', holdout.id, holdout.etag, before);
+        if (!holdout) throw new Error('unreachable: holdout checked above');
         const requested = requestedFields(holdout, before.doc);
         const changed: Record<string, unknown> = { ...before.doc };
         for (const path of paths) {
@@ -214,6 +216,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           ),
         );
         rejectIfAny('holdout', violations);
+        checkEtag('holdout', holdout.id, holdout.etag, before);
 
         const forbidden: PreconditionViolation[] = [];
         const subject = `holdouts/${holdout.id}`;

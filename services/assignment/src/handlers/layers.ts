@@ -20,6 +20,7 @@ import { layerSizeViolations } from './limits';
 import { layerMessage } from './messages';
 import {
   checkEtag,
+  storedToChange,
   insertNew,
   maskPaths,
   notFound,
@@ -108,11 +109,14 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         required('layer.id', layer?.id ?? '', violations);
         required('layer.etag', layer?.etag ?? '', violations);
         const paths = maskPaths(request.updateMask, MUTABLE, KNOWN, violations);
-        rejectIfAny('request', violations);
+        // Every problem of the request at once; then whether it is stale (ABORTED).
+        const before = await storedToChange(
+          'layer',
+          layer?.id ?? '',
+          (id) => context.store.layers.get(id),
+          violations,
+        );
         if (!layer) throw new Error('unreachable: layer checked above');
-        const before = await context.store.layers.get(layer.id);
-        if (!before) throw notFound('layer', layer.id);
-        checkEtag('layer', layer.id, layer.etag, before);
         const after: LayerDocument = {
           ...before.doc,
           description: paths.has('description') ? layer.description : before.doc.description,
@@ -120,7 +124,8 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
           tags: paths.has('tags') ? layer.tags : before.doc.tags,
           updateTime: Date.now(),
         };
-        rejectIfAny('layer', under('layer', layerSizeViolations(after)));
+        rejectIfAny('layer', [...violations, ...under('layer', layerSizeViolations(after))]);
+        checkEtag('layer', layer.id, layer.etag, before);
         const stored = await context.store.layers.replace(after, before.version);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },

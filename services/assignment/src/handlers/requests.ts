@@ -87,6 +87,23 @@ function resourceType(type: string): string {
 }
 
 /** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */
+/**
+ * The stored resource an update or transition names, to check the request against it. With no
+ * id, or no resource of that id, nothing more can be checked: the violations found so far are
+ * reported then, all together (before NOT_FOUND: a request that is itself wrong says so first).
+ */
+export async function storedToChange<T>(
+  type: string,
+  id: string,
+  read: (id: string) => Promise<Stored<T> | undefined>,
+  violations: readonly FieldViolation[],
+): Promise<Stored<T>> {
+  const stored = id === '' ? undefined : await read(id);
+  if (stored) return stored;
+  rejectIfAny('request', violations);
+  throw notFound(type, id);
+}
+
 export function checkEtag(type: string, id: string, etag: string, stored: Stored<unknown>): void {
   const current = etagOf(stored);
   if (etag !== current) {

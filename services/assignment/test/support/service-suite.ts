@@ -258,6 +258,80 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('experiments', () => {
+      it("reports all of an update's problems at once, its mask's, ids' and values', before NOT_FOUND or ABORTED", async () => {
+        const { admin } = service;
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('all-at-once', { surfaces: ['all-at-once'] }),
+          }),
+        );
+        const etag = created.experiment?.etag ?? '';
+        const update = (fields: Partial<Experiment>, updateMask: string[]) =>
+          failure(
+            admin.updateExperiment(
+              UpdateExperimentRequest.fromPartial({
+                experiment: { ...created.experiment, ...fields },
+                updateMask,
+              }),
+            ),
+          );
+        const unique = (error: TandemError) => [...new Set(fields(error))];
+        // A path the mask cannot name, and a value wrong in a path it can.
+        const badMask = await update({ variants: [variant('only', 0.3)] }, ['variants', 'bogus']);
+        expect(unique(badMask)).toEqual(['experiment.variants', 'update_mask.paths[1]']);
+        // No etag, and a value out of range.
+        const noEtag = await update({ etag: '', coverage: 2 }, ['coverage']);
+        expect(unique(noEtag)).toEqual(['experiment.coverage', 'experiment.etag']);
+        // A stale etag with a wrong value: the value first; with a right one, ABORTED.
+        await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: { ...created.experiment, description: 'changed' },
+            updateMask: ['description'],
+          }),
+        );
+        expect(unique(await update({ etag, coverage: 2 }, ['coverage']))).toEqual([
+          'experiment.coverage',
+        ]);
+        expect((await update({ etag, coverage: 0.5 }, ['coverage'])).code).toBe(GrpcCode.ABORTED);
+        // An id nothing has: a wrong request says so; a right one is NOT_FOUND.
+        const missing = await update({ id: 'no-such' }, ['bogus']);
+        expect(missing.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(missing)).toEqual(['update_mask.paths[0]']);
+        expect((await update({ id: 'no-such' }, ['coverage'])).code).toBe(GrpcCode.NOT_FOUND);
+        // Conclude: no id and a summary too long.
+        const conclude = await failure(
+          admin.concludeExperiment(
+            ConcludeExperimentRequest.fromPartial({ id: '', summary: 'x'.repeat(9000) }),
+          ),
+        );
+        expect(fields(conclude)).toEqual(['id', 'summary']);
+        // A layer and a holdout: no etag, and a value wrong.
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'all-at-once' } }));
+        const layer = await failure(
+          admin.updateLayer(
+            UpdateLayerRequest.fromPartial({
+              layer: { id: 'all-at-once', description: 'x'.repeat(9000) },
+              updateMask: ['description'],
+            }),
+          ),
+        );
+        expect(fields(layer)).toEqual(['layer.description', 'layer.etag']);
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('all-at-once', { surfaces: ['all-at-once'] }),
+          }),
+        );
+        const held = await failure(
+          admin.updateHoldout(
+            UpdateHoldoutRequest.fromPartial({
+              holdout: holdout('all-at-once', { fraction: 1.5 }),
+              updateMask: ['fraction'],
+            }),
+          ),
+        );
+        expect(unique(held)).toEqual(['holdout.etag', 'holdout.fraction']);
+      });
+
       it('refuses a request_id reused for a request differing only in a value set to a default', async () => {
         const created = await service.admin.createExperiment(
           CreateExperimentRequest.fromPartial({

@@ -166,7 +166,10 @@ export interface ListExperimentsRequest {
   statuses: ExperimentStatus[];
   /** Optional. Only experiments in this layer. */
   layerId: string;
-  /** Optional. Only experiments running on this surface. */
+  /**
+   * Optional. Only experiments that list this surface (in any status; combine with `statuses`
+   * for the running ones).
+   */
   surface: string;
 }
 

@@ -105,8 +105,8 @@ export interface Holdout {
   /** The layers whose experiments the holdout covers. Each must exist. */
   layerIds: string[];
   /**
-   * Optional. The lifecycle state; DRAFT on create. Change it with UpdateHoldout and the path
-   * `status`: DRAFT → RUNNING → STOPPED.
+   * Optional. The lifecycle state: DRAFT or RUNNING on create (DRAFT when unset). Change it with
+   * UpdateHoldout and the path `status`: DRAFT → RUNNING → STOPPED.
    */
   status: HoldoutStatus;
   /** Output only. When the holdout started running. */
