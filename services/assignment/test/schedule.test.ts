@@ -182,6 +182,52 @@ describe('scheduled experiments', () => {
     }
   });
 
+  it('concludes by the schedule as it stops: a SCHEDULED one whose start has come, one past its end', async () => {
+    // No periodic step: the statuses stay SCHEDULED and RUNNING after the schedule's times.
+    const paused = await startTestAssignment({ reloadInterval: '1h' });
+    try {
+      const start = new Date(Date.now() + 1500);
+      const end = new Date(Date.now() + 1500);
+      await paused.admin.createExperiment({
+        experiment: experiment('due-concluded', { scheduledStartTime: start }),
+        requestId: '',
+      });
+      await paused.admin.createExperiment({
+        experiment: experiment('ended-concluded', { scheduledEndTime: end }),
+        requestId: '',
+      });
+      await paused.admin.createExperiment({
+        experiment: experiment('later-concluded', {
+          scheduledStartTime: new Date(Date.now() + 3_600_000),
+        }),
+        requestId: '',
+      });
+      for (const id of ['due-concluded', 'ended-concluded', 'later-concluded'])
+        await paused.admin.startExperiment({ id, etag: '', requestId: '' });
+      await new Promise((resolve) => setTimeout(resolve, start.getTime() - Date.now() + 50));
+      const conclude = (id: string) =>
+        paused.admin.concludeExperiment({
+          id,
+          etag: '',
+          shippedVariantKey: '',
+          summary: '',
+          requestId: '',
+        });
+      const due = (await conclude('due-concluded')).experiment;
+      expect(due?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_CONCLUDED);
+      expect(due?.startTime).toEqual(start);
+      expect(due?.stopTime?.getTime()).toBeGreaterThanOrEqual(start.getTime());
+      // Stopped serving at its scheduled end, before the conclusion.
+      const ended = (await conclude('ended-concluded')).experiment;
+      expect(ended?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_CONCLUDED);
+      expect(ended?.stopTime).toEqual(end);
+      const later = await failure(conclude('later-concluded'));
+      expect(later.code).toBe(GrpcCode.FAILED_PRECONDITION);
+    } finally {
+      await paused.stop();
+    }
+  });
+
   it('returns a SCHEDULED experiment to DRAFT only while its start is far enough away', async () => {
     const stopScheduled = async (id: string, startInMs: number) => {
       await assignment.admin.createExperiment({

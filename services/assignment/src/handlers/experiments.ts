@@ -570,28 +570,10 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         checkOptionalEtag(before.doc, request.etag, before);
         const doc = before.doc;
         const now = Date.now();
-        // Dated by the schedule when its end has passed and the status has not caught up yet.
-        const stopTime = Math.min(now, doc.scheduledEndTime ?? now);
-        let next: ExperimentDocument;
-        if (doc.status === ExperimentStatus.RUNNING) {
-          next = { ...doc, status: ExperimentStatus.STOPPED, stopTime, updateTime: now };
-        } else if (
-          doc.status === ExperimentStatus.SCHEDULED &&
-          doc.scheduledStartTime !== null &&
-          doc.scheduledStartTime <= now + START_MARGIN_MS
-        ) {
-          // Its start has come, or is too close for every replica to learn of the stop first: it
-          // may have served, so it stops like a running one (never back to an editable DRAFT).
-          next = {
-            ...doc,
-            status: ExperimentStatus.STOPPED,
-            startTime: doc.scheduledStartTime,
-            stopTime: Math.max(doc.scheduledStartTime, stopTime),
-            updateTime: now,
-          };
-        } else if (doc.status === ExperimentStatus.SCHEDULED) {
+        let next = stoppedNow(doc, now);
+        if (next === undefined && doc.status === ExperimentStatus.SCHEDULED) {
           next = { ...doc, status: ExperimentStatus.DRAFT, updateTime: now };
-        } else {
+        } else if (next === undefined) {
           throw wrongStatus(doc, 'stopped', 'RUNNING or SCHEDULED');
         }
         const stored = await saveExperiment(context, next, before.version);
@@ -622,16 +604,15 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         }
         rejectIfAny('request', violations);
         checkOptionalEtag(doc, request.etag, before);
-        if (doc.status !== ExperimentStatus.RUNNING && doc.status !== ExperimentStatus.STOPPED) {
-          throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
-        }
         const now = Date.now();
+        // Stopped as StopExperiment would stop it, dated by its schedule where that applies.
+        const stopped = doc.status === ExperimentStatus.STOPPED ? doc : stoppedNow(doc, now);
+        if (stopped === undefined) throw wrongStatus(doc, 'concluded', 'RUNNING or STOPPED');
         const stored = await saveExperiment(
           context,
           {
-            ...doc,
+            ...stopped,
             status: ExperimentStatus.CONCLUDED,
-            stopTime: doc.stopTime ?? now,
             conclusion: {
               shippedVariantKey: request.shippedVariantKey,
               summary: request.summary,
@@ -644,6 +625,33 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         return { experiment: experimentMessage(stored) };
       }),
   };
+}
+
+/**
+ * `doc` stopped at `now`, when it serves or may have served: RUNNING, or SCHEDULED with its start
+ * come or too close for every replica to learn of the stop first (it stops like a running one,
+ * never back to an editable DRAFT). Dated by the schedule when its end has passed and the status
+ * has not caught up yet. Undefined for any other experiment.
+ */
+function stoppedNow(doc: ExperimentDocument, now: number): ExperimentDocument | undefined {
+  const stopTime = Math.min(now, doc.scheduledEndTime ?? now);
+  if (doc.status === ExperimentStatus.RUNNING) {
+    return { ...doc, status: ExperimentStatus.STOPPED, stopTime, updateTime: now };
+  }
+  if (
+    doc.status === ExperimentStatus.SCHEDULED &&
+    doc.scheduledStartTime !== null &&
+    doc.scheduledStartTime <= now + START_MARGIN_MS
+  ) {
+    return {
+      ...doc,
+      status: ExperimentStatus.STOPPED,
+      startTime: doc.scheduledStartTime,
+      stopTime: Math.max(doc.scheduledStartTime, stopTime),
+      updateTime: now,
+    };
+  }
+  return undefined;
 }
 
 /**

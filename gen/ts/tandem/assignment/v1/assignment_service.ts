@@ -4760,12 +4760,13 @@ export const AssignmentServiceService = {
   },
   /**
    * ConcludeExperiment records the decision on a RUNNING or STOPPED experiment (stopping it first
-   * when running) and frees its layer range. A shipped variant is then served to every targeted
+   * when running, as StopExperiment would: also a SCHEDULED one whose start has passed or is less
+   * than 2 s away, and dated by the scheduled end when that has passed) and frees its layer range. A shipped variant is then served to every targeted
    * unit on the experiment's surfaces, except held-out units, until the experiment is deleted.
    * Errors: INVALID_ARGUMENT when `id` is empty or `shipped_variant_key` names no variant;
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
-   * FAILED_PRECONDITION when the experiment is neither RUNNING nor STOPPED; UNAUTHENTICATED,
-   * PERMISSION_DENIED as for every admin RPC.
+   * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   concludeExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/ConcludeExperiment" as const,
@@ -5043,12 +5044,13 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   stopExperiment: handleUnaryCall<StopExperimentRequest, StopExperimentResponse>;
   /**
    * ConcludeExperiment records the decision on a RUNNING or STOPPED experiment (stopping it first
-   * when running) and frees its layer range. A shipped variant is then served to every targeted
+   * when running, as StopExperiment would: also a SCHEDULED one whose start has passed or is less
+   * than 2 s away, and dated by the scheduled end when that has passed) and frees its layer range. A shipped variant is then served to every targeted
    * unit on the experiment's surfaces, except held-out units, until the experiment is deleted.
    * Errors: INVALID_ARGUMENT when `id` is empty or `shipped_variant_key` names no variant;
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
-   * FAILED_PRECONDITION when the experiment is neither RUNNING nor STOPPED; UNAUTHENTICATED,
-   * PERMISSION_DENIED as for every admin RPC.
+   * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   concludeExperiment: handleUnaryCall<ConcludeExperimentRequest, ConcludeExperimentResponse>;
   /**
@@ -5405,12 +5407,13 @@ export interface AssignmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ConcludeExperiment records the decision on a RUNNING or STOPPED experiment (stopping it first
-   * when running) and frees its layer range. A shipped variant is then served to every targeted
+   * when running, as StopExperiment would: also a SCHEDULED one whose start has passed or is less
+   * than 2 s away, and dated by the scheduled end when that has passed) and frees its layer range. A shipped variant is then served to every targeted
    * unit on the experiment's surfaces, except held-out units, until the experiment is deleted.
    * Errors: INVALID_ARGUMENT when `id` is empty or `shipped_variant_key` names no variant;
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
-   * FAILED_PRECONDITION when the experiment is neither RUNNING nor STOPPED; UNAUTHENTICATED,
-   * PERMISSION_DENIED as for every admin RPC.
+   * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
+   * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
    */
   concludeExperiment(
     request: ConcludeExperimentRequest,
