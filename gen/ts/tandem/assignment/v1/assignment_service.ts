@@ -191,8 +191,9 @@ export interface UpdateExperimentRequest {
     | Experiment
     | undefined;
   /**
-   * Required. The fields to change, as paths of Experiment (for example `coverage`, `variants`,
-   * `condition`), or `*` for every mutable field.
+   * Required. The fields to change, as top-level fields of Experiment (for example `coverage`,
+   * `variants`, `condition`), or `*` for every mutable field. A message field changes as a whole:
+   * `layer_range`, not `layer_range.end` (UNKNOWN_FIELD), with both bounds given.
    */
   updateMask?:
     | string[]
@@ -339,8 +340,8 @@ export interface UpdateHoldoutRequest {
     | Holdout
     | undefined;
   /**
-   * Required. The fields to change, as paths of Holdout (for example `status`, `surfaces`), or
-   * `*` for every mutable field.
+   * Required. The fields to change, as top-level fields of Holdout (for example `status`,
+   * `surfaces`), or `*` for every mutable field.
    */
   updateMask?:
     | string[]
