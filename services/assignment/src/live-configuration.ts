@@ -121,6 +121,29 @@ function compile(records: ConfigurationRecords): ConfigurationView {
   };
 }
 
+/** The records of `view` with `change` applied, as `version`. */
+function withChange(view: ConfigurationView, version: number, change: ConfigurationChange) {
+  return {
+    version,
+    layers:
+      change.type === 'layer'
+        ? replaced(view.layers, change.id, change.stored)
+        : [...view.layers.values()],
+    experiments:
+      change.type === 'experiment'
+        ? replaced(view.experiments, change.id, change.stored)
+        : [...view.experiments.values()],
+    holdouts:
+      change.type === 'holdout'
+        ? replaced(view.holdouts, change.id, change.stored)
+        : [...view.holdouts.values()],
+    allocations:
+      change.type === 'allocation'
+        ? replaced(view.allocations, change.id, change.stored)
+        : [...view.allocations.values()],
+  };
+}
+
 function replaced<T>(
   map: ReadonlyMap<string, Stored<T>>,
   id: string,
@@ -263,45 +286,36 @@ export class LiveConfiguration {
 
   /**
    * Records a change this replica has just written: bumps the stored version and applies the
-   * change in memory when no other change came in between, else reloads everything. When the
-   * bump fails, the next periodic check makes it (see {@link refresh}).
+   * change in memory when no other change came in between, else reloads everything; returns the
+   * version the view is at then.
+   *
+   * When the bump fails the change is stored all the same, so it is not reported as failed (a
+   * retry with the same request id would then find it made and answer ALREADY_EXISTS or ABORTED,
+   * not the first result): it is served here at once, under the version held, and the next
+   * periodic check makes the bump (see {@link refresh}) that has the other replicas load it.
    */
   commit(change: ConfigurationChange): Promise<number> {
     return this.exclusive(async () => {
+      const view = this.view;
       let version: number;
       try {
         version = await this.store.bumpVersion();
       } catch (error) {
         this.unannounced = true;
-        throw error;
+        if (!view) throw error;
+        this.logger.warn(
+          { err: error, type: change.type, id: change.id },
+          'configuration change stored, but its version bump failed: the next check announces it',
+        );
+        return this.adopt(compile(withChange(view, view.version, change))).version;
       }
-      const view = this.view;
-      // After a failed bump, this bump announces that change too, and the view lacks it.
+      // After a failed bump, this bump announces that change too (and the view holds it under
+      // the version before: read it all, as the other replicas will).
       if (!view || version !== view.version + 1 || this.unannounced) {
         this.unannounced = false;
         return this.adopt(compile(await this.store.readAll())).version;
       }
-      this.adopt(
-        compile({
-          version,
-          layers:
-            change.type === 'layer'
-              ? replaced(view.layers, change.id, change.stored)
-              : [...view.layers.values()],
-          experiments:
-            change.type === 'experiment'
-              ? replaced(view.experiments, change.id, change.stored)
-              : [...view.experiments.values()],
-          holdouts:
-            change.type === 'holdout'
-              ? replaced(view.holdouts, change.id, change.stored)
-              : [...view.holdouts.values()],
-          allocations:
-            change.type === 'allocation'
-              ? replaced(view.allocations, change.id, change.stored)
-              : [...view.allocations.values()],
-        }),
-      );
+      this.adopt(compile(withChange(view, version, change)));
       return version;
     });
   }
