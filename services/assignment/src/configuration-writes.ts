@@ -22,6 +22,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  UnavailableError,
 } from '../../platform/src/errors';
 import { SerialWrites, type AcrossReplicas } from '../../platform/src/storage/write-lease';
 import {
@@ -83,11 +84,37 @@ const REQUEST_TYPES: { readonly [M in keyof WriteRequests]: RequestType<WriteReq
 
 /** The admin writes and allocation updates: {@link SerialWrites}, idempotent by `request_id`. */
 export class ConfigurationWrites extends SerialWrites {
+  /**
+   * `unannounced`, when given, tells whether a change this replica stored is not yet announced
+   * (its version bump failed: see `LiveConfiguration.commit`).
+   */
   constructor(
     private readonly results: RequestResults,
     acrossReplicas?: AcrossReplicas,
+    private readonly unannounced?: () => boolean,
   ) {
     super(acrossReplicas);
+  }
+
+  /**
+   * {@link SerialWrites.exclusively}, except that a write that stored its change but could not
+   * announce it fails with UNAVAILABLE (after `once` has kept its result). Its retry, on any
+   * replica, takes the lease this one releases unsettled: it reloads everything and bumps the
+   * version, so every replica loads the change, and then finds the first result by `request_id`.
+   * Answered as made instead, nothing would prompt that: a replica stopped or killed before its
+   * next check would leave the other replicas without the change until some other write.
+   */
+  override exclusively<T>(write: () => Promise<T>, leaseWaitMs?: number): Promise<T> {
+    return super.exclusively(async () => {
+      const result = await write();
+      if (this.unannounced?.() === true) {
+        throw new UnavailableError(
+          'the change is stored but could not be announced to the other replicas yet; retry with the same request_id for its result',
+          { reason: 'CHANGE_NOT_ANNOUNCED' },
+        );
+      }
+      return result;
+    }, leaseWaitMs);
   }
 
   /**

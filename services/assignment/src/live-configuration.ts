@@ -289,10 +289,10 @@ export class LiveConfiguration {
    * change in memory when no other change came in between, else reloads everything; returns the
    * version the view is at then.
    *
-   * When the bump fails the change is stored all the same, so it is not reported as failed (a
-   * retry with the same request id would then find it made and answer ALREADY_EXISTS or ABORTED,
-   * not the first result): it is served here at once, under the version held, and the next
-   * periodic check makes the bump (see {@link refresh}) that has the other replicas load it.
+   * When the bump fails the change is stored all the same: it is served here at once, under the
+   * version held, and the write goes on (keeping its result for its request id); the write then
+   * answers UNAVAILABLE, so that it is retried (see `ConfigurationWrites.exclusively`), and the
+   * retry or this replica's next check makes the bump (see {@link refresh}).
    */
   commit(change: ConfigurationChange): Promise<number> {
     return this.exclusive(async () => {

@@ -99,6 +99,7 @@ export async function startAssignment(
         refresh: (everything) => configuration.refresh(everything),
         unsettled: (failure) => leftUnannounced(configuration, failure),
       },
+      () => configuration.hasUnannouncedChange(),
     ),
     sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
     exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),

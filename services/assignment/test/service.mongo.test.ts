@@ -2,6 +2,7 @@
  * The same end-to-end suite against MongoDB, and configuration propagation between two replicas
  * sharing one database: through NATS notifications, and by the periodic reload alone.
  */
+import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   CreateExperimentRequest,
   CreateLayerRequest,
@@ -16,6 +17,7 @@ import {
   natsUrl,
   uniqueName,
 } from '../../platform/test/support/integration';
+import { failure } from '../../platform/test/support/failure';
 import { experiment, resolveRequest } from './support/fixtures';
 import {
   dropDatabases,
@@ -177,10 +179,12 @@ describeWithMongo('Assignment on MongoDB', () => {
       jest
         .spyOn(first.service.context.store, 'bumpVersion')
         .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
-      // Answered as made: it is stored.
-      await first.admin.createExperiment(
-        CreateExperimentRequest.fromPartial({ experiment: experiment('unannounced') }),
+      const refused = await failure(
+        first.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('unannounced') }),
+        ),
       );
+      expect(refused.code).toBe(GrpcCode.UNAVAILABLE);
       await eventually(async () => {
         for (const replica of [first, second]) {
           const got = await replica.client.getExperiment(

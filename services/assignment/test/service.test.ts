@@ -12,6 +12,7 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   ApplyRequest,
   CreateExperimentRequest,
+  CreateHoldoutRequest,
   GetExperimentRequest,
   CreateLayerRequest,
   DeleteLayerRequest,
@@ -25,7 +26,8 @@ import { failure } from '../../platform/test/support/failure';
 import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment';
 import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { ALLOCATION_SUBJECT } from '../src/events/streams';
-import { experiment, resolveRequest } from './support/fixtures';
+import { experiment, holdout, resolveRequest } from './support/fixtures';
+import { HoldoutStatus } from '../../../gen/ts/tandem/assignment/v1/holdout';
 import {
   eventually,
   propagationMs,
@@ -59,7 +61,7 @@ describe('a replica whose storage is down at start', () => {
 });
 
 describe('a replica whose version bump failed once', () => {
-  it('answers the stored change as made, serves it at once, and keeps serving it after its next write', async () => {
+  it('serves that change at once, answers its retry with the first result, and keeps it after its next write', async () => {
     const service = await startTestAssignment({ reloadInterval: '1h' });
     try {
       jest
@@ -69,18 +71,16 @@ describe('a replica whose version bump failed once', () => {
         service.admin.createExperiment(
           CreateExperimentRequest.fromPartial({ experiment: experiment(id), requestId: id }),
         );
-      // The document is stored: the write is done, and a retry gets its result, not
-      // ALREADY_EXISTS.
-      const first = await create('unannounced');
-      expect(first.experiment?.id).toBe('unannounced');
-      expect(await create('unannounced')).toEqual(first);
-      expect(
-        (
-          await service.client.getExperiment(
-            GetExperimentRequest.fromPartial({ id: 'unannounced' }),
-          )
-        ).experiment,
-      ).toEqual(first.experiment);
+      // Stored but not announced: UNAVAILABLE, so that the caller retries (the retry announces
+      // it, on whichever replica), and the retry gets the first result, not ALREADY_EXISTS.
+      const unannounced = await failure(create('unannounced'));
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(unannounced.reason).toBe('CHANGE_NOT_ANNOUNCED');
+      const stored = await service.client.getExperiment(
+        GetExperimentRequest.fromPartial({ id: 'unannounced' }),
+      );
+      expect(stored.experiment?.id).toBe('unannounced');
+      expect((await create('unannounced')).experiment).toEqual(stored.experiment);
       await create('next');
       // The next bump announced both; this replica's view must hold both too.
       const listed = await service.client.listExperiments(ListExperimentsRequest.fromPartial({}));
@@ -122,7 +122,8 @@ describe('two replicas, after a write on one stored its change but could not ann
       jest
         .spyOn(first.service.context.store, 'bumpVersion')
         .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
-      await first.admin.createExperiment(inCheckout('left', 0, 0.6));
+      const unannounced = await failure(first.admin.createExperiment(inCheckout('left', 0, 0.6)));
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
       const overlapping = await failure(second.admin.createExperiment(inCheckout('right', 0.4, 1)));
       expect(overlapping.code).toBe(GrpcCode.INVALID_ARGUMENT);
       // Once announced, every replica serves the stored experiment alone in the layer.
@@ -145,7 +146,10 @@ describe('two replicas, after a write on one stored its change but could not ann
       jest
         .spyOn(first.service.context.store, 'bumpVersion')
         .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
-      await first.admin.createExperiment(inCheckout('in-layer', 0, 0.5));
+      const unannounced = await failure(
+        first.admin.createExperiment(inCheckout('in-layer', 0, 0.5)),
+      );
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
       const deleted = await failure(
         second.admin.deleteLayer(
           DeleteLayerRequest.fromPartial({ id: 'checkout', etag: layerEtag }),
@@ -155,6 +159,39 @@ describe('two replicas, after a write on one stored its change but could not ann
       expect((await second.client.getExperiment({ id: 'in-layer' })).experiment?.layerId).toBe(
         'checkout',
       );
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
+  it('logs on the other replica the exposure of a holdout the first one serves unannounced', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const created = await failure(
+        first.admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('unannounced-holdout', {
+              surfaces: ['unannounced-shelf'],
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+            }),
+          }),
+        ),
+      );
+      expect(created.code).toBe(GrpcCode.UNAVAILABLE);
+      // The first replica serves it under the version both hold; the second does not know it.
+      const resolved = await first.client.resolve(
+        resolveRequest('user-1', { surfaces: ['unannounced-shelf'] }),
+      );
+      expect(resolved.holdouts.map((h) => h.holdoutId)).toEqual(['unannounced-holdout']);
+      expect(resolved.configVersion).toBe(second.service.context.configuration.current().version);
+      const applied = await second.client.apply(
+        ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+      );
+      expect(applied.exposures).toMatchObject({ loggedCount: 1, notRunningCount: 0 });
     } finally {
       await first.stop();
       await second.stop();

@@ -401,18 +401,19 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           violations,
         );
         // Every problem of the request at once, the mask's and the fields' values together;
-        // then whether it is stale (ABORTED).
+        // then whether it is stale (ABORTED). Fields outside the mask are ignored, so are their
+        // problems (AIP-134); the values' own problems are known before the stored experiment.
+        const read: FieldViolation[] = [];
+        const requested =
+          experiment && requestedFields({ ...experiment, seed: experiment.seed }, read);
+        violations.push(...read.filter((v) => inMask(v.field, paths)));
         const before = await storedToChange(
           'experiment',
           experiment?.id ?? '',
           (id) => context.store.experiments.get(id),
           violations,
         );
-        if (!experiment) throw new Error('unreachable: experiment checked above');
-        // Fields outside the mask are ignored, so are their problems (AIP-134).
-        const read: FieldViolation[] = [];
-        const requested = requestedFields({ ...experiment, seed: experiment.seed }, read);
-        violations.push(...read.filter((v) => inMask(v.field, paths)));
+        if (!experiment || !requested) throw new Error('unreachable: experiment checked above');
         const changed: Record<string, unknown> = { ...before.doc };
         for (const path of paths) {
           for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {

@@ -23,6 +23,7 @@ import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
   AssignmentReason,
   ExperimentStatus,
+  HoldoutStatus,
   SURFACE_PATTERN,
   type AssignmentSnapshot,
   type Attributes,
@@ -190,14 +191,22 @@ async function logExposures(
   // hold its experiments yet.
   await context.configuration.catchUp(record.configVersion);
   let view = context.configuration.current();
-  // An experiment the token has the unit in, not started here though this view is as new as the
-  // token's: the resolving replica read the start before its version was bumped (see
-  // `readAgain`). Read again before judging, rather than find it not running.
+  // An experiment the token has the unit in, or a holdout it has the unit's membership of, not
+  // started here though this view is as new as the token's: the resolving replica read the start
+  // before its version was bumped, or made it with a bump that failed (see `readAgain` and
+  // `LiveConfiguration.commit`). Read again before judging, rather than find it not running.
   const behind = (assignment: TokenAssignment): boolean => {
     const status = view.experiments.get(assignment.experimentId)?.doc.status;
     return status === undefined || status === ExperimentStatus.DRAFT;
   };
-  if (record.configVersion === view.version && shown.some(behind)) {
+  const holdoutBehind = (holdout: { readonly holdoutId: string }): boolean => {
+    const status = view.holdouts.get(holdout.holdoutId)?.doc.status;
+    return status === undefined || status === HoldoutStatus.DRAFT;
+  };
+  if (
+    record.configVersion === view.version &&
+    (shown.some(behind) || record.holdouts.some(holdoutBehind))
+  ) {
     await context.configuration.readAgain();
     view = context.configuration.current();
   }

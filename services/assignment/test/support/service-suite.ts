@@ -298,6 +298,14 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(missing.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(fields(missing)).toEqual(['update_mask.paths[0]']);
         expect((await update({ id: 'no-such' }, ['coverage'])).code).toBe(GrpcCode.NOT_FOUND);
+        const missingTtl = await update({ id: 'no-such', stickyTtl: { seconds: -5, nanos: 0 } }, [
+          'sticky_ttl',
+        ]);
+        expect(fields(missingTtl)).toEqual(['experiment.sticky_ttl']);
+        const noIdTtl = await update({ id: '', stickyTtl: { seconds: -5, nanos: 0 } }, [
+          'sticky_ttl',
+        ]);
+        expect(fields(noIdTtl)).toEqual(['experiment.id', 'experiment.sticky_ttl']);
         // Conclude: no id and a summary too long.
         const conclude = await failure(
           admin.concludeExperiment(
