@@ -165,6 +165,37 @@ describe('two replicas, after a write on one stored its change but could not ann
     }
   });
 
+  it('answers a retry on the other replica with the first result, and announces the change', async () => {
+    const { first, second } = await startReplicas();
+    try {
+      const before = await first.service.context.store.version();
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const request = CreateExperimentRequest.fromPartial({
+        experiment: experiment('retried-elsewhere'),
+        requestId: 'retried-elsewhere-1',
+      });
+      const unannounced = await failure(first.admin.createExperiment(request));
+      expect([unannounced.code, unannounced.reason]).toEqual([
+        GrpcCode.UNAVAILABLE,
+        'CHANGE_NOT_ANNOUNCED',
+      ]);
+      const served = await first.client.getExperiment({ id: 'retried-elsewhere' });
+      // The retry takes over the lease released unsettled: it reloads everything, bumps the
+      // version, and finds the result the first call kept.
+      const retried = await second.admin.createExperiment(request);
+      expect(retried.experiment).toEqual(served.experiment);
+      expect(await second.service.context.store.version()).toBe(before + 1);
+      expect((await second.client.getExperiment({ id: 'retried-elsewhere' })).experiment).toEqual(
+        served.experiment,
+      );
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+
   it('logs on the other replica the exposure of a holdout the first one serves unannounced', async () => {
     const { first, second } = await startReplicas();
     try {
