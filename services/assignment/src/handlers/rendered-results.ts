@@ -98,36 +98,28 @@ export class RenderedResults {
     const tokenRanges: number[] = [];
     for (const resolved of results) {
       const key = resolved.key;
-      if (key >= 0) {
-        if (offsets[3 * key + 1] === 0) this.add(key, resolved);
-        // An entry added later may replace the arena; this one's bytes stay where they are in
-        // the arena read here, which is never written again.
-        const arena = this.arena;
-        const tokenStart = offsets[3 * key + 1] ?? 0;
-        if (full) {
-          const message = toMessage(resolved, true);
-          const bytes = encodeResponseAssignment(message);
-          assignments.push(message);
-          responseSources.push(bytes);
-          responseRanges.push(0, bytes.length);
-        } else {
-          assignments.push(this.messages[key] as Assignment);
-          responseSources.push(arena);
-          responseRanges.push(offsets[3 * key] ?? 0, tokenStart);
-        }
-        if (resolved.inExperiment) {
-          inExperiment.push(this.records[key] as TokenAssignment);
-          tokenSources.push(arena);
-          tokenRanges.push(tokenStart, offsets[3 * key + 2] ?? 0);
-        }
-        continue;
+      const shared = key >= 0;
+      if (shared && offsets[3 * key + 1] === 0) this.add(key, resolved);
+      // An entry added later may replace the arena; this one's bytes stay where they are in the
+      // arena read here, which is never written again.
+      const arena = this.arena;
+      if (shared && !full) {
+        assignments.push(this.messages[key] as Assignment);
+        responseSources.push(arena);
+        responseRanges.push(offsets[3 * key] ?? 0, offsets[3 * key + 1] ?? 0);
+      } else {
+        const message = toMessage(resolved, full);
+        const bytes = encodeResponseAssignment(message);
+        assignments.push(message);
+        responseSources.push(bytes);
+        responseRanges.push(0, bytes.length);
       }
-      const message = toMessage(resolved, full);
-      const bytes = encodeResponseAssignment(message);
-      assignments.push(message);
-      responseSources.push(bytes);
-      responseRanges.push(0, bytes.length);
-      if (resolved.inExperiment) {
+      if (!resolved.inExperiment) continue;
+      if (shared) {
+        inExperiment.push(this.records[key] as TokenAssignment);
+        tokenSources.push(arena);
+        tokenRanges.push(offsets[3 * key + 1] ?? 0, offsets[3 * key + 2] ?? 0);
+      } else {
         const record = toTokenAssignment(resolved);
         const tokenBytes = encodeTokenAssignment(record);
         inExperiment.push(record);

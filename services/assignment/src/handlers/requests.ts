@@ -86,7 +86,6 @@ function resourceType(type: string): string {
   return `tandem.assignment.v1.${type[0]?.toUpperCase() ?? ''}${type.slice(1)}`;
 }
 
-/** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */
 /**
  * The stored resource an update or transition names, to check the request against it. With no
  * id, or no resource of that id, nothing more can be checked: the violations found so far are
@@ -104,6 +103,7 @@ export async function storedToChange<T>(
   throw notFound(type, id);
 }
 
+/** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */
 export function checkEtag(type: string, id: string, etag: string, stored: Stored<unknown>): void {
   const current = etagOf(stored);
   if (etag !== current) {
