@@ -98,6 +98,7 @@ export async function startAssignment(
           store.acquireWriteLease(config.replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),
         refresh: (everything) => configuration.refresh(everything),
         unsettled: (failure) => leftUnannounced(configuration, failure),
+        abandoned: () => store.writeLeaseAbandoned(),
       },
       () => configuration.hasUnannouncedChange(),
     ),
@@ -123,9 +124,22 @@ export async function startAssignment(
     await followAllocationUpdates(bus, context),
     await followConfigurationChanges(bus, configuration, config.replicaId, logger),
   ];
-  configuration.startPolling(config.reloadIntervalMs, () =>
-    context.writes.serially(() => advanceSchedule(context, Date.now())),
-  );
+  // After each check: a write lease left past its time (its holder died, or its write stored a
+  // change it could not announce) is taken over, which reloads and announces what that holder
+  // stored, without waiting for the next write; then the schedule moves on.
+  configuration.startPolling(config.reloadIntervalMs, async () => {
+    try {
+      if (await context.writes.takeOverAbandoned()) {
+        logger.info({}, 'took over the configuration-write lease its holder left unsettled');
+      }
+    } catch (error) {
+      logger.warn(
+        { err: error },
+        'could not take over the configuration-write lease its holder left; trying again next check',
+      );
+    }
+    await context.writes.serially(() => advanceSchedule(context, Date.now()));
+  });
   logger.info(
     {
       configVersion: configuration.current().version,

@@ -196,6 +196,53 @@ describe('two replicas, after a write on one stored its change but could not ann
     }
   });
 
+  it('is announced by the other replica, without a retry or another write, once the first one stops', async () => {
+    const dataDir = temporaryDataDir();
+    const first = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    const second = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '100ms',
+    });
+    const third = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '100ms',
+    });
+    try {
+      const before = await first.service.context.store.version();
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const unannounced = await failure(
+        first.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('orphaned') }),
+        ),
+      );
+      expect(unannounced.reason).toBe('CHANGE_NOT_ANNOUNCED');
+      // Gone before its next check (killed, say), and the caller gave up: only the lease it
+      // released unsettled tells of the change.
+      await first.stop();
+      for (const replica of [second, third]) {
+        await eventually(async () => {
+          const served = await replica.client.getExperiment({ id: 'orphaned' });
+          expect(served.experiment?.id).toBe('orphaned');
+        });
+      }
+      // One of them took the lease over and bumped the version once; the lease is settled since.
+      expect(await second.service.context.store.version()).toBe(before + 1);
+      expect(await second.service.context.store.writeLeaseAbandoned()).toBe(false);
+    } finally {
+      await first.stop();
+      await second.stop();
+      await third.stop();
+    }
+  });
+
   it('logs on the other replica the exposure of a holdout the first one serves unannounced', async () => {
     const { first, second } = await startReplicas();
     try {

@@ -113,6 +113,11 @@ export class ConfigurationStore {
     return this.writeLease.acquire(holder, options);
   }
 
+  /** Whether the write lease is left past its time (see `WriteLease.abandoned`). */
+  writeLeaseAbandoned(): Promise<boolean> {
+    return this.writeLease.abandoned();
+  }
+
   /**
    * Records that `id` served and is being deleted, so that it is never created again. Call it
    * before deleting the resource: a crash in between leaves both, and the delete can be retried.

@@ -108,6 +108,15 @@ export class WriteLease {
     }
   }
 
+  /**
+   * Whether the lease is left past its time: its holder died or stalled holding it, or released it
+   * unsettled. Whoever takes it next is told it took it over (see {@link HeldLease.takenOver}).
+   */
+  async abandoned(): Promise<boolean> {
+    const held = await this.leases.get(this.id);
+    return held !== undefined && held.doc.expiresAt < Date.now();
+  }
+
   /** The lease just taken as `taken`: renewed until released. */
   private held(taken: Versioned<LeaseDocument>, ttlMs: number, takenOver: boolean): HeldLease {
     let version = taken.version;
@@ -158,6 +167,11 @@ export interface AcrossReplicas {
    * unsettled. When not given, never.
    */
   unsettled?(failure: unknown): boolean;
+  /**
+   * Whether the lease is left past its time (see {@link WriteLease.abandoned}), for
+   * {@link SerialWrites.takeOverAbandoned}. When not given, never.
+   */
+  abandoned?(): Promise<boolean>;
 }
 
 /** A replica's writes, one at a time; also across replicas when given a lease. */
@@ -171,6 +185,31 @@ export class SerialWrites {
     const run = this.chain.then(write, write);
     this.chain = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Takes over the lease when its holder left it past its time, and releases it at once: taking it
+   * over brings the state in memory up to everything stored (see {@link AcrossReplicas.refresh}),
+   * so what that holder may have stored without telling the other replicas is taken in and, by a
+   * service whose refresh announces it, announced, without waiting for the next write. For a
+   * periodic check. Returns whether it took the lease; false when it was not left, or another
+   * replica took it first.
+   */
+  async takeOverAbandoned(): Promise<boolean> {
+    const across = this.acrossReplicas;
+    if (across?.abandoned === undefined || !(await across.abandoned())) return false;
+    let took = false;
+    try {
+      await this.exclusively(() => {
+        took = true;
+        return Promise.resolve();
+      }, 0);
+    } catch (error) {
+      // Taken by another replica in between (which refreshes in its turn).
+      if (error instanceof AbortedError) return false;
+      throw error;
+    }
+    return took;
   }
 
   /**

@@ -36,6 +36,7 @@ describe('SerialWrites across replicas', () => {
         return Promise.resolve();
       },
       unsettled,
+      abandoned: () => lease.abandoned(),
     });
     return { writes, refreshes };
   };
@@ -80,5 +81,32 @@ describe('SerialWrites across replicas', () => {
     const third = replica('third', storageFailures);
     await third.writes.exclusively(() => Promise.resolve());
     expect(third.refreshes).toEqual([true]);
+  });
+
+  it('lets a periodic check take over a lease left unsettled, once, and nothing else', async () => {
+    const first = replica('first', storageFailures);
+    const second = replica('second', storageFailures);
+    // Free, then held by a write under way: nothing to take over.
+    expect(await second.writes.takeOverAbandoned()).toBe(false);
+    let release = (): void => undefined;
+    const holding = first.writes.exclusively(
+      () => new Promise<void>((resolve) => (release = resolve)),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await lease.abandoned()).toBe(false);
+    expect(await second.writes.takeOverAbandoned()).toBe(false);
+    release();
+    await holding;
+    expect(second.refreshes).toEqual([]);
+    // Released unsettled: taken over once, with everything reloaded, and settled by that.
+    await expect(
+      first.writes.exclusively(() => Promise.reject(new UnavailableError('storage timed out'))),
+    ).rejects.toThrow(UnavailableError);
+    expect(await lease.abandoned()).toBe(true);
+    expect(await second.writes.takeOverAbandoned()).toBe(true);
+    expect(await lease.abandoned()).toBe(false);
+    expect(await first.writes.takeOverAbandoned()).toBe(false);
+    expect(second.refreshes).toEqual([true]);
+    expect(first.refreshes).toEqual([false, false]);
   });
 });
