@@ -3,10 +3,16 @@
  * storage outage of up to a day must not lose Analysis' weights. Played with the bus's own
  * delivery rules on the consumer the service declares.
  */
-import type { ConsumerSpec, EventBus, Subscription } from '../../platform/src/events/bus';
+import type {
+  ConsumerSpec,
+  EventBus,
+  EventHandler,
+  Subscription,
+} from '../../platform/src/events/bus';
+import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { dispositionFor } from '../../platform/src/events/delivery';
 import { consumerSettings } from '../../platform/src/events/event-settings';
-import { UnavailableError } from '../../platform/src/errors';
+import { AbortedError, UnavailableError } from '../../platform/src/errors';
 import type { AssignmentContext } from '../src/assignment-context';
 import {
   ALLOCATION_RETRY_SPAN_MS,
@@ -37,4 +43,38 @@ it('retries a failing allocation update for a day before giving up on it', async
   expect(waitedMs).toBeGreaterThanOrEqual(ALLOCATION_RETRY_SPAN_MS);
   // Not hammering the store meanwhile: at most one delivery every 30 s once backed off.
   expect(delivery).toBeLessThan(ALLOCATION_RETRY_SPAN_MS / 30_000 + 20);
+});
+
+it('tells an update delivered again after it was applied from one older than the stored one', async () => {
+  let handler: EventHandler<AllocationUpdate> | undefined;
+  const bus = {
+    subscribe: (_spec: ConsumerSpec<AllocationUpdate>, handle: EventHandler<AllocationUpdate>) => {
+      handler = handle;
+      return Promise.resolve({} as Subscription);
+    },
+  } as unknown as EventBus;
+  const logged: string[] = [];
+  const context = {
+    // Storage holds sequence 7, as a first delivery that stored it and then failed left it.
+    writes: {
+      exclusively: () =>
+        Promise.reject(
+          new AbortedError('stale', {
+            reason: 'STALE_SEQUENCE',
+            metadata: { current_sequence: '7' },
+          }),
+        ),
+    },
+    logger: { info: (_fields: unknown, message: string) => logged.push(message) },
+  } as unknown as AssignmentContext;
+  await followAllocationUpdates(bus, context);
+  if (!handler) throw new Error('no handler');
+  const deliver = (sequence: number) =>
+    handler?.({
+      event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
+      eventId: `update-${sequence}`,
+    } as Parameters<EventHandler<AllocationUpdate>>[0]);
+  await deliver(7);
+  await deliver(5);
+  expect(logged).toEqual(['allocation update already applied', 'allocation update ignored']);
 });

@@ -95,6 +95,11 @@ export function followAllocationUpdates(
         // Lost a race with a write on another replica, or its lease is held: try again (it may
         // be stale by then).
         if (error instanceof AbortedError && error.reason !== 'STALE_SEQUENCE') throw error;
+        // Its own sequence stored: this update was applied, and comes again because its first
+        // delivery failed after that (its change not yet announced, say).
+        const applied =
+          error.reason === 'STALE_SEQUENCE' &&
+          error.metadata.current_sequence === String(event.sequence);
         context.logger.info(
           {
             eventId,
@@ -102,7 +107,7 @@ export function followAllocationUpdates(
             sequence: event.sequence,
             reason: error.reason ?? error.message,
           },
-          'allocation update ignored',
+          applied ? 'allocation update already applied' : 'allocation update ignored',
         );
       }
     },
