@@ -98,6 +98,12 @@ const MUTABLE_PATHS = {
   sticky: ['sticky'],
   sticky_ttl: ['stickyTtlMs'],
 } as const satisfies Record<string, readonly (keyof ExperimentDocument)[]>;
+/**
+ * Fields of a message field an update mask may name on their own (AIP-134): a bound of
+ * `layer_range` changes alone, the other one kept; `bandit.min_arm_share` is `bandit`.
+ */
+const LAYER_RANGE_BOUNDS = ['layer_range.start', 'layer_range.end'] as const;
+const NESTED_PATHS: readonly string[] = [...LAYER_RANGE_BOUNDS, 'bandit.min_arm_share'];
 const OUTPUT_OR_IMMUTABLE = [
   'id',
   'status',
@@ -209,7 +215,40 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
 /** Whether a violation of `field` (`experiment.variants[2].payload`) is about a masked path. */
 function inMask(field: string, paths: ReadonlySet<string>): boolean {
   const path = /^experiment\.([a-z_]+)/.exec(field)?.[1];
-  return path !== undefined && paths.has(path);
+  return (
+    path !== undefined && (paths.has(path) || [...paths].some((p) => p.startsWith(`${path}.`)))
+  );
+}
+
+/**
+ * `stored` with what `paths` name of the request's fields (`requested`): a top-level field as a
+ * whole, a bound of `layer_range` alone (0 when the request has no range, as an unset field reads).
+ */
+function withMaskedFields(
+  stored: ExperimentDocument,
+  requested: ReturnType<typeof requestedFields>,
+  paths: ReadonlySet<string>,
+): Record<string, unknown> {
+  const changed: Record<string, unknown> = { ...stored };
+  for (const path of paths) {
+    const topLevel = path === 'bandit.min_arm_share' ? 'bandit' : path;
+    if (!(topLevel in MUTABLE_PATHS)) continue;
+    for (const field of MUTABLE_PATHS[topLevel as keyof typeof MUTABLE_PATHS]) {
+      changed[field] = requested[field];
+    }
+  }
+  const bounds = LAYER_RANGE_BOUNDS.filter((bound) => paths.has(bound));
+  if (bounds.length > 0 && !paths.has('layer_range')) {
+    const given = (bound: (typeof LAYER_RANGE_BOUNDS)[number], key: 'start' | 'end') =>
+      paths.has(bound)
+        ? (requested.layerRange?.[key] ?? 0)
+        : (stored.layerRange?.[key] ?? (key === 'start' ? 0 : 1));
+    changed.layerRange = {
+      start: given('layer_range.start', 'start'),
+      end: given('layer_range.end', 'end'),
+    };
+  }
+  return changed;
 }
 
 /** Every validation problem of `doc`, as request violations under `experiment.`. */
@@ -396,8 +435,8 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         required('experiment.etag', experiment?.etag ?? '', violations);
         const paths = maskPaths(
           request.updateMask,
-          Object.keys(MUTABLE_PATHS),
-          [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
+          [...Object.keys(MUTABLE_PATHS), ...NESTED_PATHS],
+          [...Object.keys(MUTABLE_PATHS), ...NESTED_PATHS, ...OUTPUT_OR_IMMUTABLE],
           violations,
         );
         // Every problem of the request at once, the mask's and the fields' values together;
@@ -414,12 +453,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           violations,
         );
         if (!experiment || !requested) throw new Error('unreachable: experiment checked above');
-        const changed: Record<string, unknown> = { ...before.doc };
-        for (const path of paths) {
-          for (const field of MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS]) {
-            changed[field] = requested[field];
-          }
-        }
+        const changed = withMaskedFields(before.doc, requested, paths);
         const now = Date.now();
         const after = { ...(changed as unknown as ExperimentDocument), updateTime: now };
         const problems = validate(context, after);

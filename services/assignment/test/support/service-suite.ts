@@ -82,7 +82,6 @@ function rawCallError(address: string, path: string, bytes: Buffer): Promise<Ser
   return rawCall(address, path, bytes, ADMIN_TOKEN);
 }
 
-/** The variant GrowthBook's v2 hash puts `unitId` in for a 50/50 split seeded by `seed`. */
 /** A draft sticky bandit on its own surface (named as the experiment), split equally. */
 function draftBandit(id: string, variants = [variant('control', 0.5), variant('treatment', 0.5)]) {
   return experiment(id, {
@@ -258,6 +257,65 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('experiments', () => {
+      it('changes one bound of a layer range, or the bandit settings, by a nested mask path', async () => {
+        const { admin } = service;
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'bounds' } }));
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('bounded', {
+              surfaces: ['bounded'],
+              layerId: 'bounds',
+              layerRange: { start: 0.1, end: 0.3 },
+            }),
+          }),
+        );
+        const update = (etag: string, fields: Partial<Experiment>, updateMask: string[]) =>
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: { id: 'bounded', etag, ...fields },
+              updateMask,
+            }),
+          );
+        // The other bound is kept, not read as 0 from the request's range.
+        const grown = await update(
+          created.experiment?.etag ?? '',
+          { layerRange: { start: 0, end: 0.5 } },
+          ['layer_range.end'],
+        );
+        expect(grown.experiment?.layerRange).toEqual({ start: 0.1, end: 0.5 });
+        const moved = await update(
+          grown.experiment?.etag ?? '',
+          { layerRange: { start: 0.05, end: 0 } },
+          ['layer_range.start'],
+        );
+        expect(moved.experiment?.layerRange).toEqual({ start: 0.05, end: 0.5 });
+        // Reported under the bound named, and an unknown subfield is refused as such.
+        const invalid = await failure(
+          update(moved.experiment?.etag ?? '', { layerRange: { start: 0, end: 1.5 } }, [
+            'layer_range.end',
+            'layer_range.middle',
+          ]),
+        );
+        expect(fieldReasons(invalid)).toEqual([
+          ['update_mask.paths[1]', 'UNKNOWN_FIELD'],
+          ['experiment.layer_range.end', 'OUT_OF_RANGE'],
+        ]);
+        const bandit = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: draftBandit('nested-bandit') }),
+        );
+        const shared = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              id: 'nested-bandit',
+              etag: bandit.experiment?.etag ?? '',
+              bandit: { minArmShare: 0.1 },
+            },
+            updateMask: ['bandit.min_arm_share'],
+          }),
+        );
+        expect(shared.experiment?.bandit).toEqual({ minArmShare: 0.1 });
+      });
+
       it("reports all of an update's problems at once, its mask's, ids' and values', before NOT_FOUND or ABORTED", async () => {
         const { admin } = service;
         const created = await admin.createExperiment(

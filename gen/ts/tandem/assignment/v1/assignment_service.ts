@@ -191,9 +191,11 @@ export interface UpdateExperimentRequest {
     | Experiment
     | undefined;
   /**
-   * Required. The fields to change, as top-level fields of Experiment (for example `coverage`,
-   * `variants`, `condition`), or `*` for every mutable field. A message field changes as a whole:
-   * `layer_range`, not `layer_range.end` (UNKNOWN_FIELD), with both bounds given.
+   * Required. The fields to change, as fields of Experiment (for example `coverage`, `variants`,
+   * `condition`), or `*` for every mutable field. A message field named changes as a whole
+   * (`layer_range`, both bounds given); `layer_range.start` or `layer_range.end` changes one bound
+   * and keeps the other (from an unset range, 0 and 1); `bandit.min_arm_share` is `bandit`. Other
+   * subfields are UNKNOWN_FIELD.
    */
   updateMask?:
     | string[]
