@@ -1227,7 +1227,11 @@ function compileExperiment(
     etag: definition.etag ?? '',
     variants,
     ranges,
-    allocationSequence: bandit ? (links.allocation?.sequence ?? 0) : 0,
+    // The sequence of the allocation drawn from: none when it is ignored (set for other arms).
+    allocationSequence:
+      bandit && links.allocation !== undefined && allocationFits(definition, links.allocation)
+        ? links.allocation.sequence
+        : 0,
     index,
     serving: servingOf(definition),
     startMs: definition.scheduledStartTime ?? -Infinity,

@@ -20,7 +20,7 @@ import {
   type FieldViolation,
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
-import { AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
+import { allocationFits, AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import { etagOf, experimentDefinition, type AllocationDocument } from '../store/documents';
 import { allocationMessage, INITIAL_ALLOCATION_ETAG, timestampViolation } from './messages';
@@ -201,7 +201,9 @@ export async function applyAllocation(
   }
   // One stored before sequences were bounded, beyond the bound, orders nothing: otherwise no
   // later update could ever pass it.
-  const held = current?.doc.sequence ?? 0;
+  // One set for other arms (a DRAFT's variants changed, its drop failed) is not in effect, and
+  // orders nothing either: GetAllocation, Resolve and exposures show sequence 0.
+  const held = current !== undefined && allocationFits(doc, current.doc) ? current.doc.sequence : 0;
   const storedSequence = held > now + MAX_SEQUENCE_AHEAD_MS ? 0 : held;
   const sequence =
     allocation.sequence === 0 ? Math.max(storedSequence + 1, now) : allocation.sequence;
