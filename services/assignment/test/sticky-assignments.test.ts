@@ -107,4 +107,33 @@ describe('sticky assignments', () => {
     expect(lookup.error).toBeInstanceOf(Error);
     store = await openEmbeddedStore({ path: mkdtempSync(join(tmpdir(), 'tandem-sticky-')) });
   });
+
+  it('does not let a lookup under way when this replica stored a variant cache it as absent', async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    const collection = sticky['collection'];
+    const getMany = collection.getMany.bind(collection);
+    let release = (): void => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const read = jest.spyOn(collection, 'getMany').mockImplementationOnce(async (ids) => {
+      const found = await getMany(ids); // read before the store below: nothing yet
+      await gate;
+      return found;
+    });
+    try {
+      // A Resolve's lookup is reading; meanwhile this replica's Apply stores the unit's variant.
+      const lookup = sticky.lookup('user', 'u1', ['exp'], T0);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sticky.store('exp', 'user', 'u1', variant('treatment'), HOUR, T0);
+      release();
+      expect((await lookup).found.get('exp')).toEqual(variant('treatment'));
+    } finally {
+      read.mockRestore();
+    }
+    // The next Resolve on this replica, from the cache (storage is not asked again).
+    const reads = jest.spyOn(collection, 'getMany');
+    expect((await sticky.lookup('user', 'u1', ['exp'], T0 + 100)).found.get('exp')).toEqual(
+      variant('treatment'),
+    );
+    expect(reads).not.toHaveBeenCalled();
+  });
 });

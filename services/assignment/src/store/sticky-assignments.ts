@@ -37,8 +37,7 @@ interface CacheEntry {
 
 /**
  * A stored assignment's expiry in ms, or undefined once it has expired at `now`. Both stores hide
- * a document past its expiry (an insert replaces it), whenever their sweep runs; this also holds
- * for a `now` a little ahead of the clock (an exposure time set by the client).
+ * a document past its expiry (an insert replaces it), whenever their sweep runs.
  */
 function liveUntil(doc: StickyDocument | undefined, now: number): number | undefined {
   if (doc === undefined) return undefined;
@@ -116,16 +115,22 @@ export class StickyAssignments {
     } catch (error) {
       return { found, unavailable: missingIds, error };
     }
-    for (const key of missing) {
+    missing.forEach((key, i) => {
       const doc = stored.get(key)?.doc;
       const expiresAt = liveUntil(doc, now);
       const assignment =
         doc && expiresAt !== undefined
           ? { variantKey: doc.variantKey, allocationSequence: doc.allocationSequence }
           : undefined;
+      const cached = this.cache.get(key);
+      if (assignment === undefined && cached?.assignment && cached.expiresAt > now) {
+        // Stored by this replica while the read was under way (an Apply): the read is older.
+        found.set(missingIds[i] ?? '', cached.assignment);
+        return;
+      }
       this.remember(key, { assignment, checkedAt: now, expiresAt: expiresAt ?? 0 });
-      if (doc && assignment) found.set(doc.experimentId, assignment);
-    }
+      if (assignment) found.set(missingIds[i] ?? '', assignment);
+    });
     return { found, unavailable: NONE };
   }
 
