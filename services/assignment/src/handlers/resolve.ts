@@ -234,7 +234,9 @@ async function logExposures(
             unit.id,
             sticky,
             experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
-            shownAt,
+            // Storage's clock, not the client's exposure time: the TTL runs from the storing,
+            // and whether a stored variant is still live is judged now.
+            Date.now(),
           )
           .then((kept) => {
             // Another resolve's variant was stored first (weights moved between the two): the

@@ -1779,6 +1779,60 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         });
       });
 
+      it("times a sticky variant by the service's clock, not by the exposure time the client sends", async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('sticky-clock', {
+              surfaces: ['sticky-clock'],
+              sticky: true,
+              stickyTtl: { seconds: 30, nanos: 0 },
+            }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-clock' }));
+        // (a) An exposure time 50 s ahead does not make a variant stored 30 s ago look expired.
+        const ahead = await client.resolve(
+          resolveRequest('clock-1', { surfaces: ['sticky-clock'] }),
+        );
+        const other = ahead.assignments[0]?.variantKey === 'control' ? 'treatment' : 'control';
+        const otherReplica = await StickyAssignments.open(service.runtime.store, 10);
+        await otherReplica.store(
+          'sticky-clock',
+          'user',
+          'clock-1',
+          { variantKey: other, allocationSequence: 0 },
+          30_000,
+          Date.now(),
+        );
+        await client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: ahead.resolveToken,
+            exposureTime: new Date(Date.now() + 50_000),
+          }),
+        );
+        const fresh = await StickyAssignments.open(service.runtime.store, 10);
+        const stored = await fresh.lookup('user', 'clock-1', ['sticky-clock'], Date.now());
+        expect(stored.found.get('sticky-clock')?.variantKey).toBe(other);
+        // (b) Applied with an exposure time 40 s back, past the TTL: stored for 30 s from now.
+        const late = await client.resolve(
+          resolveRequest('clock-2', { surfaces: ['sticky-clock'] }),
+        );
+        await client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: late.resolveToken,
+            exposureTime: new Date(Date.now() - 40_000),
+          }),
+        );
+        const again = await client.resolve(
+          resolveRequest('clock-2', { surfaces: ['sticky-clock'] }),
+        );
+        expect(again.assignments[0]).toMatchObject({
+          variantKey: late.assignments[0]?.variantKey,
+          reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+        });
+      });
+
       it('serves and logs the stored variant when a Resolve with apply finds another stored since its lookup', async () => {
         const { client } = service;
         const first = await client.resolve(resolveRequest('race-2', { surfaces: ['sticky-race'] }));
@@ -2337,6 +2391,56 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('bandit allocations', () => {
+      it('ignores, for sequences too, an allocation left for arms the experiment no longer has', async () => {
+        const { admin, client } = service;
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: draftBandit('ignored-arms') }),
+        );
+        await admin.updateAllocation(allocateNinetyTen('ignored-arms'));
+        // New arms; the drop of the old arms' allocation fails (the change itself is stored).
+        const drop = jest
+          .spyOn(service.service.context.store.allocations, 'delete')
+          .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+        try {
+          await admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...draftBandit('ignored-arms', [variant('control', 0.5), variant('t2', 0.5)]),
+                etag: created.experiment?.etag ?? '',
+              },
+              updateMask: ['variants'],
+            }),
+          );
+        } finally {
+          drop.mockRestore();
+        }
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'ignored-arms' }));
+        const inEffect = await client.getAllocation({ experimentId: 'ignored-arms' });
+        expect(inEffect.allocation).toMatchObject({ sequence: 0, source: 'experiment' });
+        // Drawn from the variants' own weights: labelled with sequence 0, not the ignored 10.
+        const resolved = await client.resolve(
+          resolveRequest('ignored-1', { surfaces: ['ignored-arms'] }),
+        );
+        expect(resolved.assignments[0]).toMatchObject({
+          reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+          allocationSequence: 0,
+        });
+        // Nor does it order the next update: sequence 5 is the first for these arms.
+        const updated = await admin.updateAllocation(
+          UpdateAllocationRequest.fromPartial({
+            allocation: {
+              experimentId: 'ignored-arms',
+              weights: [
+                { variantKey: 'control', weight: 0.7 },
+                { variantKey: 't2', weight: 0.3 },
+              ],
+              sequence: 5,
+            },
+          }),
+        );
+        expect(updated.allocation).toMatchObject({ sequence: 5 });
+      });
+
       it('applies weights with the minimum arm share, orders them by sequence, and keeps sticky units', async () => {
         const { admin, client } = service;
         const notSticky = await failure(
