@@ -423,6 +423,8 @@ export class BufferedPublisher {
     clearTimeout(this.recordTimer);
     this.recordTimer = undefined;
     while (this.recording !== undefined) await this.recording;
+    // The last chance (bounded by the close's deadline): a bypass still running would drop them.
+    this.gateBypassedUntil = -Infinity;
     await this.recordUnrecorded();
     await this.spillQueue();
     this.progress.notify();

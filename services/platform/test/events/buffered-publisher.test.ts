@@ -575,6 +575,23 @@ describe('BufferedPublisher', () => {
       }
     }
 
+    it('tells the gate, at close, what the stream acked while a bypass was still running', async () => {
+      const gate = new SetGate();
+      gate.failing = 'reject';
+      // The service's defaults: a 5 s bypass after a failed gate call, a close of 3 s.
+      const events = create({ gate });
+      events.enqueue(SUBJECT, EchoRequest, echo('acked'), 'acked');
+      await events.flush(5_000);
+      await eventually(() => {
+        expect(received).toEqual(['acked']);
+      });
+      // Storage answers again, and the replica shuts down (a rolling update) within the bypass.
+      gate.failing = 'no';
+      await events.close(3_000);
+      // Told: another replica does not publish the same id again after the stream's window.
+      expect([...gate.recorded]).toEqual(['acked']);
+    });
+
     it('skips the events the gate knows were published and records those the stream acked', async () => {
       const gate = new SetGate();
       gate.recorded.add('seen-elsewhere');
