@@ -477,9 +477,10 @@ export interface ApplyRequest {
   /**
    * Optional. Idempotency key: a retry with the same value and the same resolve token returns the
    * first result (the token is verified first; another token makes it another call). The replica
-   * that answered remembers it; another finds the exposures logged that UTC day and counts them
-   * in `already_logged_count`. A retry without `exposure_time` that arrives on another UTC day
-   * than the first call logs them again, for that day: set `exposure_time` to make retries exact.
+   * that answered remembers it; another counts the exposures again in `logged_count`, but does
+   * not publish those logged that UTC day again (its publisher finds them in the exposure
+   * ledger). A retry without `exposure_time` that arrives on another UTC day than the first call
+   * logs them again, for that day: set `exposure_time` to make retries exact.
    */
   requestId: string;
 }

@@ -108,8 +108,10 @@ export interface ExposureEvent {
    */
   allocationSequence: number;
   /**
-   * Required. When the assignment was computed (the Resolve call); `event_time` is when it was
-   * shown, and is never earlier.
+   * Required. When the assignment was computed (the Resolve call), by the clock of the replica
+   * that resolved it; `event_time` is when it was shown, and is never earlier unless that clock
+   * ran more than a minute ahead of the applying replica's (`event_time` is raised to at most one
+   * minute past the Apply's arrival).
    */
   resolveTime?:
     | Date
