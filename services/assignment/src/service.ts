@@ -46,6 +46,8 @@ const CONFIG_CHANGE_FLUSH_MS = 1_000;
 const EXPOSURE_SPOOL_TTL_MS = 24 * 60 * 60 * 1000;
 /** How often a running replica looks for exposures another one kept at its shutdown. */
 const SPOOL_RESTORE_INTERVAL_MS = 60_000;
+/** How often a running replica frees what is left of deleted experiments' sticky assignments. */
+const STICKY_SWEEP_INTERVAL_MS = 60_000;
 
 /** A started Assignment service. */
 export interface RunningAssignment {
@@ -157,6 +159,7 @@ export async function startAssignment(
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       configuration.stopPolling();
       clearInterval(spoolTimer);
+      clearInterval(stickySweepTimer);
       await Promise.all(subscriptions.map((s) => s.stop()));
       await Promise.all([
         exposurePublisher.close(EXPOSURE_FLUSH_MS),
@@ -180,5 +183,16 @@ export async function startAssignment(
   restoreSpooled();
   const spoolTimer = setInterval(restoreSpooled, SPOOL_RESTORE_INTERVAL_MS);
   spoolTimer.unref();
+  // A deleted experiment's sticky assignments stored after its deletion freed them (an Apply
+  // under way), or left by a failed freeing (see `StickyAssignments.release`).
+  const stickySweepTimer = setInterval(() => {
+    context.sticky.sweepReleased(Date.now()).catch((error: unknown) => {
+      logger.warn(
+        { err: error },
+        "could not free deleted experiments' sticky assignments; trying again",
+      );
+    });
+  }, STICKY_SWEEP_INTERVAL_MS);
+  stickySweepTimer.unref();
   return { context, exposureStats: () => exposurePublisher.stats(), stop };
 }

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { AbortedError, AlreadyExistsError } from '../../platform/src/errors';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
-import { StickyAssignments } from '../src/store/sticky-assignments';
+import { RELEASE_GRACE_MS, StickyAssignments } from '../src/store/sticky-assignments';
 
 const HOUR = 3_600_000;
 // Times ahead of the clock: the store hides documents whose expiry has passed by the real clock,
@@ -135,5 +135,24 @@ describe('sticky assignments', () => {
       variant('treatment'),
     );
     expect(reads).not.toHaveBeenCalled();
+  });
+
+  it('keeps a release whose freeing failed for the next sweep, on any replica', async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    const now = Date.now();
+    await sticky.store('gone', 'user', 'u1', variant('treatment'), HOUR, now);
+    await sticky.store('kept', 'user', 'u1', variant('control'), HOUR, now);
+    await sticky.release('gone', now);
+    const forget = jest
+      .spyOn(sticky, 'forget')
+      .mockRejectedValueOnce(new AbortedError('storage timed out'));
+    await expect(sticky.sweepReleased(now + RELEASE_GRACE_MS)).rejects.toThrow('storage timed out');
+    forget.mockRestore();
+    const other = await StickyAssignments.open(store, 100);
+    expect(await other.sweepReleased(now + RELEASE_GRACE_MS - 1)).toBe(0);
+    expect(await other.sweepReleased(now + RELEASE_GRACE_MS)).toBe(1);
+    expect(await other.sweepReleased(now + RELEASE_GRACE_MS)).toBe(0);
+    const found = await other.lookup('user', 'u1', ['gone', 'kept'], now);
+    expect([...found.found.keys()]).toEqual(['kept']);
   });
 });

@@ -518,7 +518,10 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         ) {
           throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
         }
-        if (before.doc.startTime !== null) await context.store.retire('experiment', request.id);
+        if (before.doc.startTime !== null) {
+          await context.store.retire('experiment', request.id);
+          await context.sticky.release(request.id, Date.now());
+        }
         await context.store.recordDeletion('experiment', request.id);
         if (!(await context.store.experiments.delete(request.id, versionOf(request.etag)))) {
           throw notFound('experiment', request.id);
@@ -528,7 +531,8 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           { type: 'experiment', id: request.id, stored: undefined },
           ConfigChangeType.CONFIG_CHANGE_TYPE_DELETED,
         );
-        // Freeing sticky assignments may take a while; the delete does not wait for it.
+        // Freeing sticky assignments may take a while; the delete does not wait for it. What this
+        // misses (an Apply storing meanwhile, a failure) the periodic sweep frees (`release`).
         context.sticky.forget(request.id).catch((error: unknown) => {
           context.logger.warn(
             { err: error, experiment: request.id },

@@ -45,6 +45,21 @@ function liveUntil(doc: StickyDocument | undefined, now: number): number | undef
   return expiresAt > now ? expiresAt : undefined;
 }
 
+/**
+ * A deleted experiment whose sticky assignments are being freed (see
+ * {@link StickyAssignments.release}).
+ */
+interface ReleaseDocument {
+  readonly id: string;
+  readonly deleteTime: number;
+}
+
+/**
+ * How long after a deletion its sticky assignments are looked for once more: longer than an Apply
+ * that passed its checks before the deletion takes to store its variant.
+ */
+export const RELEASE_GRACE_MS = 60_000;
+
 /** Tries at storing a first assignment while other writers change the same document. */
 const STORE_ATTEMPTS = 3;
 
@@ -69,6 +84,7 @@ export class StickyAssignments {
 
   private constructor(
     private readonly collection: Collection<StickyDocument>,
+    private readonly releases: Collection<ReleaseDocument>,
     private readonly capacity: number,
   ) {}
 
@@ -78,7 +94,8 @@ export class StickyAssignments {
       indexes: [{ fields: ['experimentId'] }],
       expireAtField: 'expiresAt',
     });
-    return new StickyAssignments(collection, capacity);
+    const releases = await store.collection<ReleaseDocument>({ name: 'sticky_releases' });
+    return new StickyAssignments(collection, releases, capacity);
   }
 
   /**
@@ -193,6 +210,36 @@ export class StickyAssignments {
       `the sticky assignment of ${unitType} "${unitId}" in experiment "${experimentId}" kept changing while it was stored; try again`,
       { reason: 'STICKY_WRITE_CONFLICT' },
     );
+  }
+
+  /**
+   * Records that a deleted experiment's sticky assignments are to be freed: call it before the
+   * deletion (a failure then leaves the experiment stored), then {@link forget}. An Apply that
+   * passed its checks before the deletion may still store one after `forget` looked, and `forget`
+   * itself may fail; {@link sweepReleased} looks again, on every replica, until one pass after
+   * {@link RELEASE_GRACE_MS} succeeded. Only for an experiment that served: the id of one that
+   * did not may be used again, and its assignments would be the new one's.
+   */
+  async release(experimentId: string, now: number): Promise<void> {
+    await this.releases.upsert({ id: experimentId, deleteTime: now });
+  }
+
+  /**
+   * Frees, once more, the sticky assignments of every experiment released at least
+   * {@link RELEASE_GRACE_MS} before `now`, and forgets the release once that succeeded. Returns
+   * how many assignments it deleted. A failure leaves the release for the next sweep.
+   */
+  async sweepReleased(now: number): Promise<number> {
+    const due: Versioned<ReleaseDocument>[] = [];
+    for await (const release of this.releases.scan()) {
+      if (now - release.doc.deleteTime >= RELEASE_GRACE_MS) due.push(release);
+    }
+    let deleted = 0;
+    for (const release of due) {
+      deleted += await this.forget(release.doc.id);
+      await this.releases.delete(release.doc.id, release.version);
+    }
+    return deleted;
   }
 
   /** Deletes every stored assignment of a deleted experiment. */

@@ -51,7 +51,7 @@ import { failure } from '../../../platform/test/support/failure';
 import { rawCallError as rawCall } from '../../../platform/test/support/raw-call';
 import { withTimestampNanos } from '../../../platform/test/support/timestamps';
 import { hash } from '../../src/domain';
-import { StickyAssignments } from '../../src/store/sticky-assignments';
+import { RELEASE_GRACE_MS, StickyAssignments } from '../../src/store/sticky-assignments';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
@@ -1777,6 +1777,70 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           variantKey: other,
           reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
         });
+      });
+
+      it('frees the sticky assignments of a deleted experiment, also one an Apply stores after the deletion', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('sticky-gone', { surfaces: ['sticky-gone'], sticky: true }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-gone' }));
+        const early = await client.resolve(resolveRequest('gone-1', { surfaces: ['sticky-gone'] }));
+        await client.apply(ApplyRequest.fromPartial({ resolveToken: early.resolveToken }));
+        const late = await client.resolve(resolveRequest('gone-2', { surfaces: ['sticky-gone'] }));
+        await admin.stopExperiment(StopExperimentRequest.fromPartial({ id: 'sticky-gone' }));
+        const sticky = service.service.context.sticky;
+        const storeSticky = sticky.store.bind(sticky);
+        let release = (): void => undefined;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const store = jest.spyOn(sticky, 'store').mockImplementation(async (...args) => {
+          await gate; // past its checks, its write on its way (a slow storage round trip)
+          return storeSticky(...args);
+        });
+        const forget = jest.spyOn(sticky, 'forget');
+        try {
+          // Shown before the stop: logged, and its sticky variant stored, after the deletion.
+          const applying = client.apply(
+            ApplyRequest.fromPartial({
+              resolveToken: late.resolveToken,
+              exposureTime: late.resolveTime,
+            }),
+          );
+          await eventually(() => {
+            expect(store).toHaveBeenCalledTimes(1);
+          });
+          const current = await client.getExperiment({ id: 'sticky-gone' });
+          await admin.deleteExperiment(
+            DeleteExperimentRequest.fromPartial({
+              id: 'sticky-gone',
+              etag: current.experiment?.etag ?? '',
+            }),
+          );
+          await eventually(() => {
+            expect(forget).toHaveBeenCalledTimes(1);
+          });
+          expect(await forget.mock.results[0]?.value).toBe(1);
+          release();
+          await applying;
+        } finally {
+          store.mockRestore();
+          forget.mockRestore();
+        }
+        const left = async (): Promise<string[]> => {
+          const ids: string[] = [];
+          for await (const item of sticky['collection'].scan({ experimentId: 'sticky-gone' })) {
+            ids.push(item.doc.unitId);
+          }
+          return ids;
+        };
+        expect(await left()).toEqual(['gone-2']);
+        // Not yet looked for again within the grace, then freed, and the release with it.
+        expect(await sticky.sweepReleased(Date.now())).toBe(0);
+        expect(await sticky.sweepReleased(Date.now() + RELEASE_GRACE_MS)).toBe(1);
+        expect(await left()).toEqual([]);
+        expect(await sticky.sweepReleased(Date.now() + RELEASE_GRACE_MS)).toBe(0);
       });
 
       it("times a sticky variant by the service's clock, not by the exposure time the client sends", async () => {
