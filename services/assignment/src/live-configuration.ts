@@ -161,6 +161,11 @@ export class LiveConfiguration {
   private view: ConfigurationView | undefined;
   private chain: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  /** Whether the periodic check runs (see `startPolling`). */
+  private polling = false;
+  /** The check under way, and the last schedule step started (see `stopPolling`). */
+  private checking: Promise<void> | undefined;
+  private scheduling: Promise<void> | undefined;
   /**
    * A change of this replica is stored but its version bump failed, so no replica would reload
    * for it (nor this one: its view is the one before). The next check bumps the version.
@@ -338,12 +343,20 @@ export class LiveConfiguration {
   }
 
   /**
-   * Starts the periodic check. `onTick` (the schedule) starts after each check, one run at a time;
-   * the checks do not wait for it, since it queues behind this replica's configuration writes.
+   * Starts the periodic check. `beforeCheck` runs first at each check, awaited (it may bring the
+   * configuration up itself, which the check then finds done); it must not throw. `onTick` (the
+   * schedule) starts after each check, one run at a time; the checks do not wait for it, since it
+   * queues behind this replica's configuration writes.
    */
-  startPolling(intervalMs: number, onTick: () => Promise<void>): void {
+  startPolling(
+    intervalMs: number,
+    onTick: () => Promise<void>,
+    beforeCheck: () => Promise<void> = () => Promise.resolve(),
+  ): void {
+    this.polling = true;
     let ticking = false;
     const tick = async (): Promise<void> => {
+      await beforeCheck();
       let checked = false;
       try {
         await this.refresh();
@@ -352,22 +365,32 @@ export class LiveConfiguration {
         this.logger.warn({ err: error }, 'configuration check failed; serving the last one loaded');
       }
       // After a failed check storage is likely down, and the step would only fail too.
-      if (checked && !ticking) {
+      if (checked && !ticking && this.polling) {
         ticking = true;
-        onTick()
+        this.scheduling = onTick()
           .catch((error: unknown) => {
             this.logger.warn({ err: error }, 'the schedule step failed; it runs again next check');
           })
           .finally(() => (ticking = false));
       }
-      if (this.timer !== undefined) this.timer = setTimeout(() => void tick(), intervalMs).unref();
+      if (this.polling) this.timer = setTimeout(run, intervalMs).unref();
     };
-    this.timer = setTimeout(() => void tick(), intervalMs).unref();
+    const run = (): void => {
+      if (this.polling) this.checking = tick();
+    };
+    this.timer = setTimeout(run, intervalMs).unref();
   }
 
-  stopPolling(): void {
+  /**
+   * Stops the periodic check, and waits for a check and a schedule step under way: a shutdown
+   * closes storage after this, under a write lease such a step may hold.
+   */
+  async stopPolling(): Promise<void> {
+    this.polling = false;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
+    await this.checking;
+    await this.scheduling;
   }
 
   private exclusive<T>(work: () => Promise<T>): Promise<T> {

@@ -126,22 +126,26 @@ export async function startAssignment(
     await followAllocationUpdates(bus, context),
     await followConfigurationChanges(bus, configuration, config.replicaId, logger),
   ];
-  // After each check: a write lease left past its time (its holder died, or its write stored a
+  // Before each check: a write lease left past its time (its holder died, or its write stored a
   // change it could not announce) is taken over, which reloads and announces what that holder
-  // stored, without waiting for the next write; then the schedule moves on.
-  configuration.startPolling(config.reloadIntervalMs, async () => {
-    try {
-      if (await context.writes.takeOverAbandoned()) {
-        logger.info({}, 'took over the configuration-write lease its holder left unsettled');
+  // stored without waiting for the next write (and the check then finds it done); after it, the
+  // schedule moves on.
+  configuration.startPolling(
+    config.reloadIntervalMs,
+    () => context.writes.serially(() => advanceSchedule(context, Date.now())),
+    async () => {
+      try {
+        if (await context.writes.takeOverAbandoned()) {
+          logger.info({}, 'took the configuration-write lease its holder left past its time');
+        }
+      } catch (error) {
+        logger.warn(
+          { err: error },
+          'could not take over the configuration-write lease its holder left; trying again next check',
+        );
       }
-    } catch (error) {
-      logger.warn(
-        { err: error },
-        'could not take over the configuration-write lease its holder left; trying again next check',
-      );
-    }
-    await context.writes.serially(() => advanceSchedule(context, Date.now()));
-  });
+    },
+  );
   logger.info(
     {
       configVersion: configuration.current().version,
@@ -157,9 +161,9 @@ export async function startAssignment(
       // gRPC server step, this step runs before it, and closing the publishers while calls were
       // still answered would drop every exposure they applied, each answered as dropped.
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
-      configuration.stopPolling();
       clearInterval(spoolTimer);
       clearInterval(stickySweepTimer);
+      await Promise.all([configuration.stopPolling(), sweeping]);
       await Promise.all(subscriptions.map((s) => s.stop()));
       await Promise.all([
         exposurePublisher.close(EXPOSURE_FLUSH_MS),
@@ -185,13 +189,21 @@ export async function startAssignment(
   spoolTimer.unref();
   // A deleted experiment's sticky assignments stored after its deletion freed them (an Apply
   // under way), or left by a failed freeing (see `StickyAssignments.release`).
+  let sweeping: Promise<void> | undefined;
   const stickySweepTimer = setInterval(() => {
-    context.sticky.sweepReleased(Date.now()).catch((error: unknown) => {
-      logger.warn(
-        { err: error },
-        "could not free deleted experiments' sticky assignments; trying again",
-      );
-    });
+    // One sweep at a time: freeing a large experiment's assignments can outlast the interval.
+    sweeping ??= context.sticky
+      .sweepReleased(Date.now())
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          logger.warn(
+            { err: error },
+            "could not free deleted experiments' sticky assignments; trying again",
+          );
+        },
+      )
+      .finally(() => (sweeping = undefined));
   }, STICKY_SWEEP_INTERVAL_MS);
   stickySweepTimer.unref();
   return { context, exposureStats: () => exposurePublisher.stats(), stop };

@@ -26,16 +26,18 @@ describe('the live configuration', () => {
   });
 
   afterEach(async () => {
-    live.stopPolling();
+    await live.stopPolling();
     await store.close();
     rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('reloads stored changes while the schedule step is still waiting', async () => {
     let ticks = 0;
+    let unstick = (): void => undefined;
     live.startPolling(20, () => {
       ticks++;
-      return new Promise(() => undefined); // never finishes, like a step stuck behind a lease
+      // Does not finish until the end, like a step stuck behind a lease.
+      return new Promise((resolve) => (unstick = resolve));
     });
     await eventually(() => {
       expect(ticks).toBe(1);
@@ -55,6 +57,37 @@ describe('the live configuration', () => {
     }, 2000);
     // One schedule run at a time: the stuck one is not piled on.
     expect(ticks).toBe(1);
+    unstick();
+  });
+
+  it('waits, when stopped, for the check under way, and starts nothing after it', async () => {
+    let release = (): void => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const events: string[] = [];
+    live.startPolling(
+      10,
+      () => {
+        events.push('schedule');
+        return Promise.resolve();
+      },
+      async () => {
+        events.push('before check');
+        await gate; // a takeover of the write lease under way, say
+        events.push('before check done');
+      },
+    );
+    await eventually(() => {
+      expect(events).toEqual(['before check']);
+    }, 2000);
+    let stopped = false;
+    const stopping = live.stopPolling().then(() => (stopped = true));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(stopped).toBe(false);
+    release();
+    await stopping;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The check finished before the stop returned, and no schedule step or check followed.
+    expect(events).toEqual(['before check', 'before check done']);
   });
 
   it('catches up to a version another replica has seen, sharing one refresh between callers', async () => {

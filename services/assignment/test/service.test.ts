@@ -8,6 +8,7 @@ import { UnavailableError } from '../../platform/src/errors';
 import { bootstrap } from '../../platform/src/bootstrap';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { startAssignment } from '../src/service';
+import { StickyAssignments } from '../src/store/sticky-assignments';
 import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   ApplyRequest,
@@ -87,6 +88,71 @@ describe('a replica whose version bump failed once', () => {
       expect(listed.experiments.map((e) => e.id).sort()).toEqual(['next', 'unannounced']);
     } finally {
       await service.stop();
+    }
+  });
+});
+
+describe('a replica whose version bump failed, left to its periodic check', () => {
+  it('announces the change with one version bump, and settles the lease it left', async () => {
+    const service = await startTestAssignment({ reloadInterval: '100ms' });
+    try {
+      const store = service.service.context.store;
+      const before = await store.version();
+      jest
+        .spyOn(store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      const unannounced = await failure(
+        service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('announced-once') }),
+        ),
+      );
+      expect(unannounced.reason).toBe('CHANGE_NOT_ANNOUNCED');
+      await eventually(async () => {
+        expect(service.service.context.configuration.hasUnannouncedChange()).toBe(false);
+        expect(await store.writeLeaseAbandoned()).toBe(false);
+      });
+      // A few checks more: each replica reloads once for the change, not once per bump.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await store.version()).toBe(before + 1);
+    } finally {
+      await service.stop();
+    }
+  });
+
+  it('runs one sweep of released sticky assignments at a time, and waits for it when stopped', async () => {
+    const sweeps: (() => void)[] = [];
+    const timers: (() => void)[] = [];
+    const realSetInterval = global.setInterval;
+    const intervals = jest
+      .spyOn(global, 'setInterval')
+      .mockImplementation((callback: () => void, ms?: number) => {
+        if (ms === 60_000) timers.push(callback);
+        return realSetInterval(callback, ms);
+      });
+    const sweep = jest.spyOn(StickyAssignments.prototype, 'sweepReleased').mockImplementation(
+      () =>
+        new Promise<number>((resolve) => {
+          sweeps.push(() => {
+            resolve(0);
+          });
+        }),
+    );
+    const service = await startTestAssignment({ reloadInterval: '1h' });
+    const state = { stopped: false };
+    try {
+      // Two intervals pass while the first sweep (a large experiment's) is still freeing.
+      for (let tick = 0; tick < 2; tick++) for (const timer of timers) timer();
+      expect(sweep).toHaveBeenCalledTimes(1);
+      const stopping = service.stop().then(() => (state.stopped = true));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(state.stopped).toBe(false);
+      for (const finish of sweeps) finish();
+      await stopping;
+    } finally {
+      intervals.mockRestore();
+      sweep.mockRestore();
+      for (const finish of sweeps) finish();
+      if (!state.stopped) await service.stop();
     }
   });
 });
