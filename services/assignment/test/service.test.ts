@@ -24,7 +24,7 @@ import {
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { failure } from '../../platform/test/support/failure';
-import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment';
+import { AllocationMode, ExperimentStatus } from '../../../gen/ts/tandem/assignment/v1/experiment';
 import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { ALLOCATION_SUBJECT } from '../src/events/streams';
 import { experiment, holdout, resolveRequest } from './support/fixtures';
@@ -153,6 +153,64 @@ describe('a replica whose version bump failed, left to its periodic check', () =
       sweep.mockRestore();
       for (const finish of sweeps) finish();
       if (!state.stopped) await service.stop();
+    }
+  });
+});
+
+describe('two replicas, after one made a schedule step whose version bump failed and stopped', () => {
+  it('shows the step on the other replica, which finds it made when it tries it', async () => {
+    const dataDir = temporaryDataDir();
+    const first = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '100ms',
+    });
+    const second = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '100ms',
+    });
+    let firstStopped = false;
+    let releaseSecond = (): void => undefined;
+    try {
+      await first.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('scheduled-step', {
+            scheduledStartTime: new Date(Date.now() + 1500),
+          }),
+        }),
+      );
+      await first.admin.startExperiment(
+        StartExperimentRequest.fromPartial({ id: 'scheduled-step' }),
+      );
+      await eventually(async () => {
+        const seen = await second.client.getExperiment({ id: 'scheduled-step' });
+        expect(seen.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_SCHEDULED);
+      });
+      // The second replica's queue is held (a write of its own), so the first makes the step.
+      const held = second.service.context.writes.serially(
+        () => new Promise<void>((resolve) => (releaseSecond = resolve)),
+      );
+      jest
+        .spyOn(first.service.context.store, 'bumpVersion')
+        .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+      await eventually(async () => {
+        const stored = await first.service.context.store.experiments.get('scheduled-step');
+        expect(stored?.doc.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_RUNNING);
+      });
+      // Stopped (a rolling update) before its next check could announce it.
+      await first.stop();
+      firstStopped = true;
+      releaseSecond();
+      await held;
+      await eventually(async () => {
+        const seen = await second.client.getExperiment({ id: 'scheduled-step' });
+        expect(seen.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_RUNNING);
+      }, 3000);
+    } finally {
+      releaseSecond();
+      if (!firstStopped) await first.stop();
+      await second.stop();
     }
   });
 });

@@ -699,6 +699,7 @@ function stoppedNow(doc: ExperimentDocument, now: number): ExperimentDocument | 
  * evaluator already serves by the schedule's times, so the status only has to catch up).
  */
 export async function advanceSchedule(context: AssignmentContext, now: number): Promise<void> {
+  let stale = false;
   for (const { doc, version } of context.configuration.current().experiments.values()) {
     let next: ExperimentDocument | undefined;
     if (
@@ -727,6 +728,11 @@ export async function advanceSchedule(context: AssignmentContext, now: number): 
       await saveExperiment(context, next, version);
     } catch (error) {
       if (!(error instanceof AbortedError)) throw error;
+      stale = true;
     }
   }
+  // Another replica made a step first, or changed the experiment: this view is behind storage.
+  // Read it all rather than wait for a version bump, which may never come (that replica's bump
+  // failed and it stopped before its next check; the schedule step holds no write lease).
+  if (stale) await context.configuration.readAgain();
 }
