@@ -124,6 +124,16 @@ function operatorKeysOnly(value: unknown): boolean {
   return keys.length > 0 && keys.every((k) => k.startsWith('$'));
 }
 
+/**
+ * Whether an `$elemMatch` operand is a query over the elements' fields (`{sku: "a"}`, or, as
+ * MongoDB reads it, one of logical operators: `{$or: [{sku: "a"}, {qty: 2}]}`) rather than
+ * operators applied to each element (`{$gt: 5}`).
+ */
+function elemMatchQuery(operand: unknown): boolean {
+  if (!operatorKeysOnly(operand)) return true;
+  return Object.keys(operand as object).some((k) => k === '$and' || k === '$or' || k === '$nor');
+}
+
 /** `$size`: the array at the path has `size` elements (sift's also tried arrays inside it). */
 class SizeOperation implements ValueOperation {
   keep = false;
@@ -147,9 +157,10 @@ class SizeOperation implements ValueOperation {
 }
 
 /**
- * `$elemMatch`: an element of the array at the path matches. Its query form (fields) takes only
- * documents and arrays, as MongoDB's does, and an array inside the array does not stop the
- * search (sift's did both: `{a: {$elemMatch: {$eq: 1}}}` failed `[1, []]`).
+ * `$elemMatch`: an element of the array at the path matches. Its query form (fields, or logical
+ * operators over fields: see `elemMatchQuery`) takes only documents and arrays, as MongoDB's
+ * does, and an array inside the array does not stop the search (sift's did both:
+ * `{a: {$elemMatch: {$eq: 1}}}` failed `[1, []]`).
  */
 class ElemMatchOperation implements ValueOperation {
   keep = false;
@@ -162,7 +173,7 @@ class ElemMatchOperation implements ValueOperation {
     this.query = createQueryOperation(params as Condition, ownerQuery, options);
     // Not `isOperatorObject`: sift is handed a structured clone, which may come from another
     // realm (jest's), whose objects have another Object.prototype.
-    this.documentsOnly = !operatorKeysOnly(params);
+    this.documentsOnly = elemMatchQuery(params);
   }
 
   reset(): void {
@@ -635,9 +646,9 @@ function escapeFieldValue(value: unknown): unknown {
           : escapeValue(operand);
         break;
       case '$elemMatch':
-        out[op] = operatorKeysOnly(operand)
-          ? escapeFieldValue(operand)
-          : escapeQuery(operand as Condition, true);
+        out[op] = elemMatchQuery(operand)
+          ? escapeQuery(operand as Condition, true)
+          : escapeFieldValue(operand);
         break;
       case '$not':
         // Operators, or (stored before NOT_OF_VALUE) a document sift reads as a query below.
@@ -805,6 +816,12 @@ function validateOperators(
           out.push(violation(at, '$all takes an array of values', 'INVALID_OPERAND'));
         } else if (operand.length === 0) {
           out.push(violation(at, '$all takes a non-empty array of values', EMPTY_ALL));
+        } else {
+          // Its operator objects (`{$elemMatch: …}`) are checked as any: a `$regex` RE2 refuses
+          // would otherwise run as a backtracking RegExp.
+          operand.forEach((item, i) => {
+            if (isOperatorObject(item)) validateOperators(item, `${at}[${i}]`, depth + 1, out);
+          });
         }
         break;
       case '$exists':
@@ -827,10 +844,10 @@ function validateOperators(
         }
         break;
       case '$elemMatch':
-        if (isOperatorObject(operand)) validateOperators(operand, at, depth + 1, out);
-        else if (isPlainObject(operand) && Object.keys(operand).length > 0)
-          validateQuery(operand, at, depth + 1, out);
-        else out.push(violation(at, '$elemMatch takes a non-empty object', 'INVALID_OPERAND'));
+        if (!isPlainObject(operand) || Object.keys(operand).length === 0) {
+          out.push(violation(at, '$elemMatch takes a non-empty object', 'INVALID_OPERAND'));
+        } else if (elemMatchQuery(operand)) validateQuery(operand, at, depth + 1, out);
+        else validateOperators(operand, at, depth + 1, out);
         break;
       case '$not':
         // As MongoDB: `{$not: 5}` is refused there, not read as "not equal to 5".

@@ -409,6 +409,38 @@ describe('validateCondition', () => {
     ]);
   });
 
+  it('checks the operator objects inside $all like any: a $regex RE2 refuses stays refused there', () => {
+    // RE2 refuses the lookahead; a backtracking RegExp takes exponential time over (a|aa)+.
+    const pattern = '^(a|aa)+(?!z)$';
+    expect(validateCondition({ ua: { $all: [{ $regex: pattern }] } })).toEqual([
+      expect.objectContaining({ field: 'condition.ua.$all[0].$regex', reason: UNSUPPORTED_REGEX }),
+    ]);
+    expect(
+      validateCondition({ ua: { $all: [{ $elemMatch: { f: { $regex: pattern } } }] } }).map(
+        (v) => v.field,
+      ),
+    ).toEqual(['condition.ua.$all[0].$elemMatch.f.$regex']);
+    expect(validateCondition({ ua: { $all: [{ $elemMatch: { $gt: 2 } }, 'x'] } })).toEqual([]);
+  });
+
+  it('reads an $elemMatch of $or, $and or $nor alone as a query over the elements, as MongoDB does', () => {
+    const condition = { cart: { $elemMatch: { $or: [{ sku: 'a1' }, { qty: { $gt: 5 } }] } } };
+    expect(validateCondition(condition)).toEqual([]);
+    const matches = compileCondition(condition);
+    expect(matches({ cart: [{ sku: 'b', qty: 9 }] })).toBe(true);
+    expect(matches({ cart: [{ sku: 'a1', qty: 1 }] })).toBe(true);
+    expect(matches({ cart: [{ sku: 'b', qty: 1 }] })).toBe(false);
+    // Elements that are not documents match no field of the query, as in MongoDB.
+    expect(
+      compileCondition({ cart: { $elemMatch: { $or: [{ sku: null }] } } })({ cart: [5] }),
+    ).toBe(false);
+    expect(
+      compileConjunct({ cart: { $elemMatch: { $nor: [{ sku: 'a1' }] } } })({
+        cart: [{ sku: 'b' }],
+      }),
+    ).toBe(true);
+  });
+
   it('rejects a condition that is not an object', () => {
     expect(validateCondition(['a'])[0]?.reason).toBe('INVALID_CONDITION');
     expect(validateCondition('country = SE')[0]?.reason).toBe('INVALID_CONDITION');
