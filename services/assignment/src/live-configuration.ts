@@ -12,6 +12,7 @@ import type { Logger } from '../../platform/src/logging';
 import {
   buildSnapshot,
   EMPTY_ALL,
+  OPERATOR_IN_ALL,
   NOT_OF_VALUE,
   UNSUPPORTED_REGEX,
   type AssignmentSnapshot,
@@ -80,6 +81,11 @@ const OUTDATED_CONDITION_WARNINGS: readonly { reasons: readonly string[]; messag
     reasons: [EMPTY_ALL, NOT_OF_VALUE],
     message:
       'conditions with an empty $all (matching every unit) or a $not of a plain value (read as "not equal"), stored before those were refused, are evaluated as they were; rewrite them',
+  },
+  {
+    reasons: [OPERATOR_IN_ALL],
+    message:
+      'conditions with an invalid operator inside $all (MongoDB takes only {$elemMatch: …} there), stored before it was refused, are evaluated as they were; rewrite them',
   },
 ];
 

@@ -313,6 +313,12 @@ export const UNSUPPORTED_REGEX = 'UNSUPPORTED_REGEX';
  */
 export const EMPTY_ALL = 'EMPTY_ALL';
 export const NOT_OF_VALUE = 'NOT_OF_VALUE';
+/**
+ * A problem inside an operator object of `$all` (`{$all: [{$exists: 1}]}`), which validation did
+ * not look into before: refused when written, evaluated as it was when stored. A problem there
+ * that is tolerated on its own (an {@link UNSUPPORTED_REGEX}) keeps its own reason.
+ */
+export const OPERATOR_IN_ALL = 'OPERATOR_IN_ALL';
 
 /**
  * A condition sift cannot compile as it is compiled: split into conjuncts, each with the names
@@ -328,6 +334,7 @@ export function toleratedWhenStored(violation: { readonly reason?: string }): bo
     violation.reason === UNSUPPORTED_REGEX ||
     violation.reason === EMPTY_ALL ||
     violation.reason === NOT_OF_VALUE ||
+    violation.reason === OPERATOR_IN_ALL ||
     violation.reason === UNCOMPILABLE_CONDITION
   );
 }
@@ -818,9 +825,17 @@ function validateOperators(
           out.push(violation(at, '$all takes a non-empty array of values', EMPTY_ALL));
         } else {
           // Its operator objects (`{$elemMatch: …}`) are checked as any: a `$regex` RE2 refuses
-          // would otherwise run as a backtracking RegExp.
+          // would otherwise run as a backtracking RegExp. Their other problems were not looked
+          // for before, so a stored condition with one is still evaluated (OPERATOR_IN_ALL).
           operand.forEach((item, i) => {
-            if (isOperatorObject(item)) validateOperators(item, `${at}[${i}]`, depth + 1, out);
+            if (!isOperatorObject(item)) return;
+            const inner: FieldViolation[] = [];
+            validateOperators(item, `${at}[${i}]`, depth + 1, inner);
+            for (const problem of inner) {
+              out.push(
+                toleratedWhenStored(problem) ? problem : { ...problem, reason: OPERATOR_IN_ALL },
+              );
+            }
           });
         }
         break;

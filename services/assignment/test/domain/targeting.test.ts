@@ -4,6 +4,7 @@ import {
 } from '@growthbook/growthbook';
 import {
   InvalidConditionError,
+  OPERATOR_IN_ALL,
   UNCOMPILABLE_CONDITION,
   UNSUPPORTED_REGEX,
   compileCondition,
@@ -13,6 +14,8 @@ import {
   validateCondition,
   type Condition,
 } from '../../src/domain/targeting';
+import { buildSnapshot } from '../../src/domain/evaluator';
+import { configuration, experiment } from './fixtures';
 import { loadGolden, type GrowthBookSpec } from './golden';
 
 const spec = loadGolden<GrowthBookSpec>('growthbook-spec.json');
@@ -421,6 +424,30 @@ describe('validateCondition', () => {
       ),
     ).toEqual(['condition.ua.$all[0].$elemMatch.f.$regex']);
     expect(validateCondition({ ua: { $all: [{ $elemMatch: { $gt: 2 } }, 'x'] } })).toEqual([]);
+  });
+
+  it('refuses other problems inside $all when written, but evaluates a condition stored with one', () => {
+    // Accepted before validation looked inside $all: such conditions may be stored.
+    const stored: Condition[] = [
+      { tags: { $all: [{ $exists: 1 }] } },
+      { tags: { $all: [{ $or: [{ a: 1 }] }] } },
+      { tags: { $all: [{ $elemMatch: {} }] } },
+      { tags: { $all: [{ $regex: 'a', $options: 'x' }] } },
+    ];
+    for (const condition of stored) {
+      const problems = validateCondition(condition);
+      expect(problems.map((v) => v.reason)).toEqual([OPERATOR_IN_ALL]);
+      expect(problems.every(toleratedWhenStored)).toBe(true);
+      expect(() => compileConjunct(condition)).not.toThrow();
+    }
+    // As sift read it when it was stored, and the configuration holding it still loads.
+    expect(compileConjunct({ tags: { $all: [{ $exists: 1 }] } })({ tags: ['x'] })).toBe(true);
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: stored.map((condition, i) => experiment({ id: `old-${i}`, condition })),
+      }),
+    );
+    expect([...snapshot.outdatedConditions.keys()]).toEqual(['old-0', 'old-1', 'old-2', 'old-3']);
   });
 
   it('reads an $elemMatch of $or, $and or $nor alone as a query over the elements, as MongoDB does', () => {
