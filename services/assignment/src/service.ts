@@ -21,6 +21,7 @@ import { ADMIN_METHODS, assignmentHandlers } from './handlers';
 import { advanceSchedule } from './handlers/experiments';
 import { resolveServiceDefinition } from './handlers/resolve-response';
 import { maxPageBytes } from '../../platform/src/grpc/pages';
+import { withTimeout } from '../../platform/src/timeout';
 import { LiveConfiguration } from './live-configuration';
 import { ResolveTokens } from './resolve-token';
 import { ConfigurationStore } from './store/configuration-store';
@@ -42,6 +43,8 @@ const WRITE_LEASE_WAIT_MS = 10_000;
  */
 const EXPOSURE_FLUSH_MS = 3_000;
 const CONFIG_CHANGE_FLUSH_MS = 1_000;
+/** How long a shutdown waits for a configuration check, schedule step or sticky sweep under way. */
+const BACKGROUND_STOP_MS = 2_000;
 /** How long exposures kept at a shutdown wait for a replica to publish them. */
 const EXPOSURE_SPOOL_TTL_MS = 24 * 60 * 60 * 1000;
 /** How often a running replica looks for exposures another one kept at its shutdown. */
@@ -163,12 +166,24 @@ export async function startAssignment(
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       clearInterval(spoolTimer);
       clearInterval(stickySweepTimer);
-      await Promise.all([configuration.stopPolling(), sweeping]);
+      // Exposures come from calls only, all answered by now: they are flushed (or kept) at once,
+      // whatever else this waits for.
+      const exposuresClosed = exposurePublisher.close(EXPOSURE_FLUSH_MS);
+      // A check, schedule step or sweep under way (one may hold the write lease) ends before
+      // storage closes, within a bound: one stuck on storage must not keep the rest from
+      // closing within the kit's margin. A sweep left midway is taken up by the next one.
+      await withTimeout(
+        Promise.all([configuration.stopPolling(), sweeping]),
+        BACKGROUND_STOP_MS,
+        () => new Error('timed out'),
+      ).catch((error: unknown) => {
+        logger.warn(
+          { err: error },
+          'a configuration check, schedule step or sticky sweep was still running at shutdown',
+        );
+      });
       await Promise.all(subscriptions.map((s) => s.stop()));
-      await Promise.all([
-        exposurePublisher.close(EXPOSURE_FLUSH_MS),
-        configPublisher.close(CONFIG_CHANGE_FLUSH_MS),
-      ]);
+      await Promise.all([exposuresClosed, configPublisher.close(CONFIG_CHANGE_FLUSH_MS)]);
     })();
     return stopping;
   };

@@ -8,6 +8,7 @@ import { UnavailableError } from '../../platform/src/errors';
 import { bootstrap } from '../../platform/src/bootstrap';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { startAssignment } from '../src/service';
+import { BufferedPublisher } from '../../platform/src/events/buffered-publisher';
 import { StickyAssignments } from '../src/store/sticky-assignments';
 import { status as GrpcCode } from '@grpc/grpc-js';
 import {
@@ -153,6 +154,56 @@ describe('a replica whose version bump failed, left to its periodic check', () =
       sweep.mockRestore();
       for (const finish of sweeps) finish();
       if (!state.stopped) await service.stop();
+    }
+  });
+});
+
+describe('a replica stopped while a sticky sweep and a configuration check hang on storage', () => {
+  it('still flushes its exposures and ends within the shutdown margin', async () => {
+    const timers: (() => void)[] = [];
+    const realSetInterval = global.setInterval;
+    const intervals = jest
+      .spyOn(global, 'setInterval')
+      .mockImplementation((callback: () => void, ms?: number) => {
+        if (ms === 60_000) timers.push(callback);
+        return realSetInterval(callback, ms);
+      });
+    const answers: (() => void)[] = [];
+    const sweep = jest.spyOn(StickyAssignments.prototype, 'sweepReleased').mockImplementation(
+      () =>
+        new Promise<number>((resolve) => {
+          answers.push(() => {
+            resolve(0);
+          });
+        }),
+    );
+    const close = jest.spyOn(BufferedPublisher.prototype, 'close');
+    const service = await startTestAssignment({ reloadInterval: '100ms' });
+    const version = jest.spyOn(service.service.context.store, 'version').mockImplementation(
+      () =>
+        new Promise<number>((_resolve, reject) => {
+          answers.push(() => {
+            reject(new Error('storage is unreachable'));
+          });
+        }),
+    );
+    try {
+      for (const timer of timers) timer();
+      await eventually(() => {
+        expect(version).toHaveBeenCalled();
+        expect(sweep).toHaveBeenCalled();
+      });
+      // The kit's margin after the gRPC drain is 5 s; this replica's steps must fit in 4.
+      await expect(service.runtime.shutdown.run(4_000)).resolves.toBeUndefined();
+      expect(close).toHaveBeenCalledTimes(2);
+    } finally {
+      service.client.close();
+      service.admin.close();
+      for (const answer of answers) answer();
+      intervals.mockRestore();
+      sweep.mockRestore();
+      close.mockRestore();
+      version.mockRestore();
     }
   });
 });
