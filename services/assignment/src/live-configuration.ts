@@ -359,6 +359,7 @@ export class LiveConfiguration {
     onTick: () => Promise<void>,
     beforeCheck: () => Promise<void> = () => Promise.resolve(),
   ): void {
+    if (this.polling) throw new Error('the periodic check is already running');
     this.polling = true;
     let ticking = false;
     const tick = async (): Promise<void> => {
