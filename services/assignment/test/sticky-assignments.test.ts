@@ -155,4 +155,18 @@ describe('sticky assignments', () => {
     const found = await other.lookup('user', 'u1', ['gone', 'kept'], now);
     expect([...found.found.keys()]).toEqual(['kept']);
   });
+
+  it("forgets a deleted experiment's assignments in storage and in its cache, and no other's", async () => {
+    const sticky = await StickyAssignments.open(store, 100);
+    const now = Date.now();
+    for (const unit of ['u1', 'u2', 'u3']) {
+      await sticky.store('gone', 'user', unit, variant('treatment'), HOUR, now);
+    }
+    await sticky.store('gone-too', 'user', 'u1', variant('control'), HOUR, now);
+    expect(await sticky.forget('gone')).toBe(3);
+    const found = await sticky.lookup('user', 'u1', ['gone', 'gone-too'], now);
+    expect([...found.found.keys()]).toEqual(['gone-too']);
+    const fresh = await StickyAssignments.open(store, 100);
+    expect([...(await fresh.lookup('user', 'u2', ['gone'], now)).found.keys()]).toEqual([]);
+  });
 });

@@ -242,15 +242,14 @@ export class StickyAssignments {
     return deleted;
   }
 
-  /** Deletes every stored assignment of a deleted experiment. */
+  /**
+   * Deletes every stored assignment of a deleted experiment (in batches: an experiment may hold
+   * millions), and drops the ones cached here.
+   */
   async forget(experimentId: string): Promise<number> {
-    let deleted = 0;
-    const ids: string[] = [];
-    for await (const item of this.collection.scan({ experimentId })) ids.push(item.doc.id);
-    for (const id of ids) {
-      if (await this.collection.delete(id)) deleted++;
-      this.cache.delete(id);
-    }
+    const deleted = await this.collection.deleteWhere({ experimentId });
+    const prefix = `${experimentId}\u0001`;
+    for (const key of this.cache.keys()) if (key.startsWith(prefix)) this.cache.delete(key);
     return deleted;
   }
 

@@ -93,6 +93,13 @@ export interface Collection<T extends { readonly id: string }> {
    * Returns false when there was nothing to delete.
    */
   delete(id: string, expectedVersion?: number): Promise<boolean>;
+  /**
+   * Deletes every document matching `where` (at least one field: never the whole collection), in
+   * batches rather than one call per document (MongoDB: one `deleteMany`; embedded: a transaction
+   * per thousand). Returns how many it deleted (on MongoDB, expired ones its TTL monitor had not
+   * removed yet count too). Not atomic as a whole: a failure leaves the rest for a retry.
+   */
+  deleteWhere(where: Where): Promise<number>;
   /** A page of documents in id order. */
   list(options: ListOptions): Promise<Page<T>>;
   /** Every live document in id order, streamed in batches (warm caches, exports). */
@@ -231,6 +238,16 @@ export function checkIdArgument(id: unknown): asserts id is string {
 }
 
 /** Throws `InvalidArgumentError` unless `where` is a set of scalar equality filters on fields. */
+/** {@link checkWhere}, and at least one field: a deletion never takes the whole collection. */
+export function checkDeleteWhere(where: Where): void {
+  checkWhere(where);
+  if (Object.keys(where).length === 0) {
+    throw new InvalidArgumentError('invalid filter', [
+      { field: 'where', description: 'a deletion needs at least one field to match' },
+    ]);
+  }
+}
+
 export function checkWhere(where: Where | undefined): void {
   if (where === undefined) return;
   const violations: FieldViolation[] = [];

@@ -42,6 +42,7 @@ import {
   checkIncrement,
   checkListOptions,
   checkVersionField,
+  checkDeleteWhere,
   checkWhere,
   compareVersionField,
   fieldValue,
@@ -349,6 +350,25 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
       this.removeRecord(previous);
       return live;
     });
+  }
+
+  async deleteWhere(where: Where): Promise<number> {
+    checkDeleteWhere(where);
+    let total = 0;
+    for (;;) {
+      const removed = await this.write(() => {
+        this.ensureOpen();
+        const batch: StoredRecord<T>[] = [];
+        for (const record of this.matching(where, undefined)) {
+          batch.push(record);
+          if (batch.length === SWEEP_BATCH) break;
+        }
+        for (const record of batch) this.removeRecord(record);
+        return batch.length;
+      });
+      total += removed;
+      if (removed < SWEEP_BATCH) return total;
+    }
   }
 
   list(options: ListOptions): Promise<Page<T>> {

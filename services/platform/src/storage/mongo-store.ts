@@ -48,6 +48,7 @@ import {
   checkIncrement,
   checkListOptions,
   checkVersionField,
+  checkDeleteWhere,
   checkWhere,
   fieldValue,
   type Collection,
@@ -286,6 +287,13 @@ class MongoDocumentCollection<T extends { readonly id: string }> implements Coll
     const failure = await this.conditionFailure(id, expectedVersion);
     if (failure instanceof NotFoundError) return false;
     throw failure;
+  }
+
+  async deleteWhere(where: Where): Promise<number> {
+    checkDeleteWhere(where);
+    // Expired ones too: TTL deletion is lazy, and nothing of them should outlive this.
+    const result = await guard(() => this.collection.deleteMany({ ...where }));
+    return result.deletedCount;
   }
 
   async list(options: ListOptions): Promise<Page<T>> {

@@ -314,6 +314,21 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         expect(await items.count({ group: 'third' })).toBe(867);
       });
 
+      it('deletes every document matching a filter, across batches, and nothing else', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
+        const all = sequence('doc', 2300);
+        await inBatches(
+          all.map((id, i) => () => items.insert({ id, group: i % 2 === 0 ? 'gone' : 'kept' })),
+          100,
+        );
+        expect(await items.deleteWhere({ group: 'gone' })).toBe(1150);
+        expect(await items.count({ group: 'gone' })).toBe(0);
+        expect(ids(await collect(items.scan()))).toEqual(all.filter((_, i) => i % 2 === 1));
+        expect(await items.deleteWhere({ group: 'gone' })).toBe(0);
+        await expect(items.deleteWhere({})).rejects.toBeInstanceOf(InvalidArgumentError);
+        expect(await items.count()).toBe(1150);
+      });
+
       it('counts live documents, with and without a filter', async () => {
         const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
         expect(await items.count()).toBe(0);
