@@ -238,12 +238,9 @@ export class FeatureRowRepository {
     return changed;
   }
 
-  /** Deletes every record of a view. */
-  async deleteView(view: string): Promise<number> {
-    const ids: string[] = [];
-    for await (const row of this.rows.scan({ view })) ids.push(row.doc.id);
-    for (const id of ids) await this.rows.delete(id);
-    return ids.length;
+  /** Deletes every record of a view, in batches (a view may hold millions). */
+  deleteView(view: string): Promise<number> {
+    return this.rows.deleteWhere({ view });
   }
 
   /**
