@@ -42,6 +42,14 @@ import { runServiceSuite } from './support/service-suite';
 
 runServiceSuite('embedded store, in-process bus', () => ({ dataDir: temporaryDataDir() }));
 
+/**
+ * A replica on the embedded store in `dataDir`, on a bus of its own (no notification of another
+ * replica reaches it), checking storage every `reloadInterval`.
+ */
+function replicaOn(dataDir: string, reloadInterval: string): Promise<TestAssignment> {
+  return startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval });
+}
+
 describe('a replica whose storage is down at start', () => {
   it('fails to start, so it never binds or reports SERVING', async () => {
     const config = testConfig({});
@@ -211,16 +219,8 @@ describe('a replica stopped while a sticky sweep and a configuration check hang 
 describe('two replicas, after one made a schedule step whose version bump failed and stopped', () => {
   it('shows the step on the other replica, which finds it made when it tries it', async () => {
     const dataDir = temporaryDataDir();
-    const first = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
-    const second = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
+    const first = await replicaOn(dataDir, '100ms');
+    const second = await replicaOn(dataDir, '100ms');
     let firstStopped = false;
     let releaseSecond = (): void => undefined;
     try {
@@ -271,19 +271,11 @@ describe('two replicas, after a write on one stored its change but could not ann
   // notification, no version bump) while the second replica writes.
   const startReplicas = async () => {
     const dataDir = temporaryDataDir();
-    const first = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
+    const first = await replicaOn(dataDir, '1h');
     const layer = await first.admin.createLayer(
       CreateLayerRequest.fromPartial({ layer: { id: 'checkout' } }),
     );
-    const second = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
+    const second = await replicaOn(dataDir, '1h');
     return { first, second, layerEtag: layer.layer?.etag ?? '' };
   };
   const inCheckout = (id: string, start: number, end: number) =>
@@ -373,21 +365,9 @@ describe('two replicas, after a write on one stored its change but could not ann
 
   it('is announced by the other replica, without a retry or another write, once the first one stops', async () => {
     const dataDir = temporaryDataDir();
-    const first = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
-    const second = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
-    const third = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
+    const first = await replicaOn(dataDir, '1h');
+    const second = await replicaOn(dataDir, '100ms');
+    const third = await replicaOn(dataDir, '100ms');
     try {
       const before = await first.service.context.store.version();
       jest
@@ -550,16 +530,8 @@ describe('Apply on a replica that has not yet loaded the configuration its token
   it('loads it, and logs the exposure of an experiment started since its last check', async () => {
     const dataDir = temporaryDataDir();
     // No notification between them and no periodic check within the test.
-    const resolver = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
-    const applier = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
+    const resolver = await replicaOn(dataDir, '1h');
+    const applier = await replicaOn(dataDir, '1h');
     try {
       await resolver.admin.createExperiment(
         CreateExperimentRequest.fromPartial({
@@ -623,8 +595,7 @@ describe('Apply on a replica that has not yet loaded the configuration its token
 
   it('reads it again for tokens labelled with the version before a start (read before its bump)', async () => {
     const dataDir = temporaryDataDir();
-    const start = () =>
-      startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval: '1h' });
+    const start = () => replicaOn(dataDir, '1h');
     const writer = await start();
     const resolver = await start();
     const applier = await start();
