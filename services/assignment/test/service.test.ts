@@ -50,6 +50,43 @@ function replicaOn(dataDir: string, reloadInterval: string): Promise<TestAssignm
   return startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval });
 }
 
+/**
+ * Sticky sweeps that do not finish until `finish()` (freeing a large experiment, storage hung),
+ * and the 60 s timers of the replicas started meanwhile, to fire by hand (`tick()`).
+ */
+function heldSweeps() {
+  const timers: (() => void)[] = [];
+  const pending: (() => void)[] = [];
+  const realSetInterval = global.setInterval;
+  const intervals = jest
+    .spyOn(global, 'setInterval')
+    .mockImplementation((callback: () => void, ms?: number) => {
+      if (ms === 60_000) timers.push(callback);
+      return realSetInterval(callback, ms);
+    });
+  const sweep = jest.spyOn(StickyAssignments.prototype, 'sweepReleased').mockImplementation(
+    () =>
+      new Promise<number>((resolve) => {
+        pending.push(() => {
+          resolve(0);
+        });
+      }),
+  );
+  return {
+    sweep,
+    tick: () => {
+      for (const timer of timers) timer();
+    },
+    finish: () => {
+      for (const done of pending.splice(0)) done();
+    },
+    restore: () => {
+      intervals.mockRestore();
+      sweep.mockRestore();
+    },
+  };
+}
+
 describe('a replica whose storage is down at start', () => {
   it('fails to start, so it never binds or reports SERVING', async () => {
     const config = testConfig({});
@@ -129,38 +166,22 @@ describe('a replica whose version bump failed, left to its periodic check', () =
   });
 
   it('runs one sweep of released sticky assignments at a time, and waits for it when stopped', async () => {
-    const sweeps: (() => void)[] = [];
-    const timers: (() => void)[] = [];
-    const realSetInterval = global.setInterval;
-    const intervals = jest
-      .spyOn(global, 'setInterval')
-      .mockImplementation((callback: () => void, ms?: number) => {
-        if (ms === 60_000) timers.push(callback);
-        return realSetInterval(callback, ms);
-      });
-    const sweep = jest.spyOn(StickyAssignments.prototype, 'sweepReleased').mockImplementation(
-      () =>
-        new Promise<number>((resolve) => {
-          sweeps.push(() => {
-            resolve(0);
-          });
-        }),
-    );
+    const sweeps = heldSweeps();
     const service = await startTestAssignment({ reloadInterval: '1h' });
     const state = { stopped: false };
     try {
       // Two intervals pass while the first sweep (a large experiment's) is still freeing.
-      for (let tick = 0; tick < 2; tick++) for (const timer of timers) timer();
-      expect(sweep).toHaveBeenCalledTimes(1);
+      sweeps.tick();
+      sweeps.tick();
+      expect(sweeps.sweep).toHaveBeenCalledTimes(1);
       const stopping = service.stop().then(() => (state.stopped = true));
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(state.stopped).toBe(false);
-      for (const finish of sweeps) finish();
+      sweeps.finish();
       await stopping;
     } finally {
-      intervals.mockRestore();
-      sweep.mockRestore();
-      for (const finish of sweeps) finish();
+      sweeps.finish();
+      sweeps.restore();
       if (!state.stopped) await service.stop();
     }
   });
@@ -168,23 +189,8 @@ describe('a replica whose version bump failed, left to its periodic check', () =
 
 describe('a replica stopped while a sticky sweep and a configuration check hang on storage', () => {
   it('still flushes its exposures and ends within the shutdown margin', async () => {
-    const timers: (() => void)[] = [];
-    const realSetInterval = global.setInterval;
-    const intervals = jest
-      .spyOn(global, 'setInterval')
-      .mockImplementation((callback: () => void, ms?: number) => {
-        if (ms === 60_000) timers.push(callback);
-        return realSetInterval(callback, ms);
-      });
+    const sweeps = heldSweeps();
     const answers: (() => void)[] = [];
-    const sweep = jest.spyOn(StickyAssignments.prototype, 'sweepReleased').mockImplementation(
-      () =>
-        new Promise<number>((resolve) => {
-          answers.push(() => {
-            resolve(0);
-          });
-        }),
-    );
     const close = jest.spyOn(BufferedPublisher.prototype, 'close');
     const service = await startTestAssignment({ reloadInterval: '100ms' });
     const version = jest.spyOn(service.service.context.store, 'version').mockImplementation(
@@ -196,10 +202,10 @@ describe('a replica stopped while a sticky sweep and a configuration check hang 
         }),
     );
     try {
-      for (const timer of timers) timer();
+      sweeps.tick();
       await eventually(() => {
         expect(version).toHaveBeenCalled();
-        expect(sweep).toHaveBeenCalled();
+        expect(sweeps.sweep).toHaveBeenCalled();
       });
       // The kit's margin after the gRPC drain is 5 s; this replica's steps must fit in 4.
       await expect(service.runtime.shutdown.run(4_000)).resolves.toBeUndefined();
@@ -208,8 +214,8 @@ describe('a replica stopped while a sticky sweep and a configuration check hang 
       service.client.close();
       service.admin.close();
       for (const answer of answers) answer();
-      intervals.mockRestore();
-      sweep.mockRestore();
+      sweeps.finish();
+      sweeps.restore();
       close.mockRestore();
       version.mockRestore();
     }
