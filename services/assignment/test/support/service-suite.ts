@@ -59,6 +59,7 @@ import {
   eventually,
   startTestAssignment,
   type StorageChoice,
+  type AssignmentClient,
   type TestAssignment,
 } from './harness';
 
@@ -80,6 +81,16 @@ function preconditions(error: TandemError): string[] {
 /** {@link rawCall} with the admin token. */
 function rawCallError(address: string, path: string, bytes: Buffer): Promise<ServiceError> {
   return rawCall(address, path, bytes, ADMIN_TOKEN);
+}
+
+/** Creates and starts a sticky 50/50 experiment on a surface of its own (named as it). */
+async function startSticky(admin: AssignmentClient, id: string): Promise<void> {
+  await admin.createExperiment(
+    CreateExperimentRequest.fromPartial({
+      experiment: experiment(id, { surfaces: [id], sticky: true }),
+    }),
+  );
+  await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
 }
 
 /** A draft sticky bandit on its own surface (named as the experiment), split equally. */
@@ -1639,12 +1650,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it('logs nothing when storing a sticky variant fails, so the retry logs the exposure', async () => {
         const { admin, client } = service;
-        await admin.createExperiment(
-          CreateExperimentRequest.fromPartial({
-            experiment: experiment('sticky-fails', { surfaces: ['sticky-fails'], sticky: true }),
-          }),
-        );
-        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-fails' }));
+        await startSticky(admin, 'sticky-fails');
         const resolved = await client.resolve(
           resolveRequest('sticky-1', { surfaces: ['sticky-fails'] }),
         );
@@ -1691,12 +1697,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it('has an Apply retry that arrives while the first call logs wait for it and get its result', async () => {
         const { admin, client } = service;
-        await admin.createExperiment(
-          CreateExperimentRequest.fromPartial({
-            experiment: experiment('slow-apply', { surfaces: ['slow-apply'], sticky: true }),
-          }),
-        );
-        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'slow-apply' }));
+        await startSticky(admin, 'slow-apply');
         const resolved = await client.resolve(
           resolveRequest('slow-1', { surfaces: ['slow-apply'] }),
         );
@@ -1734,12 +1735,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it("names the variant stored first in a sticky unit's exposure: another resolve's, when it was applied first", async () => {
         const { admin, client } = service;
-        await admin.createExperiment(
-          CreateExperimentRequest.fromPartial({
-            experiment: experiment('sticky-race', { surfaces: ['sticky-race'], sticky: true }),
-          }),
-        );
-        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-race' }));
+        await startSticky(admin, 'sticky-race');
         const resolved = await client.resolve(
           resolveRequest('race-1', { surfaces: ['sticky-race'] }),
         );
@@ -1781,12 +1777,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
       it('frees the sticky assignments of a deleted experiment, also one an Apply stores after the deletion', async () => {
         const { admin, client } = service;
-        await admin.createExperiment(
-          CreateExperimentRequest.fromPartial({
-            experiment: experiment('sticky-gone', { surfaces: ['sticky-gone'], sticky: true }),
-          }),
-        );
-        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'sticky-gone' }));
+        await startSticky(admin, 'sticky-gone');
         const early = await client.resolve(resolveRequest('gone-1', { surfaces: ['sticky-gone'] }));
         await client.apply(ApplyRequest.fromPartial({ resolveToken: early.resolveToken }));
         const late = await client.resolve(resolveRequest('gone-2', { surfaces: ['sticky-gone'] }));
