@@ -309,6 +309,17 @@ export function readPlatformConfig(
     const problem = path === undefined ? undefined : unreadable(path);
     if (problem !== undefined) env.problem(`${name}: cannot read "${path}" (${problem})`);
   }
+  const adminToken = env.optionalString('TANDEM_ADMIN_TOKEN', {
+    description:
+      'Bearer token admin RPCs require (`authorization: Bearer <token>`); admin RPCs are open when unset',
+  });
+  // What an HTTP/2 header (and grpc-js metadata) carries: one no client can send locks every
+  // admin RPC out.
+  if (adminToken !== undefined && !/^[!-~]+( [!-~]+)*$/.test(adminToken)) {
+    env.problem(
+      'TANDEM_ADMIN_TOKEN: use printable ASCII, without leading, trailing or repeated spaces (what a header value carries)',
+    );
+  }
   const natsUrl = env.optionalString('NATS_URL', {
     description: 'NATS server URL(s), comma-separated; the in-process event bus is used when unset',
   });
@@ -361,10 +372,7 @@ export function readPlatformConfig(
     },
     tls:
       certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, caFile } : undefined,
-    adminToken: env.optionalString('TANDEM_ADMIN_TOKEN', {
-      description:
-        'Bearer token admin RPCs require (`authorization: Bearer <token>`); admin RPCs are open when unset',
-    }),
+    adminToken,
     natsUrl,
     mongodbUri,
     dataDir: env.string('TANDEM_DATA_DIR', {

@@ -94,9 +94,16 @@ const tracingInterceptor: Interceptor = (options, nextCall) => {
   });
 };
 
+/**
+ * The longest timeout sent: grpc-js servers read a `grpc-timeout` into a 32-bit integer of
+ * milliseconds, so one of 24.8 days or more wraps and fails the call at once. A second below it,
+ * since such a timeout goes out in whole seconds, rounded up.
+ */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1 - 1000;
+
 /** The deadline of a call: its own timeout, capped by the inbound call's deadline. */
 function deadlineFor(timeoutMs: number, parent: CallContext | undefined): Date {
-  const own = Date.now() + timeoutMs;
+  const own = Date.now() + Math.min(timeoutMs, MAX_TIMEOUT_MS);
   return new Date(Math.min(own, parent?.deadline?.getTime() ?? Infinity));
 }
 

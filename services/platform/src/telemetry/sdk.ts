@@ -28,11 +28,16 @@ export interface Telemetry {
 
 /** True when the standard OTEL_* variables ask for span export. */
 export function wantsTraceExport(env: Readonly<Record<string, string | undefined>>): boolean {
-  const exporter = env.OTEL_TRACES_EXPORTER?.trim();
-  if (exporter === 'none') return false;
-  return Boolean(
-    exporter ?? env.OTEL_EXPORTER_OTLP_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+  const exporters = (env.OTEL_TRACES_EXPORTER ?? '')
+    .split(',')
+    .map((name) => name.trim())
+    .filter((name) => name !== '');
+  if (exporters.includes('none')) return false;
+  // A blank variable is an unset one, as for metrics.
+  const endpoint = [env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT].some(
+    (value) => (value ?? '').trim() !== '',
   );
+  return exporters.length > 0 || endpoint;
 }
 
 /**

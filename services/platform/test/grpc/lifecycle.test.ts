@@ -329,6 +329,25 @@ describe('deadline and cancellation propagation', () => {
     downstreamClient.close();
     await Promise.all([upstream.server.shutdown(1000), downstream.server.shutdown(1000)]);
   });
+  it('sends a timeout of weeks as one a grpc-js server reads, not as an instant deadline', async () => {
+    const echo = await startEcho();
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: insecure,
+    });
+    try {
+      // 30 days: sent as is, a grpc-js server wraps it past 2^31 ms and fails the call at once.
+      const reply = await client.echo(
+        { message: 'later', failWithCode: 0, requireMessage: false, delay: seconds(0.1) },
+        { timeoutMs: 30 * 86_400_000 },
+      );
+      expect(reply.message).toBe('later');
+    } finally {
+      client.close();
+      await echo.server.shutdown(1000);
+    }
+  });
+
   it('cancels an outbound call made for an inbound one when its caller cancels', async () => {
     let downstreamCancelled!: () => void;
     const cancelledDownstream = new Promise<void>((resolve) => {

@@ -106,6 +106,15 @@ describe('readPlatformConfig', () => {
     expect(config.tls).toBeUndefined();
   });
 
+  it('refuses an admin token no client can send in a header, which would lock every admin RPC', () => {
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'pässwörd' })).toEqual([
+      expect.stringMatching(/^TANDEM_ADMIN_TOKEN: use printable ASCII/),
+    ]);
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'two  spaces' })).toHaveLength(1);
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 's3cr3t-T0ken_with.dots~' })).toEqual([]);
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'a phrase token' })).toEqual([]);
+  });
+
   it('refuses a TLS certificate without its key', () => {
     const env = new EnvReader({ TANDEM_TLS_CERT_FILE: '/etc/tls/cert.pem' });
     readPlatformConfig(env, 'assignment', 50051);

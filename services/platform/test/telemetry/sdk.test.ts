@@ -4,7 +4,27 @@
  * OTEL_METRICS_EXPORTER is unset; Tandem must not send anything anywhere unasked.
  */
 import { metrics } from '@opentelemetry/api';
-import { startTelemetry, wantsMetricExport } from '../../src/telemetry/sdk';
+import { startTelemetry, wantsMetricExport, wantsTraceExport } from '../../src/telemetry/sdk';
+
+describe('wantsTraceExport', () => {
+  it('is true only when an exporter or an OTLP endpoint is named, a blank one counting as unset', () => {
+    expect(wantsTraceExport({})).toBe(false);
+    expect(wantsTraceExport({ OTEL_TRACES_EXPORTER: 'otlp' })).toBe(true);
+    expect(wantsTraceExport({ OTEL_TRACES_EXPORTER: 'otlp, none' })).toBe(false);
+    expect(wantsTraceExport({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' })).toBe(true);
+    expect(wantsTraceExport({ OTEL_EXPORTER_OTLP_ENDPOINT: ' ' })).toBe(false);
+    expect(
+      wantsTraceExport({ OTEL_TRACES_EXPORTER: '', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }),
+    ).toBe(true);
+    expect(
+      wantsTraceExport({
+        OTEL_EXPORTER_OTLP_ENDPOINT: '',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces',
+      }),
+    ).toBe(true);
+    expect(wantsTraceExport({ OTEL_METRICS_EXPORTER: 'otlp' })).toBe(false);
+  });
+});
 
 describe('wantsMetricExport', () => {
   it('is true only when an exporter or an OTLP endpoint is named, and not with "none"', () => {
