@@ -82,13 +82,21 @@ export function invalidDurations(view: FeatureView): FieldViolation[] {
       durations.push([`stream_source.aggregations[${i}].bucket`, aggregation.bucket]);
     });
   }
-  return durations
-    .filter(([, d]) => d !== undefined && !hasValidNanos(d))
-    .map(([field]) => ({
-      field,
-      description: 'must be a Duration with nanos between 0 and 999,999,999',
-      reason: 'INVALID_DURATION',
-    }));
+  const out: FieldViolation[] = [];
+  for (const [field, duration] of durations) {
+    if (duration === undefined) continue;
+    if (!hasValidNanos(duration)) {
+      out.push({
+        field,
+        description: 'must be a Duration with nanos between 0 and 999,999,999',
+        reason: 'INVALID_DURATION',
+      });
+    } else if (duration.seconds === 0 && duration.nanos > 0 && duration.nanos < 1e6) {
+      // Milliseconds are the resolution: it would be read as zero (for a TTL, no expiry).
+      out.push({ field, description: 'must be zero or at least 1 ms', reason: 'OUT_OF_RANGE' });
+    }
+  }
+  return out;
 }
 
 /** A Duration of `ms` milliseconds. */

@@ -142,6 +142,11 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(negativeNanos.violations.map((v) => [v.field, v.reason])).toEqual([
         ['feature_view.ttl', 'INVALID_DURATION'],
       ]);
+      // Under the millisecond the store keeps: read as zero, it would mean no expiry.
+      const tiny = await apply({ ttl: { seconds: 0, nanos: 500_000 } });
+      expect(tiny.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['feature_view.ttl', 'OUT_OF_RANGE'],
+      ]);
       await expect(harness.client.getFeatureView({ name: 'user_stats' })).rejects.toMatchObject({
         code: GrpcCode.NOT_FOUND,
       });
