@@ -268,6 +268,44 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('experiments', () => {
+      it('refuses a write whose bytes the decoder would read in part, rather than drop its etag', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: experiment('part-read') }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'part-read' }));
+        const field = (number: number, text: string) => {
+          const bytes = Buffer.from(text);
+          return Buffer.concat([Buffer.from([(number << 3) | 2, bytes.length]), bytes]);
+        };
+        const stop = '/tandem.assignment.v1.AssignmentService/StopExperiment';
+        // A stray end-group tag (0x0c) before the stale etag: read in part, it would stop.
+        const error = await rawCallError(
+          service.address,
+          stop,
+          Buffer.concat([field(1, 'part-read'), Buffer.from([0x0c]), field(2, 'stale')]),
+        );
+        expect([error.code, decodeStatus(error).errorInfo?.reason]).toEqual([
+          GrpcCode.INVALID_ARGUMENT,
+          'UNDECODABLE_REQUEST',
+        ]);
+        const after = await client.getExperiment({ id: 'part-read' });
+        expect(after.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_RUNNING);
+        // A unit id that is not UTF-8 is named, not resolved as another unit's "u\uFFFD".
+        const unit = Buffer.concat([
+          Buffer.from([0x0a, 0x0a, 0x0a, 0x02, 0x75, 0xff]),
+          field(2, 'user'),
+        ]);
+        const resolve = await rawCallError(
+          service.address,
+          '/tandem.assignment.v1.AssignmentService/Resolve',
+          unit,
+        );
+        expect(decodeStatus(resolve).violations.map((v) => [v.field, v.reason])).toEqual([
+          ['unit.id', 'INVALID_UTF8'],
+        ]);
+      });
+
       it('changes one bound of a layer range, or the bandit settings, by a nested mask path', async () => {
         const { admin } = service;
         await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'bounds' } }));

@@ -12,7 +12,7 @@
  */
 import type { FieldViolation } from '../errors';
 import { contractRegistry } from '../grpc/descriptor-set';
-import { timestampNanosCheck } from '../grpc/timestamp-nanos';
+import { timestampNanosCheck } from '../grpc/wire-check';
 import type { EventCodec } from './bus';
 
 /** Mends an event whose Timestamps at `paths` were bad, or says it cannot (`undefined`). */

@@ -35,7 +35,7 @@ import { rpcDurationRecorder } from '../telemetry/rpc-metrics';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
 import { requestMessage } from './descriptor-set';
-import { timestampNanosCheck } from './timestamp-nanos';
+import { requestCheck, type WireCheck } from './wire-check';
 import {
   mayHoldReservedMapKey,
   reservedMapKeys,
@@ -197,9 +197,9 @@ class RefusedRequest {
  * (an int64 beyond ±2^53, as the code is generated with `forceLong=number`; nesting deeper than
  * the decoder's recursion limit). The handlers of {@link implement} answer it with
  * INVALID_ARGUMENT. So they do a request with a map key the decoder would lose (`__proto__`; see
- * `reservedMapKeys`), found by a byte search before decoding, and one with a Timestamp whose
- * nanos the decoder would add to its seconds (see `timestampNanosCheck`; only methods whose
- * request can hold a Timestamp are read for it).
+ * `reservedMapKeys`), found by a byte search before decoding, and one the check before decoding
+ * refuses (see `requestCheck`: bytes not well-formed, which the decoder would read in part, a
+ * Timestamp whose nanos it would add to its seconds, a string that is not UTF-8).
  */
 export function decodingRequestsSafely<
   D extends Readonly<
@@ -214,11 +214,11 @@ export function decodingRequestsSafely<
   const safe: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const decode = method.requestDeserialize;
-    const checkTimestamps = timestampCheckOf(method.path);
+    const check = requestCheckOf(method.path);
     safe[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer): unknown => {
-        const refused = refusal(method.path, bytes, checkTimestamps);
+        const refused = refusal(method.path, bytes, check);
         if (refused !== undefined) return new RefusedRequest(refused);
         try {
           return decode(bytes);
@@ -239,13 +239,15 @@ function invalid(message: string, violations: FieldViolation[], reason: string) 
 
 /**
  * Why `bytes`, a request of `methodPath`, is refused before decoding, if it is: a map key the
- * generated decoder would lose (`__proto__`, found by a byte search first), or a Timestamp whose
- * nanos it would add to the seconds; either way also when the bytes cannot be checked.
+ * generated decoder would lose (`__proto__`, found by a byte search first); bytes that are not
+ * well-formed protobuf, which it would read in part (it stops at a field number 0 or a stray
+ * end-group tag, dropping the fields after it); a Timestamp whose nanos it would add to the
+ * seconds, or a string that is not UTF-8, which it would turn into U+FFFD (see `requestCheck`).
  */
 function refusal(
   methodPath: string,
   bytes: Buffer,
-  checkTimestamps: ReturnType<typeof timestampNanosCheck>,
+  check: WireCheck | undefined,
 ): InvalidArgumentError | undefined {
   if (mayHoldReservedMapKey(bytes)) {
     const reserved = reservedMapKeys(methodPath, bytes);
@@ -261,31 +263,39 @@ function refusal(
       return invalid('the request has map keys this server cannot hold', reserved, 'RESERVED_KEY');
     }
   }
-  if (checkTimestamps === undefined) return undefined;
-  const invalidTimes = checkTimestamps(bytes);
-  // Not well-formed: the generated decoder may still take it, its Timestamps unchecked.
-  if (invalidTimes === undefined) {
+  if (check === undefined) return undefined;
+  const violations = check(bytes);
+  if (violations === undefined) {
     return invalid(
-      'the request is not well-formed protobuf, so its Timestamps cannot be checked',
+      'the request is not a message this server can decode: not well-formed protobuf (a field number 0, an unmatched group tag, a length past its message)',
       [],
       'UNDECODABLE_REQUEST',
     );
   }
-  if (invalidTimes.length > 0) {
+  if (violations.length === 0) return undefined;
+  const reasons = new Set(violations.map((v) => v.reason));
+  if (reasons.size === 1 && reasons.has('INVALID_TIMESTAMP')) {
     return invalid(
       'the request has Timestamps with nanos out of range',
-      invalidTimes,
+      violations,
       'INVALID_TIMESTAMP',
     );
   }
-  return undefined;
+  if (reasons.size === 1 && reasons.has('INVALID_UTF8')) {
+    return invalid('the request has strings that are not UTF-8', violations, 'INVALID_UTF8');
+  }
+  return invalid(
+    'the request has Timestamps with nanos out of range and strings that are not UTF-8',
+    violations,
+    'INVALID_ENCODING',
+  );
 }
 
-/** The Timestamp check of a method's requests; none when they hold none (or no descriptor set). */
-function timestampCheckOf(methodPath: string): ReturnType<typeof timestampNanosCheck> {
+/** The check of a method's requests before decoding (none without a descriptor set). */
+function requestCheckOf(methodPath: string): WireCheck | undefined {
   try {
     const schema = requestMessage(methodPath);
-    return schema === undefined ? undefined : timestampNanosCheck(schema);
+    return schema === undefined ? undefined : requestCheck(schema);
   } catch {
     return undefined;
   }

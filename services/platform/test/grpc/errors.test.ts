@@ -22,6 +22,7 @@ import {
 } from '../../src/errors';
 import { createClient, type TypedClient } from '../../src/grpc/client';
 import { failure } from '../support/failure';
+import { rawCallError } from '../support/raw-call';
 import { startEcho, type RunningEcho } from '../support/echo';
 
 describe('error mapping over a real gRPC hop', () => {
@@ -224,6 +225,40 @@ describe('requests the server cannot decode', () => {
     expect(decoded.code).toBe(GrpcCode.INVALID_ARGUMENT);
     expect(decoded.errorInfo).toMatchObject({ reason: 'UNDECODABLE_REQUEST' });
     expect(error.details).toMatch(/^the request is not a message this server can decode: /);
+  });
+
+  it('refuses what the generated decoder would read in part or lossily: a field number 0, a stray end-group tag, a string that is not UTF-8', async () => {
+    const path = EchoServiceService.echo.path;
+    const message = (bytes: number[]) => [0x0a, bytes.length, ...bytes];
+    // What follows the bad tag (here `require_message`, field 4) the decoder would drop.
+    for (const bad of [
+      [...message([0x68, 0x69]), 0x00, 0x20, 0x01],
+      [...message([0x68, 0x69]), 0x0c, 0x20, 0x01],
+      // In a nested message too: `delay` (field 3, a Duration) holding a field number 0.
+      [...message([0x68, 0x69]), 0x1a, 0x03, 0x08, 0x01, 0x00],
+    ]) {
+      const error = await rawCallError(echo.address, path, Buffer.from(bad));
+      expect([error.code, decodeStatus(error).errorInfo?.reason]).toEqual([
+        GrpcCode.INVALID_ARGUMENT,
+        'UNDECODABLE_REQUEST',
+      ]);
+    }
+    // Two different ids would both read as "u\uFFFD".
+    const error = await rawCallError(echo.address, path, Buffer.from(message([0x75, 0xff])));
+    const decoded = decodeStatus(error);
+    expect(decoded.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(decoded.errorInfo).toMatchObject({ reason: 'INVALID_UTF8' });
+    expect(decoded.violations.map((v) => [v.field, v.reason])).toEqual([
+      ['message', 'INVALID_UTF8'],
+    ]);
+    // Text beyond ASCII is of course fine.
+    const client = createClient(EchoServiceService, {
+      address: echo.address,
+      credentials: credentials.createInsecure(),
+    });
+    const fine = await client.echo({ message: 'häj ☃ 🙂', failWithCode: 0, requireMessage: false });
+    client.close();
+    expect(fine.message).toBe('häj ☃ 🙂');
   });
 
   it('names the field of an integer beyond what the server can hold exactly', async () => {

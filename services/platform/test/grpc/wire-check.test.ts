@@ -12,7 +12,7 @@ import {
 } from '@bufbuild/protobuf/wkt';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { requestMessage } from '../../src/grpc/descriptor-set';
-import { timestampNanosCheck } from '../../src/grpc/timestamp-nanos';
+import { timestampNanosCheck } from '../../src/grpc/wire-check';
 
 /** A google.protobuf.Timestamp's bytes. */
 function timestamp(seconds: bigint, nanos: number): Uint8Array {

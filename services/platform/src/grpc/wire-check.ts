@@ -1,17 +1,23 @@
 /**
- * Timestamps whose nanos the generated decoder would hide. The code is generated with Timestamps
- * as Dates, and the conversion adds the nanos to the seconds whatever they are: a
- * `{seconds: s, nanos: 2e9}` the spec calls invalid arrives as `s + 2` seconds, a negative nanos
- * as an earlier time, and no handler can tell. This reads a message's bytes without decoding them
- * (only the fields that can lead to a Timestamp are entered; the rest are skipped by length) and
- * names every Timestamp whose nanos lie outside [0, 999,999,999], by field path as the other
- * violations name fields (`experiment.scheduled_start_time`, `rows[3].event_time`).
+ * Checks of a message's bytes before the generated decoder reads them, which it reads leniently:
+ * - Timestamps whose nanos it would hide. The code is generated with Timestamps as Dates, and the
+ *   conversion adds the nanos to the seconds whatever they are: a `{seconds: s, nanos: 2e9}` the
+ *   spec calls invalid arrives as `s + 2` seconds, a negative nanos as an earlier time, and no
+ *   handler can tell. Named by field path as the other violations name fields
+ *   (`experiment.scheduled_start_time`, `rows[3].event_time`).
+ * - For requests ({@link requestCheck}), also what protobuf parsers refuse and it takes: a field
+ *   number 0 or a stray end-group tag, where it stops reading the message and returns what it
+ *   had (the fields after it, an etag say, silently dropped; in a nested message, its remaining
+ *   bytes read as the parent's fields), and a string that is not UTF-8, which it turns into
+ *   U+FFFD (two unit ids becoming one). Every message field is entered.
  *
- * The walk is planned once per message type from the contracts' descriptor set; a type no
- * Timestamp can be reached from (`ResolveRequest`) has no check at all, so its calls cost nothing.
+ * The bytes are read without decoding them (fields the check has no use for are skipped by
+ * length). The walk is planned once per message type from the contracts' descriptor set; for
+ * Timestamps alone, a type no Timestamp can be reached from has no check at all.
  */
 import { ScalarType, type DescField, type DescMessage } from '@bufbuild/protobuf';
 import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
+import { isUtf8 } from 'node:buffer';
 import type { FieldViolation } from '../errors';
 
 const TIMESTAMP = 'google.protobuf.Timestamp';
@@ -24,19 +30,26 @@ const MAX_DEPTH = 100;
 
 const INVALID_TIMESTAMP_DESCRIPTION = 'nanos must be in [0, 999,999,999] (a Timestamp)';
 
-/** How to walk one message type: its fields that can lead to a Timestamp, by number. */
+/** How to walk one message type: the fields the check reads, by number. */
 interface Plan {
   readonly fields: Map<number, PlannedField>;
 }
 
+/** What a field (or a map's value) holds, as far as a check cares. */
+type Held =
+  | { readonly kind: 'timestamp' }
+  | { readonly kind: 'message'; readonly plan: Plan }
+  | { readonly kind: 'string' }
+  /** A map whose values are not read (only its string keys are). */
+  | { readonly kind: 'none' };
+
 interface PlannedField {
   readonly name: string;
   readonly repeated: boolean;
-  readonly map: boolean;
-  /** How to walk the field's message (for a map, its values'); null for a Timestamp. */
-  readonly plan: Plan | null;
-  /** For a map: how its keys are written in a path. */
-  readonly mapKey?: ScalarType;
+  /** For a map: how its keys are written in a path, and whether they are strings to check. */
+  readonly map?: { readonly key: ScalarType; readonly checkKey: boolean };
+  /** What the field (for a map, each value) holds. */
+  readonly held: Held;
 }
 
 /** The message type a field holds (a list's items, a map's values), if any. */
@@ -47,8 +60,18 @@ function messageOf(field: DescField): DescMessage | undefined {
   return undefined;
 }
 
-/** The types from which a Timestamp can be reached, among those reachable from `root`. */
-function leadingToTimestamp(root: DescMessage): Set<string> {
+/** Whether a field holds strings (a list's items, a map's values). */
+function holdsStrings(field: DescField): boolean {
+  if (field.fieldKind === 'scalar') return field.scalar === ScalarType.STRING;
+  if (field.fieldKind === 'list')
+    return field.listKind === 'scalar' && field.scalar === ScalarType.STRING;
+  if (field.fieldKind === 'map')
+    return field.mapKind === 'scalar' && field.scalar === ScalarType.STRING;
+  return false;
+}
+
+/** The types reachable from `root`, by name. */
+function reachable(root: DescMessage): Map<string, DescMessage> {
   const types = new Map<string, DescMessage>();
   const pending = [root];
   while (pending.length > 0) {
@@ -60,6 +83,12 @@ function leadingToTimestamp(root: DescMessage): Set<string> {
       if (held !== undefined) pending.push(held);
     }
   }
+  return types;
+}
+
+/** The types from which a Timestamp can be reached, among those reachable from `root`. */
+function leadingToTimestamp(root: DescMessage): Set<string> {
+  const types = reachable(root);
   const leading = new Set<string>([TIMESTAMP]);
   // To a fixed point: recursive types (Struct, Value) settle once nothing more is added.
   for (let changed = true; changed;) {
@@ -75,15 +104,25 @@ function leadingToTimestamp(root: DescMessage): Set<string> {
   return leading;
 }
 
-const plans = new WeakMap<DescMessage, Plan | null>();
+/** What a check reads: Timestamps only, or every message and string too (requests). */
+type Scope = 'timestamps' | 'everything';
 
-/** The plan of `type`, or null when no Timestamp can be reached from it (memoized). */
-function planOf(type: DescMessage): Plan | null {
-  const known = plans.get(type);
+const plans: Record<Scope, WeakMap<DescMessage, Plan | null>> = {
+  timestamps: new WeakMap(),
+  everything: new WeakMap(),
+};
+
+/**
+ * The plan of `type` for `scope` (memoized), or null when there is nothing to read: for
+ * Timestamps, no Timestamp can be reached from it.
+ */
+function planOf(type: DescMessage, scope: Scope): Plan | null {
+  const known = plans[scope].get(type);
   if (known !== undefined) return known;
-  const leading = leadingToTimestamp(type);
-  if (!leading.has(type.typeName)) {
-    plans.set(type, null);
+  const entered =
+    scope === 'everything' ? new Set(reachable(type).keys()) : leadingToTimestamp(type);
+  if (!entered.has(type.typeName)) {
+    plans[scope].set(type, null);
     return null;
   }
   const made = new Map<string, Plan>();
@@ -93,21 +132,40 @@ function planOf(type: DescMessage): Plan | null {
     const plan: Plan = { fields: new Map() };
     made.set(message.typeName, plan);
     for (const field of message.fields) {
-      const held = messageOf(field);
-      if (held === undefined || !leading.has(held.typeName)) continue;
-      const isTimestamp = held.typeName === TIMESTAMP;
+      const message = messageOf(field);
+      let held: Held;
+      if (message !== undefined && entered.has(message.typeName)) {
+        held =
+          message.typeName === TIMESTAMP
+            ? { kind: 'timestamp' }
+            : { kind: 'message', plan: make(message) };
+      } else if (scope === 'everything' && holdsStrings(field)) {
+        held = { kind: 'string' };
+      } else if (
+        scope === 'everything' &&
+        field.fieldKind === 'map' &&
+        field.mapKey === ScalarType.STRING
+      ) {
+        // Its values are read no further, but its keys are strings.
+        held = { kind: 'none' };
+      } else continue;
       plan.fields.set(field.number, {
         name: field.name,
         repeated: field.fieldKind === 'list',
-        map: field.fieldKind === 'map',
-        plan: isTimestamp ? null : make(held),
-        mapKey: field.fieldKind === 'map' ? field.mapKey : undefined,
+        map:
+          field.fieldKind === 'map'
+            ? {
+                key: field.mapKey,
+                checkKey: scope === 'everything' && field.mapKey === ScalarType.STRING,
+              }
+            : undefined,
+        held,
       });
     }
     return plan;
   };
   const plan = make(type);
-  plans.set(type, plan);
+  plans[scope].set(type, plan);
   return plan;
 }
 
@@ -148,6 +206,13 @@ class Scan {
     throw new Error('varint too long');
   }
 
+  /** A tag; throws on field number 0, which no message has (the decoder stops there). */
+  tag(): number {
+    const tag = this.varint32() >>> 0;
+    if (tag >>> 3 === 0) throw new Error('field number 0');
+    return tag;
+  }
+
   private byte(bytes: Uint8Array): number {
     if (this.pos >= this.end) throw new Error('truncated');
     return bytes[this.pos++] as number;
@@ -170,7 +235,7 @@ class Scan {
         return;
       case START_GROUP:
         for (;;) {
-          const tag = this.varint32() >>> 0;
+          const tag = this.tag();
           if ((tag & 7) === END_GROUP) {
             if (tag >>> 3 !== fieldNumber) throw new Error('unmatched group');
             return;
@@ -278,7 +343,7 @@ function invalidNanos(bytes: Uint8Array, from: number, to: number): boolean {
   const scan = new Scan(bytes, from, to);
   let nanos = 0;
   while (scan.pos < to) {
-    const tag = scan.varint32() >>> 0;
+    const tag = scan.tag();
     if (tag === ((NANOS_FIELD << 3) | VARINT)) nanos = scan.varint32();
     else scan.skip(tag & 7, tag >>> 3);
   }
@@ -290,25 +355,45 @@ interface Walk {
   readonly out: FieldViolation[];
 }
 
-/** Checks the message from `from` to `to`, at `place`, walked by `plan` (null: a Timestamp). */
+/** Checks what `held` holds from `from` to `to`, at `place`. */
+function visit(
+  state: Walk,
+  from: number,
+  to: number,
+  held: Held,
+  place: Place,
+  depth: number,
+): void {
+  switch (held.kind) {
+    case 'timestamp':
+      if (invalidNanos(state.bytes, from, to)) state.out.push(invalidTimestamp(place, state.bytes));
+      return;
+    case 'message':
+      walk(state, from, to, held.plan, place, depth);
+      return;
+    case 'string':
+      if (!isUtf8At(state.bytes, from, to)) state.out.push(invalidUtf8(place, state.bytes));
+      return;
+    case 'none':
+      return;
+  }
+}
+
+/** Checks the message from `from` to `to`, at `place` (undefined at the top), by `plan`. */
 function walk(
   state: Walk,
   from: number,
   to: number,
-  plan: Plan | null,
+  plan: Plan,
   place: Place | undefined,
   depth: number,
 ): void {
   if (depth > MAX_DEPTH) return;
   const { bytes, out } = state;
-  if (plan === null) {
-    if (invalidNanos(bytes, from, to)) out.push(invalidTimestamp(place, bytes));
-    return;
-  }
   const scan = new Scan(bytes, from, to);
   let counts: Map<number, number> | undefined;
   while (scan.pos < to && out.length < MAX_VIOLATIONS) {
-    const tag = scan.varint32() >>> 0;
+    const tag = scan.tag();
     const number = tag >>> 3;
     const field = plan.fields.get(number);
     if (field === undefined || (tag & 7) !== LENGTH_DELIMITED) {
@@ -317,25 +402,69 @@ function walk(
     }
     const length = scan.varint32() >>> 0;
     const start = scan.pos;
-    scan.pos += length;
     if (length > to - start) throw new Error('truncated');
+    scan.pos += length;
     let index = -1;
     if (field.repeated) {
       counts ??= new Map();
       index = counts.get(number) ?? 0;
       counts.set(number, index + 1);
     }
-    const at: Place = field.map
-      ? {
-          parent: place,
-          name: field.name,
-          index,
-          entry: { from: start, to: scan.pos, keyType: field.mapKey },
-        }
-      : { parent: place, name: field.name, index };
-    if (field.map) walkEntryValue(state, start, scan.pos, field.plan, at, depth + 1);
-    else walk(state, start, scan.pos, field.plan, at, depth + 1);
+    if (field.map !== undefined) {
+      const at: Place = {
+        parent: place,
+        name: field.name,
+        index,
+        entry: { from: start, to: scan.pos, keyType: field.map.key },
+      };
+      walkEntry(state, start, scan.pos, field, at, depth + 1);
+    } else {
+      visit(
+        state,
+        start,
+        scan.pos,
+        field.held,
+        { parent: place, name: field.name, index },
+        depth + 1,
+      );
+    }
   }
+}
+
+/** A map entry: its key (field 1) when it is a string to check, its value (field 2) by `field`. */
+function walkEntry(
+  state: Walk,
+  from: number,
+  to: number,
+  field: PlannedField,
+  place: Place,
+  depth: number,
+): void {
+  const scan = new Scan(state.bytes, from, to);
+  while (scan.pos < to && state.out.length < MAX_VIOLATIONS) {
+    const tag = scan.tag();
+    const number = tag >>> 3;
+    if ((tag & 7) !== LENGTH_DELIMITED || (number !== 1 && number !== 2)) {
+      scan.skip(tag & 7, number);
+      continue;
+    }
+    const length = scan.varint32() >>> 0;
+    const start = scan.pos;
+    if (length > to - start) throw new Error('truncated');
+    scan.pos += length;
+    if (number === 2) visit(state, start, scan.pos, field.held, place, depth);
+    else if (field.map?.checkKey === true && !isUtf8At(state.bytes, start, scan.pos)) {
+      state.out.push(invalidUtf8(place, state.bytes));
+    }
+  }
+}
+
+/** Whether the bytes from `from` to `to` are UTF-8 (ASCII, most strings, without a call). */
+function isUtf8At(bytes: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) {
+    if ((bytes[i] as number) >= 0x80) return isUtf8(bytes.subarray(from, to));
+  }
+  return true;
 }
 
 function invalidTimestamp(place: Place | undefined, bytes: Uint8Array): FieldViolation {
@@ -346,42 +475,18 @@ function invalidTimestamp(place: Place | undefined, bytes: Uint8Array): FieldVio
   };
 }
 
-/** A map entry's value (field 2), walked by `plan` (null: a Timestamp). */
-function walkEntryValue(
-  state: Walk,
-  from: number,
-  to: number,
-  plan: Plan | null,
-  place: Place,
-  depth: number,
-): void {
-  const scan = new Scan(state.bytes, from, to);
-  while (scan.pos < to && state.out.length < MAX_VIOLATIONS) {
-    const tag = scan.varint32() >>> 0;
-    if (tag !== ((2 << 3) | LENGTH_DELIMITED)) {
-      scan.skip(tag & 7, tag >>> 3);
-      continue;
-    }
-    const length = scan.varint32() >>> 0;
-    const start = scan.pos;
-    if (length > to - start) throw new Error('truncated');
-    scan.pos += length;
-    walk(state, start, scan.pos, plan, place, depth);
-  }
+function invalidUtf8(place: Place, bytes: Uint8Array): FieldViolation {
+  return {
+    field: pathOf(place, bytes),
+    description: 'must be UTF-8 text (a protobuf string)',
+    reason: 'INVALID_UTF8',
+  };
 }
 
-/**
- * A check of encoded `type` messages for Timestamps with invalid nanos, or undefined when no
- * Timestamp can be reached from `type` (nothing to check). The check returns the violations, or
- * undefined for bytes that are not well-formed protobuf: refuse those rather than decode them,
- * since the generated decoder takes some such bytes (a stray end-group tag, a nested message
- * running past its parent) and the Timestamp in them unchecked.
- */
-export function timestampNanosCheck(
-  type: DescMessage,
-): ((bytes: Uint8Array) => FieldViolation[] | undefined) | undefined {
-  const plan = planOf(type);
-  if (plan === null) return undefined;
+/** A check of encoded messages: their violations, or undefined for bytes not well-formed. */
+export type WireCheck = (bytes: Uint8Array) => FieldViolation[] | undefined;
+
+function checkBy(plan: Plan): WireCheck {
   return (bytes) => {
     const out: FieldViolation[] = [];
     try {
@@ -391,4 +496,26 @@ export function timestampNanosCheck(
     }
     return out;
   };
+}
+
+/**
+ * A check of encoded `type` messages for Timestamps with invalid nanos, or undefined when no
+ * Timestamp can be reached from `type` (nothing to check). The check returns the violations, or
+ * undefined for bytes that are not well-formed protobuf: refuse those rather than decode them,
+ * since the generated decoder takes some such bytes (a stray end-group tag, a nested message
+ * running past its parent) and the Timestamp in them unchecked.
+ */
+export function timestampNanosCheck(type: DescMessage): WireCheck | undefined {
+  const plan = planOf(type, 'timestamps');
+  return plan === null ? undefined : checkBy(plan);
+}
+
+/**
+ * The check of a request of `type` before it is decoded: what {@link timestampNanosCheck} finds,
+ * and strings that are not UTF-8 (`INVALID_UTF8`), by field path; undefined from the check for
+ * bytes that are not well-formed protobuf anywhere in the message (field number 0, an end-group
+ * tag without its start, a length past its message, wire types 6 and 7).
+ */
+export function requestCheck(type: DescMessage): WireCheck {
+  return checkBy(planOf(type, 'everything') ?? { fields: new Map() });
 }
