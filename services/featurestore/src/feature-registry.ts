@@ -340,6 +340,19 @@ export class FeatureRegistry {
     return stored === undefined ? undefined : dateOf(stored.doc.createTime).getTime();
   }
 
+  /**
+   * Whether storage holds the view `name` as another registration or version than `served` (one
+   * this replica has not reloaded yet: deleted and applied again, or changed).
+   */
+  async storedDiffers(name: string, served: Registered<unknown>): Promise<boolean> {
+    const stored = await this.repository.featureViews.get(name);
+    return (
+      stored !== undefined &&
+      (stored.version !== served.version ||
+        dateOf(stored.doc.createTime).getTime() !== served.createTime.getTime())
+    );
+  }
+
   allViews(): ReadonlyMap<string, Registered<FeatureViewDefinition>> {
     return this.views;
   }

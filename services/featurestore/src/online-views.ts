@@ -940,6 +940,16 @@ export class OnlineViews {
     const definition = served.registered.definition;
     const prepared = prepareRows(request.rows, served.keyColumns, definition.features, now);
     if (prepared.violations.length > 0) {
+      // Checked against this replica's copy of the view, which may be a reload behind storage's
+      // (a feature added on another replica): refused only once that is ruled out.
+      if (
+        !reloaded &&
+        (await this.parts.registry.storedDiffers(request.featureView, served.registered))
+      ) {
+        await this.parts.registry.reloadShared();
+        await this.reconciling;
+        return this.write(request, now, true);
+      }
       throw new InvalidArgumentError(
         `invalid rows for feature view ${request.featureView}`,
         prepared.violations,

@@ -143,6 +143,50 @@ describe('FeatureStore replicas', () => {
   });
 });
 
+describe('a FeatureStore replica a registry reload behind another', () => {
+  it('takes a write of a feature just added on the other, rather than refuse it', async () => {
+    const first = await startHarness({ replicaId: 'replica-a' });
+    let second: RunningHarness | undefined;
+    try {
+      await first.client.applyEntity({ entity: userEntity, requestId: '' });
+      await applyUserStats(first.client);
+      second = await startHarness({
+        replicaId: 'replica-b',
+        wrapStore: sharing(first.runtime.store),
+        env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '10m' },
+      });
+      const features = [
+        ...userStatsView().features,
+        { name: 'score', valueType: ValueType.VALUE_TYPE_DOUBLE, description: '', vectorLength: 0 },
+      ];
+      await first.client.applyFeatureView({
+        featureView: userStatsView({ features }),
+        requestId: '',
+        validateOnly: false,
+      });
+      await expect(
+        second.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(), { score: double(1) })],
+          requestId: '',
+        }),
+      ).resolves.toEqual({ rowsWritten: 1, rowsSkippedOlder: 0 });
+      // A feature no version of the view has is still refused.
+      const unknown = await failureOf(
+        second.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(), { nope: double(1) })],
+          requestId: '',
+        }),
+      );
+      expect(unknown.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    } finally {
+      await second?.stop();
+      await first.stop();
+    }
+  });
+});
+
 describe('FeatureStore replicas writing one event time', () => {
   it('keep the later write, as storage does, whatever their clocks say', async () => {
     const pair = await startReplicaPair();
