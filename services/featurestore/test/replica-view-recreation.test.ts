@@ -14,6 +14,7 @@ import {
   sharing,
 } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+import { overridingCollections } from '../../platform/test/support/wrapped-store';
 
 describe('a push view deleted and applied again', () => {
   let first: RunningHarness;
@@ -141,6 +142,74 @@ describe('a push view deleted and applied again', () => {
       expect(reloads.mock.calls.length).toBeLessThanOrEqual(2);
     } finally {
       reloads.mockRestore();
+    }
+  });
+});
+
+describe('a push view applied again while its old values are still being deleted', () => {
+  it('is created once that deletion is done, so it does not take the new rows', async () => {
+    // The old view's background deletion is held (a big view on a slow storage).
+    let release = (): void => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let deletions = 0;
+    const first = await startHarness({
+      wrapStore: (store) =>
+        overridingCollections(store, (collection, spec) =>
+          spec.name === 'feature_rows'
+            ? {
+                deleteWhere: async (where) => {
+                  // The first is the purge at the view's first creation; the second, Delete's.
+                  if (++deletions === 2) await held;
+                  return collection.deleteWhere(where);
+                },
+              }
+            : {},
+        ),
+    });
+    let second: RunningHarness | undefined;
+    try {
+      await first.client.applyEntity({ entity: userEntity, requestId: '' });
+      const apply = () =>
+        first.client.applyFeatureView({
+          featureView: userStatsView(),
+          requestId: '',
+          validateOnly: false,
+        });
+      await apply();
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(Date.now() - 5_000), { ctr: double(0.3) })],
+        requestId: '',
+      });
+      await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+      // The deletion ends in 300 ms: the view applied again meanwhile, and written to at once,
+      // would lose that row to it.
+      setTimeout(release, 300);
+      await apply();
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
+        requestId: '',
+      });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      // A replica started now reads the view from storage.
+      second = await startHarness({
+        replicaId: 'replica-b',
+        wrapStore: sharing(first.runtime.store),
+      });
+      const read = await second.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect([read.columns[0]?.statuses, read.columns[0]?.values]).toEqual([
+        [FeatureStatus.FEATURE_STATUS_PRESENT],
+        [double(0.9)],
+      ]);
+    } finally {
+      release();
+      await second?.stop();
+      await first.stop();
     }
   });
 });

@@ -177,6 +177,9 @@ function sequenceId(sequence: number): string {
 }
 
 export class FeatureRowRepository {
+  /** Deletions of views' records under way, by view (see {@link deleteView}). */
+  private readonly deletions = new Map<string, Promise<number>>();
+
   private constructor(
     private readonly rows: Collection<FeatureRowDocument>,
     private readonly changes: Collection<ChangeLogDocument>,
@@ -238,9 +241,22 @@ export class FeatureRowRepository {
     return changed;
   }
 
-  /** Deletes every record of a view, in batches (a view may hold millions). */
+  /**
+   * Deletes every record of a view, in batches (a view may hold millions), after any deletion of
+   * it this replica has under way: a view applied again under the name, whose purge this is,
+   * must not be created while the old one's background deletion could still take its first rows
+   * (records carry no mark of the view's registration). A deletion made on another replica is
+   * not waited for.
+   */
   deleteView(view: string): Promise<number> {
-    return this.rows.deleteWhere({ view });
+    const before = this.deletions.get(view) ?? Promise.resolve(0);
+    const run = before.catch(() => 0).then(() => this.rows.deleteWhere({ view }));
+    this.deletions.set(view, run);
+    const settled = (): void => {
+      if (this.deletions.get(view) === run) this.deletions.delete(view);
+    };
+    run.then(settled, settled);
+    return run;
   }
 
   /**
