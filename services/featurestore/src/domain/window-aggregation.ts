@@ -625,10 +625,14 @@ export class WindowAggregator {
     if ((checkpoint.version as number) !== 1 && (checkpoint.version as number) !== 2) {
       throw new Error(`unsupported aggregation checkpoint version ${String(checkpoint.version)}`);
     }
-    const expected = this.aggregations.map(signature);
+    // The same definitions in any order (a view whose features were listed in another order):
+    // each aggregation takes its own series from the checkpoint.
+    const taken = new Map(checkpoint.aggregations.map((s, i) => [s, i]));
+    const from = this.aggregations.map((aggregation) => taken.get(signature(aggregation)));
     if (
-      checkpoint.aggregations.length !== expected.length ||
-      checkpoint.aggregations.some((s, i) => s !== expected[i])
+      checkpoint.aggregations.length !== this.aggregations.length ||
+      taken.size !== this.aggregations.length ||
+      from.some((i) => i === undefined)
     ) {
       throw new Error('the checkpoint was taken with other aggregation definitions');
     }
@@ -645,7 +649,7 @@ export class WindowAggregator {
       this.keys.set(key, {
         eventTime,
         series: this.aggregations.map((aggregation, i) => ({
-          buckets: (series[i] ?? []).map((bucket) =>
+          buckets: (series[from[i] ?? i] ?? []).map((bucket) =>
             bucketFromCheckpoint(bucket, aggregation.accepts),
           ),
           cachedAt: Number.NaN,

@@ -77,6 +77,22 @@ describe('LAST of a typed feature', () => {
     expect(aggregator.status().eventsProcessed).toBe(3);
   });
 
+  it('restores a checkpoint taken with the same aggregations listed in another order', () => {
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest(mood('e1', t0, 'high', 7), t0);
+    aggregator.ingest(mood('e2', t0 + minute, 'low', 8), t0 + minute);
+    const reordered = { ...options, aggregations: [...options.aggregations].reverse() };
+    const restored = WindowAggregator.restore(reordered, aggregator.checkpoint());
+    expect(restored.read(['i1'], t0 + minute).values).toEqual(
+      [...aggregator.read(['i1'], t0 + minute).values].reverse(),
+    );
+    // Other definitions are still refused.
+    const other = { ...options, aggregations: options.aggregations.slice(0, 1) };
+    expect(() => WindowAggregator.restore(other, aggregator.checkpoint())).toThrow(
+      /other aggregation definitions/,
+    );
+  });
+
   it('drops a mistyped value restored from a checkpoint taken before types were checked', () => {
     const untyped = new WindowAggregator({
       ...options,
