@@ -8,7 +8,8 @@
  * Timestamp (an informational time beside data that must not be lost) passes `repair`, which gets
  * the decoded event and the paths of its bad Timestamps (proto field names: `compute_time`) and
  * returns the event without them; an event `repair` cannot mend (it returns `undefined`) is refused.
- * Bytes that are not well-formed protobuf are refused either way.
+ * Bytes that are not well-formed protobuf (on the way to a Timestamp: a field number 0, a stray
+ * end-group tag, a packed field of partial elements; see `wire-check.ts`) are refused either way.
  */
 import type { FieldViolation } from '../errors';
 import { contractRegistry } from '../grpc/descriptor-set';

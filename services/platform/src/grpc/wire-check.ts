@@ -5,11 +5,13 @@
  *   spec calls invalid arrives as `s + 2` seconds, a negative nanos as an earlier time, and no
  *   handler can tell. Named by field path as the other violations name fields
  *   (`experiment.scheduled_start_time`, `rows[3].event_time`).
- * - For requests ({@link requestCheck}), also what protobuf parsers refuse and it takes: a field
- *   number 0 or a stray end-group tag, where it stops reading the message and returns what it
- *   had (the fields after it, an etag say, silently dropped; in a nested message, its remaining
- *   bytes read as the parent's fields), and a string that is not UTF-8, which it turns into
- *   U+FFFD (two unit ids becoming one). Every message field is entered.
+ * - What protobuf parsers refuse and it takes, in the messages read: a field number 0 or a stray
+ *   end-group tag, where it stops reading the message and returns what it had (the fields after
+ *   it, an etag say, silently dropped; in a nested message, its remaining bytes read as the
+ *   parent's fields), and a packed field of partial elements, which it reads past into the
+ *   bytes after it. Such bytes are not well-formed: the check returns undefined.
+ * - For requests ({@link requestCheck}), every message field is read, and also strings that are
+ *   not UTF-8, which it turns into U+FFFD (two unit ids becoming one).
  *
  * The bytes are read without decoding them (fields the check has no use for are skipped by
  * length). The walk is planned once per message type from the contracts' descriptor set; for
@@ -40,6 +42,12 @@ type Held =
   | { readonly kind: 'timestamp' }
   | { readonly kind: 'message'; readonly plan: Plan }
   | { readonly kind: 'string' }
+  /**
+   * A repeated number, bool or enum, packed when length-delimited: its elements must fill it
+   * exactly (`width` bytes each, or varints when 0), or the decoder, reading whole elements,
+   * runs past it into the bytes after it (which the check would then not have read as fields).
+   */
+  | { readonly kind: 'packed'; readonly width: number }
   /** A map whose values are not read (only its string keys are). */
   | { readonly kind: 'none' };
 
@@ -68,6 +76,28 @@ function holdsStrings(field: DescField): boolean {
   if (field.fieldKind === 'map')
     return field.mapKind === 'scalar' && field.scalar === ScalarType.STRING;
   return false;
+}
+
+/** For a repeated number, bool or enum field: the width of a packed element (0: a varint). */
+function packedWidth(field: DescField): number | undefined {
+  if (field.fieldKind !== 'list') return undefined;
+  if (field.listKind === 'enum') return 0;
+  if (field.listKind !== 'scalar') return undefined;
+  switch (field.scalar) {
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+      return undefined;
+    case ScalarType.FLOAT:
+    case ScalarType.FIXED32:
+    case ScalarType.SFIXED32:
+      return 4;
+    case ScalarType.DOUBLE:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return 8;
+    default:
+      return 0;
+  }
 }
 
 /** The types reachable from `root`, by name. */
@@ -139,6 +169,8 @@ function planOf(type: DescMessage, scope: Scope): Plan | null {
           message.typeName === TIMESTAMP
             ? { kind: 'timestamp' }
             : { kind: 'message', plan: make(message) };
+      } else if (packedWidth(field) !== undefined) {
+        held = { kind: 'packed', width: packedWidth(field) ?? 0 };
       } else if (scope === 'everything' && holdsStrings(field)) {
         held = { kind: 'string' };
       } else if (
@@ -374,9 +406,23 @@ function visit(
     case 'string':
       if (!isUtf8At(state.bytes, from, to)) state.out.push(invalidUtf8(place, state.bytes));
       return;
+    case 'packed':
+      checkPacked(state.bytes, from, to, held.width);
+      return;
     case 'none':
       return;
   }
+}
+
+/** Throws unless packed elements of `width` bytes (varints when 0) fill `from` to `to` exactly. */
+function checkPacked(bytes: Uint8Array, from: number, to: number, width: number): void {
+  if (width > 0) {
+    if ((to - from) % width !== 0) throw new Error('packed field of partial elements');
+    return;
+  }
+  const scan = new Scan(bytes, from, to);
+  // A last varint cut short reads past `to`, and the scan throws.
+  while (scan.pos < to) scan.varint32();
 }
 
 /** Checks the message from `from` to `to`, at `place` (undefined at the top), by `plan`. */

@@ -12,7 +12,7 @@ import {
 } from '@bufbuild/protobuf/wkt';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { requestMessage } from '../../src/grpc/descriptor-set';
-import { timestampNanosCheck } from '../../src/grpc/wire-check';
+import { requestCheck, timestampNanosCheck } from '../../src/grpc/wire-check';
 
 /** A google.protobuf.Timestamp's bytes. */
 function timestamp(seconds: bigint, nanos: number): Uint8Array {
@@ -274,5 +274,75 @@ describe('timestampNanosCheck', () => {
       'times.late',
       'inner.-7.at',
     ]);
+  });
+});
+
+describe('requestCheck and packed fields', () => {
+  const check = requestCheck(messageOf(WRITE_FEATURES));
+  const badTime = timestamp(1_700_000_000n, 1_500_000_000);
+  const entry = (key: string, value: Uint8Array) =>
+    new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .string(key)
+      .uint32((2 << 3) | 2)
+      .bytes(value)
+      .finish();
+  const stringValue = (s: string) =>
+    new BinaryWriter()
+      .uint32((3 << 3) | 2)
+      .string(s)
+      .finish();
+  /** A WriteFeaturesRequest of one row with a vector value (`FloatVector.values`, packed). */
+  const request = (packedFloats: Uint8Array, rowTail: Uint8Array) => {
+    const vector = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(packedFloats)
+      .finish();
+    const featureValue = new BinaryWriter()
+      .uint32((5 << 3) | 2)
+      .bytes(vector)
+      .finish();
+    const row = new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .bytes(entry('user_id', stringValue('u1')))
+      .uint32((2 << 3) | 2)
+      .bytes(entry('emb', featureValue))
+      .raw(rowTail)
+      .finish();
+    return new BinaryWriter()
+      .uint32((1 << 3) | 2)
+      .string('user_stats')
+      .uint32((2 << 3) | 2)
+      .bytes(row)
+      .finish();
+  };
+
+  it('takes packed elements that fill their field', () => {
+    expect(check(request(new Uint8Array([0, 0, 128, 63, 0, 0, 0, 64]), new Uint8Array()))).toEqual(
+      [],
+    );
+  });
+
+  it('refuses a packed field of partial elements, which the decoder would read past', () => {
+    // Behind a one-byte float field, in an unknown field the check skips, a Timestamp with bad
+    // nanos: the decoder, reading a whole float, runs into it and reads it as the row's time.
+    const smuggled = new BinaryWriter()
+      .uint32((3 << 3) | 2)
+      .bytes(badTime)
+      .finish();
+    const unknown = new BinaryWriter()
+      .uint32((15 << 3) | 2)
+      .bytes(new Uint8Array([0, ...smuggled]))
+      .finish();
+    expect(check(request(new Uint8Array([0]), unknown))).toBe(undefined);
+    // A last varint cut short, in a packed enum list (ListExperiments' statuses).
+    const list = requestCheck(messageOf('/tandem.assignment.v1.AssignmentService/ListExperiments'));
+    const statuses = (packed: number[]) =>
+      new BinaryWriter()
+        .uint32((3 << 3) | 2)
+        .bytes(new Uint8Array(packed))
+        .finish();
+    expect(list(statuses([1, 2]))).toEqual([]);
+    expect(list(statuses([1, 0x82]))).toBe(undefined);
   });
 });
