@@ -276,6 +276,12 @@ export class FeatureRegistry {
      * and a write in flight during it may store more), and the new view must start empty.
      */
     private readonly purgeValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
+    /**
+     * Deletes the stored values of a deleted view, in the background: started before the write
+     * lease is released, so that the purge of a view applied again under the name right after
+     * finds it under way on this replica and waits for it (see `FeatureRowRepository.deleteView`).
+     */
+    private readonly deleteValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
   ) {
     this.writes = new SerialWrites(
       lease === undefined
@@ -515,7 +521,16 @@ export class FeatureRegistry {
     const proposed = featureViewDefinitionOf(message);
     const stored = await this.repository.featureViews.get(proposed.name);
     const violations = [
-      ...invalidDurations(message),
+      // A TTL under a millisecond, refused since, was stored as none: the same again is kept.
+      ...invalidDurations(message).filter(
+        (v) =>
+          !(
+            v.field === 'ttl' &&
+            v.reason === 'OUT_OF_RANGE' &&
+            stored !== undefined &&
+            stored.doc.definition.ttlMs === proposed.ttlMs
+          ),
+      ),
       ...validateFeatureView(proposed).filter(
         (v) => !keptAsStored(v, proposed, stored?.doc.definition),
       ),
@@ -590,6 +605,9 @@ export class FeatureRegistry {
     if (stored === undefined) throw featureViewNotFound(name);
     checkEtag(etag, stored, `feature view ${name}`);
     await this.repository.featureViews.delete(name, stored.version);
+    this.deleteValues(name).catch((error: unknown) => {
+      this.logger.warn({ err: error, view: name }, 'stored values not all deleted');
+    });
     this.views.delete(name);
     this.localChanges++;
     this.notify();

@@ -133,8 +133,8 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
               .deleteView(request.name)
               .catch(warn('aggregation state not all deleted'));
           }
-          // The view is gone from the registry; its stored values go in the background.
-          void parts.rows.deleteView(request.name).catch(warn('stored values not all deleted'));
+          // Its stored values go in the background, a deletion the registry started (see
+          // `FeatureRegistry.deleteValues`).
           return {};
         },
       );

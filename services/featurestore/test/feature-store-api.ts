@@ -147,6 +147,19 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(tiny.violations.map((v) => [v.field, v.reason])).toEqual([
         ['feature_view.ttl', 'OUT_OF_RANGE'],
       ]);
+      // A view stored with one before that was refused (as no TTL) may be applied again as is.
+      await harness.client.applyFeatureView({
+        featureView: userStatsView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      const again = await harness.client.applyFeatureView({
+        featureView: userStatsView({ ttl: { seconds: 0, nanos: 500 } }),
+        requestId: '',
+        validateOnly: false,
+      });
+      expect(again.changed).toBe(false);
+      await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
       await expect(harness.client.getFeatureView({ name: 'user_stats' })).rejects.toMatchObject({
         code: GrpcCode.NOT_FOUND,
       });

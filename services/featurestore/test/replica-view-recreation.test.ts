@@ -213,3 +213,75 @@ describe('a push view applied again while its old values are still being deleted
     }
   });
 });
+
+describe('a push view applied again while its DeleteFeatureView is still answering', () => {
+  it('keeps the rows written to it: the old values go before it is created', async () => {
+    // The delete holds after the view left the registry, before it answers (storage slow).
+    let release = (): void => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let entered = (): void => undefined;
+    const inDelete = new Promise<void>((resolve) => (entered = resolve));
+    const first = await startHarness({
+      wrapStore: (store) =>
+        overridingCollections(store, (collection, spec) =>
+          spec.name === 'expiry_retiming'
+            ? {
+                delete: async (id: string, expected?: number) => {
+                  entered();
+                  await held;
+                  return collection.delete(id, expected);
+                },
+              }
+            : {},
+        ),
+    });
+    let second: RunningHarness | undefined;
+    try {
+      await first.client.applyEntity({ entity: userEntity, requestId: '' });
+      const apply = () =>
+        first.client.applyFeatureView({
+          featureView: userStatsView(),
+          requestId: '',
+          validateOnly: false,
+        });
+      await apply();
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(Date.now() - 5_000), { ctr: double(0.3) })],
+        requestId: '',
+      });
+      const deleting = first.client.deleteFeatureView({
+        name: 'user_stats',
+        etag: '',
+        requestId: '',
+      });
+      await inDelete;
+      await apply();
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
+        requestId: '',
+      });
+      release();
+      await deleting;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      second = await startHarness({
+        replicaId: 'replica-b',
+        wrapStore: sharing(first.runtime.store),
+      });
+      const read = await second.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect([read.columns[0]?.statuses, read.columns[0]?.values]).toEqual([
+        [FeatureStatus.FEATURE_STATUS_PRESENT],
+        [double(0.9)],
+      ]);
+    } finally {
+      release();
+      await second?.stop();
+      await first.stop();
+    }
+  });
+});
