@@ -237,7 +237,6 @@ export function checkIdArgument(id: unknown): asserts id is string {
   if (violations.length > 0) throw new InvalidArgumentError('invalid document id', violations);
 }
 
-/** Throws `InvalidArgumentError` unless `where` is a set of scalar equality filters on fields. */
 /** {@link checkWhere}, and at least one field: a deletion never takes the whole collection. */
 export function checkDeleteWhere(where: Where): void {
   checkWhere(where);
@@ -248,6 +247,7 @@ export function checkDeleteWhere(where: Where): void {
   }
 }
 
+/** Throws `InvalidArgumentError` unless `where` is a set of scalar equality filters on fields. */
 export function checkWhere(where: Where | undefined): void {
   if (where === undefined) return;
   const violations: FieldViolation[] = [];
