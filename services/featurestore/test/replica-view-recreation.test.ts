@@ -146,6 +146,58 @@ describe('a push view deleted and applied again', () => {
   });
 });
 
+/** Applies user_stats on `replica` (its entity too) and writes u1's ctr 0.3, 5 s ago. */
+async function withOldRow(replica: RunningHarness): Promise<() => Promise<unknown>> {
+  await replica.client.applyEntity({ entity: userEntity, requestId: '' });
+  const apply = () =>
+    replica.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+  await apply();
+  await replica.client.writeFeatures({
+    featureView: 'user_stats',
+    rows: [userRow('u1', new Date(Date.now() - 5_000), { ctr: double(0.3) })],
+    requestId: '',
+  });
+  return apply;
+}
+
+/** Writes u1's ctr 0.9, now, to the view applied again. */
+async function writeNewRow(replica: RunningHarness): Promise<void> {
+  await replica.client.writeFeatures({
+    featureView: 'user_stats',
+    rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
+    requestId: '',
+  });
+}
+
+/**
+ * Expects a replica started now (reading the view from storage, once the old view's deletion has
+ * had time to run) to serve u1's new row.
+ */
+async function expectNewRowStored(first: RunningHarness): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  try {
+    const read = await second.client.getOnlineFeatures({
+      features: ['user_stats:ctr'],
+      entityRows: users('u1'),
+      omitEventTimes: true,
+    });
+    expect([read.columns[0]?.statuses, read.columns[0]?.values]).toEqual([
+      [FeatureStatus.FEATURE_STATUS_PRESENT],
+      [double(0.9)],
+    ]);
+  } finally {
+    await second.stop();
+  }
+}
+
 describe('a push view applied again while its old values are still being deleted', () => {
   it('is created once that deletion is done, so it does not take the new rows', async () => {
     // The old view's background deletion is held (a big view on a slow storage).
@@ -166,49 +218,17 @@ describe('a push view applied again while its old values are still being deleted
             : {},
         ),
     });
-    let second: RunningHarness | undefined;
     try {
-      await first.client.applyEntity({ entity: userEntity, requestId: '' });
-      const apply = () =>
-        first.client.applyFeatureView({
-          featureView: userStatsView(),
-          requestId: '',
-          validateOnly: false,
-        });
-      await apply();
-      await first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(Date.now() - 5_000), { ctr: double(0.3) })],
-        requestId: '',
-      });
+      const apply = await withOldRow(first);
       await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
       // The deletion ends in 300 ms: the view applied again meanwhile, and written to at once,
       // would lose that row to it.
       setTimeout(release, 300);
       await apply();
-      await first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
-        requestId: '',
-      });
-      await new Promise((resolve) => setTimeout(resolve, 500));
-      // A replica started now reads the view from storage.
-      second = await startHarness({
-        replicaId: 'replica-b',
-        wrapStore: sharing(first.runtime.store),
-      });
-      const read = await second.client.getOnlineFeatures({
-        features: ['user_stats:ctr'],
-        entityRows: users('u1'),
-        omitEventTimes: true,
-      });
-      expect([read.columns[0]?.statuses, read.columns[0]?.values]).toEqual([
-        [FeatureStatus.FEATURE_STATUS_PRESENT],
-        [double(0.9)],
-      ]);
+      await writeNewRow(first);
+      await expectNewRowStored(first);
     } finally {
       release();
-      await second?.stop();
       await first.stop();
     }
   });
@@ -235,21 +255,8 @@ describe('a push view applied again while its DeleteFeatureView is still answeri
             : {},
         ),
     });
-    let second: RunningHarness | undefined;
     try {
-      await first.client.applyEntity({ entity: userEntity, requestId: '' });
-      const apply = () =>
-        first.client.applyFeatureView({
-          featureView: userStatsView(),
-          requestId: '',
-          validateOnly: false,
-        });
-      await apply();
-      await first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(Date.now() - 5_000), { ctr: double(0.3) })],
-        requestId: '',
-      });
+      const apply = await withOldRow(first);
       const deleting = first.client.deleteFeatureView({
         name: 'user_stats',
         etag: '',
@@ -257,30 +264,12 @@ describe('a push view applied again while its DeleteFeatureView is still answeri
       });
       await inDelete;
       await apply();
-      await first.client.writeFeatures({
-        featureView: 'user_stats',
-        rows: [userRow('u1', new Date(), { ctr: double(0.9) })],
-        requestId: '',
-      });
+      await writeNewRow(first);
       release();
       await deleting;
-      await new Promise((resolve) => setTimeout(resolve, 500));
-      second = await startHarness({
-        replicaId: 'replica-b',
-        wrapStore: sharing(first.runtime.store),
-      });
-      const read = await second.client.getOnlineFeatures({
-        features: ['user_stats:ctr'],
-        entityRows: users('u1'),
-        omitEventTimes: true,
-      });
-      expect([read.columns[0]?.statuses, read.columns[0]?.values]).toEqual([
-        [FeatureStatus.FEATURE_STATUS_PRESENT],
-        [double(0.9)],
-      ]);
+      await expectNewRowStored(first);
     } finally {
       release();
-      await second?.stop();
       await first.stop();
     }
   });

@@ -238,6 +238,15 @@ class Scan {
     throw new Error('varint too long');
   }
 
+  /** A length-delimited value's bounds (its length just read), moving past it. */
+  delimited(): readonly [start: number, end: number] {
+    const length = this.varint32() >>> 0;
+    const start = this.pos;
+    if (length > this.end - start) throw new Error('truncated');
+    this.pos += length;
+    return [start, this.pos];
+  }
+
   /** A tag; throws on field number 0, which no message has (the decoder stops there). */
   tag(): number {
     const tag = this.varint32() >>> 0;
@@ -446,10 +455,7 @@ function walk(
       scan.skip(tag & 7, number);
       continue;
     }
-    const length = scan.varint32() >>> 0;
-    const start = scan.pos;
-    if (length > to - start) throw new Error('truncated');
-    scan.pos += length;
+    const [start, end] = scan.delimited();
     let index = -1;
     if (field.repeated) {
       counts ??= new Map();
@@ -461,18 +467,11 @@ function walk(
         parent: place,
         name: field.name,
         index,
-        entry: { from: start, to: scan.pos, keyType: field.map.key },
+        entry: { from: start, to: end, keyType: field.map.key },
       };
-      walkEntry(state, start, scan.pos, field, at, depth + 1);
+      walkEntry(state, start, end, field, at, depth + 1);
     } else {
-      visit(
-        state,
-        start,
-        scan.pos,
-        field.held,
-        { parent: place, name: field.name, index },
-        depth + 1,
-      );
+      visit(state, start, end, field.held, { parent: place, name: field.name, index }, depth + 1);
     }
   }
 }
@@ -494,12 +493,9 @@ function walkEntry(
       scan.skip(tag & 7, number);
       continue;
     }
-    const length = scan.varint32() >>> 0;
-    const start = scan.pos;
-    if (length > to - start) throw new Error('truncated');
-    scan.pos += length;
-    if (number === 2) visit(state, start, scan.pos, field.held, place, depth);
-    else if (field.map?.checkKey === true && !isUtf8At(state.bytes, start, scan.pos)) {
+    const [start, end] = scan.delimited();
+    if (number === 2) visit(state, start, end, field.held, place, depth);
+    else if (field.map?.checkKey === true && !isUtf8At(state.bytes, start, end)) {
       state.out.push(invalidUtf8(place, state.bytes));
     }
   }

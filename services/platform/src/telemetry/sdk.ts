@@ -26,18 +26,30 @@ export interface Telemetry {
   shutdown(): Promise<void>;
 }
 
-/** True when the standard OTEL_* variables ask for span export. */
-export function wantsTraceExport(env: Readonly<Record<string, string | undefined>>): boolean {
-  const exporters = (env.OTEL_TRACES_EXPORTER ?? '')
+/**
+ * Whether the OTEL_* variables ask for a signal's export: an exporter named in `exporter` (not
+ * `none`), or an OTLP endpoint for every signal or for this one. A blank variable is an unset
+ * one: a blank endpoint would be the SDK's default, localhost:4318.
+ */
+function wantsExport(
+  exporter: string | undefined,
+  signalEndpoint: string | undefined,
+  env: Readonly<Record<string, string | undefined>>,
+): boolean {
+  const exporters = (exporter ?? '')
     .split(',')
     .map((name) => name.trim())
     .filter((name) => name !== '');
   if (exporters.includes('none')) return false;
-  // A blank variable is an unset one, as for metrics.
-  const endpoint = [env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT].some(
+  const endpoint = [signalEndpoint, env.OTEL_EXPORTER_OTLP_ENDPOINT].some(
     (value) => (value ?? '').trim() !== '',
   );
   return exporters.length > 0 || endpoint;
+}
+
+/** True when the standard OTEL_* variables ask for span export. */
+export function wantsTraceExport(env: Readonly<Record<string, string | undefined>>): boolean {
+  return wantsExport(env.OTEL_TRACES_EXPORTER, env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env);
 }
 
 /**
@@ -46,16 +58,7 @@ export function wantsTraceExport(env: Readonly<Record<string, string | undefined
  */
 export function wantsMetricExport(env: Readonly<Record<string, string | undefined>>): boolean {
   if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return false;
-  const exporters = (env.OTEL_METRICS_EXPORTER ?? '')
-    .split(',')
-    .map((name) => name.trim())
-    .filter((name) => name !== '');
-  if (exporters.includes('none')) return false;
-  // A blank endpoint is no endpoint: the SDK would fall back to its default, localhost:4318.
-  const endpoint = [env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT].some(
-    (value) => (value ?? '').trim() !== '',
-  );
-  return exporters.length > 0 || endpoint;
+  return wantsExport(env.OTEL_METRICS_EXPORTER, env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env);
 }
 
 /** Starts the SDK (context manager, W3C propagator, exporters when asked for, Mongo instrumentation). */
