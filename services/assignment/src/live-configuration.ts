@@ -128,25 +128,22 @@ function compile(records: ConfigurationRecords): ConfigurationView {
 }
 
 /** The records of `view` with `change` applied, as `version`. */
-function withChange(view: ConfigurationView, version: number, change: ConfigurationChange) {
+function withChange(
+  view: ConfigurationView,
+  version: number,
+  change: ConfigurationChange,
+): ConfigurationRecords {
+  // Each kind's records as they are, or with the changed one replaced (or gone).
+  const records = <T>(type: ConfigurationChange['type'], map: ReadonlyMap<string, Stored<T>>) =>
+    change.type === type
+      ? replaced(map, change.id, change.stored as Stored<T> | undefined)
+      : [...map.values()];
   return {
     version,
-    layers:
-      change.type === 'layer'
-        ? replaced(view.layers, change.id, change.stored)
-        : [...view.layers.values()],
-    experiments:
-      change.type === 'experiment'
-        ? replaced(view.experiments, change.id, change.stored)
-        : [...view.experiments.values()],
-    holdouts:
-      change.type === 'holdout'
-        ? replaced(view.holdouts, change.id, change.stored)
-        : [...view.holdouts.values()],
-    allocations:
-      change.type === 'allocation'
-        ? replaced(view.allocations, change.id, change.stored)
-        : [...view.allocations.values()],
+    layers: records('layer', view.layers),
+    experiments: records('experiment', view.experiments),
+    holdouts: records('holdout', view.holdouts),
+    allocations: records('allocation', view.allocations),
   };
 }
 

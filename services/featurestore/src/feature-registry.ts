@@ -205,7 +205,8 @@ interface StoredRules {
 
 /**
  * Whether violation `v` of `proposed` is of a rule made after `stored` (its earlier definition)
- * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years, a
+ * was stored, on a value left as it was: an owner over 256 characters, a TTL over 100 years or
+ * under a millisecond (stored as none), a
  * stream source reading a field OutcomeEvent lacks, naming several subject tokens, aggregating a
  * string field as a number or declaring a negative bucket (a stream source cannot change at all).
  * So that applying the same definition again, as declarative clients do, is not refused.
@@ -218,7 +219,7 @@ function keptAsStored(
   if (stored === undefined) return false;
   if (v.field === 'owner' && v.reason === 'TOO_LONG') return proposed.owner === stored.owner;
   if (v.field === 'ttl' && v.reason === 'OUT_OF_RANGE') {
-    return proposed.ttlMs !== undefined && proposed.ttlMs > 0 && proposed.ttlMs === stored.ttlMs;
+    return proposed.ttlMs !== undefined && proposed.ttlMs === stored.ttlMs;
   }
   if (
     v.field.startsWith('stream_source.') &&
@@ -271,15 +272,11 @@ export class FeatureRegistry {
     private readonly replicaId: string,
     lease?: WriteLease,
     /**
-     * Deletes the stored values of a view name, before a view is created under it: values of an
-     * earlier view of that name may remain (their deletion runs in the background after a delete,
-     * and a write in flight during it may store more), and the new view must start empty.
-     */
-    private readonly purgeValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
-    /**
-     * Deletes the stored values of a deleted view, in the background: started before the write
-     * lease is released, so that the purge of a view applied again under the name right after
-     * finds it under way on this replica and waits for it (see `FeatureRowRepository.deleteView`).
+     * Deletes the stored values of a view name (after any deletion of them this replica has under
+     * way: see `FeatureRowRepository.deleteView`). Started in the background when a view is
+     * deleted, before the write lease is released; awaited before a view is created under a name,
+     * since values of an earlier view of that name may remain (that background deletion, a write
+     * in flight during it) and the new view must start empty.
      */
     private readonly deleteValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
   ) {
@@ -520,21 +517,9 @@ export class FeatureRegistry {
     }
     const proposed = featureViewDefinitionOf(message);
     const stored = await this.repository.featureViews.get(proposed.name);
-    const violations = [
-      // A TTL under a millisecond, refused since, was stored as none: the same again is kept.
-      ...invalidDurations(message).filter(
-        (v) =>
-          !(
-            v.field === 'ttl' &&
-            v.reason === 'OUT_OF_RANGE' &&
-            stored !== undefined &&
-            stored.doc.definition.ttlMs === proposed.ttlMs
-          ),
-      ),
-      ...validateFeatureView(proposed).filter(
-        (v) => !keptAsStored(v, proposed, stored?.doc.definition),
-      ),
-    ];
+    const violations = [...invalidDurations(message), ...validateFeatureView(proposed)].filter(
+      (v) => !keptAsStored(v, proposed, stored?.doc.definition),
+    );
     const entityCheck = checkViewEntities(proposed, this.entityDefinitions());
     violations.push(...entityCheck.violations);
     if (violations.length > 0) {
@@ -567,7 +552,7 @@ export class FeatureRegistry {
       const facts = stored === undefined ? undefined : { ...registered(stored), updateTime: now };
       return { featureView: featureViewMessageOf(proposed, facts), changed: true };
     }
-    if (stored === undefined) await this.purgeValues(proposed.name);
+    if (stored === undefined) await this.deleteValues(proposed.name);
     const result =
       stored === undefined
         ? await this.repository.featureViews.insert({

@@ -75,7 +75,6 @@ export async function startFeatureStore(
       reason: 'REGISTRY_WRITE_IN_PROGRESS',
     }),
     (view) => rows.deleteView(view),
-    (view) => rows.deleteView(view),
   );
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });
