@@ -459,7 +459,9 @@ async function holdReloadAfterOutage(gates: StorageGates): Promise<void> {
   // The reload's scan reads, then hangs (a cursor that never answers).
   gates.holdNextScan = true;
   gates.cutOff = false;
-  await untilHeld(gates, 'scan');
+  // The reload failed during the outage, so its next try waits (1 s doubling) and then for the
+  // next sync tick: up to ~3 s after storage returns, more on a loaded host.
+  await untilHeld(gates, 'scan', 8_000);
 }
 
 it('a replica stopping while it loads its views again after a long outage stops', async () => {
