@@ -544,49 +544,64 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
   }
 
   /**
-   * Ids of documents matching the equality filters, in id order. An index on exactly the
-   * filtered fields is read in order; one that starts with them is read and its ids sorted;
-   * without either, every document is read (fine at embedded sizes; declare the index).
+   * Ids of documents matching the equality filters, in id order. The index that starts with the
+   * most filtered fields is read: in order when it has no other field, its ids sorted otherwise;
+   * filters beyond those fields are checked on each document. Without one, every document is read
+   * (fine at embedded sizes; declare the index).
    */
   private *idsMatching(
     filters: [string, IndexValue][],
     afterId: string | undefined,
   ): Iterable<string> {
-    const fields = new Set(filters.map(([field]) => field));
-    const covers = (index: IndexTable, length: number): boolean =>
-      index.fields.length >= length &&
-      index.fields.slice(0, length).every((field) => fields.has(field));
-    const exact = this.indexes.find(
-      (index) => index.fields.length === fields.size && covers(index, fields.size),
+    const values = new Map(filters);
+    const leadingFiltered = (index: IndexTable): number => {
+      let n = 0;
+      while (n < index.fields.length && values.has(index.fields[n] as string)) n++;
+      return n;
+    };
+    let chosen: IndexTable | undefined;
+    let covered = 0;
+    for (const index of this.indexes) {
+      const n = leadingFiltered(index);
+      // More filtered fields first; then one with no other field, whose ids come in order.
+      const better =
+        n > covered ||
+        (n > 0 && n === covered && index.fields.length < (chosen?.fields.length ?? 0));
+      if (better) [chosen, covered] = [index, n];
+    }
+    const unchecked = filters.filter(
+      ([field]) => !chosen?.fields.slice(0, covered).includes(field),
     );
-    const prefixed = exact ?? this.indexes.find((index) => covers(index, fields.size));
-    if (!prefixed) {
+    const fits = (doc: T): boolean =>
+      unchecked.every(([field, wanted]) => (fieldValue(doc, field) ?? null) === wanted);
+    if (chosen === undefined) {
       const range = afterId === undefined ? {} : { start: afterId, exclusiveStart: true };
       for (const { key, value } of this.docs.getRange(range)) {
-        if (filters.every(([field, wanted]) => (fieldValue(value.d, field) ?? null) === wanted)) {
-          yield key;
-        }
+        if (fits(value.d)) yield key;
       }
       return;
     }
-    const values = new Map(filters);
-    const prefix = prefixed.fields
-      .slice(0, fields.size)
-      .map((field) => values.get(field) ?? null) as Key[];
+    const stored = (id: string): boolean => {
+      if (unchecked.length === 0) return true;
+      const record = this.docs.get(id);
+      return record !== undefined && fits(record.d);
+    };
+    const prefix = chosen.fields.slice(0, covered).map((field) => values.get(field)) as Key[];
     const end = [...prefix, KEY_END];
-    if (exact) {
+    if (chosen.fields.length === covered) {
       const start = afterId === undefined ? prefix : [...prefix, afterId];
-      for (const key of exact.db.getKeys({ start, end, exclusiveStart: afterId !== undefined })) {
-        yield (key as Key[])[prefix.length] as string;
+      for (const key of chosen.db.getKeys({ start, end, exclusiveStart: afterId !== undefined })) {
+        const id = (key as Key[])[covered] as string;
+        if (stored(id)) yield id;
       }
       return;
     }
     const ids = new Set<string>();
-    for (const key of prefixed.db.getKeys({ start: prefix, end })) {
-      const id = (key as Key[])[prefixed.fields.length] as string;
+    for (const key of chosen.db.getKeys({ start: prefix, end })) {
+      const id = (key as Key[])[chosen.fields.length] as string;
       if (afterId === undefined || compareKeys(id, afterId) > 0) ids.add(id);
     }
-    yield* [...ids].sort(compareKeys);
+    for (const id of [...ids].sort(compareKeys)) if (stored(id)) yield id;
   }
 
   private isLive(doc: T, nowMs: number): boolean {

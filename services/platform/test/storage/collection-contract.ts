@@ -15,13 +15,14 @@ import type {
   CollectionSpec,
   DocumentStore,
   Versioned,
+  Where,
 } from '../../src/storage/collection';
 
 interface Item {
   readonly id: string;
   readonly group?: string | null;
   readonly rank?: number;
-  readonly note?: string;
+  readonly note?: string | null;
 }
 
 interface Account {
@@ -294,6 +295,29 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         expect(
           ids((await items.list({ where: { group: 'g' }, afterId: 'a', limit: 1 })).items),
         ).toEqual(['c']);
+      });
+
+      it('filters on fields beyond the index, a null one matching documents without the field', async () => {
+        // Indexed on group alone, and on rank then group: neither covers the whole filter.
+        const items = await fresh<Item>({
+          indexes: [{ fields: ['group'] }, { fields: ['rank', 'group'] }],
+        });
+        await items.insert({ id: 'e', group: 'g', rank: 1, note: 'x' });
+        await items.insert({ id: 'd', group: 'g', rank: 1 });
+        await items.insert({ id: 'c', group: 'g', rank: 2, note: 'x' });
+        await items.insert({ id: 'b', group: 'h', rank: 1, note: 'x' });
+        await items.insert({ id: 'a', group: 'g', rank: 1, note: null });
+        const listed = async (where: Where, afterId?: string) =>
+          ids((await items.list({ where, afterId, limit: 10 })).items);
+        expect(await listed({ group: 'g', note: 'x' })).toEqual(['c', 'e']);
+        expect(await listed({ group: 'g', note: null })).toEqual(['a', 'd']);
+        expect(await listed({ group: 'g', note: null }, 'a')).toEqual(['d']);
+        expect(await listed({ rank: 1, group: 'g', note: 'x' })).toEqual(['e']);
+        expect(await listed({ rank: 1, note: 'x' })).toEqual(['b', 'e']);
+        expect(await items.count({ group: 'g', note: 'x' })).toBe(2);
+        expect(ids(await collect(items.scan({ group: 'g', note: null })))).toEqual(['a', 'd']);
+        expect(await items.deleteWhere({ group: 'g', note: null })).toBe(2);
+        expect(ids(await collect(items.scan()))).toEqual(['b', 'c', 'e']);
       });
 
       it('scans thousands of documents in id order across batches, with and without a filter', async () => {
