@@ -272,13 +272,15 @@ export class FeatureRegistry {
     private readonly replicaId: string,
     lease?: WriteLease,
     /**
-     * Deletes the stored values of a view name (after any deletion of them this replica has under
-     * way: see `FeatureRowRepository.deleteView`). Started in the background when a view is
-     * deleted, before the write lease is released; awaited before a view is created under a name,
-     * since values of an earlier view of that name may remain (that background deletion, a write
-     * in flight during it) and the new view must start empty.
+     * Deletes the stored values of the view `view` registered at `registration` (its creation
+     * time, ms), or with no registration every value of the name (see
+     * `FeatureRowRepository.deleteView`). Started in the background when a view is deleted,
+     * before the write lease is released; awaited, for the name, before a view is created under
+     * it, since values of an earlier view of that name may remain (that background deletion, a
+     * write in flight during it) and the new view must start empty.
      */
-    private readonly deleteValues: (view: string) => Promise<unknown> = () => Promise.resolve(),
+    private readonly deleteValues: (view: string, registration?: number) => Promise<unknown> = () =>
+      Promise.resolve(),
   ) {
     this.writes = new SerialWrites(
       lease === undefined
@@ -590,7 +592,7 @@ export class FeatureRegistry {
     if (stored === undefined) throw featureViewNotFound(name);
     checkEtag(etag, stored, `feature view ${name}`);
     await this.repository.featureViews.delete(name, stored.version);
-    this.deleteValues(name).catch((error: unknown) => {
+    this.deleteValues(name, dateOf(stored.doc.createTime).getTime()).catch((error: unknown) => {
       this.logger.warn({ err: error, view: name }, 'stored values not all deleted');
     });
     this.views.delete(name);

@@ -363,7 +363,7 @@ export class OnlineViews {
       // A feature added gets its values from storage, in the background (a view may hold
       // millions of records, and writes wait for a reconcile): rows written with it on another
       // replica may have been synced here, without it, before this replica knew of it.
-      if (added) this.refill(name, current.table, definition);
+      if (added) this.refill(name, current.table, registered);
       return;
     }
     if (
@@ -441,7 +441,7 @@ export class OnlineViews {
   private refill(
     name: string,
     table: OnlineTable<FeatureValueMessage>,
-    definition: FeatureViewDefinition,
+    registered: Registered<FeatureViewDefinition>,
     retryMs = 5_000,
   ): void {
     const mine = {};
@@ -456,9 +456,10 @@ export class OnlineViews {
       );
     };
     const run = async (): Promise<void> => {
-      const types = featureTypes(definition);
+      const types = featureTypes(registered.definition);
       let batch: OnlineRow<FeatureValueMessage>[] = [];
-      for await (const row of this.parts.rows.scanView(name)) {
+      const registration = registered.createTime.getTime();
+      for await (const row of this.parts.rows.scanView(name, registration)) {
         if (!current()) return;
         batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
         if (batch.length === 1_000) {
@@ -478,7 +479,7 @@ export class OnlineViews {
           `new features not loaded; trying again in ${retryMs / 1000} s`,
         );
         const retry = setTimeout(() => {
-          if (current()) this.refill(name, table, definition, Math.min(60_000, 2 * retryMs));
+          if (current()) this.refill(name, table, registered, Math.min(60_000, 2 * retryMs));
         }, retryMs);
         retry.unref();
       })
@@ -531,7 +532,7 @@ export class OnlineViews {
     this.writesDuringLoad.set(definition.name, writes);
     try {
       const loadedAfter = await this.parts.rows.lastSequence();
-      const table = await this.loadTable(definition);
+      const table = await this.loadTable(served.registered);
       if (this.stopped) return;
       for (const rows of writes.rows) table.write(rows, Date.now());
       this.served.set(definition.name, { ...served, table, loadedAfter });
@@ -542,9 +543,10 @@ export class OnlineViews {
     }
   }
 
-  private async loadTable(
-    definition: FeatureViewDefinition,
-  ): Promise<OnlineTable<FeatureValueMessage>> {
+  private async loadTable({
+    definition,
+    createTime,
+  }: Registered<FeatureViewDefinition>): Promise<OnlineTable<FeatureValueMessage>> {
     const started = Date.now();
     const table = new OnlineTable<FeatureValueMessage>({
       features: definition.features.map((f) => f.name),
@@ -554,7 +556,7 @@ export class OnlineViews {
     const types = featureTypes(definition);
     let batch: OnlineRow<FeatureValueMessage>[] = [];
     let loaded = 0;
-    for await (const row of this.parts.rows.scanView(definition.name)) {
+    for await (const row of this.parts.rows.scanView(definition.name, createTime.getTime())) {
       batch.push(onlineRowOf(row, types, orderOfVersion(row.version)));
       if (batch.length === 1_000) {
         if (this.stopped) throw new UnavailableError('stopping: feature view not loaded');
@@ -1438,6 +1440,7 @@ export async function storeRows(
     version: rowVersion(row.eventTime, order),
     values: row.stored,
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
+    registration: registered.createTime.getTime(),
   }));
   const outcomes = await repository.write(documents);
   const stored = candidates

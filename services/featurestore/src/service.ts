@@ -74,7 +74,7 @@ export async function startFeatureStore(
       what: 'the registry',
       reason: 'REGISTRY_WRITE_IN_PROGRESS',
     }),
-    (view) => rows.deleteView(view),
+    (view, registration) => rows.deleteView(view, registration),
   );
   await registry.reload();
   const views = new OnlineViews({ config, registry, rows, checkpoints, bus, logger });

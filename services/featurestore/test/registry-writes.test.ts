@@ -15,6 +15,7 @@ import {
   startHarness,
   startReplicaPair,
   type RunningHarness,
+  sharing,
 } from './support/feature-store-harness';
 import {
   applyUserStats,
@@ -163,39 +164,90 @@ describe('a view created under the name of a deleted one', () => {
     await harness.stop();
   });
 
-  it('starts empty, even when values of the deleted one were stored after its deletion', async () => {
+  /** Applies user_stats, writes u1's ctr 0.5, and returns the stored record. */
+  async function writtenRecord(rows: FeatureRowRepository): Promise<FeatureRowDocument> {
     await applyUserStats(harness.client);
     await harness.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
       requestId: '',
     });
-    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
-    const written: FeatureRowDocument[] = [];
-    for await (const row of rows.scanView('user_stats')) written.push(row);
+    const written = await storedRecords(rows);
     expect(written).toHaveLength(1);
-    await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
-    // The deletion of its values runs in the background; a write in flight during it lands late.
-    await eventually(async () => {
-      const left: FeatureRowDocument[] = [];
-      for await (const row of rows.scanView('user_stats')) left.push(row);
-      expect(left).toEqual([]);
-    });
-    await rows.write(written);
+    return written[0] as FeatureRowDocument;
+  }
 
-    await harness.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
+  /** Deletes user_stats and waits until its values are gone from storage. */
+  async function deleteUserStats(rows: FeatureRowRepository): Promise<void> {
+    await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+    // The deletion of its values runs in the background.
+    await eventually(async () => {
+      expect(await storedRecords(rows)).toEqual([]);
     });
-    const read = await harness.client.getOnlineFeatures({
+  }
+
+  /** u1's ctr as served by `replica`. */
+  async function ctrOfU1(replica: RunningHarness) {
+    const read = await replica.client.getOnlineFeatures({
       features: ['user_stats:ctr'],
       entityRows: users('u1'),
-      omitEventTimes: false,
+      omitEventTimes: true,
     });
-    expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+    return [read.columns[0]?.statuses, read.columns[0]?.values];
+  }
+
+  /** u1's ctr as served by a replica started now on the same storage (loading the view). */
+  async function ctrOfU1Loaded() {
+    const other = await startHarness({
+      replicaId: 'other',
+      wrapStore: sharing(harness.runtime.store),
+    });
+    try {
+      return await ctrOfU1(other);
+    } finally {
+      await other.stop();
+    }
+  }
+
+  it('starts empty, even when values of the deleted one were stored after its deletion', async () => {
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
+    const written = await writtenRecord(rows);
+    await deleteUserStats(rows);
+    // A write in flight during the deletion lands late.
+    await rows.write([written]);
+
+    await applyUserStats(harness.client);
+    expect((await ctrOfU1(harness))[0]).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+  });
+
+  it('is loaded without values written for the deleted one after it was created', async () => {
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
+    const written = await writtenRecord(rows);
+    await deleteUserStats(rows);
+    await applyUserStats(harness.client);
+    // A write that checked the old view just before the deletion lands after the new one.
+    await rows.write([written]);
+    expect((await ctrOfU1Loaded())[0]).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+  });
+
+  it('is loaded with, and deleted with, values stored by earlier builds (no registration)', async () => {
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
+    const { registration, ...earlier } = await writtenRecord(rows);
+    expect(registration).toBeGreaterThan(0);
+    await deleteUserStats(rows);
+    await applyUserStats(harness.client);
+    await rows.write([earlier]);
+    expect(await ctrOfU1Loaded()).toEqual([[FeatureStatus.FEATURE_STATUS_PRESENT], [double(0.5)]]);
+    await deleteUserStats(rows);
   });
 });
+
+/** Every stored record of user_stats, whichever view of the name it was written for. */
+async function storedRecords(rows: FeatureRowRepository): Promise<FeatureRowDocument[]> {
+  const found: FeatureRowDocument[] = [];
+  for await (const row of rows.scanView('user_stats')) found.push(row);
+  return found;
+}
 
 describe('a definition stored before a limit it breaks', () => {
   let harness: RunningHarness;

@@ -13,7 +13,7 @@ import {
   type RunningHarness,
   sharing,
 } from './support/feature-store-harness';
-import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+import { applyUserStats, double, userEntity, userRow, users } from './support/fixtures';
 import { overridingCollections } from '../../platform/test/support/wrapped-store';
 
 describe('a push view deleted and applied again', () => {
@@ -28,7 +28,7 @@ describe('a push view deleted and applied again', () => {
       env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '10m' },
     });
     await first.client.applyEntity({ entity: userEntity, requestId: '' });
-    await applyUserStats();
+    await applyUserStats(first.client);
     await first.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.3) })],
@@ -42,14 +42,6 @@ describe('a push view deleted and applied again', () => {
     await first.stop();
   });
 
-  async function applyUserStats(): Promise<void> {
-    await first.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
-    });
-  }
-
   /** Deletes user_stats, waits until storage holds none of its rows, and applies it again. */
   async function recreateUserStats(): Promise<void> {
     await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
@@ -57,7 +49,7 @@ describe('a push view deleted and applied again', () => {
     await eventually(async () => {
       for await (const row of rows.scanView('user_stats')) throw new Error(`${row.id} is left`);
     });
-    await applyUserStats();
+    await applyUserStats(first.client);
   }
 
   async function ctrOf(replica: RunningHarness, since: number) {
@@ -148,13 +140,7 @@ describe('a push view deleted and applied again', () => {
 
 /** Applies user_stats on `replica` (its entity too) and writes u1's ctr 0.3, 5 s ago. */
 async function withOldRow(replica: RunningHarness): Promise<() => Promise<unknown>> {
-  await replica.client.applyEntity({ entity: userEntity, requestId: '' });
-  const apply = () =>
-    replica.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
-    });
+  const apply = () => applyUserStats(replica.client);
   await apply();
   await replica.client.writeFeatures({
     featureView: 'user_stats',
@@ -199,36 +185,51 @@ async function expectNewRowStored(first: RunningHarness): Promise<void> {
 }
 
 describe('a push view applied again while its old values are still being deleted', () => {
-  it('is created once that deletion is done, so it does not take the new rows', async () => {
+  it.each([
+    ['the replica that deleted it', false],
+    ['another replica', true],
+  ])('on %s keeps the rows written to it when that deletion goes on', async (_, elsewhere) => {
     // The old view's background deletion is held (a big view on a slow storage).
     let release = (): void => undefined;
     const held = new Promise<void>((resolve) => (release = resolve));
-    let deletions = 0;
+    let holdNext = false;
+    let heldDone = (): void => undefined;
+    const deletionDone = new Promise<void>((resolve) => (heldDone = resolve));
     const first = await startHarness({
+      replicaId: 'replica-a',
       wrapStore: (store) =>
         overridingCollections(store, (collection, spec) =>
           spec.name === 'feature_rows'
             ? {
                 deleteWhere: async (where) => {
-                  // The first is the purge at the view's first creation; the second, Delete's.
-                  if (++deletions === 2) await held;
-                  return collection.deleteWhere(where);
+                  if (!holdNext) return collection.deleteWhere(where);
+                  holdNext = false;
+                  await held;
+                  const deleted = await collection.deleteWhere(where);
+                  heldDone();
+                  return deleted;
                 },
               }
             : {},
         ),
     });
+    const second = elsewhere
+      ? await startHarness({ replicaId: 'replica-b', wrapStore: sharing(first.runtime.store) })
+      : first;
     try {
-      const apply = await withOldRow(first);
+      await withOldRow(first);
+      holdNext = true;
       await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
-      // The deletion ends in 300 ms: the view applied again meanwhile, and written to at once,
-      // would lose that row to it.
-      setTimeout(release, 300);
-      await apply();
-      await writeNewRow(first);
+      expect(holdNext).toBe(false);
+      // Applied again and written to while that deletion is under way.
+      await applyUserStats(second.client);
+      await writeNewRow(second);
+      release();
+      await deletionDone;
       await expectNewRowStored(first);
     } finally {
       release();
+      if (second !== first) await second.stop();
       await first.stop();
     }
   });

@@ -33,6 +33,12 @@ export interface FeatureRowDocument {
   readonly values: Readonly<Record<string, StoredValue>>;
   /** Event time + the view's TTL; unset when the view's records never expire. */
   readonly expiresAt?: Date;
+  /**
+   * The creation time (ms) of the view the record was written to: a view deleted and applied
+   * again under its name is another one, whose records the old one's deletion leaves alone.
+   * Absent from records of earlier builds.
+   */
+  readonly registration?: number;
 }
 
 /** A record as the change log carries it. */
@@ -177,9 +183,6 @@ function sequenceId(sequence: number): string {
 }
 
 export class FeatureRowRepository {
-  /** Deletions of views' records under way, by view (see {@link deleteView}). */
-  private readonly deletions = new Map<string, Promise<number>>();
-
   private constructor(
     private readonly rows: Collection<FeatureRowDocument>,
     private readonly changes: Collection<ChangeLogDocument>,
@@ -207,9 +210,22 @@ export class FeatureRowRepository {
     return this.rows.upsertIfNewer(documents, 'version');
   }
 
-  /** Every live record of a view, streamed. */
-  async *scanView(view: string): AsyncIterable<FeatureRowDocument> {
-    for await (const row of this.rows.scan({ view })) yield row.doc;
+  /**
+   * Every live record of the view registered at `registration` (its creation time, ms), and those
+   * of earlier builds, which carry none; streamed. A record of an earlier registration of the name
+   * is one its deletion has not reached yet, or one a write that raced it stored. Without a
+   * registration, every live record of the name.
+   */
+  async *scanView(view: string, registration?: number): AsyncIterable<FeatureRowDocument> {
+    for await (const { doc } of this.rows.scan({ view })) {
+      if (
+        registration === undefined ||
+        doc.registration === undefined ||
+        doc.registration === registration
+      ) {
+        yield doc;
+      }
+    }
   }
 
   /**
@@ -242,21 +258,16 @@ export class FeatureRowRepository {
   }
 
   /**
-   * Deletes every record of a view, in batches (a view may hold millions), after any deletion of
-   * it this replica has under way: a view applied again under the name, whose purge this is,
-   * must not be created while the old one's background deletion could still take its first rows
-   * (records carry no mark of the view's registration). A deletion made on another replica is
-   * not waited for.
+   * Deletes, in batches (a view may hold millions), the records of the view registered at
+   * `registration` (its creation time, ms) and those of earlier builds, which carry none; without
+   * a registration, every record of the name (a purge before a view is created under it). A view
+   * applied again under the name while a deletion runs, on this replica or another, keeps the
+   * records written to it.
    */
-  deleteView(view: string): Promise<number> {
-    const before = this.deletions.get(view) ?? Promise.resolve(0);
-    const run = before.catch(() => 0).then(() => this.rows.deleteWhere({ view }));
-    this.deletions.set(view, run);
-    const settled = (): void => {
-      if (this.deletions.get(view) === run) this.deletions.delete(view);
-    };
-    run.then(settled, settled);
-    return run;
+  async deleteView(view: string, registration?: number): Promise<number> {
+    if (registration === undefined) return this.rows.deleteWhere({ view });
+    const deleted = await this.rows.deleteWhere({ view, registration });
+    return deleted + (await this.rows.deleteWhere({ view, registration: null }));
   }
 
   /**
