@@ -555,8 +555,12 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
               createHash('sha256').update(request.resolveToken).digest('base64url'),
             ]);
       if (resultKey !== undefined) {
-        // A retry arriving while its first call runs waits for it rather than logging beside it.
-        await applying.settled(resultKey);
+        // A retry arriving while its first call runs waits for it rather than logging beside it;
+        // of calls that waited together (sent at once), the first to go on runs and the others
+        // wait for it in turn.
+        do {
+          await applying.settled(resultKey);
+        } while (applying.has(resultKey));
         const previous = applyResults.get(resultKey);
         if (previous) return { exposures: previous };
       }

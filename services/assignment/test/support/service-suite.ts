@@ -50,7 +50,9 @@ import {
 import { failure } from '../../../platform/test/support/failure';
 import { rawCallError as rawCall } from '../../../platform/test/support/raw-call';
 import { withTimestampNanos } from '../../../platform/test/support/timestamps';
+import type { CallContext } from '../../../platform/src/grpc/handlers';
 import { hash } from '../../src/domain';
+import { resolveHandlers } from '../../src/handlers/resolve';
 import { RELEASE_GRACE_MS, StickyAssignments } from '../../src/store/sticky-assignments';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
@@ -1768,6 +1770,35 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           expect(store).toHaveBeenCalledTimes(1);
         } finally {
           store.mockRestore();
+        }
+      });
+
+      it('has identical Applys arriving together log once and answer alike', async () => {
+        const { admin, client } = service;
+        await startSticky(admin, 'twin-apply');
+        const resolved = await client.resolve(
+          resolveRequest('twin-1', { surfaces: ['twin-apply'] }),
+        );
+        // The handlers called directly: three calls start in one tick, as a burst of retries
+        // read from one socket read does.
+        const { apply } = resolveHandlers(service.service.context);
+        const request = ApplyRequest.fromPartial({
+          resolveToken: resolved.resolveToken,
+          requestId: 'twin-apply-1',
+        });
+        const ctx = { signal: new AbortController().signal } as CallContext;
+        const log = jest.spyOn(service.service.context.exposures, 'log');
+        try {
+          const [first, ...others] = await Promise.all([
+            apply(request, ctx),
+            apply(request, ctx),
+            apply(request, ctx),
+          ]);
+          expect(first.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
+          expect(others).toEqual([first, first]);
+          expect(log).toHaveBeenCalledTimes(1);
+        } finally {
+          log.mockRestore();
         }
       });
 
