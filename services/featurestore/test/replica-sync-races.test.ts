@@ -112,7 +112,8 @@ async function gatedPair() {
     wrapStore: sharing(first.runtime.store),
   });
   await applyUserStats(first.client);
-  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+  // The second replica's registry reload is 500 ms apart.
+  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
   return {
     gates,
     first,
@@ -247,10 +248,11 @@ it('a change-log entry stored after the gap wait is still applied by other repli
     try {
       await writeLaterRow(first, second);
       // Passed over (the replicas look for it by id): applied late, not by following the log.
+      // After the gap wait (5 s), then a sync tick.
       await eventually(() => {
         expect(lookedFor).toHaveBeenCalled();
         return Promise.resolve();
-      }, 10_000);
+      }, 15_000);
     } finally {
       lookedFor.mockRestore();
     }
@@ -278,12 +280,13 @@ it('consecutive missing change-log entries are passed over after one gap wait', 
         expect(await ctrOf(second, user)).toEqual(double(0.5));
       }
     }, 5_000);
-    // The three sequences were all missing from the start: one wait (5 s) passes them all.
+    // The three sequences were all missing from the start: one wait (5 s, then a sync tick of
+    // each replica) passes them all. Under 10 s, so two waits in a row would still fail it.
     await eventually(() => {
       const positions = follows.mock.calls.slice(-4).map(([sequence]) => sequence);
       expect(Math.min(...positions)).toBeGreaterThanOrEqual(base + 3);
       return Promise.resolve();
-    }, 8_000);
+    }, 9_500);
   } finally {
     follows.mockRestore();
     await stop();
@@ -432,7 +435,8 @@ it('writes do not wait for the reload after a long outage when the registry chan
 
 /**
  * Runs `hold` (which leaves a scan of `replica`'s held), then expects `replica` to stop within
- * 5 s: within its shutdown deadline (10 s), not after the scan. Stops `others` last.
+ * 8 s: within its shutdown deadline (10 s), not after the scan (held until the end). Its views
+ * alone wait 2 s for the reads still running (STOP_WAIT_FOR_READS_MS). Stops `others` last.
  */
 async function stopsWhileScanHeld(
   gates: StorageGates,
@@ -443,7 +447,7 @@ async function stopsWhileScanHeld(
   let stopped = false;
   try {
     await hold();
-    expect(await doneWithin(replica.stop(), 5_000)).toBe('done');
+    expect(await doneWithin(replica.stop(), 8_000)).toBe('done');
     stopped = true;
   } finally {
     gates.releaseScan?.();
@@ -472,7 +476,7 @@ it('a replica stopping while it loads its views again after a long outage stops'
     await applyUserStats(harness.client);
     await holdReloadAfterOutage(gates);
   });
-}, 30_000);
+}, 40_000);
 
 /** A view applied on `replica`, which the other replica's reconcile then loads. */
 async function applyOtherStats(replica: RunningHarness): Promise<void> {

