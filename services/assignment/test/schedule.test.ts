@@ -31,8 +31,10 @@ describe('scheduled experiments', () => {
   };
 
   it('is SCHEDULED until its start time, serves within its window, and stops serving at its end', async () => {
+    // A window of 3.5 s: the status's step to RUNNING (the next periodic check, 500 ms apart)
+    // must be seen before the end's step, also on a loaded host.
     const start = new Date(Date.now() + 1500);
-    const end = new Date(Date.now() + 3000);
+    const end = new Date(Date.now() + 5000);
     await assignment.admin.createExperiment({
       experiment: experiment('timed', { scheduledStartTime: start, scheduledEndTime: end }),
       requestId: '',
@@ -58,7 +60,7 @@ describe('scheduled experiments', () => {
     }, 5000);
     await eventually(async () => {
       expect(await reasonFor('timed')).toBe(AssignmentReason.ASSIGNMENT_REASON_NOT_RUNNING);
-    }, 5000);
+    }, 8000);
     await eventually(async () => {
       const { experiment: stopped } = await assignment.client.getExperiment({ id: 'timed' });
       expect(stopped).toMatchObject({

@@ -353,9 +353,14 @@ describe('deadline and cancellation propagation', () => {
     const cancelledDownstream = new Promise<void>((resolve) => {
       downstreamCancelled = resolve;
     });
+    let enteredDownstream!: () => void;
+    const inDownstream = new Promise<void>((resolve) => {
+      enteredDownstream = resolve;
+    });
     const downstream = await startEcho({
       handlers: {
         echo: async (request, ctx) => {
+          enteredDownstream();
           ctx.signal.addEventListener('abort', () => {
             downstreamCancelled();
           });
@@ -386,7 +391,8 @@ describe('deadline and cancellation propagation', () => {
         { signal: caller.signal },
       ),
     );
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Cancelled once the call has reached the second hop.
+    await inDownstream;
     const started = Date.now();
     caller.abort();
     expect((await call).code).toBe(GrpcCode.CANCELLED);
