@@ -355,19 +355,30 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
   async deleteWhere(where: Where): Promise<number> {
     checkDeleteWhere(where);
     let total = 0;
+    // Each batch goes on after the last id the previous one removed: restarting from the first
+    // id would read again every document that did not match (a filter beyond the index's fields),
+    // quadratic, with the writer lock held. One more pass from the start then takes documents
+    // written behind the cursor meanwhile.
+    let after: string | undefined;
+    let again = true;
     for (;;) {
-      const removed = await this.write(() => {
+      const [removed, last] = await this.write((): [number, string | undefined] => {
         this.ensureOpen();
         const batch: StoredRecord<T>[] = [];
-        for (const record of this.matching(where, undefined)) {
+        for (const record of this.matching(where, after)) {
           batch.push(record);
           if (batch.length === SWEEP_BATCH) break;
         }
         for (const record of batch) this.removeRecord(record);
-        return batch.length;
+        return [batch.length, batch[batch.length - 1]?.d.id];
       });
       total += removed;
-      if (removed < SWEEP_BATCH) return total;
+      if (removed === SWEEP_BATCH) {
+        after = last;
+        continue;
+      }
+      if (after === undefined || !again) return total;
+      [after, again] = [undefined, false];
     }
   }
 
@@ -537,22 +548,23 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
       }
       return;
     }
-    for (const id of this.idsMatching(filters, afterId)) {
+    const { ids, fits } = this.idsMatching(filters, afterId);
+    for (const id of ids) {
       const record = this.docs.get(id);
-      if (record && this.isLive(record.d, now)) yield record;
+      if (record && fits(record.d) && this.isLive(record.d, now)) yield record;
     }
   }
 
   /**
-   * Ids of documents matching the equality filters, in id order. The index that starts with the
-   * most filtered fields is read: in order when it has no other field, its ids sorted otherwise;
-   * filters beyond those fields are checked on each document. Without one, every document is read
-   * (fine at embedded sizes; declare the index).
+   * Ids of the documents that may match the equality filters, in id order, and `fits`, which the
+   * caller checks on each document it reads. The index that starts with the most filtered fields
+   * is read: in order when it has no other field, its ids sorted otherwise; `fits` checks the
+   * filters beyond those fields. Without one, every id (fine at embedded sizes; declare the index).
    */
-  private *idsMatching(
+  private idsMatching(
     filters: [string, IndexValue][],
     afterId: string | undefined,
-  ): Iterable<string> {
+  ): { ids: Iterable<string>; fits: (doc: T) => boolean } {
     const values = new Map(filters);
     const leadingFiltered = (index: IndexTable): number => {
       let n = 0;
@@ -576,23 +588,25 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
       unchecked.every(([field, wanted]) => (fieldValue(doc, field) ?? null) === wanted);
     if (chosen === undefined) {
       const range = afterId === undefined ? {} : { start: afterId, exclusiveStart: true };
-      for (const { key, value } of this.docs.getRange(range)) {
-        if (fits(value.d)) yield key;
-      }
-      return;
+      return { ids: this.docs.getKeys(range), fits };
     }
-    const stored = (id: string): boolean => {
-      if (unchecked.length === 0) return true;
-      const record = this.docs.get(id);
-      return record !== undefined && fits(record.d);
-    };
+    return { ids: this.indexIds(chosen, covered, values, afterId), fits };
+  }
+
+  /** Ids of `index`'s entries whose first `covered` fields hold `values`, in id order. */
+  private *indexIds(
+    chosen: IndexTable,
+    covered: number,
+    values: Map<string, IndexValue>,
+    afterId: string | undefined,
+  ): Iterable<string> {
     const prefix = chosen.fields.slice(0, covered).map((field) => values.get(field)) as Key[];
     const end = [...prefix, KEY_END];
     if (chosen.fields.length === covered) {
       const start = afterId === undefined ? prefix : [...prefix, afterId];
       for (const key of chosen.db.getKeys({ start, end, exclusiveStart: afterId !== undefined })) {
         const id = (key as Key[])[covered] as string;
-        if (stored(id)) yield id;
+        yield id;
       }
       return;
     }
@@ -601,7 +615,7 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
       const id = (key as Key[])[chosen.fields.length] as string;
       if (afterId === undefined || compareKeys(id, afterId) > 0) ids.add(id);
     }
-    for (const id of [...ids].sort(compareKeys)) if (stored(id)) yield id;
+    yield* [...ids].sort(compareKeys);
   }
 
   private isLive(doc: T, nowMs: number): boolean {
@@ -700,6 +714,10 @@ class DocumentTable<T> {
     for (const { key, value } of this.db.getRange(range)) {
       yield { key, value: { v: value.v, d: decodeValue(value.d) as T } };
     }
+  }
+
+  *getKeys(range: Parameters<Database<StoredRecord<T>, string>['getKeys']>[0]): Generator<string> {
+    for (const key of this.db.getKeys(range)) yield key;
   }
 
   getCount(): number {

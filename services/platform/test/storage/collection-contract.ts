@@ -320,6 +320,19 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         expect(ids(await collect(items.scan()))).toEqual(['b', 'c', 'e']);
       });
 
+      it('deletes, across batches, documents matching a filter beyond the index among others', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
+        // 1,200 of each, interleaved: more than one deletion batch (1,000) of either.
+        const all = sequence('doc', 2400);
+        for (const [i, id] of all.entries()) {
+          await items.insert({ id, group: 'g', ...(i % 2 === 0 ? { note: 'x' } : {}) });
+        }
+        expect(await items.deleteWhere({ group: 'g', note: null })).toBe(1200);
+        expect(await items.count({ group: 'g' })).toBe(1200);
+        expect(await items.deleteWhere({ group: 'g', note: 'x' })).toBe(1200);
+        expect(await items.count()).toBe(0);
+      });
+
       it('scans thousands of documents in id order across batches, with and without a filter', async () => {
         const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
         const all = sequence('doc', 2600);
