@@ -71,7 +71,13 @@ async function main(): Promise<void> {
     let done: BulkLoadProgress;
     try {
       done = await bulkLoad(
-        { view, createTime: dateOf(stored.createTime), keyColumns, rows: rowRepository },
+        {
+          view,
+          createTime: dateOf(stored.createTime),
+          keyColumns,
+          rows: rowRepository,
+          storedRegistration: () => registry.viewRegistration(viewName),
+        },
         rows(),
         progress,
       );

@@ -185,7 +185,9 @@ export class ExpiryRetiming {
     const settled = Date.now() + this.settleMs;
     const done = previous
       .then(() => (current() ? this.stopping.wait(settled - Date.now()) : undefined))
-      .then(() => (current() ? this.rows.restampExpiry(view, ttlMs, current) : undefined))
+      .then(() =>
+        current() ? this.rows.restampExpiry(view, registration, ttlMs, current) : undefined,
+      )
       .then(async (changed) => {
         if (this.runs.get(view)?.run !== run) return;
         this.runs.delete(view);

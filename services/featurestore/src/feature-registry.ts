@@ -340,9 +340,8 @@ export class FeatureRegistry {
    * The creation time (ms) of the view `name` as storage holds it now, which may be ahead of this
    * replica's copy by up to a reload; undefined when storage has no such view.
    */
-  async storedRegistration(name: string): Promise<number | undefined> {
-    const stored = await this.repository.featureViews.get(name);
-    return stored === undefined ? undefined : dateOf(stored.doc.createTime).getTime();
+  storedRegistration(name: string): Promise<number | undefined> {
+    return this.repository.viewRegistration(name);
   }
 
   /**

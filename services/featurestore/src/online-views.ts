@@ -1432,15 +1432,16 @@ export async function storeRows(
       : [...winners.values()].sort((a, b) => a - b).map((i) => rows[i] as PreparedRow);
   if (candidates.length === 0) return [];
   const order = await repository.takeWriteOrder(definition.name);
+  const registration = registered.createTime.getTime();
   const documents: FeatureRowDocument[] = candidates.map((row) => ({
-    id: rowId(definition.name, row.entityKey),
+    id: rowId(definition.name, registration, row.entityKey),
     view: definition.name,
     entityKey: row.entityKey,
     eventTime: row.eventTime,
     version: rowVersion(row.eventTime, order),
     values: row.stored,
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
-    registration: registered.createTime.getTime(),
+    registration,
   }));
   const outcomes = await repository.write(documents);
   const stored = candidates
@@ -1448,7 +1449,7 @@ export async function storeRows(
     .map((row) => ({ ...row, order }));
   const write = {
     view: definition.name,
-    registration: registered.createTime.getTime(),
+    registration,
     origin,
     order,
   };

@@ -18,6 +18,21 @@ import { applyUserStats, double, userRow, users } from './support/fixtures';
 const ENTITIES = 1_000_000;
 const BATCH = 1_000;
 
+/** The bulk-load target of user_stats as `harness`'s storage holds it. */
+async function loadTarget(harness: RunningHarness) {
+  const registry = await openRegistryRepository(harness.runtime.store);
+  const stored = (await registry.featureViews.get('user_stats'))?.doc;
+  if (stored === undefined) throw new Error('user_stats is not registered');
+  return {
+    view: stored.definition,
+    createTime: dateOf(stored.createTime),
+    keyColumns: [{ joinKey: 'user_id', valueType: ValueType.String }],
+    rows: await FeatureRowRepository.open(harness.runtime.store, 3_600_000),
+    batchSize: BATCH,
+    storedRegistration: () => registry.viewRegistration('user_stats'),
+  };
+}
+
 describe('bulk loading a push view', () => {
   let harness: RunningHarness;
 
@@ -30,18 +45,7 @@ describe('bulk loading a push view', () => {
     await harness.stop();
   });
 
-  async function target() {
-    const registry = await openRegistryRepository(harness.runtime.store);
-    const stored = (await registry.featureViews.get('user_stats'))?.doc;
-    if (stored === undefined) throw new Error('user_stats is not registered');
-    return {
-      view: stored.definition,
-      createTime: dateOf(stored.createTime),
-      keyColumns: [{ joinKey: 'user_id', valueType: ValueType.String }],
-      rows: await FeatureRowRepository.open(harness.runtime.store, 3_600_000),
-      batchSize: BATCH,
-    };
-  }
+  const target = () => loadTarget(harness);
 
   it(`loads ${ENTITIES.toLocaleString('en')} entities one batch at a time, visible to a running replica`, async () => {
     const eventTime = new Date();
@@ -109,5 +113,42 @@ describe('bulk loading a push view', () => {
     const fields = (failed as InvalidArgumentError).violations.map((v) => v.field);
     expect(fields).toHaveLength(1);
     expect(fields[0]).toMatch(/^rows\[1200\]/);
+  });
+});
+
+describe('a bulk load across a re-creation of its view', () => {
+  it('stops at its next batch once the view was deleted and applied again', async () => {
+    const harness = await startHarness({ replicaId: 'replica-b' });
+    try {
+      await applyUserStats(harness.client);
+      const load = await loadTarget(harness);
+      const batches: BulkLoadProgress[] = [];
+      async function* rows(): AsyncIterable<FeatureRow> {
+        for (let i = 0; i < 3 * BATCH; i++) {
+          if (i === BATCH) {
+            // Between two batches, the view is deleted and applied again under its name.
+            await harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: '' });
+            await applyUserStats(harness.client);
+          }
+          yield userRow(`w${i}`, new Date(), { ctr: double(0.1) });
+        }
+      }
+      await expect(bulkLoad(load, rows(), (p) => batches.push(p))).rejects.toMatchObject({
+        reason: 'FEATURE_VIEW_CHANGED',
+      });
+      // The first batch was stored for the old view; nothing for the new one.
+      expect(batches.map((p) => p.rowsWritten)).toEqual([BATCH]);
+      const read = await harness.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('w0', `w${BATCH}`),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.statuses).toEqual([
+        FeatureStatus.FEATURE_STATUS_NOT_FOUND,
+        FeatureStatus.FEATURE_STATUS_NOT_FOUND,
+      ]);
+    } finally {
+      await harness.stop();
+    }
   });
 });

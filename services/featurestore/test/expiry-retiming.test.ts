@@ -44,7 +44,7 @@ describe('ExpiryRetiming markers', () => {
     } as unknown as FeatureRegistry;
     const restamped: number[] = [];
     const rows = {
-      restampExpiry: (_view: string, ttlMs: number) => {
+      restampExpiry: (_view: string, _registration: number, ttlMs: number) => {
         restamped.push(ttlMs);
         return Promise.resolve(0);
       },

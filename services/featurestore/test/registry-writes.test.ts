@@ -8,7 +8,12 @@
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { failureOf } from './feature-store-api';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
-import { FeatureRowRepository, type FeatureRowDocument } from '../src/store/feature-rows';
+import {
+  FeatureRowRepository,
+  rowId,
+  rowVersion,
+  type FeatureRowDocument,
+} from '../src/store/feature-rows';
 import { openRegistryRepository } from '../src/store/registry-repository';
 import {
   eventually,
@@ -186,27 +191,36 @@ describe('a view created under the name of a deleted one', () => {
     });
   }
 
-  /** u1's ctr as served by `replica`. */
-  async function ctrOfU1(replica: RunningHarness) {
+  /** The ctr of `ids` as served by `replica`: the statuses, and the value of the first. */
+  async function ctrOf(replica: RunningHarness, ...ids: string[]) {
     const read = await replica.client.getOnlineFeatures({
       features: ['user_stats:ctr'],
-      entityRows: users('u1'),
+      entityRows: users(...ids),
       omitEventTimes: true,
     });
-    return [read.columns[0]?.statuses, read.columns[0]?.values];
+    return [read.columns[0]?.statuses, read.columns[0]?.values[0]];
   }
 
-  /** u1's ctr as served by a replica started now on the same storage (loading the view). */
-  async function ctrOfU1Loaded() {
+  /** The ctr of `ids` as served by a replica started now on the same storage (loading the view). */
+  async function ctrLoaded(...ids: string[]) {
     const other = await startHarness({
       replicaId: 'other',
       wrapStore: sharing(harness.runtime.store),
     });
     try {
-      return await ctrOfU1(other);
+      return await ctrOf(other, ...ids);
     } finally {
       await other.stop();
     }
+  }
+
+  /** Writes u1's ctr to the view of that name, at `eventTime`. */
+  async function writeU1(eventTime: number, ctr: number) {
+    return harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(eventTime), { ctr: double(ctr) })],
+      requestId: '',
+    });
   }
 
   it('starts empty, even when values of the deleted one were stored after its deletion', async () => {
@@ -217,27 +231,54 @@ describe('a view created under the name of a deleted one', () => {
     await rows.write([written]);
 
     await applyUserStats(harness.client);
-    expect((await ctrOfU1(harness))[0]).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+    expect((await ctrOf(harness, 'u1'))[0]).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
   });
 
-  it('is loaded without values written for the deleted one after it was created', async () => {
+  it("keeps its values, and is loaded without the deleted one's, when a write of that one lands late", async () => {
     const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
     const written = await writtenRecord(rows);
     await deleteUserStats(rows);
     await applyUserStats(harness.client);
-    // A write that checked the old view just before the deletion lands after the new one.
-    await rows.write([written]);
-    expect((await ctrOfU1Loaded())[0]).toEqual([FeatureStatus.FEATURE_STATUS_NOT_FOUND]);
+    await writeU1(written.eventTime, 0.9);
+    // Writes that checked the old view just before its deletion land now: u1's with a later
+    // event time than the new view's, and u2's.
+    const late = written.eventTime + 1;
+    await rows.write([
+      { ...written, eventTime: late, version: rowVersion(late, 1) },
+      { ...written, id: rowId('user_stats', written.registration ?? 0, 'u2'), entityKey: 'u2' },
+    ]);
+    expect(await ctrLoaded('u1', 'u2')).toEqual([
+      [FeatureStatus.FEATURE_STATUS_PRESENT, FeatureStatus.FEATURE_STATUS_NOT_FOUND],
+      double(0.9),
+    ]);
+  });
+
+  it("keeps its values' expiry when a re-timing of the deleted one runs late", async () => {
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
+    const written = await writtenRecord(rows);
+    await deleteUserStats(rows);
+    await applyUserStats(harness.client);
+    await writeU1(written.eventTime, 0.9);
+    const before = await storedRecords(rows);
+    // A re-timing of the deleted view to another TTL, on a replica that had not seen it go.
+    expect(await rows.restampExpiry('user_stats', written.registration ?? 0, 60_000)).toBe(0);
+    expect(await storedRecords(rows)).toEqual(before);
   });
 
   it('is loaded with, and deleted with, values stored by earlier builds (no registration)', async () => {
     const rows = await FeatureRowRepository.open(harness.runtime.store, 60_000);
-    const { registration, ...earlier } = await writtenRecord(rows);
+    const { registration, ...written } = await writtenRecord(rows);
     expect(registration).toBeGreaterThan(0);
     await deleteUserStats(rows);
     await applyUserStats(harness.client);
-    await rows.write([earlier]);
-    expect(await ctrOfU1Loaded()).toEqual([[FeatureStatus.FEATURE_STATUS_PRESENT], [double(0.5)]]);
+    // As an earlier build stored it: no registration, the id of then.
+    await rows.write([{ ...written, id: 'user_stats/u1' }]);
+    const present = FeatureStatus.FEATURE_STATUS_PRESENT;
+    // Of the two records of u1, the one of the later event time is served.
+    expect(await writeU1(written.eventTime - 1_000, 0.7)).toMatchObject({ rowsWritten: 1 });
+    expect(await ctrLoaded('u1')).toEqual([[present], double(0.5)]);
+    await writeU1(written.eventTime + 1, 0.9);
+    expect(await ctrLoaded('u1')).toEqual([[present], double(0.9)]);
     await deleteUserStats(rows);
   });
 });

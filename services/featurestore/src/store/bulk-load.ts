@@ -3,7 +3,7 @@
  * iterable, checked like WriteFeatures rows, and stored in batches with the same late-writes-lose
  * rule and change-log entries, so running replicas pick them up within their sync interval.
  */
-import { InvalidArgumentError } from '../../../platform/src/errors';
+import { AbortedError, InvalidArgumentError } from '../../../platform/src/errors';
 import type { FeatureRow } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import type { FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
 import { messageOfStoredValue, type StoredValue } from '../contract-mapping';
@@ -27,6 +27,13 @@ export interface BulkLoadTarget {
   readonly rows: FeatureRowRepository;
   /** Rows per storage round trip. @default 1000 */
   readonly batchSize?: number;
+  /**
+   * The creation time (ms) of the view of that name storage holds now, undefined when none;
+   * asked before each batch, as WriteFeatures asks before each write. Rows stored for a view
+   * deleted (and perhaps applied again) meanwhile would carry its registration: no replica
+   * would serve them, and a later view's deletion would leave them.
+   */
+  readonly storedRegistration: () => Promise<number | undefined>;
 }
 
 /** One line's JSON value, and where it was read (`rows.ndjson:12`). */
@@ -160,6 +167,12 @@ export async function bulkLoad(
           ...v,
           field: v.field.replace(/^rows\[(\d+)\]/, (_, i: string) => `rows[${offset + Number(i)}]`),
         })),
+      );
+    }
+    if ((await target.storedRegistration()) !== target.createTime.getTime()) {
+      throw new AbortedError(
+        `feature view ${target.view.name} was deleted or applied again during the load; ${progress.rowsWritten} rows written before`,
+        { reason: 'FEATURE_VIEW_CHANGED' },
       );
     }
     const stored = await storeRows(

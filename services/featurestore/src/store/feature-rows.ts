@@ -12,12 +12,13 @@ import type {
   Collection,
   ConditionalWriteOutcome,
   DocumentStore,
+  Versioned,
 } from '../../../platform/src/storage/collection';
 import type { StoredValue } from '../contract-mapping';
 
 /** One record of one view. */
 export interface FeatureRowDocument {
-  /** `<view>/<encoded entity key>`; view names contain no `/`. */
+  /** See {@link rowId}; `<view>/<encoded entity key>` in records of earlier builds. */
   readonly id: string;
   readonly view: string;
   readonly entityKey: string;
@@ -155,8 +156,14 @@ export function logEntriesOf(rows: readonly ChangedRow[]): ChangedRow[][] {
   return entries;
 }
 
-export function rowId(view: string, entityKey: string): string {
-  return `${view}/${entityKey}`;
+/**
+ * A record's id: the registration (creation time, ms) of the view it was written to, the view's
+ * name and the entity key. A view applied again under a name writes records of its own, which a
+ * write of the deleted one landing late cannot replace. Records of earlier builds have
+ * `<view>/<entity key>`: view names start with a letter, so the two forms never meet.
+ */
+export function rowId(view: string, registration: number, entityKey: string): string {
+  return `${registration}/${view}/${entityKey}`;
 }
 
 /**
@@ -217,31 +224,38 @@ export class FeatureRowRepository {
    * registration, every live record of the name.
    */
   async *scanView(view: string, registration?: number): AsyncIterable<FeatureRowDocument> {
-    for await (const { doc } of this.rows.scan({ view })) {
-      if (
-        registration === undefined ||
-        doc.registration === undefined ||
-        doc.registration === registration
-      ) {
-        yield doc;
+    for await (const { doc } of this.records(view, registration)) yield doc;
+  }
+
+  private async *records(
+    view: string,
+    registration: number | undefined,
+  ): AsyncIterable<Versioned<FeatureRowDocument>> {
+    for await (const record of this.rows.scan({ view })) {
+      const marked = record.doc.registration;
+      if (registration === undefined || marked === undefined || marked === registration) {
+        yield record;
       }
     }
   }
 
   /**
-   * Sets the expiry of every stored record of a view to its event time + `ttlMs` (no expiry when
-   * 0), after the view's TTL changed. Otherwise storage drops each record at the expiry of the TTL
-   * it was written under while replicas serve it under the new one, and a replica started later
-   * misses it. A record written meanwhile keeps what its writer set. Stops early once `proceed`
-   * says no (another TTL change or the view's deletion superseded it). Returns how many changed.
+   * Sets the expiry of every stored record of the view registered at `registration` (see
+   * {@link scanView}) to its event time + `ttlMs` (no expiry when 0), after the view's TTL
+   * changed. Otherwise storage drops each record at the expiry of the TTL it was written under
+   * while replicas serve it under the new one, and a replica started later misses it. A record
+   * written meanwhile keeps what its writer set; one of another view of the name (applied again
+   * meanwhile) keeps its own view's TTL. Stops early once `proceed` says no (another TTL change
+   * or the view's deletion superseded it). Returns how many changed.
    */
   async restampExpiry(
     view: string,
+    registration: number,
     ttlMs: number,
     proceed: () => boolean = () => true,
   ): Promise<number> {
     let changed = 0;
-    for await (const { doc, version } of this.rows.scan({ view })) {
+    for await (const { doc, version } of this.records(view, registration)) {
       if (!proceed()) break;
       const { expiresAt, ...rest } = doc;
       const next: FeatureRowDocument =

@@ -7,6 +7,7 @@ import type {
   DocumentStore,
   Versioned,
 } from '../../../platform/src/storage/collection';
+import { dateOf } from '../contract-mapping';
 import type { EntityDefinition, FeatureViewDefinition } from '../domain/registry';
 
 export interface EntityDocument {
@@ -26,6 +27,11 @@ export interface FeatureViewDocument {
 export interface RegistryRepository {
   readonly entities: Collection<EntityDocument>;
   readonly featureViews: Collection<FeatureViewDocument>;
+  /**
+   * The creation time (ms) of the feature view `name` as stored now: which registration of the
+   * name it is (a view deleted and applied again is another one); undefined when none is stored.
+   */
+  viewRegistration(name: string): Promise<number | undefined>;
   /** Every stored definition, for a (re)load. */
   loadAll(): Promise<{
     entities: Versioned<EntityDocument>[];
@@ -39,6 +45,10 @@ export async function openRegistryRepository(store: DocumentStore): Promise<Regi
   return {
     entities,
     featureViews,
+    async viewRegistration(name) {
+      const stored = await featureViews.get(name);
+      return stored === undefined ? undefined : dateOf(stored.doc.createTime).getTime();
+    },
     async loadAll() {
       const loadedEntities: Versioned<EntityDocument>[] = [];
       for await (const entity of entities.scan()) loadedEntities.push(entity);
