@@ -72,6 +72,8 @@ const MAX_DATABASES = 1000;
 
 /** Documents deleted per sweep transaction, so a large backlog never holds the writer for long. */
 const SWEEP_BATCH = 1000;
+/** Documents read per `deleteWhere` transaction, most of which a filter may pass over. */
+const SWEEP_READS = 10 * SWEEP_BATCH;
 
 /** Documents per page of `scan`: short read transactions, so LMDB can reuse freed pages. */
 const SCAN_PAGE_SIZE = 1000;
@@ -354,32 +356,58 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
 
   async deleteWhere(where: Where): Promise<number> {
     checkDeleteWhere(where);
+    const filters = Object.entries(where);
     let total = 0;
-    // Each batch goes on after the last id the previous one removed: restarting from the first
-    // id would read again every document that did not match (a filter beyond the index's fields),
-    // quadratic, with the writer lock held. One more pass from the start then takes documents
-    // written behind the cursor meanwhile.
-    let after: string | undefined;
-    let again = true;
+    // Passes over the candidates in id order, each in transactions that read at most
+    // SWEEP_READS documents and remove at most SWEEP_BATCH, each going on after the last id the
+    // one before read (restarting from the first id would read the non-matching ones again:
+    // quadratic, with the writer held). Another pass then takes what was written behind the
+    // cursor, until a pass is one transaction (nothing can be behind it) or removes nothing.
     for (;;) {
-      const [removed, last] = await this.write((): [number, string | undefined] => {
-        this.ensureOpen();
-        const batch: StoredRecord<T>[] = [];
-        for (const record of this.matching(where, after)) {
-          batch.push(record);
-          if (batch.length === SWEEP_BATCH) break;
-        }
-        for (const record of batch) this.removeRecord(record);
-        return [batch.length, batch[batch.length - 1]?.d.id];
-      });
-      total += removed;
-      if (removed === SWEEP_BATCH) {
-        after = last;
-        continue;
-      }
-      if (after === undefined || !again) return total;
-      [after, again] = [undefined, false];
+      let removedInPass = 0;
+      let transactions = 0;
+      let after: string | undefined;
+      do {
+        const step = await this.write(() => {
+          this.ensureOpen();
+          return this.deleteStep(filters, after);
+        });
+        removedInPass += step.removed;
+        transactions++;
+        after = step.last;
+      } while (after !== undefined);
+      total += removedInPass;
+      if (transactions === 1 || removedInPass === 0) return total;
     }
+  }
+
+  /**
+   * One transaction of {@link deleteWhere}: removes the live documents matching `filters` after
+   * `afterId`, stopping after SWEEP_BATCH removed or SWEEP_READS read. `last` is the last id read
+   * when it stopped early, undefined when it read to the end.
+   */
+  private deleteStep(
+    filters: [string, IndexValue][],
+    afterId: string | undefined,
+  ): { removed: number; last: string | undefined } {
+    const now = Date.now();
+    const { ids, fits } = this.idsMatching(filters, afterId);
+    const batch: StoredRecord<T>[] = [];
+    let read = 0;
+    let last: string | undefined;
+    let early = false;
+    for (const id of ids) {
+      if (batch.length === SWEEP_BATCH || read === SWEEP_READS) {
+        early = true;
+        break;
+      }
+      read++;
+      last = id;
+      const record = this.docs.get(id);
+      if (record && fits(record.d) && this.isLive(record.d, now)) batch.push(record);
+    }
+    for (const record of batch) this.removeRecord(record);
+    return { removed: batch.length, last: early ? last : undefined };
   }
 
   list(options: ListOptions): Promise<Page<T>> {
