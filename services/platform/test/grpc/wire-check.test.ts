@@ -162,6 +162,22 @@ describe('timestampNanosCheck', () => {
     // message Inner { Timestamp at = 1; }
     const { OPTIONAL, REPEATED } = FieldDescriptorProto_Label;
     const { MESSAGE, STRING, INT64 } = FieldDescriptorProto_Type;
+    /** A map's entry type: `key` of `keyType`, `value` of the message `valueTypeName`. */
+    const mapEntry = (name: string, keyType: FieldDescriptorProto_Type, valueTypeName: string) => ({
+      name,
+      options: { mapEntry: true },
+      field: [
+        { name: 'key', number: 1, label: OPTIONAL, type: keyType, jsonName: 'key' },
+        {
+          name: 'value',
+          number: 2,
+          label: OPTIONAL,
+          type: MESSAGE,
+          typeName: valueTypeName,
+          jsonName: 'value',
+        },
+      ],
+    });
     const file = create(FileDescriptorProtoSchema, {
       name: 'test/holder.proto',
       package: 'test',
@@ -189,36 +205,8 @@ describe('timestampNanosCheck', () => {
             },
           ],
           nestedType: [
-            {
-              name: 'TimesEntry',
-              options: { mapEntry: true },
-              field: [
-                { name: 'key', number: 1, label: OPTIONAL, type: STRING, jsonName: 'key' },
-                {
-                  name: 'value',
-                  number: 2,
-                  label: OPTIONAL,
-                  type: MESSAGE,
-                  typeName: '.google.protobuf.Timestamp',
-                  jsonName: 'value',
-                },
-              ],
-            },
-            {
-              name: 'InnerEntry',
-              options: { mapEntry: true },
-              field: [
-                { name: 'key', number: 1, label: OPTIONAL, type: INT64, jsonName: 'key' },
-                {
-                  name: 'value',
-                  number: 2,
-                  label: OPTIONAL,
-                  type: MESSAGE,
-                  typeName: '.test.Inner',
-                  jsonName: 'value',
-                },
-              ],
-            },
+            mapEntry('TimesEntry', STRING, '.google.protobuf.Timestamp'),
+            mapEntry('InnerEntry', INT64, '.test.Inner'),
           ],
         },
         {
