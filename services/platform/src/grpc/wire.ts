@@ -126,12 +126,25 @@ export function encodedFieldsSize(fields: EncodedFields): number {
   return size;
 }
 
+/**
+ * Fields up to this many bytes are copied byte by byte: `Buffer#copy` of part of a buffer makes a
+ * typed-array view of that part on every call, garbage that costs more than copying a short field.
+ */
+const COPY_BY_BYTE_LIMIT = 256;
+
 /** Copies the fields of `fields` to `out` from `pos`; returns the position after them. */
 export function writeEncodedFields(out: Uint8Array, pos: number, fields: EncodedFields): number {
   const { sources, ranges } = fields;
   let at = pos;
   for (let i = 0; i < sources.length; i++) {
-    at += sources[i]?.copy(out, at, ranges[2 * i], ranges[2 * i + 1]) ?? 0;
+    const source = sources[i] as Buffer;
+    const start = ranges[2 * i] as number;
+    const end = ranges[2 * i + 1] as number;
+    if (end - start <= COPY_BY_BYTE_LIMIT) {
+      for (let j = start; j < end; j++) out[at++] = source[j] as number;
+    } else {
+      at += source.copy(out, at, start, end);
+    }
   }
   return at;
 }
