@@ -386,7 +386,8 @@ describeWithNats('Assignment through a NATS outage', () => {
       await observer.close();
       await service.stop();
     }
-  });
+    // Above the sum of the waits inside (~70 s), so a slow step fails with its own message.
+  }, 90_000);
 
   it('stops answering before it stops buffering, and keeps what it could not publish for the next replica', async () => {
     // Running, whatever the test before left.
@@ -474,5 +475,6 @@ describeWithNats('Assignment through a NATS outage', () => {
       await observer?.close();
       rmSync(dataDir, { recursive: true, force: true });
     }
-  });
+    // Above the sum of the waits inside (~50 s), so a slow step fails with its own message.
+  }, 90_000);
 });

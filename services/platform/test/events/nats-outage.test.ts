@@ -76,7 +76,8 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     await publisher.close();
     await subscription.stop();
     await bus.close();
-  }, 60_000);
+    // Above the sum of the waits inside (~80 s), so a slow step fails with its own message.
+  }, 120_000);
 
   it('loses no event of a cumulatively acknowledged batch subscription', async () => {
     const bus = await eventuallyConnected(server.url);
@@ -128,7 +129,8 @@ describeWithServerBinary('NATS event bus through a server outage', () => {
     await admin.close();
     await subscription.stop();
     await bus.close();
-  }, 90_000);
+    // Above the sum of the waits inside (~95 s), so a slow step fails with its own message.
+  }, 120_000);
 });
 
 /** Connects once the freshly spawned server listens. */
