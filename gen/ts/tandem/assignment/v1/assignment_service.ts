@@ -4896,7 +4896,9 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
-   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
+   * (nothing is logged either way: a retry logs them).
    */
   apply: {
     path: "/tandem.assignment.v1.AssignmentService/Apply" as const,
@@ -5118,7 +5120,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
-   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
+   * (nothing is logged either way: a retry logs them).
    */
   apply: handleUnaryCall<ApplyRequest, ApplyResponse>;
   /**
@@ -5579,7 +5583,9 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `resolve_token` is empty, malformed, not signed by this
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
-   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails (nothing is logged).
+   * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
+   * (nothing is logged either way: a retry logs them).
    */
   apply(
     request: ApplyRequest,
