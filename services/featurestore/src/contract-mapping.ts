@@ -88,7 +88,7 @@ export function invalidDurations(view: FeatureView): FieldViolation[] {
     if (!hasValidNanos(duration)) {
       out.push({
         field,
-        description: 'must be a Duration with nanos between 0 and 999,999,999',
+        description: "must be a Duration: nanos within ±999,999,999 and of the seconds' sign",
         reason: 'INVALID_DURATION',
       });
     } else if (duration.seconds === 0 && duration.nanos > 0 && duration.nanos < 1e6) {

@@ -142,6 +142,11 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(negativeNanos.violations.map((v) => [v.field, v.reason])).toEqual([
         ['feature_view.ttl', 'INVALID_DURATION'],
       ]);
+      // A negative Duration is a Duration (nanos of the seconds' sign), and not a TTL.
+      const negative = await apply({ ttl: { seconds: -1, nanos: -500_000_000 } });
+      expect(negative.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['feature_view.ttl', 'OUT_OF_RANGE'],
+      ]);
       // Under the millisecond the store keeps: read as zero, it would mean no expiry.
       const tiny = await apply({ ttl: { seconds: 0, nanos: 500_000 } });
       expect(tiny.violations.map((v) => [v.field, v.reason])).toEqual([

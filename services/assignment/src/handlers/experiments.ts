@@ -163,7 +163,7 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
   if (stickyTtl && !hasValidNanos(stickyTtl)) {
     violations.push({
       field: 'experiment.sticky_ttl',
-      description: 'must be a Duration with nanos between 0 and 999,999,999',
+      description: "must be a Duration: nanos within ±999,999,999 and of the seconds' sign",
       reason: 'INVALID_DURATION',
     });
   } else if (stickyTtlMs !== undefined && !(stickyTtlMs > 0 && stickyTtlMs <= MAX_STICKY_TTL_MS)) {

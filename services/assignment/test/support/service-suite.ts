@@ -525,6 +525,23 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fieldReasons(nanos)).toEqual([['experiment.sticky_ttl', 'INVALID_DURATION']]);
+        // Nanos against the seconds' sign are no Duration; a negative Duration is one, too short.
+        const ttlReasons = async (stickyTtl: { seconds: number; nanos: number }) =>
+          fieldReasons(
+            await failure(
+              service.admin.createExperiment(
+                CreateExperimentRequest.fromPartial({
+                  experiment: experiment('odd-ttl', { stickyTtl }),
+                }),
+              ),
+            ),
+          );
+        expect(await ttlReasons({ seconds: 1, nanos: -5 })).toEqual([
+          ['experiment.sticky_ttl', 'INVALID_DURATION'],
+        ]);
+        expect(await ttlReasons({ seconds: -1, nanos: -500_000_000 })).toEqual([
+          ['experiment.sticky_ttl', 'OUT_OF_RANGE'],
+        ]);
       });
 
       it('refuses resources too large to store or list, with the same answer on every store', async () => {

@@ -14,11 +14,21 @@ export function isTimestampMs(ms: number): boolean {
 }
 
 /**
- * Whether a Duration's nanos are as the spec has them for a length of zero or more: whole, in
- * [0, 999,999,999]. Converted to milliseconds other nanos would silently mean another length
- * (`{1 s, 2e9 ns}` as 3 s); the seconds' range is each field's own rule.
+ * Whether a Duration's nanos are as the spec has them: whole, between -999,999,999 and
+ * 999,999,999, and of the seconds' sign (a negative Duration is valid, and each field's range
+ * refuses it as out of range). Converted to milliseconds other nanos would silently mean another
+ * length (`{1 s, 2e9 ns}` as 3 s, `{1 s, -5 ns}` as 999 ms); the seconds' range is each field's
+ * own rule.
  */
-export function hasValidNanos(duration: { readonly nanos: number }): boolean {
-  const { nanos } = duration;
-  return Number.isInteger(nanos) && nanos >= 0 && nanos < 1e9;
+export function hasValidNanos(duration: {
+  readonly seconds: number;
+  readonly nanos: number;
+}): boolean {
+  const { seconds, nanos } = duration;
+  return (
+    Number.isInteger(nanos) &&
+    nanos > -1e9 &&
+    nanos < 1e9 &&
+    (seconds > 0 ? nanos >= 0 : seconds < 0 ? nanos <= 0 : true)
+  );
 }
