@@ -10,7 +10,8 @@ import { AssignmentReason } from '../../../gen/ts/tandem/assignment/v1/assignmen
 import { ApplyRequest } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { FailedPreconditionError, type TandemError } from '../../platform/src/errors';
 import { failure } from '../../platform/test/support/failure';
-import { START_MARGIN_MS } from '../src/domain';
+import { ExperimentStatus as DomainStatus, START_MARGIN_MS } from '../src/domain';
+import { advanceSchedule } from '../src/handlers/experiments';
 import { eventually, startTestAssignment, type TestAssignment } from './support/harness';
 import { experiment, resolveRequest } from './support/fixtures';
 
@@ -268,5 +269,27 @@ describe('scheduled experiments', () => {
       assignment.client.resolve(resolveRequest('user-1', { attributes: { blob: huge } })),
     );
     expect(error.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+  });
+
+  it('takes the other steps when an experiment due for one was deleted since the view was read', async () => {
+    // The steps come from this replica's view, which may still hold an experiment another
+    // replica has just deleted: saving it finds nothing there, and the other steps go on.
+    const start = new Date(Date.now() + 60_000);
+    for (const id of ['gone-first', 'kept-second']) {
+      await assignment.admin.createExperiment({
+        experiment: experiment(id, { scheduledStartTime: start }),
+        requestId: '',
+      });
+      await assignment.admin.startExperiment({ id, etag: '', requestId: '' });
+    }
+    const { context } = assignment.service;
+    // Deleted behind the view's back: no change is announced, so the view keeps it.
+    expect(await context.store.experiments.delete('gone-first')).toBe(true);
+    expect(context.configuration.current().experiments.has('gone-first')).toBe(true);
+
+    await advanceSchedule(context, start.getTime() + 1);
+
+    const kept = await context.store.experiments.get('kept-second');
+    expect(kept?.doc.status).toBe(DomainStatus.RUNNING);
   });
 });

@@ -21,6 +21,7 @@ import { ConfigChangeType } from '../../../../gen/ts/tandem/events/v1/config_cha
 import {
   AbortedError,
   FailedPreconditionError,
+  NotFoundError,
   type FieldViolation,
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
@@ -727,11 +728,12 @@ export async function advanceSchedule(context: AssignmentContext, now: number): 
     try {
       await saveExperiment(context, next, version);
     } catch (error) {
-      if (!(error instanceof AbortedError)) throw error;
+      if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
       stale = true;
     }
   }
-  // Another replica made a step first, or changed the experiment: this view is behind storage.
+  // Another replica made a step first, or changed or deleted the experiment: this view is behind
+  // storage.
   // Read it all rather than wait for a version bump, which may never come (that replica's bump
   // failed and it stopped before its next check; the schedule step holds no write lease).
   if (stale) await context.configuration.readAgain();
