@@ -31,6 +31,7 @@ import {
   type FieldViolation,
 } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
+import { HandlerPacer } from './handler-pacing';
 import { rpcDurationRecorder } from '../telemetry/rpc-metrics';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
@@ -367,6 +368,10 @@ class ServerCallContext implements CallContext {
     return this.controller.signal;
   }
 
+  get isCancelled(): boolean {
+    return this.cancelledAt !== undefined;
+  }
+
   cancel(): void {
     this.cancelledAt = Date.now();
     this.controller?.abort(cancelledError());
@@ -396,7 +401,10 @@ function cancelledError(): CancelledError {
  */
 const DEADLINE_TOLERANCE_MS = 10;
 
-/** The part every call shape shares: auth, span, context, error mapping. */
+/** One per process: the handlers of every service share its event loop. */
+const pacer = new HandlerPacer();
+
+/** The part every call shape shares: pacing, auth, span, context, error mapping. */
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
   const methodLogger = rootLogger.child({ rpc: path });
@@ -429,6 +437,8 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         : undefined;
     const span = sent === undefined ? undefined : startSpan(sent);
     const execute = async (): Promise<unknown> => {
+      // Cancelled while it waited for its turn (see `HandlerPacer`): grpc-js has answered it.
+      if (ctx.isCancelled) throw cancelledError();
       auth?.check(call.metadata);
       return body(ctx);
     };
@@ -454,7 +464,12 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
         },
       );
     };
-    if (sent === undefined || span === undefined) run();
-    else context.with(trace.setSpan(sent, span), run);
+    pacer.start(
+      sent === undefined || span === undefined
+        ? run
+        : () => {
+            context.with(trace.setSpan(sent, span), run);
+          },
+    );
   };
 }
