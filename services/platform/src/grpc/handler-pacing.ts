@@ -17,6 +17,9 @@
 /** How long the handlers of one slice may run before later calls wait for the next turn. */
 export const HANDLER_SLICE_MS = 0.5;
 
+/** How many started calls' slots the waiting array may hold before it is compacted. */
+const COMPACT_AFTER = 1024;
+
 export class HandlerPacer {
   /** When the first call of the current slice started; undefined between slices. */
   private sliceStart: number | undefined;
@@ -58,6 +61,7 @@ export class HandlerPacer {
 
   /** Starts waiting calls for one slice (at least one call), then yields again if any remain. */
   private readonly drain = (): void => {
+    if (this.head >= this.waiting.length) return;
     const start = this.now();
     try {
       do {
@@ -67,6 +71,12 @@ export class HandlerPacer {
       } while (this.head < this.waiting.length && this.now() - start < this.sliceMs);
     } finally {
       if (this.head < this.waiting.length) {
+        // Calls keep coming while others wait: drop the slots of those started, or the array
+        // would grow by one for every call for as long as the queue never empties.
+        if (this.head >= COMPACT_AFTER && this.head * 2 >= this.waiting.length) {
+          this.waiting = this.waiting.slice(this.head);
+          this.head = 0;
+        }
         setImmediate(this.drain);
       } else {
         this.waiting = [];

@@ -56,4 +56,18 @@ describe('HandlerPacer', () => {
     await nextTurn();
     expect(started).toEqual(['a', 'b', 'c']);
   });
+
+  it('holds no more than the calls waiting while calls keep arriving faster than they start', async () => {
+    const pacer = new HandlerPacer(1, () => clock);
+    for (let i = 0; i < 8; i++) pacer.start(work(`burst ${i}`, 0.4));
+    // Each turn three calls start and three more arrive: some always wait, for many turns.
+    for (let turn = 0; turn < 2000; turn++) {
+      await nextTurn();
+      for (let i = 0; i < 3; i++) pacer.start(work(`turn ${turn} ${i}`, 0.4));
+    }
+    expect(pacer.waitingCount).toBe(5);
+    const held = (pacer as unknown as { waiting: unknown[] }).waiting.length;
+    expect(held).toBeLessThan(2000);
+    while (pacer.waitingCount > 0) await nextTurn();
+  });
 });
