@@ -11,7 +11,7 @@
  * for the next turn of the loop (`setImmediate`), by which time the slice's answers have been
  * written; waiting calls start in arrival order, and one that arrives while others wait goes
  * behind them. Measured with 64 calls of `Resolve` in flight from one client on 2 cores, the
- * same server answered 8–11% more calls per second (see the README).
+ * same server answered 13–18% more calls per second (see the README).
  */
 
 /** How long the handlers of one slice may run before later calls wait for the next turn. */

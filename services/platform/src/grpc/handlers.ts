@@ -31,10 +31,10 @@ import {
   type FieldViolation,
 } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
-import { HandlerPacer } from './handler-pacing';
 import { rpcDurationRecorder } from '../telemetry/rpc-metrics';
 import { endRpcSpan, rpcSpanStarter, tracingRecords } from '../telemetry/rpc-spans';
 import type { AdminAuth } from './auth';
+import { HandlerPacer } from './handler-pacing';
 import { requestMessage } from './descriptor-set';
 import { requestCheck, type WireCheck } from './wire-check';
 import {

@@ -633,8 +633,7 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     if (chosen.fields.length === covered) {
       const start = afterId === undefined ? prefix : [...prefix, afterId];
       for (const key of chosen.db.getKeys({ start, end, exclusiveStart: afterId !== undefined })) {
-        const id = (key as Key[])[covered] as string;
-        yield id;
+        yield (key as Key[])[covered] as string;
       }
       return;
     }
