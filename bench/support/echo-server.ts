@@ -1,7 +1,9 @@
 /**
  * Benchmark peer: the echo service as a bare grpc-js server (`bare`, no kit: the ceiling for a
  * unary call on this machine) or through the runtime kit (`kit`: adapter, error mapping, tracing
- * hooks, health and reflection), in its own process. Usage: node echo-server.js bare|kit
+ * hooks, health and reflection), in its own process; `kit-unpaced` is the kit with handler pacing
+ * off (`TANDEM_GRPC_HANDLER_SLICE_US=0`), to measure what pacing costs a trivial handler.
+ * Usage: node echo-server.js bare|kit|kit-unpaced
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import {
@@ -9,7 +11,7 @@ import {
   type EchoRequest,
   type EchoResponse,
 } from '../../gen/ts/tandem/echo/v1/echo_service';
-import { implement } from '../../services/platform/src/grpc/handlers';
+import { implement, setHandlerSlice } from '../../services/platform/src/grpc/handlers';
 import { GrpcServer } from '../../services/platform/src/grpc/server';
 import { createLogger } from '../../services/platform/src/logging';
 import { serveBenchmarkProcess } from './server-process';
@@ -32,6 +34,7 @@ async function main(): Promise<void> {
     serveBenchmarkProcess(port);
     return;
   }
+  if (mode === 'kit-unpaced') setHandlerSlice(0);
   const logger = createLogger({ service: 'bench-echo', level: 'warn' });
   const server = new GrpcServer({
     logger,

@@ -27,6 +27,7 @@ import {
   type AdminAuth,
 } from './grpc/auth';
 import { GrpcServer } from './grpc/server';
+import { setHandlerSlice } from './grpc/handlers';
 import { Shutdown } from './lifecycle';
 import { createLogger, type Logger } from './logging';
 import type { DocumentStore } from './storage/collection';
@@ -96,6 +97,7 @@ export async function bootstrap(
 
   // What can fail on configuration alone (TLS files, the reflection descriptor set) comes before
   // anything is opened, so such a failure never exits from under an open store.
+  setHandlerSlice(config.grpc.handlerSliceUs / 1000);
   const server = new GrpcServer({
     logger,
     credentials: serverCredentials(config.tls),

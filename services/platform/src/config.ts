@@ -239,6 +239,8 @@ export interface PlatformConfig {
     readonly shutdownTimeoutMs: number;
     readonly keepaliveTimeMs: number;
     readonly keepaliveTimeoutMs: number;
+    /** Handler pacing's slice of the event loop, in microseconds; 0 turns pacing off. */
+    readonly handlerSliceUs: number;
   };
   /** TLS for the gRPC server and clients; plaintext when absent. */
   readonly tls:
@@ -368,6 +370,13 @@ export function readPlatformConfig(
       keepaliveTimeoutMs: env.durationMs('TANDEM_GRPC_KEEPALIVE_TIMEOUT', {
         default: 10_000,
         description: 'A connection whose keepalive ping is not answered within this is closed',
+      }),
+      handlerSliceUs: env.integer('TANDEM_GRPC_HANDLER_SLICE_US', {
+        default: 500,
+        min: 0,
+        max: 1_000_000,
+        description:
+          'Microseconds of the event loop the handlers of calls arriving together run before later ones wait for the next turn; 0 turns this pacing off',
       }),
     },
     tls:

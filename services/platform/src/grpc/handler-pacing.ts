@@ -14,7 +14,10 @@
  * same server answered 13–18% more calls per second (see the README).
  */
 
-/** How long the handlers of one slice may run before later calls wait for the next turn. */
+/**
+ * How long the handlers of one slice may run before later calls wait for the next turn, by
+ * default (`TANDEM_GRPC_HANDLER_SLICE_US`).
+ */
 export const HANDLER_SLICE_MS = 0.5;
 
 /** How many started calls' slots the waiting array may hold before it is compacted. */
@@ -27,15 +30,31 @@ export class HandlerPacer {
   private waiting: (() => void)[] = [];
   private head = 0;
 
+  /**
+   * `sliceMs` 0 turns pacing off: every call starts as soon as grpc-js hands it over (once the
+   * calls that were waiting, if any, have started).
+   */
   constructor(
-    private readonly sliceMs: number = HANDLER_SLICE_MS,
+    private sliceMs: number = HANDLER_SLICE_MS,
     private readonly now: () => number = () => performance.now(),
-  ) {}
+  ) {
+    checkSlice(sliceMs);
+  }
+
+  /** Sets the slice for the calls that arrive from now on (0: pacing off). */
+  setSlice(sliceMs: number): void {
+    checkSlice(sliceMs);
+    this.sliceMs = sliceMs;
+  }
 
   /** Runs `call` now, or in a later turn of the loop once this slice's time is used. */
   start(call: () => void): void {
     if (this.head < this.waiting.length) {
       this.waiting.push(call);
+      return;
+    }
+    if (this.sliceMs === 0) {
+      call();
       return;
     }
     const now = this.now();
@@ -87,3 +106,11 @@ export class HandlerPacer {
 }
 
 function noCall(): void {}
+
+function checkSlice(sliceMs: number): void {
+  if (!(sliceMs >= 0 && Number.isFinite(sliceMs))) {
+    throw new RangeError(
+      `a handler slice must be a finite number of ms, 0 or more; got ${sliceMs}`,
+    );
+  }
+}

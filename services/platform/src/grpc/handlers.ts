@@ -404,6 +404,15 @@ const DEADLINE_TOLERANCE_MS = 10;
 /** One per process: the handlers of every service share its event loop. */
 const pacer = new HandlerPacer();
 
+/**
+ * Sets how long the handlers of calls that arrive together run before later calls wait for the
+ * next turn of the loop, for every server of this process (see `HandlerPacer`); 0 turns pacing
+ * off. `bootstrap` sets it from `TANDEM_GRPC_HANDLER_SLICE_US`.
+ */
+export function setHandlerSlice(sliceMs: number): void {
+  pacer.setSlice(sliceMs);
+}
+
 /** The part every call shape shares: pacing, auth, span, context, error mapping. */
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.

@@ -70,4 +70,31 @@ describe('HandlerPacer', () => {
     expect(held).toBeLessThan(2000);
     while (pacer.waitingCount > 0) await nextTurn();
   });
+
+  it('starts every call at once with a slice of 0 (pacing off), after any calls already waiting', async () => {
+    const pacer = new HandlerPacer(1, () => clock);
+    for (const name of ['a', 'b', 'c']) pacer.start(work(name, 5));
+    expect(started).toEqual(['a']);
+    pacer.setSlice(0);
+    // Calls that were waiting keep their place: a new one still goes behind them.
+    pacer.start(work('d', 5));
+    expect(started).toEqual(['a']);
+    while (pacer.waitingCount > 0) await nextTurn();
+    expect(started).toEqual(['a', 'b', 'c', 'd']);
+
+    await nextTurn();
+    for (const name of ['e', 'f', 'g']) pacer.start(work(name, 5));
+    expect(started).toEqual(['a', 'b', 'c', 'd', 'e', 'f', 'g']);
+    expect(pacer.waitingCount).toBe(0);
+  });
+
+  it('refuses a negative or unbounded slice', () => {
+    expect(() => new HandlerPacer(-1)).toThrow(RangeError);
+    expect(() => {
+      new HandlerPacer().setSlice(Number.POSITIVE_INFINITY);
+    }).toThrow(RangeError);
+    expect(() => {
+      new HandlerPacer().setSlice(Number.NaN);
+    }).toThrow(RangeError);
+  });
 });

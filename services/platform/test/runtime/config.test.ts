@@ -106,6 +106,18 @@ describe('readPlatformConfig', () => {
     expect(config.tls).toBeUndefined();
   });
 
+  it('reads the handler slice in microseconds: 500 unless set, 0 to turn pacing off', () => {
+    const defaults = new EnvReader({});
+    expect(readPlatformConfig(defaults, 'assignment', 50051).grpc.handlerSliceUs).toBe(500);
+    const off = new EnvReader({ TANDEM_GRPC_HANDLER_SLICE_US: '0' });
+    expect(readPlatformConfig(off, 'assignment', 50051).grpc.handlerSliceUs).toBe(0);
+    off.finish();
+    expect(platformProblems({ TANDEM_GRPC_HANDLER_SLICE_US: '-1' })).toEqual([
+      expect.stringMatching(/^TANDEM_GRPC_HANDLER_SLICE_US must be at least 0/),
+    ]);
+    expect(platformProblems({ TANDEM_GRPC_HANDLER_SLICE_US: '0.5ms' })).toHaveLength(1);
+  });
+
   it('refuses an admin token no client can send in a header, which would lock every admin RPC', () => {
     expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'pässwörd' })).toEqual([
       expect.stringMatching(/^TANDEM_ADMIN_TOKEN: use printable ASCII/),
