@@ -1392,6 +1392,26 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         await service.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'feed' }));
       });
 
+      it('lists as unknown only the surfaces no experiment names: a surface of drafts alone is known', async () => {
+        await service.admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('drafted', { surfaces: ['drafts-only'] }),
+          }),
+        );
+        const basic = await service.client.resolve(
+          resolveRequest('u-1', { surfaces: ['drafts-only', 'typo'] }),
+        );
+        expect(basic.assignments).toEqual([]);
+        expect(basic.unknownSurfaces).toEqual(['typo']);
+        const explained = await service.client.resolve(
+          resolveRequest('u-1', { surfaces: ['drafts-only', 'typo'], explain: true }),
+        );
+        expect(explained.assignments.map((a) => [a.experimentId, a.reason])).toEqual([
+          ['drafted', AssignmentReason.ASSIGNMENT_REASON_NOT_RUNNING],
+        ]);
+        expect(explained.unknownSurfaces).toEqual(['typo']);
+      });
+
       it('assigns what GrowthBook hashing gives, only to targeted units, and explains the others', async () => {
         for (const unitId of ['u-1', 'u-2', 'u-3', 'u-4']) {
           const response = await service.client.resolve(

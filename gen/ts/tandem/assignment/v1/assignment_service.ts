@@ -449,8 +449,10 @@ export interface ResolveResponse {
     | Date
     | undefined;
   /**
-   * The requested surfaces that no experiment or holdout runs on (often a typo); they get no
-   * assignments. Not an error, since a surface may simply have no experiment right now.
+   * The requested surfaces that no experiment (in any status) and no running holdout names
+   * (often a typo); they get no assignments. A surface whose experiments are all drafts or stopped
+   * is not listed: with `explain`, it gets their entries, with the reason the unit is not in them.
+   * Not an error, since a surface may simply have no experiment right now.
    */
   unknownSurfaces: string[];
   /** What `apply` logged; all zero when `apply` was false. */
