@@ -358,7 +358,7 @@ export class OnlineViews {
     if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
       const features = definition.features.map((f) => f.name);
       const added = features.some((f) => current.table.featureIndex(f) < 0);
-      current.table.redefine(features, definition.ttlMs);
+      current.table.redefine(features, definition.ttlMs, Date.now());
       this.served.set(name, { ...current, registered });
       // A feature added gets its values from storage, in the background (a view may hold
       // millions of records, and writes wait for a reconcile): rows written with it on another

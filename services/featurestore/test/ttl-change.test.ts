@@ -2,6 +2,7 @@
  * A view's TTL changed on a live view: the stored records follow it, so that storage keeps (or
  * drops) them as long as replicas serve them, and a replica started later loads the same records.
  */
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { openStore } from '../../platform/src/storage/open-store';
 import { retimingChange, type RetimingMarker } from '../src/expiry-retiming';
 import { FeatureRowRepository } from '../src/store/feature-rows';
@@ -17,7 +18,7 @@ import {
   startHarness,
   type RunningHarness,
 } from './support/feature-store-harness';
-import { double, userEntity, userRow, userStatsView } from './support/fixtures';
+import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
 
 const MINUTE = 60_000;
 /** Re-timing runs start two seconds after the change (`SETTLE_MS`), then take their time. */
@@ -70,6 +71,36 @@ describe('a push view whose TTL changes', () => {
     await eventually(async () => {
       expect(await storedExpiry()).toEqual([undefined]);
     }, RUN_TIMEOUT_MS);
+  });
+
+  it('does not bring back, on a longer TTL, a record storage already dropped by the old one', async () => {
+    await apply(60);
+    // Past the one-minute TTL when written: storage drops it, the table holds it until its sweep.
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(Date.now() - 2 * MINUTE), { ctr: double(0.4) })],
+      requestId: '',
+    });
+    await apply(3600);
+    const status = async (replica: RunningHarness) =>
+      (
+        await replica.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        })
+      ).columns[0]?.statuses[0];
+    const later = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(harness.runtime.store),
+    });
+    try {
+      // The same key under the same TTL reads the same on both: storage has no record of it.
+      expect(await status(later)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
+      expect(await status(harness)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
+    } finally {
+      await later.stop();
+    }
   });
 
   it('resumes at the next start a re-timing that a stopped replica left unfinished', async () => {

@@ -144,13 +144,18 @@ export class OnlineTable<V = FeatureValue> {
    * Updates the table to a compatible new definition: new features get empty (null) columns,
    * existing columns keep their values, the TTL takes effect on the next read. Removing a feature
    * is an incompatible change, refused before it gets here, so it throws.
+   *
+   * A changed TTL first removes the records past the old one at `now`. Storage expires each record
+   * by the TTL it was stored under, so it has dropped them or is about to; a longer TTL must not
+   * bring back on this replica what a replica loading from storage no longer finds.
    */
-  redefine(features: readonly string[], ttlMs: number): void {
+  redefine(features: readonly string[], ttlMs: number, now: number): void {
     for (const name of this.featureList) {
       if (!features.includes(name)) {
         throw new Error(`feature ${name} cannot be removed from a live table`);
       }
     }
+    if (ttlMs !== this.ttl) this.removeExpired(now);
     this.setFeatures(features);
     this.ttl = ttlMs;
   }

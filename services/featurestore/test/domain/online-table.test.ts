@@ -159,7 +159,7 @@ describe('OnlineTable', () => {
   it('adds features to a live table without touching stored values, and refuses to remove one', () => {
     const table = userStats();
     table.write([row('u1', t0, { ctr: double(1) })], t0);
-    table.redefine(['ctr', 'plays', 'genre', 'skips'], 0);
+    table.redefine(['ctr', 'plays', 'genre', 'skips'], 0, t0);
     expect(table.featureIndex('skips')).toBe(3);
     expect(table.get('u1')?.values).toEqual({
       ctr: double(1),
@@ -168,8 +168,28 @@ describe('OnlineTable', () => {
       skips: null,
     });
     expect(() => {
-      table.redefine(['ctr'], 0);
+      table.redefine(['ctr'], 0, t0);
     }).toThrow(/cannot be removed/);
+  });
+
+  it('drops the records past the old TTL when the TTL changes, so a longer one does not bring them back', () => {
+    const table = userStats(1_000);
+    table.write([row('old', t0 - 1_500, { ctr: double(1) })], t0);
+    table.write([row('edge', t0 - 1_000, { ctr: double(2) })], t0);
+    table.write([row('live', t0 - 500, { ctr: double(3) })], t0);
+    // Storage, which expired 'old' by the 1 s TTL it was stored under, no longer has it.
+    table.redefine(['ctr', 'plays', 'genre'], 3_600_000, t0);
+    const read = table.read(['old', 'edge', 'live'], [0], t0);
+    expect(Array.from(read.statuses)).toEqual([
+      FeatureStatus.NotFound,
+      FeatureStatus.Present,
+      FeatureStatus.Present,
+    ]);
+    // Without a TTL before, nothing was past it: storage held every record (it reads EXPIRED now).
+    const untimed = userStats(0);
+    untimed.write([row('old', t0 - 86_400_000, { ctr: double(1) })], t0);
+    untimed.redefine(['ctr', 'plays', 'genre'], 1_000, t0);
+    expect(untimed.get('old')).toBeDefined();
   });
 
   it('grows past its initial capacity', () => {
