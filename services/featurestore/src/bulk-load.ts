@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { openStore } from '../../platform/src/storage/open-store';
 import type { FeatureRow } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { dateOf } from './contract-mapping';
-import { RowsNotAnnouncedError } from './online-views';
+import { RowsMaybeStoredError, RowsNotAnnouncedError } from './online-views';
 import { readFeatureStoreConfig } from './config';
 import { InvalidArgumentError } from '../../platform/src/errors';
 import { bulkLoad, parseJsonLines, rowOfJson, type BulkLoadProgress } from './store/bulk-load';
@@ -87,6 +87,12 @@ async function main(): Promise<void> {
         console.error(
           `stopped with ${written + error.rows.length} rows written; the last ${error.rows.length} are not announced to running replicas (they serve them after loading the view again, or once the load is run again):`,
         );
+      } else if (error instanceof RowsMaybeStoredError) {
+        // Its message says what failed; the cause says why.
+        console.error(
+          `stopped with ${written} rows written; storage may have taken some of the last ${error.attempted.length} before failing (running replicas serve those after loading the view again, or once the load is run again):`,
+        );
+        throw error.cause;
       } else {
         console.error(`stopped with ${written} rows written:`);
       }

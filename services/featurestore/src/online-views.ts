@@ -12,6 +12,7 @@ import {
   UnavailableError,
 } from '../../platform/src/errors';
 import { withTimeout } from '../../platform/src/timeout';
+import type { ConditionalWriteOutcome } from '../../platform/src/storage/collection';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
 import {
@@ -227,8 +228,14 @@ export class OnlineViews {
   private readonly stopWaiters = new Set<() => void>();
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
-  /** Stored rows whose change-log entry is appended again at their timer (see `announceLater`). */
-  private readonly announcing = new Map<NodeJS.Timeout, RowsNotAnnouncedError>();
+  /**
+   * Rows whose change-log entry is appended again at their timer, or which are read back first
+   * (see `announceLater`).
+   */
+  private readonly announcing = new Map<
+    NodeJS.Timeout,
+    RowsNotAnnouncedError | RowsMaybeStoredError
+  >();
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
@@ -981,6 +988,11 @@ export class OnlineViews {
         prepared.rows,
       );
     } catch (error) {
+      if (error instanceof RowsMaybeStoredError) {
+        // Those storage took are served here and announced once a read of them says which.
+        this.announceLater(error);
+        throw error.cause;
+      }
       if (!(error instanceof RowsNotAnnouncedError)) throw error;
       // Stored: served here as storage holds them, and announced to the others once it can be.
       this.serveWritten(request.featureView, served, error.rows, now);
@@ -989,6 +1001,22 @@ export class OnlineViews {
     }
     this.serveWritten(request.featureView, served, stored, now);
     return { rowsWritten: stored.length, rowsSkippedOlder: request.rows.length - stored.length };
+  }
+
+  /** The rows of a failed write that storage holds as that write stored them. */
+  private async storedOf(pending: RowsMaybeStoredError): Promise<StoredRow[]> {
+    const found = await this.parts.rows.readRows(pending.attempted.map((a) => a.id));
+    return pending.attempted
+      .filter(({ id, version }) => found.get(id)?.version === version)
+      .map(({ row }) => row);
+  }
+
+  /** Serves rows of a failed write found stored, if the view served is still the one written. */
+  private serveSettled(write: WriteOrigin, rows: StoredRow[]): void {
+    const served = this.served.get(write.view);
+    if (served?.kind === 'push' && served.registered.createTime.getTime() === write.registration) {
+      this.serveWritten(write.view, served, rows, Date.now());
+    }
   }
 
   /** Writes rows this replica stored to the view's table. */
@@ -1015,21 +1043,40 @@ export class OnlineViews {
    * deleted: the rows went with it (and replicas serving a view created since under its name
    * skip the entry, which names the view's creation). At most {@link ANNOUNCING_MAX} writes wait;
    * beyond, the oldest is given up.
+   *
+   * Rows whose write failed (see {@link RowsMaybeStoredError}) are read back first: those stored
+   * with this write's version (not since replaced by a newer write) are served here and announced;
+   * without the read, this replica and the others would serve the values before the write while
+   * a replica started later serves the write's.
    */
-  private announceLater(pending: RowsNotAnnouncedError, waitMs = 500): void {
-    const { write, rows } = pending;
+  private announceLater(pending: RowsNotAnnouncedError | RowsMaybeStoredError, waitMs = 500): void {
+    const { write } = pending;
+    const rowCount =
+      pending instanceof RowsMaybeStoredError ? pending.attempted.length : pending.rows.length;
     if (this.stopped) {
       this.parts.logger.warn(
-        { view: write.view, rows: rows.length },
-        'stopping with stored rows not announced: other replicas serve them after their next load',
+        { view: write.view, rows: rowCount },
+        pending instanceof RowsMaybeStoredError
+          ? 'stopping with rows whose write failed unsettled: other replicas serve what storage took after their next load'
+          : 'stopping with stored rows not announced: other replicas serve them after their next load',
       );
       return;
     }
     const timer = setTimeout(() => {
       this.announcing.delete(timer);
+      let next = pending;
       const attempt = async () => {
         const registration = await this.parts.registry.storedRegistration(write.view);
         if (registration !== write.registration) return;
+        let rows: StoredRow[];
+        if (pending instanceof RowsMaybeStoredError) {
+          rows = await this.storedOf(pending);
+          if (rows.length === 0) return;
+          this.serveSettled(write, rows);
+          next = new RowsNotAnnouncedError(write, rows, pending.cause);
+        } else {
+          rows = pending.rows;
+        }
         await this.parts.rows.appendChanges(write, rows.map(changedRowOf));
         this.parts.logger.info(
           { view: write.view, rows: rows.length },
@@ -1038,25 +1085,40 @@ export class OnlineViews {
       };
       attempt().catch((error: unknown) => {
         if (this.stopped) return;
-        this.parts.logger.warn(
-          { err: error, view: write.view, rows: rows.length },
-          'stored rows not announced to the other replicas yet; trying again',
-        );
-        this.announceLater(pending, Math.min(30_000, 2 * waitMs));
+        if (next instanceof RowsMaybeStoredError) {
+          // Every write refused in an outage waits here: its client was told, so only debug.
+          this.parts.logger.debug(
+            { err: error, view: write.view, rows: rowCount },
+            'rows whose write failed not read back yet; trying again',
+          );
+        } else {
+          this.parts.logger.warn(
+            { err: error, view: write.view, rows: next.rows.length },
+            'stored rows not announced to the other replicas yet; trying again',
+          );
+        }
+        this.announceLater(next, Math.min(30_000, 2 * waitMs));
       });
     }, waitMs);
     this.announcing.set(timer, pending);
     if (this.announcing.size > ANNOUNCING_MAX) {
       const [oldest, given] = this.announcing.entries().next().value as [
         NodeJS.Timeout,
-        RowsNotAnnouncedError,
+        RowsNotAnnouncedError | RowsMaybeStoredError,
       ];
       clearTimeout(oldest);
       this.announcing.delete(oldest);
-      this.parts.logger.error(
-        { view: given.write.view, rows: given.rows.length },
-        'too many stored writes not announced: given up; other replicas serve them after their next load',
-      );
+      if (given instanceof RowsMaybeStoredError) {
+        this.parts.logger.warn(
+          { view: given.write.view, rows: given.attempted.length },
+          'too many failed writes waiting to be read back: given up on the oldest; other replicas serve what storage took of it after their next load',
+        );
+      } else {
+        this.parts.logger.error(
+          { view: given.write.view, rows: given.rows.length },
+          'too many stored writes not announced: given up; other replicas serve them after their next load',
+        );
+      }
     }
   }
 
@@ -1413,10 +1475,35 @@ export class RowsNotAnnouncedError extends UnavailableError {
 }
 
 /**
+ * Storage failed to answer a write of rows, perhaps after taking some or all of them (a reply lost
+ * after the commit, a MongoDB bulk write that failed part-way): which, only a read can tell. The
+ * caller gets `cause`, the failure; the writer settles the rows by reading them back
+ * (see `OnlineViews.announceLater`).
+ */
+export class RowsMaybeStoredError extends Error {
+  constructor(
+    readonly write: WriteOrigin,
+    /** Every row the write tried, with the id and version each was written with. */
+    readonly attempted: readonly {
+      readonly row: StoredRow;
+      readonly id: string;
+      readonly version: string;
+    }[],
+    cause: unknown,
+  ) {
+    super(
+      `the write of ${attempted.length} rows of feature view ${write.view} failed, perhaps after storing some of them`,
+      { cause },
+    );
+  }
+}
+
+/**
  * Writes prepared rows of a push-sourced view to storage, only where newer than the stored
  * record, then appends the stored ones to the change log. The write's order is taken first: it
  * orders writes of equal event times (see `rowVersion`). Returns the rows stored; throws
- * {@link RowsNotAnnouncedError} when they were stored but the change log could not be written.
+ * {@link RowsNotAnnouncedError} when they were stored but the change log could not be written,
+ * and {@link RowsMaybeStoredError} when the write itself failed.
  */
 export async function storeRows(
   repository: FeatureRowRepository,
@@ -1443,16 +1530,28 @@ export async function storeRows(
     ...(definition.ttlMs > 0 ? { expiresAt: new Date(row.eventTime + definition.ttlMs) } : {}),
     registration,
   }));
-  const outcomes = await repository.write(documents);
-  const stored = candidates
-    .filter((_, i) => outcomes[i] !== 'skipped')
-    .map((row) => ({ ...row, order }));
   const write = {
     view: definition.name,
     registration,
     origin,
     order,
   };
+  let outcomes: ConditionalWriteOutcome[];
+  try {
+    outcomes = await repository.write(documents);
+  } catch (error) {
+    throw new RowsMaybeStoredError(
+      write,
+      candidates.map((row, i) => {
+        const { id, version } = documents[i] as FeatureRowDocument;
+        return { row: { ...row, order }, id, version };
+      }),
+      error,
+    );
+  }
+  const stored = candidates
+    .filter((_, i) => outcomes[i] !== 'skipped')
+    .map((row) => ({ ...row, order }));
   try {
     await repository.appendChanges(write, stored.map(changedRowOf));
   } catch (error) {

@@ -7,7 +7,12 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { UnavailableError } from '../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import { failureOf } from './feature-store-api';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import {
+  eventually,
+  sharing,
+  startHarness,
+  type RunningHarness,
+} from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
 import { gatedStore, storageGates } from './support/gated-store';
 import { FeatureRegistry } from '../src/feature-registry';
@@ -151,4 +156,110 @@ it('a sync or registry reload that hangs in storage is not started again on each
     reloads.mockRestore();
     await harness.stop();
   }
+});
+
+/**
+ * A store whose next `upsertIfNewer` of `feature_rows` is applied and then reported as failed (a
+ * reply lost after the commit, or a MongoDB bulk write failed part-way), and whose next
+ * `readsToFail` `getMany` of that collection fail, as storage does while it recovers.
+ */
+function lostReplyStore(
+  store: DocumentStore,
+  gate: { loseNextReply: boolean; readsToFail: number },
+): DocumentStore {
+  return {
+    ...store,
+    collection: async <T extends { readonly id: string }>(
+      spec: Parameters<DocumentStore['collection']>[0],
+    ): Promise<Collection<T>> => {
+      const collection = await store.collection<T>(spec);
+      if (spec.name !== 'feature_rows') return collection;
+      return new Proxy(collection, {
+        get(target, property, receiver) {
+          const value: unknown = Reflect.get(target, property, receiver);
+          if (typeof value !== 'function') return value;
+          const call = (...args: unknown[]): unknown =>
+            (value as (...a: unknown[]) => unknown).apply(target, args);
+          if (property === 'getMany') {
+            return (...args: unknown[]) => {
+              if (gate.readsToFail === 0) return call(...args);
+              gate.readsToFail--;
+              return Promise.reject(new UnavailableError('storage is unreachable (test outage)'));
+            };
+          }
+          if (property === 'upsertIfNewer') {
+            return async (...args: unknown[]) => {
+              const outcomes = await call(...args);
+              if (gate.loseNextReply) {
+                gate.loseNextReply = false;
+                throw new UnavailableError('storage did not answer (the write was applied)');
+              }
+              return outcomes;
+            };
+          }
+          return call;
+        },
+      });
+    },
+  };
+}
+
+describe('a write storage applied but answered with an error', () => {
+  it('is read back, then served by the writer and announced to the other replicas', async () => {
+    const gate = { loseNextReply: false, readsToFail: 0 };
+    const first = await startHarness({
+      replicaId: 'replica-a',
+      wrapStore: (store) => lostReplyStore(store, gate),
+    });
+    const second = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(first.runtime.store),
+    });
+    const ctrOf = async (replica: RunningHarness): Promise<unknown> =>
+      (
+        await replica.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        })
+      ).columns[0]?.values[0];
+    try {
+      await first.client.applyEntity({ entity: userEntity, requestId: '' });
+      await first.client.applyFeatureView({
+        featureView: userStatsView(),
+        requestId: '',
+        validateOnly: false,
+      });
+      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }));
+      const t = Date.now() - 1_000;
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(t), { ctr: double(0.1) })],
+        requestId: '',
+      });
+      await eventually(async () => {
+        expect(await ctrOf(second)).toEqual(double(0.1));
+      });
+
+      // The first read back fails too: the writer tries again.
+      gate.loseNextReply = true;
+      gate.readsToFail = 1;
+      const failed = await failureOf(
+        first.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(t + 1), { ctr: double(0.9) })],
+          requestId: '',
+        }),
+      );
+      expect(failed.code).toBe(GrpcCode.UNAVAILABLE);
+      await eventually(async () => {
+        expect(await ctrOf(first)).toEqual(double(0.9));
+        expect(await ctrOf(second)).toEqual(double(0.9));
+      });
+      expect(gate.readsToFail).toBe(0);
+    } finally {
+      await second.stop();
+      await first.stop();
+    }
+  }, 30_000);
 });

@@ -295,6 +295,12 @@ export class FeatureRowRepository {
     return (await this.sequences.increment(`feature_writes/${view}`, { next: 1 })).doc.next;
   }
 
+  /** The stored records of these ids (live ones only), by id. */
+  async readRows(ids: readonly string[]): Promise<Map<string, FeatureRowDocument>> {
+    const found = await this.rows.getMany(ids);
+    return new Map([...found].map(([id, { doc }]) => [id, doc]));
+  }
+
   /** Appends rows a replica stored to the change log. */
   async appendChanges(
     { view, registration, origin, order }: WriteOrigin,
