@@ -178,7 +178,11 @@ export interface EventBus {
   readonly kind: 'nats' | 'in-process';
   /** Creates the stream or updates it to match `spec`. Idempotent. */
   declareStream(spec: StreamSpec): Promise<void>;
-  /** Publishes one event and waits for the stream to store it. Throws `UnavailableError` when it cannot. */
+  /**
+   * Publishes one event and waits for the stream to store it. Throws `UnavailableError` when it
+   * cannot now, and `FailedPreconditionError` when it never could (an event larger than the NATS
+   * server's `max_payload`), which a retry would meet again.
+   */
   publish<T>(
     subject: string,
     codec: EventCodec<T>,

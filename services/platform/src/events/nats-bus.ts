@@ -37,6 +37,7 @@ import {
 } from '@nats-io/jetstream';
 import {
   ConnectionError,
+  InvalidArgumentError as NatsInvalidArgumentError,
   TimeoutError,
   connect,
   headers as natsHeaders,
@@ -291,6 +292,14 @@ function isApiError(error: unknown, code: number): boolean {
 /** A publish that found nothing listening on its subject: no stream captures it (or no JetStream). */
 function isNoStream(error: unknown): boolean {
   return error instanceof Error && error.name === 'JetStreamNotEnabled';
+}
+
+/** Whether the client refused a message larger than the server's `max_payload` (or its cause did). */
+function isOverMaxPayload(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    if (e instanceof NatsInvalidArgumentError && e.message.includes('max_payload')) return true;
+  }
+  return false;
 }
 
 /** What a declaration did. */
@@ -613,10 +622,16 @@ class NatsBus implements EventBus {
           headers,
           timeout: options.timeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS,
         });
-      const failed = (error: unknown): UnavailableError =>
-        new UnavailableError(`cannot publish to ${subject}: ${messageOf(error)}`, {
-          cause: error,
-        });
+      const failed = (error: unknown): UnavailableError | FailedPreconditionError =>
+        // Not UNAVAILABLE: every retry would fail the same way (a buffered publisher drops it).
+        isOverMaxPayload(error)
+          ? new FailedPreconditionError(
+              `cannot publish to ${subject}: the event (${data.length} bytes, and its headers) is larger than the NATS server's max_payload`,
+              { cause: error, reason: 'EVENT_TOO_LARGE' },
+            )
+          : new UnavailableError(`cannot publish to ${subject}: ${messageOf(error)}`, {
+              cause: error,
+            });
       let ack: Awaited<ReturnType<typeof send>>;
       try {
         ack = await send();

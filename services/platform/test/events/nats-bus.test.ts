@@ -5,7 +5,8 @@
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
-import { UnavailableError } from '../../src/errors';
+import { FailedPreconditionError, UnavailableError } from '../../src/errors';
+import { BufferedPublisher } from '../../src/events/buffered-publisher';
 import type { BatchConsumerSpec, EventBus } from '../../src/events/bus';
 import { connectNatsBus, supportsMultipleFilters } from '../../src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../support/integration';
@@ -69,6 +70,43 @@ describeWithNats('NATS JetStream event bus', () => {
       expect(config.duplicate_window).toBe(nanos(60_000));
       expect(config.max_bytes).toBe(1_000_000);
       expect(config.storage).toBe('memory');
+    });
+
+    it("refuses an event larger than the server's max_payload as FAILED_PRECONDITION, not UNAVAILABLE", async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      const tooLarge = { message: 'x'.repeat(admin.info!.max_payload + 1) };
+      const refusal = bus.publish(
+        `${stream}.large`,
+        EchoRequest,
+        EchoRequest.fromPartial(tooLarge),
+        {
+          eventId: 'large-1',
+        },
+      );
+      // A retry would fail the same way: a buffered publisher drops it rather than retrying it
+      // forever at the head of its queue.
+      await expect(refusal).rejects.toBeInstanceOf(FailedPreconditionError);
+      await expect(refusal).rejects.toThrow(/max_payload/);
+      await expect(
+        bus.publish(`${stream}.small`, EchoRequest, EchoRequest.fromPartial({ message: 'x' }), {
+          eventId: 'small-1',
+        }),
+      ).resolves.toMatchObject({ duplicate: false });
+
+      // Behind it in a buffered publisher's queue, the next event is published: the large one is
+      // dropped and counted, not retried at the head of the queue.
+      const buffered = new BufferedPublisher(bus, { initialRetryDelayMs: 10 });
+      buffered.enqueue(
+        `${stream}.large`,
+        EchoRequest,
+        EchoRequest.fromPartial(tooLarge),
+        'large-2',
+      );
+      buffered.enqueue(`${stream}.small`, EchoRequest, EchoRequest.fromPartial({}), 'small-2');
+      await eventually(() => {
+        expect(buffered.stats()).toMatchObject({ published: 1, dropped: 1, queued: 0 });
+      });
+      await buffered.close();
     });
 
     it('updates a durable whose limits changed and keeps its position', async () => {
