@@ -30,6 +30,50 @@ const MAX_FUTURE_MS = 3_600_000;
 /** Longest encoded entity key: it becomes part of a document id. */
 const MAX_ENTITY_KEY_BYTES = 400;
 
+/**
+ * The most bytes a row's values may take as stored: a MongoDB document holds 16 MiB of BSON, and
+ * the record keeps 64 KiB for its id, entity key, times and versions. Enforced on every store, so
+ * that what the embedded store takes MongoDB takes too. (Vectors and lists grow in BSON: each
+ * element carries its type and index.)
+ */
+export const MAX_STORED_VALUES_BYTES = 16 * 1024 * 1024 - 64 * 1024;
+
+/** BSON bytes of an array's element names, the decimal indexes 0 … n−1 with their NULs. */
+function indexNameBytes(n: number): number {
+  let bytes = n; // the NULs
+  for (let digits = 1, from = 0, to = 10; from < n; digits++, from = to, to *= 10) {
+    bytes += digits * (Math.min(n, to) - from);
+  }
+  return bytes;
+}
+
+/**
+ * The BSON size of `values` as a document, at most (a number counts as a double, 8 bytes; the
+ * driver writes a small integer in 4). Strings count 3 bytes per UTF-16 unit unless that bound
+ * exceeds `exactAbove`, when they are measured.
+ */
+export function storedValuesBytes(
+  values: Readonly<Record<string, StoredValue>>,
+  exactAbove = MAX_STORED_VALUES_BYTES,
+): number {
+  const size = (stringBytes: (text: string) => number): number => {
+    let bytes = 5; // length, terminator
+    for (const [name, value] of Object.entries(values)) {
+      bytes += 2 + stringBytes(name); // type, name, NUL
+      if (typeof value === 'number') bytes += 8;
+      else if (typeof value === 'boolean') bytes += 1;
+      else if (typeof value === 'string') bytes += 5 + stringBytes(value);
+      else if (Array.isArray(value)) {
+        bytes += 5 + value.length + indexNameBytes(value.length); // document, element types
+        for (const item of value) bytes += typeof item === 'number' ? 8 : 5 + stringBytes(item);
+      }
+    }
+    return bytes;
+  };
+  const bound = size((text) => 3 * text.length);
+  return bound <= exactAbove ? bound : size((text) => Buffer.byteLength(text));
+}
+
 /** The entity key part of `value` for a join key of `type`, or a problem. */
 export function keyPartOf(
   type: ValueType,
@@ -143,6 +187,15 @@ export function prepareRows(
       const present = value?.kind === undefined ? null : value;
       values[feature.name] = present;
       stored[feature.name] = storedValueOf(present ?? undefined);
+    }
+    const bytes = storedValuesBytes(stored);
+    if (bytes > MAX_STORED_VALUES_BYTES) {
+      violations.push({
+        field: `${at}.values`,
+        description: `take ${bytes} bytes as stored, more than a stored record holds (${MAX_STORED_VALUES_BYTES})`,
+        reason: 'TOO_LARGE',
+      });
+      return;
     }
     prepared.push({ entityKey, eventTime, values, stored });
   });
