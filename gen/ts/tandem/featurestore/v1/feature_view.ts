@@ -255,11 +255,13 @@ export interface PushSource {
  * consumer after a restart. A new view first replays the events the stream still holds within its
  * longest window, then follows new ones (see FeatureStoreService.GetAggregationStatus).
  *
- * A record's event time is the event time of the newest event folded into it. An entity no event
- * has been folded into reads as FEATURE_STATUS_NOT_FOUND. For a known entity, a window that holds
- * no events reads as 0 for COUNT, DISTINCT_COUNT and SUM and as FEATURE_STATUS_NULL_VALUE for
- * MEAN, MIN, MAX and LAST, as does a SUM or MEAN past the range of a double (no value on the wire
- * is infinite or NaN). An entity with no event within the longest window (or the view's TTL,
+ * A record's event time is the event time of the newest event accepted for it. An entity no event
+ * has been accepted for (none arrived, or each was late, a duplicate or without a valid time)
+ * reads as FEATURE_STATUS_NOT_FOUND; an accepted event makes its entity known even when no
+ * aggregation folds it (a value of another type, counted in `events_dropped_invalid`, or older
+ * than a window). For a known entity, a window that holds no events reads as 0 for COUNT,
+ * DISTINCT_COUNT and SUM and as FEATURE_STATUS_NULL_VALUE for MEAN, MIN, MAX and LAST, as does a
+ * SUM or MEAN past the range of a double (no value on the wire is infinite or NaN). An entity with no event within the longest window (or the view's TTL,
  * when longer) is forgotten within a minute after, and reads as FEATURE_STATUS_NOT_FOUND again,
  * so memory and checkpoints hold only the entities active within that horizon.
  *
