@@ -168,8 +168,6 @@ export interface Subscription {
   /**
    * Stops fetching, lets in-flight handlers finish, and returns once they have. A handler that
    * overran `ackWaitMs` has already been given up on (its event is redelivered) and is not awaited.
-   * Events a `subscribe` consumer has fetched but not started are handled before it returns, not
-   * handed back (which JetStream would count as a delivery toward `maxDeliver`).
    */
   stop(): Promise<void>;
   stats(): SubscriptionStats;

@@ -985,9 +985,8 @@ function consumerConfigFor(
     deliver_policy: settings.deliverPolicy === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
     ack_wait: nanos(settings.ackWaitMs),
     // Unlimited on the server: the client gives up after `maxDeliver` (terminating the event,
-    // counting and logging it). The server counts every delivery, the events a batch
-    // subscription hands back unhandled at a stop or rewind too, and at its limit stops
-    // delivering without a word.
+    // counting and logging it). The server counts every delivery, the events a stopping
+    // subscription hands back unhandled too, and at its limit stops delivering without a word.
     max_deliver: SERVER_MAX_DELIVER,
     max_ack_pending: settings.maxAckPending,
     // One filter goes in `filter_subject`, which every server version understands.
@@ -1208,8 +1207,8 @@ class NatsSubscription<T> implements Subscription {
   private async shutDown(): Promise<void> {
     this.stopRequested = true;
     this.stopSignal.notify();
-    // close() ends the iterator once the events already pulled have come out of it (handled, in
-    // `each` mode; handed back in batch mode); the supervisor then returns.
+    // close() ends the iterator once the events already pulled have come out of it (they are
+    // handed back with a nak); the supervisor then returns.
     const closing = this.messages?.close();
     await this.supervision;
     await closing;
@@ -1292,12 +1291,18 @@ class NatsSubscription<T> implements Subscription {
       await this.consumeBatches(messages, this.parts.mode, this.frontier);
       return this.rewindRequest;
     }
-    // Events pulled before a stop are handled too, not handed back: JetStream would count a
-    // hand-back as a delivery, which uses up `maxDeliver` (one failure could then drop an event
-    // handed back at earlier stops), and could deliver it again on the pull request that fetched
-    // it, still open on the server after the iterator closed, to no one until its ack wait ends.
     for await (const message of messages) {
+      if (this.isStopping()) {
+        // Pulled but not started: hand it back now rather than after the ack wait.
+        message.nak();
+        continue;
+      }
       await this.slots.acquire();
+      if (this.isStopping()) {
+        this.slots.release();
+        message.nak();
+        continue;
+      }
       void this.process(message).finally(() => {
         this.slots.release();
       });

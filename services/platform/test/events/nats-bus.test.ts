@@ -217,7 +217,7 @@ describeWithNats('NATS JetStream event bus', () => {
       }
     });
 
-    it('handles the events it fetched before a stop rather than handing them back, so no retry is used up', async () => {
+    it('never loses an event handed back unhandled at stop, however often that happens', async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       for (const message of ['e1', 'e2', 'e3', 'e4']) {
         await bus.publish(
@@ -227,43 +227,38 @@ describeWithNats('NATS JetStream event bus', () => {
           { eventId: message },
         );
       }
-      const spec = { stream, durable: 'restarted', codec: EchoRequest, maxDeliver: 2 };
-      // Each event fails its first run: with maxDeliver 2 it has exactly one retry.
-      const runs: [string, number][] = [];
-      let release = () => {};
-      const gate = new Promise<void>((resolve) => (release = resolve));
-      const handler = async (d: { event: EchoRequest; deliveryCount: number }) => {
-        runs.push([d.event.message, d.deliveryCount]);
-        if (d.event.message === 'e1') await gate;
-        if (runs.filter(([m]) => m === d.event.message).length === 1) throw new Error('transient');
+      const handled = new Set<string>();
+      // (One fetched as the subscription stops is not handed back: it comes after the ack wait.)
+      const spec = {
+        stream,
+        durable: 'restarted',
+        codec: EchoRequest,
+        maxDeliver: 2,
+        ackWaitMs: 1_000,
       };
-      const first = await bus.subscribe(spec, handler);
-      // e1 is being handled and the others are fetched, waiting for the handler's one slot.
-      await waitFor(() => runs.length === 1);
-      await eventually(async () => {
-        expect((await manager.consumers.info(stream, 'restarted')).num_ack_pending).toBe(4);
+      // Two restarts while one event is being handled and the next are fetched: those are
+      // handed back, each time counted by JetStream as a delivery.
+      for (let run = 0; run < 2; run++) {
+        let release = () => {};
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const subscription = await bus.subscribe(spec, async (d) => {
+          handled.add(d.event.message);
+          await gate;
+        });
+        await waitFor(() => handled.size > run);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const stopping = subscription.stop();
+        release();
+        await stopping;
+      }
+      const last = await bus.subscribe(spec, (d) => {
+        handled.add(d.event.message);
+        return Promise.resolve();
       });
-      const stopping = first.stop();
-      release();
-      await stopping;
-      // Each ran once before the stop returned, on its first delivery: none was handed back,
-      // which JetStream would have counted as a delivery.
-      expect(runs).toEqual([
-        ['e1', 1],
-        ['e2', 1],
-        ['e3', 1],
-        ['e4', 1],
-      ]);
-      expect(first.stats()).toMatchObject({ retried: 4, dropped: 0 });
-
-      // The next subscriber gets each again for its one retry, which succeeds: nothing dropped.
-      const second = await bus.subscribe(spec, handler);
       try {
-        await waitFor(() => second.stats().acked === 4, 15_000);
-        expect(second.stats()).toMatchObject({ dropped: 0, retried: 0 });
-        expect(runs.slice(4).map(([, count]) => count)).toEqual([2, 2, 2, 2]);
+        await waitFor(() => handled.size === 4);
       } finally {
-        await second.stop();
+        await last.stop();
       }
     });
 
