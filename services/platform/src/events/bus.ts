@@ -5,8 +5,8 @@
  *
  * Semantics both adapters keep:
  * - at-least-once delivery to each durable consumer; a handler that resolves acks the event, one
- *   that throws gets it again (after a back-off) until `maxDeliver`, then it is terminated and
- *   counted as dropped;
+ *   that throws gets it again (after a back-off) until it has failed `maxDeliver` times, then it is
+ *   terminated and counted as dropped;
  * - `eventId` is the dedupe key (`Nats-Msg-Id`): publishing the same id twice within the stream's
  *   duplicate window stores it once;
  * - the W3C `traceparent` of the publisher's active span travels in the headers, and the handler
@@ -57,7 +57,12 @@ export interface ConsumerSpec<T> {
   readonly codec: EventCodec<T>;
   /** Time a handler has before the event is redelivered. @default 30 s */
   readonly ackWaitMs?: number;
-  /** Deliveries before an event is terminated and counted as dropped. @default 5 */
+  /**
+   * Failed handler runs before an event is terminated and counted as dropped. Counted per
+   * process by the NATS adapter, since JetStream's delivery count also counts the events a
+   * stopping subscription hands back unhandled; an event that fails in one process after another
+   * is dropped after `3 × maxDeliver` deliveries in all. @default 5
+   */
   readonly maxDeliver?: number;
   /** Events handed out but not yet acked, across replicas. @default 1000 */
   readonly maxAckPending?: number;
@@ -157,7 +162,7 @@ export interface SubscriptionStats {
   readonly acked: number;
   /** Deliveries whose handler threw or overran `ackWaitMs`; the event comes again. */
   readonly retried: number;
-  /** Events given up on after `maxDeliver` failed deliveries (terminated, logged). */
+  /** Events given up on after `maxDeliver` failed handler runs (terminated, logged). */
   readonly dropped: number;
   /** Events that could not be decoded with the consumer's codec (terminated at once, logged). */
   readonly poison: number;

@@ -146,16 +146,71 @@ export async function runBatchHandler<T>(
   });
 }
 
-/** Decides what a handler's outcome means for the stream; pure. */
+/**
+ * How many deliveries of one event, times `maxDeliver`, end it whatever its failures here: the cap
+ * for an event that fails in one process after another (see {@link FailureCounts}).
+ */
+export const DELIVERY_CAP_PER_ATTEMPT = 3;
+
+/**
+ * Decides what a handler's outcome means for the stream; pure. `attempt` is this run's number
+ * among the event's handler runs (failed ones before it, plus one); `deliveryCount`, the
+ * stream's count of its deliveries, which may be higher (see {@link FailureCounts}).
+ */
 export function dispositionFor(
   settings: ConsumerSettings,
   outcome: HandlerOutcome,
-  deliveryCount: number,
+  attempt: number,
+  deliveryCount = attempt,
 ): Disposition {
   if (outcome.kind === 'handled') return { kind: 'ack' };
-  if (deliveryCount >= settings.maxDeliver) return { kind: 'drop' };
+  if (
+    attempt >= settings.maxDeliver ||
+    deliveryCount >= DELIVERY_CAP_PER_ATTEMPT * settings.maxDeliver
+  ) {
+    return { kind: 'drop' };
+  }
   if (outcome.kind === 'overran') return { kind: 'await-redelivery' };
-  return { kind: 'retry', delayMs: retryDelayMs(settings, deliveryCount) };
+  return { kind: 'retry', delayMs: retryDelayMs(settings, attempt) };
+}
+
+/**
+ * The handler runs that failed (threw or overran) for each event a subscription still holds, by
+ * stream sequence: what `maxDeliver` and the back-off count. JetStream's delivery count also
+ * counts every time a stopping subscription handed an event back unhandled, so an event handed
+ * back at a few stops would be dropped after one failure. Kept per process: an event that failed
+ * in another one starts again here, up to {@link DELIVERY_CAP_PER_ATTEMPT} × `maxDeliver`
+ * deliveries in all. Bounded: beyond `capacity` events, the oldest are forgotten.
+ */
+export class FailureCounts {
+  private readonly failures = new Map<number, number>();
+
+  constructor(private readonly capacity: number) {}
+
+  /** The number of the run about to settle for the event at `sequence`. */
+  attempt(sequence: number): number {
+    return (this.failures.get(sequence) ?? 0) + 1;
+  }
+
+  /** Records how `attempt` settled: a failure is remembered, anything else forgets the event. */
+  settled(sequence: number, attempt: number, disposition: Disposition): void {
+    this.failures.delete(sequence);
+    if (disposition.kind !== 'retry' && disposition.kind !== 'await-redelivery') return;
+    this.failures.set(sequence, attempt);
+    if (this.failures.size > this.capacity) {
+      const oldest = this.failures.keys().next();
+      if (!oldest.done) this.failures.delete(oldest.value);
+    }
+  }
+
+  /** Forgets the event at `sequence` (handled). */
+  forget(sequence: number): void {
+    this.failures.delete(sequence);
+  }
+
+  get size(): number {
+    return this.failures.size;
+  }
 }
 
 function errorMessage(error: unknown): string {

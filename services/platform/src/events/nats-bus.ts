@@ -63,6 +63,7 @@ import {
   type SubscriptionStats,
 } from './bus';
 import {
+  FailureCounts,
   HandlerSlots,
   SubscriptionCounters,
   dispositionFor,
@@ -1175,10 +1176,16 @@ class NatsSubscription<T> implements Subscription {
   private deliveredBefore = 0;
   private rewindRequest: RewindRequest | undefined;
   private readonly earlier: EarlierDeliveries = new Map();
+  /**
+   * The failed handler runs of events not yet settled for good, which `maxDeliver` counts
+   * rather than the delivery count (per-event acknowledgement; see `FailureCounts`).
+   */
+  private readonly failures: FailureCounts;
 
   constructor(private readonly parts: NatsSubscriptionParts<T>) {
     this.slots = new HandlerSlots(parts.settings.concurrency);
     this.counters = new SubscriptionCounters(parts.settings, parts.logger);
+    this.failures = new FailureCounts(4 * parts.settings.maxAckPending);
   }
 
   /** Starts consuming; with `declared` false the supervisor declares the durable first. */
@@ -1451,11 +1458,16 @@ class NatsSubscription<T> implements Subscription {
     if (outcome.kind === 'handled') {
       // The common case, without reading each message's delivery count.
       for (const delivered of batch) delivered.message.ack();
+      if (this.failures.size > 0) {
+        for (const delivered of batch) this.failures.forget(delivered.streamSequence);
+      }
       this.counters.recordAcked(batch.length);
       return;
     }
     for (const delivered of batch) {
-      const disposition = dispositionFor(settings, outcome, delivered.deliveryCount);
+      const attempt = this.failures.attempt(delivered.streamSequence);
+      const disposition = dispositionFor(settings, outcome, attempt, delivered.deliveryCount);
+      this.failures.settled(delivered.streamSequence, attempt, disposition);
       settle(delivered.message, disposition);
       this.counters.record(disposition, outcome, delivered);
     }
@@ -1581,7 +1593,9 @@ class NatsSubscription<T> implements Subscription {
       headers,
     };
     const outcome = await runHandler(settings, handler, delivered);
-    const disposition = dispositionFor(settings, outcome, facts.deliveryCount);
+    const attempt = this.failures.attempt(facts.streamSequence);
+    const disposition = dispositionFor(settings, outcome, attempt, facts.deliveryCount);
+    this.failures.settled(facts.streamSequence, attempt, disposition);
     settle(message, disposition);
     this.counters.record(disposition, outcome, facts);
   }

@@ -1,4 +1,4 @@
-import { dispositionFor } from '../../src/events/delivery';
+import { FailureCounts, dispositionFor } from '../../src/events/delivery';
 import { consumerSettings, retryDelayMs } from '../../src/events/event-settings';
 import { InvalidArgumentError } from '../../src/errors';
 
@@ -34,6 +34,36 @@ describe('dispositionFor', () => {
   it('leaves an overrun to the stream, except on the last delivery', () => {
     expect(dispositionFor(settings, { kind: 'overran' }, 1)).toEqual({ kind: 'await-redelivery' });
     expect(dispositionFor(settings, { kind: 'overran' }, 3)).toEqual({ kind: 'drop' });
+  });
+
+  it("counts the handler's failed runs, not deliveries handed back, up to three times maxDeliver deliveries", () => {
+    // The first run here of an event delivered four times (handed back at three stops).
+    expect(dispositionFor(settings, failed, 1, 4)).toEqual({ kind: 'retry', delayMs: 1_000 });
+    expect(dispositionFor(settings, failed, 2, 8)).toEqual({ kind: 'retry', delayMs: 2_000 });
+    expect(dispositionFor(settings, failed, 1, 9)).toEqual({ kind: 'drop' });
+    expect(dispositionFor(settings, { kind: 'handled' }, 1, 100)).toEqual({ kind: 'ack' });
+  });
+});
+
+describe('FailureCounts', () => {
+  it("numbers an event's runs by its failures, forgets it once settled, and holds at most its capacity", () => {
+    const counts = new FailureCounts(2);
+    expect(counts.attempt(7)).toBe(1);
+    counts.settled(7, 1, { kind: 'retry', delayMs: 1 });
+    expect(counts.attempt(7)).toBe(2);
+    counts.settled(7, 2, { kind: 'await-redelivery' });
+    expect(counts.attempt(7)).toBe(3);
+    counts.settled(7, 3, { kind: 'drop' });
+    expect(counts.attempt(7)).toBe(1);
+
+    counts.settled(1, 1, { kind: 'retry', delayMs: 1 });
+    counts.settled(2, 1, { kind: 'retry', delayMs: 1 });
+    counts.settled(1, 2, { kind: 'retry', delayMs: 1 }); // now the newest
+    counts.settled(3, 1, { kind: 'retry', delayMs: 1 });
+    expect([counts.attempt(1), counts.attempt(2), counts.attempt(3)]).toEqual([3, 1, 2]);
+    counts.forget(1);
+    expect(counts.attempt(1)).toBe(1);
+    expect(counts.size).toBe(1);
   });
 });
 

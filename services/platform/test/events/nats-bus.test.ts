@@ -262,6 +262,61 @@ describeWithNats('NATS JetStream event bus', () => {
       }
     });
 
+    it('retries a failing handler until maxDeliver even when its event was handed back at stops before', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      for (const message of ['e1', 'e2', 'e3']) {
+        await bus.publish(
+          `${stream}.x`,
+          EchoRequest,
+          { message, failWithCode: 0, requireMessage: false },
+          { eventId: message },
+        );
+      }
+      const spec = {
+        stream,
+        durable: 'handed-back',
+        codec: EchoRequest,
+        maxDeliver: 2,
+        ackWaitMs: 2_000,
+        initialRetryDelayMs: 50,
+        maxRetryDelayMs: 50,
+      };
+      // Twice: e1 is being handled while e2 and e3 are fetched, then the subscription stops and
+      // hands them back unhandled, which JetStream counts as deliveries.
+      for (let run = 0; run < 2; run++) {
+        let release = () => {};
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        let started = false;
+        const stopped = await bus.subscribe(spec, async () => {
+          started = true;
+          await gate;
+          throw new Error('stopping: not handled');
+        });
+        await waitFor(() => started);
+        await eventually(async () => {
+          expect((await manager.consumers.info(stream, 'handed-back')).num_ack_pending).toBe(3);
+        });
+        const stopping = stopped.stop();
+        release();
+        await stopping;
+      }
+      // Each event now fails its first run here once (a passing fault): it has one retry left.
+      const runs: [string, number][] = [];
+      const last = await bus.subscribe(spec, (d) => {
+        runs.push([d.event.message, d.deliveryCount]);
+        const first = runs.filter(([m]) => m === d.event.message).length === 1;
+        return first ? Promise.reject(new Error('transient')) : Promise.resolve();
+      });
+      try {
+        await waitFor(() => last.stats().acked === 3, 15_000);
+        expect(last.stats()).toMatchObject({ acked: 3, retried: 3, dropped: 0 });
+        // Delivered more often than maxDeliver, which counts the handler's runs.
+        expect(Math.max(...runs.map(([, count]) => count))).toBeGreaterThan(2);
+      } finally {
+        await last.stop();
+      }
+    });
+
     it('adds an inactivity threshold to an existing durable, and removes it again', async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       const spec = { stream, durable: 'replica-2', codec: EchoRequest };
