@@ -228,14 +228,15 @@ export class OnlineViews {
   private readonly stopWaiters = new Set<() => void>();
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
+  /** Stored rows whose change-log entry is appended again at their timer (see `announceLater`). */
+  private readonly announcing = new Map<NodeJS.Timeout, RowsNotAnnouncedError>();
   /**
-   * Rows whose change-log entry is appended again at their timer, or which are read back first
-   * (see `announceLater`).
+   * Failed writes read back at their timer (see `announceLater`): apart from `announcing`, so
+   * that the writes refused in an outage never push out rows known to be stored.
    */
-  private readonly announcing = new Map<
-    NodeJS.Timeout,
-    RowsNotAnnouncedError | RowsMaybeStoredError
-  >();
+  private readonly readingBack = new Map<NodeJS.Timeout, RowsMaybeStoredError>();
+  /** Whether `readingBack` has given up a write since it was last half empty (logged once). */
+  private readBackFull = false;
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
   /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
@@ -1041,8 +1042,8 @@ export class OnlineViews {
    * trying again after 0.5 s, doubling to 30 s, while storage fails; until this replica stops
    * (the others then serve the rows after their next load of the view). Not once the view was
    * deleted: the rows went with it (and replicas serving a view created since under its name
-   * skip the entry, which names the view's creation). At most {@link ANNOUNCING_MAX} writes wait;
-   * beyond, the oldest is given up.
+   * skip the entry, which names the view's creation). At most {@link ANNOUNCING_MAX} writes wait,
+   * and as many failed writes wait to be read back; beyond, the oldest is given up.
    *
    * Rows whose write failed (see {@link RowsMaybeStoredError}) are read back first: those stored
    * with this write's version (not since replaced by a newer write) are served here and announced;
@@ -1064,6 +1065,7 @@ export class OnlineViews {
     }
     const timer = setTimeout(() => {
       this.announcing.delete(timer);
+      this.readingBack.delete(timer);
       let next = pending;
       const attempt = async () => {
         const registration = await this.parts.registry.storedRegistration(write.view);
@@ -1100,25 +1102,37 @@ export class OnlineViews {
         this.announceLater(next, Math.min(30_000, 2 * waitMs));
       });
     }, waitMs);
+    if (pending instanceof RowsMaybeStoredError) {
+      this.readingBack.set(timer, pending);
+      if (this.readingBack.size <= ANNOUNCING_MAX / 2) this.readBackFull = false;
+      if (this.readingBack.size > ANNOUNCING_MAX) {
+        const [oldest, given] = this.readingBack.entries().next().value as [
+          NodeJS.Timeout,
+          RowsMaybeStoredError,
+        ];
+        clearTimeout(oldest);
+        this.readingBack.delete(oldest);
+        // Once per spell: in an outage every refused write comes here, and its client was told.
+        this.parts.logger[this.readBackFull ? 'debug' : 'warn'](
+          { view: given.write.view, rows: given.attempted.length },
+          'too many failed writes waiting to be read back: given up on the oldest; other replicas serve what storage took of them after their next load',
+        );
+        this.readBackFull = true;
+      }
+      return;
+    }
     this.announcing.set(timer, pending);
     if (this.announcing.size > ANNOUNCING_MAX) {
       const [oldest, given] = this.announcing.entries().next().value as [
         NodeJS.Timeout,
-        RowsNotAnnouncedError | RowsMaybeStoredError,
+        RowsNotAnnouncedError,
       ];
       clearTimeout(oldest);
       this.announcing.delete(oldest);
-      if (given instanceof RowsMaybeStoredError) {
-        this.parts.logger.warn(
-          { view: given.write.view, rows: given.attempted.length },
-          'too many failed writes waiting to be read back: given up on the oldest; other replicas serve what storage took of it after their next load',
-        );
-      } else {
-        this.parts.logger.error(
-          { view: given.write.view, rows: given.rows.length },
-          'too many stored writes not announced: given up; other replicas serve them after their next load',
-        );
-      }
+      this.parts.logger.error(
+        { view: given.write.view, rows: given.rows.length },
+        'too many stored writes not announced: given up; other replicas serve them after their next load',
+      );
     }
   }
 
@@ -1375,8 +1389,17 @@ export class OnlineViews {
         'stopping with stored rows not announced: other replicas serve them after their next load',
       );
     }
-    for (const timer of this.announcing.keys()) clearTimeout(timer);
+    if (this.readingBack.size > 0) {
+      this.parts.logger.warn(
+        { writes: this.readingBack.size },
+        'stopping with failed writes not read back: other replicas serve what storage took of them after their next load',
+      );
+    }
+    for (const timer of [...this.announcing.keys(), ...this.readingBack.keys()]) {
+      clearTimeout(timer);
+    }
     this.announcing.clear();
+    this.readingBack.clear();
     for (const release of this.stopWaiters) release();
     this.stopWaiters.clear();
     // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records, and

@@ -158,40 +158,57 @@ it('a sync or registry reload that hangs in storage is not started again on each
   }
 });
 
+/** What {@link faultyRowStore} makes fail. */
+interface RowStoreFaults {
+  /** The next `upsertIfNewer` of `feature_rows` is applied, then reported as failed. */
+  loseNextReply: boolean;
+  /** The next this many `getMany` of `feature_rows` fail. */
+  readsToFail: number;
+  /** Every `upsertIfNewer` and `getMany` of `feature_rows` fails, storing nothing. */
+  rowsDown: boolean;
+  /** Every change-log entry insert fails. */
+  changeLogDown: boolean;
+}
+
 /**
- * A store whose next `upsertIfNewer` of `feature_rows` is applied and then reported as failed (a
- * reply lost after the commit, or a MongoDB bulk write failed part-way), and whose next
- * `readsToFail` `getMany` of that collection fail, as storage does while it recovers.
+ * A store whose row writes and reads, and change-log appends, fail as `faults` says: a reply lost
+ * after the commit (or a MongoDB bulk write failed part-way), storage that recovers slowly.
  */
-function lostReplyStore(
-  store: DocumentStore,
-  gate: { loseNextReply: boolean; readsToFail: number },
-): DocumentStore {
+function faultyRowStore(store: DocumentStore, faults: RowStoreFaults): DocumentStore {
+  const outage = () => new UnavailableError('storage is unreachable (test outage)');
   return {
     ...store,
     collection: async <T extends { readonly id: string }>(
       spec: Parameters<DocumentStore['collection']>[0],
     ): Promise<Collection<T>> => {
       const collection = await store.collection<T>(spec);
-      if (spec.name !== 'feature_rows') return collection;
+      if (spec.name !== 'feature_rows' && spec.name !== 'feature_changes') return collection;
       return new Proxy(collection, {
         get(target, property, receiver) {
           const value: unknown = Reflect.get(target, property, receiver);
           if (typeof value !== 'function') return value;
           const call = (...args: unknown[]): unknown =>
             (value as (...a: unknown[]) => unknown).apply(target, args);
+          if (spec.name === 'feature_changes') {
+            return property === 'insert'
+              ? (...args: unknown[]) =>
+                  faults.changeLogDown ? Promise.reject(outage()) : call(...args)
+              : call;
+          }
           if (property === 'getMany') {
             return (...args: unknown[]) => {
-              if (gate.readsToFail === 0) return call(...args);
-              gate.readsToFail--;
-              return Promise.reject(new UnavailableError('storage is unreachable (test outage)'));
+              if (faults.rowsDown) return Promise.reject(outage());
+              if (faults.readsToFail === 0) return call(...args);
+              faults.readsToFail--;
+              return Promise.reject(outage());
             };
           }
           if (property === 'upsertIfNewer') {
             return async (...args: unknown[]) => {
+              if (faults.rowsDown) throw outage();
               const outcomes = await call(...args);
-              if (gate.loseNextReply) {
-                gate.loseNextReply = false;
+              if (faults.loseNextReply) {
+                faults.loseNextReply = false;
                 throw new UnavailableError('storage did not answer (the write was applied)');
               }
               return outcomes;
@@ -204,33 +221,56 @@ function lostReplyStore(
   };
 }
 
+async function withReplicas(
+  faults: RowStoreFaults,
+  run: (
+    first: RunningHarness,
+    second: RunningHarness,
+    ctrOf: (replica: RunningHarness) => Promise<unknown>,
+  ) => Promise<void>,
+): Promise<void> {
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => faultyRowStore(store, faults),
+  });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  const ctrOf = async (replica: RunningHarness): Promise<unknown> =>
+    (
+      await replica.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      })
+    ).columns[0]?.values[0];
+  try {
+    await first.client.applyEntity({ entity: userEntity, requestId: '' });
+    await first.client.applyFeatureView({
+      featureView: userStatsView(),
+      requestId: '',
+      validateOnly: false,
+    });
+    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }));
+    await run(first, second, ctrOf);
+  } finally {
+    await second.stop();
+    await first.stop();
+  }
+}
+
+const noFaults = (): RowStoreFaults => ({
+  loseNextReply: false,
+  readsToFail: 0,
+  rowsDown: false,
+  changeLogDown: false,
+});
+
 describe('a write storage applied but answered with an error', () => {
   it('is read back, then served by the writer and announced to the other replicas', async () => {
-    const gate = { loseNextReply: false, readsToFail: 0 };
-    const first = await startHarness({
-      replicaId: 'replica-a',
-      wrapStore: (store) => lostReplyStore(store, gate),
-    });
-    const second = await startHarness({
-      replicaId: 'replica-b',
-      wrapStore: sharing(first.runtime.store),
-    });
-    const ctrOf = async (replica: RunningHarness): Promise<unknown> =>
-      (
-        await replica.client.getOnlineFeatures({
-          features: ['user_stats:ctr'],
-          entityRows: users('u1'),
-          omitEventTimes: true,
-        })
-      ).columns[0]?.values[0];
-    try {
-      await first.client.applyEntity({ entity: userEntity, requestId: '' });
-      await first.client.applyFeatureView({
-        featureView: userStatsView(),
-        requestId: '',
-        validateOnly: false,
-      });
-      await eventually(() => second.client.getFeatureView({ name: 'user_stats' }));
+    const faults = noFaults();
+    await withReplicas(faults, async (first, second, ctrOf) => {
       const t = Date.now() - 1_000;
       await first.client.writeFeatures({
         featureView: 'user_stats',
@@ -242,8 +282,8 @@ describe('a write storage applied but answered with an error', () => {
       });
 
       // The first read back fails too: the writer tries again.
-      gate.loseNextReply = true;
-      gate.readsToFail = 1;
+      faults.loseNextReply = true;
+      faults.readsToFail = 1;
       const failed = await failureOf(
         first.client.writeFeatures({
           featureView: 'user_stats',
@@ -256,10 +296,43 @@ describe('a write storage applied but answered with an error', () => {
         expect(await ctrOf(first)).toEqual(double(0.9));
         expect(await ctrOf(second)).toEqual(double(0.9));
       });
-      expect(gate.readsToFail).toBe(0);
-    } finally {
-      await second.stop();
-      await first.stop();
-    }
+      expect(faults.readsToFail).toBe(0);
+    });
   }, 30_000);
+
+  it('does not let the writes refused in an outage push out stored rows waiting to be announced', async () => {
+    const faults = noFaults();
+    await withReplicas(faults, async (first, second, ctrOf) => {
+      const t = Date.now() - 1_000;
+      // Stored, but its change-log entry fails: announced later.
+      faults.changeLogDown = true;
+      const unannounced = await failureOf(
+        first.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(t), { ctr: double(0.5) })],
+          requestId: '',
+        }),
+      );
+      expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
+      // Refused writes, each to be read back: many more than the writer keeps waiting (1,000),
+      // for long enough that the stored rows' retries fall behind 1,000 of them.
+      faults.rowsDown = true;
+      const refuse = (i: number) =>
+        failureOf(
+          first.client.writeFeatures({
+            featureView: 'user_stats',
+            rows: [userRow(`other-${i}`, new Date(t), { ctr: double(0.1) })],
+            requestId: '',
+          }),
+        );
+      for (let i = 0; i < 3_000; i += 50) {
+        await Promise.all(Array.from({ length: 50 }, (_, j) => refuse(i + j)));
+      }
+      faults.rowsDown = false;
+      faults.changeLogDown = false;
+      await eventually(async () => {
+        expect(await ctrOf(second)).toEqual(double(0.5));
+      }, 15_000);
+    });
+  }, 60_000);
 });
