@@ -47,10 +47,20 @@ function indexNameBytes(n: number): number {
   return bytes;
 }
 
+/** BSON bytes of a number: an int32 when it is a whole number in its range, else a double. */
+function numberBytes(value: number): number {
+  return Number.isSafeInteger(value) &&
+    value >= -2_147_483_648 &&
+    value <= 2_147_483_647 &&
+    !Object.is(value, -0)
+    ? 4
+    : 8;
+}
+
 /**
- * The BSON size of `values` as a document, at most (a number counts as a double, 8 bytes; the
- * driver writes a small integer in 4). Strings count 3 bytes per UTF-16 unit unless that bound
- * exceeds `exactAbove`, when they are measured.
+ * The BSON size of `values` as a document, as the `bson` serializer writes it. Strings count 3
+ * bytes per UTF-16 unit (at least their UTF-8 size) unless that bound exceeds `exactAbove`, when
+ * they are measured.
  */
 export function storedValuesBytes(
   values: Readonly<Record<string, StoredValue>>,
@@ -60,12 +70,14 @@ export function storedValuesBytes(
     let bytes = 5; // length, terminator
     for (const [name, value] of Object.entries(values)) {
       bytes += 2 + stringBytes(name); // type, name, NUL
-      if (typeof value === 'number') bytes += 8;
+      if (typeof value === 'number') bytes += numberBytes(value);
       else if (typeof value === 'boolean') bytes += 1;
       else if (typeof value === 'string') bytes += 5 + stringBytes(value);
       else if (Array.isArray(value)) {
         bytes += 5 + value.length + indexNameBytes(value.length); // document, element types
-        for (const item of value) bytes += typeof item === 'number' ? 8 : 5 + stringBytes(item);
+        for (const item of value) {
+          bytes += typeof item === 'number' ? numberBytes(item) : 5 + stringBytes(item);
+        }
       }
     }
     return bytes;
