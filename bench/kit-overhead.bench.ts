@@ -5,8 +5,8 @@
  * A third server, the kit with handler pacing off, gives pacing's own share: an echo handler is
  * the case where pacing has the least to gain, since its answers are ready at once.
  *
- * Both servers run at once, are warmed first, and each concurrency is measured in BENCH_ROUNDS
- * rounds (7 by default, see `benchRounds`), each interleaving the two servers in half-second slices
+ * The servers run at once, are warmed first, and each concurrency is measured in BENCH_ROUNDS
+ * rounds (7 by default, see `benchRounds`), each interleaving the servers in half-second slices
  * (`measureInterleaved`); the ratios reported are the medians of the rounds' ratios.
  * One cold round per server, as this benchmark first did, gave ratios from 0.72x to 1.56x on the
  * same build.
