@@ -1105,13 +1105,8 @@ export class OnlineViews {
     if (pending instanceof RowsMaybeStoredError) {
       this.readingBack.set(timer, pending);
       if (this.readingBack.size <= ANNOUNCING_MAX / 2) this.readBackFull = false;
-      if (this.readingBack.size > ANNOUNCING_MAX) {
-        const [oldest, given] = this.readingBack.entries().next().value as [
-          NodeJS.Timeout,
-          RowsMaybeStoredError,
-        ];
-        clearTimeout(oldest);
-        this.readingBack.delete(oldest);
+      const given = giveUpOldest(this.readingBack);
+      if (given !== undefined) {
         // Once per spell: in an outage every refused write comes here, and its client was told.
         this.parts.logger[this.readBackFull ? 'debug' : 'warn'](
           { view: given.write.view, rows: given.attempted.length },
@@ -1122,13 +1117,8 @@ export class OnlineViews {
       return;
     }
     this.announcing.set(timer, pending);
-    if (this.announcing.size > ANNOUNCING_MAX) {
-      const [oldest, given] = this.announcing.entries().next().value as [
-        NodeJS.Timeout,
-        RowsNotAnnouncedError,
-      ];
-      clearTimeout(oldest);
-      this.announcing.delete(oldest);
+    const given = giveUpOldest(this.announcing);
+    if (given !== undefined) {
       this.parts.logger.error(
         { view: given.write.view, rows: given.rows.length },
         'too many stored writes not announced: given up; other replicas serve them after their next load',
@@ -1474,6 +1464,19 @@ function onlineRowOf(
   for (const [name, type] of types)
     values[name] = messageOfStoredValue(type, row.values[name]) ?? null;
   return { entityKey: row.entityKey, eventTime: row.eventTime, values, order };
+}
+
+/**
+ * Past {@link ANNOUNCING_MAX} waiting writes, cancels the oldest one's timer and returns it.
+ */
+function giveUpOldest<W>(waiting: Map<NodeJS.Timeout, W>): W | undefined {
+  if (waiting.size <= ANNOUNCING_MAX) return undefined;
+  const oldest = waiting.entries().next();
+  if (oldest.done) return undefined;
+  const [timer, write] = oldest.value;
+  clearTimeout(timer);
+  waiting.delete(timer);
+  return write;
 }
 
 /** A row stored by {@link storeRows}, with its place among writes of its event time. */
