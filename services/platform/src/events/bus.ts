@@ -58,10 +58,12 @@ export interface ConsumerSpec<T> {
   /** Time a handler has before the event is redelivered. @default 30 s */
   readonly ackWaitMs?: number;
   /**
-   * Failed handler runs before an event is terminated and counted as dropped. Counted per
-   * process by the NATS adapter, since JetStream's delivery count also counts the events a
-   * stopping subscription hands back unhandled; an event that fails in one process after another
-   * is dropped after `3 × maxDeliver` deliveries in all. @default 5
+   * Failed handler runs before an event is terminated and counted as dropped. The NATS adapter
+   * counts them per subscription (afresh when it restarts its consumption), since JetStream's
+   * delivery count also counts the events a stopping subscription hands back unhandled, and
+   * drops an event delivered `3 × maxDeliver` times whatever its failures there; a cumulatively
+   * acknowledging batch consumer counts deliveries, which the rewind of its durable resets.
+   * @default 5
    */
   readonly maxDeliver?: number;
   /** Events handed out but not yet acked, across replicas. @default 1000 */
@@ -162,7 +164,7 @@ export interface SubscriptionStats {
   readonly acked: number;
   /** Deliveries whose handler threw or overran `ackWaitMs`; the event comes again. */
   readonly retried: number;
-  /** Events given up on after `maxDeliver` failed handler runs (terminated, logged). */
+  /** Events given up on after `maxDeliver` failed handler runs (terminated, logged; see `maxDeliver`). */
   readonly dropped: number;
   /** Events that could not be decoded with the consumer's codec (terminated at once, logged). */
   readonly poison: number;

@@ -178,9 +178,10 @@ export function dispositionFor(
  * The handler runs that failed (threw or overran) for each event a subscription still holds, by
  * stream sequence: what `maxDeliver` and the back-off count. JetStream's delivery count also
  * counts every time a stopping subscription handed an event back unhandled, so an event handed
- * back at a few stops would be dropped after one failure. Kept per process: an event that failed
- * in another one starts again here, up to {@link DELIVERY_CAP_PER_ATTEMPT} × `maxDeliver`
- * deliveries in all. Bounded: beyond `capacity` events, the oldest are forgotten.
+ * back at a few stops would be dropped after one failure. Kept per consumption (a subscription
+ * restarting its iterator, perhaps on a recreated stream, starts again): an event that failed
+ * before starts again here, up to {@link DELIVERY_CAP_PER_ATTEMPT} × `maxDeliver` deliveries in
+ * all. Bounded: beyond `capacity` events, the oldest are forgotten.
  */
 export class FailureCounts {
   private readonly failures = new Map<number, number>();
@@ -206,6 +207,11 @@ export class FailureCounts {
   /** Forgets the event at `sequence` (handled). */
   forget(sequence: number): void {
     this.failures.delete(sequence);
+  }
+
+  /** Forgets every event: a new consumption, perhaps of a stream recreated with new sequences. */
+  clear(): void {
+    this.failures.clear();
   }
 
   get size(): number {
@@ -241,6 +247,8 @@ export class SubscriptionCounters {
       'subject' | 'eventId' | 'deliveryCount' | 'streamSequence'
     >,
     count = 1,
+    /** The run's number among the event's handler runs here (see `FailureCounts`), if counted. */
+    attempt?: number,
   ): void {
     if (disposition.kind === 'ack') {
       this.acked += count;
@@ -253,6 +261,7 @@ export class SubscriptionCounters {
       eventId: delivered.eventId,
       streamSequence: delivered.streamSequence,
       deliveryCount: delivered.deliveryCount,
+      ...(attempt !== undefined ? { attempt } : {}),
       maxDeliver: this.settings.maxDeliver,
       ...(count > 1 ? { events: count } : {}),
       error:
@@ -260,7 +269,10 @@ export class SubscriptionCounters {
     };
     if (disposition.kind === 'drop') {
       this.dropped += count;
-      this.logger.error(fields, 'event dropped after its last allowed delivery');
+      this.logger.error(
+        fields,
+        'event dropped: its handler failed on its last allowed attempt (maxDeliver), or it was delivered 3 × maxDeliver times',
+      );
     } else {
       this.retried += count;
       this.logger.warn(

@@ -1280,6 +1280,8 @@ class NatsSubscription<T> implements Subscription {
     this.rewindRequest = undefined;
     this.frontier = undefined;
     this.uncounted = [];
+    // A stream deleted and declared again numbers its events from 1 again.
+    this.failures.clear();
     if (this.isCumulative()) this.deliveredBefore = await this.settledDeliveries();
     const consumer = await client.consumers.get(settings.stream, settings.durable);
     const messages = await consumer.consume({
@@ -1469,7 +1471,7 @@ class NatsSubscription<T> implements Subscription {
       const disposition = dispositionFor(settings, outcome, attempt, delivered.deliveryCount);
       this.failures.settled(delivered.streamSequence, attempt, disposition);
       settle(delivered.message, disposition);
-      this.counters.record(disposition, outcome, delivered);
+      this.counters.record(disposition, outcome, delivered, 1, attempt);
     }
   }
 
@@ -1597,7 +1599,7 @@ class NatsSubscription<T> implements Subscription {
     const disposition = dispositionFor(settings, outcome, attempt, facts.deliveryCount);
     this.failures.settled(facts.streamSequence, attempt, disposition);
     settle(message, disposition);
-    this.counters.record(disposition, outcome, facts);
+    this.counters.record(disposition, outcome, facts, 1, attempt);
   }
 }
 

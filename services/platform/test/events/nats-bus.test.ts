@@ -317,6 +317,46 @@ describeWithNats('NATS JetStream event bus', () => {
       }
     });
 
+    it("counts a recreated stream's events afresh, though their sequences repeat", async () => {
+      const streamSpec = { name: stream, subjects: [`${stream}.>`], storage: 'memory' as const };
+      await bus.declareStream(streamSpec);
+      const spec = {
+        stream,
+        durable: 'recreated',
+        codec: EchoRequest,
+        maxDeliver: 2,
+        initialRetryDelayMs: 3_000,
+        maxRetryDelayMs: 3_000,
+      };
+      // Every event fails its first run: with maxDeliver 2 it has exactly one retry.
+      const runs: string[] = [];
+      const subscription = await bus.subscribe(spec, (d) => {
+        runs.push(d.event.message);
+        const first = runs.filter((m) => m === d.event.message).length === 1;
+        return first ? Promise.reject(new Error('transient')) : Promise.resolve();
+      });
+      const publish = (message: string) =>
+        bus.publish(
+          `${stream}.x`,
+          EchoRequest,
+          { message, failWithCode: 0, requireMessage: false },
+          { eventId: message },
+        );
+      try {
+        expect((await publish('old')).streamSequence).toBe(1);
+        await waitFor(() => subscription.stats().retried === 1);
+        // Deleted while 'old' waits for its retry, then declared again: 'new' is its sequence 1.
+        await removeStream(stream);
+        await bus.declareStream(streamSpec);
+        expect((await publish('new')).streamSequence).toBe(1);
+        await waitFor(() => subscription.stats().acked === 1, 20_000);
+        expect(subscription.stats()).toMatchObject({ dropped: 0 });
+        expect(runs.filter((m) => m === 'new')).toHaveLength(2);
+      } finally {
+        await subscription.stop();
+      }
+    });
+
     it('adds an inactivity threshold to an existing durable, and removes it again', async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       const spec = { stream, durable: 'replica-2', codec: EchoRequest };
