@@ -683,6 +683,9 @@ class NatsBus implements EventBus {
       return deferred;
     }
     const clientFilter = await this.declareConsumer(settings, acknowledgement);
+    // Closed while the durable was declared: the close has gathered the subscriptions to stop
+    // already, and would not stop one started now.
+    this.checkOpen();
     return this.runSubscription(spec, mode, settings, clientFilter, true);
   }
 

@@ -648,6 +648,47 @@ describeWithNats('NATS JetStream event bus', () => {
     });
   });
 
+  it('refuses a subscription whose durable was being declared as the bus closed, rather than leave it running', async () => {
+    const closing = await connectNatsBus({ servers: natsUrl!, name: 'tandem-test' });
+    const stream = uniqueName('CLOSING');
+    await closing.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+    // The close starts just as the durable's declaration answers.
+    const internals = closing as unknown as {
+      declareConsumer: (...args: unknown[]) => Promise<unknown>;
+    };
+    const declare = internals.declareConsumer.bind(closing);
+    let closed: Promise<void> | undefined;
+    internals.declareConsumer = async (...args: unknown[]) => {
+      const declared = await declare(...args);
+      closed = closing.close();
+      return declared;
+    };
+    let handled = 0;
+    await expect(
+      closing.subscribe({ stream, durable: 'late', codec: EchoRequest }, () => {
+        handled++;
+        return Promise.resolve();
+      }),
+    ).rejects.toBeInstanceOf(UnavailableError);
+    await closed;
+    // Nothing consumes: an event published now stays pending on the durable.
+    const publisher = await connectNatsBus({ servers: natsUrl!, name: 'tandem-test' });
+    try {
+      await publisher.publish(
+        `${stream}.x`,
+        EchoRequest,
+        EchoRequest.fromPartial({ message: 'a' }),
+        { eventId: 'a' },
+      );
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(handled).toBe(0);
+      expect((await manager.consumers.info(stream, 'late')).num_pending).toBe(1);
+    } finally {
+      await publisher.close();
+      await removeStream(stream);
+    }
+  });
+
   it('fails to connect with UnavailableError when no server answers and it is told to', async () => {
     await expect(
       connectNatsBus({
