@@ -14,7 +14,7 @@ import {
   type RunningHarness,
 } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
-import { gatedStore, storageGates } from './support/gated-store';
+import { gatedStore, storageGates, type StorageGates } from './support/gated-store';
 import { FeatureRegistry } from '../src/feature-registry';
 import { OnlineViews } from '../src/online-views';
 
@@ -158,71 +158,9 @@ it('a sync or registry reload that hangs in storage is not started again on each
   }
 });
 
-/** What {@link faultyRowStore} makes fail. */
-interface RowStoreFaults {
-  /** The next `upsertIfNewer` of `feature_rows` is applied, then reported as failed. */
-  loseNextReply: boolean;
-  /** The next this many `getMany` of `feature_rows` fail. */
-  readsToFail: number;
-  /** Every `upsertIfNewer` and `getMany` of `feature_rows` fails, storing nothing. */
-  rowsDown: boolean;
-  /** Every change-log entry insert fails. */
-  changeLogDown: boolean;
-}
-
-/**
- * A store whose row writes and reads, and change-log appends, fail as `faults` says: a reply lost
- * after the commit (or a MongoDB bulk write failed part-way), storage that recovers slowly.
- */
-function faultyRowStore(store: DocumentStore, faults: RowStoreFaults): DocumentStore {
-  const outage = () => new UnavailableError('storage is unreachable (test outage)');
-  return {
-    ...store,
-    collection: async <T extends { readonly id: string }>(
-      spec: Parameters<DocumentStore['collection']>[0],
-    ): Promise<Collection<T>> => {
-      const collection = await store.collection<T>(spec);
-      if (spec.name !== 'feature_rows' && spec.name !== 'feature_changes') return collection;
-      return new Proxy(collection, {
-        get(target, property, receiver) {
-          const value: unknown = Reflect.get(target, property, receiver);
-          if (typeof value !== 'function') return value;
-          const call = (...args: unknown[]): unknown =>
-            (value as (...a: unknown[]) => unknown).apply(target, args);
-          if (spec.name === 'feature_changes') {
-            return property === 'insert'
-              ? (...args: unknown[]) =>
-                  faults.changeLogDown ? Promise.reject(outage()) : call(...args)
-              : call;
-          }
-          if (property === 'getMany') {
-            return (...args: unknown[]) => {
-              if (faults.rowsDown) return Promise.reject(outage());
-              if (faults.readsToFail === 0) return call(...args);
-              faults.readsToFail--;
-              return Promise.reject(outage());
-            };
-          }
-          if (property === 'upsertIfNewer') {
-            return async (...args: unknown[]) => {
-              if (faults.rowsDown) throw outage();
-              const outcomes = await call(...args);
-              if (faults.loseNextReply) {
-                faults.loseNextReply = false;
-                throw new UnavailableError('storage did not answer (the write was applied)');
-              }
-              return outcomes;
-            };
-          }
-          return call;
-        },
-      });
-    },
-  };
-}
-
+/** Two replicas sharing storage, the first's gated, both serving user_stats. */
 async function withReplicas(
-  faults: RowStoreFaults,
+  gates: StorageGates,
   run: (
     first: RunningHarness,
     second: RunningHarness,
@@ -231,7 +169,7 @@ async function withReplicas(
 ): Promise<void> {
   const first = await startHarness({
     replicaId: 'replica-a',
-    wrapStore: (store) => faultyRowStore(store, faults),
+    wrapStore: (store) => gatedStore(store, gates),
   });
   const second = await startHarness({
     replicaId: 'replica-b',
@@ -260,17 +198,10 @@ async function withReplicas(
   }
 }
 
-const noFaults = (): RowStoreFaults => ({
-  loseNextReply: false,
-  readsToFail: 0,
-  rowsDown: false,
-  changeLogDown: false,
-});
-
 describe('a write storage applied but answered with an error', () => {
   it('is read back, then served by the writer and announced to the other replicas', async () => {
-    const faults = noFaults();
-    await withReplicas(faults, async (first, second, ctrOf) => {
+    const gates = storageGates();
+    await withReplicas(gates, async (first, second, ctrOf) => {
       const t = Date.now() - 1_000;
       await first.client.writeFeatures({
         featureView: 'user_stats',
@@ -282,8 +213,8 @@ describe('a write storage applied but answered with an error', () => {
       });
 
       // The first read back fails too: the writer tries again.
-      faults.loseNextReply = true;
-      faults.readsToFail = 1;
+      gates.loseNextWriteReply = true;
+      gates.failRowReads = 1;
       const failed = await failureOf(
         first.client.writeFeatures({
           featureView: 'user_stats',
@@ -296,16 +227,16 @@ describe('a write storage applied but answered with an error', () => {
         expect(await ctrOf(first)).toEqual(double(0.9));
         expect(await ctrOf(second)).toEqual(double(0.9));
       });
-      expect(faults.readsToFail).toBe(0);
+      expect(gates.failRowReads).toBe(0);
     });
   }, 30_000);
 
   it('does not let the writes refused in an outage push out stored rows waiting to be announced', async () => {
-    const faults = noFaults();
-    await withReplicas(faults, async (first, second, ctrOf) => {
+    const gates = storageGates();
+    await withReplicas(gates, async (first, second, ctrOf) => {
       const t = Date.now() - 1_000;
       // Stored, but its change-log entry fails: announced later.
-      faults.changeLogDown = true;
+      gates.failEntries = Number.MAX_SAFE_INTEGER;
       const unannounced = await failureOf(
         first.client.writeFeatures({
           featureView: 'user_stats',
@@ -316,7 +247,8 @@ describe('a write storage applied but answered with an error', () => {
       expect(unannounced.code).toBe(GrpcCode.UNAVAILABLE);
       // Refused writes, each to be read back: many more than the writer keeps waiting (1,000),
       // for long enough that the stored rows' retries fall behind 1,000 of them.
-      faults.rowsDown = true;
+      gates.failWrites = true;
+      gates.failRowReads = Number.MAX_SAFE_INTEGER;
       const refuse = (i: number) =>
         failureOf(
           first.client.writeFeatures({
@@ -328,8 +260,9 @@ describe('a write storage applied but answered with an error', () => {
       for (let i = 0; i < 3_000; i += 50) {
         await Promise.all(Array.from({ length: 50 }, (_, j) => refuse(i + j)));
       }
-      faults.rowsDown = false;
-      faults.changeLogDown = false;
+      gates.failWrites = false;
+      gates.failRowReads = 0;
+      gates.failEntries = 0;
       await eventually(async () => {
         expect(await ctrOf(second)).toEqual(double(0.5));
       }, 15_000);

@@ -2,8 +2,9 @@
  * A store slowed or failed at exact points, for tests of what replicas do meanwhile: a write of
  * rows, of a change-log entry or of its sequence held until released, entries that fail, a scan
  * of checkpoints that waits to begin, a scan of rows that waits once it has read them (a slow
- * load), a scan that fails once (a blip), reads of the change log and registry that hang (a
- * half-open connection), or every call failing (a partition).
+ * load), a scan that fails once (a blip), a write whose reply is lost after it was applied, writes
+ * and reads of rows that fail, reads of the change log and registry that hang (a half-open
+ * connection), or every call failing (a partition).
  */
 import { UnavailableError } from '../../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
@@ -31,6 +32,15 @@ export interface StorageGates {
   /** The next scan of rows fails with UNAVAILABLE. */
   failNextScan: boolean;
   /**
+   * The next write of rows is applied, then fails with UNAVAILABLE (a reply lost after the
+   * commit, or a MongoDB bulk write that failed part-way).
+   */
+  loseNextWriteReply: boolean;
+  /** While set, every write of rows fails with UNAVAILABLE, storing nothing. */
+  failWrites: boolean;
+  /** The next `count` reads of rows by id (`getMany` of `feature_rows`) fail with UNAVAILABLE. */
+  failRowReads: number;
+  /**
    * While set, reads of the change log (`list` of `feature_changes`) and of the registry (`scan`
    * of `entities`) wait, counted in `stalledReads`, until `releaseStalledReads` (a hung storage).
    */
@@ -51,6 +61,9 @@ export function storageGates(): StorageGates {
     holdNextScan: false,
     holdNextCheckpointScan: false,
     failNextScan: false,
+    loseNextWriteReply: false,
+    failWrites: false,
+    failRowReads: 0,
     stallReads: false,
     stalledReads: 0,
     releaseStalledReads() {
@@ -113,11 +126,24 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
         return collection.insert(doc);
       };
       const upsertIfNewer: Collection<T>['upsertIfNewer'] = async (docs, field) => {
+        if (gates.failWrites) throw new UnavailableError('storage is unreachable (an outage)');
         if (gates.holdNextWrite) {
           gates.holdNextWrite = false;
           await new Promise<void>((resolve) => (gates.releaseWrite = resolve));
         }
-        return collection.upsertIfNewer(docs, field);
+        const outcomes = await collection.upsertIfNewer(docs, field);
+        if (gates.loseNextWriteReply) {
+          gates.loseNextWriteReply = false;
+          throw new UnavailableError('storage did not answer (the write was applied)');
+        }
+        return outcomes;
+      };
+      const getMany: Collection<T>['getMany'] = async (ids) => {
+        if (gates.failRowReads > 0) {
+          gates.failRowReads--;
+          throw new UnavailableError('storage is unreachable (a blip)');
+        }
+        return collection.getMany(ids);
       };
       const scan = (where?: Parameters<Collection<T>['scan']>[0]): AsyncIterable<never> => {
         if (gates.failNextScan) {
@@ -148,6 +174,7 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
           if (typeof value !== 'function') return value;
           if (rows && property === 'upsertIfNewer') return guarded(upsertIfNewer);
           if (rows && property === 'scan') return guarded(scan);
+          if (rows && property === 'getMany') return guarded(getMany);
           if (changes && property === 'insert') return guarded(insert);
           if (sequences && property === 'increment') return guarded(increment);
           if (checkpoints && property === 'scan') return guarded(checkpointScan);
