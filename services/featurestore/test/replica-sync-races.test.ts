@@ -16,6 +16,7 @@ import {
   type RunningHarness,
 } from './support/feature-store-harness';
 import {
+  gatedPair,
   gatedSecondReplica,
   gatedStore,
   storageGates,
@@ -98,31 +99,6 @@ async function writeLaterRow(writer: RunningHarness, reader: RunningHarness): Pr
   await eventually(async () => {
     expect(await ctrOf(reader, 'u2')).toEqual(double(0.25));
   }, 2_000);
-}
-
-/** Two replicas sharing storage, the first's gated, both serving user_stats. */
-async function gatedPair() {
-  const gates = storageGates();
-  const first = await startHarness({
-    replicaId: 'replica-a',
-    wrapStore: (store) => gatedStore(store, gates),
-  });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    wrapStore: sharing(first.runtime.store),
-  });
-  await applyUserStats(first.client);
-  // The second replica's registry reload is 500 ms apart.
-  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
-  return {
-    gates,
-    first,
-    second,
-    stop: async () => {
-      await second.stop();
-      await first.stop();
-    },
-  };
 }
 
 it('a replica started while another replica writes serves the row once stored', async () => {

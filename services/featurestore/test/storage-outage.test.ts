@@ -7,14 +7,9 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { UnavailableError } from '../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import { failureOf } from './feature-store-api';
-import {
-  eventually,
-  sharing,
-  startHarness,
-  type RunningHarness,
-} from './support/feature-store-harness';
+import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
-import { gatedStore, storageGates, type StorageGates } from './support/gated-store';
+import { gatedPair, gatedStore, storageGates } from './support/gated-store';
 import { FeatureRegistry } from '../src/feature-registry';
 import { OnlineViews } from '../src/online-views';
 
@@ -158,50 +153,20 @@ it('a sync or registry reload that hangs in storage is not started again on each
   }
 });
 
-/** Two replicas sharing storage, the first's gated, both serving user_stats. */
-async function withReplicas(
-  gates: StorageGates,
-  run: (
-    first: RunningHarness,
-    second: RunningHarness,
-    ctrOf: (replica: RunningHarness) => Promise<unknown>,
-  ) => Promise<void>,
-): Promise<void> {
-  const first = await startHarness({
-    replicaId: 'replica-a',
-    wrapStore: (store) => gatedStore(store, gates),
+/** The ctr of u1 as `replica` serves it. */
+async function ctrOf(replica: RunningHarness): Promise<unknown> {
+  const read = await replica.client.getOnlineFeatures({
+    features: ['user_stats:ctr'],
+    entityRows: users('u1'),
+    omitEventTimes: true,
   });
-  const second = await startHarness({
-    replicaId: 'replica-b',
-    wrapStore: sharing(first.runtime.store),
-  });
-  const ctrOf = async (replica: RunningHarness): Promise<unknown> =>
-    (
-      await replica.client.getOnlineFeatures({
-        features: ['user_stats:ctr'],
-        entityRows: users('u1'),
-        omitEventTimes: true,
-      })
-    ).columns[0]?.values[0];
-  try {
-    await first.client.applyEntity({ entity: userEntity, requestId: '' });
-    await first.client.applyFeatureView({
-      featureView: userStatsView(),
-      requestId: '',
-      validateOnly: false,
-    });
-    await eventually(() => second.client.getFeatureView({ name: 'user_stats' }));
-    await run(first, second, ctrOf);
-  } finally {
-    await second.stop();
-    await first.stop();
-  }
+  return read.columns[0]?.values[0];
 }
 
 describe('a write storage applied but answered with an error', () => {
   it('is read back, then served by the writer and announced to the other replicas', async () => {
-    const gates = storageGates();
-    await withReplicas(gates, async (first, second, ctrOf) => {
+    const { gates, first, second, stop } = await gatedPair();
+    try {
       const t = Date.now() - 1_000;
       await first.client.writeFeatures({
         featureView: 'user_stats',
@@ -228,12 +193,14 @@ describe('a write storage applied but answered with an error', () => {
         expect(await ctrOf(second)).toEqual(double(0.9));
       });
       expect(gates.failRowReads).toBe(0);
-    });
+    } finally {
+      await stop();
+    }
   }, 30_000);
 
   it('does not let the writes refused in an outage push out stored rows waiting to be announced', async () => {
-    const gates = storageGates();
-    await withReplicas(gates, async (first, second, ctrOf) => {
+    const { gates, first, second, stop } = await gatedPair();
+    try {
       const t = Date.now() - 1_000;
       // Stored, but its change-log entry fails: announced later.
       gates.failEntries = Number.MAX_SAFE_INTEGER;
@@ -266,6 +233,8 @@ describe('a write storage applied but answered with an error', () => {
       await eventually(async () => {
         expect(await ctrOf(second)).toEqual(double(0.5));
       }, 15_000);
-    });
+    } finally {
+      await stop();
+    }
   }, 60_000);
 });

@@ -231,3 +231,28 @@ export async function gatedSecondReplica(env: Readonly<Record<string, string>> =
   await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 2_000);
   return { gates, first, second };
 }
+
+/** Two replicas sharing storage, the first's gated, both serving user_stats. */
+export async function gatedPair() {
+  const gates = storageGates();
+  const first = await startHarness({
+    replicaId: 'replica-a',
+    wrapStore: (store) => gatedStore(store, gates),
+  });
+  const second = await startHarness({
+    replicaId: 'replica-b',
+    wrapStore: sharing(first.runtime.store),
+  });
+  await applyUserStats(first.client);
+  // The second replica's registry reload is 500 ms apart.
+  await eventually(() => second.client.getFeatureView({ name: 'user_stats' }), 3_000);
+  return {
+    gates,
+    first,
+    second,
+    stop: async () => {
+      await second.stop();
+      await first.stop();
+    },
+  };
+}
