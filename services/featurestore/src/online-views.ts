@@ -228,6 +228,11 @@ export class OnlineViews {
   private readonly stopWaiters = new Set<() => void>();
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
+  /**
+   * Read-backs and announcements whose timer has fired (see `announceLater`), awaited by `stop`
+   * so that none outlives the storage it writes to.
+   */
+  private readonly settling = new Set<Promise<void>>();
   /** Stored rows whose change-log entry is appended again at their timer (see `announceLater`). */
   private readonly announcing = new Map<NodeJS.Timeout, RowsNotAnnouncedError>();
   /**
@@ -1085,8 +1090,12 @@ export class OnlineViews {
           'stored rows announced after a failure',
         );
       };
-      attempt().catch((error: unknown) => {
-        if (this.stopped) return;
+      const running = attempt().catch((error: unknown) => {
+        // Stopping (storage may be closed): said once, by the call below.
+        if (this.stopped) {
+          this.announceLater(next);
+          return;
+        }
         if (next instanceof RowsMaybeStoredError) {
           // Every write refused in an outage waits here: its client was told, so only debug.
           this.parts.logger.debug(
@@ -1101,6 +1110,8 @@ export class OnlineViews {
         }
         this.announceLater(next, Math.min(30_000, 2 * waitMs));
       });
+      this.settling.add(running);
+      void running.finally(() => this.settling.delete(running));
     }, waitMs);
     if (pending instanceof RowsMaybeStoredError) {
       this.readingBack.set(timer, pending);
@@ -1410,9 +1421,9 @@ export class OnlineViews {
           : Promise.resolve(),
       ),
     );
-    // A sync or refill still reading storage (a slow one) is waited for a little more, so that
-    // it does not outlive the storage it reads.
-    await settledBy(Promise.all([this.syncRun, ...this.refilling]), deadline);
+    // A sync, refill, read-back or announcement still using storage (a slow one) is waited for a
+    // little more, so that it does not outlive the storage it uses.
+    await settledBy(Promise.all([this.syncRun, ...this.refilling, ...this.settling]), deadline);
   }
 }
 

@@ -9,7 +9,13 @@ import type { Collection, DocumentStore } from '../../platform/src/storage/colle
 import { failureOf } from './feature-store-api';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
-import { gatedPair, gatedStore, storageGates } from './support/gated-store';
+import {
+  gatedPair,
+  gatedSecondReplica,
+  gatedStore,
+  storageGates,
+  untilHeld,
+} from './support/gated-store';
 import { FeatureRegistry } from '../src/feature-registry';
 import { OnlineViews } from '../src/online-views';
 
@@ -197,6 +203,40 @@ describe('a write storage applied but answered with an error', () => {
       await stop();
     }
   }, 30_000);
+
+  it('is announced before a stop that began meanwhile returns', async () => {
+    const { gates, first, second } = await gatedSecondReplica();
+    try {
+      // Stored, but its change-log entry fails; the retry's entry is held at the gate.
+      gates.failEntries = 1;
+      const failed = await failureOf(
+        second.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(Date.now() - 1_000), { ctr: double(0.7) })],
+          requestId: '',
+        }),
+      );
+      expect(failed.code).toBe(GrpcCode.UNAVAILABLE);
+      gates.holdNextEntry = true;
+      await untilHeld(gates, 'entry');
+
+      let stopped = false;
+      const stopping = second.stop().then(() => {
+        stopped = true;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // Otherwise the announcement would go on after its storage was closed.
+      expect(stopped).toBe(false);
+      gates.releaseEntry?.();
+      await stopping;
+      await eventually(async () => {
+        expect(await ctrOf(first)).toEqual(double(0.7));
+      });
+    } finally {
+      await second.stop().catch(() => undefined);
+      await first.stop();
+    }
+  });
 
   it('does not let the writes refused in an outage push out stored rows waiting to be announced', async () => {
     const { gates, first, second, stop } = await gatedPair();
