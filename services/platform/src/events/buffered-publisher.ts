@@ -297,8 +297,12 @@ export class BufferedPublisher {
 
   /**
    * Stops accepting events, publishes what is queued and tells the gate for up to `timeoutMs`
-   * (past it, the gate call under way and one more at most), then stops the loop. Events still queued then are
-   * counted as dropped. Does not close the bus, which the caller owns.
+   * (past it, the gate call under way and one more at most), then stops the loop. Events still
+   * queued then are kept in the spool, or counted as dropped. Publishes started meanwhile time
+   * out by the deadline; a round under way at the call keeps its `publishTimeoutMs`, which a
+   * shorter `timeoutMs` can overrun, and the gate's check of a round keeps its own timeout (a
+   * check cut short would publish again what the gate knows was published). Does not close the
+   * bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -444,7 +448,7 @@ export class BufferedPublisher {
           : traceContext.with(queued.context, () =>
               this.bus.publish(queued.subject, ENCODED, queued.data, {
                 eventId: queued.eventId,
-                timeoutMs: this.publishTimeoutMs,
+                timeoutMs: this.withinClose(this.publishTimeoutMs),
               }),
             ),
       ),
@@ -502,6 +506,14 @@ export class BufferedPublisher {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /**
+   * `timeoutMs`, or less once `close()` has begun: what is left of its time (1 ms at least), so
+   * that the publishes of a round started while closing end by the close's deadline.
+   */
+  private withinClose(timeoutMs: number): number {
+    return Math.max(1, Math.min(timeoutMs, this.recordUntil - Date.now()));
   }
 
   /** The round's events the gate knows were published; none without a gate or when it fails. */

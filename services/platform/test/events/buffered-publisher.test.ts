@@ -41,6 +41,8 @@ class SwitchableBus implements EventBus {
   loseNextAck = false;
   /** When set, publishes wait for it (NATS connected, but slow to ack). */
   slow: Promise<void> | undefined;
+  /** When set, publishes get no ack and fail at their timeout, as NATS's do. */
+  unanswered = false;
   attempts = 0;
 
   constructor(private readonly inner: EventBus) {}
@@ -59,6 +61,10 @@ class SwitchableBus implements EventBus {
   ): Promise<PublishAck> {
     this.attempts++;
     if (!this.available) throw new UnavailableError('NATS is down');
+    if (this.unanswered) {
+      await new Promise((resolve) => setTimeout(resolve, options.timeoutMs));
+      throw new UnavailableError('publish ack timed out');
+    }
     await this.slow;
     const ack = await this.inner.publish(subject, codec, event, options);
     if (this.loseNextAck) {
@@ -236,6 +242,24 @@ describe('BufferedPublisher', () => {
         message: 'publisher closed with events not published; they are lost',
       },
     ]);
+  });
+
+  it('ends the publishes it starts while closing by the close deadline', async () => {
+    bus.available = false;
+    const events = create({ publishTimeoutMs: 5_000, initialRetryDelayMs: 100 });
+    events.enqueue(SUBJECT, EchoRequest, echo('s1'), 's1');
+    await eventually(() => {
+      expect(bus.attempts).toBe(1);
+    });
+    // The next round starts after the back-off, while closing, and gets no answer.
+    bus.available = true;
+    bus.unanswered = true;
+    const started = Date.now();
+    await events.close(500);
+    expect(bus.attempts).toBe(2);
+    // Not the 5 s publish timeout: the round ended with the close's 500 ms.
+    expect(Date.now() - started).toBeLessThan(2_500);
+    expect(events.stats()).toMatchObject({ published: 0, dropped: 1 });
   });
 
   it('keeps what is left at close in a spool, for the next publisher to queue again', async () => {
