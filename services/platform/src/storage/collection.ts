@@ -129,6 +129,20 @@ export interface DocumentStore {
  */
 export const MAX_ID_BYTES = 512;
 
+/**
+ * The most UTF-8 bytes the strings one index entry holds may take together (besides the id): with
+ * the id, an entry stays within LMDB's key limit. The same on both adapters, so that a document
+ * one accepts the other does too.
+ */
+export const MAX_INDEXED_BYTES = 1_024;
+
+/** The UTF-8 bytes of the strings among `values` (what {@link MAX_INDEXED_BYTES} bounds). */
+export function indexedBytes(values: Iterable<unknown>): number {
+  let bytes = 0;
+  for (const value of values) if (typeof value === 'string') bytes += Buffer.byteLength(value);
+  return bytes;
+}
+
 /** Nesting deeper than this is refused (it also stops a cyclic object). */
 const MAX_DEPTH = 64;
 
@@ -150,11 +164,13 @@ export function fieldValue(doc: unknown, path: string): unknown {
 
 /**
  * The value an index entry holds for a field: a missing field counts as null (as in MongoDB,
- * where a unique index also lets only one document lack the field) and a Date as its epoch ms.
+ * where a unique index also lets only one document lack the field), a Date as its epoch ms and
+ * −0 as 0 (equal in MongoDB, and −0 has no key of its own in LMDB's key encoding).
  */
 export function indexValue(value: unknown): IndexValue {
   if (value === undefined || value === null) return null;
   if (isDate(value)) return value.getTime();
+  if (value === 0) return 0;
   return value as IndexValue;
 }
 
@@ -194,20 +210,30 @@ export function checkDocument(doc: unknown, spec: CollectionSpec): void {
   }
   checkId(doc.id, violations);
   for (const [name, value] of Object.entries(doc)) {
-    if (name.startsWith('$') || name.startsWith('_')) {
-      violations.push({ field: name, description: 'field names must not start with "$" or "_"' });
+    if (name.startsWith('$') || name.startsWith('_') || name.includes('\0')) {
+      violations.push({
+        field: name,
+        description: 'field names must not start with "$" or "_" or contain NUL',
+      });
     }
     if (name !== 'id') checkValue(value, name, 1, violations);
   }
   for (const index of spec.indexes ?? []) {
-    for (const field of index.fields) {
-      const value = fieldValue(doc, field);
+    const values = index.fields.map((field) => fieldValue(doc, field));
+    index.fields.forEach((field, i) => {
+      const value = values[i];
       if (value !== undefined && !isScalar(value) && !isDate(value)) {
         violations.push({
           field,
           description: 'an indexed field holds a string, number, boolean, null or Date',
         });
       }
+    });
+    if (indexedBytes(values) > MAX_INDEXED_BYTES) {
+      violations.push({
+        field: index.fields.join(','),
+        description: `indexed strings take at most ${MAX_INDEXED_BYTES} bytes of UTF-8 together`,
+      });
     }
   }
   if (spec.expireAtField !== undefined) {
@@ -332,6 +358,8 @@ export function compareVersionField(stored: unknown, incoming: unknown): number 
 export function checkVersionField(docs: readonly object[], field: string): void {
   const violations: FieldViolation[] = [];
   checkPath(field, 'field', violations);
+  // MongoDB keeps the id as `_id`: a condition on `id` would read a field no document has.
+  if (field === 'id') violations.push({ field: 'field', description: 'a field other than the id' });
   docs.forEach((doc, i) => {
     const value = fieldValue(doc, field);
     if (typeof value !== 'number' && typeof value !== 'string' && !isDate(value)) {

@@ -39,6 +39,9 @@ import {
   checkDocument,
   checkIdArgument,
   isStorableId,
+  indexedBytes,
+  MAX_ID_BYTES,
+  MAX_INDEXED_BYTES,
   checkIncrement,
   checkListOptions,
   checkVersionField,
@@ -249,6 +252,7 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
       const now = Date.now();
       const found = new Map<string, Versioned<T>>();
       for (const id of ids) {
+        if (!isStorableId(id)) continue;
         const record = this.docs.get(id);
         if (record && this.isLive(record.d, now)) found.set(id, versioned(record));
       }
@@ -327,7 +331,8 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
         ? { ...previous.d }
         : insertBase(id, deltas, onInsert);
       for (const [field, delta] of Object.entries(deltas)) {
-        const current = next[field] ?? 0;
+        // Only a missing field counts as 0: a stored null is not a number (as MongoDB's `$inc`).
+        const current = next[field] === undefined ? 0 : next[field];
         if (typeof current !== 'number') {
           throw new InvalidArgumentError(`${this.name} "${id}" field "${field}" is not a number`, [
             { field: `deltas.${field}`, description: 'the stored field must hold a number' },
@@ -565,9 +570,10 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
   /** Live documents matching `where`, in id order, after `afterId`; within one read snapshot. */
   private *matching(
     where: Where | undefined,
-    afterId: string | undefined,
+    pageAfter: string | undefined,
   ): Iterable<StoredRecord<T>> {
     const now = Date.now();
+    const afterId = pageAfter === undefined ? undefined : keyBound(pageAfter);
     const filters = Object.entries(where ?? {});
     if (filters.length === 0) {
       const range = afterId === undefined ? {} : { start: afterId, exclusiveStart: true };
@@ -593,7 +599,8 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     filters: [string, IndexValue][],
     afterId: string | undefined,
   ): { ids: Iterable<string>; fits: (doc: T) => boolean } {
-    const values = new Map(filters);
+    // −0 is 0 in an index entry (see indexValue).
+    const values = new Map(filters.map(([field, value]) => [field, value === 0 ? 0 : value]));
     const leadingFiltered = (index: IndexTable): number => {
       let n = 0;
       while (n < index.fields.length && values.has(index.fields[n] as string)) n++;
@@ -629,6 +636,8 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     afterId: string | undefined,
   ): Iterable<string> {
     const prefix = chosen.fields.slice(0, covered).map((field) => values.get(field)) as Key[];
+    // No document holds strings this long in an index (checkDocument), nor could LMDB key them.
+    if (indexedBytes(prefix) > MAX_INDEXED_BYTES) return;
     const end = [...prefix, KEY_END];
     if (chosen.fields.length === covered) {
       const start = afterId === undefined ? prefix : [...prefix, afterId];
@@ -762,6 +771,23 @@ class DocumentTable<T> {
 
 function versioned<T>(record: StoredRecord<T>): Versioned<T> {
   return { doc: record.d, version: record.v };
+}
+
+/**
+ * `afterId` as a key bound: one too long for a key is cut after the character that takes it past
+ * {@link MAX_ID_BYTES}. A stored id (at most that long) compares with `afterId` within those
+ * bytes, so the ids after either are the same.
+ */
+function keyBound(afterId: string): string {
+  if (Buffer.byteLength(afterId) <= MAX_ID_BYTES) return afterId;
+  let bytes = 0;
+  let end = 0;
+  for (const char of afterId) {
+    bytes += Buffer.byteLength(char);
+    end += char.length;
+    if (bytes > MAX_ID_BYTES) break;
+  }
+  return afterId.slice(0, end);
 }
 
 function indexValues(index: IndexTable, doc: object): IndexValue[] {

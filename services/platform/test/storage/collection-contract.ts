@@ -645,6 +645,73 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
       });
     });
 
+    describe('edges', () => {
+      it('refuses to increment a stored null: only a missing counter counts as 0', async () => {
+        const counters = await fresh<{ readonly id: string; readonly plays: number | null }>();
+        await counters.insert({ id: 'a', plays: null });
+        await expect(counters.increment('a', { plays: 1 })).rejects.toBeInstanceOf(
+          InvalidArgumentError,
+        );
+        expect((await counters.get('a'))?.doc).toEqual({ id: 'a', plays: null });
+      });
+
+      it('indexes −0 as 0: found by a filter on either, and replaced under a unique index', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['rank'] }] });
+        await items.insert({ id: 'negative', rank: -0 });
+        await items.insert({ id: 'positive', rank: 0 });
+        for (const rank of [0, -0]) {
+          expect(ids((await items.list({ where: { rank }, limit: 10 })).items)).toEqual([
+            'negative',
+            'positive',
+          ]);
+        }
+        const unique = await fresh<Item>({ indexes: [{ fields: ['rank'], unique: true }] });
+        const stored = await unique.insert({ id: 'a', rank: -0 });
+        await expect(
+          unique.replace({ id: 'a', rank: -0, note: 'n' }, stored.version),
+        ).resolves.toMatchObject({ version: 2 });
+      });
+
+      it('finds nothing, without failing, for ids, page bounds and filters too long to store', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
+        await items.insert({ id: 'a', group: 'g' });
+        await items.insert({ id: 'b', group: 'g' });
+        const long = 'x'.repeat(3_000);
+        expect((await items.getMany([long, 'a'])).size).toBe(1);
+        expect(await items.count({ group: long })).toBe(0);
+        expect((await items.list({ where: { group: long }, limit: 10 })).items).toEqual([]);
+        expect(await items.deleteWhere({ group: long })).toBe(0);
+        // A page bound compares as the id it is: "a" + 3,000 × "x" lies between "a" and "b".
+        for (const where of [undefined, { group: 'g' }]) {
+          const page = await items.list({ where, afterId: `a${long}`, limit: 10 });
+          expect(ids(page.items)).toEqual(['b']);
+        }
+        const multibyte = `a${'é'.repeat(2_000)}`;
+        expect(ids((await items.list({ afterId: multibyte, limit: 10 })).items)).toEqual(['b']);
+      });
+
+      it('refuses indexed strings longer than an index entry holds, and NUL in a field name', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
+        await expect(items.insert({ id: 'a', group: 'x'.repeat(1_025) })).rejects.toBeInstanceOf(
+          InvalidArgumentError,
+        );
+        await expect(items.insert({ id: 'a', group: 'x'.repeat(1_024) })).resolves.toMatchObject({
+          version: 1,
+        });
+        const loose = await fresh<{ readonly id: string } & Record<string, unknown>>();
+        await expect(loose.insert({ id: 'b', 'a\u0000b': 1 })).rejects.toBeInstanceOf(
+          InvalidArgumentError,
+        );
+      });
+
+      it('refuses the id as the field of a conditional write', async () => {
+        const items = await fresh<Item>();
+        await expect(items.upsertIfNewer([{ id: 'a' }], 'id')).rejects.toBeInstanceOf(
+          InvalidArgumentError,
+        );
+      });
+    });
+
     it('answers ping while open, and UNAVAILABLE once closed', async () => {
       await expect(store.ping()).resolves.toBeUndefined();
       const other = await openStore();
