@@ -19,11 +19,12 @@
  *
  * A retry that arrives while its first call is still running in the same process waits for it and
  * gets its response (or runs after its failure). On another replica it runs beside it: replicas
- * share only the stored responses.
+ * share only the stored responses. The response stored first stays, and is what the one that
+ * finishes later answers too.
  */
 import { createHash } from 'node:crypto';
 import { CallsInFlight } from '../calls-in-flight';
-import { InvalidArgumentError } from '../errors';
+import { AlreadyExistsError, InvalidArgumentError } from '../errors';
 import type { Collection, DocumentStore } from './collection';
 
 interface RequestResultDocument {
@@ -323,13 +324,28 @@ export class RequestResults {
     if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
     return this.running.run(id, async () => {
       const response = await mutation();
-      await this.collection.upsert({
-        id,
-        response: codec.encode(response).finish(),
-        expiresAt: new Date(Date.now() + this.ttlMs),
-        fingerprint,
-        exactFingerprint,
-      });
+      try {
+        await this.collection.insert({
+          id,
+          response: codec.encode(response).finish(),
+          expiresAt: new Date(Date.now() + this.ttlMs),
+          fingerprint,
+          exactFingerprint,
+        });
+      } catch (error) {
+        if (!(error instanceof AlreadyExistsError)) throw error;
+        // The same id ran beside this call on another replica and stored its response first:
+        // that one stays, and is this call's answer too, as it is every later retry's. (An id
+        // reused at once for another request keeps this call's own response: it ran.)
+        const first = await this.collection.get(id);
+        if (
+          first !== undefined &&
+          !differ(first.doc.fingerprint, fingerprint) &&
+          !differ(first.doc.exactFingerprint, exactFingerprint)
+        ) {
+          return codec.decode(first.doc.response);
+        }
+      }
       return response;
     });
   }

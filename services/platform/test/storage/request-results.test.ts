@@ -40,6 +40,32 @@ describe('RequestResults', () => {
     expect(runs).toBe(2);
   });
 
+  it('keeps the first stored response when a retry ran beside its first call on another replica', async () => {
+    const other = await RequestResults.open(store, 60_000);
+    let releaseFirst = (): void => undefined;
+    let releaseRetry = (): void => undefined;
+    const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve));
+    const retryHeld = new Promise<void>((resolve) => (releaseRetry = resolve));
+    const first = results.once('Create', { requestId: 'r-beside' }, EchoResponse, async () => {
+      await firstHeld;
+      return { message: 'first call', traceId: '' };
+    });
+    const retry = other.once('Create', { requestId: 'r-beside' }, EchoResponse, async () => {
+      await retryHeld;
+      return { message: 'retry on another replica', traceId: '' };
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    releaseFirst();
+    expect(await first).toEqual({ message: 'first call', traceId: '' });
+    releaseRetry();
+    // The one finishing later answers what was stored first, as every later retry gets.
+    expect(await retry).toEqual({ message: 'first call', traceId: '' });
+    const later = await other.once('Create', { requestId: 'r-beside' }, EchoResponse, () =>
+      Promise.resolve({ message: 'ran a third time', traceId: '' }),
+    );
+    expect(later).toEqual({ message: 'first call', traceId: '' });
+  });
+
   it('runs every time without a request id, and again after a failure', async () => {
     let runs = 0;
     const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
