@@ -88,7 +88,9 @@ export class WriteLease {
         if (!(error instanceof AlreadyExistsError)) throw error;
       }
       const held = await this.leases.get(this.id);
-      if (held !== undefined && held.doc.expiresAt < Date.now()) {
+      // Released since the insert found it held: free now, whatever the deadline.
+      if (held === undefined) continue;
+      if (held.doc.expiresAt < Date.now()) {
         // Replaced rather than deleted and taken again: only the replica that takes it over
         // knows it did, so no other one may take it in between, unaware.
         try {
@@ -100,7 +102,7 @@ export class WriteLease {
       }
       if (Date.now() >= deadline) {
         throw new AbortedError(
-          `another replica (${held?.doc.holder ?? 'unknown'}) is writing ${this.busy.what}; retry`,
+          `another replica (${held.doc.holder}) is writing ${this.busy.what}; retry`,
           { reason: this.busy.reason },
         );
       }

@@ -9,6 +9,7 @@ import { InvalidArgumentError, UnavailableError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import { SerialWrites, WriteLease } from '../../src/storage/write-lease';
+import { overridingCollections } from '../support/wrapped-store';
 
 describe('SerialWrites across replicas', () => {
   let dir: string;
@@ -43,6 +44,24 @@ describe('SerialWrites across replicas', () => {
   // What a service says of a write: a failure that is not a refusal may have stored.
   const storageFailures = (failure: unknown) =>
     failure !== undefined && !(failure instanceof InvalidArgumentError);
+
+  it('takes a lease its holder released while acquire was finding out who held it', async () => {
+    await lease.acquire('holder', { ttlMs: 60_000, waitMs: 0 });
+    let released = false;
+    // The holder lets go just after the second replica's insert found the lease taken.
+    const racing = overridingCollections(store, (collection) => ({
+      get: async (id: string) => {
+        if (!released) {
+          released = true;
+          await collection.delete(id);
+        }
+        return collection.get(id);
+      },
+    }));
+    const second = await WriteLease.open(racing, 'writes', { what: 'the state', reason: 'BUSY' });
+    await expect(second.acquire('second', { ttlMs: 60_000, waitMs: 0 })).resolves.toBeDefined();
+    expect(released).toBe(true);
+  });
 
   it('has the next write on another replica reload everything after one that failed storing', async () => {
     const first = replica('first', storageFailures);
