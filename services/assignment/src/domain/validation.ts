@@ -306,18 +306,20 @@ export function validateHoldout(
 
 /**
  * Every problem with a bandit allocation for `experiment`: weights must name every variant exactly
- * once, each in [0, 1], summing to 1 ± 0.01. Paths are under `path` (`allocation.weights`).
+ * once, each in [0, 1], summing to 1 ± 0.01. Without an experiment (none has the id), what holds
+ * for any: no variant named twice, weights in range and summing to 1. Paths are under `path`
+ * (`allocation.weights`).
  */
 export function validateAllocation(
-  experiment: ExperimentDefinition,
+  experiment: ExperimentDefinition | undefined,
   weights: readonly VariantWeight[],
   path = 'allocation.weights',
 ): FieldViolation[] {
   const out = new Violations();
-  const keys = new Set(experiment.variants.map((v) => v.key));
+  const keys = experiment && new Set(experiment.variants.map((v) => v.key));
   const seen = new Set<string>();
   weights.forEach((w, i) => {
-    if (!keys.has(w.variantKey)) {
+    if (keys !== undefined && !keys.has(w.variantKey)) {
       out.add(
         `${path}[${i}].variant_key`,
         `"${w.variantKey}" is not a variant of the experiment`,
@@ -334,7 +336,7 @@ export function validateAllocation(
     if (!isFiniteIn(w.weight, 0, 1))
       out.add(`${path}[${i}].weight`, 'weight must be in [0, 1]', 'OUT_OF_RANGE');
   });
-  for (const key of keys) {
+  for (const key of keys ?? []) {
     if (!seen.has(key)) out.add(path, `variant "${key}" has no weight`, 'MISSING_VARIANT');
   }
   if (!weightsSumToOne(weights.map((w) => w.weight))) {

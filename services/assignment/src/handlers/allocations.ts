@@ -159,16 +159,20 @@ export async function applyAllocation(
     });
   }
   violations.push(...recordViolations(allocation));
-  rejectIfAny('allocation', violations);
-  const experiment = await context.store.experiments.get(allocation.experimentId);
-  if (!experiment) throw notFound('experiment', allocation.experimentId);
+  // Every problem at once: the weights against the experiment's variants too, when it exists;
+  // weights that fit no experiment (out of range, not summing to 1) before NOT_FOUND.
+  const experiment =
+    allocation.experimentId === ''
+      ? undefined
+      : await context.store.experiments.get(allocation.experimentId);
   violations.push(
     ...validateAllocation(
-      experimentDefinition(experiment.doc, undefined),
+      experiment && experimentDefinition(experiment.doc, undefined),
       allocation.weights.map((w) => ({ variantKey: w.variantKey, weight: w.weight })),
     ),
   );
   rejectIfAny('allocation', violations);
+  if (!experiment) throw notFound('experiment', allocation.experimentId);
   const doc = experiment.doc;
   if (doc.allocationMode !== AllocationMode.BANDIT || doc.status === ExperimentStatus.CONCLUDED) {
     throw new FailedPreconditionError(

@@ -2679,6 +2679,44 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(ahead.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(fields(ahead)).toEqual(['allocation.sequence']);
+        // Every problem at once: the request's own fields and its weights against the arms.
+        const everything = await failure(
+          admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.2 },
+                  { variantKey: 'nope', weight: 0.2 },
+                ],
+                sequence: Number.MAX_SAFE_INTEGER,
+                method: AllocationMethod.UNRECOGNIZED,
+              },
+            }),
+          ),
+        );
+        expect(fieldReasons(everything).sort()).toEqual([
+          ['allocation.method', 'UNKNOWN_METHOD'],
+          ['allocation.sequence', 'OUT_OF_RANGE'],
+          ['allocation.weights', 'MISSING_VARIANT'],
+          ['allocation.weights', 'WEIGHTS_DO_NOT_SUM_TO_ONE'],
+          ['allocation.weights[1].variant_key', 'UNKNOWN_VARIANT'],
+        ]);
+        // Weights no experiment could take are invalid whatever the id; valid ones for an
+        // unknown id are NOT_FOUND.
+        const unknown = (weight: number) =>
+          failure(
+            admin.updateAllocation(
+              UpdateAllocationRequest.fromPartial({
+                allocation: { experimentId: 'nope', weights: [{ variantKey: 'a', weight }] },
+              }),
+            ),
+          );
+        expect(fieldReasons(await unknown(2))).toEqual([
+          ['allocation.weights[0].weight', 'OUT_OF_RANGE'],
+          ['allocation.weights', 'WEIGHTS_DO_NOT_SUM_TO_ONE'],
+        ]);
+        expect((await unknown(1)).code).toBe(GrpcCode.NOT_FOUND);
         const updated = await admin.updateAllocation(split(1, { sequence: 100, etag: '0' }));
         expect(updated.allocation).toMatchObject({
           sequence: 100,
