@@ -127,6 +127,8 @@ const GATE_LOG_INTERVAL_MS = 10_000;
  * outage slows the queue by one timeout every few seconds, not by one per round.
  */
 const GATE_TIMEOUT_MS = 2_000;
+/** The least time left before a close's deadline in which a round is still started. */
+const CLOSING_ROUND_MIN_MS = 100;
 const GATE_BYPASS_MS = 5_000;
 /**
  * Acked ids kept for the gate while it cannot be told or is being told (the oldest are forgotten
@@ -299,10 +301,10 @@ export class BufferedPublisher {
    * Stops accepting events, publishes what is queued and tells the gate for up to `timeoutMs`
    * (past it, the gate call under way and one more at most), then stops the loop. Events still
    * queued then are kept in the spool, or counted as dropped. Publishes started meanwhile time
-   * out by the deadline; a round under way at the call keeps its `publishTimeoutMs`, which a
-   * shorter `timeoutMs` can overrun, and the gate's check of a round keeps its own timeout (a
-   * check cut short would publish again what the gate knows was published). Does not close the
-   * bus, which the caller owns.
+   * out by the deadline, and none starts in its last 100 ms; a round under way at the call keeps
+   * its `publishTimeoutMs`, which a shorter `timeoutMs` can overrun, and the gate's check of a
+   * round keeps its own timeout (a check cut short would publish again what the gate knows was
+   * published). Does not close the bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -417,6 +419,12 @@ export class BufferedPublisher {
         await this.arrived.wait();
         continue;
       }
+      if (this.recordUntil - Date.now() < CLOSING_ROUND_MIN_MS) {
+        // Too close to the close's deadline for an ack to come back: the events are kept (or
+        // dropped) at the end rather than sent unconfirmed, to be published again later.
+        await this.closing.wait();
+        continue;
+      }
       const allPublished = await this.publishRound();
       this.progress.notify();
       if (!allPublished && !this.isClosed()) {
@@ -509,8 +517,9 @@ export class BufferedPublisher {
   }
 
   /**
-   * `timeoutMs`, or less once `close()` has begun: what is left of its time (1 ms at least), so
-   * that the publishes of a round started while closing end by the close's deadline.
+   * `timeoutMs`, or less once `close()` has begun: what is left of its time, so that the
+   * publishes of a round started while closing end by the close's deadline (a round starts with
+   * {@link CLOSING_ROUND_MIN_MS} left at least).
    */
   private withinClose(timeoutMs: number): number {
     return Math.max(1, Math.min(timeoutMs, this.recordUntil - Date.now()));
