@@ -20,7 +20,7 @@
  * A retry that arrives while its first call is still running in the same process waits for it and
  * gets its response (or runs after its failure). On another replica it runs beside it: replicas
  * share only the stored responses. The response stored first stays, and is what the one that
- * finishes later answers too.
+ * finishes later answers too (builds before this one overwrote it with theirs).
  */
 import { createHash } from 'node:crypto';
 import { CallsInFlight } from '../calls-in-flight';
@@ -324,27 +324,33 @@ export class RequestResults {
     if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
     return this.running.run(id, async () => {
       const response = await mutation();
-      try {
-        await this.collection.insert({
-          id,
-          response: codec.encode(response).finish(),
-          expiresAt: new Date(Date.now() + this.ttlMs),
-          fingerprint,
-          exactFingerprint,
-        });
-      } catch (error) {
-        if (!(error instanceof AlreadyExistsError)) throw error;
+      const stored: RequestResultDocument = {
+        id,
+        response: codec.encode(response).finish(),
+        expiresAt: new Date(Date.now() + this.ttlMs),
+        fingerprint,
+        exactFingerprint,
+      };
+      for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+          await this.collection.insert(stored);
+          return response;
+        } catch (error) {
+          if (!(error instanceof AlreadyExistsError)) throw error;
+        }
         // The same id ran beside this call on another replica and stored its response first:
         // that one stays, and is this call's answer too, as it is every later retry's. (An id
-        // reused at once for another request keeps this call's own response: it ran.)
+        // reused at once for another request keeps this call's own response: it ran.) Gone
+        // again (expired meanwhile): this one is stored in its place.
         const first = await this.collection.get(id);
+        if (first === undefined) continue;
         if (
-          first !== undefined &&
           !differ(first.doc.fingerprint, fingerprint) &&
           !differ(first.doc.exactFingerprint, exactFingerprint)
         ) {
           return codec.decode(first.doc.response);
         }
+        return response;
       }
       return response;
     });

@@ -79,6 +79,7 @@ export class WriteLease {
     { ttlMs, waitMs }: { readonly ttlMs: number; readonly waitMs: number },
   ): Promise<HeldLease> {
     const deadline = Date.now() + waitMs;
+    let releasedMeanwhile = false;
     for (;;) {
       const token = randomBytes(12).toString('base64url');
       const lease = { id: this.id, holder, token, expiresAt: Date.now() + ttlMs };
@@ -88,9 +89,13 @@ export class WriteLease {
         if (!(error instanceof AlreadyExistsError)) throw error;
       }
       const held = await this.leases.get(this.id);
-      // Released since the insert found it held: free now, whatever the deadline.
-      if (held === undefined) continue;
-      if (held.doc.expiresAt < Date.now()) {
+      // Released since the insert found it held: free now, whatever the deadline (once: a read
+      // that keeps missing the lease the insert finds, a lagging secondary, waits as usual).
+      if (held === undefined && !releasedMeanwhile) {
+        releasedMeanwhile = true;
+        continue;
+      }
+      if (held !== undefined && held.doc.expiresAt < Date.now()) {
         // Replaced rather than deleted and taken again: only the replica that takes it over
         // knows it did, so no other one may take it in between, unaware.
         try {
@@ -102,7 +107,7 @@ export class WriteLease {
       }
       if (Date.now() >= deadline) {
         throw new AbortedError(
-          `another replica (${held.doc.holder}) is writing ${this.busy.what}; retry`,
+          `another replica (${held?.doc.holder ?? 'unknown'}) is writing ${this.busy.what}; retry`,
           { reason: this.busy.reason },
         );
       }

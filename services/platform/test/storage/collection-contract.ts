@@ -688,6 +688,13 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         }
         const multibyte = `a${'é'.repeat(2_000)}`;
         expect(ids((await items.list({ afterId: multibyte, limit: 10 })).items)).toEqual(['b']);
+        // A stored id of 512 bytes that sorts before the bound only at its last byte, where the
+        // bound has a character of two bytes.
+        const edge = await fresh<Item>();
+        await edge.insert({ id: `${'p'.repeat(511)}a` });
+        await edge.insert({ id: 'q' });
+        const bound = `${'p'.repeat(511)}${'é'.repeat(10)}`;
+        expect(ids((await edge.list({ afterId: bound, limit: 10 })).items)).toEqual(['q']);
       });
 
       it('refuses indexed strings longer than an index entry holds, and NUL in a field name', async () => {

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { InvalidArgumentError, UnavailableError } from '../../src/errors';
+import { AbortedError, InvalidArgumentError, UnavailableError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import { SerialWrites, WriteLease } from '../../src/storage/write-lease';
@@ -61,6 +61,18 @@ describe('SerialWrites across replicas', () => {
     const second = await WriteLease.open(racing, 'writes', { what: 'the state', reason: 'BUSY' });
     await expect(second.acquire('second', { ttlMs: 60_000, waitMs: 0 })).resolves.toBeDefined();
     expect(released).toBe(true);
+  });
+
+  it('gives up at its deadline when reads keep missing a lease the insert finds held', async () => {
+    await lease.acquire('holder', { ttlMs: 60_000, waitMs: 0 });
+    // A read that lags behind the writes (a MongoDB secondary, say).
+    const lagging = overridingCollections(store, () => ({
+      get: () => Promise.resolve(undefined),
+    }));
+    const second = await WriteLease.open(lagging, 'writes', { what: 'the state', reason: 'BUSY' });
+    await expect(second.acquire('second', { ttlMs: 60_000, waitMs: 100 })).rejects.toBeInstanceOf(
+      AbortedError,
+    );
   });
 
   it('has the next write on another replica reload everything after one that failed storing', async () => {
