@@ -1,7 +1,10 @@
 /**
  * After a push view's TTL changes, its stored records are re-timed to the new TTL in the
  * background (`FeatureRowRepository.restampExpiry`: one conditional write per record, so minutes
- * for millions), one run per view at a time: a newer TTL change or the view's deletion
+ * for millions). On a longer TTL, the replica that applied it first re-times at once, soonest
+ * first, the records the old TTL drops within the next minutes (it holds them all in memory):
+ * storage would otherwise drop them before the run below reaches them, while replicas serve them
+ * under the new TTL. Then one run per view at a time: a newer TTL change or the view's deletion
  * supersedes a run, which stops at its next record, on whichever replica it runs. Each run checks
  * before every record that the view is still as the run was started for (the registry, which
  * every replica brings up to date within a second), and a run for a change starts
@@ -81,7 +84,13 @@ export class ExpiryRetiming {
    * expiry) for the change that left the view at `version`, superseding a run under way for the
    * view. When the marker cannot be stored the run still starts, but a restart does not resume it.
    */
-  async start(view: string, ttlMs: number, registration: number, version: number): Promise<void> {
+  async start(
+    view: string,
+    ttlMs: number,
+    registration: number,
+    version: number,
+    soonest: readonly string[] = [],
+  ): Promise<void> {
     // A start overtaken by a later change (two applies at once) leaves the run to the later one.
     if (!this.viewIsStill(view, ttlMs, registration)) return;
     const change = retimingChange(registration, version);
@@ -95,7 +104,7 @@ export class ExpiryRetiming {
         'the re-timing of records to the new TTL is not recorded; a restart does not resume it',
       );
     }
-    this.run(view, ttlMs, registration, recorded ? change : undefined);
+    this.run(view, ttlMs, registration, recorded ? change : undefined, soonest);
   }
 
   /**
@@ -174,6 +183,7 @@ export class ExpiryRetiming {
     ttlMs: number,
     registration: number,
     marker: string | number | undefined,
+    soonest: readonly string[] = [],
   ): void {
     if (!this.viewIsStill(view, ttlMs, registration)) return;
     const run = Symbol(view);
@@ -184,6 +194,14 @@ export class ExpiryRetiming {
     // the same record at once; and after the settling wait, for runs on other replicas.
     const settled = Date.now() + this.settleMs;
     const done = previous
+      // The records the old TTL drops soonest, at once: storage would drop them before the
+      // settling wait ends (a run for an earlier TTL elsewhere may still overwrite a few; the
+      // full pass below sets them again, if they have not expired meanwhile).
+      .then(() =>
+        current() && soonest.length > 0
+          ? this.rows.restampExpiryOf(view, registration, ttlMs, soonest, current)
+          : undefined,
+      )
       .then(() => (current() ? this.stopping.wait(settled - Date.now()) : undefined))
       .then(() =>
         current() ? this.rows.restampExpiry(view, registration, ttlMs, current) : undefined,

@@ -21,6 +21,16 @@ import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
 import type { FeatureRowRepository } from './store/feature-rows';
 import { MAX_REQUEST_ID_LENGTH, type RequestResults } from './store/request-results';
 
+/**
+ * On a longer TTL, the records the old one drops within this long are re-timed first (see
+ * `ExpiryRetiming`), found in memory (one pass over the view's records, on the event loop). The
+ * run over every record, in id order, follows; a record beyond the horizon that it reaches only
+ * after its old expiry is still lost to storage (a view of millions with a TTL of minutes).
+ */
+const SOONEST_HORIZON_MS = 10 * 60_000;
+/** At most this many of them: the rest wait for that run. */
+const SOONEST_LIMIT = 100_000;
+
 export interface HandlerParts {
   readonly registry: FeatureRegistry;
   readonly views: OnlineViews;
@@ -88,13 +98,16 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         after.ttlMs !== before.ttlMs
       ) {
         // Stored records expire by the TTL they were written under; in the background, since a
-        // view may hold millions (reads apply the new TTL at once).
+        // view may hold millions (reads apply the new TTL at once). A longer TTL reaches first
+        // the records the old one drops soonest.
         const registered = registry.view(name);
+        const longer = after.ttlMs === 0 || (before.ttlMs > 0 && after.ttlMs > before.ttlMs);
         await parts.retiming.start(
           name,
           after.ttlMs,
           registered?.createTime.getTime() ?? 0,
           registered?.version ?? 0,
+          longer ? views.expiringSoon(name, before.ttlMs, SOONEST_HORIZON_MS, SOONEST_LIMIT) : [],
         );
       }
       return response;

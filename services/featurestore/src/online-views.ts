@@ -371,7 +371,13 @@ export class OnlineViews {
     if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
       const features = definition.features.map((f) => f.name);
       const added = features.some((f) => current.table.featureIndex(f) < 0);
-      current.table.redefine(features, definition.ttlMs, Date.now());
+      // Records past the old TTL when the change was made go, on every replica alike, however
+      // late it sees the change: storage keeps what the re-timing reached by then.
+      current.table.redefine(
+        features,
+        definition.ttlMs,
+        Math.min(Date.now(), registered.updateTime.getTime()),
+      );
       this.served.set(name, { ...current, registered });
       // A feature added gets its values from storage, in the background (a view may hold
       // millions of records, and writes wait for a reconcile): rows written with it on another
@@ -1379,6 +1385,18 @@ export class OnlineViews {
       eventsDroppedInvalid: counts.droppedInvalid,
       eventsDuplicate: counts.duplicate,
     };
+  }
+
+  /**
+   * The entity keys of push view `name`'s records that a TTL of `ttlMs` drops within the next
+   * `horizonMs`, soonest first, at most `limit` (see `ExpiryRetiming.start`); none for a view not
+   * served here.
+   */
+  expiringSoon(name: string, ttlMs: number, horizonMs: number, limit: number): string[] {
+    const served = this.served.get(name);
+    if (served?.kind !== 'push') return [];
+    const now = Date.now();
+    return served.table.expiringWithin(ttlMs, now, now + horizonMs, limit);
   }
 
   /** Stops every aggregation (with a last checkpoint). */

@@ -19,6 +19,7 @@ import {
   type RunningHarness,
 } from './support/feature-store-harness';
 import { double, userEntity, userRow, users, userStatsView } from './support/fixtures';
+import { gatedSecondReplica } from './support/gated-store';
 
 const MINUTE = 60_000;
 /** Re-timing runs start two seconds after the change (`SETTLE_MS`), then take their time. */
@@ -100,6 +101,90 @@ describe('a push view whose TTL changes', () => {
       expect(await status(harness)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
     } finally {
       await later.stop();
+    }
+  });
+
+  it('keeps, on a longer TTL, a record whose old expiry comes just after the change, on every replica', async () => {
+    await apply(60);
+    // Under the one-minute TTL, storage drops it 1.5 s from now: before a re-timing that waits
+    // for other replicas' runs to settle (2 s) would reach it.
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(Date.now() - MINUTE + 1_500), { ctr: double(0.4) })],
+      requestId: '',
+    });
+    await apply(3600);
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    const read = async (replica: RunningHarness) =>
+      (
+        await replica.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        })
+      ).columns[0];
+    const later = await startHarness({
+      replicaId: 'replica-b',
+      wrapStore: sharing(harness.runtime.store),
+    });
+    try {
+      for (const replica of [harness, later]) {
+        const column = await read(replica);
+        expect(column?.statuses[0]).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+        expect(column?.values[0]).toEqual(double(0.4));
+      }
+    } finally {
+      await later.stop();
+    }
+  });
+
+  it("keeps it too on a replica that sees the longer TTL after the record's old expiry", async () => {
+    const { gates, first, second } = await gatedSecondReplica();
+    const applyTtl = (seconds: number) =>
+      first.client.applyFeatureView({
+        featureView: userStatsView({ ttl: { seconds, nanos: 0 } }),
+        requestId: '',
+        validateOnly: false,
+      });
+    const status = async (replica: RunningHarness) =>
+      (
+        await replica.client.getOnlineFeatures({
+          features: ['user_stats:ctr'],
+          entityRows: users('u1'),
+          omitEventTimes: true,
+        })
+      ).columns[0]?.statuses[0];
+    try {
+      await applyTtl(60);
+      await eventually(async () => {
+        const seen = await second.client.getFeatureView({ name: 'user_stats' });
+        expect(seen.featureView?.ttl?.seconds).toBe(60);
+      });
+      const oldExpiry = Date.now() + 3_000;
+      await first.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(oldExpiry - MINUTE), { ctr: double(0.4) })],
+        requestId: '',
+      });
+      await eventually(async () => {
+        expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+      });
+      // The second replica hears of the longer TTL only after the old one has passed (a reload
+      // under way when its reads stall is let finish first).
+      gates.stallReads = true;
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      await applyTtl(3600);
+      await new Promise((resolve) => setTimeout(resolve, oldExpiry + 500 - Date.now()));
+      expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_EXPIRED);
+      gates.releaseStalledReads();
+      await eventually(async () => {
+        expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+      });
+      expect(await status(first)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+    } finally {
+      gates.releaseStalledReads();
+      await second.stop();
+      await first.stop();
     }
   });
 

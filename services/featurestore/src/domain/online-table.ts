@@ -282,6 +282,22 @@ export class OnlineTable<V = FeatureValue> {
     return removed;
   }
 
+  /**
+   * The keys of the records that a TTL of `ttlMs` expires in [`from`, `to`) (ms), soonest first,
+   * at most `limit`: what a longer TTL must reach in storage first (see `ExpiryRetiming`).
+   * O(records), plus sorting those found.
+   */
+  expiringWithin(ttlMs: number, from: number, to: number, limit: number): string[] {
+    if (ttlMs <= 0) return [];
+    const found: { key: string; expiry: number }[] = [];
+    for (const [key, slot] of this.slotOf) {
+      const expiry = (this.eventTimes[slot] as number) + ttlMs;
+      if (expiry >= from && expiry < to) found.push({ key, expiry });
+    }
+    found.sort((a, b) => a.expiry - b.expiry);
+    return found.slice(0, limit).map((record) => record.key);
+  }
+
   /** Approximate memory held, for metrics; O(1), maintained on every write. */
   memory(): OnlineTableMemory {
     const entityCount = this.slotOf.size;

@@ -7,7 +7,7 @@
  * sort in sequence order), and a replica reads the entries after the last one it applied. The
  * log expires after a retention period; a replica that restarts loads the records themselves.
  */
-import { AbortedError } from '../../../platform/src/errors';
+import { AbortedError, NotFoundError } from '../../../platform/src/errors';
 import type {
   Collection,
   ConditionalWriteOutcome,
@@ -97,6 +97,8 @@ export interface WriteOrigin {
 const SEQUENCE_DIGITS = 15;
 /** At most this many rows per change-log document. */
 const ROWS_PER_LOG_ENTRY = 500;
+/** Records read at once by {@link FeatureRowRepository.restampExpiryOf}. */
+const RESTAMP_READ_BATCH = 200;
 /**
  * At most this many bytes of rows (as {@link changedRowBytes} bounds them) per change-log
  * document: a quarter of MongoDB's 16 MiB document limit. 500 rows of 4,096-float vectors
@@ -255,20 +257,57 @@ export class FeatureRowRepository {
     proceed: () => boolean = () => true,
   ): Promise<number> {
     let changed = 0;
-    for await (const { doc, version } of this.records(view, registration)) {
+    for await (const record of this.records(view, registration)) {
       if (!proceed()) break;
-      const { expiresAt, ...rest } = doc;
-      const next: FeatureRowDocument =
-        ttlMs > 0 ? { ...rest, expiresAt: new Date(doc.eventTime + ttlMs) } : rest;
-      if (expiresAt?.getTime() === next.expiresAt?.getTime()) continue;
-      try {
-        await this.rows.replace(next, version);
-        changed++;
-      } catch (error) {
-        if (!(error instanceof AbortedError)) throw error;
+      if (await this.restamp(record, ttlMs)) changed++;
+    }
+    return changed;
+  }
+
+  /**
+   * {@link restampExpiry} for the records of these entity keys of the view registered at
+   * `registration`, in the order given, a batch of reads at a time: those a TTL change must reach
+   * before storage drops them by the old TTL. Returns how many changed.
+   */
+  async restampExpiryOf(
+    view: string,
+    registration: number,
+    ttlMs: number,
+    entityKeys: readonly string[],
+    proceed: () => boolean = () => true,
+  ): Promise<number> {
+    let changed = 0;
+    for (let start = 0; start < entityKeys.length; start += RESTAMP_READ_BATCH) {
+      const ids = entityKeys
+        .slice(start, start + RESTAMP_READ_BATCH)
+        .map((key) => rowId(view, registration, key));
+      const found = await this.rows.getMany(ids);
+      for (const id of ids) {
+        if (!proceed()) return changed;
+        const record = found.get(id);
+        if (record !== undefined && (await this.restamp(record, ttlMs))) changed++;
       }
     }
     return changed;
+  }
+
+  /** Sets a record's expiry to its event time + `ttlMs`; false when it had it, or changed. */
+  private async restamp(
+    { doc, version }: Versioned<FeatureRowDocument>,
+    ttlMs: number,
+  ): Promise<boolean> {
+    const { expiresAt, ...rest } = doc;
+    const next: FeatureRowDocument =
+      ttlMs > 0 ? { ...rest, expiresAt: new Date(doc.eventTime + ttlMs) } : rest;
+    if (expiresAt?.getTime() === next.expiresAt?.getTime()) return false;
+    try {
+      await this.rows.replace(next, version);
+      return true;
+    } catch (error) {
+      // Written meanwhile (its writer set the TTL it knew), or dropped by storage meanwhile.
+      if (error instanceof AbortedError || error instanceof NotFoundError) return false;
+      throw error;
+    }
   }
 
   /**

@@ -141,6 +141,23 @@ describe('OnlineTable', () => {
     expect(table.memory().entityCount).toBe(1);
   });
 
+  it('lists the records a TTL expires within a span, soonest first, up to a limit', () => {
+    const table = userStats(60_000);
+    table.write(
+      [
+        row('late', t0 + 30_000, {}),
+        row('soon', t0 + 10_000, {}),
+        row('past', t0 - 10_000, {}),
+        row('beyond', t0 + 90_000, {}),
+      ],
+      t0,
+    );
+    // Expiries under a 60 s TTL: past t0+50s, soon t0+70s, late t0+90s, beyond t0+150s.
+    expect(table.expiringWithin(60_000, t0 + 60_000, t0 + 120_000, 10)).toEqual(['soon', 'late']);
+    expect(table.expiringWithin(60_000, t0 + 60_000, t0 + 120_000, 1)).toEqual(['soon']);
+    expect(table.expiringWithin(0, t0, t0 + 120_000, 10)).toEqual([]);
+  });
+
   it('accounts entities and values for metrics, and reuses the slots of deleted records', () => {
     const table = userStats();
     table.write(
