@@ -80,6 +80,9 @@ const UNAVAILABLE_CODES = new Set([6, 7, 89, 91, 189, 9001, 10107, 11600, 11602,
 
 const DUPLICATE_KEY = 11000;
 const TYPE_MISMATCH = 14;
+/** The collection does not exist (yet): listing its indexes finds none. */
+const NAMESPACE_NOT_FOUND = 26;
+const INDEX_NOT_FOUND = 27;
 
 /** The stored shape: the caller's fields plus `_id` and `_v`. */
 interface StoredDocument extends Document {
@@ -127,7 +130,12 @@ class MongoStore implements DocumentStore {
     checkCollectionSpec(spec);
     const collection = this.db.collection<StoredDocument>(spec.name);
     const indexes = indexDescriptions(spec);
-    if (indexes.length > 0) await guard(() => collection.createIndexes(indexes));
+    if (indexes.length > 0) {
+      await guard(async () => {
+        await dropConflictingIndexes(collection, indexes);
+        await collection.createIndexes(indexes);
+      });
+    }
     return new MongoDocumentCollection<T>(collection, spec);
   }
 
@@ -157,6 +165,42 @@ function indexDescriptions(spec: CollectionSpec): IndexDescription[] {
   }));
   if (ttlField) descriptions.push({ key: { [ttlField]: 1 }, expireAfterSeconds: 0 });
   return descriptions;
+}
+
+/**
+ * Drops the indexes on a declared index's fields that differ from it in options (unique, expiry),
+ * as left by a build that declared them otherwise: MongoDB refuses to create an index beside one
+ * with the same fields and other options, so the collection could not be opened. Indexes on other
+ * fields are left alone, the service's own that are no longer declared included (an operator's
+ * may be among them): a unique one no longer declared still holds.
+ */
+async function dropConflictingIndexes(
+  collection: MongoCollection<StoredDocument>,
+  wanted: readonly IndexDescription[],
+): Promise<void> {
+  let existing: Document[];
+  try {
+    existing = (await collection.listIndexes().toArray()) as Document[];
+  } catch (error) {
+    if (error instanceof MongoServerError && error.code === NAMESPACE_NOT_FOUND) return;
+    throw error;
+  }
+  for (const index of existing) {
+    if (index.name === '_id_') continue;
+    const key = JSON.stringify(index.key);
+    const declared = wanted.find((w) => JSON.stringify(w.key) === key);
+    if (declared === undefined) continue;
+    const same =
+      Boolean(declared.unique) === Boolean(index.unique) &&
+      declared.expireAfterSeconds === (index.expireAfterSeconds as number | undefined);
+    if (same) continue;
+    try {
+      await collection.dropIndex(index.name as string);
+    } catch (error) {
+      // Another replica starting beside this one dropped it first.
+      if (!(error instanceof MongoServerError && error.code === INDEX_NOT_FOUND)) throw error;
+    }
+  }
 }
 
 class MongoDocumentCollection<T extends { readonly id: string }> implements Collection<T> {
