@@ -378,10 +378,13 @@ function checkId(id: unknown, violations: FieldViolation[]): void {
   }
 }
 
-/** Field paths: dot-separated names, none empty or starting with "$". */
+/** Field paths: dot-separated names, none empty or starting with "$", without NUL. */
 function checkPath(path: string, field: string, violations: FieldViolation[]): void {
-  if (path.split('.').some((step) => step.length === 0 || step.startsWith('$'))) {
-    violations.push({ field, description: 'dot-separated names, none empty or starting with "$"' });
+  if (path.includes('\0') || path.split('.').some((s) => s.length === 0 || s.startsWith('$'))) {
+    violations.push({
+      field,
+      description: 'dot-separated names, none empty or starting with "$", without NUL',
+    });
   }
 }
 

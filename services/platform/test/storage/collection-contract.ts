@@ -709,6 +709,10 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         await expect(loose.insert({ id: 'b', 'a\u0000b': 1 })).rejects.toBeInstanceOf(
           InvalidArgumentError,
         );
+        await expect(loose.count({ 'a\u0000b': 1 })).rejects.toBeInstanceOf(InvalidArgumentError);
+        await expect(loose.upsertIfNewer([{ id: 'c', t: 1 }], 't\u0000')).rejects.toBeInstanceOf(
+          InvalidArgumentError,
+        );
       });
 
       it('opens a collection whose declared index changed options since a build declared it otherwise', async () => {
