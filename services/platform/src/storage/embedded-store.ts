@@ -649,9 +649,9 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     const ids = new Set<string>();
     for (const key of chosen.db.getKeys({ start: prefix, end })) {
       const id = (key as Key[])[chosen.fields.length] as string;
-      if (afterId === undefined || compareKeys(id, afterId) > 0) ids.add(id);
+      if (afterId === undefined || byteOrder(id, afterId) > 0) ids.add(id);
     }
-    yield* [...ids].sort(compareKeys);
+    yield* [...ids].sort(byteOrder);
   }
 
   private isLive(doc: T, nowMs: number): boolean {
@@ -771,6 +771,14 @@ class DocumentTable<T> {
 
 function versioned<T>(record: StoredRecord<T>): Versioned<T> {
   return { doc: record.d, version: record.v };
+}
+
+/**
+ * Two ids in the order of their UTF-8 bytes, as LMDB keys them and MongoDB compares them (lmdb's
+ * `compareKeys` orders strings by UTF-16 code unit, which differs past U+FFFF).
+ */
+function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
 /**

@@ -734,6 +734,22 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         expect(await expiring.get('gone')).toBeUndefined();
       });
 
+      it('pages in UTF-8 byte order through an index whose leading field alone is filtered', async () => {
+        const items = await fresh<Item>({ indexes: [{ fields: ['group', 'rank'] }] });
+        // U+FF5E sorts before U+1F600 by bytes, after it by UTF-16 code units.
+        for (const [id, rank] of [
+          ['\u{1F600}', 1],
+          ['\uFF5E', 2],
+          ['a', 3],
+        ] as const) {
+          await items.insert({ id, group: 'g', rank });
+        }
+        const page = await items.list({ where: { group: 'g' }, limit: 10 });
+        expect(ids(page.items)).toEqual(['a', '\uFF5E', '\u{1F600}']);
+        const after = await items.list({ where: { group: 'g' }, afterId: '\uFF5E', limit: 10 });
+        expect(ids(after.items)).toEqual(['\u{1F600}']);
+      });
+
       it('refuses the id as the field of a conditional write', async () => {
         const items = await fresh<Item>();
         await expect(items.upsertIfNewer([{ id: 'a' }], 'id')).rejects.toBeInstanceOf(
