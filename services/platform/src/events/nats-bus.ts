@@ -1269,12 +1269,19 @@ class NatsSubscription<T> implements Subscription {
 
   /**
    * Pulls a few events ahead of the handlers: enough to hide the round trip, few enough that
-   * events waiting in the client do not use up much of their ack wait.
+   * events waiting in the client do not use up much of their ack wait, which runs from delivery.
+   * One at a time, an event waits for at most the three handled before it (a handler that takes
+   * a quarter of the ack wait still leaves none to be redelivered); batches, for two rounds of
+   * batches, at least 16 events.
    */
   private prefetch(): number {
     const { concurrency, maxAckPending } = this.parts.settings;
-    const perHandler = this.parts.mode.kind === 'batch' ? this.parts.mode.maxBatchSize : 1;
-    return Math.min(maxAckPending, Math.max(16, 2 * concurrency * perHandler));
+    const { mode } = this.parts;
+    const ahead =
+      mode.kind === 'batch'
+        ? Math.max(16, 2 * concurrency * mode.maxBatchSize)
+        : Math.max(4, 2 * concurrency);
+    return Math.min(maxAckPending, ahead);
   }
 
   /** Consumes until the iterator ends; returns the rewind a cumulative consumption asked for. */

@@ -262,6 +262,35 @@ describeWithNats('NATS JetStream event bus', () => {
       }
     });
 
+    it('does not pull so far ahead of a slow handler that events waiting for it are redelivered', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      for (let i = 0; i < 12; i++) {
+        await bus.publish(
+          `${stream}.x`,
+          EchoRequest,
+          { message: `e${i}`, failWithCode: 0, requireMessage: false },
+          { eventId: `e${i}` },
+        );
+      }
+      const deliveries: number[] = [];
+      // One at a time, 300 ms each: an event pulled a dozen places ahead would wait 3 s, past its
+      // 2 s ack wait, and come again while it waits.
+      const subscription = await bus.subscribe(
+        { stream, durable: 'slow', codec: EchoRequest, ackWaitMs: 2_000 },
+        async (d) => {
+          deliveries.push(d.deliveryCount);
+          await new Promise((resolve) => setTimeout(resolve, 300));
+        },
+      );
+      try {
+        await waitFor(() => subscription.stats().acked >= 12, 15_000);
+        expect(Math.max(...deliveries)).toBe(1);
+        expect(deliveries).toHaveLength(12);
+      } finally {
+        await subscription.stop();
+      }
+    });
+
     it('retries a failing handler until maxDeliver even when its event was handed back at stops before', async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       for (const message of ['e1', 'e2', 'e3']) {
