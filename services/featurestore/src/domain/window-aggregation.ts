@@ -29,8 +29,10 @@
  * `eventTime + ` the longest window, whichever comes first. The
  * seen-set is per aggregator (one per stream-sourced view) and bounded by `maxTrackedEventIds`
  * (default 1,000,000, about 100 MB of 36-character ids): when full, the ids remembered first are
- * forgotten first and counted in `dedupeEvictions`, since only a redelivery of one of those old
- * events could then count twice. The seen-set is part of the checkpoint; restoring one that holds
+ * forgotten first and counted in `dedupeEvictions`, and a redelivery of one of those events could
+ * then count twice. First remembered is nearly first to expire: an id that arrived out of order
+ * (an event older than those before it) may stay, expired, behind live ones until they expire, and
+ * a live one go before it. The seen-set is part of the checkpoint; restoring one that holds
  * more ids than the cap keeps the newest and counts the others in `dedupeEvictions` too.
  *
  * DISTINCT_COUNT is exact: each bucket keeps the set of its distinct values and a read unions the
@@ -740,10 +742,13 @@ function signature(a: CompiledAggregation): string {
 function fold(
   bucket: Bucket,
   fn: AggregationFunction,
-  value: AggregatedValue,
+  folded: AggregatedValue,
   eventTime: number,
   arrival: number,
 ): void {
+  // −0 as 0: a checkpoint (JSON) keeps no sign of zero, and MIN or MAX of 0 and −0 would depend
+  // on arrival order, so a restored replica could serve another zero than the others.
+  const value = folded === 0 ? 0 : folded;
   bucket.count++;
   switch (fn) {
     case AggregationFunction.Sum:

@@ -438,6 +438,27 @@ describe('WindowAggregator', () => {
     expect(valuesOf(restored, t0 + 1)).toEqual(valuesOf(aggregator, t0 + 1));
   });
 
+  it('folds −0 as 0, so a replica restored from a checkpoint serves the same zero', () => {
+    const options = {
+      aggregations: [
+        { feature: 'low', function: Fn.Min, windowMs: 600_000, bucketMs: 1_000 },
+        { feature: 'last', function: Fn.Last, windowMs: 600_000, bucketMs: 1_000 },
+      ],
+      allowedLatenessMs: 600_000,
+    };
+    const live = new WindowAggregator(options);
+    live.ingest({ eventId: 'zero', key: 'k', eventTime: t0, values: [0, 0] }, t0);
+    live.ingest({ eventId: 'negative', key: 'k', eventTime: t0 + 1, values: [-0, -0] }, t0 + 1);
+    const restored = WindowAggregator.restore(
+      options,
+      JSON.parse(JSON.stringify(live.checkpoint())) as ReturnType<WindowAggregator['checkpoint']>,
+    );
+    for (const aggregator of [live, restored]) {
+      for (const value of aggregator.read(['k'], t0 + 1).values)
+        expect(Object.is(value, 0)).toBe(true);
+    }
+  });
+
   it('reads 0 for COUNT and SUM and NULL_VALUE for LAST when a known key has an empty window', () => {
     const aggregator = plays();
     aggregator.ingest(play('p1', t0, 30), t0);

@@ -261,7 +261,9 @@ export interface PushSource {
  * aggregation folds it (a value of another type, counted in `events_dropped_invalid`, or older
  * than a window). For a known entity, a window that holds no events reads as 0 for COUNT,
  * DISTINCT_COUNT and SUM and as FEATURE_STATUS_NULL_VALUE for MEAN, MIN, MAX and LAST, as does a
- * SUM or MEAN past the range of a double (no value on the wire is infinite or NaN). An entity with no event within the longest window (or the view's TTL,
+ * SUM past the range of a double, or a MEAN whose sum is (no value on the wire is infinite or
+ * NaN); sums are of doubles, in arrival order. A value of -0 is folded as 0. An entity with no
+ * event within the longest window (or the view's TTL,
  * when longer) is forgotten within a minute after, and reads as FEATURE_STATUS_NOT_FOUND again,
  * so memory and checkpoints hold only the entities active within that horizon.
  *
