@@ -12,7 +12,13 @@ import { FailedPreconditionError, type TandemError } from '../../platform/src/er
 import { failure } from '../../platform/test/support/failure';
 import { ExperimentStatus as DomainStatus, START_MARGIN_MS } from '../src/domain';
 import { advanceSchedule } from '../src/handlers/experiments';
-import { eventually, startTestAssignment, type TestAssignment } from './support/harness';
+import { createInProcessBus } from '../../platform/src/events/in-process-bus';
+import {
+  eventually,
+  startTestAssignment,
+  temporaryDataDir,
+  type TestAssignment,
+} from './support/harness';
 import { experiment, resolveRequest } from './support/fixtures';
 
 describe('scheduled experiments', () => {
@@ -291,5 +297,59 @@ describe('scheduled experiments', () => {
 
     const kept = await context.store.experiments.get('kept-second');
     expect(kept?.doc.status).toBe(DomainStatus.RUNNING);
+  });
+
+  it('never writes back, from a view behind storage, an experiment deleted since, over the one created again under its id', async () => {
+    const dataDir = temporaryDataDir();
+    const replica = () =>
+      startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval: '1h' });
+    const first = await replica();
+    let second: TestAssignment | undefined;
+    try {
+      const start = Date.now() + 60_000;
+      await first.admin.createExperiment({
+        experiment: experiment('reborn', {
+          description: 'old',
+          scheduledStartTime: new Date(start),
+        }),
+        requestId: '',
+      });
+      await first.admin.startExperiment({ id: 'reborn', etag: '', requestId: '' });
+      // The second replica's view holds it SCHEDULED, at version 2, and is not told of what follows.
+      second = await replica();
+      expect(
+        second.service.context.configuration.current().experiments.get('reborn')?.version,
+      ).toBe(2);
+      const stopped = await first.admin.stopExperiment({ id: 'reborn', etag: '', requestId: '' });
+      expect(stopped.experiment?.status).toBe(ExperimentStatus.EXPERIMENT_STATUS_DRAFT);
+      await first.admin.deleteExperiment({
+        id: 'reborn',
+        etag: stopped.experiment?.etag ?? '',
+        requestId: '',
+      });
+      const again = await first.admin.createExperiment({
+        experiment: experiment('reborn', { description: 'new' }),
+        requestId: '',
+      });
+      // Version 2 again, of the experiment created again.
+      const edited = await first.admin.updateExperiment({
+        experiment: { ...again.experiment!, owner: 'new-owner' },
+        updateMask: ['owner'],
+        requestId: '',
+      });
+      expect(edited.experiment?.etag).toBe('2.2');
+
+      await advanceSchedule(second.service.context, start + 1);
+
+      const stored = await first.service.context.store.experiments.get('reborn');
+      expect(stored?.doc).toMatchObject({
+        status: DomainStatus.DRAFT,
+        description: 'new',
+        incarnation: 2,
+      });
+    } finally {
+      await first.stop();
+      await second?.stop();
+    }
   });
 });

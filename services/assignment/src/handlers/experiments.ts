@@ -694,47 +694,69 @@ function stoppedNow(doc: ExperimentDocument, now: number): ExperimentDocument | 
   return undefined;
 }
 
+/** `doc` as the schedule has it at `now`; undefined when its status is already that. */
+function scheduledStep(doc: ExperimentDocument, now: number): ExperimentDocument | undefined {
+  let next: ExperimentDocument | undefined;
+  if (
+    doc.status === ExperimentStatus.SCHEDULED &&
+    doc.scheduledStartTime !== null &&
+    doc.scheduledStartTime <= now
+  ) {
+    next = {
+      ...doc,
+      status: ExperimentStatus.RUNNING,
+      startTime: doc.scheduledStartTime,
+      updateTime: now,
+    };
+  }
+  const endTime = next?.scheduledEndTime ?? doc.scheduledEndTime;
+  if ((next ?? doc).status === ExperimentStatus.RUNNING && endTime !== null && endTime <= now) {
+    next = {
+      ...(next ?? doc),
+      status: ExperimentStatus.STOPPED,
+      stopTime: endTime,
+      updateTime: now,
+    };
+  }
+  return next;
+}
+
+/** How long a schedule step waits for another replica's write lease before the next check. */
+const SCHEDULE_LEASE_WAIT_MS = 1_000;
+
 /**
  * The schedule: SCHEDULED experiments whose start has come become RUNNING, RUNNING ones whose end
- * has passed become STOPPED. Every replica tries; the etag makes exactly one write win (the
- * evaluator already serves by the schedule's times, so the status only has to catch up).
+ * has passed become STOPPED (the evaluator already serves by the schedule's times, so the status
+ * only has to catch up). When this replica's view has one due, the step takes the write lease like
+ * any admin write, and works from the configuration brought up to date under it: a step from a
+ * view behind storage could otherwise write back an experiment deleted since (even over one
+ * created again under its id, whose versions start again), or make an admin write that read the
+ * experiment before it fail on a version it never sent. Every replica tries; under the lease, the
+ * ones after the first find nothing due. Throws ABORTED when the lease stays held (the next check
+ * tries again).
  */
 export async function advanceSchedule(context: AssignmentContext, now: number): Promise<void> {
-  let stale = false;
-  for (const { doc, version } of context.configuration.current().experiments.values()) {
-    let next: ExperimentDocument | undefined;
-    if (
-      doc.status === ExperimentStatus.SCHEDULED &&
-      doc.scheduledStartTime !== null &&
-      doc.scheduledStartTime <= now
-    ) {
-      next = {
-        ...doc,
-        status: ExperimentStatus.RUNNING,
-        startTime: doc.scheduledStartTime,
-        updateTime: now,
-      };
+  const due = (at: number) =>
+    [...context.configuration.current().experiments.values()].filter(
+      ({ doc }) => scheduledStep(doc, at) !== undefined,
+    );
+  if (due(now).length === 0) return;
+  await context.writes.exclusively(async () => {
+    // The time now, after the wait for the lease.
+    const at = Math.max(now, Date.now());
+    let stale = false;
+    for (const { doc, version } of due(at)) {
+      const next = scheduledStep(doc, at);
+      if (next === undefined) continue;
+      try {
+        await saveExperiment(context, next, version);
+      } catch (error) {
+        if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
+        stale = true;
+      }
     }
-    const endTime = next?.scheduledEndTime ?? doc.scheduledEndTime;
-    if ((next ?? doc).status === ExperimentStatus.RUNNING && endTime !== null && endTime <= now) {
-      next = {
-        ...(next ?? doc),
-        status: ExperimentStatus.STOPPED,
-        stopTime: endTime,
-        updateTime: now,
-      };
-    }
-    if (!next) continue;
-    try {
-      await saveExperiment(context, next, version);
-    } catch (error) {
-      if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
-      stale = true;
-    }
-  }
-  // Another replica made a step first, or changed or deleted the experiment: this view is behind
-  // storage.
-  // Read it all rather than wait for a version bump, which may never come (that replica's bump
-  // failed and it stopped before its next check; the schedule step holds no write lease).
-  if (stale) await context.configuration.readAgain();
+    // Changed or deleted in storage without a version bump (a writer that died before it): the
+    // other steps go on, and the view is read again in full.
+    if (stale) await context.configuration.readAgain();
+  }, SCHEDULE_LEASE_WAIT_MS);
 }
