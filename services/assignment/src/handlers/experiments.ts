@@ -39,6 +39,7 @@ import {
 } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import {
+  changesNothing,
   experimentDefinition,
   type ExperimentDocument,
   type Stored,
@@ -489,6 +490,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
             },
           );
         }
+        if (changesNothing(before.doc, after)) return { experiment: experimentMessage(before) };
         // A bandit allocation set for other arms (only a DRAFT's arms can change), or for a
         // bandit no more, is dropped: the variants' weights apply again. One in effect is dropped
         // after the save, so a failed save loses nothing; one that was not in effect (its drop

@@ -22,7 +22,7 @@ import {
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { holdoutSeed, HoldoutStatus, validateHoldout } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
-import { holdoutDefinition, type HoldoutDocument } from '../store/documents';
+import { changesNothing, holdoutDefinition, type HoldoutDocument } from '../store/documents';
 import { holdoutSizeViolations } from './limits';
 import { asEnum, holdoutMessage } from './messages';
 import {
@@ -254,6 +254,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
             },
           );
         }
+        if (changesNothing(before.doc, after)) return { holdout: holdoutMessage(before) };
         const stored = await context.store.holdouts.replace(after, before.version);
         await context.changes.record(
           { type: 'holdout', id: holdout.id, stored },

@@ -15,7 +15,7 @@ import {
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { validateLayer } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
-import type { LayerDocument } from '../store/documents';
+import { changesNothing, type LayerDocument } from '../store/documents';
 import { layerSizeViolations } from './limits';
 import { layerMessage } from './messages';
 import {
@@ -126,6 +126,9 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         };
         rejectIfAny('layer', [...violations, ...under('layer', layerSizeViolations(after))]);
         checkEtag('layer', layer.id, layer.etag, before);
+        if (changesNothing(before.doc, after)) {
+          return { layer: layerMessage(before, context.configuration.current()) };
+        }
         const stored = await context.store.layers.replace(after, before.version);
         await context.changes.record(
           { type: 'layer', id: layer.id, stored },

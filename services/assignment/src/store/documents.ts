@@ -4,6 +4,7 @@
  * and variant payloads are stored as JSON text: they hold `$`-prefixed operator names and
  * arbitrary keys, which the storage port does not accept as field names.
  */
+import { isDeepStrictEqual } from 'node:util';
 import {
   AllocationMode,
   type AllocationDefinition,
@@ -111,6 +112,18 @@ export interface AllocationDocument {
   /** `analysis` or `admin`. */
   readonly source: string;
   readonly updateTime: number;
+}
+
+/**
+ * Whether storing `after` would change nothing of `before` but its update time: an update that
+ * changes nothing is answered with the resource as it is (same etag, no new configuration
+ * version), not stored again. Strict: a field present on one side only counts as a change.
+ */
+export function changesNothing<T extends { readonly updateTime: number }>(
+  before: T,
+  after: T,
+): boolean {
+  return isDeepStrictEqual({ ...before, updateTime: 0 }, { ...after, updateTime: 0 });
 }
 
 /** A stored document with its version, which is rendered as the resource's etag. */

@@ -270,6 +270,60 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
     });
 
     describe('experiments', () => {
+      it('keeps the etag and the configuration version on an update that changes nothing', async () => {
+        const { admin, client } = service;
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'same-layer' } }));
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('same-exp', { surfaces: ['same-exp'], description: 'd' }),
+          }),
+        );
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('same-holdout', { description: 'h', surfaces: ['same-exp'] }),
+          }),
+        );
+        const version = async () =>
+          (await client.resolve(resolveRequest('u', { surfaces: ['same-exp'] }))).configVersion;
+        const before = await version();
+        const sameExperiment = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: { ...created.experiment, description: 'd' },
+            updateMask: ['description'],
+          }),
+        );
+        expect(sameExperiment.experiment?.etag).toBe(created.experiment?.etag);
+        expect(sameExperiment.experiment?.updateTime).toEqual(created.experiment?.updateTime);
+        const sameLayer = await admin.updateLayer(
+          UpdateLayerRequest.fromPartial({
+            layer: { id: 'same-layer', etag: '1' },
+            updateMask: ['owner'],
+          }),
+        );
+        expect(sameLayer.layer?.etag).toBe('1');
+        const sameHoldout = await admin.updateHoldout(
+          UpdateHoldoutRequest.fromPartial({
+            holdout: holdout('same-holdout', {
+              description: 'h',
+              surfaces: ['same-exp'],
+              etag: '1',
+            }),
+            updateMask: ['description'],
+          }),
+        );
+        expect(sameHoldout.holdout?.etag).toBe('1');
+        expect(await version()).toBe(before);
+        // A real change still moves both.
+        const changed = await admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: { ...created.experiment, description: 'other' },
+            updateMask: ['description'],
+          }),
+        );
+        expect(changed.experiment?.etag).not.toBe(created.experiment?.etag);
+        expect(await version()).toBeGreaterThan(before);
+      });
+
       it('refuses a write whose bytes the decoder would read in part, rather than drop its etag', async () => {
         const { admin, client } = service;
         await admin.createExperiment(

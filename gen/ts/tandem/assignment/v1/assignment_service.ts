@@ -4600,7 +4600,9 @@ export const AssignmentServiceService = {
     responseDeserialize: (value: Buffer): ListLayersResponse => ListLayersResponse.decode(value),
   },
   /**
-   * UpdateLayer changes a layer's description, owner or tags (its id is immutable).
+   * UpdateLayer changes a layer's description, owner or tags (its id is immutable). An update that
+   * changes nothing returns the layer as it is (same etag and update time; no new configuration
+   * version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -4691,7 +4693,8 @@ export const AssignmentServiceService = {
    * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
    * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
    * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed.
+   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
+   * the experiment as it is (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -4834,7 +4837,8 @@ export const AssignmentServiceService = {
   /**
    * UpdateHoldout changes the fields named in `update_mask`, including `status` (DRAFT → RUNNING →
    * STOPPED). Once running, `unit_type`, `fraction`, `seed` and `hash_version` are immutable;
-   * surfaces and layers may change.
+   * surfaces and layers may change. An update that changes nothing returns the holdout as it is
+   * (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the result
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
@@ -4971,7 +4975,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    */
   listLayers: handleUnaryCall<ListLayersRequest, ListLayersResponse>;
   /**
-   * UpdateLayer changes a layer's description, owner or tags (its id is immutable).
+   * UpdateLayer changes a layer's description, owner or tags (its id is immutable). An update that
+   * changes nothing returns the layer as it is (same etag and update time; no new configuration
+   * version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5017,7 +5023,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
    * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
    * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed.
+   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
+   * the experiment as it is (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -5084,7 +5091,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   /**
    * UpdateHoldout changes the fields named in `update_mask`, including `status` (DRAFT → RUNNING →
    * STOPPED). Once running, `unit_type`, `fraction`, `seed` and `hash_version` are immutable;
-   * surfaces and layers may change.
+   * surfaces and layers may change. An update that changes nothing returns the holdout as it is
+   * (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the result
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
@@ -5210,7 +5218,9 @@ export interface AssignmentServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListLayersResponse) => void,
   ): ClientUnaryCall;
   /**
-   * UpdateLayer changes a layer's description, owner or tags (its id is immutable).
+   * UpdateLayer changes a layer's description, owner or tags (its id is immutable). An update that
+   * changes nothing returns the layer as it is (same etag and update time; no new configuration
+   * version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
@@ -5326,7 +5336,8 @@ export interface AssignmentServiceClient extends Client {
    * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
    * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
    * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed.
+   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
+   * the experiment as it is (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -5505,7 +5516,8 @@ export interface AssignmentServiceClient extends Client {
   /**
    * UpdateHoldout changes the fields named in `update_mask`, including `status` (DRAFT → RUNNING →
    * STOPPED). Once running, `unit_type`, `fraction`, `seed` and `hash_version` are immutable;
-   * surfaces and layers may change.
+   * surfaces and layers may change. An update that changes nothing returns the holdout as it is
+   * (same etag and update time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the result
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
