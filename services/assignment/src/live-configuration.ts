@@ -195,6 +195,11 @@ export class LiveConfiguration {
     return this.view;
   }
 
+  /** Whether the periodic check runs: started, and not stopped (see `stopPolling`). */
+  isPolling(): boolean {
+    return this.polling;
+  }
+
   /** Whether a configuration has been loaded. */
   loaded(): boolean {
     return this.view !== undefined;

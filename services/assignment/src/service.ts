@@ -135,7 +135,7 @@ export async function startAssignment(
   // schedule moves on.
   configuration.startPolling(
     config.reloadIntervalMs,
-    () => advanceSchedule(context, Date.now()),
+    () => advanceSchedule(context, Date.now(), () => configuration.isPolling()),
     async () => {
       try {
         if (await context.writes.takeOverAbandoned()) {

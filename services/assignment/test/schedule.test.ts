@@ -352,4 +352,48 @@ describe('scheduled experiments', () => {
       await second?.stop();
     }
   });
+
+  it('leaves the step to the next check while another replica holds the write lease, and when stopping', async () => {
+    const dataDir = temporaryDataDir();
+    const replica = () =>
+      startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval: '1h' });
+    const first = await replica();
+    const second = await replica();
+    try {
+      const start = Date.now() + 60_000;
+      await first.admin.createExperiment({
+        experiment: experiment('waits', { scheduledStartTime: new Date(start) }),
+        requestId: '',
+      });
+      await first.admin.startExperiment({ id: 'waits', etag: '', requestId: '' });
+      await second.service.context.configuration.refresh();
+      const status = async () =>
+        (await first.service.context.store.experiments.get('waits'))?.doc.status;
+
+      // Stopping: no step, and no lease taken.
+      await advanceSchedule(second.service.context, start + 1, () => false);
+      expect(await status()).toBe(DomainStatus.SCHEDULED);
+
+      // The first replica holds the lease (a long write): the step gives up quietly.
+      let release = (): void => undefined;
+      let holding = false;
+      const held = first.service.context.writes.exclusively(() => {
+        holding = true;
+        return new Promise<void>((resolve) => (release = resolve));
+      });
+      await eventually(() => {
+        expect(holding).toBe(true);
+        return Promise.resolve();
+      });
+      await expect(advanceSchedule(second.service.context, start + 1)).resolves.toBeUndefined();
+      expect(await status()).toBe(DomainStatus.SCHEDULED);
+      release();
+      await held;
+      await advanceSchedule(second.service.context, start + 1);
+      expect(await status()).toBe(DomainStatus.RUNNING);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
 });

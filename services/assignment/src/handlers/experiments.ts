@@ -723,8 +723,11 @@ function scheduledStep(doc: ExperimentDocument, now: number): ExperimentDocument
   return next;
 }
 
-/** How long a schedule step waits for another replica's write lease before the next check. */
-const SCHEDULE_LEASE_WAIT_MS = 1_000;
+/**
+ * How long a schedule step waits for another replica's write lease before leaving the step to the
+ * next check (it holds this replica's own write queue meanwhile).
+ */
+const SCHEDULE_LEASE_WAIT_MS = 250;
 
 /**
  * The schedule: SCHEDULED experiments whose start has come become RUNNING, RUNNING ones whose end
@@ -734,31 +737,56 @@ const SCHEDULE_LEASE_WAIT_MS = 1_000;
  * view behind storage could otherwise write back an experiment deleted since (even over one
  * created again under its id, whose versions start again), or make an admin write that read the
  * experiment before it fail on a version it never sent. Every replica tries; under the lease, the
- * ones after the first find nothing due. Throws ABORTED when the lease stays held (the next check
- * tries again).
+ * ones after the first find nothing due. A lease held elsewhere leaves the step to the next check
+ * (logged at debug: a replica that died holding it keeps it for its TTL). `proceed` false (the
+ * replica stopping) skips the step, so that none holds the lease as storage closes.
  */
-export async function advanceSchedule(context: AssignmentContext, now: number): Promise<void> {
+export async function advanceSchedule(
+  context: AssignmentContext,
+  now: number,
+  proceed: () => boolean = () => true,
+): Promise<void> {
   const due = (at: number) =>
     [...context.configuration.current().experiments.values()].filter(
       ({ doc }) => scheduledStep(doc, at) !== undefined,
     );
-  if (due(now).length === 0) return;
-  await context.writes.exclusively(async () => {
-    // The time now, after the wait for the lease.
-    const at = Math.max(now, Date.now());
-    let stale = false;
-    for (const { doc, version } of due(at)) {
-      const next = scheduledStep(doc, at);
-      if (next === undefined) continue;
-      try {
-        await saveExperiment(context, next, version);
-      } catch (error) {
-        if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
-        stale = true;
-      }
+  if (due(now).length === 0 || !proceed()) return;
+  try {
+    await context.writes.exclusively(
+      () => stepDue(context, now, due, proceed),
+      SCHEDULE_LEASE_WAIT_MS,
+    );
+  } catch (error) {
+    if (!(error instanceof AbortedError)) throw error;
+    context.logger.debug(
+      { err: error },
+      'schedule step left to the next check: the write lease is held',
+    );
+  }
+}
+
+/** {@link advanceSchedule}'s steps, under the write lease. */
+async function stepDue(
+  context: AssignmentContext,
+  now: number,
+  due: (at: number) => Stored<ExperimentDocument>[],
+  proceed: () => boolean,
+): Promise<void> {
+  if (!proceed()) return;
+  // The time now, after the wait for the lease.
+  const at = Math.max(now, Date.now());
+  let stale = false;
+  for (const { doc, version } of due(at)) {
+    const next = scheduledStep(doc, at);
+    if (next === undefined) continue;
+    try {
+      await saveExperiment(context, next, version);
+    } catch (error) {
+      if (!(error instanceof AbortedError || error instanceof NotFoundError)) throw error;
+      stale = true;
     }
-    // Changed or deleted in storage without a version bump (a writer that died before it): the
-    // other steps go on, and the view is read again in full.
-    if (stale) await context.configuration.readAgain();
-  }, SCHEDULE_LEASE_WAIT_MS);
+  }
+  // Changed or deleted in storage without a version bump (a writer that died before it): the
+  // other steps go on, and the view is read again in full.
+  if (stale) await context.configuration.readAgain();
 }
