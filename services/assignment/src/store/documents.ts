@@ -4,7 +4,6 @@
  * and variant payloads are stored as JSON text: they hold `$`-prefixed operator names and
  * arbitrary keys, which the storage port does not accept as field names.
  */
-import { isDeepStrictEqual } from 'node:util';
 import {
   AllocationMode,
   type AllocationDefinition,
@@ -14,6 +13,7 @@ import {
   type HoldoutStatus,
   type LayerDefinition,
 } from '../domain';
+import { sameData } from '../../../platform/src/storage/collection';
 
 export interface LayerDocument {
   readonly id: string;
@@ -117,13 +117,14 @@ export interface AllocationDocument {
 /**
  * Whether storing `after` would change nothing of `before` but its update time: an update that
  * changes nothing is answered with the resource as it is (same etag, no new configuration
- * version), not stored again. Strict: a field present on one side only counts as a change.
+ * version), not stored again. A field present on one side only counts as a change; a document
+ * read from storage and one built here compare by their data alone (see `sameData`).
  */
 export function changesNothing<T extends { readonly updateTime: number }>(
   before: T,
   after: T,
 ): boolean {
-  return isDeepStrictEqual({ ...before, updateTime: 0 }, { ...after, updateTime: 0 });
+  return sameData({ ...before, updateTime: 0 }, { ...after, updateTime: 0 });
 }
 
 /** A stored document with its version, which is rendered as the resource's etag. */

@@ -467,3 +467,35 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   // Object.prototype of whichever realm made it: its own prototype is null.
   return proto === null || Object.getPrototypeOf(proto) === null;
 }
+
+/**
+ * Whether two documents (or values of documents) hold the same data: the same types and values,
+ * arrays in the same order, objects with the same fields in any order (a field holding undefined
+ * counts as absent, as storage stores it). Realm-independent, unlike `util.isDeepStrictEqual`,
+ * which tells apart a decoded document from an equal one built here by their prototypes.
+ */
+export function sameData(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a === 'number' && typeof b === 'number') return Number.isNaN(a) && Number.isNaN(b);
+  if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') return false;
+  if (Array.isArray(a) || Array.isArray(b)) {
+    return (
+      Array.isArray(a) &&
+      Array.isArray(b) &&
+      a.length === b.length &&
+      a.every((item, i) => sameData(item, b[i]))
+    );
+  }
+  if (isDate(a) || isDate(b)) return isDate(a) && isDate(b) && a.getTime() === b.getTime();
+  if (isBytes(a) || isBytes(b)) {
+    return isBytes(a) && isBytes(b) && Buffer.from(a).equals(Buffer.from(b));
+  }
+  if (!isPlainObject(a) || !isPlainObject(b)) return false;
+  const fields = (o: Record<string, unknown>) =>
+    Object.keys(o).filter((key) => o[key] !== undefined);
+  const keys = fields(a);
+  return (
+    keys.length === fields(b).length &&
+    keys.every((key) => Object.prototype.hasOwnProperty.call(b, key) && sameData(a[key], b[key]))
+  );
+}
