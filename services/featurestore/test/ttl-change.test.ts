@@ -188,6 +188,28 @@ describe('a push view whose TTL changes', () => {
     }
   });
 
+  it('re-times first, by key, records of this build and of earlier builds (no registration)', async () => {
+    await apply(60);
+    const eventTime = Date.now() - 30_000;
+    await harness.client.writeFeatures({
+      featureView: 'user_stats',
+      rows: [userRow('u1', new Date(eventTime), { ctr: double(0.4) })],
+      requestId: '',
+    });
+    const rows = await FeatureRowRepository.open(harness.runtime.store, 3_600_000);
+    const [current] = await collectRows(rows);
+    const { registration, ...earlier } = current!;
+    // As an earlier build stored u2: the id of then, no registration.
+    await rows.write([{ ...earlier, id: 'user_stats/u2' }]);
+    expect(await rows.restampExpiryOf('user_stats', registration!, 3_600_000, ['u1', 'u2'])).toBe(
+      2,
+    );
+    expect((await collectRows(rows)).map((row) => row.expiresAt?.getTime())).toEqual([
+      eventTime + 3_600_000,
+      eventTime + 3_600_000,
+    ]);
+  });
+
   it('resumes at the next start a re-timing that a stopped replica left unfinished', async () => {
     await apply(3600);
     const eventTime = Date.now() - 10 * MINUTE;
@@ -454,4 +476,10 @@ async function quiet(count: () => number, forMs: number): Promise<void> {
     if (now === last) return;
     last = now;
   }
+}
+
+async function collectRows(rows: FeatureRowRepository) {
+  const found = [];
+  for await (const row of rows.scanView('user_stats')) found.push(row);
+  return found;
 }

@@ -278,14 +278,18 @@ export class FeatureRowRepository {
   ): Promise<number> {
     let changed = 0;
     for (let start = 0; start < entityKeys.length; start += RESTAMP_READ_BATCH) {
-      const ids = entityKeys
-        .slice(start, start + RESTAMP_READ_BATCH)
-        .map((key) => rowId(view, registration, key));
+      const keys = entityKeys.slice(start, start + RESTAMP_READ_BATCH);
+      // A key's record has this build's id, or one of an earlier build, which names no
+      // registration (as `scanView` takes them).
+      const ids = keys.flatMap((key) => [rowId(view, registration, key), `${view}/${key}`]);
       const found = await this.rows.getMany(ids);
       for (const id of ids) {
         if (!proceed()) return changed;
         const record = found.get(id);
-        if (record !== undefined && (await this.restamp(record, ttlMs))) changed++;
+        if (record === undefined) continue;
+        const marked = record.doc.registration;
+        if (marked !== undefined && marked !== registration) continue;
+        if (await this.restamp(record, ttlMs)) changed++;
       }
     }
     return changed;
