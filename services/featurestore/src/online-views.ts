@@ -371,8 +371,10 @@ export class OnlineViews {
     if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
       const features = definition.features.map((f) => f.name);
       const added = features.some((f) => current.table.featureIndex(f) < 0);
-      // Records past the old TTL when the change was made go, on every replica alike, however
-      // late it sees the change: storage keeps what the re-timing reached by then.
+      // Records past the old TTL when the change was made go (the definition's update time,
+      // which is the change's when it is the latest), not those past it when this replica hears
+      // of it, which storage may keep by then. Approximate: the writer's clock dates the change,
+      // and a replica's sweep before it hears (every minute) drops by the old TTL.
       current.table.redefine(
         features,
         definition.ttlMs,

@@ -1270,9 +1270,9 @@ class NatsSubscription<T> implements Subscription {
   /**
    * Pulls a few events ahead of the handlers: enough to hide the round trip, few enough that
    * events waiting in the client do not use up much of their ack wait, which runs from delivery.
-   * One at a time, an event waits for at most the three handled before it (a handler that takes
-   * a quarter of the ack wait still leaves none to be redelivered); batches, for two rounds of
-   * batches, at least 16 events.
+   * One at a time, an event waits for at most the three handled before it, so a handler taking
+   * less than a quarter of the ack wait leaves none to be redelivered (16 ahead needed one under
+   * a sixteenth); batches, for two rounds of batches, at least 16 events.
    */
   private prefetch(): number {
     const { concurrency, maxAckPending } = this.parts.settings;

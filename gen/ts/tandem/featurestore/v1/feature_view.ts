@@ -262,7 +262,7 @@ export interface PushSource {
  * than a window). For a known entity, a window that holds no events reads as 0 for COUNT,
  * DISTINCT_COUNT and SUM and as FEATURE_STATUS_NULL_VALUE for MEAN, MIN, MAX and LAST, as does a
  * SUM past the range of a double, or a MEAN whose sum is (no value on the wire is infinite or
- * NaN); sums are of doubles, in arrival order. A value of -0 is folded as 0. An entity with no
+ * NaN); sums are of doubles, added in arrival order within a bucket. A value of -0 is folded as 0. An entity with no
  * event within the longest window (or the view's TTL,
  * when longer) is forgotten within a minute after, and reads as FEATURE_STATUS_NOT_FOUND again,
  * so memory and checkpoints hold only the entities active within that horizon.
