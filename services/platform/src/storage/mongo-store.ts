@@ -35,6 +35,7 @@ import {
 import {
   AbortedError,
   AlreadyExistsError,
+  FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
   UnavailableError,
@@ -79,10 +80,9 @@ const SCAN_PAGE_SIZE = 1000;
 const UNAVAILABLE_CODES = new Set([6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436]);
 
 const DUPLICATE_KEY = 11000;
+/** IndexOptionsConflict and IndexKeySpecsConflict. */
+const INDEX_CONFLICT_CODES = new Set([85, 86]);
 const TYPE_MISMATCH = 14;
-/** The collection does not exist (yet): listing its indexes finds none. */
-const NAMESPACE_NOT_FOUND = 26;
-const INDEX_NOT_FOUND = 27;
 
 /** The stored shape: the caller's fields plus `_id` and `_v`. */
 interface StoredDocument extends Document {
@@ -131,10 +131,11 @@ class MongoStore implements DocumentStore {
     const collection = this.db.collection<StoredDocument>(spec.name);
     const indexes = indexDescriptions(spec);
     if (indexes.length > 0) {
-      await guard(async () => {
-        await dropConflictingIndexes(collection, indexes);
-        await collection.createIndexes(indexes);
-      });
+      try {
+        await guard(() => collection.createIndexes(indexes));
+      } catch (error) {
+        throw indexConflict(spec.name, error) ?? error;
+      }
     }
     return new MongoDocumentCollection<T>(collection, spec);
   }
@@ -168,39 +169,20 @@ function indexDescriptions(spec: CollectionSpec): IndexDescription[] {
 }
 
 /**
- * Drops the indexes on a declared index's fields that differ from it in options (unique, expiry),
- * as left by a build that declared them otherwise: MongoDB refuses to create an index beside one
- * with the same fields and other options, so the collection could not be opened. Indexes on other
- * fields are left alone, the service's own that are no longer declared included (an operator's
- * may be among them): a unique one no longer declared still holds.
+ * An index declared with other options (unique, expiry) than the one stored on the same fields, as
+ * a build that declared it otherwise left it: FAILED_PRECONDITION naming it, rather than a raw
+ * server error. Not resolved by dropping the stored index: a replica of the other build starting
+ * meanwhile would fail in turn, and a unique index the data breaks would leave none at all; such
+ * a change needs the index dropped by hand during the rollout (the README's "Deploying").
  */
-async function dropConflictingIndexes(
-  collection: MongoCollection<StoredDocument>,
-  wanted: readonly IndexDescription[],
-): Promise<void> {
-  let existing: Document[];
-  try {
-    existing = (await collection.listIndexes().toArray()) as Document[];
-  } catch (error) {
-    if (error instanceof MongoServerError && error.code === NAMESPACE_NOT_FOUND) return;
-    throw error;
+function indexConflict(collection: string, error: unknown): FailedPreconditionError | undefined {
+  if (!(error instanceof MongoServerError) || !INDEX_CONFLICT_CODES.has(error.code as number)) {
+    return undefined;
   }
-  for (const index of existing) {
-    if (index.name === '_id_') continue;
-    const key = JSON.stringify(index.key);
-    const declared = wanted.find((w) => JSON.stringify(w.key) === key);
-    if (declared === undefined) continue;
-    const same =
-      Boolean(declared.unique) === Boolean(index.unique) &&
-      declared.expireAfterSeconds === (index.expireAfterSeconds as number | undefined);
-    if (same) continue;
-    try {
-      await collection.dropIndex(index.name as string);
-    } catch (error) {
-      // Another replica starting beside this one dropped it first.
-      if (!(error instanceof MongoServerError && error.code === INDEX_NOT_FOUND)) throw error;
-    }
-  }
+  return new FailedPreconditionError(
+    `collection ${collection}: an index on the same fields exists with other options than declared (${error.message}); drop or migrate it before starting this build`,
+    { reason: 'INDEX_CONFLICT', cause: error },
+  );
 }
 
 class MongoDocumentCollection<T extends { readonly id: string }> implements Collection<T> {

@@ -715,25 +715,6 @@ export function runCollectionContract(name: string, openStore: () => Promise<Doc
         );
       });
 
-      it('opens a collection whose declared index changed options since a build declared it otherwise', async () => {
-        const first = await fresh<Item>({ indexes: [{ fields: ['group'] }] });
-        await first.insert({ id: 'a', group: 'g' });
-        const unique = await store.collection<Item>({
-          name: first.name,
-          indexes: [{ fields: ['group'], unique: true }],
-        });
-        await expect(unique.insert({ id: 'b', group: 'g' })).rejects.toBeInstanceOf(
-          AlreadyExistsError,
-        );
-        const plain = await fresh<Session>({ indexes: [{ fields: ['expiresAt'] }] });
-        const expiring = await store.collection<Session>({
-          name: plain.name,
-          expireAtField: 'expiresAt',
-        });
-        await expiring.insert({ id: 'gone', group: 'g', expiresAt: new Date(Date.now() - 1_000) });
-        expect(await expiring.get('gone')).toBeUndefined();
-      });
-
       it('pages in UTF-8 byte order through an index whose leading field alone is filtered', async () => {
         const items = await fresh<Item>({ indexes: [{ fields: ['group', 'rank'] }] });
         // U+FF5E sorts before U+1F600 by bytes, after it by UTF-16 code units.

@@ -1,5 +1,5 @@
 import { MongoClient } from 'mongodb';
-import { UnavailableError } from '../../src/errors';
+import { FailedPreconditionError, UnavailableError } from '../../src/errors';
 import { openMongoStore } from '../../src/storage/mongo-store';
 import { openStore } from '../../src/storage/open-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../support/integration';
@@ -42,6 +42,37 @@ describeWithMongo('the MongoDB store', () => {
       expect(byKey.get('{"email":1}')?.unique).toBe(true);
       expect(byKey.has('{"group":1,"rank":1}')).toBe(true);
       expect(byKey.get('{"expiresAt":1}')?.expireAfterSeconds).toBe(0);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('refuses, naming it, an index stored with other options than declared, and leaves it be', async () => {
+    const store = await openMongoStore({ uri, database });
+    try {
+      await store.collection({ name: 'redeclared', indexes: [{ fields: ['group'] }] });
+      const refused = await store
+        .collection({ name: 'redeclared', indexes: [{ fields: ['group'], unique: true }] })
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+      expect(refused).toBeInstanceOf(FailedPreconditionError);
+      expect((refused as FailedPreconditionError).reason).toBe('INDEX_CONFLICT');
+      expect((refused as Error).message).toContain('redeclared');
+    } finally {
+      await store.close();
+    }
+    const client = new MongoClient(uri);
+    try {
+      const indexes = (await client
+        .db(database)
+        .collection('redeclared')
+        .listIndexes()
+        .toArray()) as { key: Record<string, number>; unique?: boolean }[];
+      const group = indexes.find((index) => JSON.stringify(index.key) === '{"group":1}');
+      expect(group).toBeDefined();
+      expect(group?.unique).toBeUndefined();
     } finally {
       await client.close();
     }
