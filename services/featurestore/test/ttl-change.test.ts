@@ -83,22 +83,14 @@ describe('a push view whose TTL changes', () => {
       requestId: '',
     });
     await apply(3600);
-    const status = async (replica: RunningHarness) =>
-      (
-        await replica.client.getOnlineFeatures({
-          features: ['user_stats:ctr'],
-          entityRows: users('u1'),
-          omitEventTimes: true,
-        })
-      ).columns[0]?.statuses[0];
     const later = await startHarness({
       replicaId: 'replica-b',
       wrapStore: sharing(harness.runtime.store),
     });
     try {
       // The same key under the same TTL reads the same on both: storage has no record of it.
-      expect(await status(later)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
-      expect(await status(harness)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
+      expect(await statusOfU1(later)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
+      expect(await statusOfU1(harness)).toBe(FeatureStatus.FEATURE_STATUS_NOT_FOUND);
     } finally {
       await later.stop();
     }
@@ -115,21 +107,13 @@ describe('a push view whose TTL changes', () => {
     });
     await apply(3600);
     await new Promise((resolve) => setTimeout(resolve, 2_500));
-    const read = async (replica: RunningHarness) =>
-      (
-        await replica.client.getOnlineFeatures({
-          features: ['user_stats:ctr'],
-          entityRows: users('u1'),
-          omitEventTimes: true,
-        })
-      ).columns[0];
     const later = await startHarness({
       replicaId: 'replica-b',
       wrapStore: sharing(harness.runtime.store),
     });
     try {
       for (const replica of [harness, later]) {
-        const column = await read(replica);
+        const column = await ctrOfU1(replica);
         expect(column?.statuses[0]).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
         expect(column?.values[0]).toEqual(double(0.4));
       }
@@ -146,14 +130,6 @@ describe('a push view whose TTL changes', () => {
         requestId: '',
         validateOnly: false,
       });
-    const status = async (replica: RunningHarness) =>
-      (
-        await replica.client.getOnlineFeatures({
-          features: ['user_stats:ctr'],
-          entityRows: users('u1'),
-          omitEventTimes: true,
-        })
-      ).columns[0]?.statuses[0];
     try {
       await applyTtl(60);
       await eventually(async () => {
@@ -167,7 +143,7 @@ describe('a push view whose TTL changes', () => {
         requestId: '',
       });
       await eventually(async () => {
-        expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+        expect(await statusOfU1(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
       });
       // The second replica hears of the longer TTL only after the old one has passed (a reload
       // under way when its reads stall is let finish first).
@@ -175,12 +151,12 @@ describe('a push view whose TTL changes', () => {
       await new Promise((resolve) => setTimeout(resolve, 700));
       await applyTtl(3600);
       await new Promise((resolve) => setTimeout(resolve, oldExpiry + 500 - Date.now()));
-      expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_EXPIRED);
+      expect(await statusOfU1(second)).toBe(FeatureStatus.FEATURE_STATUS_EXPIRED);
       gates.releaseStalledReads();
       await eventually(async () => {
-        expect(await status(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+        expect(await statusOfU1(second)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
       });
-      expect(await status(first)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
+      expect(await statusOfU1(first)).toBe(FeatureStatus.FEATURE_STATUS_PRESENT);
     } finally {
       gates.releaseStalledReads();
       await second.stop();
@@ -482,4 +458,19 @@ async function collectRows(rows: FeatureRowRepository) {
   const found = [];
   for await (const row of rows.scanView('user_stats')) found.push(row);
   return found;
+}
+
+/** u1's `user_stats:ctr` as `replica` serves it. */
+async function ctrOfU1(replica: RunningHarness) {
+  const read = await replica.client.getOnlineFeatures({
+    features: ['user_stats:ctr'],
+    entityRows: users('u1'),
+    omitEventTimes: true,
+  });
+  return read.columns[0];
+}
+
+/** The status of u1's `user_stats:ctr` on `replica`. */
+async function statusOfU1(replica: RunningHarness) {
+  return (await ctrOfU1(replica))?.statuses[0];
 }
