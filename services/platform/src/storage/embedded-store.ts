@@ -599,8 +599,8 @@ class EmbeddedCollection<T extends { readonly id: string }> implements Collectio
     filters: [string, IndexValue][],
     afterId: string | undefined,
   ): { ids: Iterable<string>; fits: (doc: T) => boolean } {
-    // −0 is 0 in an index entry (see indexValue).
-    const values = new Map(filters.map(([field, value]) => [field, value === 0 ? 0 : value]));
+    // As index entries hold them (−0 as 0).
+    const values = new Map(filters.map(([field, value]) => [field, indexValue(value)]));
     const leadingFiltered = (index: IndexTable): number => {
       let n = 0;
       while (n < index.fields.length && values.has(index.fields[n] as string)) n++;

@@ -301,12 +301,13 @@ export class RequestResults {
       requestType === undefined ? undefined : exactFingerprintOf(request, requestType);
     // A first call's outcome is read from the store below: a response, or none after a failure.
     await this.running.settled(id);
+    /** Whether a stored result is of this request (as far as its fingerprints tell). */
+    const ofThisRequest = (stored: RequestResultDocument): boolean =>
+      !differ(stored.fingerprint, fingerprint) &&
+      !differ(stored.exactFingerprint, exactFingerprint);
     const previous = await this.collection.get(id);
     if (previous) {
-      if (
-        differ(previous.doc.fingerprint, fingerprint) ||
-        differ(previous.doc.exactFingerprint, exactFingerprint)
-      ) {
+      if (!ofThisRequest(previous.doc)) {
         throw new InvalidArgumentError(
           `request_id ${requestId} was used for another ${method} request`,
           [
@@ -344,13 +345,7 @@ export class RequestResults {
         // again (expired meanwhile): this one is stored in its place.
         const first = await this.collection.get(id);
         if (first === undefined) continue;
-        if (
-          !differ(first.doc.fingerprint, fingerprint) &&
-          !differ(first.doc.exactFingerprint, exactFingerprint)
-        ) {
-          return codec.decode(first.doc.response);
-        }
-        return response;
+        return ofThisRequest(first.doc) ? codec.decode(first.doc.response) : response;
       }
       return response;
     });
