@@ -411,36 +411,41 @@ export function decodeStatus(
   let resource: ResourceRef | undefined;
   let retryDelayMs: number | undefined;
   for (const any of status.details) {
-    switch (any.typeUrl) {
-      case `${TYPE_PREFIX}google.rpc.ErrorInfo`:
-        errorInfo = ErrorInfo.decode(any.value);
-        break;
-      case `${TYPE_PREFIX}google.rpc.BadRequest`:
-        for (const v of BadRequest.decode(any.value).fieldViolations) {
-          violations.push({ field: v.field, description: v.description, reason: v.reason });
+    try {
+      switch (any.typeUrl) {
+        case `${TYPE_PREFIX}google.rpc.ErrorInfo`:
+          errorInfo = ErrorInfo.decode(any.value);
+          break;
+        case `${TYPE_PREFIX}google.rpc.BadRequest`:
+          for (const v of BadRequest.decode(any.value).fieldViolations) {
+            violations.push({ field: v.field, description: v.description, reason: v.reason });
+          }
+          break;
+        case `${TYPE_PREFIX}google.rpc.PreconditionFailure`:
+          for (const v of PreconditionFailure.decode(any.value).violations) {
+            preconditionViolations.push({
+              type: v.type,
+              subject: v.subject,
+              description: v.description,
+            });
+          }
+          break;
+        case `${TYPE_PREFIX}google.rpc.ResourceInfo`: {
+          const info = ResourceInfo.decode(any.value);
+          resource = { type: info.resourceType, name: info.resourceName };
+          break;
         }
-        break;
-      case `${TYPE_PREFIX}google.rpc.PreconditionFailure`:
-        for (const v of PreconditionFailure.decode(any.value).violations) {
-          preconditionViolations.push({
-            type: v.type,
-            subject: v.subject,
-            description: v.description,
-          });
+        case `${TYPE_PREFIX}google.rpc.RetryInfo`: {
+          const delay = RetryInfo.decode(any.value).retryDelay;
+          if (delay) retryDelayMs = delay.seconds * 1000 + Math.round(delay.nanos / 1e6);
+          break;
         }
-        break;
-      case `${TYPE_PREFIX}google.rpc.ResourceInfo`: {
-        const info = ResourceInfo.decode(any.value);
-        resource = { type: info.resourceType, name: info.resourceName };
-        break;
+        default:
+          break;
       }
-      case `${TYPE_PREFIX}google.rpc.RetryInfo`: {
-        const delay = RetryInfo.decode(any.value).retryDelay;
-        if (delay) retryDelayMs = delay.seconds * 1000 + Math.round(delay.nanos / 1e6);
-        break;
-      }
-      default:
-        break;
+    } catch {
+      // A detail that is not what its type URL says (truncated by a peer or a proxy) is left out:
+      // the status keeps its code, its message and the details that decode.
     }
   }
   return {

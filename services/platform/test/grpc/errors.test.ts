@@ -2,9 +2,13 @@ import {
   credentials,
   makeGenericClientConstructor,
   Metadata,
+  Server,
+  ServerCredentials,
   status as GrpcCode,
   type ServiceError,
 } from '@grpc/grpc-js';
+import { RetryInfo } from '../../../../gen/ts/google/rpc/error_details';
+import { Status } from '../../../../gen/ts/google/rpc/status';
 import {
   EchoServiceClient,
   EchoServiceService,
@@ -436,6 +440,58 @@ describe('the trailers of a status', () => {
       // One violation at least, and the count of the rest.
       expect(decoded.violations.length + decoded.preconditionViolations.length).toBeGreaterThan(0);
       expect(decoded.message).toMatch(/\(\d+ more violations not listed\)$/);
+    }
+  });
+});
+
+describe('a peer whose error details do not decode', () => {
+  it('fails the call with the status code and message, and the details that decode', async () => {
+    // A peer (or a proxy) that sends a known detail type truncated, beside a good one.
+    const server = new Server();
+    server.addService(EchoServiceService, {
+      echo: (_call: unknown, callback: (error: Partial<ServiceError>) => void) => {
+        const metadata = new Metadata();
+        const details = Status.encode({
+          code: GrpcCode.UNAVAILABLE,
+          message: 'down for maintenance',
+          details: [
+            {
+              typeUrl: `type.googleapis.com/google.rpc.ErrorInfo`,
+              value: Buffer.from([0x0a, 0x20, 0x41]),
+            },
+            {
+              typeUrl: `type.googleapis.com/google.rpc.RetryInfo`,
+              value: Buffer.from(
+                RetryInfo.encode({ retryDelay: { seconds: 2, nanos: 0 } }).finish(),
+              ),
+            },
+          ],
+        }).finish();
+        metadata.set('grpc-status-details-bin', Buffer.from(details));
+        callback({ code: GrpcCode.UNAVAILABLE, details: 'down for maintenance', metadata });
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => {
+        if (error) reject(error);
+        else resolve(bound);
+      });
+    });
+    const client = createClient(EchoServiceService, {
+      address: `127.0.0.1:${port}`,
+      credentials: credentials.createInsecure(),
+    });
+    try {
+      const error = await failure(
+        client.echo({ message: 'x', failWithCode: 0, requireMessage: false }, { timeoutMs: 5000 }),
+      );
+      if (!(error instanceof UnavailableError))
+        throw new Error(`not UNAVAILABLE: ${String(error)}`);
+      expect(error.message).toBe('down for maintenance');
+      expect(error.retryDelayMs).toBe(2000);
+    } finally {
+      client.close();
+      server.forceShutdown();
     }
   });
 });
