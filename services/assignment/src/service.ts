@@ -122,6 +122,7 @@ export async function startAssignment(
       logger,
       auth: runtime.auth,
       adminMethods: [...ADMIN_METHODS],
+      maxResponseBytes: config.platform.grpc.maxMessageBytes,
     }),
   );
 

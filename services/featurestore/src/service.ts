@@ -109,6 +109,7 @@ export async function startFeatureStore(
         logger,
         auth: runtime.auth,
         adminMethods: ['applyEntity', 'deleteEntity', 'applyFeatureView', 'deleteFeatureView'],
+        maxResponseBytes: runtime.config.grpc.maxMessageBytes,
       },
     ),
   );

@@ -25,7 +25,9 @@ import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from '../logging';
 import {
   CancelledError,
+  DeadlineExceededError,
   InvalidArgumentError,
+  ResourceExhaustedError,
   toStatus,
   TandemError,
   type FieldViolation,
@@ -111,6 +113,11 @@ export interface ImplementOptions<D> {
   readonly adminMethods?: readonly (keyof D & string)[];
   /** The admin token check; admin methods are open when absent. */
   readonly auth?: AdminAuth;
+  /**
+   * The server's `grpc.max_send_message_length` (`TANDEM_GRPC_MAX_MESSAGE_BYTES`): a larger
+   * response answers RESOURCE_EXHAUSTED, recorded as such. No limit when absent, as grpc-js's.
+   */
+  readonly maxResponseBytes?: number;
 }
 
 /** Any server-side call shape; all carry metadata, a deadline, a peer and a `cancelled` event. */
@@ -135,19 +142,22 @@ export function implement<D extends ServiceDefinition>(
     }
     const run = wrapCall(method.path, admin.has(name) ? options.auth : undefined, options.logger);
     const fn = handler as (input: unknown, ctx: CallContext) => unknown;
+    // A single response is serialized here, before the call's status is recorded, so that one
+    // that cannot be sent is recorded (and logged) as what the caller gets.
+    const respond = serializing(method, options.maxResponseBytes ?? Infinity);
     if (!method.requestStream && !method.responseStream) {
       implementation[name] = (
         call: ServerUnaryCall<unknown, unknown>,
         callback: sendUnaryData<unknown>,
       ) => {
-        run(call, (ctx) => fn(decoded(call.request), ctx) as Promise<unknown>, callback);
+        run(call, (ctx) => fn(decoded(call.request), ctx) as Promise<unknown>, callback, respond);
       };
     } else if (method.requestStream && !method.responseStream) {
       implementation[name] = (
         call: ServerReadableStream<unknown, unknown>,
         callback: sendUnaryData<unknown>,
       ) => {
-        run(call, (ctx) => fn(decodedStream(call), ctx) as Promise<unknown>, callback);
+        run(call, (ctx) => fn(decodedStream(call), ctx) as Promise<unknown>, callback, respond);
       };
     } else {
       implementation[name] = (call: ServerWritableStream<unknown, unknown>) => {
@@ -175,6 +185,74 @@ export function implement<D extends ServiceDefinition>(
     }
   }
   return implementation;
+}
+
+/** The reason of a response over the server's limit. */
+const TOO_LARGE = 'RESPONSE_TOO_LARGE';
+
+/**
+ * The error for a response over the `maxBytes` a server sends (its size when known), for the
+ * kit's check and for a serializer that refuses before building the bytes (see
+ * {@link ResponseSerializer}).
+ */
+export function responseTooLarge(maxBytes: number, bytes?: number): ResourceExhaustedError {
+  return new ResourceExhaustedError(
+    bytes === undefined
+      ? `the response would be larger than the ${maxBytes} bytes this server sends`
+      : `the response is ${bytes} bytes, more than the ${maxBytes} this server sends`,
+    { reason: TOO_LARGE },
+  );
+}
+
+/**
+ * A method's response serializer as the kit calls it: with the server's limit, so that one whose
+ * responses can be large may throw {@link responseTooLarge} before allocating them (grpc-js calls
+ * it with the response alone).
+ */
+export type ResponseSerializer = (response: unknown, maxBytes: number) => Buffer;
+
+/**
+ * The response's bytes, or the error the caller is answered with instead: RESOURCE_EXHAUSTED for
+ * one over `maxBytes` (which grpc-js would refuse after the call had been recorded as answered),
+ * the serializer's own `TandemError`, and INTERNAL for a response it cannot serialize (a handler's
+ * fault: a fraction where the message holds an integer). The bytes reach grpc-js through
+ * {@link passingSerializedResponses}.
+ */
+function serializing(
+  method: AnyMethodDefinition,
+  maxBytes: number,
+): (response: unknown) => Buffer | Error {
+  const serialize = method.responseSerialize as unknown as ResponseSerializer;
+  return (response) => {
+    let bytes: Buffer;
+    try {
+      bytes = serialize(response, maxBytes);
+    } catch (error) {
+      if (error instanceof TandemError) return error;
+      return new Error(`the response of ${method.path} could not be serialized`, { cause: error });
+    }
+    return bytes.length <= maxBytes ? bytes : responseTooLarge(maxBytes, bytes.length);
+  };
+}
+
+/**
+ * `definition` with response serializers that pass on the bytes {@link implement}'s handlers have
+ * already serialized, for `GrpcServer.add`; what is not yet bytes (a streamed response) is
+ * serialized as before.
+ */
+export function passingSerializedResponses<
+  D extends Readonly<Record<string, { readonly responseSerialize: (value: never) => Buffer }>>,
+>(definition: D): D {
+  const passing: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const serialize = method.responseSerialize as (value: unknown) => Buffer;
+    passing[name] = {
+      ...method,
+      responseSerialize: (value: unknown): Buffer =>
+        Buffer.isBuffer(value) ? value : serialize(value),
+    };
+  }
+  return passing as D;
 }
 
 /** What a request decoder wrapped by {@link decodingRequestsSafely} returns instead of throwing. */
@@ -423,6 +501,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
     call: InboundCall,
     body: (ctx: CallContext) => Promise<unknown>,
     finish: Finish,
+    respond?: (response: unknown) => Buffer | Error,
   ): void => {
     const started = performance.now();
     const rawDeadline = call.getDeadline();
@@ -448,8 +527,17 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
     const execute = async (): Promise<unknown> => {
       // Cancelled while it waited for its turn (see `HandlerPacer`): grpc-js has answered it.
       if (ctx.isCancelled) throw cancelledError();
+      // Its deadline passed while it waited (behind a handler that held the loop, which also
+      // held grpc-js's deadline timer): nobody waits for its result, so it does not run.
+      if (deadline !== undefined && deadline.getTime() <= Date.now()) {
+        throw new DeadlineExceededError('the deadline passed before the call started');
+      }
       auth?.check(call.metadata);
-      return body(ctx);
+      const response = await body(ctx);
+      if (respond === undefined) return response;
+      const bytes = respond(response);
+      if (bytes instanceof Error) throw bytes;
+      return bytes;
     };
     const run = (): void => {
       execute().then(
@@ -465,6 +553,9 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           const status = toStatus(error);
           if (!(error instanceof TandemError) || status.code === GrpcCode.INTERNAL) {
             rootLogger.error({ err: error, rpc: path }, 'unexpected error in handler');
+          } else if (error instanceof ResourceExhaustedError && error.reason === TOO_LARGE) {
+            // The server's fault, not the caller's: a method whose answers can grow pages them.
+            rootLogger.error({ err: error, rpc: path }, 'response larger than this server sends');
           }
           const code = ctx.answered(status.code);
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code, error);

@@ -21,7 +21,12 @@ import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { UnavailableError } from '../errors';
 import type { Logger } from '../logging';
 import { findDescriptorSet } from './descriptor-set';
-import { decodingRequestsSafely, implement, type Handlers } from './handlers';
+import {
+  decodingRequestsSafely,
+  implement,
+  passingSerializedResponses,
+  type Handlers,
+} from './handlers';
 
 export interface GrpcServerOptions {
   readonly logger: Logger;
@@ -144,7 +149,10 @@ export class GrpcServer {
     } else {
       this.services.push({ name });
     }
-    this.server.addService(decodingRequestsSafely(definition), implementation);
+    this.server.addService(
+      passingSerializedResponses(decodingRequestsSafely(definition)),
+      implementation,
+    );
     this.health.setStatus(name, 'NOT_SERVING');
   }
 
@@ -169,7 +177,7 @@ export class GrpcServer {
     const implementation = implement(definition, handlers as Handlers<typeof definition>, {
       logger: this.logger,
     });
-    const reserved = decodingRequestsSafely(definition);
+    const reserved = passingSerializedResponses(decodingRequestsSafely(definition));
     this.server.addService(reserved, implementation);
     this.services.push({ name, reserved });
     this.health.setStatus(name, 'NOT_SERVING');

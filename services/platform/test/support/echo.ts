@@ -142,6 +142,9 @@ export async function startEcho(
       logger,
       ...(options.auth ? { auth: options.auth } : {}),
       adminMethods: options.adminMethods ?? [],
+      ...(options.maxMessageBytes === undefined
+        ? {}
+        : { maxResponseBytes: options.maxMessageBytes }),
     }),
   );
   const port = await server.listen('127.0.0.1', 0);
