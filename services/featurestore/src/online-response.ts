@@ -25,6 +25,7 @@ import { Timestamp } from '../../../gen/ts/google/protobuf/timestamp';
 import { FeatureValue as FeatureValueMessage } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { messageOfAggregate } from './contract-mapping';
 import { FeatureStatus, ValueType } from './domain/feature-values';
+import { responseTooLarge } from '../../platform/src/grpc/handlers';
 import {
   timestampSize,
   varintSize,
@@ -116,8 +117,13 @@ export class OnlineFeaturesReply {
   }
 
   /** The protobuf encoding of `toMessage()`, written directly. */
-  encode(): Buffer {
-    return new ReplyEncoder(this).encode();
+  /**
+   * The response's bytes; RESOURCE_EXHAUSTED as soon as they would pass `maxBytes`, before the
+   * buffer (or the encodings of its rare values) is made: repeated rows make a read's size
+   * unbounded by its request's.
+   */
+  encode(maxBytes = Infinity): Buffer {
+    return new ReplyEncoder(this, maxBytes).encode();
   }
 }
 
@@ -196,7 +202,10 @@ class ReplyEncoder {
   /** The value `shape()` found. */
   private value: unknown = undefined;
 
-  constructor(private readonly reply: OnlineFeaturesReply) {}
+  constructor(
+    private readonly reply: OnlineFeaturesReply,
+    private readonly maxBytes: number,
+  ) {}
 
   encode(): Buffer {
     const { reply } = this;
@@ -214,23 +223,29 @@ class ReplyEncoder {
       reply.readTime >= 0 &&
       Number.isInteger(reply.asOf) &&
       reply.asOf >= 0;
-    if (!wholeTimes)
-      return Buffer.from(GetOnlineFeaturesResponse.encode(reply.toMessage()).finish());
+    if (!wholeTimes) {
+      const bytes = GetOnlineFeaturesResponse.encode(reply.toMessage()).finish();
+      if (bytes.length > this.maxBytes) throw responseTooLarge(this.maxBytes, bytes.length);
+      return Buffer.from(bytes);
+    }
     metadataSize += 1 + varintSize(readTimeSize) + readTimeSize;
     metadataSize += 1 + varintSize(asOfSize) + asOfSize;
     const columnSizes = new Array<number>(reply.columns.length);
     let total = 1 + varintSize(metadataSize) + metadataSize;
+    const maxBytes = this.maxBytes;
     reply.columns.forEach((column, c) => {
       let size = 0;
       for (let row = 0; row < rowCount; row++) {
         const valueSize = this.measureValue(column, row);
         size += 1 + varintSize(valueSize) + valueSize;
+        if (total + size > maxBytes) throw responseTooLarge(maxBytes);
       }
       if (rowCount > 0) size += 1 + varintSize(rowCount) + rowCount;
       if (column.encodedEventTimes !== undefined) size += column.encodedEventTimes.length;
       columnSizes[c] = size;
       total += 1 + varintSize(size) + size;
     });
+    if (total > maxBytes) throw responseTooLarge(maxBytes, total);
 
     // Bytes.
     const out = Buffer.allocUnsafe(total);
@@ -399,9 +414,10 @@ export const FeatureStoreServiceDefinition = {
   ...FeatureStoreServiceService,
   getOnlineFeatures: {
     ...getOnlineFeatures,
-    responseSerialize: (value: GetOnlineFeaturesResult): Buffer =>
+    // The kit passes its limit (see `ResponseSerializer`); grpc-js does not.
+    responseSerialize: (value: GetOnlineFeaturesResult, maxBytes?: number): Buffer =>
       value instanceof OnlineFeaturesReply
-        ? value.encode()
+        ? value.encode(maxBytes)
         : getOnlineFeatures.responseSerialize(value),
     responseDeserialize: (value: Buffer): GetOnlineFeaturesResult =>
       getOnlineFeatures.responseDeserialize(value),
