@@ -48,17 +48,26 @@ export class Shutdown {
    * Runs `runAndEnd(deadlineMs)` on SIGTERM or SIGINT. Entry points call it as soon as there is
    * something to close, before start-up finishes: a signal during start-up then closes what was
    * opened so far (see `abortStartup`) instead of killing the process with Node's default action.
-   * Calling it again does nothing.
+   * A signal during the shutdown is logged and ignored, rather than ending the process mid-way
+   * (storage not closed, buffered events not kept, telemetry not flushed): the shutdown ends by
+   * its deadline whatever its steps do. Calling it again does nothing.
    */
-  onSignals(deadlineMs: number): void {
+  onSignals(deadlineMs: number, end: ProcessEnd = PROCESS_END): void {
     if (this.handlingSignals) return;
     this.handlingSignals = true;
     const handler = (signal: NodeJS.Signals): void => {
+      if (this.running !== undefined) {
+        this.logger.warn(
+          { signal, deadlineMs },
+          'already shutting down; the shutdown ends within its deadline',
+        );
+        return;
+      }
       this.logger.info({ signal }, 'shutting down');
-      void this.runAndEnd(deadlineMs);
+      void this.runAndEnd(deadlineMs, end);
     };
-    process.once('SIGTERM', handler);
-    process.once('SIGINT', handler);
+    process.on('SIGTERM', handler);
+    process.on('SIGINT', handler);
   }
 
   /**
@@ -122,7 +131,7 @@ export class Shutdown {
     start: () => Promise<void>,
     end: ProcessEnd = PROCESS_END,
   ): Promise<void> {
-    this.onSignals(deadlineMs);
+    this.onSignals(deadlineMs, end);
     try {
       await start();
     } catch (error) {

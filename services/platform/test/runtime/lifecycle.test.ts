@@ -140,6 +140,50 @@ describe('Shutdown', () => {
     });
   });
 
+  describe('signals', () => {
+    it('a second signal during the shutdown is ignored, not left to end the process', async () => {
+      const before = { SIGTERM: process.listeners('SIGTERM'), SIGINT: process.listeners('SIGINT') };
+      const order: string[] = [];
+      const shutdown = new Shutdown(logger);
+      let closeStorage = (): void => undefined;
+      shutdown.add('storage', () => {
+        order.push('storage');
+        return new Promise<void>((resolve) => {
+          closeStorage = resolve;
+        });
+      });
+      shutdown.addFinal('telemetry', () => {
+        order.push('telemetry');
+        return Promise.resolve();
+      });
+      const ends: string[] = [];
+      await shutdown.startUp(5000, () => Promise.resolve(), {
+        exit: (code) => ends.push(`exit ${code}`),
+        kill: () => ends.push('kill'),
+      });
+      const added = (signal: 'SIGTERM' | 'SIGINT') =>
+        process.listeners(signal).filter((l) => !before[signal].includes(l));
+      try {
+        process.emit('SIGTERM', 'SIGTERM');
+        expect(order).toEqual(['storage']);
+        // Still listened for: with no listener, Node's default action would end the process
+        // while storage closes.
+        expect([added('SIGTERM'), added('SIGINT')].map((l) => l.length)).toEqual([1, 1]);
+        process.emit('SIGTERM', 'SIGTERM');
+        process.emit('SIGINT', 'SIGINT');
+        closeStorage();
+        await shutdown.run(5000);
+        await new Promise((resolve) => setImmediate(resolve));
+        expect(order).toEqual(['storage', 'telemetry']);
+        expect(ends).toEqual(['exit 0']);
+      } finally {
+        for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+          for (const listener of added(signal)) process.off(signal, listener);
+        }
+      }
+    });
+  });
+
   describe('abortStartup', () => {
     it('closes what start-up opened, in reverse, and exits with 1 even when closing succeeds', async () => {
       const order: string[] = [];
