@@ -205,6 +205,8 @@ export class BufferedPublisher {
    */
   private recordUntil = Infinity;
   private callsPastRecordUntil = 0;
+  /** Time a close left unused (the bus down) that the spill gets on top of `spoolTimeoutMs`. */
+  private spillExtraMs = 0;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -304,7 +306,11 @@ export class BufferedPublisher {
    * out by the deadline, and none starts in its last 100 ms; a round under way at the call keeps
    * its `publishTimeoutMs`, which a shorter `timeoutMs` can overrun, and the gate's check of a
    * round keeps its own timeout (a check cut short would publish again what the gate knows was
-   * published). Does not close the bus, which the caller owns.
+   * published). A back-off under way ends at the call: the bus may be back, and the close has no
+   * time to wait for the next try. With the bus disconnected at the call and a spool, nothing
+   * waits for the bus: what is queued goes to the spool at once, which gets the rest of
+   * `timeoutMs` on top of its own time (a backlog of an outage is large). Does not close the bus,
+   * which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -312,6 +318,7 @@ export class BufferedPublisher {
       // One deadline for all of it, so a close takes `timeoutMs` (and the spill its own).
       const deadline = Date.now() + timeoutMs;
       this.recordUntil = deadline;
+      this.closing.notify();
       // A restore under way stops at its next event; what it queued is published or spilled. Not
       // waited for past the deadline (storage slow): `forget` spares an event kept again since.
       if (this.restoring) {
@@ -319,7 +326,11 @@ export class BufferedPublisher {
           () => undefined,
         );
       }
-      await this.flush(Math.max(0, deadline - Date.now()));
+      if (this.spool !== undefined && !this.bus.isConnected()) {
+        this.spillExtraMs = Math.max(0, deadline - Date.now());
+      } else {
+        await this.flush(Math.max(0, deadline - Date.now()));
+      }
       this.loopDone = true;
       this.arrived.notify();
       this.closing.notify();
@@ -631,13 +642,11 @@ export class BufferedPublisher {
   }
 
   /**
-   * Counts what is still queued at close as dropped, and says how many were lost in one log line
-   * whatever the drop log's rate limit, since nothing will report them later.
-   */
-  /**
    * The events still queued at close: kept in the spool when there is one, as many as it stores
-   * within `spoolTimeoutMs`, the rest dropped (a batch under way at the timeout may still be
-   * stored, and taken by a later start though counted as dropped).
+   * within `spoolTimeoutMs` (and the close's time left unused, see `close`), the rest dropped (a
+   * batch under way at the timeout may still be stored, and taken by a later start though counted
+   * as dropped). What is lost is said in one log line whatever the drop log's rate limit, since
+   * nothing will report it later.
    */
   private async spillQueue(): Promise<void> {
     const left = this.queue.slice(this.head);
@@ -648,12 +657,13 @@ export class BufferedPublisher {
     let kept = 0;
     if (this.spool !== undefined) {
       const stop = new AbortController();
+      const timeoutMs = this.spoolTimeoutMs + this.spillExtraMs;
       try {
         const events = left.map(({ subject, data, eventId }) => ({ subject, data, eventId }));
         await withTimeout(
           this.spool.keep(events, { signal: stop.signal, onKept: (count) => (kept += count) }),
-          this.spoolTimeoutMs,
-          () => new Error(`not kept within ${this.spoolTimeoutMs} ms`),
+          timeoutMs,
+          () => new Error(`not kept within ${timeoutMs} ms`),
         );
         kept = left.length;
       } catch (error) {

@@ -311,6 +311,49 @@ describe('BufferedPublisher', () => {
     expect(kept.length).toBeLessThan(10);
   });
 
+  it('with the bus down at close, gives the spool the time of the close instead of waiting for the bus', async () => {
+    // A spool taking 2 events per 40 ms: the 10 need ~200 ms, more than its own 100 ms.
+    const kept: string[] = [];
+    const slowSpool: EventSpool = {
+      async keep(events, options) {
+        for (let i = 0; i < events.length; i += 2) {
+          if (options?.signal?.aborted) return;
+          await new Promise((resolve) => setTimeout(resolve, 40));
+          const batch = events.slice(i, i + 2);
+          kept.push(...batch.map((event) => event.eventId));
+          options?.onKept?.(batch.length);
+        }
+      },
+      peek: () => Promise.resolve([]),
+      forget: () => Promise.resolve(),
+    };
+    bus.available = false;
+    const events = create({ spool: slowSpool, spoolTimeoutMs: 100 });
+    for (let i = 0; i < 10; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    const started = Date.now();
+    await events.close(1_000);
+    expect(events.stats()).toMatchObject({ spooled: 10, dropped: 0 });
+    expect(kept).toHaveLength(10);
+    // Done when the spool is: the close's time was not spent waiting for the bus first.
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+
+  it('tries again at once when closed during a back-off, and publishes if the bus is back', async () => {
+    bus.available = false;
+    const events = create({ initialRetryDelayMs: 10_000, maxRetryDelayMs: 10_000 });
+    events.enqueue(SUBJECT, EchoRequest, echo('after-outage'), 'after-outage');
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBe(1);
+    });
+    // Back now; the next try was due in 10 s.
+    bus.available = true;
+    await events.close(1_000);
+    expect(events.stats()).toMatchObject({ published: 1, dropped: 0 });
+    await eventually(() => {
+      expect(received).toEqual(['after-outage']);
+    });
+  });
+
   it('takes from the spool in the order it was kept, only while the bus takes events', async () => {
     await withSpool(async (spool) => {
       bus.available = false;
