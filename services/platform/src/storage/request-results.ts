@@ -20,11 +20,13 @@
  * A retry that arrives while its first call is still running in the same process waits for it and
  * gets its response (or runs after its failure). On another replica it runs beside it: replicas
  * share only the stored responses. The response stored first stays, and is what the one that
- * finishes later answers too (builds before this one overwrote it with theirs).
+ * finishes later answers too (builds before this one overwrote it with theirs), also when that
+ * one failed because the first had already deleted, created or changed the resource.
  */
 import { createHash } from 'node:crypto';
+import { status as GrpcCode } from '@grpc/grpc-js';
 import { CallsInFlight } from '../calls-in-flight';
-import { AlreadyExistsError, InvalidArgumentError } from '../errors';
+import { AlreadyExistsError, InvalidArgumentError, TandemError } from '../errors';
 import type { Collection, DocumentStore } from './collection';
 
 interface RequestResultDocument {
@@ -251,6 +253,19 @@ export interface ResponseCodec<T> {
   decode(input: Uint8Array): T;
 }
 
+/**
+ * Failures a call of the same request running beside this one on another replica causes (it
+ * deleted, created or changed the resource first); after one, the stored results are read again
+ * {@link FIRST_RESULT_WAIT_MS} later, in case that call's response was not stored yet.
+ */
+const CONFLICTS: ReadonlySet<number> = new Set([
+  GrpcCode.NOT_FOUND,
+  GrpcCode.ALREADY_EXISTS,
+  GrpcCode.ABORTED,
+  GrpcCode.FAILED_PRECONDITION,
+]);
+const FIRST_RESULT_WAIT_MS = 50;
+
 /** Longest `request_id` accepted, as the contract says. */
 export const MAX_REQUEST_ID_LENGTH = 128;
 
@@ -324,7 +339,16 @@ export class RequestResults {
     }
     if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
     return this.running.run(id, async () => {
-      const response = await mutation();
+      let response: T;
+      try {
+        response = await mutation();
+      } catch (error) {
+        // Failed beside its first call on another replica (which deleted what this one then
+        // found missing, or moved the etag it sent): that call's response is the answer.
+        const first = await this.firstResultAfter(error, id, ofThisRequest);
+        if (first === undefined) throw error;
+        return codec.decode(first);
+      }
       const stored: RequestResultDocument = {
         id,
         response: codec.encode(response).finish(),
@@ -349,6 +373,34 @@ export class RequestResults {
       }
       return response;
     });
+  }
+
+  /**
+   * The response stored under `id` by a call of this request that ran beside this one, after
+   * this one failed with `error`: read at once and, for a failure such a call causes (a conflict,
+   * not a bad request), once more a moment later, as that call stores its response just after
+   * its mutation; undefined when there is none.
+   */
+  private async firstResultAfter(
+    error: unknown,
+    id: string,
+    ofThisRequest: (stored: RequestResultDocument) => boolean,
+  ): Promise<Uint8Array | undefined> {
+    if (error instanceof InvalidArgumentError || !(error instanceof TandemError)) return undefined;
+    for (let read = 0; read < 2; read++) {
+      if (read > 0) {
+        if (!CONFLICTS.has(error.code)) return undefined;
+        await new Promise((resolve) => setTimeout(resolve, FIRST_RESULT_WAIT_MS));
+      }
+      let stored: RequestResultDocument | undefined;
+      try {
+        stored = (await this.collection.get(id))?.doc;
+      } catch {
+        return undefined;
+      }
+      if (stored !== undefined) return ofThisRequest(stored) ? stored.response : undefined;
+    }
+    return undefined;
   }
 }
 

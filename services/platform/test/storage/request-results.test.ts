@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateExperimentRequest } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { EchoResponse } from '../../../../gen/ts/tandem/echo/v1/echo_service';
-import { InvalidArgumentError } from '../../src/errors';
+import { InvalidArgumentError, NotFoundError } from '../../src/errors';
 import type { DocumentStore } from '../../src/storage/collection';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import {
@@ -64,6 +64,32 @@ describe('RequestResults', () => {
       Promise.resolve({ message: 'ran a third time', traceId: '' }),
     );
     expect(later).toEqual({ message: 'first call', traceId: '' });
+  });
+
+  it('answers the response of the first call to a retry that failed beside it on another replica', async () => {
+    const other = await RequestResults.open(store, 60_000);
+    // The first call deletes the resource; the retry, beside it, then finds it gone.
+    let deleted = false;
+    let markDeleted = (): void => undefined;
+    const deletion = new Promise<void>((resolve) => (markDeleted = resolve));
+    const first = results.once('Delete', { requestId: 'r-gone' }, EchoResponse, () => {
+      deleted = true;
+      markDeleted();
+      return Promise.resolve({ message: 'deleted', traceId: '' });
+    });
+    const retry = other.once('Delete', { requestId: 'r-gone' }, EchoResponse, async () => {
+      await deletion;
+      if (deleted) throw new NotFoundError('no resource r-gone');
+      return { message: 'deleted by the retry', traceId: '' };
+    });
+    expect(await first).toEqual({ message: 'deleted', traceId: '' });
+    expect(await retry).toEqual({ message: 'deleted', traceId: '' });
+    // A failure with nothing stored, or a request's own fault, is the caller's answer.
+    await expect(
+      other.once('Delete', { requestId: 'r-never' }, EchoResponse, () =>
+        Promise.reject(new NotFoundError('no resource r-never')),
+      ),
+    ).rejects.toThrow(NotFoundError);
   });
 
   it('runs every time without a request id, and again after a failure', async () => {
