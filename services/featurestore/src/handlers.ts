@@ -7,10 +7,15 @@ import type { Handlers } from '../../platform/src/grpc/handlers';
 import type { EventBus } from '../../platform/src/events/bus';
 import type { Logger } from '../../platform/src/logging';
 import {
+  ApplyEntityRequest,
   ApplyEntityResponse,
+  ApplyFeatureViewRequest,
   ApplyFeatureViewResponse,
+  DeleteEntityRequest,
   DeleteEntityResponse,
+  DeleteFeatureViewRequest,
   DeleteFeatureViewResponse,
+  WriteFeaturesRequest,
   WriteFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
@@ -62,8 +67,12 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
   return {
     applyEntity: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once('ApplyEntity', request, ApplyEntityResponse, () =>
-        registry.applyEntity(request.entity),
+      return requestResults.once(
+        'ApplyEntity',
+        request,
+        ApplyEntityResponse,
+        () => registry.applyEntity(request.entity),
+        ApplyEntityRequest,
       );
     },
     getEntity: (request) => Promise.resolve({ entity: registry.getEntity(request.name) }),
@@ -73,10 +82,16 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       ),
     deleteEntity: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once('DeleteEntity', request, DeleteEntityResponse, async () => {
-        await registry.deleteEntity(request.name, request.etag);
-        return {};
-      });
+      return requestResults.once(
+        'DeleteEntity',
+        request,
+        DeleteEntityResponse,
+        async () => {
+          await registry.deleteEntity(request.name, request.etag);
+          return {};
+        },
+        DeleteEntityRequest,
+      );
     },
     applyFeatureView: async (request) => {
       checkRequestId(request.requestId);
@@ -88,6 +103,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         request,
         ApplyFeatureViewResponse,
         () => registry.applyFeatureView(request.featureView, false),
+        ApplyFeatureViewRequest,
       );
       await views.reconcile(registry.allViews());
       const after = registry.view(name)?.definition;
@@ -150,13 +166,18 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
           // `FeatureRegistry.deleteValues`).
           return {};
         },
+        DeleteFeatureViewRequest,
       );
     },
     getOnlineFeatures: (request) => Promise.resolve(views.readReply(request, Date.now())),
     writeFeatures: async (request) => {
       checkRequestId(request.requestId);
-      return requestResults.once('WriteFeatures', request, WriteFeaturesResponse, () =>
-        views.write(request, Date.now()),
+      return requestResults.once(
+        'WriteFeatures',
+        request,
+        WriteFeaturesResponse,
+        () => views.write(request, Date.now()),
+        WriteFeaturesRequest,
       );
     },
     getAggregationStatus: async (request) => ({

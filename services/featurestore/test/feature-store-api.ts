@@ -844,6 +844,27 @@ export function featureStoreApiSuite(start: () => Promise<RunningHarness>): void
       expect(read.columns[0]?.values).toEqual([double(3)]);
     });
 
+    it('tells apart, under one request_id, an ApplyFeatureView with online false and one without it', async () => {
+      await harness.client.applyEntity({ entity: userEntity, requestId: '' });
+      const offline = await harness.client.applyFeatureView({
+        featureView: userStatsView({ online: false }),
+        requestId: 'apply-1',
+        validateOnly: false,
+      });
+      expect(offline.featureView?.online).toBe(false);
+      // Unset means the default (online): another request, not a retry to answer as applied.
+      const reused = await failureOf(
+        harness.client.applyFeatureView({
+          featureView: userStatsView({ online: undefined }),
+          requestId: 'apply-1',
+          validateOnly: false,
+        }),
+      );
+      expect(reused.violations.map((v) => [v.field, v.reason])).toEqual([
+        ['request_id', 'REQUEST_ID_REUSED'],
+      ]);
+    });
+
     it('refuses reads of an offline view and writes to a stream view', async () => {
       await harness.client.applyEntity({ entity: userEntity, requestId: '' });
       await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
