@@ -923,7 +923,19 @@ export class OnlineViews {
       ]);
     }
     const registered = this.parts.registry.view(request.featureView);
-    if (registered === undefined) throw featureViewNotFound(request.featureView);
+    if (registered === undefined) {
+      // Perhaps applied on another replica since this one last reloaded (a pipeline applying a
+      // view, then writing through a load balancer): refused only once storage says so too.
+      if (
+        !reloaded &&
+        (await this.parts.registry.storedRegistration(request.featureView)) !== undefined
+      ) {
+        await this.parts.registry.reloadShared();
+        await this.reconciling;
+        return this.write(request, now, true);
+      }
+      throw featureViewNotFound(request.featureView);
+    }
     if (registered.definition.source?.kind !== 'push') {
       throw new FailedPreconditionError(
         `feature view ${request.featureView} is stream-sourced: its values come from events`,

@@ -190,6 +190,45 @@ describe('a FeatureStore replica a registry reload behind another', () => {
       await first.stop();
     }
   });
+
+  it('takes a write to a view just applied on the other, rather than answer NOT_FOUND', async () => {
+    const first = await startHarness({ replicaId: 'replica-a' });
+    let second: RunningHarness | undefined;
+    try {
+      await first.client.applyEntity({ entity: userEntity, requestId: '' });
+      second = await startHarness({
+        replicaId: 'replica-b',
+        wrapStore: sharing(first.runtime.store),
+        env: { TANDEM_FEATURESTORE_REGISTRY_RELOAD_INTERVAL: '10m' },
+      });
+      await applyUserStats(first.client);
+      await expect(
+        second.client.writeFeatures({
+          featureView: 'user_stats',
+          rows: [userRow('u1', new Date(), { ctr: double(0.5) })],
+          requestId: '',
+        }),
+      ).resolves.toEqual({ rowsWritten: 1, rowsSkippedOlder: 0 });
+      const read = await second.client.getOnlineFeatures({
+        features: ['user_stats:ctr'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      });
+      expect(read.columns[0]?.values).toEqual([double(0.5)]);
+      // A view storage does not hold either is still NOT_FOUND.
+      const missing = await failureOf(
+        second.client.writeFeatures({
+          featureView: 'nowhere',
+          rows: [userRow('u1', new Date(), { ctr: double(1) })],
+          requestId: '',
+        }),
+      );
+      expect(missing.code).toBe(GrpcCode.NOT_FOUND);
+    } finally {
+      await second?.stop();
+      await first.stop();
+    }
+  });
 });
 
 describe('FeatureStore replicas writing one event time', () => {
