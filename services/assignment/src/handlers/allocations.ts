@@ -149,7 +149,14 @@ export async function applyAllocation(
   const violations: FieldViolation[] = [];
   required('allocation.experiment_id', allocation.experimentId, violations);
   const now = Date.now();
-  if (allocation.sequence > now + MAX_SEQUENCE_AHEAD_MS) {
+  if (allocation.sequence < 0) {
+    // No allocation is ever stored below 0, so ABORTED (re-read and retry) could never clear.
+    violations.push({
+      field: 'allocation.sequence',
+      description: 'must not be negative (0 means the next one)',
+      reason: 'OUT_OF_RANGE',
+    });
+  } else if (allocation.sequence > now + MAX_SEQUENCE_AHEAD_MS) {
     // A sequence far ahead would lock out every later update (and past 2^53 it could not even be
     // stored and served back exactly).
     violations.push({

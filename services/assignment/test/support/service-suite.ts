@@ -2733,6 +2733,13 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(ahead.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(fields(ahead)).toEqual(['allocation.sequence']);
+        // Negative: before any sequence stored, never to be after one (not ABORTED, which a
+        // re-read and retry could never clear).
+        const negative = await failure(admin.updateAllocation(split(0.5, { sequence: -5 })));
+        expect([negative.code, fieldReasons(negative)]).toEqual([
+          GrpcCode.INVALID_ARGUMENT,
+          [['allocation.sequence', 'OUT_OF_RANGE']],
+        ]);
         // Every problem at once: the request's own fields and its weights against the arms.
         const everything = await failure(
           admin.updateAllocation(

@@ -96,9 +96,9 @@ export interface Allocation {
    * Optional on update. Orders allocations: one whose sequence is not greater than the stored one
    * is stale and ignored (events) or rejected with ABORTED (UpdateAllocation). Producers use the
    * computation time in Unix milliseconds, so updates from Analysis and from operators order by
-   * time. 0 on update means "the next one": max(stored + 1, now in Unix milliseconds). At most a
-   * day ahead of now (INVALID_ARGUMENT): a later one would order every update after it as stale
-   * (one stored before this limit existed is disregarded when ordering).
+   * time. 0 on update means "the next one": max(stored + 1, now in Unix milliseconds). Not
+   * negative, and at most a day ahead of now (INVALID_ARGUMENT): a later one would order every
+   * update after it as stale (one stored before this limit existed is disregarded when ordering).
    */
   sequence: number;
   /** Optional. How the weights were computed. */
