@@ -21,7 +21,7 @@ import {
   InterceptingCall,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { context, SpanKind, trace } from '@opentelemetry/api';
+import { context, SpanKind, trace, type Attributes } from '@opentelemetry/api';
 import { fromServiceError } from '../errors';
 import { injectIntoMetadata } from '../telemetry/propagation';
 import { endRpcSpan, startRpcSpan, tracingRecords } from '../telemetry/rpc-spans';
@@ -72,27 +72,47 @@ export interface ClientOptions {
 }
 
 /**
+ * `server.address` and `server.port` of a client's target (`host:port`, `[v6]:port`, with an
+ * optional `dns:` scheme; a `unix:` path has no port), as OpenTelemetry's RPC conventions require
+ * on CLIENT spans.
+ */
+export function serverAttributes(target: string): Attributes {
+  if (target.startsWith('unix:')) return { 'server.address': target.slice('unix:'.length) };
+  const address = target.replace(/^dns:(\/\/[^/]*\/)?/, '');
+  const match = /^\[([^\]]+)\](?::(\d+))?$/.exec(address) ?? /^([^:]*)(?::(\d+))?$/.exec(address);
+  if (match === null) return { 'server.address': address };
+  const [, host = '', port] = match;
+  return port === undefined
+    ? { 'server.address': host }
+    : { 'server.address': host, 'server.port': Number(port) };
+}
+
+/**
  * Starts a CLIENT span per call and sends its context in the metadata; a call with no trace to
  * continue and no provider to record one goes through untouched.
  */
-const tracingInterceptor: Interceptor = (options, nextCall) => {
-  if (!tracingRecords() && !trace.getSpanContext(context.active())) {
-    return new InterceptingCall(nextCall(options));
-  }
-  const path = options.method_definition.path;
-  const span = startRpcSpan(path, SpanKind.CLIENT, context.active());
-  return new InterceptingCall(nextCall(options), {
-    start(metadata, _listener, next) {
-      injectIntoMetadata(metadata, trace.setSpan(context.active(), span));
-      next(metadata, {
-        onReceiveStatus(status, nextStatus) {
-          endRpcSpan(span, SpanKind.CLIENT, status.code);
-          nextStatus(status);
-        },
-      });
-    },
-  });
-};
+function tracingInterceptor(target: string): Interceptor {
+  const server = Object.freeze(serverAttributes(target));
+  return (options, nextCall) => {
+    if (!tracingRecords() && !trace.getSpanContext(context.active())) {
+      return new InterceptingCall(nextCall(options));
+    }
+    const path = options.method_definition.path;
+    const span = startRpcSpan(path, SpanKind.CLIENT, context.active());
+    span.setAttributes(server);
+    return new InterceptingCall(nextCall(options), {
+      start(metadata, _listener, next) {
+        injectIntoMetadata(metadata, trace.setSpan(context.active(), span));
+        next(metadata, {
+          onReceiveStatus(status, nextStatus) {
+            endRpcSpan(span, SpanKind.CLIENT, status.code);
+            nextStatus(status);
+          },
+        });
+      },
+    });
+  };
+}
 
 /**
  * The longest timeout sent: grpc-js servers read a `grpc-timeout` into a 32-bit integer of
@@ -142,7 +162,7 @@ export function createClient<D extends ServiceDefinition>(
 ): TypedClient<D> {
   const client = new Client(options.address, options.credentials, {
     ...options.channelOptions,
-    interceptors: [tracingInterceptor],
+    interceptors: [tracingInterceptor(options.address)],
   });
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 5000;
 

@@ -1,7 +1,7 @@
 import { credentials } from '@grpc/grpc-js';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
-import { createClient } from '../../src/grpc/client';
+import { createClient, serverAttributes } from '../../src/grpc/client';
 import { startEcho, type RunningEcho } from '../support/echo';
 import { failure } from '../support/failure';
 import { installTestTracing, type TestTracing } from '../support/tracing';
@@ -42,6 +42,11 @@ describe('tracing across a gRPC hop', () => {
     const clientSpan = spans.find((s) => s.kind === SpanKind.CLIENT);
     const serverSpan = spans.find((s) => s.kind === SpanKind.SERVER);
     expect(clientSpan?.name).toBe('tandem.echo.v1.EchoService/Echo');
+    expect(clientSpan?.attributes).toMatchObject({
+      'rpc.system': 'grpc',
+      'server.address': '127.0.0.1',
+      'server.port': echo.port,
+    });
     expect(serverSpan?.spanContext().traceId).toBe(traceId);
     expect(serverSpan?.parentSpanContext?.spanId).toBe(clientSpan?.spanContext().spanId);
     expect(serverSpan?.attributes).toMatchObject({
@@ -93,5 +98,27 @@ describe('tracing across a gRPC hop', () => {
     expect(servers.map((s) => s.attributes['rpc.grpc.status_code'])).toEqual([3, 13]);
     expect(servers.map((s) => s.status.code)).toEqual([0, 2]);
     expect(servers[1]?.events.some((e) => e.name === 'exception')).toBe(true);
+  });
+});
+
+describe("a client span's server attributes", () => {
+  it('name the host and port of every form of target', () => {
+    expect(
+      [
+        'assignment:50051',
+        'dns:///assignment.tandem.svc:50051',
+        'dns:assignment:50051',
+        '[::1]:50051',
+        'localhost',
+        'unix:/run/tandem.sock',
+      ].map(serverAttributes),
+    ).toEqual([
+      { 'server.address': 'assignment', 'server.port': 50051 },
+      { 'server.address': 'assignment.tandem.svc', 'server.port': 50051 },
+      { 'server.address': 'assignment', 'server.port': 50051 },
+      { 'server.address': '::1', 'server.port': 50051 },
+      { 'server.address': 'localhost' },
+      { 'server.address': '/run/tandem.sock' },
+    ]);
   });
 });
