@@ -97,7 +97,8 @@ export async function startAssignment(
     store,
     changes: new ConfigurationChanges(configuration, configPublisher, config.replicaId),
     writes: new ConfigurationWrites(
-      await RequestResults.open(runtime.store, config.idempotencyTtlMs),
+      // Every write runs under the write lease, one replica at a time.
+      await RequestResults.open(runtime.store, config.idempotencyTtlMs, { serialized: true }),
       {
         lease: (waitMs = WRITE_LEASE_WAIT_MS) =>
           store.acquireWriteLease(config.replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),

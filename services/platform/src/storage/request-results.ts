@@ -276,14 +276,24 @@ export class RequestResults {
   private constructor(
     private readonly collection: Collection<RequestResultDocument>,
     private readonly ttlMs: number,
+    private readonly serialized: boolean,
   ) {}
 
-  static async open(store: DocumentStore, ttlMs: number): Promise<RequestResults> {
+  /**
+   * `serialized`: every `once` runs under a lease the replicas share (Assignment's configuration
+   * writes), so no call of a request runs beside another of it, and a failed one is not looked
+   * up again for such a call's result (which would hold the lease 50 ms for nothing).
+   */
+  static async open(
+    store: DocumentStore,
+    ttlMs: number,
+    options: { readonly serialized?: boolean } = {},
+  ): Promise<RequestResults> {
     const collection = await store.collection<RequestResultDocument>({
       name: 'request_results',
       expireAtField: 'expiresAt',
     });
-    return new RequestResults(collection, ttlMs);
+    return new RequestResults(collection, ttlMs, options.serialized ?? false);
   }
 
   /**
@@ -345,6 +355,7 @@ export class RequestResults {
       } catch (error) {
         // Failed beside its first call on another replica (which deleted what this one then
         // found missing, or moved the etag it sent): that call's response is the answer.
+        if (this.serialized) throw error;
         const first = await this.firstResultAfter(error, id, ofThisRequest);
         if (first === undefined) throw error;
         return codec.decode(first);

@@ -72,12 +72,16 @@ describe('RequestResults', () => {
     let deleted = false;
     let markDeleted = (): void => undefined;
     const deletion = new Promise<void>((resolve) => (markDeleted = resolve));
-    const first = results.once('Delete', { requestId: 'r-gone' }, EchoResponse, () => {
+    let retryStarted = (): void => undefined;
+    const retryRunning = new Promise<void>((resolve) => (retryStarted = resolve));
+    const first = results.once('Delete', { requestId: 'r-gone' }, EchoResponse, async () => {
+      await retryRunning;
       deleted = true;
       markDeleted();
-      return Promise.resolve({ message: 'deleted', traceId: '' });
+      return { message: 'deleted', traceId: '' };
     });
     const retry = other.once('Delete', { requestId: 'r-gone' }, EchoResponse, async () => {
+      retryStarted();
       await deletion;
       if (deleted) throw new NotFoundError('no resource r-gone');
       return { message: 'deleted by the retry', traceId: '' };
@@ -90,6 +94,31 @@ describe('RequestResults', () => {
         Promise.reject(new NotFoundError('no resource r-never')),
       ),
     ).rejects.toThrow(NotFoundError);
+    // Where every call runs under a lease the replicas share, none runs beside another, so a
+    // failure is the answer as it is (here, the two calls break the lease that rules this out).
+    const serialized = await RequestResults.open(store, 60_000, { serialized: true });
+    let leasedRetryStarted = (): void => undefined;
+    const leasedRetryRunning = new Promise<void>((resolve) => (leasedRetryStarted = resolve));
+    let stored = (): void => undefined;
+    const storedFirst = new Promise<void>((resolve) => (stored = resolve));
+    const leasedFirst = results
+      .once('Delete', { requestId: 'r-leased' }, EchoResponse, async () => {
+        await leasedRetryRunning;
+        return { message: 'deleted', traceId: '' };
+      })
+      .finally(stored);
+    const leasedRetry = serialized.once(
+      'Delete',
+      { requestId: 'r-leased' },
+      EchoResponse,
+      async () => {
+        leasedRetryStarted();
+        await storedFirst;
+        throw new NotFoundError('no resource r-leased');
+      },
+    );
+    await leasedFirst;
+    await expect(leasedRetry).rejects.toThrow(NotFoundError);
   });
 
   it('runs every time without a request id, and again after a failure', async () => {
