@@ -450,6 +450,11 @@ class ServerCallContext implements CallContext {
     return this.cancelledAt !== undefined;
   }
 
+  /** {@link isCancelled} as a call, read again after an `await` (where a getter is narrowed). */
+  cancelledNow(): boolean {
+    return this.cancelledAt !== undefined;
+  }
+
   cancel(): void {
     this.cancelledAt = Date.now();
     this.controller?.abort(cancelledError());
@@ -534,7 +539,8 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       }
       auth?.check(call.metadata);
       const response = await body(ctx);
-      if (respond === undefined) return response;
+      // Cancelled or past its deadline meanwhile: grpc-js has answered, and would not send it.
+      if (respond === undefined || ctx.cancelledNow()) return response;
       const bytes = respond(response);
       if (bytes instanceof Error) throw bytes;
       return bytes;

@@ -139,6 +139,75 @@ describe('a response the server cannot send', () => {
   });
 });
 
+describe('a call whose deadline passed while its handler ran', () => {
+  it('has its response neither serialized nor logged as too large', async () => {
+    const lines: string[] = [];
+    const logger = createLogger({
+      service: 'responses-test',
+      level: 'info',
+      destination: new Writable({
+        write(chunk, _encoding, done) {
+          lines.push(String(chunk));
+          done();
+        },
+      }),
+    });
+    const server = new GrpcServer({
+      logger,
+      credentials: ServerCredentials.createInsecure(),
+      maxMessageBytes: 64 * 1024,
+      keepaliveTimeMs: 30_000,
+      keepaliveTimeoutMs: 10_000,
+    });
+    let serialized = 0;
+    const echo = EchoServiceService.echo;
+    const definition = {
+      echo: {
+        ...echo,
+        responseSerialize: (value: Parameters<typeof echo.responseSerialize>[0]) => {
+          serialized++;
+          return echo.responseSerialize(value);
+        },
+      },
+    };
+    let answered = (): void => undefined;
+    const handlerAnswered = new Promise<void>((resolve) => (answered = resolve));
+    server.add(
+      definition,
+      implement(
+        definition,
+        {
+          echo: async () => {
+            // Outlives the caller's deadline, then answers more than the server sends.
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            setTimeout(answered, 50);
+            return { message: 'x'.repeat(1024 * 1024), traceId: '' };
+          },
+        },
+        { logger, maxResponseBytes: 64 * 1024 },
+      ),
+    );
+    const port = await server.listen('127.0.0.1', 0);
+    server.setServing(true);
+    const client = createClient(EchoServiceService, {
+      address: `127.0.0.1:${port}`,
+      credentials: credentials.createInsecure(),
+    });
+    try {
+      const error = await failure(
+        client.echo({ message: 'a', failWithCode: 0, requireMessage: false }, { timeoutMs: 100 }),
+      );
+      expect(error.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      await handlerAnswered;
+      expect(serialized).toBe(0);
+      expect(lines.filter((line) => line.includes('larger than this server sends'))).toEqual([]);
+    } finally {
+      client.close();
+      await server.shutdown(1000);
+    }
+  });
+});
+
 describe('a call whose deadline passed before it started', () => {
   it('does not run its handler', async () => {
     const ran: string[] = [];
