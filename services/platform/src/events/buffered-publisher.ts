@@ -205,8 +205,8 @@ export class BufferedPublisher {
    */
   private recordUntil = Infinity;
   private callsPastRecordUntil = 0;
-  /** Time a close left unused (the bus down) that the spill gets on top of `spoolTimeoutMs`. */
-  private spillExtraMs = 0;
+  /** Set when a round fails after `close()` was called: the spool is then waited for no more. */
+  private failedWhileClosing = false;
   /** False once `close()` is called: new events are dropped. */
   private accepting = true;
   /** True once the loop should stop. */
@@ -300,6 +300,18 @@ export class BufferedPublisher {
   }
 
   /**
+   * {@link flush} for `close()`: until `deadline`, or with a spool until a round fails.
+   */
+  private async drainForClose(deadline: number): Promise<void> {
+    while (this.size > 0 || this.recording !== undefined) {
+      if (this.spool !== undefined && this.failedWhileClosing) return;
+      const left = deadline - Date.now();
+      if (left <= 0) return;
+      await this.progress.wait(left);
+    }
+  }
+
+  /**
    * Stops accepting events, publishes what is queued and tells the gate for up to `timeoutMs`
    * (past it, the gate call under way and one more at most), then stops the loop. Events still
    * queued then are kept in the spool, or counted as dropped. Publishes started meanwhile time
@@ -307,10 +319,10 @@ export class BufferedPublisher {
    * its `publishTimeoutMs`, which a shorter `timeoutMs` can overrun, and the gate's check of a
    * round keeps its own timeout (a check cut short would publish again what the gate knows was
    * published). A back-off under way ends at the call: the bus may be back, and the close has no
-   * time to wait for the next try. With the bus disconnected at the call and a spool, nothing
-   * waits for the bus: what is queued goes to the spool at once, which gets the rest of
-   * `timeoutMs` on top of its own time (a backlog of an outage is large). Does not close the bus,
-   * which the caller owns.
+   * time to wait for the next try. With a spool, a round that fails while closing (the bus down,
+   * or JetStream not answering) ends the wait: what is queued goes to the spool, which gets the
+   * rest of `timeoutMs` on top of its own time (an outage's backlog is large). Does not close the
+   * bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -326,11 +338,7 @@ export class BufferedPublisher {
           () => undefined,
         );
       }
-      if (this.spool !== undefined && !this.bus.isConnected()) {
-        this.spillExtraMs = Math.max(0, deadline - Date.now());
-      } else {
-        await this.flush(Math.max(0, deadline - Date.now()));
-      }
+      await this.drainForClose(deadline);
       this.loopDone = true;
       this.arrived.notify();
       this.closing.notify();
@@ -437,6 +445,7 @@ export class BufferedPublisher {
         continue;
       }
       const allPublished = await this.publishRound();
+      if (!allPublished && !this.accepting) this.failedWhileClosing = true;
       this.progress.notify();
       if (!allPublished && !this.isClosed()) {
         await this.closing.wait(this.retryDelayMs());
@@ -657,7 +666,8 @@ export class BufferedPublisher {
     let kept = 0;
     if (this.spool !== undefined) {
       const stop = new AbortController();
-      const timeoutMs = this.spoolTimeoutMs + this.spillExtraMs;
+      // With the close's time left when a failed round ended its wait for the bus.
+      const timeoutMs = this.spoolTimeoutMs + Math.max(0, this.recordUntil - Date.now());
       try {
         const events = left.map(({ subject, data, eventId }) => ({ subject, data, eventId }));
         await withTimeout(

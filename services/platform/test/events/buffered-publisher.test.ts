@@ -338,6 +338,40 @@ describe('BufferedPublisher', () => {
     expect(Date.now() - started).toBeLessThan(1_000);
   });
 
+  it('gives the spool the rest of the close once a round fails while closing, the bus connected', async () => {
+    // JetStream not answering: connected, every publish times out. A spool taking 10 events per
+    // 40 ms needs ~400 ms for the 100, more than its own 100 ms.
+    const kept: string[] = [];
+    const slowSpool: EventSpool = {
+      async keep(events, options) {
+        for (let i = 0; i < events.length; i += 10) {
+          if (options?.signal?.aborted) return;
+          await new Promise((resolve) => setTimeout(resolve, 40));
+          const batch = events.slice(i, i + 10);
+          kept.push(...batch.map((event) => event.eventId));
+          options?.onKept?.(batch.length);
+        }
+      },
+      peek: () => Promise.resolve([]),
+      forget: () => Promise.resolve(),
+    };
+    bus.unanswered = true;
+    const events = create({
+      spool: slowSpool,
+      spoolTimeoutMs: 100,
+      publishTimeoutMs: 100,
+      initialRetryDelayMs: 10_000,
+      maxRetryDelayMs: 10_000,
+    });
+    for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBeGreaterThan(0);
+    });
+    await events.close(2_000);
+    expect(events.stats()).toMatchObject({ spooled: 100, dropped: 0 });
+    expect(kept).toHaveLength(100);
+  });
+
   it('tries again at once when closed during a back-off, and publishes if the bus is back', async () => {
     bus.available = false;
     const events = create({ initialRetryDelayMs: 10_000, maxRetryDelayMs: 10_000 });
