@@ -16,6 +16,29 @@ import { installTestMetrics, type TestMetrics } from '../support/metrics';
 import { installTestTracing, type TestTracing } from '../support/tracing';
 import { startEcho } from '../support/echo';
 
+/** A kit server whose log lines are kept in `lines`. */
+function loggingServer(maxMessageBytes: number) {
+  const lines: string[] = [];
+  const logger = createLogger({
+    service: 'responses-test',
+    level: 'info',
+    destination: new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    }),
+  });
+  const server = new GrpcServer({
+    logger,
+    credentials: ServerCredentials.createInsecure(),
+    maxMessageBytes,
+    keepaliveTimeMs: 30_000,
+    keepaliveTimeoutMs: 10_000,
+  });
+  return { server, logger, lines };
+}
+
 describe('a response the server cannot send', () => {
   let tracing: TestTracing;
   let metrics: TestMetrics;
@@ -49,24 +72,7 @@ describe('a response the server cannot send', () => {
   ];
 
   it('is INTERNAL with its ErrorInfo when it does not serialize, logged and recorded so', async () => {
-    const lines: string[] = [];
-    const logger = createLogger({
-      service: 'responses-test',
-      level: 'info',
-      destination: new Writable({
-        write(chunk, _encoding, done) {
-          lines.push(String(chunk));
-          done();
-        },
-      }),
-    });
-    const server = new GrpcServer({
-      logger,
-      credentials: ServerCredentials.createInsecure(),
-      maxMessageBytes: 4 * 1024 * 1024,
-      keepaliveTimeMs: 30_000,
-      keepaliveTimeoutMs: 10_000,
-    });
+    const { server, logger, lines } = loggingServer(4 * 1024 * 1024);
     const definition = { writeFeatures: FeatureStoreServiceService.writeFeatures };
     // A handler's bug: a fraction where the message holds an integer count.
     server.add(
@@ -141,24 +147,7 @@ describe('a response the server cannot send', () => {
 
 describe('a call whose deadline passed while its handler ran', () => {
   it('has its response neither serialized nor logged as too large', async () => {
-    const lines: string[] = [];
-    const logger = createLogger({
-      service: 'responses-test',
-      level: 'info',
-      destination: new Writable({
-        write(chunk, _encoding, done) {
-          lines.push(String(chunk));
-          done();
-        },
-      }),
-    });
-    const server = new GrpcServer({
-      logger,
-      credentials: ServerCredentials.createInsecure(),
-      maxMessageBytes: 64 * 1024,
-      keepaliveTimeMs: 30_000,
-      keepaliveTimeoutMs: 10_000,
-    });
+    const { server, logger, lines } = loggingServer(64 * 1024);
     let serialized = 0;
     const echo = EchoServiceService.echo;
     const definition = {
