@@ -224,6 +224,8 @@ class ReplyEncoder {
       Number.isInteger(reply.asOf) &&
       reply.asOf >= 0;
     if (!wholeTimes) {
+      // Encoded in full before its size is known: the read path sets both times from the clock,
+      // in whole milliseconds, so only a reply made elsewhere (tests) comes this way.
       const bytes = GetOnlineFeaturesResponse.encode(reply.toMessage()).finish();
       if (bytes.length > this.maxBytes) throw responseTooLarge(this.maxBytes, bytes.length);
       return Buffer.from(bytes);
