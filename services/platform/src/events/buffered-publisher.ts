@@ -119,6 +119,12 @@ export interface BufferedPublisherStats {
   readonly restored: number;
 }
 
+/** What a round of publishes achieved (see `publishRound`). */
+type RoundOutcome = 0 | 1 | 2;
+const ALL_ACKED = 0;
+const SOME_ACKED = 1;
+const NONE_ACKED = 2;
+
 const DROP_LOG_INTERVAL_MS = 10_000;
 /** A failing gate is logged at most this often. */
 const GATE_LOG_INTERVAL_MS = 10_000;
@@ -300,7 +306,7 @@ export class BufferedPublisher {
   }
 
   /**
-   * {@link flush} for `close()`: until `deadline`, or with a spool until a round fails.
+   * {@link flush} for `close()`: until `deadline`, or with a spool until a round gets no ack.
    */
   private async drainForClose(deadline: number): Promise<void> {
     while (this.size > 0 || this.recording !== undefined) {
@@ -319,10 +325,12 @@ export class BufferedPublisher {
    * its `publishTimeoutMs`, which a shorter `timeoutMs` can overrun, and the gate's check of a
    * round keeps its own timeout (a check cut short would publish again what the gate knows was
    * published). A back-off under way ends at the call: the bus may be back, and the close has no
-   * time to wait for the next try. With a spool, a round that fails while closing (the bus down,
-   * or JetStream not answering) ends the wait: what is queued goes to the spool, which gets the
-   * rest of `timeoutMs` on top of its own time (an outage's backlog is large). Does not close the
-   * bus, which the caller owns.
+   * time to wait for the next try. With a spool, an outage's backlog (large) goes to the spool
+   * with the rest of `timeoutMs` on top of the spool's own time: at once when the bus is
+   * disconnected at the call, else once a round started while closing gets no ack at all
+   * (JetStream not answering; such a round's publishes time out by half the time left, so that
+   * the other half remains). A round with some acks goes on as usual. Does not close the bus,
+   * which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -330,7 +338,9 @@ export class BufferedPublisher {
       // One deadline for all of it, so a close takes `timeoutMs` (and the spill its own).
       const deadline = Date.now() + timeoutMs;
       this.recordUntil = deadline;
-      this.closing.notify();
+      // Set before the loop can start another round (whose gate check alone may take seconds).
+      if (this.spool !== undefined && !this.bus.isConnected()) this.failedWhileClosing = true;
+      else this.closing.notify();
       // A restore under way stops at its next event; what it queued is published or spilled. Not
       // waited for past the deadline (storage slow): `forget` spares an event kept again since.
       if (this.restoring) {
@@ -444,8 +454,9 @@ export class BufferedPublisher {
         await this.closing.wait();
         continue;
       }
-      const allPublished = await this.publishRound();
-      if (!allPublished && !this.accepting) this.failedWhileClosing = true;
+      const outcome = await this.publishRound();
+      const allPublished = outcome === ALL_ACKED;
+      if (outcome === NONE_ACKED && !this.accepting) this.failedWhileClosing = true;
       this.progress.notify();
       if (!allPublished && !this.isClosed()) {
         await this.closing.wait(this.retryDelayMs());
@@ -464,9 +475,10 @@ export class BufferedPublisher {
 
   /**
    * Publishes up to `maxInFlight` events from the head of the queue at once. Failed ones stay at
-   * the head, in order, for the next round. Returns false when any failed and a back-off is due.
+   * the head, in order, for the next round. Returns whether all, some or none were taken (acked,
+   * or known to the gate); a back-off is due unless all were.
    */
-  private async publishRound(): Promise<boolean> {
+  private async publishRound(): Promise<RoundOutcome> {
     const batch = this.queue.slice(this.head, this.head + this.maxInFlight);
     const skip = await this.alreadyPublished(batch);
     const results = await Promise.allSettled(
@@ -508,7 +520,7 @@ export class BufferedPublisher {
         this.logger.info({ queued: this.size }, 'event bus available again; publishing backlog');
       }
       this.consecutiveFailures = 0;
-      return true;
+      return ALL_ACKED;
     }
     this.failedAttempts += retry.length;
     this.consecutiveFailures++;
@@ -518,7 +530,7 @@ export class BufferedPublisher {
         'event bus unavailable; buffering events',
       );
     }
-    return false;
+    return acked.length === 0 && skip.size === 0 ? NONE_ACKED : SOME_ACKED;
   }
 
   /**
@@ -539,10 +551,12 @@ export class BufferedPublisher {
   /**
    * `timeoutMs`, or less once `close()` has begun: what is left of its time, so that the
    * publishes of a round started while closing end by the close's deadline (a round starts with
-   * {@link CLOSING_ROUND_MIN_MS} left at least).
+   * {@link CLOSING_ROUND_MIN_MS} left at least); with a spool, half of it, so that a round that
+   * fails leaves the spool the other half.
    */
   private withinClose(timeoutMs: number): number {
-    return Math.max(1, Math.min(timeoutMs, this.recordUntil - Date.now()));
+    const left = this.recordUntil - Date.now();
+    return Math.max(1, Math.min(timeoutMs, this.spool === undefined ? left : left / 2));
   }
 
   /** The round's events the gate knows were published; none without a gate or when it fails. */

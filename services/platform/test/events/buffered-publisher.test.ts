@@ -350,6 +350,80 @@ describe('BufferedPublisher', () => {
     expect(kept).toHaveLength(100);
   });
 
+  it('with JetStream not answering, leaves the spool half the close when a round started closing fails', async () => {
+    // As in production, a publish timeout longer than the close: a round started while closing
+    // times out by half the time left, not at the deadline, when nothing would be left to spill.
+    const kept: string[] = [];
+    const spool = slowSpool(10, kept);
+    bus.unanswered = true;
+    const events = create({
+      spool,
+      spoolTimeoutMs: 100,
+      publishTimeoutMs: 5_000,
+      initialRetryDelayMs: 10_000,
+      maxRetryDelayMs: 10_000,
+    });
+    for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    bus.available = false;
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBeGreaterThan(0);
+    });
+    bus.available = true;
+    // ~400 ms of spooling needed: the spool's own 100 ms and half the close's 1.2 s.
+    await events.close(1_200);
+    expect(events.stats()).toMatchObject({ spooled: 100, dropped: 0 });
+  });
+
+  it('goes on publishing when a round while closing got some acks, with a spool', async () => {
+    const kept: string[] = [];
+    const spool = slowSpool(10, kept);
+    let release = (): void => undefined;
+    bus.slow = new Promise<void>((resolve) => (release = resolve));
+    const events = create({ spool, spoolTimeoutMs: 100 });
+    for (let i = 0; i < 200; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    // A round of 32 in flight; one of its acks will be lost.
+    await eventually(() => {
+      expect(bus.attempts).toBeGreaterThan(0);
+    });
+    bus.loseNextAck = true;
+    const closed = events.close(3_000);
+    bus.slow = undefined;
+    release();
+    await closed;
+    expect(events.stats()).toMatchObject({ published: 200, spooled: 0, dropped: 0 });
+    expect(kept).toEqual([]);
+  });
+
+  it('with the bus down at close, starts no round (nor its gate check) before spooling', async () => {
+    // A gate taking 1.5 s to answer (not failing, so not bypassed): a round spends that first.
+    const gate: PublishGate = {
+      alreadyPublished: () =>
+        new Promise((resolve) =>
+          setTimeout(() => {
+            resolve(new Set<string>());
+          }, 1_500),
+        ),
+      published: () => Promise.resolve(),
+    };
+    const kept: string[] = [];
+    const spool = slowSpool(10, kept);
+    bus.available = false;
+    const events = create({
+      spool,
+      gate,
+      spoolTimeoutMs: 200,
+      initialRetryDelayMs: 10_000,
+      maxRetryDelayMs: 10_000,
+    });
+    for (let i = 0; i < 500; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBeGreaterThan(0);
+    }, 5_000);
+    // ~2 s of spooling: the close's 3 s and the spool's own 200 ms, none spent on a round.
+    await events.close(3_000);
+    expect(events.stats()).toMatchObject({ spooled: 500, dropped: 0 });
+  });
+
   it('tries again at once when closed during a back-off, and publishes if the bus is back', async () => {
     bus.available = false;
     const events = create({ initialRetryDelayMs: 10_000, maxRetryDelayMs: 10_000 });
