@@ -21,7 +21,9 @@
  * - `$regex` is RE2 syntax, matched in time linear in the attribute's length (`re2js`): no
  *   backreferences or lookaround (refused when the condition is written), and no pattern such as
  *   `^(a|aa)+$` that backtracking engines (JavaScript's, PCRE in MongoDB, GrowthBook's) take
- *   exponential time over, which would let one attribute value stall a replica.
+ *   exponential time over, which would let one attribute value stall a replica. A condition's
+ *   patterns compile to at most {@link MAX_REGEX_PROGRAM} RE2 instructions together, which bounds
+ *   the factor of that linear time.
  * - Empty `$and/$or/$nor` arrays are invalid here (GrowthBook passes an empty `$or`), as in MongoDB.
  * - A top-level `$not: {query}` is accepted (sift and GrowthBook both support it; MongoDB does not).
  * - An attribute named like a JavaScript property (`constructor`, `toString`, `length`, …) is an
@@ -328,10 +330,23 @@ export const OPERATOR_IN_ALL = 'OPERATOR_IN_ALL';
  */
 export const UNCOMPILABLE_CONDITION = 'UNCOMPILABLE_CONDITION';
 
+/**
+ * The most RE2 instructions a condition's `$regex` patterns may compile to together (plain-text
+ * patterns, tested as strings, excepted). RE2's time is linear in the attribute's length, but
+ * with a factor that grows with the pattern's program: `[a-z]{1000}[a-z]{1000}[a-z]{1000}[0-9]`
+ * (3,003 instructions) took ~4 s on one 60,000-character attribute, where 512 take ~75 ms at the
+ * 64 KiB attribute limit and about a millisecond on a kilobyte. Typical targeting patterns take
+ * 10–50; a long list of alternatives is a `$in`.
+ */
+export const MAX_REGEX_PROGRAM = 512;
+/** The reason of a condition over {@link MAX_REGEX_PROGRAM}; one stored before the limit is kept. */
+export const REGEX_TOO_COMPLEX = 'REGEX_TOO_COMPLEX';
+
 /** Whether a stored condition with this problem is still evaluated (as it was when stored). */
 export function toleratedWhenStored(violation: { readonly reason?: string }): boolean {
   return (
     violation.reason === UNSUPPORTED_REGEX ||
+    violation.reason === REGEX_TOO_COMPLEX ||
     violation.reason === EMPTY_ALL ||
     violation.reason === NOT_OF_VALUE ||
     violation.reason === OPERATOR_IN_ALL ||
@@ -478,6 +493,16 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
   const out: FieldViolation[] = [];
   if (condition === undefined || condition === null) return out;
   validateQuery(condition, path, 0, out);
+  const program = regexProgramSize(condition);
+  if (program > MAX_REGEX_PROGRAM) {
+    out.push(
+      violation(
+        path,
+        `its $regex patterns compile to ${program} RE2 instructions, more than ${MAX_REGEX_PROGRAM}: the time to test an attribute grows with them (write a list of alternatives as $in)`,
+        REGEX_TOO_COMPLEX,
+      ),
+    );
+  }
   // Also beside problems a stored condition may have (EMPTY_ALL, …): it is then evaluated, and
   // what cannot be compiled must be known.
   if (out.every(toleratedWhenStored)) {
@@ -493,6 +518,33 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
     }
   }
   return out;
+}
+
+/**
+ * The RE2 instructions of the `$regex` patterns in `condition` that are tested with RE2 (not as
+ * plain text), together; a pattern RE2 refuses counts nothing (validation reports it).
+ */
+function regexProgramSize(condition: unknown): number {
+  let total = 0;
+  const walk = (value: unknown): void => {
+    if (Array.isArray(value)) {
+      for (const item of value) walk(item);
+      return;
+    }
+    if (value === null || typeof value !== 'object') return;
+    const object = value as Record<string, unknown>;
+    const pattern = object.$regex;
+    if (typeof pattern === 'string' && literalTest(pattern, object.$options) === undefined) {
+      try {
+        total += compileRe2(pattern, object.$options).programSize();
+      } catch {
+        // Not RE2: reported as such.
+      }
+    }
+    for (const key of Object.keys(object)) walk(object[key]);
+  };
+  walk(condition);
+  return total;
 }
 
 /** Why sift refuses to compile a (valid-looking) conjunct as {@link compileConjunct} would. */

@@ -5,6 +5,7 @@ import {
 import {
   InvalidConditionError,
   OPERATOR_IN_ALL,
+  REGEX_TOO_COMPLEX,
   UNCOMPILABLE_CONDITION,
   UNSUPPORTED_REGEX,
   compileCondition,
@@ -364,6 +365,31 @@ describe('validateCondition', () => {
         /^not RE2 syntax \(no backreferences or lookaround\)/,
       );
     }
+  });
+
+  it('refuses patterns whose RE2 program would make testing an attribute slow, together per condition', () => {
+    const reasons = (condition: Condition) =>
+      validateCondition(condition).map((p) => [p.field, p.reason]);
+    // ~4 s on one 60,000-character attribute before the limit.
+    expect(reasons({ ua: { $regex: '[a-z]{1000}[a-z]{1000}[a-z]{1000}[0-9]' } })).toEqual([
+      ['condition', REGEX_TOO_COMPLEX],
+    ]);
+    // Each within it, not both: the time to test a unit's attributes adds up.
+    const half = '[a-z]{300}[0-9]';
+    expect(reasons({ ua: { $regex: half } })).toEqual([]);
+    expect(
+      reasons({ $or: [{ ua: { $regex: half } }, { ref: { $not: { $regex: half } } }] }),
+    ).toEqual([['condition', REGEX_TOO_COMPLEX]]);
+    // Typical patterns, and plain text of any length (tested as a string, not by RE2).
+    expect(
+      reasons({
+        ua: { $regex: '^(iPhone|iPad|iPod)', $options: 'i' },
+        url: { $regex: '^(?:https?://)?(?:www\\.)?example\\.(com|org)/checkout' },
+        ref: { $regex: 'x'.repeat(5_000) },
+      }),
+    ).toEqual([]);
+    // One stored before the limit is still evaluated, as it was.
+    expect(toleratedWhenStored({ reason: REGEX_TOO_COMPLEX })).toBe(true);
   });
 
   it('refuses what sift cannot compile once split and escaped, which the whole condition hid', () => {
