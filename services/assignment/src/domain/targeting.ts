@@ -505,7 +505,7 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
   }
   // Also beside problems a stored condition may have (EMPTY_ALL, …): it is then evaluated, and
   // what cannot be compiled must be known.
-  if (out.every(toleratedWhenStored)) {
+  if (out.every(toleratedWhenStored) && !out.some((v) => v.reason === UNCOMPILABLE_CONDITION)) {
     // Defence in depth: anything sift still refuses is reported, not thrown at resolve time.
     // What is compiled, exactly: the whole condition and each conjunct, escaped as they are.
     const whole = condition as Condition;
@@ -867,6 +867,21 @@ function validateOperators(
       case '$nin':
         if (!Array.isArray(operand) || !isJsonValue(operand, depth)) {
           out.push(violation(at, `${op} takes an array of values`, 'INVALID_OPERAND'));
+        } else {
+          // An operator object among the values (`{$in: [{$gt: 1}]}`): MongoDB refuses it ("cannot
+          // nest $ under $in") and sift cannot compile it. Found here, with its path and beside
+          // the condition's other problems, rather than by the compile check run without them.
+          operand.forEach((item, i) => {
+            if (isPlainObject(item) && Object.keys(item).some((key) => key.startsWith('$'))) {
+              out.push(
+                violation(
+                  `${at}[${i}]`,
+                  `${op} takes values, not operators`,
+                  UNCOMPILABLE_CONDITION,
+                ),
+              );
+            }
+          });
         }
         break;
       case '$all':

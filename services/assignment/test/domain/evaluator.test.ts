@@ -168,8 +168,8 @@ describe('resolve reasons, in the contract order', () => {
     ]);
     expect(snapshot.outdatedConditions.get('hidden')).toEqual(['UNCOMPILABLE_CONDITION']);
     expect(snapshot.outdatedConditions.get('hidden-too')).toEqual([
-      'EMPTY_ALL',
       'UNCOMPILABLE_CONDITION',
+      'EMPTY_ALL',
     ]);
   });
 

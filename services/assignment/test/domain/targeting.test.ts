@@ -392,6 +392,16 @@ describe('validateCondition', () => {
     expect(toleratedWhenStored({ reason: REGEX_TOO_COMPLEX })).toBe(true);
   });
 
+  it('reports an operator among $in values with its path, beside the other problems of the condition', () => {
+    const problems = validateCondition({ a: { $in: [1, { $gt: 1 }] }, b: { $foo: 1 } });
+    expect(problems.map((p) => [p.field, p.reason])).toEqual([
+      ['condition.a.$in[1]', UNCOMPILABLE_CONDITION],
+      ['condition.b.$foo', 'UNKNOWN_OPERATOR'],
+    ]);
+    // A document of plain fields is a value.
+    expect(validateCondition({ a: { $nin: [{ b: 1 }] } })).toEqual([]);
+  });
+
   it('refuses what sift cannot compile once split and escaped, which the whole condition hid', () => {
     // sift reads an object with its own `constructor` or `toJSON` as a value, so it never looked
     // at the `$in` of operators beside it; split into conjuncts, it refuses that `$in`.
