@@ -39,12 +39,17 @@
  * - Objects compare as maps: `{a: {b: 1, c: 2}}` matches `{a: {c: 2, b: 1}}` (MongoDB compares
  *   field order too; a Struct has none).
  * - A literal also matches inside an array nested in an array (`{a: 1}` matches `a: [[1]]`;
- *   MongoDB looks one level deep).
+ *   MongoDB looks one level deep); so do comparisons and `$in` (`{a: {$gt: 5}}` and
+ *   `{a: {$in: [10]}}` match `a: [[10]]`, `{a: {$nin: [10]}}` does not), and a dotted path
+ *   (`{"a.b": 1}` matches `a: [[{b: 1}]]`).
  * - A path through an array's scalars reads them as missing: `{"a.b": null}` matches `a: [1]`.
  * - A numeric segment indexes a string (`{"a.0": "x"}` matches `a: "x"`), does not reach a field
  *   named `0` of an array's documents, and past an array's end is null to `$in: [null]`.
  * - `$elemMatch`'s operator form reaches into an element that is itself an array
  *   (`{$elemMatch: {$gt: 1}}` matches `[1, [2]]`).
+ * - In `$regex`, RE2's `\s` leaves out the vertical tab, which PCRE's includes, and `\v` is the
+ *   vertical tab alone, where PCRE reads any vertical space (line feed, carriage return, form
+ *   feed, U+0085, U+2028, U+2029): write those characters out in a class.
  */
 import {
   $and,
