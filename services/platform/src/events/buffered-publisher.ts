@@ -328,9 +328,10 @@ export class BufferedPublisher {
    * time to wait for the next try. With a spool, an outage's backlog (large) goes to the spool
    * with the rest of `timeoutMs` on top of the spool's own time: at once when the bus is
    * disconnected at the call, else once a round started while closing gets no ack at all
-   * (JetStream not answering; such a round's publishes time out by half the time left, so that
-   * the other half remains). A round with some acks goes on as usual. Does not close the bus,
-   * which the caller owns.
+   * (JetStream not answering; when the bus was failing already, such a round's publishes time
+   * out by half the time left, so that the other half remains), and before a slow gate is told
+   * its backlog. A round with some acks goes on, retried after the shortest back-off. Does not
+   * close the bus, which the caller owns.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.accepting) {
@@ -459,9 +460,16 @@ export class BufferedPublisher {
       if (outcome === NONE_ACKED && !this.accepting) this.failedWhileClosing = true;
       this.progress.notify();
       if (!allPublished && !this.isClosed()) {
-        await this.closing.wait(this.retryDelayMs());
+        // While closing, no long back-off: the close has only its own time left.
+        const delayMs = this.retryDelayMs();
+        await this.closing.wait(
+          this.accepting ? delayMs : Math.min(delayMs, this.initialRetryDelayMs),
+        );
       }
     }
+    // Given up on the bus: what is queued goes to the spool first, with the close's time, before
+    // a slow gate is told its backlog (which would take that time; acks are only remembered).
+    if (this.spool !== undefined && this.failedWhileClosing) await this.spillQueue();
     // The recording under way, then what a bypassed gate was not told, once more before stopping.
     clearTimeout(this.recordTimer);
     this.recordTimer = undefined;
@@ -551,12 +559,14 @@ export class BufferedPublisher {
   /**
    * `timeoutMs`, or less once `close()` has begun: what is left of its time, so that the
    * publishes of a round started while closing end by the close's deadline (a round starts with
-   * {@link CLOSING_ROUND_MIN_MS} left at least); with a spool, half of it, so that a round that
-   * fails leaves the spool the other half.
+   * {@link CLOSING_ROUND_MIN_MS} left at least); with a spool and the bus failing already, half
+   * of it, so that a round that fails again leaves the spool the other half. (A bus that has not
+   * failed gets it all: a healthy NATS slow to ack is not taken for an outage.)
    */
   private withinClose(timeoutMs: number): number {
     const left = this.recordUntil - Date.now();
-    return Math.max(1, Math.min(timeoutMs, this.spool === undefined ? left : left / 2));
+    const halve = this.spool !== undefined && this.consecutiveFailures > 0;
+    return Math.max(1, Math.min(timeoutMs, halve ? left / 2 : left));
   }
 
   /** The round's events the gate knows were published; none without a gate or when it fails. */

@@ -43,6 +43,8 @@ class SwitchableBus implements EventBus {
   slow: Promise<void> | undefined;
   /** When set, publishes get no ack and fail at their timeout, as NATS's do. */
   unanswered = false;
+  /** When set, an event is stored at once and acked this much later (or fails at its timeout). */
+  ackDelayMs = 0;
   attempts = 0;
 
   constructor(private readonly inner: EventBus) {}
@@ -67,6 +69,13 @@ class SwitchableBus implements EventBus {
     }
     await this.slow;
     const ack = await this.inner.publish(subject, codec, event, options);
+    if (this.ackDelayMs > 0) {
+      await new Promise((resolve) =>
+        setTimeout(resolve, Math.min(this.ackDelayMs, options.timeoutMs ?? Infinity)),
+      );
+      if (this.ackDelayMs > (options.timeoutMs ?? Infinity))
+        throw new UnavailableError('publish ack timed out');
+    }
     if (this.loseNextAck) {
       this.loseNextAck = false;
       throw new UnavailableError('publish ack timed out');
@@ -423,6 +432,48 @@ describe('BufferedPublisher', () => {
     await events.close(3_000);
     expect(events.stats()).toMatchObject({ spooled: 500, dropped: 0 });
   });
+
+  it('does not take a healthy NATS slow to ack for an outage while closing', async () => {
+    // Acked 1.2 s after each publish: in a 3 s close, two rounds of 32 fit.
+    bus.ackDelayMs = 1_200;
+    const kept: string[] = [];
+    const events = create({ spool: slowSpool(100, kept), spoolTimeoutMs: 1_000 });
+    for (let i = 0; i < 96; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    await events.close(3_000);
+    expect(events.stats().dropped).toBe(0);
+    expect(events.stats().published).toBeGreaterThanOrEqual(64);
+  });
+
+  it('with the bus down at close, spools before telling a slow gate its backlog', async () => {
+    // A slow gate (1.5 s a call of 1,024 ids), not a failing one: 6,000 acked ids to tell it.
+    const gate: PublishGate = {
+      alreadyPublished: () => Promise.resolve(new Set<string>()),
+      published: () =>
+        new Promise((resolve) => {
+          setTimeout(resolve, 1_500);
+        }),
+    };
+    const kept: string[] = [];
+    const events = create({
+      gate,
+      spool: slowSpool(10, kept),
+      spoolTimeoutMs: 200,
+      initialRetryDelayMs: 10_000,
+      maxRetryDelayMs: 10_000,
+    });
+    for (let i = 0; i < 6_000; i++) events.enqueue(SUBJECT, EchoRequest, echo(`p${i}`), `p${i}`);
+    await eventually(() => {
+      expect(events.stats().published).toBe(6_000);
+    });
+    bus.available = false;
+    for (let i = 0; i < 300; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+    await eventually(() => {
+      expect(events.stats().failedAttempts).toBeGreaterThan(0);
+    });
+    // 300 events at 10 per 40 ms: 1.2 s of spooling, within the close's 3 s.
+    await events.close(3_000);
+    expect(events.stats()).toMatchObject({ spooled: 300, dropped: 0 });
+  }, 30_000);
 
   it('tries again at once when closed during a back-off, and publishes if the bus is back', async () => {
     bus.available = false;
