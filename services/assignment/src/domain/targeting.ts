@@ -339,11 +339,12 @@ export const UNCOMPILABLE_CONDITION = 'UNCOMPILABLE_CONDITION';
  * The most RE2 instructions a condition's `$regex` patterns may compile to together (plain-text
  * patterns, tested as strings, excepted). RE2's time is linear in the attribute's length, but
  * with a factor that grows with the pattern's program: `[a-z]{1000}[a-z]{1000}[a-z]{1000}[0-9]`
- * (3,003 instructions) took ~4 s on one 60,000-character attribute, where 512 take ~75 ms at the
- * 64 KiB attribute limit and about a millisecond on a kilobyte. Typical targeting patterns take
- * 10–50; a long list of alternatives is a `$in`.
+ * (3,003 instructions) took ~4 s on one 60,000-character attribute, where 1,000 took ~150 ms at
+ * the 64 KiB attribute limit and take a few milliseconds on a kilobyte. Typical targeting
+ * patterns take 10–50, a length check such as `^.{0,255}$` 514 (counted repetition is expanded);
+ * a long list of alternatives is a `$in`.
  */
-export const MAX_REGEX_PROGRAM = 512;
+export const MAX_REGEX_PROGRAM = 1_024;
 /** The reason of a condition over {@link MAX_REGEX_PROGRAM}; one stored before the limit is kept. */
 export const REGEX_TOO_COMPLEX = 'REGEX_TOO_COMPLEX';
 
@@ -527,28 +528,43 @@ export function validateCondition(condition: unknown, path = 'condition'): Field
 
 /**
  * The RE2 instructions of the `$regex` patterns in `condition` that are tested with RE2 (not as
- * plain text), together; a pattern RE2 refuses counts nothing (validation reports it).
+ * plain text), together; a pattern RE2 refuses counts nothing (validation reports it). Only the
+ * operators of fields are looked at, as validation reads them: a `$regex` key inside a value
+ * (`{$eq: {$regex: …}}`) is a value.
  */
 function regexProgramSize(condition: unknown): number {
   let total = 0;
-  const walk = (value: unknown): void => {
-    if (Array.isArray(value)) {
-      for (const item of value) walk(item);
-      return;
+  const query = (value: unknown): void => {
+    if (!isPlainObject(value)) return;
+    for (const [key, operand] of Object.entries(value)) {
+      if (key === '$and' || key === '$or' || key === '$nor') {
+        if (Array.isArray(operand)) operand.forEach(query);
+      } else if (key === '$not') {
+        query(operand);
+      } else if (!key.startsWith('$') && isOperatorObject(operand)) {
+        operators(operand);
+      }
     }
-    if (value === null || typeof value !== 'object') return;
-    const object = value as Record<string, unknown>;
-    const pattern = object.$regex;
-    if (typeof pattern === 'string' && literalTest(pattern, object.$options) === undefined) {
+  };
+  const operators = (ops: Record<string, unknown>): void => {
+    const pattern = ops.$regex;
+    if (typeof pattern === 'string' && literalTest(pattern, ops.$options) === undefined) {
       try {
-        total += compileRe2(pattern, object.$options).programSize();
+        total += compileRe2(pattern, ops.$options).programSize();
       } catch {
         // Not RE2: reported as such.
       }
     }
-    for (const key of Object.keys(object)) walk(object[key]);
+    for (const [op, operand] of Object.entries(ops)) {
+      if (op === '$not' || op === '$elemMatch') {
+        if (isOperatorObject(operand)) operators(operand);
+        else query(operand);
+      } else if (op === '$all' && Array.isArray(operand)) {
+        for (const item of operand) if (isOperatorObject(item)) operators(item);
+      }
+    }
   };
-  walk(condition);
+  query(condition);
   return total;
 }
 

@@ -375,11 +375,24 @@ describe('validateCondition', () => {
       ['condition', REGEX_TOO_COMPLEX],
     ]);
     // Each within it, not both: the time to test a unit's attributes adds up.
-    const half = '[a-z]{300}[0-9]';
+    const half = '[a-z]{600}[0-9]';
     expect(reasons({ ua: { $regex: half } })).toEqual([]);
     expect(
       reasons({ $or: [{ ua: { $regex: half } }, { ref: { $not: { $regex: half } } }] }),
     ).toEqual([['condition', REGEX_TOO_COMPLEX]]);
+    // A length check (514 instructions) is within it; a `$regex` key inside a value is a value.
+    expect(reasons({ name: { $regex: '^.{0,255}$' } })).toEqual([]);
+    const big = '^[ab]{600}$';
+    expect(
+      reasons({
+        a: { $eq: { $regex: big } },
+        b: { $in: [{ c: { $regex: big } }] },
+        d: { $regex: big },
+      }),
+    ).toEqual([]);
+    expect(reasons({ a: { $elemMatch: { b: { $regex: big } } }, d: { $regex: big } })).toEqual([
+      ['condition', REGEX_TOO_COMPLEX],
+    ]);
     // Typical patterns, and plain text of any length (tested as a string, not by RE2).
     expect(
       reasons({

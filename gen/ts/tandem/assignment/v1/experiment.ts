@@ -219,7 +219,7 @@ export interface Experiment {
    * operators: `$eq $ne $in $nin $gt $gte $lt $lte $exists $regex $elemMatch $size $all $and
    * $or $nor $not`, with dotted paths. Empty matches every unit. An invalid condition is rejected
    * with INVALID_ARGUMENT. `$regex` takes RE2 syntax, matched in linear time (no backreferences or
-   * lookaround: reason UNSUPPORTED_REGEX); a condition's patterns compile to at most 512 RE2
+   * lookaround: reason UNSUPPORTED_REGEX); a condition's patterns compile to at most 1,024 RE2
    * instructions together (REGEX_TOO_COMPLEX). At most 64 KiB as JSON.
    */
   condition?:
