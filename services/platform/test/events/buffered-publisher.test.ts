@@ -337,51 +337,36 @@ describe('BufferedPublisher', () => {
     expect(kept).toHaveLength(10);
   });
 
-  it('gives the spool the rest of the close once a round fails while closing, the bus connected', async () => {
-    // JetStream not answering: connected, every publish times out. A spool taking 10 events per
-    // 40 ms needs ~400 ms for the 100, more than its own 100 ms.
-    const kept: string[] = [];
-    const spool = slowSpool(10, kept);
-    bus.unanswered = true;
-    const events = create({
-      spool,
-      spoolTimeoutMs: 100,
-      publishTimeoutMs: 100,
-      initialRetryDelayMs: 10_000,
-      maxRetryDelayMs: 10_000,
-    });
-    for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
-    await eventually(() => {
-      expect(events.stats().failedAttempts).toBeGreaterThan(0);
-    });
-    await events.close(2_000);
-    expect(events.stats()).toMatchObject({ spooled: 100, dropped: 0 });
-    expect(kept).toHaveLength(100);
-  });
-
-  it('with JetStream not answering, leaves the spool half the close when a round started closing fails', async () => {
-    // As in production, a publish timeout longer than the close: a round started while closing
-    // times out by half the time left, not at the deadline, when nothing would be left to spill.
-    const kept: string[] = [];
-    const spool = slowSpool(10, kept);
-    bus.unanswered = true;
-    const events = create({
-      spool,
-      spoolTimeoutMs: 100,
-      publishTimeoutMs: 5_000,
-      initialRetryDelayMs: 10_000,
-      maxRetryDelayMs: 10_000,
-    });
-    for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
-    bus.available = false;
-    await eventually(() => {
-      expect(events.stats().failedAttempts).toBeGreaterThan(0);
-    });
-    bus.available = true;
-    // ~400 ms of spooling needed: the spool's own 100 ms and half the close's 1.2 s.
-    await events.close(1_200);
-    expect(events.stats()).toMatchObject({ spooled: 100, dropped: 0 });
-  });
+  // JetStream not answering: connected, every publish times out. A spool taking 10 events per
+  // 40 ms needs ~400 ms for the 100, more than its own 100 ms. With a publish timeout longer than
+  // the close, as in production, a round started while closing times out by half the time left
+  // (the bus failing already), not at the deadline, when nothing would be left to spill.
+  it.each([
+    { publishTimeoutMs: 100, closeMs: 2_000 },
+    { publishTimeoutMs: 5_000, closeMs: 1_200 },
+  ])(
+    'with JetStream not answering, gives the spool the rest of the close (publish timeout $publishTimeoutMs ms)',
+    async ({ publishTimeoutMs, closeMs }) => {
+      const kept: string[] = [];
+      const events = create({
+        spool: slowSpool(10, kept),
+        spoolTimeoutMs: 100,
+        publishTimeoutMs,
+        initialRetryDelayMs: 10_000,
+        maxRetryDelayMs: 10_000,
+      });
+      bus.unanswered = true;
+      bus.available = false;
+      for (let i = 0; i < 100; i++) events.enqueue(SUBJECT, EchoRequest, echo(`e${i}`), `e${i}`);
+      await eventually(() => {
+        expect(events.stats().failedAttempts).toBeGreaterThan(0);
+      });
+      bus.available = true;
+      await events.close(closeMs);
+      expect(events.stats()).toMatchObject({ spooled: 100, dropped: 0 });
+      expect(kept).toHaveLength(100);
+    },
+  );
 
   it('goes on publishing when a round while closing got some acks, with a spool', async () => {
     const kept: string[] = [];
