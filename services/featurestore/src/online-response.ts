@@ -116,11 +116,10 @@ export class OnlineFeaturesReply {
     };
   }
 
-  /** The protobuf encoding of `toMessage()`, written directly. */
   /**
-   * The response's bytes; RESOURCE_EXHAUSTED as soon as they would pass `maxBytes`, before the
-   * buffer (or the encodings of its rare values) is made: repeated rows make a read's size
-   * unbounded by its request's.
+   * The protobuf encoding of `toMessage()`, written directly; RESOURCE_EXHAUSTED as soon as it
+   * would pass `maxBytes`, before the buffer (or the encodings of its rare values) is made:
+   * repeated rows make a read's size unbounded by its request's.
    */
   encode(maxBytes = Infinity): Buffer {
     return new ReplyEncoder(this, maxBytes).encode();

@@ -119,11 +119,8 @@ export interface BufferedPublisherStats {
   readonly restored: number;
 }
 
-/** What a round of publishes achieved (see `publishRound`). */
-type RoundOutcome = 0 | 1 | 2;
-const ALL_ACKED = 0;
-const SOME_ACKED = 1;
-const NONE_ACKED = 2;
+/** Which of a round's events were taken: acked, or known to the gate (see `publishRound`). */
+type RoundOutcome = 'all' | 'some' | 'none';
 
 const DROP_LOG_INTERVAL_MS = 10_000;
 /** A failing gate is logged at most this often. */
@@ -456,8 +453,8 @@ export class BufferedPublisher {
         continue;
       }
       const outcome = await this.publishRound();
-      const allPublished = outcome === ALL_ACKED;
-      if (outcome === NONE_ACKED && !this.accepting) this.failedWhileClosing = true;
+      const allPublished = outcome === 'all';
+      if (outcome === 'none' && !this.accepting) this.failedWhileClosing = true;
       this.progress.notify();
       if (!allPublished && !this.isClosed()) {
         // While closing, no long back-off: the close has only its own time left.
@@ -528,7 +525,7 @@ export class BufferedPublisher {
         this.logger.info({ queued: this.size }, 'event bus available again; publishing backlog');
       }
       this.consecutiveFailures = 0;
-      return ALL_ACKED;
+      return 'all';
     }
     this.failedAttempts += retry.length;
     this.consecutiveFailures++;
@@ -538,7 +535,7 @@ export class BufferedPublisher {
         'event bus unavailable; buffering events',
       );
     }
-    return acked.length === 0 && skip.size === 0 ? NONE_ACKED : SOME_ACKED;
+    return acked.length === 0 && skip.size === 0 ? 'none' : 'some';
   }
 
   /**

@@ -446,12 +446,8 @@ class ServerCallContext implements CallContext {
     return this.controller.signal;
   }
 
-  get isCancelled(): boolean {
-    return this.cancelledAt !== undefined;
-  }
-
-  /** {@link isCancelled} as a call, read again after an `await` (where a getter is narrowed). */
-  cancelledNow(): boolean {
+  /** Whether grpc-js has answered the call as cancelled (a method: read again after awaits). */
+  isCancelled(): boolean {
     return this.cancelledAt !== undefined;
   }
 
@@ -531,7 +527,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
     const span = sent === undefined ? undefined : startSpan(sent);
     const execute = async (): Promise<unknown> => {
       // Cancelled while it waited for its turn (see `HandlerPacer`): grpc-js has answered it.
-      if (ctx.isCancelled) throw cancelledError();
+      if (ctx.isCancelled()) throw cancelledError();
       // Its deadline passed while it waited (behind a handler that held the loop, which also
       // held grpc-js's deadline timer): nobody waits for its result, so it does not run.
       if (deadline !== undefined && deadline.getTime() <= Date.now()) {
@@ -540,7 +536,7 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
       auth?.check(call.metadata);
       const response = await body(ctx);
       // Cancelled or past its deadline meanwhile: grpc-js has answered, and would not send it.
-      if (respond === undefined || ctx.cancelledNow()) return response;
+      if (respond === undefined || ctx.isCancelled()) return response;
       const bytes = respond(response);
       if (bytes instanceof Error) throw bytes;
       return bytes;

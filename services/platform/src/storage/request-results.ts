@@ -398,20 +398,17 @@ export class RequestResults {
     ofThisRequest: (stored: RequestResultDocument) => boolean,
   ): Promise<Uint8Array | undefined> {
     if (error instanceof InvalidArgumentError || !(error instanceof TandemError)) return undefined;
-    for (let read = 0; read < 2; read++) {
-      if (read > 0) {
-        if (!CONFLICTS.has(error.code)) return undefined;
-        await new Promise((resolve) => setTimeout(resolve, FIRST_RESULT_WAIT_MS));
-      }
-      let stored: RequestResultDocument | undefined;
-      try {
-        stored = (await this.collection.get(id))?.doc;
-      } catch {
-        return undefined;
-      }
-      if (stored !== undefined) return ofThisRequest(stored) ? stored.response : undefined;
+    const read = () =>
+      this.collection.get(id).then(
+        (found) => found?.doc,
+        () => undefined,
+      );
+    let stored = await read();
+    if (stored === undefined && CONFLICTS.has(error.code)) {
+      await new Promise((resolve) => setTimeout(resolve, FIRST_RESULT_WAIT_MS));
+      stored = await read();
     }
-    return undefined;
+    return stored !== undefined && ofThisRequest(stored) ? stored.response : undefined;
   }
 }
 
