@@ -3,18 +3,17 @@
  * what the call's span, its `rpc.server.call.duration` point and the log record.
  */
 import { Writable } from 'node:stream';
-import { credentials, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
+import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { FeatureStoreServiceService } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { createClient } from '../../src/grpc/client';
 import { implement } from '../../src/grpc/handlers';
-import { GrpcServer } from '../../src/grpc/server';
 import { createLogger } from '../../src/logging';
 import { failure } from '../support/failure';
 import { installTestMetrics, type TestMetrics } from '../support/metrics';
 import { installTestTracing, type TestTracing } from '../support/tracing';
-import { startEcho } from '../support/echo';
+import { startEcho, testServer } from '../support/echo';
 
 /** A kit server whose log lines are kept in `lines`. */
 function loggingServer(maxMessageBytes: number) {
@@ -29,14 +28,7 @@ function loggingServer(maxMessageBytes: number) {
       },
     }),
   });
-  const server = new GrpcServer({
-    logger,
-    credentials: ServerCredentials.createInsecure(),
-    maxMessageBytes,
-    keepaliveTimeMs: 30_000,
-    keepaliveTimeoutMs: 10_000,
-  });
-  return { server, logger, lines };
+  return { ...testServer(maxMessageBytes, logger), lines };
 }
 
 describe('a response the server cannot send', () => {

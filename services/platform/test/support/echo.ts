@@ -110,13 +110,14 @@ export interface RunningEcho {
   readonly logger: Logger;
 }
 
-/** Starts the echo service through the kit on localhost:0, serving. */
-/** A kit server for tests (insecure, silent, unbound), with its logger. */
-export function testServer(maxMessageBytes = 4 * 1024 * 1024): {
+/** A kit server for tests (insecure, unbound; silent unless given a logger), with its logger. */
+export function testServer(
+  maxMessageBytes = 4 * 1024 * 1024,
+  logger: Logger = createLogger({ service: 'echo-test', level: 'silent' }),
+): {
   server: GrpcServer;
   logger: Logger;
 } {
-  const logger = createLogger({ service: 'echo-test', level: 'silent' });
   const server = new GrpcServer({
     logger,
     credentials: ServerCredentials.createInsecure(),
@@ -127,6 +128,7 @@ export function testServer(maxMessageBytes = 4 * 1024 * 1024): {
   return { server, logger };
 }
 
+/** Starts the echo service through the kit on localhost:0, serving. */
 export async function startEcho(
   options: {
     auth?: AdminAuth;
