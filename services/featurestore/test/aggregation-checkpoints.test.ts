@@ -14,7 +14,12 @@ import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { openMongoStore } from '../../platform/src/storage/mongo-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../../platform/test/support/integration';
 import { overridingCollections } from '../../platform/test/support/wrapped-store';
-import { WindowAggregator } from '../src/domain/window-aggregation';
+import { ValueType } from '../src/domain/feature-values';
+import {
+  AggregationFunction,
+  WindowAggregator,
+  type WindowAggregatorOptions,
+} from '../src/domain/window-aggregation';
 import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
 import { playsCountOptions } from './support/fixtures';
 
@@ -264,6 +269,44 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     expect(restored?.checkpoint.seenEventIds.map(([id]) => id)).toEqual(['e1']);
     const again = WindowAggregator.restore(options, restored!.checkpoint);
     expect(again.read(['i1'], now).values).toEqual([1]);
+  });
+
+  it('restores a state larger than one stored piece unchanged when a piece would end inside a surrogate pair', async () => {
+    // A state is stored in pieces of 4,000,000 UTF-16 code units; a cut between the two halves of
+    // a pair (an emoji) would leave lone surrogates, which storage keeps as U+FFFD.
+    const piece = 4_000_000;
+    const titles: WindowAggregatorOptions = {
+      aggregations: [
+        {
+          feature: 'last_title',
+          function: AggregationFunction.Last,
+          windowMs: 3_600_000,
+          bucketMs: 60_000,
+          valueType: ValueType.String,
+        },
+      ],
+      allowedLatenessMs: 3_600_000,
+    };
+    const now = Date.now();
+    const titled = (padding: number): WindowAggregator => {
+      const aggregator = new WindowAggregator(titles);
+      const title = `${'x'.repeat(padding)}🎵 song`;
+      aggregator.ingest({ eventId: 'e1', key: 'i1', eventTime: now, values: [title] }, now);
+      return aggregator;
+    };
+    const stateJson = (aggregator: WindowAggregator): string =>
+      JSON.stringify({ ...aggregator.checkpoint({ seenEventIds: false }), seenEventIds: [] });
+    const aggregator = titled(piece - 1 - stateJson(titled(0)).indexOf('🎵'));
+    expect(stateJson(aggregator).charCodeAt(piece - 1)).toBe('🎵'.charCodeAt(0));
+    const title = aggregator.read(['i1'], now).values[0];
+
+    const checkpoints = await AggregationCheckpoints.open(store);
+    await checkpoints
+      .forOwner('titles', replica)
+      .write(aggregator.checkpoint({ seenEventIds: false }), [['e1', now + 3_600_000]], {});
+    const restored = await checkpoints.forOwner('titles', replica).restore();
+    const again = WindowAggregator.restore(titles, restored!.checkpoint);
+    expect(again.read(['i1'], now).values[0]).toBe(title);
   });
 
   it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {

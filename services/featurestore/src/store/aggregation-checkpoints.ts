@@ -116,6 +116,24 @@ function seenIdsOf(doc: CheckpointDocument): readonly (readonly [string, number]
   return doc.ids ?? [];
 }
 
+/**
+ * `json` cut into pieces of at most {@link CHUNK_CHARS} code units, never between the two halves
+ * of a surrogate pair: a lone surrogate is stored (as UTF-8) as U+FFFD, which would change the
+ * restored state.
+ */
+function chunksOf(json: string): string[] {
+  const chunks: string[] = [];
+  let start = 0;
+  do {
+    let end = Math.min(json.length, start + CHUNK_CHARS);
+    const last = json.charCodeAt(end - 1);
+    if (end < json.length && last >= 0xd800 && last <= 0xdbff) end--;
+    chunks.push(json.slice(start, end));
+    start = end;
+  } while (start < json.length);
+  return chunks;
+}
+
 /** How many failed writes' state chunks a writer deletes after its next write (see `abandoned`). */
 const ABANDONED_KEPT = 16;
 
@@ -209,11 +227,12 @@ export class CheckpointWriter {
     // The seen-set goes in the appended seen-id documents, not in the state.
     const json = JSON.stringify({ ...checkpoint, seenEventIds: [] });
     const generation = ++this.lastGeneration;
-    const chunkCount = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
+    const chunks = chunksOf(json);
+    const chunkCount = chunks.length;
     const seenSequence = newSeenIds.length > 0 ? ++this.lastSeenSequence : this.seenSequence;
     try {
       return await this.writeGeneration(
-        json,
+        chunks,
         { generation, chunkCount, seenSequence },
         newSeenIds,
         extraCounters,
@@ -232,7 +251,7 @@ export class CheckpointWriter {
   }
 
   private async writeGeneration(
-    json: string,
+    chunks: readonly string[],
     numbers: { generation: number; chunkCount: number; seenSequence: number },
     newSeenIds: readonly (readonly [string, number])[],
     extraCounters: Readonly<Record<string, number>>,
@@ -244,7 +263,7 @@ export class CheckpointWriter {
         owner: this.owner,
         kind: 'state',
         generation,
-        data: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS),
+        data: chunks[i],
       });
     }
     if (newSeenIds.length > 0) {
