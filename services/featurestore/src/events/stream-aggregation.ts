@@ -22,6 +22,7 @@
  * so the stream is replayed into the empty state rather than resumed after events the state never
  * held (a view deleted and applied again under the same name, or a checkpoint lost).
  */
+import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import { UnavailableError } from '../../../platform/src/errors';
 import { withTimeout } from '../../../platform/src/timeout';
 import type { Logger } from '../../../platform/src/logging';
@@ -204,11 +205,15 @@ export class StreamAggregation {
         this.resetDurable = true;
       }
     }
-    this.timer = setInterval(() => {
-      this.forgetIdleKeysIfDue();
-      void this.checkpointIfDirty();
-    }, this.parts.checkpointIntervalMs);
-    this.starting = this.startConsumer();
+    // Background work for the life of the view: not part of the call that applied it (an
+    // ApplyFeatureView's trace would otherwise collect every checkpoint, forever).
+    context.with(ROOT_CONTEXT, () => {
+      this.timer = setInterval(() => {
+        this.forgetIdleKeysIfDue();
+        void this.checkpointIfDirty();
+      }, this.parts.checkpointIntervalMs);
+      this.starting = this.startConsumer();
+    });
   }
 
   /**
