@@ -3,7 +3,7 @@
  * and `span_id`, so a log line leads to its trace and back. Logged errors (`err`) have the
  * credentials of any URL in them replaced, causes included.
  */
-import { trace } from '@opentelemetry/api';
+import { isSpanContextValid, trace } from '@opentelemetry/api';
 import { pino, type Logger, type LevelWithSilent, type DestinationStream } from 'pino';
 
 export type { Logger } from 'pino';
@@ -83,8 +83,11 @@ export function createLogger(options: LoggerOptions): Logger {
     mixin() {
       const span = trace.getActiveSpan();
       if (!span) return {};
-      const { traceId, spanId } = span.spanContext();
-      return { trace_id: traceId, span_id: spanId };
+      // A call that brought baggage but no valid trace runs in a span without one (all zeros),
+      // which would join every such call's lines under one id.
+      const spanContext = span.spanContext();
+      if (!isSpanContextValid(spanContext)) return {};
+      return { trace_id: spanContext.traceId, span_id: spanContext.spanId };
     },
   };
   return options.destination ? pino(settings, options.destination) : pino(settings);
