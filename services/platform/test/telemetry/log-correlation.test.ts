@@ -1,5 +1,5 @@
 /**
- * Observability review: log correlation on a service that exports no spans (no tracer provider,
+ * Log correlation on a service that exports no spans (no tracer provider,
  * the default), as the NodeSDK sets it up: W3C trace context and baggage propagators, no provider.
  * A caller that sends `baggage` but no `traceparent` (a gateway adding a tenant) must not get log
  * lines stamped with the all-zero invalid trace id, which every such line would then share.
