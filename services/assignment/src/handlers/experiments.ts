@@ -61,6 +61,7 @@ import {
   retiredId,
   under,
   versionOf,
+  statusFilter,
 } from './requests';
 
 type Service = typeof AssignmentServiceService;
@@ -406,7 +407,12 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
 
     listExperiments: (request) => {
       const violations: FieldViolation[] = [];
-      const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
+      const statuses = statusFilter(
+        request.statuses,
+        ExperimentStatus,
+        'EXPERIMENT_STATUS_',
+        violations,
+      );
       const filters = JSON.stringify(['experiments', statuses, request.layerId, request.surface]);
       const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
       rejectIfAny('request', violations);

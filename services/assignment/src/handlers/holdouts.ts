@@ -38,6 +38,7 @@ import {
   retiredId,
   under,
   versionOf,
+  statusFilter,
 } from './requests';
 
 type HoldoutHandlers = Pick<
@@ -155,7 +156,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
 
     listHoldouts: (request) => {
       const violations: FieldViolation[] = [];
-      const statuses = [...new Set(request.statuses.map(Number).filter((s) => s !== 0))].sort();
+      const statuses = statusFilter(request.statuses, HoldoutStatus, 'HOLDOUT_STATUS_', violations);
       const filters = JSON.stringify(['holdouts', statuses, request.layerId, request.surface]);
       const pageOf = pageRequest(request.pageSize, request.pageToken, filters, violations);
       rejectIfAny('request', violations);

@@ -138,6 +138,31 @@ export interface PageRequest {
   readonly afterId: string | undefined;
 }
 
+/**
+ * The statuses of a list request's `statuses` filter, deduplicated and sorted; UNSPECIFIED (0) is
+ * ignored. A value that is no status (a typo, or a newer client's) is a violation rather than a
+ * filter that nothing matches: an empty list would read as "none in that state".
+ */
+export function statusFilter(
+  statuses: readonly number[],
+  known: Readonly<Record<string, number>>,
+  enumPrefix: string,
+  violations: FieldViolation[],
+): number[] {
+  const names = Object.keys(known).map((name) => `${enumPrefix}${name}`);
+  const values = new Set(Object.values(known));
+  statuses.forEach((status, i) => {
+    if (status !== 0 && !values.has(status)) {
+      violations.push({
+        field: `statuses[${i}]`,
+        description: `must be one of ${names.join(', ')}`,
+        reason: 'UNKNOWN_STATUS',
+      });
+    }
+  });
+  return [...new Set(statuses.map(Number).filter((s) => s !== 0))].sort((a, b) => a - b);
+}
+
 /** Reads `page_size` and `page_token`, collecting violations. `filters` binds the token. */
 export function pageRequest(
   pageSize: number,

@@ -1431,6 +1431,37 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(inLayer.experiments.map((e) => e.id)).toEqual(['checkout-a']);
       });
+
+      it('refuses a status filter value that is no status, rather than answering that none is in it', async () => {
+        const { client } = service;
+        // A typo, or a client built against a newer contract: 9 is no status.
+        const experiments = await failure(
+          client.listExperiments(
+            ListExperimentsRequest.fromPartial({
+              statuses: [ExperimentStatus.EXPERIMENT_STATUS_RUNNING, 9 as never],
+              pageSize: -1,
+            }),
+          ),
+        );
+        expect(experiments.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fieldReasons(experiments).sort()).toEqual([
+          ['page_size', 'OUT_OF_RANGE'],
+          ['statuses[1]', 'UNKNOWN_STATUS'],
+        ]);
+        const holdouts = await failure(
+          client.listHoldouts(ListHoldoutsRequest.fromPartial({ statuses: [9 as never] })),
+        );
+        expect(holdouts.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fields(holdouts)).toEqual(['statuses[0]']);
+        // Unset (0) still means any status.
+        await expect(
+          client.listHoldouts(
+            ListHoldoutsRequest.fromPartial({
+              statuses: [HoldoutStatus.HOLDOUT_STATUS_UNSPECIFIED],
+            }),
+          ),
+        ).resolves.toBeDefined();
+      });
     });
 
     describe('resolve and apply', () => {

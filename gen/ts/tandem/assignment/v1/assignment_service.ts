@@ -162,7 +162,10 @@ export interface ListExperimentsRequest {
   pageSize: number;
   /** Optional. The `next_page_token` of a previous response with the same filters. */
   pageToken: string;
-  /** Optional. Only experiments in one of these statuses; any status when empty. */
+  /**
+   * Optional. Only experiments in one of these statuses; any status when empty. A value that is
+   * no ExperimentStatus is INVALID_ARGUMENT (reason UNKNOWN_STATUS).
+   */
   statuses: ExperimentStatus[];
   /** Optional. Only experiments in this layer. */
   layerId: string;
@@ -316,7 +319,10 @@ export interface ListHoldoutsRequest {
   pageSize: number;
   /** Optional. The `next_page_token` of a previous response with the same filters. */
   pageToken: string;
-  /** Optional. Only holdouts in one of these statuses; any status when empty. */
+  /**
+   * Optional. Only holdouts in one of these statuses; any status when empty. A value that is no
+   * HoldoutStatus is INVALID_ARGUMENT (reason UNKNOWN_STATUS).
+   */
   statuses: HoldoutStatus[];
   /** Optional. Only holdouts that list this layer. */
   layerId: string;
