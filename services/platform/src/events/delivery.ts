@@ -4,7 +4,14 @@
  * becomes an ack, a delayed redelivery, or a drop after the last allowed delivery. The adapters
  * only translate the resulting `Disposition` into their own acknowledgement calls.
  */
-import { ROOT_CONTEXT, SpanStatusCode, trace, type Link } from '@opentelemetry/api';
+import {
+  ROOT_CONTEXT,
+  SpanStatusCode,
+  TraceFlags,
+  trace,
+  type Context,
+  type Link,
+} from '@opentelemetry/api';
 import type {
   BatchHandler,
   BusLogger,
@@ -12,7 +19,8 @@ import type {
   EventHandler,
   SubscriptionStats,
 } from './bus';
-import { recordFailure, withProcessSpan } from './event-spans';
+import { tracingRecords } from '../telemetry/rpc-spans';
+import { recordFailure, withProcessSpan, type ProcessSpanFacts } from './event-spans';
 import { retryDelayMs, type ConsumerSettings } from './event-settings';
 import { extractTraceContext } from './trace-headers';
 
@@ -98,8 +106,12 @@ export async function runHandler<T>(
 
 /**
  * Runs a batch handler inside one CONSUMER span: for a single event it continues the producer's
- * trace, as `runHandler` does; for several it starts a new trace linking to every producer's span
- * (the messaging conventions' batch shape), the links built only when the span records.
+ * trace, as `runHandler` does. For several (the messaging conventions' batch shape) it links to
+ * every producer's span, and is the child of the first producer whose trace was sampled, so that
+ * a sampled request's events are processed in a recorded span whatever the root sampler would
+ * decide for a new trace (with a ratio sampler, most batches); a batch with no sampled producer
+ * starts a trace of its own. The producers are read only when a tracer provider records, as
+ * reading them costs a parse per event on NATS.
  * Never throws: a failure is an outcome, which applies to every event of the batch.
  */
 export async function runBatchHandler<T>(
@@ -109,30 +121,35 @@ export async function runBatchHandler<T>(
 ): Promise<HandlerOutcome> {
   const first = batch[0];
   if (first === undefined) return HANDLED;
-  const facts = {
+  const single = batch.length === 1;
+  let parent: Context = single ? extractTraceContext(first.headers) : ROOT_CONTEXT;
+  let facts: ProcessSpanFacts = {
     subject: first.subject,
-    eventId: first.eventId,
+    ...(single ? { eventId: first.eventId } : {}),
     durable: settings.durable,
     deliveryCount: first.deliveryCount,
   };
-  const parent = batch.length === 1 ? extractTraceContext(first.headers) : ROOT_CONTEXT;
-  return withProcessSpan(facts, parent, async (span) => {
-    if (batch.length > 1 && span.isRecording()) {
-      // The batch's delivery count is its most delivered event's; read only when recorded, as
-      // reading it costs a parse per event on NATS.
-      let deliveryCount = 0;
-      for (const delivered of batch) {
-        deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
+  if (!single && tracingRecords()) {
+    // The batch's delivery count is its most delivered event's.
+    let deliveryCount = 0;
+    const links: Link[] = [];
+    for (const delivered of batch) {
+      deliveryCount = Math.max(deliveryCount, delivered.deliveryCount);
+      const producer = trace.getSpanContext(extractTraceContext(delivered.headers));
+      if (producer === undefined) continue;
+      if (parent === ROOT_CONTEXT && (producer.traceFlags & TraceFlags.SAMPLED) !== 0) {
+        parent = trace.setSpanContext(ROOT_CONTEXT, producer);
       }
-      span.setAttribute('tandem.events.delivery_count', deliveryCount);
-      span.setAttribute('messaging.batch.message_count', batch.length);
-      const links: Link[] = [];
-      for (const delivered of batch) {
-        const producer = trace.getSpanContext(extractTraceContext(delivered.headers));
-        if (producer !== undefined) links.push({ context: producer });
-      }
-      span.addLinks(links);
+      links.push({ context: producer });
     }
+    facts = {
+      ...facts,
+      deliveryCount,
+      attributes: { 'messaging.batch.message_count': batch.length },
+      links,
+    };
+  }
+  return withProcessSpan(facts, parent, async (span) => {
     const outcome = await runWithinAckWait(() => handler(batch), settings.ackWaitMs);
     if (outcome.kind === 'failed') {
       recordFailure(span, outcome.error);

@@ -9,6 +9,7 @@ import {
   trace,
   type Attributes,
   type Context,
+  type Link,
   type Span,
   type Tracer,
 } from '@opentelemetry/api';
@@ -65,9 +66,14 @@ export async function withPublishSpan<R>(
 /** What a consumer span describes. */
 export interface ProcessSpanFacts {
   readonly subject: string;
-  readonly eventId: string;
+  /** The event's id; none for a batch (the conventions set it for a single message only). */
+  readonly eventId?: string;
   readonly durable: string;
   readonly deliveryCount: number;
+  /** Extra attributes, known before the span starts (a batch's size). */
+  readonly attributes?: Attributes;
+  /** Links known before the span starts, so the sampler sees them (a batch's producers). */
+  readonly links?: Link[];
 }
 
 /**
@@ -85,12 +91,13 @@ export async function withProcessSpan<R>(
     'messaging.operation.type': 'process',
     'messaging.destination.name': facts.subject,
     'messaging.destination.subscription.name': facts.durable,
-    'messaging.message.id': facts.eventId,
     'tandem.events.delivery_count': facts.deliveryCount,
+    ...facts.attributes,
   };
+  if (facts.eventId !== undefined) attributes['messaging.message.id'] = facts.eventId;
   return eventsTracer().startActiveSpan(
     `process ${facts.subject}`,
-    { kind: SpanKind.CONSUMER, attributes },
+    { kind: SpanKind.CONSUMER, attributes, ...(facts.links ? { links: facts.links } : {}) },
     parent,
     async (span) => {
       try {
