@@ -28,6 +28,7 @@ import { asEnum, holdoutMessage } from './messages';
 import {
   checkEtag,
   storedToChange,
+  inUpdateMask,
   insertNew,
   maskPaths,
   notFound,
@@ -101,6 +102,46 @@ function validate(context: AssignmentContext, doc: HoldoutDocument): FieldViolat
     ...validateHoldout(holdoutDefinition(doc, undefined), { layerIds }),
     ...holdoutSizeViolations(doc),
   ]);
+}
+
+/**
+ * The problems of the values an update of a holdout that does not exist asks for, those that do
+ * not depend on what would be stored: the masked fields checked on a holdout valid in every other
+ * field. That at least one surface or layer is named is checked only when the mask names both.
+ */
+function requestedValueProblems(
+  context: AssignmentContext,
+  holdout: Holdout,
+  paths: ReadonlySet<string>,
+): FieldViolation[] {
+  const requested = requestedFields(holdout);
+  const candidate: Record<string, unknown> = {
+    id: holdout.id,
+    description: '',
+    owner: '',
+    tags: [],
+    unitType: 'unit',
+    fraction: 0.5,
+    seed: requested.seed,
+    hashVersion: HashVersion.HASH_VERSION_V2,
+    surfaces: ['placeholder'],
+    layerIds: [],
+    status: HoldoutStatus.DRAFT,
+    startTime: null,
+    stopTime: null,
+    createTime: 0,
+    updateTime: 0,
+  };
+  for (const path of paths) {
+    const field = MUTABLE_PATHS[path as keyof typeof MUTABLE_PATHS];
+    candidate[field] = requested[field];
+  }
+  const coverageKnown = paths.has('surfaces') && paths.has('layer_ids');
+  return validate(context, candidate as unknown as HoldoutDocument).filter(
+    (v) =>
+      inUpdateMask('holdout', v.field, paths) &&
+      (coverageKnown || !(v.field === 'holdout.surfaces' && v.reason === 'REQUIRED')),
+  );
 }
 
 function statusName(status: number): string {
@@ -191,12 +232,14 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
           [...Object.keys(MUTABLE_PATHS), ...OUTPUT_OR_IMMUTABLE],
           violations,
         );
-        // Every problem of the request at once; then whether it is stale (ABORTED).
+        // Every problem of the request at once (the requested values' own, even for a holdout
+        // that does not exist); then whether it is stale (ABORTED).
         const before = await storedToChange(
           'holdout',
           holdout?.id ?? '',
           (id) => context.store.holdouts.get(id),
           violations,
+          () => (holdout === undefined ? [] : requestedValueProblems(context, holdout, paths)),
         );
         if (!holdout) throw new Error('unreachable: holdout checked above');
         const requested = requestedFields(holdout, before.doc);

@@ -109,21 +109,41 @@ export function layerHandlers(context: AssignmentContext): LayerHandlers {
         required('layer.id', layer?.id ?? '', violations);
         required('layer.etag', layer?.etag ?? '', violations);
         const paths = maskPaths(request.updateMask, MUTABLE, KNOWN, violations);
-        // Every problem of the request at once; then whether it is stale (ABORTED).
+        /** `doc` with what the mask names of the request's fields. */
+        const withRequested = (doc: LayerDocument): LayerDocument =>
+          layer === undefined
+            ? doc
+            : {
+                ...doc,
+                description: paths.has('description') ? layer.description : doc.description,
+                owner: paths.has('owner') ? layer.owner : doc.owner,
+                tags: paths.has('tags') ? layer.tags : doc.tags,
+                updateTime: Date.now(),
+              };
+        // Every problem of the request at once (the requested values' own, even for a layer
+        // that does not exist); then whether it is stale (ABORTED).
         const before = await storedToChange(
           'layer',
           layer?.id ?? '',
           (id) => context.store.layers.get(id),
           violations,
+          () =>
+            under(
+              'layer',
+              layerSizeViolations(
+                withRequested({
+                  id: layer?.id ?? '',
+                  description: '',
+                  owner: '',
+                  tags: [],
+                  createTime: 0,
+                  updateTime: 0,
+                }),
+              ),
+            ),
         );
         if (!layer) throw new Error('unreachable: layer checked above');
-        const after: LayerDocument = {
-          ...before.doc,
-          description: paths.has('description') ? layer.description : before.doc.description,
-          owner: paths.has('owner') ? layer.owner : before.doc.owner,
-          tags: paths.has('tags') ? layer.tags : before.doc.tags,
-          updateTime: Date.now(),
-        };
+        const after = withRequested(before.doc);
         rejectIfAny('layer', [...violations, ...under('layer', layerSizeViolations(after))]);
         checkEtag('layer', layer.id, layer.etag, before);
         if (changesNothing(before.doc, after)) {

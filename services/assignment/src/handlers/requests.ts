@@ -88,19 +88,29 @@ function resourceType(type: string): string {
 
 /**
  * The stored resource an update or transition names, to check the request against it. With no
- * id, or no resource of that id, nothing more can be checked: the violations found so far are
- * reported then, all together (before NOT_FOUND: a request that is itself wrong says so first).
+ * id, or no resource of that id, what can be checked without it is: the violations found so far
+ * and `valueProblems()` (the requested values' own problems, those that do not depend on what is
+ * stored) are reported then, all together (before NOT_FOUND: a request that is itself wrong says
+ * so first).
  */
 export async function storedToChange<T>(
   type: string,
   id: string,
   read: (id: string) => Promise<Stored<T> | undefined>,
   violations: readonly FieldViolation[],
+  valueProblems: () => readonly FieldViolation[] = () => [],
 ): Promise<Stored<T>> {
   const stored = id === '' ? undefined : await read(id);
   if (stored) return stored;
-  rejectIfAny('request', violations);
+  rejectIfAny('request', [...violations, ...valueProblems()]);
   throw notFound(type, id);
+}
+
+/** Whether `field` (`holdout.layer_ids[2]`) is under one of the update mask's `paths`. */
+export function inUpdateMask(prefix: string, field: string, paths: ReadonlySet<string>): boolean {
+  if (!field.startsWith(`${prefix}.`)) return false;
+  const path = /^[a-z_]+/.exec(field.slice(prefix.length + 1))?.[0];
+  return path !== undefined && paths.has(path);
 }
 
 /** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */

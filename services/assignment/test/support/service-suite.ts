@@ -38,7 +38,7 @@ import {
   Experiment,
   ExperimentStatus,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
-import { HoldoutStatus } from '../../../../gen/ts/tandem/assignment/v1/holdout';
+import { HoldoutStatus, type Holdout } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import type { ConfigChangeEvent } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
   decodeStatus,
@@ -501,6 +501,43 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(unique(held)).toEqual(['holdout.etag', 'holdout.fraction']);
+        // A layer and a holdout that do not exist, as for experiments: the request's own wrong
+        // values first, then NOT_FOUND; values outside the mask, and whether the holdout would
+        // still cover anything, are not judged.
+        const updateMissingLayer = (description: string) =>
+          failure(
+            admin.updateLayer(
+              UpdateLayerRequest.fromPartial({
+                layer: { id: 'no-such-layer', etag: '1', description, owner: 'x'.repeat(9000) },
+                updateMask: ['description'],
+              }),
+            ),
+          );
+        expect(fields(await updateMissingLayer('x'.repeat(9000)))).toEqual(['layer.description']);
+        expect((await updateMissingLayer('fine')).code).toBe(GrpcCode.NOT_FOUND);
+        const updateMissingHoldout = (fields: Partial<Holdout>, updateMask: string[]) =>
+          failure(
+            admin.updateHoldout(
+              UpdateHoldoutRequest.fromPartial({
+                holdout: holdout('no-such-holdout', { etag: '1', unitType: '', ...fields }),
+                updateMask,
+              }),
+            ),
+          );
+        const missingHoldout = await updateMissingHoldout({ fraction: 1.5, surfaces: ['a b'] }, [
+          'fraction',
+          'surfaces',
+        ]);
+        expect(unique(missingHoldout)).toEqual(['holdout.fraction', 'holdout.surfaces[0]']);
+        expect(
+          unique(await updateMissingHoldout({ fraction: 1.5, etag: '' }, ['fraction'])),
+        ).toEqual(['holdout.etag', 'holdout.fraction']);
+        expect((await updateMissingHoldout({ surfaces: [] }, ['surfaces'])).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
+        expect((await updateMissingHoldout({ fraction: 0.2 }, ['fraction'])).code).toBe(
+          GrpcCode.NOT_FOUND,
+        );
       });
 
       it('refuses a request_id reused for a request differing only in a value set to a default', async () => {
