@@ -4,6 +4,7 @@
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { Struct } from '../../../../gen/ts/google/protobuf/struct';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
 import {
   AssignmentReason,
@@ -37,6 +38,7 @@ import {
   AllocationMode,
   Experiment,
   ExperimentStatus,
+  Variant,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { HoldoutStatus, type Holdout } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import type { ConfigChangeEvent } from '../../../../gen/ts/tandem/events/v1/config_change_event';
@@ -918,6 +920,146 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         expect(unchecked.code).toBe(GrpcCode.INVALID_ARGUMENT);
         expect(decodeStatus(unchecked).errorInfo?.reason).toBe('UNDECODABLE_REQUEST');
+      });
+
+      describe('a google.protobuf.Value without a kind (a Struct entry created and never filled)', () => {
+        // Such a Value is invalid, but Python, Go and Java clients send one; the generated
+        // decoder would drop its Struct entry (a condition of it would target everyone) or read
+        // it as null in a list, so the request is refused, each such Value named by its path.
+        /** Field `tag` (already shifted, wire type 2) holding `bytes`. */
+        const delimited = (tag: number, bytes: Uint8Array): Buffer =>
+          Buffer.from(new BinaryWriter().uint32(tag).bytes(bytes).finish());
+        /** A Struct entry (`fields`, field 1) `key` whose Value has no kind (empty bytes). */
+        const entryWithoutKind = (key: string): Buffer =>
+          delimited(
+            (1 << 3) | 2,
+            new BinaryWriter()
+              .uint32((1 << 3) | 2)
+              .string(key)
+              .uint32((2 << 3) | 2)
+              .bytes(new Uint8Array())
+              .finish(),
+          );
+
+        it('is refused with INVALID_ARGUMENT, not silently dropped (the condition would target everyone)', async () => {
+          const condition = Buffer.concat([
+            entryWithoutKind('country'),
+            Buffer.from(Struct.encode(Struct.wrap({ app: { $in: ['ios', undefined] } })).finish()),
+          ]);
+          const treatment = Buffer.concat([
+            Buffer.from(
+              Variant.encode(Variant.fromPartial({ key: 'treatment', weight: 0.5 })).finish(),
+            ),
+            delimited((4 << 3) | 2, entryWithoutKind('button')),
+          ]);
+          const experimentBytes = Buffer.concat([
+            Buffer.from(
+              Experiment.encode(
+                experiment('no-kind', { variants: [variant('control', 0.5)] }),
+              ).finish(),
+            ),
+            delimited((9 << 3) | 2, condition),
+            delimited((7 << 3) | 2, treatment),
+          ]);
+          const error = await rawCallError(
+            service.address,
+            AssignmentServiceService.createExperiment.path,
+            delimited((1 << 3) | 2, experimentBytes),
+          );
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(decodeStatus(error).errorInfo?.reason).toBe('NO_VALUE');
+          expect(
+            decodeStatus(error)
+              .violations.map((v) => v.field)
+              .sort(),
+          ).toEqual([
+            'experiment.condition.app.$in[1]',
+            'experiment.condition.country',
+            'experiment.variants[1].payload.button',
+          ]);
+          await expect(service.client.getExperiment({ id: 'no-kind' })).rejects.toMatchObject({
+            code: GrpcCode.NOT_FOUND,
+          });
+        });
+
+        it("is reported with the request's other problems found before decoding", async () => {
+          const experimentBytes = Buffer.concat([
+            Buffer.from(Experiment.encode(experiment('no-kind-utf8')).finish()),
+            delimited((9 << 3) | 2, entryWithoutKind('country')),
+            // An owner (field 3) that is not UTF-8.
+            delimited((3 << 3) | 2, Uint8Array.from([0xff])),
+          ]);
+          const error = await rawCallError(
+            service.address,
+            AssignmentServiceService.createExperiment.path,
+            delimited((1 << 3) | 2, experimentBytes),
+          );
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(
+            decodeStatus(error)
+              .violations.map((v) => [v.field, v.reason])
+              .sort(),
+          ).toEqual([
+            ['experiment.condition.country', 'NO_VALUE'],
+            ['experiment.owner', 'INVALID_UTF8'],
+          ]);
+        });
+
+        it('is refused in an update of the condition, which keeps the stored one', async () => {
+          const created = await service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('no-kind-update', { condition: { country: 'SE' } }),
+            }),
+          );
+          const experimentBytes = Buffer.concat([
+            Buffer.from(
+              Experiment.encode(
+                experiment('no-kind-update', { etag: created.experiment?.etag ?? '' }),
+              ).finish(),
+            ),
+            delimited((9 << 3) | 2, entryWithoutKind('country')),
+          ]);
+          const error = await rawCallError(
+            service.address,
+            AssignmentServiceService.updateExperiment.path,
+            Buffer.concat([
+              delimited((1 << 3) | 2, experimentBytes),
+              Buffer.from(
+                UpdateExperimentRequest.encode(
+                  UpdateExperimentRequest.fromPartial({ updateMask: ['condition'] }),
+                ).finish(),
+              ),
+            ]),
+          );
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(decodeStatus(error).violations.map((v) => [v.field, v.reason])).toEqual([
+            ['experiment.condition.country', 'NO_VALUE'],
+          ]);
+          const stored = await service.client.getExperiment({ id: 'no-kind-update' });
+          expect(stored.experiment).toMatchObject({ condition: { country: 'SE' }, etag: '1' });
+        });
+
+        it('is refused in Resolve attributes, which would otherwise lose the entry', async () => {
+          const request = Buffer.concat([
+            Buffer.from(ResolveRequest.encode(resolveRequest('u-1')).finish()),
+            delimited(
+              (2 << 3) | 2,
+              Buffer.concat([
+                entryWithoutKind('tier'),
+                Buffer.from(Struct.encode(Struct.wrap({ country: 'SE' })).finish()),
+              ]),
+            ),
+          ]);
+          const error = await rawCallError(
+            service.address,
+            AssignmentServiceService.resolve.path,
+            request,
+          );
+          expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          expect(decodeStatus(error).violations.map((v) => [v.field, v.reason])).toEqual([
+            ['attributes.tier', 'NO_VALUE'],
+          ]);
+        });
       });
 
       it('refuses a Timestamp whose nanos are out of range, rather than moving it by seconds', async () => {

@@ -278,7 +278,8 @@ class RefusedRequest {
  * INVALID_ARGUMENT. So they do a request with a map key the decoder would lose (`__proto__`; see
  * `reservedMapKeys`), found by a byte search before decoding, and one the check before decoding
  * refuses (see `requestCheck`: bytes not well-formed, which the decoder would read in part, a
- * Timestamp whose nanos it would add to its seconds, a string that is not UTF-8).
+ * Timestamp whose nanos it would add to its seconds, a string that is not UTF-8, a Value without a
+ * kind).
  */
 export function decodingRequestsSafely<
   D extends Readonly<
@@ -321,7 +322,8 @@ function invalid(message: string, violations: FieldViolation[], reason: string) 
  * generated decoder would lose (`__proto__`, found by a byte search first); bytes that are not
  * well-formed protobuf, which it would read in part (it stops at a field number 0 or a stray
  * end-group tag, dropping the fields after it); a Timestamp whose nanos it would add to the
- * seconds, or a string that is not UTF-8, which it would turn into U+FFFD (see `requestCheck`).
+ * seconds, a string that is not UTF-8, which it would turn into U+FFFD, or a
+ * `google.protobuf.Value` without a kind, whose Struct entry it would drop (see `requestCheck`).
  */
 function refusal(
   methodPath: string,
@@ -352,23 +354,21 @@ function refusal(
     );
   }
   if (violations.length === 0) return undefined;
-  const reasons = new Set(violations.map((v) => v.reason));
-  if (reasons.size === 1 && reasons.has('INVALID_TIMESTAMP')) {
-    return invalid(
-      'the request has Timestamps with nanos out of range',
-      violations,
-      'INVALID_TIMESTAMP',
-    );
-  }
-  if (reasons.size === 1 && reasons.has('INVALID_UTF8')) {
-    return invalid('the request has strings that are not UTF-8', violations, 'INVALID_UTF8');
-  }
+  const reasons = [...new Set(violations.map((v) => v.reason ?? ''))];
+  const what = reasons.map((reason) => REFUSED_BEFORE_DECODING[reason] ?? reason).join(' and ');
   return invalid(
-    'the request has Timestamps with nanos out of range and strings that are not UTF-8',
+    `the request has ${what}`,
     violations,
-    'INVALID_ENCODING',
+    reasons.length === 1 ? (reasons[0] as string) : 'INVALID_ENCODING',
   );
 }
+
+/** What the check before decoding found, by violation reason, for the status message. */
+const REFUSED_BEFORE_DECODING: Readonly<Record<string, string>> = {
+  INVALID_TIMESTAMP: 'Timestamps with nanos out of range',
+  INVALID_UTF8: 'strings that are not UTF-8',
+  NO_VALUE: 'google.protobuf.Values without a kind',
+};
 
 /** The check of a method's requests before decoding (none without a descriptor set). */
 function requestCheckOf(methodPath: string): WireCheck | undefined {

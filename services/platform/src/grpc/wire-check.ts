@@ -11,7 +11,11 @@
  *   parent's fields), and a packed field of partial elements, which it reads past into the
  *   bytes after it. Such bytes are not well-formed: the check returns undefined.
  * - For requests ({@link requestCheck}), every message field is read, and also strings that are
- *   not UTF-8, which it turns into U+FFFD (two unit ids becoming one).
+ *   not UTF-8, which it turns into U+FFFD (two unit ids becoming one), and each
+ *   `google.protobuf.Value` for a kind (fields 1–6; none is invalid, but other languages' clients
+ *   send one for a Struct entry created and never filled): the decoder drops a Struct entry
+ *   without one (a condition `{"country": <no kind>}` would be stored as none, and target
+ *   everyone) and reads a list item without one as `null`.
  *
  * The bytes are read without decoding them (fields the check has no use for are skipped by
  * length). The walk is planned once per message type from the contracts' descriptor set; for
@@ -23,6 +27,26 @@ import { isUtf8 } from 'node:buffer';
 import type { FieldViolation } from '../errors';
 
 const TIMESTAMP = 'google.protobuf.Timestamp';
+const VALUE = 'google.protobuf.Value';
+/**
+ * The tags that set a `google.protobuf.Value`'s kind, as the generated decoder reads them (a kind
+ * field of another wire type it skips): null_value, number_value, string_value, bool_value,
+ * struct_value, list_value.
+ */
+const VALUE_KIND_TAGS: ReadonlySet<number> = new Set([
+  (1 << 3) | 0,
+  (2 << 3) | 1,
+  (3 << 3) | 2,
+  (4 << 3) | 0,
+  (5 << 3) | 2,
+  (6 << 3) | 2,
+]);
+/**
+ * Well-known messages whose fields add no segment to a path: a Struct's entries are named by
+ * their keys (`experiment.condition.app.$in[1]`, not `...fields.app.struct_value...`), as the
+ * handlers and `undecodable-fields.ts` name them.
+ */
+const TRANSPARENT = new Set(['google.protobuf.Struct', VALUE, 'google.protobuf.ListValue']);
 /** Timestamp's `nanos` field. */
 const NANOS_FIELD = 2;
 /** Violations reported at most (a status must fit in the trailers). */
@@ -35,6 +59,8 @@ const INVALID_TIMESTAMP_DESCRIPTION = 'nanos must be in [0, 999,999,999] (a Time
 /** How to walk one message type: the fields the check reads, by number. */
 interface Plan {
   readonly fields: Map<number, PlannedField>;
+  /** For a `google.protobuf.Value` (requests only): the tags of which one must be present. */
+  readonly oneRequired?: ReadonlySet<number>;
 }
 
 /** What a field (or a map's value) holds, as far as a check cares. */
@@ -159,8 +185,13 @@ function planOf(type: DescMessage, scope: Scope): Plan | null {
   const make = (message: DescMessage): Plan => {
     const existing = made.get(message.typeName);
     if (existing !== undefined) return existing;
-    const plan: Plan = { fields: new Map() };
+    const plan: Plan = {
+      fields: new Map(),
+      oneRequired:
+        scope === 'everything' && message.typeName === VALUE ? VALUE_KIND_TAGS : undefined,
+    };
     made.set(message.typeName, plan);
+    const transparent = TRANSPARENT.has(message.typeName);
     for (const field of message.fields) {
       const message = messageOf(field);
       let held: Held;
@@ -182,7 +213,7 @@ function planOf(type: DescMessage, scope: Scope): Plan | null {
         held = { kind: 'none' };
       } else continue;
       plan.fields.set(field.number, {
-        name: field.name,
+        name: transparent ? '' : field.name,
         repeated: field.fieldKind === 'list',
         map:
           field.fieldKind === 'map'
@@ -297,6 +328,7 @@ class Scan {
 /** Where a walk is: the field path from the message's top, made into a string only when needed. */
 interface Place {
   readonly parent: Place | undefined;
+  /** The field's name; empty for a field of a Struct, Value or ListValue (see TRANSPARENT). */
   readonly name: string;
   /** The item's index in a list, or -1. */
   readonly index: number;
@@ -305,11 +337,15 @@ interface Place {
 }
 
 function pathOf(place: Place, bytes: Uint8Array): string {
-  let segment = place.name;
-  if (place.index >= 0) segment += `[${place.index}]`;
+  let path = place.parent === undefined ? '' : pathOf(place.parent, bytes);
+  if (place.name !== '') path = path === '' ? place.name : `${path}.${place.name}`;
+  if (place.index >= 0) path += `[${place.index}]`;
   // A map entry as the other violations name it: `field.key` (AIP-161).
-  if (place.entry !== undefined) segment += `.${mapKeyOf(bytes, place.entry)}`;
-  return place.parent === undefined ? segment : `${pathOf(place.parent, bytes)}.${segment}`;
+  if (place.entry !== undefined) {
+    const key = mapKeyOf(bytes, place.entry);
+    path = path === '' ? key : `${path}.${key}`;
+  }
+  return path;
 }
 
 /** A map entry's key as a path segment (its default when absent; `?` when unreadable). */
@@ -447,9 +483,12 @@ function walk(
   const { bytes, out } = state;
   const scan = new Scan(bytes, from, to);
   let counts: Map<number, number> | undefined;
+  const { oneRequired } = plan;
+  let found = oneRequired === undefined;
   while (scan.pos < to && out.length < MAX_VIOLATIONS) {
     const tag = scan.tag();
     const number = tag >>> 3;
+    if (!found && oneRequired?.has(tag) === true) found = true;
     const field = plan.fields.get(number);
     if (field === undefined || (tag & 7) !== LENGTH_DELIMITED) {
       scan.skip(tag & 7, number);
@@ -474,6 +513,7 @@ function walk(
       visit(state, start, end, field.held, { parent: place, name: field.name, index }, depth + 1);
     }
   }
+  if (!found && out.length < MAX_VIOLATIONS) out.push(noValue(place, bytes));
 }
 
 /** A map entry: its key (field 1) when it is a string to check, its value (field 2) by `field`. */
@@ -486,6 +526,7 @@ function walkEntry(
   depth: number,
 ): void {
   const scan = new Scan(state.bytes, from, to);
+  let hasValue = false;
   while (scan.pos < to && state.out.length < MAX_VIOLATIONS) {
     const tag = scan.tag();
     const number = tag >>> 3;
@@ -494,10 +535,21 @@ function walkEntry(
       continue;
     }
     const [start, end] = scan.delimited();
-    if (number === 2) visit(state, start, end, field.held, place, depth);
-    else if (field.map?.checkKey === true && !isUtf8At(state.bytes, start, end)) {
+    if (number === 2) {
+      hasValue = true;
+      visit(state, start, end, field.held, place, depth);
+    } else if (field.map?.checkKey === true && !isUtf8At(state.bytes, start, end)) {
       state.out.push(invalidUtf8(place, state.bytes));
     }
+  }
+  // An entry without its value holds the value's default: for a Value, one without a kind.
+  if (
+    !hasValue &&
+    field.held.kind === 'message' &&
+    field.held.plan.oneRequired !== undefined &&
+    state.out.length < MAX_VIOLATIONS
+  ) {
+    state.out.push(noValue(place, state.bytes));
   }
 }
 
@@ -522,6 +574,15 @@ function invalidUtf8(place: Place, bytes: Uint8Array): FieldViolation {
     field: pathOf(place, bytes),
     description: 'must be UTF-8 text (a protobuf string)',
     reason: 'INVALID_UTF8',
+  };
+}
+
+function noValue(place: Place | undefined, bytes: Uint8Array): FieldViolation {
+  return {
+    field: place === undefined ? '' : pathOf(place, bytes),
+    description:
+      'a google.protobuf.Value must have a kind set (null, a number, a string, a bool, a struct or a list)',
+    reason: 'NO_VALUE',
   };
 }
 
@@ -554,7 +615,8 @@ export function timestampNanosCheck(type: DescMessage): WireCheck | undefined {
 
 /**
  * The check of a request of `type` before it is decoded: what {@link timestampNanosCheck} finds,
- * and strings that are not UTF-8 (`INVALID_UTF8`), by field path; undefined from the check for
+ * strings that are not UTF-8 (`INVALID_UTF8`), and `google.protobuf.Value`s without a kind, in a
+ * Struct entry, a list or a field of their own (`NO_VALUE`), by field path; undefined from the check for
  * bytes that are not well-formed protobuf anywhere in the message (field number 0, an end-group
  * tag without its start, a length past its message, wire types 6 and 7).
  */

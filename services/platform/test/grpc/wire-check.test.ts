@@ -334,3 +334,109 @@ describe('requestCheck and packed fields', () => {
     expect(list(statuses([1, 0x82]))).toBe(undefined);
   });
 });
+
+describe('requestCheck and google.protobuf.Value', () => {
+  const check = requestCheck(messageOf(CREATE_EXPERIMENT));
+  const resolve = requestCheck(messageOf('/tandem.assignment.v1.AssignmentService/Resolve'));
+  const delimited = (field: number, bytes: Uint8Array) =>
+    new BinaryWriter()
+      .uint32((field << 3) | 2)
+      .bytes(bytes)
+      .finish();
+  /** A Struct entry (`fields`, field 1): `key`, and `value` when given (field 2). */
+  const entry = (key: string, value?: Uint8Array) => {
+    const writer = new BinaryWriter().uint32((1 << 3) | 2).string(key);
+    if (value !== undefined) writer.uint32((2 << 3) | 2).bytes(value);
+    return delimited(1, writer.finish());
+  };
+  const concat = (...parts: Uint8Array[]) => Uint8Array.from(Buffer.concat(parts));
+  const NONE = new Uint8Array();
+  const kinds = {
+    null: new BinaryWriter()
+      .uint32((1 << 3) | 0)
+      .int32(0)
+      .finish(),
+    number: new BinaryWriter()
+      .uint32((2 << 3) | 1)
+      .double(1.5)
+      .finish(),
+    string: new BinaryWriter()
+      .uint32((3 << 3) | 2)
+      .string('SE')
+      .finish(),
+    bool: new BinaryWriter()
+      .uint32((4 << 3) | 0)
+      .bool(false)
+      .finish(),
+    struct: delimited(5, NONE),
+    list: delimited(6, NONE),
+  };
+  /** A Value holding a list (field 6) of `items` (ListValue.values, field 1). */
+  const list = (...items: Uint8Array[]) =>
+    delimited(6, concat(...items.map((i) => delimited(1, i))));
+  /** A CreateExperimentRequest with `condition` (field 9) and a variant's `payload` (7, then 4). */
+  const request = (condition: Uint8Array, payload: Uint8Array = NONE) =>
+    delimited(
+      1,
+      concat(
+        new BinaryWriter()
+          .uint32((1 << 3) | 2)
+          .string('exp-1')
+          .finish(),
+        delimited(9, condition),
+        delimited(7, delimited(4, payload)),
+      ),
+    );
+  const fieldReasons = (violations: { field: string; reason?: string }[] | undefined) =>
+    violations?.map((v) => [v.field, v.reason]);
+
+  it('takes every kind, and empty Structs and lists', () => {
+    const condition = concat(
+      ...Object.entries(kinds).map(([key, value]) => entry(key, value)),
+      entry('nested', delimited(5, entry('in', list(kinds.string, kinds.number)))),
+    );
+    expect(check(request(condition, entry('button', kinds.string)))).toEqual([]);
+    expect(check(request(NONE))).toEqual([]);
+  });
+
+  it('names a Value without a kind by its path: a Struct entry, a list item, an entry without value', () => {
+    const condition = concat(
+      entry('country', NONE),
+      entry('app', delimited(5, entry('$in', list(kinds.string, NONE)))),
+      entry('plan'),
+    );
+    expect(fieldReasons(check(request(condition, entry('button', NONE))))).toEqual([
+      ['experiment.condition.country', 'NO_VALUE'],
+      ['experiment.condition.app.$in[1]', 'NO_VALUE'],
+      ['experiment.condition.plan', 'NO_VALUE'],
+      ['experiment.variants[0].payload.button', 'NO_VALUE'],
+    ]);
+    expect(fieldReasons(resolve(delimited(2, entry('tier', NONE))))).toEqual([
+      ['attributes.tier', 'NO_VALUE'],
+    ]);
+  });
+
+  it('counts a kind of the wrong wire type, which the decoder skips, as none', () => {
+    const numberAsVarint = new BinaryWriter()
+      .uint32((2 << 3) | 0)
+      .int32(3)
+      .finish();
+    const unknownOnly = new BinaryWriter()
+      .uint32((9 << 3) | 0)
+      .int32(1)
+      .finish();
+    expect(
+      fieldReasons(check(request(concat(entry('n', numberAsVarint), entry('u', unknownOnly))))),
+    ).toEqual([
+      ['experiment.condition.n', 'NO_VALUE'],
+      ['experiment.condition.u', 'NO_VALUE'],
+    ]);
+  });
+
+  it('names a string in a Struct by its keys, as the handlers do', () => {
+    const bad = delimited(3, new Uint8Array([0xff]));
+    expect(
+      fieldReasons(check(request(entry('app', delimited(5, entry('os', list(bad))))))),
+    ).toEqual([['experiment.condition.app.os[0]', 'INVALID_UTF8']]);
+  });
+});

@@ -387,7 +387,9 @@ export interface ResolveRequest {
   /**
    * Optional. The unit's attributes that targeting conditions read, for example
    * `{"country": "SE", "app": {"version": 12}}`. Used for this call only: never stored or logged.
-   * A value of an unexpected type simply does not match (MongoDB query semantics).
+   * A value of an unexpected type simply does not match (MongoDB query semantics). A
+   * `google.protobuf.Value` without a kind set is rejected with INVALID_ARGUMENT, reason NO_VALUE
+   * (`attributes.tier`).
    */
   attributes?:
     | { [key: string]: any }
