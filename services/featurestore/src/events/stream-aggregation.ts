@@ -10,11 +10,14 @@
  * one cumulative acknowledgement per batch. A crash before the checkpoint loses nothing: the
  * events were not acked, so the durable is rewound to them and they are folded into the restored
  * (older) state. A crash after the checkpoint but before the ack is also safe: the redelivered
- * event's id is in the checkpointed seen-set, so it is recognised as a duplicate. While NATS is
- * down the consumer stops receiving and the aggregation reports PAUSED; acks lost with the
- * connection become redeliveries, again absorbed by the seen-set. A consumer that cannot be
- * started (NATS down when the view is applied or the replica starts) is retried in the
- * background, also reported as PAUSED, so that nothing waits for NATS.
+ * event's id is in the checkpointed seen-set, so it is recognised as a duplicate. A checkpoint
+ * write slower than the ack wait is waited for: a batch whose round is being written, or is next,
+ * tells the bus it is still working, so that it is not delivered again only to wait for a later
+ * round, as slow (see `handleBatch`). While NATS is down the consumer stops receiving and the
+ * aggregation reports PAUSED; acks lost with the connection become redeliveries, again absorbed
+ * by the seen-set. A consumer that cannot be started (NATS down when the view is applied or the
+ * replica starts) is retried in the background, also reported as PAUSED, so that nothing waits
+ * for NATS.
  *
  * Each replica has its own durable consumer (named after the view and the replica) and its own
  * checkpoint, because every replica serves every view from memory and so needs every event. The
@@ -26,7 +29,12 @@ import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import { UnavailableError } from '../../../platform/src/errors';
 import { withTimeout } from '../../../platform/src/timeout';
 import type { Logger } from '../../../platform/src/logging';
-import type { DeliveredEvent, EventBus, Subscription } from '../../../platform/src/events/bus';
+import type {
+  BatchProgress,
+  DeliveredEvent,
+  EventBus,
+  Subscription,
+} from '../../../platform/src/events/bus';
 import { Signal } from '../../../platform/src/events/signal';
 import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
 import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
@@ -154,6 +162,8 @@ export class StreamAggregation {
   private checkpointFailure: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private checkpointing: Promise<void> | undefined;
+  /** When the checkpoint write under way started; unset between writes. */
+  private writeStartedAt: number | undefined;
   private stopping = false;
 
   constructor(private readonly parts: StreamAggregationOptions) {
@@ -291,7 +301,7 @@ export class StreamAggregation {
             acknowledgement: 'cumulative',
             concurrency: Math.max(1, Math.ceil(this.parts.inFlight / BATCH_SIZE)),
           },
-          (batch) => this.handleBatch(batch),
+          (batch, progress) => this.handleBatch(batch, progress),
         );
   }
 
@@ -358,6 +368,7 @@ export class StreamAggregation {
             : this.subscription === undefined
               ? 'starting the consumer'
               : (this.checkpointFailure ??
+                this.slowCheckpoint() ??
                 (this.backfilling ? 'replaying the stream' : 'following new events'))));
     this.countUndecodable();
     return {
@@ -367,6 +378,16 @@ export class StreamAggregation {
       missingKeys: this.missingKeys,
       lastCheckpointTime: this.lastCheckpointTime,
     };
+  }
+
+  /** Says so when the checkpoint write under way is slow enough that batches wait on it. */
+  private slowCheckpoint(): string | undefined {
+    const started = this.writeStartedAt;
+    if (started === undefined) return undefined;
+    const seconds = Math.floor((Date.now() - started) / 1_000);
+    return seconds * 1_000 < this.checkpointWaitMs()
+      ? undefined
+      : `checkpoint write under way for ${seconds} s (slow storage); events are acknowledged once it is written`;
   }
 
   /**
@@ -394,7 +415,10 @@ export class StreamAggregation {
   }
 
   /** Folds a batch at once (readable immediately), then waits for a checkpoint to include it. */
-  private async handleBatch(batch: readonly DeliveredEvent<OutcomeEvent>[]): Promise<void> {
+  private async handleBatch(
+    batch: readonly DeliveredEvent<OutcomeEvent>[],
+    progress?: BatchProgress,
+  ): Promise<void> {
     const now = Date.now();
     for (const delivered of batch) this.fold(delivered, now);
     this.lastEventAt = now;
@@ -412,7 +436,10 @@ export class StreamAggregation {
       // Acked (by returning) only once a checkpoint includes these events. While checkpoints
       // fail, handed back for a later delivery (the bus's back-off): held here instead, a batch
       // and each of its deliveries at every ack wait would stay in memory for the whole outage.
-      // (Storage that is only slow is waited for.)
+      // Storage that is only slow is waited for, and the bus told so: a write under way is
+      // followed by the round holding these events (the one written, or the next, which starts
+      // once it ends), and a batch delivered again would only wait for a later, as slow, round.
+      // (`checkpointWaitMs` is a third of the ack wait at most, so this comes before it ends.)
       const checkpointed = round.done.then(() => true);
       const waitMs = this.checkpointWaitMs();
       while (
@@ -422,6 +449,7 @@ export class StreamAggregation {
         if (failure !== undefined) {
           throw new UnavailableError(`${failure}; the events are delivered again later`);
         }
+        if (this.checkpointing !== undefined) progress?.working();
       }
     } finally {
       this.inFlight -= batch.length;
@@ -540,6 +568,7 @@ export class StreamAggregation {
     this.newSeenIds = [];
     this.dirty = false;
     const snapshot = this.aggregator.checkpoint({ seenEventIds: false });
+    this.writeStartedAt = Date.now();
     try {
       this.lastCheckpointTime = await this.parts.checkpoints.write(snapshot, seen, {
         missingKeys: this.missingKeys,
@@ -552,6 +581,8 @@ export class StreamAggregation {
       this.dirty = true;
       void this.round.done.then(round.resolve);
       throw error;
+    } finally {
+      this.writeStartedAt = undefined;
     }
   }
 }

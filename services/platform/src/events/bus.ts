@@ -135,12 +135,28 @@ export interface BatchConsumerSpec<T> extends ConsumerSpec<T> {
   readonly acknowledgement?: 'each' | 'cumulative';
 }
 
+/** What a batch handler may tell the bus about its batch while it runs. */
+export interface BatchProgress {
+  /**
+   * The handler is still working on the batch and will finish it: its ack wait starts again from
+   * now, here and on the stream (JetStream's "in progress" acknowledgement of each event), so that
+   * it is not delivered again meanwhile. Only for a wait known to be making progress: a handler
+   * that says so forever keeps its events (and their share of `maxAckPending`) forever. Does
+   * nothing once the handler has overrun the ack wait.
+   */
+  working(): void;
+}
+
 /**
  * Takes a batch of decoded events (never empty; undecodable ones are terminated before, as with
  * `subscribe`). Resolving acks every event of the batch; throwing (or overrunning the ack wait)
  * asks for every one of them again, each by its own delivery count and back-off.
  */
-export type BatchHandler<T> = (batch: readonly DeliveredEvent<T>[]) => Promise<void>;
+export type BatchHandler<T> = (
+  batch: readonly DeliveredEvent<T>[],
+  /** Given by both adapters; optional so that tests may call a handler without it. */
+  progress?: BatchProgress,
+) => Promise<void>;
 
 export interface PublishOptions {
   /** Required. Unique per logical event; the stream stores one copy per id. */

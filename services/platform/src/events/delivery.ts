@@ -14,6 +14,7 @@ import {
 } from '@opentelemetry/api';
 import type {
   BatchHandler,
+  BatchProgress,
   BusLogger,
   DeliveredEvent,
   EventHandler,
@@ -48,26 +49,50 @@ const OVERRAN: HandlerOutcome = { kind: 'overran' };
 /**
  * Runs `handler` until it settles or `ackWaitMs` passes, whichever is first. A handler past the
  * ack wait is abandoned rather than awaited: the stream redelivers its event anyway, and waiting
- * would let one stuck handler stall the subscription (and `stop()`) forever.
+ * would let one stuck handler stall the subscription (and `stop()`) forever. A handler that says
+ * it is still working (`progress.working()`) before then has the ack wait start again, and
+ * `onWorking` tells the stream so (see `BatchProgress`); once it overran, that is too late.
  */
-function runWithinAckWait(run: () => Promise<void>, ackWaitMs: number): Promise<HandlerOutcome> {
+function runWithinAckWait(
+  run: (progress: BatchProgress) => Promise<void>,
+  ackWaitMs: number,
+  onWorking?: () => void,
+): Promise<HandlerOutcome> {
   return new Promise((resolve) => {
-    const timer = setTimeout(() => {
+    let settled = false;
+    const overrun = (): void => {
+      settled = true;
       resolve(OVERRAN);
-    }, ackWaitMs);
+    };
+    let timer = setTimeout(overrun, ackWaitMs);
+    const progress: BatchProgress = {
+      working: () => {
+        if (settled) return;
+        clearTimeout(timer);
+        timer = setTimeout(overrun, ackWaitMs);
+        try {
+          onWorking?.();
+        } catch {
+          // The stream could not be told (the connection is closing): it redelivers at its own
+          // ack wait, as it would without this, and the handler goes on.
+        }
+      },
+    };
     let running: Promise<void>;
     try {
-      running = run();
+      running = run(progress);
     } catch (error) {
       // A handler that throws before returning its promise failed all the same.
       running = Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
     running.then(
       () => {
+        settled = true;
         clearTimeout(timer);
         resolve(HANDLED);
       },
       (error: unknown) => {
+        settled = true;
         clearTimeout(timer);
         resolve({ kind: 'failed', error });
       },
@@ -112,12 +137,15 @@ export async function runHandler<T>(
  * decide for a new trace (with a ratio sampler, most batches); a batch with no sampled producer
  * starts a trace of its own. The producers are read only when a tracer provider records, as
  * reading them costs a parse per event on NATS.
- * Never throws: a failure is an outcome, which applies to every event of the batch.
+ * Never throws: a failure is an outcome, which applies to every event of the batch. `onWorking`
+ * runs each time the handler says it is still working on the batch (the adapter resets the
+ * stream's ack timers of its events), which also starts the ack wait here again.
  */
 export async function runBatchHandler<T>(
   settings: ConsumerSettings,
   handler: BatchHandler<T>,
   batch: readonly DeliveredEvent<T>[],
+  onWorking?: () => void,
 ): Promise<HandlerOutcome> {
   const first = batch[0];
   if (first === undefined) return HANDLED;
@@ -150,7 +178,11 @@ export async function runBatchHandler<T>(
     };
   }
   return withProcessSpan(facts, parent, async (span) => {
-    const outcome = await runWithinAckWait(() => handler(batch), settings.ackWaitMs);
+    const outcome = await runWithinAckWait(
+      (progress) => handler(batch, progress),
+      settings.ackWaitMs,
+      onWorking,
+    );
     if (outcome.kind === 'failed') {
       recordFailure(span, outcome.error);
     } else if (outcome.kind === 'overran') {

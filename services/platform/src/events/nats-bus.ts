@@ -9,7 +9,9 @@
  * - Each subscription pulls with `consume()` and runs its handlers with a bounded concurrency
  *   (`ConsumerSpec.concurrency`, default 1: one at a time, in stream order). Handler resolved →
  *   `ack`; threw → `nak(back-off)`; last allowed delivery failed → `term` (dropped); undecodable →
- *   `term` (poison). A supervisor restarts consumption (re-declaring the durable) if it ends.
+ *   `term` (poison). A batch handler still working on its batch (`BatchProgress.working`) has
+ *   the ack timers of its messages reset (`working()`, "in progress"). A supervisor restarts
+ *   consumption (re-declaring the durable) if it ends.
  * - The connection reconnects forever; `isConnected()` follows its status events.
  * - A bus whose server cannot be reached at start-up keeps connecting in the background (see
  *   `connectNatsBus`): declarations and subscriptions made meanwhile are carried out, in call
@@ -1366,6 +1368,12 @@ class NatsSubscription<T> implements Subscription {
     let flushScheduled = false;
     /** Acknowledging cumulatively, the undecodable messages among those `received`. */
     let undecodable: Undecodable[] | undefined = frontier === undefined ? undefined : [];
+    /**
+     * Acknowledging cumulatively, every message `received` (skipped ones included, which the
+     * batch's acknowledgement settles): those whose ack timers its handler's progress resets.
+     * (Acknowledged each, the skipped ones are settled already: the batch's own are reset.)
+     */
+    let pulled: JsMsg[] = [];
     /** True once this consumption should hand nothing more out: stopping, or rewinding. */
     const ending = (): boolean => this.isStopping() || this.frontier !== frontier;
     const dispatch = (): void => {
@@ -1373,8 +1381,10 @@ class NatsSubscription<T> implements Subscription {
       const taken = batch;
       const deliveries = received;
       const skipped = undecodable;
+      const covered = pulled;
       batch = [];
       received = 0;
+      pulled = [];
       if (undecodable !== undefined) undecodable = [];
       if (deliveries === 0 || last === undefined || (frontier !== undefined && ending())) return;
       const position = frontier?.add(deliveries, last);
@@ -1397,7 +1407,7 @@ class NatsSubscription<T> implements Subscription {
           this.slots.release();
           return;
         }
-        void this.processBatch(mode.handler, taken, frontier, position).finally(() => {
+        void this.processBatch(mode.handler, taken, frontier, position, covered).finally(() => {
           this.slots.release();
         });
       });
@@ -1409,6 +1419,7 @@ class NatsSubscription<T> implements Subscription {
       }
       received++;
       last = message;
+      if (frontier !== undefined) pulled.push(message);
       const prepared = this.prepare(message, undecodable);
       if (prepared !== undefined) batch.push(prepared);
       if (batch.length >= mode.maxBatchSize) dispatch();
@@ -1454,15 +1465,25 @@ class NatsSubscription<T> implements Subscription {
     return new NatsDelivery(message, event, this.earlier);
   }
 
-  /** Runs the batch handler and settles the batch by its outcome. Never throws. */
+  /**
+   * Runs the batch handler and settles the batch by its outcome. Never throws. While the handler
+   * says it is working on the batch, the ack timers of its messages (acknowledging cumulatively,
+   * of `covered`, which its acknowledgement settles) start again on the server, unless a rewind
+   * has replaced the consumption meanwhile (its events come again anyway).
+   */
   private async processBatch(
     handler: BatchHandler<T>,
     batch: readonly NatsDelivery<T>[],
     frontier: AckFrontier<JsMsg> | undefined,
     position: FrontierBatch<JsMsg> | undefined,
+    covered: readonly JsMsg[],
   ): Promise<void> {
     const { settings } = this.parts;
-    const outcome: HandlerOutcome = await runBatchHandler(settings, handler, batch);
+    const working = (): void => {
+      if (frontier === undefined) for (const { message } of batch) message.working();
+      else if (this.frontier === frontier) for (const message of covered) message.working();
+    };
+    const outcome: HandlerOutcome = await runBatchHandler(settings, handler, batch, working);
     if (frontier !== undefined && position !== undefined) {
       this.settleCumulatively(outcome, batch, frontier, position);
       return;

@@ -564,6 +564,32 @@ export function describeEventBusContract(harness: BusHarness): void {
         expect(subscription.stats().retried).toBe(2);
       });
 
+      it('keeps a batch whose handler says it is still working past the ack wait', async () => {
+        await publish('outcome', 'a');
+        await publish('outcome', 'b');
+        const seen: [string, number][] = [];
+        const subscription = await subscribeBatches(
+          batchConsumer({ ackWaitMs: 1_000 }),
+          async (batch, progress) => {
+            for (const d of batch) seen.push([d.event.message, d.deliveryCount]);
+            // Two and a half ack waits, telling the bus every 400 ms that it is still working.
+            for (let i = 0; i < 6; i++) {
+              await new Promise((resolve) => setTimeout(resolve, 400));
+              progress?.working();
+            }
+          },
+        );
+
+        await eventually(() => {
+          expect(subscription.stats()).toEqual({ acked: 2, retried: 0, dropped: 0, poison: 0 });
+        });
+        // Neither here nor on the server did the ack wait run out: nothing came again.
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        expect(seen.map(([m]) => m).sort()).toEqual(['a', 'b']);
+        expect(seen.every(([, count]) => count === 1)).toBe(true);
+        expect(subscription.stats()).toEqual({ acked: 2, retried: 0, dropped: 0, poison: 0 });
+      });
+
       it('resumes after stop without redelivering acked events', async () => {
         const spec = batchConsumer({ maxBatchSize: 4 });
         const first: string[] = [];
