@@ -21,6 +21,7 @@ import type { FeatureViewDefinition } from '../src/domain/registry';
 import { AggregationFunction, AggregationKey } from '../src/domain/window-aggregation';
 import { StreamAggregation } from '../src/events/stream-aggregation';
 import { AggregationCheckpoints } from '../src/store/aggregation-checkpoints';
+import { deliveredPlay } from './support/fixtures';
 
 function view(order: readonly string[]): FeatureViewDefinition {
   return {
@@ -72,26 +73,7 @@ function busDouble(): { bus: EventBus; handler: () => BatchHandler<OutcomeEvent>
 
 /** A play of item-1 (value 2) at `time`, stored in the stream at `storedAt`. */
 function deliveredAt(eventId: string, time: number, storedAt = time): DeliveredEvent<OutcomeEvent> {
-  return {
-    event: {
-      eventId,
-      eventTime: new Date(time),
-      name: 'play',
-      unit: { id: 'u', type: 'user' },
-      itemId: 'item-1',
-      decisionId: '',
-      value: 2,
-      properties: undefined,
-      source: 'test',
-      surface: 'home',
-    },
-    eventId,
-    subject: 'tandem.events.v1.outcome.play',
-    deliveryCount: 1,
-    streamSequence: 1,
-    storedAt: new Date(storedAt),
-    headers: {},
-  };
+  return deliveredPlay(eventId, time, { storedAt, value: 2 });
 }
 
 let dir: string;

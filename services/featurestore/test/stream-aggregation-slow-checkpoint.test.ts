@@ -8,12 +8,7 @@
  * aggregation and the bus's own `runBatchHandler` (which applies the ack wait) under fake timers.
  */
 import type { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
-import type {
-  BatchConsumerSpec,
-  BatchHandler,
-  DeliveredEvent,
-  EventBus,
-} from '../../platform/src/events/bus';
+import type { BatchConsumerSpec, BatchHandler, EventBus } from '../../platform/src/events/bus';
 import { runBatchHandler } from '../../platform/src/events/delivery';
 import { consumerSettings } from '../../platform/src/events/event-settings';
 import { createLogger } from '../../platform/src/logging';
@@ -22,6 +17,7 @@ import type { FeatureViewDefinition } from '../src/domain/registry';
 import { AggregationFunction, AggregationKey } from '../src/domain/window-aggregation';
 import { StreamAggregation } from '../src/events/stream-aggregation';
 import type { CheckpointWriter } from '../src/store/aggregation-checkpoints';
+import { deliveredPlay } from './support/fixtures';
 
 const view: FeatureViewDefinition = {
   name: 'plays',
@@ -41,33 +37,6 @@ const view: FeatureViewDefinition = {
     ],
   },
 };
-
-function delivered(
-  eventId: string,
-  time: number,
-  deliveryCount: number,
-): DeliveredEvent<OutcomeEvent> {
-  return {
-    event: {
-      eventId,
-      eventTime: new Date(time),
-      name: 'play',
-      unit: { id: 'u', type: 'user' },
-      itemId: 'item-1',
-      decisionId: '',
-      value: 0,
-      properties: undefined,
-      source: 'test',
-      surface: 'home',
-    },
-    eventId,
-    subject: 'tandem.events.v1.outcome.play',
-    deliveryCount,
-    streamSequence: 1,
-    storedAt: new Date(time),
-    headers: {},
-  };
-}
 
 beforeEach(() => jest.useFakeTimers());
 afterEach(() => jest.useRealTimers());
@@ -114,7 +83,7 @@ async function started(checkpoints: CheckpointWriter): Promise<{
           const outcome = await runBatchHandler(
             settings,
             handler,
-            ids.map((id) => delivered(id, now, count)),
+            ids.map((id) => deliveredPlay(id, now, { deliveryCount: count })),
           );
           outcomes.push(outcome.kind);
           if (outcome.kind !== 'handled') void run(count + 1);

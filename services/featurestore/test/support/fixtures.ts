@@ -12,6 +12,7 @@ import type {
   FeatureStoreServiceService,
 } from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType, type FeatureValue } from '../../../../gen/ts/tandem/featurestore/v1/value';
+import type { DeliveredEvent } from '../../../platform/src/events/bus';
 import type { TypedClient } from '../../../platform/src/grpc/client';
 import {
   AggregationFunction as WindowFunction,
@@ -239,5 +240,41 @@ export function playsCountOptions(maxTrackedEventIds?: number): WindowAggregator
     ],
     allowedLatenessMs: 600_000,
     ...(maxTrackedEventIds === undefined ? {} : { maxTrackedEventIds }),
+  };
+}
+
+/**
+ * A play of item-1 by user u at `time`, as a consumer receives it: stored in the stream at
+ * `storedAt` (default `time`), delivered `deliveryCount` times (default 1), with `value`
+ * (default 0).
+ */
+export function deliveredPlay(
+  eventId: string,
+  time: number,
+  options: {
+    readonly storedAt?: number;
+    readonly deliveryCount?: number;
+    readonly value?: number;
+  } = {},
+): DeliveredEvent<OutcomeEvent> {
+  return {
+    event: {
+      eventId,
+      eventTime: new Date(time),
+      name: 'play',
+      unit: { id: 'u', type: 'user' },
+      itemId: 'item-1',
+      decisionId: '',
+      value: options.value ?? 0,
+      properties: undefined,
+      source: 'test',
+      surface: 'home',
+    },
+    eventId,
+    subject: 'tandem.events.v1.outcome.play',
+    deliveryCount: options.deliveryCount ?? 1,
+    streamSequence: 1,
+    storedAt: new Date(options.storedAt ?? time),
+    headers: {},
   };
 }

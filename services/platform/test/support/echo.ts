@@ -135,9 +135,10 @@ export async function startEcho(
     adminMethods?: 'echo'[];
     maxMessageBytes?: number;
     handlers?: Handlers<typeof EchoServiceService>;
+    logger?: Logger;
   } = {},
 ): Promise<RunningEcho> {
-  const { server, logger } = testServer(options.maxMessageBytes);
+  const { server, logger } = testServer(options.maxMessageBytes, options.logger);
   server.add(
     EchoServiceService,
     implement(EchoServiceService, options.handlers ?? echoHandlers(), {

@@ -15,9 +15,8 @@ import {
 } from '@opentelemetry/core';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { createClient } from '../../src/grpc/client';
-import { implement } from '../../src/grpc/handlers';
 import { createLogger } from '../../src/logging';
-import { testServer } from '../support/echo';
+import { startEcho } from '../support/echo';
 
 describe('log lines of a call that brings baggage but no trace', () => {
   beforeAll(() => {
@@ -43,24 +42,17 @@ describe('log lines of a call that brings baggage but no trace', () => {
       },
     });
     const logger = createLogger({ service: 'echo-test', level: 'info', destination });
-    const { server } = testServer(undefined, logger);
-    server.add(
-      EchoServiceService,
-      implement(
-        EchoServiceService,
-        {
-          echo: (request, ctx) => {
-            ctx.logger.info('handling');
-            return Promise.resolve({ message: request.message, traceId: '' });
-          },
+    const echo = await startEcho({
+      logger,
+      handlers: {
+        echo: (request, ctx) => {
+          ctx.logger.info('handling');
+          return Promise.resolve({ message: request.message, traceId: '' });
         },
-        { logger },
-      ),
-    );
-    const port = await server.listen('127.0.0.1', 0);
-    server.setServing(true);
+      },
+    });
     const client = createClient(EchoServiceService, {
-      address: `127.0.0.1:${port}`,
+      address: echo.address,
       credentials: credentials.createInsecure(),
     });
     try {
@@ -73,7 +65,7 @@ describe('log lines of a call that brings baggage but no trace', () => {
       expect(handled?.span_id).not.toBe('0000000000000000');
     } finally {
       client.close();
-      await server.shutdown(1000);
+      await echo.server.shutdown(1000);
     }
   });
 });
