@@ -12,10 +12,11 @@
  *   bytes after it. Such bytes are not well-formed: the check returns undefined.
  * - For requests ({@link requestCheck}), every message field is read, and also strings that are
  *   not UTF-8, which it turns into U+FFFD (two unit ids becoming one), and each
- *   `google.protobuf.Value` for a kind (fields 1–6; none is invalid, but other languages' clients
- *   send one for a Struct entry created and never filled): the decoder drops a Struct entry
- *   without one (a condition `{"country": <no kind>}` would be stored as none, and target
- *   everyone) and reads a list item without one as `null`.
+ *   `google.protobuf.Value` of a Struct entry or a field for a kind (fields 1–6; none is invalid,
+ *   but other languages' clients send one for a Struct entry created and never filled): the
+ *   decoder drops a Struct entry without one (a condition `{"country": <no kind>}` would be
+ *   stored as none, and target everyone). A list item without one it reads as `null`, which is
+ *   what ts-proto's encoder means by it (an `undefined` item): that is taken.
  *
  * The bytes are read without decoding them (fields the check has no use for are skipped by
  * length). The walk is planned once per message type from the contracts' descriptor set; for
@@ -43,7 +44,7 @@ const VALUE_KIND_TAGS: ReadonlySet<number> = new Set([
 ]);
 /**
  * Well-known messages whose fields add no segment to a path: a Struct's entries are named by
- * their keys (`experiment.condition.app.$in[1]`, not `...fields.app.struct_value...`), as the
+ * their keys (`experiment.condition.app.os[1]`, not `...fields.app.struct_value...`), as the
  * handlers and `undecodable-fields.ts` name them.
  */
 const TRANSPARENT = new Set(['google.protobuf.Struct', VALUE, 'google.protobuf.ListValue']);
@@ -484,7 +485,9 @@ function walk(
   const scan = new Scan(bytes, from, to);
   let counts: Map<number, number> | undefined;
   const { oneRequired } = plan;
-  let found = oneRequired === undefined;
+  // A list item without a kind is read as null and kept (ts-proto's own client writes an
+  // `undefined` item so): only a Struct entry's or a field's Value must have one.
+  let found = oneRequired === undefined || (place !== undefined && place.index >= 0);
   while (scan.pos < to && out.length < MAX_VIOLATIONS) {
     const tag = scan.tag();
     const number = tag >>> 3;
@@ -616,7 +619,8 @@ export function timestampNanosCheck(type: DescMessage): WireCheck | undefined {
 /**
  * The check of a request of `type` before it is decoded: what {@link timestampNanosCheck} finds,
  * strings that are not UTF-8 (`INVALID_UTF8`), and `google.protobuf.Value`s without a kind, in a
- * Struct entry, a list or a field of their own (`NO_VALUE`), by field path; undefined from the check for
+ * Struct entry or a field of their own (`NO_VALUE`; a list item without one is null), by field
+ * path; undefined from the check for
  * bytes that are not well-formed protobuf anywhere in the message (field number 0, an end-group
  * tag without its start, a length past its message, wire types 6 and 7).
  */

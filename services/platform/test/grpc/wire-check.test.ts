@@ -11,6 +11,7 @@ import {
   FieldDescriptorProto_Type,
 } from '@bufbuild/protobuf/wkt';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { ResolveRequest } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { requestMessage } from '../../src/grpc/descriptor-set';
 import { requestCheck, timestampNanosCheck } from '../../src/grpc/wire-check';
 
@@ -399,7 +400,7 @@ describe('requestCheck and google.protobuf.Value', () => {
     expect(check(request(NONE))).toEqual([]);
   });
 
-  it('names a Value without a kind by its path: a Struct entry, a list item, an entry without value', () => {
+  it('names a Value without a kind by its path: a Struct entry, an entry without value', () => {
     const condition = concat(
       entry('country', NONE),
       entry('app', delimited(5, entry('$in', list(kinds.string, NONE)))),
@@ -407,13 +408,26 @@ describe('requestCheck and google.protobuf.Value', () => {
     );
     expect(fieldReasons(check(request(condition, entry('button', NONE))))).toEqual([
       ['experiment.condition.country', 'NO_VALUE'],
-      ['experiment.condition.app.$in[1]', 'NO_VALUE'],
       ['experiment.condition.plan', 'NO_VALUE'],
       ['experiment.variants[0].payload.button', 'NO_VALUE'],
     ]);
     expect(fieldReasons(resolve(delimited(2, entry('tier', NONE))))).toEqual([
       ['attributes.tier', 'NO_VALUE'],
     ]);
+  });
+
+  it("takes a list item without a kind, which the decoder reads as null: ts-proto's encoding of an undefined item", () => {
+    const bytes = ResolveRequest.encode(
+      ResolveRequest.fromPartial({
+        unit: { type: 'user', id: 'u1' },
+        attributes: { country: 'SE', segments: ['a', undefined, 'b'] },
+      }),
+    ).finish();
+    expect(resolve(bytes)).toEqual([]);
+    expect(ResolveRequest.decode(bytes).attributes).toEqual({
+      country: 'SE',
+      segments: ['a', undefined, 'b'],
+    });
   });
 
   it('counts a kind of the wrong wire type, which the decoder skips, as none', () => {

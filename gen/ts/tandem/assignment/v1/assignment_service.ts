@@ -387,9 +387,9 @@ export interface ResolveRequest {
   /**
    * Optional. The unit's attributes that targeting conditions read, for example
    * `{"country": "SE", "app": {"version": 12}}`. Used for this call only: never stored or logged.
-   * A value of an unexpected type simply does not match (MongoDB query semantics). A
-   * `google.protobuf.Value` without a kind set is rejected with INVALID_ARGUMENT, reason NO_VALUE
-   * (`attributes.tier`).
+   * A value of an unexpected type simply does not match (MongoDB query semantics). An entry
+   * whose `google.protobuf.Value` has no kind set is rejected with INVALID_ARGUMENT, reason
+   * NO_VALUE (`attributes.tier`); a list item without a kind is taken as null.
    */
   attributes?:
     | { [key: string]: any }

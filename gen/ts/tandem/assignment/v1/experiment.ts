@@ -221,9 +221,9 @@ export interface Experiment {
    * with INVALID_ARGUMENT. `$regex` takes RE2 syntax, matched in linear time (no backreferences or
    * lookaround: reason UNSUPPORTED_REGEX); a condition's patterns compile to at most 1,024 RE2
    * instructions together (REGEX_TOO_COMPLEX). At most 64 KiB as JSON. Every
-   * `google.protobuf.Value` in it must have a kind set; one without (an entry created and never
-   * filled) is rejected with INVALID_ARGUMENT, reason NO_VALUE, naming it, for example
-   * `experiment.condition.country` or `experiment.condition.app.$in[1]`.
+   * `google.protobuf.Value` of an entry in it must have a kind set; one without (an entry created
+   * and never filled) is rejected with INVALID_ARGUMENT, reason NO_VALUE, naming it, for example
+   * `experiment.condition.country`. A list item without a kind is taken as null.
    */
   condition?:
     | { [key: string]: any }
@@ -330,9 +330,9 @@ export interface Variant {
   weight: number;
   /**
    * Optional. Free-form configuration the client applies for this variant, for example
-   * `{"policy": "home-bandit-v3"}`. At most 64 KiB encoded. A `google.protobuf.Value` in it
-   * without a kind set is rejected with INVALID_ARGUMENT, reason NO_VALUE
-   * (`experiment.variants[1].payload.button`).
+   * `{"policy": "home-bandit-v3"}`. At most 64 KiB encoded. An entry in it whose
+   * `google.protobuf.Value` has no kind set is rejected with INVALID_ARGUMENT, reason NO_VALUE
+   * (`experiment.variants[1].payload.button`); a list item without a kind is taken as null.
    */
   payload?: { [key: string]: any } | undefined;
 }
