@@ -159,8 +159,10 @@ export function statusFilter(
   enumPrefix: string,
   violations: FieldViolation[],
 ): number[] {
-  const names = Object.keys(known).map((name) => `${enumPrefix}${name}`);
-  const values = new Set(Object.values(known));
+  // Statuses are numbered from 1: 0 is unset, and -1 (ts-proto's UNRECOGNIZED) is none.
+  const statusEntries = Object.entries(known).filter(([, value]) => value > 0);
+  const names = statusEntries.map(([name]) => `${enumPrefix}${name}`);
+  const values = new Set(statusEntries.map(([, value]) => value));
   statuses.forEach((status, i) => {
     if (status !== 0 && !values.has(status)) {
       violations.push({

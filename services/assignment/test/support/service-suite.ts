@@ -1631,11 +1631,13 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ['page_size', 'OUT_OF_RANGE'],
           ['statuses[1]', 'UNKNOWN_STATUS'],
         ]);
+        // -1 too, which ts-proto decodes as UNRECOGNIZED.
         const holdouts = await failure(
-          client.listHoldouts(ListHoldoutsRequest.fromPartial({ statuses: [9 as never] })),
+          client.listHoldouts(ListHoldoutsRequest.fromPartial({ statuses: [9, -1] as never })),
         );
         expect(holdouts.code).toBe(GrpcCode.INVALID_ARGUMENT);
-        expect(fields(holdouts)).toEqual(['statuses[0]']);
+        expect(fields(holdouts)).toEqual(['statuses[0]', 'statuses[1]']);
+        expect(holdouts.message).toContain('HOLDOUT_STATUS_RUNNING');
         // Unset (0) still means any status.
         await expect(
           client.listHoldouts(
