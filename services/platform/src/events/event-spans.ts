@@ -44,6 +44,7 @@ export async function withPublishSpan<R>(
   const attributes: Attributes = {
     'messaging.system': 'nats',
     'messaging.operation.type': 'send',
+    'messaging.operation.name': 'publish',
     'messaging.destination.name': subject,
     'messaging.message.id': eventId,
   };
@@ -89,6 +90,7 @@ export async function withProcessSpan<R>(
   const attributes: Attributes = {
     'messaging.system': 'nats',
     'messaging.operation.type': 'process',
+    'messaging.operation.name': 'process',
     'messaging.destination.name': facts.subject,
     'messaging.destination.subscription.name': facts.durable,
     'tandem.events.delivery_count': facts.deliveryCount,

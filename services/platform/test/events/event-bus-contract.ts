@@ -414,10 +414,19 @@ export function describeEventBusContract(harness: BusHarness): void {
     expect(producer.parentSpanContext?.spanId).toBe(request.spanId);
     expect(producer.attributes).toMatchObject({
       'messaging.system': 'nats',
+      'messaging.operation.type': 'send',
+      'messaging.operation.name': 'publish',
       'messaging.destination.name': `${prefix}.exposure`,
       'messaging.message.id': 'traced-event',
     });
     expect(consumerSpan.kind).toBe(SpanKind.CONSUMER);
+    expect(consumerSpan.attributes).toMatchObject({
+      'messaging.system': 'nats',
+      'messaging.operation.type': 'process',
+      'messaging.operation.name': 'process',
+      'messaging.destination.name': `${prefix}.exposure`,
+      'messaging.message.id': 'traced-event',
+    });
     expect(consumerSpan.spanContext().traceId).toBe(request.traceId);
     expect(consumerSpan.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
   });
