@@ -62,6 +62,7 @@ import {
   under,
   versionOf,
   statusFilter,
+  inUpdateMask,
 } from './requests';
 
 type Service = typeof AssignmentServiceService;
@@ -213,14 +214,6 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     sticky: experiment.sticky,
     stickyTtlMs: stickyTtlMs ?? null,
   };
-}
-
-/** Whether a violation of `field` (`experiment.variants[2].payload`) is about a masked path. */
-function inMask(field: string, paths: ReadonlySet<string>): boolean {
-  const path = /^experiment\.([a-z_]+)/.exec(field)?.[1];
-  return (
-    path !== undefined && (paths.has(path) || [...paths].some((p) => p.startsWith(`${path}.`)))
-  );
 }
 
 /**
@@ -453,7 +446,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         const read: FieldViolation[] = [];
         const requested =
           experiment && requestedFields({ ...experiment, seed: experiment.seed }, read);
-        violations.push(...read.filter((v) => inMask(v.field, paths)));
+        violations.push(...read.filter((v) => inUpdateMask('experiment', v.field, paths)));
         const before = await storedToChange(
           'experiment',
           experiment?.id ?? '',

@@ -106,11 +106,17 @@ export async function storedToChange<T>(
   throw notFound(type, id);
 }
 
-/** Whether `field` (`holdout.layer_ids[2]`) is under one of the update mask's `paths`. */
+/**
+ * Whether a violation of `field` (`experiment.variants[2].payload`, under the resource `prefix`)
+ * is about one of the update mask's `paths`: its top-level field, or a field nested in it
+ * (`layer_range.start`).
+ */
 export function inUpdateMask(prefix: string, field: string, paths: ReadonlySet<string>): boolean {
   if (!field.startsWith(`${prefix}.`)) return false;
   const path = /^[a-z_]+/.exec(field.slice(prefix.length + 1))?.[0];
-  return path !== undefined && paths.has(path);
+  return (
+    path !== undefined && (paths.has(path) || [...paths].some((p) => p.startsWith(`${path}.`)))
+  );
 }
 
 /** Throws ABORTED when `etag` is not the stored resource's current one (see `etagOf`). */
@@ -172,7 +178,7 @@ export function statusFilter(
       });
     }
   });
-  return [...new Set(statuses.map(Number).filter((s) => s !== 0))].sort((a, b) => a - b);
+  return [...new Set(statuses.filter((s) => s !== 0))].sort((a, b) => a - b);
 }
 
 /** Reads `page_size` and `page_token`, collecting violations. `filters` binds the token. */
