@@ -153,7 +153,10 @@ export interface AggregationCounters {
   eventsDuplicate: number;
   /** Event ids forgotten early because the seen-set was full. */
   dedupeEvictions: number;
-  /** The newest event time folded in, or null before the first event. */
+  /**
+   * The newest event time folded in, an event dated ahead of the clock counting as of the clock;
+   * null before the first event.
+   */
   lastEventTime: number | null;
   /** The clock when the last event was processed, or null before the first event. */
   lastProcessedTime: number | null;
@@ -461,8 +464,12 @@ export class WindowAggregator {
 
     if (invalid) this.counters.eventsDroppedInvalid++;
     this.counters.eventsProcessed++;
+    // An event dated ahead of the clock counts as of the clock: a producer whose clock runs a day
+    // fast would otherwise hold the newest event time a day ahead, and the processing delay
+    // (processed time − newest event time) at 0 for that day however far behind processing fell.
+    const newest = Math.min(eventTime, clock);
     const last = this.counters.lastEventTime;
-    if (last === null || eventTime > last) this.counters.lastEventTime = eventTime;
+    if (last === null || newest > last) this.counters.lastEventTime = newest;
     this.counters.lastProcessedTime = clock;
     return 'accepted';
   }

@@ -479,6 +479,16 @@ describe('WindowAggregator', () => {
     expect(valuesOf(aggregator, t0 + 120_000)).toEqual([1, 7, 7]);
   });
 
+  it('measures the processing delay past an event dated ahead of the clock', () => {
+    const aggregator = plays();
+    aggregator.ingest(play('ahead', t0 + 86_400_000, 1), t0);
+    expect(aggregator.status().lastEventTime).toBe(t0);
+    // Ten minutes later the stream is five minutes behind: the delay says so.
+    aggregator.ingest(play('behind', t0 + 300_000, 1), t0 + 600_000);
+    const { lastEventTime, lastProcessedTime } = aggregator.status();
+    expect([lastEventTime, lastProcessedTime]).toEqual([t0 + 300_000, t0 + 600_000]);
+  });
+
   it('keeps LAST by event time, not by arrival, and breaks ties by arrival', () => {
     const aggregator = plays();
     aggregator.ingest(play('new', t0, 1), t0);

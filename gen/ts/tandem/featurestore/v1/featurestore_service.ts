@@ -459,7 +459,11 @@ export interface AggregationStatus {
    * `pending_events_unknown`.
    */
   pendingEvents: number;
-  /** The event time of the newest event folded into the state; unset before the first event. */
+  /**
+   * The event time of the newest event folded into the state; unset before the first event. An
+   * event dated after the server time it was processed at counts as of that time, so a producer
+   * whose clock runs ahead cannot hold `processing_delay` at zero.
+   */
   lastEventTime?:
     | Date
     | undefined;
