@@ -2,7 +2,9 @@
  * Idempotency of mutations for every service (contracts give each mutation a `request_id`): the first response to a `request_id` is stored (encoded) with a TTL,
  * and a retry with the same id gets it back instead of running the mutation again. Keyed by method
  * and id, so the same id used for two different RPCs does not collide. Failures are not stored:
- * a retry of a failed mutation runs again.
+ * a retry of a failed mutation runs again. A mutation that ran but whose response could not be
+ * stored (storage failing after its change) answers its response all the same, which is kept in
+ * memory, answered to retries reaching this process and stored again until storage takes it.
  *
  * A retry is the same request sent again. The id reused for a different request (another view
  * written, another experiment created) is refused with INVALID_ARGUMENT (`REQUEST_ID_REUSED`)
@@ -266,12 +268,22 @@ const CONFLICTS: ReadonlySet<number> = new Set([
 ]);
 const FIRST_RESULT_WAIT_MS = 50;
 
+/** How soon, and at most how often, a response that could not be stored is tried again. */
+const UNSTORED_RETRY_FIRST_MS = 100;
+const UNSTORED_RETRY_CAP_MS = 5_000;
+
 /** Longest `request_id` accepted, as the contract says. */
 export const MAX_REQUEST_ID_LENGTH = 128;
 
 export class RequestResults {
   /** The calls of this process still running (see the module comment). */
   private readonly running = new CallsInFlight();
+  /**
+   * Responses of mutations that ran but could not be stored (see {@link keep}), by id, until
+   * they are; and the ids with an attempt at storing them under way or scheduled.
+   */
+  private readonly unstored = new Map<string, RequestResultDocument>();
+  private readonly storing = new Set<string>();
 
   private constructor(
     private readonly collection: Collection<RequestResultDocument>,
@@ -330,7 +342,11 @@ export class RequestResults {
     const ofThisRequest = (stored: RequestResultDocument): boolean =>
       !differ(stored.fingerprint, fingerprint) &&
       !differ(stored.exactFingerprint, exactFingerprint);
-    const previous = await this.collection.get(id);
+    // A response this process could not store (storage failed after the mutation stored its
+    // change): the first result all the same, and a chance to store it.
+    const unstored = this.unstored.get(id);
+    const previous = unstored ? { doc: unstored } : await this.collection.get(id);
+    if (unstored) this.storeKept(id);
     if (previous) {
       if (!ofThisRequest(previous.doc)) {
         throw new InvalidArgumentError(
@@ -372,7 +388,15 @@ export class RequestResults {
           await this.collection.insert(stored);
           return response;
         } catch (error) {
-          if (!(error instanceof AlreadyExistsError)) throw error;
+          if (!(error instanceof AlreadyExistsError)) {
+            // The mutation ran (its change is stored) but its response is not. Answered as a
+            // failure, the caller would retry, and the mutation, run again, answer
+            // ALREADY_EXISTS, a stale etag or NOT_FOUND for what it did itself. The response is
+            // answered, kept for retries reaching this process, and stored as soon as storage
+            // takes it, for those reaching any replica.
+            this.keep(stored);
+            return response;
+          }
         }
         // The same id ran beside this call on another replica and stored its response first:
         // that one stays, and is this call's answer too, as it is every later retry's. (An id
@@ -384,6 +408,48 @@ export class RequestResults {
       }
       return response;
     });
+  }
+
+  /**
+   * Keeps a response whose storing failed, and stores it again in the background, backing off,
+   * until storage takes it (or holds another's first: that one stays) or it expires.
+   */
+  private keep(stored: RequestResultDocument): void {
+    this.unstored.set(stored.id, stored);
+    this.storeKept(stored.id, UNSTORED_RETRY_FIRST_MS);
+  }
+
+  /**
+   * Tries to store the kept response of `id` now and, unless it takes, again after `delayMs`
+   * (doubling up to {@link UNSTORED_RETRY_CAP_MS}). One attempt, or one scheduled, at a time
+   * per id.
+   */
+  private storeKept(id: string, delayMs = UNSTORED_RETRY_FIRST_MS): void {
+    const kept = this.unstored.get(id);
+    if (kept === undefined || this.storing.has(id)) return;
+    if (kept.expiresAt.getTime() <= Date.now()) {
+      this.unstored.delete(id);
+      return;
+    }
+    this.storing.add(id);
+    this.collection.insert(kept).then(
+      () => {
+        this.storing.delete(id);
+        this.unstored.delete(id);
+      },
+      (error: unknown) => {
+        // Another call's response stored first stays, as it would have had this one's failed.
+        if (error instanceof AlreadyExistsError) {
+          this.storing.delete(id);
+          this.unstored.delete(id);
+          return;
+        }
+        setTimeout(() => {
+          this.storing.delete(id);
+          this.storeKept(id, Math.min(delayMs * 2, UNSTORED_RETRY_CAP_MS));
+        }, delayMs).unref();
+      },
+    );
   }
 
   /**
