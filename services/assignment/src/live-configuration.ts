@@ -174,6 +174,8 @@ export class LiveConfiguration {
    * for it (nor this one: its view is the one before). The next check bumps the version.
    */
   private unannounced = false;
+  /** Storage may hold a change no version bump announced (see {@link unsure}). */
+  private unsureOfStorage = false;
   /** The outdated conditions last warned about, to warn again only when they change. */
   private legacyWarned = '';
   /** The refresh `catchUp` callers share, while one runs. */
@@ -218,6 +220,18 @@ export class LiveConfiguration {
   }
 
   /**
+   * Records that a write of this replica may have changed storage with no version bump for it: a
+   * storage call answered as failed may have been made all the same (a timeout after the write
+   * landed). As after a failed bump, the next check bumps the version, so that every replica,
+   * this one too, reads everything, and a change this replica commits before then reads
+   * everything as well; unlike it, the write goes on as made (what it was asked to change is
+   * announced; only its aftermath is in doubt).
+   */
+  unsure(): void {
+    this.unsureOfStorage = true;
+  }
+
+  /**
    * Reloads when the stored version differs from the one held, after announcing a change whose
    * version bump failed. Returns true when it reloaded.
    *
@@ -229,10 +243,13 @@ export class LiveConfiguration {
    */
   refresh(everything = false): Promise<boolean> {
     return this.exclusive(async () => {
-      if (this.unannounced && !everything) {
+      if ((this.unannounced || this.unsureOfStorage) && !everything) {
         await this.store.bumpVersion();
-        this.logger.info({}, 'configuration change announced after its version bump had failed');
+        if (this.unannounced) {
+          this.logger.info({}, 'configuration change announced after its version bump had failed');
+        }
         this.unannounced = false;
+        this.unsureOfStorage = false;
       }
       if (!everything && this.view && (await this.store.version()) === this.view.version) {
         return false;
@@ -249,6 +266,7 @@ export class LiveConfiguration {
           throw error;
         }
         this.unannounced = false;
+        this.unsureOfStorage = false;
         // Nothing stored in between: what was read is that version (as `commit` takes it).
         if (version === records.version + 1) records = { ...records, version };
       }
@@ -323,9 +341,11 @@ export class LiveConfiguration {
         return this.adopt(compile(withChange(view, view.version, change))).version;
       }
       // After a failed bump, this bump announces that change too (and the view holds it under
-      // the version before: read it all, as the other replicas will).
-      if (!view || version !== view.version + 1 || this.unannounced) {
+      // the version before: read it all, as the other replicas will); so too a change storage
+      // may hold unannounced.
+      if (!view || version !== view.version + 1 || this.unannounced || this.unsureOfStorage) {
         this.unannounced = false;
+        this.unsureOfStorage = false;
         return this.adopt(compile(await this.store.readAll())).version;
       }
       this.adopt(compile(withChange(view, version, change)));

@@ -6,9 +6,12 @@
 import { status as GrpcCode } from '@grpc/grpc-js';
 import {
   CreateExperimentRequest,
+  UpdateAllocationRequest,
+  UpdateExperimentRequest,
   UpdateLayerRequest,
   CreateLayerRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
+import { AllocationMode } from '../../../gen/ts/tandem/assignment/v1/experiment';
 import { UnavailableError } from '../../platform/src/errors';
 import type { Collection } from '../../platform/src/storage/collection';
 import { failure } from '../../platform/test/support/failure';
@@ -121,6 +124,87 @@ describe('an admin write whose response could not be stored after its change was
     } finally {
       await first.stop();
       await second.stop();
+    }
+  });
+});
+
+describe('an allocation drop whose storage failed after the allocation was deleted', () => {
+  it('leaves the replica that dropped it serving what storage holds, as every other replica does', async () => {
+    const dataDir = temporaryDataDir();
+    const replica = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    // Another replica, running all along: it learns of changes by its periodic check alone.
+    const other = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '100ms',
+    });
+    try {
+      const created = await replica.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('bandit', {
+            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+            bandit: { minArmShare: 0.05 },
+            sticky: true,
+          }),
+        }),
+      );
+      await replica.admin.updateAllocation(
+        UpdateAllocationRequest.fromPartial({
+          allocation: {
+            experimentId: 'bandit',
+            weights: [
+              { variantKey: 'control', weight: 0.9 },
+              { variantKey: 'treatment', weight: 0.1 },
+            ],
+          },
+        }),
+      );
+      // Out of effect once the experiment is FIXED: dropped, but storage answers as failed.
+      const allocations = replica.service.context.store.allocations;
+      const remove = allocations.delete.bind(allocations);
+      jest.spyOn(allocations, 'delete').mockImplementationOnce(async (id, version) => {
+        await remove(id, version);
+        throw new UnavailableError('storage did not answer in time');
+      });
+      const mode = async (etag: string, allocationMode: AllocationMode) =>
+        (
+          await replica.admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                id: 'bandit',
+                etag,
+                allocationMode,
+                bandit:
+                  allocationMode === AllocationMode.ALLOCATION_MODE_BANDIT
+                    ? { minArmShare: 0.05 }
+                    : undefined,
+              },
+              updateMask: ['allocation_mode', 'bandit'],
+            }),
+          )
+        ).experiment?.etag ?? '';
+      const fixed = await mode(
+        created.experiment?.etag ?? '',
+        AllocationMode.ALLOCATION_MODE_FIXED,
+      );
+      // Back to BANDIT: storage holds no allocation, so the variants' own weights apply.
+      await mode(fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
+      expect(await allocations.get('bandit')).toBeUndefined();
+      const weights = async (of: TestAssignment) =>
+        (await of.client.getAllocation({ experimentId: 'bandit' })).allocation?.weights.map(
+          (w) => w.weight,
+        );
+      await eventually(async () => {
+        expect(await weights(other)).toEqual([0.5, 0.5]);
+      }, 5_000);
+      expect(await weights(replica)).toEqual([0.5, 0.5]);
+    } finally {
+      await replica.stop();
+      await other.stop();
     }
   });
 });

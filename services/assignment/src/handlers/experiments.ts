@@ -337,6 +337,11 @@ async function dropIgnoredAllocation(context: AssignmentContext, id: string): Pr
   try {
     await dropAllocation(context, id);
   } catch (error) {
+    // The drop may have been made all the same (storage answering as failed after deleting it),
+    // with no change recorded for it: the replicas' views would keep the allocation, and bring
+    // it back into effect should its experiment become a bandit of those arms again, while
+    // storage holds none. The next check announces it, so that every replica reads everything.
+    context.configuration.unsure();
     context.logger.warn(
       { err: error, experiment: id },
       'could not drop an allocation no longer in effect; it is ignored, and dropped at the next write',
