@@ -76,8 +76,14 @@ export interface MongoStoreOptions {
 /** Documents per round trip of `scan`: large enough to amortize latency, small enough for memory. */
 const SCAN_PAGE_SIZE = 1000;
 
-/** Server error codes that mean "this node cannot take the operation now" (failover, shutdown). */
-const UNAVAILABLE_CODES = new Set([6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436]);
+/**
+ * Server error codes that mean "this node cannot take the operation now" (failover, shutdown, an
+ * overloaded or lagging node): the driver's retryable read and write codes, which include
+ * ExceededTimeLimit (262) and ReadConcernMajorityNotAvailableYet (134).
+ */
+const UNAVAILABLE_CODES = new Set([
+  6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+]);
 
 const DUPLICATE_KEY = 11000;
 /** IndexOptionsConflict and IndexKeySpecsConflict. */
@@ -511,7 +517,8 @@ async function guard<R>(operation: () => Promise<R>): Promise<R> {
   }
 }
 
-function mapError(error: unknown): unknown {
+/** @internal Exported for tests. */
+export function mapError(error: unknown): unknown {
   if (
     error instanceof MongoServerSelectionError ||
     error instanceof MongoNetworkError ||

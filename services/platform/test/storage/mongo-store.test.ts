@@ -1,6 +1,6 @@
-import { MongoClient } from 'mongodb';
+import { MongoClient, MongoServerError } from 'mongodb';
 import { FailedPreconditionError, UnavailableError } from '../../src/errors';
-import { openMongoStore } from '../../src/storage/mongo-store';
+import { mapError, openMongoStore } from '../../src/storage/mongo-store';
 import { openStore } from '../../src/storage/open-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../support/integration';
 import { runCollectionContract } from './collection-contract';
@@ -101,5 +101,18 @@ describe('the MongoDB store without a server', () => {
       serverSelectionTimeoutMs: 300,
     });
     await expect(opening).rejects.toBeInstanceOf(UnavailableError);
+  });
+});
+
+describe('MongoDB server errors', () => {
+  it('are UNAVAILABLE for every code the driver retries reads or writes on', () => {
+    // The MongoDB driver's RETRYABLE_READ_ERROR_CODES and RETRYABLE_WRITE_ERROR_CODES.
+    const retryable = [6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436];
+    for (const code of retryable) {
+      const mapped = mapError(new MongoServerError({ code, errmsg: `code ${code}` }));
+      expect([code, mapped]).toEqual([code, expect.any(UnavailableError)]);
+    }
+    const duplicate = new MongoServerError({ code: 11000, errmsg: 'duplicate key' });
+    expect(mapError(duplicate)).not.toBeInstanceOf(UnavailableError);
   });
 });
