@@ -310,13 +310,25 @@ interface SurfaceIndex {
   readonly planIndexes: Int32Array;
   /** For each experiment above, its slot in the experiment's `surfaceNames`. */
   readonly surfaceSlots: Int32Array;
+  /** The running holdouts covering this surface whatever the time (see `indexSurfaces`). */
   readonly holdouts: readonly HoldoutPlan[];
+  /**
+   * The running holdouts covering this surface only through experiments with a scheduled window
+   * (and those experiments): they cover it while one of them is within its window.
+   */
+  readonly windowedHoldouts: readonly WindowedCoverage[];
   /** The serving sticky experiments here (see `stickyExperimentIds`). */
   readonly stickyPlans: readonly ExperimentPlan[];
   /** Whether one of them has a scheduled window, so `now` decides which are serving. */
   readonly stickyWindowed: boolean;
   readonly stickyExperimentIds: readonly string[];
   readonly served: ServedIndex;
+}
+
+/** A holdout covering a surface through experiments that serve there only within a window. */
+interface WindowedCoverage {
+  readonly holdout: HoldoutPlan;
+  readonly through: readonly ExperimentPlan[];
 }
 
 const NO_HOLDOUTS = new Int32Array(0);
@@ -944,12 +956,20 @@ export class AssignmentSnapshot {
   private holdoutMemberships(unit: UnitContext): HoldoutMembership[] {
     if (this.holdoutPlans.length === 0) return [];
     const covered = new Map<HoldoutPlan, string[]>();
+    const cover = (holdout: HoldoutPlan, surface: string): void => {
+      if (holdout.unitType !== unit.type) return;
+      const surfaces = covered.get(holdout);
+      if (surfaces === undefined) covered.set(holdout, [surface]);
+      else if (!surfaces.includes(surface)) surfaces.push(surface);
+    };
     for (const surface of unit.surfaces) {
-      for (const holdout of this.surfaces.get(surface)?.holdouts ?? []) {
-        if (holdout.unitType !== unit.type) continue;
-        const surfaces = covered.get(holdout);
-        if (surfaces === undefined) covered.set(holdout, [surface]);
-        else if (!surfaces.includes(surface)) surfaces.push(surface);
+      const index = this.surfaces.get(surface);
+      if (index === undefined) continue;
+      for (const holdout of index.holdouts) cover(holdout, surface);
+      for (const { holdout, through } of index.windowedHoldouts) {
+        if (through.some((plan) => unit.now >= plan.startMs && unit.now < plan.endMs)) {
+          cover(holdout, surface);
+        }
       }
     }
     const memberships: HoldoutMembership[] = [];
@@ -983,18 +1003,30 @@ export class AssignmentSnapshot {
       // A holdout covers an experiment on all of its surfaces, so one that covers a serving
       // experiment here (through its layer, or through another surface) acts here too: its
       // membership is listed (and logged). A draft or stopped experiment changes nothing here,
-      // so it does not widen it.
+      // so it does not widen it; nor does a scheduled one outside its window (before its start,
+      // past its end), which serves nobody then either: whether it serves is decided at `now`.
+      const serving = entry.experiments.filter((p) => p.serving !== Serving.OFF);
+      const windowed = (p: ExperimentPlan): boolean =>
+        p.serving === Serving.WINDOW && (p.startMs !== -Infinity || p.endMs !== Infinity);
       const coveringHere = new Set(
-        entry.experiments
-          .filter((p) => p.serving !== Serving.OFF)
-          .flatMap((p) => [...p.holdoutSlots]),
+        serving.filter((p) => !windowed(p)).flatMap((p) => [...p.holdoutSlots]),
       );
+      const always = holdouts.filter(
+        (h) => h.definition.surfaces.includes(surface) || coveringHere.has(h.index),
+      );
+      const windowedHoldouts: WindowedCoverage[] = [];
+      for (const holdout of holdouts) {
+        if (always.includes(holdout)) continue;
+        const through = serving.filter(
+          (p) => windowed(p) && p.holdoutSlots.includes(holdout.index),
+        );
+        if (through.length > 0) windowedHoldouts.push({ holdout, through });
+      }
       this.surfaces.set(surface, {
         experiments: entry.experiments,
         surfaceSlots: Int32Array.from(entry.slots),
-        holdouts: holdouts.filter(
-          (h) => h.definition.surfaces.includes(surface) || coveringHere.has(h.index),
-        ),
+        holdouts: always,
+        windowedHoldouts,
         stickyPlans,
         stickyWindowed: stickyPlans.some((p) => p.startMs !== -Infinity || p.endMs !== Infinity),
         stickyExperimentIds: stickyPlans.map((p) => p.id),

@@ -508,6 +508,36 @@ describe('a holdout covering an experiment through another of its surfaces', () 
     }
   });
 
+  it('widens through a scheduled experiment only within its window, as it serves', () => {
+    const HOUR = 3_600_000;
+    const scheduled = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({
+            id: 'both',
+            surfaces: ['feed', 'search'],
+            status: ExperimentStatus.SCHEDULED,
+            scheduledStartTime: NOW + HOUR,
+            scheduledEndTime: NOW + 2 * HOUR,
+          }),
+        ],
+        holdouts: [holdout({ id: 'feed-only', fraction: 0.5, surfaces: ['feed'] })],
+      }),
+    );
+    const memberships = (now: number) =>
+      scheduled
+        .resolve(unit('user-1', { surfaces: ['search'], now }))
+        .holdouts.map((m) => [m.holdout.id, m.surfaces]);
+    // Before its start and past its end it serves nobody on `search`, as a draft would not.
+    expect(memberships(NOW)).toEqual([]);
+    expect(memberships(NOW + HOUR)).toEqual([['feed-only', ['search']]]);
+    expect(memberships(NOW + 2 * HOUR)).toEqual([]);
+    // The holdout's own surface is covered whatever the experiment does.
+    expect(
+      scheduled.resolve(unit('user-1', { surfaces: ['feed'] })).holdouts.map((m) => m.holdout.id),
+    ).toEqual(['feed-only']);
+  });
+
   it('covers a surface through a layer only where an experiment of that layer serves', () => {
     for (const status of [ExperimentStatus.DRAFT, ExperimentStatus.STOPPED]) {
       const inLayer = { layerId: 'ranking', layerRange: { start: 0, end: 0.5 } };
