@@ -214,6 +214,32 @@ async function logExposures(
   const running: TokenAssignment[] = [];
   const stickyWrites: Promise<void>[] = [];
   const restuck = new Map<string, StickyAssignment>();
+  /** The STICKY assignments of sticky experiments shown, to check their variant is still held. */
+  const resolvedSticky: { index: number; assignment: TokenAssignment; ttlMs: number }[] = [];
+  // Storage's clock, not the client's exposure time: the TTL runs from the storing, and whether
+  // a stored variant is still live is judged now.
+  const storedNow = Date.now();
+  /** Names in the exposure of running[index] the variant `kept` when it is not the shown one. */
+  const settle = (index: number, assignment: TokenAssignment, kept: StickyAssignment): void => {
+    // Another resolve's variant was stored first (weights moved between the two): the unit is
+    // served that one from now on, so that is the variant its exposure names.
+    if (
+      kept.variantKey !== assignment.variantKey ||
+      kept.allocationSequence !== assignment.allocationSequence
+    ) {
+      running[index] = { ...assignment, ...kept, reason: STICKY };
+      restuck.set(assignment.experimentId, kept);
+    }
+  };
+  const storeSticky = (assignment: TokenAssignment, ttlMs: number): Promise<StickyAssignment> =>
+    context.sticky.store(
+      assignment.experimentId,
+      unit.type,
+      unit.id,
+      { variantKey: assignment.variantKey, allocationSequence: assignment.allocationSequence },
+      ttlMs,
+      storedNow,
+    );
   for (const assignment of shown) {
     const experiment = view.experiments.get(assignment.experimentId)?.doc;
     if (experiment === undefined || stoppedBy(experiment, shownAt)) {
@@ -221,36 +247,44 @@ async function logExposures(
       continue;
     }
     const index = running.push(assignment) - 1;
-    if (experiment.sticky && assignment.reason === ASSIGNED) {
-      const sticky: StickyAssignment = {
-        variantKey: assignment.variantKey,
-        allocationSequence: assignment.allocationSequence,
-      };
+    if (!experiment.sticky) continue;
+    const ttlMs = experiment.stickyTtlMs ?? context.defaultStickyTtlMs;
+    if (assignment.reason === ASSIGNED) {
       stickyWrites.push(
-        context.sticky
-          .store(
-            experiment.id,
-            unit.type,
-            unit.id,
-            sticky,
-            experiment.stickyTtlMs ?? context.defaultStickyTtlMs,
-            // Storage's clock, not the client's exposure time: the TTL runs from the storing,
-            // and whether a stored variant is still live is judged now.
-            Date.now(),
-          )
-          .then((kept) => {
-            // Another resolve's variant was stored first (weights moved between the two): the
-            // unit is served that one from now on, so that is the variant its exposure names.
-            if (
-              kept.variantKey !== sticky.variantKey ||
-              kept.allocationSequence !== sticky.allocationSequence
-            ) {
-              running[index] = { ...assignment, ...kept, reason: STICKY };
-              restuck.set(experiment.id, kept);
-            }
-          }),
+        storeSticky(assignment, ttlMs).then((kept) => {
+          settle(index, assignment, kept);
+        }),
       );
+    } else if (assignment.reason === STICKY) {
+      resolvedSticky.push({ index, assignment, ttlMs });
     }
+  }
+  if (resolvedSticky.length > 0) {
+    // A STICKY assignment names the variant stored when it was resolved, which may have expired
+    // since (its TTL ran out before the token, valid a day, was applied): showing it then is the
+    // first exposure of a new sticky period, which stores it as an ASSIGNED one would, or the
+    // unit would be served another variant next time. One read for them all, from the cache
+    // mostly. When storage cannot be read, nothing is stored and the exposure names what was
+    // resolved: a failed read must not fail the Apply of a variant the unit held.
+    stickyWrites.push(
+      (async () => {
+        const held = await context.sticky.lookup(
+          unit.type,
+          unit.id,
+          resolvedSticky.map(({ assignment }) => assignment.experimentId),
+          storedNow,
+        );
+        const unreadable = new Set(held.unavailable);
+        await Promise.all(
+          resolvedSticky.map(async ({ index, assignment, ttlMs }) => {
+            if (unreadable.has(assignment.experimentId)) return;
+            const kept =
+              held.found.get(assignment.experimentId) ?? (await storeSticky(assignment, ttlMs));
+            settle(index, assignment, kept);
+          }),
+        );
+      })(),
+    );
   }
   // Sticky variants are stored before anything is logged: when storing fails, the call fails
   // with nothing logged, and its retry logs the exposures instead of finding them logged.

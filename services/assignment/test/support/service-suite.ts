@@ -2267,6 +2267,40 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         });
       });
 
+      it('starts a new sticky period when a STICKY assignment is shown after its stored variant expired', async () => {
+        const { admin, client } = service;
+        await startSticky(admin, 'sticky-lapse');
+        const surfaces = ['sticky-lapse'];
+        // Stored under earlier weights (another variant than the hash gives now), expiring soon.
+        const held =
+          expectedVariant('sticky-lapse', 'lapse-1') === 'control' ? 'treatment' : 'control';
+        const otherReplica = await StickyAssignments.open(service.runtime.store, 10);
+        await otherReplica.store(
+          'sticky-lapse',
+          'user',
+          'lapse-1',
+          { variantKey: held, allocationSequence: 0 },
+          1_000,
+          Date.now(),
+        );
+        const resolved = await client.resolve(resolveRequest('lapse-1', { surfaces }));
+        expect(resolved.assignments[0]).toMatchObject({
+          variantKey: held,
+          reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+        });
+        await new Promise((resolve) => setTimeout(resolve, 1_100));
+        // Shown after the stored variant expired: the first exposure of a new sticky period.
+        const applied = await client.apply(
+          ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),
+        );
+        expect(applied.exposures).toMatchObject({ loggedCount: 1 });
+        const again = await client.resolve(resolveRequest('lapse-1', { surfaces }));
+        expect(again.assignments[0]).toMatchObject({
+          variantKey: held,
+          reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+        });
+      });
+
       it('serves and logs the stored variant when a Resolve with apply finds another stored since its lookup', async () => {
         const { client } = service;
         const first = await client.resolve(resolveRequest('race-2', { surfaces: ['sticky-race'] }));
