@@ -139,7 +139,7 @@ describe('a replica whose version bump failed once', () => {
 });
 
 describe('a replica whose version bump failed, left to its periodic check', () => {
-  it('announces the change with one version bump, and settles the lease it left', async () => {
+  it('announces the change, once and for all, and settles the lease it left', async () => {
     const service = await startTestAssignment({ reloadInterval: '100ms' });
     try {
       const store = service.service.context.store;
@@ -157,9 +157,15 @@ describe('a replica whose version bump failed, left to its periodic check', () =
         expect(service.service.context.configuration.hasUnannouncedChange()).toBe(false);
         expect(await store.writeLeaseAbandoned()).toBe(false);
       });
-      // A few checks more: each replica reloads once for the change, not once per bump.
+      // Announced, and not again at every check. (Twice at most: a check that bumps the version
+      // while the write is still failing leaves the lease unsettled all the same, and its
+      // takeover bumps once more.)
       await new Promise((resolve) => setTimeout(resolve, 500));
-      expect(await store.version()).toBe(before + 1);
+      const announced = await store.version();
+      expect(announced - before).toBeGreaterThanOrEqual(1);
+      expect(announced - before).toBeLessThanOrEqual(2);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await store.version()).toBe(announced);
     } finally {
       await service.stop();
     }
