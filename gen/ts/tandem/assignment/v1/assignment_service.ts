@@ -401,7 +401,9 @@ export interface ResolveRequest {
   surfaces: string[];
   /**
    * Optional. When true, log exposures for the result right away, as Apply with every experiment
-   * would (use it when the experience is shown immediately).
+   * would (use it when the experience is shown immediately). Resolve then fails as Apply would
+   * when storing a sticky variant fails (UNAVAILABLE, or ABORTED with reason
+   * STICKY_WRITE_CONFLICT), with nothing logged: a retry resolves and logs again.
    */
   apply: boolean;
   /**
@@ -4911,8 +4913,10 @@ export const AssignmentServiceService = {
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
    * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
-   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
-   * (nothing is logged either way: a retry logs them).
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read;
+   * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
+   * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
+   * logs them).
    */
   apply: {
     path: "/tandem.assignment.v1.AssignmentService/Apply" as const,
@@ -5139,8 +5143,10 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
    * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
-   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
-   * (nothing is logged either way: a retry logs them).
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read;
+   * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
+   * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
+   * logs them).
    */
   apply: handleUnaryCall<ApplyRequest, ApplyResponse>;
   /**
@@ -5606,8 +5612,10 @@ export interface AssignmentServiceClient extends Client {
    * deployment or older than 24 hours (ErrorInfo reason `RESOLVE_TOKEN_INVALID` or
    * `RESOLVE_TOKEN_EXPIRED`), or `exposure_time` is more than one minute in the future or beyond
    * what a Timestamp holds; UNAVAILABLE when storing a sticky variant fails, or when the token
-   * was resolved with a configuration this replica has not loaded yet and storage cannot be read
-   * (nothing is logged either way: a retry logs them).
+   * was resolved with a configuration this replica has not loaded yet and storage cannot be read;
+   * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
+   * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
+   * logs them).
    */
   apply(
     request: ApplyRequest,
