@@ -30,6 +30,37 @@ interface Account {
 }
 
 describe('the embedded store on disk', () => {
+  it('acknowledges a write once it is flushed to disk, not when it is committed', async () => {
+    // lmdb-js flushes after the commit (overlappingSync): held here until released.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const lmdb = require('lmdb') as { open: typeof open };
+    const opened = jest.spyOn(lmdb, 'open');
+    const store = await openEmbeddedStore({ path: freshPath() });
+    const lmdbRoot = opened.mock.results[0]?.value as { flushed: PromiseLike<boolean> };
+    opened.mockRestore();
+    try {
+      let release = (): void => undefined;
+      const held = new Promise<boolean>((resolve) => {
+        release = () => {
+          resolve(true);
+        };
+      });
+      lmdbRoot.flushed = { then: (done, failed) => held.then(done, failed) };
+      const accounts = await store.collection<Account>({ name: 'accounts' });
+      let acknowledged = false;
+      const write = accounts.insert({ id: 'a', email: 'a@example.com' }).then(() => {
+        acknowledged = true;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(acknowledged).toBe(false);
+      release();
+      await write;
+      expect(acknowledged).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('keeps documents, versions and indexes across a close and reopen', async () => {
     const path = freshPath();
     const spec: CollectionSpec = {
