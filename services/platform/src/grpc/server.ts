@@ -81,8 +81,12 @@ export class GrpcServer {
   private readonly credentials: ServerCredentials;
   private port: number | undefined;
   private stopping: Promise<void> | undefined;
-  /** Open `Health/Watch` streams, ended on shutdown (each would hold the server open). */
-  private readonly healthWatches = new Set<ServerWritableStream<unknown, unknown>>();
+  /**
+   * Open server-streaming calls of health and reflection (`Health/Watch`, a GUI client's
+   * `ServerReflectionInfo`), ended on shutdown: each would hold the server open until the
+   * deadline, which then cancels every call still in flight.
+   */
+  private readonly openStreams = new Set<ServerWritableStream<unknown, unknown>>();
   /**
    * The contracts reflection serves: the descriptor set's files byte for byte, and
    * grpc-health-check's (built beside it by `make gen`); undefined when reflection is off.
@@ -103,7 +107,7 @@ export class GrpcServer {
     });
     // The empty name is the whole server's status, which load balancers and kubelets probe.
     this.health = new HealthImplementation({ '': 'NOT_SERVING' });
-    this.health.addToServer(this.healthWatchesTracked());
+    this.health.addToServer(this.streamsTracked());
     // Read now, so that a missing descriptor set fails start-up before anything is opened.
     if (options.reflection !== false) {
       const path = options.reflection ?? findDescriptorSet();
@@ -129,7 +133,7 @@ export class GrpcServer {
     };
     const contracts = { tandem: files } as PackageDefinition;
     const services = [...this.services.map((service) => service.name), HEALTH_SERVICE];
-    new ReflectionService(contracts, { services }).addToServer(this.server);
+    new ReflectionService(contracts, { services }).addToServer(this.streamsTracked());
   }
 
   /**
@@ -209,28 +213,32 @@ export class GrpcServer {
   }
 
   /**
-   * The server as grpc-health-check's `addToServer` sees it: its `Watch` handler runs as it is,
-   * with each stream kept in {@link healthWatches} until it ends.
+   * The server as grpc-health-check's and reflection's `addToServer` see it: their handlers run
+   * as they are, with each call of a method that streams responses kept in {@link openStreams}
+   * until it ends.
    */
-  private healthWatchesTracked(): Pick<Server, 'addService'> {
+  private streamsTracked(): Pick<Server, 'addService'> {
     return {
       addService: (service, implementation) => {
-        const watch = implementation.watch as
-          ((call: ServerWritableStream<unknown, unknown>) => void) | undefined;
-        this.server.addService(service, {
-          ...implementation,
-          ...(watch && {
-            watch: (call: ServerWritableStream<unknown, unknown>) => {
-              this.healthWatches.add(call);
-              const forget = (): void => {
-                this.healthWatches.delete(call);
-              };
-              call.on('cancelled', forget);
-              call.on('finish', forget);
-              watch(call);
-            },
-          }),
-        });
+        const tracked: UntypedServiceImplementation = { ...implementation };
+        for (const [name, method] of Object.entries(service)) {
+          if (!method.responseStream) continue;
+          // grpc-js finds a handler under the method's name or its name in the proto.
+          const key = name in implementation ? name : method.originalName;
+          const handler = key === undefined ? undefined : implementation[key];
+          if (key === undefined || typeof handler !== 'function') continue;
+          const stream = handler as (call: ServerWritableStream<unknown, unknown>) => void;
+          tracked[key] = (call: ServerWritableStream<unknown, unknown>) => {
+            this.openStreams.add(call);
+            const forget = (): void => {
+              this.openStreams.delete(call);
+            };
+            call.on('cancelled', forget);
+            call.on('finish', forget);
+            stream(call);
+          };
+        }
+        this.server.addService(service, tracked);
       },
     };
   }
@@ -255,10 +263,10 @@ export class GrpcServer {
 
   private async stop(deadlineMs: number): Promise<void> {
     this.setServing(false);
-    // Watchers have been told NOT_SERVING; their streams end (OK) rather than hold the server
-    // open until the deadline cancels them.
-    for (const call of this.healthWatches) call.end();
-    this.healthWatches.clear();
+    // Watchers have been told NOT_SERVING; their streams (and reflection's) end (OK) rather than
+    // hold the server open until the deadline cancels them.
+    for (const call of this.openStreams) call.end();
+    this.openStreams.clear();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.logger.warn(

@@ -64,6 +64,42 @@ describe('graceful shutdown', () => {
     health.close();
   });
 
+  it('ends open reflection streams rather than wait for the deadline, as it does health watchers', async () => {
+    // A GUI client (Postman, Kreya) keeps its reflection stream open while it is connected:
+    // tryShutdown waits for every stream, so the server would sit out the whole deadline and
+    // then cancel whatever else was still in flight.
+    const echo = await startEcho();
+    const definition = loadSync(
+      require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
+      { keepCase: true },
+    );
+    type Reflection = Client & {
+      ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean };
+    };
+    const pkg = loadPackageDefinition(definition) as unknown as {
+      grpc: {
+        reflection: { v1: { ServerReflection: new (a: string, c: typeof insecure) => Reflection } };
+      };
+    };
+    const reflection = new pkg.grpc.reflection.v1.ServerReflection(echo.address, insecure);
+    const call = reflection.ServerReflectionInfo();
+    const answered = new Promise((resolve) => call.once('data', resolve));
+    const ended = new Promise<GrpcCode>((resolve) => {
+      call.on('status', (status: { code: GrpcCode }) => {
+        resolve(status.code);
+      });
+    });
+    call.on('error', () => undefined);
+    call.on('data', () => undefined);
+    call.write({ list_services: '' });
+    await answered;
+    const started = Date.now();
+    await echo.server.shutdown(5000);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(await ended).toBe(GrpcCode.OK);
+    reflection.close();
+  });
+
   it("aborts the handler's signal when the caller cancels, whether read before or after", async () => {
     const seen: { early?: AbortSignal; late?: AbortSignal } = {};
     let entered!: () => void;
