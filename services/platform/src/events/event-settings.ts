@@ -148,10 +148,22 @@ export function consumerSettings(spec: ConsumerSpec<unknown>): ConsumerSettings 
 export function checkPublish(subject: string, eventId: string): void {
   const violations: FieldViolation[] = [];
   if (!isPublishableSubject(subject)) {
-    violations.push({ field: 'subject', description: 'must be a subject without wildcards' });
+    violations.push({
+      field: 'subject',
+      description: 'must be a subject without wildcards or whitespace',
+    });
   }
   if (eventId.length === 0) {
     violations.push({ field: 'eventId', description: 'must not be empty', reason: 'REQUIRED' });
+  } else if (/[\r\n]/.test(eventId)) {
+    // It travels as the Nats-Msg-Id header, which cannot hold a line break: NATS refuses it on
+    // every try, so it must not be taken for an outage (a buffered publisher would retry it
+    // forever at the head of its queue). Refused by every adapter alike.
+    violations.push({
+      field: 'eventId',
+      description: 'must not contain a line break (it is sent as a message header)',
+      reason: 'INVALID_EVENT_ID',
+    });
   }
   throwIfAny(`publish to ${subject}`, violations);
 }

@@ -24,10 +24,18 @@ export function matchesAnySubject(patterns: readonly string[], subject: string):
   return patterns.length === 0 || patterns.some((pattern) => subjectMatches(pattern, subject));
 }
 
+/**
+ * Whitespace, which ends a subject in the NATS protocol: the client refuses a subject holding
+ * any (the same characters it checks), on every try.
+ */
+const SUBJECT_WHITESPACE = /[ \n\r\t]/;
+
 /** True when `subject` is a concrete subject a message can be published on. */
 export function isPublishableSubject(subject: string): boolean {
   return (
-    subject.length > 0 && subject.split('.').every((t) => t.length > 0 && t !== '*' && t !== '>')
+    subject.length > 0 &&
+    !SUBJECT_WHITESPACE.test(subject) &&
+    subject.split('.').every((t) => t.length > 0 && t !== '*' && t !== '>')
   );
 }
 

@@ -487,6 +487,22 @@ export function describeEventBusContract(harness: BusHarness): void {
     ).rejects.toBeInstanceOf(InvalidArgumentError);
   });
 
+  it('refuses an event id with a line break and a subject with whitespace with InvalidArgumentError, which NATS cannot carry', async () => {
+    // The id travels as the Nats-Msg-Id header and the subject in the PUB line: NATS refuses
+    // both on every try, so a retry cannot help and the adapters must agree on refusing them.
+    await expect(publish('exposure', 'x', 'id\r\nNats-Expected-Stream: X')).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
+    await expect(publish('exposure', 'x', 'id\nsecond-line')).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
+    for (const subject of [`${prefix}.play list`, `${prefix}.play\tlist`]) {
+      await expect(
+        bus.publish(subject, EchoRequest, echo('x'), { eventId: 'x' }),
+      ).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+  });
+
   it('refuses to subscribe to a stream that was never declared', async () => {
     await expect(
       bus.subscribe(consumer({ stream: uniqueName('MISSING') }), () => Promise.resolve()),

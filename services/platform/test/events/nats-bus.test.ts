@@ -109,6 +109,21 @@ describeWithNats('NATS JetStream event bus', () => {
       await buffered.close();
     });
 
+    it('drops, rather than retries forever at the head of a buffered queue, an event id NATS cannot carry', async () => {
+      await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
+      // An id with a line break cannot be a Nats-Msg-Id header: every try fails the same way, so
+      // it must be dropped and counted like an event over max_payload, not held as UNAVAILABLE
+      // at the head of the queue, delaying every event behind it by the back-off (and kept in
+      // the spool at each close, to block the next start too).
+      const buffered = new BufferedPublisher(bus, { initialRetryDelayMs: 10 });
+      buffered.enqueue(`${stream}.bad`, EchoRequest, EchoRequest.fromPartial({}), 'bad\nid');
+      buffered.enqueue(`${stream}.good`, EchoRequest, EchoRequest.fromPartial({}), 'good-id');
+      await eventually(() => {
+        expect(buffered.stats()).toMatchObject({ published: 1, dropped: 1, queued: 0 });
+      });
+      await buffered.close();
+    });
+
     it('updates a durable whose limits changed and keeps its position', async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       const spec = {
