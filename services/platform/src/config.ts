@@ -6,7 +6,7 @@
  * Every variable has a description and a documented default; `describe()` lists them for the
  * README's configuration table. Nothing outside a `config.ts` reads `process.env`.
  */
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, statSync } from 'node:fs';
 import { MongoClient } from 'mongodb';
 import { serverUrlProblems } from './events/server-urls';
 
@@ -261,6 +261,9 @@ export interface PlatformConfig {
 function unreadable(path: string): string | undefined {
   try {
     accessSync(path, constants.R_OK);
+    // A readable directory passes the access check (a mounted secret named instead of its file),
+    // and start-up would then fail reading it with a bare EISDIR naming neither variable nor path.
+    if (statSync(path).isDirectory()) return 'EISDIR';
     return undefined;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code ?? String(error);
@@ -369,6 +372,10 @@ export function readPlatformConfig(
       }),
       keepaliveTimeoutMs: env.durationMs('TANDEM_GRPC_KEEPALIVE_TIMEOUT', {
         default: 10_000,
+        // grpc-js destroys a connection whose ping is not answered within it, with its calls in
+        // flight: 0 (which reads like "no timeout") or a few ms would drop every connection at
+        // its first keepalive ping. A second leaves room for a round trip behind a busy loop.
+        min: 1000,
         description: 'A connection whose keepalive ping is not answered within this is closed',
       }),
       handlerSliceUs: env.integer('TANDEM_GRPC_HANDLER_SLICE_US', {

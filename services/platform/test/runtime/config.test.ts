@@ -118,6 +118,17 @@ describe('readPlatformConfig', () => {
     expect(platformProblems({ TANDEM_GRPC_HANDLER_SLICE_US: '0.5ms' })).toHaveLength(1);
   });
 
+  it('refuses a keepalive timeout no ping can be answered within, which would drop every connection and its calls', () => {
+    // grpc-js destroys a connection whose ping is not answered within the timeout, calls in flight
+    // included: with 0 (or a few ms) that is every connection, at its first keepalive ping.
+    for (const timeout of ['0', '0s', '5ms']) {
+      expect(platformProblems({ TANDEM_GRPC_KEEPALIVE_TIMEOUT: timeout })).toEqual([
+        expect.stringMatching(/^TANDEM_GRPC_KEEPALIVE_TIMEOUT must be at least 1000/),
+      ]);
+    }
+    expect(platformProblems({ TANDEM_GRPC_KEEPALIVE_TIMEOUT: '1s' })).toEqual([]);
+  });
+
   it('refuses an admin token no client can send in a header, which would lock every admin RPC', () => {
     expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'pässwörd' })).toEqual([
       expect.stringMatching(/^TANDEM_ADMIN_TOKEN: use printable ASCII/),
@@ -159,6 +170,21 @@ describe('readPlatformConfig', () => {
       expect(platformProblems({ TANDEM_TLS_CERT_FILE: cert, TANDEM_TLS_KEY_FILE: cert })).toEqual(
         [],
       );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names a TLS variable set to a directory (a mounted secret rather than its file), which cannot be read as one', () => {
+    // access(R_OK) passes on a directory; reading it at start-up then fails with a bare EISDIR
+    // that names neither the variable nor the path.
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-config-tls-'));
+    try {
+      const cert = join(dir, 'tls.crt');
+      writeFileSync(cert, 'not checked here: grpc-js reads it');
+      expect(platformProblems({ TANDEM_TLS_CERT_FILE: cert, TANDEM_TLS_KEY_FILE: dir })).toEqual([
+        `TANDEM_TLS_KEY_FILE: cannot read "${dir}" (EISDIR)`,
+      ]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
