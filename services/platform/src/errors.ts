@@ -357,8 +357,14 @@ export function toStatus(error: unknown): StatusObject {
       ),
     );
   }
-  if (tandem instanceof UnavailableError && tandem.retryDelayMs !== undefined) {
-    const ms = tandem.retryDelayMs;
+  if (
+    tandem instanceof UnavailableError &&
+    tandem.retryDelayMs !== undefined &&
+    Number.isFinite(tandem.retryDelayMs)
+  ) {
+    // Whole milliseconds, never negative: RetryInfo's nanos are an int32, and a fraction there
+    // would make encoding throw inside grpc-js's call path.
+    const ms = Math.max(0, Math.round(tandem.retryDelayMs));
     details.push(
       packAny(
         'google.rpc.RetryInfo',

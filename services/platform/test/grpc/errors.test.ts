@@ -444,6 +444,24 @@ describe('the trailers of a status', () => {
   });
 });
 
+describe('RetryInfo', () => {
+  it('carries a retry delay given in fractions of a millisecond, or below zero, as whole ones', () => {
+    for (const [given, carried] of [
+      [1500.6, 1501],
+      [0.25, 0],
+      [-30, 0],
+    ]) {
+      const status = toStatus(new UnavailableError('busy', { retryDelayMs: given }));
+      const decoded = decodeStatus({
+        code: status.code,
+        details: status.details,
+        metadata: status.metadata,
+      });
+      expect([given, decoded.retryDelayMs]).toEqual([given, carried]);
+    }
+  });
+});
+
 describe('a peer whose error details do not decode', () => {
   it('fails the call with the status code and message, and the details that decode', async () => {
     // A peer (or a proxy) that sends a known detail type truncated, beside a good one.
