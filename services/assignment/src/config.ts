@@ -4,6 +4,7 @@
  */
 import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
 import { MAX_STICKY_TTL_MS } from './domain/configuration';
+import { EXPOSURE_RETENTION_MS } from './events/streams';
 
 /** The longest a request_id's first result is kept (stored with an expiry; not a timer). */
 const MAX_REQUEST_ID_TTL_MS = 365 * 86_400_000;
@@ -71,6 +72,8 @@ export function readAssignmentConfig(
     exposureDuplicateWindowMs: reader.durationMs('TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW', {
       default: 3_600_000,
       min: 1000,
+      // JetStream refuses a duplicate window longer than the stream's retention (7 days).
+      max: EXPOSURE_RETENTION_MS,
       description:
         'JetStream duplicate window of the exposure stream: repeated exposure ids within it are stored once',
     }),

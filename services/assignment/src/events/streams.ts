@@ -11,11 +11,14 @@ export const CONFIG_SUBJECT = 'tandem.events.v1.config.assignment';
 
 const DAY_MS = 86_400_000;
 
+/** How long the exposure stream keeps an exposure: its duplicate window cannot be longer. */
+export const EXPOSURE_RETENTION_MS = 7 * DAY_MS;
+
 export function exposureStream(duplicateWindowMs: number): StreamSpec {
   return {
     name: 'TANDEM_EXPOSURES',
     subjects: [EXPOSURE_SUBJECT],
-    maxAgeMs: 7 * DAY_MS,
+    maxAgeMs: EXPOSURE_RETENTION_MS,
     duplicateWindowMs,
   };
 }
