@@ -105,7 +105,10 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         () => registry.applyFeatureView(request.featureView, false),
         ApplyFeatureViewRequest,
       );
-      await views.reconcile(registry.allViews());
+      const reconciling = views.reconcile(registry.allViews());
+      // A compatible change to a push view is served at once (see `OnlineViews.reconcile`): the
+      // answer does not wait behind loads of other views queued before it, which take minutes.
+      if (!views.servesAsRegistered(name)) await reconciling;
       const after = registry.view(name)?.definition;
       if (
         before !== undefined &&

@@ -198,6 +198,18 @@ const STOP_WAIT_FOR_READS_MS = 2_000;
 const RECONCILE_RETRY_MIN_MS = 500;
 const RECONCILE_RETRY_MAX_MS = 30_000;
 
+/**
+ * UNAVAILABLE for a view the registry holds but this replica does not serve yet: its load is
+ * under way or failed (storage not answering; it is tried again). The view exists, so NOT_FOUND,
+ * which tells a client it does not, would be wrong; a retry is answered once it is loaded.
+ */
+function featureViewNotLoaded(views: readonly string[]): UnavailableError {
+  return new UnavailableError(
+    `feature view ${views.join(', ')} is not loaded on this replica yet; retry`,
+    { reason: 'FEATURE_VIEW_NOT_LOADED', retryDelayMs: RECONCILE_RETRY_MIN_MS },
+  );
+}
+
 export class OnlineViews {
   private readonly served = new Map<string, Served>();
   private reconciling: Promise<void> = Promise.resolve();
@@ -280,6 +292,16 @@ export class OnlineViews {
    * after the sync running, since a table replaced under a sync would miss what it applies.
    */
   reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
+    // A compatible change to a push view served here (a feature added, a TTL or description
+    // changed) replaces no table, so it takes effect at once rather than behind the queue: a
+    // reconcile loading another view (a big one applied, or applied again) takes minutes, and
+    // meanwhile the change's features were NOT_FOUND and every write to the view waited.
+    if (!this.stopped) {
+      for (const [name, registered] of views) {
+        const current = this.served.get(name);
+        if (current?.kind === 'push') this.redefinePush(name, current, registered);
+      }
+    }
     this.reconciling = this.reconciling
       .then(() => this.untilSynced())
       .then(() => this.reconcileNow(views))
@@ -309,6 +331,20 @@ export class OnlineViews {
         resolve();
       });
     });
+  }
+
+  /**
+   * Whether view `name` is served here as the registry holds it now: nothing of it is left for a
+   * queued reconcile to load (a compatible change to a push view is applied at once).
+   */
+  servesAsRegistered(name: string): boolean {
+    const served = this.served.get(name);
+    const registered = this.parts.registry.view(name);
+    return (
+      served !== undefined &&
+      registered !== undefined &&
+      sameRegistration(served.registered, registered)
+    );
   }
 
   /** The time up to which this replica is known to hold every stored write. */
@@ -361,32 +397,27 @@ export class OnlineViews {
   ): Promise<void> {
     if (this.isStopping()) return;
     const current = this.served.get(name);
-    if (current !== undefined && sameRegistration(current.registered, registered)) return;
     const definition = registered.definition;
+    // The join keys and types as the registry holds the view's entities now, not as they were
+    // when the view was loaded: a registry reload reads the entities, then the views (not one
+    // snapshot), so a view deleted and applied again after its entity's join key or type changed
+    // can be loaded with the entity as it was, and the next reload brings only the entity.
+    // Served by the old keys, the view would refuse every read and write by the new ones.
+    const keyColumns = this.keyColumnsOf(definition);
+    if (current !== undefined && sameRegistration(current.registered, registered)) {
+      if (keyColumns !== undefined && !sameKeyColumns(current.keyColumns, keyColumns)) {
+        // The records are keyed by their key values, which the writers encoded by the entity
+        // as it is: only how requests are read changes.
+        this.served.set(name, { ...current, keyColumns });
+      }
+      return;
+    }
     // A view deleted and applied again (between two registry reloads) is another view: its
     // values are loaded anew rather than kept.
     const recreated =
       current !== undefined &&
       current.registered.createTime.getTime() !== registered.createTime.getTime();
-    if (current?.kind === 'push' && definition.source?.kind === 'push' && !recreated) {
-      const features = definition.features.map((f) => f.name);
-      const added = features.some((f) => current.table.featureIndex(f) < 0);
-      // Records past the old TTL when the change was made go (the definition's update time,
-      // which is the change's when it is the latest), not those past it when this replica hears
-      // of it, which storage may keep by then. Approximate: the writer's clock dates the change,
-      // and a replica's sweep before it hears (every minute) drops by the old TTL.
-      current.table.redefine(
-        features,
-        definition.ttlMs,
-        Math.min(Date.now(), registered.updateTime.getTime()),
-      );
-      this.served.set(name, { ...current, registered });
-      // A feature added gets its values from storage, in the background (a view may hold
-      // millions of records, and writes wait for a reconcile): rows written with it on another
-      // replica may have been synced here, without it, before this replica knew of it.
-      if (added) this.refill(name, current.table, registered);
-      return;
-    }
+    if (current?.kind === 'push' && this.redefinePush(name, current, registered)) return;
     if (
       current?.kind === 'stream' &&
       !recreated &&
@@ -395,7 +426,11 @@ export class OnlineViews {
       // Only what does not change the aggregation changed: it goes on serving (restarting it
       // left the view unknown to reads until its checkpoint was restored).
       current.aggregation.redefine(definition);
-      this.served.set(name, { ...current, registered });
+      this.served.set(name, {
+        ...current,
+        registered,
+        keyColumns: keyColumns ?? current.keyColumns,
+      });
       return;
     }
     // Another view, or one of another source: the one served is gone (a push view's table
@@ -407,10 +442,11 @@ export class OnlineViews {
       if (definition.source?.kind === 'stream') await current.aggregation.stop();
       else await this.retire(name, current.aggregation);
     }
-    const keyColumns = this.keyColumnsOf(definition);
-    if (keyColumns === undefined || this.isStopping()) return;
+    // Read again: the registry may have been reloaded while the aggregation stopped.
+    const loadColumns = this.keyColumnsOf(definition);
+    if (loadColumns === undefined || this.isStopping()) return;
     if (definition.source?.kind === 'push') {
-      await this.loadPushTable({ kind: 'push', registered, keyColumns });
+      await this.loadPushTable({ kind: 'push', registered, keyColumns: loadColumns });
     } else if (definition.source?.kind === 'stream') {
       const aggregation = new StreamAggregation({
         view: definition,
@@ -431,8 +467,51 @@ export class OnlineViews {
         await aggregation.stop();
         return;
       }
-      this.served.set(name, { kind: 'stream', registered, keyColumns, aggregation });
+      this.served.set(name, { kind: 'stream', registered, keyColumns: loadColumns, aggregation });
     }
+  }
+
+  /**
+   * Applies a compatible change of push view `name` (the same registration, still push-sourced)
+   * to the table served, in place; returns false when `registered` is another view (applied
+   * again, or of another source), which needs loading. A definition older than the one served (a
+   * reconcile queued with an earlier registry snapshot) changes nothing: applied after the newer
+   * one, its TTL would drop, once the newer one came back, the records between the two TTLs.
+   */
+  private redefinePush(
+    name: string,
+    current: ServedPush,
+    registered: Registered<FeatureViewDefinition>,
+  ): boolean {
+    const definition = registered.definition;
+    if (
+      definition.source?.kind !== 'push' ||
+      current.registered.createTime.getTime() !== registered.createTime.getTime()
+    ) {
+      return false;
+    }
+    if (registered.version <= current.registered.version) return true;
+    const features = definition.features.map((f) => f.name);
+    const added = features.some((f) => current.table.featureIndex(f) < 0);
+    // Records past the old TTL when the change was made go (the definition's update time,
+    // which is the change's when it is the latest), not those past it when this replica hears
+    // of it, which storage may keep by then. Approximate: the writer's clock dates the change,
+    // and a replica's sweep before it hears (every minute) drops by the old TTL.
+    current.table.redefine(
+      features,
+      definition.ttlMs,
+      Math.min(Date.now(), registered.updateTime.getTime()),
+    );
+    this.served.set(name, {
+      ...current,
+      registered,
+      keyColumns: this.keyColumnsOf(definition) ?? current.keyColumns,
+    });
+    // A feature added gets its values from storage, in the background (a view may hold
+    // millions of records, and writes wait for a reconcile): rows written with it on another
+    // replica may have been synced here, without it, before this replica knew of it.
+    if (added) this.refill(name, current.table, registered);
+    return true;
   }
 
   /**
@@ -748,6 +827,7 @@ export class OnlineViews {
     const unknownViews: FieldViolation[] = [];
     const unknownFeatures: FieldViolation[] = [];
     const offline: string[] = [];
+    const notLoaded: string[] = [];
     const byView = new Map<string, Reference>();
     const featureNames: string[] = [];
     const seen = new Set<string>();
@@ -777,6 +857,13 @@ export class OnlineViews {
       seen.add(reference);
       const served = this.served.get(viewName);
       const registered = this.parts.registry.view(viewName);
+      if (served === undefined && registered !== undefined) {
+        // Registered but not loaded here yet (a load under way, or one that failed and is
+        // tried again): it exists (see `featureViewNotLoaded`).
+        if (registered.definition.online === false) offline.push(viewName);
+        else notLoaded.push(viewName);
+        return;
+      }
       if (served === undefined || registered === undefined) {
         unknownViews.push({
           field,
@@ -848,6 +935,7 @@ export class OnlineViews {
         })),
       });
     }
+    if (notLoaded.length > 0) throw featureViewNotLoaded([...new Set(notLoaded)]);
     return { references: [...byView.values()], featureNames };
   }
 
@@ -971,7 +1059,13 @@ export class OnlineViews {
       await this.reconciling;
     }
     const served = this.served.get(request.featureView);
-    if (served?.kind !== 'push') throw featureViewNotFound(request.featureView);
+    if (served?.kind !== 'push') {
+      // Registered but not loaded here (its load failed): it exists, and a retry may find it.
+      if (this.parts.registry.view(request.featureView)?.definition.source?.kind === 'push') {
+        throw featureViewNotLoaded([request.featureView]);
+      }
+      throw featureViewNotFound(request.featureView);
+    }
     const definition = served.registered.definition;
     const prepared = prepareRows(request.rows, served.keyColumns, definition.features, now);
     if (prepared.violations.length > 0) {
@@ -1457,6 +1551,17 @@ export class OnlineViews {
     // little more, so that it does not outlive the storage it uses.
     await settledBy(Promise.all([this.syncRun, ...this.refilling, ...this.settling]), deadline);
   }
+}
+
+/** Whether two views' key columns read entity keys alike (the same join keys and types, in order). */
+function sameKeyColumns(a: readonly KeyColumn[], b: readonly KeyColumn[]): boolean {
+  return (
+    a.length === b.length &&
+    a.every((k, i) => {
+      const other = b[i];
+      return other !== undefined && k.joinKey === other.joinKey && k.valueType === other.valueType;
+    })
+  );
 }
 
 /** Waits for `promise` to settle, or for `deadline` (ms since the epoch) to pass. */

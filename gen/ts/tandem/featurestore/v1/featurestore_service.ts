@@ -3623,6 +3623,8 @@ export const FeatureStoreServiceService = {
    * exceeded; NOT_FOUND when a view or feature does not exist, with ErrorInfo reason
    * `FEATURE_VIEW_NOT_FOUND` or `FEATURE_NOT_FOUND` and a field violation naming each unknown
    * reference (`features[2]`); FAILED_PRECONDITION when a requested view is not online;
+   * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
+   * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
    */
   getOnlineFeatures: {
@@ -3658,8 +3660,9 @@ export const FeatureStoreServiceService = {
    * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
    * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
-   * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
-   * the request exceeds the message-size limit.
+   * retrying it is safe (a failure is not remembered under `request_id`), or (reason
+   * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
+   * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
    */
   writeFeatures: {
     path: "/tandem.featurestore.v1.FeatureStoreService/WriteFeatures" as const,
@@ -3770,6 +3773,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * exceeded; NOT_FOUND when a view or feature does not exist, with ErrorInfo reason
    * `FEATURE_VIEW_NOT_FOUND` or `FEATURE_NOT_FOUND` and a field violation naming each unknown
    * reference (`features[2]`); FAILED_PRECONDITION when a requested view is not online;
+   * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
+   * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
    */
   getOnlineFeatures: handleUnaryCall<GetOnlineFeaturesRequest, GetOnlineFeaturesResponse>;
@@ -3795,8 +3800,9 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
    * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
-   * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
-   * the request exceeds the message-size limit.
+   * retrying it is safe (a failure is not remembered under `request_id`), or (reason
+   * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
+   * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
    */
   writeFeatures: handleUnaryCall<WriteFeaturesRequest, WriteFeaturesResponse>;
   /**
@@ -4000,6 +4006,8 @@ export interface FeatureStoreServiceClient extends Client {
    * exceeded; NOT_FOUND when a view or feature does not exist, with ErrorInfo reason
    * `FEATURE_VIEW_NOT_FOUND` or `FEATURE_NOT_FOUND` and a field violation naming each unknown
    * reference (`features[2]`); FAILED_PRECONDITION when a requested view is not online;
+   * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
+   * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
    */
   getOnlineFeatures(
@@ -4039,8 +4047,9 @@ export interface FeatureStoreServiceClient extends Client {
    * ABORTED (reason FEATURE_VIEW_CHANGED) when the view was deleted and applied again twice while
    * the call was checked, which a retry checks against the view then stored;
    * UNAVAILABLE when storage cannot be reached, in which case part of the batch may be stored and
-   * retrying it is safe (a failure is not remembered under `request_id`); RESOURCE_EXHAUSTED when
-   * the request exceeds the message-size limit.
+   * retrying it is safe (a failure is not remembered under `request_id`), or (reason
+   * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
+   * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
    */
   writeFeatures(
     request: WriteFeaturesRequest,

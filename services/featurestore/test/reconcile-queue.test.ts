@@ -1,0 +1,90 @@
+/**
+ * A compatible change to a push view (a feature added, a TTL changed) replaces no table: it is
+ * served at once, not after a load of another view queued before it (a big view applied, or
+ * applied again), which can take minutes.
+ */
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
+import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
+import { failureOf } from './feature-store-api';
+import { startHarness } from './support/feature-store-harness';
+import { gatedStore, storageGates, untilHeld } from './support/gated-store';
+import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
+
+const ctr7d = {
+  name: 'ctr_7d',
+  valueType: ValueType.VALUE_TYPE_DOUBLE,
+  description: '',
+  vectorLength: 0,
+};
+
+/** What `call` settled as within `ms`, or 'waiting'. */
+async function within<T>(call: Promise<T>, ms: number): Promise<T | 'waiting'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      call,
+      new Promise<'waiting'>((resolve) => {
+        timer = setTimeout(() => {
+          resolve('waiting');
+        }, ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+it('serves a feature added to a view while another view is still loading', async () => {
+  const gates = storageGates();
+  const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
+  const { client } = harness;
+  let applyingBig: Promise<unknown> = Promise.resolve();
+  try {
+    await applyUserStats(client);
+    // Another view applied: its records are read (a big view takes minutes).
+    gates.holdNextScan = true;
+    applyingBig = client
+      .applyFeatureView({
+        featureView: userStatsView({ name: 'big_stats' }),
+        requestId: '',
+        validateOnly: false,
+      })
+      .catch((error: unknown) => error);
+    await untilHeld(gates, 'scan');
+    const applying = client
+      .applyFeatureView({
+        featureView: userStatsView({ features: [...userStatsView().features, ctr7d] }),
+        requestId: '',
+        validateOnly: false,
+      })
+      .catch((error: unknown) => error);
+    // Applied and answered at once.
+    expect(await within(applying, 2_000)).toMatchObject({ changed: true });
+    const view = await client.getFeatureView({ name: 'user_stats' });
+    expect(view.featureView?.features.map((f) => f.name)).toContain('ctr_7d');
+
+    const write = client.writeFeatures({
+      featureView: 'user_stats',
+      requestId: '',
+      rows: [
+        userRow('u1', new Date(Date.now() - 1_000), { ctr: double(0.5), ctr_7d: double(0.7) }),
+      ],
+    });
+    expect(await within(write, 2_000)).toEqual({ rowsWritten: 1, rowsSkippedOlder: 0 });
+    const read = await client
+      .getOnlineFeatures({
+        features: ['user_stats:ctr_7d'],
+        entityRows: users('u1'),
+        omitEventTimes: true,
+      })
+      .catch((error: unknown) => failureOf(Promise.reject(error as Error)));
+    expect('code' in read ? GrpcCode[read.code] : read.columns[0]?.statuses).toEqual([
+      FeatureStatus.FEATURE_STATUS_PRESENT,
+    ]);
+  } finally {
+    gates.releaseScan?.();
+    await applyingBig;
+    await harness.stop();
+  }
+});
