@@ -155,7 +155,7 @@ const beforeStoring = new WeakSet<object>();
  * before anything is stored, or is storage refusing the write.
  */
 export function leftUnannounced(configuration: LiveConfiguration, failure: unknown): boolean {
-  if (configuration.hasUnannouncedChange()) return true;
+  if (configuration.hasUnannouncedChange() || configuration.isUnsure()) return true;
   if (failure === undefined) return false;
   if (typeof failure === 'object' && failure !== null && beforeStoring.has(failure)) return false;
   return !(

@@ -232,6 +232,15 @@ export class LiveConfiguration {
   }
 
   /**
+   * Whether storage may hold a change of this replica no bump announced yet (see {@link unsure}):
+   * its write lease is then released unsettled, so that whichever replica takes it next reads
+   * everything and announces it, should this one stop before its next check.
+   */
+  isUnsure(): boolean {
+    return this.unsureOfStorage;
+  }
+
+  /**
    * Reloads when the stored version differs from the one held, after announcing a change whose
    * version bump failed. Returns true when it reloaded.
    *
@@ -244,17 +253,34 @@ export class LiveConfiguration {
   refresh(everything = false): Promise<boolean> {
     return this.exclusive(async () => {
       if ((this.unannounced || this.unsureOfStorage) && !everything) {
-        await this.store.bumpVersion();
+        // Cleared before the bump, so that a doubt raised while it is under way is kept for the
+        // next check; restored should the bump fail.
+        const unsure = this.unsureOfStorage;
+        this.unsureOfStorage = false;
+        try {
+          await this.store.bumpVersion();
+        } catch (error) {
+          this.unsureOfStorage ||= unsure;
+          throw error;
+        }
         if (this.unannounced) {
           this.logger.info({}, 'configuration change announced after its version bump had failed');
         }
         this.unannounced = false;
-        this.unsureOfStorage = false;
       }
       if (!everything && this.view && (await this.store.version()) === this.view.version) {
         return false;
       }
-      let records = await this.store.readAll();
+      // A doubt this read and bump settle; one raised meanwhile is kept for the next check.
+      const unsure = everything && this.unsureOfStorage;
+      if (unsure) this.unsureOfStorage = false;
+      let records: ConfigurationRecords;
+      try {
+        records = await this.store.readAll();
+      } catch (error) {
+        this.unsureOfStorage ||= unsure;
+        throw error;
+      }
       if (everything) {
         let version: number;
         try {
@@ -266,7 +292,6 @@ export class LiveConfiguration {
           throw error;
         }
         this.unannounced = false;
-        this.unsureOfStorage = false;
         // Nothing stored in between: what was read is that version (as `commit` takes it).
         if (version === records.version + 1) records = { ...records, version };
       }

@@ -207,4 +207,82 @@ describe('an allocation drop whose storage failed after the allocation was delet
       await other.stop();
     }
   });
+
+  it('leaves another replica serving what storage holds though the dropping replica stopped before its next check', async () => {
+    const dataDir = temporaryDataDir();
+    const dropping = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    const other = await startTestAssignment({
+      dataDir,
+      sharedBus: createInProcessBus(),
+      reloadInterval: '1h',
+    });
+    let droppingStopped = false;
+    try {
+      const created = await dropping.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: experiment('bandit', {
+            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+            bandit: { minArmShare: 0.05 },
+            sticky: true,
+          }),
+        }),
+      );
+      await dropping.admin.updateAllocation(
+        UpdateAllocationRequest.fromPartial({
+          allocation: {
+            experimentId: 'bandit',
+            weights: [
+              { variantKey: 'control', weight: 0.9 },
+              { variantKey: 'treatment', weight: 0.1 },
+            ],
+          },
+        }),
+      );
+      const allocations = dropping.service.context.store.allocations;
+      const remove = allocations.delete.bind(allocations);
+      jest.spyOn(allocations, 'delete').mockImplementationOnce(async (id, version) => {
+        // The other replica reads everything after the FIXED change's bump, before the drop.
+        await other.service.context.configuration.refresh();
+        await remove(id, version);
+        throw new UnavailableError('storage did not answer in time');
+      });
+      const mode = async (of: TestAssignment, etag: string, allocationMode: AllocationMode) =>
+        (
+          await of.admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                id: 'bandit',
+                etag,
+                allocationMode,
+                bandit:
+                  allocationMode === AllocationMode.ALLOCATION_MODE_BANDIT
+                    ? { minArmShare: 0.05 }
+                    : undefined,
+              },
+              updateMask: ['allocation_mode', 'bandit'],
+            }),
+          )
+        ).experiment?.etag ?? '';
+      const fixed = await mode(
+        dropping,
+        created.experiment?.etag ?? '',
+        AllocationMode.ALLOCATION_MODE_FIXED,
+      );
+      // Stopped (a rolling deploy) before its next check: the lease it left tells the next writer.
+      await dropping.stop();
+      droppingStopped = true;
+      await mode(other, fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
+      const weights = (
+        await other.client.getAllocation({ experimentId: 'bandit' })
+      ).allocation?.weights.map((w) => w.weight);
+      expect(weights).toEqual([0.5, 0.5]);
+    } finally {
+      if (!droppingStopped) await dropping.stop();
+      await other.stop();
+    }
+  });
 });
