@@ -299,7 +299,11 @@ export class OnlineViews {
     if (!this.stopped) {
       for (const [name, registered] of views) {
         const current = this.served.get(name);
-        if (current?.kind === 'push') this.redefinePush(name, current, registered);
+        try {
+          if (current?.kind === 'push') this.redefinePush(name, current, registered);
+        } catch {
+          // Left to the queued reconcile, which logs it and retries.
+        }
       }
     }
     this.reconciling = this.reconciling
@@ -635,7 +639,19 @@ export class OnlineViews {
       const table = await this.loadTable(served.registered);
       if (this.stopped) return;
       for (const rows of writes.rows) table.write(rows, Date.now());
+      // A compatible change applied meanwhile to the table served (see `reconcile`: a reload of
+      // every table after an outage runs as the sync, not in the reconcile queue) holds for the
+      // loaded one too; served by the registration the load began with, a feature just added
+      // would read NOT_FOUND until the whole reload ended.
+      const latest = this.served.get(definition.name);
       this.served.set(definition.name, { ...served, table, loadedAfter });
+      if (
+        latest?.kind === 'push' &&
+        latest.registered.createTime.getTime() === createTime.getTime()
+      ) {
+        const loaded = { ...served, kind: 'push' as const, table, loadedAfter };
+        this.redefinePush(definition.name, loaded, latest.registered);
+      }
     } finally {
       if (this.writesDuringLoad.get(definition.name) === writes) {
         this.writesDuringLoad.delete(definition.name);
