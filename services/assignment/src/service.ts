@@ -92,13 +92,16 @@ export async function startAssignment(
   // Kept to the end: the last export at shutdown reads what closing the publishers dropped.
   observePublisher('exposures', exposurePublisher);
   observePublisher('config-changes', configPublisher);
+  // Every write runs under the write lease, one replica at a time.
+  const requestResults = await RequestResults.open(runtime.store, config.idempotencyTtlMs, {
+    serialized: true,
+  });
   const context: AssignmentContext = {
     configuration,
     store,
     changes: new ConfigurationChanges(configuration, configPublisher, config.replicaId),
     writes: new ConfigurationWrites(
-      // Every write runs under the write lease, one replica at a time.
-      await RequestResults.open(runtime.store, config.idempotencyTtlMs, { serialized: true }),
+      requestResults,
       {
         lease: (waitMs = WRITE_LEASE_WAIT_MS) =>
           store.acquireWriteLease(config.replicaId, { ttlMs: WRITE_LEASE_TTL_MS, waitMs }),
@@ -168,6 +171,7 @@ export async function startAssignment(
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       clearInterval(spoolTimer);
       clearInterval(stickySweepTimer);
+      requestResults.close();
       // Exposures come from calls only, all answered by now: they are flushed (or kept) at once,
       // whatever else this waits for.
       const exposuresClosed = exposurePublisher.close(EXPOSURE_FLUSH_MS);

@@ -143,6 +143,7 @@ export async function startFeatureStore(
       // otherwise be answered NOT_FOUND when stopping ends that load.
       await runtime.server.shutdown(config.platform.grpc.shutdownTimeoutMs);
       for (const timer of timers) clearInterval(timer);
+      requestResults.close();
       await Promise.all([views.stop(), retiming.stop()]);
     })();
     return stopping;

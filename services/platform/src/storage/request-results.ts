@@ -28,7 +28,7 @@
 import { createHash } from 'node:crypto';
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { CallsInFlight } from '../calls-in-flight';
-import { AlreadyExistsError, InvalidArgumentError, TandemError } from '../errors';
+import { AlreadyExistsError, InvalidArgumentError, TandemError, UnavailableError } from '../errors';
 import type { Collection, DocumentStore } from './collection';
 
 interface RequestResultDocument {
@@ -271,6 +271,8 @@ const FIRST_RESULT_WAIT_MS = 50;
 /** How soon, and at most how often, a response that could not be stored is tried again. */
 const UNSTORED_RETRY_FIRST_MS = 100;
 const UNSTORED_RETRY_CAP_MS = 5_000;
+/** Responses that could not be stored kept at most (see `RequestResults.keep`). */
+const MAX_UNSTORED = 10_000;
 
 /** Longest `request_id` accepted, as the contract says. */
 export const MAX_REQUEST_ID_LENGTH = 128;
@@ -284,6 +286,9 @@ export class RequestResults {
    */
   private readonly unstored = new Map<string, RequestResultDocument>();
   private readonly storing = new Set<string>();
+  /** The retries scheduled, by id. */
+  private readonly retries = new Map<string, NodeJS.Timeout>();
+  private closed = false;
 
   private constructor(
     private readonly collection: Collection<RequestResultDocument>,
@@ -412,44 +417,72 @@ export class RequestResults {
 
   /**
    * Keeps a response whose storing failed, and stores it again in the background, backing off,
-   * until storage takes it (or holds another's first: that one stays) or it expires.
+   * until storage takes it (or holds another's first: that one stays), it expires, storage
+   * refuses it otherwise than by being unavailable, or this is closed. At most
+   * {@link MAX_UNSTORED} are kept, the oldest given up first: they are admin writes' answers,
+   * and so many failing together means storage is down for long, when a retry runs again anyway.
    */
   private keep(stored: RequestResultDocument): void {
+    if (this.closed) return;
+    this.unstored.delete(stored.id);
     this.unstored.set(stored.id, stored);
+    while (this.unstored.size > MAX_UNSTORED) {
+      const oldest = this.unstored.keys().next().value as string;
+      this.forgetKept(oldest);
+    }
     this.storeKept(stored.id, UNSTORED_RETRY_FIRST_MS);
   }
 
   /**
-   * Tries to store the kept response of `id` now and, unless it takes, again after `delayMs`
-   * (doubling up to {@link UNSTORED_RETRY_CAP_MS}). One attempt, or one scheduled, at a time
-   * per id.
+   * Tries to store the kept response of `id` now and, while storage is unavailable, again after
+   * `delayMs` (doubling up to {@link UNSTORED_RETRY_CAP_MS}). One attempt, or one scheduled, at a
+   * time per id.
    */
   private storeKept(id: string, delayMs = UNSTORED_RETRY_FIRST_MS): void {
     const kept = this.unstored.get(id);
-    if (kept === undefined || this.storing.has(id)) return;
+    if (kept === undefined || this.storing.has(id) || this.closed) return;
     if (kept.expiresAt.getTime() <= Date.now()) {
-      this.unstored.delete(id);
+      this.forgetKept(id);
       return;
     }
     this.storing.add(id);
     this.collection.insert(kept).then(
       () => {
-        this.storing.delete(id);
-        this.unstored.delete(id);
+        this.forgetKept(id);
       },
       (error: unknown) => {
-        // Another call's response stored first stays, as it would have had this one's failed.
-        if (error instanceof AlreadyExistsError) {
-          this.storing.delete(id);
-          this.unstored.delete(id);
+        // Another call's response stored first stays, as it would have had this one's failed;
+        // a refusal other than unavailability would only be repeated.
+        if (!(error instanceof UnavailableError) || this.closed) {
+          this.forgetKept(id);
           return;
         }
-        setTimeout(() => {
+        const timer = setTimeout(() => {
+          this.retries.delete(id);
           this.storing.delete(id);
           this.storeKept(id, Math.min(delayMs * 2, UNSTORED_RETRY_CAP_MS));
-        }, delayMs).unref();
+        }, delayMs);
+        timer.unref();
+        this.retries.set(id, timer);
       },
     );
+  }
+
+  /** Gives up the kept response of `id`, and its retry. */
+  private forgetKept(id: string): void {
+    this.unstored.delete(id);
+    this.storing.delete(id);
+    clearTimeout(this.retries.get(id));
+    this.retries.delete(id);
+  }
+
+  /**
+   * Stops storing kept responses (at shutdown, before storage closes): a retry reaching another
+   * replica runs its mutation again, as it would have had this process ended.
+   */
+  close(): void {
+    this.closed = true;
+    for (const id of [...this.unstored.keys()]) this.forgetKept(id);
   }
 
   /**

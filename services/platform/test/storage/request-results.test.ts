@@ -3,8 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateExperimentRequest } from '../../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { EchoResponse } from '../../../../gen/ts/tandem/echo/v1/echo_service';
-import { InvalidArgumentError, NotFoundError } from '../../src/errors';
-import type { DocumentStore } from '../../src/storage/collection';
+import { InvalidArgumentError, NotFoundError, UnavailableError } from '../../src/errors';
+import type { Collection, DocumentStore } from '../../src/storage/collection';
+import { eventually } from '../events/event-bus-contract';
 import { openEmbeddedStore } from '../../src/storage/embedded-store';
 import {
   MAX_FINGERPRINT_VALUES,
@@ -119,6 +120,63 @@ describe('RequestResults', () => {
     );
     await leasedFirst;
     await expect(leasedRetry).rejects.toThrow(NotFoundError);
+  });
+
+  describe('a response that could not be stored after its mutation ran', () => {
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    /** The collection `of` stores responses in (private). */
+    const collectionOf = (of: RequestResults) =>
+      (of as unknown as { readonly collection: Collection<{ readonly id: string }> }).collection;
+
+    it('is answered, given to a retry here, and stored once storage answers', async () => {
+      const kept = await RequestResults.open(store, 60_000);
+      const collection = collectionOf(kept);
+      const insert = jest
+        .spyOn(collection, 'insert')
+        .mockRejectedValue(new UnavailableError('storage is unreachable'));
+      let runs = 0;
+      const mutation = () => Promise.resolve({ message: `run ${++runs}`, traceId: '' });
+      try {
+        const first = await kept.once('Create', { requestId: 'r-kept' }, EchoResponse, mutation);
+        expect(first.message).toBe('run 1');
+        expect(await kept.once('Create', { requestId: 'r-kept' }, EchoResponse, mutation)).toEqual(
+          first,
+        );
+        insert.mockRestore();
+        await eventually(async () => {
+          expect(await collection.get('Create/r-kept')).toBeDefined();
+        });
+        expect(runs).toBe(1);
+      } finally {
+        insert.mockRestore();
+        kept.close();
+      }
+    });
+
+    it('is given up when storage refuses it otherwise than by being unavailable, or when closed', async () => {
+      const kept = await RequestResults.open(store, 60_000);
+      const insert = jest
+        .spyOn(collectionOf(kept), 'insert')
+        .mockRejectedValue(new Error('document too large'));
+      const mutation = () => Promise.resolve({ message: 'ran', traceId: '' });
+      try {
+        await kept.once('Create', { requestId: 'r-refused' }, EchoResponse, mutation);
+        await sleep(400);
+        // The call's own attempt and one more: a refusal is not tried again.
+        expect(insert).toHaveBeenCalledTimes(2);
+        insert.mockClear();
+        insert.mockRejectedValue(new UnavailableError('storage is unreachable'));
+        await kept.once('Create', { requestId: 'r-closed' }, EchoResponse, mutation);
+        await sleep(200);
+        kept.close();
+        const attempts = insert.mock.calls.length;
+        await sleep(500);
+        expect(insert.mock.calls.length).toBe(attempts);
+      } finally {
+        insert.mockRestore();
+        kept.close();
+      }
+    });
   });
 
   it('runs every time without a request id, and again after a failure', async () => {
