@@ -461,8 +461,9 @@ export interface AggregationStatus {
   pendingEvents: number;
   /**
    * The event time of the newest event folded into the state; unset before the first event. An
-   * event dated after the server time it was processed at counts as of that time, so a producer
-   * whose clock runs ahead cannot hold `processing_delay` at zero.
+   * event dated after the server time it was processed at counts as of that time, so one event
+   * from a producer whose clock runs ahead does not hold `processing_delay` at zero afterwards
+   * (events that all come dated ahead still read as processed at once).
    */
   lastEventTime?:
     | Date
