@@ -2280,7 +2280,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           'user',
           'lapse-1',
           { variantKey: held, allocationSequence: 0 },
-          1_000,
+          3_000,
           Date.now(),
         );
         const resolved = await client.resolve(resolveRequest('lapse-1', { surfaces }));
@@ -2288,7 +2288,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           variantKey: held,
           reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
         });
-        await new Promise((resolve) => setTimeout(resolve, 1_100));
+        await new Promise((resolve) => setTimeout(resolve, 3_100));
         // Shown after the stored variant expired: the first exposure of a new sticky period.
         const applied = await client.apply(
           ApplyRequest.fromPartial({ resolveToken: resolved.resolveToken }),

@@ -31,6 +31,9 @@ export interface StorageGates {
   releaseCheckpointScan?: () => void;
   /** The next scan of rows fails with UNAVAILABLE. */
   failNextScan: boolean;
+  /** While set, every scan of rows fails with UNAVAILABLE; `failedScans` counts the failures. */
+  failScans: boolean;
+  failedScans: number;
   /**
    * The next write of rows is applied, then fails with UNAVAILABLE (a reply lost after the
    * commit, or a MongoDB bulk write that failed part-way).
@@ -61,6 +64,8 @@ export function storageGates(): StorageGates {
     holdNextScan: false,
     holdNextCheckpointScan: false,
     failNextScan: false,
+    failScans: false,
+    failedScans: 0,
     loseNextWriteReply: false,
     failWrites: false,
     failRowReads: 0,
@@ -146,8 +151,9 @@ export function gatedStore(store: DocumentStore, gates: StorageGates): DocumentS
         return collection.getMany(ids);
       };
       const scan = (where?: Parameters<Collection<T>['scan']>[0]): AsyncIterable<never> => {
-        if (gates.failNextScan) {
+        if (gates.failNextScan || gates.failScans) {
           gates.failNextScan = false;
+          gates.failedScans++;
           throw new UnavailableError('storage is unreachable (a blip)');
         }
         if (!gates.holdNextScan) return collection.scan(where) as AsyncIterable<never>;
