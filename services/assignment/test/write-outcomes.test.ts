@@ -92,16 +92,8 @@ describe('an admin write whose response could not be stored after its change was
 
   it('answers a retry on another replica with the first result once storage is back', async () => {
     const dataDir = temporaryDataDir();
-    const first = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
-    const second = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
+    const first = await replicaOn(dataDir, '100ms');
+    const second = await replicaOn(dataDir, '100ms');
     try {
       const results = requestResultsOf(first);
       const insert = jest
@@ -128,41 +120,67 @@ describe('an admin write whose response could not be stored after its change was
   });
 });
 
+/** A sticky BANDIT experiment `bandit` with an allocation of 90/10; returns its etag. */
+async function banditAt90To10(replica: TestAssignment): Promise<string> {
+  const created = await replica.admin.createExperiment(
+    CreateExperimentRequest.fromPartial({
+      experiment: experiment('bandit', {
+        allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+        bandit: { minArmShare: 0.05 },
+        sticky: true,
+      }),
+    }),
+  );
+  await replica.admin.updateAllocation(
+    UpdateAllocationRequest.fromPartial({
+      allocation: {
+        experimentId: 'bandit',
+        weights: [
+          { variantKey: 'control', weight: 0.9 },
+          { variantKey: 'treatment', weight: 0.1 },
+        ],
+      },
+    }),
+  );
+  return created.experiment?.etag ?? '';
+}
+
+/** Switches `bandit` to `allocationMode` through `replica`; returns the new etag. */
+async function switchMode(
+  replica: TestAssignment,
+  etag: string,
+  allocationMode: AllocationMode,
+): Promise<string> {
+  const bandit =
+    allocationMode === AllocationMode.ALLOCATION_MODE_BANDIT ? { minArmShare: 0.05 } : undefined;
+  const updated = await replica.admin.updateExperiment(
+    UpdateExperimentRequest.fromPartial({
+      experiment: { id: 'bandit', etag, allocationMode, bandit },
+      updateMask: ['allocation_mode', 'bandit'],
+    }),
+  );
+  return updated.experiment?.etag ?? '';
+}
+
+/** The weights `replica` serves for `bandit`. */
+async function weightsOf(replica: TestAssignment): Promise<number[] | undefined> {
+  const served = await replica.client.getAllocation({ experimentId: 'bandit' });
+  return served.allocation?.weights.map((w) => w.weight);
+}
+
+/** A replica on `dataDir` with a bus of its own, checking storage every `reloadInterval`. */
+function replicaOn(dataDir: string, reloadInterval: string): Promise<TestAssignment> {
+  return startTestAssignment({ dataDir, sharedBus: createInProcessBus(), reloadInterval });
+}
+
 describe('an allocation drop whose storage failed after the allocation was deleted', () => {
   it('leaves the replica that dropped it serving what storage holds, as every other replica does', async () => {
     const dataDir = temporaryDataDir();
-    const replica = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
+    const replica = await replicaOn(dataDir, '1h');
     // Another replica, running all along: it learns of changes by its periodic check alone.
-    const other = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '100ms',
-    });
+    const other = await replicaOn(dataDir, '100ms');
     try {
-      const created = await replica.admin.createExperiment(
-        CreateExperimentRequest.fromPartial({
-          experiment: experiment('bandit', {
-            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
-            bandit: { minArmShare: 0.05 },
-            sticky: true,
-          }),
-        }),
-      );
-      await replica.admin.updateAllocation(
-        UpdateAllocationRequest.fromPartial({
-          allocation: {
-            experimentId: 'bandit',
-            weights: [
-              { variantKey: 'control', weight: 0.9 },
-              { variantKey: 'treatment', weight: 0.1 },
-            ],
-          },
-        }),
-      );
+      const etag = await banditAt90To10(replica);
       // Out of effect once the experiment is FIXED: dropped, but storage answers as failed.
       const allocations = replica.service.context.store.allocations;
       const remove = allocations.delete.bind(allocations);
@@ -170,38 +188,14 @@ describe('an allocation drop whose storage failed after the allocation was delet
         await remove(id, version);
         throw new UnavailableError('storage did not answer in time');
       });
-      const mode = async (etag: string, allocationMode: AllocationMode) =>
-        (
-          await replica.admin.updateExperiment(
-            UpdateExperimentRequest.fromPartial({
-              experiment: {
-                id: 'bandit',
-                etag,
-                allocationMode,
-                bandit:
-                  allocationMode === AllocationMode.ALLOCATION_MODE_BANDIT
-                    ? { minArmShare: 0.05 }
-                    : undefined,
-              },
-              updateMask: ['allocation_mode', 'bandit'],
-            }),
-          )
-        ).experiment?.etag ?? '';
-      const fixed = await mode(
-        created.experiment?.etag ?? '',
-        AllocationMode.ALLOCATION_MODE_FIXED,
-      );
+      const fixed = await switchMode(replica, etag, AllocationMode.ALLOCATION_MODE_FIXED);
       // Back to BANDIT: storage holds no allocation, so the variants' own weights apply.
-      await mode(fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
+      await switchMode(replica, fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
       expect(await allocations.get('bandit')).toBeUndefined();
-      const weights = async (of: TestAssignment) =>
-        (await of.client.getAllocation({ experimentId: 'bandit' })).allocation?.weights.map(
-          (w) => w.weight,
-        );
       await eventually(async () => {
-        expect(await weights(other)).toEqual([0.5, 0.5]);
+        expect(await weightsOf(other)).toEqual([0.5, 0.5]);
       }, 5_000);
-      expect(await weights(replica)).toEqual([0.5, 0.5]);
+      expect(await weightsOf(replica)).toEqual([0.5, 0.5]);
     } finally {
       await replica.stop();
       await other.stop();
@@ -210,38 +204,11 @@ describe('an allocation drop whose storage failed after the allocation was delet
 
   it('leaves another replica serving what storage holds though the dropping replica stopped before its next check', async () => {
     const dataDir = temporaryDataDir();
-    const dropping = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
-    const other = await startTestAssignment({
-      dataDir,
-      sharedBus: createInProcessBus(),
-      reloadInterval: '1h',
-    });
+    const dropping = await replicaOn(dataDir, '1h');
+    const other = await replicaOn(dataDir, '1h');
     let droppingStopped = false;
     try {
-      const created = await dropping.admin.createExperiment(
-        CreateExperimentRequest.fromPartial({
-          experiment: experiment('bandit', {
-            allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
-            bandit: { minArmShare: 0.05 },
-            sticky: true,
-          }),
-        }),
-      );
-      await dropping.admin.updateAllocation(
-        UpdateAllocationRequest.fromPartial({
-          allocation: {
-            experimentId: 'bandit',
-            weights: [
-              { variantKey: 'control', weight: 0.9 },
-              { variantKey: 'treatment', weight: 0.1 },
-            ],
-          },
-        }),
-      );
+      const etag = await banditAt90To10(dropping);
       const allocations = dropping.service.context.store.allocations;
       const remove = allocations.delete.bind(allocations);
       jest.spyOn(allocations, 'delete').mockImplementationOnce(async (id, version) => {
@@ -250,36 +217,12 @@ describe('an allocation drop whose storage failed after the allocation was delet
         await remove(id, version);
         throw new UnavailableError('storage did not answer in time');
       });
-      const mode = async (of: TestAssignment, etag: string, allocationMode: AllocationMode) =>
-        (
-          await of.admin.updateExperiment(
-            UpdateExperimentRequest.fromPartial({
-              experiment: {
-                id: 'bandit',
-                etag,
-                allocationMode,
-                bandit:
-                  allocationMode === AllocationMode.ALLOCATION_MODE_BANDIT
-                    ? { minArmShare: 0.05 }
-                    : undefined,
-              },
-              updateMask: ['allocation_mode', 'bandit'],
-            }),
-          )
-        ).experiment?.etag ?? '';
-      const fixed = await mode(
-        dropping,
-        created.experiment?.etag ?? '',
-        AllocationMode.ALLOCATION_MODE_FIXED,
-      );
+      const fixed = await switchMode(dropping, etag, AllocationMode.ALLOCATION_MODE_FIXED);
       // Stopped (a rolling deploy) before its next check: the lease it left tells the next writer.
       await dropping.stop();
       droppingStopped = true;
-      await mode(other, fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
-      const weights = (
-        await other.client.getAllocation({ experimentId: 'bandit' })
-      ).allocation?.weights.map((w) => w.weight);
-      expect(weights).toEqual([0.5, 0.5]);
+      await switchMode(other, fixed, AllocationMode.ALLOCATION_MODE_BANDIT);
+      expect(await weightsOf(other)).toEqual([0.5, 0.5]);
     } finally {
       if (!droppingStopped) await dropping.stop();
       await other.stop();

@@ -17,6 +17,24 @@ import { loadPackageDefinition, type Client, type ClientReadableStream } from '@
 const run = promisify(execFile);
 
 const insecure = credentials.createInsecure();
+
+type Reflection = Client & {
+  ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean };
+};
+
+/** A client of grpc.reflection.v1 (as grpcurl and GUI tools use it) for the server at `address`. */
+function reflectionClient(address: string): Reflection {
+  const definition = loadSync(
+    require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
+    { keepCase: true },
+  );
+  const pkg = loadPackageDefinition(definition) as unknown as {
+    grpc: {
+      reflection: { v1: { ServerReflection: new (a: string, c: typeof insecure) => Reflection } };
+    };
+  };
+  return new pkg.grpc.reflection.v1.ServerReflection(address, insecure);
+}
 const seconds = (s: number) => ({ seconds: Math.floor(s), nanos: Math.round((s % 1) * 1e9) });
 
 describe('graceful shutdown', () => {
@@ -69,19 +87,7 @@ describe('graceful shutdown', () => {
     // tryShutdown waits for every stream, so the server would sit out the whole deadline and
     // then cancel whatever else was still in flight.
     const echo = await startEcho();
-    const definition = loadSync(
-      require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
-      { keepCase: true },
-    );
-    type Reflection = Client & {
-      ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean };
-    };
-    const pkg = loadPackageDefinition(definition) as unknown as {
-      grpc: {
-        reflection: { v1: { ServerReflection: new (a: string, c: typeof insecure) => Reflection } };
-      };
-    };
-    const reflection = new pkg.grpc.reflection.v1.ServerReflection(echo.address, insecure);
+    const reflection = reflectionClient(echo.address);
     const call = reflection.ServerReflectionInfo();
     const answered = new Promise((resolve) => call.once('data', resolve));
     const ended = new Promise<GrpcCode>((resolve) => {
@@ -240,21 +246,7 @@ describe('health', () => {
 describe('server reflection', () => {
   it('lists the services it serves and health, and describes their files, so grpcurl works without protos', async () => {
     const echo = await startEcho();
-    const definition = loadSync(
-      require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto'),
-      {
-        keepCase: true,
-      },
-    );
-    type Reflection = Client & {
-      ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean };
-    };
-    const pkg = loadPackageDefinition(definition) as unknown as {
-      grpc: {
-        reflection: { v1: { ServerReflection: new (a: string, c: typeof insecure) => Reflection } };
-      };
-    };
-    const reflection = new pkg.grpc.reflection.v1.ServerReflection(echo.address, insecure);
+    const reflection = reflectionClient(echo.address);
     const call = reflection.ServerReflectionInfo();
     const responses: unknown[] = [];
     call.on('data', (m: unknown) => responses.push(m));
