@@ -273,8 +273,12 @@ export function validateFeatureView(view: FeatureViewDefinition): FieldViolation
     add('entities', `must name at most ${registryLimits.maxEntities} entities`, 'TOO_MANY');
   }
   view.entities.forEach((entity, i) => {
-    if (view.entities.indexOf(entity) !== i)
+    // A name no entity can have is a bad request, not a reference to a missing entity.
+    if (!registryLimits.resourceName.test(entity)) {
+      add(`entities[${i}]`, 'must match ^[a-z][a-z0-9_-]{0,62}$', 'INVALID_NAME');
+    } else if (view.entities.indexOf(entity) !== i) {
       add(`entities[${i}]`, `repeats entity ${entity}`, 'DUPLICATE_ENTITY');
+    }
   });
 
   validateFeatures(view.features, add);

@@ -97,6 +97,14 @@ describe('validateFeatureView', () => {
     ]);
   });
 
+  it('refuses an entity name no entity can have as a bad request, not as a missing entity', () => {
+    const named = { ...userStats, entities: ['', 'User!', 'user'] };
+    expect(validateFeatureView(named).map((v) => [v.field, v.reason])).toEqual([
+      ['entities[0]', 'INVALID_NAME'],
+      ['entities[1]', 'INVALID_NAME'],
+    ]);
+  });
+
   it('checks stream sources: subject, key, aggregation types, windows, buckets, lateness and TTL', () => {
     const broken: FeatureViewDefinition = {
       ...itemPlays,
