@@ -158,17 +158,27 @@ interface LoggedExposures {
    * stored first), with that variant: what their exposures named.
    */
   readonly restuck: ReadonlyMap<string, StickyAssignment>;
+  /**
+   * With `withholdUnstored`: the sticky experiments whose variant could not be stored, nothing
+   * logged for them; empty otherwise (a failed store fails the call).
+   */
+  readonly unstored: ReadonlySet<string>;
+  /** Why the first of them could not be stored. */
+  readonly storeError?: unknown;
 }
 
 /**
  * Logs the exposures of a resolve that was shown: the listed in-experiment assignments (all when
- * `experimentIds` is empty) and every holdout membership; stores first sticky assignments.
+ * `experimentIds` is empty) and every holdout membership; stores first sticky assignments. When a
+ * sticky variant cannot be stored the call fails with nothing logged, unless `withholdUnstored`:
+ * then only that experiment's exposure is left out, and it is listed in `unstored`.
  */
 async function logExposures(
   context: AssignmentContext,
   record: ResolveRecord,
   experimentIds: readonly string[],
   exposureTime: Date,
+  withholdUnstored = false,
 ): Promise<LoggedExposures> {
   const tally: ExposureTally = { logged: 0, alreadyLogged: 0, dropped: 0 };
   let notInExperiment = 0;
@@ -231,15 +241,35 @@ async function logExposures(
       restuck.set(assignment.experimentId, kept);
     }
   };
-  const storeSticky = (assignment: TokenAssignment, ttlMs: number): Promise<StickyAssignment> =>
-    context.sticky.store(
-      assignment.experimentId,
-      unit.type,
-      unit.id,
-      { variantKey: assignment.variantKey, allocationSequence: assignment.allocationSequence },
-      ttlMs,
-      storedNow,
-    );
+  const unstored = new Set<string>();
+  let storeError: unknown;
+  /** The indexes in `running` of the assignments withheld because their variant was not stored. */
+  const withheld = new Set<number>();
+  /** Stores the variant of running[index] and settles its exposure on the variant in force. */
+  const storeSticky = async (
+    index: number,
+    assignment: TokenAssignment,
+    ttlMs: number,
+  ): Promise<void> => {
+    let kept: StickyAssignment;
+    try {
+      kept = await context.sticky.store(
+        assignment.experimentId,
+        unit.type,
+        unit.id,
+        { variantKey: assignment.variantKey, allocationSequence: assignment.allocationSequence },
+        ttlMs,
+        storedNow,
+      );
+    } catch (error) {
+      if (!withholdUnstored) throw error;
+      if (unstored.size === 0) storeError = error;
+      unstored.add(assignment.experimentId);
+      withheld.add(index);
+      return;
+    }
+    settle(index, assignment, kept);
+  };
   for (const assignment of shown) {
     const experiment = view.experiments.get(assignment.experimentId)?.doc;
     if (experiment === undefined || stoppedBy(experiment, shownAt)) {
@@ -250,11 +280,7 @@ async function logExposures(
     if (!experiment.sticky) continue;
     const ttlMs = experiment.stickyTtlMs ?? context.defaultStickyTtlMs;
     if (assignment.reason === ASSIGNED) {
-      stickyWrites.push(
-        storeSticky(assignment, ttlMs).then((kept) => {
-          settle(index, assignment, kept);
-        }),
-      );
+      stickyWrites.push(storeSticky(index, assignment, ttlMs));
     } else if (assignment.reason === STICKY) {
       resolvedSticky.push({ index, assignment, ttlMs });
     }
@@ -278,18 +304,21 @@ async function logExposures(
         await Promise.all(
           resolvedSticky.map(async ({ index, assignment, ttlMs }) => {
             if (unreadable.has(assignment.experimentId)) return;
-            const kept =
-              held.found.get(assignment.experimentId) ?? (await storeSticky(assignment, ttlMs));
-            settle(index, assignment, kept);
+            const kept = held.found.get(assignment.experimentId);
+            if (kept === undefined) await storeSticky(index, assignment, ttlMs);
+            else settle(index, assignment, kept);
           }),
         );
       })(),
     );
   }
   // Sticky variants are stored before anything is logged: when storing fails, the call fails
-  // with nothing logged, and its retry logs the exposures instead of finding them logged.
+  // with nothing logged, and its retry logs the exposures instead of finding them logged (or,
+  // with `withholdUnstored`, that experiment's exposure alone is left out).
   await Promise.all(stickyWrites);
-  for (const assignment of running) {
+  for (let index = 0; index < running.length; index++) {
+    if (withheld.has(index)) continue;
+    const assignment = running[index] as TokenAssignment;
     context.exposures.log(
       {
         eventTime: exposureTime,
@@ -347,6 +376,8 @@ async function logExposures(
       notRunningCount: notRunning,
     },
     restuck,
+    unstored,
+    storeError,
   };
 }
 
@@ -424,20 +455,26 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
     return renderedTable;
   };
 
-  // A failing sticky lookup is logged at most once per interval, with the count since the last.
-  let stickyFailures = 0;
-  let stickyWarnedAt = -Infinity;
-  const stickyLookupFailed = (error: unknown): void => {
-    stickyFailures++;
-    const now = Date.now();
-    if (now - stickyWarnedAt < STICKY_WARNING_INTERVAL_MS) return;
-    context.logger.warn(
-      { err: error, failedLookups: stickyFailures },
-      'sticky assignments could not be read; sticky experiments serve STICKY_UNAVAILABLE',
-    );
-    stickyWarnedAt = now;
-    stickyFailures = 0;
+  // A failing sticky lookup or store is logged at most once per interval, with the count since
+  // the last.
+  const rateLimitedWarning = (message: string): ((error: unknown) => void) => {
+    let failures = 0;
+    let warnedAt = -Infinity;
+    return (error) => {
+      failures++;
+      const now = Date.now();
+      if (now - warnedAt < STICKY_WARNING_INTERVAL_MS) return;
+      context.logger.warn({ err: error, failures }, message);
+      warnedAt = now;
+      failures = 0;
+    };
   };
+  const stickyLookupFailed = rateLimitedWarning(
+    'sticky assignments could not be read; sticky experiments serve STICKY_UNAVAILABLE',
+  );
+  const stickyStoreFailed = rateLimitedWarning(
+    'sticky assignments could not be stored on Resolve(apply=true); those experiments serve STICKY_UNAVAILABLE',
+  );
 
   return {
     resolve: async (request) => {
@@ -526,15 +563,24 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       );
       let exposures = NO_EXPOSURES;
       if (request.apply) {
-        const logged = await logExposures(context, result.record, [], new Date(now));
+        // A variant that cannot be stored is not served: the unit might get another one next
+        // time. Its experiment serves STICKY_UNAVAILABLE, as when the lookup fails, and the rest
+        // of the response stands (failing the call would lose every experiment's answer).
+        const logged = await logExposures(context, result.record, [], new Date(now), true);
         exposures = logged.counts;
-        if (logged.restuck.size > 0) {
+        if (logged.restuck.size > 0 || logged.unstored.size > 0) {
           // Another resolve's variant was stored first (between the lookup and now): it is what
           // the exposure names and what the unit is served from now on, so this response too.
           const stored = new Map(sticky);
           for (const [id, assignment] of logged.restuck) stored.set(id, assignment);
-          const restuck = { ...unitContext, sticky: stored };
-          result = resolveUnit(view, renderedResults(view.snapshot), restuck, request, resolveId);
+          let unavailable = stickyUnavailable;
+          if (logged.unstored.size > 0) {
+            stickyStoreFailed(logged.storeError);
+            for (const id of logged.unstored) stored.delete(id);
+            unavailable = new Set([...(stickyUnavailable ?? []), ...logged.unstored]);
+          }
+          const settled = { ...unitContext, sticky: stored, stickyUnavailable: unavailable };
+          result = resolveUnit(view, renderedResults(view.snapshot), settled, request, resolveId);
         }
       }
       const { rendered, holdouts, record } = result;

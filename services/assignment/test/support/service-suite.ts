@@ -27,6 +27,7 @@ import {
   ListHoldoutsRequest,
   ListLayersRequest,
   ResolveRequest,
+  type ResolveResponse,
   StartExperimentRequest,
   StopExperimentRequest,
   UpdateAllocationRequest,
@@ -43,6 +44,7 @@ import {
 import { HoldoutStatus, type Holdout } from '../../../../gen/ts/tandem/assignment/v1/holdout';
 import type { ConfigChangeEvent } from '../../../../gen/ts/tandem/events/v1/config_change_event';
 import {
+  AbortedError,
   decodeStatus,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -2016,6 +2018,69 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         }
         expect((await apply()).exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 0 });
       });
+
+      it.each([
+        ['UNAVAILABLE', new UnavailableError('storage is unreachable')],
+        [
+          'ABORTED',
+          new AbortedError('the sticky assignment kept changing', {
+            reason: 'STICKY_WRITE_CONFLICT',
+          }),
+        ],
+      ])(
+        'serves STICKY_UNAVAILABLE, and the rest of the response, when Resolve(apply=true) cannot store a sticky variant (%s)',
+        async (code, error) => {
+          const { admin, client } = service;
+          const id = `unstored-${code.toLowerCase()}`;
+          await startSticky(admin, id);
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment(`${id}-plain`, { surfaces: [id] }),
+            }),
+          );
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id: `${id}-plain` }));
+          const unitId = `${id}-1`;
+          const store = jest
+            .spyOn(service.service.context.sticky, 'store')
+            .mockRejectedValueOnce(error);
+          let degraded: ResolveResponse;
+          try {
+            degraded = await client.resolve(
+              resolveRequest(unitId, { surfaces: [id], apply: true }),
+            );
+          } finally {
+            store.mockRestore();
+          }
+          expect(degraded.assignments.map((a) => [a.experimentId, a.variantKey, a.reason])).toEqual(
+            [
+              [id, 'control', AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE],
+              [`${id}-plain`, expect.any(String), AssignmentReason.ASSIGNMENT_REASON_ASSIGNED],
+            ],
+          );
+          // Only the experiment whose variant was stored nowhere is logged, and the token holds
+          // only it: applying it logs nothing for the sticky experiment.
+          expect(degraded.exposures).toMatchObject({ loggedCount: 1, droppedCount: 0 });
+          const applied = await client.apply(
+            ApplyRequest.fromPartial({ resolveToken: degraded.resolveToken }),
+          );
+          expect(applied.exposures).toMatchObject({ loggedCount: 0, alreadyLoggedCount: 1 });
+          // Once storage takes it, the unit is assigned, stored and logged as usual.
+          const again = await client.resolve(
+            resolveRequest(unitId, { surfaces: [id], apply: true }),
+          );
+          expect(again.assignments[0]).toMatchObject({
+            experimentId: id,
+            reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+          });
+          expect(again.exposures).toMatchObject({ loggedCount: 1, alreadyLoggedCount: 1 });
+          const held = await client.resolve(resolveRequest(unitId, { surfaces: [id] }));
+          expect(held.assignments[0]).toMatchObject({
+            experimentId: id,
+            variantKey: again.assignments[0]?.variantKey,
+            reason: AssignmentReason.ASSIGNMENT_REASON_STICKY,
+          });
+        },
+      );
 
       it('takes an Apply request_id with another token as another call, though both resolves shared a request_id', async () => {
         const { admin, client } = service;

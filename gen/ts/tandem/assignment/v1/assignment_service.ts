@@ -401,9 +401,10 @@ export interface ResolveRequest {
   surfaces: string[];
   /**
    * Optional. When true, log exposures for the result right away, as Apply with every experiment
-   * would (use it when the experience is shown immediately). Resolve then fails as Apply would
-   * when storing a sticky variant fails (UNAVAILABLE, or ABORTED with reason
-   * STICKY_WRITE_CONFLICT), with nothing logged: a retry resolves and logs again.
+   * would (use it when the experience is shown immediately). Where Apply would fail because
+   * storing a new sticky variant fails (storage unavailable, or a conflicting write), that
+   * experiment instead answers STICKY_UNAVAILABLE with the control and logs nothing; the rest of
+   * the response is served and logged as usual.
    */
   apply: boolean;
   /**
@@ -430,7 +431,8 @@ export interface ResolveResponse {
   /**
    * The assignments that decide what to serve, ordered by experiment id: those the unit is in
    * (ASSIGNED, STICKY), held out of (HOLDOUT, with the control), that shipped a variant
-   * (CONCLUDED), or whose sticky lookup failed (STICKY_UNAVAILABLE, with the control). An
+   * (CONCLUDED), or whose sticky variant could not be read or stored (STICKY_UNAVAILABLE, with the
+   * control). An
    * experiment that is missing serves its control, which should be the client's default. With
    * `explain`, every experiment on the surfaces appears.
    */
@@ -4886,7 +4888,8 @@ export const AssignmentServiceService = {
    * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
    * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
-   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
+   * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
@@ -5124,7 +5127,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
    * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
-   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
+   * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
@@ -5579,7 +5583,8 @@ export interface AssignmentServiceClient extends Client {
    * the in-memory configuration (no storage read except sticky lookups, for the serving sticky
    * experiments on those surfaces). It logs nothing unless `apply` is set; otherwise pass the
    * returned `resolve_token` to Apply once the experience is actually shown. When the sticky
-   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE).
+   * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
+   * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
