@@ -368,7 +368,8 @@ export function readPlatformConfig(
       }),
       keepaliveTimeMs: env.durationMs('TANDEM_GRPC_KEEPALIVE_TIME', {
         default: 30_000,
-        description: 'Interval of HTTP/2 keepalive pings on idle connections',
+        // grpc-js sends no keepalive pings at 0.
+        description: 'Interval of HTTP/2 keepalive pings on idle connections; 0 sends none',
       }),
       keepaliveTimeoutMs: env.durationMs('TANDEM_GRPC_KEEPALIVE_TIMEOUT', {
         default: 10_000,
