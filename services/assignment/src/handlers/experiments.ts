@@ -47,6 +47,7 @@ import {
 } from '../store/documents';
 import { experimentSizeViolations, MAX_SUMMARY_BYTES, tooLong } from './limits';
 import { hasValidNanos } from '../../../platform/src/grpc/well-known';
+import { sameData } from '../../../platform/src/storage/collection';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
 import {
   checkEtag,
@@ -219,6 +220,7 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
 /**
  * `stored` with what `paths` name of the request's fields (`requested`): a top-level field as a
  * whole, a bound of `layer_range` alone (0 when the request has no range, as an unset field reads).
+ * A condition or payload holding the stored data keeps the stored text.
  */
 function withMaskedFields(
   stored: ExperimentDocument,
@@ -244,7 +246,25 @@ function withMaskedFields(
       end: given('layer_range.end', 'end'),
     };
   }
+  // A Struct is a map, whose entries come in any order on the wire (Go's encoder shuffles them),
+  // and conditions and payloads are compared as maps. One holding the stored data in another
+  // order keeps the stored text, so that sending it again changes nothing: no new etag, no
+  // change to a concluded experiment, a stored condition's tolerance kept.
+  if (paths.has('condition') && sameJson(requested.conditionJson, stored.conditionJson)) {
+    changed.conditionJson = stored.conditionJson;
+  }
+  if (paths.has('variants')) {
+    changed.variants = requested.variants.map((variant, i) => {
+      const payloadJson = stored.variants[i]?.payloadJson ?? '';
+      return sameJson(variant.payloadJson, payloadJson) ? { ...variant, payloadJson } : variant;
+    });
+  }
   return changed;
+}
+
+/** Whether two JSON texts of Structs (empty for none) hold the same data, keys in any order. */
+function sameJson(a: string, b: string): boolean {
+  return a === b || (a !== '' && b !== '' && sameData(JSON.parse(a), JSON.parse(b)));
 }
 
 /** Every validation problem of `doc`, as request violations under `experiment.`. */
@@ -525,7 +545,10 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         ) {
           throw wrongStatus(before.doc, 'deleted', 'DRAFT, STOPPED or CONCLUDED');
         }
-        if (before.doc.startTime !== null) {
+        // Only one that served holds sticky assignments. One that did not leaves its id free,
+        // and freeing under it would take those of the experiment created again under it.
+        const served = before.doc.startTime !== null;
+        if (served) {
           await context.store.retire('experiment', request.id);
           await context.sticky.release(request.id, Date.now());
         }
@@ -540,12 +563,14 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
         );
         // Freeing sticky assignments may take a while; the delete does not wait for it. What this
         // misses (an Apply storing meanwhile, a failure) the periodic sweep frees (`release`).
-        context.sticky.forget(request.id).catch((error: unknown) => {
-          context.logger.warn(
-            { err: error, experiment: request.id },
-            'could not delete sticky assignments',
-          );
-        });
+        if (served) {
+          context.sticky.forget(request.id).catch((error: unknown) => {
+            context.logger.warn(
+              { err: error, experiment: request.id },
+              'could not delete sticky assignments',
+            );
+          });
+        }
         return {};
       }),
 
