@@ -129,7 +129,7 @@ export const registryLimits = {
  * Whether `text` has more than `max` characters, counted as Unicode code points (an emoji is one,
  * not the two UTF-16 units of `length`), as the contracts' limits are stated.
  */
-function longerThan(text: string, max: number): boolean {
+export function longerThan(text: string, max: number): boolean {
   if (text.length <= max) return false;
   let count = 0;
   for (let i = 0; i < text.length; i++) {

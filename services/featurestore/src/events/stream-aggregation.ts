@@ -40,6 +40,7 @@ import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event'
 import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
 import {
   effectiveAllowedLatenessMs,
+  longerThan,
   windowAggregationSpecs,
   type FeatureViewDefinition,
   type StreamSource,
@@ -477,7 +478,8 @@ export class StreamAggregation {
     // contract says, and at most 128 characters. (The message id is not used instead: a message
     // published without one has its stream sequence there, different for every copy.)
     const eventId = event.eventId;
-    const badId = eventId === '' || eventId.length > MAX_EVENT_ID_LENGTH;
+    // Characters, not UTF-16 units: an id of 128 emoji is one OutcomeEvent allows.
+    const badId = eventId === '' || longerThan(eventId, MAX_EVENT_ID_LENGTH);
     if (badId && !this.warnedOfEventIds) {
       this.warnedOfEventIds = true;
       this.parts.logger.warn(
