@@ -5,7 +5,7 @@
  * took its header, never leaves a state restored with another write's seen ids.
  */
 import { mkdtempSync } from 'node:fs';
-import { MongoClient } from 'mongodb';
+import { BSON, MongoClient } from 'mongodb';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UnavailableError } from '../../platform/src/errors';
@@ -39,6 +39,21 @@ function faulty(store: DocumentStore, faults: Faults): DocumentStore {
       const written = await collection.upsert(doc);
       if (fault === 'taken, then failed') throw new UnavailableError('no answer in time');
       return written;
+    },
+  }));
+}
+
+/**
+ * `store` refusing, as MongoDB does, a document whose BSON is over 16 MiB (the embedded store
+ * would take it).
+ */
+function mongoSized(store: DocumentStore): DocumentStore {
+  return overridingCollections(store, (collection) => ({
+    upsert: (doc) => {
+      if (BSON.calculateObjectSize(doc) > 16 * 1024 * 1024) {
+        return Promise.reject(new RangeError('the document is over 16 MiB'));
+      }
+      return collection.upsert(doc);
     },
   }));
 }
@@ -221,12 +236,21 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     await checkpoints
       .forOwner('item_plays', replica)
       .write(aggregator.checkpoint(), [['e1', now + 600_000]], {});
-    const documents = await store.collection<{ readonly id: string; readonly data?: string }>({
+    const documents = await store.collection<{
+      readonly id: string;
+      readonly data?: string;
+      readonly idsJson?: string;
+    }>({
       name: 'aggregation_checkpoints',
       indexes: [{ fields: ['owner'] }],
       expireAtField: 'expiresAt',
     });
-    return { checkpoints, documents, chunk: `item_plays/${replica}/state/1/0` };
+    return {
+      checkpoints,
+      documents,
+      chunk: `item_plays/${replica}/state/1/0`,
+      seen: `item_plays/${replica}/seen/000000000001`,
+    };
   }
 
   it('discards a checkpoint part of whose state is missing, rather than failing to start', async () => {
@@ -309,10 +333,69 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     expect(again.read(['i1'], now).values[0]).toBe(title);
   });
 
+  it('stores the seen ids of a write too many for one document, and restores every one', async () => {
+    // A round holds the ids of up to TANDEM_FEATURESTORE_AGGREGATION_IN_FLIGHT events (at most
+    // 1,000,000), more after failed writes: 300,000 take over 16 MiB, which MongoDB refuses in
+    // one document, and every checkpoint after would fail.
+    const now = Date.now();
+    const ids: [string, number][] = Array.from({ length: 300_000 }, (_, i) => [
+      `${String(i).padStart(8, '0')}-${'e'.repeat(50)}`,
+      now + 600_000,
+    ]);
+    const checkpoints = await AggregationCheckpoints.open(mongoSized(store));
+    await checkpoints
+      .forOwner('item_plays', replica)
+      .write(new WindowAggregator(options).checkpoint(), ids, {});
+
+    const restored = await checkpoints.forOwner('item_plays', replica).restore();
+    expect(restored?.checkpoint.seenEventIds).toEqual(ids);
+  });
+
+  it('keeps the seen-id documents a restore reads, rather than each until it expires', async () => {
+    // A restore reads back the newest ids up to the cap. Kept until their ids' horizon (the
+    // longest window, up to 30 days), the documents of a busy view piled up far past that, in
+    // storage and in what every restart read.
+    const now = Date.now();
+    const idsOf = (write: number): [string, number][] =>
+      Array.from({ length: 5 }, (_, i) => [`e${write}-${i}`, now + 600_000]);
+    const checkpoints = await AggregationCheckpoints.open(store);
+    const state = new WindowAggregator(options).checkpoint({ seenEventIds: false });
+    const writer = checkpoints.forOwner('item_plays', replica, { maxSeenEventIds: 10 });
+    for (let write = 0; write < 4; write++) await writer.write(state, idsOf(write), {});
+    // And after a restart.
+    const restarted = checkpoints.forOwner('item_plays', replica, { maxSeenEventIds: 10 });
+    await restarted.restore();
+    for (let write = 4; write < 6; write++) await restarted.write(state, idsOf(write), {});
+
+    const documents = await store.collection<{ readonly id: string; readonly kind?: string }>({
+      name: 'aggregation_checkpoints',
+      indexes: [{ fields: ['owner'] }],
+      expireAtField: 'expiresAt',
+    });
+    let seenDocuments = 0;
+    for await (const { doc } of documents.scan({ owner: `item_plays/${replica}` })) {
+      if (doc.kind === 'seen') seenDocuments++;
+    }
+    expect(seenDocuments).toBe(2);
+    const restored = await checkpoints
+      .forOwner('item_plays', replica, { maxSeenEventIds: 10 })
+      .restore();
+    expect(restored?.checkpoint.seenEventIds).toEqual([...idsOf(4), ...idsOf(5)]);
+  });
+
   it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {
     const { checkpoints, documents, chunk } = await oneEventCheckpoint();
     const stored = await documents.get(chunk);
     await documents.upsert({ ...stored!.doc, data: stored!.doc.data!.slice(0, 10) });
+
+    await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
+  });
+
+  it('discards a checkpoint whose seen ids cannot be read, rather than failing to start', async () => {
+    // Failing, the view would never be served (every load failing) nor take an event.
+    const { checkpoints, documents, seen } = await oneEventCheckpoint();
+    const stored = await documents.get(seen);
+    await documents.upsert({ ...stored!.doc, idsJson: stored!.doc.idsJson!.slice(0, 10) });
 
     await expect(checkpoints.forOwner('item_plays', replica).restore()).resolves.toBeUndefined();
   });

@@ -4,15 +4,17 @@
  * A checkpoint is written in two parts so that its cost does not grow with the de-duplication
  * seen-set: the aggregate state (per-key buckets and counters) is written whole, in chunks of a
  * few MB under a new generation, and the event ids accepted since the previous checkpoint are
- * appended as one small document that expires when the ids are no longer needed. A header
- * document written last makes the new generation current and says how many seen-id documents
- * belong to it, so a checkpoint interrupted half-way is simply not used (its events were never
- * acked and come again).
+ * appended as one document (several of a few MB each when there are many: MongoDB refuses a
+ * document over 16 MiB) that expires when the ids are no longer needed. A header document written
+ * last makes the new generation current and says how many seen-id documents belong to it, so a
+ * checkpoint interrupted half-way is simply not used (its events were never acked and come
+ * again).
  *
  * A restore returns at most the aggregator's cap of seen ids, the newest: the seen-id documents
  * live as long as their ids may be needed (the longest window, by the clock), which at a high
  * event rate is far more ids than the aggregator keeps, and reading them all would make start-up
- * memory grow with the event rate.
+ * memory grow with the event rate. So a writer also deletes the oldest documents once the newer
+ * ones hold the cap: a restore would leave them out anyway.
  */
 import type { Logger } from '../../../platform/src/logging';
 import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
@@ -59,7 +61,10 @@ export interface StoredCheckpoint {
   readonly extraCounters: Readonly<Record<string, number>>;
 }
 
-/** Characters of state JSON per document. */
+/**
+ * Characters of state JSON, or of seen-id JSON, per document: at most 12 MB of UTF-8, within
+ * MongoDB's 16 MiB.
+ */
 const CHUNK_CHARS = 4_000_000;
 
 /** Options of {@link AggregationCheckpoints.forOwner}. */
@@ -110,10 +115,14 @@ export class AggregationCheckpoints {
   }
 }
 
-/** The seen ids of a seen-id document, in either format. */
-function seenIdsOf(doc: CheckpointDocument): readonly (readonly [string, number])[] {
-  if (doc.idsJson !== undefined) return JSON.parse(doc.idsJson) as [string, number][];
-  return doc.ids ?? [];
+/** The seen ids of a seen-id document, in either format; undefined when they cannot be read. */
+function seenIdsOf(doc: CheckpointDocument): readonly (readonly [string, number])[] | undefined {
+  if (doc.idsJson === undefined) return doc.ids ?? [];
+  try {
+    return JSON.parse(doc.idsJson) as [string, number][];
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -134,8 +143,37 @@ function chunksOf(json: string): string[] {
   return chunks;
 }
 
+/** The ids of one seen-id document: their JSON, the latest `remember until` and how many. */
+interface SeenPiece {
+  readonly json: string;
+  readonly until: number;
+  readonly count: number;
+}
+
+/**
+ * `ids` as the JSON of seen-id documents of at most {@link CHUNK_CHARS} characters each, in order;
+ * none when there are no ids. A round holds the ids of up to the in-flight limit's events (up to
+ * a million), and more after failed writes: in one document they could exceed what storage
+ * takes, and every checkpoint after would fail.
+ */
+function seenPiecesOf(ids: readonly (readonly [string, number])[]): SeenPiece[] {
+  if (ids.length === 0) return [];
+  const json = JSON.stringify(ids);
+  if (json.length <= CHUNK_CHARS || ids.length === 1) {
+    const until = ids.reduce((latest, [, u]) => Math.max(latest, u), 0);
+    return [{ json, until, count: ids.length }];
+  }
+  const half = Math.ceil(ids.length / 2);
+  return [...seenPiecesOf(ids.slice(0, half)), ...seenPiecesOf(ids.slice(half))];
+}
+
 /** How many failed writes' state chunks a writer deletes after its next write (see `abandoned`). */
 const ABANDONED_KEPT = 16;
+/**
+ * The most seen-id documents a write deletes as no longer read (see `included`): a backlog (a
+ * checkpoint written before they were deleted) goes over the following writes.
+ */
+const UNREAD_DELETED_PER_WRITE = 16;
 
 export class CheckpointWriter {
   /** The current checkpoint, as far as this writer knows: the last it restored or wrote. */
@@ -156,8 +194,18 @@ export class CheckpointWriter {
   private abandoned: {
     readonly generation: number;
     readonly chunkCount: number;
-    readonly seenSequence: number | undefined;
+    /** The numbers of its seen-id documents. */
+    readonly seenDocuments: readonly number[];
   }[] = [];
+  /**
+   * The seen-id documents the current checkpoint includes, as far as this writer knows (those it
+   * restored or wrote), oldest first, with how many ids each holds, and their total. The oldest
+   * are deleted once the newer ones hold the cap of ids, all a restore reads back: kept until
+   * their ids' horizon (the longest window, up to 30 days), a busy view's documents would pile up
+   * far past it, in storage and in what every restart reads.
+   */
+  private included: { readonly id: string; readonly count: number }[] = [];
+  private includedIds = 0;
 
   constructor(
     private readonly documents: Collection<CheckpointDocument>,
@@ -185,6 +233,8 @@ export class CheckpointWriter {
     this.seenSequence = header.seenSequence ?? 0;
     this.lastGeneration = this.generation;
     this.lastSeenSequence = this.seenSequence;
+    this.included = [];
+    this.includedIds = 0;
     const chunkIds = Array.from({ length: this.chunkCount }, (_, i) => this.chunkId(i));
     const chunks = await this.documents.getMany(chunkIds);
     if (chunkIds.some((id) => chunks.get(id)?.doc.data === undefined)) {
@@ -197,7 +247,10 @@ export class CheckpointWriter {
     } catch {
       return this.discard('its state cannot be read');
     }
-    const { ids, left } = await this.newestSeenIds();
+    const seen = await this.newestSeenIds();
+    // Restored without them, the state would count its events again when they are redelivered.
+    if (seen === undefined) return this.discard('its seen event ids cannot be read');
+    const { ids, left } = seen;
     if (left > 0) {
       this.options.logger?.warn(
         { owner: this.owner, restored: ids.length, forgotten: left },
@@ -229,21 +282,24 @@ export class CheckpointWriter {
     const generation = ++this.lastGeneration;
     const chunks = chunksOf(json);
     const chunkCount = chunks.length;
-    const seenSequence = newSeenIds.length > 0 ? ++this.lastSeenSequence : this.seenSequence;
+    const seenPieces = seenPiecesOf(newSeenIds);
+    const firstSeen = this.lastSeenSequence + 1;
+    this.lastSeenSequence += seenPieces.length;
+    const seenSequence = seenPieces.length > 0 ? this.lastSeenSequence : this.seenSequence;
     try {
       return await this.writeGeneration(
         chunks,
-        { generation, chunkCount, seenSequence },
-        newSeenIds,
+        { generation, chunkCount, firstSeen, seenSequence },
+        seenPieces,
         extraCounters,
       );
     } catch (error) {
       // Its seen ids come again in the next write (they were accepted since the last one that
-      // succeeded), so its seen-id document, if stored, is deleted with its chunks.
+      // succeeded), so its seen-id documents, if stored, are deleted with its chunks.
       this.abandoned.push({
         generation,
         chunkCount,
-        seenSequence: newSeenIds.length > 0 ? seenSequence : undefined,
+        seenDocuments: seenPieces.map((_, i) => firstSeen + i),
       });
       if (this.abandoned.length > ABANDONED_KEPT) this.abandoned.shift();
       throw error;
@@ -252,11 +308,11 @@ export class CheckpointWriter {
 
   private async writeGeneration(
     chunks: readonly string[],
-    numbers: { generation: number; chunkCount: number; seenSequence: number },
-    newSeenIds: readonly (readonly [string, number])[],
+    numbers: { generation: number; chunkCount: number; firstSeen: number; seenSequence: number },
+    seenPieces: readonly SeenPiece[],
     extraCounters: Readonly<Record<string, number>>,
   ): Promise<Date> {
-    const { generation, chunkCount, seenSequence } = numbers;
+    const { generation, chunkCount, firstSeen, seenSequence } = numbers;
     for (let i = 0; i < chunkCount; i++) {
       await this.documents.upsert({
         id: `${this.owner}/state/${generation}/${i}`,
@@ -266,14 +322,13 @@ export class CheckpointWriter {
         data: chunks[i],
       });
     }
-    if (newSeenIds.length > 0) {
-      const until = newSeenIds.reduce((latest, [, u]) => Math.max(latest, u), 0);
+    for (const [i, { json, until }] of seenPieces.entries()) {
       await this.documents.upsert({
-        id: this.seenId(seenSequence),
+        id: this.seenId(firstSeen + i),
         owner: this.owner,
         kind: 'seen',
-        seenSequence,
-        idsJson: JSON.stringify(newSeenIds),
+        seenSequence: firstSeen + i,
+        idsJson: json,
         // Kept a minute past the last id's horizon; the aggregator forgets them then anyway.
         expiresAt: new Date(until + 60_000),
       });
@@ -293,7 +348,7 @@ export class CheckpointWriter {
       extraCounters: { ...extraCounters },
     });
     const replaced = [
-      { generation: this.generation, chunkCount: this.chunkCount, seenSequence: undefined },
+      { generation: this.generation, chunkCount: this.chunkCount, seenDocuments: [] },
       ...this.abandoned.splice(0),
     ];
     this.generation = generation;
@@ -305,19 +360,44 @@ export class CheckpointWriter {
           .delete(`${this.owner}/state/${previous.generation}/${i}`)
           .catch(() => false);
       }
-      if (previous.seenSequence !== undefined) {
-        await this.documents.delete(this.seenId(previous.seenSequence)).catch(() => false);
+      for (const sequence of previous.seenDocuments) {
+        await this.documents.delete(this.seenId(sequence)).catch(() => false);
       }
     }
+    for (const [i, { count }] of seenPieces.entries()) {
+      this.include(this.seenId(firstSeen + i), count);
+    }
+    await this.deleteUnread();
     return checkpointTime;
+  }
+
+  private include(id: string, count: number): void {
+    this.included.push({ id, count });
+    this.includedIds += count;
+  }
+
+  /** Deletes the oldest seen-id documents a restore would leave out (see `included`). */
+  private async deleteUnread(): Promise<void> {
+    const max = this.options.maxSeenEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
+    for (let deleted = 0; deleted < UNREAD_DELETED_PER_WRITE; deleted++) {
+      const oldest = this.included[0];
+      if (oldest === undefined || this.includedIds - oldest.count < max) return;
+      this.included.shift();
+      this.includedIds -= oldest.count;
+      // One left behind is read and left out, as before, until it expires.
+      await this.documents.delete(oldest.id).catch(() => false);
+    }
   }
 
   /**
    * The newest seen ids (up to the cap) of the documents the header includes, oldest first, and
    * how many older ones were left out. Documents are scanned in id order, which is their sequence
-   * order (the number is zero-padded), so holding at most twice the cap is enough.
+   * order (the number is zero-padded), so holding at most twice the cap is enough. Each is noted
+   * as `included`. Undefined when a document's ids cannot be read.
    */
-  private async newestSeenIds(): Promise<{ ids: (readonly [string, number])[]; left: number }> {
+  private async newestSeenIds(): Promise<
+    { ids: (readonly [string, number])[]; left: number } | undefined
+  > {
     const max = this.options.maxSeenEventIds ?? DEFAULT_MAX_TRACKED_EVENT_IDS;
     // By id, in order of the newest copy: an id stored twice (a write that failed after storing
     // its seen ids, written again by the next) takes one place.
@@ -332,7 +412,10 @@ export class CheckpointWriter {
     };
     for await (const { doc } of this.documents.scan({ owner: this.owner })) {
       if (doc.kind !== 'seen' || (doc.seenSequence ?? 0) > this.seenSequence) continue;
-      for (const [id, until] of seenIdsOf(doc)) {
+      const read = seenIdsOf(doc);
+      if (read === undefined) return undefined;
+      this.include(doc.id, read.length);
+      for (const [id, until] of read) {
         ids.delete(id);
         ids.set(id, until);
       }
@@ -375,6 +458,8 @@ export class CheckpointWriter {
     this.lastGeneration = 0;
     this.lastSeenSequence = 0;
     this.abandoned = [];
+    this.included = [];
+    this.includedIds = 0;
   }
 
   private seenId(sequence: number): string {
