@@ -383,6 +383,45 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     expect(restored?.checkpoint.seenEventIds).toEqual([...idsOf(4), ...idsOf(5)]);
   });
 
+  it('keeps the seen-id documents a restore reads when a failed write left a copy of its ids', async () => {
+    // A failed write's seen ids, stored, come again in the next write; when deleting the first
+    // copy fails too, both copies are restored. Counted twice, they made the newest documents
+    // look like they held the cap, and the next write deleted ids a restore still returned.
+    const now = Date.now();
+    const idsOf = (name: string, count: number): [string, number][] =>
+      Array.from({ length: count }, (_, i) => [`${name}${i}`, now + 600_000]);
+    const faults: Faults = new Map();
+    let deletesFail = false;
+    const flaky = overridingCollections(faulty(store, faults), (collection) => ({
+      delete: (id: string) =>
+        deletesFail
+          ? Promise.reject(new UnavailableError('storage is unreachable (a blip)'))
+          : collection.delete(id),
+    }));
+    const checkpoints = await AggregationCheckpoints.open(flaky);
+    const state = new WindowAggregator(options).checkpoint({ seenEventIds: false });
+    const writer = checkpoints.forOwner('item_plays', replica, { maxSeenEventIds: 10 });
+    await writer.write(state, idsOf('a', 5), {});
+    faults.set('header', 'failed');
+    await expect(writer.write(state, idsOf('b', 3), {})).rejects.toThrow(UnavailableError);
+    deletesFail = true;
+    await writer.write(state, [...idsOf('b', 3), ...idsOf('c', 2)], {});
+    deletesFail = false;
+    const restarted = checkpoints.forOwner('item_plays', replica, { maxSeenEventIds: 10 });
+    await restarted.restore();
+    await restarted.write(state, idsOf('d', 2), {});
+
+    const restored = await checkpoints
+      .forOwner('item_plays', replica, { maxSeenEventIds: 10 })
+      .restore();
+    expect(restored?.checkpoint.seenEventIds).toEqual([
+      ...idsOf('a', 5).slice(2),
+      ...idsOf('b', 3),
+      ...idsOf('c', 2),
+      ...idsOf('d', 2),
+    ]);
+  });
+
   it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {
     const { checkpoints, documents, chunk } = await oneEventCheckpoint();
     const stored = await documents.get(chunk);

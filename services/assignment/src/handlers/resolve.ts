@@ -18,7 +18,12 @@ import {
 } from '../../../../gen/ts/tandem/assignment/v1/assignment';
 import { ExposureKind } from '../../../../gen/ts/tandem/events/v1/exposure_event';
 import { CallsInFlight } from '../../../platform/src/calls-in-flight';
-import { InvalidArgumentError, type FieldViolation } from '../../../platform/src/errors';
+import {
+  AbortedError,
+  InvalidArgumentError,
+  UnavailableError,
+  type FieldViolation,
+} from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import {
   AssignmentReason,
@@ -262,7 +267,9 @@ async function logExposures(
         storedNow,
       );
     } catch (error) {
-      if (!withholdUnstored) throw error;
+      // Storage failing or the write conflicting; anything else is a defect, not to be hidden.
+      const storageFailed = error instanceof UnavailableError || error instanceof AbortedError;
+      if (!withholdUnstored || !storageFailed) throw error;
       if (unstored.size === 0) storeError = error;
       unstored.add(assignment.experimentId);
       withheld.add(index);
@@ -576,7 +583,6 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
           let unavailable = stickyUnavailable;
           if (logged.unstored.size > 0) {
             stickyStoreFailed(logged.storeError);
-            for (const id of logged.unstored) stored.delete(id);
             unavailable = new Set([...(stickyUnavailable ?? []), ...logged.unstored]);
           }
           const settled = { ...unitContext, sticky: stored, stickyUnavailable: unavailable };

@@ -2057,8 +2057,8 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
               [`${id}-plain`, expect.any(String), AssignmentReason.ASSIGNMENT_REASON_ASSIGNED],
             ],
           );
-          // Only the experiment whose variant was stored nowhere is logged, and the token holds
-          // only it: applying it logs nothing for the sticky experiment.
+          // Only the other experiment is logged, and the token holds only it: applying the token
+          // logs nothing for the sticky experiment.
           expect(degraded.exposures).toMatchObject({ loggedCount: 1, droppedCount: 0 });
           const applied = await client.apply(
             ApplyRequest.fromPartial({ resolveToken: degraded.resolveToken }),

@@ -119,7 +119,8 @@ export class AggregationCheckpoints {
 function seenIdsOf(doc: CheckpointDocument): readonly (readonly [string, number])[] | undefined {
   if (doc.idsJson === undefined) return doc.ids ?? [];
   try {
-    return JSON.parse(doc.idsJson) as [string, number][];
+    const ids = JSON.parse(doc.idsJson) as unknown;
+    return Array.isArray(ids) ? (ids as [string, number][]) : undefined;
   } catch {
     return undefined;
   }
@@ -202,7 +203,10 @@ export class CheckpointWriter {
    * restored or wrote), oldest first, with how many ids each holds, and their total. The oldest
    * are deleted once the newer ones hold the cap of ids, all a restore reads back: kept until
    * their ids' horizon (the longest window, up to 30 days), a busy view's documents would pile up
-   * far past it, in storage and in what every restart reads.
+   * far past it, in storage and in what every restart reads. Only the documents this writer
+   * wrote count, since no id is in two of them; restored ones count for none, since they may
+   * share ids (a failed write's copy left behind), and are deleted once this writer's own hold
+   * the cap.
    */
   private included: { readonly id: string; readonly count: number }[] = [];
   private includedIds = 0;
@@ -393,7 +397,7 @@ export class CheckpointWriter {
    * The newest seen ids (up to the cap) of the documents the header includes, oldest first, and
    * how many older ones were left out. Documents are scanned in id order, which is their sequence
    * order (the number is zero-padded), so holding at most twice the cap is enough. Each is noted
-   * as `included`. Undefined when a document's ids cannot be read.
+   * as `included`, counting no ids. Undefined when a document's ids cannot be read.
    */
   private async newestSeenIds(): Promise<
     { ids: (readonly [string, number])[]; left: number } | undefined
@@ -414,7 +418,7 @@ export class CheckpointWriter {
       if (doc.kind !== 'seen' || (doc.seenSequence ?? 0) > this.seenSequence) continue;
       const read = seenIdsOf(doc);
       if (read === undefined) return undefined;
-      this.include(doc.id, read.length);
+      this.include(doc.id, 0);
       for (const [id, until] of read) {
         ids.delete(id);
         ids.set(id, until);

@@ -48,9 +48,9 @@ export enum AssignmentReason {
   /**
    * ASSIGNMENT_REASON_STICKY_UNAVAILABLE - The experiment is sticky and the unit's stored variant could not be read (storage
    * unavailable), so it is unknown whether the unit already holds one, or (Resolve with `apply`)
-   * the unit's new variant could not be stored: it gets the control, and no exposure is logged or
-   * variant stored, so that no unit silently changes variant. The other experiments of the
-   * request are served as usual.
+   * the unit's new variant could not be stored (storage unavailable, or a conflicting write): it
+   * gets the control and no exposure is logged, so that no unit silently changes variant. The
+   * other experiments of the request are served as usual.
    */
   ASSIGNMENT_REASON_STICKY_UNAVAILABLE = 10,
   UNRECOGNIZED = -1,
