@@ -2082,6 +2082,24 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         },
       );
 
+      it('fails Resolve(apply=true) when storing a sticky variant fails otherwise than by storage (a defect is not hidden)', async () => {
+        const { admin, client } = service;
+        await startSticky(admin, 'unstored-defect');
+        const store = jest
+          .spyOn(service.service.context.sticky, 'store')
+          .mockRejectedValueOnce(new TypeError('a defect'));
+        try {
+          const failed = await failure(
+            client.resolve(
+              resolveRequest('defect-1', { surfaces: ['unstored-defect'], apply: true }),
+            ),
+          );
+          expect(failed.code).toBe(GrpcCode.INTERNAL);
+        } finally {
+          store.mockRestore();
+        }
+      });
+
       it('takes an Apply request_id with another token as another call, though both resolves shared a request_id', async () => {
         const { admin, client } = service;
         for (const id of ['shared-id-a', 'shared-id-b']) {
