@@ -275,17 +275,30 @@ function logConnected(logger: BusLogger, link: Link): void {
 }
 
 /**
- * Maps a failed JetStream API call to a domain error: an API error is a configuration the server
- * refused (for example overlapping subjects); anything else means the server could not be reached.
+ * JetStream API errors that say the server cannot do it right now (nats-server's errors.json):
+ * JSClusterIncompleteErr, JSClusterNotAvailErr ("JetStream system temporarily unavailable") and
+ * JSClusterNotLeaderErr, which a cluster answers while it elects a leader or a peer is down, and
+ * JSInsufficientResourcesErr, which lasts until resources are freed. Not every 503: "JetStream not
+ * enabled" is one, and retrying it would hide a configuration to fix.
  */
-function toBusError(error: unknown, what: string): Error {
-  if (error instanceof JetStreamApiError) {
+const TRANSIENT_API_ERRORS: ReadonlySet<number> = new Set([10004, 10008, 10009, 10023]);
+
+/**
+ * Maps a failed JetStream API call to a domain error: an API error is a configuration the server
+ * refused (for example overlapping subjects), unless it is one of {@link TRANSIENT_API_ERRORS}:
+ * then, as for anything else (the server could not be reached), UNAVAILABLE, which callers retry.
+ *
+ * @internal Exported for tests.
+ */
+export function toBusError(error: unknown, what: string): Error {
+  if (error instanceof JetStreamApiError && !TRANSIENT_API_ERRORS.has(error.code)) {
     return new FailedPreconditionError(`${what}: ${error.message}`, {
       cause: error,
       metadata: { jetStreamCode: String(error.code) },
     });
   }
-  return new UnavailableError(`${what}: NATS did not answer`, { cause: error });
+  const why = error instanceof JetStreamApiError ? error.message : 'NATS did not answer';
+  return new UnavailableError(`${what}: ${why}`, { cause: error });
 }
 
 function isApiError(error: unknown, code: number): boolean {

@@ -2,13 +2,18 @@
  * The event-bus contract against a real NATS JetStream server, plus what only NATS has: streams
  * and durables declared from specs as server config, and the connection lifecycle.
  */
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import {
+  jetstream,
+  jetstreamManager,
+  JetStreamApiError,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { EchoRequest } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { FailedPreconditionError, UnavailableError } from '../../src/errors';
 import { BufferedPublisher } from '../../src/events/buffered-publisher';
 import type { BatchConsumerSpec, EventBus } from '../../src/events/bus';
-import { connectNatsBus, supportsMultipleFilters } from '../../src/events/nats-bus';
+import { connectNatsBus, supportsMultipleFilters, toBusError } from '../../src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../support/integration';
 import { describeEventBusContract, eventually } from './event-bus-contract';
 
@@ -755,6 +760,34 @@ describe('supportsMultipleFilters', () => {
   ])('server %s → %s', (version, expected) => {
     expect(supportsMultipleFilters(version)).toBe(expected);
   });
+});
+
+describe('JetStream API errors', () => {
+  // Codes and statuses as nats-server's errors.json defines them.
+  it.each([
+    ['JetStream system temporarily unavailable', 503, 10008, UnavailableError],
+    ['JetStream cluster can not handle request', 500, 10009, UnavailableError],
+    ['incomplete results', 503, 10004, UnavailableError],
+    ['insufficient resources', 503, 10023, UnavailableError],
+    ['subjects overlap with an existing stream', 400, 10065, FailedPreconditionError],
+    ['JetStream not enabled', 503, 10076, FailedPreconditionError],
+    [
+      'consumer name in subject does not match durable name in request',
+      400,
+      10017,
+      FailedPreconditionError,
+    ],
+  ])(
+    '"%s" (%d, %d) is retried only when the cluster cannot answer yet',
+    (description, code, errCode, expected) => {
+      const error = toBusError(
+        new JetStreamApiError({ code, err_code: errCode, description }),
+        'cannot declare consumer s/d',
+      );
+      expect(error).toBeInstanceOf(expected);
+      expect(error.message).toContain(description);
+    },
+  );
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
