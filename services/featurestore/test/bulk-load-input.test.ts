@@ -24,6 +24,13 @@ describe('the bulk loader input', () => {
     expect(values).toEqual([{ a: 1 }, [2]]);
   });
 
+  it('skips a UTF-8 byte-order mark at the start of the file', async () => {
+    const values = await valuesOf(
+      parseJsonLines(linesOf('\uFEFF{"a": 1}', '{"a": 2}'), 'rows.ndjson'),
+    );
+    expect(values).toEqual([{ a: 1 }, { a: 2 }]);
+  });
+
   it('names the file and the line number of a line that is not JSON', async () => {
     const values = parseJsonLines(linesOf('{"a": 1}', '', 'not json', '{"a": 2}'), 'rows.ndjson');
     await expect(valuesOf(values)).rejects.toThrow(/^rows\.ndjson:3: Unexpected token/);
@@ -68,10 +75,24 @@ describe('a bulk-load record', () => {
     [{ values: { genres: [1, 2] } }, 'values.genres must be a VALUE_TYPE_STRING_LIST value'],
     [{ event_time: null }, 'event_time must be an RFC 3339 string'],
     [{ event_time: true }, 'event_time must be an RFC 3339 string'],
-    [{ event_time: 'yesterday' }, 'event_time "yesterday" is not a time'],
+    [{ event_time: 'yesterday' }, 'event_time "yesterday" is not an RFC 3339 time'],
+    // Read in the machine's time zone by JavaScript, and not RFC 3339 (the offset is required).
+    [{ event_time: '2026-01-01T00:00:00' }, 'event_time "2026-01-01T00:00:00" is not an RFC 3339'],
+    [{ event_time: '2026-01-01' }, 'event_time "2026-01-01" is not an RFC 3339 time'],
+    // Taken by JavaScript as March 2, and as the next day.
+    [{ event_time: '2026-02-30T00:00:00Z' }, 'event_time "2026-02-30T00:00:00Z" is not a time'],
+    [{ event_time: '2026-01-01T24:00:00Z' }, 'event_time "2026-01-01T24:00:00Z" is not a time'],
     [{ values: [1] }, 'values must be a JSON object'],
   ])('%j is refused, naming the line and the field', (fields, message) => {
     expect(() => row(record(fields))).toThrow(`rows.ndjson:7: ${message}`);
+  });
+
+  it.each([
+    ['2026-01-01T02:30:00+02:30', '2026-01-01T00:00:00.000Z'],
+    ['2026-01-01t00:00:00.123456z', '2026-01-01T00:00:00.123Z'],
+    ['2026-01-01 00:00:00-01:00', '2026-01-01T01:00:00.000Z'],
+  ])('takes the RFC 3339 time %s as %s', (eventTime, utc) => {
+    expect(row(record({ event_time: eventTime })).eventTime?.toISOString()).toBe(utc);
   });
 
   it('keeps a key "__proto__", which the row validation then refuses as no feature', () => {

@@ -52,8 +52,10 @@ export async function* parseJsonLines(
   source: string,
 ): AsyncIterable<JsonLine> {
   let lineNumber = 0;
-  for await (const line of lines) {
+  for await (const read of lines) {
     lineNumber++;
+    // A byte-order mark, which some editors and exports put first in a UTF-8 file, is no JSON.
+    const line = lineNumber === 1 && read.startsWith('\uFEFF') ? read.slice(1) : read;
     if (line.trim() === '') continue;
     let value: unknown;
     try {
@@ -64,6 +66,24 @@ export async function* parseJsonLines(
     }
     yield { value, where: `${source}:${lineNumber}` };
   }
+}
+
+/** An RFC 3339 date-time (section 5.6), whose offset is required. */
+const RFC_3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/**
+ * Whether the date and hour of an RFC 3339 string exist: JavaScript takes February 30 as March 2
+ * and hour 24 as the next day's 0.
+ */
+function aDay(text: string): boolean {
+  const [year, month, day, hour] = [
+    text.slice(0, 4),
+    text.slice(5, 7),
+    text.slice(8, 10),
+    text.slice(11, 13),
+  ].map(Number) as [number, number, number, number];
+  const date = new Date(Date.UTC(year, month - 1, day));
+  return date.getUTCMonth() === month - 1 && date.getUTCDate() === day && hour <= 23;
 }
 
 /** The types of a view's join keys and features, by name, for {@link rowOfJson}. */
@@ -93,8 +113,15 @@ export function rowOfJson({ value, where }: JsonLine, types: RowTypes): FeatureR
     if (typeof eventTime !== 'string' && typeof eventTime !== 'number') {
       return fail('event_time must be an RFC 3339 string or milliseconds since the epoch');
     }
+    // A string is RFC 3339, with its offset: JavaScript reads a date-time without one in the
+    // machine's time zone, so one file would load at different times on different machines.
+    if (typeof eventTime === 'string' && !RFC_3339.test(eventTime)) {
+      return fail(
+        `event_time ${JSON.stringify(eventTime)} is not an RFC 3339 time with an offset (such as 2024-05-01T00:00:00Z)`,
+      );
+    }
     time = new Date(eventTime);
-    if (Number.isNaN(time.getTime()))
+    if (Number.isNaN(time.getTime()) || (typeof eventTime === 'string' && !aDay(eventTime)))
       return fail(`event_time ${JSON.stringify(eventTime)} is not a time`);
   }
   return {
