@@ -422,6 +422,49 @@ function checkpointSuite(open: () => Promise<DocumentStore>): void {
     ]);
   });
 
+  it("deletes a view's checkpoints on every replica, reading no other view's", async () => {
+    const read: string[] = [];
+    const watched = overridingCollections(store, (collection) => ({
+      list: async (listOptions) => {
+        const page = await collection.list(listOptions);
+        read.push(...page.items.map(({ doc }) => doc.id));
+        return page;
+      },
+      scan: async function* (where) {
+        for await (const item of collection.scan(where)) {
+          read.push(item.doc.id);
+          yield item;
+        }
+      },
+    }));
+    const checkpoints = await AggregationCheckpoints.open(watched);
+    const state = new WindowAggregator(options).checkpoint({ seenEventIds: false });
+    const ids: [string, number][] = [['e1', Date.now() + 600_000]];
+    // Names that sort on either side of it, and one it is a prefix of.
+    const views = ['item_play', 'item_plays', 'item_plays_x', 'item_playt'];
+    for (const view of views) {
+      for (const other of [replica, `${replica}-2`]) {
+        await checkpoints.forOwner(view, other).write(state, ids, {});
+      }
+    }
+    read.length = 0;
+    await checkpoints.deleteView('item_plays');
+    const readDeleting = [...read];
+
+    for (const view of views) {
+      for (const other of [replica, `${replica}-2`]) {
+        const restored = await checkpoints.forOwner(view, other).restore();
+        if (view === 'item_plays') expect(restored).toBeUndefined();
+        else expect(restored?.checkpoint.seenEventIds).toEqual(ids);
+      }
+    }
+    // Its own (a header, a state piece and a seen-id document per replica), and at most the rest
+    // of the last page of four: not the other views' twenty-four.
+    // (Tests may share a database: other tests' replicas have checkpoints of the view too.)
+    expect(readDeleting.filter((id) => id.startsWith(`item_plays/${replica}`))).toHaveLength(6);
+    expect(readDeleting.filter((id) => !id.startsWith('item_plays/')).length).toBeLessThan(4);
+  });
+
   it('discards a checkpoint whose state cannot be read, rather than failing to start', async () => {
     const { checkpoints, documents, chunk } = await oneEventCheckpoint();
     const stored = await documents.get(chunk);

@@ -67,6 +67,9 @@ export interface StoredCheckpoint {
  */
 const CHUNK_CHARS = 4_000_000;
 
+/** Documents read per page when a view's are deleted: a few pieces of state at a time. */
+const DELETE_PAGE_SIZE = 4;
+
 /** Options of {@link AggregationCheckpoints.forOwner}. */
 export interface CheckpointWriterOptions {
   /**
@@ -105,13 +108,23 @@ export class AggregationCheckpoints {
     return new CheckpointWriter(this.documents, `${view}/${replicaId}`, options);
   }
 
-  /** Deletes every checkpoint of a view (all replicas). */
+  /**
+   * Deletes every checkpoint of a view (all replicas). Every document id of the view starts with
+   * `<view>/` (see `forOwner`), so in id order they are one run, read a few at a time (a piece of
+   * state holds up to 12 MB): not every view's state, which DeleteFeatureView would wait for.
+   */
   async deleteView(view: string): Promise<void> {
-    const ids: string[] = [];
-    for await (const { doc } of this.documents.scan()) {
-      if (doc.owner.startsWith(`${view}/`)) ids.push(doc.id);
+    const prefix = `${view}/`;
+    // Ids greater than the prefix itself: where the run starts.
+    let afterId: string | undefined = prefix;
+    while (afterId !== undefined) {
+      const page = await this.documents.list({ afterId, limit: DELETE_PAGE_SIZE });
+      for (const { doc } of page.items) {
+        if (!doc.id.startsWith(prefix)) return;
+        await this.documents.delete(doc.id);
+      }
+      afterId = page.nextAfterId;
     }
-    for (const id of ids) await this.documents.delete(id);
   }
 }
 
