@@ -3,13 +3,14 @@
  * MongoDB driver are loaded.
  */
 import {
+  serviceNameOf,
   startTelemetry,
   wantsMetricExport,
   wantsTraceExport,
 } from '../../platform/src/telemetry/sdk';
 
 export const telemetry = startTelemetry({
-  serviceName: 'tandem-featurestore',
+  serviceName: serviceNameOf(process.env, 'tandem-featurestore'),
   exportTraces: wantsTraceExport(process.env),
   exportMetrics: wantsMetricExport(process.env),
 });

@@ -61,6 +61,32 @@ export function wantsMetricExport(env: Readonly<Record<string, string | undefine
   return wantsExport(env.OTEL_METRICS_EXPORTER, env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env);
 }
 
+/**
+ * The service name spans and metrics carry: `OTEL_SERVICE_NAME`, else a `service.name` in
+ * `OTEL_RESOURCE_ATTRIBUTES` (percent-encoded, as that variable's values are), else `fallback`.
+ * The SDK lets a name given in code override both, so the variables are read here: an SRE
+ * naming a canary `tandem-assignment-canary` expects its traces under that name.
+ */
+export function serviceNameOf(
+  env: Readonly<Record<string, string | undefined>>,
+  fallback: string,
+): string {
+  const named = env.OTEL_SERVICE_NAME?.trim();
+  if (named) return named;
+  for (const pair of (env.OTEL_RESOURCE_ATTRIBUTES ?? '').split(',')) {
+    const at = pair.indexOf('=');
+    if (at < 0 || pair.slice(0, at).trim() !== 'service.name') continue;
+    const value = pair.slice(at + 1).trim();
+    try {
+      const decoded = decodeURIComponent(value);
+      if (decoded !== '') return decoded;
+    } catch {
+      // Not percent-encoded as the variable's values must be: the SDK ignores it too.
+    }
+  }
+  return fallback;
+}
+
 /** Starts the SDK (context manager, W3C propagator, exporters when asked for, Mongo instrumentation). */
 export function startTelemetry(options: TelemetryOptions): Telemetry {
   const sdk = new NodeSDK({

@@ -4,7 +4,12 @@
  * OTEL_METRICS_EXPORTER is unset; Tandem must not send anything anywhere unasked.
  */
 import { metrics } from '@opentelemetry/api';
-import { startTelemetry, wantsMetricExport, wantsTraceExport } from '../../src/telemetry/sdk';
+import {
+  serviceNameOf,
+  startTelemetry,
+  wantsMetricExport,
+  wantsTraceExport,
+} from '../../src/telemetry/sdk';
 
 describe('wantsTraceExport', () => {
   it('is true only when an exporter or an OTLP endpoint is named, a blank one counting as unset', () => {
@@ -57,6 +62,20 @@ describe('wantsMetricExport', () => {
     expect(
       wantsMetricExport({ OTEL_SDK_DISABLED: 'true', OTEL_METRICS_EXPORTER: 'prometheus' }),
     ).toBe(false);
+  });
+});
+
+describe('serviceNameOf', () => {
+  it.each([
+    [{}, 'tandem-assignment'],
+    [{ OTEL_SERVICE_NAME: 'assignment-canary' }, 'assignment-canary'],
+    [{ OTEL_SERVICE_NAME: '  ' }, 'tandem-assignment'],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,service.name=a%20b' }, 'a b'],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'service.name=x', OTEL_SERVICE_NAME: 'y' }, 'y'],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'service.name=%zz' }, 'tandem-assignment'],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'service.namespace=tandem' }, 'tandem-assignment'],
+  ])('%j names the service %s', (env, name) => {
+    expect(serviceNameOf(env, 'tandem-assignment')).toBe(name);
   });
 });
 
