@@ -46,7 +46,7 @@ import type { RequestResults, RequestType, ResponseCodec } from './store/request
 export type { AcrossReplicas };
 
 /** The request message of every write, by method. */
-interface WriteRequests {
+export interface WriteRequests {
   readonly CreateLayer: CreateLayerRequest;
   readonly UpdateLayer: UpdateLayerRequest;
   readonly DeleteLayer: DeleteLayerRequest;
@@ -82,16 +82,28 @@ const REQUEST_TYPES: { readonly [M in keyof WriteRequests]: RequestType<WriteReq
   UpdateAllocation: UpdateAllocationRequest,
 };
 
+/**
+ * The response a write's first call would have answered, built from what it stored, when what is
+ * stored carries `stamp` (see `Recover` in the platform's request results); undefined otherwise.
+ */
+export type RecoverWrite = <M extends keyof WriteRequests>(
+  method: M,
+  request: WriteRequests[M],
+  stamp: string,
+) => Promise<unknown>;
+
 /** The admin writes and allocation updates: {@link SerialWrites}, idempotent by `request_id`. */
 export class ConfigurationWrites extends SerialWrites {
   /**
    * `unannounced`, when given, tells whether a change this replica stored is not yet announced
-   * (its version bump failed: see `LiveConfiguration.commit`).
+   * (its version bump failed: see `LiveConfiguration.commit`); `recover` answers a retry whose
+   * first call stored its change but not its response.
    */
   constructor(
     private readonly results: RequestResults,
     acrossReplicas?: AcrossReplicas,
     private readonly unannounced?: () => boolean,
+    private readonly recover?: RecoverWrite,
   ) {
     super(acrossReplicas);
   }
@@ -134,7 +146,16 @@ export class ConfigurationWrites extends SerialWrites {
         return mutation();
       };
       try {
-        return await this.results.once(method, request, codec, run, requestType);
+        const recover = this.recover;
+        return await this.results.once(
+          method,
+          request,
+          codec,
+          run,
+          requestType,
+          // The recovery builds the method's response type (see `recoverWrite`).
+          recover && ((stamp) => recover(method, request, stamp) as Promise<T | undefined>),
+        );
       } catch (error) {
         // Before the write began (the request_id's stored answer, its fingerprint): nothing of
         // the configuration was stored, whatever the failure.

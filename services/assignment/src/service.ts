@@ -19,6 +19,7 @@ import { ExposureLog } from './events/exposure-log';
 import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/streams';
 import { ADMIN_METHODS, assignmentHandlers } from './handlers';
 import { advanceSchedule } from './handlers/experiments';
+import { recoverWrite } from './handlers/recovery';
 import { resolveServiceDefinition } from './handlers/resolve-response';
 import { maxPageBytes } from '../../platform/src/grpc/pages';
 import { withTimeout } from '../../platform/src/timeout';
@@ -110,6 +111,7 @@ export async function startAssignment(
         abandoned: () => store.writeLeaseAbandoned(),
       },
       () => configuration.hasUnannouncedChange(),
+      (method, request, stamp) => recoverWrite(context, method, request, stamp),
     ),
     sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
     exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),

@@ -7,7 +7,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError } from '../../../platform/src/errors';
-import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import type {
+  Collection,
+  ConditionalWriteOutcome,
+  DocumentStore,
+  ListOptions,
+  Page,
+  Versioned,
+  Where,
+} from '../../../platform/src/storage/collection';
+import { currentRequestStamp } from '../../../platform/src/storage/request-results';
 import { WriteLease, type HeldLease } from '../../../platform/src/storage/write-lease';
 import type {
   AllocationDocument,
@@ -55,6 +64,108 @@ interface DeletedIdDocument {
 /** The kinds of resource whose etags must not repeat across deletions. */
 export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
+/**
+ * Which write of a `request_id` last stored a resource (see `currentRequestStamp`): a field of
+ * every layer, experiment, holdout and allocation document written by one, absent otherwise.
+ * A retry whose first call stored its change but not its response finds its own stamp there,
+ * and answers the change instead of refusing it (see `recoverWrite`).
+ */
+export interface Stamped {
+  readonly writtenBy?: string;
+}
+
+/**
+ * The request that last deleted a resource of an id, for a retry of a delete that took effect
+ * (see {@link Stamped}); kept as long as a `request_id` can be retried.
+ */
+interface DeletionStampDocument {
+  /** `<kind>/<resource id>`. */
+  readonly id: string;
+  readonly writtenBy: string;
+  readonly expiresAt: Date;
+}
+
+/**
+ * How long a deletion's stamp is kept: as long as `TANDEM_ASSIGNMENT_REQUEST_ID_TTL` may be set
+ * (a small document per deletion, and deletions are few).
+ */
+const DELETION_STAMP_TTL_MS = 365 * 86_400_000;
+
+/**
+ * A collection whose writes carry the stamp of the request running them (and drop the one a
+ * document read back carried, when none runs), so that a stamp always names the last write. Its
+ * own object, not a proxy, so that tests can spy on its methods as on any collection's.
+ */
+class StampingCollection<T extends { readonly id: string }> implements Collection<T> {
+  readonly name: string;
+
+  constructor(private readonly inner: Collection<T>) {
+    this.name = inner.name;
+  }
+
+  private stamp(doc: T): T {
+    const { writtenBy, ...rest } = doc as T & Stamped;
+    const by = currentRequestStamp();
+    if (by === undefined) return writtenBy === undefined ? doc : (rest as unknown as T);
+    return { ...rest, writtenBy: by } as unknown as T;
+  }
+
+  insert(doc: T): Promise<Versioned<T>> {
+    return this.inner.insert(this.stamp(doc));
+  }
+
+  replace(doc: T, expectedVersion: number): Promise<Versioned<T>> {
+    return this.inner.replace(this.stamp(doc), expectedVersion);
+  }
+
+  upsert(doc: T): Promise<Versioned<T>> {
+    return this.inner.upsert(this.stamp(doc));
+  }
+
+  upsertIfNewer(docs: readonly T[], field: string): Promise<ConditionalWriteOutcome[]> {
+    return this.inner.upsertIfNewer(
+      docs.map((doc) => this.stamp(doc)),
+      field,
+    );
+  }
+
+  get(id: string): Promise<Versioned<T> | undefined> {
+    return this.inner.get(id);
+  }
+
+  getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>> {
+    return this.inner.getMany(ids);
+  }
+
+  increment(
+    id: string,
+    deltas: Readonly<Record<string, number>>,
+    onInsert?: Partial<T>,
+  ): Promise<Versioned<T>> {
+    return this.inner.increment(id, deltas, onInsert);
+  }
+
+  delete(id: string, expectedVersion?: number): Promise<boolean> {
+    return this.inner.delete(id, expectedVersion);
+  }
+
+  deleteWhere(where: Where): Promise<number> {
+    return this.inner.deleteWhere(where);
+  }
+
+  list(options: ListOptions): Promise<Page<T>> {
+    return this.inner.list(options);
+  }
+
+  scan(where?: Where): AsyncIterable<Versioned<T>> {
+    return this.inner.scan(where);
+  }
+
+  count(where?: Where): Promise<number> {
+    return this.inner.count(where);
+  }
+}
+
 const WRITE_LEASE_ID = 'configuration-writes';
 
 const VERSION_ID = 'configuration';
@@ -80,15 +191,16 @@ export class ConfigurationStore {
     private readonly writeLease: WriteLease,
     private readonly retiredIds: Collection<RetiredIdDocument>,
     private readonly deletedIds: Collection<DeletedIdDocument>,
+    private readonly deletionStamps: Collection<DeletionStampDocument>,
   ) {}
 
   /** Opens (and creates) the collections. Throws `UnavailableError` when storage is down. */
   static async open(store: DocumentStore): Promise<ConfigurationStore> {
     return new ConfigurationStore(
-      await store.collection<LayerDocument>({ name: 'layers' }),
-      await store.collection<ExperimentDocument>({ name: 'experiments' }),
-      await store.collection<HoldoutDocument>({ name: 'holdouts' }),
-      await store.collection<AllocationDocument>({ name: 'allocations' }),
+      new StampingCollection(await store.collection<LayerDocument>({ name: 'layers' })),
+      new StampingCollection(await store.collection<ExperimentDocument>({ name: 'experiments' })),
+      new StampingCollection(await store.collection<HoldoutDocument>({ name: 'holdouts' })),
+      new StampingCollection(await store.collection<AllocationDocument>({ name: 'allocations' })),
       await store.collection<CounterDocument>({ name: 'counters' }),
       await store.collection<SecretDocument>({ name: 'secrets' }),
       await WriteLease.open(store, WRITE_LEASE_ID, {
@@ -97,6 +209,10 @@ export class ConfigurationStore {
       }),
       await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
       await store.collection<DeletedIdDocument>({ name: 'deleted_ids' }),
+      await store.collection<DeletionStampDocument>({
+        name: 'deletion_stamps',
+        expireAtField: 'expiresAt',
+      }),
     );
   }
 
@@ -132,6 +248,19 @@ export class ConfigurationStore {
    */
   async recordDeletion(kind: ResourceKind, id: string): Promise<void> {
     await this.deletedIds.increment(`${kind}/${id}`, { deletions: 1 });
+    const by = currentRequestStamp();
+    if (by !== undefined) {
+      await this.deletionStamps.upsert({
+        id: `${kind}/${id}`,
+        writtenBy: by,
+        expiresAt: new Date(Date.now() + DELETION_STAMP_TTL_MS),
+      });
+    }
+  }
+
+  /** The stamp of the request that last deleted `id` (see {@link Stamped}), if it had one. */
+  async deletedBy(kind: ResourceKind, id: string): Promise<string | undefined> {
+    return (await this.deletionStamps.get(`${kind}/${id}`))?.doc.writtenBy;
   }
 
   /** The incarnation a resource created now under `id` is: 1, plus one per earlier deletion. */

@@ -25,6 +25,7 @@
  * finishes later answers too (builds before this one overwrote it with theirs), also when that
  * one failed because the first had already deleted, created or changed the resource.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash } from 'node:crypto';
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { CallsInFlight } from '../calls-in-flight';
@@ -274,6 +275,27 @@ const UNSTORED_RETRY_CAP_MS = 5_000;
 /** Responses that could not be stored kept at most (see `RequestResults.keep`). */
 const MAX_UNSTORED = 10_000;
 
+/** The stamp of the request whose mutation runs (see {@link currentRequestStamp}). */
+const stamps = new AsyncLocalStorage<string>();
+
+/**
+ * The stamp of the request (method, `request_id` and fingerprint) whose mutation is running in
+ * {@link RequestResults.once}, undefined outside one or without a request id. A service stores it
+ * with what the mutation writes, so that a retry refused because of the first call's own change
+ * can tell that change apart from another's (see `recover`).
+ */
+export function currentRequestStamp(): string | undefined {
+  return stamps.getStore();
+}
+
+/**
+ * Answers the retry of a mutation whose first call took effect without its response being
+ * stored (its storage call failed after the change was made): given the request's stamp, the
+ * response built from what that call stored, when what is stored carries the stamp; undefined
+ * otherwise.
+ */
+export type Recover<T> = (stamp: string) => Promise<T | undefined>;
+
 /** Longest `request_id` accepted, as the contract says. */
 export const MAX_REQUEST_ID_LENGTH = 128;
 
@@ -317,7 +339,10 @@ export class RequestResults {
    * Runs `mutation` once per (method, `request.requestId`); without a request id, every time. The
    * same id with a different request is refused (see the module comment); `requestType`, the
    * request's message type, tells apart requests that differ only in values present but equal
-   * to a default.
+   * to a default. The mutation runs with the request's stamp (see {@link currentRequestStamp});
+   * when it is refused (the resource exists, is missing, has moved on, is in another state),
+   * `recover` is asked whether the refusal is the first call's own change: then its answer is
+   * the response, stored as the first call's would have been.
    */
   async once<T, R extends IdentifiedRequest>(
     method: string,
@@ -325,6 +350,7 @@ export class RequestResults {
     codec: ResponseCodec<T>,
     mutation: () => Promise<T>,
     requestType?: RequestType<R>,
+    recover?: Recover<T>,
   ): Promise<T> {
     const { requestId } = request;
     if (requestId.length > MAX_REQUEST_ID_LENGTH) {
@@ -369,17 +395,29 @@ export class RequestResults {
       return codec.decode(previous.doc.response);
     }
     if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
+    const stamp = createHash('sha256')
+      .update(`${id}\u0000${exactFingerprint ?? ''}\u0000${fingerprint ?? ''}`)
+      .digest('base64url');
     return this.running.run(id, async () => {
       let response: T;
       try {
-        response = await mutation();
+        response = await stamps.run(stamp, mutation);
       } catch (error) {
-        // Failed beside its first call on another replica (which deleted what this one then
-        // found missing, or moved the etag it sent): that call's response is the answer.
-        if (this.serialized) throw error;
-        const first = await this.firstResultAfter(error, id, ofThisRequest);
-        if (first === undefined) throw error;
-        return codec.decode(first);
+        // The first call's change made, its response not stored (a storage call that failed
+        // after taking effect): this retry finds the change, and answers it.
+        const recovered =
+          recover !== undefined && error instanceof TandemError && CONFLICTS.has(error.code)
+            ? await recover(stamp).catch(() => undefined)
+            : undefined;
+        if (recovered === undefined) {
+          // Failed beside its first call on another replica (which deleted what this one then
+          // found missing, or moved the etag it sent): that call's response is the answer.
+          if (this.serialized) throw error;
+          const first = await this.firstResultAfter(error, id, ofThisRequest);
+          if (first === undefined) throw error;
+          return codec.decode(first);
+        }
+        response = recovered;
       }
       const stored: RequestResultDocument = {
         id,
