@@ -25,10 +25,10 @@ import { startTestAssignment, type TestAssignment } from './support/harness';
 function failAfterEffect(replica: TestAssignment, write: 'insert' | 'replace' | 'delete'): void {
   const experiments = replica.service.context.store.experiments;
   const call = experiments[write].bind(experiments) as (...args: unknown[]) => Promise<unknown>;
-  jest.spyOn(experiments, write).mockImplementationOnce((async (...args: unknown[]) => {
+  jest.spyOn(experiments, write).mockImplementationOnce(async (...args: unknown[]) => {
     await call(...args);
     throw new UnavailableError('storage did not answer in time');
-  }));
+  });
 }
 
 describe('an admin write whose storage call failed after it took effect', () => {
@@ -110,6 +110,32 @@ describe('an admin write whose storage call failed after it took effect', () => 
 
     expect(await remove('delete-gone')).toEqual({});
     expect((await failure(remove('delete-gone-again'))).code).toBe(GrpcCode.NOT_FOUND);
+  });
+
+  it('refuses the retry of a delete that failed before the document went', async () => {
+    const created = await replica.admin.createExperiment(
+      CreateExperimentRequest.fromPartial({ experiment: experiment('kept') }),
+    );
+    const remove = () =>
+      replica.admin.deleteExperiment(
+        DeleteExperimentRequest.fromPartial({
+          id: 'kept',
+          etag: created.experiment?.etag,
+          requestId: 'delete-kept',
+        }),
+      );
+    // Its deletion counted and stamped, the document itself not deleted.
+    jest
+      .spyOn(replica.service.context.store.experiments, 'delete')
+      .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+    expect((await failure(remove())).code).toBe(GrpcCode.UNAVAILABLE);
+    // Started meanwhile: the retry's etag is stale, and the experiment is still there.
+    await replica.admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'kept' }));
+
+    expect((await failure(remove())).code).toBe(GrpcCode.ABORTED);
+    expect((await replica.client.getExperiment({ id: 'kept' })).experiment?.status).toBe(
+      ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+    );
   });
 
   it('refuses the retry when another write changed the resource since', async () => {

@@ -8,6 +8,7 @@
  * and its response is built from what is stored. Changed by another write since, it is not:
  * the refusal stands.
  */
+import type { Collection } from '../../../platform/src/storage/collection';
 import type { AssignmentContext } from '../assignment-context';
 import type { WriteRequests } from '../configuration-writes';
 import type { ResourceKind, Stamped } from '../store/configuration-store';
@@ -27,8 +28,20 @@ export async function recoverWrite<M extends keyof WriteRequests>(
   stamp: string,
 ): Promise<unknown> {
   const { store } = context;
-  const deleted = async (kind: ResourceKind, id: string): Promise<object | undefined> =>
-    (await store.deletedBy(kind, id)) === stamp ? {} : undefined;
+  // A deletion is counted (and stamped) before the document goes: the stamp alone does not say
+  // it went. It did when nothing is stored under the id, or only an incarnation created after
+  // that count.
+  const deleted = async (
+    kind: ResourceKind,
+    id: string,
+    collection: Collection<{ readonly id: string; readonly incarnation?: number }>,
+  ): Promise<object | undefined> => {
+    if ((await store.deletedBy(kind, id)) !== stamp) return undefined;
+    const stored = await collection.get(id);
+    if (stored === undefined) return {};
+    const created = stored.doc.incarnation ?? 1;
+    return created === (await store.incarnationOf(kind, id)) ? {} : undefined;
+  };
   const experiment = async (id: string): Promise<object | undefined> => {
     const stored = stampedWith(await store.experiments.get(id), stamp);
     return stored && { experiment: experimentMessage(stored) };
@@ -46,7 +59,7 @@ export async function recoverWrite<M extends keyof WriteRequests>(
     case 'UpdateLayer':
       return layer((request as WriteRequests['CreateLayer']).layer?.id ?? '');
     case 'DeleteLayer':
-      return deleted('layer', (request as WriteRequests['DeleteLayer']).id);
+      return deleted('layer', (request as WriteRequests['DeleteLayer']).id, store.layers);
     case 'CreateExperiment':
     case 'UpdateExperiment':
       return experiment((request as WriteRequests['CreateExperiment']).experiment?.id ?? '');
@@ -55,12 +68,16 @@ export async function recoverWrite<M extends keyof WriteRequests>(
     case 'ConcludeExperiment':
       return experiment((request as WriteRequests['StartExperiment']).id);
     case 'DeleteExperiment':
-      return deleted('experiment', (request as WriteRequests['DeleteExperiment']).id);
+      return deleted(
+        'experiment',
+        (request as WriteRequests['DeleteExperiment']).id,
+        store.experiments,
+      );
     case 'CreateHoldout':
     case 'UpdateHoldout':
       return holdout((request as WriteRequests['CreateHoldout']).holdout?.id ?? '');
     case 'DeleteHoldout':
-      return deleted('holdout', (request as WriteRequests['DeleteHoldout']).id);
+      return deleted('holdout', (request as WriteRequests['DeleteHoldout']).id, store.holdouts);
     case 'UpdateAllocation': {
       const id = (request as WriteRequests['UpdateAllocation']).allocation?.experimentId ?? '';
       const stored = stampedWith(await store.allocations.get(id), stamp);
