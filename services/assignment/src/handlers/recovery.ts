@@ -11,13 +11,18 @@
 import type { Collection } from '../../../platform/src/storage/collection';
 import type { AssignmentContext } from '../assignment-context';
 import type { WriteRequests } from '../configuration-writes';
-import type { ResourceKind, Stamped } from '../store/configuration-store';
+import { stampOf, type ResourceKind, type Stamped } from '../store/configuration-store';
 import type { Stored } from '../store/documents';
 import { allocationMessage, experimentMessage, holdoutMessage, layerMessage } from './messages';
 
-/** `stored`, when its last write carried `stamp`. */
-function stampedWith<T>(stored: Stored<T> | undefined, stamp: string): Stored<T> | undefined {
-  return (stored?.doc as Stamped | undefined)?.writtenBy === stamp ? stored : undefined;
+/** `stored`, when its last write was the request of `stamp`'s. */
+function stampedWith<T extends object>(
+  stored: Stored<T> | undefined,
+  stamp: string,
+): Stored<T> | undefined {
+  return stored !== undefined && (stored.doc as Stamped).writtenBy === stampOf(stamp, stored.doc)
+    ? stored
+    : undefined;
 }
 
 /** The response of the first call of `request`, when `stamp` shows it made its change. */
@@ -36,7 +41,7 @@ export async function recoverWrite<M extends keyof WriteRequests>(
     id: string,
     collection: Collection<{ readonly id: string; readonly incarnation?: number }>,
   ): Promise<object | undefined> => {
-    if ((await store.deletedBy(kind, id)) !== stamp) return undefined;
+    if (!(await store.lastDeletedBy(kind, id, stamp))) return undefined;
     const stored = await collection.get(id);
     if (stored === undefined) return {};
     const created = stored.doc.incarnation ?? 1;

@@ -65,13 +65,23 @@ interface DeletedIdDocument {
 export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
 /**
- * Which write of a `request_id` last stored a resource (see `currentRequestStamp`): a field of
- * every layer, experiment, holdout and allocation document written by one, absent otherwise.
+ * Which write of a `request_id` last stored a resource (see `currentRequestStamp`; with the
+ * document's update time, see {@link stampOf}): a field of every layer, experiment, holdout and
+ * allocation document written by one, absent otherwise.
  * A retry whose first call stored its change but not its response finds its own stamp there,
  * and answers the change instead of refusing it (see `recoverWrite`).
  */
 export interface Stamped {
   readonly writtenBy?: string;
+}
+
+/**
+ * The stamp a document written by the request of `stamp` carries: with the document's update
+ * time, which every write sets, so that a write that copies the field without knowing it (a
+ * replica of an earlier build, during a rolling update) leaves a stamp that no longer matches.
+ */
+export function stampOf(stamp: string, doc: object): string {
+  return `${stamp}@${String((doc as { updateTime?: unknown }).updateTime)}`;
 }
 
 /**
@@ -107,7 +117,7 @@ class StampingCollection<T extends { readonly id: string }> implements Collectio
     const { writtenBy, ...rest } = doc as T & Stamped;
     const by = currentRequestStamp();
     if (by === undefined) return writtenBy === undefined ? doc : (rest as unknown as T);
-    return { ...rest, writtenBy: by } as unknown as T;
+    return { ...rest, writtenBy: stampOf(by, doc) } as unknown as T;
   }
 
   insert(doc: T): Promise<Versioned<T>> {
@@ -247,20 +257,29 @@ export class ConfigurationStore {
    * makes the next incarnation's number skip one.
    */
   async recordDeletion(kind: ResourceKind, id: string): Promise<void> {
-    await this.deletedIds.increment(`${kind}/${id}`, { deletions: 1 });
+    const counted = await this.deletedIds.increment(`${kind}/${id}`, { deletions: 1 });
     const by = currentRequestStamp();
     if (by !== undefined) {
+      // With the count it belongs to: a later deletion, by a request without a stamp or by a
+      // build that stamps none, counts again and leaves this stamp naming an earlier one.
       await this.deletionStamps.upsert({
         id: `${kind}/${id}`,
-        writtenBy: by,
+        writtenBy: `${by}#${counted.doc.deletions}`,
         expiresAt: new Date(Date.now() + DELETION_STAMP_TTL_MS),
       });
     }
   }
 
-  /** The stamp of the request that last deleted `id` (see {@link Stamped}), if it had one. */
-  async deletedBy(kind: ResourceKind, id: string): Promise<string | undefined> {
-    return (await this.deletionStamps.get(`${kind}/${id}`))?.doc.writtenBy;
+  /**
+   * Whether the last deletion counted for `id` was made by the request of `stamp` (see
+   * {@link Stamped}): stamped by it, and no deletion counted since.
+   */
+  async lastDeletedBy(kind: ResourceKind, id: string, stamp: string): Promise<boolean> {
+    const [stamped, counted] = await Promise.all([
+      this.deletionStamps.get(`${kind}/${id}`),
+      this.deletedIds.get(`${kind}/${id}`),
+    ]);
+    return counted !== undefined && stamped?.doc.writtenBy === `${stamp}#${counted.doc.deletions}`;
   }
 
   /** The incarnation a resource created now under `id` is: 1, plus one per earlier deletion. */

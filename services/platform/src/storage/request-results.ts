@@ -394,7 +394,8 @@ export class RequestResults {
       }
       return codec.decode(previous.doc.response);
     }
-    if (this.running.has(id)) return this.once(method, request, codec, mutation, requestType);
+    if (this.running.has(id))
+      return this.once(method, request, codec, mutation, requestType, recover);
     const stamp = createHash('sha256')
       .update(`${id}\u0000${exactFingerprint ?? ''}\u0000${fingerprint ?? ''}`)
       .digest('base64url');
@@ -405,9 +406,14 @@ export class RequestResults {
       } catch (error) {
         // The first call's change made, its response not stored (a storage call that failed
         // after taking effect): this retry finds the change, and answers it.
+        // Storage failing again while recovery reads: the refusal may be the first call's own
+        // change, so it is not answered as final; the caller retries.
         const recovered =
           recover !== undefined && error instanceof TandemError && CONFLICTS.has(error.code)
-            ? await recover(stamp).catch(() => undefined)
+            ? await recover(stamp).catch((failure: unknown) => {
+                if (failure instanceof UnavailableError) throw failure;
+                return undefined;
+              })
             : undefined;
         if (recovered === undefined) {
           // Failed beside its first call on another replica (which deleted what this one then
