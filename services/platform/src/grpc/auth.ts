@@ -6,8 +6,9 @@
  * byte by byte from response times. Data-plane RPCs (Resolve, Rank, GetOnlineFeatures) are not
  * checked here: they are protected at the network layer (mTLS, mesh policy).
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { ChannelCredentials, ServerCredentials, type Metadata } from '@grpc/grpc-js';
 import { PermissionDeniedError, UnauthenticatedError } from '../errors';
 
@@ -57,23 +58,56 @@ export interface TlsFiles {
   readonly caFile: string | undefined;
 }
 
+/** The contents of the TLS files. */
+interface TlsContents {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly ca: Buffer | null;
+}
+
+/**
+ * Reads the TLS files and checks them as TLS will take them, so that a file of the wrong kind (a
+ * key where the certificate goes, a certificate of another key, a truncated bundle) stops the
+ * start naming its variable and path. Otherwise grpc-js fails to bind with OpenSSL's bare
+ * message ("PEM routines::no start line"), or a CA it cannot parse fails every handshake later.
+ */
+function tlsContents(tls: TlsFiles): TlsContents {
+  const cert = readFileSync(tls.certFile);
+  const key = readFileSync(tls.keyFile);
+  const ca = tls.caFile ? readFileSync(tls.caFile) : null;
+  const check = (problem: string, test: () => void): void => {
+    try {
+      test();
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new Error(`${problem} (${reason})`, { cause: error });
+    }
+  };
+  const cited = (name: string, path: string) => `${name} ("${path}")`;
+  const certName = cited('TANDEM_TLS_CERT_FILE', tls.certFile);
+  const keyName = cited('TANDEM_TLS_KEY_FILE', tls.keyFile);
+  check(`${certName} is not a PEM certificate chain`, () => createSecureContext({ cert }));
+  check(`${keyName} is not a PEM private key`, () => createSecureContext({ key }));
+  check(`${keyName} is not the key of ${certName}`, () => createSecureContext({ cert, key }));
+  if (ca !== null && tls.caFile !== undefined) {
+    check(
+      `${cited('TANDEM_TLS_CA_FILE', tls.caFile)} is not a PEM certificate bundle`,
+      () => new X509Certificate(ca),
+    );
+  }
+  return { cert, key, ca };
+}
+
 /** Server credentials: TLS when configured (client certificates required when a CA is given). */
 export function serverCredentials(tls: TlsFiles | undefined): ServerCredentials {
   if (!tls) return ServerCredentials.createInsecure();
-  const ca = tls.caFile ? readFileSync(tls.caFile) : null;
-  return ServerCredentials.createSsl(
-    ca,
-    [{ cert_chain: readFileSync(tls.certFile), private_key: readFileSync(tls.keyFile) }],
-    ca !== null,
-  );
+  const { cert, key, ca } = tlsContents(tls);
+  return ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null);
 }
 
 /** Client credentials: TLS verified against the CA when configured, with our certificate for mTLS. */
 export function channelCredentials(tls: TlsFiles | undefined): ChannelCredentials {
   if (!tls) return ChannelCredentials.createInsecure();
-  return ChannelCredentials.createSsl(
-    tls.caFile ? readFileSync(tls.caFile) : null,
-    readFileSync(tls.keyFile),
-    readFileSync(tls.certFile),
-  );
+  const { cert, key, ca } = tlsContents(tls);
+  return ChannelCredentials.createSsl(ca, key, cert);
 }
