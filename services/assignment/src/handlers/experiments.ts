@@ -174,7 +174,8 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
   } else if (stickyTtlMs !== undefined && !(stickyTtlMs > 0 && stickyTtlMs <= MAX_STICKY_TTL_MS)) {
     violations.push({
       field: 'experiment.sticky_ttl',
-      description: `must be positive and at most ${MAX_STICKY_TTL_MS / 86_400_000} days`,
+      // Kept in whole milliseconds: a positive one under half a millisecond is 0.
+      description: `must be at least 1 ms and at most ${MAX_STICKY_TTL_MS / 86_400_000} days`,
       reason: 'OUT_OF_RANGE',
     });
   }
