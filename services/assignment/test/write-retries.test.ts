@@ -215,25 +215,6 @@ describe('an admin write whose storage call failed after it took effect', () => 
     expect((await allocate()).allocation).toMatchObject({ experimentId: 'armed', sequence: 7 });
   });
 
-  it('refuses the retry when a write without a request_id changed the resource since', async () => {
-    const created = await replica.admin.createExperiment(
-      CreateExperimentRequest.fromPartial({ experiment: experiment('unnamed') }),
-    );
-    const update = (description: string, requestId: string, etag = created.experiment?.etag) =>
-      replica.admin.updateExperiment(
-        UpdateExperimentRequest.fromPartial({
-          experiment: { ...experiment('unnamed', { description }), etag },
-          updateMask: ['description'],
-          requestId,
-        }),
-      );
-    failAfterEffect(replica, 'replace');
-    expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.UNAVAILABLE);
-    await update('second', '', '2');
-
-    expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.ABORTED);
-  });
-
   it('refuses the retry of a delete when another deleted the resource since', async () => {
     const created = await replica.admin.createExperiment(
       CreateExperimentRequest.fromPartial({ experiment: experiment('twice') }),
@@ -263,23 +244,31 @@ describe('an admin write whose storage call failed after it took effect', () => 
     );
   });
 
-  it('refuses the retry when another write changed the resource since', async () => {
-    const created = await replica.admin.createExperiment(
-      CreateExperimentRequest.fromPartial({ experiment: experiment('overtaken') }),
-    );
-    const update = (description: string, requestId: string, etag = created.experiment?.etag) =>
-      replica.admin.updateExperiment(
-        UpdateExperimentRequest.fromPartial({
-          experiment: { ...experiment('overtaken', { description }), etag },
-          updateMask: ['description'],
-          requestId,
-        }),
+  it.each([
+    ['with', 'second-write'],
+    ['without', ''],
+  ])(
+    'refuses the retry when another write, %s a request_id, changed the resource since',
+    async (how, secondRequestId) => {
+      const id = `overtaken-${how}`;
+      const created = await replica.admin.createExperiment(
+        CreateExperimentRequest.fromPartial({ experiment: experiment(id) }),
       );
-    failAfterEffect(replica, 'replace');
-    expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.UNAVAILABLE);
-    // Another write changes it before the retry: the first write's change is not what is stored.
-    await update('second', 'second-write', '2');
+      const update = (description: string, requestId: string, etag = created.experiment?.etag) =>
+        replica.admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: { ...experiment(id, { description }), etag },
+            updateMask: ['description'],
+            requestId,
+          }),
+        );
+      failAfterEffect(replica, 'replace');
+      expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.UNAVAILABLE);
+      // Another write changes it before the retry: the first write's change is not what is
+      // stored.
+      await update('second', secondRequestId, '2');
 
-    expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.ABORTED);
-  });
+      expect((await failure(update('first', 'first-write'))).code).toBe(GrpcCode.ABORTED);
+    },
+  );
 });
