@@ -204,6 +204,21 @@ function streamingSuite(setup: BusSetup): void {
     expect(status.eventsDuplicate).toBe(1);
   });
 
+  it('measures an event id in characters, not UTF-16 code units', async () => {
+    // OutcomeEvent allows 128 characters: 128 emoji (256 code units) are taken, 129 invalid.
+    const h = await start();
+    await applyItemPlays(h);
+    const withId = (unitId: string, eventId: string) =>
+      outcome('i1', unitId, { name: eventName, value: 1, eventId });
+    await publish(withId('u1', '🎵'.repeat(128)), uniqueName('m'));
+    await publish(withId('u2', '🎵'.repeat(129)), uniqueName('m'));
+    await eventually(async () => {
+      const status = (await h.client.getAggregationStatus({ featureView: view })).status!;
+      expect(status.eventsDroppedInvalid).toBe(1);
+      expect(status.eventsProcessed).toBe(1);
+    });
+  });
+
   it('still counts an undecodable event as invalid after a restart, when it came last', async () => {
     let h = await start();
     await applyItemPlays(h);
