@@ -396,20 +396,26 @@ export class RequestResults {
     }
     if (this.running.has(id))
       return this.once(method, request, codec, mutation, requestType, recover);
-    const stamp = createHash('sha256')
-      .update(`${id}\u0000${exactFingerprint ?? ''}\u0000${fingerprint ?? ''}`)
-      .digest('base64url');
+    // Only a caller that recovers stores stamps: for the others there is nothing to run it with.
+    const stamp =
+      recover &&
+      createHash('sha256')
+        .update(`${id}\u0000${exactFingerprint ?? ''}\u0000${fingerprint ?? ''}`)
+        .digest('base64url');
     return this.running.run(id, async () => {
       let response: T;
       try {
-        response = await stamps.run(stamp, mutation);
+        response = await (stamp === undefined ? mutation() : stamps.run(stamp, mutation));
       } catch (error) {
         // The first call's change made, its response not stored (a storage call that failed
-        // after taking effect): this retry finds the change, and answers it.
-        // Storage failing again while recovery reads: the refusal may be the first call's own
-        // change, so it is not answered as final; the caller retries.
+        // after taking effect): this retry finds the change, and answers it. Should storage
+        // fail again while recovery reads, the refusal may be that change: not answered as
+        // final, the caller retries.
         const recovered =
-          recover !== undefined && error instanceof TandemError && CONFLICTS.has(error.code)
+          recover !== undefined &&
+          stamp !== undefined &&
+          error instanceof TandemError &&
+          CONFLICTS.has(error.code)
             ? await recover(stamp).catch((failure: unknown) => {
                 if (failure instanceof UnavailableError) throw failure;
                 return undefined;
