@@ -248,8 +248,6 @@ async function logExposures(
   };
   const unstored = new Set<string>();
   let storeError: unknown;
-  /** The indexes in `running` of the assignments withheld because their variant was not stored. */
-  const withheld = new Set<number>();
   /** Stores the variant of running[index] and settles its exposure on the variant in force. */
   const storeSticky = async (
     index: number,
@@ -272,7 +270,6 @@ async function logExposures(
       if (!withholdUnstored || !storageFailed) throw error;
       if (unstored.size === 0) storeError = error;
       unstored.add(assignment.experimentId);
-      withheld.add(index);
       return;
     }
     settle(index, assignment, kept);
@@ -323,9 +320,8 @@ async function logExposures(
   // with nothing logged, and its retry logs the exposures instead of finding them logged (or,
   // with `withholdUnstored`, that experiment's exposure alone is left out).
   await Promise.all(stickyWrites);
-  for (let index = 0; index < running.length; index++) {
-    if (withheld.has(index)) continue;
-    const assignment = running[index] as TokenAssignment;
+  for (const assignment of running) {
+    if (unstored.has(assignment.experimentId)) continue;
     context.exposures.log(
       {
         eventTime: exposureTime,
