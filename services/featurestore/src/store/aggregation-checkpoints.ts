@@ -172,13 +172,31 @@ interface SeenPiece {
  */
 function seenPiecesOf(ids: readonly (readonly [string, number])[]): SeenPiece[] {
   if (ids.length === 0) return [];
-  const json = JSON.stringify(ids);
-  if (json.length <= CHUNK_CHARS || ids.length === 1) {
+  const whole = JSON.stringify(ids);
+  if (whole.length <= CHUNK_CHARS) {
     const until = ids.reduce((latest, [, u]) => Math.max(latest, u), 0);
-    return [{ json, until, count: ids.length }];
+    return [{ json: whole, until, count: ids.length }];
   }
-  const half = Math.ceil(ids.length / 2);
-  return [...seenPiecesOf(ids.slice(0, half)), ...seenPiecesOf(ids.slice(half))];
+  // Too many for one: each entry's JSON, gathered in order into pieces that fit.
+  const pieces: SeenPiece[] = [];
+  let entries: string[] = [];
+  let chars = 2; // the brackets
+  let until = 0;
+  const close = (): void => {
+    pieces.push({ json: `[${entries.join(',')}]`, until, count: entries.length });
+    entries = [];
+    chars = 2;
+    until = 0;
+  };
+  for (const entry of ids) {
+    const json = JSON.stringify(entry);
+    if (entries.length > 0 && chars + 1 + json.length > CHUNK_CHARS) close();
+    entries.push(json);
+    chars += json.length + 1;
+    until = Math.max(until, entry[1]);
+  }
+  close();
+  return pieces;
 }
 
 /** How many failed writes' state chunks a writer deletes after its next write (see `abandoned`). */
