@@ -495,8 +495,9 @@ export interface AggregationStatus {
    * Events skipped, entirely or for some aggregations, because they could not be decoded, lacked
    * the key, an `event_id` (at most 128 characters) or a value field of the right type, or had an
    * `event_time` outside a Timestamp's range. Those that decode are counted at least once: one
-   * delivered again after a crash may count again. One that cannot be decoded is counted when it
-   * is acknowledged, and a crash before the next checkpoint forgets that count.
+   * delivered again (after a crash, or a rewind while storage fails) may count again, since no
+   * invalid event's id is remembered. One that cannot be decoded is counted when it is
+   * acknowledged, and a crash before the next checkpoint forgets that count.
    */
   eventsDroppedInvalid: number;
   /** Redelivered or re-published events recognised by `event_id` and not counted again. */
