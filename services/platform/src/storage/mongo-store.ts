@@ -97,8 +97,8 @@ interface StoredDocument extends Document {
 }
 
 /**
- * Connects to MongoDB and returns the service's store. Throws `UnavailableError` when no server
- * answers within `serverSelectionTimeoutMs`, so a service fails fast at start-up.
+ * Connects to MongoDB and returns the service's store. Throws `UnavailableError` when no server,
+ * or no primary, answers within `serverSelectionTimeoutMs`, so a service fails fast at start-up.
  */
 export async function openMongoStore(options: MongoStoreOptions): Promise<DocumentStore> {
   const client = new MongoClient(options.uri, {
@@ -115,6 +115,12 @@ export async function openMongoStore(options: MongoStoreOptions): Promise<Docume
   });
   try {
     await guard(() => client.connect());
+    // Every service writes, and writes go to the primary whatever the URI's read preference:
+    // connected to a secondary only (an election, the majority down), start-up would go on and
+    // fail at its first write, where this waits NOT_SERVING for a primary like for no server.
+    await guard(() =>
+      client.db(options.database).command({ ping: 1 }, { readPreference: 'primary' }),
+    );
   } catch (error) {
     await client.close().catch(() => undefined);
     throw error;

@@ -3,6 +3,7 @@ import { FailedPreconditionError, UnavailableError } from '../../src/errors';
 import { mapError, openMongoStore } from '../../src/storage/mongo-store';
 import { openStore } from '../../src/storage/open-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../support/integration';
+import { startSecondaryMember } from '../support/secondary-member';
 import { runCollectionContract } from './collection-contract';
 
 describeWithMongo('the MongoDB store', () => {
@@ -102,6 +103,28 @@ describe('the MongoDB store without a server', () => {
     });
     await expect(opening).rejects.toBeInstanceOf(UnavailableError);
   });
+
+  it.each([
+    { options: '', what: 'by default' },
+    { options: '&readPreference=secondaryPreferred', what: 'reads allowed on a secondary' },
+  ])(
+    'fails to open with UNAVAILABLE while the replica set has no primary ($what)',
+    async ({ options }) => {
+      // A member answers, but only as a secondary: opening must not succeed on it, or start-up
+      // would go on and exit at its first write instead of waiting NOT_SERVING for a primary.
+      const member = await startSecondaryMember();
+      try {
+        const opening = openMongoStore({
+          uri: `${member.uri}${options}`,
+          database: 'no_primary',
+          serverSelectionTimeoutMs: 500,
+        });
+        await expect(opening).rejects.toBeInstanceOf(UnavailableError);
+      } finally {
+        await member.close();
+      }
+    },
+  );
 });
 
 describe('MongoDB server errors', () => {
