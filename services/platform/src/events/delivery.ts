@@ -8,9 +8,12 @@ import {
   ROOT_CONTEXT,
   SpanStatusCode,
   TraceFlags,
+  context,
   trace,
   type Context,
   type Link,
+  type Span,
+  type SpanContext,
 } from '@opentelemetry/api';
 import type {
   BatchHandler,
@@ -25,12 +28,15 @@ import { recordFailure, withProcessSpan, type ProcessSpanFacts } from './event-s
 import { retryDelayMs, type ConsumerSettings } from './event-settings';
 import { extractTraceContext } from './trace-headers';
 
-/** How a handler's run ended. */
+/**
+ * How a handler's run ended. A failed or overrunning run names its consumer span (`span`), so
+ * that the line logged when the event is retried or dropped, after the span ended, leads to it.
+ */
 export type HandlerOutcome =
   | { readonly kind: 'handled' }
-  | { readonly kind: 'failed'; readonly error: unknown }
+  | { readonly kind: 'failed'; readonly error: unknown; readonly span?: SpanContext }
   /** Still running when the ack wait ended; the event is already due for redelivery. */
-  | { readonly kind: 'overran' };
+  | { readonly kind: 'overran'; readonly span?: SpanContext };
 
 /** What to tell the stream about a delivery. */
 export type Disposition =
@@ -117,16 +123,29 @@ export async function runHandler<T>(
   };
   return withProcessSpan(facts, extractTraceContext(delivered.headers), async (span) => {
     const outcome = await runWithinAckWait(() => handler(delivered), settings.ackWaitMs);
-    if (outcome.kind === 'failed') {
-      recordFailure(span, outcome.error);
-    } else if (outcome.kind === 'overran') {
-      span.setStatus({
-        code: SpanStatusCode.ERROR,
-        message: `handler overran the ${settings.ackWaitMs} ms ack wait`,
-      });
-    }
-    return outcome;
+    return recordOutcome(span, outcome, settings);
   });
+}
+
+/**
+ * Marks `span` with a failed or overrunning `outcome`, and names the span in the outcome: the
+ * adapter logs the retry or the drop once the span has ended, and that line must still lead to it.
+ */
+function recordOutcome(
+  span: Span,
+  outcome: HandlerOutcome,
+  settings: ConsumerSettings,
+): HandlerOutcome {
+  if (outcome.kind === 'handled') return outcome;
+  if (outcome.kind === 'failed') {
+    recordFailure(span, outcome.error);
+  } else {
+    span.setStatus({
+      code: SpanStatusCode.ERROR,
+      message: `handler overran the ${settings.ackWaitMs} ms ack wait`,
+    });
+  }
+  return { ...outcome, span: span.spanContext() };
 }
 
 /**
@@ -183,15 +202,7 @@ export async function runBatchHandler<T>(
       settings.ackWaitMs,
       onWorking,
     );
-    if (outcome.kind === 'failed') {
-      recordFailure(span, outcome.error);
-    } else if (outcome.kind === 'overran') {
-      span.setStatus({
-        code: SpanStatusCode.ERROR,
-        message: `handler overran the ${settings.ackWaitMs} ms ack wait`,
-      });
-    }
-    return outcome;
+    return recordOutcome(span, outcome, settings);
   });
 }
 
@@ -316,18 +327,26 @@ export class SubscriptionCounters {
       error:
         outcome.kind === 'failed' ? errorMessage(outcome.error) : 'handler overran the ack wait',
     };
+    // Logged in the context of the handler's (ended) span, so that the logger's trace_id and
+    // span_id lead from the line to the span that recorded the failure, as a call's lines do.
+    const span = outcome.kind === 'handled' ? undefined : outcome.span;
+    const within = span === undefined ? context.active() : trace.setSpanContext(ROOT_CONTEXT, span);
     if (disposition.kind === 'drop') {
       this.dropped += count;
-      this.logger.error(
-        fields,
-        'event dropped: its handler failed on its last allowed attempt (maxDeliver), or it was delivered 3 × maxDeliver times',
-      );
+      context.with(within, () => {
+        this.logger.error(
+          fields,
+          'event dropped: its handler failed on its last allowed attempt (maxDeliver), or it was delivered 3 × maxDeliver times',
+        );
+      });
     } else {
       this.retried += count;
-      this.logger.warn(
-        disposition.kind === 'retry' ? { ...fields, retryInMs: disposition.delayMs } : fields,
-        'event handler failed; the event will be redelivered',
-      );
+      context.with(within, () => {
+        this.logger.warn(
+          disposition.kind === 'retry' ? { ...fields, retryInMs: disposition.delayMs } : fields,
+          'event handler failed; the event will be redelivered',
+        );
+      });
     }
   }
 

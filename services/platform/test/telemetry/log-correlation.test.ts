@@ -3,20 +3,24 @@
  * the default), as the NodeSDK sets it up: W3C trace context and baggage propagators, no provider.
  * A caller that sends `baggage` but no `traceparent` (a gateway adding a tenant) must not get log
  * lines stamped with the all-zero invalid trace id, which every such line would then share.
+ * And on one that records spans, the lines an event consumer writes about a failed handler.
  */
 import { Writable } from 'node:stream';
 import { credentials, Metadata } from '@grpc/grpc-js';
-import { context, propagation } from '@opentelemetry/api';
+import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import {
   CompositePropagator,
   W3CBaggagePropagator,
   W3CTraceContextPropagator,
 } from '@opentelemetry/core';
-import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { EchoRequest, EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { createInProcessBus } from '../../src/events/in-process-bus';
 import { createClient } from '../../src/grpc/client';
 import { createLogger } from '../../src/logging';
 import { startEcho } from '../support/echo';
+import { eventually } from '../events/event-bus-contract';
+import { installTestTracing, type TestTracing } from '../support/tracing';
 
 describe('log lines of a call that brings baggage but no trace', () => {
   beforeAll(() => {
@@ -66,6 +70,80 @@ describe('log lines of a call that brings baggage but no trace', () => {
     } finally {
       client.close();
       await echo.server.shutdown(1000);
+    }
+  });
+});
+
+/**
+ * A consumer's handler failing: the lines that say the event will be redelivered, or is dropped,
+ * are the ones an operator is alerted on, and must lead to the CONSUMER span that recorded the
+ * failure (and through it to the producer's trace). They are written once the handler's span has
+ * ended, by the adapter settling the event.
+ */
+describe('log lines of an event whose handler fails', () => {
+  let tracing: TestTracing;
+
+  beforeAll(() => {
+    tracing = installTestTracing();
+  });
+
+  afterAll(async () => {
+    await tracing.shutdown();
+  });
+
+  it('carry the trace and span of the consumer span that failed', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    const logger = createLogger({ service: 'bus-test', level: 'info', destination });
+    const bus = createInProcessBus({ logger });
+    const subject = 'tandem.test.failing';
+    await bus.declareStream({ name: 'FAILING', subjects: [subject], storage: 'memory' });
+    const subscription = await bus.subscribe(
+      {
+        stream: 'FAILING',
+        durable: 'failing',
+        filterSubjects: [subject],
+        codec: EchoRequest,
+        maxDeliver: 2,
+        initialRetryDelayMs: 1,
+        maxRetryDelayMs: 1,
+      },
+      () => Promise.reject(new Error('cannot apply it')),
+    );
+    try {
+      await trace.getTracer('test').startActiveSpan('backend request', async (span) => {
+        await bus.publish(subject, EchoRequest, EchoRequest.fromPartial({ message: 'x' }), {
+          eventId: 'failing-1',
+        });
+        span.end();
+      });
+      const message = (line: Record<string, unknown>): string => String(line.msg);
+      await eventually(() => {
+        expect(lines.map(message)).toContainEqual(expect.stringMatching(/^event dropped/));
+      });
+      const consumers = tracing.exporter
+        .getFinishedSpans()
+        .filter((s) => s.kind === SpanKind.CONSUMER);
+      expect(consumers).toHaveLength(2);
+      const retried = lines.find((line) => message(line).startsWith('event handler failed'));
+      const dropped = lines.find((line) => message(line).startsWith('event dropped'));
+      for (const [line, span] of [
+        [retried, consumers[0]],
+        [dropped, consumers[1]],
+      ] as const) {
+        expect(line).toMatchObject({
+          trace_id: span?.spanContext().traceId,
+          span_id: span?.spanContext().spanId,
+        });
+      }
+    } finally {
+      await subscription.stop();
+      await bus.close();
     }
   });
 });
