@@ -5,13 +5,14 @@
  * the loop is visible within a minute.
  */
 import {
+  serviceNameOf,
   startTelemetry,
   wantsMetricExport,
   wantsTraceExport,
 } from '../services/platform/src/telemetry/sdk';
 
 const telemetry = startTelemetry({
-  serviceName: 'tandem-dev',
+  serviceName: serviceNameOf(process.env, 'tandem-dev'),
   exportTraces: wantsTraceExport(process.env),
   exportMetrics: wantsMetricExport(process.env),
 });
