@@ -14,7 +14,9 @@ import {
 import { FreshRuns } from '../../platform/src/fresh-runs';
 import type { EventBus } from '../../platform/src/events/bus';
 import { fillPage } from '../../platform/src/grpc/pages';
+import { currentRequestStamp } from '../../platform/src/storage/request-results';
 import { SerialWrites, type WriteLease } from '../../platform/src/storage/write-lease';
+import { stampedWith } from '../../platform/src/storage/write-stamps';
 import type { Logger } from '../../platform/src/logging';
 import type { Versioned } from '../../platform/src/storage/collection';
 import {
@@ -48,6 +50,7 @@ import type { FieldViolation } from './domain/feature-values';
 import type {
   EntityDocument,
   FeatureViewDocument,
+  RegistryKind,
   RegistryRepository,
 } from './store/registry-repository';
 
@@ -75,6 +78,19 @@ function registered<D>(
     updateTime: dateOf(stored.doc.updateTime),
   };
 }
+
+/**
+ * Whether `stored` is the change of the request running (see `currentRequestStamp`): what the
+ * retry of an apply finds unchanged when its first call stored it and failed before answering,
+ * which changed it all the same.
+ */
+function writtenByThisRequest(stored: Versioned<object>): boolean {
+  const stamp = currentRequestStamp();
+  return stamp !== undefined && stampedWith(stored, stamp) !== undefined;
+}
+
+/** How the deletion a retry recovers left its resource (see `FeatureRegistry.recoverDeletion`). */
+export type RecoveredDeletion = 'gone' | 'replaced';
 
 function checkEtag(
   etag: string,
@@ -450,7 +466,7 @@ export class FeatureRegistry {
       if (diff.kind === 'unchanged') {
         return {
           entity: entityMessageOf(stored.doc.definition, registered(stored)),
-          changed: false,
+          changed: writtenByThisRequest(stored),
         };
       }
       result = await this.repository.entities.replace(
@@ -492,6 +508,7 @@ export class FeatureRegistry {
         },
       );
     }
+    await this.repository.recordDeletion('entity', name, dateOf(stored.doc.createTime).getTime());
     await this.repository.entities.delete(name, stored.version);
     this.entities.delete(name);
     this.localChanges++;
@@ -544,7 +561,7 @@ export class FeatureRegistry {
       if (diff.kind === 'unchanged') {
         return {
           featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
-          changed: false,
+          changed: writtenByThisRequest(stored),
         };
       }
     }
@@ -590,15 +607,80 @@ export class FeatureRegistry {
     const stored = await this.repository.featureViews.get(name);
     if (stored === undefined) throw featureViewNotFound(name);
     checkEtag(etag, stored, `feature view ${name}`);
+    const registration = dateOf(stored.doc.createTime).getTime();
+    await this.repository.recordDeletion('feature_view', name, registration);
     await this.repository.featureViews.delete(name, stored.version);
-    this.deleteValues(name, dateOf(stored.doc.createTime).getTime()).catch((error: unknown) => {
-      this.logger.warn({ err: error, view: name }, 'stored values not all deleted');
-    });
+    this.deleteValuesInBackground(name, registration);
     this.views.delete(name);
     this.localChanges++;
     this.notify();
     this.announce('feature_view', name, 'deleted', undefined);
     return registered(stored);
+  }
+
+  /**
+   * The answer to the retry of an ApplyEntity whose first call stored its change but failed
+   * before answering (a storage call that timed out after taking effect; see `recover` in
+   * `RequestResults.once`): the entity as stored, when its last write was the request of
+   * `stamp`'s; undefined when another write changed it since.
+   */
+  async entityWrittenBy(
+    name: string,
+    stamp: string,
+  ): Promise<{ entity: Entity; changed: boolean } | undefined> {
+    const stored = stampedWith(await this.repository.entities.get(name), stamp);
+    return (
+      stored && {
+        entity: entityMessageOf(stored.doc.definition, registered(stored)),
+        changed: true,
+      }
+    );
+  }
+
+  /** {@link entityWrittenBy}, for an ApplyFeatureView. */
+  async viewWrittenBy(
+    name: string,
+    stamp: string,
+  ): Promise<{ featureView: FeatureView; changed: boolean } | undefined> {
+    const stored = stampedWith(await this.repository.featureViews.get(name), stamp);
+    return (
+      stored && {
+        featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
+        changed: true,
+      }
+    );
+  }
+
+  /**
+   * For the retry of a delete refused by its first call's own deletion (see
+   * {@link entityWrittenBy}): how that deletion left the resource, when it was the last one
+   * counted for `name` and took effect: `gone`, or `replaced` by a registration created after
+   * it; undefined when it was not that request's, another deleted the resource since, or it was
+   * counted but the document was not deleted. A view gone has its stored values deleted in the
+   * background, as the first call would have (one replaced had them deleted by its creation).
+   */
+  async recoverDeletion(
+    kind: RegistryKind,
+    name: string,
+    stamp: string,
+  ): Promise<RecoveredDeletion | undefined> {
+    const removed = await this.repository.lastDeletedBy(kind, name, stamp);
+    if (removed === undefined) return undefined;
+    const stored = await (kind === 'entity'
+      ? this.repository.entities.get(name)
+      : this.repository.featureViews.get(name));
+    if (stored !== undefined) {
+      return dateOf(stored.doc.createTime).getTime() === removed ? undefined : 'replaced';
+    }
+    if (kind === 'feature_view') this.deleteValuesInBackground(name, removed);
+    return 'gone';
+  }
+
+  /** Starts deleting the stored values of the view `name` of `registration` (see the constructor). */
+  private deleteValuesInBackground(name: string, registration: number): void {
+    this.deleteValues(name, registration).catch((error: unknown) => {
+      this.logger.warn({ err: error, view: name }, 'stored values not all deleted');
+    });
   }
 
   private entityDefinitions(): Map<string, EntityDefinition> {

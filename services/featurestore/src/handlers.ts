@@ -62,8 +62,34 @@ function checkRequestId(requestId: string): void {
   }
 }
 
+/**
+ * The admin writes pass `once` a `recover` (see `RequestResults.once`): the answer to a retry
+ * refused by its first call's own change, made without being answered (a storage call that
+ * failed after taking effect), is built from what that call stored.
+ */
 export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStoreServiceDefinition> {
   const { registry, views, requestResults } = parts;
+  const warn = (what: string, view: string) => (error: unknown) => {
+    parts.logger.warn({ err: error, view }, what);
+  };
+  /**
+   * What deleting the view `name` does once the registry has dropped it: it stops being served,
+   * and its re-timing and (`stream`) aggregation state go.
+   */
+  const afterViewDeletion = async (name: string, stream: boolean): Promise<void> => {
+    await views.reconcile(registry.allViews());
+    await parts.retiming
+      .forget(name)
+      .catch(warn('the re-timing of its records to a TTL not forgotten', name));
+    if (stream) {
+      // Before the answer, so that the view applied again right away replays the stream into an
+      // empty state. (Reconciling has deleted this replica's durable consumer; other replicas
+      // delete theirs when they see the view go.)
+      await parts.checkpoints
+        .deleteView(name)
+        .catch(warn('aggregation state not all deleted', name));
+    }
+  };
   return {
     applyEntity: async (request) => {
       checkRequestId(request.requestId);
@@ -73,6 +99,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         ApplyEntityResponse,
         () => registry.applyEntity(request.entity),
         ApplyEntityRequest,
+        (stamp) => registry.entityWrittenBy(request.entity?.name ?? '', stamp),
       );
     },
     getEntity: (request) => Promise.resolve({ entity: registry.getEntity(request.name) }),
@@ -91,6 +118,10 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
           return {};
         },
         DeleteEntityRequest,
+        async (stamp) =>
+          (await registry.recoverDeletion('entity', request.name, stamp)) === undefined
+            ? undefined
+            : {},
       );
     },
     applyFeatureView: async (request) => {
@@ -104,6 +135,7 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         ApplyFeatureViewResponse,
         () => registry.applyFeatureView(request.featureView, false),
         ApplyFeatureViewRequest,
+        (stamp) => registry.viewWrittenBy(name, stamp),
       );
       const reconciling = views.reconcile(registry.allViews());
       // A compatible change to a push view is served at once (see `OnlineViews.reconcile`): the
@@ -150,26 +182,21 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         DeleteFeatureViewResponse,
         async () => {
           const deleted = await registry.deleteFeatureView(request.name, request.etag);
-          await views.reconcile(registry.allViews());
-          const warn = (what: string) => (error: unknown) => {
-            parts.logger.warn({ err: error, view: request.name }, what);
-          };
-          await parts.retiming
-            .forget(request.name)
-            .catch(warn('the re-timing of its records to a TTL not forgotten'));
-          if (deleted.definition.source?.kind === 'stream') {
-            // Before the answer, so that the view applied again right away replays the stream
-            // into an empty state. (Reconciling has deleted this replica's durable consumer;
-            // other replicas delete theirs when they see the view go.)
-            await parts.checkpoints
-              .deleteView(request.name)
-              .catch(warn('aggregation state not all deleted'));
-          }
+          await afterViewDeletion(request.name, deleted.definition.source?.kind === 'stream');
           // Its stored values go in the background, a deletion the registry started (see
           // `FeatureRegistry.deleteValues`).
           return {};
         },
         DeleteFeatureViewRequest,
+        async (stamp) => {
+          const deleted = await registry.recoverDeletion('feature_view', request.name, stamp);
+          if (deleted === undefined) return undefined;
+          // The first call failed before the rest of its deletion, which is done now. Whether
+          // the view was stream-sourced is gone with it: aggregation state is looked for anyway
+          // (a push view has none). One applied again since is the new view's own.
+          if (deleted === 'gone') await afterViewDeletion(request.name, true);
+          return {};
+        },
       );
     },
     getOnlineFeatures: (request) => Promise.resolve(views.readReply(request, Date.now())),

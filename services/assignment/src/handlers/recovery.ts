@@ -9,21 +9,11 @@
  * the refusal stands.
  */
 import type { Collection } from '../../../platform/src/storage/collection';
+import { stampedWith } from '../../../platform/src/storage/write-stamps';
 import type { AssignmentContext } from '../assignment-context';
 import type { WriteRequests } from '../configuration-writes';
-import { stampOf, type ResourceKind, type Stamped } from '../store/configuration-store';
-import type { Stored } from '../store/documents';
+import type { ResourceKind } from '../store/configuration-store';
 import { allocationMessage, experimentMessage, holdoutMessage, layerMessage } from './messages';
-
-/** `stored`, when its last write was the request of `stamp`'s. */
-function stampedWith<T extends object>(
-  stored: Stored<T> | undefined,
-  stamp: string,
-): Stored<T> | undefined {
-  return stored !== undefined && (stored.doc as Stamped).writtenBy === stampOf(stamp, stored.doc)
-    ? stored
-    : undefined;
-}
 
 /** The response of the first call of `request`, when `stamp` shows it made its change. */
 export async function recoverWrite<M extends keyof WriteRequests>(

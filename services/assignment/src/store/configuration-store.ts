@@ -7,16 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError } from '../../../platform/src/errors';
-import type {
-  Collection,
-  ConditionalWriteOutcome,
-  DocumentStore,
-  ListOptions,
-  Page,
-  Versioned,
-  Where,
-} from '../../../platform/src/storage/collection';
-import { currentRequestStamp } from '../../../platform/src/storage/request-results';
+import type { Collection, DocumentStore } from '../../../platform/src/storage/collection';
+import { DeletionStamps, StampingCollection } from '../../../platform/src/storage/write-stamps';
 import { WriteLease, type HeldLease } from '../../../platform/src/storage/write-lease';
 import type {
   AllocationDocument,
@@ -51,130 +43,14 @@ interface RetiredIdDocument {
 /** The kinds of resource whose ids are retired on delete. */
 export type RetiredKind = 'experiment' | 'holdout';
 
-/**
- * How many times a layer, experiment or holdout id was deleted: a resource created again under
- * it is its next incarnation, whose etags differ from every earlier one's (see `etagOf`).
- */
-interface DeletedIdDocument {
-  /** `<kind>/<resource id>`. */
-  readonly id: string;
-  readonly deletions: number;
-}
-
 /** The kinds of resource whose etags must not repeat across deletions. */
 export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
 /**
- * Which write of a `request_id` last stored a resource (see `currentRequestStamp`; with the
- * document's update time, see {@link stampOf}): a field of every layer, experiment, holdout and
- * allocation document written by one, absent otherwise.
- * A retry whose first call stored its change but not its response finds its own stamp there,
- * and answers the change instead of refusing it (see `recoverWrite`).
- */
-export interface Stamped {
-  readonly writtenBy?: string;
-}
-
-/**
- * The stamp a document written by the request of `stamp` carries: with the document's update
- * time, which every write sets, so that a write that copies the field without knowing it (a
- * replica of an earlier build, during a rolling update) leaves a stamp that no longer matches.
- */
-export function stampOf(stamp: string, doc: object): string {
-  return `${stamp}@${String((doc as { updateTime?: unknown }).updateTime)}`;
-}
-
-/**
- * The request that last deleted a resource of an id, for a retry of a delete that took effect
- * (see {@link Stamped}); kept as long as a `request_id` can be retried.
- */
-interface DeletionStampDocument {
-  /** `<kind>/<resource id>`. */
-  readonly id: string;
-  readonly writtenBy: string;
-  readonly expiresAt: Date;
-}
-
-/**
  * How long a deletion's stamp is kept: as long as `TANDEM_ASSIGNMENT_REQUEST_ID_TTL` may be set
- * (a small document per deletion, and deletions are few).
+ * (see `DeletionStamps`).
  */
 const DELETION_STAMP_TTL_MS = 365 * 86_400_000;
-
-/**
- * A collection whose writes carry the stamp of the request running them (and drop the one a
- * document read back carried, when none runs), so that a stamp always names the last write. Its
- * own object, not a proxy, so that tests can spy on its methods as on any collection's.
- */
-class StampingCollection<T extends { readonly id: string }> implements Collection<T> {
-  readonly name: string;
-
-  constructor(private readonly inner: Collection<T>) {
-    this.name = inner.name;
-  }
-
-  private stamp(doc: T): T {
-    const { writtenBy, ...rest } = doc as T & Stamped;
-    const by = currentRequestStamp();
-    if (by === undefined) return writtenBy === undefined ? doc : (rest as unknown as T);
-    return { ...rest, writtenBy: stampOf(by, doc) } as unknown as T;
-  }
-
-  insert(doc: T): Promise<Versioned<T>> {
-    return this.inner.insert(this.stamp(doc));
-  }
-
-  replace(doc: T, expectedVersion: number): Promise<Versioned<T>> {
-    return this.inner.replace(this.stamp(doc), expectedVersion);
-  }
-
-  upsert(doc: T): Promise<Versioned<T>> {
-    return this.inner.upsert(this.stamp(doc));
-  }
-
-  upsertIfNewer(docs: readonly T[], field: string): Promise<ConditionalWriteOutcome[]> {
-    return this.inner.upsertIfNewer(
-      docs.map((doc) => this.stamp(doc)),
-      field,
-    );
-  }
-
-  get(id: string): Promise<Versioned<T> | undefined> {
-    return this.inner.get(id);
-  }
-
-  getMany(ids: readonly string[]): Promise<Map<string, Versioned<T>>> {
-    return this.inner.getMany(ids);
-  }
-
-  increment(
-    id: string,
-    deltas: Readonly<Record<string, number>>,
-    onInsert?: Partial<T>,
-  ): Promise<Versioned<T>> {
-    return this.inner.increment(id, deltas, onInsert);
-  }
-
-  delete(id: string, expectedVersion?: number): Promise<boolean> {
-    return this.inner.delete(id, expectedVersion);
-  }
-
-  deleteWhere(where: Where): Promise<number> {
-    return this.inner.deleteWhere(where);
-  }
-
-  list(options: ListOptions): Promise<Page<T>> {
-    return this.inner.list(options);
-  }
-
-  scan(where?: Where): AsyncIterable<Versioned<T>> {
-    return this.inner.scan(where);
-  }
-
-  count(where?: Where): Promise<number> {
-    return this.inner.count(where);
-  }
-}
 
 const WRITE_LEASE_ID = 'configuration-writes';
 
@@ -200,8 +76,12 @@ export class ConfigurationStore {
     private readonly secrets: Collection<SecretDocument>,
     private readonly writeLease: WriteLease,
     private readonly retiredIds: Collection<RetiredIdDocument>,
-    private readonly deletedIds: Collection<DeletedIdDocument>,
-    private readonly deletionStamps: Collection<DeletionStampDocument>,
+    /**
+     * Deletions counted per `<kind>/<resource id>`: a resource created again under an id is its
+     * next incarnation, whose etags differ from every earlier one's (see `etagOf`); and stamped,
+     * for a retry of a delete that took effect (see `recoverWrite`).
+     */
+    private readonly deletions: DeletionStamps,
   ) {}
 
   /** Opens (and creates) the collections. Throws `UnavailableError` when storage is down. */
@@ -218,11 +98,7 @@ export class ConfigurationStore {
         reason: 'CONFIGURATION_WRITE_IN_PROGRESS',
       }),
       await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
-      await store.collection<DeletedIdDocument>({ name: 'deleted_ids' }),
-      await store.collection<DeletionStampDocument>({
-        name: 'deletion_stamps',
-        expireAtField: 'expiresAt',
-      }),
+      await DeletionStamps.open(store, DELETION_STAMP_TTL_MS),
     );
   }
 
@@ -256,35 +132,21 @@ export class ConfigurationStore {
    * Counts a deletion of `id`. Call it before deleting the resource: a crash in between only
    * makes the next incarnation's number skip one.
    */
-  async recordDeletion(kind: ResourceKind, id: string): Promise<void> {
-    const counted = await this.deletedIds.increment(`${kind}/${id}`, { deletions: 1 });
-    const by = currentRequestStamp();
-    if (by !== undefined) {
-      // With the count it belongs to: a later deletion, by a request without a stamp or by a
-      // build that stamps none, counts again and leaves this stamp naming an earlier one.
-      await this.deletionStamps.upsert({
-        id: `${kind}/${id}`,
-        writtenBy: `${by}#${counted.doc.deletions}`,
-        expiresAt: new Date(Date.now() + DELETION_STAMP_TTL_MS),
-      });
-    }
+  recordDeletion(kind: ResourceKind, id: string): Promise<void> {
+    return this.deletions.record(`${kind}/${id}`);
   }
 
   /**
    * Whether the last deletion counted for `id` was made by the request of `stamp` (see
-   * {@link Stamped}): stamped by it, and no deletion counted since.
+   * `Stamped`): stamped by it, and no deletion counted since.
    */
   async lastDeletedBy(kind: ResourceKind, id: string, stamp: string): Promise<boolean> {
-    const [stamped, counted] = await Promise.all([
-      this.deletionStamps.get(`${kind}/${id}`),
-      this.deletedIds.get(`${kind}/${id}`),
-    ]);
-    return counted !== undefined && stamped?.doc.writtenBy === `${stamp}#${counted.doc.deletions}`;
+    return (await this.deletions.lastBy(`${kind}/${id}`, stamp)) !== undefined;
   }
 
   /** The incarnation a resource created now under `id` is: 1, plus one per earlier deletion. */
   async incarnationOf(kind: ResourceKind, id: string): Promise<number> {
-    return 1 + ((await this.deletedIds.get(`${kind}/${id}`))?.doc.deletions ?? 0);
+    return 1 + (await this.deletions.count(`${kind}/${id}`));
   }
 
   /** Whether `id` belonged to a resource that served and was deleted. */

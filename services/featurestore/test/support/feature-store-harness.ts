@@ -121,6 +121,17 @@ export function sharing(store: DocumentStore): () => DocumentStore {
   });
 }
 
+/** A `wrapStore` that gives each test its own collections in the service's (shared) database. */
+export function isolated(store: DocumentStore): DocumentStore {
+  const prefix = `t${Math.random().toString(36).slice(2, 8)}`;
+  return {
+    kind: store.kind,
+    collection: (spec) => store.collection({ ...spec, name: `${prefix}_${spec.name}` }),
+    ping: () => store.ping(),
+    close: () => store.close(),
+  };
+}
+
 /** Two replicas, `replica-a` and `replica-b`, sharing one storage (the first's). */
 export async function startReplicaPair(): Promise<{
   first: RunningHarness;
