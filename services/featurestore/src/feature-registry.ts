@@ -25,6 +25,7 @@ import {
 } from '../../../gen/ts/tandem/events/v1/config_change_event';
 import { Entity } from '../../../gen/ts/tandem/featurestore/v1/entity';
 import { FeatureView } from '../../../gen/ts/tandem/featurestore/v1/feature_view';
+import type { ApplyFeatureViewResponse } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import {
   dateOf,
   etagOf,
@@ -87,6 +88,40 @@ function registered<D>(
 function writtenByThisRequest(stored: Versioned<object>): boolean {
   const stamp = currentRequestStamp();
   return stamp !== undefined && stampedWith(stored, stamp) !== undefined;
+}
+
+/**
+ * The answer of an ApplyFeatureView that changed the view, and what the handler needs to finish
+ * the change: `previousTtlMs`, the TTL before it when it changed the TTL (see
+ * `FeatureViewDocument.ttlChangedFrom`). Not part of the response, and not kept with it: a retry
+ * answered the kept response finds the change finished by its first call.
+ */
+export type AppliedView = ApplyFeatureViewResponse & { readonly previousTtlMs?: number };
+
+/** What an ApplyFeatureView that stored `stored` answers, as its change. */
+function appliedView(stored: Versioned<FeatureViewDocument>): AppliedView {
+  const { definition, ttlChangedFrom } = stored.doc;
+  return {
+    featureView: featureViewMessageOf(definition, registered(stored)),
+    changed: true,
+    ...(ttlChangedFrom === undefined ? {} : { previousTtlMs: ttlChangedFrom }),
+  };
+}
+
+/** The stored view `doc` changed to `definition` at `now`, saying whether the TTL changed. */
+function viewChangedTo(
+  doc: FeatureViewDocument,
+  definition: FeatureViewDefinition,
+  now: Date,
+): FeatureViewDocument {
+  const ttlChanged = definition.ttlMs !== doc.definition.ttlMs;
+  // Undefined is absent when stored, in MongoDB (`ignoreUndefined`) as in the embedded store.
+  return {
+    ...doc,
+    definition,
+    updateTime: now,
+    ttlChangedFrom: ttlChanged ? doc.definition.ttlMs : undefined,
+  };
 }
 
 /** How the deletion a retry recovers left its resource (see `FeatureRegistry.recoverDeletion`). */
@@ -494,6 +529,7 @@ export class FeatureRegistry {
     const stored = await this.repository.entities.get(name);
     if (stored === undefined) throw entityNotFound(name);
     checkEtag(etag, stored, `entity ${name}`);
+    if (await this.deletedByThisRequest('entity', name, stored)) return;
     const referencing = this.viewsReferencing(name);
     if (referencing.length > 0) {
       throw new FailedPreconditionError(
@@ -515,10 +551,7 @@ export class FeatureRegistry {
     this.announce('entity', name, 'deleted', undefined);
   }
 
-  applyFeatureView(
-    message: FeatureView | undefined,
-    validateOnly: boolean,
-  ): Promise<{ featureView: FeatureView; changed: boolean }> {
+  applyFeatureView(message: FeatureView | undefined, validateOnly: boolean): Promise<AppliedView> {
     // A dry run stores nothing: it waits for this replica's writes, not for another replica's.
     const apply = () => this.applyFeatureViewNow(message, validateOnly);
     return validateOnly ? this.writes.serially(apply) : this.writes.exclusively(apply);
@@ -527,7 +560,7 @@ export class FeatureRegistry {
   private async applyFeatureViewNow(
     message: FeatureView | undefined,
     validateOnly: boolean,
-  ): Promise<{ featureView: FeatureView; changed: boolean }> {
+  ): Promise<AppliedView> {
     if (message === undefined) {
       throw new InvalidArgumentError('feature_view is required', [
         { field: 'feature_view', description: 'must be set', reason: 'REQUIRED' },
@@ -559,10 +592,12 @@ export class FeatureRegistry {
         throw incompatible(`feature view ${proposed.name}`, diff.changes);
       }
       if (diff.kind === 'unchanged') {
-        return {
-          featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
-          changed: writtenByThisRequest(stored),
-        };
+        return writtenByThisRequest(stored)
+          ? appliedView(stored)
+          : {
+              featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
+              changed: false,
+            };
       }
     }
     const now = new Date();
@@ -580,7 +615,7 @@ export class FeatureRegistry {
             updateTime: now,
           })
         : await this.repository.featureViews.replace(
-            { ...stored.doc, definition: proposed, updateTime: now },
+            viewChangedTo(stored.doc, proposed, now),
             stored.version,
           );
     this.views.set(proposed.name, registered(result));
@@ -592,21 +627,29 @@ export class FeatureRegistry {
       stored === undefined ? 'created' : 'updated',
       registered(result),
     );
-    return { featureView: featureViewMessageOf(proposed, registered(result)), changed: true };
+    return appliedView(result);
   }
 
-  deleteFeatureView(name: string, etag: string): Promise<Registered<FeatureViewDefinition>> {
+  /**
+   * Deletes the view, and returns it; undefined when the request running made this deletion
+   * before, and the view stored now is one created again since (see `deletedByThisRequest`).
+   */
+  deleteFeatureView(
+    name: string,
+    etag: string,
+  ): Promise<Registered<FeatureViewDefinition> | undefined> {
     return this.writes.exclusively(() => this.deleteFeatureViewNow(name, etag));
   }
 
   private async deleteFeatureViewNow(
     name: string,
     etag: string,
-  ): Promise<Registered<FeatureViewDefinition>> {
+  ): Promise<Registered<FeatureViewDefinition> | undefined> {
     requireName(name);
     const stored = await this.repository.featureViews.get(name);
     if (stored === undefined) throw featureViewNotFound(name);
     checkEtag(etag, stored, `feature view ${name}`);
+    if (await this.deletedByThisRequest('feature_view', name, stored)) return undefined;
     const registration = dateOf(stored.doc.createTime).getTime();
     await this.repository.recordDeletion('feature_view', name, registration);
     await this.repository.featureViews.delete(name, stored.version);
@@ -638,17 +681,9 @@ export class FeatureRegistry {
   }
 
   /** {@link entityWrittenBy}, for an ApplyFeatureView. */
-  async viewWrittenBy(
-    name: string,
-    stamp: string,
-  ): Promise<{ featureView: FeatureView; changed: boolean } | undefined> {
+  async viewWrittenBy(name: string, stamp: string): Promise<AppliedView | undefined> {
     const stored = stampedWith(await this.repository.featureViews.get(name), stamp);
-    return (
-      stored && {
-        featureView: featureViewMessageOf(stored.doc.definition, registered(stored)),
-        changed: true,
-      }
-    );
+    return stored && appliedView(stored);
   }
 
   /**
@@ -674,6 +709,24 @@ export class FeatureRegistry {
     }
     if (kind === 'feature_view') this.deleteValuesInBackground(name, removed);
     return 'gone';
+  }
+
+  /**
+   * Whether the request running (see `currentRequestStamp`) made the last deletion of `name`
+   * before, and `stored` is a registration created again since: the retry of a delete whose
+   * first call took effect and then failed (a storage timeout). Sent without an etag, nothing
+   * refuses it, and deleting again would delete what another request created; it is answered
+   * as done instead.
+   */
+  private async deletedByThisRequest(
+    kind: RegistryKind,
+    name: string,
+    stored: Versioned<{ readonly createTime: Date }>,
+  ): Promise<boolean> {
+    const stamp = currentRequestStamp();
+    if (stamp === undefined) return false;
+    const removed = await this.repository.lastDeletedBy(kind, name, stamp);
+    return removed !== undefined && removed !== dateOf(stored.doc.createTime).getTime();
   }
 
   /** Starts deleting the stored values of the view `name` of `registration` (see the constructor). */

@@ -19,7 +19,7 @@ import {
   WriteFeaturesResponse,
 } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { InvalidArgumentError } from '../../platform/src/errors';
-import type { FeatureRegistry } from './feature-registry';
+import type { AppliedView, FeatureRegistry } from './feature-registry';
 import type { OnlineViews } from './online-views';
 import type { FeatureStoreServiceDefinition } from './online-response';
 import type { AggregationCheckpoints } from './store/aggregation-checkpoints';
@@ -128,8 +128,10 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       checkRequestId(request.requestId);
       if (request.validateOnly) return registry.applyFeatureView(request.featureView, true);
       const name = request.featureView?.name ?? '';
-      const before = registry.view(name)?.definition;
-      const response = await requestResults.once(
+      const { previousTtlMs, ...response } = await requestResults.once<
+        AppliedView,
+        ApplyFeatureViewRequest
+      >(
         'ApplyFeatureView',
         request,
         ApplyFeatureViewResponse,
@@ -141,24 +143,27 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
       // A compatible change to a push view is served at once (see `OnlineViews.reconcile`): the
       // answer does not wait behind loads of other views queued before it, which take minutes.
       if (!views.servesAsRegistered(name)) await reconciling;
-      const after = registry.view(name)?.definition;
+      const registered = registry.view(name);
+      const after = registered?.definition;
+      // The TTL before the change comes with the change, as stored: a retry whose first call
+      // stored it and failed (a timeout) finishes it too, though this replica may have loaded
+      // the new TTL already.
       if (
-        before !== undefined &&
+        previousTtlMs !== undefined &&
         after !== undefined &&
-        before.source?.kind !== 'stream' &&
-        after.ttlMs !== before.ttlMs
+        after.source?.kind !== 'stream' &&
+        after.ttlMs !== previousTtlMs
       ) {
         // Stored records expire by the TTL they were written under; in the background, since a
         // view may hold millions (reads apply the new TTL at once). A longer TTL reaches first
         // the records the old one drops soonest.
-        const registered = registry.view(name);
-        const longer = after.ttlMs === 0 || (before.ttlMs > 0 && after.ttlMs > before.ttlMs);
+        const longer = after.ttlMs === 0 || (previousTtlMs > 0 && after.ttlMs > previousTtlMs);
         await parts.retiming.start(
           name,
           after.ttlMs,
           registered?.createTime.getTime() ?? 0,
           registered?.version ?? 0,
-          longer ? views.expiringSoon(name, before.ttlMs, SOONEST_HORIZON_MS, SOONEST_LIMIT) : [],
+          longer ? views.expiringSoon(name, previousTtlMs, SOONEST_HORIZON_MS, SOONEST_LIMIT) : [],
         );
       }
       return response;
@@ -182,6 +187,8 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         DeleteFeatureViewResponse,
         async () => {
           const deleted = await registry.deleteFeatureView(request.name, request.etag);
+          // Undefined: this request deleted the view before, and it was created again since.
+          if (deleted === undefined) return {};
           await afterViewDeletion(request.name, deleted.definition.source?.kind === 'stream');
           // Its stored values go in the background, a deletion the registry started (see
           // `FeatureRegistry.deleteValues`).

@@ -9,6 +9,7 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { UnavailableError } from '../../platform/src/errors';
 import type { Collection, DocumentStore } from '../../platform/src/storage/collection';
 import { describeWithMongo, mongodbUri } from '../../platform/test/support/integration';
+import { FeatureRowRepository } from '../src/store/feature-rows';
 import { failureOf } from './feature-store-api';
 import {
   eventually,
@@ -182,6 +183,66 @@ function writeRetriesSuite(start: Starter): void {
 
     // Refused by the new view's etag, it is its first call's deletion all the same.
     expect(await deleteView('delete-view', etag)).toEqual({});
+    const kept = await harness.client.getFeatureView({ name: 'user_stats' });
+    expect(kept.featureView?.description).toBe('applied again');
+  });
+
+  it.each([
+    { how: 'with an etag', withEtag: true },
+    { how: 'without one', withEtag: false },
+  ])(
+    're-times the stored records to the TTL a retried change set $how, though the registry has loaded it since',
+    async ({ withEtag }) => {
+      const MINUTE = 60_000;
+      const ttl = (hours: number) => ({ seconds: hours * 3600, nanos: 0 });
+      const applyTtl = (hours: number, requestId: string, etag = '') =>
+        harness.client.applyFeatureView({
+          featureView: userStatsView({ ttl: ttl(hours), etag }),
+          requestId,
+          validateOnly: false,
+        });
+      await applyUserStats(harness.client);
+      await applyTtl(1, '');
+      const eventTime = Date.now() - 50 * MINUTE;
+      await harness.client.writeFeatures({
+        featureView: 'user_stats',
+        rows: [userRow('u1', new Date(eventTime), { ctr: double(0.4) })],
+        requestId: '',
+      });
+      const rows = await FeatureRowRepository.open(harness.runtime.store, 3_600_000);
+      const expiries = async (): Promise<(number | undefined)[]> => {
+        const found: (number | undefined)[] = [];
+        for await (const row of rows.scanView('user_stats')) found.push(row.expiresAt?.getTime());
+        return found;
+      };
+      expect(await expiries()).toEqual([eventTime + 60 * MINUTE]);
+      const etag = withEtag ? await etagOfView() : '';
+      failAfterEffect('replace', 'feature_views');
+      expect((await failureOf(applyTtl(2, 'longer-ttl', etag))).code).toBe(GrpcCode.UNAVAILABLE);
+      // The registry reloads the stored change: this replica's view has the new TTL already.
+      await eventually(async () => {
+        expect(
+          (await harness.client.getFeatureView({ name: 'user_stats' })).featureView?.ttl,
+        ).toEqual(ttl(2));
+      });
+
+      expect((await applyTtl(2, 'longer-ttl', etag)).changed).toBe(true);
+      // Under the old TTL, storage would drop the record in ten minutes, while reads serve it
+      // for seventy.
+      await eventually(async () => {
+        expect(await expiries()).toEqual([eventTime + 120 * MINUTE]);
+      });
+    },
+  );
+
+  it('answers the retry of a delete without an etag as done, and leaves the view applied again since', async () => {
+    await applyUserStats(harness.client);
+    failAfterEffect('delete', 'feature_views');
+    expect((await failureOf(deleteView('delete-view'))).code).toBe(GrpcCode.UNAVAILABLE);
+    await applyView('applied again', 'apply-again');
+
+    // Nothing refuses it (no etag), and deleting again would delete another request's view.
+    expect(await deleteView('delete-view')).toEqual({});
     const kept = await harness.client.getFeatureView({ name: 'user_stats' });
     expect(kept.featureView?.description).toBe('applied again');
   });

@@ -25,6 +25,13 @@ export interface FeatureViewDocument {
   readonly definition: FeatureViewDefinition;
   readonly createTime: Date;
   readonly updateTime: Date;
+  /**
+   * The TTL (ms) before the change that stored this version, when that change was of the TTL:
+   * what its stored records are re-timed from, also by a retry of that change answered after
+   * its first call stored it and failed (see `ApplyFeatureView` in `handlers.ts`). Absent when
+   * the change left the TTL alone.
+   */
+  readonly ttlChangedFrom?: number;
 }
 
 /** The kinds of registry resource. */
