@@ -1,6 +1,7 @@
 /**
  * The stream aggregations' figures as metrics, read through a real OpenTelemetry metrics SDK
- * registered before the service starts: the counts GetAggregationStatus gives, per view.
+ * registered before the service starts: the counts GetAggregationStatus gives, per view, and
+ * the counts of each view's consumer, which the event bus reports.
  */
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
@@ -51,5 +52,35 @@ describe('the stream aggregation metrics', () => {
     // Seconds: the events were made just before they were published here.
     expect(delay[0]?.value).toBeGreaterThanOrEqual(0);
     expect(delay[0]?.value).toBeLessThan(5);
+  });
+
+  it("reports each view's consumer under its durable, once, across the view applied again", async () => {
+    const acked = async () => {
+      const points = await testMetrics.points('tandem.events.consumer.acked');
+      return points
+        .filter((p) => p.attributes['tandem.durable'] === 'featurestore-item_plays-replica-a')
+        .map((p) => [p.attributes['tandem.stream'], p.value]);
+    };
+    // The three events of the test above.
+    await eventually(async () => {
+      expect(await acked()).toEqual([['TANDEM_OUTCOMES', 3]]);
+    });
+    await harness.client.deleteFeatureView({ name: 'item_plays', etag: '', requestId: '' });
+    await harness.client.applyFeatureView({
+      featureView: itemPlaysView('item_plays', subject),
+      requestId: '',
+      validateOnly: false,
+    });
+    const event = outcome('i2', 'u4', { name: 'metered', value: 6 });
+    await bus.publish(subject, OutcomeEvent, event, { eventId: event.eventId });
+    // Created again, the view replays the stream into its new state: 4 events, reported by the
+    // new consumer alone.
+    await eventually(async () => {
+      expect(await acked()).toEqual([['TANDEM_OUTCOMES', 4]]);
+    });
+    const dropped = await testMetrics.points('tandem.events.consumer.dropped');
+    expect(
+      dropped.filter((p) => p.attributes['tandem.durable'] === 'featurestore-item_plays-replica-a'),
+    ).toHaveLength(1);
   });
 });

@@ -174,7 +174,10 @@ export interface PublishAck {
   readonly duplicate: boolean;
 }
 
-/** What a subscription has done with the events it received, since it started. */
+/**
+ * What a subscription has done with the events it received, since it started. Also exported as
+ * the metrics `tandem.events.consumer.*` by stream and durable (`telemetry/consumer-metrics.ts`).
+ */
 export interface SubscriptionStats {
   /** Deliveries whose handler resolved, so the event was acked. */
   readonly acked: number;

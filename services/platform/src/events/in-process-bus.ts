@@ -11,6 +11,7 @@
  * they are gone when the process exits (`storage` and `replicas` are ignored).
  */
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
+import { observeSubscription } from '../telemetry/consumer-metrics';
 import {
   EVENT_ID_HEADER,
   type BatchConsumerSpec,
@@ -414,6 +415,8 @@ interface InProcessSubscriptionParts<T> {
 class InProcessSubscription<T> implements Subscription {
   private readonly slots: HandlerSlots;
   private readonly counters: SubscriptionCounters;
+  /** Stops reporting the counters as metrics (see `telemetry/consumer-metrics.ts`). */
+  private readonly unobserve: () => void;
   private stopRequested = false;
   private running: Promise<void> = Promise.resolve();
   private stopped: Promise<void> | undefined;
@@ -421,6 +424,7 @@ class InProcessSubscription<T> implements Subscription {
   constructor(private readonly parts: InProcessSubscriptionParts<T>) {
     this.slots = new HandlerSlots(parts.settings.concurrency);
     this.counters = new SubscriptionCounters(parts.settings, parts.logger);
+    this.unobserve = observeSubscription(parts.settings, this);
   }
 
   start(): void {
@@ -444,8 +448,13 @@ class InProcessSubscription<T> implements Subscription {
   private async shutDown(): Promise<void> {
     this.stopRequested = true;
     this.parts.stream.changed.notify();
-    await this.running;
-    await this.slots.whenIdle();
+    try {
+      await this.running;
+      await this.slots.whenIdle();
+    } finally {
+      // Once the handlers are done: a collection meanwhile still reports what they count.
+      this.unobserve();
+    }
     this.parts.onStopped();
   }
 

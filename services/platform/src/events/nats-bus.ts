@@ -47,6 +47,7 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
+import { observeSubscription } from '../telemetry/consumer-metrics';
 import { AckFrontier, type FrontierBatch } from './ack-frontier';
 import {
   EVENT_ID_HEADER,
@@ -1177,6 +1178,8 @@ const UNACKNOWLEDGED_CHECK_INTERVAL_MS = 100;
 class NatsSubscription<T> implements Subscription {
   private readonly slots: HandlerSlots;
   private readonly counters: SubscriptionCounters;
+  /** Stops reporting the counters as metrics (see `telemetry/consumer-metrics.ts`). */
+  private readonly unobserve: () => void;
   private readonly stopSignal = new Signal();
   private stopRequested = false;
   private messages: ConsumerMessages | undefined;
@@ -1203,6 +1206,7 @@ class NatsSubscription<T> implements Subscription {
   constructor(private readonly parts: NatsSubscriptionParts<T>) {
     this.slots = new HandlerSlots(parts.settings.concurrency);
     this.counters = new SubscriptionCounters(parts.settings, parts.logger);
+    this.unobserve = observeSubscription(parts.settings, this);
     this.failures = new FailureCounts(4 * parts.settings.maxAckPending);
   }
 
@@ -1235,9 +1239,14 @@ class NatsSubscription<T> implements Subscription {
     // close() ends the iterator once the events already pulled have come out of it (they are
     // handed back with a nak); the supervisor then returns.
     const closing = this.messages?.close();
-    await this.supervision;
-    await closing;
-    await this.slots.whenIdle();
+    try {
+      await this.supervision;
+      await closing;
+      await this.slots.whenIdle();
+    } finally {
+      // Once the handlers are done: a collection meanwhile still reports what they count.
+      this.unobserve();
+    }
     this.parts.onStopped();
   }
 

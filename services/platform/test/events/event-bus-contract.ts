@@ -25,6 +25,7 @@ import type {
   Subscription,
 } from '../../src/events/bus';
 import { uniqueName } from '../support/integration';
+import { installTestMetrics, type TestMetrics } from '../support/metrics';
 
 /** How the suite gets a bus for one test and cleans up after it. */
 export interface BusHarness {
@@ -514,6 +515,101 @@ export function describeEventBusContract(harness: BusHarness): void {
     await bus.close();
     expect(bus.isConnected()).toBe(false);
     await expect(publish('exposure', 'late')).rejects.toBeInstanceOf(UnavailableError);
+  });
+
+  describe('consumer metrics', () => {
+    let testMetrics: TestMetrics;
+
+    beforeEach(() => {
+      testMetrics = installTestMetrics();
+    });
+
+    afterEach(async () => {
+      await testMetrics.shutdown();
+    });
+
+    /** The values of `tandem.events.consumer.*` collected now for this test's stream and `durable`. */
+    async function consumerMetrics(durable: string): Promise<Record<string, unknown[]>> {
+      const counts: Record<string, unknown[]> = {};
+      for (const name of ['acked', 'retried', 'dropped', 'poison']) {
+        const points = await testMetrics.points(`tandem.events.consumer.${name}`);
+        counts[name] = points
+          .filter(
+            (p) =>
+              p.attributes['tandem.stream'] === stream &&
+              p.attributes['tandem.durable'] === durable,
+          )
+          .map((p) => p.value);
+      }
+      return counts;
+    }
+
+    it('reports retried and dropped deliveries of a failing handler, and acked ones', async () => {
+      const { handler } = recorder((delivered) => {
+        if (delivered.event.message === 'bad') throw new Error('always fails');
+      });
+      const spec = consumer({ maxDeliver: 3 });
+      const subscription = await subscribe(spec, handler);
+      await publish('outcome', 'bad');
+      for (const message of ['good 1', 'good 2', 'good 3']) await publish('outcome', message);
+
+      await eventually(() => {
+        expect(subscription.stats()).toEqual({ acked: 3, retried: 2, dropped: 1, poison: 0 });
+      });
+      expect(await consumerMetrics(spec.durable)).toEqual({
+        acked: [3],
+        retried: [2],
+        dropped: [1],
+        poison: [0],
+      });
+    });
+
+    it('reports the events it cannot decode as poison', async () => {
+      if (bus.subscribeBatches === undefined) throw new Error('the adapter has no batches');
+      const spec = consumer();
+      // In batches: a subscription of either kind is reported.
+      subscriptions.push(await bus.subscribeBatches(spec, () => Promise.resolve()));
+      await bus.publish(`${prefix}.exposure`, CORRUPT, UNDECODABLE, { eventId: 'poison-1' });
+      await bus.publish(`${prefix}.exposure`, CORRUPT, UNDECODABLE, { eventId: 'poison-2' });
+      await publish('exposure', 'after poison');
+
+      await eventually(async () => {
+        expect(await consumerMetrics(spec.durable)).toEqual({
+          acked: [1],
+          retried: [0],
+          dropped: [0],
+          poison: [2],
+        });
+      });
+    });
+
+    it('no longer reports a stopped subscription, and one subscribed again from zero', async () => {
+      const spec = consumer();
+      const first = await subscribe(spec, recorder().handler);
+      for (const message of ['a', 'b']) await publish('exposure', message);
+      await eventually(async () => {
+        expect((await consumerMetrics(spec.durable)).acked).toEqual([2]);
+      });
+      await first.stop();
+      jest
+        .spyOn(first, 'stats')
+        .mockReturnValue({ acked: 99, retried: 99, dropped: 99, poison: 99 });
+      // The counter keeps its last value, and the stopped subscription is not asked again.
+      expect((await consumerMetrics(spec.durable)).acked).toEqual([2]);
+
+      const second = await subscribe(spec, recorder().handler);
+      await publish('exposure', 'c');
+      await eventually(() => {
+        expect(second.stats().acked).toBe(1);
+      });
+      // Reported once, by the running subscription alone: a counter reset for the backend.
+      expect(await consumerMetrics(spec.durable)).toEqual({
+        acked: [1],
+        retried: [0],
+        dropped: [0],
+        poison: [0],
+      });
+    });
   });
 
   describe.each(['each', 'cumulative'] as const)(

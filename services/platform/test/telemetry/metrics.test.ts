@@ -1,12 +1,15 @@
 /**
  * The kit's metrics, read through a real OpenTelemetry metrics SDK: each call's duration by
- * method and status code, and a buffered publisher's counts.
+ * method and status code, a buffered publisher's counts, and a subscription's (as the bus
+ * adapters register them; `event-bus-contract.ts` checks that they do).
  */
 import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import type { Histogram } from '@opentelemetry/sdk-metrics';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import type { SubscriptionStats } from '../../src/events/bus';
 import type { BufferedPublisherStats } from '../../src/events/buffered-publisher';
 import { createClient } from '../../src/grpc/client';
+import { observeSubscription } from '../../src/telemetry/consumer-metrics';
 import { observePublisher } from '../../src/telemetry/publisher-metrics';
 import { UnavailableError } from '../../src/errors';
 import { startEcho, testServer } from '../support/echo';
@@ -122,5 +125,60 @@ describe('the kit metrics', () => {
     stats = { ...stats, published: 99 };
     // No longer observed: the counter keeps its last value and the callback is not called.
     expect(await value('tandem.events.publisher.published')).not.toContainEqual(['exposures', 99]);
+  });
+
+  it("reports a subscription's counts by stream and durable until it stops", async () => {
+    let stats: SubscriptionStats = { acked: 7, retried: 3, dropped: 1, poison: 2 };
+    const stop = observeSubscription(
+      { stream: 'TANDEM_EXPOSURES', durable: 'exposure-log' },
+      { stats: () => stats },
+    );
+    const value = async (name: string) => {
+      const points = await testMetrics.points(name);
+      return points.map((p) => [
+        p.attributes['tandem.stream'],
+        p.attributes['tandem.durable'],
+        p.value,
+      ]);
+    };
+    const durable = ['TANDEM_EXPOSURES', 'exposure-log'];
+    expect(await value('tandem.events.consumer.acked')).toEqual([[...durable, 7]]);
+    expect(await value('tandem.events.consumer.retried')).toEqual([[...durable, 3]]);
+    expect(await value('tandem.events.consumer.dropped')).toEqual([[...durable, 1]]);
+    expect(await value('tandem.events.consumer.poison')).toEqual([[...durable, 2]]);
+    stats = { ...stats, acked: 9, dropped: 4 };
+    expect(await value('tandem.events.consumer.acked')).toEqual([[...durable, 9]]);
+    expect(await value('tandem.events.consumer.dropped')).toEqual([[...durable, 4]]);
+    stop();
+    stats = { ...stats, acked: 99 };
+    // No longer observed: the counter keeps its last value and the callback is not called.
+    expect(await value('tandem.events.consumer.acked')).not.toContainEqual([...durable, 99]);
+  });
+
+  it('reports the subscriptions of one durable running at once as one sum', async () => {
+    const consumer = { stream: 'TANDEM_OUTCOMES', durable: 'shared' };
+    let first: SubscriptionStats = { acked: 5, retried: 1, dropped: 0, poison: 0 };
+    let second: SubscriptionStats = { acked: 2, retried: 0, dropped: 1, poison: 0 };
+    const stopFirst = observeSubscription(consumer, { stats: () => first });
+    const stopSecond = observeSubscription(consumer, { stats: () => second });
+    const value = async (name: string) =>
+      (await testMetrics.points(name)).map((p) => [p.attributes['tandem.durable'], p.value]);
+    expect(await value('tandem.events.consumer.acked')).toEqual([['shared', 7]]);
+    expect(await value('tandem.events.consumer.dropped')).toEqual([['shared', 1]]);
+    // The first stops: its counts stay in the sum, and it is no longer asked.
+    stopFirst();
+    first = { ...first, acked: 50 };
+    second = { ...second, acked: 3 };
+    expect(await value('tandem.events.consumer.acked')).toEqual([['shared', 8]]);
+    expect(await value('tandem.events.consumer.retried')).toEqual([['shared', 1]]);
+    stopSecond();
+    second = { ...second, acked: 30 };
+    expect(await value('tandem.events.consumer.acked')).toEqual([['shared', 8]]);
+    // A subscription of the durable again starts afresh (a counter reset), reported once.
+    const stopThird = observeSubscription(consumer, {
+      stats: () => ({ acked: 1, retried: 0, dropped: 0, poison: 0 }),
+    });
+    expect(await value('tandem.events.consumer.acked')).toEqual([['shared', 1]]);
+    stopThird();
   });
 });
