@@ -22,6 +22,21 @@ import { startEcho } from '../support/echo';
 import { eventually } from '../events/event-bus-contract';
 import { installTestTracing, type TestTracing } from '../support/tracing';
 
+/** A logger of `service` whose lines are kept, parsed, in `lines`. */
+function capturedLogger(service: string): {
+  lines: Record<string, unknown>[];
+  logger: ReturnType<typeof createLogger>;
+} {
+  const lines: Record<string, unknown>[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { lines, logger: createLogger({ service, level: 'info', destination }) };
+}
+
 describe('log lines of a call that brings baggage but no trace', () => {
   beforeAll(() => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
@@ -38,14 +53,7 @@ describe('log lines of a call that brings baggage but no trace', () => {
   });
 
   it('carry no trace id, rather than the invalid all-zero one', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const destination = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-        done();
-      },
-    });
-    const logger = createLogger({ service: 'echo-test', level: 'info', destination });
+    const { lines, logger } = capturedLogger('echo-test');
     const echo = await startEcho({
       logger,
       handlers: {
@@ -92,14 +100,7 @@ describe('log lines of an event whose handler fails', () => {
   });
 
   it('carry the trace and span of the consumer span that failed', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const destination = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-        done();
-      },
-    });
-    const logger = createLogger({ service: 'bus-test', level: 'info', destination });
+    const { lines, logger } = capturedLogger('bus-test');
     const bus = createInProcessBus({ logger });
     const subject = 'tandem.test.failing';
     await bus.declareStream({ name: 'FAILING', subjects: [subject], storage: 'memory' });
