@@ -355,12 +355,26 @@ export class SubscriptionCounters {
     this.acked += count;
   }
 
-  /** Counts (and logs) an event the codec could not decode. */
+  /**
+   * Counts (and logs) an event the codec could not decode. No consumer span ran for it: the line
+   * is logged in the producer's trace context, from the message's headers, to lead to the
+   * producer that published it.
+   */
   recordPoison(
     delivered: Pick<DeliveredEvent<unknown>, 'subject' | 'eventId' | 'streamSequence'>,
     error: unknown,
+    headers: Readonly<Record<string, string>>,
   ): void {
     this.poison++;
+    context.with(extractTraceContext(headers), () => {
+      this.logPoison(delivered, error);
+    });
+  }
+
+  private logPoison(
+    delivered: Pick<DeliveredEvent<unknown>, 'subject' | 'eventId' | 'streamSequence'>,
+    error: unknown,
+  ): void {
     this.logger.error(
       {
         stream: this.settings.stream,

@@ -527,7 +527,7 @@ class InProcessSubscription<T> implements Subscription {
         });
       } catch (error) {
         cursor.settle(stored.sequence, { kind: 'drop' }, Date.now());
-        this.counters.recordPoison(facts, error);
+        this.counters.recordPoison(facts, error, stored.headers);
       }
     }
     if (batch.length === 0) return;
@@ -556,7 +556,7 @@ class InProcessSubscription<T> implements Subscription {
       event = codec.decode(stored.data);
     } catch (error) {
       cursor.settle(stored.sequence, { kind: 'drop' }, Date.now());
-      this.counters.recordPoison(facts, error);
+      this.counters.recordPoison(facts, error, stored.headers);
       return;
     }
     const delivered: DeliveredEvent<T> = {

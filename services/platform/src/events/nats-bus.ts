@@ -989,6 +989,7 @@ interface Undecodable {
     readonly streamSequence: number;
   };
   readonly error: unknown;
+  readonly headers: Readonly<Record<string, string>>;
 }
 
 /** A consumer's `max_deliver` on the server: unlimited (see `consumerConfigFor`). */
@@ -1414,7 +1415,9 @@ class NatsSubscription<T> implements Subscription {
         this.uncounted.push({
           through: position.through,
           count: () => {
-            for (const { facts, error } of skipped) this.counters.recordPoison(facts, error);
+            for (const { facts, error, headers } of skipped) {
+              this.counters.recordPoison(facts, error, headers);
+            }
           },
         });
       }
@@ -1473,15 +1476,16 @@ class NatsSubscription<T> implements Subscription {
     try {
       event = codec.decode(message.data);
     } catch (error) {
+      const headers = headersOf(message);
       const facts = {
         subject: message.subject,
-        eventId: eventIdOf(headersOf(message), message),
+        eventId: eventIdOf(headers, message),
         streamSequence: message.info.streamSequence,
       };
       if (undecodable === undefined) {
         message.term();
-        this.counters.recordPoison(facts, error);
-      } else undecodable.push({ facts, error });
+        this.counters.recordPoison(facts, error, headers);
+      } else undecodable.push({ facts, error, headers });
       return undefined;
     }
     return new NatsDelivery(message, event, this.earlier);
@@ -1638,7 +1642,7 @@ class NatsSubscription<T> implements Subscription {
       event = codec.decode(message.data);
     } catch (error) {
       message.term();
-      this.counters.recordPoison(facts, error);
+      this.counters.recordPoison(facts, error, headers);
       return;
     }
     const delivered: DeliveredEvent<T> = {

@@ -15,6 +15,7 @@ import {
   W3CTraceContextPropagator,
 } from '@opentelemetry/core';
 import { EchoRequest, EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import type { EventCodec } from '../../src/events/bus';
 import { createInProcessBus } from '../../src/events/in-process-bus';
 import { createClient } from '../../src/grpc/client';
 import { createLogger } from '../../src/logging';
@@ -142,6 +143,40 @@ describe('log lines of an event whose handler fails', () => {
           span_id: span?.spanContext().spanId,
         });
       }
+    } finally {
+      await subscription.stop();
+      await bus.close();
+    }
+  });
+
+  it("carry the producer's trace for an event that cannot be decoded", async () => {
+    const { lines, logger } = capturedLogger('bus-test');
+    const bus = createInProcessBus({ logger });
+    const subject = 'tandem.test.poison';
+    await bus.declareStream({ name: 'POISON', subjects: [subject], storage: 'memory' });
+    const subscription = await bus.subscribe(
+      { stream: 'POISON', durable: 'poison', filterSubjects: [subject], codec: EchoRequest },
+      () => Promise.resolve(),
+    );
+    /** Bytes that are no protobuf message: a field of wire type 7, which does not exist. */
+    const raw: EventCodec<Uint8Array> = {
+      encode: (bytes) => ({ finish: () => bytes }),
+      decode: (bytes) => bytes,
+    };
+    try {
+      let traceId = '';
+      await trace.getTracer('test').startActiveSpan('backend request', async (span) => {
+        traceId = span.spanContext().traceId;
+        await bus.publish(subject, raw, Uint8Array.from([0x0f]), { eventId: 'poison-1' });
+        span.end();
+      });
+      const terminated = (): Record<string, unknown> | undefined =>
+        lines.find((line) => line.msg === 'undecodable event terminated');
+      await eventually(() => {
+        expect(terminated()).toBeDefined();
+      });
+      // No consumer span ran for it: the line leads to the producer's trace.
+      expect(terminated()).toMatchObject({ trace_id: traceId, eventId: 'poison-1' });
     } finally {
       await subscription.stop();
       await bus.close();
