@@ -116,7 +116,7 @@ export async function timeCalls(
  * How many rounds a comparison measures (`BENCH_ROUNDS` overrides `fallback`). A p99 from a few
  * seconds of calls on this shared 2-core host moves by ±40% from one round to the next, so the
  * latency comparisons take the median of seven rounds: with three, the same build's 1 × 50
- * FeatureStore ratio ranged 1.17–1.62× over eleven runs; with seven, 1.31–1.36× over three.
+ * FeatureStore ratio ranged 1.17–1.62× over eleven runs; with seven, 1.26–1.49× over six.
  */
 export function benchRounds(fallback = 7): number {
   return Math.max(1, Number(process.env.BENCH_ROUNDS ?? fallback));
