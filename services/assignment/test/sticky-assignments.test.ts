@@ -5,7 +5,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AbortedError, AlreadyExistsError } from '../../platform/src/errors';
+import { AbortedError, AlreadyExistsError, UnavailableError } from '../../platform/src/errors';
 import type { DocumentStore } from '../../platform/src/storage/collection';
 import { openEmbeddedStore } from '../../platform/src/storage/embedded-store';
 import { RELEASE_GRACE_MS, StickyAssignments } from '../src/store/sticky-assignments';
@@ -106,6 +106,30 @@ describe('sticky assignments', () => {
     expect(lookup.unavailable).toEqual(['missed']);
     expect(lookup.error).toBeInstanceOf(Error);
     store = await openEmbeddedStore({ path: mkdtempSync(join(tmpdir(), 'tandem-sticky-')) });
+  });
+
+  it('answers a storage read that stalls as unavailable within its timeout, not when storage answers', async () => {
+    const sticky = await StickyAssignments.open(store, 100, 50);
+    await sticky.store('cached', 'user', 'u1', variant('treatment'), HOUR, T0);
+    // A read that answers only after 5 s, as MongoDB does with no primary (server selection).
+    const read = jest.spyOn(sticky['collection'], 'getMany').mockImplementationOnce(
+      () =>
+        new Promise((resolve) => {
+          setTimeout(() => {
+            resolve(new Map());
+          }, 5_000).unref();
+        }),
+    );
+    try {
+      const started = Date.now();
+      const lookup = await sticky.lookup('user', 'u1', ['cached', 'missed'], T0 + 1);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(lookup.found).toEqual(new Map([['cached', variant('treatment')]]));
+      expect(lookup.unavailable).toEqual(['missed']);
+      expect(lookup.error).toBeInstanceOf(UnavailableError);
+    } finally {
+      read.mockRestore();
+    }
   });
 
   it('does not let a lookup under way when this replica stored a variant cache it as absent', async () => {

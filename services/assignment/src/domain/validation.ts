@@ -395,6 +395,20 @@ export function checkRunningChange(
   const modeBefore = before.allocationMode ?? AllocationMode.FIXED;
   if (modeBefore !== (after.allocationMode ?? AllocationMode.FIXED))
     frozen('allocation_mode', 'the allocation mode');
+  else if (
+    modeBefore === AllocationMode.BANDIT &&
+    before.bandit?.minArmShare !== after.bandit?.minArmShare
+  ) {
+    // The floor reshapes the split new units get. Changed here, it would do so under the same
+    // allocation sequence and etag, so exposures (allocation_sequence) and GetAllocation would
+    // name one allocation for two different splits: a bandit's split changes through
+    // UpdateAllocation only, as a new sequence.
+    out.add(
+      'bandit.min_arm_share',
+      "a started BANDIT experiment's minimum arm share cannot change: it would change the split under the same allocation sequence",
+      'IMMUTABLE_ONCE_STARTED',
+    );
+  }
   const keysBefore = before.variants.map((v) => v.key);
   const keysAfter = after.variants.map((v) => v.key);
   if (keysBefore.length !== keysAfter.length || keysBefore.some((k, i) => k !== keysAfter[i])) {

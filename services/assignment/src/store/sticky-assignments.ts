@@ -5,7 +5,12 @@
  * in-memory LRU cache. A stored assignment never changes, so cached hits stay valid; a miss is
  * cached for one second only, so a unit first exposed on another replica is seen within a second.
  */
-import { AbortedError, AlreadyExistsError, NotFoundError } from '../../../platform/src/errors';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  NotFoundError,
+  UnavailableError,
+} from '../../../platform/src/errors';
 import type {
   Collection,
   DocumentStore,
@@ -60,6 +65,14 @@ interface ReleaseDocument {
  */
 export const RELEASE_GRACE_MS = 60_000;
 
+/**
+ * How long Resolve waits for the storage read behind a sticky lookup before answering those
+ * experiments STICKY_UNAVAILABLE. Without a bound, a storage that stalls rather than fails (a
+ * MongoDB election or lost primary: the driver waits up to its 10 s server selection timeout)
+ * would hold the whole response, non-sticky experiments included, past the caller's deadline.
+ */
+export const STICKY_LOOKUP_TIMEOUT_MS = 500;
+
 /** Tries at storing a first assignment while other writers change the same document. */
 const STORE_ATTEMPTS = 3;
 
@@ -86,16 +99,21 @@ export class StickyAssignments {
     private readonly collection: Collection<StickyDocument>,
     private readonly releases: Collection<ReleaseDocument>,
     private readonly capacity: number,
+    private readonly lookupTimeoutMs: number,
   ) {}
 
-  static async open(store: DocumentStore, capacity: number): Promise<StickyAssignments> {
+  static async open(
+    store: DocumentStore,
+    capacity: number,
+    lookupTimeoutMs: number = STICKY_LOOKUP_TIMEOUT_MS,
+  ): Promise<StickyAssignments> {
     const collection = await store.collection<StickyDocument>({
       name: 'sticky_assignments',
       indexes: [{ fields: ['experimentId'] }],
       expireAtField: 'expiresAt',
     });
     const releases = await store.collection<ReleaseDocument>({ name: 'sticky_releases' });
-    return new StickyAssignments(collection, releases, capacity);
+    return new StickyAssignments(collection, releases, capacity, lookupTimeoutMs);
   }
 
   /**
@@ -128,7 +146,7 @@ export class StickyAssignments {
     if (missing.length === 0) return { found, unavailable: NONE };
     let stored: Map<string, Versioned<StickyDocument>>;
     try {
-      stored = await this.collection.getMany(missing);
+      stored = await this.withinLookupTimeout(this.collection.getMany(missing));
     } catch (error) {
       return { found, unavailable: missingIds, error };
     }
@@ -251,6 +269,26 @@ export class StickyAssignments {
     const prefix = `${experimentId}\u0001`;
     for (const key of this.cache.keys()) if (key.startsWith(prefix)) this.cache.delete(key);
     return deleted;
+  }
+
+  /** `read`, or UNAVAILABLE once {@link lookupTimeoutMs} passed first (its late outcome is dropped). */
+  private async withinLookupTimeout<T>(read: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(
+          new UnavailableError(
+            `sticky assignments were not read within ${this.lookupTimeoutMs} ms`,
+          ),
+        );
+      }, this.lookupTimeoutMs);
+      timer.unref();
+    });
+    try {
+      return await Promise.race([read, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private touch(key: string, entry: CacheEntry): void {

@@ -277,6 +277,21 @@ describe('checkRunningChange', () => {
     ]);
   });
 
+  it("keeps a started bandit's minimum arm share: it would change the split under the same allocation sequence", () => {
+    const bandit: ExperimentDefinition = {
+      ...running,
+      allocationMode: AllocationMode.BANDIT,
+      sticky: true,
+      bandit: { minArmShare: 0.05 },
+    };
+    expect(
+      fieldsAndReasons(checkRunningChange(bandit, { ...bandit, bandit: { minArmShare: 0.3 } })),
+    ).toEqual([['bandit.min_arm_share', 'IMMUTABLE_ONCE_STARTED']]);
+    expect(checkRunningChange(bandit, { ...bandit, bandit: { minArmShare: 0.05 } })).toEqual([]);
+    const draft = { ...bandit, status: ExperimentStatus.DRAFT };
+    expect(checkRunningChange(draft, { ...draft, bandit: { minArmShare: 0.3 } })).toEqual([]);
+  });
+
   it('treats an empty seed and the experiment id as the same seed, and hash version 0 as 2', () => {
     const a = experiment({ id: 'exp' });
     expect(checkRunningChange(a, { ...a, seed: 'exp', hashVersion: 2 })).toEqual([]);

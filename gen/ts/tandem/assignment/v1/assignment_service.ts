@@ -4698,15 +4698,16 @@ export const AssignmentServiceService = {
   },
   /**
    * UpdateExperiment changes the fields named in `update_mask`, validated as in CreateExperiment.
-   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode` and the
-   * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
-   * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
-   * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
-   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
-   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
-   * the experiment as it is (same etag and update time; no new configuration version).
+   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode`,
+   * `bandit.min_arm_share` and the variants' keys and order are immutable, a FIXED experiment's
+   * weights may change only when it is sticky, and a BANDIT experiment's weights change through
+   * UpdateAllocation; a CONCLUDED experiment only takes `description`, `owner` and `tags`. The
+   * schedule cannot rewrite what was served: once started (RUNNING, or SCHEDULED with its start
+   * passed or less than 2 s away) `scheduled_start_time` is immutable, and a SCHEDULED
+   * experiment's start may only move to more than 2 s ahead; a new `scheduled_end_time` must be in
+   * the future and cannot revive an end that has passed; a STOPPED experiment's schedule is
+   * closed. An update that changes nothing returns the experiment as it is (same etag and update
+   * time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -5031,15 +5032,16 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   listExperiments: handleUnaryCall<ListExperimentsRequest, ListExperimentsResponse>;
   /**
    * UpdateExperiment changes the fields named in `update_mask`, validated as in CreateExperiment.
-   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode` and the
-   * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
-   * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
-   * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
-   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
-   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
-   * the experiment as it is (same etag and update time; no new configuration version).
+   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode`,
+   * `bandit.min_arm_share` and the variants' keys and order are immutable, a FIXED experiment's
+   * weights may change only when it is sticky, and a BANDIT experiment's weights change through
+   * UpdateAllocation; a CONCLUDED experiment only takes `description`, `owner` and `tags`. The
+   * schedule cannot rewrite what was served: once started (RUNNING, or SCHEDULED with its start
+   * passed or less than 2 s away) `scheduled_start_time` is immutable, and a SCHEDULED
+   * experiment's start may only move to more than 2 s ahead; a new `scheduled_end_time` must be in
+   * the future and cannot revive an end that has passed; a STOPPED experiment's schedule is
+   * closed. An update that changes nothing returns the experiment as it is (same etag and update
+   * time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
@@ -5347,15 +5349,16 @@ export interface AssignmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * UpdateExperiment changes the fields named in `update_mask`, validated as in CreateExperiment.
-   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode` and the
-   * variants' keys and order are immutable, a FIXED experiment's weights may change only when it
-   * is sticky, and a BANDIT experiment's weights change through UpdateAllocation; a CONCLUDED
-   * experiment only takes `description`, `owner` and `tags`. The schedule cannot rewrite what was
-   * served: once started (RUNNING, or SCHEDULED with its start passed or less than 2 s away)
-   * `scheduled_start_time` is immutable, and a SCHEDULED experiment's start may only move to more
-   * than 2 s ahead; a new `scheduled_end_time` must be in the future and cannot revive an end that
-   * has passed; a STOPPED experiment's schedule is closed. An update that changes nothing returns
-   * the experiment as it is (same etag and update time; no new configuration version).
+   * Once started, `unit_type`, `seed`, `hash_version`, `layer_id`, `allocation_mode`,
+   * `bandit.min_arm_share` and the variants' keys and order are immutable, a FIXED experiment's
+   * weights may change only when it is sticky, and a BANDIT experiment's weights change through
+   * UpdateAllocation; a CONCLUDED experiment only takes `description`, `owner` and `tags`. The
+   * schedule cannot rewrite what was served: once started (RUNNING, or SCHEDULED with its start
+   * passed or less than 2 s away) `scheduled_start_time` is immutable, and a SCHEDULED
+   * experiment's start may only move to more than 2 s ahead; a new `scheduled_end_time` must be in
+   * the future and cannot revive an end that has passed; a STOPPED experiment's schedule is
+   * closed. An update that changes nothing returns the experiment as it is (same etag and update
+   * time; no new configuration version).
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown or output-only field or the
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);

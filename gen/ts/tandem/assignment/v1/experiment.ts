@@ -341,7 +341,8 @@ export interface Variant {
 export interface BanditSettings {
   /**
    * Required. The minimum share of new units every arm keeps, in [0, 1/number of variants], so no
-   * arm starves and the analysis stays valid; for example 0.05.
+   * arm starves and the analysis stays valid; for example 0.05. Immutable once started: it shapes
+   * the split of every allocation, which changes only as a new allocation sequence.
    */
   minArmShare: number;
 }
