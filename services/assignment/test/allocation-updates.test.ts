@@ -12,7 +12,7 @@ import type {
 import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { dispositionFor } from '../../platform/src/events/delivery';
 import { consumerSettings } from '../../platform/src/events/event-settings';
-import { AbortedError, UnavailableError } from '../../platform/src/errors';
+import { AbortedError, InvalidArgumentError, UnavailableError } from '../../platform/src/errors';
 import type { AssignmentContext } from '../src/assignment-context';
 import {
   ALLOCATION_RETRY_SPAN_MS,
@@ -77,4 +77,42 @@ it('tells an update delivered again after it was applied from one older than the
   await deliver(7);
   await deliver(5);
   expect(logged).toEqual(['allocation update already applied', 'allocation update ignored']);
+});
+
+it('warns of an update it rejects, which leaves the bandit at its old weights', async () => {
+  let handler: EventHandler<AllocationUpdate> | undefined;
+  const bus = {
+    subscribe: (_spec: ConsumerSpec<AllocationUpdate>, handle: EventHandler<AllocationUpdate>) => {
+      handler = handle;
+      return Promise.resolve({} as Subscription);
+    },
+  } as unknown as EventBus;
+  const logged: [string, string][] = [];
+  const context = {
+    // Weights for arms the experiment does not have.
+    writes: {
+      exclusively: () =>
+        Promise.reject(
+          new InvalidArgumentError('invalid allocation', [
+            { field: 'weights', description: 'names arms the experiment does not have' },
+          ]),
+        ),
+    },
+    logger: {
+      info: (_fields: unknown, message: string) => logged.push(['info', message]),
+      warn: (_fields: unknown, message: string) => logged.push(['warn', message]),
+    },
+  } as unknown as AssignmentContext;
+  await followAllocationUpdates(bus, context);
+  if (!handler) throw new Error('no handler');
+  for (const sequence of [3, 0]) {
+    await handler({
+      event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
+      eventId: `update-${sequence}`,
+    } as Parameters<EventHandler<AllocationUpdate>>[0]);
+  }
+  expect(logged).toEqual([
+    ['warn', 'allocation update rejected: it cannot be applied'],
+    ['warn', 'allocation update rejected: no sequence'],
+  ]);
 });

@@ -63,9 +63,9 @@ export function followAllocationUpdates(
       if (event.sequence <= 0) {
         // Required on events: 0 would mean "the next one" to applyAllocation (an RPC rule) and
         // order this update after newer ones.
-        context.logger.info(
+        context.logger.warn(
           { eventId, experiment: event.experimentId, sequence: event.sequence },
-          'allocation update ignored: no sequence',
+          'allocation update rejected: no sequence',
         );
         return;
       }
@@ -97,18 +97,27 @@ export function followAllocationUpdates(
         if (error instanceof AbortedError && error.reason !== 'STALE_SEQUENCE') throw error;
         // Its own sequence stored: this update was applied, and comes again because its first
         // delivery failed after that (its change not yet announced, say).
-        const applied =
-          error.reason === 'STALE_SEQUENCE' &&
-          error.metadata.current_sequence === String(event.sequence);
-        context.logger.info(
-          {
-            eventId,
-            experiment: event.experimentId,
-            sequence: event.sequence,
-            reason: error.reason ?? error.message,
-          },
-          applied ? 'allocation update already applied' : 'allocation update ignored',
-        );
+        const fields = {
+          eventId,
+          experiment: event.experimentId,
+          sequence: event.sequence,
+          reason: error.reason ?? error.message,
+        };
+        if (error.reason === 'STALE_SEQUENCE') {
+          const applied = error.metadata.current_sequence === String(event.sequence);
+          context.logger.info(
+            fields,
+            applied ? 'allocation update already applied' : 'allocation update ignored',
+          );
+        } else {
+          // Weights for other arms, an experiment unknown or not a bandit: the producer's mistake,
+          // which leaves the bandit at its old weights for as long as it goes on. Warned, so that
+          // it is seen (dropped for good, it does not count as a failed event).
+          context.logger.warn(
+            { ...fields, error: error.message },
+            'allocation update rejected: it cannot be applied',
+          );
+        }
       }
     },
   );
