@@ -12,16 +12,11 @@ import { join } from 'node:path';
 import { Client, Metadata, credentials, type ServiceError } from '@grpc/grpc-js';
 import { fromBinary, fromJsonString, toBinary, toJson, type JsonValue } from '@bufbuild/protobuf';
 import { AssignmentServiceService } from '../../gen/ts/tandem/assignment/v1/assignment_service';
-import { readAssignmentConfig } from '../../services/assignment/src/config';
-import { startAssignment } from '../../services/assignment/src/service';
-import { readFeatureStoreConfig } from '../../services/featurestore/src/config';
 import { FeatureStoreClientDefinition } from '../../services/featurestore/src/online-response-decoder';
-import { startFeatureStore } from '../../services/featurestore/src/service';
-import { bootstrap, type ServiceRuntime } from '../../services/platform/src/bootstrap';
-import { createInProcessBus } from '../../services/platform/src/events/in-process-bus';
 import { createClient } from '../../services/platform/src/grpc/client';
 import { contractRegistry } from '../../services/platform/src/grpc/descriptor-set';
 import { configure } from '../simulator';
+import { startDevServices, type DevServices } from './support/services';
 
 const ROOT = join(__dirname, '..', '..');
 const READMES = ['README.md', 'services/featurestore/README.md'];
@@ -73,29 +68,15 @@ describe.each([
   ['after the simulator has configured the services', true],
 ])('the README examples %s', (_, simulator) => {
   const registry = contractRegistry();
-  const runtimes: ServiceRuntime[] = [];
   const ports = new Map<number, number>();
+  let services: DevServices | undefined;
   let dataDir: string;
 
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'tandem-readme-'));
-    const env = {
-      TANDEM_DATA_DIR: dataDir,
-      TANDEM_GRPC_HOST: '127.0.0.1',
-      TANDEM_ASSIGNMENT_PORT: '0',
-      TANDEM_FEATURESTORE_PORT: '0',
-      LOG_LEVEL: 'silent',
-    };
-    const bus = createInProcessBus();
-    const assignmentConfig = readAssignmentConfig(env, { replicaId: 'readme' });
-    const assignment = await bootstrap(assignmentConfig.platform, { sharedBus: bus });
-    await startAssignment(assignment, assignmentConfig);
-    ports.set(50051, await assignment.serve());
-    const featurestoreConfig = readFeatureStoreConfig(env);
-    const featurestore = await bootstrap(featurestoreConfig.platform, { sharedBus: bus });
-    await startFeatureStore(featurestore, featurestoreConfig);
-    ports.set(50052, await featurestore.serve());
-    runtimes.push(assignment, featurestore);
+    services = await startDevServices(dataDir);
+    ports.set(50051, services.assignmentPort);
+    ports.set(50052, services.featurestorePort);
     if (simulator) {
       const address = (port: number) => `127.0.0.1:${ports.get(port) ?? 0}`;
       const assignmentClient = createClient(AssignmentServiceService, {
@@ -116,7 +97,7 @@ describe.each([
   });
 
   afterAll(async () => {
-    for (const runtime of runtimes) await runtime.shutdown.run(5000);
+    await services?.shutdown();
     rmSync(dataDir, { recursive: true, force: true });
   });
 
