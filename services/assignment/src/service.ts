@@ -75,7 +75,7 @@ export async function startAssignment(
   await bus.declareStream(ALLOCATION_STREAM);
   await bus.declareStream(CONFIG_STREAM);
 
-  const store = await ConfigurationStore.open(runtime.store);
+  const store = await ConfigurationStore.open(runtime.store, config.idempotencyTtlMs);
   const configuration = new LiveConfiguration(store, logger);
   await configuration.load();
   const tokenSecret = config.tokenSecret ?? (await store.tokenSecret());

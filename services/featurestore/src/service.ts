@@ -55,7 +55,7 @@ export async function startFeatureStore(
   config: FeatureStoreConfig,
 ): Promise<RunningFeatureStore> {
   const { logger, bus, store } = runtime;
-  const registryRepository = await openRegistryRepository(store);
+  const registryRepository = await openRegistryRepository(store, config.idempotencyRetentionMs);
   const rows = await FeatureRowRepository.open(store, config.changeLogRetentionMs);
   const checkpoints = await AggregationCheckpoints.open(store);
   const requestResults = await RequestResults.open(store, config.idempotencyRetentionMs);

@@ -343,3 +343,27 @@ describeWithMongo(
     );
   },
 );
+
+describe('a delete sent again after its request_id is forgotten', () => {
+  it('is a new request: it deletes the view created again since', async () => {
+    const harness = await startHarness({
+      env: { TANDEM_FEATURESTORE_REQUEST_ID_RETENTION: '1s' },
+    });
+    try {
+      await applyUserStats(harness.client);
+      const remove = () =>
+        harness.client.deleteFeatureView({ name: 'user_stats', etag: '', requestId: 'cleanup' });
+      expect(await remove()).toEqual({});
+      await applyUserStats(harness.client);
+      // Past the retention, neither the response nor the deletion's stamp answers for it.
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+
+      expect(await remove()).toEqual({});
+      expect((await failureOf(harness.client.getFeatureView({ name: 'user_stats' }))).code).toBe(
+        GrpcCode.NOT_FOUND,
+      );
+    } finally {
+      await harness.stop();
+    }
+  });
+});

@@ -47,10 +47,10 @@ export type RetiredKind = 'experiment' | 'holdout';
 export type ResourceKind = 'layer' | 'experiment' | 'holdout' | 'allocation';
 
 /**
- * How long a deletion's stamp is kept: as long as `TANDEM_ASSIGNMENT_REQUEST_ID_TTL` may be set
- * (see `DeletionStamps`).
+ * How long a deletion's stamp is kept unless told (the default of
+ * `TANDEM_ASSIGNMENT_REQUEST_ID_TTL`; see `ConfigurationStore.open`).
  */
-const DELETION_STAMP_TTL_MS = 365 * 86_400_000;
+const DELETION_STAMP_TTL_MS = 86_400_000;
 
 const WRITE_LEASE_ID = 'configuration-writes';
 
@@ -84,8 +84,15 @@ export class ConfigurationStore {
     private readonly deletions: DeletionStamps,
   ) {}
 
-  /** Opens (and creates) the collections. Throws `UnavailableError` when storage is down. */
-  static async open(store: DocumentStore): Promise<ConfigurationStore> {
+  /**
+   * Opens (and creates) the collections. Throws `UnavailableError` when storage is down.
+   * `deletionStampTtlMs`: how long a `request_id` is remembered; a deletion's stamp lasts as long
+   * (a request sent again after that is a new one).
+   */
+  static async open(
+    store: DocumentStore,
+    deletionStampTtlMs = DELETION_STAMP_TTL_MS,
+  ): Promise<ConfigurationStore> {
     return new ConfigurationStore(
       new StampingCollection(await store.collection<LayerDocument>({ name: 'layers' })),
       new StampingCollection(await store.collection<ExperimentDocument>({ name: 'experiments' })),
@@ -98,7 +105,7 @@ export class ConfigurationStore {
         reason: 'CONFIGURATION_WRITE_IN_PROGRESS',
       }),
       await store.collection<RetiredIdDocument>({ name: 'retired_ids' }),
-      await DeletionStamps.open(store, DELETION_STAMP_TTL_MS),
+      await DeletionStamps.open(store, deletionStampTtlMs),
     );
   }
 

@@ -38,10 +38,10 @@ export interface FeatureViewDocument {
 export type RegistryKind = 'entity' | 'feature_view';
 
 /**
- * How long a deletion's stamp is kept: as long as `TANDEM_FEATURESTORE_REQUEST_ID_RETENTION` may
- * be set (see `DeletionStamps`).
+ * How long a deletion's stamp is kept unless told (the default of
+ * `TANDEM_FEATURESTORE_REQUEST_ID_RETENTION`; see `openRegistryRepository`).
  */
-const DELETION_STAMP_TTL_MS = 365 * 86_400_000;
+const DELETION_STAMP_TTL_MS = 86_400_000;
 
 export interface RegistryRepository {
   readonly entities: Collection<EntityDocument>;
@@ -69,14 +69,22 @@ export interface RegistryRepository {
   }>;
 }
 
-export async function openRegistryRepository(store: DocumentStore): Promise<RegistryRepository> {
+/**
+ * `deletionStampTtlMs`: how long a `request_id` is remembered (see `RequestResults`). A deletion's
+ * stamp lasts as long: a request sent again after that is a new one, to be run, not recognised
+ * by a deletion made long ago.
+ */
+export async function openRegistryRepository(
+  store: DocumentStore,
+  deletionStampTtlMs = DELETION_STAMP_TTL_MS,
+): Promise<RegistryRepository> {
   const entities = new StampingCollection(
     await store.collection<EntityDocument>({ name: 'entities' }),
   );
   const featureViews = new StampingCollection(
     await store.collection<FeatureViewDocument>({ name: 'feature_views' }),
   );
-  const deletions = await DeletionStamps.open(store, DELETION_STAMP_TTL_MS);
+  const deletions = await DeletionStamps.open(store, deletionStampTtlMs);
   return {
     entities,
     featureViews,

@@ -166,8 +166,8 @@ export class DeletionStamps {
 
   /**
    * Opens (and creates) the collections. `ttlMs`: how long a stamp is kept, as long as the
-   * service may be set to remember a `request_id` (a small document per deletion, and deletions
-   * are few).
+   * service remembers a `request_id`: a request sent again after that is a new one, which a
+   * deletion it made long before must not answer.
    */
   static async open(store: DocumentStore, ttlMs: number): Promise<DeletionStamps> {
     return new DeletionStamps(
