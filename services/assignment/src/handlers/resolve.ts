@@ -303,6 +303,7 @@ async function logExposures(
           unit.id,
           resolvedSticky.map(({ assignment }) => assignment.experimentId),
           storedNow,
+          false,
         );
         const unreadable = new Set(held.unavailable);
         await Promise.all(

@@ -118,13 +118,17 @@ export class StickyAssignments {
 
   /**
    * The unit's stored assignments in these experiments (one storage read for the misses). When
-   * that read fails, the misses are `unavailable` (with the `error`): the cached hits still count.
+   * that read fails, or takes longer than the lookup timeout (unless `bounded` is false), the
+   * misses are `unavailable` (with the `error`): the cached hits still count. Resolve bounds the
+   * read, which would hold its whole response; Apply, which waits for its writes anyway, does
+   * not, so a slow read does not skip storing a variant again.
    */
   async lookup(
     unitType: string,
     unitId: string,
     experimentIds: readonly string[],
     now: number,
+    bounded = true,
   ): Promise<StickyLookup> {
     const found = new Map<string, StickyAssignment>();
     const missing: string[] = [];
@@ -146,7 +150,8 @@ export class StickyAssignments {
     if (missing.length === 0) return { found, unavailable: NONE };
     let stored: Map<string, Versioned<StickyDocument>>;
     try {
-      stored = await this.withinLookupTimeout(this.collection.getMany(missing));
+      const read = this.collection.getMany(missing);
+      stored = await (bounded ? this.withinLookupTimeout(read) : read);
     } catch (error) {
       return { found, unavailable: missingIds, error };
     }
