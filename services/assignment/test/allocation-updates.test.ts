@@ -12,7 +12,12 @@ import type {
 import { AllocationUpdate } from '../../../gen/ts/tandem/events/v1/allocation_update';
 import { dispositionFor } from '../../platform/src/events/delivery';
 import { consumerSettings } from '../../platform/src/events/event-settings';
-import { AbortedError, InvalidArgumentError, UnavailableError } from '../../platform/src/errors';
+import {
+  AbortedError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  UnavailableError,
+} from '../../platform/src/errors';
 import type { AssignmentContext } from '../src/assignment-context';
 import {
   ALLOCATION_RETRY_SPAN_MS,
@@ -88,16 +93,21 @@ it('warns of an update it rejects, which leaves the bandit at its old weights', 
     },
   } as unknown as EventBus;
   const logged: [string, string][] = [];
-  const context = {
+  const refusals = [
     // Weights for arms the experiment does not have.
-    writes: {
-      exclusively: () =>
-        Promise.reject(
-          new InvalidArgumentError('invalid allocation', [
-            { field: 'weights', description: 'names arms the experiment does not have' },
-          ]),
-        ),
-    },
+    new InvalidArgumentError('invalid allocation', [
+      { field: 'weights', description: 'names arms the experiment does not have' },
+    ]),
+    new FailedPreconditionError('not a bandit', {
+      violations: [{ type: 'ALLOCATION_MODE', subject: 'experiments/bandit', description: '' }],
+    }),
+    // Concluded meanwhile, which the producer could not know: no mistake of its own.
+    new FailedPreconditionError('concluded', {
+      violations: [{ type: 'STATUS', subject: 'experiments/bandit', description: '' }],
+    }),
+  ];
+  const context = {
+    writes: { exclusively: () => Promise.reject(refusals.shift() ?? new Error('no refusal')) },
     logger: {
       info: (_fields: unknown, message: string) => logged.push(['info', message]),
       warn: (_fields: unknown, message: string) => logged.push(['warn', message]),
@@ -105,7 +115,7 @@ it('warns of an update it rejects, which leaves the bandit at its old weights', 
   } as unknown as AssignmentContext;
   await followAllocationUpdates(bus, context);
   if (!handler) throw new Error('no handler');
-  for (const sequence of [3, 0]) {
+  for (const sequence of [3, 4, 5, 0]) {
     await handler({
       event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
       eventId: `update-${sequence}`,
@@ -113,6 +123,8 @@ it('warns of an update it rejects, which leaves the bandit at its old weights', 
   }
   expect(logged).toEqual([
     ['warn', 'allocation update rejected: it cannot be applied'],
+    ['warn', 'allocation update rejected: it cannot be applied'],
+    ['info', 'allocation update ignored: the experiment takes none now'],
     ['warn', 'allocation update rejected: no sequence'],
   ]);
 });

@@ -9,7 +9,12 @@
 import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import type { EventBus, Subscription } from '../../../platform/src/events/bus';
 import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
-import { AbortedError, TandemError, UnavailableError } from '../../../platform/src/errors';
+import {
+  AbortedError,
+  FailedPreconditionError,
+  TandemError,
+  UnavailableError,
+} from '../../../platform/src/errors';
 import type { AssignmentContext } from '../assignment-context';
 import { applyAllocation } from '../handlers/allocations';
 import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
@@ -109,6 +114,12 @@ export function followAllocationUpdates(
             fields,
             applied ? 'allocation update already applied' : 'allocation update ignored',
           );
+        } else if (
+          error instanceof FailedPreconditionError &&
+          error.violations.every((v) => v.type === 'STATUS')
+        ) {
+          // Concluded meanwhile: the producer had not seen it yet, which is no mistake.
+          context.logger.info(fields, 'allocation update ignored: the experiment takes none now');
         } else {
           // Weights for other arms, an experiment unknown or not a bandit: the producer's mistake,
           // which leaves the bandit at its old weights for as long as it goes on. Warned, so that

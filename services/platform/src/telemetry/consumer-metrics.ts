@@ -21,9 +21,11 @@
  * Subscriptions of one durable running at once in a process are reported together, as their
  * sum: the SDK cannot take two observations of the same attributes. One that stops while another
  * goes on leaves its counts in the sum; once the last one stops the durable is no longer
- * reported, and one subscribing again starts from zero, which backends read as a counter reset
- * (as a FeatureStore view deleted and created again does). Counts made between the last
- * collection and a subscription's stop are not exported.
+ * observed, and one subscribing again starts from zero, which backends read as a counter reset
+ * (as a FeatureStore view deleted and created again does). With cumulative temporality (OTLP's
+ * default, and Prometheus's only one) the SDK keeps exporting a stopped durable's last counts for
+ * the life of the process: one series per deleted stream view and replica. Counts made between
+ * the last collection and a subscription's stop are not exported.
  */
 import { metrics, type BatchObservableResult, type ObservableCounter } from '@opentelemetry/api';
 import type { SubscriptionStats } from '../events/bus';
