@@ -155,9 +155,18 @@ export interface PageRequest {
 }
 
 /**
+ * The most `statuses` values that are no status a list request's violations name. The filter is a
+ * read any caller may send: a packed enum takes one byte a value, so 16 MiB holds 16 million of
+ * them, and a violation (and its part of the message) for each took seconds of the event loop
+ * and gigabytes of heap, enough to end the process. The first ones say what is wrong.
+ */
+export const MAX_STATUS_VIOLATIONS = 20;
+
+/**
  * The statuses of a list request's `statuses` filter, deduplicated and sorted; UNSPECIFIED (0) is
  * ignored. A value that is no status (a typo, or a newer client's) is a violation rather than a
- * filter that nothing matches: an empty list would read as "none in that state".
+ * filter that nothing matches: an empty list would read as "none in that state". Only the first
+ * {@link MAX_STATUS_VIOLATIONS} such values are named.
  */
 export function statusFilter(
   statuses: readonly number[],
@@ -167,18 +176,19 @@ export function statusFilter(
 ): number[] {
   // Statuses are numbered from 1: 0 is unset, and -1 (ts-proto's UNRECOGNIZED) is none.
   const statusEntries = Object.entries(known).filter(([, value]) => value > 0);
-  const names = statusEntries.map(([name]) => `${enumPrefix}${name}`);
+  const description = `must be one of ${statusEntries.map(([name]) => `${enumPrefix}${name}`).join(', ')}`;
   const values = new Set(statusEntries.map(([, value]) => value));
+  // Only known values are kept: a set of every value sent could hold millions.
+  const filter = new Set<number>();
+  let named = 0;
   statuses.forEach((status, i) => {
-    if (status !== 0 && !values.has(status)) {
-      violations.push({
-        field: `statuses[${i}]`,
-        description: `must be one of ${names.join(', ')}`,
-        reason: 'UNKNOWN_STATUS',
-      });
+    if (values.has(status)) filter.add(status);
+    else if (status !== 0 && named < MAX_STATUS_VIOLATIONS) {
+      violations.push({ field: `statuses[${i}]`, description, reason: 'UNKNOWN_STATUS' });
+      named++;
     }
   });
-  return [...new Set(statuses.filter((s) => s !== 0))].sort((a, b) => a - b);
+  return [...filter].sort((a, b) => a - b);
 }
 
 /** Reads `page_size` and `page_token`, collecting violations. `filters` binds the token. */
