@@ -87,6 +87,13 @@ export async function bootstrap(
 ): Promise<ServiceRuntime> {
   const logger =
     options.logger ?? createLogger({ service: config.service, level: config.logLevel });
+  // Open admin RPCs are a dev default an operator must not deploy by mistake: whoever reaches the
+  // port may then create, change, start and delete anything, and nothing else says so.
+  if (config.adminToken === undefined) {
+    logger.warn(
+      'TANDEM_ADMIN_TOKEN is not set: admin RPCs (creating, changing, starting and deleting configuration) are open to any caller',
+    );
+  }
   const shutdown = new Shutdown(logger);
   if (options.flushTelemetry) shutdown.addFinal('telemetry', options.flushTelemetry);
   const shutdownDeadlineMs = config.grpc.shutdownTimeoutMs + SHUTDOWN_MARGIN_MS;
