@@ -6,7 +6,12 @@
 import { BSON } from 'mongodb';
 import { ValueType } from '../src/domain/feature-values';
 import type { FeatureDefinition } from '../src/domain/registry';
-import { MAX_STORED_VALUES_BYTES, prepareRows, storedValuesBytes } from '../src/push-rows';
+import {
+  MAX_ROW_VIOLATIONS,
+  MAX_STORED_VALUES_BYTES,
+  prepareRows,
+  storedValuesBytes,
+} from '../src/push-rows';
 import { userRow, vector } from './support/fixtures';
 
 const USER = [{ joinKey: 'user_id', valueType: ValueType.String }];
@@ -80,5 +85,30 @@ describe('prepareRows', () => {
     expect(
       prepareRows([userRow('u2', new Date(now), fewerValues)], USER, fewer, now),
     ).toMatchObject({ violations: [], rows: [{ entityKey: 'u2' }] });
+  });
+
+  it('names the first violations of a request that holds a great many, and looks no further', () => {
+    const now = Date.now();
+    const embedding = vector([0.5]);
+    // One row with 100,000 features the view does not have, and 1,000 rows without a user id.
+    const unknown = Object.fromEntries(
+      Array.from({ length: 100_000 }, (_, i) => [`unknown_${i}`, embedding]),
+    );
+    const keyless = Array.from({ length: 1_000 }, () => ({
+      ...userRow('u', new Date(now), {}),
+      entityKey: {},
+    }));
+    const { rows, violations } = prepareRows(
+      [userRow('u1', new Date(now), unknown), ...keyless],
+      USER,
+      vectorFeatures(1),
+      now,
+    );
+    expect(rows).toEqual([]);
+    expect(violations).toHaveLength(MAX_ROW_VIOLATIONS);
+    expect(violations[0]).toMatchObject({
+      field: 'rows[0].values.unknown_0',
+      reason: 'UNKNOWN_FEATURE',
+    });
   });
 });
