@@ -53,6 +53,9 @@ const SPOOL_RESTORE_INTERVAL_MS = 60_000;
 /** How often a running replica frees what is left of deleted experiments' sticky assignments. */
 const STICKY_SWEEP_INTERVAL_MS = 60_000;
 
+/** The most bytes a Resolve request may take (see `GrpcServer.add`), as the contract says. */
+export const RESOLVE_MAX_REQUEST_BYTES = 1024 * 1024;
+
 /** A started Assignment service. */
 export interface RunningAssignment {
   /** What the handlers share (for tests and the bench seeder). */
@@ -130,6 +133,9 @@ export async function startAssignment(
       adminMethods: [...ADMIN_METHODS],
       maxResponseBytes: config.platform.grpc.maxMessageBytes,
     }),
+    // A valid Resolve takes ~100 KiB at most (64 KiB of attributes, 256 surfaces): larger ones
+    // are refused before their decoding, which any caller could make cost a second.
+    { resolve: RESOLVE_MAX_REQUEST_BYTES },
   );
 
   const subscriptions = [

@@ -20,6 +20,7 @@ import {
   type TestAssignment,
 } from './support/harness';
 import { experiment, resolveRequest } from './support/fixtures';
+import { RESOLVE_MAX_REQUEST_BYTES } from '../src/service';
 
 describe('scheduled experiments', () => {
   let assignment: TestAssignment;
@@ -275,6 +276,17 @@ describe('scheduled experiments', () => {
       assignment.client.resolve(resolveRequest('user-1', { attributes: { blob: huge } })),
     );
     expect(error.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+  });
+
+  it('refuses a Resolve over 1 MiB before decoding it, whatever its attributes hold', async () => {
+    // 300,000 numbers: ~2.7 MB, which would decode into a list of as many Values first.
+    const numbers = Array.from({ length: 300_000 }, (_, i) => i);
+    const error = await failure(
+      assignment.client.resolve(resolveRequest('user-1', { attributes: { numbers } })),
+    );
+    expect(error.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    expect(error.reason).toBe('REQUEST_TOO_LARGE');
+    expect(error.metadata.limit_bytes).toBe(String(RESOLVE_MAX_REQUEST_BYTES));
   });
 
   it('takes the other steps when an experiment due for one was deleted since the view was read', async () => {

@@ -26,6 +26,7 @@ import {
   implement,
   passingSerializedResponses,
   type Handlers,
+  type RequestByteLimits,
 } from './handlers';
 
 export interface GrpcServerOptions {
@@ -138,9 +139,15 @@ export class GrpcServer {
 
   /**
    * Registers a service; it reports NOT_SERVING until `setServing(true)`. A service `reserve`d
-   * earlier gets its implementation now, in place of the one answering UNAVAILABLE.
+   * earlier gets its implementation now, in place of the one answering UNAVAILABLE. A request
+   * of a method in `limits` larger than its limit is answered RESOURCE_EXHAUSTED
+   * (`REQUEST_TOO_LARGE`) without being decoded.
    */
-  add(definition: ServiceDefinition, implementation: UntypedServiceImplementation): void {
+  add<D extends ServiceDefinition>(
+    definition: D,
+    implementation: UntypedServiceImplementation,
+    limits: RequestByteLimits<D> = {},
+  ): void {
     const name = serviceName(definition);
     const registered = this.services.find((service) => service.name === name);
     if (registered === undefined && this.port !== undefined) {
@@ -154,7 +161,7 @@ export class GrpcServer {
       this.services.push({ name });
     }
     this.server.addService(
-      passingSerializedResponses(decodingRequestsSafely(definition)),
+      passingSerializedResponses(decodingRequestsSafely(definition, limits)),
       implementation,
     );
     this.health.setStatus(name, 'NOT_SERVING');

@@ -4893,8 +4893,9 @@ export const AssignmentServiceService = {
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
-   * UNAVAILABLE when the replica has not loaded its configuration yet.
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
+   * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
+   * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve: {
     path: "/tandem.assignment.v1.AssignmentService/Resolve" as const,
@@ -5133,8 +5134,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
-   * UNAVAILABLE when the replica has not loaded its configuration yet.
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
+   * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
+   * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve: handleUnaryCall<ResolveRequest, ResolveResponse>;
   /**
@@ -5590,8 +5592,9 @@ export interface AssignmentServiceClient extends Client {
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
    * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
-   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the request exceeds the server's message size limit;
-   * UNAVAILABLE when the replica has not loaded its configuration yet.
+   * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
+   * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
+   * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.
    */
   resolve(
     request: ResolveRequest,
