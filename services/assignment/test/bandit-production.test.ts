@@ -47,7 +47,7 @@ it("refuses to change a running bandit's minimum arm share, which would move its
       },
     }),
   );
-  const before = (await client.getAllocation({ experimentId: 'floored' })).allocation;
+  const before = (await client.getAllocation({ experimentId: 'floored', sequence: 0 })).allocation;
   const { experiment: current } = await admin.getExperiment({ id: 'floored' });
   const refused = await failure(
     admin.updateExperiment(
@@ -58,7 +58,7 @@ it("refuses to change a running bandit's minimum arm share, which would move its
     ),
   );
   expect(refused.code).toBe(GrpcCode.FAILED_PRECONDITION);
-  const after = (await client.getAllocation({ experimentId: 'floored' })).allocation;
+  const after = (await client.getAllocation({ experimentId: 'floored', sequence: 0 })).allocation;
   // The split a sequence and an etag name stays the split they named.
   expect(after).toEqual(before);
 });

@@ -168,7 +168,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       eventId: `${banditId}-2000`,
     });
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      const { allocation } = await service.client.getAllocation({
+        experimentId: banditId,
+        sequence: 0,
+      });
       expect(allocation).toMatchObject({
         sequence: 2000,
         source: 'analysis',
@@ -189,7 +192,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       eventId: `${banditId}-3000`,
     });
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      const { allocation } = await service.client.getAllocation({
+        experimentId: banditId,
+        sequence: 0,
+      });
       expect(allocation?.sequence).toBe(3000);
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.3, 0.7]);
     });
@@ -203,7 +209,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
         eventId: `${banditId}-4000`,
       });
       await eventually(async () => {
-        const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+        const { allocation } = await service.client.getAllocation({
+          experimentId: banditId,
+          sequence: 0,
+        });
         expect(allocation?.sequence).toBe(4000);
       });
       expect(replace).toHaveBeenCalledTimes(2);
@@ -225,7 +234,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       { eventId: `${banditId}-5000` },
     );
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      const { allocation } = await service.client.getAllocation({
+        experimentId: banditId,
+        sequence: 0,
+      });
       expect(allocation).toMatchObject({
         sequence: 5000,
         method: AllocationMethod.ALLOCATION_METHOD_UNSPECIFIED,
@@ -247,7 +259,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       { eventId: `${banditId}-6000` },
     );
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      const { allocation } = await service.client.getAllocation({
+        experimentId: banditId,
+        sequence: 0,
+      });
       expect(allocation).toMatchObject({ sequence: 6000, analysisPlanId: '' });
       expect(allocation?.computeTime).toBeUndefined();
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.35, 0.65]);
@@ -271,7 +286,10 @@ describeWithNats('Assignment events on NATS JetStream', () => {
       { eventId: `${banditId}-7000` },
     );
     await eventually(async () => {
-      const { allocation } = await service.client.getAllocation({ experimentId: banditId });
+      const { allocation } = await service.client.getAllocation({
+        experimentId: banditId,
+        sequence: 0,
+      });
       expect(allocation).toMatchObject({ sequence: 7000, analysisPlanId: 'plan-1' });
       expect(allocation?.computeTime).toBeUndefined();
       expect(allocation?.weights.map((w) => w.weight)).toEqual([0.3, 0.7]);

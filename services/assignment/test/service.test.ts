@@ -722,11 +722,17 @@ describe('an AllocationUpdate event while another replica holds the configuratio
         { eventId: 'leased-bandit-7' },
       );
       await new Promise((resolve) => setTimeout(resolve, 300));
-      const during = await service.client.getAllocation({ experimentId: 'leased-bandit' });
+      const during = await service.client.getAllocation({
+        experimentId: 'leased-bandit',
+        sequence: 0,
+      });
       expect(during.allocation?.sequence).toBe(0);
       await release();
       await eventually(async () => {
-        const after = await service.client.getAllocation({ experimentId: 'leased-bandit' });
+        const after = await service.client.getAllocation({
+          experimentId: 'leased-bandit',
+          sequence: 0,
+        });
         expect(after.allocation?.sequence).toBe(7);
       });
     } finally {

@@ -164,7 +164,7 @@ async function switchMode(
 
 /** The weights `replica` serves for `bandit`. */
 async function weightsOf(replica: TestAssignment): Promise<number[] | undefined> {
-  const served = await replica.client.getAllocation({ experimentId: 'bandit' });
+  const served = await replica.client.getAllocation({ experimentId: 'bandit', sequence: 0 });
   return served.allocation?.weights.map((w) => w.weight);
 }
 

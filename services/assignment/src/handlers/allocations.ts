@@ -1,8 +1,9 @@
 /**
- * Bandit allocations: read the split in effect, and set a BANDIT experiment's weights, by hand
- * (UpdateAllocation) or from Analysis (`AllocationUpdate` events). Updates are ordered by
- * `sequence`: a stale one is rejected (RPC) or ignored (event). New units follow the new weights;
- * sticky units keep their variant.
+ * Bandit allocations: read the split in effect (or the one of an earlier sequence, from the
+ * allocation history), and set a BANDIT experiment's weights, by hand (UpdateAllocation) or from
+ * Analysis (`AllocationUpdate` events). Updates are ordered by `sequence`: a stale one is rejected
+ * (RPC) or ignored (event). New units follow the new weights; sticky units keep their variant.
+ * Every allocation stored is also kept in the history, by sequence, for Analysis.
  */
 import {
   UpdateAllocationResponse,
@@ -17,13 +18,27 @@ import {
   AbortedError,
   AlreadyExistsError,
   FailedPreconditionError,
+  NotFoundError,
   type FieldViolation,
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
 import { allocationFits, AllocationMode, ExperimentStatus, validateAllocation } from '../domain';
 import type { AssignmentContext } from '../assignment-context';
-import { etagOf, experimentDefinition, type AllocationDocument } from '../store/documents';
-import { allocationMessage, INITIAL_ALLOCATION_ETAG, timestampViolation } from './messages';
+import {
+  ALLOCATION_HISTORY_TTL_MS,
+  allocationHistoryId,
+  etagOf,
+  experimentDefinition,
+  type AllocationDocument,
+  type ExperimentDocument,
+  type Stored,
+} from '../store/documents';
+import {
+  allocationMessage,
+  historicAllocationMessage,
+  INITIAL_ALLOCATION_ETAG,
+  timestampViolation,
+} from './messages';
 import { notFound, rejectIfAny, required } from './requests';
 
 type AllocationHandlers = Pick<
@@ -129,6 +144,47 @@ function readableRecord(allocation: Allocation): Allocation {
 }
 
 /**
+ * Keeps `stored`, the allocation of `experiment` just stored (or in effect), in the allocation
+ * history under its sequence. Called under the write lease, after the allocation itself is
+ * stored: one already kept under the id (a redelivered update, a retried write) is left as it is.
+ */
+export async function keepInHistory(
+  context: AssignmentContext,
+  experiment: ExperimentDocument,
+  stored: Stored<AllocationDocument>,
+): Promise<void> {
+  const { doc } = stored;
+  try {
+    await context.store.allocationHistory.insert({
+      id: allocationHistoryId(experiment.id, doc.sequence),
+      experimentId: experiment.id,
+      experimentIncarnation: experiment.incarnation ?? 1,
+      allocation: {
+        id: doc.id,
+        weights: doc.weights.map((w) => ({
+          variantKey: w.variantKey,
+          weight: w.weight,
+          unitCount: w.unitCount,
+          rewardMean: w.rewardMean,
+          probabilityBest: w.probabilityBest,
+        })),
+        sequence: doc.sequence,
+        method: doc.method,
+        computeTime: doc.computeTime,
+        analysisPlanId: doc.analysisPlanId,
+        source: doc.source,
+        updateTime: doc.updateTime,
+      },
+      minArmShare: experiment.minArmShare,
+      etag: etagOf(stored),
+      expiresAt: new Date(Date.now() + ALLOCATION_HISTORY_TTL_MS),
+    });
+  } catch (error) {
+    if (!(error instanceof AlreadyExistsError)) throw error;
+  }
+}
+
+/**
  * Stores a new allocation for a BANDIT experiment. Throws INVALID_ARGUMENT, NOT_FOUND,
  * FAILED_PRECONDITION, or ABORTED for a stale etag or sequence.
  */
@@ -219,6 +275,11 @@ export async function applyAllocation(
   const sequence =
     allocation.sequence === 0 ? Math.max(storedSequence + 1, now) : allocation.sequence;
   if (sequence <= storedSequence) {
+    // This very allocation delivered again (its first delivery failed after storing it, maybe
+    // before it was kept in the history): it is kept there now.
+    if (current && sequence === storedSequence && sequence === current.doc.sequence) {
+      await keepInHistory(context, doc, current);
+    }
     throw new AbortedError(
       `allocation of "${doc.id}": sequence ${sequence} is not after ${storedSequence}`,
       {
@@ -271,21 +332,54 @@ export async function applyAllocation(
     { type: 'allocation', id: doc.id, stored },
     ConfigChangeType.CONFIG_CHANGE_TYPE_UPDATED,
   );
+  // After the change is recorded: failing here, the write is retried (the event delivered again,
+  // the RPC's retry recovered), and that keeps it (see above and `recoverWrite`).
+  await keepInHistory(context, doc, stored);
   return allocationMessage(doc, stored);
 }
 
 export function allocationHandlers(context: AssignmentContext): AllocationHandlers {
   return {
-    getAllocation: (request) => {
+    getAllocation: async (request) => {
       const violations: FieldViolation[] = [];
       required('experiment_id', request.experimentId, violations);
+      if (request.sequence < 0) {
+        violations.push({
+          field: 'sequence',
+          description: 'must not be negative',
+          reason: 'OUT_OF_RANGE',
+        });
+      }
       rejectIfAny('request', violations);
       const view = context.configuration.current();
       const experiment = view.experiments.get(request.experimentId);
       if (!experiment) throw notFound('experiment', request.experimentId);
-      return Promise.resolve({
-        allocation: allocationMessage(experiment.doc, view.allocations.get(request.experimentId)),
-      });
+      const inEffect = allocationMessage(
+        experiment.doc,
+        view.allocations.get(request.experimentId),
+      );
+      // The one in effect needs no storage read (nor sequence 0, the variants' own weights,
+      // which the history never holds once an update replaced them).
+      if (request.sequence === 0 || request.sequence === inEffect.sequence) {
+        return { allocation: inEffect };
+      }
+      const kept = await context.store.allocationHistory.get(
+        allocationHistoryId(request.experimentId, request.sequence),
+      );
+      // One kept for an earlier experiment of the id (deleted, then created again) is not its.
+      if (!kept || kept.doc.experimentIncarnation !== (experiment.doc.incarnation ?? 1)) {
+        throw new NotFoundError(
+          `experiment "${request.experimentId}" has no allocation of sequence ${request.sequence} kept`,
+          {
+            reason: 'ALLOCATION_NOT_FOUND',
+            resource: {
+              type: 'tandem.assignment.v1.Allocation',
+              name: `${request.experimentId}@${request.sequence}`,
+            },
+          },
+        );
+      }
+      return { allocation: historicAllocationMessage(kept.doc) };
     },
 
     updateAllocation: (request) =>

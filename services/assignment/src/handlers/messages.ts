@@ -22,6 +22,7 @@ import type { ConfigurationView } from '../live-configuration';
 import {
   etagOf,
   type AllocationDocument,
+  type AllocationHistoryDocument,
   type ExperimentDocument,
   type HoldoutDocument,
   type LayerDocument,
@@ -212,5 +213,30 @@ export function allocationMessage(
     // A stored allocation for other arms is ignored, but its version is what an update must name.
     etag: stored && !fits ? etagOf(stored) : INITIAL_ALLOCATION_ETAG,
     updateTime: new Date(experiment.updateTime),
+  };
+}
+
+/**
+ * An allocation kept in the history, as it was served while in effect: its stored weights with the
+ * minimum arm share of the time applied, and its etag of the time.
+ */
+export function historicAllocationMessage(kept: AllocationHistoryDocument): Allocation {
+  const { allocation: doc } = kept;
+  const minArmShare = kept.minArmShare ?? 0;
+  const floored = applyMinArmShare(
+    doc.weights.map((w) => w.weight),
+    minArmShare,
+  );
+  return {
+    experimentId: kept.experimentId,
+    weights: doc.weights.map((w, i) => ({ ...w, weight: floored[i] ?? w.weight })),
+    minArmShare,
+    sequence: doc.sequence,
+    method: asEnum<AllocationMethod>(doc.method),
+    computeTime: time(doc.computeTime),
+    analysisPlanId: doc.analysisPlanId,
+    source: doc.source,
+    etag: kept.etag,
+    updateTime: new Date(doc.updateTime),
   };
 }

@@ -13,6 +13,7 @@ import { stampedWith } from '../../../platform/src/storage/write-stamps';
 import type { AssignmentContext } from '../assignment-context';
 import type { WriteRequests } from '../configuration-writes';
 import type { ResourceKind } from '../store/configuration-store';
+import { keepInHistory } from './allocations';
 import { allocationMessage, experimentMessage, holdoutMessage, layerMessage } from './messages';
 
 /** The response of the first call of `request`, when `stamp` shows it made its change. */
@@ -77,7 +78,10 @@ export async function recoverWrite<M extends keyof WriteRequests>(
       const id = (request as WriteRequests['UpdateAllocation']).allocation?.experimentId ?? '';
       const stored = stampedWith(await store.allocations.get(id), stamp);
       const of = stored && (await store.experiments.get(id));
-      return of && { allocation: allocationMessage(of.doc, stored) };
+      if (!stored || !of) return undefined;
+      // The first call may have failed before keeping it in the history.
+      await keepInHistory(context, of.doc, stored);
+      return { allocation: allocationMessage(of.doc, stored) };
     }
   }
   return undefined;

@@ -12,6 +12,7 @@ import { DeletionStamps, StampingCollection } from '../../../platform/src/storag
 import { WriteLease, type HeldLease } from '../../../platform/src/storage/write-lease';
 import type {
   AllocationDocument,
+  AllocationHistoryDocument,
   ExperimentDocument,
   HoldoutDocument,
   LayerDocument,
@@ -72,6 +73,13 @@ export class ConfigurationStore {
     readonly experiments: Collection<ExperimentDocument>,
     readonly holdouts: Collection<HoldoutDocument>,
     readonly allocations: Collection<AllocationDocument>,
+    /**
+     * Every allocation stored for a BANDIT experiment, by experiment and sequence, each kept for
+     * `ALLOCATION_HISTORY_TTL_MS` (also after its experiment is deleted: such entries are not
+     * served by GetAllocation, and expire). Written after the allocation itself,
+     * under the same write lease; never read by Resolve or the configuration reload.
+     */
+    readonly allocationHistory: Collection<AllocationHistoryDocument>,
     private readonly counters: Collection<CounterDocument>,
     private readonly secrets: Collection<SecretDocument>,
     private readonly writeLease: WriteLease,
@@ -98,6 +106,10 @@ export class ConfigurationStore {
       new StampingCollection(await store.collection<ExperimentDocument>({ name: 'experiments' })),
       new StampingCollection(await store.collection<HoldoutDocument>({ name: 'holdouts' })),
       new StampingCollection(await store.collection<AllocationDocument>({ name: 'allocations' })),
+      await store.collection<AllocationHistoryDocument>({
+        name: 'allocation_history',
+        expireAtField: 'expiresAt',
+      }),
       await store.collection<CounterDocument>({ name: 'counters' }),
       await store.collection<SecretDocument>({ name: 'secrets' }),
       await WriteLease.open(store, WRITE_LEASE_ID, {

@@ -115,6 +115,38 @@ export interface AllocationDocument {
 }
 
 /**
+ * An allocation as it was stored for a BANDIT experiment under one sequence, kept after a later
+ * one replaces it (for {@link ALLOCATION_HISTORY_TTL_MS}), so that GetAllocation can answer the
+ * split behind an exposure's `allocation_sequence`.
+ */
+export interface AllocationHistoryDocument {
+  /** `<experiment id>/<sequence zero-padded to 20 digits>` (see `allocationHistoryId`). */
+  readonly id: string;
+  readonly experimentId: string;
+  /**
+   * The incarnation of the experiment it was stored for (1 when it had none): an experiment
+   * deleted and created again under its id does not see the earlier one's allocations.
+   */
+  readonly experimentIncarnation: number;
+  /** The allocation as stored (weights before the minimum arm share is applied). */
+  readonly allocation: AllocationDocument;
+  /** The experiment's minimum arm share when it was stored (null when unset). */
+  readonly minArmShare: number | null;
+  /** The allocation's etag as it was served while in effect. */
+  readonly etag: string;
+  /** When it expires: {@link ALLOCATION_HISTORY_TTL_MS} after it was stored. */
+  readonly expiresAt: Date;
+}
+
+/** How long a stored allocation is kept in the history: long enough for any analysis. */
+export const ALLOCATION_HISTORY_TTL_MS = 400 * 86_400_000;
+
+/** The history id of an experiment's allocation of `sequence`: ids sort by sequence. */
+export function allocationHistoryId(experimentId: string, sequence: number): string {
+  return `${experimentId}/${String(sequence).padStart(20, '0')}`;
+}
+
+/**
  * Whether storing `after` would change nothing of `before` but its update time: an update that
  * changes nothing is answered with the resource as it is (same etag, no new configuration
  * version), not stored again. A field present on one side only counts as a change; a document

@@ -6,6 +6,7 @@ import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { Struct } from '../../../../gen/ts/google/protobuf/struct';
 import { AllocationMethod } from '../../../../gen/ts/tandem/assignment/v1/allocation';
+import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import {
   AssignmentReason,
   AssignmentView,
@@ -58,6 +59,7 @@ import type { CallContext } from '../../../platform/src/grpc/handlers';
 import { hash } from '../../src/domain';
 import { resolveHandlers } from '../../src/handlers/resolve';
 import { RELEASE_GRACE_MS, StickyAssignments } from '../../src/store/sticky-assignments';
+import { ALLOCATION_SUBJECT } from '../../src/events/streams';
 import { experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
@@ -2966,7 +2968,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           drop.mockRestore();
         }
         await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'ignored-arms' }));
-        const inEffect = await client.getAllocation({ experimentId: 'ignored-arms' });
+        const inEffect = await client.getAllocation({ experimentId: 'ignored-arms', sequence: 0 });
         expect(inEffect.allocation).toMatchObject({ sequence: 0, source: 'experiment' });
         // Drawn from the variants' own weights: labelled with sequence 0, not the ignored 10.
         const resolved = await client.resolve(
@@ -3015,7 +3017,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             }),
           }),
         );
-        const initial = await client.getAllocation({ experimentId: 'arms' });
+        const initial = await client.getAllocation({ experimentId: 'arms', sequence: 0 });
         expect(initial.allocation).toMatchObject({
           sequence: 0,
           source: 'experiment',
@@ -3139,9 +3141,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ),
         );
         expect(fixed.code).toBe(GrpcCode.FAILED_PRECONDITION);
-        expect((await failure(client.getAllocation({ experimentId: 'nope' }))).code).toBe(
-          GrpcCode.NOT_FOUND,
-        );
+        expect(
+          (await failure(client.getAllocation({ experimentId: 'nope', sequence: 0 }))).code,
+        ).toBe(GrpcCode.NOT_FOUND);
 
         for (const unitId of early) {
           const response = await client.resolve(resolveRequest(unitId, { surfaces: ['arms'] }));
@@ -3179,7 +3181,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             updateMask: ['variants'],
           }),
         );
-        const afterRearm = await client.getAllocation({ experimentId: 'arms-draft' });
+        const afterRearm = await client.getAllocation({ experimentId: 'arms-draft', sequence: 0 });
         expect(afterRearm.allocation).toMatchObject(initialWeights);
         expect(afterRearm.allocation?.weights.map((w) => [w.variantKey, w.weight])).toEqual([
           ['control', 0.5],
@@ -3202,7 +3204,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         );
         await admin.createExperiment(CreateExperimentRequest.fromPartial({ experiment: bandit() }));
         expect(
-          (await client.getAllocation({ experimentId: 'arms-draft' })).allocation,
+          (await client.getAllocation({ experimentId: 'arms-draft', sequence: 0 })).allocation,
         ).toMatchObject(initialWeights);
         // Allocated again, it has etags of its own, update after update: one of a dropped
         // allocation is stale.
@@ -3313,7 +3315,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           draftBandit('arms-halfway', variants);
         const allocate = () => admin.updateAllocation(allocateNinetyTen('arms-halfway'));
         const allocation = async () =>
-          (await client.getAllocation({ experimentId: 'arms-halfway' })).allocation;
+          (await client.getAllocation({ experimentId: 'arms-halfway', sequence: 0 })).allocation;
         const rearm = (etag: string, variants: ReturnType<typeof arms>) =>
           admin.updateExperiment(
             UpdateExperimentRequest.fromPartial({
@@ -3375,6 +3377,234 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         }
         await admin.createExperiment(CreateExperimentRequest.fromPartial({ experiment: bandit() }));
         expect(await allocation()).toMatchObject({ sequence: 0, source: 'experiment' });
+      });
+
+      describe('allocation history (GetAllocation with a sequence)', () => {
+        /** UpdateAllocation of `control` share `control` at `sequence`. */
+        function split(id: string, control: number, sequence: number, requestId = '') {
+          return UpdateAllocationRequest.fromPartial({
+            allocation: {
+              experimentId: id,
+              weights: [
+                { variantKey: 'control', weight: control, unitCount: sequence, rewardMean: 0.25 },
+                { variantKey: 'treatment', weight: 1 - control, probabilityBest: 0.5 },
+              ],
+              sequence,
+              method: AllocationMethod.ALLOCATION_METHOD_THOMPSON_SAMPLING,
+              computeTime: new Date(1_700_000_000_000 + sequence),
+              analysisPlanId: 'plan-1',
+            },
+            requestId,
+          });
+        }
+
+        /** The allocation update event of `control` share `control` at `sequence`. */
+        function publishSplit(id: string, control: number, sequence: number, eventId: string) {
+          return service.runtime.bus.publish(
+            ALLOCATION_SUBJECT,
+            AllocationUpdate,
+            AllocationUpdate.fromPartial({
+              eventId,
+              experimentId: id,
+              weights: [
+                { variantKey: 'control', weight: control },
+                { variantKey: 'treatment', weight: 1 - control },
+              ],
+              sequence,
+              method: AllocationMethod.ALLOCATION_METHOD_THOMPSON_SAMPLING,
+            }),
+            { eventId },
+          );
+        }
+
+        async function kept(id: string): Promise<number[]> {
+          const sequences: number[] = [];
+          for await (const entry of service.service.context.store.allocationHistory.scan()) {
+            if (entry.doc.experimentId === id) sequences.push(entry.doc.allocation.sequence);
+          }
+          return sequences.sort((a, b) => a - b);
+        }
+
+        it('answers the allocation stored under each sequence, and the one in effect for 0', async () => {
+          const { admin, client } = service;
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: {
+                ...draftBandit('history'),
+                bandit: { minArmShare: 0.2 },
+              },
+            }),
+          );
+          const first = await admin.updateAllocation(split('history', 0.9, 100));
+          const second = await admin.updateAllocation(split('history', 0.4, 200));
+          expect(first.allocation).toMatchObject({ sequence: 100, source: 'admin' });
+          // The minimum arm share applied, as it was served.
+          expect(first.allocation?.weights[1]?.weight).toBeGreaterThanOrEqual(0.2);
+
+          const at100 = await client.getAllocation({ experimentId: 'history', sequence: 100 });
+          expect(at100.allocation).toEqual(first.allocation);
+          const at200 = await client.getAllocation({ experimentId: 'history', sequence: 200 });
+          expect(at200.allocation).toEqual(second.allocation);
+          const inEffect = await client.getAllocation({ experimentId: 'history', sequence: 0 });
+          expect(inEffect.allocation).toEqual(second.allocation);
+          expect(await kept('history')).toEqual([100, 200]);
+
+          // Read from storage, not the configuration in memory: the same from another replica.
+          const read = jest.spyOn(service.service.context.store.allocationHistory, 'get');
+          try {
+            await client.getAllocation({ experimentId: 'history', sequence: 100 });
+            expect(read).toHaveBeenCalledTimes(1);
+          } finally {
+            read.mockRestore();
+          }
+        });
+
+        it('answers NOT_FOUND (ALLOCATION_NOT_FOUND) for a sequence none was stored under', async () => {
+          const { admin, client } = service;
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-unknown') }),
+          );
+          await admin.updateAllocation(split('history-unknown', 0.6, 100));
+          for (const sequence of [50, 150]) {
+            const unknown = await failure(
+              client.getAllocation({ experimentId: 'history-unknown', sequence }),
+            );
+            expect([unknown.code, unknown.reason]).toEqual([
+              GrpcCode.NOT_FOUND,
+              'ALLOCATION_NOT_FOUND',
+            ]);
+          }
+          const negative = await failure(
+            client.getAllocation({ experimentId: 'history-unknown', sequence: -1 }),
+          );
+          expect(negative.code).toBe(GrpcCode.INVALID_ARGUMENT);
+          const noExperiment = await failure(
+            client.getAllocation({ experimentId: 'history-none', sequence: 100 }),
+          );
+          expect([noExperiment.code, noExperiment.reason]).toEqual([
+            GrpcCode.NOT_FOUND,
+            'EXPERIMENT_NOT_FOUND',
+          ]);
+        });
+
+        it('keeps an AllocationUpdate once when it is delivered again, and answers it', async () => {
+          const { admin, client } = service;
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-events') }),
+          );
+          const info = jest.spyOn(service.service.context.logger, 'info');
+          try {
+            await publishSplit('history-events', 0.7, 300, 'history-events-300');
+            await eventually(async () => {
+              const { allocation } = await client.getAllocation({
+                experimentId: 'history-events',
+                sequence: 0,
+              });
+              expect(allocation?.sequence).toBe(300);
+            });
+            const applied = (
+              await client.getAllocation({ experimentId: 'history-events', sequence: 0 })
+            ).allocation;
+            // Delivered again (its first delivery failed after storing it, say).
+            await publishSplit('history-events', 0.7, 300, 'history-events-300-again');
+            await eventually(() => {
+              expect(info).toHaveBeenCalledWith(
+                expect.objectContaining({ experiment: 'history-events', sequence: 300 }),
+                'allocation update already applied',
+              );
+            });
+            // A later update replaces it in effect; the history still answers it.
+            await admin.updateAllocation(split('history-events', 0.2, 400));
+            const at300 = await client.getAllocation({
+              experimentId: 'history-events',
+              sequence: 300,
+            });
+            expect(at300.allocation).toEqual(applied);
+            expect(at300.allocation).toMatchObject({ source: 'analysis' });
+            expect(await kept('history-events')).toEqual([300, 400]);
+          } finally {
+            info.mockRestore();
+          }
+        });
+
+        it('keeps an allocation whose first write failed before keeping it, once written again', async () => {
+          const { admin, client } = service;
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-retry') }),
+          );
+          const insert = jest
+            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+          let first: Awaited<ReturnType<typeof admin.updateAllocation>>;
+          try {
+            const failed = await failure(
+              admin.updateAllocation(split('history-retry', 0.3, 100, 'history-retry-100')),
+            );
+            expect(failed.code).toBe(GrpcCode.UNAVAILABLE);
+            // The retry (same request_id) is answered with the allocation the first call stored.
+            first = await admin.updateAllocation(
+              split('history-retry', 0.3, 100, 'history-retry-100'),
+            );
+            expect(first.allocation).toMatchObject({ sequence: 100 });
+          } finally {
+            insert.mockRestore();
+          }
+          await admin.updateAllocation(split('history-retry', 0.5, 200));
+          const at100 = await client.getAllocation({
+            experimentId: 'history-retry',
+            sequence: 100,
+          });
+          expect(at100.allocation).toEqual(first.allocation);
+
+          // An event whose first delivery stored it but failed before keeping it: delivered again.
+          const failing = jest
+            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+          try {
+            await publishSplit('history-retry', 0.6, 300, 'history-retry-300');
+            await eventually(async () => {
+              expect(await kept('history-retry')).toEqual([100, 200, 300]);
+            }, 20_000);
+          } finally {
+            failing.mockRestore();
+          }
+          await admin.updateAllocation(split('history-retry', 0.1, 400));
+          const at300 = await client.getAllocation({
+            experimentId: 'history-retry',
+            sequence: 300,
+          });
+          expect(at300.allocation).toMatchObject({ sequence: 300, source: 'analysis' });
+          expect(at300.allocation?.weights.map((w) => w.weight)).toEqual([0.6, 0.4]);
+        }, 30_000);
+
+        it('keeps an allocation whose write is answered to its retry from what is stored', async () => {
+          const { admin, client } = service;
+          await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-recovered') }),
+          );
+          // With an etag and no sequence, the retry is refused by the change itself (the etag it
+          // moved), and answered from what the first call stored (see recoverWrite).
+          const request = split('history-recovered', 0.3, 0, 'history-recovered-1');
+          if (request.allocation) request.allocation.etag = '0';
+          const insert = jest
+            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
+          let first: Awaited<ReturnType<typeof admin.updateAllocation>>;
+          try {
+            expect((await failure(admin.updateAllocation(request))).code).toBe(
+              GrpcCode.UNAVAILABLE,
+            );
+            first = await admin.updateAllocation(request);
+          } finally {
+            insert.mockRestore();
+          }
+          const sequence = first.allocation?.sequence ?? 0;
+          expect(sequence).toBeGreaterThan(0);
+          const later = await admin.updateAllocation(split('history-recovered', 0.8, 0));
+          expect(later.allocation?.sequence).toBeGreaterThan(sequence);
+          const kept = await client.getAllocation({ experimentId: 'history-recovered', sequence });
+          expect(kept.allocation).toEqual(first.allocation);
+        });
       });
     });
 

@@ -509,11 +509,22 @@ export interface ApplyResponse {
 export interface GetAllocationRequest {
   /** Required. The experiment's id. */
   experimentId: string;
+  /**
+   * Optional. The `Allocation.sequence` (as exposures carry it in `allocation_sequence`) of the
+   * allocation to return. 0 or unset: the allocation in effect, as without it; the split behind
+   * exposures whose `allocation_sequence` is 0 is the experiment's own variant weights
+   * (GetExperiment) with its minimum arm share applied, neither of which a started BANDIT
+   * experiment can change. Otherwise the allocation stored with that sequence, with its weights,
+   * minimum arm share, method, compute time, source and etag as they were when it was in effect;
+   * NOT_FOUND (reason ALLOCATION_NOT_FOUND) when none is kept for it (never stored, or expired 400
+   * days after it was stored).
+   */
+  sequence: number;
 }
 
 /** The response of AssignmentService.GetAllocation. */
 export interface GetAllocationResponse {
-  /** The allocation in effect. */
+  /** The allocation in effect, or the one stored with the requested `sequence`. */
   allocation?: Allocation | undefined;
 }
 
@@ -4255,13 +4266,16 @@ export const ApplyResponse: MessageFns<ApplyResponse> = {
 };
 
 function createBaseGetAllocationRequest(): GetAllocationRequest {
-  return { experimentId: "" };
+  return { experimentId: "", sequence: 0 };
 }
 
 export const GetAllocationRequest: MessageFns<GetAllocationRequest> = {
   encode(message: GetAllocationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.experimentId !== "") {
       writer.uint32(10).string(message.experimentId);
+    }
+    if (message.sequence !== 0) {
+      writer.uint32(16).int64(message.sequence);
     }
     return writer;
   },
@@ -4287,6 +4301,14 @@ export const GetAllocationRequest: MessageFns<GetAllocationRequest> = {
             message.experimentId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sequence = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4306,6 +4328,7 @@ export const GetAllocationRequest: MessageFns<GetAllocationRequest> = {
         : isSet(object.experiment_id)
         ? globalThis.String(object.experiment_id)
         : "",
+      sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
     };
   },
 
@@ -4313,6 +4336,9 @@ export const GetAllocationRequest: MessageFns<GetAllocationRequest> = {
     const obj: any = {};
     if (message.experimentId !== "") {
       obj.experimentId = message.experimentId;
+    }
+    if (message.sequence !== 0) {
+      obj.sequence = Math.round(message.sequence);
     }
     return obj;
   },
@@ -4323,6 +4349,7 @@ export const GetAllocationRequest: MessageFns<GetAllocationRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetAllocationRequest>, I>>(object: I): GetAllocationRequest {
     const message = createBaseGetAllocationRequest();
     message.experimentId = object.experimentId ?? "";
+    message.sequence = object.sequence ?? 0;
     return message;
   },
 };
@@ -4935,9 +4962,14 @@ export const AssignmentServiceService = {
   /**
    * GetAllocation returns the traffic split in effect for an experiment: the latest applied
    * allocation of a BANDIT experiment, or the variants' weights (sequence 0, method MANUAL,
-   * source `experiment`) before any update and for FIXED experiments.
-   * Errors: INVALID_ARGUMENT when `experiment_id` is empty; NOT_FOUND when no experiment has the
-   * id.
+   * source `experiment`) before any update and for FIXED experiments. With `sequence` set, it
+   * returns instead the allocation the experiment had under that sequence (kept for 400 days after
+   * it was stored, whether set by an AllocationUpdate event or by UpdateAllocation), so that
+   * Analysis can find the split behind every `ExposureEvent.allocation_sequence`.
+   * Errors: INVALID_ARGUMENT when `experiment_id` is empty or `sequence` is negative; NOT_FOUND
+   * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
+   * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
+   * experiment of the id.
    */
   getAllocation: {
     path: "/tandem.assignment.v1.AssignmentService/GetAllocation" as const,
@@ -5160,9 +5192,14 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
   /**
    * GetAllocation returns the traffic split in effect for an experiment: the latest applied
    * allocation of a BANDIT experiment, or the variants' weights (sequence 0, method MANUAL,
-   * source `experiment`) before any update and for FIXED experiments.
-   * Errors: INVALID_ARGUMENT when `experiment_id` is empty; NOT_FOUND when no experiment has the
-   * id.
+   * source `experiment`) before any update and for FIXED experiments. With `sequence` set, it
+   * returns instead the allocation the experiment had under that sequence (kept for 400 days after
+   * it was stored, whether set by an AllocationUpdate event or by UpdateAllocation), so that
+   * Analysis can find the split behind every `ExposureEvent.allocation_sequence`.
+   * Errors: INVALID_ARGUMENT when `experiment_id` is empty or `sequence` is negative; NOT_FOUND
+   * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
+   * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
+   * experiment of the id.
    */
   getAllocation: handleUnaryCall<GetAllocationRequest, GetAllocationResponse>;
   /**
@@ -5646,9 +5683,14 @@ export interface AssignmentServiceClient extends Client {
   /**
    * GetAllocation returns the traffic split in effect for an experiment: the latest applied
    * allocation of a BANDIT experiment, or the variants' weights (sequence 0, method MANUAL,
-   * source `experiment`) before any update and for FIXED experiments.
-   * Errors: INVALID_ARGUMENT when `experiment_id` is empty; NOT_FOUND when no experiment has the
-   * id.
+   * source `experiment`) before any update and for FIXED experiments. With `sequence` set, it
+   * returns instead the allocation the experiment had under that sequence (kept for 400 days after
+   * it was stored, whether set by an AllocationUpdate event or by UpdateAllocation), so that
+   * Analysis can find the split behind every `ExposureEvent.allocation_sequence`.
+   * Errors: INVALID_ARGUMENT when `experiment_id` is empty or `sequence` is negative; NOT_FOUND
+   * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
+   * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
+   * experiment of the id.
    */
   getAllocation(
     request: GetAllocationRequest,
