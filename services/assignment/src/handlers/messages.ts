@@ -174,23 +174,7 @@ export function allocationMessage(
   const bandit = experiment.allocationMode === AllocationMode.BANDIT;
   const fits = stored !== undefined && allocationFits(experiment, stored.doc);
   if (bandit && stored && fits) {
-    const { doc } = stored;
-    const floored = applyMinArmShare(
-      doc.weights.map((w) => w.weight),
-      minArmShare,
-    );
-    return {
-      experimentId: experiment.id,
-      weights: doc.weights.map((w, i) => ({ ...w, weight: floored[i] ?? w.weight })),
-      minArmShare,
-      sequence: doc.sequence,
-      method: asEnum<AllocationMethod>(doc.method),
-      computeTime: time(doc.computeTime),
-      analysisPlanId: doc.analysisPlanId,
-      source: doc.source,
-      etag: etagOf(stored),
-      updateTime: new Date(doc.updateTime),
-    };
+    return storedAllocationMessage(experiment.id, stored.doc, minArmShare, etagOf(stored));
   }
   const own = experiment.variants.map((v) => v.weight);
   const weights = own.every((w) => w === 0) ? own.map(() => 1 / own.length) : own;
@@ -221,14 +205,30 @@ export function allocationMessage(
  * minimum arm share of the time applied, and its etag of the time.
  */
 export function historicAllocationMessage(kept: AllocationHistoryDocument): Allocation {
-  const { allocation: doc } = kept;
-  const minArmShare = kept.minArmShare ?? 0;
+  return storedAllocationMessage(
+    kept.experimentId,
+    kept.allocation,
+    kept.minArmShare ?? 0,
+    kept.etag,
+  );
+}
+
+/** A stored allocation as served: its weights with `minArmShare` applied. */
+function storedAllocationMessage(
+  experimentId: string,
+  doc: Pick<
+    AllocationDocument,
+    'weights' | 'sequence' | 'method' | 'computeTime' | 'analysisPlanId' | 'source' | 'updateTime'
+  >,
+  minArmShare: number,
+  etag: string,
+): Allocation {
   const floored = applyMinArmShare(
     doc.weights.map((w) => w.weight),
     minArmShare,
   );
   return {
-    experimentId: kept.experimentId,
+    experimentId,
     weights: doc.weights.map((w, i) => ({ ...w, weight: floored[i] ?? w.weight })),
     minArmShare,
     sequence: doc.sequence,
@@ -236,7 +236,7 @@ export function historicAllocationMessage(kept: AllocationHistoryDocument): Allo
     computeTime: time(doc.computeTime),
     analysisPlanId: doc.analysisPlanId,
     source: doc.source,
-    etag: kept.etag,
+    etag,
     updateTime: new Date(doc.updateTime),
   };
 }
