@@ -50,7 +50,13 @@ it('retries a failing allocation update for a day before giving up on it', async
   expect(delivery).toBeLessThan(ALLOCATION_RETRY_SPAN_MS / 30_000 + 20);
 });
 
-it('tells an update delivered again after it was applied from one older than the stored one', async () => {
+/**
+ * Follows allocation updates on a bus that only hands over the handler, with `context`; returns
+ * the delivery of an update of experiment `bandit` with a sequence.
+ */
+async function followedWith(
+  context: AssignmentContext,
+): Promise<(sequence: number) => Promise<void>> {
   let handler: EventHandler<AllocationUpdate> | undefined;
   const bus = {
     subscribe: (_spec: ConsumerSpec<AllocationUpdate>, handle: EventHandler<AllocationUpdate>) => {
@@ -58,6 +64,17 @@ it('tells an update delivered again after it was applied from one older than the
       return Promise.resolve({} as Subscription);
     },
   } as unknown as EventBus;
+  await followAllocationUpdates(bus, context);
+  const handle = handler;
+  if (!handle) throw new Error('no handler');
+  return (sequence) =>
+    handle({
+      event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
+      eventId: `update-${sequence}`,
+    } as Parameters<EventHandler<AllocationUpdate>>[0]);
+}
+
+it('tells an update delivered again after it was applied from one older than the stored one', async () => {
   const logged: string[] = [];
   const context = {
     // Storage holds sequence 7, as a first delivery that stored it and then failed left it.
@@ -72,26 +89,13 @@ it('tells an update delivered again after it was applied from one older than the
     },
     logger: { info: (_fields: unknown, message: string) => logged.push(message) },
   } as unknown as AssignmentContext;
-  await followAllocationUpdates(bus, context);
-  if (!handler) throw new Error('no handler');
-  const deliver = (sequence: number) =>
-    handler?.({
-      event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
-      eventId: `update-${sequence}`,
-    } as Parameters<EventHandler<AllocationUpdate>>[0]);
+  const deliver = await followedWith(context);
   await deliver(7);
   await deliver(5);
   expect(logged).toEqual(['allocation update already applied', 'allocation update ignored']);
 });
 
 it('warns of an update it rejects, which leaves the bandit at its old weights', async () => {
-  let handler: EventHandler<AllocationUpdate> | undefined;
-  const bus = {
-    subscribe: (_spec: ConsumerSpec<AllocationUpdate>, handle: EventHandler<AllocationUpdate>) => {
-      handler = handle;
-      return Promise.resolve({} as Subscription);
-    },
-  } as unknown as EventBus;
   const logged: [string, string][] = [];
   const refusals = [
     // Weights for arms the experiment does not have.
@@ -113,14 +117,8 @@ it('warns of an update it rejects, which leaves the bandit at its old weights', 
       warn: (_fields: unknown, message: string) => logged.push(['warn', message]),
     },
   } as unknown as AssignmentContext;
-  await followAllocationUpdates(bus, context);
-  if (!handler) throw new Error('no handler');
-  for (const sequence of [3, 4, 5, 0]) {
-    await handler({
-      event: AllocationUpdate.fromPartial({ experimentId: 'bandit', sequence }),
-      eventId: `update-${sequence}`,
-    } as Parameters<EventHandler<AllocationUpdate>>[0]);
-  }
+  const deliver = await followedWith(context);
+  for (const sequence of [3, 4, 5, 0]) await deliver(sequence);
   expect(logged).toEqual([
     ['warn', 'allocation update rejected: it cannot be applied'],
     ['warn', 'allocation update rejected: it cannot be applied'],
