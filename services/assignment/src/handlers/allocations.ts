@@ -161,13 +161,7 @@ export async function keepInHistory(
       experimentIncarnation: experiment.incarnation ?? 1,
       allocation: {
         id: doc.id,
-        weights: doc.weights.map((w) => ({
-          variantKey: w.variantKey,
-          weight: w.weight,
-          unitCount: w.unitCount,
-          rewardMean: w.rewardMean,
-          probabilityBest: w.probabilityBest,
-        })),
+        weights: doc.weights,
         sequence: doc.sequence,
         method: doc.method,
         computeTime: doc.computeTime,

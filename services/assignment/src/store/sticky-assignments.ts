@@ -11,6 +11,7 @@ import {
   NotFoundError,
   UnavailableError,
 } from '../../../platform/src/errors';
+import { withTimeout } from '../../../platform/src/timeout';
 import type {
   Collection,
   DocumentStore,
@@ -151,7 +152,16 @@ export class StickyAssignments {
     let stored: Map<string, Versioned<StickyDocument>>;
     try {
       const read = this.collection.getMany(missing);
-      stored = await (bounded ? this.withinLookupTimeout(read) : read);
+      stored = await (bounded
+        ? withTimeout(
+            read,
+            this.lookupTimeoutMs,
+            () =>
+              new UnavailableError(
+                `sticky assignments were not read within ${this.lookupTimeoutMs} ms`,
+              ),
+          )
+        : read);
     } catch (error) {
       return { found, unavailable: missingIds, error };
     }
@@ -274,26 +284,6 @@ export class StickyAssignments {
     const prefix = `${experimentId}\u0001`;
     for (const key of this.cache.keys()) if (key.startsWith(prefix)) this.cache.delete(key);
     return deleted;
-  }
-
-  /** `read`, or UNAVAILABLE once {@link lookupTimeoutMs} passed first (its late outcome is dropped). */
-  private async withinLookupTimeout<T>(read: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        reject(
-          new UnavailableError(
-            `sticky assignments were not read within ${this.lookupTimeoutMs} ms`,
-          ),
-        );
-      }, this.lookupTimeoutMs);
-      timer.unref();
-    });
-    try {
-      return await Promise.race([read, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
   }
 
   private touch(key: string, entry: CacheEntry): void {

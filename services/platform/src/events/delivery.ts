@@ -331,23 +331,21 @@ export class SubscriptionCounters {
     // span_id lead from the line to the span that recorded the failure, as a call's lines do.
     const span = outcome.kind === 'handled' ? undefined : outcome.span;
     const within = span === undefined ? context.active() : trace.setSpanContext(ROOT_CONTEXT, span);
-    if (disposition.kind === 'drop') {
-      this.dropped += count;
-      context.with(within, () => {
+    context.with(within, () => {
+      if (disposition.kind === 'drop') {
+        this.dropped += count;
         this.logger.error(
           fields,
           'event dropped: its handler failed on its last allowed attempt (maxDeliver), or it was delivered 3 × maxDeliver times',
         );
-      });
-    } else {
-      this.retried += count;
-      context.with(within, () => {
+      } else {
+        this.retried += count;
         this.logger.warn(
           disposition.kind === 'retry' ? { ...fields, retryInMs: disposition.delayMs } : fields,
           'event handler failed; the event will be redelivered',
         );
-      });
-    }
+      }
+    });
   }
 
   /** Counts `count` deliveries acked at once. */
