@@ -176,6 +176,7 @@ export async function configure(
         status: ExperimentStatus.EXPERIMENT_STATUS_UNSPECIFIED,
         allocationMode: AllocationMode.ALLOCATION_MODE_FIXED,
         sticky: false,
+        overrides: [],
         etag: '',
       },
       requestId: '',

@@ -60,6 +60,14 @@ export interface VariantDefinition {
   readonly payload?: Payload;
 }
 
+/** A unit forced into a variant of an experiment, whatever its bucketing would say. */
+export interface VariantOverride {
+  /** The unit's id, of the experiment's unit type. */
+  readonly unitId: string;
+  /** One of the experiment's variant keys. */
+  readonly variantKey: string;
+}
+
 /** An experiment as stored, with every field that affects assignment. */
 export interface ExperimentDefinition {
   /** `^[a-z][a-z0-9_-]{0,62}$`. */
@@ -98,6 +106,11 @@ export interface ExperimentDefinition {
   readonly sticky?: boolean;
   /** How long a stored sticky variant is kept (ms); the store's default when undefined. */
   readonly stickyTtl?: number;
+  /**
+   * Units served a given variant (reason OVERRIDE) while the experiment is DRAFT, SCHEDULED or
+   * RUNNING and before its scheduled end, bypassing every other check but the unit type.
+   */
+  readonly overrides?: readonly VariantOverride[];
   /** For CONCLUDED experiments: the variant shipped to every targeted unit, if any. */
   readonly shippedVariantKey?: string;
   /** The configuration version, echoed in assignments. */

@@ -16,12 +16,14 @@
  * experiments in a layer own disjoint ranges of the unit's layer point, so per layer one hash and a
  * table lookup (the binary search over the sorted range bounds, done at build time for each of the
  * 1,000 points a layer hash can take) pick the (at most one) experiment the unit can be in.
- * Only those, plus experiments with no layer, shipped ones and sticky ones with a stored variant for
- * the unit, are evaluated, with the same code and in the same order as `resolve`; every experiment
+ * Only those, plus experiments with no layer, shipped ones, sticky ones with a stored variant for
+ * the unit and those overriding the unit's variant, are evaluated, with the same code and in the same order as `resolve`; every experiment
  * left out would have been NOT_RUNNING or NOT_IN_LAYER_RANGE.
  *
  * Resolve follows assignment.proto's order and stops at the first reason that applies:
- * NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by a unit's sticky variant) →
+ * OVERRIDE (a unit of the experiment's type listed in its overrides, while it is DRAFT, SCHEDULED
+ * or RUNNING before its end) → NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by
+ * a unit's sticky variant) →
  * TARGETED_OUT → HOLDOUT → STICKY (STICKY_UNAVAILABLE when the unit's stored variants could not be
  * read) → NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it
  * (reason CONCLUDED) right after the holdout check, skipping sticky, layer and coverage.
@@ -76,14 +78,15 @@ export const AssignmentReason = {
   NOT_IN_COVERAGE: 8,
   CONCLUDED: 9,
   STICKY_UNAVAILABLE: 10,
+  OVERRIDE: 11,
 } as const;
 /** Why a unit got its variant. */
 export type AssignmentReason = (typeof AssignmentReason)[keyof typeof AssignmentReason];
 
 /**
  * Whether an assignment with this reason changes what is served or says why it could not
- * (ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE): what Resolve returns without
- * `explain`, and all `resolveServed` returns.
+ * (ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE, OVERRIDE): what Resolve returns
+ * without `explain`, and all `resolveServed` returns.
  */
 export function isServedReason(reason: number): boolean {
   return (
@@ -91,12 +94,13 @@ export function isServedReason(reason: number): boolean {
     reason === STICKY ||
     reason === HOLDOUT ||
     reason === CONCLUDED ||
-    reason === STICKY_UNAVAILABLE
+    reason === STICKY_UNAVAILABLE ||
+    reason === OVERRIDE
   );
 }
 
 // Module constants: `AssignmentReason.X` compiles to a property read through `exports`.
-const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE } = AssignmentReason;
+const { ASSIGNED, STICKY, HOLDOUT, CONCLUDED, STICKY_UNAVAILABLE, OVERRIDE } = AssignmentReason;
 
 /** A variant stored for a unit at its first exposure to a sticky experiment. */
 export interface StickyAssignment {
@@ -200,7 +204,8 @@ const Serving = { OFF: 0, WINDOW: 1, SHIPPED: 2 } as const;
 type Serving = (typeof Serving)[keyof typeof Serving];
 
 // Result cache layout per (experiment, surface slot): reasons 1..10 at their code, then one
-// ASSIGNED entry per variant, then one HOLDOUT entry per covering holdout.
+// ASSIGNED entry per variant, then one HOLDOUT entry per covering holdout, then (for an experiment
+// with overrides) one OVERRIDE entry per variant.
 const REASON_SLOTS = 11;
 
 interface ExperimentPlan extends CompiledExperiment {
@@ -226,6 +231,11 @@ interface ExperimentPlan extends CompiledExperiment {
   readonly shipped: CompiledVariant | undefined;
   readonly sticky: boolean;
   readonly variantsByKey: ReadonlyMap<string, CompiledVariant>;
+  /**
+   * The overridden units' variant indexes by unit id, when the experiment has overrides and
+   * serves them (DRAFT, SCHEDULED, RUNNING: until `endMs`); undefined otherwise.
+   */
+  readonly overrides: ReadonlyMap<string, number> | undefined;
   /** Indexes of running holdouts (same unit type) covering the experiment, ordered by id. */
   readonly holdoutSlots: Int32Array;
   readonly surfaceNames: readonly string[];
@@ -262,6 +272,8 @@ interface ServedIndex {
   readonly overlaps: readonly Int32Array[];
   /** The layered sticky experiments: a stored variant skips the layer check. */
   readonly stickyLayered: Int32Array;
+  /** The positions of the experiments with overrides, by experiment `index`. */
+  readonly overriding: ReadonlyMap<number, number>;
 }
 
 /**
@@ -359,6 +371,8 @@ export class AssignmentSnapshot {
    */
   readonly outdatedConditions = new Map<string, readonly string[]>();
   private readonly layerSuffixes: string[] = [];
+  /** The indexes of the experiments overriding each overridden unit's variant, by unit id. */
+  private readonly overridden = new Map<string, number[]>();
 
   // Per-resolve memos, valid when their generation stamp equals `generation`.
   private generation = 0;
@@ -477,7 +491,14 @@ export class AssignmentSnapshot {
         holdoutSlots: coveringHoldouts(definition, holdouts),
       }),
     );
-    for (const plan of plans) this.experimentsById.set(plan.id, plan);
+    for (const plan of plans) {
+      this.experimentsById.set(plan.id, plan);
+      for (const unitId of plan.overrides?.keys() ?? []) {
+        const indexes = this.overridden.get(unitId);
+        if (indexes === undefined) this.overridden.set(unitId, [plan.index]);
+        else indexes.push(plan.index);
+      }
+    }
 
     this.indexSurfaces(plans, holdouts);
 
@@ -589,10 +610,11 @@ export class AssignmentSnapshot {
     const single = unit.surfaces.length === 1;
     const sticky = unit.sticky;
     const hasSticky = sticky !== undefined && sticky.size > 0;
+    const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
     // Within one surface an experiment is a candidate once (in `always` or in one layer table,
-    // once per bucket), unless a sticky variant makes it one again: only then, or across
-    // surfaces, are candidates deduplicated.
-    const dedupe = !single || hasSticky;
+    // once per bucket), unless a sticky variant or an override makes it one again: only then, or
+    // across surfaces, are candidates deduplicated.
+    const dedupe = !single || hasSticky || forced !== undefined;
     const candidates = this.candidates;
     const seen = this.seenStamp;
     const generation = this.generation;
@@ -646,6 +668,17 @@ export class AssignmentSnapshot {
           if (plan === undefined || seen[plan.index] === generation) continue;
           if (!hasStickyVariant(plan, unit)) continue;
           seen[plan.index] = generation;
+          candidates[count++] = position;
+        }
+      }
+      if (forced !== undefined) {
+        // A draft is in no table, and an override skips the layer check: each experiment
+        // overriding this unit's variant is a candidate wherever the unit's layer point is.
+        for (let i = 0; i < forced.length; i++) {
+          const planIndex = forced[i] ?? 0;
+          const position = served.overriding.get(planIndex);
+          if (position === undefined || seen[planIndex] === generation) continue;
+          seen[planIndex] = generation;
           candidates[count++] = position;
         }
       }
@@ -784,6 +817,10 @@ export class AssignmentSnapshot {
   }
 
   private evaluate(plan: ExperimentPlan, unit: UnitContext, slot: number): ResolvedAssignment {
+    if (plan.overrides !== undefined && unit.type === plan.unitType && unit.now < plan.endMs) {
+      const forced = plan.overrides.get(unit.id);
+      if (forced !== undefined) return this.result(plan, slot, OVERRIDE, unit, forced);
+    }
     if (plan.serving === Serving.OFF)
       return this.result(plan, slot, AssignmentReason.NOT_RUNNING, unit);
     if (plan.serving === Serving.WINDOW && (unit.now < plan.startMs || unit.now >= plan.endMs)) {
@@ -923,14 +960,16 @@ export class AssignmentSnapshot {
         ? REASON_SLOTS + position
         : reason === AssignmentReason.HOLDOUT
           ? REASON_SLOTS + plan.variants.length + position
-          : reason;
+          : reason === AssignmentReason.OVERRIDE
+            ? REASON_SLOTS + plan.variants.length + plan.holdoutSlots.length + position
+            : reason;
     const key = (this.resultBase[plan.index] ?? 0) + slot * plan.cacheStride + offset;
     const cached = slot >= 0 ? this.results[key] : undefined;
     if (cached !== undefined) return cached;
     const created = freeze({
       experiment: plan,
       variant:
-        reason === AssignmentReason.ASSIGNED
+        reason === AssignmentReason.ASSIGNED || reason === AssignmentReason.OVERRIDE
           ? (plan.variants[position] ?? plan.control)
           : reason === AssignmentReason.CONCLUDED
             ? (plan.shipped ?? plan.control)
@@ -1073,8 +1112,10 @@ function intervalOf(bounds: Float64Array, point: number): number {
 function servedIndex(experiments: readonly ExperimentPlan[]): ServedIndex {
   const always: number[] = [];
   const stickyLayered: number[] = [];
+  const overriding = new Map<number, number>();
   const byLayer = new Map<number, number[]>();
   experiments.forEach((plan, position) => {
+    if (plan.overrides !== undefined) overriding.set(plan.index, position);
     if (plan.serving === Serving.OFF) return; // NOT_RUNNING for every unit
     const { layerStart: start, layerEnd: end } = plan;
     // A shipped variant skips the layer check; a range that is empty or not a pair of numbers is
@@ -1134,6 +1175,7 @@ function servedIndex(experiments: readonly ExperimentPlan[]): ServedIndex {
     buckets,
     overlaps,
     stickyLayered: Int32Array.from(stickyLayered),
+    overriding,
   };
 }
 
@@ -1252,6 +1294,8 @@ function compileExperiment(
   const version = effectiveHashVersion(definition.hashVersion);
   const surfaceNames = [...new Set(definition.surfaces)];
   const bandit = definition.allocationMode === AllocationMode.BANDIT;
+  const variantsByKey = new Map(variants.map((v) => [v.key, v]));
+  const overrides = compileOverrides(definition, variantsByKey);
   return {
     id: definition.id,
     definition,
@@ -1281,23 +1325,56 @@ function compileExperiment(
     control,
     shipped: variants.find((v) => v.key === definition.shippedVariantKey),
     sticky: definition.sticky === true,
-    variantsByKey: new Map(variants.map((v) => [v.key, v])),
+    variantsByKey,
+    overrides,
     holdoutSlots: links.holdoutSlots,
     surfaceNames,
     singleSurfaces: surfaceNames.map((s) => Object.freeze([s])),
-    cacheStride: REASON_SLOTS + variants.length + links.holdoutSlots.length,
+    cacheStride:
+      REASON_SLOTS +
+      variants.length +
+      links.holdoutSlots.length +
+      (overrides === undefined ? 0 : variants.length),
   };
 }
 
 /**
+ * The overridden units' variant indexes, or undefined when there are none or the experiment's
+ * status serves none (STOPPED, CONCLUDED). Overrides naming an unknown variant (validation
+ * rejects them) are left out.
+ */
+function compileOverrides(
+  definition: ExperimentDefinition,
+  variantsByKey: ReadonlyMap<string, CompiledVariant>,
+): ReadonlyMap<string, number> | undefined {
+  const overrides = definition.overrides;
+  if (overrides === undefined || overrides.length === 0) return undefined;
+  const status = definition.status;
+  if (
+    status !== ExperimentStatus.DRAFT &&
+    status !== ExperimentStatus.SCHEDULED &&
+    status !== ExperimentStatus.RUNNING
+  ) {
+    return undefined;
+  }
+  const compiled = new Map<string, number>();
+  for (const { unitId, variantKey } of overrides) {
+    const variant = variantsByKey.get(variantKey);
+    if (variant !== undefined && !compiled.has(unitId)) compiled.set(unitId, variant.index);
+  }
+  return compiled.size === 0 ? undefined : compiled;
+}
+
+/**
  * Whether `resolveRecord` may stand in for `evaluate`: a running (or scheduled) experiment with a
- * known hash version, not sticky, covered by no holdout, with no layer or a proper layer range
- * (so it is a candidate only when the unit's layer point is in it).
+ * known hash version, not sticky, without overrides, covered by no holdout, with no layer or a
+ * proper layer range (so it is a candidate only when the unit's layer point is in it).
  */
 function isSimple(plan: ExperimentPlan): boolean {
   return (
     plan.serving === Serving.WINDOW &&
     !plan.sticky &&
+    plan.overrides === undefined &&
     plan.holdoutSlots.length === 0 &&
     (plan.hashVersion === HashVersion.V1 || plan.hashVersion === HashVersion.V2) &&
     (plan.layerSlot < 0 || plan.layerStart < plan.layerEnd)

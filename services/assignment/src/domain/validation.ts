@@ -40,6 +40,11 @@ export const VARIANT_KEY_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const MAX_VARIANTS = 100;
 export const MAX_SURFACES = 100;
 export const MAX_LAYERS = 100;
+/**
+ * The most units one experiment may force into variants: overrides are for testers and demo
+ * accounts, and each is held in every replica's memory.
+ */
+export const MAX_OVERRIDES = 1000;
 
 /** What validating an experiment needs to know about the rest of the configuration. */
 export interface ExperimentValidationContext {
@@ -130,6 +135,7 @@ export function validateExperiment(
   checkHashVersion(out, experiment.hashVersion);
   checkSchedule(out, experiment);
   checkAllocationMode(out, experiment);
+  checkOverrides(out, experiment);
   if (
     experiment.shippedVariantKey !== undefined &&
     experiment.shippedVariantKey !== '' &&
@@ -186,6 +192,35 @@ function checkVariants(out: Violations, experiment: ExperimentDefinition): void 
       'WEIGHTS_DO_NOT_SUM_TO_ONE',
     );
   }
+}
+
+function checkOverrides(out: Violations, experiment: ExperimentDefinition): void {
+  const overrides = experiment.overrides ?? [];
+  if (overrides.length > MAX_OVERRIDES) {
+    out.add('overrides', `at most ${MAX_OVERRIDES} overrides, got ${overrides.length}`, 'TOO_MANY');
+    return;
+  }
+  const keys = new Set(experiment.variants.map((v) => v.key));
+  const units = new Set<string>();
+  overrides.forEach((override, i) => {
+    if (override.unitId === '') {
+      out.add(`overrides[${i}].unit_id`, 'the unit id is required', 'REQUIRED');
+    } else if (units.has(override.unitId)) {
+      out.add(
+        `overrides[${i}].unit_id`,
+        `unit "${override.unitId}" is overridden twice`,
+        'DUPLICATE_UNIT',
+      );
+    }
+    units.add(override.unitId);
+    if (!keys.has(override.variantKey)) {
+      out.add(
+        `overrides[${i}].variant_key`,
+        `"${override.variantKey}" is not a variant of the experiment`,
+        'UNKNOWN_VARIANT',
+      );
+    }
+  });
 }
 
 function checkLayer(

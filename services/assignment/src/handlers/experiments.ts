@@ -102,6 +102,7 @@ const MUTABLE_PATHS = {
   bandit: ['minArmShare'],
   sticky: ['sticky'],
   sticky_ttl: ['stickyTtlMs'],
+  overrides: ['overrides'],
 } as const satisfies Record<string, readonly (keyof ExperimentDocument)[]>;
 /**
  * Fields of a message field an update mask may name on their own (AIP-134): a bound of
@@ -215,6 +216,15 @@ function requestedFields(experiment: Experiment, violations: FieldViolation[]): 
     minArmShare: experiment.bandit ? experiment.bandit.minArmShare : null,
     sticky: experiment.sticky,
     stickyTtlMs: stickyTtlMs ?? null,
+    // Absent when empty, as in documents stored before overrides existed (see `withMaskedFields`).
+    ...(experiment.overrides.length === 0
+      ? {}
+      : {
+          overrides: experiment.overrides.map((o) => ({
+            unitId: o.unitId,
+            variantKey: o.variantKey,
+          })),
+        }),
   };
 }
 
@@ -236,6 +246,9 @@ function withMaskedFields(
       changed[field] = requested[field];
     }
   }
+  // No overrides are no field, as in documents stored before overrides existed: a stored
+  // document holds no undefined value (MongoDB would store null).
+  if (changed.overrides === undefined) delete changed.overrides;
   const bounds = LAYER_RANGE_BOUNDS.filter((bound) => paths.has(bound));
   if (bounds.length > 0 && !paths.has('layer_range')) {
     const given = (bound: (typeof LAYER_RANGE_BOUNDS)[number], key: 'start' | 'end') =>

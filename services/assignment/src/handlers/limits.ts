@@ -7,6 +7,7 @@
  * changes into.
  */
 import type { FieldViolation } from '../../../platform/src/errors';
+import { MAX_OVERRIDES } from '../domain/validation';
 import type { ExperimentDocument, HoldoutDocument, LayerDocument } from '../store/documents';
 
 export const MAX_DESCRIPTION_BYTES = 8 * 1024;
@@ -14,6 +15,8 @@ export const MAX_OWNER_BYTES = 256;
 export const MAX_TAGS = 64;
 export const MAX_TAG_BYTES = 128;
 export const MAX_UNIT_TYPE_BYTES = 128;
+/** A unit id, as Resolve takes it and as an experiment's overrides name it. */
+export const MAX_UNIT_ID_BYTES = 256;
 /** A bucketing seed (an experiment's or a holdout's): it is hashed with every unit id. */
 export const MAX_SEED_BYTES = 256;
 /** A concluded experiment's summary, as a description. */
@@ -67,6 +70,12 @@ export function experimentSizeViolations(doc: ExperimentDocument): FieldViolatio
   tooLong('unit_type', doc.unitType, MAX_UNIT_TYPE_BYTES, out);
   tooLong('seed', doc.seed, MAX_SEED_BYTES, out);
   tooLong('condition', doc.conditionJson, MAX_CONDITION_BYTES, out);
+  // Counted by validation (MAX_OVERRIDES): past it, one violation says so.
+  if ((doc.overrides?.length ?? 0) <= MAX_OVERRIDES) {
+    doc.overrides?.forEach((override, i) => {
+      tooLong(`overrides[${i}].unit_id`, override.unitId, MAX_UNIT_ID_BYTES, out);
+    });
+  }
   let payloads = 0;
   doc.variants.forEach((variant, i) => {
     tooLong(`variants[${i}].description`, variant.description, MAX_DESCRIPTION_BYTES, out);

@@ -122,6 +122,7 @@ export function experimentMessage(stored: Stored<ExperimentDocument>): Experimen
     bandit: doc.minArmShare === null ? undefined : { minArmShare: doc.minArmShare },
     sticky: doc.sticky,
     stickyTtl: doc.stickyTtlMs === null ? undefined : duration(doc.stickyTtlMs),
+    overrides: (doc.overrides ?? []).map((o) => ({ unitId: o.unitId, variantKey: o.variantKey })),
     conclusion: doc.conclusion
       ? {
           shippedVariantKey: doc.conclusion.shippedVariantKey,

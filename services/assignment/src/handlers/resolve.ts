@@ -46,11 +46,10 @@ import { RenderedResults, type RenderedAssignments } from './rendered-results';
 import { withEncodedAssignments } from './resolve-response';
 import { invalidRequest, rejectIfAny } from './requests';
 import { MAX_REQUEST_ID_LENGTH } from '../store/request-results';
-import { MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
+import { MAX_UNIT_ID_BYTES, MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
 
-const MAX_UNIT_ID_BYTES = 256;
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
 const MAX_ATTRIBUTE_DEPTH = 16;
 /** Surfaces one Resolve may name: a page shows a handful; thousands would only cost the replica. */

@@ -12,6 +12,7 @@ import {
   type HoldoutDefinition,
   type HoldoutStatus,
   type LayerDefinition,
+  type VariantOverride,
 } from '../domain';
 import { sameData } from '../../../platform/src/storage/collection';
 
@@ -60,6 +61,11 @@ export interface ExperimentDocument {
   readonly sticky: boolean;
   /** Null when unset (the service default applies). */
   readonly stickyTtlMs: number | null;
+  /**
+   * Units forced into variants, in the order given; absent when there are none (as in documents
+   * stored before overrides existed), so that an experiment without them stores as it did.
+   */
+  readonly overrides?: readonly VariantOverride[];
   readonly conclusion: {
     readonly shippedVariantKey: string;
     readonly summary: string;
@@ -222,6 +228,7 @@ export function experimentDefinition(
         : undefined,
     sticky: doc.sticky,
     stickyTtl: doc.stickyTtlMs ?? undefined,
+    overrides: doc.overrides ?? [],
     shippedVariantKey: doc.conclusion?.shippedVariantKey ?? undefined,
     etag,
   };

@@ -914,3 +914,120 @@ describe('coverage changes', () => {
     expect(moved).toEqual([]);
   });
 });
+
+describe('overrides', () => {
+  const TESTER = 'qa-anna';
+  /** Every check but the unit type would keep the tester out or in the control. */
+  function guarded(extra: Partial<Parameters<typeof experiment>[0]> = {}) {
+    return experiment({
+      id: 'exp',
+      variants: [
+        { key: 'control', weight: 0.5 },
+        { key: 'treatment', weight: 0.3 },
+        { key: 'bold', weight: 0.2 },
+      ],
+      coverage: 0,
+      condition: { country: 'NO' },
+      layerId: 'checkout',
+      layerRange: { start: 0, end: 0.001 },
+      sticky: true,
+      overrides: [
+        { unitId: TESTER, variantKey: 'bold' },
+        { unitId: 'qa-ben', variantKey: 'control' },
+      ],
+      ...extra,
+    });
+  }
+  const heldOutByAll = holdout({ id: 'all', fraction: 0.999999, surfaces: ['home'] });
+  const tester = unit(TESTER, {
+    attributes: { country: 'SE' },
+    sticky: new Map([['exp', { variantKey: 'treatment', allocationSequence: 0 }]]),
+  });
+
+  it('serves the listed variant with reason OVERRIDE, past targeting, layer, holdout, sticky and coverage', () => {
+    // The unit's layer point is outside [0, 0.001) for all but one id in a thousand.
+    expect(layerHash('checkout', TESTER)).toBeGreaterThanOrEqual(0.001);
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'checkout' }],
+        experiments: [guarded()],
+        holdouts: [heldOutByAll],
+      }),
+    );
+    for (const resolution of [snapshot.resolve(tester), snapshot.resolveServed(tester)]) {
+      const a = only(resolution.assignments);
+      expect(a.variant.key).toBe('bold');
+      expect(a).toMatchObject({
+        reason: AssignmentReason.OVERRIDE,
+        inExperiment: false,
+        holdoutId: '',
+        allocationSequence: 0,
+        surfaces: ['home'],
+      });
+    }
+    // Someone else with the same stored variant is targeted out, and held out once targeted.
+    const other = { ...tester, id: 'someone-else' };
+    expect(only(snapshot.resolve(other).assignments).reason).toBe(AssignmentReason.TARGETED_OUT);
+    const targeted = { ...other, attributes: { country: 'NO' } };
+    expect(only(snapshot.resolve(targeted).assignments).reason).toBe(AssignmentReason.HOLDOUT);
+  });
+
+  it.each([
+    ['DRAFT', ExperimentStatus.DRAFT, {}],
+    ['SCHEDULED before its start', ExperimentStatus.SCHEDULED, { scheduledStartTime: NOW + 1 }],
+    ['RUNNING before its end', ExperimentStatus.RUNNING, { scheduledEndTime: NOW + 1 }],
+  ])('applies while the experiment is %s', (_name, status, schedule) => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [guarded({ layerId: '', layerRange: undefined, status, ...schedule })],
+      }),
+    );
+    for (const resolution of [snapshot.resolve(tester), snapshot.resolveServed(tester)]) {
+      const a = only(resolution.assignments);
+      expect([a.variant.key, a.reason]).toEqual(['bold', AssignmentReason.OVERRIDE]);
+    }
+  });
+
+  it.each([
+    ['STOPPED', { status: ExperimentStatus.STOPPED }, AssignmentReason.NOT_RUNNING, 'control'],
+    ['RUNNING past its end', { scheduledEndTime: NOW }, AssignmentReason.NOT_RUNNING, 'control'],
+    [
+      'CONCLUDED with a shipped variant',
+      { status: ExperimentStatus.CONCLUDED, shippedVariantKey: 'treatment', condition: {} },
+      AssignmentReason.CONCLUDED,
+      'treatment',
+    ],
+  ] as const)('does not apply once the experiment is %s', (_name, change, reason, variant) => {
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [guarded({ layerId: '', layerRange: undefined, ...change })] }),
+    );
+    const a = only(snapshot.resolve(tester).assignments);
+    expect(a.reason).toBe(reason);
+    expect(a.variant.key).toBe(variant);
+  });
+
+  it('needs the unit type: an id overridden for users is not overridden for devices', () => {
+    const snapshot = buildSnapshot(
+      configuration({ experiments: [guarded({ layerId: '', layerRange: undefined })] }),
+    );
+    expect(only(snapshot.resolve({ ...tester, type: 'device' }).assignments).reason).toBe(
+      AssignmentReason.UNIT_TYPE_MISMATCH,
+    );
+  });
+
+  it('moves no other unit: every other unit is assigned as without overrides', () => {
+    const plain = experiment({ id: 'exp', coverage: 0.8 });
+    const without = buildSnapshot(configuration({ experiments: [plain] }));
+    const withOverrides = buildSnapshot(
+      configuration({
+        experiments: [{ ...plain, overrides: [{ unitId: TESTER, variantKey: 'treatment' }] }],
+      }),
+    );
+    for (let i = 0; i < 2000; i++) {
+      const u = unit(`user-${i}`);
+      const a = only(without.resolve(u).assignments);
+      const b = only(withOverrides.resolve(u).assignments);
+      expect([b.reason, b.variant.key]).toEqual([a.reason, a.variant.key]);
+    }
+  });
+});

@@ -26,6 +26,8 @@ import type { Condition } from '../../src/domain/targeting';
 
 const NOW = Date.UTC(2025, 0, 15);
 const SURFACES = ['home', 'search', 'cart'];
+/** Unit ids some experiments override. */
+const TESTERS = ['qa-1', 'qa-2', 'qa-3'];
 const LAYERS = ['l0', 'l1', 'l2'];
 const CONDITIONS: Condition[] = [
   { country: { $in: ['SE', 'NO'] } },
@@ -82,6 +84,14 @@ const experimentShape = fc.record({
   bandit: rarely(fc.double({ min: 0, max: 0.3, noNaN: true })),
   sticky: fc.boolean().chain((b) => (b ? fc.boolean() : fc.constant(false))),
   shipped: fc.option(fc.constantFrom('v0', 'v1', 'nope'), { nil: undefined }),
+  // Testers forced into variants, some twice or into a variant there is not (validation would
+  // refuse both): the first override of a unit naming a variant counts.
+  overrides: rarely(
+    fc.array(fc.tuple(fc.constantFrom(...TESTERS), fc.constantFrom('v0', 'v1', 'v2', 'nope')), {
+      minLength: 1,
+      maxLength: 4,
+    }),
+  ),
 });
 
 const holdoutShape = fc.record({
@@ -94,7 +104,10 @@ const holdoutShape = fc.record({
 });
 
 const unitShape = fc.record({
-  id: fc.string({ minLength: 1, maxLength: 12 }),
+  id: fc.oneof(
+    { arbitrary: fc.string({ minLength: 1, maxLength: 12 }), weight: 3 },
+    { arbitrary: fc.constantFrom(...TESTERS), weight: 1 },
+  ),
   type: fc.constantFrom('user', 'user', 'user', 'user', 'device'),
   // One surface takes the evaluator's fast path for simple experiments; several, the general one.
   surfaces: fc.oneof(
@@ -148,6 +161,9 @@ function experimentOf(shape: ExperimentShape, index: number): ExperimentDefiniti
       : {}),
     sticky: shape.sticky || bandit,
     ...(shape.shipped === undefined ? {} : { shippedVariantKey: shape.shipped }),
+    ...(shape.overrides === undefined
+      ? {}
+      : { overrides: shape.overrides.map(([unitId, variantKey]) => ({ unitId, variantKey })) }),
     etag: `etag-${index}`,
   };
 }

@@ -21,6 +21,41 @@ function fieldsAndReasons(violations: readonly { field: string; reason: string }
 }
 
 describe('validateExperiment', () => {
+  it('checks every override: a unit id, once, into a variant of the experiment', () => {
+    const violations = validateExperiment(
+      experiment({
+        id: 'exp',
+        overrides: [
+          { unitId: 'qa-anna', variantKey: 'treatment' },
+          { unitId: '', variantKey: 'control' },
+          { unitId: 'qa-anna', variantKey: 'control' },
+          { unitId: 'qa-ben', variantKey: 'bold' },
+        ],
+      }),
+      context,
+    );
+    expect(fieldsAndReasons(violations)).toEqual([
+      ['overrides[1].unit_id', 'REQUIRED'],
+      ['overrides[2].unit_id', 'DUPLICATE_UNIT'],
+      ['overrides[3].variant_key', 'UNKNOWN_VARIANT'],
+    ]);
+  });
+
+  it('takes at most 1,000 overrides, and says so once', () => {
+    const overrides = (n: number) =>
+      Array.from({ length: n }, (_, i) => ({ unitId: `qa-${i}`, variantKey: 'bold' }));
+    expect(
+      validateExperiment(experiment({ id: 'exp', overrides: overrides(1000) }), context).map(
+        (v) => v.reason,
+      ),
+    ).toEqual(Array<string>(1000).fill('UNKNOWN_VARIANT'));
+    expect(
+      fieldsAndReasons(
+        validateExperiment(experiment({ id: 'exp', overrides: overrides(1001) }), context),
+      ),
+    ).toEqual([['overrides', 'TOO_MANY']]);
+  });
+
   it('accepts a valid experiment', () => {
     expect(validateExperiment(experiment({ id: 'exp' }), context)).toEqual([]);
     expect(

@@ -2618,6 +2618,147 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
       });
     });
 
+    describe('overrides', () => {
+      const OVERRIDE = AssignmentReason.ASSIGNMENT_REASON_OVERRIDE;
+
+      it('serves a tester the listed variant before and while the experiment runs, and logs or stores nothing for it', async () => {
+        const { admin, client } = service;
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('forced', {
+              surfaces: ['forced'],
+              sticky: true,
+              // Nobody is in the experiment but through an override.
+              coverage: 0,
+              overrides: [{ unitId: 'qa-anna', variantKey: 'treatment' }],
+            }),
+          }),
+        );
+        expect(created.experiment?.overrides).toEqual([
+          { unitId: 'qa-anna', variantKey: 'treatment' },
+        ]);
+        const forcedAssignment = {
+          experimentId: 'forced',
+          variantKey: 'treatment',
+          payloadJson: '{"policy":"new"}',
+          inExperiment: false,
+          reason: OVERRIDE,
+        };
+        // A draft serves the tester already, and nobody else.
+        const draft = await client.resolve(resolveRequest('qa-anna', { surfaces: ['forced'] }));
+        expect(draft.assignments).toEqual([expect.objectContaining(forcedAssignment)]);
+        const someone = await client.resolve(resolveRequest('someone', { surfaces: ['forced'] }));
+        expect(someone.assignments).toEqual([]);
+
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'forced' }));
+        const applied = await client.resolve(
+          resolveRequest('qa-anna', { surfaces: ['forced'], apply: true }),
+        );
+        expect(applied.assignments).toEqual([expect.objectContaining(forcedAssignment)]);
+        expect(applied.exposures).toMatchObject({ loggedCount: 0, alreadyLoggedCount: 0 });
+        const shown = await client.apply(
+          ApplyRequest.fromPartial({
+            resolveToken: applied.resolveToken,
+            experimentIds: ['forced'],
+          }),
+        );
+        expect(shown.exposures).toMatchObject({ loggedCount: 0, notInExperimentCount: 1 });
+        const held = await service.service.context.sticky.lookup(
+          'user',
+          'qa-anna',
+          ['forced'],
+          Date.now(),
+          false,
+        );
+        expect(held).toEqual({ found: new Map(), unavailable: [] });
+        // Another unit type with the same id is not the tester.
+        const device = await client.resolve(
+          resolveRequest('qa-anna', {
+            unit: { id: 'qa-anna', type: 'device' },
+            surfaces: ['forced'],
+            explain: true,
+          }),
+        );
+        expect(device.assignments[0]?.reason).toBe(
+          AssignmentReason.ASSIGNMENT_REASON_UNIT_TYPE_MISMATCH,
+        );
+      });
+
+      it('change while the experiment runs, and not once it is concluded', async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('forced-later', { surfaces: ['forced-later'] }),
+          }),
+        );
+        const started = await admin.startExperiment(
+          StartExperimentRequest.fromPartial({ id: 'forced-later' }),
+        );
+        const hashed = expectedVariant('forced-later', 'qa-ben');
+        const other = hashed === 'control' ? 'treatment' : 'control';
+        const resolveBen = async () =>
+          (await client.resolve(resolveRequest('qa-ben', { surfaces: ['forced-later'] })))
+            .assignments[0];
+        expect(await resolveBen()).toMatchObject({
+          variantKey: hashed,
+          reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+        });
+        const update = (etag: string, overrides: { unitId: string; variantKey: string }[]) =>
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: { id: 'forced-later', etag, overrides },
+              updateMask: ['overrides'],
+            }),
+          );
+        const forced = await update(started.experiment?.etag ?? '', [
+          { unitId: 'qa-ben', variantKey: other },
+        ]);
+        expect(await resolveBen()).toMatchObject({ variantKey: other, reason: OVERRIDE });
+        // The same list again changes nothing: same etag.
+        const same = await update(forced.experiment?.etag ?? '', [
+          { unitId: 'qa-ben', variantKey: other },
+        ]);
+        expect(same.experiment?.etag).toBe(forced.experiment?.etag);
+        const cleared = await update(forced.experiment?.etag ?? '', []);
+        expect(cleared.experiment?.overrides).toEqual([]);
+        expect(await resolveBen()).toMatchObject({
+          variantKey: hashed,
+          reason: AssignmentReason.ASSIGNMENT_REASON_ASSIGNED,
+        });
+        const concluded = await admin.concludeExperiment(
+          ConcludeExperimentRequest.fromPartial({ id: 'forced-later' }),
+        );
+        const refused = await failure(
+          update(concluded.experiment?.etag ?? '', [{ unitId: 'qa-ben', variantKey: other }]),
+        );
+        expect(refused).toBeInstanceOf(FailedPreconditionError);
+        expect(preconditions(refused)).toEqual(['IMMUTABLE_WHEN_CONCLUDED']);
+      });
+
+      it('are validated: a unit once, at most 256 bytes, into a variant of the experiment', async () => {
+        const error = await failure(
+          service.admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('bad-forced', {
+                overrides: [
+                  { unitId: 'qa-anna', variantKey: 'bold' },
+                  { unitId: 'qa-anna', variantKey: 'control' },
+                  { unitId: 'x'.repeat(257), variantKey: 'control' },
+                  { unitId: '', variantKey: 'control' },
+                ],
+              }),
+            }),
+          ),
+        );
+        expect(fieldReasons(error).sort()).toEqual([
+          ['experiment.overrides[0].variant_key', 'UNKNOWN_VARIANT'],
+          ['experiment.overrides[1].unit_id', 'DUPLICATE_UNIT'],
+          ['experiment.overrides[2].unit_id', 'TOO_LONG'],
+          ['experiment.overrides[3].unit_id', 'REQUIRED'],
+        ]);
+      });
+    });
+
     describe('holdouts', () => {
       it('keeps the seed stored by an earlier version (the bare id), and the units it held out', async () => {
         const { admin, client } = service;

@@ -9,9 +9,10 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 /**
  * Why a unit got the variant it got for one experiment. Resolve evaluates an experiment in this
- * order and stops at the first reason that applies: NOT_RUNNING, UNIT_TYPE_MISMATCH,
- * NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY (or STICKY_UNAVAILABLE), NOT_IN_COVERAGE,
- * ASSIGNED. Layer membership comes before targeting (as in the GrowthBook SDK) because it is a
+ * order and stops at the first reason that applies: OVERRIDE (a unit of the experiment's unit
+ * type listed in its `overrides`, while DRAFT, SCHEDULED or RUNNING), NOT_RUNNING,
+ * UNIT_TYPE_MISMATCH, NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY (or STICKY_UNAVAILABLE),
+ * NOT_IN_COVERAGE, ASSIGNED. Layer membership comes before targeting (as in the GrowthBook SDK) because it is a
  * hash while a condition may be costly; a unit with a stored sticky variant skips the layer check. A CONCLUDED experiment with a
  * shipped variant skips the layer, coverage and sticky checks.
  */
@@ -53,6 +54,13 @@ export enum AssignmentReason {
    * other experiments of the request are served as usual.
    */
   ASSIGNMENT_REASON_STICKY_UNAVAILABLE = 10,
+  /**
+   * ASSIGNMENT_REASON_OVERRIDE - The unit is listed in the experiment's `overrides` and gets the variant listed there, before
+   * any other check but the unit type (also while the experiment is DRAFT or SCHEDULED, to try it
+   * before it starts). It is not in the randomized population: no exposure is logged and no
+   * sticky variant is stored.
+   */
+  ASSIGNMENT_REASON_OVERRIDE = 11,
   UNRECOGNIZED = -1,
 }
 
@@ -91,6 +99,9 @@ export function assignmentReasonFromJSON(object: any): AssignmentReason {
     case 10:
     case "ASSIGNMENT_REASON_STICKY_UNAVAILABLE":
       return AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE;
+    case 11:
+    case "ASSIGNMENT_REASON_OVERRIDE":
+      return AssignmentReason.ASSIGNMENT_REASON_OVERRIDE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -122,6 +133,8 @@ export function assignmentReasonToJSON(object: AssignmentReason): string {
       return "ASSIGNMENT_REASON_CONCLUDED";
     case AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE:
       return "ASSIGNMENT_REASON_STICKY_UNAVAILABLE";
+    case AssignmentReason.ASSIGNMENT_REASON_OVERRIDE:
+      return "ASSIGNMENT_REASON_OVERRIDE";
     case AssignmentReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

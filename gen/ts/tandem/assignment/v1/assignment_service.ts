@@ -431,10 +431,10 @@ export interface ResolveResponse {
   /**
    * The assignments that decide what to serve, ordered by experiment id: those the unit is in
    * (ASSIGNED, STICKY), held out of (HOLDOUT, with the control), that shipped a variant
-   * (CONCLUDED), or whose sticky variant could not be read or stored (STICKY_UNAVAILABLE, with the
-   * control). An
-   * experiment that is missing serves its control, which should be the client's default. With
-   * `explain`, every experiment on the surfaces appears.
+   * (CONCLUDED), whose sticky variant could not be read or stored (STICKY_UNAVAILABLE, with the
+   * control), or that force the unit into a variant (OVERRIDE). An experiment that is missing
+   * serves its control, which should be the client's default. With `explain`, every experiment on
+   * the surfaces appears.
    */
   assignments: Assignment[];
   /**
@@ -4675,7 +4675,7 @@ export const AssignmentServiceService = {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start.
+   * end before the start, an override to an unknown variant.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5044,7 +5044,7 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start.
+   * end before the start, an override to an unknown variant.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5325,7 +5325,7 @@ export interface AssignmentServiceClient extends Client {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start.
+   * end before the start, an override to an unknown variant.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);

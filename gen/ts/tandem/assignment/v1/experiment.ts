@@ -310,7 +310,20 @@ export interface Experiment {
     | Date
     | undefined;
   /** Output only. When the experiment last changed. */
-  updateTime?: Date | undefined;
+  updateTime?:
+    | Date
+    | undefined;
+  /**
+   * Optional. Units forced into a variant, to try a variant in production before or while the
+   * experiment runs, for example `[{"unit_id": "qa-anna", "variant_key": "treatment"}]`. An
+   * overridden unit (of the experiment's `unit_type`) gets its variant with reason OVERRIDE
+   * whatever its targeting, layer range, holdouts, stored sticky variant or coverage say, while the
+   * experiment is DRAFT, SCHEDULED or RUNNING and before its `scheduled_end_time`; not once it is
+   * STOPPED or CONCLUDED. Such a unit is not in the experiment's randomized population: no
+   * exposure is logged for it and no sticky variant is stored, so the analysis never counts it.
+   * At most 1,000, each unit at most once. May change in any status but CONCLUDED.
+   */
+  overrides: VariantOverride[];
 }
 
 /** One arm of an experiment. */
@@ -360,6 +373,17 @@ export interface Conclusion {
   concludeTime?: Date | undefined;
 }
 
+/** A unit forced into a variant of an experiment (see Experiment.overrides). */
+export interface VariantOverride {
+  /**
+   * Required. The unit's id, of the experiment's `unit_type`; at most 256 bytes, as a Resolve's
+   * `unit.id`. Unique among the experiment's overrides (reason DUPLICATE_UNIT).
+   */
+  unitId: string;
+  /** Required. The key of one of the experiment's variants (reason UNKNOWN_VARIANT). */
+  variantKey: string;
+}
+
 function createBaseExperiment(): Experiment {
   return {
     id: "",
@@ -388,6 +412,7 @@ function createBaseExperiment(): Experiment {
     etag: "",
     createTime: undefined,
     updateTime: undefined,
+    overrides: [],
   };
 }
 
@@ -470,6 +495,9 @@ export const Experiment: MessageFns<Experiment> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(210).fork()).join();
+    }
+    for (const v of message.overrides) {
+      VariantOverride.encode(v!, writer.uint32(218).fork()).join();
     }
     return writer;
   },
@@ -695,6 +723,14 @@ export const Experiment: MessageFns<Experiment> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 27: {
+            if (tag !== 218) {
+              break;
+            }
+
+            message.overrides.push(VariantOverride.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -783,6 +819,9 @@ export const Experiment: MessageFns<Experiment> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      overrides: globalThis.Array.isArray(object?.overrides)
+        ? object.overrides.map((e: any) => VariantOverride.fromJSON(e))
+        : [],
     };
   },
 
@@ -866,6 +905,9 @@ export const Experiment: MessageFns<Experiment> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.overrides?.length) {
+      obj.overrides = message.overrides.map((e) => VariantOverride.toJSON(e));
+    }
     return obj;
   },
 
@@ -908,6 +950,7 @@ export const Experiment: MessageFns<Experiment> = {
     message.etag = object.etag ?? "";
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
+    message.overrides = object.overrides?.map((e) => VariantOverride.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1207,6 +1250,99 @@ export const Conclusion: MessageFns<Conclusion> = {
     message.shippedVariantKey = object.shippedVariantKey ?? "";
     message.summary = object.summary ?? "";
     message.concludeTime = object.concludeTime ?? undefined;
+    return message;
+  },
+};
+
+function createBaseVariantOverride(): VariantOverride {
+  return { unitId: "", variantKey: "" };
+}
+
+export const VariantOverride: MessageFns<VariantOverride> = {
+  encode(message: VariantOverride, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.unitId !== "") {
+      writer.uint32(10).string(message.unitId);
+    }
+    if (message.variantKey !== "") {
+      writer.uint32(18).string(message.variantKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VariantOverride {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVariantOverride();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.unitId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.variantKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VariantOverride {
+    return {
+      unitId: isSet(object.unitId)
+        ? globalThis.String(object.unitId)
+        : isSet(object.unit_id)
+        ? globalThis.String(object.unit_id)
+        : "",
+      variantKey: isSet(object.variantKey)
+        ? globalThis.String(object.variantKey)
+        : isSet(object.variant_key)
+        ? globalThis.String(object.variant_key)
+        : "",
+    };
+  },
+
+  toJSON(message: VariantOverride): unknown {
+    const obj: any = {};
+    if (message.unitId !== "") {
+      obj.unitId = message.unitId;
+    }
+    if (message.variantKey !== "") {
+      obj.variantKey = message.variantKey;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VariantOverride>, I>>(base?: I): VariantOverride {
+    return VariantOverride.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VariantOverride>, I>>(object: I): VariantOverride {
+    const message = createBaseVariantOverride();
+    message.unitId = object.unitId ?? "";
+    message.variantKey = object.variantKey ?? "";
     return message;
   },
 };
