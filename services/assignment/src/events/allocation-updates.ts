@@ -5,16 +5,25 @@
  * as is one that can never apply (no sequence, unknown experiment, not a bandit, invalid weights);
  * an unavailable store, or a concurrent write on another replica, makes the event come again,
  * for as long as {@link ALLOCATION_RETRY_SPAN_MS}: a storage outage must not lose an update.
+ * Each update settled is counted by outcome in `tandem.assignment.allocation.updates`.
  */
+import type { Attributes } from '@opentelemetry/api';
 import { AllocationUpdate } from '../../../../gen/ts/tandem/events/v1/allocation_update';
 import type { EventBus, Subscription } from '../../../platform/src/events/bus';
 import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
 import {
   AbortedError,
   FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
   TandemError,
   UnavailableError,
 } from '../../../platform/src/errors';
+import {
+  ALLOCATION_REJECTED,
+  ALLOCATION_UPDATE,
+  allocationUpdateCounter,
+} from '../assignment-metrics';
 import type { AssignmentContext } from '../assignment-context';
 import { applyAllocation } from '../handlers/allocations';
 import { ALLOCATION_STREAM, ALLOCATION_SUBJECT } from './streams';
@@ -51,10 +60,24 @@ const LEASE_WAIT_MS = 1_000;
 /** Deliveries that span {@link ALLOCATION_RETRY_SPAN_MS}: the first ones back off from 1 s. */
 const ALLOCATION_MAX_DELIVER = Math.ceil(ALLOCATION_RETRY_SPAN_MS / 30_000) + 10;
 
+/** The `tandem.reason` of an update that cannot be applied, refused with `error`. */
+function rejection(error: TandemError): Attributes {
+  if (error instanceof InvalidArgumentError) return ALLOCATION_REJECTED.invalid_allocation;
+  if (error instanceof NotFoundError) return ALLOCATION_REJECTED.unknown_experiment;
+  if (
+    error instanceof FailedPreconditionError &&
+    error.violations.some((v) => v.type === 'ALLOCATION_MODE')
+  ) {
+    return ALLOCATION_REJECTED.not_a_bandit;
+  }
+  return ALLOCATION_REJECTED.other;
+}
+
 export function followAllocationUpdates(
   bus: EventBus,
   context: AssignmentContext,
 ): Promise<Subscription> {
+  const updates = allocationUpdateCounter();
   return bus.subscribe(
     {
       stream: ALLOCATION_STREAM.name,
@@ -72,6 +95,7 @@ export function followAllocationUpdates(
           { eventId, experiment: event.experimentId, sequence: event.sequence },
           'allocation update rejected: no sequence',
         );
+        updates.add(1, ALLOCATION_REJECTED.no_sequence);
         return;
       }
       try {
@@ -95,6 +119,7 @@ export function followAllocationUpdates(
             ),
           LEASE_WAIT_MS,
         );
+        updates.add(1, ALLOCATION_UPDATE.applied);
       } catch (error) {
         if (error instanceof UnavailableError || !(error instanceof TandemError)) throw error;
         // Lost a race with a write on another replica, or its lease is held: try again (it may
@@ -114,12 +139,14 @@ export function followAllocationUpdates(
             fields,
             applied ? 'allocation update already applied' : 'allocation update ignored',
           );
+          updates.add(1, applied ? ALLOCATION_UPDATE.duplicate : ALLOCATION_UPDATE.stale);
         } else if (
           error instanceof FailedPreconditionError &&
           error.violations.every((v) => v.type === 'STATUS')
         ) {
           // Concluded meanwhile: the producer had not seen it yet, which is no mistake.
           context.logger.info(fields, 'allocation update ignored: the experiment takes none now');
+          updates.add(1, ALLOCATION_UPDATE.concluded);
         } else {
           // Weights for other arms, an experiment unknown or not a bandit: the producer's mistake,
           // which leaves the bandit at its old weights for as long as it goes on. Warned, so that
@@ -128,6 +155,7 @@ export function followAllocationUpdates(
             { ...fields, error: error.message },
             'allocation update rejected: it cannot be applied',
           );
+          updates.add(1, rejection(error));
         }
       }
     },

@@ -47,6 +47,7 @@ import { withEncodedAssignments } from './resolve-response';
 import { invalidRequest, rejectIfAny } from './requests';
 import { MAX_REQUEST_ID_LENGTH } from '../store/request-results';
 import { MAX_UNIT_ID_BYTES, MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
+import { STICKY_WRITE_FAILURE, stickyFailedWriteCounter } from '../assignment-metrics';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
 
@@ -174,15 +175,16 @@ interface LoggedExposures {
 /**
  * Logs the exposures of a resolve that was shown: the listed in-experiment assignments (all when
  * `experimentIds` is empty) and every holdout membership; stores first sticky assignments. When a
- * sticky variant cannot be stored the call fails with nothing logged, unless `withholdUnstored`:
- * then only that experiment's exposure is left out, and it is listed in `unstored`.
+ * sticky variant cannot be stored the call fails with nothing logged, unless `withholdUnstored`
+ * is given: then only that experiment's exposure is left out, it is listed in `unstored`, and
+ * `withholdUnstored` is told why (storage failed, or the write kept conflicting).
  */
 async function logExposures(
   context: AssignmentContext,
   record: ResolveRecord,
   experimentIds: readonly string[],
   exposureTime: Date,
-  withholdUnstored = false,
+  withholdUnstored?: (error: UnavailableError | AbortedError) => void,
 ): Promise<LoggedExposures> {
   const tally: ExposureTally = { logged: 0, alreadyLogged: 0, dropped: 0 };
   let notInExperiment = 0;
@@ -269,6 +271,7 @@ async function logExposures(
       if (!withholdUnstored || !storageFailed) throw error;
       if (unstored.size === 0) storeError = error;
       unstored.add(assignment.experimentId);
+      withholdUnstored(error);
       return;
     }
     settle(index, assignment, kept);
@@ -478,6 +481,16 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
   const stickyStoreFailed = rateLimitedWarning(
     'sticky assignments could not be stored on Resolve(apply=true); those experiments serve STICKY_UNAVAILABLE',
   );
+  const failedWrites = stickyFailedWriteCounter();
+  /** Counts a first sticky variant Resolve(apply=true) withheld, unstored. */
+  const stickyWriteFailed = (error: UnavailableError | AbortedError): void => {
+    failedWrites.add(
+      1,
+      error instanceof AbortedError
+        ? STICKY_WRITE_FAILURE.conflict
+        : STICKY_WRITE_FAILURE.unavailable,
+    );
+  };
 
   return {
     resolve: async (request) => {
@@ -569,7 +582,13 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
         // A variant that cannot be stored is not served: the unit might get another one next
         // time. Its experiment serves STICKY_UNAVAILABLE, as when the lookup fails, and the rest
         // of the response stands (failing the call would lose every experiment's answer).
-        const logged = await logExposures(context, result.record, [], new Date(now), true);
+        const logged = await logExposures(
+          context,
+          result.record,
+          [],
+          new Date(now),
+          stickyWriteFailed,
+        );
         exposures = logged.counts;
         if (logged.restuck.size > 0 || logged.unstored.size > 0) {
           // Another resolve's variant was stored first (between the lookup and now): it is what

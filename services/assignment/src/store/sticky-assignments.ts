@@ -18,6 +18,7 @@ import type {
   Versioned,
 } from '../../../platform/src/storage/collection';
 import type { StickyAssignment } from '../domain';
+import { STICKY_LOOKUP, stickyLookupCounter } from '../assignment-metrics';
 
 interface StickyDocument {
   readonly id: string;
@@ -74,6 +75,9 @@ export const RELEASE_GRACE_MS = 60_000;
  */
 export const STICKY_LOOKUP_TIMEOUT_MS = 500;
 
+/** The reason of the error a lookup gives when its read took longer than its timeout. */
+const LOOKUP_TIMED_OUT = 'STICKY_LOOKUP_TIMED_OUT';
+
 /** Tries at storing a first assignment while other writers change the same document. */
 const STORE_ATTEMPTS = 3;
 
@@ -95,6 +99,8 @@ function stickyId(experimentId: string, unitType: string, unitId: string): strin
 
 export class StickyAssignments {
   private readonly cache = new Map<string, CacheEntry>();
+  /** `tandem.assignment.sticky.lookups` (see `assignment-metrics.ts`). */
+  private readonly lookups = stickyLookupCounter();
 
   private constructor(
     private readonly collection: Collection<StickyDocument>,
@@ -122,7 +128,8 @@ export class StickyAssignments {
    * that read fails, or takes longer than the lookup timeout (unless `bounded` is false), the
    * misses are `unavailable` (with the `error`): the cached hits still count. Resolve bounds the
    * read, which would hold its whole response; Apply, which waits for its writes anyway, does
-   * not, so a slow read does not skip storing a variant again.
+   * not, so a slow read does not skip storing a variant again. Counted by outcome in
+   * `tandem.assignment.sticky.lookups`.
    */
   async lookup(
     unitType: string,
@@ -148,7 +155,10 @@ export class StickyAssignments {
         if (entry.assignment) found.set(experimentId, entry.assignment);
       }
     }
-    if (missing.length === 0) return { found, unavailable: NONE };
+    if (missing.length === 0) {
+      this.lookups.add(1, STICKY_LOOKUP.cached);
+      return { found, unavailable: NONE };
+    }
     let stored: Map<string, Versioned<StickyDocument>>;
     try {
       const read = this.collection.getMany(missing);
@@ -159,12 +169,16 @@ export class StickyAssignments {
             () =>
               new UnavailableError(
                 `sticky assignments were not read within ${this.lookupTimeoutMs} ms`,
+                { reason: LOOKUP_TIMED_OUT },
               ),
           )
         : read);
     } catch (error) {
+      const timedOut = error instanceof UnavailableError && error.reason === LOOKUP_TIMED_OUT;
+      this.lookups.add(1, timedOut ? STICKY_LOOKUP.timed_out : STICKY_LOOKUP.failed);
       return { found, unavailable: missingIds, error };
     }
+    this.lookups.add(1, STICKY_LOOKUP.read);
     missing.forEach((key, i) => {
       const doc = stored.get(key)?.doc;
       const expiresAt = liveUntil(doc, now);

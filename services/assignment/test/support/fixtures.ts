@@ -1,5 +1,6 @@
 /** Requests the service tests build on. */
 import {
+  AllocationMode,
   Experiment,
   Variant,
   type Experiment as ExperimentMessage,
@@ -21,6 +22,20 @@ export function experiment(id: string, overrides: Partial<ExperimentMessage> = {
     surfaces: ['home'],
     variants: [variant('control', 0.5), variant('treatment', 0.5, { policy: 'new' })],
     ...overrides,
+  });
+}
+
+/** A draft sticky bandit on its own surface (named as the experiment), split equally. */
+export function draftBandit(
+  id: string,
+  variants = [variant('control', 0.5), variant('treatment', 0.5)],
+): Experiment {
+  return experiment(id, {
+    surfaces: [id],
+    allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
+    bandit: { minArmShare: 0 },
+    sticky: true,
+    variants,
   });
 }
 

@@ -151,6 +151,16 @@ export async function eventually(
   }
 }
 
+/** Creates and starts a sticky 50/50 experiment on a surface of its own (named as it). */
+export async function startSticky(admin: AssignmentClient, id: string): Promise<void> {
+  await admin.createExperiment(
+    CreateExperimentRequest.fromPartial({
+      experiment: experiment(id, { surfaces: [id], sticky: true }),
+    }),
+  );
+  await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+}
+
 /**
  * Creates and starts an experiment `id` (on surface `id`) on `writer`; resolves with how long
  * after the start `reader` first served it.

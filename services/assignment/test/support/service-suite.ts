@@ -60,14 +60,14 @@ import { hash } from '../../src/domain';
 import { resolveHandlers } from '../../src/handlers/resolve';
 import { RELEASE_GRACE_MS, StickyAssignments } from '../../src/store/sticky-assignments';
 import { ALLOCATION_SUBJECT } from '../../src/events/streams';
-import { experiment, holdout, resolveRequest, variant } from './fixtures';
+import { draftBandit, experiment, holdout, resolveRequest, variant } from './fixtures';
 import {
   ADMIN_TOKEN,
   clientFor,
   eventually,
+  startSticky,
   startTestAssignment,
   type StorageChoice,
-  type AssignmentClient,
   type TestAssignment,
 } from './harness';
 
@@ -89,27 +89,6 @@ function preconditions(error: TandemError): string[] {
 /** {@link rawCall} with the admin token. */
 function rawCallError(address: string, path: string, bytes: Buffer): Promise<ServiceError> {
   return rawCall(address, path, bytes, ADMIN_TOKEN);
-}
-
-/** Creates and starts a sticky 50/50 experiment on a surface of its own (named as it). */
-async function startSticky(admin: AssignmentClient, id: string): Promise<void> {
-  await admin.createExperiment(
-    CreateExperimentRequest.fromPartial({
-      experiment: experiment(id, { surfaces: [id], sticky: true }),
-    }),
-  );
-  await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
-}
-
-/** A draft sticky bandit on its own surface (named as the experiment), split equally. */
-function draftBandit(id: string, variants = [variant('control', 0.5), variant('treatment', 0.5)]) {
-  return experiment(id, {
-    surfaces: [id],
-    allocationMode: AllocationMode.ALLOCATION_MODE_BANDIT,
-    bandit: { minArmShare: 0 },
-    sticky: true,
-    variants,
-  });
 }
 
 /** UpdateAllocation of 90% control, 10% treatment at sequence 10 for experiment `id`. */
