@@ -6,6 +6,12 @@ import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platfo
 import { MAX_STICKY_TTL_MS } from './domain/configuration';
 import { EXPOSURE_RETENTION_MS } from './events/streams';
 
+/**
+ * The shortest token secret taken, in bytes: an HMAC-SHA256 key shorter than the hash output
+ * (32 bytes) weakens the MAC (RFC 2104, section 3). The generated one is 32 random bytes.
+ */
+export const MIN_TOKEN_SECRET_BYTES = 32;
+
 /** The longest a request_id's first result is kept (stored with an expiry; not a timer). */
 const MAX_REQUEST_ID_TTL_MS = 365 * 86_400_000;
 
@@ -50,7 +56,7 @@ export function readAssignmentConfig(
     platform,
     tokenSecret: reader.optionalString('TANDEM_ASSIGNMENT_TOKEN_SECRET', {
       description:
-        'HMAC key of resolve tokens, shared by every replica; when unset a random key is created once and kept in storage',
+        'HMAC key of resolve tokens (at least 32 bytes), shared by every replica; when unset a random key is created once and kept in storage',
     }),
     reloadIntervalMs: reader.durationMs('TANDEM_ASSIGNMENT_RELOAD_INTERVAL', {
       default: 500,
@@ -100,6 +106,14 @@ export function readAssignmentConfig(
         'This replica’s id (config-change origin and config consumer name); host-pid by default',
     }),
   };
+  // UTF-8 bytes, as the key is taken (see `ResolveTokens`).
+  const secretBytes =
+    config.tokenSecret === undefined ? undefined : Buffer.byteLength(config.tokenSecret);
+  if (secretBytes !== undefined && secretBytes < MIN_TOKEN_SECRET_BYTES) {
+    reader.problem(
+      `TANDEM_ASSIGNMENT_TOKEN_SECRET must be at least ${MIN_TOKEN_SECRET_BYTES} bytes (the HMAC-SHA256 key of resolve tokens), got ${secretBytes}; for example \`openssl rand -base64 32\``,
+    );
+  }
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(config.replicaId)) {
     reader.problem('TANDEM_ASSIGNMENT_REPLICA_ID must be 1-64 letters, digits, "_" or "-"');
   }

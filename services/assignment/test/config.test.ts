@@ -20,4 +20,17 @@ describe('the Assignment configuration', () => {
     ]);
     expect(problems({ TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW: '7d' })).toEqual([]);
   });
+
+  it('refuses a token secret shorter than the HMAC-SHA256 output, naming the variable', () => {
+    for (const secret of ['x', 'secret', 'a'.repeat(31), 'é'.repeat(15)]) {
+      expect(problems({ TANDEM_ASSIGNMENT_TOKEN_SECRET: secret })).toEqual([
+        expect.stringMatching(/^TANDEM_ASSIGNMENT_TOKEN_SECRET must be at least 32 bytes/),
+      ]);
+    }
+    // The secret itself is not repeated in the problem, which is logged.
+    expect(problems({ TANDEM_ASSIGNMENT_TOKEN_SECRET: 'hunter2' })[0]).not.toContain('hunter2');
+    // Counted in UTF-8 bytes, as the key is taken: 16 × 2 bytes.
+    expect(problems({ TANDEM_ASSIGNMENT_TOKEN_SECRET: 'é'.repeat(16) })).toEqual([]);
+    expect(problems({ TANDEM_ASSIGNMENT_TOKEN_SECRET: 'a'.repeat(32) })).toEqual([]);
+  });
 });

@@ -8,6 +8,7 @@
  * aggregation and the bus's own `runBatchHandler` (which applies the ack wait) under fake timers.
  */
 import type { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
+import { UnavailableError } from '../../platform/src/errors';
 import type { BatchConsumerSpec, BatchHandler, EventBus } from '../../platform/src/events/bus';
 import { runBatchHandler } from '../../platform/src/events/delivery';
 import { consumerSettings } from '../../platform/src/events/event-settings';
@@ -41,15 +42,28 @@ const view: FeatureViewDefinition = {
 beforeEach(() => jest.useFakeTimers());
 afterEach(() => jest.useRealTimers());
 
-/** A checkpoint store whose writes take `writeMs`, then settle as `outcome` says. */
-function slowCheckpoints(writeMs: number, outcome: () => 'written' | 'failed'): CheckpointWriter {
+/** How the MongoDB store fails while its server cannot be reached. */
+const storageUnavailable = (): Error =>
+  new UnavailableError('storage is unavailable; retry with backoff', {
+    cause: new Error('connect ECONNREFUSED 10.0.0.5:27017'),
+  });
+
+/**
+ * A checkpoint store whose writes take `writeMs`, then settle as `outcome` says, failing with
+ * `failure()`.
+ */
+function slowCheckpoints(
+  writeMs: number,
+  outcome: () => 'written' | 'failed',
+  failure: () => Error = storageUnavailable,
+): CheckpointWriter {
   return {
     restore: () => Promise.resolve(undefined),
     write: () =>
       new Promise<Date>((resolve, reject) =>
         setTimeout(() => {
           if (outcome() === 'written') resolve(new Date());
-          else reject(new Error('storage unavailable'));
+          else reject(failure());
         }, writeMs),
       ),
     discardUnusable: () => Promise.resolve(),
@@ -153,10 +167,30 @@ it('still hands a batch back when the slow write fails', async () => {
   await jest.advanceTimersByTimeAsync(20_000);
   // The write failed at 40 s: the batch is handed back (delivered again), not kept alive.
   expect(outcomes[0]).toBe('failed');
-  expect(aggregation.progress(true).message).toContain('checkpoint failed: storage unavailable');
+  expect(aggregation.progress(true).message).toContain(
+    'checkpoint failed: storage is unavailable; retry with backoff',
+  );
   failing = false;
   await jest.advanceTimersByTimeAsync(5 * 60_000);
   expect(outcomes).toContain('handled');
   expect(aggregation.read(['item-1'], Date.now()).values[0]).toBe(2); // redeliveries not counted
+  await aggregation.stop(false);
+});
+
+it("reports a failed checkpoint to callers without what storage said, as a call's error would", async () => {
+  // An error no adapter mapped (the embedded store's disk full): its message names paths.
+  const diskFull = (): Error =>
+    new Error("ENOSPC: no space left on device, write '/var/lib/tandem/featurestore/data.mdb'");
+  let failing = true;
+  const { aggregation, deliver } = await started(
+    slowCheckpoints(1_000, () => (failing ? 'failed' : 'written'), diskFull),
+  );
+  deliver(['a']);
+  await jest.advanceTimersByTimeAsync(5_000);
+  const { message } = aggregation.progress(true);
+  expect(message).toContain('checkpoint failed: internal error');
+  expect(message).not.toMatch(/ENOSPC|\/var\/lib/);
+  failing = false;
+  await jest.advanceTimersByTimeAsync(60_000);
   await aggregation.stop(false);
 });

@@ -257,6 +257,12 @@ export interface PlatformConfig {
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 }
 
+/**
+ * The shortest admin token taken. It is a password any client may try over the network, not
+ * rate-limited: a short one (`admin`, `changeme`) is guessed, and a random one this long is not.
+ */
+export const MIN_ADMIN_TOKEN_LENGTH = 16;
+
 /** Why `path` cannot be read (an error code such as ENOENT), or undefined when it can. */
 function unreadable(path: string): string | undefined {
   try {
@@ -316,13 +322,17 @@ export function readPlatformConfig(
   }
   const adminToken = env.optionalString('TANDEM_ADMIN_TOKEN', {
     description:
-      'Bearer token admin RPCs require (`authorization: Bearer <token>`); admin RPCs are open when unset',
+      'Bearer token admin RPCs require (`authorization: Bearer <token>`, at least 16 characters); admin RPCs are open when unset',
   });
   // What an HTTP/2 header (and grpc-js metadata) carries: one no client can send locks every
   // admin RPC out.
   if (adminToken !== undefined && !/^[!-~]+( [!-~]+)*$/.test(adminToken)) {
     env.problem(
       'TANDEM_ADMIN_TOKEN: use printable ASCII, without leading, trailing or repeated spaces (what a header value carries)',
+    );
+  } else if (adminToken !== undefined && adminToken.length < MIN_ADMIN_TOKEN_LENGTH) {
+    env.problem(
+      `TANDEM_ADMIN_TOKEN must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters, got ${adminToken.length}; for example \`openssl rand -base64 24\``,
     );
   }
   const natsUrl = env.optionalString('NATS_URL', {

@@ -53,7 +53,11 @@ export interface TandemErrorOptions {
   readonly cause?: unknown;
 }
 
-/** Base class of every error that is safe to report to a caller as it is. */
+/**
+ * Base class of every error that is safe to report to a caller as it is. So its message never
+ * quotes a dependency's own error (a driver's names hosts, ports and replica sets; a file
+ * system's, paths): it says which dependency failed, and that error goes in `cause`.
+ */
 export abstract class TandemError extends Error {
   /** The canonical gRPC status code. */
   abstract readonly code: GrpcCode;
@@ -267,19 +271,34 @@ function withinBudget<T>(
   return { kept, omitted: items.length - kept.length };
 }
 
+/** `error` when a caller may be shown it as it is; undefined when it is this service's fault. */
+function passedOn(error: unknown): TandemError | undefined {
+  // A peer's UNKNOWN, UNIMPLEMENTED, DATA_LOSS or INTERNAL, let through by a handler, is this
+  // service's internal error: its callers never get UNKNOWN, nor a method they called reported
+  // missing, nor a peer's own message for its internal error.
+  return error instanceof TandemError &&
+    !(error instanceof RemoteError && NOT_PASSED_ON.has(error.code))
+    ? error
+    : undefined;
+}
+
+/**
+ * The message a caller is shown for `error` (before `toStatus` bounds it): a `TandemError`'s, or
+ * "internal error" for anything else, whose message (a bug's, or a dependency's error no adapter
+ * mapped: LMDB's, the file system's) is for the logs only. Also for a status a response carries.
+ */
+export function callerMessage(error: unknown): string {
+  const tandem = passedOn(error);
+  return tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
+}
+
 /**
  * Maps any thrown value to the status the caller receives. A `TandemError` keeps its code, message
  * and details, within the bounds above; anything else becomes INTERNAL with a generic message
  * (`exposeInternal` is false).
  */
 export function toStatus(error: unknown): StatusObject {
-  // A peer's UNKNOWN, UNIMPLEMENTED, DATA_LOSS or INTERNAL, let through by a handler, is this
-  // service's internal error: its callers never get UNKNOWN, nor a method they called reported
-  // missing, nor a peer's own message for its internal error.
-  const tandem =
-    error instanceof TandemError && !(error instanceof RemoteError && NOT_PASSED_ON.has(error.code))
-      ? error
-      : undefined;
+  const tandem = passedOn(error);
   const code = tandem?.code ?? GrpcCode.INTERNAL;
   const fieldViolations = withinBudget(
     (tandem instanceof InvalidArgumentError || tandem instanceof NotFoundError
@@ -304,8 +323,7 @@ export function toStatus(error: unknown): StatusObject {
     STATUS_LIMITS.violationBytes,
   );
   const omitted = fieldViolations.omitted + preconditionViolations.omitted;
-  const fullMessage =
-    tandem && !(tandem instanceof InternalError) ? tandem.message : 'internal error';
+  const fullMessage = callerMessage(error);
   // The count of what was left out is kept whole: the message is cut before it.
   const omission = omitted > 0 ? ` (${omitted} more violations not listed)` : '';
   const message =

@@ -26,6 +26,24 @@ export function withoutUrlCredentials(text: string): string {
   return text.replace(URL_CREDENTIALS, '$1***@');
 }
 
+/** Causes `errorText` follows, as far as a wrapped driver error goes. */
+const MAX_TEXT_CAUSES = 3;
+
+/**
+ * `error`'s message followed by its causes' (`a: b`, as `err` is logged), URL credentials taken
+ * out, for a log field that holds text. A message callers are shown names only the dependency
+ * that failed; what the dependency said is in the cause, and belongs in the log line.
+ */
+export function errorText(error: unknown): string {
+  const messages: string[] = [];
+  let current: unknown = error;
+  while (current instanceof Error && messages.length <= MAX_TEXT_CAUSES) {
+    messages.push(current.message);
+    current = current.cause;
+  }
+  return withoutUrlCredentials(messages.length > 0 ? messages.join(': ') : String(error));
+}
+
 /** How deep `redacted` looks into an error's serialized properties. */
 const MAX_REDACTION_DEPTH = 4;
 

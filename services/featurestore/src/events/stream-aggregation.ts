@@ -26,7 +26,7 @@
  * held (a view deleted and applied again under the same name, or a checkpoint lost).
  */
 import { context, ROOT_CONTEXT } from '@opentelemetry/api';
-import { UnavailableError } from '../../../platform/src/errors';
+import { callerMessage, UnavailableError } from '../../../platform/src/errors';
 import { withTimeout } from '../../../platform/src/timeout';
 import type { Logger } from '../../../platform/src/logging';
 import type {
@@ -360,17 +360,19 @@ export class StreamAggregation {
           : this.backfilling
             ? 'backfilling'
             : 'running';
+    // Callers read it (GetAggregationStatus): an error's message only as a call would show it.
     const message =
       notStarted instanceof UnavailableError
-        ? `waiting for NATS to start the consumer: ${notStarted.message}`
-        : (notStarted?.message ??
-          (!connected
+        ? `waiting for NATS to start the consumer: ${callerMessage(notStarted)}`
+        : notStarted !== undefined
+          ? callerMessage(notStarted)
+          : !connected
             ? 'NATS is unreachable; waiting for it to come back'
             : this.subscription === undefined
               ? 'starting the consumer'
               : (this.checkpointFailure ??
                 this.slowCheckpoint() ??
-                (this.backfilling ? 'replaying the stream' : 'following new events'))));
+                (this.backfilling ? 'replaying the stream' : 'following new events'));
     this.countUndecodable();
     return {
       phase,
@@ -534,7 +536,8 @@ export class StreamAggregation {
     if (!this.dirty || this.checkpointing !== undefined) return Promise.resolve();
     this.checkpointing = this.checkpoint()
       .catch((error: unknown) => {
-        this.checkpointFailure = `checkpoint failed: ${error instanceof Error ? error.message : String(error)}`;
+        // Shown by GetAggregationStatus: what the logged error says goes in the line below.
+        this.checkpointFailure = `checkpoint failed: ${callerMessage(error)}`;
         if (!this.stopping)
           this.parts.logger.warn(
             { err: error, view: this.parts.view.name },

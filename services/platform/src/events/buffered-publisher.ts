@@ -25,6 +25,7 @@
  */
 import { context as traceContext, type Context } from '@opentelemetry/api';
 import { UnavailableError } from '../errors';
+import { errorText } from '../logging';
 import { withTimeout } from '../timeout';
 import type { BusLogger, EventBus, EventCodec } from './bus';
 import { silentLogger } from './delivery';
@@ -162,10 +163,6 @@ const EMPTY: ReadonlySet<string> = new Set();
 
 const gateTimedOut = (): Error => new Error(`no answer within ${GATE_TIMEOUT_MS} ms`);
 
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 export class BufferedPublisher {
   private readonly capacity: number;
   private readonly maxInFlight: number;
@@ -251,7 +248,7 @@ export class BufferedPublisher {
     try {
       data = codec.encode(event).finish();
     } catch (error) {
-      return this.drop(subject, eventId, `not encodable: ${errorMessage(error)}`);
+      return this.drop(subject, eventId, `not encodable: ${errorText(error)}`);
     }
     this.push(subject, data, eventId);
     return true;
@@ -514,7 +511,7 @@ export class BufferedPublisher {
         lastError = result.reason;
       } else {
         // Anything but "unavailable" would fail the same way again (a bad subject, say).
-        this.drop(queued.subject, queued.eventId, `refused: ${errorMessage(result.reason)}`);
+        this.drop(queued.subject, queued.eventId, `refused: ${errorText(result.reason)}`);
       }
     });
     // Out of the queue before the gate is told, so the room is free as soon as the stream acked.
@@ -531,7 +528,7 @@ export class BufferedPublisher {
     this.consecutiveFailures++;
     if (this.consecutiveFailures === 1) {
       this.logger.warn(
-        { queued: this.size, error: errorMessage(lastError) },
+        { queued: this.size, error: errorText(lastError) },
         'event bus unavailable; buffering events',
       );
     }
@@ -661,7 +658,7 @@ export class BufferedPublisher {
     if (now - this.lastGateLogAt < GATE_LOG_INTERVAL_MS) return;
     this.lastGateLogAt = now;
     this.logger.warn(
-      { step, events, error: errorMessage(error), bypassMs: this.gateBypassMs },
+      { step, events, error: errorText(error), bypassMs: this.gateBypassMs },
       'publish gate failed; the stream duplicate window alone deduplicates events meanwhile',
     );
   }

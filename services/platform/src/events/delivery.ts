@@ -23,6 +23,7 @@ import type {
   EventHandler,
   SubscriptionStats,
 } from './bus';
+import { errorText } from '../logging';
 import { tracingRecords } from '../telemetry/rpc-spans';
 import { recordFailure, withProcessSpan, type ProcessSpanFacts } from './event-spans';
 import { retryDelayMs, type ConsumerSettings } from './event-settings';
@@ -279,10 +280,6 @@ export class FailureCounts {
   }
 }
 
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 /** A subscription's counters and the log lines that go with them. */
 export class SubscriptionCounters {
   private acked = 0;
@@ -324,8 +321,7 @@ export class SubscriptionCounters {
       ...(attempt !== undefined ? { attempt } : {}),
       maxDeliver: this.settings.maxDeliver,
       ...(count > 1 ? { events: count } : {}),
-      error:
-        outcome.kind === 'failed' ? errorMessage(outcome.error) : 'handler overran the ack wait',
+      error: outcome.kind === 'failed' ? errorText(outcome.error) : 'handler overran the ack wait',
     };
     // Logged in the context of the handler's (ended) span, so that the logger's trace_id and
     // span_id lead from the line to the span that recorded the failure, as a call's lines do.
@@ -380,7 +376,7 @@ export class SubscriptionCounters {
         subject: delivered.subject,
         eventId: delivered.eventId,
         streamSequence: delivered.streamSequence,
-        error: errorMessage(error),
+        error: errorText(error),
       },
       'undecodable event terminated',
     );

@@ -13,6 +13,7 @@ import {
   type Span,
   type Tracer,
 } from '@opentelemetry/api';
+import { recordExceptionWithCauses } from '../telemetry/exceptions';
 
 /** The instrumentation scope of every event span. */
 export const EVENTS_TRACER_NAME = 'tandem.events';
@@ -22,10 +23,10 @@ function eventsTracer(): Tracer {
   return trace.getTracer(EVENTS_TRACER_NAME);
 }
 
-/** Marks `span` as failed with `error`, as the semantic conventions ask. */
+/** Marks `span` as failed with `error` (and its causes), as the semantic conventions ask. */
 export function recordFailure(span: Span, error: unknown): void {
   if (error instanceof Error) {
-    span.recordException(error);
+    recordExceptionWithCauses(span, error);
     span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
   } else {
     span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });

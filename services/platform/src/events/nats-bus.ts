@@ -288,17 +288,23 @@ const TRANSIENT_API_ERRORS: ReadonlySet<number> = new Set([10004, 10008, 10009, 
  * Maps a failed JetStream API call to a domain error: an API error is a configuration the server
  * refused (for example overlapping subjects), unless it is one of {@link TRANSIENT_API_ERRORS}:
  * then, as for anything else (the server could not be reached), UNAVAILABLE, which callers retry.
+ * The message may reach a caller (an aggregation's status), so it gives the JetStream error code,
+ * not the server's description, which can quote its store paths, peers or cluster: that stays
+ * in `cause`, which the logs show.
  *
  * @internal Exported for tests.
  */
 export function toBusError(error: unknown, what: string): Error {
   if (error instanceof JetStreamApiError && !TRANSIENT_API_ERRORS.has(error.code)) {
-    return new FailedPreconditionError(`${what}: ${error.message}`, {
+    return new FailedPreconditionError(`${what}: NATS JetStream refused it (error ${error.code})`, {
       cause: error,
       metadata: { jetStreamCode: String(error.code) },
     });
   }
-  const why = error instanceof JetStreamApiError ? error.message : 'NATS did not answer';
+  const why =
+    error instanceof JetStreamApiError
+      ? `NATS JetStream is temporarily unavailable (error ${error.code})`
+      : 'NATS did not answer';
   return new UnavailableError(`${what}: ${why}`, { cause: error });
 }
 
@@ -646,7 +652,8 @@ class NatsBus implements EventBus {
               `cannot publish to ${subject}: the event (${data.length} bytes, and its headers) is larger than the NATS server's max_payload`,
               { cause: error, reason: 'EVENT_TOO_LARGE' },
             )
-          : new UnavailableError(`cannot publish to ${subject}: ${messageOf(error)}`, {
+          : // The client's own message (which may name servers or the account) stays in `cause`.
+            new UnavailableError(`cannot publish to ${subject}: NATS did not acknowledge it`, {
               cause: error,
             });
       let ack: Awaited<ReturnType<typeof send>>;

@@ -15,6 +15,9 @@
  *
  * Engine errors are mapped once, in `guard`: unreachable server → `UnavailableError`, duplicate
  * key → `AlreadyExistsError`, a type mismatch (`$inc` on a string) → `InvalidArgumentError`.
+ * Their messages reach callers, so they say what failed without the driver's message, which
+ * names hosts, ports, replica sets, databases and indexes: that one stays in `cause`, which the
+ * call's span and the logs record.
  */
 import {
   MongoBulkWriteError,
@@ -89,6 +92,9 @@ const DUPLICATE_KEY = 11000;
 /** IndexOptionsConflict and IndexKeySpecsConflict. */
 const INDEX_CONFLICT_CODES = new Set([85, 86]);
 const TYPE_MISMATCH = 14;
+
+/** What a caller is told when storage cannot take an operation now (see the module comment). */
+const STORAGE_UNAVAILABLE = 'storage is unavailable; retry with backoff';
 
 /** The stored shape: the caller's fields plus `_id` and `_v`. */
 interface StoredDocument extends Document {
@@ -430,11 +436,13 @@ class MongoDocumentCollection<T extends { readonly id: string }> implements Coll
     });
     let upsertedIds: Record<number, unknown>;
     let failed: { index: number; duplicateId: boolean; error: WriteError }[] = [];
+    let bulkError: MongoBulkWriteError | undefined;
     try {
       const result = await this.collection.bulkWrite(operations, { ordered: false });
       upsertedIds = result.upsertedIds;
     } catch (error) {
       if (!(error instanceof MongoBulkWriteError)) throw mapError(error);
+      bulkError = error;
       upsertedIds = error.result.upsertedIds;
       failed = error.result.getWriteErrors().map((writeError) => ({
         index: writeError.index,
@@ -450,7 +458,8 @@ class MongoDocumentCollection<T extends { readonly id: string }> implements Coll
     const other = failed.find((failure) => !failure.duplicateId);
     if (other) {
       const message = other.error.errmsg ?? `write failed with code ${other.error.code}`;
-      throw serverError(other.error.code, message, other.error) ?? new Error(message);
+      // The cause is the driver's error (an Error, with every write's), not the WriteError.
+      throw serverError(other.error.code, bulkError) ?? new Error(message, { cause: bulkError });
     }
     return failed.map((failure) => pending[failure.index] as number);
   }
@@ -531,23 +540,32 @@ export function mapError(error: unknown): unknown {
     error instanceof MongoNotConnectedError ||
     error instanceof MongoTopologyClosedError
   ) {
-    return new UnavailableError(`MongoDB is unavailable: ${error.message}`, { cause: error });
+    return new UnavailableError(STORAGE_UNAVAILABLE, { cause: error });
   }
   if (error instanceof MongoServerError && typeof error.code === 'number') {
-    return serverError(error.code, error.message, error) ?? error;
+    return serverError(error.code, error) ?? error;
   }
   return error;
 }
 
 /**
- * Maps a server error code (of a command or of one write in a bulk) to the platform's error;
- * undefined for codes that are bugs rather than outcomes.
+ * Maps a server error code (of a command or of one write in a bulk) to the platform's error, with
+ * a message of its own and the driver's error as `cause`; undefined for codes that are bugs
+ * rather than outcomes.
  */
-function serverError(code: number, message: string, cause: unknown): TandemError | undefined {
-  if (code === DUPLICATE_KEY) return new AlreadyExistsError(message, { cause });
-  if (code === TYPE_MISMATCH) return new InvalidArgumentError(message, [], { cause });
-  if (UNAVAILABLE_CODES.has(code)) {
-    return new UnavailableError(`MongoDB is unavailable: ${message}`, { cause });
+function serverError(code: number, cause: unknown): TandemError | undefined {
+  if (code === DUPLICATE_KEY) {
+    return new AlreadyExistsError('a stored document already has this id or unique key', {
+      cause,
+    });
   }
+  if (code === TYPE_MISMATCH) {
+    return new InvalidArgumentError(
+      'a stored field does not have the type the operation needs (a counter that is not a number)',
+      [],
+      { cause },
+    );
+  }
+  if (UNAVAILABLE_CODES.has(code)) return new UnavailableError(STORAGE_UNAVAILABLE, { cause });
   return undefined;
 }

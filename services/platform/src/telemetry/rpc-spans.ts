@@ -13,6 +13,7 @@ import {
   type Context,
   type Span,
 } from '@opentelemetry/api';
+import { recordExceptionWithCauses } from './exceptions';
 
 const tracer = trace.getTracer('tandem.grpc');
 
@@ -73,12 +74,15 @@ export function rpcSpanStarter(path: string, kind: SpanKind): (parent: Context) 
   return (parent) => tracer.startSpan(name, { kind, attributes }, parent);
 }
 
-/** Ends a call's span with its status code; `error` is recorded for server faults only. */
+/**
+ * Ends a call's span with its status code; `error` is recorded for server faults only, with its
+ * causes: the caller's message leaves out what a dependency said, the span keeps it.
+ */
 export function endRpcSpan(span: Span, kind: SpanKind, code: GrpcCode, error?: unknown): void {
   span.setAttribute('rpc.grpc.status_code', code);
   const isFault = kind === SpanKind.SERVER ? SERVER_FAULTS.has(code) : code !== GrpcCode.OK;
   if (isFault) {
-    if (error instanceof Error) span.recordException(error);
+    if (error instanceof Error) recordExceptionWithCauses(span, error);
     span.setStatus({ code: SpanStatusCode.ERROR, message: GrpcCode[code] });
   }
   span.end();

@@ -45,6 +45,8 @@ class SwitchableBus implements EventBus {
   unanswered = false;
   /** When set, an event is stored at once and acked this much later (or fails at its timeout). */
   ackDelayMs = 0;
+  /** What NATS said while the bus is off: the cause of the publish error, as the adapter's. */
+  outageCause: Error | undefined;
   attempts = 0;
 
   constructor(private readonly inner: EventBus) {}
@@ -62,7 +64,7 @@ class SwitchableBus implements EventBus {
     options: PublishOptions,
   ): Promise<PublishAck> {
     this.attempts++;
-    if (!this.available) throw new UnavailableError('NATS is down');
+    if (!this.available) throw new UnavailableError('NATS is down', { cause: this.outageCause });
     if (this.unanswered) {
       await new Promise((resolve) => setTimeout(resolve, options.timeoutMs));
       throw new UnavailableError('publish ack timed out');
@@ -189,6 +191,28 @@ describe('BufferedPublisher', () => {
       expect(received).toEqual(['1', '2', '3', '4', '5']);
     });
     expect(events.stats()).toMatchObject({ queued: 0, published: 5, dropped: 0 });
+  });
+
+  it("logs what NATS said about an outage, which the publish error's message leaves out", async () => {
+    bus.available = false;
+    bus.outageCause = new Error('TIMEOUT after 5000 ms waiting for nats-0.internal:4222');
+    const warnings: { fields: object; message: string }[] = [];
+    const events = create({
+      logger: {
+        info: () => undefined,
+        warn: (fields: object, message: string) => {
+          warnings.push({ fields, message });
+        },
+        error: () => undefined,
+      },
+    });
+    events.enqueue(SUBJECT, EchoRequest, echo('1'), '1');
+    await eventually(() => {
+      expect(warnings.map((w) => w.message)).toContain('event bus unavailable; buffering events');
+    });
+    expect(warnings[0]?.fields).toMatchObject({
+      error: 'NATS is down: TIMEOUT after 5000 ms waiting for nats-0.internal:4222',
+    });
   });
 
   it('drops new events beyond its capacity and counts them, keeping the earliest', async () => {

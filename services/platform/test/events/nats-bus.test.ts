@@ -77,6 +77,25 @@ describeWithNats('NATS JetStream event bus', () => {
       expect(config.storage).toBe('memory');
     });
 
+    it("fails a publish nothing takes as UNAVAILABLE saying so, with NATS's own error as the cause", async () => {
+      const failed = await bus
+        .publish(`${stream}.nowhere`, EchoRequest, EchoRequest.fromPartial({ message: 'x' }), {
+          eventId: 'nowhere-1',
+          timeoutMs: 1_000,
+        })
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+      expect(failed).toBeInstanceOf(UnavailableError);
+      expect((failed as Error).message).toBe(
+        `cannot publish to ${stream}.nowhere: NATS did not acknowledge it`,
+      );
+      const cause = (failed as Error).cause;
+      expect(cause).toBeInstanceOf(Error);
+      expect((failed as Error).message).not.toContain((cause as Error).message);
+    });
+
     it("refuses an event larger than the server's max_payload as FAILED_PRECONDITION, not UNAVAILABLE", async () => {
       await bus.declareStream({ name: stream, subjects: [`${stream}.>`], storage: 'memory' });
       const tooLarge = { message: 'x'.repeat(admin.info!.max_payload + 1) };
@@ -785,9 +804,26 @@ describe('JetStream API errors', () => {
         'cannot declare consumer s/d',
       );
       expect(error).toBeInstanceOf(expected);
-      expect(error.message).toContain(description);
+      // The server's description stays in the cause (logged); the message names the code only.
+      expect(error.message).toContain(`error ${errCode}`);
+      expect(error.message).not.toContain(description);
+      expect((error.cause as Error).message).toContain(description);
     },
   );
+
+  it('keep what the server said out of the message, which a caller may be shown', () => {
+    // JSStreamStoreFailedF ("{err}") quotes the server's own failure: its store's paths.
+    const description = 'open /var/lib/nats/jetstream/$G/streams/OUTCOMES: permission denied';
+    for (const cause of [
+      new JetStreamApiError({ code: 500, err_code: 10077, description }),
+      new Error(`connection to nats-0.internal:4222 lost: ${description}`),
+    ]) {
+      const error = toBusError(cause, 'cannot declare stream OUTCOMES');
+      expect(error.message).toMatch(/^cannot declare stream OUTCOMES: NATS /);
+      expect(error.message).not.toMatch(/nats-0|4222|\/var\/lib|permission denied/);
+      expect(error.cause).toBe(cause);
+    }
+  });
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {

@@ -48,7 +48,7 @@ describe('bootstrap', () => {
 
   it.each([
     ['without TANDEM_ADMIN_TOKEN, warns that admin RPCs are open', undefined, 1],
-    ['with TANDEM_ADMIN_TOKEN, does not', 's3cret-admin', 0],
+    ['with TANDEM_ADMIN_TOKEN, does not', 's3cret-admin-token', 0],
   ])('%s', async (_name, token, warnings) => {
     const dataDir = mkdtempSync(join(tmpdir(), 'tandem-bootstrap-'));
     const env = new EnvReader({
@@ -74,6 +74,6 @@ describe('bootstrap', () => {
     const open = lines.filter((l) => l.level === 'warn' && l.msg.includes('TANDEM_ADMIN_TOKEN'));
     expect(open).toHaveLength(warnings);
     // The token itself is never logged.
-    expect(JSON.stringify(lines)).not.toContain('s3cret-admin');
+    expect(JSON.stringify(lines)).not.toContain('s3cret-admin-token');
   });
 });

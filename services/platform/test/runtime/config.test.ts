@@ -135,7 +135,18 @@ describe('readPlatformConfig', () => {
     ]);
     expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'two  spaces' })).toHaveLength(1);
     expect(platformProblems({ TANDEM_ADMIN_TOKEN: 's3cr3t-T0ken_with.dots~' })).toEqual([]);
-    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'a phrase token' })).toEqual([]);
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'a longer phrase token' })).toEqual([]);
+  });
+
+  it('refuses an admin token short enough to guess, naming the variable', () => {
+    for (const token of ['admin', 'changeme', 's3cret-admin', '0123456789abcde']) {
+      expect(platformProblems({ TANDEM_ADMIN_TOKEN: token })).toEqual([
+        expect.stringMatching(/^TANDEM_ADMIN_TOKEN must be at least 16 characters/),
+      ]);
+    }
+    // The token itself is not repeated in the problem, which is logged.
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: 'changeme' })[0]).not.toContain('changeme');
+    expect(platformProblems({ TANDEM_ADMIN_TOKEN: '0123456789abcdef' })).toEqual([]);
   });
 
   it('refuses a TLS certificate without its key', () => {

@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
-import { createLogger, withoutUrlCredentials } from '../../src/logging';
+import { UnavailableError } from '../../src/errors';
+import { createLogger, errorText, withoutUrlCredentials } from '../../src/logging';
 
 /** A logger whose lines are collected, parsed. */
 function capturingLogger(): { logger: ReturnType<typeof createLogger>; lines: string[] } {
@@ -34,6 +35,19 @@ describe('withoutUrlCredentials', () => {
     for (const text of ['nats://nats:4222', 'user@example.com wrote', 'no URL here']) {
       expect(withoutUrlCredentials(text)).toBe(text);
     }
+  });
+});
+
+describe('errorText', () => {
+  it("gives a log field what the dependency said, which the caller's message leaves out", () => {
+    const driverError = new Error('connect ECONNREFUSED 10.0.0.5:27017 (mongodb://app:s3cret@db)');
+    const error = new UnavailableError('storage is unavailable; retry with backoff', {
+      cause: driverError,
+    });
+    expect(errorText(error)).toBe(
+      'storage is unavailable; retry with backoff: connect ECONNREFUSED 10.0.0.5:27017 (mongodb://***@db)',
+    );
+    expect(errorText('not an error')).toBe('not an error');
   });
 });
 

@@ -1,5 +1,13 @@
-import { MongoClient, MongoServerError } from 'mongodb';
-import { FailedPreconditionError, UnavailableError } from '../../src/errors';
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { MongoClient, MongoNetworkError, MongoServerError } from 'mongodb';
+import {
+  AlreadyExistsError,
+  decodeStatus,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  toStatus,
+  UnavailableError,
+} from '../../src/errors';
 import { mapError, openMongoStore } from '../../src/storage/mongo-store';
 import { openStore } from '../../src/storage/open-store';
 import { describeWithMongo, mongodbUri, uniqueName } from '../support/integration';
@@ -137,5 +145,85 @@ describe('MongoDB server errors', () => {
     }
     const duplicate = new MongoServerError({ code: 11000, errmsg: 'duplicate key' });
     expect(mapError(duplicate)).not.toBeInstanceOf(UnavailableError);
+  });
+});
+
+describe('MongoDB errors as callers see them', () => {
+  /** What a caller receives for `error`: the status message and its copy in the details. */
+  function shown(error: unknown): { code: number; message: string; detailsMessage: string } {
+    const status = toStatus(error);
+    const decoded = decodeStatus({
+      code: status.code,
+      details: status.details,
+      metadata: status.metadata,
+    });
+    return { code: status.code, message: status.details, detailsMessage: decoded.message };
+  }
+
+  it.each([
+    [
+      'an unreachable server',
+      new MongoNetworkError('connect ECONNREFUSED 10.0.0.5:27017'),
+      UnavailableError,
+      GrpcCode.UNAVAILABLE,
+    ],
+    [
+      'a node that cannot take the operation now',
+      new MongoServerError({
+        code: 10107,
+        errmsg: 'not primary: mongo-0.internal:27017 of replica set rs-prod',
+      }),
+      UnavailableError,
+      GrpcCode.UNAVAILABLE,
+    ],
+    [
+      'a duplicate key',
+      new MongoServerError({
+        code: 11000,
+        errmsg:
+          'E11000 duplicate key error collection: tandem_assignment.experiments index: _id_ dup key: { _id: "checkout" }',
+      }),
+      AlreadyExistsError,
+      GrpcCode.ALREADY_EXISTS,
+    ],
+    [
+      'a type mismatch',
+      new MongoServerError({
+        code: 14,
+        errmsg:
+          'Cannot apply $inc to a value of non-numeric type. {_id: "a"} has the field \'plays\' of non-numeric type string',
+      }),
+      InvalidArgumentError,
+      GrpcCode.INVALID_ARGUMENT,
+    ],
+  ])(
+    'tell the caller what failed, not the driver message, for %s',
+    (_what, driverError, type, code) => {
+      const mapped = mapError(driverError);
+      expect(mapped).toBeInstanceOf(type);
+      // The driver's error stays, for the span and the logs.
+      expect((mapped as Error).cause).toBe(driverError);
+      const { code: sent, message, detailsMessage } = shown(mapped);
+      expect(sent).toBe(code);
+      for (const text of [message, detailsMessage]) {
+        for (const detail of [
+          '10.0.0.5',
+          '27017',
+          'mongo-0.internal',
+          'rs-prod',
+          'tandem_assignment',
+          '_id_',
+          'E11000',
+          '$inc',
+        ]) {
+          expect(text).not.toContain(detail);
+        }
+      }
+    },
+  );
+
+  it('say which dependency is unavailable, and that a retry may succeed', () => {
+    const mapped = mapError(new MongoNetworkError('getaddrinfo ENOTFOUND mongo-0.internal'));
+    expect(shown(mapped).message).toBe('storage is unavailable; retry with backoff');
   });
 });

@@ -1,6 +1,7 @@
 import { credentials } from '@grpc/grpc-js';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
+import { UnavailableError } from '../../src/errors';
 import { createClient, serverAttributes } from '../../src/grpc/client';
 import { startEcho, type RunningEcho } from '../support/echo';
 import { failure } from '../support/failure';
@@ -98,6 +99,42 @@ describe('tracing across a gRPC hop', () => {
     expect(servers.map((s) => s.attributes['rpc.grpc.status_code'])).toEqual([3, 13]);
     expect(servers.map((s) => s.status.code)).toEqual([0, 2]);
     expect(servers[1]?.events.some((e) => e.name === 'exception')).toBe(true);
+  });
+
+  it("records a server fault's cause, which the caller is not told", async () => {
+    // As the MongoDB adapter maps an unreachable server: the driver's message names the host.
+    const driverError = new Error('connect ECONNREFUSED 10.0.0.5:27017');
+    const failing = await startEcho({
+      handlers: {
+        echo: () =>
+          Promise.reject(
+            new UnavailableError('storage is unavailable; retry with backoff', {
+              cause: driverError,
+            }),
+          ),
+      },
+    });
+    const client = createClient(EchoServiceService, {
+      address: failing.address,
+      credentials: credentials.createInsecure(),
+    });
+    try {
+      const error = await failure(
+        client.echo({ message: 'x', failWithCode: 0, requireMessage: false }),
+      );
+      expect(error.message).toBe('storage is unavailable; retry with backoff');
+    } finally {
+      client.close();
+      await failing.server.shutdown(1000);
+    }
+    const server = tracing.exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER);
+    const exceptions = (server?.events ?? [])
+      .filter((e) => e.name === 'exception')
+      .map((e) => e.attributes?.['exception.message']);
+    expect(exceptions).toEqual([
+      'storage is unavailable; retry with backoff',
+      'connect ECONNREFUSED 10.0.0.5:27017',
+    ]);
   });
 });
 
