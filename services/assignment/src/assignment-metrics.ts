@@ -5,7 +5,7 @@
  * - `tandem.assignment.sticky.lookups` by `tandem.outcome`: a unit's sticky variants looked up for
  *   a Resolve (or for an Apply of a token with STICKY assignments): `cached` (all from the replica's
  *   cache, no storage read), `read` (storage answered), `timed_out` (storage did not answer within
- *   `STICKY_LOOKUP_TIMEOUT_MS`) and `failed` (the read failed). On Resolve, `timed_out` and `failed`
+ *   `TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`) and `failed` (the read failed). On Resolve, `timed_out` and `failed`
  *   mean that the experiments not cached were served STICKY_UNAVAILABLE; on Apply (whose read is
  *   not bounded, so never `timed_out`) a failed one only leaves an expired variant unrenewed.
  * - `tandem.assignment.sticky.failed_writes` by `tandem.reason`: first sticky variants that

@@ -5,6 +5,7 @@
 import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
 import { MAX_STICKY_TTL_MS } from './domain/configuration';
 import { EXPOSURE_RETENTION_MS } from './events/streams';
+import { STICKY_LOOKUP_TIMEOUT_MS } from './store/sticky-assignments';
 
 /**
  * The shortest token secret taken, in bytes: an HMAC-SHA256 key shorter than the hash output
@@ -39,6 +40,8 @@ export interface AssignmentConfig {
   readonly stickyTtlMs: number;
   /** Sticky assignments cached in memory (least recently used are evicted). @default 100 000 */
   readonly stickyCacheCapacity: number;
+  /** How long Resolve waits for a unit's stored sticky variants (see `StickyAssignments`). */
+  readonly stickyLookupTimeoutMs: number;
   /** How long a request_id keeps returning the first result of a mutation. @default 24 h */
   readonly idempotencyTtlMs: number;
   /** This replica's id in config-change events and its config consumer's name. @default host-pid */
@@ -93,6 +96,14 @@ export function readAssignmentConfig(
       default: 100_000,
       min: 1,
       description: 'Sticky assignments cached in memory per replica',
+    }),
+    stickyLookupTimeoutMs: reader.durationMs('TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT', {
+      default: STICKY_LOOKUP_TIMEOUT_MS,
+      min: 10,
+      // Past the callers' deadlines anyway: a stalled read then fails every sticky Resolve.
+      max: 10_000,
+      description:
+        "How long Resolve waits for a unit's stored sticky variants before its sticky experiments answer STICKY_UNAVAILABLE",
     }),
     idempotencyTtlMs: reader.durationMs('TANDEM_ASSIGNMENT_REQUEST_ID_TTL', {
       default: 86_400_000,

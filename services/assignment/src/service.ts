@@ -116,7 +116,11 @@ export async function startAssignment(
       () => configuration.hasUnannouncedChange(),
       (method, request, stamp) => recoverWrite(context, method, request, stamp),
     ),
-    sticky: await StickyAssignments.open(runtime.store, config.stickyCacheCapacity),
+    sticky: await StickyAssignments.open(
+      runtime.store,
+      config.stickyCacheCapacity,
+      config.stickyLookupTimeoutMs,
+    ),
     exposures: new ExposureLog(exposurePublisher, config.exposureMemoryCapacity),
     tokens: new ResolveTokens(tokenSecret),
     logger,

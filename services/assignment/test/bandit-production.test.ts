@@ -63,8 +63,13 @@ it("refuses to change a running bandit's minimum arm share, which would move its
   expect(after).toEqual(before);
 });
 
-it('serves the rest of a Resolve, and STICKY_UNAVAILABLE for the sticky experiments, when the sticky read stalls', async () => {
-  const { admin, client } = service;
+/**
+ * Resolves a unit on a surface with a sticky and a plain experiment while the sticky read stalls
+ * (MongoDB without a primary, an election or a lost node, answers reads only after its server
+ * selection timeout, 10 s by default), with a caller's deadline of `deadlineMs`.
+ */
+async function resolveWhileStickyReadStalls(on: TestAssignment, deadlineMs: number) {
+  const { admin, client } = on;
   for (const [id, sticky] of [
     ['stalled-sticky', true],
     ['stalled-plain', false],
@@ -76,27 +81,39 @@ it('serves the rest of a Resolve, and STICKY_UNAVAILABLE for the sticky experime
     );
     await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
   }
-  // MongoDB without a primary (an election, a lost node) answers reads only after its server
-  // selection timeout, 10 s by default.
-  const read = jest
-    .spyOn(service.service.context.sticky['collection'], 'getMany')
-    .mockImplementation(
-      () =>
-        new Promise((resolve) => {
-          setTimeout(() => {
-            resolve(new Map());
-          }, 10_000).unref();
-        }),
-    );
+  const read = jest.spyOn(on.service.context.sticky['collection'], 'getMany').mockImplementation(
+    () =>
+      new Promise((resolve) => {
+        setTimeout(() => {
+          resolve(new Map());
+        }, 10_000).unref();
+      }),
+  );
   try {
     const resolved = await client.resolve(resolveRequest('stalled-1', { surfaces: ['stalled'] }), {
-      timeoutMs: 2_000,
+      timeoutMs: deadlineMs,
     });
-    expect(resolved.assignments.map((a) => [a.experimentId, a.reason])).toEqual([
-      ['stalled-plain', AssignmentReason.ASSIGNMENT_REASON_ASSIGNED],
-      ['stalled-sticky', AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE],
-    ]);
+    return resolved.assignments.map((a) => [a.experimentId, a.reason]);
   } finally {
     read.mockRestore();
+  }
+}
+
+const SERVED_WHILE_STALLED = [
+  ['stalled-plain', AssignmentReason.ASSIGNMENT_REASON_ASSIGNED],
+  ['stalled-sticky', AssignmentReason.ASSIGNMENT_REASON_STICKY_UNAVAILABLE],
+];
+
+it('serves the rest of a Resolve, and STICKY_UNAVAILABLE for the sticky experiments, when the sticky read stalls', async () => {
+  expect(await resolveWhileStickyReadStalls(service, 2_000)).toEqual(SERVED_WHILE_STALLED);
+});
+
+it('waits for a stalled sticky read as long as TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT says', async () => {
+  // A caller whose deadline is shorter than the default bound (500 ms) is served all the same.
+  const impatient = await startTestAssignment({ stickyLookupTimeout: '50ms' });
+  try {
+    expect(await resolveWhileStickyReadStalls(impatient, 300)).toEqual(SERVED_WHILE_STALLED);
+  } finally {
+    await impatient.stop();
   }
 });

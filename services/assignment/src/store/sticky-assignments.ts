@@ -68,7 +68,8 @@ interface ReleaseDocument {
 export const RELEASE_GRACE_MS = 60_000;
 
 /**
- * How long Resolve waits for the storage read behind a sticky lookup before answering those
+ * How long Resolve waits, by default (`TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`), for the storage
+ * read behind a sticky lookup before answering those
  * experiments STICKY_UNAVAILABLE. Without a bound, a storage that stalls rather than fails (a
  * MongoDB election or lost primary: the driver waits up to its 10 s server selection timeout)
  * would hold the whole response, non-sticky experiments included, past the caller's deadline.

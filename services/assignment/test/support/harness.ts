@@ -36,6 +36,8 @@ export interface StartOptions extends StorageChoice {
   readonly reloadInterval?: string;
   readonly replicaId?: string;
   readonly tokenSecret?: string;
+  /** `TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`, for example `50ms`. */
+  readonly stickyLookupTimeout?: string;
   /** Exposures buffered while NATS is unavailable (the service's default when unset). */
   readonly exposureBuffer?: number;
   /** TANDEM_GRPC_MAX_MESSAGE_BYTES (the default when unset). */
@@ -72,6 +74,7 @@ export function testConfig(options: StartOptions): AssignmentConfig {
       TANDEM_SHUTDOWN_TIMEOUT: '2s',
       TANDEM_ASSIGNMENT_RELOAD_INTERVAL: options.reloadInterval,
       TANDEM_ASSIGNMENT_TOKEN_SECRET: options.tokenSecret,
+      TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT: options.stickyLookupTimeout,
       TANDEM_ASSIGNMENT_EXPOSURE_BUFFER: options.exposureBuffer?.toString(),
       TANDEM_GRPC_MAX_MESSAGE_BYTES: options.maxMessageBytes?.toString(),
     },
