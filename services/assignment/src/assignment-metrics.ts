@@ -5,9 +5,10 @@
  * - `tandem.assignment.sticky.lookups` by `tandem.outcome`: a unit's sticky variants looked up for
  *   a Resolve (or for an Apply of a token with STICKY assignments): `cached` (all from the replica's
  *   cache, no storage read), `read` (storage answered), `timed_out` (storage did not answer within
- *   `TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`) and `failed` (the read failed). On Resolve, `timed_out` and `failed`
- *   mean that the experiments not cached were served STICKY_UNAVAILABLE; on Apply (whose read is
- *   not bounded, so never `timed_out`) a failed one only leaves an expired variant unrenewed.
+ *   `TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`) and `failed` (the read failed). On Resolve,
+ *   `timed_out` and `failed` mean that the experiments not cached were served STICKY_UNAVAILABLE;
+ *   on Apply (whose read is not bounded, so never `timed_out`) a failed one only leaves an expired
+ *   variant unrenewed.
  * - `tandem.assignment.sticky.failed_writes` by `tandem.reason`: first sticky variants that
  *   Resolve(apply=true) could not store, so the unit was served STICKY_UNAVAILABLE for that
  *   experiment and no exposure was logged: `unavailable` (storage failed) or `conflict` (the

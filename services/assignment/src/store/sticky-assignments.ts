@@ -69,10 +69,10 @@ export const RELEASE_GRACE_MS = 60_000;
 
 /**
  * How long Resolve waits, by default (`TANDEM_ASSIGNMENT_STICKY_LOOKUP_TIMEOUT`), for the storage
- * read behind a sticky lookup before answering those
- * experiments STICKY_UNAVAILABLE. Without a bound, a storage that stalls rather than fails (a
- * MongoDB election or lost primary: the driver waits up to its 10 s server selection timeout)
- * would hold the whole response, non-sticky experiments included, past the caller's deadline.
+ * read behind a sticky lookup before answering those experiments STICKY_UNAVAILABLE. Without a
+ * bound, a storage that stalls rather than fails (a MongoDB election or lost primary: the driver
+ * waits up to its 10 s server selection timeout) would hold the whole response, non-sticky
+ * experiments included, past the caller's deadline.
  */
 export const STICKY_LOOKUP_TIMEOUT_MS = 500;
 
