@@ -307,6 +307,39 @@ function checkAllocationMode(out: Violations, experiment: ExperimentDefinition):
   }
 }
 
+/** An experiment or holdout as far as its hashing goes: whose seed it is. */
+export interface SeededResource {
+  readonly kind: 'experiment' | 'holdout';
+  readonly id: string;
+  /** The seed it hashes with (`effectiveSeed`, `holdoutSeed`). */
+  readonly seed: string;
+}
+
+/**
+ * A SEED_IN_USE violation of `seed` (an experiment's or a holdout's, effective) when one of
+ * `others` (resources of the other kind) hashes with it too. A holdout hashing units as an
+ * experiment it covers does would hold out the start of that experiment's buckets, its control,
+ * rather than an even share of each variant, and so unbalance the split it leaves (see
+ * `holdoutSeed`). Experiments may share a seed, to keep one split across a rerun.
+ */
+export function sharedSeedViolations(
+  seed: string,
+  others: Iterable<SeededResource>,
+): FieldViolation[] {
+  for (const other of others) {
+    if (other.seed === seed) {
+      return [
+        {
+          field: 'seed',
+          description: `seed "${seed}" is the seed of ${other.kind} "${other.id}": an experiment and a holdout must hash units with different seeds`,
+          reason: 'SEED_IN_USE',
+        },
+      ];
+    }
+  }
+  return [];
+}
+
 /** Every problem with a holdout definition. */
 export function validateHoldout(
   holdout: HoldoutDefinition,

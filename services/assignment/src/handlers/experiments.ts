@@ -30,8 +30,11 @@ import {
   AllocationMode,
   checkRunningChange,
   checkScheduleChange,
+  effectiveSeed,
   ExperimentStatus,
+  holdoutSeed,
   MAX_STICKY_TTL_MS,
+  sharedSeedViolations,
   START_MARGIN_MS,
   toleratedWhenStored,
   validateCondition,
@@ -284,12 +287,21 @@ function sameJson(a: string, b: string): boolean {
 /** Every validation problem of `doc`, as request violations under `experiment.`. */
 function validate(context: AssignmentContext, doc: ExperimentDocument): FieldViolation[] {
   const view = context.configuration.current();
+  const definition = experimentDefinition(doc, undefined);
   return under('experiment', [
-    ...validateExperiment(experimentDefinition(doc, undefined), {
+    ...validateExperiment(definition, {
       layerIds: new Set(view.layers.keys()),
       otherExperiments: view.experimentDefinitions,
     }),
     ...experimentSizeViolations(doc),
+    ...sharedSeedViolations(
+      effectiveSeed(definition),
+      [...view.holdouts.values()].map(({ doc: holdout }) => ({
+        kind: 'holdout' as const,
+        id: holdout.id,
+        seed: holdoutSeed(holdout),
+      })),
+    ),
   ]);
 }
 

@@ -20,7 +20,13 @@ import {
   type PreconditionViolation,
 } from '../../../platform/src/errors';
 import type { Handlers } from '../../../platform/src/grpc/handlers';
-import { holdoutSeed, HoldoutStatus, validateHoldout } from '../domain';
+import {
+  effectiveSeed,
+  holdoutSeed,
+  HoldoutStatus,
+  sharedSeedViolations,
+  validateHoldout,
+} from '../domain';
 import type { AssignmentContext } from '../assignment-context';
 import { changesNothing, holdoutDefinition, type HoldoutDocument } from '../store/documents';
 import { holdoutSizeViolations } from './limits';
@@ -97,10 +103,19 @@ function requestedFields(
 }
 
 function validate(context: AssignmentContext, doc: HoldoutDocument): FieldViolation[] {
-  const layerIds = new Set(context.configuration.current().layers.keys());
+  const view = context.configuration.current();
+  const layerIds = new Set(view.layers.keys());
   return under('holdout', [
     ...validateHoldout(holdoutDefinition(doc, undefined), { layerIds }),
     ...holdoutSizeViolations(doc),
+    ...sharedSeedViolations(
+      holdoutSeed(doc),
+      view.experimentDefinitions.map((experiment) => ({
+        kind: 'experiment' as const,
+        id: experiment.id,
+        seed: effectiveSeed(experiment),
+      })),
+    ),
   ]);
 }
 

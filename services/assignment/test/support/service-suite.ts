@@ -2792,6 +2792,54 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         }
       });
 
+      it('refuses a holdout and an experiment hashing units with the same seed', async () => {
+        const { admin } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('seeded-exp', { surfaces: ['seeded'] }),
+          }),
+        );
+        // The experiment's seed is its id: a holdout seeded with it would hold out its control.
+        const holdoutRefused = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('seeded-holdout', { surfaces: ['seeded'], seed: 'seeded-exp' }),
+            }),
+          ),
+        );
+        expect(fieldReasons(holdoutRefused)).toEqual([['holdout.seed', 'SEED_IN_USE']]);
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('seeded-holdout', { surfaces: ['seeded'], seed: 'a-salt' }),
+          }),
+        );
+        const experimentRefused = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: experiment('seeded-too', { surfaces: ['seeded'], seed: 'a-salt' }),
+            }),
+          ),
+        );
+        expect(fieldReasons(experimentRefused)).toEqual([['experiment.seed', 'SEED_IN_USE']]);
+        // Nor by an update; two experiments may share a seed (a rerun keeping its split).
+        const { experiment: stored } = await admin.getExperiment({ id: 'seeded-exp' });
+        const reseed = (seed: string) =>
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: { id: 'seeded-exp', seed, etag: stored?.etag ?? '' },
+              updateMask: ['seed'],
+            }),
+          );
+        expect(fieldReasons(await failure(reseed('a-salt')))).toEqual([
+          ['experiment.seed', 'SEED_IN_USE'],
+        ]);
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('seeded-rerun', { surfaces: ['seeded'], seed: 'seeded-exp' }),
+          }),
+        );
+      });
+
       it('logs no holdout exposure shown after the holdout stopped', async () => {
         const { admin, client } = service;
         await admin.createExperiment(

@@ -243,7 +243,11 @@ export interface Experiment {
     | undefined;
   /** Optional. The bucketing hash version; HASH_VERSION_V2 when unset. Immutable once started. */
   hashVersion: HashVersion;
-  /** Optional. The hash seed; the experiment id when empty. Immutable once started. */
+  /**
+   * Optional. The hash seed; the experiment id when empty. Not a holdout's seed (reason
+   * SEED_IN_USE): a holdout hashing as the experiment does would hold out its control. Experiments
+   * may share one, to keep a split across a rerun. Immutable once started.
+   */
   seed: string;
   /**
    * Optional. When a started experiment begins serving; StartExperiment with a future time makes

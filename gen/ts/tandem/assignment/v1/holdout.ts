@@ -92,7 +92,9 @@ export interface Holdout {
    * Optional. The holdout's own salt, independent of every experiment's; when empty, `holdout:`
    * followed by the holdout id (never an experiment's default seed, its id), stored and returned
    * as the seed. Holdouts created before this default keep the holdout id as their seed, and an
-   * update with an empty seed keeps the stored one. Immutable once running.
+   * update with an empty seed keeps the stored one. Not an experiment's seed (its own, or its id
+   * when it has none; reason SEED_IN_USE): the holdout would hold out that experiment's control
+   * rather than an even share of each variant. Immutable once running.
    */
   seed: string;
   /** Optional. The hash version; HASH_VERSION_V2 when unset. Immutable once running. */
