@@ -163,7 +163,10 @@ export interface CompiledHoldout {
 /** The outcome of one experiment for one unit. Shared and frozen: never mutate. */
 export interface ResolvedAssignment {
   readonly experiment: CompiledExperiment;
-  /** The variant to serve: the assigned or sticky one, the shipped one, or else the control. */
+  /**
+   * The variant to serve: the assigned, sticky or overriding one, the shipped one, or else the
+   * control.
+   */
   readonly variant: CompiledVariant;
   /** True for reasons ASSIGNED and STICKY only. */
   readonly inExperiment: boolean;
@@ -189,6 +192,11 @@ export interface HoldoutMembership {
   readonly heldOut: boolean;
   /** The requested surfaces it covers (directly or through a layer). */
   readonly surfaces: readonly string[];
+  /**
+   * The unit is forced into a variant (OVERRIDE) of an experiment the holdout covers, so it does
+   * not get what its membership says everywhere the holdout reaches: not a member to analyse.
+   */
+  readonly overridden: boolean;
 }
 
 /** All assignments of a unit on the requested surfaces. */
@@ -382,6 +390,16 @@ export class AssignmentSnapshot {
   private readonly partMatch: Uint8Array;
   private readonly layerStamp: Uint32Array;
   private readonly layerBucket: Int32Array;
+  /**
+   * Layers in which the unit being resolved is forced into a variant of an experiment: stamped
+   * with the generation, they exclude it from the layer's other experiments (NOT_IN_LAYER_RANGE),
+   * as its layer point would.
+   */
+  private readonly layerClaimStamp: Uint32Array;
+  /** Holdouts covering an experiment the unit being resolved is forced into a variant of. */
+  private readonly holdoutOverrideStamp: Uint32Array;
+  /** Whether the unit being resolved is forced into a variant anywhere (see `claimOverrides`). */
+  private overriddenUnit = false;
   private readonly holdoutStamp: Uint32Array;
   private readonly holdoutHeld: Uint8Array;
   private readonly seenStamp: Uint32Array;
@@ -508,6 +526,8 @@ export class AssignmentSnapshot {
     this.partMatch = new Uint8Array(this.predicates.length);
     this.layerStamp = new Uint32Array(this.layerSuffixes.length);
     this.layerBucket = new Int32Array(this.layerSuffixes.length);
+    this.layerClaimStamp = new Uint32Array(this.layerSuffixes.length);
+    this.holdoutOverrideStamp = new Uint32Array(holdouts.length);
     this.holdoutStamp = new Uint32Array(holdouts.length);
     this.holdoutHeld = new Uint8Array(holdouts.length);
     this.seenStamp = new Uint32Array(plans.length);
@@ -580,6 +600,8 @@ export class AssignmentSnapshot {
   /** Resolves every experiment on the unit's surfaces. Synchronous and side-effect free. */
   resolve(unit: UnitContext): Resolution {
     this.beginResolve(unit);
+    const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
+    if (forced !== undefined) this.claimOverrides(forced, unit);
     const assignments: ResolvedAssignment[] = [];
     const single = unit.surfaces.length === 1;
     for (const surface of unit.surfaces) {
@@ -611,6 +633,7 @@ export class AssignmentSnapshot {
     const sticky = unit.sticky;
     const hasSticky = sticky !== undefined && sticky.size > 0;
     const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
+    if (forced !== undefined) this.claimOverrides(forced, unit);
     // Within one surface an experiment is a candidate once (in `always` or in one layer table,
     // once per bucket), unless a sticky variant or an override makes it one again: only then, or
     // across surfaces, are candidates deduplicated.
@@ -696,7 +719,13 @@ export class AssignmentSnapshot {
       for (let i = 0; i < count; i++) {
         const position = candidates[i] ?? 0;
         const record = position * RECORD_INTS;
-        if (single && ((records[record + Rec.FLAGS] ?? 0) & RecFlag.SIMPLE) !== 0) {
+        // A unit forced into a variant somewhere takes the full evaluation, which knows the
+        // layers its overrides claim.
+        if (
+          single &&
+          !this.overriddenUnit &&
+          ((records[record + Rec.FLAGS] ?? 0) & RecFlag.SIMPLE) !== 0
+        ) {
           const resolved = this.resolveRecord(records, record, unit, unitType);
           if (resolved !== undefined) assignments.push(resolved);
           continue;
@@ -797,11 +826,33 @@ export class AssignmentSnapshot {
       this.layerStamp.fill(0);
       this.holdoutStamp.fill(0);
       this.seenStamp.fill(0);
+      this.layerClaimStamp.fill(0);
+      this.holdoutOverrideStamp.fill(0);
       this.generation = 1;
     }
     this.unitId = unit.id;
     this.unitState = fnvContinue(FNV_OFFSET_BASIS, unit.id);
     this.attributes = unit.attributes;
+    this.overriddenUnit = false;
+  }
+
+  /**
+   * Marks what the overrides of `forced` (the experiments listing the unit) claim for this
+   * resolve: the layers of those that serve the override, whose other experiments the unit is
+   * then not in, and the holdouts covering them, whose membership is then not analysable. On
+   * every surface, requested or not: a layer and a holdout span surfaces.
+   */
+  private claimOverrides(forced: readonly number[], unit: UnitContext): void {
+    for (let i = 0; i < forced.length; i++) {
+      const plan = this.plans[forced[i] ?? 0];
+      if (plan === undefined || overrideOf(plan, unit) < 0) continue;
+      this.overriddenUnit = true;
+      if (plan.layerSlot >= 0) this.layerClaimStamp[plan.layerSlot] = this.generation;
+      const holdouts = plan.holdoutSlots;
+      for (let h = 0; h < holdouts.length; h++) {
+        this.holdoutOverrideStamp[holdouts[h] ?? 0] = this.generation;
+      }
+    }
   }
 
   // -1 means "several requested surfaces": the result carries its own surfaces array.
@@ -817,9 +868,9 @@ export class AssignmentSnapshot {
   }
 
   private evaluate(plan: ExperimentPlan, unit: UnitContext, slot: number): ResolvedAssignment {
-    if (plan.overrides !== undefined && unit.type === plan.unitType && unit.now < plan.endMs) {
-      const forced = plan.overrides.get(unit.id);
-      if (forced !== undefined) return this.result(plan, slot, OVERRIDE, unit, forced);
+    if (plan.overrides !== undefined) {
+      const forced = overrideOf(plan, unit);
+      if (forced >= 0) return this.result(plan, slot, OVERRIDE, unit, forced);
     }
     if (plan.serving === Serving.OFF)
       return this.result(plan, slot, AssignmentReason.NOT_RUNNING, unit);
@@ -832,7 +883,16 @@ export class AssignmentSnapshot {
     // Layer membership comes before targeting, as in GrowthBook: it is one cached hash per layer,
     // while conditions cost far more, and a unit outside the range is out whatever its attributes.
     // A shipped variant reaches every unit and a sticky unit keeps its variant if the range moved,
-    // so both skip it.
+    // so both skip it. A unit forced into a variant of another experiment of the layer is in that
+    // one only, whatever its layer point (or stored variant) says.
+    if (
+      plan.layerSlot >= 0 &&
+      plan.serving !== Serving.SHIPPED &&
+      this.overriddenUnit &&
+      this.layerClaimStamp[plan.layerSlot] === this.generation
+    ) {
+      return this.result(plan, slot, AssignmentReason.NOT_IN_LAYER_RANGE, unit);
+    }
     if (plan.layerSlot >= 0 && plan.serving !== Serving.SHIPPED && !hasStickyVariant(plan, unit)) {
       const point = this.layerPointOf(plan.layerSlot);
       if (point < plan.layerStart || point >= plan.layerEnd) {
@@ -1013,7 +1073,13 @@ export class AssignmentSnapshot {
     }
     const memberships: HoldoutMembership[] = [];
     for (const [holdout, surfaces] of covered) {
-      memberships.push({ holdout, heldOut: this.heldOut(holdout.index), surfaces });
+      memberships.push({
+        holdout,
+        heldOut: this.heldOut(holdout.index),
+        surfaces,
+        overridden:
+          this.overriddenUnit && this.holdoutOverrideStamp[holdout.index] === this.generation,
+      });
     }
     return memberships.sort((a, b) => compareIds(a.holdout.id, b.holdout.id));
   }
@@ -1367,14 +1433,14 @@ function compileOverrides(
 
 /**
  * Whether `resolveRecord` may stand in for `evaluate`: a running (or scheduled) experiment with a
- * known hash version, not sticky, without overrides, covered by no holdout, with no layer or a
- * proper layer range (so it is a candidate only when the unit's layer point is in it).
+ * known hash version, not sticky, covered by no holdout, with no layer or a proper layer range
+ * (so it is a candidate only when the unit's layer point is in it). Its overrides do not matter:
+ * a unit some experiment overrides is never resolved from records.
  */
 function isSimple(plan: ExperimentPlan): boolean {
   return (
     plan.serving === Serving.WINDOW &&
     !plan.sticky &&
-    plan.overrides === undefined &&
     plan.holdoutSlots.length === 0 &&
     (plan.hashVersion === HashVersion.V1 || plan.hashVersion === HashVersion.V2) &&
     (plan.layerSlot < 0 || plan.layerStart < plan.layerEnd)
@@ -1386,6 +1452,17 @@ function servingIds(plans: readonly ExperimentPlan[], now: number): string[] {
   const ids: string[] = [];
   for (const plan of plans) if (now >= plan.startMs && now < plan.endMs) ids.push(plan.id);
   return ids;
+}
+
+/**
+ * The index of the variant `plan` forces `unit` into (reason OVERRIDE), or -1: listed, of the
+ * experiment's unit type, and before its scheduled end (its status is checked when compiled).
+ */
+function overrideOf(plan: ExperimentPlan, unit: UnitContext): number {
+  if (plan.overrides === undefined || unit.type !== plan.unitType || !(unit.now < plan.endMs)) {
+    return -1;
+  }
+  return plan.overrides.get(unit.id) ?? -1;
 }
 
 /** True when a sticky experiment has a stored, still-valid variant for this unit. */

@@ -427,12 +427,16 @@ function resolveUnit(
     resolveTime: unit.now,
     configVersion: view.version,
     assignments: rendered.inExperiment,
-    holdouts: resolution.holdouts.map((m) => ({
-      holdoutId: m.holdout.id,
-      heldOut: m.heldOut,
-      surfaces: m.surfaces,
-      etag: m.holdout.etag,
-    })),
+    // A unit forced into a variant of an experiment a holdout covers is no member to analyse:
+    // applying logs no exposure of that holdout, as it logs none of the experiment.
+    holdouts: resolution.holdouts
+      .filter((m) => !m.overridden)
+      .map((m) => ({
+        holdoutId: m.holdout.id,
+        heldOut: m.heldOut,
+        surfaces: m.surfaces,
+        etag: m.holdout.etag,
+      })),
   };
   return { rendered, holdouts, record };
 }

@@ -946,7 +946,7 @@ describe('overrides', () => {
 
   it('serves the listed variant with reason OVERRIDE, past targeting, layer, holdout, sticky and coverage', () => {
     // The unit's layer point is outside [0, 0.001) for all but one id in a thousand.
-    expect(layerHash('checkout', TESTER)).toBeGreaterThanOrEqual(0.001);
+    expect(layerHash(TESTER, 'checkout')).toBeGreaterThanOrEqual(0.001);
     const snapshot = buildSnapshot(
       configuration({
         layers: [{ id: 'checkout' }],
@@ -1015,19 +1015,139 @@ describe('overrides', () => {
     );
   });
 
-  it('moves no other unit: every other unit is assigned as without overrides', () => {
-    const plain = experiment({ id: 'exp', coverage: 0.8 });
+  it('moves no other unit, even after the testers were resolved: every other unit is assigned as without overrides', () => {
+    // Testers in every variant, resolved first, so that a result made for a tester and shared
+    // with other units (the snapshot shares one result object per reason and variant) shows.
+    const plain = experiment({
+      id: 'exp',
+      coverage: 0.8,
+      surfaces: ['home', 'search'],
+      variants: [
+        { key: 'control', weight: 0.5 },
+        { key: 'treatment', weight: 0.3 },
+        { key: 'bold', weight: 0.2 },
+      ],
+    });
+    const testers = ['control', 'treatment', 'bold'].map((variantKey, i) => ({
+      unitId: `qa-${i}`,
+      variantKey,
+    }));
     const without = buildSnapshot(configuration({ experiments: [plain] }));
     const withOverrides = buildSnapshot(
+      configuration({ experiments: [{ ...plain, overrides: testers }] }),
+    );
+    const views = (id: string): UnitContext[] => [
+      unit(id),
+      unit(id, { surfaces: ['home', 'search'] }),
+    ];
+    for (const { unitId, variantKey } of testers) {
+      for (const u of views(unitId)) {
+        for (const resolution of [withOverrides.resolve(u), withOverrides.resolveServed(u)]) {
+          const a = only(resolution.assignments);
+          expect([a.reason, a.variant.key, a.inExperiment]).toEqual([
+            AssignmentReason.OVERRIDE,
+            variantKey,
+            false,
+          ]);
+        }
+      }
+    }
+    for (let i = 0; i < 2000; i++) {
+      for (const u of views(`user-${i}`)) {
+        const expected = only(without.resolve(u).assignments);
+        for (const resolution of [withOverrides.resolve(u), withOverrides.resolveServed(u)]) {
+          const a = resolution.assignments[0];
+          if (expected.reason === AssignmentReason.NOT_IN_COVERAGE) {
+            expect(withOverrides.resolveServed(u).assignments).toEqual([]);
+            continue;
+          }
+          expect([a?.reason, a?.variant.key, a?.inExperiment]).toEqual([
+            expected.reason,
+            expected.variant.key,
+            expected.inExperiment,
+          ]);
+        }
+      }
+    }
+  });
+
+  it("keeps a tester out of its layer's other experiments, as its layer point would", () => {
+    const layered = (id: string, start: number, end: number, extra = {}) =>
+      experiment({ id, layerId: 'checkout', layerRange: { start, end }, ...extra });
+    // The tester's layer point is in B's range, and A forces it into a variant.
+    const point = layerHash(TESTER, 'checkout');
+    const a = layered('a', point < 0.5 ? 0.5 : 0, point < 0.5 ? 1 : 0.5, {
+      status: ExperimentStatus.DRAFT,
+      overrides: [{ unitId: TESTER, variantKey: 'treatment' }],
+    });
+    const b = layered('b', point < 0.5 ? 0 : 0.5, point < 0.5 ? 0.5 : 1);
+    // Another layer, and no layer: the override claims A's layer only.
+    const other = experiment({ id: 'c', layerId: 'ranking', layerRange: { start: 0, end: 1 } });
+    const free = experiment({ id: 'd' });
+    const snapshot = buildSnapshot(
       configuration({
-        experiments: [{ ...plain, overrides: [{ unitId: TESTER, variantKey: 'treatment' }] }],
+        layers: [{ id: 'checkout' }, { id: 'ranking' }],
+        experiments: [a, b, other, free],
       }),
     );
-    for (let i = 0; i < 2000; i++) {
-      const u = unit(`user-${i}`);
-      const a = only(without.resolve(u).assignments);
-      const b = only(withOverrides.resolve(u).assignments);
-      expect([b.reason, b.variant.key]).toEqual([a.reason, a.variant.key]);
+    const reasons = (r: { assignments: readonly ResolvedAssignment[] }) =>
+      r.assignments.map((x) => [x.experiment.id, x.reason]);
+    for (const u of [unit(TESTER), unit(TESTER, { surfaces: ['home', 'search'] })]) {
+      expect(reasons(snapshot.resolve(u))).toEqual([
+        ['a', AssignmentReason.OVERRIDE],
+        ['b', AssignmentReason.NOT_IN_LAYER_RANGE],
+        ['c', AssignmentReason.ASSIGNED],
+        ['d', AssignmentReason.ASSIGNED],
+      ]);
+      expect(reasons(snapshot.resolveServed(u))).toEqual([
+        ['a', AssignmentReason.OVERRIDE],
+        ['c', AssignmentReason.ASSIGNED],
+        ['d', AssignmentReason.ASSIGNED],
+      ]);
     }
+    // Without the override (a device of the same id), the layer point decides: B.
+    const device = unit(TESTER, { type: 'device' });
+    const snapshotForDevices = buildSnapshot(
+      configuration({
+        layers: [{ id: 'checkout' }],
+        experiments: [
+          { ...a, unitType: 'device' },
+          { ...b, unitType: 'device' },
+        ],
+      }),
+    );
+    expect(reasons(snapshotForDevices.resolveServed(device))).toEqual([
+      ['a', AssignmentReason.OVERRIDE],
+    ]);
+    expect(
+      reasons(snapshotForDevices.resolveServed({ ...device, id: 'someone' })),
+    ).not.toContainEqual(['a', AssignmentReason.OVERRIDE]);
+  });
+
+  it('marks the memberships of holdouts covering an overriding experiment, and only those', () => {
+    const snapshot = buildSnapshot(
+      configuration({
+        experiments: [
+          experiment({ id: 'a', overrides: [{ unitId: TESTER, variantKey: 'treatment' }] }),
+          experiment({ id: 'b', surfaces: ['search'] }),
+        ],
+        holdouts: [
+          holdout({ id: 'covers-a', surfaces: ['home'] }),
+          holdout({ id: 'covers-b', surfaces: ['search'] }),
+        ],
+      }),
+    );
+    const surfaces = ['home', 'search'];
+    for (const resolution of [
+      snapshot.resolve(unit(TESTER, { surfaces })),
+      snapshot.resolveServed(unit(TESTER, { surfaces })),
+    ]) {
+      expect(resolution.holdouts.map((m) => [m.holdout.id, m.overridden])).toEqual([
+        ['covers-a', true],
+        ['covers-b', false],
+      ]);
+    }
+    const someone = snapshot.resolve(unit('someone', { surfaces }));
+    expect(someone.holdouts.map((m) => m.overridden)).toEqual([false, false]);
   });
 });

@@ -183,6 +183,7 @@ function view(resolution: Resolution) {
       holdout: h.holdout.id,
       heldOut: h.heldOut,
       surfaces: [...h.surfaces],
+      overridden: h.overridden,
     })),
   };
 }

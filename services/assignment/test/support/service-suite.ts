@@ -2714,6 +2714,42 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
         expect(preconditions(refused)).toEqual(['IMMUTABLE_WHEN_CONCLUDED']);
       });
 
+      it("log no exposure of the holdouts covering the tester's experiment: it is no member to analyse", async () => {
+        const { admin, client } = service;
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: experiment('forced-held', {
+              surfaces: ['forced-held'],
+              overrides: [{ unitId: 'qa-held', variantKey: 'treatment' }],
+            }),
+          }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'forced-held' }));
+        await admin.createHoldout(
+          CreateHoldoutRequest.fromPartial({
+            holdout: holdout('over-forced', {
+              surfaces: ['forced-held'],
+              fraction: 0.5,
+              status: HoldoutStatus.HOLDOUT_STATUS_RUNNING,
+            }),
+          }),
+        );
+        const tester = await client.resolve(
+          resolveRequest('qa-held', { surfaces: ['forced-held'], apply: true }),
+        );
+        expect(tester.assignments).toEqual([
+          expect.objectContaining({ variantKey: 'treatment', reason: OVERRIDE }),
+        ]);
+        // Its membership is still answered; it is not logged.
+        expect(tester.holdouts.map((h) => h.holdoutId)).toEqual(['over-forced']);
+        expect(tester.exposures).toMatchObject({ loggedCount: 0, alreadyLoggedCount: 0 });
+        const someone = await client.resolve(
+          resolveRequest('not-a-tester', { surfaces: ['forced-held'], apply: true }),
+        );
+        const inExperiment = someone.assignments.filter((a) => a.inExperiment).length;
+        expect(someone.exposures?.loggedCount).toBe(inExperiment + 1);
+      });
+
       it('are validated: a unit once, at most 256 bytes, into a variant of the experiment', async () => {
         const error = await failure(
           service.admin.createExperiment(

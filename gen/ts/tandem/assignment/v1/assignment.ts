@@ -9,12 +9,14 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 /**
  * Why a unit got the variant it got for one experiment. Resolve evaluates an experiment in this
- * order and stops at the first reason that applies: OVERRIDE (a unit of the experiment's unit
- * type listed in its `overrides`, while DRAFT, SCHEDULED or RUNNING), NOT_RUNNING,
- * UNIT_TYPE_MISMATCH, NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY (or STICKY_UNAVAILABLE),
- * NOT_IN_COVERAGE, ASSIGNED. Layer membership comes before targeting (as in the GrowthBook SDK) because it is a
- * hash while a condition may be costly; a unit with a stored sticky variant skips the layer check. A CONCLUDED experiment with a
- * shipped variant skips the layer, coverage and sticky checks.
+ * order and stops at the first reason that applies: OVERRIDE (a unit of the experiment's unit type
+ * listed in its `overrides`, while DRAFT, SCHEDULED or RUNNING and before its scheduled end),
+ * NOT_RUNNING, UNIT_TYPE_MISMATCH, NOT_IN_LAYER_RANGE, TARGETED_OUT, HOLDOUT, STICKY (or
+ * STICKY_UNAVAILABLE), NOT_IN_COVERAGE, ASSIGNED. Layer membership comes before targeting (as in
+ * the GrowthBook SDK) because it is a hash while a condition may be costly; a unit with a stored
+ * sticky variant skips the layer check, and a unit another experiment of the layer overrides is
+ * NOT_IN_LAYER_RANGE whatever its layer point. A CONCLUDED experiment with a shipped variant skips
+ * the layer, coverage and sticky checks.
  */
 export enum AssignmentReason {
   /** ASSIGNMENT_REASON_UNSPECIFIED - Not set. Never returned by the service. */
@@ -200,7 +202,8 @@ export interface Assignment {
   experimentId: string;
   /**
    * Output only. The key of the variant to serve. When `in_experiment` is false this is the
-   * control (the experiment's first variant), or the shipped variant for reason CONCLUDED.
+   * control (the experiment's first variant), the shipped variant for reason CONCLUDED, or the
+   * listed variant for reason OVERRIDE.
    */
   variantKey: string;
   /**

@@ -4675,7 +4675,8 @@ export const AssignmentServiceService = {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start, an override to an unknown variant.
+   * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
+   * unit id, or more than 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5044,7 +5045,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start, an override to an unknown variant.
+   * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
+   * unit id, or more than 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5325,7 +5327,8 @@ export interface AssignmentServiceClient extends Client {
    * once: an invalid id, no surfaces, fewer than two variants, duplicate variant keys, weights that
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
-   * end before the start, an override to an unknown variant.
+   * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
+   * unit id, or more than 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);

@@ -323,9 +323,12 @@ export interface Experiment {
    * overridden unit (of the experiment's `unit_type`) gets its variant with reason OVERRIDE
    * whatever its targeting, layer range, holdouts, stored sticky variant or coverage say, while the
    * experiment is DRAFT, SCHEDULED or RUNNING and before its `scheduled_end_time`; not once it is
-   * STOPPED or CONCLUDED. Such a unit is not in the experiment's randomized population: no
-   * exposure is logged for it and no sticky variant is stored, so the analysis never counts it.
-   * At most 1,000, each unit at most once. May change in any status but CONCLUDED.
+   * STOPPED or CONCLUDED. Such a unit is not in the experiment's randomized population: from
+   * then on no exposure is logged for it (one logged before it was listed stays, as does one of
+   * a resolve made before and applied after) and no sticky variant is stored; nor is an exposure
+   * of the holdouts covering the experiment logged for it. In the experiment's layer it is in this
+   * experiment only: the layer's others answer NOT_IN_LAYER_RANGE, so that it never sees two of
+   * them at once. At most 1,000, each unit at most once. May change in any status but CONCLUDED.
    */
   overrides: VariantOverride[];
 }

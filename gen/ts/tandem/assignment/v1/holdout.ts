@@ -61,13 +61,14 @@ export function holdoutStatusToJSON(object: HoldoutStatus): string {
 
 /**
  * A holdout keeps a fraction of units out of every experiment on some surfaces or layers, so the
- * cumulative long-term impact of everything shipped there can be measured. A unit is held out
- * when `hash(seed, unit id, hash_version) < fraction`; a held-out unit gets the control of every
- * covered experiment (reason HOLDOUT), including the shipped variant of a CONCLUDED one. The
- * holdout is analysed like a two-variant experiment: applying a resolve logs a holdout exposure
- * with variant `held_out` or `not_held_out` for every running holdout covering the resolved
- * surfaces. A holdout covers an experiment on all of the experiment's surfaces, so it also covers
- * a resolved surface that holds an experiment it covers through another surface.
+ * cumulative long-term impact of everything shipped there can be measured. A unit is held out when
+ * `hash(seed, unit id, hash_version) < fraction`; a held-out unit gets the control of every covered
+ * experiment (reason HOLDOUT), including the shipped variant of a CONCLUDED one, but for an
+ * experiment that overrides its variant (see Experiment.overrides: then no exposure of the holdout
+ * is logged for it). The holdout is analysed like a two-variant experiment: applying a resolve logs
+ * a holdout exposure with variant `held_out` or `not_held_out` for every running holdout covering
+ * the resolved surfaces. A holdout covers an experiment on all of the experiment's surfaces, so it
+ * also covers a resolved surface that holds an experiment it covers through another surface.
  */
 export interface Holdout {
   /**
