@@ -18,6 +18,14 @@ import { ConfigurationChanges, followConfigurationChanges } from './events/confi
 import { ExposureLog } from './events/exposure-log';
 import { ALLOCATION_STREAM, CONFIG_STREAM, exposureStream } from './events/streams';
 import { ADMIN_METHODS, assignmentHandlers } from './handlers';
+import {
+  ALLOCATION_REQUEST_MAX_BYTES,
+  CONCLUDE_REQUEST_MAX_BYTES,
+  EXPERIMENT_REQUEST_MAX_BYTES,
+  HOLDOUT_REQUEST_MAX_BYTES,
+  LAYER_REQUEST_MAX_BYTES,
+  SMALL_REQUEST_MAX_BYTES,
+} from './handlers/limits';
 import { advanceSchedule } from './handlers/experiments';
 import { recoverWrite } from './handlers/recovery';
 import { resolveServiceDefinition } from './handlers/resolve-response';
@@ -53,8 +61,47 @@ const SPOOL_RESTORE_INTERVAL_MS = 60_000;
 /** How often a running replica frees what is left of deleted experiments' sticky assignments. */
 const STICKY_SWEEP_INTERVAL_MS = 60_000;
 
-/** The most bytes a Resolve request may take (see `GrpcServer.add`), as the contract says. */
+/**
+ * The most bytes a Resolve request may take (see `GrpcServer.add`), as the contract says. A valid
+ * Resolve takes ~100 KiB at most (64 KiB of attributes, 256 surfaces): larger ones are refused
+ * before their decoding, which any caller could make cost a second.
+ */
 export const RESOLVE_MAX_REQUEST_BYTES = 1024 * 1024;
+
+/**
+ * The most bytes a request of each method may take, refused before it is decoded (derived in
+ * `handlers/limits.ts`). Every method is listed, so that a new one is given its limit; undefined
+ * is the server's message limit (`TANDEM_GRPC_MAX_MESSAGE_BYTES`) alone.
+ */
+export const ASSIGNMENT_REQUEST_LIMITS: {
+  readonly [M in keyof typeof resolveServiceDefinition]: number | undefined;
+} = {
+  createLayer: LAYER_REQUEST_MAX_BYTES,
+  getLayer: SMALL_REQUEST_MAX_BYTES,
+  listLayers: SMALL_REQUEST_MAX_BYTES,
+  updateLayer: LAYER_REQUEST_MAX_BYTES,
+  deleteLayer: SMALL_REQUEST_MAX_BYTES,
+  createExperiment: EXPERIMENT_REQUEST_MAX_BYTES,
+  getExperiment: SMALL_REQUEST_MAX_BYTES,
+  listExperiments: SMALL_REQUEST_MAX_BYTES,
+  updateExperiment: EXPERIMENT_REQUEST_MAX_BYTES,
+  deleteExperiment: SMALL_REQUEST_MAX_BYTES,
+  startExperiment: SMALL_REQUEST_MAX_BYTES,
+  stopExperiment: SMALL_REQUEST_MAX_BYTES,
+  concludeExperiment: CONCLUDE_REQUEST_MAX_BYTES,
+  createHoldout: HOLDOUT_REQUEST_MAX_BYTES,
+  getHoldout: SMALL_REQUEST_MAX_BYTES,
+  listHoldouts: SMALL_REQUEST_MAX_BYTES,
+  updateHoldout: HOLDOUT_REQUEST_MAX_BYTES,
+  deleteHoldout: SMALL_REQUEST_MAX_BYTES,
+  resolve: RESOLVE_MAX_REQUEST_BYTES,
+  // A resolve token records every in-experiment assignment of its Resolve, as many as the
+  // experiments running on the resolved surfaces, which nothing bounds: a Resolve's response,
+  // token included, may take the whole message limit, and so may the Apply of its token.
+  apply: undefined,
+  getAllocation: SMALL_REQUEST_MAX_BYTES,
+  updateAllocation: ALLOCATION_REQUEST_MAX_BYTES,
+};
 
 /** A started Assignment service. */
 export interface RunningAssignment {
@@ -137,9 +184,9 @@ export async function startAssignment(
       adminMethods: [...ADMIN_METHODS],
       maxResponseBytes: config.platform.grpc.maxMessageBytes,
     }),
-    // A valid Resolve takes ~100 KiB at most (64 KiB of attributes, 256 surfaces): larger ones
-    // are refused before their decoding, which any caller could make cost a second.
-    { resolve: RESOLVE_MAX_REQUEST_BYTES },
+    // Larger requests are refused before their decoding, which any caller (admin methods check
+    // the token only after it) could make cost up to a second for 16 MiB of nested Structs.
+    ASSIGNMENT_REQUEST_LIMITS,
   );
 
   const subscriptions = [

@@ -13,6 +13,19 @@ import { CONFIG_STREAM, FeatureRegistry, REGISTRY_WRITE_LEASE } from './feature-
 import { WriteLease } from '../../platform/src/storage/write-lease';
 import { ExpiryRetiming } from './expiry-retiming';
 import { featureStoreHandlers } from './handlers';
+import {
+  MAX_ENTITY_BYTES,
+  MAX_ETAG_BYTES,
+  MAX_FEATURE_VIEW_BYTES,
+  MAX_NAME_BYTES,
+} from './domain/registry';
+import {
+  fieldBytes,
+  requestLimit,
+  SCALAR_FIELD_BYTES,
+  utf16UnitsBytes,
+} from '../../platform/src/grpc/request-bytes';
+import { MAX_REQUEST_ID_LENGTH } from './store/request-results';
 import { maxPageBytes } from '../../platform/src/grpc/pages';
 import { OnlineViews } from './online-views';
 import { FeatureStoreServiceDefinition } from './online-response';
@@ -26,6 +39,62 @@ import { RequestResults } from './store/request-results';
 export const OUTCOME_SUBJECTS = OUTCOME_STREAM.subjects;
 
 const EXPIRY_SWEEP_INTERVAL_MS = 60_000;
+
+/*
+ * Request limits (see `GrpcServer.add`): the most bytes a request of a method may take, refused
+ * RESOURCE_EXHAUSTED (`REQUEST_TOO_LARGE`) before it is decoded. Each is `requestLimit` (twice,
+ * at least 16 KiB) of what its largest valid request holds; the contract states them
+ * (featurestore_service.proto).
+ */
+
+const REQUEST_ID_BYTES = utf16UnitsBytes(MAX_REQUEST_ID_LENGTH);
+/** A page token: base64url JSON of the list, its entity filter and the last name (~200 bytes). */
+const PAGE_TOKEN_BYTES = 1024;
+
+/** ApplyEntity: an entity at its limits (see `MAX_ENTITY_BYTES`) and a request id. */
+export const APPLY_ENTITY_MAX_REQUEST_BYTES = requestLimit(
+  fieldBytes(MAX_ENTITY_BYTES) + fieldBytes(REQUEST_ID_BYTES),
+);
+/** ApplyFeatureView: a view at its limits (see `MAX_FEATURE_VIEW_BYTES`), request id, flag. */
+export const APPLY_FEATURE_VIEW_MAX_REQUEST_BYTES = requestLimit(
+  fieldBytes(MAX_FEATURE_VIEW_BYTES) + fieldBytes(REQUEST_ID_BYTES) + SCALAR_FIELD_BYTES,
+);
+/**
+ * The reads and deletes of the registry (Get, List, Delete, GetAggregationStatus): a name, an
+ * etag, a request id, a page size and token, an entity filter, all at once.
+ */
+export const REGISTRY_READ_MAX_REQUEST_BYTES = requestLimit(
+  2 * fieldBytes(MAX_NAME_BYTES) +
+    fieldBytes(MAX_ETAG_BYTES) +
+    fieldBytes(REQUEST_ID_BYTES) +
+    fieldBytes(PAGE_TOKEN_BYTES) +
+    SCALAR_FIELD_BYTES,
+);
+
+/**
+ * The most bytes a request of each method may take. Every method is listed, so that a new one is
+ * given its limit; undefined is the server's message limit (`TANDEM_GRPC_MAX_MESSAGE_BYTES`) alone.
+ */
+export const FEATURE_STORE_REQUEST_LIMITS: {
+  readonly [M in keyof typeof FeatureStoreServiceDefinition]: number | undefined;
+} = {
+  applyEntity: APPLY_ENTITY_MAX_REQUEST_BYTES,
+  getEntity: REGISTRY_READ_MAX_REQUEST_BYTES,
+  listEntities: REGISTRY_READ_MAX_REQUEST_BYTES,
+  deleteEntity: REGISTRY_READ_MAX_REQUEST_BYTES,
+  applyFeatureView: APPLY_FEATURE_VIEW_MAX_REQUEST_BYTES,
+  getFeatureView: REGISTRY_READ_MAX_REQUEST_BYTES,
+  listFeatureViews: REGISTRY_READ_MAX_REQUEST_BYTES,
+  deleteFeatureView: REGISTRY_READ_MAX_REQUEST_BYTES,
+  // Entity key columns are counted in rows (TANDEM_FEATURESTORE_MAX_ENTITY_ROWS), not bytes: one
+  // column of 10,000 keys of 400 bytes (the longest a write stores) takes 4 MB, a read of views
+  // of other entities a column each, and columns no requested view uses are ignored whatever
+  // their length. A valid read may take the whole message limit.
+  getOnlineFeatures: undefined,
+  // A bulk write: 10,000 rows (TANDEM_FEATURESTORE_MAX_ROWS_PER_WRITE), each up to ~16 MiB.
+  writeFeatures: undefined,
+  getAggregationStatus: REGISTRY_READ_MAX_REQUEST_BYTES,
+};
 
 /**
  * Runs `run` every `intervalMs`, skipping the ticks while its last run is unsettled: storage that
@@ -112,6 +181,7 @@ export async function startFeatureStore(
         maxResponseBytes: runtime.config.grpc.maxMessageBytes,
       },
     ),
+    FEATURE_STORE_REQUEST_LIMITS,
   );
 
   let storageReachable = true;

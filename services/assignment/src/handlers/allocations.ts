@@ -39,6 +39,7 @@ import {
   INITIAL_ALLOCATION_ETAG,
   timestampViolation,
 } from './messages';
+import { MAX_ANALYSIS_PLAN_ID_BYTES } from './limits';
 import { notFound, rejectIfAny, required } from './requests';
 
 type AllocationHandlers = Pick<
@@ -52,7 +53,6 @@ type AllocationHandlers = Pick<
  * update before it.
  */
 const MAX_SEQUENCE_AHEAD_MS = 86_400_000;
-const MAX_ANALYSIS_PLAN_ID_BYTES = 256;
 /** The contract's methods (ts-proto adds UNRECOGNIZED = -1 for numbers it does not know). */
 const METHODS: ReadonlySet<number> = new Set(
   Object.values(AllocationMethod).filter(

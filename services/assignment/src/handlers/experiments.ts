@@ -48,7 +48,7 @@ import {
   type Stored,
   type VariantDocument,
 } from '../store/documents';
-import { experimentSizeViolations, MAX_SUMMARY_BYTES, tooLong } from './limits';
+import { experimentSizeViolations, MAX_PAYLOAD_BYTES, MAX_SUMMARY_BYTES, tooLong } from './limits';
 import { hasValidNanos } from '../../../platform/src/grpc/well-known';
 import { sameData } from '../../../platform/src/storage/collection';
 import { asEnum, durationMs, experimentMessage, timestampViolation } from './messages';
@@ -81,9 +81,6 @@ type ExperimentHandlers = Pick<
   | 'stopExperiment'
   | 'concludeExperiment'
 >;
-
-/** Largest variant payload, encoded as JSON, as the contract says. */
-const MAX_PAYLOAD_BYTES = 64 * 1024;
 
 /** Update-mask path → the document fields it sets. */
 const MUTABLE_PATHS = {

@@ -10,6 +10,12 @@
  */
 
 import {
+  codePointsBytes,
+  fieldBytes,
+  SCALAR_FIELD_BYTES,
+  TIME_FIELD_BYTES,
+} from '../../../platform/src/grpc/request-bytes';
+import {
   isConcreteValueType,
   valueLimits,
   valueTypeName,
@@ -124,6 +130,71 @@ export const registryLimits = {
   maxBucketsPerWindow: 1_440,
   subjectPrefix: 'tandem.events.v1.outcome.',
 } as const;
+
+/*
+ * The most bytes a valid definition takes encoded, every limit above at once, with the bounds of
+ * the kit's `request-bytes.ts`: what the request limits of ApplyEntity and ApplyFeatureView are
+ * derived from (see `FEATURE_STORE_REQUEST_LIMITS`). Output-only fields count too, as a client
+ * applying a definition it read sends them back.
+ */
+
+/** Names, join keys, feature and event names: at most 63 ASCII characters. */
+export const MAX_NAME_BYTES = 63;
+/** An etag: a version and a creation time in base 36 (`3.mxbhtii0`), with room to spare. */
+export const MAX_ETAG_BYTES = 64;
+/**
+ * An aggregation's `value_field`, a path into an OutcomeEvent (`properties.watch_seconds`): no
+ * limit of its own, this much counted for each (a view at every other limit leaves room for ~40
+ * KiB each within the request limit).
+ */
+const VALUE_FIELD_BYTES = 1024;
+/** Etag, create and update time. */
+const OUTPUT_BYTES = fieldBytes(MAX_ETAG_BYTES) + 2 * TIME_FIELD_BYTES;
+
+/** An Entity. */
+export const MAX_ENTITY_BYTES =
+  2 * fieldBytes(MAX_NAME_BYTES) +
+  SCALAR_FIELD_BYTES +
+  fieldBytes(codePointsBytes(registryLimits.maxDescription)) +
+  fieldBytes(codePointsBytes(registryLimits.maxOwner)) +
+  OUTPUT_BYTES;
+
+/** A FeatureView: ~4.3 MB, nearly all of it 1,000 features with 1,024-character descriptions. */
+export const MAX_FEATURE_VIEW_BYTES =
+  fieldBytes(MAX_NAME_BYTES) +
+  fieldBytes(codePointsBytes(registryLimits.maxDescription)) +
+  fieldBytes(codePointsBytes(registryLimits.maxOwner)) +
+  registryLimits.maxTags *
+    fieldBytes(
+      fieldBytes(MAX_NAME_BYTES) + fieldBytes(codePointsBytes(registryLimits.maxTagValue)),
+    ) +
+  registryLimits.maxEntities * fieldBytes(MAX_NAME_BYTES) +
+  // Each feature: name, value type, description, vector length.
+  registryLimits.maxFeatures *
+    fieldBytes(
+      fieldBytes(MAX_NAME_BYTES) +
+        2 * SCALAR_FIELD_BYTES +
+        fieldBytes(codePointsBytes(registryLimits.maxDescription)),
+    ) +
+  // TTL, online.
+  TIME_FIELD_BYTES +
+  SCALAR_FIELD_BYTES +
+  // A stream source (a push source is empty): subject, event names, key, aggregations (feature,
+  // function, value field, window, bucket), allowed lateness.
+  fieldBytes(
+    fieldBytes(registryLimits.subjectPrefix.length + MAX_NAME_BYTES) +
+      registryLimits.maxEventNames * fieldBytes(MAX_NAME_BYTES) +
+      SCALAR_FIELD_BYTES +
+      registryLimits.maxAggregations *
+        fieldBytes(
+          fieldBytes(MAX_NAME_BYTES) +
+            SCALAR_FIELD_BYTES +
+            fieldBytes(VALUE_FIELD_BYTES) +
+            2 * TIME_FIELD_BYTES,
+        ) +
+      TIME_FIELD_BYTES,
+  ) +
+  OUTPUT_BYTES;
 
 /**
  * Whether `text` has more than `max` characters, counted as Unicode code points (an emoji is one,

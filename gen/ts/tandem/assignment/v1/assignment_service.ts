@@ -4594,7 +4594,11 @@ export const UpdateAllocationResponse: MessageFns<UpdateAllocationResponse> = {
  * it is not the admin token. Mutations take a `request_id`: a retry with the same id returns the
  * first result. Invalid input fails with INVALID_ARGUMENT and a `google.rpc.BadRequest` listing
  * every field violation at once. Any RPC may fail with UNAVAILABLE while storage is unreachable
- * (mutations) or no configuration has been loaded yet (reads and Resolve).
+ * (mutations) or no configuration has been loaded yet (reads and Resolve). Each RPC states its
+ * request limit, about twice what its largest valid request takes and below the server's message
+ * size (16 MiB unless configured): a larger request is never decoded, and fails with
+ * RESOURCE_EXHAUSTED, ErrorInfo reason REQUEST_TOO_LARGE (metadata `limit_bytes`), or, for an
+ * admin RPC without the admin token, UNAUTHENTICATED or PERMISSION_DENIED.
  */
 export type AssignmentServiceService = typeof AssignmentServiceService;
 export const AssignmentServiceService = {
@@ -4602,6 +4606,8 @@ export const AssignmentServiceService = {
    * CreateLayer creates a layer.
    * Errors: INVALID_ARGUMENT when the id or another field is invalid; ALREADY_EXISTS when a layer
    * with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createLayer: {
     path: "/tandem.assignment.v1.AssignmentService/CreateLayer" as const,
@@ -4615,6 +4621,8 @@ export const AssignmentServiceService = {
   /**
    * GetLayer returns a layer with the ranges its experiments own.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no layer has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getLayer: {
     path: "/tandem.assignment.v1.AssignmentService/GetLayer" as const,
@@ -4628,6 +4636,8 @@ export const AssignmentServiceService = {
   /**
    * ListLayers lists layers ordered by id.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is malformed.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listLayers: {
     path: "/tandem.assignment.v1.AssignmentService/ListLayers" as const,
@@ -4645,6 +4655,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateLayer: {
     path: "/tandem.assignment.v1.AssignmentService/UpdateLayer" as const,
@@ -4660,6 +4672,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no layer has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when an experiment or a holdout still
    * references the layer; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteLayer: {
     path: "/tandem.assignment.v1.AssignmentService/DeleteLayer" as const,
@@ -4681,6 +4695,8 @@ export const AssignmentServiceService = {
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/CreateExperiment" as const,
@@ -4696,6 +4712,8 @@ export const AssignmentServiceService = {
   /**
    * GetExperiment returns an experiment.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/GetExperiment" as const,
@@ -4712,6 +4730,8 @@ export const AssignmentServiceService = {
    * surface (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listExperiments: {
     path: "/tandem.assignment.v1.AssignmentService/ListExperiments" as const,
@@ -4740,6 +4760,8 @@ export const AssignmentServiceService = {
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/UpdateExperiment" as const,
@@ -4759,6 +4781,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/DeleteExperiment" as const,
@@ -4777,6 +4801,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is not DRAFT, its
    * `scheduled_end_time` has passed; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   startExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/StartExperiment" as const,
@@ -4796,6 +4822,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   stopExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/StopExperiment" as const,
@@ -4817,6 +4845,8 @@ export const AssignmentServiceService = {
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
    * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 18 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   concludeExperiment: {
     path: "/tandem.assignment.v1.AssignmentService/ConcludeExperiment" as const,
@@ -4835,6 +4865,8 @@ export const AssignmentServiceService = {
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
    * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
    * PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createHoldout: {
     path: "/tandem.assignment.v1.AssignmentService/CreateHoldout" as const,
@@ -4849,6 +4881,8 @@ export const AssignmentServiceService = {
   /**
    * GetHoldout returns a holdout.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no holdout has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getHoldout: {
     path: "/tandem.assignment.v1.AssignmentService/GetHoldout" as const,
@@ -4864,6 +4898,8 @@ export const AssignmentServiceService = {
    * (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listHoldouts: {
     path: "/tandem.assignment.v1.AssignmentService/ListHoldouts" as const,
@@ -4884,6 +4920,8 @@ export const AssignmentServiceService = {
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
    * status; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateHoldout: {
     path: "/tandem.assignment.v1.AssignmentService/UpdateHoldout" as const,
@@ -4901,6 +4939,8 @@ export const AssignmentServiceService = {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteHoldout: {
     path: "/tandem.assignment.v1.AssignmentService/DeleteHoldout" as const,
@@ -4950,6 +4990,9 @@ export const AssignmentServiceService = {
    * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
    * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
    * logs them).
+   * Request limit: the server's message size alone: a resolve token records every in-experiment
+   * assignment of its Resolve, as many as the experiments running on the resolved surfaces, so it
+   * may take nearly all of a Resolve response.
    */
   apply: {
     path: "/tandem.assignment.v1.AssignmentService/Apply" as const,
@@ -4971,6 +5014,8 @@ export const AssignmentServiceService = {
    * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
    * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
    * experiment of the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAllocation: {
     path: "/tandem.assignment.v1.AssignmentService/GetAllocation" as const,
@@ -4993,6 +5038,8 @@ export const AssignmentServiceService = {
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 29 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateAllocation: {
     path: "/tandem.assignment.v1.AssignmentService/UpdateAllocation" as const,
@@ -5012,16 +5059,22 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * CreateLayer creates a layer.
    * Errors: INVALID_ARGUMENT when the id or another field is invalid; ALREADY_EXISTS when a layer
    * with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createLayer: handleUnaryCall<CreateLayerRequest, CreateLayerResponse>;
   /**
    * GetLayer returns a layer with the ranges its experiments own.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no layer has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getLayer: handleUnaryCall<GetLayerRequest, GetLayerResponse>;
   /**
    * ListLayers lists layers ordered by id.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is malformed.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listLayers: handleUnaryCall<ListLayersRequest, ListLayersResponse>;
   /**
@@ -5031,6 +5084,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateLayer: handleUnaryCall<UpdateLayerRequest, UpdateLayerResponse>;
   /**
@@ -5038,6 +5093,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no layer has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when an experiment or a holdout still
    * references the layer; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteLayer: handleUnaryCall<DeleteLayerRequest, DeleteLayerResponse>;
   /**
@@ -5051,11 +5108,15 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createExperiment: handleUnaryCall<CreateExperimentRequest, CreateExperimentResponse>;
   /**
    * GetExperiment returns an experiment.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getExperiment: handleUnaryCall<GetExperimentRequest, GetExperimentResponse>;
   /**
@@ -5063,6 +5124,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * surface (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listExperiments: handleUnaryCall<ListExperimentsRequest, ListExperimentsResponse>;
   /**
@@ -5081,6 +5144,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateExperiment: handleUnaryCall<UpdateExperimentRequest, UpdateExperimentResponse>;
   /**
@@ -5090,6 +5155,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteExperiment: handleUnaryCall<DeleteExperimentRequest, DeleteExperimentResponse>;
   /**
@@ -5098,6 +5165,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is not DRAFT, its
    * `scheduled_end_time` has passed; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   startExperiment: handleUnaryCall<StartExperimentRequest, StartExperimentResponse>;
   /**
@@ -5107,6 +5176,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   stopExperiment: handleUnaryCall<StopExperimentRequest, StopExperimentResponse>;
   /**
@@ -5118,6 +5189,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
    * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 18 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   concludeExperiment: handleUnaryCall<ConcludeExperimentRequest, ConcludeExperimentResponse>;
   /**
@@ -5126,11 +5199,15 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
    * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
    * PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createHoldout: handleUnaryCall<CreateHoldoutRequest, CreateHoldoutResponse>;
   /**
    * GetHoldout returns a holdout.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no holdout has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getHoldout: handleUnaryCall<GetHoldoutRequest, GetHoldoutResponse>;
   /**
@@ -5138,6 +5215,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listHoldouts: handleUnaryCall<ListHoldoutsRequest, ListHoldoutsResponse>;
   /**
@@ -5149,6 +5228,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
    * status; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateHoldout: handleUnaryCall<UpdateHoldoutRequest, UpdateHoldoutResponse>;
   /**
@@ -5157,6 +5238,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteHoldout: handleUnaryCall<DeleteHoldoutRequest, DeleteHoldoutResponse>;
   /**
@@ -5189,6 +5272,9 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
    * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
    * logs them).
+   * Request limit: the server's message size alone: a resolve token records every in-experiment
+   * assignment of its Resolve, as many as the experiments running on the resolved surfaces, so it
+   * may take nearly all of a Resolve response.
    */
   apply: handleUnaryCall<ApplyRequest, ApplyResponse>;
   /**
@@ -5202,6 +5288,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
    * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
    * experiment of the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAllocation: handleUnaryCall<GetAllocationRequest, GetAllocationResponse>;
   /**
@@ -5215,6 +5303,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 29 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateAllocation: handleUnaryCall<UpdateAllocationRequest, UpdateAllocationResponse>;
 }
@@ -5224,6 +5314,8 @@ export interface AssignmentServiceClient extends Client {
    * CreateLayer creates a layer.
    * Errors: INVALID_ARGUMENT when the id or another field is invalid; ALREADY_EXISTS when a layer
    * with the id exists; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createLayer(
     request: CreateLayerRequest,
@@ -5243,6 +5335,8 @@ export interface AssignmentServiceClient extends Client {
   /**
    * GetLayer returns a layer with the ranges its experiments own.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no layer has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getLayer(
     request: GetLayerRequest,
@@ -5262,6 +5356,8 @@ export interface AssignmentServiceClient extends Client {
   /**
    * ListLayers lists layers ordered by id.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is malformed.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listLayers(
     request: ListLayersRequest,
@@ -5285,6 +5381,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `update_mask` names an unknown, immutable or output-only field,
    * or a value is invalid; NOT_FOUND when no layer has the id; ABORTED when `layer.etag` is stale;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 2,147 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateLayer(
     request: UpdateLayerRequest,
@@ -5306,6 +5404,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no layer has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when an experiment or a holdout still
    * references the layer; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteLayer(
     request: DeleteLayerRequest,
@@ -5333,6 +5433,8 @@ export interface AssignmentServiceClient extends Client {
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createExperiment(
     request: CreateExperimentRequest,
@@ -5352,6 +5454,8 @@ export interface AssignmentServiceClient extends Client {
   /**
    * GetExperiment returns an experiment.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getExperiment(
     request: GetExperimentRequest,
@@ -5373,6 +5477,8 @@ export interface AssignmentServiceClient extends Client {
    * surface (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listExperiments(
     request: ListExperimentsRequest,
@@ -5405,6 +5511,8 @@ export interface AssignmentServiceClient extends Client {
    * result is invalid; NOT_FOUND when no experiment has the id; ABORTED when `experiment.etag` is
    * stale; FAILED_PRECONDITION when the change is not allowed in the current status (see above);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 14,321 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateExperiment(
     request: UpdateExperimentRequest,
@@ -5428,6 +5536,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no experiment has the
    * id; ABORTED when `etag` is stale; FAILED_PRECONDITION when it is SCHEDULED or RUNNING (stop it
    * first); UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteExperiment(
     request: DeleteExperimentRequest,
@@ -5450,6 +5560,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is not DRAFT, its
    * `scheduled_end_time` has passed; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   startExperiment(
     request: StartExperimentRequest,
@@ -5473,6 +5585,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no experiment has the id; ABORTED
    * when `etag` is set and stale; FAILED_PRECONDITION when the experiment is neither RUNNING nor
    * SCHEDULED; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   stopExperiment(
     request: StopExperimentRequest,
@@ -5498,6 +5612,8 @@ export interface AssignmentServiceClient extends Client {
    * NOT_FOUND when no experiment has the id; ABORTED when `etag` is set and stale;
    * FAILED_PRECONDITION when the experiment is DRAFT, CONCLUDED or SCHEDULED to start later;
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 18 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   concludeExperiment(
     request: ConcludeExperimentRequest,
@@ -5520,6 +5636,8 @@ export interface AssignmentServiceClient extends Client {
    * surfaces nor layers are given, or a layer does not exist; ALREADY_EXISTS when a holdout with
    * the id exists, or existed, ran and was deleted (reason `ID_RETIRED`); UNAUTHENTICATED,
    * PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   createHoldout(
     request: CreateHoldoutRequest,
@@ -5539,6 +5657,8 @@ export interface AssignmentServiceClient extends Client {
   /**
    * GetHoldout returns a holdout.
    * Errors: INVALID_ARGUMENT when `id` is empty; NOT_FOUND when no holdout has the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getHoldout(
     request: GetHoldoutRequest,
@@ -5560,6 +5680,8 @@ export interface AssignmentServiceClient extends Client {
    * (filters combine with AND).
    * Errors: INVALID_ARGUMENT when `page_size` is negative, `page_token` is malformed or was issued
    * for other filters.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listHoldouts(
     request: ListHoldoutsRequest,
@@ -5585,6 +5707,8 @@ export interface AssignmentServiceClient extends Client {
    * is invalid; NOT_FOUND when no holdout has the id; ABORTED when `holdout.etag` is stale;
    * FAILED_PRECONDITION when the status transition or the change is not allowed in the current
    * status; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 66 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateHoldout(
     request: UpdateHoldoutRequest,
@@ -5607,6 +5731,8 @@ export interface AssignmentServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `id` or `etag` is empty; NOT_FOUND when no holdout has the id;
    * ABORTED when `etag` is stale; FAILED_PRECONDITION when it is RUNNING (stop it first);
    * UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteHoldout(
     request: DeleteHoldoutRequest,
@@ -5667,6 +5793,9 @@ export interface AssignmentServiceClient extends Client {
    * ABORTED (reason STICKY_WRITE_CONFLICT) when other calls kept changing the unit's stored
    * sticky variant while this one stored it (nothing is logged in any of these cases: a retry
    * logs them).
+   * Request limit: the server's message size alone: a resolve token records every in-experiment
+   * assignment of its Resolve, as many as the experiments running on the resolved surfaces, so it
+   * may take nearly all of a Resolve response.
    */
   apply(
     request: ApplyRequest,
@@ -5694,6 +5823,8 @@ export interface AssignmentServiceClient extends Client {
    * when no experiment has the id, or (reason ALLOCATION_NOT_FOUND) when no allocation is kept
    * for `sequence`: none was stored with it, it has expired, or it was stored for an earlier
    * experiment of the id.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAllocation(
     request: GetAllocationRequest,
@@ -5721,6 +5852,8 @@ export interface AssignmentServiceClient extends Client {
    * FAILED_PRECONDITION when the experiment is not BANDIT or is CONCLUDED; ABORTED when
    * `allocation.etag` is set and stale, or `allocation.sequence` is set and not greater than the
    * stored one; UNAUTHENTICATED, PERMISSION_DENIED as for every admin RPC.
+   * Request limit: 29 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   updateAllocation(
     request: UpdateAllocationRequest,

@@ -3468,7 +3468,10 @@ export const AggregationStatus: MessageFns<AggregationStatus> = {
  * google.rpc.BadRequest field violations naming every offending field at once, with paths such as
  * `rows[3].values.ctr`. A request over a documented count limit fails with INVALID_ARGUMENT and
  * ErrorInfo reason `LIMIT_EXCEEDED`; a message over the server's message-size limit fails with
- * RESOURCE_EXHAUSTED.
+ * RESOURCE_EXHAUSTED. Each RPC states its request limit, about twice what its largest valid
+ * request takes and below the message-size limit: a larger request is never decoded, and fails
+ * with RESOURCE_EXHAUSTED, ErrorInfo reason REQUEST_TOO_LARGE (metadata `limit_bytes`), or, for an
+ * admin RPC without the admin token, UNAUTHENTICATED or PERMISSION_DENIED.
  */
 export type FeatureStoreServiceService = typeof FeatureStoreServiceService;
 export const FeatureStoreServiceService = {
@@ -3479,6 +3482,8 @@ export const FeatureStoreServiceService = {
    * type is not STRING or INT64; FAILED_PRECONDITION when the join key or value type of an entity
    * that a feature view references would change; ABORTED when `entity.etag` is set and stale;
    * UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyEntity: {
     path: "/tandem.featurestore.v1.FeatureStoreService/ApplyEntity" as const,
@@ -3492,6 +3497,8 @@ export const FeatureStoreServiceService = {
   /**
    * GetEntity returns one entity.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getEntity: {
     path: "/tandem.featurestore.v1.FeatureStoreService/GetEntity" as const,
@@ -3506,6 +3513,8 @@ export const FeatureStoreServiceService = {
    * ListEntities returns entities in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listEntities: {
     path: "/tandem.featurestore.v1.FeatureStoreService/ListEntities" as const,
@@ -3522,6 +3531,8 @@ export const FeatureStoreServiceService = {
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name;
    * FAILED_PRECONDITION when a feature view references the entity (the message names the views);
    * ABORTED when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteEntity: {
     path: "/tandem.featurestore.v1.FeatureStoreService/DeleteEntity" as const,
@@ -3551,6 +3562,8 @@ export const FeatureStoreServiceService = {
    * `INCOMPATIBLE_CHANGE` and one google.rpc.PreconditionFailure violation per change (subject the
    * field path, for example `features.ctr.value_type`, description the reason); ABORTED when
    * `feature_view.etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 8,602 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyFeatureView: {
     path: "/tandem.featurestore.v1.FeatureStoreService/ApplyFeatureView" as const,
@@ -3566,6 +3579,8 @@ export const FeatureStoreServiceService = {
   /**
    * GetFeatureView returns one feature view.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getFeatureView: {
     path: "/tandem.featurestore.v1.FeatureStoreService/GetFeatureView" as const,
@@ -3582,6 +3597,8 @@ export const FeatureStoreServiceService = {
    * ListFeatureViews returns feature views in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listFeatureViews: {
     path: "/tandem.featurestore.v1.FeatureStoreService/ListFeatureViews" as const,
@@ -3599,6 +3616,8 @@ export const FeatureStoreServiceService = {
    * aggregation state and durable consumer.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name; ABORTED
    * when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteFeatureView: {
     path: "/tandem.featurestore.v1.FeatureStoreService/DeleteFeatureView" as const,
@@ -3628,6 +3647,9 @@ export const FeatureStoreServiceService = {
    * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
    * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
+   * Request limit: the server's message size alone: the limits above count rows and features, not
+   * key bytes (10,000 keys of 400 bytes take 4 MB), and columns no requested view uses are ignored
+   * whatever their length.
    */
   getOnlineFeatures: {
     path: "/tandem.featurestore.v1.FeatureStoreService/GetOnlineFeatures" as const,
@@ -3665,6 +3687,8 @@ export const FeatureStoreServiceService = {
    * retrying it is safe (a failure is not remembered under `request_id`), or (reason
    * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
    * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
+   * Request limit: the server's message size alone (a batch of up to 10,000 rows, each up to ~16
+   * MiB).
    */
   writeFeatures: {
     path: "/tandem.featurestore.v1.FeatureStoreService/WriteFeatures" as const,
@@ -3681,6 +3705,8 @@ export const FeatureStoreServiceService = {
    * is running, how far behind the stream it is and how many events it dropped.
    * Errors: INVALID_ARGUMENT when `feature_view` is empty; NOT_FOUND when no view has that name;
    * FAILED_PRECONDITION when the view is push-sourced.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAggregationStatus: {
     path: "/tandem.featurestore.v1.FeatureStoreService/GetAggregationStatus" as const,
@@ -3703,17 +3729,23 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * type is not STRING or INT64; FAILED_PRECONDITION when the join key or value type of an entity
    * that a feature view references would change; ABORTED when `entity.etag` is set and stale;
    * UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyEntity: handleUnaryCall<ApplyEntityRequest, ApplyEntityResponse>;
   /**
    * GetEntity returns one entity.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getEntity: handleUnaryCall<GetEntityRequest, GetEntityResponse>;
   /**
    * ListEntities returns entities in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listEntities: handleUnaryCall<ListEntitiesRequest, ListEntitiesResponse>;
   /**
@@ -3721,6 +3753,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name;
    * FAILED_PRECONDITION when a feature view references the entity (the message names the views);
    * ABORTED when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteEntity: handleUnaryCall<DeleteEntityRequest, DeleteEntityResponse>;
   /**
@@ -3741,17 +3775,23 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * `INCOMPATIBLE_CHANGE` and one google.rpc.PreconditionFailure violation per change (subject the
    * field path, for example `features.ctr.value_type`, description the reason); ABORTED when
    * `feature_view.etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 8,602 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyFeatureView: handleUnaryCall<ApplyFeatureViewRequest, ApplyFeatureViewResponse>;
   /**
    * GetFeatureView returns one feature view.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getFeatureView: handleUnaryCall<GetFeatureViewRequest, GetFeatureViewResponse>;
   /**
    * ListFeatureViews returns feature views in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listFeatureViews: handleUnaryCall<ListFeatureViewsRequest, ListFeatureViewsResponse>;
   /**
@@ -3759,6 +3799,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * aggregation state and durable consumer.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name; ABORTED
    * when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteFeatureView: handleUnaryCall<DeleteFeatureViewRequest, DeleteFeatureViewResponse>;
   /**
@@ -3778,6 +3820,9 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
    * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
+   * Request limit: the server's message size alone: the limits above count rows and features, not
+   * key bytes (10,000 keys of 400 bytes take 4 MB), and columns no requested view uses are ignored
+   * whatever their length.
    */
   getOnlineFeatures: handleUnaryCall<GetOnlineFeaturesRequest, GetOnlineFeaturesResponse>;
   /**
@@ -3805,6 +3850,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * retrying it is safe (a failure is not remembered under `request_id`), or (reason
    * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
    * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
+   * Request limit: the server's message size alone (a batch of up to 10,000 rows, each up to ~16
+   * MiB).
    */
   writeFeatures: handleUnaryCall<WriteFeaturesRequest, WriteFeaturesResponse>;
   /**
@@ -3812,6 +3859,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * is running, how far behind the stream it is and how many events it dropped.
    * Errors: INVALID_ARGUMENT when `feature_view` is empty; NOT_FOUND when no view has that name;
    * FAILED_PRECONDITION when the view is push-sourced.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAggregationStatus: handleUnaryCall<GetAggregationStatusRequest, GetAggregationStatusResponse>;
 }
@@ -3824,6 +3873,8 @@ export interface FeatureStoreServiceClient extends Client {
    * type is not STRING or INT64; FAILED_PRECONDITION when the join key or value type of an entity
    * that a feature view references would change; ABORTED when `entity.etag` is set and stale;
    * UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyEntity(
     request: ApplyEntityRequest,
@@ -3843,6 +3894,8 @@ export interface FeatureStoreServiceClient extends Client {
   /**
    * GetEntity returns one entity.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getEntity(
     request: GetEntityRequest,
@@ -3863,6 +3916,8 @@ export interface FeatureStoreServiceClient extends Client {
    * ListEntities returns entities in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listEntities(
     request: ListEntitiesRequest,
@@ -3884,6 +3939,8 @@ export interface FeatureStoreServiceClient extends Client {
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no entity has that name;
    * FAILED_PRECONDITION when a feature view references the entity (the message names the views);
    * ABORTED when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteEntity(
     request: DeleteEntityRequest,
@@ -3918,6 +3975,8 @@ export interface FeatureStoreServiceClient extends Client {
    * `INCOMPATIBLE_CHANGE` and one google.rpc.PreconditionFailure violation per change (subject the
    * field path, for example `features.ctr.value_type`, description the reason); ABORTED when
    * `feature_view.etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 8,602 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   applyFeatureView(
     request: ApplyFeatureViewRequest,
@@ -3937,6 +3996,8 @@ export interface FeatureStoreServiceClient extends Client {
   /**
    * GetFeatureView returns one feature view.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getFeatureView(
     request: GetFeatureViewRequest,
@@ -3957,6 +4018,8 @@ export interface FeatureStoreServiceClient extends Client {
    * ListFeatureViews returns feature views in name order, one page at a time.
    * Errors: INVALID_ARGUMENT when `page_size` is negative or `page_token` is not one this method
    * returned.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   listFeatureViews(
     request: ListFeatureViewsRequest,
@@ -3978,6 +4041,8 @@ export interface FeatureStoreServiceClient extends Client {
    * aggregation state and durable consumer.
    * Errors: INVALID_ARGUMENT when `name` is empty; NOT_FOUND when no view has that name; ABORTED
    * when `etag` is set and stale; UNAVAILABLE when storage cannot be reached.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   deleteFeatureView(
     request: DeleteFeatureViewRequest,
@@ -4011,6 +4076,9 @@ export interface FeatureStoreServiceClient extends Client {
    * UNAVAILABLE (reason FEATURE_VIEW_NOT_LOADED, with a retry delay) when a view exists but this
    * replica has not loaded it yet (just applied, or storage not answering its load);
    * RESOURCE_EXHAUSTED when the response would exceed the message-size limit.
+   * Request limit: the server's message size alone: the limits above count rows and features, not
+   * key bytes (10,000 keys of 400 bytes take 4 MB), and columns no requested view uses are ignored
+   * whatever their length.
    */
   getOnlineFeatures(
     request: GetOnlineFeaturesRequest,
@@ -4052,6 +4120,8 @@ export interface FeatureStoreServiceClient extends Client {
    * retrying it is safe (a failure is not remembered under `request_id`), or (reason
    * FEATURE_VIEW_NOT_LOADED) when the view exists but this replica has not loaded it yet;
    * RESOURCE_EXHAUSTED when the request exceeds the message-size limit.
+   * Request limit: the server's message size alone (a batch of up to 10,000 rows, each up to ~16
+   * MiB).
    */
   writeFeatures(
     request: WriteFeaturesRequest,
@@ -4073,6 +4143,8 @@ export interface FeatureStoreServiceClient extends Client {
    * is running, how far behind the stream it is and how many events it dropped.
    * Errors: INVALID_ARGUMENT when `feature_view` is empty; NOT_FOUND when no view has that name;
    * FAILED_PRECONDITION when the view is push-sourced.
+   * Request limit: 16 KiB (RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, refused before it is
+   * decoded).
    */
   getAggregationStatus(
     request: GetAggregationStatusRequest,
