@@ -16,7 +16,9 @@
  *   instead (UNAVAILABLE or ABORTED in `rpc.server.call.duration`), and is not counted here.
  * - `tandem.assignment.allocation.updates` by `tandem.outcome`: `AllocationUpdate` events handled:
  *   `applied`, `duplicate` (its own sequence already stored: delivered again after it was
- *   applied), `stale` (a newer sequence stored), `concluded` (the experiment was concluded
+ *   applied, or after an attempt that stored it and then failed, announcing it or keeping it in
+ *   the history, which the redelivery finishes: so `applied` + `duplicate` counts the updates
+ *   that took effect), `stale` (a newer sequence stored), `concluded` (the experiment was concluded
  *   meanwhile, which the producer could not know) and `rejected`, with `tandem.reason`:
  *   `no_sequence`, `invalid_allocation` (weights for arms the experiment lacks, not summing to 1,
  *   a sequence too far ahead), `unknown_experiment`, `not_a_bandit` or `other`. `rejected` is the

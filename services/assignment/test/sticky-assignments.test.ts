@@ -146,7 +146,7 @@ describe('sticky assignments', () => {
         }),
     );
     try {
-      const lookup = await sticky.lookup('user', 'u1', ['exp'], T0 + 1, false);
+      const lookup = await sticky.lookup('user', 'u1', ['exp'], T0 + 1, { bounded: false });
       expect(lookup.found).toEqual(new Map([['exp', variant('treatment')]]));
       expect(lookup.unavailable).toEqual([]);
     } finally {

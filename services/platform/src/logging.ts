@@ -26,6 +26,28 @@ export function withoutUrlCredentials(text: string): string {
   return text.replace(URL_CREDENTIALS, '$1***@');
 }
 
+/**
+ * A warning for failures that come with every call while a dependency is down: logged with the
+ * error at most once per `intervalMs`, saying how many failures it stands for (`failures`, this
+ * one and those unlogged since the last line).
+ */
+export function rateLimitedWarning(
+  logger: Logger,
+  message: string,
+  intervalMs: number,
+): (error: unknown) => void {
+  let failures = 0;
+  let warnedAt = -Infinity;
+  return (error) => {
+    failures++;
+    const now = Date.now();
+    if (now - warnedAt < intervalMs) return;
+    logger.warn({ err: error, failures }, message);
+    warnedAt = now;
+    failures = 0;
+  };
+}
+
 /** Causes `errorText` follows, as far as a wrapped driver error goes. */
 const MAX_TEXT_CAUSES = 3;
 

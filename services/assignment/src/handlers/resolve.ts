@@ -47,6 +47,7 @@ import { withEncodedAssignments } from './resolve-response';
 import { invalidRequest, rejectIfAny } from './requests';
 import { MAX_REQUEST_ID_LENGTH } from '../store/request-results';
 import { MAX_UNIT_ID_BYTES, MAX_UNIT_TYPE_BYTES, tooLong } from './limits';
+import { rateLimitedWarning } from '../../../platform/src/logging';
 import { STICKY_WRITE_FAILURE, stickyFailedWriteCounter } from '../assignment-metrics';
 
 type ResolveHandlers = Pick<Handlers<typeof AssignmentServiceService>, 'resolve' | 'apply'>;
@@ -305,7 +306,9 @@ async function logExposures(
           unit.id,
           resolvedSticky.map(({ assignment }) => assignment.experimentId),
           storedNow,
-          false,
+          // A Resolve(apply=true) (the one caller that withholds) looked these up a moment ago,
+          // and counted that.
+          { bounded: false, counted: withholdUnstored === undefined },
         );
         const unreadable = new Set(held.unavailable);
         await Promise.all(
@@ -467,22 +470,12 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
 
   // A failing sticky lookup or store is logged at most once per interval, with the count since
   // the last.
-  const rateLimitedWarning = (message: string): ((error: unknown) => void) => {
-    let failures = 0;
-    let warnedAt = -Infinity;
-    return (error) => {
-      failures++;
-      const now = Date.now();
-      if (now - warnedAt < STICKY_WARNING_INTERVAL_MS) return;
-      context.logger.warn({ err: error, failures }, message);
-      warnedAt = now;
-      failures = 0;
-    };
-  };
-  const stickyLookupFailed = rateLimitedWarning(
+  const rateLimited = (message: string) =>
+    rateLimitedWarning(context.logger, message, STICKY_WARNING_INTERVAL_MS);
+  const stickyLookupFailed = rateLimited(
     'sticky assignments could not be read; sticky experiments serve STICKY_UNAVAILABLE',
   );
-  const stickyStoreFailed = rateLimitedWarning(
+  const stickyStoreFailed = rateLimited(
     'sticky assignments could not be stored on Resolve(apply=true); those experiments serve STICKY_UNAVAILABLE',
   );
   const failedWrites = stickyFailedWriteCounter();

@@ -76,6 +76,9 @@ export const RELEASE_GRACE_MS = 60_000;
  */
 export const STICKY_LOOKUP_TIMEOUT_MS = 500;
 
+/** What counts a lookup that is not counted. */
+const UNCOUNTED = { add: (): void => undefined };
+
 /** The reason of the error a lookup gives when its read took longer than its timeout. */
 const LOOKUP_TIMED_OUT = 'STICKY_LOOKUP_TIMED_OUT';
 
@@ -130,15 +133,17 @@ export class StickyAssignments {
    * misses are `unavailable` (with the `error`): the cached hits still count. Resolve bounds the
    * read, which would hold its whole response; Apply, which waits for its writes anyway, does
    * not, so a slow read does not skip storing a variant again. Counted by outcome in
-   * `tandem.assignment.sticky.lookups`.
+   * `tandem.assignment.sticky.lookups`, unless `counted` is false (a second look at what the same
+   * call just looked up).
    */
   async lookup(
     unitType: string,
     unitId: string,
     experimentIds: readonly string[],
     now: number,
-    bounded = true,
+    { bounded = true, counted = true }: { bounded?: boolean; counted?: boolean } = {},
   ): Promise<StickyLookup> {
+    const lookups = counted ? this.lookups : UNCOUNTED;
     const found = new Map<string, StickyAssignment>();
     const missing: string[] = [];
     const missingIds: string[] = [];
@@ -157,7 +162,7 @@ export class StickyAssignments {
       }
     }
     if (missing.length === 0) {
-      this.lookups.add(1, STICKY_LOOKUP.cached);
+      lookups.add(1, STICKY_LOOKUP.cached);
       return { found, unavailable: NONE };
     }
     let stored: Map<string, Versioned<StickyDocument>>;
@@ -176,10 +181,10 @@ export class StickyAssignments {
         : read);
     } catch (error) {
       const timedOut = error instanceof UnavailableError && error.reason === LOOKUP_TIMED_OUT;
-      this.lookups.add(1, timedOut ? STICKY_LOOKUP.timed_out : STICKY_LOOKUP.failed);
+      lookups.add(1, timedOut ? STICKY_LOOKUP.timed_out : STICKY_LOOKUP.failed);
       return { found, unavailable: missingIds, error };
     }
-    this.lookups.add(1, STICKY_LOOKUP.read);
+    lookups.add(1, STICKY_LOOKUP.read);
     missing.forEach((key, i) => {
       const doc = stored.get(key)?.doc;
       const expiresAt = liveUntil(doc, now);

@@ -2659,7 +2659,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           'qa-anna',
           ['forced'],
           Date.now(),
-          false,
+          { bounded: false },
         );
         expect(held).toEqual({ found: new Map(), unavailable: [] });
         // Another unit type with the same id is not the tester.

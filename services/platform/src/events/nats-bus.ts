@@ -47,6 +47,7 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../errors';
+import { errorText } from '../logging';
 import { observeSubscription } from '../telemetry/consumer-metrics';
 import { AckFrontier, type FrontierBatch } from './ack-frontier';
 import {
@@ -441,14 +442,15 @@ class NatsBus implements EventBus {
           operation.begin();
         } catch (error) {
           // Nothing it throws may escape the background loop (close() awaits it).
-          this.logger.error({ error: messageOf(error) }, 'a subscription could not start');
+          this.logger.error({ error: errorText(error) }, 'a subscription could not start');
         }
         continue;
       }
       try {
         await this.declareStreamNow(this.live(), operation.spec);
       } catch (error) {
-        const fields = { stream: operation.spec.name, error: messageOf(error) };
+        // The whole chain: a refusal's message names only its JetStream code (see `toBusError`).
+        const fields = { stream: operation.spec.name, error: errorText(error) };
         if (error instanceof FailedPreconditionError) {
           // The server refuses this config: retrying would not change its mind.
           this.streams.delete(operation.spec.name);
@@ -581,7 +583,7 @@ class NatsBus implements EventBus {
       this.restoreProblem = undefined;
       return;
     }
-    const reason = messageOf(failure);
+    const reason = errorText(failure);
     if (reason !== this.restoreProblem) {
       this.restoreProblem = reason;
       this.logger.warn({ trigger, error: reason }, 'cannot declare the streams again; retrying');
@@ -1285,7 +1287,7 @@ class NatsSubscription<T> implements Subscription {
           {
             stream: settings.stream,
             durable: settings.durable,
-            error: error instanceof Error ? error.message : String(error),
+            error: errorText(error),
           },
           'event consumption failed; restarting',
         );

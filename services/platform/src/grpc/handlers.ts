@@ -22,7 +22,7 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import { context, SpanKind, trace } from '@opentelemetry/api';
-import type { Logger } from '../logging';
+import { rateLimitedWarning, type Logger } from '../logging';
 import {
   CancelledError,
   DeadlineExceededError,
@@ -31,6 +31,7 @@ import {
   toStatus,
   TandemError,
   type FieldViolation,
+  UnavailableError,
 } from '../errors';
 import { carriesTraceContext, extractFromMetadata } from '../telemetry/propagation';
 import { rpcDurationRecorder } from '../telemetry/rpc-metrics';
@@ -501,6 +502,9 @@ function cancelledError(): CancelledError {
  */
 const DEADLINE_TOLERANCE_MS = 50;
 
+/** How often a method logs the dependency failure behind its UNAVAILABLE answers, at most. */
+const UNAVAILABLE_LOG_INTERVAL_MS = 10_000;
+
 /** One per process: the handlers of every service share its event loop. */
 const pacer = new HandlerPacer();
 
@@ -517,6 +521,13 @@ export function setHandlerSlice(sliceMs: number): void {
 function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger) {
   // One child logger per method, not per call: trace ids are added by the mixin at log time.
   const methodLogger = rootLogger.child({ rpc: path });
+  // A caller is told which dependency failed; what the dependency said (the host it could not
+  // reach, why) is logged here, with every call's span recording it too.
+  const dependencyFailed = rateLimitedWarning(
+    methodLogger,
+    'answered UNAVAILABLE: a dependency failed',
+    UNAVAILABLE_LOG_INTERVAL_MS,
+  );
   const startSpan = rpcSpanStarter(path, SpanKind.SERVER);
   const recordDuration = rpcDurationRecorder(path);
   return (
@@ -579,6 +590,8 @@ function wrapCall(path: string, auth: AdminAuth | undefined, rootLogger: Logger)
           } else if (error instanceof ResourceExhaustedError && error.reason === TOO_LARGE) {
             // The server's fault, not the caller's: a method whose answers can grow pages them.
             rootLogger.error({ err: error, rpc: path }, 'response larger than this server sends');
+          } else if (error instanceof UnavailableError && error.cause !== undefined) {
+            dependencyFailed(error);
           }
           const code = ctx.answered(status.code);
           if (span !== undefined) endRpcSpan(span, SpanKind.SERVER, code, error);

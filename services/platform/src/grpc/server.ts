@@ -74,6 +74,9 @@ function serviceName(definition: ServiceDefinition): string {
  * (health says NOT_SERVING), `listen`, `setServing(true)` once dependencies are ready; `shutdown`
  * reverses it. Reflection lists the services registered when `listen` is called.
  */
+/** What a reserved service's methods take for a request: they answer without reading it. */
+const NOT_DECODED = Object.freeze({});
+
 export class GrpcServer {
   private readonly server: Server;
   private readonly health: HealthImplementation;
@@ -188,7 +191,13 @@ export class GrpcServer {
     const implementation = implement(definition, handlers as Handlers<typeof definition>, {
       logger: this.logger,
     });
-    const reserved = passingSerializedResponses(decodingRequestsSafely(definition));
+    // Nothing is decoded: every call is answered UNAVAILABLE whatever it holds, so a large
+    // request costs nothing before the limits `add` brings apply.
+    const undecoded: Record<string, unknown> = {};
+    for (const [method, attributes] of Object.entries(definition)) {
+      undecoded[method] = { ...attributes, requestDeserialize: () => NOT_DECODED };
+    }
+    const reserved = passingSerializedResponses(undecoded as ServiceDefinition);
     this.server.addService(reserved, implementation);
     this.services.push({ name, reserved });
     this.health.setStatus(name, 'NOT_SERVING');

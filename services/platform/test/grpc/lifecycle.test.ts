@@ -206,8 +206,10 @@ describe('health', () => {
     health.close();
   });
 
-  it('answers a reserved service with UNAVAILABLE until its implementation is added', async () => {
+  it('answers a reserved service with UNAVAILABLE until its implementation is added, decoding nothing', async () => {
     const { server, logger } = testServer();
+    // Its requests are answered unread: no limit of `add` applies yet, and none is needed.
+    const decode = jest.spyOn(EchoServiceService.echo, 'requestDeserialize');
     server.reserve(
       EchoServiceService,
       () =>
@@ -230,12 +232,14 @@ describe('health', () => {
       expect(early.reason).toBe('WAITING');
       expect(early instanceof UnavailableError && early.retryDelayMs).toBe(1500);
       expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('NOT_SERVING');
+      expect(decode).not.toHaveBeenCalled();
 
       server.add(EchoServiceService, implement(EchoServiceService, echoHandlers(), { logger }));
       server.setServing(true);
       await expect(client.echo(request)).resolves.toMatchObject({ message: 'hi' });
       expect(await checkHealth(health, 'tandem.echo.v1.EchoService')).toBe('SERVING');
     } finally {
+      decode.mockRestore();
       client.close();
       health.close();
       await server.shutdown(1000);
