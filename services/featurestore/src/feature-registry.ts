@@ -276,6 +276,7 @@ function keptAsStored(
     v.field.startsWith('stream_source.') &&
     (v.reason === 'INVALID_SUBJECT' ||
       v.reason === 'INVALID_PATH' ||
+      (v.reason === 'TOO_LONG' && v.field.endsWith('.value_field')) ||
       v.reason === 'VALUE_FIELD_TYPE' ||
       (v.reason === 'OUT_OF_RANGE' && v.field.endsWith('.bucket')))
   ) {

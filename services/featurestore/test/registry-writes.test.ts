@@ -353,6 +353,7 @@ describe('a definition stored before a limit it breaks', () => {
   it.each([
     ['a value field OutcomeEvent lacks', 'foo', 'INVALID_PATH'],
     ['a string field summed as a number', 'item_id', 'VALUE_FIELD_TYPE'],
+    ['a value field over 256 characters', `properties.${'x'.repeat(300)}`, 'TOO_LONG'],
   ])('is a stream view stored with %s, applied again unchanged', async (_, field, reason) => {
     await harness.client.applyEntity({ entity: itemEntity, requestId: '' });
     const subject = 'tandem.events.v1.outcome.play';

@@ -120,6 +120,8 @@ export const registryLimits = {
   maxTtlMs: 100 * 365 * 86_400_000,
   maxTags: 64,
   maxTagValue: 256,
+  /** An aggregation's `value_field`, `properties.` and a path (ASCII by its pattern). */
+  maxValueField: 256,
   maxEntities: 4,
   maxFeatures: 1_000,
   maxAggregations: 100,
@@ -143,9 +145,9 @@ export const MAX_NAME_BYTES = 63;
 /** An etag: a version and a creation time in base 36 (`3.mxbhtii0`), with room to spare. */
 export const MAX_ETAG_BYTES = 64;
 /**
- * An aggregation's `value_field`, a path into an OutcomeEvent (`properties.watch_seconds`): no
- * limit of its own, this much counted for each (a view at every other limit leaves room for ~40
- * KiB each within the request limit).
+ * An aggregation's `value_field`, a path into an OutcomeEvent (`properties.watch_seconds`): at
+ * most `maxValueField` ASCII characters, counted with room to spare, for a value field stored
+ * before that limit and applied again unchanged.
  */
 const VALUE_FIELD_BYTES = 1024;
 /** Etag, create and update time. */
@@ -595,6 +597,12 @@ function validateAggregation(
   if (fn === AggregationFunction.Count) {
     if (aggregation.valueField !== '')
       add(`${path}.value_field`, 'must be empty for COUNT', 'MUST_BE_UNSET');
+  } else if (aggregation.valueField.length > registryLimits.maxValueField) {
+    add(
+      `${path}.value_field`,
+      `must be at most ${registryLimits.maxValueField} characters`,
+      'TOO_LONG',
+    );
   } else if (!isOutcomeField(aggregation.valueField)) {
     add(
       `${path}.value_field`,

@@ -319,7 +319,7 @@ export interface Aggregation {
    * `properties.watch_seconds`. SUM, MEAN, MIN and MAX need a number; DISTINCT_COUNT and LAST
    * accept a number or a string. An event without `value` has the value 1, as OutcomeEvent
    * defines; an event in which another field is missing or of another type is skipped for this
-   * aggregation and counted as invalid.
+   * aggregation and counted as invalid. At most 256 characters (TOO_LONG).
    */
   valueField: string;
   /**
