@@ -3,28 +3,17 @@
  * what it said; the operator finds what it said (the host it could not reach) in the log, once per
  * interval per method however many calls fail.
  */
-import { Writable } from 'node:stream';
 import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { EchoServiceService } from '../../../../gen/ts/tandem/echo/v1/echo_service';
 import { UnavailableError } from '../../src/errors';
 import { createClient } from '../../src/grpc/client';
 import { implement } from '../../src/grpc/handlers';
-import { createLogger } from '../../src/logging';
+import { capturedLogger } from '../support/captured-logger';
 import { testServer } from '../support/echo';
 import { failure } from '../support/failure';
 
 it('logs the dependency behind UNAVAILABLE answers once per interval, and never shows it to the caller', async () => {
-  const lines: Record<string, unknown>[] = [];
-  const logger = createLogger({
-    service: 'unavailable-test',
-    level: 'info',
-    destination: new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(JSON.parse(String(chunk)) as Record<string, unknown>);
-        done();
-      },
-    }),
-  });
+  const { lines, logger } = capturedLogger('unavailable-test');
   const { server } = testServer(4 * 1024 * 1024, logger);
   let withCause = true;
   server.add(

@@ -5,7 +5,6 @@
  * lines stamped with the all-zero invalid trace id, which every such line would then share.
  * And on one that records spans, the lines an event consumer writes about a failed handler.
  */
-import { Writable } from 'node:stream';
 import { credentials, Metadata } from '@grpc/grpc-js';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
@@ -18,25 +17,10 @@ import { EchoRequest, EchoServiceService } from '../../../../gen/ts/tandem/echo/
 import type { EventCodec } from '../../src/events/bus';
 import { createInProcessBus } from '../../src/events/in-process-bus';
 import { createClient } from '../../src/grpc/client';
-import { createLogger } from '../../src/logging';
+import { capturedLogger } from '../support/captured-logger';
 import { startEcho } from '../support/echo';
 import { eventually } from '../events/event-bus-contract';
 import { installTestTracing, type TestTracing } from '../support/tracing';
-
-/** A logger of `service` whose lines are kept, parsed, in `lines`. */
-function capturedLogger(service: string): {
-  lines: Record<string, unknown>[];
-  logger: ReturnType<typeof createLogger>;
-} {
-  const lines: Record<string, unknown>[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { lines, logger: createLogger({ service, level: 'info', destination }) };
-}
 
 describe('log lines of a call that brings baggage but no trace', () => {
   beforeAll(() => {
