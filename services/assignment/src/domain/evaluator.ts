@@ -17,16 +17,17 @@
  * table lookup (the binary search over the sorted range bounds, done at build time for each of the
  * 1,000 points a layer hash can take) pick the (at most one) experiment the unit can be in.
  * Only those, plus experiments with no layer, shipped ones, sticky ones with a stored variant for
- * the unit and those overriding the unit's variant, are evaluated, with the same code and in the same order as `resolve`; every experiment
- * left out would have been NOT_RUNNING or NOT_IN_LAYER_RANGE.
+ * the unit and those overriding the unit's variant, are evaluated, with the same code and in the
+ * same order as `resolve`; every experiment left out would have been NOT_RUNNING or
+ * NOT_IN_LAYER_RANGE.
  *
- * Resolve follows assignment.proto's order and stops at the first reason that applies:
- * OVERRIDE (a unit of the experiment's type listed in its overrides, while it is DRAFT, SCHEDULED
- * or RUNNING before its end) → NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by
- * a unit's sticky variant) →
- * TARGETED_OUT → HOLDOUT → STICKY (STICKY_UNAVAILABLE when the unit's stored variants could not be
- * read) → NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it
- * (reason CONCLUDED) right after the holdout check, skipping sticky, layer and coverage.
+ * Resolve follows assignment.proto's order and stops at the first reason that applies: OVERRIDE (a
+ * unit of the experiment's type listed in its overrides, while it is DRAFT, SCHEDULED or RUNNING
+ * before its end) → NOT_RUNNING → UNIT_TYPE_MISMATCH → NOT_IN_LAYER_RANGE (skipped by a unit's
+ * sticky variant; forced by another experiment of the layer overriding the unit) → TARGETED_OUT →
+ * HOLDOUT → STICKY (STICKY_UNAVAILABLE when the unit's stored variants could not be read) →
+ * NOT_IN_COVERAGE → ASSIGNED; a CONCLUDED experiment with a shipped variant returns it (reason
+ * CONCLUDED) right after the holdout check, skipping sticky, layer and coverage.
  */
 import { applyMinArmShare, bucketRanges } from './bucketing';
 import {
