@@ -529,3 +529,20 @@ export function fromServiceError(error: ServiceError): TandemError {
 function packAny(typeName: string, value: Uint8Array): Any {
   return { typeUrl: `${TYPE_PREFIX}${typeName}`, value: Buffer.from(value) };
 }
+
+/** Causes `causeChain` follows beyond the error itself: enough for a wrapped driver error. */
+const MAX_CAUSES = 3;
+
+/**
+ * `error` and its causes that are errors, outermost first, each once, at most `MAX_CAUSES` beyond
+ * it: what a caller's message leaves out (see `TandemError`) and spans and logs show.
+ */
+export function causeChain(error: unknown): Error[] {
+  const chain: Error[] = [];
+  let current: unknown = error;
+  while (current instanceof Error && !chain.includes(current) && chain.length <= MAX_CAUSES) {
+    chain.push(current);
+    current = current.cause;
+  }
+  return chain;
+}

@@ -5,6 +5,7 @@
  */
 import { isSpanContextValid, trace } from '@opentelemetry/api';
 import { pino, type Logger, type LevelWithSilent, type DestinationStream } from 'pino';
+import { causeChain } from './errors';
 
 export type { Logger } from 'pino';
 
@@ -48,21 +49,13 @@ export function rateLimitedWarning(
   };
 }
 
-/** Causes `errorText` follows, as far as a wrapped driver error goes. */
-const MAX_TEXT_CAUSES = 3;
-
 /**
  * `error`'s message followed by its causes' (`a: b`, as `err` is logged), URL credentials taken
  * out, for a log field that holds text. A message callers are shown names only the dependency
  * that failed; what the dependency said is in the cause, and belongs in the log line.
  */
 export function errorText(error: unknown): string {
-  const messages: string[] = [];
-  let current: unknown = error;
-  while (current instanceof Error && messages.length <= MAX_TEXT_CAUSES) {
-    messages.push(current.message);
-    current = current.cause;
-  }
+  const messages = causeChain(error).map((e) => e.message);
   return withoutUrlCredentials(messages.length > 0 ? messages.join(': ') : String(error));
 }
 

@@ -601,8 +601,6 @@ export class AssignmentSnapshot {
   /** Resolves every experiment on the unit's surfaces. Synchronous and side-effect free. */
   resolve(unit: UnitContext): Resolution {
     this.beginResolve(unit);
-    const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
-    if (forced !== undefined) this.claimOverrides(forced, unit);
     const assignments: ResolvedAssignment[] = [];
     const single = unit.surfaces.length === 1;
     for (const surface of unit.surfaces) {
@@ -628,13 +626,11 @@ export class AssignmentSnapshot {
    * order, with the same holdout memberships; see the module comment for how the rest is skipped.
    */
   resolveServed(unit: UnitContext): Resolution {
-    this.beginResolve(unit);
+    const forced = this.beginResolve(unit);
     const assignments: ResolvedAssignment[] = [];
     const single = unit.surfaces.length === 1;
     const sticky = unit.sticky;
     const hasSticky = sticky !== undefined && sticky.size > 0;
-    const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
-    if (forced !== undefined) this.claimOverrides(forced, unit);
     // Within one surface an experiment is a candidate once (in `always` or in one layer table,
     // once per bucket), unless a sticky variant or an override makes it one again: only then, or
     // across surfaces, are candidates deduplicated.
@@ -818,7 +814,12 @@ export class AssignmentSnapshot {
     });
   }
 
-  private beginResolve(unit: UnitContext): void {
+  /**
+   * Starts a resolve of `unit`: a new generation for the memos, the unit's hash prefix, and the
+   * claims of its overrides (see `claimOverrides`). Returns the indexes of the experiments that
+   * list the unit in their overrides, if any.
+   */
+  private beginResolve(unit: UnitContext): readonly number[] | undefined {
     this.generation = (this.generation + 1) >>> 0;
     if (this.generation === 0) {
       // Wrapped after 2^32 resolves: clear the stamps once so none looks current.
@@ -835,6 +836,9 @@ export class AssignmentSnapshot {
     this.unitState = fnvContinue(FNV_OFFSET_BASIS, unit.id);
     this.attributes = unit.attributes;
     this.overriddenUnit = false;
+    const forced = this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
+    if (forced !== undefined) this.claimOverrides(forced, unit);
+    return forced;
   }
 
   /**

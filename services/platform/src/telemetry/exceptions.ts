@@ -4,21 +4,9 @@
  * `cause`, and the span is where an operator looks for it.
  */
 import type { Span } from '@opentelemetry/api';
+import { causeChain } from '../errors';
 
-/** Causes recorded beyond the error itself: enough for a wrapped driver error, bounded. */
-const MAX_CAUSES = 3;
-
-/**
- * Records `error` as an `exception` event, then each of its causes (that are errors) as one more,
- * outermost first.
- */
+/** Records `error` as an `exception` event, then each of its causes (`causeChain`) as one more. */
 export function recordExceptionWithCauses(span: Span, error: Error): void {
-  const seen = new Set<unknown>();
-  let current: unknown = error;
-  for (let depth = 0; depth <= MAX_CAUSES; depth++) {
-    if (!(current instanceof Error) || seen.has(current)) return;
-    seen.add(current);
-    span.recordException(current);
-    current = current.cause;
-  }
+  for (const e of causeChain(error)) span.recordException(e);
 }

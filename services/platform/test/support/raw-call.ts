@@ -4,31 +4,49 @@
  */
 import { Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 
-/** Calls `path` at `address` with `bytes` (and `adminToken`, if given); resolves with its error. */
-export async function rawCallError(
+/**
+ * Calls `path` at `address` with `bytes` (and `adminToken`, if given), with no client-side size
+ * limit; resolves with the error it failed with, undefined when it succeeded.
+ */
+export async function rawCall(
   address: string,
   path: string,
   bytes: Buffer,
   adminToken?: string,
-): Promise<ServiceError> {
-  const raw = new Client(address, credentials.createInsecure());
+): Promise<ServiceError | undefined> {
+  const raw = new Client(address, credentials.createInsecure(), {
+    'grpc.max_send_message_length': -1,
+    'grpc.max_receive_message_length': -1,
+  });
   const metadata = new Metadata();
   if (adminToken !== undefined) metadata.set('authorization', `Bearer ${adminToken}`);
   try {
-    return await new Promise<ServiceError>((resolve, reject) => {
+    return await new Promise<ServiceError | undefined>((resolve) => {
       raw.makeUnaryRequest(
         path,
         (b: Buffer) => b,
         (b: Buffer) => b,
         bytes,
         metadata,
+        { deadline: Date.now() + 60_000 },
         (error) => {
-          if (error) resolve(error);
-          else reject(new Error(`${path} succeeded`));
+          resolve(error ?? undefined);
         },
       );
     });
   } finally {
     raw.close();
   }
+}
+
+/** {@link rawCall} for a call that must fail: resolves with its error. */
+export async function rawCallError(
+  address: string,
+  path: string,
+  bytes: Buffer,
+  adminToken?: string,
+): Promise<ServiceError> {
+  const error = await rawCall(address, path, bytes, adminToken);
+  if (error === undefined) throw new Error(`${path} succeeded`);
+  return error;
 }

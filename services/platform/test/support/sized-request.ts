@@ -2,8 +2,8 @@
  * Requests of an exact size, for tests of per-method request limits: a message's bytes followed by
  * unknown fields (which a decoder skips) up to the size, sent as they are.
  */
-import { Client, credentials, Metadata } from '@grpc/grpc-js';
 import { fromServiceError, type TandemError } from '../../src/errors';
+import { rawCall } from './raw-call';
 
 /** An unknown field number, far above any a contract uses (a 2-byte tag). */
 const PADDING_FIELD = 2047;
@@ -49,27 +49,6 @@ export async function sizedCall(
   bytes: Buffer,
   adminToken?: string,
 ): Promise<TandemError | undefined> {
-  const metadata = new Metadata();
-  if (adminToken !== undefined) metadata.set('authorization', `Bearer ${adminToken}`);
-  const raw = new Client(address, credentials.createInsecure(), {
-    'grpc.max_send_message_length': -1,
-    'grpc.max_receive_message_length': -1,
-  });
-  try {
-    return await new Promise<TandemError | undefined>((resolve) => {
-      raw.makeUnaryRequest(
-        path,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        bytes,
-        metadata,
-        { deadline: Date.now() + 60_000 },
-        (error) => {
-          resolve(error ? fromServiceError(error) : undefined);
-        },
-      );
-    });
-  } finally {
-    raw.close();
-  }
+  const error = await rawCall(address, path, bytes, adminToken);
+  return error === undefined ? undefined : fromServiceError(error);
 }
