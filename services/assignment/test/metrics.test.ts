@@ -132,6 +132,39 @@ describe('the Assignment service metrics', () => {
     });
   });
 
+  it('reads no sticky variant for a tester its override decides', async () => {
+    const { admin, client } = service;
+    const id = 'metered-override';
+    await admin.createExperiment(
+      CreateExperimentRequest.fromPartial({
+        experiment: experiment(id, {
+          surfaces: [id],
+          sticky: true,
+          overrides: [{ unitId: 'qa-anna', variantKey: 'treatment' }],
+        }),
+      }),
+    );
+    await admin.startExperiment(StartExperimentRequest.fromPartial({ id }));
+    const lookups = () =>
+      counts('tandem.assignment.sticky.lookups', (p) => String(p.attributes['tandem.outcome']));
+    const before = await lookups();
+    const getMany = jest.spyOn(service.service.context.sticky['collection'], 'getMany');
+    try {
+      // Storage failing would serve the sticky experiment's control to anyone it is read for.
+      getMany.mockRejectedValue(new UnavailableError('storage is unreachable'));
+      const resolved = await client.resolve(
+        resolveRequest('qa-anna', { surfaces: [id], apply: true }),
+      );
+      expect(resolved.assignments.map((a) => [a.variantKey, a.reason])).toEqual([
+        ['treatment', AssignmentReason.ASSIGNMENT_REASON_OVERRIDE],
+      ]);
+      expect(getMany).not.toHaveBeenCalled();
+    } finally {
+      getMany.mockRestore();
+    }
+    expect(since(before, await lookups())).toEqual({});
+  });
+
   it('counts the first sticky variants Resolve(apply=true) could not store, by reason', async () => {
     const { admin, client } = service;
     await startSticky(admin, 'metered-unstored');

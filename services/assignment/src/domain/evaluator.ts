@@ -578,9 +578,48 @@ export class AssignmentSnapshot {
   /**
    * The sticky experiments on these surfaces serving at `now` (RUNNING or SCHEDULED, within their
    * scheduled window), so the caller can fetch the unit's stored sticky assignments (one storage
-   * read) before resolving.
+   * read) before resolving. Given the unit, without those its overrides decide, whose stored
+   * variant the resolve never reads: the experiments forcing it into a variant, and the other
+   * experiments of their layers (see `claimOverrides`).
    */
-  stickyExperimentIds(surfaces: readonly string[], now: number): readonly string[] {
+  stickyExperimentIds(
+    surfaces: readonly string[],
+    now: number,
+    unit?: { readonly id: string; readonly type: string },
+  ): readonly string[] {
+    const ids = this.servingStickyIds(surfaces, now);
+    const forced =
+      unit === undefined || this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
+    return forced === undefined || ids.length === 0
+      ? ids
+      : this.withoutOverridden(ids, forced, unit?.type ?? '', now);
+  }
+
+  private withoutOverridden(
+    ids: readonly string[],
+    forced: readonly number[],
+    type: string,
+    now: number,
+  ): readonly string[] {
+    const decided = new Set<number>();
+    const claimedLayers = new Set<number>();
+    for (const index of forced) {
+      const plan = this.plans[index];
+      if (plan === undefined || type !== plan.unitType || !(now < plan.endMs)) continue;
+      decided.add(plan.index);
+      if (plan.layerSlot >= 0) claimedLayers.add(plan.layerSlot);
+    }
+    if (decided.size === 0) return ids;
+    return ids.filter((id) => {
+      const plan = this.experimentsById.get(id);
+      if (plan === undefined) return true;
+      if (decided.has(plan.index)) return false;
+      // A shipped experiment serves its variant whatever the layer claims (see `evaluate`).
+      return !(claimedLayers.has(plan.layerSlot) && plan.serving !== Serving.SHIPPED);
+    });
+  }
+
+  private servingStickyIds(surfaces: readonly string[], now: number): readonly string[] {
     if (surfaces.length === 1) {
       const index = this.surfaces.get(surfaces[0] ?? '');
       if (index === undefined) return [];

@@ -1124,6 +1124,45 @@ describe('overrides', () => {
     ).not.toContainEqual(['a', AssignmentReason.OVERRIDE]);
   });
 
+  it('leaves out of the sticky lookup the experiments its overrides decide, and no others', () => {
+    const sticky = (id: string, layerId: string, extra = {}) =>
+      experiment({
+        id,
+        sticky: true,
+        ...(layerId === '' ? {} : { layerId, layerRange: { start: 0, end: 0.5 } }),
+        ...extra,
+      });
+    const forcing = { overrides: [{ unitId: TESTER, variantKey: 'treatment' }] };
+    const snapshot = buildSnapshot(
+      configuration({
+        layers: [{ id: 'checkout' }, { id: 'ranking' }, { id: 'search' }],
+        experiments: [
+          sticky('a', 'checkout', forcing),
+          sticky('b', 'checkout'),
+          sticky('c', 'ranking'),
+          sticky('d', ''),
+          // Past its end the override no longer applies, so its layer is not claimed.
+          sticky('e', 'search', { ...forcing, scheduledEndTime: NOW + 1 }),
+          sticky('f', 'search'),
+        ],
+      }),
+    );
+    const everything = ['a', 'b', 'c', 'd', 'e', 'f'];
+    const ids = (u: UnitContext) => [...snapshot.stickyExperimentIds(u.surfaces, u.now, u)].sort();
+    expect(ids(unit(TESTER))).toEqual(['c', 'd']);
+    // Once E has ended it is not served, and its layer's F is read again.
+    expect(ids(unit(TESTER, { now: NOW + 1 }))).toEqual(['c', 'd', 'f']);
+    expect(ids(unit(TESTER, { type: 'device' }))).toEqual(everything);
+    expect(ids(unit('someone-else'))).toEqual(everything);
+    expect([...snapshot.stickyExperimentIds(['home'], NOW)].sort()).toEqual(everything);
+    // What is left out is never read: stored variants there change nothing.
+    const stored = (keys: readonly string[]) =>
+      new Map(keys.map((k) => [k, { variantKey: 'control', allocationSequence: 0 }]));
+    const tester = unit(TESTER, { sticky: stored(everything) });
+    const read = unit(TESTER, { sticky: stored(ids(tester)) });
+    expect(snapshot.resolve(read).assignments).toEqual(snapshot.resolve(tester).assignments);
+  });
+
   it('marks the memberships of holdouts covering an overriding experiment, and only those', () => {
     const snapshot = buildSnapshot(
       configuration({
