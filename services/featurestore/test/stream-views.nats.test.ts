@@ -6,7 +6,11 @@
  * - one forgets the entities with no event within its longest window (or TTL): every entity
  *   ever seen stayed in memory and in every checkpoint (`forgetIdleKeys` was never called).
  */
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, nanos } from '@nats-io/transport-node';
 import type { EventBus } from '../../platform/src/events/bus';
+import { OUTCOME_STREAM } from '../../platform/src/events/streams';
+import { aggregationDurable } from '../src/events/stream-aggregation';
 import { connectNatsBus } from '../../platform/src/events/nats-bus';
 import { describeWithNats, natsUrl, uniqueName } from '../../platform/test/support/integration';
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
@@ -24,6 +28,7 @@ jest.setTimeout(60_000);
 describeWithNats('stream views', () => {
   let bus: EventBus;
   let harness: RunningHarness | undefined;
+  const replicaId = uniqueName('r');
 
   beforeAll(async () => {
     bus = await connectNatsBus({ servers: natsUrl ?? '', name: 'stream-view-update' });
@@ -42,7 +47,7 @@ describeWithNats('stream views', () => {
     const name = uniqueName(prefix)
       .toLowerCase()
       .replace(/[^a-z0-9_]/g, '_');
-    harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId: uniqueName('r') });
+    harness ??= await startHarness({ natsUrl: natsUrl ?? '', replicaId });
     const { client } = harness;
     await client.applyEntity({ entity: itemEntity, requestId: '' });
     return { name, subject: `tandem.events.v1.outcome.${name}`, client, running: harness };
@@ -119,6 +124,29 @@ describeWithNats('stream views', () => {
     });
     expect((await read())?.statuses).toEqual([FeatureStatus.FEATURE_STATUS_EXPIRED]);
   });
+  it("declares each replica's durable to be deleted once unconsumed for as long as the stream keeps events", async () => {
+    const { name, subject, client } = await onFreshSubject('idle');
+    await client.applyFeatureView({
+      featureView: itemCountView(name, subject, 2),
+      requestId: '',
+      validateOnly: false,
+    });
+    const connection = await connect({ servers: natsUrl ?? '' });
+    try {
+      const manager = await jetstreamManager(connection);
+      await eventually(async () => {
+        const { config } = await manager.consumers.info(
+          OUTCOME_STREAM.name,
+          aggregationDurable(name, replicaId),
+        );
+        // A week, in nanoseconds: what the stream keeps.
+        expect(config.inactive_threshold).toBe(nanos(7 * 24 * 3_600_000));
+      });
+    } finally {
+      await connection.close();
+    }
+  });
+
   it('serves each feature its own values after its features are reordered', async () => {
     const { name, subject, client } = await onFreshSubject('reorder');
     const base = itemCountView(name, subject, 2);

@@ -36,6 +36,7 @@ import type {
   Subscription,
 } from '../../../platform/src/events/bus';
 import { Signal } from '../../../platform/src/events/signal';
+import { OUTCOME_STREAM } from '../../../platform/src/events/streams';
 import { OutcomeEvent } from '../../../../gen/ts/tandem/events/v1/outcome_event';
 import { checkingTimestamps } from '../../../platform/src/events/timestamp-checked-codec';
 import {
@@ -123,6 +124,9 @@ const MAX_EVENT_ID_LENGTH = 128;
  * undecodable (dropped and counted as invalid), not taken as a time up to two seconds off.
  */
 const OUTCOME_EVENTS = checkingTimestamps(OutcomeEvent, 'tandem.events.v1.OutcomeEvent');
+
+/** How long an aggregation's durable may go unconsumed before NATS deletes it: the stream's age. */
+export const DURABLE_IDLE_MS = OUTCOME_STREAM.maxAgeMs;
 
 /** The durable consumer of a stream-sourced view on one replica. */
 export function aggregationDurable(view: string, replicaId: string): string {
@@ -287,6 +291,11 @@ export class StreamAggregation {
       // on (acked, though no checkpoint holds it) after a few dozen deliveries: at the bus's
       // 30 s back-off, these last days.
       maxDeliver: MAX_DELIVERIES,
+      // A durable nobody consumed from for as long as the stream keeps events has nothing left to
+      // resume from, so NATS deletes it rather than keeping it forever: a replica scaled away, or
+      // one down while its view was deleted, leaves none behind. One back later declares it
+      // again and replays the stream into its checkpoint, whose seen-set absorbs what it holds.
+      inactiveThresholdMs: DURABLE_IDLE_MS,
     };
     // In batches where the bus offers them: one handler run, span and ack-wait timer per batch
     // rather than per event (the per-event machinery cost more than the aggregation itself),

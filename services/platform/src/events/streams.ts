@@ -14,11 +14,11 @@ const DAY_MS = 24 * HOUR_MS;
  * (or Analysis for `TrackEvents` callers), consumed by FeatureStore, Ranker and Analysis. Kept a
  * week so a new streaming view can replay its longest window and Analysis can catch up.
  */
-export const OUTCOME_STREAM: StreamSpec = {
+export const OUTCOME_STREAM = {
   name: 'TANDEM_OUTCOMES',
   subjects: ['tandem.events.v1.outcome.>'],
   maxAgeMs: 7 * DAY_MS,
-};
+} as const satisfies StreamSpec;
 
 /**
  * `ConfigChangeEvent`s of every domain on `tandem.events.v1.config.<domain>`: only a hint that
