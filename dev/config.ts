@@ -5,7 +5,11 @@
 import { hostname } from 'node:os';
 import { ConfigError, EnvReader } from '../services/platform/src/config';
 import { serverUrlProblems } from '../services/platform/src/events/server-urls';
-import { readAssignmentConfig, type AssignmentConfig } from '../services/assignment/src/config';
+import {
+  hostIdPart,
+  readAssignmentConfig,
+  type AssignmentConfig,
+} from '../services/assignment/src/config';
 import {
   readFeatureStoreConfig,
   type FeatureStoreConfig,
@@ -26,7 +30,7 @@ export interface DevConfig {
  * Reads every service's configuration and the launcher's, throwing one `ConfigError` with every
  * problem of all of them (a shared variable's once).
  */
-export function readDevConfig(env: NodeJS.ProcessEnv): DevConfig {
+export function readDevConfig(env: NodeJS.ProcessEnv, host = hostname()): DevConfig {
   const problems = new Set<string>();
   const collect = <T>(read: () => T): T | undefined => {
     try {
@@ -37,7 +41,7 @@ export function readDevConfig(env: NodeJS.ProcessEnv): DevConfig {
       return undefined;
     }
   };
-  const assignment = collect(() => readAssignmentConfig(env, { replicaId: `dev-${hostname()}` }));
+  const assignment = collect(() => readAssignmentConfig(env, { replicaId: `dev-${hostIdPart(60, host)}` }));
   const featurestore = collect(() => readFeatureStoreConfig(env));
   const launcher = collect(() => readLauncherConfig(env));
   if (!assignment || !featurestore || !launcher) throw new ConfigError([...problems]);

@@ -2,6 +2,7 @@
  * The Assignment service's configuration: the platform's shared settings plus its own, each with a
  * documented default. Nothing else in the service reads `process.env`.
  */
+import { hostname } from 'node:os';
 import { EnvReader, readPlatformConfig, type PlatformConfig } from '../../platform/src/config';
 import { MAX_STICKY_TTL_MS } from './domain/configuration';
 import { EXPOSURE_RETENTION_MS } from './events/streams';
@@ -130,4 +131,12 @@ export function readAssignmentConfig(
   }
   reader.finish();
   return config;
+}
+
+/**
+ * This host's name as part of a default replica id: the characters an id cannot hold (the dots
+ * of `host.local` or `ip-10-0-0-1.ec2.internal`) become "-", and it is cut to `length`.
+ */
+export function hostIdPart(length: number, host = hostname()): string {
+  return host.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, length);
 }

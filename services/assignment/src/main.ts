@@ -5,18 +5,15 @@
  * runs the shutdown steps in reverse.
  */
 import { telemetry } from './telemetry';
-import { hostname } from 'node:os';
 import { bootstrap } from '../../platform/src/bootstrap';
 import { exitBeforeStartup } from '../../platform/src/startup-failure';
-import { readAssignmentConfig } from './config';
+import { hostIdPart, readAssignmentConfig } from './config';
 import { resolveServiceDefinition } from './handlers/resolve-response';
 import { startAssignment } from './service';
 
 async function main(): Promise<void> {
   const config = readAssignmentConfig(process.env, {
-    replicaId: `${hostname()
-      .replace(/[^A-Za-z0-9_-]/g, '-')
-      .slice(0, 40)}-${process.pid}`,
+    replicaId: `${hostIdPart(40)}-${process.pid}`,
   });
   // Storage unreachable: NOT_SERVING (calls get UNAVAILABLE) until it answers.
   const runtime = await bootstrap(config.platform, {
