@@ -3,7 +3,7 @@
  * - `NATS_URL` set (CI starts nats-server itself): use it.
  * - otherwise, when `nats-server` is on PATH, start one on a free loopback port with a temporary
  *   store directory, and stop it in global-teardown.
- * - otherwise NATS tests are skipped with a message (or fail when TANDEM_REQUIRE_INTEGRATION=1).
+ * * - otherwise NATS tests are skipped with a message (or fail when TANDEM_REQUIRE_NATS=1).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';

@@ -4960,7 +4960,7 @@ export const AssignmentServiceService = {
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * empty or longer than 128 bytes, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
    * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
    * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.
@@ -5250,7 +5250,7 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * empty or longer than 128 bytes, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
    * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
    * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.
@@ -5757,7 +5757,7 @@ export interface AssignmentServiceClient extends Client {
    * lookup fails, only the sticky experiments are affected (reason STICKY_UNAVAILABLE); so too
    * when `apply` is set and storing a new sticky variant fails.
    * Errors: INVALID_ARGUMENT when `unit.id` is empty or longer than 256 bytes, `unit.type` is
-   * empty, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
+   * empty or longer than 128 bytes, a surface name is malformed, `attributes` exceed 64 KiB encoded or 16 levels of
    * nesting, or `view` is not a known value (reason UNKNOWN_VIEW); RESOURCE_EXHAUSTED when the
    * request exceeds 1 MiB (reason REQUEST_TOO_LARGE, refused before it is decoded) or the server's
    * message size limit; UNAVAILABLE when the replica has not loaded its configuration yet.

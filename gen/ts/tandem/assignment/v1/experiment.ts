@@ -184,25 +184,27 @@ export interface Experiment {
    * Immutable.
    */
   id: string;
-  /** Optional. The hypothesis and what the variants change. */
+  /** Optional. The hypothesis and what the variants change. At most 8 KiB. */
   description: string;
-  /** Optional. The team or person responsible for the experiment. */
+  /** Optional. The team or person responsible for the experiment. At most 256 bytes. */
   owner: string;
-  /** Optional. Free labels for search and grouping. */
+  /** Optional. Free labels for search and grouping: at most 64, each at most 128 bytes. */
   tags: string[];
   /**
    * Required. The unit type the experiment randomizes, for example `user`: the hash attribute.
-   * A Resolve for another unit type gets reason UNIT_TYPE_MISMATCH. Immutable once started.
+   * At most 128 bytes. A Resolve for another unit type gets reason UNIT_TYPE_MISMATCH. Immutable
+   * once started.
    */
   unitType: string;
   /**
-   * Required. The surfaces the experiment runs on, for example `home`; at least one, each
-   * `^[a-z][a-z0-9_.-]{0,62}$`.
+   * Required. The surfaces the experiment runs on, for example `home`; at least one and at most
+   * 100, each `^[a-z][a-z0-9_.-]{0,62}$`.
    */
   surfaces: string[];
   /**
-   * Required. At least two variants with distinct keys; the first is the control, which units
-   * that are not in the experiment get. Keys and order are immutable once started.
+   * Required. At least two variants and at most 100, with distinct keys; the first is the
+   * control, which units that are not in the experiment get. Their payloads together take at most
+   * 1 MiB encoded. Keys and order are immutable once started.
    */
   variants: Variant[];
   /**
@@ -246,7 +248,7 @@ export interface Experiment {
   /**
    * Optional. The hash seed; the experiment id when empty. Not a holdout's seed (reason
    * SEED_IN_USE): a holdout hashing as the experiment does would hold out its control. Experiments
-   * may share one, to keep a split across a rerun. Immutable once started.
+   * may share one, to keep a split across a rerun. At most 256 bytes. Immutable once started.
    */
   seed: string;
   /**
@@ -283,8 +285,9 @@ export interface Experiment {
    */
   sticky: boolean;
   /**
-   * Optional. How long a stored sticky assignment is kept after it was stored; 90 days when unset,
-   * at most 3,650 days.
+   * Optional. How long a stored sticky assignment is kept after it was stored; when unset, the
+   * service's default (`TANDEM_ASSIGNMENT_STICKY_TTL`, 90 days unless configured). At most 3,650
+   * days.
    */
   stickyTtl?:
     | Duration
@@ -340,7 +343,7 @@ export interface Variant {
    * example `control` or `treatment`.
    */
   key: string;
-  /** Optional. What the variant does. */
+  /** Optional. What the variant does. At most 8 KiB. */
   description: string;
   /**
    * Optional. The variant's share of the covered units, in [0, 1]. Either every variant leaves

@@ -76,15 +76,15 @@ export interface Holdout {
    * Immutable.
    */
   id: string;
-  /** Optional. What the holdout measures. */
+  /** Optional. What the holdout measures. At most 8 KiB. */
   description: string;
-  /** Optional. The team or person responsible for the holdout. */
+  /** Optional. The team or person responsible for the holdout. At most 256 bytes. */
   owner: string;
-  /** Optional. Free labels for search and grouping. */
+  /** Optional. Free labels for search and grouping: at most 64, each at most 128 bytes. */
   tags: string[];
   /**
    * Required. The unit type the holdout hashes, for example `user`; it covers only experiments of
-   * the same unit type. Immutable once running.
+   * the same unit type. At most 128 bytes. Immutable once running.
    */
   unitType: string;
   /** Required. The fraction of units held out, in (0, 1). Immutable once running. */
@@ -95,17 +95,17 @@ export interface Holdout {
    * as the seed. Holdouts created before this default keep the holdout id as their seed, and an
    * update with an empty seed keeps the stored one. Not an experiment's seed (its own, or its id
    * when it has none; reason SEED_IN_USE): the holdout would hold out that experiment's control
-   * rather than an even share of each variant. Immutable once running.
+   * rather than an even share of each variant. At most 256 bytes. Immutable once running.
    */
   seed: string;
   /** Optional. The hash version; HASH_VERSION_V2 when unset. Immutable once running. */
   hashVersion: HashVersion;
   /**
-   * The surfaces whose experiments the holdout covers. At least one of `surfaces` and
-   * `layer_ids` is required.
+   * The surfaces whose experiments the holdout covers, at most 100. At least one of `surfaces`
+   * and `layer_ids` is required.
    */
   surfaces: string[];
-  /** The layers whose experiments the holdout covers. Each must exist. */
+  /** The layers whose experiments the holdout covers, at most 100. Each must exist. */
   layerIds: string[];
   /**
    * Optional. The lifecycle state: DRAFT or RUNNING on create (DRAFT when unset). Change it with

@@ -20,11 +20,11 @@ export interface Layer {
    * because it seeds the layer hash.
    */
   id: string;
-  /** Optional. What the layer is for, for example "home page ranking policies". */
+  /** Optional. What the layer is for, for example "home page ranking policies". At most 8 KiB. */
   description: string;
-  /** Optional. The team or person responsible for the layer. */
+  /** Optional. The team or person responsible for the layer. At most 256 bytes. */
   owner: string;
-  /** Optional. Free labels for search and grouping. */
+  /** Optional. Free labels for search and grouping: at most 64, each at most 128 bytes. */
   tags: string[];
   /**
    * Output only. The ranges of this layer owned by experiments (every experiment in the layer that

@@ -26,7 +26,10 @@ export interface AppliedVariant {
 export interface UnitRef {
   /** Required. The identifier of the randomization unit, for example a user id. At most 256 bytes. */
   id: string;
-  /** Required. The kind of unit the id names, for example `user`, `device` or `session`. */
+  /**
+   * Required. The kind of unit the id names, for example `user`, `device` or `session`. At most
+   * 128 bytes.
+   */
   type: string;
 }
 

@@ -33,7 +33,10 @@ export interface Entity {
   valueType: ValueType;
   /** Optional. What the entity is, for people browsing the registry. At most 1,024 characters. */
   description: string;
-  /** Optional. The team or person responsible, for example an email address or a team handle. */
+  /**
+   * Optional. The team or person responsible, for example an email address or a team handle. At
+   * most 256 characters.
+   */
   owner: string;
   /**
    * Output only. Changes whenever the stored entity changes; pass it back to make an apply or

@@ -160,7 +160,10 @@ export interface FeatureView {
   name: string;
   /** Optional. What the view holds and how it is computed. At most 1,024 characters. */
   description: string;
-  /** Optional. The team or person responsible, for example an email address or a team handle. */
+  /**
+   * Optional. The team or person responsible, for example an email address or a team handle. At
+   * most 256 characters.
+   */
   owner: string;
   /**
    * Optional. Free-form labels for search and ownership, for example `{"team": "home"}`. At most
@@ -181,7 +184,8 @@ export interface FeatureView {
   /**
    * Optional. How long a record stays valid after its event time; older records read as
    * FEATURE_STATUS_EXPIRED and may be deleted from storage. Unset or zero means records never
-   * expire. For a stream-sourced view it must be zero or at least the longest window.
+   * expire. For a stream-sourced view it must be zero or at least the longest window. At most
+   * 100 years (of 365 days).
    */
   ttl?:
     | Duration
@@ -227,7 +231,10 @@ export interface Feature {
   name: string;
   /** Required. The type of every value of this feature. Immutable once the view is applied. */
   valueType: ValueType;
-  /** Optional. What the feature means and its unit, for example "plays in the last hour". */
+  /**
+   * Optional. What the feature means and its unit, for example "plays in the last hour". At most
+   * 1,024 characters.
+   */
   description: string;
   /**
    * Optional. For VALUE_TYPE_FLOAT_VECTOR only: the exact length every value must have, so that a

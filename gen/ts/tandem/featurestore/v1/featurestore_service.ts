@@ -307,7 +307,8 @@ export interface GetOnlineFeaturesRequest {
   features: string[];
   /**
    * Required. The entity keys, column-oriented: join key → one value per entity row, for example
-   * `{"item_id": ["i1", "i2", "i3"]}`; for a composite key, one column per join key with row i
+   * `{"item_id": {"values": [{"string_value": "i1"}, {"string_value": "i2"}]}}` in proto JSON;
+   * for a composite key, one column per join key with row i
    * formed by the i-th value of each. Every join key of every requested view must be present,
    * and those columns have the same length, which is the number of rows; columns no requested
    * view uses are ignored, whatever their length. Rows may repeat.
@@ -393,7 +394,7 @@ export interface WriteFeaturesRequest {
 export interface FeatureRow {
   /**
    * Required. The record's entity key: join key → value, with exactly the join keys of the view's
-   * entities, each of its entity's value type.
+   * entities, each of its entity's value type. At most 400 bytes encoded.
    */
   entityKey: { [key: string]: FeatureValue };
   /**
@@ -3677,7 +3678,8 @@ export const FeatureStoreServiceService = {
    * Limits: at most 10,000 rows per call.
    *
    * Errors: INVALID_ARGUMENT when `rows` is empty or over the limit, or a row is invalid: a
-   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), a feature the view
+   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), an entity key over
+   * 400 bytes encoded (`rows[3].entity_key`, reason TOO_LONG), a feature the view
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
@@ -3840,7 +3842,8 @@ export interface FeatureStoreServiceServer extends UntypedServiceImplementation 
    * Limits: at most 10,000 rows per call.
    *
    * Errors: INVALID_ARGUMENT when `rows` is empty or over the limit, or a row is invalid: a
-   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), a feature the view
+   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), an entity key over
+   * 400 bytes encoded (`rows[3].entity_key`, reason TOO_LONG), a feature the view
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
@@ -4110,7 +4113,8 @@ export interface FeatureStoreServiceClient extends Client {
    * Limits: at most 10,000 rows per call.
    *
    * Errors: INVALID_ARGUMENT when `rows` is empty or over the limit, or a row is invalid: a
-   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), a feature the view
+   * missing, extra, null or mistyped entity key (`rows[3].entity_key.user_id`), an entity key over
+   * 400 bytes encoded (`rows[3].entity_key`, reason TOO_LONG), a feature the view
    * does not have or a value of the wrong type or out of range (`rows[3].values.ctr`), a missing
    * event time or one more than one hour ahead of the server clock (`rows[3].event_time`);
    * NOT_FOUND when the view does not exist; FAILED_PRECONDITION when the view is stream-sourced;
