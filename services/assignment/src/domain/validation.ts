@@ -135,7 +135,7 @@ export function validateExperiment(
   checkHashVersion(out, experiment.hashVersion);
   checkSchedule(out, experiment);
   checkAllocationMode(out, experiment);
-  checkOverrides(out, experiment);
+  checkOverrides(out, experiment, context);
   if (
     experiment.shippedVariantKey !== undefined &&
     experiment.shippedVariantKey !== '' &&
@@ -194,7 +194,11 @@ function checkVariants(out: Violations, experiment: ExperimentDefinition): void 
   }
 }
 
-function checkOverrides(out: Violations, experiment: ExperimentDefinition): void {
+function checkOverrides(
+  out: Violations,
+  experiment: ExperimentDefinition,
+  context: ExperimentValidationContext,
+): void {
   const overrides = experiment.overrides ?? [];
   if (overrides.length > MAX_OVERRIDES) {
     out.add('overrides', `at most ${MAX_OVERRIDES} overrides, got ${overrides.length}`, 'TOO_MANY');
@@ -202,6 +206,7 @@ function checkOverrides(out: Violations, experiment: ExperimentDefinition): void
   }
   const keys = new Set(experiment.variants.map((v) => v.key));
   const units = new Set<string>();
+  const inLayer = overrides.length === 0 ? undefined : layerOverrides(experiment, context);
   overrides.forEach((override, i) => {
     if (override.unitId === '') {
       out.add(`overrides[${i}].unit_id`, 'the unit id is required', 'REQUIRED');
@@ -211,6 +216,15 @@ function checkOverrides(out: Violations, experiment: ExperimentDefinition): void
         `unit "${override.unitId}" is overridden twice`,
         'DUPLICATE_UNIT',
       );
+    } else {
+      const other = inLayer?.get(override.unitId);
+      if (other !== undefined) {
+        out.add(
+          `overrides[${i}].unit_id`,
+          `unit "${override.unitId}" is already forced into experiment "${other}" of layer "${experiment.layerId ?? ''}": a unit sees one experiment of a layer`,
+          'OVERRIDDEN_IN_LAYER',
+        );
+      }
     }
     units.add(override.unitId);
     if (!keys.has(override.variantKey)) {
@@ -221,6 +235,36 @@ function checkOverrides(out: Violations, experiment: ExperimentDefinition): void
       );
     }
   });
+}
+
+/**
+ * The units the layer's other experiments force into a variant, by unit id, with the experiment
+ * forcing each: those whose overrides may still apply (DRAFT, SCHEDULED or RUNNING) and of the
+ * same unit type. Two overrides of one unit in a layer would put it in both experiments.
+ */
+function layerOverrides(
+  experiment: ExperimentDefinition,
+  context: ExperimentValidationContext,
+): ReadonlyMap<string, string> | undefined {
+  const layerId = experiment.layerId ?? '';
+  if (layerId === '' || experiment.status === ExperimentStatus.CONCLUDED) return undefined;
+  if (experiment.status === ExperimentStatus.STOPPED) return undefined;
+  const forced = new Map<string, string>();
+  for (const other of context.otherExperiments) {
+    if (
+      other.id === experiment.id ||
+      other.layerId !== layerId ||
+      other.unitType !== experiment.unitType ||
+      other.status === ExperimentStatus.STOPPED ||
+      other.status === ExperimentStatus.CONCLUDED
+    ) {
+      continue;
+    }
+    for (const override of other.overrides ?? []) {
+      if (!forced.has(override.unitId)) forced.set(override.unitId, other.id);
+    }
+  }
+  return forced;
 }
 
 function checkLayer(

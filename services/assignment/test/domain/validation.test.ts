@@ -41,6 +41,59 @@ describe('validateExperiment', () => {
     ]);
   });
 
+  it('forces a unit into one experiment of a layer at most, among those whose overrides apply', () => {
+    const tester = (variantKey = 'treatment') => [{ unitId: 'qa-anna', variantKey }];
+    const inRanking = (id: string, start: number, extra = {}) =>
+      experiment({
+        id,
+        layerId: 'ranking',
+        layerRange: { start, end: start + 0.1 },
+        overrides: tester(),
+        ...extra,
+      });
+    const others = [
+      inRanking('draft', 0, { status: ExperimentStatus.DRAFT }),
+      inRanking('devices', 0.1, { unitType: 'device' }),
+      inRanking('stopped', 0.2, { status: ExperimentStatus.STOPPED }),
+      inRanking('concluded', 0.3, { status: ExperimentStatus.CONCLUDED }),
+      experiment({ id: 'no-layer', overrides: tester() }),
+    ];
+    const withOthers = { ...context, otherExperiments: others };
+    const reasons = (candidate: ExperimentDefinition) =>
+      fieldsAndReasons(validateExperiment(candidate, withOthers));
+    // The DRAFT in the layer forces the same user: refused, naming the unit's entry.
+    expect(
+      reasons(
+        inRanking('new', 0.5, {
+          overrides: [{ unitId: 'qa-ben', variantKey: 'control' }, ...tester('control')],
+        }),
+      ),
+    ).toEqual([['overrides[1].unit_id', 'OVERRIDDEN_IN_LAYER']]);
+    // The same experiment again (an update) is not its own rival.
+    expect(reasons(inRanking('draft', 0, { status: ExperimentStatus.DRAFT }))).toEqual([]);
+    // Outside the layer, as a device, or once stopped: no rival.
+    expect(reasons(experiment({ id: 'new', overrides: tester() }))).toEqual([]);
+    expect(reasons(inRanking('new', 0.5, { unitType: 'account' }))).toEqual([]);
+    expect(reasons(inRanking('new', 0.5, { status: ExperimentStatus.STOPPED }))).toEqual([]);
+    expect(
+      reasons(
+        inRanking('new', 0.5, {
+          status: ExperimentStatus.CONCLUDED,
+          shippedVariantKey: 'treatment',
+        }),
+      ),
+    ).toEqual([]);
+    // Without the DRAFT, the stopped and concluded ones' testers are free.
+    expect(
+      fieldsAndReasons(
+        validateExperiment(inRanking('new', 0.5), {
+          ...context,
+          otherExperiments: others.filter((o) => o.id !== 'draft'),
+        }),
+      ),
+    ).toEqual([]);
+  });
+
   it('takes at most 1,000 overrides, and says so once', () => {
     const overrides = (n: number) =>
       Array.from({ length: n }, (_, i) => ({ unitId: `qa-${i}`, variantKey: 'bold' }));

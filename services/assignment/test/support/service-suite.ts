@@ -2784,6 +2784,37 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           ['experiment.overrides[3].unit_id', 'REQUIRED'],
         ]);
       });
+
+      it('force a unit into one experiment of a layer: a second one listing it is refused', async () => {
+        const { admin, client } = service;
+        await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'forced-layer' } }));
+        const inLayer = (id: string, start: number) =>
+          experiment(id, {
+            surfaces: ['forced-layer'],
+            layerId: 'forced-layer',
+            layerRange: { start, end: start + 0.5 },
+            overrides: [{ unitId: 'qa-layered', variantKey: 'treatment' }],
+          });
+        await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({ experiment: inLayer('forced-left', 0) }),
+        );
+        await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'forced-left' }));
+        const error = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: inLayer('forced-right', 0.5) }),
+          ),
+        );
+        expect(error.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fieldReasons(error)).toEqual([
+          ['experiment.overrides[0].unit_id', 'OVERRIDDEN_IN_LAYER'],
+        ]);
+        const resolved = await client.resolve(
+          resolveRequest('qa-layered', { surfaces: ['forced-layer'] }),
+        );
+        expect(resolved.assignments.map((a) => [a.experimentId, a.reason])).toEqual([
+          ['forced-left', AssignmentReason.ASSIGNMENT_REASON_OVERRIDE],
+        ]);
+      });
     });
 
     describe('holdouts', () => {

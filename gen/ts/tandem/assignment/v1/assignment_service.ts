@@ -4690,7 +4690,8 @@ export const AssignmentServiceService = {
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
-   * unit id, or more than 1,000 units.
+   * unit id, a unit another experiment of the layer forces (OVERRIDDEN_IN_LAYER), or more than
+   * 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5103,7 +5104,8 @@ export interface AssignmentServiceServer extends UntypedServiceImplementation {
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
-   * unit id, or more than 1,000 units.
+   * unit id, a unit another experiment of the layer forces (OVERRIDDEN_IN_LAYER), or more than
+   * 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);
@@ -5428,7 +5430,8 @@ export interface AssignmentServiceClient extends Client {
    * neither are all 0 nor sum to 1, coverage outside [0, 1], an invalid condition, an unknown
    * layer, a missing, invalid or overlapping layer range, BANDIT without `sticky` or `bandit`, an
    * end before the start, overrides naming an unknown variant, a unit twice, an empty or over-long
-   * unit id, or more than 1,000 units.
+   * unit id, a unit another experiment of the layer forces (OVERRIDDEN_IN_LAYER), or more than
+   * 1,000 units.
    * Errors: INVALID_ARGUMENT with field violations for each problem above; ALREADY_EXISTS when an
    * experiment with the id exists, or existed, started and was deleted (reason `ID_RETIRED`: such
    * an id is never reused, so its sticky assignments and logged exposures stay its own);

@@ -331,7 +331,9 @@ export interface Experiment {
    * a resolve made before and applied after) and no sticky variant is stored; nor is an exposure
    * of the holdouts covering the experiment logged for it. In the experiment's layer it is in this
    * experiment only: the layer's others answer NOT_IN_LAYER_RANGE, so that it never sees two of
-   * them at once. At most 1,000, each unit at most once. May change in any status but CONCLUDED.
+   * them at once, and no other experiment of the layer that is DRAFT, SCHEDULED or RUNNING may
+   * list it for the same unit type (INVALID_ARGUMENT, reason OVERRIDDEN_IN_LAYER). At most 1,000,
+   * each unit at most once. May change in any status but CONCLUDED.
    */
   overrides: VariantOverride[];
 }
