@@ -384,6 +384,31 @@ export function sharedSeedViolations(
   return [];
 }
 
+/** What a layer's id is prefixed with to make the seed of its hash (see `layerHash`). */
+const LAYER_SEED_PREFIX = '__';
+
+/**
+ * A RESERVED_SEED violation of `seed` (an experiment's or a holdout's, effective) when it hashes
+ * units with hash version V1 and a seed of the form `__<id>`: exactly as layer `<id>` places
+ * units (`hash("__" + layerId, unitId, v1)`), whether the layer exists yet or not. An experiment
+ * in that layer would then split by the layer point that put the unit in its range (everyone in
+ * a range at the start of the layer gets the control); a holdout would hold out the layer's first
+ * experiments whole.
+ */
+export function layerSeedViolations(
+  seed: string,
+  hashVersion: number | undefined,
+): FieldViolation[] {
+  if (effectiveHashVersion(hashVersion) !== 1 || !seed.startsWith(LAYER_SEED_PREFIX)) return [];
+  return [
+    {
+      field: 'seed',
+      description: `with hash version V1, a seed starting with "${LAYER_SEED_PREFIX}" is how layer "${seed.slice(LAYER_SEED_PREFIX.length)}" hashes units; choose another`,
+      reason: 'RESERVED_SEED',
+    },
+  ];
+}
+
 /** Every problem with a holdout definition. */
 export function validateHoldout(
   holdout: HoldoutDefinition,

@@ -34,6 +34,7 @@ import {
   ExperimentStatus,
   holdoutSeed,
   MAX_STICKY_TTL_MS,
+  layerSeedViolations,
   sharedSeedViolations,
   START_MARGIN_MS,
   toleratedWhenStored,
@@ -291,6 +292,7 @@ function validate(context: AssignmentContext, doc: ExperimentDocument): FieldVio
       otherExperiments: view.experimentDefinitions,
     }),
     ...experimentSizeViolations(doc),
+    ...layerSeedViolations(effectiveSeed(definition), definition.hashVersion),
     ...sharedSeedViolations(
       effectiveSeed(definition),
       [...view.holdouts.values()].map(({ doc: holdout }) => ({
@@ -513,7 +515,12 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           ...problems.filter(
             (v) =>
               !(after.conditionJson === before.doc.conditionJson && toleratedWhenStored(v)) &&
-              !(v.field === 'experiment.seed' && after.seed === before.doc.seed),
+              !(
+                v.field === 'experiment.seed' &&
+                after.seed === before.doc.seed &&
+                // A stored seed is kept, but not given another hash version it would collide in.
+                (v.reason !== 'RESERVED_SEED' || after.hashVersion === before.doc.hashVersion)
+              ),
           ),
         );
         rejectIfAny('experiment', violations);

@@ -24,6 +24,7 @@ import {
   effectiveSeed,
   holdoutSeed,
   HoldoutStatus,
+  layerSeedViolations,
   sharedSeedViolations,
   validateHoldout,
 } from '../domain';
@@ -108,6 +109,7 @@ function validate(context: AssignmentContext, doc: HoldoutDocument): FieldViolat
   return under('holdout', [
     ...validateHoldout(holdoutDefinition(doc, undefined), { layerIds }),
     ...holdoutSizeViolations(doc),
+    ...layerSeedViolations(holdoutSeed(doc), doc.hashVersion),
     ...sharedSeedViolations(
       holdoutSeed(doc),
       view.experimentDefinitions.map((experiment) => ({
@@ -271,7 +273,12 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         // A seed stored before its size limit may stay: it cannot change once the holdout ran.
         violations.push(
           ...validate(context, after).filter(
-            (v) => !(v.field === 'holdout.seed' && after.seed === before.doc.seed),
+            (v) =>
+              !(
+                v.field === 'holdout.seed' &&
+                after.seed === before.doc.seed &&
+                (v.reason !== 'RESERVED_SEED' || after.hashVersion === before.doc.hashVersion)
+              ),
           ),
         );
         rejectIfAny('holdout', violations);

@@ -40,6 +40,7 @@ import {
   AllocationMode,
   Experiment,
   ExperimentStatus,
+  HashVersion,
   Variant,
 } from '../../../../gen/ts/tandem/assignment/v1/experiment';
 import { HoldoutStatus, type Holdout } from '../../../../gen/ts/tandem/assignment/v1/holdout';
@@ -2917,6 +2918,58 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             experiment: experiment('seeded-rerun', { surfaces: ['seeded'], seed: 'seeded-exp' }),
           }),
         );
+      });
+
+      it("refuses a V1 seed that is how a layer hashes units, as an experiment's or a holdout's", async () => {
+        const { admin } = service;
+        // With V1, `hash(seed, unit)` is FNV-1a of unit + seed, mod 1000: a layer's point.
+        const layerSeeded = (version: HashVersion) =>
+          experiment('layer-seeded', {
+            surfaces: ['layer-seeded'],
+            seed: '__checkout',
+            hashVersion: version,
+          });
+        const refused = await failure(
+          admin.createExperiment(
+            CreateExperimentRequest.fromPartial({
+              experiment: layerSeeded(HashVersion.HASH_VERSION_V1),
+            }),
+          ),
+        );
+        expect(refused.code).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(fieldReasons(refused)).toEqual([['experiment.seed', 'RESERVED_SEED']]);
+        const holdoutRefused = await failure(
+          admin.createHoldout(
+            CreateHoldoutRequest.fromPartial({
+              holdout: holdout('layer-seeded', {
+                surfaces: ['layer-seeded'],
+                seed: '__checkout',
+                hashVersion: HashVersion.HASH_VERSION_V1,
+              }),
+            }),
+          ),
+        );
+        expect(fieldReasons(holdoutRefused)).toEqual([['holdout.seed', 'RESERVED_SEED']]);
+        // V2 hashes seed + unit twice over: no layer hashes so.
+        const created = await admin.createExperiment(
+          CreateExperimentRequest.fromPartial({
+            experiment: layerSeeded(HashVersion.HASH_VERSION_V2),
+          }),
+        );
+        // Nor can the stored seed be given hash version V1 later.
+        const toV1 = await failure(
+          admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                id: 'layer-seeded',
+                hashVersion: HashVersion.HASH_VERSION_V1,
+                etag: created.experiment?.etag ?? '',
+              },
+              updateMask: ['hash_version'],
+            }),
+          ),
+        );
+        expect(fieldReasons(toV1)).toEqual([['experiment.seed', 'RESERVED_SEED']]);
       });
 
       it('logs no holdout exposure shown after the holdout stopped', async () => {

@@ -248,7 +248,9 @@ export interface Experiment {
   /**
    * Optional. The hash seed; the experiment id when empty. Not a holdout's seed (reason
    * SEED_IN_USE): a holdout hashing as the experiment does would hold out its control. Experiments
-   * may share one, to keep a split across a rerun. At most 256 bytes. Immutable once started.
+   * may share one, to keep a split across a rerun. With HASH_VERSION_V1, not `__` followed by
+   * anything (reason RESERVED_SEED): `__<layer id>` is how a layer places units. At most 256
+   * bytes. Immutable once started.
    */
   seed: string;
   /**

@@ -95,7 +95,9 @@ export interface Holdout {
    * as the seed. Holdouts created before this default keep the holdout id as their seed, and an
    * update with an empty seed keeps the stored one. Not an experiment's seed (its own, or its id
    * when it has none; reason SEED_IN_USE): the holdout would hold out that experiment's control
-   * rather than an even share of each variant. At most 256 bytes. Immutable once running.
+   * rather than an even share of each variant. With HASH_VERSION_V1, not `__` followed by
+   * anything (reason RESERVED_SEED): `__<layer id>` is how a layer places units. At most 256
+   * bytes. Immutable once running.
    */
   seed: string;
   /** Optional. The hash version; HASH_VERSION_V2 when unset. Immutable once running. */
