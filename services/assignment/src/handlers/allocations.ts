@@ -145,8 +145,13 @@ function readableRecord(allocation: Allocation): Allocation {
 
 /**
  * Keeps `stored`, the allocation of `experiment` just stored (or in effect), in the allocation
- * history under its sequence. Called under the write lease, after the allocation itself is
- * stored: one already kept under the id (a redelivered update, a retried write) is left as it is.
+ * history under its sequence, with the minimum arm share it is served with. Called under the
+ * write lease, after the allocation itself is stored. One already kept under the sequence is
+ * replaced: the same allocation again (a redelivered update, a retried write), or one a DRAFT
+ * kept before its arms changed and its allocation was dropped, or before the experiment was
+ * deleted and created again (an id is reused only if it never started). A started experiment's
+ * sequences only grow, and its arms and minimum share are frozen, so what exposures were logged
+ * under is never replaced.
  */
 export async function keepInHistory(
   context: AssignmentContext,
@@ -154,28 +159,24 @@ export async function keepInHistory(
   stored: Stored<AllocationDocument>,
 ): Promise<void> {
   const { doc } = stored;
-  try {
-    await context.store.allocationHistory.insert({
-      id: allocationHistoryId(experiment.id, doc.sequence),
-      experimentId: experiment.id,
-      experimentIncarnation: experiment.incarnation ?? 1,
-      allocation: {
-        id: doc.id,
-        weights: doc.weights,
-        sequence: doc.sequence,
-        method: doc.method,
-        computeTime: doc.computeTime,
-        analysisPlanId: doc.analysisPlanId,
-        source: doc.source,
-        updateTime: doc.updateTime,
-      },
-      minArmShare: experiment.minArmShare,
-      etag: etagOf(stored),
-      expiresAt: new Date(Date.now() + ALLOCATION_HISTORY_TTL_MS),
-    });
-  } catch (error) {
-    if (!(error instanceof AlreadyExistsError)) throw error;
-  }
+  await context.store.allocationHistory.upsert({
+    id: allocationHistoryId(experiment.id, doc.sequence),
+    experimentId: experiment.id,
+    experimentIncarnation: experiment.incarnation ?? 1,
+    allocation: {
+      id: doc.id,
+      weights: doc.weights,
+      sequence: doc.sequence,
+      method: doc.method,
+      computeTime: doc.computeTime,
+      analysisPlanId: doc.analysisPlanId,
+      source: doc.source,
+      updateTime: doc.updateTime,
+    },
+    minArmShare: experiment.minArmShare,
+    etag: etagOf(stored),
+    expiresAt: new Date(Date.now() + ALLOCATION_HISTORY_TTL_MS),
+  });
 }
 
 /**

@@ -49,6 +49,7 @@ import {
   type Stored,
   type VariantDocument,
 } from '../store/documents';
+import { keepInHistory } from './allocations';
 import { experimentSizeViolations, MAX_PAYLOAD_BYTES, MAX_SUMMARY_BYTES, tooLong } from './limits';
 import { hasValidNanos } from '../../../platform/src/grpc/well-known';
 import { sameData } from '../../../platform/src/storage/collection';
@@ -647,6 +648,14 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
               ],
             },
           );
+        }
+        // Exposures log the allocation's sequence from now on: the history must hold it as it is
+        // served, with the minimum arm share a DRAFT may have changed since it was kept.
+        if (doc.allocationMode === AllocationMode.BANDIT) {
+          const allocation = await context.store.allocations.get(doc.id);
+          if (allocation !== undefined && allocationFits(doc, allocation.doc)) {
+            await keepInHistory(context, doc, allocation);
+          }
         }
         const scheduled = doc.scheduledStartTime !== null && doc.scheduledStartTime > now;
         const stored = await saveExperiment(

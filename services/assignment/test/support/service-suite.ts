@@ -3759,6 +3759,86 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           }
         });
 
+        it('answers a sequence as it was served once started, after a DRAFT changed its minimum arm share', async () => {
+          const { admin, client } = service;
+          const created = await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-floor') }),
+          );
+          await admin.updateAllocation(split('history-floor', 0.9, 100));
+          await admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                id: 'history-floor',
+                bandit: { minArmShare: 0.3 },
+                etag: created.experiment?.etag ?? '',
+              },
+              updateMask: ['bandit'],
+            }),
+          );
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'history-floor' }));
+          const served = (
+            await client.getAllocation({ experimentId: 'history-floor', sequence: 0 })
+          ).allocation;
+          // 0.3 + (1 - 2 × 0.3) × 0.1 = 0.34 for the treatment: the floor applies.
+          expect(served?.minArmShare).toBe(0.3);
+          expect(served?.weights[1]?.weight).toBeCloseTo(0.34, 12);
+          await admin.updateAllocation(split('history-floor', 0.5, 200));
+          const at100 = await client.getAllocation({
+            experimentId: 'history-floor',
+            sequence: 100,
+          });
+          expect(at100.allocation).toEqual(served);
+        });
+
+        it('answers the allocation a DRAFT set again under a sequence after its arms changed', async () => {
+          const { admin, client } = service;
+          const created = await admin.createExperiment(
+            CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-arms') }),
+          );
+          await admin.updateAllocation(split('history-arms', 0.9, 100));
+          // Other arms drop the allocation; the same sequence is then set for the new ones.
+          await admin.updateExperiment(
+            UpdateExperimentRequest.fromPartial({
+              experiment: {
+                ...draftBandit('history-arms', [variant('control', 0.5), variant('bold', 0.5)]),
+                etag: created.experiment?.etag ?? '',
+              },
+              updateMask: ['variants'],
+            }),
+          );
+          const again = await admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'history-arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.2 },
+                  { variantKey: 'bold', weight: 0.8 },
+                ],
+                sequence: 100,
+              },
+            }),
+          );
+          await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'history-arms' }));
+          await admin.updateAllocation(
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'history-arms',
+                weights: [
+                  { variantKey: 'control', weight: 0.5 },
+                  { variantKey: 'bold', weight: 0.5 },
+                ],
+                sequence: 200,
+              },
+            }),
+          );
+          const at100 = await client.getAllocation({ experimentId: 'history-arms', sequence: 100 });
+          expect(at100.allocation?.weights.map((w) => [w.variantKey, w.weight])).toEqual([
+            ['control', 0.2],
+            ['bold', 0.8],
+          ]);
+          expect(at100.allocation).toEqual(again.allocation);
+        });
+
         it('answers NOT_FOUND (ALLOCATION_NOT_FOUND) for a sequence none was stored under', async () => {
           const { admin, client } = service;
           await admin.createExperiment(
@@ -3833,7 +3913,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
             CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-retry') }),
           );
           const insert = jest
-            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .spyOn(service.service.context.store.allocationHistory, 'upsert')
             .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
           let first: Awaited<ReturnType<typeof admin.updateAllocation>>;
           try {
@@ -3858,7 +3938,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
           // An event whose first delivery stored it but failed before keeping it: delivered again.
           const failing = jest
-            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .spyOn(service.service.context.store.allocationHistory, 'upsert')
             .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
           try {
             await publishSplit('history-retry', 0.6, 300, 'history-retry-300');
@@ -3887,7 +3967,7 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
           const request = split('history-recovered', 0.3, 0, 'history-recovered-1');
           if (request.allocation) request.allocation.etag = '0';
           const insert = jest
-            .spyOn(service.service.context.store.allocationHistory, 'insert')
+            .spyOn(service.service.context.store.allocationHistory, 'upsert')
             .mockRejectedValueOnce(new UnavailableError('storage is unreachable'));
           let first: Awaited<ReturnType<typeof admin.updateAllocation>>;
           try {
