@@ -17,7 +17,9 @@
  * past the time the stream stored that event (so an event dated ahead does not move it, and every
  * replica, however far behind, moves it alike). An event older than the
  * progress by more than `allowedLateness`, or older than the clock by more than the longest window
- * (it could count in no window), is dropped and counted as late. Lateness is measured against the
+ * (it could count in no window), is dropped and counted as late. One late by the clock alone still
+ * sets its key's event time, within the TTL: the newest event decides when a key expires, and a
+ * replica catching up after a restart must serve what one that took the event in time serves. Lateness is measured against the
  * stream's progress rather than the clock so that a consumer behind the stream (a new view's
  * replay, a replica that was down) takes the same events as one that is not; with the default
  * lateness (the longest window) the two rules agree. An accepted event whose bucket has already
@@ -412,6 +414,13 @@ export class WindowAggregator {
     }
     if (eventTime < Math.max(this.progress - this.lateness, clock - this.horizon)) {
       this.counters.eventsDroppedLate++;
+      // Late by the clock alone, it counts in no window, but it is still its key's newest event
+      // until the TTL has passed, as it was for a replica that took it in time: one catching up
+      // after a restart sets the same event time, and so serves the same status. (Setting it
+      // again is harmless, so a copy delivered again needs no remembered id.)
+      if (eventTime >= this.progress - this.lateness && eventTime >= clock - this.ttl) {
+        this.touchKey(event.key, eventTime);
+      }
       return 'late';
     }
     this.forgetExpiredEventIds(clock);
@@ -430,13 +439,7 @@ export class WindowAggregator {
     }
     const arrival = ++this.arrivals;
 
-    let state = this.keys.get(event.key);
-    if (state === undefined) {
-      state = { eventTime, series: this.aggregations.map(newSeries) };
-      this.keys.set(event.key, state);
-    } else if (eventTime > state.eventTime) {
-      state.eventTime = eventTime;
-    }
+    const state = this.touchKey(event.key, eventTime);
 
     let invalid = false;
     for (let i = 0; i < this.aggregations.length; i++) {
@@ -701,6 +704,18 @@ export class WindowAggregator {
     series.cachedAt = current;
     series.cachedValue = value;
     return value;
+  }
+
+  /** The state of `key`, made when it has none, with `eventTime` as its newest event's if newer. */
+  private touchKey(key: string, eventTime: number): KeyState {
+    let state = this.keys.get(key);
+    if (state === undefined) {
+      state = { eventTime, series: this.aggregations.map(newSeries) };
+      this.keys.set(key, state);
+    } else if (eventTime > state.eventTime) {
+      state.eventTime = eventTime;
+    }
+    return state;
   }
 
   private rememberEventId(eventId: string, until: number): void {

@@ -30,6 +30,8 @@ class ReferenceAggregator {
   private arrivals = 0;
   private readonly accepted: ReferenceEvent[] = [];
   private readonly seen = new Set<string>();
+  /** Events late by the clock alone: they count in no window but set their key's event time. */
+  private readonly touched: { readonly key: string; readonly eventTime: number }[] = [];
   late = 0;
   duplicate = 0;
   invalid = 0;
@@ -50,6 +52,14 @@ class ReferenceAggregator {
     );
     if (event.eventTime < lateBefore) {
       this.late++;
+      // Late by the clock alone, within the TTL: still the key's newest event (feature_view.proto).
+      const ttl = this.options.ttlMs ?? 0;
+      if (
+        event.eventTime >= this.progress - this.options.allowedLatenessMs &&
+        event.eventTime >= this.clock - ttl
+      ) {
+        this.touched.push({ key: event.key, eventTime: event.eventTime });
+      }
       return;
     }
     if (this.seen.has(event.eventId)) {
@@ -74,11 +84,14 @@ class ReferenceAggregator {
     const eventTimes = new Float64Array(rowCount);
     keys.forEach((key, row) => {
       const events = this.accepted.filter((e) => e.key === key);
-      if (events.length === 0) {
+      const times = [...events, ...this.touched.filter((e) => e.key === key)].map(
+        (e) => e.eventTime,
+      );
+      if (times.length === 0) {
         specs.forEach((_, f) => (statuses[f * rowCount + row] = FeatureStatus.NotFound));
         return;
       }
-      const newest = Math.max(...events.map((e) => e.eventTime));
+      const newest = Math.max(...times);
       eventTimes[row] = newest;
       const ttl = this.options.ttlMs ?? 0;
       if (ttl > 0 && newest + ttl < this.clock) {
@@ -362,6 +375,69 @@ describe('WindowAggregator against a brute-force recomputation', () => {
       ),
       { numRuns: 150 },
     );
+  });
+});
+
+describe('WindowAggregator catching up after a restart', () => {
+  const minute = 60 * second;
+  const t = 1_700_000_000_000;
+  const options: WindowAggregatorOptions = {
+    aggregations: [
+      { feature: 'plays_1h', function: Fn.Count, windowMs: 60 * minute, bucketMs: minute },
+    ],
+    allowedLatenessMs: 60 * minute,
+    ttlMs: 24 * 60 * minute,
+  };
+  const play = (eventId: string, key: string, eventTime: number): AggregationEvent => ({
+    eventId,
+    key,
+    eventTime,
+    values: [undefined],
+    storedAt: eventTime,
+  });
+
+  it('serves what a replica that was up serves when its TTL is longer than its window', () => {
+    const live = new WindowAggregator(options);
+    live.ingest(play('e1', 'item-1', t), t);
+    const checkpoint: unknown = JSON.parse(JSON.stringify(live.checkpoint()));
+    // The live replica takes two more events in time; the other is down for two hours, and then
+    // gets them from its durable, by when they are older than the window.
+    live.ingest(play('e2', 'item-1', t + 30 * minute), t + 30 * minute);
+    live.ingest(play('e3', 'item-2', t + 40 * minute), t + 40 * minute);
+    const restored = WindowAggregator.restore(
+      options,
+      checkpoint as ReturnType<WindowAggregator['checkpoint']>,
+    );
+    restored.ingest(play('e2', 'item-1', t + 30 * minute), t + 120 * minute);
+    restored.ingest(play('e3', 'item-2', t + 40 * minute), t + 120 * minute);
+    // Delivered again, as after a lost acknowledgement: nothing changes.
+    restored.ingest(play('e3', 'item-2', t + 40 * minute), t + 121 * minute);
+    // A day and ten minutes on: each item's newest event is within its 24 h TTL, none in the
+    // hour's window, so both read PRESENT with a count of 0, dated by that event.
+    const at = t + 24 * 60 * minute + 10 * minute;
+    for (const aggregator of [live, restored]) {
+      const read = aggregator.read(['item-1', 'item-2'], at);
+      expect(Array.from(read.statuses)).toEqual([FeatureStatus.Present, FeatureStatus.Present]);
+      expect(read.values).toEqual([0, 0]);
+      expect(Array.from(read.eventTimes)).toEqual([t + 30 * minute, t + 40 * minute]);
+    }
+    // Past the TTL of the newest event of item-1 (t + 30 min + 24 h), both read EXPIRED.
+    const later = t + 24 * 60 * minute + 35 * minute;
+    expect(Array.from(restored.read(['item-1'], later).statuses)).toEqual([FeatureStatus.Expired]);
+    expect(Array.from(live.read(['item-1'], later).statuses)).toEqual([FeatureStatus.Expired]);
+  });
+
+  it('still drops an event older than the TTL, and one late by the progress', () => {
+    const aggregator = new WindowAggregator(options);
+    aggregator.ingest(play('e1', 'item-1', t), t);
+    // Older than the TTL by the clock: it could only read EXPIRED.
+    aggregator.ingest(play('old', 'item-2', t - 25 * 60 * minute), t);
+    // Late by the progress (t − lateness), as every replica drops it.
+    aggregator.ingest(play('behind', 'item-3', t - 61 * minute), t + 2 * 60 * minute);
+    expect(Array.from(aggregator.read(['item-2', 'item-3'], t + 2 * 60 * minute).statuses)).toEqual(
+      [FeatureStatus.NotFound, FeatureStatus.NotFound],
+    );
+    expect(aggregator.status().eventsDroppedLate).toBe(2);
   });
 });
 
