@@ -77,7 +77,9 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
    * and its re-timing and (`stream`) aggregation state go.
    */
   const afterViewDeletion = async (name: string, stream: boolean): Promise<void> => {
-    await views.reconcile(registry.allViews());
+    // Its own removal only: not behind loads of other views, which take minutes.
+    void views.reconcile(registry.allViews());
+    await views.untilReconciled(name);
     await parts.retiming
       .forget(name)
       .catch(warn('the re-timing of its records to a TTL not forgotten', name));
@@ -139,10 +141,10 @@ export function featureStoreHandlers(parts: HandlerParts): Handlers<FeatureStore
         ApplyFeatureViewRequest,
         (stamp) => registry.viewWrittenBy(name, stamp),
       );
-      const reconciling = views.reconcile(registry.allViews());
-      // A compatible change to a push view is served at once (see `OnlineViews.reconcile`): the
-      // answer does not wait behind loads of other views queued before it, which take minutes.
-      if (!views.servesAsRegistered(name)) await reconciling;
+      void views.reconcile(registry.allViews());
+      // A compatible change to a push view is served at once (see `OnlineViews.reconcile`); else
+      // the answer waits for this view's load, not for loads of other views, which take minutes.
+      if (!views.servesAsRegistered(name)) await views.untilReconciled(name);
       const registered = registry.view(name);
       const after = registered?.definition;
       // The TTL before the change comes with the change, as stored: a retry whose first call

@@ -87,6 +87,8 @@ type Served =
        * with the view (an entry names a view, not which creation of it).
        */
       readonly loadedAfter: number;
+      /** Which of this replica's loads read the table: they are numbered as they begin. */
+      readonly load: number;
     }
   | {
       readonly kind: 'stream';
@@ -194,9 +196,30 @@ const PASSED_OVER_MAX = 1_000;
 const ANNOUNCING_MAX = 1_000;
 /** How long `stop` waits for loads, syncs and refills still reading storage, all together. */
 const STOP_WAIT_FOR_READS_MS = 2_000;
-/** Bounds of the wait before loading again a view whose load failed (see `scheduleRetry`). */
+/** Bounds of the wait before loading again a view whose load failed (see `noteLoad`). */
 const RECONCILE_RETRY_MIN_MS = 500;
 const RECONCILE_RETRY_MAX_MS = 30_000;
+/**
+ * The most push views read from storage at once (see `loadSlot`): a view loads beside the others
+ * rather than behind them, but a start with hundreds of views does not scan storage hundreds wide.
+ */
+const MAX_CONCURRENT_LOADS = 3;
+
+/**
+ * What reaches a push view while its table is loaded from storage (see `loadPushTable`), applied
+ * to the loaded table before it is served: the scan may have passed it.
+ */
+interface DuringLoad {
+  /** The view's creation the load is of: a write or entry of another creation is not its. */
+  readonly createTime: number;
+  /** The rows this replica wrote (the sync skips this replica's own entries). */
+  readonly written: StoredRow[][];
+  /**
+   * The change-log entries of other replicas the sync applied meanwhile: the sync goes on while
+   * a view loads, and the table it applies them to (if any) is the one being replaced.
+   */
+  readonly synced: ChangeLogEntry[];
+}
 
 /**
  * UNAVAILABLE for a view the registry holds but this replica does not serve yet: its load is
@@ -212,7 +235,18 @@ function featureViewNotLoaded(views: readonly string[]): UnavailableError {
 
 export class OnlineViews {
   private readonly served = new Map<string, Served>();
-  private reconciling: Promise<void> = Promise.resolve();
+  /**
+   * The work queued for each view (see `queue`): its loads, changes and removal, one at a time
+   * per view, each view's beside the others'. An entry goes once its work is done.
+   */
+  private readonly pending = new Map<string, Promise<void>>();
+  /** Push views being read from storage now, and the waits for a turn (see `loadSlot`). */
+  private loadsRunning = 0;
+  private readonly loadWaiters: (() => void)[] = [];
+  /** The loads of push views begun so far (see `reloadPushTables`). */
+  private loadsBegun = 0;
+  /** The views whose last load failed, loaded again by a sync (see `retryReconcileAt`). */
+  private readonly failedLoads = new Set<string>();
   private position = 0;
   private readonly appliedAhead = new Set<number>();
   private gapSince: number | undefined;
@@ -223,11 +257,8 @@ export class OnlineViews {
   private lastSyncAt = new Date(0);
   /** The sync running, as its callers see it (see `syncChanges`). */
   private syncing: Promise<void> | undefined;
-  /** The rows this replica writes to a push view while its table is loaded (see `loadPushTable`). */
-  private readonly writesDuringLoad = new Map<
-    string,
-    { readonly createTime: number; readonly rows: StoredRow[][] }
-  >();
+  /** What reaches each push view whose table is being loaded (see `loadPushTable`). */
+  private readonly duringLoad = new Map<string, DuringLoad>();
   /** When a failed `reloadPushTables` may be tried again, and the wait before that. */
   private reloadRetry = { at: 0, waitMs: 0 };
   /** Set by `stop`: nothing is loaded or started afterwards. */
@@ -236,8 +267,6 @@ export class OnlineViews {
   private isStopping(): boolean {
     return this.stopped;
   }
-  /** Resolves the waits of `untilSynced` when `stop` is called. */
-  private readonly stopWaiters = new Set<() => void>();
   /** Background loads of features added to push views (see `refill`), awaited by `stop`. */
   private readonly refilling = new Set<Promise<void>>();
   /**
@@ -256,11 +285,12 @@ export class OnlineViews {
   private readBackFull = false;
   /** The refill of each view that is current: an older one stops at its next row. */
   private readonly refills = new Map<string, object>();
-  /** The sync running, if any: a reconcile waits for it (see `syncChanges`). */
+  /** The sync running, if any, awaited by `stop`. */
   private syncRun: Promise<void> = Promise.resolve();
   /**
-   * When the views the last reconcile could not load (a storage failure) are tried again, by a
-   * sync; undefined when it loaded all. The wait doubles from 0.5 s to 30 s while they fail.
+   * When the views whose load failed (a storage failure, see `failedLoads`) are tried again, by
+   * a sync; undefined when none failed, or while they are being tried. The wait doubles from
+   * 0.5 s to 30 s while they fail.
    */
   private retryReconcileAt: number | undefined;
   private retryReconcileMs = 0;
@@ -277,24 +307,21 @@ export class OnlineViews {
     // loaded (see `loadedAfter`), later ones are applied as they come.
     this.position = await this.parts.rows.lastSequence();
     const syncStarted = new Date();
-    const loading = this.reconcileNow(this.parts.registry.allViews());
-    this.reconciling = loading.then(
-      () => undefined,
-      () => undefined,
-    );
-    const failures = await loading;
+    const failures = await this.reconcileViews(this.parts.registry.allViews());
     if (failures.length > 0) throw failures[0];
     this.lastSyncAt = syncStarted;
   }
 
   /**
-   * Brings the served views in line with the registry: queued behind any reconcile running, and
-   * after the sync running, since a table replaced under a sync would miss what it applies.
+   * Brings the served views in line with the registry. Each view's work is queued behind the
+   * work queued for that view before (see `queue`), not behind other views': loading a big view
+   * (applied, or applied again) takes minutes, and a view applied meanwhile is served once its
+   * own load is done. Resolves once the work of every view of `views` is done.
    */
   reconcile(views: ReadonlyMap<string, Registered<FeatureViewDefinition>>): Promise<void> {
     // A compatible change to a push view served here (a feature added, a TTL or description
-    // changed) replaces no table, so it takes effect at once rather than behind the queue: a
-    // reconcile loading another view (a big one applied, or applied again) takes minutes, and
+    // changed) replaces no table, so it takes effect at once rather than behind the view's queue:
+    // a reload of every table after an outage (see `reloadPushTables`) takes minutes, and
     // meanwhile the change's features were NOT_FOUND and every write to the view waited.
     if (!this.stopped) {
       for (const [name, registered] of views) {
@@ -306,35 +333,15 @@ export class OnlineViews {
         }
       }
     }
-    this.reconciling = this.reconciling
-      .then(() => this.untilSynced())
-      .then(() => this.reconcileNow(views))
-      .then(
-        (failures) => {
-          this.scheduleRetry(failures.length > 0);
-        },
-        (error: unknown) => {
-          this.scheduleRetry(true);
-          this.parts.logger.error({ err: error }, 'cannot load feature views');
-        },
-      );
-    return this.reconciling;
+    return this.reconcileViews(views).then(() => undefined);
   }
 
   /**
-   * Settles when the sync running settles, or `stop` is called: a reconcile queued behind a
-   * hung sync must not hold up stopping. (Not a race with a promise settled by `stop`, which
-   * would keep a reaction per call for the life of the process.)
+   * Settles once the work queued for view `name` so far (by `reconcile`, `reloadPushTables`) is
+   * done, however it ended: a caller that changed the view waits for its own view only.
    */
-  private untilSynced(): Promise<void> {
-    if (this.stopped) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      this.stopWaiters.add(resolve);
-      void this.syncRun.then(() => {
-        this.stopWaiters.delete(resolve);
-        resolve();
-      });
-    });
+  untilReconciled(name: string): Promise<void> {
+    return this.pending.get(name) ?? Promise.resolve();
   }
 
   /**
@@ -356,12 +363,61 @@ export class OnlineViews {
     return this.lastSyncAt;
   }
 
-  private scheduleRetry(failed: boolean): void {
+  /**
+   * Runs `work` for view `name` once the work queued for it before has ended (and `after`, which
+   * must not reject): two loads of one view never run together, or one that began earlier could
+   * serve its older table over the newer one. Another view's work does not wait for it. The
+   * queue goes on whatever `work` does; its outcome is returned.
+   */
+  private queue<T>(name: string, work: () => Promise<T>, after?: Promise<unknown>): Promise<T> {
+    const previous = this.pending.get(name) ?? Promise.resolve();
+    const running = (after === undefined ? previous : Promise.all([previous, after])).then(work);
+    const done = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.pending.set(name, done);
+    void done.then(() => {
+      if (this.pending.get(name) === done) this.pending.delete(name);
+    });
+    return running;
+  }
+
+  /**
+   * Waits for a turn to read a push view from storage (at most {@link MAX_CONCURRENT_LOADS} at
+   * once) and returns the call that gives it back. `stop` ends the waits: a caller checks.
+   */
+  private async loadSlot(): Promise<() => void> {
+    while (this.loadsRunning >= MAX_CONCURRENT_LOADS && !this.stopped) {
+      await new Promise<void>((resolve) => this.loadWaiters.push(resolve));
+    }
+    this.loadsRunning++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.loadsRunning--;
+      this.loadWaiters.shift()?.();
+    };
+  }
+
+  /**
+   * Notes how a view's load (or other reconcile work) ended. A failure has every view that
+   * failed tried again by a sync (see `syncOnce`), after a wait that doubles from 0.5 s to 30 s
+   * while they fail; once none has failed, the wait starts over.
+   */
+  private noteLoad(name: string, failed: boolean): void {
     if (!failed) {
-      this.retryReconcileAt = undefined;
-      this.retryReconcileMs = 0;
+      this.failedLoads.delete(name);
+      if (this.failedLoads.size === 0) {
+        this.retryReconcileAt = undefined;
+        this.retryReconcileMs = 0;
+      }
       return;
     }
+    this.failedLoads.add(name);
+    // A retry already set keeps its time: each view's failure does not push it further away.
+    if (this.retryReconcileAt !== undefined) return;
     this.retryReconcileMs = Math.min(
       RECONCILE_RETRY_MAX_MS,
       Math.max(RECONCILE_RETRY_MIN_MS, 2 * this.retryReconcileMs),
@@ -369,30 +425,62 @@ export class OnlineViews {
     this.retryReconcileAt = Date.now() + this.retryReconcileMs;
   }
 
-  /** {@link reconcile}'s work; returns the failure of each view it could not load, logged. */
-  private async reconcileNow(
+  /**
+   * {@link reconcile}'s work, queued per view; resolves once it is all done, with the failure of
+   * each view that could not be loaded, logged.
+   */
+  private async reconcileViews(
     views: ReadonlyMap<string, Registered<FeatureViewDefinition>>,
   ): Promise<unknown[]> {
-    for (const [name, served] of [...this.served]) {
-      // Stopping: `stop` stops the aggregations still served (the rest is left to the next start).
-      if (this.isStopping()) return [];
-      if (!views.has(name)) {
-        this.served.delete(name);
-        if (served.kind === 'stream') await this.retire(name, served.aggregation);
-        this.parts.logger.info({ view: name }, 'feature view no longer served');
-      }
-    }
     const failures: unknown[] = [];
-    for (const [name, registered] of views) {
-      try {
-        await this.reconcileView(name, registered);
-      } catch (error) {
-        // The others are still loaded; this one is tried again by the next sync.
-        this.parts.logger.error({ err: error, view: name }, 'cannot load feature view');
-        failures.push(error);
-      }
+    const outcome = (name: string, running: Promise<void>): Promise<void> =>
+      running.then(
+        () => {
+          this.noteLoad(name, false);
+        },
+        (error: unknown) => {
+          // The others are still loaded; this one is tried again by a sync.
+          this.parts.logger.error({ err: error, view: name }, 'cannot load feature view');
+          failures.push(error);
+          this.noteLoad(name, true);
+        },
+      );
+    const done: Promise<void>[] = [];
+    // Views no longer registered: served, or with work queued (a load that would serve them).
+    // Retired one after another (each also after its view's own queued work), as before: nothing
+    // but a deletion's answer waits for them, and the views after one stalled in storage stay
+    // served, which `stop` stops without a last checkpoint.
+    let removals: Promise<unknown> = Promise.resolve();
+    for (const name of new Set([...this.served.keys(), ...this.pending.keys()])) {
+      if (views.has(name)) continue;
+      const removal = outcome(
+        name,
+        this.queue(name, () => this.unserve(name), removals),
+      );
+      removals = removal;
+      done.push(removal);
     }
+    for (const [name, registered] of views) {
+      done.push(
+        outcome(
+          name,
+          this.queue(name, () => this.reconcileView(name, registered)),
+        ),
+      );
+    }
+    await Promise.all(done);
     return failures;
+  }
+
+  /** Stops serving view `name`, gone from the registry (its aggregation retired). */
+  private async unserve(name: string): Promise<void> {
+    // Stopping: `stop` stops the aggregations still served (the rest is left to the next start).
+    if (this.isStopping()) return;
+    const served = this.served.get(name);
+    if (served === undefined) return;
+    this.served.delete(name);
+    if (served.kind === 'stream') await this.retire(name, served.aggregation);
+    this.parts.logger.info({ view: name }, 'feature view no longer served');
   }
 
   private async reconcileView(
@@ -624,38 +712,57 @@ export class OnlineViews {
   }
 
   /**
-   * Loads a push view's table from storage and serves it. The rows this replica writes to the
-   * view meanwhile are applied to it too: the scan may have passed them, and the sync skips this
-   * replica's own entries.
+   * Loads a push view's table from storage and serves it, once a turn to read storage comes (see
+   * `loadSlot`). What reaches the view meanwhile is applied to it before it is served (see
+   * {@link DuringLoad}): the rows this replica writes, which the sync skips, and the entries the
+   * sync applies, which goes on while the view loads. Applying a row the scan read as well, or
+   * one the table holds newer, changes nothing (a table keeps the newer of two writes).
    */
   private async loadPushTable(
     served: Pick<Extract<Served, { kind: 'push' }>, 'kind' | 'registered' | 'keyColumns'>,
   ): Promise<void> {
+    const release = await this.loadSlot();
     const { definition, createTime } = served.registered;
-    const writes = { createTime: createTime.getTime(), rows: [] as StoredRow[][] };
-    this.writesDuringLoad.set(definition.name, writes);
+    const during: DuringLoad = { createTime: createTime.getTime(), written: [], synced: [] };
     try {
+      if (this.stopped) return;
+      // Collected before the change log's end is read: an entry the sync applies from then on
+      // is either at most `loadedAfter` (the scan reads its rows) or in `synced`.
+      this.duringLoad.set(definition.name, during);
+      const load = ++this.loadsBegun;
       const loadedAfter = await this.parts.rows.lastSequence();
       const table = await this.loadTable(served.registered);
-      if (this.stopped) return;
-      for (const rows of writes.rows) table.write(rows, Date.now());
-      // A compatible change applied meanwhile to the table served (see `reconcile`: a reload of
-      // every table after an outage runs as the sync, not in the reconcile queue) holds for the
-      // loaded one too; served by the registration the load began with, a feature just added
-      // would read NOT_FOUND until the whole reload ended.
+      if (this.isStopping()) return;
+      // From here to serving the table, nothing waits: no write or entry falls in between.
+      const now = Date.now();
+      for (const rows of during.written) table.write(rows, now);
+      const types = featureTypes(definition);
+      for (const entry of during.synced) {
+        // Those up to `loadedAfter` are skipped, as `applyEntry` skips them once it is served.
+        if (entry.sequence <= loadedAfter) continue;
+        table.write(
+          entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
+          now,
+        );
+      }
+      // A compatible change applied meanwhile to the table served (see `reconcile`: at once, not
+      // queued behind this load, which may be a reload of every table after an outage) holds for
+      // the loaded one too; served by the registration the load began with, a feature just
+      // added would read NOT_FOUND until the view's queued reconcile.
       const latest = this.served.get(definition.name);
-      this.served.set(definition.name, { ...served, table, loadedAfter });
+      const loaded = { ...served, kind: 'push' as const, table, loadedAfter, load };
+      this.served.set(definition.name, loaded);
       if (
         latest?.kind === 'push' &&
         latest.registered.createTime.getTime() === createTime.getTime()
       ) {
-        const loaded = { ...served, kind: 'push' as const, table, loadedAfter };
         this.redefinePush(definition.name, loaded, latest.registered);
       }
     } finally {
-      if (this.writesDuringLoad.get(definition.name) === writes) {
-        this.writesDuringLoad.delete(definition.name);
+      if (this.duringLoad.get(definition.name) === during) {
+        this.duringLoad.delete(definition.name);
       }
+      release();
     }
   }
 
@@ -1035,7 +1142,7 @@ export class OnlineViews {
         (await this.parts.registry.storedRegistration(request.featureView)) !== undefined
       ) {
         await this.parts.registry.reloadShared();
-        await this.reconciling;
+        await this.untilReconciled(request.featureView);
         return this.write(request, now, true);
       }
       throw featureViewNotFound(request.featureView);
@@ -1068,11 +1175,12 @@ export class OnlineViews {
         { field: 'request_id', description: 'must be at most 128 characters', reason: 'TOO_LONG' },
       ]);
     }
-    // Only a view not yet served as the registry has it waits for the reconcile: one queued
-    // behind a long load (of another view, or all after a long outage) would hold every write.
+    // Only a view not yet served as the registry has it waits, and for its own load only: a
+    // long load (of another view, or of this one again after a long outage) would hold every
+    // write.
     const before = this.served.get(request.featureView);
     if (before === undefined || !sameRegistration(before.registered, registered)) {
-      await this.reconciling;
+      await this.untilReconciled(request.featureView);
     }
     const served = this.served.get(request.featureView);
     if (served?.kind !== 'push') {
@@ -1092,7 +1200,7 @@ export class OnlineViews {
         (await this.parts.registry.storedDiffers(request.featureView, served.registered))
       ) {
         await this.parts.registry.reloadShared();
-        await this.reconciling;
+        await this.untilReconciled(request.featureView);
         return this.write(request, now, true);
       }
       throw new InvalidArgumentError(
@@ -1112,7 +1220,7 @@ export class OnlineViews {
         );
       }
       await this.parts.registry.reloadShared();
-      await this.reconciling;
+      await this.untilReconciled(request.featureView);
       return this.write(request, now, true);
     }
     let stored: StoredRow[];
@@ -1160,8 +1268,10 @@ export class OnlineViews {
     served.table.write(stored, now);
     // The table may be being loaded again (a reconcile, a reload), or have been while the rows
     // were stored, from a scan that passed them; and the sync skips this replica's own entries.
-    const loading = this.writesDuringLoad.get(view);
-    if (loading?.createTime === served.registered.createTime.getTime()) loading.rows.push(stored);
+    const loading = this.duringLoad.get(view);
+    if (loading?.createTime === served.registered.createTime.getTime()) {
+      loading.written.push(stored);
+    }
     const current = this.served.get(view);
     if (
       current !== served &&
@@ -1268,10 +1378,10 @@ export class OnlineViews {
   }
 
   /**
-   * Applies the change-log entries written since the last sync, once the reconcile running (if
-   * any) is done: a table it loads takes the entries after its own start (`loadedAfter`), which a
-   * sync running beside it would have applied to the table it replaces. First loads again the
-   * views the last reconcile could not.
+   * Applies the change-log entries written since the last sync, whatever views are loading
+   * meanwhile: a write to one view must not wait minutes for another's load to be seen here. A
+   * table being loaded gets the entries applied meanwhile before it is served (see
+   * `loadPushTable`). First starts loading again the views whose load failed.
    */
   syncChanges(): Promise<void> {
     if (this.stopped) return Promise.resolve();
@@ -1284,9 +1394,11 @@ export class OnlineViews {
 
   private async syncOnce(): Promise<void> {
     if (this.retryReconcileAt !== undefined && Date.now() >= this.retryReconcileAt) {
-      await this.reconcile(this.parts.registry.allViews());
+      // Not awaited: the sync goes on while they load. Cleared so that the next syncs do not
+      // start them again meanwhile; a failure sets it again, a longer wait away (`noteLoad`).
+      this.retryReconcileAt = undefined;
+      void this.reconcile(this.parts.registry.allViews());
     }
-    await this.reconciling;
     if (this.stopped) return;
     // Entries older than the change log's retention are gone: after as long without a sync
     // (storage unreachable), following the log would miss the writes in them.
@@ -1316,7 +1428,10 @@ export class OnlineViews {
 
   /**
    * Loads every push-sourced view from storage again, and follows the change log from its current
-   * end, as at start-up (see `load`).
+   * end, as at start-up (see `load`). One view after another (every replica reloads at once when
+   * storage returns from an outage), each in its view's queue (see `queue`): a load of the view
+   * under way (a reconcile's) ends first, and a table whose load began after `position` was read
+   * is not loaded again: it holds everything up to it.
    */
   private async reloadPushTables(): Promise<void> {
     const position = await this.parts.rows.lastSequence();
@@ -1325,9 +1440,17 @@ export class OnlineViews {
       { lastSync: this.lastSyncAt },
       'no sync for half the change log retention; loading push-sourced views again',
     );
-    for (const served of [...this.served.values()]) {
+    // Read after `position`: the loads numbered later read the change log's end after it. A
+    // view loading now is among those loaded again: its load may have read storage before the
+    // outage, and the sync, failing since, kept nothing of what was written meanwhile.
+    const loadedBefore = this.loadsBegun;
+    for (const name of new Set([...this.served.keys(), ...this.pending.keys()])) {
       if (this.stopped) throw new UnavailableError('stopping: feature views not loaded again');
-      if (served.kind === 'push') await this.loadPushTable(served);
+      await this.queue(name, async () => {
+        const served = this.served.get(name);
+        if (served?.kind !== 'push' || served.load > loadedBefore || this.stopped) return;
+        await this.loadPushTable(served);
+      });
     }
     this.position = position;
     this.appliedAhead.clear();
@@ -1348,13 +1471,23 @@ export class OnlineViews {
     this.lastSyncAt = started;
   }
 
-  /** Writes another replica's rows of `entry` to the table it is newer than. */
+  /**
+   * Writes another replica's rows of `entry` to the table it is newer than, and keeps the entry
+   * for the view's table being loaded, if any (see `loadPushTable`).
+   */
   private applyEntry(entry: ChangeLogEntry): void {
+    if (entry.origin === this.parts.config.replicaId) return;
+    const loading = this.duringLoad.get(entry.view);
+    if (
+      loading !== undefined &&
+      (entry.registration === undefined || entry.registration === loading.createTime)
+    ) {
+      loading.synced.push(entry);
+    }
     const served = this.served.get(entry.view);
     if (
       served?.kind !== 'push' ||
       entry.sequence <= served.loadedAfter ||
-      entry.origin === this.parts.config.replicaId ||
       // Rows of a view deleted since (the entry written late, after its sequence was taken).
       (entry.registration !== undefined &&
         entry.registration !== served.registered.createTime.getTime())
@@ -1543,14 +1676,14 @@ export class OnlineViews {
     }
     this.announcing.clear();
     this.readingBack.clear();
-    for (const release of this.stopWaiters) release();
-    this.stopWaiters.clear();
+    // Loads waiting for a turn to read storage give up at once.
+    for (const wake of this.loadWaiters.splice(0)) wake();
     // A load under way (a reconcile's, a reload's, a refill's) ends at its next 1,000 records, and
     // a reconcile starts nothing more (an aggregation it was starting is stopped once started).
     // Storage that does not answer is waited for only so long: the aggregations' last checkpoints
     // must be taken within the shutdown deadline.
     const deadline = Date.now() + STOP_WAIT_FOR_READS_MS;
-    await settledBy(this.reconciling, deadline);
+    await settledBy(Promise.all(this.pending.values()), deadline);
     // A view deleted (or applied again) that a reconcile stalled in storage did not retire yet
     // takes no last checkpoint (its checkpoints are deleted), as a retired one.
     await Promise.all(
