@@ -215,10 +215,12 @@ interface DuringLoad {
   /** The rows this replica wrote (the sync skips this replica's own entries). */
   readonly written: StoredRow[][];
   /**
-   * The change-log entries of other replicas the sync applied meanwhile: the sync goes on while
-   * a view loads, and the table it applies them to (if any) is the one being replaced.
+   * The rows of other replicas' change-log entries the sync applied meanwhile, by entity key: the
+   * sync goes on while a view loads, and the table it applies them to (if any) is the one being
+   * replaced. Only the one a table would keep of each key's (see `stageSynced`), so that a load
+   * of minutes under heavy writes holds at most a row per key written, not one per write.
    */
-  readonly synced: ChangeLogEntry[];
+  readonly synced: Map<string, { readonly row: ChangedRow; readonly order: number }>;
 }
 
 /**
@@ -445,6 +447,11 @@ export class OnlineViews {
           this.noteLoad(name, true);
         },
       );
+    // A view whose load failed and that is gone since is not tried again: left among the failed
+    // ones, it would keep the retry's wait from starting over once the others load.
+    for (const name of [...this.failedLoads]) {
+      if (!views.has(name)) this.noteLoad(name, false);
+    }
     const done: Promise<void>[] = [];
     // Views no longer registered: served, or with work queued (a load that would serve them).
     // Retired one after another (each also after its view's own queued work), as before: nothing
@@ -723,7 +730,11 @@ export class OnlineViews {
   ): Promise<void> {
     const release = await this.loadSlot();
     const { definition, createTime } = served.registered;
-    const during: DuringLoad = { createTime: createTime.getTime(), written: [], synced: [] };
+    const during: DuringLoad = {
+      createTime: createTime.getTime(),
+      written: [],
+      synced: new Map(),
+    };
     try {
       if (this.stopped) return;
       // Collected before the change log's end is read: an entry the sync applies from then on
@@ -736,12 +747,11 @@ export class OnlineViews {
       // From here to serving the table, nothing waits: no write or entry falls in between.
       const now = Date.now();
       for (const rows of during.written) table.write(rows, now);
-      const types = featureTypes(definition);
-      for (const entry of during.synced) {
-        // Those up to `loadedAfter` are skipped, as `applyEntry` skips them once it is served.
-        if (entry.sequence <= loadedAfter) continue;
+      // Rows the scan read as well, or older than the table's, change nothing.
+      if (during.synced.size > 0) {
+        const types = featureTypes(definition);
         table.write(
-          entry.rows.map((row) => onlineRowOf(row, types, entry.order)),
+          [...during.synced.values()].map(({ row, order }) => onlineRowOf(row, types, order)),
           now,
         );
       }
@@ -1446,6 +1456,11 @@ export class OnlineViews {
     const loadedBefore = this.loadsBegun;
     for (const name of new Set([...this.served.keys(), ...this.pending.keys()])) {
       if (this.stopped) throw new UnavailableError('stopping: feature views not loaded again');
+      // Not behind a stream view's work (an aggregation starting or stopping): no sync runs
+      // meanwhile, for any view.
+      const kind =
+        this.served.get(name)?.kind ?? this.parts.registry.view(name)?.definition.source?.kind;
+      if (kind !== 'push') continue;
       await this.queue(name, async () => {
         const served = this.served.get(name);
         if (served?.kind !== 'push' || served.load > loadedBefore || this.stopped) return;
@@ -1482,7 +1497,7 @@ export class OnlineViews {
       loading !== undefined &&
       (entry.registration === undefined || entry.registration === loading.createTime)
     ) {
-      loading.synced.push(entry);
+      stageSynced(loading, entry);
     }
     const served = this.served.get(entry.view);
     if (
@@ -1761,6 +1776,23 @@ function onlineRowOf(
   for (const [name, type] of types)
     values[name] = messageOfStoredValue(type, row.values[name]) ?? null;
   return { entityKey: row.entityKey, eventTime: row.eventTime, values, order };
+}
+
+/**
+ * Keeps, of each row of `entry` and the row staged for its key, the one a table keeps (the later
+ * event time; on a tie, the higher order, then the later write: see online-table.ts).
+ */
+function stageSynced(during: DuringLoad, entry: ChangeLogEntry): void {
+  for (const row of entry.rows) {
+    const staged = during.synced.get(row.entityKey);
+    if (
+      staged === undefined ||
+      row.eventTime > staged.row.eventTime ||
+      (row.eventTime === staged.row.eventTime && entry.order >= staged.order)
+    ) {
+      during.synced.set(row.entityKey, { row, order: entry.order });
+    }
+  }
 }
 
 /**

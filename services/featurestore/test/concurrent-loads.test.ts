@@ -8,6 +8,7 @@
 import { OutcomeEvent } from '../../../gen/ts/tandem/events/v1/outcome_event';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
+import { OnlineViews } from '../src/online-views';
 import { FeatureRowRepository } from '../src/store/feature-rows';
 import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
 import { gatedSecondReplica, gatedStore, storageGates, untilHeld } from './support/gated-store';
@@ -23,6 +24,25 @@ import {
   users,
   userStatsView,
 } from './support/fixtures';
+
+/** Collects the replicas' OnlineViews as their syncs run; `restore` puts the method back. */
+function captureViews(): { readonly instances: Set<OnlineViews>; readonly restore: () => void } {
+  const instances = new Set<OnlineViews>();
+  const { syncChanges } = Object.getOwnPropertyDescriptors(OnlineViews.prototype);
+  const original = syncChanges.value as (this: OnlineViews) => Promise<void>;
+  const spy = jest.spyOn(OnlineViews.prototype, 'syncChanges').mockImplementation(function (
+    this: OnlineViews,
+  ) {
+    instances.add(this);
+    return original.call(this);
+  });
+  return {
+    instances,
+    restore: () => {
+      spy.mockRestore();
+    },
+  };
+}
 
 /** What `call` settled as within `ms`, or 'waiting'. */
 async function within<T>(call: Promise<T>, ms: number): Promise<T | 'waiting'> {
@@ -296,5 +316,71 @@ it("applies a stream view's shorter TTL to reads at once while another view load
   } finally {
     gates.releaseScan?.();
     await replica.stop();
+  }
+});
+
+it('keeps one row per key of what the sync brings a view while it loads, not one per write', async () => {
+  // Both replicas' views: the one loading big_stats holds what is staged.
+  const { instances, restore } = captureViews();
+  const { gates, first, second } = await gatedSecondReplica();
+  try {
+    gates.holdNextScan = true;
+    await applyView(first, 'big_stats');
+    await untilHeld(gates, 'scan', 5_000);
+    for (let i = 1; i <= 50; i++) await writeCtr(first, 'big_stats', 'u1', i / 100, 60_000 - i);
+    await writeCtr(first, 'big_stats', 'u2', 0.5);
+    const staged = () =>
+      [...instances]
+        .map((views) => views['duringLoad'].get('big_stats')?.synced.size)
+        .find((size) => size !== undefined);
+    await eventually(() => {
+      expect(staged()).toBe(2);
+      return Promise.resolve();
+    }, 2_000);
+    gates.releaseScan!();
+    await eventually(async () => {
+      expect(await ctrsOf(second, 'big_stats', 'u1', 'u2')).toEqual([double(0.5), double(0.5)]);
+    }, 2_000);
+  } finally {
+    gates.releaseScan?.();
+    restore();
+    await second.stop();
+    await first.stop();
+  }
+});
+
+it('forgets the failed load of a view deleted since, so the retry wait starts over', async () => {
+  const { instances, restore } = captureViews();
+  const gates = storageGates();
+  const harness = await startHarness({ wrapStore: (store) => gatedStore(store, gates) });
+  try {
+    const { client } = harness;
+    await applyUserStats(harness.client);
+    gates.failScans = true;
+    await applyView(harness, 'broken').catch(() => undefined);
+    const views = await eventually(() => {
+      const [first] = [...instances];
+      if (first === undefined) throw new Error('no sync ran yet');
+      return Promise.resolve(first);
+    });
+    await eventually(() => {
+      expect(views['failedLoads'].has('broken')).toBe(true);
+      return Promise.resolve();
+    });
+    const current = await client.getFeatureView({ name: 'broken' });
+    await client.deleteFeatureView({
+      name: 'broken',
+      etag: current.featureView?.etag ?? '',
+      requestId: '',
+    });
+    gates.failScans = false;
+    await eventually(() => {
+      expect([...views['failedLoads']]).toEqual([]);
+      expect(views['retryReconcileMs']).toBe(0);
+      return Promise.resolve();
+    }, 5_000);
+  } finally {
+    restore();
+    await harness.stop();
   }
 });
