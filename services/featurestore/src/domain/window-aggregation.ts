@@ -18,8 +18,9 @@
  * replica, however far behind, moves it alike). An event older than the
  * progress by more than `allowedLateness`, or older than the clock by more than the longest window
  * (it could count in no window), is dropped and counted as late. One late by the clock alone still
- * sets its key's event time, within the TTL: the newest event decides when a key expires, and a
- * replica catching up after a restart must serve what one that took the event in time serves. Lateness is measured against the
+ * moves the progress, and sets its key's event time within the TTL (the newest event decides when
+ * a key expires): a replica catching up after a restart must decide and serve as one that took
+ * the event in time. Lateness is measured against the
  * stream's progress rather than the clock so that a consumer behind the stream (a new view's
  * replay, a replica that was down) takes the same events as one that is not; with the default
  * lateness (the longest window) the two rules agree. An accepted event whose bucket has already
@@ -414,12 +415,14 @@ export class WindowAggregator {
     }
     if (eventTime < Math.max(this.progress - this.lateness, clock - this.horizon)) {
       this.counters.eventsDroppedLate++;
-      // Late by the clock alone, it counts in no window, but it is still its key's newest event
-      // until the TTL has passed, as it was for a replica that took it in time: one catching up
-      // after a restart sets the same event time, and so serves the same status. (Setting it
-      // again is harmless, so a copy delivered again needs no remembered id.)
-      if (eventTime >= this.progress - this.lateness && eventTime >= clock - this.ttl) {
-        this.touchKey(event.key, eventTime);
+      // Late by the clock alone, it counts in no window, but a replica that took it in time
+      // moved its progress with it, and held it as its key's newest event until the TTL passed:
+      // one catching up after a restart does both too, so that it drops what that one drops and
+      // serves the same status and event time. (Both are harmless to repeat, so a copy delivered
+      // again needs no remembered id.)
+      if (eventTime >= this.progress - this.lateness) {
+        this.advanceProgress(event, clock);
+        if (eventTime >= clock - this.ttl) this.touchKey(event.key, eventTime);
       }
       return 'late';
     }
@@ -429,14 +432,7 @@ export class WindowAggregator {
       return 'duplicate';
     }
     this.rememberEventId(event.eventId, this.rememberUntil(eventTime));
-    if (eventTime > this.progress) {
-      const storedAt = event.storedAt;
-      const progress = Math.min(
-        eventTime,
-        storedAt === undefined ? clock : typeof storedAt === 'number' ? storedAt : storedAt(),
-      );
-      if (progress > this.progress) this.progress = progress;
-    }
+    this.advanceProgress(event, clock);
     const arrival = ++this.arrivals;
 
     const state = this.touchKey(event.key, eventTime);
@@ -704,6 +700,17 @@ export class WindowAggregator {
     series.cachedAt = current;
     series.cachedValue = value;
     return value;
+  }
+
+  /** Moves the progress to an event taken: its event time, but never past when it was stored. */
+  private advanceProgress(event: AggregationEvent, clock: number): void {
+    if (!(event.eventTime > this.progress)) return;
+    const storedAt = event.storedAt;
+    const progress = Math.min(
+      event.eventTime,
+      storedAt === undefined ? clock : typeof storedAt === 'number' ? storedAt : storedAt(),
+    );
+    if (progress > this.progress) this.progress = progress;
   }
 
   /** The state of `key`, made when it has none, with `eventTime` as its newest event's if newer. */

@@ -52,13 +52,14 @@ class ReferenceAggregator {
     );
     if (event.eventTime < lateBefore) {
       this.late++;
-      // Late by the clock alone, within the TTL: still the key's newest event (feature_view.proto).
-      const ttl = this.options.ttlMs ?? 0;
-      if (
-        event.eventTime >= this.progress - this.options.allowedLatenessMs &&
-        event.eventTime >= this.clock - ttl
-      ) {
-        this.touched.push({ key: event.key, eventTime: event.eventTime });
+      // Late by the clock alone: it moves the progress and, within the TTL, is still its key's
+      // newest event (feature_view.proto).
+      if (event.eventTime >= this.progress - this.options.allowedLatenessMs) {
+        const storedAt = typeof event.storedAt === 'function' ? event.storedAt() : event.storedAt;
+        this.progress = Math.max(this.progress, Math.min(event.eventTime, storedAt ?? this.clock));
+        if (event.eventTime >= this.clock - (this.options.ttlMs ?? 0)) {
+          this.touched.push({ key: event.key, eventTime: event.eventTime });
+        }
       }
       return;
     }
@@ -425,6 +426,25 @@ describe('WindowAggregator catching up after a restart', () => {
     const later = t + 24 * 60 * minute + 35 * minute;
     expect(Array.from(restored.read(['item-1'], later).statuses)).toEqual([FeatureStatus.Expired]);
     expect(Array.from(live.read(['item-1'], later).statuses)).toEqual([FeatureStatus.Expired]);
+  });
+
+  it('drops what a replica that took the events in time drops, its progress moved alike', () => {
+    // item-2's event is behind item-1's by more than the lateness: late by the progress.
+    const stream = [
+      play('e1', 'item-1', t),
+      { ...play('e2', 'item-2', t - 90 * minute), storedAt: t + second },
+    ];
+    const live = new WindowAggregator(options);
+    live.ingest(stream[0]!, t);
+    live.ingest(stream[1]!, t + second);
+    const catchingUp = new WindowAggregator(options);
+    for (const event of stream) catchingUp.ingest(event, t + 120 * minute);
+    const at = t + 121 * minute;
+    for (const aggregator of [live, catchingUp]) {
+      const read = aggregator.read(['item-1', 'item-2'], at);
+      expect(Array.from(read.statuses)).toEqual([FeatureStatus.Present, FeatureStatus.NotFound]);
+      expect(read.eventTimes[0]).toBe(t);
+    }
   });
 
   it('still drops an event older than the TTL, and one late by the progress', () => {

@@ -301,8 +301,8 @@ export interface StreamSource {
    * the progress is the latest event time counted so far (never past the time the stream stored
    * that event). An older event, or one older than the longest window by the server clock, is
    * dropped and counted as late (AggregationStatus.events_dropped_late); one late by the clock
-   * alone still sets its entity's event time while within the view's TTL, as it did for a
-   * consumer that took it in time. Measured against the
+   * alone still moves the progress, and sets its entity's event time while within the view's TTL,
+   * as it did for a consumer that took it in time. Measured against the
    * stream rather than the clock, so a consumer behind the stream (a new view's replay, a replica
    * that was down) counts what one that was not would. Defaults to the longest window and may not
    * exceed it. Event times ahead of the server clock are kept as they are: such an event counts
