@@ -305,6 +305,24 @@ function validate(context: AssignmentContext, doc: ExperimentDocument): FieldVio
   ]);
 }
 
+/**
+ * Whether `violation` is an OVERRIDDEN_IN_LAYER the update leaves as it was stored (from before
+ * the rule): the unit was overridden already, in the same layer and for the same unit type. An
+ * update of anything else must not fail for it; one that adds the unit, or moves the experiment
+ * into the collision, must.
+ */
+function collisionStoredBefore(
+  violation: FieldViolation,
+  before: ExperimentDocument,
+  after: ExperimentDocument,
+): boolean {
+  if (violation.reason !== 'OVERRIDDEN_IN_LAYER') return false;
+  if (after.layerId !== before.layerId || after.unitType !== before.unitType) return false;
+  const index = /^experiment\.overrides\[(\d+)\]\.unit_id$/.exec(violation.field)?.[1];
+  const unitId = index === undefined ? undefined : after.overrides?.[Number(index)]?.unitId;
+  return unitId !== undefined && (before.overrides ?? []).some((o) => o.unitId === unitId);
+}
+
 function statusName(status: number): string {
   return (
     Object.entries(ExperimentStatus).find(([, value]) => value === status)?.[0] ?? String(status)
@@ -521,7 +539,8 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
                 after.seed === before.doc.seed &&
                 // A stored seed is kept, but not given another hash version it would collide in.
                 (v.reason !== 'RESERVED_SEED' || after.hashVersion === before.doc.hashVersion)
-              ),
+              ) &&
+              !collisionStoredBefore(v, before.doc, after),
           ),
         );
         rejectIfAny('experiment', violations);

@@ -2818,6 +2818,76 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
       });
     });
 
+    it('keep a unit forced twice in a layer by an earlier version updatable, and refuse one added', async () => {
+      const { admin } = service;
+      await admin.createLayer(CreateLayerRequest.fromPartial({ layer: { id: 'forced-twice' } }));
+      const inLayer = (id: string, start: number) =>
+        experiment(id, {
+          surfaces: ['forced-twice'],
+          layerId: 'forced-twice',
+          layerRange: { start, end: start + 0.5 },
+          overrides: [{ unitId: 'qa-twice', variantKey: 'treatment' }],
+        });
+      await admin.createExperiment(
+        CreateExperimentRequest.fromPartial({ experiment: inLayer('twice-left', 0) }),
+      );
+      await admin.createExperiment(
+        CreateExperimentRequest.fromPartial({
+          experiment: { ...inLayer('twice-right', 0.5), overrides: [] },
+        }),
+      );
+      // What an earlier version let store: the same tester in the layer's other experiment.
+      const store = service.service.context.store;
+      const right = await store.experiments.get('twice-right');
+      if (right === undefined) throw new Error('not stored');
+      const legacy = await store.experiments.replace(
+        { ...right.doc, overrides: [{ unitId: 'qa-twice', variantKey: 'control' }] },
+        right.version,
+      );
+      await store.bumpVersion();
+      await service.service.context.configuration.refresh();
+      // An update of anything else passes, on either side of the collision.
+      const described = await admin.updateExperiment(
+        UpdateExperimentRequest.fromPartial({
+          experiment: { id: 'twice-right', description: 'touched', etag: String(legacy.version) },
+          updateMask: ['description'],
+        }),
+      );
+      const { experiment: left } = await admin.getExperiment({ id: 'twice-left' });
+      await admin.updateExperiment(
+        UpdateExperimentRequest.fromPartial({
+          experiment: {
+            id: 'twice-left',
+            overrides: [
+              { unitId: 'qa-twice', variantKey: 'control' },
+              { unitId: 'qa-other', variantKey: 'treatment' },
+            ],
+            etag: left?.etag ?? '',
+          },
+          updateMask: ['overrides'],
+        }),
+      );
+      // A unit added that the other experiment forces is refused, and only that one.
+      const added = await failure(
+        admin.updateExperiment(
+          UpdateExperimentRequest.fromPartial({
+            experiment: {
+              id: 'twice-right',
+              overrides: [
+                { unitId: 'qa-twice', variantKey: 'control' },
+                { unitId: 'qa-other', variantKey: 'control' },
+              ],
+              etag: described.experiment?.etag ?? '',
+            },
+            updateMask: ['overrides'],
+          }),
+        ),
+      );
+      expect(added.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(fieldReasons(added)).toEqual([
+        ['experiment.overrides[1].unit_id', 'OVERRIDDEN_IN_LAYER'],
+      ]);
+    });
     describe('holdouts', () => {
       it('keeps the seed stored by an earlier version (the bare id), and the units it held out', async () => {
         const { admin, client } = service;
