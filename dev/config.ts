@@ -41,7 +41,9 @@ export function readDevConfig(env: NodeJS.ProcessEnv, host = hostname()): DevCon
       return undefined;
     }
   };
-  const assignment = collect(() => readAssignmentConfig(env, { replicaId: `dev-${hostIdPart(60, host)}` }));
+  const assignment = collect(() =>
+    readAssignmentConfig(env, { replicaId: `dev-${hostIdPart(60, host)}` }),
+  );
   const featurestore = collect(() => readFeatureStoreConfig(env));
   const launcher = collect(() => readLauncherConfig(env));
   if (!assignment || !featurestore || !launcher) throw new ConfigError([...problems]);
