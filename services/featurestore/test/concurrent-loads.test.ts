@@ -10,7 +10,12 @@ import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featuresto
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
 import { OnlineViews } from '../src/online-views';
 import { FeatureRowRepository } from '../src/store/feature-rows';
-import { eventually, startHarness, type RunningHarness } from './support/feature-store-harness';
+import {
+  eventually,
+  startHarness,
+  within,
+  type RunningHarness,
+} from './support/feature-store-harness';
 import { gatedSecondReplica, gatedStore, storageGates, untilHeld } from './support/gated-store';
 import {
   applyUserStats,
@@ -42,23 +47,6 @@ function captureViews(): { readonly instances: Set<OnlineViews>; readonly restor
       spy.mockRestore();
     },
   };
-}
-
-/** What `call` settled as within `ms`, or 'waiting'. */
-async function within<T>(call: Promise<T>, ms: number): Promise<T | 'waiting'> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      call,
-      new Promise<'waiting'>((resolve) => {
-        timer = setTimeout(() => {
-          resolve('waiting');
-        }, ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function applyView(replica: RunningHarness, name: string) {

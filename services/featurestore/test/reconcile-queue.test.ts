@@ -8,7 +8,7 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import { FeatureStatus } from '../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import { ValueType } from '../../../gen/ts/tandem/featurestore/v1/value';
 import { failureOf } from './feature-store-api';
-import { eventually, startHarness } from './support/feature-store-harness';
+import { eventually, startHarness, within } from './support/feature-store-harness';
 import { gatedSecondReplica, gatedStore, storageGates, untilHeld } from './support/gated-store';
 import { applyUserStats, double, userRow, users, userStatsView } from './support/fixtures';
 
@@ -18,23 +18,6 @@ const ctr7d = {
   description: '',
   vectorLength: 0,
 };
-
-/** What `call` settled as within `ms`, or 'waiting'. */
-async function within<T>(call: Promise<T>, ms: number): Promise<T | 'waiting'> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      call,
-      new Promise<'waiting'>((resolve) => {
-        timer = setTimeout(() => {
-          resolve('waiting');
-        }, ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 it('serves a feature added to a view while another view is still loading', async () => {
   const gates = storageGates();

@@ -3862,6 +3862,17 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
 
         it('answers the allocation a DRAFT set again under a sequence after its arms changed', async () => {
           const { admin, client } = service;
+          const splitBold = (control: number, sequence: number) =>
+            UpdateAllocationRequest.fromPartial({
+              allocation: {
+                experimentId: 'history-arms',
+                weights: [
+                  { variantKey: 'control', weight: control },
+                  { variantKey: 'bold', weight: 1 - control },
+                ],
+                sequence,
+              },
+            });
           const created = await admin.createExperiment(
             CreateExperimentRequest.fromPartial({ experiment: draftBandit('history-arms') }),
           );
@@ -3876,31 +3887,9 @@ export function runServiceSuite(label: string, storage: () => StorageChoice): vo
               updateMask: ['variants'],
             }),
           );
-          const again = await admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'history-arms',
-                weights: [
-                  { variantKey: 'control', weight: 0.2 },
-                  { variantKey: 'bold', weight: 0.8 },
-                ],
-                sequence: 100,
-              },
-            }),
-          );
+          const again = await admin.updateAllocation(splitBold(0.2, 100));
           await admin.startExperiment(StartExperimentRequest.fromPartial({ id: 'history-arms' }));
-          await admin.updateAllocation(
-            UpdateAllocationRequest.fromPartial({
-              allocation: {
-                experimentId: 'history-arms',
-                weights: [
-                  { variantKey: 'control', weight: 0.5 },
-                  { variantKey: 'bold', weight: 0.5 },
-                ],
-                sequence: 200,
-              },
-            }),
-          );
+          await admin.updateAllocation(splitBold(0.5, 200));
           const at100 = await client.getAllocation({ experimentId: 'history-arms', sequence: 100 });
           expect(at100.allocation?.weights.map((w) => [w.variantKey, w.weight])).toEqual([
             ['control', 0.2],

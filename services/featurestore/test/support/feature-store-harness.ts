@@ -152,3 +152,20 @@ export async function startReplicaPair(): Promise<{
     },
   };
 }
+
+/** What `call` settled as within `ms`, or 'waiting'. */
+export async function within<T>(call: Promise<T>, ms: number): Promise<T | 'waiting'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      call,
+      new Promise<'waiting'>((resolve) => {
+        timer = setTimeout(() => {
+          resolve('waiting');
+        }, ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
