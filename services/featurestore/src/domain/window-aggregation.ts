@@ -429,6 +429,9 @@ export class WindowAggregator {
     this.forgetExpiredEventIds(clock);
     if (this.seen.has(event.eventId) || this.later.has(event.eventId)) {
       this.counters.eventsDuplicate++;
+      // A copy published again is stored later: it moves the progress as it does on a replica
+      // catching up, which takes it late by the clock and cannot tell it from the first.
+      this.advanceProgress(event, clock);
       return 'duplicate';
     }
     this.rememberEventId(event.eventId, this.rememberUntil(eventTime));

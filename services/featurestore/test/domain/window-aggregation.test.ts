@@ -63,13 +63,14 @@ class ReferenceAggregator {
       }
       return;
     }
+    const storedAt = typeof event.storedAt === 'function' ? event.storedAt() : event.storedAt;
+    // A duplicate moves the progress too: a copy published again is stored later.
+    this.progress = Math.max(this.progress, Math.min(event.eventTime, storedAt ?? this.clock));
     if (this.seen.has(event.eventId)) {
       this.duplicate++;
       return;
     }
     this.seen.add(event.eventId);
-    const storedAt = typeof event.storedAt === 'function' ? event.storedAt() : event.storedAt;
-    this.progress = Math.max(this.progress, Math.min(event.eventTime, storedAt ?? this.clock));
     this.accepted.push({ ...event, arrival: ++this.arrivals });
     if (this.options.aggregations.some((spec, i) => !validFor(spec.function, event.values[i]))) {
       this.invalid++;
@@ -445,6 +446,27 @@ describe('WindowAggregator catching up after a restart', () => {
       expect(Array.from(read.statuses)).toEqual([FeatureStatus.Present, FeatureStatus.NotFound]);
       expect(read.eventTimes[0]).toBe(t);
     }
+  });
+
+  it('moves the progress alike for a copy published again, stored later', () => {
+    const lateness = { ...options, allowedLatenessMs: 10 * minute };
+    // Dated 2 s ahead of the stream; published again a second later; then an event behind it.
+    const stream = [
+      { event: { ...play('e1', 'item-1', t + 2 * second), storedAt: t }, at: t },
+      { event: { ...play('e1', 'item-1', t + 2 * second), storedAt: t + second }, at: t + second },
+      {
+        event: { ...play('e3', 'item-2', t - 10 * minute + 500), storedAt: t + 2 * second },
+        at: t + 2 * second,
+      },
+    ];
+    const live = new WindowAggregator(lateness);
+    for (const { event, at } of stream) live.ingest(event, at);
+    const catchingUp = new WindowAggregator(lateness);
+    for (const { event } of stream) catchingUp.ingest(event, t + 120 * minute);
+    const at = t + 121 * minute;
+    const [a, b] = [live, catchingUp].map((x) => x.read(['item-1', 'item-2'], at));
+    expect(Array.from(b!.statuses)).toEqual(Array.from(a!.statuses));
+    expect(Array.from(b!.eventTimes)).toEqual(Array.from(a!.eventTimes));
   });
 
   it('still drops an event older than the TTL, and one late by the progress', () => {
