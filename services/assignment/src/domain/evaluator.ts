@@ -585,27 +585,28 @@ export class AssignmentSnapshot {
   stickyExperimentIds(
     surfaces: readonly string[],
     now: number,
-    unit?: { readonly id: string; readonly type: string },
+    unitId?: string,
+    unitType = '',
   ): readonly string[] {
     const ids = this.servingStickyIds(surfaces, now);
+    // Ids and type apart rather than a unit object: this runs on every Resolve.
     const forced =
-      unit === undefined || this.overridden.size === 0 ? undefined : this.overridden.get(unit.id);
+      unitId === undefined || this.overridden.size === 0 ? undefined : this.overridden.get(unitId);
     return forced === undefined || ids.length === 0
       ? ids
-      : this.withoutOverridden(ids, forced, unit?.type ?? '', now);
+      : this.withoutOverridden(ids, forced, { id: unitId ?? '', type: unitType, now });
   }
 
   private withoutOverridden(
     ids: readonly string[],
     forced: readonly number[],
-    type: string,
-    now: number,
+    unit: OverrideTarget,
   ): readonly string[] {
     const decided = new Set<number>();
     const claimedLayers = new Set<number>();
     for (const index of forced) {
       const plan = this.plans[index];
-      if (plan === undefined || type !== plan.unitType || !(now < plan.endMs)) continue;
+      if (plan === undefined || overrideOf(plan, unit) < 0) continue;
       decided.add(plan.index);
       if (plan.layerSlot >= 0) claimedLayers.add(plan.layerSlot);
     }
@@ -1502,7 +1503,10 @@ function servingIds(plans: readonly ExperimentPlan[], now: number): string[] {
  * The index of the variant `plan` forces `unit` into (reason OVERRIDE), or -1: listed, of the
  * experiment's unit type, and before its scheduled end (its status is checked when compiled).
  */
-function overrideOf(plan: ExperimentPlan, unit: UnitContext): number {
+/** What an override is looked up by: the unit, its type and the time. */
+type OverrideTarget = Pick<UnitContext, 'id' | 'type' | 'now'>;
+
+function overrideOf(plan: ExperimentPlan, unit: OverrideTarget): number {
   if (plan.overrides === undefined || unit.type !== plan.unitType || !(unit.now < plan.endMs)) {
     return -1;
   }

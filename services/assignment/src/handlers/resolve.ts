@@ -545,10 +545,7 @@ export function resolveHandlers(context: AssignmentContext): ResolveHandlers {
       const surfaces = request.surfaces.length > 0 ? request.surfaces : view.surfaces;
       const unknown = request.surfaces.filter((surface) => !view.snapshot.hasSurface(surface));
       const unknownSurfaces = unknown.length > 1 ? [...new Set(unknown)] : unknown;
-      const stickyIds = view.snapshot.stickyExperimentIds(surfaces, now, {
-        id: unitId,
-        type: unitType,
-      });
+      const stickyIds = view.snapshot.stickyExperimentIds(surfaces, now, unitId, unitType);
       let sticky: ReadonlyMap<string, StickyAssignment> | undefined;
       let stickyUnavailable: ReadonlySet<string> | undefined;
       if (stickyIds.length > 0) {

@@ -1148,7 +1148,8 @@ describe('overrides', () => {
       }),
     );
     const everything = ['a', 'b', 'c', 'd', 'e', 'f'];
-    const ids = (u: UnitContext) => [...snapshot.stickyExperimentIds(u.surfaces, u.now, u)].sort();
+    const ids = (u: UnitContext) =>
+      [...snapshot.stickyExperimentIds(u.surfaces, u.now, u.id, u.type)].sort();
     expect(ids(unit(TESTER))).toEqual(['c', 'd']);
     // Once E has ended it is not served, and its layer's F is read again.
     expect(ids(unit(TESTER, { now: NOW + 1 }))).toEqual(['c', 'd', 'f']);
