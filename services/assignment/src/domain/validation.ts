@@ -409,6 +409,24 @@ export function layerSeedViolations(
   ];
 }
 
+/**
+ * Whether a violation of an updated resource's `field` (its seed) may stay: the seed is the one
+ * stored, which cannot change once the resource ran and may predate today's rules (a length
+ * limit, SEED_IN_USE); but a stored seed is not given another hash version it is reserved in.
+ */
+export function seedKeptAsStored(
+  violation: { readonly field: string; readonly reason?: string },
+  field: string,
+  before: { readonly seed: string; readonly hashVersion: number },
+  after: { readonly seed: string; readonly hashVersion: number },
+): boolean {
+  return (
+    violation.field === field &&
+    after.seed === before.seed &&
+    (violation.reason !== 'RESERVED_SEED' || after.hashVersion === before.hashVersion)
+  );
+}
+
 /** Every problem with a holdout definition. */
 export function validateHoldout(
   holdout: HoldoutDefinition,

@@ -35,6 +35,7 @@ import {
   holdoutSeed,
   MAX_STICKY_TTL_MS,
   layerSeedViolations,
+  seedKeptAsStored,
   sharedSeedViolations,
   START_MARGIN_MS,
   toleratedWhenStored,
@@ -534,12 +535,7 @@ export function experimentHandlers(context: AssignmentContext): ExperimentHandle
           ...problems.filter(
             (v) =>
               !(after.conditionJson === before.doc.conditionJson && toleratedWhenStored(v)) &&
-              !(
-                v.field === 'experiment.seed' &&
-                after.seed === before.doc.seed &&
-                // A stored seed is kept, but not given another hash version it would collide in.
-                (v.reason !== 'RESERVED_SEED' || after.hashVersion === before.doc.hashVersion)
-              ) &&
+              !seedKeptAsStored(v, 'experiment.seed', before.doc, after) &&
               !collisionStoredBefore(v, before.doc, after),
           ),
         );

@@ -25,6 +25,7 @@ import {
   holdoutSeed,
   HoldoutStatus,
   layerSeedViolations,
+  seedKeptAsStored,
   sharedSeedViolations,
   validateHoldout,
 } from '../domain';
@@ -273,12 +274,7 @@ export function holdoutHandlers(context: AssignmentContext): HoldoutHandlers {
         // A seed stored before its size limit may stay: it cannot change once the holdout ran.
         violations.push(
           ...validate(context, after).filter(
-            (v) =>
-              !(
-                v.field === 'holdout.seed' &&
-                after.seed === before.doc.seed &&
-                (v.reason !== 'RESERVED_SEED' || after.hashVersion === before.doc.hashVersion)
-              ),
+            (v) => !seedKeptAsStored(v, 'holdout.seed', before.doc, after),
           ),
         );
         rejectIfAny('holdout', violations);
