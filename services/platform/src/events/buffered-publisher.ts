@@ -376,8 +376,11 @@ export class BufferedPublisher {
     // Only while the bus takes events: kept in storage they are safe from a kill, and in the
     // buffer they would take the room of new events. Up to half the queue at most, for those
     // (as it drains, more are taken; a bus slow to ack leaves the other half free).
+    // Half the buffer, but one event at least: a buffer of one (the least the service allows)
+    // would otherwise never take anything back, and what was kept would expire in storage.
+    const restoreRoom = Math.max(1, Math.floor(this.capacity / 2));
     while (this.isAccepting() && this.bus.isConnected() && this.consecutiveFailures === 0) {
-      const room = Math.min(Math.floor(this.capacity / 2) - this.size, RESTORE_BATCH);
+      const room = Math.min(restoreRoom - this.size, RESTORE_BATCH);
       if (room <= 0) break;
       const events = await spool.peek(room);
       const taken: SpooledEvent[] = [];

@@ -558,6 +558,24 @@ describe('BufferedPublisher', () => {
     });
   });
 
+  it('restores what was kept into a buffer of one event, the smallest the service allows', async () => {
+    await withSpool(async (spool) => {
+      bus.available = false;
+      const stopping = create({ spool, capacity: 1 });
+      stopping.enqueue(SUBJECT, EchoRequest, echo('only'), 'only');
+      await stopping.close(50);
+      expect(stopping.stats()).toMatchObject({ spooled: 1, dropped: 0 });
+
+      bus.available = true;
+      const next = create({ spool, capacity: 1 });
+      expect(await next.restoreSpooled()).toBe(1);
+      await eventually(() => {
+        expect(received).toEqual(['only']);
+      });
+      expect(await spool.peek(10)).toEqual([]);
+    });
+  });
+
   it('loses nothing when it closes while restoring: what it queued is kept again', async () => {
     await withSpool(async (spool) => {
       bus.available = false;
