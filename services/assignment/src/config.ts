@@ -81,7 +81,9 @@ export function readAssignmentConfig(
     }),
     exposureDuplicateWindowMs: reader.durationMs('TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW', {
       default: 3_600_000,
-      min: 1000,
+      // A publish that timed out (5 s) after the stream stored it is sent again within seconds,
+      // before the ledger knows of it: only the window keeps that copy out.
+      min: 60_000,
       // JetStream refuses a duplicate window longer than the stream's retention (7 days).
       max: EXPOSURE_RETENTION_MS,
       description:

@@ -21,6 +21,15 @@ describe('the Assignment configuration', () => {
     expect(problems({ TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW: '7d' })).toEqual([]);
   });
 
+  it('refuses an exposure duplicate window too short to catch a timed-out publish sent again', () => {
+    // The ledger hears of an exposure only from the stream's ack: a lost ack and the retry that
+    // follows within seconds are caught by the window alone.
+    expect(problems({ TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW: '10s' })).toEqual([
+      expect.stringMatching(/^TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW must be at least/),
+    ]);
+    expect(problems({ TANDEM_ASSIGNMENT_EXPOSURE_DEDUPE_WINDOW: '1m' })).toEqual([]);
+  });
+
   it('refuses a token secret shorter than the HMAC-SHA256 output, naming the variable', () => {
     for (const secret of ['x', 'secret', 'a'.repeat(31), 'é'.repeat(15)]) {
       expect(problems({ TANDEM_ASSIGNMENT_TOKEN_SECRET: secret })).toEqual([
