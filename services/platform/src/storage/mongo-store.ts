@@ -124,9 +124,19 @@ export async function openMongoStore(options: MongoStoreOptions): Promise<Docume
     // Every service writes, and writes go to the primary whatever the URI's read preference:
     // connected to a secondary only (an election, the majority down), start-up would go on and
     // fail at its first write, where this waits NOT_SERVING for a primary like for no server.
-    await guard(() =>
-      client.db(options.database).command({ ping: 1 }, { readPreference: 'primary' }),
+    // The read preference alone does not ensure it: with `directConnection=true` (a one-node
+    // replica set, deploy/compose.yaml) the driver sends every command to that member, whatever
+    // its role, so the member is asked whether it takes writes.
+    const hello = await guard(() =>
+      client.db('admin').command({ hello: 1 }, { readPreference: 'primary' }),
     );
+    // A mongos (and a load balancer in front of one) answers true as well.
+    if (hello.isWritablePrimary !== true) {
+      const member = typeof hello.me === 'string' ? ` ${hello.me}` : '';
+      throw new UnavailableError(STORAGE_UNAVAILABLE, {
+        cause: new Error(`MongoDB member${member} is not a writable primary (yet)`),
+      });
+    }
   } catch (error) {
     await client.close().catch(() => undefined);
     throw error;
