@@ -13,7 +13,7 @@ import {
   type Span,
   type Tracer,
 } from '@opentelemetry/api';
-import { recordExceptionWithCauses } from '../telemetry/exceptions';
+import { recordExceptionWithCauses, statusMessageOf } from '../telemetry/exceptions';
 
 /** The instrumentation scope of every event span. */
 export const EVENTS_TRACER_NAME = 'tandem.events';
@@ -25,12 +25,8 @@ function eventsTracer(): Tracer {
 
 /** Marks `span` as failed with `error` (and its causes), as the semantic conventions ask. */
 export function recordFailure(span: Span, error: unknown): void {
-  if (error instanceof Error) {
-    recordExceptionWithCauses(span, error);
-    span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
-  } else {
-    span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
-  }
+  if (error instanceof Error) recordExceptionWithCauses(span, error);
+  span.setStatus({ code: SpanStatusCode.ERROR, message: statusMessageOf(error) });
 }
 
 /**
