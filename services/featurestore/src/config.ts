@@ -115,6 +115,13 @@ export function readFeatureStoreConfig(
       }),
     },
   };
+  // JetStream refuses such a stream name; found only when the stream is declared (after storage
+  // opened, in an error naming no variable, or in the background while NATS is unreachable).
+  if (/[\s.*>/\\]/.test(config.outcomeStream)) {
+    reader.problem(
+      `TANDEM_FEATURESTORE_OUTCOME_STREAM must be a JetStream stream name, without whitespace, ".", "*", ">", "/" or "\\"; got "${config.outcomeStream}"`,
+    );
+  }
   reader.finish();
   return config;
 }
