@@ -9,39 +9,10 @@ import {
   StartExperimentRequest,
 } from '../../../gen/ts/tandem/assignment/v1/assignment_service';
 import { ExposureEvent } from '../../../gen/ts/tandem/events/v1/exposure_event';
-import { UnavailableError } from '../../platform/src/errors';
-import type {
-  EventBus,
-  EventCodec,
-  PublishAck,
-  PublishOptions,
-} from '../../platform/src/events/bus';
 import { createInProcessBus } from '../../platform/src/events/in-process-bus';
+import { SwitchableBus } from '../../platform/test/support/switchable-bus';
 import { experiment, resolveRequest } from './support/fixtures';
 import { eventually, startTestAssignment, temporaryDataDir } from './support/harness';
-
-/** The in-process bus, switched off and on as NATS going away and coming back. */
-class SwitchableBus implements EventBus {
-  readonly kind = 'in-process' as const;
-  available = true;
-
-  constructor(private readonly inner: EventBus) {}
-
-  declareStream: EventBus['declareStream'] = (spec) => this.inner.declareStream(spec);
-  subscribe: EventBus['subscribe'] = (spec, handler) => this.inner.subscribe(spec, handler);
-  isConnected = (): boolean => this.available;
-  close = (): Promise<void> => this.inner.close();
-
-  publish<T>(
-    subject: string,
-    codec: EventCodec<T>,
-    event: T,
-    options: PublishOptions,
-  ): Promise<PublishAck> {
-    if (!this.available) return Promise.reject(new UnavailableError('NATS is down'));
-    return this.inner.publish(subject, codec, event, options);
-  }
-}
 
 describe('exposures kept at shutdown', () => {
   it('are published by the next replica whatever its buffer size, even the smallest allowed (1)', async () => {

@@ -3,7 +3,9 @@ import { status as GrpcCode } from '@grpc/grpc-js';
 import * as contract from '../../../../gen/ts/tandem/featurestore/v1/featurestore_service';
 import {
   RawCaller,
-  ruleBroken,
+  assertAnswersBadInput,
+  assertRawBytesRefused,
+  requestCodec,
   nastyDate,
   nastyEnum,
   nastyInt64,
@@ -29,7 +31,6 @@ describe('FeatureStore bad input fuzz', () => {
   let h: RunningHarness;
   let raw: RawCaller;
   const etags = ['', 'x', '0', '"1"'];
-  const failures: string[] = [];
 
   beforeAll(async () => {
     h = await startHarness();
@@ -74,7 +75,6 @@ describe('FeatureStore bad input fuzz', () => {
   afterAll(async () => {
     raw.close();
     await h.stop();
-    if (failures.length > 0) console.log(failures.join('\n'));
   });
 
   async function snapshot(): Promise<string> {
@@ -326,84 +326,27 @@ describe('FeatureStore bad input fuzz', () => {
     getAggregationStatus: fc.record({ featureView: name() }),
   };
 
-  function encoder(method: Method): {
-    fromPartial(v: unknown): unknown;
-    encode(v: unknown): { finish(): Uint8Array };
-  } {
-    const n = `${method[0]!.toUpperCase()}${method.slice(1)}Request`;
-    return (contract as unknown as Record<string, ReturnType<typeof encoder>>)[n]!;
-  }
-
   const methods = Object.keys(FeatureStoreServiceService) as Method[];
   it.each(methods)(
     '%s answers bad input with a documented code',
     async (method) => {
-      const codec = encoder(method);
-      const path = FeatureStoreServiceService[method].path;
-      const seen = new Map<string, number>();
-      const messages = new Map<string, number>();
-      await fc.assert(
-        fc.asyncProperty(arbs[method], async (request) => {
-          let bytes: Uint8Array;
-          try {
-            bytes = codec.encode(codec.fromPartial(request)).finish();
-          } catch {
-            return;
-          }
-          const before = MUTATIONS.has(method) ? await snapshot() : '';
-          const outcome = await raw.call(path, bytes);
-          const key = GrpcCode[outcome.code];
-          seen.set(key, (seen.get(key) ?? 0) + 1);
-          const msg = `${key} ${outcome.status?.violations[0]?.field ?? ''} ${outcome.status?.message.slice(0, 80) ?? ''}`;
-          messages.set(msg, (messages.get(msg) ?? 0) + 1);
-          const broken = ruleBroken(outcome);
-          if (broken) {
-            failures.push(
-              `${method}: ${broken} :: ${JSON.stringify(request, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v)).slice(0, 2000)}`,
-            );
-            throw new Error(`${method}: ${broken}`);
-          }
-          if (MUTATIONS.has(method) && outcome.code !== GrpcCode.OK) {
-            const after = await snapshot();
-            if (after !== before) {
-              failures.push(
-                `${method}: ${key} changed state :: ${JSON.stringify(request).slice(0, 1500)}`,
-              );
-              throw new Error(`${method} failed with ${key} but changed state`);
-            }
-          }
-        }),
-        { numRuns: RUNS, endOnFailure: true },
-      );
-      console.log(
-        method,
-        JSON.stringify([...seen]),
-        '\n',
-        [...messages]
-          .sort((a, b) => b[1] - a[1])
-          .slice(0, 12)
-          .map((x) => `${x[1]} ${x[0]}`)
-          .join('\n'),
-      );
+      await assertAnswersBadInput({
+        raw,
+        path: FeatureStoreServiceService[method].path,
+        codec: requestCodec(contract, method),
+        requests: arbs[method],
+        runs: RUNS,
+        unchanged: MUTATIONS.has(method) ? snapshot : undefined,
+      });
     },
     300_000,
   );
 
   it('raw bytes that are no protobuf message never get UNKNOWN or INTERNAL', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(...methods),
-        fc.uint8Array({ maxLength: 64 }),
-        async (method, bytes) => {
-          const outcome = await raw.call(FeatureStoreServiceService[method].path, bytes);
-          const broken = ruleBroken(outcome);
-          if (broken && !broken.includes('not a message this server can decode')) {
-            failures.push(`raw ${method}: ${broken} :: ${Buffer.from(bytes).toString('hex')}`);
-            throw new Error(`${method}: ${broken}`);
-          }
-        },
-      ),
-      { numRuns: RUNS * 3 },
+    await assertRawBytesRefused(
+      raw,
+      methods.map((method) => FeatureStoreServiceService[method].path),
+      RUNS * 3,
     );
   }, 300_000);
 

@@ -3,15 +3,10 @@
  * serializers) and checks the outcome against the project's rule for bad input: OK or a
  * documented code, never UNKNOWN or INTERNAL, and INVALID_ARGUMENT with field violations.
  */
-import {
-  Client,
-  credentials,
-  Metadata,
-  status as GrpcCode,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { status as GrpcCode } from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { decodeStatus, type DecodedStatus } from '../../src/errors';
+import { RawClient } from './raw-call';
 
 export interface Outcome {
   readonly code: GrpcCode;
@@ -19,36 +14,18 @@ export interface Outcome {
   readonly response: Buffer | undefined;
 }
 
+/** A {@link RawClient} whose calls resolve with their status code and decoded error details. */
 export class RawCaller {
-  private readonly client: Client;
-  constructor(
-    address: string,
-    private readonly adminToken?: string,
-  ) {
-    this.client = new Client(address, credentials.createInsecure(), {
-      'grpc.max_send_message_length': -1,
-      'grpc.max_receive_message_length': -1,
-    });
+  private readonly client: RawClient;
+
+  constructor(address: string, adminToken?: string) {
+    this.client = new RawClient(address, adminToken);
   }
 
-  call(path: string, bytes: Uint8Array, timeoutMs = 20_000): Promise<Outcome> {
-    const metadata = new Metadata();
-    if (this.adminToken !== undefined) metadata.set('authorization', `Bearer ${this.adminToken}`);
-    return new Promise((resolve) => {
-      this.client.makeUnaryRequest(
-        path,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        Buffer.from(bytes),
-        metadata,
-        { deadline: Date.now() + timeoutMs },
-        (error: ServiceError | null, value?: Buffer) => {
-          if (error)
-            resolve({ code: error.code, status: decodeStatus(error), response: undefined });
-          else resolve({ code: GrpcCode.OK, status: undefined, response: value });
-        },
-      );
-    });
+  async call(path: string, bytes: Uint8Array, timeoutMs = 20_000): Promise<Outcome> {
+    const { error, response } = await this.client.call(path, bytes, timeoutMs);
+    if (error) return { code: error.code, status: decodeStatus(error), response: undefined };
+    return { code: GrpcCode.OK, status: undefined, response };
   }
 
   close(): void {
@@ -254,4 +231,84 @@ export function nested(depth: number, leaf: unknown = 1, key = 'a'): Record<stri
   let value: unknown = leaf;
   for (let i = 0; i < depth; i++) value = { [key]: value };
   return value as Record<string, unknown>;
+}
+
+/** A generated request message's codec (ts-proto: `fromPartial`, `encode`). */
+export interface RequestCodec {
+  fromPartial(value: unknown): unknown;
+  encode(message: unknown): { finish(): Uint8Array };
+}
+
+/** The codec of `<Method>Request` in a generated module, for the method named `method`. */
+export function requestCodec(generated: object, method: string): RequestCodec {
+  const name = `${method.charAt(0).toUpperCase()}${method.slice(1)}Request`;
+  const codec = (generated as Record<string, RequestCodec | undefined>)[name];
+  if (codec === undefined) throw new Error(`no ${name} in the generated module`);
+  return codec;
+}
+
+function shown(request: unknown): string {
+  return JSON.stringify(request, (_key, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v)).slice(
+    0,
+    1500,
+  );
+}
+
+/**
+ * Property: every request `requests` draws, sent to `path`, is answered OK or as the rule for bad
+ * input says; when `unchanged` is given (a mutation), a refused request leaves what it reads as
+ * it was. A request the codec cannot encode is skipped.
+ */
+export async function assertAnswersBadInput(options: {
+  readonly raw: RawCaller;
+  readonly path: string;
+  readonly codec: RequestCodec;
+  readonly requests: fc.Arbitrary<unknown>;
+  readonly runs: number;
+  readonly unchanged?: () => Promise<string>;
+}): Promise<void> {
+  const { raw, path, codec, requests, runs, unchanged } = options;
+  await fc.assert(
+    fc.asyncProperty(requests, async (request) => {
+      let bytes: Uint8Array;
+      try {
+        bytes = codec.encode(codec.fromPartial(request)).finish();
+      } catch {
+        return;
+      }
+      const before = unchanged === undefined ? '' : await unchanged();
+      const outcome = await raw.call(path, bytes);
+      const broken = ruleBroken(outcome);
+      if (broken) throw new Error(`${path}: ${broken} :: ${shown(request)}`);
+      if (
+        unchanged !== undefined &&
+        outcome.code !== GrpcCode.OK &&
+        (await unchanged()) !== before
+      ) {
+        throw new Error(`${path} failed with ${GrpcCode[outcome.code]} but changed state`);
+      }
+    }),
+    { numRuns: runs, endOnFailure: true },
+  );
+}
+
+/** Property: bytes that are no request message get no UNKNOWN or INTERNAL from any of `paths`. */
+export async function assertRawBytesRefused(
+  raw: RawCaller,
+  paths: readonly string[],
+  runs: number,
+): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.constantFrom(...paths),
+      fc.uint8Array({ maxLength: 64 }),
+      async (path, bytes) => {
+        const broken = ruleBroken(await raw.call(path, bytes));
+        if (broken && !broken.includes('not a message this server can decode')) {
+          throw new Error(`${path}: ${broken} :: ${Buffer.from(bytes).toString('hex')}`);
+        }
+      },
+    ),
+    { numRuns: runs },
+  );
 }

@@ -4,6 +4,48 @@
  */
 import { Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 
+/** A client that sends request bytes as they are (no client-side size limit), kept for many calls. */
+export class RawClient {
+  private readonly client: Client;
+
+  constructor(
+    address: string,
+    private readonly adminToken?: string,
+  ) {
+    this.client = new Client(address, credentials.createInsecure(), {
+      'grpc.max_send_message_length': -1,
+      'grpc.max_receive_message_length': -1,
+    });
+  }
+
+  /** Calls `path` with `bytes`; resolves with the error it failed with, or the response's bytes. */
+  call(
+    path: string,
+    bytes: Uint8Array,
+    timeoutMs = 60_000,
+  ): Promise<{ readonly error: ServiceError | undefined; readonly response?: Buffer }> {
+    const metadata = new Metadata();
+    if (this.adminToken !== undefined) metadata.set('authorization', `Bearer ${this.adminToken}`);
+    return new Promise((resolve) => {
+      this.client.makeUnaryRequest(
+        path,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.from(bytes),
+        metadata,
+        { deadline: Date.now() + timeoutMs },
+        (error: ServiceError | null, response?: Buffer) => {
+          resolve({ error: error ?? undefined, response });
+        },
+      );
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
 /**
  * Calls `path` at `address` with `bytes` (and `adminToken`, if given), with no client-side size
  * limit; resolves with the error it failed with, undefined when it succeeded.
@@ -14,26 +56,9 @@ export async function rawCall(
   bytes: Buffer,
   adminToken?: string,
 ): Promise<ServiceError | undefined> {
-  const raw = new Client(address, credentials.createInsecure(), {
-    'grpc.max_send_message_length': -1,
-    'grpc.max_receive_message_length': -1,
-  });
-  const metadata = new Metadata();
-  if (adminToken !== undefined) metadata.set('authorization', `Bearer ${adminToken}`);
+  const raw = new RawClient(address, adminToken);
   try {
-    return await new Promise<ServiceError | undefined>((resolve) => {
-      raw.makeUnaryRequest(
-        path,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        bytes,
-        metadata,
-        { deadline: Date.now() + 60_000 },
-        (error) => {
-          resolve(error ?? undefined);
-        },
-      );
-    });
+    return (await raw.call(path, bytes)).error;
   } finally {
     raw.close();
   }
